@@ -1,0 +1,126 @@
+/* models.h: the Stable Diffusion v1.x networks, their weights bound by diffusers name.
+ *
+ * Each model struct mirrors the checkpoint's module tree (down_blocks[i].resnets[j].conv1 ...), so
+ * binding is a lookup by name with a shape check (sd_weights_get) and a missing or wrong-shaped
+ * tensor is reported by its checkpoint name. Forward passes allocate from the context's arena and
+ * return NULL on failure (the context's status and sd_last_error() say why). */
+#ifndef SD_MODELS_H
+#define SD_MODELS_H
+
+#include "sd/attn.h"
+#include "sd/config.h"
+#include "sd/io.h"
+#include "sd/nn.h"
+
+#define SD_MAX_LAYERS 4 /* layers_per_block + 1 resnets per up block */
+
+/* ResnetBlock2D. */
+typedef struct sd_resnet {
+    sd_norm_w norm1, norm2;
+    sd_conv_w conv1, conv2;
+    sd_conv_w conv_shortcut;   /* 1x1, present iff in != out channels */
+    sd_linear_w time_emb_proj; /* present in the UNet, absent in the VAE */
+    int has_shortcut, has_temb;
+    int groups;
+    float eps;
+} sd_resnet;
+
+/* diffusers Attention (CrossAttention in 0.8.0): to_q / to_k / to_v / to_out.0. */
+typedef struct sd_attention_w {
+    sd_linear_w to_q, to_k, to_v, to_out;
+    int heads;
+} sd_attention_w;
+
+/* Transformer2DModel with one BasicTransformerBlock (SD v1). */
+typedef struct sd_transformer {
+    sd_norm_w norm;               /* GroupNorm, eps 1e-6 */
+    sd_linear_w proj_in, proj_out; /* 1x1 convs (C, C, 1, 1) or linears (C, C) */
+    sd_norm_w norm1, norm2, norm3; /* LayerNorms, eps 1e-5 */
+    sd_attention_w attn1, attn2;  /* self, cross */
+    sd_linear_w ff_in, ff_out;    /* GEGLU proj (C -> 8C), out (4C -> C) */
+    int groups;
+} sd_transformer;
+
+typedef struct sd_unet {
+    sd_unet_config cfg;
+    sd_linear_w time_linear_1, time_linear_2;
+    sd_conv_w conv_in, conv_out;
+    sd_norm_w conv_norm_out;
+    struct {
+        sd_resnet resnets[SD_MAX_LAYERS];
+        sd_transformer attentions[SD_MAX_LAYERS];
+        sd_conv_w downsampler; /* stride-2 3x3, absent in the last block */
+        int has_attn, has_downsampler;
+    } down[SD_MAX_BLOCKS];
+    struct {
+        sd_resnet resnets[2];
+        sd_transformer attention;
+    } mid;
+    struct {
+        sd_resnet resnets[SD_MAX_LAYERS];
+        sd_transformer attentions[SD_MAX_LAYERS];
+        sd_conv_w upsampler; /* nearest x2 then 3x3, absent in the last block */
+        int has_attn, has_upsampler;
+    } up[SD_MAX_BLOCKS];
+} sd_unet;
+
+/* Binds every UNet tensor from `w` (diffusers names); fails naming the first missing or
+ * wrong-shaped tensor. Warns about tensors left unused. */
+sd_status sd_unet_bind(sd_unet *u, const sd_unet_config *cfg, sd_weights *w);
+/* eps = UNet(x[B, C_in, H, W], t, context[B, S, D_ctx]) for one timestep t shared by the batch.
+ * H and W must be multiples of 2^(blocks-1). Attention calls go through c->hook. */
+sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, sd_tensor *context);
+
+typedef struct sd_vae {
+    sd_vae_config cfg;
+    /* encoder */
+    sd_conv_w enc_conv_in, enc_conv_out, quant_conv;
+    sd_norm_w enc_norm_out;
+    struct {
+        sd_resnet resnets[SD_MAX_LAYERS];
+        sd_conv_w downsampler;
+        int has_downsampler;
+    } enc_down[SD_MAX_BLOCKS];
+    sd_resnet enc_mid_resnets[2];
+    sd_norm_w enc_mid_attn_norm;
+    sd_attention_w enc_mid_attn;
+    /* decoder */
+    sd_conv_w post_quant_conv, dec_conv_in, dec_conv_out;
+    sd_norm_w dec_norm_out;
+    sd_resnet dec_mid_resnets[2];
+    sd_norm_w dec_mid_attn_norm;
+    sd_attention_w dec_mid_attn;
+    struct {
+        sd_resnet resnets[SD_MAX_LAYERS];
+        sd_conv_w upsampler;
+        int has_upsampler;
+    } dec_up[SD_MAX_BLOCKS];
+} sd_vae;
+
+sd_status sd_vae_bind(sd_vae *v, const sd_vae_config *cfg, sd_weights *w);
+/* image[B, 3, H, W] in [-1, 1] -> posterior mean [B, latent, H/8, W/8] (not scaled); logvar
+ * (clamped to [-30, 20]) into *logvar when logvar != NULL. */
+sd_tensor *sd_vae_encode(sd_ctx *c, const sd_vae *v, sd_tensor *image, sd_tensor **logvar);
+/* z[B, latent, h, w] (already divided by the scaling factor) -> image [B, 3, 8h, 8w]. */
+sd_tensor *sd_vae_decode(sd_ctx *c, const sd_vae *v, sd_tensor *z);
+
+typedef struct sd_clip_layer {
+    sd_norm_w layer_norm1, layer_norm2;
+    sd_linear_w q_proj, k_proj, v_proj, out_proj;
+    sd_linear_w fc1, fc2;
+} sd_clip_layer;
+
+typedef struct sd_clip_text {
+    sd_clip_text_config cfg;
+    sd_tensor *token_embedding;    /* (vocab, hidden) */
+    sd_tensor *position_embedding; /* (max_positions, hidden) */
+    sd_clip_layer *layers;         /* num_hidden_layers */
+    sd_norm_w final_layer_norm;
+} sd_clip_text;
+
+sd_status sd_clip_text_bind(sd_clip_text *m, const sd_clip_text_config *cfg, sd_weights *w);
+void sd_clip_text_release(sd_clip_text *m);
+/* ids: I32 host tensor [B, S] (S <= max positions) -> last_hidden_state [B, S, hidden]. */
+sd_tensor *sd_clip_text_forward(sd_ctx *c, const sd_clip_text *m, const sd_tensor *ids);
+
+#endif

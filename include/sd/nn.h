@@ -1,0 +1,116 @@
+/* nn.h: the layer between models and backends.
+ *
+ * An sd_ctx carries the backend (device), the activation arena, the attention hook and a sticky
+ * status. Every nn function allocates its output from the arena and returns it, or returns NULL
+ * once the context has failed (shape mismatch, out of memory, ...): model code reads as a straight
+ * sequence of calls and checks the status once at the end, e.g.
+ *
+ *     h = sd_group_norm(c, x, &r->norm1, groups, eps, 1);
+ *     h = sd_conv2d(c, h, &r->conv1, 1, 1);
+ *     ...
+ *     return sd_ctx_status(c);
+ *
+ * The first failure's message (naming the layer and shapes) is kept; later calls do nothing. */
+#ifndef SD_NN_H
+#define SD_NN_H
+
+#include "sd/backend.h"
+#include "sd/core.h"
+
+struct sd_attn_hook;
+
+typedef struct sd_ctx {
+    const sd_backend *be;
+    sd_arena *arena;            /* activations: reset by the caller between steps */
+    sd_arena *keep;             /* results that outlive a step (trajectories, embeddings) */
+    int device;                 /* SD_DEVICE_CPU or CUDA ordinal */
+    sd_status status;           /* first failure, SD_OK while healthy */
+    struct sd_attn_hook *hook;  /* attention controller, or NULL for plain attention */
+} sd_ctx;
+
+/* A context on the CPU with a fresh arena. */
+sd_status sd_ctx_init_cpu(sd_ctx *c);
+void sd_ctx_free(sd_ctx *c);
+/* Records a failure (keeps the first one) and returns NULL for convenient `return sd_ctx_fail(...)`. */
+sd_tensor *sd_ctx_fail(sd_ctx *c, sd_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static inline sd_status sd_ctx_status(const sd_ctx *c) { return c->status; }
+/* Checks a backend call's status; on failure records it in the context. Returns 1 when ok. */
+int sd_ctx_check(sd_ctx *c, sd_status s);
+
+/* A new F32 activation in the arena (uninitialised). */
+sd_tensor *sd_new(sd_ctx *c, int ndim, const int64_t *shape);
+sd_tensor *sd_new4(sd_ctx *c, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
+/* A copy of x in the keep arena, which survives resets of the activation arena. */
+sd_tensor *sd_keep(sd_ctx *c, const sd_tensor *x);
+/* dst <- src (equal element counts, both on the context's device). */
+sd_status sd_assign(sd_ctx *c, sd_tensor *dst, const sd_tensor *src);
+/* A copy of a host F32 tensor on the context's device (arena). */
+sd_tensor *sd_upload(sd_ctx *c, const sd_tensor *host);
+/* Copies an F32 tensor of the context's device into a host tensor of the same shape. */
+sd_status sd_download(sd_ctx *c, const sd_tensor *dev, sd_tensor *host);
+/* A header sharing x's data with a new shape (same numel); arena-allocated header. */
+sd_tensor *sd_reshape(sd_ctx *c, sd_tensor *x, int ndim, const int64_t *shape);
+sd_tensor *sd_reshape4(sd_ctx *c, sd_tensor *x, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
+/* Rows [start, start+count) along the first axis, as a view (no copy). */
+sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count);
+
+/* ------------------------------------------------------------------------------------------------
+ * Parameter bundles: the weight tensors of one layer, bound from a checkpoint by name.
+ * --------------------------------------------------------------------------------------------- */
+typedef struct sd_linear_w { sd_tensor *weight, *bias; } sd_linear_w;   /* weight (out, in) */
+typedef struct sd_conv_w { sd_tensor *weight, *bias; } sd_conv_w;       /* weight (out, in, kh, kw) */
+typedef struct sd_norm_w { sd_tensor *weight, *bias; } sd_norm_w;       /* (C), (C) */
+
+/* ------------------------------------------------------------------------------------------------
+ * Layers
+ * --------------------------------------------------------------------------------------------- */
+
+/* x[..., K] -> [..., N]. A weight of shape (N, K, 1, 1) (1x1 conv) is accepted as (N, K). */
+sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l);
+/* x[B, Ci, H, W] -> [B, Co, Ho, Wo], symmetric padding. */
+sd_tensor *sd_conv2d(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad);
+/* Asymmetric padding (top, left, bottom, right). */
+sd_tensor *sd_conv2d_pad4(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad_top,
+                          int pad_left, int pad_bottom, int pad_right);
+/* x[B, C, ...] -> same shape. */
+sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups, float eps, int silu);
+/* x[..., C] -> same shape. */
+sd_tensor *sd_layer_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, float eps);
+sd_tensor *sd_unary(sd_ctx *c, sd_unary_op op, sd_tensor *x);
+static inline sd_tensor *sd_silu(sd_ctx *c, sd_tensor *x) { return sd_unary(c, SD_UNARY_SILU, x); }
+sd_tensor *sd_add(sd_ctx *c, sd_tensor *a, sd_tensor *b);
+sd_tensor *sd_sub(sd_ctx *c, sd_tensor *a, sd_tensor *b);
+sd_tensor *sd_mul(sd_ctx *c, sd_tensor *a, sd_tensor *b);
+/* alpha·x + beta·z (same shapes). */
+sd_tensor *sd_axpby(sd_ctx *c, float alpha, sd_tensor *x, float beta, sd_tensor *z);
+sd_tensor *sd_scale(sd_ctx *c, sd_tensor *x, float alpha);
+sd_tensor *sd_clamp(sd_ctx *c, sd_tensor *x, float lo, float hi);
+/* x[B, C, H, W] + v[B, C] broadcast over H, W. */
+sd_tensor *sd_add_channel_bias(sd_ctx *c, sd_tensor *x, sd_tensor *v);
+/* x[..., 2N] -> [..., N]. */
+sd_tensor *sd_geglu(sd_ctx *c, sd_tensor *x);
+/* a[B, Ca, H, W], b[B, Cb, H, W] -> [B, Ca + Cb, H, W]. */
+sd_tensor *sd_concat_channels(sd_ctx *c, sd_tensor *a, sd_tensor *b);
+/* Concatenation along the first axis (batch), e.g. [uncond; cond] contexts. */
+sd_tensor *sd_concat0(sd_ctx *c, sd_tensor *a, sd_tensor *b);
+/* x[B, C, H, W] -> [B, C, Ho, Wo] nearest. */
+sd_tensor *sd_upsample_nearest(sd_ctx *c, sd_tensor *x, int64_t Ho, int64_t Wo);
+/* x[B, C, H, W] -> tokens [B, H·W, C]; and back. */
+sd_tensor *sd_nchw_to_tokens(sd_ctx *c, sd_tensor *x);
+sd_tensor *sd_tokens_to_nchw(sd_ctx *c, sd_tensor *x, int64_t H, int64_t W);
+/* t[B] -> [B, dim]. */
+sd_tensor *sd_timestep_embedding(sd_ctx *c, sd_tensor *t, int dim, int flip_sin_to_cos, float shift);
+/* ids (I32 host or device tensor [B, S]) -> [B, S, C] rows of table[V, C]. Ids outside [0, V)
+ * fail naming the position. */
+sd_tensor *sd_embedding(sd_ctx *c, const sd_tensor *ids, const sd_tensor *table);
+
+/* Multi-head attention core: q[B, Sq, H·D], k[B, Sk, H·D], v[B, Sk, H·Dv] -> [B, Sq, H·Dv] with
+ * scale D^-0.5. When `site` is given and the context has a hook that asks for this site's maps,
+ * the probabilities [B·H, Sq, Sk] are materialised and handed to the hook, which may capture or
+ * replace them (attn.h). */
+struct sd_attn_site;
+sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int heads, int causal,
+                        const struct sd_attn_site *site);
+
+#endif

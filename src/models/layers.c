@@ -1,0 +1,165 @@
+/* layers.c: ResnetBlock2D, Attention and Transformer2DModel (diffusers semantics, SD v1). */
+#include "layers.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define NAME_CAP 256
+
+static const char *join(char *buf, const char *prefix, const char *leaf) {
+    snprintf(buf, NAME_CAP, "%s.%s", prefix, leaf);
+    return buf;
+}
+
+sd_status sd_bind_linear(sd_weights *w, const char *prefix, int64_t out, int64_t in, int bias,
+                         sd_linear_w *l) {
+    char name[NAME_CAP];
+    const int64_t ws[2] = {out, in}, bs[1] = {out};
+    memset(l, 0, sizeof *l);
+    SD_TRY(sd_weights_get(w, join(name, prefix, "weight"), 2, ws, &l->weight));
+    if (bias) SD_TRY(sd_weights_get(w, join(name, prefix, "bias"), 1, bs, &l->bias));
+    return SD_OK;
+}
+
+sd_status sd_bind_linear_or_1x1(sd_weights *w, const char *prefix, int64_t out, int64_t in,
+                                sd_linear_w *l) {
+    char name[NAME_CAP];
+    const int64_t bs[1] = {out};
+    memset(l, 0, sizeof *l);
+    sd_tensor *t = sd_weights_find(w, join(name, prefix, "weight"));
+    if (t && t->ndim == 4) {
+        const int64_t ws[4] = {out, in, 1, 1};
+        SD_TRY(sd_weights_get(w, name, 4, ws, &l->weight));
+    } else {
+        const int64_t ws[2] = {out, in};
+        SD_TRY(sd_weights_get(w, name, 2, ws, &l->weight));
+    }
+    return sd_weights_get(w, join(name, prefix, "bias"), 1, bs, &l->bias);
+}
+
+sd_status sd_bind_conv(sd_weights *w, const char *prefix, int64_t out, int64_t in, int k,
+                       sd_conv_w *cw) {
+    char name[NAME_CAP];
+    const int64_t ws[4] = {out, in, k, k}, bs[1] = {out};
+    memset(cw, 0, sizeof *cw);
+    SD_TRY(sd_weights_get(w, join(name, prefix, "weight"), 4, ws, &cw->weight));
+    return sd_weights_get(w, join(name, prefix, "bias"), 1, bs, &cw->bias);
+}
+
+sd_status sd_bind_norm(sd_weights *w, const char *prefix, int64_t channels, sd_norm_w *n) {
+    char name[NAME_CAP];
+    const int64_t s[1] = {channels};
+    memset(n, 0, sizeof *n);
+    SD_TRY(sd_weights_get(w, join(name, prefix, "weight"), 1, s, &n->weight));
+    return sd_weights_get(w, join(name, prefix, "bias"), 1, s, &n->bias);
+}
+
+sd_status sd_bind_resnet(sd_weights *w, const char *prefix, int64_t in, int64_t out,
+                         int64_t temb_dim, int groups, float eps, sd_resnet *r) {
+    char name[NAME_CAP];
+    memset(r, 0, sizeof *r);
+    r->groups = groups;
+    r->eps = eps;
+    SD_TRY(sd_bind_norm(w, join(name, prefix, "norm1"), in, &r->norm1));
+    SD_TRY(sd_bind_conv(w, join(name, prefix, "conv1"), out, in, 3, &r->conv1));
+    SD_TRY(sd_bind_norm(w, join(name, prefix, "norm2"), out, &r->norm2));
+    SD_TRY(sd_bind_conv(w, join(name, prefix, "conv2"), out, out, 3, &r->conv2));
+    if (temb_dim > 0) {
+        r->has_temb = 1;
+        SD_TRY(sd_bind_linear(w, join(name, prefix, "time_emb_proj"), out, temb_dim, 1, &r->time_emb_proj));
+    }
+    if (in != out) {
+        r->has_shortcut = 1;
+        SD_TRY(sd_bind_conv(w, join(name, prefix, "conv_shortcut"), out, in, 1, &r->conv_shortcut));
+    }
+    return SD_OK;
+}
+
+sd_status sd_bind_attention(sd_weights *w, const char *prefix, int64_t q_dim, int64_t ctx_dim,
+                            int heads, int qkv_bias, sd_attention_w *a) {
+    char name[NAME_CAP];
+    memset(a, 0, sizeof *a);
+    a->heads = heads;
+    SD_TRY(sd_bind_linear(w, join(name, prefix, "to_q"), q_dim, q_dim, qkv_bias, &a->to_q));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, "to_k"), q_dim, ctx_dim, qkv_bias, &a->to_k));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, "to_v"), q_dim, ctx_dim, qkv_bias, &a->to_v));
+    return sd_bind_linear(w, join(name, prefix, "to_out.0"), q_dim, q_dim, 1, &a->to_out);
+}
+
+sd_status sd_bind_transformer(sd_weights *w, const char *prefix, int64_t channels, int64_t ctx_dim,
+                              int heads, int groups, sd_transformer *t) {
+    char name[NAME_CAP], block[NAME_CAP];
+    memset(t, 0, sizeof *t);
+    t->groups = groups;
+    SD_TRY(sd_bind_norm(w, join(name, prefix, "norm"), channels, &t->norm));
+    SD_TRY(sd_bind_linear_or_1x1(w, join(name, prefix, "proj_in"), channels, channels, &t->proj_in));
+    SD_TRY(sd_bind_linear_or_1x1(w, join(name, prefix, "proj_out"), channels, channels, &t->proj_out));
+    join(block, prefix, "transformer_blocks.0");
+    SD_TRY(sd_bind_norm(w, join(name, block, "norm1"), channels, &t->norm1));
+    SD_TRY(sd_bind_norm(w, join(name, block, "norm2"), channels, &t->norm2));
+    SD_TRY(sd_bind_norm(w, join(name, block, "norm3"), channels, &t->norm3));
+    SD_TRY(sd_bind_attention(w, join(name, block, "attn1"), channels, channels, heads, 0, &t->attn1));
+    SD_TRY(sd_bind_attention(w, join(name, block, "attn2"), channels, ctx_dim, heads, 0, &t->attn2));
+    SD_TRY(sd_bind_linear(w, join(name, block, "ff.net.0.proj"), 8 * channels, channels, 1, &t->ff_in));
+    return sd_bind_linear(w, join(name, block, "ff.net.2"), channels, 4 * channels, 1, &t->ff_out);
+}
+
+sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu) {
+    sd_tensor *h = sd_group_norm(c, x, &r->norm1, r->groups, r->eps, 1);
+    h = sd_conv2d(c, h, &r->conv1, 1, 1);
+    if (r->has_temb) {
+        sd_tensor *proj = sd_linear(c, temb_silu, &r->time_emb_proj); /* [B, C_out] */
+        h = sd_add_channel_bias(c, h, proj);
+    }
+    h = sd_group_norm(c, h, &r->norm2, r->groups, r->eps, 1);
+    h = sd_conv2d(c, h, &r->conv2, 1, 1); /* dropout is identity at inference */
+    sd_tensor *skip = r->has_shortcut ? sd_conv2d(c, x, &r->conv_shortcut, 1, 0) : x;
+    return sd_add(c, skip, h); /* output_scale_factor is 1 in SD */
+}
+
+sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
+                              const sd_attn_site *site) {
+    sd_tensor *ctx = context ? context : x;
+    sd_tensor *value_in = ctx;
+    if (site && c->hook && c->hook->value_input && c->status == SD_OK) {
+        sd_tensor *sub = c->hook->value_input(c->hook, c, site, ctx);
+        if (sub) value_in = sub;
+        if (c->status != SD_OK) return NULL;
+    }
+    sd_tensor *q = sd_linear(c, x, &a->to_q);
+    sd_tensor *k = sd_linear(c, ctx, &a->to_k);
+    sd_tensor *v = sd_linear(c, value_in, &a->to_v);
+    sd_tensor *o = sd_attention(c, q, k, v, a->heads, 0, site);
+    return sd_linear(c, o, &a->to_out);
+}
+
+sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x,
+                                  sd_tensor *context, int *layer, sd_unet_place place) {
+    if (c->status != SD_OK || !x) return NULL;
+    const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
+    sd_tensor *h = sd_group_norm(c, x, &t->norm, t->groups, 1e-6f, 0);
+    h = sd_nchw_to_tokens(c, h);      /* [B, HW, C] */
+    h = sd_linear(c, h, &t->proj_in); /* the 1x1 conv, applied per token */
+
+    sd_attn_site site = {.place = place, .res_h = H, .res_w = W, .heads = t->attn1.heads,
+                         .batch = B, .q_len = H * W};
+    site.layer = (*layer)++;
+    site.is_cross = 0;
+    site.kv_len = H * W;
+    sd_tensor *n = sd_layer_norm(c, h, &t->norm1, 1e-5f);
+    h = sd_add(c, h, sd_attention_block(c, &t->attn1, n, NULL, &site));
+
+    site.layer = (*layer)++;
+    site.is_cross = 1;
+    site.kv_len = context ? context->shape[1] : 0;
+    n = sd_layer_norm(c, h, &t->norm2, 1e-5f);
+    h = sd_add(c, h, sd_attention_block(c, &t->attn2, n, context, &site));
+
+    n = sd_layer_norm(c, h, &t->norm3, 1e-5f);
+    sd_tensor *f = sd_geglu(c, sd_linear(c, n, &t->ff_in));
+    h = sd_add(c, h, sd_linear(c, f, &t->ff_out));
+
+    h = sd_linear(c, h, &t->proj_out);
+    h = sd_tokens_to_nchw(c, h, H, W);
+    return sd_add(c, h, x);
+}

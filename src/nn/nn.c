@@ -1,0 +1,457 @@
+/* nn.c: shape checking, arena allocation and dispatch for every layer (see nn.h). */
+#include "sd/nn.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sd/attn.h"
+
+/* ------------------------------------------------------------------------------------------------
+ * Context
+ * --------------------------------------------------------------------------------------------- */
+
+sd_status sd_ctx_init_cpu(sd_ctx *c) {
+    memset(c, 0, sizeof *c);
+    c->be = sd_backend_cpu();
+    c->device = SD_DEVICE_CPU;
+    c->arena = sd_arena_create((size_t)64 << 20);
+    c->keep = sd_arena_create((size_t)16 << 20);
+    return c->arena && c->keep ? SD_OK : SD_ERR_OOM;
+}
+
+void sd_ctx_free(sd_ctx *c) {
+    if (!c) return;
+    sd_arena_destroy(c->arena);
+    sd_arena_destroy(c->keep);
+    c->arena = c->keep = NULL;
+}
+
+sd_tensor *sd_ctx_fail(sd_ctx *c, sd_status code, const char *fmt, ...) {
+    if (c->status != SD_OK) return NULL; /* keep the first failure's message */
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    c->status = sd_fail(code, "%s", msg);
+    return NULL;
+}
+
+int sd_ctx_check(sd_ctx *c, sd_status s) {
+    if (s == SD_OK) return 1;
+    if (c->status == SD_OK) c->status = s; /* the backend already wrote the message */
+    return 0;
+}
+
+/* Every layer starts with this: a failed context or a missing input makes the call a no-op. */
+#define NN_GUARD(c, ...)                                                                           \
+    do {                                                                                           \
+        if ((c)->status != SD_OK) return NULL;                                                     \
+        const void *nn_inputs_[] = {__VA_ARGS__};                                                  \
+        for (size_t i_ = 0; i_ < sizeof nn_inputs_ / sizeof nn_inputs_[0]; i_++)                   \
+            if (!nn_inputs_[i_])                                                                   \
+                return sd_ctx_fail((c), SD_ERR_INTERNAL, "%s: missing input %zu", __func__, i_);   \
+    } while (0)
+
+static const char *shape_of(const sd_tensor *t, char *buf, size_t n) {
+    return sd_shape_str(t->ndim, t->shape, buf, n);
+}
+
+sd_tensor *sd_new(sd_ctx *c, int ndim, const int64_t *shape) {
+    if (c->status != SD_OK) return NULL;
+    sd_tensor *t = sd_arena_tensor(c->arena, SD_F32, ndim, shape);
+    if (!t) {
+        c->status = SD_ERR_OOM;
+        return NULL;
+    }
+    t->device = c->device;
+    return t;
+}
+
+sd_tensor *sd_new4(sd_ctx *c, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+    int64_t shape[4] = {d0, d1, d2, d3};
+    return sd_new(c, ndim, shape);
+}
+
+sd_tensor *sd_keep(sd_ctx *c, const sd_tensor *x) {
+    NN_GUARD(c, x);
+    sd_tensor *t = sd_arena_tensor(c->keep, SD_F32, x->ndim, x->shape);
+    if (!t) {
+        c->status = SD_ERR_OOM;
+        return NULL;
+    }
+    t->device = c->device;
+    sd_ctx_check(c, c->be->copy(sd_f32(t), sd_f32(x), sd_numel(x)));
+    return c->status == SD_OK ? t : NULL;
+}
+
+sd_status sd_assign(sd_ctx *c, sd_tensor *dst, const sd_tensor *src) {
+    if (c->status != SD_OK) return c->status;
+    if (!dst || !src || sd_numel(dst) != sd_numel(src))
+        return c->status = sd_fail(SD_ERR_INTERNAL, "assign: mismatched tensors");
+    sd_ctx_check(c, c->be->copy(sd_f32(dst), sd_f32(src), sd_numel(src)));
+    return c->status;
+}
+
+sd_tensor *sd_upload(sd_ctx *c, const sd_tensor *host) {
+    NN_GUARD(c, host);
+    if (host->dtype != SD_F32)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "upload '%s': expected F32, got %s", host->name,
+                           sd_dtype_name(host->dtype));
+    sd_tensor *t = sd_new(c, host->ndim, host->shape);
+    if (!t) return NULL;
+    memcpy(t->data, host->data, sd_nbytes(host));
+    return t;
+}
+
+sd_status sd_download(sd_ctx *c, const sd_tensor *dev, sd_tensor *host) {
+    if (c->status != SD_OK) return c->status;
+    if (!dev || !host || sd_numel(dev) != sd_numel(host) || host->dtype != SD_F32)
+        return sd_fail(SD_ERR_INTERNAL, "download: mismatched tensors");
+    memcpy(host->data, dev->data, sd_nbytes(dev));
+    return SD_OK;
+}
+
+sd_tensor *sd_reshape(sd_ctx *c, sd_tensor *x, int ndim, const int64_t *shape) {
+    NN_GUARD(c, x);
+    char a[96], b[96];
+    if (sd_shape_numel(ndim, shape) != sd_numel(x))
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "reshape %s to %s: element counts differ",
+                           shape_of(x, a, sizeof a), sd_shape_str(ndim, shape, b, sizeof b));
+    sd_tensor *v = sd_arena_alloc(c->arena, sizeof *v);
+    if (!v) {
+        c->status = SD_ERR_OOM;
+        return NULL;
+    }
+    *v = sd_view(x, ndim, shape);
+    return v;
+}
+
+sd_tensor *sd_reshape4(sd_ctx *c, sd_tensor *x, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+    int64_t shape[4] = {d0, d1, d2, d3};
+    return sd_reshape(c, x, ndim, shape);
+}
+
+sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count) {
+    NN_GUARD(c, x);
+    if (start < 0 || count < 0 || start + count > x->shape[0])
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "slice [%lld, %lld) of a first axis of %lld",
+                           (long long)start, (long long)(start + count), (long long)x->shape[0]);
+    sd_tensor *v = sd_arena_alloc(c->arena, sizeof *v);
+    if (!v) {
+        c->status = SD_ERR_OOM;
+        return NULL;
+    }
+    *v = sd_view(x, x->ndim, x->shape);
+    v->shape[0] = count;
+    const int64_t row = sd_numel(x) / (x->shape[0] ? x->shape[0] : 1);
+    v->data = (float *)x->data + start * row;
+    return v;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Layers
+ * --------------------------------------------------------------------------------------------- */
+
+sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l) {
+    NN_GUARD(c, x, l, l->weight);
+    char a[96], b[96];
+    const sd_tensor *w = l->weight;
+    const int conv1x1 = w->ndim == 4 && w->shape[2] == 1 && w->shape[3] == 1;
+    if (!(w->ndim == 2 || conv1x1))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "linear '%s': weight %s is not a matrix", w->name,
+                           shape_of(w, a, sizeof a));
+    const int64_t N = w->shape[0], K = w->shape[1];
+    if (x->ndim < 1 || x->shape[x->ndim - 1] != K)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "linear '%s': input %s does not end in %lld", w->name,
+                           shape_of(x, a, sizeof a), (long long)K);
+    if (l->bias && (l->bias->ndim != 1 || l->bias->shape[0] != N))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "linear '%s': bias %s, expected (%lld)", l->bias->name,
+                           shape_of(l->bias, b, sizeof b), (long long)N);
+    int64_t shape[SD_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = N;
+    sd_tensor *y = sd_new(c, x->ndim, shape);
+    if (!y) return NULL;
+    const int64_t M = sd_numel(x) / (K ? K : 1);
+    sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), l->bias ? sd_f32(l->bias) : NULL, sd_f32(y),
+                                  M, K, N));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_conv2d_pad4(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, int stride, int pad_top,
+                          int pad_left, int pad_bottom, int pad_right) {
+    NN_GUARD(c, x, cw, cw->weight);
+    char a[96], b[96];
+    const sd_tensor *w = cw->weight;
+    if (w->ndim != 4)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': weight %s is not 4-d", w->name,
+                           shape_of(w, a, sizeof a));
+    if (x->ndim != 4 || x->shape[1] != w->shape[1])
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': input %s does not match weight %s", w->name,
+                           shape_of(x, a, sizeof a), shape_of(w, b, sizeof b));
+    if (cw->bias && (cw->bias->ndim != 1 || cw->bias->shape[0] != w->shape[0]))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': bias %s does not match", cw->bias->name,
+                           shape_of(cw->bias, a, sizeof a));
+    sd_conv_geom g = {
+        .batch = x->shape[0], .c_in = x->shape[1], .h_in = x->shape[2], .w_in = x->shape[3],
+        .c_out = w->shape[0], .kh = (int)w->shape[2], .kw = (int)w->shape[3], .stride = stride,
+        .pad_top = pad_top, .pad_left = pad_left,
+    };
+    g.h_out = (g.h_in + pad_top + pad_bottom - g.kh) / stride + 1;
+    g.w_out = (g.w_in + pad_left + pad_right - g.kw) / stride + 1;
+    if (g.h_out <= 0 || g.w_out <= 0)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': input %s too small", w->name,
+                           shape_of(x, a, sizeof a));
+    sd_tensor *y = sd_new4(c, 4, g.batch, g.c_out, g.h_out, g.w_out);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->conv2d(sd_f32(x), sd_f32(w), cw->bias ? sd_f32(cw->bias) : NULL,
+                                  sd_f32(y), &g));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_conv2d(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad) {
+    return sd_conv2d_pad4(c, x, w, stride, pad, pad, pad, pad);
+}
+
+sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups, float eps, int silu) {
+    NN_GUARD(c, x, n);
+    char a[96];
+    if (x->ndim < 2 || groups <= 0 || x->shape[1] % groups)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "group norm '%s': %s channels not divisible by %d groups",
+                           n->weight ? n->weight->name : "?", shape_of(x, a, sizeof a), groups);
+    const int64_t C = x->shape[1];
+    if ((n->weight && sd_numel(n->weight) != C) || (n->bias && sd_numel(n->bias) != C))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "group norm '%s': affine size differs from %lld channels",
+                           n->weight ? n->weight->name : "?", (long long)C);
+    sd_tensor *y = sd_new(c, x->ndim, x->shape);
+    if (!y) return NULL;
+    const int64_t S = sd_numel(x) / (x->shape[0] * C);
+    sd_ctx_check(c, c->be->group_norm(sd_f32(x), n->weight ? sd_f32(n->weight) : NULL,
+                                      n->bias ? sd_f32(n->bias) : NULL, sd_f32(y), x->shape[0], C,
+                                      S, groups, eps, silu));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_layer_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, float eps) {
+    NN_GUARD(c, x, n);
+    const int64_t C = x->shape[x->ndim - 1];
+    if ((n->weight && sd_numel(n->weight) != C) || (n->bias && sd_numel(n->bias) != C))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "layer norm '%s': affine size differs from %lld",
+                           n->weight ? n->weight->name : "?", (long long)C);
+    sd_tensor *y = sd_new(c, x->ndim, x->shape);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->layer_norm(sd_f32(x), n->weight ? sd_f32(n->weight) : NULL,
+                                      n->bias ? sd_f32(n->bias) : NULL, sd_f32(y), sd_numel(x) / C,
+                                      C, eps));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_unary(sd_ctx *c, sd_unary_op op, sd_tensor *x) {
+    NN_GUARD(c, x);
+    sd_tensor *y = sd_new(c, x->ndim, x->shape);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->unary(op, sd_f32(x), sd_f32(y), sd_numel(x)));
+    return c->status == SD_OK ? y : NULL;
+}
+
+static sd_tensor *binary(sd_ctx *c, sd_binary_op op, sd_tensor *a, sd_tensor *b, const char *what) {
+    NN_GUARD(c, a, b);
+    char sa[96], sb[96];
+    if (sd_numel(a) != sd_numel(b))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "%s: shapes %s and %s differ", what,
+                           shape_of(a, sa, sizeof sa), shape_of(b, sb, sizeof sb));
+    sd_tensor *y = sd_new(c, a->ndim, a->shape);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->binary(op, sd_f32(a), sd_f32(b), sd_f32(y), sd_numel(a)));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_add(sd_ctx *c, sd_tensor *a, sd_tensor *b) { return binary(c, SD_BINARY_ADD, a, b, "add"); }
+sd_tensor *sd_sub(sd_ctx *c, sd_tensor *a, sd_tensor *b) { return binary(c, SD_BINARY_SUB, a, b, "sub"); }
+sd_tensor *sd_mul(sd_ctx *c, sd_tensor *a, sd_tensor *b) { return binary(c, SD_BINARY_MUL, a, b, "mul"); }
+
+sd_tensor *sd_axpby(sd_ctx *c, float alpha, sd_tensor *x, float beta, sd_tensor *z) {
+    NN_GUARD(c, x, z);
+    char sa[96], sb[96];
+    if (sd_numel(x) != sd_numel(z))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "axpby: shapes %s and %s differ",
+                           shape_of(x, sa, sizeof sa), shape_of(z, sb, sizeof sb));
+    sd_tensor *y = sd_new(c, x->ndim, x->shape);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->axpby(alpha, sd_f32(x), beta, sd_f32(z), sd_f32(y), sd_numel(x)));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_scale(sd_ctx *c, sd_tensor *x, float alpha) { return sd_axpby(c, alpha, x, 0.0f, x); }
+
+sd_tensor *sd_clamp(sd_ctx *c, sd_tensor *x, float lo, float hi) {
+    NN_GUARD(c, x);
+    sd_tensor *y = sd_new(c, x->ndim, x->shape);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->clamp(sd_f32(x), sd_f32(y), lo, hi, sd_numel(x)));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_add_channel_bias(sd_ctx *c, sd_tensor *x, sd_tensor *v) {
+    NN_GUARD(c, x, v);
+    char sa[96], sb[96];
+    if (x->ndim < 2 || v->ndim != 2 || v->shape[0] != x->shape[0] || v->shape[1] != x->shape[1])
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "channel bias: %s does not broadcast onto %s",
+                           shape_of(v, sb, sizeof sb), shape_of(x, sa, sizeof sa));
+    sd_tensor *y = sd_new(c, x->ndim, x->shape);
+    if (!y) return NULL;
+    const int64_t S = sd_numel(x) / (x->shape[0] * x->shape[1]);
+    sd_ctx_check(c, c->be->add_channel_bias(sd_f32(x), sd_f32(v), sd_f32(y), x->shape[0],
+                                            x->shape[1], S));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_geglu(sd_ctx *c, sd_tensor *x) {
+    NN_GUARD(c, x);
+    const int64_t twoN = x->shape[x->ndim - 1];
+    if (twoN % 2) return sd_ctx_fail(c, SD_ERR_SHAPE, "geglu: odd last dimension %lld", (long long)twoN);
+    int64_t shape[SD_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = twoN / 2;
+    sd_tensor *y = sd_new(c, x->ndim, shape);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->geglu(sd_f32(x), sd_f32(y), sd_numel(x) / twoN, twoN / 2));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_concat_channels(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
+    NN_GUARD(c, a, b);
+    char sa[96], sb[96];
+    if (a->ndim != 4 || b->ndim != 4 || a->shape[0] != b->shape[0] || a->shape[2] != b->shape[2] ||
+        a->shape[3] != b->shape[3])
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "concat: %s and %s", shape_of(a, sa, sizeof sa),
+                           shape_of(b, sb, sizeof sb));
+    sd_tensor *y = sd_new4(c, 4, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3]);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->concat_channels(sd_f32(a), sd_f32(b), sd_f32(y), a->shape[0], a->shape[1],
+                                           b->shape[1], a->shape[2] * a->shape[3]));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_concat0(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
+    NN_GUARD(c, a, b);
+    char sa[96], sb[96];
+    int ok = a->ndim == b->ndim;
+    for (int i = 1; ok && i < a->ndim; i++) ok = a->shape[i] == b->shape[i];
+    if (!ok)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "concat along batch: %s and %s",
+                           shape_of(a, sa, sizeof sa), shape_of(b, sb, sizeof sb));
+    int64_t shape[SD_MAX_DIMS];
+    memcpy(shape, a->shape, sizeof shape);
+    shape[0] = a->shape[0] + b->shape[0];
+    sd_tensor *y = sd_new(c, a->ndim, shape);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->copy(sd_f32(y), sd_f32(a), sd_numel(a)));
+    sd_ctx_check(c, c->be->copy(sd_f32(y) + sd_numel(a), sd_f32(b), sd_numel(b)));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_upsample_nearest(sd_ctx *c, sd_tensor *x, int64_t Ho, int64_t Wo) {
+    NN_GUARD(c, x);
+    if (x->ndim != 4) return sd_ctx_fail(c, SD_ERR_SHAPE, "upsample: input is not 4-d");
+    sd_tensor *y = sd_new4(c, 4, x->shape[0], x->shape[1], Ho, Wo);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->upsample_nearest(sd_f32(x), sd_f32(y), x->shape[0] * x->shape[1],
+                                            x->shape[2], x->shape[3], Ho, Wo));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_nchw_to_tokens(sd_ctx *c, sd_tensor *x) {
+    NN_GUARD(c, x);
+    if (x->ndim != 4) return sd_ctx_fail(c, SD_ERR_SHAPE, "nchw_to_tokens: input is not 4-d");
+    const int64_t B = x->shape[0], C = x->shape[1], S = x->shape[2] * x->shape[3];
+    sd_tensor *y = sd_new4(c, 3, B, S, C, 0);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->transpose(sd_f32(x), sd_f32(y), B, C, S));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_tokens_to_nchw(sd_ctx *c, sd_tensor *x, int64_t H, int64_t W) {
+    NN_GUARD(c, x);
+    if (x->ndim != 3 || x->shape[1] != H * W)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "tokens_to_nchw: %lld tokens for a %lldx%lld grid",
+                           (long long)(x->ndim == 3 ? x->shape[1] : -1), (long long)H, (long long)W);
+    const int64_t B = x->shape[0], S = x->shape[1], C = x->shape[2];
+    sd_tensor *y = sd_new4(c, 4, B, C, H, W);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->transpose(sd_f32(x), sd_f32(y), B, S, C));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_timestep_embedding(sd_ctx *c, sd_tensor *t, int dim, int flip_sin_to_cos, float shift) {
+    NN_GUARD(c, t);
+    const int64_t B = sd_numel(t);
+    sd_tensor *y = sd_new4(c, 2, B, dim, 0, 0);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->timestep_embedding(sd_f32(t), sd_f32(y), B, dim, flip_sin_to_cos, shift));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_embedding(sd_ctx *c, const sd_tensor *ids, const sd_tensor *table) {
+    NN_GUARD(c, ids, table);
+    if (ids->dtype != SD_I32 || ids->ndim != 2 || table->ndim != 2)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "embedding: expected I32 ids (B, S) and a 2-d table");
+    const int32_t *id = ids->data;
+    const int64_t count = sd_numel(ids);
+    for (int64_t i = 0; i < count; i++)
+        if (id[i] < 0 || id[i] >= table->shape[0])
+            return sd_ctx_fail(c, SD_ERR_ARG, "token id %d at position %lld is outside the vocabulary of %lld (%s)",
+                               id[i], (long long)i, (long long)table->shape[0], table->name);
+    sd_tensor *y = sd_new4(c, 3, ids->shape[0], ids->shape[1], table->shape[1], 0);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->embedding(id, sd_f32(table), sd_f32(y), count, table->shape[1]));
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int heads, int causal,
+                        const sd_attn_site *site) {
+    NN_GUARD(c, q, k, v);
+    char a[96], b[96], d[96];
+    if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || q->shape[0] != k->shape[0] ||
+        k->shape[0] != v->shape[0] || k->shape[1] != v->shape[1] || q->shape[2] != k->shape[2] ||
+        heads <= 0 || q->shape[2] % heads || v->shape[2] % heads)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "attention: q %s, k %s, v %s with %d heads",
+                           shape_of(q, a, sizeof a), shape_of(k, b, sizeof b),
+                           shape_of(v, d, sizeof d), heads);
+    const int64_t B = q->shape[0], Sq = q->shape[1], Sk = k->shape[1];
+    const int D = (int)(q->shape[2] / heads), Dv = (int)(v->shape[2] / heads);
+    const float scale = 1.0f / sqrtf((float)D);
+    sd_tensor *out = sd_new4(c, 3, B, Sq, v->shape[2], 0);
+    if (!out) return NULL;
+    sd_attn_hook *hook = site ? c->hook : NULL;
+    if (hook && hook->wants_probs && hook->edit_probs && hook->wants_probs(hook, site)) {
+        sd_tensor *probs = sd_new4(c, 3, B * heads, Sq, Sk, 0);
+        if (!probs) return NULL;
+        if (!sd_ctx_check(c, c->be->attention(sd_f32(q), sd_f32(k), sd_f32(v), sd_f32(out),
+                                              sd_f32(probs), B, Sq, Sk, heads, D, Dv, scale, causal)))
+            return NULL;
+        sd_tensor *used = hook->edit_probs(hook, c, site, probs);
+        if (!used || c->status != SD_OK)
+            return sd_ctx_fail(c, SD_ERR_INTERNAL, "attention hook failed at layer %d", site->layer);
+        if (!sd_same_shape(used, probs))
+            return sd_ctx_fail(c, SD_ERR_SHAPE, "attention hook at layer %d returned maps %s, expected %s",
+                               site->layer, shape_of(used, a, sizeof a), shape_of(probs, b, sizeof b));
+        sd_ctx_check(c, c->be->attention_apply(sd_f32(used), sd_f32(v), sd_f32(out), B, Sq, Sk,
+                                               heads, Dv));
+    } else {
+        sd_ctx_check(c, c->be->attention(sd_f32(q), sd_f32(k), sd_f32(v), sd_f32(out), NULL, B, Sq,
+                                         Sk, heads, D, Dv, scale, causal));
+    }
+    return c->status == SD_OK ? out : NULL;
+}
+
+const char *sd_place_name(sd_unet_place p) {
+    switch (p) {
+    case SD_PLACE_DOWN: return "down";
+    case SD_PLACE_MID: return "mid";
+    case SD_PLACE_UP: return "up";
+    }
+    return "?";
+}

@@ -1,0 +1,107 @@
+/* testutil.c: see testutil.h. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sd/io.h"
+
+int testutil_contains(const char *haystack, const char *needle) {
+    return haystack && needle && strstr(haystack, needle) != NULL;
+}
+
+double testutil_max_rel_err(const float *a, const float *b, int64_t n) {
+    double max_diff = 0.0, max_ref = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= max_diff)) max_diff = d; /* NaN propagates as a failure */
+        double r = fabs((double)b[i]);
+        if (r > max_ref) max_ref = r;
+    }
+    return max_diff / (max_ref > 1e-30 ? max_ref : 1e-30);
+}
+
+double testutil_max_abs_err(const float *a, const float *b, int64_t n) {
+    double m = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (!(d <= m)) m = d;
+    }
+    return m;
+}
+
+void testutil_assert_close(const sd_tensor *got, const sd_tensor *want, double tol, const char *what) {
+    char a[128], b[128];
+    if (!got || !want) fail_msg("%s: missing tensor", what);
+    if (!sd_same_shape(got, want))
+        fail_msg("%s: shape %s vs expected %s", what, sd_shape_str(got->ndim, got->shape, a, sizeof a),
+                 sd_shape_str(want->ndim, want->shape, b, sizeof b));
+    double err = testutil_max_rel_err(sd_f32(got), sd_f32(want), sd_numel(got));
+    print_message("    %-40s max rel err %.3g (tol %.3g)\n", what, err, tol);
+    if (!(err <= tol)) fail_msg("%s: max relative error %.6g exceeds %.3g", what, err, tol);
+}
+
+static uint64_t next_u64(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *s = x;
+    return x;
+}
+
+static double next_unit(uint64_t *s) { return (double)(next_u64(s) >> 11) * (1.0 / 9007199254740992.0); }
+
+void testutil_fill_uniform(float *x, int64_t n, uint64_t seed, float lo, float hi) {
+    uint64_t s = seed * 2654435761ull + 88172645463325252ull;
+    for (int64_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * (float)next_unit(&s);
+}
+
+void testutil_fill_normal(float *x, int64_t n, uint64_t seed, float std) {
+    uint64_t s = seed * 2654435761ull + 88172645463325252ull;
+    for (int64_t i = 0; i < n; i++) {
+        double u1 = next_unit(&s), u2 = next_unit(&s);
+        if (u1 < 1e-300) u1 = 1e-300;
+        x[i] = (float)(std * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+    }
+}
+
+sd_tensor *testutil_fixture(const char *file, const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, "tests/fixtures/%s.safetensors", file);
+    sd_safetensors st;
+    if (sd_safetensors_open(path, &st)) fail_msg("%s", sd_last_error());
+    const sd_st_entry *e = sd_safetensors_find(&st, name);
+    if (!e) {
+        sd_safetensors_close(&st);
+        fail_msg("%s: no tensor '%s'", path, name);
+    }
+    sd_tensor *t = NULL;
+    sd_status s = e->dtype == SD_I64 ? sd_safetensors_load_raw(&st, e, &t) : sd_safetensors_load_f32(&st, e, &t);
+    sd_safetensors_close(&st);
+    if (s) fail_msg("%s", sd_last_error());
+    return t;
+}
+
+int testutil_make_tmpdir(char *buf, size_t n, const char *prefix) {
+    snprintf(buf, n, "/tmp/%sXXXXXX", prefix);
+    return mkdtemp(buf) ? 0 : -1;
+}
+
+int testutil_remove_tree(const char *dir) {
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+#ifdef SD_HAVE_CUDA
+#include <cuda_runtime.h>
+int testutil_have_gpu(void) {
+    int n = 0;
+    return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+#else
+int testutil_have_gpu(void) { return 0; }
+#endif

