@@ -20,8 +20,8 @@ ifneq ($(NVCC),)
 ifneq ($(CUDA_SRC),)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   CFLAGS  += -DSD_HAVE_CUDA -I$(CUDA_HOME)/include
-  NVFLAGS := -O3 -std=c++17 -Iinclude -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -fPIC
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib64/stubs -lcublas -lcudart -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
+  NVFLAGS := -O3 -std=c++17 -Iinclude -MMD -MP -lineinfo -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90 -Xcompiler -fPIC
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib64/stubs -lcublas -lcublasLt -lcudnn -lcudart -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
   CUDA_OBJ := $(patsubst kernels/%.cu,$(BUILD)/obj/kernels/%.o,$(CUDA_SRC))
 endif
 endif

@@ -14,6 +14,7 @@ typedef enum sd_unary_op {
     SD_UNARY_SILU = 0,   /* x * sigmoid(x) */
     SD_UNARY_GELU,       /* exact erf GELU: 0.5 x (1 + erf(x / sqrt 2)) */
     SD_UNARY_QUICK_GELU, /* x * sigmoid(1.702 x) (CLIP) */
+    SD_UNARY_LEAKY_RELU, /* x >= 0 ? x : alpha x (StyleDiffusion's mapping networks: alpha 0.01) */
 } sd_unary_op;
 
 typedef enum sd_binary_op { SD_BINARY_ADD = 0, SD_BINARY_SUB, SD_BINARY_MUL } sd_binary_op;
@@ -29,6 +30,14 @@ typedef struct sd_conv_geom {
 
 typedef struct sd_backend {
     const char *name;
+
+    /* ---- memory: the nn layer and the arenas never touch device memory directly ---- */
+    void *(*mem_alloc)(size_t bytes); /* 256-byte aligned; NULL (error set, naming the size) on failure */
+    void (*mem_free)(void *p);
+    sd_status (*upload)(void *dst, const void *host_src, size_t bytes);   /* host -> backend */
+    sd_status (*download)(void *host_dst, const void *src, size_t bytes); /* backend -> host */
+    sd_status (*zero)(void *dst, size_t bytes);
+    sd_status (*synchronize)(void); /* waits for queued work (no-op on the CPU) */
 
     /* y[M, N] = x[M, K] · w[N, K]ᵀ (+ b[N] when b != NULL): PyTorch's Linear weight layout. */
     sd_status (*linear)(const float *x, const float *w, const float *b, float *y, int64_t M,
@@ -47,8 +56,8 @@ typedef struct sd_backend {
     sd_status (*layer_norm)(const float *x, const float *gamma, const float *beta, float *y,
                             int64_t M, int64_t C, float eps);
 
-    /* y[i] = f(x[i]); y may alias x. */
-    sd_status (*unary)(sd_unary_op op, const float *x, float *y, int64_t n);
+    /* y[i] = f(x[i]); y may alias x. `alpha` is the leaky-ReLU slope (ignored by the others). */
+    sd_status (*unary)(sd_unary_op op, const float *x, float *y, int64_t n, float alpha);
 
     /* y[i] = a[i] (op) b[i]; y may alias a or b. */
     sd_status (*binary)(sd_binary_op op, const float *a, const float *b, float *y, int64_t n);
@@ -101,9 +110,92 @@ typedef struct sd_backend {
     /* Plain memory. */
     sd_status (*copy)(float *dst, const float *src, int64_t n);
     sd_status (*fill)(float *dst, float value, int64_t n);
+
+    /* ---- reductions ---- */
+    /* out[0] = mean((a - b)^2) over n values (accumulated in double on the CPU). out is a
+     * one-element buffer on the backend's device, so a loss never forces a host sync. */
+    sd_status (*mse)(const float *a, const float *b, float *out, int64_t n);
+    /* *host_result = 1 when every x[i] is finite (a host sync: used once per step). */
+    sd_status (*all_finite)(const float *x, int64_t n, int *host_result);
+
+    /* ---- backward: every op ACCUMULATES into its gradient outputs (dx += ...), which the
+     * autograd layer zero-fills on first use; a NULL gradient output is not computed (frozen
+     * weights, inputs that lead to no trainable leaf). `dy` is the gradient of the forward output.
+     * Forward inputs are passed again where the derivative needs them (recomputation, not saved
+     * intermediates: norms recompute their statistics, attention recomputes its maps). */
+
+    /* linear: dx[M, K] += dy[M, N] · w[N, K] */
+    sd_status (*linear_backward_data)(const float *dy, const float *w, float *dx, int64_t M,
+                                      int64_t K, int64_t N);
+    /* linear: dw[N, K] += dyᵀ · x; db[N] += Σ_m dy[m, :] (either may be NULL) */
+    sd_status (*linear_backward_params)(const float *dy, const float *x, float *dw, float *db,
+                                        int64_t M, int64_t K, int64_t N);
+    /* conv2d: dx[B, Ci, H, W] += transposed convolution of dy[B, Co, Ho, Wo] with w */
+    sd_status (*conv2d_backward_data)(const float *dy, const float *w, float *dx,
+                                      const sd_conv_geom *g);
+    /* conv2d: dw[Co, Ci, kh, kw] += Σ dy ⊗ x patches; db[Co] += Σ dy (either may be NULL) */
+    sd_status (*conv2d_backward_params)(const float *dy, const float *x, float *dw, float *db,
+                                        const sd_conv_geom *g);
+    /* group norm (+ fused SiLU when `silu`): x is the forward input; gamma/beta as in forward
+     * (beta is needed to rebuild the pre-SiLU value); dx, dgamma, dbeta may each be NULL. */
+    sd_status (*group_norm_backward)(const float *x, const float *gamma, const float *beta,
+                                     const float *dy, float *dx, float *dgamma, float *dbeta,
+                                     int64_t B, int64_t C, int64_t S, int groups, float eps, int silu);
+    /* layer norm over rows of x[M, C]; dx, dgamma, dbeta may each be NULL. */
+    sd_status (*layer_norm_backward)(const float *x, const float *gamma, const float *dy, float *dx,
+                                     float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
+    /* dx[i] += dy[i] · f'(x[i]) */
+    sd_status (*unary_backward)(sd_unary_op op, const float *x, const float *dy, float *dx,
+                                int64_t n, float alpha);
+    /* GEGLU: x[M, 2N] forward input, dy[M, N] -> dx[M, 2N] */
+    sd_status (*geglu_backward)(const float *x, const float *dy, float *dx, int64_t M, int64_t N);
+    /* y[i] += alpha · x[i] (the backward of add, sub, axpby, copies and views) */
+    sd_status (*axpy)(float alpha, const float *x, float *y, int64_t n);
+    /* y[i] += a[i] · b[i] (the backward of mul) */
+    sd_status (*mul_acc)(const float *a, const float *b, float *y, int64_t n);
+    /* add_channel_bias: dv[b, c] += Σ_s dy[b, c, s] (dx += dy is an axpy) */
+    sd_status (*add_channel_bias_backward)(const float *dy, float *dv, int64_t B, int64_t C,
+                                           int64_t S);
+    /* concat_channels: da += dy[:, :Ca], dc += dy[:, Ca:] (either may be NULL) */
+    sd_status (*concat_channels_backward)(const float *dy, float *da, float *dc, int64_t B,
+                                          int64_t Ca, int64_t Cb, int64_t S);
+    /* nearest resize: dx[src] += dy[dst] for every dst mapped to src */
+    sd_status (*upsample_nearest_backward)(const float *dy, float *dx, int64_t N, int64_t H,
+                                           int64_t W, int64_t Ho, int64_t Wo);
+    /* fused attention (no maps kept): recomputes the maps; dq, dk, dv may each be NULL.
+     * `out` is the forward output (for rowsum(dO ⊙ O), as flash-attention backward uses). */
+    sd_status (*attention_backward)(const float *q, const float *k, const float *v,
+                                    const float *out, const float *dout, float *dq, float *dk,
+                                    float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
+                                    int Dv, float scale, int causal);
+    /* maps from scores: probs[B·H, Sq, Sk] = softmax(scale q kᵀ); given dprobs, accumulate
+     * dq, dk (either may be NULL): dS = P ⊙ (dP − rowsum(dP ⊙ P)). */
+    sd_status (*attention_probs_backward)(const float *q, const float *k, const float *probs,
+                                          const float *dprobs, float *dq, float *dk, int64_t B,
+                                          int64_t Sq, int64_t Sk, int H, int D, float scale);
+    /* out = probs · v: dprobs += dout · vᵀ, dv += probsᵀ · dout (either may be NULL) */
+    sd_status (*attention_apply_backward)(const float *probs, const float *v, const float *dout,
+                                          float *dprobs, float *dv, int64_t B, int64_t Sq,
+                                          int64_t Sk, int H, int Dv);
+    /* mse: with g = dL/d(mse) (one element on the device): da += 2g(a − b)/n, db −= 2g(a − b)/n */
+    sd_status (*mse_backward)(const float *a, const float *b, const float *g, float *da, float *db,
+                              int64_t n);
+
+    /* ---- optimiser ---- */
+    /* One Adam step as torch.optim.Adam (no weight decay, no amsgrad) computes it:
+     * m = β1 m + (1 − β1) g; v = β2 v + (1 − β2) g²;
+     * p −= (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps), bc_i = 1 − β_i^step.
+     * The hyperparameters are doubles, as torch holds them (Python floats): 1 − β and the bias
+     * corrections derived from (double)0.999f would be off by ~1e-5 relative. */
+    sd_status (*adam_step)(float *p, const float *g, float *m, float *v, int64_t n, double lr,
+                           double beta1, double beta2, double eps, int step);
 } sd_backend;
 
 /* The CPU reference backend (OpenMP + OpenBLAS). */
 const sd_backend *sd_backend_cpu(void);
+
+/* The CUDA backend for device `ordinal`, or NULL when this build has no CUDA or no usable GPU
+ * (the error message then says why: no driver, too old, no device, unsupported architecture). */
+const sd_backend *sd_backend_cuda(int ordinal);
 
 #endif

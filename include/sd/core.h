@@ -130,6 +130,8 @@ sd_tensor *sd_tensor_new(sd_dtype dtype, int ndim, const int64_t *shape);
 sd_tensor *sd_tensor_new4(sd_dtype dtype, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
 sd_tensor *sd_tensor_clone(const sd_tensor *t); /* heap copy (CPU only) */
 void sd_tensor_free(sd_tensor *t);
+/* How sd_tensor_free releases owned data of a tensor on a device (set by the CUDA backend). */
+void sd_set_device_free(void (*release)(void *p, int device));
 void sd_tensor_set_name(sd_tensor *t, const char *name);
 
 /* A tensor header over existing memory (not owned). */
@@ -164,6 +166,10 @@ sd_status sd_convert_to_f32(float *dst, const void *src, sd_dtype src_dtype, int
 typedef struct sd_arena sd_arena;
 
 sd_arena *sd_arena_create(size_t chunk_bytes);
+/* An arena whose chunks come from `alloc`/`release` (device memory: the chunks are never touched
+ * from the host; only their addresses are handed out). */
+sd_arena *sd_arena_create_with(size_t chunk_bytes, void *(*alloc)(size_t bytes),
+                               void (*release)(void *p));
 void sd_arena_destroy(sd_arena *a);
 void *sd_arena_alloc(sd_arena *a, size_t bytes); /* NULL (error set) on OOM */
 typedef struct { size_t chunk; size_t offset; size_t used; } sd_arena_mark;

@@ -15,6 +15,7 @@ typedef struct sd_model {
     sd_clip_text text;
     sd_tokenizer *tokenizer;
     int builtin; /* 1: the tiny random-weight model shipped with stylediff */
+    uint64_t fingerprint; /* hash of a few weight tensors: tells checkpoints apart in saved files */
 } sd_model;
 
 /* The folder of the built-in tiny model: $STYLEDIFF_HOME/models/tiny when set, else found next to
@@ -22,6 +23,9 @@ typedef struct sd_model {
 const char *sd_builtin_model_dir(void);
 /* The real CLIP tokenizer folder shipped with stylediff (used by single-file checkpoints). */
 const char *sd_builtin_tokenizer_dir(void);
+/* The tiny random-weight CLIP vision tower paired with the built-in model (StyleDiffusion's
+ * image encoder in tests and demos): models/tiny-clip-vision beside models/tiny. */
+const char *sd_builtin_clip_vision_dir(void);
 
 /* Loads and binds a diffusers folder or a single-file .safetensors; path NULL loads the built-in
  * tiny model and prints a one-line notice that its weights are random. */

@@ -18,6 +18,7 @@
 #include "sd/core.h"
 
 struct sd_attn_hook;
+struct sd_tape;
 
 typedef struct sd_ctx {
     const sd_backend *be;
@@ -26,9 +27,12 @@ typedef struct sd_ctx {
     int device;                 /* SD_DEVICE_CPU or CUDA ordinal */
     sd_status status;           /* first failure, SD_OK while healthy */
     struct sd_attn_hook *hook;  /* attention controller, or NULL for plain attention */
+    struct sd_tape *tape;       /* autodiff recording (autograd.h), or NULL */
 } sd_ctx;
 
-/* A context on the CPU with a fresh arena. */
+/* A context on backend `be` (device SD_DEVICE_CPU or a CUDA ordinal) with fresh arenas. */
+sd_status sd_ctx_init(sd_ctx *c, const sd_backend *be, int device);
+/* A context on the CPU. */
 sd_status sd_ctx_init_cpu(sd_ctx *c);
 void sd_ctx_free(sd_ctx *c);
 /* Records a failure (keeps the first one) and returns NULL for convenient `return sd_ctx_fail(...)`. */
@@ -49,6 +53,11 @@ sd_status sd_assign(sd_ctx *c, sd_tensor *dst, const sd_tensor *src);
 sd_tensor *sd_upload(sd_ctx *c, const sd_tensor *host);
 /* Copies an F32 tensor of the context's device into a host tensor of the same shape. */
 sd_status sd_download(sd_ctx *c, const sd_tensor *dev, sd_tensor *host);
+/* A new heap (host) tensor holding a copy of `dev`; the caller frees it. */
+sd_tensor *sd_download_new(sd_ctx *c, const sd_tensor *dev);
+/* Moves every F32 tensor of a weight store to the context's device (no-op on the CPU). */
+struct sd_weights;
+sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);
 /* A header sharing x's data with a new shape (same numel); arena-allocated header. */
 sd_tensor *sd_reshape(sd_ctx *c, sd_tensor *x, int ndim, const int64_t *shape);
 sd_tensor *sd_reshape4(sd_ctx *c, sd_tensor *x, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
@@ -78,6 +87,8 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
 /* x[..., C] -> same shape. */
 sd_tensor *sd_layer_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, float eps);
 sd_tensor *sd_unary(sd_ctx *c, sd_unary_op op, sd_tensor *x);
+/* A unary op with its parameter (the leaky-ReLU slope). */
+sd_tensor *sd_unary_param(sd_ctx *c, sd_unary_op op, sd_tensor *x, float alpha);
 static inline sd_tensor *sd_silu(sd_ctx *c, sd_tensor *x) { return sd_unary(c, SD_UNARY_SILU, x); }
 sd_tensor *sd_add(sd_ctx *c, sd_tensor *a, sd_tensor *b);
 sd_tensor *sd_sub(sd_ctx *c, sd_tensor *a, sd_tensor *b);

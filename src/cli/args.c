@@ -54,6 +54,7 @@ static int set_value(const cli_command *cmd, const cli_opt *o, const char *flag,
         *(int *)o->dst = (int)v;
         return 0;
     }
+    case CLI_DOUBLE:
     case CLI_FLOAT: {
         double v = strtod(val, &end);
         if (errno || !*val || *end || !isfinite(v) || (o->min <= o->max && (v < o->min || v > o->max))) {
@@ -64,7 +65,10 @@ static int set_value(const cli_command *cmd, const cli_opt *o, const char *flag,
                 fprintf(stderr, "stylediff %s: %s: expected a number, got '%s'\n", cmd->name, flag, val);
             return 2;
         }
-        *(float *)o->dst = (float)v;
+        if (o->type == CLI_DOUBLE)
+            *(double *)o->dst = v;
+        else
+            *(float *)o->dst = (float)v;
         return 0;
     }
     case CLI_FLAG:

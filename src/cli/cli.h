@@ -5,13 +5,13 @@
 
 #include "sd/core.h"
 
-typedef enum { CLI_STR, CLI_INT, CLI_FLOAT, CLI_FLAG } cli_type;
+typedef enum { CLI_STR, CLI_INT, CLI_FLOAT, CLI_DOUBLE, CLI_FLAG } cli_type;
 
 typedef struct cli_opt {
     const char *long_name; /* "steps" for --steps */
     char short_name;       /* 'm' for -m, 0 for none */
     cli_type type;
-    void *dst;             /* const char **, int *, float *, int * */
+    void *dst;             /* const char **, int *, float *, double *, int * */
     const char *metavar;   /* "N", "FILE" */
     const char *help;
     double min, max;       /* inclusive range for numbers (ignored when min > max) */
@@ -53,5 +53,6 @@ int cmd_generate(int argc, char **argv);
 int cmd_reconstruct(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_invert(int argc, char **argv);
 
 #endif

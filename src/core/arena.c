@@ -20,21 +20,36 @@ struct sd_arena {
     size_t offset;                  /* bytes used in chunk `cur` */
     size_t used;                    /* total bytes handed out since creation/reset */
     size_t peak;
+    void *(*alloc)(size_t bytes);   /* chunk allocator: host memory by default */
+    void (*release)(void *p);
 };
 
-sd_arena *sd_arena_create(size_t chunk_bytes) {
+static void *host_chunk_alloc(size_t bytes) {
+    void *p = aligned_alloc(ARENA_ALIGN, (bytes + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1));
+    if (!p) sd_fail(SD_ERR_OOM, "out of host memory: arena chunk of %zu bytes", bytes);
+    return p;
+}
+
+sd_arena *sd_arena_create_with(size_t chunk_bytes, void *(*alloc)(size_t bytes),
+                               void (*release)(void *p)) {
     sd_arena *a = calloc(1, sizeof *a);
     if (!a) {
         sd_fail(SD_ERR_OOM, "out of host memory creating an arena");
         return NULL;
     }
     a->chunk_bytes = chunk_bytes ? chunk_bytes : ((size_t)64 << 20);
+    a->alloc = alloc;
+    a->release = release;
     return a;
+}
+
+sd_arena *sd_arena_create(size_t chunk_bytes) {
+    return sd_arena_create_with(chunk_bytes, host_chunk_alloc, free);
 }
 
 void sd_arena_destroy(sd_arena *a) {
     if (!a) return;
-    for (size_t i = 0; i < a->nchunks; i++) free(a->chunks[i]);
+    for (size_t i = 0; i < a->nchunks; i++) a->release(a->chunks[i]);
     free(a);
 }
 
@@ -60,11 +75,8 @@ void *sd_arena_alloc(sd_arena *a, size_t bytes) {
         return NULL;
     }
     size_t size = bytes > a->chunk_bytes ? bytes : a->chunk_bytes;
-    char *chunk = aligned_alloc(ARENA_ALIGN, size);
-    if (!chunk) {
-        sd_fail(SD_ERR_OOM, "out of host memory: arena chunk of %zu bytes", size);
-        return NULL;
-    }
+    char *chunk = a->alloc(size); /* the allocator sets the error message */
+    if (!chunk) return NULL;
     a->chunks[a->nchunks] = chunk;
     a->sizes[a->nchunks] = size;
     a->cur = a->nchunks;

@@ -106,11 +106,19 @@ sd_tensor *sd_tensor_clone(const sd_tensor *t) {
     return c;
 }
 
+static void (*device_free)(void *p, int device);
+
+void sd_set_device_free(void (*release)(void *p, int device)) { device_free = release; }
+
 void sd_tensor_free(sd_tensor *t) {
     if (!t) return;
-    if (t->owns_data) free(t->data);
-    if (t->grad) sd_tensor_free(t->grad);
-    free(t);
+    if (t->owns_data) {
+        if (t->device == SD_DEVICE_CPU)
+            free(t->data);
+        else if (device_free)
+            device_free(t->data, t->device);
+    }
+    free(t); /* t->grad lives in an arena and is released with it */
 }
 
 void sd_tensor_set_name(sd_tensor *t, const char *name) {
@@ -127,6 +135,8 @@ sd_tensor sd_view(const sd_tensor *t, int ndim, const int64_t *shape) {
     sd_tensor v = *t;
     v.owns_data = 0;
     v.grad = NULL;
+    v.requires_grad = 0; /* a view is never a leaf: the nn layer records it as a node instead */
+    v.tape_index = -1;
     v.ndim = ndim;
     for (int i = 0; i < ndim; i++) v.shape[i] = shape[i];
     return v;

@@ -10,7 +10,6 @@
 #define NAME_CAP 256
 
 sd_status sd_clip_text_bind(sd_clip_text *m, const sd_clip_text_config *cfg, sd_weights *w) {
-    char name[NAME_CAP];
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     const int64_t D = cfg->hidden_size, F = cfg->intermediate_size;
@@ -26,19 +25,9 @@ sd_status sd_clip_text_bind(sd_clip_text *m, const sd_clip_text_config *cfg, sd_
     m->layers = calloc((size_t)cfg->num_hidden_layers, sizeof *m->layers);
     if (!m->layers) return sd_fail(SD_ERR_OOM, "out of host memory binding the text encoder");
     for (int i = 0; i < cfg->num_hidden_layers; i++) {
-        sd_clip_layer *L = &m->layers[i];
-        char p[NAME_CAP];
-        snprintf(p, sizeof p, "text_model.encoder.layers.%d", i);
-#define SUB(leaf) (snprintf(name, sizeof name, "%s.%s", p, leaf), name)
-        SD_TRY(sd_bind_norm(w, SUB("layer_norm1"), D, &L->layer_norm1));
-        SD_TRY(sd_bind_linear(w, SUB("self_attn.q_proj"), D, D, 1, &L->q_proj));
-        SD_TRY(sd_bind_linear(w, SUB("self_attn.k_proj"), D, D, 1, &L->k_proj));
-        SD_TRY(sd_bind_linear(w, SUB("self_attn.v_proj"), D, D, 1, &L->v_proj));
-        SD_TRY(sd_bind_linear(w, SUB("self_attn.out_proj"), D, D, 1, &L->out_proj));
-        SD_TRY(sd_bind_norm(w, SUB("layer_norm2"), D, &L->layer_norm2));
-        SD_TRY(sd_bind_linear(w, SUB("mlp.fc1"), F, D, 1, &L->fc1));
-        SD_TRY(sd_bind_linear(w, SUB("mlp.fc2"), D, F, 1, &L->fc2));
-#undef SUB
+        char prefix[NAME_CAP];
+        snprintf(prefix, sizeof prefix, "text_model.encoder.layers.%d", i);
+        SD_TRY(sd_bind_clip_layer(w, prefix, D, F, &m->layers[i]));
     }
     SD_TRY(sd_bind_norm(w, "text_model.final_layer_norm", D, &m->final_layer_norm));
     /* position_ids is a buffer some checkpoints carry (always arange): accept it, never use it. */
@@ -67,12 +56,9 @@ sd_tensor *sd_clip_text_forward(sd_ctx *c, const sd_clip_text *m, const sd_tenso
         return sd_ctx_fail(c, SD_ERR_SHAPE, "text encoder: ids must be I32 (B, S) with S <= %d",
                            cfg->max_position_embeddings);
     const int64_t B = ids->shape[0], S = ids->shape[1];
-    /* position ids 0..S-1 for every row */
-    int32_t *pos = sd_arena_alloc(c->arena, (size_t)(B * S) * sizeof(int32_t));
-    if (!pos) {
-        c->status = SD_ERR_OOM;
-        return NULL;
-    }
+    /* position ids 0..S-1 for every row, in host memory like every id tensor */
+    int32_t *pos = malloc((size_t)(B * S) * sizeof(int32_t));
+    if (!pos) return sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for position ids");
     for (int64_t b = 0; b < B; b++)
         for (int64_t s = 0; s < S; s++) pos[b * S + s] = (int32_t)s;
     const int64_t pos_shape[2] = {B, S};
@@ -80,18 +66,9 @@ sd_tensor *sd_clip_text_forward(sd_ctx *c, const sd_clip_text *m, const sd_tenso
 
     sd_tensor *h = sd_add(c, sd_embedding(c, ids, m->token_embedding),
                           sd_embedding(c, &pos_ids, m->position_embedding));
+    free(pos);
     const sd_unary_op act = cfg->quick_gelu ? SD_UNARY_QUICK_GELU : SD_UNARY_GELU;
-    for (int i = 0; i < cfg->num_hidden_layers; i++) {
-        const sd_clip_layer *L = &m->layers[i];
-        sd_tensor *n = sd_layer_norm(c, h, &L->layer_norm1, cfg->layer_norm_eps);
-        sd_tensor *q = sd_linear(c, n, &L->q_proj);
-        sd_tensor *k = sd_linear(c, n, &L->k_proj);
-        sd_tensor *v = sd_linear(c, n, &L->v_proj);
-        sd_tensor *a = sd_attention(c, q, k, v, cfg->num_attention_heads, 1, NULL);
-        h = sd_add(c, h, sd_linear(c, a, &L->out_proj));
-        n = sd_layer_norm(c, h, &L->layer_norm2, cfg->layer_norm_eps);
-        sd_tensor *f = sd_unary(c, act, sd_linear(c, n, &L->fc1));
-        h = sd_add(c, h, sd_linear(c, f, &L->fc2));
-    }
+    for (int i = 0; i < cfg->num_hidden_layers; i++)
+        h = sd_clip_layer_forward(c, &m->layers[i], h, cfg->num_attention_heads, 1, act, cfg->layer_norm_eps);
     return sd_layer_norm(c, h, &m->final_layer_norm, cfg->layer_norm_eps);
 }

@@ -104,6 +104,34 @@ sd_status sd_bind_transformer(sd_weights *w, const char *prefix, int64_t channel
     return sd_bind_linear(w, join(name, block, "ff.net.2"), channels, 4 * channels, 1, &t->ff_out);
 }
 
+sd_status sd_bind_clip_layer(sd_weights *w, const char *prefix, int64_t width, int64_t mlp_width,
+                             sd_clip_layer *L) {
+    char name[NAME_CAP];
+    const int64_t D = width, F = mlp_width;
+    SD_TRY(sd_bind_norm(w, join(name, prefix, "layer_norm1"), D, &L->layer_norm1));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, "self_attn.q_proj"), D, D, 1, &L->q_proj));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, "self_attn.k_proj"), D, D, 1, &L->k_proj));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, "self_attn.v_proj"), D, D, 1, &L->v_proj));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, "self_attn.out_proj"), D, D, 1, &L->out_proj));
+    SD_TRY(sd_bind_norm(w, join(name, prefix, "layer_norm2"), D, &L->layer_norm2));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, "mlp.fc1"), F, D, 1, &L->fc1));
+    return sd_bind_linear(w, join(name, prefix, "mlp.fc2"), D, F, 1, &L->fc2);
+}
+
+sd_tensor *sd_clip_layer_forward(sd_ctx *c, const sd_clip_layer *L, sd_tensor *h, int heads,
+                                 int causal, sd_unary_op act, float eps) {
+    sd_tensor *n = sd_layer_norm(c, h, &L->layer_norm1, eps);
+    sd_tensor *q = sd_linear(c, n, &L->q_proj);
+    sd_tensor *k = sd_linear(c, n, &L->k_proj);
+    sd_tensor *v = sd_linear(c, n, &L->v_proj);
+    /* no hook site: the attention controllers act on the UNet only */
+    sd_tensor *a = sd_attention(c, q, k, v, heads, causal, NULL);
+    h = sd_add(c, h, sd_linear(c, a, &L->out_proj));
+    n = sd_layer_norm(c, h, &L->layer_norm2, eps);
+    sd_tensor *f = sd_unary(c, act, sd_linear(c, n, &L->fc1));
+    return sd_add(c, h, sd_linear(c, f, &L->fc2));
+}
+
 sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu) {
     sd_tensor *h = sd_group_norm(c, x, &r->norm1, r->groups, r->eps, 1);
     h = sd_conv2d(c, h, &r->conv1, 1, 1);

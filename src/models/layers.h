@@ -23,6 +23,14 @@ sd_status sd_bind_attention(sd_weights *w, const char *prefix, int64_t q_dim, in
 sd_status sd_bind_transformer(sd_weights *w, const char *prefix, int64_t channels, int64_t ctx_dim,
                               int heads, int groups, sd_transformer *t);
 
+/* One pre-LN CLIP transformer layer ("<prefix>.self_attn.q_proj", "<prefix>.mlp.fc1", ...), shared
+ * by the text and the vision towers. */
+sd_status sd_bind_clip_layer(sd_weights *w, const char *prefix, int64_t width, int64_t mlp_width,
+                             sd_clip_layer *L);
+/* h + attn(ln1(h)), then + mlp(ln2(h)); causal masks later tokens (text tower). */
+sd_tensor *sd_clip_layer_forward(sd_ctx *c, const sd_clip_layer *L, sd_tensor *h, int heads,
+                                 int causal, sd_unary_op act, float eps);
+
 /* h = conv2(silu(gn2(conv1(silu(gn1(x))) + proj(temb_silu)))) + shortcut(x).
  * temb_silu: SiLU(time embedding) [B, T], shared by every resnet of a UNet call; NULL in the VAE. */
 sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu);

@@ -52,6 +52,12 @@ const char *sd_builtin_tokenizer_dir(void) {
     return builtin_tok_dir;
 }
 
+const char *sd_builtin_clip_vision_dir(void) {
+    static char dir[PATH_MAX + 32];
+    if (!dir[0]) snprintf(dir, sizeof dir, "%s-clip-vision", sd_builtin_model_dir());
+    return dir;
+}
+
 sd_status sd_model_load(const char *path, sd_model *m) {
     memset(m, 0, sizeof *m);
     if (!path) {
@@ -65,6 +71,14 @@ sd_status sd_model_load(const char *path, sd_model *m) {
     if (st == SD_OK) st = sd_unet_bind(&m->unet, &m->files.unet_config, m->files.unet);
     if (st == SD_OK) st = sd_vae_bind(&m->vae, &m->files.vae_config, m->files.vae);
     if (st == SD_OK) st = sd_tokenizer_load(m->files.tokenizer_dir, &m->tokenizer);
+    if (st == SD_OK) {
+        /* Hash tensors every SD v1.x UNet, VAE and text encoder has, read on the host before any
+         * move to a device: the same weights give the same fingerprint in either layout. */
+        const sd_tensor *parts[3] = {m->unet.conv_in.weight, m->vae.dec_conv_out.weight, m->text.position_embedding};
+        uint64_t h = 1469598103934665603ull;
+        for (int i = 0; i < 3; i++) h ^= sd_hash64(parts[i]->data, sd_nbytes(parts[i])) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+        m->fingerprint = h;
+    }
     if (st != SD_OK) {
         sd_fail_context(st, "loading model %s: ", path);
         sd_model_free(m);

@@ -6,19 +6,27 @@
 #include <string.h>
 
 #include "sd/attn.h"
+#include "sd/io.h"
+#include "tape.h"
 
 /* ------------------------------------------------------------------------------------------------
  * Context
  * --------------------------------------------------------------------------------------------- */
 
-sd_status sd_ctx_init_cpu(sd_ctx *c) {
+sd_status sd_ctx_init(sd_ctx *c, const sd_backend *be, int device) {
     memset(c, 0, sizeof *c);
-    c->be = sd_backend_cpu();
-    c->device = SD_DEVICE_CPU;
-    c->arena = sd_arena_create((size_t)64 << 20);
-    c->keep = sd_arena_create((size_t)16 << 20);
-    return c->arena && c->keep ? SD_OK : SD_ERR_OOM;
+    c->be = be;
+    c->device = device;
+    c->arena = sd_arena_create_with((size_t)64 << 20, be->mem_alloc, be->mem_free);
+    c->keep = sd_arena_create_with((size_t)16 << 20, be->mem_alloc, be->mem_free);
+    if (!c->arena || !c->keep) {
+        sd_ctx_free(c);
+        return SD_ERR_OOM;
+    }
+    return SD_OK;
 }
+
+sd_status sd_ctx_init_cpu(sd_ctx *c) { return sd_ctx_init(c, sd_backend_cpu(), SD_DEVICE_CPU); }
 
 void sd_ctx_free(sd_ctx *c) {
     if (!c) return;
@@ -101,15 +109,54 @@ sd_tensor *sd_upload(sd_ctx *c, const sd_tensor *host) {
                            sd_dtype_name(host->dtype));
     sd_tensor *t = sd_new(c, host->ndim, host->shape);
     if (!t) return NULL;
-    memcpy(t->data, host->data, sd_nbytes(host));
-    return t;
+    sd_ctx_check(c, c->be->upload(t->data, host->data, sd_nbytes(host)));
+    return c->status == SD_OK ? t : NULL;
 }
 
 sd_status sd_download(sd_ctx *c, const sd_tensor *dev, sd_tensor *host) {
     if (c->status != SD_OK) return c->status;
     if (!dev || !host || sd_numel(dev) != sd_numel(host) || host->dtype != SD_F32)
-        return sd_fail(SD_ERR_INTERNAL, "download: mismatched tensors");
-    memcpy(host->data, dev->data, sd_nbytes(dev));
+        return c->status = sd_fail(SD_ERR_INTERNAL, "download: mismatched tensors");
+    sd_ctx_check(c, c->be->download(host->data, dev->data, sd_nbytes(dev)));
+    return c->status;
+}
+
+sd_tensor *sd_download_new(sd_ctx *c, const sd_tensor *dev) {
+    NN_GUARD(c, dev);
+    sd_tensor *host = sd_tensor_new(SD_F32, dev->ndim, dev->shape);
+    if (!host) {
+        c->status = SD_ERR_OOM;
+        return NULL;
+    }
+    if (sd_download(c, dev, host) != SD_OK) {
+        sd_tensor_free(host);
+        return NULL;
+    }
+    return host;
+}
+
+sd_status sd_ctx_adopt_weights(sd_ctx *c, sd_weights *w) {
+    if (c->status != SD_OK) return c->status;
+    for (int i = 0; i < sd_weights_count(w); i++) {
+        sd_tensor *t = sd_weights_tensor_at(w, i);
+        if (t->device == c->device || t->dtype != SD_F32) continue;
+        if (t->device != SD_DEVICE_CPU)
+            return c->status = sd_fail(SD_ERR_INTERNAL, "tensor '%s' is on device %d, the context on %d",
+                                       t->name, t->device, c->device);
+        void *dev = c->be->mem_alloc(sd_nbytes(t));
+        if (!dev)
+            return c->status = sd_fail_context(SD_ERR_OOM, "moving '%s' (%s) to the device: ",
+                                               t->name, sd_weights_source(w));
+        sd_status st = c->be->upload(dev, t->data, sd_nbytes(t));
+        if (st != SD_OK) {
+            c->be->mem_free(dev);
+            return c->status = st;
+        }
+        if (t->owns_data) free(t->data);
+        t->data = dev;
+        t->device = c->device;
+        t->owns_data = 1; /* released through sd_set_device_free's hook */
+    }
     return SD_OK;
 }
 
@@ -125,7 +172,9 @@ sd_tensor *sd_reshape(sd_ctx *c, sd_tensor *x, int ndim, const int64_t *shape) {
         return NULL;
     }
     *v = sd_view(x, ndim, shape);
-    return v;
+    sd_tape_node *node = sd_tape_record(c, SD_OP_VIEW, v, x, NULL, NULL);
+    if (node) node->attr.view.offset = 0;
+    return c->status == SD_OK ? v : NULL;
 }
 
 sd_tensor *sd_reshape4(sd_ctx *c, sd_tensor *x, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
@@ -147,7 +196,9 @@ sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count) {
     v->shape[0] = count;
     const int64_t row = sd_numel(x) / (x->shape[0] ? x->shape[0] : 1);
     v->data = (float *)x->data + start * row;
-    return v;
+    sd_tape_node *node = sd_tape_record(c, SD_OP_VIEW, v, x, NULL, NULL);
+    if (node) node->attr.view.offset = start * row;
+    return c->status == SD_OK ? v : NULL;
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -177,6 +228,7 @@ sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l) {
     const int64_t M = sd_numel(x) / (K ? K : 1);
     sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), l->bias ? sd_f32(l->bias) : NULL, sd_f32(y),
                                   M, K, N));
+    sd_tape_record(c, SD_OP_LINEAR, y, x, l->weight, l->bias);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -208,6 +260,8 @@ sd_tensor *sd_conv2d_pad4(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, int stri
     if (!y) return NULL;
     sd_ctx_check(c, c->be->conv2d(sd_f32(x), sd_f32(w), cw->bias ? sd_f32(cw->bias) : NULL,
                                   sd_f32(y), &g));
+    sd_tape_node *node = sd_tape_record(c, SD_OP_CONV2D, y, x, cw->weight, cw->bias);
+    if (node) node->attr.conv = g;
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -231,6 +285,12 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
     sd_ctx_check(c, c->be->group_norm(sd_f32(x), n->weight ? sd_f32(n->weight) : NULL,
                                       n->bias ? sd_f32(n->bias) : NULL, sd_f32(y), x->shape[0], C,
                                       S, groups, eps, silu));
+    sd_tape_node *node = sd_tape_record(c, SD_OP_GROUP_NORM, y, x, n->weight, n->bias);
+    if (node) {
+        node->attr.norm.groups = groups;
+        node->attr.norm.eps = eps;
+        node->attr.norm.silu = silu;
+    }
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -245,14 +305,25 @@ sd_tensor *sd_layer_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, float eps)
     sd_ctx_check(c, c->be->layer_norm(sd_f32(x), n->weight ? sd_f32(n->weight) : NULL,
                                       n->bias ? sd_f32(n->bias) : NULL, sd_f32(y), sd_numel(x) / C,
                                       C, eps));
+    sd_tape_node *node = sd_tape_record(c, SD_OP_LAYER_NORM, y, x, n->weight, n->bias);
+    if (node) node->attr.norm.eps = eps;
     return c->status == SD_OK ? y : NULL;
 }
 
 sd_tensor *sd_unary(sd_ctx *c, sd_unary_op op, sd_tensor *x) {
+    return sd_unary_param(c, op, x, 0.0f);
+}
+
+sd_tensor *sd_unary_param(sd_ctx *c, sd_unary_op op, sd_tensor *x, float alpha) {
     NN_GUARD(c, x);
     sd_tensor *y = sd_new(c, x->ndim, x->shape);
     if (!y) return NULL;
-    sd_ctx_check(c, c->be->unary(op, sd_f32(x), sd_f32(y), sd_numel(x)));
+    sd_ctx_check(c, c->be->unary(op, sd_f32(x), sd_f32(y), sd_numel(x), alpha));
+    sd_tape_node *node = sd_tape_record(c, SD_OP_UNARY, y, x, NULL, NULL);
+    if (node) {
+        node->attr.unary.op = op;
+        node->attr.unary.alpha = alpha;
+    }
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -265,6 +336,9 @@ static sd_tensor *binary(sd_ctx *c, sd_binary_op op, sd_tensor *a, sd_tensor *b,
     sd_tensor *y = sd_new(c, a->ndim, a->shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->binary(op, sd_f32(a), sd_f32(b), sd_f32(y), sd_numel(a)));
+    static const sd_op_kind kinds[] = {[SD_BINARY_ADD] = SD_OP_ADD, [SD_BINARY_SUB] = SD_OP_SUB,
+                                       [SD_BINARY_MUL] = SD_OP_MUL};
+    sd_tape_record(c, kinds[op], y, a, b, NULL);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -281,6 +355,11 @@ sd_tensor *sd_axpby(sd_ctx *c, float alpha, sd_tensor *x, float beta, sd_tensor 
     sd_tensor *y = sd_new(c, x->ndim, x->shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->axpby(alpha, sd_f32(x), beta, sd_f32(z), sd_f32(y), sd_numel(x)));
+    sd_tape_node *node = sd_tape_record(c, SD_OP_AXPBY, y, x, z, NULL);
+    if (node) {
+        node->attr.axpby.alpha = alpha;
+        node->attr.axpby.beta = beta;
+    }
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -288,6 +367,8 @@ sd_tensor *sd_scale(sd_ctx *c, sd_tensor *x, float alpha) { return sd_axpby(c, a
 
 sd_tensor *sd_clamp(sd_ctx *c, sd_tensor *x, float lo, float hi) {
     NN_GUARD(c, x);
+    if (sd_tape_needs_grad(c, x))
+        return sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "clamp: no backward (its input needs a gradient)");
     sd_tensor *y = sd_new(c, x->ndim, x->shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->clamp(sd_f32(x), sd_f32(y), lo, hi, sd_numel(x)));
@@ -305,6 +386,7 @@ sd_tensor *sd_add_channel_bias(sd_ctx *c, sd_tensor *x, sd_tensor *v) {
     const int64_t S = sd_numel(x) / (x->shape[0] * x->shape[1]);
     sd_ctx_check(c, c->be->add_channel_bias(sd_f32(x), sd_f32(v), sd_f32(y), x->shape[0],
                                             x->shape[1], S));
+    sd_tape_record(c, SD_OP_ADD_CHANNEL_BIAS, y, x, v, NULL);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -318,6 +400,7 @@ sd_tensor *sd_geglu(sd_ctx *c, sd_tensor *x) {
     sd_tensor *y = sd_new(c, x->ndim, shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->geglu(sd_f32(x), sd_f32(y), sd_numel(x) / twoN, twoN / 2));
+    sd_tape_record(c, SD_OP_GEGLU, y, x, NULL, NULL);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -332,6 +415,7 @@ sd_tensor *sd_concat_channels(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
     if (!y) return NULL;
     sd_ctx_check(c, c->be->concat_channels(sd_f32(a), sd_f32(b), sd_f32(y), a->shape[0], a->shape[1],
                                            b->shape[1], a->shape[2] * a->shape[3]));
+    sd_tape_record(c, SD_OP_CONCAT_CHANNELS, y, a, b, NULL);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -350,6 +434,7 @@ sd_tensor *sd_concat0(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
     if (!y) return NULL;
     sd_ctx_check(c, c->be->copy(sd_f32(y), sd_f32(a), sd_numel(a)));
     sd_ctx_check(c, c->be->copy(sd_f32(y) + sd_numel(a), sd_f32(b), sd_numel(b)));
+    sd_tape_record(c, SD_OP_CONCAT0, y, a, b, NULL);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -360,6 +445,7 @@ sd_tensor *sd_upsample_nearest(sd_ctx *c, sd_tensor *x, int64_t Ho, int64_t Wo) 
     if (!y) return NULL;
     sd_ctx_check(c, c->be->upsample_nearest(sd_f32(x), sd_f32(y), x->shape[0] * x->shape[1],
                                             x->shape[2], x->shape[3], Ho, Wo));
+    sd_tape_record(c, SD_OP_UPSAMPLE, y, x, NULL, NULL);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -370,6 +456,12 @@ sd_tensor *sd_nchw_to_tokens(sd_ctx *c, sd_tensor *x) {
     sd_tensor *y = sd_new4(c, 3, B, S, C, 0);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->transpose(sd_f32(x), sd_f32(y), B, C, S));
+    sd_tape_node *node = sd_tape_record(c, SD_OP_TRANSPOSE, y, x, NULL, NULL);
+    if (node) {
+        node->attr.transpose.B = B;
+        node->attr.transpose.R = C;
+        node->attr.transpose.C = S;
+    }
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -382,6 +474,12 @@ sd_tensor *sd_tokens_to_nchw(sd_ctx *c, sd_tensor *x, int64_t H, int64_t W) {
     sd_tensor *y = sd_new4(c, 4, B, C, H, W);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->transpose(sd_f32(x), sd_f32(y), B, S, C));
+    sd_tape_node *node = sd_tape_record(c, SD_OP_TRANSPOSE, y, x, NULL, NULL);
+    if (node) {
+        node->attr.transpose.B = B;
+        node->attr.transpose.R = S;
+        node->attr.transpose.C = C;
+    }
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -398,6 +496,8 @@ sd_tensor *sd_embedding(sd_ctx *c, const sd_tensor *ids, const sd_tensor *table)
     NN_GUARD(c, ids, table);
     if (ids->dtype != SD_I32 || ids->ndim != 2 || table->ndim != 2)
         return sd_ctx_fail(c, SD_ERR_SHAPE, "embedding: expected I32 ids (B, S) and a 2-d table");
+    if (sd_tape_needs_grad(c, table))
+        return sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "embedding '%s': no backward to the table", table->name);
     const int32_t *id = ids->data;
     const int64_t count = sd_numel(ids);
     for (int64_t i = 0; i < count; i++)
@@ -406,7 +506,14 @@ sd_tensor *sd_embedding(sd_ctx *c, const sd_tensor *ids, const sd_tensor *table)
                                id[i], (long long)i, (long long)table->shape[0], table->name);
     sd_tensor *y = sd_new4(c, 3, ids->shape[0], ids->shape[1], table->shape[1], 0);
     if (!y) return NULL;
-    sd_ctx_check(c, c->be->embedding(id, sd_f32(table), sd_f32(y), count, table->shape[1]));
+    /* ids are host memory (validated above); the backend reads them from its own memory */
+    int32_t *dev_ids = sd_arena_alloc(c->arena, (size_t)count * sizeof(int32_t));
+    if (!dev_ids) {
+        c->status = SD_ERR_OOM;
+        return NULL;
+    }
+    if (!sd_ctx_check(c, c->be->upload(dev_ids, id, (size_t)count * sizeof(int32_t)))) return NULL;
+    sd_ctx_check(c, c->be->embedding(dev_ids, sd_f32(table), sd_f32(y), count, table->shape[1]));
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -432,6 +539,14 @@ sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int
         if (!sd_ctx_check(c, c->be->attention(sd_f32(q), sd_f32(k), sd_f32(v), sd_f32(out),
                                               sd_f32(probs), B, Sq, Sk, heads, D, Dv, scale, causal)))
             return NULL;
+        if (causal && (sd_tape_needs_grad(c, q) || sd_tape_needs_grad(c, k)))
+            return sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "attention: hooked causal maps have no backward");
+        sd_tape_node *node = sd_tape_record(c, SD_OP_ATTN_PROBS, probs, q, k, NULL);
+        if (node) {
+            node->attr.attn.heads = heads;
+            node->attr.attn.causal = causal;
+            node->attr.attn.scale = scale;
+        }
         sd_tensor *used = hook->edit_probs(hook, c, site, probs);
         if (!used || c->status != SD_OK)
             return sd_ctx_fail(c, SD_ERR_INTERNAL, "attention hook failed at layer %d", site->layer);
@@ -440,9 +555,17 @@ sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int
                                site->layer, shape_of(used, a, sizeof a), shape_of(probs, b, sizeof b));
         sd_ctx_check(c, c->be->attention_apply(sd_f32(used), sd_f32(v), sd_f32(out), B, Sq, Sk,
                                                heads, Dv));
+        node = sd_tape_record(c, SD_OP_ATTN_APPLY, out, used, v, NULL);
+        if (node) node->attr.attn.heads = heads;
     } else {
         sd_ctx_check(c, c->be->attention(sd_f32(q), sd_f32(k), sd_f32(v), sd_f32(out), NULL, B, Sq,
                                          Sk, heads, D, Dv, scale, causal));
+        sd_tape_node *node = sd_tape_record(c, SD_OP_ATTENTION, out, q, k, v);
+        if (node) {
+            node->attr.attn.heads = heads;
+            node->attr.attn.causal = causal;
+            node->attr.attn.scale = scale;
+        }
     }
     return c->status == SD_OK ? out : NULL;
 }

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "sd/backend.h"
+#include "cpu_internal.h"
 
 /* ------------------------------------------------------------------------------------------------
  * GEMM-based ops
@@ -20,7 +21,7 @@
 
 /* Row-major C[M, N] = alpha · op(A) · op(B) + beta · C, split over OpenMP threads along the larger
  * of M and N; each block is one single-threaded OpenBLAS call. */
-static void par_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+void par_sgemm(int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                       const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
                       int64_t ldc) {
     const double flops = 2.0 * (double)M * (double)N * (double)K;
@@ -76,7 +77,7 @@ static sd_status cpu_linear(const float *x, const float *w, const float *b, floa
  * column matrix of more than a gigabyte. */
 #define IM2COL_MAX_FLOATS ((int64_t)8 << 20)
 
-static void im2col_block(const float *x, float *col, const sd_conv_geom *g, int64_t p0,
+void im2col_block(const float *x, float *col, const sd_conv_geom *g, int64_t p0,
                          int64_t np) {
     const int64_t K = g->c_in * g->kh * g->kw;
 #pragma omp parallel for schedule(static)
@@ -202,7 +203,7 @@ static sd_status cpu_layer_norm(const float *x, const float *gamma, const float 
 
 static inline float gelu_f(float v) { return 0.5f * v * (1.0f + erff(v * (float)M_SQRT1_2)); }
 
-static sd_status cpu_unary(sd_unary_op op, const float *x, float *y, int64_t n) {
+static sd_status cpu_unary(sd_unary_op op, const float *x, float *y, int64_t n, float alpha) {
     switch (op) {
     case SD_UNARY_SILU:
 #pragma omp parallel for schedule(static)
@@ -215,6 +216,10 @@ static sd_status cpu_unary(sd_unary_op op, const float *x, float *y, int64_t n) 
     case SD_UNARY_QUICK_GELU:
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+        return SD_OK;
+    case SD_UNARY_LEAKY_RELU:
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] >= 0.0f ? x[i] : alpha * x[i];
         return SD_OK;
     }
     return sd_fail(SD_ERR_INTERNAL, "cpu unary: unknown op %d", (int)op);
@@ -353,7 +358,7 @@ static inline float exp_scalar(float x) {
 }
 
 /* One row softmax in place; columns past `valid` (causal mask) become 0. */
-static void softmax_row(float *r, int64_t cols, int64_t valid) {
+void softmax_row(float *r, int64_t cols, int64_t valid) {
     float mx = -INFINITY;
     for (int64_t j = 0; j < valid; j++) mx = r[j] > mx ? r[j] : mx;
     const v4sf vmx = {mx, mx, mx, mx};
@@ -480,8 +485,59 @@ static sd_status cpu_fill(float *dst, float value, int64_t n) {
     return SD_OK;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * Memory and reductions
+ * --------------------------------------------------------------------------------------------- */
+
+static void *cpu_mem_alloc(size_t bytes) {
+    void *p = aligned_alloc(256, (bytes + 255) & ~(size_t)255);
+    if (!p) sd_fail(SD_ERR_OOM, "out of host memory allocating %zu bytes", bytes);
+    return p;
+}
+
+static void cpu_mem_free(void *p) { free(p); }
+
+static sd_status cpu_transfer(void *dst, const void *src, size_t bytes) {
+    if (dst != src) memcpy(dst, src, bytes);
+    return SD_OK;
+}
+
+static sd_status cpu_zero(void *dst, size_t bytes) {
+    memset(dst, 0, bytes);
+    return SD_OK;
+}
+
+static sd_status cpu_synchronize(void) { return SD_OK; }
+
+static sd_status cpu_mse(const float *a, const float *b, float *out, int64_t n) {
+    double acc = 0.0;
+#pragma omp parallel for reduction(+ : acc) schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        const double d = (double)a[i] - (double)b[i];
+        acc += d * d;
+    }
+    out[0] = (float)(acc / (double)(n > 0 ? n : 1));
+    return SD_OK;
+}
+
+static sd_status cpu_all_finite(const float *x, int64_t n, int *host_result) {
+    int ok = 1;
+#pragma omp parallel for reduction(& : ok) schedule(static)
+    for (int64_t i = 0; i < n; i++) ok &= isfinite(x[i]) ? 1 : 0;
+    *host_result = ok;
+    return SD_OK;
+}
+
 static const sd_backend cpu_backend = {
     .name = "cpu",
+    .mem_alloc = cpu_mem_alloc,
+    .mem_free = cpu_mem_free,
+    .upload = cpu_transfer,
+    .download = cpu_transfer,
+    .zero = cpu_zero,
+    .synchronize = cpu_synchronize,
+    .mse = cpu_mse,
+    .all_finite = cpu_all_finite,
     .linear = cpu_linear,
     .conv2d = cpu_conv2d,
     .group_norm = cpu_group_norm,
@@ -501,6 +557,24 @@ static const sd_backend cpu_backend = {
     .embedding = cpu_embedding,
     .copy = cpu_copy,
     .fill = cpu_fill,
+    .linear_backward_data = cpu_linear_backward_data,
+    .linear_backward_params = cpu_linear_backward_params,
+    .conv2d_backward_data = cpu_conv2d_backward_data,
+    .conv2d_backward_params = cpu_conv2d_backward_params,
+    .group_norm_backward = cpu_group_norm_backward,
+    .layer_norm_backward = cpu_layer_norm_backward,
+    .unary_backward = cpu_unary_backward,
+    .geglu_backward = cpu_geglu_backward,
+    .axpy = cpu_axpy,
+    .mul_acc = cpu_mul_acc,
+    .add_channel_bias_backward = cpu_add_channel_bias_backward,
+    .concat_channels_backward = cpu_concat_channels_backward,
+    .upsample_nearest_backward = cpu_upsample_nearest_backward,
+    .attention_backward = cpu_attention_backward,
+    .attention_probs_backward = cpu_attention_probs_backward,
+    .attention_apply_backward = cpu_attention_apply_backward,
+    .mse_backward = cpu_mse_backward,
+    .adam_step = cpu_adam_step,
 };
 
 const sd_backend *sd_backend_cpu(void) {

@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# bench/gpu_check.sh: the one command a GPU session runs. From anywhere:
+#
+#   bash bench/gpu_check.sh                 # build, test, bench
+#   bash bench/gpu_check.sh build test      # or any subset of the stages, in this order
+#   bash bench/gpu_check.sh bench
+#
+# Stages
+#   build  make -j all + every test binary (the CUDA build when nvcc exists; says so)
+#   test   $BUILD/tests/test_cuda_ops (every CUDA op vs the CPU, the tiny model vs the oracle, CUDA
+#          graphs), then every other test binary through tests/run_tests.sh (capped by TEST_TIMEOUT)
+#   bench  `stylediff bench unet` on the GPU, exact and fast, batch 1 and 2, eager and CUDA graph,
+#          for the built-in tiny model and the SD v1.5 architecture with random weights (512x512,
+#          64x64 latent); then bench/reference/unet_torch.py times PyTorch on the same card with the
+#          SAME weights (written by --save-weights) and checks parity on stylediff's own inputs and
+#          outputs (--save-io); one table with the ratios.
+#
+# Results: $OUT/gpu_check/ when OUT is set (the GPU tool copies $OUT back), else build/gpu_check/:
+#   gpu_check.log (everything printed), results.tsv (raw rows), table.txt, test_*.log.
+#   Weights (3.4 GB for SD v1.5) go to $WORK_DIR (default /tmp/stylediff_gpu_check), never to $OUT.
+#
+# Knobs: BUILD (build folder, default build), ITERS (timed calls, default 20), SIZE (image side, default 512), MODELS (default
+#   "tiny sd15"), TEST_TIMEOUT (seconds for the non-CUDA tests, default 420), PYTHON (default
+#   python3), DIFFUSERS_WHEEL (a diffusers wheel to install offline; default build/wheels/diffusers-*.whl).
+# Missing pieces (no GPU, no nvcc, no torch, no diffusers) each print one line and the rest goes on.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$(pwd)
+RES=${OUT:+$OUT/gpu_check}
+RES=${RES:-$ROOT/build/gpu_check}
+WORK_DIR=${WORK_DIR:-/tmp/stylediff_gpu_check}
+ITERS=${ITERS:-20}
+SIZE=${SIZE:-512}
+MODELS=${MODELS:-tiny sd15}
+TEST_TIMEOUT=${TEST_TIMEOUT:-420}
+PYTHON=${PYTHON:-python3}
+JOBS=$(nproc 2>/dev/null || echo 4)
+BUILD=${BUILD:-build}
+mkdir -p "$RES" "$WORK_DIR"
+LOG="$RES/gpu_check.log"
+exec > >(tee -a "$LOG") 2>&1
+
+STAGES="$*"
+[ -z "$STAGES" ] && STAGES="build test bench"
+want() { case " $STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
+note() { echo "gpu_check: $*"; }
+T0=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - T0 )) s"; }
+FAILED=0
+
+echo "==================== stylediff gpu_check ($(date -u '+%Y-%m-%d %H:%M UTC'), stages: $STAGES) ===================="
+echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' + uncommitted changes')"
+if command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+else
+    note "nvidia-smi not found: no NVIDIA driver here? (CUDA tests will skip, benchmarks will not run)"
+fi
+NVCC=$(command -v nvcc || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
+if [ -n "$NVCC" ]; then "$NVCC" --version | tail -n 2 | head -n 1; else note "nvcc not found: the build will be CPU-only"; fi
+echo "cores: $JOBS, results: $RES"
+
+# ------------------------------------------------------------------------------------------------
+if want build; then
+    echo "---- build ($(elapsed)) ----"
+    TESTS=$(for f in tests/unit/test_*.c; do printf '%s/tests/%s ' "$BUILD" "$(basename "$f" .c)"; done)
+    if ! make -j"$JOBS" BUILD="$BUILD" all $TESTS > "$RES/build.log" 2>&1; then
+        tail -n 40 "$RES/build.log"
+        note "BUILD FAILED (full log: $RES/build.log)"
+        exit 1
+    fi
+    if ls $BUILD/obj/kernels/*.o >/dev/null 2>&1; then
+        note "built with CUDA: $(ls $BUILD/obj/kernels/*.o | wc -l) kernel objects"
+    else
+        note "built WITHOUT CUDA (no nvcc): the GPU parts cannot run"
+    fi
+    grep -c "warning:" "$RES/build.log" | sed 's/^/gpu_check: compiler warnings: /'
+fi
+
+# ------------------------------------------------------------------------------------------------
+if want test; then
+    echo "---- test_cuda_ops ($(elapsed)) ----"
+    if [ -x $BUILD/tests/test_cuda_ops ]; then
+        $BUILD/tests/test_cuda_ops > "$RES/test_cuda_ops.log" 2>&1
+        rc=$?
+        # the per-check lines (errors measured) and cmocka's verdicts
+        grep -E "max rel err|bit-identical|\[  (FAILED|PASSED|SKIPPED) \]|\[  ERROR   \]|^\[ RUN|OK \]|SKIP|Failure|error:|cuda:0|ms per call|message" \
+            "$RES/test_cuda_ops.log" | grep -v "^\[ RUN" | head -n 400
+        [ "$rc" -ne 0 ] && { note "test_cuda_ops FAILED (exit $rc; full log: $RES/test_cuda_ops.log)"; FAILED=1; }
+    else
+        note "$BUILD/tests/test_cuda_ops missing: run the build stage first"
+        FAILED=1
+    fi
+    echo "---- all other tests ($(elapsed)) ----"
+    OTHERS=$(ls "$BUILD"/tests/test_* 2>/dev/null | grep -v -E '\.d$|test_cuda_ops$' | tr '\n' ' ')
+    if [ -n "$OTHERS" ]; then
+        timeout "$TEST_TIMEOUT" sh tests/run_tests.sh $OTHERS > "$RES/test_others.log" 2>&1
+        rc=$?
+        grep -E "\[  FAILED  \]|counted as one failure" "$RES/test_others.log" | head -n 40
+        if [ "$rc" -eq 124 ]; then
+            note "other tests stopped after TEST_TIMEOUT=$TEST_TIMEOUT s (log: $RES/test_others.log)"
+        else
+            tail -n 1 "$RES/test_others.log" | sed 's/^/gpu_check: other tests: /'
+            [ "$rc" -ne 0 ] && FAILED=1
+        fi
+    fi
+fi
+
+# ------------------------------------------------------------------------------------------------
+if want bench; then
+    echo "---- bench ($(elapsed)) ----"
+    TSV="$RES/results.tsv"
+    : > "$TSV"
+    SD=./$BUILD/stylediff
+    [ -x "$SD" ] || { note "$SD missing: run the build stage first"; exit 1; }
+    if ! nvidia-smi -L >/dev/null 2>&1; then
+        note "no GPU visible (nvidia-smi -L failed): benchmarks skipped"
+        MODELS=""
+    fi
+    HAVE_TORCH=0
+    if "$PYTHON" -c "import torch, safetensors; assert torch.cuda.is_available()" 2>/dev/null; then
+        HAVE_TORCH=1
+        "$PYTHON" -c "import torch; print('gpu_check: torch', torch.__version__, 'CUDA', torch.version.cuda)"
+        if ! "$PYTHON" -c "import diffusers" 2>/dev/null; then
+            WHEEL=${DIFFUSERS_WHEEL:-$(ls build/wheels/diffusers-*.whl 2>/dev/null | head -n 1)}
+            if [ -n "$WHEEL" ] && [ -f "$WHEEL" ]; then
+                "$PYTHON" -m pip install --quiet --no-deps --no-index --target "$WORK_DIR/pydeps" "$WHEEL" \
+                    >/dev/null 2>&1 && export PYTHONPATH="$WORK_DIR/pydeps${PYTHONPATH:+:$PYTHONPATH}"
+            fi
+        fi
+        if "$PYTHON" -c "import diffusers" 2>"$RES/diffusers_import.log"; then
+            "$PYTHON" -c "import diffusers; print('gpu_check: diffusers', diffusers.__version__)"
+        else
+            note "diffusers not importable ($(tail -n 1 "$RES/diffusers_import.log")): the reference uses" \
+                 "bench/reference/sd_unet_torch.py (the same module tree and arithmetic in plain PyTorch)"
+        fi
+    else
+        note "PyTorch with CUDA (and safetensors) not available to $PYTHON: the reference side is skipped"
+    fi
+
+    for model in $MODELS; do
+        case $model in
+            tiny) args=""; cfg=configs/tiny/unet.json ;;
+            sd15) args="--config configs/sd-v1.5"; cfg=configs/sd-v1.5/unet.json ;;
+            *) note "unknown model '$model' in MODELS (tiny, sd15)"; continue ;;
+        esac
+        W="$WORK_DIR/weights_$model.safetensors"
+        rm -f "$W"
+        ios=""
+        for batch in 1 2; do
+            for prec in exact fast; do
+                extra=""
+                [ -f "$W" ] || extra="--save-weights $W"
+                io="$WORK_DIR/io_${model}_${prec}_b$batch.safetensors"
+                extra="$extra --save-io $io"
+                echo "stylediff: $model batch $batch $prec ($(elapsed))"
+                # shellcheck disable=SC2086
+                if "$SD" bench unet $args --device cuda --precision "$prec" --batch "$batch" --size "$SIZE" \
+                    --iters "$ITERS" --tsv -q $extra > "$WORK_DIR/row.tsv" 2> "$WORK_DIR/row.err"; then
+                    awk -v m="$model" 'BEGIN { FS = OFS = "\t" } { $2 = m; print }' "$WORK_DIR/row.tsv" | tee -a "$TSV"
+                    ios="$ios --io ${prec}-b$batch=$io"
+                else
+                    cat "$WORK_DIR/row.err"
+                    note "stylediff bench failed for $model batch $batch $prec"
+                    FAILED=1
+                fi
+            done
+        done
+        if [ "$HAVE_TORCH" = 1 ] && [ -f "$W" ]; then
+            echo "pytorch: $model ($(elapsed))"
+            # shellcheck disable=SC2086
+            "$PYTHON" bench/reference/unet_torch.py --config "$cfg" --weights "$W" $ios --batch 1,2 --size "$SIZE" \
+                --iters "$ITERS" --label "$model" --tsv | tee -a "$TSV" \
+                || { note "the PyTorch reference failed for $model"; FAILED=1; }
+        fi
+        rm -f "$W"
+    done
+
+    echo "---- table ($(elapsed)) ----"
+    GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+    {
+        echo "UNet forward, ${SIZE}x${SIZE} image ($((SIZE / 8))x$((SIZE / 8)) latent), t = 981, ${GPU_NAME:-unknown GPU}," \
+             "median of $ITERS calls (CUDA events) after warm-up."
+        echo "stylediff exact = fp32, no TF32; fast = bf16 tensor-core GEMMs/attention, TF32 convolutions, fp32 storage."
+        echo "'x fp32' / 'x fp16' = PyTorch's fp32-sdpa / fp16-sdpa median divided by this row's (higher is faster)."
+        echo "peak MiB: stylediff = activation arena only; PyTorch = allocator peak including weights."
+        awk 'BEGIN { FS = "\t" }
+             NR == FNR { if ($1 ~ /^pytorch/ && $4 == "fp32-sdpa") b32[$2 SUBSEP $6] = $8;
+                         if ($1 ~ /^pytorch/ && $4 == "fp16-sdpa") b16[$2 SUBSEP $6] = $8; next }
+             $1 == "parity" { par = par sprintf("  %-6s batch %s %-24s vs PyTorch %-14s max rel err %s\n", $2, $6, $5, $4, $8); next }
+             { k = $2 SUBSEP $6
+               r32 = (k in b32 && $8 > 0) ? sprintf("%.2f", b32[k] / $8) : "-"
+               r16 = (k in b16 && $8 > 0) ? sprintf("%.2f", b16[k] / $8) : "-"
+               printf "%-6s %-5s %-28s %-14s %-6s %10.2f %10.2f %9s %8s %8s\n", $2, $6, $1, $4, $5, $8, $9, $10, r32, r16 }
+             END { if (par != "") { print ""; print "parity (PyTorch fp32 on stylediff'"'"'s weights, inputs and eps):"; printf "%s", par } }' \
+            "$TSV" "$TSV" | { printf "%-6s %-5s %-28s %-14s %-6s %10s %10s %9s %8s %8s\n" model batch impl precision mode \
+                                "median ms" "min ms" "peak MiB" "x fp32" "x fp16"; cat; }
+    } | tee "$RES/table.txt"
+fi
+
+echo "==================== gpu_check done in $(elapsed): $([ "$FAILED" = 0 ] && echo OK || echo 'SOMETHING FAILED (see above)') ===================="
+exit "$FAILED"

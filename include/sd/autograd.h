@@ -1,0 +1,64 @@
+/* autograd.h: autodiff-lite (design.md, "the tape").
+ *
+ * While a tape is attached to a context (sd_ctx_set_tape), every nn op whose inputs lead to a
+ * trainable leaf records a node: the op, its inputs and output (arena tensors, so nothing is
+ * copied), and its attributes. sd_backward(loss) walks the nodes in reverse and calls each op's
+ * backward in the backend, computing gradients only along paths that reach a leaf marked
+ * requires_grad: frozen model weights get no gradient, and layers before the first trainable
+ * input record nothing at all (no memory, no time).
+ *
+ * Leaves are tensors with requires_grad = 1 (a null-text embedding, a substituted value input,
+ * mapping-network weights). After sd_backward their gradient is in leaf->grad (arena memory,
+ * valid until sd_tape_reset / the arena reset that ends the step).
+ *
+ * Rules: an op run under a tape must not modify a recorded tensor in place (the backward reads
+ * the saved forward values); sd_keep and sd_assign copy without recording (they detach). */
+#ifndef SD_AUTOGRAD_H
+#define SD_AUTOGRAD_H
+
+#include "sd/nn.h"
+
+typedef struct sd_tape sd_tape;
+
+sd_tape *sd_tape_new(void);
+void sd_tape_free(sd_tape *t);
+/* Attach (start recording) or detach (NULL) a tape. */
+void sd_ctx_set_tape(sd_ctx *c, sd_tape *t);
+/* Forgets every node and clears the grads of the leaves it touched. Call it before resetting the
+ * arena that holds the step's activations. */
+void sd_tape_reset(sd_tape *t);
+int sd_tape_size(const sd_tape *t);
+
+/* Back-propagates from a one-element loss recorded on the context's tape. Fails (naming the op)
+ * when an op on the path has no backward on this backend. */
+sd_status sd_backward(sd_ctx *c, sd_tensor *loss);
+
+/* mean((a - b)^2) as a one-element tensor (recorded when a or b needs a gradient). */
+sd_tensor *sd_mse(sd_ctx *c, sd_tensor *a, sd_tensor *b);
+/* The value of a one-element tensor on the host (a device sync). NaN when the context failed. */
+float sd_item(sd_ctx *c, const sd_tensor *x);
+/* 1 when every value is finite (a device sync). */
+int sd_all_finite(sd_ctx *c, const sd_tensor *x);
+
+/* A trainable tensor on the context's device that outlives steps (heap / device memory, owned):
+ * requires_grad = 1. Values copied from `init` (host F32, same shape) or zero when init is NULL. */
+sd_tensor *sd_param_new(sd_ctx *c, const sd_tensor *init, const char *name);
+/* Copies values between two tensors of the context's device with equal element counts. */
+sd_status sd_param_copy(sd_ctx *c, sd_tensor *dst, const sd_tensor *src);
+
+/* Adam over a set of parameters, as torch.optim.Adam (betas 0.9/0.999, eps 1e-8, no weight
+ * decay unless added later). A parameter whose grad is NULL after backward is skipped, as torch
+ * skips grads that are None. */
+typedef struct sd_adam {
+    sd_tensor **params;
+    sd_tensor **m, **v; /* moment buffers, same shapes, on the device */
+    int n;
+    int step;
+    double lr, beta1, beta2, eps; /* doubles, as torch holds them */
+} sd_adam;
+
+sd_status sd_adam_init(sd_ctx *c, sd_adam *opt, sd_tensor **params, int n, double lr);
+sd_status sd_adam_step(sd_ctx *c, sd_adam *opt);
+void sd_adam_free(sd_adam *opt);
+
+#endif

@@ -1,0 +1,126 @@
+/* device.h: choosing where the work runs (CPU or a CUDA GPU) and how precisely, plus what only the
+ * CUDA backend offers beyond the op table: CUDA graphs, GPU timers, attention with batch-row maps
+ * (the self-attention injection of P2P/P2Plus), and memory figures.
+ *
+ *     sd_ctx c;
+ *     if (sd_device_open(device_flag, SD_PRECISION_EXACT, &c)) return cli_fail("cmd", ...);
+ *     ... sd_ctx_adopt_weights(&c, weights) ... sd_unet_forward(&c, ...) ...
+ *     sd_ctx_free(&c);
+ *
+ * Device specs: "cpu", "cuda" (= "cuda:0"), "cuda:N", or NULL / "" / "auto": CUDA device 0 when
+ * a usable GPU exists, else the CPU with a one-line notice saying why the GPU was not used.
+ *
+ * Precision (a property of the CUDA backend; the CPU backend is always exact):
+ *   SD_PRECISION_EXACT  fp32 everywhere, no TF32: cuBLAS CUBLAS_COMPUTE_32F, cuDNN CUDNN_FMA_MATH
+ *                       (no FFT / Winograd algorithms), fp32 attention kernels. Used for parity.
+ *   SD_PRECISION_FAST   tensor cores with fp32 storage and fp32 accumulation: GEMMs with
+ *                       CUBLAS_COMPUTE_32F_FAST_16BF (inputs rounded to bf16; SD_FAST_GEMM=tf32 or
+ *                       fp16 in the environment picks another), convolutions with
+ *                       CUDNN_TENSOR_OP_MATH (TF32), attention with bf16 mma.sync and an fp32
+ *                       online softmax. About 3 significant digits (max relative error <= 2e-2).
+ *
+ * Threads: the op table's functions take no context, so the CUDA backend keeps one state per
+ * device (stream, library handles, workspace, precision) and binds it to the thread that called
+ * sd_backend_cuda(ordinal) (a thread that never called it uses the last device opened). Use one
+ * host thread per GPU. */
+#ifndef SD_DEVICE_H
+#define SD_DEVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sd/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct sd_ctx;
+
+typedef enum sd_precision { SD_PRECISION_EXACT = 0, SD_PRECISION_FAST = 1 } sd_precision;
+
+/* "exact" / "fast". */
+const char *sd_precision_name(sd_precision p);
+/* One line for reports: "exact (fp32, no TF32)" / "fast (bf16 tensor cores, fp32 accumulate)". */
+const char *sd_precision_describe(sd_precision p);
+/* "exact" | "fp32" -> EXACT, "fast" -> FAST; anything else fails (SD_ERR_ARG) naming the value. */
+sd_status sd_precision_parse(const char *s, sd_precision *out);
+
+#define SD_DEVICE_AUTO (-2)
+/* "cpu" -> SD_DEVICE_CPU, "cuda" -> 0, "cuda:N" -> N, NULL / "" / "auto" -> SD_DEVICE_AUTO.
+ * Anything else fails (SD_ERR_ARG) naming the spec and the accepted forms. */
+sd_status sd_device_parse(const char *spec, int *device_out);
+
+/* Opens the device `spec` names, sets the precision (CUDA only) and initialises *ctx_out on it
+ * (sd_ctx_init). Explicit "cuda[:N]" fails when the GPU cannot be used, with the reason: no NVIDIA
+ * driver, a driver older than this build's CUDA runtime, no GPU, an index out of range, a GPU
+ * whose compute capability is below what this build carries (sm_90 / compute_90 PTX), or a build
+ * without CUDA. Auto falls back to the CPU with one notice (sd_info) giving the same reason. */
+sd_status sd_device_open(const char *spec, sd_precision precision, struct sd_ctx *ctx_out);
+
+/* "cpu (reference backend)" or "cuda:0 NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB), exact (fp32, no
+ * TF32)": what a report prints about where it ran. */
+const char *sd_device_describe(const struct sd_ctx *c, char *buf, size_t n);
+
+/* ------------------------------------------------------------------------------------------------
+ * CUDA specifics. In a build without CUDA every function below fails with SD_ERR_UNSUPPORTED
+ * ("this build has no CUDA support ...") or returns 0.
+ * --------------------------------------------------------------------------------------------- */
+
+/* Number of CUDA devices (0 when none, no driver, or no CUDA in this build; the reason is then
+ * the thread's last error). */
+int sd_cuda_device_count(void);
+/* Checks that device `ordinal` can run this build (driver, index, compute capability) without
+ * creating library handles; fails with the reason. */
+sd_status sd_cuda_check_device(int ordinal);
+/* "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" */
+sd_status sd_cuda_device_name(int ordinal, char *buf, size_t n);
+
+/* Precision of the calling thread's CUDA backend (see above). Takes effect for the next op. */
+sd_status sd_cuda_set_precision(sd_precision p);
+sd_precision sd_cuda_get_precision(void);
+
+/* Free and total memory of the calling thread's device (cudaMemGetInfo). */
+sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
+
+/* Timing on the backend stream with CUDA events: start, queue work, stop (waits for the stop
+ * event) and read the milliseconds in between. */
+sd_status sd_cuda_timer_start(void);
+sd_status sd_cuda_timer_stop(float *ms);
+
+/* CUDA graphs: sd_cuda_graph_begin() starts capturing the backend stream; every op called until
+ * sd_cuda_graph_end() is recorded, not run; sd_cuda_graph_replay() runs the recording again (and
+ * returns without waiting: call the table's synchronize or download to wait).
+ * Constraints, because a graph replays the same kernels with the same arguments:
+ *   - run the work once before capturing it: the arena chunks, the workspace, cuDNN and cuBLASLt
+ *     plans must exist already (growing them during capture fails with a clear error);
+ *   - reset the arena to the same mark before capture and keep it there: outputs land at the
+ *     same addresses every replay; inputs must be written into the same device buffers;
+ *   - scalars passed by value are frozen: the UNet's `t` (it is fill()ed into a buffer, so a
+ *     replay reuses the captured timestep) and attention-hook decisions (which maps to write).
+ *     A per-step timestep needs the tvec buffer written before replay (an upload outside the
+ *     graph), or one graph per timestep;
+ *   - no host synchronisation inside: download, all_finite and synchronize fail while capturing. */
+typedef struct sd_cuda_graph sd_cuda_graph;
+sd_status sd_cuda_graph_begin(void);
+sd_status sd_cuda_graph_end(sd_cuda_graph **out);
+sd_status sd_cuda_graph_replay(sd_cuda_graph *g);
+void sd_cuda_graph_free(sd_cuda_graph *g);
+
+/* Attention with batch-row maps, the self-attention injection of Prompt-to-Prompt / P2Plus:
+ *   out[b] = attention(q[q_rows[b]], k[k_rows[b]], v[v_rows[b]])   for b < B_out,
+ * with the layouts of the table's attention (q[*, Sq, H·D], k[*, Sk, H·D], v[*, Sk, H·Dv], heads
+ * packed in channels, out[B_out, Sq, H·Dv]). Row maps are host arrays of B_out ints (each an
+ * index of a batch row of its input; NULL means the identity b); B_out <= SD_ATTN_MAX_ROWS when
+ * a map is given. Example: target row 1 attending with the source row 0's queries and keys and
+ * its own values: q_rows = k_rows = {0, 0}, v_rows = {0, 1}. Fused (no maps materialised). */
+#define SD_ATTN_MAX_ROWS 64
+sd_status sd_cuda_attention_rows(const float *q, const float *k, const float *v, float *out,
+                                 int64_t B_out, const int32_t *q_rows, const int32_t *k_rows,
+                                 const int32_t *v_rows, int64_t Sq, int64_t Sk, int H, int D,
+                                 int Dv, float scale, int causal);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

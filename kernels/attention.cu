@@ -1,0 +1,618 @@
+/* attention.cu: multi-head attention forward.
+ *
+ * Layout (backend.h): q[B, Sq, H·D], k[B, Sk, H·D], v[B, Sk, H·Dv], out[B, Sq, H·Dv], heads
+ * packed in channels (channel h·D + d), maps probs[B·H, Sq, Sk] (row b·H + h).
+ *
+ * Three paths:
+ *  1. Fused flash attention (no map materialised), D, Dv <= 160: one block per (64 or 128
+ *     queries, b, h) walks the keys in tiles with an online softmax (running max m, running sum
+ *     l, output rescaled by exp(m_old − m_new)), so memory traffic is O(S·D), not O(S²).
+ *       - exact mode: fp32 SIMT kernel, each thread a 4x4 block of scores and a 4 x D/8 block
+ *         of the output, scores in the exp2 domain (scale·log2 e folded in).
+ *       - fast mode: bf16 mma.sync.m16n8k16 tensor-core kernel (FlashAttention-2 layout: each
+ *         warp owns 16 query rows; the score accumulator fragments are re-packed in registers as
+ *         the A operand of P·V), fp32 accumulation and fp32 softmax.
+ *     Both take batch-row maps (q_rows, k_rows, v_rows): the self-attention injection of
+ *     P2P/P2Plus (out[b] = attention(q[q_rows[b]], k[k_rows[b]], v[v_rows[b]])), exposed as
+ *     sd_cuda_attention_rows (device.h).
+ *  2. Maps (probs != NULL, the attention hook's capture/edit path): cuBLAS computes
+ *     scale·Q Kᵀ straight into probs (a strided batch over heads: head h of q is at column
+ *     offset h·D with leading dimension H·D), then a warp-per-row softmax; attention_apply is
+ *     a second strided-batched GEMM probs·V.
+ *  3. Large heads (D or Dv > 160: the VAE's single 512-wide head): the maps path in chunks of
+ *     query rows through the workspace (<= 256 MiB of scores at a time).
+ */
+#include "cuda_common.cuh"
+
+#include <math.h>
+#include <string.h>
+
+#define LOG2E 1.4426950408889634f
+#define MAPS_CHUNK_BYTES ((size_t)256 << 20)
+
+struct attn_params {
+    const float *q, *k, *v; /* q[*, Sq, H·D], k[*, Sk, H·D], v[*, Sk, H·Dv] */
+    float *out;             /* [B, Sq, H·Dv] */
+    int64_t Sq, Sk;
+    int H, D, Dv;
+    float scale_log2;       /* scale · log2(e): scores live in the exp2 domain */
+    int causal;
+    int use_rows;           /* 0: identity batch-row maps */
+    int q_rows[SD_ATTN_MAX_ROWS], k_rows[SD_ATTN_MAX_ROWS], v_rows[SD_ATTN_MAX_ROWS];
+};
+
+__device__ __forceinline__ void attn_bases(const attn_params &p, int b, int h, const float **qb, const float **kb,
+                                           const float **vb, float **ob) {
+    const int qr = p.use_rows ? p.q_rows[b] : b, kr = p.use_rows ? p.k_rows[b] : b, vr = p.use_rows ? p.v_rows[b] : b;
+    const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+    *qb = p.q + (int64_t)qr * p.Sq * ldq + (int64_t)h * p.D;
+    *kb = p.k + (int64_t)kr * p.Sk * ldq + (int64_t)h * p.D;
+    *vb = p.v + (int64_t)vr * p.Sk * ldv + (int64_t)h * p.Dv;
+    *ob = p.out + (int64_t)b * p.Sq * ldv + (int64_t)h * p.Dv;
+}
+
+/* ================================================================================================
+ * Exact mode: fp32 SIMT flash kernel
+ * ============================================================================================= */
+
+#define EX_BQ 64       /* queries per block */
+#define EX_BK 32       /* keys per tile */
+#define EX_THREADS 128 /* 16 row groups (ty) x 8 column lanes (tx) */
+
+template <int DCH> struct ex_smem {
+    /* strides in floats: DS ≡ 4 (mod 8) makes the 8 float4 row reads of a quarter-warp hit
+     * distinct bank groups; rows stay 16-byte aligned for float4 */
+    static constexpr int DP = DCH * 8;
+    static constexpr int DS = DP + 4;
+    static constexpr int PS = EX_BK + 4;
+    static constexpr int q_off = 0;
+    static constexpr int k_off = q_off + EX_BQ * DS;
+    static constexpr int v_off = k_off + EX_BK * DS;
+    static constexpr int p_off = v_off + EX_BK * DP;
+    static constexpr int floats = p_off + EX_BQ * PS;
+    static constexpr size_t bytes = (size_t)floats * sizeof(float);
+};
+
+template <int DCH>
+__global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params p) {
+    typedef ex_smem<DCH> L;
+    extern __shared__ float4 smem_f4[];
+    float *smem = reinterpret_cast<float *>(smem_f4);
+    float *Qs = smem + L::q_off; /* [BQ][DS] queries of this block */
+    float *Ks = smem + L::k_off; /* [BK][DS] key tile */
+    float *Vs = smem + L::v_off; /* [BK][DP] value tile */
+    float *Ps = smem + L::p_off; /* [BQ][PS] probabilities of the tile */
+
+    const int tid = threadIdx.x, ty = tid >> 3, tx = tid & 7;
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+    const int64_t q0 = (int64_t)blockIdx.x * EX_BQ;
+    const float *qb, *kb, *vb;
+    float *ob;
+    attn_bases(p, b, h, &qb, &kb, &vb, &ob);
+    const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+
+    for (int idx = tid; idx < EX_BQ * L::DP; idx += EX_THREADS) {
+        const int r = idx / L::DP, d = idx % L::DP;
+        const int64_t qi = q0 + r;
+        Qs[r * L::DS + d] = (qi < p.Sq && d < p.D) ? qb[qi * ldq + d] : 0.0f;
+    }
+
+    float o[4][DCH];
+    float m[4], l[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        m[i] = -INFINITY;
+        l[i] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < DCH; c++) o[i][c] = 0.0f;
+    }
+
+    int64_t k_end = p.Sk;
+    if (p.causal && q0 + EX_BQ < k_end) k_end = q0 + EX_BQ; /* later keys are masked for every row here */
+
+    for (int64_t k0 = 0; k0 < k_end; k0 += EX_BK) {
+        __syncthreads(); /* the previous tile's Ks / Vs / Ps are no longer read */
+        for (int idx = tid; idx < EX_BK * L::DP; idx += EX_THREADS) {
+            const int r = idx / L::DP, d = idx % L::DP;
+            const int64_t kj = k0 + r;
+            const bool in = kj < p.Sk;
+            Ks[r * L::DS + d] = (in && d < p.D) ? kb[kj * ldq + d] : 0.0f;
+            Vs[r * L::DP + d] = (in && d < p.Dv) ? vb[kj * ldv + d] : 0.0f;
+        }
+        __syncthreads();
+
+        /* scores: rows ty·4 + i, keys tx + 8j */
+        float s[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) s[i][j] = 0.0f;
+#pragma unroll 2
+        for (int d = 0; d < L::DP; d += 4) {
+            float4 qv[4], kv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) qv[i] = *reinterpret_cast<const float4 *>(&Qs[(ty * 4 + i) * L::DS + d]);
+#pragma unroll
+            for (int j = 0; j < 4; j++) kv[j] = *reinterpret_cast<const float4 *>(&Ks[(tx + 8 * j) * L::DS + d]);
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    s[i][j] = fmaf(qv[i].x, kv[j].x, s[i][j]);
+                    s[i][j] = fmaf(qv[i].y, kv[j].y, s[i][j]);
+                    s[i][j] = fmaf(qv[i].z, kv[j].z, s[i][j]);
+                    s[i][j] = fmaf(qv[i].w, kv[j].w, s[i][j]);
+                }
+        }
+
+        /* online softmax per row; the 8 lanes of a row group are consecutive lanes */
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int64_t qi = q0 + ty * 4 + i;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const int64_t kj = k0 + tx + 8 * j;
+                const bool valid = kj < p.Sk && (!p.causal || kj <= qi);
+                s[i][j] = valid ? s[i][j] * p.scale_log2 : -INFINITY;
+                mx = fmaxf(mx, s[i][j]);
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            const float m_new = fmaxf(m[i], mx);
+            const float m_use = m_new == -INFINITY ? 0.0f : m_new; /* a fully masked row so far */
+            const float alpha = exp2f(m[i] - m_use);
+            float rs = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float e = exp2f(s[i][j] - m_use);
+                rs += e;
+                Ps[(ty * 4 + i) * L::PS + tx + 8 * j] = e;
+            }
+            rs += __shfl_xor_sync(0xffffffffu, rs, 1);
+            rs += __shfl_xor_sync(0xffffffffu, rs, 2);
+            rs += __shfl_xor_sync(0xffffffffu, rs, 4);
+            l[i] = l[i] * alpha + rs;
+            m[i] = m_new;
+#pragma unroll
+            for (int c = 0; c < DCH; c++) o[i][c] *= alpha;
+        }
+        __syncthreads(); /* Ps complete */
+
+        /* o[i][c] += Σ_key P[row i][key] · V[key][tx + 8c] */
+#pragma unroll 2
+        for (int kk = 0; kk < EX_BK; kk += 4) {
+            float4 pv[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) pv[i] = *reinterpret_cast<const float4 *>(&Ps[(ty * 4 + i) * L::PS + kk]);
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                float vv[DCH];
+#pragma unroll
+                for (int c = 0; c < DCH; c++) vv[c] = Vs[(kk + u) * L::DP + tx + 8 * c];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const float pi = u == 0 ? pv[i].x : (u == 1 ? pv[i].y : (u == 2 ? pv[i].z : pv[i].w));
+#pragma unroll
+                    for (int c = 0; c < DCH; c++) o[i][c] = fmaf(pi, vv[c], o[i][c]);
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int64_t qi = q0 + ty * 4 + i;
+        if (qi >= p.Sq) continue;
+        const float inv = 1.0f / l[i];
+#pragma unroll
+        for (int c = 0; c < DCH; c++) {
+            const int d = tx + 8 * c;
+            if (d < p.Dv) ob[qi * ldv + d] = o[i][c] * inv;
+        }
+    }
+}
+
+template <int DCH> static sd_status launch_exact(const attn_params &p, int64_t B) {
+    const size_t smem = ex_smem<DCH>::bytes;
+    static unsigned configured = 0; /* the opt-in is per kernel and per device: one bit per ordinal */
+    const unsigned bit = 1u << (cu_cur()->ordinal & 31);
+    if (!(configured & bit)) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_exact<DCH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        configured |= bit;
+    }
+    dim3 grid((unsigned)((p.Sq + EX_BQ - 1) / EX_BQ), (unsigned)(B * p.H));
+    k_flash_exact<DCH><<<grid, EX_THREADS, smem, cu_cur()->stream>>>(p);
+    LAUNCH_CHECK("flash attention (exact)");
+    return SD_OK;
+}
+
+static sd_status flash_exact(const attn_params &p, int64_t B) {
+    const int dmax = p.D > p.Dv ? p.D : p.Dv;
+    if (dmax <= 16) return launch_exact<2>(p, B);
+    if (dmax <= 32) return launch_exact<4>(p, B);
+    if (dmax <= 40) return launch_exact<5>(p, B);
+    if (dmax <= 64) return launch_exact<8>(p, B);
+    if (dmax <= 80) return launch_exact<10>(p, B);
+    return launch_exact<20>(p, B);
+}
+
+/* ================================================================================================
+ * Fast mode: bf16 tensor-core flash kernel (mma.sync.m16n8k16, fp32 accumulate)
+ * ============================================================================================= */
+
+#define FA_BQ 128      /* queries per block: 8 warps x 16 rows */
+#define FA_BK 64       /* keys per tile */
+#define FA_THREADS 256
+
+template <int DK> struct fa_smem {
+    /* bf16 elements; row strides padded by 8 elements (16 bytes) so that the fragment loads of a
+     * warp (8 rows x 4 words) fall in 32 distinct banks */
+    static constexpr int DP = DK * 16;
+    static constexpr int QS = DP + 8;
+    static constexpr int KS = DP + 8;
+    static constexpr int VS = FA_BK + 8; /* V is stored transposed: Vt[dim][key] */
+    static constexpr int q_off = 0;
+    static constexpr int k_off = q_off + FA_BQ * QS;
+    static constexpr int v_off = k_off + FA_BK * KS;
+    static constexpr int elems = v_off + DP * VS;
+    static constexpr size_t bytes = (size_t)elems * sizeof(__nv_bfloat16);
+};
+
+__device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* c[0..3] += A(16x16, row-major fragment a[0..3]) · B(16x8, column fragment b0, b1) */
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int DK>
+__global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params p) {
+    typedef fa_smem<DK> L;
+    extern __shared__ float4 smem_f4[];
+    __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
+    __nv_bfloat16 *Qs = smem + L::q_off; /* [BQ][QS] */
+    __nv_bfloat16 *Ks = smem + L::k_off; /* [BK][KS] */
+    __nv_bfloat16 *Vt = smem + L::v_off; /* [DP][VS], transposed */
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3; /* fragment row group and column pair */
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+    const int64_t q0 = (int64_t)blockIdx.x * FA_BQ;
+    const float *qb, *kb, *vb;
+    float *ob;
+    attn_bases(p, b, h, &qb, &kb, &vb, &ob);
+    const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+
+    for (int idx = tid; idx < FA_BQ * L::DP; idx += FA_THREADS) {
+        const int r = idx / L::DP, d = idx % L::DP;
+        const int64_t qi = q0 + r;
+        Qs[r * L::QS + d] = __float2bfloat16_rn((qi < p.Sq && d < p.D) ? qb[qi * ldq + d] : 0.0f);
+    }
+    __syncthreads();
+
+    /* this warp's 16 query rows as A fragments, one per 16-wide slice of the head dimension */
+    const int r0 = warp * 16;
+    uint32_t qa[DK][4];
+#pragma unroll
+    for (int kk = 0; kk < DK; kk++) {
+        qa[kk][0] = ld_u32(&Qs[(r0 + g) * L::QS + kk * 16 + 2 * t]);
+        qa[kk][1] = ld_u32(&Qs[(r0 + g + 8) * L::QS + kk * 16 + 2 * t]);
+        qa[kk][2] = ld_u32(&Qs[(r0 + g) * L::QS + kk * 16 + 8 + 2 * t]);
+        qa[kk][3] = ld_u32(&Qs[(r0 + g + 8) * L::QS + kk * 16 + 8 + 2 * t]);
+    }
+
+    /* output accumulator: n-tile nd covers dims nd·8 .. nd·8 + 7; [0], [1] row g, [2], [3] row g + 8 */
+    float o[2 * DK][4];
+#pragma unroll
+    for (int nd = 0; nd < 2 * DK; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY; /* running max of rows g and g + 8 (quad-uniform) */
+    float l0 = 0.0f, l1 = 0.0f;           /* this lane's share of the running sums */
+    const int64_t row0 = q0 + r0 + g, row1 = row0 + 8;
+
+    int64_t k_end = p.Sk;
+    if (p.causal && q0 + FA_BQ < k_end) k_end = q0 + FA_BQ;
+
+    for (int64_t k0 = 0; k0 < k_end; k0 += FA_BK) {
+        __syncthreads(); /* previous tile consumed */
+        for (int idx = tid; idx < FA_BK * L::DP; idx += FA_THREADS) {
+            const int r = idx / L::DP, d = idx % L::DP;
+            const int64_t kj = k0 + r;
+            const bool in = kj < p.Sk;
+            Ks[r * L::KS + d] = __float2bfloat16_rn((in && d < p.D) ? kb[kj * ldq + d] : 0.0f);
+            Vt[d * L::VS + r] = __float2bfloat16_rn((in && d < p.Dv) ? vb[kj * ldv + d] : 0.0f);
+        }
+        __syncthreads();
+
+        /* S = Q Kᵀ for 16 rows x 64 keys: 8 n-tiles of 8 keys */
+        float sacc[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < DK; kk++) {
+                const __nv_bfloat16 *krow = &Ks[(nt * 8 + g) * L::KS + kk * 16 + 2 * t];
+                mma_bf16(sacc[nt], qa[kk], ld_u32(krow), ld_u32(krow + 8));
+            }
+        }
+
+        /* mask, scale to the exp2 domain, row maxima over the quad (lanes 4g .. 4g + 3) */
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int64_t kj = k0 + nt * 8 + 2 * t + (e & 1);
+                const int64_t qi = e < 2 ? row0 : row1;
+                const bool valid = kj < p.Sk && (!p.causal || kj <= qi);
+                const float v = valid ? sacc[nt][e] * p.scale_log2 : -INFINITY;
+                sacc[nt][e] = v;
+                if (e < 2) mx0 = fmaxf(mx0, v);
+                else mx1 = fmaxf(mx1, v);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
+        const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
+        m0 = mn0;
+        m1 = mn1;
+        l0 *= a0;
+        l1 *= a1;
+#pragma unroll
+        for (int nd = 0; nd < 2 * DK; nd++) {
+            o[nd][0] *= a0;
+            o[nd][1] *= a0;
+            o[nd][2] *= a1;
+            o[nd][3] *= a1;
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            sacc[nt][0] = exp2f(sacc[nt][0] - mu0);
+            sacc[nt][1] = exp2f(sacc[nt][1] - mu0);
+            sacc[nt][2] = exp2f(sacc[nt][2] - mu1);
+            sacc[nt][3] = exp2f(sacc[nt][3] - mu1);
+            l0 += sacc[nt][0] + sacc[nt][1];
+            l1 += sacc[nt][2] + sacc[nt][3];
+        }
+
+        /* O += P · V: the score fragments of key tiles 2·kk2 and 2·kk2 + 1 are exactly the A
+         * fragment of keys [16·kk2, 16·kk2 + 16) */
+#pragma unroll
+        for (int kk2 = 0; kk2 < FA_BK / 16; kk2++) {
+            uint32_t pa[4];
+            pa[0] = pack_bf16(sacc[2 * kk2][0], sacc[2 * kk2][1]);
+            pa[1] = pack_bf16(sacc[2 * kk2][2], sacc[2 * kk2][3]);
+            pa[2] = pack_bf16(sacc[2 * kk2 + 1][0], sacc[2 * kk2 + 1][1]);
+            pa[3] = pack_bf16(sacc[2 * kk2 + 1][2], sacc[2 * kk2 + 1][3]);
+#pragma unroll
+            for (int nd = 0; nd < 2 * DK; nd++) {
+                const __nv_bfloat16 *vrow = &Vt[(nd * 8 + g) * L::VS + kk2 * 16 + 2 * t];
+                mma_bf16(o[nd], pa, ld_u32(vrow), ld_u32(vrow + 8));
+            }
+        }
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+#pragma unroll
+    for (int nd = 0; nd < 2 * DK; nd++) {
+        const int d = nd * 8 + 2 * t;
+        if (row0 < p.Sq) {
+            if (d < p.Dv) ob[row0 * ldv + d] = o[nd][0] * inv0;
+            if (d + 1 < p.Dv) ob[row0 * ldv + d + 1] = o[nd][1] * inv0;
+        }
+        if (row1 < p.Sq) {
+            if (d < p.Dv) ob[row1 * ldv + d] = o[nd][2] * inv1;
+            if (d + 1 < p.Dv) ob[row1 * ldv + d + 1] = o[nd][3] * inv1;
+        }
+    }
+}
+
+template <int DK> static sd_status launch_fast(const attn_params &p, int64_t B) {
+    const size_t smem = fa_smem<DK>::bytes;
+    static unsigned configured = 0;
+    const unsigned bit = 1u << (cu_cur()->ordinal & 31);
+    if (!(configured & bit)) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        configured |= bit;
+    }
+    dim3 grid((unsigned)((p.Sq + FA_BQ - 1) / FA_BQ), (unsigned)(B * p.H));
+    k_flash_fast<DK><<<grid, FA_THREADS, smem, cu_cur()->stream>>>(p);
+    LAUNCH_CHECK("flash attention (fast)");
+    return SD_OK;
+}
+
+static sd_status flash_fast(const attn_params &p, int64_t B) {
+    const int dmax = p.D > p.Dv ? p.D : p.Dv;
+    if (dmax <= 16) return launch_fast<1>(p, B);
+    if (dmax <= 32) return launch_fast<2>(p, B);
+    if (dmax <= 48) return launch_fast<3>(p, B);
+    if (dmax <= 64) return launch_fast<4>(p, B);
+    if (dmax <= 80) return launch_fast<5>(p, B);
+    return launch_fast<10>(p, B);
+}
+
+#define FLASH_MAX_D 160
+
+/* ================================================================================================
+ * Softmax over materialised rows
+ * ============================================================================================= */
+
+__global__ void k_softmax_rows(float *x, int64_t rows, int64_t rows_per_head, int64_t q_offset, int64_t Sk,
+                               int causal) {
+    /* x: [rows, Sk], one warp per row; the row's query index is q_offset + row mod rows_per_head;
+     * causal rows keep columns j <= query (the rest become 0), as the CPU's softmax_row does */
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const int lane = threadIdx.x & 31;
+    float *r = x + row * Sk;
+    int64_t valid = Sk;
+    if (causal) {
+        const int64_t qi = q_offset + row % rows_per_head;
+        valid = qi + 1 < Sk ? qi + 1 : Sk;
+    }
+    float mx = -INFINITY;
+    for (int64_t j = lane; j < valid; j += 32) mx = fmaxf(mx, r[j]);
+    mx = cu_warp_max(mx);
+    float sum = 0.0f;
+    for (int64_t j = lane; j < valid; j += 32) sum += expf(r[j] - mx);
+    sum = cu_warp_sum(sum);
+    const float inv = 1.0f / sum;
+    for (int64_t j = lane; j < Sk; j += 32) r[j] = j < valid ? expf(r[j] - mx) * inv : 0.0f;
+}
+
+static sd_status softmax_rows(float *x, int64_t rows, int64_t rows_per_head, int64_t q_offset, int64_t Sk, int causal) {
+    if (rows <= 0 || Sk <= 0) return SD_OK;
+    const int per_block = 8;
+    k_softmax_rows<<<(unsigned)((rows + per_block - 1) / per_block), per_block * 32, 0, cu_cur()->stream>>>(
+        x, rows, rows_per_head, q_offset, Sk, causal);
+    LAUNCH_CHECK("softmax rows");
+    return SD_OK;
+}
+
+sd_status cu_softmax_rows_offset(float *x, int64_t rows, int64_t rows_per_head, int64_t q_offset, int64_t Sk,
+                                 int causal) {
+    return softmax_rows(x, rows, rows_per_head, q_offset, Sk, causal);
+}
+
+/* ================================================================================================
+ * Materialised paths
+ * ============================================================================================= */
+
+/* scores[h][i][j] = scale · q_b[i, h] · k_b[j, h] for one batch row and all heads (i < nq rows
+ * starting at query q_start): a strided batch over heads. qb, kb: that batch row's q and k. */
+static sd_status scores_one_batch(const float *qb, const float *kb, float *scores, int64_t q_start, int64_t nq,
+                                  int64_t Sk, int H, int D, float scale, int64_t head_stride) {
+    const int64_t ldq = (int64_t)H * D;
+    return cu_gemm_rm(0, 1, nq, Sk, D, scale, qb + q_start * ldq, ldq, D, kb, ldq, D, 0.0f, scores, Sk, head_stride, H);
+}
+
+/* out_b[i, h] = Σ_j P[h][i][j] v_b[j, h] for rows [q_start, q_start + nq) of one batch row. */
+static sd_status apply_one_batch(const float *P, const float *vb, float *ob, int64_t q_start, int64_t nq, int64_t Sk,
+                                 int H, int Dv, int64_t head_stride) {
+    const int64_t ldv = (int64_t)H * Dv;
+    return cu_gemm_rm(0, 0, nq, Dv, Sk, 1.0f, P, Sk, head_stride, vb, ldv, Dv, 0.0f, ob + q_start * ldv, ldv, Dv, H);
+}
+
+/* Unfused attention for one output batch row (query rows in chunks through the workspace). */
+static sd_status attention_chunked_one(const float *qb, const float *kb, const float *vb, float *ob, int64_t Sq,
+                                       int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    int64_t chunk = (int64_t)(MAPS_CHUNK_BYTES / sizeof(float)) / ((int64_t)H * Sk);
+    if (chunk < 1) chunk = 1;
+    if (chunk > Sq) chunk = Sq;
+    float *scores = (float *)cu_workspace((size_t)(H * chunk * Sk) * sizeof(float));
+    if (!scores) return SD_ERR_OOM;
+    for (int64_t q0 = 0; q0 < Sq; q0 += chunk) {
+        const int64_t nq = Sq - q0 < chunk ? Sq - q0 : chunk;
+        CU_TRY(scores_one_batch(qb, kb, scores, q0, nq, Sk, H, D, scale, nq * Sk));
+        CU_TRY(softmax_rows(scores, (int64_t)H * nq, nq, q0, Sk, causal));
+        CU_TRY(apply_one_batch(scores, vb, ob, q0, nq, Sk, H, Dv, nq * Sk));
+    }
+    return SD_OK;
+}
+
+sd_status cu_attention_apply(const float *probs, const float *v, float *out, int64_t B, int64_t Sq, int64_t Sk,
+                             int H, int Dv) {
+    /* out[b, i, h·Dv + d] = Σ_j probs[b·H + h, i, j] · v[b, j, h·Dv + d] */
+    for (int64_t b = 0; b < B; b++)
+        CU_TRY(apply_one_batch(probs + b * H * Sq * Sk, v + b * Sk * H * Dv, out + b * Sq * H * Dv, 0, Sq, Sk, H, Dv,
+                               Sq * Sk));
+    return SD_OK;
+}
+
+/* ================================================================================================
+ * Entry points
+ * ============================================================================================= */
+
+static sd_status check_dims(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv) {
+    if (B < 0 || Sq < 0 || Sk <= 0 || H <= 0 || D <= 0 || Dv <= 0)
+        return sd_fail(SD_ERR_SHAPE, "cuda attention: B %lld, Sq %lld, Sk %lld, H %d, D %d, Dv %d", (long long)B,
+                       (long long)Sq, (long long)Sk, H, D, Dv);
+    if (B * H > 65535)
+        return sd_fail(SD_ERR_UNSUPPORTED, "cuda attention: batch x heads = %lld over 65535", (long long)(B * H));
+    return SD_OK;
+}
+
+static sd_status run_attention(const float *q, const float *k, const float *v, float *out, int64_t B,
+                               const int32_t *q_rows, const int32_t *k_rows, const int32_t *v_rows, int64_t Sq,
+                               int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    if (B == 0 || Sq == 0) return SD_OK;
+    const int use_rows = q_rows || k_rows || v_rows;
+    if (D <= FLASH_MAX_D && Dv <= FLASH_MAX_D) {
+        attn_params p;
+        memset(&p, 0, sizeof p);
+        p.q = q;
+        p.k = k;
+        p.v = v;
+        p.out = out;
+        p.Sq = Sq;
+        p.Sk = Sk;
+        p.H = H;
+        p.D = D;
+        p.Dv = Dv;
+        p.scale_log2 = scale * LOG2E;
+        p.causal = causal;
+        p.use_rows = use_rows;
+        if (use_rows)
+            for (int64_t b = 0; b < B; b++) {
+                p.q_rows[b] = q_rows ? q_rows[b] : (int)b;
+                p.k_rows[b] = k_rows ? k_rows[b] : (int)b;
+                p.v_rows[b] = v_rows ? v_rows[b] : (int)b;
+            }
+        return cu_cur()->precision == SD_PRECISION_FAST ? flash_fast(p, B) : flash_exact(p, B);
+    }
+    /* large heads: unfused, one output batch row at a time */
+    const int64_t ldq = (int64_t)H * D, ldv = (int64_t)H * Dv;
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t qr = q_rows ? q_rows[b] : b, kr = k_rows ? k_rows[b] : b, vr = v_rows ? v_rows[b] : b;
+        CU_TRY(attention_chunked_one(q + qr * Sq * ldq, k + kr * Sk * ldq, v + vr * Sk * ldv, out + b * Sq * ldv, Sq,
+                                     Sk, H, D, Dv, scale, causal));
+    }
+    return SD_OK;
+}
+
+sd_status cu_attention(const float *q, const float *k, const float *v, float *out, float *probs, int64_t B,
+                       int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    CU_TRY(check_dims(B, Sq, Sk, H, D, Dv));
+    if (probs) {
+        /* the maps, [B·H, Sq, Sk]; out is left untouched (the hook may edit the maps first) */
+        const int64_t ldq = (int64_t)H * D;
+        for (int64_t b = 0; b < B; b++)
+            CU_TRY(scores_one_batch(q + b * Sq * ldq, k + b * Sk * ldq, probs + b * H * Sq * Sk, 0, Sq, Sk, H, D, scale,
+                                    Sq * Sk));
+        return softmax_rows(probs, B * H * Sq, Sq, 0, Sk, causal);
+    }
+    return run_attention(q, k, v, out, B, NULL, NULL, NULL, Sq, Sk, H, D, Dv, scale, causal);
+}
+
+extern "C" sd_status sd_cuda_attention_rows(const float *q, const float *k, const float *v, float *out, int64_t B_out,
+                                            const int32_t *q_rows, const int32_t *k_rows, const int32_t *v_rows,
+                                            int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    if (!cu_cur()) return sd_fail(SD_ERR_INTERNAL, "sd_cuda_attention_rows: no CUDA backend is open");
+    CU_TRY(check_dims(B_out, Sq, Sk, H, D, Dv));
+    if ((q_rows || k_rows || v_rows) && B_out > SD_ATTN_MAX_ROWS)
+        return sd_fail(SD_ERR_UNSUPPORTED, "attention with row maps: %lld output rows, at most %d", (long long)B_out,
+                       SD_ATTN_MAX_ROWS);
+    const int32_t *maps[3] = {q_rows, k_rows, v_rows};
+    for (int m = 0; m < 3; m++)
+        for (int64_t b = 0; maps[m] && b < B_out; b++)
+            if (maps[m][b] < 0)
+                return sd_fail(SD_ERR_ARG, "attention with row maps: %s_rows[%lld] = %d is negative",
+                               m == 0 ? "q" : (m == 1 ? "k" : "v"), (long long)b, maps[m][b]);
+    return run_attention(q, k, v, out, B_out, q_rows, k_rows, v_rows, Sq, Sk, H, D, Dv, scale, causal);
+}

@@ -1,0 +1,395 @@
+/* conv.cu: 2-d convolutions through cuDNN's legacy API (cudnnConvolutionForward / BackwardData /
+ * BackwardFilter, algorithms from the cudnnGet*Algorithm_v7 heuristics), NCHW fp32.
+ *
+ * Asymmetric padding. cuDNN pads symmetrically. When the symmetric padding (pad_top, pad_left)
+ * gives the output size the geometry asks for, cuDNN computes exactly our convolution (same
+ * sampled positions oy·stride − pad_top + ki). Otherwise (the VAE downsampler: pad 0 top/left,
+ * 1 bottom/right) the input is copied into a zero-bordered buffer of (h_out−1)·stride + kh rows
+ * and (w_out−1)·stride + kw columns in the workspace and convolved with padding 0. Backward data
+ * then writes the padded gradient to the workspace and adds its interior into dx; backward filter
+ * re-pads x. One extra copy on three layers of the VAE encoder: cheaper than a border kernel.
+ *
+ * Precision: exact mode sets CUDNN_FMA_MATH on the convolution descriptor (no TF32, no tensor
+ * cores) and excludes the FFT and Winograd algorithms, whose rounding differs from direct
+ * summation; fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor cores on fp32 data) and any
+ * algorithm the heuristic ranks first.
+ *
+ * Plans (descriptors and chosen algorithms) are cached per geometry and precision, so a UNet
+ * call does no cuDNN setup after its first run (a requirement for CUDA graph capture). */
+#include "cuda_common.cuh"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CONV_WS_LIMIT ((size_t)1 << 30) /* largest cuDNN workspace an algorithm may ask for */
+
+struct cu_conv_plan {
+    sd_conv_geom g;
+    sd_precision precision;
+    int padded;             /* explicit padding into the workspace (asymmetric geometry) */
+    int64_t hp, wp;         /* the input size cuDNN sees (padded or original) */
+    cudnnTensorDescriptor_t x_desc, y_desc;
+    cudnnFilterDescriptor_t w_desc;
+    cudnnConvolutionDescriptor_t conv_desc;
+    int fwd_ready, bwd_data_ready, bwd_filter_ready;
+    cudnnConvolutionFwdAlgo_t fwd_algo;
+    cudnnConvolutionBwdDataAlgo_t bwd_data_algo;
+    cudnnConvolutionBwdFilterAlgo_t bwd_filter_algo;
+    cudnnMathType_t fwd_math, bwd_data_math, bwd_filter_math;
+    size_t fwd_ws, bwd_data_ws, bwd_filter_ws;
+};
+
+static void plan_destroy(cu_conv_plan *p) {
+    if (p->x_desc) cudnnDestroyTensorDescriptor(p->x_desc);
+    if (p->y_desc) cudnnDestroyTensorDescriptor(p->y_desc);
+    if (p->w_desc) cudnnDestroyFilterDescriptor(p->w_desc);
+    if (p->conv_desc) cudnnDestroyConvolutionDescriptor(p->conv_desc);
+    memset(p, 0, sizeof *p);
+}
+
+void cu_conv_release(cu_state *s) {
+    if (!s->conv_plans) return;
+    for (int i = 0; i < s->n_conv_plans; i++) plan_destroy(&s->conv_plans[i]);
+    free(s->conv_plans);
+    s->conv_plans = NULL;
+    s->n_conv_plans = 0;
+}
+
+static int same_geom(const sd_conv_geom *a, const sd_conv_geom *b) {
+    return a->batch == b->batch && a->c_in == b->c_in && a->h_in == b->h_in && a->w_in == b->w_in &&
+           a->c_out == b->c_out && a->h_out == b->h_out && a->w_out == b->w_out && a->kh == b->kh &&
+           a->kw == b->kw && a->stride == b->stride && a->pad_top == b->pad_top && a->pad_left == b->pad_left;
+}
+
+static sd_status fits_int(const sd_conv_geom *g) {
+    const int64_t v[] = {g->batch, g->c_in, g->h_in, g->w_in, g->c_out, g->h_out, g->w_out};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
+        if (v[i] <= 0 || v[i] > INT_MAX)
+            return sd_fail(SD_ERR_UNSUPPORTED, "cuda conv2d: dimension %lld outside cuDNN's range", (long long)v[i]);
+    if (g->kh <= 0 || g->kw <= 0 || g->stride <= 0 || g->pad_top < 0 || g->pad_left < 0)
+        return sd_fail(SD_ERR_SHAPE, "cuda conv2d: kernel %dx%d stride %d pad (%d, %d)", g->kh, g->kw, g->stride,
+                       g->pad_top, g->pad_left);
+    return SD_OK;
+}
+
+static sd_status plan_build(cu_state *s, cu_conv_plan *p) {
+    const sd_conv_geom *g = &p->g;
+    CU_TRY(fits_int(g));
+    const int64_t sym_h = (g->h_in + 2 * (int64_t)g->pad_top - g->kh) / g->stride + 1;
+    const int64_t sym_w = (g->w_in + 2 * (int64_t)g->pad_left - g->kw) / g->stride + 1;
+    const int direct = g->h_in + 2 * (int64_t)g->pad_top >= g->kh && g->w_in + 2 * (int64_t)g->pad_left >= g->kw &&
+                       sym_h == g->h_out && sym_w == g->w_out;
+    p->padded = !direct;
+    p->hp = direct ? g->h_in : (g->h_out - 1) * g->stride + g->kh;
+    p->wp = direct ? g->w_in : (g->w_out - 1) * g->stride + g->kw;
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->x_desc));
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y_desc));
+    CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w_desc));
+    CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p->conv_desc));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, (int)g->batch, (int)g->c_in,
+                                           (int)p->hp, (int)p->wp));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, (int)g->batch, (int)g->c_out,
+                                           (int)g->h_out, (int)g->w_out));
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, (int)g->c_out, (int)g->c_in,
+                                           g->kh, g->kw));
+    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv_desc, direct ? g->pad_top : 0, direct ? g->pad_left : 0,
+                                                g->stride, g->stride, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->precision == SD_PRECISION_FAST ? CUDNN_TENSOR_OP_MATH
+                                                                                            : CUDNN_FMA_MATH));
+    /* cuDNN must agree on the output size, or the geometry is one we do not understand */
+    int n = 0, c = 0, h = 0, w = 0;
+    CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(p->conv_desc, p->x_desc, p->w_desc, &n, &c, &h, &w));
+    if (h != g->h_out || w != g->w_out || c != g->c_out)
+        return sd_fail(SD_ERR_INTERNAL, "cuda conv2d: cuDNN output %dx%dx%d, geometry says %lldx%lldx%lld", c, h, w,
+                       (long long)g->c_out, (long long)g->h_out, (long long)g->w_out);
+    (void)s;
+    return SD_OK;
+}
+
+static sd_status plan_get(const sd_conv_geom *g, cu_conv_plan **out) {
+    cu_state *s = cu_cur();
+    for (int i = 0; i < s->n_conv_plans; i++) {
+        cu_conv_plan *p = &s->conv_plans[i];
+        if (p->precision == s->precision && same_geom(&p->g, g)) {
+            *out = p;
+            return SD_OK;
+        }
+    }
+    if (!s->conv_plans) {
+        s->conv_plans = (cu_conv_plan *)calloc(CU_CONV_CACHE, sizeof(cu_conv_plan));
+        if (!s->conv_plans) return sd_fail(SD_ERR_OOM, "out of host memory for cuDNN plans");
+    }
+    int slot = s->n_conv_plans;
+    if (slot >= CU_CONV_CACHE) {
+        slot = (int)((unsigned)(g->c_in * 131 + g->h_in * 31 + g->c_out) % CU_CONV_CACHE);
+        plan_destroy(&s->conv_plans[slot]);
+    } else {
+        s->n_conv_plans++;
+    }
+    cu_conv_plan *p = &s->conv_plans[slot];
+    memset(p, 0, sizeof *p);
+    p->g = *g;
+    p->precision = s->precision;
+    sd_status st = plan_build(s, p);
+    if (st != SD_OK) {
+        plan_destroy(p);
+        p->g.batch = -1; /* never matches */
+        return st;
+    }
+    *out = p;
+    return SD_OK;
+}
+
+/* Exact mode keeps to algorithms that sum products directly (GEMM-like), in fp32 FMA math. */
+static int fwd_algo_exact_ok(cudnnConvolutionFwdAlgo_t a) {
+    return a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+           a == CUDNN_CONVOLUTION_FWD_ALGO_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT;
+}
+static int bwd_data_algo_exact_ok(cudnnConvolutionBwdDataAlgo_t a) {
+    return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+}
+static int bwd_filter_algo_exact_ok(cudnnConvolutionBwdFilterAlgo_t a) {
+    return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ||
+           a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3;
+}
+
+/* Exact mode runs every algorithm with CUDNN_FMA_MATH on the descriptor, whatever math type the
+ * heuristic listed it with (it may list fp32 kernels as CUDNN_DEFAULT_MATH, which on Ampere and
+ * later would allow TF32); entries that need tensor cores are skipped. Fast mode runs the math
+ * type the heuristic chose. */
+static int exact_math_ok(cudnnMathType_t m) { return m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH; }
+
+static sd_status choose_fwd(cu_state *s, cu_conv_plan *p, int force_fallback) {
+    const int exact = p->precision == SD_PRECISION_EXACT;
+    int found = 0;
+    if (!force_fallback) {
+        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        int returned = 0;
+        CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+        CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
+                                                           CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
+        for (int i = 0; i < returned && !found; i++) {
+            if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
+            if (exact && (!fwd_algo_exact_ok(perf[i].algo) || !exact_math_ok(perf[i].mathType))) continue;
+            p->fwd_algo = perf[i].algo;
+            p->fwd_math = exact ? CUDNN_FMA_MATH : perf[i].mathType;
+            found = 1;
+        }
+    }
+    if (!found) { /* always available, no workspace */
+        p->fwd_algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
+        p->fwd_math = exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+    }
+    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->fwd_math));
+    CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
+                                                        p->fwd_algo, &p->fwd_ws));
+    p->fwd_ready = 1;
+    return SD_OK;
+}
+
+static sd_status choose_bwd_data(cu_state *s, cu_conv_plan *p, int force_fallback) {
+    const int exact = p->precision == SD_PRECISION_EXACT;
+    int found = 0;
+    if (!force_fallback) {
+        cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+        int returned = 0;
+        CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+        CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(s->dnn, p->w_desc, p->y_desc, p->conv_desc, p->x_desc,
+                                                                CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf));
+        for (int i = 0; i < returned && !found; i++) {
+            if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
+            if (exact && (!bwd_data_algo_exact_ok(perf[i].algo) || !exact_math_ok(perf[i].mathType))) continue;
+            p->bwd_data_algo = perf[i].algo;
+            p->bwd_data_math = exact ? CUDNN_FMA_MATH : perf[i].mathType;
+            found = 1;
+        }
+    }
+    if (!found) {
+        p->bwd_data_algo = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+        p->bwd_data_math = exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+    }
+    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->bwd_data_math));
+    CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(s->dnn, p->w_desc, p->y_desc, p->conv_desc, p->x_desc,
+                                                             p->bwd_data_algo, &p->bwd_data_ws));
+    p->bwd_data_ready = 1;
+    return SD_OK;
+}
+
+static sd_status choose_bwd_filter(cu_state *s, cu_conv_plan *p, int force_fallback) {
+    const int exact = p->precision == SD_PRECISION_EXACT;
+    int found = 0;
+    if (!force_fallback) {
+        cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+        int returned = 0;
+        CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+        CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(s->dnn, p->x_desc, p->y_desc, p->conv_desc, p->w_desc,
+                                                                  CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned,
+                                                                  perf));
+        for (int i = 0; i < returned && !found; i++) {
+            if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
+            if (exact && (!bwd_filter_algo_exact_ok(perf[i].algo) || !exact_math_ok(perf[i].mathType))) continue;
+            p->bwd_filter_algo = perf[i].algo;
+            p->bwd_filter_math = exact ? CUDNN_FMA_MATH : perf[i].mathType;
+            found = 1;
+        }
+    }
+    if (!found) {
+        p->bwd_filter_algo = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
+        p->bwd_filter_math = exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+    }
+    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->bwd_filter_math));
+    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(s->dnn, p->x_desc, p->y_desc, p->conv_desc, p->w_desc,
+                                                               p->bwd_filter_algo, &p->bwd_filter_ws));
+    p->bwd_filter_ready = 1;
+    return SD_OK;
+}
+
+/* cuDNN refused to run the heuristic's choice with our math type: worth one retry with the
+ * fallback algorithm (any other status is a real failure). */
+static int conv_retryable(cudnnStatus_t st) {
+    return st == CUDNN_STATUS_NOT_SUPPORTED || st == CUDNN_STATUS_BAD_PARAM;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Padding kernels
+ * --------------------------------------------------------------------------------------------- */
+
+__global__ void k_pad_input(const float *x, float *xp, int64_t BC, int64_t H, int64_t W, int64_t Hp, int64_t Wp,
+                            int pad_top, int pad_left) {
+    /* x: [B·C, H, W] -> xp: [B·C, Hp, Wp], xp[., y, x] = x[., y − pad_top, x − pad_left] or 0 */
+    const int64_t n = BC * Hp * Wp;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t px = i % Wp, t = i / Wp, py = t % Hp, bc = t / Hp;
+        const int64_t iy = py - pad_top, ix = px - pad_left;
+        xp[i] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[(bc * H + iy) * W + ix] : 0.0f;
+    }
+}
+
+__global__ void k_unpad_add(const float *dxp, float *dx, int64_t BC, int64_t H, int64_t W, int64_t Hp, int64_t Wp,
+                            int pad_top, int pad_left) {
+    /* dx: [B·C, H, W] += dxp[., y + pad_top, x + pad_left] where inside the padded buffer */
+    const int64_t n = BC * H * W;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t ix = i % W, t = i / W, iy = t % H, bc = t / H;
+        const int64_t py = iy + pad_top, px = ix + pad_left;
+        if (py < Hp && px < Wp) dx[i] += dxp[(bc * Hp + py) * Wp + px];
+    }
+}
+
+__global__ void k_add_bias_nchw(float *y, const float *b, int64_t C, int64_t S, int64_t n) {
+    /* y: [B, C, S] += b[C] */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] += b[(i / S) % C];
+}
+
+static sd_status pad_input(const cu_conv_plan *p, const float *x, float *xp) {
+    const sd_conv_geom *g = &p->g;
+    const int64_t n = g->batch * g->c_in * p->hp * p->wp;
+    k_pad_input<<<cu_blocks(n, 256), 256, 0, cu_cur()->stream>>>(x, xp, g->batch * g->c_in, g->h_in, g->w_in, p->hp,
+                                                                  p->wp, g->pad_top, g->pad_left);
+    LAUNCH_CHECK("conv pad");
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * The three convolution ops
+ * --------------------------------------------------------------------------------------------- */
+
+sd_status cu_conv2d(const float *x, const float *w, const float *b, float *y, const sd_conv_geom *g) {
+    cu_state *s = cu_cur();
+    cu_conv_plan *p = NULL;
+    CU_TRY(plan_get(g, &p));
+    if (!p->fwd_ready) CU_TRY(choose_fwd(s, p, 0));
+    const size_t xp_bytes = p->padded ? cu_align((size_t)(g->batch * g->c_in * p->hp * p->wp) * sizeof(float)) : 0;
+    const float one = 1.0f, zero = 0.0f;
+    for (int attempt = 0;; attempt++) {
+        char *ws = (char *)cu_workspace(xp_bytes + p->fwd_ws + 256);
+        if (!ws) return SD_ERR_OOM;
+        const float *xin = x;
+        if (p->padded) {
+            CU_TRY(pad_input(p, x, (float *)ws));
+            xin = (const float *)ws;
+        }
+        CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->fwd_math));
+        const cudnnStatus_t st = cudnnConvolutionForward(s->dnn, &one, p->x_desc, xin, p->w_desc, w, p->conv_desc,
+                                                         p->fwd_algo, ws + xp_bytes, p->fwd_ws, &zero, p->y_desc, y);
+        if (st == CUDNN_STATUS_SUCCESS) break;
+        if (attempt > 0 || !conv_retryable(st))
+            return cu_fail_cudnn(st, __FILE__, __LINE__, "cudnnConvolutionForward");
+        CU_TRY(choose_fwd(s, p, 1));
+    }
+    if (b) {
+        const int64_t S = g->h_out * g->w_out, n = g->batch * g->c_out * S;
+        k_add_bias_nchw<<<cu_blocks(n, 256), 256, 0, s->stream>>>(y, b, g->c_out, S, n);
+        LAUNCH_CHECK("conv bias");
+    }
+    return SD_OK;
+}
+
+sd_status cu_conv2d_backward_data(const float *dy, const float *w, float *dx, const sd_conv_geom *g) {
+    cu_state *s = cu_cur();
+    cu_conv_plan *p = NULL;
+    CU_TRY(plan_get(g, &p));
+    if (!p->bwd_data_ready) CU_TRY(choose_bwd_data(s, p, 0));
+    const size_t xp_bytes = p->padded ? cu_align((size_t)(g->batch * g->c_in * p->hp * p->wp) * sizeof(float)) : 0;
+    const float one = 1.0f, zero = 0.0f;
+    for (int attempt = 0;; attempt++) {
+        char *ws = (char *)cu_workspace(xp_bytes + p->bwd_data_ws + 256);
+        if (!ws) return SD_ERR_OOM;
+        CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->bwd_data_math));
+        /* direct: beta = 1 accumulates into dx as the table requires; padded: the gradient of the
+         * padded input goes to the workspace and its interior is added to dx below */
+        const cudnnStatus_t st =
+            p->padded ? cudnnConvolutionBackwardData(s->dnn, &one, p->w_desc, w, p->y_desc, dy, p->conv_desc,
+                                                     p->bwd_data_algo, ws + xp_bytes, p->bwd_data_ws, &zero, p->x_desc,
+                                                     (float *)ws)
+                      : cudnnConvolutionBackwardData(s->dnn, &one, p->w_desc, w, p->y_desc, dy, p->conv_desc,
+                                                     p->bwd_data_algo, ws, p->bwd_data_ws, &one, p->x_desc, dx);
+        if (st == CUDNN_STATUS_SUCCESS) {
+            if (p->padded) {
+                const int64_t n = g->batch * g->c_in * g->h_in * g->w_in;
+                k_unpad_add<<<cu_blocks(n, 256), 256, 0, s->stream>>>((const float *)ws, dx, g->batch * g->c_in,
+                                                                       g->h_in, g->w_in, p->hp, p->wp, g->pad_top,
+                                                                       g->pad_left);
+                LAUNCH_CHECK("conv unpad");
+            }
+            return SD_OK;
+        }
+        if (attempt > 0 || !conv_retryable(st))
+            return cu_fail_cudnn(st, __FILE__, __LINE__, "cudnnConvolutionBackwardData");
+        CU_TRY(choose_bwd_data(s, p, 1));
+    }
+}
+
+sd_status cu_conv2d_backward_params(const float *dy, const float *x, float *dw, float *db,
+                                    const sd_conv_geom *g) {
+    cu_state *s = cu_cur();
+    if (dw) {
+        cu_conv_plan *p = NULL;
+        CU_TRY(plan_get(g, &p));
+        if (!p->bwd_filter_ready) CU_TRY(choose_bwd_filter(s, p, 0));
+        const size_t xp_bytes = p->padded ? cu_align((size_t)(g->batch * g->c_in * p->hp * p->wp) * sizeof(float)) : 0;
+        const float one = 1.0f;
+        for (int attempt = 0;; attempt++) {
+            char *ws = (char *)cu_workspace(xp_bytes + p->bwd_filter_ws + 256);
+            if (!ws) return SD_ERR_OOM;
+            const float *xin = x;
+            if (p->padded) {
+                CU_TRY(pad_input(p, x, (float *)ws));
+                xin = (const float *)ws;
+            }
+            CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->bwd_filter_math));
+            /* beta = 1: accumulate into dw */
+            const cudnnStatus_t st = cudnnConvolutionBackwardFilter(s->dnn, &one, p->x_desc, xin, p->y_desc, dy,
+                                                                    p->conv_desc, p->bwd_filter_algo, ws + xp_bytes,
+                                                                    p->bwd_filter_ws, &one, p->w_desc, dw);
+            if (st == CUDNN_STATUS_SUCCESS) break;
+            if (attempt > 0 || !conv_retryable(st))
+                return cu_fail_cudnn(st, __FILE__, __LINE__, "cudnnConvolutionBackwardFilter");
+            CU_TRY(choose_bwd_filter(s, p, 1));
+        }
+    }
+    if (db) CU_TRY(cu_channel_sum_acc(dy, db, g->batch, g->c_out, g->h_out * g->w_out));
+    return SD_OK;
+}

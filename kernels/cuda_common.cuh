@@ -1,0 +1,295 @@
+/* cuda_common.cuh: what every CUDA file of the backend shares.
+ *
+ *  - the per-device state (stream, cuBLAS / cuBLASLt / cuDNN handles, one growable workspace,
+ *    the precision mode), reached through cu_cur(): the op table's functions take no context
+ *    argument, so the state is the one sd_backend_cuda(ordinal) bound to the calling thread;
+ *  - the check macros (CUDA_CHECK, CUBLAS_CHECK, CUDNN_CHECK, LAUNCH_CHECK) that turn a failure
+ *    into sd_fail(SD_ERR_DEVICE / SD_ERR_OOM, "file:line: call failed: reason") and return it;
+ *  - launch helpers and small device functions (warp reductions, activations);
+ *  - the internal entry points each .cu file implements (cu_* functions), assembled into the
+ *    sd_backend table by cuda_backend.cu.
+ *
+ * Every pointer an op receives is dense F32 device memory (backend.h); shapes are the op's
+ * integers. All work is queued on the state's stream; nothing synchronises except download,
+ * all_finite, synchronize and the workspace growth (which must free a buffer still in use). */
+#ifndef SD_CUDA_COMMON_CUH
+#define SD_CUDA_COMMON_CUH
+
+/* cuda_runtime.h: streams, events, memory, graphs, kernel launches. */
+#include <cuda_runtime.h>
+/* cuda_bf16.h: __nv_bfloat16 / __nv_bfloat162 conversions for fast mode's tensor-core kernels. */
+#include <cuda_bf16.h>
+/* cublas_v2.h: cublasGemmEx / cublasGemmStridedBatchedEx (projections, attention maps). */
+#include <cublas_v2.h>
+/* cublasLt.h: cublasLtMatmul with a bias epilogue (linear layers). */
+#include <cublasLt.h>
+/* cudnn.h: the legacy convolution API (forward, backward data, backward filter). */
+#include <cudnn.h>
+
+#include <stdint.h>
+#include <stddef.h>
+
+extern "C" {
+#include "sd/backend.h"
+#include "sd/core.h"
+#include "sd/device.h"
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Per-device state
+ * --------------------------------------------------------------------------------------------- */
+
+#define CU_MAX_DEVICES 16
+#define CU_CONV_CACHE 128 /* distinct convolution geometries remembered per device */
+#define CU_LT_CACHE 256   /* distinct linear shapes remembered per device */
+
+struct cu_conv_plan; /* conv.cu */
+struct cu_lt_plan;   /* gemm.cu */
+
+struct cu_state {
+    int ordinal;
+    int ready;                   /* handles created */
+    cudaDeviceProp prop;
+    cudaStream_t stream;         /* every op of this device runs here */
+    cublasHandle_t blas;
+    cublasLtHandle_t lt;
+    cudnnHandle_t dnn;
+    void *blas_ws;               /* cuBLAS's own workspace (set once: capture-safe) */
+    size_t blas_ws_bytes;
+    void *lt_ws;                 /* cuBLASLt workspace (fixed size, passed per call) */
+    size_t lt_ws_bytes;
+    void *ws;                    /* general workspace: padded conv inputs, cuDNN, attention chunks */
+    size_t ws_bytes;
+    void *scratch;               /* 4 KiB of small device results (all_finite flag, partial sums) */
+    sd_precision precision;
+    cublasComputeType_t fast_gemm; /* compute type of fast mode (SD_FAST_GEMM: bf16 | tf32 | fp16) */
+    int capturing;               /* inside sd_cuda_graph_begin/end: no allocation allowed */
+    cudaEvent_t ev_start, ev_stop;
+    struct cu_conv_plan *conv_plans; /* CU_CONV_CACHE entries, conv.cu */
+    int n_conv_plans;
+    struct cu_lt_plan *lt_plans;     /* CU_LT_CACHE entries, gemm.cu */
+    int n_lt_plans;
+};
+
+/* The state bound to the calling thread (the last one sd_backend_cuda opened when this thread
+ * never opened one). Never NULL once a backend was opened; the table is unreachable before. */
+cu_state *cu_cur();
+
+/* A workspace of at least `bytes` (256-byte aligned), grown when needed. Growing synchronises
+ * the stream (the old buffer may still be read by queued kernels) and is refused while a CUDA
+ * graph is being captured. NULL with the error set on failure. */
+void *cu_workspace(size_t bytes);
+
+/* Rounds up to the 256-byte alignment workspace carving uses. */
+static inline size_t cu_align(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* ------------------------------------------------------------------------------------------------
+ * Error checks: each returns an sd_status from the enclosing function on failure.
+ * --------------------------------------------------------------------------------------------- */
+
+sd_status cu_fail_cuda(cudaError_t err, const char *file, int line, const char *call);
+sd_status cu_fail_cublas(cublasStatus_t st, const char *file, int line, const char *call);
+sd_status cu_fail_cudnn(cudnnStatus_t st, const char *file, int line, const char *call);
+
+#define CUDA_CHECK(call)                                                                           \
+    do {                                                                                           \
+        cudaError_t cu_err_ = (call);                                                              \
+        if (cu_err_ != cudaSuccess) return cu_fail_cuda(cu_err_, __FILE__, __LINE__, #call);      \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                         \
+    do {                                                                                           \
+        cublasStatus_t cu_st_ = (call);                                                            \
+        if (cu_st_ != CUBLAS_STATUS_SUCCESS)                                                       \
+            return cu_fail_cublas(cu_st_, __FILE__, __LINE__, #call);                              \
+    } while (0)
+
+#define CUDNN_CHECK(call)                                                                          \
+    do {                                                                                           \
+        cudnnStatus_t cu_st_ = (call);                                                             \
+        if (cu_st_ != CUDNN_STATUS_SUCCESS)                                                        \
+            return cu_fail_cudnn(cu_st_, __FILE__, __LINE__, #call);                               \
+    } while (0)
+
+/* After a <<<...>>> launch: catches bad configurations (too much shared memory, a grid too large)
+ * at once; faults inside a kernel surface at the next synchronising call, unless the environment
+ * sets SD_CUDA_DEBUG_SYNC=1: then every launch is followed by a stream synchronisation (outside
+ * graph capture), so a fault is reported with the file, line and name of the kernel that caused it. */
+extern int cu_debug_sync;
+#define LAUNCH_CHECK(what)                                                                         \
+    do {                                                                                           \
+        CUDA_CHECK(cudaGetLastError());                                                            \
+        if (cu_debug_sync && !cu_cur()->capturing) {                                               \
+            cudaError_t cu_sync_err_ = cudaStreamSynchronize(cu_cur()->stream);                    \
+            if (cu_sync_err_ != cudaSuccess)                                                       \
+                return cu_fail_cuda(cu_sync_err_, __FILE__, __LINE__, "kernel " what);             \
+        }                                                                                          \
+    } while (0)
+
+/* Propagates an sd_status (same as SD_TRY, kept local for readability in .cu files). */
+#define CU_TRY(expr) SD_TRY(expr)
+
+/* ------------------------------------------------------------------------------------------------
+ * Launch geometry
+ * --------------------------------------------------------------------------------------------- */
+
+/* Blocks for a grid-stride loop over n items with `threads` per block: enough to fill the GPU
+ * several times over, never more than needed. */
+static inline unsigned cu_blocks(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    if (b < 1) b = 1;
+    if (b > 132 * 32) b = 132 * 32; /* grid-stride loops cover the rest */
+    return (unsigned)b;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Device helpers
+ * --------------------------------------------------------------------------------------------- */
+
+__device__ __forceinline__ float cu_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double cu_warp_sum_d(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float cu_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sums one double per thread over a block of blockDim.x threads (a multiple of 32, <= 1024);
+ * every thread gets the total. `smem` holds 32 doubles. */
+__device__ __forceinline__ double cu_block_sum_d(double v, double *smem) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = cu_warp_sum_d(v);
+    __syncthreads(); /* smem may still be read by a previous call */
+    if (lane == 0) smem[warp] = v;
+    __syncthreads();
+    double t = lane < nwarps ? smem[lane] : 0.0;
+    return cu_warp_sum_d(t);
+}
+
+/* The activations exactly as the CPU backend writes them (float arithmetic, same formulas). */
+__device__ __forceinline__ float cu_silu(float v) { return v / (1.0f + expf(-v)); }
+__device__ __forceinline__ float cu_gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+__device__ __forceinline__ float cu_sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+/* d/dx of x·sigmoid(x) */
+__device__ __forceinline__ float cu_silu_grad(float v) {
+    const float s = cu_sigmoid(v);
+    return s * (1.0f + v * (1.0f - s));
+}
+/* d/dx of 0.5·x·(1 + erf(x/√2)) = Φ(x) + x·φ(x) */
+__device__ __forceinline__ float cu_gelu_grad(float v) {
+    const float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+    const float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+    return cdf + v * pdf;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Internal entry points (one .cu file each group); the op table points at these.
+ * --------------------------------------------------------------------------------------------- */
+
+/* elementwise.cu */
+sd_status cu_unary(sd_unary_op op, const float *x, float *y, int64_t n, float alpha);
+sd_status cu_binary(sd_binary_op op, const float *a, const float *b, float *y, int64_t n);
+sd_status cu_axpby(float alpha, const float *x, float beta, const float *z, float *y, int64_t n);
+sd_status cu_clamp(const float *x, float *y, float lo, float hi, int64_t n);
+sd_status cu_add_channel_bias(const float *x, const float *v, float *y, int64_t B, int64_t C, int64_t S);
+sd_status cu_geglu(const float *x, float *y, int64_t M, int64_t N);
+sd_status cu_concat_channels(const float *a, const float *c, float *y, int64_t B, int64_t Ca,
+                             int64_t Cb, int64_t S);
+sd_status cu_upsample_nearest(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                              int64_t Wo);
+sd_status cu_transpose(const float *x, float *y, int64_t B, int64_t R, int64_t C);
+sd_status cu_timestep_embedding(const float *t, float *y, int64_t B, int dim, int flip_sin_to_cos,
+                                float shift);
+sd_status cu_embedding(const int32_t *ids, const float *table, float *y, int64_t count, int64_t C);
+sd_status cu_copy(float *dst, const float *src, int64_t n);
+sd_status cu_fill(float *dst, float value, int64_t n);
+sd_status cu_mse(const float *a, const float *b, float *out, int64_t n);
+sd_status cu_all_finite(const float *x, int64_t n, int *host_result);
+sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, float *dx, int64_t n,
+                            float alpha);
+sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N);
+sd_status cu_axpy(float alpha, const float *x, float *y, int64_t n);
+sd_status cu_mul_acc(const float *a, const float *b, float *y, int64_t n);
+sd_status cu_add_channel_bias_backward(const float *dy, float *dv, int64_t B, int64_t C, int64_t S);
+sd_status cu_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca,
+                                      int64_t Cb, int64_t S);
+sd_status cu_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
+                                       int64_t Ho, int64_t Wo);
+sd_status cu_mse_backward(const float *a, const float *b, const float *g, float *da, float *db,
+                          int64_t n);
+sd_status cu_adam_step(float *p, const float *g, float *m, float *v, int64_t n, double lr,
+                       double beta1, double beta2, double eps, int step);
+/* out[c] += Σ_b Σ_s x[b, c, s] (conv bias gradient) */
+sd_status cu_channel_sum_acc(const float *x, float *out, int64_t B, int64_t C, int64_t S);
+/* out[n] += Σ_m x[m, n] over the rows of x[M, N] (linear bias gradient) */
+sd_status cu_column_sum_acc(const float *x, float *out, int64_t M, int64_t N);
+/* y[m, n] += b[n] for y[M, N] (the bias of a linear when cuBLASLt's epilogue is unavailable) */
+sd_status cu_bias_rows(float *y, const float *b, int64_t M, int64_t N);
+
+/* norms.cu */
+sd_status cu_group_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t B,
+                        int64_t C, int64_t S, int groups, float eps, int silu);
+sd_status cu_layer_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t M,
+                        int64_t C, float eps);
+sd_status cu_group_norm_backward(const float *x, const float *gamma, const float *beta,
+                                 const float *dy, float *dx, float *dgamma, float *dbeta, int64_t B,
+                                 int64_t C, int64_t S, int groups, float eps, int silu);
+sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx,
+                                 float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
+
+/* gemm.cu */
+sd_status cu_linear(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K,
+                    int64_t N);
+sd_status cu_linear_backward_data(const float *dy, const float *w, float *dx, int64_t M, int64_t K,
+                                  int64_t N);
+sd_status cu_linear_backward_params(const float *dy, const float *x, float *dw, float *db, int64_t M,
+                                    int64_t K, int64_t N);
+/* Row-major strided-batched GEMM: C_i[M, N] = alpha · op(A_i) · op(B_i) + beta · C_i for
+ * i < batch, with A_i = A + i·strideA (row-major, leading dimension lda: op(A) = A when !ta,
+ * Aᵀ when ta), likewise B and C. Precision follows the state's mode. */
+sd_status cu_gemm_rm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                     int64_t lda, int64_t strideA, const float *B, int64_t ldb, int64_t strideB,
+                     float beta, float *C, int64_t ldc, int64_t strideC, int64_t batch);
+
+/* conv.cu */
+sd_status cu_conv2d(const float *x, const float *w, const float *b, float *y, const sd_conv_geom *g);
+sd_status cu_conv2d_backward_data(const float *dy, const float *w, float *dx, const sd_conv_geom *g);
+sd_status cu_conv2d_backward_params(const float *dy, const float *x, float *dw, float *db,
+                                    const sd_conv_geom *g);
+void cu_conv_release(cu_state *s);
+void cu_lt_release(cu_state *s);
+
+/* attention.cu */
+sd_status cu_attention(const float *q, const float *k, const float *v, float *out, float *probs,
+                       int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
+                       int causal);
+sd_status cu_attention_apply(const float *probs, const float *v, float *out, int64_t B, int64_t Sq,
+                             int64_t Sk, int H, int Dv);
+/* Softmax of rows in place: x[rows, Sk]; the query index of row r is q_offset + r mod
+ * rows_per_head, and causal rows zero the columns j > query (a chunk of the maps of H heads:
+ * rows_per_head = chunk rows, q_offset = the chunk's first query). */
+sd_status cu_softmax_rows_offset(float *x, int64_t rows, int64_t rows_per_head, int64_t q_offset, int64_t Sk,
+                                 int causal);
+
+/* attention_backward.cu */
+sd_status cu_attention_backward(const float *q, const float *k, const float *v, const float *out,
+                                const float *dout, float *dq, float *dk, float *dv, int64_t B,
+                                int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal);
+sd_status cu_attention_probs_backward(const float *q, const float *k, const float *probs,
+                                      const float *dprobs, float *dq, float *dk, int64_t B,
+                                      int64_t Sq, int64_t Sk, int H, int D, float scale);
+sd_status cu_attention_apply_backward(const float *probs, const float *v, const float *dout,
+                                      float *dprobs, float *dv, int64_t B, int64_t Sq, int64_t Sk,
+                                      int H, int Dv);
+
+#endif

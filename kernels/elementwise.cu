@@ -1,0 +1,620 @@
+/* elementwise.cu: the memory-bound ops of the table, forward and backward, the two reductions
+ * (mse, all_finite), the bias-gradient reductions and the Adam step.
+ *
+ * Every kernel computes what src/backend/cpu/cpu_ops.c computes, with the same float formulas.
+ * Where the CPU result is a single rounding of a short expression (axpby, the timestep
+ * embedding), the kernel forbids FMA contraction (__fmul_rn / __fadd_rn) or evaluates in double
+ * and rounds once, so exact mode agrees to the last bit or one ulp. Reductions accumulate in
+ * double (H100 double throughput is half of float, and these kernels are bandwidth-bound) in a
+ * fixed order, so results are deterministic. */
+#include "cuda_common.cuh"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define EW_THREADS 256
+
+/* Grid-stride loop over [0, n). */
+#define GRID_STRIDE(i, n)                                                                          \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
+         i += (int64_t)gridDim.x * blockDim.x)
+
+/* ------------------------------------------------------------------------------------------------
+ * Forward elementwise
+ * --------------------------------------------------------------------------------------------- */
+
+__global__ void k_unary(int op, const float *__restrict__ x, float *y, int64_t n, float alpha) {
+    /* x, y: [n] (y may alias x: each element is read before it is written by the same thread) */
+    GRID_STRIDE(i, n) {
+        const float v = x[i];
+        float r;
+        switch (op) {
+        case SD_UNARY_SILU: r = cu_silu(v); break;
+        case SD_UNARY_GELU: r = cu_gelu(v); break;
+        case SD_UNARY_QUICK_GELU: r = v / (1.0f + expf(-1.702f * v)); break;
+        default: r = v >= 0.0f ? v : alpha * v; break; /* SD_UNARY_LEAKY_RELU */
+        }
+        y[i] = r;
+    }
+}
+
+sd_status cu_unary(sd_unary_op op, const float *x, float *y, int64_t n, float alpha) {
+    if (op != SD_UNARY_SILU && op != SD_UNARY_GELU && op != SD_UNARY_QUICK_GELU && op != SD_UNARY_LEAKY_RELU)
+        return sd_fail(SD_ERR_INTERNAL, "cuda unary: unknown op %d", (int)op);
+    if (n <= 0) return SD_OK;
+    k_unary<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>((int)op, x, y, n, alpha);
+    LAUNCH_CHECK("unary");
+    return SD_OK;
+}
+
+__global__ void k_binary(int op, const float *a, const float *b, float *y, int64_t n) {
+    /* a, b, y: [n]; y may alias a or b */
+    GRID_STRIDE(i, n) {
+        const float u = a[i], w = b[i];
+        y[i] = op == SD_BINARY_ADD ? u + w : (op == SD_BINARY_SUB ? u - w : u * w);
+    }
+}
+
+sd_status cu_binary(sd_binary_op op, const float *a, const float *b, float *y, int64_t n) {
+    if (op != SD_BINARY_ADD && op != SD_BINARY_SUB && op != SD_BINARY_MUL)
+        return sd_fail(SD_ERR_INTERNAL, "cuda binary: unknown op %d", (int)op);
+    if (n <= 0) return SD_OK;
+    k_binary<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>((int)op, a, b, y, n);
+    LAUNCH_CHECK("binary");
+    return SD_OK;
+}
+
+__global__ void k_axpby(float alpha, const float *x, float beta, const float *z, float *y, int64_t n) {
+    /* x, z, y: [n]; two products and a sum, each rounded once as the CPU rounds them */
+    GRID_STRIDE(i, n) y[i] = __fadd_rn(__fmul_rn(alpha, x[i]), __fmul_rn(beta, z[i]));
+}
+
+sd_status cu_axpby(float alpha, const float *x, float beta, const float *z, float *y, int64_t n) {
+    if (n <= 0) return SD_OK;
+    k_axpby<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(alpha, x, beta, z, y, n);
+    LAUNCH_CHECK("axpby");
+    return SD_OK;
+}
+
+__global__ void k_clamp(const float *x, float *y, float lo, float hi, int64_t n) {
+    GRID_STRIDE(i, n) {
+        const float v = x[i];
+        y[i] = v < lo ? lo : (v > hi ? hi : v);
+    }
+}
+
+sd_status cu_clamp(const float *x, float *y, float lo, float hi, int64_t n) {
+    if (n <= 0) return SD_OK;
+    k_clamp<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, y, lo, hi, n);
+    LAUNCH_CHECK("clamp");
+    return SD_OK;
+}
+
+__global__ void k_add_channel_bias(const float *x, const float *v, float *y, int64_t BC, int64_t S) {
+    /* x, y: [B·C, S]; v: [B·C] */
+    GRID_STRIDE(i, BC * S) y[i] = x[i] + v[i / S];
+}
+
+sd_status cu_add_channel_bias(const float *x, const float *v, float *y, int64_t B, int64_t C, int64_t S) {
+    const int64_t n = B * C * S;
+    if (n <= 0) return SD_OK;
+    k_add_channel_bias<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, v, y, B * C, S);
+    LAUNCH_CHECK("add_channel_bias");
+    return SD_OK;
+}
+
+__global__ void k_geglu(const float *x, float *y, int64_t M, int64_t N) {
+    /* x: [M, 2N] (hidden | gate), y: [M, N] */
+    GRID_STRIDE(i, M * N) {
+        const int64_t m = i / N, n = i - m * N;
+        const float hidden = x[m * 2 * N + n], gate = x[m * 2 * N + N + n];
+        y[i] = hidden * cu_gelu(gate);
+    }
+}
+
+sd_status cu_geglu(const float *x, float *y, int64_t M, int64_t N) {
+    if (M * N <= 0) return SD_OK;
+    k_geglu<<<cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, y, M, N);
+    LAUNCH_CHECK("geglu");
+    return SD_OK;
+}
+
+sd_status cu_concat_channels(const float *a, const float *c, float *y, int64_t B, int64_t Ca,
+                             int64_t Cb, int64_t S) {
+    /* y[b] = (a[b]: Ca·S floats, c[b]: Cb·S floats): two strided 2-d copies, one row per batch */
+    cudaStream_t st = cu_cur()->stream;
+    const size_t row_y = (size_t)((Ca + Cb) * S) * sizeof(float);
+    if (B <= 0) return SD_OK;
+    if (Ca * S > 0)
+        CUDA_CHECK(cudaMemcpy2DAsync(y, row_y, a, (size_t)(Ca * S) * sizeof(float),
+                                     (size_t)(Ca * S) * sizeof(float), (size_t)B, cudaMemcpyDeviceToDevice, st));
+    if (Cb * S > 0)
+        CUDA_CHECK(cudaMemcpy2DAsync(y + Ca * S, row_y, c, (size_t)(Cb * S) * sizeof(float),
+                                     (size_t)(Cb * S) * sizeof(float), (size_t)B, cudaMemcpyDeviceToDevice, st));
+    return SD_OK;
+}
+
+__global__ void k_upsample_nearest(const float *x, float *y, int64_t N, int64_t H, int64_t W,
+                                   int64_t Ho, int64_t Wo, float sh, float sw) {
+    /* x: [N, H, W] -> y: [N, Ho, Wo]; src = min(floor(dst · (in/out)), in - 1), ratio in float */
+    GRID_STRIDE(i, N * Ho * Wo) {
+        const int64_t ox = i % Wo, t = i / Wo, oy = t % Ho, n = t / Ho;
+        int64_t iy = (int64_t)floorf(__fmul_rn((float)oy, sh));
+        int64_t ix = (int64_t)floorf(__fmul_rn((float)ox, sw));
+        if (iy > H - 1) iy = H - 1;
+        if (ix > W - 1) ix = W - 1;
+        y[i] = x[(n * H + iy) * W + ix];
+    }
+}
+
+sd_status cu_upsample_nearest(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                              int64_t Wo) {
+    const int64_t n = N * Ho * Wo;
+    if (n <= 0) return SD_OK;
+    const float sh = (float)H / (float)Ho, sw = (float)W / (float)Wo; /* as the CPU computes them */
+    k_upsample_nearest<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, y, N, H, W, Ho, Wo, sh, sw);
+    LAUNCH_CHECK("upsample_nearest");
+    return SD_OK;
+}
+
+#define TR_TILE 32
+
+__global__ void k_transpose(const float *x, float *y, int64_t R, int64_t C, int64_t tiles_c) {
+    /* x: [B, R, C] -> y: [B, C, R]; blockIdx.y = b; blockIdx.x = tile (row-tile · tiles_c + col-tile);
+     * 32x8 threads move a 32x32 tile through shared memory (+1 column: no bank conflicts) */
+    __shared__ float tile[TR_TILE][TR_TILE + 1];
+    const int64_t b = blockIdx.y;
+    const int64_t r0 = ((int64_t)blockIdx.x / tiles_c) * TR_TILE, c0 = ((int64_t)blockIdx.x % tiles_c) * TR_TILE;
+    const float *xb = x + b * R * C;
+    float *yb = y + b * R * C;
+    for (int j = threadIdx.y; j < TR_TILE; j += blockDim.y) {
+        const int64_t r = r0 + j, c = c0 + threadIdx.x;
+        if (r < R && c < C) tile[j][threadIdx.x] = xb[r * C + c];
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < TR_TILE; j += blockDim.y) {
+        const int64_t c = c0 + j, r = r0 + threadIdx.x;
+        if (r < R && c < C) yb[c * R + r] = tile[threadIdx.x][j];
+    }
+}
+
+sd_status cu_transpose(const float *x, float *y, int64_t B, int64_t R, int64_t C) {
+    if (B <= 0 || R <= 0 || C <= 0) return SD_OK;
+    if (B > 65535) return sd_fail(SD_ERR_UNSUPPORTED, "cuda transpose: batch %lld over 65535", (long long)B);
+    const int64_t tiles_r = (R + TR_TILE - 1) / TR_TILE, tiles_c = (C + TR_TILE - 1) / TR_TILE;
+    dim3 grid((unsigned)(tiles_r * tiles_c), (unsigned)B), block(TR_TILE, 8);
+    k_transpose<<<grid, block, 0, cu_cur()->stream>>>(x, y, R, C, tiles_c);
+    LAUNCH_CHECK("transpose");
+    return SD_OK;
+}
+
+__global__ void k_timestep_embedding(const float *t, float *y, int64_t B, int dim, int half,
+                                     int flip, float shift) {
+    /* t: [B] -> y: [B, dim]. The CPU mirrors diffusers' float32 steps: exponent = (-ln(1e4)·k) /
+     * (half - shift) in float, f = expf(exponent), arg = t·f in float, then sinf / cosf. Here expf,
+     * sinf and cosf are evaluated in double and rounded once (the correctly rounded float glibc
+     * returns): the argument reaches ~1000 rad, where an ulp of difference in f would move sin by
+     * 6e-5. */
+    GRID_STRIDE(i, B * half) {
+        const int64_t b = i / half;
+        const int k = (int)(i - b * half);
+        const float neg_log_period = -9.210340371976184f;
+        const float exponent = __fdiv_rn(__fmul_rn(neg_log_period, (float)k), __fsub_rn((float)half, shift));
+        const float freq = (float)exp((double)exponent);
+        const float arg = __fmul_rn(t[b], freq);
+        const float s = (float)sin((double)arg), c = (float)cos((double)arg);
+        float *yr = y + b * dim;
+        yr[flip ? half + k : k] = s;
+        yr[flip ? k : half + k] = c;
+        if ((dim & 1) && k == 0) yr[dim - 1] = 0.0f; /* diffusers zero-pads odd sizes */
+    }
+}
+
+sd_status cu_timestep_embedding(const float *t, float *y, int64_t B, int dim, int flip_sin_to_cos,
+                                float shift) {
+    const int half = dim / 2;
+    if (B <= 0 || dim <= 0) return SD_OK;
+    if (half == 0) return cu_fill(y, 0.0f, B * dim);
+    k_timestep_embedding<<<cu_blocks(B * half, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(
+        t, y, B, dim, half, flip_sin_to_cos, shift);
+    LAUNCH_CHECK("timestep_embedding");
+    return SD_OK;
+}
+
+__global__ void k_embedding(const int32_t *ids, const float *table, float *y, int64_t count, int64_t C) {
+    /* ids: [count] (validated by the caller), table: [V, C] -> y: [count, C] */
+    GRID_STRIDE(i, count * C) {
+        const int64_t n = i / C, c = i - n * C;
+        y[i] = table[(int64_t)ids[n] * C + c];
+    }
+}
+
+sd_status cu_embedding(const int32_t *ids, const float *table, float *y, int64_t count, int64_t C) {
+    if (count * C <= 0) return SD_OK;
+    k_embedding<<<cu_blocks(count * C, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(ids, table, y, count, C);
+    LAUNCH_CHECK("embedding");
+    return SD_OK;
+}
+
+sd_status cu_copy(float *dst, const float *src, int64_t n) {
+    if (n <= 0 || dst == src) return SD_OK;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToDevice, cu_cur()->stream));
+    return SD_OK;
+}
+
+__global__ void k_fill(float *dst, float value, int64_t n) {
+    GRID_STRIDE(i, n) dst[i] = value;
+}
+
+sd_status cu_fill(float *dst, float value, int64_t n) {
+    if (n <= 0) return SD_OK;
+    k_fill<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(dst, value, n);
+    LAUNCH_CHECK("fill");
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Reductions: two deterministic phases (per-block partials in a fixed order, then one block)
+ * --------------------------------------------------------------------------------------------- */
+
+#define RED_BLOCKS 256 /* partials; 256 doubles fit the state's 4 KiB scratch with room to spare */
+#define SCRATCH_FLAG_OFFSET 3072
+
+__global__ void k_mse_partial(const float *a, const float *b, int64_t n, double *partial) {
+    __shared__ double smem[32];
+    double acc = 0.0;
+    GRID_STRIDE(i, n) {
+        const double d = (double)a[i] - (double)b[i];
+        acc += d * d;
+    }
+    acc = cu_block_sum_d(acc, smem);
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
+__global__ void k_mse_final(const double *partial, int nparts, int64_t n, float *out) {
+    __shared__ double smem[32];
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += partial[i];
+    acc = cu_block_sum_d(acc, smem);
+    if (threadIdx.x == 0) out[0] = (float)(acc / (double)(n > 0 ? n : 1));
+}
+
+sd_status cu_mse(const float *a, const float *b, float *out, int64_t n) {
+    cu_state *s = cu_cur();
+    double *partial = (double *)s->scratch;
+    unsigned blocks = cu_blocks(n, EW_THREADS);
+    if (blocks > RED_BLOCKS) blocks = RED_BLOCKS;
+    k_mse_partial<<<blocks, EW_THREADS, 0, s->stream>>>(a, b, n, partial);
+    LAUNCH_CHECK("mse partial");
+    k_mse_final<<<1, EW_THREADS, 0, s->stream>>>(partial, (int)blocks, n, out);
+    LAUNCH_CHECK("mse final");
+    return SD_OK;
+}
+
+__global__ void k_all_finite(const float *x, int64_t n, int *flag) {
+    /* flag starts at 1; any thread that sees a NaN or an infinity writes 0 (same value: no race) */
+    int ok = 1;
+    GRID_STRIDE(i, n) ok &= isfinite(x[i]) ? 1 : 0;
+    if (!__all_sync(0xffffffffu, ok) && (threadIdx.x & 31) == 0) *flag = 0;
+}
+
+sd_status cu_all_finite(const float *x, int64_t n, int *host_result) {
+    cu_state *s = cu_cur();
+    if (s->capturing)
+        return sd_fail(SD_ERR_UNSUPPORTED, "all_finite synchronises with the host: not allowed inside a CUDA graph capture");
+    int *flag = (int *)((char *)s->scratch + SCRATCH_FLAG_OFFSET);
+    const int one = 1;
+    CUDA_CHECK(cudaMemcpyAsync(flag, &one, sizeof one, cudaMemcpyHostToDevice, s->stream));
+    if (n > 0) {
+        k_all_finite<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, s->stream>>>(x, n, flag);
+        LAUNCH_CHECK("all_finite");
+    }
+    int result = 0;
+    CUDA_CHECK(cudaMemcpyAsync(&result, flag, sizeof result, cudaMemcpyDeviceToHost, s->stream));
+    CUDA_CHECK(cudaStreamSynchronize(s->stream));
+    *host_result = result;
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Backward elementwise (all accumulate: dx += ...)
+ * --------------------------------------------------------------------------------------------- */
+
+__global__ void k_unary_backward(int op, const float *x, const float *dy, float *dx, int64_t n, float alpha) {
+    GRID_STRIDE(i, n) {
+        const float v = x[i];
+        float d;
+        switch (op) {
+        case SD_UNARY_SILU: d = cu_silu_grad(v); break;
+        case SD_UNARY_GELU: d = cu_gelu_grad(v); break;
+        case SD_UNARY_QUICK_GELU: {
+            const float s = cu_sigmoid(1.702f * v);
+            d = s + 1.702f * v * s * (1.0f - s);
+            break;
+        }
+        default: d = v >= 0.0f ? 1.0f : alpha; break; /* leaky ReLU: the forward's identity branch includes 0 */
+        }
+        dx[i] += dy[i] * d;
+    }
+}
+
+sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, float *dx, int64_t n,
+                            float alpha) {
+    if (op != SD_UNARY_SILU && op != SD_UNARY_GELU && op != SD_UNARY_QUICK_GELU && op != SD_UNARY_LEAKY_RELU)
+        return sd_fail(SD_ERR_INTERNAL, "cuda unary_backward: unknown op %d", (int)op);
+    if (n <= 0) return SD_OK;
+    k_unary_backward<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>((int)op, x, dy, dx, n, alpha);
+    LAUNCH_CHECK("unary_backward");
+    return SD_OK;
+}
+
+__global__ void k_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
+    /* x, dx: [M, 2N]; dy: [M, N]; y = h · gelu(g) */
+    GRID_STRIDE(i, M * N) {
+        const int64_t m = i / N, n = i - m * N;
+        const int64_t ih = m * 2 * N + n, ig = ih + N;
+        const float h = x[ih], g = x[ig], d = dy[i];
+        dx[ih] += d * cu_gelu(g);
+        dx[ig] += d * h * cu_gelu_grad(g);
+    }
+}
+
+sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
+    if (M * N <= 0) return SD_OK;
+    k_geglu_backward<<<cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, dy, dx, M, N);
+    LAUNCH_CHECK("geglu_backward");
+    return SD_OK;
+}
+
+__global__ void k_axpy(float alpha, const float *x, float *y, int64_t n) {
+    GRID_STRIDE(i, n) y[i] += alpha * x[i];
+}
+
+sd_status cu_axpy(float alpha, const float *x, float *y, int64_t n) {
+    if (n <= 0) return SD_OK;
+    k_axpy<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(alpha, x, y, n);
+    LAUNCH_CHECK("axpy");
+    return SD_OK;
+}
+
+__global__ void k_mul_acc(const float *a, const float *b, float *y, int64_t n) {
+    GRID_STRIDE(i, n) y[i] += a[i] * b[i];
+}
+
+sd_status cu_mul_acc(const float *a, const float *b, float *y, int64_t n) {
+    if (n <= 0) return SD_OK;
+    k_mul_acc<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(a, b, y, n);
+    LAUNCH_CHECK("mul_acc");
+    return SD_OK;
+}
+
+__global__ void k_row_sum_acc(const float *x, float *out, int64_t S) {
+    /* x: [rows, S]; out[row] += Σ_s x[row, s]; one block per row */
+    __shared__ double smem[32];
+    const float *xr = x + (int64_t)blockIdx.x * S;
+    double acc = 0.0;
+    for (int64_t s = threadIdx.x; s < S; s += blockDim.x) acc += xr[s];
+    acc = cu_block_sum_d(acc, smem);
+    if (threadIdx.x == 0) out[blockIdx.x] = (float)((double)out[blockIdx.x] + acc); /* one rounding, as the CPU */
+}
+
+sd_status cu_add_channel_bias_backward(const float *dy, float *dv, int64_t B, int64_t C, int64_t S) {
+    if (B * C <= 0) return SD_OK;
+    k_row_sum_acc<<<(unsigned)(B * C), EW_THREADS, 0, cu_cur()->stream>>>(dy, dv, S);
+    LAUNCH_CHECK("add_channel_bias_backward");
+    return SD_OK;
+}
+
+__global__ void k_concat_backward_part(const float *dy, float *d, int64_t B, int64_t Cpart,
+                                       int64_t Ctotal, int64_t offset_c, int64_t S) {
+    /* d: [B, Cpart, S] += dy[:, offset_c : offset_c + Cpart, :] of dy: [B, Ctotal, S] */
+    const int64_t per_b = Cpart * S;
+    GRID_STRIDE(i, B * per_b) {
+        const int64_t b = i / per_b, r = i - b * per_b;
+        d[i] += dy[b * Ctotal * S + offset_c * S + r];
+    }
+}
+
+sd_status cu_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca,
+                                      int64_t Cb, int64_t S) {
+    cudaStream_t st = cu_cur()->stream;
+    if (da && B * Ca * S > 0) {
+        k_concat_backward_part<<<cu_blocks(B * Ca * S, EW_THREADS), EW_THREADS, 0, st>>>(dy, da, B, Ca, Ca + Cb, 0, S);
+        LAUNCH_CHECK("concat_channels_backward a");
+    }
+    if (dc && B * Cb * S > 0) {
+        k_concat_backward_part<<<cu_blocks(B * Cb * S, EW_THREADS), EW_THREADS, 0, st>>>(dy, dc, B, Cb, Ca + Cb, Ca, S);
+        LAUNCH_CHECK("concat_channels_backward c");
+    }
+    return SD_OK;
+}
+
+/* The destination indices that the forward maps to source index `src` form one contiguous range
+ * (floor of a monotone product): scan a window around the exact ratio and keep those whose forward
+ * rule (same float arithmetic as the forward kernel) lands on src. Deterministic: no atomics. */
+__device__ __forceinline__ void nearest_range(int64_t src, int64_t in, int64_t out, int64_t *lo,
+                                              int64_t *hi) {
+    int64_t a = (int64_t)floor((double)src * (double)out / (double)in) - 2;
+    int64_t b = (int64_t)ceil((double)(src + 1) * (double)out / (double)in) + 2;
+    if (src == in - 1) b = out - 1; /* the clamp to in - 1 may collect the tail */
+    if (a < 0) a = 0;
+    if (b > out - 1) b = out - 1;
+    *lo = a;
+    *hi = b;
+}
+
+__device__ __forceinline__ int64_t nearest_src(int64_t dst, int64_t in, float ratio) {
+    int64_t s = (int64_t)floorf(__fmul_rn((float)dst, ratio));
+    return s > in - 1 ? in - 1 : s;
+}
+
+__global__ void k_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
+                                            int64_t Ho, int64_t Wo, float sh, float sw) {
+    /* dy: [N, Ho, Wo] -> dx: [N, H, W] += Σ over the dst pixels mapped to each src pixel */
+    GRID_STRIDE(i, N * H * W) {
+        const int64_t ix = i % W, t = i / W, iy = t % H, n = t / H;
+        int64_t y0, y1, x0, x1;
+        nearest_range(iy, H, Ho, &y0, &y1);
+        nearest_range(ix, W, Wo, &x0, &x1);
+        float acc = 0.0f;
+        for (int64_t oy = y0; oy <= y1; oy++) {
+            if (nearest_src(oy, H, sh) != iy) continue;
+            const float *row = dy + (n * Ho + oy) * Wo;
+            for (int64_t ox = x0; ox <= x1; ox++)
+                if (nearest_src(ox, W, sw) == ix) acc += row[ox];
+        }
+        dx[i] += acc;
+    }
+}
+
+sd_status cu_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
+                                       int64_t Ho, int64_t Wo) {
+    const int64_t n = N * H * W;
+    if (n <= 0 || Ho <= 0 || Wo <= 0) return SD_OK;
+    const float sh = (float)H / (float)Ho, sw = (float)W / (float)Wo;
+    k_upsample_nearest_backward<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(
+        dy, dx, N, H, W, Ho, Wo, sh, sw);
+    LAUNCH_CHECK("upsample_nearest_backward");
+    return SD_OK;
+}
+
+__global__ void k_mse_backward(const float *a, const float *b, const float *g, float *da, float *db, int64_t n) {
+    /* g: one device float, dL/d(mse); d(mse)/da_i = 2 (a_i - b_i) / n, the coefficient rounded once
+     * from double as the CPU does. da and db may be one buffer (mse(x, x)): same thread, in order. */
+    const float coef = (float)(2.0 * (double)g[0] / (double)n);
+    GRID_STRIDE(i, n) {
+        const float d = coef * (a[i] - b[i]);
+        if (da) da[i] += d;
+        if (db) db[i] -= d;
+    }
+}
+
+sd_status cu_mse_backward(const float *a, const float *b, const float *g, float *da, float *db, int64_t n) {
+    if (n <= 0 || (!da && !db)) return SD_OK;
+    k_mse_backward<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(a, b, g, da, db, n);
+    LAUNCH_CHECK("mse_backward");
+    return SD_OK;
+}
+
+__global__ void k_adam(float *p, const float *g, float *m, float *v, int64_t n, float lerp_coef, int small_weight,
+                       float beta2, float sq_weight, float neg_step_size, float bc2_sqrt, float eps) {
+    /* torch.optim.Adam's single-tensor step, operation by operation (see cpu_adam_step):
+     *   m.lerp_(g, 1 − β1):      fma(w, g − m, m) for w < 0.5, else fma(w − 1, g − m, g)
+     *   v.mul_(β2).addcmul_(g, g, value = 1 − β2): fma((1 − β2)·g, g, v·β2)
+     *   p.addcdiv_(m, sqrt(v) / sqrt(bc2) + eps, value = −lr / bc1)
+     * fmaf is the single rounding torch's kernels use; the rest is forced to round step by step. */
+    GRID_STRIDE(i, n) {
+        const float gi = g[i], mo = m[i];
+        const float diff = __fsub_rn(gi, mo);
+        const float mi = fmaf(lerp_coef, diff, small_weight ? mo : gi);
+        const float vi = fmaf(__fmul_rn(sq_weight, gi), gi, __fmul_rn(v[i], beta2));
+        const float denom = __fadd_rn(__fdiv_rn(sqrtf(vi), bc2_sqrt), eps);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = __fadd_rn(p[i], __fdiv_rn(__fmul_rn(neg_step_size, mi), denom));
+    }
+}
+
+
+sd_status cu_adam_step(float *p, const float *g, float *m, float *v, int64_t n, double lr, double beta1,
+                       double beta2, double eps, int step) {
+    if (step < 1) return sd_fail(SD_ERR_ARG, "adam: step must be 1 or more (got %d)", step);
+    if (n <= 0) return SD_OK;
+    const double lr_d = lr, beta1_d = beta1, beta2_d = beta2, eps_d = eps;
+    const float lerp_weight = (float)(1.0 - beta1_d);
+    const int small_weight = lerp_weight < 0.5f;
+    const float lerp_coef = small_weight ? lerp_weight : lerp_weight - 1.0f;
+    const float sq_weight = (float)(1.0 - beta2_d);
+    const float bc2_sqrt = (float)pow(1.0 - pow(beta2_d, (double)step), 0.5);
+    const float neg_step_size = (float)(-(lr_d / (1.0 - pow(beta1_d, (double)step))));
+    k_adam<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(
+        p, g, m, v, n, lerp_coef, small_weight, (float)beta2_d, sq_weight, neg_step_size, bc2_sqrt, (float)eps_d);
+    LAUNCH_CHECK("adam_step");
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Bias-gradient reductions
+ * --------------------------------------------------------------------------------------------- */
+
+__global__ void k_channel_sum_acc(const float *x, float *out, int64_t B, int64_t C, int64_t S) {
+    /* x: [B, C, S]; out[c] += Σ_b Σ_s x[b, c, s]; one block per channel */
+    __shared__ double smem[32];
+    const int64_t c = blockIdx.x;
+    double acc = 0.0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *xr = x + (b * C + c) * S;
+        for (int64_t s = threadIdx.x; s < S; s += blockDim.x) acc += xr[s];
+    }
+    acc = cu_block_sum_d(acc, smem);
+    if (threadIdx.x == 0) out[c] = (float)((double)out[c] + acc);
+}
+
+sd_status cu_channel_sum_acc(const float *x, float *out, int64_t B, int64_t C, int64_t S) {
+    if (C <= 0) return SD_OK;
+    k_channel_sum_acc<<<(unsigned)C, EW_THREADS, 0, cu_cur()->stream>>>(x, out, B, C, S);
+    LAUNCH_CHECK("channel_sum");
+    return SD_OK;
+}
+
+#define COL_TILE 32
+#define COL_ROWS 8
+
+__global__ void k_column_partial(const float *x, int64_t M, int64_t N, int64_t rows_per_chunk, double *partial) {
+    /* x: [M, N]; block (32, 8) sums columns [32·bx, +32) over rows [rows_per_chunk·by, +rows_per_chunk)
+     * into partial[by, n] */
+    __shared__ double sm[COL_ROWS][COL_TILE];
+    const int64_t n = (int64_t)blockIdx.x * COL_TILE + threadIdx.x;
+    const int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
+    int64_t r1 = r0 + rows_per_chunk;
+    if (r1 > M) r1 = M;
+    double acc = 0.0;
+    if (n < N)
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += COL_ROWS) acc += x[r * N + n];
+    sm[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && n < N) {
+        double t = 0.0;
+        for (int j = 0; j < COL_ROWS; j++) t += sm[j][threadIdx.x];
+        partial[(int64_t)blockIdx.y * N + n] = t;
+    }
+}
+
+__global__ void k_column_final(const double *partial, int chunks, int64_t N, float *out) {
+    GRID_STRIDE(n, N) {
+        double t = 0.0;
+        for (int j = 0; j < chunks; j++) t += partial[(int64_t)j * N + n];
+        out[n] = (float)((double)out[n] + t);
+    }
+}
+
+sd_status cu_column_sum_acc(const float *x, float *out, int64_t M, int64_t N) {
+    if (M <= 0 || N <= 0) return SD_OK;
+    /* enough row chunks to fill the GPU, at least 64 rows each */
+    int64_t chunks = (M + 255) / 256;
+    if (chunks > 64) chunks = 64;
+    const int64_t rows_per_chunk = (M + chunks - 1) / chunks;
+    chunks = (M + rows_per_chunk - 1) / rows_per_chunk;
+    double *partial = (double *)cu_workspace((size_t)(chunks * N) * sizeof(double));
+    if (!partial) return SD_ERR_OOM;
+    cudaStream_t st = cu_cur()->stream;
+    dim3 grid((unsigned)((N + COL_TILE - 1) / COL_TILE), (unsigned)chunks), block(COL_TILE, COL_ROWS);
+    k_column_partial<<<grid, block, 0, st>>>(x, M, N, rows_per_chunk, partial);
+    LAUNCH_CHECK("column_sum partial");
+    k_column_final<<<cu_blocks(N, EW_THREADS), EW_THREADS, 0, st>>>(partial, (int)chunks, N, out);
+    LAUNCH_CHECK("column_sum final");
+    return SD_OK;
+}
+
+__global__ void k_bias_rows(float *y, const float *b, int64_t M, int64_t N) {
+    /* y: [M, N] += b[N] broadcast over rows */
+    GRID_STRIDE(i, M * N) y[i] += b[i % N];
+}
+
+sd_status cu_bias_rows(float *y, const float *b, int64_t M, int64_t N) {
+    if (M * N <= 0) return SD_OK;
+    k_bias_rows<<<cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(y, b, M, N);
+    LAUNCH_CHECK("bias_rows");
+    return SD_OK;
+}

@@ -1,0 +1,225 @@
+/* gemm.cu: linear layers and the row-major GEMM helper the attention paths use.
+ *
+ * cuBLAS is column-major; a row-major matrix X[r, c] with leading dimension ld is, read
+ * column-major, Xᵀ with the same ld. So the row-major C = op(A)·op(B) is computed as the
+ * column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: the operands swap places and keep their transpose flags.
+ *
+ * Precision: exact mode uses CUBLAS_COMPUTE_32F with the handle in CUBLAS_DEFAULT_MATH (plain
+ * fp32 FMA kernels, no TF32); fast mode uses the state's fast compute type
+ * (CUBLAS_COMPUTE_32F_FAST_16BF by default: inputs rounded to bf16 for the tensor cores, fp32
+ * accumulation and output).
+ *
+ * Linear forward goes through cuBLASLt with the bias fused as an epilogue (one pass over y
+ * instead of two). A plan (descriptors + the heuristic's algorithm) is cached per shape, pointer
+ * alignment and precision; when cuBLASLt offers no algorithm the call falls back to cublasGemmEx
+ * plus a bias kernel. */
+#include "cuda_common.cuh"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+static cublasComputeType_t compute_type(const cu_state *s) {
+    return s->precision == SD_PRECISION_FAST ? s->fast_gemm : CUBLAS_COMPUTE_32F;
+}
+
+static sd_status check_int(const char *what, int64_t v) {
+    if (v < 0 || v > INT_MAX)
+        return sd_fail(SD_ERR_UNSUPPORTED, "cuda gemm: %s = %lld does not fit cuBLAS's 32-bit sizes", what, (long long)v);
+    return SD_OK;
+}
+
+sd_status cu_gemm_rm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                     int64_t lda, int64_t strideA, const float *B, int64_t ldb, int64_t strideB,
+                     float beta, float *C, int64_t ldc, int64_t strideC, int64_t batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return SD_OK;
+    cu_state *s = cu_cur();
+    if (K <= 0) {
+        /* C = beta · C: no product to add */
+        if (beta == 1.0f) return SD_OK;
+        return sd_fail(SD_ERR_INTERNAL, "cuda gemm with K = 0 and beta %g", (double)beta);
+    }
+    CU_TRY(check_int("M", M));
+    CU_TRY(check_int("N", N));
+    CU_TRY(check_int("K", K));
+    CU_TRY(check_int("lda", lda));
+    CU_TRY(check_int("ldb", ldb));
+    CU_TRY(check_int("ldc", ldc));
+    CU_TRY(check_int("batch", batch));
+    /* column-major: Cᵀ[N, M] = op(B)ᵀ[N, K] · op(A)ᵀ[K, M] */
+    const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, op_first, op_second, (int)N, (int)M, (int)K, &alpha, B, CUDA_R_32F,
+                                            (int)ldb, (long long)strideB, A, CUDA_R_32F, (int)lda, (long long)strideA,
+                                            &beta, C, CUDA_R_32F, (int)ldc, (long long)strideC, (int)batch,
+                                            compute_type(s), CUBLAS_GEMM_DEFAULT));
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * cuBLASLt plans for y[M, N] = x[M, K] · w[N, K]ᵀ + b[N]
+ * --------------------------------------------------------------------------------------------- */
+
+struct cu_lt_plan {
+    int64_t M, K, N;
+    int has_bias;
+    int align;      /* the smallest alignment (bytes, <= 256) among x, w, y */
+    int bias_align; /* the bias pointer's (the heuristic reads it from the pointer set at build) */
+    cublasComputeType_t compute;
+    int usable; /* 0: cuBLASLt had no algorithm, use the cublasGemmEx fallback */
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+
+static int ptr_align(const void *p) {
+    const uintptr_t v = (uintptr_t)p;
+    int a = 256;
+    while (a > 4 && (v % (uintptr_t)a) != 0) a >>= 1;
+    return a;
+}
+
+static void plan_destroy(cu_lt_plan *p) {
+    if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
+    memset(p, 0, sizeof *p);
+}
+
+void cu_lt_release(cu_state *s) {
+    if (!s->lt_plans) return;
+    for (int i = 0; i < s->n_lt_plans; i++) plan_destroy(&s->lt_plans[i]);
+    free(s->lt_plans);
+    s->lt_plans = NULL;
+    s->n_lt_plans = 0;
+}
+
+/* Builds descriptors and asks the heuristic for one algorithm; a plan without one is still
+ * returned (usable = 0) so the fallback decision is cached too. */
+static sd_status plan_build(cu_state *s, cu_lt_plan *p, const float *b) {
+    /* In cuBLASLt's column-major terms: D[N, M] = op(A) · B with A = w stored K×N (ld K) and
+     * transposed, B = x stored K×M (ld K), D = y stored N×M (ld N); the bias spans D's N rows. */
+    const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+    const uint32_t epilogue = p->has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, p->compute, CUDA_R_32F));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof trans_b));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+    if (p->has_bias)
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, (uint64_t)p->K, (uint64_t)p->N, p->K));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, (uint64_t)p->K, (uint64_t)p->M, p->K));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, (uint64_t)p->N, (uint64_t)p->M, p->N));
+    cublasLtMatmulPreference_t pref = NULL;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = s->lt_ws_bytes;
+    const uint32_t al = (uint32_t)p->align;
+    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        cublasLtMatmulPreferenceDestroy(pref);
+        return cu_fail_cublas(st, __FILE__, __LINE__, "cublasLtMatmulPreferenceSetAttribute");
+    }
+    cublasLtMatmulHeuristicResult_t result;
+    memset(&result, 0, sizeof result);
+    int returned = 0;
+    st = cublasLtMatmulAlgoGetHeuristic(s->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &result, &returned);
+    cublasLtMatmulPreferenceDestroy(pref);
+    p->usable = st == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS;
+    if (p->usable) p->algo = result.algo;
+    return SD_OK;
+}
+
+static sd_status plan_get(cu_state *s, int64_t M, int64_t K, int64_t N, const float *x, const float *w,
+                          const float *b, const float *y, cu_lt_plan **out) {
+    int align = ptr_align(x);
+    const int aw = ptr_align(w), ay = ptr_align(y), bias_align = b ? ptr_align(b) : 0;
+    if (aw < align) align = aw;
+    if (ay < align) align = ay;
+    const cublasComputeType_t compute = compute_type(s);
+    const int has_bias = b != NULL;
+    for (int i = 0; i < s->n_lt_plans; i++) {
+        cu_lt_plan *p = &s->lt_plans[i];
+        if (p->M == M && p->K == K && p->N == N && p->has_bias == has_bias && p->align == align &&
+            p->bias_align == bias_align && p->compute == compute) {
+            *out = p;
+            return SD_OK;
+        }
+    }
+    if (!s->lt_plans) {
+        s->lt_plans = (cu_lt_plan *)calloc(CU_LT_CACHE, sizeof(cu_lt_plan));
+        if (!s->lt_plans) return sd_fail(SD_ERR_OOM, "out of host memory for cuBLASLt plans");
+    }
+    int slot = s->n_lt_plans;
+    if (slot >= CU_LT_CACHE) { /* full: recycle a slot (different shapes than a model has) */
+        slot = (int)((unsigned)(M * 131 + N * 31 + K) % CU_LT_CACHE);
+        plan_destroy(&s->lt_plans[slot]);
+    } else {
+        s->n_lt_plans++;
+    }
+    cu_lt_plan *p = &s->lt_plans[slot];
+    memset(p, 0, sizeof *p);
+    p->M = M;
+    p->K = K;
+    p->N = N;
+    p->has_bias = has_bias;
+    p->align = align;
+    p->bias_align = bias_align;
+    p->compute = compute;
+    sd_status st = plan_build(s, p, b);
+    if (st != SD_OK) {
+        plan_destroy(p);
+        p->M = -1; /* never matches */
+        return st;
+    }
+    *out = p;
+    return SD_OK;
+}
+
+sd_status cu_linear(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K,
+                    int64_t N) {
+    if (M <= 0 || N <= 0) return SD_OK;
+    cu_state *s = cu_cur();
+    if (K <= 0) { /* an empty sum: y = b (or 0) */
+        CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(float), s->stream));
+        return b ? cu_bias_rows(y, b, M, N) : SD_OK;
+    }
+    cu_lt_plan *p = NULL;
+    CU_TRY(plan_get(s, M, K, N, x, w, b, y, &p));
+    if (p->usable) {
+        if (b) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
+        const float one = 1.0f, zero = 0.0f;
+        const cublasStatus_t st = cublasLtMatmul(s->lt, p->desc, &one, w, p->a, x, p->b, &zero, y, p->c, y, p->c,
+                                                 &p->algo, s->lt_ws, s->lt_ws_bytes, s->stream);
+        if (st == CUBLAS_STATUS_SUCCESS) return SD_OK;
+        if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE)
+            return cu_fail_cublas(st, __FILE__, __LINE__, "cublasLtMatmul (linear)");
+        p->usable = 0; /* remember: this shape goes the plain way */
+    }
+    /* y[M, N] = x[M, K] · w[N, K]ᵀ, then the bias */
+    CU_TRY(cu_gemm_rm(0, 1, M, N, K, 1.0f, x, K, 0, w, K, 0, 0.0f, y, N, 0, 1));
+    return b ? cu_bias_rows(y, b, M, N) : SD_OK;
+}
+
+sd_status cu_linear_backward_data(const float *dy, const float *w, float *dx, int64_t M, int64_t K,
+                                  int64_t N) {
+    /* dx[M, K] += dy[M, N] · w[N, K] */
+    if (N <= 0) return SD_OK;
+    return cu_gemm_rm(0, 0, M, K, N, 1.0f, dy, N, 0, w, K, 0, 1.0f, dx, K, 0, 1);
+}
+
+sd_status cu_linear_backward_params(const float *dy, const float *x, float *dw, float *db, int64_t M,
+                                    int64_t K, int64_t N) {
+    /* dw[N, K] += dy[M, N]ᵀ · x[M, K]; db[N] += Σ_m dy[m, :] */
+    if (dw && M > 0) CU_TRY(cu_gemm_rm(1, 0, N, K, M, 1.0f, dy, N, 0, x, K, 0, 1.0f, dw, K, 0, 1));
+    if (db) CU_TRY(cu_column_sum_acc(dy, db, M, N));
+    return SD_OK;
+}

@@ -1,0 +1,409 @@
+/* norms.cu: GroupNorm (with SiLU fused) and LayerNorm, forward and backward.
+ *
+ * Statistics accumulate in double, as the CPU reference does, so exact mode agrees to ~1e-7.
+ * GroupNorm's groups are long (SD at 64x64: 10 channels x 4096 pixels = 40,960 values, and only
+ * B·32 groups), so one block per group would leave most of an H100 idle: each group is split into
+ * chunks reduced by separate blocks (partial sums in the workspace, summed in a fixed order, so
+ * results are deterministic), then a finalize kernel turns them into (mean, rstd) and the
+ * normalize kernel streams the data once more. LayerNorm rows are short (<= 1280): one warp per
+ * row. */
+#include "cuda_common.cuh"
+
+#include <math.h>
+
+#define GN_CHUNK 4096   /* values per block of a group's reduction */
+#define GN_THREADS 256
+#define LN_THREADS 256  /* 8 rows per block, one warp each */
+
+/* ------------------------------------------------------------------------------------------------
+ * GroupNorm statistics
+ * --------------------------------------------------------------------------------------------- */
+
+/* x: [B·G groups, count] contiguous (a group is cpg consecutive channels of S values).
+ * partial[(bg · chunks + chunk) · 2 + {0, 1}] = (Σ x, Σ x²) over the chunk, in double. */
+__global__ void k_gn_partial(const float *x, int64_t count, int chunks, double *partial) {
+    __shared__ double smem[32];
+    const int64_t bg = blockIdx.y, chunk = blockIdx.x;
+    const float *xg = x + bg * count;
+    const int64_t lo = chunk * (int64_t)GN_CHUNK;
+    int64_t hi = lo + GN_CHUNK;
+    if (hi > count) hi = count;
+    double s = 0.0, sq = 0.0;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const double v = xg[i];
+        s += v;
+        sq += v * v;
+    }
+    s = cu_block_sum_d(s, smem);
+    sq = cu_block_sum_d(sq, smem);
+    if (threadIdx.x == 0) {
+        partial[(bg * chunks + chunk) * 2 + 0] = s;
+        partial[(bg * chunks + chunk) * 2 + 1] = sq;
+    }
+}
+
+/* stats[bg · 2 + {0, 1}] = (mean, rstd) as floats, exactly as the CPU rounds them:
+ * rstd = (float)(1 / sqrt(var + eps)) with the biased variance in double. */
+__global__ void k_gn_finalize(const double *partial, int chunks, int64_t n_groups, int64_t count, float eps,
+                              float *stats) {
+    for (int64_t bg = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; bg < n_groups;
+         bg += (int64_t)gridDim.x * blockDim.x) {
+        double s = 0.0, sq = 0.0;
+        for (int c = 0; c < chunks; c++) {
+            s += partial[(bg * chunks + c) * 2 + 0];
+            sq += partial[(bg * chunks + c) * 2 + 1];
+        }
+        const double mean = s / (double)count;
+        double var = sq / (double)count - mean * mean;
+        if (var < 0.0) var = 0.0; /* rounding can leave -1e-20 for a constant group */
+        stats[bg * 2 + 0] = (float)mean;
+        stats[bg * 2 + 1] = (float)(1.0 / sqrt(var + (double)eps));
+    }
+}
+
+/* Computes per-group (mean, rstd) into `stats` (2·B·G floats, caller's memory); `partial` is
+ * scratch of gn_partial_bytes(). */
+static size_t gn_partial_bytes(int64_t n_groups, int chunks) {
+    return cu_align((size_t)(n_groups * chunks) * 2 * sizeof(double));
+}
+
+static sd_status gn_stats(const float *x, int64_t n_groups, int64_t count, float eps, double *partial,
+                          float *stats) {
+    cudaStream_t st = cu_cur()->stream;
+    const int chunks = (int)((count + GN_CHUNK - 1) / GN_CHUNK);
+    if (n_groups > 65535) return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm: %lld groups (batch x groups) over 65535",
+                                         (long long)n_groups);
+    dim3 grid((unsigned)(chunks > 0 ? chunks : 1), (unsigned)n_groups);
+    k_gn_partial<<<grid, GN_THREADS, 0, st>>>(x, count, chunks > 0 ? chunks : 1, partial);
+    LAUNCH_CHECK("group_norm partial");
+    k_gn_finalize<<<cu_blocks(n_groups, 128), 128, 0, st>>>(partial, chunks > 0 ? chunks : 1, n_groups, count, eps, stats);
+    LAUNCH_CHECK("group_norm finalize");
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * GroupNorm forward
+ * --------------------------------------------------------------------------------------------- */
+
+__global__ void k_gn_normalize(const float *x, const float *gamma, const float *beta, float *y,
+                               const float *stats, int64_t C, int64_t S, int64_t cpg, int64_t count,
+                               int silu) {
+    /* x, y: [B, C, S]; grid (chunk, bg); the group bg = b·G + g covers channels [g·cpg, +cpg) of
+     * batch b, i.e. `count` contiguous values starting at bg·count. */
+    const int64_t bg = blockIdx.y;
+    const int64_t G = C / cpg;
+    const int64_t g = bg % G;
+    const float mean = stats[bg * 2 + 0], rstd = stats[bg * 2 + 1];
+    const int64_t lo = (int64_t)blockIdx.x * GN_CHUNK;
+    int64_t hi = lo + GN_CHUNK;
+    if (hi > count) hi = count;
+    const float *xg = x + bg * count;
+    float *yg = y + bg * count;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const int64_t ch = g * cpg + i / S;
+        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+        /* the CPU's float expression, rounded step by step: ((x - mean) · rstd) · γ + β */
+        const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(xg[i], mean), rstd), ga), be);
+        yg[i] = silu ? cu_silu(v) : v;
+    }
+}
+
+sd_status cu_group_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t B,
+                        int64_t C, int64_t S, int groups, float eps, int silu) {
+    if (groups <= 0 || C % groups) return sd_fail(SD_ERR_SHAPE, "cuda group norm: %lld channels, %d groups", (long long)C, groups);
+    const int64_t n_groups = B * groups, cpg = C / groups, count = cpg * S;
+    if (n_groups <= 0 || count <= 0) return SD_OK;
+    const int chunks = (int)((count + GN_CHUNK - 1) / GN_CHUNK);
+    const size_t part_bytes = gn_partial_bytes(n_groups, chunks);
+    char *ws = (char *)cu_workspace(part_bytes + cu_align((size_t)n_groups * 2 * sizeof(float)));
+    if (!ws) return SD_ERR_OOM;
+    double *partial = (double *)ws;
+    float *stats = (float *)(ws + part_bytes);
+    CU_TRY(gn_stats(x, n_groups, count, eps, partial, stats));
+    dim3 grid((unsigned)chunks, (unsigned)n_groups);
+    k_gn_normalize<<<grid, GN_THREADS, 0, cu_cur()->stream>>>(x, gamma, beta, y, stats, C, S, cpg, count, silu);
+    LAUNCH_CHECK("group_norm normalize");
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * GroupNorm backward
+ *   x̂ = (x − μ)·r,  z = γ x̂ + β,  y = silu(z) or z
+ *   dz = dy · silu'(z) (or dy);  dx̂ = γ dz
+ *   dx += r · (dx̂ − mean_g(dx̂) − x̂ · mean_g(dx̂ · x̂));  dγ_c += Σ dz x̂;  dβ_c += Σ dz
+ * --------------------------------------------------------------------------------------------- */
+
+__device__ __forceinline__ void gn_point(float xv, float mean, float rstd, float ga, float be, float dyv,
+                                         int silu, float *xhat, float *dz) {
+    const float xh = (xv - mean) * rstd;
+    float d = dyv;
+    if (silu) d *= cu_silu_grad(ga * xh + be);
+    *xhat = xh;
+    *dz = d;
+}
+
+/* partial[(bg · chunks + chunk) · 2 + {0, 1}] = (Σ dx̂, Σ dx̂ · x̂) over the chunk */
+__global__ void k_gn_bwd_partial(const float *x, const float *gamma, const float *beta, const float *dy,
+                                 const float *stats, int64_t C, int64_t S, int64_t cpg, int64_t count,
+                                 int silu, int chunks, double *partial) {
+    __shared__ double smem[32];
+    const int64_t bg = blockIdx.y, chunk = blockIdx.x;
+    const int64_t g = bg % (C / cpg);
+    const float mean = stats[bg * 2 + 0], rstd = stats[bg * 2 + 1];
+    const float *xg = x + bg * count, *dyg = dy + bg * count;
+    const int64_t lo = chunk * (int64_t)GN_CHUNK;
+    int64_t hi = lo + GN_CHUNK;
+    if (hi > count) hi = count;
+    double a = 0.0, b = 0.0;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const int64_t ch = g * cpg + i / S;
+        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+        float xh, dz;
+        gn_point(xg[i], mean, rstd, ga, be, dyg[i], silu, &xh, &dz);
+        const double dxh = (double)ga * (double)dz;
+        a += dxh;
+        b += dxh * (double)xh;
+    }
+    a = cu_block_sum_d(a, smem);
+    b = cu_block_sum_d(b, smem);
+    if (threadIdx.x == 0) {
+        partial[(bg * chunks + chunk) * 2 + 0] = a;
+        partial[(bg * chunks + chunk) * 2 + 1] = b;
+    }
+}
+
+__global__ void k_gn_bwd_dx(const float *x, const float *gamma, const float *beta, const float *dy,
+                            const float *stats, const double *partial, int chunks, int64_t C, int64_t S,
+                            int64_t cpg, int64_t count, int silu, float *dx) {
+    __shared__ float coef[2]; /* mean_g(dx̂), mean_g(dx̂·x̂) */
+    const int64_t bg = blockIdx.y;
+    const int64_t g = bg % (C / cpg);
+    if (threadIdx.x == 0) {
+        double a = 0.0, b = 0.0;
+        for (int c = 0; c < chunks; c++) {
+            a += partial[(bg * chunks + c) * 2 + 0];
+            b += partial[(bg * chunks + c) * 2 + 1];
+        }
+        coef[0] = (float)(a / (double)count);
+        coef[1] = (float)(b / (double)count);
+    }
+    __syncthreads();
+    const float mean = stats[bg * 2 + 0], rstd = stats[bg * 2 + 1];
+    const float *xg = x + bg * count, *dyg = dy + bg * count;
+    float *dxg = dx + bg * count;
+    const int64_t lo = (int64_t)blockIdx.x * GN_CHUNK;
+    int64_t hi = lo + GN_CHUNK;
+    if (hi > count) hi = count;
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const int64_t ch = g * cpg + i / S;
+        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+        float xh, dz;
+        gn_point(xg[i], mean, rstd, ga, be, dyg[i], silu, &xh, &dz);
+        dxg[i] += rstd * (ga * dz - coef[0] - xh * coef[1]);
+    }
+}
+
+__global__ void k_gn_bwd_params(const float *x, const float *gamma, const float *beta, const float *dy,
+                                const float *stats, int64_t B, int64_t C, int64_t S, int64_t cpg, int silu,
+                                float *dgamma, float *dbeta) {
+    /* one block per channel c: Σ_b Σ_s dz·x̂ and Σ dz */
+    __shared__ double smem[32];
+    const int64_t c = blockIdx.x, G = C / cpg, g = c / cpg;
+    const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
+    double sg = 0.0, sb = 0.0;
+    for (int64_t b = 0; b < B; b++) {
+        const float mean = stats[(b * G + g) * 2 + 0], rstd = stats[(b * G + g) * 2 + 1];
+        const float *xr = x + (b * C + c) * S, *dyr = dy + (b * C + c) * S;
+        for (int64_t s = threadIdx.x; s < S; s += blockDim.x) {
+            float xh, dz;
+            gn_point(xr[s], mean, rstd, ga, be, dyr[s], silu, &xh, &dz);
+            sg += (double)dz * (double)xh;
+            sb += (double)dz;
+        }
+    }
+    sg = cu_block_sum_d(sg, smem);
+    sb = cu_block_sum_d(sb, smem);
+    if (threadIdx.x == 0) {
+        if (dgamma) dgamma[c] = (float)((double)dgamma[c] + sg);
+        if (dbeta) dbeta[c] = (float)((double)dbeta[c] + sb);
+    }
+}
+
+sd_status cu_group_norm_backward(const float *x, const float *gamma, const float *beta, const float *dy,
+                                 float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
+                                 int groups, float eps, int silu) {
+    if (groups <= 0 || C % groups) return sd_fail(SD_ERR_SHAPE, "cuda group norm backward: %lld channels, %d groups", (long long)C, groups);
+    const int64_t n_groups = B * groups, cpg = C / groups, count = cpg * S;
+    if (n_groups <= 0 || count <= 0 || (!dx && !dgamma && !dbeta)) return SD_OK;
+    const int chunks = (int)((count + GN_CHUNK - 1) / GN_CHUNK);
+    const size_t part_bytes = gn_partial_bytes(n_groups, chunks);
+    char *ws = (char *)cu_workspace(2 * part_bytes + cu_align((size_t)n_groups * 2 * sizeof(float)));
+    if (!ws) return SD_ERR_OOM;
+    double *partial = (double *)ws, *partial2 = (double *)(ws + part_bytes);
+    float *stats = (float *)(ws + 2 * part_bytes);
+    cudaStream_t st = cu_cur()->stream;
+    CU_TRY(gn_stats(x, n_groups, count, eps, partial, stats));
+    dim3 grid((unsigned)chunks, (unsigned)n_groups);
+    if (dx) {
+        k_gn_bwd_partial<<<grid, GN_THREADS, 0, st>>>(x, gamma, beta, dy, stats, C, S, cpg, count, silu, chunks, partial2);
+        LAUNCH_CHECK("group_norm_backward partial");
+        k_gn_bwd_dx<<<grid, GN_THREADS, 0, st>>>(x, gamma, beta, dy, stats, partial2, chunks, C, S, cpg, count, silu, dx);
+        LAUNCH_CHECK("group_norm_backward dx");
+    }
+    if (dgamma || dbeta) {
+        k_gn_bwd_params<<<(unsigned)C, GN_THREADS, 0, st>>>(x, gamma, beta, dy, stats, B, C, S, cpg, silu, dgamma, dbeta);
+        LAUNCH_CHECK("group_norm_backward params");
+    }
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * LayerNorm
+ * --------------------------------------------------------------------------------------------- */
+
+/* (mean, rstd) of one row, computed by one warp in double (two passes, as the CPU does). */
+__device__ __forceinline__ void ln_row_stats(const float *xr, int64_t C, float eps, float *mean_out,
+                                             float *rstd_out) {
+    const int lane = threadIdx.x & 31;
+    double s = 0.0;
+    for (int64_t i = lane; i < C; i += 32) s += xr[i];
+    const double mean = cu_warp_sum_d(s) / (double)C;
+    double sq = 0.0;
+    for (int64_t i = lane; i < C; i += 32) {
+        const double d = (double)xr[i] - mean;
+        sq += d * d;
+    }
+    sq = cu_warp_sum_d(sq);
+    *mean_out = (float)mean;
+    *rstd_out = (float)(1.0 / sqrt(sq / (double)C + (double)eps));
+}
+
+__global__ void k_layer_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t M,
+                             int64_t C, float eps) {
+    /* x, y: [M, C]; one warp per row */
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= M) return; /* whole warps leave together: the shuffles stay convergent */
+    const int lane = threadIdx.x & 31;
+    const float *xr = x + row * C;
+    float *yr = y + row * C;
+    float mean, rstd;
+    ln_row_stats(xr, C, eps, &mean, &rstd);
+    for (int64_t i = lane; i < C; i += 32) {
+        const float ga = gamma ? gamma[i] : 1.0f, be = beta ? beta[i] : 0.0f;
+        yr[i] = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(xr[i], mean), rstd), ga), be);
+    }
+}
+
+sd_status cu_layer_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t M,
+                        int64_t C, float eps) {
+    if (M <= 0 || C <= 0) return SD_OK;
+    const int rows_per_block = LN_THREADS / 32;
+    const int64_t blocks = (M + rows_per_block - 1) / rows_per_block;
+    k_layer_norm<<<(unsigned)blocks, LN_THREADS, 0, cu_cur()->stream>>>(x, gamma, beta, y, M, C, eps);
+    LAUNCH_CHECK("layer_norm");
+    return SD_OK;
+}
+
+/* dx += r (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)) with dx̂ = γ dy; also stores the row's (mean, rstd)
+ * for the parameter kernel. One warp per row. */
+__global__ void k_ln_bwd_rows(const float *x, const float *gamma, const float *dy, float *dx, int64_t M,
+                              int64_t C, float eps, float *stats) {
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= M) return;
+    const int lane = threadIdx.x & 31;
+    const float *xr = x + row * C, *dyr = dy + row * C;
+    float mean, rstd;
+    ln_row_stats(xr, C, eps, &mean, &rstd);
+    if (lane == 0) {
+        stats[row * 2 + 0] = mean;
+        stats[row * 2 + 1] = rstd;
+    }
+    if (!dx) return;
+    double a = 0.0, b = 0.0;
+    for (int64_t i = lane; i < C; i += 32) {
+        const float xh = (xr[i] - mean) * rstd;
+        const double dxh = (double)dyr[i] * (double)(gamma ? gamma[i] : 1.0f);
+        a += dxh;
+        b += dxh * (double)xh;
+    }
+    const float ma = (float)(cu_warp_sum_d(a) / (double)C), mb = (float)(cu_warp_sum_d(b) / (double)C);
+    float *dxr = dx + row * C;
+    for (int64_t i = lane; i < C; i += 32) {
+        const float xh = (xr[i] - mean) * rstd;
+        const float dxh = dyr[i] * (gamma ? gamma[i] : 1.0f);
+        dxr[i] += rstd * (dxh - ma - xh * mb);
+    }
+}
+
+#define LNP_TILE 32
+#define LNP_ROWS 8
+
+/* partial[(chunk · C + c) · 2 + {0, 1}] = (Σ dy·x̂, Σ dy) over a chunk of rows; block (32, 8). */
+__global__ void k_ln_bwd_params_partial(const float *x, const float *dy, const float *stats, int64_t M,
+                                        int64_t C, int64_t rows_per_chunk, double *partial) {
+    __shared__ double sg[LNP_ROWS][LNP_TILE], sb[LNP_ROWS][LNP_TILE];
+    const int64_t c = (int64_t)blockIdx.x * LNP_TILE + threadIdx.x;
+    const int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
+    int64_t r1 = r0 + rows_per_chunk;
+    if (r1 > M) r1 = M;
+    double ag = 0.0, ab = 0.0;
+    if (c < C)
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += LNP_ROWS) {
+            const float xh = (x[r * C + c] - stats[r * 2 + 0]) * stats[r * 2 + 1];
+            const double d = dy[r * C + c];
+            ag += d * (double)xh;
+            ab += d;
+        }
+    sg[threadIdx.y][threadIdx.x] = ag;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        double tg = 0.0, tb = 0.0;
+        for (int j = 0; j < LNP_ROWS; j++) {
+            tg += sg[j][threadIdx.x];
+            tb += sb[j][threadIdx.x];
+        }
+        partial[((int64_t)blockIdx.y * C + c) * 2 + 0] = tg;
+        partial[((int64_t)blockIdx.y * C + c) * 2 + 1] = tb;
+    }
+}
+
+__global__ void k_ln_bwd_params_final(const double *partial, int chunks, int64_t C, float *dgamma, float *dbeta) {
+    for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+        double tg = 0.0, tb = 0.0;
+        for (int j = 0; j < chunks; j++) {
+            tg += partial[((int64_t)j * C + c) * 2 + 0];
+            tb += partial[((int64_t)j * C + c) * 2 + 1];
+        }
+        if (dgamma) dgamma[c] = (float)((double)dgamma[c] + tg);
+        if (dbeta) dbeta[c] = (float)((double)dbeta[c] + tb);
+    }
+}
+
+sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx,
+                                 float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
+    if (M <= 0 || C <= 0 || (!dx && !dgamma && !dbeta)) return SD_OK;
+    int64_t chunks = (M + 255) / 256;
+    if (chunks > 64) chunks = 64;
+    const int64_t rows_per_chunk = (M + chunks - 1) / chunks;
+    chunks = (M + rows_per_chunk - 1) / rows_per_chunk;
+    const size_t stats_bytes = cu_align((size_t)M * 2 * sizeof(float));
+    const size_t part_bytes = cu_align((size_t)(chunks * C) * 2 * sizeof(double));
+    char *ws = (char *)cu_workspace(stats_bytes + part_bytes);
+    if (!ws) return SD_ERR_OOM;
+    float *stats = (float *)ws;
+    double *partial = (double *)(ws + stats_bytes);
+    cudaStream_t st = cu_cur()->stream;
+    const int rows_per_block = LN_THREADS / 32;
+    k_ln_bwd_rows<<<(unsigned)((M + rows_per_block - 1) / rows_per_block), LN_THREADS, 0, st>>>(x, gamma, dy, dx, M, C,
+                                                                                               eps, stats);
+    LAUNCH_CHECK("layer_norm_backward rows");
+    if (dgamma || dbeta) {
+        dim3 grid((unsigned)((C + LNP_TILE - 1) / LNP_TILE), (unsigned)chunks), block(LNP_TILE, LNP_ROWS);
+        k_ln_bwd_params_partial<<<grid, block, 0, st>>>(x, dy, stats, M, C, rows_per_chunk, partial);
+        LAUNCH_CHECK("layer_norm_backward params partial");
+        k_ln_bwd_params_final<<<cu_blocks(C, 256), 256, 0, st>>>(partial, (int)chunks, C, dgamma, dbeta);
+        LAUNCH_CHECK("layer_norm_backward params final");
+    }
+    return SD_OK;
+}

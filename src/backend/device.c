@@ -1,0 +1,84 @@
+/* device.c: device selection for the CLI and the tests (see device.h): parse "cpu" | "cuda" |
+ * "cuda:N" | auto, open the backend, set the precision, initialise the context. */
+#include "sd/device.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sd/nn.h"
+
+const char *sd_precision_name(sd_precision p) { return p == SD_PRECISION_FAST ? "fast" : "exact"; }
+
+const char *sd_precision_describe(sd_precision p) {
+    return p == SD_PRECISION_FAST ? "fast (bf16 tensor cores, fp32 accumulate)" : "exact (fp32, no TF32)";
+}
+
+sd_status sd_precision_parse(const char *s, sd_precision *out) {
+    if (s && (!strcmp(s, "exact") || !strcmp(s, "fp32"))) {
+        *out = SD_PRECISION_EXACT;
+        return SD_OK;
+    }
+    if (s && !strcmp(s, "fast")) {
+        *out = SD_PRECISION_FAST;
+        return SD_OK;
+    }
+    return sd_fail(SD_ERR_ARG, "--precision '%s': expected exact (fp32, for parity) or fast (tensor cores)",
+                   s ? s : "(null)");
+}
+
+sd_status sd_device_parse(const char *spec, int *device_out) {
+    if (!spec || !*spec || !strcmp(spec, "auto")) {
+        *device_out = SD_DEVICE_AUTO;
+        return SD_OK;
+    }
+    if (!strcmp(spec, "cpu")) {
+        *device_out = SD_DEVICE_CPU;
+        return SD_OK;
+    }
+    if (!strcmp(spec, "cuda") || !strcmp(spec, "gpu")) {
+        *device_out = 0;
+        return SD_OK;
+    }
+    if (!strncmp(spec, "cuda:", 5) && spec[5] >= '0' && spec[5] <= '9') {
+        char *end = NULL;
+        const long n = strtol(spec + 5, &end, 10);
+        if (end && *end == '\0' && n >= 0 && n < 1024) {
+            *device_out = (int)n;
+            return SD_OK;
+        }
+    }
+    return sd_fail(SD_ERR_ARG, "--device '%s': expected cpu, cuda or cuda:N (N = 0, 1, ...)", spec);
+}
+
+sd_status sd_device_open(const char *spec, sd_precision precision, sd_ctx *ctx_out) {
+    int device = SD_DEVICE_AUTO;
+    SD_TRY(sd_device_parse(spec, &device));
+    if (device == SD_DEVICE_CPU) return sd_ctx_init_cpu(ctx_out);
+
+    const int automatic = device == SD_DEVICE_AUTO;
+    const int ordinal = automatic ? 0 : device;
+    sd_status st = sd_cuda_check_device(ordinal); /* driver, index, compute capability */
+    const sd_backend *be = st == SD_OK ? sd_backend_cuda(ordinal) : NULL;
+    if (!be) {
+        if (st == SD_OK) st = SD_ERR_DEVICE; /* opening failed after the checks (message set) */
+        if (!automatic) return sd_fail_context(st, "--device %s: ", spec);
+        /* one line, then the CPU */
+        sd_info("running on the CPU: %s", sd_last_error());
+        sd_clear_error();
+        return sd_ctx_init_cpu(ctx_out);
+    }
+    SD_TRY(sd_cuda_set_precision(precision));
+    return sd_ctx_init(ctx_out, be, ordinal);
+}
+
+const char *sd_device_describe(const sd_ctx *c, char *buf, size_t n) {
+    if (!c || c->device == SD_DEVICE_CPU || !c->be || strcmp(c->be->name, "cuda") != 0) {
+        snprintf(buf, n, "cpu (reference backend, exact fp32)");
+        return buf;
+    }
+    char name[256];
+    if (sd_cuda_device_name(c->device, name, sizeof name) != SD_OK) snprintf(name, sizeof name, "?");
+    snprintf(buf, n, "cuda:%d %s, %s", c->device, name, sd_precision_describe(sd_cuda_get_precision()));
+    return buf;
+}

@@ -1,0 +1,210 @@
+/* invert.c: the inversion front door (method dispatch, DDIM and negative-prompt inversion),
+ * reconstruction from an inversion, and the schedules the optimising methods share. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "invert_internal.h"
+#include "sd/control.h"
+
+const char *sd_invert_method_name(sd_invert_method m) {
+    switch (m) {
+    case SD_INVERT_DDIM: return "ddim";
+    case SD_INVERT_NPI: return "npi";
+    case SD_INVERT_NULLTEXT: return "nulltext";
+    case SD_INVERT_STYLEDIFFUSION: return "stylediffusion";
+    }
+    return "?";
+}
+
+sd_status sd_invert_method_parse(const char *name, sd_invert_method *out) {
+    for (int m = SD_INVERT_DDIM; m <= SD_INVERT_STYLEDIFFUSION; m++)
+        if (name && !strcmp(name, sd_invert_method_name((sd_invert_method)m))) {
+            *out = (sd_invert_method)m;
+            return SD_OK;
+        }
+    return sd_fail(SD_ERR_ARG, "--method '%s': expected one of ddim, npi, nulltext, stylediffusion",
+                   name ? name : "");
+}
+
+void sd_invert_options_default(sd_invert_method method, sd_invert_options *o) {
+    memset(o, 0, sizeof *o);
+    o->method = method;
+    o->n_steps = method == SD_INVERT_STYLEDIFFUSION ? 30 : 50;
+    o->guidance = 7.5f;
+    o->inner_steps = method == SD_INVERT_STYLEDIFFUSION ? 100 : 10;
+    o->early_stop = 1e-5;
+    o->lr = 1e-2;
+    o->attention_loss = 1;
+    o->seed = 0;
+}
+
+double sd_step_lr(double lr, int i) { return lr * (1.0 - (double)i / 100.0); }
+
+int sd_stylediffusion_inner_steps(int inner, int i) {
+    /* the reference computes ceil(inner · exp(-0.1 i)) in double */
+    return (int)ceil((double)inner * exp(-0.1 * (double)i));
+}
+
+sd_status sd_invert_prepare(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
+                            sd_tensor *image, const char *prompt, sd_invert_state *s) {
+    memset(s, 0, sizeof *s);
+    SD_TRY(sd_ddim_init(&s->sched, o->n_steps));
+    s->cond = sd_keep(c, sd_encode_prompt(c, m, prompt));
+    s->uncond = sd_keep(c, sd_encode_prompt(c, m, ""));
+    s->z0 = sd_keep(c, sd_image_to_latent(c, m, image));
+    s->latents = calloc((size_t)o->n_steps + 1, sizeof *s->latents);
+    if (!s->latents) return c->status = sd_fail(SD_ERR_OOM, "out of memory");
+    return sd_ctx_status(c);
+}
+
+void sd_invert_state_free(sd_invert_state *s) {
+    free(s->latents);
+    s->latents = NULL;
+}
+
+/* Host copy of a device tensor (NULL on failure; the context says why). */
+sd_tensor *sd_to_host(sd_ctx *c, const sd_tensor *t) { return sd_download_new(c, t); }
+
+static sd_status check_finite_loss(float loss, int i, int t, int j) {
+    if (isfinite(loss)) return SD_OK;
+    return sd_fail(SD_ERR_NUMERIC, "timestep %d (t = %d), iteration %d: the loss is %s; stopping", i, t, j,
+                   isnan(loss) ? "NaN" : "infinite");
+}
+
+sd_status sd_invert_check_step(sd_ctx *c, float loss, const sd_tensor *const *grads, int n_grads, int i,
+                               int t, int j) {
+    sd_status st = check_finite_loss(loss, i, t, j);
+    if (st) return c->status = st;
+    for (int g = 0; g < n_grads; g++)
+        if (grads[g] && !sd_all_finite(c, grads[g]))
+            return c->status = sd_fail(SD_ERR_NUMERIC,
+                                       "timestep %d (t = %d), iteration %d: the gradient of '%s' has NaN or Inf; stopping",
+                                       i, t, j, grads[g]->name[0] ? grads[g]->name : "a parameter");
+    return sd_ctx_status(c);
+}
+
+sd_status sd_invert(sd_ctx *c, const sd_model *m, const sd_invert_options *o, sd_tensor *image,
+                    const char *prompt, sd_tensor *features, sd_inversion *out) {
+    memset(out, 0, sizeof *out);
+    out->method = o->method;
+    out->n_steps = o->n_steps;
+    out->guidance = o->guidance;
+    out->prompt = strdup(prompt);
+    out->stats = calloc((size_t)o->n_steps, sizeof *out->stats);
+    if (!out->prompt || !out->stats) return c->status = sd_fail(SD_ERR_OOM, "out of memory");
+    snprintf(out->model_id, sizeof out->model_id, "%s", m->builtin ? "built-in tiny" : m->files.source);
+    out->model_fingerprint = m->fingerprint;
+
+    const double t0 = sd_now();
+    sd_invert_state s;
+    sd_status st = sd_invert_prepare(c, m, o, image, prompt, &s);
+    if (st == SD_OK) {
+        switch (o->method) {
+        case SD_INVERT_DDIM:
+        case SD_INVERT_NPI:
+            st = sd_ddim_invert(c, m, &s.sched, s.z0, s.cond, s.latents);
+            out->seconds_ddim = sd_now() - t0;
+            if (st == SD_OK && o->method == SD_INVERT_NPI) {
+                out->null_embeddings = calloc(1, sizeof *out->null_embeddings);
+                if (!out->null_embeddings) st = sd_fail(SD_ERR_OOM, "out of memory");
+                else if (!(out->null_embeddings[0] = sd_to_host(c, s.cond))) st = sd_ctx_status(c);
+            }
+            for (int i = 0; i < o->n_steps; i++) out->stats[i].t = s.sched.timesteps[i];
+            break;
+        case SD_INVERT_NULLTEXT:
+            st = sd_nulltext_optimize(c, m, o, &s, out, t0);
+            break;
+        case SD_INVERT_STYLEDIFFUSION:
+            if (!features) {
+                st = sd_fail(SD_ERR_ARG, "stylediffusion inversion needs the CLIP image features");
+                break;
+            }
+            st = sd_stylediffusion_optimize(c, m, o, &s, features, out, t0);
+            break;
+        }
+    }
+    if (st == SD_OK) {
+        out->z0 = sd_to_host(c, s.z0);
+        out->z_T = sd_to_host(c, s.latents[o->n_steps]);
+        if (features && o->method == SD_INVERT_STYLEDIFFUSION) out->image_features = sd_to_host(c, features);
+        st = sd_ctx_status(c);
+    }
+    out->seconds_total = sd_now() - t0;
+    sd_invert_state_free(&s);
+    return st;
+}
+
+void sd_inversion_free(sd_inversion *inv) {
+    const int n = inv->n_steps;
+    free(inv->prompt);
+    sd_tensor_free(inv->z0);
+    sd_tensor_free(inv->z_T);
+    if (inv->null_embeddings) {
+        const int count = inv->method == SD_INVERT_NPI ? 1 : n;
+        for (int i = 0; i < count; i++) sd_tensor_free(inv->null_embeddings[i]);
+        free(inv->null_embeddings);
+    }
+    if (inv->mapping) {
+        for (int i = 0; i < n; i++)
+            for (int p = 0; p < SD_MAP_N_PARAMS; p++) sd_tensor_free(inv->mapping[i][p]);
+        free(inv->mapping);
+    }
+    sd_tensor_free(inv->image_features);
+    free(inv->stats);
+    memset(inv, 0, sizeof *inv);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Reconstruction: sampling back with the inversion's own variables
+ * --------------------------------------------------------------------------------------------- */
+
+sd_tensor *sd_inversion_reconstruct(sd_ctx *c, const sd_model *m, const sd_inversion *inv) {
+    if (c->status != SD_OK) return NULL;
+    sd_ddim sched;
+    if (sd_ddim_init(&sched, inv->n_steps)) {
+        c->status = SD_ERR_ARG;
+        return NULL;
+    }
+    sd_tensor *cond = sd_keep(c, sd_encode_prompt(c, m, inv->prompt));
+    sd_tensor *uncond = inv->method == SD_INVERT_NPI ? sd_upload(c, inv->null_embeddings[0])
+                                                     : sd_encode_prompt(c, m, "");
+    uncond = sd_keep(c, uncond);
+    sd_tensor *z = sd_keep(c, sd_upload(c, inv->z_T));
+    sd_tensor *features = inv->image_features ? sd_keep(c, sd_upload(c, inv->image_features)) : NULL;
+    sd_mapping_net net = {{0}};
+    if (inv->method == SD_INVERT_STYLEDIFFUSION &&
+        sd_ctx_check(c, sd_mapping_net_from_host(c, &net, inv->mapping[0])) == 0)
+        return NULL;
+    sd_progress bar;
+    sd_progress_begin(&bar, "reconstruction", inv->n_steps);
+    for (int i = 0; i < inv->n_steps && c->status == SD_OK; i++) {
+        const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+        const int t = sched.timesteps[i];
+        sd_tensor *eps = NULL;
+        switch (inv->method) {
+        case SD_INVERT_DDIM:
+        case SD_INVERT_NPI:
+            eps = sd_guided_eps(c, m, z, t, uncond, cond, inv->guidance);
+            break;
+        case SD_INVERT_NULLTEXT:
+            eps = sd_guided_eps(c, m, z, t, sd_upload(c, inv->null_embeddings[i]), cond, inv->guidance);
+            break;
+        case SD_INVERT_STYLEDIFFUSION: {
+            for (int p = 0; p < SD_MAP_N_PARAMS; p++)
+                if (c->status == SD_OK) sd_ctx_check(c, c->be->upload(net.params[p]->data, inv->mapping[i][p]->data,
+                                                                     sd_nbytes(inv->mapping[i][p])));
+            sd_tensor *eps_u = sd_unet_forward(c, &m->unet, z, (float)t, uncond);
+            eps = sd_cfg_combine(c, eps_u, sd_stylediffusion_cond_eps(c, m, &net, features, z, t, cond, NULL),
+                                 inv->guidance);
+            break;
+        }
+        }
+        sd_assign(c, z, sd_ddim_prev_step(c, &sched, eps, t, z));
+        sd_arena_reset(c->arena, mark);
+        sd_progress_step(&bar);
+    }
+    sd_progress_end(&bar);
+    sd_mapping_net_free(&net);
+    return c->status == SD_OK ? z : NULL;
+}

@@ -1,0 +1,76 @@
+/* nulltext.c: Null-text inversion (stylediffusion.md §5, the NTI notebook's NullInversion).
+ *
+ * Per timestep i: a fresh Adam (lr 1e-2·(1 - i/100)) on the null embedding, warm-started from
+ * the previous step's result; up to 10 iterations of
+ *     eps = eps_u(∅) + w (eps_c - eps_u(∅)),  L = mse(prev_step(eps, t, z), latents[N-1-i])
+ * stopping once L < 1e-5 + i·2e-5 (L taken before the update); then the trajectory advances with
+ * the optimised ∅ (one batched CFG call). Only ∅ is optimised; eps_c is computed once per step. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "invert_internal.h"
+
+sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
+                               sd_invert_state *s, sd_inversion *out, double t0) {
+    const int N = o->n_steps;
+    SD_TRY(sd_ddim_invert(c, m, &s->sched, s->z0, s->cond, s->latents));
+    out->seconds_ddim = sd_now() - t0;
+    out->null_embeddings = calloc((size_t)N, sizeof *out->null_embeddings);
+    if (!out->null_embeddings) return c->status = sd_fail(SD_ERR_OOM, "out of memory");
+
+    sd_tensor *host0 = sd_to_host(c, s->uncond); /* ∅_0 = E("") */
+    sd_tensor *null_text = host0 ? sd_param_new(c, host0, "null_text") : NULL;
+    sd_tensor_free(host0);
+    sd_tensor *z = sd_keep(c, s->latents[N]);
+    sd_tape *tape = sd_tape_new();
+    if (!null_text || !z || !tape) {
+        sd_tensor_free(null_text);
+        sd_tape_free(tape);
+        return c->status ? c->status : SD_ERR_OOM;
+    }
+    sd_progress bar;
+    sd_progress_begin(&bar, "null-text inversion", N);
+    const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
+    for (int i = 0; i < last && c->status == SD_OK; i++) {
+        const double ts = sd_now();
+        const int t = s->sched.timesteps[i];
+        sd_tensor *target = s->latents[N - 1 - i];
+        sd_step_stats *stat = &out->stats[i];
+        stat->t = t;
+        sd_adam opt;
+        if (sd_adam_init(c, &opt, &null_text, 1, sd_step_lr(o->lr, i))) break;
+        const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
+        sd_tensor *eps_c = sd_unet_forward(c, &m->unet, z, (float)t, s->cond);
+        for (int j = 0; j < o->inner_steps && c->status == SD_OK; j++) {
+            const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+            sd_ctx_set_tape(c, tape);
+            sd_tensor *eps_u = sd_unet_forward(c, &m->unet, z, (float)t, null_text);
+            sd_tensor *eps = sd_cfg_combine(c, eps_u, eps_c, o->guidance);
+            sd_tensor *loss = sd_mse(c, sd_ddim_prev_step(c, &s->sched, eps, t, z), target);
+            const float value = sd_item(c, loss);
+            sd_backward(c, loss);
+            sd_ctx_set_tape(c, NULL);
+            const sd_tensor *grads[1] = {null_text->grad};
+            if (sd_invert_check_step(c, value, grads, 1, i, t, j) == SD_OK) sd_adam_step(c, &opt);
+            sd_tape_reset(tape);
+            sd_arena_reset(c->arena, mark);
+            if (j == 0) stat->first_loss = value;
+            stat->last_loss = value;
+            stat->iterations = j + 1;
+            if ((double)value < o->early_stop + (double)i * 2e-5) break; /* as Python compares */
+        }
+        sd_adam_free(&opt);
+        out->null_embeddings[i] = sd_to_host(c, null_text);
+        /* advance the trajectory with the optimised ∅ (no gradient) */
+        sd_tensor *eps = sd_guided_eps(c, m, z, t, null_text, s->cond, o->guidance);
+        sd_assign(c, z, sd_ddim_prev_step(c, &s->sched, eps, t, z));
+        sd_arena_reset(c->arena, step_mark);
+        stat->seconds = sd_now() - ts;
+        sd_progress_step(&bar);
+    }
+    sd_progress_end(&bar);
+    sd_ctx_set_tape(c, NULL);
+    sd_tape_free(tape);
+    sd_tensor_free(null_text);
+    return sd_ctx_status(c);
+}

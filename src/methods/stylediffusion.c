@@ -1,0 +1,157 @@
+/* stylediffusion.c: StyleDiffusion inversion (stylediffusion.md §3.5, §3.6).
+ *
+ * Ground truth: DDIM inversion of the image with the source prompt, capturing at every step the
+ * cross-attention maps the attention loss reads (the 16x16 layers at 512 px); GT_i is the capture
+ * of inversion step N - i (so index N duplicates N - 1, as the reference's list does).
+ * Training, for each timestep i: M_i starts as a copy of M_{i-1} (M_0 random), a new Adam
+ * (lr 1e-2·(1 - i/100)); eps_u = UNet(z, t, "") once; then ceil(100 e^(-0.1 i)) iterations of
+ *     v = c ⊙ S_i + B_i (S, B = M_i(E(x)));  eps_c, maps = UNet(z, t, c; value input v)
+ *     L = mse(prev_step(eps_u + w (eps_c - eps_u)), latents[N-1-i]) + Σ_l mse(GT_i[l], maps[l])
+ * stopping once L < 1e-5 + i·2e-5; then z advances with eps_c from the trained M_i. The UNet,
+ * VAE, text and image encoders are frozen: gradients flow only to M_i. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "invert_internal.h"
+#include "sd/control.h"
+
+sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_mapping_net *net,
+                                      sd_tensor *features, sd_tensor *z, int t, sd_tensor *cond,
+                                      sd_value_capture_hook *capture) {
+    sd_tensor *value = sd_mapping_value_input(c, sd_mapping_forward(c, net, features), cond);
+    sd_value_capture_hook plain;
+    sd_value_capture_hook *hook = capture ? capture : &plain;
+    if (!capture) sd_value_capture_hook_init(&plain, NULL, 0);
+    hook->value = value;
+    sd_value_capture_hook_clear(hook);
+    struct sd_attn_hook *saved = c->hook;
+    c->hook = &hook->base;
+    sd_tensor *eps = sd_unet_forward(c, &m->unet, z, (float)t, cond);
+    c->hook = saved;
+    hook->value = NULL;
+    return eps;
+}
+
+/* DDIM inversion that also keeps the attention-loss maps of every step (no gradient). */
+static sd_status invert_with_maps(sd_ctx *c, const sd_model *m, sd_invert_state *s, int64_t q_len,
+                                  sd_tensor *(*gt)[SD_MAX_CAPTURED], int *n_maps) {
+    const int N = s->sched.n_steps;
+    sd_value_capture_hook hook;
+    sd_value_capture_hook_init(&hook, NULL, q_len);
+    s->latents[0] = sd_keep(c, s->z0);
+    sd_progress bar;
+    sd_progress_begin(&bar, "DDIM inversion", N);
+    for (int k = 0; k < N && c->status == SD_OK; k++) {
+        const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+        const int t = s->sched.timesteps[N - 1 - k];
+        sd_value_capture_hook_clear(&hook);
+        c->hook = &hook.base;
+        sd_tensor *eps = sd_unet_forward(c, &m->unet, s->latents[k], (float)t, s->cond);
+        c->hook = NULL;
+        s->latents[k + 1] = sd_keep(c, sd_ddim_next_step(c, &s->sched, eps, t, s->latents[k]));
+        for (int l = 0; l < hook.n_captured; l++) gt[k][l] = sd_keep(c, hook.captured[l]);
+        *n_maps = hook.n_captured;
+        sd_arena_reset(c->arena, mark);
+        sd_progress_step(&bar);
+    }
+    sd_progress_end(&bar);
+    if (c->status == SD_OK && *n_maps == 0)
+        return c->status = sd_fail(SD_ERR_UNSUPPORTED,
+                                   "stylediffusion: no cross-attention layer at %lld positions to build the attention loss on",
+                                   (long long)q_len);
+    for (int l = 0; l < *n_maps; l++) gt[N][l] = gt[N - 1][l]; /* the reference appends the last again */
+    return sd_ctx_status(c);
+}
+
+sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
+                                     sd_invert_state *s, sd_tensor *features, sd_inversion *out,
+                                     double t0) {
+    const int N = o->n_steps;
+    const int64_t q_len = sd_loss_map_q_len(s->z0->shape[2], s->z0->shape[3]);
+    sd_tensor *(*gt)[SD_MAX_CAPTURED] = calloc((size_t)N + 1, sizeof *gt);
+    out->mapping = calloc((size_t)N, sizeof *out->mapping);
+    if (!gt || !out->mapping) {
+        free(gt);
+        return c->status = sd_fail(SD_ERR_OOM, "out of memory");
+    }
+    int n_maps = 0;
+    sd_status st = invert_with_maps(c, m, s, q_len, gt, &n_maps);
+    out->seconds_ddim = sd_now() - t0;
+    if (st) {
+        free(gt);
+        return st;
+    }
+
+    sd_mapping_net net;
+    sd_rng rng;
+    sd_rng_seed(&rng, o->seed);
+    const int tokens = (int)features->shape[1];
+    const sd_status init = o->mapping_init ? sd_mapping_net_from_host(c, &net, o->mapping_init)
+                                           : sd_mapping_net_init(c, &net, tokens, &rng);
+    if (init) {
+        c->status = init;
+        free(gt);
+        return sd_ctx_status(c) ? sd_ctx_status(c) : SD_ERR_OOM;
+    }
+    sd_tensor *z = sd_keep(c, s->latents[N]);
+    sd_tape *tape = sd_tape_new();
+    sd_value_capture_hook capture;
+    sd_value_capture_hook_init(&capture, NULL, o->attention_loss ? q_len : 0);
+    sd_progress bar;
+    sd_progress_begin(&bar, "stylediffusion", N);
+    const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
+    for (int i = 0; i < last && c->status == SD_OK && tape; i++) {
+        const double ts = sd_now();
+        const int t = s->sched.timesteps[i];
+        sd_tensor *target = s->latents[N - 1 - i];
+        sd_step_stats *stat = &out->stats[i];
+        stat->t = t;
+        /* M_i continues from M_{i-1}: the live network already holds its weights */
+        sd_adam opt;
+        if (sd_adam_init(c, &opt, net.params, SD_MAP_N_PARAMS, sd_step_lr(o->lr, i))) break;
+        const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
+        sd_tensor *eps_u = sd_unet_forward(c, &m->unet, z, (float)t, s->uncond);
+        const int iterations = sd_stylediffusion_inner_steps(o->inner_steps, i);
+        for (int j = 0; j < iterations && c->status == SD_OK; j++) {
+            const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+            sd_ctx_set_tape(c, tape);
+            sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, m, &net, features, z, t, s->cond, &capture);
+            sd_tensor *eps = sd_cfg_combine(c, eps_u, eps_c, o->guidance);
+            sd_tensor *loss = sd_mse(c, sd_ddim_prev_step(c, &s->sched, eps, t, z), target);
+            if (o->attention_loss && c->status == SD_OK) {
+                if (capture.n_captured != n_maps)
+                    c->status = sd_fail(SD_ERR_INTERNAL, "stylediffusion: %d maps captured, %d in the ground truth",
+                                        capture.n_captured, n_maps);
+                for (int l = 0; l < capture.n_captured && c->status == SD_OK; l++)
+                    loss = sd_add(c, loss, sd_mse(c, gt[N - i][l], capture.captured[l]));
+            }
+            const float value = sd_item(c, loss);
+            sd_backward(c, loss);
+            sd_ctx_set_tape(c, NULL);
+            const sd_tensor *grads[SD_MAP_N_PARAMS];
+            for (int p = 0; p < SD_MAP_N_PARAMS; p++) grads[p] = net.params[p]->grad;
+            if (sd_invert_check_step(c, value, grads, SD_MAP_N_PARAMS, i, t, j) == SD_OK) sd_adam_step(c, &opt);
+            sd_tape_reset(tape);
+            sd_arena_reset(c->arena, mark);
+            if (j == 0) stat->first_loss = value;
+            stat->last_loss = value;
+            stat->iterations = j + 1;
+            if ((double)value < o->early_stop + (double)i * 2e-5) break; /* as Python compares */
+        }
+        sd_adam_free(&opt);
+        for (int p = 0; p < SD_MAP_N_PARAMS; p++) out->mapping[i][p] = sd_to_host(c, net.params[p]);
+        /* advance with the trained M_i (eps_u is unchanged: same z, t and null text) */
+        sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, m, &net, features, z, t, s->cond, NULL);
+        sd_assign(c, z, sd_ddim_prev_step(c, &s->sched, sd_cfg_combine(c, eps_u, eps_c, o->guidance), t, z));
+        sd_arena_reset(c->arena, step_mark);
+        stat->seconds = sd_now() - ts;
+        sd_progress_step(&bar);
+    }
+    sd_progress_end(&bar);
+    if (!tape && c->status == SD_OK) c->status = SD_ERR_OOM;
+    sd_ctx_set_tape(c, NULL);
+    sd_tape_free(tape);
+    sd_mapping_net_free(&net);
+    free(gt);
+    return sd_ctx_status(c);
+}

@@ -1,0 +1,442 @@
+/* autograd.c: the tape's recording primitives, the reverse pass, losses, parameters and Adam
+ * (see autograd.h). Each node's backward is a handful of backend calls; gradients accumulate in
+ * arena buffers that are zero-filled on first use. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tape.h"
+
+/* ------------------------------------------------------------------------------------------------
+ * Tape bookkeeping
+ * --------------------------------------------------------------------------------------------- */
+
+sd_tape *sd_tape_new(void) {
+    sd_tape *t = calloc(1, sizeof *t);
+    if (!t) sd_fail(SD_ERR_OOM, "out of host memory creating a tape");
+    return t;
+}
+
+void sd_tape_free(sd_tape *t) {
+    if (!t) return;
+    sd_tape_reset(t);
+    free(t->nodes);
+    free(t->leaves);
+    free(t);
+}
+
+void sd_ctx_set_tape(sd_ctx *c, sd_tape *t) { c->tape = t; }
+
+void sd_tape_reset(sd_tape *t) {
+    if (!t) return;
+    /* Outputs keep their stale tape_index: producer() rejects an index whose node no longer
+     * points back at the tensor, and the outputs' memory may already be reused. Leaves are
+     * long-lived, so their arena gradients are dropped here. */
+    for (int i = 0; i < t->n_leaves; i++) t->leaves[i]->grad = NULL;
+    t->n = 0;
+    t->n_leaves = 0;
+}
+
+int sd_tape_size(const sd_tape *t) { return t ? t->n : 0; }
+
+/* The node of the current tape that produced t, or NULL (stale indices from an earlier step are
+ * rejected by checking the node's output pointer). */
+static sd_tape_node *producer(const sd_ctx *c, const sd_tensor *t) {
+    if (!c->tape || !t || t->tape_index < 0 || t->tape_index >= c->tape->n) return NULL;
+    sd_tape_node *n = &c->tape->nodes[t->tape_index];
+    return n->out == t ? n : NULL;
+}
+
+int sd_tape_needs_grad(const sd_ctx *c, const sd_tensor *t) {
+    return t && c->tape && (t->requires_grad || producer(c, t) != NULL);
+}
+
+sd_tape_node *sd_tape_record(sd_ctx *c, sd_op_kind op, sd_tensor *out, sd_tensor *in0,
+                             sd_tensor *in1, sd_tensor *in2) {
+    if (!c->tape || c->status != SD_OK || !out) return NULL;
+    if (!sd_tape_needs_grad(c, in0) && !sd_tape_needs_grad(c, in1) && !sd_tape_needs_grad(c, in2))
+        return NULL;
+    sd_tape *t = c->tape;
+    if (t->n == t->cap) {
+        int cap = t->cap ? 2 * t->cap : 1024;
+        sd_tape_node *nodes = realloc(t->nodes, (size_t)cap * sizeof *nodes);
+        if (!nodes) {
+            sd_ctx_fail(c, SD_ERR_OOM, "out of host memory growing the tape to %d nodes", cap);
+            return NULL;
+        }
+        t->nodes = nodes;
+        t->cap = cap;
+    }
+    sd_tape_node *node = &t->nodes[t->n];
+    memset(node, 0, sizeof *node);
+    node->op = op;
+    node->out = out;
+    node->in[0] = in0;
+    node->in[1] = in1;
+    node->in[2] = in2;
+    out->tape_index = t->n++;
+    return node;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Reverse pass
+ * --------------------------------------------------------------------------------------------- */
+
+static const char *op_name(sd_op_kind op) {
+    static const char *const names[] = {
+        [SD_OP_LINEAR] = "linear", [SD_OP_CONV2D] = "conv2d", [SD_OP_GROUP_NORM] = "group_norm",
+        [SD_OP_LAYER_NORM] = "layer_norm", [SD_OP_UNARY] = "unary", [SD_OP_ADD] = "add",
+        [SD_OP_SUB] = "sub", [SD_OP_MUL] = "mul", [SD_OP_AXPBY] = "axpby",
+        [SD_OP_ADD_CHANNEL_BIAS] = "add_channel_bias", [SD_OP_GEGLU] = "geglu",
+        [SD_OP_CONCAT_CHANNELS] = "concat_channels", [SD_OP_CONCAT0] = "concat0",
+        [SD_OP_UPSAMPLE] = "upsample", [SD_OP_TRANSPOSE] = "transpose", [SD_OP_VIEW] = "view",
+        [SD_OP_ATTENTION] = "attention", [SD_OP_ATTN_PROBS] = "attention maps",
+        [SD_OP_ATTN_APPLY] = "attention apply", [SD_OP_MSE] = "mse",
+    };
+    return names[op];
+}
+
+/* A zero-filled gradient buffer shaped like t in the activation arena. */
+static float *new_grad_buffer(sd_ctx *c, const sd_tensor *t, sd_tensor **out) {
+    sd_tensor *g = sd_new(c, t->ndim, t->shape);
+    if (!g) return NULL;
+    if (!sd_ctx_check(c, c->be->zero(g->data, sd_nbytes(g)))) return NULL;
+    *out = g;
+    return sd_f32(g);
+}
+
+/* dL/dt, created zero-filled on first use: the producer node's grad for an activation, t->grad
+ * for a leaf. NULL when t needs no gradient (frozen weights, constants). */
+static float *grad_of(sd_ctx *c, sd_tensor *t) {
+    if (!t || c->status != SD_OK) return NULL;
+    sd_tape_node *n = producer(c, t);
+    if (n) {
+        if (!n->grad && !new_grad_buffer(c, t, &n->grad)) return NULL;
+        return sd_f32(n->grad);
+    }
+    if (!t->requires_grad) return NULL;
+    if (!t->grad) {
+        sd_tape *tp = c->tape;
+        if (tp->n_leaves == tp->cap_leaves) {
+            int cap = tp->cap_leaves ? 2 * tp->cap_leaves : 64;
+            sd_tensor **l = realloc(tp->leaves, (size_t)cap * sizeof *l);
+            if (!l) {
+                sd_ctx_fail(c, SD_ERR_OOM, "out of host memory tracking gradient leaves");
+                return NULL;
+            }
+            tp->leaves = l;
+            tp->cap_leaves = cap;
+        }
+        if (!new_grad_buffer(c, t, &t->grad)) return NULL;
+        tp->leaves[tp->n_leaves++] = t;
+    }
+    return sd_f32(t->grad);
+}
+
+/* Gradient slot of input i, or NULL when that input needs none. */
+static float *in_grad(sd_ctx *c, sd_tape_node *n, int i) {
+    return sd_tape_needs_grad(c, n->in[i]) ? grad_of(c, n->in[i]) : NULL;
+}
+
+static const float *f32c(const sd_tensor *t) { return t ? (const float *)t->data : NULL; }
+
+/* Calls a backend backward op, failing clearly when this backend lacks it. */
+#define BWD(c, node, fn, ...)                                                                      \
+    do {                                                                                           \
+        if (!(c)->be->fn) {                                                                        \
+            sd_ctx_fail((c), SD_ERR_UNSUPPORTED, "backward of %s: %s is not available on the %s backend", \
+                        op_name((node)->op), #fn, (c)->be->name);                                  \
+            return;                                                                                \
+        }                                                                                          \
+        sd_ctx_check((c), (c)->be->fn(__VA_ARGS__));                                               \
+    } while (0)
+
+static void backward_node(sd_ctx *c, sd_tape_node *n) {
+    const float *dy = sd_f32(n->grad);
+    sd_tensor *x = n->in[0], *y = n->out;
+    switch (n->op) {
+    case SD_OP_LINEAR: {
+        const sd_tensor *w = n->in[1];
+        const int64_t N = w->shape[0], K = w->shape[1], M = sd_numel(x) / K;
+        float *dx = in_grad(c, n, 0), *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
+        if (dx) BWD(c, n, linear_backward_data, dy, f32c(w), dx, M, K, N);
+        if (dw || db) BWD(c, n, linear_backward_params, dy, f32c(x), dw, db, M, K, N);
+        return;
+    }
+    case SD_OP_CONV2D: {
+        float *dx = in_grad(c, n, 0), *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
+        if (dx) BWD(c, n, conv2d_backward_data, dy, f32c(n->in[1]), dx, &n->attr.conv);
+        if (dw || db) BWD(c, n, conv2d_backward_params, dy, f32c(x), dw, db, &n->attr.conv);
+        return;
+    }
+    case SD_OP_GROUP_NORM: {
+        const int64_t B = x->shape[0], C = x->shape[1], S = sd_numel(x) / (B * C);
+        float *dx = in_grad(c, n, 0), *dg = in_grad(c, n, 1), *db = in_grad(c, n, 2);
+        BWD(c, n, group_norm_backward, f32c(x), f32c(n->in[1]), f32c(n->in[2]), dy, dx, dg, db, B,
+            C, S, n->attr.norm.groups, n->attr.norm.eps, n->attr.norm.silu);
+        return;
+    }
+    case SD_OP_LAYER_NORM: {
+        const int64_t C = x->shape[x->ndim - 1], M = sd_numel(x) / C;
+        float *dx = in_grad(c, n, 0), *dg = in_grad(c, n, 1), *db = in_grad(c, n, 2);
+        BWD(c, n, layer_norm_backward, f32c(x), f32c(n->in[1]), dy, dx, dg, db, M, C, n->attr.norm.eps);
+        return;
+    }
+    case SD_OP_UNARY: {
+        float *dx = in_grad(c, n, 0);
+        if (dx) BWD(c, n, unary_backward, n->attr.unary.op, f32c(x), dy, dx, sd_numel(x), n->attr.unary.alpha);
+        return;
+    }
+    case SD_OP_ADD:
+    case SD_OP_SUB:
+    case SD_OP_AXPBY: {
+        float alpha = 1.0f, beta = n->op == SD_OP_SUB ? -1.0f : 1.0f;
+        if (n->op == SD_OP_AXPBY) {
+            alpha = n->attr.axpby.alpha;
+            beta = n->attr.axpby.beta;
+        }
+        float *da = in_grad(c, n, 0);
+        if (da) BWD(c, n, axpy, alpha, dy, da, sd_numel(y));
+        float *db = in_grad(c, n, 1); /* the same buffer as da when a == b: both terms add up */
+        if (db) BWD(c, n, axpy, beta, dy, db, sd_numel(y));
+        return;
+    }
+    case SD_OP_MUL: {
+        float *da = in_grad(c, n, 0);
+        if (da) BWD(c, n, mul_acc, dy, f32c(n->in[1]), da, sd_numel(y));
+        float *db = in_grad(c, n, 1);
+        if (db) BWD(c, n, mul_acc, dy, f32c(n->in[0]), db, sd_numel(y));
+        return;
+    }
+    case SD_OP_ADD_CHANNEL_BIAS: {
+        const int64_t B = x->shape[0], C = x->shape[1], S = sd_numel(x) / (B * C);
+        float *dx = in_grad(c, n, 0), *dv = in_grad(c, n, 1);
+        if (dx) BWD(c, n, axpy, 1.0f, dy, dx, sd_numel(x));
+        if (dv) BWD(c, n, add_channel_bias_backward, dy, dv, B, C, S);
+        return;
+    }
+    case SD_OP_GEGLU: {
+        const int64_t N = y->shape[y->ndim - 1], M = sd_numel(y) / N;
+        float *dx = in_grad(c, n, 0);
+        if (dx) BWD(c, n, geglu_backward, f32c(x), dy, dx, M, N);
+        return;
+    }
+    case SD_OP_CONCAT_CHANNELS: {
+        const sd_tensor *a = n->in[0], *b = n->in[1];
+        const int64_t B = a->shape[0], S = a->shape[2] * a->shape[3];
+        float *da = in_grad(c, n, 0), *db = in_grad(c, n, 1);
+        if (da || db) BWD(c, n, concat_channels_backward, dy, da, db, B, a->shape[1], b->shape[1], S);
+        return;
+    }
+    case SD_OP_CONCAT0: {
+        const int64_t na = sd_numel(n->in[0]);
+        float *da = in_grad(c, n, 0);
+        if (da) BWD(c, n, axpy, 1.0f, dy, da, na);
+        float *db = in_grad(c, n, 1);
+        if (db) BWD(c, n, axpy, 1.0f, dy + na, db, sd_numel(n->in[1]));
+        return;
+    }
+    case SD_OP_UPSAMPLE: {
+        float *dx = in_grad(c, n, 0);
+        if (dx)
+            BWD(c, n, upsample_nearest_backward, dy, dx, x->shape[0] * x->shape[1], x->shape[2],
+                x->shape[3], y->shape[2], y->shape[3]);
+        return;
+    }
+    case SD_OP_TRANSPOSE: {
+        /* forward: y[b, c, r] = x[b, r, c] with dims (B, R, C); so dx = transpose of dy (B, C, R) */
+        float *dx = in_grad(c, n, 0);
+        if (!dx) return;
+        sd_tensor *tmp = sd_new(c, x->ndim, x->shape);
+        if (!tmp) return;
+        sd_ctx_check(c, c->be->transpose(dy, sd_f32(tmp), n->attr.transpose.B, n->attr.transpose.C,
+                                         n->attr.transpose.R));
+        BWD(c, n, axpy, 1.0f, sd_f32(tmp), dx, sd_numel(x));
+        return;
+    }
+    case SD_OP_VIEW: {
+        float *dx = in_grad(c, n, 0);
+        if (dx) BWD(c, n, axpy, 1.0f, dy, dx + n->attr.view.offset, sd_numel(y));
+        return;
+    }
+    case SD_OP_ATTENTION: {
+        const sd_tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
+        const int H = n->attr.attn.heads;
+        float *dq = in_grad(c, n, 0), *dk = in_grad(c, n, 1), *dv = in_grad(c, n, 2);
+        BWD(c, n, attention_backward, f32c(q), f32c(k), f32c(v), f32c(y), dy, dq, dk, dv,
+            q->shape[0], q->shape[1], k->shape[1], H, (int)(q->shape[2] / H), (int)(v->shape[2] / H),
+            n->attr.attn.scale, n->attr.attn.causal);
+        return;
+    }
+    case SD_OP_ATTN_PROBS: {
+        const sd_tensor *q = n->in[0], *k = n->in[1];
+        const int H = n->attr.attn.heads;
+        float *dq = in_grad(c, n, 0), *dk = in_grad(c, n, 1);
+        if (dq || dk)
+            BWD(c, n, attention_probs_backward, f32c(q), f32c(k), f32c(y), dy, dq, dk, q->shape[0],
+                q->shape[1], k->shape[1], H, (int)(q->shape[2] / H), n->attr.attn.scale);
+        return;
+    }
+    case SD_OP_ATTN_APPLY: {
+        const sd_tensor *p = n->in[0], *v = n->in[1];
+        const int H = n->attr.attn.heads;
+        const int64_t B = v->shape[0], Sk = v->shape[1], Sq = p->shape[1];
+        float *dp = in_grad(c, n, 0), *dv = in_grad(c, n, 1);
+        if (dp || dv)
+            BWD(c, n, attention_apply_backward, f32c(p), f32c(v), dy, dp, dv, B, Sq, Sk, H,
+                (int)(v->shape[2] / H));
+        return;
+    }
+    case SD_OP_MSE: {
+        float *da = in_grad(c, n, 0), *db = in_grad(c, n, 1);
+        if (da || db) BWD(c, n, mse_backward, f32c(n->in[0]), f32c(n->in[1]), dy, da, db, sd_numel(n->in[0]));
+        return;
+    }
+    }
+    sd_ctx_fail(c, SD_ERR_INTERNAL, "backward: unknown op %d", (int)n->op);
+}
+
+sd_status sd_backward(sd_ctx *c, sd_tensor *loss) {
+    if (c->status != SD_OK) return c->status;
+    sd_tape_node *root = producer(c, loss);
+    if (!loss || sd_numel(loss) != 1)
+        return c->status = sd_fail(SD_ERR_INTERNAL, "backward: the loss must have exactly one element");
+    if (!root)
+        return c->status = sd_fail(SD_ERR_INTERNAL,
+                                   "backward: the loss was not recorded (no tape attached, or it does not depend on a trainable tensor)");
+    if (!new_grad_buffer(c, loss, &root->grad)) return c->status;
+    sd_ctx_check(c, c->be->fill(sd_f32(root->grad), 1.0f, 1));
+    for (int i = loss->tape_index; i >= 0 && c->status == SD_OK; i--) {
+        sd_tape_node *n = &c->tape->nodes[i];
+        if (n->grad) backward_node(c, n);
+    }
+    return c->status;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Losses and scalars
+ * --------------------------------------------------------------------------------------------- */
+
+sd_tensor *sd_mse(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
+    if (c->status != SD_OK) return NULL;
+    char sa[96], sb[96];
+    if (!a || !b || sd_numel(a) != sd_numel(b))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "mse: shapes %s and %s differ",
+                           a ? sd_shape_str(a->ndim, a->shape, sa, sizeof sa) : "missing",
+                           b ? sd_shape_str(b->ndim, b->shape, sb, sizeof sb) : "missing");
+    sd_tensor *out = sd_new4(c, 1, 1, 0, 0, 0);
+    if (!out) return NULL;
+    sd_ctx_check(c, c->be->mse(sd_f32(a), sd_f32(b), sd_f32(out), sd_numel(a)));
+    sd_tape_record(c, SD_OP_MSE, out, a, b, NULL);
+    return c->status == SD_OK ? out : NULL;
+}
+
+float sd_item(sd_ctx *c, const sd_tensor *x) {
+    float v = NAN;
+    if (c->status != SD_OK || !x || sd_numel(x) < 1) return v;
+    sd_ctx_check(c, c->be->download(&v, x->data, sizeof v));
+    return v;
+}
+
+int sd_all_finite(sd_ctx *c, const sd_tensor *x) {
+    int ok = 0;
+    if (c->status != SD_OK || !x) return 0;
+    sd_ctx_check(c, c->be->all_finite(sd_f32(x), sd_numel(x), &ok));
+    return ok;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Parameters and Adam
+ * --------------------------------------------------------------------------------------------- */
+
+/* A zero-filled tensor in the backend's memory, owned (released by sd_tensor_free). */
+static sd_tensor *device_tensor(sd_ctx *c, int ndim, const int64_t *shape, const char *name) {
+    sd_tensor *t = calloc(1, sizeof *t);
+    if (!t) {
+        sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for tensor '%s'", name);
+        return NULL;
+    }
+    *t = sd_tensor_wrap(NULL, SD_F32, ndim, shape);
+    sd_tensor_set_name(t, name);
+    t->data = c->be->mem_alloc(sd_nbytes(t) ? sd_nbytes(t) : 4);
+    if (!t->data) {
+        free(t);
+        c->status = SD_ERR_OOM;
+        return NULL;
+    }
+    t->device = c->device;
+    t->owns_data = 1;
+    if (!sd_ctx_check(c, c->be->zero(t->data, sd_nbytes(t)))) {
+        sd_tensor_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+sd_tensor *sd_param_new(sd_ctx *c, const sd_tensor *init, const char *name) {
+    if (c->status != SD_OK || !init) return NULL;
+    sd_tensor *t = device_tensor(c, init->ndim, init->shape, name);
+    if (!t) return NULL;
+    if (init->data && !sd_ctx_check(c, c->be->upload(t->data, init->data, sd_nbytes(init)))) {
+        sd_tensor_free(t);
+        return NULL;
+    }
+    t->requires_grad = 1;
+    return t;
+}
+
+sd_status sd_param_copy(sd_ctx *c, sd_tensor *dst, const sd_tensor *src) {
+    return sd_assign(c, dst, src);
+}
+
+sd_status sd_adam_init(sd_ctx *c, sd_adam *opt, sd_tensor **params, int n, double lr) {
+    memset(opt, 0, sizeof *opt);
+    opt->n = n;
+    opt->lr = lr;
+    opt->beta1 = 0.9;
+    opt->beta2 = 0.999;
+    opt->eps = 1e-8;
+    opt->params = calloc((size_t)n, sizeof *opt->params);
+    opt->m = calloc((size_t)n, sizeof *opt->m);
+    opt->v = calloc((size_t)n, sizeof *opt->v);
+    if (!opt->params || !opt->m || !opt->v) {
+        sd_adam_free(opt);
+        return c->status = sd_fail(SD_ERR_OOM, "out of host memory creating an optimiser");
+    }
+    for (int i = 0; i < n; i++) {
+        opt->params[i] = params[i];
+        opt->m[i] = device_tensor(c, params[i]->ndim, params[i]->shape, "adam.m");
+        opt->v[i] = device_tensor(c, params[i]->ndim, params[i]->shape, "adam.v");
+        if (!opt->m[i] || !opt->v[i]) {
+            sd_adam_free(opt);
+            return c->status;
+        }
+    }
+    return SD_OK;
+}
+
+sd_status sd_adam_step(sd_ctx *c, sd_adam *opt) {
+    if (c->status != SD_OK) return c->status;
+    if (!c->be->adam_step)
+        return c->status = sd_fail(SD_ERR_UNSUPPORTED, "adam: not available on the %s backend", c->be->name);
+    opt->step++;
+    for (int i = 0; i < opt->n && c->status == SD_OK; i++) {
+        sd_tensor *p = opt->params[i];
+        if (!p->grad) continue;
+        sd_ctx_check(c, c->be->adam_step(sd_f32(p), sd_f32(p->grad), sd_f32(opt->m[i]),
+                                         sd_f32(opt->v[i]), sd_numel(p), opt->lr, opt->beta1,
+                                         opt->beta2, opt->eps, opt->step));
+    }
+    return c->status;
+}
+
+void sd_adam_free(sd_adam *opt) {
+    for (int i = 0; i < opt->n; i++) {
+        if (opt->m) sd_tensor_free(opt->m[i]);
+        if (opt->v) sd_tensor_free(opt->v[i]);
+    }
+    free(opt->params);
+    free(opt->m);
+    free(opt->v);
+    memset(opt, 0, sizeof *opt);
+}

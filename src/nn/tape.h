@@ -1,0 +1,63 @@
+/* tape.h (internal to src/nn): the node layout shared by the recording side (nn.c) and the
+ * backward pass (autograd.c). */
+#ifndef SD_NN_TAPE_H
+#define SD_NN_TAPE_H
+
+#include "sd/autograd.h"
+#include "sd/backend.h"
+
+typedef enum sd_op_kind {
+    SD_OP_LINEAR,          /* in: x, weight, bias */
+    SD_OP_CONV2D,          /* in: x, weight, bias; attr conv */
+    SD_OP_GROUP_NORM,      /* in: x, gamma, beta; attr groups, eps, silu */
+    SD_OP_LAYER_NORM,      /* in: x, gamma, beta; attr eps */
+    SD_OP_UNARY,           /* in: x; attr unary, alpha */
+    SD_OP_ADD,             /* in: a, b */
+    SD_OP_SUB,             /* in: a, b */
+    SD_OP_MUL,             /* in: a, b */
+    SD_OP_AXPBY,           /* in: x, z; attr alpha, beta */
+    SD_OP_ADD_CHANNEL_BIAS,/* in: x, v */
+    SD_OP_GEGLU,           /* in: x */
+    SD_OP_CONCAT_CHANNELS, /* in: a, b */
+    SD_OP_CONCAT0,         /* in: a, b */
+    SD_OP_UPSAMPLE,        /* in: x */
+    SD_OP_TRANSPOSE,       /* in: x; attr dims (B, R, C) of the forward transpose */
+    SD_OP_VIEW,            /* in: x; attr offset: out = x.data + offset, same memory */
+    SD_OP_ATTENTION,       /* in: q, k, v; attr heads, causal, scale (fused, maps recomputed) */
+    SD_OP_ATTN_PROBS,      /* in: q, k; out: maps [B·H, Sq, Sk]; attr heads, scale */
+    SD_OP_ATTN_APPLY,      /* in: probs, v; attr heads */
+    SD_OP_MSE,             /* in: a, b; out: one element */
+} sd_op_kind;
+
+typedef struct sd_tape_node {
+    sd_op_kind op;
+    sd_tensor *out;
+    sd_tensor *in[3];
+    sd_tensor *grad; /* dL/d(out), created on the first accumulation */
+    union {
+        sd_conv_geom conv;
+        struct { int groups; float eps; int silu; } norm;
+        struct { sd_unary_op op; float alpha; } unary;
+        struct { float alpha, beta; } axpby;
+        struct { int64_t B, R, C; } transpose;
+        struct { int64_t offset; } view;
+        struct { int heads, causal; float scale; } attn;
+    } attr;
+} sd_tape_node;
+
+struct sd_tape {
+    sd_tape_node *nodes;
+    int n, cap;
+    sd_tensor **leaves; /* leaves whose grad was set by the last backward */
+    int n_leaves, cap_leaves;
+};
+
+/* 1 when t leads to a trainable leaf: a requires_grad leaf, or the output of a node of the
+ * context's current tape. */
+int sd_tape_needs_grad(const sd_ctx *c, const sd_tensor *t);
+/* Records a node for `out` when a tape is attached and any input needs a gradient; returns it
+ * (for attributes) or NULL when nothing was recorded. Fails the context on out-of-memory. */
+sd_tape_node *sd_tape_record(sd_ctx *c, sd_op_kind op, sd_tensor *out, sd_tensor *in0,
+                             sd_tensor *in1, sd_tensor *in2);
+
+#endif

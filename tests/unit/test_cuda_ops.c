@@ -1,0 +1,1336 @@
+/* test_cuda_ops.c: the CUDA backend against the CPU backend, and the tiny model on the GPU
+ * against the PyTorch oracle.
+ *
+ *  - Every op of the table, forward and backward, plus memory, mse, all_finite and Adam, on fresh
+ *    random data, called through the two tables directly (host pointers for the CPU, device
+ *    pointers for CUDA). Tolerances (max |got − want| / max |want|): exact mode 1e-5 for
+ *    elementwise and normalisation ops, 1e-4 for GEMM, convolution and attention, 1e-4 for every
+ *    backward; fast mode 2e-2 where it changes the arithmetic (GEMMs, convolutions, attention).
+ *    Backward gradients are pre-filled with random values: the ops must accumulate.
+ *  - Attention on its three paths (flash exact / fast, materialised maps, large heads), causal and
+ *    not, tile-unaligned sizes, and the batch-row maps of sd_cuda_attention_rows (P2P injection).
+ *  - The tiny model (models/tiny) on the GPU vs the oracle fixtures (tests/fixtures/tiny_*), as
+ *    test_models.c does on the CPU: text encoder, UNet eps at three inputs, captured attention
+ *    maps through the hook, VAE encode/decode; a CUDA-graph replay of a UNet call.
+ *  - Device selection (sd_device_parse / sd_device_open): runs on every machine, GPU or not,
+ *    since its messages are what a user without a GPU sees.
+ *
+ * Every GPU test starts with testutil_skip_without_gpu(), so CI (no GPU) prints one SKIP line per
+ * test. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sd/attn.h"
+#include "sd/backend.h"
+#include "sd/device.h"
+#include "sd/io.h"
+#include "sd/models.h"
+#include "sd/nn.h"
+#include "testutil.h"
+
+#define TOL_ELEM 1e-5
+#define TOL_GEMM 1e-4
+#define TOL_BWD 1e-4
+#define TOL_FAST 2e-2
+#define TOL_MODEL 1e-4
+#define TOL_MODEL_FAST 5e-2 /* a whole network in bf16: errors of every layer add up */
+
+static const sd_backend *cpu, *gpu;
+static char gpu_error[1024];
+
+/* ------------------------------------------------------------------------------------------------
+ * Buffers: every device and host buffer of a test is released by the per-test teardown, also when
+ * the test fails half-way.
+ * --------------------------------------------------------------------------------------------- */
+
+#define MAX_BUFFERS 1024
+static void *dev_bufs[MAX_BUFFERS], *host_bufs[MAX_BUFFERS];
+static int n_dev, n_host;
+
+static float *hnew(int64_t n) {
+    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
+    if (!p || n_host >= MAX_BUFFERS) fail_msg("out of host memory or buffer slots");
+    host_bufs[n_host++] = p;
+    return p;
+}
+
+static float *hrand(int64_t n, uint64_t seed, float std) {
+    float *p = hnew(n);
+    testutil_fill_normal(p, n, seed, std);
+    return p;
+}
+
+static float *hcopy(const float *src, int64_t n) {
+    float *p = hnew(n);
+    memcpy(p, src, (size_t)n * sizeof(float));
+    return p;
+}
+
+static float *dnew(int64_t n) {
+    if (n_dev >= MAX_BUFFERS) fail_msg("out of device buffer slots");
+    float *p = gpu->mem_alloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    if (!p) fail_msg("device allocation of %lld floats: %s", (long long)n, sd_last_error());
+    dev_bufs[n_dev++] = p;
+    return p;
+}
+
+static float *dput(const float *h, int64_t n) {
+    float *d = dnew(n);
+    assert_sd_ok(gpu->upload(d, h, (size_t)n * sizeof(float)));
+    return d;
+}
+
+static float *hget(const float *d, int64_t n) {
+    float *h = hnew(n);
+    assert_sd_ok(gpu->download(h, d, (size_t)n * sizeof(float)));
+    return h;
+}
+
+static void release_buffers(void) {
+    for (int i = 0; i < n_dev; i++) gpu->mem_free(dev_bufs[i]);
+    for (int i = 0; i < n_host; i++) free(host_bufs[i]);
+    n_dev = n_host = 0;
+}
+
+static int per_test_teardown(void **state) {
+    (void)state;
+    if (gpu) {
+        release_buffers();
+        sd_cuda_set_precision(SD_PRECISION_EXACT);
+    } else {
+        for (int i = 0; i < n_host; i++) free(host_bufs[i]);
+        n_host = 0;
+    }
+    return 0;
+}
+
+static void require_gpu(void) {
+    if (!gpu) fail_msg("a GPU is present but the CUDA backend did not open: %s", gpu_error);
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Modes and comparisons
+ * --------------------------------------------------------------------------------------------- */
+
+static const sd_precision modes[2] = {SD_PRECISION_EXACT, SD_PRECISION_FAST};
+
+static void set_mode(sd_precision p) { assert_sd_ok(sd_cuda_set_precision(p)); }
+
+static double tol_for(sd_precision p, double exact_tol) { return p == SD_PRECISION_EXACT ? exact_tol : TOL_FAST; }
+
+static void check(const char *what, const float *got, const float *want, int64_t n, double tol) {
+    const double err = testutil_max_rel_err(got, want, n);
+    print_message("    %-52s %-5s max rel err %.3g (tol %.0e)\n", what, sd_precision_name(sd_cuda_get_precision()),
+                  err, tol);
+    if (!(err <= tol)) fail_msg("%s (%s mode): max relative error %.6g exceeds %.1e", what,
+                                sd_precision_name(sd_cuda_get_precision()), err, tol);
+}
+
+/* Device result vs host reference. */
+static void check_dev(const char *what, const float *dev, const float *want, int64_t n, double tol) {
+    check(what, hget(dev, n), want, n, tol);
+}
+
+static void check_equal(const char *what, const float *dev, const float *want, int64_t n) {
+    const float *got = hget(dev, n);
+    for (int64_t i = 0; i < n; i++)
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+            fail_msg("%s: element %lld is %.9g, expected %.9g (bit for bit)", what, (long long)i, got[i], want[i]);
+    print_message("    %-52s bit-identical (%lld values)\n", what, (long long)n);
+}
+
+/* A backward op's reference exists only when the CPU table has it (it always should). */
+#define CPU_HAS(op)                                                                                \
+    do {                                                                                           \
+        if (!cpu->op) {                                                                            \
+            print_message("    [ NOTE ] the CPU backend has no " #op ": GPU twin not compared\n"); \
+            return;                                                                                \
+        }                                                                                          \
+    } while (0)
+
+static int group_setup(void **state) {
+    (void)state;
+    cpu = sd_backend_cpu();
+    if (testutil_have_gpu()) {
+        gpu = sd_backend_cuda(0);
+        if (!gpu) {
+            snprintf(gpu_error, sizeof gpu_error, "%s", sd_last_error());
+        } else {
+            char name[256];
+            if (sd_cuda_device_name(0, name, sizeof name) == SD_OK) print_message("    cuda:0 is %s\n", name);
+        }
+    }
+    return 0;
+}
+
+/* ================================================================================================
+ * Memory
+ * ============================================================================================= */
+
+static void test_memory(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    const int64_t n = 1000003;
+    float *h = hrand(n, 1, 1.0f);
+    float *d = dput(h, n);
+    check_equal("upload + download", d, h, n);
+    float *d2 = dnew(n);
+    assert_sd_ok(gpu->copy(d2, d, n));
+    check_equal("copy", d2, h, n);
+    assert_sd_ok(gpu->zero(d2, (size_t)n * sizeof(float)));
+    float *zeros = hnew(n);
+    check_equal("zero", d2, zeros, n);
+    assert_sd_ok(gpu->fill(d2, 3.25f, n));
+    float *fill = hnew(n);
+    for (int64_t i = 0; i < n; i++) fill[i] = 3.25f;
+    check_equal("fill", d2, fill, n);
+    assert_sd_ok(gpu->synchronize());
+    /* mem_alloc hands out 256-byte aligned blocks */
+    assert_true(((uintptr_t)d % 256) == 0);
+
+    /* out of memory: a clear message with the size asked and the free memory */
+    size_t free_b = 0, total_b = 0;
+    assert_sd_ok(sd_cuda_mem_info(&free_b, &total_b));
+    print_message("    device memory: %.1f GiB free of %.1f GiB\n", free_b / 1073741824.0, total_b / 1073741824.0);
+    void *huge = gpu->mem_alloc(total_b + ((size_t)1 << 30));
+    assert_null(huge);
+    print_message("    OOM message: %s\n", sd_last_error());
+    assert_true(testutil_contains(sd_last_error(), "out of GPU memory"));
+    assert_true(testutil_contains(sd_last_error(), "asked for"));
+    assert_true(testutil_contains(sd_last_error(), "free"));
+    /* and the device still works afterwards */
+    assert_sd_ok(gpu->fill(d2, 1.0f, 16));
+    assert_sd_ok(gpu->synchronize());
+}
+
+/* ================================================================================================
+ * GEMM-based forward ops
+ * ============================================================================================= */
+
+static void test_linear(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    struct { int64_t M, K, N; int bias, misalign; } cases[] = {
+        {37, 53, 29, 1, 0}, {37, 53, 29, 0, 0}, {2 * 1024, 320, 1280, 1, 0}, {154, 768, 320, 1, 1},
+        {2 * 4096, 320, 2560, 1, 0}, {1, 1, 1, 1, 0}, {2, 128, 320, 0, 1},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int64_t M = cases[c].M, K = cases[c].K, N = cases[c].N;
+        float *x = hrand(M * K, 10 + c, 1.0f), *w = hrand(N * K, 20 + c, 0.05f), *b = hrand(N, 30 + c, 1.0f);
+        float *want = hnew(M * N);
+        assert_sd_ok(cpu->linear(x, w, cases[c].bias ? b : NULL, want, M, K, N));
+        /* misaligned: x one float past a 256-byte boundary (cuBLASLt must pick an algorithm that
+         * accepts 4-byte alignment) */
+        float *xd_base = dnew(M * K + 1), *xd = xd_base + cases[c].misalign;
+        assert_sd_ok(gpu->upload(xd, x, (size_t)(M * K) * sizeof(float)));
+        float *wd = dput(w, N * K), *bd = dput(b, N), *yd = dnew(M * N);
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            assert_sd_ok(gpu->linear(xd, wd, cases[c].bias ? bd : NULL, yd, M, K, N));
+            char what[96];
+            snprintf(what, sizeof what, "linear %lldx%lld -> %lld%s%s", (long long)M, (long long)K, (long long)N,
+                     cases[c].bias ? " +bias" : "", cases[c].misalign ? " (misaligned)" : "");
+            check_dev(what, yd, want, M * N, tol_for(modes[m], TOL_GEMM));
+        }
+    }
+}
+
+typedef struct conv_case {
+    int64_t B, Ci, H, W, Co;
+    int k, stride, pt, pl, pb, pr, bias;
+    const char *what;
+} conv_case;
+
+static const conv_case conv_cases[] = {
+    {2, 5, 9, 11, 7, 3, 1, 1, 1, 1, 1, 1, "conv3x3 pad1"},
+    {1, 6, 10, 10, 4, 3, 2, 1, 1, 1, 1, 1, "conv3x3 stride2 pad1"},
+    {1, 3, 8, 8, 5, 3, 2, 0, 0, 1, 1, 1, "conv3x3 stride2 pad(0,0,1,1) (VAE down)"},
+    {1, 32, 33, 31, 16, 3, 2, 0, 0, 1, 1, 1, "conv3x3 stride2 pad(0,0,1,1) odd sizes"},
+    {2, 8, 7, 5, 3, 1, 1, 0, 0, 0, 0, 1, "conv1x1"},
+    {1, 3, 16, 16, 8, 16, 16, 0, 0, 0, 0, 0, "patchify 16x16 no bias"},
+    {2, 64, 32, 32, 64, 3, 1, 1, 1, 1, 1, 1, "conv3x3 64ch 32x32"},
+    {1, 4, 64, 64, 320, 3, 1, 1, 1, 1, 1, 1, "conv_in 4->320 64x64"},
+    {2, 320, 16, 16, 320, 3, 2, 1, 1, 1, 1, 1, "downsample 320ch stride2"},
+};
+
+static sd_conv_geom conv_geom(const conv_case *c) {
+    sd_conv_geom g = {.batch = c->B, .c_in = c->Ci, .h_in = c->H, .w_in = c->W, .c_out = c->Co, .kh = c->k,
+                      .kw = c->k, .stride = c->stride, .pad_top = c->pt, .pad_left = c->pl};
+    g.h_out = (c->H + c->pt + c->pb - c->k) / c->stride + 1;
+    g.w_out = (c->W + c->pl + c->pr - c->k) / c->stride + 1;
+    return g;
+}
+
+static void test_conv2d(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    for (size_t t = 0; t < sizeof conv_cases / sizeof conv_cases[0]; t++) {
+        const conv_case *c = &conv_cases[t];
+        const sd_conv_geom g = conv_geom(c);
+        const int64_t nx = g.batch * g.c_in * g.h_in * g.w_in, nw = g.c_out * g.c_in * g.kh * g.kw;
+        const int64_t ny = g.batch * g.c_out * g.h_out * g.w_out;
+        float *x = hrand(nx, 40 + t, 1.0f), *w = hrand(nw, 50 + t, 0.1f), *b = hrand(g.c_out, 60 + t, 1.0f);
+        float *want = hnew(ny);
+        assert_sd_ok(cpu->conv2d(x, w, c->bias ? b : NULL, want, &g));
+        float *xd = dput(x, nx), *wd = dput(w, nw), *bd = dput(b, g.c_out), *yd = dnew(ny);
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            assert_sd_ok(gpu->conv2d(xd, wd, c->bias ? bd : NULL, yd, &g));
+            check_dev(c->what, yd, want, ny, tol_for(modes[m], TOL_GEMM));
+        }
+    }
+}
+
+/* ================================================================================================
+ * Normalisation
+ * ============================================================================================= */
+
+static void test_group_norm(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    struct { int64_t B, C, S; int G, affine; float eps; } cases[] = {
+        {2, 12, 35, 4, 1, 1e-6f}, {2, 320, 64 * 64, 32, 1, 1e-5f}, {1, 64, 7, 32, 1, 1e-6f},
+        {2, 1280, 64, 32, 1, 1e-5f}, {1, 32, 100, 8, 0, 1e-6f},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int64_t B = cases[t].B, C = cases[t].C, S = cases[t].S, n = B * C * S;
+        float *x = hrand(n, 70 + t, 2.0f);
+        for (int64_t i = 0; i < n; i++) x[i] += 3.0f; /* a mean offset, as the CPU test uses */
+        float *ga = hrand(C, 80 + t, 0.3f), *be = hrand(C, 90 + t, 0.3f);
+        for (int64_t i = 0; i < C; i++) ga[i] += 1.0f;
+        float *xd = dput(x, n), *gad = dput(ga, C), *bed = dput(be, C), *yd = dnew(n);
+        for (int silu = 0; silu <= 1; silu++) {
+            float *want = hnew(n);
+            const int aff = cases[t].affine;
+            assert_sd_ok(cpu->group_norm(x, aff ? ga : NULL, aff ? be : NULL, want, B, C, S, cases[t].G, cases[t].eps, silu));
+            assert_sd_ok(gpu->group_norm(xd, aff ? gad : NULL, aff ? bed : NULL, yd, B, C, S, cases[t].G, cases[t].eps, silu));
+            char what[96];
+            snprintf(what, sizeof what, "group_norm (%lld,%lld,%lld) G%d%s%s", (long long)B, (long long)C, (long long)S,
+                     cases[t].G, silu ? " +silu" : "", aff ? "" : " no affine");
+            check_dev(what, yd, want, n, TOL_ELEM);
+        }
+    }
+}
+
+static void test_layer_norm(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    struct { int64_t M, C; int affine; } cases[] = {{13, 48, 1}, {154, 768, 1}, {2 * 4096, 320, 1}, {77, 32, 0}, {5, 1280, 1}};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int64_t M = cases[t].M, C = cases[t].C;
+        float *x = hrand(M * C, 100 + t, 2.0f);
+        for (int64_t i = 0; i < M * C; i++) x[i] -= 1.5f;
+        float *ga = hrand(C, 110 + t, 0.3f), *be = hrand(C, 120 + t, 0.3f);
+        float *want = hnew(M * C);
+        const int aff = cases[t].affine;
+        assert_sd_ok(cpu->layer_norm(x, aff ? ga : NULL, aff ? be : NULL, want, M, C, 1e-5f));
+        float *xd = dput(x, M * C), *gad = dput(ga, C), *bed = dput(be, C), *yd = dnew(M * C);
+        assert_sd_ok(gpu->layer_norm(xd, aff ? gad : NULL, aff ? bed : NULL, yd, M, C, 1e-5f));
+        char what[96];
+        snprintf(what, sizeof what, "layer_norm (%lld, %lld)%s", (long long)M, (long long)C, aff ? "" : " no affine");
+        check_dev(what, yd, want, M * C, TOL_ELEM);
+    }
+}
+
+/* ================================================================================================
+ * Elementwise, layout, embeddings, reductions
+ * ============================================================================================= */
+
+static void test_elementwise(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    const int64_t n = 100003;
+    float *a = hrand(n, 130, 4.0f), *b = hrand(n, 131, 1.0f);
+    float *ad = dput(a, n), *bd = dput(b, n), *yd = dnew(n);
+    float *want = hnew(n);
+    const struct { sd_unary_op op; float alpha; const char *what; } un[] = {
+        {SD_UNARY_SILU, 0.0f, "silu"}, {SD_UNARY_GELU, 0.0f, "gelu (erf)"},
+        {SD_UNARY_QUICK_GELU, 0.0f, "quick_gelu"}, {SD_UNARY_LEAKY_RELU, 0.01f, "leaky_relu 0.01"},
+    };
+    for (size_t i = 0; i < sizeof un / sizeof un[0]; i++) {
+        assert_sd_ok(cpu->unary(un[i].op, a, want, n, un[i].alpha));
+        assert_sd_ok(gpu->unary(un[i].op, ad, yd, n, un[i].alpha));
+        check_dev(un[i].what, yd, want, n, TOL_ELEM);
+    }
+    /* in place (y aliases x) */
+    float *inplace = dput(a, n);
+    assert_sd_ok(cpu->unary(SD_UNARY_SILU, a, want, n, 0.0f));
+    assert_sd_ok(gpu->unary(SD_UNARY_SILU, inplace, inplace, n, 0.0f));
+    check_dev("silu in place", inplace, want, n, TOL_ELEM);
+
+    const struct { sd_binary_op op; const char *what; } bin[] = {
+        {SD_BINARY_ADD, "add"}, {SD_BINARY_SUB, "sub"}, {SD_BINARY_MUL, "mul"}};
+    for (size_t i = 0; i < sizeof bin / sizeof bin[0]; i++) {
+        assert_sd_ok(cpu->binary(bin[i].op, a, b, want, n));
+        assert_sd_ok(gpu->binary(bin[i].op, ad, bd, yd, n));
+        check_dev(bin[i].what, yd, want, n, TOL_ELEM);
+    }
+    assert_sd_ok(cpu->axpby(0.25f, a, -1.5f, b, want, n));
+    assert_sd_ok(gpu->axpby(0.25f, ad, -1.5f, bd, yd, n));
+    check_dev("axpby", yd, want, n, TOL_ELEM);
+    assert_sd_ok(cpu->clamp(a, want, -1.0f, 2.0f, n));
+    assert_sd_ok(gpu->clamp(ad, yd, -1.0f, 2.0f, n));
+    check_dev("clamp", yd, want, n, TOL_ELEM);
+
+    /* add_channel_bias [B, C, S] + v[B, C] */
+    const int64_t B = 2, C = 320, S = 1000;
+    float *f = hrand(B * C * S, 132, 1.0f), *v = hrand(B * C, 133, 1.0f), *fw = hnew(B * C * S);
+    float *fd = dput(f, B * C * S), *vd = dput(v, B * C), *fy = dnew(B * C * S);
+    assert_sd_ok(cpu->add_channel_bias(f, v, fw, B, C, S));
+    assert_sd_ok(gpu->add_channel_bias(fd, vd, fy, B, C, S));
+    check_dev("add_channel_bias", fy, fw, B * C * S, TOL_ELEM);
+
+    /* geglu x[M, 2N] -> [M, N] */
+    const int64_t M = 777, N = 1280;
+    float *gx = hrand(M * 2 * N, 134, 2.0f), *gw = hnew(M * N);
+    float *gxd = dput(gx, M * 2 * N), *gyd = dnew(M * N);
+    assert_sd_ok(cpu->geglu(gx, gw, M, N));
+    assert_sd_ok(gpu->geglu(gxd, gyd, M, N));
+    check_dev("geglu", gyd, gw, M * N, TOL_ELEM);
+}
+
+static void test_layout_ops(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    /* concat along channels: pure copies, bit for bit */
+    const int64_t B = 2, Ca = 320, Cb = 640, S = 257;
+    float *a = hrand(B * Ca * S, 140, 1.0f), *c = hrand(B * Cb * S, 141, 1.0f), *want = hnew(B * (Ca + Cb) * S);
+    assert_sd_ok(cpu->concat_channels(a, c, want, B, Ca, Cb, S));
+    float *ad = dput(a, B * Ca * S), *cd = dput(c, B * Cb * S), *yd = dnew(B * (Ca + Cb) * S);
+    assert_sd_ok(gpu->concat_channels(ad, cd, yd, B, Ca, Cb, S));
+    check_equal("concat_channels", yd, want, B * (Ca + Cb) * S);
+
+    /* transpose NCHW <-> tokens, including sizes that are not multiples of the 32x32 tile */
+    const int64_t tr[][3] = {{2, 320, 4096}, {2, 4096, 320}, {3, 77, 33}, {1, 1, 5}};
+    for (size_t t = 0; t < sizeof tr / sizeof tr[0]; t++) {
+        const int64_t n = tr[t][0] * tr[t][1] * tr[t][2];
+        float *x = hrand(n, 150 + t, 1.0f), *w = hnew(n);
+        assert_sd_ok(cpu->transpose(x, w, tr[t][0], tr[t][1], tr[t][2]));
+        float *xd = dput(x, n), *td = dnew(n);
+        assert_sd_ok(gpu->transpose(xd, td, tr[t][0], tr[t][1], tr[t][2]));
+        char what[64];
+        snprintf(what, sizeof what, "transpose (%lld, %lld, %lld)", (long long)tr[t][0], (long long)tr[t][1],
+                 (long long)tr[t][2]);
+        check_equal(what, td, w, n);
+    }
+
+    /* nearest resize: x2, a non-integer ratio, a reduction */
+    const int64_t up[][5] = {{6, 3, 5, 6, 10}, {4, 3, 5, 7, 5}, {2, 7, 7, 3, 3}, {640, 32, 32, 64, 64}};
+    for (size_t t = 0; t < sizeof up / sizeof up[0]; t++) {
+        const int64_t N = up[t][0], H = up[t][1], W = up[t][2], Ho = up[t][3], Wo = up[t][4];
+        float *x = hrand(N * H * W, 160 + t, 1.0f), *w = hnew(N * Ho * Wo);
+        assert_sd_ok(cpu->upsample_nearest(x, w, N, H, W, Ho, Wo));
+        float *xd = dput(x, N * H * W), *ud = dnew(N * Ho * Wo);
+        assert_sd_ok(gpu->upsample_nearest(xd, ud, N, H, W, Ho, Wo));
+        char what[64];
+        snprintf(what, sizeof what, "upsample_nearest %lldx%lld -> %lldx%lld", (long long)H, (long long)W,
+                 (long long)Ho, (long long)Wo);
+        check_equal(what, ud, w, N * Ho * Wo);
+    }
+}
+
+static void test_embeddings(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    /* timestep embedding: diffusers' float32 arithmetic; arguments up to ~1000 rad */
+    float t[4] = {1.0f, 500.0f, 981.0f, 0.5f};
+    const struct { int dim, flip; float shift; } cases[] = {{320, 1, 0.0f}, {32, 1, 0.0f}, {33, 0, 1.0f}, {1280, 0, 0.0f}};
+    float *td = dput(t, 4);
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int dim = cases[c].dim;
+        float *want = hnew(4 * dim), *yd = dnew(4 * dim);
+        assert_sd_ok(cpu->timestep_embedding(t, want, 4, dim, cases[c].flip, cases[c].shift));
+        assert_sd_ok(gpu->timestep_embedding(td, yd, 4, dim, cases[c].flip, cases[c].shift));
+        char what[64];
+        snprintf(what, sizeof what, "timestep_embedding dim %d flip %d shift %g", dim, cases[c].flip,
+                 (double)cases[c].shift);
+        check_dev(what, yd, want, 4 * dim, TOL_ELEM);
+    }
+
+    /* token embedding: ids in device memory */
+    const int64_t V = 1000, C = 32, count = 154;
+    float *table = hrand(V * C, 170, 1.0f);
+    int32_t ids[154];
+    for (int64_t i = 0; i < count; i++) ids[i] = (int32_t)((i * 7919 + 13) % V);
+    float *want = hnew(count * C);
+    assert_sd_ok(cpu->embedding(ids, table, want, count, C));
+    float *tabled = dput(table, V * C), *yd = dnew(count * C);
+    int32_t *idsd = (int32_t *)dnew(count);
+    assert_sd_ok(gpu->upload(idsd, ids, sizeof ids));
+    assert_sd_ok(gpu->embedding(idsd, tabled, yd, count, C));
+    check_equal("embedding", yd, want, count * C);
+}
+
+static void test_reductions(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    const int64_t n = 3000001;
+    float *a = hrand(n, 180, 1.0f), *b = hrand(n, 181, 1.0f);
+    float want = 0.0f;
+    assert_sd_ok(cpu->mse(a, b, &want, n));
+    float *ad = dput(a, n), *bd = dput(b, n), *outd = dnew(1);
+    assert_sd_ok(gpu->mse(ad, bd, outd, n));
+    check_dev("mse (3M values)", outd, &want, 1, TOL_ELEM);
+    assert_sd_ok(gpu->mse(ad, bd, outd, 7));
+    assert_sd_ok(cpu->mse(a, b, &want, 7));
+    check_dev("mse (7 values)", outd, &want, 1, TOL_ELEM);
+
+    int finite = -1;
+    assert_sd_ok(gpu->all_finite(ad, n, &finite));
+    assert_int_equal(finite, 1);
+    const float bad[2] = {NAN, INFINITY};
+    for (int i = 0; i < 2; i++) {
+        assert_sd_ok(gpu->upload(ad + 1234567, &bad[i], sizeof(float)));
+        finite = -1;
+        assert_sd_ok(gpu->all_finite(ad, n, &finite));
+        assert_int_equal(finite, 0);
+        assert_sd_ok(gpu->upload(ad + 1234567, &a[1234567], sizeof(float)));
+    }
+    assert_sd_ok(gpu->all_finite(ad, n, &finite));
+    assert_int_equal(finite, 1);
+    print_message("    all_finite: finite, NaN, Inf detected\n");
+}
+
+/* ================================================================================================
+ * Attention
+ * ============================================================================================= */
+
+typedef struct attn_case {
+    int64_t B, Sq, Sk;
+    int H, D, Dv, causal;
+} attn_case;
+
+static const attn_case attn_cases[] = {
+    {2, 1024, 1024, 8, 40, 40, 0},  /* SD 32x32 self-attention, head dim 40 */
+    {2, 1024, 77, 8, 80, 80, 0},    /* cross-attention, 77 keys */
+    {1, 256, 256, 8, 160, 160, 0},  /* the widest SD head */
+    {2, 300, 300, 8, 4, 4, 0},      /* tiny model, sizes off the tiles */
+    {2, 100, 77, 8, 8, 8, 0},       /* tiny cross */
+    {1, 77, 77, 12, 64, 64, 1},     /* CLIP text, causal */
+    {2, 130, 200, 2, 33, 33, 1},    /* causal with more keys than queries, odd head dim */
+    {1, 100, 50, 3, 16, 24, 0},     /* Dv != D */
+    {1, 4096, 4096, 8, 40, 40, 0},  /* SD 64x64 self-attention */
+    {1, 1024, 1024, 1, 512, 512, 0}, /* the SD VAE's single 512-wide head: materialised path */
+    {1, 64, 64, 1, 32, 32, 0},      /* tiny VAE */
+};
+
+static void attn_inputs(const attn_case *c, uint64_t seed, float **q, float **k, float **v) {
+    *q = hrand(c->B * c->Sq * c->H * c->D, seed, 1.0f);
+    *k = hrand(c->B * c->Sk * c->H * c->D, seed + 1, 1.0f);
+    *v = hrand(c->B * c->Sk * c->H * c->Dv, seed + 2, 1.0f);
+}
+
+static void attn_name(char *buf, size_t n, const char *op, const attn_case *c) {
+    snprintf(buf, n, "%s B%lld Sq%lld Sk%lld H%d D%d%s%s", op, (long long)c->B, (long long)c->Sq, (long long)c->Sk,
+             c->H, c->D, c->Dv != c->D ? " Dv!=D" : "", c->causal ? " causal" : "");
+}
+
+static void test_attention_fused(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    for (size_t t = 0; t < sizeof attn_cases / sizeof attn_cases[0]; t++) {
+        const attn_case *c = &attn_cases[t];
+        float *q, *k, *v;
+        attn_inputs(c, 200 + 10 * t, &q, &k, &v);
+        const int64_t no = c->B * c->Sq * c->H * c->Dv;
+        const float scale = 1.0f / sqrtf((float)c->D);
+        float *want = hnew(no);
+        assert_sd_ok(cpu->attention(q, k, v, want, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+        float *qd = dput(q, c->B * c->Sq * c->H * c->D), *kd = dput(k, c->B * c->Sk * c->H * c->D);
+        float *vd = dput(v, c->B * c->Sk * c->H * c->Dv), *od = dnew(no);
+        char what[128];
+        attn_name(what, sizeof what, "attention", c);
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            assert_sd_ok(gpu->fill(od, NAN, no)); /* every output must be written */
+            assert_sd_ok(gpu->attention(qd, kd, vd, od, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+            check_dev(what, od, want, no, tol_for(modes[m], TOL_GEMM));
+        }
+    }
+}
+
+static void test_attention_maps(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    const attn_case cases[] = {
+        {2, 256, 77, 8, 40, 40, 0}, {1, 64, 64, 8, 8, 8, 0}, {1, 77, 77, 4, 16, 16, 1}, {2, 1024, 77, 8, 80, 80, 0},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const attn_case *c = &cases[t];
+        float *q, *k, *v;
+        attn_inputs(c, 300 + 10 * t, &q, &k, &v);
+        const int64_t np = c->B * c->H * c->Sq * c->Sk, no = c->B * c->Sq * c->H * c->Dv;
+        const float scale = 1.0f / sqrtf((float)c->D);
+        float *want_p = hnew(np), *want_o = hnew(no), *unused = hnew(no);
+        assert_sd_ok(cpu->attention(q, k, v, unused, want_p, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+        assert_sd_ok(cpu->attention_apply(want_p, v, want_o, c->B, c->Sq, c->Sk, c->H, c->Dv));
+        float *qd = dput(q, c->B * c->Sq * c->H * c->D), *kd = dput(k, c->B * c->Sk * c->H * c->D);
+        float *vd = dput(v, c->B * c->Sk * c->H * c->Dv), *pd = dnew(np), *od = dnew(no);
+        float *pref = dput(want_p, np); /* apply on the CPU's maps, so it is tested on its own */
+        char what[128];
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            assert_sd_ok(gpu->attention(qd, kd, vd, od, pd, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+            attn_name(what, sizeof what, "attention maps", c);
+            check_dev(what, pd, want_p, np, tol_for(modes[m], TOL_GEMM));
+            assert_sd_ok(gpu->attention_apply(pref, vd, od, c->B, c->Sq, c->Sk, c->H, c->Dv));
+            attn_name(what, sizeof what, "attention_apply", c);
+            check_dev(what, od, want_o, no, tol_for(modes[m], TOL_GEMM));
+        }
+    }
+}
+
+/* out[b] = attention(q[q_rows[b]], k[k_rows[b]], v[v_rows[b]]) against the CPU's attention on
+ * inputs gathered row by row. */
+static void test_attention_rows(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    const attn_case cases[] = {{2, 256, 256, 8, 40, 40, 0}, {3, 100, 77, 8, 80, 80, 0}, {2, 128, 128, 1, 512, 512, 0}};
+    const int32_t qk_rows[3] = {0, 0, 2}, v_rows[3] = {0, 1, 1}, k_rows_alt[3] = {1, 0, 2};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const attn_case *c = &cases[t];
+        float *q, *k, *v;
+        attn_inputs(c, 400 + 10 * t, &q, &k, &v);
+        const int64_t rq = c->Sq * c->H * c->D, rk = c->Sk * c->H * c->D, rv = c->Sk * c->H * c->Dv, ro = c->Sq * c->H * c->Dv;
+        const float scale = 1.0f / sqrtf((float)c->D);
+        for (int variant = 0; variant < 2; variant++) {
+            const int32_t *kr = variant ? k_rows_alt : qk_rows;
+            float *gq = hnew(c->B * rq), *gk = hnew(c->B * rk), *gv = hnew(c->B * rv), *want = hnew(c->B * ro);
+            for (int64_t b = 0; b < c->B; b++) {
+                memcpy(gq + b * rq, q + qk_rows[b] * rq, (size_t)rq * sizeof(float));
+                memcpy(gk + b * rk, k + kr[b] * rk, (size_t)rk * sizeof(float));
+                memcpy(gv + b * rv, v + v_rows[b] * rv, (size_t)rv * sizeof(float));
+            }
+            assert_sd_ok(cpu->attention(gq, gk, gv, want, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, 0));
+            float *qd = dput(q, c->B * rq), *kd = dput(k, c->B * rk), *vd = dput(v, c->B * rv), *od = dnew(c->B * ro);
+            char what[128];
+            attn_name(what, sizeof what, variant ? "attention rows (q,k,v all mapped)" : "attention rows (P2Plus)", c);
+            for (int m = 0; m < 2; m++) {
+                set_mode(modes[m]);
+                assert_sd_ok(sd_cuda_attention_rows(qd, kd, vd, od, c->B, qk_rows, kr, v_rows, c->Sq, c->Sk, c->H, c->D,
+                                                    c->Dv, scale, 0));
+                check_dev(what, od, want, c->B * ro, tol_for(modes[m], TOL_GEMM));
+            }
+        }
+    }
+    /* a negative row is refused with a message naming it */
+    const int32_t bad[2] = {0, -1};
+    float *dummy = dnew(16);
+    assert_sd_fails(sd_cuda_attention_rows(dummy, dummy, dummy, dummy, 2, NULL, bad, NULL, 1, 1, 1, 4, 4, 0.5f, 0),
+                    SD_ERR_ARG, "k_rows[1] = -1");
+}
+
+/* ================================================================================================
+ * Backward ops (all accumulate: outputs pre-filled with random values)
+ * ============================================================================================= */
+
+static void test_linear_backward(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    CPU_HAS(linear_backward_data);
+    CPU_HAS(linear_backward_params);
+    const int64_t cases[][3] = {{37, 53, 29}, {154, 768, 320}, {2 * 1024, 320, 1280}};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int64_t M = cases[t][0], K = cases[t][1], N = cases[t][2];
+        float *x = hrand(M * K, 500 + t, 1.0f), *w = hrand(N * K, 510 + t, 0.05f), *dy = hrand(M * N, 520 + t, 1.0f);
+        float *dx0 = hrand(M * K, 530 + t, 0.5f), *dw0 = hrand(N * K, 540 + t, 0.5f), *db0 = hrand(N, 550 + t, 0.5f);
+        float *dx = hcopy(dx0, M * K), *dw = hcopy(dw0, N * K), *db = hcopy(db0, N);
+        assert_sd_ok(cpu->linear_backward_data(dy, w, dx, M, K, N));
+        assert_sd_ok(cpu->linear_backward_params(dy, x, dw, db, M, K, N));
+        float *xd = dput(x, M * K), *wd = dput(w, N * K), *dyd = dput(dy, M * N);
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            float *dxd = dput(dx0, M * K), *dwd = dput(dw0, N * K), *dbd = dput(db0, N);
+            assert_sd_ok(gpu->linear_backward_data(dyd, wd, dxd, M, K, N));
+            assert_sd_ok(gpu->linear_backward_params(dyd, xd, dwd, dbd, M, K, N));
+            char what[96];
+            snprintf(what, sizeof what, "linear_backward dx (%lld,%lld,%lld)", (long long)M, (long long)K, (long long)N);
+            check_dev(what, dxd, dx, M * K, tol_for(modes[m], TOL_BWD));
+            snprintf(what, sizeof what, "linear_backward dw (%lld,%lld,%lld)", (long long)M, (long long)K, (long long)N);
+            check_dev(what, dwd, dw, N * K, tol_for(modes[m], TOL_BWD));
+            snprintf(what, sizeof what, "linear_backward db (%lld,%lld,%lld)", (long long)M, (long long)K, (long long)N);
+            check_dev(what, dbd, db, N, tol_for(modes[m], TOL_BWD));
+        }
+        /* a NULL output is skipped */
+        set_mode(SD_PRECISION_EXACT);
+        float *dwd = dput(dw0, N * K);
+        assert_sd_ok(gpu->linear_backward_params(dyd, xd, dwd, NULL, M, K, N));
+    }
+}
+
+static void test_conv2d_backward(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    CPU_HAS(conv2d_backward_data);
+    CPU_HAS(conv2d_backward_params);
+    for (size_t t = 0; t < sizeof conv_cases / sizeof conv_cases[0]; t++) {
+        const conv_case *c = &conv_cases[t];
+        if (c->Ci * c->H * c->W > 100000) continue; /* the largest forward cases add nothing here */
+        const sd_conv_geom g = conv_geom(c);
+        const int64_t nx = g.batch * g.c_in * g.h_in * g.w_in, nw = g.c_out * g.c_in * g.kh * g.kw;
+        const int64_t ny = g.batch * g.c_out * g.h_out * g.w_out;
+        float *x = hrand(nx, 600 + t, 1.0f), *w = hrand(nw, 610 + t, 0.1f), *dy = hrand(ny, 620 + t, 1.0f);
+        float *dx0 = hrand(nx, 630 + t, 0.5f), *dw0 = hrand(nw, 640 + t, 0.5f), *db0 = hrand(g.c_out, 650 + t, 0.5f);
+        float *dx = hcopy(dx0, nx), *dw = hcopy(dw0, nw), *db = hcopy(db0, g.c_out);
+        assert_sd_ok(cpu->conv2d_backward_data(dy, w, dx, &g));
+        assert_sd_ok(cpu->conv2d_backward_params(dy, x, dw, db, &g));
+        float *xd = dput(x, nx), *wd = dput(w, nw), *dyd = dput(dy, ny);
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            float *dxd = dput(dx0, nx), *dwd = dput(dw0, nw), *dbd = dput(db0, g.c_out);
+            assert_sd_ok(gpu->conv2d_backward_data(dyd, wd, dxd, &g));
+            assert_sd_ok(gpu->conv2d_backward_params(dyd, xd, dwd, dbd, &g));
+            char what[128];
+            snprintf(what, sizeof what, "conv2d_backward dx: %s", c->what);
+            check_dev(what, dxd, dx, nx, tol_for(modes[m], TOL_BWD));
+            snprintf(what, sizeof what, "conv2d_backward dw: %s", c->what);
+            check_dev(what, dwd, dw, nw, tol_for(modes[m], TOL_BWD));
+            snprintf(what, sizeof what, "conv2d_backward db: %s", c->what);
+            check_dev(what, dbd, db, g.c_out, tol_for(modes[m], TOL_BWD));
+        }
+    }
+}
+
+static void test_norm_backward(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    CPU_HAS(group_norm_backward);
+    CPU_HAS(layer_norm_backward);
+    struct { int64_t B, C, S; int G, affine; } gn[] = {{2, 12, 35, 4, 1}, {2, 320, 1024, 32, 1}, {1, 32, 100, 8, 0}};
+    for (size_t t = 0; t < sizeof gn / sizeof gn[0]; t++) {
+        const int64_t B = gn[t].B, C = gn[t].C, S = gn[t].S, n = B * C * S;
+        const int aff = gn[t].affine;
+        float *x = hrand(n, 700 + t, 2.0f), *dy = hrand(n, 710 + t, 1.0f);
+        for (int64_t i = 0; i < n; i++) x[i] += 1.0f;
+        float *ga = hrand(C, 720 + t, 0.3f), *be = hrand(C, 730 + t, 0.3f);
+        for (int64_t i = 0; i < C; i++) ga[i] += 1.0f;
+        float *dx0 = hrand(n, 740 + t, 0.5f), *dg0 = hrand(C, 750 + t, 0.5f), *db0 = hrand(C, 760 + t, 0.5f);
+        float *xd = dput(x, n), *dyd = dput(dy, n), *gad = dput(ga, C), *bed = dput(be, C);
+        for (int silu = 0; silu <= 1; silu++) {
+            float *dx = hcopy(dx0, n), *dg = hcopy(dg0, C), *db = hcopy(db0, C);
+            assert_sd_ok(cpu->group_norm_backward(x, aff ? ga : NULL, aff ? be : NULL, dy, dx, aff ? dg : NULL,
+                                                  aff ? db : NULL, B, C, S, gn[t].G, 1e-5f, silu));
+            float *dxd = dput(dx0, n), *dgd = dput(dg0, C), *dbd = dput(db0, C);
+            assert_sd_ok(gpu->group_norm_backward(xd, aff ? gad : NULL, aff ? bed : NULL, dyd, dxd, aff ? dgd : NULL,
+                                                  aff ? dbd : NULL, B, C, S, gn[t].G, 1e-5f, silu));
+            char what[128];
+            snprintf(what, sizeof what, "group_norm_backward dx (%lld,%lld,%lld)%s", (long long)B, (long long)C,
+                     (long long)S, silu ? " +silu" : "");
+            check_dev(what, dxd, dx, n, TOL_BWD);
+            if (aff) {
+                snprintf(what, sizeof what, "group_norm_backward dgamma%s", silu ? " +silu" : "");
+                check_dev(what, dgd, dg, C, TOL_BWD);
+                snprintf(what, sizeof what, "group_norm_backward dbeta%s", silu ? " +silu" : "");
+                check_dev(what, dbd, db, C, TOL_BWD);
+            }
+        }
+        /* parameters only (dx NULL) */
+        if (aff) {
+            float *dg = hcopy(dg0, C);
+            assert_sd_ok(cpu->group_norm_backward(x, ga, be, dy, NULL, dg, NULL, B, C, S, gn[t].G, 1e-5f, 1));
+            float *dgd = dput(dg0, C);
+            assert_sd_ok(gpu->group_norm_backward(xd, gad, bed, dyd, NULL, dgd, NULL, B, C, S, gn[t].G, 1e-5f, 1));
+            check_dev("group_norm_backward dgamma only", dgd, dg, C, TOL_BWD);
+        }
+    }
+    const int64_t ln[][2] = {{13, 48}, {154, 768}, {2 * 1024, 320}};
+    for (size_t t = 0; t < sizeof ln / sizeof ln[0]; t++) {
+        const int64_t M = ln[t][0], C = ln[t][1];
+        float *x = hrand(M * C, 800 + t, 2.0f), *dy = hrand(M * C, 810 + t, 1.0f), *ga = hrand(C, 820 + t, 0.3f);
+        for (int64_t i = 0; i < C; i++) ga[i] += 1.0f;
+        float *dx0 = hrand(M * C, 830 + t, 0.5f), *dg0 = hrand(C, 840 + t, 0.5f), *db0 = hrand(C, 850 + t, 0.5f);
+        float *dx = hcopy(dx0, M * C), *dg = hcopy(dg0, C), *db = hcopy(db0, C);
+        assert_sd_ok(cpu->layer_norm_backward(x, ga, dy, dx, dg, db, M, C, 1e-5f));
+        float *xd = dput(x, M * C), *dyd = dput(dy, M * C), *gad = dput(ga, C);
+        float *dxd = dput(dx0, M * C), *dgd = dput(dg0, C), *dbd = dput(db0, C);
+        assert_sd_ok(gpu->layer_norm_backward(xd, gad, dyd, dxd, dgd, dbd, M, C, 1e-5f));
+        char what[96];
+        snprintf(what, sizeof what, "layer_norm_backward dx (%lld, %lld)", (long long)M, (long long)C);
+        check_dev(what, dxd, dx, M * C, TOL_BWD);
+        check_dev("layer_norm_backward dgamma", dgd, dg, C, TOL_BWD);
+        check_dev("layer_norm_backward dbeta", dbd, db, C, TOL_BWD);
+    }
+}
+
+static void test_elementwise_backward(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    CPU_HAS(unary_backward);
+    const int64_t n = 100003;
+    float *x = hrand(n, 900, 4.0f), *dy = hrand(n, 901, 1.0f), *g0 = hrand(n, 902, 0.5f);
+    float *xd = dput(x, n), *dyd = dput(dy, n);
+    const struct { sd_unary_op op; float alpha; const char *what; } un[] = {
+        {SD_UNARY_SILU, 0.0f, "silu backward"}, {SD_UNARY_GELU, 0.0f, "gelu backward"},
+        {SD_UNARY_QUICK_GELU, 0.0f, "quick_gelu backward"}, {SD_UNARY_LEAKY_RELU, 0.01f, "leaky_relu backward"},
+    };
+    for (size_t i = 0; i < sizeof un / sizeof un[0]; i++) {
+        float *want = hcopy(g0, n), *gd = dput(g0, n);
+        assert_sd_ok(cpu->unary_backward(un[i].op, x, dy, want, n, un[i].alpha));
+        assert_sd_ok(gpu->unary_backward(un[i].op, xd, dyd, gd, n, un[i].alpha));
+        check_dev(un[i].what, gd, want, n, TOL_BWD);
+    }
+    CPU_HAS(axpy);
+    CPU_HAS(mul_acc);
+    {
+        float *want = hcopy(g0, n), *gd = dput(g0, n);
+        assert_sd_ok(cpu->axpy(-0.75f, x, want, n));
+        assert_sd_ok(gpu->axpy(-0.75f, xd, gd, n));
+        check_dev("axpy", gd, want, n, TOL_BWD);
+        want = hcopy(g0, n);
+        gd = dput(g0, n);
+        assert_sd_ok(cpu->mul_acc(x, dy, want, n));
+        assert_sd_ok(gpu->mul_acc(xd, dyd, gd, n));
+        check_dev("mul_acc", gd, want, n, TOL_BWD);
+    }
+    CPU_HAS(geglu_backward);
+    {
+        const int64_t M = 300, N = 640;
+        float *gx = hrand(M * 2 * N, 910, 2.0f), *gdy = hrand(M * N, 911, 1.0f), *gdx0 = hrand(M * 2 * N, 912, 0.5f);
+        float *want = hcopy(gdx0, M * 2 * N);
+        assert_sd_ok(cpu->geglu_backward(gx, gdy, want, M, N));
+        float *gxd = dput(gx, M * 2 * N), *gdyd = dput(gdy, M * N), *gdxd = dput(gdx0, M * 2 * N);
+        assert_sd_ok(gpu->geglu_backward(gxd, gdyd, gdxd, M, N));
+        check_dev("geglu backward", gdxd, want, M * 2 * N, TOL_BWD);
+    }
+    CPU_HAS(add_channel_bias_backward);
+    {
+        const int64_t B = 2, C = 320, S = 4096;
+        float *d = hrand(B * C * S, 920, 1.0f), *dv0 = hrand(B * C, 921, 0.5f), *want = hcopy(dv0, B * C);
+        assert_sd_ok(cpu->add_channel_bias_backward(d, want, B, C, S));
+        float *dd = dput(d, B * C * S), *dvd = dput(dv0, B * C);
+        assert_sd_ok(gpu->add_channel_bias_backward(dd, dvd, B, C, S));
+        check_dev("add_channel_bias backward", dvd, want, B * C, TOL_BWD);
+    }
+    CPU_HAS(concat_channels_backward);
+    {
+        const int64_t B = 2, Ca = 64, Cb = 32, S = 100;
+        float *d = hrand(B * (Ca + Cb) * S, 930, 1.0f), *da0 = hrand(B * Ca * S, 931, 0.5f), *dc0 = hrand(B * Cb * S, 932, 0.5f);
+        float *wa = hcopy(da0, B * Ca * S), *wc = hcopy(dc0, B * Cb * S);
+        assert_sd_ok(cpu->concat_channels_backward(d, wa, wc, B, Ca, Cb, S));
+        float *dd = dput(d, B * (Ca + Cb) * S), *dad = dput(da0, B * Ca * S), *dcd = dput(dc0, B * Cb * S);
+        assert_sd_ok(gpu->concat_channels_backward(dd, dad, dcd, B, Ca, Cb, S));
+        check_dev("concat backward da", dad, wa, B * Ca * S, TOL_BWD);
+        check_dev("concat backward dc", dcd, wc, B * Cb * S, TOL_BWD);
+        float *dcd2 = dput(dc0, B * Cb * S), *wc2 = hcopy(dc0, B * Cb * S);
+        assert_sd_ok(cpu->concat_channels_backward(d, NULL, wc2, B, Ca, Cb, S));
+        assert_sd_ok(gpu->concat_channels_backward(dd, NULL, dcd2, B, Ca, Cb, S));
+        check_dev("concat backward dc only", dcd2, wc2, B * Cb * S, TOL_BWD);
+    }
+    CPU_HAS(upsample_nearest_backward);
+    {
+        const int64_t up[][5] = {{6, 3, 5, 6, 10}, {4, 3, 5, 7, 5}, {2, 7, 7, 3, 3}, {64, 32, 32, 64, 64}, {3, 5, 3, 12, 13}};
+        for (size_t t = 0; t < sizeof up / sizeof up[0]; t++) {
+            const int64_t N = up[t][0], H = up[t][1], W = up[t][2], Ho = up[t][3], Wo = up[t][4];
+            float *d = hrand(N * Ho * Wo, 940 + t, 1.0f), *dx0 = hrand(N * H * W, 950 + t, 0.5f), *want = hcopy(dx0, N * H * W);
+            assert_sd_ok(cpu->upsample_nearest_backward(d, want, N, H, W, Ho, Wo));
+            float *dd = dput(d, N * Ho * Wo), *dxd = dput(dx0, N * H * W);
+            assert_sd_ok(gpu->upsample_nearest_backward(dd, dxd, N, H, W, Ho, Wo));
+            char what[96];
+            snprintf(what, sizeof what, "upsample backward %lldx%lld <- %lldx%lld", (long long)H, (long long)W,
+                     (long long)Ho, (long long)Wo);
+            check_dev(what, dxd, want, N * H * W, TOL_BWD);
+        }
+    }
+    CPU_HAS(mse_backward);
+    {
+        float *a = hrand(n, 960, 1.0f), *b = hrand(n, 961, 1.0f), g = 0.7f;
+        float *wa = hcopy(g0, n), *wb = hcopy(g0, n);
+        assert_sd_ok(cpu->mse_backward(a, b, &g, wa, wb, n));
+        float *ad = dput(a, n), *bd = dput(b, n), *gd = dput(&g, 1), *dad = dput(g0, n), *dbd = dput(g0, n);
+        assert_sd_ok(gpu->mse_backward(ad, bd, gd, dad, dbd, n));
+        check_dev("mse backward da", dad, wa, n, TOL_BWD);
+        check_dev("mse backward db", dbd, wb, n, TOL_BWD);
+    }
+}
+
+static void test_attention_backward(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    CPU_HAS(attention_backward);
+    const attn_case cases[] = {
+        {2, 256, 256, 8, 40, 40, 0}, {2, 256, 77, 8, 80, 80, 0}, {1, 77, 77, 12, 64, 64, 1},
+        {1, 256, 256, 1, 512, 512, 0}, {2, 130, 200, 2, 33, 33, 1}, {1, 1024, 1024, 8, 40, 40, 0},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const attn_case *c = &cases[t];
+        float *q, *k, *v;
+        attn_inputs(c, 1000 + 10 * t, &q, &k, &v);
+        const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
+        const int64_t no = c->B * c->Sq * c->H * c->Dv;
+        const float scale = 1.0f / sqrtf((float)c->D);
+        float *out = hnew(no), *dout = hrand(no, 1005 + 10 * t, 1.0f);
+        assert_sd_ok(cpu->attention(q, k, v, out, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+        float *dq0 = hrand(nq, 1006 + 10 * t, 0.5f), *dk0 = hrand(nk, 1007 + 10 * t, 0.5f), *dv0 = hrand(nv, 1008 + 10 * t, 0.5f);
+        float *dq = hcopy(dq0, nq), *dk = hcopy(dk0, nk), *dv = hcopy(dv0, nv);
+        assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, dq, dk, dv, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale,
+                                             c->causal));
+        float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *outd = dput(out, no), *doutd = dput(dout, no);
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            float *dqd = dput(dq0, nq), *dkd = dput(dk0, nk), *dvd = dput(dv0, nv);
+            assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, dqd, dkd, dvd, c->B, c->Sq, c->Sk, c->H, c->D,
+                                                 c->Dv, scale, c->causal));
+            char what[128];
+            attn_name(what, sizeof what, "attention_backward dq", c);
+            check_dev(what, dqd, dq, nq, tol_for(modes[m], TOL_BWD));
+            attn_name(what, sizeof what, "attention_backward dk", c);
+            check_dev(what, dkd, dk, nk, tol_for(modes[m], TOL_BWD));
+            attn_name(what, sizeof what, "attention_backward dv", c);
+            check_dev(what, dvd, dv, nv, tol_for(modes[m], TOL_BWD));
+        }
+        /* only dq (dk, dv NULL) */
+        set_mode(SD_PRECISION_EXACT);
+        float *dq_only = hcopy(dq0, nq), *dqd = dput(dq0, nq);
+        assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, dq_only, NULL, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv,
+                                             scale, c->causal));
+        assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, dqd, NULL, NULL, c->B, c->Sq, c->Sk, c->H, c->D,
+                                             c->Dv, scale, c->causal));
+        check_dev("attention_backward dq only", dqd, dq_only, nq, TOL_BWD);
+    }
+}
+
+static void test_attention_maps_backward(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    CPU_HAS(attention_probs_backward);
+    CPU_HAS(attention_apply_backward);
+    const attn_case cases[] = {{2, 256, 77, 8, 40, 40, 0}, {1, 64, 64, 8, 8, 8, 0}, {1, 256, 256, 4, 80, 80, 0}};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const attn_case *c = &cases[t];
+        float *q, *k, *v;
+        attn_inputs(c, 1100 + 10 * t, &q, &k, &v);
+        const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
+        const int64_t no = c->B * c->Sq * c->H * c->Dv, np = c->B * c->H * c->Sq * c->Sk;
+        const float scale = 1.0f / sqrtf((float)c->D);
+        float *probs = hnew(np), *unused = hnew(no);
+        assert_sd_ok(cpu->attention(q, k, v, unused, probs, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, 0));
+        float *dprobs = hrand(np, 1105 + 10 * t, 1.0f), *dout = hrand(no, 1106 + 10 * t, 1.0f);
+        float *dq0 = hrand(nq, 1107 + 10 * t, 0.5f), *dk0 = hrand(nk, 1108 + 10 * t, 0.5f);
+        float *dp0 = hrand(np, 1109 + 10 * t, 0.5f), *dv0 = hrand(nv, 1110 + 10 * t, 0.5f);
+        float *dq = hcopy(dq0, nq), *dk = hcopy(dk0, nk), *dp = hcopy(dp0, np), *dv = hcopy(dv0, nv);
+        assert_sd_ok(cpu->attention_probs_backward(q, k, probs, dprobs, dq, dk, c->B, c->Sq, c->Sk, c->H, c->D, scale));
+        assert_sd_ok(cpu->attention_apply_backward(probs, v, dout, dp, dv, c->B, c->Sq, c->Sk, c->H, c->Dv));
+        float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *pd = dput(probs, np);
+        float *dpd_in = dput(dprobs, np), *doutd = dput(dout, no);
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            float *dqd = dput(dq0, nq), *dkd = dput(dk0, nk), *dpd = dput(dp0, np), *dvd = dput(dv0, nv);
+            assert_sd_ok(gpu->attention_probs_backward(qd, kd, pd, dpd_in, dqd, dkd, c->B, c->Sq, c->Sk, c->H, c->D, scale));
+            assert_sd_ok(gpu->attention_apply_backward(pd, vd, doutd, dpd, dvd, c->B, c->Sq, c->Sk, c->H, c->Dv));
+            char what[128];
+            attn_name(what, sizeof what, "attention_probs_backward dq", c);
+            check_dev(what, dqd, dq, nq, tol_for(modes[m], TOL_BWD));
+            attn_name(what, sizeof what, "attention_probs_backward dk", c);
+            check_dev(what, dkd, dk, nk, tol_for(modes[m], TOL_BWD));
+            attn_name(what, sizeof what, "attention_apply_backward dprobs", c);
+            check_dev(what, dpd, dp, np, tol_for(modes[m], TOL_BWD));
+            attn_name(what, sizeof what, "attention_apply_backward dv", c);
+            check_dev(what, dvd, dv, nv, tol_for(modes[m], TOL_BWD));
+        }
+    }
+}
+
+static void test_adam(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    CPU_HAS(adam_step);
+    const int64_t n = 100003;
+    float *p = hrand(n, 1200, 1.0f), *m = hnew(n), *v = hnew(n);
+    float *pd = dput(p, n), *md = dput(m, n), *vd = dput(v, n);
+    for (int step = 1; step <= 5; step++) {
+        float *g = hrand(n, 1200 + step, 1.0f);
+        float *gd = dput(g, n);
+        assert_sd_ok(cpu->adam_step(p, g, m, v, n, 1e-2, 0.9, 0.999, 1e-8, step));
+        assert_sd_ok(gpu->adam_step(pd, gd, md, vd, n, 1e-2, 0.9, 0.999, 1e-8, step));
+    }
+    check_dev("adam 5 steps: parameters", pd, p, n, TOL_ELEM);
+    check_dev("adam 5 steps: first moment", md, m, n, TOL_ELEM);
+    check_dev("adam 5 steps: second moment", vd, v, n, TOL_ELEM);
+    assert_sd_fails(gpu->adam_step(pd, pd, md, vd, n, 1e-2, 0.9, 0.999, 1e-8, 0), SD_ERR_ARG, "step");
+}
+
+/* ================================================================================================
+ * The tiny model on the GPU vs the PyTorch oracle
+ * ============================================================================================= */
+
+static sd_model_files files;
+static sd_unet unet;
+static sd_vae vae;
+static sd_clip_text text;
+static sd_ctx gctx;
+static int model_ready;
+
+/* Loads models/tiny once, binds it and moves its weights to the GPU. */
+static void require_model(void) {
+    if (model_ready) return;
+    if (sd_model_files_open("models/tiny", "models/tiny/tokenizer", &files) ||
+        sd_unet_bind(&unet, &files.unet_config, files.unet) || sd_vae_bind(&vae, &files.vae_config, files.vae) ||
+        sd_clip_text_bind(&text, &files.text_config, files.text))
+        fail_msg("loading the tiny model: %s", sd_last_error());
+    assert_sd_ok(sd_device_open("cuda:0", SD_PRECISION_EXACT, &gctx));
+    assert_sd_ok(sd_ctx_adopt_weights(&gctx, files.unet));
+    assert_sd_ok(sd_ctx_adopt_weights(&gctx, files.vae));
+    assert_sd_ok(sd_ctx_adopt_weights(&gctx, files.text));
+    char desc[512];
+    print_message("    tiny model on %s\n", sd_device_describe(&gctx, desc, sizeof desc));
+    model_ready = 1;
+}
+
+/* Downloads a device result and compares it with a fixture tensor. */
+static void assert_close_dev(sd_tensor *dev, const sd_tensor *want, double tol, const char *what) {
+    assert_non_null(dev);
+    sd_tensor *host = sd_download_new(&gctx, dev);
+    assert_non_null(host);
+    char label[128];
+    snprintf(label, sizeof label, "%s [%s]", what, sd_precision_name(sd_cuda_get_precision()));
+    testutil_assert_close(host, want, tol, label);
+    sd_tensor_free(host);
+}
+
+static sd_tensor *ids_to_i32(const sd_tensor *ids64) {
+    sd_tensor *t = sd_tensor_new(SD_I32, ids64->ndim, ids64->shape);
+    for (int64_t i = 0; i < sd_numel(ids64); i++) ((int32_t *)t->data)[i] = (int32_t)((int64_t *)ids64->data)[i];
+    return t;
+}
+
+static void test_model_text_encoder(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    require_model();
+    sd_tensor *ids64 = testutil_fixture("tiny_text", "input_ids");
+    sd_tensor *want = testutil_fixture("tiny_text", "last_hidden_state");
+    sd_tensor *ids = ids_to_i32(ids64);
+    for (int m = 0; m < 2; m++) {
+        set_mode(modes[m]);
+        sd_arena_mark mark = sd_arena_get_mark(gctx.arena);
+        sd_tensor *got = sd_clip_text_forward(&gctx, &text, ids);
+        assert_sd_ok(sd_ctx_status(&gctx));
+        assert_close_dev(got, want, m ? TOL_MODEL_FAST : TOL_MODEL, "text encoder last_hidden_state");
+        sd_arena_reset(gctx.arena, mark);
+    }
+    sd_tensor_free(ids64);
+    sd_tensor_free(ids);
+    sd_tensor_free(want);
+}
+
+static void check_unet(const char *sample_name, const char *context_name, float t, const char *eps_name, double tol) {
+    sd_tensor *sample = testutil_fixture("tiny_unet", sample_name);
+    sd_tensor *context = testutil_fixture("tiny_unet", context_name);
+    sd_tensor *want = testutil_fixture("tiny_unet", eps_name);
+    sd_arena_mark mark = sd_arena_get_mark(gctx.arena);
+    sd_tensor *got = sd_unet_forward(&gctx, &unet, sd_upload(&gctx, sample), t, sd_upload(&gctx, context));
+    assert_sd_ok(sd_ctx_status(&gctx));
+    assert_close_dev(got, want, tol, eps_name);
+    sd_arena_reset(gctx.arena, mark);
+    sd_tensor_free(sample);
+    sd_tensor_free(context);
+    sd_tensor_free(want);
+}
+
+static void test_model_unet(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    require_model();
+    set_mode(SD_PRECISION_EXACT);
+    check_unet("sample", "context", 981.0f, "eps_t981", TOL_MODEL);
+    check_unet("sample", "context", 1.0f, "eps_t1", TOL_MODEL);
+    check_unet("small_sample", "small_context", 500.0f, "small_eps_t500", TOL_MODEL);
+    set_mode(SD_PRECISION_FAST);
+    check_unet("sample", "context", 981.0f, "eps_t981", TOL_MODEL_FAST);
+    check_unet("small_sample", "small_context", 500.0f, "small_eps_t500", TOL_MODEL_FAST);
+}
+
+/* The hook of test_models.c: records every call, keeps the maps of the layers the fixture holds. */
+#define MAX_CALLS 64
+typedef struct {
+    sd_attn_hook base;
+    int n_calls;
+    sd_attn_site sites[MAX_CALLS];
+    sd_tensor *maps[MAX_CALLS];
+} recording_hook;
+
+static int record_wants(sd_attn_hook *h, const sd_attn_site *s) {
+    (void)h;
+    return (s->is_cross && s->q_len == 256) || (!s->is_cross && s->q_len == 64);
+}
+
+static sd_tensor *record_probs(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *p) {
+    recording_hook *r = (recording_hook *)h;
+    r->maps[s->layer] = sd_keep(c, p);
+    return p;
+}
+
+static sd_tensor *record_value(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *ctxv) {
+    (void)c;
+    (void)ctxv;
+    recording_hook *r = (recording_hook *)h;
+    if (r->n_calls < MAX_CALLS) r->sites[r->n_calls] = *s;
+    r->n_calls++;
+    return NULL;
+}
+
+static void test_model_attention_maps(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    require_model();
+    set_mode(SD_PRECISION_EXACT);
+    sd_tensor *sample = testutil_fixture("tiny_unet", "sample");
+    sd_tensor *context = testutil_fixture("tiny_unet", "context");
+    sd_tensor *want_eps = testutil_fixture("tiny_unet", "eps_t981");
+    sd_tensor *rows = testutil_fixture("tiny_attn", "attn_rows");
+    recording_hook hook = {{record_value, record_wants, record_probs}, 0, {{0}}, {0}};
+    sd_arena_mark mark = sd_arena_get_mark(gctx.arena);
+    sd_arena_mark keep_mark = sd_arena_get_mark(gctx.keep);
+    gctx.hook = &hook.base;
+    sd_tensor *eps = sd_unet_forward(&gctx, &unet, sd_upload(&gctx, sample), 981.0f, sd_upload(&gctx, context));
+    gctx.hook = NULL;
+    assert_sd_ok(sd_ctx_status(&gctx));
+    assert_close_dev(eps, want_eps, TOL_MODEL, "eps with maps captured");
+    assert_int_equal(hook.n_calls, 32);
+    const int layers[] = {9, 11, 12, 15, 17, 19};
+    for (size_t i = 0; i < sizeof layers / sizeof layers[0]; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "attn_probs_%02d", layers[i]);
+        sd_tensor *want = testutil_fixture("tiny_attn", name);
+        assert_non_null(hook.maps[layers[i]]);
+        sd_tensor *got = sd_download_new(&gctx, hook.maps[layers[i]]);
+        assert_non_null(got);
+        if (want->shape[0] == got->shape[0]) {
+            testutil_assert_close(got, want, TOL_MODEL, name);
+        } else {
+            const int64_t plane = want->shape[1] * want->shape[2];
+            sd_tensor *sel = sd_tensor_new(SD_F32, want->ndim, want->shape);
+            for (int64_t r = 0; r < want->shape[0]; r++)
+                memcpy(sd_f32(sel) + r * plane, sd_f32(got) + ((int64_t *)rows->data)[r] * plane,
+                       (size_t)plane * sizeof(float));
+            testutil_assert_close(sel, want, TOL_MODEL, name);
+            sd_tensor_free(sel);
+        }
+        sd_tensor_free(got);
+        sd_tensor_free(want);
+    }
+    sd_arena_reset(gctx.arena, mark);
+    sd_arena_reset(gctx.keep, keep_mark);
+    sd_tensor *all[] = {sample, context, want_eps, rows};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
+}
+
+static void test_model_vae(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    require_model();
+    sd_tensor *x = testutil_fixture("tiny_vae", "encode_in");
+    sd_tensor *want_mean = testutil_fixture("tiny_vae", "posterior_mean");
+    sd_tensor *want_logvar = testutil_fixture("tiny_vae", "posterior_logvar");
+    sd_tensor *z = testutil_fixture("tiny_vae", "decode_in");
+    sd_tensor *want_img = testutil_fixture("tiny_vae", "decode_out");
+    for (int m = 0; m < 2; m++) {
+        set_mode(modes[m]);
+        const double tol = m ? TOL_MODEL_FAST : TOL_MODEL;
+        sd_arena_mark mark = sd_arena_get_mark(gctx.arena);
+        sd_tensor *logvar = NULL;
+        sd_tensor *mean = sd_vae_encode(&gctx, &vae, sd_upload(&gctx, x), &logvar);
+        sd_tensor *img = sd_vae_decode(&gctx, &vae, sd_upload(&gctx, z));
+        assert_sd_ok(sd_ctx_status(&gctx));
+        assert_close_dev(mean, want_mean, tol, "vae posterior mean");
+        assert_close_dev(logvar, want_logvar, tol, "vae posterior logvar");
+        assert_close_dev(img, want_img, tol, "vae decode");
+        sd_arena_reset(gctx.arena, mark);
+    }
+    sd_tensor *all[] = {x, want_mean, want_logvar, z, want_img};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
+}
+
+/* A UNet call captured into a CUDA graph and replayed gives the eager result. */
+static void test_cuda_graph_unet(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    require_model();
+    set_mode(SD_PRECISION_EXACT);
+    sd_tensor *sample = testutil_fixture("tiny_unet", "small_sample");
+    sd_tensor *context = testutil_fixture("tiny_unet", "small_context");
+    sd_tensor *want = testutil_fixture("tiny_unet", "small_eps_t500");
+    const sd_arena_mark outer = sd_arena_get_mark(gctx.arena);
+    sd_tensor *xd = sd_upload(&gctx, sample), *cd = sd_upload(&gctx, context);
+    const sd_arena_mark mark = sd_arena_get_mark(gctx.arena);
+    /* eager run: allocates the arena chunks, the workspace and every library plan */
+    sd_tensor *eager = sd_unet_forward(&gctx, &unet, xd, 500.0f, cd);
+    assert_sd_ok(sd_ctx_status(&gctx));
+    sd_tensor *eager_host = sd_download_new(&gctx, eager);
+    assert_non_null(eager_host);
+    sd_arena_reset(gctx.arena, mark);
+
+    sd_cuda_graph *graph = NULL;
+    assert_sd_ok(sd_cuda_graph_begin());
+    sd_tensor *captured = sd_unet_forward(&gctx, &unet, xd, 500.0f, cd);
+    const sd_status during = sd_ctx_status(&gctx);
+    const sd_status ended = sd_cuda_graph_end(&graph); /* always end a capture that began */
+    assert_sd_ok(during);
+    assert_sd_ok(ended);
+    assert_non_null(captured);
+    assert_ptr_equal(captured->data, eager->data); /* same arena mark, same addresses */
+    assert_sd_ok(gctx.be->zero(captured->data, sd_nbytes(captured)));
+    for (int i = 0; i < 3; i++) assert_sd_ok(sd_cuda_graph_replay(graph));
+    assert_sd_ok(gctx.be->synchronize());
+    sd_tensor *replayed = sd_download_new(&gctx, captured);
+    assert_non_null(replayed);
+    testutil_assert_close(replayed, eager_host, 1e-6, "graph replay vs eager");
+    testutil_assert_close(replayed, want, TOL_MODEL, "graph replay vs oracle");
+    /* timing of the two, for the log */
+    float ms_graph = 0.0f, ms_eager = 0.0f;
+    assert_sd_ok(sd_cuda_timer_start());
+    for (int i = 0; i < 10; i++) assert_sd_ok(sd_cuda_graph_replay(graph));
+    assert_sd_ok(sd_cuda_timer_stop(&ms_graph));
+    assert_sd_ok(sd_cuda_timer_start());
+    for (int i = 0; i < 10; i++) {
+        sd_arena_reset(gctx.arena, mark);
+        sd_unet_forward(&gctx, &unet, xd, 500.0f, cd);
+    }
+    assert_sd_ok(sd_cuda_timer_stop(&ms_eager));
+    assert_sd_ok(sd_ctx_status(&gctx));
+    print_message("    tiny UNet 32x32: %.3f ms per call eager, %.3f ms replayed\n", ms_eager / 10, ms_graph / 10);
+    sd_cuda_graph_free(graph);
+    /* synchronising inside a capture is refused clearly */
+    assert_sd_ok(sd_cuda_graph_begin());
+    const sd_status sync_in_capture = gctx.be->synchronize();
+    sd_cuda_graph *g2 = NULL;
+    sd_cuda_graph_end(&g2);
+    sd_cuda_graph_free(g2);
+    assert_int_equal(sync_in_capture, SD_ERR_UNSUPPORTED);
+    sd_arena_reset(gctx.arena, outer);
+    sd_tensor_free(eager_host);
+    sd_tensor_free(replayed);
+    sd_tensor_free(sample);
+    sd_tensor_free(context);
+    sd_tensor_free(want);
+}
+
+/* ================================================================================================
+ * Device selection: runs everywhere (no GPU needed)
+ * ============================================================================================= */
+
+static void test_device_selection(void **state) {
+    (void)state;
+    int dev = 0;
+    assert_sd_ok(sd_device_parse("cpu", &dev));
+    assert_int_equal(dev, SD_DEVICE_CPU);
+    assert_sd_ok(sd_device_parse("cuda", &dev));
+    assert_int_equal(dev, 0);
+    assert_sd_ok(sd_device_parse("cuda:3", &dev));
+    assert_int_equal(dev, 3);
+    assert_sd_ok(sd_device_parse(NULL, &dev));
+    assert_int_equal(dev, SD_DEVICE_AUTO);
+    assert_sd_ok(sd_device_parse("auto", &dev));
+    assert_int_equal(dev, SD_DEVICE_AUTO);
+    assert_sd_fails(sd_device_parse("tpu", &dev), SD_ERR_ARG, "expected cpu, cuda or cuda:N");
+    assert_sd_fails(sd_device_parse("cuda:x", &dev), SD_ERR_ARG, "'cuda:x'");
+    assert_sd_fails(sd_device_parse("cuda:1x", &dev), SD_ERR_ARG, "'cuda:1x'");
+
+    sd_precision p = SD_PRECISION_FAST;
+    assert_sd_ok(sd_precision_parse("exact", &p));
+    assert_int_equal(p, SD_PRECISION_EXACT);
+    assert_sd_ok(sd_precision_parse("fast", &p));
+    assert_int_equal(p, SD_PRECISION_FAST);
+    assert_sd_fails(sd_precision_parse("fp16", &p), SD_ERR_ARG, "expected exact");
+
+    sd_ctx c;
+    char desc[512];
+    assert_sd_ok(sd_device_open("cpu", SD_PRECISION_EXACT, &c));
+    assert_int_equal(c.device, SD_DEVICE_CPU);
+    assert_true(testutil_contains(sd_device_describe(&c, desc, sizeof desc), "cpu"));
+    sd_ctx_free(&c);
+
+    /* auto always opens something: the GPU, or the CPU with a notice */
+    assert_sd_ok(sd_device_open(NULL, SD_PRECISION_EXACT, &c));
+    print_message("    auto device: %s\n", sd_device_describe(&c, desc, sizeof desc));
+    if (!testutil_have_gpu()) assert_int_equal(c.device, SD_DEVICE_CPU);
+    sd_ctx_free(&c);
+
+    if (!testutil_have_gpu()) {
+        /* an explicit GPU request without one fails and says why */
+        const sd_status st = sd_device_open("cuda", SD_PRECISION_EXACT, &c);
+        print_message("    --device cuda without a GPU: %s\n", sd_last_error());
+        assert_true(st == SD_ERR_UNSUPPORTED || st == SD_ERR_DEVICE);
+        assert_true(testutil_contains(sd_last_error(), "--device cuda"));
+        assert_true(testutil_contains(sd_last_error(), "no CUDA support") ||
+                    testutil_contains(sd_last_error(), "driver") || testutil_contains(sd_last_error(), "no CUDA GPU"));
+    } else {
+        assert_sd_fails(sd_device_open("cuda:99", SD_PRECISION_EXACT, &c), SD_ERR_ARG, "cuda:99 does not exist");
+        assert_sd_ok(sd_device_open("cuda:0", SD_PRECISION_FAST, &c));
+        print_message("    %s\n", sd_device_describe(&c, desc, sizeof desc));
+        assert_true(testutil_contains(desc, "fast"));
+        assert_int_equal(sd_cuda_get_precision(), SD_PRECISION_FAST);
+        sd_ctx_free(&c);
+        assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_EXACT));
+    }
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    if (model_ready) {
+        sd_ctx_free(&gctx);
+        sd_clip_text_release(&text);
+        sd_model_files_close(&files);
+        model_ready = 0;
+    }
+    return 0;
+}
+
+#define GPU_TEST(f) cmocka_unit_test_teardown(f, per_test_teardown)
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_device_selection),
+        GPU_TEST(test_memory),
+        GPU_TEST(test_linear),
+        GPU_TEST(test_conv2d),
+        GPU_TEST(test_group_norm),
+        GPU_TEST(test_layer_norm),
+        GPU_TEST(test_elementwise),
+        GPU_TEST(test_layout_ops),
+        GPU_TEST(test_embeddings),
+        GPU_TEST(test_reductions),
+        GPU_TEST(test_attention_fused),
+        GPU_TEST(test_attention_maps),
+        GPU_TEST(test_attention_rows),
+        GPU_TEST(test_linear_backward),
+        GPU_TEST(test_conv2d_backward),
+        GPU_TEST(test_norm_backward),
+        GPU_TEST(test_elementwise_backward),
+        GPU_TEST(test_attention_backward),
+        GPU_TEST(test_attention_maps_backward),
+        GPU_TEST(test_adam),
+        GPU_TEST(test_model_text_encoder),
+        GPU_TEST(test_model_unet),
+        GPU_TEST(test_model_attention_maps),
+        GPU_TEST(test_model_vae),
+        GPU_TEST(test_cuda_graph_unet),
+    };
+    return cmocka_run_group_tests_name("cuda ops vs cpu", tests, group_setup, group_teardown);
+}
