@@ -32,6 +32,14 @@ const char *sd_builtin_clip_vision_dir(void);
 sd_status sd_model_load(const char *path, sd_model *m);
 void sd_model_free(sd_model *m);
 
+/* A photo as the model's input: uint8 RGB -> (1, 3, H, W) in [-1, 1] on the context's device. */
+sd_tensor *sd_image_upload(sd_ctx *c, const sd_image *img);
+/* Row `row` of a decoded image batch (B, 3, H, W) on the device -> 8-bit RGB (the reference's
+ * clamp and truncation). */
+sd_status sd_image_download(sd_ctx *c, const sd_tensor *images, int row, sd_image *out);
+/* Moves the model's weights to the context's device (no-op on the CPU). */
+sd_status sd_model_to_device(sd_ctx *c, sd_model *m);
+
 /* Text embedding [1, 77, D] of a prompt ("" gives the null-text embedding). */
 sd_tensor *sd_encode_prompt(sd_ctx *c, const sd_model *m, const char *prompt);
 /* image [B, 3, H, W] in [-1, 1] -> z0 = scaling_factor · posterior mean. */

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "sd/device.h"
+#include "sd/model.h"
 #include "sd/text.h"
 
 #include <cjson/cJSON.h>
@@ -181,4 +183,18 @@ sd_status cli_write_json(const char *path, struct cJSON *doc) {
     sd_status st = sd_write_file_atomic(path, text, len + 1);
     cJSON_free(text);
     return st;
+}
+
+sd_status cli_open_context(const char *device, const char *precision, struct sd_model *m,
+                           struct sd_ctx *c, char *describe, size_t describe_len) {
+    sd_precision p = SD_PRECISION_EXACT;
+    if (precision) SD_TRY(sd_precision_parse(precision, &p));
+    SD_TRY(sd_device_open(device, p, c));
+    sd_status st = m ? sd_model_to_device(c, m) : SD_OK;
+    if (st != SD_OK) {
+        sd_ctx_free(c);
+        return st;
+    }
+    if (describe) sd_device_describe(c, describe, describe_len);
+    return SD_OK;
 }

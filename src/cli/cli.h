@@ -44,6 +44,17 @@ struct sd_tokenizer;
 sd_status cli_check_prompt(const struct sd_tokenizer *tok, const char *prompt, const char *flag,
                            int truncate);
 
+/* The --device / --precision pair every command takes: opens the context (auto: CUDA when a usable
+ * GPU exists, else the CPU with a notice) and moves the model's weights there (m may be NULL).
+ * `describe` receives the line reports print (may be NULL). */
+struct sd_ctx;
+struct sd_model;
+sd_status cli_open_context(const char *device, const char *precision, struct sd_model *m,
+                           struct sd_ctx *c, char *describe, size_t describe_len);
+#define CLI_DEVICE_OPTIONS(device_var, precision_var)                                                            \
+    {"device", 0, CLI_STR, &(device_var), "DEV", "cpu, cuda or cuda:N (default: cuda when a usable GPU exists)", 1, 0}, \
+    {"precision", 0, CLI_STR, &(precision_var), "P", "exact (fp32, no TF32; default) or fast (tensor cores)", 1, 0}
+
 /* Writes a cJSON document atomically and frees it. */
 struct cJSON;
 sd_status cli_write_json(const char *path, struct cJSON *doc);
@@ -54,5 +65,7 @@ int cmd_reconstruct(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_invert(int argc, char **argv);
+int cmd_edit(int argc, char **argv);
+int cmd_bench_invert(int argc, char **argv);
 
 #endif

@@ -110,6 +110,7 @@ static sd_status timed_unet(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor
 }
 
 int cmd_bench(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "invert")) return cmd_bench_invert(argc - 1, argv + 1);
     const char *model_path = NULL, *config_dir = NULL, *device = NULL, *precision_name = "exact";
     const char *weights_out = NULL, *io_out = NULL;
     int batch = 2, size = 0, iters = 3, quiet = 0, no_graph = 0, tsv = 0;
@@ -137,7 +138,7 @@ int cmd_bench(int argc, char **argv) {
     int r = cli_parse(&cmd, argc, argv, pos, &n_pos);
     if (r) return r == 1 ? 0 : r;
     if (strcmp(pos[0], "unet")) {
-        fprintf(stderr, "stylediff bench: unknown target '%s' (available: unet)\n", pos[0]);
+        fprintf(stderr, "stylediff bench: unknown target '%s' (available: unet, invert)\n", pos[0]);
         return 2;
     }
     sd_set_quiet(quiet);

@@ -9,6 +9,7 @@
 
 int cmd_generate(int argc, char **argv) {
     const char *model_path = NULL, *prompt = NULL, *output = "generated.png";
+    const char *device = NULL, *precision = NULL;
     int steps = 50, seed = 0, size = 0, quiet = 0, truncate = 0;
     float cfg = 7.5f;
     const cli_opt opts[] = {
@@ -21,6 +22,7 @@ int cmd_generate(int argc, char **argv) {
         {"size", 0, CLI_INT, &size, "PX", "image side in pixels, a multiple of 64 (default: the model's, 512 for SD v1)", 64, 2048},
         {"truncate", 0, CLI_FLAG, &truncate, NULL, "cut prompts over 75 tokens instead of failing", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress bar or notices", 1, 0},
+        CLI_DEVICE_OPTIONS(device, precision),
     };
     const cli_command cmd = {"generate", NULL, "-p PROMPT [-o OUT.png] [options]",
                              "Generates an image from a prompt: torch-compatible random latent, DDIM sampling\n"
@@ -44,7 +46,8 @@ int cmd_generate(int argc, char **argv) {
     if (st) return cli_fail("generate", st);
     st = cli_check_prompt(m.tokenizer, prompt, "--prompt", truncate);
     sd_ctx c;
-    if (st == SD_OK) st = sd_ctx_init_cpu(&c);
+    char where[256] = "";
+    if (st == SD_OK) st = cli_open_context(device, precision, &m, &c, where, sizeof where);
     if (st) {
         sd_model_free(&m);
         return cli_fail("generate", st);
@@ -56,21 +59,25 @@ int cmd_generate(int argc, char **argv) {
     const double t0 = sd_now();
     sd_tensor *cond = sd_keep(&c, sd_encode_prompt(&c, &m, prompt));
     sd_tensor *uncond = sd_keep(&c, sd_encode_prompt(&c, &m, ""));
-    sd_tensor *z_T = sd_new4(&c, 4, 1, m.unet.cfg.in_channels, latent_side, latent_side);
-    if (st == SD_OK && z_T) {
+    /* the initial latent as torch.randn draws it on the host, then on the device */
+    sd_tensor *noise = sd_tensor_new4(SD_F32, 4, 1, m.unet.cfg.in_channels, latent_side, latent_side);
+    sd_tensor *z_T = NULL;
+    if (st == SD_OK && noise) {
         sd_rng rng;
         sd_rng_seed(&rng, (uint64_t)seed);
-        sd_rng_randn(&rng, sd_f32(z_T), sd_numel(z_T));
+        sd_rng_randn(&rng, sd_f32(noise), sd_numel(noise));
+        z_T = sd_upload(&c, noise);
     }
+    sd_tensor_free(noise);
     sd_tensor *z0 = st == SD_OK ? sd_ddim_sample(&c, &m, &sched, z_T, uncond, cond, cfg) : NULL;
     sd_tensor *img = sd_latent_to_image(&c, &m, z0);
     if (st == SD_OK) st = sd_ctx_status(&c);
     sd_image out = {0};
-    if (st == SD_OK) st = sd_image_from_tensor(img, 0, &out);
+    if (st == SD_OK) st = sd_image_download(&c, img, 0, &out);
     if (st == SD_OK) st = sd_image_save_png(output, &out);
     if (st == SD_OK && !quiet)
-        printf("wrote %s (%dx%d, %d steps, cfg %.2f, seed %d) in %.1f s\n", output, out.width,
-               out.height, steps, cfg, seed, sd_now() - t0);
+        printf("wrote %s (%dx%d, %d steps, cfg %.2f, seed %d) in %.1f s on %s\n", output, out.width,
+               out.height, steps, cfg, seed, sd_now() - t0, where);
     sd_image_free(&out);
     sd_ctx_free(&c);
     sd_model_free(&m);

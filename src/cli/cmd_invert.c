@@ -25,7 +25,7 @@ static cJSON *num(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON
 int cmd_invert(int argc, char **argv) {
     const char *model_path = NULL, *image_path = NULL, *prompt = NULL, *output = NULL;
     const char *method_name = "stylediffusion", *config_path = NULL, *clip_dir = NULL;
-    const char *recon_path = NULL, *report_path = NULL;
+    const char *recon_path = NULL, *report_path = NULL, *device = NULL, *precision = NULL;
     int steps = 0, inner = -1, seed = -1, quiet = 0, truncate = 0, no_att = 0, no_recon = 0;
     double lr = -1.0;
     float guidance = -1.0f;
@@ -48,6 +48,7 @@ int cmd_invert(int argc, char **argv) {
         {"report", 0, CLI_STR, &report_path, "FILE", "JSON report (default: the output name with .json)", 1, 0},
         {"truncate", 0, CLI_FLAG, &truncate, NULL, "cut prompts over 75 tokens instead of failing", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress bar or notices", 1, 0},
+        CLI_DEVICE_OPTIONS(device, precision),
     };
     const cli_command cmd = {"invert", NULL, "--method M -i IMAGE -p PROMPT -o INVERSION [options]",
                              "Inverts a photo so that it can be edited with a new prompt (stylediff edit).\n"
@@ -108,16 +109,17 @@ int cmd_invert(int argc, char **argv) {
     if (!st) st = cli_check_prompt(m.tokenizer, prompt, "--prompt", truncate);
     if (!st) st = sd_image_load_512(image_path, 0, 0, 0, 0, size, &input);
     sd_ctx c;
+    char where[256] = "";
     int have_ctx = 0;
-    if (!st && !(st = sd_ctx_init_cpu(&c))) have_ctx = 1;
+    if (!st && !(st = cli_open_context(device, precision, &m, &c, where, sizeof where))) have_ctx = 1;
+    if (!st && have_clip) st = sd_ctx_adopt_weights(&c, clip.owned);
 
     sd_inversion inv;
     memset(&inv, 0, sizeof inv);
     sd_tensor *x = NULL, *features = NULL;
     if (!st) {
-        x = sd_keep(&c, sd_new4(&c, 4, 1, 3, size, size));
-        if (x) st = sd_image_to_tensor(&input, x);
-        if (!st && have_clip) features = sd_keep(&c, sd_clip_vision_encode(&c, &clip, x));
+        x = sd_keep(&c, sd_image_upload(&c, &input));
+        if (have_clip) features = sd_keep(&c, sd_clip_vision_encode(&c, &clip, x));
         if (!st) st = sd_ctx_status(&c);
     }
     if (!st) st = sd_invert(&c, &m, &o, x, prompt, features, &inv);
@@ -136,7 +138,7 @@ int cmd_invert(int argc, char **argv) {
         sd_image out_img = {0};
         sd_tensor *z_host = z ? sd_download_new(&c, z) : NULL;
         st = sd_ctx_status(&c);
-        if (!st) st = sd_image_from_tensor(img, 0, &out_img);
+        if (!st) st = sd_image_download(&c, img, 0, &out_img);
         if (!st) st = sd_image_save_png(recon_path, &out_img);
         if (!st) {
             mse = latent_mse_host(z_host, inv.z0);
@@ -154,7 +156,7 @@ int cmd_invert(int argc, char **argv) {
         cJSON_AddStringToObject(doc, "image", image_path);
         cJSON_AddStringToObject(doc, "prompt", prompt);
         cJSON_AddStringToObject(doc, "inversion", output);
-        cJSON_AddStringToObject(doc, "device", "cpu");
+        cJSON_AddStringToObject(doc, "device", where);
         cJSON_AddNumberToObject(doc, "steps", o.n_steps);
         cJSON_AddNumberToObject(doc, "guidance", o.guidance);
         cJSON_AddNumberToObject(doc, "size", size);

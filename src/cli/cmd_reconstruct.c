@@ -8,24 +8,22 @@
 #include <string.h>
 
 #include "cli.h"
+#include "sd/autograd.h"
 #include "sd/methods.h"
 
-static double latent_mse(const sd_tensor *a, const sd_tensor *b) {
-    double acc = 0.0;
-    const int64_t n = sd_numel(a);
-    for (int64_t i = 0; i < n; i++) {
-        const double d = (double)sd_f32(a)[i] - (double)sd_f32(b)[i];
-        acc += d * d;
-    }
-    return acc / (double)n;
+/* mean((a - b)^2) of two device tensors, computed by the backend (one scalar comes back). */
+static double latent_mse(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
+    const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+    const double v = sd_item(c, sd_mse(c, a, b));
+    sd_arena_reset(c->arena, mark);
+    return v;
 }
 
 /* Decodes a latent into an 8-bit image as the reference's latent2image does. */
 static sd_status decode_to_image(sd_ctx *c, const sd_model *m, sd_tensor *z, sd_image *out) {
     const sd_arena_mark mark = sd_arena_get_mark(c->arena);
     sd_tensor *img = sd_latent_to_image(c, m, z);
-    sd_status st = sd_ctx_status(c);
-    if (st == SD_OK) st = sd_image_from_tensor(img, 0, out);
+    sd_status st = sd_image_download(c, img, 0, out);
     sd_arena_reset(c->arena, mark);
     return st;
 }
@@ -34,7 +32,7 @@ static cJSON *json_number_or_null(double v) { return isfinite(v) ? cJSON_CreateN
 
 int cmd_reconstruct(int argc, char **argv) {
     const char *model_path = NULL, *image_path = NULL, *prompt = NULL, *output = "reconstruction.png";
-    const char *report_path = NULL;
+    const char *report_path = NULL, *device = NULL, *precision = NULL;
     int steps = 50, size = 0, quiet = 0, truncate = 0;
     float cfg = 1.0f;
     const cli_opt opts[] = {
@@ -48,6 +46,7 @@ int cmd_reconstruct(int argc, char **argv) {
         {"size", 0, CLI_INT, &size, "PX", "side of the square crop fed to the model, multiple of 64 (default: the model's, 512 for SD v1)", 64, 2048},
         {"truncate", 0, CLI_FLAG, &truncate, NULL, "cut prompts over 75 tokens instead of failing", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress bar or notices", 1, 0},
+        CLI_DEVICE_OPTIONS(device, precision),
     };
     const cli_command cmd = {"reconstruct", NULL, "-i IMAGE -p PROMPT [-o OUT.png] [options]",
                              "Inverts a photo with DDIM (conditional, guidance 1, as the reference's ddim_loop) and\n"
@@ -88,8 +87,9 @@ int cmd_reconstruct(int argc, char **argv) {
         return cli_fail("reconstruct", st);
     }
     sd_ctx c;
+    char where[256] = "";
     st = cli_check_prompt(m.tokenizer, prompt, "--prompt", truncate);
-    if (st == SD_OK) st = sd_ctx_init_cpu(&c);
+    if (st == SD_OK) st = cli_open_context(device, precision, &m, &c, where, sizeof where);
     if (st) {
         sd_image_free(&input);
         sd_model_free(&m);
@@ -99,8 +99,7 @@ int cmd_reconstruct(int argc, char **argv) {
     st = sd_ddim_init(&sched, steps);
 
     double t = sd_now();
-    sd_tensor *x = sd_new4(&c, 4, 1, 3, size, size);
-    if (st == SD_OK && x) st = sd_image_to_tensor(&input, x);
+    sd_tensor *x = st == SD_OK ? sd_image_upload(&c, &input) : NULL;
     sd_tensor *z0 = st == SD_OK ? sd_keep(&c, sd_image_to_latent(&c, &m, x)) : NULL;
     sd_tensor *cond = sd_keep(&c, sd_encode_prompt(&c, &m, prompt));
     sd_tensor *uncond = sd_keep(&c, sd_encode_prompt(&c, &m, ""));
@@ -125,7 +124,7 @@ int cmd_reconstruct(int argc, char **argv) {
     if (st == SD_OK) st = sd_image_save_png(output, &recon);
 
     if (st == SD_OK) {
-        const double mse = latent_mse(z_rec, z0);
+        const double mse = latent_mse(&c, z_rec, z0);
         const double psnr = sd_image_psnr(&recon, &input), psnr_vae = sd_image_psnr(&vae_only, &input);
         cJSON *doc = cJSON_CreateObject();
         cJSON_AddStringToObject(doc, "command", "reconstruct");
@@ -133,7 +132,7 @@ int cmd_reconstruct(int argc, char **argv) {
         cJSON_AddStringToObject(doc, "image", image_path);
         cJSON_AddStringToObject(doc, "prompt", prompt);
         cJSON_AddStringToObject(doc, "output", output);
-        cJSON_AddStringToObject(doc, "device", "cpu");
+        cJSON_AddStringToObject(doc, "device", where);
         cJSON_AddNumberToObject(doc, "steps", steps);
         cJSON_AddNumberToObject(doc, "cfg", cfg);
         cJSON_AddNumberToObject(doc, "size", size);
@@ -148,8 +147,8 @@ int cmd_reconstruct(int argc, char **argv) {
         cJSON_AddNumberToObject(doc, "peak_activation_mib", (double)sd_arena_peak(c.arena) / (1 << 20));
         st = cli_write_json(report_path, doc);
         if (st == SD_OK) {
-            printf("reconstruct %s  \"%s\"  (%d steps, cfg %.2f, %s)\n", image_path, prompt, steps, cfg,
-                   m.builtin ? "built-in tiny model" : m.files.source);
+            printf("reconstruct %s  \"%s\"  (%d steps, cfg %.2f, %s, on %s)\n", image_path, prompt, steps, cfg,
+                   m.builtin ? "built-in tiny model" : m.files.source, where);
             printf("  %-28s %s\n", "reconstruction", output);
             printf("  %-28s %s\n", "report", report_path);
             printf("  %-28s %.6g\n", "latent MSE", mse);

@@ -14,8 +14,9 @@ static const command_entry commands[] = {
     {"generate", cmd_generate, "prompt -> image (DDIM sampling with classifier-free guidance)"},
     {"reconstruct", cmd_reconstruct, "image + prompt -> DDIM inversion -> DDIM sampling -> PNG + report"},
     {"invert", cmd_invert, "image + prompt -> inversion (stylediffusion, nulltext, npi, ddim) + reconstruction + report"},
+    {"edit", cmd_edit, "inversion + target prompt -> edited PNG (Prompt-to-Prompt / P2Plus), heatmaps"},
     {"tokenize", cmd_tokenize, "print the CLIP token ids of a prompt (and a word's token positions)"},
-    {"bench", cmd_bench, "time UNet calls (a checkpoint, or a config with random weights)"},
+    {"bench", cmd_bench, "bench unet: time UNet calls; bench invert: inversion cost and reconstruction per method"},
 };
 
 static void usage(FILE *out) {

@@ -94,6 +94,32 @@ void sd_model_free(sd_model *m) {
     sd_model_files_close(&m->files);
 }
 
+sd_tensor *sd_image_upload(sd_ctx *c, const sd_image *img) {
+    if (c->status != SD_OK) return NULL;
+    sd_tensor *host = sd_tensor_new4(SD_F32, 4, 1, 3, img->height, img->width);
+    if (!host) return sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for a %dx%d image", img->width, img->height);
+    sd_status st = sd_image_to_tensor(img, host);
+    sd_tensor *t = st == SD_OK ? sd_upload(c, host) : NULL;
+    if (st != SD_OK) c->status = st;
+    sd_tensor_free(host);
+    return t;
+}
+
+sd_status sd_image_download(sd_ctx *c, const sd_tensor *images, int row, sd_image *out) {
+    if (c->status != SD_OK) return c->status;
+    sd_tensor *host = sd_download_new(c, images);
+    if (!host) return c->status;
+    sd_status st = sd_image_from_tensor(host, row, out);
+    sd_tensor_free(host);
+    return st;
+}
+
+sd_status sd_model_to_device(sd_ctx *c, sd_model *m) {
+    SD_TRY(sd_ctx_adopt_weights(c, m->files.unet));
+    SD_TRY(sd_ctx_adopt_weights(c, m->files.vae));
+    return sd_ctx_adopt_weights(c, m->files.text);
+}
+
 sd_tensor *sd_encode_prompt(sd_ctx *c, const sd_model *m, const char *prompt) {
     if (c->status != SD_OK) return NULL;
     int32_t *ids = sd_arena_alloc(c->arena, SD_CLIP_MAX_LEN * sizeof(int32_t));
