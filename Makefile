@@ -8,6 +8,7 @@
 
 CC      ?= gcc
 BUILD   ?= build
+JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 OPT     ?= -O2 -march=x86-64-v2
 CFLAGS  += -DSD_SOURCE_DIR=\"$(CURDIR)\" -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -fopenmp -Iinclude -Itests/unit/helpers -MMD -MP
 LDLIBS  += -lopenblas -lcjson -lpng -ljpeg -lm -fopenmp
@@ -61,11 +62,11 @@ deps:
 	@sh tools/deps.sh
 
 test: deps
-	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	@$(MAKE) --no-print-directory -j$(JOBS) all $(TEST_BIN)
 	@sh tests/run_tests.sh $(TEST_BIN)
 
 demo: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@sh tools/demo.sh
 
 # Parser and loader tests under ASan + UBSan, in a separate build folder.

@@ -198,3 +198,18 @@ sd_status cli_open_context(const char *device, const char *precision, struct sd_
     if (describe) sd_device_describe(c, describe, describe_len);
     return SD_OK;
 }
+
+sd_status cli_write_edit_images(struct sd_ctx *c, const struct sd_model *m, const sd_tensor *latents,
+                                const char *edit_path, const char *source_path) {
+    const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+    sd_tensor *img = sd_latent_to_image(c, m, sd_upload(c, latents));
+    sd_image rows[2] = {{0}, {0}};
+    sd_status st = sd_ctx_status(c);
+    for (int r = 0; r < 2 && !st; r++) st = sd_image_download(c, img, r, &rows[r]);
+    if (!st) st = sd_image_save_png(edit_path, &rows[1]);
+    if (!st) st = sd_image_save_png(source_path, &rows[0]);
+    sd_image_free(&rows[0]);
+    sd_image_free(&rows[1]);
+    sd_arena_reset(c->arena, mark);
+    return st;
+}

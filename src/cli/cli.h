@@ -55,6 +55,11 @@ sd_status cli_open_context(const char *device, const char *precision, struct sd_
     {"device", 0, CLI_STR, &(device_var), "DEV", "cpu, cuda or cuda:N (default: cuda when a usable GPU exists)", 1, 0}, \
     {"precision", 0, CLI_STR, &(precision_var), "P", "exact (fp32, no TF32; default) or fast (tensor cores)", 1, 0}
 
+/* Decodes the two rows of an edit's latents (host (2, 4, h, w)) and writes row 1 (the edit) and
+ * row 0 (the source) as PNGs. */
+sd_status cli_write_edit_images(struct sd_ctx *c, const struct sd_model *m, const sd_tensor *latents,
+                                const char *edit_path, const char *source_path);
+
 /* Writes a cJSON document atomically and frees it. */
 struct cJSON;
 sd_status cli_write_json(const char *path, struct cJSON *doc);
@@ -67,5 +72,6 @@ int cmd_bench(int argc, char **argv);
 int cmd_invert(int argc, char **argv);
 int cmd_edit(int argc, char **argv);
 int cmd_bench_invert(int argc, char **argv);
+int cmd_batch(int argc, char **argv);
 
 #endif

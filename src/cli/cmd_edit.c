@@ -146,16 +146,7 @@ int cmd_edit(int argc, char **argv) {
     if (!st && !(st = cli_open_context(device, precision, &m, &c, where, sizeof where))) have_ctx = 1;
     sd_edit_result res = {0};
     if (!st) st = sd_edit(&c, &m, &inv, &o, &res);
-    /* decode both rows and write them */
-    sd_image images[2] = {{0}, {0}};
-    if (!st) {
-        sd_tensor *z = sd_upload(&c, res.latents);
-        sd_tensor *img = sd_latent_to_image(&c, &m, z);
-        st = sd_ctx_status(&c);
-        for (int row = 0; row < 2 && !st; row++) st = sd_image_download(&c, img, row, &images[row]);
-    }
-    if (!st) st = sd_image_save_png(output, &images[1]);
-    if (!st) st = sd_image_save_png(source_out, &images[0]);
+    if (!st) st = cli_write_edit_images(&c, &m, res.latents, output, source_out);
     if (!st) {
         cJSON *doc = cJSON_CreateObject();
         cJSON_AddStringToObject(doc, "command", "edit");
@@ -180,7 +171,6 @@ int cmd_edit(int argc, char **argv) {
                    o.edit == SD_P2P_REFINE ? "refine" : "replace", o.tau_v, o.tau_c, o.tau_s, o.tau_u,
                    res.seconds, output, source_out, heatmaps ? ", heatmaps in " : "", heatmaps ? heatmaps : "");
     }
-    for (int row = 0; row < 2; row++) sd_image_free(&images[row]);
     sd_edit_result_free(&res);
     if (have_ctx) sd_ctx_free(&c);
     if (have_model) sd_model_free(&m);

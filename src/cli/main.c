@@ -15,6 +15,7 @@ static const command_entry commands[] = {
     {"reconstruct", cmd_reconstruct, "image + prompt -> DDIM inversion -> DDIM sampling -> PNG + report"},
     {"invert", cmd_invert, "image + prompt -> inversion (stylediffusion, nulltext, npi, ddim) + reconstruction + report"},
     {"edit", cmd_edit, "inversion + target prompt -> edited PNG (Prompt-to-Prompt / P2Plus), heatmaps"},
+    {"batch", cmd_batch, "run an editing CSV (the reference's dataset format): invert + edit every row"},
     {"tokenize", cmd_tokenize, "print the CLIP token ids of a prompt (and a word's token positions)"},
     {"bench", cmd_bench, "bench unet: time UNet calls; bench invert: inversion cost and reconstruction per method"},
 };

@@ -6,6 +6,7 @@
  * instead of being silently ignored: running a different network with SD v1 code would give wrong
  * images with no error. */
 #include "sd/config.h"
+#include "sd/json_util.h"
 
 #include <cjson/cJSON.h>
 #include <limits.h>
@@ -74,7 +75,8 @@ void sd_clip_text_config_sd15(sd_clip_text_config *c) {
  * JSON helpers: every failure names the file and the key
  * --------------------------------------------------------------------------------------------- */
 
-static const char *json_kind(const cJSON *v) {
+const char *sd_json_kind(const cJSON *v) {
+    if (!v) return "nothing";
     if (cJSON_IsNull(v)) return "null";
     if (cJSON_IsBool(v)) return "a boolean";
     if (cJSON_IsNumber(v)) return "a number";
@@ -98,7 +100,7 @@ static void line_and_column(const char *text, size_t offset, int *line, int *col
     }
 }
 
-static sd_status parse_json_object(const char *json, const char *path, cJSON **out) {
+sd_status sd_json_parse_object(const char *json, const char *path, cJSON **out) {
     *out = NULL;
     if (!json) return sd_fail(SD_ERR_ARG, "%s: no JSON text", path);
     size_t len = strlen(json);
@@ -118,7 +120,7 @@ static sd_status parse_json_object(const char *json, const char *path, cJSON **o
                            path, line, column);
         }
     if (!cJSON_IsObject(root)) {
-        const char *kind = json_kind(root);
+        const char *kind = sd_json_kind(root);
         cJSON_Delete(root);
         return sd_fail(SD_ERR_FORMAT, "%s: expected a JSON object at the top level, got %s", path, kind);
     }
@@ -141,7 +143,7 @@ static int json_is_int(const cJSON *v) {
 }
 
 static sd_status wrong_type(const char *path, const char *key, const char *expected, const cJSON *v) {
-    return sd_fail(SD_ERR_FORMAT, "%s: key \"%s\": expected %s, got %s", path, key, expected, json_kind(v));
+    return sd_fail(SD_ERR_FORMAT, "%s: key \"%s\": expected %s, got %s", path, key, expected, sd_json_kind(v));
 }
 
 /* An integer key; absent: `def`. */
@@ -211,7 +213,7 @@ static sd_status get_channel_list(const cJSON *v, const char *path, const char *
     cJSON_ArrayForEach(item, v) {
         if (!json_is_int(item))
             return sd_fail(SD_ERR_FORMAT, "%s: key \"%s\": entry %d: expected an integer, got %s", path,
-                           key, i, json_kind(item));
+                           key, i, sd_json_kind(item));
         values[i] = (int)item->valuedouble;
         if (values[i] <= 0)
             return sd_fail(SD_ERR_FORMAT, "%s: key \"%s\": entry %d must be positive, got %d", path, key,
@@ -251,7 +253,7 @@ static sd_status get_block_types(const cJSON *obj, const char *path, const char 
     cJSON_ArrayForEach(item, v) {
         if (!cJSON_IsString(item))
             return sd_fail(SD_ERR_FORMAT, "%s: key \"%s\": entry %d: expected a string, got %s", path,
-                           key, i, json_kind(item));
+                           key, i, sd_json_kind(item));
         int found = 0;
         for (int k = 0; k < n_names && !found; k++)
             if (strcmp(item->valuestring, names[k]) == 0) {
@@ -605,7 +607,7 @@ static sd_status parse_clip_text(const cJSON *root, const char *path, sd_clip_te
     sd_status fn_parse(const char *json, const char *path, type *out) {                            \
         if (!path) path = "(config)";                                                              \
         cJSON *root;                                                                               \
-        SD_TRY(parse_json_object(json, path, &root));                                              \
+        SD_TRY(sd_json_parse_object(json, path, &root));                                              \
         type parsed;                                                                               \
         sd_status status = parser(root, path, &parsed);                                            \
         cJSON_Delete(root);                                                                        \

@@ -1,7 +1,7 @@
 /* presets.c: method presets (see presets.h). */
 #include "sd/presets.h"
+#include "sd/json_util.h"
 
-#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,14 +50,10 @@ sd_status sd_method_preset_load(const char *path, sd_method_preset *p) {
     char *text;
     size_t len;
     SD_TRY(sd_read_file(path, &text, &len));
-    const char *err_at = NULL;
-    cJSON *doc = cJSON_ParseWithOpts(text, &err_at, 1);
-    if (!doc || !cJSON_IsObject(doc)) {
-        const long at = err_at ? (long)(err_at - text) : -1;
-        free(text);
-        cJSON_Delete(doc);
-        return sd_fail(SD_ERR_FORMAT, "%s: not a JSON object (error near byte %ld)", path, at);
-    }
+    cJSON *doc = NULL;
+    sd_status parsed = sd_json_parse_object(text, path, &doc);
+    free(text);
+    if (parsed != SD_OK) return parsed;
     sd_status st = SD_OK;
     const cJSON *item;
     cJSON_ArrayForEach(item, doc) {
@@ -91,6 +87,5 @@ sd_status sd_method_preset_load(const char *path, sd_method_preset *p) {
         else *(float *)field = (float)v;
     }
     cJSON_Delete(doc);
-    free(text);
     return st;
 }

@@ -13,6 +13,7 @@
  * The bicubic resize of the preprocessing is a plain CPU routine at the end of this file, to be
  * moved into the backend op table (see clip_vision.h). */
 #include "sd/clip_vision.h"
+#include "sd/json_util.h"
 
 #include <cjson/cJSON.h>
 #include <limits.h>
@@ -54,16 +55,6 @@ int sd_clip_vision_num_tokens(const sd_clip_vision_config *c) {
     return grid * grid + 1;
 }
 
-static const char *json_kind(const cJSON *v) {
-    if (!v) return "nothing";
-    if (cJSON_IsNull(v)) return "null";
-    if (cJSON_IsBool(v)) return "a boolean";
-    if (cJSON_IsNumber(v)) return "a number";
-    if (cJSON_IsString(v)) return "a string";
-    if (cJSON_IsArray(v)) return "an array";
-    if (cJSON_IsObject(v)) return "an object";
-    return "an invalid value";
-}
 
 /* Where the vision settings of one config.json live. A key is looked up in `override` (an old
  * CLIPModel config's "vision_config_dict") first, then in `main` (the file itself for a
@@ -95,7 +86,7 @@ static sd_status key_int(const vision_keys *k, const char *key, int def, int *ou
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble > INT_MAX ||
         v->valuedouble < INT_MIN)
         return sd_fail(SD_ERR_FORMAT, "%s: key \"%s%s\": expected an integer, got %s", k->path, where,
-                       key, json_kind(v));
+                       key, sd_json_kind(v));
     if (v->valuedouble <= 0)
         return sd_fail(SD_ERR_FORMAT, "%s: key \"%s%s\" must be positive, got %d", k->path, where, key,
                        (int)v->valuedouble);
@@ -112,7 +103,7 @@ static sd_status key_float(const vision_keys *k, const char *key, float def, flo
     }
     if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
         return sd_fail(SD_ERR_FORMAT, "%s: key \"%s%s\": expected a number, got %s", k->path, where, key,
-                       json_kind(v));
+                       sd_json_kind(v));
     if (!(v->valuedouble > 0))
         return sd_fail(SD_ERR_FORMAT, "%s: key \"%s%s\" must be positive", k->path, where, key);
     *out = (float)v->valuedouble;
@@ -130,7 +121,7 @@ static sd_status key_string(const vision_keys *k, const char *key, const char *d
     }
     if (!cJSON_IsString(v))
         return sd_fail(SD_ERR_FORMAT, "%s: key \"%s%s\": expected a string, got %s", k->path, where, key,
-                       json_kind(v));
+                       sd_json_kind(v));
     *out = v->valuestring;
     return SD_OK;
 }
@@ -141,7 +132,7 @@ static sd_status nested_object(const cJSON *root, const char *path, const char *
     *out = NULL;
     if (!v || cJSON_IsNull(v)) return SD_OK;
     if (!cJSON_IsObject(v))
-        return sd_fail(SD_ERR_FORMAT, "%s: key \"%s\": expected an object, got %s", path, key, json_kind(v));
+        return sd_fail(SD_ERR_FORMAT, "%s: key \"%s\": expected an object, got %s", path, key, sd_json_kind(v));
     *out = v;
     return SD_OK;
 }
@@ -150,7 +141,7 @@ static sd_status parse_vision_config(const cJSON *root, const char *path, sd_cli
     memset(c, 0, sizeof *c);
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (type && !cJSON_IsString(type))
-        return sd_fail(SD_ERR_FORMAT, "%s: key \"model_type\": expected a string, got %s", path, json_kind(type));
+        return sd_fail(SD_ERR_FORMAT, "%s: key \"model_type\": expected a string, got %s", path, sd_json_kind(type));
     const char *model_type = type ? type->valuestring : NULL;
 
     const cJSON *vision_config = NULL, *vision_config_dict = NULL;
@@ -175,7 +166,7 @@ static sd_status parse_vision_config(const cJSON *root, const char *path, sd_cli
         if (inner && (!cJSON_IsString(inner) || strcmp(inner->valuestring, "clip_vision_model") != 0))
             return sd_fail(SD_ERR_UNSUPPORTED, "%s: key \"%smodel_type\" is %s%.64s%s; stylediff runs the "
                            "CLIP vision tower (clip_vision_model)", path, where,
-                           cJSON_IsString(inner) ? "\"" : "", cJSON_IsString(inner) ? inner->valuestring : json_kind(inner),
+                           cJSON_IsString(inner) ? "\"" : "", cJSON_IsString(inner) ? inner->valuestring : sd_json_kind(inner),
                            cJSON_IsString(inner) ? "\"" : "");
     } else if (model_type && strcmp(model_type, "clip_vision_model") != 0) {
         return sd_fail(SD_ERR_UNSUPPORTED, "%s: key \"model_type\" is \"%.64s\"; stylediff runs the CLIP "
@@ -219,32 +210,8 @@ static sd_status parse_vision_config(const cJSON *root, const char *path, sd_cli
 
 sd_status sd_clip_vision_config_parse(const char *json, const char *path, sd_clip_vision_config *out) {
     if (!path) path = "(config)";
-    if (!json) return sd_fail(SD_ERR_ARG, "%s: no JSON text", path);
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(json, strlen(json), &end, 0);
-    if (!root) {
-        /* line and column of the failure, counted the way an editor shows them */
-        int line = 1, column = 1;
-        for (const char *p = json; end && p < end && *p; p++) {
-            if (*p == '\n') {
-                line++;
-                column = 1;
-            } else {
-                column++;
-            }
-        }
-        return sd_fail(SD_ERR_FORMAT, "%s: malformed JSON at line %d, column %d", path, line, column);
-    }
-    for (const char *p = end; p && *p; p++)
-        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            cJSON_Delete(root);
-            return sd_fail(SD_ERR_FORMAT, "%s: unexpected text after the JSON object", path);
-        }
-    if (!cJSON_IsObject(root)) {
-        const char *kind = json_kind(root);
-        cJSON_Delete(root);
-        return sd_fail(SD_ERR_FORMAT, "%s: expected a JSON object at the top level, got %s", path, kind);
-    }
+    cJSON *root = NULL;
+    SD_TRY(sd_json_parse_object(json, path, &root));
     sd_clip_vision_config parsed;
     sd_status status = parse_vision_config(root, path, &parsed);
     cJSON_Delete(root);

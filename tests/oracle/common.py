@@ -127,3 +127,48 @@ def check_close(name, got, want, atol=0.0, rtol=0.0):
     print(f"  check {name:<40s} max|diff| = {diff:.3e}  {'ok' if ok else 'FAIL'}")
     if not ok:
         sys.exit(f"oracle self-check failed: {name}")
+
+
+# ---------------------------------------------------------------------------
+# StyleDiffusion pieces shared by gen_60_autograd.py and gen_65_methods.py
+# ---------------------------------------------------------------------------
+class MappingNet(torch.nn.Module):
+    """stylediffusion.md §3.3: Conv1d(197->154) -> [Conv1d(154->154) -> BatchNorm1d -> LeakyReLU]
+    -> Conv1d(154->154); train mode, so BatchNorm uses the sample's statistics."""
+
+    def __init__(self, tokens=197, channels=154):
+        super().__init__()
+        self.conv_start = torch.nn.Conv1d(tokens, channels, 1)
+        self.conv_block = torch.nn.Sequential(torch.nn.Conv1d(channels, channels, 1),
+                                              torch.nn.BatchNorm1d(channels),
+                                              torch.nn.LeakyReLU(0.01))
+        self.conv_end = torch.nn.Conv1d(channels, channels, 1)
+
+    def forward(self, x):
+        return self.conv_end(self.conv_block(self.conv_start(x)))
+
+
+class ValueSubstitutionProcessor:
+    """diffusers' AttnProcessor (explicit softmax) with StyleDiffusion's injection (§3.4): in
+    cross-attention the value projection reads state["value"] when set (keys read the context);
+    when state["capture"] is a list, cross-attention maps with state["q_len"] queries are
+    appended to it."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        is_cross = encoder_hidden_states is not None
+        ctx = encoder_hidden_states if is_cross else hidden_states
+        value = self.state.get("value")
+        value_in = value if (is_cross and value is not None) else ctx
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(ctx))
+        v = attn.head_to_batch_dim(attn.to_v(value_in))
+        probs = attn.get_attention_scores(q, k, None)
+        capture = self.state.get("capture")
+        if is_cross and capture is not None and probs.shape[1] == self.state.get("q_len"):
+            capture.append(probs)
+        out = attn.batch_to_head_dim(torch.bmm(probs, v))
+        return attn.to_out[1](attn.to_out[0](out))

@@ -44,48 +44,6 @@ LR = 1e-2
 LR_MAPPING = 1e-3
 
 
-class ValueInput:
-    """What the processors read: the substituted value input of cross-attention, or None."""
-
-    def __init__(self):
-        self.value = None
-
-
-class ValueSubstitutionProcessor:
-    """diffusers' AttnProcessor (explicit softmax) with StyleDiffusion's injection: in
-    cross-attention the value projection reads `state.value` when set; keys read the context."""
-
-    def __init__(self, state):
-        self.state = state
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, *args, **kwargs):
-        is_cross = encoder_hidden_states is not None
-        ctx = encoder_hidden_states if is_cross else hidden_states
-        value_in = self.state.value if (is_cross and self.state.value is not None) else ctx
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        k = attn.head_to_batch_dim(attn.to_k(ctx))
-        v = attn.head_to_batch_dim(attn.to_v(value_in))
-        probs = attn.get_attention_scores(q, k, None)
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-class MappingNet(torch.nn.Module):
-    """stylediffusion.md §3.3: Conv1d(197->154) -> [Conv1d(154->154) -> BN -> LeakyReLU] -> Conv1d."""
-
-    def __init__(self, tokens=197, channels=154):
-        super().__init__()
-        self.conv_start = torch.nn.Conv1d(tokens, channels, 1)
-        self.conv_block = torch.nn.Sequential(torch.nn.Conv1d(channels, channels, 1),
-                                              torch.nn.BatchNorm1d(channels),
-                                              torch.nn.LeakyReLU(0.01))
-        self.conv_end = torch.nn.Conv1d(channels, channels, 1)
-
-    def forward(self, x):
-        return self.conv_end(self.conv_block(self.conv_start(x)))
-
-
 def value_from_mapping(net, features, cond):
     out = net(features)            # (1, 154, L)
     scale, shift = out[:, :77], out[:, 77:]
@@ -95,8 +53,8 @@ def value_from_mapping(net, features, cond):
 def main():
     common.setup_determinism()
     unet = common.load_tiny_unet()
-    state = ValueInput()
-    unet.set_attn_processor(ValueSubstitutionProcessor(state))
+    state = {"value": None}
+    unet.set_attn_processor(common.ValueSubstitutionProcessor(state))
     for p in unet.parameters():
         p.requires_grad_(False)
 
@@ -114,9 +72,9 @@ def main():
     features = common.randn((1, 197, 32), 603)
 
     def eps(context, value=None):
-        state.value = value
+        state["value"] = value
         out = unet(z, t, encoder_hidden_states=context).sample
-        state.value = None
+        state["value"] = None
         return out
 
     def loss_of(eps_u, eps_c):
@@ -146,7 +104,7 @@ def main():
 
     # (c) mapping-network parameters (train-mode BatchNorm: batch statistics)
     torch.manual_seed(1234)
-    net = MappingNet().train()
+    net = common.MappingNet().train()
     init = {name: p.detach().clone() for name, p in net.named_parameters()}
     for name, p in init.items():
         fx["map_" + name] = p

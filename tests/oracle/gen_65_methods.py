@@ -54,40 +54,6 @@ def load_512(path, size):
     return np.array(Image.fromarray(image).resize((size, size)))
 
 
-class Processor:
-    """Explicit-softmax attention with StyleDiffusion's value substitution and map capture."""
-
-    def __init__(self, state):
-        self.state = state
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                 temb=None, *args, **kwargs):
-        is_cross = encoder_hidden_states is not None
-        ctx = encoder_hidden_states if is_cross else hidden_states
-        value_in = self.state["value"] if (is_cross and self.state["value"] is not None) else ctx
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        k = attn.head_to_batch_dim(attn.to_k(ctx))
-        v = attn.head_to_batch_dim(attn.to_v(value_in))
-        probs = attn.get_attention_scores(q, k, None)
-        if is_cross and self.state["capture"] is not None and probs.shape[1] == self.state["q_len"]:
-            self.state["capture"].append(probs)
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-class MappingNet(torch.nn.Module):
-    def __init__(self, tokens=197, channels=154):
-        super().__init__()
-        self.conv_start = torch.nn.Conv1d(tokens, channels, 1)
-        self.conv_block = torch.nn.Sequential(torch.nn.Conv1d(channels, channels, 1),
-                                              torch.nn.BatchNorm1d(channels),
-                                              torch.nn.LeakyReLU(0.01))
-        self.conv_end = torch.nn.Conv1d(channels, channels, 1)
-
-    def forward(self, x):
-        return self.conv_end(self.conv_block(self.conv_start(x)))
-
-
 def clip_features(image_u8):
     """E(x): Trainer.preprocess on the [-1, 1] image, then ln_post on every token."""
     from transformers import CLIPVisionModel
@@ -109,7 +75,7 @@ def main():
     common.setup_determinism()
     unet = common.load_tiny_unet()
     state = {"value": None, "capture": None, "q_len": 0}
-    unet.set_attn_processor(Processor(state))
+    unet.set_attn_processor(common.ValueSubstitutionProcessor(state))
     for p in unet.parameters():
         p.requires_grad_(False)
     vae = common.load_tiny_vae()
@@ -163,7 +129,7 @@ def main():
     features = clip_features(image)
     fx["sd_features"] = features
     torch.manual_seed(7)
-    net = MappingNet().train()
+    net = common.MappingNet().train()
     for name, p in net.named_parameters():
         fx["map_" + name] = p.detach().clone()
     z = latents[n]

@@ -153,6 +153,37 @@ static void test_bad_inputs(void **state) {
     expect_failure("tokenize --word dog \"a cat sitting\"", "dog");
 }
 
+/* The reference CSV format: a good row, a row without a target, a row whose blend word is not in
+ * its prompt. The bad rows are reported, the good one is written, the exit status is 1. */
+static void test_batch_csv(void **state) {
+    (void)state;
+    char csv[PATH_MAX + 32], args[4096], png[PATH_MAX + 64];
+    snprintf(csv, sizeof csv, "%s/edits.csv", tmpdir);
+    FILE *f = fopen(csv, "w");
+    assert_non_null(f);
+    fputs(",case_number,prompt,image_path,url,target,blend_word,eq_params,tau_v,tau_c,tau_s,tau_u,edit_type\n"
+          "0,0,a cat on a floor,data/images/chelsea.png,,a tiger on a floor,\"[('cat',),('tiger',)]\",\"[('tiger',),(2,)]\",\"[.5,]\",\"[.6,]\",\"[.8,]\",\"[.5,]\",Replacement\n"
+          "1,1,a cat on a floor,data/images/chelsea.png,,,,,,,,,Replacement\n"
+          "2,2,a cat on a floor,data/images/chelsea.png,,a dog on a floor,\"[('cow',),('dog',)]\",,,,,,Replacement\n",
+          f);
+    fclose(f);
+    snprintf(args, sizeof args, "batch %s --method npi --steps 3 --size-check -o %s/batch -q", csv, tmpdir);
+    /* (an unknown option first: the parser names it) */
+    expect_failure(args, "unknown option '--size-check'");
+    snprintf(args, sizeof args, "batch %s --method npi --steps 3 -o %s/batch -q", csv, tmpdir);
+    run_result *r = malloc(sizeof *r);
+    run(r, args);
+    assert_int_equal(r->status, 1);
+    assert_non_null(strstr(r->out, "1 rows done, 2 failed"));
+    assert_non_null(strstr(r->out, "line 3: ") );
+    assert_non_null(strstr(r->out, "missing column 'target'"));
+    assert_non_null(strstr(r->out, "word \"cow\" is not one of the space-separated words"));
+    snprintf(png, sizeof png, "%s/batch/0 a tiger on a floor.png", tmpdir);
+    struct stat st;
+    assert_int_equal(stat(png, &st), 0);
+    free(r);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     char self[PATH_MAX];
@@ -162,6 +193,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_help_and_usage),
         cmocka_unit_test(test_generate_and_reconstruct),
         cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_batch_csv),
     };
     return cmocka_run_group_tests_name("cli", tests, setup, teardown);
 }

@@ -1063,34 +1063,6 @@ static void test_model_unet(void **state) {
     check_unet("small_sample", "small_context", 500.0f, "small_eps_t500", TOL_MODEL_FAST);
 }
 
-/* The hook of test_models.c: records every call, keeps the maps of the layers the fixture holds. */
-#define MAX_CALLS 64
-typedef struct {
-    sd_attn_hook base;
-    int n_calls;
-    sd_attn_site sites[MAX_CALLS];
-    sd_tensor *maps[MAX_CALLS];
-} recording_hook;
-
-static int record_wants(sd_attn_hook *h, const sd_attn_site *s) {
-    (void)h;
-    return (s->is_cross && s->q_len == 256) || (!s->is_cross && s->q_len == 64);
-}
-
-static sd_tensor *record_probs(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *p) {
-    recording_hook *r = (recording_hook *)h;
-    r->maps[s->layer] = sd_keep(c, p);
-    return p;
-}
-
-static sd_tensor *record_value(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *ctxv) {
-    (void)c;
-    (void)ctxv;
-    recording_hook *r = (recording_hook *)h;
-    if (r->n_calls < MAX_CALLS) r->sites[r->n_calls] = *s;
-    r->n_calls++;
-    return NULL;
-}
 
 static void test_model_attention_maps(void **state) {
     (void)state;
@@ -1102,7 +1074,8 @@ static void test_model_attention_maps(void **state) {
     sd_tensor *context = testutil_fixture("tiny_unet", "context");
     sd_tensor *want_eps = testutil_fixture("tiny_unet", "eps_t981");
     sd_tensor *rows = testutil_fixture("tiny_attn", "attn_rows");
-    recording_hook hook = {{record_value, record_wants, record_probs}, 0, {{0}}, {0}};
+    testutil_recording_hook hook;
+    testutil_recording_hook_init(&hook);
     sd_arena_mark mark = sd_arena_get_mark(gctx.arena);
     sd_arena_mark keep_mark = sd_arena_get_mark(gctx.keep);
     gctx.hook = &hook.base;

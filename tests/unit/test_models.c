@@ -103,35 +103,6 @@ static void test_time_embedding(void **state) {
     sd_tensor_free(want_emb);
 }
 
-/* A hook that records every call (order, kind, shapes) and keeps the maps of chosen layers. */
-#define MAX_CALLS 64
-typedef struct {
-    sd_attn_hook base;
-    int n_calls;
-    sd_attn_site sites[MAX_CALLS];
-    sd_tensor *maps[MAX_CALLS];
-} recording_hook;
-
-static int record_wants(sd_attn_hook *h, const sd_attn_site *s) {
-    (void)h;
-    /* the layers the fixture holds: 16x16 cross-attention and the 8x8 mid self-attention */
-    return (s->is_cross && s->q_len == 256) || (!s->is_cross && s->q_len == 64);
-}
-
-static sd_tensor *record_probs(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *p) {
-    recording_hook *r = (recording_hook *)h;
-    r->maps[s->layer] = sd_keep(c, p);
-    return p;
-}
-
-static sd_tensor *record_value(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *ctxv) {
-    (void)c;
-    (void)ctxv;
-    recording_hook *r = (recording_hook *)h;
-    if (r->n_calls < MAX_CALLS) r->sites[r->n_calls] = *s;
-    r->n_calls++;
-    return NULL; /* keep the context */
-}
 
 static void test_attention_hook_and_maps(void **state) {
     (void)state;
@@ -141,7 +112,8 @@ static void test_attention_hook_and_maps(void **state) {
     sd_tensor *is_cross = testutil_fixture("tiny_attn", "attn_call_is_cross");
     sd_tensor *shapes = testutil_fixture("tiny_attn", "attn_call_shapes");
     sd_tensor *rows = testutil_fixture("tiny_attn", "attn_rows");
-    recording_hook hook = {{record_value, record_wants, record_probs}, 0, {{0}}, {0}};
+    testutil_recording_hook hook;
+    testutil_recording_hook_init(&hook);
     sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
     ctx.hook = &hook.base;
     sd_tensor *eps = sd_unet_forward(&ctx, &unet, sd_upload(&ctx, sample), 981.0f, sd_upload(&ctx, context));

@@ -28,18 +28,8 @@ static int setup_all(void **state) {
         fprintf(stderr, "cannot load %s: %s\n", TOKENIZER_DIR, sd_last_error());
         return -1;
     }
-    char *text;
-    size_t len;
-    if (sd_read_file(FIXTURE, &text, &len) != SD_OK) {
-        fprintf(stderr, "cannot read %s: %s\n", FIXTURE, sd_last_error());
-        return -1;
-    }
-    g_fixture = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!g_fixture) {
-        fprintf(stderr, "%s: malformed JSON\n", FIXTURE);
-        return -1;
-    }
+    g_fixture = testutil_json_file(FIXTURE);
+    if (!g_fixture) return -1;
     return 0;
 }
 

@@ -256,15 +256,8 @@ sd_status cpu_group_norm_backward(const float *x, const float *gamma, const floa
                 const int64_t off = (b * C + (int64_t)g * cpg) * S;
                 const float *xg = x + off, *dyg = dy + off;
                 /* the statistics exactly as the forward computes them */
-                double sum = 0.0, sq = 0.0;
-                for (int64_t i = 0; i < count; i++) sum += xg[i];
-                const double mean = sum / (double)count;
-                for (int64_t i = 0; i < count; i++) {
-                    const double d = xg[i] - mean;
-                    sq += d * d;
-                }
-                const float rstd = (float)(1.0 / sqrt(sq / (double)count + (double)eps));
-                const float meanf = (float)mean;
+                float meanf, rstd;
+                cpu_norm_stats(xg, count, eps, &meanf, &rstd);
                 double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
                 for (int64_t cc = 0; cc < cpg; cc++) {
                     const int64_t ch = (int64_t)g * cpg + cc;
@@ -346,15 +339,8 @@ sd_status cpu_layer_norm_backward(const float *x, const float *gamma, const floa
 #pragma omp for schedule(static)
         for (int64_t m = 0; m < M; m++) {
             const float *xr = x + m * C, *dyr = dy + m * C;
-            double sum = 0.0, sq = 0.0;
-            for (int64_t i = 0; i < C; i++) sum += xr[i];
-            const double mean = sum / (double)C;
-            for (int64_t i = 0; i < C; i++) {
-                const double d = xr[i] - mean;
-                sq += d * d;
-            }
-            const float rstd = (float)(1.0 / sqrt(sq / (double)C + (double)eps));
-            const float meanf = (float)mean;
+            float meanf, rstd;
+            cpu_norm_stats(xr, C, eps, &meanf, &rstd);
             double sum_dxhat = 0.0, sum_dxhat_xhat = 0.0;
             for (int64_t i = 0; i < C; i++) {
                 const float xhat = (xr[i] - meanf) * rstd;

@@ -7,6 +7,7 @@
 #ifndef SD_CPU_INTERNAL_H
 #define SD_CPU_INTERNAL_H
 
+#include <math.h>
 #include <stdint.h>
 
 #include "sd/backend.h"
@@ -98,5 +99,19 @@ sd_status cpu_conv2d_backward_data_blocked(const float *dy, const float *w, floa
                                            const sd_conv_geom *g, int64_t max_block_floats);
 sd_status cpu_conv2d_backward_params_blocked(const float *dy, const float *x, float *dw, float *db,
                                              const sd_conv_geom *g, int64_t max_block_floats);
+
+/* Mean and 1/sqrt(biased variance + eps) of n values, two passes accumulated in double: the
+ * statistics of every normalisation, shared so that forward and backward agree bit for bit. */
+static inline void cpu_norm_stats(const float *x, int64_t n, float eps, float *mean, float *rstd) {
+    double sum = 0.0, sq = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += x[i];
+    const double m = sum / (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        const double d = x[i] - m;
+        sq += d * d;
+    }
+    *mean = (float)m;
+    *rstd = (float)(1.0 / sqrt(sq / (double)n + (double)eps));
+}
 
 #endif

@@ -152,15 +152,8 @@ static sd_status cpu_group_norm(const float *x, const float *gamma, const float 
         for (int g = 0; g < groups; g++) {
             const float *xg = x + (b * C + (int64_t)g * cpg) * S;
             float *yg = y + (b * C + (int64_t)g * cpg) * S;
-            double sum = 0.0, sq = 0.0;
-            for (int64_t i = 0; i < count; i++) sum += xg[i];
-            const double mean = sum / (double)count;
-            for (int64_t i = 0; i < count; i++) {
-                const double d = xg[i] - mean;
-                sq += d * d;
-            }
-            const float rstd = (float)(1.0 / sqrt(sq / (double)count + (double)eps));
-            const float meanf = (float)mean;
+            float meanf, rstd;
+            cpu_norm_stats(xg, count, eps, &meanf, &rstd);
             for (int64_t cc = 0; cc < cpg; cc++) {
                 const int64_t ch = (int64_t)g * cpg + cc;
                 const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
@@ -182,15 +175,8 @@ static sd_status cpu_layer_norm(const float *x, const float *gamma, const float 
     for (int64_t m = 0; m < M; m++) {
         const float *xr = x + m * C;
         float *yr = y + m * C;
-        double sum = 0.0, sq = 0.0;
-        for (int64_t i = 0; i < C; i++) sum += xr[i];
-        const double mean = sum / (double)C;
-        for (int64_t i = 0; i < C; i++) {
-            const double d = xr[i] - mean;
-            sq += d * d;
-        }
-        const float rstd = (float)(1.0 / sqrt(sq / (double)C + (double)eps));
-        const float meanf = (float)mean;
+        float meanf, rstd;
+        cpu_norm_stats(xr, C, eps, &meanf, &rstd);
         for (int64_t i = 0; i < C; i++)
             yr[i] = (xr[i] - meanf) * rstd * (gamma ? gamma[i] : 1.0f) + (beta ? beta[i] : 0.0f);
     }

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
 #include "sd/io.h"
 
 int testutil_contains(const char *haystack, const char *needle) {
@@ -94,6 +96,47 @@ int testutil_remove_tree(const char *dir) {
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     return system(cmd) == 0 ? 0 : -1;
+}
+
+static int record_wants(sd_attn_hook *h, const sd_attn_site *s) {
+    (void)h;
+    return (s->is_cross && s->q_len == 256) || (!s->is_cross && s->q_len == 64);
+}
+
+static sd_tensor *record_probs(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *p) {
+    testutil_recording_hook *r = (testutil_recording_hook *)h;
+    if (s->layer >= 0 && s->layer < TESTUTIL_MAX_CALLS) r->maps[s->layer] = sd_keep(c, p);
+    return p;
+}
+
+/* The value-input callback runs first in every attention call: the place to log the site. */
+static sd_tensor *record_site(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *context) {
+    (void)c;
+    (void)context;
+    testutil_recording_hook *r = (testutil_recording_hook *)h;
+    if (r->n_calls < TESTUTIL_MAX_CALLS) r->sites[r->n_calls] = *s;
+    r->n_calls++;
+    return NULL; /* keep the context */
+}
+
+void testutil_recording_hook_init(testutil_recording_hook *h) {
+    memset(h, 0, sizeof *h);
+    h->base.value_input = record_site;
+    h->base.wants_probs = record_wants;
+    h->base.edit_probs = record_probs;
+}
+
+struct cJSON *testutil_json_file(const char *path) {
+    char *text;
+    size_t len;
+    if (sd_read_file(path, &text, &len) != SD_OK) {
+        fprintf(stderr, "cannot read %s: %s\n", path, sd_last_error());
+        return NULL;
+    }
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!doc) fprintf(stderr, "%s: malformed JSON\n", path);
+    return doc;
 }
 
 #ifdef SD_HAVE_CUDA

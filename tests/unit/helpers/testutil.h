@@ -9,6 +9,7 @@
 /* cmocka.h needs the four includes above first. */
 #include <cmocka.h>
 
+#include "sd/attn.h"
 #include "sd/core.h"
 
 /* Fails the test with sd_last_error() when an sd_status call does not return SD_OK. */
@@ -52,6 +53,22 @@ sd_tensor *testutil_fixture(const char *file, const char *name);
  * testutil_remove_tree deletes it again (rm -rf); 0 on success. */
 int testutil_make_tmpdir(char *buf, size_t n, const char *prefix);
 int testutil_remove_tree(const char *dir);
+
+/* An attention hook that records every call's site (in order) and keeps, by layer, a copy of the
+ * maps of the layers the oracle's tiny-model fixture holds: the 16x16 cross-attention maps and the
+ * 8x8 mid-block self-attention map of a 64x64 latent. */
+#define TESTUTIL_MAX_CALLS 64
+typedef struct testutil_recording_hook {
+    sd_attn_hook base;
+    int n_calls;
+    sd_attn_site sites[TESTUTIL_MAX_CALLS];
+    sd_tensor *maps[TESTUTIL_MAX_CALLS];
+} testutil_recording_hook;
+void testutil_recording_hook_init(testutil_recording_hook *h);
+
+/* A JSON fixture file parsed whole; NULL (with a message on stderr) when unreadable or malformed. */
+struct cJSON;
+struct cJSON *testutil_json_file(const char *path);
 
 /* Whether a usable CUDA GPU is present in this build and machine. GPU tests call
  * testutil_skip_without_gpu() first: it prints the reason and skips. */
