@@ -14,6 +14,11 @@
 #          64x64 latent); then bench/reference/unet_torch.py times PyTorch on the same card with the
 #          SAME weights (written by --save-weights) and checks parity on stylediff's own inputs and
 #          outputs (--save-io); one table with the ratios.
+#   invert (not in the default list: `bash bench/gpu_check.sh build invert`) bench/invert_side_by_side.sh
+#          --device cuda for each of INVERT_MODELS (default sd15): stylediff bench invert (exact, fast)
+#          vs bench/reference/invert_torch.py (fp32 explicit / SDPA) on the same weights: DDIM
+#          inversion, Null-text per timestep, StyleDiffusion per inner iteration, one table; files
+#          under $WORK_DIR/invert_<model>, the table in gpu_check.log. INVERT_ARGS adds options.
 #
 # Results: $OUT/gpu_check/ when OUT is set (the GPU tool copies $OUT back), else build/gpu_check/:
 #   gpu_check.log (everything printed), results.tsv (raw rows), table.txt, test_*.log.
@@ -195,6 +200,17 @@ if want bench; then
             "$TSV" "$TSV" | { printf "%-6s %-5s %-28s %-14s %-6s %10s %10s %9s %8s %8s\n" model batch impl precision mode \
                                 "median ms" "min ms" "peak MiB" "x fp32" "x fp16"; cat; }
     } | tee "$RES/table.txt"
+fi
+
+# ------------------------------------------------------------------------------------------------
+if want invert; then
+    echo "---- invert ($(elapsed)) ----"
+    for model in ${INVERT_MODELS:-sd15}; do
+        # shellcheck disable=SC2086
+        sh bench/invert_side_by_side.sh --device cuda --model "$model" --stylediff "./$BUILD/stylediff" --python "$PYTHON" \
+            --work "$WORK_DIR/invert" --out "$WORK_DIR/invert_$model" --quality ddim ${INVERT_ARGS:-} \
+            || { note "invert_side_by_side failed for $model (see above)"; FAILED=1; }
+    done
 fi
 
 echo "==================== gpu_check done in $(elapsed): $([ "$FAILED" = 0 ] && echo OK || echo 'SOMETHING FAILED (see above)') ===================="

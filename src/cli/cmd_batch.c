@@ -66,7 +66,9 @@ static sd_status row_inversion(const batch_env *e, const csv_edit *row, sd_inver
     sd_clear_error();
     const sd_arena_mark keep = sd_arena_get_mark(e->c->keep);
     sd_tensor *x = sd_keep(e->c, sd_image_upload(e->c, &input));
+    const sd_arena_mark act = sd_arena_get_mark(e->c->arena);
     sd_tensor *features = e->clip ? sd_keep(e->c, sd_clip_vision_encode(e->c, e->clip, x)) : NULL;
+    sd_arena_reset(e->c->arena, act); /* only the kept features outlive the encoder */
     sd_status st = sd_ctx_status(e->c);
     if (!st) st = sd_invert(e->c, e->m, e->invert, x, row->prompt, features, inv);
     if (!st) {

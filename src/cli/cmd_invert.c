@@ -119,7 +119,9 @@ int cmd_invert(int argc, char **argv) {
     sd_tensor *x = NULL, *features = NULL;
     if (!st) {
         x = sd_keep(&c, sd_image_upload(&c, &input));
+        const sd_arena_mark act = sd_arena_get_mark(c.arena);
         if (have_clip) features = sd_keep(&c, sd_clip_vision_encode(&c, &clip, x));
+        sd_arena_reset(c.arena, act); /* only the kept features outlive the encoder */
         if (!st) st = sd_ctx_status(&c);
     }
     if (!st) st = sd_invert(&c, &m, &o, x, prompt, features, &inv);

@@ -50,9 +50,13 @@ sd_status sd_invert_prepare(sd_ctx *c, const sd_model *m, const sd_invert_option
                             sd_tensor *image, const char *prompt, sd_invert_state *s) {
     memset(s, 0, sizeof *s);
     SD_TRY(sd_ddim_init(&s->sched, o->n_steps));
+    /* the encoders' activations (the VAE's run to gigabytes at 512 px) are dropped once their
+     * results are kept: the optimisation that follows needs the memory */
+    const sd_arena_mark mark = sd_arena_get_mark(c->arena);
     s->cond = sd_keep(c, sd_encode_prompt(c, m, prompt));
     s->uncond = sd_keep(c, sd_encode_prompt(c, m, ""));
     s->z0 = sd_keep(c, sd_image_to_latent(c, m, image));
+    sd_arena_reset(c->arena, mark);
     s->latents = calloc((size_t)o->n_steps + 1, sizeof *s->latents);
     if (!s->latents) return c->status = sd_fail(SD_ERR_OOM, "out of memory");
     return sd_ctx_status(c);

@@ -1,4 +1,4 @@
-/* cuda_stub.c: what the C side needs from CUDA, in a build without it (no nvcc found, or
+/* no_cuda.c: what the C side needs from CUDA, in a build without it (no nvcc found, or
  * `make NVCC=`). Every entry point of include/sd/device.h's CUDA section and sd_backend_cuda
  * exist, so the CLI, the tests and device.c link the same way in both builds; each fails with
  * one clear sentence. In a CUDA build (SD_HAVE_CUDA) the real ones live in kernels/ and this file
@@ -79,5 +79,5 @@ sd_status sd_cuda_attention_rows(const float *q, const float *k, const float *v,
 
 #else
 /* ISO C forbids an empty translation unit. */
-typedef int sd_cuda_stub_unused;
+typedef int sd_no_cuda_translation_unit;
 #endif

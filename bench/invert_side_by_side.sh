@@ -1,0 +1,366 @@
+#!/bin/sh
+# bench/invert_side_by_side.sh: the cost of inverting a photo, stylediff vs PyTorch eager, on the
+# same device, the same model (same weights), the same step counts, in one run, as ONE table.
+#
+#   sh bench/invert_side_by_side.sh --device cpu --model tiny          # this CPU VM: a few minutes
+#   sh bench/invert_side_by_side.sh --device cuda --model sd15         # a GPU machine
+#
+# Rows (what each side times):
+#   DDIM inversion, whole     N UNet calls (conditional, guidance 1) from z0 to z_T.
+#                             stylediff: `bench invert`'s ddim seconds of its (last) nulltext row;
+#                             they also include encoding the prompt and "" and the VAE encode of
+#                             the photo. PyTorch: the DDIM loop on a latent only.
+#   Null-text, per timestep   1 conditional forward + K x (unconditional forward, CFG 7.5, backward
+#                             to the null embedding, Adam step) + 1 batched CFG forward (batch 2).
+#                             stylediff: optimisation seconds / timed timesteps (mean over --timesteps,
+#                             early stop on as in the reference: the table says if it fired).
+#                             PyTorch: median of --reps timesteps, no early stop.
+#   StyleDiffusion, per inner mapping net -> value input of the 16 cross-attention layers, CFG 7.5
+#   iteration                 with eps_u, L_rec + L_att on the (latent/4)^2 cross maps, backward to
+#                             the mapping net, Adam step. stylediff: optimisation seconds / iterations
+#                             over --timesteps timesteps (so it also carries, amortised, each
+#                             timestep's eps_u and advance: the table gives the share).
+#                             PyTorch: median of --reps iterations at timestep 0, eps_u precomputed.
+#   ratio = PyTorch ms (first --modes entry: fp32-explicit, what the reference code runs) / stylediff ms.
+#
+# PyTorch runs bench/reference/invert_torch.py (fp32, TF32 off; the UNet parameters require grad as in
+# the reference code, so its backward also computes UNet weight gradients; add "-frozen" modes to
+# see PyTorch without them). stylediff runs `stylediff bench invert --tsv --timesteps K`.
+#
+# Models: tiny = the built-in tiny model (models/tiny), 256 px (32x32 latent). sd15 = the SD v1.5
+# architecture with random weights, 512 px (64x64 latent): the UNet weights `stylediff bench unet
+# --config configs/sd-v1.5 --save-weights` synthesizes, plus random VAE / CLIP text / CLIP ViT-B/16
+# weights, written once as a diffusers-layout folder under --work (about 4 GB) that both sides load.
+#
+# Options (defaults: cpu | cuda):
+#   --device cpu|cuda            (cpu)
+#   --model tiny|sd15            (tiny)
+#   --steps N                    DDIM steps of DDIM/Null-text (50 | 50)
+#   --steps-sd N                 DDIM steps of StyleDiffusion (30 | 30)
+#   --inner K                    Null-text iterations per timestep (10 | 10)
+#   --inner-sd N                 StyleDiffusion iterations at timestep 0, decaying (10 | 30)
+#   --timesteps K                timesteps stylediff times per optimising method (1 | 2)
+#   --reps R / --reps-ddim R     PyTorch timed units (3 / 1 | 10 / 10)
+#   --warmup W                   PyTorch untimed units (1 | 2); DDIM: (0 | 1)
+#   --modes LIST                 PyTorch modes (fp32-explicit | fp32-explicit,fp32-sdpa)
+#   --precision LIST             stylediff precisions on cuda (exact,fast); cpu: exact
+#   --ours-warmup 0|1            run stylediff's methods once untimed first (0 | 1): the reported
+#                                rows are then the second nulltext and stylediffusion runs
+#   --quality none|ddim|all      also run full inversions on both sides and report the latent MSE of
+#                                each reconstruction (none). ddim: DDIM only (cheap); all: also
+#                                Null-text and StyleDiffusion, all N timesteps (long)
+#   --stylediff PATH             (build/stylediff)   --python PY (.venv/bin/python, else python3)
+#   --work DIR                   big files (/tmp/stylediff_invert_bench)
+#   --out DIR                    results: ours_*.tsv, torch.tsv, quality_*.tsv, table.txt
+#                                ($OUT/invert_bench or build/invert_bench); logs go to --work/logs
+# Exit status: 0 when both sides ran, 1 when either failed (the table still prints what ran).
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$(pwd)
+
+DEVICE=cpu MODEL=tiny STEPS=50 STEPS_SD=30 INNER=10 INNER_SD="" TIMESTEPS="" REPS="" REPS_DDIM="" WARMUP=""
+MODES="" PRECISION="" OURS_WARMUP="" QUALITY=none SD=${STYLEDIFF:-build/stylediff} PY=${PYTHON:-}
+WORK=${WORK:-/tmp/stylediff_invert_bench} RES=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --device) DEVICE=$2; shift ;;
+        --model) MODEL=$2; shift ;;
+        --steps) STEPS=$2; shift ;;
+        --steps-sd) STEPS_SD=$2; shift ;;
+        --inner) INNER=$2; shift ;;
+        --inner-sd) INNER_SD=$2; shift ;;
+        --timesteps) TIMESTEPS=$2; shift ;;
+        --reps) REPS=$2; shift ;;
+        --reps-ddim) REPS_DDIM=$2; shift ;;
+        --warmup) WARMUP=$2; shift ;;
+        --modes) MODES=$2; shift ;;
+        --precision) PRECISION=$2; shift ;;
+        --ours-warmup) OURS_WARMUP=$2; shift ;;
+        --quality) QUALITY=$2; shift ;;
+        --stylediff) SD=$2; shift ;;
+        --python) PY=$2; shift ;;
+        --work) WORK=$2; shift ;;
+        --out) RES=$2; shift ;;
+        -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "invert_side_by_side: unknown option '$1' (--help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+case $DEVICE in cpu|cuda) ;; *) echo "invert_side_by_side: --device cpu|cuda" >&2; exit 2 ;; esac
+case $QUALITY in none|ddim|all) ;; *) echo "invert_side_by_side: --quality none|ddim|all" >&2; exit 2 ;; esac
+if [ "$DEVICE" = cpu ]; then
+    : "${INNER_SD:=10}" "${TIMESTEPS:=1}" "${REPS:=3}" "${REPS_DDIM:=1}" "${WARMUP:=1}" "${MODES:=fp32-explicit}"
+    : "${OURS_WARMUP:=0}"
+    PRECISION=exact WARMUP_DDIM=0
+else
+    : "${INNER_SD:=30}" "${TIMESTEPS:=2}" "${REPS:=10}" "${REPS_DDIM:=10}" "${WARMUP:=2}"
+    : "${MODES:=fp32-explicit,fp32-sdpa}" "${PRECISION:=exact,fast}" "${OURS_WARMUP:=1}"
+    WARMUP_DDIM=1
+fi
+if [ -z "$PY" ]; then
+    if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+if [ -z "$RES" ]; then
+    if [ -n "${OUT:-}" ]; then RES=$OUT/invert_bench; else RES=$ROOT/build/invert_bench; fi
+fi
+LOGS=$WORK/logs
+mkdir -p "$RES" "$WORK" "$LOGS"
+note() { echo "invert_side_by_side: $*" >&2; }
+FAILED=0
+[ -x "$SD" ] || { note "$SD missing: build it (make NVCC= all, or make all on a GPU machine)"; exit 1; }
+
+# ---- the machine ----
+if [ "$DEVICE" = cuda ]; then
+    WHERE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)
+    WHERE="${WHERE:-unknown GPU}"
+else
+    WHERE="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
+fi
+echo "invert_side_by_side: $(date -u '+%Y-%m-%d %H:%M UTC'), $DEVICE ($WHERE), model $MODEL, load:$(uptime | sed 's/.*load average://')"
+
+# ---- PyTorch: importable? diffusers from a carried wheel when missing ----
+HAVE_TORCH=0
+if "$PY" -c "import torch, safetensors" 2>/dev/null; then
+    if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+        note "$PY: torch sees no GPU; the PyTorch side is skipped"
+    else
+        HAVE_TORCH=1
+    fi
+else
+    note "$PY cannot import torch and safetensors; the PyTorch side is skipped"
+fi
+if [ "$HAVE_TORCH" = 1 ] && ! "$PY" -c "import diffusers" 2>/dev/null; then
+    WHEEL=${DIFFUSERS_WHEEL:-$(ls build/wheels/diffusers-*.whl 2>/dev/null | head -n 1)}
+    if [ -n "$WHEEL" ] && [ -f "$WHEEL" ] && "$PY" -m pip install --quiet --no-deps --no-index --target "$WORK/pydeps" \
+            "$WHEEL" >/dev/null 2>&1; then
+        PYTHONPATH="$WORK/pydeps${PYTHONPATH:+:$PYTHONPATH}"
+        export PYTHONPATH
+    fi
+    "$PY" -c "import diffusers" 2>/dev/null || note "diffusers not importable: the PyTorch side uses" \
+        "bench/reference/sd_unet_torch.py (the same module tree and arithmetic in plain PyTorch)"
+fi
+
+# ---- the model ----
+case $MODEL in
+    tiny)
+        MODEL_DIR=$ROOT/models/tiny
+        OURS_MODEL=""
+        ;;
+    sd15)
+        MODEL_DIR=$WORK/sd15
+        OURS_MODEL="-m $MODEL_DIR --clip $WORK/sd15-clip-vision"
+        if [ ! -f "$MODEL_DIR/.complete" ]; then
+            note "writing the SD v1.5 random-weight model folder $MODEL_DIR (once; about 4 GB)"
+            W=$WORK/unet_sd15_stylediff.safetensors
+            dev_opt="--device $DEVICE"
+            [ "$DEVICE" = cuda ] && dev_opt="$dev_opt --no-graph"
+            # shellcheck disable=SC2086
+            "$SD" bench unet --config configs/sd-v1.5 $dev_opt --batch 1 --iters 1 -q --save-weights "$W" >/dev/null \
+                || { note "stylediff bench unet --save-weights failed"; exit 1; }
+            "$PY" bench/reference/invert_torch.py \
+                --make-model "$MODEL_DIR" --from-config configs/sd-v1.5 --unet-weights "$W" \
+                --clip-out "$WORK/sd15-clip-vision" || { note "writing the model folder failed"; exit 1; }
+            rm -f "$W"
+            touch "$MODEL_DIR/.complete"
+        fi
+        ;;
+    *) note "--model tiny|sd15"; exit 2 ;;
+esac
+
+# ---- stylediff ----
+METHODS=nulltext,stylediffusion
+[ "$OURS_WARMUP" = 1 ] && METHODS=nulltext,stylediffusion,nulltext
+OURS_FILES=""
+for prec in $(echo "$PRECISION" | tr ',' ' '); do
+    f=$RES/ours_$prec.tsv
+    echo "stylediff: bench invert --device $DEVICE --precision $prec --methods $METHODS --steps $STEPS" \
+         "--steps-sd $STEPS_SD --inner $INNER --inner-sd $INNER_SD --timesteps $TIMESTEPS" >&2
+    # shellcheck disable=SC2086
+    if "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "$prec" --methods "$METHODS" --steps "$STEPS" \
+            --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
+            > "$f" 2> "$LOGS/ours_$prec.err"; then
+        sed "s/^/  /" "$f" >&2
+    else
+        sed "s/^/  /" "$LOGS/ours_$prec.err" >&2
+        note "stylediff bench invert failed ($prec); its column stays empty"
+        FAILED=1
+    fi
+    OURS_FILES="$OURS_FILES $prec=$f"
+done
+
+# ---- PyTorch ----
+TORCH_TSV=$RES/torch.tsv
+: > "$TORCH_TSV"
+if [ "$HAVE_TORCH" = 1 ]; then
+    echo "pytorch: invert_torch.py --device $DEVICE --model $MODEL --modes $MODES --reps $REPS --reps-ddim $REPS_DDIM" >&2
+    "$PY" bench/reference/invert_torch.py --model "$MODEL_DIR" --label "$MODEL" --device "$DEVICE" --modes "$MODES" \
+        --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" --guidance 7.5 --reps "$REPS" --warmup "$WARMUP" \
+        --reps-ddim "$REPS_DDIM" --warmup-ddim "$WARMUP_DDIM" --tsv > "$TORCH_TSV" 2> "$LOGS/torch.err"
+    rc=$?
+    sed "s/^/  /" "$TORCH_TSV" >&2
+    grep -v "^$" "$LOGS/torch.err" | sed "s/^/  /" >&2
+    [ "$rc" -ne 0 ] && { note "the PyTorch side failed (exit $rc)"; FAILED=1; }
+else
+    FAILED=1
+fi
+
+# ---- reconstruction quality (optional): full inversions on both sides ----
+QUAL_OURS=$RES/quality_ours.tsv QUAL_TORCH=$RES/quality_torch.tsv
+: > "$QUAL_OURS"
+: > "$QUAL_TORCH"
+if [ "$QUALITY" != none ]; then
+    qm=ddim
+    [ "$QUALITY" = all ] && qm=ddim,nulltext,stylediffusion
+    qprec=$(echo "$PRECISION" | cut -d, -f1)
+    rm -rf "$WORK/saved_$MODEL"
+    mkdir -p "$WORK/saved_$MODEL"
+    echo "quality: stylediff bench invert --methods $qm (full) --save $WORK/saved_$MODEL" >&2
+    # shellcheck disable=SC2086
+    "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "$qprec" --methods "$qm" --steps "$STEPS" \
+        --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --save "$WORK/saved_$MODEL" --tsv -q \
+        > "$QUAL_OURS" 2> "$LOGS/quality_ours.err" \
+        || { cat "$LOGS/quality_ours.err" >&2; note "stylediff quality run failed"; FAILED=1; }
+    sed "s/^/  /" "$QUAL_OURS" >&2
+    if [ "$HAVE_TORCH" = 1 ]; then
+        echo "quality: invert_torch.py --reconstruct $WORK/saved_$MODEL" >&2
+        "$PY" bench/reference/invert_torch.py --model "$MODEL_DIR" --label "$MODEL" --device "$DEVICE" \
+            --modes "$(echo "$MODES" | cut -d, -f1)" --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" \
+            --inner-sd "$INNER_SD" --reconstruct "$WORK/saved_$MODEL" --recon-methods "$qm" --tsv \
+            > "$QUAL_TORCH" 2> "$LOGS/quality_torch.err" \
+            || { cat "$LOGS/quality_torch.err" >&2; note "PyTorch quality run failed"; FAILED=1; }
+        sed "s/^/  /" "$QUAL_TORCH" >&2
+    fi
+fi
+
+# ---- the table ----
+# shellcheck disable=SC2086
+python3 - "$DEVICE" "$WHERE" "$MODEL" "$STEPS" "$STEPS_SD" "$INNER" "$INNER_SD" "$TIMESTEPS" "$REPS" "$REPS_DDIM" \
+    "$TORCH_TSV" "$QUAL_OURS" "$QUAL_TORCH" $OURS_FILES <<'EOF' | tee "$RES/table.txt"
+import math, sys, time
+(device, where, model, steps, steps_sd, inner, inner_sd, timesteps, reps, reps_ddim,
+ torch_tsv, qual_ours, qual_torch) = sys.argv[1:14]
+steps, steps_sd, inner, inner_sd, timesteps = map(int, (steps, steps_sd, inner, inner_sd, timesteps))
+ours_files = [a.split("=", 1) for a in sys.argv[14:]]
+
+def rows(path):
+    try:
+        return [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+    except OSError:
+        return []
+
+# stylediff: the last row of each method (after the warm-up runs, when there were any)
+ours, notes = {}, []
+expect_nt = timesteps * inner
+expect_sd = sum(math.ceil(inner_sd * math.exp(-0.1 * i)) for i in range(min(timesteps, steps_sd)))
+for prec, path in ours_files:
+    last = {r[1]: r for r in rows(path) if r[0] == "invert" and len(r) >= 10}
+    col = {}
+    if "nulltext" in last:
+        r = last["nulltext"]
+        ts, iters, ddim_s, opt_s = int(r[3]), int(r[4]), float(r[6]), float(r[7])
+        col["ddim"] = 1e3 * ddim_s
+        if ts:
+            col["nulltext"] = 1e3 * opt_s / ts
+        if iters != expect_nt:
+            notes.append(f"stylediff {prec}: Null-text stopped early: {iters} of {expect_nt} iterations "
+                         f"(per-timestep time is over fewer iterations than PyTorch's)")
+    if "stylediffusion" in last:
+        r = last["stylediffusion"]
+        ts, iters, opt_s = int(r[3]), int(r[4]), float(r[7])
+        if iters:
+            col["sd"] = 1e3 * opt_s / iters
+            share = 2 * ts / (2 * ts + 3 * iters)
+            notes.append(f"stylediff {prec}: StyleDiffusion per iteration = {opt_s:.2f} s / {iters} iterations over "
+                         f"{ts} timestep(s); about {100 * share:.0f}% of it is each timestep's eps_u and advance "
+                         f"(2 forwards per timestep vs ~3 per iteration)")
+        if iters != expect_sd:
+            notes.append(f"stylediff {prec}: StyleDiffusion stopped early: {iters} of {expect_sd} iterations")
+    ours[prec] = col
+
+torch_rows = [r for r in rows(torch_tsv) if r[0] == "invert_ref"]
+modes = []
+for r in torch_rows:
+    if r[4] not in modes:
+        modes.append(r[4])
+ref = {(r[1], r[4]): r for r in torch_rows}
+peak = {}
+for r in torch_rows:
+    if r[7] not in ("", "-"):
+        peak[r[4]] = max(peak.get(r[4], 0), float(r[7]))
+
+# quality: latent MSE of the reconstruction (ours: bench invert rows; PyTorch: invert_ref_quality rows)
+q_ours = {r[1]: r for r in rows(qual_ours) if r[0] == "invert" and len(r) >= 10}
+q_torch = {r[1]: r for r in rows(qual_torch) if r[0] == "invert_ref_quality"}
+parity = [r for r in rows(qual_torch) if r[0] == "parity"]
+
+def qo(m):
+    r = q_ours.get(m)
+    if not r or r[8] == "nan":
+        return "-"
+    return f"{float(r[8]):.3g}" + (f" ({float(r[9]):.1f} dB)" if r[9] != "nan" else "")
+
+def qt(m):
+    r = q_torch.get(m)
+    return f"{float(r[5]):.3g}" if r else "-"
+
+work = [("ddim", f"DDIM inversion, whole ({steps} steps)", "ddim"),
+        ("nulltext", f"Null-text, per timestep (K={inner})", "nulltext"),
+        ("sd", "StyleDiffusion, per inner iteration", "stylediffusion")]
+precs = [p for p, _ in ours_files]
+head = ["work"] + [f"stylediff {p} ms" for p in precs] + [f"PyTorch {m} ms" for m in modes]
+if modes:
+    head += [f"ratio {p}" for p in precs]
+head += ["latent MSE stylediff", "latent MSE PyTorch"]
+table = [head]
+
+def fmt(v):
+    return "-" if v is None else (f"{v:,.1f}" if v >= 10 else f"{v:.2f}")
+
+for key, label, qkey in work:
+    line = [label]
+    for p in precs:
+        line.append(fmt(ours[p].get(key)))
+    for m in modes:
+        r = ref.get((key, m))
+        line.append(fmt(float(r[5])) if r else "-")
+    if modes:
+        r = ref.get((key, modes[0]))
+        for p in precs:
+            o = ours[p].get(key)
+            line.append(f"{float(r[5]) / o:.2f}x" if (r and o) else "-")
+    line += [qo(qkey), qt(qkey)]
+    table.append(line)
+
+side = {"tiny": 256, "sd15": 512}.get(model, 0)
+print(f"Inversion cost, stylediff vs PyTorch eager: model {model} ({side} px, {side // 8}x{side // 8} latent), "
+      f"{device} ({where}), {time.strftime('%Y-%m-%d', time.gmtime())}")
+print(f"  DDIM: {steps} steps, conditional, guidance 1 (stylediff's figure also encodes the prompts and the photo).")
+print(f"  Null-text: 1 cond fwd + {inner} x (uncond fwd + backward + Adam) + 1 CFG fwd (batch 2), guidance 7.5;"
+      f" stylediff: mean over {timesteps} timestep(s), PyTorch: median of {reps}, no early stop.")
+print(f"  StyleDiffusion ({steps_sd} steps, {inner_sd} iterations at timestep 0, decaying): one mapping net -> 16 value "
+      f"inputs -> CFG -> L_rec + L_att -> backward -> Adam; stylediff: optimisation time / iterations"
+      f" over {timesteps} timestep(s), PyTorch: median of {reps} at timestep 0.")
+if modes:
+    print(f"  ratio = PyTorch {modes[0]} / stylediff (higher: stylediff faster). PyTorch fp32, TF32 off; its UNet"
+          f" parameters require grad as in the reference code (weight gradients computed too) unless the mode says frozen.")
+if peak:
+    print("  PyTorch peak memory: " + ", ".join(f"{m} {v:,.0f} MiB" for m, v in peak.items())
+          + " (torch.cuda.max_memory_allocated, weights included)")
+widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+for n, r in enumerate(table):
+    print("  " + "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+    if n == 0:
+        print("  " + "  ".join("-" * w for w in widths))
+for r in parity:
+    print(f"  parity: PyTorch vs stylediff {r[1]}: max rel err {r[5]}")
+if q_torch:
+    print("  latent MSE = mean (reconstruction - z0)^2 after sampling back with the method's own variables"
+          " (both sides full inversions, early stop on, from stylediff's z0 and prompt)")
+if "stylediffusion" in q_torch:
+    print("  StyleDiffusion's two errors agree only statistically: each side draws its mapping network's initial"
+          " weights from its own generator (DDIM and Null-text start from identical values)")
+for n in notes:
+    print("  note: " + n)
+EOF
+echo "invert_side_by_side: done, load:$(uptime | sed 's/.*load average://'); files in $RES" >&2
+exit "$FAILED"
