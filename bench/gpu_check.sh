@@ -14,6 +14,10 @@
 #          64x64 latent); then bench/reference/unet_torch.py times PyTorch on the same card with the
 #          SAME weights (written by --save-weights) and checks parity on stylediff's own inputs and
 #          outputs (--save-io); one table with the ratios.
+#   grad   bench/grad_side_by_side.sh --device cuda for each of GRAD_MODELS (default "tiny sd15"): one
+#          gradient step through the UNet (Null-text's context step, StyleDiffusion's value step) and one
+#          forward, stylediff exact and fast vs PyTorch fp32 on the same weights; parity of the losses and
+#          gradients against torch autograd, memory (activations + weights, device in use). Issue 4's table.
 #   invert (not in the default list: `bash bench/gpu_check.sh build invert`) bench/invert_side_by_side.sh
 #          --device cuda for each of INVERT_MODELS (default sd15): stylediff bench invert (exact, fast)
 #          vs bench/reference/invert_torch.py (fp32 explicit / SDPA) on the same weights: DDIM
@@ -46,7 +50,7 @@ LOG="$RES/gpu_check.log"
 exec > >(tee -a "$LOG") 2>&1
 
 STAGES="$*"
-[ -z "$STAGES" ] && STAGES="build test bench"
+[ -z "$STAGES" ] && STAGES="build test bench grad"
 want() { case " $STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
 note() { echo "gpu_check: $*"; }
 T0=$(date +%s)
@@ -200,6 +204,16 @@ if want bench; then
             "$TSV" "$TSV" | { printf "%-6s %-5s %-28s %-14s %-6s %10s %10s %9s %8s %8s\n" model batch impl precision mode \
                                 "median ms" "min ms" "peak MiB" "x fp32" "x fp16"; cat; }
     } | tee "$RES/table.txt"
+fi
+
+# ------------------------------------------------------------------------------------------------
+if want grad; then
+    echo "---- grad ($(elapsed)) ----"
+    for model in ${GRAD_MODELS:-tiny sd15}; do
+        sh bench/grad_side_by_side.sh --device cuda --model "$model" --stylediff "./$BUILD/stylediff" --python "$PYTHON" \
+            --iters "$ITERS" --work "$WORK_DIR/grad" --out "$RES/grad_$model" \
+            || { note "grad_side_by_side failed for $model (see above)"; FAILED=1; }
+    done
 fi
 
 # ------------------------------------------------------------------------------------------------

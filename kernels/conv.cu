@@ -328,6 +328,7 @@ sd_status cu_conv2d(const float *x, const float *w, const float *b, float *y, co
 }
 
 sd_status cu_conv2d_backward_data(const float *dy, const float *w, float *dx, const sd_conv_geom *g) {
+    if (!dx) return SD_OK; /* a NULL gradient output is not computed (backend.h), as the CPU twin */
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
     CU_TRY(plan_get(g, &p));

@@ -382,6 +382,7 @@ static void table_fill(sd_backend *t) {
     t->attention_apply_backward = cu_attention_apply_backward;
     t->mse_backward = cu_mse_backward;
     t->adam_step = cu_adam_step;
+    t->max_pool2d = cu_max_pool2d;
 }
 
 extern "C" const sd_backend *sd_backend_cuda(int ordinal) {

@@ -292,4 +292,8 @@ sd_status cu_attention_apply_backward(const float *probs, const float *v, const 
                                       float *dprobs, float *dv, int64_t B, int64_t Sq, int64_t Sk,
                                       int H, int Dv);
 
+/* pool.cu */
+sd_status cu_max_pool2d(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+                        int kernel, int stride);
+
 #endif

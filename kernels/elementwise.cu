@@ -24,8 +24,9 @@
  * Forward elementwise
  * --------------------------------------------------------------------------------------------- */
 
-__global__ void k_unary(int op, const float *__restrict__ x, float *y, int64_t n, float alpha) {
-    /* x, y: [n] (y may alias x: each element is read before it is written by the same thread) */
+__global__ void k_unary(int op, const float *x, float *y, int64_t n, float alpha) {
+    /* x, y: [n] (y may alias x: each element is read before it is written by the same thread; so
+     * no __restrict__ on x, which would promise the compiler that stores to y never change x) */
     GRID_STRIDE(i, n) {
         const float v = x[i];
         float r;
@@ -343,7 +344,7 @@ sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, flo
                             float alpha) {
     if (op != SD_UNARY_SILU && op != SD_UNARY_GELU && op != SD_UNARY_QUICK_GELU && op != SD_UNARY_LEAKY_RELU)
         return sd_fail(SD_ERR_INTERNAL, "cuda unary_backward: unknown op %d", (int)op);
-    if (n <= 0) return SD_OK;
+    if (n <= 0 || !dx) return SD_OK; /* a NULL gradient output is not computed (backend.h) */
     k_unary_backward<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>((int)op, x, dy, dx, n, alpha);
     LAUNCH_CHECK("unary_backward");
     return SD_OK;
@@ -361,7 +362,7 @@ __global__ void k_geglu_backward(const float *x, const float *dy, float *dx, int
 }
 
 sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
-    if (M * N <= 0) return SD_OK;
+    if (M * N <= 0 || !dx) return SD_OK;
     k_geglu_backward<<<cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, dy, dx, M, N);
     LAUNCH_CHECK("geglu_backward");
     return SD_OK;
@@ -372,7 +373,7 @@ __global__ void k_axpy(float alpha, const float *x, float *y, int64_t n) {
 }
 
 sd_status cu_axpy(float alpha, const float *x, float *y, int64_t n) {
-    if (n <= 0) return SD_OK;
+    if (n <= 0 || !y) return SD_OK;
     k_axpy<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(alpha, x, y, n);
     LAUNCH_CHECK("axpy");
     return SD_OK;
@@ -383,7 +384,7 @@ __global__ void k_mul_acc(const float *a, const float *b, float *y, int64_t n) {
 }
 
 sd_status cu_mul_acc(const float *a, const float *b, float *y, int64_t n) {
-    if (n <= 0) return SD_OK;
+    if (n <= 0 || !y) return SD_OK;
     k_mul_acc<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(a, b, y, n);
     LAUNCH_CHECK("mul_acc");
     return SD_OK;
@@ -400,7 +401,7 @@ __global__ void k_row_sum_acc(const float *x, float *out, int64_t S) {
 }
 
 sd_status cu_add_channel_bias_backward(const float *dy, float *dv, int64_t B, int64_t C, int64_t S) {
-    if (B * C <= 0) return SD_OK;
+    if (B * C <= 0 || !dv) return SD_OK;
     k_row_sum_acc<<<(unsigned)(B * C), EW_THREADS, 0, cu_cur()->stream>>>(dy, dv, S);
     LAUNCH_CHECK("add_channel_bias_backward");
     return SD_OK;
@@ -471,7 +472,7 @@ __global__ void k_upsample_nearest_backward(const float *dy, float *dx, int64_t 
 sd_status cu_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
                                        int64_t Ho, int64_t Wo) {
     const int64_t n = N * H * W;
-    if (n <= 0 || Ho <= 0 || Wo <= 0) return SD_OK;
+    if (n <= 0 || Ho <= 0 || Wo <= 0 || !dx) return SD_OK;
     const float sh = (float)H / (float)Ho, sw = (float)W / (float)Wo;
     k_upsample_nearest_backward<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(
         dy, dx, N, H, W, Ho, Wo, sh, sw);

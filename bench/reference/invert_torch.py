@@ -45,6 +45,9 @@ Other jobs of this script:
         reference algorithms (early stop on) from the z0, prompt and image features stylediff saved
         with `bench invert --save DIR`; prints invert_ref_quality rows (method, latent MSE of the
         reconstruction, total seconds, iterations) and parity rows against stylediff's own z_T.
+  --grad-io FILE   one gradient step through the UNet (`stylediff bench grad --save-io FILE`):
+        stylediff's losses and gradients vs torch autograd (grad_parity rows), then PyTorch's forward,
+        context step (Null-text's) and value step (StyleDiffusion's) timed per --modes (grad_ref rows).
   --check   this script's attention processor vs tests/oracle/common.py's ValueSubstitutionProcessor
         and diffusers' AttnProcessor, and the plain UNet vs diffusers (needs diffusers).
 """
@@ -214,6 +217,17 @@ def sd_inner_steps(inner, i):
     return int(math.ceil(inner * math.exp(-0.1 * i)))
 
 
+def set_mode(bench, mode):
+    """Applies a mode: fp32-explicit | fp32-sdpa, optionally -frozen (UNet parameters without grad)."""
+    parts = mode.split("-")
+    if parts[0] != "fp32" or len(parts) < 2 or parts[1] not in ("explicit", "sdpa") or \
+            any(p != "frozen" for p in parts[2:]):
+        raise SystemExit(f"invert_torch: mode '{mode}': expected fp32-explicit|fp32-sdpa[-frozen]")
+    STATE.mode = parts[1]
+    for p in bench.model.parameters():
+        p.requires_grad_("frozen" not in parts[2:])
+
+
 # ------------------------------------------------------------------------------------------------
 # The timed work
 # ------------------------------------------------------------------------------------------------
@@ -367,14 +381,7 @@ def run_timing(args, bench, cfg, label, impl):
                   f"min {min(times):10.1f} ms  peak {peak} MiB  ({len(times)} timed)", flush=True)
 
     for mode in args.modes.split(","):
-        parts = mode.split("-")
-        if parts[0] != "fp32" or len(parts) < 2 or parts[1] not in ("explicit", "sdpa") or \
-                any(p != "frozen" for p in parts[2:]):
-            raise SystemExit(f"invert_torch: mode '{mode}': expected fp32-explicit|fp32-sdpa[-frozen]")
-        STATE.mode = parts[1]
-        frozen = "frozen" in parts[2:]
-        for p in bench.model.parameters():
-            p.requires_grad_(not frozen)
+        set_mode(bench, mode)
 
         # ---- DDIM inversion, whole ----
         sched = DDIM(args.steps, dev)
@@ -438,6 +445,67 @@ def run_timing(args, bench, cfg, label, impl):
 
 
 # ------------------------------------------------------------------------------------------------
+# One gradient step through the UNet (--grad-io, from `stylediff bench grad --save-io`)
+# ------------------------------------------------------------------------------------------------
+def run_grad(args, bench, cfg, label):
+    """Parity of stylediff's losses and gradients (context: Null-text's step, value: StyleDiffusion's
+    value input in all 16 cross-attention layers), then PyTorch timings of forward / context / value
+    per --modes. Rows: grad_parity<TAB>what<TAB>model<TAB>device<TAB>mode<TAB>grad max rel err<TAB>loss
+    rel err, and grad_ref<TAB>what<TAB>model<TAB>device<TAB>mode<TAB>median_ms<TAB>min_ms<TAB>peak_MiB."""
+    torch = bench.torch
+    from safetensors.torch import load_file
+    dev = bench.dev
+    io = {k: v.to(dev) for k, v in load_file(args.grad_io).items()}
+    z, c, u, target = io["sample"], io["context"], io["uncond_context"], io["target"]
+    t = int(io["timestep"].item())
+    w = float(io["guidance"].item())
+    with torch.no_grad():
+        eps_c0 = bench.unet(z, t, c)
+        eps_u0 = bench.unet(z, t, u)
+
+    def step(what):
+        """One step; returns (loss, leaf)."""
+        if what == "forward":
+            with torch.no_grad():
+                bench.unet(z, t, c)
+            return None, None
+        if what == "context":
+            leaf = u.clone().requires_grad_(True)
+            eps_u = bench.unet(z, t, leaf)
+            eps = eps_u + w * (eps_c0 - eps_u)
+        else:
+            leaf = c.clone().requires_grad_(True)
+            STATE.value = leaf
+            try:
+                eps_c = bench.unet(z, t, c)
+            finally:
+                STATE.value = None
+            eps = eps_u0 + w * (eps_c - eps_u0)
+        loss = torch.nn.functional.mse_loss(eps, target)
+        loss.backward()
+        return loss, leaf
+
+    def emit(row):
+        print("\t".join(str(x) for x in row) if args.tsv else "  ".join(str(x) for x in row), flush=True)
+
+    for mode in args.modes.split(","):
+        set_mode(bench, mode)
+        for what in ("context", "value"):
+            bench.begin_section()
+            loss, leaf = step(what)
+            want = io["grad_" + what]
+            gerr = ((leaf.grad - want).abs().max() / want.abs().max()).item()
+            lerr = abs(loss.item() - io["loss_" + what].item()) / abs(io["loss_" + what].item())
+            emit(("grad_parity", what, label, dev.type, mode, f"{gerr:.3g}", f"{lerr:.3g}"))
+        for what in args.grad_what.split(","):
+            bench.begin_section()
+            bench.timed(lambda: step(what), args.warmup)
+            times = bench.timed(lambda: step(what), args.reps)
+            emit(("grad_ref", what, label, dev.type, mode, f"{statistics.median(times):.3f}", f"{min(times):.3f}",
+                  bench.peak()))
+
+
+# ------------------------------------------------------------------------------------------------
 # Full inversions and reconstruction quality (--reconstruct)
 # ------------------------------------------------------------------------------------------------
 def encode_prompts(model_dir, prompt, dev):
@@ -475,10 +543,7 @@ def run_reconstruct(args, bench, cfg, label):
     side = z0.shape[-1]
     q_len = (side // 4) * (side // 4)
     mode = args.modes.split(",")[0]
-    STATE.mode = mode.split("-")[1]
-    frozen = mode.endswith("-frozen")
-    for p in bench.model.parameters():
-        p.requires_grad_(not frozen)
+    set_mode(bench, mode)
     rows = []
 
     def emit(method, mse, seconds, iters):
@@ -852,6 +917,8 @@ def main():
     ap.add_argument("--unet-weights", metavar="W", help="--make-model: the UNet weights stylediff wrote")
     ap.add_argument("--clip-out", metavar="DIR", help="--make-model: also write a random CLIP ViT-B/16 folder")
     ap.add_argument("--check", action="store_true", help="self-check (needs diffusers)")
+    ap.add_argument("--grad-io", metavar="FILE", help="one gradient step: parity and timing (see run_grad)")
+    ap.add_argument("--grad-what", default="forward,context,value", help="--grad-io: steps to time")
     args = ap.parse_args()
     if args.reps_ddim is None:
         args.reps_ddim = args.reps
@@ -889,6 +956,9 @@ def main():
     bench = Bench(args, model, call, dev)
     if args.reconstruct:
         run_reconstruct(args, bench, cfg, label)
+        return 0
+    if args.grad_io:
+        run_grad(args, bench, cfg, label)
         return 0
     run_timing(args, bench, cfg, label, impl)
     return 0

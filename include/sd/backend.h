@@ -189,6 +189,14 @@ typedef struct sd_backend {
      * corrections derived from (double)0.999f would be off by ~1e-5 relative. */
     sd_status (*adam_step)(float *p, const float *g, float *m, float *v, int64_t n, double lr,
                            double beta1, double beta2, double eps, int step);
+
+    /* ---- pooling (the AlexNet trunk of LPIPS, a metric: forward only, no backward) ---- */
+    /* torch MaxPool2d(kernel, stride), no padding, floor mode, on planes x[N, H, W] ->
+     * y[N, Ho, Wo] with Ho = (H - kernel) / stride + 1 (likewise Wo; the caller passes both):
+     * y[n, oy, ox] = max of the kernel x kernel window at (oy·stride, ox·stride). A NaN in a
+     * window makes the output NaN, as in torch. */
+    sd_status (*max_pool2d)(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                            int64_t Wo, int kernel, int stride);
 } sd_backend;
 
 /* The CPU reference backend (OpenMP + OpenBLAS). */

@@ -33,7 +33,8 @@ typedef struct sd_clip_vision_config {
     int num_channels;        /* "num_channels", 3 (must be 3: the preprocessing is RGB) */
     int image_size;          /* "image_size", 224: the side the preprocessing resizes and crops to */
     int patch_size;          /* "patch_size", 16 */
-    int projection_dim;      /* "projection_dim", 512: informational, the projection is not applied */
+    int projection_dim;      /* "projection_dim", 512: informational; E applies no projection, and
+                                sd_clip_vision_image_features takes its width from the tensor */
     int quick_gelu;          /* "hidden_act": "quick_gelu" = 1, "gelu" (exact erf) = 0 */
     float layer_norm_eps;    /* "layer_norm_eps", 1e-5 */
 } sd_clip_vision_config;
@@ -63,6 +64,7 @@ typedef struct sd_clip_vision {
     sd_norm_w pre_layernorm;       /* "pre_layrnorm" in the checkpoint (sic) */
     sd_clip_layer *layers;         /* num_hidden_layers */
     sd_norm_w post_layernorm;
+    sd_linear_w visual_projection; /* (projection_dim, hidden), no bias; NULL weight when the file has none */
     sd_weights *owned;             /* the store sd_clip_vision_load filled, freed on release */
 } sd_clip_vision;
 
@@ -77,8 +79,10 @@ sd_status sd_clip_vision_bind(sd_clip_vision *m, const sd_clip_vision_config *cf
  *     openai/clip-vit-base-patch16's model.safetensors) are taken as they are;
  *   - a file with no "vision_model." key is taken to be a transformers >= 5 CLIPVisionModel save,
  *     which drops that level ("embeddings.patch_embedding.weight"): its keys get the prefix;
- *   - the text tower ("text_model.*"), the projections ("visual_projection.weight",
- *     "text_projection.weight"), "logit_scale" and the position_ids buffer are skipped. */
+ *   - "visual_projection.weight" (CLIPModel, CLIPVisionModelWithProjection) is kept under that
+ *     name: sd_clip_vision_bind binds it when present (sd_clip_vision_image_features needs it);
+ *   - the text tower ("text_model.*"), "text_projection.weight", "logit_scale" and the
+ *     position_ids buffer are skipped. */
 sd_status sd_clip_vision_weights_load(sd_weights *w, const char *safetensors_path);
 
 /* Opens a folder holding config.json and model.safetensors (a CLIPVisionModel or a full CLIPModel
@@ -109,6 +113,25 @@ sd_tensor *sd_clip_vision_forward(sd_ctx *c, const sd_clip_vision *m, sd_tensor 
  * is the same at every step of a run, so compute it once per image (the reference recomputes it
  * in every cross-attention call). */
 sd_tensor *sd_clip_vision_encode(sd_ctx *c, const sd_clip_vision *m, const sd_tensor *image);
+
+/* CLIPModel.get_image_features: visual_projection(post_layernorm(CLS)) on preprocessed pixels
+ * [B, 3, S, S] -> [B, projection_dim]. Fails (SD_ERR_MISSING, naming "visual_projection.weight")
+ * when the checkpoint had no projection (a plain CLIPVisionModel). */
+sd_tensor *sd_clip_vision_image_features(sd_ctx *c, const sd_clip_vision *m, sd_tensor *pixels);
+
+struct sd_image;
+/* transformers' CLIPProcessor / CLIPImageProcessor preprocessing of an 8-bit RGB image, PIL
+ * backend (CLIPImageProcessorPil in transformers 5, the default CLIPImageProcessor of 4.x, which
+ * is what torchmetrics' CLIPScore feeds uint8 images through) -> pixels [1, 3, S, S],
+ * S = cfg->image_size (the shortest_edge and crop size of the openai preprocessor configs):
+ *   resize the short side to S with PIL BICUBIC (sd_image_resize_bicubic; long side
+ *   int(S·long/short)); center-crop S x S at ((h - S) // 2, (w - S) // 2); rescale
+ *   float32(float64(v) / 255); normalize with the CLIP mean / std in float32.
+ * transformers 5's default (torchvision) backend differs: antialiased bicubic on a uint8 tensor,
+ * rounded back to uint8, changes some pixels by one level (see tests/oracle/gen_eval_models.py
+ * for the measured effect). `what` names the image in messages (e.g. its path). */
+sd_tensor *sd_clip_vision_processor(sd_ctx *c, const sd_clip_vision_config *cfg, const struct sd_image *image,
+                                    const char *what);
 
 /* ------------------------------------------------------------------------------------------------
  * Bicubic resize of PyTorch's F.interpolate(mode="bicubic", align_corners=False, antialias=False),

@@ -58,6 +58,10 @@ typedef struct sd_clip_text_config {
     int max_position_embeddings;              /* 77 */
     int quick_gelu;                           /* "hidden_act": "quick_gelu"=1, "gelu"=0 */
     float layer_norm_eps;                     /* 1e-5 */
+    int eos_token_id;                         /* "eos_token_id": where the pooled output is read
+                                                 (sd_clip_text_pooled); 2 in the original openai
+                                                 configs (argmax of the ids, transformers' quirk),
+                                                 49407 in newer ones; default 49407 */
 } sd_clip_text_config;
 
 /* The published SD v1.4 / v1.5 configurations (identical architectures). Used for single-file

@@ -172,13 +172,24 @@ sd_arena *sd_arena_create_with(size_t chunk_bytes, void *(*alloc)(size_t bytes),
                                void (*release)(void *p));
 void sd_arena_destroy(sd_arena *a);
 void *sd_arena_alloc(sd_arena *a, size_t bytes); /* NULL (error set) on OOM */
-typedef struct { size_t chunk; size_t offset; size_t used; } sd_arena_mark;
+/* Host memory that lives and is reset with the arena's data: tensor headers, host-side ids. For a
+ * host arena this is sd_arena_alloc; a device arena keeps a companion host arena for it, because
+ * the host must never write or read device memory directly. */
+void *sd_arena_alloc_host(sd_arena *a, size_t bytes);
+/* A position in the arena (and in its host side) to reset back to. */
+typedef struct {
+    size_t chunk, offset, used;
+    size_t host_chunk, host_offset, host_used;
+} sd_arena_mark;
 sd_arena_mark sd_arena_get_mark(const sd_arena *a);
 void sd_arena_reset(sd_arena *a, sd_arena_mark m);
 size_t sd_arena_used(const sd_arena *a);
 size_t sd_arena_peak(const sd_arena *a);
+/* Starts a new peak measurement from the current use (a benchmark's sections each get theirs). */
+void sd_arena_reset_peak(sd_arena *a);
 
-/* A tensor whose header and data live in the arena. */
+/* A tensor whose data lives in the arena (its header in host memory of the arena, see
+ * sd_arena_alloc_host). */
 sd_tensor *sd_arena_tensor(sd_arena *a, sd_dtype dtype, int ndim, const int64_t *shape);
 
 /* ------------------------------------------------------------------------------------------------

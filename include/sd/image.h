@@ -55,6 +55,11 @@ sd_status sd_image_load_512(const char *path, int left, int right, int top, int 
  * rounding when the height shrinks by more than twice as many pixels as the width;
  * square-to-square resizes (all of load_512) are identical in every version. */
 sd_status sd_image_resize_bicubic(const sd_image *src, int width, int height, sd_image *out);
+/* Bit-exact Pillow Image.resize((width, height), Image.BILINEAR) for 8-bit RGB: the triangle
+ * kernel (support 1), antialiased on downscale, with the same passes and fixed point as the
+ * bicubic one (one shared implementation). This is what torchvision's Resize does to a PIL image
+ * (NS-LPIPS, stylediffusion.md §6.1). Same Pillow-version note as above. */
+sd_status sd_image_resize_bilinear(const sd_image *src, int width, int height, sd_image *out);
 
 /* uint8 RGB -> F32 (1, 3, H, W) in [-1, 1]: x / 127.5 - 1 in float32, as torch computes it.
  * `out` must be a preallocated CPU tensor of shape (1, 3, H, W). */

@@ -116,11 +116,29 @@ typedef struct sd_clip_text {
     sd_tensor *position_embedding; /* (max_positions, hidden) */
     sd_clip_layer *layers;         /* num_hidden_layers */
     sd_norm_w final_layer_norm;
+    sd_linear_w text_projection; /* (projection_dim, hidden), no bias; NULL weight when the file has none */
 } sd_clip_text;
 
+/* Binds "text_model.*" (and "text_projection.weight" when the store holds it: a CLIPModel or
+ * CLIPTextModelWithProjection checkpoint). */
 sd_status sd_clip_text_bind(sd_clip_text *m, const sd_clip_text_config *cfg, sd_weights *w);
 void sd_clip_text_release(sd_clip_text *m);
+/* Fills `w` with the text tower of a CLIPModel safetensors file: "text_model.*" and
+ * "text_projection.weight", converted to F32; the vision tower, "visual_projection.weight" and
+ * "logit_scale" are skipped. A file without any "text_model." tensor fails naming it. */
+sd_status sd_clip_text_weights_load(sd_weights *w, const char *safetensors_path);
 /* ids: I32 host tensor [B, S] (S <= max positions) -> last_hidden_state [B, S, hidden]. */
 sd_tensor *sd_clip_text_forward(sd_ctx *c, const sd_clip_text *m, const sd_tensor *ids);
+/* transformers' CLIPTextTransformer pooler_output: row `p_b` of hidden[b] ([B, S, hidden] ->
+ * [B, hidden]), where p_b is, as transformers picks it,
+ *   eos_token_id == 2 (the original openai configs): argmax of the ids (first maximum);
+ *   otherwise: the first position whose id is eos_token_id, or 0 when there is none.
+ * For ids from the CLIP tokenizer both give the first EOS (49407, the largest id), and for a
+ * sequence cut before its EOS both give the BOS row (argmax finds 49406, the next largest). */
+sd_tensor *sd_clip_text_pooled(sd_ctx *c, const sd_clip_text *m, const sd_tensor *ids, sd_tensor *hidden);
+/* CLIPModel.get_text_features: text_projection(pooled(forward(ids))) -> [B, projection_dim].
+ * Fails naming "text_projection.weight" when the checkpoint had none. Padding positions after the
+ * EOS never reach the pooled row (causal attention), so no attention mask is needed. */
+sd_tensor *sd_clip_text_features(sd_ctx *c, const sd_clip_text *m, const sd_tensor *ids);
 
 #endif

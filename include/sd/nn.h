@@ -107,6 +107,10 @@ sd_tensor *sd_concat_channels(sd_ctx *c, sd_tensor *a, sd_tensor *b);
 sd_tensor *sd_concat0(sd_ctx *c, sd_tensor *a, sd_tensor *b);
 /* x[B, C, H, W] -> [B, C, Ho, Wo] nearest. */
 sd_tensor *sd_upsample_nearest(sd_ctx *c, sd_tensor *x, int64_t Ho, int64_t Wo);
+/* x[B, C, H, W] -> [B, C, (H - k) / stride + 1, (W - k) / stride + 1]: torch MaxPool2d(k, stride)
+ * without padding. Forward only (a metric's layer): with a tape recording gradients through x
+ * the call fails instead of silently cutting the gradient. */
+sd_tensor *sd_max_pool2d(sd_ctx *c, sd_tensor *x, int kernel, int stride);
 /* x[B, C, H, W] -> tokens [B, H·W, C]; and back. */
 sd_tensor *sd_nchw_to_tokens(sd_ctx *c, sd_tensor *x);
 sd_tensor *sd_tokens_to_nchw(sd_ctx *c, sd_tensor *x, int64_t H, int64_t W);

@@ -72,6 +72,8 @@ int cmd_bench(int argc, char **argv);
 int cmd_invert(int argc, char **argv);
 int cmd_edit(int argc, char **argv);
 int cmd_bench_invert(int argc, char **argv);
+int cmd_bench_grad(int argc, char **argv);
 int cmd_batch(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
 
 #endif

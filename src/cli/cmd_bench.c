@@ -10,59 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_common.h"
 #include "cli.h"
 #include "sd/device.h"
 #include "sd/model.h"
-
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* A UNet bound either from a model (-m / built-in) or from a config folder with synthesized
- * random weights; *store is the weight store it was bound from. */
-static sd_status load_unet(const char *model_path, const char *config_dir, sd_unet *u, sd_model *m,
-                           sd_weights **synth, sd_weights **store, const char **label) {
-    if (config_dir) {
-        char path[4096];
-        sd_unet_config cfg;
-        snprintf(path, sizeof path, "%s/unet.json", config_dir);
-        if (!sd_file_exists(path)) snprintf(path, sizeof path, "%s/unet/config.json", config_dir);
-        SD_TRY(sd_unet_config_load(path, &cfg));
-        *synth = sd_weights_new("random weights");
-        if (!*synth) return SD_ERR_OOM;
-        sd_weights_synthesize(*synth, 0);
-        *label = config_dir;
-        *store = *synth;
-        return sd_unet_bind(u, &cfg, *synth);
-    }
-    SD_TRY(sd_model_load(model_path, m));
-    *u = m->unet;
-    *store = m->files.unet;
-    *label = m->builtin ? "built-in tiny" : m->files.source;
-    return SD_OK;
-}
-
-/* Every tensor of a weight store, under its diffusers name, into one safetensors file. */
-static sd_status save_weights(const sd_weights *w, const char *path) {
-    const int n = sd_weights_count(w);
-    const sd_tensor **tensors = calloc((size_t)n, sizeof *tensors);
-    const char **names = calloc((size_t)n, sizeof *names);
-    if (!tensors || !names) {
-        free(tensors);
-        free(names);
-        return sd_fail(SD_ERR_OOM, "out of memory listing %d tensors", n);
-    }
-    for (int i = 0; i < n; i++) {
-        tensors[i] = sd_weights_tensor_at(w, i);
-        names[i] = sd_weights_name_at(w, i);
-    }
-    const char *meta[2] = {"format", "pt"};
-    sd_status st = sd_safetensors_write(path, (const sd_tensor *const *)tensors, names, n, meta, 1);
-    free(tensors);
-    free(names);
-    return st;
-}
 
 /* x, context, t and eps of one call, for the reference's parity check. */
 static sd_status save_io(const char *path, const sd_tensor *x, const sd_tensor *context, float t,
@@ -72,16 +23,6 @@ static sd_status save_io(const char *path, const sd_tensor *x, const sd_tensor *
     const sd_tensor *tensors[4] = {x, context, &tt, eps};
     const char *names[4] = {"sample", "encoder_hidden_states", "timestep", "eps"};
     return sd_safetensors_write(path, tensors, names, 4, NULL, 0);
-}
-
-typedef struct bench_result {
-    double median_ms, min_ms;
-} bench_result;
-
-static bench_result summarize(double *ms, int n) {
-    qsort(ms, (size_t)n, sizeof *ms, cmp_double);
-    bench_result r = {ms[n / 2], ms[0]};
-    return r;
 }
 
 /* One timed call: host wall clock around a synchronised call on the CPU, CUDA events on the GPU. */
@@ -111,6 +52,7 @@ static sd_status timed_unet(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor
 
 int cmd_bench(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "invert")) return cmd_bench_invert(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "grad")) return cmd_bench_grad(argc - 1, argv + 1);
     const char *model_path = NULL, *config_dir = NULL, *device = NULL, *precision_name = "exact";
     const char *weights_out = NULL, *io_out = NULL;
     int batch = 2, size = 0, iters = 3, quiet = 0, no_graph = 0, tsv = 0;
@@ -138,39 +80,17 @@ int cmd_bench(int argc, char **argv) {
     int r = cli_parse(&cmd, argc, argv, pos, &n_pos);
     if (r) return r == 1 ? 0 : r;
     if (strcmp(pos[0], "unet")) {
-        fprintf(stderr, "stylediff bench: unknown target '%s' (available: unet, invert)\n", pos[0]);
+        fprintf(stderr, "stylediff bench: unknown target '%s' (available: unet, invert, grad)\n", pos[0]);
         return 2;
     }
     sd_set_quiet(quiet);
-    sd_precision precision;
-    if (sd_precision_parse(precision_name, &precision)) return cli_fail("bench", SD_ERR_ARG);
-    sd_unet unet;
-    sd_model m;
-    memset(&m, 0, sizeof m);
-    sd_weights *synth = NULL, *store = NULL;
-    const char *label = "";
-    sd_status st = load_unet(model_path, config_dir, &unet, &m, &synth, &store, &label);
-    if (st == SD_OK && weights_out) {
-        st = save_weights(store, weights_out);
-        if (st == SD_OK && !quiet) fprintf(stderr, "bench: wrote %d UNet tensors to %s\n", sd_weights_count(store), weights_out);
-    }
-    sd_ctx c;
-    int have_ctx = 0;
-    if (st == SD_OK) {
-        st = sd_device_open(device, precision, &c);
-        have_ctx = st == SD_OK;
-    }
-    if (st == SD_OK) st = sd_ctx_adopt_weights(&c, store); /* no-op on the CPU */
-    if (st) {
-        if (have_ctx) sd_ctx_free(&c);
-        sd_weights_free(synth);
-        if (!config_dir) sd_model_free(&m);
-        return cli_fail("bench", st);
-    }
-    const int cuda = c.device != SD_DEVICE_CPU;
-    char where[512];
-    sd_device_describe(&c, where, sizeof where);
-    if (!quiet) fprintf(stderr, "bench: %s\n", where);
+    cli_bench_unet b;
+    sd_status st = cli_bench_open(&b, model_path, config_dir, weights_out, device, precision_name, quiet, "bench");
+    if (st) return cli_fail("bench", st);
+    sd_ctx *c = &b.ctx;
+    const sd_unet unet = b.unet;
+    const int cuda = b.cuda;
+    const char *label = b.label;
 
     const int64_t side = size ? size / 8 : unet.cfg.sample_size;
     sd_tensor *hx = sd_tensor_new4(SD_F32, 4, batch, unet.cfg.in_channels, side, side);
@@ -185,46 +105,46 @@ int cmd_bench(int argc, char **argv) {
         sd_rng_seed(&rng, 1);
         sd_rng_randn(&rng, sd_f32(hx), sd_numel(hx));
         sd_rng_randn(&rng, sd_f32(hctx), sd_numel(hctx));
-        x = sd_upload(&c, hx);
-        ctx = sd_upload(&c, hctx);
-        st = sd_ctx_status(&c);
+        x = sd_upload(c, hx);
+        ctx = sd_upload(c, hctx);
+        st = sd_ctx_status(c);
     }
     /* warm-up (allocates the arena chunks, the workspace and every library plan); its output
      * is what --save-io records */
     if (st == SD_OK) {
-        const sd_arena_mark mark = sd_arena_get_mark(c.arena);
-        sd_tensor *eps = sd_unet_forward(&c, &unet, x, 981.0f, ctx);
-        st = sd_ctx_status(&c);
+        const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+        sd_tensor *eps = sd_unet_forward(c, &unet, x, 981.0f, ctx);
+        st = sd_ctx_status(c);
         if (st == SD_OK && io_out) {
-            sd_tensor *heps = sd_download_new(&c, eps);
-            st = heps ? save_io(io_out, hx, hctx, 981.0f, heps) : sd_ctx_status(&c);
+            sd_tensor *heps = sd_download_new(c, eps);
+            st = heps ? save_io(io_out, hx, hctx, 981.0f, heps) : sd_ctx_status(c);
             sd_tensor_free(heps);
         }
-        sd_arena_reset(c.arena, mark);
+        sd_arena_reset(c->arena, mark);
     }
-    for (int i = 0; i < iters && st == SD_OK; i++) st = timed_unet(&c, &unet, x, ctx, cuda, NULL, &ms_eager[i]);
+    for (int i = 0; i < iters && st == SD_OK; i++) st = timed_unet(c, &unet, x, ctx, cuda, NULL, &ms_eager[i]);
     if (st == SD_OK && cuda && !no_graph) {
         /* capture one call at the same arena mark; replays reuse its addresses */
-        const sd_arena_mark mark = sd_arena_get_mark(c.arena);
+        const sd_arena_mark mark = sd_arena_get_mark(c->arena);
         st = sd_cuda_graph_begin();
         if (st == SD_OK) {
-            sd_unet_forward(&c, &unet, x, 981.0f, ctx);
-            const sd_status during = sd_ctx_status(&c);
+            sd_unet_forward(c, &unet, x, 981.0f, ctx);
+            const sd_status during = sd_ctx_status(c);
             const sd_status ended = sd_cuda_graph_end(&graph);
             st = during != SD_OK ? during : ended;
         }
-        sd_arena_reset(c.arena, mark);
+        sd_arena_reset(c->arena, mark);
         if (st == SD_OK) {
             st = sd_cuda_graph_replay(graph); /* one warm-up replay */
-            for (int i = 0; i < iters && st == SD_OK; i++) st = timed_unet(&c, &unet, x, ctx, 1, graph, &ms_graph[i]);
+            for (int i = 0; i < iters && st == SD_OK; i++) st = timed_unet(c, &unet, x, ctx, 1, graph, &ms_graph[i]);
             graph_ok = st == SD_OK;
         }
     }
     if (st == SD_OK) {
-        const bench_result e = summarize(ms_eager, iters);
-        const double peak = (double)sd_arena_peak(c.arena) / (1 << 20);
+        const cli_bench_times e = cli_bench_summarize(ms_eager, iters);
+        const double peak = (double)sd_arena_peak(c->arena) / (1 << 20);
         const char *dev = cuda ? "cuda" : "cpu";
-        const char *prec = cuda ? sd_precision_name(precision) : "exact";
+        const char *prec = cuda ? sd_precision_name(b.precision) : "exact";
         char latent[32];
         snprintf(latent, sizeof latent, "%lldx%lld", (long long)side, (long long)side);
         if (tsv) {
@@ -232,7 +152,7 @@ int cmd_bench(int argc, char **argv) {
             printf("stylediff\t%s\t%s\t%s\teager\t%d\t%s\t%.3f\t%.3f\t%.0f\n", label, dev, prec, batch, latent,
                    e.median_ms, e.min_ms, peak);
             if (graph_ok) {
-                const bench_result g = summarize(ms_graph, iters);
+                const cli_bench_times g = cli_bench_summarize(ms_graph, iters);
                 printf("stylediff\t%s\t%s\t%s\tgraph\t%d\t%s\t%.3f\t%.3f\t%.0f\n", label, dev, prec, batch, latent,
                        g.median_ms, g.min_ms, peak);
             }
@@ -242,7 +162,7 @@ int cmd_bench(int argc, char **argv) {
             printf("%-28s %-6s %-6s %-6s %-6d %-8s %12.2f %12.2f %10.0f\n", label, dev, prec, "eager", batch, latent,
                    e.median_ms, e.min_ms, peak);
             if (graph_ok) {
-                const bench_result g = summarize(ms_graph, iters);
+                const cli_bench_times g = cli_bench_summarize(ms_graph, iters);
                 printf("%-28s %-6s %-6s %-6s %-6d %-8s %12.2f %12.2f %10.0f\n", label, dev, prec, "graph", batch,
                        latent, g.median_ms, g.min_ms, peak);
             }
@@ -253,8 +173,6 @@ int cmd_bench(int argc, char **argv) {
     free(ms_graph);
     sd_tensor_free(hx);
     sd_tensor_free(hctx);
-    sd_ctx_free(&c);
-    sd_weights_free(synth);
-    if (!config_dir) sd_model_free(&m);
+    cli_bench_close(&b);
     return st ? cli_fail("bench", st) : 0;
 }

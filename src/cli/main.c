@@ -16,8 +16,9 @@ static const command_entry commands[] = {
     {"invert", cmd_invert, "image + prompt -> inversion (stylediffusion, nulltext, npi, ddim) + reconstruction + report"},
     {"edit", cmd_edit, "inversion + target prompt -> edited PNG (Prompt-to-Prompt / P2Plus), heatmaps"},
     {"batch", cmd_batch, "run an editing CSV (the reference's dataset format): invert + edit every row"},
+    {"eval", cmd_eval, "score a batch's results: PSNR/SSIM, CLIPScore, Structure-dist, NS-LPIPS"},
     {"tokenize", cmd_tokenize, "print the CLIP token ids of a prompt (and a word's token positions)"},
-    {"bench", cmd_bench, "bench unet: time UNet calls; bench invert: inversion cost and reconstruction per method"},
+    {"bench", cmd_bench, "bench unet | invert | grad: UNet calls, inversion cost per method, one gradient step"},
 };
 
 static void usage(FILE *out) {

@@ -1,8 +1,12 @@
-/* arena.c: chained-chunk bump allocator for CPU activations.
+/* arena.c: chained-chunk bump allocator for activations.
  *
  * Activations of one forward (and the tape of one gradient step) are allocated here and released
  * together by resetting to a mark, so the hot loop performs no malloc/free per op. Chunks are kept
- * after a reset and reused, so a steady-state loop allocates nothing from the system. */
+ * after a reset and reused, so a steady-state loop allocates nothing from the system.
+ *
+ * A device arena (chunks from a backend allocator, e.g. cudaMalloc) cannot hold anything the host
+ * writes or reads: tensor headers and other host bookkeeping go to a companion host arena that is
+ * marked and reset together with it. */
 #include "sd/core.h"
 
 #include <stdlib.h>
@@ -22,6 +26,7 @@ struct sd_arena {
     size_t peak;
     void *(*alloc)(size_t bytes);   /* chunk allocator: host memory by default */
     void (*release)(void *p);
+    sd_arena *host_side;            /* device arenas: where headers go (NULL: this arena is host memory) */
 };
 
 static void *host_chunk_alloc(size_t bytes) {
@@ -40,6 +45,14 @@ sd_arena *sd_arena_create_with(size_t chunk_bytes, void *(*alloc)(size_t bytes),
     a->chunk_bytes = chunk_bytes ? chunk_bytes : ((size_t)64 << 20);
     a->alloc = alloc;
     a->release = release;
+    if (alloc != host_chunk_alloc) {
+        /* The chunks may be device memory: the host never touches them (see the top of the file). */
+        a->host_side = sd_arena_create((size_t)1 << 20);
+        if (!a->host_side) {
+            free(a);
+            return NULL;
+        }
+    }
     return a;
 }
 
@@ -50,6 +63,7 @@ sd_arena *sd_arena_create(size_t chunk_bytes) {
 void sd_arena_destroy(sd_arena *a) {
     if (!a) return;
     for (size_t i = 0; i < a->nchunks; i++) a->release(a->chunks[i]);
+    sd_arena_destroy(a->host_side);
     free(a);
 }
 
@@ -87,8 +101,17 @@ void *sd_arena_alloc(sd_arena *a, size_t bytes) {
     return chunk;
 }
 
+void *sd_arena_alloc_host(sd_arena *a, size_t bytes) {
+    return sd_arena_alloc(a->host_side ? a->host_side : a, bytes);
+}
+
 sd_arena_mark sd_arena_get_mark(const sd_arena *a) {
-    sd_arena_mark m = {a->cur, a->offset, a->used};
+    sd_arena_mark m = {a->cur, a->offset, a->used, 0, 0, 0};
+    if (a->host_side) {
+        m.host_chunk = a->host_side->cur;
+        m.host_offset = a->host_side->offset;
+        m.host_used = a->host_side->used;
+    }
     return m;
 }
 
@@ -96,10 +119,16 @@ void sd_arena_reset(sd_arena *a, sd_arena_mark m) {
     a->cur = m.chunk;
     a->offset = m.offset;
     a->used = m.used;
+    if (a->host_side) {
+        a->host_side->cur = m.host_chunk;
+        a->host_side->offset = m.host_offset;
+        a->host_side->used = m.host_used;
+    }
 }
 
 size_t sd_arena_used(const sd_arena *a) { return a->used; }
 size_t sd_arena_peak(const sd_arena *a) { return a->peak; }
+void sd_arena_reset_peak(sd_arena *a) { a->peak = a->used; }
 
 sd_tensor *sd_arena_tensor(sd_arena *a, sd_dtype dtype, int ndim, const int64_t *shape) {
     if (ndim < 0 || ndim > SD_MAX_DIMS) {
@@ -107,7 +136,7 @@ sd_tensor *sd_arena_tensor(sd_arena *a, sd_dtype dtype, int ndim, const int64_t 
         return NULL;
     }
     size_t bytes = (size_t)sd_shape_numel(ndim, shape) * sd_dtype_size(dtype);
-    sd_tensor *t = sd_arena_alloc(a, sizeof *t);
+    sd_tensor *t = sd_arena_alloc_host(a, sizeof *t); /* the header is written here, on the host */
     void *data = t ? sd_arena_alloc(a, bytes) : NULL;
     if (!data) return NULL;
     *t = sd_tensor_wrap(data, dtype, ndim, shape);

@@ -69,6 +69,7 @@ void sd_clip_text_config_sd15(sd_clip_text_config *c) {
     c->max_position_embeddings = 77;
     c->quick_gelu = 1;
     c->layer_norm_eps = 1e-5f;
+    c->eos_token_id = 2; /* the published file's value (openai/clip-vit-large-patch14's legacy id) */
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -584,6 +585,8 @@ static sd_status parse_clip_text(const cJSON *root, const char *path, sd_clip_te
     SD_TRY(get_float(root, path, "layer_norm_eps", 1e-5f, &c->layer_norm_eps));
     if (!(c->layer_norm_eps > 0))
         return sd_fail(SD_ERR_FORMAT, "%s: key \"layer_norm_eps\" must be positive", path);
+    /* CLIPTextConfig's default; transformers 5 also allows a list, which CLIP configs never use. */
+    SD_TRY(get_int(root, path, "eos_token_id", 49407, &c->eos_token_id));
     const char *act = "quick_gelu";
     SD_TRY(get_string(root, path, "hidden_act", "quick_gelu", &act));
     if (strcmp(act, "quick_gelu") == 0)

@@ -1,9 +1,12 @@
-/* image_resize.c: Pillow's BICUBIC resampler for 8-bit RGB, reproduced bit for bit.
+/* image_resize.c: Pillow's BICUBIC and BILINEAR resamplers for 8-bit RGB, reproduced bit for bit.
  *
  * The reference's load_512 ends in `Image.fromarray(x).resize((512, 512))`, whose default filter
- * is BICUBIC. To feed the VAE exactly the pixels the Python reference feeds it, this file follows
- * Pillow's libImaging/Resample.c (Pillow 13.0.0; the weight and fixed-point code is the same in
- * every version from 9.2 to 13.0) in every detail that can change a pixel:
+ * is BICUBIC; NS-LPIPS (stylediffusion.md §6.1) resizes its images with torchvision's
+ * Resize((256, 256)) on PIL images, which is `img.resize((256, 256), Image.BILINEAR)`. To feed the
+ * models exactly the pixels the Python reference feeds them, this file follows Pillow's
+ * libImaging/Resample.c (Pillow 13.0.0; the weight and fixed-point code is the same in every
+ * version from 9.2 to 13.0) in every detail that can change a pixel. The two filters differ only
+ * in their kernel and support (Pillow's `struct filter`); everything below is shared:
  *
  *  - Separable filtering in two passes with an 8-bit clipped intermediate image. Which pass runs
  *    first matters, because the intermediate is rounded: Pillow 13 runs the vertical pass first
@@ -17,7 +20,8 @@
  *    writes the expressions (same operation order, the kernel argument multiplied by the
  *    reciprocal of the filter scale, weights divided by their sum), then converted to 22-bit fixed
  *    point with round-half-away-from-zero. On downscale the kernel is stretched by the scale
- *    factor (antialiasing), so its support grows from 2 to 2 * scale input pixels.
+ *    factor (antialiasing), so its support grows from `support` (2 for bicubic, 1 for bilinear)
+ *    to support * scale input pixels on each side.
  *  - Accumulation in 32-bit integers starting from half a unit (1 << 21), then an arithmetic
  *    shift by 22 bits and a clip to [0, 255].
  *
@@ -35,6 +39,12 @@
  * partial sums exceed 1 or go negative. */
 enum { WEIGHT_FRACTION_BITS = 22 };
 
+/* Pillow's `struct filter`: a kernel and the half-width of its support at scale 1. */
+typedef struct resample_filter {
+    double (*kernel)(double x);
+    double support;
+} resample_filter;
+
 /* Keys' cubic convolution kernel with a = -0.5, written in the same Horner form as Pillow so the
  * double results agree to the last bit. */
 static double bicubic_kernel(double x) {
@@ -44,7 +54,15 @@ static double bicubic_kernel(double x) {
     if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
     return 0.0;
 }
-static const double BICUBIC_SUPPORT = 2.0;
+static const resample_filter BICUBIC_FILTER = {bicubic_kernel, 2.0};
+
+/* The triangle (tent) kernel of Pillow's bilinear_filter. */
+static double bilinear_kernel(double x) {
+    if (x < 0.0) x = -x;
+    if (x < 1.0) return 1.0 - x;
+    return 0.0;
+}
+static const resample_filter BILINEAR_FILTER = {bilinear_kernel, 1.0};
 
 /* The fixed-point filter for one axis: output sample i reads input samples
  * first[i] .. first[i] + count[i] - 1 with weights weight[i * stride ...]. */
@@ -65,13 +83,14 @@ static void axis_free(resample_axis *axis) {
 
 /* Pillow's precompute_coeffs followed by normalize_coeffs_8bpc, for a box covering the whole
  * input (in0 = 0, in1 = in_size). */
-static sd_status axis_build(int in_size, int out_size, resample_axis *axis) {
+static sd_status axis_build(const resample_filter *filter, int in_size, int out_size,
+                            resample_axis *axis) {
     memset(axis, 0, sizeof *axis);
     /* Pillow keeps the box edges as floats and subtracts them before widening; for sizes below
      * 2^24 that is exact, so the ratio below is the same double. */
     const double scale = (double)in_size / out_size;
     const double filter_scale = scale < 1.0 ? 1.0 : scale;
-    const double support = BICUBIC_SUPPORT * filter_scale;
+    const double support = filter->support * filter_scale;
     const int stride = (int)ceil(support) * 2 + 1;
     const double inv_filter_scale = 1.0 / filter_scale;
 
@@ -99,7 +118,7 @@ static sd_status axis_build(int in_size, int out_size, resample_axis *axis) {
 
         double total = 0.0;
         for (int t = 0; t < n; t++) {
-            w[t] = bicubic_kernel((t + lo - center + 0.5) * inv_filter_scale);
+            w[t] = filter->kernel((t + lo - center + 0.5) * inv_filter_scale);
             total += w[t];
         }
         if (total != 0.0)
@@ -182,7 +201,9 @@ static sd_status resample_columns(const sd_image *in, int row_offset, const resa
     return SD_OK;
 }
 
-sd_status sd_image_resize_bicubic(const sd_image *src, int width, int height, sd_image *out) {
+/* The resize both public entry points share: Pillow's ImagingResampleInner for one filter. */
+static sd_status resize_with_filter(const resample_filter *filter, const sd_image *src, int width,
+                                    int height, sd_image *out) {
     if (!out) return sd_fail(SD_ERR_ARG, "image resize: no output image given");
     memset(out, 0, sizeof *out);
     if (!src || !src->data || src->width <= 0 || src->height <= 0)
@@ -209,8 +230,8 @@ sd_status sd_image_resize_bicubic(const sd_image *src, int width, int height, sd
     resample_axis horiz = {0}, vert = {0};
     sd_image temp = {0};
     sd_status st = SD_OK;
-    if (need_vertical && (st = axis_build(in_h, height, &vert)) != SD_OK) goto done;
-    if (need_horizontal && (st = axis_build(in_w, width, &horiz)) != SD_OK) goto done;
+    if (need_vertical && (st = axis_build(filter, in_h, height, &vert)) != SD_OK) goto done;
+    if (need_horizontal && (st = axis_build(filter, in_w, width, &horiz)) != SD_OK) goto done;
 
     if (horizontal_first) {
         if (need_horizontal) {
@@ -247,4 +268,12 @@ done:
     sd_image_free(&temp);
     if (st != SD_OK) sd_image_free(out);
     return st;
+}
+
+sd_status sd_image_resize_bicubic(const sd_image *src, int width, int height, sd_image *out) {
+    return resize_with_filter(&BICUBIC_FILTER, src, width, height, out);
+}
+
+sd_status sd_image_resize_bilinear(const sd_image *src, int width, int height, sd_image *out) {
+    return resize_with_filter(&BILINEAR_FILTER, src, width, height, out);
 }

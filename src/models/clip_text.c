@@ -1,6 +1,7 @@
 /* clip_text.c: CLIPTextModel (transformers) -> last_hidden_state after the final LayerNorm
  * (stylediffusion.md §1.4). Pre-LN transformer with a causal mask and no padding mask, so padded
- * positions carry real features, as the reference pipeline feeds them to the UNet. */
+ * positions carry real features, as the reference pipeline feeds them to the UNet. Also
+ * CLIPModel.get_text_features (pooled EOS row, text_projection) for CLIPScore (§6.3). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,8 @@
 #include "layers.h"
 
 #define NAME_CAP 256
+#define TEXT_PREFIX "text_model."
+#define TEXT_PROJECTION "text_projection.weight"
 
 sd_status sd_clip_text_bind(sd_clip_text *m, const sd_clip_text_config *cfg, sd_weights *w) {
     memset(m, 0, sizeof *m);
@@ -30,6 +33,12 @@ sd_status sd_clip_text_bind(sd_clip_text *m, const sd_clip_text_config *cfg, sd_
         SD_TRY(sd_bind_clip_layer(w, prefix, D, F, &m->layers[i]));
     }
     SD_TRY(sd_bind_norm(w, "text_model.final_layer_norm", D, &m->final_layer_norm));
+    if (sd_weights_find(w, TEXT_PROJECTION)) {
+        /* Its width is the CLIPModel's top-level projection_dim, not a text-config key. */
+        const int64_t proj_shape[2] = {-1, D};
+        SD_TRY(sd_weights_get(w, TEXT_PROJECTION, 2, proj_shape, &m->text_projection.weight));
+        m->text_projection.bias = NULL; /* nn.Linear(..., bias=False) */
+    }
     /* position_ids is a buffer some checkpoints carry (always arange): accept it, never use it. */
     sd_tensor *pos_ids = sd_weights_find(w, "text_model.embeddings.position_ids");
     if (pos_ids) {
@@ -71,4 +80,68 @@ sd_tensor *sd_clip_text_forward(sd_ctx *c, const sd_clip_text *m, const sd_tenso
     for (int i = 0; i < cfg->num_hidden_layers; i++)
         h = sd_clip_layer_forward(c, &m->layers[i], h, cfg->num_attention_heads, 1, act, cfg->layer_norm_eps);
     return sd_layer_norm(c, h, &m->final_layer_norm, cfg->layer_norm_eps);
+}
+
+sd_status sd_clip_text_weights_load(sd_weights *w, const char *path) {
+    if (!w) return sd_fail(SD_ERR_ARG, "%s: sd_clip_text_weights_load: no weight store", path);
+    sd_safetensors st;
+    SD_TRY(sd_safetensors_open(path, &st));
+    sd_status status = SD_OK;
+    int loaded = 0;
+    for (int i = 0; i < st.n_entries && status == SD_OK; i++) {
+        const sd_st_entry *e = &st.entries[i];
+        if (strncmp(e->name, TEXT_PREFIX, strlen(TEXT_PREFIX)) != 0 && strcmp(e->name, TEXT_PROJECTION) != 0)
+            continue;
+        sd_tensor *t;
+        status = sd_safetensors_load_f32(&st, e, &t);
+        if (status != SD_OK) break;
+        sd_tensor_set_name(t, e->name);
+        status = sd_weights_add(w, e->name, t);
+        loaded += strcmp(e->name, TEXT_PROJECTION) != 0;
+    }
+    sd_safetensors_close(&st);
+    if (status == SD_OK && loaded == 0)
+        status = sd_fail(SD_ERR_MISSING, "%s: no CLIP text tensors (expected 'text_model.*' names, e.g. "
+                         "'text_model.embeddings.token_embedding.weight')", path);
+    return status;
+}
+
+sd_tensor *sd_clip_text_pooled(sd_ctx *c, const sd_clip_text *m, const sd_tensor *ids, sd_tensor *hidden) {
+    if (c->status != SD_OK) return NULL;
+    if (!ids || ids->dtype != SD_I32 || ids->ndim != 2 || ids->device != SD_DEVICE_CPU || !hidden ||
+        hidden->ndim != 3 || hidden->shape[0] != ids->shape[0] || hidden->shape[1] != ids->shape[1])
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "text pooling: ids must be host I32 (B, S) matching the hidden "
+                           "states (B, S, hidden)");
+    const int64_t B = ids->shape[0], S = ids->shape[1], D = hidden->shape[2];
+    const int32_t *id = (const int32_t *)ids->data;
+    sd_tensor *rows = sd_reshape4(c, hidden, 2, B * S, D, 0, 0);
+    sd_tensor *pooled = NULL;
+    for (int64_t b = 0; b < B; b++) {
+        const int32_t *row = id + b * S;
+        int64_t pos = 0;
+        if (m->cfg.eos_token_id == 2) {
+            /* torch.argmax returns the first maximal index */
+            for (int64_t s = 1; s < S; s++)
+                if (row[s] > row[pos]) pos = s;
+        } else {
+            /* (ids == eos).int().argmax(): the first match, 0 when nothing matches */
+            for (int64_t s = 0; s < S; s++)
+                if (row[s] == m->cfg.eos_token_id) {
+                    pos = s;
+                    break;
+                }
+        }
+        sd_tensor *r = sd_slice0(c, rows, b * S + pos, 1); /* [1, D], a view */
+        pooled = b == 0 ? r : sd_concat0(c, pooled, r);
+    }
+    return pooled; /* [B, D] */
+}
+
+sd_tensor *sd_clip_text_features(sd_ctx *c, const sd_clip_text *m, const sd_tensor *ids) {
+    if (c->status != SD_OK) return NULL;
+    if (!m->text_projection.weight)
+        return sd_ctx_fail(c, SD_ERR_MISSING, "CLIP text features: the model has no tensor '%s' (load a full "
+                           "CLIPModel or a CLIPTextModelWithProjection checkpoint)", TEXT_PROJECTION);
+    sd_tensor *pooled = sd_clip_text_pooled(c, m, ids, sd_clip_text_forward(c, m, ids));
+    return sd_linear(c, pooled, &m->text_projection); /* [B, projection_dim] */
 }

@@ -13,6 +13,7 @@
  * The bicubic resize of the preprocessing is a plain CPU routine at the end of this file, to be
  * moved into the backend op table (see clip_vision.h). */
 #include "sd/clip_vision.h"
+#include "sd/image.h"
 #include "sd/json_util.h"
 
 #include <cjson/cJSON.h>
@@ -26,6 +27,7 @@
 
 #define NAME_CAP 256
 #define VISION_PREFIX "vision_model."
+#define PROJECTION_NAME "visual_projection.weight"
 
 /* Trainer.preprocess's Normalize, as torch.as_tensor(..., dtype=float32) rounds the Python
  * doubles: double literal first, then float, so the constants are the bits torch uses. */
@@ -56,17 +58,10 @@ int sd_clip_vision_num_tokens(const sd_clip_vision_config *c) {
 }
 
 
-/* Where the vision settings of one config.json live. A key is looked up in `override` (an old
- * CLIPModel config's "vision_config_dict") first, then in `main` (the file itself for a
- * CLIPVisionModel config, its "vision_config" for a CLIPModel one); `where` prefixes key names in
- * messages ("vision_config.") so the user finds the key that is wrong. */
-typedef struct vision_keys {
-    const cJSON *main, *override;
-    const char *where, *override_where;
-    const char *path;
-} vision_keys;
+/* The typed config.json key readers (sd_config_keys, declared in layers.h) live here, where they
+ * were first needed; the DINO ViT config (dino_vit.c) reads its keys with them too. */
 
-static const cJSON *find_key(const vision_keys *k, const char *key, const char **where) {
+const cJSON *sd_config_find_key(const sd_config_keys *k, const char *key, const char **where) {
     const cJSON *v = k->override ? cJSON_GetObjectItemCaseSensitive(k->override, key) : NULL;
     if (v) {
         *where = k->override_where;
@@ -76,9 +71,9 @@ static const cJSON *find_key(const vision_keys *k, const char *key, const char *
     return k->main ? cJSON_GetObjectItemCaseSensitive(k->main, key) : NULL;
 }
 
-static sd_status key_int(const vision_keys *k, const char *key, int def, int *out) {
+sd_status sd_config_key_int(const sd_config_keys *k, const char *key, int def, int *out) {
     const char *where;
-    const cJSON *v = find_key(k, key, &where);
+    const cJSON *v = sd_config_find_key(k, key, &where);
     if (!v) {
         *out = def;
         return SD_OK;
@@ -94,9 +89,9 @@ static sd_status key_int(const vision_keys *k, const char *key, int def, int *ou
     return SD_OK;
 }
 
-static sd_status key_float(const vision_keys *k, const char *key, float def, float *out) {
+sd_status sd_config_key_float(const sd_config_keys *k, const char *key, float def, float *out) {
     const char *where;
-    const cJSON *v = find_key(k, key, &where);
+    const cJSON *v = sd_config_find_key(k, key, &where);
     if (!v) {
         *out = def;
         return SD_OK;
@@ -110,10 +105,10 @@ static sd_status key_float(const vision_keys *k, const char *key, float def, flo
     return SD_OK;
 }
 
-static sd_status key_string(const vision_keys *k, const char *key, const char *def, const char **out,
+sd_status sd_config_key_string(const sd_config_keys *k, const char *key, const char *def, const char **out,
                             const char **where_out) {
     const char *where;
-    const cJSON *v = find_key(k, key, &where);
+    const cJSON *v = sd_config_find_key(k, key, &where);
     *where_out = where;
     if (!v) {
         *out = def;
@@ -124,6 +119,50 @@ static sd_status key_string(const vision_keys *k, const char *key, const char *d
                        sd_json_kind(v));
     *out = v->valuestring;
     return SD_OK;
+}
+
+sd_status sd_config_vit_geometry(const sd_config_keys *k, int default_patch, float default_eps,
+                                 sd_vit_geometry *g) {
+    SD_TRY(sd_config_key_int(k, "hidden_size", 768, &g->hidden_size));
+    SD_TRY(sd_config_key_int(k, "intermediate_size", 3072, &g->intermediate_size));
+    SD_TRY(sd_config_key_int(k, "num_hidden_layers", 12, &g->num_hidden_layers));
+    SD_TRY(sd_config_key_int(k, "num_attention_heads", 12, &g->num_attention_heads));
+    SD_TRY(sd_config_key_int(k, "num_channels", 3, &g->num_channels));
+    SD_TRY(sd_config_key_int(k, "image_size", 224, &g->image_size));
+    SD_TRY(sd_config_key_int(k, "patch_size", default_patch, &g->patch_size));
+    SD_TRY(sd_config_key_float(k, "layer_norm_eps", default_eps, &g->layer_norm_eps));
+    const char *w = k->where;
+    if (g->num_channels != 3)
+        return sd_fail(SD_ERR_UNSUPPORTED, "%s: key \"%snum_channels\" is %d; the preprocessing is for RGB "
+                       "images (3 channels)", k->path, w, g->num_channels);
+    if (g->hidden_size % g->num_attention_heads != 0)
+        return sd_fail(SD_ERR_FORMAT, "%s: key \"%shidden_size\" %d is not divisible by "
+                       "\"num_attention_heads\" %d", k->path, w, g->hidden_size, g->num_attention_heads);
+    if (g->image_size < g->patch_size)
+        return sd_fail(SD_ERR_FORMAT, "%s: key \"%simage_size\" %d is smaller than \"patch_size\" %d "
+                       "(no patch would fit)", k->path, w, g->image_size, g->patch_size);
+    return SD_OK;
+}
+
+sd_status sd_config_parse_text(const char *json, const char *path, sd_config_parse_fn parse, void *out,
+                               size_t out_size) {
+    if (!path) path = "(config)";
+    cJSON *root = NULL;
+    SD_TRY(sd_json_parse_object(json, path, &root));
+    void *parsed = calloc(1, out_size);
+    sd_status status = parsed ? parse(root, path, parsed) : sd_fail(SD_ERR_OOM, "%s: out of memory", path);
+    cJSON_Delete(root);
+    if (status == SD_OK) memcpy(out, parsed, out_size);
+    free(parsed);
+    return status;
+}
+
+sd_status sd_config_load_file(const char *path, sd_config_parse_fn parse, void *out, size_t out_size) {
+    char *text;
+    SD_TRY(sd_read_file(path, &text, NULL));
+    sd_status status = sd_config_parse_text(text, path, parse, out, out_size);
+    free(text);
+    return status;
 }
 
 /* An optional nested object ("vision_config"): absent or null gives NULL. */
@@ -149,7 +188,7 @@ static sd_status parse_vision_config(const cJSON *root, const char *path, sd_cli
     SD_TRY(nested_object(root, path, "vision_config_dict", &vision_config_dict));
     const int full_clip = (model_type && strcmp(model_type, "clip") == 0) || vision_config || vision_config_dict;
 
-    vision_keys keys = {root, NULL, "", "", path};
+    sd_config_keys keys = {root, NULL, "", "", path};
     if (full_clip) {
         /* CLIPModel: the vision settings are nested; a missing "vision_config" means
          * CLIPVisionConfig's defaults, as transformers reads it. Old files (transformers <= 4.2x)
@@ -162,7 +201,7 @@ static sd_status parse_vision_config(const cJSON *root, const char *path, sd_cli
         keys.override = vision_config_dict;
         keys.override_where = "vision_config_dict.";
         const char *where;
-        const cJSON *inner = find_key(&keys, "model_type", &where);
+        const cJSON *inner = sd_config_find_key(&keys, "model_type", &where);
         if (inner && (!cJSON_IsString(inner) || strcmp(inner->valuestring, "clip_vision_model") != 0))
             return sd_fail(SD_ERR_UNSUPPORTED, "%s: key \"%smodel_type\" is %s%.64s%s; stylediff runs the "
                            "CLIP vision tower (clip_vision_model)", path, where,
@@ -175,18 +214,20 @@ static sd_status parse_vision_config(const cJSON *root, const char *path, sd_cli
     }
 
     /* Defaults are CLIPVisionConfig's (ViT-B/32: patch_size 32), not ViT-B/16's. */
-    SD_TRY(key_int(&keys, "hidden_size", 768, &c->hidden_size));
-    SD_TRY(key_int(&keys, "intermediate_size", 3072, &c->intermediate_size));
-    SD_TRY(key_int(&keys, "num_hidden_layers", 12, &c->num_hidden_layers));
-    SD_TRY(key_int(&keys, "num_attention_heads", 12, &c->num_attention_heads));
-    SD_TRY(key_int(&keys, "num_channels", 3, &c->num_channels));
-    SD_TRY(key_int(&keys, "image_size", 224, &c->image_size));
-    SD_TRY(key_int(&keys, "patch_size", 32, &c->patch_size));
-    SD_TRY(key_int(&keys, "projection_dim", 512, &c->projection_dim));
-    SD_TRY(key_float(&keys, "layer_norm_eps", 1e-5f, &c->layer_norm_eps));
+    sd_vit_geometry g;
+    SD_TRY(sd_config_vit_geometry(&keys, 32, 1e-5f, &g));
+    c->hidden_size = g.hidden_size;
+    c->intermediate_size = g.intermediate_size;
+    c->num_hidden_layers = g.num_hidden_layers;
+    c->num_attention_heads = g.num_attention_heads;
+    c->num_channels = g.num_channels;
+    c->image_size = g.image_size;
+    c->patch_size = g.patch_size;
+    c->layer_norm_eps = g.layer_norm_eps;
+    SD_TRY(sd_config_key_int(&keys, "projection_dim", 512, &c->projection_dim));
 
     const char *act = "quick_gelu", *where = "";
-    SD_TRY(key_string(&keys, "hidden_act", "quick_gelu", &act, &where));
+    SD_TRY(sd_config_key_string(&keys, "hidden_act", "quick_gelu", &act, &where));
     if (strcmp(act, "quick_gelu") == 0)
         c->quick_gelu = 1;
     else if (strcmp(act, "gelu") == 0)
@@ -195,36 +236,19 @@ static sd_status parse_vision_config(const cJSON *root, const char *path, sd_cli
         return sd_fail(SD_ERR_UNSUPPORTED, "%s: key \"%shidden_act\" is \"%.64s\"; stylediff supports "
                        "\"quick_gelu\" and \"gelu\"", path, where, act);
 
-    const char *w = keys.where;
-    if (c->num_channels != 3)
-        return sd_fail(SD_ERR_UNSUPPORTED, "%s: key \"%snum_channels\" is %d; the CLIP preprocessing is "
-                       "for RGB images (3 channels)", path, w, c->num_channels);
-    if (c->hidden_size % c->num_attention_heads != 0)
-        return sd_fail(SD_ERR_FORMAT, "%s: key \"%shidden_size\" %d is not divisible by "
-                       "\"num_attention_heads\" %d", path, w, c->hidden_size, c->num_attention_heads);
-    if (c->image_size < c->patch_size)
-        return sd_fail(SD_ERR_FORMAT, "%s: key \"%simage_size\" %d is smaller than \"patch_size\" %d "
-                       "(no patch would fit)", path, w, c->image_size, c->patch_size);
     return SD_OK;
 }
 
+static sd_status parse_vision_config_any(const cJSON *root, const char *path, void *out) {
+    return parse_vision_config(root, path, out);
+}
+
 sd_status sd_clip_vision_config_parse(const char *json, const char *path, sd_clip_vision_config *out) {
-    if (!path) path = "(config)";
-    cJSON *root = NULL;
-    SD_TRY(sd_json_parse_object(json, path, &root));
-    sd_clip_vision_config parsed;
-    sd_status status = parse_vision_config(root, path, &parsed);
-    cJSON_Delete(root);
-    if (status == SD_OK) *out = parsed;
-    return status;
+    return sd_config_parse_text(json, path, parse_vision_config_any, out, sizeof *out);
 }
 
 sd_status sd_clip_vision_config_load(const char *path, sd_clip_vision_config *out) {
-    char *text;
-    SD_TRY(sd_read_file(path, &text, NULL));
-    sd_status status = sd_clip_vision_config_parse(text, path, out);
-    free(text);
-    return status;
+    return sd_config_load_file(path, parse_vision_config_any, out, sizeof *out);
 }
 
 /* ================================================================================================
@@ -232,10 +256,10 @@ sd_status sd_clip_vision_config_load(const char *path, sd_clip_vision_config *ou
  * ============================================================================================= */
 
 /* Entries of a CLIP checkpoint that are not the vision tower, or that the vision tower never
- * reads (the position_ids buffer is always 0..N-1). */
+ * reads (the position_ids buffer is always 0..N-1). visual_projection belongs to the tower: it is
+ * kept under its own name (CLIPModel and CLIPVisionModelWithProjection files hold it). */
 static int is_other_tower(const char *name) {
-    static const char *const skipped[] = {"text_model.", "visual_projection.", "text_projection.",
-                                          "logit_scale"};
+    static const char *const skipped[] = {"text_model.", "text_projection.", "logit_scale"};
     for (size_t i = 0; i < sizeof skipped / sizeof skipped[0]; i++)
         if (strncmp(name, skipped[i], strlen(skipped[i])) == 0) return 1;
     const size_t n = strlen(name), tail = strlen("position_ids");
@@ -258,9 +282,10 @@ sd_status sd_clip_vision_weights_load(sd_weights *w, const char *path) {
         if (is_other_tower(e->name)) continue;
         /* With "vision_model." keys present, anything else is not ours; without, the file is a
          * transformers >= 5 save of CLIPVisionModel and every remaining key is. */
-        if (prefixed && strncmp(e->name, VISION_PREFIX, prefix_len) != 0) continue;
+        const int projection = strcmp(e->name, PROJECTION_NAME) == 0;
+        if (prefixed && !projection && strncmp(e->name, VISION_PREFIX, prefix_len) != 0) continue;
         char name[NAME_CAP];
-        int n = snprintf(name, sizeof name, "%s%s", prefixed ? "" : VISION_PREFIX, e->name);
+        int n = snprintf(name, sizeof name, "%s%s", prefixed || projection ? "" : VISION_PREFIX, e->name);
         if (n < 0 || (size_t)n >= sizeof name) {
             status = sd_fail(SD_ERR_FORMAT, "%s: tensor name '%.80s...' is too long", path, e->name);
             break;
@@ -304,6 +329,14 @@ static sd_status bind_all(sd_clip_vision *m, sd_weights *w) {
         SD_TRY(sd_bind_clip_layer(w, prefix, D, F, &m->layers[i]));
     }
     SD_TRY(sd_bind_norm(w, VISION_PREFIX "post_layernorm", D, &m->post_layernorm));
+    /* Optional: CLIPModel.get_image_features needs it, StyleDiffusion's E does not. Its output
+     * width is the CLIPModel's top-level projection_dim, which a CLIPVisionConfig need not carry,
+     * so any row count is accepted here and checked by the user of the features. */
+    if (sd_weights_find(w, PROJECTION_NAME)) {
+        const int64_t proj_shape[2] = {-1, D};
+        SD_TRY(sd_weights_get(w, PROJECTION_NAME, 2, proj_shape, &m->visual_projection.weight));
+        m->visual_projection.bias = NULL; /* nn.Linear(..., bias=False) */
+    }
 
     /* A store filled by other code may hold the position_ids buffer: accept it, never use it. */
     sd_tensor *pos_ids = sd_weights_find(w, VISION_PREFIX "embeddings.position_ids");
@@ -387,6 +420,18 @@ void sd_clip_vision_release(sd_clip_vision *m) {
 
 /* Python's round() of k + 0.5 and of k: half to even, as torchvision's CenterCrop rounds the
  * offset (side - S) / 2. */
+/* torchvision Resize(S) of an H x W image: the short side becomes S, the long side int(S·long/short)
+ * (Python's true division of two integers, then truncation, which double division reproduces). */
+static void short_side_resize(int64_t S, int64_t H, int64_t W, int64_t *new_h, int64_t *new_w) {
+    if (W <= H) {
+        *new_w = S;
+        *new_h = (int64_t)((double)(S * H) / (double)W);
+    } else {
+        *new_h = S;
+        *new_w = (int64_t)((double)(S * W) / (double)H);
+    }
+}
+
 static int64_t half_of_rounded_to_even(int64_t d) {
     const int64_t k = d / 2;
     if (d % 2 == 0) return k;
@@ -407,16 +452,8 @@ sd_tensor *sd_clip_vision_preprocess(sd_ctx *c, const sd_clip_vision_config *cfg
     const int64_t planes = B * 3;
     if (S < 1) return sd_ctx_fail(c, SD_ERR_ARG, "CLIP vision preprocessing: image_size %lld", (long long)S);
 
-    /* torchvision Resize(S): the short side becomes S, the long side int(S·long/short) (Python's
-     * true division of two integers, then truncation, which double division reproduces). */
     int64_t new_h, new_w;
-    if (W <= H) {
-        new_w = S;
-        new_h = (int64_t)((double)(S * H) / (double)W);
-    } else {
-        new_h = S;
-        new_w = (int64_t)((double)(S * W) / (double)H);
-    }
+    short_side_resize(S, H, W, &new_h, &new_w);
     const int64_t top = half_of_rounded_to_even(new_h - S), left = half_of_rounded_to_even(new_w - S);
 
     /* Host scratch: the preprocessing runs on the CPU whatever the context's device. */
@@ -477,29 +514,16 @@ sd_tensor *sd_clip_vision_preprocess(sd_ctx *c, const sd_clip_vision_config *cfg
 sd_tensor *sd_clip_vision_forward(sd_ctx *c, const sd_clip_vision *m, sd_tensor *pixels) {
     if (c->status != SD_OK) return NULL;
     const sd_clip_vision_config *cfg = &m->cfg;
-    const int64_t S = cfg->image_size, P = cfg->patch_size, D = cfg->hidden_size;
+    const int64_t S = cfg->image_size, P = cfg->patch_size;
     if (!pixels || pixels->ndim != 4 || pixels->shape[1] != 3 || pixels->shape[2] != S || pixels->shape[3] != S) {
         char buf[96] = "(none)";
         if (pixels) sd_shape_str(pixels->ndim, pixels->shape, buf, sizeof buf);
         return sd_ctx_fail(c, SD_ERR_SHAPE, "CLIP vision tower: pixels %s, expected (B, 3, %lld, %lld) "
                            "(preprocess the image first)", buf, (long long)S, (long long)S);
     }
-    const int64_t B = pixels->shape[0], grid = S / P, N = grid * grid + 1;
-
-    /* Patch embedding: a stride-P conv without bias, then one token per patch. */
-    sd_tensor *patches = sd_conv2d(c, pixels, &m->patch_embedding, (int)P, 0); /* [B, D, grid, grid] */
-    sd_tensor *tokens = sd_nchw_to_tokens(c, patches);                         /* [B, grid², D] */
-    sd_tensor *cls = sd_reshape4(c, m->class_embedding, 2, 1, D, 0, 0);         /* [1, D] */
-
-    /* [CLS; patches] + position embedding, one image at a time (the position table has no batch
-     * axis), stacked back along the batch. */
-    sd_tensor *h = NULL;
-    for (int64_t b = 0; b < B; b++) {
-        sd_tensor *patch_rows = sd_reshape4(c, sd_slice0(c, tokens, b, 1), 2, grid * grid, D, 0, 0);
-        sd_tensor *rows = sd_add(c, sd_concat0(c, cls, patch_rows), m->position_embedding); /* [N, D] */
-        h = b == 0 ? rows : sd_concat0(c, h, rows);
-    }
-    h = sd_reshape4(c, h, 3, B, N, D, 0); /* [B, N, D] */
+    /* Patch embedding (a stride-P conv without bias), [CLS; patches] + position embedding. */
+    sd_tensor *h = sd_vit_embed(c, pixels, &m->patch_embedding, (int)P, m->class_embedding,
+                                m->position_embedding); /* [B, N, D] */
     h = sd_layer_norm(c, h, &m->pre_layernorm, cfg->layer_norm_eps);
 
     const sd_unary_op act = cfg->quick_gelu ? SD_UNARY_QUICK_GELU : SD_UNARY_GELU;
@@ -512,6 +536,74 @@ sd_tensor *sd_clip_vision_forward(sd_ctx *c, const sd_clip_vision *m, sd_tensor 
 
 sd_tensor *sd_clip_vision_encode(sd_ctx *c, const sd_clip_vision *m, const sd_tensor *image) {
     return sd_clip_vision_forward(c, m, sd_clip_vision_preprocess(c, &m->cfg, image));
+}
+
+sd_tensor *sd_clip_vision_image_features(sd_ctx *c, const sd_clip_vision *m, sd_tensor *pixels) {
+    if (c->status != SD_OK) return NULL;
+    if (!m->visual_projection.weight)
+        return sd_ctx_fail(c, SD_ERR_MISSING, "CLIP image features: the model has no tensor '%s' (load a "
+                           "full CLIPModel or a CLIPVisionModelWithProjection checkpoint)", PROJECTION_NAME);
+    sd_tensor *tokens = sd_clip_vision_forward(c, m, pixels); /* [B, N, D], post_layernorm on every row */
+    if (!tokens) return NULL;
+    const int64_t B = tokens->shape[0], N = tokens->shape[1], D = tokens->shape[2];
+    /* pooler_output = post_layernorm(CLS): row 0 of each image (views, no copy) */
+    sd_tensor *rows = sd_reshape4(c, tokens, 2, B * N, D, 0, 0);
+    sd_tensor *cls = NULL;
+    for (int64_t b = 0; b < B; b++) {
+        sd_tensor *row = sd_slice0(c, rows, b * N, 1); /* [1, D] */
+        cls = b == 0 ? row : sd_concat0(c, cls, row);
+    }
+    return sd_linear(c, cls, &m->visual_projection); /* [B, projection_dim] */
+}
+
+/* ================================================================================================
+ * CLIPProcessor preprocessing of an 8-bit image (transformers' PIL backend)
+ * ============================================================================================= */
+
+sd_tensor *sd_clip_vision_processor(sd_ctx *c, const sd_clip_vision_config *cfg, const sd_image *image,
+                                    const char *what) {
+    if (c->status != SD_OK) return NULL;
+    if (!what) what = "image";
+    if (!image || !image->data || image->width < 1 || image->height < 1)
+        return sd_ctx_fail(c, SD_ERR_ARG, "CLIP image processor: %s is empty", what);
+    const int64_t S = cfg->image_size, H = image->height, W = image->width;
+    /* resize(shortest_edge=S): transformers' get_resize_output_image_size(default_to_square=False),
+     * the same arithmetic as torchvision's Resize(S) */
+    int64_t new_h, new_w;
+    short_side_resize(S, H, W, &new_h, &new_w);
+    sd_image resized = {0};
+    sd_status st = sd_image_resize_bicubic(image, (int)new_w, (int)new_h, &resized); /* PIL BICUBIC */
+    if (st != SD_OK) {
+        sd_fail_context(st, "CLIP image processor, %s: ", what);
+        sd_ctx_check(c, st);
+        return NULL;
+    }
+    /* center_crop: transformers floors the offsets ((side - S) // 2), where torchvision's
+     * CenterCrop rounds them; only the long side can be cropped here. */
+    const int64_t top = (new_h - S) / 2, left = (new_w - S) / 2;
+    float *out = malloc((size_t)(3 * S * S) * sizeof(float));
+    if (!out) {
+        sd_image_free(&resized);
+        return sd_ctx_fail(c, SD_ERR_OOM, "CLIP image processor: out of host memory for %s", what);
+    }
+    /* rescale: uint8 -> float64 · (1/255) -> float32 (np_rescale upcasts, then casts down);
+     * normalize: (x - mean) / std in float32, mean and std rounded to float32 as numpy does. */
+    const double rescale_factor = 1.0 / 255.0;
+    for (int ch = 0; ch < 3; ch++) {
+        const float mean = (float)CLIP_MEAN[ch], std = (float)CLIP_STD[ch];
+        for (int64_t y = 0; y < S; y++)
+            for (int64_t x = 0; x < S; x++) {
+                const uint8_t v = resized.data[((top + y) * new_w + left + x) * 3 + ch];
+                const float scaled = (float)((double)v * rescale_factor);
+                out[(ch * S + y) * S + x] = (scaled - mean) / std;
+            }
+    }
+    sd_image_free(&resized);
+    const int64_t shape[4] = {1, 3, S, S};
+    sd_tensor host = sd_tensor_wrap(out, SD_F32, 4, shape);
+    sd_tensor *pixels = sd_upload(c, &host); /* [1, 3, S, S] on the context's device */
+    free(out);
+    return pixels;
 }
 
 /* ================================================================================================

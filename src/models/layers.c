@@ -118,6 +118,52 @@ sd_status sd_bind_clip_layer(sd_weights *w, const char *prefix, int64_t width, i
     return sd_bind_linear(w, join(name, prefix, "mlp.fc2"), D, F, 1, &L->fc2);
 }
 
+sd_status sd_bind_vit_layer(sd_weights *w, const char *prefix, int64_t width, int64_t mlp_width,
+                            int qkv_bias, int v5_names, sd_clip_layer *L) {
+    /* published (hub) names, then the names transformers >= 5 saves */
+    static const char *const names[2][7] = {
+        {"attention.attention.query", "attention.attention.key", "attention.attention.value",
+         "attention.output.dense", "intermediate.dense", "output.dense", ""},
+        {"attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj", "mlp.fc1", "mlp.fc2", ""},
+    };
+    const char *const *n = names[v5_names ? 1 : 0];
+    char name[NAME_CAP];
+    const int64_t D = width, F = mlp_width;
+    memset(L, 0, sizeof *L);
+    SD_TRY(sd_bind_norm(w, join(name, prefix, "layernorm_before"), D, &L->layer_norm1));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, n[0]), D, D, qkv_bias, &L->q_proj));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, n[1]), D, D, qkv_bias, &L->k_proj));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, n[2]), D, D, qkv_bias, &L->v_proj));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, n[3]), D, D, 1, &L->out_proj));
+    SD_TRY(sd_bind_norm(w, join(name, prefix, "layernorm_after"), D, &L->layer_norm2));
+    SD_TRY(sd_bind_linear(w, join(name, prefix, n[4]), F, D, 1, &L->fc1));
+    return sd_bind_linear(w, join(name, prefix, n[5]), D, F, 1, &L->fc2);
+}
+
+sd_tensor *sd_vit_embed(sd_ctx *c, sd_tensor *pixels, const sd_conv_w *patch_conv, int patch,
+                        sd_tensor *cls, sd_tensor *pos) {
+    if (c->status != SD_OK) return NULL;
+    sd_tensor *patches = sd_conv2d(c, pixels, patch_conv, patch, 0); /* [B, D, grid_h, grid_w] */
+    sd_tensor *tokens = sd_nchw_to_tokens(c, patches);                /* [B, grid_h·grid_w, D] */
+    if (!tokens) return NULL;
+    const int64_t B = tokens->shape[0], G = tokens->shape[1], D = tokens->shape[2];
+    if (cls->shape[cls->ndim - 1] != D || sd_numel(cls) != D || pos->ndim != 2 || pos->shape[0] != G + 1 ||
+        pos->shape[1] != D)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "ViT embedding: %lld patches of width %lld, but %lld position rows "
+                           "of width %lld", (long long)G, (long long)D, (long long)pos->shape[0],
+                           (long long)pos->shape[pos->ndim - 1]);
+    sd_tensor *cls_row = sd_reshape4(c, cls, 2, 1, D, 0, 0); /* [1, D] */
+    /* [CLS; patches] + position embedding, one image at a time (the position table has no batch
+     * axis), stacked back along the batch. */
+    sd_tensor *h = NULL;
+    for (int64_t b = 0; b < B; b++) {
+        sd_tensor *patch_rows = sd_reshape4(c, sd_slice0(c, tokens, b, 1), 2, G, D, 0, 0);
+        sd_tensor *rows = sd_add(c, sd_concat0(c, cls_row, patch_rows), pos); /* [N, D] */
+        h = b == 0 ? rows : sd_concat0(c, h, rows);
+    }
+    return sd_reshape4(c, h, 3, B, G + 1, D, 0); /* [B, N, D] */
+}
+
 sd_tensor *sd_clip_layer_forward(sd_ctx *c, const sd_clip_layer *L, sd_tensor *h, int heads,
                                  int causal, sd_unary_op act, float eps) {
     sd_tensor *n = sd_layer_norm(c, h, &L->layer_norm1, eps);

@@ -27,9 +27,24 @@ sd_status sd_bind_transformer(sd_weights *w, const char *prefix, int64_t channel
  * by the text and the vision towers. */
 sd_status sd_bind_clip_layer(sd_weights *w, const char *prefix, int64_t width, int64_t mlp_width,
                              sd_clip_layer *L);
+/* The same pre-LN block under transformers' ViTLayer names: the arithmetic is CLIP's, so it binds
+ * into the same struct and runs with sd_clip_layer_forward. Published checkpoints (the hub's
+ * facebook/dino-vitb8, prefix "encoder.layer.N") use "layernorm_before",
+ * "attention.attention.{query,key,value}", "attention.output.dense", "layernorm_after",
+ * "intermediate.dense", "output.dense"; transformers >= 5 saves (prefix "layers.N", v5_names = 1)
+ * use "attention.{q,k,v,o}_proj" and "mlp.fc1" / "mlp.fc2" instead. qkv_bias = 0 for a config with
+ * "qkv_bias": false. */
+sd_status sd_bind_vit_layer(sd_weights *w, const char *prefix, int64_t width, int64_t mlp_width,
+                            int qkv_bias, int v5_names, sd_clip_layer *L);
 /* h + attn(ln1(h)), then + mlp(ln2(h)); causal masks later tokens (text tower). */
 sd_tensor *sd_clip_layer_forward(sd_ctx *c, const sd_clip_layer *L, sd_tensor *h, int heads,
                                  int causal, sd_unary_op act, float eps);
+
+/* ViT patch embedding shared by the CLIP vision tower and DINO: pixels[B, 3, S_h, S_w] -> a stride-P
+ * conv (patch_conv's bias may be NULL) -> [B, grid, D] tokens, the class row cls[1, D] prepended
+ * and pos[N, D] added (N = 1 + grid_h·grid_w) -> [B, N, D]. */
+sd_tensor *sd_vit_embed(sd_ctx *c, sd_tensor *pixels, const sd_conv_w *patch_conv, int patch,
+                        sd_tensor *cls, sd_tensor *pos);
 
 /* h = conv2(silu(gn2(conv1(silu(gn1(x))) + proj(temb_silu)))) + shortcut(x).
  * temb_silu: SiLU(time embedding) [B, T], shared by every resnet of a UNet call; NULL in the VAE. */
@@ -42,5 +57,43 @@ sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, 
  * forward (incremented twice). */
 sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x,
                                   sd_tensor *context, int *layer, sd_unet_place place);
+
+/* Typed config.json keys, shared by the CLIP vision and the DINO ViT config readers (defined in
+ * clip_vision.c). A key is looked up in `override` (an old CLIPModel config's
+ * "vision_config_dict") first, then in `main` (the file itself, or its nested "vision_config");
+ * `where` prefixes key names in messages ("vision_config.") so the user finds the key that is
+ * wrong. An absent key takes `def`; a wrong-typed or non-positive one fails naming `path` and the
+ * key. */
+struct cJSON;
+typedef struct sd_config_keys {
+    const struct cJSON *main, *override;
+    const char *where, *override_where;
+    const char *path;
+} sd_config_keys;
+const struct cJSON *sd_config_find_key(const sd_config_keys *k, const char *key, const char **where);
+sd_status sd_config_key_int(const sd_config_keys *k, const char *key, int def, int *out);
+sd_status sd_config_key_float(const sd_config_keys *k, const char *key, float def, float *out);
+sd_status sd_config_key_string(const sd_config_keys *k, const char *key, const char *def,
+                               const char **out, const char **where_out);
+
+/* The transformer geometry every ViT-style config shares (CLIPVisionConfig, ViTConfig): the keys
+ * hidden_size (768), intermediate_size (3072), num_hidden_layers (12), num_attention_heads (12),
+ * num_channels (3), image_size (224), patch_size and layer_norm_eps (defaults differ per config:
+ * the caller's), then checked: RGB input, heads dividing the width, a patch that fits the image.
+ * Messages name k->path and the key. */
+typedef struct sd_vit_geometry {
+    int hidden_size, intermediate_size, num_hidden_layers, num_attention_heads;
+    int num_channels, image_size, patch_size;
+    float layer_norm_eps;
+} sd_vit_geometry;
+sd_status sd_config_vit_geometry(const sd_config_keys *k, int default_patch, float default_eps,
+                                 sd_vit_geometry *out);
+
+/* Parses a config file's JSON object with `parse` (root, path, out); a malformed file fails
+ * naming the path. sd_config_load_file reads the file first. `out` is written only on success. */
+typedef sd_status (*sd_config_parse_fn)(const struct cJSON *root, const char *path, void *out);
+sd_status sd_config_parse_text(const char *json, const char *path, sd_config_parse_fn parse, void *out,
+                               size_t out_size);
+sd_status sd_config_load_file(const char *path, sd_config_parse_fn parse, void *out, size_t out_size);
 
 #endif

@@ -122,11 +122,8 @@ sd_status sd_model_to_device(sd_ctx *c, sd_model *m) {
 
 sd_tensor *sd_encode_prompt(sd_ctx *c, const sd_model *m, const char *prompt) {
     if (c->status != SD_OK) return NULL;
-    int32_t *ids = sd_arena_alloc(c->arena, SD_CLIP_MAX_LEN * sizeof(int32_t));
-    if (!ids) {
-        c->status = SD_ERR_OOM;
-        return NULL;
-    }
+    /* host memory: sd_embedding validates the ids on the host, then uploads them */
+    int32_t ids[SD_CLIP_MAX_LEN];
     int tmp[SD_CLIP_MAX_LEN];
     sd_status st = sd_tokenize_padded(m->tokenizer, prompt, tmp, NULL);
     if (st != SD_OK) {

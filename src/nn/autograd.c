@@ -1,6 +1,7 @@
 /* autograd.c: the tape's recording primitives, the reverse pass, losses, parameters and Adam
  * (see autograd.h). Each node's backward is a handful of backend calls; gradients accumulate in
- * arena buffers that are zero-filled on first use. */
+ * arena buffers that are zero-filled on first use, and a node's buffer is recycled (tape.h,
+ * `spare`) once its backward has consumed it. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@ void sd_tape_free(sd_tape *t) {
     sd_tape_reset(t);
     free(t->nodes);
     free(t->leaves);
+    free(t->spare);
     free(t);
 }
 
@@ -35,6 +37,7 @@ void sd_tape_reset(sd_tape *t) {
     for (int i = 0; i < t->n_leaves; i++) t->leaves[i]->grad = NULL;
     t->n = 0;
     t->n_leaves = 0;
+    t->n_spare = 0; /* arena memory: gone with the step */
 }
 
 int sd_tape_size(const sd_tape *t) { return t ? t->n : 0; }
@@ -96,9 +99,50 @@ static const char *op_name(sd_op_kind op) {
     return names[op];
 }
 
-/* A zero-filled gradient buffer shaped like t in the activation arena. */
+/* A spare buffer of t's element count, re-headed with t's shape (NULL when none is free). */
+static sd_tensor *take_spare(sd_ctx *c, const sd_tensor *t) {
+    sd_tape *tp = c->tape;
+    const int64_t n = sd_numel(t);
+    for (int i = tp->n_spare - 1; i >= 0; i--) {
+        if (sd_numel(tp->spare[i]) != n) continue;
+        void *data = tp->spare[i]->data;
+        tp->spare[i] = tp->spare[--tp->n_spare];
+        sd_tensor *g = sd_arena_alloc_host(c->arena, sizeof *g); /* a header: host memory */
+        if (!g) {
+            c->status = SD_ERR_OOM;
+            return NULL;
+        }
+        *g = sd_tensor_wrap(data, SD_F32, t->ndim, t->shape);
+        g->device = c->device;
+        return g;
+    }
+    return NULL;
+}
+
+/* Hands a buffer nothing reads any more to later gradients (dropped if the list cannot grow: it
+ * then just stays unused in the arena until the step ends). */
+static void give_back(sd_ctx *c, sd_tensor *g) {
+    sd_tape *tp = c->tape;
+    if (tp->n_spare == tp->cap_spare) {
+        const int cap = tp->cap_spare ? 2 * tp->cap_spare : 64;
+        sd_tensor **s = realloc(tp->spare, (size_t)cap * sizeof *s);
+        if (!s) return;
+        tp->spare = s;
+        tp->cap_spare = cap;
+    }
+    tp->spare[tp->n_spare++] = g;
+}
+
+/* A buffer shaped like t in the activation arena (a spare one when possible), uninitialised. */
+static sd_tensor *scratch_like(sd_ctx *c, const sd_tensor *t) {
+    sd_tensor *g = take_spare(c, t);
+    if (!g && c->status == SD_OK) g = sd_new(c, t->ndim, t->shape);
+    return g;
+}
+
+/* A zero-filled gradient buffer shaped like t. */
 static float *new_grad_buffer(sd_ctx *c, const sd_tensor *t, sd_tensor **out) {
-    sd_tensor *g = sd_new(c, t->ndim, t->shape);
+    sd_tensor *g = scratch_like(c, t);
     if (!g) return NULL;
     if (!sd_ctx_check(c, c->be->zero(g->data, sd_nbytes(g)))) return NULL;
     *out = g;
@@ -247,11 +291,12 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         /* forward: y[b, c, r] = x[b, r, c] with dims (B, R, C); so dx = transpose of dy (B, C, R) */
         float *dx = in_grad(c, n, 0);
         if (!dx) return;
-        sd_tensor *tmp = sd_new(c, x->ndim, x->shape);
+        sd_tensor *tmp = scratch_like(c, x);
         if (!tmp) return;
         sd_ctx_check(c, c->be->transpose(dy, sd_f32(tmp), n->attr.transpose.B, n->attr.transpose.C,
                                          n->attr.transpose.R));
         BWD(c, n, axpy, 1.0f, sd_f32(tmp), dx, sd_numel(x));
+        give_back(c, tmp);
         return;
     }
     case SD_OP_VIEW: {
@@ -304,11 +349,17 @@ sd_status sd_backward(sd_ctx *c, sd_tensor *loss) {
     if (!root)
         return c->status = sd_fail(SD_ERR_INTERNAL,
                                    "backward: the loss was not recorded (no tape attached, or it does not depend on a trainable tensor)");
+    c->tape->n_spare = 0;
     if (!new_grad_buffer(c, loss, &root->grad)) return c->status;
     sd_ctx_check(c, c->be->fill(sd_f32(root->grad), 1.0f, 1));
     for (int i = loss->tape_index; i >= 0 && c->status == SD_OK; i--) {
         sd_tape_node *n = &c->tape->nodes[i];
-        if (n->grad) backward_node(c, n);
+        if (!n->grad) continue;
+        backward_node(c, n);
+        /* every consumer of n's output ran before n (reverse recording order): nothing reads
+         * dL/d(out) again */
+        give_back(c, n->grad);
+        n->grad = NULL;
     }
     return c->status;
 }

@@ -166,7 +166,7 @@ sd_tensor *sd_reshape(sd_ctx *c, sd_tensor *x, int ndim, const int64_t *shape) {
     if (sd_shape_numel(ndim, shape) != sd_numel(x))
         return sd_ctx_fail(c, SD_ERR_INTERNAL, "reshape %s to %s: element counts differ",
                            shape_of(x, a, sizeof a), sd_shape_str(ndim, shape, b, sizeof b));
-    sd_tensor *v = sd_arena_alloc(c->arena, sizeof *v);
+    sd_tensor *v = sd_arena_alloc_host(c->arena, sizeof *v); /* a header: host memory */
     if (!v) {
         c->status = SD_ERR_OOM;
         return NULL;
@@ -187,7 +187,7 @@ sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count) {
     if (start < 0 || count < 0 || start + count > x->shape[0])
         return sd_ctx_fail(c, SD_ERR_INTERNAL, "slice [%lld, %lld) of a first axis of %lld",
                            (long long)start, (long long)(start + count), (long long)x->shape[0]);
-    sd_tensor *v = sd_arena_alloc(c->arena, sizeof *v);
+    sd_tensor *v = sd_arena_alloc_host(c->arena, sizeof *v); /* a header: host memory */
     if (!v) {
         c->status = SD_ERR_OOM;
         return NULL;
@@ -446,6 +446,23 @@ sd_tensor *sd_upsample_nearest(sd_ctx *c, sd_tensor *x, int64_t Ho, int64_t Wo) 
     sd_ctx_check(c, c->be->upsample_nearest(sd_f32(x), sd_f32(y), x->shape[0] * x->shape[1],
                                             x->shape[2], x->shape[3], Ho, Wo));
     sd_tape_record(c, SD_OP_UPSAMPLE, y, x, NULL, NULL);
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_max_pool2d(sd_ctx *c, sd_tensor *x, int kernel, int stride) {
+    NN_GUARD(c, x);
+    char a[96];
+    if (x->ndim != 4 || kernel < 1 || stride < 1 || x->shape[2] < kernel || x->shape[3] < kernel)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "max_pool2d: input %s with kernel %d, stride %d (expected a "
+                           "(B, C, H, W) tensor with H, W >= kernel)", shape_of(x, a, sizeof a), kernel, stride);
+    if (sd_tape_needs_grad(c, x))
+        return sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "max_pool2d: no backward (it serves metrics); "
+                           "call it outside a gradient tape");
+    const int64_t Ho = (x->shape[2] - kernel) / stride + 1, Wo = (x->shape[3] - kernel) / stride + 1;
+    sd_tensor *y = sd_new4(c, 4, x->shape[0], x->shape[1], Ho, Wo);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->max_pool2d(sd_f32(x), sd_f32(y), x->shape[0] * x->shape[1], x->shape[2],
+                                      x->shape[3], Ho, Wo, kernel, stride));
     return c->status == SD_OK ? y : NULL;
 }
 

@@ -50,6 +50,11 @@ struct sd_tape {
     int n, cap;
     sd_tensor **leaves; /* leaves whose grad was set by the last backward */
     int n_leaves, cap_leaves;
+    /* Gradient buffers of nodes whose backward has run, free for the next gradient of the same
+     * element count: the reverse pass then holds only the gradients still live, not one per node
+     * (on the SD v1.5 UNet that halves the activation memory of a gradient step). */
+    sd_tensor **spare;
+    int n_spare, cap_spare;
 };
 
 /* 1 when t leads to a trainable leaf: a requires_grad leaf, or the output of a node of the

@@ -11,7 +11,8 @@ if [ ! -x "$py" ]; then
     exit 1
 fi
 cd "$root"
-# LC_ALL=C: byte-wise sort, so gen_10 < gen_20 < gen_30_a < gen_30_b on any locale.
+# LC_ALL=C: byte-wise sort, so gen_10 < gen_20 < gen_30_a < gen_30_b on any locale; unnumbered
+# scripts (gen_eval_models.py, which needs models/tiny/tokenizer from gen_10) sort after them all.
 scripts=$(ls tests/oracle/gen_*.py 2>/dev/null | LC_ALL=C sort)
 if [ -z "$scripts" ]; then
     echo "run_all.sh: no tests/oracle/gen_*.py" >&2

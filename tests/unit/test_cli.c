@@ -2,6 +2,7 @@
  * (small sizes and few steps, so this stays quick) and every bad input the runtime issue lists:
  * each must exit non-zero with a message naming the file, tensor or argument, and never crash. */
 #include <libgen.h>
+#include <math.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,27 +10,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sd/io.h"
 #include "testutil.h"
 
 static char stylediff[PATH_MAX];
 static char tmpdir[64];
 
-typedef struct {
-    int status; /* exit status, or 128 + signal */
-    char out[65536];
-} run_result;
+typedef testutil_run run_result;
 
-/* Runs `stylediff ARGS` through the shell, capturing stdout and stderr together. */
-static void run(run_result *r, const char *args) {
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", stylediff, args);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(r->out, 1, sizeof r->out - 1, p);
-    r->out[n] = '\0';
-    int st = pclose(p);
-    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-}
+static void run(run_result *r, const char *args) { testutil_run_cli(r, stylediff, args); }
 
 static void expect_failure(const char *args, const char *needle) {
     run_result *r = malloc(sizeof *r);
@@ -184,6 +173,82 @@ static void test_batch_csv(void **state) {
     free(r);
 }
 
+/* `bench grad`: one gradient step of each kind on the tiny model; --save-io writes losses and
+ * gradients that are finite and not all zero; a bad --what is named. */
+static void test_bench_grad(void **state) {
+    (void)state;
+    char args[2048], io[PATH_MAX + 32];
+    snprintf(io, sizeof io, "%s/grad_io.safetensors", tmpdir);
+    snprintf(args, sizeof args, "bench grad --size 64 --iters 1 --tsv -q --save-io %s", io);
+    run_result *r = malloc(sizeof *r);
+    run(r, args);
+    if (r->status) fail_msg("%s", r->out);
+    const char *steps[3] = {"\tforward\t", "\tcontext\t", "\tvalue\t"};
+    for (int i = 0; i < 3; i++)
+        if (!strstr(r->out, steps[i])) fail_msg("no %s row in:\n%s", steps[i], r->out);
+    sd_safetensors f;
+    assert_sd_ok(sd_safetensors_open(io, &f));
+    const char *names[2] = {"grad_context", "grad_value"};
+    for (int k = 0; k < 2; k++) {
+        sd_tensor *g = NULL;
+        const sd_st_entry *e = sd_safetensors_find(&f, names[k]);
+        if (!e) fail_msg("%s has no %s", io, names[k]);
+        assert_sd_ok(sd_safetensors_load_f32(&f, e, &g));
+        double norm = 0;
+        for (int64_t i = 0; i < sd_numel(g); i++) norm += (double)sd_f32(g)[i] * sd_f32(g)[i];
+        if (!(norm > 0 && isfinite(norm))) fail_msg("%s: squared norm %g", names[k], norm);
+        sd_tensor_free(g);
+    }
+    sd_safetensors_close(&f);
+    free(r);
+    expect_failure("bench grad --what sideways", "--what: unknown step 'sideways'");
+}
+
+/* `eval` on a batch folder: every metric with the tiny CLIP, DINO and (random) LPIPS models, the
+ * NS-LPIPS masks made from the batch's model and cached; a folder without a report is named. */
+static void test_eval(void **state) {
+    (void)state;
+    char csv[PATH_MAX + 32], args[4096], lpips[PATH_MAX + 32], report_path[PATH_MAX + 64];
+    snprintf(csv, sizeof csv, "%s/eval.csv", tmpdir);
+    FILE *f = fopen(csv, "w");
+    assert_non_null(f);
+    fputs(",case_number,prompt,image_path,url,target,blend_word,eq_params,tau_v,tau_c,tau_s,tau_u,edit_type\n"
+          "0,0,a cat on a floor,data/images/chelsea.png,,a tiger on a floor,\"[('cat',),('tiger',)]\",,,,,,Replacement\n"
+          "1,1,a cat on a floor,data/images/chelsea.png,,a cat on a floor at night,,,,,,,Refinement\n",
+          f);
+    fclose(f);
+    snprintf(args, sizeof args, "batch %s --method npi --steps 2 -o %s/ev -q", csv, tmpdir);
+    run_result *r = malloc(sizeof *r);
+    run(r, args);
+    if (r->status) fail_msg("%s", r->out);
+    snprintf(lpips, sizeof lpips, "%s/lpips_random.safetensors", tmpdir);
+    testutil_write_random_lpips(lpips);
+    snprintf(args, sizeof args,
+             "eval %s/ev --clip-score models/tiny-clip --clip-tokenizer models/tiny/tokenizer --dino models/tiny-dino "
+             "--lpips %s --mask-steps 2 -q",
+             tmpdir, lpips);
+    run(r, args);
+    /* row 1 has no blend word: its NS-LPIPS is reported missing, so the command exits 1 */
+    if (r->status != 1) fail_msg("status %d:\n%s", r->status, r->out);
+    assert_non_null(strstr(r->out, "eval "));
+    assert_non_null(strstr(r->out, "case 1 has no blend word"));
+    snprintf(report_path, sizeof report_path, "%s/ev/eval_report.json", tmpdir);
+    char *text;
+    size_t len;
+    assert_sd_ok(sd_read_file(report_path, &text, &len));
+    const char *keys[] = {"\"psnr_db\"", "\"ssim\"", "\"clip_score\"", "\"structure_dist\"", "\"ns_lpips\"",
+                          "\"clip_score_hessel\"", "\"ns_lpips_error\""};
+    for (int i = 0; i < 7; i++)
+        if (!strstr(text, keys[i])) fail_msg("%s lacks %s:\n%s", report_path, keys[i], text);
+    free(text);
+    snprintf(args, sizeof args, "%s/ev/masks", tmpdir);
+    struct stat st;
+    assert_int_equal(stat(args, &st), 0);
+    free(r);
+    snprintf(args, sizeof args, "eval %s", tmpdir);
+    expect_failure(args, "batch_report.json");
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     char self[PATH_MAX];
@@ -194,6 +259,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_generate_and_reconstruct),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_batch_csv),
+        cmocka_unit_test(test_bench_grad),
+        cmocka_unit_test(test_eval),
     };
     return cmocka_run_group_tests_name("cli", tests, setup, teardown);
 }

@@ -100,6 +100,7 @@ static void test_conv2d(void **state) {
         {1, 3, 8, 8, 5, 3, 2, 0, 0, 1, 1, "conv3x3 stride2 pad(0,0,1,1)"},
         {2, 8, 7, 5, 3, 1, 1, 0, 0, 0, 0, "conv1x1"},
         {1, 3, 16, 16, 8, 16, 16, 0, 0, 0, 0, "patchify 16x16"},
+        {2, 3, 37, 35, 6, 11, 4, 2, 2, 2, 2, "AlexNet conv1 11x11/4 pad2"},
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         sd_tensor *x = rand4(4, cases[t].B, cases[t].Ci, cases[t].H, cases[t].W, 10 + t);
@@ -298,6 +299,47 @@ static void test_upsample_transpose_embedding(void **state) {
     sd_ctx_free(&bad);
 }
 
+/* max pooling (LPIPS's AlexNet: 3x3 stride 2) against a plain loop, odd sizes (the floor drops
+ * the last row/column), plus torch's NaN rule and the shape errors. */
+static void test_max_pool2d(void **state) {
+    (void)state;
+    struct { int64_t B, C, H, W; int k, stride; } cases[] = {
+        {2, 3, 15, 16, 3, 2}, {1, 4, 7, 7, 3, 2}, {1, 2, 3, 3, 3, 2}, {1, 1, 9, 6, 2, 3}, {1, 2, 5, 5, 1, 1},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int64_t B = cases[t].B, C = cases[t].C, H = cases[t].H, W = cases[t].W;
+        const int k = cases[t].k, st = cases[t].stride;
+        sd_tensor *x = rand4(4, B, C, H, W, 60 + t);
+        sd_tensor *y = sd_max_pool2d(&ctx, x, k, st);
+        const int64_t Ho = (H - k) / st + 1, Wo = (W - k) / st + 1;
+        assert_non_null(y);
+        assert_int_equal(y->shape[2], Ho);
+        assert_int_equal(y->shape[3], Wo);
+        for (int64_t p = 0; p < B * C; p++)
+            for (int64_t oy = 0; oy < Ho; oy++)
+                for (int64_t ox = 0; ox < Wo; ox++) {
+                    double best = -INFINITY;
+                    for (int i = 0; i < k; i++)
+                        for (int j = 0; j < k; j++)
+                            best = fmax(best, sd_f32(x)[(p * H + oy * st + i) * W + ox * st + j]);
+                    assert_true(sd_f32(y)[(p * Ho + oy) * Wo + ox] == (float)best);
+                }
+    }
+    /* a NaN anywhere in a window makes that output NaN, as torch's max_pool2d does */
+    sd_tensor *x = rand4(4, 1, 1, 7, 7, 70);
+    sd_f32(x)[3 * 7 + 4] = NAN; /* (3, 4): inside windows (1, 1) and (1, 2) only */
+    sd_tensor *y = sd_max_pool2d(&ctx, x, 3, 2);
+    for (int i = 0; i < 9; i++) assert_int_equal(isnan(sd_f32(y)[i]) != 0, i == 4 || i == 5);
+    /* a window larger than the input is a shape error naming the input */
+    sd_ctx bad;
+    assert_sd_ok(sd_ctx_init_cpu(&bad));
+    sd_tensor *tiny = sd_new4(&bad, 4, 1, 2, 2, 5);
+    assert_null(sd_max_pool2d(&bad, tiny, 3, 2));
+    assert_int_equal(bad.status, SD_ERR_SHAPE);
+    assert_true(testutil_contains(sd_last_error(), "max_pool2d: input (1, 2, 2, 5)"));
+    sd_ctx_free(&bad);
+}
+
 static void test_timestep_embedding(void **state) {
     (void)state;
     float ts[3] = {1.0f, 500.0f, 981.0f};
@@ -428,6 +470,7 @@ int main(void) {
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_geglu_and_bias_and_concat),
         cmocka_unit_test(test_upsample_transpose_embedding),
+        cmocka_unit_test(test_max_pool2d),
         cmocka_unit_test(test_timestep_embedding),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_failed_context_is_sticky),

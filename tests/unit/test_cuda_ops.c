@@ -1264,6 +1264,130 @@ static void test_device_selection(void **state) {
     }
 }
 
+/* ================================================================================================
+ * Review additions (norms, conv, elementwise): shapes and argument combinations the tests above
+ * do not reach: GroupNorm over many reduction chunks (VAE-like) and one channel per group (tiny
+ * model), LayerNorm / conv backward with NULL outputs, mse_backward with da == db, Adam's other
+ * lerp branch (1 - beta1 >= 0.5), column sums over many rows, channel sums with S off the block.
+ * ============================================================================================= */
+
+static void test_review_norm_conv_extra(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    set_mode(SD_PRECISION_EXACT);
+    /* GroupNorm forward + backward: 16 chunks per group (count 65536), and cpg = 1 */
+    struct { int64_t B, C, S; int G; } gn[] = {{1, 128, 128 * 128, 32}, {2, 32, 16 * 16, 32}, {2, 64, 8 * 8, 32}};
+    for (size_t t = 0; t < sizeof gn / sizeof gn[0]; t++) {
+        const int64_t B = gn[t].B, C = gn[t].C, S = gn[t].S, n = B * C * S;
+        float *x = hrand(n, 2000 + t, 1.5f), *dy = hrand(n, 2010 + t, 1.0f);
+        for (int64_t i = 0; i < n; i++) x[i] += 2.0f;
+        float *ga = hrand(C, 2020 + t, 0.3f), *be = hrand(C, 2030 + t, 0.3f);
+        for (int64_t i = 0; i < C; i++) ga[i] += 1.0f;
+        float *xd = dput(x, n), *dyd = dput(dy, n), *gad = dput(ga, C), *bed = dput(be, C), *yd = dnew(n);
+        float *want = hnew(n);
+        assert_sd_ok(cpu->group_norm(x, ga, be, want, B, C, S, gn[t].G, 1e-6f, 1));
+        assert_sd_ok(gpu->group_norm(xd, gad, bed, yd, B, C, S, gn[t].G, 1e-6f, 1));
+        char what[128];
+        snprintf(what, sizeof what, "review: group_norm+silu (%lld,%lld,%lld)", (long long)B, (long long)C, (long long)S);
+        check_dev(what, yd, want, n, TOL_ELEM);
+        float *dx0 = hrand(n, 2040 + t, 0.5f), *dg0 = hrand(C, 2050 + t, 0.5f), *db0 = hrand(C, 2060 + t, 0.5f);
+        float *dx = hcopy(dx0, n), *dg = hcopy(dg0, C), *db = hcopy(db0, C);
+        assert_sd_ok(cpu->group_norm_backward(x, ga, be, dy, dx, dg, db, B, C, S, gn[t].G, 1e-6f, 1));
+        float *dxd = dput(dx0, n), *dgd = dput(dg0, C), *dbd = dput(db0, C);
+        assert_sd_ok(gpu->group_norm_backward(xd, gad, bed, dyd, dxd, dgd, dbd, B, C, S, gn[t].G, 1e-6f, 1));
+        snprintf(what, sizeof what, "review: group_norm_backward dx (%lld,%lld,%lld)", (long long)B, (long long)C,
+                 (long long)S);
+        check_dev(what, dxd, dx, n, TOL_BWD);
+        check_dev("review: group_norm_backward dgamma", dgd, dg, C, TOL_BWD);
+        check_dev("review: group_norm_backward dbeta", dbd, db, C, TOL_BWD);
+    }
+
+    /* LayerNorm backward: dx only, then parameters only (dx NULL), then dbeta only */
+    {
+        const int64_t M = 333, C = 768;
+        float *x = hrand(M * C, 2100, 2.0f), *dy = hrand(M * C, 2101, 1.0f), *ga = hrand(C, 2102, 0.3f);
+        float *dx0 = hrand(M * C, 2103, 0.5f), *dg0 = hrand(C, 2104, 0.5f), *db0 = hrand(C, 2105, 0.5f);
+        float *xd = dput(x, M * C), *dyd = dput(dy, M * C), *gad = dput(ga, C);
+        float *dx = hcopy(dx0, M * C), *dxd = dput(dx0, M * C);
+        assert_sd_ok(cpu->layer_norm_backward(x, ga, dy, dx, NULL, NULL, M, C, 1e-5f));
+        assert_sd_ok(gpu->layer_norm_backward(xd, gad, dyd, dxd, NULL, NULL, M, C, 1e-5f));
+        check_dev("review: layer_norm_backward dx only", dxd, dx, M * C, TOL_BWD);
+        float *dg = hcopy(dg0, C), *db = hcopy(db0, C), *dgd = dput(dg0, C), *dbd = dput(db0, C);
+        assert_sd_ok(cpu->layer_norm_backward(x, ga, dy, NULL, dg, db, M, C, 1e-5f));
+        assert_sd_ok(gpu->layer_norm_backward(xd, gad, dyd, NULL, dgd, dbd, M, C, 1e-5f));
+        check_dev("review: layer_norm_backward dgamma (dx NULL)", dgd, dg, C, TOL_BWD);
+        check_dev("review: layer_norm_backward dbeta (dx NULL)", dbd, db, C, TOL_BWD);
+        float *db2 = hcopy(db0, C), *dbd2 = dput(db0, C);
+        assert_sd_ok(cpu->layer_norm_backward(x, NULL, dy, NULL, NULL, db2, M, C, 1e-5f));
+        assert_sd_ok(gpu->layer_norm_backward(xd, NULL, dyd, NULL, NULL, dbd2, M, C, 1e-5f));
+        check_dev("review: layer_norm_backward dbeta only, no gamma", dbd2, db2, C, TOL_BWD);
+    }
+
+    /* conv backward: bias gradient only (dw NULL), data gradient NULL is a no-op, stride 2 */
+    {
+        const conv_case c = {2, 16, 15, 13, 24, 3, 2, 1, 1, 1, 1, 1, "review"};
+        const sd_conv_geom g = conv_geom(&c);
+        const int64_t nx = g.batch * g.c_in * g.h_in * g.w_in, ny = g.batch * g.c_out * g.h_out * g.w_out;
+        const int64_t nw = g.c_out * g.c_in * g.kh * g.kw;
+        float *x = hrand(nx, 2200, 1.0f), *w = hrand(nw, 2201, 0.1f), *dy = hrand(ny, 2202, 1.0f);
+        float *db0 = hrand(g.c_out, 2203, 0.5f), *db = hcopy(db0, g.c_out);
+        assert_sd_ok(cpu->conv2d_backward_params(dy, x, NULL, db, &g));
+        float *xd = dput(x, nx), *wd = dput(w, nw), *dyd = dput(dy, ny), *dbd = dput(db0, g.c_out);
+        assert_sd_ok(gpu->conv2d_backward_params(dyd, xd, NULL, dbd, &g));
+        check_dev("review: conv2d_backward db only (dw NULL)", dbd, db, g.c_out, TOL_BWD);
+        assert_sd_ok(gpu->conv2d_backward_data(dyd, wd, NULL, &g));
+        assert_sd_ok(gpu->synchronize());
+    }
+
+    /* mse_backward with da == db (mse(x, x)-like aliasing): same thread, in order, as the CPU */
+    {
+        const int64_t n = 4099;
+        float *a = hrand(n, 2300, 1.0f), *b = hrand(n, 2301, 1.0f), *g0 = hrand(n, 2302, 0.5f), gs = 1.3f;
+        float *want = hcopy(g0, n);
+        assert_sd_ok(cpu->mse_backward(a, b, &gs, want, want, n));
+        float *ad = dput(a, n), *bd = dput(b, n), *gd = dput(&gs, 1), *dd = dput(g0, n);
+        assert_sd_ok(gpu->mse_backward(ad, bd, gd, dd, dd, n));
+        check_dev("review: mse_backward da == db", dd, want, n, TOL_BWD);
+    }
+
+    /* Adam with beta1 = 0.3: lerp weight 0.7 takes torch's second lerp branch */
+    {
+        const int64_t n = 5003;
+        float *p = hrand(n, 2400, 1.0f), *m = hnew(n), *v = hnew(n);
+        float *pd = dput(p, n), *md = dput(m, n), *vd = dput(v, n);
+        for (int step = 1; step <= 3; step++) {
+            float *g = hrand(n, 2400 + step, 1.0f), *gd = dput(g, n);
+            assert_sd_ok(cpu->adam_step(p, g, m, v, n, 3e-3, 0.3, 0.99, 1e-6, step));
+            assert_sd_ok(gpu->adam_step(pd, gd, md, vd, n, 3e-3, 0.3, 0.99, 1e-6, step));
+        }
+        check_dev("review: adam beta1 0.3: parameters", pd, p, n, TOL_ELEM);
+        check_dev("review: adam beta1 0.3: first moment", md, m, n, TOL_ELEM);
+        check_dev("review: adam beta1 0.3: second moment", vd, v, n, TOL_ELEM);
+    }
+
+    /* column sums over many rows (64 row chunks of > 256 rows), bias only */
+    {
+        const int64_t M = 20011, K = 8, N = 77;
+        float *dy = hrand(M * N, 2500, 1.0f), *x = hrand(M * K, 2501, 1.0f), *db0 = hrand(N, 2502, 0.5f);
+        float *db = hcopy(db0, N);
+        assert_sd_ok(cpu->linear_backward_params(dy, x, NULL, db, M, K, N));
+        float *dyd = dput(dy, M * N), *xd = dput(x, M * K), *dbd = dput(db0, N);
+        assert_sd_ok(gpu->linear_backward_params(dyd, xd, NULL, dbd, M, K, N));
+        check_dev("review: linear_backward db only, 20011 rows", dbd, db, N, TOL_BWD);
+    }
+
+    /* channel sums with S off the block size, and add_channel_bias_backward likewise */
+    {
+        const int64_t B = 3, C = 37, S = 77;
+        float *d = hrand(B * C * S, 2600, 1.0f), *dv0 = hrand(B * C, 2601, 0.5f), *want = hcopy(dv0, B * C);
+        assert_sd_ok(cpu->add_channel_bias_backward(d, want, B, C, S));
+        float *dd = dput(d, B * C * S), *dvd = dput(dv0, B * C);
+        assert_sd_ok(gpu->add_channel_bias_backward(dd, dvd, B, C, S));
+        check_dev("review: add_channel_bias backward S=77", dvd, want, B * C, TOL_BWD);
+    }
+}
+
 static int group_teardown(void **state) {
     (void)state;
     if (model_ready) {
@@ -1273,6 +1397,167 @@ static int group_teardown(void **state) {
         model_ready = 0;
     }
     return 0;
+}
+
+/* ================================================================================================
+ * Attention paths the cases above do not reach (appended by the kernel review)
+ * ============================================================================================= */
+
+/* sd_cuda_attention_rows with the causal mask, on the flash kernels (head dims 40 and 8, query
+ * counts off the tiles) and on the large-head path (D 192 > 160). */
+static void test_attention_rows_causal(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    const attn_case cases[] = {{2, 200, 200, 8, 40, 40, 1}, {2, 300, 300, 2, 8, 8, 1}, {2, 100, 130, 1, 192, 192, 1}};
+    const int32_t q_rows[2] = {1, 0}, k_rows[2] = {1, 1}, v_rows[2] = {0, 1};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const attn_case *c = &cases[t];
+        float *q, *k, *v;
+        attn_inputs(c, 1500 + 10 * t, &q, &k, &v);
+        const int64_t rq = c->Sq * c->H * c->D, rk = c->Sk * c->H * c->D, rv = c->Sk * c->H * c->Dv, ro = c->Sq * c->H * c->Dv;
+        const float scale = 1.0f / sqrtf((float)c->D);
+        float *gq = hnew(c->B * rq), *gk = hnew(c->B * rk), *gv = hnew(c->B * rv), *want = hnew(c->B * ro);
+        for (int64_t b = 0; b < c->B; b++) {
+            memcpy(gq + b * rq, q + q_rows[b] * rq, (size_t)rq * sizeof(float));
+            memcpy(gk + b * rk, k + k_rows[b] * rk, (size_t)rk * sizeof(float));
+            memcpy(gv + b * rv, v + v_rows[b] * rv, (size_t)rv * sizeof(float));
+        }
+        assert_sd_ok(cpu->attention(gq, gk, gv, want, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, 1));
+        float *qd = dput(q, c->B * rq), *kd = dput(k, c->B * rk), *vd = dput(v, c->B * rv), *od = dnew(c->B * ro);
+        char what[128];
+        attn_name(what, sizeof what, "attention rows", c);
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            assert_sd_ok(gpu->fill(od, NAN, c->B * ro));
+            assert_sd_ok(sd_cuda_attention_rows(qd, kd, vd, od, c->B, q_rows, k_rows, v_rows, c->Sq, c->Sk, c->H, c->D,
+                                                c->Dv, scale, 1));
+            check_dev(what, od, want, c->B * ro, tol_for(modes[m], TOL_GEMM));
+        }
+    }
+}
+
+/* The large-head forward with more than one chunk of query rows (H·Sq·Sk over the 64 Mi-float
+ * chunk), causal: the second chunk's softmax must mask by its global query index. */
+static void test_attention_large_head_chunked(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    const attn_case c = {1, 1000, 70000, 1, 161, 8, 1};
+    float *q, *k, *v;
+    attn_inputs(&c, 1600, &q, &k, &v);
+    const int64_t nq = c.B * c.Sq * c.H * c.D, nk = c.B * c.Sk * c.H * c.D, nv = c.B * c.Sk * c.H * c.Dv;
+    const int64_t no = c.B * c.Sq * c.H * c.Dv;
+    const float scale = 1.0f / sqrtf((float)c.D);
+    float *want = hnew(no);
+    assert_sd_ok(cpu->attention(q, k, v, want, NULL, c.B, c.Sq, c.Sk, c.H, c.D, c.Dv, scale, c.causal));
+    float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *od = dnew(no);
+    char what[128];
+    attn_name(what, sizeof what, "attention large head, chunked", &c);
+    for (int m = 0; m < 2; m++) {
+        set_mode(modes[m]);
+        assert_sd_ok(gpu->fill(od, NAN, no));
+        assert_sd_ok(gpu->attention(qd, kd, vd, od, NULL, c.B, c.Sq, c.Sk, c.H, c.D, c.Dv, scale, c.causal));
+        check_dev(what, od, want, no, tol_for(modes[m], TOL_GEMM));
+    }
+}
+
+/* attention_backward and attention_probs_backward with more than one chunk of query rows
+ * (H·Sk·Sq over the 32 Mi-float chunk): dk and dv accumulate over the chunks, and the causal
+ * recomputation of the maps masks by the chunk's global query index. Tiny head dims (the tiny
+ * model's 8) and Dv != D. Accumulators are pre-filled at the gradients' own scale (~1e-3), so a
+ * wrong contribution is not hidden under them. */
+static void test_attention_backward_chunked(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    CPU_HAS(attention_backward);
+    CPU_HAS(attention_probs_backward);
+    const attn_case cases[] = {{1, 2000, 40000, 1, 8, 8, 1}, {1, 1000, 20000, 2, 8, 16, 0}};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const attn_case *c = &cases[t];
+        float *q, *k, *v;
+        attn_inputs(c, 1700 + 10 * t, &q, &k, &v);
+        const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
+        const int64_t no = c->B * c->Sq * c->H * c->Dv;
+        const float scale = 1.0f / sqrtf((float)c->D);
+        float *out = hnew(no), *dout = hrand(no, 1705 + 10 * t, 1.0f);
+        assert_sd_ok(cpu->attention(q, k, v, out, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+        float *dq0 = hrand(nq, 1706 + 10 * t, 1e-3f), *dk0 = hrand(nk, 1707 + 10 * t, 1e-3f);
+        float *dv0 = hrand(nv, 1708 + 10 * t, 1e-3f);
+        float *dq = hcopy(dq0, nq), *dk = hcopy(dk0, nk), *dv = hcopy(dv0, nv);
+        assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, dq, dk, dv, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale,
+                                             c->causal));
+        float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *outd = dput(out, no), *doutd = dput(dout, no);
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            float *dqd = dput(dq0, nq), *dkd = dput(dk0, nk), *dvd = dput(dv0, nv);
+            assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, dqd, dkd, dvd, c->B, c->Sq, c->Sk, c->H, c->D,
+                                                 c->Dv, scale, c->causal));
+            char what[128];
+            attn_name(what, sizeof what, "attention_backward (chunked) dq", c);
+            check_dev(what, dqd, dq, nq, tol_for(modes[m], TOL_BWD));
+            attn_name(what, sizeof what, "attention_backward (chunked) dk", c);
+            check_dev(what, dkd, dk, nk, tol_for(modes[m], TOL_BWD));
+            attn_name(what, sizeof what, "attention_backward (chunked) dv", c);
+            check_dev(what, dvd, dv, nv, tol_for(modes[m], TOL_BWD));
+        }
+    }
+    /* the maps' backward, chunked: 986 + 14 query rows */
+    const attn_case c = {1, 1000, 34000, 1, 8, 8, 0};
+    float *q, *k, *v;
+    attn_inputs(&c, 1800, &q, &k, &v);
+    const int64_t nq = c.Sq * c.H * c.D, nk = c.Sk * c.H * c.D, np = c.H * c.Sq * c.Sk, no = c.Sq * c.H * c.Dv;
+    const float scale = 1.0f / sqrtf((float)c.D);
+    float *probs = hnew(np), *unused = hnew(no);
+    assert_sd_ok(cpu->attention(q, k, v, unused, probs, c.B, c.Sq, c.Sk, c.H, c.D, c.Dv, scale, 0));
+    float *dprobs = hrand(np, 1805, 1.0f);
+    float *dq0 = hrand(nq, 1806, 1e-3f), *dk0 = hrand(nk, 1807, 1e-3f);
+    float *dq = hcopy(dq0, nq), *dk = hcopy(dk0, nk);
+    assert_sd_ok(cpu->attention_probs_backward(q, k, probs, dprobs, dq, dk, c.B, c.Sq, c.Sk, c.H, c.D, scale));
+    float *qd = dput(q, nq), *kd = dput(k, nk), *pd = dput(probs, np), *dpd = dput(dprobs, np);
+    for (int m = 0; m < 2; m++) {
+        set_mode(modes[m]);
+        float *dqd = dput(dq0, nq), *dkd = dput(dk0, nk);
+        assert_sd_ok(gpu->attention_probs_backward(qd, kd, pd, dpd, dqd, dkd, c.B, c.Sq, c.Sk, c.H, c.D, scale));
+        char what[128];
+        attn_name(what, sizeof what, "attention_probs_backward (chunked) dq", &c);
+        check_dev(what, dqd, dq, nq, tol_for(modes[m], TOL_BWD));
+        attn_name(what, sizeof what, "attention_probs_backward (chunked) dk", &c);
+        check_dev(what, dkd, dk, nk, tol_for(modes[m], TOL_BWD));
+    }
+}
+
+/* ================================================================================================
+ * Max pooling (LPIPS's AlexNet trunk, forward only), appended with kernels/pool.cu
+ * ============================================================================================= */
+
+/* max_pool2d: a max has no rounding, so the GPU must equal the CPU bit for bit; AlexNet's three
+ * pool shapes at a 256x256 input (63 -> 31, 31 -> 15) and at the fixture's 67 (16 -> 7, 7 -> 3),
+ * odd kernel/stride combinations, and a NaN inside one window. */
+static void test_max_pool2d(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    CPU_HAS(max_pool2d);
+    const struct { int64_t N, H, W; int k, stride; } cases[] = {
+        {2 * 64, 63, 63, 3, 2}, {2 * 192, 31, 31, 3, 2}, {2 * 64, 16, 16, 3, 2}, {3, 7, 7, 3, 2},
+        {5, 9, 6, 2, 3},        {4, 5, 5, 1, 1},         {1, 3, 3, 3, 2},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int64_t N = cases[t].N, H = cases[t].H, W = cases[t].W;
+        const int k = cases[t].k, st = cases[t].stride;
+        const int64_t Ho = (H - k) / st + 1, Wo = (W - k) / st + 1;
+        float *x = hrand(N * H * W, 1900 + t, 1.0f), *want = hnew(N * Ho * Wo);
+        if (t == 3) x[2 * H * W + 3 * W + 4] = NAN; /* plane 2, inside windows (1, 1) and (1, 2) */
+        assert_sd_ok(cpu->max_pool2d(x, want, N, H, W, Ho, Wo, k, st));
+        float *xd = dput(x, N * H * W), *yd = dnew(N * Ho * Wo);
+        assert_sd_ok(gpu->max_pool2d(xd, yd, N, H, W, Ho, Wo, k, st));
+        char what[96];
+        snprintf(what, sizeof what, "max_pool2d %d/%d %lldx%lld -> %lldx%lld", k, st, (long long)H, (long long)W,
+                 (long long)Ho, (long long)Wo);
+        check_equal(what, yd, want, N * Ho * Wo);
+    }
 }
 
 #define GPU_TEST(f) cmocka_unit_test_teardown(f, per_test_teardown)
@@ -1304,6 +1589,11 @@ int main(void) {
         GPU_TEST(test_model_attention_maps),
         GPU_TEST(test_model_vae),
         GPU_TEST(test_cuda_graph_unet),
+        GPU_TEST(test_attention_rows_causal),
+        GPU_TEST(test_attention_large_head_chunked),
+        GPU_TEST(test_attention_backward_chunked),
+        GPU_TEST(test_review_norm_conv_extra),
+        GPU_TEST(test_max_pool2d),
     };
     return cmocka_run_group_tests_name("cuda ops vs cpu", tests, group_setup, group_teardown);
 }

@@ -317,21 +317,9 @@ static void test_bad_options_are_named(void **state) {
 
 /* ---- the command line -------------------------------------------------------------------------- */
 
-typedef struct {
-    int status; /* exit status, or 128 + signal */
-    char out[16384];
-} run_result;
+typedef testutil_run run_result;
 
-static void run(run_result *r, const char *args) {
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", stylediff, args);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(r->out, 1, sizeof r->out - 1, p);
-    r->out[n] = '\0';
-    int st = pclose(p);
-    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-}
+static void run(run_result *r, const char *args) { testutil_run_cli(r, stylediff, args); }
 
 static void expect_failure(const char *args, const char *needle, const char *needle2) {
     run_result *r = malloc(sizeof *r);

@@ -294,6 +294,27 @@ static sd_status cpu_upsample_nearest(const float *x, float *y, int64_t N, int64
     return SD_OK;
 }
 
+static sd_status cpu_max_pool2d(const float *x, float *y, int64_t N, int64_t H, int64_t W,
+                                int64_t Ho, int64_t Wo, int kernel, int stride) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t oy = 0; oy < Ho; oy++) {
+            const float *plane = x + n * H * W;
+            float *yr = y + (n * Ho + oy) * Wo;
+            for (int64_t ox = 0; ox < Wo; ox++) {
+                /* torch's comparison: `val > max || isnan(val)`, so a NaN sticks. */
+                float best = -INFINITY;
+                for (int ky = 0; ky < kernel; ky++) {
+                    const float *row = plane + (oy * stride + ky) * W + ox * stride;
+                    for (int kx = 0; kx < kernel; kx++)
+                        if (row[kx] > best || isnan(row[kx])) best = row[kx];
+                }
+                yr[ox] = best;
+            }
+        }
+    return SD_OK;
+}
+
 static sd_status cpu_transpose(const float *x, float *y, int64_t B, int64_t R, int64_t C) {
     const int64_t T = 32; /* tile edge: keeps both the read and the write cache-friendly */
 #pragma omp parallel for collapse(3) schedule(static)
@@ -561,6 +582,7 @@ static const sd_backend cpu_backend = {
     .attention_apply_backward = cpu_attention_apply_backward,
     .mse_backward = cpu_mse_backward,
     .adam_step = cpu_adam_step,
+    .max_pool2d = cpu_max_pool2d,
 };
 
 const sd_backend *sd_backend_cpu(void) {

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cjson/cJSON.h>
 
@@ -148,3 +149,36 @@ int testutil_have_gpu(void) {
 #else
 int testutil_have_gpu(void) { return 0; }
 #endif
+
+void testutil_write_random_lpips(const char *path) {
+    static const int64_t conv[5][3] = {{64, 3, 11}, {192, 64, 5}, {384, 192, 3}, {256, 384, 3}, {256, 256, 3}};
+    static const int index[5] = {0, 3, 6, 8, 10};
+    sd_tensor *t[15];
+    char names[15][40];
+    const char *name_ptrs[15];
+    for (int k = 0; k < 5; k++) {
+        t[3 * k] = sd_tensor_new4(SD_F32, 4, conv[k][0], conv[k][1], conv[k][2], conv[k][2]);
+        t[3 * k + 1] = sd_tensor_new4(SD_F32, 1, conv[k][0], 0, 0, 0);
+        t[3 * k + 2] = sd_tensor_new4(SD_F32, 4, 1, conv[k][0], 1, 1);
+        testutil_fill_normal(sd_f32(t[3 * k]), sd_numel(t[3 * k]), 100 + k, 0.05f);
+        testutil_fill_uniform(sd_f32(t[3 * k + 1]), sd_numel(t[3 * k + 1]), 200 + k, 0.0f, 0.01f);
+        testutil_fill_uniform(sd_f32(t[3 * k + 2]), sd_numel(t[3 * k + 2]), 300 + k, 0.0f, 0.1f);
+        snprintf(names[3 * k], sizeof names[0], "features.%d.weight", index[k]);
+        snprintf(names[3 * k + 1], sizeof names[0], "features.%d.bias", index[k]);
+        snprintf(names[3 * k + 2], sizeof names[0], "lin%d.model.1.weight", k);
+    }
+    for (int i = 0; i < 15; i++) name_ptrs[i] = names[i];
+    assert_sd_ok(sd_safetensors_write(path, (const sd_tensor *const *)t, name_ptrs, 15, NULL, 0));
+    for (int i = 0; i < 15; i++) sd_tensor_free(t[i]);
+}
+
+void testutil_run_cli(testutil_run *r, const char *stylediff, const char *args) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", stylediff, args);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    size_t n = fread(r->out, 1, sizeof r->out - 1, p);
+    r->out[n] = '\0';
+    int st = pclose(p);
+    r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+}

@@ -81,4 +81,16 @@ int testutil_have_gpu(void);
         }                                                                                          \
     } while (0)
 
+/* Random LPIPS AlexNet weights in tools/convert_lpips.py's layout (features.N.*, linK.model.1.weight):
+ * for tests of the plumbing, where the values do not matter. */
+void testutil_write_random_lpips(const char *path);
+
+/* The command line as a user runs it: `STYLEDIFF ARGS` through the shell, stdout and stderr
+ * captured together (up to 64 KiB), the exit status (128 + signal when killed). */
+typedef struct testutil_run {
+    int status;
+    char out[65536];
+} testutil_run;
+void testutil_run_cli(testutil_run *r, const char *stylediff, const char *args);
+
 #endif

@@ -1,0 +1,96 @@
+/* bench_common.c: see bench_common.h. */
+#include "bench_common.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The UNet of a model or of a config with random weights (see cli_bench_unet). */
+static sd_status load_unet(cli_bench_unet *b, const char *model_path, const char *config_dir) {
+    if (config_dir) {
+        char path[4096];
+        sd_unet_config cfg;
+        snprintf(path, sizeof path, "%s/unet.json", config_dir);
+        if (!sd_file_exists(path)) snprintf(path, sizeof path, "%s/unet/config.json", config_dir);
+        SD_TRY(sd_unet_config_load(path, &cfg));
+        b->synth = sd_weights_new("random weights");
+        if (!b->synth) return SD_ERR_OOM;
+        sd_weights_synthesize(b->synth, 0);
+        b->label = config_dir;
+        b->store = b->synth;
+        return sd_unet_bind(&b->unet, &cfg, b->synth);
+    }
+    SD_TRY(sd_model_load(model_path, &b->model));
+    b->have_model = 1;
+    b->unet = b->model.unet;
+    b->store = b->model.files.unet;
+    b->label = b->model.builtin ? "built-in tiny" : b->model.files.source;
+    return SD_OK;
+}
+
+sd_status cli_bench_open(cli_bench_unet *b, const char *model_path, const char *config_dir, const char *weights_out,
+                         const char *device, const char *precision_name, int quiet, const char *who) {
+    memset(b, 0, sizeof *b);
+    sd_status st = sd_precision_parse(precision_name, &b->precision);
+    if (st == SD_OK) st = load_unet(b, model_path, config_dir);
+    if (st == SD_OK && weights_out) {
+        st = cli_bench_save_weights(b->store, weights_out);
+        if (st == SD_OK && !quiet)
+            fprintf(stderr, "%s: wrote %d UNet tensors to %s\n", who, sd_weights_count(b->store), weights_out);
+    }
+    if (st == SD_OK && (st = sd_device_open(device, b->precision, &b->ctx)) == SD_OK) b->have_ctx = 1;
+    if (st == SD_OK) st = sd_ctx_adopt_weights(&b->ctx, b->store); /* no-op on the CPU */
+    if (st) {
+        cli_bench_close(b);
+        return st;
+    }
+    b->cuda = b->ctx.device != SD_DEVICE_CPU;
+    sd_device_describe(&b->ctx, b->where, sizeof b->where);
+    if (!quiet) fprintf(stderr, "%s: %s\n", who, b->where);
+    return SD_OK;
+}
+
+void cli_bench_close(cli_bench_unet *b) {
+    if (b->have_ctx) sd_ctx_free(&b->ctx);
+    sd_weights_free(b->synth);
+    if (b->have_model) sd_model_free(&b->model);
+    b->have_ctx = b->have_model = 0;
+    b->synth = NULL;
+}
+
+sd_status cli_bench_save_weights(const sd_weights *w, const char *path) {
+    const int n = sd_weights_count(w);
+    const sd_tensor **tensors = calloc((size_t)n, sizeof *tensors);
+    const char **names = calloc((size_t)n, sizeof *names);
+    if (!tensors || !names) {
+        free(tensors);
+        free(names);
+        return sd_fail(SD_ERR_OOM, "out of memory listing %d tensors", n);
+    }
+    for (int i = 0; i < n; i++) {
+        tensors[i] = sd_weights_tensor_at(w, i);
+        names[i] = sd_weights_name_at(w, i);
+    }
+    const char *meta[2] = {"format", "pt"};
+    sd_status st = sd_safetensors_write(path, (const sd_tensor *const *)tensors, names, n, meta, 1);
+    free(tensors);
+    free(names);
+    return st;
+}
+
+size_t cli_bench_weights_bytes(const sd_weights *w) {
+    size_t bytes = 0;
+    for (int i = 0; i < sd_weights_count(w); i++) bytes += (size_t)sd_numel(sd_weights_tensor_at(w, i)) * sizeof(float);
+    return bytes;
+}
+
+cli_bench_times cli_bench_summarize(double *ms, int n) {
+    qsort(ms, (size_t)n, sizeof *ms, cmp_double);
+    cli_bench_times r = {ms[n / 2], ms[0]};
+    return r;
+}

@@ -1,0 +1,261 @@
+/* cmd_bench_grad.c: `stylediff bench grad`: the cost of one gradient step through the UNet, the
+ * unit of work of every optimising inversion, beside one forward call; and (--save-io) the exact
+ * inputs, losses and gradients, so bench/reference/invert_torch.py --grad-io can check them
+ * against torch autograd on the same weights and time PyTorch on the same card.
+ *
+ * The steps (t = 981, guidance 7.5, batch 1, random inputs from seed 1):
+ *   forward  eps = UNet(z, t, c), no tape: the yardstick.
+ *   context  Null-text's step: eps_u = UNet(z, t, u) with u a trainable leaf, eps = eps_u +
+ *            w (eps_c - eps_u) with eps_c computed once beforehand, L = mse(eps, target),
+ *            backward to u. (Null-text also maps eps through prev_step and runs Adam: elementwise
+ *            work on 16 K values, left out so that the row measures the UNet.)
+ *   value    StyleDiffusion's step: eps_c = UNet(z, t, c) with a trainable value input v (starting
+ *            at c) substituted in all 16 cross-attention layers (keys read c), eps = eps_u +
+ *            w (eps_c - eps_u) with eps_u fixed, L = mse(eps, target), backward to v.
+ * Memory: the activation arena's peak during each row's steps, and the weights (F32) it runs
+ * with; on CUDA also the device memory in use at the end (cudaMemGetInfo: total - free, CUDA
+ * context, library workspaces and arena chunks included). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench_common.h"
+#include "cli.h"
+#include "sd/autograd.h"
+#include "sd/control.h"
+#include "sd/device.h"
+#include "sd/sched.h"
+
+#define GRAD_T 981.0f
+#define GRAD_GUIDANCE 7.5f
+
+typedef enum { WORK_FORWARD, WORK_CONTEXT, WORK_VALUE } grad_work;
+static const char *const WORK_NAME[] = {"forward", "context", "value"};
+
+typedef struct {
+    sd_ctx *c;
+    const sd_unet *u;
+    sd_tensor *z, *cond, *target; /* (1, 4, h, w), (1, 77, D), (1, 4, h, w) */
+    sd_tensor *eps_c, *eps_u;     /* kept: eps with the plain cond / uncond context */
+    sd_tensor *leaf_u, *leaf_v;   /* trainable (1, 77, D): the null embedding, the value input */
+    sd_tape *tape;
+} grad_env;
+
+/* One step of `work`; the loss goes to *loss (host) when loss is not NULL. Leaves the leaf's
+ * gradient in leaf->grad (arena memory: read it before the caller resets the arena). */
+static sd_status grad_step(grad_env *e, grad_work work, float *loss) {
+    sd_ctx *c = e->c;
+    if (work == WORK_FORWARD) {
+        sd_unet_forward(c, e->u, e->z, GRAD_T, e->cond);
+        return sd_ctx_status(c);
+    }
+    sd_tape_reset(e->tape);
+    sd_ctx_set_tape(c, e->tape);
+    sd_tensor *eps;
+    if (work == WORK_CONTEXT) {
+        sd_tensor *eps_u = sd_unet_forward(c, e->u, e->z, GRAD_T, e->leaf_u);
+        eps = sd_cfg_combine(c, eps_u, e->eps_c, GRAD_GUIDANCE);
+    } else {
+        sd_value_capture_hook hook;
+        sd_value_capture_hook_init(&hook, e->leaf_v, 0);
+        struct sd_attn_hook *saved = c->hook;
+        c->hook = &hook.base;
+        sd_tensor *eps_c = sd_unet_forward(c, e->u, e->z, GRAD_T, e->cond);
+        c->hook = saved;
+        eps = sd_cfg_combine(c, e->eps_u, eps_c, GRAD_GUIDANCE);
+    }
+    sd_tensor *l = sd_mse(c, eps, e->target);
+    sd_backward(c, l);
+    sd_ctx_set_tape(c, NULL);
+    if (loss) *loss = sd_item(c, l);
+    return sd_ctx_status(c);
+}
+
+/* Times `iters` steps after one warm-up; the activation peak covers the warm-up and the steps. */
+static sd_status time_work(grad_env *e, grad_work work, int iters, int cuda, double *ms, double *peak_mib) {
+    sd_ctx *c = e->c;
+    const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+    sd_arena_reset_peak(c->arena);
+    SD_TRY(grad_step(e, work, NULL)); /* warm-up: arena chunks, library plans */
+    sd_tape_reset(e->tape);
+    sd_arena_reset(c->arena, mark);
+    for (int i = 0; i < iters; i++) {
+        const double t0 = sd_now();
+        if (cuda) SD_TRY(sd_cuda_timer_start());
+        SD_TRY(grad_step(e, work, NULL));
+        if (cuda) {
+            float t = 0.0f;
+            SD_TRY(sd_cuda_timer_stop(&t));
+            ms[i] = t;
+        } else {
+            ms[i] = 1e3 * (sd_now() - t0);
+        }
+        sd_tape_reset(e->tape);
+        sd_arena_reset(c->arena, mark);
+    }
+    *peak_mib = (double)(sd_arena_peak(c->arena) - sd_arena_used(c->arena)) / (1 << 20);
+    return SD_OK;
+}
+
+/* The exact inputs and results of one context step and one value step, for --save-io. */
+static sd_status save_io(grad_env *e, const char *path, const sd_tensor *hz, const sd_tensor *hcond,
+                         const sd_tensor *huncond, const sd_tensor *htarget) {
+    sd_ctx *c = e->c;
+    float loss[2] = {0, 0}, t = GRAD_T, w = GRAD_GUIDANCE;
+    sd_tensor *grad[2] = {NULL, NULL};
+    sd_status st = SD_OK;
+    for (int k = 0; k < 2 && st == SD_OK; k++) {
+        const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+        st = grad_step(e, k == 0 ? WORK_CONTEXT : WORK_VALUE, &loss[k]);
+        sd_tensor *leaf = k == 0 ? e->leaf_u : e->leaf_v;
+        if (st == SD_OK && !leaf->grad)
+            st = sd_fail(SD_ERR_INTERNAL, "bench grad: no gradient reached the %s leaf", WORK_NAME[k + 1]);
+        if (st == SD_OK) {
+            grad[k] = sd_download_new(c, leaf->grad);
+            if (!grad[k]) st = sd_ctx_status(c) ? sd_ctx_status(c) : SD_ERR_OOM;
+        }
+        sd_tape_reset(e->tape);
+        sd_arena_reset(c->arena, mark);
+    }
+    if (st == SD_OK) {
+        const int64_t one = 1;
+        sd_tensor tt = sd_tensor_wrap(&t, SD_F32, 1, &one), tw = sd_tensor_wrap(&w, SD_F32, 1, &one);
+        sd_tensor l0 = sd_tensor_wrap(&loss[0], SD_F32, 1, &one), l1 = sd_tensor_wrap(&loss[1], SD_F32, 1, &one);
+        const sd_tensor *tensors[10] = {hz, &tt, hcond, huncond, htarget, &tw, &l0, grad[0], &l1, grad[1]};
+        const char *names[10] = {"sample", "timestep", "context", "uncond_context", "target",
+                                 "guidance", "loss_context", "grad_context", "loss_value", "grad_value"};
+        st = sd_safetensors_write(path, tensors, names, 10, NULL, 0);
+    }
+    sd_tensor_free(grad[0]);
+    sd_tensor_free(grad[1]);
+    return st;
+}
+
+int cmd_bench_grad(int argc, char **argv) {
+    const char *model_path = NULL, *config_dir = NULL, *device = NULL, *precision_name = "exact";
+    const char *weights_out = NULL, *io_out = NULL, *what = "forward,context,value";
+    int size = 0, iters = 3, quiet = 0, tsv = 0;
+    const cli_opt opts[] = {
+        {"model", 'm', CLI_STR, &model_path, "MODEL", "checkpoint (default: built-in tiny model)", 1, 0},
+        {"config", 0, CLI_STR, &config_dir, "DIR", "this config with random weights instead (e.g. configs/sd-v1.5)", 1, 0},
+        {"what", 0, CLI_STR, &what, "LIST", "steps to time: forward, context, value (default all three)", 1, 0},
+        {"size", 0, CLI_INT, &size, "PX", "image side (latent = PX/8; default: the model's sample size)", 64, 2048},
+        {"iters", 0, CLI_INT, &iters, "N", "timed steps after one warm-up (default 3)", 1, 1000},
+        {"device", 0, CLI_STR, &device, "DEV", "cpu, cuda or cuda:N (default: cuda when a usable GPU exists, else cpu)", 1, 0},
+        {"precision", 0, CLI_STR, &precision_name, "P", "exact (fp32, no TF32; default) or fast (tensor cores)", 1, 0},
+        {"save-weights", 0, CLI_STR, &weights_out, "FILE", "write the UNet weights used (diffusers names) to a .safetensors file", 1, 0},
+        {"save-io", 0, CLI_STR, &io_out, "FILE", "write the inputs, losses and gradients of one context and one value step", 1, 0},
+        {"tsv", 0, CLI_FLAG, &tsv, NULL, "print tab-separated result rows instead of the table", 1, 0},
+        {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no notices", 1, 0},
+    };
+    const cli_command cmd = {"bench grad", NULL, "[options]",
+                             "Times one gradient step through the UNet (forward with the tape, backward to a\n"
+                             "leaf) beside one plain forward: 'context' is Null-text's step (gradient to the\n"
+                             "unconditional context), 'value' StyleDiffusion's (gradient to a value input\n"
+                             "substituted in all 16 cross-attention layers). Batch 1, t = 981, guidance 7.5,\n"
+                             "random inputs from seed 1. Reports median and minimum ms and the activation peak.",
+                             opts, (int)(sizeof opts / sizeof opts[0]), 0, 0};
+    int n_pos;
+    int r = cli_parse(&cmd, argc, argv, NULL, &n_pos);
+    if (r) return r == 1 ? 0 : r;
+    sd_set_quiet(quiet);
+    int want[3] = {0, 0, 0};
+    {
+        char list[256];
+        snprintf(list, sizeof list, "%s", what);
+        for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            int k = 0;
+            while (k < 3 && strcmp(tok, WORK_NAME[k])) k++;
+            if (k == 3) {
+                fprintf(stderr, "stylediff bench grad: --what: unknown step '%s' (forward, context, value)\n", tok);
+                return 2;
+            }
+            want[k] = 1;
+        }
+    }
+    cli_bench_unet b;
+    sd_status st = cli_bench_open(&b, model_path, config_dir, weights_out, device, precision_name, quiet, "bench grad");
+    if (st) return cli_fail("bench grad", st);
+    sd_ctx *c = &b.ctx;
+    const sd_unet unet = b.unet;
+    const int cuda = b.cuda;
+    sd_tape *tape = sd_tape_new();
+    if (!tape) st = sd_fail(SD_ERR_OOM, "out of memory for the tape");
+
+    const int64_t side = size ? size / 8 : unet.cfg.sample_size, D = unet.cfg.cross_attention_dim;
+    sd_tensor *hz = sd_tensor_new4(SD_F32, 4, 1, unet.cfg.in_channels, side, side);
+    sd_tensor *hcond = sd_tensor_new4(SD_F32, 3, 1, 77, D, 0), *huncond = sd_tensor_new4(SD_F32, 3, 1, 77, D, 0);
+    sd_tensor *htarget = sd_tensor_new4(SD_F32, 4, 1, unet.cfg.out_channels, side, side);
+    double *ms = calloc((size_t)iters, sizeof(double));
+    if (!hz || !hcond || !huncond || !htarget || !ms) st = sd_fail(SD_ERR_OOM, "out of host memory for the bench inputs");
+    grad_env e = {c, &unet, NULL, NULL, NULL, NULL, NULL, NULL, NULL, tape};
+    if (st == SD_OK) {
+        sd_rng rng;
+        sd_rng_seed(&rng, 1);
+        sd_rng_randn(&rng, sd_f32(hz), sd_numel(hz));
+        sd_rng_randn(&rng, sd_f32(hcond), sd_numel(hcond));
+        sd_rng_randn(&rng, sd_f32(huncond), sd_numel(huncond));
+        sd_rng_randn(&rng, sd_f32(htarget), sd_numel(htarget));
+        e.z = sd_keep(c, sd_upload(c, hz));
+        e.cond = sd_keep(c, sd_upload(c, hcond));
+        e.target = sd_keep(c, sd_upload(c, htarget));
+        e.leaf_u = sd_param_new(c, huncond, "uncond_context");
+        e.leaf_v = sd_param_new(c, hcond, "value_input");
+        const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+        sd_tensor *u = sd_upload(c, huncond);
+        e.eps_c = sd_keep(c, sd_unet_forward(c, &unet, e.z, GRAD_T, e.cond));
+        e.eps_u = sd_keep(c, sd_unet_forward(c, &unet, e.z, GRAD_T, u));
+        sd_arena_reset(c->arena, mark);
+        st = sd_ctx_status(c);
+    }
+    if (st == SD_OK && io_out) {
+        st = save_io(&e, io_out, hz, hcond, huncond, htarget);
+        if (st == SD_OK && !quiet) fprintf(stderr, "bench grad: wrote the inputs, losses and gradients to %s\n", io_out);
+    }
+    const double weights_mib = (double)cli_bench_weights_bytes(b.store) / (1 << 20);
+    const char *dev = cuda ? "cuda" : "cpu", *prec = cuda ? sd_precision_name(b.precision) : "exact";
+    if (st == SD_OK && !tsv) {
+        printf("one UNet step, batch 1, %lldx%lld latent, %s (%s), weights %.0f MiB F32\n", (long long)side,
+               (long long)side, b.label, b.where, weights_mib);
+        printf("%-8s %12s %12s %12s %16s\n", "step", "median ms", "min ms", "x forward", "activation MiB");
+    }
+    double forward_ms = 0;
+    for (int k = 0; k < 3 && st == SD_OK; k++) {
+        if (!want[k]) continue;
+        double peak = 0;
+        st = time_work(&e, (grad_work)k, iters, cuda, ms, &peak);
+        if (st) break;
+        const cli_bench_times tm = cli_bench_summarize(ms, iters);
+        if (k == WORK_FORWARD) forward_ms = tm.median_ms;
+        size_t free_b = 0, total_b = 0;
+        double device_mib = -1;
+        if (cuda && sd_cuda_mem_info(&free_b, &total_b) == SD_OK) device_mib = (double)(total_b - free_b) / (1 << 20);
+        if (tsv) {
+            /* grad, model, device, precision, step, latent side, median ms, min ms, activation MiB,
+             * weights MiB, device MiB in use (-1 on the CPU) */
+            printf("grad\t%s\t%s\t%s\t%s\t%lld\t%.3f\t%.3f\t%.0f\t%.0f\t%.0f\n", b.label, dev, prec, WORK_NAME[k],
+                   (long long)side, tm.median_ms, tm.min_ms, peak, weights_mib, device_mib);
+        } else {
+            char ratio[32] = "-";
+            if (forward_ms > 0) snprintf(ratio, sizeof ratio, "%.2f", tm.median_ms / forward_ms);
+            printf("%-8s %12.2f %12.2f %12s %16.0f\n", WORK_NAME[k], tm.median_ms, tm.min_ms, ratio, peak);
+        }
+        fflush(stdout);
+    }
+    if (st == SD_OK && !tsv && cuda) {
+        size_t free_b = 0, total_b = 0;
+        if (sd_cuda_mem_info(&free_b, &total_b) == SD_OK)
+            printf("device memory in use at the end: %.0f MiB of %.0f (CUDA context and workspaces included)\n",
+                   (double)(total_b - free_b) / (1 << 20), (double)total_b / (1 << 20));
+    }
+    free(ms);
+    sd_tensor_free(hz);
+    sd_tensor_free(hcond);
+    sd_tensor_free(huncond);
+    sd_tensor_free(htarget);
+    sd_tensor_free(e.leaf_u);
+    sd_tensor_free(e.leaf_v);
+    sd_tape_free(tape);
+    cli_bench_close(&b);
+    return st ? cli_fail("bench grad", st) : 0;
+}
