@@ -282,7 +282,15 @@ static void cuda_mem_free(void *p) {
 }
 
 /* sd_tensor_free's hook for weights moved to a device (sd_ctx_adopt_weights). */
+static sd_device_free_fn g_other_device_free; /* the hook installed before ours (sd_set_device_free) */
+
 static void cuda_device_free(void *p, int device) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || device >= count) { /* not a CUDA device */
+        cudaGetLastError();
+        if (g_other_device_free) g_other_device_free(p, device);
+        return;
+    }
     int cur = -1;
     cudaGetDevice(&cur);
     if (cur != device) cudaSetDevice(device);
@@ -407,7 +415,8 @@ extern "C" const sd_backend *sd_backend_cuda(int ordinal) {
     tls_state = s;
     g_last_opened = s;
     if (!g_table.name) table_fill(&g_table);
-    sd_set_device_free(cuda_device_free);
+    const sd_device_free_fn previous = sd_set_device_free(cuda_device_free);
+    if (previous != cuda_device_free) g_other_device_free = previous;
     return &g_table;
 }
 

@@ -130,8 +130,12 @@ sd_tensor *sd_tensor_new(sd_dtype dtype, int ndim, const int64_t *shape);
 sd_tensor *sd_tensor_new4(sd_dtype dtype, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
 sd_tensor *sd_tensor_clone(const sd_tensor *t); /* heap copy (CPU only) */
 void sd_tensor_free(sd_tensor *t);
-/* How sd_tensor_free releases owned data of a tensor on a device (set by the CUDA backend). */
-void sd_set_device_free(void (*release)(void *p, int device));
+/* How sd_tensor_free releases owned data of a tensor on a device. Each backend with device memory
+ * installs its hook and gets back the one it replaced: it frees the devices it owns and passes
+ * any other device's pointer on to that previous hook (the CUDA backend and a test's stand-in
+ * device can then live side by side). */
+typedef void (*sd_device_free_fn)(void *p, int device);
+sd_device_free_fn sd_set_device_free(sd_device_free_fn release);
 void sd_tensor_set_name(sd_tensor *t, const char *name);
 
 /* A tensor header over existing memory (not owned). */

@@ -106,9 +106,13 @@ sd_tensor *sd_tensor_clone(const sd_tensor *t) {
     return c;
 }
 
-static void (*device_free)(void *p, int device);
+static sd_device_free_fn device_free;
 
-void sd_set_device_free(void (*release)(void *p, int device)) { device_free = release; }
+sd_device_free_fn sd_set_device_free(sd_device_free_fn release) {
+    const sd_device_free_fn previous = device_free;
+    device_free = release;
+    return previous;
+}
 
 void sd_tensor_free(sd_tensor *t) {
     if (!t) return;

@@ -49,7 +49,12 @@ static void *guarded_alloc(size_t bytes) {
 }
 
 static void guarded_free(void *p) { (void)p; /* bump memory: released with the process */ }
-static void guarded_device_free(void *p, int device) { (void)p, (void)device; }
+static sd_device_free_fn other_device_free; /* e.g. the CUDA backend's, when a GPU test shares the process */
+
+static void guarded_device_free(void *p, int device) {
+    if (device != GUARDED_DEVICE && other_device_free) other_device_free(p, device);
+    /* guarded memory itself is bump memory, released with the process */
+}
 
 /* 1 when every non-NULL pointer lies inside the device range; else fails naming the op. */
 static int on_device(const char *op, const void *const *ptrs, size_t n) {
@@ -197,7 +202,8 @@ const sd_backend *guarded_backend(void) {
     SET(attention_backward), SET(attention_probs_backward), SET(attention_apply_backward), SET(mse_backward);
     SET(adam_step), SET(max_pool2d);
 #undef SET
-    sd_set_device_free(guarded_device_free);
+    const sd_device_free_fn previous = sd_set_device_free(guarded_device_free);
+    if (previous != guarded_device_free) other_device_free = previous;
     return &table;
 }
 

@@ -10,8 +10,9 @@
 
 #include "sd/backend.h"
 
-/* The device ordinal a guarded context uses (anything but SD_DEVICE_CPU, so weights are moved). */
-#define GUARDED_DEVICE 5
+/* The device ordinal a guarded context uses: not SD_DEVICE_CPU (so weights are moved), and beyond
+ * any real GPU's ordinal (so its memory is never mistaken for a CUDA device's). */
+#define GUARDED_DEVICE 1000
 
 /* The op table (the CPU's, each op wrapped to open the memory while it runs). Reserves its
  * address space on the first call. */

@@ -1,0 +1,367 @@
+/* test_device_parity.c: every workflow on a device against the same workflow on the CPU, on the
+ * built-in tiny model: text encoder, UNet, VAE encode/decode; the gradient of Null-text's and
+ * StyleDiffusion's loss through the UNet; DDIM, negative-prompt, Null-text and StyleDiffusion
+ * inversion (with the CLIP image encoder and the attention loss); a P2Plus edit of each with
+ * LocalBlend, reweighting and heatmaps; the evaluation models (CLIPScore, Structure-dist, NS-LPIPS)
+ * and the NS-LPIPS masks.
+ *
+ * Two devices:
+ *  - "guarded" (always, CI included): the CPU ops behind a device boundary whose memory the host
+ *    cannot touch (tests/unit/helpers/guarded_backend.h), so a host read or write of device
+ *    memory — a segmentation fault on a real GPU — fails here first. Same arithmetic as the CPU:
+ *    results must agree to float noise (TOL);
+ *  - "cuda" (when a GPU is present, exact mode; skipped with a visible line otherwise): models
+ *    and gradients within 1e-4 (issue "CUDA backend" / "Autodiff-lite"), and the methods, whose
+ *    Adam steps amplify rounding (a first step moves each variable by lr·sign(g)), within
+ *    CUDA_METHOD_TOL. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "guarded_backend.h"
+#include "sd/autograd.h"
+#include "sd/blend_mask.h"
+#include "sd/control.h"
+#include "sd/device.h"
+#include "sd/clip_vision.h"
+#include "sd/edit.h"
+#include "sd/eval_models.h"
+#include "sd/lpips.h"
+#include "testutil.h"
+
+#define SIZE 64 /* 8x8 latent: the smallest the tiny UNet's three downsamplings accept */
+#define PROMPT "a cat sitting on a wooden floor"
+#define TARGET "a tiger sitting on a wooden floor"
+/* guarded vs CPU: the same CPU code; only the OpenMP split can reorder sums */
+#define TOL 1e-5
+/* CUDA exact mode vs CPU: one model call or one gradient (the issues' bound) */
+#define CUDA_TOL 1e-4
+/* CUDA vs CPU after a few optimiser steps and an edit (see above) */
+#define CUDA_METHOD_TOL 2e-3
+
+typedef struct side {
+    sd_model model;
+    sd_clip_vision clip;
+    sd_clip_score_model clip_score;
+    sd_vit dino;
+    sd_lpips lpips;
+    sd_ctx ctx;
+    sd_tensor *image; /* (1, 3, SIZE, SIZE) in [-1, 1], kept */
+    const char *name;
+    int open;
+} side;
+
+static side cpu_side, guarded_side, cuda_side;
+static sd_image photo;
+static char tmp_dir[64];
+
+enum { ON_CPU, ON_GUARDED, ON_CUDA };
+
+static int open_side(side *s, int kind) {
+    char lpips_path[128];
+    snprintf(lpips_path, sizeof lpips_path, "%s/lpips.safetensors", tmp_dir);
+    if (sd_model_load("models/tiny", &s->model) || sd_clip_vision_load("models/tiny-clip-vision", &s->clip) ||
+        sd_clip_score_load("models/tiny-clip", "models/tiny/tokenizer", &s->clip_score) ||
+        sd_vit_load("models/tiny-dino", &s->dino) || sd_lpips_load(lpips_path, &s->lpips))
+        return -1;
+    s->name = kind == ON_CPU ? "cpu" : kind == ON_GUARDED ? "guarded" : "cuda";
+    if (kind != ON_CPU) {
+        const sd_backend *be = kind == ON_GUARDED ? guarded_backend() : NULL;
+        if (kind == ON_GUARDED ? (!be || sd_ctx_init(&s->ctx, be, GUARDED_DEVICE))
+                               : sd_device_open("cuda", SD_PRECISION_EXACT, &s->ctx) != SD_OK)
+            return -1;
+        if (sd_model_to_device(&s->ctx, &s->model) ||
+            sd_ctx_adopt_weights(&s->ctx, s->clip.owned) || sd_ctx_adopt_weights(&s->ctx, s->clip_score.vision.owned) ||
+            sd_ctx_adopt_weights(&s->ctx, s->clip_score.text_weights) || sd_ctx_adopt_weights(&s->ctx, s->dino.owned) ||
+            sd_ctx_adopt_weights(&s->ctx, s->lpips.owned))
+            return -1;
+    } else if (sd_ctx_init_cpu(&s->ctx)) {
+        return -1;
+    }
+    s->image = sd_keep(&s->ctx, sd_image_upload(&s->ctx, &photo));
+    s->open = s->image != NULL;
+    return s->open ? 0 : -1;
+}
+
+static int setup(void **state) {
+    (void)state;
+    setenv("STYLEDIFF_HOME", ".", 1);
+    sd_set_quiet(1);
+    if (testutil_make_tmpdir(tmp_dir, sizeof tmp_dir, "sd_guarded_")) return -1;
+    char lpips_path[128];
+    snprintf(lpips_path, sizeof lpips_path, "%s/lpips.safetensors", tmp_dir);
+    testutil_write_random_lpips(lpips_path);
+    if (sd_image_load_512("data/images/chelsea.png", 0, 0, 0, 0, SIZE, &photo) || open_side(&cpu_side, ON_CPU) ||
+        open_side(&guarded_side, ON_GUARDED)) {
+        fprintf(stderr, "setup: %s\n", sd_last_error());
+        return -1;
+    }
+    if (testutil_have_gpu() && open_side(&cuda_side, ON_CUDA)) {
+        fprintf(stderr, "setup: a GPU is present but the CUDA context failed: %s\n", sd_last_error());
+        return -1;
+    }
+    return 0;
+}
+
+static void close_side(side *s) {
+    if (!s->name) return;
+    sd_ctx_free(&s->ctx);
+    sd_lpips_release(&s->lpips);
+    sd_vit_release(&s->dino);
+    sd_clip_score_release(&s->clip_score);
+    sd_clip_vision_release(&s->clip);
+    sd_model_free(&s->model);
+}
+
+static int teardown(void **state) {
+    (void)state;
+    close_side(&cpu_side);
+    close_side(&guarded_side);
+    close_side(&cuda_side);
+    sd_image_free(&photo);
+    return testutil_remove_tree(tmp_dir);
+}
+
+/* max |a - b| / max |a| of two host tensors */
+static double rel_err(const sd_tensor *a, const sd_tensor *b) {
+    assert_int_equal(sd_numel(a), sd_numel(b));
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < sd_numel(a); i++) {
+        num = fmax(num, fabs((double)sd_f32(a)[i] - (double)sd_f32(b)[i]));
+        den = fmax(den, fabs((double)sd_f32(a)[i]));
+    }
+    return den > 0 ? num / den : num;
+}
+
+/* Downloads a tensor of either side to a new host tensor (fails the test on error). */
+static sd_tensor *fetch(side *s, const sd_tensor *t) {
+    if (!t) fail_msg("%s", sd_last_error());
+    sd_tensor *h = sd_download_new(&s->ctx, t);
+    if (!h) fail_msg("download: %s", sd_last_error());
+    return h;
+}
+
+static void expect_close(const side *dev, const char *what, const sd_tensor *a, const sd_tensor *b, double tol) {
+    const double e = rel_err(a, b);
+    print_message("    %-8s %-40s max rel err %.2e (tol %.0e)\n", dev->name, what, e, tol);
+    if (!(e <= tol)) fail_msg("%s: %s differs from the CPU by %.3e", what, dev->name, e);
+}
+
+/* The device of a test: the guarded stand-in, or the GPU (skipped visibly without one). */
+static side *device_or_skip(int kind) {
+    if (kind == ON_GUARDED) return &guarded_side;
+    testutil_skip_without_gpu();
+    return &cuda_side;
+}
+
+static void run_models(int kind) {
+    side *dev = device_or_skip(kind);
+    const double tol = kind == ON_CUDA ? CUDA_TOL : TOL;
+    const long calls_before = guarded_backend_calls();
+    sd_tensor *out[2][4];
+    side *sides[2] = {&cpu_side, dev};
+    for (int k = 0; k < 2; k++) {
+        side *s = sides[k];
+        const sd_arena_mark mark = sd_arena_get_mark(s->ctx.arena);
+        sd_tensor *text = sd_encode_prompt(&s->ctx, &s->model, PROMPT);
+        sd_tensor *z0 = sd_vae_encode(&s->ctx, &s->model.vae, s->image, NULL);
+        sd_tensor *eps = sd_unet_forward(&s->ctx, &s->model.unet, z0, 981.0f, text);
+        sd_tensor *decoded = sd_vae_decode(&s->ctx, &s->model.vae, z0);
+        out[k][0] = fetch(s, text);
+        out[k][1] = fetch(s, z0);
+        out[k][2] = fetch(s, eps);
+        out[k][3] = fetch(s, decoded);
+        sd_arena_reset(s->ctx.arena, mark);
+    }
+    if (kind == ON_GUARDED) assert_true(guarded_backend_calls() > calls_before + 100);
+    const char *names[4] = {"text encoder", "VAE encode", "UNet eps", "VAE decode"};
+    for (int i = 0; i < 4; i++) {
+        expect_close(dev, names[i], out[0][i], out[1][i], tol);
+        sd_tensor_free(out[0][i]);
+        sd_tensor_free(out[1][i]);
+    }
+}
+
+/* d mse(eps_u + 7.5 (eps_c - eps_u), target) / d leaf, where the leaf is the unconditional
+ * context (Null-text's variable) or the value input of every cross-attention layer
+ * (StyleDiffusion's), on one side; the host copy of the gradient. */
+static sd_tensor *loss_gradient(side *s, int value_leaf) {
+    sd_ctx *c = &s->ctx;
+    const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+    sd_tensor *cond = sd_keep(c, sd_encode_prompt(c, &s->model, PROMPT));
+    sd_tensor *uncond = sd_keep(c, sd_encode_prompt(c, &s->model, ""));
+    sd_tensor *z = sd_keep(c, sd_vae_encode(c, &s->model.vae, s->image, NULL));
+    sd_tensor *target = sd_keep(c, sd_scale(c, z, 0.9f));
+    sd_tensor *host = sd_download_new(c, value_leaf ? cond : uncond);
+    sd_tensor *leaf = host ? sd_param_new(c, host, value_leaf ? "value input" : "uncond context") : NULL;
+    sd_tensor_free(host);
+    sd_tape *tape = sd_tape_new();
+    if (!leaf || !tape) fail_msg("%s: %s", s->name, sd_last_error());
+    sd_tensor *fixed = sd_unet_forward(c, &s->model.unet, z, 501.0f, value_leaf ? uncond : cond);
+    sd_ctx_set_tape(c, tape);
+    sd_tensor *eps;
+    if (value_leaf) {
+        sd_value_capture_hook hook;
+        sd_value_capture_hook_init(&hook, leaf, 0);
+        c->hook = &hook.base;
+        sd_tensor *eps_c = sd_unet_forward(c, &s->model.unet, z, 501.0f, cond);
+        c->hook = NULL;
+        eps = sd_cfg_combine(c, fixed, eps_c, 7.5f);
+    } else {
+        eps = sd_cfg_combine(c, sd_unet_forward(c, &s->model.unet, z, 501.0f, leaf), fixed, 7.5f);
+    }
+    sd_backward(c, sd_mse(c, eps, target));
+    sd_ctx_set_tape(c, NULL);
+    if (sd_ctx_status(c) || !leaf->grad) fail_msg("%s gradient: %s", s->name, sd_last_error());
+    sd_tensor *grad = fetch(s, leaf->grad);
+    sd_tape_free(tape);
+    sd_tensor_free(leaf);
+    sd_arena_reset(c->arena, mark);
+    return grad;
+}
+
+static void run_gradients(int kind) {
+    side *dev = device_or_skip(kind);
+    const double tol = kind == ON_CUDA ? CUDA_TOL : TOL;
+    for (int value_leaf = 0; value_leaf < 2; value_leaf++) {
+        sd_tensor *want = loss_gradient(&cpu_side, value_leaf), *got = loss_gradient(dev, value_leaf);
+        expect_close(dev, value_leaf ? "d loss / d value input (16 layers)" : "d loss / d uncond context", want, got,
+                     tol);
+        sd_tensor_free(want);
+        sd_tensor_free(got);
+    }
+}
+
+/* Inverts with `method` on one side (3 steps, 2 iterations: every code path, little time). */
+static void invert(side *s, sd_invert_method method, sd_inversion *inv) {
+    sd_invert_options o;
+    sd_invert_options_default(method, &o);
+    o.n_steps = 3;
+    o.inner_steps = 2;
+    const sd_arena_mark keep = sd_arena_get_mark(s->ctx.keep);
+    sd_tensor *features = NULL;
+    if (method == SD_INVERT_STYLEDIFFUSION) {
+        const sd_arena_mark act = sd_arena_get_mark(s->ctx.arena);
+        features = sd_keep(&s->ctx, sd_clip_vision_encode(&s->ctx, &s->clip, s->image));
+        sd_arena_reset(s->ctx.arena, act);
+    }
+    if (sd_invert(&s->ctx, &s->model, &o, s->image, PROMPT, features, inv))
+        fail_msg("%s inversion on %s: %s", sd_invert_method_name(method), s->name, sd_last_error());
+    sd_arena_reset(s->ctx.keep, keep);
+}
+
+static void edit(side *s, const sd_inversion *inv, sd_edit_result *res) {
+    sd_edit_options o;
+    sd_edit_options_default(inv->method, &o);
+    o.target = TARGET;
+    o.edit = SD_P2P_REPLACE;
+    o.tau_u = 0.5f; /* P2Plus: unconditional self-attention injection too */
+    o.blend_source[0] = "cat";
+    o.n_blend_source = 1;
+    o.blend_target[0] = "tiger";
+    o.n_blend_target = 1;
+    o.reweight_words[0] = "tiger";
+    o.reweight_values[0] = 2.0;
+    o.n_reweight = 1;
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/heat_%s_%s", tmp_dir, sd_invert_method_name(inv->method), s->name);
+    o.heatmap_dir = dir;
+    if (sd_edit(&s->ctx, &s->model, inv, &o, res))
+        fail_msg("%s edit on %s: %s", sd_invert_method_name(inv->method), s->name, sd_last_error());
+}
+
+static void check_method(int kind, sd_invert_method method) {
+    side *dev = device_or_skip(kind);
+    const double tol = kind == ON_CUDA ? CUDA_METHOD_TOL : TOL;
+    sd_inversion inv[2];
+    sd_edit_result res[2];
+    memset(res, 0, sizeof res);
+    side *sides[2] = {&cpu_side, dev};
+    for (int k = 0; k < 2; k++) invert(sides[k], method, &inv[k]);
+    char what[96];
+    snprintf(what, sizeof what, "%s inversion z_T", sd_invert_method_name(method));
+    expect_close(dev, what, inv[0].z_T, inv[1].z_T, tol);
+    for (int k = 0; k < 2; k++) edit(sides[k], &inv[k], &res[k]);
+    snprintf(what, sizeof what, "%s P2Plus edit latents", sd_invert_method_name(method));
+    expect_close(dev, what, res[0].latents, res[1].latents, tol);
+    for (int k = 0; k < 2; k++) {
+        sd_edit_result_free(&res[k]);
+        sd_inversion_free(&inv[k]);
+    }
+}
+
+
+
+/* CLIPScore, Structure-dist, NS-LPIPS and the NS-LPIPS mask on both sides. */
+static void run_evaluation(int kind) {
+    side *dev = device_or_skip(kind);
+    const double tol = kind == ON_CUDA ? CUDA_TOL : TOL;
+    sd_image edited = {0};
+    assert_sd_ok(sd_image_load_512("data/images/chelsea.png", 10, 0, 0, 20, SIZE, &edited)); /* another crop */
+    double value[2][4];
+    sd_image fg[2], bg[2];
+    side *sides[2] = {&cpu_side, dev};
+    for (int k = 0; k < 2; k++) {
+        side *s = sides[k];
+        const sd_arena_mark mark = sd_arena_get_mark(s->ctx.arena);
+        if (sd_clip_score_cosine(&s->ctx, &s->clip_score, &edited, "edited", TARGET, &value[k][0]) ||
+            sd_structure_dist(&s->ctx, &s->dino, &photo, &edited, &value[k][1]) ||
+            sd_ns_lpips_images(&s->ctx, &s->lpips, &photo, &edited, &photo, NULL, &value[k][2]) ||
+            sd_blend_word_mask(&s->ctx, &s->model, s->image, PROMPT, "cat", 2, &fg[k], &bg[k], NULL))
+            fail_msg("evaluation on %s: %s", s->name, sd_last_error());
+        value[k][3] = 0;
+        for (int i = 0; i < 256 * 256 * 3; i++) value[k][3] += fg[k].data[i];
+        sd_arena_reset(s->ctx.arena, mark);
+    }
+    const char *names[4] = {"CLIPScore cosine", "Structure-dist", "NS-LPIPS", "mask sum"};
+    for (int i = 0; i < 4; i++) {
+        const double e = fabs(value[0][i] - value[1][i]) / fmax(fabs(value[0][i]), 1e-30);
+        print_message("    %-8s %-40s %.9g vs %.9g (rel %.1e)\n", dev->name, names[i], value[0][i], value[1][i], e);
+        /* the mask is 8-bit: a map value on a truncation boundary may move by one level */
+        if (!(e <= (i == 3 && kind == ON_CUDA ? 1e-3 : tol))) fail_msg("%s differs on %s", names[i], dev->name);
+    }
+    for (int k = 0; k < 2; k++) {
+        sd_image_free(&fg[k]);
+        sd_image_free(&bg[k]);
+    }
+    sd_image_free(&edited);
+}
+
+/* A host pointer handed to a device op is the mirror bug: the guarded table refuses it. */
+static void test_host_pointer_refused(void **state) {
+    (void)state;
+    float host[4] = {1, 2, 3, 4};
+    const sd_backend *be = guarded_backend();
+    assert_int_not_equal(be->fill(host, 0.0f, 4), SD_OK);
+    assert_non_null(strstr(sd_last_error(), "fill got a host pointer"));
+    sd_clear_error();
+}
+
+#define DEVICE_TESTS(suffix, kind)                                                                     \
+    static void test_models_##suffix(void **state) { (void)state; run_models(kind); }                     \
+    static void test_gradients_##suffix(void **state) { (void)state; run_gradients(kind); }               \
+    static void test_ddim_##suffix(void **state) { (void)state; check_method(kind, SD_INVERT_DDIM); }     \
+    static void test_npi_##suffix(void **state) { (void)state; check_method(kind, SD_INVERT_NPI); }       \
+    static void test_nulltext_##suffix(void **state) { (void)state; check_method(kind, SD_INVERT_NULLTEXT); } \
+    static void test_stylediffusion_##suffix(void **state) {                                              \
+        (void)state;                                                                                       \
+        check_method(kind, SD_INVERT_STYLEDIFFUSION);                                                      \
+    }                                                                                                      \
+    static void test_evaluation_##suffix(void **state) { (void)state; run_evaluation(kind); }
+DEVICE_TESTS(guarded, ON_GUARDED)
+DEVICE_TESTS(cuda, ON_CUDA)
+#define DEVICE_TEST_LIST(suffix)                                                                      \
+    cmocka_unit_test(test_models_##suffix), cmocka_unit_test(test_gradients_##suffix),                \
+        cmocka_unit_test(test_ddim_##suffix), cmocka_unit_test(test_npi_##suffix),                    \
+        cmocka_unit_test(test_nulltext_##suffix), cmocka_unit_test(test_stylediffusion_##suffix),     \
+        cmocka_unit_test(test_evaluation_##suffix)
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_host_pointer_refused),
+        DEVICE_TEST_LIST(guarded),
+        DEVICE_TEST_LIST(cuda),
+    };
+    return cmocka_run_group_tests_name("device_parity", tests, setup, teardown);
+}
