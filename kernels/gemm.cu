@@ -203,6 +203,10 @@ sd_status cu_linear(const float *x, const float *w, const float *b, float *y, in
         if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE)
             return cu_fail_cublas(st, __FILE__, __LINE__, "cublasLtMatmul (linear)");
         p->usable = 0; /* remember: this shape goes the plain way */
+        /* said once per shape: a wrong descriptor would otherwise only show as lost speed */
+        sd_info("cuBLASLt refused the linear layer %lldx%lld -> %lld (%s); it runs as cublasGemmEx + a bias "
+                "kernel from now on", (long long)M, (long long)K, (long long)N,
+                st == CUBLAS_STATUS_NOT_SUPPORTED ? "not supported" : "invalid value");
     }
     /* y[M, N] = x[M, K] · w[N, K]ᵀ, then the bias */
     CU_TRY(cu_gemm_rm(0, 1, M, N, K, 1.0f, x, K, 0, w, K, 0, 0.0f, y, N, 0, 1));
