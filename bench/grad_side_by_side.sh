@@ -19,7 +19,8 @@
 # (PyTorch at its best in fp32: SDPA, frozen parameters, activation gradients only).
 #
 # Options: --device cpu|cuda (cpu)  --model tiny|sd15 (tiny)  --iters N (cpu 3, cuda 10)
-#          --modes LIST (fp32-explicit,fp32-sdpa-frozen)  --precision LIST (cpu exact, cuda exact,fast)
+#          --modes LIST (fp32-explicit,fp32-sdpa-frozen)  --precision LIST (cpu exact,exact+recompute;
+#          cuda exact,fast,fast+recompute; "+recompute": `bench grad --recompute`, blocks recomputed)
 #          --stylediff PATH (build/stylediff)  --python PY (.venv/bin/python, else python3)
 #          --work DIR (weights and io files; /tmp/stylediff_grad_bench)  --out DIR (table.txt and the
 #          raw rows; $OUT/grad_bench or build/grad_bench)
@@ -46,8 +47,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 case $DEVICE in
-    cpu) : "${ITERS:=3}"; PRECISION=exact ;;
-    cuda) : "${ITERS:=10}" "${PRECISION:=exact,fast}" ;;
+    cpu) : "${ITERS:=3}" "${PRECISION:=exact,exact+recompute}" ;;
+    cuda) : "${ITERS:=10}" "${PRECISION:=exact,fast,fast+recompute}" ;;
     *) echo "grad_side_by_side: --device cpu|cuda" >&2; exit 2 ;;
 esac
 case $MODEL in
@@ -79,10 +80,11 @@ OURS=$RES/ours.tsv TORCH=$RES/torch.tsv
 for prec in $(echo "$PRECISION" | tr ',' ' '); do
     extra=""
     [ "$prec" = exact ] && extra="--save-weights $W --save-io $IO"
-    echo "stylediff: bench grad $OURS_MODEL --device $DEVICE --precision $prec --iters $ITERS" >&2
+    case $prec in *+recompute) extra="$extra --recompute" ;; esac
+    echo "stylediff: bench grad $OURS_MODEL --device $DEVICE --precision ${prec%+recompute} --iters $ITERS$extra" >&2
     # shellcheck disable=SC2086
-    if ! "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "$prec" --iters "$ITERS" --tsv -q $extra \
-            >> "$OURS" 2> "$WORK/ours_$prec.err"; then
+    if ! "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "${prec%+recompute}" --iters "$ITERS" --tsv -q \
+            $extra >> "$OURS" 2> "$WORK/ours_$prec.err"; then
         cat "$WORK/ours_$prec.err" >&2
         note "stylediff bench grad failed ($prec)"
         FAILED=1
@@ -116,7 +118,8 @@ def rows(path):
 ours = {(r[3], r[4]): r for r in rows(ours_path) if r[0] == "grad"}
 ref = {(r[4], r[1]): r for r in rows(torch_path) if r[0] == "grad_ref"}
 parity = [r for r in rows(torch_path) if r[0] == "grad_parity"]
-precs = sorted({k[0] for k in ours}, key=lambda p: ("exact", "fast").index(p) if p in ("exact", "fast") else 9)
+ORDER = ("exact", "exact+recompute", "fast", "fast+recompute")
+precs = sorted({k[0] for k in ours}, key=lambda p: ORDER.index(p) if p in ORDER else 9)
 modes = []
 for r in rows(torch_path):
     if r[0] == "grad_ref" and r[4] not in modes:

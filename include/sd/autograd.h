@@ -12,7 +12,12 @@
  * valid until sd_tape_reset / the arena reset that ends the step).
  *
  * Rules: an op run under a tape must not modify a recorded tensor in place (the backward reads
- * the saved forward values); sd_keep and sd_assign copy without recording (they detach). */
+ * the saved forward values); sd_keep and sd_assign copy without recording (they detach).
+ *
+ * Memory: a node's gradient buffer is recycled for later gradients once its backward has run, and
+ * with c->recompute the UNet's blocks are recomputed in the backward instead of keeping their
+ * activations (sd_checkpoint in nn.h: every resnet, and the transformer blocks when no attention
+ * hook is set, i.e. Null-text's steps; StyleDiffusion's hooked transformer blocks keep theirs). */
 #ifndef SD_AUTOGRAD_H
 #define SD_AUTOGRAD_H
 

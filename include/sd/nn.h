@@ -28,6 +28,9 @@ typedef struct sd_ctx {
     sd_status status;           /* first failure, SD_OK while healthy */
     struct sd_attn_hook *hook;  /* attention controller, or NULL for plain attention */
     struct sd_tape *tape;       /* autodiff recording (autograd.h), or NULL */
+    int recompute;              /* gradient steps recompute UNet blocks instead of keeping their
+                                 * activations (sd_checkpoint): less memory, one more forward */
+    sd_arena *scratch;          /* where a recomputed block's activations live (created on first use) */
 } sd_ctx;
 
 /* A context on backend `be` (device SD_DEVICE_CPU or a CUDA ordinal) with fresh arenas. */
@@ -55,6 +58,16 @@ sd_tensor *sd_upload(sd_ctx *c, const sd_tensor *host);
 sd_status sd_download(sd_ctx *c, const sd_tensor *dev, sd_tensor *host);
 /* A new heap (host) tensor holding a copy of `dev`; the caller frees it. */
 sd_tensor *sd_download_new(sd_ctx *c, const sd_tensor *dev);
+/* Block recomputation (activation checkpointing). y = fn(c, block, x, aux), where fn is a pure
+ * function of its two inputs (a UNet resnet: x and the time embedding; a transformer block without
+ * an attention hook: x and the context). While a tape records and c->recompute is set, fn runs
+ * without recording, its activations in c->scratch, which is reset right after: only y is kept.
+ * The backward pass runs fn again, recording, in the scratch arena, and back-propagates through
+ * it. Otherwise it is just fn(c, block, x, aux). `block` must stay valid until the step's
+ * backward (model weights, or memory from the activation arena). */
+typedef sd_tensor *(*sd_block_fn)(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *aux);
+sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor *x, sd_tensor *aux);
+
 /* Moves every F32 tensor of a weight store to the context's device (no-op on the CPU). */
 struct sd_weights;
 sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);

@@ -155,7 +155,7 @@ typedef struct batch_settings {
     const char *csv_path, *method_name, *out_dir, *root, *model_path, *clip_dir, *config_path;
     const char *device, *precision;
     sd_invert_options invert;
-    int from_case, to_case, quiet, resume;
+    int from_case, to_case, quiet, resume, recompute;
     /* what makes results comparable: --resume trusts only rows recorded under the same key */
     char run_key[8192];
 } batch_settings;
@@ -187,8 +187,10 @@ static sd_status runtime_open(const batch_settings *s, batch_runtime *rt) {
         else if (!(st = sd_clip_vision_load(s->clip_dir ? s->clip_dir : sd_builtin_clip_vision_dir(), &rt->clip)))
             rt->have_clip = 1;
     }
-    if (!st && !(st = cli_open_context(s->device, s->precision, &rt->m, &rt->c, rt->where, sizeof rt->where)))
+    if (!st && !(st = cli_open_context(s->device, s->precision, &rt->m, &rt->c, rt->where, sizeof rt->where))) {
         rt->have_ctx = 1;
+        rt->c.recompute = s->recompute;
+    }
     if (!st && rt->have_clip) st = sd_ctx_adopt_weights(&rt->c, rt->clip.owned);
     if (st) {
         runtime_close(rt);
@@ -652,6 +654,7 @@ int cmd_batch(int argc, char **argv) {
         {"resume", 0, CLI_FLAG, &s.resume, NULL, "skip rows an earlier run with the same settings finished", 1, 0},
         {"shard", 0, CLI_STR, &shard_spec, "K/N", "(internal, set by --devices) run worker K's rows of N", 1, 0},
         {"quiet", 'q', CLI_FLAG, &s.quiet, NULL, "no progress bars or notices", 1, 0},
+        CLI_RECOMPUTE_OPTION(s.recompute),
         CLI_DEVICE_OPTIONS(s.device, s.precision),
     };
     const cli_command cmd = {

@@ -12,8 +12,8 @@
  *   value    StyleDiffusion's step: eps_c = UNet(z, t, c) with a trainable value input v (starting
  *            at c) substituted in all 16 cross-attention layers (keys read c), eps = eps_u +
  *            w (eps_c - eps_u) with eps_u fixed, L = mse(eps, target), backward to v.
- * Memory: the activation arena's peak during each row's steps, and the weights (F32) it runs
- * with; on CUDA also the device memory in use at the end (cudaMemGetInfo: total - free, CUDA
+ * Memory: the activation arena's peak during each row's steps (with --recompute, plus the
+ * recomputation arena's: one block's activations), and the weights (F32) it runs with; on CUDA also the device memory in use at the end (cudaMemGetInfo: total - free, CUDA
  * context, library workspaces and arena chunks included). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +76,7 @@ static sd_status time_work(grad_env *e, grad_work work, int iters, int cuda, dou
     sd_ctx *c = e->c;
     const sd_arena_mark mark = sd_arena_get_mark(c->arena);
     sd_arena_reset_peak(c->arena);
+    if (c->scratch) sd_arena_reset_peak(c->scratch);
     SD_TRY(grad_step(e, work, NULL)); /* warm-up: arena chunks, library plans */
     sd_tape_reset(e->tape);
     sd_arena_reset(c->arena, mark);
@@ -94,6 +95,7 @@ static sd_status time_work(grad_env *e, grad_work work, int iters, int cuda, dou
         sd_arena_reset(c->arena, mark);
     }
     *peak_mib = (double)(sd_arena_peak(c->arena) - sd_arena_used(c->arena)) / (1 << 20);
+    if (c->scratch) *peak_mib += (double)sd_arena_peak(c->scratch) / (1 << 20); /* one recomputed block */
     return SD_OK;
 }
 
@@ -134,7 +136,7 @@ static sd_status save_io(grad_env *e, const char *path, const sd_tensor *hz, con
 int cmd_bench_grad(int argc, char **argv) {
     const char *model_path = NULL, *config_dir = NULL, *device = NULL, *precision_name = "exact";
     const char *weights_out = NULL, *io_out = NULL, *what = "forward,context,value";
-    int size = 0, iters = 3, quiet = 0, tsv = 0;
+    int size = 0, iters = 3, quiet = 0, tsv = 0, recompute = 0;
     const cli_opt opts[] = {
         {"model", 'm', CLI_STR, &model_path, "MODEL", "checkpoint (default: built-in tiny model)", 1, 0},
         {"config", 0, CLI_STR, &config_dir, "DIR", "this config with random weights instead (e.g. configs/sd-v1.5)", 1, 0},
@@ -145,6 +147,7 @@ int cmd_bench_grad(int argc, char **argv) {
         {"precision", 0, CLI_STR, &precision_name, "P", "exact (fp32, no TF32; default) or fast (tensor cores)", 1, 0},
         {"save-weights", 0, CLI_STR, &weights_out, "FILE", "write the UNet weights used (diffusers names) to a .safetensors file", 1, 0},
         {"save-io", 0, CLI_STR, &io_out, "FILE", "write the inputs, losses and gradients of one context and one value step", 1, 0},
+        {"recompute", 0, CLI_FLAG, &recompute, NULL, "recompute UNet blocks in the backward (less memory, more time)", 1, 0},
         {"tsv", 0, CLI_FLAG, &tsv, NULL, "print tab-separated result rows instead of the table", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no notices", 1, 0},
     };
@@ -177,6 +180,7 @@ int cmd_bench_grad(int argc, char **argv) {
     sd_status st = cli_bench_open(&b, model_path, config_dir, weights_out, device, precision_name, quiet, "bench grad");
     if (st) return cli_fail("bench grad", st);
     sd_ctx *c = &b.ctx;
+    c->recompute = recompute;
     const sd_unet unet = b.unet;
     const int cuda = b.cuda;
     sd_tape *tape = sd_tape_new();
@@ -213,10 +217,12 @@ int cmd_bench_grad(int argc, char **argv) {
         if (st == SD_OK && !quiet) fprintf(stderr, "bench grad: wrote the inputs, losses and gradients to %s\n", io_out);
     }
     const double weights_mib = (double)cli_bench_weights_bytes(b.store) / (1 << 20);
-    const char *dev = cuda ? "cuda" : "cpu", *prec = cuda ? sd_precision_name(b.precision) : "exact";
+    const char *dev = cuda ? "cuda" : "cpu";
+    char prec[32];
+    snprintf(prec, sizeof prec, "%s%s", cuda ? sd_precision_name(b.precision) : "exact", recompute ? "+recompute" : "");
     if (st == SD_OK && !tsv) {
-        printf("one UNet step, batch 1, %lldx%lld latent, %s (%s), weights %.0f MiB F32\n", (long long)side,
-               (long long)side, b.label, b.where, weights_mib);
+        printf("one UNet step, batch 1, %lldx%lld latent, %s (%s), weights %.0f MiB F32%s\n", (long long)side,
+               (long long)side, b.label, b.where, weights_mib, recompute ? ", blocks recomputed" : "");
         printf("%-8s %12s %12s %12s %16s\n", "step", "median ms", "min ms", "x forward", "activation MiB");
     }
     double forward_ms = 0;

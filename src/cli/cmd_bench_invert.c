@@ -52,7 +52,7 @@ int cmd_bench_invert(int argc, char **argv) {
     const char *model_path = NULL, *image_path = "data/images/chelsea.png", *prompt = "a cat sitting on a wooden floor";
     const char *methods = "ddim,npi,nulltext,stylediffusion", *clip_dir = NULL, *device = NULL, *precision = NULL;
     const char *save_dir = NULL;
-    int steps = 0, steps_sd = 0, inner = -1, inner_sd = -1, timesteps = 0, quiet = 0, tsv = 0;
+    int steps = 0, steps_sd = 0, inner = -1, inner_sd = -1, timesteps = 0, quiet = 0, tsv = 0, recompute = 0;
     const cli_opt opts[] = {
         {"image", 'i', CLI_STR, &image_path, "FILE", "photo (default data/images/chelsea.png)", 1, 0},
         {"prompt", 'p', CLI_STR, &prompt, "TEXT", "its description (default \"a cat sitting on a wooden floor\")", 1, 0},
@@ -67,6 +67,7 @@ int cmd_bench_invert(int argc, char **argv) {
         {"save", 0, CLI_STR, &save_dir, "DIR", "also write each method's inversion and reconstruction PNG into DIR", 1, 0},
         {"tsv", 0, CLI_FLAG, &tsv, NULL, "tab-separated rows instead of the table", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress bars or notices", 1, 0},
+        CLI_RECOMPUTE_OPTION(recompute),
         CLI_DEVICE_OPTIONS(device, precision),
     };
     const cli_command cmd = {"bench invert", NULL, "[options]",
@@ -112,6 +113,7 @@ int cmd_bench_invert(int argc, char **argv) {
     sd_ctx c;
     char where[256] = "";
     if (!st && !(st = cli_open_context(device, precision, &m, &c, where, sizeof where))) have_ctx = 1;
+    if (have_ctx) c.recompute = recompute;
     if (!st && have_clip) st = sd_ctx_adopt_weights(&c, clip.owned);
     sd_tensor *x = NULL, *features = NULL;
     if (!st) {

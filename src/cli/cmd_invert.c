@@ -26,7 +26,7 @@ int cmd_invert(int argc, char **argv) {
     const char *model_path = NULL, *image_path = NULL, *prompt = NULL, *output = NULL;
     const char *method_name = "stylediffusion", *config_path = NULL, *clip_dir = NULL;
     const char *recon_path = NULL, *report_path = NULL, *device = NULL, *precision = NULL;
-    int steps = 0, inner = -1, seed = -1, quiet = 0, truncate = 0, no_att = 0, no_recon = 0;
+    int steps = 0, inner = -1, seed = -1, quiet = 0, truncate = 0, no_att = 0, no_recon = 0, recompute = 0;
     double lr = -1.0;
     float guidance = -1.0f;
     const cli_opt opts[] = {
@@ -48,6 +48,7 @@ int cmd_invert(int argc, char **argv) {
         {"report", 0, CLI_STR, &report_path, "FILE", "JSON report (default: the output name with .json)", 1, 0},
         {"truncate", 0, CLI_FLAG, &truncate, NULL, "cut prompts over 75 tokens instead of failing", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress bar or notices", 1, 0},
+        CLI_RECOMPUTE_OPTION(recompute),
         CLI_DEVICE_OPTIONS(device, precision),
     };
     const cli_command cmd = {"invert", NULL, "--method M -i IMAGE -p PROMPT -o INVERSION [options]",
@@ -112,6 +113,7 @@ int cmd_invert(int argc, char **argv) {
     char where[256] = "";
     int have_ctx = 0;
     if (!st && !(st = cli_open_context(device, precision, &m, &c, where, sizeof where))) have_ctx = 1;
+    if (have_ctx) c.recompute = recompute;
     if (!st && have_clip) st = sd_ctx_adopt_weights(&c, clip.owned);
 
     sd_inversion inv;

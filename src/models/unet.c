@@ -88,6 +88,41 @@ sd_status sd_unet_bind(sd_unet *u, const sd_unet_config *cfg, sd_weights *w) {
     return SD_OK;
 }
 
+/* ---- blocks that a gradient step may recompute (sd_checkpoint) ---- */
+
+static sd_tensor *resnet_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *temb_silu) {
+    return sd_resnet_forward(c, block, x, temb_silu);
+}
+
+static sd_tensor *resnet(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu) {
+    return sd_checkpoint(c, resnet_block, r, x, temb_silu);
+}
+
+typedef struct transformer_call {
+    const sd_transformer *t;
+    int layer; /* the attention-call counter at its first layer */
+    sd_unet_place place;
+} transformer_call;
+
+static sd_tensor *transformer_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *context) {
+    const transformer_call *call = block;
+    int layer = call->layer;
+    return sd_transformer_forward(c, call->t, x, context, &layer, call->place);
+}
+
+/* A transformer block is recomputed only without an attention hook: a hook may substitute inputs
+ * the block does not take as arguments (StyleDiffusion's value input) or keep maps it computes
+ * (the attention loss's), which a second run would not reproduce. */
+static sd_tensor *transformer(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *context, int *layer,
+                              sd_unet_place place) {
+    if (c->hook || !c->recompute || !c->tape) return sd_transformer_forward(c, t, x, context, layer, place);
+    transformer_call *call = sd_arena_alloc_host(c->arena, sizeof *call); /* lives until the step's backward */
+    if (!call) return sd_ctx_fail(c, SD_ERR_OOM, "out of memory");
+    *call = (transformer_call){t, *layer, place};
+    *layer += 2; /* its self- and cross-attention */
+    return sd_checkpoint(c, transformer_block, call, x, context);
+}
+
 sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, sd_tensor *context) {
     if (c->status != SD_OK) return NULL;
     const sd_unet_config *cfg = &u->cfg;
@@ -119,9 +154,9 @@ sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, s
     skips[n_skips++] = h;
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < L; j++) {
-            h = sd_resnet_forward(c, &u->down[i].resnets[j], h, temb_silu);
+            h = resnet(c, &u->down[i].resnets[j], h, temb_silu);
             if (u->down[i].has_attn)
-                h = sd_transformer_forward(c, &u->down[i].attentions[j], h, context, &layer, SD_PLACE_DOWN);
+                h = transformer(c, &u->down[i].attentions[j], h, context, &layer, SD_PLACE_DOWN);
             skips[n_skips++] = h;
         }
         if (u->down[i].has_downsampler) {
@@ -130,17 +165,17 @@ sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, s
         }
     }
 
-    h = sd_resnet_forward(c, &u->mid.resnets[0], h, temb_silu);
-    h = sd_transformer_forward(c, &u->mid.attention, h, context, &layer, SD_PLACE_MID);
-    h = sd_resnet_forward(c, &u->mid.resnets[1], h, temb_silu);
+    h = resnet(c, &u->mid.resnets[0], h, temb_silu);
+    h = transformer(c, &u->mid.attention, h, context, &layer, SD_PLACE_MID);
+    h = resnet(c, &u->mid.resnets[1], h, temb_silu);
 
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < L + 1; j++) {
             if (n_skips <= 0) return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: skip connections exhausted");
             h = sd_concat_channels(c, h, skips[--n_skips]);
-            h = sd_resnet_forward(c, &u->up[i].resnets[j], h, temb_silu);
+            h = resnet(c, &u->up[i].resnets[j], h, temb_silu);
             if (u->up[i].has_attn)
-                h = sd_transformer_forward(c, &u->up[i].attentions[j], h, context, &layer, SD_PLACE_UP);
+                h = transformer(c, &u->up[i].attentions[j], h, context, &layer, SD_PLACE_UP);
         }
         if (u->up[i].has_upsampler && c->status == SD_OK) {
             /* Upsample to the next skip's size: x2 for latents divisible by 2^(blocks-1), and the

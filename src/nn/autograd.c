@@ -24,6 +24,7 @@ void sd_tape_free(sd_tape *t) {
     free(t->nodes);
     free(t->leaves);
     free(t->spare);
+    sd_tape_free(t->sub);
     free(t);
 }
 
@@ -94,7 +95,7 @@ static const char *op_name(sd_op_kind op) {
         [SD_OP_CONCAT_CHANNELS] = "concat_channels", [SD_OP_CONCAT0] = "concat0",
         [SD_OP_UPSAMPLE] = "upsample", [SD_OP_TRANSPOSE] = "transpose", [SD_OP_VIEW] = "view",
         [SD_OP_ATTENTION] = "attention", [SD_OP_ATTN_PROBS] = "attention maps",
-        [SD_OP_ATTN_APPLY] = "attention apply", [SD_OP_MSE] = "mse",
+        [SD_OP_ATTN_APPLY] = "attention apply", [SD_OP_MSE] = "mse", [SD_OP_CHECKPOINT] = "recomputed block",
     };
     return names[op];
 }
@@ -194,6 +195,55 @@ static const float *f32c(const sd_tensor *t) { return t ? (const float *)t->data
         }                                                                                          \
         sd_ctx_check((c), (c)->be->fn(__VA_ARGS__));                                               \
     } while (0)
+
+static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *seed);
+
+/* A leaf standing for an input of a recomputed block: the same memory under a fresh header (in the
+ * scratch arena) that requires grad when the input does, so the sub-tape stops there. */
+static sd_tensor *block_input(sd_ctx *c, const sd_tensor *t, int needs_grad) {
+    if (!t) return NULL;
+    sd_tensor *l = sd_arena_alloc_host(c->arena, sizeof *l);
+    if (!l) {
+        c->status = SD_ERR_OOM;
+        return NULL;
+    }
+    *l = *t;
+    l->requires_grad = needs_grad;
+    l->grad = NULL;
+    l->tape_index = -1;
+    l->owns_data = 0;
+    return l;
+}
+
+/* SD_OP_CHECKPOINT: run the block again, recording on the tape's sub-tape in the scratch arena,
+ * back-propagate dL/dy through it, and add what reaches its inputs to their gradients. */
+static void backward_checkpoint(sd_ctx *c, sd_tape_node *n) {
+    sd_tape *main_tape = c->tape;
+    sd_arena *main_arena = c->arena;
+    sd_tensor *x = n->in[0], *aux = n->in[1];
+    const int need_x = sd_tape_needs_grad(c, x), need_aux = sd_tape_needs_grad(c, aux);
+    if (!main_tape->sub && !(main_tape->sub = sd_tape_new())) {
+        sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the recomputation tape");
+        return;
+    }
+    const sd_arena_mark mark = sd_arena_get_mark(c->scratch);
+    c->arena = c->scratch;
+    c->tape = main_tape->sub;
+    sd_tensor *xl = block_input(c, x, need_x), *al = block_input(c, aux, need_aux);
+    sd_tensor *y = c->status == SD_OK ? n->attr.block.fn(c, n->attr.block.block, xl, al) : NULL;
+    if (y && sd_numel(y) != sd_numel(n->out))
+        sd_ctx_fail(c, SD_ERR_INTERNAL, "recomputed block: %lld outputs, %lld the first time",
+                    (long long)sd_numel(y), (long long)sd_numel(n->out));
+    if (y && c->status == SD_OK) reverse_pass(c, y, n->grad);
+    sd_tensor *gx = xl ? xl->grad : NULL, *ga = al ? al->grad : NULL;
+    c->tape = main_tape;
+    c->arena = main_arena;
+    float *dx = gx ? in_grad(c, n, 0) : NULL, *da = ga ? in_grad(c, n, 1) : NULL;
+    if (dx) BWD(c, n, axpy, 1.0f, sd_f32(gx), dx, sd_numel(x));
+    if (da) BWD(c, n, axpy, 1.0f, sd_f32(ga), da, sd_numel(aux));
+    sd_tape_reset(main_tape->sub);
+    sd_arena_reset(c->scratch, mark);
+}
 
 static void backward_node(sd_ctx *c, sd_tape_node *n) {
     const float *dy = sd_f32(n->grad);
@@ -332,6 +382,9 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
                 (int)(v->shape[2] / H));
         return;
     }
+    case SD_OP_CHECKPOINT:
+        backward_checkpoint(c, n);
+        return;
     case SD_OP_MSE: {
         float *da = in_grad(c, n, 0), *db = in_grad(c, n, 1);
         if (da || db) BWD(c, n, mse_backward, f32c(n->in[0]), f32c(n->in[1]), dy, da, db, sd_numel(n->in[0]));
@@ -349,10 +402,22 @@ sd_status sd_backward(sd_ctx *c, sd_tensor *loss) {
     if (!root)
         return c->status = sd_fail(SD_ERR_INTERNAL,
                                    "backward: the loss was not recorded (no tape attached, or it does not depend on a trainable tensor)");
+    return reverse_pass(c, loss, NULL);
+}
+
+/* Walks the context's tape back from root_out, whose gradient starts as `seed` (same element
+ * count; NULL: the loss's 1). A root no node produced (a block whose output does not depend on a
+ * trainable input) leaves nothing to do. */
+static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *seed) {
+    sd_tape_node *root = producer(c, root_out);
+    if (!root) return c->status;
     c->tape->n_spare = 0;
-    if (!new_grad_buffer(c, loss, &root->grad)) return c->status;
-    sd_ctx_check(c, c->be->fill(sd_f32(root->grad), 1.0f, 1));
-    for (int i = loss->tape_index; i >= 0 && c->status == SD_OK; i--) {
+    if (!new_grad_buffer(c, root_out, &root->grad)) return c->status;
+    if (seed)
+        sd_ctx_check(c, c->be->copy(sd_f32(root->grad), sd_f32(seed), sd_numel(root_out)));
+    else
+        sd_ctx_check(c, c->be->fill(sd_f32(root->grad), 1.0f, 1));
+    for (int i = root_out->tape_index; i >= 0 && c->status == SD_OK; i--) {
         sd_tape_node *n = &c->tape->nodes[i];
         if (!n->grad) continue;
         backward_node(c, n);

@@ -32,7 +32,8 @@ void sd_ctx_free(sd_ctx *c) {
     if (!c) return;
     sd_arena_destroy(c->arena);
     sd_arena_destroy(c->keep);
-    c->arena = c->keep = NULL;
+    sd_arena_destroy(c->scratch);
+    c->arena = c->keep = c->scratch = NULL;
 }
 
 sd_tensor *sd_ctx_fail(sd_ctx *c, sd_status code, const char *fmt, ...) {
@@ -594,4 +595,34 @@ const char *sd_place_name(sd_unet_place p) {
     case SD_PLACE_UP: return "up";
     }
     return "?";
+}
+
+sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor *x, sd_tensor *aux) {
+    if (c->status != SD_OK) return NULL;
+    /* recompute only what a gradient flows through, and never inside a recomputation */
+    if (!c->recompute || !c->tape || (c->scratch && c->arena == c->scratch) ||
+        !(sd_tape_needs_grad(c, x) || sd_tape_needs_grad(c, aux)))
+        return fn(c, block, x, aux);
+    if (!c->scratch) {
+        c->scratch = sd_arena_create_with((size_t)64 << 20, c->be->mem_alloc, c->be->mem_free);
+        if (!c->scratch) return sd_ctx_fail(c, SD_ERR_OOM, "out of memory creating the recomputation arena");
+    }
+    struct sd_tape *tape = c->tape;
+    sd_arena *main = c->arena;
+    const sd_arena_mark mark = sd_arena_get_mark(c->scratch);
+    c->tape = NULL;
+    c->arena = c->scratch;
+    sd_tensor *inside = fn(c, block, x, aux);
+    c->arena = main;
+    c->tape = tape;
+    sd_tensor *y = inside ? sd_new(c, inside->ndim, inside->shape) : NULL;
+    if (y) sd_ctx_check(c, c->be->copy(sd_f32(y), sd_f32(inside), sd_numel(y)));
+    sd_arena_reset(c->scratch, mark);
+    if (c->status != SD_OK) return NULL;
+    sd_tape_node *node = sd_tape_record(c, SD_OP_CHECKPOINT, y, x, aux, NULL);
+    if (node) {
+        node->attr.block.fn = fn;
+        node->attr.block.block = block;
+    }
+    return c->status == SD_OK ? y : NULL;
 }

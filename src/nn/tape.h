@@ -27,6 +27,7 @@ typedef enum sd_op_kind {
     SD_OP_ATTN_PROBS,      /* in: q, k; out: maps [B·H, Sq, Sk]; attr heads, scale */
     SD_OP_ATTN_APPLY,      /* in: probs, v; attr heads */
     SD_OP_MSE,             /* in: a, b; out: one element */
+    SD_OP_CHECKPOINT,      /* in: x, aux; attr block: recomputed in the backward (sd_checkpoint) */
 } sd_op_kind;
 
 typedef struct sd_tape_node {
@@ -42,6 +43,7 @@ typedef struct sd_tape_node {
         struct { int64_t B, R, C; } transpose;
         struct { int64_t offset; } view;
         struct { int heads, causal; float scale; } attn;
+        struct { sd_block_fn fn; const void *block; } block;
     } attr;
 } sd_tape_node;
 
@@ -55,6 +57,7 @@ struct sd_tape {
      * (on the SD v1.5 UNet that halves the activation memory of a gradient step). */
     sd_tensor **spare;
     int n_spare, cap_spare;
+    struct sd_tape *sub; /* records a recomputed block during the backward (SD_OP_CHECKPOINT) */
 };
 
 /* 1 when t leads to a trainable leaf: a requires_grad leaf, or the output of a node of the
