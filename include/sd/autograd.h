@@ -16,8 +16,9 @@
  *
  * Memory: a node's gradient buffer is recycled for later gradients once its backward has run, and
  * with c->recompute the UNet's blocks are recomputed in the backward instead of keeping their
- * activations (sd_checkpoint in nn.h: every resnet, and the transformer blocks when no attention
- * hook is set, i.e. Null-text's steps; StyleDiffusion's hooked transformer blocks keep theirs). */
+ * activations (sd_checkpoint in nn.h: every resnet, and every transformer block whose maps the
+ * attention hook does not need — StyleDiffusion's value substitution is passed in as an input;
+ * the blocks whose maps its attention loss reads keep their activations). */
 #ifndef SD_AUTOGRAD_H
 #define SD_AUTOGRAD_H
 

@@ -58,15 +58,16 @@ sd_tensor *sd_upload(sd_ctx *c, const sd_tensor *host);
 sd_status sd_download(sd_ctx *c, const sd_tensor *dev, sd_tensor *host);
 /* A new heap (host) tensor holding a copy of `dev`; the caller frees it. */
 sd_tensor *sd_download_new(sd_ctx *c, const sd_tensor *dev);
-/* Block recomputation (activation checkpointing). y = fn(c, block, x, aux), where fn is a pure
- * function of its two inputs (a UNet resnet: x and the time embedding; a transformer block without
- * an attention hook: x and the context). While a tape records and c->recompute is set, fn runs
+/* Block recomputation (activation checkpointing). y = fn(c, block, x, aux, aux2), where fn is a
+ * pure function of its inputs (a UNet resnet: x and the time embedding; a transformer block: x,
+ * the context and the value input its cross-attention reads, resolved from the hook beforehand). While a tape records and c->recompute is set, fn runs
  * without recording, its activations in c->scratch, which is reset right after: only y is kept.
  * The backward pass runs fn again, recording, in the scratch arena, and back-propagates through
- * it. Otherwise it is just fn(c, block, x, aux). `block` must stay valid until the step's
- * backward (model weights, or memory from the activation arena). */
-typedef sd_tensor *(*sd_block_fn)(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *aux);
-sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor *x, sd_tensor *aux);
+ * it. Otherwise it is just fn(c, block, x, aux, aux2). `block` must stay valid until the step's
+ * backward (model weights, or memory from the activation arena). aux and aux2 may be NULL. */
+typedef sd_tensor *(*sd_block_fn)(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *aux, sd_tensor *aux2);
+sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor *x, sd_tensor *aux,
+                         sd_tensor *aux2);
 
 /* Moves every F32 tensor of a weight store to the context's device (no-op on the CPU). */
 struct sd_weights;

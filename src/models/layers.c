@@ -192,10 +192,10 @@ sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_ten
 }
 
 sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
-                              const sd_attn_site *site) {
+                              sd_tensor *value, const sd_attn_site *site) {
     sd_tensor *ctx = context ? context : x;
-    sd_tensor *value_in = ctx;
-    if (site && c->hook && c->hook->value_input && c->status == SD_OK) {
+    sd_tensor *value_in = value ? value : ctx;
+    if (!value && site && c->hook && c->hook->value_input && c->status == SD_OK) {
         sd_tensor *sub = c->hook->value_input(c->hook, c, site, ctx);
         if (sub) value_in = sub;
         if (c->status != SD_OK) return NULL;
@@ -207,27 +207,36 @@ sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, 
     return sd_linear(c, o, &a->to_out);
 }
 
-sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x,
-                                  sd_tensor *context, int *layer, sd_unet_place place) {
+void sd_transformer_sites(const sd_transformer *t, const sd_tensor *x, const sd_tensor *context, int layer,
+                          sd_unet_place place, sd_attn_site sites[2]) {
+    const int64_t H = x->shape[2], W = x->shape[3];
+    const sd_attn_site base = {.place = place, .res_h = H, .res_w = W, .heads = t->attn1.heads,
+                               .batch = x->shape[0], .q_len = H * W};
+    sites[0] = sites[1] = base;
+    sites[0].layer = layer;
+    sites[0].is_cross = 0;
+    sites[0].kv_len = H * W;
+    sites[1].layer = layer + 1;
+    sites[1].is_cross = 1;
+    sites[1].kv_len = context ? context->shape[1] : 0;
+}
+
+sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *context,
+                                  sd_tensor *cross_value, int *layer, sd_unet_place place) {
     if (c->status != SD_OK || !x) return NULL;
-    const int64_t B = x->shape[0], H = x->shape[2], W = x->shape[3];
+    const int64_t H = x->shape[2], W = x->shape[3];
+    sd_attn_site sites[2];
+    sd_transformer_sites(t, x, context, *layer, place, sites);
+    *layer += 2;
     sd_tensor *h = sd_group_norm(c, x, &t->norm, t->groups, 1e-6f, 0);
     h = sd_nchw_to_tokens(c, h);      /* [B, HW, C] */
     h = sd_linear(c, h, &t->proj_in); /* the 1x1 conv, applied per token */
 
-    sd_attn_site site = {.place = place, .res_h = H, .res_w = W, .heads = t->attn1.heads,
-                         .batch = B, .q_len = H * W};
-    site.layer = (*layer)++;
-    site.is_cross = 0;
-    site.kv_len = H * W;
     sd_tensor *n = sd_layer_norm(c, h, &t->norm1, 1e-5f);
-    h = sd_add(c, h, sd_attention_block(c, &t->attn1, n, NULL, &site));
+    h = sd_add(c, h, sd_attention_block(c, &t->attn1, n, NULL, NULL, &sites[0]));
 
-    site.layer = (*layer)++;
-    site.is_cross = 1;
-    site.kv_len = context ? context->shape[1] : 0;
     n = sd_layer_norm(c, h, &t->norm2, 1e-5f);
-    h = sd_add(c, h, sd_attention_block(c, &t->attn2, n, context, &site));
+    h = sd_add(c, h, sd_attention_block(c, &t->attn2, n, context, cross_value, &sites[1]));
 
     n = sd_layer_norm(c, h, &t->norm3, 1e-5f);
     sd_tensor *f = sd_geglu(c, sd_linear(c, n, &t->ff_in));

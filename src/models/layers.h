@@ -50,13 +50,18 @@ sd_tensor *sd_vit_embed(sd_ctx *c, sd_tensor *pixels, const sd_conv_w *patch_con
  * temb_silu: SiLU(time embedding) [B, T], shared by every resnet of a UNet call; NULL in the VAE. */
 sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu);
 /* Attention over tokens x[B, S, C]; context[B, Sk, Dc] or NULL for self-attention. `site` NULL
- * bypasses the hook (VAE). */
+ * bypasses the hook (VAE). `value`, when set, is the value projection's input (else the hook's
+ * substitute, else the context). */
 sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
-                              const sd_attn_site *site);
+                              sd_tensor *value, const sd_attn_site *site);
 /* Transformer2DModel on x[B, C, H, W]. *layer is the running attention-call counter of the UNet
- * forward (incremented twice). */
-sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x,
-                                  sd_tensor *context, int *layer, sd_unet_place place);
+ * forward (incremented twice). `cross_value`: the cross-attention's value input when already
+ * resolved (recomputation), else NULL. */
+sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *context,
+                                  sd_tensor *cross_value, int *layer, sd_unet_place place);
+/* The two attention sites (self, cross) of a transformer block whose first call is `layer`. */
+void sd_transformer_sites(const sd_transformer *t, const sd_tensor *x, const sd_tensor *context, int layer,
+                          sd_unet_place place, sd_attn_site sites[2]);
 
 /* Typed config.json keys, shared by the CLIP vision and the DINO ViT config readers (defined in
  * clip_vision.c). A key is looked up in `override` (an old CLIPModel config's

@@ -90,12 +90,13 @@ sd_status sd_unet_bind(sd_unet *u, const sd_unet_config *cfg, sd_weights *w) {
 
 /* ---- blocks that a gradient step may recompute (sd_checkpoint) ---- */
 
-static sd_tensor *resnet_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *temb_silu) {
+static sd_tensor *resnet_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *temb_silu, sd_tensor *unused) {
+    (void)unused;
     return sd_resnet_forward(c, block, x, temb_silu);
 }
 
 static sd_tensor *resnet(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu) {
-    return sd_checkpoint(c, resnet_block, r, x, temb_silu);
+    return sd_checkpoint(c, resnet_block, r, x, temb_silu, NULL);
 }
 
 typedef struct transformer_call {
@@ -104,23 +105,43 @@ typedef struct transformer_call {
     sd_unet_place place;
 } transformer_call;
 
-static sd_tensor *transformer_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *context) {
+/* The block with its cross-attention's value input given (resolved from the hook beforehand), the
+ * hook set aside: a rerun must neither ask it again nor let it see the calls twice. */
+static sd_tensor *transformer_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *context,
+                                    sd_tensor *value) {
     const transformer_call *call = block;
     int layer = call->layer;
-    return sd_transformer_forward(c, call->t, x, context, &layer, call->place);
+    struct sd_attn_hook *hook = c->hook;
+    c->hook = NULL;
+    sd_tensor *y = sd_transformer_forward(c, call->t, x, context, value, &layer, call->place);
+    c->hook = hook;
+    return y;
 }
 
-/* A transformer block is recomputed only without an attention hook: a hook may substitute inputs
- * the block does not take as arguments (StyleDiffusion's value input) or keep maps it computes
- * (the attention loss's), which a second run would not reproduce. */
+/* A transformer block is recomputed unless the hook needs its maps (they are side outputs: the
+ * attention loss's, P2P's edits) or substitutes a self-attention value; a cross-attention value
+ * substitution (StyleDiffusion's) is resolved here and passed to the block as an input. */
 static sd_tensor *transformer(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *context, int *layer,
                               sd_unet_place place) {
-    if (c->hook || !c->recompute || !c->tape) return sd_transformer_forward(c, t, x, context, layer, place);
+    if (!c->recompute || !c->tape || c->status != SD_OK)
+        return sd_transformer_forward(c, t, x, context, NULL, layer, place);
+    sd_tensor *value = context;
+    struct sd_attn_hook *hook = c->hook;
+    if (hook) {
+        sd_attn_site sites[2];
+        sd_transformer_sites(t, x, context, *layer, place, sites);
+        const int maps = hook->wants_probs && (hook->wants_probs(hook, &sites[0]) || hook->wants_probs(hook, &sites[1]));
+        const int self_value = hook->value_input && hook->value_input(hook, c, &sites[0], x) != NULL;
+        if (maps || self_value) return sd_transformer_forward(c, t, x, context, NULL, layer, place);
+        sd_tensor *sub = hook->value_input ? hook->value_input(hook, c, &sites[1], context) : NULL;
+        if (c->status != SD_OK) return NULL;
+        if (sub) value = sub;
+    }
     transformer_call *call = sd_arena_alloc_host(c->arena, sizeof *call); /* lives until the step's backward */
     if (!call) return sd_ctx_fail(c, SD_ERR_OOM, "out of memory");
     *call = (transformer_call){t, *layer, place};
     *layer += 2; /* its self- and cross-attention */
-    return sd_checkpoint(c, transformer_block, call, x, context);
+    return sd_checkpoint(c, transformer_block, call, x, context, value);
 }
 
 sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, sd_tensor *context) {

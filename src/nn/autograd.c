@@ -220,8 +220,8 @@ static sd_tensor *block_input(sd_ctx *c, const sd_tensor *t, int needs_grad) {
 static void backward_checkpoint(sd_ctx *c, sd_tape_node *n) {
     sd_tape *main_tape = c->tape;
     sd_arena *main_arena = c->arena;
-    sd_tensor *x = n->in[0], *aux = n->in[1];
-    const int need_x = sd_tape_needs_grad(c, x), need_aux = sd_tape_needs_grad(c, aux);
+    int needs[3];
+    for (int i = 0; i < 3; i++) needs[i] = sd_tape_needs_grad(c, n->in[i]);
     if (!main_tape->sub && !(main_tape->sub = sd_tape_new())) {
         sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the recomputation tape");
         return;
@@ -229,18 +229,21 @@ static void backward_checkpoint(sd_ctx *c, sd_tape_node *n) {
     const sd_arena_mark mark = sd_arena_get_mark(c->scratch);
     c->arena = c->scratch;
     c->tape = main_tape->sub;
-    sd_tensor *xl = block_input(c, x, need_x), *al = block_input(c, aux, need_aux);
-    sd_tensor *y = c->status == SD_OK ? n->attr.block.fn(c, n->attr.block.block, xl, al) : NULL;
+    sd_tensor *in[3];
+    for (int i = 0; i < 3; i++) in[i] = block_input(c, n->in[i], needs[i]);
+    sd_tensor *y = c->status == SD_OK ? n->attr.block.fn(c, n->attr.block.block, in[0], in[1], in[2]) : NULL;
     if (y && sd_numel(y) != sd_numel(n->out))
         sd_ctx_fail(c, SD_ERR_INTERNAL, "recomputed block: %lld outputs, %lld the first time",
                     (long long)sd_numel(y), (long long)sd_numel(n->out));
     if (y && c->status == SD_OK) reverse_pass(c, y, n->grad);
-    sd_tensor *gx = xl ? xl->grad : NULL, *ga = al ? al->grad : NULL;
+    sd_tensor *g[3];
+    for (int i = 0; i < 3; i++) g[i] = in[i] ? in[i]->grad : NULL;
     c->tape = main_tape;
     c->arena = main_arena;
-    float *dx = gx ? in_grad(c, n, 0) : NULL, *da = ga ? in_grad(c, n, 1) : NULL;
-    if (dx) BWD(c, n, axpy, 1.0f, sd_f32(gx), dx, sd_numel(x));
-    if (da) BWD(c, n, axpy, 1.0f, sd_f32(ga), da, sd_numel(aux));
+    for (int i = 0; i < 3; i++) {
+        float *d = g[i] ? in_grad(c, n, i) : NULL;
+        if (d) BWD(c, n, axpy, 1.0f, sd_f32(g[i]), d, sd_numel(n->in[i]));
+    }
     sd_tape_reset(main_tape->sub);
     sd_arena_reset(c->scratch, mark);
 }

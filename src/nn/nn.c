@@ -597,12 +597,13 @@ const char *sd_place_name(sd_unet_place p) {
     return "?";
 }
 
-sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor *x, sd_tensor *aux) {
+sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor *x, sd_tensor *aux,
+                         sd_tensor *aux2) {
     if (c->status != SD_OK) return NULL;
     /* recompute only what a gradient flows through, and never inside a recomputation */
     if (!c->recompute || !c->tape || (c->scratch && c->arena == c->scratch) ||
-        !(sd_tape_needs_grad(c, x) || sd_tape_needs_grad(c, aux)))
-        return fn(c, block, x, aux);
+        !(sd_tape_needs_grad(c, x) || sd_tape_needs_grad(c, aux) || sd_tape_needs_grad(c, aux2)))
+        return fn(c, block, x, aux, aux2);
     if (!c->scratch) {
         c->scratch = sd_arena_create_with((size_t)64 << 20, c->be->mem_alloc, c->be->mem_free);
         if (!c->scratch) return sd_ctx_fail(c, SD_ERR_OOM, "out of memory creating the recomputation arena");
@@ -612,14 +613,14 @@ sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor
     const sd_arena_mark mark = sd_arena_get_mark(c->scratch);
     c->tape = NULL;
     c->arena = c->scratch;
-    sd_tensor *inside = fn(c, block, x, aux);
+    sd_tensor *inside = fn(c, block, x, aux, aux2);
     c->arena = main;
     c->tape = tape;
     sd_tensor *y = inside ? sd_new(c, inside->ndim, inside->shape) : NULL;
     if (y) sd_ctx_check(c, c->be->copy(sd_f32(y), sd_f32(inside), sd_numel(y)));
     sd_arena_reset(c->scratch, mark);
     if (c->status != SD_OK) return NULL;
-    sd_tape_node *node = sd_tape_record(c, SD_OP_CHECKPOINT, y, x, aux, NULL);
+    sd_tape_node *node = sd_tape_record(c, SD_OP_CHECKPOINT, y, x, aux, aux2);
     if (node) {
         node->attr.block.fn = fn;
         node->attr.block.block = block;

@@ -27,7 +27,7 @@ typedef enum sd_op_kind {
     SD_OP_ATTN_PROBS,      /* in: q, k; out: maps [B·H, Sq, Sk]; attr heads, scale */
     SD_OP_ATTN_APPLY,      /* in: probs, v; attr heads */
     SD_OP_MSE,             /* in: a, b; out: one element */
-    SD_OP_CHECKPOINT,      /* in: x, aux; attr block: recomputed in the backward (sd_checkpoint) */
+    SD_OP_CHECKPOINT,      /* in: x, aux, aux2; attr block: recomputed in the backward (sd_checkpoint) */
 } sd_op_kind;
 
 typedef struct sd_tape_node {

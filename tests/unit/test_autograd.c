@@ -7,7 +7,8 @@
  *    within 1e-4 (max |g - g_ref| / max |g_ref|); and 10 Adam steps reproducing torch's losses
  *    to 5 significant digits;
  *  - (a) and (b) again with block recomputation (ctx.recompute): the same gradients, in less
- *    activation memory (resnets and, without a hook, transformer blocks are recomputed). */
+ *    activation memory (every resnet and transformer block is recomputed here: no maps are
+ *    captured; (b)'s value input reaches the blocks as an input). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -327,9 +328,9 @@ static void test_grad_recomputed(void **state) {
     /* both figures include the plain forward for eps_c (its activations stay in the arena) */
     assert_true(recomputed < kept * 3 / 4);
     const size_t kept_v = grad_value_input(0), recomputed_v = grad_value_input(1);
-    print_message("    value input step:    %.1f MiB of activations, %.1f MiB recomputing resnets\n",
+    print_message("    value input step:    %.1f MiB of activations, %.1f MiB recomputing blocks\n",
                   kept_v / 1048576.0, recomputed_v / 1048576.0);
-    assert_true(recomputed_v < kept_v);
+    assert_true(recomputed_v < kept_v * 3 / 4);
 }
 
 static void load_mapping(sd_mapping_net *m, const char *prefix) {
