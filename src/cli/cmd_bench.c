@@ -142,7 +142,8 @@ int cmd_bench(int argc, char **argv) {
     }
     if (st == SD_OK) {
         const cli_bench_times e = cli_bench_summarize(ms_eager, iters);
-        const double peak = (double)sd_arena_peak(c->arena) / (1 << 20);
+        /* the activation arena (skip connections, outputs) and the scratch arena (one block) */
+        const double peak = (double)(sd_arena_peak(c->arena) + (c->scratch ? sd_arena_peak(c->scratch) : 0)) / (1 << 20);
         const char *dev = cuda ? "cuda" : "cpu";
         const char *prec = cuda ? sd_precision_name(b.precision) : "exact";
         char latent[32];

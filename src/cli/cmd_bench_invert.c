@@ -1,6 +1,8 @@
 /* cmd_bench_invert.c: `stylediff bench invert`: the cost of inverting one photo with each method
  * (DDIM, negative-prompt, Null-text, StyleDiffusion) beside the quality of its reconstruction —
- * the table the paper leaves empty ("Inference Time (per timestep)"). */
+ * the table the paper leaves empty ("Inference Time (per timestep)") — and the memory it took
+ * (peak of the activation, kept-result and recomputation arenas during the inversion; weights
+ * not included). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,20 +18,21 @@ typedef struct {
     int steps, timesteps_run, iterations;
     double seconds_total, seconds_ddim, seconds_opt;
     double latent_mse, psnr;
+    double peak_mib; /* activations (arena + recomputation scratch) and kept results, over the method */
     sd_status status;
 } bench_row;
 
 static void print_rows(const bench_row *rows, int n, const char *where, int tsv) {
     if (tsv) {
         for (int i = 0; i < n; i++)
-            printf("invert\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%.4f\t%.6g\t%.3f\n", sd_invert_method_name(rows[i].method),
+            printf("invert\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%.4f\t%.6g\t%.3f\t%.0f\n", sd_invert_method_name(rows[i].method),
                    rows[i].steps, rows[i].timesteps_run, rows[i].iterations, rows[i].seconds_total,
-                   rows[i].seconds_ddim, rows[i].seconds_opt, rows[i].latent_mse, rows[i].psnr);
+                   rows[i].seconds_ddim, rows[i].seconds_opt, rows[i].latent_mse, rows[i].psnr, rows[i].peak_mib);
         return;
     }
     printf("inversion cost and reconstruction quality on %s\n", where);
-    printf("%-15s %6s %6s %10s %11s %14s %14s %10s %12s %9s\n", "method", "steps", "timed", "iterations",
-           "ddim inv s", "per timestep s", "per iter ms", "total s", "latent MSE", "PSNR dB");
+    printf("%-15s %6s %6s %10s %11s %14s %14s %10s %12s %9s %9s\n", "method", "steps", "timed", "iterations",
+           "ddim inv s", "per timestep s", "per iter ms", "total s", "latent MSE", "PSNR dB", "peak MiB");
     for (int i = 0; i < n; i++) {
         const bench_row *r = &rows[i];
         if (r->status) {
@@ -42,9 +45,9 @@ static void print_rows(const bench_row *rows, int n, const char *where, int tsv)
         if (isfinite(r->psnr)) snprintf(psnr, sizeof psnr, "%.2f", r->psnr);
         char per_step[32] = "-";
         if (r->timesteps_run) snprintf(per_step, sizeof per_step, "%.3f", r->seconds_opt / r->timesteps_run);
-        printf("%-15s %6d %6d %10d %11.2f %14s %14s %10.2f %12s %9s\n", sd_invert_method_name(r->method),
+        printf("%-15s %6d %6d %10d %11.2f %14s %14s %10.2f %12s %9s %9.0f\n", sd_invert_method_name(r->method),
                r->steps, r->timesteps_run, r->iterations, r->seconds_ddim, per_step, per_iter,
-               r->seconds_total, mse, psnr);
+               r->seconds_total, mse, psnr, r->peak_mib);
     }
 }
 
@@ -141,8 +144,13 @@ int cmd_bench_invert(int argc, char **argv) {
         const int optimising = list[i] == SD_INVERT_NULLTEXT || is_sd;
         if (optimising) o.stop_after = timesteps;
         const sd_arena_mark keep = sd_arena_get_mark(c.keep), act = sd_arena_get_mark(c.arena);
+        sd_arena_reset_peak(c.arena);
+        sd_arena_reset_peak(c.keep);
+        if (c.scratch) sd_arena_reset_peak(c.scratch);
         sd_inversion inv;
         row->status = sd_invert(&c, &m, &o, x, prompt, is_sd ? features : NULL, &inv);
+        row->peak_mib = (double)(sd_arena_peak(c.arena) - act.used + sd_arena_peak(c.keep) - keep.used +
+                                 (c.scratch ? sd_arena_peak(c.scratch) : 0)) / (1 << 20);
         row->steps = o.n_steps;
         if (!row->status) {
             row->timesteps_run = optimising ? (o.stop_after ? o.stop_after : o.n_steps) : 0;

@@ -191,6 +191,15 @@ sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_ten
     return sd_add(c, skip, h); /* output_scale_factor is 1 in SD */
 }
 
+static sd_tensor *resnet_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *temb_silu, sd_tensor *unused) {
+    (void)unused;
+    return sd_resnet_forward(c, block, x, temb_silu);
+}
+
+sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu) {
+    return sd_checkpoint(c, resnet_block, r, x, temb_silu, NULL);
+}
+
 sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
                               sd_tensor *value, const sd_attn_site *site) {
     sd_tensor *ctx = context ? context : x;

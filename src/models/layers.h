@@ -49,6 +49,9 @@ sd_tensor *sd_vit_embed(sd_ctx *c, sd_tensor *pixels, const sd_conv_w *patch_con
 /* h = conv2(silu(gn2(conv1(silu(gn1(x))) + proj(temb_silu)))) + shortcut(x).
  * temb_silu: SiLU(time embedding) [B, T], shared by every resnet of a UNet call; NULL in the VAE. */
 sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu);
+/* The same through sd_checkpoint: its activations live in the scratch arena while it runs (no
+ * gradient) or are recomputed in the backward (c->recompute). What the UNet and VAE call. */
+sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu);
 /* Attention over tokens x[B, S, C]; context[B, Sk, Dc] or NULL for self-attention. `site` NULL
  * bypasses the hook (VAE). `value`, when set, is the value projection's input (else the hook's
  * substitute, else the context). */

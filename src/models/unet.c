@@ -90,15 +90,6 @@ sd_status sd_unet_bind(sd_unet *u, const sd_unet_config *cfg, sd_weights *w) {
 
 /* ---- blocks that a gradient step may recompute (sd_checkpoint) ---- */
 
-static sd_tensor *resnet_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *temb_silu, sd_tensor *unused) {
-    (void)unused;
-    return sd_resnet_forward(c, block, x, temb_silu);
-}
-
-static sd_tensor *resnet(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu) {
-    return sd_checkpoint(c, resnet_block, r, x, temb_silu, NULL);
-}
-
 typedef struct transformer_call {
     const sd_transformer *t;
     int layer; /* the attention-call counter at its first layer */
@@ -118,15 +109,20 @@ static sd_tensor *transformer_block(sd_ctx *c, const void *block, sd_tensor *x, 
     return y;
 }
 
-/* A transformer block is recomputed unless the hook needs its maps (they are side outputs: the
- * attention loss's, P2P's edits) or substitutes a self-attention value; a cross-attention value
- * substitution (StyleDiffusion's) is resolved here and passed to the block as an input. */
+/* A transformer block goes through sd_checkpoint (scratch activations, recomputation):
+ *  - always without an attention hook;
+ *  - with one, only in a gradient step that recomputes, and unless the hook needs the block's maps
+ *    (side outputs that must outlive it: the attention loss's) or substitutes a self-attention
+ *    value; a cross-attention value substitution (StyleDiffusion's) is resolved here, before the
+ *    block, and passed to it as an input. Hooks used in gradient steps must therefore answer
+ *    wants_probs and value_input without side effects (the value-capture hook does). A hooked
+ *    forward without a gradient (P2P editing, whose controllers count their calls) is left as is. */
 static sd_tensor *transformer(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *context, int *layer,
                               sd_unet_place place) {
-    if (!c->recompute || !c->tape || c->status != SD_OK)
-        return sd_transformer_forward(c, t, x, context, NULL, layer, place);
+    if (c->status != SD_OK) return NULL;
     sd_tensor *value = context;
     struct sd_attn_hook *hook = c->hook;
+    if (hook && !(c->recompute && c->tape)) return sd_transformer_forward(c, t, x, context, NULL, layer, place);
     if (hook) {
         sd_attn_site sites[2];
         sd_transformer_sites(t, x, context, *layer, place, sites);
@@ -175,7 +171,7 @@ sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, s
     skips[n_skips++] = h;
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < L; j++) {
-            h = resnet(c, &u->down[i].resnets[j], h, temb_silu);
+            h = sd_resnet_checkpointed(c, &u->down[i].resnets[j], h, temb_silu);
             if (u->down[i].has_attn)
                 h = transformer(c, &u->down[i].attentions[j], h, context, &layer, SD_PLACE_DOWN);
             skips[n_skips++] = h;
@@ -186,15 +182,15 @@ sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, s
         }
     }
 
-    h = resnet(c, &u->mid.resnets[0], h, temb_silu);
+    h = sd_resnet_checkpointed(c, &u->mid.resnets[0], h, temb_silu);
     h = transformer(c, &u->mid.attention, h, context, &layer, SD_PLACE_MID);
-    h = resnet(c, &u->mid.resnets[1], h, temb_silu);
+    h = sd_resnet_checkpointed(c, &u->mid.resnets[1], h, temb_silu);
 
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < L + 1; j++) {
             if (n_skips <= 0) return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: skip connections exhausted");
             h = sd_concat_channels(c, h, skips[--n_skips]);
-            h = resnet(c, &u->up[i].resnets[j], h, temb_silu);
+            h = sd_resnet_checkpointed(c, &u->up[i].resnets[j], h, temb_silu);
             if (u->up[i].has_attn)
                 h = transformer(c, &u->up[i].attentions[j], h, context, &layer, SD_PLACE_UP);
         }

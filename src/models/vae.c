@@ -86,7 +86,7 @@ sd_status sd_vae_bind(sd_vae *v, const sd_vae_config *cfg, sd_weights *w) {
 
 static sd_tensor *mid_forward(sd_ctx *c, const sd_vae *v, const sd_resnet res[2],
                               const sd_norm_w *attn_norm, const sd_attention_w *attn, sd_tensor *h) {
-    h = sd_resnet_forward(c, &res[0], h, NULL);
+    h = sd_resnet_checkpointed(c, &res[0], h, NULL);
     if (c->status != SD_OK) return NULL;
     const int64_t H = h->shape[2], W = h->shape[3];
     sd_tensor *a = sd_group_norm(c, h, attn_norm, v->cfg.norm_num_groups, VAE_EPS, 0);
@@ -94,7 +94,7 @@ static sd_tensor *mid_forward(sd_ctx *c, const sd_vae *v, const sd_resnet res[2]
     a = sd_attention_block(c, attn, a, NULL, NULL, NULL); /* single head, not hooked */
     a = sd_tokens_to_nchw(c, a, H, W);
     h = sd_add(c, a, h);
-    return sd_resnet_forward(c, &res[1], h, NULL);
+    return sd_resnet_checkpointed(c, &res[1], h, NULL);
 }
 
 sd_tensor *sd_vae_encode(sd_ctx *c, const sd_vae *v, sd_tensor *image, sd_tensor **logvar) {
@@ -111,7 +111,7 @@ sd_tensor *sd_vae_encode(sd_ctx *c, const sd_vae *v, sd_tensor *image, sd_tensor
     sd_tensor *h = sd_conv2d(c, image, &v->enc_conv_in, 1, 1);
     for (int i = 0; i < n; i++) {
         for (int j = 0; j < cfg->layers_per_block; j++)
-            h = sd_resnet_forward(c, &v->enc_down[i].resnets[j], h, NULL);
+            h = sd_resnet_checkpointed(c, &v->enc_down[i].resnets[j], h, NULL);
         if (v->enc_down[i].has_downsampler) /* pad right and bottom by one, stride 2, no padding */
             h = sd_conv2d_pad4(c, h, &v->enc_down[i].downsampler, 2, 0, 0, 1, 1);
     }
@@ -147,7 +147,7 @@ sd_tensor *sd_vae_decode(sd_ctx *c, const sd_vae *v, sd_tensor *z) {
     h = mid_forward(c, v, v->dec_mid_resnets, &v->dec_mid_attn_norm, &v->dec_mid_attn, h);
     for (int i = 0; i < cfg->n_blocks; i++) {
         for (int j = 0; j < cfg->layers_per_block + 1; j++)
-            h = sd_resnet_forward(c, &v->dec_up[i].resnets[j], h, NULL);
+            h = sd_resnet_checkpointed(c, &v->dec_up[i].resnets[j], h, NULL);
         if (v->dec_up[i].has_upsampler && c->status == SD_OK) {
             h = sd_upsample_nearest(c, h, 2 * h->shape[2], 2 * h->shape[3]);
             h = sd_conv2d(c, h, &v->dec_up[i].upsampler, 1, 1);

@@ -600,13 +600,16 @@ const char *sd_place_name(sd_unet_place p) {
 sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor *x, sd_tensor *aux,
                          sd_tensor *aux2) {
     if (c->status != SD_OK) return NULL;
-    /* recompute only what a gradient flows through, and never inside a recomputation */
-    if (!c->recompute || !c->tape || (c->scratch && c->arena == c->scratch) ||
-        !(sd_tape_needs_grad(c, x) || sd_tape_needs_grad(c, aux) || sd_tape_needs_grad(c, aux2)))
-        return fn(c, block, x, aux, aux2);
+    const int nested = c->scratch && c->arena == c->scratch;
+    const int grad = c->tape && (sd_tape_needs_grad(c, x) || sd_tape_needs_grad(c, aux) || sd_tape_needs_grad(c, aux2));
+    /* a block a gradient flows through keeps its activations unless asked to recompute them */
+    if (nested || (grad && !c->recompute)) return fn(c, block, x, aux, aux2);
+    /* no gradient (a plain forward): nothing will read the block's activations again, so they
+     * live in the scratch arena only while it runs: a forward then holds the skip connections and
+     * one block, not every activation of the UNet */
     if (!c->scratch) {
         c->scratch = sd_arena_create_with((size_t)64 << 20, c->be->mem_alloc, c->be->mem_free);
-        if (!c->scratch) return sd_ctx_fail(c, SD_ERR_OOM, "out of memory creating the recomputation arena");
+        if (!c->scratch) return sd_ctx_fail(c, SD_ERR_OOM, "out of memory creating the scratch arena");
     }
     struct sd_tape *tape = c->tape;
     sd_arena *main = c->arena;
@@ -620,6 +623,7 @@ sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor
     if (y) sd_ctx_check(c, c->be->copy(sd_f32(y), sd_f32(inside), sd_numel(y)));
     sd_arena_reset(c->scratch, mark);
     if (c->status != SD_OK) return NULL;
+    if (!grad) return y;
     sd_tape_node *node = sd_tape_record(c, SD_OP_CHECKPOINT, y, x, aux, aux2);
     if (node) {
         node->attr.block.fn = fn;
