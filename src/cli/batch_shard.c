@@ -262,7 +262,7 @@ static void set_number(cJSON *obj, const char *key, double value) {
     cJSON_AddNumberToObject(obj, key, value);
 }
 
-void batch_merge(cJSON *report, int n_rows, const int *shard_of_row, cJSON *const *row_stubs,
+void batch_merge(cJSON *report, int n_rows, const int *shard_of_row, cJSON *const *row_placeholders,
                  const batch_worker *workers, int n_workers, batch_totals *totals) {
     memset(totals, 0, sizeof *totals);
     cJSON *workers_json = cJSON_AddArrayToObject(report, "workers");
@@ -300,7 +300,7 @@ void batch_merge(cJSON *report, int n_rows, const int *shard_of_row, cJSON *cons
         if (k < 0 || k >= n_workers) continue;
         const batch_worker *w = &workers[k];
         const cJSON *reported = part_row(w->part, r);
-        cJSON *entry = cJSON_Duplicate(reported ? reported : row_stubs[r], 1);
+        cJSON *entry = cJSON_Duplicate(reported ? reported : row_placeholders[r], 1);
         if (!entry) continue;
         if (!reported) {
             char why[2048];

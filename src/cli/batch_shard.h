@@ -5,7 +5,7 @@
  *     so they go to the same worker (groups assigned greedily, largest first, to balance rows);
  *   - finding rows an earlier run recorded as done (--resume);
  *   - merging the workers' report parts into one report, in CSV order.
- * cmd_batch.c starts the processes and runs the rows. */
+ * workers.c starts the processes (for batch and eval); cmd_batch.c runs the rows. */
 #ifndef SD_CLI_BATCH_SHARD_H
 #define SD_CLI_BATCH_SHARD_H
 
@@ -87,10 +87,10 @@ typedef struct batch_totals {
 
 /* Adds "workers" (one entry per worker: device, exit status or signal, rows) and "rows" to
  * `report`: for each row r with shard_of_row[r] >= 0, in CSV order, the entry its worker's part
- * holds for it (matched by "row"), or a copy of row_stubs[r] marked "not run" with the reason
+ * holds for it (matched by "row"), or a copy of row_placeholders[r] marked "not run" with the reason
  * (the worker crashed, was killed, or never reported it). Every row gets "worker" and "device".
  * Workers are judged by batch_worker_failed. */
-void batch_merge(struct cJSON *report, int n_rows, const int *shard_of_row, struct cJSON *const *row_stubs,
+void batch_merge(struct cJSON *report, int n_rows, const int *shard_of_row, struct cJSON *const *row_placeholders,
                  const batch_worker *workers, int n_workers, batch_totals *totals);
 
 #endif

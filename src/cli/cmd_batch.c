@@ -9,11 +9,9 @@
  *     each one;
  *   - parent (--devices LIST): splits the rows into one shard per device (batch_shard.c: rows that
  *     share an image and prompt share an inversion, so they stay together) and starts one worker
- *     process per device: fork + exec of this same binary (/proc/self/exe) with the original
- *     arguments plus --shard K/N --device DEV. Processes, not threads: the backend keeps its device
- *     state per process, and a worker that dies of a GPU error or of OOM must not take the others
- *     down. The parent loads no model; it waits, then merges the workers' report parts into
- *     DIR/batch_report.json. Rows are independent (no gradient or tensor ever crosses devices), so
+ *     process per device (workers.c: this same binary with the original arguments plus
+ *     --shard K/N --device DEV). The parent loads no model; it waits, then merges the workers'
+ *     report parts into DIR/batch_report.json. Rows are independent (no gradient or tensor ever crosses devices), so
  *     the workers never talk to each other and no NCCL is needed: all they share is the folder
  *     (the inversion cache, written atomically, and their own report parts);
  *   - worker (--shard K/N, set by the parent): runs shard K's rows and rewrites
@@ -22,16 +20,11 @@
  * still exists, is skipped in every role. */
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "batch_shard.h"
 #include "cli.h"
@@ -40,8 +33,7 @@
 #include "sd/device.h"
 #include "sd/edit.h"
 #include "sd/presets.h"
-
-extern char **environ;
+#include "workers.h"
 
 static sd_status make_dir(const char *path) {
     if (mkdir(path, 0755) == 0 || errno == EEXIST) return SD_OK;
@@ -379,152 +371,15 @@ static int run_rows(const batch_settings *s, const csv_table *t, const int *shar
  * The parent of --devices: one worker process per device.
  * --------------------------------------------------------------------------------------------- */
 
-static volatile sig_atomic_t stop_signal = 0;
-static void remember_signal(int sig) { stop_signal = sig; }
-
-/* The last non-empty line of a worker's log: usually the message it died with. */
-static void last_log_line(const char *path, char *out, size_t n) {
-    out[0] = '\0';
-    char *text = NULL;
-    size_t len = 0;
-    if (sd_read_file(path, &text, &len) != SD_OK) {
-        sd_clear_error();
-        return;
-    }
-    while (len && (text[len - 1] == '\n' || text[len - 1] == '\r' || text[len - 1] == ' ')) text[--len] = '\0';
-    const char *start = text + len;
-    while (start > text && start[-1] != '\n' && start[-1] != '\r') start--;
-    snprintf(out, n, "%s", start);
-    free(text);
-}
-
-/* The environment of the workers: when several share the CPU, each gets its part of the cores
- * (unless OMP_NUM_THREADS says otherwise), so they do not fight over every core. Built before fork:
- * the child may only call async-signal-safe functions. */
-static char **worker_environment(int n_cpu_workers, char *omp, char *blas, size_t n) {
-    size_t count = 0;
-    while (environ[count]) count++;
-    char **env = calloc(count + 3, sizeof *env);
-    if (!env) return NULL;
-    size_t k = 0;
-    for (size_t i = 0; i < count; i++) env[k++] = environ[i];
-    if (n_cpu_workers >= 2 && !getenv("OMP_NUM_THREADS")) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        long per_worker = cores > 0 ? cores / n_cpu_workers : 1;
-        if (per_worker < 1) per_worker = 1;
-        snprintf(omp, n, "OMP_NUM_THREADS=%ld", per_worker);
-        env[k++] = omp;
-        if (!getenv("OPENBLAS_NUM_THREADS")) {
-            snprintf(blas, n, "OPENBLAS_NUM_THREADS=%ld", per_worker);
-            env[k++] = blas;
-        }
-    }
-    env[k] = NULL;
-    return env;
-}
-
-/* Starts worker k: its output appended to its log, the arguments of this command plus
- * --shard k/N --device DEV put first (so a "--" among the user's arguments cannot swallow them). */
-static void start_worker(batch_worker *w, int k, int n_workers, int argc, char **argv, char **env, pid_t *pid) {
-    const int fd = open(w->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        snprintf(w->launch_error, sizeof w->launch_error, "%s: cannot open the log: %s", w->log_path, strerror(errno));
-        return;
-    }
-    char shard[32];
-    snprintf(shard, sizeof shard, "%d/%d", k, n_workers);
-    char **args = calloc((size_t)argc + 8, sizeof *args);
-    if (!args) {
-        snprintf(w->launch_error, sizeof w->launch_error, "out of memory");
-        close(fd);
-        return;
-    }
-    int a = 0;
-    args[a++] = "stylediff";
-    args[a++] = "batch";
-    args[a++] = "--shard";
-    args[a++] = shard;
-    args[a++] = "--device";
-    args[a++] = w->device;
-    for (int i = 1; i < argc; i++) args[a++] = argv[i];
-    args[a] = NULL;
-    const time_t now = time(NULL);
-    char when[64];
-    strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", localtime(&now));
-    dprintf(fd, "=== stylediff batch worker %d/%d on %s, %d rows, started %s ===\n", k, n_workers, w->device,
-            w->rows_assigned, when);
-    fflush(NULL); /* nothing buffered may be written twice, once by each process */
-    *pid = fork();
-    if (*pid == 0) {
-        static const char msg[] = "stylediff batch: cannot start the worker: exec of /proc/self/exe failed\n";
-        if (dup2(fd, STDOUT_FILENO) < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(126);
-        execve("/proc/self/exe", args, env);
-        if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) _exit(127);
-        _exit(127);
-    }
-    if (*pid < 0)
-        snprintf(w->launch_error, sizeof w->launch_error, "fork failed: %s", strerror(errno));
-    else
-        w->launched = 1;
-    free(args);
-    close(fd);
-}
-
-/* Waits for every started worker; a SIGINT or SIGTERM to the parent is passed on to them, and the
- * parent still merges what they wrote. */
-static void wait_for_workers(const batch_settings *s, batch_worker *workers, const pid_t *pids, int n_workers) {
-    int running = 0, forwarded = 0;
-    for (int k = 0; k < n_workers; k++) running += workers[k].launched;
-    while (running > 0) {
-        if (stop_signal && !forwarded) {
-            fprintf(stderr, "stylediff batch: %s: stopping the workers; the report will keep what they finished\n",
-                    strsignal(stop_signal));
-            for (int k = 0; k < n_workers; k++)
-                if (workers[k].launched && !workers[k].exited && !workers[k].signal) kill(pids[k], stop_signal);
-            forwarded = 1;
-        }
-        int status = 0;
-        const pid_t pid = waitpid(-1, &status, 0);
-        if (pid < 0) {
-            if (errno == EINTR) continue;
-            break; /* ECHILD: nothing left to wait for */
-        }
-        for (int k = 0; k < n_workers; k++) {
-            if (!workers[k].launched || pids[k] != pid) continue;
-            batch_worker *w = &workers[k];
-            w->exited = WIFEXITED(status);
-            w->exit_status = w->exited ? WEXITSTATUS(status) : 0;
-            w->signal = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-            running--;
-            if (!s->quiet) {
-                if (w->exited)
-                    printf("worker %d (%s) exited with status %d\n", k, w->device, w->exit_status);
-                else
-                    printf("worker %d (%s) was killed by signal %d (%s); see %s\n", k, w->device, w->signal,
-                           strsignal(w->signal), w->log_path);
-                fflush(stdout);
-            }
-        }
-    }
-}
-
 static int run_parent(const batch_settings *s, const batch_devices *devices, const csv_table *t,
                       const int *shard_of_row, int argc, char **argv) {
-    /* a GPU this build or machine cannot use fails here, once, rather than in every worker */
-    for (int k = 0; k < devices->n; k++) {
-        int ordinal = SD_DEVICE_CPU;
-        sd_status st = sd_device_parse(devices->name[k], &ordinal);
-        if (!st && ordinal >= 0) st = sd_cuda_check_device(ordinal);
-        if (st) {
-            sd_fail_context(st, "--devices: %s: ", devices->name[k]);
-            return cli_fail("batch", st);
-        }
-    }
+    sd_status st = workers_check_devices(devices);
+    if (st) return cli_fail("batch", st);
     const int n = devices->n;
     char logs_dir[4200], report_path[4400];
     snprintf(logs_dir, sizeof logs_dir, "%s/logs", s->out_dir);
     snprintf(report_path, sizeof report_path, "%s/batch_report.json", s->out_dir);
-    sd_status st = make_dir(logs_dir);
+    st = make_dir(logs_dir);
     if (!st && s->resume) {
         /* Fold the rows earlier runs finished (merged report and any parts a killed run left) into
          * DIR/batch_report.json before the workers start: they read it to skip those rows, and the
@@ -540,28 +395,25 @@ static int run_parent(const batch_settings *s, const batch_devices *devices, con
     if (st) return cli_fail("batch", st);
 
     batch_worker *workers = calloc((size_t)n, sizeof *workers);
-    pid_t *pids = calloc((size_t)n, sizeof *pids);
-    cJSON **stubs = calloc((size_t)(t->n_rows > 0 ? t->n_rows : 1), sizeof *stubs);
-    if (!workers || !pids || !stubs) {
+    cJSON **placeholders = calloc((size_t)(t->n_rows > 0 ? t->n_rows : 1), sizeof *placeholders);
+    if (!workers || !placeholders) {
         free(workers);
-        free(pids);
-        free(stubs);
+        free(placeholders);
         return cli_fail("batch", sd_fail(SD_ERR_OOM, "out of memory starting %d workers", n));
     }
-    int n_cpu_workers = 0, n_planned = 0;
+    int n_planned = 0;
     for (int row = 0; row < t->n_rows; row++) {
         if (shard_of_row[row] < 0) continue;
         csv_edit e;
         const int decoded = csv_edit_decode(t, row, s->csv_path, &e) == SD_OK;
         sd_clear_error();
-        stubs[row] = row_entry(t, row, decoded ? &e : NULL);
+        placeholders[row] = row_entry(t, row, decoded ? &e : NULL);
         workers[shard_of_row[row]].rows_assigned++;
         n_planned++;
     }
     for (int k = 0; k < n; k++) {
         snprintf(workers[k].device, sizeof workers[k].device, "%s", devices->name[k]);
         snprintf(workers[k].log_path, sizeof workers[k].log_path, "%s/worker-%d.log", logs_dir, k);
-        if (workers[k].rows_assigned && !strcmp(workers[k].device, "cpu")) n_cpu_workers++;
     }
     if (!s->quiet) {
         printf("batch %s: %d rows over %d worker processes\n", s->csv_path, n_planned, n);
@@ -571,27 +423,7 @@ static int run_parent(const batch_settings *s, const batch_devices *devices, con
         fflush(stdout);
     }
 
-    char omp[64], blas[64];
-    char **env = worker_environment(n_cpu_workers, omp, blas, sizeof omp);
-    struct sigaction on_stop = {0}, old_int, old_term;
-    on_stop.sa_handler = remember_signal; /* no SA_RESTART: waitpid returns to pass the signal on */
-    sigemptyset(&on_stop.sa_mask);
-    sigaction(SIGINT, &on_stop, &old_int);
-    sigaction(SIGTERM, &on_stop, &old_term);
-    for (int k = 0; k < n; k++) {
-        if (!workers[k].rows_assigned) continue;
-        if (stop_signal)
-            snprintf(workers[k].launch_error, sizeof workers[k].launch_error, "%s before it was started",
-                     strsignal(stop_signal));
-        else if (!env)
-            snprintf(workers[k].launch_error, sizeof workers[k].launch_error, "out of memory");
-        else
-            start_worker(&workers[k], k, n, argc, argv, env, &pids[k]);
-    }
-    wait_for_workers(s, workers, pids, n);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    free(env);
+    workers_run("batch", argc, argv, workers, n, s->quiet);
 
     for (int k = 0; k < n; k++) {
         batch_worker *w = &workers[k];
@@ -605,31 +437,21 @@ static int run_parent(const batch_settings *s, const batch_devices *devices, con
         }
         sd_clear_error();
         free(text);
-        if (w->launched) last_log_line(w->log_path, w->last_log_line, sizeof w->last_log_line);
     }
     cJSON *report = report_header(s);
     cJSON *devices_json = cJSON_AddArrayToObject(report, "devices");
     for (int k = 0; k < n; k++) cJSON_AddItemToArray(devices_json, cJSON_CreateString(devices->name[k]));
     batch_totals totals;
-    batch_merge(report, t->n_rows, shard_of_row, stubs, workers, n, &totals);
+    batch_merge(report, t->n_rows, shard_of_row, placeholders, workers, n, &totals);
     st = cli_write_json(report_path, report); /* atomic: an earlier report stays whole until replaced */
     if (st) fprintf(stderr, "stylediff batch: %s\n", sd_last_error());
 
-    for (int k = 0; k < n; k++) {
-        const batch_worker *w = &workers[k];
-        char why[1024];
-        if (batch_worker_failed(w, why, sizeof why))
-            fprintf(stderr, "stylediff batch: worker %d (%s) %s%s%s%s; see %s\n", k, w->device, why,
-                    w->last_log_line[0] ? " (its log ends: \"" : "", w->last_log_line, w->last_log_line[0] ? "\")" : "",
-                    w->log_path);
-        cJSON_Delete(w->part);
-    }
+    workers_report_and_release("batch", workers, n);
     printf("batch %s: %d rows done, %d failed, %d skipped, %d not run, on %d workers (%d failed) (%s); report %s\n",
            s->csv_path, totals.done, totals.failed, totals.skipped, totals.not_run, n, totals.workers_failed,
            s->method_name, report_path);
-    for (int row = 0; row < t->n_rows; row++) cJSON_Delete(stubs[row]);
-    free(stubs);
-    free(pids);
+    for (int row = 0; row < t->n_rows; row++) cJSON_Delete(placeholders[row]);
+    free(placeholders);
     free(workers);
     return (st || totals.failed || totals.not_run || totals.workers_failed) ? 1 : 0;
 }
@@ -687,17 +509,8 @@ int cmd_batch(int argc, char **argv) {
     s.csv_path = pos[0];
 
     int shard = 0, n_shards = 1;
-    batch_devices devices = {0};
-    sd_status st = SD_OK;
-    if (shard_spec) { /* a worker: --devices, still among its arguments, was the parent's business */
-        st = batch_parse_shard(shard_spec, &shard, &n_shards);
-    } else if (devices_spec) {
-        if (s.device)
-            st = sd_fail(SD_ERR_ARG, "--device and --devices exclude each other: --devices gives each worker its "
-                                     "device (got --device %s)", s.device);
-        else if (!(st = batch_parse_devices(devices_spec, sd_cuda_device_count, &devices)))
-            n_shards = devices.n;
-    }
+    batch_devices devices;
+    sd_status st = workers_parse_role(shard_spec, devices_spec, s.device, &devices, &shard, &n_shards);
     if (st) return cli_fail("batch", st);
 
     if ((st = sd_invert_method_parse(s.method_name, &s.invert.method))) return cli_fail("batch", st);

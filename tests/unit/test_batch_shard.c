@@ -138,7 +138,7 @@ static void test_assign_groups(void **state) {
  * Merging report parts
  * --------------------------------------------------------------------------------------------- */
 
-static cJSON *stub(int row) {
+static cJSON *placeholder_entry(int row) {
     cJSON *e = cJSON_CreateObject();
     cJSON_AddNumberToObject(e, "line", row + 2);
     cJSON_AddNumberToObject(e, "row", row);
@@ -146,7 +146,7 @@ static cJSON *stub(int row) {
 }
 
 static cJSON *reported(int row, const char *status) {
-    cJSON *e = stub(row);
+    cJSON *e = placeholder_entry(row);
     cJSON_AddStringToObject(e, "status", status);
     return e;
 }
@@ -160,8 +160,8 @@ static void test_merge(void **state) {
     /* rows 0 and 2 on worker 0, which finished (row 2 failed); rows 1 and 3 on worker 1, killed
      * after writing row 1; row 4 outside the range; worker 2 had nothing to do */
     const int shard_of_row[] = {0, 1, 0, 1, -1};
-    cJSON *stubs[5];
-    for (int r = 0; r < 5; r++) stubs[r] = stub(r);
+    cJSON *placeholders[5];
+    for (int r = 0; r < 5; r++) placeholders[r] = placeholder_entry(r);
     batch_worker w[3];
     memset(w, 0, sizeof w);
     snprintf(w[0].device, sizeof w[0].device, "cuda:0");
@@ -192,7 +192,7 @@ static void test_merge(void **state) {
 
     cJSON *report = cJSON_CreateObject();
     batch_totals t;
-    batch_merge(report, 5, shard_of_row, stubs, w, 3, &t);
+    batch_merge(report, 5, shard_of_row, placeholders, w, 3, &t);
     assert_int_equal(t.done, 2);
     assert_int_equal(t.failed, 1);
     assert_int_equal(t.not_run, 1);
@@ -232,7 +232,7 @@ static void test_merge(void **state) {
     cJSON_Delete(w[1].part);
     w[1].part = NULL;
     cJSON *report2 = cJSON_CreateObject();
-    batch_merge(report2, 5, shard_of_row, stubs, w, 3, &t);
+    batch_merge(report2, 5, shard_of_row, placeholders, w, 3, &t);
     assert_int_equal(t.not_run, 2);
     reason = field(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(report2, "rows"), 1), "error");
     assert_non_null(strstr(reason, "exited with status 1 without writing its report part"));
@@ -240,7 +240,7 @@ static void test_merge(void **state) {
     cJSON_Delete(report);
     cJSON_Delete(report2);
     cJSON_Delete(w[0].part);
-    for (int r = 0; r < 5; r++) cJSON_Delete(stubs[r]);
+    for (int r = 0; r < 5; r++) cJSON_Delete(placeholders[r]);
 }
 
 /* ------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 /* test_cli.c: the stylediff command line end to end: the happy paths on the built-in tiny model
  * (small sizes and few steps, so this stays quick) and every bad input the runtime issue lists:
  * each must exit non-zero with a message naming the file, tensor or argument, and never crash. */
+#include <cjson/cJSON.h>
 #include <libgen.h>
 #include <math.h>
 #include <limits.h>
@@ -205,7 +206,8 @@ static void test_bench_grad(void **state) {
 }
 
 /* `eval` on a batch folder: every metric with the tiny CLIP, DINO and (random) LPIPS models, the
- * NS-LPIPS masks made from the batch's model and cached; a folder without a report is named. */
+ * NS-LPIPS masks made from the batch's model and cached; then the same over two CPU worker
+ * processes (--devices cpu,cpu), merged; a folder without a report and a bad device are named. */
 static void test_eval(void **state) {
     (void)state;
     char csv[PATH_MAX + 32], args[4096], lpips[PATH_MAX + 32], report_path[PATH_MAX + 64];
@@ -240,13 +242,69 @@ static void test_eval(void **state) {
                           "\"clip_score_hessel\"", "\"ns_lpips_error\""};
     for (int i = 0; i < 7; i++)
         if (!strstr(text, keys[i])) fail_msg("%s lacks %s:\n%s", report_path, keys[i], text);
+    cJSON *alone = cJSON_Parse(text);
+    assert_non_null(alone);
     free(text);
     snprintf(args, sizeof args, "%s/ev/masks", tmpdir);
     struct stat st;
     assert_int_equal(stat(args, &st), 0);
+
+    /* --devices cpu,cpu: one case per worker; the merged report has both rows, each with its
+     * worker and device, and the same means as the run alone */
+    snprintf(args, sizeof args,
+             "eval %s/ev --clip-score models/tiny-clip --clip-tokenizer models/tiny/tokenizer --dino models/tiny-dino "
+             "--lpips %s --mask-steps 2 --devices cpu,cpu",
+             tmpdir, lpips);
+    run(r, args);
+    if (r->status != 1) fail_msg("status %d:\n%s", r->status, r->out);
+    if (!strstr(r->out, "2 rows over 2 worker processes") || !strstr(r->out, "on 2 workers (0 failed)"))
+        fail_msg("unexpected output:\n%s", r->out);
+    for (int k = 0; k < 2; k++) {
+        snprintf(args, sizeof args, "%s/ev/logs/eval-worker-%d.log", tmpdir, k);
+        assert_sd_ok(sd_read_file(args, &text, &len));
+        if (!strstr(text, "=== stylediff eval worker")) fail_msg("%s:\n%s", args, text);
+        free(text);
+    }
+    assert_sd_ok(sd_read_file(report_path, &text, &len));
+    cJSON *merged = cJSON_Parse(text);
+    if (!merged) fail_msg("%s is not JSON:\n%s", report_path, text);
+    const cJSON *rows = cJSON_GetObjectItemCaseSensitive(merged, "rows");
+    if (cJSON_GetArraySize(rows) != 2) fail_msg("%s: expected 2 rows:\n%s", report_path, text);
+    int workers_seen = 0;
+    for (int i = 0; i < 2; i++) {
+        const cJSON *row = cJSON_GetArrayItem(rows, i);
+        const cJSON *worker = cJSON_GetObjectItemCaseSensitive(row, "worker");
+        assert_string_equal(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(row, "device")), "cpu");
+        assert_true(cJSON_IsNumber(worker));
+        workers_seen |= 1 << worker->valueint;
+        /* report order: case 0 then case 1 */
+        assert_int_equal(cJSON_GetObjectItemCaseSensitive(row, "case_number")->valueint, i);
+        assert_non_null(cJSON_GetObjectItemCaseSensitive(row, "psnr_db"));
+    }
+    if (workers_seen != 3) fail_msg("both workers should have had a row:\n%s", text);
+    const cJSON *workers = cJSON_GetObjectItemCaseSensitive(merged, "workers");
+    for (int k = 0; k < 2; k++)
+        assert_string_equal(
+            cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(workers, k), "status")), "finished");
+    const cJSON *means = cJSON_GetObjectItemCaseSensitive(merged, "means");
+    const cJSON *alone_means = cJSON_GetObjectItemCaseSensitive(alone, "means");
+    const char *mean_keys[] = {"psnr_db", "ssim", "clip_score", "structure_dist", "ns_lpips", "clip_score_torchmetrics",
+                               "clip_score_hessel"};
+    for (int i = 0; i < 7; i++) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(means, mean_keys[i]);
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(alone_means, mean_keys[i]);
+        if (!cJSON_IsNumber(m) || !cJSON_IsNumber(a) || fabs(m->valuedouble - a->valuedouble) > 1e-3)
+            fail_msg("mean %s: %g merged, %g alone:\n%s", mean_keys[i], m ? m->valuedouble : NAN,
+                     a ? a->valuedouble : NAN, text);
+    }
+    cJSON_Delete(merged);
+    cJSON_Delete(alone);
+    free(text);
     free(r);
     snprintf(args, sizeof args, "eval %s", tmpdir);
     expect_failure(args, "batch_report.json");
+    snprintf(args, sizeof args, "eval %s/ev --devices cpu,tpu", tmpdir);
+    expect_failure(args, "--devices 'cpu,tpu': entry 2 'tpu' is not a device");
 }
 
 int main(int argc, char **argv) {
