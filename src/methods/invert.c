@@ -76,16 +76,32 @@ static sd_status check_finite_loss(float loss, int i, int t, int j) {
                    isnan(loss) ? "NaN" : "infinite");
 }
 
-sd_status sd_invert_check_step(sd_ctx *c, float loss, const sd_tensor *const *grads, int n_grads, int i,
-                               int t, int j) {
+/* NaN/Inf guard: the loss and every gradient of the step. */
+static sd_status check_step(sd_ctx *c, float loss, const sd_adam *opt, int i, int t, int j) {
     sd_status st = check_finite_loss(loss, i, t, j);
     if (st) return c->status = st;
-    for (int g = 0; g < n_grads; g++)
-        if (grads[g] && !sd_all_finite(c, grads[g]))
+    for (int g = 0; g < opt->n; g++) {
+        const sd_tensor *grad = opt->params[g]->grad;
+        if (grad && !sd_all_finite(c, grad))
             return c->status = sd_fail(SD_ERR_NUMERIC,
                                        "timestep %d (t = %d), iteration %d: the gradient of '%s' has NaN or Inf; stopping",
-                                       i, t, j, grads[g]->name[0] ? grads[g]->name : "a parameter");
+                                       i, t, j, opt->params[g]->name[0] ? opt->params[g]->name : "a parameter");
+    }
     return sd_ctx_status(c);
+}
+
+int sd_invert_finish_iteration(sd_ctx *c, sd_tape *tape, sd_arena_mark mark, sd_tensor *loss, sd_adam *opt,
+                               const sd_invert_options *o, sd_step_stats *stat, int i, int t, int j) {
+    const float value = sd_item(c, loss); /* the reference's loss.item(): the early stop reads it */
+    sd_backward(c, loss);
+    sd_ctx_set_tape(c, NULL);
+    if (check_step(c, value, opt, i, t, j) == SD_OK) sd_adam_step(c, opt);
+    sd_tape_reset(tape);
+    sd_arena_reset(c->arena, mark);
+    if (j == 0) stat->first_loss = value;
+    stat->last_loss = value;
+    stat->iterations = j + 1;
+    return c->status != SD_OK || (double)value < o->early_stop + (double)i * 2e-5;
 }
 
 sd_status sd_invert(sd_ctx *c, const sd_model *m, const sd_invert_options *o, sd_tensor *image,

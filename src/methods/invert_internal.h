@@ -2,6 +2,7 @@
 #ifndef SD_INVERT_INTERNAL_H
 #define SD_INVERT_INTERNAL_H
 
+#include "sd/autograd.h"
 #include "sd/inversion.h"
 
 /* What every inversion starts from: the schedule, the prompt and null embeddings, the encoded
@@ -33,10 +34,15 @@ sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_map
                                       sd_tensor *features, sd_tensor *z, int t, sd_tensor *cond,
                                       struct sd_value_capture_hook *capture);
 
-/* NaN/Inf guard for one optimisation iteration: fails with SD_ERR_NUMERIC naming the timestep,
- * t and iteration when the loss or any gradient is not finite. */
-sd_status sd_invert_check_step(sd_ctx *c, float loss, const sd_tensor *const *grads, int n_grads,
-                               int i, int t, int j);
+/* The end of optimiser iteration j of timestep i (t), shared by Null-text and StyleDiffusion,
+ * as the reference runs it: read the loss, back-propagate, stop with SD_ERR_NUMERIC naming the
+ * timestep, t and iteration when the loss or a gradient of opt's parameters is not finite, else
+ * take the Adam step; then reset the tape and the activations to `mark` and record the loss in
+ * `stat`. Returns 1 when the loop ends here (early stop: loss < early_stop + i·2e-5, compared as
+ * Python does; or a failure), 0 to go on. */
+struct sd_tape;
+int sd_invert_finish_iteration(sd_ctx *c, struct sd_tape *tape, sd_arena_mark mark, sd_tensor *loss, sd_adam *opt,
+                               const sd_invert_options *o, sd_step_stats *stat, int i, int t, int j);
 
 /* A host copy of a device tensor. */
 sd_tensor *sd_to_host(sd_ctx *c, const sd_tensor *t);

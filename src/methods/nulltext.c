@@ -47,17 +47,7 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
             sd_tensor *eps_u = sd_unet_forward(c, &m->unet, z, (float)t, null_text);
             sd_tensor *eps = sd_cfg_combine(c, eps_u, eps_c, o->guidance);
             sd_tensor *loss = sd_mse(c, sd_ddim_prev_step(c, &s->sched, eps, t, z), target);
-            const float value = sd_item(c, loss);
-            sd_backward(c, loss);
-            sd_ctx_set_tape(c, NULL);
-            const sd_tensor *grads[1] = {null_text->grad};
-            if (sd_invert_check_step(c, value, grads, 1, i, t, j) == SD_OK) sd_adam_step(c, &opt);
-            sd_tape_reset(tape);
-            sd_arena_reset(c->arena, mark);
-            if (j == 0) stat->first_loss = value;
-            stat->last_loss = value;
-            stat->iterations = j + 1;
-            if ((double)value < o->early_stop + (double)i * 2e-5) break; /* as Python compares */
+            if (sd_invert_finish_iteration(c, tape, mark, loss, &opt, o, stat, i, t, j)) break;
         }
         sd_adam_free(&opt);
         out->null_embeddings[i] = sd_to_host(c, null_text);

@@ -125,18 +125,7 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
                 for (int l = 0; l < capture.n_captured && c->status == SD_OK; l++)
                     loss = sd_add(c, loss, sd_mse(c, gt[N - i][l], capture.captured[l]));
             }
-            const float value = sd_item(c, loss);
-            sd_backward(c, loss);
-            sd_ctx_set_tape(c, NULL);
-            const sd_tensor *grads[SD_MAP_N_PARAMS];
-            for (int p = 0; p < SD_MAP_N_PARAMS; p++) grads[p] = net.params[p]->grad;
-            if (sd_invert_check_step(c, value, grads, SD_MAP_N_PARAMS, i, t, j) == SD_OK) sd_adam_step(c, &opt);
-            sd_tape_reset(tape);
-            sd_arena_reset(c->arena, mark);
-            if (j == 0) stat->first_loss = value;
-            stat->last_loss = value;
-            stat->iterations = j + 1;
-            if ((double)value < o->early_stop + (double)i * 2e-5) break; /* as Python compares */
+            if (sd_invert_finish_iteration(c, tape, mark, loss, &opt, o, stat, i, t, j)) break;
         }
         sd_adam_free(&opt);
         for (int p = 0; p < SD_MAP_N_PARAMS; p++) out->mapping[i][p] = sd_to_host(c, net.params[p]);

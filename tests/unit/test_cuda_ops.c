@@ -861,6 +861,47 @@ static void test_elementwise_backward(void **state) {
     }
 }
 
+/* Fused attention backward of one case on the GPU (both precisions) against the CPU, with the
+ * gradient buffers pre-filled at acc_scale (the op accumulates). Fills *io with the inputs for
+ * further checks. */
+typedef struct attn_backward_io {
+    float *q, *k, *v, *out, *dout, *dq0, *qd, *kd, *vd, *outd, *doutd;
+    int64_t nq;
+    float scale;
+} attn_backward_io;
+
+static void check_attention_backward(const attn_case *c, uint64_t seed, float acc_scale, const char *label,
+                                     attn_backward_io *io) {
+    float *q, *k, *v;
+    attn_inputs(c, seed, &q, &k, &v);
+    const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
+    const int64_t no = c->B * c->Sq * c->H * c->Dv;
+    const float scale = 1.0f / sqrtf((float)c->D);
+    float *out = hnew(no), *dout = hrand(no, seed + 5, 1.0f);
+    assert_sd_ok(cpu->attention(q, k, v, out, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+    float *dq0 = hrand(nq, seed + 6, acc_scale), *dk0 = hrand(nk, seed + 7, acc_scale), *dv0 = hrand(nv, seed + 8, acc_scale);
+    float *dq = hcopy(dq0, nq), *dk = hcopy(dk0, nk), *dv = hcopy(dv0, nv);
+    assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, dq, dk, dv, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale,
+                                         c->causal));
+    float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *outd = dput(out, no), *doutd = dput(dout, no);
+    for (int m = 0; m < 2; m++) {
+        set_mode(modes[m]);
+        float *dqd = dput(dq0, nq), *dkd = dput(dk0, nk), *dvd = dput(dv0, nv);
+        assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, dqd, dkd, dvd, c->B, c->Sq, c->Sk, c->H, c->D,
+                                             c->Dv, scale, c->causal));
+        const char *grads[3] = {"dq", "dk", "dv"};
+        float *got[3] = {dqd, dkd, dvd}, *want[3] = {dq, dk, dv};
+        const int64_t n[3] = {nq, nk, nv};
+        for (int g = 0; g < 3; g++) {
+            char what[128], prefix[96];
+            snprintf(prefix, sizeof prefix, "%s %s", label, grads[g]);
+            attn_name(what, sizeof what, prefix, c);
+            check_dev(what, got[g], want[g], n[g], tol_for(modes[m], TOL_BWD));
+        }
+    }
+    *io = (attn_backward_io){q, k, v, out, dout, dq0, qd, kd, vd, outd, doutd, nq, scale};
+}
+
 static void test_attention_backward(void **state) {
     (void)state;
     testutil_skip_without_gpu();
@@ -872,39 +913,16 @@ static void test_attention_backward(void **state) {
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const attn_case *c = &cases[t];
-        float *q, *k, *v;
-        attn_inputs(c, 1000 + 10 * t, &q, &k, &v);
-        const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
-        const int64_t no = c->B * c->Sq * c->H * c->Dv;
-        const float scale = 1.0f / sqrtf((float)c->D);
-        float *out = hnew(no), *dout = hrand(no, 1005 + 10 * t, 1.0f);
-        assert_sd_ok(cpu->attention(q, k, v, out, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
-        float *dq0 = hrand(nq, 1006 + 10 * t, 0.5f), *dk0 = hrand(nk, 1007 + 10 * t, 0.5f), *dv0 = hrand(nv, 1008 + 10 * t, 0.5f);
-        float *dq = hcopy(dq0, nq), *dk = hcopy(dk0, nk), *dv = hcopy(dv0, nv);
-        assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, dq, dk, dv, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale,
-                                             c->causal));
-        float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *outd = dput(out, no), *doutd = dput(dout, no);
-        for (int m = 0; m < 2; m++) {
-            set_mode(modes[m]);
-            float *dqd = dput(dq0, nq), *dkd = dput(dk0, nk), *dvd = dput(dv0, nv);
-            assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, dqd, dkd, dvd, c->B, c->Sq, c->Sk, c->H, c->D,
-                                                 c->Dv, scale, c->causal));
-            char what[128];
-            attn_name(what, sizeof what, "attention_backward dq", c);
-            check_dev(what, dqd, dq, nq, tol_for(modes[m], TOL_BWD));
-            attn_name(what, sizeof what, "attention_backward dk", c);
-            check_dev(what, dkd, dk, nk, tol_for(modes[m], TOL_BWD));
-            attn_name(what, sizeof what, "attention_backward dv", c);
-            check_dev(what, dvd, dv, nv, tol_for(modes[m], TOL_BWD));
-        }
+        attn_backward_io io;
+        check_attention_backward(c, 1000 + 10 * t, 0.5f, "attention_backward", &io);
         /* only dq (dk, dv NULL) */
         set_mode(SD_PRECISION_EXACT);
-        float *dq_only = hcopy(dq0, nq), *dqd = dput(dq0, nq);
-        assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, dq_only, NULL, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv,
-                                             scale, c->causal));
-        assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, dqd, NULL, NULL, c->B, c->Sq, c->Sk, c->H, c->D,
-                                             c->Dv, scale, c->causal));
-        check_dev("attention_backward dq only", dqd, dq_only, nq, TOL_BWD);
+        float *dq_only = hcopy(io.dq0, io.nq), *dqd = dput(io.dq0, io.nq);
+        assert_sd_ok(cpu->attention_backward(io.q, io.k, io.v, io.out, io.dout, dq_only, NULL, NULL, c->B, c->Sq, c->Sk,
+                                             c->H, c->D, c->Dv, io.scale, c->causal));
+        assert_sd_ok(gpu->attention_backward(io.qd, io.kd, io.vd, io.outd, io.doutd, dqd, NULL, NULL, c->B, c->Sq, c->Sk,
+                                             c->H, c->D, c->Dv, io.scale, c->causal));
+        check_dev("attention_backward dq only", dqd, dq_only, io.nq, TOL_BWD);
     }
 }
 
@@ -1476,32 +1494,8 @@ static void test_attention_backward_chunked(void **state) {
     const attn_case cases[] = {{1, 2000, 40000, 1, 8, 8, 1}, {1, 1000, 20000, 2, 8, 16, 0}};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const attn_case *c = &cases[t];
-        float *q, *k, *v;
-        attn_inputs(c, 1700 + 10 * t, &q, &k, &v);
-        const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
-        const int64_t no = c->B * c->Sq * c->H * c->Dv;
-        const float scale = 1.0f / sqrtf((float)c->D);
-        float *out = hnew(no), *dout = hrand(no, 1705 + 10 * t, 1.0f);
-        assert_sd_ok(cpu->attention(q, k, v, out, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
-        float *dq0 = hrand(nq, 1706 + 10 * t, 1e-3f), *dk0 = hrand(nk, 1707 + 10 * t, 1e-3f);
-        float *dv0 = hrand(nv, 1708 + 10 * t, 1e-3f);
-        float *dq = hcopy(dq0, nq), *dk = hcopy(dk0, nk), *dv = hcopy(dv0, nv);
-        assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, dq, dk, dv, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale,
-                                             c->causal));
-        float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *outd = dput(out, no), *doutd = dput(dout, no);
-        for (int m = 0; m < 2; m++) {
-            set_mode(modes[m]);
-            float *dqd = dput(dq0, nq), *dkd = dput(dk0, nk), *dvd = dput(dv0, nv);
-            assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, dqd, dkd, dvd, c->B, c->Sq, c->Sk, c->H, c->D,
-                                                 c->Dv, scale, c->causal));
-            char what[128];
-            attn_name(what, sizeof what, "attention_backward (chunked) dq", c);
-            check_dev(what, dqd, dq, nq, tol_for(modes[m], TOL_BWD));
-            attn_name(what, sizeof what, "attention_backward (chunked) dk", c);
-            check_dev(what, dkd, dk, nk, tol_for(modes[m], TOL_BWD));
-            attn_name(what, sizeof what, "attention_backward (chunked) dv", c);
-            check_dev(what, dvd, dv, nv, tol_for(modes[m], TOL_BWD));
-        }
+        attn_backward_io io;
+        check_attention_backward(c, 1700 + 10 * t, 1e-3f, "attention_backward (chunked)", &io);
     }
     /* the maps' backward, chunked: 986 + 14 query rows */
     const attn_case c = {1, 1000, 34000, 1, 8, 8, 0};

@@ -36,7 +36,7 @@
 /* guarded vs CPU: the same CPU code; only the OpenMP split can reorder sums */
 #define TOL 1e-5
 /* recomputed blocks reorder gradient sums (~1e-7), which Adam's first steps amplify */
-#define RECOMPUTE_TOL 3e-4
+#define RECOMPUTE_TOL 1e-4
 /* CUDA exact mode vs CPU: one model call or one gradient (the issues' bound) */
 #define CUDA_TOL 1e-4
 /* CUDA vs CPU after a few optimiser steps and an edit (see above) */
