@@ -3,6 +3,7 @@
 #   make test     set up (deps), build and run every test; ends with "N passed, N failed, N skipped"
 #   make demo     set up, build and run the main job on the built-in tiny model
 #   make deps     install missing Debian packages (as root) or print the command to run
+#   make sim-test   the CUDA backend's tests on the host simulator of the GPU (tools/cudasim), alone
 #   make test-asan  parser tests under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make oracle   regenerate the committed fixtures with the PyTorch oracle (needs .venv; CI never runs it)
 
@@ -17,7 +18,16 @@ CFLAGS  += $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/inclu
 
 NVCC    := $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))
 CUDA_SRC := $(wildcard kernels/*.cu)
-ifneq ($(NVCC),)
+# SIM=1 (make sim-test, folder build-sim): the CUDA backend compiled by g++ against the host
+# simulator of CUDA, cuBLAS, cuBLASLt and cuDNN in tools/cudasim, so CI runs every kernel.
+SIM_SRC := tools/cudasim/cudasim_runtime.cpp tools/cudasim/cublas_sim.cpp tools/cudasim/cudnn_sim.cpp
+ifeq ($(SIM),1)
+  CFLAGS  += -DSD_HAVE_CUDA -DSD_CUDA_SIM
+  SIM_CXXFLAGS := -std=c++17 -O3 -march=native -g -fopenmp -DSD_CUDA_SIM -Itools/cudasim/include -Iinclude -MMD -MP -Wall -Wextra \
+                  -Wno-unused-parameter -Wno-unknown-pragmas -fno-strict-aliasing
+  LDLIBS  += -lstdc++
+  CUDA_OBJ := $(patsubst kernels/%.cu,$(BUILD)/obj/kernels/%.o,$(CUDA_SRC)) $(patsubst %.cpp,$(BUILD)/obj/%.o,$(SIM_SRC))
+else ifneq ($(NVCC),)
 ifneq ($(CUDA_SRC),)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   CFLAGS  += -DSD_HAVE_CUDA -I$(CUDA_HOME)/include
@@ -35,7 +45,7 @@ TEST_SRC := $(wildcard tests/unit/test_*.c)
 TEST_BIN := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 TEST_HELPERS := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/unit/helpers/*.c))
 
-.PHONY: all test demo deps test-asan oracle clean bench
+.PHONY: all test sim-test demo deps test-asan oracle clean bench
 .SECONDARY:
 all: $(BUILD)/stylediff $(BUILD)/libstylediff.a
 
@@ -45,7 +55,15 @@ $(BUILD)/obj/%.o: %.c
 
 $(BUILD)/obj/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
+ifeq ($(SIM),1)
+	$(CXX) $(SIM_CXXFLAGS) -x c++ -c $< -o $@
+else
 	$(NVCC) $(NVFLAGS) -c $< -o $@
+endif
+
+$(BUILD)/obj/tools/cudasim/%.o: tools/cudasim/%.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(SIM_CXXFLAGS) -c $< -o $@
 
 $(BUILD)/libstylediff.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -61,9 +79,28 @@ $(BUILD)/tests/%: tests/unit/%.c $(TEST_HELPERS) $(BUILD)/libstylediff.a
 deps:
 	@sh tools/deps.sh
 
+# The CUDA backend under the host simulator (tools/cudasim, build-sim/): the simulator's own
+# checks, then every test with GPU cases, which the simulated device runs instead of skipping.
+SIM_TEST_BIN := build-sim/tests/test_cudasim_runtime build-sim/tests/test_cudasim_libs build-sim/tests/test_cuda_ops \
+                build-sim/tests/test_device_parity build-sim/tests/test_lpips
+
 test: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) all $(TEST_BIN)
-	@sh tests/run_tests.sh $(TEST_BIN)
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-sim SIM=1 $(SIM_TEST_BIN)
+	@sh tests/run_tests.sh $(TEST_BIN) $(SIM_TEST_BIN)
+
+sim-test: deps
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-sim SIM=1 $(SIM_TEST_BIN)
+	@sh tests/run_tests.sh $(SIM_TEST_BIN)
+
+$(BUILD)/tests/test_cudasim_runtime: tools/cudasim/test_cudasim_runtime.cpp $(BUILD)/obj/tools/cudasim/cudasim_runtime.o
+	@mkdir -p $(dir $@)
+	$(CXX) $(SIM_CXXFLAGS) -o $@ $^
+
+$(BUILD)/tests/test_cudasim_libs: tools/cudasim/test_cudasim_libs.cpp tools/cudasim/test_cudasim_libs_stubs.cpp \
+                                  $(BUILD)/obj/tools/cudasim/cublas_sim.o $(BUILD)/obj/tools/cudasim/cudnn_sim.o
+	@mkdir -p $(dir $@)
+	$(CXX) $(SIM_CXXFLAGS) -o $@ $^
 
 demo: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) all
@@ -82,6 +119,6 @@ bench: all
 	@sh bench/run_cpu.sh
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-sim
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

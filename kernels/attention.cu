@@ -76,7 +76,7 @@ template <int DCH> struct ex_smem {
 template <int DCH>
 __global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params p) {
     typedef ex_smem<DCH> L;
-    extern __shared__ float4 smem_f4[];
+    CU_DYNAMIC_SHARED(float4, smem_f4);
     float *smem = reinterpret_cast<float *>(smem_f4);
     float *Qs = smem + L::q_off; /* [BQ][DS] queries of this block */
     float *Ks = smem + L::k_off; /* [BK][DS] key tile */
@@ -223,7 +223,7 @@ template <int DCH> static sd_status launch_exact(const attn_params &p, int64_t B
         configured |= bit;
     }
     dim3 grid((unsigned)((p.Sq + EX_BQ - 1) / EX_BQ), (unsigned)(B * p.H));
-    k_flash_exact<DCH><<<grid, EX_THREADS, smem, cu_cur()->stream>>>(p);
+    CU_LAUNCH(k_flash_exact<DCH>, grid, EX_THREADS, smem, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention (exact)");
     return SD_OK;
 }
@@ -269,16 +269,20 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 /* c[0..3] += A(16x16, row-major fragment a[0..3]) · B(16x8, column fragment b0, b1) */
 __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#ifdef SD_CUDA_SIM
+    cudasim::mma_m16n8k16_bf16(c, a, b0, b1); /* the same fragment layout, computed on the host */
+#else
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 template <int DK>
 __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params p) {
     typedef fa_smem<DK> L;
-    extern __shared__ float4 smem_f4[];
+    CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
     __nv_bfloat16 *Qs = smem + L::q_off; /* [BQ][QS] */
     __nv_bfloat16 *Ks = smem + L::k_off; /* [BK][KS] */
@@ -432,7 +436,7 @@ template <int DK> static sd_status launch_fast(const attn_params &p, int64_t B) 
         configured |= bit;
     }
     dim3 grid((unsigned)((p.Sq + FA_BQ - 1) / FA_BQ), (unsigned)(B * p.H));
-    k_flash_fast<DK><<<grid, FA_THREADS, smem, cu_cur()->stream>>>(p);
+    CU_LAUNCH(k_flash_fast<DK>, grid, FA_THREADS, smem, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention (fast)");
     return SD_OK;
 }
@@ -479,7 +483,7 @@ __global__ void k_softmax_rows(float *x, int64_t rows, int64_t rows_per_head, in
 static sd_status softmax_rows(float *x, int64_t rows, int64_t rows_per_head, int64_t q_offset, int64_t Sk, int causal) {
     if (rows <= 0 || Sk <= 0) return SD_OK;
     const int per_block = 8;
-    k_softmax_rows<<<(unsigned)((rows + per_block - 1) / per_block), per_block * 32, 0, cu_cur()->stream>>>(
+    CU_LAUNCH(k_softmax_rows, (unsigned)((rows + per_block - 1) / per_block), per_block * 32, 0, cu_cur()->stream)(
         x, rows, rows_per_head, q_offset, Sk, causal);
     LAUNCH_CHECK("softmax rows");
     return SD_OK;

@@ -39,7 +39,7 @@ static sd_status softmax_grad_rows(const float *P, const float *dP, float *dS, i
                                    int64_t head_rows, int64_t base_row, int64_t Sk) {
     if (rows <= 0) return SD_OK;
     const int per_block = 8;
-    k_softmax_grad_rows<<<(unsigned)((rows + per_block - 1) / per_block), per_block * 32, 0, cu_cur()->stream>>>(
+    CU_LAUNCH(k_softmax_grad_rows, (unsigned)((rows + per_block - 1) / per_block), per_block * 32, 0, cu_cur()->stream)(
         P, dP, dS, rows, rows_per_head, head_rows, base_row, Sk);
     LAUNCH_CHECK("softmax grad rows");
     return SD_OK;

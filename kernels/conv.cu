@@ -141,7 +141,9 @@ static sd_status plan_get(const sd_conv_geom *g, cu_conv_plan **out) {
     return SD_OK;
 }
 
-/* Exact mode keeps to algorithms that sum products directly (GEMM-like), in fp32 FMA math. */
+/* Exact mode keeps to algorithms that sum products directly (GEMM-like), in fp32 FMA math, and
+ * that cuDNN lists as deterministic (the atomics-based backward algorithms are not: their sums
+ * would differ from run to run by rounding, which parity checks and bisections cannot live with). */
 static int fwd_algo_exact_ok(cudnnConvolutionFwdAlgo_t a) {
     return a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
            a == CUDNN_CONVOLUTION_FWD_ALGO_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT;
@@ -171,6 +173,7 @@ static sd_status choose_fwd(cu_state *s, cu_conv_plan *p, int force_fallback) {
                                                            CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
         for (int i = 0; i < returned && !found; i++) {
             if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
+            if (exact && perf[i].determinism != CUDNN_DETERMINISTIC) continue; /* exact mode is reproducible */
             if (exact && (!fwd_algo_exact_ok(perf[i].algo) || !exact_math_ok(perf[i].mathType))) continue;
             p->fwd_algo = perf[i].algo;
             p->fwd_math = exact ? CUDNN_FMA_MATH : perf[i].mathType;
@@ -199,6 +202,7 @@ static sd_status choose_bwd_data(cu_state *s, cu_conv_plan *p, int force_fallbac
                                                                 CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf));
         for (int i = 0; i < returned && !found; i++) {
             if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
+            if (exact && perf[i].determinism != CUDNN_DETERMINISTIC) continue; /* exact mode is reproducible */
             if (exact && (!bwd_data_algo_exact_ok(perf[i].algo) || !exact_math_ok(perf[i].mathType))) continue;
             p->bwd_data_algo = perf[i].algo;
             p->bwd_data_math = exact ? CUDNN_FMA_MATH : perf[i].mathType;
@@ -228,6 +232,7 @@ static sd_status choose_bwd_filter(cu_state *s, cu_conv_plan *p, int force_fallb
                                                                   perf));
         for (int i = 0; i < returned && !found; i++) {
             if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
+            if (exact && perf[i].determinism != CUDNN_DETERMINISTIC) continue; /* exact mode is reproducible */
             if (exact && (!bwd_filter_algo_exact_ok(perf[i].algo) || !exact_math_ok(perf[i].mathType))) continue;
             p->bwd_filter_algo = perf[i].algo;
             p->bwd_filter_math = exact ? CUDNN_FMA_MATH : perf[i].mathType;
@@ -286,7 +291,7 @@ __global__ void k_add_bias_nchw(float *y, const float *b, int64_t C, int64_t S, 
 static sd_status pad_input(const cu_conv_plan *p, const float *x, float *xp) {
     const sd_conv_geom *g = &p->g;
     const int64_t n = g->batch * g->c_in * p->hp * p->wp;
-    k_pad_input<<<cu_blocks(n, 256), 256, 0, cu_cur()->stream>>>(x, xp, g->batch * g->c_in, g->h_in, g->w_in, p->hp,
+    CU_LAUNCH(k_pad_input, cu_blocks(n, 256), 256, 0, cu_cur()->stream)(x, xp, g->batch * g->c_in, g->h_in, g->w_in, p->hp,
                                                                   p->wp, g->pad_top, g->pad_left);
     LAUNCH_CHECK("conv pad");
     return SD_OK;
@@ -321,7 +326,7 @@ sd_status cu_conv2d(const float *x, const float *w, const float *b, float *y, co
     }
     if (b) {
         const int64_t S = g->h_out * g->w_out, n = g->batch * g->c_out * S;
-        k_add_bias_nchw<<<cu_blocks(n, 256), 256, 0, s->stream>>>(y, b, g->c_out, S, n);
+        CU_LAUNCH(k_add_bias_nchw, cu_blocks(n, 256), 256, 0, s->stream)(y, b, g->c_out, S, n);
         LAUNCH_CHECK("conv bias");
     }
     return SD_OK;
@@ -350,7 +355,7 @@ sd_status cu_conv2d_backward_data(const float *dy, const float *w, float *dx, co
         if (st == CUDNN_STATUS_SUCCESS) {
             if (p->padded) {
                 const int64_t n = g->batch * g->c_in * g->h_in * g->w_in;
-                k_unpad_add<<<cu_blocks(n, 256), 256, 0, s->stream>>>((const float *)ws, dx, g->batch * g->c_in,
+                CU_LAUNCH(k_unpad_add, cu_blocks(n, 256), 256, 0, s->stream)((const float *)ws, dx, g->batch * g->c_in,
                                                                        g->h_in, g->w_in, p->hp, p->wp, g->pad_top,
                                                                        g->pad_left);
                 LAUNCH_CHECK("conv unpad");

@@ -53,8 +53,11 @@ sd_status cu_fail_cublas(cublasStatus_t st, const char *file, int line, const ch
 }
 
 sd_status cu_fail_cudnn(cudnnStatus_t st, const char *file, int line, const char *call) {
+    /* cuDNN 9: CUDNN_STATUS_ALLOC_FAILED is the host-allocation failure; the device one has its own code */
+    if (st == CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED)
+        return sd_fail(SD_ERR_OOM, "%s:%d: %s failed: cuDNN could not allocate GPU memory", file, line, call);
     if (st == CUDNN_STATUS_ALLOC_FAILED)
-        return sd_fail(SD_ERR_OOM, "%s:%d: %s failed: cuDNN could not allocate memory", file, line, call);
+        return sd_fail(SD_ERR_OOM, "%s:%d: %s failed: cuDNN could not allocate host memory", file, line, call);
     return sd_fail(SD_ERR_DEVICE, "%s:%d: %s failed: %s", file, line, call, cudnnGetErrorString(st));
 }
 
@@ -175,7 +178,7 @@ static sd_status state_init(cu_state *s, int ordinal) {
     int *flag = (int *)s->scratch;
     int host_flag = 0;
     CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(int), s->stream));
-    cu_probe_kernel<<<1, 32, 0, s->stream>>>(flag);
+    CU_LAUNCH(cu_probe_kernel, 1, 32, 0, s->stream)(flag);
     cudaError_t e = cudaGetLastError();
     if (e == cudaSuccess) e = cudaMemcpyAsync(&host_flag, flag, sizeof(int), cudaMemcpyDeviceToHost, s->stream);
     if (e == cudaSuccess) e = cudaStreamSynchronize(s->stream);
@@ -433,7 +436,7 @@ static sd_status need_state(cu_state **out) {
 }
 
 extern "C" sd_status sd_cuda_set_precision(sd_precision p) {
-    cu_state *s;
+    cu_state *s = NULL;
     CU_TRY(need_state(&s));
     if (p != SD_PRECISION_EXACT && p != SD_PRECISION_FAST)
         return sd_fail(SD_ERR_ARG, "unknown precision mode %d", (int)p);
@@ -447,21 +450,21 @@ extern "C" sd_precision sd_cuda_get_precision(void) {
 }
 
 extern "C" sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
-    cu_state *s;
+    cu_state *s = NULL;
     CU_TRY(need_state(&s));
     CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
     return SD_OK;
 }
 
 extern "C" sd_status sd_cuda_timer_start(void) {
-    cu_state *s;
+    cu_state *s = NULL;
     CU_TRY(need_state(&s));
     CUDA_CHECK(cudaEventRecord(s->ev_start, s->stream));
     return SD_OK;
 }
 
 extern "C" sd_status sd_cuda_timer_stop(float *ms) {
-    cu_state *s;
+    cu_state *s = NULL;
     CU_TRY(need_state(&s));
     CUDA_CHECK(cudaEventRecord(s->ev_stop, s->stream));
     CUDA_CHECK(cudaEventSynchronize(s->ev_stop));
@@ -476,7 +479,7 @@ struct sd_cuda_graph {
 };
 
 extern "C" sd_status sd_cuda_graph_begin(void) {
-    cu_state *s;
+    cu_state *s = NULL;
     CU_TRY(need_state(&s));
     if (s->capturing) return sd_fail(SD_ERR_INTERNAL, "CUDA graph capture already under way");
     /* Relaxed: the libraries may make calls a stricter mode would forbid; allocations are
@@ -487,7 +490,7 @@ extern "C" sd_status sd_cuda_graph_begin(void) {
 }
 
 extern "C" sd_status sd_cuda_graph_end(sd_cuda_graph **out) {
-    cu_state *s;
+    cu_state *s = NULL;
     *out = NULL;
     CU_TRY(need_state(&s));
     if (!s->capturing) return sd_fail(SD_ERR_INTERNAL, "sd_cuda_graph_end without sd_cuda_graph_begin");

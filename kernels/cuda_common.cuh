@@ -126,6 +126,20 @@ extern int cu_debug_sync;
         }                                                                                          \
     } while (0)
 
+/* Kernel launches and dynamic shared memory are written through these two macros so that the same
+ * source also builds for the host simulator (tools/cudasim, -DSD_CUDA_SIM), which runs every kernel
+ * on the CPU in CI:
+ *   CU_LAUNCH(kernel, grid, block, smem_bytes, stream)(args...)   is  kernel<<<grid, block, smem, stream>>>(args...)
+ *   CU_DYNAMIC_SHARED(type, name);                                  is  extern __shared__ type name[]; */
+#ifdef SD_CUDA_SIM
+#define CU_LAUNCH(kernel, grid, block, smem, stream)                                                 \
+    cudasim::make_launcher(kernel, dim3(grid), dim3(block), (size_t)(smem), stream, #kernel)
+#define CU_DYNAMIC_SHARED(type, name) CU_SIM_DYNAMIC_SHARED(type, name)
+#else
+#define CU_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define CU_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 /* Propagates an sd_status (same as SD_TRY, kept local for readability in .cu files). */
 #define CU_TRY(expr) SD_TRY(expr)
 

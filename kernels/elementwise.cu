@@ -44,7 +44,7 @@ sd_status cu_unary(sd_unary_op op, const float *x, float *y, int64_t n, float al
     if (op != SD_UNARY_SILU && op != SD_UNARY_GELU && op != SD_UNARY_QUICK_GELU && op != SD_UNARY_LEAKY_RELU)
         return sd_fail(SD_ERR_INTERNAL, "cuda unary: unknown op %d", (int)op);
     if (n <= 0) return SD_OK;
-    k_unary<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>((int)op, x, y, n, alpha);
+    CU_LAUNCH(k_unary, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)((int)op, x, y, n, alpha);
     LAUNCH_CHECK("unary");
     return SD_OK;
 }
@@ -61,7 +61,7 @@ sd_status cu_binary(sd_binary_op op, const float *a, const float *b, float *y, i
     if (op != SD_BINARY_ADD && op != SD_BINARY_SUB && op != SD_BINARY_MUL)
         return sd_fail(SD_ERR_INTERNAL, "cuda binary: unknown op %d", (int)op);
     if (n <= 0) return SD_OK;
-    k_binary<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>((int)op, a, b, y, n);
+    CU_LAUNCH(k_binary, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)((int)op, a, b, y, n);
     LAUNCH_CHECK("binary");
     return SD_OK;
 }
@@ -73,7 +73,7 @@ __global__ void k_axpby(float alpha, const float *x, float beta, const float *z,
 
 sd_status cu_axpby(float alpha, const float *x, float beta, const float *z, float *y, int64_t n) {
     if (n <= 0) return SD_OK;
-    k_axpby<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(alpha, x, beta, z, y, n);
+    CU_LAUNCH(k_axpby, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(alpha, x, beta, z, y, n);
     LAUNCH_CHECK("axpby");
     return SD_OK;
 }
@@ -87,7 +87,7 @@ __global__ void k_clamp(const float *x, float *y, float lo, float hi, int64_t n)
 
 sd_status cu_clamp(const float *x, float *y, float lo, float hi, int64_t n) {
     if (n <= 0) return SD_OK;
-    k_clamp<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, y, lo, hi, n);
+    CU_LAUNCH(k_clamp, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, lo, hi, n);
     LAUNCH_CHECK("clamp");
     return SD_OK;
 }
@@ -100,7 +100,7 @@ __global__ void k_add_channel_bias(const float *x, const float *v, float *y, int
 sd_status cu_add_channel_bias(const float *x, const float *v, float *y, int64_t B, int64_t C, int64_t S) {
     const int64_t n = B * C * S;
     if (n <= 0) return SD_OK;
-    k_add_channel_bias<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, v, y, B * C, S);
+    CU_LAUNCH(k_add_channel_bias, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, v, y, B * C, S);
     LAUNCH_CHECK("add_channel_bias");
     return SD_OK;
 }
@@ -116,7 +116,7 @@ __global__ void k_geglu(const float *x, float *y, int64_t M, int64_t N) {
 
 sd_status cu_geglu(const float *x, float *y, int64_t M, int64_t N) {
     if (M * N <= 0) return SD_OK;
-    k_geglu<<<cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, y, M, N);
+    CU_LAUNCH(k_geglu, cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, M, N);
     LAUNCH_CHECK("geglu");
     return SD_OK;
 }
@@ -154,7 +154,7 @@ sd_status cu_upsample_nearest(const float *x, float *y, int64_t N, int64_t H, in
     const int64_t n = N * Ho * Wo;
     if (n <= 0) return SD_OK;
     const float sh = (float)H / (float)Ho, sw = (float)W / (float)Wo; /* as the CPU computes them */
-    k_upsample_nearest<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, y, N, H, W, Ho, Wo, sh, sw);
+    CU_LAUNCH(k_upsample_nearest, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, N, H, W, Ho, Wo, sh, sw);
     LAUNCH_CHECK("upsample_nearest");
     return SD_OK;
 }
@@ -185,7 +185,7 @@ sd_status cu_transpose(const float *x, float *y, int64_t B, int64_t R, int64_t C
     if (B > 65535) return sd_fail(SD_ERR_UNSUPPORTED, "cuda transpose: batch %lld over 65535", (long long)B);
     const int64_t tiles_r = (R + TR_TILE - 1) / TR_TILE, tiles_c = (C + TR_TILE - 1) / TR_TILE;
     dim3 grid((unsigned)(tiles_r * tiles_c), (unsigned)B), block(TR_TILE, 8);
-    k_transpose<<<grid, block, 0, cu_cur()->stream>>>(x, y, R, C, tiles_c);
+    CU_LAUNCH(k_transpose, grid, block, 0, cu_cur()->stream)(x, y, R, C, tiles_c);
     LAUNCH_CHECK("transpose");
     return SD_OK;
 }
@@ -217,7 +217,7 @@ sd_status cu_timestep_embedding(const float *t, float *y, int64_t B, int dim, in
     const int half = dim / 2;
     if (B <= 0 || dim <= 0) return SD_OK;
     if (half == 0) return cu_fill(y, 0.0f, B * dim);
-    k_timestep_embedding<<<cu_blocks(B * half, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(
+    CU_LAUNCH(k_timestep_embedding, cu_blocks(B * half, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
         t, y, B, dim, half, flip_sin_to_cos, shift);
     LAUNCH_CHECK("timestep_embedding");
     return SD_OK;
@@ -233,7 +233,7 @@ __global__ void k_embedding(const int32_t *ids, const float *table, float *y, in
 
 sd_status cu_embedding(const int32_t *ids, const float *table, float *y, int64_t count, int64_t C) {
     if (count * C <= 0) return SD_OK;
-    k_embedding<<<cu_blocks(count * C, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(ids, table, y, count, C);
+    CU_LAUNCH(k_embedding, cu_blocks(count * C, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(ids, table, y, count, C);
     LAUNCH_CHECK("embedding");
     return SD_OK;
 }
@@ -250,7 +250,7 @@ __global__ void k_fill(float *dst, float value, int64_t n) {
 
 sd_status cu_fill(float *dst, float value, int64_t n) {
     if (n <= 0) return SD_OK;
-    k_fill<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(dst, value, n);
+    CU_LAUNCH(k_fill, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(dst, value, n);
     LAUNCH_CHECK("fill");
     return SD_OK;
 }
@@ -286,9 +286,9 @@ sd_status cu_mse(const float *a, const float *b, float *out, int64_t n) {
     double *partial = (double *)s->scratch;
     unsigned blocks = cu_blocks(n, EW_THREADS);
     if (blocks > RED_BLOCKS) blocks = RED_BLOCKS;
-    k_mse_partial<<<blocks, EW_THREADS, 0, s->stream>>>(a, b, n, partial);
+    CU_LAUNCH(k_mse_partial, blocks, EW_THREADS, 0, s->stream)(a, b, n, partial);
     LAUNCH_CHECK("mse partial");
-    k_mse_final<<<1, EW_THREADS, 0, s->stream>>>(partial, (int)blocks, n, out);
+    CU_LAUNCH(k_mse_final, 1, EW_THREADS, 0, s->stream)(partial, (int)blocks, n, out);
     LAUNCH_CHECK("mse final");
     return SD_OK;
 }
@@ -308,7 +308,7 @@ sd_status cu_all_finite(const float *x, int64_t n, int *host_result) {
     const int one = 1;
     CUDA_CHECK(cudaMemcpyAsync(flag, &one, sizeof one, cudaMemcpyHostToDevice, s->stream));
     if (n > 0) {
-        k_all_finite<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, s->stream>>>(x, n, flag);
+        CU_LAUNCH(k_all_finite, cu_blocks(n, EW_THREADS), EW_THREADS, 0, s->stream)(x, n, flag);
         LAUNCH_CHECK("all_finite");
     }
     int result = 0;
@@ -345,7 +345,7 @@ sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, flo
     if (op != SD_UNARY_SILU && op != SD_UNARY_GELU && op != SD_UNARY_QUICK_GELU && op != SD_UNARY_LEAKY_RELU)
         return sd_fail(SD_ERR_INTERNAL, "cuda unary_backward: unknown op %d", (int)op);
     if (n <= 0 || !dx) return SD_OK; /* a NULL gradient output is not computed (backend.h) */
-    k_unary_backward<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>((int)op, x, dy, dx, n, alpha);
+    CU_LAUNCH(k_unary_backward, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)((int)op, x, dy, dx, n, alpha);
     LAUNCH_CHECK("unary_backward");
     return SD_OK;
 }
@@ -363,7 +363,7 @@ __global__ void k_geglu_backward(const float *x, const float *dy, float *dx, int
 
 sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
     if (M * N <= 0 || !dx) return SD_OK;
-    k_geglu_backward<<<cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(x, dy, dx, M, N);
+    CU_LAUNCH(k_geglu_backward, cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, dy, dx, M, N);
     LAUNCH_CHECK("geglu_backward");
     return SD_OK;
 }
@@ -374,7 +374,7 @@ __global__ void k_axpy(float alpha, const float *x, float *y, int64_t n) {
 
 sd_status cu_axpy(float alpha, const float *x, float *y, int64_t n) {
     if (n <= 0 || !y) return SD_OK;
-    k_axpy<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(alpha, x, y, n);
+    CU_LAUNCH(k_axpy, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(alpha, x, y, n);
     LAUNCH_CHECK("axpy");
     return SD_OK;
 }
@@ -385,7 +385,7 @@ __global__ void k_mul_acc(const float *a, const float *b, float *y, int64_t n) {
 
 sd_status cu_mul_acc(const float *a, const float *b, float *y, int64_t n) {
     if (n <= 0 || !y) return SD_OK;
-    k_mul_acc<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(a, b, y, n);
+    CU_LAUNCH(k_mul_acc, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(a, b, y, n);
     LAUNCH_CHECK("mul_acc");
     return SD_OK;
 }
@@ -402,7 +402,7 @@ __global__ void k_row_sum_acc(const float *x, float *out, int64_t S) {
 
 sd_status cu_add_channel_bias_backward(const float *dy, float *dv, int64_t B, int64_t C, int64_t S) {
     if (B * C <= 0 || !dv) return SD_OK;
-    k_row_sum_acc<<<(unsigned)(B * C), EW_THREADS, 0, cu_cur()->stream>>>(dy, dv, S);
+    CU_LAUNCH(k_row_sum_acc, (unsigned)(B * C), EW_THREADS, 0, cu_cur()->stream)(dy, dv, S);
     LAUNCH_CHECK("add_channel_bias_backward");
     return SD_OK;
 }
@@ -421,11 +421,11 @@ sd_status cu_concat_channels_backward(const float *dy, float *da, float *dc, int
                                       int64_t Cb, int64_t S) {
     cudaStream_t st = cu_cur()->stream;
     if (da && B * Ca * S > 0) {
-        k_concat_backward_part<<<cu_blocks(B * Ca * S, EW_THREADS), EW_THREADS, 0, st>>>(dy, da, B, Ca, Ca + Cb, 0, S);
+        CU_LAUNCH(k_concat_backward_part, cu_blocks(B * Ca * S, EW_THREADS), EW_THREADS, 0, st)(dy, da, B, Ca, Ca + Cb, 0, S);
         LAUNCH_CHECK("concat_channels_backward a");
     }
     if (dc && B * Cb * S > 0) {
-        k_concat_backward_part<<<cu_blocks(B * Cb * S, EW_THREADS), EW_THREADS, 0, st>>>(dy, dc, B, Cb, Ca + Cb, Ca, S);
+        CU_LAUNCH(k_concat_backward_part, cu_blocks(B * Cb * S, EW_THREADS), EW_THREADS, 0, st)(dy, dc, B, Cb, Ca + Cb, Ca, S);
         LAUNCH_CHECK("concat_channels_backward c");
     }
     return SD_OK;
@@ -474,7 +474,7 @@ sd_status cu_upsample_nearest_backward(const float *dy, float *dx, int64_t N, in
     const int64_t n = N * H * W;
     if (n <= 0 || Ho <= 0 || Wo <= 0 || !dx) return SD_OK;
     const float sh = (float)H / (float)Ho, sw = (float)W / (float)Wo;
-    k_upsample_nearest_backward<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(
+    CU_LAUNCH(k_upsample_nearest_backward, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
         dy, dx, N, H, W, Ho, Wo, sh, sw);
     LAUNCH_CHECK("upsample_nearest_backward");
     return SD_OK;
@@ -493,7 +493,7 @@ __global__ void k_mse_backward(const float *a, const float *b, const float *g, f
 
 sd_status cu_mse_backward(const float *a, const float *b, const float *g, float *da, float *db, int64_t n) {
     if (n <= 0 || (!da && !db)) return SD_OK;
-    k_mse_backward<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(a, b, g, da, db, n);
+    CU_LAUNCH(k_mse_backward, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(a, b, g, da, db, n);
     LAUNCH_CHECK("mse_backward");
     return SD_OK;
 }
@@ -529,7 +529,7 @@ sd_status cu_adam_step(float *p, const float *g, float *m, float *v, int64_t n, 
     const float sq_weight = (float)(1.0 - beta2_d);
     const float bc2_sqrt = (float)pow(1.0 - pow(beta2_d, (double)step), 0.5);
     const float neg_step_size = (float)(-(lr_d / (1.0 - pow(beta1_d, (double)step))));
-    k_adam<<<cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(
+    CU_LAUNCH(k_adam, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
         p, g, m, v, n, lerp_coef, small_weight, (float)beta2_d, sq_weight, neg_step_size, bc2_sqrt, (float)eps_d);
     LAUNCH_CHECK("adam_step");
     return SD_OK;
@@ -554,7 +554,7 @@ __global__ void k_channel_sum_acc(const float *x, float *out, int64_t B, int64_t
 
 sd_status cu_channel_sum_acc(const float *x, float *out, int64_t B, int64_t C, int64_t S) {
     if (C <= 0) return SD_OK;
-    k_channel_sum_acc<<<(unsigned)C, EW_THREADS, 0, cu_cur()->stream>>>(x, out, B, C, S);
+    CU_LAUNCH(k_channel_sum_acc, (unsigned)C, EW_THREADS, 0, cu_cur()->stream)(x, out, B, C, S);
     LAUNCH_CHECK("channel_sum");
     return SD_OK;
 }
@@ -601,9 +601,9 @@ sd_status cu_column_sum_acc(const float *x, float *out, int64_t M, int64_t N) {
     if (!partial) return SD_ERR_OOM;
     cudaStream_t st = cu_cur()->stream;
     dim3 grid((unsigned)((N + COL_TILE - 1) / COL_TILE), (unsigned)chunks), block(COL_TILE, COL_ROWS);
-    k_column_partial<<<grid, block, 0, st>>>(x, M, N, rows_per_chunk, partial);
+    CU_LAUNCH(k_column_partial, grid, block, 0, st)(x, M, N, rows_per_chunk, partial);
     LAUNCH_CHECK("column_sum partial");
-    k_column_final<<<cu_blocks(N, EW_THREADS), EW_THREADS, 0, st>>>(partial, (int)chunks, N, out);
+    CU_LAUNCH(k_column_final, cu_blocks(N, EW_THREADS), EW_THREADS, 0, st)(partial, (int)chunks, N, out);
     LAUNCH_CHECK("column_sum final");
     return SD_OK;
 }
@@ -615,7 +615,7 @@ __global__ void k_bias_rows(float *y, const float *b, int64_t M, int64_t N) {
 
 sd_status cu_bias_rows(float *y, const float *b, int64_t M, int64_t N) {
     if (M * N <= 0) return SD_OK;
-    k_bias_rows<<<cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream>>>(y, b, M, N);
+    CU_LAUNCH(k_bias_rows, cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(y, b, M, N);
     LAUNCH_CHECK("bias_rows");
     return SD_OK;
 }

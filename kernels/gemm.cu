@@ -98,6 +98,13 @@ void cu_lt_release(cu_state *s) {
 /* Builds descriptors and asks the heuristic for one algorithm; a plan without one is still
  * returned (usable = 0) so the fallback decision is cached too. */
 static sd_status plan_build(cu_state *s, cu_lt_plan *p, const float *b) {
+    /* The heuristic should honour the bias pointer's alignment, but has been seen to pick kernels
+     * that assume 16 bytes and then fault (PyTorch met this): a less aligned bias (never a weight,
+     * which cudaMalloc aligns to 256) takes the plain GEMM + bias kernel instead. */
+    if (p->has_bias && p->bias_align < 16) {
+        p->usable = 0;
+        return SD_OK;
+    }
     /* In cuBLASLt's column-major terms: D[N, M] = op(A) · B with A = w stored K×N (ld K) and
      * transposed, B = x stored K×M (ld K), D = y stored N×M (ld N); the bias spans D's N rows. */
     const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
@@ -135,6 +142,10 @@ static sd_status plan_build(cu_state *s, cu_lt_plan *p, const float *b) {
     cublasLtMatmulPreferenceDestroy(pref);
     p->usable = st == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS;
     if (p->usable) p->algo = result.algo;
+    else /* said once per shape, as a refused matmul is: a descriptor bug would only cost speed */
+        sd_info("cuBLASLt has no algorithm for the linear layer %lldx%lld -> %lld (%s); it runs as cublasGemmEx + "
+                "a bias kernel", (long long)p->M, (long long)p->K, (long long)p->N,
+                st != CUBLAS_STATUS_SUCCESS ? cublasGetStatusString(st) : "heuristic returned none");
     return SD_OK;
 }
 

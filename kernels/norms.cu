@@ -74,9 +74,9 @@ static sd_status gn_stats(const float *x, int64_t n_groups, int64_t count, float
     if (n_groups > 65535) return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm: %lld groups (batch x groups) over 65535",
                                          (long long)n_groups);
     dim3 grid((unsigned)(chunks > 0 ? chunks : 1), (unsigned)n_groups);
-    k_gn_partial<<<grid, GN_THREADS, 0, st>>>(x, count, chunks > 0 ? chunks : 1, partial);
+    CU_LAUNCH(k_gn_partial, grid, GN_THREADS, 0, st)(x, count, chunks > 0 ? chunks : 1, partial);
     LAUNCH_CHECK("group_norm partial");
-    k_gn_finalize<<<cu_blocks(n_groups, 128), 128, 0, st>>>(partial, chunks > 0 ? chunks : 1, n_groups, count, eps, stats);
+    CU_LAUNCH(k_gn_finalize, cu_blocks(n_groups, 128), 128, 0, st)(partial, chunks > 0 ? chunks : 1, n_groups, count, eps, stats);
     LAUNCH_CHECK("group_norm finalize");
     return SD_OK;
 }
@@ -121,7 +121,7 @@ sd_status cu_group_norm(const float *x, const float *gamma, const float *beta, f
     float *stats = (float *)(ws + part_bytes);
     CU_TRY(gn_stats(x, n_groups, count, eps, partial, stats));
     dim3 grid((unsigned)chunks, (unsigned)n_groups);
-    k_gn_normalize<<<grid, GN_THREADS, 0, cu_cur()->stream>>>(x, gamma, beta, y, stats, C, S, cpg, count, silu);
+    CU_LAUNCH(k_gn_normalize, grid, GN_THREADS, 0, cu_cur()->stream)(x, gamma, beta, y, stats, C, S, cpg, count, silu);
     LAUNCH_CHECK("group_norm normalize");
     return SD_OK;
 }
@@ -245,13 +245,13 @@ sd_status cu_group_norm_backward(const float *x, const float *gamma, const float
     CU_TRY(gn_stats(x, n_groups, count, eps, partial, stats));
     dim3 grid((unsigned)chunks, (unsigned)n_groups);
     if (dx) {
-        k_gn_bwd_partial<<<grid, GN_THREADS, 0, st>>>(x, gamma, beta, dy, stats, C, S, cpg, count, silu, chunks, partial2);
+        CU_LAUNCH(k_gn_bwd_partial, grid, GN_THREADS, 0, st)(x, gamma, beta, dy, stats, C, S, cpg, count, silu, chunks, partial2);
         LAUNCH_CHECK("group_norm_backward partial");
-        k_gn_bwd_dx<<<grid, GN_THREADS, 0, st>>>(x, gamma, beta, dy, stats, partial2, chunks, C, S, cpg, count, silu, dx);
+        CU_LAUNCH(k_gn_bwd_dx, grid, GN_THREADS, 0, st)(x, gamma, beta, dy, stats, partial2, chunks, C, S, cpg, count, silu, dx);
         LAUNCH_CHECK("group_norm_backward dx");
     }
     if (dgamma || dbeta) {
-        k_gn_bwd_params<<<(unsigned)C, GN_THREADS, 0, st>>>(x, gamma, beta, dy, stats, B, C, S, cpg, silu, dgamma, dbeta);
+        CU_LAUNCH(k_gn_bwd_params, (unsigned)C, GN_THREADS, 0, st)(x, gamma, beta, dy, stats, B, C, S, cpg, silu, dgamma, dbeta);
         LAUNCH_CHECK("group_norm_backward params");
     }
     return SD_OK;
@@ -299,7 +299,7 @@ sd_status cu_layer_norm(const float *x, const float *gamma, const float *beta, f
     if (M <= 0 || C <= 0) return SD_OK;
     const int rows_per_block = LN_THREADS / 32;
     const int64_t blocks = (M + rows_per_block - 1) / rows_per_block;
-    k_layer_norm<<<(unsigned)blocks, LN_THREADS, 0, cu_cur()->stream>>>(x, gamma, beta, y, M, C, eps);
+    CU_LAUNCH(k_layer_norm, (unsigned)blocks, LN_THREADS, 0, cu_cur()->stream)(x, gamma, beta, y, M, C, eps);
     LAUNCH_CHECK("layer_norm");
     return SD_OK;
 }
@@ -395,14 +395,14 @@ sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float
     double *partial = (double *)(ws + stats_bytes);
     cudaStream_t st = cu_cur()->stream;
     const int rows_per_block = LN_THREADS / 32;
-    k_ln_bwd_rows<<<(unsigned)((M + rows_per_block - 1) / rows_per_block), LN_THREADS, 0, st>>>(x, gamma, dy, dx, M, C,
+    CU_LAUNCH(k_ln_bwd_rows, (unsigned)((M + rows_per_block - 1) / rows_per_block), LN_THREADS, 0, st)(x, gamma, dy, dx, M, C,
                                                                                                eps, stats);
     LAUNCH_CHECK("layer_norm_backward rows");
     if (dgamma || dbeta) {
         dim3 grid((unsigned)((C + LNP_TILE - 1) / LNP_TILE), (unsigned)chunks), block(LNP_TILE, LNP_ROWS);
-        k_ln_bwd_params_partial<<<grid, block, 0, st>>>(x, dy, stats, M, C, rows_per_chunk, partial);
+        CU_LAUNCH(k_ln_bwd_params_partial, grid, block, 0, st)(x, dy, stats, M, C, rows_per_chunk, partial);
         LAUNCH_CHECK("layer_norm_backward params partial");
-        k_ln_bwd_params_final<<<cu_blocks(C, 256), 256, 0, st>>>(partial, (int)chunks, C, dgamma, dbeta);
+        CU_LAUNCH(k_ln_bwd_params_final, cu_blocks(C, 256), 256, 0, st)(partial, (int)chunks, C, dgamma, dbeta);
         LAUNCH_CHECK("layer_norm_backward params final");
     }
     return SD_OK;

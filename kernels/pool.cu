@@ -33,7 +33,7 @@ sd_status cu_max_pool2d(const float *x, float *y, int64_t N, int64_t H, int64_t 
                         int kernel, int stride) {
     const int64_t n = N * Ho * Wo;
     if (n <= 0) return SD_OK;
-    k_max_pool2d<<<cu_blocks(n, POOL_THREADS), POOL_THREADS, 0, cu_cur()->stream>>>(x, y, N, H, W, Ho, Wo,
+    CU_LAUNCH(k_max_pool2d, cu_blocks(n, POOL_THREADS), POOL_THREADS, 0, cu_cur()->stream)(x, y, N, H, W, Ho, Wo,
                                                                                      kernel, stride);
     LAUNCH_CHECK("max_pool2d");
     return SD_OK;

@@ -13,7 +13,8 @@
  *  - "cuda" (when a GPU is present, exact mode; skipped with a visible line otherwise): models
  *    and gradients within 1e-4 (issue "CUDA backend" / "Autodiff-lite"), and the methods, whose
  *    Adam steps amplify rounding (a first step moves each variable by lr·sign(g)), within
- *    CUDA_METHOD_TOL. */
+ *    CUDA_METHOD_TOL (StyleDiffusion: CUDA_STYLEDIFFUSION_TOL). In a simulator build (make
+ *    sim-test, tools/cudasim) "cuda" is the host simulation of the CUDA backend, so CI runs it. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,12 @@
 #define CUDA_TOL 1e-4
 /* CUDA vs CPU after a few optimiser steps and an edit (see above) */
 #define CUDA_METHOD_TOL 2e-3
+/* StyleDiffusion on CUDA vs CPU: the mapping networks' biases in front of BatchNorm have a true
+ * gradient of 0, so their computed gradients are rounding noise (~1e-8), which Adam (eps 1e-8)
+ * turns into steps of up to lr, different on each device. Measured on the host simulator of the
+ * CUDA backend (make sim-test): every other gradient of the first iteration agrees to 2e-6 and
+ * the bias gradients differ in sign; the edit after 3 steps x 2 iterations differs by 4.8e-3. */
+#define CUDA_STYLEDIFFUSION_TOL 2e-2
 
 typedef struct side {
     sd_model model;
@@ -284,7 +291,8 @@ static void edit(side *s, const sd_inversion *inv, sd_edit_result *res) {
 
 static void check_method(int kind, sd_invert_method method) {
     side *dev = device_or_skip(kind);
-    const double tol = kind == ON_CUDA ? CUDA_METHOD_TOL : TOL;
+    const double cuda_tol = method == SD_INVERT_STYLEDIFFUSION ? CUDA_STYLEDIFFUSION_TOL : CUDA_METHOD_TOL;
+    const double tol = kind == ON_CUDA ? cuda_tol : TOL;
     sd_inversion inv[2];
     sd_edit_result res[2];
     memset(res, 0, sizeof res);
@@ -306,7 +314,7 @@ static void check_method(int kind, sd_invert_method method) {
         dev->ctx.recompute = 0;
         edit(dev, &again, &res_again);
         snprintf(what, sizeof what, "%s edit, inverted recomputing", sd_invert_method_name(method));
-        expect_close(dev, what, res[0].latents, res_again.latents, kind == ON_CUDA ? CUDA_METHOD_TOL : RECOMPUTE_TOL);
+        expect_close(dev, what, res[0].latents, res_again.latents, kind == ON_CUDA ? cuda_tol : RECOMPUTE_TOL);
         sd_edit_result_free(&res_again);
         sd_inversion_free(&again);
     }

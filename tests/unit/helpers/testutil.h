@@ -81,6 +81,11 @@ int testutil_have_gpu(void);
         }                                                                                          \
     } while (0)
 
+/* Whether "the GPU" is the host simulator (a build with SIM=1, tools/cudasim): every kernel runs,
+ * on the CPU, at a few hundred MFLOP/s, so tests leave out the cases of SD v1.5 size (and say so
+ * in the log: they run on a real GPU). */
+int testutil_gpu_is_simulated(void);
+
 /* Random LPIPS AlexNet weights in tools/convert_lpips.py's layout (features.N.*, linK.model.1.weight):
  * for tests of the plumbing, where the values do not matter. */
 void testutil_write_random_lpips(const char *path);

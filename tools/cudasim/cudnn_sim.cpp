@@ -1,0 +1,977 @@
+/* cudnn_sim.cpp: host stand-in for the legacy cuDNN convolution API the backend uses
+ * (include/cudnn.h), for the CUDA simulator (see cudasim.h).
+ *
+ * What it follows (cuDNN's API reference for the legacy convolution functions):
+ *  - Tensors are 4-d (n, c, h, w), filters (k, c, r, s); NCHW and NHWC formats are honoured
+ *    through strides. Descriptors must be set before use (CUDNN_STATUS_BAD_PARAM otherwise).
+ *  - Output size: 1 + (in + 2·pad − ((filter − 1)·dilation + 1)) / stride per spatial dimension
+ *    (cudnnGetConvolution2dForwardOutputDim), output n = input n, output c = filter k.
+ *  - Forward: y[n, k, p, q] = alpha · Σ_{c, r, s} x[n, c, p·u − pad_h + r·dil_h,
+ *    q·v − pad_w + s·dil_w] · w[k, c, r, s] + beta · y, samples outside the input being zero.
+ *    CUDNN_CROSS_CORRELATION uses w as is, CUDNN_CONVOLUTION the filter rotated by 180°
+ *    (w[k, c, R−1−r, S−1−s]). Backward data and backward filter are the exact adjoints of that map
+ *    with respect to x and w: dx = alpha · Wᵀ dy + beta · dx, dw = alpha · (∂y/∂w)ᵀ dy + beta · dw.
+ *  - alpha and beta point to host floats (float data) read when the call is made; beta == 0
+ *    means the output is not read (cuDNN's scaling-parameter rule), so NaN there is harmless.
+ *  - Status codes: BAD_PARAM for NULL / unset descriptors or pointers, x's channels != the
+ *    filter's, y's n or c not matching, a dilated filter larger than the padded input, a data
+ *    type differing between x, w and y, a bad enum, a workspace smaller than the algorithm needs
+ *    (the size the workspace getter reports) or NULL when it needs one; NOT_SUPPORTED for y's
+ *    spatial size differing from the formula (forward; documented so) and for an algorithm that
+ *    does not apply to the geometry (e.g. FFT with stride 2). Backward calls report a spatial
+ *    mismatch of dy as BAD_PARAM.
+ *  - Math type of the convolution descriptor at call time: CUDNN_FMA_MATH computes in fp32;
+ *    CUDNN_TENSOR_OP_MATH(_ALLOW_CONVERSION) and CUDNN_DEFAULT_MATH (which on Ampere and later
+ *    permits TF32 for float data) round both operands to TF32 (cudasim::round_tf32), as tensor
+ *    cores read them. Products are exact in double and accumulated in double; the result is
+ *    rounded to fp32 once. Every algorithm computes this same sum: the simulator checks the API
+ *    contract, not the rounding of FFT or Winograd kernels.
+ *  - The _v7 heuristics list every algorithm of the direction (at most requestedAlgoCount), those
+ *    that apply to the geometry first with status SUCCESS, the others with NOT_SUPPORTED; memory
+ *    is exactly what the workspace getter returns for that algorithm. Several algorithms need
+ *    workspace, so the caller's workspace handling is exercised. A run overwrites the workspace
+ *    it needs with NaNs first (as a real algorithm uses it), so a workspace shared with live
+ *    data gives visibly wrong results; a workspace overlapping an operand faults.
+ *
+ * Every operand's byte range is passed to cudasim::check_device_range when the call is made and
+ * again when the queued work runs; an output overlapping an input (cuDNN does not support in-place
+ * convolution) faults. Validation is synchronous; the arithmetic is queued on the handle's stream
+ * through cudasim::enqueue with every scalar and descriptor field copied, so graph capture records
+ * it and descriptors may be destroyed before replay. Refused calls print one line to stderr
+ * (CUDASIM_LIB_NOTES=0 silences them). */
+#include <cudnn.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+struct cudnnContext {
+    cudaStream_t stream = nullptr;
+};
+
+struct cudnnTensorStruct {
+    bool set = false;
+    cudnnDataType_t type = CUDNN_DATA_FLOAT;
+    cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW;
+    int n = 0, c = 0, h = 0, w = 0;
+};
+
+struct cudnnFilterStruct {
+    bool set = false;
+    cudnnDataType_t type = CUDNN_DATA_FLOAT;
+    cudnnTensorFormat_t format = CUDNN_TENSOR_NCHW;
+    int k = 0, c = 0, r = 0, s = 0;
+};
+
+struct cudnnConvolutionStruct {
+    bool set = false;
+    int pad_h = 0, pad_w = 0, u = 1, v = 1, dil_h = 1, dil_w = 1;
+    cudnnConvolutionMode_t mode = CUDNN_CONVOLUTION;
+    cudnnDataType_t compute = CUDNN_DATA_FLOAT;
+    cudnnMathType_t math = CUDNN_DEFAULT_MATH; /* cuDNN's default for a new descriptor */
+};
+
+namespace {
+
+/* ------------------------------------------------------------------------------------------------
+ * Diagnostics
+ * --------------------------------------------------------------------------------------------- */
+
+const char *status_name(cudnnStatus_t s) {
+    switch (s) {
+    case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
+    case CUDNN_STATUS_NOT_INITIALIZED: return "CUDNN_STATUS_NOT_INITIALIZED";
+    case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM";
+    case CUDNN_STATUS_INVALID_VALUE: return "CUDNN_STATUS_INVALID_VALUE";
+    case CUDNN_STATUS_BAD_PARAM_NULL_POINTER: return "CUDNN_STATUS_BAD_PARAM_NULL_POINTER";
+    case CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT: return "CUDNN_STATUS_BAD_PARAM_SIZE_INSUFFICIENT";
+    case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED";
+    case CUDNN_STATUS_INTERNAL_ERROR: return "CUDNN_STATUS_INTERNAL_ERROR";
+    case CUDNN_STATUS_ALLOC_FAILED: return "CUDNN_STATUS_INTERNAL_ERROR_HOST_ALLOCATION_FAILED";
+    case CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED: return "CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED";
+    case CUDNN_STATUS_EXECUTION_FAILED: return "CUDNN_STATUS_EXECUTION_FAILED";
+    }
+    return "CUDNN_STATUS_UNKNOWN";
+}
+
+/* One stderr line per refused call: the backend retries some refusals with another algorithm,
+ * and the reason would otherwise be lost. */
+cudnnStatus_t refuse(cudnnStatus_t st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+cudnnStatus_t refuse(cudnnStatus_t st, const char *fmt, ...) {
+    static const bool on = [] { /* CUDASIM_LIB_NOTES=0 silences the lines */
+        const char *e = getenv("CUDASIM_LIB_NOTES");
+        return !(e && !strcmp(e, "0"));
+    }();
+    if (!on) return st;
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "cudasim: %s -> %s\n", buf, status_name(st));
+    return st;
+}
+
+typedef float (*round_fn)(float);
+
+/* ------------------------------------------------------------------------------------------------
+ * A convolution resolved from its descriptors (copied into queued work by value)
+ * --------------------------------------------------------------------------------------------- */
+
+struct Geom {
+    int64_t N, C, H, W;       /* x */
+    int64_t K, R, S;          /* w */
+    int64_t P, Q;             /* y's spatial size */
+    int64_t pad_h, pad_w, u, v, dil_h, dil_w;
+    bool flip;                /* CUDNN_CONVOLUTION: filter rotated by 180° */
+    int64_t xs[4], ys[4], fs[4]; /* element strides of x (n, c, h, w), y (n, k, p, q), w (k, c, r, s) */
+    round_fn rnd;             /* operand rounding of the math type, or NULL */
+};
+
+void tensor_strides(const cudnnTensorStruct *t, int64_t s[4]) {
+    const int64_t C = t->c, H = t->h, W = t->w;
+    if (t->format == CUDNN_TENSOR_NHWC) {
+        s[0] = H * W * C, s[1] = 1, s[2] = W * C, s[3] = C;
+    } else {
+        s[0] = C * H * W, s[1] = H * W, s[2] = W, s[3] = 1;
+    }
+}
+
+void filter_strides(const cudnnFilterStruct *f, int64_t s[4]) {
+    const int64_t C = f->c, R = f->r, S = f->s;
+    if (f->format == CUDNN_TENSOR_NHWC) { /* KRSC */
+        s[0] = R * S * C, s[1] = 1, s[2] = S * C, s[3] = C;
+    } else { /* KCRS */
+        s[0] = C * R * S, s[1] = R * S, s[2] = S, s[3] = 1;
+    }
+}
+
+int64_t out_size(int64_t in, int64_t pad, int64_t filter, int64_t dil, int64_t stride) {
+    return 1 + (in + 2 * pad - ((filter - 1) * dil + 1)) / stride;
+}
+
+bool tf32_math(cudnnMathType_t m) { return m != CUDNN_FMA_MATH; }
+
+enum class Dir { fwd, bwd_data, bwd_filter };
+
+/* Checks the descriptors of one convolution against each other. `y` is y (forward) or dy
+ * (backward); it is checked against the output-size formula. */
+cudnnStatus_t resolve(const char *api, Dir dir, const cudnnTensorStruct *x, const cudnnFilterStruct *w,
+                      const cudnnConvolutionStruct *conv, const cudnnTensorStruct *y, Geom *g) {
+    if (!x || !w || !conv || !y) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: a NULL descriptor", api);
+    if (!x->set || !w->set || !conv->set || !y->set)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: a descriptor was created but never set", api);
+    if (x->type != w->type || x->type != y->type)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: data types differ (x %d, w %d, y %d)", api, (int)x->type,
+                      (int)w->type, (int)y->type);
+    if (x->type != CUDNN_DATA_FLOAT)
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: data type %d (cudasim implements CUDNN_DATA_FLOAT)", api,
+                      (int)x->type);
+    if (conv->compute != CUDNN_DATA_FLOAT)
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: compute type %d with float data (FLOAT_CONFIG needs "
+                      "CUDNN_DATA_FLOAT)", api, (int)conv->compute);
+    if (x->n < 1 || x->c < 1 || x->h < 1 || x->w < 1 || w->k < 1 || w->c < 1 || w->r < 1 || w->s < 1 || y->n < 1 ||
+        y->c < 1 || y->h < 1 || y->w < 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: a zero dimension (x %dx%dx%dx%d, w %dx%dx%dx%d, y %dx%dx%dx%d)", api,
+                      x->n, x->c, x->h, x->w, w->k, w->c, w->r, w->s, y->n, y->c, y->h, y->w);
+    if (x->c != w->c)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: x has %d channels, the filter %d (k = %d, c = %d, r = %d, s = %d)",
+                      api, x->c, w->c, w->k, w->c, w->r, w->s);
+    const int64_t eff_r = (int64_t)(w->r - 1) * conv->dil_h + 1, eff_s = (int64_t)(w->s - 1) * conv->dil_w + 1;
+    if (eff_r > x->h + 2 * (int64_t)conv->pad_h || eff_s > x->w + 2 * (int64_t)conv->pad_w)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: the (dilated) filter %lldx%lld is larger than the padded input "
+                      "%lldx%lld", api, (long long)eff_r, (long long)eff_s, (long long)(x->h + 2 * conv->pad_h),
+                      (long long)(x->w + 2 * conv->pad_w));
+    const int64_t P = out_size(x->h, conv->pad_h, w->r, conv->dil_h, conv->u);
+    const int64_t Q = out_size(x->w, conv->pad_w, w->s, conv->dil_w, conv->v);
+    const char *yname = dir == Dir::fwd ? "y" : "dy";
+    if (y->n != x->n || y->c != w->k)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: %s is %dx%dx%dx%d, expected n = %d (x) and c = %d (filter k)", api,
+                      yname, y->n, y->c, y->h, y->w, x->n, w->k);
+    if (y->h != P || y->w != Q)
+        return refuse(dir == Dir::fwd ? CUDNN_STATUS_NOT_SUPPORTED : CUDNN_STATUS_BAD_PARAM,
+                      "%s: %s is %dx%d spatially, the convolution gives %lldx%lld (x %dx%d, filter %dx%d, pad %d,%d, "
+                      "stride %d,%d, dilation %d,%d)", api, yname, y->h, y->w, (long long)P, (long long)Q, x->h, x->w,
+                      w->r, w->s, conv->pad_h, conv->pad_w, conv->u, conv->v, conv->dil_h, conv->dil_w);
+    g->N = x->n, g->C = x->c, g->H = x->h, g->W = x->w;
+    g->K = w->k, g->R = w->r, g->S = w->s;
+    g->P = P, g->Q = Q;
+    g->pad_h = conv->pad_h, g->pad_w = conv->pad_w, g->u = conv->u, g->v = conv->v;
+    g->dil_h = conv->dil_h, g->dil_w = conv->dil_w;
+    g->flip = conv->mode == CUDNN_CONVOLUTION;
+    tensor_strides(x, g->xs);
+    tensor_strides(y, g->ys);
+    filter_strides(w, g->fs);
+    g->rnd = tf32_math(conv->math) ? cudasim::round_tf32 : nullptr;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+int64_t x_elems(const Geom &g) { return g.N * g.C * g.H * g.W; }
+int64_t y_elems(const Geom &g) { return g.N * g.K * g.P * g.Q; }
+int64_t w_elems(const Geom &g) { return g.K * g.C * g.R * g.S; }
+
+/* ------------------------------------------------------------------------------------------------
+ * Algorithms: which apply to a geometry, and the workspace each needs
+ * --------------------------------------------------------------------------------------------- */
+
+bool unit_stride(const Geom &g) { return g.u == 1 && g.v == 1 && g.dil_h == 1 && g.dil_w == 1; }
+bool winograd_ok(const Geom &g) { return unit_stride(g) && g.R == 3 && g.S == 3; }
+size_t tiles(const Geom &g) { return (size_t)((g.P + 3) / 4) * (size_t)((g.Q + 3) / 4); }
+size_t fft_plane(const Geom &g) { return (size_t)(g.H + 2 * g.pad_h) * (size_t)(g.W + 2 * g.pad_w + 2); }
+
+/* Workspace bytes, or SIZE_MAX when the algorithm does not apply. Sizes are of the order real
+ * kernels use (index tables, an im2col buffer, transformed tiles, frequency planes) and are not
+ * multiples of 256, so a caller that carves a workspace must round up itself. */
+size_t fwd_workspace(const Geom &g, int algo) {
+    const size_t f = sizeof(float);
+    switch (algo) {
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM: return 0;
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM: return sizeof(int) * (size_t)(g.C * g.R * g.S) + 12;
+    case CUDNN_CONVOLUTION_FWD_ALGO_GEMM: return f * (size_t)(g.C * g.R * g.S) * (size_t)(g.P * g.Q);
+    case CUDNN_CONVOLUTION_FWD_ALGO_DIRECT: return SIZE_MAX; /* no fp32 NCHW kernel */
+    case CUDNN_CONVOLUTION_FWD_ALGO_FFT:
+        return unit_stride(g) ? 2 * f * (size_t)(g.N * g.C + g.K * g.C + g.N * g.K) * fft_plane(g) : SIZE_MAX;
+    case CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING:
+        return unit_stride(g) ? 2 * f * (size_t)(g.N * g.C + g.K * g.C + g.N * g.K) * 34 * 32 : SIZE_MAX;
+    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD: return winograd_ok(g) ? 0 : SIZE_MAX;
+    case CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED:
+        return winograd_ok(g) ? 36 * f * ((size_t)(g.C * g.K) + (size_t)(g.N * (g.C + g.K)) * tiles(g)) : SIZE_MAX;
+    }
+    return SIZE_MAX;
+}
+
+size_t bwd_data_workspace(const Geom &g, int algo) {
+    const size_t f = sizeof(float);
+    switch (algo) {
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_0: return 0;
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_1: return sizeof(int) * (size_t)(g.K * g.R * g.S) + 20;
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT:
+        return unit_stride(g) ? 2 * f * (size_t)(g.N * g.C + g.K * g.C + g.N * g.K) * fft_plane(g) : SIZE_MAX;
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING:
+        return unit_stride(g) ? 2 * f * (size_t)(g.N * g.C + g.K * g.C + g.N * g.K) * 34 * 32 : SIZE_MAX;
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD: return winograd_ok(g) ? 0 : SIZE_MAX;
+    case CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED:
+        return winograd_ok(g) ? 36 * f * ((size_t)(g.C * g.K) + (size_t)(g.N * (g.C + g.K)) * tiles(g)) : SIZE_MAX;
+    }
+    return SIZE_MAX;
+}
+
+size_t bwd_filter_workspace(const Geom &g, int algo) {
+    const size_t f = sizeof(float);
+    switch (algo) {
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0: return 0;
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1: return f * (size_t)w_elems(g) + 36;
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT:
+        return unit_stride(g) ? 2 * f * (size_t)(g.N * g.C + g.K * g.C + g.N * g.K) * fft_plane(g) : SIZE_MAX;
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3: return 2 * f * (size_t)w_elems(g) + 4;
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD: return SIZE_MAX; /* never implemented by cuDNN */
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED:
+        return winograd_ok(g) ? 36 * f * ((size_t)(g.C * g.K) + (size_t)(g.N * (g.C + g.K)) * tiles(g)) : SIZE_MAX;
+    case CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING:
+        return unit_stride(g) ? 2 * f * (size_t)(g.N * g.C + g.K * g.C + g.N * g.K) * 34 * 32 : SIZE_MAX;
+    }
+    return SIZE_MAX;
+}
+
+/* Heuristic orders (best first). A Winograd / FFT algorithm leads where it applies, as on real
+ * GPUs for 3×3 stride-1 layers, so a caller's filtering of such algorithms is exercised. */
+const int kFwdOrder[] = {CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+                         CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,      CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+                         CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,         CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+                         CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,           CUDNN_CONVOLUTION_FWD_ALGO_DIRECT};
+const int kBwdDataOrder[] = {CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+                             CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,                 CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+                             CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,               CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD};
+const int kBwdFilterOrder[] = {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+                               CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,   CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+                               CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+                               CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD};
+
+/* Algorithms with tensor-core kernels; the rest are listed with CUDNN_DEFAULT_MATH when the
+ * descriptor asks for tensor ops. */
+bool has_tensor_kernel(Dir dir, int algo) {
+    switch (dir) {
+    case Dir::fwd:
+        return algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM || algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+               algo == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+    case Dir::bwd_data:
+        return algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1 || algo == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+    case Dir::bwd_filter:
+        return algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 || algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+    }
+    return false;
+}
+
+bool deterministic(Dir dir, int algo) {
+    if (dir == Dir::bwd_data) return algo != CUDNN_CONVOLUTION_BWD_DATA_ALGO_0;
+    if (dir == Dir::bwd_filter)
+        return algo != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 && algo != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3;
+    return true;
+}
+
+size_t workspace_for(Dir dir, const Geom &g, int algo) {
+    return dir == Dir::fwd ? fwd_workspace(g, algo) : dir == Dir::bwd_data ? bwd_data_workspace(g, algo)
+                                                                            : bwd_filter_workspace(g, algo);
+}
+
+int algo_count(Dir dir) {
+    if (dir == Dir::fwd) return CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+    if (dir == Dir::bwd_data) return CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
+    return CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
+}
+
+/* One heuristic answer, shared by the three _v7 getters (their perf structs have the same
+ * fields in the same order). */
+struct Perf {
+    int algo;
+    cudnnStatus_t status;
+    float time;
+    size_t memory;
+    cudnnDeterminism_t determinism;
+    cudnnMathType_t math;
+};
+
+int heuristic(Dir dir, const Geom &g, cudnnMathType_t desc_math, Perf *out) {
+    const int *order = dir == Dir::fwd ? kFwdOrder : dir == Dir::bwd_data ? kBwdDataOrder : kBwdFilterOrder;
+    const int count = algo_count(dir);
+    const bool tensor = desc_math == CUDNN_TENSOR_OP_MATH || desc_math == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+    int n = 0;
+    for (int pass = 0; pass < 2; pass++) /* applicable algorithms first */
+        for (int i = 0; i < count; i++) {
+            const int a = order[i];
+            const size_t ws = workspace_for(dir, g, a);
+            if ((ws != SIZE_MAX) != (pass == 0)) continue;
+            Perf &p = out[n];
+            p.algo = a;
+            p.status = ws != SIZE_MAX ? CUDNN_STATUS_SUCCESS : CUDNN_STATUS_NOT_SUPPORTED;
+            p.time = ws != SIZE_MAX ? 0.05f * (float)(n + 1) : -1.0f;
+            p.memory = ws != SIZE_MAX ? ws : 0;
+            p.determinism = deterministic(dir, a) ? CUDNN_DETERMINISTIC : CUDNN_NON_DETERMINISTIC;
+            p.math = tensor ? (has_tensor_kernel(dir, a) ? desc_math : CUDNN_DEFAULT_MATH) : desc_math;
+            n++;
+        }
+    return n;
+}
+
+template <class PerfT>
+void copy_perf(const Perf *src, int n, PerfT *dst) {
+    for (int i = 0; i < n; i++) {
+        memset(&dst[i], 0, sizeof dst[i]);
+        dst[i].algo = (decltype(dst[i].algo))src[i].algo;
+        dst[i].status = src[i].status;
+        dst[i].time = src[i].time;
+        dst[i].memory = src[i].memory;
+        dst[i].determinism = src[i].determinism;
+        dst[i].mathType = src[i].math;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Arithmetic
+ * --------------------------------------------------------------------------------------------- */
+
+/* Copies a strided 4-d array into a dense row-major [d0][d1][d2][d3] one, rounded. `flip23`
+ * reverses the last two indices (the 180° filter rotation of CUDNN_CONVOLUTION). */
+void pack4(const float *src, const int64_t s[4], int64_t d0, int64_t d1, int64_t d2, int64_t d3, round_fn rnd,
+           bool flip23, float *dst) {
+#pragma omp parallel for collapse(2) schedule(static) if (d0 * d1 * d2 * d3 >= (1 << 16))
+    for (int64_t a = 0; a < d0; a++)
+        for (int64_t b = 0; b < d1; b++)
+            for (int64_t c = 0; c < d2; c++)
+                for (int64_t e = 0; e < d3; e++) {
+                    const int64_t cc = flip23 ? d2 - 1 - c : c, ee = flip23 ? d3 - 1 - e : e;
+                    const float v = src[a * s[0] + b * s[1] + cc * s[2] + ee * s[3]];
+                    dst[((a * d1 + b) * d2 + c) * d3 + e] = rnd ? rnd(v) : v;
+                }
+}
+
+/* Output positions q in [*lo, *hi] whose input column q·stride − pad + tap lies in [0, in). */
+void valid_range(int64_t in, int64_t out, int64_t stride, int64_t pad, int64_t tap, int64_t *lo, int64_t *hi) {
+    const int64_t off = tap - pad; /* input index = q·stride + off */
+    int64_t l = off >= 0 ? 0 : (-off + stride - 1) / stride;
+    const int64_t top = in - 1 - off; /* need q·stride <= top */
+    int64_t h = top < 0 ? -1 : top / stride;
+    if (h > out - 1) h = out - 1;
+    *lo = l;
+    *hi = h;
+}
+
+/* out = alpha · acc + beta · out (out not read when beta == 0), rounded to fp32 once */
+inline void store(float *out, double alpha, double beta, double acc) {
+    double v = alpha * acc;
+    if (beta != 0.0) v += beta * (double)*out;
+    *out = (float)v;
+}
+
+void run_forward(const Geom &g, const float *x, const float *w, float *y, double alpha, double beta) {
+    std::vector<float> xp, wp;
+    const bool product = alpha != 0.0;
+    if (product) {
+        xp.resize((size_t)x_elems(g));
+        wp.resize((size_t)w_elems(g));
+        pack4(x, g.xs, g.N, g.C, g.H, g.W, g.rnd, false, xp.data());
+        pack4(w, g.fs, g.K, g.C, g.R, g.S, g.rnd, g.flip, wp.data());
+    }
+#pragma omp parallel for collapse(2) schedule(dynamic) if (y_elems(g) * g.C * g.R * g.S >= (1 << 16))
+    for (int64_t n = 0; n < g.N; n++)
+        for (int64_t k = 0; k < g.K; k++) {
+            std::vector<double> acc((size_t)(g.P * g.Q), 0.0);
+            if (product)
+                for (int64_t c = 0; c < g.C; c++)
+                    for (int64_t r = 0; r < g.R; r++)
+                        for (int64_t s = 0; s < g.S; s++) {
+                            const double wv = wp[(size_t)(((k * g.C + c) * g.R + r) * g.S + s)];
+                            int64_t q0, q1;
+                            valid_range(g.W, g.Q, g.v, g.pad_w, s * g.dil_w, &q0, &q1);
+                            for (int64_t p = 0; p < g.P; p++) {
+                                const int64_t iy = p * g.u - g.pad_h + r * g.dil_h;
+                                if (iy < 0 || iy >= g.H) continue;
+                                const float *xrow = xp.data() + ((n * g.C + c) * g.H + iy) * g.W;
+                                double *arow = acc.data() + p * g.Q;
+                                const int64_t off = s * g.dil_w - g.pad_w;
+                                for (int64_t q = q0; q <= q1; q++) arow[q] += (double)xrow[q * g.v + off] * wv;
+                            }
+                        }
+            for (int64_t p = 0; p < g.P; p++)
+                for (int64_t q = 0; q < g.Q; q++)
+                    store(y + n * g.ys[0] + k * g.ys[1] + p * g.ys[2] + q * g.ys[3], alpha, beta,
+                          acc[(size_t)(p * g.Q + q)]);
+        }
+}
+
+void run_backward_data(const Geom &g, const float *w, const float *dy, float *dx, double alpha, double beta) {
+    std::vector<float> dyp, wp;
+    const bool product = alpha != 0.0;
+    if (product) {
+        dyp.resize((size_t)y_elems(g));
+        wp.resize((size_t)w_elems(g));
+        pack4(dy, g.ys, g.N, g.K, g.P, g.Q, g.rnd, false, dyp.data());
+        pack4(w, g.fs, g.K, g.C, g.R, g.S, g.rnd, g.flip, wp.data());
+    }
+#pragma omp parallel for collapse(2) schedule(dynamic) if (y_elems(g) * g.C * g.R * g.S >= (1 << 16))
+    for (int64_t n = 0; n < g.N; n++)
+        for (int64_t c = 0; c < g.C; c++) {
+            std::vector<double> acc((size_t)(g.H * g.W), 0.0);
+            if (product)
+                for (int64_t k = 0; k < g.K; k++)
+                    for (int64_t r = 0; r < g.R; r++)
+                        for (int64_t s = 0; s < g.S; s++) {
+                            const double wv = wp[(size_t)(((k * g.C + c) * g.R + r) * g.S + s)];
+                            int64_t q0, q1;
+                            valid_range(g.W, g.Q, g.v, g.pad_w, s * g.dil_w, &q0, &q1);
+                            const int64_t off = s * g.dil_w - g.pad_w;
+                            for (int64_t p = 0; p < g.P; p++) {
+                                const int64_t iy = p * g.u - g.pad_h + r * g.dil_h;
+                                if (iy < 0 || iy >= g.H) continue;
+                                const float *dyrow = dyp.data() + ((n * g.K + k) * g.P + p) * g.Q;
+                                double *arow = acc.data() + iy * g.W;
+                                for (int64_t q = q0; q <= q1; q++) arow[q * g.v + off] += (double)dyrow[q] * wv;
+                            }
+                        }
+            for (int64_t h = 0; h < g.H; h++)
+                for (int64_t x = 0; x < g.W; x++)
+                    store(dx + n * g.xs[0] + c * g.xs[1] + h * g.xs[2] + x * g.xs[3], alpha, beta,
+                          acc[(size_t)(h * g.W + x)]);
+        }
+}
+
+void run_backward_filter(const Geom &g, const float *x, const float *dy, float *dw, double alpha, double beta) {
+    std::vector<float> xp, dyp;
+    const bool product = alpha != 0.0;
+    if (product) {
+        xp.resize((size_t)x_elems(g));
+        dyp.resize((size_t)y_elems(g));
+        pack4(x, g.xs, g.N, g.C, g.H, g.W, g.rnd, false, xp.data());
+        pack4(dy, g.ys, g.N, g.K, g.P, g.Q, g.rnd, false, dyp.data());
+    }
+#pragma omp parallel for collapse(2) schedule(dynamic) if (y_elems(g) * g.C * g.R * g.S >= (1 << 16))
+    for (int64_t k = 0; k < g.K; k++)
+        for (int64_t c = 0; c < g.C; c++)
+            for (int64_t r = 0; r < g.R; r++)
+                for (int64_t s = 0; s < g.S; s++) {
+                    double acc = 0.0;
+                    if (product) {
+                        int64_t q0, q1;
+                        valid_range(g.W, g.Q, g.v, g.pad_w, s * g.dil_w, &q0, &q1);
+                        const int64_t off = s * g.dil_w - g.pad_w;
+                        for (int64_t n = 0; n < g.N; n++)
+                            for (int64_t p = 0; p < g.P; p++) {
+                                const int64_t iy = p * g.u - g.pad_h + r * g.dil_h;
+                                if (iy < 0 || iy >= g.H) continue;
+                                const float *xrow = xp.data() + ((n * g.C + c) * g.H + iy) * g.W;
+                                const float *dyrow = dyp.data() + ((n * g.K + k) * g.P + p) * g.Q;
+                                for (int64_t q = q0; q <= q1; q++) acc += (double)xrow[q * g.v + off] * dyrow[q];
+                            }
+                    }
+                    /* the gradient of tap (r, s) of the correlation is that of filter element
+                     * (R−1−r, S−1−s) under CUDNN_CONVOLUTION */
+                    const int64_t rr = g.flip ? g.R - 1 - r : r, ss = g.flip ? g.S - 1 - s : s;
+                    store(dw + k * g.fs[0] + c * g.fs[1] + rr * g.fs[2] + ss * g.fs[3], alpha, beta, acc);
+                }
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Common checks of the three compute calls
+ * --------------------------------------------------------------------------------------------- */
+
+uintptr_t addr(const void *p) { return (uintptr_t)p; }
+
+bool overlap(const void *a, size_t an, const void *b, size_t bn) {
+    return an && bn && addr(a) < addr(b) + bn && addr(b) < addr(a) + an;
+}
+
+struct Operand {
+    const void *p;
+    size_t bytes;
+    const char *name;
+};
+
+/* Range checks (now and when the work runs), no overlap between the output and the inputs or
+ * between the workspace and any operand. ops[0] is the output. */
+void check_operands(const char *api, const Operand *ops, int n, const void *ws, size_t ws_bytes) {
+    char what[128];
+    for (int i = 0; i < n; i++) {
+        if (!ops[i].p) continue;
+        snprintf(what, sizeof what, "%s %s", api, ops[i].name);
+        cudasim::check_device_range(ops[i].p, ops[i].bytes, what);
+    }
+    for (int i = 1; i < n; i++)
+        if (ops[i].p && overlap(ops[0].p, ops[0].bytes, ops[i].p, ops[i].bytes))
+            cudasim::fault("%s: the output %s overlaps the input %s (cuDNN convolutions are not in-place)", api,
+                           ops[0].name, ops[i].name);
+    if (ws && ws_bytes) {
+        snprintf(what, sizeof what, "%s workspace", api);
+        cudasim::check_device_range(ws, ws_bytes, what);
+        for (int i = 0; i < n; i++)
+            if (ops[i].p && overlap(ws, ws_bytes, ops[i].p, ops[i].bytes))
+                cudasim::fault("%s: the workspace overlaps the operand %s", api, ops[i].name);
+    }
+}
+
+/* What a real algorithm does to its workspace before the result exists: uses it. */
+void scribble(void *ws, size_t bytes) {
+    const size_t n = std::min<size_t>(bytes, (size_t)4 << 20) / sizeof(float);
+    float *f = (float *)ws;
+    for (size_t i = 0; i < n; i++) f[i] = std::numeric_limits<float>::quiet_NaN();
+}
+
+cudnnStatus_t check_workspace(const char *api, const char *algo_kind, int algo, size_t need, const void *ws,
+                              size_t ws_bytes) {
+    if (need == SIZE_MAX)
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: %s algorithm %d does not apply to this geometry", api,
+                      algo_kind, algo);
+    if (ws_bytes < need)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: workspace of %zu bytes, %s algorithm %d needs %zu (the size "
+                      "the workspace getter reports)", api, ws_bytes, algo_kind, algo, need);
+    if (need && !ws)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL workspace, %s algorithm %d needs %zu bytes", api, algo_kind,
+                      algo, need);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+} // namespace
+
+/* ------------------------------------------------------------------------------------------------
+ * API
+ * --------------------------------------------------------------------------------------------- */
+
+extern "C" {
+
+size_t cudnnGetVersion(void) { return CUDNN_VERSION; }
+
+const char *cudnnGetErrorString(cudnnStatus_t status) { return status_name(status); }
+
+cudnnStatus_t cudnnCreate(cudnnHandle_t *handle) {
+    if (!handle) return CUDNN_STATUS_BAD_PARAM;
+    *handle = new cudnnContext();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnDestroy(cudnnHandle_t handle) {
+    if (!handle) return CUDNN_STATUS_BAD_PARAM;
+    delete handle;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetStream(cudnnHandle_t handle, cudaStream_t streamId) {
+    if (!handle) return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnSetStream: NULL handle");
+    handle->stream = streamId;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnGetStream(cudnnHandle_t handle, cudaStream_t *streamId) {
+    if (!handle || !streamId) return CUDNN_STATUS_BAD_PARAM;
+    *streamId = handle->stream;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t *tensorDesc) {
+    if (!tensorDesc) return CUDNN_STATUS_BAD_PARAM;
+    *tensorDesc = new cudnnTensorStruct();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t tensorDesc) {
+    delete tensorDesc;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+static bool valid_type(cudnnDataType_t t) {
+    switch (t) {
+    case CUDNN_DATA_FLOAT:
+    case CUDNN_DATA_DOUBLE:
+    case CUDNN_DATA_HALF:
+    case CUDNN_DATA_INT8:
+    case CUDNN_DATA_INT32:
+    case CUDNN_DATA_UINT8:
+    case CUDNN_DATA_BFLOAT16:
+    case CUDNN_DATA_INT64: return true;
+    }
+    return false;
+}
+
+cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t d, cudnnTensorFormat_t format,
+                                         cudnnDataType_t dataType, int n, int c, int h, int w) {
+    const char *api = "cudnnSetTensor4dDescriptor";
+    if (!d) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL descriptor", api);
+    if (n < 0 || c < 0 || h < 0 || w < 0)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: negative dimension %dx%dx%dx%d", api, n, c, h, w);
+    if (format != CUDNN_TENSOR_NCHW && format != CUDNN_TENSOR_NHWC && format != CUDNN_TENSOR_NCHW_VECT_C)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: format %d", api, (int)format);
+    if (!valid_type(dataType)) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: data type %d", api, (int)dataType);
+    if (format == CUDNN_TENSOR_NCHW_VECT_C)
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: CUDNN_TENSOR_NCHW_VECT_C is for vectorized int8 data", api);
+    if ((int64_t)n * c * h * w > ((int64_t)1 << 31))
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: more than 2 Gi elements", api);
+    d->set = true;
+    d->format = format;
+    d->type = dataType;
+    d->n = n, d->c = c, d->h = h, d->w = w;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t *filterDesc) {
+    if (!filterDesc) return CUDNN_STATUS_BAD_PARAM;
+    *filterDesc = new cudnnFilterStruct();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t filterDesc) {
+    delete filterDesc;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t d, cudnnDataType_t dataType,
+                                         cudnnTensorFormat_t format, int k, int c, int h, int w) {
+    const char *api = "cudnnSetFilter4dDescriptor";
+    if (!d) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL descriptor", api);
+    if (k < 0 || c < 0 || h < 0 || w < 0)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: negative dimension %dx%dx%dx%d", api, k, c, h, w);
+    if (!valid_type(dataType)) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: data type %d", api, (int)dataType);
+    if (format != CUDNN_TENSOR_NCHW && format != CUDNN_TENSOR_NHWC && format != CUDNN_TENSOR_NCHW_VECT_C)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: format %d", api, (int)format);
+    if (format == CUDNN_TENSOR_NCHW_VECT_C)
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: CUDNN_TENSOR_NCHW_VECT_C is for vectorized int8 data", api);
+    d->set = true;
+    d->type = dataType;
+    d->format = format;
+    d->k = k, d->c = c, d->r = h, d->s = w;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t *convDesc) {
+    if (!convDesc) return CUDNN_STATUS_BAD_PARAM;
+    *convDesc = new cudnnConvolutionStruct();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t convDesc) {
+    delete convDesc;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t d, int pad_h, int pad_w, int u, int v,
+                                              int dilation_h, int dilation_w, cudnnConvolutionMode_t mode,
+                                              cudnnDataType_t computeType) {
+    const char *api = "cudnnSetConvolution2dDescriptor";
+    if (!d) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL descriptor", api);
+    if (pad_h < 0 || pad_w < 0) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: negative padding %d,%d", api, pad_h, pad_w);
+    if (u <= 0 || v <= 0) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: stride %d,%d", api, u, v);
+    if (dilation_h <= 0 || dilation_w <= 0)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: dilation %d,%d", api, dilation_h, dilation_w);
+    if (mode != CUDNN_CONVOLUTION && mode != CUDNN_CROSS_CORRELATION)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: mode %d", api, (int)mode);
+    if (!valid_type(computeType)) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: compute type %d", api, (int)computeType);
+    d->set = true;
+    d->pad_h = pad_h, d->pad_w = pad_w, d->u = u, d->v = v, d->dil_h = dilation_h, d->dil_w = dilation_w;
+    d->mode = mode;
+    d->compute = computeType;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t convDesc, cudnnMathType_t mathType) {
+    if (!convDesc) return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnSetConvolutionMathType: NULL descriptor");
+    if (mathType != CUDNN_DEFAULT_MATH && mathType != CUDNN_TENSOR_OP_MATH &&
+        mathType != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION && mathType != CUDNN_FMA_MATH)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnSetConvolutionMathType: math type %d", (int)mathType);
+    convDesc->math = mathType;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnGetConvolutionMathType(cudnnConvolutionDescriptor_t convDesc, cudnnMathType_t *mathType) {
+    if (!convDesc || !mathType) return CUDNN_STATUS_BAD_PARAM;
+    *mathType = convDesc->math;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnGetConvolution2dForwardOutputDim(const cudnnConvolutionDescriptor_t conv,
+                                                    const cudnnTensorDescriptor_t x, const cudnnFilterDescriptor_t w,
+                                                    int *n, int *c, int *h, int *wo) {
+    const char *api = "cudnnGetConvolution2dForwardOutputDim";
+    if (!conv || !x || !w || !n || !c || !h || !wo)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: a NULL descriptor or output pointer", api);
+    if (!conv->set || !x->set || !w->set)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: a descriptor was created but never set", api);
+    if (x->c != w->c)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: the input has %d feature maps, the filter %d", api, x->c, w->c);
+    const int64_t eff_r = (int64_t)(w->r - 1) * conv->dil_h + 1, eff_s = (int64_t)(w->s - 1) * conv->dil_w + 1;
+    if (w->r < 1 || w->s < 1 || eff_r > x->h + 2 * (int64_t)conv->pad_h || eff_s > x->w + 2 * (int64_t)conv->pad_w)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: filter %dx%d (dilation %d,%d) does not fit the padded input %dx%d",
+                      api, w->r, w->s, conv->dil_h, conv->dil_w, x->h + 2 * conv->pad_h, x->w + 2 * conv->pad_w);
+    *n = x->n;
+    *c = w->k;
+    *h = (int)out_size(x->h, conv->pad_h, w->r, conv->dil_h, conv->u);
+    *wo = (int)out_size(x->w, conv->pad_w, w->s, conv->dil_w, conv->v);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* ---- heuristics ---- */
+
+cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t handle, const cudnnTensorDescriptor_t srcDesc,
+                                                     const cudnnFilterDescriptor_t filterDesc,
+                                                     const cudnnConvolutionDescriptor_t convDesc,
+                                                     const cudnnTensorDescriptor_t destDesc,
+                                                     const int requestedAlgoCount, int *returnedAlgoCount,
+                                                     cudnnConvolutionFwdAlgoPerf_t *perfResults) {
+    const char *api = "cudnnGetConvolutionForwardAlgorithm_v7";
+    if (!handle || !returnedAlgoCount || !perfResults || requestedAlgoCount < 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api,
+                      requestedAlgoCount);
+    Geom g;
+    const cudnnStatus_t st = resolve(api, Dir::fwd, srcDesc, filterDesc, convDesc, destDesc, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    Perf all[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    const int n = std::min(requestedAlgoCount, heuristic(Dir::fwd, g, convDesc->math, all));
+    copy_perf(all, n, perfResults);
+    *returnedAlgoCount = n;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardDataAlgorithm_v7(cudnnHandle_t handle,
+                                                          const cudnnFilterDescriptor_t filterDesc,
+                                                          const cudnnTensorDescriptor_t diffDesc,
+                                                          const cudnnConvolutionDescriptor_t convDesc,
+                                                          const cudnnTensorDescriptor_t gradDesc,
+                                                          const int requestedAlgoCount, int *returnedAlgoCount,
+                                                          cudnnConvolutionBwdDataAlgoPerf_t *perfResults) {
+    const char *api = "cudnnGetConvolutionBackwardDataAlgorithm_v7";
+    if (!handle || !returnedAlgoCount || !perfResults || requestedAlgoCount < 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api,
+                      requestedAlgoCount);
+    Geom g;
+    const cudnnStatus_t st = resolve(api, Dir::bwd_data, gradDesc, filterDesc, convDesc, diffDesc, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    Perf all[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    const int n = std::min(requestedAlgoCount, heuristic(Dir::bwd_data, g, convDesc->math, all));
+    copy_perf(all, n, perfResults);
+    *returnedAlgoCount = n;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t handle,
+                                                            const cudnnTensorDescriptor_t srcDesc,
+                                                            const cudnnTensorDescriptor_t diffDesc,
+                                                            const cudnnConvolutionDescriptor_t convDesc,
+                                                            const cudnnFilterDescriptor_t gradDesc,
+                                                            const int requestedAlgoCount, int *returnedAlgoCount,
+                                                            cudnnConvolutionBwdFilterAlgoPerf_t *perfResults) {
+    const char *api = "cudnnGetConvolutionBackwardFilterAlgorithm_v7";
+    if (!handle || !returnedAlgoCount || !perfResults || requestedAlgoCount < 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api,
+                      requestedAlgoCount);
+    Geom g;
+    const cudnnStatus_t st = resolve(api, Dir::bwd_filter, srcDesc, gradDesc, convDesc, diffDesc, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    Perf all[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    const int n = std::min(requestedAlgoCount, heuristic(Dir::bwd_filter, g, convDesc->math, all));
+    copy_perf(all, n, perfResults);
+    *returnedAlgoCount = n;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* ---- workspace sizes ---- */
+
+static cudnnStatus_t workspace_query(const char *api, Dir dir, cudnnHandle_t handle, const cudnnTensorStruct *x,
+                                     const cudnnFilterStruct *w, const cudnnConvolutionStruct *conv,
+                                     const cudnnTensorStruct *y, int algo, size_t *sizeInBytes) {
+    if (!handle || !sizeInBytes) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle or output", api);
+    if (algo < 0 || algo >= algo_count(dir)) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: algorithm %d", api, algo);
+    Geom g;
+    const cudnnStatus_t st = resolve(api, dir, x, w, conv, y, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const size_t need = workspace_for(dir, g, algo);
+    if (need == SIZE_MAX)
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: algorithm %d does not apply to this geometry", api, algo);
+    *sizeInBytes = need;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc,
+                                                      const cudnnFilterDescriptor_t wDesc,
+                                                      const cudnnConvolutionDescriptor_t convDesc,
+                                                      const cudnnTensorDescriptor_t yDesc,
+                                                      cudnnConvolutionFwdAlgo_t algo, size_t *sizeInBytes) {
+    return workspace_query("cudnnGetConvolutionForwardWorkspaceSize", Dir::fwd, handle, xDesc, wDesc, convDesc, yDesc,
+                           (int)algo, sizeInBytes);
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardDataWorkspaceSize(cudnnHandle_t handle, const cudnnFilterDescriptor_t wDesc,
+                                                           const cudnnTensorDescriptor_t dyDesc,
+                                                           const cudnnConvolutionDescriptor_t convDesc,
+                                                           const cudnnTensorDescriptor_t dxDesc,
+                                                           cudnnConvolutionBwdDataAlgo_t algo, size_t *sizeInBytes) {
+    return workspace_query("cudnnGetConvolutionBackwardDataWorkspaceSize", Dir::bwd_data, handle, dxDesc, wDesc,
+                           convDesc, dyDesc, (int)algo, sizeInBytes);
+}
+
+cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc,
+                                                             const cudnnTensorDescriptor_t dyDesc,
+                                                             const cudnnConvolutionDescriptor_t convDesc,
+                                                             const cudnnFilterDescriptor_t gradDesc,
+                                                             cudnnConvolutionBwdFilterAlgo_t algo,
+                                                             size_t *sizeInBytes) {
+    return workspace_query("cudnnGetConvolutionBackwardFilterWorkspaceSize", Dir::bwd_filter, handle, xDesc, gradDesc,
+                           convDesc, dyDesc, (int)algo, sizeInBytes);
+}
+
+/* ---- the three convolutions ---- */
+
+cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha, const cudnnTensorDescriptor_t xDesc,
+                                      const void *x, const cudnnFilterDescriptor_t wDesc, const void *w,
+                                      const cudnnConvolutionDescriptor_t convDesc, cudnnConvolutionFwdAlgo_t algo,
+                                      void *workSpace, size_t workSpaceSizeInBytes, const void *beta,
+                                      const cudnnTensorDescriptor_t yDesc, void *y) {
+    const char *api = "cudnnConvolutionForward";
+    if (!handle || !alpha || !beta || !x || !w || !y)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle, alpha, beta, x, w or y", api);
+    if ((int)algo < 0 || (int)algo >= CUDNN_CONVOLUTION_FWD_ALGO_COUNT)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: algorithm %d", api, (int)algo);
+    Geom g;
+    cudnnStatus_t st = resolve(api, Dir::fwd, xDesc, wDesc, convDesc, yDesc, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const size_t need = fwd_workspace(g, algo);
+    st = check_workspace(api, "forward", (int)algo, need, workSpace, workSpaceSizeInBytes);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const double a = *(const float *)alpha, b = *(const float *)beta;
+    const float *xp = (const float *)x, *wp = (const float *)w;
+    float *yp = (float *)y;
+    const Operand ops[] = {{yp, (size_t)y_elems(g) * sizeof(float), "y"},
+                           {xp, (size_t)x_elems(g) * sizeof(float), "x"},
+                           {wp, (size_t)w_elems(g) * sizeof(float), "w"}};
+    check_operands(api, ops, 3, workSpace, workSpaceSizeInBytes);
+    void *ws = workSpace;
+    const size_t ws_bytes = workSpaceSizeInBytes;
+    cudasim::enqueue(handle->stream, [g, a, b, xp, wp, yp, ws, ws_bytes, need, api]() {
+        const Operand o[] = {{yp, (size_t)y_elems(g) * sizeof(float), "y"},
+                             {xp, (size_t)x_elems(g) * sizeof(float), "x"},
+                             {wp, (size_t)w_elems(g) * sizeof(float), "w"}};
+        check_operands(api, o, 3, ws, ws_bytes);
+        if (need) scribble(ws, need);
+        run_forward(g, xp, wp, yp, a, b);
+    });
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void *alpha,
+                                           const cudnnFilterDescriptor_t wDesc, const void *w,
+                                           const cudnnTensorDescriptor_t dyDesc, const void *dy,
+                                           const cudnnConvolutionDescriptor_t convDesc,
+                                           cudnnConvolutionBwdDataAlgo_t algo, void *workSpace,
+                                           size_t workSpaceSizeInBytes, const void *beta,
+                                           const cudnnTensorDescriptor_t dxDesc, void *dx) {
+    const char *api = "cudnnConvolutionBackwardData";
+    if (!handle || !alpha || !beta || !w || !dy || !dx)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle, alpha, beta, w, dy or dx", api);
+    if ((int)algo < 0 || (int)algo >= CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: algorithm %d", api, (int)algo);
+    Geom g;
+    cudnnStatus_t st = resolve(api, Dir::bwd_data, dxDesc, wDesc, convDesc, dyDesc, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const size_t need = bwd_data_workspace(g, algo);
+    st = check_workspace(api, "backward-data", (int)algo, need, workSpace, workSpaceSizeInBytes);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const double a = *(const float *)alpha, b = *(const float *)beta;
+    const float *wp = (const float *)w, *dyp = (const float *)dy;
+    float *dxp = (float *)dx;
+    const Operand ops[] = {{dxp, (size_t)x_elems(g) * sizeof(float), "dx"},
+                           {dyp, (size_t)y_elems(g) * sizeof(float), "dy"},
+                           {wp, (size_t)w_elems(g) * sizeof(float), "w"}};
+    check_operands(api, ops, 3, workSpace, workSpaceSizeInBytes);
+    void *ws = workSpace;
+    const size_t ws_bytes = workSpaceSizeInBytes;
+    cudasim::enqueue(handle->stream, [g, a, b, wp, dyp, dxp, ws, ws_bytes, need, api]() {
+        const Operand o[] = {{dxp, (size_t)x_elems(g) * sizeof(float), "dx"},
+                             {dyp, (size_t)y_elems(g) * sizeof(float), "dy"},
+                             {wp, (size_t)w_elems(g) * sizeof(float), "w"}};
+        check_operands(api, o, 3, ws, ws_bytes);
+        if (need) scribble(ws, need);
+        run_backward_data(g, wp, dyp, dxp, a, b);
+    });
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void *alpha,
+                                             const cudnnTensorDescriptor_t xDesc, const void *x,
+                                             const cudnnTensorDescriptor_t dyDesc, const void *dy,
+                                             const cudnnConvolutionDescriptor_t convDesc,
+                                             cudnnConvolutionBwdFilterAlgo_t algo, void *workSpace,
+                                             size_t workSpaceSizeInBytes, const void *beta,
+                                             const cudnnFilterDescriptor_t dwDesc, void *dw) {
+    const char *api = "cudnnConvolutionBackwardFilter";
+    if (!handle || !alpha || !beta || !x || !dy || !dw)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle, alpha, beta, x, dy or dw", api);
+    if ((int)algo < 0 || (int)algo >= CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: algorithm %d", api, (int)algo);
+    Geom g;
+    cudnnStatus_t st = resolve(api, Dir::bwd_filter, xDesc, dwDesc, convDesc, dyDesc, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const size_t need = bwd_filter_workspace(g, algo);
+    st = check_workspace(api, "backward-filter", (int)algo, need, workSpace, workSpaceSizeInBytes);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    const double a = *(const float *)alpha, b = *(const float *)beta;
+    const float *xp = (const float *)x, *dyp = (const float *)dy;
+    float *dwp = (float *)dw;
+    const Operand ops[] = {{dwp, (size_t)w_elems(g) * sizeof(float), "dw"},
+                           {xp, (size_t)x_elems(g) * sizeof(float), "x"},
+                           {dyp, (size_t)y_elems(g) * sizeof(float), "dy"}};
+    check_operands(api, ops, 3, workSpace, workSpaceSizeInBytes);
+    void *ws = workSpace;
+    const size_t ws_bytes = workSpaceSizeInBytes;
+    cudasim::enqueue(handle->stream, [g, a, b, xp, dyp, dwp, ws, ws_bytes, need, api]() {
+        const Operand o[] = {{dwp, (size_t)w_elems(g) * sizeof(float), "dw"},
+                             {xp, (size_t)x_elems(g) * sizeof(float), "x"},
+                             {dyp, (size_t)y_elems(g) * sizeof(float), "dy"}};
+        check_operands(api, o, 3, ws, ws_bytes);
+        if (need) scribble(ws, need);
+        run_backward_filter(g, xp, dyp, dwp, a, b);
+    });
+    return CUDNN_STATUS_SUCCESS;
+}
+
+} // extern "C"
