@@ -166,10 +166,10 @@ int cmd_edit(int argc, char **argv) {
         st = cli_write_json(report_path, doc);
         if (!st)
             printf("edit %s: \"%s\" -> \"%s\" (%s, %s, tau_v %.2g tau_c %.2g tau_s %.2g tau_u %.2g) in %.1f s\n"
-                   "  edit %s, source %s%s%s\n",
+                   "  edit %s, source %s%s%s\n  on %s\n",
                    inv_path, inv.prompt, target, sd_invert_method_name(inv.method),
                    o.edit == SD_P2P_REFINE ? "refine" : "replace", o.tau_v, o.tau_c, o.tau_s, o.tau_u,
-                   res.seconds, output, source_out, heatmaps ? ", heatmaps in " : "", heatmaps ? heatmaps : "");
+                   res.seconds, output, source_out, heatmaps ? ", heatmaps in " : "", heatmaps ? heatmaps : "", where);
     }
     sd_edit_result_free(&res);
     if (have_ctx) sd_ctx_free(&c);

@@ -190,6 +190,7 @@ int cmd_invert(int argc, char **argv) {
             printf("  %-26s %s\n", "inversion", output);
             if (!no_recon) printf("  %-26s %s\n", "reconstruction", recon_path);
             printf("  %-26s %s\n", "report", report_path);
+            printf("  %-26s %s\n", "device", where);
             printf("  %-26s %.2f s (DDIM inversion %.2f s, %.3f s per timestep, %d optimiser iterations)\n",
                    "time", inv.seconds_total, inv.seconds_ddim, (inv.seconds_total - inv.seconds_ddim) / o.n_steps,
                    total_iterations);
