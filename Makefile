@@ -81,8 +81,11 @@ deps:
 
 # The CUDA backend under the host simulator (tools/cudasim, build-sim/): the simulator's own
 # checks, then every test with GPU cases, which the simulated device runs instead of skipping.
+# test_cuda_ops runs twice: the second time the threads of a block run last to first between
+# barriers (CUDASIM_SCHEDULE=reverse), so a kernel that reads shared memory without the barrier
+# it needs gives a different result in one of the two runs.
 SIM_TEST_BIN := build-sim/tests/test_cudasim_runtime build-sim/tests/test_cudasim_libs build-sim/tests/test_cuda_ops \
-                build-sim/tests/test_device_parity build-sim/tests/test_lpips
+                build-sim/tests/test_cuda_ops_reverse build-sim/tests/test_device_parity build-sim/tests/test_lpips
 
 test: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) all $(TEST_BIN)
@@ -92,6 +95,9 @@ test: deps
 sim-test: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-sim SIM=1 $(SIM_TEST_BIN)
 	@sh tests/run_tests.sh $(SIM_TEST_BIN)
+
+$(BUILD)/tests/test_cuda_ops_reverse: $(BUILD)/tests/test_cuda_ops
+	@printf '#!/bin/sh\necho "test_cuda_ops with the threads of each block scheduled last to first (CUDASIM_SCHEDULE=reverse)"\nCUDASIM_SCHEDULE=reverse exec "$$(dirname "$$0")/test_cuda_ops" "$$@"\n' > $@ && chmod +x $@
 
 $(BUILD)/tests/test_cudasim_runtime: tools/cudasim/test_cudasim_runtime.cpp $(BUILD)/obj/tools/cudasim/cudasim_runtime.o
 	@mkdir -p $(dir $@)

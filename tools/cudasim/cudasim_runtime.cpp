@@ -683,11 +683,28 @@ void describe_block(scheduler *s, char *detail, size_t cap) {
 /* Runs the lanes [lo, hi) of one warp until each has finished or waits at __syncthreads. A warp
  * collective is released as soon as every lane of the warp has reached it, so the warp's lanes
  * move together, as they do on the hardware. */
+/* CUDASIM_SCHEDULE=reverse: between two barriers, warps and the lanes of a warp run last to first.
+ * Code that is correct on a GPU cannot depend on that order; a kernel that reads shared memory
+ * another thread writes without a barrier in between (a race) gives different results in the two
+ * orders, which a second run of the tests in reverse order shows. */
+std::atomic<int> g_reverse{-1}; /* -1: not read from the environment yet */
+
+bool reverse_schedule() {
+    int r = g_reverse.load(std::memory_order_relaxed);
+    if (r < 0) {
+        const char *e = getenv("CUDASIM_SCHEDULE");
+        r = e && !strcmp(e, "reverse");
+        g_reverse.store(r);
+    }
+    return r != 0;
+}
+
 void run_warp(scheduler *s, unsigned w, unsigned lo, unsigned hi, const char *name) {
+    const bool rev = reverse_schedule();
     for (;;) {
         unsigned at_warp = 0, exited = 0;
-        for (unsigned i = lo; i < hi; i++) {
-            fiber *f = &s->fibers[i];
+        for (unsigned k = lo; k < hi; k++) {
+            fiber *f = &s->fibers[rev ? hi - 1 - (k - lo) : k];
             if (f->state == FIBER_READY) resume(s, f);
             at_warp += f->state == FIBER_WAIT_WARP;
             exited += f->state == FIBER_DONE;
@@ -715,7 +732,10 @@ void run_block(scheduler *s, const char *name) {
     const unsigned n_warps = (n + 31) / 32;
     for (unsigned i = 0; i < n; i++) fiber_prepare(&s->fibers[i]);
     for (;;) {
-        for (unsigned w = 0; w < n_warps; w++) run_warp(s, w, w * 32, std::min(n, w * 32 + 32), name);
+        for (unsigned k = 0; k < n_warps; k++) {
+            const unsigned w = reverse_schedule() ? n_warps - 1 - k : k;
+            run_warp(s, w, w * 32, std::min(n, w * 32 + 32), name);
+        }
         unsigned at_block = 0;
         for (unsigned i = 0; i < n; i++)
             if (s->fibers[i].state == FIBER_WAIT_BLOCK) {
@@ -825,6 +845,8 @@ void mma_m16n8k16_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     }
     for (int e = 0; e < 4; e++) c[e] = d[e];
 }
+
+void set_reverse_schedule(bool reverse) { g_reverse.store(reverse ? 1 : 0); }
 
 cudaError_t set_max_dynamic_shared(const void *kernel, int bytes) {
     if (bytes < 0 || bytes > SIM_SMEM_OPTIN) return set_error(cudaErrorInvalidValue);

@@ -30,6 +30,11 @@ void check_device_range(const void *p, size_t bytes, const char *what);
  * or a launch failure. */
 [[noreturn]] void fault(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* The order simulated threads run in between two barriers: first to last (default), or last to
+ * first (CUDASIM_SCHEDULE=reverse in the environment, or this call), which exposes kernels that
+ * read shared memory another thread writes without a barrier in between. */
+void set_reverse_schedule(bool reverse);
+
 /* Rounding of fp32 values to the precision a tensor-core path reads them at (round to nearest
  * even, result returned as fp32): bf16 (8-bit mantissa), fp16 (11-bit, with fp16's range) and
  * tf32 (11-bit mantissa). */
