@@ -85,15 +85,16 @@ deps:
 # barriers (CUDASIM_SCHEDULE=reverse), so a kernel that reads shared memory without the barrier
 # it needs gives a different result in one of the two runs.
 SIM_TEST_BIN := build-sim/tests/test_cudasim_runtime build-sim/tests/test_cudasim_libs build-sim/tests/test_cuda_ops \
-                build-sim/tests/test_cuda_ops_reverse build-sim/tests/test_device_parity build-sim/tests/test_lpips
+                build-sim/tests/test_cuda_ops_reverse build-sim/tests/test_device_parity build-sim/tests/test_lpips \
+                build-sim/tests/test_cli_gpu
 
 test: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) all $(TEST_BIN)
-	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-sim SIM=1 $(SIM_TEST_BIN)
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-sim SIM=1 build-sim/stylediff $(SIM_TEST_BIN)
 	@sh tests/run_tests.sh $(TEST_BIN) $(SIM_TEST_BIN)
 
 sim-test: deps
-	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-sim SIM=1 $(SIM_TEST_BIN)
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-sim SIM=1 build-sim/stylediff $(SIM_TEST_BIN)
 	@sh tests/run_tests.sh $(SIM_TEST_BIN)
 
 $(BUILD)/tests/test_cuda_ops_reverse: $(BUILD)/tests/test_cuda_ops

@@ -6,7 +6,6 @@
  *
  * The CLI's files are not in libstylediff.a, so the logic under test is compiled in here. */
 #include <cjson/cJSON.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -491,9 +490,7 @@ static int teardown(void **state) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[PATH_MAX];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(stylediff, sizeof stylediff, "%s/../stylediff", dirname(self)); /* BUILD/tests/.. */
+    testutil_stylediff_path(stylediff, sizeof stylediff, argv[0]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_devices),
         cmocka_unit_test(test_group_rows),

@@ -2,7 +2,6 @@
  * (small sizes and few steps, so this stays quick) and every bad input the runtime issue lists:
  * each must exit non-zero with a message naming the file, tensor or argument, and never crash. */
 #include <cjson/cJSON.h>
-#include <libgen.h>
 #include <math.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -309,9 +308,7 @@ static void test_eval(void **state) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[PATH_MAX];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(stylediff, sizeof stylediff, "%s/../stylediff", dirname(self));
+    testutil_stylediff_path(stylediff, sizeof stylediff, argv[0]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_help_and_usage),
         cmocka_unit_test(test_generate_and_reconstruct),

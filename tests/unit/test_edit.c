@@ -19,7 +19,6 @@
  *    word counts, a blend word missing from its prompt, a reweighted word missing from the target,
  *    a tau outside [0, 1], an inversion file made with another model: each fails with a message
  *    naming the prompt / word / argument / file (and, for the CLI, a non-zero exit). */
-#include <libgen.h>
 #include <math.h>
 #include <limits.h>
 #include <stdio.h>
@@ -376,9 +375,7 @@ static void test_cli_refuses_bad_input(void **state) {
 
 int main(int argc, char **argv) {
     (void)argc;
-    char self[PATH_MAX];
-    snprintf(self, sizeof self, "%s", argv[0]);
-    snprintf(stylediff, sizeof stylediff, "%s/../stylediff", dirname(self));
+    testutil_stylediff_path(stylediff, sizeof stylediff, argv[0]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_nulltext_edit_matches_torch, reset_status),
         cmocka_unit_test_setup(test_stylediffusion_edit_matches_torch, reset_status),

@@ -1,6 +1,8 @@
 /* testutil.c: see testutil.h. */
 #include "testutil.h"
 
+#include <libgen.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,6 +179,12 @@ void testutil_write_random_lpips(const char *path) {
     for (int i = 0; i < 15; i++) name_ptrs[i] = names[i];
     assert_sd_ok(sd_safetensors_write(path, (const sd_tensor *const *)t, name_ptrs, 15, NULL, 0));
     for (int i = 0; i < 15; i++) sd_tensor_free(t[i]);
+}
+
+void testutil_stylediff_path(char *buf, size_t n, const char *argv0) {
+    char self[PATH_MAX];
+    snprintf(self, sizeof self, "%s", argv0);
+    snprintf(buf, n, "%s/../stylediff", dirname(self));
 }
 
 void testutil_run_cli(testutil_run *r, const char *stylediff, const char *args) {

@@ -90,6 +90,10 @@ int testutil_gpu_is_simulated(void);
  * for tests of the plumbing, where the values do not matter. */
 void testutil_write_random_lpips(const char *path);
 
+/* The stylediff binary of the build a test binary belongs to (BUILD/tests/test_x ->
+ * BUILD/stylediff), from the test's argv[0]. */
+void testutil_stylediff_path(char *buf, size_t n, const char *argv0);
+
 /* The command line as a user runs it: `STYLEDIFF ARGS` through the shell, stdout and stderr
  * captured together (up to 64 KiB), the exit status (128 + signal when killed). */
 typedef struct testutil_run {
