@@ -20,7 +20,8 @@ NVCC    := $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/n
 CUDA_SRC := $(wildcard kernels/*.cu)
 # SIM=1 (make sim-test, folder build-sim): the CUDA backend compiled by g++ against the host
 # simulator of CUDA, cuBLAS, cuBLASLt and cuDNN in tools/cudasim, so CI runs every kernel.
-SIM_SRC := tools/cudasim/cudasim_runtime.cpp tools/cudasim/cublas_sim.cpp tools/cudasim/cudnn_sim.cpp
+SIM_SRC := tools/cudasim/cudasim_runtime.cpp tools/cudasim/cudasim_rounding.cpp tools/cudasim/cublas_sim.cpp \
+           tools/cudasim/cudnn_sim.cpp
 ifeq ($(SIM),1)
   CFLAGS  += -DSD_HAVE_CUDA -DSD_CUDA_SIM
   SIM_CXXFLAGS := -std=c++17 -O3 -march=native -g -fopenmp -DSD_CUDA_SIM -Itools/cudasim/include -Iinclude -MMD -MP -Wall -Wextra \
@@ -100,12 +101,14 @@ sim-test: deps
 $(BUILD)/tests/test_cuda_ops_reverse: $(BUILD)/tests/test_cuda_ops
 	@printf '#!/bin/sh\necho "test_cuda_ops with the threads of each block scheduled last to first (CUDASIM_SCHEDULE=reverse)"\nCUDASIM_SCHEDULE=reverse exec "$$(dirname "$$0")/test_cuda_ops" "$$@"\n' > $@ && chmod +x $@
 
-$(BUILD)/tests/test_cudasim_runtime: tools/cudasim/test_cudasim_runtime.cpp $(BUILD)/obj/tools/cudasim/cudasim_runtime.o
+$(BUILD)/tests/test_cudasim_runtime: tools/cudasim/test_cudasim_runtime.cpp $(BUILD)/obj/tools/cudasim/cudasim_runtime.o \
+                                     $(BUILD)/obj/tools/cudasim/cudasim_rounding.o
 	@mkdir -p $(dir $@)
 	$(CXX) $(SIM_CXXFLAGS) -o $@ $^
 
 $(BUILD)/tests/test_cudasim_libs: tools/cudasim/test_cudasim_libs.cpp tools/cudasim/test_cudasim_libs_stubs.cpp \
-                                  $(BUILD)/obj/tools/cudasim/cublas_sim.o $(BUILD)/obj/tools/cudasim/cudnn_sim.o
+                                  $(BUILD)/obj/tools/cudasim/cublas_sim.o $(BUILD)/obj/tools/cudasim/cudnn_sim.o \
+                                  $(BUILD)/obj/tools/cudasim/cudasim_rounding.o
 	@mkdir -p $(dir $@)
 	$(CXX) $(SIM_CXXFLAGS) -o $@ $^
 

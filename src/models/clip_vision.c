@@ -176,7 +176,9 @@ static sd_status nested_object(const cJSON *root, const char *path, const char *
     return SD_OK;
 }
 
-static sd_status parse_vision_config(const cJSON *root, const char *path, sd_clip_vision_config *c) {
+/* An sd_config_parse_fn: `out` is the sd_clip_vision_config to fill. */
+static sd_status parse_vision_config(const cJSON *root, const char *path, void *out) {
+    sd_clip_vision_config *c = out;
     memset(c, 0, sizeof *c);
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (type && !cJSON_IsString(type))
@@ -216,14 +218,7 @@ static sd_status parse_vision_config(const cJSON *root, const char *path, sd_cli
     /* Defaults are CLIPVisionConfig's (ViT-B/32: patch_size 32), not ViT-B/16's. */
     sd_vit_geometry g;
     SD_TRY(sd_config_vit_geometry(&keys, 32, 1e-5f, &g));
-    c->hidden_size = g.hidden_size;
-    c->intermediate_size = g.intermediate_size;
-    c->num_hidden_layers = g.num_hidden_layers;
-    c->num_attention_heads = g.num_attention_heads;
-    c->num_channels = g.num_channels;
-    c->image_size = g.image_size;
-    c->patch_size = g.patch_size;
-    c->layer_norm_eps = g.layer_norm_eps;
+    SD_VIT_GEOMETRY_ASSIGN(c, g);
     SD_TRY(sd_config_key_int(&keys, "projection_dim", 512, &c->projection_dim));
 
     const char *act = "quick_gelu", *where = "";
@@ -239,16 +234,12 @@ static sd_status parse_vision_config(const cJSON *root, const char *path, sd_cli
     return SD_OK;
 }
 
-static sd_status parse_vision_config_any(const cJSON *root, const char *path, void *out) {
-    return parse_vision_config(root, path, out);
-}
-
 sd_status sd_clip_vision_config_parse(const char *json, const char *path, sd_clip_vision_config *out) {
-    return sd_config_parse_text(json, path, parse_vision_config_any, out, sizeof *out);
+    return sd_config_parse_text(json, path, parse_vision_config, out, sizeof *out);
 }
 
 sd_status sd_clip_vision_config_load(const char *path, sd_clip_vision_config *out) {
-    return sd_config_load_file(path, parse_vision_config_any, out, sizeof *out);
+    return sd_config_load_file(path, parse_vision_config, out, sizeof *out);
 }
 
 /* ================================================================================================

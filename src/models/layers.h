@@ -96,6 +96,19 @@ typedef struct sd_vit_geometry {
 } sd_vit_geometry;
 sd_status sd_config_vit_geometry(const sd_config_keys *k, int default_patch, float default_eps,
                                  sd_vit_geometry *out);
+/* Copies a geometry into a config struct that has the same field names (sd_clip_vision_config,
+ * sd_vit_config): the two public configs keep flat fields, the parsing lives in one place. */
+#define SD_VIT_GEOMETRY_ASSIGN(cfg, g)                                                             \
+    do {                                                                                           \
+        (cfg)->hidden_size = (g).hidden_size;                                                      \
+        (cfg)->intermediate_size = (g).intermediate_size;                                          \
+        (cfg)->num_hidden_layers = (g).num_hidden_layers;                                          \
+        (cfg)->num_attention_heads = (g).num_attention_heads;                                      \
+        (cfg)->num_channels = (g).num_channels;                                                    \
+        (cfg)->image_size = (g).image_size;                                                        \
+        (cfg)->patch_size = (g).patch_size;                                                        \
+        (cfg)->layer_norm_eps = (g).layer_norm_eps;                                                \
+    } while (0)
 
 /* Parses a config file's JSON object with `parse` (root, path, out); a malformed file fails
  * naming the path. sd_config_load_file reads the file first. `out` is written only on success. */

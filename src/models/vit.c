@@ -39,7 +39,9 @@ enum { STRUCTURE_SHORT_SIDE = 224, STRUCTURE_MAX_SIDE = 480 };
  * Configuration
  * ============================================================================================= */
 
-static sd_status parse_vit_config(const cJSON *root, const char *path, sd_vit_config *c) {
+/* An sd_config_parse_fn: `out` is the sd_vit_config to fill. */
+static sd_status parse_vit_config(const cJSON *root, const char *path, void *out) {
+    sd_vit_config *c = out;
     memset(c, 0, sizeof *c);
     sd_config_keys keys = {root, NULL, "", "", path};
     const char *model_type = "vit", *where = "";
@@ -50,14 +52,7 @@ static sd_status parse_vit_config(const cJSON *root, const char *path, sd_vit_co
     /* Defaults are ViTConfig's (ViT-B/16). */
     sd_vit_geometry g;
     SD_TRY(sd_config_vit_geometry(&keys, 16, 1e-12f, &g));
-    c->hidden_size = g.hidden_size;
-    c->intermediate_size = g.intermediate_size;
-    c->num_hidden_layers = g.num_hidden_layers;
-    c->num_attention_heads = g.num_attention_heads;
-    c->num_channels = g.num_channels;
-    c->image_size = g.image_size;
-    c->patch_size = g.patch_size;
-    c->layer_norm_eps = g.layer_norm_eps;
+    SD_VIT_GEOMETRY_ASSIGN(c, g);
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(root, "qkv_bias");
     if (bias && !cJSON_IsBool(bias))
         return sd_fail(SD_ERR_FORMAT, "%s: key \"qkv_bias\": expected true or false, got %s", path, sd_json_kind(bias));
@@ -70,16 +65,12 @@ static sd_status parse_vit_config(const cJSON *root, const char *path, sd_vit_co
     return SD_OK;
 }
 
-static sd_status parse_vit_config_any(const cJSON *root, const char *path, void *out) {
-    return parse_vit_config(root, path, out);
-}
-
 sd_status sd_vit_config_parse(const char *json, const char *path, sd_vit_config *out) {
-    return sd_config_parse_text(json, path, parse_vit_config_any, out, sizeof *out);
+    return sd_config_parse_text(json, path, parse_vit_config, out, sizeof *out);
 }
 
 sd_status sd_vit_config_load(const char *path, sd_vit_config *out) {
-    return sd_config_load_file(path, parse_vit_config_any, out, sizeof *out);
+    return sd_config_load_file(path, parse_vit_config, out, sizeof *out);
 }
 
 /* ================================================================================================

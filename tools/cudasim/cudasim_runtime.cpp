@@ -71,36 +71,6 @@ void fault(const char *fmt, ...) {
     abort();
 }
 
-float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
-
-float round_tf32(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    if ((u & 0x7f800000u) == 0x7f800000u) return x; /* Inf, NaN */
-    u += 0xfffu + ((u >> 13) & 1u);                  /* keep 10 mantissa bits, ties to even */
-    u &= ~0x1fffu;
-    float r;
-    memcpy(&r, &u, sizeof r);
-    return r;
-}
-
-float round_fp16(float x) {
-    if (!std::isfinite(x)) return x;
-    const float a = std::fabs(x);
-    if (a >= 65520.0f) return std::copysign(INFINITY, x); /* rounds past fp16's largest value */
-    if (a < 6.103515625e-05f) {                         /* subnormal: a fixed step of 2^-24 */
-        const float step = 5.9604644775390625e-08f;
-        return std::nearbyint(x / step) * step;
-    }
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    u += 0xfffu + ((u >> 13) & 1u); /* 10 explicit mantissa bits, like tf32 in the normal range */
-    u &= ~0x1fffu;
-    float r;
-    memcpy(&r, &u, sizeof r);
-    return r;
-}
-
 } // namespace cudasim
 
 static const char *error_name(cudaError_t e) {

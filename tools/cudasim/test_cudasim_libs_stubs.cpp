@@ -8,8 +8,8 @@
  *  - check_device_range accepts a range only inside one buffer the test registered (the test's
  *    "device allocations", sized exactly to the extents the API rules give), so an over-long
  *    extent computed by a stand-in fails the test;
- *  - fault prints and aborts;
- *  - round_* round to nearest even, written from the formats' definitions. */
+ *  - fault prints and aborts.
+ * The rounding functions are the simulator's own (cudasim_rounding.cpp). */
 #include "cudasim.h"
 
 #include <cmath>
@@ -68,42 +68,6 @@ void fault(const char *fmt, ...) {
     va_end(ap);
     fflush(stderr);
     abort();
-}
-
-static uint32_t bits(float x) {
-    uint32_t u;
-    memcpy(&u, &x, sizeof u);
-    return u;
-}
-static float from_bits(uint32_t u) {
-    float x;
-    memcpy(&x, &u, sizeof x);
-    return x;
-}
-
-/* Keeps the top `keep` mantissa bits of 23, rounding to nearest even. */
-static float round_mantissa(float x, int keep) {
-    if (std::isnan(x) || std::isinf(x)) return x;
-    const int drop = 23 - keep;
-    uint32_t u = bits(x);
-    const uint32_t half = (1u << (drop - 1)) - 1 + ((u >> drop) & 1u);
-    u += half;
-    u &= ~((1u << drop) - 1);
-    return from_bits(u);
-}
-
-float round_bf16(float x) { return round_mantissa(x, 7); }
-float round_tf32(float x) { return round_mantissa(x, 10); }
-
-float round_fp16(float x) {
-    if (std::isnan(x)) return x;
-    const float ax = std::fabs(x);
-    if (ax >= 65520.0f) return std::copysign(INFINITY, x); /* rounds past the largest half, 65504 */
-    if (ax < 6.103515625e-05f) {                          /* below 2^-14: half's subnormals, step 2^-24 */
-        const double q = std::nearbyint((double)x * 16777216.0);
-        return (float)(q / 16777216.0);
-    }
-    return round_mantissa(x, 10);
 }
 
 } // namespace cudasim
