@@ -43,7 +43,9 @@
 #   --reps R / --reps-ddim R     PyTorch timed units (3 / 1 | 10 / 10)
 #   --warmup W                   PyTorch untimed units (1 | 2); DDIM: (0 | 1)
 #   --modes LIST                 PyTorch modes (fp32-explicit | fp32-explicit,fp32-sdpa)
-#   --precision LIST             stylediff precisions on cuda (exact,fast); cpu: exact
+#   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager); cpu: exact.
+#                                "+eager" runs the gradient steps op by op (--eager) instead of
+#                                replaying them as CUDA graphs: the table then shows what graphs save
 #   --ours-warmup 0|1            run stylediff's methods once untimed first (0 | 1): the reported
 #                                rows are then the second nulltext and stylediffusion runs
 #   --quality none|ddim|all      also run full inversions on both sides and report the latent MSE of
@@ -94,7 +96,7 @@ if [ "$DEVICE" = cpu ]; then
     PRECISION=exact WARMUP_DDIM=0
 else
     : "${INNER_SD:=30}" "${TIMESTEPS:=2}" "${REPS:=10}" "${REPS_DDIM:=10}" "${WARMUP:=2}"
-    : "${MODES:=fp32-explicit,fp32-sdpa}" "${PRECISION:=exact,fast}" "${OURS_WARMUP:=1}"
+    : "${MODES:=fp32-explicit,fp32-sdpa}" "${PRECISION:=exact,fast,fast+eager}" "${OURS_WARMUP:=1}"
     WARMUP_DDIM=1
 fi
 if [ -z "$PY" ]; then
@@ -175,9 +177,11 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     f=$RES/ours_$prec.tsv
     echo "stylediff: bench invert --device $DEVICE --precision $prec --methods $METHODS --steps $STEPS" \
          "--steps-sd $STEPS_SD --inner $INNER --inner-sd $INNER_SD --timesteps $TIMESTEPS" >&2
+    eager=""
+    case $prec in *+eager) eager=--eager ;; esac
     # shellcheck disable=SC2086
-    if "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "$prec" --methods "$METHODS" --steps "$STEPS" \
-            --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
+    if "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "${prec%+eager}" $eager --methods "$METHODS" \
+            --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
             > "$f" 2> "$LOGS/ours_$prec.err"; then
         sed "s/^/  /" "$f" >&2
     else
@@ -212,6 +216,7 @@ if [ "$QUALITY" != none ]; then
     qm=ddim
     [ "$QUALITY" = all ] && qm=ddim,nulltext,stylediffusion
     qprec=$(echo "$PRECISION" | cut -d, -f1)
+    qprec=${qprec%+eager}
     rm -rf "$WORK/saved_$MODEL"
     mkdir -p "$WORK/saved_$MODEL"
     echo "quality: stylediff bench invert --methods $qm (full) --save $WORK/saved_$MODEL" >&2
@@ -275,6 +280,10 @@ for prec, path in ours_files:
                          f"(2 forwards per timestep vs ~3 per iteration)")
         if iters != expect_sd:
             notes.append(f"stylediff {prec}: StyleDiffusion stopped early: {iters} of {expect_sd} iterations")
+    for name in ("nulltext", "stylediffusion"):
+        r = last.get(name)
+        if r and len(r) >= 11:
+            notes.append(f"stylediff {prec}: {name}: {r[10]} of {r[4]} gradient iterations replayed from a CUDA graph")
     ours[prec] = col
 
 torch_rows = [r for r in rows(torch_tsv) if r[0] == "invert_ref"]

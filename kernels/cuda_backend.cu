@@ -361,6 +361,7 @@ static void table_fill(sd_backend *t) {
     t->unary = cu_unary;
     t->binary = cu_binary;
     t->axpby = cu_axpby;
+    t->axpby_dev = cu_axpby_dev;
     t->add_channel_bias = cu_add_channel_bias;
     t->geglu = cu_geglu;
     t->concat_channels = cu_concat_channels;
@@ -384,6 +385,7 @@ static void table_fill(sd_backend *t) {
     t->unary_backward = cu_unary_backward;
     t->geglu_backward = cu_geglu_backward;
     t->axpy = cu_axpy;
+    t->axpy_dev = cu_axpy_dev;
     t->mul_acc = cu_mul_acc;
     t->add_channel_bias_backward = cu_add_channel_bias_backward;
     t->concat_channels_backward = cu_concat_channels_backward;

@@ -214,6 +214,7 @@ __device__ __forceinline__ float cu_gelu_grad(float v) {
 sd_status cu_unary(sd_unary_op op, const float *x, float *y, int64_t n, float alpha);
 sd_status cu_binary(sd_binary_op op, const float *a, const float *b, float *y, int64_t n);
 sd_status cu_axpby(float alpha, const float *x, float beta, const float *z, float *y, int64_t n);
+sd_status cu_axpby_dev(const float *coef, const float *x, const float *z, float *y, int64_t n);
 sd_status cu_clamp(const float *x, float *y, float lo, float hi, int64_t n);
 sd_status cu_add_channel_bias(const float *x, const float *v, float *y, int64_t B, int64_t C, int64_t S);
 sd_status cu_geglu(const float *x, float *y, int64_t M, int64_t N);
@@ -233,6 +234,7 @@ sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, flo
                             float alpha);
 sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N);
 sd_status cu_axpy(float alpha, const float *x, float *y, int64_t n);
+sd_status cu_axpy_dev(const float *coef, const float *x, float *y, int64_t n);
 sd_status cu_mul_acc(const float *a, const float *b, float *y, int64_t n);
 sd_status cu_add_channel_bias_backward(const float *dy, float *dv, int64_t B, int64_t C, int64_t S);
 sd_status cu_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca,

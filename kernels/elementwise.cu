@@ -66,15 +66,33 @@ sd_status cu_binary(sd_binary_op op, const float *a, const float *b, float *y, i
     return SD_OK;
 }
 
+/* Two products and a sum, each rounded once as the CPU rounds them (no contraction to an FMA). */
+__device__ __forceinline__ float axpby_rn(float alpha, float x, float beta, float z) {
+    return __fadd_rn(__fmul_rn(alpha, x), __fmul_rn(beta, z));
+}
+
 __global__ void k_axpby(float alpha, const float *x, float beta, const float *z, float *y, int64_t n) {
-    /* x, z, y: [n]; two products and a sum, each rounded once as the CPU rounds them */
-    GRID_STRIDE(i, n) y[i] = __fadd_rn(__fmul_rn(alpha, x[i]), __fmul_rn(beta, z[i]));
+    /* x, z, y: [n] */
+    GRID_STRIDE(i, n) y[i] = axpby_rn(alpha, x[i], beta, z[i]);
 }
 
 sd_status cu_axpby(float alpha, const float *x, float beta, const float *z, float *y, int64_t n) {
     if (n <= 0) return SD_OK;
     CU_LAUNCH(k_axpby, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(alpha, x, beta, z, y, n);
     LAUNCH_CHECK("axpby");
+    return SD_OK;
+}
+
+__global__ void k_axpby_dev(const float *coef, const float *x, const float *z, float *y, int64_t n) {
+    /* coef: [2] = (alpha, beta), read when the kernel runs (a replayed graph sees new values) */
+    const float alpha = coef[0], beta = coef[1];
+    GRID_STRIDE(i, n) y[i] = axpby_rn(alpha, x[i], beta, z[i]);
+}
+
+sd_status cu_axpby_dev(const float *coef, const float *x, const float *z, float *y, int64_t n) {
+    if (n <= 0) return SD_OK;
+    CU_LAUNCH(k_axpby_dev, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(coef, x, z, y, n);
+    LAUNCH_CHECK("axpby_dev");
     return SD_OK;
 }
 
@@ -376,6 +394,19 @@ sd_status cu_axpy(float alpha, const float *x, float *y, int64_t n) {
     if (n <= 0 || !y) return SD_OK;
     CU_LAUNCH(k_axpy, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(alpha, x, y, n);
     LAUNCH_CHECK("axpy");
+    return SD_OK;
+}
+
+__global__ void k_axpy_dev(const float *coef, const float *x, float *y, int64_t n) {
+    /* coef: [1], read when the kernel runs; the same arithmetic as k_axpy */
+    const float alpha = coef[0];
+    GRID_STRIDE(i, n) y[i] += alpha * x[i];
+}
+
+sd_status cu_axpy_dev(const float *coef, const float *x, float *y, int64_t n) {
+    if (n <= 0 || !y) return SD_OK;
+    CU_LAUNCH(k_axpy_dev, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(coef, x, y, n);
+    LAUNCH_CHECK("axpy_dev");
     return SD_OK;
 }
 

@@ -67,4 +67,49 @@ sd_status sd_adam_init(sd_ctx *c, sd_adam *opt, sd_tensor **params, int n, doubl
 sd_status sd_adam_step(sd_ctx *c, sd_adam *opt);
 void sd_adam_free(sd_adam *opt);
 
+/* ------------------------------------------------------------------------------------------------
+ * Repeated steps replayed as CUDA graphs.
+ *
+ * An optimisation loop runs the same forward + backward many times, a DDIM loop the same UNet call;
+ * only values change (parameters, latents, and per-timestep inputs kept in device buffers). At
+ * batch 1 on a GPU, launching the thousands of kernels of a UNet forward + backward one by one
+ * costs the host about as long as the GPU takes to run them; a CUDA graph launches them with one call.
+ *
+ * sd_graph_step(c, g, tape, forward, arg, ...) computes out = forward(c, arg) and, when `tape` is
+ * given, back-propagates out (a one-element loss) to the leaves with the tape recording; it
+ * returns out, and each leaf's grad is then set as after sd_backward, until sd_tape_reset. With a
+ * NULL tape it is a forward-only step (a DDIM step: out is the next latent). How it runs:
+ *   - op by op, on the CPU, with c->eager, and the first time it sees a key (that run creates
+ *     the library plans, workspaces and arena chunks a capture needs);
+ *   - the second time with the same key, captured into a CUDA graph and run;
+ *   - from then on, the graph is replayed: forward is not called at all.
+ * The key covers the activation arena's position and `inputs`, the addresses of everything the
+ * forward reads that lives outside the step (latents, embeddings, buffers of per-step values)
+ * and the leaves: when any of them moves, the graph is dropped and the sequence starts again.
+ * So the forward must be a pure function of what those addresses hold: per-step scalars go
+ * through device memory (sd_unet_forward_tvec, sd_axpby_dev, sd_ddim_step_dev), never by value,
+ * and it may not synchronise with the host (a capture refuses downloads). `out` and the
+ * gradients stay in the activation arena until the caller resets it past them.
+ * A capture that fails is reported once (sd_warn) and the steps go on op by op.
+ * --------------------------------------------------------------------------------------------- */
+#define SD_STEP_GRAPH_MAX_LEAVES 16
+struct sd_cuda_graph;
+typedef sd_tensor *(*sd_step_forward_fn)(sd_ctx *c, void *arg);
+typedef struct sd_step_graph {
+    int enabled;                  /* a CUDA context without c->eager */
+    uint64_t key;                 /* what the current graph (or eager run) was made for */
+    int eager_runs;               /* runs with this key so far, op by op */
+    struct sd_cuda_graph *graph;  /* NULL until captured */
+    sd_arena_mark end_mark;       /* the arena's position after the captured step */
+    sd_tensor out;                /* header of the captured output (its data stays where it was) */
+    sd_tensor grads[SD_STEP_GRAPH_MAX_LEAVES]; /* headers of the leaves' captured gradients */
+    int has_grad[SD_STEP_GRAPH_MAX_LEAVES];
+    int captures, replays, steps; /* for reports: graphs made, steps run from a graph, all steps */
+} sd_step_graph;
+
+void sd_step_graph_init(sd_step_graph *g, const sd_ctx *c);
+void sd_step_graph_free(sd_step_graph *g);
+sd_tensor *sd_graph_step(sd_ctx *c, sd_step_graph *g, sd_tape *tape, sd_step_forward_fn forward, void *arg,
+                        const void *const *inputs, int n_inputs, sd_tensor *const *leaves, int n_leaves);
+
 #endif

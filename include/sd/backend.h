@@ -64,6 +64,11 @@ typedef struct sd_backend {
 
     /* y[i] = alpha·x[i] + beta·z[i]; y may alias x or z. */
     sd_status (*axpby)(float alpha, const float *x, float beta, const float *z, float *y, int64_t n);
+    /* The same with the coefficients read from the backend's memory at run time, alpha = coef[0],
+     * beta = coef[1]: a CUDA graph captured once replays with the values written there before each
+     * replay (DDIM's per-timestep factors), where by-value scalars would stay frozen. Same rounding
+     * as axpby, so both spellings of a step give identical results. */
+    sd_status (*axpby_dev)(const float *coef, const float *x, const float *z, float *y, int64_t n);
 
     /* y[b, c, s] = x[b, c, s] + v[b, c]: the time-embedding projection added to a feature map. */
     sd_status (*add_channel_bias)(const float *x, const float *v, float *y, int64_t B, int64_t C,
@@ -151,6 +156,8 @@ typedef struct sd_backend {
     sd_status (*geglu_backward)(const float *x, const float *dy, float *dx, int64_t M, int64_t N);
     /* y[i] += alpha · x[i] (the backward of add, sub, axpby, copies and views) */
     sd_status (*axpy)(float alpha, const float *x, float *y, int64_t n);
+    /* y[i] += coef[0] · x[i], coef in the backend's memory (the backward of axpby_dev) */
+    sd_status (*axpy_dev)(const float *coef, const float *x, float *y, int64_t n);
     /* y[i] += a[i] · b[i] (the backward of mul) */
     sd_status (*mul_acc)(const float *a, const float *b, float *y, int64_t n);
     /* add_channel_bias: dv[b, c] += Σ_s dy[b, c, s] (dx += dy is an axpy) */

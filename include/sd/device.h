@@ -58,6 +58,9 @@ sd_status sd_device_parse(const char *spec, int *device_out);
  * without CUDA. Auto falls back to the CPU with one notice (sd_info) giving the same reason. */
 sd_status sd_device_open(const char *spec, sd_precision precision, struct sd_ctx *ctx_out);
 
+/* 1 when the context runs on a CUDA device (where CUDA graphs and the functions below apply). */
+int sd_ctx_on_cuda(const struct sd_ctx *c);
+
 /* "cpu (reference backend)" or "cuda:0 NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB), exact (fp32, no
  * TF32)": what a report prints about where it ran. */
 const char *sd_device_describe(const struct sd_ctx *c, char *buf, size_t n);

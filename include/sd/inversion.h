@@ -68,6 +68,8 @@ typedef struct sd_inversion {
     sd_tensor *(*mapping)[SD_MAP_N_PARAMS]; /* stylediffusion: n_steps networks (host) */
     sd_tensor *image_features;    /* stylediffusion: (1, tokens, D) CLIP features of the image */
     sd_step_stats *stats;         /* n_steps entries (inversion order of the reverse steps) */
+    int gradient_steps;           /* optimiser iterations run (nulltext, stylediffusion) */
+    int graph_steps;              /* of which replayed from a CUDA graph (autograd.h, sd_graph_step) */
     double seconds_ddim;          /* encode + DDIM inversion */
     double seconds_total;
     uint64_t image_hash;          /* sd_hash64 of the 8-bit crop fed to the VAE */

@@ -70,6 +70,10 @@ sd_status sd_unet_bind(sd_unet *u, const sd_unet_config *cfg, sd_weights *w);
 /* eps = UNet(x[B, C_in, H, W], t, context[B, S, D_ctx]) for one timestep t shared by the batch.
  * H and W must be multiples of 2^(blocks-1). Attention calls go through c->hook. */
 sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, sd_tensor *context);
+/* The same with the timestep read from a device tensor tvec[B] (F32, one value per batch row)
+ * when the work runs: a CUDA graph of it replays with whatever timestep was written there. */
+sd_tensor *sd_unet_forward_tvec(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor *tvec,
+                                sd_tensor *context);
 
 typedef struct sd_vae {
     sd_vae_config cfg;

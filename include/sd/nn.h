@@ -31,6 +31,9 @@ typedef struct sd_ctx {
     int recompute;              /* gradient steps recompute UNet blocks instead of keeping their
                                  * activations (sd_checkpoint): less memory, one more forward */
     sd_arena *scratch;          /* where a recomputed block's activations live (created on first use) */
+    int eager;                  /* run repeated steps op by op instead of replaying them as CUDA
+                                 * graphs (sd_graph_step; the CPU always runs eagerly) */
+    int64_t graph_replays;      /* steps run from a CUDA graph on this context so far (reports) */
 } sd_ctx;
 
 /* A context on backend `be` (device SD_DEVICE_CPU or a CUDA ordinal) with fresh arenas. */
@@ -50,6 +53,8 @@ sd_tensor *sd_new(sd_ctx *c, int ndim, const int64_t *shape);
 sd_tensor *sd_new4(sd_ctx *c, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3);
 /* A copy of x in the keep arena, which survives resets of the activation arena. */
 sd_tensor *sd_keep(sd_ctx *c, const sd_tensor *x);
+/* A new F32 tensor in the keep arena (uninitialised). */
+sd_tensor *sd_keep_new(sd_ctx *c, int ndim, const int64_t *shape);
 /* dst <- src (equal element counts, both on the context's device). */
 sd_status sd_assign(sd_ctx *c, sd_tensor *dst, const sd_tensor *src);
 /* A copy of a host F32 tensor on the context's device (arena). */
@@ -109,6 +114,9 @@ sd_tensor *sd_sub(sd_ctx *c, sd_tensor *a, sd_tensor *b);
 sd_tensor *sd_mul(sd_ctx *c, sd_tensor *a, sd_tensor *b);
 /* alpha·x + beta·z (same shapes). */
 sd_tensor *sd_axpby(sd_ctx *c, float alpha, sd_tensor *x, float beta, sd_tensor *z);
+/* coef[0]·x + coef[1]·z with coef two F32 values on the context's device, read when the op runs:
+ * the spelling for per-step factors of work replayed as a CUDA graph (sd_graph_step). */
+sd_tensor *sd_axpby_dev(sd_ctx *c, const sd_tensor *coef, sd_tensor *x, sd_tensor *z);
 sd_tensor *sd_scale(sd_ctx *c, sd_tensor *x, float alpha);
 sd_tensor *sd_clamp(sd_ctx *c, sd_tensor *x, float lo, float hi);
 /* x[B, C, H, W] + v[B, C] broadcast over H, W. */

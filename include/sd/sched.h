@@ -29,6 +29,15 @@ sd_tensor *sd_ddim_prev_step(sd_ctx *c, const sd_ddim *s, sd_tensor *eps, int t,
  * level t - Δ (or ᾱ_final) up to t. */
 sd_tensor *sd_ddim_next_step(sd_ctx *c, const sd_ddim *s, sd_tensor *eps, int t, sd_tensor *z);
 
+/* The same steps with their factors in device memory, for work replayed as a CUDA graph: each
+ * step is two axpby passes, x0 = f0·z + f1·ε and z' = f2·x0 + f3·ε. sd_ddim_prev_factors /
+ * sd_ddim_next_factors fill f on the host (the caller uploads it into a [4] F32 tensor of the
+ * device before the work runs); sd_ddim_step_dev applies it. Results are bit-identical to
+ * sd_ddim_prev_step / sd_ddim_next_step, which compute the same factors. */
+void sd_ddim_prev_factors(const sd_ddim *s, int t, float f[4]);
+void sd_ddim_next_factors(const sd_ddim *s, int t, float f[4]);
+sd_tensor *sd_ddim_step_dev(sd_ctx *c, sd_tensor *factors, sd_tensor *eps, sd_tensor *z);
+
 /* Classifier-free guidance: ε_u + w·(ε_c − ε_u). */
 sd_tensor *sd_cfg_combine(sd_ctx *c, sd_tensor *eps_uncond, sd_tensor *eps_cond, float guidance);
 

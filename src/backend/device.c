@@ -72,8 +72,12 @@ sd_status sd_device_open(const char *spec, sd_precision precision, sd_ctx *ctx_o
     return sd_ctx_init(ctx_out, be, ordinal);
 }
 
+int sd_ctx_on_cuda(const sd_ctx *c) {
+    return c && c->device != SD_DEVICE_CPU && c->be && strcmp(c->be->name, "cuda") == 0;
+}
+
 const char *sd_device_describe(const sd_ctx *c, char *buf, size_t n) {
-    if (!c || c->device == SD_DEVICE_CPU || !c->be || strcmp(c->be->name, "cuda") != 0) {
+    if (!sd_ctx_on_cuda(c)) {
         snprintf(buf, n, "cpu (reference backend, exact fp32)");
         return buf;
     }

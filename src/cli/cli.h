@@ -55,6 +55,8 @@ sd_status cli_open_context(const char *device, const char *precision, struct sd_
  * context's `recompute`): less device memory for about one more forward per step. */
 #define CLI_RECOMPUTE_OPTION(flag_var)                                                                              \
     {"recompute", 0, CLI_FLAG, &(flag_var), NULL, "recompute UNet blocks in gradient steps (less memory, more time)", 1, 0}
+#define CLI_EAGER_OPTION(flag_var)                                                                                  \
+    {"eager", 0, CLI_FLAG, &(flag_var), NULL, "GPU: run repeated steps op by op instead of replaying CUDA graphs", 1, 0}
 #define CLI_DEVICE_OPTIONS(device_var, precision_var)                                                            \
     {"device", 0, CLI_STR, &(device_var), "DEV", "cpu, cuda or cuda:N (default: cuda when a usable GPU exists)", 1, 0}, \
     {"precision", 0, CLI_STR, &(precision_var), "P", "exact (fp32, no TF32; default) or fast (tensor cores)", 1, 0}

@@ -147,7 +147,7 @@ typedef struct batch_settings {
     const char *csv_path, *method_name, *out_dir, *root, *model_path, *clip_dir, *config_path;
     const char *device, *precision;
     sd_invert_options invert;
-    int from_case, to_case, quiet, resume, recompute;
+    int from_case, to_case, quiet, resume, recompute, eager;
     /* what makes results comparable: --resume trusts only rows recorded under the same key */
     char run_key[8192];
 } batch_settings;
@@ -182,6 +182,7 @@ static sd_status runtime_open(const batch_settings *s, batch_runtime *rt) {
     if (!st && !(st = cli_open_context(s->device, s->precision, &rt->m, &rt->c, rt->where, sizeof rt->where))) {
         rt->have_ctx = 1;
         rt->c.recompute = s->recompute;
+        rt->c.eager = s->eager;
     }
     if (!st && rt->have_clip) st = sd_ctx_adopt_weights(&rt->c, rt->clip.owned);
     if (st) {
@@ -477,6 +478,7 @@ int cmd_batch(int argc, char **argv) {
         {"shard", 0, CLI_STR, &shard_spec, "K/N", "(internal, set by --devices) run worker K's rows of N", 1, 0},
         {"quiet", 'q', CLI_FLAG, &s.quiet, NULL, "no progress bars or notices", 1, 0},
         CLI_RECOMPUTE_OPTION(s.recompute),
+        CLI_EAGER_OPTION(s.eager),
         CLI_DEVICE_OPTIONS(s.device, s.precision),
     };
     const cli_command cmd = {

@@ -12,6 +12,8 @@
  *   value    StyleDiffusion's step: eps_c = UNet(z, t, c) with a trainable value input v (starting
  *            at c) substituted in all 16 cross-attention layers (keys read c), eps = eps_u +
  *            w (eps_c - eps_u) with eps_u fixed, L = mse(eps, target), backward to v.
+ * On a GPU each kind of step is captured into a CUDA graph and replayed (sd_graph_step), as the
+ * inversions run them; --eager times them op by op.
  * Memory: the activation arena's peak during each row's steps (with --recompute, plus the
  * recomputation arena's: one block's activations), and the weights (F32) it runs with; on CUDA also the device memory in use at the end (cudaMemGetInfo: total - free, CUDA
  * context, library workspaces and arena chunks included). */
@@ -39,20 +41,16 @@ typedef struct {
     sd_tensor *eps_c, *eps_u;     /* kept: eps with the plain cond / uncond context */
     sd_tensor *leaf_u, *leaf_v;   /* trainable (1, 77, D): the null embedding, the value input */
     sd_tape *tape;
+    sd_step_graph graphs[3];      /* one per step kind: replayed on a GPU unless --eager */
+    grad_work work;               /* the step grad_forward computes */
 } grad_env;
 
-/* One step of `work`; the loss goes to *loss (host) when loss is not NULL. Leaves the leaf's
- * gradient in leaf->grad (arena memory: read it before the caller resets the arena). */
-static sd_status grad_step(grad_env *e, grad_work work, float *loss) {
-    sd_ctx *c = e->c;
-    if (work == WORK_FORWARD) {
-        sd_unet_forward(c, e->u, e->z, GRAD_T, e->cond);
-        return sd_ctx_status(c);
-    }
-    sd_tape_reset(e->tape);
-    sd_ctx_set_tape(c, e->tape);
+/* The loss of one step of e->work (the eps of a forward), a pure function of the env's tensors. */
+static sd_tensor *grad_forward(sd_ctx *c, void *arg) {
+    const grad_env *e = arg;
+    if (e->work == WORK_FORWARD) return sd_unet_forward(c, e->u, e->z, GRAD_T, e->cond);
     sd_tensor *eps;
-    if (work == WORK_CONTEXT) {
+    if (e->work == WORK_CONTEXT) {
         sd_tensor *eps_u = sd_unet_forward(c, e->u, e->z, GRAD_T, e->leaf_u);
         eps = sd_cfg_combine(c, eps_u, e->eps_c, GRAD_GUIDANCE);
     } else {
@@ -64,22 +62,37 @@ static sd_status grad_step(grad_env *e, grad_work work, float *loss) {
         c->hook = saved;
         eps = sd_cfg_combine(c, e->eps_u, eps_c, GRAD_GUIDANCE);
     }
-    sd_tensor *l = sd_mse(c, eps, e->target);
-    sd_backward(c, l);
-    sd_ctx_set_tape(c, NULL);
-    if (loss) *loss = sd_item(c, l);
+    return sd_mse(c, eps, e->target);
+}
+
+/* One step of `work` (sd_graph_step: op by op the first time, then captured and replayed as a
+ * CUDA graph on a GPU unless --eager; the timestep is a constant here, so by value is fine); the
+ * loss goes to *loss (host) when loss is not NULL. Leaves the leaf's gradient in leaf->grad (arena
+ * memory: read it before the caller resets the arena). */
+static sd_status grad_step(grad_env *e, grad_work work, float *loss) {
+    sd_ctx *c = e->c;
+    sd_tape_reset(e->tape);
+    e->work = work;
+    sd_tensor *leaf = work == WORK_CONTEXT ? e->leaf_u : work == WORK_VALUE ? e->leaf_v : NULL;
+    const void *inputs[] = {e->z->data, e->cond->data, e->target->data, e->eps_c->data, e->eps_u->data};
+    sd_tensor *out = sd_graph_step(c, &e->graphs[work], leaf ? e->tape : NULL, grad_forward, e, inputs, 5,
+                                   leaf ? &leaf : NULL, leaf ? 1 : 0);
+    if (loss && out) *loss = sd_item(c, out);
     return sd_ctx_status(c);
 }
 
-/* Times `iters` steps after one warm-up; the activation peak covers the warm-up and the steps. */
+/* Times `iters` steps after the warm-up (one step, two when the step is replayed as a CUDA graph:
+ * the first runs op by op, the second is captured); the activation peak covers all of them. */
 static sd_status time_work(grad_env *e, grad_work work, int iters, int cuda, double *ms, double *peak_mib) {
     sd_ctx *c = e->c;
     const sd_arena_mark mark = sd_arena_get_mark(c->arena);
     sd_arena_reset_peak(c->arena);
     if (c->scratch) sd_arena_reset_peak(c->scratch);
-    SD_TRY(grad_step(e, work, NULL)); /* warm-up: arena chunks, library plans */
-    sd_tape_reset(e->tape);
-    sd_arena_reset(c->arena, mark);
+    for (int w = 0; w < (e->graphs[work].enabled ? 2 : 1); w++) {
+        SD_TRY(grad_step(e, work, NULL)); /* warm-up: arena chunks, library plans, the graph */
+        sd_tape_reset(e->tape);
+        sd_arena_reset(c->arena, mark);
+    }
     for (int i = 0; i < iters; i++) {
         const double t0 = sd_now();
         if (cuda) SD_TRY(sd_cuda_timer_start());
@@ -136,7 +149,7 @@ static sd_status save_io(grad_env *e, const char *path, const sd_tensor *hz, con
 int cmd_bench_grad(int argc, char **argv) {
     const char *model_path = NULL, *config_dir = NULL, *device = NULL, *precision_name = "exact";
     const char *weights_out = NULL, *io_out = NULL, *what = "forward,context,value";
-    int size = 0, iters = 3, quiet = 0, tsv = 0, recompute = 0;
+    int size = 0, iters = 3, quiet = 0, tsv = 0, recompute = 0, eager = 0;
     const cli_opt opts[] = {
         {"model", 'm', CLI_STR, &model_path, "MODEL", "checkpoint (default: built-in tiny model)", 1, 0},
         {"config", 0, CLI_STR, &config_dir, "DIR", "this config with random weights instead (e.g. configs/sd-v1.5)", 1, 0},
@@ -148,6 +161,7 @@ int cmd_bench_grad(int argc, char **argv) {
         {"save-weights", 0, CLI_STR, &weights_out, "FILE", "write the UNet weights used (diffusers names) to a .safetensors file", 1, 0},
         {"save-io", 0, CLI_STR, &io_out, "FILE", "write the inputs, losses and gradients of one context and one value step", 1, 0},
         {"recompute", 0, CLI_FLAG, &recompute, NULL, "recompute UNet blocks in the backward (less memory, more time)", 1, 0},
+        CLI_EAGER_OPTION(eager),
         {"tsv", 0, CLI_FLAG, &tsv, NULL, "print tab-separated result rows instead of the table", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no notices", 1, 0},
     };
@@ -181,6 +195,7 @@ int cmd_bench_grad(int argc, char **argv) {
     if (st) return cli_fail("bench grad", st);
     sd_ctx *c = &b.ctx;
     c->recompute = recompute;
+    c->eager = eager;
     const sd_unet unet = b.unet;
     const int cuda = b.cuda;
     sd_tape *tape = sd_tape_new();
@@ -192,7 +207,8 @@ int cmd_bench_grad(int argc, char **argv) {
     sd_tensor *htarget = sd_tensor_new4(SD_F32, 4, 1, unet.cfg.out_channels, side, side);
     double *ms = calloc((size_t)iters, sizeof(double));
     if (!hz || !hcond || !huncond || !htarget || !ms) st = sd_fail(SD_ERR_OOM, "out of host memory for the bench inputs");
-    grad_env e = {c, &unet, NULL, NULL, NULL, NULL, NULL, NULL, NULL, tape};
+    grad_env e = {.c = c, .u = &unet, .tape = tape};
+    for (int k = 0; k < 3; k++) sd_step_graph_init(&e.graphs[k], c);
     if (st == SD_OK) {
         sd_rng rng;
         sd_rng_seed(&rng, 1);
@@ -219,10 +235,12 @@ int cmd_bench_grad(int argc, char **argv) {
     const double weights_mib = (double)cli_bench_weights_bytes(b.store) / (1 << 20);
     const char *dev = cuda ? "cuda" : "cpu";
     char prec[32];
-    snprintf(prec, sizeof prec, "%s%s", cuda ? sd_precision_name(b.precision) : "exact", recompute ? "+recompute" : "");
+    snprintf(prec, sizeof prec, "%s%s%s", cuda ? sd_precision_name(b.precision) : "exact", recompute ? "+recompute" : "",
+             cuda && eager ? "+eager" : "");
     if (st == SD_OK && !tsv) {
-        printf("one UNet step, batch 1, %lldx%lld latent, %s (%s), weights %.0f MiB F32%s\n", (long long)side,
-               (long long)side, b.label, b.where, weights_mib, recompute ? ", blocks recomputed" : "");
+        printf("one UNet step, batch 1, %lldx%lld latent, %s (%s), weights %.0f MiB F32%s%s\n", (long long)side,
+               (long long)side, b.label, b.where, weights_mib, recompute ? ", blocks recomputed" : "",
+               !cuda ? "" : eager ? ", op by op (--eager)" : ", replayed as CUDA graphs");
         printf("%-8s %12s %12s %12s %16s\n", "step", "median ms", "min ms", "x forward", "activation MiB");
     }
     double forward_ms = 0;
@@ -254,6 +272,7 @@ int cmd_bench_grad(int argc, char **argv) {
             printf("device memory in use at the end: %.0f MiB of %.0f (CUDA context and workspaces included)\n",
                    (double)(total_b - free_b) / (1 << 20), (double)total_b / (1 << 20));
     }
+    for (int k = 0; k < 3; k++) sd_step_graph_free(&e.graphs[k]);
     free(ms);
     sd_tensor_free(hz);
     sd_tensor_free(hcond);

@@ -16,6 +16,7 @@
 typedef struct {
     sd_invert_method method;
     int steps, timesteps_run, iterations;
+    int graph_iterations; /* of the iterations, those replayed from a CUDA graph */
     double seconds_total, seconds_ddim, seconds_opt;
     double latent_mse, psnr;
     double peak_mib; /* activations (arena + recomputation scratch) and kept results, over the method */
@@ -25,14 +26,15 @@ typedef struct {
 static void print_rows(const bench_row *rows, int n, const char *where, int tsv) {
     if (tsv) {
         for (int i = 0; i < n; i++)
-            printf("invert\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%.4f\t%.6g\t%.3f\t%.0f\n", sd_invert_method_name(rows[i].method),
+            printf("invert\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%.4f\t%.6g\t%.3f\t%.0f\t%d\n", sd_invert_method_name(rows[i].method),
                    rows[i].steps, rows[i].timesteps_run, rows[i].iterations, rows[i].seconds_total,
-                   rows[i].seconds_ddim, rows[i].seconds_opt, rows[i].latent_mse, rows[i].psnr, rows[i].peak_mib);
+                   rows[i].seconds_ddim, rows[i].seconds_opt, rows[i].latent_mse, rows[i].psnr, rows[i].peak_mib,
+                   rows[i].graph_iterations);
         return;
     }
     printf("inversion cost and reconstruction quality on %s\n", where);
-    printf("%-15s %6s %6s %10s %11s %14s %14s %10s %12s %9s %9s\n", "method", "steps", "timed", "iterations",
-           "ddim inv s", "per timestep s", "per iter ms", "total s", "latent MSE", "PSNR dB", "peak MiB");
+    printf("%-15s %6s %6s %10s %7s %11s %14s %14s %10s %12s %9s %9s\n", "method", "steps", "timed", "iterations",
+           "graphed", "ddim inv s", "per timestep s", "per iter ms", "total s", "latent MSE", "PSNR dB", "peak MiB");
     for (int i = 0; i < n; i++) {
         const bench_row *r = &rows[i];
         if (r->status) {
@@ -45,8 +47,8 @@ static void print_rows(const bench_row *rows, int n, const char *where, int tsv)
         if (isfinite(r->psnr)) snprintf(psnr, sizeof psnr, "%.2f", r->psnr);
         char per_step[32] = "-";
         if (r->timesteps_run) snprintf(per_step, sizeof per_step, "%.3f", r->seconds_opt / r->timesteps_run);
-        printf("%-15s %6d %6d %10d %11.2f %14s %14s %10.2f %12s %9s %9.0f\n", sd_invert_method_name(r->method),
-               r->steps, r->timesteps_run, r->iterations, r->seconds_ddim, per_step, per_iter,
+        printf("%-15s %6d %6d %10d %7d %11.2f %14s %14s %10.2f %12s %9s %9.0f\n", sd_invert_method_name(r->method),
+               r->steps, r->timesteps_run, r->iterations, r->graph_iterations, r->seconds_ddim, per_step, per_iter,
                r->seconds_total, mse, psnr, r->peak_mib);
     }
 }
@@ -55,7 +57,7 @@ int cmd_bench_invert(int argc, char **argv) {
     const char *model_path = NULL, *image_path = "data/images/chelsea.png", *prompt = "a cat sitting on a wooden floor";
     const char *methods = "ddim,npi,nulltext,stylediffusion", *clip_dir = NULL, *device = NULL, *precision = NULL;
     const char *save_dir = NULL;
-    int steps = 0, steps_sd = 0, inner = -1, inner_sd = -1, timesteps = 0, quiet = 0, tsv = 0, recompute = 0;
+    int steps = 0, steps_sd = 0, inner = -1, inner_sd = -1, timesteps = 0, quiet = 0, tsv = 0, recompute = 0, eager = 0;
     const cli_opt opts[] = {
         {"image", 'i', CLI_STR, &image_path, "FILE", "photo (default data/images/chelsea.png)", 1, 0},
         {"prompt", 'p', CLI_STR, &prompt, "TEXT", "its description (default \"a cat sitting on a wooden floor\")", 1, 0},
@@ -71,6 +73,7 @@ int cmd_bench_invert(int argc, char **argv) {
         {"tsv", 0, CLI_FLAG, &tsv, NULL, "tab-separated rows instead of the table", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress bars or notices", 1, 0},
         CLI_RECOMPUTE_OPTION(recompute),
+        CLI_EAGER_OPTION(eager),
         CLI_DEVICE_OPTIONS(device, precision),
     };
     const cli_command cmd = {"bench invert", NULL, "[options]",
@@ -116,7 +119,10 @@ int cmd_bench_invert(int argc, char **argv) {
     sd_ctx c;
     char where[256] = "";
     if (!st && !(st = cli_open_context(device, precision, &m, &c, where, sizeof where))) have_ctx = 1;
-    if (have_ctx) c.recompute = recompute;
+    if (have_ctx) {
+        c.recompute = recompute;
+        c.eager = eager;
+    }
     if (!st && have_clip) st = sd_ctx_adopt_weights(&c, clip.owned);
     sd_tensor *x = NULL, *features = NULL;
     if (!st) {
@@ -155,6 +161,7 @@ int cmd_bench_invert(int argc, char **argv) {
         if (!row->status) {
             row->timesteps_run = optimising ? (o.stop_after ? o.stop_after : o.n_steps) : 0;
             for (int k = 0; k < row->timesteps_run; k++) row->iterations += inv.stats[k].iterations;
+            row->graph_iterations = inv.graph_steps;
             row->seconds_total = inv.seconds_total;
             row->seconds_ddim = inv.seconds_ddim;
             row->seconds_opt = inv.seconds_total - inv.seconds_ddim;

@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "sd/clip_vision.h"
+#include "sd/device.h"
 #include "sd/presets.h"
 
 static double latent_mse_host(const sd_tensor *a, const sd_tensor *b) {
@@ -26,7 +27,7 @@ int cmd_invert(int argc, char **argv) {
     const char *model_path = NULL, *image_path = NULL, *prompt = NULL, *output = NULL;
     const char *method_name = "stylediffusion", *config_path = NULL, *clip_dir = NULL;
     const char *recon_path = NULL, *report_path = NULL, *device = NULL, *precision = NULL;
-    int steps = 0, inner = -1, seed = -1, quiet = 0, truncate = 0, no_att = 0, no_recon = 0, recompute = 0;
+    int steps = 0, inner = -1, seed = -1, quiet = 0, truncate = 0, no_att = 0, no_recon = 0, recompute = 0, eager = 0;
     double lr = -1.0;
     float guidance = -1.0f;
     const cli_opt opts[] = {
@@ -49,6 +50,7 @@ int cmd_invert(int argc, char **argv) {
         {"truncate", 0, CLI_FLAG, &truncate, NULL, "cut prompts over 75 tokens instead of failing", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress bar or notices", 1, 0},
         CLI_RECOMPUTE_OPTION(recompute),
+        CLI_EAGER_OPTION(eager),
         CLI_DEVICE_OPTIONS(device, precision),
     };
     const cli_command cmd = {"invert", NULL, "--method M -i IMAGE -p PROMPT -o INVERSION [options]",
@@ -113,7 +115,10 @@ int cmd_invert(int argc, char **argv) {
     char where[256] = "";
     int have_ctx = 0;
     if (!st && !(st = cli_open_context(device, precision, &m, &c, where, sizeof where))) have_ctx = 1;
-    if (have_ctx) c.recompute = recompute;
+    if (have_ctx) {
+        c.recompute = recompute;
+        c.eager = eager;
+    }
     if (!st && have_clip) st = sd_ctx_adopt_weights(&c, clip.owned);
 
     sd_inversion inv;
@@ -183,6 +188,7 @@ int cmd_invert(int argc, char **argv) {
             total_iterations += inv.stats[i].iterations;
         }
         cJSON_AddNumberToObject(doc, "optimizer_iterations", total_iterations);
+        cJSON_AddNumberToObject(doc, "graph_replayed_iterations", inv.graph_steps);
         st = cli_write_json(report_path, doc);
         if (!st) {
             printf("invert %s  \"%s\"  method %s, %d steps, cfg %.2g (%s)\n", image_path, prompt,
@@ -194,6 +200,9 @@ int cmd_invert(int argc, char **argv) {
             printf("  %-26s %.2f s (DDIM inversion %.2f s, %.3f s per timestep, %d optimiser iterations)\n",
                    "time", inv.seconds_total, inv.seconds_ddim, (inv.seconds_total - inv.seconds_ddim) / o.n_steps,
                    total_iterations);
+            if (inv.gradient_steps > 0)
+                printf("  %-26s %d of %d replayed from a CUDA graph%s\n", "optimiser iterations", inv.graph_steps,
+                       inv.gradient_steps, sd_ctx_on_cuda(&c) && c.eager ? " (--eager)" : "");
             if (!no_recon) printf("  %-26s latent MSE %.6g, PSNR %.2f dB\n", "reconstruction", mse, psnr);
         }
     }

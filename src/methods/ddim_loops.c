@@ -1,5 +1,6 @@
 /* ddim_loops.c: DDIM inversion and guided DDIM sampling (stylediffusion.md §2). */
 #include "sd/methods.h"
+#include "invert_internal.h"
 
 sd_tensor *sd_guided_eps(sd_ctx *c, const sd_model *m, sd_tensor *z, int t, sd_tensor *uncond,
                          sd_tensor *cond, float guidance) {
@@ -12,37 +13,74 @@ sd_tensor *sd_guided_eps(sd_ctx *c, const sd_model *m, sd_tensor *z, int t, sd_t
     return sd_cfg_combine(c, sd_slice0(c, eps, 0, B), sd_slice0(c, eps, B, B), guidance);
 }
 
-sd_status sd_ddim_invert(sd_ctx *c, const sd_model *m, const sd_ddim *s, sd_tensor *z0,
-                         sd_tensor *cond, sd_tensor **latents) {
+/* One DDIM step, a pure function of device memory (sd_graph_step may replay it): z' from z with
+ * eps = UNet(z, t, cond) (guidance 1: inversion) or the CFG of one batched call (sampling). */
+typedef struct ddim_step {
+    const sd_model *m;
+    sd_tensor *z, *uncond, *cond; /* uncond NULL: no guidance */
+    float guidance;
+    sd_step_inputs *in;
+} ddim_step;
+
+static sd_tensor *ddim_step_forward(sd_ctx *c, void *arg) {
+    const ddim_step *a = arg;
+    sd_tensor *eps;
+    if (!a->uncond) {
+        eps = sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, a->z->shape[0]), a->cond);
+    } else {
+        /* one batched call, uncond rows first, as sd_guided_eps */
+        const int64_t B = a->z->shape[0];
+        sd_tensor *both = sd_unet_forward_tvec(c, &a->m->unet, sd_concat0(c, a->z, a->z), sd_step_tvec(c, a->in, 2 * B),
+                                               sd_concat0(c, a->uncond, a->cond));
+        eps = both ? sd_cfg_combine(c, sd_slice0(c, both, 0, B), sd_slice0(c, both, B, B), a->guidance) : NULL;
+    }
+    return sd_ddim_step_dev(c, a->in->factors, eps, a->z);
+}
+
+/* Runs the N steps of a DDIM loop from the latent in `z` (a keep-arena tensor, updated in place):
+ * step i at timestep t_i with the factors `next` (inversion) or prev (sampling) gives; each new
+ * latent is also kept in latents[i + 1] when latents is given. Replayed as a CUDA graph on a GPU. */
+static sd_status ddim_loop(sd_ctx *c, const sd_model *m, const sd_ddim *s, sd_tensor *z, sd_tensor *uncond,
+                           sd_tensor *cond, float guidance, int inverting, sd_tensor **latents, const char *what) {
     const int N = s->n_steps;
-    latents[0] = sd_keep(c, z0);
+    sd_step_inputs in;
+    if (sd_step_inputs_init(c, &in, (uncond ? 2 : 1) * z->shape[0], NULL)) return c->status;
+    ddim_step step = {m, z, uncond, cond, guidance, &in};
+    const void *inputs[] = {z->data, uncond ? uncond->data : NULL, cond->data, in.tvec->data, in.factors->data};
+    sd_step_graph graph;
+    sd_step_graph_init(&graph, c);
     sd_progress bar;
-    sd_progress_begin(&bar, "DDIM inversion", N);
+    sd_progress_begin(&bar, what, N);
     for (int i = 0; i < N && c->status == SD_OK; i++) {
+        const int t = inverting ? s->timesteps[N - 1 - i] : s->timesteps[i]; /* inversion ascends: 1, 1 + Δ, ... */
+        float f[4];
+        if (inverting) sd_ddim_next_factors(s, t, f);
+        else sd_ddim_prev_factors(s, t, f);
+        sd_step_inputs_set(c, &in, t, f, NULL);
         const sd_arena_mark mark = sd_arena_get_mark(c->arena);
-        const int t = s->timesteps[N - 1 - i]; /* ascending: 1, 1 + Δ, ... */
-        sd_tensor *eps = sd_unet_forward(c, &m->unet, latents[i], (float)t, cond);
-        latents[i + 1] = sd_keep(c, sd_ddim_next_step(c, s, eps, t, latents[i]));
+        sd_tensor *next = sd_graph_step(c, &graph, NULL, ddim_step_forward, &step, inputs, 5, NULL, 0);
+        if (latents) latents[i + 1] = sd_keep(c, next);
+        sd_assign(c, z, next);
         sd_arena_reset(c->arena, mark);
         sd_progress_step(&bar);
     }
     sd_progress_end(&bar);
+    sd_step_graph_free(&graph);
     return c->status;
+}
+
+sd_status sd_ddim_invert(sd_ctx *c, const sd_model *m, const sd_ddim *s, sd_tensor *z0,
+                         sd_tensor *cond, sd_tensor **latents) {
+    latents[0] = sd_keep(c, z0);
+    sd_tensor *z = sd_keep(c, z0);
+    if (!z) return c->status;
+    return ddim_loop(c, m, s, z, NULL, cond, 1.0f, 1, latents, "DDIM inversion");
 }
 
 sd_tensor *sd_ddim_sample(sd_ctx *c, const sd_model *m, const sd_ddim *s, sd_tensor *z_T,
                           sd_tensor *uncond, sd_tensor *cond, float guidance) {
     sd_tensor *z = sd_keep(c, z_T);
-    sd_progress bar;
-    sd_progress_begin(&bar, "DDIM sampling", s->n_steps);
-    for (int i = 0; i < s->n_steps && c->status == SD_OK; i++) {
-        const sd_arena_mark mark = sd_arena_get_mark(c->arena);
-        const int t = s->timesteps[i];
-        sd_tensor *eps = sd_guided_eps(c, m, z, t, uncond, cond, guidance);
-        sd_assign(c, z, sd_ddim_prev_step(c, s, eps, t, z));
-        sd_arena_reset(c->arena, mark);
-        sd_progress_step(&bar);
-    }
-    sd_progress_end(&bar);
-    return c->status == SD_OK ? z : NULL;
+    if (!z) return NULL;
+    if (guidance == 1.0f) uncond = NULL; /* as sd_guided_eps: the conditional call alone */
+    return ddim_loop(c, m, s, z, uncond, cond, guidance, 0, NULL, "DDIM sampling") == SD_OK ? z : NULL;
 }

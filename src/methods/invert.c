@@ -90,11 +90,33 @@ static sd_status check_step(sd_ctx *c, float loss, const sd_adam *opt, int i, in
     return sd_ctx_status(c);
 }
 
+sd_status sd_step_inputs_init(sd_ctx *c, sd_step_inputs *in, int64_t rows, const sd_tensor *latent) {
+    const int64_t four = 4;
+    in->rows = rows;
+    in->tvec = sd_keep_new(c, 1, &rows);
+    in->factors = sd_keep_new(c, 1, &four);
+    in->target = latent ? sd_keep_new(c, latent->ndim, latent->shape) : NULL;
+    return sd_ctx_status(c);
+}
+
+sd_status sd_step_inputs_set(sd_ctx *c, sd_step_inputs *in, int t, const float factors[4], const sd_tensor *target) {
+    if (c->status != SD_OK) return c->status;
+    sd_ctx_check(c, c->be->fill(sd_f32(in->tvec), (float)t, in->rows));
+    sd_ctx_check(c, c->be->upload(in->factors->data, factors, 4 * sizeof *factors));
+    if (target) sd_assign(c, in->target, target);
+    return sd_ctx_status(c);
+}
+
+sd_tensor *sd_step_tvec(sd_ctx *c, const sd_step_inputs *in, int64_t B) { return sd_slice0(c, in->tvec, 0, B); }
+
+void sd_invert_count_graph_steps(sd_inversion *out, const sd_step_graph *g) {
+    out->graph_steps += g->replays;
+    out->gradient_steps += g->steps;
+}
+
 int sd_invert_finish_iteration(sd_ctx *c, sd_tape *tape, sd_arena_mark mark, sd_tensor *loss, sd_adam *opt,
                                const sd_invert_options *o, sd_step_stats *stat, int i, int t, int j) {
     const float value = sd_item(c, loss); /* the reference's loss.item(): the early stop reads it */
-    sd_backward(c, loss);
-    sd_ctx_set_tape(c, NULL);
     if (check_step(c, value, opt, i, t, j) == SD_OK) sd_adam_step(c, opt);
     sd_tape_reset(tape);
     sd_arena_reset(c->arena, mark);

@@ -34,8 +34,23 @@ sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_map
                                       sd_tensor *features, sd_tensor *z, int t, sd_tensor *cond,
                                       struct sd_value_capture_hook *capture);
 
+/* What a repeated step (sd_graph_step) reads that changes from one timestep to the next, in
+ * keep-arena buffers whose addresses stay put for the whole loop, so that one CUDA graph of the
+ * step serves every timestep: the timestep tvec[rows] (one value per batch row of the UNet calls;
+ * sd_step_tvec gives the first B), the DDIM factors[4] of the step (sd_ddim_step_dev) and, for
+ * the inversions' losses, the latent the reconstruction aims at (target, shaped like `latent`;
+ * NULL when latent is NULL). */
+typedef struct sd_step_inputs {
+    sd_tensor *tvec, *factors, *target;
+    int64_t rows;
+} sd_step_inputs;
+sd_status sd_step_inputs_init(sd_ctx *c, sd_step_inputs *in, int64_t rows, const sd_tensor *latent);
+/* Writes one timestep's values (uploads and one copy, outside any graph); target may be NULL. */
+sd_status sd_step_inputs_set(sd_ctx *c, sd_step_inputs *in, int t, const float factors[4], const sd_tensor *target);
+sd_tensor *sd_step_tvec(sd_ctx *c, const sd_step_inputs *in, int64_t B);
+
 /* The end of optimiser iteration j of timestep i (t), shared by Null-text and StyleDiffusion,
- * as the reference runs it: read the loss, back-propagate, stop with SD_ERR_NUMERIC naming the
+ * as the reference runs it, after sd_graph_step: read the loss, stop with SD_ERR_NUMERIC naming the
  * timestep, t and iteration when the loss or a gradient of opt's parameters is not finite, else
  * take the Adam step; then reset the tape and the activations to `mark` and record the loss in
  * `stat`. Returns 1 when the loop ends here (early stop: loss < early_stop + i·2e-5, compared as
@@ -43,6 +58,8 @@ sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_map
 struct sd_tape;
 int sd_invert_finish_iteration(sd_ctx *c, struct sd_tape *tape, sd_arena_mark mark, sd_tensor *loss, sd_adam *opt,
                                const sd_invert_options *o, sd_step_stats *stat, int i, int t, int j);
+/* Adds a finished optimisation's graph counters to the inversion's report. */
+void sd_invert_count_graph_steps(sd_inversion *out, const sd_step_graph *g);
 
 /* A host copy of a device tensor. */
 sd_tensor *sd_to_host(sd_ctx *c, const sd_tensor *t);

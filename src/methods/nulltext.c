@@ -10,6 +10,21 @@
 
 #include "invert_internal.h"
 
+/* One iteration's loss, a pure function of device memory (so sd_graph_step may replay it). */
+typedef struct nulltext_step {
+    const sd_model *m;
+    float guidance;
+    sd_tensor *z, *eps_c, *null_text;
+    sd_step_inputs *in;
+} nulltext_step;
+
+static sd_tensor *nulltext_loss(sd_ctx *c, void *arg) {
+    const nulltext_step *a = arg;
+    sd_tensor *eps_u = sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->null_text);
+    sd_tensor *eps = sd_cfg_combine(c, eps_u, a->eps_c, a->guidance);
+    return sd_mse(c, sd_ddim_step_dev(c, a->in->factors, eps, a->z), a->in->target);
+}
+
 sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
                                sd_invert_state *s, sd_inversion *out, double t0) {
     const int N = o->n_steps;
@@ -22,31 +37,37 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
     sd_tensor *null_text = host0 ? sd_param_new(c, host0, "null_text") : NULL;
     sd_tensor_free(host0);
     sd_tensor *z = sd_keep(c, s->latents[N]);
+    sd_step_inputs in;
+    sd_step_inputs_init(c, &in, 1, z);
     sd_tape *tape = sd_tape_new();
-    if (!null_text || !z || !tape) {
+    if (!null_text || !z || !tape || c->status != SD_OK) {
         sd_tensor_free(null_text);
         sd_tape_free(tape);
         return c->status ? c->status : SD_ERR_OOM;
     }
+    sd_step_graph graph;
+    sd_step_graph_init(&graph, c);
     sd_progress bar;
     sd_progress_begin(&bar, "null-text inversion", N);
     const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
     for (int i = 0; i < last && c->status == SD_OK; i++) {
         const double ts = sd_now();
         const int t = s->sched.timesteps[i];
-        sd_tensor *target = s->latents[N - 1 - i];
         sd_step_stats *stat = &out->stats[i];
         stat->t = t;
         sd_adam opt;
         if (sd_adam_init(c, &opt, &null_text, 1, sd_step_lr(o->lr, i))) break;
+        float factors[4];
+        sd_ddim_prev_factors(&s->sched, t, factors);
+        sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
         const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
-        sd_tensor *eps_c = sd_unet_forward(c, &m->unet, z, (float)t, s->cond);
+        nulltext_step step = {m, o->guidance, z, NULL, null_text, &in};
+        step.eps_c = sd_unet_forward_tvec(c, &m->unet, z, sd_step_tvec(c, &in, 1), s->cond);
+        const void *inputs[] = {z->data, step.eps_c ? step.eps_c->data : NULL, in.tvec->data,
+                                in.factors->data, in.target->data};
         for (int j = 0; j < o->inner_steps && c->status == SD_OK; j++) {
             const sd_arena_mark mark = sd_arena_get_mark(c->arena);
-            sd_ctx_set_tape(c, tape);
-            sd_tensor *eps_u = sd_unet_forward(c, &m->unet, z, (float)t, null_text);
-            sd_tensor *eps = sd_cfg_combine(c, eps_u, eps_c, o->guidance);
-            sd_tensor *loss = sd_mse(c, sd_ddim_prev_step(c, &s->sched, eps, t, z), target);
+            sd_tensor *loss = sd_graph_step(c, &graph, tape, nulltext_loss, &step, inputs, 5, &null_text, 1);
             if (sd_invert_finish_iteration(c, tape, mark, loss, &opt, o, stat, i, t, j)) break;
         }
         sd_adam_free(&opt);
@@ -59,6 +80,8 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
         sd_progress_step(&bar);
     }
     sd_progress_end(&bar);
+    sd_invert_count_graph_steps(out, &graph);
+    sd_step_graph_free(&graph);
     sd_ctx_set_tape(c, NULL);
     sd_tape_free(tape);
     sd_tensor_free(null_text);

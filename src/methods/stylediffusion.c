@@ -15,9 +15,9 @@
 #include "invert_internal.h"
 #include "sd/control.h"
 
-sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_mapping_net *net,
-                                      sd_tensor *features, sd_tensor *z, int t, sd_tensor *cond,
-                                      sd_value_capture_hook *capture) {
+/* The conditional eps with the timestep in a device tensor tvec[1] (see sd_stylediffusion_cond_eps). */
+static sd_tensor *cond_eps_tvec(sd_ctx *c, const sd_model *m, const sd_mapping_net *net, sd_tensor *features,
+                                sd_tensor *z, sd_tensor *tvec, sd_tensor *cond, sd_value_capture_hook *capture) {
     sd_tensor *value = sd_mapping_value_input(c, sd_mapping_forward(c, net, features), cond);
     sd_value_capture_hook plain;
     sd_value_capture_hook *hook = capture ? capture : &plain;
@@ -26,10 +26,46 @@ sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_map
     sd_value_capture_hook_clear(hook);
     struct sd_attn_hook *saved = c->hook;
     c->hook = &hook->base;
-    sd_tensor *eps = sd_unet_forward(c, &m->unet, z, (float)t, cond);
+    sd_tensor *eps = sd_unet_forward_tvec(c, &m->unet, z, tvec, cond);
     c->hook = saved;
     hook->value = NULL;
     return eps;
+}
+
+sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_mapping_net *net,
+                                      sd_tensor *features, sd_tensor *z, int t, sd_tensor *cond,
+                                      sd_value_capture_hook *capture) {
+    const int64_t one = 1;
+    sd_tensor *tvec = sd_new(c, 1, &one);
+    if (tvec) sd_ctx_check(c, c->be->fill(sd_f32(tvec), (float)t, 1));
+    return cond_eps_tvec(c, m, net, features, z, tvec, cond, capture);
+}
+
+/* One iteration's loss, L_rec + L_att, a pure function of device memory (so sd_graph_step may
+ * replay it): the ground-truth maps of the timestep are copied into gt[] beforehand. */
+typedef struct stylediffusion_step {
+    const sd_model *m;
+    const sd_mapping_net *net;
+    float guidance;
+    int attention_loss, n_maps;
+    sd_tensor *features, *z, *cond, *eps_u;
+    sd_tensor *gt[SD_MAX_CAPTURED];
+    sd_step_inputs *in;
+    sd_value_capture_hook *capture;
+} stylediffusion_step;
+
+static sd_tensor *stylediffusion_loss(sd_ctx *c, void *arg) {
+    const stylediffusion_step *a = arg;
+    sd_value_capture_hook *capture = a->capture;
+    sd_tensor *eps_c = cond_eps_tvec(c, a->m, a->net, a->features, a->z, sd_step_tvec(c, a->in, 1), a->cond, capture);
+    sd_tensor *eps = sd_cfg_combine(c, a->eps_u, eps_c, a->guidance);
+    sd_tensor *loss = sd_mse(c, sd_ddim_step_dev(c, a->in->factors, eps, a->z), a->in->target);
+    if (!a->attention_loss || c->status != SD_OK) return loss;
+    if (capture->n_captured != a->n_maps)
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "stylediffusion: %d maps captured, %d in the ground truth",
+                           capture->n_captured, a->n_maps);
+    for (int l = 0; l < capture->n_captured; l++) loss = sd_add(c, loss, sd_mse(c, a->gt[l], capture->captured[l]));
+    return loss;
 }
 
 /* DDIM inversion that also keeps the attention-loss maps of every step (no gradient). */
@@ -94,49 +130,57 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
         return sd_ctx_status(c) ? sd_ctx_status(c) : SD_ERR_OOM;
     }
     sd_tensor *z = sd_keep(c, s->latents[N]);
+    sd_step_inputs in;
+    sd_step_inputs_init(c, &in, 1, z);
     sd_tape *tape = sd_tape_new();
     sd_value_capture_hook capture;
     sd_value_capture_hook_init(&capture, NULL, o->attention_loss ? q_len : 0);
+    stylediffusion_step step = {m, &net, o->guidance, o->attention_loss, n_maps, features, z, s->cond, NULL, {0},
+                                &in, &capture};
+    /* the timestep's ground-truth maps are copied here, to addresses a graph of the step can keep */
+    for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) step.gt[l] = sd_keep(c, gt[N][l]);
+    sd_step_graph graph;
+    sd_step_graph_init(&graph, c);
     sd_progress bar;
     sd_progress_begin(&bar, "stylediffusion", N);
     const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
     for (int i = 0; i < last && c->status == SD_OK && tape; i++) {
         const double ts = sd_now();
         const int t = s->sched.timesteps[i];
-        sd_tensor *target = s->latents[N - 1 - i];
         sd_step_stats *stat = &out->stats[i];
         stat->t = t;
         /* M_i continues from M_{i-1}: the live network already holds its weights */
         sd_adam opt;
         if (sd_adam_init(c, &opt, net.params, SD_MAP_N_PARAMS, sd_step_lr(o->lr, i))) break;
+        float factors[4];
+        sd_ddim_prev_factors(&s->sched, t, factors);
+        sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
+        for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) sd_assign(c, step.gt[l], gt[N - i][l]);
         const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
-        sd_tensor *eps_u = sd_unet_forward(c, &m->unet, z, (float)t, s->uncond);
+        step.eps_u = sd_unet_forward_tvec(c, &m->unet, z, sd_step_tvec(c, &in, 1), s->uncond);
+        const void *inputs[7 + SD_MAX_CAPTURED] = {z->data, step.eps_u ? step.eps_u->data : NULL, features->data,
+                                                   s->cond->data, in.tvec->data, in.factors->data, in.target->data};
+        int n_inputs = 7;
+        for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) inputs[n_inputs++] = step.gt[l]->data;
         const int iterations = sd_stylediffusion_inner_steps(o->inner_steps, i);
         for (int j = 0; j < iterations && c->status == SD_OK; j++) {
             const sd_arena_mark mark = sd_arena_get_mark(c->arena);
-            sd_ctx_set_tape(c, tape);
-            sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, m, &net, features, z, t, s->cond, &capture);
-            sd_tensor *eps = sd_cfg_combine(c, eps_u, eps_c, o->guidance);
-            sd_tensor *loss = sd_mse(c, sd_ddim_prev_step(c, &s->sched, eps, t, z), target);
-            if (o->attention_loss && c->status == SD_OK) {
-                if (capture.n_captured != n_maps)
-                    c->status = sd_fail(SD_ERR_INTERNAL, "stylediffusion: %d maps captured, %d in the ground truth",
-                                        capture.n_captured, n_maps);
-                for (int l = 0; l < capture.n_captured && c->status == SD_OK; l++)
-                    loss = sd_add(c, loss, sd_mse(c, gt[N - i][l], capture.captured[l]));
-            }
+            sd_tensor *loss = sd_graph_step(c, &graph, tape, stylediffusion_loss, &step, inputs, n_inputs,
+                                           net.params, SD_MAP_N_PARAMS);
             if (sd_invert_finish_iteration(c, tape, mark, loss, &opt, o, stat, i, t, j)) break;
         }
         sd_adam_free(&opt);
         for (int p = 0; p < SD_MAP_N_PARAMS; p++) out->mapping[i][p] = sd_to_host(c, net.params[p]);
         /* advance with the trained M_i (eps_u is unchanged: same z, t and null text) */
         sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, m, &net, features, z, t, s->cond, NULL);
-        sd_assign(c, z, sd_ddim_prev_step(c, &s->sched, sd_cfg_combine(c, eps_u, eps_c, o->guidance), t, z));
+        sd_assign(c, z, sd_ddim_prev_step(c, &s->sched, sd_cfg_combine(c, step.eps_u, eps_c, o->guidance), t, z));
         sd_arena_reset(c->arena, step_mark);
         stat->seconds = sd_now() - ts;
         sd_progress_step(&bar);
     }
     sd_progress_end(&bar);
+    sd_invert_count_graph_steps(out, &graph);
+    sd_step_graph_free(&graph);
     if (!tape && c->status == SD_OK) c->status = SD_ERR_OOM;
     sd_ctx_set_tape(c, NULL);
     sd_tape_free(tape);

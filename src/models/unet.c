@@ -142,6 +142,14 @@ static sd_tensor *transformer(sd_ctx *c, const sd_transformer *t, sd_tensor *x, 
 
 sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, sd_tensor *context) {
     if (c->status != SD_OK) return NULL;
+    sd_tensor *tvec = x ? sd_new4(c, 1, x->shape[0], 0, 0, 0) : NULL;
+    if (tvec) sd_ctx_check(c, c->be->fill(sd_f32(tvec), t, sd_numel(tvec)));
+    return sd_unet_forward_tvec(c, u, x, tvec, context);
+}
+
+sd_tensor *sd_unet_forward_tvec(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor *tvec,
+                                sd_tensor *context) {
+    if (c->status != SD_OK) return NULL;
     const sd_unet_config *cfg = &u->cfg;
     char a[96], b[96];
     if (!x || !context || x->ndim != 4 || x->shape[1] != cfg->in_channels || context->ndim != 3 ||
@@ -153,11 +161,11 @@ sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, s
                            cfg->in_channels, cfg->cross_attention_dim);
     const int n = cfg->n_blocks, L = cfg->layers_per_block;
     const int64_t B = x->shape[0];
+    if (!tvec || tvec->dtype != SD_F32 || sd_numel(tvec) != B || tvec->device != c->device)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "unet: the timestep tensor must hold %lld F32 values (one per "
+                                            "batch row) on the context's device", (long long)B);
 
     /* Time embedding: sinusoid -> linear -> SiLU -> linear; every resnet projects SiLU(emb). */
-    sd_tensor *tvec = sd_new4(c, 1, B, 0, 0, 0);
-    if (!tvec) return NULL;
-    sd_ctx_check(c, c->be->fill(sd_f32(tvec), t, B));
     sd_tensor *temb = sd_timestep_embedding(c, tvec, cfg->block_out_channels[0], cfg->flip_sin_to_cos,
                                             (float)cfg->freq_shift);
     temb = sd_linear(c, temb, &u->time_linear_1);

@@ -43,6 +43,21 @@ void sd_tape_reset(sd_tape *t) {
 
 int sd_tape_size(const sd_tape *t) { return t ? t->n : 0; }
 
+sd_status sd_tape_note_leaf(sd_ctx *c, sd_tape *tp, sd_tensor *leaf) {
+    if (tp->n_leaves == tp->cap_leaves) {
+        int cap = tp->cap_leaves ? 2 * tp->cap_leaves : 64;
+        sd_tensor **l = realloc(tp->leaves, (size_t)cap * sizeof *l);
+        if (!l) {
+            sd_ctx_fail(c, SD_ERR_OOM, "out of host memory tracking gradient leaves");
+            return c->status;
+        }
+        tp->leaves = l;
+        tp->cap_leaves = cap;
+    }
+    tp->leaves[tp->n_leaves++] = leaf;
+    return SD_OK;
+}
+
 /* The node of the current tape that produced t, or NULL (stale indices from an earlier step are
  * rejected by checking the node's output pointer). */
 static sd_tape_node *producer(const sd_ctx *c, const sd_tensor *t) {
@@ -90,7 +105,7 @@ static const char *op_name(sd_op_kind op) {
     static const char *const names[] = {
         [SD_OP_LINEAR] = "linear", [SD_OP_CONV2D] = "conv2d", [SD_OP_GROUP_NORM] = "group_norm",
         [SD_OP_LAYER_NORM] = "layer_norm", [SD_OP_UNARY] = "unary", [SD_OP_ADD] = "add",
-        [SD_OP_SUB] = "sub", [SD_OP_MUL] = "mul", [SD_OP_AXPBY] = "axpby",
+        [SD_OP_SUB] = "sub", [SD_OP_MUL] = "mul", [SD_OP_AXPBY] = "axpby", [SD_OP_AXPBY_DEV] = "axpby_dev",
         [SD_OP_ADD_CHANNEL_BIAS] = "add_channel_bias", [SD_OP_GEGLU] = "geglu",
         [SD_OP_CONCAT_CHANNELS] = "concat_channels", [SD_OP_CONCAT0] = "concat0",
         [SD_OP_UPSAMPLE] = "upsample", [SD_OP_TRANSPOSE] = "transpose", [SD_OP_VIEW] = "view",
@@ -161,19 +176,8 @@ static float *grad_of(sd_ctx *c, sd_tensor *t) {
     }
     if (!t->requires_grad) return NULL;
     if (!t->grad) {
-        sd_tape *tp = c->tape;
-        if (tp->n_leaves == tp->cap_leaves) {
-            int cap = tp->cap_leaves ? 2 * tp->cap_leaves : 64;
-            sd_tensor **l = realloc(tp->leaves, (size_t)cap * sizeof *l);
-            if (!l) {
-                sd_ctx_fail(c, SD_ERR_OOM, "out of host memory tracking gradient leaves");
-                return NULL;
-            }
-            tp->leaves = l;
-            tp->cap_leaves = cap;
-        }
         if (!new_grad_buffer(c, t, &t->grad)) return NULL;
-        tp->leaves[tp->n_leaves++] = t;
+        if (sd_tape_note_leaf(c, c->tape, t)) return NULL;
     }
     return sd_f32(t->grad);
 }
@@ -296,6 +300,14 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         if (da) BWD(c, n, axpy, alpha, dy, da, sd_numel(y));
         float *db = in_grad(c, n, 1); /* the same buffer as da when a == b: both terms add up */
         if (db) BWD(c, n, axpy, beta, dy, db, sd_numel(y));
+        return;
+    }
+    case SD_OP_AXPBY_DEV: {
+        const float *coef = f32c(n->in[2]);
+        float *da = in_grad(c, n, 0);
+        if (da) BWD(c, n, axpy_dev, coef, dy, da, sd_numel(y));
+        float *db = in_grad(c, n, 1);
+        if (db) BWD(c, n, axpy_dev, coef + 1, dy, db, sd_numel(y));
         return;
     }
     case SD_OP_MUL: {

@@ -83,15 +83,21 @@ sd_tensor *sd_new4(sd_ctx *c, int ndim, int64_t d0, int64_t d1, int64_t d2, int6
     return sd_new(c, ndim, shape);
 }
 
-sd_tensor *sd_keep(sd_ctx *c, const sd_tensor *x) {
-    NN_GUARD(c, x);
-    sd_tensor *t = sd_arena_tensor(c->keep, SD_F32, x->ndim, x->shape);
+sd_tensor *sd_keep_new(sd_ctx *c, int ndim, const int64_t *shape) {
+    if (c->status != SD_OK) return NULL;
+    sd_tensor *t = sd_arena_tensor(c->keep, SD_F32, ndim, shape);
     if (!t) {
         c->status = SD_ERR_OOM;
         return NULL;
     }
     t->device = c->device;
-    sd_ctx_check(c, c->be->copy(sd_f32(t), sd_f32(x), sd_numel(x)));
+    return t;
+}
+
+sd_tensor *sd_keep(sd_ctx *c, const sd_tensor *x) {
+    NN_GUARD(c, x);
+    sd_tensor *t = sd_keep_new(c, x->ndim, x->shape);
+    if (t) sd_ctx_check(c, c->be->copy(sd_f32(t), sd_f32(x), sd_numel(x)));
     return c->status == SD_OK ? t : NULL;
 }
 
@@ -361,6 +367,22 @@ sd_tensor *sd_axpby(sd_ctx *c, float alpha, sd_tensor *x, float beta, sd_tensor 
         node->attr.axpby.alpha = alpha;
         node->attr.axpby.beta = beta;
     }
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_axpby_dev(sd_ctx *c, const sd_tensor *coef, sd_tensor *x, sd_tensor *z) {
+    NN_GUARD(c, coef, x, z);
+    char sa[96], sb[96];
+    if (sd_numel(x) != sd_numel(z))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "axpby_dev: shapes %s and %s differ",
+                           shape_of(x, sa, sizeof sa), shape_of(z, sb, sizeof sb));
+    if (coef->dtype != SD_F32 || sd_numel(coef) < 2 || coef->device != c->device)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "axpby_dev: the coefficients %s must be two F32 values on the "
+                                            "context's device", shape_of(coef, sa, sizeof sa));
+    sd_tensor *y = sd_new(c, x->ndim, x->shape);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->axpby_dev((const float *)coef->data, sd_f32(x), sd_f32(z), sd_f32(y), sd_numel(x)));
+    sd_tape_record(c, SD_OP_AXPBY_DEV, y, x, z, (sd_tensor *)coef);
     return c->status == SD_OK ? y : NULL;
 }
 

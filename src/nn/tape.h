@@ -16,6 +16,7 @@ typedef enum sd_op_kind {
     SD_OP_SUB,             /* in: a, b */
     SD_OP_MUL,             /* in: a, b */
     SD_OP_AXPBY,           /* in: x, z; attr alpha, beta */
+    SD_OP_AXPBY_DEV,       /* in: x, z, coef (two values on the device, no gradient) */
     SD_OP_ADD_CHANNEL_BIAS,/* in: x, v */
     SD_OP_GEGLU,           /* in: x */
     SD_OP_CONCAT_CHANNELS, /* in: a, b */
@@ -67,5 +68,8 @@ int sd_tape_needs_grad(const sd_ctx *c, const sd_tensor *t);
  * (for attributes) or NULL when nothing was recorded. Fails the context on out-of-memory. */
 sd_tape_node *sd_tape_record(sd_ctx *c, sd_op_kind op, sd_tensor *out, sd_tensor *in0,
                              sd_tensor *in1, sd_tensor *in2);
+
+/* Adds a leaf whose grad was just set to the tape's list, so sd_tape_reset clears it. */
+sd_status sd_tape_note_leaf(sd_ctx *c, sd_tape *tape, sd_tensor *leaf);
 
 #endif

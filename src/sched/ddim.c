@@ -37,22 +37,49 @@ float sd_ddim_alpha(const sd_ddim *s, int t) {
 }
 
 /* z' = sqrt(a_to)·x0 + sqrt(1 − a_to)·ε with x0 = (z − sqrt(1 − a_from)·ε) / sqrt(a_from),
- * computed as two axpby passes in float32 like the reference's tensor expressions. */
-static sd_tensor *ddim_move(sd_ctx *c, sd_tensor *eps, sd_tensor *z, float a_from, float a_to) {
+ * computed as two axpby passes in float32 like the reference's tensor expressions:
+ * x0 = f0·z + f1·ε, z' = f2·x0 + f3·ε. */
+static void move_factors(float a_from, float a_to, float f[4]) {
     const float sqrt_a = sqrtf(a_from), sqrt_b = sqrtf(1.0f - a_from);
-    sd_tensor *x0 = sd_axpby(c, 1.0f / sqrt_a, z, -sqrt_b / sqrt_a, eps);
-    return sd_axpby(c, sqrtf(a_to), x0, sqrtf(1.0f - a_to), eps);
+    f[0] = 1.0f / sqrt_a;
+    f[1] = -sqrt_b / sqrt_a;
+    f[2] = sqrtf(a_to);
+    f[3] = sqrtf(1.0f - a_to);
+}
+
+void sd_ddim_prev_factors(const sd_ddim *s, int t, float f[4]) {
+    move_factors(sd_ddim_alpha(s, t), sd_ddim_alpha(s, t - s->step_ratio), f);
+}
+
+void sd_ddim_next_factors(const sd_ddim *s, int t, float f[4]) {
+    int t_cur = t - s->step_ratio;
+    if (t_cur > SD_TRAIN_STEPS - 1) t_cur = SD_TRAIN_STEPS - 1;
+    move_factors(sd_ddim_alpha(s, t_cur), sd_ddim_alpha(s, t), f);
+}
+
+static sd_tensor *ddim_move(sd_ctx *c, sd_tensor *eps, sd_tensor *z, const float f[4]) {
+    sd_tensor *x0 = sd_axpby(c, f[0], z, f[1], eps);
+    return sd_axpby(c, f[2], x0, f[3], eps);
 }
 
 sd_tensor *sd_ddim_prev_step(sd_ctx *c, const sd_ddim *s, sd_tensor *eps, int t, sd_tensor *z) {
-    const int t_prev = t - s->step_ratio;
-    return ddim_move(c, eps, z, sd_ddim_alpha(s, t), sd_ddim_alpha(s, t_prev));
+    float f[4];
+    sd_ddim_prev_factors(s, t, f);
+    return ddim_move(c, eps, z, f);
 }
 
 sd_tensor *sd_ddim_next_step(sd_ctx *c, const sd_ddim *s, sd_tensor *eps, int t, sd_tensor *z) {
-    int t_cur = t - s->step_ratio;
-    if (t_cur > SD_TRAIN_STEPS - 1) t_cur = SD_TRAIN_STEPS - 1;
-    return ddim_move(c, eps, z, sd_ddim_alpha(s, t_cur), sd_ddim_alpha(s, t));
+    float f[4];
+    sd_ddim_next_factors(s, t, f);
+    return ddim_move(c, eps, z, f);
+}
+
+sd_tensor *sd_ddim_step_dev(sd_ctx *c, sd_tensor *factors, sd_tensor *eps, sd_tensor *z) {
+    if (c->status != SD_OK) return NULL;
+    if (!factors || sd_numel(factors) != 4)
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "ddim_step_dev: the factors must be a [4] tensor");
+    sd_tensor *x0 = sd_axpby_dev(c, sd_slice0(c, factors, 0, 2), z, eps);
+    return sd_axpby_dev(c, sd_slice0(c, factors, 2, 2), x0, eps);
 }
 
 sd_tensor *sd_cfg_combine(sd_ctx *c, sd_tensor *eps_uncond, sd_tensor *eps_cond, float guidance) {

@@ -27,10 +27,11 @@
 
 typedef struct {
     sd_tensor *x, *w_conv, *b_conv, *gamma, *beta, *w_lin, *target;
+    sd_tensor *coef; /* [2] for axpby_dev: a constant read from memory */
 } small_graph;
 
 /* loss(x) through conv -> group norm + SiLU -> tokens -> linear -> layer norm -> GEGLU ->
- * attention (self) -> concat/slice/mul/axpby -> upsample -> mse. */
+ * attention (self) -> concat/slice/mul/axpby/axpby_dev -> upsample -> mse. */
 static sd_tensor *small_forward(sd_ctx *c, const small_graph *g) {
     const sd_conv_w conv = {g->w_conv, g->b_conv};
     const sd_norm_w gn = {g->gamma, g->beta};
@@ -47,6 +48,7 @@ static sd_tensor *small_forward(sd_ctx *c, const small_graph *g) {
     sd_tensor *second = sd_slice0(c, both, 1, 1);
     sd_tensor *m = sd_mul(c, a, second);
     m = sd_axpby(c, 0.5f, m, -2.0f, a);
+    m = sd_axpby_dev(c, g->coef, m, second);
     m = sd_unary(c, SD_UNARY_QUICK_GELU, m);
     sd_tensor *img = sd_tokens_to_nchw(c, m, 4, 4);            /* (1, 4, 4, 4) */
     img = sd_concat_channels(c, img, h);                       /* (1, 8, 4, 4) */
@@ -75,6 +77,13 @@ static void test_small_graph_matches_finite_differences(void **state) {
     g.w_lin = sd_param_new(&c, host[5], "w_lin");
     g.target = sd_param_new(&c, host[6], "target");
     g.target->requires_grad = 0; /* a constant */
+    const int64_t two = 2;
+    sd_tensor *coef_host = sd_tensor_new(SD_F32, 1, &two);
+    sd_f32(coef_host)[0] = 0.75f;
+    sd_f32(coef_host)[1] = -1.25f;
+    g.coef = sd_param_new(&c, coef_host, "coef");
+    g.coef->requires_grad = 0;
+    sd_tensor_free(coef_host);
 
     sd_tape *tape = sd_tape_new();
     sd_ctx_set_tape(&c, tape);
@@ -118,6 +127,7 @@ static void test_small_graph_matches_finite_differences(void **state) {
     for (int i = 0; i < 7; i++) sd_tensor_free(host[i]);
     for (int i = 0; i < 6; i++) sd_tensor_free(params[i]);
     sd_tensor_free(g.target);
+    sd_tensor_free(g.coef);
     sd_tape_free(tape);
     sd_ctx_free(&c);
 }

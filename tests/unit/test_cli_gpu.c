@@ -1,6 +1,6 @@
 /* test_cli_gpu.c: the command line's GPU-only paths on the built-in tiny model at 64x64 (an 8x8
- * latent): `bench unet` eager and as a CUDA graph in both precisions, `bench grad` with its
- * device-memory line, `generate` on the GPU, and the messages for a device that does not exist.
+ * latent): `bench unet` eager and as a CUDA graph in both precisions, `bench grad` (its steps
+ * replayed as CUDA graphs, and op by op with --eager) with its device-memory line, `generate` on the GPU, and the messages for a device that does not exist.
  * Skipped, with the reason, without a GPU; in the simulator build (make sim-test, tools/cudasim)
  * the simulated device runs them, so CI exercises the CUDA branches of the CLI. */
 #include <limits.h>
@@ -54,10 +54,14 @@ static void test_bench_grad(void **state) {
     expect_text(r, args, "context");
     expect_text(r, args, "value");
     expect_text(r, args, "device memory in use");
+    expect_text(r, args, "replayed as CUDA graphs");
     const char *args_rc = "bench grad --device cuda --size 64 --iters 1 --what context --recompute --precision fast";
     run_ok(r, args_rc);
     expect_text(r, args_rc, "context");
-    print_message("    ok: %s\n    ok: %s\n", args, args_rc);
+    const char *args_eager = "bench grad --device cuda --size 64 --iters 1 --what context --eager";
+    run_ok(r, args_eager);
+    expect_text(r, args_eager, "op by op (--eager)");
+    print_message("    ok: %s\n    ok: %s\n    ok: %s\n", args, args_rc, args_eager);
     free(r);
 }
 

@@ -646,6 +646,13 @@ static void test_axpy_and_mul_acc(void **state) {
     for (int64_t i = 0; i < n; i++) want[i] = (double)p.before[i] - 0.75 * x[i];
     assert_sd_ok(be->axpy(-0.75f, x, p.buf, n));
     expect_close("axpy y += -0.75 x", p.buf, want, n, 1e-6);
+    /* the coefficient read from memory: the same rounding as axpy, bit for bit */
+    const float coef[1] = {-0.75f};
+    float *by_value = copy_of(p.buf, n), *from_memory = copy_of(p.buf, n);
+    assert_sd_ok(be->axpy(coef[0], z, by_value, n));
+    assert_sd_ok(be->axpy_dev(coef, z, from_memory, n));
+    expect_same("axpy_dev y += coef[0] x", from_memory, by_value, n);
+    free(by_value), free(from_memory);
     for (int64_t i = 0; i < n; i++) want[i] = (double)p.buf[i] + (double)x[i] * z[i];
     assert_sd_ok(be->mul_acc(x, z, p.buf, n));
     expect_close("mul_acc y += a b", p.buf, want, n, 1e-6);

@@ -218,6 +218,17 @@ static void test_elementwise(void **state) {
     check(sd_mul(&ctx, a, b), want, "mul");
     for (int64_t i = 0; i < n; i++) want[i] = 0.25 * x[i] - 1.5 * z[i];
     check(sd_axpby(&ctx, 0.25f, a, -1.5f, b), want, "axpby");
+    {
+        /* coefficients read from memory: bit-identical to the by-value op */
+        const int64_t two = 2;
+        sd_tensor *coef = sd_new(&ctx, 1, &two);
+        sd_f32(coef)[0] = 0.25f;
+        sd_f32(coef)[1] = -1.5f;
+        sd_tensor *by_value = sd_axpby(&ctx, 0.25f, a, -1.5f, b), *from_memory = sd_axpby_dev(&ctx, coef, a, b);
+        assert_non_null(from_memory);
+        assert_memory_equal(from_memory->data, by_value->data, sd_nbytes(by_value));
+        check(from_memory, want, "axpby_dev");
+    }
     for (int64_t i = 0; i < n; i++) want[i] = x[i] < -1 ? -1 : (x[i] > 2 ? 2 : x[i]);
     check(sd_clamp(&ctx, a, -1.0f, 2.0f), want, "clamp");
     free(want);

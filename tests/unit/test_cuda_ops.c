@@ -388,6 +388,13 @@ static void test_elementwise(void **state) {
     assert_sd_ok(cpu->axpby(0.25f, a, -1.5f, b, want, n));
     assert_sd_ok(gpu->axpby(0.25f, ad, -1.5f, bd, yd, n));
     check_dev("axpby", yd, want, n, TOL_ELEM);
+    {
+        const float coef[2] = {0.25f, -1.5f};
+        float *coef_d = dput(coef, 2);
+        assert_sd_ok(cpu->axpby_dev(coef, a, b, want, n));
+        assert_sd_ok(gpu->axpby_dev(coef_d, ad, bd, yd, n));
+        check_dev("axpby_dev", yd, want, n, TOL_ELEM);
+    }
     assert_sd_ok(cpu->clamp(a, want, -1.0f, 2.0f, n));
     assert_sd_ok(gpu->clamp(ad, yd, -1.0f, 2.0f, n));
     check_dev("clamp", yd, want, n, TOL_ELEM);
@@ -807,6 +814,13 @@ static void test_elementwise_backward(void **state) {
         assert_sd_ok(cpu->axpy(-0.75f, x, want, n));
         assert_sd_ok(gpu->axpy(-0.75f, xd, gd, n));
         check_dev("axpy", gd, want, n, TOL_BWD);
+        const float coef = -0.75f;
+        float *coef_d = dput(&coef, 1);
+        want = hcopy(g0, n);
+        gd = dput(g0, n);
+        assert_sd_ok(cpu->axpy_dev(&coef, x, want, n));
+        assert_sd_ok(gpu->axpy_dev(coef_d, xd, gd, n));
+        check_dev("axpy_dev", gd, want, n, TOL_BWD);
         want = hcopy(g0, n);
         gd = dput(g0, n);
         assert_sd_ok(cpu->mul_acc(x, dy, want, n));

@@ -343,6 +343,80 @@ static void edit(side *s, const sd_inversion *inv, sd_edit_result *res) {
         fail_msg("%s edit on %s: %s", sd_invert_method_name(inv->method), s->name, sd_last_error());
 }
 
+/* The variables an optimising inversion produced, as one host tensor (NULL for ddim/npi). */
+static sd_tensor *optimised_variables(const sd_inversion *inv) {
+    int64_t n = 0;
+    for (int i = 0; i < inv->n_steps; i++) {
+        if (inv->null_embeddings && inv->method == SD_INVERT_NULLTEXT) n += sd_numel(inv->null_embeddings[i]);
+        for (int p = 0; inv->mapping && p < SD_MAP_N_PARAMS; p++) n += sd_numel(inv->mapping[i][p]);
+    }
+    if (n == 0) return NULL;
+    sd_tensor *all = sd_tensor_new(SD_F32, 1, &n);
+    float *dst = sd_f32(all);
+    for (int i = 0; i < inv->n_steps; i++) {
+        if (inv->null_embeddings && inv->method == SD_INVERT_NULLTEXT) {
+            memcpy(dst, inv->null_embeddings[i]->data, sd_nbytes(inv->null_embeddings[i]));
+            dst += sd_numel(inv->null_embeddings[i]);
+        }
+        for (int p = 0; inv->mapping && p < SD_MAP_N_PARAMS; p++) {
+            memcpy(dst, inv->mapping[i][p]->data, sd_nbytes(inv->mapping[i][p]));
+            dst += sd_numel(inv->mapping[i][p]);
+        }
+    }
+    return all;
+}
+
+/* On CUDA the gradient steps are replayed from a CUDA graph (sd_graph_step): the same kernels with
+ * the same arguments as op by op, so the optimised variables must be bit-identical to an
+ * inversion run with c->eager. Elsewhere no graph may be used. */
+static void check_graph_replay(side *dev, int kind, sd_invert_method method, const sd_inversion *graphed) {
+    print_message("    %-8s %s: %d of %d gradient steps replayed from a CUDA graph\n", dev->name,
+                  sd_invert_method_name(method), graphed->graph_steps, graphed->gradient_steps);
+    assert_true(graphed->gradient_steps > 0);
+    if (kind != ON_CUDA) {
+        assert_int_equal(graphed->graph_steps, 0);
+        return;
+    }
+    /* 3 timesteps x 2 iterations: the first runs op by op, the second is captured, the rest replay */
+    assert_int_equal(graphed->graph_steps, graphed->gradient_steps - 1);
+    sd_inversion eager;
+    dev->ctx.eager = 1;
+    invert(dev, method, &eager);
+    dev->ctx.eager = 0;
+    assert_int_equal(eager.graph_steps, 0);
+    sd_tensor *a = optimised_variables(graphed), *b = optimised_variables(&eager);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_int_equal(sd_numel(a), sd_numel(b));
+    int64_t differ = 0;
+    for (int64_t i = 0; i < sd_numel(a); i++) differ += memcmp(&sd_f32(a)[i], &sd_f32(b)[i], sizeof(float)) != 0;
+    print_message("    %-8s %s: graph-replayed vs op-by-op variables: %lld of %lld values differ\n", dev->name,
+                  sd_invert_method_name(method), (long long)differ, (long long)sd_numel(a));
+    assert_int_equal(differ, 0);
+    sd_tensor_free(a);
+    sd_tensor_free(b);
+    sd_inversion_free(&eager);
+}
+
+/* DDIM inversion (DDIM, NPI): its UNet steps replay a CUDA graph on CUDA; z_T must be
+ * bit-identical to the op-by-op loop's. */
+static void check_ddim_graph_replay(side *dev, int kind, sd_invert_method method, int64_t replays,
+                                    const sd_inversion *graphed) {
+    print_message("    %-8s %s: %lld DDIM steps replayed from a CUDA graph\n", dev->name,
+                  sd_invert_method_name(method), (long long)replays);
+    if (kind != ON_CUDA) {
+        assert_int_equal(replays, 0);
+        return;
+    }
+    assert_int_equal(replays, graphed->n_steps - 1); /* the first step runs op by op */
+    sd_inversion eager;
+    dev->ctx.eager = 1;
+    invert(dev, method, &eager);
+    dev->ctx.eager = 0;
+    assert_memory_equal(eager.z_T->data, graphed->z_T->data, sd_nbytes(eager.z_T));
+    sd_inversion_free(&eager);
+}
+
 static void check_method(int kind, sd_invert_method method) {
     side *dev = device_or_skip(kind);
     const double cuda_tol = method == SD_INVERT_STYLEDIFFUSION ? CUDA_STYLEDIFFUSION_TOL : CUDA_METHOD_TOL;
@@ -351,14 +425,19 @@ static void check_method(int kind, sd_invert_method method) {
     sd_edit_result res[2];
     memset(res, 0, sizeof res);
     side *sides[2] = {&cpu_side, dev};
-    for (int k = 0; k < 2; k++) invert(sides[k], method, &inv[k]);
+    invert(sides[0], method, &inv[0]);
+    const int64_t replays_before = dev->ctx.graph_replays;
+    invert(dev, method, &inv[1]);
+    const int64_t replays = dev->ctx.graph_replays - replays_before;
     char what[96];
     snprintf(what, sizeof what, "%s inversion z_T", sd_invert_method_name(method));
     expect_close(dev, what, inv[0].z_T, inv[1].z_T, tol);
     for (int k = 0; k < 2; k++) edit(sides[k], &inv[k], &res[k]);
     snprintf(what, sizeof what, "%s P2Plus edit latents", sd_invert_method_name(method));
     expect_close(dev, what, res[0].latents, res[1].latents, tol);
+    if (method == SD_INVERT_DDIM || method == SD_INVERT_NPI) check_ddim_graph_replay(dev, kind, method, replays, &inv[1]);
     if (method == SD_INVERT_NULLTEXT || method == SD_INVERT_STYLEDIFFUSION) {
+        check_graph_replay(dev, kind, method, &inv[1]);
         /* again with the UNet's blocks recomputed in the gradient steps: the optimised variables,
          * hence the edit, must not change beyond the reordered sums */
         sd_inversion again;

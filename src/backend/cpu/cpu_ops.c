@@ -236,6 +236,14 @@ static sd_status cpu_axpby(float alpha, const float *x, float beta, const float 
     return SD_OK;
 }
 
+static sd_status cpu_axpby_dev(const float *coef, const float *x, const float *z, float *y, int64_t n) {
+    return cpu_axpby(coef[0], x, coef[1], z, y, n);
+}
+
+static sd_status cpu_axpy_dev(const float *coef, const float *x, float *y, int64_t n) {
+    return cpu_axpy(coef[0], x, y, n);
+}
+
 static sd_status cpu_clamp(const float *x, float *y, float lo, float hi, int64_t n) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) y[i] = x[i] < lo ? lo : (x[i] > hi ? hi : x[i]);
@@ -552,6 +560,7 @@ static const sd_backend cpu_backend = {
     .unary = cpu_unary,
     .binary = cpu_binary,
     .axpby = cpu_axpby,
+    .axpby_dev = cpu_axpby_dev,
     .clamp = cpu_clamp,
     .add_channel_bias = cpu_add_channel_bias,
     .geglu = cpu_geglu,
@@ -573,6 +582,7 @@ static const sd_backend cpu_backend = {
     .unary_backward = cpu_unary_backward,
     .geglu_backward = cpu_geglu_backward,
     .axpy = cpu_axpy,
+    .axpy_dev = cpu_axpy_dev,
     .mul_acc = cpu_mul_acc,
     .add_channel_bias_backward = cpu_add_channel_bias_backward,
     .concat_channels_backward = cpu_concat_channels_backward,

@@ -96,6 +96,8 @@ GUARD(unary, (sd_unary_op op, const float *x, float *y, int64_t n, float alpha),
 GUARD(binary, (sd_binary_op op, const float *a, const float *b, float *y, int64_t n), (op, a, b, y, n), a, b, y)
 GUARD(axpby, (float alpha, const float *x, float beta, const float *z, float *y, int64_t n),
       (alpha, x, beta, z, y, n), x, z, y)
+GUARD(axpby_dev, (const float *coef, const float *x, const float *z, float *y, int64_t n), (coef, x, z, y, n),
+      coef, x, z, y)
 GUARD(add_channel_bias, (const float *x, const float *v, float *y, int64_t B, int64_t C, int64_t S),
       (x, v, y, B, C, S), x, v, y)
 GUARD(geglu, (const float *x, float *y, int64_t M, int64_t N), (x, y, M, N), x, y)
@@ -140,6 +142,7 @@ GUARD(unary_backward, (sd_unary_op op, const float *x, const float *dy, float *d
 GUARD(geglu_backward, (const float *x, const float *dy, float *dx, int64_t M, int64_t N), (x, dy, dx, M, N), x, dy,
       dx)
 GUARD(axpy, (float alpha, const float *x, float *y, int64_t n), (alpha, x, y, n), x, y)
+GUARD(axpy_dev, (const float *coef, const float *x, float *y, int64_t n), (coef, x, y, n), coef, x, y)
 GUARD(mul_acc, (const float *a, const float *b, float *y, int64_t n), (a, b, y, n), a, b, y)
 GUARD(add_channel_bias_backward, (const float *dy, float *dv, int64_t B, int64_t C, int64_t S), (dy, dv, B, C, S),
       dy, dv)
@@ -193,11 +196,12 @@ const sd_backend *guarded_backend(void) {
     table.synchronize = g_synchronize;
 #define SET(name) table.name = cpu->name ? g_##name : NULL
     SET(upload), SET(download), SET(zero), SET(linear), SET(conv2d), SET(group_norm), SET(layer_norm);
-    SET(unary), SET(binary), SET(axpby), SET(add_channel_bias), SET(geglu), SET(concat_channels);
+    SET(unary), SET(binary), SET(axpby), SET(axpby_dev), SET(add_channel_bias), SET(geglu), SET(concat_channels);
     SET(upsample_nearest), SET(transpose), SET(attention), SET(attention_apply), SET(timestep_embedding);
     SET(embedding), SET(clamp), SET(copy), SET(fill), SET(mse), SET(all_finite), SET(linear_backward_data);
     SET(linear_backward_params), SET(conv2d_backward_data), SET(conv2d_backward_params);
     SET(group_norm_backward), SET(layer_norm_backward), SET(unary_backward), SET(geglu_backward), SET(axpy);
+    SET(axpy_dev);
     SET(mul_acc), SET(add_channel_bias_backward), SET(concat_channels_backward), SET(upsample_nearest_backward);
     SET(attention_backward), SET(attention_probs_backward), SET(attention_apply_backward), SET(mse_backward);
     SET(adam_step), SET(max_pool2d);
