@@ -260,25 +260,6 @@ template <int DK> struct fa_smem {
     static constexpr size_t bytes = (size_t)elems * sizeof(__nv_bfloat16);
 };
 
-__device__ __forceinline__ uint32_t ld_u32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-
-/* c[0..3] += A(16x16, row-major fragment a[0..3]) · B(16x8, column fragment b0, b1) */
-__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-#ifdef SD_CUDA_SIM
-    cudasim::mma_m16n8k16_bf16(c, a, b0, b1); /* the same fragment layout, computed on the host */
-#else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-
 template <int DK>
 __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params p) {
     typedef fa_smem<DK> L;
@@ -308,12 +289,7 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params 
     const int r0 = warp * 16;
     uint32_t qa[DK][4];
 #pragma unroll
-    for (int kk = 0; kk < DK; kk++) {
-        qa[kk][0] = ld_u32(&Qs[(r0 + g) * L::QS + kk * 16 + 2 * t]);
-        qa[kk][1] = ld_u32(&Qs[(r0 + g + 8) * L::QS + kk * 16 + 2 * t]);
-        qa[kk][2] = ld_u32(&Qs[(r0 + g) * L::QS + kk * 16 + 8 + 2 * t]);
-        qa[kk][3] = ld_u32(&Qs[(r0 + g + 8) * L::QS + kk * 16 + 8 + 2 * t]);
-    }
+    for (int kk = 0; kk < DK; kk++) cu_load_a_frag(qa[kk], Qs, L::QS, r0, kk);
 
     /* output accumulator: n-tile nd covers dims nd·8 .. nd·8 + 7; [0], [1] row g, [2], [3] row g + 8 */
     float o[2 * DK][4];
@@ -343,10 +319,7 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params 
         for (int nt = 0; nt < 8; nt++) {
             sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < DK; kk++) {
-                const __nv_bfloat16 *krow = &Ks[(nt * 8 + g) * L::KS + kk * 16 + 2 * t];
-                mma_bf16(sacc[nt], qa[kk], ld_u32(krow), ld_u32(krow + 8));
-            }
+            for (int kk = 0; kk < DK; kk++) cu_mma_bt(sacc[nt], qa[kk], Ks, L::KS, nt * 8, kk * 16);
         }
 
         /* mask, scale to the exp2 domain, row maxima over the quad (lanes 4g .. 4g + 3) */
@@ -363,11 +336,7 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params 
                 if (e < 2) mx0 = fmaxf(mx0, v);
                 else mx1 = fmaxf(mx1, v);
             }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float mn0 = fmaxf(m0, cu_quad_max(mx0)), mn1 = fmaxf(m1, cu_quad_max(mx1));
         const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
         const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
         m0 = mn0;
@@ -396,22 +365,14 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params 
 #pragma unroll
         for (int kk2 = 0; kk2 < FA_BK / 16; kk2++) {
             uint32_t pa[4];
-            pa[0] = pack_bf16(sacc[2 * kk2][0], sacc[2 * kk2][1]);
-            pa[1] = pack_bf16(sacc[2 * kk2][2], sacc[2 * kk2][3]);
-            pa[2] = pack_bf16(sacc[2 * kk2 + 1][0], sacc[2 * kk2 + 1][1]);
-            pa[3] = pack_bf16(sacc[2 * kk2 + 1][2], sacc[2 * kk2 + 1][3]);
+            cu_a_frag_from_c(pa, sacc[2 * kk2], sacc[2 * kk2 + 1]);
 #pragma unroll
-            for (int nd = 0; nd < 2 * DK; nd++) {
-                const __nv_bfloat16 *vrow = &Vt[(nd * 8 + g) * L::VS + kk2 * 16 + 2 * t];
-                mma_bf16(o[nd], pa, ld_u32(vrow), ld_u32(vrow + 8));
-            }
+            for (int nd = 0; nd < 2 * DK; nd++) cu_mma_bt(o[nd], pa, Vt, L::VS, nd * 8, kk2 * 16);
         }
     }
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    l0 = cu_quad_sum(l0);
+    l1 = cu_quad_sum(l1);
     const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
 #pragma unroll
     for (int nd = 0; nd < 2 * DK; nd++) {

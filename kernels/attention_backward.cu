@@ -4,16 +4,37 @@
  *   dV += Pᵀ dO,  dP = dO Vᵀ,  dS = P ⊙ (dP − rowsum(dP ⊙ P)),  dQ += scale · dS K,
  *   dK += scale · dSᵀ Q
  *
- * attention_backward recomputes the maps (nothing is saved by the forward) one batch row and one
- * chunk of query rows at a time in the workspace (<= 128 MiB per buffer), with cuBLAS for the five
- * products (strided batches over heads, as the forward's maps path) and one warp-per-row kernel
- * for the softmax gradient. rowsum(dP ⊙ P) is taken from the recomputed maps rather than from
- * rowsum(dO ⊙ O) with the saved output: the same quantity, but consistent with the P actually
- * used, so the result does not depend on how `out` was rounded. A fused flash backward kernel
- * (no materialised chunk) is the next step for speed; this version is exact and bounded in memory.
+ * attention_backward (the fused op's backward: nothing is saved by the forward) has two paths.
+ *
+ * Fast mode, head dims <= 80 (every attention layer of SD v1.x at 512 px except the 8x8 level):
+ * a flash backward on bf16 tensor cores (mma.sync.m16n8k16, fp32 accumulation), which never
+ * materialises a map, so its memory traffic is O(S·D) instead of O(S²):
+ *   1. k_flash_bwd_dq, one block per 128 queries of one (batch row, head), as the forward:
+ *      a first pass over the keys computes each row's log-sum-exp L (the softmax's normaliser,
+ *      in the exp2 domain) and Δ = rowsum(P ⊙ dP) online, as the forward accumulates O; both
+ *      go to the workspace. A second pass recomputes P = exp2(S·log2e − L), dP = dO Vᵀ, dS = P ⊙ (dP − Δ)
+ *      and accumulates dQ += dS K in registers (dS repacked as the A operand, as the forward
+ *      repacks P).
+ *   2. k_flash_bwd_dkv, one block per 128 keys: each warp holds 16 keys' K and V fragments and
+ *      walks the queries in tiles of 64, recomputing Pᵀ and dPᵀ = V dOᵀ from L and Δ, and
+ *      accumulates dV += Pᵀ dO and dK += dSᵀ Q in registers.
+ *   Two kernels instead of FlashAttention-2's one (which adds dQ with atomics from the key-owned
+ *   blocks and reads L from the forward): S and dP are computed three times (10 products of the
+ *   size of S instead of 5), but nothing is saved by the forward, and every gradient is written
+ *   once, by one block, so the result does not depend on scheduling.
+ *
+ * Exact mode and larger heads: the maps are recomputed one batch row and one chunk of query rows
+ * at a time in the workspace (<= 128 MiB per buffer), with cuBLAS for the five products (strided
+ * batches over heads, as the forward's maps path) and one warp-per-row kernel for the softmax
+ * gradient. rowsum(dP ⊙ P) is taken from the recomputed maps rather than from rowsum(dO ⊙ O):
+ * the same quantity, but consistent with the P actually used, so the fp32 result does not depend
+ * on how `out` was rounded.
  *
  * Every gradient accumulates (+=) into its output; a NULL output is skipped. */
 #include "cuda_common.cuh"
+
+#include <math.h>
+#include <string.h>
 
 #define BWD_CHUNK_BYTES ((size_t)128 << 20)
 
@@ -53,11 +74,380 @@ static int64_t rows_per_chunk(int64_t Sq, int64_t Sk, int H) {
     return c;
 }
 
+/* ================================================================================================
+ * Fast mode: flash backward (bf16 mma.sync, fp32 accumulation)
+ * ============================================================================================= */
+
+#define FB_THREADS 256 /* 8 warps, 16 rows (queries or keys) each */
+#define FB_BQ 128      /* dQ kernel: queries per block */
+#define FB_BK 64       /* dQ kernel: keys per tile */
+#define FB_BKV 128     /* dK/dV kernel: keys per block */
+#define FB_BQT 64      /* dK/dV kernel: queries per tile */
+#define FB_MAX_D 80    /* head dims up to 5 x 16: the registers of one warp's fragments and gradients */
+#define FB_LOG2E 1.4426950408889634f
+
+struct attn_bwd_params {
+    const float *q, *k, *v, *dout;       /* as attention_backward: q[B, Sq, H·D], k[B, Sk, H·D], ... */
+    float *dq, *dk, *dv;                 /* accumulated; NULL: not wanted */
+    float *lse, *delta;                  /* [B·H, Sq] workspace: log2-domain log-sum-exp of scale·log2e·S, Δ */
+    int64_t Sq, Sk;
+    int H, D, Dv;
+    float scale, scale_log2;
+    int causal;
+};
+
+/* dst[r][c] (row stride ds) = src[(row0 + r)·ld + c] for r < rows, c < cols, rounded to bf16;
+ * zero where row0 + r >= n_rows or c >= width (the padding of ragged tiles and head dims). */
+__device__ __forceinline__ void fb_load_rows(__nv_bfloat16 *dst, int ds, const float *src, int64_t ld, int64_t row0,
+                                             int rows, int cols, int64_t n_rows, int width) {
+    for (int idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
+        const int r = idx / cols, c = idx % cols;
+        const int64_t gr = row0 + r;
+        dst[r * ds + c] = __float2bfloat16_rn(gr < n_rows && c < width ? src[gr * ld + c] : 0.0f);
+    }
+}
+
+/* The same tile stored transposed: dst[c][r] (row stride ds). */
+__device__ __forceinline__ void fb_load_cols(__nv_bfloat16 *dst, int ds, const float *src, int64_t ld, int64_t row0,
+                                             int rows, int cols, int64_t n_rows, int width) {
+    for (int idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
+        const int r = idx / cols, c = idx % cols;
+        const int64_t gr = row0 + r;
+        dst[c * ds + r] = __float2bfloat16_rn(gr < n_rows && c < width ? src[gr * ld + c] : 0.0f);
+    }
+}
+
+/* Head h of batch row b in the four inputs the kernels read. */
+struct fb_bases {
+    const float *q, *k, *v, *dout;
+    __device__ fb_bases(const attn_bwd_params &p, int b, int h) {
+        const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+        q = p.q + (int64_t)b * p.Sq * ldq + (int64_t)h * p.D;
+        k = p.k + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D;
+        v = p.v + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv;
+        dout = p.dout + (int64_t)b * p.Sq * ldv + (int64_t)h * p.Dv;
+    }
+};
+
+/* The warp's 16 rows from r0 of two row-major smem tiles (stride rs) as DK A fragments each:
+ * Q and dO in kernel 1, K and V in kernel 2. Callers synchronise before. */
+template <int DK>
+__device__ __forceinline__ void fb_warp_frags(uint32_t (*a1)[4], uint32_t (*a2)[4], const __nv_bfloat16 *s1,
+                                              const __nv_bfloat16 *s2, int rs, int r0) {
+#pragma unroll
+    for (int kk = 0; kk < DK; kk++) {
+        cu_load_a_frag(a1[kk], s1, rs, r0, kk);
+        cu_load_a_frag(a2[kk], s2, rs, r0, kk);
+    }
+}
+
+/* Whether key kj enters query row qi's softmax. */
+__device__ __forceinline__ bool fb_valid(const attn_bwd_params &p, int64_t qi, int64_t kj) {
+    return qi < p.Sq && kj < p.Sk && (!p.causal || kj <= qi);
+}
+
+/* One warp's products with a tile of 8·NT columns: s = A1 · B1ᵀ and dp = A2 · B2ᵀ, with A1, A2
+ * the warp's DK A fragments and B1, B2 n-major tiles (row stride rs). Kernel 1: S = Q Kᵀ and
+ * dP = dO Vᵀ over a key tile; kernel 2: Sᵀ = K Qᵀ and dPᵀ = V dOᵀ over a query tile. */
+template <int DK, int NT>
+__device__ __forceinline__ void fb_tile_products(float (*s)[4], float (*dp)[4], const uint32_t (*a1)[4],
+                                                 const uint32_t (*a2)[4], const __nv_bfloat16 *b1,
+                                                 const __nv_bfloat16 *b2, int rs) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < DK; kk++) {
+            cu_mma_bt(s[nt], a1[kk], b1, rs, nt * 8, kk * 16);
+            cu_mma_bt(dp[nt], a2[kk], b2, rs, nt * 8, kk * 16);
+        }
+    }
+}
+
+/* c[nd] += A · B over the k range of NT2 C tiles packed as A fragments (a_src), for the 2·DK
+ * n-tiles of an n-major B (row stride ts): the gradients' accumulation dQ += dS K (kernel 1),
+ * dV += Pᵀ dO and dK += dSᵀ Q (kernel 2). */
+template <int DK, int NT>
+__device__ __forceinline__ void fb_accumulate(float (*c)[4], const float (*a_src)[4], const __nv_bfloat16 *bt, int ts) {
+#pragma unroll
+    for (int kk2 = 0; kk2 < NT / 2; kk2++) {
+        uint32_t a[4];
+        cu_a_frag_from_c(a, a_src[2 * kk2], a_src[2 * kk2 + 1]);
+#pragma unroll
+        for (int nd = 0; nd < 2 * DK; nd++) cu_mma_bt(c[nd], a, bt, ts, nd * 8, kk2 * 16);
+    }
+}
+
+template <int DK> struct fb_dq_smem {
+    static constexpr int DP = DK * 16;     /* padded head dim */
+    static constexpr int RS = DP + 8;      /* row stride (bf16): fragment loads hit 32 distinct banks */
+    static constexpr int TS = FB_BK + 8;   /* stride of the transposed key tile */
+    static constexpr int q_off = 0;                      /* Qs[FB_BQ][RS] */
+    static constexpr int do_off = q_off + FB_BQ * RS;    /* dOs[FB_BQ][RS] */
+    static constexpr int k_off = do_off + FB_BQ * RS;    /* Ks[FB_BK][RS] */
+    static constexpr int v_off = k_off + FB_BK * RS;     /* Vs[FB_BK][RS] */
+    static constexpr int kt_off = v_off + FB_BK * RS;    /* Kt[DP][TS] */
+    static constexpr int elems = kt_off + DP * TS;
+    static constexpr size_t bytes = (size_t)elems * sizeof(__nv_bfloat16);
+};
+
+/* Kernel 1: L and Δ of 128 query rows, then dQ. Grid (ceil(Sq / 128), B·H). */
+template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_dq(const attn_bwd_params p) {
+    typedef fb_dq_smem<DK> L;
+    CU_DYNAMIC_SHARED(float4, smem_f4);
+    __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
+    __nv_bfloat16 *Qs = smem + L::q_off, *dOs = smem + L::do_off, *Ks = smem + L::k_off, *Vs = smem + L::v_off;
+    __nv_bfloat16 *Kt = smem + L::kt_off;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+    const int64_t q0 = (int64_t)blockIdx.x * FB_BQ, ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+    const fb_bases in(p, b, h);
+    const float *kb = in.k, *vb = in.v;
+
+    fb_load_rows(Qs, L::RS, in.q, ldq, q0, FB_BQ, L::DP, p.Sq, p.D);
+    fb_load_rows(dOs, L::RS, in.dout, ldv, q0, FB_BQ, L::DP, p.Sq, p.Dv);
+    __syncthreads();
+    const int r0 = warp * 16;
+    uint32_t qa[DK][4], da[DK][4]; /* this warp's 16 rows of Q and dO as A fragments */
+    fb_warp_frags<DK>(qa, da, Qs, dOs, L::RS, r0);
+    const int64_t row0 = q0 + r0 + g, row1 = row0 + 8; /* the two rows of this lane's fragments */
+
+    int64_t k_end = p.Sk;
+    if (p.causal && q0 + FB_BQ < k_end) k_end = q0 + FB_BQ;
+
+    /* pass 1: per row, the running max m and sum l of exp2(scale·log2e·S) (the forward's online
+     * softmax) and the running Σ exp2(·)·dP, rescaled alike, which ends as Δ = rowsum(P ⊙ dP):
+     * taken from the same bf16 products as pass 2's dS, so that Σ_j dS_ij = 0 holds to fp32
+     * rounding (Δ from rowsum(dO ⊙ O) leaves a bias of bf16 size that a row of thousands of keys
+     * adds up) */
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f, pd0 = 0.0f, pd1 = 0.0f;
+    for (int64_t k0 = 0; k0 < k_end; k0 += FB_BK) {
+        __syncthreads();
+        fb_load_rows(Ks, L::RS, kb, ldq, k0, FB_BK, L::DP, p.Sk, p.D);
+        fb_load_rows(Vs, L::RS, vb, ldv, k0, FB_BK, L::DP, p.Sk, p.Dv);
+        __syncthreads();
+        float s[FB_BK / 8][4], dp[FB_BK / 8][4];
+        fb_tile_products<DK, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < FB_BK / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const bool valid = fb_valid(p, e < 2 ? row0 : row1, k0 + nt * 8 + 2 * t + (e & 1));
+                s[nt][e] = valid ? s[nt][e] * p.scale_log2 : -INFINITY;
+                if (e < 2) mx0 = fmaxf(mx0, s[nt][e]);
+                else mx1 = fmaxf(mx1, s[nt][e]);
+            }
+        const float mn0 = fmaxf(m0, cu_quad_max(mx0)), mn1 = fmaxf(m1, cu_quad_max(mx1));
+        const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
+        const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
+        l0 *= a0, pd0 *= a0;
+        l1 *= a1, pd1 *= a1;
+        m0 = mn0;
+        m1 = mn1;
+#pragma unroll
+        for (int nt = 0; nt < FB_BK / 8; nt++) {
+            const float e0 = exp2f(s[nt][0] - mu0), e1 = exp2f(s[nt][1] - mu0);
+            const float e2 = exp2f(s[nt][2] - mu1), e3 = exp2f(s[nt][3] - mu1);
+            l0 += e0 + e1;
+            l1 += e2 + e3;
+            pd0 += e0 * dp[nt][0] + e1 * dp[nt][1];
+            pd1 += e2 * dp[nt][2] + e3 * dp[nt][3];
+        }
+    }
+    l0 = cu_quad_sum(l0), l1 = cu_quad_sum(l1);
+    pd0 = cu_quad_sum(pd0), pd1 = cu_quad_sum(pd1);
+    /* a row without a single valid key (only padding rows) gets L = 0, Δ = 0: its P is masked */
+    const float lse0 = l0 > 0.0f ? m0 + log2f(l0) : 0.0f, lse1 = l1 > 0.0f ? m1 + log2f(l1) : 0.0f;
+    const float delta0 = l0 > 0.0f ? pd0 / l0 : 0.0f, delta1 = l1 > 0.0f ? pd1 / l1 : 0.0f;
+    if (t == 0) {
+        float *lse = p.lse + (int64_t)bh * p.Sq, *dl = p.delta + (int64_t)bh * p.Sq;
+        if (row0 < p.Sq) lse[row0] = lse0, dl[row0] = delta0;
+        if (row1 < p.Sq) lse[row1] = lse1, dl[row1] = delta1;
+    }
+    if (!p.dq) return;
+
+    /* pass 2: dQ += dS K, dS = P ⊙ (dO Vᵀ − Δ) */
+    float dq[2 * DK][4];
+#pragma unroll
+    for (int nd = 0; nd < 2 * DK; nd++) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
+    for (int64_t k0 = 0; k0 < k_end; k0 += FB_BK) {
+        __syncthreads();
+        fb_load_rows(Ks, L::RS, kb, ldq, k0, FB_BK, L::DP, p.Sk, p.D);
+        fb_load_rows(Vs, L::RS, vb, ldv, k0, FB_BK, L::DP, p.Sk, p.Dv);
+        fb_load_cols(Kt, L::TS, kb, ldq, k0, FB_BK, L::DP, p.Sk, p.D);
+        __syncthreads();
+        float s[FB_BK / 8][4], dp[FB_BK / 8][4];
+        fb_tile_products<DK, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
+#pragma unroll
+        for (int nt = 0; nt < FB_BK / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const bool valid = fb_valid(p, e < 2 ? row0 : row1, k0 + nt * 8 + 2 * t + (e & 1));
+                const float P = valid ? exp2f(s[nt][e] * p.scale_log2 - (e < 2 ? lse0 : lse1)) : 0.0f;
+                s[nt][e] = P * (dp[nt][e] - (e < 2 ? delta0 : delta1)); /* dS */
+            }
+        fb_accumulate<DK, FB_BK / 8>(dq, s, Kt, L::TS);
+    }
+    float *dqb = p.dq + (int64_t)b * p.Sq * ldq + (int64_t)h * p.D;
+#pragma unroll
+    for (int nd = 0; nd < 2 * DK; nd++) {
+        const int d = nd * 8 + 2 * t;
+        if (row0 < p.Sq) {
+            if (d < p.D) dqb[row0 * ldq + d] += p.scale * dq[nd][0];
+            if (d + 1 < p.D) dqb[row0 * ldq + d + 1] += p.scale * dq[nd][1];
+        }
+        if (row1 < p.Sq) {
+            if (d < p.D) dqb[row1 * ldq + d] += p.scale * dq[nd][2];
+            if (d + 1 < p.D) dqb[row1 * ldq + d + 1] += p.scale * dq[nd][3];
+        }
+    }
+}
+
+template <int DK> struct fb_dkv_smem {
+    static constexpr int DP = DK * 16;
+    static constexpr int RS = DP + 8;
+    static constexpr int TS = FB_BQT + 8;
+    static constexpr int k_off = 0;                      /* Ks[FB_BKV][RS]: the block's keys, loaded once */
+    static constexpr int v_off = k_off + FB_BKV * RS;    /* Vs[FB_BKV][RS] */
+    static constexpr int q_off = v_off + FB_BKV * RS;    /* Qs[FB_BQT][RS]: the query tile */
+    static constexpr int do_off = q_off + FB_BQT * RS;   /* dOs[FB_BQT][RS] */
+    static constexpr int qt_off = do_off + FB_BQT * RS;  /* Qt[DP][TS] */
+    static constexpr int dot_off = qt_off + DP * TS;     /* dOt[DP][TS] */
+    static constexpr int elems = dot_off + DP * TS;
+    static constexpr size_t stat_off = ((size_t)elems * sizeof(__nv_bfloat16) + 15) / 16 * 16; /* 2 x FB_BQT floats */
+    static constexpr size_t bytes = stat_off + 2 * FB_BQT * sizeof(float);
+};
+
+/* Kernel 2: dK and dV of 128 keys. Grid (ceil(Sk / 128), B·H); reads L and Δ from kernel 1. */
+template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_dkv(const attn_bwd_params p) {
+    typedef fb_dkv_smem<DK> L;
+    CU_DYNAMIC_SHARED(float4, smem_f4);
+    __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
+    __nv_bfloat16 *Ks = smem + L::k_off, *Vs = smem + L::v_off, *Qs = smem + L::q_off, *dOs = smem + L::do_off;
+    __nv_bfloat16 *Qt = smem + L::qt_off, *dOt = smem + L::dot_off;
+    float *lse_s = reinterpret_cast<float *>(reinterpret_cast<char *>(smem_f4) + L::stat_off);
+    float *delta_s = lse_s + FB_BQT;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+    const int64_t k0 = (int64_t)blockIdx.x * FB_BKV, ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+    const fb_bases in(p, b, h);
+    const float *qb = in.q, *dob = in.dout;
+    const float *lse = p.lse + (int64_t)bh * p.Sq, *delta = p.delta + (int64_t)bh * p.Sq;
+
+    fb_load_rows(Ks, L::RS, in.k, ldq, k0, FB_BKV, L::DP, p.Sk, p.D);
+    fb_load_rows(Vs, L::RS, in.v, ldv, k0, FB_BKV, L::DP, p.Sk, p.Dv);
+    __syncthreads();
+    const int r0 = warp * 16;
+    uint32_t ka[DK][4], va[DK][4]; /* this warp's 16 keys of K and V as A fragments */
+    fb_warp_frags<DK>(ka, va, Ks, Vs, L::RS, r0);
+    const int64_t key0 = k0 + r0 + g, key1 = key0 + 8;
+    float dk[2 * DK][4], dv[2 * DK][4];
+#pragma unroll
+    for (int nd = 0; nd < 2 * DK; nd++) {
+        dk[nd][0] = dk[nd][1] = dk[nd][2] = dk[nd][3] = 0.0f;
+        dv[nd][0] = dv[nd][1] = dv[nd][2] = dv[nd][3] = 0.0f;
+    }
+
+    /* causal: queries before the block's first key see none of its keys */
+    const int64_t q_start = p.causal ? k0 / FB_BQT * FB_BQT : 0;
+    for (int64_t q0 = q_start; q0 < p.Sq; q0 += FB_BQT) {
+        __syncthreads(); /* the previous tile is consumed */
+        fb_load_rows(Qs, L::RS, qb, ldq, q0, FB_BQT, L::DP, p.Sq, p.D);
+        fb_load_rows(dOs, L::RS, dob, ldv, q0, FB_BQT, L::DP, p.Sq, p.Dv);
+        fb_load_cols(Qt, L::TS, qb, ldq, q0, FB_BQT, L::DP, p.Sq, p.D);
+        fb_load_cols(dOt, L::TS, dob, ldv, q0, FB_BQT, L::DP, p.Sq, p.Dv);
+        for (int i = threadIdx.x; i < FB_BQT; i += blockDim.x) {
+            const bool in = q0 + i < p.Sq;
+            lse_s[i] = in ? lse[q0 + i] : 0.0f;
+            delta_s[i] = in ? delta[q0 + i] : 0.0f;
+        }
+        __syncthreads();
+        /* Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 16 keys x 64 queries, n-tile nt = queries nt·8 .. nt·8 + 7 */
+        float s[FB_BQT / 8][4], dp[FB_BQT / 8][4];
+        fb_tile_products<DK, FB_BQT / 8>(s, dp, ka, va, Qs, dOs, L::RS);
+#pragma unroll
+        for (int nt = 0; nt < FB_BQT / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int qj = nt * 8 + 2 * t + (e & 1);
+                const bool valid = fb_valid(p, q0 + qj, e < 2 ? key0 : key1);
+                const float P = valid ? exp2f(s[nt][e] * p.scale_log2 - lse_s[qj]) : 0.0f;
+                s[nt][e] = P;                              /* Pᵀ */
+                dp[nt][e] = P * (dp[nt][e] - delta_s[qj]); /* dSᵀ */
+            }
+        /* dV += Pᵀ dO and dK += dSᵀ Q, the k dimension being the tile's queries */
+        fb_accumulate<DK, FB_BQT / 8>(dv, s, dOt, L::TS);
+        fb_accumulate<DK, FB_BQT / 8>(dk, dp, Qt, L::TS);
+    }
+    float *dkb = p.dk ? p.dk + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D : NULL;
+    float *dvb = p.dv ? p.dv + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv : NULL;
+#pragma unroll
+    for (int nd = 0; nd < 2 * DK; nd++) {
+        const int d = nd * 8 + 2 * t;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int64_t kj = e < 2 ? key0 : key1;
+            const int dd = d + (e & 1);
+            if (kj >= p.Sk) continue;
+            if (dkb && dd < p.D) dkb[kj * ldq + dd] += p.scale * dk[nd][e];
+            if (dvb && dd < p.Dv) dvb[kj * ldv + dd] += dv[nd][e];
+        }
+    }
+}
+
+template <int DK> static sd_status launch_flash_bwd(const attn_bwd_params &p, int64_t B) {
+    static unsigned configured = 0; /* per device: the opt-in to more than 48 KiB of shared memory */
+    const unsigned bit = 1u << (cu_cur()->ordinal & 31);
+    if (!(configured & bit)) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dq<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)fb_dq_smem<DK>::bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dkv<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)fb_dkv_smem<DK>::bytes));
+        configured |= bit;
+    }
+    dim3 grid_q((unsigned)((p.Sq + FB_BQ - 1) / FB_BQ), (unsigned)(B * p.H));
+    CU_LAUNCH(k_flash_bwd_dq<DK>, grid_q, FB_THREADS, fb_dq_smem<DK>::bytes, cu_cur()->stream)(p);
+    LAUNCH_CHECK("flash attention backward dq (fast)");
+    if (!p.dk && !p.dv) return SD_OK;
+    dim3 grid_k((unsigned)((p.Sk + FB_BKV - 1) / FB_BKV), (unsigned)(B * p.H));
+    CU_LAUNCH(k_flash_bwd_dkv<DK>, grid_k, FB_THREADS, fb_dkv_smem<DK>::bytes, cu_cur()->stream)(p);
+    LAUNCH_CHECK("flash attention backward dk dv (fast)");
+    return SD_OK;
+}
+
+static sd_status flash_backward_fast(const float *q, const float *k, const float *v, const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
+                                     int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    const size_t stats = cu_align((size_t)(B * H * Sq) * sizeof(float));
+    char *ws = (char *)cu_workspace(2 * stats);
+    if (!ws) return SD_ERR_OOM;
+    attn_bwd_params p;
+    memset(&p, 0, sizeof p);
+    p.q = q, p.k = k, p.v = v, p.dout = dout;
+    p.dq = dq, p.dk = dk, p.dv = dv;
+    p.lse = (float *)ws;
+    p.delta = (float *)(ws + stats);
+    p.Sq = Sq, p.Sk = Sk, p.H = H, p.D = D, p.Dv = Dv;
+    p.scale = scale;
+    p.scale_log2 = scale * FB_LOG2E;
+    p.causal = causal;
+    const int dmax = D > Dv ? D : Dv;
+    if (dmax <= 16) return launch_flash_bwd<1>(p, B);
+    if (dmax <= 32) return launch_flash_bwd<2>(p, B);
+    if (dmax <= 48) return launch_flash_bwd<3>(p, B);
+    if (dmax <= 64) return launch_flash_bwd<4>(p, B);
+    return launch_flash_bwd<5>(p, B);
+}
+
 sd_status cu_attention_backward(const float *q, const float *k, const float *v, const float *out, const float *dout,
                                 float *dq, float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
                                 int Dv, float scale, int causal) {
-    (void)out; /* rowsum(dP ⊙ P) is computed from the recomputed maps (see the top comment) */
+    (void)out; /* both paths take rowsum(dP ⊙ P) from the recomputed maps (see the top comment) */
     if (B <= 0 || Sq <= 0 || Sk <= 0 || (!dq && !dk && !dv)) return SD_OK;
+    if (cu_cur()->precision == SD_PRECISION_FAST && D <= FB_MAX_D && Dv <= FB_MAX_D && B * H <= 65535)
+        return flash_backward_fast(q, k, v, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal);
+    /* exact mode (and heads over FB_MAX_D) */
     const int64_t ldq = (int64_t)H * D, ldv = (int64_t)H * Dv;
     const int64_t chunk = rows_per_chunk(Sq, Sk, H);
     const size_t buf = cu_align((size_t)(H * chunk * Sk) * sizeof(float));

@@ -190,6 +190,69 @@ __device__ __forceinline__ double cu_block_sum_d(double v, double *smem) {
     return cu_warp_sum_d(t);
 }
 
+/* bf16 tensor cores, mma.sync.m16n8k16 (fp32 accumulate), in PTX's fragment layout: with
+ * g = lane / 4 and t = lane % 4, the A fragment (16x16, row-major) is a[0] = A[g][2t, 2t+1],
+ * a[1] = A[g+8][2t, 2t+1], a[2] = A[g][8+2t, 9+2t], a[3] = A[g+8][8+2t, 9+2t]; the B fragment
+ * (16x8) is b0 = B[2t, 2t+1][g], b1 = B[8+2t, 9+2t][g] (so from an n-major copy Bt[n][k]: two
+ * 32-bit loads at Bt[g][2t] and Bt[g][8+2t]); the C fragment (16x8) is c[0], c[1] = C[g][2t, 2t+1],
+ * c[2], c[3] = C[g+8][2t, 2t+1]. Two neighbouring C tiles (n-tiles 2j and 2j+1) packed to bf16 are
+ * exactly the A fragment of columns [16j, 16j+16): a product's result feeds the next product from
+ * registers (flash attention's P·V). */
+__device__ __forceinline__ uint32_t cu_ld_u32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+
+__device__ __forceinline__ uint32_t cu_pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* c[0..3] += A(16x16, fragment a[0..3]) · B(16x8, fragment b0, b1) */
+__device__ __forceinline__ void cu_mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#ifdef SD_CUDA_SIM
+    cudasim::mma_m16n8k16_bf16(c, a, b0, b1); /* the same fragment layout, computed on the host */
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+/* The A fragment of columns [16j, 16j+16) from the fp32 C fragments of n-tiles 2j (c_lo) and
+ * 2j+1 (c_hi) of the same rows, rounded to bf16. */
+__device__ __forceinline__ void cu_a_frag_from_c(uint32_t a[4], const float *c_lo, const float *c_hi) {
+    a[0] = cu_pack_bf16(c_lo[0], c_lo[1]);
+    a[1] = cu_pack_bf16(c_lo[2], c_lo[3]);
+    a[2] = cu_pack_bf16(c_hi[0], c_hi[1]);
+    a[3] = cu_pack_bf16(c_hi[2], c_hi[3]);
+}
+
+/* Max / sum over the quad of lanes 4g .. 4g+3, the four lanes holding one fragment row. */
+__device__ __forceinline__ float cu_quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float cu_quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+/* The A fragment of rows [r0, r0+16) and columns [16·kk, 16·kk+16) of a row-major bf16 array. */
+__device__ __forceinline__ void cu_load_a_frag(uint32_t a[4], const __nv_bfloat16 *s, int stride, int r0, int kk) {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    a[0] = cu_ld_u32(&s[(r0 + g) * stride + kk * 16 + 2 * t]);
+    a[1] = cu_ld_u32(&s[(r0 + g + 8) * stride + kk * 16 + 2 * t]);
+    a[2] = cu_ld_u32(&s[(r0 + g) * stride + kk * 16 + 8 + 2 * t]);
+    a[3] = cu_ld_u32(&s[(r0 + g + 8) * stride + kk * 16 + 8 + 2 * t]);
+}
+
+/* c += A · B for the B tile whose n-major copy has rows [n0, n0+8) and k-columns [k0, k0+16). */
+__device__ __forceinline__ void cu_mma_bt(float *c, const uint32_t *a, const __nv_bfloat16 *bt, int stride, int n0,
+                                          int k0) {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    const __nv_bfloat16 *row = &bt[(n0 + g) * stride + k0 + 2 * t];
+    cu_mma_bf16(c, a, cu_ld_u32(row), cu_ld_u32(row + 8));
+}
+
 /* The activations exactly as the CPU backend writes them (float arithmetic, same formulas). */
 __device__ __forceinline__ float cu_silu(float v) { return v / (1.0f + expf(-v)); }
 __device__ __forceinline__ float cu_gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }

@@ -16,8 +16,8 @@
  *   SD_PRECISION_FAST   tensor cores with fp32 storage and fp32 accumulation: GEMMs with
  *                       CUBLAS_COMPUTE_32F_FAST_16BF (inputs rounded to bf16; SD_FAST_GEMM=tf32 or
  *                       fp16 in the environment picks another), convolutions with
- *                       CUDNN_TENSOR_OP_MATH (TF32), attention with bf16 mma.sync and an fp32
- *                       online softmax. About 3 significant digits (max relative error <= 2e-2).
+ *                       CUDNN_TENSOR_OP_MATH (TF32), attention (forward and, head dims <= 80,
+ *                       backward) with bf16 mma.sync and an fp32 online softmax. About 3 significant digits (max relative error <= 2e-2).
  *
  * Threads: the op table's functions take no context, so the CUDA backend keeps one state per
  * device (stream, library handles, workspace, precision) and binds it to the thread that called
