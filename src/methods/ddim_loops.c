@@ -13,17 +13,8 @@ sd_tensor *sd_guided_eps(sd_ctx *c, const sd_model *m, sd_tensor *z, int t, sd_t
     return sd_cfg_combine(c, sd_slice0(c, eps, 0, B), sd_slice0(c, eps, B, B), guidance);
 }
 
-/* One DDIM step, a pure function of device memory (sd_graph_step may replay it): z' from z with
- * eps = UNet(z, t, cond) (guidance 1: inversion) or the CFG of one batched call (sampling). */
-typedef struct ddim_step {
-    const sd_model *m;
-    sd_tensor *z, *uncond, *cond; /* uncond NULL: no guidance */
-    float guidance;
-    sd_step_inputs *in;
-} ddim_step;
-
-static sd_tensor *ddim_step_forward(sd_ctx *c, void *arg) {
-    const ddim_step *a = arg;
+sd_tensor *sd_ddim_step_forward(sd_ctx *c, void *arg) {
+    const sd_ddim_step *a = arg;
     sd_tensor *eps;
     if (!a->uncond) {
         eps = sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, a->z->shape[0]), a->cond);
@@ -45,7 +36,7 @@ static sd_status ddim_loop(sd_ctx *c, const sd_model *m, const sd_ddim *s, sd_te
     const int N = s->n_steps;
     sd_step_inputs in;
     if (sd_step_inputs_init(c, &in, (uncond ? 2 : 1) * z->shape[0], NULL)) return c->status;
-    ddim_step step = {m, z, uncond, cond, guidance, &in};
+    sd_ddim_step step = {m, z, uncond, cond, guidance, &in};
     const void *inputs[] = {z->data, uncond ? uncond->data : NULL, cond->data, in.tvec->data, in.factors->data};
     sd_step_graph graph;
     sd_step_graph_init(&graph, c);
@@ -58,7 +49,7 @@ static sd_status ddim_loop(sd_ctx *c, const sd_model *m, const sd_ddim *s, sd_te
         else sd_ddim_prev_factors(s, t, f);
         sd_step_inputs_set(c, &in, t, f, NULL);
         const sd_arena_mark mark = sd_arena_get_mark(c->arena);
-        sd_tensor *next = sd_graph_step(c, &graph, NULL, ddim_step_forward, &step, inputs, 5, NULL, 0);
+        sd_tensor *next = sd_graph_step(c, &graph, NULL, sd_ddim_step_forward, &step, inputs, 5, NULL, 0);
         if (latents) latents[i + 1] = sd_keep(c, next);
         sd_assign(c, z, next);
         sd_arena_reset(c->arena, mark);

@@ -201,6 +201,24 @@ void sd_inversion_free(sd_inversion *inv) {
  * Reconstruction: sampling back with the inversion's own variables
  * --------------------------------------------------------------------------------------------- */
 
+/* One reconstruction step, replayable: the guided eps of the inversion's method and the DDIM
+ * step. StyleDiffusion's eps_c reads the value input of the step's mapping network (net). */
+typedef struct recon_step {
+    sd_ddim_step ddim; /* z, uncond (the step's null embedding for Null-text), cond, guidance, in */
+    const sd_mapping_net *net;
+    sd_tensor *features;
+} recon_step;
+
+static sd_tensor *recon_forward(sd_ctx *c, void *arg) {
+    const recon_step *r = arg;
+    if (!r->net) return sd_ddim_step_forward(c, (void *)&r->ddim);
+    const sd_ddim_step *a = &r->ddim;
+    sd_tensor *tvec = sd_step_tvec(c, a->in, 1);
+    sd_tensor *eps_u = sd_unet_forward_tvec(c, &a->m->unet, a->z, tvec, a->uncond);
+    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, r->net, r->features, a->z, tvec, a->cond, NULL);
+    return sd_ddim_step_dev(c, a->in->factors, sd_cfg_combine(c, eps_u, eps_c, a->guidance), a->z);
+}
+
 sd_tensor *sd_inversion_reconstruct(sd_ctx *c, const sd_model *m, const sd_inversion *inv) {
     if (c->status != SD_OK) return NULL;
     sd_ddim sched;
@@ -209,44 +227,44 @@ sd_tensor *sd_inversion_reconstruct(sd_ctx *c, const sd_model *m, const sd_inver
         return NULL;
     }
     sd_tensor *cond = sd_keep(c, sd_encode_prompt(c, m, inv->prompt));
-    sd_tensor *uncond = inv->method == SD_INVERT_NPI ? sd_upload(c, inv->null_embeddings[0])
-                                                     : sd_encode_prompt(c, m, "");
+    sd_tensor *uncond = inv->method == SD_INVERT_NPI || inv->method == SD_INVERT_NULLTEXT
+                            ? sd_upload(c, inv->null_embeddings[0]) /* Null-text: step i's is copied in below */
+                            : sd_encode_prompt(c, m, "");
     uncond = sd_keep(c, uncond);
     sd_tensor *z = sd_keep(c, sd_upload(c, inv->z_T));
     sd_tensor *features = inv->image_features ? sd_keep(c, sd_upload(c, inv->image_features)) : NULL;
+    sd_step_inputs in;
+    sd_step_inputs_init(c, &in, 2, NULL);
     sd_mapping_net net = {{0}};
-    if (inv->method == SD_INVERT_STYLEDIFFUSION &&
-        sd_ctx_check(c, sd_mapping_net_from_host(c, &net, inv->mapping[0])) == 0)
-        return NULL;
+    const int sd_method = inv->method == SD_INVERT_STYLEDIFFUSION;
+    if (sd_method && sd_ctx_check(c, sd_mapping_net_from_host(c, &net, inv->mapping[0])) == 0) return NULL;
+    if (c->status != SD_OK) return NULL;
+    recon_step step = {{m, z, uncond, cond, inv->guidance, &in}, sd_method ? &net : NULL, features};
+    if (inv->guidance == 1.0f && !sd_method) step.ddim.uncond = NULL; /* as sd_guided_eps */
+    const void *inputs[] = {z->data, uncond->data, cond->data, features ? features->data : NULL, in.tvec->data,
+                            in.factors->data};
+    sd_step_graph graph;
+    sd_step_graph_init(&graph, c);
     sd_progress bar;
     sd_progress_begin(&bar, "reconstruction", inv->n_steps);
     for (int i = 0; i < inv->n_steps && c->status == SD_OK; i++) {
         const sd_arena_mark mark = sd_arena_get_mark(c->arena);
         const int t = sched.timesteps[i];
-        sd_tensor *eps = NULL;
-        switch (inv->method) {
-        case SD_INVERT_DDIM:
-        case SD_INVERT_NPI:
-            eps = sd_guided_eps(c, m, z, t, uncond, cond, inv->guidance);
-            break;
-        case SD_INVERT_NULLTEXT:
-            eps = sd_guided_eps(c, m, z, t, sd_upload(c, inv->null_embeddings[i]), cond, inv->guidance);
-            break;
-        case SD_INVERT_STYLEDIFFUSION: {
-            for (int p = 0; p < SD_MAP_N_PARAMS; p++)
-                if (c->status == SD_OK) sd_ctx_check(c, c->be->upload(net.params[p]->data, inv->mapping[i][p]->data,
-                                                                     sd_nbytes(inv->mapping[i][p])));
-            sd_tensor *eps_u = sd_unet_forward(c, &m->unet, z, (float)t, uncond);
-            eps = sd_cfg_combine(c, eps_u, sd_stylediffusion_cond_eps(c, m, &net, features, z, t, cond, NULL),
-                                 inv->guidance);
-            break;
-        }
-        }
-        sd_assign(c, z, sd_ddim_prev_step(c, &sched, eps, t, z));
+        float f[4];
+        sd_ddim_prev_factors(&sched, t, f);
+        sd_step_inputs_set(c, &in, t, f, NULL);
+        /* the step's variables, into the buffers the step reads */
+        if (inv->method == SD_INVERT_NULLTEXT)
+            sd_ctx_check(c, c->be->upload(uncond->data, inv->null_embeddings[i]->data, sd_nbytes(inv->null_embeddings[i])));
+        for (int p = 0; sd_method && p < SD_MAP_N_PARAMS && c->status == SD_OK; p++)
+            sd_ctx_check(c, c->be->upload(net.params[p]->data, inv->mapping[i][p]->data, sd_nbytes(inv->mapping[i][p])));
+        sd_assign(c, z, sd_graph_step(c, &graph, NULL, recon_forward, &step, inputs, 6, sd_method ? net.params : NULL,
+                                      sd_method ? SD_MAP_N_PARAMS : 0));
         sd_arena_reset(c->arena, mark);
         sd_progress_step(&bar);
     }
     sd_progress_end(&bar);
+    sd_step_graph_free(&graph);
     sd_mapping_net_free(&net);
     return c->status == SD_OK ? z : NULL;
 }

@@ -26,12 +26,13 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
                                      sd_invert_state *s, sd_tensor *features, sd_inversion *out,
                                      double t0);
 
-/* The conditional eps of StyleDiffusion: every cross-attention layer's value input is
+/* The conditional eps of StyleDiffusion at the timestep tvec[1] (device memory): every
+ * cross-attention layer's value input is
  * c ⊙ S + B from the mapping network; when `capture` is given it also collects the maps the
  * attention loss reads (q_len = capture->capture_q_len). */
 struct sd_value_capture_hook;
 sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_mapping_net *net,
-                                      sd_tensor *features, sd_tensor *z, int t, sd_tensor *cond,
+                                      sd_tensor *features, sd_tensor *z, sd_tensor *tvec, sd_tensor *cond,
                                       struct sd_value_capture_hook *capture);
 
 /* What a repeated step (sd_graph_step) reads that changes from one timestep to the next, in
@@ -48,6 +49,18 @@ sd_status sd_step_inputs_init(sd_ctx *c, sd_step_inputs *in, int64_t rows, const
 /* Writes one timestep's values (uploads and one copy, outside any graph); target may be NULL. */
 sd_status sd_step_inputs_set(sd_ctx *c, sd_step_inputs *in, int t, const float factors[4], const sd_tensor *target);
 sd_tensor *sd_step_tvec(sd_ctx *c, const sd_step_inputs *in, int64_t B);
+
+/* One DDIM step as a pure function of device memory (sd_graph_step may replay it): z' from z with
+ * eps = UNet(z, t, cond) (uncond NULL: inversion) or the CFG of one batched call [uncond; cond]
+ * (sampling, and the inversions' advance along the trajectory); t and the step's factors come
+ * from `in` (rows >= 2·batch when guided). Returns z'. */
+typedef struct sd_ddim_step {
+    const sd_model *m;
+    sd_tensor *z, *uncond, *cond;
+    float guidance;
+    sd_step_inputs *in;
+} sd_ddim_step;
+sd_tensor *sd_ddim_step_forward(sd_ctx *c, void *arg);
 
 /* The end of optimiser iteration j of timestep i (t), shared by Null-text and StyleDiffusion,
  * as the reference runs it, after sd_graph_step: read the loss, stop with SD_ERR_NUMERIC naming the

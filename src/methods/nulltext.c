@@ -25,6 +25,12 @@ static sd_tensor *nulltext_loss(sd_ctx *c, void *arg) {
     return sd_mse(c, sd_ddim_step_dev(c, a->in->factors, eps, a->z), a->in->target);
 }
 
+/* The conditional eps of a timestep: UNet(z, t, c), replayable. */
+static sd_tensor *cond_eps(sd_ctx *c, void *arg) {
+    const sd_ddim_step *a = arg;
+    return sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->cond);
+}
+
 sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
                                sd_invert_state *s, sd_inversion *out, double t0) {
     const int N = o->n_steps;
@@ -38,15 +44,21 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
     sd_tensor_free(host0);
     sd_tensor *z = sd_keep(c, s->latents[N]);
     sd_step_inputs in;
-    sd_step_inputs_init(c, &in, 1, z);
+    sd_step_inputs_init(c, &in, 2, z); /* two rows: the advance's batched CFG call */
     sd_tape *tape = sd_tape_new();
     if (!null_text || !z || !tape || c->status != SD_OK) {
         sd_tensor_free(null_text);
         sd_tape_free(tape);
         return c->status ? c->status : SD_ERR_OOM;
     }
-    sd_step_graph graph;
+    /* three repeated steps per timestep, each replayed from its own CUDA graph on a GPU: the
+     * conditional eps, the optimiser iterations and the advance along the trajectory */
+    sd_step_graph cond_graph, graph, advance_graph;
+    sd_step_graph_init(&cond_graph, c);
     sd_step_graph_init(&graph, c);
+    sd_step_graph_init(&advance_graph, c);
+    sd_ddim_step cond_step = {m, z, NULL, s->cond, 1.0f, &in}, advance = {m, z, null_text, s->cond, o->guidance, &in};
+    const void *advance_inputs[] = {z->data, null_text->data, s->cond->data, in.tvec->data, in.factors->data};
     sd_progress bar;
     sd_progress_begin(&bar, "null-text inversion", N);
     const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
@@ -62,7 +74,7 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
         sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
         const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
         nulltext_step step = {m, o->guidance, z, NULL, null_text, &in};
-        step.eps_c = sd_unet_forward_tvec(c, &m->unet, z, sd_step_tvec(c, &in, 1), s->cond);
+        step.eps_c = sd_graph_step(c, &cond_graph, NULL, cond_eps, &cond_step, advance_inputs, 5, NULL, 0);
         const void *inputs[] = {z->data, step.eps_c ? step.eps_c->data : NULL, in.tvec->data,
                                 in.factors->data, in.target->data};
         for (int j = 0; j < o->inner_steps && c->status == SD_OK; j++) {
@@ -73,15 +85,16 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
         sd_adam_free(&opt);
         out->null_embeddings[i] = sd_to_host(c, null_text);
         /* advance the trajectory with the optimised ∅ (no gradient) */
-        sd_tensor *eps = sd_guided_eps(c, m, z, t, null_text, s->cond, o->guidance);
-        sd_assign(c, z, sd_ddim_prev_step(c, &s->sched, eps, t, z));
+        sd_assign(c, z, sd_graph_step(c, &advance_graph, NULL, sd_ddim_step_forward, &advance, advance_inputs, 5, NULL, 0));
         sd_arena_reset(c->arena, step_mark);
         stat->seconds = sd_now() - ts;
         sd_progress_step(&bar);
     }
     sd_progress_end(&bar);
     sd_invert_count_graph_steps(out, &graph);
+    sd_step_graph_free(&cond_graph);
     sd_step_graph_free(&graph);
+    sd_step_graph_free(&advance_graph);
     sd_ctx_set_tape(c, NULL);
     sd_tape_free(tape);
     sd_tensor_free(null_text);

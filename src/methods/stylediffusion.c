@@ -15,9 +15,9 @@
 #include "invert_internal.h"
 #include "sd/control.h"
 
-/* The conditional eps with the timestep in a device tensor tvec[1] (see sd_stylediffusion_cond_eps). */
-static sd_tensor *cond_eps_tvec(sd_ctx *c, const sd_model *m, const sd_mapping_net *net, sd_tensor *features,
-                                sd_tensor *z, sd_tensor *tvec, sd_tensor *cond, sd_value_capture_hook *capture) {
+sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_mapping_net *net,
+                                      sd_tensor *features, sd_tensor *z, sd_tensor *tvec, sd_tensor *cond,
+                                      sd_value_capture_hook *capture) {
     sd_tensor *value = sd_mapping_value_input(c, sd_mapping_forward(c, net, features), cond);
     sd_value_capture_hook plain;
     sd_value_capture_hook *hook = capture ? capture : &plain;
@@ -32,15 +32,6 @@ static sd_tensor *cond_eps_tvec(sd_ctx *c, const sd_model *m, const sd_mapping_n
     return eps;
 }
 
-sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_mapping_net *net,
-                                      sd_tensor *features, sd_tensor *z, int t, sd_tensor *cond,
-                                      sd_value_capture_hook *capture) {
-    const int64_t one = 1;
-    sd_tensor *tvec = sd_new(c, 1, &one);
-    if (tvec) sd_ctx_check(c, c->be->fill(sd_f32(tvec), (float)t, 1));
-    return cond_eps_tvec(c, m, net, features, z, tvec, cond, capture);
-}
-
 /* One iteration's loss, L_rec + L_att, a pure function of device memory (so sd_graph_step may
  * replay it): the ground-truth maps of the timestep are copied into gt[] beforehand. */
 typedef struct stylediffusion_step {
@@ -48,7 +39,7 @@ typedef struct stylediffusion_step {
     const sd_mapping_net *net;
     float guidance;
     int attention_loss, n_maps;
-    sd_tensor *features, *z, *cond, *eps_u;
+    sd_tensor *features, *z, *cond, *uncond, *eps_u;
     sd_tensor *gt[SD_MAX_CAPTURED];
     sd_step_inputs *in;
     sd_value_capture_hook *capture;
@@ -57,7 +48,7 @@ typedef struct stylediffusion_step {
 static sd_tensor *stylediffusion_loss(sd_ctx *c, void *arg) {
     const stylediffusion_step *a = arg;
     sd_value_capture_hook *capture = a->capture;
-    sd_tensor *eps_c = cond_eps_tvec(c, a->m, a->net, a->features, a->z, sd_step_tvec(c, a->in, 1), a->cond, capture);
+    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, a->net, a->features, a->z, sd_step_tvec(c, a->in, 1), a->cond, capture);
     sd_tensor *eps = sd_cfg_combine(c, a->eps_u, eps_c, a->guidance);
     sd_tensor *loss = sd_mse(c, sd_ddim_step_dev(c, a->in->factors, eps, a->z), a->in->target);
     if (!a->attention_loss || c->status != SD_OK) return loss;
@@ -99,6 +90,20 @@ static sd_status invert_with_maps(sd_ctx *c, const sd_model *m, sd_invert_state 
     return sd_ctx_status(c);
 }
 
+/* The unconditional eps of a timestep, UNet(z, t, ""), replayable. */
+static sd_tensor *stylediffusion_uncond_eps(sd_ctx *c, void *arg) {
+    const stylediffusion_step *a = arg;
+    return sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->uncond);
+}
+
+/* The advance along the trajectory with the trained network: z' = prev_step(eps_u + w (eps_c -
+ * eps_u)), replayable. */
+static sd_tensor *stylediffusion_advance(sd_ctx *c, void *arg) {
+    const stylediffusion_step *a = arg;
+    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, a->net, a->features, a->z, sd_step_tvec(c, a->in, 1), a->cond, NULL);
+    return sd_ddim_step_dev(c, a->in->factors, sd_cfg_combine(c, a->eps_u, eps_c, a->guidance), a->z);
+}
+
 sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
                                      sd_invert_state *s, sd_tensor *features, sd_inversion *out,
                                      double t0) {
@@ -135,12 +140,16 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
     sd_tape *tape = sd_tape_new();
     sd_value_capture_hook capture;
     sd_value_capture_hook_init(&capture, NULL, o->attention_loss ? q_len : 0);
-    stylediffusion_step step = {m, &net, o->guidance, o->attention_loss, n_maps, features, z, s->cond, NULL, {0},
-                                &in, &capture};
+    stylediffusion_step step = {m, &net, o->guidance, o->attention_loss, n_maps, features, z, s->cond, s->uncond,
+                                NULL, {0}, &in, &capture};
     /* the timestep's ground-truth maps are copied here, to addresses a graph of the step can keep */
     for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) step.gt[l] = sd_keep(c, gt[N][l]);
-    sd_step_graph graph;
+    /* three repeated steps per timestep, each replayed from its own CUDA graph on a GPU: the
+     * unconditional eps, the optimiser iterations and the advance along the trajectory */
+    sd_step_graph uncond_graph, graph, advance_graph;
+    sd_step_graph_init(&uncond_graph, c);
     sd_step_graph_init(&graph, c);
+    sd_step_graph_init(&advance_graph, c);
     sd_progress bar;
     sd_progress_begin(&bar, "stylediffusion", N);
     const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
@@ -157,10 +166,11 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
         sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
         for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) sd_assign(c, step.gt[l], gt[N - i][l]);
         const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
-        step.eps_u = sd_unet_forward_tvec(c, &m->unet, z, sd_step_tvec(c, &in, 1), s->uncond);
-        const void *inputs[7 + SD_MAX_CAPTURED] = {z->data, step.eps_u ? step.eps_u->data : NULL, features->data,
-                                                   s->cond->data, in.tvec->data, in.factors->data, in.target->data};
-        int n_inputs = 7;
+        const void *inputs[8 + SD_MAX_CAPTURED] = {z->data, features->data, s->cond->data, s->uncond->data,
+                                                   in.tvec->data, in.factors->data, in.target->data};
+        step.eps_u = sd_graph_step(c, &uncond_graph, NULL, stylediffusion_uncond_eps, &step, inputs, 7, NULL, 0);
+        inputs[7] = step.eps_u ? step.eps_u->data : NULL;
+        int n_inputs = 8;
         for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) inputs[n_inputs++] = step.gt[l]->data;
         const int iterations = sd_stylediffusion_inner_steps(o->inner_steps, i);
         for (int j = 0; j < iterations && c->status == SD_OK; j++) {
@@ -172,15 +182,17 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
         sd_adam_free(&opt);
         for (int p = 0; p < SD_MAP_N_PARAMS; p++) out->mapping[i][p] = sd_to_host(c, net.params[p]);
         /* advance with the trained M_i (eps_u is unchanged: same z, t and null text) */
-        sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, m, &net, features, z, t, s->cond, NULL);
-        sd_assign(c, z, sd_ddim_prev_step(c, &s->sched, sd_cfg_combine(c, step.eps_u, eps_c, o->guidance), t, z));
+        sd_assign(c, z, sd_graph_step(c, &advance_graph, NULL, stylediffusion_advance, &step, inputs, 8, net.params,
+                                      SD_MAP_N_PARAMS));
         sd_arena_reset(c->arena, step_mark);
         stat->seconds = sd_now() - ts;
         sd_progress_step(&bar);
     }
     sd_progress_end(&bar);
     sd_invert_count_graph_steps(out, &graph);
+    sd_step_graph_free(&uncond_graph);
     sd_step_graph_free(&graph);
+    sd_step_graph_free(&advance_graph);
     if (!tape && c->status == SD_OK) c->status = SD_ERR_OOM;
     sd_ctx_set_tape(c, NULL);
     sd_tape_free(tape);

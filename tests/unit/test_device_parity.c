@@ -1,8 +1,8 @@
 /* test_device_parity.c: every workflow on a device against the same workflow on the CPU, on the
  * built-in tiny model: text encoder, UNet, VAE encode/decode; the gradient of Null-text's and
  * StyleDiffusion's loss through the UNet; DDIM, negative-prompt, Null-text and StyleDiffusion
- * inversion (with the CLIP image encoder and the attention loss); a P2Plus edit of each with
- * LocalBlend, reweighting and heatmaps; the evaluation models (CLIPScore, Structure-dist, NS-LPIPS)
+ * inversion (with the CLIP image encoder and the attention loss) and its reconstruction; a P2Plus
+ * edit of each with LocalBlend, reweighting and heatmaps; the evaluation models (CLIPScore, Structure-dist, NS-LPIPS)
  * and the NS-LPIPS masks.
  *
  * Two devices:
@@ -369,9 +369,10 @@ static sd_tensor *optimised_variables(const sd_inversion *inv) {
 /* On CUDA the gradient steps are replayed from a CUDA graph (sd_graph_step): the same kernels with
  * the same arguments as op by op, so the optimised variables must be bit-identical to an
  * inversion run with c->eager. Elsewhere no graph may be used. */
-static void check_graph_replay(side *dev, int kind, sd_invert_method method, const sd_inversion *graphed) {
-    print_message("    %-8s %s: %d of %d gradient steps replayed from a CUDA graph\n", dev->name,
-                  sd_invert_method_name(method), graphed->graph_steps, graphed->gradient_steps);
+static void check_graph_replay(side *dev, int kind, sd_invert_method method, int64_t replays,
+                               const sd_inversion *graphed) {
+    print_message("    %-8s %s: %d of %d gradient steps replayed from a CUDA graph, %lld steps in all\n", dev->name,
+                  sd_invert_method_name(method), graphed->graph_steps, graphed->gradient_steps, (long long)replays);
     assert_true(graphed->gradient_steps > 0);
     if (kind != ON_CUDA) {
         assert_int_equal(graphed->graph_steps, 0);
@@ -379,6 +380,8 @@ static void check_graph_replay(side *dev, int kind, sd_invert_method method, con
     }
     /* 3 timesteps x 2 iterations: the first runs op by op, the second is captured, the rest replay */
     assert_int_equal(graphed->graph_steps, graphed->gradient_steps - 1);
+    /* and each timestep's two forwards (the other branch's eps, the advance) from the second on */
+    assert_true(replays >= graphed->graph_steps + 2 * (graphed->n_steps - 1));
     sd_inversion eager;
     dev->ctx.eager = 1;
     invert(dev, method, &eager);
@@ -417,6 +420,31 @@ static void check_ddim_graph_replay(side *dev, int kind, sd_invert_method method
     sd_inversion_free(&eager);
 }
 
+/* The reconstruction of an inversion (its DDIM sampling steps with the optimised variables, a
+ * graph replayed per step on CUDA) as a host tensor. */
+static sd_tensor *reconstruct(side *s, const sd_inversion *inv) {
+    const sd_arena_mark keep = sd_arena_get_mark(s->ctx.keep);
+    sd_tensor *z = fetch(s, sd_inversion_reconstruct(&s->ctx, &s->model, inv));
+    sd_arena_reset(s->ctx.keep, keep);
+    return z;
+}
+
+static void check_reconstruction(int kind, side *dev, const sd_inversion *inv, double tol) {
+    sd_tensor *want = reconstruct(&cpu_side, &inv[0]), *got = reconstruct(dev, &inv[1]);
+    char what[96];
+    snprintf(what, sizeof what, "%s reconstruction", sd_invert_method_name(inv[0].method));
+    expect_close(dev, what, want, got, tol);
+    if (kind == ON_CUDA) { /* replayed steps vs op by op: the same kernels, bit-identical */
+        dev->ctx.eager = 1;
+        sd_tensor *eager = reconstruct(dev, &inv[1]);
+        dev->ctx.eager = 0;
+        assert_memory_equal(eager->data, got->data, sd_nbytes(got));
+        sd_tensor_free(eager);
+    }
+    sd_tensor_free(want);
+    sd_tensor_free(got);
+}
+
 static void check_method(int kind, sd_invert_method method) {
     side *dev = device_or_skip(kind);
     const double cuda_tol = method == SD_INVERT_STYLEDIFFUSION ? CUDA_STYLEDIFFUSION_TOL : CUDA_METHOD_TOL;
@@ -432,12 +460,13 @@ static void check_method(int kind, sd_invert_method method) {
     char what[96];
     snprintf(what, sizeof what, "%s inversion z_T", sd_invert_method_name(method));
     expect_close(dev, what, inv[0].z_T, inv[1].z_T, tol);
+    check_reconstruction(kind, dev, inv, tol);
     for (int k = 0; k < 2; k++) edit(sides[k], &inv[k], &res[k]);
     snprintf(what, sizeof what, "%s P2Plus edit latents", sd_invert_method_name(method));
     expect_close(dev, what, res[0].latents, res[1].latents, tol);
     if (method == SD_INVERT_DDIM || method == SD_INVERT_NPI) check_ddim_graph_replay(dev, kind, method, replays, &inv[1]);
     if (method == SD_INVERT_NULLTEXT || method == SD_INVERT_STYLEDIFFUSION) {
-        check_graph_replay(dev, kind, method, &inv[1]);
+        check_graph_replay(dev, kind, method, replays, &inv[1]);
         /* again with the UNet's blocks recomputed in the gradient steps: the optimised variables,
          * hence the edit, must not change beyond the reordered sums */
         sd_inversion again;
