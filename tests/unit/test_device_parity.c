@@ -523,6 +523,28 @@ static void run_evaluation(int kind) {
     sd_image_free(&edited);
 }
 
+/* A NaN in the optimisation stops it naming the timestep and iteration, also when the failing
+ * iteration is the one captured into a CUDA graph (iteration 1: iteration 0 runs op by op). */
+static void run_nan_stop(int kind) {
+    side *dev = device_or_skip(kind);
+    sd_invert_options o;
+    sd_invert_options_default(SD_INVERT_NULLTEXT, &o);
+    o.n_steps = 3;
+    o.inner_steps = 2;
+    o.lr = NAN; /* poisons the first update: the second iteration's loss is NaN */
+    const sd_arena_mark keep = sd_arena_get_mark(dev->ctx.keep), act = sd_arena_get_mark(dev->ctx.arena);
+    sd_inversion inv;
+    const sd_status st = sd_invert(&dev->ctx, &dev->model, &o, dev->image, PROMPT, NULL, &inv);
+    print_message("    %-8s NaN learning rate: %s\n", dev->name, sd_last_error());
+    assert_int_equal(st, SD_ERR_NUMERIC);
+    assert_non_null(strstr(sd_last_error(), "timestep 0 (t = 667), iteration 1"));
+    sd_inversion_free(&inv);
+    sd_clear_error();
+    dev->ctx.status = SD_OK; /* the context goes on for the next test */
+    sd_arena_reset(dev->ctx.arena, act);
+    sd_arena_reset(dev->ctx.keep, keep);
+}
+
 /* A host pointer handed to a device op is the mirror bug: the guarded table refuses it. */
 static void test_host_pointer_refused(void **state) {
     (void)state;
@@ -543,14 +565,15 @@ static void test_host_pointer_refused(void **state) {
         (void)state;                                                                                       \
         check_method(kind, SD_INVERT_STYLEDIFFUSION);                                                      \
     }                                                                                                      \
-    static void test_evaluation_##suffix(void **state) { (void)state; run_evaluation(kind); }
+    static void test_evaluation_##suffix(void **state) { (void)state; run_evaluation(kind); }           \
+    static void test_nan_stop_##suffix(void **state) { (void)state; run_nan_stop(kind); }
 DEVICE_TESTS(guarded, ON_GUARDED)
 DEVICE_TESTS(cuda, ON_CUDA)
 #define DEVICE_TEST_LIST(suffix)                                                                      \
     cmocka_unit_test(test_models_##suffix), cmocka_unit_test(test_gradients_##suffix),                \
         cmocka_unit_test(test_ddim_##suffix), cmocka_unit_test(test_npi_##suffix),                    \
         cmocka_unit_test(test_nulltext_##suffix), cmocka_unit_test(test_stylediffusion_##suffix),     \
-        cmocka_unit_test(test_evaluation_##suffix)
+        cmocka_unit_test(test_evaluation_##suffix), cmocka_unit_test(test_nan_stop_##suffix)
 
 int main(void) {
     const struct CMUnitTest tests[] = {
