@@ -58,7 +58,8 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
     sd_step_graph_init(&graph, c);
     sd_step_graph_init(&advance_graph, c);
     sd_ddim_step cond_step = {m, z, NULL, s->cond, 1.0f, &in}, advance = {m, z, null_text, s->cond, o->guidance, &in};
-    const void *advance_inputs[] = {z->data, null_text->data, s->cond->data, in.tvec->data, in.factors->data};
+    /* what the timestep's two forwards read (the key of their graphs) */
+    const void *forward_inputs[] = {z->data, null_text->data, s->cond->data, in.tvec->data, in.factors->data};
     sd_progress bar;
     sd_progress_begin(&bar, "null-text inversion", N);
     const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
@@ -74,7 +75,7 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
         sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
         const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
         nulltext_step step = {m, o->guidance, z, NULL, null_text, &in};
-        step.eps_c = sd_graph_step(c, &cond_graph, NULL, cond_eps, &cond_step, advance_inputs, 5, NULL, 0);
+        step.eps_c = sd_graph_step(c, &cond_graph, NULL, cond_eps, &cond_step, forward_inputs, 5, NULL, 0);
         const void *inputs[] = {z->data, step.eps_c ? step.eps_c->data : NULL, in.tvec->data,
                                 in.factors->data, in.target->data};
         for (int j = 0; j < o->inner_steps && c->status == SD_OK; j++) {
@@ -85,7 +86,7 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
         sd_adam_free(&opt);
         out->null_embeddings[i] = sd_to_host(c, null_text);
         /* advance the trajectory with the optimised ∅ (no gradient) */
-        sd_assign(c, z, sd_graph_step(c, &advance_graph, NULL, sd_ddim_step_forward, &advance, advance_inputs, 5, NULL, 0));
+        sd_assign(c, z, sd_graph_step(c, &advance_graph, NULL, sd_ddim_step_forward, &advance, forward_inputs, 5, NULL, 0));
         sd_arena_reset(c->arena, step_mark);
         stat->seconds = sd_now() - ts;
         sd_progress_step(&bar);
