@@ -59,6 +59,29 @@ static sd_tensor *stylediffusion_loss(sd_ctx *c, void *arg) {
     return loss;
 }
 
+/* One step of the DDIM inversion that keeps the attention-loss maps, replayable: z' from z, and
+ * the maps the hook captured, kept by value (their data lies where a replay writes it again). */
+typedef struct maps_step {
+    const sd_model *m;
+    sd_tensor *z, *cond;
+    sd_step_inputs *in;
+    sd_value_capture_hook *hook;
+    int n_maps;
+    sd_tensor maps[SD_MAX_CAPTURED];
+} maps_step;
+
+static sd_tensor *maps_step_forward(sd_ctx *c, void *arg) {
+    maps_step *a = arg;
+    sd_value_capture_hook_clear(a->hook);
+    struct sd_attn_hook *saved = c->hook;
+    c->hook = &a->hook->base;
+    sd_tensor *eps = sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->cond);
+    c->hook = saved;
+    a->n_maps = a->hook->n_captured;
+    for (int l = 0; l < a->n_maps; l++) a->maps[l] = *a->hook->captured[l];
+    return sd_ddim_step_dev(c, a->in->factors, eps, a->z);
+}
+
 /* DDIM inversion that also keeps the attention-loss maps of every step (no gradient). */
 static sd_status invert_with_maps(sd_ctx *c, const sd_model *m, sd_invert_state *s, int64_t q_len,
                                   sd_tensor *(*gt)[SD_MAX_CAPTURED], int *n_maps) {
@@ -66,22 +89,31 @@ static sd_status invert_with_maps(sd_ctx *c, const sd_model *m, sd_invert_state 
     sd_value_capture_hook hook;
     sd_value_capture_hook_init(&hook, NULL, q_len);
     s->latents[0] = sd_keep(c, s->z0);
+    sd_tensor *z = sd_keep(c, s->z0);
+    sd_step_inputs in;
+    if (!z || sd_step_inputs_init(c, &in, 1, NULL)) return sd_ctx_status(c) ? sd_ctx_status(c) : SD_ERR_OOM;
+    maps_step step = {m, z, s->cond, &in, &hook, 0, {{0}}};
+    const void *inputs[] = {z->data, s->cond->data, in.tvec->data, in.factors->data};
+    sd_step_graph graph;
+    sd_step_graph_init(&graph, c);
     sd_progress bar;
     sd_progress_begin(&bar, "DDIM inversion", N);
     for (int k = 0; k < N && c->status == SD_OK; k++) {
-        const sd_arena_mark mark = sd_arena_get_mark(c->arena);
         const int t = s->sched.timesteps[N - 1 - k];
-        sd_value_capture_hook_clear(&hook);
-        c->hook = &hook.base;
-        sd_tensor *eps = sd_unet_forward(c, &m->unet, s->latents[k], (float)t, s->cond);
-        c->hook = NULL;
-        s->latents[k + 1] = sd_keep(c, sd_ddim_next_step(c, &s->sched, eps, t, s->latents[k]));
-        for (int l = 0; l < hook.n_captured; l++) gt[k][l] = sd_keep(c, hook.captured[l]);
-        *n_maps = hook.n_captured;
+        float f[4];
+        sd_ddim_next_factors(&s->sched, t, f);
+        sd_step_inputs_set(c, &in, t, f, NULL);
+        const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+        sd_tensor *next = sd_graph_step(c, &graph, NULL, maps_step_forward, &step, inputs, 4, NULL, 0);
+        s->latents[k + 1] = sd_keep(c, next);
+        sd_assign(c, z, next);
+        for (int l = 0; l < step.n_maps; l++) gt[k][l] = sd_keep(c, &step.maps[l]);
+        *n_maps = step.n_maps;
         sd_arena_reset(c->arena, mark);
         sd_progress_step(&bar);
     }
     sd_progress_end(&bar);
+    sd_step_graph_free(&graph);
     if (c->status == SD_OK && *n_maps == 0)
         return c->status = sd_fail(SD_ERR_UNSUPPORTED,
                                    "stylediffusion: no cross-attention layer at %lld positions to build the attention loss on",
