@@ -2,29 +2,32 @@
 #include "sd/methods.h"
 #include "invert_internal.h"
 
+/* The guided eps with the timestep in a device tensor tvec (at least 2·B values when guided):
+ * the conditional call alone when uncond is NULL or w == 1, else one batched call, uncond rows
+ * first, as the reference's diffusion_step does. */
+static sd_tensor *guided_eps_tvec(sd_ctx *c, const sd_model *m, sd_tensor *z, sd_tensor *tvec, sd_tensor *uncond,
+                                  sd_tensor *cond, float guidance) {
+    if (c->status != SD_OK || !z) return NULL;
+    const int64_t B = z->shape[0];
+    if (!uncond || guidance == 1.0f) return sd_unet_forward_tvec(c, &m->unet, z, sd_slice0(c, tvec, 0, B), cond);
+    sd_tensor *eps = sd_unet_forward_tvec(c, &m->unet, sd_concat0(c, z, z), sd_slice0(c, tvec, 0, 2 * B),
+                                          sd_concat0(c, uncond, cond));
+    if (!eps) return NULL;
+    return sd_cfg_combine(c, sd_slice0(c, eps, 0, B), sd_slice0(c, eps, B, B), guidance);
+}
+
 sd_tensor *sd_guided_eps(sd_ctx *c, const sd_model *m, sd_tensor *z, int t, sd_tensor *uncond,
                          sd_tensor *cond, float guidance) {
-    if (guidance == 1.0f) return sd_unet_forward(c, &m->unet, z, (float)t, cond);
-    /* One batched call, uncond rows first, as the reference's diffusion_step does. */
-    sd_tensor *eps = sd_unet_forward(c, &m->unet, sd_concat0(c, z, z), (float)t,
-                                     sd_concat0(c, uncond, cond));
-    if (!eps) return NULL;
-    const int64_t B = z->shape[0];
-    return sd_cfg_combine(c, sd_slice0(c, eps, 0, B), sd_slice0(c, eps, B, B), guidance);
+    if (c->status != SD_OK || !z) return NULL;
+    const int64_t rows = 2 * z->shape[0];
+    sd_tensor *tvec = sd_new(c, 1, &rows);
+    if (tvec) sd_ctx_check(c, c->be->fill(sd_f32(tvec), (float)t, rows));
+    return guided_eps_tvec(c, m, z, tvec, uncond, cond, guidance);
 }
 
 sd_tensor *sd_ddim_step_forward(sd_ctx *c, void *arg) {
     const sd_ddim_step *a = arg;
-    sd_tensor *eps;
-    if (!a->uncond) {
-        eps = sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, a->z->shape[0]), a->cond);
-    } else {
-        /* one batched call, uncond rows first, as sd_guided_eps */
-        const int64_t B = a->z->shape[0];
-        sd_tensor *both = sd_unet_forward_tvec(c, &a->m->unet, sd_concat0(c, a->z, a->z), sd_step_tvec(c, a->in, 2 * B),
-                                               sd_concat0(c, a->uncond, a->cond));
-        eps = both ? sd_cfg_combine(c, sd_slice0(c, both, 0, B), sd_slice0(c, both, B, B), a->guidance) : NULL;
-    }
+    sd_tensor *eps = guided_eps_tvec(c, a->m, a->z, a->in->tvec, a->uncond, a->cond, a->guidance);
     return sd_ddim_step_dev(c, a->in->factors, eps, a->z);
 }
 
@@ -72,6 +75,5 @@ sd_tensor *sd_ddim_sample(sd_ctx *c, const sd_model *m, const sd_ddim *s, sd_ten
                           sd_tensor *uncond, sd_tensor *cond, float guidance) {
     sd_tensor *z = sd_keep(c, z_T);
     if (!z) return NULL;
-    if (guidance == 1.0f) uncond = NULL; /* as sd_guided_eps: the conditional call alone */
     return ddim_loop(c, m, s, z, uncond, cond, guidance, 0, NULL, "DDIM sampling") == SD_OK ? z : NULL;
 }

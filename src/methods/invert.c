@@ -240,7 +240,6 @@ sd_tensor *sd_inversion_reconstruct(sd_ctx *c, const sd_model *m, const sd_inver
     if (sd_method && sd_ctx_check(c, sd_mapping_net_from_host(c, &net, inv->mapping[0])) == 0) return NULL;
     if (c->status != SD_OK) return NULL;
     recon_step step = {{m, z, uncond, cond, inv->guidance, &in}, sd_method ? &net : NULL, features};
-    if (inv->guidance == 1.0f && !sd_method) step.ddim.uncond = NULL; /* as sd_guided_eps */
     const void *inputs[] = {z->data, uncond->data, cond->data, features ? features->data : NULL, in.tvec->data,
                             in.factors->data};
     sd_step_graph graph;

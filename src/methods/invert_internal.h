@@ -51,9 +51,9 @@ sd_status sd_step_inputs_set(sd_ctx *c, sd_step_inputs *in, int t, const float f
 sd_tensor *sd_step_tvec(sd_ctx *c, const sd_step_inputs *in, int64_t B);
 
 /* One DDIM step as a pure function of device memory (sd_graph_step may replay it): z' from z with
- * eps = UNet(z, t, cond) (uncond NULL: inversion) or the CFG of one batched call [uncond; cond]
- * (sampling, and the inversions' advance along the trajectory); t and the step's factors come
- * from `in` (rows >= 2·batch when guided). Returns z'. */
+ * eps = sd_guided_eps's (the conditional call alone when uncond is NULL or w == 1: inversion;
+ * else the CFG of one batched call [uncond; cond]: sampling, the inversions' advance); t and the
+ * step's factors come from `in` (rows >= 2·batch when guided). Returns z'. */
 typedef struct sd_ddim_step {
     const sd_model *m;
     sd_tensor *z, *uncond, *cond;
