@@ -344,6 +344,25 @@ static sd_status cuda_synchronize(void) {
  * --------------------------------------------------------------------------------------------- */
 
 static sd_backend g_table;
+static sd_f16_ops g_f16_table;
+
+static void f16_table_fill(sd_f16_ops *t) {
+    memset(t, 0, sizeof *t);
+    t->to_f16 = cu_f16_from_f32;
+    t->to_f32 = cu_f16_to_f32;
+    t->copy = cu_f16_copy;
+    t->linear = cu_f16_linear;
+    t->conv2d = cu_f16_conv2d;
+    t->group_norm = cu_f16_group_norm;
+    t->layer_norm = cu_f16_layer_norm;
+    t->binary = cu_f16_binary;
+    t->add_channel_bias = cu_f16_add_channel_bias;
+    t->geglu = cu_f16_geglu;
+    t->concat_channels = cu_f16_concat_channels;
+    t->upsample_nearest = cu_f16_upsample_nearest;
+    t->transpose = cu_f16_transpose;
+    t->attention = cu_f16_attention;
+}
 
 static void table_fill(sd_backend *t) {
     memset(t, 0, sizeof *t);
@@ -396,6 +415,8 @@ static void table_fill(sd_backend *t) {
     t->mse_backward = cu_mse_backward;
     t->adam_step = cu_adam_step;
     t->max_pool2d = cu_max_pool2d;
+    f16_table_fill(&g_f16_table);
+    t->f16 = &g_f16_table;
 }
 
 extern "C" const sd_backend *sd_backend_cuda(int ordinal) {

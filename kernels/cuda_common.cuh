@@ -19,6 +19,8 @@
 #include <cuda_runtime.h>
 /* cuda_bf16.h: __nv_bfloat16 / __nv_bfloat162 conversions for fast mode's tensor-core kernels. */
 #include <cuda_bf16.h>
+/* cuda_fp16.h: __half, the storage of fast mode's fp16 activations (sd_f16_ops). */
+#include <cuda_fp16.h>
 /* cublas_v2.h: cublasGemmEx / cublasGemmStridedBatchedEx (projections, attention maps). */
 #include <cublas_v2.h>
 /* cublasLt.h: cublasLtMatmul with a bias epilogue (linear layers). */
@@ -270,6 +272,20 @@ __device__ __forceinline__ float cu_gelu_grad(float v) {
 }
 
 /* ------------------------------------------------------------------------------------------------
+ * Storage types: kernels templated over float (F32 activations) and __half (fp16 activations)
+ * load through cu_f32 and store through cu_store, so both compute in fp32 and the half variant
+ * rounds each stored value once, to nearest even.
+ * --------------------------------------------------------------------------------------------- */
+
+__device__ __forceinline__ float cu_f32(float v) { return v; }
+__device__ __forceinline__ float cu_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ void cu_store(float *p, float v) { *p = v; }
+__device__ __forceinline__ void cu_store(__half *p, float v) { *p = __float2half_rn(v); }
+/* sd_f16 (raw bits in the op table) <-> __half (the kernels' type): same 16 bits */
+static inline const __half *cu_half(const sd_f16 *p) { return reinterpret_cast<const __half *>(p); }
+static inline __half *cu_half(sd_f16 *p) { return reinterpret_cast<__half *>(p); }
+
+/* ------------------------------------------------------------------------------------------------
  * Internal entry points (one .cu file each group); the op table points at these.
  * --------------------------------------------------------------------------------------------- */
 
@@ -370,6 +386,33 @@ sd_status cu_attention_probs_backward(const float *q, const float *k, const floa
 sd_status cu_attention_apply_backward(const float *probs, const float *v, const float *dout,
                                       float *dprobs, float *dv, int64_t B, int64_t Sq, int64_t Sk,
                                       int H, int Dv);
+
+/* The fp16-storage table (sd_f16_ops, backend.h), one entry point per op, next to its F32 twin:
+ * elementwise.cu */
+sd_status cu_f16_from_f32(const float *x, sd_f16 *y, int64_t n);
+sd_status cu_f16_to_f32(const sd_f16 *x, float *y, int64_t n);
+sd_status cu_f16_copy(sd_f16 *dst, const sd_f16 *src, int64_t n);
+sd_status cu_f16_binary(sd_binary_op op, const sd_f16 *a, const sd_f16 *b, sd_f16 *y, int64_t n);
+sd_status cu_f16_add_channel_bias(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S);
+sd_status cu_f16_geglu(const sd_f16 *x, sd_f16 *y, int64_t M, int64_t N);
+sd_status cu_f16_concat_channels(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca, int64_t Cb,
+                                 int64_t S);
+sd_status cu_f16_upsample_nearest(const sd_f16 *x, sd_f16 *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                                  int64_t Wo);
+sd_status cu_f16_transpose(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C);
+/* norms.cu */
+sd_status cu_f16_group_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
+                            int64_t C, int64_t S, int groups, float eps, int silu);
+sd_status cu_f16_layer_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t M,
+                            int64_t C, float eps);
+/* gemm.cu */
+sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M, int64_t K,
+                        int64_t N);
+/* conv.cu */
+sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g);
+/* attention.cu */
+sd_status cu_f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
+                           int64_t Sk, int H, int D, int Dv, float scale, int causal);
 
 /* pool.cu */
 sd_status cu_max_pool2d(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho, int64_t Wo,

@@ -28,6 +28,46 @@ typedef struct sd_conv_geom {
     int pad_top, pad_left; /* bottom/right padding is implied by h_out/w_out */
 } sd_conv_geom;
 
+/* fp16 activation storage, for the forward passes of fast mode (see sd_ctx.activations): every
+ * activation pointer below holds raw IEEE half bits (sd_f16), dense, on the backend's device. The
+ * arithmetic is fp32; each op rounds its output once, to nearest even. Weights of linear and
+ * convolution layers come as fp16 copies (the nn layer makes them once per weight); linear biases
+ * are fp16 too (what an fp16 GEMM epilogue reads), while convolution biases, norm affine parameters
+ * and the channel bias `v` stay F32. A convolution rounds its product, then adds the bias and
+ * rounds again (its bias is a separate pass); a linear adds its bias before its only rounding.
+ * Shapes and layouts are those of the F32 ops of the same name.
+ *
+ * Why fp16 and not bf16: on the tiny model, storing the UNet's activations in bf16 moves eps by
+ * 1.5e-2 (relative to its largest value), in fp16 by 1.6e-3; fast mode's bar is 2e-2, and its
+ * GEMMs round too. SD v1.x activations fit fp16's range (its usual deployment format). */
+typedef uint16_t sd_f16;
+typedef struct sd_f16_ops {
+    sd_status (*to_f16)(const float *x, sd_f16 *y, int64_t n);
+    sd_status (*to_f32)(const sd_f16 *x, float *y, int64_t n);
+    sd_status (*copy)(sd_f16 *dst, const sd_f16 *src, int64_t n);
+    sd_status (*linear)(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M,
+                        int64_t K, int64_t N);
+    sd_status (*conv2d)(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y,
+                        const sd_conv_geom *g);
+    sd_status (*group_norm)(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y,
+                            int64_t B, int64_t C, int64_t S, int groups, float eps, int silu);
+    sd_status (*layer_norm)(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y,
+                            int64_t M, int64_t C, float eps);
+    sd_status (*binary)(sd_binary_op op, const sd_f16 *a, const sd_f16 *b, sd_f16 *y, int64_t n);
+    sd_status (*add_channel_bias)(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C,
+                                  int64_t S);
+    sd_status (*geglu)(const sd_f16 *x, sd_f16 *y, int64_t M, int64_t N);
+    sd_status (*concat_channels)(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca,
+                                 int64_t Cb, int64_t S);
+    sd_status (*upsample_nearest)(const sd_f16 *x, sd_f16 *y, int64_t N, int64_t H, int64_t W,
+                                  int64_t Ho, int64_t Wo);
+    sd_status (*transpose)(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C);
+    /* plain attention (no maps written: a controller's forward runs in F32) */
+    sd_status (*attention)(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out,
+                           int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
+                           int causal);
+} sd_f16_ops;
+
 typedef struct sd_backend {
     const char *name;
 
@@ -204,6 +244,9 @@ typedef struct sd_backend {
      * window makes the output NaN, as in torch. */
     sd_status (*max_pool2d)(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
                             int64_t Wo, int kernel, int stride);
+
+    /* f16 storage (above), or NULL where the backend stores F32 only */
+    const sd_f16_ops *f16;
 } sd_backend;
 
 /* The CPU reference backend (OpenMP + OpenBLAS). */

@@ -34,6 +34,11 @@ typedef struct sd_ctx {
     int eager;                  /* run repeated steps op by op instead of replaying them as CUDA
                                  * graphs (sd_graph_step; the CPU always runs eagerly) */
     int64_t graph_replays;      /* steps run from a CUDA graph on this context so far (reports) */
+    sd_dtype activations;       /* storage of the UNet's activations in a forward without a tape or an
+                                 * attention controller: SD_F32 (default) or SD_F16 (fast mode on a
+                                 * GPU: half the memory traffic, f16 tensor-core convolutions).
+                                 * Inputs, outputs, time embedding and every gradient stay F32. */
+    struct sd_lowp_weights *lowp_weights; /* the f16 copies of weights that f16 ops read */
 } sd_ctx;
 
 /* A context on backend `be` (device SD_DEVICE_CPU or a CUDA ordinal) with fresh arenas. */
@@ -77,6 +82,13 @@ sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor
 /* Moves every F32 tensor of a weight store to the context's device (no-op on the CPU). */
 struct sd_weights;
 sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);
+/* 1 when a forward on this context may store its activations as f16 now: asked for
+ * (c->activations), the backend has f16 ops, and neither a tape nor an attention controller is
+ * active (both read and write F32 activations). */
+int sd_ctx_stores_f16(const sd_ctx *c);
+/* x converted to `dtype` (SD_F32 or SD_F16; x itself when it already is). Forward only. */
+sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype);
+
 /* A header sharing x's data with a new shape (same numel); arena-allocated header. */
 sd_tensor *sd_reshape(sd_ctx *c, sd_tensor *x, int ndim, const int64_t *shape);
 sd_tensor *sd_reshape4(sd_ctx *c, sd_tensor *x, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3);

@@ -172,6 +172,15 @@ sd_tensor *sd_unet_forward_tvec(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_te
     temb = sd_linear(c, sd_silu(c, temb), &u->time_linear_2);
     sd_tensor *temb_silu = sd_silu(c, temb);
 
+    /* f16 storage (fast mode, no tape or controller): the latent and the text context are
+     * converted once here, the time embedding stays F32 (a bias each resnet adds), the output
+     * returns to F32 below */
+    const int lowp = sd_ctx_stores_f16(c);
+    if (lowp) {
+        x = sd_to_dtype(c, x, SD_F16);
+        context = sd_to_dtype(c, context, SD_F16);
+    }
+
     int layer = 0; /* attention-call counter handed to the hook */
     sd_tensor *skips[MAX_SKIPS];
     int n_skips = 0;
@@ -212,5 +221,6 @@ sd_tensor *sd_unet_forward_tvec(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_te
     }
 
     h = sd_group_norm(c, h, &u->conv_norm_out, cfg->norm_num_groups, cfg->norm_eps, 1);
-    return sd_conv2d(c, h, &u->conv_out, 1, 1);
+    h = sd_conv2d(c, h, &u->conv_out, 1, 1);
+    return lowp ? sd_to_dtype(c, h, SD_F32) : h;
 }

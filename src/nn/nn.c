@@ -2,6 +2,7 @@
 #include "sd/nn.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,8 +29,11 @@ sd_status sd_ctx_init(sd_ctx *c, const sd_backend *be, int device) {
 
 sd_status sd_ctx_init_cpu(sd_ctx *c) { return sd_ctx_init(c, sd_backend_cpu(), SD_DEVICE_CPU); }
 
+static void lowp_weights_free(sd_ctx *c);
+
 void sd_ctx_free(sd_ctx *c) {
     if (!c) return;
+    lowp_weights_free(c);
     sd_arena_destroy(c->arena);
     sd_arena_destroy(c->keep);
     sd_arena_destroy(c->scratch);
@@ -67,6 +71,174 @@ static const char *shape_of(const sd_tensor *t, char *buf, size_t n) {
     return sd_shape_str(t->ndim, t->shape, buf, n);
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * f16 storage (sd_ctx.activations): dispatch, allocation and the weights' f16 copies
+ * --------------------------------------------------------------------------------------------- */
+
+int sd_ctx_stores_f16(const sd_ctx *c) {
+    return c->activations == SD_F16 && c->be->f16 && !c->tape && !c->hook;
+}
+
+/* The f16 table for an op on f16 inputs, or NULL (context failed) where there is none or a
+ * tape records: the backward ops read F32. */
+static const sd_f16_ops *f16_ops(sd_ctx *c, const char *op) {
+    if (!c->be->f16) {
+        sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "%s: f16 input, but the %s backend stores F32 only", op, c->be->name);
+        return NULL;
+    }
+    if (c->tape) {
+        sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "%s: f16 activations while a gradient tape records (gradient steps "
+                                           "store F32)", op);
+        return NULL;
+    }
+    return c->be->f16;
+}
+
+/* Fails (returns 0) when x is not F32: the ops outside the UNet's layers take F32 only. */
+static int f32_only(sd_ctx *c, const sd_tensor *x, const char *op) {
+    if (x->dtype == SD_F32) return 1;
+    sd_ctx_fail(c, SD_ERR_SHAPE, "%s: %s input; this op takes F32 (f16 storage covers the UNet's layers)", op,
+                sd_dtype_name(x->dtype));
+    return 0;
+}
+
+/* The same-dtype check for the inputs of one f16-capable op. */
+static int same_dtype(sd_ctx *c, const sd_tensor *a, const sd_tensor *b, const char *op) {
+    if (a->dtype == b->dtype) return 1;
+    sd_ctx_fail(c, SD_ERR_SHAPE, "%s: inputs of dtypes %s and %s", op, sd_dtype_name(a->dtype), sd_dtype_name(b->dtype));
+    return 0;
+}
+
+static sd_tensor *new_dtype(sd_ctx *c, sd_dtype dtype, int ndim, const int64_t *shape) {
+    if (c->status != SD_OK) return NULL;
+    sd_tensor *t = sd_arena_tensor(c->arena, dtype, ndim, shape);
+    if (!t) {
+        c->status = SD_ERR_OOM;
+        return NULL;
+    }
+    t->device = c->device;
+    return t;
+}
+
+static sd_tensor *new4_dtype(sd_ctx *c, sd_dtype dtype, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+    const int64_t shape[4] = {d0, d1, d2, d3};
+    return new_dtype(c, dtype, ndim, shape);
+}
+
+static sd_f16 *f16_of(const sd_tensor *t) { return (sd_f16 *)t->data; }
+
+/* The f16 copies, in an open-addressing table keyed by the weight tensor and its data pointer
+ * (a weight moved to the device gets a new copy). A copy is made on the weight's first use: a
+ * step's first run is eager, so never inside a CUDA graph capture. */
+typedef struct {
+    const sd_tensor *weight;
+    const void *data;
+    sd_f16 *copy;
+} lowp_entry;
+
+struct sd_lowp_weights {
+    lowp_entry *slots;
+    size_t cap, used;
+    size_t bytes; /* device memory held by the copies */
+};
+
+static size_t lowp_slot(const struct sd_lowp_weights *t, const sd_tensor *w) {
+    uint64_t h = (uint64_t)(uintptr_t)w * 0x9E3779B97F4A7C15ull;
+    return (size_t)(h >> 17) & (t->cap - 1);
+}
+
+static void lowp_weights_free(sd_ctx *c) {
+    struct sd_lowp_weights *t = c->lowp_weights;
+    if (!t) return;
+    for (size_t i = 0; i < t->cap; i++)
+        if (t->slots[i].copy) c->be->mem_free(t->slots[i].copy);
+    free(t->slots);
+    free(t);
+    c->lowp_weights = NULL;
+}
+
+static int lowp_grow(struct sd_lowp_weights *t) {
+    const size_t cap = t->cap ? t->cap * 2 : 1024;
+    lowp_entry *slots = calloc(cap, sizeof *slots);
+    if (!slots) return 0;
+    lowp_entry *old = t->slots;
+    const size_t old_cap = t->cap;
+    t->slots = slots;
+    t->cap = cap;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (!old[i].weight) continue;
+        size_t j = lowp_slot(t, old[i].weight);
+        while (t->slots[j].weight) j = (j + 1) & (cap - 1);
+        t->slots[j] = old[i];
+    }
+    free(old);
+    return 1;
+}
+
+/* The f16 copy of weight w (F32, on the context's device), made on first use. */
+static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) {
+    if (c->status != SD_OK) return NULL;
+    if (w->dtype != SD_F32 || w->device != c->device) {
+        sd_ctx_fail(c, SD_ERR_INTERNAL, "weight '%s': a f16 copy needs an F32 tensor on the context's device", w->name);
+        return NULL;
+    }
+    if (!c->lowp_weights && !(c->lowp_weights = calloc(1, sizeof *c->lowp_weights))) {
+        sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the f16 weight table");
+        return NULL;
+    }
+    struct sd_lowp_weights *t = c->lowp_weights;
+    if (t->cap) {
+        size_t i = lowp_slot(t, w);
+        for (; t->slots[i].weight; i = (i + 1) & (t->cap - 1))
+            if (t->slots[i].weight == w) {
+                if (t->slots[i].data == w->data) return t->slots[i].copy;
+                break; /* same header, new data: refresh the copy below */
+            }
+        if (t->slots[i].weight == w) {
+            c->be->mem_free(t->slots[i].copy);
+            t->slots[i].weight = NULL;
+            t->used--;
+        }
+    }
+    if ((t->used + 1) * 2 > t->cap && !lowp_grow(t)) {
+        sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the f16 weight table");
+        return NULL;
+    }
+    const int64_t n = sd_numel(w);
+    sd_f16 *copy = c->be->mem_alloc((size_t)n * sizeof(sd_f16));
+    if (!copy) {
+        sd_ctx_fail(c, SD_ERR_OOM, "out of memory for the f16 copy of weight '%s' (%lld values)", w->name,
+                    (long long)n);
+        return NULL;
+    }
+    if (!sd_ctx_check(c, c->be->f16->to_f16(sd_f32(w), copy, n))) {
+        c->be->mem_free(copy);
+        return NULL;
+    }
+    size_t i = lowp_slot(t, w);
+    while (t->slots[i].weight) i = (i + 1) & (t->cap - 1);
+    t->slots[i] = (lowp_entry){w, w->data, copy};
+    t->used++;
+    t->bytes += (size_t)n * sizeof(sd_f16);
+    return copy;
+}
+
+sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype) {
+    NN_GUARD(c, x);
+    if (x->dtype == dtype) return x;
+    if (!((x->dtype == SD_F32 && dtype == SD_F16) || (x->dtype == SD_F16 && dtype == SD_F32)))
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "to_dtype: %s to %s", sd_dtype_name(x->dtype), sd_dtype_name(dtype));
+    const sd_f16_ops *ops = f16_ops(c, "to_dtype");
+    if (!ops) return NULL;
+    sd_tensor *y = new_dtype(c, dtype, x->ndim, x->shape);
+    if (!y) return NULL;
+    if (dtype == SD_F16)
+        sd_ctx_check(c, ops->to_f16(sd_f32(x), f16_of(y), sd_numel(x)));
+    else
+        sd_ctx_check(c, ops->to_f32(f16_of(x), sd_f32(y), sd_numel(x)));
+    return c->status == SD_OK ? y : NULL;
+}
+
 sd_tensor *sd_new(sd_ctx *c, int ndim, const int64_t *shape) {
     if (c->status != SD_OK) return NULL;
     sd_tensor *t = sd_arena_tensor(c->arena, SD_F32, ndim, shape);
@@ -96,6 +268,7 @@ sd_tensor *sd_keep_new(sd_ctx *c, int ndim, const int64_t *shape) {
 
 sd_tensor *sd_keep(sd_ctx *c, const sd_tensor *x) {
     NN_GUARD(c, x);
+    if (!f32_only(c, x, "keep")) return NULL;
     sd_tensor *t = sd_keep_new(c, x->ndim, x->shape);
     if (t) sd_ctx_check(c, c->be->copy(sd_f32(t), sd_f32(x), sd_numel(x)));
     return c->status == SD_OK ? t : NULL;
@@ -103,7 +276,7 @@ sd_tensor *sd_keep(sd_ctx *c, const sd_tensor *x) {
 
 sd_status sd_assign(sd_ctx *c, sd_tensor *dst, const sd_tensor *src) {
     if (c->status != SD_OK) return c->status;
-    if (!dst || !src || sd_numel(dst) != sd_numel(src))
+    if (!dst || !src || sd_numel(dst) != sd_numel(src) || dst->dtype != SD_F32 || src->dtype != SD_F32)
         return c->status = sd_fail(SD_ERR_INTERNAL, "assign: mismatched tensors");
     sd_ctx_check(c, c->be->copy(sd_f32(dst), sd_f32(src), sd_numel(src)));
     return c->status;
@@ -122,7 +295,7 @@ sd_tensor *sd_upload(sd_ctx *c, const sd_tensor *host) {
 
 sd_status sd_download(sd_ctx *c, const sd_tensor *dev, sd_tensor *host) {
     if (c->status != SD_OK) return c->status;
-    if (!dev || !host || sd_numel(dev) != sd_numel(host) || host->dtype != SD_F32)
+    if (!dev || !host || sd_numel(dev) != sd_numel(host) || host->dtype != SD_F32 || dev->dtype != SD_F32)
         return c->status = sd_fail(SD_ERR_INTERNAL, "download: mismatched tensors");
     sd_ctx_check(c, c->be->download(host->data, dev->data, sd_nbytes(dev)));
     return c->status;
@@ -202,7 +375,7 @@ sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count) {
     *v = sd_view(x, x->ndim, x->shape);
     v->shape[0] = count;
     const int64_t row = sd_numel(x) / (x->shape[0] ? x->shape[0] : 1);
-    v->data = (float *)x->data + start * row;
+    v->data = (char *)x->data + (size_t)(start * row) * sd_dtype_size(x->dtype);
     sd_tape_node *node = sd_tape_record(c, SD_OP_VIEW, v, x, NULL, NULL);
     if (node) node->attr.view.offset = start * row;
     return c->status == SD_OK ? v : NULL;
@@ -230,9 +403,18 @@ sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l) {
     int64_t shape[SD_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = N;
+    const int64_t M = sd_numel(x) / (K ? K : 1);
+    if (x->dtype == SD_F16) {
+        const sd_f16_ops *ops = f16_ops(c, "linear");
+        const sd_f16 *wb = ops ? lowp_weight(c, w) : NULL;
+        const sd_f16 *bb = wb && l->bias ? lowp_weight(c, l->bias) : NULL;
+        sd_tensor *y = wb ? new_dtype(c, SD_F16, x->ndim, shape) : NULL;
+        if (y && (bb || !l->bias)) sd_ctx_check(c, ops->linear(f16_of(x), wb, bb, f16_of(y), M, K, N));
+        return c->status == SD_OK ? y : NULL;
+    }
+    if (!f32_only(c, x, "linear")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, shape);
     if (!y) return NULL;
-    const int64_t M = sd_numel(x) / (K ? K : 1);
     sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), l->bias ? sd_f32(l->bias) : NULL, sd_f32(y),
                                   M, K, N));
     sd_tape_record(c, SD_OP_LINEAR, y, x, l->weight, l->bias);
@@ -263,6 +445,14 @@ sd_tensor *sd_conv2d_pad4(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, int stri
     if (g.h_out <= 0 || g.w_out <= 0)
         return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': input %s too small", w->name,
                            shape_of(x, a, sizeof a));
+    if (x->dtype == SD_F16) {
+        const sd_f16_ops *ops = f16_ops(c, "conv2d");
+        const sd_f16 *wb = ops ? lowp_weight(c, w) : NULL;
+        sd_tensor *y = wb ? new4_dtype(c, SD_F16, 4, g.batch, g.c_out, g.h_out, g.w_out) : NULL;
+        if (y) sd_ctx_check(c, ops->conv2d(f16_of(x), wb, cw->bias ? sd_f32(cw->bias) : NULL, f16_of(y), &g));
+        return c->status == SD_OK ? y : NULL;
+    }
+    if (!f32_only(c, x, "conv2d")) return NULL;
     sd_tensor *y = sd_new4(c, 4, g.batch, g.c_out, g.h_out, g.w_out);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->conv2d(sd_f32(x), sd_f32(w), cw->bias ? sd_f32(cw->bias) : NULL,
@@ -286,9 +476,19 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
     if ((n->weight && sd_numel(n->weight) != C) || (n->bias && sd_numel(n->bias) != C))
         return sd_ctx_fail(c, SD_ERR_SHAPE, "group norm '%s': affine size differs from %lld channels",
                            n->weight ? n->weight->name : "?", (long long)C);
+    const int64_t S = sd_numel(x) / (x->shape[0] * C);
+    if (x->dtype == SD_F16) {
+        const sd_f16_ops *ops = f16_ops(c, "group_norm");
+        sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
+        if (y)
+            sd_ctx_check(c, ops->group_norm(f16_of(x), n->weight ? sd_f32(n->weight) : NULL,
+                                            n->bias ? sd_f32(n->bias) : NULL, f16_of(y), x->shape[0], C, S, groups,
+                                            eps, silu));
+        return c->status == SD_OK ? y : NULL;
+    }
+    if (!f32_only(c, x, "group_norm")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, x->shape);
     if (!y) return NULL;
-    const int64_t S = sd_numel(x) / (x->shape[0] * C);
     sd_ctx_check(c, c->be->group_norm(sd_f32(x), n->weight ? sd_f32(n->weight) : NULL,
                                       n->bias ? sd_f32(n->bias) : NULL, sd_f32(y), x->shape[0], C,
                                       S, groups, eps, silu));
@@ -307,6 +507,15 @@ sd_tensor *sd_layer_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, float eps)
     if ((n->weight && sd_numel(n->weight) != C) || (n->bias && sd_numel(n->bias) != C))
         return sd_ctx_fail(c, SD_ERR_SHAPE, "layer norm '%s': affine size differs from %lld",
                            n->weight ? n->weight->name : "?", (long long)C);
+    if (x->dtype == SD_F16) {
+        const sd_f16_ops *ops = f16_ops(c, "layer_norm");
+        sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
+        if (y)
+            sd_ctx_check(c, ops->layer_norm(f16_of(x), n->weight ? sd_f32(n->weight) : NULL,
+                                            n->bias ? sd_f32(n->bias) : NULL, f16_of(y), sd_numel(x) / C, C, eps));
+        return c->status == SD_OK ? y : NULL;
+    }
+    if (!f32_only(c, x, "layer_norm")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, x->shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->layer_norm(sd_f32(x), n->weight ? sd_f32(n->weight) : NULL,
@@ -323,6 +532,7 @@ sd_tensor *sd_unary(sd_ctx *c, sd_unary_op op, sd_tensor *x) {
 
 sd_tensor *sd_unary_param(sd_ctx *c, sd_unary_op op, sd_tensor *x, float alpha) {
     NN_GUARD(c, x);
+    if (!f32_only(c, x, "unary")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, x->shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->unary(op, sd_f32(x), sd_f32(y), sd_numel(x), alpha));
@@ -340,6 +550,14 @@ static sd_tensor *binary(sd_ctx *c, sd_binary_op op, sd_tensor *a, sd_tensor *b,
     if (sd_numel(a) != sd_numel(b))
         return sd_ctx_fail(c, SD_ERR_SHAPE, "%s: shapes %s and %s differ", what,
                            shape_of(a, sa, sizeof sa), shape_of(b, sb, sizeof sb));
+    if (!same_dtype(c, a, b, what)) return NULL;
+    if (a->dtype == SD_F16) {
+        const sd_f16_ops *ops = f16_ops(c, what);
+        sd_tensor *y = ops ? new_dtype(c, SD_F16, a->ndim, a->shape) : NULL;
+        if (y) sd_ctx_check(c, ops->binary(op, f16_of(a), f16_of(b), f16_of(y), sd_numel(a)));
+        return c->status == SD_OK ? y : NULL;
+    }
+    if (!f32_only(c, a, what)) return NULL;
     sd_tensor *y = sd_new(c, a->ndim, a->shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->binary(op, sd_f32(a), sd_f32(b), sd_f32(y), sd_numel(a)));
@@ -359,6 +577,7 @@ sd_tensor *sd_axpby(sd_ctx *c, float alpha, sd_tensor *x, float beta, sd_tensor 
     if (sd_numel(x) != sd_numel(z))
         return sd_ctx_fail(c, SD_ERR_SHAPE, "axpby: shapes %s and %s differ",
                            shape_of(x, sa, sizeof sa), shape_of(z, sb, sizeof sb));
+    if (!f32_only(c, x, "axpby") || !f32_only(c, z, "axpby")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, x->shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->axpby(alpha, sd_f32(x), beta, sd_f32(z), sd_f32(y), sd_numel(x)));
@@ -379,6 +598,7 @@ sd_tensor *sd_axpby_dev(sd_ctx *c, const sd_tensor *coef, sd_tensor *x, sd_tenso
     if (coef->dtype != SD_F32 || sd_numel(coef) < 2 || coef->device != c->device)
         return sd_ctx_fail(c, SD_ERR_SHAPE, "axpby_dev: the coefficients %s must be two F32 values on the "
                                             "context's device", shape_of(coef, sa, sizeof sa));
+    if (!f32_only(c, x, "axpby_dev") || !f32_only(c, z, "axpby_dev")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, x->shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->axpby_dev((const float *)coef->data, sd_f32(x), sd_f32(z), sd_f32(y), sd_numel(x)));
@@ -392,6 +612,7 @@ sd_tensor *sd_clamp(sd_ctx *c, sd_tensor *x, float lo, float hi) {
     NN_GUARD(c, x);
     if (sd_tape_needs_grad(c, x))
         return sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "clamp: no backward (its input needs a gradient)");
+    if (!f32_only(c, x, "clamp")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, x->shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->clamp(sd_f32(x), sd_f32(y), lo, hi, sd_numel(x)));
@@ -404,9 +625,17 @@ sd_tensor *sd_add_channel_bias(sd_ctx *c, sd_tensor *x, sd_tensor *v) {
     if (x->ndim < 2 || v->ndim != 2 || v->shape[0] != x->shape[0] || v->shape[1] != x->shape[1])
         return sd_ctx_fail(c, SD_ERR_SHAPE, "channel bias: %s does not broadcast onto %s",
                            shape_of(v, sb, sizeof sb), shape_of(x, sa, sizeof sa));
+    const int64_t S = sd_numel(x) / (x->shape[0] * x->shape[1]);
+    if (!f32_only(c, v, "channel bias")) return NULL; /* the bias itself stays F32 */
+    if (x->dtype == SD_F16) {
+        const sd_f16_ops *ops = f16_ops(c, "channel bias");
+        sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
+        if (y) sd_ctx_check(c, ops->add_channel_bias(f16_of(x), sd_f32(v), f16_of(y), x->shape[0], x->shape[1], S));
+        return c->status == SD_OK ? y : NULL;
+    }
+    if (!f32_only(c, x, "channel bias")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, x->shape);
     if (!y) return NULL;
-    const int64_t S = sd_numel(x) / (x->shape[0] * x->shape[1]);
     sd_ctx_check(c, c->be->add_channel_bias(sd_f32(x), sd_f32(v), sd_f32(y), x->shape[0],
                                             x->shape[1], S));
     sd_tape_record(c, SD_OP_ADD_CHANNEL_BIAS, y, x, v, NULL);
@@ -420,6 +649,13 @@ sd_tensor *sd_geglu(sd_ctx *c, sd_tensor *x) {
     int64_t shape[SD_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = twoN / 2;
+    if (x->dtype == SD_F16) {
+        const sd_f16_ops *ops = f16_ops(c, "geglu");
+        sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, shape) : NULL;
+        if (y) sd_ctx_check(c, ops->geglu(f16_of(x), f16_of(y), sd_numel(x) / twoN, twoN / 2));
+        return c->status == SD_OK ? y : NULL;
+    }
+    if (!f32_only(c, x, "geglu")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->geglu(sd_f32(x), sd_f32(y), sd_numel(x) / twoN, twoN / 2));
@@ -434,6 +670,17 @@ sd_tensor *sd_concat_channels(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
         a->shape[3] != b->shape[3])
         return sd_ctx_fail(c, SD_ERR_SHAPE, "concat: %s and %s", shape_of(a, sa, sizeof sa),
                            shape_of(b, sb, sizeof sb));
+    if (!same_dtype(c, a, b, "concat")) return NULL;
+    if (a->dtype == SD_F16) {
+        const sd_f16_ops *ops = f16_ops(c, "concat");
+        sd_tensor *y = ops ? new4_dtype(c, SD_F16, 4, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3])
+                           : NULL;
+        if (y)
+            sd_ctx_check(c, ops->concat_channels(f16_of(a), f16_of(b), f16_of(y), a->shape[0], a->shape[1],
+                                                 b->shape[1], a->shape[2] * a->shape[3]));
+        return c->status == SD_OK ? y : NULL;
+    }
+    if (!f32_only(c, a, "concat")) return NULL;
     sd_tensor *y = sd_new4(c, 4, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3]);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->concat_channels(sd_f32(a), sd_f32(b), sd_f32(y), a->shape[0], a->shape[1],
@@ -453,6 +700,7 @@ sd_tensor *sd_concat0(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
     int64_t shape[SD_MAX_DIMS];
     memcpy(shape, a->shape, sizeof shape);
     shape[0] = a->shape[0] + b->shape[0];
+    if (!f32_only(c, a, "concat0") || !f32_only(c, b, "concat0")) return NULL;
     sd_tensor *y = sd_new(c, a->ndim, shape);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->copy(sd_f32(y), sd_f32(a), sd_numel(a)));
@@ -464,6 +712,15 @@ sd_tensor *sd_concat0(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
 sd_tensor *sd_upsample_nearest(sd_ctx *c, sd_tensor *x, int64_t Ho, int64_t Wo) {
     NN_GUARD(c, x);
     if (x->ndim != 4) return sd_ctx_fail(c, SD_ERR_SHAPE, "upsample: input is not 4-d");
+    if (x->dtype == SD_F16) {
+        const sd_f16_ops *ops = f16_ops(c, "upsample");
+        sd_tensor *y = ops ? new4_dtype(c, SD_F16, 4, x->shape[0], x->shape[1], Ho, Wo) : NULL;
+        if (y)
+            sd_ctx_check(c, ops->upsample_nearest(f16_of(x), f16_of(y), x->shape[0] * x->shape[1], x->shape[2],
+                                                  x->shape[3], Ho, Wo));
+        return c->status == SD_OK ? y : NULL;
+    }
+    if (!f32_only(c, x, "upsample")) return NULL;
     sd_tensor *y = sd_new4(c, 4, x->shape[0], x->shape[1], Ho, Wo);
     if (!y) return NULL;
     sd_ctx_check(c, c->be->upsample_nearest(sd_f32(x), sd_f32(y), x->shape[0] * x->shape[1],
@@ -481,6 +738,7 @@ sd_tensor *sd_max_pool2d(sd_ctx *c, sd_tensor *x, int kernel, int stride) {
     if (sd_tape_needs_grad(c, x))
         return sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "max_pool2d: no backward (it serves metrics); "
                            "call it outside a gradient tape");
+    if (!f32_only(c, x, "max_pool2d")) return NULL;
     const int64_t Ho = (x->shape[2] - kernel) / stride + 1, Wo = (x->shape[3] - kernel) / stride + 1;
     sd_tensor *y = sd_new4(c, 4, x->shape[0], x->shape[1], Ho, Wo);
     if (!y) return NULL;
@@ -489,20 +747,33 @@ sd_tensor *sd_max_pool2d(sd_ctx *c, sd_tensor *x, int kernel, int stride) {
     return c->status == SD_OK ? y : NULL;
 }
 
+/* y[b, c, r] = x[b, r, c] into a new [B, C, R]-element tensor of shape (ndim, shape), x's dtype. */
+static sd_tensor *transpose(sd_ctx *c, sd_tensor *x, int64_t B, int64_t R, int64_t C, int ndim, const int64_t *shape) {
+    if (x->dtype == SD_F16) {
+        const sd_f16_ops *ops = f16_ops(c, "transpose");
+        sd_tensor *y = ops ? new_dtype(c, SD_F16, ndim, shape) : NULL;
+        if (y) sd_ctx_check(c, ops->transpose(f16_of(x), f16_of(y), B, R, C));
+        return c->status == SD_OK ? y : NULL;
+    }
+    if (!f32_only(c, x, "transpose")) return NULL;
+    sd_tensor *y = sd_new(c, ndim, shape);
+    if (!y) return NULL;
+    sd_ctx_check(c, c->be->transpose(sd_f32(x), sd_f32(y), B, R, C));
+    sd_tape_node *node = sd_tape_record(c, SD_OP_TRANSPOSE, y, x, NULL, NULL);
+    if (node) {
+        node->attr.transpose.B = B;
+        node->attr.transpose.R = R;
+        node->attr.transpose.C = C;
+    }
+    return c->status == SD_OK ? y : NULL;
+}
+
 sd_tensor *sd_nchw_to_tokens(sd_ctx *c, sd_tensor *x) {
     NN_GUARD(c, x);
     if (x->ndim != 4) return sd_ctx_fail(c, SD_ERR_SHAPE, "nchw_to_tokens: input is not 4-d");
     const int64_t B = x->shape[0], C = x->shape[1], S = x->shape[2] * x->shape[3];
-    sd_tensor *y = sd_new4(c, 3, B, S, C, 0);
-    if (!y) return NULL;
-    sd_ctx_check(c, c->be->transpose(sd_f32(x), sd_f32(y), B, C, S));
-    sd_tape_node *node = sd_tape_record(c, SD_OP_TRANSPOSE, y, x, NULL, NULL);
-    if (node) {
-        node->attr.transpose.B = B;
-        node->attr.transpose.R = C;
-        node->attr.transpose.C = S;
-    }
-    return c->status == SD_OK ? y : NULL;
+    const int64_t shape[3] = {B, S, C};
+    return transpose(c, x, B, C, S, 3, shape);
 }
 
 sd_tensor *sd_tokens_to_nchw(sd_ctx *c, sd_tensor *x, int64_t H, int64_t W) {
@@ -511,20 +782,13 @@ sd_tensor *sd_tokens_to_nchw(sd_ctx *c, sd_tensor *x, int64_t H, int64_t W) {
         return sd_ctx_fail(c, SD_ERR_SHAPE, "tokens_to_nchw: %lld tokens for a %lldx%lld grid",
                            (long long)(x->ndim == 3 ? x->shape[1] : -1), (long long)H, (long long)W);
     const int64_t B = x->shape[0], S = x->shape[1], C = x->shape[2];
-    sd_tensor *y = sd_new4(c, 4, B, C, H, W);
-    if (!y) return NULL;
-    sd_ctx_check(c, c->be->transpose(sd_f32(x), sd_f32(y), B, S, C));
-    sd_tape_node *node = sd_tape_record(c, SD_OP_TRANSPOSE, y, x, NULL, NULL);
-    if (node) {
-        node->attr.transpose.B = B;
-        node->attr.transpose.R = S;
-        node->attr.transpose.C = C;
-    }
-    return c->status == SD_OK ? y : NULL;
+    const int64_t shape[4] = {B, C, H, W};
+    return transpose(c, x, B, S, C, 4, shape);
 }
 
 sd_tensor *sd_timestep_embedding(sd_ctx *c, sd_tensor *t, int dim, int flip_sin_to_cos, float shift) {
     NN_GUARD(c, t);
+    if (!f32_only(c, t, "timestep_embedding")) return NULL;
     const int64_t B = sd_numel(t);
     sd_tensor *y = sd_new4(c, 2, B, dim, 0, 0);
     if (!y) return NULL;
@@ -570,9 +834,22 @@ sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int
     const int64_t B = q->shape[0], Sq = q->shape[1], Sk = k->shape[1];
     const int D = (int)(q->shape[2] / heads), Dv = (int)(v->shape[2] / heads);
     const float scale = 1.0f / sqrtf((float)D);
+    if (!same_dtype(c, q, k, "attention") || !same_dtype(c, q, v, "attention")) return NULL;
+    sd_attn_hook *hook = site ? c->hook : NULL;
+    if (q->dtype == SD_F16) {
+        if (hook)
+            return sd_ctx_fail(c, SD_ERR_INTERNAL, "attention at layer %d: f16 activations under an attention "
+                                                   "controller (its forward stores F32)", site->layer);
+        const sd_f16_ops *ops = f16_ops(c, "attention");
+        sd_tensor *out = ops ? new4_dtype(c, SD_F16, 3, B, Sq, v->shape[2], 0) : NULL;
+        if (out)
+            sd_ctx_check(c, ops->attention(f16_of(q), f16_of(k), f16_of(v), f16_of(out), B, Sq, Sk, heads, D, Dv,
+                                           scale, causal));
+        return c->status == SD_OK ? out : NULL;
+    }
+    if (!f32_only(c, q, "attention")) return NULL;
     sd_tensor *out = sd_new4(c, 3, B, Sq, v->shape[2], 0);
     if (!out) return NULL;
-    sd_attn_hook *hook = site ? c->hook : NULL;
     if (hook && hook->wants_probs && hook->edit_probs && hook->wants_probs(hook, site)) {
         sd_tensor *probs = sd_new4(c, 3, B * heads, Sq, Sk, 0);
         if (!probs) return NULL;
@@ -641,8 +918,11 @@ sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor
     sd_tensor *inside = fn(c, block, x, aux, aux2);
     c->arena = main;
     c->tape = tape;
-    sd_tensor *y = inside ? sd_new(c, inside->ndim, inside->shape) : NULL;
-    if (y) sd_ctx_check(c, c->be->copy(sd_f32(y), sd_f32(inside), sd_numel(y)));
+    sd_tensor *y = inside ? new_dtype(c, inside->dtype, inside->ndim, inside->shape) : NULL;
+    if (y && y->dtype == SD_F16)
+        sd_ctx_check(c, c->be->f16->copy(f16_of(y), f16_of(inside), sd_numel(y)));
+    else if (y && f32_only(c, y, "checkpoint"))
+        sd_ctx_check(c, c->be->copy(sd_f32(y), sd_f32(inside), sd_numel(y)));
     sd_arena_reset(c->scratch, mark);
     if (c->status != SD_OK) return NULL;
     if (!grad) return y;

@@ -165,6 +165,67 @@ static void test_attention_hook_and_maps(void **state) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
 }
 
+/* fp16 activation storage (what fast mode runs on a GPU) through the CPU twins of the fp16 ops:
+ * the UNet must still match the oracle (storage alone: 1.6e-3; bf16 storage gave 1.5e-2, which is
+ * why the format is fp16), must really have run in fp16 (the result differs from the F32 forward,
+ * and fp16 weight copies were made), and must fall back to F32 under an attention controller, bit
+ * for bit. */
+#define F16_TOL 5e-3
+static void test_unet_f16_storage(void **state) {
+    (void)state;
+    sd_tensor *sample = testutil_fixture("tiny_unet", "sample");
+    sd_tensor *context = testutil_fixture("tiny_unet", "context");
+    sd_tensor *want = testutil_fixture("tiny_unet", "eps_t981");
+    sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    sd_tensor *x = sd_upload(&ctx, sample), *cond = sd_upload(&ctx, context);
+    sd_tensor *f32 = sd_unet_forward(&ctx, &unet, x, 981.0f, cond);
+    assert_sd_ok(sd_ctx_status(&ctx));
+    assert_null(ctx.lowp_weights);
+
+    ctx.activations = SD_F16;
+    sd_tensor *f16 = sd_unet_forward(&ctx, &unet, x, 981.0f, cond);
+    assert_sd_ok(sd_ctx_status(&ctx));
+    assert_int_equal(f16->dtype, SD_F32); /* the output returns to F32 */
+    assert_non_null(ctx.lowp_weights);
+    testutil_assert_close(f16, want, F16_TOL, "eps t=981 with f16 activations");
+    const double rel = testutil_max_rel_err(sd_f32(f16), sd_f32(f32), sd_numel(f32));
+    printf("f16 storage vs F32 forward: max relative error %.3g\n", rel);
+    assert_true(rel > 1e-5); /* rounding to f16 happened */
+
+    testutil_recording_hook hook;
+    testutil_recording_hook_init(&hook);
+    ctx.hook = &hook.base;
+    sd_tensor *hooked = sd_unet_forward(&ctx, &unet, x, 981.0f, cond);
+    ctx.hook = NULL;
+    assert_sd_ok(sd_ctx_status(&ctx));
+    assert_int_equal(hook.n_calls, 32);
+    assert_memory_equal(sd_f32(hooked), sd_f32(f32), sd_nbytes(f32)); /* a controller's forward is F32 */
+    ctx.activations = SD_F32;
+    sd_arena_reset(ctx.arena, mark);
+    sd_tensor_free(sample);
+    sd_tensor_free(context);
+    sd_tensor_free(want);
+}
+
+/* An op outside the f16 set refuses a f16 tensor with a message naming it. */
+static void test_f16_outside_the_unet_fails(void **state) {
+    (void)state;
+    sd_ctx c;
+    assert_sd_ok(sd_ctx_init_cpu(&c));
+    sd_tensor *x = sd_new4(&c, 2, 2, 3, 0, 0);
+    assert_sd_ok(c.be->fill(sd_f32(x), 0.5f, 6));
+    sd_tensor *h = sd_to_dtype(&c, x, SD_F16);
+    assert_non_null(h);
+    assert_int_equal(h->dtype, SD_F16);
+    sd_tensor *back = sd_to_dtype(&c, h, SD_F32);
+    assert_non_null(back);
+    assert_true(sd_f32(back)[5] == 0.5f);
+    assert_null(sd_silu(&c, h));
+    assert_int_equal(sd_ctx_status(&c), SD_ERR_SHAPE);
+    assert_non_null(strstr(sd_last_error(), "unary: F16 input"));
+    sd_ctx_free(&c);
+}
+
 static void test_vae(void **state) {
     (void)state;
     sd_tensor *x = testutil_fixture("tiny_vae", "encode_in");
@@ -284,6 +345,8 @@ int main(void) {
         cmocka_unit_test(test_unet_t1),
         cmocka_unit_test(test_unet_32x32_t500),
         cmocka_unit_test(test_attention_hook_and_maps),
+        cmocka_unit_test(test_unet_f16_storage),
+        cmocka_unit_test(test_f16_outside_the_unet_fails),
         cmocka_unit_test(test_vae),
         cmocka_unit_test(test_bad_inputs_fail_cleanly),
         cmocka_unit_test(test_full_sd15_binds_every_tensor),

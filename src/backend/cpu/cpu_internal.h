@@ -30,6 +30,9 @@ void im2col_block(const float *x, float *col, const sd_conv_geom *g, int64_t p0,
  * entries at or past `valid` (the causal mask) become 0. */
 void softmax_row(float *r, int64_t cols, int64_t valid);
 
+/* ---- the f16-storage twins (cpu_f16.c): the F32 ops on f16-rounded inputs, outputs rounded ---- */
+extern const sd_f16_ops cpu_f16_ops;
+
 /* ---- backward ops and Adam (cpu_backward.c); contracts in backend.h ---- */
 
 sd_status cpu_linear_backward_data(const float *dy, const float *w, float *dx, int64_t M, int64_t K,

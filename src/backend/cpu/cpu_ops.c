@@ -593,6 +593,7 @@ static const sd_backend cpu_backend = {
     .mse_backward = cpu_mse_backward,
     .adam_step = cpu_adam_step,
     .max_pool2d = cpu_max_pool2d,
+    .f16 = &cpu_f16_ops,
 };
 
 const sd_backend *sd_backend_cpu(void) {

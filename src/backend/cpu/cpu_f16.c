@@ -1,0 +1,198 @@
+/* cpu_f16.c: the CPU twins of the f16-storage ops (sd_f16_ops, backend.h).
+ *
+ * Each twin widens its fp16 inputs to F32 (exact: every half is a float), runs the CPU F32 op of
+ * the same name, and rounds the output once to nearest even (overflow gives inf, as on a GPU): the contract every device's f16
+ * table is tested against. The F32 temporaries are heap buffers per call; this path exists for
+ * testing the storage format and for running the f16 forward on the CPU, not for speed. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_internal.h"
+#include "sd/core.h"
+
+static const sd_backend *f32_ops(void) { return sd_backend_cpu(); }
+
+static void widen(const sd_f16 *x, float *y, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) y[i] = sd_f16_to_f32(x[i]);
+}
+
+static void narrow(const float *x, sd_f16 *y, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) y[i] = sd_f32_to_f16(x[i]);
+}
+
+/* n floats of scratch, or NULL with the error set */
+static float *scratch(int64_t n, const char *op) {
+    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    if (!p) sd_fail(SD_ERR_OOM, "cpu f16 %s: out of host memory for %lld floats", op, (long long)n);
+    return p;
+}
+
+/* Up to three widened inputs and one F32 output, freed together. */
+typedef struct {
+    float *in[3];
+    float *out;
+} f32_bufs;
+
+static void bufs_free(f32_bufs *b) {
+    for (int i = 0; i < 3; i++) free(b->in[i]);
+    free(b->out);
+}
+
+/* Widens inputs (x_i, n_i) into b->in[i] and allocates an output of n_out floats. */
+static sd_status bufs_make(f32_bufs *b, const char *op, int count, const sd_f16 *const *x, const int64_t *n,
+                           int64_t n_out) {
+    memset(b, 0, sizeof *b);
+    for (int i = 0; i < count; i++) {
+        if (!(b->in[i] = scratch(n[i], op))) return bufs_free(b), SD_ERR_OOM;
+        widen(x[i], b->in[i], n[i]);
+    }
+    if (!(b->out = scratch(n_out, op))) return bufs_free(b), SD_ERR_OOM;
+    return SD_OK;
+}
+
+/* Rounds b->out (n floats) into y when st is SD_OK; frees the buffers either way. */
+static sd_status finish(f32_bufs *b, sd_status st, sd_f16 *y, int64_t n) {
+    if (st == SD_OK) narrow(b->out, y, n);
+    bufs_free(b);
+    return st;
+}
+
+static sd_status f16_to_f16(const float *x, sd_f16 *y, int64_t n) {
+    narrow(x, y, n);
+    return SD_OK;
+}
+
+static sd_status f16_to_f32(const sd_f16 *x, float *y, int64_t n) {
+    widen(x, y, n);
+    return SD_OK;
+}
+
+static sd_status f16_copy(sd_f16 *dst, const sd_f16 *src, int64_t n) {
+    if (n > 0 && dst != src) memmove(dst, src, (size_t)n * sizeof *dst);
+    return SD_OK;
+}
+
+static sd_status f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M,
+                             int64_t K, int64_t N) {
+    f32_bufs t;
+    const sd_f16 *in[3] = {x, w, b};
+    const int64_t n[3] = {M * K, N * K, N};
+    SD_TRY(bufs_make(&t, "linear", b ? 3 : 2, in, n, M * N));
+    return finish(&t, f32_ops()->linear(t.in[0], t.in[1], b ? t.in[2] : NULL, t.out, M, K, N), y, M * N);
+}
+
+static sd_status f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y,
+                             const sd_conv_geom *g) {
+    f32_bufs t;
+    const sd_f16 *in[2] = {x, w};
+    const int64_t n[2] = {g->batch * g->c_in * g->h_in * g->w_in, g->c_out * g->c_in * g->kh * g->kw};
+    const int64_t S = g->h_out * g->w_out, n_out = g->batch * g->c_out * S;
+    SD_TRY(bufs_make(&t, "conv2d", 2, in, n, n_out));
+    sd_status st = f32_ops()->conv2d(t.in[0], t.in[1], NULL, t.out, g);
+    if (st == SD_OK && b) {
+        /* the product is rounded before the bias is added (the bias is its own pass on a device) */
+        for (int64_t i = 0; i < n_out; i++) t.out[i] = sd_f16_to_f32(sd_f32_to_f16(t.out[i]));
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t bc = 0; bc < g->batch; bc++)
+            for (int64_t c = 0; c < g->c_out; c++) {
+                float *row = t.out + (bc * g->c_out + c) * S;
+                for (int64_t s = 0; s < S; s++) row[s] += b[c];
+            }
+    }
+    return finish(&t, st, y, n_out);
+}
+
+static sd_status f16_group_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
+                                 int64_t C, int64_t S, int groups, float eps, int silu) {
+    f32_bufs t;
+    const int64_t n = B * C * S;
+    SD_TRY(bufs_make(&t, "group_norm", 1, &x, &n, n));
+    return finish(&t, f32_ops()->group_norm(t.in[0], gamma, beta, t.out, B, C, S, groups, eps, silu), y, n);
+}
+
+static sd_status f16_layer_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t M,
+                                 int64_t C, float eps) {
+    f32_bufs t;
+    const int64_t n = M * C;
+    SD_TRY(bufs_make(&t, "layer_norm", 1, &x, &n, n));
+    return finish(&t, f32_ops()->layer_norm(t.in[0], gamma, beta, t.out, M, C, eps), y, n);
+}
+
+static sd_status f16_binary(sd_binary_op op, const sd_f16 *a, const sd_f16 *b, sd_f16 *y, int64_t n) {
+    f32_bufs t;
+    const sd_f16 *in[2] = {a, b};
+    const int64_t sizes[2] = {n, n};
+    SD_TRY(bufs_make(&t, "binary", 2, in, sizes, n));
+    return finish(&t, f32_ops()->binary(op, t.in[0], t.in[1], t.out, n), y, n);
+}
+
+static sd_status f16_add_channel_bias(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C,
+                                       int64_t S) {
+    f32_bufs t;
+    const int64_t n = B * C * S;
+    SD_TRY(bufs_make(&t, "add_channel_bias", 1, &x, &n, n));
+    return finish(&t, f32_ops()->add_channel_bias(t.in[0], v, t.out, B, C, S), y, n);
+}
+
+static sd_status f16_geglu(const sd_f16 *x, sd_f16 *y, int64_t M, int64_t N) {
+    f32_bufs t;
+    const int64_t n = M * 2 * N;
+    SD_TRY(bufs_make(&t, "geglu", 1, &x, &n, M * N));
+    return finish(&t, f32_ops()->geglu(t.in[0], t.out, M, N), y, M * N);
+}
+
+/* The data movers go through the F32 ops too: widening and rounding back are exact for f16
+ * values, so they move the 16-bit values unchanged, with the F32 ops' index logic. */
+static sd_status f16_concat_channels(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca,
+                                      int64_t Cb, int64_t S) {
+    f32_bufs t;
+    const sd_f16 *in[2] = {a, c};
+    const int64_t n[2] = {B * Ca * S, B * Cb * S};
+    SD_TRY(bufs_make(&t, "concat_channels", 2, in, n, n[0] + n[1]));
+    return finish(&t, f32_ops()->concat_channels(t.in[0], t.in[1], t.out, B, Ca, Cb, S), y, n[0] + n[1]);
+}
+
+static sd_status f16_upsample_nearest(const sd_f16 *x, sd_f16 *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                                       int64_t Wo) {
+    f32_bufs t;
+    const int64_t n = N * H * W;
+    SD_TRY(bufs_make(&t, "upsample_nearest", 1, &x, &n, N * Ho * Wo));
+    return finish(&t, f32_ops()->upsample_nearest(t.in[0], t.out, N, H, W, Ho, Wo), y, N * Ho * Wo);
+}
+
+static sd_status f16_transpose(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C) {
+    f32_bufs t;
+    const int64_t n = B * R * C;
+    SD_TRY(bufs_make(&t, "transpose", 1, &x, &n, n));
+    return finish(&t, f32_ops()->transpose(t.in[0], t.out, B, R, C), y, n);
+}
+
+static sd_status f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B,
+                                int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    f32_bufs t;
+    const sd_f16 *in[3] = {q, k, v};
+    const int64_t n[3] = {B * Sq * H * D, B * Sk * H * D, B * Sk * H * Dv};
+    const int64_t n_out = B * Sq * H * Dv;
+    SD_TRY(bufs_make(&t, "attention", 3, in, n, n_out));
+    return finish(&t, f32_ops()->attention(t.in[0], t.in[1], t.in[2], t.out, NULL, B, Sq, Sk, H, D, Dv, scale, causal),
+                  out, n_out);
+}
+
+const sd_f16_ops cpu_f16_ops = {
+    .to_f16 = f16_to_f16,
+    .to_f32 = f16_to_f32,
+    .copy = f16_copy,
+    .linear = f16_linear,
+    .conv2d = f16_conv2d,
+    .group_norm = f16_group_norm,
+    .layer_norm = f16_layer_norm,
+    .binary = f16_binary,
+    .add_channel_bias = f16_add_channel_bias,
+    .geglu = f16_geglu,
+    .concat_channels = f16_concat_channels,
+    .upsample_nearest = f16_upsample_nearest,
+    .transpose = f16_transpose,
+    .attention = f16_attention,
+};
