@@ -87,7 +87,7 @@ deps:
 # it needs gives a different result in one of the two runs.
 SIM_TEST_BIN := build-sim/tests/test_cudasim_runtime build-sim/tests/test_cudasim_libs build-sim/tests/test_cuda_ops \
                 build-sim/tests/test_cuda_ops_reverse build-sim/tests/test_device_parity build-sim/tests/test_lpips \
-                build-sim/tests/test_cli_gpu build-sim/tests/test_step_graph
+                build-sim/tests/test_cli_gpu build-sim/tests/test_step_graph build-sim/tests/test_cuda_f16
 
 test: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) all $(TEST_BIN)
