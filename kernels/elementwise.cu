@@ -6,7 +6,11 @@
  * embedding), the kernel forbids FMA contraction (__fmul_rn / __fadd_rn) or evaluates in double
  * and rounds once, so exact mode agrees to the last bit or one ulp. Reductions accumulate in
  * double (H100 double throughput is half of float, and these kernels are bandwidth-bound) in a
- * fixed order, so results are deterministic. */
+ * fixed order, so results are deterministic.
+ *
+ * The ops of fast mode's fp16 activation storage (sd_f16_ops: binary, channel bias, GEGLU and the
+ * layout ops) are the same kernels templated over the storage type (float or __half): fp32
+ * arithmetic, a half output rounded once; plus the two conversions. */
 #include "cuda_common.cuh"
 
 #include <math.h>
@@ -49,21 +53,29 @@ sd_status cu_unary(sd_unary_op op, const float *x, float *y, int64_t n, float al
     return SD_OK;
 }
 
-__global__ void k_binary(int op, const float *a, const float *b, float *y, int64_t n) {
+template <typename T> __global__ void k_binary(int op, const T *a, const T *b, T *y, int64_t n) {
     /* a, b, y: [n]; y may alias a or b */
     GRID_STRIDE(i, n) {
-        const float u = a[i], w = b[i];
-        y[i] = op == SD_BINARY_ADD ? u + w : (op == SD_BINARY_SUB ? u - w : u * w);
+        const float u = cu_f32(a[i]), w = cu_f32(b[i]);
+        cu_store(&y[i], op == SD_BINARY_ADD ? u + w : (op == SD_BINARY_SUB ? u - w : u * w));
     }
 }
 
-sd_status cu_binary(sd_binary_op op, const float *a, const float *b, float *y, int64_t n) {
+template <typename T> static sd_status binary(sd_binary_op op, const T *a, const T *b, T *y, int64_t n) {
     if (op != SD_BINARY_ADD && op != SD_BINARY_SUB && op != SD_BINARY_MUL)
         return sd_fail(SD_ERR_INTERNAL, "cuda binary: unknown op %d", (int)op);
     if (n <= 0) return SD_OK;
-    CU_LAUNCH(k_binary, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)((int)op, a, b, y, n);
+    CU_LAUNCH(k_binary<T>, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)((int)op, a, b, y, n);
     LAUNCH_CHECK("binary");
     return SD_OK;
+}
+
+sd_status cu_binary(sd_binary_op op, const float *a, const float *b, float *y, int64_t n) {
+    return binary(op, a, b, y, n);
+}
+
+sd_status cu_f16_binary(sd_binary_op op, const sd_f16 *a, const sd_f16 *b, sd_f16 *y, int64_t n) {
+    return binary(op, cu_half(a), cu_half(b), cu_half(y), n);
 }
 
 /* Two products and a sum, each rounded once as the CPU rounds them (no contraction to an FMA). */
@@ -110,51 +122,75 @@ sd_status cu_clamp(const float *x, float *y, float lo, float hi, int64_t n) {
     return SD_OK;
 }
 
-__global__ void k_add_channel_bias(const float *x, const float *v, float *y, int64_t BC, int64_t S) {
-    /* x, y: [B·C, S]; v: [B·C] */
-    GRID_STRIDE(i, BC * S) y[i] = x[i] + v[i / S];
+template <typename T> __global__ void k_add_channel_bias(const T *x, const float *v, T *y, int64_t BC, int64_t S) {
+    /* x, y: [B·C, S]; v: [B·C] (F32 in both storages) */
+    GRID_STRIDE(i, BC * S) cu_store(&y[i], cu_f32(x[i]) + v[i / S]);
 }
 
-sd_status cu_add_channel_bias(const float *x, const float *v, float *y, int64_t B, int64_t C, int64_t S) {
+template <typename T>
+static sd_status add_channel_bias(const T *x, const float *v, T *y, int64_t B, int64_t C, int64_t S) {
     const int64_t n = B * C * S;
     if (n <= 0) return SD_OK;
-    CU_LAUNCH(k_add_channel_bias, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, v, y, B * C, S);
+    CU_LAUNCH(k_add_channel_bias<T>, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, v, y, B * C, S);
     LAUNCH_CHECK("add_channel_bias");
     return SD_OK;
 }
 
-__global__ void k_geglu(const float *x, float *y, int64_t M, int64_t N) {
+sd_status cu_add_channel_bias(const float *x, const float *v, float *y, int64_t B, int64_t C, int64_t S) {
+    return add_channel_bias(x, v, y, B, C, S);
+}
+
+sd_status cu_f16_add_channel_bias(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
+    return add_channel_bias(cu_half(x), v, cu_half(y), B, C, S);
+}
+
+template <typename T> __global__ void k_geglu(const T *x, T *y, int64_t M, int64_t N) {
     /* x: [M, 2N] (hidden | gate), y: [M, N] */
     GRID_STRIDE(i, M * N) {
         const int64_t m = i / N, n = i - m * N;
-        const float hidden = x[m * 2 * N + n], gate = x[m * 2 * N + N + n];
-        y[i] = hidden * cu_gelu(gate);
+        const float hidden = cu_f32(x[m * 2 * N + n]), gate = cu_f32(x[m * 2 * N + N + n]);
+        cu_store(&y[i], hidden * cu_gelu(gate));
     }
 }
 
-sd_status cu_geglu(const float *x, float *y, int64_t M, int64_t N) {
+template <typename T> static sd_status geglu(const T *x, T *y, int64_t M, int64_t N) {
     if (M * N <= 0) return SD_OK;
-    CU_LAUNCH(k_geglu, cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, M, N);
+    CU_LAUNCH(k_geglu<T>, cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, M, N);
     LAUNCH_CHECK("geglu");
+    return SD_OK;
+}
+
+sd_status cu_geglu(const float *x, float *y, int64_t M, int64_t N) { return geglu(x, y, M, N); }
+
+sd_status cu_f16_geglu(const sd_f16 *x, sd_f16 *y, int64_t M, int64_t N) { return geglu(cu_half(x), cu_half(y), M, N); }
+
+template <typename T>
+static sd_status concat_channels(const T *a, const T *c, T *y, int64_t B, int64_t Ca, int64_t Cb, int64_t S) {
+    /* y[b] = (a[b]: Ca·S values, c[b]: Cb·S values): two strided 2-d copies, one row per batch */
+    cudaStream_t st = cu_cur()->stream;
+    const size_t row_y = (size_t)((Ca + Cb) * S) * sizeof(T);
+    if (B <= 0) return SD_OK;
+    if (Ca * S > 0)
+        CUDA_CHECK(cudaMemcpy2DAsync(y, row_y, a, (size_t)(Ca * S) * sizeof(T), (size_t)(Ca * S) * sizeof(T),
+                                     (size_t)B, cudaMemcpyDeviceToDevice, st));
+    if (Cb * S > 0)
+        CUDA_CHECK(cudaMemcpy2DAsync(y + Ca * S, row_y, c, (size_t)(Cb * S) * sizeof(T), (size_t)(Cb * S) * sizeof(T),
+                                     (size_t)B, cudaMemcpyDeviceToDevice, st));
     return SD_OK;
 }
 
 sd_status cu_concat_channels(const float *a, const float *c, float *y, int64_t B, int64_t Ca,
                              int64_t Cb, int64_t S) {
-    /* y[b] = (a[b]: Ca·S floats, c[b]: Cb·S floats): two strided 2-d copies, one row per batch */
-    cudaStream_t st = cu_cur()->stream;
-    const size_t row_y = (size_t)((Ca + Cb) * S) * sizeof(float);
-    if (B <= 0) return SD_OK;
-    if (Ca * S > 0)
-        CUDA_CHECK(cudaMemcpy2DAsync(y, row_y, a, (size_t)(Ca * S) * sizeof(float),
-                                     (size_t)(Ca * S) * sizeof(float), (size_t)B, cudaMemcpyDeviceToDevice, st));
-    if (Cb * S > 0)
-        CUDA_CHECK(cudaMemcpy2DAsync(y + Ca * S, row_y, c, (size_t)(Cb * S) * sizeof(float),
-                                     (size_t)(Cb * S) * sizeof(float), (size_t)B, cudaMemcpyDeviceToDevice, st));
-    return SD_OK;
+    return concat_channels(a, c, y, B, Ca, Cb, S);
 }
 
-__global__ void k_upsample_nearest(const float *x, float *y, int64_t N, int64_t H, int64_t W,
+sd_status cu_f16_concat_channels(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca, int64_t Cb,
+                                 int64_t S) {
+    return concat_channels(cu_half(a), cu_half(c), cu_half(y), B, Ca, Cb, S);
+}
+
+template <typename T>
+__global__ void k_upsample_nearest(const T *x, T *y, int64_t N, int64_t H, int64_t W,
                                    int64_t Ho, int64_t Wo, float sh, float sw) {
     /* x: [N, H, W] -> y: [N, Ho, Wo]; src = min(floor(dst · (in/out)), in - 1), ratio in float */
     GRID_STRIDE(i, N * Ho * Wo) {
@@ -167,26 +203,36 @@ __global__ void k_upsample_nearest(const float *x, float *y, int64_t N, int64_t 
     }
 }
 
-sd_status cu_upsample_nearest(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
-                              int64_t Wo) {
+template <typename T>
+static sd_status upsample_nearest(const T *x, T *y, int64_t N, int64_t H, int64_t W, int64_t Ho, int64_t Wo) {
     const int64_t n = N * Ho * Wo;
     if (n <= 0) return SD_OK;
     const float sh = (float)H / (float)Ho, sw = (float)W / (float)Wo; /* as the CPU computes them */
-    CU_LAUNCH(k_upsample_nearest, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, N, H, W, Ho, Wo, sh, sw);
+    CU_LAUNCH(k_upsample_nearest<T>, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, N, H, W, Ho, Wo, sh, sw);
     LAUNCH_CHECK("upsample_nearest");
     return SD_OK;
 }
 
+sd_status cu_upsample_nearest(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                              int64_t Wo) {
+    return upsample_nearest(x, y, N, H, W, Ho, Wo);
+}
+
+sd_status cu_f16_upsample_nearest(const sd_f16 *x, sd_f16 *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                                  int64_t Wo) {
+    return upsample_nearest(cu_half(x), cu_half(y), N, H, W, Ho, Wo);
+}
+
 #define TR_TILE 32
 
-__global__ void k_transpose(const float *x, float *y, int64_t R, int64_t C, int64_t tiles_c) {
+template <typename T> __global__ void k_transpose(const T *x, T *y, int64_t R, int64_t C, int64_t tiles_c) {
     /* x: [B, R, C] -> y: [B, C, R]; blockIdx.y = b; blockIdx.x = tile (row-tile · tiles_c + col-tile);
      * 32x8 threads move a 32x32 tile through shared memory (+1 column: no bank conflicts) */
-    __shared__ float tile[TR_TILE][TR_TILE + 1];
+    __shared__ T tile[TR_TILE][TR_TILE + 1];
     const int64_t b = blockIdx.y;
     const int64_t r0 = ((int64_t)blockIdx.x / tiles_c) * TR_TILE, c0 = ((int64_t)blockIdx.x % tiles_c) * TR_TILE;
-    const float *xb = x + b * R * C;
-    float *yb = y + b * R * C;
+    const T *xb = x + b * R * C;
+    T *yb = y + b * R * C;
     for (int j = threadIdx.y; j < TR_TILE; j += blockDim.y) {
         const int64_t r = r0 + j, c = c0 + threadIdx.x;
         if (r < R && c < C) tile[j][threadIdx.x] = xb[r * C + c];
@@ -198,13 +244,49 @@ __global__ void k_transpose(const float *x, float *y, int64_t R, int64_t C, int6
     }
 }
 
-sd_status cu_transpose(const float *x, float *y, int64_t B, int64_t R, int64_t C) {
+template <typename T> static sd_status transpose(const T *x, T *y, int64_t B, int64_t R, int64_t C) {
     if (B <= 0 || R <= 0 || C <= 0) return SD_OK;
     if (B > 65535) return sd_fail(SD_ERR_UNSUPPORTED, "cuda transpose: batch %lld over 65535", (long long)B);
     const int64_t tiles_r = (R + TR_TILE - 1) / TR_TILE, tiles_c = (C + TR_TILE - 1) / TR_TILE;
     dim3 grid((unsigned)(tiles_r * tiles_c), (unsigned)B), block(TR_TILE, 8);
-    CU_LAUNCH(k_transpose, grid, block, 0, cu_cur()->stream)(x, y, R, C, tiles_c);
+    CU_LAUNCH(k_transpose<T>, grid, block, 0, cu_cur()->stream)(x, y, R, C, tiles_c);
     LAUNCH_CHECK("transpose");
+    return SD_OK;
+}
+
+sd_status cu_transpose(const float *x, float *y, int64_t B, int64_t R, int64_t C) { return transpose(x, y, B, R, C); }
+
+sd_status cu_f16_transpose(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C) {
+    return transpose(cu_half(x), cu_half(y), B, R, C);
+}
+
+/* ---- fp16 storage: conversions and copy ---- */
+
+__global__ void k_f16_from_f32(const float *x, __half *y, int64_t n) {
+    GRID_STRIDE(i, n) y[i] = __float2half_rn(x[i]);
+}
+
+__global__ void k_f16_to_f32(const __half *x, float *y, int64_t n) {
+    GRID_STRIDE(i, n) y[i] = __half2float(x[i]);
+}
+
+sd_status cu_f16_from_f32(const float *x, sd_f16 *y, int64_t n) {
+    if (n <= 0) return SD_OK;
+    CU_LAUNCH(k_f16_from_f32, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, cu_half(y), n);
+    LAUNCH_CHECK("to_f16");
+    return SD_OK;
+}
+
+sd_status cu_f16_to_f32(const sd_f16 *x, float *y, int64_t n) {
+    if (n <= 0) return SD_OK;
+    CU_LAUNCH(k_f16_to_f32, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(cu_half(x), y, n);
+    LAUNCH_CHECK("to_f32");
+    return SD_OK;
+}
+
+sd_status cu_f16_copy(sd_f16 *dst, const sd_f16 *src, int64_t n) {
+    if (n <= 0 || dst == src) return SD_OK;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n * sizeof(sd_f16), cudaMemcpyDeviceToDevice, cu_cur()->stream));
     return SD_OK;
 }
 

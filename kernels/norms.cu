@@ -6,7 +6,11 @@
  * chunks reduced by separate blocks (partial sums in the workspace, summed in a fixed order, so
  * results are deterministic), then a finalize kernel turns them into (mean, rstd) and the
  * normalize kernel streams the data once more. LayerNorm rows are short (<= 1280): one warp per
- * row. */
+ * row.
+ *
+ * The forward kernels are templated over the activation storage (float, or __half for fast mode's
+ * fp16 activations, sd_f16_ops): statistics and arithmetic stay fp32/double, a half output is
+ * rounded once. */
 #include "cuda_common.cuh"
 
 #include <math.h>
@@ -21,16 +25,17 @@
 
 /* x: [B·G groups, count] contiguous (a group is cpg consecutive channels of S values).
  * partial[(bg · chunks + chunk) · 2 + {0, 1}] = (Σ x, Σ x²) over the chunk, in double. */
-__global__ void k_gn_partial(const float *x, int64_t count, int chunks, double *partial) {
+template <typename T>
+__global__ void k_gn_partial(const T *x, int64_t count, int chunks, double *partial) {
     __shared__ double smem[32];
     const int64_t bg = blockIdx.y, chunk = blockIdx.x;
-    const float *xg = x + bg * count;
+    const T *xg = x + bg * count;
     const int64_t lo = chunk * (int64_t)GN_CHUNK;
     int64_t hi = lo + GN_CHUNK;
     if (hi > count) hi = count;
     double s = 0.0, sq = 0.0;
     for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        const double v = xg[i];
+        const double v = cu_f32(xg[i]);
         s += v;
         sq += v * v;
     }
@@ -67,14 +72,15 @@ static size_t gn_partial_bytes(int64_t n_groups, int chunks) {
     return cu_align((size_t)(n_groups * chunks) * 2 * sizeof(double));
 }
 
-static sd_status gn_stats(const float *x, int64_t n_groups, int64_t count, float eps, double *partial,
+template <typename T>
+static sd_status gn_stats(const T *x, int64_t n_groups, int64_t count, float eps, double *partial,
                           float *stats) {
     cudaStream_t st = cu_cur()->stream;
     const int chunks = (int)((count + GN_CHUNK - 1) / GN_CHUNK);
     if (n_groups > 65535) return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm: %lld groups (batch x groups) over 65535",
                                          (long long)n_groups);
     dim3 grid((unsigned)(chunks > 0 ? chunks : 1), (unsigned)n_groups);
-    CU_LAUNCH(k_gn_partial, grid, GN_THREADS, 0, st)(x, count, chunks > 0 ? chunks : 1, partial);
+    CU_LAUNCH(k_gn_partial<T>, grid, GN_THREADS, 0, st)(x, count, chunks > 0 ? chunks : 1, partial);
     LAUNCH_CHECK("group_norm partial");
     CU_LAUNCH(k_gn_finalize, cu_blocks(n_groups, 128), 128, 0, st)(partial, chunks > 0 ? chunks : 1, n_groups, count, eps, stats);
     LAUNCH_CHECK("group_norm finalize");
@@ -85,7 +91,8 @@ static sd_status gn_stats(const float *x, int64_t n_groups, int64_t count, float
  * GroupNorm forward
  * --------------------------------------------------------------------------------------------- */
 
-__global__ void k_gn_normalize(const float *x, const float *gamma, const float *beta, float *y,
+template <typename T>
+__global__ void k_gn_normalize(const T *x, const float *gamma, const float *beta, T *y,
                                const float *stats, int64_t C, int64_t S, int64_t cpg, int64_t count,
                                int silu) {
     /* x, y: [B, C, S]; grid (chunk, bg); the group bg = b·G + g covers channels [g·cpg, +cpg) of
@@ -97,19 +104,20 @@ __global__ void k_gn_normalize(const float *x, const float *gamma, const float *
     const int64_t lo = (int64_t)blockIdx.x * GN_CHUNK;
     int64_t hi = lo + GN_CHUNK;
     if (hi > count) hi = count;
-    const float *xg = x + bg * count;
-    float *yg = y + bg * count;
+    const T *xg = x + bg * count;
+    T *yg = y + bg * count;
     for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         const int64_t ch = g * cpg + i / S;
         const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
         /* the CPU's float expression, rounded step by step: ((x - mean) · rstd) · γ + β */
-        const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(xg[i], mean), rstd), ga), be);
-        yg[i] = silu ? cu_silu(v) : v;
+        const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(cu_f32(xg[i]), mean), rstd), ga), be);
+        cu_store(&yg[i], silu ? cu_silu(v) : v);
     }
 }
 
-sd_status cu_group_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t B,
-                        int64_t C, int64_t S, int groups, float eps, int silu) {
+template <typename T>
+static sd_status group_norm(const T *x, const float *gamma, const float *beta, T *y, int64_t B, int64_t C,
+                            int64_t S, int groups, float eps, int silu) {
     if (groups <= 0 || C % groups) return sd_fail(SD_ERR_SHAPE, "cuda group norm: %lld channels, %d groups", (long long)C, groups);
     const int64_t n_groups = B * groups, cpg = C / groups, count = cpg * S;
     if (n_groups <= 0 || count <= 0) return SD_OK;
@@ -121,9 +129,19 @@ sd_status cu_group_norm(const float *x, const float *gamma, const float *beta, f
     float *stats = (float *)(ws + part_bytes);
     CU_TRY(gn_stats(x, n_groups, count, eps, partial, stats));
     dim3 grid((unsigned)chunks, (unsigned)n_groups);
-    CU_LAUNCH(k_gn_normalize, grid, GN_THREADS, 0, cu_cur()->stream)(x, gamma, beta, y, stats, C, S, cpg, count, silu);
+    CU_LAUNCH(k_gn_normalize<T>, grid, GN_THREADS, 0, cu_cur()->stream)(x, gamma, beta, y, stats, C, S, cpg, count, silu);
     LAUNCH_CHECK("group_norm normalize");
     return SD_OK;
+}
+
+sd_status cu_group_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t B,
+                        int64_t C, int64_t S, int groups, float eps, int silu) {
+    return group_norm(x, gamma, beta, y, B, C, S, groups, eps, silu);
+}
+
+sd_status cu_f16_group_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
+                            int64_t C, int64_t S, int groups, float eps, int silu) {
+    return group_norm(cu_half(x), gamma, beta, cu_half(y), B, C, S, groups, eps, silu);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -262,15 +280,16 @@ sd_status cu_group_norm_backward(const float *x, const float *gamma, const float
  * --------------------------------------------------------------------------------------------- */
 
 /* (mean, rstd) of one row, computed by one warp in double (two passes, as the CPU does). */
-__device__ __forceinline__ void ln_row_stats(const float *xr, int64_t C, float eps, float *mean_out,
+template <typename T>
+__device__ __forceinline__ void ln_row_stats(const T *xr, int64_t C, float eps, float *mean_out,
                                              float *rstd_out) {
     const int lane = threadIdx.x & 31;
     double s = 0.0;
-    for (int64_t i = lane; i < C; i += 32) s += xr[i];
+    for (int64_t i = lane; i < C; i += 32) s += cu_f32(xr[i]);
     const double mean = cu_warp_sum_d(s) / (double)C;
     double sq = 0.0;
     for (int64_t i = lane; i < C; i += 32) {
-        const double d = (double)xr[i] - mean;
+        const double d = (double)cu_f32(xr[i]) - mean;
         sq += d * d;
     }
     sq = cu_warp_sum_d(sq);
@@ -278,30 +297,42 @@ __device__ __forceinline__ void ln_row_stats(const float *xr, int64_t C, float e
     *rstd_out = (float)(1.0 / sqrt(sq / (double)C + (double)eps));
 }
 
-__global__ void k_layer_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t M,
-                             int64_t C, float eps) {
+template <typename T>
+__global__ void k_layer_norm(const T *x, const float *gamma, const float *beta, T *y, int64_t M, int64_t C,
+                             float eps) {
     /* x, y: [M, C]; one warp per row */
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= M) return; /* whole warps leave together: the shuffles stay convergent */
     const int lane = threadIdx.x & 31;
-    const float *xr = x + row * C;
-    float *yr = y + row * C;
+    const T *xr = x + row * C;
+    T *yr = y + row * C;
     float mean, rstd;
     ln_row_stats(xr, C, eps, &mean, &rstd);
     for (int64_t i = lane; i < C; i += 32) {
         const float ga = gamma ? gamma[i] : 1.0f, be = beta ? beta[i] : 0.0f;
-        yr[i] = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(xr[i], mean), rstd), ga), be);
+        cu_store(&yr[i], __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(cu_f32(xr[i]), mean), rstd), ga), be));
     }
+}
+
+template <typename T>
+static sd_status layer_norm(const T *x, const float *gamma, const float *beta, T *y, int64_t M, int64_t C,
+                            float eps) {
+    if (M <= 0 || C <= 0) return SD_OK;
+    const int rows_per_block = LN_THREADS / 32;
+    const int64_t blocks = (M + rows_per_block - 1) / rows_per_block;
+    CU_LAUNCH(k_layer_norm<T>, (unsigned)blocks, LN_THREADS, 0, cu_cur()->stream)(x, gamma, beta, y, M, C, eps);
+    LAUNCH_CHECK("layer_norm");
+    return SD_OK;
 }
 
 sd_status cu_layer_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t M,
                         int64_t C, float eps) {
-    if (M <= 0 || C <= 0) return SD_OK;
-    const int rows_per_block = LN_THREADS / 32;
-    const int64_t blocks = (M + rows_per_block - 1) / rows_per_block;
-    CU_LAUNCH(k_layer_norm, (unsigned)blocks, LN_THREADS, 0, cu_cur()->stream)(x, gamma, beta, y, M, C, eps);
-    LAUNCH_CHECK("layer_norm");
-    return SD_OK;
+    return layer_norm(x, gamma, beta, y, M, C, eps);
+}
+
+sd_status cu_f16_layer_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t M,
+                            int64_t C, float eps) {
+    return layer_norm(cu_half(x), gamma, beta, cu_half(y), M, C, eps);
 }
 
 /* dx += r (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)) with dx̂ = γ dy; also stores the row's (mean, rstd)
