@@ -51,6 +51,17 @@ sd_status sd_device_parse(const char *spec, int *device_out) {
     return sd_fail(SD_ERR_ARG, "--device '%s': expected cpu, cuda or cuda:N (N = 0, 1, ...)", spec);
 }
 
+/* Fast mode stores the UNet's forward activations in fp16 (sd_ctx.activations); the environment
+ * variable SD_FAST_ACTIVATIONS=f32 keeps them F32 (to measure what the storage buys, or to rule it
+ * out when chasing a difference). */
+static sd_dtype fast_activations(void) {
+    const char *e = getenv("SD_FAST_ACTIVATIONS");
+    if (!e || !*e || !strcmp(e, "f16")) return SD_F16;
+    if (!strcmp(e, "f32")) return SD_F32;
+    sd_warn("SD_FAST_ACTIVATIONS=%s is neither f16 nor f32: storing fp16 activations", e);
+    return SD_F16;
+}
+
 sd_status sd_device_open(const char *spec, sd_precision precision, sd_ctx *ctx_out) {
     int device = SD_DEVICE_AUTO;
     SD_TRY(sd_device_parse(spec, &device));
@@ -69,7 +80,9 @@ sd_status sd_device_open(const char *spec, sd_precision precision, sd_ctx *ctx_o
         return sd_ctx_init_cpu(ctx_out);
     }
     SD_TRY(sd_cuda_set_precision(precision));
-    return sd_ctx_init(ctx_out, be, ordinal);
+    SD_TRY(sd_ctx_init(ctx_out, be, ordinal));
+    ctx_out->activations = precision == SD_PRECISION_FAST ? fast_activations() : SD_F32;
+    return SD_OK;
 }
 
 int sd_ctx_on_cuda(const sd_ctx *c) {
@@ -83,6 +96,7 @@ const char *sd_device_describe(const sd_ctx *c, char *buf, size_t n) {
     }
     char name[256];
     if (sd_cuda_device_name(c->device, name, sizeof name) != SD_OK) snprintf(name, sizeof name, "?");
-    snprintf(buf, n, "cuda:%d %s, %s", c->device, name, sd_precision_describe(sd_cuda_get_precision()));
+    snprintf(buf, n, "cuda:%d %s, %s%s", c->device, name, sd_precision_describe(sd_cuda_get_precision()),
+             c->activations == SD_F16 ? ", fp16 UNet activations" : "");
     return buf;
 }

@@ -145,7 +145,10 @@ int cmd_bench(int argc, char **argv) {
         /* the activation arena (skip connections, outputs) and the scratch arena (one block) */
         const double peak = (double)(sd_arena_peak(c->arena) + (c->scratch ? sd_arena_peak(c->scratch) : 0)) / (1 << 20);
         const char *dev = cuda ? "cuda" : "cpu";
-        const char *prec = cuda ? sd_precision_name(b.precision) : "exact";
+        /* fast mode with SD_FAST_ACTIVATIONS=f32 is a row of its own in side-by-side tables */
+        const char *prec = !cuda ? "exact"
+                           : b.precision == SD_PRECISION_FAST && c->activations == SD_F32 ? "fast+f32act"
+                                                                                       : sd_precision_name(b.precision);
         char latent[32];
         snprintf(latent, sizeof latent, "%lldx%lld", (long long)side, (long long)side);
         if (tsv) {

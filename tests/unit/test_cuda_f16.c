@@ -286,6 +286,67 @@ static void test_f16_norms(void **state) {
  * Attention (attention.cu)
  * ============================================================================================= */
 
+/* ================================================================================================
+ * The tiny UNet with fp16 activations on the GPU (what fast mode runs)
+ * ============================================================================================= */
+
+/* The GPU fast-mode forward (fp16 storage, fp16 tensor cores) against the oracle and against the
+ * CPU twins' fp16 forward; a CUDA-graph replay of it against the eager call, bit for bit. */
+static void test_f16_unet(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    sd_model_files files;
+    sd_unet unet;
+    sd_ctx g, h;
+    assert_sd_ok(sd_model_files_open("models/tiny", "models/tiny/tokenizer", &files));
+    assert_sd_ok(sd_unet_bind(&unet, &files.unet_config, files.unet));
+    assert_sd_ok(sd_ctx_init_cpu(&h));
+    h.activations = SD_F16;
+    sd_tensor *sample = testutil_fixture("tiny_unet", "small_sample");
+    sd_tensor *context = testutil_fixture("tiny_unet", "small_context");
+    sd_tensor *want = testutil_fixture("tiny_unet", "small_eps_t500");
+    sd_tensor *cpu_eps = sd_unet_forward(&h, &unet, sd_upload(&h, sample), 500.0f, sd_upload(&h, context));
+    assert_sd_ok(sd_ctx_status(&h));
+    sd_tensor *cpu_host = sd_tensor_clone(cpu_eps);
+
+    assert_sd_ok(sd_device_open("cuda", SD_PRECISION_FAST, &g));
+    assert_int_equal(g.activations, SD_F16); /* fast mode's default storage */
+    assert_sd_ok(sd_ctx_adopt_weights(&g, files.unet));
+    sd_tensor *xd = sd_upload(&g, sample), *cd = sd_upload(&g, context);
+    const sd_arena_mark mark = sd_arena_get_mark(g.arena);
+    sd_tensor *eps = sd_unet_forward(&g, &unet, xd, 500.0f, cd);
+    assert_sd_ok(sd_ctx_status(&g));
+    assert_non_null(g.lowp_weights); /* the fp16 path ran */
+    sd_tensor *eager = sd_download_new(&g, eps);
+    assert_non_null(eager);
+    testutil_assert_close(eager, want, 2e-2, "tiny UNet 32x32, fp16 activations, vs oracle");
+    testutil_assert_close(eager, cpu_host, TOL_F16_GEMM, "tiny UNet 32x32, fp16 activations, GPU vs CPU twins");
+
+    sd_arena_reset(g.arena, mark);
+    sd_cuda_graph *graph = NULL;
+    assert_sd_ok(sd_cuda_graph_begin());
+    sd_tensor *captured = sd_unet_forward(&g, &unet, xd, 500.0f, cd);
+    const sd_status during = sd_ctx_status(&g);
+    const sd_status ended = sd_cuda_graph_end(&graph);
+    assert_sd_ok(during);
+    assert_sd_ok(ended);
+    assert_sd_ok(g.be->zero(captured->data, sd_nbytes(captured)));
+    assert_sd_ok(sd_cuda_graph_replay(graph));
+    assert_sd_ok(g.be->synchronize());
+    sd_tensor *replayed = sd_download_new(&g, captured);
+    assert_non_null(replayed);
+    assert_memory_equal(sd_f32(replayed), sd_f32(eager), sd_nbytes(eager));
+    print_message("    %-56s bit-identical\n", "CUDA-graph replay vs eager");
+    sd_cuda_graph_free(graph);
+
+    sd_tensor *all[] = {sample, context, want, cpu_host, eager, replayed};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
+    sd_ctx_free(&g);
+    sd_ctx_free(&h);
+    sd_model_files_close(&files);
+}
+
 #define GPU_TEST(f) cmocka_unit_test_teardown(f, per_test_teardown)
 
 int main(void) {
@@ -296,6 +357,7 @@ int main(void) {
         GPU_TEST(test_f16_norms),
         /* GEMM and convolution */
         /* attention */
+        GPU_TEST(test_f16_unet),
     };
     return cmocka_run_group_tests_name("cuda fp16 ops vs cpu twins", tests, group_setup, group_teardown);
 }
