@@ -156,14 +156,19 @@ if want bench; then
         rm -f "$W"
         ios=""
         for batch in 1 2; do
-            for prec in exact fast; do
+            # fast = fp16 UNet activations (the default); fast+f32act = SD_FAST_ACTIVATIONS=f32, the
+            # same tensor-core arithmetic on F32 storage: what the fp16 storage buys, side by side
+            for prec in exact fast fast+f32act; do
                 extra=""
+                act=f16
+                [ "$prec" = "fast+f32act" ] && act=f32
                 [ -f "$W" ] || extra="--save-weights $W"
                 io="$WORK_DIR/io_${model}_${prec}_b$batch.safetensors"
                 extra="$extra --save-io $io"
                 echo "stylediff: $model batch $batch $prec ($(elapsed))"
                 # shellcheck disable=SC2086
-                if "$SD" bench unet $args --device cuda --precision "$prec" --batch "$batch" --size "$SIZE" \
+                if SD_FAST_ACTIVATIONS=$act "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
+                    --batch "$batch" --size "$SIZE" \
                     --iters "$ITERS" --tsv -q $extra > "$WORK_DIR/row.tsv" 2> "$WORK_DIR/row.err"; then
                     awk -v m="$model" 'BEGIN { FS = OFS = "\t" } { $2 = m; print }' "$WORK_DIR/row.tsv" | tee -a "$TSV"
                     ios="$ios --io ${prec}-b$batch=$io"
@@ -189,7 +194,8 @@ if want bench; then
     {
         echo "UNet forward, ${SIZE}x${SIZE} image ($((SIZE / 8))x$((SIZE / 8)) latent), t = 981, ${GPU_NAME:-unknown GPU}," \
              "median of $ITERS calls (CUDA events) after warm-up."
-        echo "stylediff exact = fp32, no TF32; fast = bf16 tensor-core GEMMs/attention, TF32 convolutions, fp32 storage."
+        echo "stylediff exact = fp32, no TF32; fast = fp16 UNet activations with fp16 tensor-core GEMMs, convolutions"
+        echo "and attention (fp32 accumulation); fast+f32act = fp32 storage (bf16 GEMMs/attention, TF32 convolutions)."
         echo "'x fp32' / 'x fp16' = PyTorch's fp32-sdpa / fp16-sdpa median divided by this row's (higher is faster)."
         echo "peak MiB: stylediff = activation arena only; PyTorch = allocator peak including weights."
         awk 'BEGIN { FS = "\t" }

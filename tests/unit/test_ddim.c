@@ -118,11 +118,44 @@ static void test_inversion_trajectory(void **state) {
     sd_tensor_free(want);
 }
 
+/* A DDIM inversion with fp16 UNet activations (the CPU twins of fast mode's storage): close to
+ * the F32 trajectory; and a latent that overflows fp16 stops the loop with a message saying so. */
+static void test_inversion_fp16_activations(void **state) {
+    (void)state;
+    sd_ddim s;
+    assert_sd_ok(sd_ddim_init(&s, 10));
+    sd_tensor *context = testutil_fixture("tiny_invert", "context");
+    sd_tensor *want = testutil_fixture("tiny_invert", "latents");
+    sd_arena_mark mark = sd_arena_get_mark(ctx.arena), keep_mark = sd_arena_get_mark(ctx.keep);
+    sd_tensor *z0 = sd_new4(&ctx, 4, 1, 4, 32, 32);
+    memcpy(sd_f32(z0), sd_f32(want), (size_t)sd_numel(z0) * sizeof(float));
+    sd_tensor *cond = sd_upload(&ctx, context);
+    sd_tensor *f32[11], *f16[11];
+    assert_sd_ok(sd_ddim_invert(&ctx, &model, &s, z0, cond, f32));
+    ctx.activations = SD_F16;
+    assert_sd_ok(sd_ddim_invert(&ctx, &model, &s, z0, cond, f16));
+    const double err = testutil_max_rel_err(sd_f32(f16[10]), sd_f32(f32[10]), sd_numel(z0));
+    print_message("    10-step inversion, fp16 vs F32 activations: z_T max rel err %.3g\n", err);
+    assert_true(err > 0.0 && err <= 1e-2);
+
+    for (int64_t i = 0; i < sd_numel(z0); i++) sd_f32(z0)[i] *= 1e7f; /* past fp16's 65504 */
+    assert_int_equal(sd_ddim_invert(&ctx, &model, &s, z0, cond, f16), SD_ERR_NUMERIC);
+    assert_non_null(strstr(sd_last_error(), "fp16 UNet activations"));
+    ctx.activations = SD_F32;
+    ctx.status = SD_OK;
+    sd_clear_error();
+    sd_arena_reset(ctx.arena, mark);
+    sd_arena_reset(ctx.keep, keep_mark);
+    sd_tensor_free(context);
+    sd_tensor_free(want);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schedule),
         cmocka_unit_test(test_three_guided_sampling_steps),
         cmocka_unit_test(test_inversion_trajectory),
+        cmocka_unit_test(test_inversion_fp16_activations),
     };
     return cmocka_run_group_tests_name("ddim vs oracle", tests, setup, teardown);
 }
