@@ -245,7 +245,7 @@ typedef struct sd_backend {
     sd_status (*max_pool2d)(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
                             int64_t Wo, int kernel, int stride);
 
-    /* f16 storage (above), or NULL where the backend stores F32 only */
+    /* fp16 storage (above), or NULL where the backend stores F32 only */
     const sd_f16_ops *f16;
 } sd_backend;
 

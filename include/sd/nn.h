@@ -36,9 +36,9 @@ typedef struct sd_ctx {
     int64_t graph_replays;      /* steps run from a CUDA graph on this context so far (reports) */
     sd_dtype activations;       /* storage of the UNet's activations in a forward without a tape or an
                                  * attention controller: SD_F32 (default) or SD_F16 (fast mode on a
-                                 * GPU: half the memory traffic, f16 tensor-core convolutions).
+                                 * GPU: half the memory traffic, fp16 tensor-core convolutions).
                                  * Inputs, outputs, time embedding and every gradient stay F32. */
-    struct sd_lowp_weights *lowp_weights; /* the f16 copies of weights that f16 ops read */
+    struct sd_lowp_weights *lowp_weights; /* the fp16 copies of weights that fp16 ops read */
 } sd_ctx;
 
 /* A context on backend `be` (device SD_DEVICE_CPU or a CUDA ordinal) with fresh arenas. */
@@ -82,10 +82,12 @@ sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor
 /* Moves every F32 tensor of a weight store to the context's device (no-op on the CPU). */
 struct sd_weights;
 sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);
-/* 1 when a forward on this context may store its activations as f16 now: asked for
- * (c->activations), the backend has f16 ops, and neither a tape nor an attention controller is
+/* 1 when a forward on this context may store its activations as fp16 now: asked for
+ * (c->activations), the backend has fp16 ops, and neither a tape nor an attention controller is
  * active (both read and write F32 activations). */
 int sd_ctx_stores_f16(const sd_ctx *c);
+/* Device memory held by the fp16 copies of weights made for fp16 activations (0 when none). */
+size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c);
 /* x converted to `dtype` (SD_F32 or SD_F16; x itself when it already is). Forward only. */
 sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype);
 

@@ -161,15 +161,19 @@ int cmd_bench(int argc, char **argv) {
                        g.median_ms, g.min_ms, peak);
             }
         } else {
-            printf("%-28s %-6s %-6s %-6s %-6s %-8s %12s %12s %10s\n", "unet", "device", "prec", "mode", "batch",
+            printf("%-28s %-6s %-11s %-6s %-6s %-8s %12s %12s %10s\n", "unet", "device", "prec", "mode", "batch",
                    "latent", "median ms", "min ms", "peak MiB");
-            printf("%-28s %-6s %-6s %-6s %-6d %-8s %12.2f %12.2f %10.0f\n", label, dev, prec, "eager", batch, latent,
+            printf("%-28s %-6s %-11s %-6s %-6d %-8s %12.2f %12.2f %10.0f\n", label, dev, prec, "eager", batch, latent,
                    e.median_ms, e.min_ms, peak);
             if (graph_ok) {
                 const cli_bench_times g = cli_bench_summarize(ms_graph, iters);
-                printf("%-28s %-6s %-6s %-6s %-6d %-8s %12.2f %12.2f %10.0f\n", label, dev, prec, "graph", batch,
+                printf("%-28s %-6s %-11s %-6s %-6d %-8s %12.2f %12.2f %10.0f\n", label, dev, prec, "graph", batch,
                        latent, g.median_ms, g.min_ms, peak);
             }
+            const size_t copies = sd_ctx_lowp_weight_bytes(c);
+            if (copies)
+                printf("fp16 activations: the fp16 copies of the weights take %.0f MiB besides the F32 weights\n",
+                       (double)copies / (1 << 20));
         }
     }
     sd_cuda_graph_free(graph);

@@ -72,22 +72,22 @@ static const char *shape_of(const sd_tensor *t, char *buf, size_t n) {
 }
 
 /* ------------------------------------------------------------------------------------------------
- * f16 storage (sd_ctx.activations): dispatch, allocation and the weights' f16 copies
+ * fp16 storage (sd_ctx.activations): dispatch, allocation and the weights' fp16 copies
  * --------------------------------------------------------------------------------------------- */
 
 int sd_ctx_stores_f16(const sd_ctx *c) {
     return c->activations == SD_F16 && c->be->f16 && !c->tape && !c->hook;
 }
 
-/* The f16 table for an op on f16 inputs, or NULL (context failed) where there is none or a
+/* The fp16 table for an op on fp16 inputs, or NULL (context failed) where there is none or a
  * tape records: the backward ops read F32. */
 static const sd_f16_ops *f16_ops(sd_ctx *c, const char *op) {
     if (!c->be->f16) {
-        sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "%s: f16 input, but the %s backend stores F32 only", op, c->be->name);
+        sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "%s: fp16 input, but the %s backend stores F32 only", op, c->be->name);
         return NULL;
     }
     if (c->tape) {
-        sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "%s: f16 activations while a gradient tape records (gradient steps "
+        sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "%s: fp16 activations while a gradient tape records (gradient steps "
                                            "store F32)", op);
         return NULL;
     }
@@ -97,7 +97,7 @@ static const sd_f16_ops *f16_ops(sd_ctx *c, const char *op) {
 /* Fails (returns 0) when x is not F32: the ops outside the UNet's layers take F32 only. */
 static int f32_only(sd_ctx *c, const sd_tensor *x, const char *op) {
     if (x->dtype == SD_F32) return 1;
-    sd_ctx_fail(c, SD_ERR_SHAPE, "%s: %s input; this op takes F32 (f16 storage covers the UNet's layers)", op,
+    sd_ctx_fail(c, SD_ERR_SHAPE, "%s: %s input; this op takes F32 (fp16 storage covers the UNet's layers)", op,
                 sd_dtype_name(x->dtype));
     return 0;
 }
@@ -127,7 +127,7 @@ static sd_tensor *new4_dtype(sd_ctx *c, sd_dtype dtype, int ndim, int64_t d0, in
 
 static sd_f16 *f16_of(const sd_tensor *t) { return (sd_f16 *)t->data; }
 
-/* The f16 copies, in an open-addressing table keyed by the weight tensor and its data pointer
+/* The fp16 copies, in an open-addressing table keyed by the weight tensor and its data pointer
  * (a weight moved to the device gets a new copy). A copy is made on the weight's first use: a
  * step's first run is eager, so never inside a CUDA graph capture. */
 typedef struct {
@@ -175,39 +175,42 @@ static int lowp_grow(struct sd_lowp_weights *t) {
     return 1;
 }
 
-/* The f16 copy of weight w (F32, on the context's device), made on first use. */
+/* The slot holding weight w, or the empty slot where it would go (the table is never full). */
+static lowp_entry *lowp_find(struct sd_lowp_weights *t, const sd_tensor *w) {
+    size_t i = lowp_slot(t, w);
+    while (t->slots[i].weight && t->slots[i].weight != w) i = (i + 1) & (t->cap - 1);
+    return &t->slots[i];
+}
+
+/* The fp16 copy of weight w (F32, on the context's device), made on first use and remade when the
+ * weight's data moved (sd_ctx_adopt_weights). */
 static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) {
     if (c->status != SD_OK) return NULL;
     if (w->dtype != SD_F32 || w->device != c->device) {
-        sd_ctx_fail(c, SD_ERR_INTERNAL, "weight '%s': a f16 copy needs an F32 tensor on the context's device", w->name);
+        sd_ctx_fail(c, SD_ERR_INTERNAL, "weight '%s': an fp16 copy needs an F32 tensor on the context's device", w->name);
         return NULL;
     }
     if (!c->lowp_weights && !(c->lowp_weights = calloc(1, sizeof *c->lowp_weights))) {
-        sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the f16 weight table");
+        sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the fp16 weight table");
         return NULL;
     }
     struct sd_lowp_weights *t = c->lowp_weights;
-    if (t->cap) {
-        size_t i = lowp_slot(t, w);
-        for (; t->slots[i].weight; i = (i + 1) & (t->cap - 1))
-            if (t->slots[i].weight == w) {
-                if (t->slots[i].data == w->data) return t->slots[i].copy;
-                break; /* same header, new data: refresh the copy below */
-            }
-        if (t->slots[i].weight == w) {
-            c->be->mem_free(t->slots[i].copy);
-            t->slots[i].weight = NULL;
-            t->used--;
-        }
-    }
     if ((t->used + 1) * 2 > t->cap && !lowp_grow(t)) {
-        sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the f16 weight table");
+        sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the fp16 weight table");
         return NULL;
     }
+    lowp_entry *e = lowp_find(t, w);
+    if (e->weight && e->data == w->data) return e->copy;
     const int64_t n = sd_numel(w);
+    if (e->weight) { /* same header, moved data: the old copy is stale */
+        c->be->mem_free(e->copy);
+        t->bytes -= (size_t)n * sizeof(sd_f16);
+        t->used--;
+        *e = (lowp_entry){NULL, NULL, NULL};
+    }
     sd_f16 *copy = c->be->mem_alloc((size_t)n * sizeof(sd_f16));
     if (!copy) {
-        sd_ctx_fail(c, SD_ERR_OOM, "out of memory for the f16 copy of weight '%s' (%lld values)", w->name,
+        sd_ctx_fail(c, SD_ERR_OOM, "out of memory for the fp16 copy of weight '%s' (%lld values)", w->name,
                     (long long)n);
         return NULL;
     }
@@ -215,13 +218,13 @@ static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) {
         c->be->mem_free(copy);
         return NULL;
     }
-    size_t i = lowp_slot(t, w);
-    while (t->slots[i].weight) i = (i + 1) & (t->cap - 1);
-    t->slots[i] = (lowp_entry){w, w->data, copy};
+    *e = (lowp_entry){w, w->data, copy};
     t->used++;
     t->bytes += (size_t)n * sizeof(sd_f16);
     return copy;
 }
+
+size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c) { return c->lowp_weights ? c->lowp_weights->bytes : 0; }
 
 sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype) {
     NN_GUARD(c, x);
@@ -838,7 +841,7 @@ sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int
     sd_attn_hook *hook = site ? c->hook : NULL;
     if (q->dtype == SD_F16) {
         if (hook)
-            return sd_ctx_fail(c, SD_ERR_INTERNAL, "attention at layer %d: f16 activations under an attention "
+            return sd_ctx_fail(c, SD_ERR_INTERNAL, "attention at layer %d: fp16 activations under an attention "
                                                    "controller (its forward stores F32)", site->layer);
         const sd_f16_ops *ops = f16_ops(c, "attention");
         sd_tensor *out = ops ? new4_dtype(c, SD_F16, 3, B, Sq, v->shape[2], 0) : NULL;

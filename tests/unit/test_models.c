@@ -187,10 +187,10 @@ static void test_unet_f16_storage(void **state) {
     assert_sd_ok(sd_ctx_status(&ctx));
     assert_int_equal(f16->dtype, SD_F32); /* the output returns to F32 */
     assert_non_null(ctx.lowp_weights);
-    testutil_assert_close(f16, want, F16_TOL, "eps t=981 with f16 activations");
+    testutil_assert_close(f16, want, F16_TOL, "eps t=981 with fp16 activations");
     const double rel = testutil_max_rel_err(sd_f32(f16), sd_f32(f32), sd_numel(f32));
-    printf("f16 storage vs F32 forward: max relative error %.3g\n", rel);
-    assert_true(rel > 1e-5); /* rounding to f16 happened */
+    printf("fp16 storage vs F32 forward: max relative error %.3g\n", rel);
+    assert_true(rel > 1e-5); /* rounding to fp16 happened */
 
     testutil_recording_hook hook;
     testutil_recording_hook_init(&hook);
@@ -207,7 +207,7 @@ static void test_unet_f16_storage(void **state) {
     sd_tensor_free(want);
 }
 
-/* An op outside the f16 set refuses a f16 tensor with a message naming it. */
+/* An op outside the fp16 set refuses a fp16 tensor with a message naming it. */
 static void test_f16_outside_the_unet_fails(void **state) {
     (void)state;
     sd_ctx c;

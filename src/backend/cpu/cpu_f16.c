@@ -1,9 +1,9 @@
-/* cpu_f16.c: the CPU twins of the f16-storage ops (sd_f16_ops, backend.h).
+/* cpu_f16.c: the CPU twins of the fp16-storage ops (sd_f16_ops, backend.h).
  *
  * Each twin widens its fp16 inputs to F32 (exact: every half is a float), runs the CPU F32 op of
  * the same name, and rounds the output once to nearest even (overflow gives inf, as on a GPU): the contract every device's f16
  * table is tested against. The F32 temporaries are heap buffers per call; this path exists for
- * testing the storage format and for running the f16 forward on the CPU, not for speed. */
+ * testing the storage format and for running the fp16 forward on the CPU, not for speed. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,7 +25,7 @@ static void narrow(const float *x, sd_f16 *y, int64_t n) {
 /* n floats of scratch, or NULL with the error set */
 static float *scratch(int64_t n, const char *op) {
     float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    if (!p) sd_fail(SD_ERR_OOM, "cpu f16 %s: out of host memory for %lld floats", op, (long long)n);
+    if (!p) sd_fail(SD_ERR_OOM, "cpu fp16 %s: out of host memory for %lld floats", op, (long long)n);
     return p;
 }
 
