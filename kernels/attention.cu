@@ -9,9 +9,12 @@
  *     l, output rescaled by exp(m_old − m_new)), so memory traffic is O(S·D), not O(S²).
  *       - exact mode: fp32 SIMT kernel, each thread a 4x4 block of scores and a 4 x D/8 block
  *         of the output, scores in the exp2 domain (scale·log2 e folded in).
- *       - fast mode: bf16 mma.sync.m16n8k16 tensor-core kernel (FlashAttention-2 layout: each
+ *       - fast mode: mma.sync.m16n8k16 tensor-core kernel (FlashAttention-2 layout: each
  *         warp owns 16 query rows; the score accumulator fragments are re-packed in registers as
- *         the A operand of P·V), fp32 accumulation and fp32 softmax.
+ *         the A operand of P·V), fp32 accumulation and fp32 softmax; templated over the storage
+ *         type: F32 activations are rounded to bf16 in shared memory (bf16 MMA), fp16 activations
+ *         (sd_f16_ops, cu_f16_attention, either mode) are loaded as they are and use the fp16
+ *         MMA, the output rounded once to fp16.
  *     Both take batch-row maps (q_rows, k_rows, v_rows): the self-attention injection of
  *     P2P/P2Plus (out[b] = attention(q[q_rows[b]], k[k_rows[b]], v[v_rows[b]])), exposed as
  *     sd_cuda_attention_rows (device.h).
@@ -20,7 +23,9 @@
  *     offset h·D with leading dimension H·D), then a warp-per-row softmax; attention_apply is
  *     a second strided-batched GEMM probs·V.
  *  3. Large heads (D or Dv > 160: the VAE's single 512-wide head): the maps path in chunks of
- *     query rows through the workspace (<= 256 MiB of scores at a time).
+ *     query rows through the workspace (<= 256 MiB of scores at a time). With fp16 activations,
+ *     each batch row's q, k, v are widened to F32 in the same workspace first and out is rounded
+ *     back.
  */
 #include "cuda_common.cuh"
 
@@ -30,9 +35,11 @@
 #define LOG2E 1.4426950408889634f
 #define MAPS_CHUNK_BYTES ((size_t)256 << 20)
 
-struct attn_params {
-    const float *q, *k, *v; /* q[*, Sq, H·D], k[*, Sk, H·D], v[*, Sk, H·Dv] */
-    float *out;             /* [B, Sq, H·Dv] */
+/* T: the storage type of q, k, v and out, float (F32 activations) or __half (fp16 activations,
+ * fast kernel only) */
+template <typename T> struct attn_params {
+    const T *q, *k, *v; /* q[*, Sq, H·D], k[*, Sk, H·D], v[*, Sk, H·Dv] */
+    T *out;             /* [B, Sq, H·Dv] */
     int64_t Sq, Sk;
     int H, D, Dv;
     float scale_log2;       /* scale · log2(e): scores live in the exp2 domain */
@@ -41,8 +48,9 @@ struct attn_params {
     int q_rows[SD_ATTN_MAX_ROWS], k_rows[SD_ATTN_MAX_ROWS], v_rows[SD_ATTN_MAX_ROWS];
 };
 
-__device__ __forceinline__ void attn_bases(const attn_params &p, int b, int h, const float **qb, const float **kb,
-                                           const float **vb, float **ob) {
+template <typename T>
+__device__ __forceinline__ void attn_bases(const attn_params<T> &p, int b, int h, const T **qb, const T **kb,
+                                           const T **vb, T **ob) {
     const int qr = p.use_rows ? p.q_rows[b] : b, kr = p.use_rows ? p.k_rows[b] : b, vr = p.use_rows ? p.v_rows[b] : b;
     const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
     *qb = p.q + (int64_t)qr * p.Sq * ldq + (int64_t)h * p.D;
@@ -74,7 +82,7 @@ template <int DCH> struct ex_smem {
 };
 
 template <int DCH>
-__global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params p) {
+__global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params<float> p) {
     typedef ex_smem<DCH> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     float *smem = reinterpret_cast<float *>(smem_f4);
@@ -214,7 +222,7 @@ __global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params p)
     }
 }
 
-template <int DCH> static sd_status launch_exact(const attn_params &p, int64_t B) {
+template <int DCH> static sd_status launch_exact(const attn_params<float> &p, int64_t B) {
     const size_t smem = ex_smem<DCH>::bytes;
     static unsigned configured = 0; /* the opt-in is per kernel and per device: one bit per ordinal */
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
@@ -228,7 +236,7 @@ template <int DCH> static sd_status launch_exact(const attn_params &p, int64_t B
     return SD_OK;
 }
 
-static sd_status flash_exact(const attn_params &p, int64_t B) {
+static sd_status flash_exact(const attn_params<float> &p, int64_t B) {
     const int dmax = p.D > p.Dv ? p.D : p.Dv;
     if (dmax <= 16) return launch_exact<2>(p, B);
     if (dmax <= 32) return launch_exact<4>(p, B);
@@ -239,16 +247,36 @@ static sd_status flash_exact(const attn_params &p, int64_t B) {
 }
 
 /* ================================================================================================
- * Fast mode: bf16 tensor-core flash kernel (mma.sync.m16n8k16, fp32 accumulate)
+ * Tensor-core flash kernel (mma.sync.m16n8k16, fp32 accumulate): fast mode's F32 path, and fp16
+ * activations in either mode
  * ============================================================================================= */
 
 #define FA_BQ 128      /* queries per block: 8 warps x 16 rows */
 #define FA_BK 64       /* keys per tile */
 #define FA_THREADS 256
 
+/* The tensor-core operand type for storage type T, and the tile loads into it (a value past the
+ * tensor's edge is 0):
+ *  - float: rounded to bf16, which keeps fp32's range (F32 activations are not scaled for fp16);
+ *  - __half: copied as stored, and the products run on fp16 tensor cores (P is rounded to fp16
+ *    for P·V too: 3 more mantissa bits than bf16, and P in [0, 1] is in fp16's range). */
+template <typename T> struct fa_operand;
+template <> struct fa_operand<float> {
+    typedef __nv_bfloat16 type;
+    static __device__ __forceinline__ type load(const float *p, int64_t i, bool in) {
+        return __float2bfloat16_rn(in ? p[i] : 0.0f);
+    }
+};
+template <> struct fa_operand<__half> {
+    typedef __half type;
+    static __device__ __forceinline__ type load(const __half *p, int64_t i, bool in) {
+        return in ? p[i] : __float2half_rn(0.0f);
+    }
+};
+
 template <int DK> struct fa_smem {
-    /* bf16 elements; row strides padded by 8 elements (16 bytes) so that the fragment loads of a
-     * warp (8 rows x 4 words) fall in 32 distinct banks */
+    /* 16-bit elements (bf16 or fp16); row strides padded by 8 elements (16 bytes) so that the
+     * fragment loads of a warp (8 rows x 4 words) fall in 32 distinct banks */
     static constexpr int DP = DK * 16;
     static constexpr int QS = DP + 8;
     static constexpr int KS = DP + 8;
@@ -257,31 +285,33 @@ template <int DK> struct fa_smem {
     static constexpr int k_off = q_off + FA_BQ * QS;
     static constexpr int v_off = k_off + FA_BK * KS;
     static constexpr int elems = v_off + DP * VS;
-    static constexpr size_t bytes = (size_t)elems * sizeof(__nv_bfloat16);
+    static constexpr size_t bytes = (size_t)elems * sizeof(uint16_t);
 };
 
-template <int DK>
-__global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params p) {
+template <typename T, int DK>
+__global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<T> p) {
     typedef fa_smem<DK> L;
+    typedef fa_operand<T> In;
+    typedef typename In::type E;
     CU_DYNAMIC_SHARED(float4, smem_f4);
-    __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
-    __nv_bfloat16 *Qs = smem + L::q_off; /* [BQ][QS] */
-    __nv_bfloat16 *Ks = smem + L::k_off; /* [BK][KS] */
-    __nv_bfloat16 *Vt = smem + L::v_off; /* [DP][VS], transposed */
+    E *smem = reinterpret_cast<E *>(smem_f4);
+    E *Qs = smem + L::q_off; /* [BQ][QS] */
+    E *Ks = smem + L::k_off; /* [BK][KS] */
+    E *Vt = smem + L::v_off; /* [DP][VS], transposed */
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3; /* fragment row group and column pair */
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
     const int64_t q0 = (int64_t)blockIdx.x * FA_BQ;
-    const float *qb, *kb, *vb;
-    float *ob;
+    const T *qb, *kb, *vb;
+    T *ob;
     attn_bases(p, b, h, &qb, &kb, &vb, &ob);
     const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
 
     for (int idx = tid; idx < FA_BQ * L::DP; idx += FA_THREADS) {
         const int r = idx / L::DP, d = idx % L::DP;
         const int64_t qi = q0 + r;
-        Qs[r * L::QS + d] = __float2bfloat16_rn((qi < p.Sq && d < p.D) ? qb[qi * ldq + d] : 0.0f);
+        Qs[r * L::QS + d] = In::load(qb, qi * ldq + d, qi < p.Sq && d < p.D);
     }
     __syncthreads();
 
@@ -308,8 +338,8 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params 
             const int r = idx / L::DP, d = idx % L::DP;
             const int64_t kj = k0 + r;
             const bool in = kj < p.Sk;
-            Ks[r * L::KS + d] = __float2bfloat16_rn((in && d < p.D) ? kb[kj * ldq + d] : 0.0f);
-            Vt[d * L::VS + r] = __float2bfloat16_rn((in && d < p.Dv) ? vb[kj * ldv + d] : 0.0f);
+            Ks[r * L::KS + d] = In::load(kb, kj * ldq + d, in && d < p.D);
+            Vt[d * L::VS + r] = In::load(vb, kj * ldv + d, in && d < p.Dv);
         }
         __syncthreads();
 
@@ -365,7 +395,7 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params 
 #pragma unroll
         for (int kk2 = 0; kk2 < FA_BK / 16; kk2++) {
             uint32_t pa[4];
-            cu_a_frag_from_c(pa, sacc[2 * kk2], sacc[2 * kk2 + 1]);
+            cu_a_frag_from_c<E>(pa, sacc[2 * kk2], sacc[2 * kk2 + 1]);
 #pragma unroll
             for (int nd = 0; nd < 2 * DK; nd++) cu_mma_bt(o[nd], pa, Vt, L::VS, nd * 8, kk2 * 16);
         }
@@ -375,41 +405,41 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params 
     l1 = cu_quad_sum(l1);
     const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
 #pragma unroll
-    for (int nd = 0; nd < 2 * DK; nd++) {
+    for (int nd = 0; nd < 2 * DK; nd++) { /* normalised in fp32, rounded once to T */
         const int d = nd * 8 + 2 * t;
         if (row0 < p.Sq) {
-            if (d < p.Dv) ob[row0 * ldv + d] = o[nd][0] * inv0;
-            if (d + 1 < p.Dv) ob[row0 * ldv + d + 1] = o[nd][1] * inv0;
+            if (d < p.Dv) cu_store(&ob[row0 * ldv + d], o[nd][0] * inv0);
+            if (d + 1 < p.Dv) cu_store(&ob[row0 * ldv + d + 1], o[nd][1] * inv0);
         }
         if (row1 < p.Sq) {
-            if (d < p.Dv) ob[row1 * ldv + d] = o[nd][2] * inv1;
-            if (d + 1 < p.Dv) ob[row1 * ldv + d + 1] = o[nd][3] * inv1;
+            if (d < p.Dv) cu_store(&ob[row1 * ldv + d], o[nd][2] * inv1);
+            if (d + 1 < p.Dv) cu_store(&ob[row1 * ldv + d + 1], o[nd][3] * inv1);
         }
     }
 }
 
-template <int DK> static sd_status launch_fast(const attn_params &p, int64_t B) {
+template <typename T, int DK> static sd_status launch_fast(const attn_params<T> &p, int64_t B) {
     const size_t smem = fa_smem<DK>::bytes;
     static unsigned configured = 0;
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast<T, DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         configured |= bit;
     }
     dim3 grid((unsigned)((p.Sq + FA_BQ - 1) / FA_BQ), (unsigned)(B * p.H));
-    CU_LAUNCH(k_flash_fast<DK>, grid, FA_THREADS, smem, cu_cur()->stream)(p);
+    CU_LAUNCH((k_flash_fast<T, DK>), grid, FA_THREADS, smem, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention (fast)");
     return SD_OK;
 }
 
-static sd_status flash_fast(const attn_params &p, int64_t B) {
+template <typename T> static sd_status flash_fast(const attn_params<T> &p, int64_t B) {
     const int dmax = p.D > p.Dv ? p.D : p.Dv;
-    if (dmax <= 16) return launch_fast<1>(p, B);
-    if (dmax <= 32) return launch_fast<2>(p, B);
-    if (dmax <= 48) return launch_fast<3>(p, B);
-    if (dmax <= 64) return launch_fast<4>(p, B);
-    if (dmax <= 80) return launch_fast<5>(p, B);
-    return launch_fast<10>(p, B);
+    if (dmax <= 16) return launch_fast<T, 1>(p, B);
+    if (dmax <= 32) return launch_fast<T, 2>(p, B);
+    if (dmax <= 48) return launch_fast<T, 3>(p, B);
+    if (dmax <= 64) return launch_fast<T, 4>(p, B);
+    if (dmax <= 80) return launch_fast<T, 5>(p, B);
+    return launch_fast<T, 10>(p, B);
 }
 
 #define FLASH_MAX_D 160
@@ -474,14 +504,23 @@ static sd_status apply_one_batch(const float *P, const float *vb, float *ob, int
     return cu_gemm_rm(0, 0, nq, Dv, Sk, 1.0f, P, Sk, head_stride, vb, ldv, Dv, 0.0f, ob + q_start * ldv, ldv, Dv, H);
 }
 
-/* Unfused attention for one output batch row (query rows in chunks through the workspace). */
-static sd_status attention_chunked_one(const float *qb, const float *kb, const float *vb, float *ob, int64_t Sq,
-                                       int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+/* Query rows per chunk of the unfused path: the scores of H heads x chunk rows x Sk keys stay
+ * within MAPS_CHUNK_BYTES. */
+static int64_t chunk_rows(int64_t Sq, int64_t Sk, int H) {
     int64_t chunk = (int64_t)(MAPS_CHUNK_BYTES / sizeof(float)) / ((int64_t)H * Sk);
     if (chunk < 1) chunk = 1;
     if (chunk > Sq) chunk = Sq;
-    float *scores = (float *)cu_workspace((size_t)(H * chunk * Sk) * sizeof(float));
-    if (!scores) return SD_ERR_OOM;
+    return chunk;
+}
+
+static size_t chunk_scores_bytes(int64_t chunk, int64_t Sk, int H) { return (size_t)(H * chunk * Sk) * sizeof(float); }
+
+/* Unfused attention for one output batch row, query rows in chunks of `chunk` (chunk_rows)
+ * through `scores`, chunk_scores_bytes of workspace. The caller takes the workspace, so that it can
+ * carve its own buffers out of the same request (a second request may move the workspace). */
+static sd_status attention_chunked_one(const float *qb, const float *kb, const float *vb, float *ob, int64_t Sq,
+                                       int64_t Sk, int H, int D, int Dv, float scale, int causal, float *scores,
+                                       int64_t chunk) {
     for (int64_t q0 = 0; q0 < Sq; q0 += chunk) {
         const int64_t nq = Sq - q0 < chunk ? Sq - q0 : chunk;
         CU_TRY(scores_one_batch(qb, kb, scores, q0, nq, Sk, H, D, scale, nq * Sk));
@@ -513,25 +552,33 @@ static sd_status check_dims(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int
     return SD_OK;
 }
 
+/* The fused kernels' parameters, identity batch-row maps. */
+template <typename T>
+static attn_params<T> flash_params(const T *q, const T *k, const T *v, T *out, int64_t Sq, int64_t Sk, int H, int D,
+                                   int Dv, float scale, int causal) {
+    attn_params<T> p;
+    memset(&p, 0, sizeof p);
+    p.q = q;
+    p.k = k;
+    p.v = v;
+    p.out = out;
+    p.Sq = Sq;
+    p.Sk = Sk;
+    p.H = H;
+    p.D = D;
+    p.Dv = Dv;
+    p.scale_log2 = scale * LOG2E;
+    p.causal = causal;
+    return p;
+}
+
 static sd_status run_attention(const float *q, const float *k, const float *v, float *out, int64_t B,
                                const int32_t *q_rows, const int32_t *k_rows, const int32_t *v_rows, int64_t Sq,
                                int64_t Sk, int H, int D, int Dv, float scale, int causal) {
     if (B == 0 || Sq == 0) return SD_OK;
     const int use_rows = q_rows || k_rows || v_rows;
     if (D <= FLASH_MAX_D && Dv <= FLASH_MAX_D) {
-        attn_params p;
-        memset(&p, 0, sizeof p);
-        p.q = q;
-        p.k = k;
-        p.v = v;
-        p.out = out;
-        p.Sq = Sq;
-        p.Sk = Sk;
-        p.H = H;
-        p.D = D;
-        p.Dv = Dv;
-        p.scale_log2 = scale * LOG2E;
-        p.causal = causal;
+        attn_params<float> p = flash_params(q, k, v, out, Sq, Sk, H, D, Dv, scale, causal);
         p.use_rows = use_rows;
         if (use_rows)
             for (int64_t b = 0; b < B; b++) {
@@ -543,10 +590,13 @@ static sd_status run_attention(const float *q, const float *k, const float *v, f
     }
     /* large heads: unfused, one output batch row at a time */
     const int64_t ldq = (int64_t)H * D, ldv = (int64_t)H * Dv;
+    const int64_t chunk = chunk_rows(Sq, Sk, H);
+    float *scores = (float *)cu_workspace(chunk_scores_bytes(chunk, Sk, H));
+    if (!scores) return SD_ERR_OOM;
     for (int64_t b = 0; b < B; b++) {
         const int64_t qr = q_rows ? q_rows[b] : b, kr = k_rows ? k_rows[b] : b, vr = v_rows ? v_rows[b] : b;
         CU_TRY(attention_chunked_one(q + qr * Sq * ldq, k + kr * Sk * ldq, v + vr * Sk * ldv, out + b * Sq * ldv, Sq,
-                                     Sk, H, D, Dv, scale, causal));
+                                     Sk, H, D, Dv, scale, causal, scores, chunk));
     }
     return SD_OK;
 }
@@ -582,9 +632,49 @@ extern "C" sd_status sd_cuda_attention_rows(const float *q, const float *k, cons
     return run_attention(q, k, v, out, B_out, q_rows, k_rows, v_rows, Sq, Sk, H, D, Dv, scale, causal);
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * fp16 activations (sd_f16_ops.attention): the fused tensor-core kernel on fp16 q, k, v, out; large
+ * heads through the F32 unfused path on widened copies
+ * --------------------------------------------------------------------------------------------- */
+
+/* Large heads (D or Dv > FLASH_MAX_D: the VAE's 512-wide head) with fp16 activations: one batch
+ * row at a time, q, k, v widened to F32, the unfused F32 path, out rounded back to fp16. The
+ * staging buffers and the scores are carved out of one workspace request, since a second request
+ * may grow, and so move, the workspace. */
+static sd_status f16_attention_unfused(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B,
+                                       int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    const int64_t nq = Sq * H * D, nk = Sk * H * D, nv = Sk * H * Dv, no = Sq * H * Dv; /* per batch row */
+    const int64_t chunk = chunk_rows(Sq, Sk, H);
+    const size_t q_bytes = cu_align((size_t)nq * sizeof(float)), k_bytes = cu_align((size_t)nk * sizeof(float));
+    const size_t v_bytes = cu_align((size_t)nv * sizeof(float)), o_bytes = cu_align((size_t)no * sizeof(float));
+    char *ws = (char *)cu_workspace(q_bytes + k_bytes + v_bytes + o_bytes + chunk_scores_bytes(chunk, Sk, H));
+    if (!ws) return SD_ERR_OOM;
+    float *qf = (float *)ws;                                         /* [Sq, H·D] */
+    float *kf = (float *)(ws + q_bytes);                             /* [Sk, H·D] */
+    float *vf = (float *)(ws + q_bytes + k_bytes);                   /* [Sk, H·Dv] */
+    float *of = (float *)(ws + q_bytes + k_bytes + v_bytes);         /* [Sq, H·Dv] */
+    float *scores = (float *)(ws + q_bytes + k_bytes + v_bytes + o_bytes); /* [H, chunk, Sk] */
+    for (int64_t b = 0; b < B; b++) {
+        CU_TRY(cu_f16_to_f32(q + b * nq, qf, nq));
+        CU_TRY(cu_f16_to_f32(k + b * nk, kf, nk));
+        CU_TRY(cu_f16_to_f32(v + b * nv, vf, nv));
+        CU_TRY(attention_chunked_one(qf, kf, vf, of, Sq, Sk, H, D, Dv, scale, causal, scores, chunk));
+        CU_TRY(cu_f16_from_f32(of, out + b * no, no));
+    }
+    return SD_OK;
+}
+
 sd_status cu_f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
                            int64_t Sk, int H, int D, int Dv, float scale, int causal) {
-    (void)q, (void)k, (void)v, (void)out, (void)B, (void)Sq, (void)Sk, (void)H, (void)D, (void)Dv, (void)scale,
-        (void)causal;
-    return sd_fail(SD_ERR_UNSUPPORTED, "cuda fp16 attention: not written yet");
+    CU_TRY(check_dims(B, Sq, Sk, H, D, Dv));
+    if (B == 0 || Sq == 0) return SD_OK;
+    if (D <= FLASH_MAX_D && Dv <= FLASH_MAX_D) {
+        /* the fp16 tensor-core kernel in either precision mode: its products are exact in fp32 and
+         * accumulate in fp32, so it loses little beyond the fp16 storage itself (the exact SIMT
+         * kernel reads F32 only) */
+        return flash_fast(flash_params(cu_half(q), cu_half(k), cu_half(v), cu_half(out), Sq, Sk, H, D, Dv, scale,
+                                       causal),
+                          B);
+    }
+    return f16_attention_unfused(q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal);
 }

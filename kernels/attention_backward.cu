@@ -173,7 +173,7 @@ __device__ __forceinline__ void fb_accumulate(float (*c)[4], const float (*a_src
 #pragma unroll
     for (int kk2 = 0; kk2 < NT / 2; kk2++) {
         uint32_t a[4];
-        cu_a_frag_from_c(a, a_src[2 * kk2], a_src[2 * kk2 + 1]);
+        cu_a_frag_from_c<__nv_bfloat16>(a, a_src[2 * kk2], a_src[2 * kk2 + 1]);
 #pragma unroll
         for (int nd = 0; nd < 2 * DK; nd++) cu_mma_bt(c[nd], a, bt, ts, nd * 8, kk2 * 16);
     }

@@ -19,7 +19,8 @@
 #include <cuda_runtime.h>
 /* cuda_bf16.h: __nv_bfloat16 / __nv_bfloat162 conversions for fast mode's tensor-core kernels. */
 #include <cuda_bf16.h>
-/* cuda_fp16.h: __half, the storage of fast mode's fp16 activations (sd_f16_ops). */
+/* cuda_fp16.h: __half, the storage of fast mode's fp16 activations (sd_f16_ops), and their
+ * tensor-core operand type. */
 #include <cuda_fp16.h>
 /* cublas_v2.h: cublasGemmEx / cublasGemmStridedBatchedEx (projections, attention maps). */
 #include <cublas_v2.h>
@@ -192,40 +193,70 @@ __device__ __forceinline__ double cu_block_sum_d(double v, double *smem) {
     return cu_warp_sum_d(t);
 }
 
-/* bf16 tensor cores, mma.sync.m16n8k16 (fp32 accumulate), in PTX's fragment layout: with
- * g = lane / 4 and t = lane % 4, the A fragment (16x16, row-major) is a[0] = A[g][2t, 2t+1],
+/* Tensor cores, mma.sync.m16n8k16 with fp32 accumulation, for two 16-bit element types E:
+ * __nv_bfloat16 (fast mode's F32 kernels round their fp32 operands to bf16, which keeps fp32's
+ * range) and __half (fp16 activations, used as stored; 3 more mantissa bits than bf16). The
+ * helpers below take E as a template argument (deduced from the shared-memory pointer where
+ * there is one), so a kernel templated over E is written once.
+ *
+ * PTX's fragment layout, the same for both types: with g = lane / 4 and t = lane % 4, the A
+ * fragment (16x16, row-major) is a[0] = A[g][2t, 2t+1],
  * a[1] = A[g+8][2t, 2t+1], a[2] = A[g][8+2t, 9+2t], a[3] = A[g+8][8+2t, 9+2t]; the B fragment
  * (16x8) is b0 = B[2t, 2t+1][g], b1 = B[8+2t, 9+2t][g] (so from an n-major copy Bt[n][k]: two
  * 32-bit loads at Bt[g][2t] and Bt[g][8+2t]); the C fragment (16x8) is c[0], c[1] = C[g][2t, 2t+1],
- * c[2], c[3] = C[g+8][2t, 2t+1]. Two neighbouring C tiles (n-tiles 2j and 2j+1) packed to bf16 are
+ * c[2], c[3] = C[g+8][2t, 2t+1]. Two neighbouring C tiles (n-tiles 2j and 2j+1) packed to E are
  * exactly the A fragment of columns [16j, 16j+16): a product's result feeds the next product from
  * registers (flash attention's P·V). */
-__device__ __forceinline__ uint32_t cu_ld_u32(const __nv_bfloat16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+template <typename E> struct cu_tensor_core;
 
-__device__ __forceinline__ uint32_t cu_pack_bf16(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-
-/* c[0..3] += A(16x16, fragment a[0..3]) · B(16x8, fragment b0, b1) */
-__device__ __forceinline__ void cu_mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+template <> struct cu_tensor_core<__nv_bfloat16> {
+    /* two floats rounded to bf16 in one register, lo in the low half */
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (low half) = lo */
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+    /* c[0..3] += A(16x16, fragment a[0..3]) · B(16x8, fragment b0, b1) */
+    static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
 #ifdef SD_CUDA_SIM
-    cudasim::mma_m16n8k16_bf16(c, a, b0, b1); /* the same fragment layout, computed on the host */
+        cudasim::mma_m16n8k16_bf16(c, a, b0, b1); /* the same fragment layout, computed on the host */
 #else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                     "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
+    }
+};
+
+template <> struct cu_tensor_core<__half> {
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __half2 v = __floats2half2_rn(lo, hi); /* .x (low half) = lo */
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+    static __device__ __forceinline__ void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#ifdef SD_CUDA_SIM
+        cudasim::mma_m16n8k16_f16(c, a, b0, b1);
+#else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                     "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+    }
+};
+
+/* Two neighbouring 16-bit elements as one register (the lower-indexed one in the low half). */
+template <typename E> __device__ __forceinline__ uint32_t cu_ld_u32(const E *p) {
+    return *reinterpret_cast<const uint32_t *>(p);
 }
 
 /* The A fragment of columns [16j, 16j+16) from the fp32 C fragments of n-tiles 2j (c_lo) and
- * 2j+1 (c_hi) of the same rows, rounded to bf16. */
-__device__ __forceinline__ void cu_a_frag_from_c(uint32_t a[4], const float *c_lo, const float *c_hi) {
-    a[0] = cu_pack_bf16(c_lo[0], c_lo[1]);
-    a[1] = cu_pack_bf16(c_lo[2], c_lo[3]);
-    a[2] = cu_pack_bf16(c_hi[0], c_hi[1]);
-    a[3] = cu_pack_bf16(c_hi[2], c_hi[3]);
+ * 2j+1 (c_hi) of the same rows, rounded to E. */
+template <typename E> __device__ __forceinline__ void cu_a_frag_from_c(uint32_t a[4], const float *c_lo, const float *c_hi) {
+    a[0] = cu_tensor_core<E>::pack(c_lo[0], c_lo[1]);
+    a[1] = cu_tensor_core<E>::pack(c_lo[2], c_lo[3]);
+    a[2] = cu_tensor_core<E>::pack(c_hi[0], c_hi[1]);
+    a[3] = cu_tensor_core<E>::pack(c_hi[2], c_hi[3]);
 }
 
 /* Max / sum over the quad of lanes 4g .. 4g+3, the four lanes holding one fragment row. */
@@ -238,8 +269,9 @@ __device__ __forceinline__ float cu_quad_sum(float v) {
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-/* The A fragment of rows [r0, r0+16) and columns [16·kk, 16·kk+16) of a row-major bf16 array. */
-__device__ __forceinline__ void cu_load_a_frag(uint32_t a[4], const __nv_bfloat16 *s, int stride, int r0, int kk) {
+/* The A fragment of rows [r0, r0+16) and columns [16·kk, 16·kk+16) of a row-major E array. */
+template <typename E>
+__device__ __forceinline__ void cu_load_a_frag(uint32_t a[4], const E *s, int stride, int r0, int kk) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
     a[0] = cu_ld_u32(&s[(r0 + g) * stride + kk * 16 + 2 * t]);
     a[1] = cu_ld_u32(&s[(r0 + g + 8) * stride + kk * 16 + 2 * t]);
@@ -248,11 +280,11 @@ __device__ __forceinline__ void cu_load_a_frag(uint32_t a[4], const __nv_bfloat1
 }
 
 /* c += A · B for the B tile whose n-major copy has rows [n0, n0+8) and k-columns [k0, k0+16). */
-__device__ __forceinline__ void cu_mma_bt(float *c, const uint32_t *a, const __nv_bfloat16 *bt, int stride, int n0,
-                                          int k0) {
+template <typename E>
+__device__ __forceinline__ void cu_mma_bt(float *c, const uint32_t *a, const E *bt, int stride, int n0, int k0) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    const __nv_bfloat16 *row = &bt[(n0 + g) * stride + k0 + 2 * t];
-    cu_mma_bf16(c, a, cu_ld_u32(row), cu_ld_u32(row + 8));
+    const E *row = &bt[(n0 + g) * stride + k0 + 2 * t];
+    cu_tensor_core<E>::mma(c, a, cu_ld_u32(row), cu_ld_u32(row + 8));
 }
 
 /* The activations exactly as the CPU backend writes them (float arithmetic, same formulas). */

@@ -286,6 +286,57 @@ static void test_f16_norms(void **state) {
  * Attention (attention.cu)
  * ============================================================================================= */
 
+typedef struct {
+    int64_t B, Sq, Sk;
+    int H, D, Dv, causal;
+    const char *what;
+} f16_attn_case;
+
+/* The fused fp16 tensor-core kernel at SD's head dims and off its tiles (128 queries, 64 keys),
+ * cross and causal attention, and the unfused path of large heads (D > 160: widened to F32). */
+static const f16_attn_case f16_attn_cases[] = {
+    {2, 200, 200, 2, 40, 40, 0, "self, D 40, 200 tokens (off the tiles)"},
+    {1, 150, 150, 2, 80, 80, 0, "self, D 80"},
+    {1, 130, 130, 1, 160, 160, 0, "self, D 160 (the widest fused head)"},
+    {2, 200, 77, 2, 40, 40, 0, "cross, 77 keys"},
+    {1, 77, 77, 2, 32, 32, 1, "causal (CLIP-like)"},
+    {1, 100, 50, 3, 16, 24, 0, "Dv != D"},
+    {2, 70, 60, 1, 512, 512, 0, "large head D 512 (unfused, widened)"},
+    {1, 4096, 4096, 8, 40, 40, 0, "SD 64x64 self-attention"},
+    {1, 1024, 1024, 1, 512, 512, 0, "SD VAE's 512-wide head, 32x32"},
+};
+
+static void test_f16_attention(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    /* fp16 storage runs in fast mode; the op must be right in exact mode too */
+    static const sd_precision modes[] = {SD_PRECISION_FAST, SD_PRECISION_EXACT};
+    for (size_t t = 0; t < sizeof f16_attn_cases / sizeof f16_attn_cases[0]; t++) {
+        const f16_attn_case *c = &f16_attn_cases[t];
+        char what[128];
+        snprintf(what, sizeof what, "attention %s", c->what);
+        if (testutil_sim_leaves_out(what, 2.0 * (double)c->B * c->H * c->Sq * c->Sk * (c->D + c->Dv))) continue;
+        const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Sk * c->H * c->D;
+        const int64_t nv = c->B * c->Sk * c->H * c->Dv, no = c->B * c->Sq * c->H * c->Dv;
+        const float scale = 1.0f / sqrtf((float)c->D);
+        sd_f16 *q = hrand16(nq, 40 + 3 * t, 1.0f), *k = hrand16(nk, 41 + 3 * t, 1.0f), *v = hrand16(nv, 42 + 3 * t, 1.0f);
+        sd_f16 *want = hnew16(no);
+        assert_sd_ok(cpu16->attention(q, k, v, want, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+        sd_f16 *qd = dput16(q, nq), *kd = dput16(k, nk), *vd = dput16(v, nv), *od = dnew16(no);
+        sd_f16 *nans = hnew16(no);
+        for (int64_t i = 0; i < no; i++) nans[i] = 0x7e00; /* fp16 NaN: every output must be written */
+        for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+            assert_sd_ok(sd_cuda_set_precision(modes[m]));
+            assert_sd_ok(gpu->upload(od, nans, (size_t)no * sizeof(sd_f16)));
+            assert_sd_ok(gpu16->attention(qd, kd, vd, od, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+            char line[160];
+            snprintf(line, sizeof line, "%s, %s", what, sd_precision_name(modes[m]));
+            check16(line, od, want, no, TOL_F16_GEMM);
+        }
+    }
+}
+
 /* ================================================================================================
  * The tiny UNet with fp16 activations on the GPU (what fast mode runs)
  * ============================================================================================= */
@@ -357,6 +408,7 @@ int main(void) {
         GPU_TEST(test_f16_norms),
         /* GEMM and convolution */
         /* attention */
+        GPU_TEST(test_f16_attention),
         GPU_TEST(test_f16_unet),
     };
     return cmocka_run_group_tests_name("cuda fp16 ops vs cpu twins", tests, group_setup, group_teardown);

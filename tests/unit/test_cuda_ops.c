@@ -206,16 +206,6 @@ static void test_memory(void **state) {
     assert_sd_ok(gpu->synchronize());
 }
 
-/* Under the host simulator (SD_CUDA_SIM: every kernel runs on the CPU) a case of SD v1.5 size
- * costs minutes: cases above this much arithmetic run on a real GPU only, and the log says so.
- * `flop` < 0: a case left out under the simulator whatever its size. */
-#define SIM_MAX_FLOP 4e9
-
-static int sim_leaves_out(const char *what, double flop) {
-    if (!testutil_gpu_is_simulated() || (flop >= 0 && flop <= SIM_MAX_FLOP)) return 0;
-    print_message("    %-52s left out under cudasim (too slow on the host: real GPU only)\n", what);
-    return 1;
-}
 
 /* ================================================================================================
  * GEMM-based forward ops
@@ -234,7 +224,7 @@ static void test_linear(void **state) {
         char what[96];
         snprintf(what, sizeof what, "linear %lldx%lld -> %lld%s%s", (long long)M, (long long)K, (long long)N,
                  cases[c].bias ? " +bias" : "", cases[c].misalign ? " (misaligned)" : "");
-        if (sim_leaves_out(what, 2.0 * (double)M * K * N)) continue;
+        if (testutil_sim_leaves_out(what, 2.0 * (double)M * K * N)) continue;
         float *x = hrand(M * K, 10 + c, 1.0f), *w = hrand(N * K, 20 + c, 0.05f), *b = hrand(N, 30 + c, 1.0f);
         float *want = hnew(M * N);
         assert_sd_ok(cpu->linear(x, w, cases[c].bias ? b : NULL, want, M, K, N));
@@ -563,7 +553,7 @@ static void test_attention_fused(void **state) {
         const attn_case *c = &attn_cases[t];
         char what[128];
         attn_name(what, sizeof what, "attention", c);
-        if (sim_leaves_out(what, 2.0 * (double)c->B * c->H * c->Sq * c->Sk * (c->D + c->Dv))) continue;
+        if (testutil_sim_leaves_out(what, 2.0 * (double)c->B * c->H * c->Sq * c->Sk * (c->D + c->Dv))) continue;
         float *q, *k, *v;
         attn_inputs(c, 200 + 10 * t, &q, &k, &v);
         const int64_t no = c->B * c->Sq * c->H * c->Dv;
@@ -943,7 +933,7 @@ static void test_attention_backward(void **state) {
         const attn_case *c = &cases[t];
         char what[128];
         attn_name(what, sizeof what, "attention_backward", c);
-        if (sim_leaves_out(what, 5.0 * c->B * c->H * c->Sq * c->Sk * (c->D + c->Dv))) continue; /* ~10 products the size of S */
+        if (testutil_sim_leaves_out(what, 5.0 * c->B * c->H * c->Sq * c->Sk * (c->D + c->Dv))) continue; /* ~10 products the size of S */
         attn_backward_io io;
         check_attention_backward(c, 1000 + 10 * t, 0.5f, "attention_backward", &io);
         /* only dq (dk, dv NULL), and only dk and dv (dq NULL: the fast path skips its dQ pass) */
@@ -1117,7 +1107,7 @@ static void test_model_unet(void **state) {
     require_model();
     /* the 64x64-latent sample costs minutes under the simulator: its 32x32 sample covers the
      * same kernels there */
-    const int full = !sim_leaves_out("tiny UNet, 64x64 latent", -1);
+    const int full = !testutil_sim_leaves_out("tiny UNet, 64x64 latent", -1);
     set_mode(SD_PRECISION_EXACT);
     if (full) check_unet("sample", "context", 981.0f, "eps_t981", TOL_MODEL);
     if (full) check_unet("sample", "context", 1.0f, "eps_t1", TOL_MODEL);
@@ -1135,7 +1125,7 @@ static void test_model_attention_maps(void **state) {
     require_model();
     /* the oracle's maps are of the 64x64-latent sample; under the simulator the capture path is
      * covered by test_attention_maps and by test_device_parity's edits */
-    if (sim_leaves_out("tiny UNet maps, 64x64 latent", -1)) return;
+    if (testutil_sim_leaves_out("tiny UNet maps, 64x64 latent", -1)) return;
     set_mode(SD_PRECISION_EXACT);
     sd_tensor *sample = testutil_fixture("tiny_unet", "sample");
     sd_tensor *context = testutil_fixture("tiny_unet", "context");

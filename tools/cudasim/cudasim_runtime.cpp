@@ -15,6 +15,7 @@
  * block and thread that were running. */
 #include "cuda_runtime.h"
 #include "cuda_bf16.h"
+#include "cuda_fp16.h"
 
 #include <algorithm>
 #include <atomic>
@@ -779,7 +780,11 @@ unsigned lane_id() { return g_sched->cur->linear & 31; }
 unsigned warp_lanes() { return g_sched->cur->warp_lanes; }
 void *dynamic_shared() { return g_sched->dyn_smem; }
 
-void mma_m16n8k16_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+/* The warp-collective m16n8k16 MMA for a 16-bit element type; widen(bits) turns the 16 bits of one
+ * element into its (exact) fp32 value (a template argument, so that it inlines into the product
+ * loop). The fragment layout is PTX's, documented in cuda_bf16.h. */
+template <typename Widen>
+static void mma_m16n8k16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1, Widen widen) {
     scheduler *s = g_sched;
     if (!s || !s->cur) fault("mma.sync outside a kernel");
     if (warp_lanes() != 32) fault("mma.sync in a partial warp");
@@ -790,11 +795,7 @@ void mma_m16n8k16_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
     x.b[lane][1] = b1;
     for (int r = 0; r < 4; r++) x.c[lane][r] = c[r];
     warp_sync();
-    auto half = [](uint32_t reg, int hi) {
-        __nv_bfloat16 h;
-        h.bits = (uint16_t)(hi ? reg >> 16 : reg & 0xffffu);
-        return __bfloat162float(h);
-    };
+    auto half = [widen](uint32_t reg, int hi) { return widen((uint16_t)(hi ? reg >> 16 : reg & 0xffffu)); };
     /* A[r][k]: lane (r mod 8)·4 + (k mod 8)/2, register (r >= 8) + 2·(k >= 8), half k mod 2 */
     auto A = [&](int r, int k) {
         const int l = (r & 7) * 4 + (k & 7) / 2, reg = (r >= 8) + 2 * (k >= 8);
@@ -814,6 +815,14 @@ void mma_m16n8k16_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
         d[e] = x.c[lane][e] + acc;
     }
     for (int e = 0; e < 4; e++) c[e] = d[e];
+}
+
+void mma_m16n8k16_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    mma_m16n8k16(c, a, b0, b1, [](uint16_t bits) { return __bfloat162float(__nv_bfloat16{bits}); });
+}
+
+void mma_m16n8k16_f16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    mma_m16n8k16(c, a, b0, b1, [](uint16_t bits) { return __half2float(__half{bits}); });
 }
 
 void set_reverse_schedule(bool reverse) { g_reverse.store(reverse ? 1 : 0); }

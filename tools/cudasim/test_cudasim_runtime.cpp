@@ -1,10 +1,11 @@
 /* test_cudasim_runtime.cpp: checks of the simulator itself (kernel execution, barriers, warp
- * collectives, the bf16 MMA, graphs, launch limits, fault detection) against plain host loops, so
+ * collectives, the bf16 and fp16 MMAs, graphs, launch limits, fault detection) against plain host loops, so
  * that a test of the CUDA backend that passes under the simulator means what it says.
  *   g++ -std=c++17 -O2 -Itools/cudasim/include tools/cudasim/test_cudasim_runtime.cpp \
  *       tools/cudasim/cudasim_runtime.cpp -o /tmp/t && /tmp/t
  * (make test and make sim-test build it as build-sim/tests/test_cudasim_runtime and run it). */
 #include "cuda_bf16.h"
+#include "cuda_fp16.h"
 #include "cuda_runtime.h"
 
 #include <cstdio>
@@ -98,10 +99,26 @@ static void test_coords_and_vote() {
     cudaFree(values);
 }
 
-/* ---- the bf16 MMA: one warp, fragments loaded by the PTX layout, against a host product ---- */
-static uint32_t pack(__nv_bfloat16 lo, __nv_bfloat16 hi) { return (uint32_t)lo.bits | ((uint32_t)hi.bits << 16); }
+/* ---- the bf16 and fp16 MMAs: one warp, fragments loaded by the PTX layout, against a host product ---- */
+/* The element type's conversions and its MMA, so that one test covers both instructions. */
+struct bf16_mma {
+    typedef __nv_bfloat16 elem;
+    static const char *name() { return "bf16"; }
+    static elem round(float x) { return __float2bfloat16_rn(x); }
+    static float widen(elem h) { return __bfloat162float(h); }
+    static void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) { cudasim::mma_m16n8k16_bf16(c, a, b0, b1); }
+};
+struct f16_mma {
+    typedef __half elem;
+    static const char *name() { return "fp16"; }
+    static elem round(float x) { return __float2half_rn(x); }
+    static float widen(elem h) { return __half2float(h); }
+    static void mma(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) { cudasim::mma_m16n8k16_f16(c, a, b0, b1); }
+};
 
-__global__ void k_mma(const __nv_bfloat16 *A, const __nv_bfloat16 *B, float *D) {
+template <typename E> static uint32_t pack(E lo, E hi) { return (uint32_t)lo.bits | ((uint32_t)hi.bits << 16); }
+
+template <typename M> __global__ void k_mma(const typename M::elem *A, const typename M::elem *B, float *D) {
     /* A[16][16] row-major, B[16][8] stored as B[k][n] row-major, C = D on input */
     const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
     uint32_t a[4];
@@ -112,22 +129,23 @@ __global__ void k_mma(const __nv_bfloat16 *A, const __nv_bfloat16 *B, float *D) 
     const uint32_t b0 = pack(B[(2 * t) * 8 + g], B[(2 * t + 1) * 8 + g]);
     const uint32_t b1 = pack(B[(2 * t + 8) * 8 + g], B[(2 * t + 9) * 8 + g]);
     float c[4] = {D[g * 8 + 2 * t], D[g * 8 + 2 * t + 1], D[(g + 8) * 8 + 2 * t], D[(g + 8) * 8 + 2 * t + 1]};
-    cudasim::mma_m16n8k16_bf16(c, a, b0, b1);
+    M::mma(c, a, b0, b1);
     D[g * 8 + 2 * t] = c[0];
     D[g * 8 + 2 * t + 1] = c[1];
     D[(g + 8) * 8 + 2 * t] = c[2];
     D[(g + 8) * 8 + 2 * t + 1] = c[3];
 }
 
-static void test_mma() {
+template <typename M> static void test_mma() {
+    typedef typename M::elem E;
     std::mt19937 rng(7);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    std::vector<__nv_bfloat16> hA(256), hB(128);
+    std::vector<E> hA(256), hB(128);
     std::vector<float> hC(128);
-    for (auto &v : hA) v = __float2bfloat16_rn(u(rng));
-    for (auto &v : hB) v = __float2bfloat16_rn(u(rng));
+    for (auto &v : hA) v = M::round(u(rng));
+    for (auto &v : hB) v = M::round(u(rng));
     for (auto &v : hC) v = u(rng);
-    __nv_bfloat16 *A, *B;
+    E *A, *B;
     float *D;
     cudaMalloc((void **)&A, 256 * 2);
     cudaMalloc((void **)&B, 128 * 2);
@@ -135,17 +153,17 @@ static void test_mma() {
     cudaMemcpy(A, hA.data(), 256 * 2, cudaMemcpyHostToDevice);
     cudaMemcpy(B, hB.data(), 128 * 2, cudaMemcpyHostToDevice);
     cudaMemcpy(D, hC.data(), 128 * 4, cudaMemcpyHostToDevice);
-    LAUNCH(k_mma, 1, 32, 0, nullptr)(A, B, D);
+    LAUNCH(k_mma<M>, 1, 32, 0, nullptr)(A, B, D);
     std::vector<float> got(128);
     cudaMemcpy(got.data(), D, 128 * 4, cudaMemcpyDeviceToHost);
     double worst = 0;
     for (int r = 0; r < 16; r++)
         for (int n = 0; n < 8; n++) {
             double want = hC[r * 8 + n];
-            for (int k = 0; k < 16; k++) want += (double)__bfloat162float(hA[r * 16 + k]) * __bfloat162float(hB[k * 8 + n]);
+            for (int k = 0; k < 16; k++) want += (double)M::widen(hA[r * 16 + k]) * M::widen(hB[k * 8 + n]);
             worst = std::max(worst, std::fabs(want - got[r * 8 + n]));
         }
-    CHECK(worst < 1e-5, "mma: max error %g", worst);
+    CHECK(worst < 1e-5, "%s mma: max error %g", M::name(), worst);
     cudaFree(A);
     cudaFree(B);
     cudaFree(D);
@@ -302,7 +320,8 @@ static void test_faults() {
 int main() {
     test_block_sum();
     test_coords_and_vote();
-    test_mma();
+    test_mma<bf16_mma>();
+    test_mma<f16_mma>();
     test_dynamic_shared();
     test_graph();
     test_reverse_schedule();

@@ -159,6 +159,12 @@ int testutil_gpu_is_simulated(void) {
 #endif
 }
 
+int testutil_sim_leaves_out(const char *what, double flop) {
+    if (!testutil_gpu_is_simulated() || (flop >= 0 && flop <= TESTUTIL_SIM_MAX_FLOP)) return 0;
+    print_message("    %-52s left out under cudasim (too slow on the host: real GPU only)\n", what);
+    return 1;
+}
+
 void testutil_write_random_lpips(const char *path) {
     static const int64_t conv[5][3] = {{64, 3, 11}, {192, 64, 5}, {384, 192, 3}, {256, 384, 3}, {256, 256, 3}};
     static const int index[5] = {0, 3, 6, 8, 10};

@@ -86,6 +86,12 @@ int testutil_have_gpu(void);
  * in the log: they run on a real GPU). */
 int testutil_gpu_is_simulated(void);
 
+/* Under the host simulator a case of SD v1.5 size costs minutes: a case of more than
+ * TESTUTIL_SIM_MAX_FLOP arithmetic (`flop`; < 0: whatever its size) runs on a real GPU only.
+ * Returns 1, after logging "`what` left out under cudasim", when the caller should skip it. */
+#define TESTUTIL_SIM_MAX_FLOP 4e9
+int testutil_sim_leaves_out(const char *what, double flop);
+
 /* Random LPIPS AlexNet weights in tools/convert_lpips.py's layout (features.N.*, linK.model.1.weight):
  * for tests of the plumbing, where the values do not matter. */
 void testutil_write_random_lpips(const char *path);

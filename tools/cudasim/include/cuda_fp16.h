@@ -1,4 +1,5 @@
-/* cuda_fp16.h (cudasim): the IEEE half type and the conversions the fp16-storage kernels use.
+/* cuda_fp16.h (cudasim): the IEEE half type and the conversions the fp16-storage kernels use,
+ * plus the simulator's fp16 tensor-core instruction (mma.sync.m16n8k16.row.col.f32.f16.f16.f32).
  * __float2half_rn rounds to nearest even, keeps half's subnormals and overflows to Inf, as the
  * device instruction does; NaN stays NaN. Kernels treat __half as 16 opaque bits plus these
  * conversions (no half arithmetic), so the stand-in stays this small. */
@@ -60,5 +61,12 @@ static inline __half2 __floats2half2_rn(float lo, float hi) {
     v.y = __float2half_rn(hi);
     return v;
 }
+
+namespace cudasim {
+/* The warp-collective fp16 MMA, D = A·B + C: the twin of mma_m16n8k16_bf16 (cuda_bf16.h, which
+ * documents the fragment layout) with two fp16 per 32-bit register instead of two bf16. Products
+ * are exact in fp32 (fp16 x fp16 needs 22 mantissa bits) and summed in fp32. */
+void mma_m16n8k16_f16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1);
+} // namespace cudasim
 
 #endif
