@@ -34,8 +34,8 @@ typedef struct sd_ctx {
     int eager;                  /* run repeated steps op by op instead of replaying them as CUDA
                                  * graphs (sd_graph_step; the CPU always runs eagerly) */
     int64_t graph_replays;      /* steps run from a CUDA graph on this context so far (reports) */
-    sd_dtype activations;       /* storage of the UNet's activations in a forward without a tape or an
-                                 * attention controller: SD_F32 (default) or SD_F16 (fast mode on a
+    sd_dtype activations;       /* storage of the UNet's activations in a forward without a tape:
+                                 * SD_F32 (default) or SD_F16 (fast mode on a
                                  * GPU: half the memory traffic, fp16 tensor-core convolutions).
                                  * Inputs, outputs, time embedding and every gradient stay F32. */
     struct sd_lowp_weights *lowp_weights; /* the fp16 copies of weights that fp16 ops read */
@@ -83,8 +83,9 @@ sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor
 struct sd_weights;
 sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);
 /* 1 when a forward on this context may store its activations as fp16 now: asked for
- * (c->activations), the backend has fp16 ops, and neither a tape nor an attention controller is
- * active (both read and write F32 activations). */
+ * (c->activations), the backend has fp16 ops, and no tape records (gradients are F32). Under an
+ * attention controller the sites whose maps it reads run in F32, and its value substitutes see
+ * and return F32 (sd_attention, sd_attention_block). */
 int sd_ctx_stores_f16(const sd_ctx *c);
 /* Device memory held by the fp16 copies of weights made for fp16 activations (0 when none). */
 size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c);

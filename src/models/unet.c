@@ -172,7 +172,7 @@ sd_tensor *sd_unet_forward_tvec(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_te
     temb = sd_linear(c, sd_silu(c, temb), &u->time_linear_2);
     sd_tensor *temb_silu = sd_silu(c, temb);
 
-    /* fp16 storage (fast mode, no tape or controller): the latent and the text context are
+    /* fp16 storage (fast mode, no tape): the latent and the text context are
      * converted once here, the time embedding stays F32 (a bias each resnet adds), the output
      * returns to F32 below */
     const int lowp = sd_ctx_stores_f16(c);

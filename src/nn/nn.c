@@ -75,9 +75,7 @@ static const char *shape_of(const sd_tensor *t, char *buf, size_t n) {
  * fp16 storage (sd_ctx.activations): dispatch, allocation and the weights' fp16 copies
  * --------------------------------------------------------------------------------------------- */
 
-int sd_ctx_stores_f16(const sd_ctx *c) {
-    return c->activations == SD_F16 && c->be->f16 && !c->tape && !c->hook;
-}
+int sd_ctx_stores_f16(const sd_ctx *c) { return c->activations == SD_F16 && c->be->f16 && !c->tape; }
 
 /* The fp16 table for an op on fp16 inputs, or NULL (context failed) where there is none or a
  * tape records: the backward ops read F32. */
@@ -839,10 +837,14 @@ sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int
     const float scale = 1.0f / sqrtf((float)D);
     if (!same_dtype(c, q, k, "attention") || !same_dtype(c, q, v, "attention")) return NULL;
     sd_attn_hook *hook = site ? c->hook : NULL;
+    if (q->dtype == SD_F16 && hook && hook->wants_probs && hook->edit_probs && hook->wants_probs(hook, site)) {
+        /* a controller reads or edits this site's maps: the site runs in F32 (maps as without fp16
+         * storage), its output stored in fp16 like the rest of the forward */
+        sd_tensor *out32 = sd_attention(c, sd_to_dtype(c, q, SD_F32), sd_to_dtype(c, k, SD_F32),
+                                        sd_to_dtype(c, v, SD_F32), heads, causal, site);
+        return sd_to_dtype(c, out32, SD_F16);
+    }
     if (q->dtype == SD_F16) {
-        if (hook)
-            return sd_ctx_fail(c, SD_ERR_INTERNAL, "attention at layer %d: fp16 activations under an attention "
-                                                   "controller (its forward stores F32)", site->layer);
         const sd_f16_ops *ops = f16_ops(c, "attention");
         sd_tensor *out = ops ? new4_dtype(c, SD_F16, 3, B, Sq, v->shape[2], 0) : NULL;
         if (out)

@@ -168,8 +168,7 @@ static void test_attention_hook_and_maps(void **state) {
 /* fp16 activation storage (what fast mode runs on a GPU) through the CPU twins of the fp16 ops:
  * the UNet must still match the oracle (storage alone: 1.6e-3; bf16 storage gave 1.5e-2, which is
  * why the format is fp16), must really have run in fp16 (the result differs from the F32 forward,
- * and fp16 weight copies were made), and must fall back to F32 under an attention controller, bit
- * for bit. */
+ * and fp16 weight copies were made), also under an attention controller (whose sites run in F32). */
 #define F16_TOL 5e-3
 static void test_unet_f16_storage(void **state) {
     (void)state;
@@ -198,8 +197,9 @@ static void test_unet_f16_storage(void **state) {
     sd_tensor *hooked = sd_unet_forward(&ctx, &unet, x, 981.0f, cond);
     ctx.hook = NULL;
     assert_sd_ok(sd_ctx_status(&ctx));
-    assert_int_equal(hook.n_calls, 32);
-    assert_memory_equal(sd_f32(hooked), sd_f32(f32), sd_nbytes(f32)); /* a controller's forward is F32 */
+    assert_int_equal(hook.n_calls, 32); /* every site seen, its maps computed in F32 */
+    testutil_assert_close(hooked, want, F16_TOL, "eps t=981, fp16 activations, maps captured at every site");
+    assert_true(testutil_max_rel_err(sd_f32(hooked), sd_f32(f32), sd_numel(f32)) > 1e-5);
     ctx.activations = SD_F32;
     sd_arena_reset(ctx.arena, mark);
     sd_tensor_free(sample);
