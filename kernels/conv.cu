@@ -14,8 +14,14 @@
  * summation; fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor cores on fp32 data) and any
  * algorithm the heuristic ranks first.
  *
- * Plans (descriptors and chosen algorithms) are cached per geometry and precision, so a UNet
- * call does no cuDNN setup after its first run (a requirement for CUDA graph capture). */
+ * fp16 activations (cu_f16_conv2d, fast mode's forward): x, w and y are CUDNN_DATA_HALF with an
+ * fp32 convolution compute type (cuDNN's PSEUDO_HALF_CONFIG: halves read as they are, products
+ * summed in fp32, y rounded once) and tensor-op math whatever the precision mode; the F32 bias is
+ * added afterwards and y rounded again (backend.h). The same plans, padding and bias kernels
+ * serve both data types.
+ *
+ * Plans (descriptors and chosen algorithms) are cached per geometry, data type and precision, so
+ * a UNet call does no cuDNN setup after its first run (a requirement for CUDA graph capture). */
 #include "cuda_common.cuh"
 
 #include <limits.h>
@@ -26,7 +32,8 @@
 
 struct cu_conv_plan {
     sd_conv_geom g;
-    sd_precision precision;
+    cudnnDataType_t type;   /* of x, w and y: CUDNN_DATA_FLOAT or CUDNN_DATA_HALF */
+    sd_precision precision; /* exact: FMA math and direct-sum algorithms (fp32 data only) */
     int padded;             /* explicit padding into the workspace (asymmetric geometry) */
     int64_t hp, wp;         /* the input size cuDNN sees (padded or original) */
     cudnnTensorDescriptor_t x_desc, y_desc;
@@ -87,12 +94,13 @@ static sd_status plan_build(cu_state *s, cu_conv_plan *p) {
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y_desc));
     CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w_desc));
     CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p->conv_desc));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, (int)g->batch, (int)g->c_in,
-                                           (int)p->hp, (int)p->wp));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y_desc, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, (int)g->batch, (int)g->c_out,
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x_desc, CUDNN_TENSOR_NCHW, p->type, (int)g->batch, (int)g->c_in, (int)p->hp,
+                                           (int)p->wp));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y_desc, CUDNN_TENSOR_NCHW, p->type, (int)g->batch, (int)g->c_out,
                                            (int)g->h_out, (int)g->w_out));
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w_desc, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, (int)g->c_out, (int)g->c_in,
-                                           g->kh, g->kw));
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w_desc, p->type, CUDNN_TENSOR_NCHW, (int)g->c_out, (int)g->c_in, g->kh,
+                                           g->kw));
+    /* the compute type is fp32 for both data types (for half data: PSEUDO_HALF_CONFIG) */
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv_desc, direct ? g->pad_top : 0, direct ? g->pad_left : 0,
                                                 g->stride, g->stride, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->precision == SD_PRECISION_FAST ? CUDNN_TENSOR_OP_MATH
@@ -107,11 +115,13 @@ static sd_status plan_build(cu_state *s, cu_conv_plan *p) {
     return SD_OK;
 }
 
-static sd_status plan_get(const sd_conv_geom *g, cu_conv_plan **out) {
+static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, cu_conv_plan **out) {
     cu_state *s = cu_cur();
+    /* fp16 data runs as fast mode does in either mode: tensor-op math, any algorithm */
+    const sd_precision precision = type == CUDNN_DATA_HALF ? SD_PRECISION_FAST : s->precision;
     for (int i = 0; i < s->n_conv_plans; i++) {
         cu_conv_plan *p = &s->conv_plans[i];
-        if (p->precision == s->precision && same_geom(&p->g, g)) {
+        if (p->precision == precision && p->type == type && same_geom(&p->g, g)) {
             *out = p;
             return SD_OK;
         }
@@ -130,7 +140,8 @@ static sd_status plan_get(const sd_conv_geom *g, cu_conv_plan **out) {
     cu_conv_plan *p = &s->conv_plans[slot];
     memset(p, 0, sizeof *p);
     p->g = *g;
-    p->precision = s->precision;
+    p->type = type;
+    p->precision = precision;
     sd_status st = plan_build(s, p);
     if (st != SD_OK) {
         plan_destroy(p);
@@ -260,14 +271,17 @@ static int conv_retryable(cudnnStatus_t st) {
  * Padding kernels
  * --------------------------------------------------------------------------------------------- */
 
-__global__ void k_pad_input(const float *x, float *xp, int64_t BC, int64_t H, int64_t W, int64_t Hp, int64_t Wp,
-                            int pad_top, int pad_left) {
+/* T: float or __half (the storage types of cuda_common.cuh; a half round-trips through fp32
+ * exactly, so the copy is bit-exact for both). */
+template <typename T>
+__global__ void k_pad_input(const T *x, T *xp, int64_t BC, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int pad_top,
+                            int pad_left) {
     /* x: [B·C, H, W] -> xp: [B·C, Hp, Wp], xp[., y, x] = x[., y − pad_top, x − pad_left] or 0 */
     const int64_t n = BC * Hp * Wp;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t px = i % Wp, t = i / Wp, py = t % Hp, bc = t / Hp;
         const int64_t iy = py - pad_top, ix = px - pad_left;
-        xp[i] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[(bc * H + iy) * W + ix] : 0.0f;
+        cu_store(&xp[i], (iy >= 0 && iy < H && ix >= 0 && ix < W) ? cu_f32(x[(bc * H + iy) * W + ix]) : 0.0f);
     }
 }
 
@@ -282,39 +296,55 @@ __global__ void k_unpad_add(const float *dxp, float *dx, int64_t BC, int64_t H, 
     }
 }
 
-__global__ void k_add_bias_nchw(float *y, const float *b, int64_t C, int64_t S, int64_t n) {
+/* T: float or __half; the bias is F32 for both, the sum computed in fp32 and rounded once to T. */
+template <typename T>
+__global__ void k_add_bias_nchw(T *y, const float *b, int64_t C, int64_t S, int64_t n) {
     /* y: [B, C, S] += b[C] */
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] += b[(i / S) % C];
+        cu_store(&y[i], cu_f32(y[i]) + b[(i / S) % C]);
 }
 
-static sd_status pad_input(const cu_conv_plan *p, const float *x, float *xp) {
+template <typename T>
+static sd_status pad_input(const cu_conv_plan *p, const T *x, T *xp) {
     const sd_conv_geom *g = &p->g;
     const int64_t n = g->batch * g->c_in * p->hp * p->wp;
-    CU_LAUNCH(k_pad_input, cu_blocks(n, 256), 256, 0, cu_cur()->stream)(x, xp, g->batch * g->c_in, g->h_in, g->w_in, p->hp,
-                                                                  p->wp, g->pad_top, g->pad_left);
+    CU_LAUNCH(k_pad_input<T>, cu_blocks(n, 256), 256, 0, cu_cur()->stream)(x, xp, g->batch * g->c_in, g->h_in, g->w_in,
+                                                                     p->hp, p->wp, g->pad_top, g->pad_left);
     LAUNCH_CHECK("conv pad");
     return SD_OK;
 }
+
+/* Bytes of the explicitly padded input in the workspace (0 for a direct plan), elements of T. */
+template <typename T>
+static size_t padded_bytes(const cu_conv_plan *p) {
+    return p->padded ? cu_align((size_t)(p->g.batch * p->g.c_in * p->hp * p->wp) * sizeof(T)) : 0;
+}
+
+/* The cuDNN data type of a storage type. */
+template <typename T> struct cu_dnn_type;
+template <> struct cu_dnn_type<float> { static const cudnnDataType_t value = CUDNN_DATA_FLOAT; };
+template <> struct cu_dnn_type<__half> { static const cudnnDataType_t value = CUDNN_DATA_HALF; };
 
 /* ------------------------------------------------------------------------------------------------
  * The three convolution ops
  * --------------------------------------------------------------------------------------------- */
 
-sd_status cu_conv2d(const float *x, const float *w, const float *b, float *y, const sd_conv_geom *g) {
+/* y = conv(x, w) (+ b, a separate pass): x, w, y of storage type T, the bias F32 (or NULL). */
+template <typename T>
+static sd_status conv2d_forward(const T *x, const T *w, const float *b, T *y, const sd_conv_geom *g) {
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
-    CU_TRY(plan_get(g, &p));
+    CU_TRY(plan_get(g, cu_dnn_type<T>::value, &p));
     if (!p->fwd_ready) CU_TRY(choose_fwd(s, p, 0));
-    const size_t xp_bytes = p->padded ? cu_align((size_t)(g->batch * g->c_in * p->hp * p->wp) * sizeof(float)) : 0;
-    const float one = 1.0f, zero = 0.0f;
+    const size_t xp_bytes = padded_bytes<T>(p);
+    const float one = 1.0f, zero = 0.0f; /* cuDNN's scaling factors are float for float and half data */
     for (int attempt = 0;; attempt++) {
         char *ws = (char *)cu_workspace(xp_bytes + p->fwd_ws + 256);
         if (!ws) return SD_ERR_OOM;
-        const float *xin = x;
+        const T *xin = x;
         if (p->padded) {
-            CU_TRY(pad_input(p, x, (float *)ws));
-            xin = (const float *)ws;
+            CU_TRY(pad_input(p, x, (T *)ws));
+            xin = (const T *)ws;
         }
         CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->fwd_math));
         const cudnnStatus_t st = cudnnConvolutionForward(s->dnn, &one, p->x_desc, xin, p->w_desc, w, p->conv_desc,
@@ -326,19 +356,23 @@ sd_status cu_conv2d(const float *x, const float *w, const float *b, float *y, co
     }
     if (b) {
         const int64_t S = g->h_out * g->w_out, n = g->batch * g->c_out * S;
-        CU_LAUNCH(k_add_bias_nchw, cu_blocks(n, 256), 256, 0, s->stream)(y, b, g->c_out, S, n);
+        CU_LAUNCH(k_add_bias_nchw<T>, cu_blocks(n, 256), 256, 0, s->stream)(y, b, g->c_out, S, n);
         LAUNCH_CHECK("conv bias");
     }
     return SD_OK;
+}
+
+sd_status cu_conv2d(const float *x, const float *w, const float *b, float *y, const sd_conv_geom *g) {
+    return conv2d_forward(x, w, b, y, g);
 }
 
 sd_status cu_conv2d_backward_data(const float *dy, const float *w, float *dx, const sd_conv_geom *g) {
     if (!dx) return SD_OK; /* a NULL gradient output is not computed (backend.h), as the CPU twin */
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
-    CU_TRY(plan_get(g, &p));
+    CU_TRY(plan_get(g, CUDNN_DATA_FLOAT, &p));
     if (!p->bwd_data_ready) CU_TRY(choose_bwd_data(s, p, 0));
-    const size_t xp_bytes = p->padded ? cu_align((size_t)(g->batch * g->c_in * p->hp * p->wp) * sizeof(float)) : 0;
+    const size_t xp_bytes = padded_bytes<float>(p);
     const float one = 1.0f, zero = 0.0f;
     for (int attempt = 0;; attempt++) {
         char *ws = (char *)cu_workspace(xp_bytes + p->bwd_data_ws + 256);
@@ -373,9 +407,9 @@ sd_status cu_conv2d_backward_params(const float *dy, const float *x, float *dw, 
     cu_state *s = cu_cur();
     if (dw) {
         cu_conv_plan *p = NULL;
-        CU_TRY(plan_get(g, &p));
+        CU_TRY(plan_get(g, CUDNN_DATA_FLOAT, &p));
         if (!p->bwd_filter_ready) CU_TRY(choose_bwd_filter(s, p, 0));
-        const size_t xp_bytes = p->padded ? cu_align((size_t)(g->batch * g->c_in * p->hp * p->wp) * sizeof(float)) : 0;
+        const size_t xp_bytes = padded_bytes<float>(p);
         const float one = 1.0f;
         for (int attempt = 0;; attempt++) {
             char *ws = (char *)cu_workspace(xp_bytes + p->bwd_filter_ws + 256);
@@ -401,6 +435,5 @@ sd_status cu_conv2d_backward_params(const float *dy, const float *x, float *dw, 
 }
 
 sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g) {
-    (void)x, (void)w, (void)b, (void)y, (void)g;
-    return sd_fail(SD_ERR_UNSUPPORTED, "cuda fp16 conv2d: not written yet");
+    return conv2d_forward(cu_half(x), cu_half(w), b, cu_half(y), g);
 }

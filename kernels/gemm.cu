@@ -11,8 +11,13 @@
  *
  * Linear forward goes through cuBLASLt with the bias fused as an epilogue (one pass over y
  * instead of two). A plan (descriptors + the heuristic's algorithm) is cached per shape, pointer
- * alignment and precision; when cuBLASLt offers no algorithm the call falls back to cublasGemmEx
- * plus a bias kernel. */
+ * alignment, data type and precision; when cuBLASLt offers no algorithm the call falls back to
+ * cublasGemmEx plus a bias kernel.
+ *
+ * fp16 activations (cu_f16_linear, fast mode's forward): x, w, b and y are CUDA_R_16F in the same
+ * plans, with CUBLAS_COMPUTE_32F whatever the precision mode (halves go to the tensor cores as
+ * they are, products are summed in fp32; the FAST_* compute types are for fp32 data), and the
+ * bias epilogue reads a half bias (D's type, cuBLASLt's default) before y's only rounding. */
 #include "cuda_common.cuh"
 
 #include <limits.h>
@@ -62,6 +67,7 @@ sd_status cu_gemm_rm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alph
 
 struct cu_lt_plan {
     int64_t M, K, N;
+    cudaDataType_t type; /* of x, w, b and y: CUDA_R_32F (cu_linear) or CUDA_R_16F (cu_f16_linear) */
     int has_bias;
     int align;      /* the smallest alignment (bytes, <= 256) among x, w, y */
     int bias_align; /* the bias pointer's (the heuristic reads it from the pointer set at build) */
@@ -72,10 +78,11 @@ struct cu_lt_plan {
     cublasLtMatmulAlgo_t algo;
 };
 
+/* Down to 2 bytes: an fp16 pointer may sit at any even address (fp32 ones are 4-byte aligned). */
 static int ptr_align(const void *p) {
     const uintptr_t v = (uintptr_t)p;
     int a = 256;
-    while (a > 4 && (v % (uintptr_t)a) != 0) a >>= 1;
+    while (a > 2 && (v % (uintptr_t)a) != 0) a >>= 1;
     return a;
 }
 
@@ -97,7 +104,7 @@ void cu_lt_release(cu_state *s) {
 
 /* Builds descriptors and asks the heuristic for one algorithm; a plan without one is still
  * returned (usable = 0) so the fallback decision is cached too. */
-static sd_status plan_build(cu_state *s, cu_lt_plan *p, const float *b) {
+static sd_status plan_build(cu_state *s, cu_lt_plan *p, const void *b) {
     /* The heuristic should honour the bias pointer's alignment, but has been seen to pick kernels
      * that assume 16 bytes and then fault (PyTorch met this): a less aligned bias (never a weight,
      * which cudaMalloc aligns to 256) takes the plain GEMM + bias kernel instead. */
@@ -106,7 +113,8 @@ static sd_status plan_build(cu_state *s, cu_lt_plan *p, const float *b) {
         return SD_OK;
     }
     /* In cuBLASLt's column-major terms: D[N, M] = op(A) · B with A = w stored K×N (ld K) and
-     * transposed, B = x stored K×M (ld K), D = y stored N×M (ld N); the bias spans D's N rows. */
+     * transposed, B = x stored K×M (ld K), D = y stored N×M (ld N); the bias spans D's N rows and
+     * has D's type (BIAS_DATA_TYPE left at its default). */
     const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
     const uint32_t epilogue = p->has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, p->compute, CUDA_R_32F));
@@ -115,9 +123,9 @@ static sd_status plan_build(cu_state *s, cu_lt_plan *p, const float *b) {
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
     if (p->has_bias)
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_32F, (uint64_t)p->K, (uint64_t)p->N, p->K));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_32F, (uint64_t)p->K, (uint64_t)p->M, p->K));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, (uint64_t)p->N, (uint64_t)p->M, p->N));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, p->type, (uint64_t)p->K, (uint64_t)p->N, p->K));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, p->type, (uint64_t)p->K, (uint64_t)p->M, p->K));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, p->type, (uint64_t)p->N, (uint64_t)p->M, p->N));
     cublasLtMatmulPreference_t pref = NULL;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const uint64_t ws = s->lt_ws_bytes;
@@ -143,23 +151,23 @@ static sd_status plan_build(cu_state *s, cu_lt_plan *p, const float *b) {
     p->usable = st == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS;
     if (p->usable) p->algo = result.algo;
     else /* said once per shape, as a refused matmul is: a descriptor bug would only cost speed */
-        sd_info("cuBLASLt has no algorithm for the linear layer %lldx%lld -> %lld (%s); it runs as cublasGemmEx + "
-                "a bias kernel", (long long)p->M, (long long)p->K, (long long)p->N,
-                st != CUBLAS_STATUS_SUCCESS ? cublasGetStatusString(st) : "heuristic returned none");
+        sd_info("cuBLASLt has no algorithm for the %s linear layer %lldx%lld -> %lld (%s); it runs as cublasGemmEx + "
+                "a bias kernel", p->type == CUDA_R_16F ? "fp16" : "fp32", (long long)p->M, (long long)p->K,
+                (long long)p->N, st != CUBLAS_STATUS_SUCCESS ? cublasGetStatusString(st) : "heuristic returned none");
     return SD_OK;
 }
 
-static sd_status plan_get(cu_state *s, int64_t M, int64_t K, int64_t N, const float *x, const float *w,
-                          const float *b, const float *y, cu_lt_plan **out) {
+static sd_status plan_get(cu_state *s, cudaDataType_t type, int64_t M, int64_t K, int64_t N, const void *x,
+                          const void *w, const void *b, const void *y, cu_lt_plan **out) {
     int align = ptr_align(x);
     const int aw = ptr_align(w), ay = ptr_align(y), bias_align = b ? ptr_align(b) : 0;
     if (aw < align) align = aw;
     if (ay < align) align = ay;
-    const cublasComputeType_t compute = compute_type(s);
+    const cublasComputeType_t compute = type == CUDA_R_16F ? CUBLAS_COMPUTE_32F : compute_type(s);
     const int has_bias = b != NULL;
     for (int i = 0; i < s->n_lt_plans; i++) {
         cu_lt_plan *p = &s->lt_plans[i];
-        if (p->M == M && p->K == K && p->N == N && p->has_bias == has_bias && p->align == align &&
+        if (p->M == M && p->K == K && p->N == N && p->type == type && p->has_bias == has_bias && p->align == align &&
             p->bias_align == bias_align && p->compute == compute) {
             *out = p;
             return SD_OK;
@@ -181,6 +189,7 @@ static sd_status plan_get(cu_state *s, int64_t M, int64_t K, int64_t N, const fl
     p->M = M;
     p->K = K;
     p->N = N;
+    p->type = type;
     p->has_bias = has_bias;
     p->align = align;
     p->bias_align = bias_align;
@@ -195,6 +204,32 @@ static sd_status plan_get(cu_state *s, int64_t M, int64_t K, int64_t N, const fl
     return SD_OK;
 }
 
+/* y[M, N] = x[M, K] · w[N, K]ᵀ + b[N] (b may be NULL) through the cached cuBLASLt plan, all four
+ * of `type`. *ran = 0 when this shape has no usable algorithm: the caller runs its fallback. */
+static sd_status lt_linear(cu_state *s, cudaDataType_t type, const void *x, const void *w, const void *b, void *y,
+                           int64_t M, int64_t K, int64_t N, int *ran) {
+    *ran = 0;
+    cu_lt_plan *p = NULL;
+    CU_TRY(plan_get(s, type, M, K, N, x, w, b, y, &p));
+    if (!p->usable) return SD_OK;
+    if (b) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
+    const float one = 1.0f, zero = 0.0f; /* the scale type is CUDA_R_32F for both data types */
+    const cublasStatus_t st = cublasLtMatmul(s->lt, p->desc, &one, w, p->a, x, p->b, &zero, y, p->c, y, p->c,
+                                             &p->algo, s->lt_ws, s->lt_ws_bytes, s->stream);
+    if (st == CUBLAS_STATUS_SUCCESS) {
+        *ran = 1;
+        return SD_OK;
+    }
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE)
+        return cu_fail_cublas(st, __FILE__, __LINE__, "cublasLtMatmul (linear)");
+    p->usable = 0; /* remember: this shape goes the plain way */
+    /* said once per shape: a wrong descriptor would otherwise only show as lost speed */
+    sd_info("cuBLASLt refused the %s linear layer %lldx%lld -> %lld (%s); it runs as cublasGemmEx + a bias "
+            "kernel from now on", type == CUDA_R_16F ? "fp16" : "fp32", (long long)M, (long long)K, (long long)N,
+            st == CUBLAS_STATUS_NOT_SUPPORTED ? "not supported" : "invalid value");
+    return SD_OK;
+}
+
 sd_status cu_linear(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K,
                     int64_t N) {
     if (M <= 0 || N <= 0) return SD_OK;
@@ -203,22 +238,9 @@ sd_status cu_linear(const float *x, const float *w, const float *b, float *y, in
         CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(float), s->stream));
         return b ? cu_bias_rows(y, b, M, N) : SD_OK;
     }
-    cu_lt_plan *p = NULL;
-    CU_TRY(plan_get(s, M, K, N, x, w, b, y, &p));
-    if (p->usable) {
-        if (b) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
-        const float one = 1.0f, zero = 0.0f;
-        const cublasStatus_t st = cublasLtMatmul(s->lt, p->desc, &one, w, p->a, x, p->b, &zero, y, p->c, y, p->c,
-                                                 &p->algo, s->lt_ws, s->lt_ws_bytes, s->stream);
-        if (st == CUBLAS_STATUS_SUCCESS) return SD_OK;
-        if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_INVALID_VALUE)
-            return cu_fail_cublas(st, __FILE__, __LINE__, "cublasLtMatmul (linear)");
-        p->usable = 0; /* remember: this shape goes the plain way */
-        /* said once per shape: a wrong descriptor would otherwise only show as lost speed */
-        sd_info("cuBLASLt refused the linear layer %lldx%lld -> %lld (%s); it runs as cublasGemmEx + a bias "
-                "kernel from now on", (long long)M, (long long)K, (long long)N,
-                st == CUBLAS_STATUS_NOT_SUPPORTED ? "not supported" : "invalid value");
-    }
+    int ran = 0;
+    CU_TRY(lt_linear(s, CUDA_R_32F, x, w, b, y, M, K, N, &ran));
+    if (ran) return SD_OK;
     /* y[M, N] = x[M, K] · w[N, K]ᵀ, then the bias */
     CU_TRY(cu_gemm_rm(0, 1, M, N, K, 1.0f, x, K, 0, w, K, 0, 0.0f, y, N, 0, 1));
     return b ? cu_bias_rows(y, b, M, N) : SD_OK;
@@ -239,8 +261,43 @@ sd_status cu_linear_backward_params(const float *dy, const float *x, float *dw, 
     return SD_OK;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * fp16 linear
+ * --------------------------------------------------------------------------------------------- */
+
+__global__ void k_broadcast_rows(__half *y, const __half *b, int64_t M, int64_t N) {
+    /* y: [M, N] = b[N] on every row (bits copied: no rounding) */
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < M * N; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = b[i % N];
+}
+
 sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M, int64_t K,
                         int64_t N) {
-    (void)x, (void)w, (void)b, (void)y, (void)M, (void)K, (void)N;
-    return sd_fail(SD_ERR_UNSUPPORTED, "cuda fp16 linear: not written yet");
+    if (M <= 0 || N <= 0) return SD_OK;
+    cu_state *s = cu_cur();
+    CU_TRY(check_int("M", M));
+    CU_TRY(check_int("N", N));
+    if (K > 0) {
+        CU_TRY(check_int("K", K));
+        int ran = 0;
+        CU_TRY(lt_linear(s, CUDA_R_16F, x, w, b, y, M, K, N, &ran));
+        if (ran) return SD_OK;
+    }
+    /* The fallback keeps the epilogue's rounding: y is first set to the bias rows, then the GEMM
+     * adds the product with beta = 1, so the bias joins the fp32 sum before y's only rounding
+     * (an fp16 GEMM followed by a bias kernel would round twice). K = 0 is the empty sum: y = b or 0. */
+    if (b) {
+        CU_LAUNCH(k_broadcast_rows, cu_blocks(M * N, 256), 256, 0, s->stream)(cu_half(y), cu_half(b), M, N);
+        LAUNCH_CHECK("fp16 linear bias rows");
+    }
+    if (K <= 0) {
+        if (!b) CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(sd_f16), s->stream));
+        return SD_OK;
+    }
+    /* column-major yᵀ[N, M] = op(w)[N, K] · xᵀ[K, M] (+ yᵀ), as cu_gemm_rm(0, 1, ...) does for fp32 */
+    const float one = 1.0f, beta = b ? 1.0f : 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w, CUDA_R_16F, (int)K, x,
+                              CUDA_R_16F, (int)K, &beta, y, CUDA_R_16F, (int)N, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    return SD_OK;
 }

@@ -282,6 +282,130 @@ static void test_f16_norms(void **state) {
  * GEMM and convolution (gemm.cu, conv.cu)
  * ============================================================================================= */
 
+/* The fp16 ops do not depend on the precision mode (fp16 data always takes the tensor-op paths),
+ * but each mode has its own F32 plans next to them: both modes are run. */
+static const sd_precision modes[] = {SD_PRECISION_EXACT, SD_PRECISION_FAST};
+static const char *const mode_names[] = {"exact", "fast"};
+
+/* A device copy of n halves starting `offset_halves` past a 256-byte boundary (offset 1: only
+ * 2-byte aligned, as an fp16 view into the middle of a tensor can be). */
+static sd_f16 *dput16_at(const sd_f16 *h, int64_t n, int offset_halves) {
+    sd_f16 *d = dnew16(n + offset_halves) + offset_halves;
+    assert_sd_ok(gpu->upload(d, h, (size_t)n * sizeof(sd_f16)));
+    return d;
+}
+
+static void test_f16_linear(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    /* misalign_x: x one half past a 256-byte boundary (cuBLASLt with MIN_ALIGNMENT 2);
+     * misalign_b: the bias 2-byte aligned, which takes the cublasGemmEx fallback (gemm.cu) */
+    struct { int64_t M, K, N; int bias, misalign_x, misalign_b; } cases[] = {
+        {77, 40, 24, 1, 0, 0}, {77, 40, 24, 0, 0, 0}, {5, 3, 7, 1, 0, 0},  {33, 64, 17, 0, 0, 0},
+        {2, 128, 40, 1, 1, 0}, {77, 40, 24, 1, 0, 1}, {9, 19, 13, 1, 1, 1}, {6, 0, 5, 1, 0, 0},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int64_t M = cases[c].M, K = cases[c].K, N = cases[c].N;
+        sd_f16 *x = hrand16(M * K, 100 + c, 1.0f), *w = hrand16(N * K, 110 + c, 1.0f / sqrtf((float)(K > 0 ? K : 1)));
+        sd_f16 *b = hrand16(N, 120 + c, 1.0f), *want = hnew16(M * N);
+        assert_sd_ok(cpu16->linear(x, w, cases[c].bias ? b : NULL, want, M, K, N));
+        sd_f16 *xd = dput16_at(x, M * K, cases[c].misalign_x), *wd = dput16(w, N * K);
+        sd_f16 *bd = dput16_at(b, N, cases[c].misalign_b), *yd = dnew16(M * N);
+        for (int m = 0; m < 2; m++) {
+            assert_sd_ok(sd_cuda_set_precision(modes[m]));
+            assert_sd_ok(gpu16->linear(xd, wd, cases[c].bias ? bd : NULL, yd, M, K, N));
+            char what[96];
+            snprintf(what, sizeof what, "linear %lldx%lld -> %lld%s%s%s (%s)", (long long)M, (long long)K,
+                     (long long)N, cases[c].bias ? " +bias" : "", cases[c].misalign_x ? ", x 2-byte aligned" : "",
+                     cases[c].misalign_b ? ", bias 2-byte aligned: fallback" : "", mode_names[m]);
+            check16(what, yd, want, M * N, TOL_F16_GEMM);
+        }
+    }
+    /* the F32 linear of the same shape keeps its own plan (the cache keys on the data type) */
+    {
+        const int64_t M = 77, K = 40, N = 24;
+        float *x = hrand(M * K, 130, 1.0f), *w = hrand(N * K, 131, 0.15f), *b = hrand(N, 132, 1.0f);
+        float *want = hnew(M * N), *got = hnew(M * N);
+        assert_sd_ok(cpu->linear(x, w, b, want, M, K, N));
+        float *yd = dnew_bytes((size_t)(M * N) * sizeof(float));
+        assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_EXACT)); /* fp32 FMA: the tight tolerance below */
+        assert_sd_ok(gpu->linear(dput(x, M * K), dput(w, N * K), dput(b, N), yd, M, K, N));
+        assert_sd_ok(gpu->download(got, yd, (size_t)(M * N) * sizeof(float)));
+        const double err = testutil_max_rel_err(got, want, M * N);
+        print_message("    %-56s max rel err %.3g (tol %.0e)\n", "F32 linear 77x40 -> 24 +bias after the fp16 one", err,
+                      1e-5);
+        if (!(err <= 1e-5)) fail_msg("F32 linear after the fp16 one: max relative error %.6g", err);
+    }
+}
+
+typedef struct f16_conv_case {
+    int64_t B, Ci, H, W, Co;
+    int k, stride, pt, pl, pb, pr, bias;
+    const char *what;
+} f16_conv_case;
+
+/* The geometry as sd_conv2d_pad4 (src/nn/nn.c) makes it: bottom/right padding implied by the
+ * output size. */
+static sd_conv_geom f16_conv_geom(const f16_conv_case *c) {
+    sd_conv_geom g = {.batch = c->B, .c_in = c->Ci, .h_in = c->H, .w_in = c->W, .c_out = c->Co, .kh = c->k,
+                      .kw = c->k, .stride = c->stride, .pad_top = c->pt, .pad_left = c->pl};
+    g.h_out = (c->H + c->pt + c->pb - c->k) / c->stride + 1;
+    g.w_out = (c->W + c->pl + c->pr - c->k) / c->stride + 1;
+    return g;
+}
+
+static void test_f16_conv2d(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    static const f16_conv_case cases[] = {
+        {2, 5, 9, 11, 7, 3, 1, 1, 1, 1, 1, 1, "conv3x3 pad1 +bias"},
+        {1, 4, 8, 6, 6, 3, 1, 1, 1, 1, 1, 0, "conv3x3 pad1"},
+        {1, 6, 10, 10, 4, 3, 2, 1, 1, 1, 1, 1, "conv3x3 stride2 pad1 +bias"},
+        {2, 8, 7, 5, 3, 1, 1, 0, 0, 0, 0, 1, "conv1x1 +bias"},
+        {2, 8, 7, 5, 3, 1, 1, 0, 0, 0, 0, 0, "conv1x1"},
+        {1, 3, 8, 8, 5, 3, 2, 0, 0, 1, 1, 1, "conv3x3 stride2 pad(0,0,1,1) +bias (VAE down)"},
+        {1, 8, 13, 11, 6, 3, 2, 0, 0, 1, 1, 0, "conv3x3 stride2 pad(0,0,1,1) odd sizes"},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const f16_conv_case *c = &cases[t];
+        const sd_conv_geom g = f16_conv_geom(c);
+        const int64_t nx = g.batch * g.c_in * g.h_in * g.w_in, nw = g.c_out * g.c_in * g.kh * g.kw;
+        const int64_t ny = g.batch * g.c_out * g.h_out * g.w_out;
+        sd_f16 *x = hrand16(nx, 200 + t, 1.0f), *w = hrand16(nw, 210 + t, 1.0f / sqrtf((float)(g.c_in * g.kh * g.kw)));
+        float *b = hrand(g.c_out, 220 + t, 1.0f);
+        sd_f16 *want = hnew16(ny);
+        assert_sd_ok(cpu16->conv2d(x, w, c->bias ? b : NULL, want, &g));
+        sd_f16 *xd = dput16(x, nx), *wd = dput16(w, nw), *yd = dnew16(ny);
+        float *bd = dput(b, g.c_out);
+        for (int m = 0; m < 2; m++) {
+            assert_sd_ok(sd_cuda_set_precision(modes[m]));
+            assert_sd_ok(gpu16->conv2d(xd, wd, c->bias ? bd : NULL, yd, &g));
+            char what[96];
+            snprintf(what, sizeof what, "%s (%s)", c->what, mode_names[m]);
+            check16(what, yd, want, ny, TOL_F16_GEMM);
+        }
+    }
+    /* the F32 convolution of an asymmetric geometry just run in fp16 keeps its own plan and its
+     * own padded buffer (the cache keys on the data type; the workspace carving on its size) */
+    {
+        const sd_conv_geom g = f16_conv_geom(&cases[5]);
+        const int64_t nx = g.batch * g.c_in * g.h_in * g.w_in, nw = g.c_out * g.c_in * g.kh * g.kw;
+        const int64_t ny = g.batch * g.c_out * g.h_out * g.w_out;
+        float *x = hrand(nx, 230, 1.0f), *w = hrand(nw, 231, 0.2f), *b = hrand(g.c_out, 232, 1.0f);
+        float *want = hnew(ny), *got = hnew(ny);
+        assert_sd_ok(cpu->conv2d(x, w, b, want, &g));
+        float *yd = dnew_bytes((size_t)ny * sizeof(float));
+        assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_EXACT)); /* fp32 FMA: the tight tolerance below */
+        assert_sd_ok(gpu->conv2d(dput(x, nx), dput(w, nw), dput(b, g.c_out), yd, &g));
+        assert_sd_ok(gpu->download(got, yd, (size_t)ny * sizeof(float)));
+        const double err = testutil_max_rel_err(got, want, ny);
+        print_message("    %-56s max rel err %.3g (tol %.0e)\n", "F32 conv pad(0,0,1,1) after the fp16 one", err, 1e-5);
+        if (!(err <= 1e-5)) fail_msg("F32 conv after the fp16 one: max relative error %.6g", err);
+    }
+}
+
 /* ================================================================================================
  * Attention (attention.cu)
  * ============================================================================================= */
@@ -407,6 +531,8 @@ int main(void) {
         GPU_TEST(test_f16_elementwise),
         GPU_TEST(test_f16_norms),
         /* GEMM and convolution */
+        GPU_TEST(test_f16_linear),
+        GPU_TEST(test_f16_conv2d),
         /* attention */
         GPU_TEST(test_f16_attention),
         GPU_TEST(test_f16_unet),

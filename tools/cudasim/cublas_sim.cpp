@@ -12,8 +12,13 @@
  *    k < 0, batchCount < 0, a transpose flag is not N/T/C, lda < max(1, rows of A as stored),
  *    ldb < max(1, rows of B as stored), ldc < max(1, m), or alpha / beta is NULL;
  *    CUBLAS_STATUS_NOT_SUPPORTED when the types / compute type are a combination this stand-in
- *    does not implement (only CUDA_R_32F matrices); CUBLAS_STATUS_NOT_INITIALIZED for a NULL
- *    handle. Validation happens at call time; the arithmetic is queued on the handle's stream.
+ *    does not implement; CUBLAS_STATUS_NOT_INITIALIZED for a NULL handle. Validation happens at
+ *    call time; the arithmetic is queued on the handle's stream.
+ *  - Matrix types (a subset of cuBLAS's table for cublasGemmEx and cublasLtMatmul): CUDA_R_32F
+ *    A/B/C(/D) with the fp32 compute types below; CUDA_R_16F A/B/C(/D) with CUBLAS_COMPUTE_32F or
+ *    _PEDANTIC and a CUDA_R_32F scale type (halves are read exactly, D is rounded once to half, to
+ *    nearest even, from the fp32 value below). Mixed A/B types, 16F A/B with a 32F C (legal on a
+ *    GPU) and the other types are NOT_SUPPORTED here.
  *  - Pointer mode host: alpha and beta are read when the call is made (a graph captured with them
  *    replays those values). beta == 0 means C is not read, so NaN or garbage in C does not
  *    propagate; alpha == 0 (or k == 0) means A and B are not read (reference-BLAS behaviour).
@@ -22,8 +27,8 @@
  *    inputs are rounded to TF32); _FAST_16BF / _FAST_TF32 / _FAST_16F round every element of A
  *    and B to bf16 / tf32 / fp16 (cudasim::round_*) before multiplying. Products of fp32 values
  *    are exact in double and are ACCUMULATED IN DOUBLE, then alpha·acc + beta·C is rounded to
- *    fp32 once: at least as accurate as any GPU kernel, and deterministic (each element sums over
- *    k in increasing order whatever the thread count).
+ *    fp32 once (and that to half for a CUDA_R_16F D): at least as accurate as any GPU kernel, and
+ *    deterministic (each element sums over k in increasing order whatever the thread count).
  *  - Strided batched: matrix i of A starts at A + i·strideA (likewise B, C); stride 0 reuses one
  *    matrix. Output matrices that overlap (the cuBLAS documentation calls that undefined), and an
  *    output overlapping an input, are reported with cudasim::fault.
@@ -35,15 +40,17 @@
  *  - cuBLASLt: D = epilogue(alpha·op(A)·op(B) + beta·C), m×n = D's rows×cols. Layouts must agree
  *    with the operation (op(A) is m×k, op(B) is k×n, C has D's shape), every ld >= rows
  *    (column order), otherwise CUBLAS_STATUS_INVALID_VALUE; in-place (C == D) needs Cdesc equal
- *    to Ddesc, out-of-place C may have its own ld. CUBLASLT_EPILOGUE_BIAS adds bias[i] to row i
- *    of D (the vector has D's row count, broadcast over columns), after alpha/beta scaling.
+ *    to Ddesc, out-of-place C may have its own ld; C has D's type. CUBLASLT_EPILOGUE_BIAS adds
+ *    bias[i] to row i of D (the vector has D's row count, broadcast over columns), after
+ *    alpha/beta scaling and before D's rounding; the bias has D's type (BIAS_DATA_TYPE unset, or
+ *    set to that type; any other is NOT_SUPPORTED).
  *  - cublasLtMatmulAlgoGetHeuristic returns one algorithm (workspaceSize 0, state SUCCESS). The
  *    algorithm remembers the configuration and the pointer alignments it was chosen for: the
  *    MIN_ALIGNMENT_{A,B,C,D}_BYTES preferences (default 256) and the alignment of the bias
  *    pointer set on the descriptor at heuristic time (which the documentation says the heuristic
  *    reads). cublasLtMatmul with a pointer less aligned than that faults like a misaligned vector
- *    load would; with an algorithm chosen for another compute type / epilogue it returns
- *    CUBLAS_STATUS_NOT_SUPPORTED; with a workspace smaller than the algorithm's needs,
+ *    load would; with an algorithm chosen for another compute type / epilogue / matrix types it
+ *    returns CUBLAS_STATUS_NOT_SUPPORTED; with a workspace smaller than the algorithm's needs,
  *    CUBLAS_STATUS_INVALID_VALUE. algo == NULL runs an implicit heuristic, as documented.
  *
  * Every device operand range is passed to cudasim::check_device_range with its exact extent (a
@@ -54,6 +61,7 @@
  * silences those lines). */
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_fp16.h> /* the half <-> float conversions the fp16 matrices are read and written with */
 
 #include <algorithm>
 #include <cmath>
@@ -153,6 +161,25 @@ bool valid_op(int op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T || op == C
 bool is_trans(int op) { return op != CUBLAS_OP_N; }
 
 /* ------------------------------------------------------------------------------------------------
+ * Element types (CUDA_R_32F, CUDA_R_16F; callers validate the type first)
+ * --------------------------------------------------------------------------------------------- */
+
+size_t elem_bytes(cudaDataType_t t) { return t == CUDA_R_16F ? sizeof(__half) : sizeof(float); }
+
+/* Element i of an array of type t, widened exactly to float. */
+float load(const void *p, int64_t i, cudaDataType_t t) {
+    return t == CUDA_R_16F ? __half2float(((const __half *)p)[i]) : ((const float *)p)[i];
+}
+
+/* Writes v to element i: rounded to fp32 once, and that to half (nearest even) for CUDA_R_16F. */
+void store(void *p, int64_t i, cudaDataType_t t, double v) {
+    if (t == CUDA_R_16F)
+        ((__half *)p)[i] = __float2half_rn((float)v);
+    else
+        ((float *)p)[i] = (float)v;
+}
+
+/* ------------------------------------------------------------------------------------------------
  * Precision of the product
  * --------------------------------------------------------------------------------------------- */
 
@@ -173,15 +200,37 @@ round_fn input_rounding(cublasComputeType_t ct, bool tf32_allowed, bool *ok) {
     }
 }
 
+/* The matrix / compute type combinations simulated (see the top of the file): A and B of type
+ * `ab`, C (and D) of type `cd`. Sets *rnd to the rounding of A and B before the product; false
+ * for a combination this stand-in does not implement. */
+bool gemm_types_ok(cudaDataType_t a, cudaDataType_t b, cudaDataType_t cd, cublasComputeType_t ct, bool tf32_allowed,
+                   round_fn *rnd) {
+    bool ok = false;
+    *rnd = nullptr;
+    if (a == CUDA_R_32F && b == CUDA_R_32F && cd == CUDA_R_32F) {
+        *rnd = input_rounding(ct, tf32_allowed, &ok);
+        return ok;
+    }
+    /* halves multiply exactly in fp32; the FAST_* types and TF32 concern fp32 inputs only */
+    if (a == CUDA_R_16F && b == CUDA_R_16F && cd == CUDA_R_16F)
+        return ct == CUBLAS_COMPUTE_32F || ct == CUBLAS_COMPUTE_32F_PEDANTIC;
+    return false;
+}
+
 /* ------------------------------------------------------------------------------------------------
  * Matrix extents and overlap
  * --------------------------------------------------------------------------------------------- */
 
-/* A batch of column-major float matrices: matrix b, element (r, c) at p[b·stride + r + c·ld]. */
+/* A batch of column-major matrices of `elem`-byte elements: matrix b, element (r, c) at element
+ * offset b·stride + r + c·ld from p. */
 struct Mat {
-    const float *p;
+    const void *p;
+    size_t elem;
     int64_t rows, cols, ld, stride, batch;
 };
+
+/* The address of element offset `off` of m. */
+uintptr_t elem_addr(const Mat &m, int64_t off) { return (uintptr_t)m.p + (uintptr_t)(off * (int64_t)m.elem); }
 
 /* Element offsets [lo, hi) relative to p that the batch touches (rows, cols, batch >= 1). */
 void mat_extent(const Mat &m, int64_t *lo, int64_t *hi) {
@@ -195,7 +244,7 @@ void check_mat(const Mat &m, const char *what) {
     if (m.rows <= 0 || m.cols <= 0 || m.batch <= 0) return;
     int64_t lo, hi;
     mat_extent(m, &lo, &hi);
-    cudasim::check_device_range(m.p + lo, (size_t)(hi - lo) * sizeof(float), what);
+    cudasim::check_device_range((const void *)elem_addr(m, lo), (size_t)(hi - lo) * m.elem, what);
 }
 
 uintptr_t addr(const void *p) { return (uintptr_t)p; }
@@ -211,14 +260,14 @@ void check_output_overlap(const char *api, const Mat &out, const char *out_name,
     mat_extent(out, &olo, &ohi);
     const int64_t one = (out.cols - 1) * out.ld + out.rows;
     const bool self_possible = out.batch > 1 && (out.stride < one && out.stride > -one);
-    const uintptr_t obeg = addr(out.p + olo), oend = addr(out.p + ohi);
+    const uintptr_t obeg = elem_addr(out, olo), oend = elem_addr(out, ohi);
     bool in_possible = false;
     for (int i = 0; i < n_ins; i++) {
         const Mat &m = *ins[i];
         if (!m.p || m.rows <= 0 || m.cols <= 0 || m.batch <= 0) continue;
         int64_t lo, hi;
         mat_extent(m, &lo, &hi);
-        if (addr(m.p + lo) < oend && obeg < addr(m.p + hi)) in_possible = true;
+        if (elem_addr(m, lo) < oend && obeg < elem_addr(m, hi)) in_possible = true;
     }
     if (!self_possible && !in_possible) return;
     std::vector<uint8_t> mark((size_t)(ohi - olo), 0);
@@ -240,11 +289,11 @@ void check_output_overlap(const char *api, const Mat &out, const char *out_name,
         for (int64_t b = 0; b < m.batch; b++)
             for (int64_t c = 0; c < m.cols; c++)
                 for (int64_t r = 0; r < m.rows; r++) {
-                    const uintptr_t a = addr(m.p + b * m.stride + c * m.ld + r);
-                    /* an input element overlaps an output element if any of its 4 bytes does */
-                    for (uintptr_t byte : {a, a + sizeof(float) - 1}) {
+                    const uintptr_t a = elem_addr(m, b * m.stride + c * m.ld + r);
+                    /* an input element overlaps an output element if any of its bytes does */
+                    for (uintptr_t byte : {a, a + m.elem - 1}) {
                         if (byte < obeg || byte >= oend) continue;
-                        if (mark[(byte - obeg) / sizeof(float)])
+                        if (mark[(byte - obeg) / out.elem])
                             cudasim::fault("%s: input %s overlaps the output %s (input matrix %lld, element (%lld, %lld)); "
                                            "the result would be undefined on a GPU",
                                            api, in_names[i], out_name, (long long)b, (long long)r, (long long)c);
@@ -265,16 +314,18 @@ struct Gemm {
     bool ta, tb;
     int64_t m, n, k, batch;
     double alpha, beta;       /* the fp32 scalars, widened */
-    const float *A;           /* op(A) is m×k */
+    cudaDataType_t ab_type;   /* of A and B */
+    cudaDataType_t cd_type;   /* of C, D and the bias */
+    const void *A;            /* op(A) is m×k */
     int64_t lda, strideA;
-    const float *B;           /* op(B) is k×n */
+    const void *B;            /* op(B) is k×n */
     int64_t ldb, strideB;
-    const float *C;           /* read only when beta != 0 */
+    const void *C;            /* read only when beta != 0 */
     int64_t ldc, strideC;
-    float *D;                 /* written; equals C for cuBLAS */
+    void *D;                  /* written; equals C for cuBLAS */
     int64_t ldd, strideD;
-    const float *bias;        /* cuBLASLt bias epilogue: bias[i] added to row i, or NULL */
-    round_fn rnd;             /* input rounding, or NULL for exact fp32 */
+    const void *bias;         /* cuBLASLt bias epilogue: bias[i] added to row i, or NULL */
+    round_fn rnd;             /* input rounding, or NULL for exact inputs */
 };
 
 /* The product is computed on packed panels (the classic GEMM blocking): op(A) is cut into panels
@@ -284,11 +335,12 @@ struct Gemm {
  * while packing. Each element of D is still Σ_l over l = 0..k−1 in order, in double. */
 constexpr int64_t kPanel = 4;
 
-/* Packs op(X) (rows×cols as used: X stored with ld, transposed when `trans`) into panels of
- * kPanel along `rows` when `panel_rows`, else along `cols`; `depth` is the other (summed)
- * dimension. Element (r, c) of op(X) is X[r + c·ld] (!trans) or X[c + r·ld] (trans). */
-void pack_panels(const float *X, int64_t ld, bool trans, int64_t rows, int64_t cols, bool panel_rows, float *dst,
-                 round_fn rnd) {
+/* Packs op(X) (rows×cols as used: X stored with ld, transposed when `trans`, elements of `type`
+ * from element offset `off`) into fp32 panels of kPanel along `rows` when `panel_rows`, else
+ * along `cols`; `depth` is the other (summed) dimension. Element (r, c) of op(X) is
+ * X[off + r + c·ld] (!trans) or X[off + c + r·ld] (trans). */
+void pack_panels(const void *X, cudaDataType_t type, int64_t off, int64_t ld, bool trans, int64_t rows, int64_t cols,
+                 bool panel_rows, float *dst, round_fn rnd) {
     const int64_t along = panel_rows ? rows : cols, depth = panel_rows ? cols : rows;
     const int64_t panels = (along + kPanel - 1) / kPanel;
 #pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
@@ -300,7 +352,7 @@ void pack_panels(const float *X, int64_t ld, bool trans, int64_t rows, int64_t c
                 float v = 0.0f;
                 if (a < along) {
                     const int64_t r = panel_rows ? a : l, c = panel_rows ? l : a;
-                    v = trans ? X[c + r * ld] : X[r + c * ld];
+                    v = load(X, off + (trans ? c + r * ld : r + c * ld), type);
                     if (rnd) v = rnd(v);
                 }
                 d[l * kPanel + e] = v;
@@ -333,11 +385,10 @@ void run_gemm(const Gemm &g) {
         Bp.resize((size_t)(col_panels * kPanel * g.k));
     }
     for (int64_t b = 0; b < g.batch; b++) {
-        const float *C = g.C ? g.C + b * g.strideC : nullptr;
-        float *D = g.D + b * g.strideD;
+        const int64_t c0 = b * g.strideC, d0 = b * g.strideD; /* element offsets of matrix b */
         if (product) {
-            pack_panels(g.A + b * g.strideA, g.lda, g.ta, g.m, g.k, true, Ap.data(), g.rnd);
-            pack_panels(g.B + b * g.strideB, g.ldb, g.tb, g.k, g.n, false, Bp.data(), g.rnd);
+            pack_panels(g.A, g.ab_type, b * g.strideA, g.lda, g.ta, g.m, g.k, true, Ap.data(), g.rnd);
+            pack_panels(g.B, g.ab_type, b * g.strideB, g.ldb, g.tb, g.k, g.n, false, Bp.data(), g.rnd);
         }
         const double work = (double)g.m * (double)g.n * (double)std::max<int64_t>(g.k, 1);
         /* consecutive tasks share a column panel of op(B), which stays in cache */
@@ -353,9 +404,9 @@ void run_gemm(const Gemm &g) {
                         const int64_t i = ip * kPanel + r;
                         if (i >= g.m) break;
                         double v = g.alpha * acc[r * kPanel + c];
-                        if (g.beta != 0.0) v += g.beta * (double)C[i + j * g.ldc];
-                        if (g.bias) v += (double)g.bias[i];
-                        D[i + j * g.ldd] = (float)v;
+                        if (g.beta != 0.0) v += g.beta * (double)load(g.C, c0 + i + j * g.ldc, g.cd_type);
+                        if (g.bias) v += (double)load(g.bias, i, g.cd_type);
+                        store(g.D, d0 + i + j * g.ldd, g.cd_type, v);
                     }
                 }
             }
@@ -366,31 +417,33 @@ void run_gemm(const Gemm &g) {
  * after a buffer was freed). */
 void check_gemm_operands(const Gemm &g, const char *api) {
     char what[128];
+    const size_t ab = elem_bytes(g.ab_type), cd = elem_bytes(g.cd_type);
     if (g.alpha != 0.0 && g.k > 0) {
         snprintf(what, sizeof what, "%s operand A", api);
-        check_mat(Mat{g.A, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda, g.strideA, g.batch}, what);
+        check_mat(Mat{g.A, ab, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda, g.strideA, g.batch}, what);
         snprintf(what, sizeof what, "%s operand B", api);
-        check_mat(Mat{g.B, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb, g.strideB, g.batch}, what);
+        check_mat(Mat{g.B, ab, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb, g.strideB, g.batch}, what);
     }
     if (g.beta != 0.0) {
         snprintf(what, sizeof what, "%s operand C", api);
-        check_mat(Mat{g.C, g.m, g.n, g.ldc, g.strideC, g.batch}, what);
+        check_mat(Mat{g.C, cd, g.m, g.n, g.ldc, g.strideC, g.batch}, what);
     }
     snprintf(what, sizeof what, "%s output", api);
-    check_mat(Mat{g.D, g.m, g.n, g.ldd, g.strideD, g.batch}, what);
+    check_mat(Mat{g.D, cd, g.m, g.n, g.ldd, g.strideD, g.batch}, what);
     if (g.bias) {
         snprintf(what, sizeof what, "%s bias vector", api);
-        cudasim::check_device_range(g.bias, (size_t)g.m * sizeof(float), what);
+        cudasim::check_device_range(g.bias, (size_t)g.m * cd, what);
     }
 }
 
 void check_gemm_overlaps(const Gemm &g, const char *api, bool c_is_d) {
     const bool product = g.alpha != 0.0 && g.k > 0;
-    const Mat out{g.D, g.m, g.n, g.ldd, g.strideD, g.batch};
-    const Mat a{product ? g.A : nullptr, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda, g.strideA, g.batch};
-    const Mat b{product ? g.B : nullptr, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb, g.strideB, g.batch};
-    const Mat c{(!c_is_d && g.beta != 0.0) ? g.C : nullptr, g.m, g.n, g.ldc, g.strideC, g.batch};
-    const Mat bias{g.bias, g.m, 1, g.m, 0, 1};
+    const size_t ab = elem_bytes(g.ab_type), cd = elem_bytes(g.cd_type);
+    const Mat out{g.D, cd, g.m, g.n, g.ldd, g.strideD, g.batch};
+    const Mat a{product ? g.A : nullptr, ab, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda, g.strideA, g.batch};
+    const Mat b{product ? g.B : nullptr, ab, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb, g.strideB, g.batch};
+    const Mat c{(!c_is_d && g.beta != 0.0) ? g.C : nullptr, cd, g.m, g.n, g.ldc, g.strideC, g.batch};
+    const Mat bias{g.bias, cd, g.m, 1, g.m, 0, 1};
     const Mat *ins[] = {&a, &b, &c, &bias};
     const char *names[] = {"A", "B", "C", "bias"};
     check_output_overlap(api, out, c_is_d ? "C" : "D", ins, names, 4);
@@ -434,16 +487,13 @@ cublasStatus_t gemm_strided(const char *api, cublasHandle_t handle, cublasOperat
     const int al = (int)algo;
     if (!(al == -1 || (al >= 0 && al <= 23) || (al >= 99 && al <= 115)))
         return refuse(CUBLAS_STATUS_INVALID_VALUE, "%s: algo = %d is not a cublasGemmAlgo_t", api, al);
-    if (Atype != CUDA_R_32F || Btype != CUDA_R_32F || Ctype != CUDA_R_32F)
-        return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: Atype/Btype/Ctype = %d/%d/%d: cudasim implements CUDA_R_32F "
-                      "matrices only", api, (int)Atype, (int)Btype, (int)Ctype);
     const bool tf32_mode = (handle->math & ~CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) ==
                            CUBLAS_TF32_TENSOR_OP_MATH;
-    bool ok = false;
-    const round_fn rnd = input_rounding(computeType, tf32_mode, &ok);
-    if (!ok)
-        return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: computeType %d with CUDA_R_32F matrices", api,
-                      (int)computeType);
+    round_fn rnd = nullptr;
+    if (!gemm_types_ok(Atype, Btype, Ctype, computeType, tf32_mode, &rnd))
+        return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: Atype/Btype/Ctype = %d/%d/%d with computeType %d: cudasim "
+                      "implements CUDA_R_32F matrices with the fp32 compute types and CUDA_R_16F matrices with "
+                      "CUBLAS_COMPUTE_32F(_PEDANTIC)", api, (int)Atype, (int)Btype, (int)Ctype, (int)computeType);
     if (handle->pointer_mode != CUBLAS_POINTER_MODE_HOST)
         return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: cudasim implements pointer mode host only", api);
 
@@ -461,16 +511,18 @@ cublasStatus_t gemm_strided(const char *api, cublasHandle_t handle, cublasOperat
     g.batch = batchCount;
     g.alpha = alpha_v;
     g.beta = beta_v;
-    g.A = (const float *)A;
+    g.ab_type = Atype;
+    g.cd_type = Ctype;
+    g.A = A;
     g.lda = lda;
     g.strideA = strideA;
-    g.B = (const float *)B;
+    g.B = B;
     g.ldb = ldb;
     g.strideB = strideB;
-    g.C = (const float *)C;
+    g.C = C;
     g.ldc = ldc;
     g.strideC = strideC;
-    g.D = (float *)C;
+    g.D = C;
     g.ldd = ldc;
     g.strideD = strideC;
     g.bias = nullptr;
@@ -483,13 +535,14 @@ cublasStatus_t gemm_strided(const char *api, cublasHandle_t handle, cublasOperat
     if (ws && ws_bytes) {
         cudasim::check_device_range(ws, ws_bytes, "cuBLAS workspace (cublasSetWorkspace)");
         int64_t lo, hi;
-        const Mat mats[3] = {{g.A, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda, g.strideA, g.batch},
-                             {g.B, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb, g.strideB, g.batch},
-                             {g.C, g.m, g.n, g.ldc, g.strideC, g.batch}};
+        const size_t ab = elem_bytes(g.ab_type), cd = elem_bytes(g.cd_type);
+        const Mat mats[3] = {{g.A, ab, g.ta ? g.k : g.m, g.ta ? g.m : g.k, g.lda, g.strideA, g.batch},
+                             {g.B, ab, g.tb ? g.n : g.k, g.tb ? g.k : g.n, g.ldb, g.strideB, g.batch},
+                             {g.C, cd, g.m, g.n, g.ldc, g.strideC, g.batch}};
         const char *names[3] = {"A", "B", "C"};
         for (int i = 0; i < 3; i++) {
             mat_extent(mats[i], &lo, &hi);
-            if (ranges_overlap(ws, ws_bytes, mats[i].p + lo, (size_t)(hi - lo) * sizeof(float)))
+            if (ranges_overlap(ws, ws_bytes, (const void *)elem_addr(mats[i], lo), (size_t)(hi - lo) * mats[i].elem))
                 cudasim::fault("%s: operand %s overlaps the cuBLAS workspace set with cublasSetWorkspace", api,
                                names[i]);
         }
@@ -519,18 +572,12 @@ unsigned align_of(const void *p) {
     return a;
 }
 
-/* What an algorithm chosen under a MIN_ALIGNMENT preference of `pref` bytes may assume: vector
- * loads of up to 16 bytes, never less than one float. */
-unsigned algo_alignment(unsigned pref) {
+/* What an algorithm chosen under a MIN_ALIGNMENT preference of `pref` bytes may assume for
+ * elements of `elem` bytes: vector loads of up to 16 bytes, never less than one element. */
+unsigned algo_alignment(unsigned pref, size_t elem) {
     unsigned a = 16;
-    while (a > 4 && pref < a) a >>= 1;
+    while (a > elem && pref < a) a >>= 1;
     return a;
-}
-
-bool lt_compute_ok(cublasComputeType_t ct) {
-    bool ok = false;
-    input_rounding(ct, false, &ok);
-    return ok;
 }
 
 bool epilogue_simulated(uint32_t e) { return e == CUBLASLT_EPILOGUE_DEFAULT || e == CUBLASLT_EPILOGUE_BIAS; }
@@ -542,12 +589,13 @@ cublasStatus_t lt_validate(const char *api, const cublasLtMatmulDescOpaque_st *d
                            const cublasLtMatrixLayoutOpaque_st *D, int64_t *m, int64_t *n, int64_t *k) {
     if (!d || !A || !B || !C || !D)
         return refuse(CUBLAS_STATUS_INVALID_VALUE, "%s: a NULL descriptor or layout", api);
-    if (!lt_compute_ok(d->compute) || d->scale != CUDA_R_32F)
-        return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: compute type %d with scale type %d: cudasim implements the fp32 "
-                      "compute types with CUDA_R_32F scale", api, (int)d->compute, (int)d->scale);
-    if (A->type != CUDA_R_32F || B->type != CUDA_R_32F || C->type != CUDA_R_32F || D->type != CUDA_R_32F)
-        return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: matrix types %d/%d/%d/%d: cudasim implements CUDA_R_32F only",
-                      api, (int)A->type, (int)B->type, (int)C->type, (int)D->type);
+    round_fn rnd = nullptr;
+    if (d->scale != CUDA_R_32F || C->type != D->type ||
+        !gemm_types_ok(A->type, B->type, D->type, d->compute, false, &rnd))
+        return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: matrix types %d/%d/%d/%d, compute type %d, scale type %d: "
+                      "cudasim implements CUDA_R_32F matrices with the fp32 compute types and CUDA_R_16F matrices with "
+                      "CUBLAS_COMPUTE_32F(_PEDANTIC), both with CUDA_R_32F scale", api, (int)A->type, (int)B->type,
+                      (int)C->type, (int)D->type, (int)d->compute, (int)d->scale);
     if (d->pointer_mode != 0)
         return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: pointer mode %d (cudasim implements host scalars)", api,
                       (int)d->pointer_mode);
@@ -558,8 +606,9 @@ cublasStatus_t lt_validate(const char *api, const cublasLtMatmulDescOpaque_st *d
     if (!epilogue_simulated(d->epilogue))
         return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: epilogue %u is not simulated (DEFAULT and BIAS are)", api,
                       (unsigned)d->epilogue);
-    if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && d->bias_type != -1 && d->bias_type != CUDA_R_32F)
-        return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: bias data type %d", api, (int)d->bias_type);
+    if (d->epilogue == CUBLASLT_EPILOGUE_BIAS && d->bias_type != -1 && d->bias_type != (int32_t)D->type)
+        return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: bias data type %d with D of type %d (cudasim implements a "
+                      "bias of D's type)", api, (int)d->bias_type, (int)D->type);
     const struct {
         const cublasLtMatrixLayoutOpaque_st *l;
         const char *name;
@@ -590,21 +639,32 @@ cublasStatus_t lt_validate(const char *api, const cublasLtMatmulDescOpaque_st *d
     return CUBLAS_STATUS_SUCCESS;
 }
 
+/* The four matrix types, one byte each (A, B, C, D), as an algorithm records them. */
+uint64_t packed_types(const cublasLtMatrixLayoutOpaque_st *const l[4]) {
+    uint64_t v = 0;
+    for (int i = 0; i < 4; i++) v |= (uint64_t)(l[i]->type & 0xff) << (8 * i);
+    return v;
+}
+
 /* Algorithm contents: data[0] magic, [1] compute type, [2] epilogue, [3] packed required
- * alignments (A, B, C, D, bias: one byte each), [4] workspace bytes. */
-void algo_make(cublasLtMatmulAlgo_t *a, const cublasLtMatmulDescOpaque_st *d, const unsigned req[5]) {
+ * alignments (A, B, C, D, bias: one byte each), [4] workspace bytes, [5] packed matrix types. */
+void algo_make(cublasLtMatmulAlgo_t *a, const cublasLtMatmulDescOpaque_st *d, const unsigned req[5], uint64_t types) {
     memset(a, 0, sizeof *a);
     a->data[0] = kAlgoMagic;
     a->data[1] = (uint64_t)d->compute;
     a->data[2] = (uint64_t)d->epilogue;
     for (int i = 0; i < 5; i++) a->data[3] |= (uint64_t)(req[i] & 0xff) << (8 * i);
     a->data[4] = 0;
+    a->data[5] = types;
 }
 
+/* The alignments an algorithm may assume: from the MIN_ALIGNMENT preferences (default 256) for
+ * the matrices l[0..3] = A, B, C, D, and from the bias pointer set at heuristic time. */
 void heuristic_alignments(const cublasLtMatmulDescOpaque_st *d, const cublasLtMatmulPreferenceOpaque_st *p,
-                          unsigned req[5]) {
-    for (int i = 0; i < 4; i++) req[i] = algo_alignment(p ? p->min_align[i] : 256);
-    req[4] = d->epilogue == CUBLASLT_EPILOGUE_BIAS ? algo_alignment(align_of(d->bias)) : 4;
+                          const cublasLtMatrixLayoutOpaque_st *const l[4], unsigned req[5]) {
+    for (int i = 0; i < 4; i++) req[i] = algo_alignment(p ? p->min_align[i] : 256, elem_bytes(l[i]->type));
+    const size_t bias_elem = elem_bytes(l[3]->type);
+    req[4] = d->epilogue == CUBLASLT_EPILOGUE_BIAS ? algo_alignment(align_of(d->bias), bias_elem) : (unsigned)bias_elem;
 }
 
 } // namespace
@@ -901,9 +961,10 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cubl
     const cublasStatus_t st = lt_validate(api, operationDesc, Adesc, Bdesc, Cdesc, Ddesc, &m, &n, &k);
     if (st != CUBLAS_STATUS_SUCCESS) return st;
     unsigned req[5];
-    heuristic_alignments(operationDesc, preference, req);
+    const cublasLtMatrixLayoutOpaque_st *const layouts[4] = {Adesc, Bdesc, Cdesc, Ddesc};
+    heuristic_alignments(operationDesc, preference, layouts, req);
     memset(&heuristicResultsArray[0], 0, sizeof heuristicResultsArray[0]);
-    algo_make(&heuristicResultsArray[0].algo, operationDesc, req);
+    algo_make(&heuristicResultsArray[0].algo, operationDesc, req, packed_types(layouts));
     heuristicResultsArray[0].workspaceSize = 0; /* fits any MAX_WORKSPACE_BYTES */
     heuristicResultsArray[0].state = CUBLAS_STATUS_SUCCESS;
     heuristicResultsArray[0].wavesCount = 1.0f;
@@ -935,6 +996,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
         return refuse(CUBLAS_STATUS_INVALID_VALUE, "%s: NULL workspace of %zu bytes", api, workspaceSizeInBytes);
 
     unsigned req[5];
+    const cublasLtMatrixLayoutOpaque_st *const layouts[4] = {Adesc, Bdesc, Cdesc, Ddesc};
     if (algo) {
         if (algo->data[0] != kAlgoMagic)
             return refuse(CUBLAS_STATUS_INVALID_VALUE, "%s: algo was not filled by cublasLtMatmulAlgoGetHeuristic", api);
@@ -942,13 +1004,18 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
             return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: algo was chosen for compute type %llu / epilogue %llu, the "
                           "descriptor has %d / %u", api, (unsigned long long)algo->data[1],
                           (unsigned long long)algo->data[2], (int)d->compute, (unsigned)d->epilogue);
+        if (algo->data[5] != packed_types(layouts))
+            return refuse(CUBLAS_STATUS_NOT_SUPPORTED, "%s: algo was chosen for other matrix types (packed A, B, C, D: "
+                          "0x%08llx, the layouts have 0x%08llx)", api, (unsigned long long)algo->data[5],
+                          (unsigned long long)packed_types(layouts));
         if (workspaceSizeInBytes < algo->data[4])
             return refuse(CUBLAS_STATUS_INVALID_VALUE, "%s: workspace %zu bytes < the algorithm's %llu", api,
                           workspaceSizeInBytes, (unsigned long long)algo->data[4]);
         for (int i = 0; i < 5; i++) req[i] = (unsigned)((algo->data[3] >> (8 * i)) & 0xff);
     } else {
         /* implicit heuristic with default preferences, which sees the actual pointers */
-        for (int i = 0; i < 5; i++) req[i] = 4;
+        for (int i = 0; i < 4; i++) req[i] = (unsigned)elem_bytes(layouts[i]->type);
+        req[4] = (unsigned)elem_bytes(Ddesc->type);
     }
     const float alpha_v = *(const float *)alpha, beta_v = *(const float *)beta;
     const struct {
@@ -973,26 +1040,27 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
     g.batch = 1;
     g.alpha = alpha_v;
     g.beta = beta_v;
-    g.A = (const float *)A;
+    g.ab_type = Adesc->type;
+    g.cd_type = Ddesc->type;
+    g.A = A;
     g.lda = Adesc->ld;
     g.strideA = 0;
-    g.B = (const float *)B;
+    g.B = B;
     g.ldb = Bdesc->ld;
     g.strideB = 0;
-    g.C = (const float *)C;
+    g.C = C;
     g.ldc = Cdesc->ld;
     g.strideC = 0;
-    g.D = (float *)D;
+    g.D = D;
     g.ldd = Ddesc->ld;
     g.strideD = 0;
-    g.bias = has_bias ? (const float *)d->bias : nullptr;
-    bool ok = false;
-    g.rnd = input_rounding(d->compute, false, &ok);
+    g.bias = has_bias ? d->bias : nullptr;
+    gemm_types_ok(Adesc->type, Bdesc->type, Ddesc->type, d->compute, false, &g.rnd); /* validated above */
     check_gemm_operands(g, api);
     check_gemm_overlaps(g, api, C == D);
     if (workspace && workspaceSizeInBytes) {
         cudasim::check_device_range(workspace, workspaceSizeInBytes, "cublasLtMatmul workspace");
-        if (ranges_overlap(workspace, workspaceSizeInBytes, D, (size_t)((n - 1) * g.ldd + m) * sizeof(float)))
+        if (ranges_overlap(workspace, workspaceSizeInBytes, D, (size_t)((n - 1) * g.ldd + m) * elem_bytes(g.cd_type)))
             cudasim::fault("%s: the workspace overlaps D", api);
     }
     /* everything the work needs is copied: the descriptors may be destroyed (or changed, as the

@@ -20,11 +20,17 @@
  *    spatial size differing from the formula (forward; documented so) and for an algorithm that
  *    does not apply to the geometry (e.g. FFT with stride 2). Backward calls report a spatial
  *    mismatch of dy as BAD_PARAM.
+ *  - Data types: FLOAT_CONFIG (x, w, y CUDNN_DATA_FLOAT, compute CUDNN_DATA_FLOAT) in every
+ *    direction; PSEUDO_HALF_CONFIG (x, w, y CUDNN_DATA_HALF, compute CUDNN_DATA_FLOAT) for the
+ *    forward convolution: halves are read exactly, summed like float data, and y is rounded once
+ *    to half (nearest even) from the fp32 result; alpha and beta are floats for both. Other
+ *    configurations (TRUE_HALF_CONFIG, half data in the backward directions, double, bf16, int8)
+ *    are legal on a GPU but NOT_SUPPORTED here.
  *  - Math type of the convolution descriptor at call time: CUDNN_FMA_MATH computes in fp32;
  *    CUDNN_TENSOR_OP_MATH(_ALLOW_CONVERSION) and CUDNN_DEFAULT_MATH (which on Ampere and later
  *    permits TF32 for float data) round both operands to TF32 (cudasim::round_tf32), as tensor
- *    cores read them. Products are exact in double and accumulated in double; the result is
- *    rounded to fp32 once. Every algorithm computes this same sum: the simulator checks the API
+ *    cores read them (half data is never rounded: tensor cores read halves as they are). Products
+ *    are exact in double and accumulated in double; the result is rounded to fp32 once. Every algorithm computes this same sum: the simulator checks the API
  *    contract, not the rounding of FFT or Winograd kernels.
  *  - The _v7 heuristics list every algorithm of the direction (at most requestedAlgoCount), those
  *    that apply to the geometry first with status SUCCESS, the others with NOT_SUPPORTED; memory
@@ -40,6 +46,7 @@
  * it and descriptors may be destroyed before replay. Refused calls print one line to stderr
  * (CUDASIM_LIB_NOTES=0 silences them). */
 #include <cudnn.h>
+#include <cuda_fp16.h> /* the half <-> float conversions of CUDNN_DATA_HALF tensors */
 
 #include <algorithm>
 #include <cmath>
@@ -121,6 +128,17 @@ cudnnStatus_t refuse(cudnnStatus_t st, const char *fmt, ...) {
 typedef float (*round_fn)(float);
 
 /* ------------------------------------------------------------------------------------------------
+ * Element types (CUDNN_DATA_FLOAT, CUDNN_DATA_HALF; resolve() refuses the others)
+ * --------------------------------------------------------------------------------------------- */
+
+size_t elem_bytes(cudnnDataType_t t) { return t == CUDNN_DATA_HALF ? sizeof(__half) : sizeof(float); }
+
+/* Element i of an array of type t, widened exactly to float. */
+float load(const void *p, int64_t i, cudnnDataType_t t) {
+    return t == CUDNN_DATA_HALF ? __half2float(((const __half *)p)[i]) : ((const float *)p)[i];
+}
+
+/* ------------------------------------------------------------------------------------------------
  * A convolution resolved from its descriptors (copied into queued work by value)
  * --------------------------------------------------------------------------------------------- */
 
@@ -130,6 +148,7 @@ struct Geom {
     int64_t P, Q;             /* y's spatial size */
     int64_t pad_h, pad_w, u, v, dil_h, dil_w;
     bool flip;                /* CUDNN_CONVOLUTION: filter rotated by 180° */
+    cudnnDataType_t type;     /* of x, w and y */
     int64_t xs[4], ys[4], fs[4]; /* element strides of x (n, c, h, w), y (n, k, p, q), w (k, c, r, s) */
     round_fn rnd;             /* operand rounding of the math type, or NULL */
 };
@@ -170,12 +189,17 @@ cudnnStatus_t resolve(const char *api, Dir dir, const cudnnTensorStruct *x, cons
     if (x->type != w->type || x->type != y->type)
         return refuse(CUDNN_STATUS_BAD_PARAM, "%s: data types differ (x %d, w %d, y %d)", api, (int)x->type,
                       (int)w->type, (int)y->type);
-    if (x->type != CUDNN_DATA_FLOAT)
-        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: data type %d (cudasim implements CUDNN_DATA_FLOAT)", api,
-                      (int)x->type);
+    if (x->type != CUDNN_DATA_FLOAT && x->type != CUDNN_DATA_HALF)
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: data type %d (cudasim implements CUDNN_DATA_FLOAT and "
+                      "CUDNN_DATA_HALF)", api, (int)x->type);
+    if (x->type == CUDNN_DATA_HALF && dir != Dir::fwd)
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: half data (cudasim implements it for the forward convolution "
+                      "only)", api);
     if (conv->compute != CUDNN_DATA_FLOAT)
-        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: compute type %d with float data (FLOAT_CONFIG needs "
-                      "CUDNN_DATA_FLOAT)", api, (int)conv->compute);
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: compute type %d with %s data (cudasim implements %s, which "
+                      "needs CUDNN_DATA_FLOAT)", api, (int)conv->compute,
+                      x->type == CUDNN_DATA_HALF ? "half" : "float",
+                      x->type == CUDNN_DATA_HALF ? "PSEUDO_HALF_CONFIG" : "FLOAT_CONFIG");
     if (x->n < 1 || x->c < 1 || x->h < 1 || x->w < 1 || w->k < 1 || w->c < 1 || w->r < 1 || w->s < 1 || y->n < 1 ||
         y->c < 1 || y->h < 1 || y->w < 1)
         return refuse(CUDNN_STATUS_BAD_PARAM, "%s: a zero dimension (x %dx%dx%dx%d, w %dx%dx%dx%d, y %dx%dx%dx%d)", api,
@@ -205,16 +229,18 @@ cudnnStatus_t resolve(const char *api, Dir dir, const cudnnTensorStruct *x, cons
     g->pad_h = conv->pad_h, g->pad_w = conv->pad_w, g->u = conv->u, g->v = conv->v;
     g->dil_h = conv->dil_h, g->dil_w = conv->dil_w;
     g->flip = conv->mode == CUDNN_CONVOLUTION;
+    g->type = x->type;
     tensor_strides(x, g->xs);
     tensor_strides(y, g->ys);
     filter_strides(w, g->fs);
-    g->rnd = tf32_math(conv->math) ? cudasim::round_tf32 : nullptr;
+    g->rnd = x->type == CUDNN_DATA_FLOAT && tf32_math(conv->math) ? cudasim::round_tf32 : nullptr;
     return CUDNN_STATUS_SUCCESS;
 }
 
 int64_t x_elems(const Geom &g) { return g.N * g.C * g.H * g.W; }
 int64_t y_elems(const Geom &g) { return g.N * g.K * g.P * g.Q; }
 int64_t w_elems(const Geom &g) { return g.K * g.C * g.R * g.S; }
+size_t bytes_of(const Geom &g, int64_t elems) { return (size_t)elems * elem_bytes(g.type); }
 
 /* ------------------------------------------------------------------------------------------------
  * Algorithms: which apply to a geometry, and the workspace each needs
@@ -376,17 +402,18 @@ void copy_perf(const Perf *src, int n, PerfT *dst) {
  * Arithmetic
  * --------------------------------------------------------------------------------------------- */
 
-/* Copies a strided 4-d array into a dense row-major [d0][d1][d2][d3] one, rounded. `flip23`
- * reverses the last two indices (the 180° filter rotation of CUDNN_CONVOLUTION). */
-void pack4(const float *src, const int64_t s[4], int64_t d0, int64_t d1, int64_t d2, int64_t d3, round_fn rnd,
-           bool flip23, float *dst) {
+/* Copies a strided 4-d array of `type` into a dense row-major fp32 [d0][d1][d2][d3] one,
+ * rounded. `flip23` reverses the last two indices (the 180° filter rotation of
+ * CUDNN_CONVOLUTION). */
+void pack4(const void *src, cudnnDataType_t type, const int64_t s[4], int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+           round_fn rnd, bool flip23, float *dst) {
 #pragma omp parallel for collapse(2) schedule(static) if (d0 * d1 * d2 * d3 >= (1 << 16))
     for (int64_t a = 0; a < d0; a++)
         for (int64_t b = 0; b < d1; b++)
             for (int64_t c = 0; c < d2; c++)
                 for (int64_t e = 0; e < d3; e++) {
                     const int64_t cc = flip23 ? d2 - 1 - c : c, ee = flip23 ? d3 - 1 - e : e;
-                    const float v = src[a * s[0] + b * s[1] + cc * s[2] + ee * s[3]];
+                    const float v = load(src, a * s[0] + b * s[1] + cc * s[2] + ee * s[3], type);
                     dst[((a * d1 + b) * d2 + c) * d3 + e] = rnd ? rnd(v) : v;
                 }
 }
@@ -402,21 +429,25 @@ void valid_range(int64_t in, int64_t out, int64_t stride, int64_t pad, int64_t t
     *hi = h;
 }
 
-/* out = alpha · acc + beta · out (out not read when beta == 0), rounded to fp32 once */
-inline void store(float *out, double alpha, double beta, double acc) {
+/* out[i] = alpha · acc + beta · out[i] (not read when beta == 0), rounded to fp32 once, and that
+ * to half (nearest even) for half data */
+inline void store(void *out, int64_t i, cudnnDataType_t type, double alpha, double beta, double acc) {
     double v = alpha * acc;
-    if (beta != 0.0) v += beta * (double)*out;
-    *out = (float)v;
+    if (beta != 0.0) v += beta * (double)load(out, i, type);
+    if (type == CUDNN_DATA_HALF)
+        ((__half *)out)[i] = __float2half_rn((float)v);
+    else
+        ((float *)out)[i] = (float)v;
 }
 
-void run_forward(const Geom &g, const float *x, const float *w, float *y, double alpha, double beta) {
+void run_forward(const Geom &g, const void *x, const void *w, void *y, double alpha, double beta) {
     std::vector<float> xp, wp;
     const bool product = alpha != 0.0;
     if (product) {
         xp.resize((size_t)x_elems(g));
         wp.resize((size_t)w_elems(g));
-        pack4(x, g.xs, g.N, g.C, g.H, g.W, g.rnd, false, xp.data());
-        pack4(w, g.fs, g.K, g.C, g.R, g.S, g.rnd, g.flip, wp.data());
+        pack4(x, g.type, g.xs, g.N, g.C, g.H, g.W, g.rnd, false, xp.data());
+        pack4(w, g.type, g.fs, g.K, g.C, g.R, g.S, g.rnd, g.flip, wp.data());
     }
 #pragma omp parallel for collapse(2) schedule(dynamic) if (y_elems(g) * g.C * g.R * g.S >= (1 << 16))
     for (int64_t n = 0; n < g.N; n++)
@@ -440,7 +471,7 @@ void run_forward(const Geom &g, const float *x, const float *w, float *y, double
                         }
             for (int64_t p = 0; p < g.P; p++)
                 for (int64_t q = 0; q < g.Q; q++)
-                    store(y + n * g.ys[0] + k * g.ys[1] + p * g.ys[2] + q * g.ys[3], alpha, beta,
+                    store(y, n * g.ys[0] + k * g.ys[1] + p * g.ys[2] + q * g.ys[3], g.type, alpha, beta,
                           acc[(size_t)(p * g.Q + q)]);
         }
 }
@@ -451,8 +482,8 @@ void run_backward_data(const Geom &g, const float *w, const float *dy, float *dx
     if (product) {
         dyp.resize((size_t)y_elems(g));
         wp.resize((size_t)w_elems(g));
-        pack4(dy, g.ys, g.N, g.K, g.P, g.Q, g.rnd, false, dyp.data());
-        pack4(w, g.fs, g.K, g.C, g.R, g.S, g.rnd, g.flip, wp.data());
+        pack4(dy, g.type, g.ys, g.N, g.K, g.P, g.Q, g.rnd, false, dyp.data());
+        pack4(w, g.type, g.fs, g.K, g.C, g.R, g.S, g.rnd, g.flip, wp.data());
     }
 #pragma omp parallel for collapse(2) schedule(dynamic) if (y_elems(g) * g.C * g.R * g.S >= (1 << 16))
     for (int64_t n = 0; n < g.N; n++)
@@ -476,7 +507,7 @@ void run_backward_data(const Geom &g, const float *w, const float *dy, float *dx
                         }
             for (int64_t h = 0; h < g.H; h++)
                 for (int64_t x = 0; x < g.W; x++)
-                    store(dx + n * g.xs[0] + c * g.xs[1] + h * g.xs[2] + x * g.xs[3], alpha, beta,
+                    store(dx, n * g.xs[0] + c * g.xs[1] + h * g.xs[2] + x * g.xs[3], g.type, alpha, beta,
                           acc[(size_t)(h * g.W + x)]);
         }
 }
@@ -487,8 +518,8 @@ void run_backward_filter(const Geom &g, const float *x, const float *dy, float *
     if (product) {
         xp.resize((size_t)x_elems(g));
         dyp.resize((size_t)y_elems(g));
-        pack4(x, g.xs, g.N, g.C, g.H, g.W, g.rnd, false, xp.data());
-        pack4(dy, g.ys, g.N, g.K, g.P, g.Q, g.rnd, false, dyp.data());
+        pack4(x, g.type, g.xs, g.N, g.C, g.H, g.W, g.rnd, false, xp.data());
+        pack4(dy, g.type, g.ys, g.N, g.K, g.P, g.Q, g.rnd, false, dyp.data());
     }
 #pragma omp parallel for collapse(2) schedule(dynamic) if (y_elems(g) * g.C * g.R * g.S >= (1 << 16))
     for (int64_t k = 0; k < g.K; k++)
@@ -512,7 +543,7 @@ void run_backward_filter(const Geom &g, const float *x, const float *dy, float *
                     /* the gradient of tap (r, s) of the correlation is that of filter element
                      * (R−1−r, S−1−s) under CUDNN_CONVOLUTION */
                     const int64_t rr = g.flip ? g.R - 1 - r : r, ss = g.flip ? g.S - 1 - s : s;
-                    store(dw + k * g.fs[0] + c * g.fs[1] + rr * g.fs[2] + ss * g.fs[3], alpha, beta, acc);
+                    store(dw, k * g.fs[0] + c * g.fs[1] + rr * g.fs[2] + ss * g.fs[3], g.type, alpha, beta, acc);
                 }
 }
 
@@ -878,19 +909,17 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha, c
     const size_t need = fwd_workspace(g, algo);
     st = check_workspace(api, "forward", (int)algo, need, workSpace, workSpaceSizeInBytes);
     if (st != CUDNN_STATUS_SUCCESS) return st;
-    const double a = *(const float *)alpha, b = *(const float *)beta;
-    const float *xp = (const float *)x, *wp = (const float *)w;
-    float *yp = (float *)y;
-    const Operand ops[] = {{yp, (size_t)y_elems(g) * sizeof(float), "y"},
-                           {xp, (size_t)x_elems(g) * sizeof(float), "x"},
-                           {wp, (size_t)w_elems(g) * sizeof(float), "w"}};
+    const double a = *(const float *)alpha, b = *(const float *)beta; /* floats for float and half data */
+    const void *xp = x, *wp = w;
+    void *yp = y;
+    const Operand ops[] = {{yp, bytes_of(g, y_elems(g)), "y"}, {xp, bytes_of(g, x_elems(g)), "x"},
+                           {wp, bytes_of(g, w_elems(g)), "w"}};
     check_operands(api, ops, 3, workSpace, workSpaceSizeInBytes);
     void *ws = workSpace;
     const size_t ws_bytes = workSpaceSizeInBytes;
     cudasim::enqueue(handle->stream, [g, a, b, xp, wp, yp, ws, ws_bytes, need, api]() {
-        const Operand o[] = {{yp, (size_t)y_elems(g) * sizeof(float), "y"},
-                             {xp, (size_t)x_elems(g) * sizeof(float), "x"},
-                             {wp, (size_t)w_elems(g) * sizeof(float), "w"}};
+        const Operand o[] = {{yp, bytes_of(g, y_elems(g)), "y"}, {xp, bytes_of(g, x_elems(g)), "x"},
+                             {wp, bytes_of(g, w_elems(g)), "w"}};
         check_operands(api, o, 3, ws, ws_bytes);
         if (need) scribble(ws, need);
         run_forward(g, xp, wp, yp, a, b);

@@ -16,6 +16,7 @@
  *       -o /tmp/test_cudasim_libs && /tmp/test_cudasim_libs */
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cudnn.h>
 
 #include <sys/wait.h>
@@ -83,6 +84,28 @@ static float frand() { /* uniform in [-1, 1) */
 }
 static void fill(Buf &b) {
     for (size_t i = 0; i < b.n(); i++) b[i] = frand();
+}
+
+/* fp16 "device" buffers: a Buf of n halves, filled with uniform values rounded to half, and read
+ * back widened (exact). */
+static Buf halves(size_t n) { return Buf(n * sizeof(__half)); }
+static __half *hp(Buf &b) { return (__half *)b.p; }
+static size_t n_halves(const Buf &b) { return b.bytes / sizeof(__half); }
+static void fill_half(Buf &b) {
+    for (size_t i = 0; i < n_halves(b); i++) hp(b)[i] = __float2half_rn(frand());
+}
+static std::vector<float> widened(Buf &b) {
+    std::vector<float> v(n_halves(b));
+    for (size_t i = 0; i < v.size(); i++) v[i] = __half2float(hp(b)[i]);
+    return v;
+}
+
+/* A half result against an exact reference: one rounding to nearest is at most half an ulp,
+ * 2^-11·|want| for normal values and 2^-25 below 2^-14 (plus the reference's own double-rounding
+ * noise, relative to the sum of the magnitudes). A result rounded twice, or read at lower
+ * precision, misses this bound on most elements. */
+static bool half_close_to(double got, double want, double scale) {
+    return std::fabs(got - want) <= std::ldexp(std::fabs(want), -11) + std::ldexp(1.0, -25) + 1e-12 * scale;
 }
 
 /* A child process runs `f`; passes when it aborts (cudasim::fault). */
@@ -187,6 +210,68 @@ static void test_gemm_ex(cublasHandle_t h) {
                 for (int r = m; r < ldc; r++) gap_ok &= C[(size_t)(c * ldc + r)] == C0[(size_t)(c * ldc + r)];
             CHECK(gap_ok, "GemmEx %c%c wrote between columns", ta ? 'T' : 'N', tb ? 'T' : 'N');
         }
+}
+
+/* CUDA_R_16F A/B/C with CUBLAS_COMPUTE_32F: halves multiplied exactly, C read as half, the
+ * result rounded once to half. */
+static void test_gemm_ex_f16(cublasHandle_t h) {
+    const int m = 7, n = 5, k = 9;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            const int a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
+            const int lda = a_rows + 1, ldb = b_rows + 2, ldc = m + 3;
+            Buf A = halves(extent(a_rows, a_cols, lda)), B = halves(extent(b_rows, b_cols, ldb));
+            Buf C = halves(extent(m, n, ldc));
+            fill_half(A);
+            fill_half(B);
+            fill_half(C);
+            const std::vector<float> Af = widened(A), Bf = widened(B), C0 = widened(C);
+            const std::vector<__half> C0_bits(hp(C), hp(C) + n_halves(C));
+            const float alpha = 0.75f, beta = ta ? -1.25f : 0.0f;
+            std::vector<double> ref, scale;
+            ref_gemm(ta, tb, m, n, k, alpha, Af.data(), lda, Bf.data(), ldb, beta, C0.data(), ldc, no_round, ref,
+                     scale);
+            const cublasStatus_t st =
+                cublasGemmEx(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, A.p,
+                             CUDA_R_16F, lda, B.p, CUDA_R_16F, ldb, &beta, C.p, CUDA_R_16F, ldc, CUBLAS_COMPUTE_32F,
+                             CUBLAS_GEMM_DEFAULT);
+            CHECK(st == CUBLAS_STATUS_SUCCESS, "GemmEx 16F %c%c status %d", ta ? 'T' : 'N', tb ? 'T' : 'N', (int)st);
+            int bad = 0;
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++) {
+                    const double got = __half2float(hp(C)[(size_t)j * ldc + i]);
+                    if (!half_close_to(got, ref[(size_t)(i * n + j)], scale[(size_t)(i * n + j)])) {
+                        if (bad < 3) printf("  (%d, %d): got %.9g want %.9g\n", i, j, got, ref[(size_t)(i * n + j)]);
+                        bad++;
+                    }
+                }
+            CHECK(bad == 0, "GemmEx 16F %c%c (beta %g) values (%d bad)", ta ? 'T' : 'N', tb ? 'T' : 'N', (double)beta,
+                  bad);
+            bool gap_ok = true; /* rows m..ldc-1 of each column are not part of C */
+            for (int c = 0; c + 1 < n; c++)
+                for (int r = m; r < ldc; r++) gap_ok &= hp(C)[(size_t)c * ldc + r].bits == C0_bits[(size_t)c * ldc + r].bits;
+            CHECK(gap_ok, "GemmEx 16F %c%c wrote between columns", ta ? 'T' : 'N', tb ? 'T' : 'N');
+        }
+    /* the combinations not simulated, and the illegal ones, are refused without touching memory */
+    Buf A = halves(64), B = halves(64), C = halves(64), Cf = Buf::floats(64);
+    const float one = 1.0f;
+    const size_t checks_before = cudasim_test_range_checks();
+    CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, A.p, CUDA_R_16F, 4, B.p, CUDA_R_16F, 4, &one, C.p,
+                       CUDA_R_16F, 4, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED,
+          "GemmEx 16F with COMPUTE_32F_FAST_16BF (fp32 data only) is NOT_SUPPORTED");
+    CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, A.p, CUDA_R_16F, 4, B.p, CUDA_R_32F, 4, &one, C.p,
+                       CUDA_R_16F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED,
+          "GemmEx 16F A with 32F B is NOT_SUPPORTED");
+    CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, A.p, CUDA_R_16F, 4, B.p, CUDA_R_16F, 4, &one, Cf.p,
+                       CUDA_R_32F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED,
+          "GemmEx 16F A/B with 32F C (not simulated) is NOT_SUPPORTED");
+    CHECK(cudasim_test_range_checks() == checks_before, "a refused 16F call touched memory");
+    CHECK(aborts([&] {
+              Buf small = halves(15); /* C needs (4 - 1)·4 + 4 = 16 halves */
+              cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, A.p, CUDA_R_16F, 4, B.p, CUDA_R_16F, 4, &one,
+                           small.p, CUDA_R_16F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+          }),
+          "GemmEx 16F with C one half past its allocation faults (ranges in halves)");
 }
 
 static void test_strided_batched(cublasHandle_t h) {
@@ -746,6 +831,110 @@ static void test_lt(cublasLtHandle_t lt) {
             for (int j = 0; j < n; j++) ref[(size_t)(i * n + j)] += b1[i], scale[(size_t)(i * n + j)] += std::fabs(b1[i]);
         CHECK(count_bad(D.p, m, m, n, ref, scale) == 0, "deferred Lt matmul used the values of call time");
     }
+
+    /* 5. fp16: the backend's linear layer (cu_f16_linear) with CUDA_R_16F x, w, y and bias,
+     * CUBLAS_COMPUTE_32F, the bias of D's type added before D's only rounding */
+    for (int with_bias = 0; with_bias < 2; with_bias++)
+        for (int misalign = 0; misalign < 2; misalign++) {
+            const int M = 9, K = 13, N = 6;
+            /* misaligned: x one half past a 256-byte boundary, as an offset fp16 view is */
+            Buf x = halves((size_t)M * K + 1), w = halves((size_t)N * K), b = halves(N), y = halves((size_t)M * N);
+            fill_half(x);
+            fill_half(w);
+            fill_half(b);
+            for (size_t i = 0; i < n_halves(y); i++) hp(y)[i] = __float2half_rn(NAN); /* beta = 0: not read */
+            const __half *xp = hp(x) + misalign;
+            LtPlan p;
+            const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+            const uint32_t epi = with_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+            cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+            cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+            const __half *bp = hp(b);
+            if (with_bias) cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
+            cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16F, K, N, K);
+            cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16F, K, M, K);
+            cublasLtMatrixLayoutCreate(&p.c, CUDA_R_16F, N, M, N);
+            cublasLtMatmulAlgo_t algo;
+            const uint32_t align = misalign ? 2 : 16;
+            CHECK(heuristic(lt, p, align, &algo), "16F heuristic (bias %d, MIN_ALIGNMENT %u)", with_bias, align);
+            const float one = 1.0f, zero = 0.0f;
+            CHECK(cublasLtMatmul(lt, p.desc, &one, w.p, p.a, xp, p.b, &zero, y.p, p.c, y.p, p.c, &algo, ws.p, ws.bytes,
+                                 nullptr) == CUBLAS_STATUS_SUCCESS,
+                  "Lt 16F matmul (bias %d, misaligned x %d)", with_bias, misalign);
+            int bad = 0;
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double sum = with_bias ? (double)__half2float(hp(b)[n]) : 0.0, mag = std::fabs(sum);
+                    for (int k = 0; k < K; k++) {
+                        const double t = (double)__half2float(xp[m * K + k]) * __half2float(hp(w)[n * K + k]);
+                        sum += t;
+                        mag += std::fabs(t);
+                    }
+                    bad += !half_close_to(__half2float(hp(y)[m * N + n]), sum, mag);
+                }
+            CHECK(bad == 0, "Lt 16F linear y = x·wᵀ%s, one rounding (%d bad)", with_bias ? " + b" : "", bad);
+            if (misalign == 0) {
+                CHECK(aborts([&] {
+                          cublasLtMatmul(lt, p.desc, &one, w.p, p.a, hp(x) + 1, p.b, &zero, y.p, p.c, y.p, p.c, &algo,
+                                         ws.p, ws.bytes, nullptr);
+                      }),
+                      "Lt 16F: an x 2-byte aligned under an algorithm chosen for 16 bytes faults");
+            }
+        }
+    {
+        /* refusals: mixed or unsimulated types, a bias of another type than D, an algorithm
+         * chosen for fp32 layouts run on fp16 ones */
+        const int m = 4, n = 4, k = 4;
+        Buf A = halves(m * k), B = halves(k * n), D = halves(m * n), Df = Buf::floats(m * n), bias = Buf::floats(m);
+        const float one = 1.0f, zero = 0.0f;
+        auto lt_status = [&](cublasComputeType_t ct, cudaDataType_t ab, cudaDataType_t c, cudaDataType_t d,
+                             int32_t bias_type) {
+            LtPlan p;
+            cublasLtMatmulDescCreate(&p.desc, ct, CUDA_R_32F);
+            if (bias_type >= 0) {
+                const uint32_t epi = CUBLASLT_EPILOGUE_BIAS;
+                const float *bp = bias.p;
+                cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi);
+                cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
+                cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type);
+            }
+            cublasLtMatrixLayoutCreate(&p.a, ab, m, k, m);
+            cublasLtMatrixLayoutCreate(&p.b, ab, k, n, k);
+            cublasLtMatrixLayoutCreate(&p.c, c, m, n, m);
+            cublasLtMatrixLayoutCreate(&p.d, d, m, n, m);
+            void *dp = d == CUDA_R_16F ? (void *)D.p : (void *)Df.p;
+            return cublasLtMatmul(lt, p.desc, &one, A.p, p.a, B.p, p.b, &zero, dp, p.c, dp, p.d, nullptr, nullptr, 0,
+                                  nullptr);
+        };
+        const size_t checks_before = cudasim_test_range_checks();
+        CHECK(lt_status(CUBLAS_COMPUTE_32F_FAST_16BF, CUDA_R_16F, CUDA_R_16F, CUDA_R_16F, -1) ==
+                  CUBLAS_STATUS_NOT_SUPPORTED,
+              "Lt 16F with COMPUTE_32F_FAST_16BF is NOT_SUPPORTED");
+        CHECK(lt_status(CUBLAS_COMPUTE_32F, CUDA_R_16F, CUDA_R_16F, CUDA_R_32F, -1) == CUBLAS_STATUS_NOT_SUPPORTED,
+              "Lt 16F C with 32F D is NOT_SUPPORTED");
+        CHECK(lt_status(CUBLAS_COMPUTE_32F, CUDA_R_16F, CUDA_R_32F, CUDA_R_32F, -1) == CUBLAS_STATUS_NOT_SUPPORTED,
+              "Lt 16F A/B with 32F C/D (not simulated) is NOT_SUPPORTED");
+        CHECK(lt_status(CUBLAS_COMPUTE_32F, CUDA_R_16F, CUDA_R_16F, CUDA_R_16F, CUDA_R_32F) ==
+                  CUBLAS_STATUS_NOT_SUPPORTED,
+              "Lt 16F D with a 32F bias is NOT_SUPPORTED");
+        CHECK(cudasim_test_range_checks() == checks_before, "a refused 16F Lt call touched memory");
+        LtPlan p32, p16;
+        cublasLtMatmulDescCreate(&p32.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+        cublasLtMatrixLayoutCreate(&p32.a, CUDA_R_32F, m, k, m);
+        cublasLtMatrixLayoutCreate(&p32.b, CUDA_R_32F, k, n, k);
+        cublasLtMatrixLayoutCreate(&p32.c, CUDA_R_32F, m, n, m);
+        cublasLtMatmulDescCreate(&p16.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+        cublasLtMatrixLayoutCreate(&p16.a, CUDA_R_16F, m, k, m);
+        cublasLtMatrixLayoutCreate(&p16.b, CUDA_R_16F, k, n, k);
+        cublasLtMatrixLayoutCreate(&p16.c, CUDA_R_16F, m, n, m);
+        cublasLtMatmulAlgo_t a32;
+        CHECK(heuristic(lt, p32, 256, &a32), "fp32 heuristic");
+        CHECK(cublasLtMatmul(lt, p16.desc, &one, A.p, p16.a, B.p, p16.b, &zero, D.p, p16.c, D.p, p16.c, &a32, nullptr,
+                             0, nullptr) == CUBLAS_STATUS_NOT_SUPPORTED,
+              "Lt: an algorithm chosen for fp32 layouts on fp16 ones is NOT_SUPPORTED");
+    }
 }
 
 /* ================================================================================================
@@ -796,14 +985,16 @@ struct ConvDescs {
     cudnnTensorDescriptor_t x = nullptr, y = nullptr;
     cudnnFilterDescriptor_t w = nullptr;
     cudnnConvolutionDescriptor_t conv = nullptr;
-    ConvDescs(const ConvCase &c, cudnnMathType_t math, cudnnTensorFormat_t xfmt = CUDNN_TENSOR_NCHW) {
+    /* x, w and y of `type`, the convolution computing in float (FLOAT_CONFIG, PSEUDO_HALF_CONFIG) */
+    ConvDescs(const ConvCase &c, cudnnMathType_t math, cudnnTensorFormat_t xfmt = CUDNN_TENSOR_NCHW,
+              cudnnDataType_t type = CUDNN_DATA_FLOAT) {
         cudnnCreateTensorDescriptor(&x);
         cudnnCreateTensorDescriptor(&y);
         cudnnCreateFilterDescriptor(&w);
         cudnnCreateConvolutionDescriptor(&conv);
-        cudnnSetTensor4dDescriptor(x, xfmt, CUDNN_DATA_FLOAT, c.N, c.C, c.H, c.W);
-        cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, c.N, c.K, c.P(), c.Q());
-        cudnnSetFilter4dDescriptor(w, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, c.K, c.C, c.R, c.S);
+        cudnnSetTensor4dDescriptor(x, xfmt, type, c.N, c.C, c.H, c.W);
+        cudnnSetTensor4dDescriptor(y, CUDNN_TENSOR_NCHW, type, c.N, c.K, c.P(), c.Q());
+        cudnnSetFilter4dDescriptor(w, type, CUDNN_TENSOR_NCHW, c.K, c.C, c.R, c.S);
         cudnnSetConvolution2dDescriptor(conv, c.ph, c.pw, c.u, c.v, c.dh, c.dw, c.mode, CUDNN_DATA_FLOAT);
         cudnnSetConvolutionMathType(conv, math);
     }
@@ -982,6 +1173,117 @@ static void test_conv_case(cudnnHandle_t dnn, const ConvCase &c, const char *nam
     }
 }
 
+/* PSEUDO_HALF_CONFIG forward: half x, w, y, float compute, under both math types and every
+ * algorithm the heuristic offers; y must be the exact sum rounded once to half. */
+static void test_conv_half_case(cudnnHandle_t dnn, const ConvCase &c, const char *name) {
+    Buf x = halves((size_t)c.N * c.C * c.H * c.W), w = halves((size_t)c.K * c.C * c.R * c.S);
+    Buf y = halves((size_t)c.N * c.K * c.P() * c.Q());
+    fill_half(x);
+    fill_half(w);
+    const std::vector<float> xf = widened(x), wf = widened(w);
+    std::vector<double> ry, rys, t1, t2;
+    ref_conv_all(c, xf.data(), wf.data(), nullptr, ry, rys, t1, t2, no_round);
+    auto count_bad_half = [&](const std::vector<double> &want, const std::vector<double> &sc) {
+        int bad = 0;
+        for (size_t i = 0; i < want.size(); i++)
+            if (!half_close_to(__half2float(hp(y)[i]), want[i], sc[i])) {
+                if (bad < 3) printf("  y[%zu]: got %.9g want %.9g\n", i, (double)__half2float(hp(y)[i]), want[i]);
+                bad++;
+            }
+        return bad;
+    };
+    for (cudnnMathType_t math : {CUDNN_FMA_MATH, CUDNN_TENSOR_OP_MATH}) {
+        ConvDescs d(c, math, CUDNN_TENSOR_NCHW, CUDNN_DATA_HALF);
+        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        int returned = -1, ran = 0;
+        CHECK(cudnnGetConvolutionForwardAlgorithm_v7(dnn, d.x, d.w, d.conv, d.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                                                     &returned, perf) == CUDNN_STATUS_SUCCESS,
+              "%s half: forward heuristic", name);
+        for (int i = 0; i < returned; i++) {
+            if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
+            size_t need = 0;
+            CHECK(cudnnGetConvolutionForwardWorkspaceSize(dnn, d.x, d.w, d.conv, d.y, perf[i].algo, &need) ==
+                          CUDNN_STATUS_SUCCESS &&
+                      need == perf[i].memory,
+                  "%s half: workspace of algo %d", name, perf[i].algo);
+            Buf ws(need);
+            for (size_t j = 0; j < n_halves(y); j++) hp(y)[j] = __float2half_rn(NAN);
+            const float one = 1.0f, zero = 0.0f; /* float scaling factors for half data */
+            CHECK(cudnnConvolutionForward(dnn, &one, d.x, x.p, d.w, w.p, d.conv, perf[i].algo, ws.p, need, &zero, d.y,
+                                          y.p) == CUDNN_STATUS_SUCCESS,
+                  "%s half: forward algo %d (math %d)", name, perf[i].algo, (int)math);
+            CHECK(count_bad_half(ry, rys) == 0, "%s half: forward algo %d (math %d) values", name, perf[i].algo,
+                  (int)math);
+            ran++;
+        }
+        CHECK(ran >= 2, "%s half: only %d forward algorithms ran", name, ran);
+    }
+    /* alpha / beta with half y: y = 0.5·conv + 2·y, rounded once */
+    {
+        ConvDescs d(c, CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_NCHW, CUDNN_DATA_HALF);
+        fill_half(y);
+        const std::vector<float> y0 = widened(y);
+        std::vector<double> want(ry.size()), sc(ry.size());
+        for (size_t j = 0; j < ry.size(); j++) want[j] = 0.5 * ry[j] + 2.0 * y0[j], sc[j] = 0.5 * rys[j] + 2 * std::fabs(y0[j]);
+        const float alpha = 0.5f, beta = 2.0f;
+        CHECK(cudnnConvolutionForward(dnn, &alpha, d.x, x.p, d.w, w.p, d.conv, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                                      nullptr, 0, &beta, d.y, y.p) == CUDNN_STATUS_SUCCESS,
+              "%s half: forward alpha/beta", name);
+        CHECK(count_bad_half(want, sc) == 0, "%s half: forward alpha/beta values", name);
+    }
+}
+
+static void test_conv_half(cudnnHandle_t dnn) {
+    /* N, C, H, W, K, R, S, ph, pw, u, v, dh, dw, mode */
+    test_conv_half_case(dnn, {2, 3, 7, 5, 4, 3, 3, 1, 1, 2, 2, 1, 1, CUDNN_CROSS_CORRELATION}, "3x3 stride 2 pad 1 7x5");
+    test_conv_half_case(dnn, {1, 5, 4, 6, 3, 1, 1, 0, 0, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION}, "1x1 4x6");
+    test_conv_half_case(dnn, {2, 6, 6, 9, 5, 3, 3, 1, 1, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION}, "3x3 stride 1 pad 1 6x9");
+
+    /* refusals: a type differing between x, w and y; half data with half compute
+     * (TRUE_HALF_CONFIG, not simulated); half data in the backward directions (not simulated) */
+    const ConvCase c{1, 3, 8, 8, 4, 3, 3, 1, 1, 2, 2, 1, 1, CUDNN_CROSS_CORRELATION};
+    ConvDescs d(c, CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_NCHW, CUDNN_DATA_HALF);
+    Buf x = halves((size_t)c.C * 64), w = halves((size_t)c.K * c.C * 9), y = halves((size_t)c.K * 16);
+    Buf yf = Buf::floats((size_t)c.K * 16);
+    const float one = 1.0f, zero = 0.0f;
+    const size_t checks_before = cudasim_test_range_checks();
+    cudnnTensorDescriptor_t y32;
+    cudnnCreateTensorDescriptor(&y32);
+    cudnnSetTensor4dDescriptor(y32, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, c.K, c.P(), c.Q());
+    CHECK(cudnnConvolutionForward(dnn, &one, d.x, x.p, d.w, w.p, d.conv, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                                  nullptr, 0, &zero, y32, yf.p) == CUDNN_STATUS_BAD_PARAM,
+          "half x and w with a float y is BAD_PARAM");
+    cudnnDestroyTensorDescriptor(y32);
+    cudnnFilterDescriptor_t w32;
+    cudnnCreateFilterDescriptor(&w32);
+    cudnnSetFilter4dDescriptor(w32, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, c.K, c.C, 3, 3);
+    size_t need = 0;
+    CHECK(cudnnGetConvolutionForwardWorkspaceSize(dnn, d.x, w32, d.conv, d.y, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                                                  &need) == CUDNN_STATUS_BAD_PARAM,
+          "a float filter with half tensors is BAD_PARAM (workspace getter)");
+    cudnnDestroyFilterDescriptor(w32);
+    cudnnConvolutionDescriptor_t true_half;
+    cudnnCreateConvolutionDescriptor(&true_half);
+    cudnnSetConvolution2dDescriptor(true_half, 1, 1, 2, 2, 1, 1, CUDNN_CROSS_CORRELATION, CUDNN_DATA_HALF);
+    CHECK(cudnnConvolutionForward(dnn, &one, d.x, x.p, d.w, w.p, true_half, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                                  nullptr, 0, &zero, d.y, y.p) == CUDNN_STATUS_NOT_SUPPORTED,
+          "half data with half compute (TRUE_HALF_CONFIG) is NOT_SUPPORTED");
+    cudnnDestroyConvolutionDescriptor(true_half);
+    CHECK(cudnnConvolutionBackwardData(dnn, &one, d.w, w.p, d.y, y.p, d.conv, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, nullptr,
+                                       0, &zero, d.x, x.p) == CUDNN_STATUS_NOT_SUPPORTED,
+          "half backward data is NOT_SUPPORTED");
+    CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(dnn, d.x, d.y, d.conv, d.w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+                                                         &need) == CUDNN_STATUS_NOT_SUPPORTED,
+          "half backward filter workspace is NOT_SUPPORTED");
+    CHECK(cudasim_test_range_checks() == checks_before, "a refused half convolution touched memory");
+    CHECK(aborts([&] {
+              Buf small = halves((size_t)c.K * 16 - 1); /* y one half short */
+              cudnnConvolutionForward(dnn, &one, d.x, x.p, d.w, w.p, d.conv, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                                      nullptr, 0, &zero, d.y, small.p);
+          }),
+          "half forward with y one half past its allocation faults (ranges in halves)");
+}
+
 static void test_conv(cudnnHandle_t dnn) {
     /* N, C, H, W, K, R, S, ph, pw, u, v, dh, dw, mode */
     test_conv_case(dnn, {2, 3, 7, 5, 4, 3, 3, 1, 1, 2, 2, 1, 1, CUDNN_CROSS_CORRELATION}, "3x3 stride 2 pad 1 7x5");
@@ -1152,6 +1454,7 @@ int main() {
     CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH) == CUBLAS_STATUS_SUCCESS, "cublasSetMathMode");
     printf("cuBLAS\n");
     test_gemm_ex(h);
+    test_gemm_ex_f16(h);
     test_strided_batched(h);
     test_row_major_pattern(h);
     test_beta_zero_nan(h);
@@ -1173,6 +1476,7 @@ int main() {
     CHECK(cudnnCreate(&dnn) == CUDNN_STATUS_SUCCESS, "cudnnCreate");
     CHECK(cudnnSetStream(dnn, nullptr) == CUDNN_STATUS_SUCCESS, "cudnnSetStream");
     test_conv(dnn);
+    test_conv_half(dnn);
     CHECK(strcmp(cudnnGetErrorString(CUDNN_STATUS_BAD_PARAM), "CUDNN_STATUS_BAD_PARAM") == 0, "cudnn error string");
     cudnnDestroy(dnn);
 
