@@ -24,22 +24,30 @@ static void expect_text(const testutil_run *r, const char *args, const char *nee
     if (!strstr(r->out, needle)) fail_msg("stylediff %s: output lacks \"%s\":\n%s", args, needle, r->out);
 }
 
-/* bench unet: one eager and one graph row per precision, on cuda */
+/* bench unet: one eager and one graph row per precision, on cuda; fast mode with fp16 activations
+ * (its weight copies reported) and with SD_FAST_ACTIVATIONS=f32 (its own row label) */
 static void test_bench_unet(void **state) {
     (void)state;
     testutil_skip_without_gpu();
     testutil_run *r = malloc(sizeof *r);
-    const char *modes[2] = {"exact", "fast"};
-    for (int m = 0; m < 2; m++) {
+    const char *modes[3] = {"exact", "fast", "fast"};
+    const char *labels[3] = {"exact", "fast", "fast+f32act"};
+    for (int m = 0; m < 3; m++) {
         char args[256];
         snprintf(args, sizeof args, "bench unet --device cuda --precision %s --size 64 --batch 2 --iters 1", modes[m]);
+        if (m == 2) setenv("SD_FAST_ACTIVATIONS", "f32", 1);
         run_ok(r, args);
+        unsetenv("SD_FAST_ACTIVATIONS");
         char row[64];
-        snprintf(row, sizeof row, "cuda   %-6s eager", modes[m]);
+        snprintf(row, sizeof row, "cuda   %-11s eager", labels[m]);
         expect_text(r, args, row);
-        snprintf(row, sizeof row, "cuda   %-6s graph", modes[m]);
+        snprintf(row, sizeof row, "cuda   %-11s graph", labels[m]);
         expect_text(r, args, row);
-        print_message("    ok: %s\n", args);
+        const int copies = strstr(r->out, "the fp16 copies of the weights take") != NULL;
+        if (copies != (m == 1)) fail_msg("stylediff %s (%s): fp16 weight-copy line %s:\n%s", args, labels[m],
+                                         copies ? "present" : "missing", r->out);
+        if (m == 1) expect_text(r, args, "fp16 UNet activations"); /* the device line says so */
+        print_message("    ok: %s (%s)\n", args, labels[m]);
     }
     free(r);
 }
@@ -72,11 +80,17 @@ static void test_generate(void **state) {
     testutil_run *r = malloc(sizeof *r);
     char args[256], png[128];
     snprintf(png, sizeof png, "%s/gen.png", tmpdir);
-    snprintf(args, sizeof args, "generate -p \"a cat\" --device cuda --size 64 --steps 2 -o %s", png);
-    run_ok(r, args);
-    expect_text(r, args, "on cuda:0");
-    assert_true(sd_file_exists(png));
-    print_message("    ok: %s\n", args);
+    for (int fast = 0; fast <= 1; fast++) {
+        /* fast: the sampling loop stores fp16 activations and replays a CUDA graph */
+        snprintf(args, sizeof args, "generate -p \"a cat\" --device cuda --size 64 --steps 3%s -o %s",
+                 fast ? " --precision fast" : "", png);
+        unlink(png);
+        run_ok(r, args);
+        expect_text(r, args, "on cuda:0");
+        if (fast) expect_text(r, args, "fp16 UNet activations");
+        assert_true(sd_file_exists(png));
+        print_message("    ok: %s\n", args);
+    }
     free(r);
 }
 

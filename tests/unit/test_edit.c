@@ -246,6 +246,45 @@ static void check_effect(const char *what, sd_edit_options *ablated, const char 
     sd_inversion_free(&inv);
 }
 
+/* The same two edits (P2Plus, LocalBlend, reweighting, StyleDiffusion's value substitution) with
+ * fp16 activations (fast mode's storage, here through the CPU twins): the controllers' sites run in
+ * F32, everything else stores fp16. Both rows stay within F16_EDIT_TOL of torch, and further from
+ * it than the F32 edit's 1e-5 (the storage really was fp16). */
+#define F16_EDIT_TOL 2e-2
+static void check_edit_fp16(const char *what, sd_invert_method method, const sd_edit_options *o, const char *key) {
+    sd_inversion inv;
+    fixture_inversion(method, &inv);
+    sd_edit_result res = {0};
+    ctx.activations = SD_F16;
+    const sd_status st = sd_edit(&ctx, &model, &inv, o, &res);
+    ctx.activations = SD_F32;
+    assert_sd_ok(st);
+    char name[64];
+    snprintf(name, sizeof name, "%s_final", key);
+    sd_tensor *want = testutil_fixture(FIXTURE, name);
+    const int64_t row = sd_numel(want) / 2;
+    double err[2];
+    for (int r = 0; r < 2; r++) err[r] = testutil_max_rel_err(sd_f32(res.latents) + r * row, sd_f32(want) + r * row, row);
+    print_message("    %s (%.2f s), fp16 activations: vs torch row 0 %.2e, row 1 %.2e\n", what, res.seconds, err[0],
+                  err[1]);
+    for (int r = 0; r < 2; r++) {
+        if (!(err[r] <= F16_EDIT_TOL)) fail_msg("%s (fp16): row %d max rel err %.3g > %g", what, r, err[r], F16_EDIT_TOL);
+        assert_true(err[r] > 1e-5);
+    }
+    sd_tensor_free(want);
+    sd_edit_result_free(&res);
+    sd_inversion_free(&inv);
+}
+
+static void test_edits_with_fp16_activations(void **state) {
+    (void)state;
+    sd_edit_options o;
+    nulltext_options(&o);
+    check_edit_fp16("null-text replace", SD_INVERT_NULLTEXT, &o, "nt");
+    stylediffusion_options(&o);
+    check_edit_fp16("stylediffusion refine", SD_INVERT_STYLEDIFFUSION, &o, "sd");
+}
+
 static void test_injection_effects_match_torch(void **state) {
     (void)state;
     if (!nt_full) {
@@ -380,6 +419,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup(test_nulltext_edit_matches_torch, reset_status),
         cmocka_unit_test_setup(test_stylediffusion_edit_matches_torch, reset_status),
         cmocka_unit_test_setup(test_injection_effects_match_torch, reset_status),
+        cmocka_unit_test_setup(test_edits_with_fp16_activations, reset_status),
         cmocka_unit_test_setup(test_bad_options_are_named, reset_status),
         cmocka_unit_test_setup(test_cli_refuses_bad_input, reset_status),
     };
