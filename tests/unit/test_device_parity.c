@@ -555,6 +555,31 @@ static void test_host_pointer_refused(void **state) {
     sd_clear_error();
 }
 
+/* Fast mode as a user runs it on a GPU: fp16 UNet activations in the forwards without a gradient
+ * (the conditional eps, the advance along the trajectory, the reconstruction), tensor cores, CUDA
+ * graphs. A Null-text inversion and its reconstruction against the CPU's exact F32 run, within
+ * fast mode's bar; the replayed reconstruction bit-identical to op by op. */
+#define FAST_MODE_TOL 5e-2
+static void test_nulltext_fast_mode_cuda(void **state) {
+    (void)state;
+    side *dev = device_or_skip(ON_CUDA);
+    assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+    dev->ctx.activations = SD_F16;
+    sd_inversion inv[2];
+    invert(&cpu_side, SD_INVERT_NULLTEXT, &inv[0]);
+    const int64_t replays_before = dev->ctx.graph_replays;
+    invert(dev, SD_INVERT_NULLTEXT, &inv[1]);
+    print_message("    fast mode, fp16 activations: %lld steps replayed from CUDA graphs, fp16 weight copies %.1f MiB\n",
+                  (long long)(dev->ctx.graph_replays - replays_before),
+                  (double)sd_ctx_lowp_weight_bytes(&dev->ctx) / (1 << 20));
+    assert_true(sd_ctx_lowp_weight_bytes(&dev->ctx) > 0); /* the fp16 path ran */
+    expect_close(dev, "null-text z_T, fast mode + fp16 activations", inv[0].z_T, inv[1].z_T, FAST_MODE_TOL);
+    check_reconstruction(ON_CUDA, dev, inv, FAST_MODE_TOL);
+    dev->ctx.activations = SD_F32;
+    assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_EXACT));
+    for (int k = 0; k < 2; k++) sd_inversion_free(&inv[k]);
+}
+
 #define DEVICE_TESTS(suffix, kind)                                                                     \
     static void test_models_##suffix(void **state) { (void)state; run_models(kind); }                     \
     static void test_gradients_##suffix(void **state) { (void)state; run_gradients(kind); }               \
@@ -580,6 +605,7 @@ int main(void) {
         cmocka_unit_test(test_host_pointer_refused),
         DEVICE_TEST_LIST(guarded),
         DEVICE_TEST_LIST(cuda),
+        cmocka_unit_test(test_nulltext_fast_mode_cuda),
     };
     return cmocka_run_group_tests_name("device_parity", tests, setup, teardown);
 }
