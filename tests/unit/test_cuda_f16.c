@@ -21,6 +21,7 @@
 #include "sd/io.h"
 #include "sd/models.h"
 #include "sd/nn.h"
+#include "test_buffers.h"
 #include "testutil.h"
 
 #define TOL_F16_ELEM 1e-3 /* 2^-10: one fp16 rounding step, relative to the largest value */
@@ -34,38 +35,12 @@ static char gpu_error[1024];
  * Buffers (released by the per-test teardown, also when a test fails half-way)
  * --------------------------------------------------------------------------------------------- */
 
-#define MAX_BUFFERS 512
-static void *dev_bufs[MAX_BUFFERS], *host_bufs[MAX_BUFFERS];
-static int n_dev, n_host;
-
-static void *hnew_bytes(size_t bytes) {
-    void *p = calloc(1, bytes ? bytes : 1);
-    if (!p || n_host >= MAX_BUFFERS) fail_msg("out of host memory or buffer slots");
-    host_bufs[n_host++] = p;
-    return p;
-}
-
-static float *hnew(int64_t n) { return hnew_bytes((size_t)n * sizeof(float)); }
-static sd_f16 *hnew16(int64_t n) { return hnew_bytes((size_t)n * sizeof(sd_f16)); }
-
-static void *dnew_bytes(size_t bytes) {
-    if (n_dev >= MAX_BUFFERS) fail_msg("out of device buffer slots");
-    void *p = gpu->mem_alloc(bytes ? bytes : 1);
-    if (!p) fail_msg("device allocation of %zu bytes: %s", bytes, sd_last_error());
-    dev_bufs[n_dev++] = p;
-    return p;
-}
-
-static sd_f16 *dnew16(int64_t n) { return dnew_bytes((size_t)n * sizeof(sd_f16)); }
-
-static void *dput_bytes(const void *h, size_t bytes) {
-    void *d = dnew_bytes(bytes);
-    assert_sd_ok(gpu->upload(d, h, bytes));
-    return d;
-}
-
-static sd_f16 *dput16(const sd_f16 *h, int64_t n) { return dput_bytes(h, (size_t)n * sizeof(sd_f16)); }
-static float *dput(const float *h, int64_t n) { return dput_bytes(h, (size_t)n * sizeof(float)); }
+static float *hnew(int64_t n) { return tb_host((size_t)n * sizeof(float)); }
+static sd_f16 *hnew16(int64_t n) { return tb_host((size_t)n * sizeof(sd_f16)); }
+static sd_f16 *dnew16(int64_t n) { return tb_device(gpu, (size_t)n * sizeof(sd_f16)); }
+static void *dnew_bytes(size_t bytes) { return tb_device(gpu, bytes); }
+static sd_f16 *dput16(const sd_f16 *h, int64_t n) { return tb_upload(gpu, h, (size_t)n * sizeof(sd_f16)); }
+static float *dput(const float *h, int64_t n) { return tb_upload(gpu, h, (size_t)n * sizeof(float)); }
 
 /* Random normals (std `std`) rounded to fp16 on the host: the inputs both tables read. */
 static sd_f16 *hrand16(int64_t n, uint64_t seed, float std) {
@@ -89,27 +64,12 @@ static float *widen(const sd_f16 *h, int64_t n) {
 }
 
 /* A device fp16 result, widened to F32 on the host. */
-static float *dget16(const sd_f16 *d, int64_t n) {
-    sd_f16 *h = hnew16(n);
-    assert_sd_ok(gpu->download(h, d, (size_t)n * sizeof(sd_f16)));
-    return widen(h, n);
-}
-
-static void release_buffers(void) {
-    for (int i = 0; i < n_dev; i++) gpu->mem_free(dev_bufs[i]);
-    for (int i = 0; i < n_host; i++) free(host_bufs[i]);
-    n_dev = n_host = 0;
-}
+static float *dget16(const sd_f16 *d, int64_t n) { return widen(tb_download(gpu, d, (size_t)n * sizeof(sd_f16)), n); }
 
 static int per_test_teardown(void **state) {
     (void)state;
-    if (gpu) {
-        release_buffers();
-        sd_cuda_set_precision(SD_PRECISION_EXACT);
-    } else {
-        for (int i = 0; i < n_host; i++) free(host_bufs[i]);
-        n_host = 0;
-    }
+    tb_release_all();
+    if (gpu) sd_cuda_set_precision(SD_PRECISION_EXACT);
     return 0;
 }
 
@@ -127,8 +87,7 @@ static void check16(const char *what, const sd_f16 *got_dev, const sd_f16 *want_
 }
 
 static void check16_equal(const char *what, const sd_f16 *got_dev, const sd_f16 *want_host, int64_t n) {
-    sd_f16 *got = hnew16(n);
-    assert_sd_ok(gpu->download(got, got_dev, (size_t)n * sizeof(sd_f16)));
+    const sd_f16 *got = tb_download(gpu, got_dev, (size_t)n * sizeof(sd_f16));
     for (int64_t i = 0; i < n; i++)
         if (got[i] != want_host[i])
             fail_msg("%s: element %lld is 0x%04x, the CPU twin gives 0x%04x", what, (long long)i, got[i], want_host[i]);

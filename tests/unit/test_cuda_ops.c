@@ -28,6 +28,7 @@
 #include "sd/io.h"
 #include "sd/models.h"
 #include "sd/nn.h"
+#include "test_buffers.h"
 #include "testutil.h"
 
 #define TOL_ELEM 1e-5
@@ -45,16 +46,7 @@ static char gpu_error[1024];
  * the test fails half-way.
  * --------------------------------------------------------------------------------------------- */
 
-#define MAX_BUFFERS 1024
-static void *dev_bufs[MAX_BUFFERS], *host_bufs[MAX_BUFFERS];
-static int n_dev, n_host;
-
-static float *hnew(int64_t n) {
-    float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
-    if (!p || n_host >= MAX_BUFFERS) fail_msg("out of host memory or buffer slots");
-    host_bufs[n_host++] = p;
-    return p;
-}
+static float *hnew(int64_t n) { return tb_host((size_t)(n > 0 ? n : 1) * sizeof(float)); }
 
 static float *hrand(int64_t n, uint64_t seed, float std) {
     float *p = hnew(n);
@@ -68,41 +60,14 @@ static float *hcopy(const float *src, int64_t n) {
     return p;
 }
 
-static float *dnew(int64_t n) {
-    if (n_dev >= MAX_BUFFERS) fail_msg("out of device buffer slots");
-    float *p = gpu->mem_alloc((size_t)(n > 0 ? n : 1) * sizeof(float));
-    if (!p) fail_msg("device allocation of %lld floats: %s", (long long)n, sd_last_error());
-    dev_bufs[n_dev++] = p;
-    return p;
-}
-
-static float *dput(const float *h, int64_t n) {
-    float *d = dnew(n);
-    assert_sd_ok(gpu->upload(d, h, (size_t)n * sizeof(float)));
-    return d;
-}
-
-static float *hget(const float *d, int64_t n) {
-    float *h = hnew(n);
-    assert_sd_ok(gpu->download(h, d, (size_t)n * sizeof(float)));
-    return h;
-}
-
-static void release_buffers(void) {
-    for (int i = 0; i < n_dev; i++) gpu->mem_free(dev_bufs[i]);
-    for (int i = 0; i < n_host; i++) free(host_bufs[i]);
-    n_dev = n_host = 0;
-}
+static float *dnew(int64_t n) { return tb_device(gpu, (size_t)(n > 0 ? n : 1) * sizeof(float)); }
+static float *dput(const float *h, int64_t n) { return tb_upload(gpu, h, (size_t)n * sizeof(float)); }
+static float *hget(const float *d, int64_t n) { return tb_download(gpu, d, (size_t)n * sizeof(float)); }
 
 static int per_test_teardown(void **state) {
     (void)state;
-    if (gpu) {
-        release_buffers();
-        sd_cuda_set_precision(SD_PRECISION_EXACT);
-    } else {
-        for (int i = 0; i < n_host; i++) free(host_bufs[i]);
-        n_host = 0;
-    }
+    tb_release_all();
+    if (gpu) sd_cuda_set_precision(SD_PRECISION_EXACT);
     return 0;
 }
 
