@@ -9,9 +9,10 @@
 #   build  make -j all + every test binary (the CUDA build when nvcc exists; says so)
 #   test   $BUILD/tests/test_cuda_ops (every CUDA op vs the CPU, the tiny model vs the oracle, CUDA
 #          graphs), then every other test binary through tests/run_tests.sh (capped by TEST_TIMEOUT)
-#   bench  `stylediff bench unet` on the GPU, exact and fast, batch 1 and 2, eager and CUDA graph,
-#          for the built-in tiny model and the SD v1.5 architecture with random weights (512x512,
-#          64x64 latent); then bench/reference/unet_torch.py times PyTorch on the same card with the
+#   bench  `stylediff bench unet` on the GPU, exact, fast and fast+f32act, batch 1 and 2, eager and
+#          CUDA graph, for the built-in tiny model and the SD v1.5 architecture with random weights
+#          (512x512, 64x64 latent), plus one call per mode with every op timed alone (--profile: time,
+#          TFLOP/s and GB/s per class of op); then bench/reference/unet_torch.py times PyTorch on the same card with the
 #          SAME weights (written by --save-weights) and checks parity on stylediff's own inputs and
 #          outputs (--save-io); one table with the ratios.
 #   grad   bench/grad_side_by_side.sh --device cuda for each of GRAD_MODELS (default "tiny sd15"): one
@@ -178,6 +179,14 @@ if want bench; then
                     FAILED=1
                 fi
             done
+        done
+        # where the time goes: one call per mode with every op timed alone (issue 3's per-kernel breakdown)
+        for prec in exact fast; do
+            echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
+            # shellcheck disable=SC2086
+            "$SD" bench unet $args --device cuda --precision "$prec" --batch 2 --size "$SIZE" --iters 3 --no-graph \
+                --profile -q 2>&1 | sed -n '/where the time goes/,/^total/p' \
+                || note "the breakdown failed for $model $prec"
         done
         if [ "$HAVE_TORCH" = 1 ] && [ -f "$W" ]; then
             echo "pytorch: $model ($(elapsed))"

@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sd/backend.h"
 #include "sd/core.h"
 
 #ifdef __cplusplus
@@ -90,6 +91,30 @@ sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
  * event) and read the milliseconds in between. */
 sd_status sd_cuda_timer_start(void);
 sd_status sd_cuda_timer_stop(float *ms);
+
+/* Where the time of a forward goes: sd_backend_profiled(be, &prof) returns a table that runs `be`'s
+ * ops, timing each forward op alone (synchronised before and after, the cost of an empty
+ * synchronise pair subtracted) and adding its time, arithmetic and activation traffic to its class.
+ * Put it in a context (c->be) for one eager call, then restore the original; never inside a CUDA
+ * graph capture. One profiled table at a time. Works on every backend (the CPU's synchronise is a
+ * no-op). */
+typedef enum sd_prof_class {
+    SD_PROF_CONV = 0,
+    SD_PROF_GEMM,      /* linear layers */
+    SD_PROF_ATTENTION, /* fused attention, maps and their application */
+    SD_PROF_NORM,      /* group norm (+SiLU), layer norm */
+    SD_PROF_MEMORY,    /* elementwise, layout, conversions, copies */
+    SD_PROF_N
+} sd_prof_class;
+typedef struct sd_profile {
+    int64_t calls[SD_PROF_N];
+    double seconds[SD_PROF_N];
+    double flops[SD_PROF_N]; /* 2 per multiply-add */
+    double bytes[SD_PROF_N]; /* activations read and written (weights not counted) */
+    double sync_overhead_s;  /* subtracted from every timed op */
+} sd_profile;
+const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out);
+const char *sd_prof_class_name(sd_prof_class k);
 
 /* CUDA graphs: sd_cuda_graph_begin() starts capturing the backend stream; every op called until
  * sd_cuda_graph_end() is recorded, not run; sd_cuda_graph_replay() runs the recording again (and

@@ -50,12 +50,47 @@ static sd_status timed_unet(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor
     return SD_OK;
 }
 
+/* One eager call with every forward op timed alone (sd_backend_profiled), printed as a table per
+ * class of op: time, share, arithmetic rate and activation traffic. */
+static sd_status profile_unet(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor *ctx, const char *what) {
+    sd_profile prof;
+    const sd_backend *be = c->be;
+    const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+    SD_TRY(be->synchronize());
+    const double t0 = sd_now();
+    c->be = sd_backend_profiled(be, &prof);
+    sd_unet_forward(c, u, x, 981.0f, ctx);
+    c->be = be;
+    const sd_status synced = be->synchronize();
+    const double wall = sd_now() - t0;
+    sd_arena_reset(c->arena, mark);
+    SD_TRY(sd_ctx_status(c));
+    SD_TRY(synced);
+    double timed = 0.0;
+    for (int k = 0; k < SD_PROF_N; k++) timed += prof.seconds[k];
+    printf("\nwhere the time goes (%s; one eager call, %.2f ms with every op synchronised and timed alone,\n"
+           "%.1f us of synchronisation subtracted per op; weights not counted in the traffic):\n",
+           what, 1e3 * wall, 1e6 * prof.sync_overhead_s);
+    printf("%-20s %7s %10s %7s %10s %10s\n", "class", "calls", "ms", "share", "TFLOP/s", "GB/s");
+    for (int k = 0; k < SD_PROF_N; k++) {
+        const double sec = prof.seconds[k];
+        char rate[32] = "-";
+        if (prof.flops[k] > 0 && sec > 0) snprintf(rate, sizeof rate, "%.1f", prof.flops[k] / sec / 1e12);
+        printf("%-20s %7lld %10.3f %6.1f%% %10s %10.0f\n", sd_prof_class_name((sd_prof_class)k),
+               (long long)prof.calls[k], 1e3 * sec, timed > 0 ? 100.0 * sec / timed : 0.0, rate,
+               sec > 0 ? prof.bytes[k] / sec / 1e9 : 0.0);
+    }
+    printf("%-20s %7s %10.3f   (timed ops; the rest of the wall time is launches, syncs and untimed ops)\n", "total",
+           "", 1e3 * timed);
+    return SD_OK;
+}
+
 int cmd_bench(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "invert")) return cmd_bench_invert(argc - 1, argv + 1);
     if (argc > 1 && !strcmp(argv[1], "grad")) return cmd_bench_grad(argc - 1, argv + 1);
     const char *model_path = NULL, *config_dir = NULL, *device = NULL, *precision_name = "exact";
     const char *weights_out = NULL, *io_out = NULL;
-    int batch = 2, size = 0, iters = 3, quiet = 0, no_graph = 0, tsv = 0;
+    int batch = 2, size = 0, iters = 3, quiet = 0, no_graph = 0, tsv = 0, profile = 0;
     const cli_opt opts[] = {
         {"model", 'm', CLI_STR, &model_path, "MODEL", "checkpoint to time (default: built-in tiny model)", 1, 0},
         {"config", 0, CLI_STR, &config_dir, "DIR", "time this config with random weights instead (e.g. configs/sd-v1.5)", 1, 0},
@@ -67,6 +102,7 @@ int cmd_bench(int argc, char **argv) {
         {"no-graph", 0, CLI_FLAG, &no_graph, NULL, "CUDA: time eager calls only (no CUDA-graph replay row)", 1, 0},
         {"save-weights", 0, CLI_STR, &weights_out, "FILE", "write the UNet weights used (diffusers names) to a .safetensors file", 1, 0},
         {"save-io", 0, CLI_STR, &io_out, "FILE", "write one call's sample, context, timestep and eps to a .safetensors file", 1, 0},
+        {"profile", 0, CLI_FLAG, &profile, NULL, "then one more call with every op timed alone: where the time goes, per class of op", 1, 0},
         {"tsv", 0, CLI_FLAG, &tsv, NULL, "print tab-separated result rows (for bench/gpu_check.sh) instead of the table", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no notices", 1, 0},
     };
@@ -175,6 +211,12 @@ int cmd_bench(int argc, char **argv) {
                 printf("fp16 activations: the fp16 copies of the weights take %.0f MiB besides the F32 weights\n",
                        (double)copies / (1 << 20));
         }
+    }
+    if (st == SD_OK && profile) {
+        char what[128];
+        snprintf(what, sizeof what, "%s, batch %d, %s", label, batch,
+                 c->activations == SD_F16 ? "fp16 activations" : "F32 activations");
+        st = profile_unet(c, &unet, x, ctx, what);
     }
     sd_cuda_graph_free(graph);
     free(ms_eager);

@@ -204,6 +204,31 @@ static void test_bench_grad(void **state) {
     expect_failure("bench grad --what sideways", "--what: unknown step 'sideways'");
 }
 
+/* `bench unet --profile`: the per-class breakdown follows the timing table, every class of op the
+ * UNet uses has calls, and the timed ops add up to no more than the call's wall time. */
+static void test_bench_unet_profile(void **state) {
+    (void)state;
+    run_result *r = malloc(sizeof *r);
+    run(r, "bench unet --device cpu --size 64 --iters 1 --profile");
+    if (r->status) fail_msg("%s", r->out);
+    const char *where = strstr(r->out, "where the time goes");
+    if (!where) fail_msg("no breakdown in:\n%s", r->out);
+    double wall = 0;
+    assert_int_equal(sscanf(strstr(where, "one eager call, "), "one eager call, %lf ms", &wall), 1);
+    const char *classes[] = {"convolution", "linear (GEMM)", "attention", "norm", "elementwise/layout"};
+    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++) {
+        const char *row = strstr(where, classes[i]);
+        if (!row) fail_msg("no %s row in:\n%s", classes[i], where);
+        long long calls = 0;
+        if (sscanf(row + strlen(classes[i]), "%lld", &calls) != 1 || calls <= 0)
+            fail_msg("%s: no calls counted in:\n%s", classes[i], where);
+    }
+    double timed = 0;
+    assert_int_equal(sscanf(strstr(where, "\ntotal") + 6, "%lf", &timed), 1);
+    assert_true(timed > 0 && timed <= wall * 1.01);
+    free(r);
+}
+
 /* `eval` on a batch folder: every metric with the tiny CLIP, DINO and (random) LPIPS models, the
  * NS-LPIPS masks made from the batch's model and cached; then the same over two CPU worker
  * processes (--devices cpu,cpu), merged; a folder without a report and a bad device are named. */
@@ -315,6 +340,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_batch_csv),
         cmocka_unit_test(test_bench_grad),
+        cmocka_unit_test(test_bench_unet_profile),
         cmocka_unit_test(test_eval),
     };
     return cmocka_run_group_tests_name("cli", tests, setup, teardown);

@@ -1,5 +1,6 @@
 /* test_cli_gpu.c: the command line's GPU-only paths on the built-in tiny model at 64x64 (an 8x8
- * latent): `bench unet` eager and as a CUDA graph in both precisions, `bench grad` (its steps
+ * latent): `bench unet` eager and as a CUDA graph in both precisions (fast also with its per-op
+ * breakdown, --profile), `bench grad` (its steps
  * replayed as CUDA graphs, and op by op with --eager) with its device-memory line, `generate` on the GPU, and the messages for a device that does not exist.
  * Skipped, with the reason, without a GPU; in the simulator build (make sim-test, tools/cudasim)
  * the simulated device runs them, so CI exercises the CUDA branches of the CLI. */
@@ -34,7 +35,8 @@ static void test_bench_unet(void **state) {
     const char *labels[3] = {"exact", "fast", "fast+f32act"};
     for (int m = 0; m < 3; m++) {
         char args[256];
-        snprintf(args, sizeof args, "bench unet --device cuda --precision %s --size 64 --batch 2 --iters 1", modes[m]);
+        snprintf(args, sizeof args, "bench unet --device cuda --precision %s --size 64 --batch 2 --iters 1%s", modes[m],
+                 m == 1 ? " --profile" : "");
         if (m == 2) setenv("SD_FAST_ACTIVATIONS", "f32", 1);
         run_ok(r, args);
         unsetenv("SD_FAST_ACTIVATIONS");
@@ -46,7 +48,11 @@ static void test_bench_unet(void **state) {
         const int copies = strstr(r->out, "the fp16 copies of the weights take") != NULL;
         if (copies != (m == 1)) fail_msg("stylediff %s (%s): fp16 weight-copy line %s:\n%s", args, labels[m],
                                          copies ? "present" : "missing", r->out);
-        if (m == 1) expect_text(r, args, "fp16 UNet activations"); /* the device line says so */
+        if (m == 1) {
+            expect_text(r, args, "fp16 UNet activations"); /* the device line says so */
+            expect_text(r, args, "where the time goes (built-in tiny, batch 2, fp16 activations");
+            expect_text(r, args, "convolution");
+        }
         print_message("    ok: %s (%s)\n", args, labels[m]);
     }
     free(r);

@@ -1,0 +1,220 @@
+/* profile.c: a backend that times the forward ops of another one (see device.h, sd_profile).
+ *
+ * Every wrapped op synchronises the device, runs, synchronises again and adds its wall time, its
+ * arithmetic (2 flops per multiply-add) and the activation bytes it reads and writes to its class.
+ * The time of an empty synchronise pair, measured when the table is made, is subtracted from every
+ * op: what remains of a small op is mostly its launch. Ops not wrapped (the backward, Adam,
+ * reductions, memory transfers) run as they are and count in the untimed rest. One profiled table
+ * exists at a time (a bench runs one), so the wrappers reach the inner table through statics. */
+#include <string.h>
+
+#include "sd/device.h"
+
+static const sd_backend *inner;
+static const sd_f16_ops *inner16;
+static sd_profile *prof;
+static sd_backend table;
+static sd_f16_ops table16;
+
+static double prof_begin(void) {
+    inner->synchronize();
+    return sd_now();
+}
+
+static sd_status prof_end(double t0, sd_status st, sd_prof_class k, double flops, double bytes) {
+    const sd_status synced = inner->synchronize();
+    double dt = sd_now() - t0 - prof->sync_overhead_s;
+    if (dt < 0.0) dt = 0.0;
+    prof->calls[k]++;
+    prof->seconds[k] += dt;
+    prof->flops[k] += flops;
+    prof->bytes[k] += bytes;
+    return st != SD_OK ? st : synced;
+}
+
+/* Times `call` as one op of class k. */
+#define TIMED(k, flops, bytes, call)                                                                \
+    do {                                                                                           \
+        const double t0_ = prof_begin();                                                           \
+        const sd_status st_ = (call);                                                              \
+        return prof_end(t0_, st_, (k), (double)(flops), (double)(bytes));                          \
+    } while (0)
+
+#define F4 4.0 /* bytes of an F32 activation */
+#define F2 2.0 /* bytes of an fp16 activation */
+
+static double conv_flops(const sd_conv_geom *g) {
+    return 2.0 * (double)g->batch * g->c_out * g->h_out * g->w_out * g->c_in * g->kh * g->kw;
+}
+static double conv_values(const sd_conv_geom *g) {
+    return (double)g->batch * (g->c_in * g->h_in * g->w_in + g->c_out * g->h_out * g->w_out);
+}
+static double attention_flops(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv) {
+    return 2.0 * (double)B * H * Sq * Sk * (D + Dv);
+}
+static double attention_values(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv) {
+    return (double)B * H * (Sq * (D + Dv) + Sk * (D + Dv));
+}
+
+/* ---- F32 ops ---- */
+
+static sd_status p_linear(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N) {
+    TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * K + M * N), inner->linear(x, w, b, y, M, K, N));
+}
+static sd_status p_conv2d(const float *x, const float *w, const float *b, float *y, const sd_conv_geom *g) {
+    TIMED(SD_PROF_CONV, conv_flops(g), F4 * conv_values(g), inner->conv2d(x, w, b, y, g));
+}
+static sd_status p_group_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t B, int64_t C,
+                              int64_t S, int groups, float eps, int silu) {
+    TIMED(SD_PROF_NORM, 0, F4 * 2 * B * C * S, inner->group_norm(x, gamma, beta, y, B, C, S, groups, eps, silu));
+}
+static sd_status p_layer_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t M, int64_t C,
+                              float eps) {
+    TIMED(SD_PROF_NORM, 0, F4 * 2 * M * C, inner->layer_norm(x, gamma, beta, y, M, C, eps));
+}
+static sd_status p_unary(sd_unary_op op, const float *x, float *y, int64_t n, float alpha) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 2 * n, inner->unary(op, x, y, n, alpha));
+}
+static sd_status p_binary(sd_binary_op op, const float *a, const float *b, float *y, int64_t n) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 3 * n, inner->binary(op, a, b, y, n));
+}
+static sd_status p_add_channel_bias(const float *x, const float *v, float *y, int64_t B, int64_t C, int64_t S) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 2 * B * C * S, inner->add_channel_bias(x, v, y, B, C, S));
+}
+static sd_status p_geglu(const float *x, float *y, int64_t M, int64_t N) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 3 * M * N, inner->geglu(x, y, M, N));
+}
+static sd_status p_concat_channels(const float *a, const float *c, float *y, int64_t B, int64_t Ca, int64_t Cb,
+                                   int64_t S) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 2 * B * (Ca + Cb) * S, inner->concat_channels(a, c, y, B, Ca, Cb, S));
+}
+static sd_status p_upsample_nearest(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                                    int64_t Wo) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * N * (H * W + Ho * Wo), inner->upsample_nearest(x, y, N, H, W, Ho, Wo));
+}
+static sd_status p_transpose(const float *x, float *y, int64_t B, int64_t R, int64_t C) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 2 * B * R * C, inner->transpose(x, y, B, R, C));
+}
+static sd_status p_copy(float *dst, const float *src, int64_t n) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 2 * n, inner->copy(dst, src, n));
+}
+static sd_status p_attention(const float *q, const float *k, const float *v, float *out, float *probs, int64_t B,
+                             int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    TIMED(SD_PROF_ATTENTION, attention_flops(B, Sq, Sk, H, D, Dv),
+          F4 * (attention_values(B, Sq, Sk, H, D, Dv) + (probs ? (double)B * H * Sq * Sk : 0.0)),
+          inner->attention(q, k, v, out, probs, B, Sq, Sk, H, D, Dv, scale, causal));
+}
+static sd_status p_attention_apply(const float *probs, const float *v, float *out, int64_t B, int64_t Sq, int64_t Sk,
+                                   int H, int Dv) {
+    TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * Dv, F4 * ((double)B * H * Sq * Sk + (double)B * H * (Sk + Sq) * Dv),
+          inner->attention_apply(probs, v, out, B, Sq, Sk, H, Dv));
+}
+
+/* ---- fp16 ops ---- */
+
+static sd_status q_to_f16(const float *x, sd_f16 *y, int64_t n) {
+    TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * n, inner16->to_f16(x, y, n));
+}
+static sd_status q_to_f32(const sd_f16 *x, float *y, int64_t n) {
+    TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * n, inner16->to_f32(x, y, n));
+}
+static sd_status q_copy(sd_f16 *dst, const sd_f16 *src, int64_t n) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * 2 * n, inner16->copy(dst, src, n));
+}
+static sd_status q_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M, int64_t K,
+                          int64_t N) {
+    TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F2 * (M * K + M * N), inner16->linear(x, w, b, y, M, K, N));
+}
+static sd_status q_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g) {
+    TIMED(SD_PROF_CONV, conv_flops(g), F2 * conv_values(g), inner16->conv2d(x, w, b, y, g));
+}
+static sd_status q_group_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B, int64_t C,
+                              int64_t S, int groups, float eps, int silu) {
+    TIMED(SD_PROF_NORM, 0, F2 * 2 * B * C * S, inner16->group_norm(x, gamma, beta, y, B, C, S, groups, eps, silu));
+}
+static sd_status q_layer_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t M, int64_t C,
+                              float eps) {
+    TIMED(SD_PROF_NORM, 0, F2 * 2 * M * C, inner16->layer_norm(x, gamma, beta, y, M, C, eps));
+}
+static sd_status q_binary(sd_binary_op op, const sd_f16 *a, const sd_f16 *b, sd_f16 *y, int64_t n) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * 3 * n, inner16->binary(op, a, b, y, n));
+}
+static sd_status q_add_channel_bias(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * 2 * B * C * S, inner16->add_channel_bias(x, v, y, B, C, S));
+}
+static sd_status q_geglu(const sd_f16 *x, sd_f16 *y, int64_t M, int64_t N) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * 3 * M * N, inner16->geglu(x, y, M, N));
+}
+static sd_status q_concat_channels(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca, int64_t Cb,
+                                   int64_t S) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * 2 * B * (Ca + Cb) * S, inner16->concat_channels(a, c, y, B, Ca, Cb, S));
+}
+static sd_status q_upsample_nearest(const sd_f16 *x, sd_f16 *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                                    int64_t Wo) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * N * (H * W + Ho * Wo), inner16->upsample_nearest(x, y, N, H, W, Ho, Wo));
+}
+static sd_status q_transpose(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * 2 * B * R * C, inner16->transpose(x, y, B, R, C));
+}
+static sd_status q_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
+                             int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    TIMED(SD_PROF_ATTENTION, attention_flops(B, Sq, Sk, H, D, Dv), F2 * attention_values(B, Sq, Sk, H, D, Dv),
+          inner16->attention(q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal));
+}
+
+const char *sd_prof_class_name(sd_prof_class k) {
+    static const char *const names[SD_PROF_N] = {"convolution", "linear (GEMM)", "attention", "norm",
+                                                 "elementwise/layout"};
+    return k >= 0 && k < SD_PROF_N ? names[k] : "?";
+}
+
+const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
+    inner = be;
+    inner16 = be->f16;
+    prof = out;
+    memset(out, 0, sizeof *out);
+    /* the cost of timing itself: an empty synchronise pair, the smallest of a few */
+    double best = 1e9;
+    for (int i = 0; i < 20; i++) {
+        const double t0 = prof_begin();
+        be->synchronize();
+        const double dt = sd_now() - t0;
+        if (dt < best) best = dt;
+    }
+    out->sync_overhead_s = best;
+
+    table = *be;
+    table.linear = p_linear;
+    table.conv2d = p_conv2d;
+    table.group_norm = p_group_norm;
+    table.layer_norm = p_layer_norm;
+    table.unary = p_unary;
+    table.binary = p_binary;
+    table.add_channel_bias = p_add_channel_bias;
+    table.geglu = p_geglu;
+    table.concat_channels = p_concat_channels;
+    table.upsample_nearest = p_upsample_nearest;
+    table.transpose = p_transpose;
+    table.copy = p_copy;
+    table.attention = p_attention;
+    table.attention_apply = p_attention_apply;
+    if (be->f16) {
+        table16 = *be->f16;
+        table16.to_f16 = q_to_f16;
+        table16.to_f32 = q_to_f32;
+        table16.copy = q_copy;
+        table16.linear = q_linear;
+        table16.conv2d = q_conv2d;
+        table16.group_norm = q_group_norm;
+        table16.layer_norm = q_layer_norm;
+        table16.binary = q_binary;
+        table16.add_channel_bias = q_add_channel_bias;
+        table16.geglu = q_geglu;
+        table16.concat_channels = q_concat_channels;
+        table16.upsample_nearest = q_upsample_nearest;
+        table16.transpose = q_transpose;
+        table16.attention = q_attention;
+        table.f16 = &table16;
+    }
+    return &table;
+}
