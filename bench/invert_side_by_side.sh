@@ -43,7 +43,9 @@
 #   --reps R / --reps-ddim R     PyTorch timed units (3 / 1 | 10 / 10)
 #   --warmup W                   PyTorch untimed units (1 | 2); DDIM: (0 | 1)
 #   --modes LIST                 PyTorch modes (fp32-explicit | fp32-explicit,fp32-sdpa)
-#   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager); cpu: exact.
+#   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager,fast+f32act); cpu:
+#                                exact. "+eager": --eager (no CUDA graphs); "+f32act": fast mode with
+#                                F32 activations (SD_FAST_ACTIVATIONS=f32) instead of fp16.
 #                                "+eager" runs the gradient steps op by op (--eager) instead of
 #                                replaying them as CUDA graphs: the table then shows what graphs save
 #   --ours-warmup 0|1            run stylediff's methods once untimed first (0 | 1): the reported
@@ -96,7 +98,7 @@ if [ "$DEVICE" = cpu ]; then
     PRECISION=exact WARMUP_DDIM=0
 else
     : "${INNER_SD:=30}" "${TIMESTEPS:=2}" "${REPS:=10}" "${REPS_DDIM:=10}" "${WARMUP:=2}"
-    : "${MODES:=fp32-explicit,fp32-sdpa}" "${PRECISION:=exact,fast,fast+eager}" "${OURS_WARMUP:=1}"
+    : "${MODES:=fp32-explicit,fp32-sdpa}" "${PRECISION:=exact,fast,fast+eager,fast+f32act}" "${OURS_WARMUP:=1}"
     WARMUP_DDIM=1
 fi
 if [ -z "$PY" ]; then
@@ -178,9 +180,10 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     echo "stylediff: bench invert --device $DEVICE --precision $prec --methods $METHODS --steps $STEPS" \
          "--steps-sd $STEPS_SD --inner $INNER --inner-sd $INNER_SD --timesteps $TIMESTEPS" >&2
     eager=""
-    case $prec in *+eager) eager=--eager ;; esac
+    act=f16
+    case $prec in *+eager) eager=--eager ;; *+f32act) act=f32 ;; esac
     # shellcheck disable=SC2086
-    if "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "${prec%+eager}" $eager --methods "$METHODS" \
+    if SD_FAST_ACTIVATIONS=$act "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "${prec%+*}" $eager --methods "$METHODS" \
             --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
             > "$f" 2> "$LOGS/ours_$prec.err"; then
         sed "s/^/  /" "$f" >&2
@@ -216,7 +219,7 @@ if [ "$QUALITY" != none ]; then
     qm=ddim
     [ "$QUALITY" = all ] && qm=ddim,nulltext,stylediffusion
     qprec=$(echo "$PRECISION" | cut -d, -f1)
-    qprec=${qprec%+eager}
+    qprec=${qprec%+*}
     rm -rf "$WORK/saved_$MODEL"
     mkdir -p "$WORK/saved_$MODEL"
     echo "quality: stylediff bench invert --methods $qm (full) --save $WORK/saved_$MODEL" >&2
