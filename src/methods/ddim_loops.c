@@ -60,12 +60,7 @@ static sd_status ddim_loop(sd_ctx *c, const sd_model *m, const sd_ddim *s, sd_te
     }
     sd_progress_end(&bar);
     sd_step_graph_free(&graph);
-    /* fp16 activations can overflow (65504) where F32 would not: one check per loop, not per step */
-    if (c->status == SD_OK && c->activations == SD_F16 && !sd_all_finite(c, z) && c->status == SD_OK)
-        sd_ctx_fail(c, SD_ERR_NUMERIC,
-                    "%s: the latent holds NaN or Inf after %d steps with fp16 UNet activations (a value overflowed "
-                    "fp16's range); rerun with SD_FAST_ACTIVATIONS=f32 or --precision exact", what, N);
-    return c->status;
+    return sd_check_fp16_result(c, z, what, N);
 }
 
 sd_status sd_ddim_invert(sd_ctx *c, const sd_model *m, const sd_ddim *s, sd_tensor *z0,

@@ -131,6 +131,7 @@ sd_status sd_edit(sd_ctx *c, const sd_model *m, const sd_inversion *inv, const s
     }
     sd_progress_end(&bar);
     c->hook = NULL;
+    if (!st) st = sd_check_fp16_result(c, z, "editing", N);
     if (!st && o->heatmap_dir) st = sd_p2p_save_heatmaps(p2p, c, m->tokenizer, o->heatmap_dir, o->heatmap_background);
     if (!st) {
         out->latents = sd_download_new(c, z);

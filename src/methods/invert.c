@@ -70,15 +70,18 @@ void sd_invert_state_free(sd_invert_state *s) {
 /* Host copy of a device tensor (NULL on failure; the context says why). */
 sd_tensor *sd_to_host(sd_ctx *c, const sd_tensor *t) { return sd_download_new(c, t); }
 
-static sd_status check_finite_loss(float loss, int i, int t, int j) {
+static sd_status check_finite_loss(const sd_ctx *c, float loss, int i, int t, int j) {
     if (isfinite(loss)) return SD_OK;
-    return sd_fail(SD_ERR_NUMERIC, "timestep %d (t = %d), iteration %d: the loss is %s; stopping", i, t, j,
-                   isnan(loss) ? "NaN" : "infinite");
+    return sd_fail(SD_ERR_NUMERIC, "timestep %d (t = %d), iteration %d: the loss is %s; stopping%s", i, t, j,
+                   isnan(loss) ? "NaN" : "infinite",
+                   c->activations == SD_F16 ? " (the forwards without a gradient store fp16 activations: if one "
+                                              "overflowed, SD_FAST_ACTIVATIONS=f32 keeps them F32)"
+                                            : "");
 }
 
 /* NaN/Inf guard: the loss and every gradient of the step. */
 static sd_status check_step(sd_ctx *c, float loss, const sd_adam *opt, int i, int t, int j) {
-    sd_status st = check_finite_loss(loss, i, t, j);
+    sd_status st = check_finite_loss(c, loss, i, t, j);
     if (st) return c->status = st;
     for (int g = 0; g < opt->n; g++) {
         const sd_tensor *grad = opt->params[g]->grad;
@@ -88,6 +91,15 @@ static sd_status check_step(sd_ctx *c, float loss, const sd_adam *opt, int i, in
                                        i, t, j, opt->params[g]->name[0] ? opt->params[g]->name : "a parameter");
     }
     return sd_ctx_status(c);
+}
+
+sd_status sd_check_fp16_result(sd_ctx *c, const sd_tensor *z, const char *what, int steps) {
+    if (c->status != SD_OK || c->activations != SD_F16 || !z) return c->status;
+    if (!sd_all_finite(c, z) && c->status == SD_OK)
+        sd_ctx_fail(c, SD_ERR_NUMERIC,
+                    "%s: the latent holds NaN or Inf after %d steps with fp16 UNet activations (a value overflowed "
+                    "fp16's range); rerun with SD_FAST_ACTIVATIONS=f32 or --precision exact", what, steps);
+    return c->status;
 }
 
 sd_status sd_step_inputs_init(sd_ctx *c, sd_step_inputs *in, int64_t rows, const sd_tensor *latent) {
@@ -265,5 +277,6 @@ sd_tensor *sd_inversion_reconstruct(sd_ctx *c, const sd_model *m, const sd_inver
     sd_progress_end(&bar);
     sd_step_graph_free(&graph);
     sd_mapping_net_free(&net);
+    sd_check_fp16_result(c, z, "reconstruction", inv->n_steps);
     return c->status == SD_OK ? z : NULL;
 }

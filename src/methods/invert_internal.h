@@ -45,6 +45,10 @@ typedef struct sd_step_inputs {
     sd_tensor *tvec, *factors, *target;
     int64_t rows;
 } sd_step_inputs;
+/* After a loop of `steps` UNet steps ending in latent z: with fp16 activations (which can overflow
+ * where F32 would not), fails naming `what` when z holds NaN or Inf. One host sync, so once per
+ * loop, not per step; a no-op with F32 activations. */
+sd_status sd_check_fp16_result(sd_ctx *c, const sd_tensor *z, const char *what, int steps);
 sd_status sd_step_inputs_init(sd_ctx *c, sd_step_inputs *in, int64_t rows, const sd_tensor *latent);
 /* Writes one timestep's values (uploads and one copy, outside any graph); target may be NULL. */
 sd_status sd_step_inputs_set(sd_ctx *c, sd_step_inputs *in, int t, const float factors[4], const sd_tensor *target);
