@@ -288,6 +288,47 @@ template <int DK> struct fa_smem {
     static constexpr size_t bytes = (size_t)elems * sizeof(uint16_t);
 };
 
+/* The K/V tile this thread moves: element i of its share is tile element tid + i·FA_THREADS (row
+ * r = key, column d = head dim; dims fastest, so a warp reads consecutive values of a row). */
+template <typename T, int DK, int NL>
+__device__ __forceinline__ void fa_fetch_kv(typename fa_operand<T>::type (&kr)[NL], typename fa_operand<T>::type (&vr)[NL],
+                                            const T *kb, const T *vb, int64_t k0, int64_t ldq, int64_t ldv,
+                                            const attn_params<T> &p, int tid) {
+    typedef fa_smem<DK> L;
+#pragma unroll
+    for (int i = 0; i < NL; i++) {
+        const int idx = tid + i * FA_THREADS, r = idx / L::DP, d = idx % L::DP;
+        const int64_t kj = k0 + r;
+        const bool in = idx < FA_BK * L::DP && kj < p.Sk;
+        kr[i] = fa_operand<T>::load(kb, kj * ldq + d, in && d < p.D);
+        vr[i] = fa_operand<T>::load(vb, kj * ldv + d, in && d < p.Dv);
+    }
+}
+
+template <int DK, int NL, typename E>
+__device__ __forceinline__ void fa_stash_kv(const E (&kr)[NL], const E (&vr)[NL], E *Ks, E *Vt, int tid) {
+    typedef fa_smem<DK> L;
+#pragma unroll
+    for (int i = 0; i < NL; i++) {
+        const int idx = tid + i * FA_THREADS, r = idx / L::DP, d = idx % L::DP;
+        if (idx < FA_BK * L::DP) {
+            Ks[r * L::KS + d] = kr[i];
+            Vt[d * L::VS + r] = vr[i];
+        }
+    }
+}
+
+/* K/V tiles go through registers: the next tile's global loads are issued right after the current
+ * one is in shared memory, so they are in flight while the warps multiply (one block of 8 warps per
+ * SM leaves little else to hide their latency). Heads up to 48 wide: SD's 64x64 level (D 40, 4096
+ * tokens), where most of the attention time is (8x the 32x32 level's arithmetic). ptxas, sm_90:
+ * 247-250 registers at DK 3, no spills; at DK 4-5 (D 80) the prefetch spilled 8-48 bytes, so wider
+ * heads load each tile just before using it. */
+template <int DK> struct fa_pipeline {
+    static constexpr bool on = DK <= 3;
+    static constexpr int per_thread = on ? (FA_BK * fa_smem<DK>::DP + FA_THREADS - 1) / FA_THREADS : 1;
+};
+
 template <typename T, int DK>
 __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<T> p) {
     typedef fa_smem<DK> L;
@@ -332,16 +373,26 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<
     int64_t k_end = p.Sk;
     if (p.causal && q0 + FA_BQ < k_end) k_end = q0 + FA_BQ;
 
+    typedef fa_pipeline<DK> Pipe;
+    E kr[Pipe::per_thread], vr[Pipe::per_thread]; /* the next K/V tile, in flight (pipelined heads) */
+    if constexpr (Pipe::on) fa_fetch_kv<T, DK>(kr, vr, kb, vb, 0, ldq, ldv, p, tid);
+
     for (int64_t k0 = 0; k0 < k_end; k0 += FA_BK) {
         __syncthreads(); /* previous tile consumed */
-        for (int idx = tid; idx < FA_BK * L::DP; idx += FA_THREADS) {
-            const int r = idx / L::DP, d = idx % L::DP;
-            const int64_t kj = k0 + r;
-            const bool in = kj < p.Sk;
-            Ks[r * L::KS + d] = In::load(kb, kj * ldq + d, in && d < p.D);
-            Vt[d * L::VS + r] = In::load(vb, kj * ldv + d, in && d < p.Dv);
+        if constexpr (Pipe::on) {
+            fa_stash_kv<DK>(kr, vr, Ks, Vt, tid);
+        } else {
+            for (int idx = tid; idx < FA_BK * L::DP; idx += FA_THREADS) {
+                const int r = idx / L::DP, d = idx % L::DP;
+                const int64_t kj = k0 + r;
+                const bool in = kj < p.Sk;
+                Ks[r * L::KS + d] = In::load(kb, kj * ldq + d, in && d < p.D);
+                Vt[d * L::VS + r] = In::load(vb, kj * ldv + d, in && d < p.Dv);
+            }
         }
         __syncthreads();
+        if constexpr (Pipe::on)
+            if (k0 + FA_BK < k_end) fa_fetch_kv<T, DK>(kr, vr, kb, vb, k0 + FA_BK, ldq, ldv, p, tid);
 
         /* S = Q Kᵀ for 16 rows x 64 keys: 8 n-tiles of 8 keys */
         float sacc[8][4];
