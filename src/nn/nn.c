@@ -126,8 +126,9 @@ static sd_tensor *new4_dtype(sd_ctx *c, sd_dtype dtype, int ndim, int64_t d0, in
 static sd_f16 *f16_of(const sd_tensor *t) { return (sd_f16 *)t->data; }
 
 /* The fp16 copies, in an open-addressing table keyed by the weight tensor and its data pointer
- * (a weight moved to the device gets a new copy). A copy is made on the weight's first use: a
- * step's first run is eager, so never inside a CUDA graph capture. */
+ * (a weight moved to the device gets a new copy), emptied whenever the context adopts weights. A
+ * copy is made on the weight's first use: a step's first run is eager, so never inside a CUDA
+ * graph capture. */
 typedef struct {
     const sd_tensor *weight;
     const void *data;
@@ -240,20 +241,10 @@ sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype) {
     return c->status == SD_OK ? y : NULL;
 }
 
-sd_tensor *sd_new(sd_ctx *c, int ndim, const int64_t *shape) {
-    if (c->status != SD_OK) return NULL;
-    sd_tensor *t = sd_arena_tensor(c->arena, SD_F32, ndim, shape);
-    if (!t) {
-        c->status = SD_ERR_OOM;
-        return NULL;
-    }
-    t->device = c->device;
-    return t;
-}
+sd_tensor *sd_new(sd_ctx *c, int ndim, const int64_t *shape) { return new_dtype(c, SD_F32, ndim, shape); }
 
 sd_tensor *sd_new4(sd_ctx *c, int ndim, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
-    int64_t shape[4] = {d0, d1, d2, d3};
-    return sd_new(c, ndim, shape);
+    return new4_dtype(c, SD_F32, ndim, d0, d1, d2, d3);
 }
 
 sd_tensor *sd_keep_new(sd_ctx *c, int ndim, const int64_t *shape) {
@@ -318,6 +309,9 @@ sd_tensor *sd_download_new(sd_ctx *c, const sd_tensor *dev) {
 
 sd_status sd_ctx_adopt_weights(sd_ctx *c, sd_weights *w) {
     if (c->status != SD_OK) return c->status;
+    /* new weights for this context: fp16 copies are remade from them on first use (a freed store's
+     * tensors could come back at the same addresses) */
+    lowp_weights_free(c);
     for (int i = 0; i < sd_weights_count(w); i++) {
         sd_tensor *t = sd_weights_tensor_at(w, i);
         if (t->device == c->device || t->dtype != SD_F32) continue;

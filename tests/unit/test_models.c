@@ -200,6 +200,14 @@ static void test_unet_f16_storage(void **state) {
     assert_int_equal(hook.n_calls, 32); /* every site seen, its maps computed in F32 */
     testutil_assert_close(hooked, want, F16_TOL, "eps t=981, fp16 activations, maps captured at every site");
     assert_true(testutil_max_rel_err(sd_f32(hooked), sd_f32(f32), sd_numel(f32)) > 1e-5);
+    /* adopting weights drops the fp16 copies (new weights may reuse the old ones' addresses); the
+     * next forward remakes them and gives the same result */
+    assert_sd_ok(sd_ctx_adopt_weights(&ctx, files.unet));
+    assert_null(ctx.lowp_weights);
+    sd_tensor *again = sd_unet_forward(&ctx, &unet, x, 981.0f, cond);
+    assert_sd_ok(sd_ctx_status(&ctx));
+    assert_non_null(ctx.lowp_weights);
+    assert_memory_equal(sd_f32(again), sd_f32(f16), sd_nbytes(f16));
     ctx.activations = SD_F32;
     sd_arena_reset(ctx.arena, mark);
     sd_tensor_free(sample);
