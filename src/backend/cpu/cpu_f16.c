@@ -1,9 +1,10 @@
 /* cpu_f16.c: the CPU twins of the fp16-storage ops (sd_f16_ops, backend.h).
  *
  * Each twin widens its fp16 inputs to F32 (exact: every half is a float), runs the CPU F32 op of
- * the same name, and rounds the output once to nearest even (overflow gives inf, as on a GPU): the contract every device's f16
- * table is tested against. The F32 temporaries are heap buffers per call; this path exists for
- * testing the storage format and for running the fp16 forward on the CPU, not for speed. */
+ * the same name, and rounds the output once to nearest even (overflow gives Inf, as on a GPU):
+ * the contract every device's fp16 table is tested against. The F32 temporaries are heap buffers
+ * per call; this path exists for testing the storage format and for running the fp16 forward on
+ * the CPU, not for speed. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,7 +60,7 @@ static sd_status finish(f32_bufs *b, sd_status st, sd_f16 *y, int64_t n) {
     return st;
 }
 
-static sd_status f16_to_f16(const float *x, sd_f16 *y, int64_t n) {
+static sd_status f16_from_f32(const float *x, sd_f16 *y, int64_t n) {
     narrow(x, y, n);
     return SD_OK;
 }
@@ -181,7 +182,7 @@ static sd_status f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v
 }
 
 const sd_f16_ops cpu_f16_ops = {
-    .to_f16 = f16_to_f16,
+    .to_f16 = f16_from_f32,
     .to_f32 = f16_to_f32,
     .copy = f16_copy,
     .linear = f16_linear,
