@@ -19,6 +19,7 @@
 #          gradient step through the UNet (Null-text's context step, StyleDiffusion's value step) and one
 #          forward, stylediff exact and fast vs PyTorch fp32 on the same weights; parity of the losses and
 #          gradients against torch autograd, memory (activations + weights, device in use). Issue 4's table.
+#          Then where a fast-mode context and value step's time goes on SD v1.5 (bench grad --profile).
 #   invert (not in the default list: `bash bench/gpu_check.sh build invert`) bench/invert_side_by_side.sh
 #          --device cuda for each of INVERT_MODELS (default sd15): stylediff bench invert (exact, fast)
 #          vs bench/reference/invert_torch.py (fp32 explicit / SDPA) on the same weights: DDIM
@@ -228,6 +229,13 @@ if want grad; then
         sh bench/grad_side_by_side.sh --device cuda --model "$model" --stylediff "./$BUILD/stylediff" --python "$PYTHON" \
             --iters "$ITERS" --work "$WORK_DIR/grad" --out "$RES/grad_$model" \
             || { note "grad_side_by_side failed for $model (see above)"; FAILED=1; }
+    done
+    # where a fast-mode gradient step's time goes, backward included (SD v1.5, random weights)
+    for what in context value; do
+        echo "stylediff: sd15 $what step, fast, per-op breakdown ($(elapsed))"
+        "./$BUILD/stylediff" bench grad --config configs/sd-v1.5 --device cuda --precision fast --what "$what" \
+            --iters 1 --profile -q 2>&1 | sed -n '/where the time goes/,/^total/p' \
+            || note "the gradient-step breakdown failed ($what)"
     done
 fi
 

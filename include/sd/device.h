@@ -92,16 +92,17 @@ sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
 sd_status sd_cuda_timer_start(void);
 sd_status sd_cuda_timer_stop(float *ms);
 
-/* Where the time of a forward goes: sd_backend_profiled(be, &prof) returns a table that runs `be`'s
- * ops, timing each forward op alone (synchronised before and after, the cost of an empty
- * synchronise pair subtracted) and adding its time, arithmetic and activation traffic to its class.
+/* Where the time of a forward or a gradient step goes: sd_backend_profiled(be, &prof) returns a
+ * table that runs `be`'s ops, timing each forward and backward op alone (synchronised before and
+ * after, the cost of an empty synchronise pair subtracted) and adding its time, arithmetic and
+ * activation traffic to its class.
  * Put it in a context (c->be) for one eager call, then restore the original; never inside a CUDA
  * graph capture. One profiled table at a time. Works on every backend (the CPU's synchronise is a
  * no-op). */
 typedef enum sd_prof_class {
     SD_PROF_CONV = 0,
     SD_PROF_GEMM,      /* linear layers */
-    SD_PROF_ATTENTION, /* fused attention, maps and their application */
+    SD_PROF_ATTENTION, /* fused attention, maps and their application, their backward */
     SD_PROF_NORM,      /* group norm (+SiLU), layer norm */
     SD_PROF_MEMORY,    /* elementwise, layout, conversions, copies */
     SD_PROF_N

@@ -1,10 +1,11 @@
-/* profile.c: a backend that times the forward ops of another one (see device.h, sd_profile).
+/* profile.c: a backend that times the ops of another one (see device.h, sd_profile).
  *
  * Every wrapped op synchronises the device, runs, synchronises again and adds its wall time, its
  * arithmetic (2 flops per multiply-add) and the activation bytes it reads and writes to its class.
  * The time of an empty synchronise pair, measured when the table is made, is subtracted from every
- * op: what remains of a small op is mostly its launch. Ops not wrapped (the backward, Adam,
- * reductions, memory transfers) run as they are and count in the untimed rest. One profiled table
+ * op: what remains of a small op is mostly its launch. The forward ops (F32 and fp16) and the
+ * backward ops are wrapped; Adam, the reductions and memory transfers run as they are and count in
+ * the untimed rest. One profiled table
  * exists at a time (a bench runs one), so the wrappers reach the inner table through statics. */
 #include <string.h>
 
@@ -110,6 +111,76 @@ static sd_status p_attention_apply(const float *probs, const float *v, float *ou
           inner->attention_apply(probs, v, out, B, Sq, Sk, H, Dv));
 }
 
+/* ---- backward ops (F32; a NULL output is not computed, so its arithmetic is not counted) ---- */
+
+static sd_status p_linear_backward_data(const float *dy, const float *w, float *dx, int64_t M, int64_t K, int64_t N) {
+    TIMED(SD_PROF_GEMM, dx ? 2.0 * M * K * N : 0, F4 * (M * N + 2 * M * K), inner->linear_backward_data(dy, w, dx, M, K, N));
+}
+static sd_status p_linear_backward_params(const float *dy, const float *x, float *dw, float *db, int64_t M, int64_t K,
+                                          int64_t N) {
+    TIMED(SD_PROF_GEMM, dw ? 2.0 * M * K * N : 0, F4 * (M * N + M * K), inner->linear_backward_params(dy, x, dw, db, M, K, N));
+}
+static sd_status p_conv2d_backward_data(const float *dy, const float *w, float *dx, const sd_conv_geom *g) {
+    TIMED(SD_PROF_CONV, dx ? conv_flops(g) : 0, F4 * conv_values(g), inner->conv2d_backward_data(dy, w, dx, g));
+}
+static sd_status p_conv2d_backward_params(const float *dy, const float *x, float *dw, float *db, const sd_conv_geom *g) {
+    TIMED(SD_PROF_CONV, dw ? conv_flops(g) : 0, F4 * conv_values(g), inner->conv2d_backward_params(dy, x, dw, db, g));
+}
+static sd_status p_group_norm_backward(const float *x, const float *gamma, const float *beta, const float *dy, float *dx,
+                                       float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S, int groups,
+                                       float eps, int silu) {
+    TIMED(SD_PROF_NORM, 0, F4 * 3 * B * C * S,
+          inner->group_norm_backward(x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu));
+}
+static sd_status p_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx, float *dgamma,
+                                       float *dbeta, int64_t M, int64_t C, float eps) {
+    TIMED(SD_PROF_NORM, 0, F4 * 3 * M * C, inner->layer_norm_backward(x, gamma, dy, dx, dgamma, dbeta, M, C, eps));
+}
+static sd_status p_unary_backward(sd_unary_op op, const float *x, const float *dy, float *dx, int64_t n, float alpha) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 3 * n, inner->unary_backward(op, x, dy, dx, n, alpha));
+}
+static sd_status p_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 5 * M * N, inner->geglu_backward(x, dy, dx, M, N));
+}
+static sd_status p_axpy(float alpha, const float *x, float *y, int64_t n) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 3 * n, inner->axpy(alpha, x, y, n));
+}
+static sd_status p_mul_acc(const float *a, const float *b, float *y, int64_t n) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 4 * n, inner->mul_acc(a, b, y, n));
+}
+static sd_status p_add_channel_bias_backward(const float *dy, float *dv, int64_t B, int64_t C, int64_t S) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * B * C * S, inner->add_channel_bias_backward(dy, dv, B, C, S));
+}
+static sd_status p_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca, int64_t Cb,
+                                            int64_t S) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 3 * B * (Ca + Cb) * S, inner->concat_channels_backward(dy, da, dc, B, Ca, Cb, S));
+}
+static sd_status p_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W, int64_t Ho,
+                                             int64_t Wo) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * N * (Ho * Wo + 2 * H * W), inner->upsample_nearest_backward(dy, dx, N, H, W, Ho, Wo));
+}
+/* flash-style backward: S recomputed, dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q */
+static sd_status p_attention_backward(const float *q, const float *k, const float *v, const float *out,
+                                      const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
+                                      int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * (3.0 * D + 2.0 * Dv), F4 * 2 * attention_values(B, Sq, Sk, H, D, Dv),
+          inner->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal));
+}
+static sd_status p_attention_probs_backward(const float *q, const float *k, const float *probs, const float *dprobs,
+                                            float *dq, float *dk, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
+                                            float scale) {
+    TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * 2.0 * D, F4 * (2.0 * B * H * Sq * Sk + 4.0 * B * H * (Sq + Sk) * D),
+          inner->attention_probs_backward(q, k, probs, dprobs, dq, dk, B, Sq, Sk, H, D, scale));
+}
+static sd_status p_attention_apply_backward(const float *probs, const float *v, const float *dout, float *dprobs,
+                                            float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int Dv) {
+    TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * 2.0 * Dv, F4 * (2.0 * B * H * Sq * Sk + 3.0 * B * H * (Sq + Sk) * Dv),
+          inner->attention_apply_backward(probs, v, dout, dprobs, dv, B, Sq, Sk, H, Dv));
+}
+static sd_status p_mse_backward(const float *a, const float *b, const float *g, float *da, float *db, int64_t n) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * 4 * n, inner->mse_backward(a, b, g, da, db, n));
+}
+
 /* ---- fp16 ops ---- */
 
 static sd_status q_to_f16(const float *x, sd_f16 *y, int64_t n) {
@@ -198,6 +269,23 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
     table.copy = p_copy;
     table.attention = p_attention;
     table.attention_apply = p_attention_apply;
+    table.linear_backward_data = p_linear_backward_data;
+    table.linear_backward_params = p_linear_backward_params;
+    table.conv2d_backward_data = p_conv2d_backward_data;
+    table.conv2d_backward_params = p_conv2d_backward_params;
+    table.group_norm_backward = p_group_norm_backward;
+    table.layer_norm_backward = p_layer_norm_backward;
+    table.unary_backward = p_unary_backward;
+    table.geglu_backward = p_geglu_backward;
+    table.axpy = p_axpy;
+    table.mul_acc = p_mul_acc;
+    table.add_channel_bias_backward = p_add_channel_bias_backward;
+    table.concat_channels_backward = p_concat_channels_backward;
+    table.upsample_nearest_backward = p_upsample_nearest_backward;
+    table.attention_backward = p_attention_backward;
+    table.attention_probs_backward = p_attention_probs_backward;
+    table.attention_apply_backward = p_attention_apply_backward;
+    table.mse_backward = p_mse_backward;
     if (be->f16) {
         table16 = *be->f16;
         table16.to_f16 = q_to_f16;

@@ -94,3 +94,22 @@ cli_bench_times cli_bench_summarize(double *ms, int n) {
     cli_bench_times r = {ms[n / 2], ms[0]};
     return r;
 }
+
+void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *what) {
+    double timed = 0.0;
+    for (int k = 0; k < SD_PROF_N; k++) timed += prof->seconds[k];
+    printf("\nwhere the time goes (%s; one eager call, %.2f ms with every op synchronised and timed alone,\n"
+           "%.1f us of synchronisation subtracted per op; weights not counted in the traffic):\n",
+           what, 1e3 * wall_s, 1e6 * prof->sync_overhead_s);
+    printf("%-20s %7s %10s %7s %10s %10s\n", "class", "calls", "ms", "share", "TFLOP/s", "GB/s");
+    for (int k = 0; k < SD_PROF_N; k++) {
+        const double sec = prof->seconds[k];
+        char rate[32] = "-";
+        if (prof->flops[k] > 0 && sec > 0) snprintf(rate, sizeof rate, "%.1f", prof->flops[k] / sec / 1e12);
+        printf("%-20s %7lld %10.3f %6.1f%% %10s %10.0f\n", sd_prof_class_name((sd_prof_class)k),
+               (long long)prof->calls[k], 1e3 * sec, timed > 0 ? 100.0 * sec / timed : 0.0, rate,
+               sec > 0 ? prof->bytes[k] / sec / 1e9 : 0.0);
+    }
+    printf("%-20s %7s %10.3f   (timed ops; the rest of the wall time is launches, syncs and untimed ops)\n", "total",
+           "", 1e3 * timed);
+}

@@ -43,4 +43,9 @@ typedef struct cli_bench_times {
 /* Median (upper middle for an even count) and minimum; sorts ms in place. n >= 1. */
 cli_bench_times cli_bench_summarize(double *ms, int n);
 
+/* Prints where the time of one profiled call went (sd_backend_profiled): per class of op, calls,
+ * ms, share of the timed total, TFLOP/s and GB/s; `wall_s` is the call's wall time, `what` names it. */
+struct sd_profile;
+void cli_bench_print_profile(const struct sd_profile *prof, double wall_s, const char *what);
+
 #endif

@@ -112,6 +112,30 @@ static sd_status time_work(grad_env *e, grad_work work, int iters, int cuda, dou
     return SD_OK;
 }
 
+/* One step of `work` run op by op with every op timed alone (sd_backend_profiled), printed. */
+static sd_status profile_work(grad_env *e, grad_work work, const char *what) {
+    sd_ctx *c = e->c;
+    const sd_backend *be = c->be;
+    const int eager = c->eager;
+    const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+    sd_profile prof;
+    SD_TRY(be->synchronize());
+    const double t0 = sd_now();
+    c->be = sd_backend_profiled(be, &prof);
+    c->eager = 1; /* a replayed graph would bypass the timing */
+    const sd_status st = grad_step(e, work, NULL);
+    c->eager = eager;
+    c->be = be;
+    const sd_status synced = be->synchronize();
+    const double wall = sd_now() - t0;
+    sd_tape_reset(e->tape);
+    sd_arena_reset(c->arena, mark);
+    SD_TRY(st);
+    SD_TRY(synced);
+    cli_bench_print_profile(&prof, wall, what);
+    return SD_OK;
+}
+
 /* The exact inputs and results of one context step and one value step, for --save-io. */
 static sd_status save_io(grad_env *e, const char *path, const sd_tensor *hz, const sd_tensor *hcond,
                          const sd_tensor *huncond, const sd_tensor *htarget) {
@@ -149,7 +173,7 @@ static sd_status save_io(grad_env *e, const char *path, const sd_tensor *hz, con
 int cmd_bench_grad(int argc, char **argv) {
     const char *model_path = NULL, *config_dir = NULL, *device = NULL, *precision_name = "exact";
     const char *weights_out = NULL, *io_out = NULL, *what = "forward,context,value";
-    int size = 0, iters = 3, quiet = 0, tsv = 0, recompute = 0, eager = 0;
+    int size = 0, iters = 3, quiet = 0, tsv = 0, recompute = 0, eager = 0, profile = 0;
     const cli_opt opts[] = {
         {"model", 'm', CLI_STR, &model_path, "MODEL", "checkpoint (default: built-in tiny model)", 1, 0},
         {"config", 0, CLI_STR, &config_dir, "DIR", "this config with random weights instead (e.g. configs/sd-v1.5)", 1, 0},
@@ -162,6 +186,7 @@ int cmd_bench_grad(int argc, char **argv) {
         {"save-io", 0, CLI_STR, &io_out, "FILE", "write the inputs, losses and gradients of one context and one value step", 1, 0},
         {"recompute", 0, CLI_FLAG, &recompute, NULL, "recompute UNet blocks in the backward (less memory, more time)", 1, 0},
         CLI_EAGER_OPTION(eager),
+        {"profile", 0, CLI_FLAG, &profile, NULL, "then one more step of each kind with every op timed alone: where the time goes", 1, 0},
         {"tsv", 0, CLI_FLAG, &tsv, NULL, "print tab-separated result rows instead of the table", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no notices", 1, 0},
     };
@@ -265,6 +290,12 @@ int cmd_bench_grad(int argc, char **argv) {
             printf("%-8s %12.2f %12.2f %12s %16.0f\n", WORK_NAME[k], tm.median_ms, tm.min_ms, ratio, peak);
         }
         fflush(stdout);
+    }
+    for (int k = 0; k < 3 && st == SD_OK && profile; k++) {
+        if (!want[k]) continue;
+        char what[160];
+        snprintf(what, sizeof what, "%s step, %s, %s", WORK_NAME[k], b.label, prec);
+        st = profile_work(&e, (grad_work)k, what);
     }
     if (st == SD_OK && !tsv && cuda) {
         size_t free_b = 0, total_b = 0;

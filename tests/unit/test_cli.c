@@ -174,7 +174,8 @@ static void test_batch_csv(void **state) {
 }
 
 /* `bench grad`: one gradient step of each kind on the tiny model; --save-io writes losses and
- * gradients that are finite and not all zero; a bad --what is named. */
+ * gradients that are finite and not all zero; --profile breaks a step down, backward included; a
+ * bad --what is named. */
 static void test_bench_grad(void **state) {
     (void)state;
     char args[2048], io[PATH_MAX + 32];
@@ -200,6 +201,17 @@ static void test_bench_grad(void **state) {
         sd_tensor_free(g);
     }
     sd_safetensors_close(&f);
+    /* --profile: the step's breakdown counts the backward too (more convolutions than a forward) */
+    run(r, "bench grad --size 64 --iters 1 --what forward,context --profile -q");
+    if (r->status) fail_msg("%s", r->out);
+    long long conv[2] = {0, 0};
+    const char *heads[2] = {"where the time goes (forward step", "where the time goes (context step"};
+    for (int k = 0; k < 2; k++) {
+        const char *at = strstr(r->out, heads[k]);
+        if (!at || !(at = strstr(at, "\nconvolution"))) fail_msg("no %s breakdown in:\n%s", heads[k], r->out);
+        assert_int_equal(sscanf(at + strlen("\nconvolution"), "%lld", &conv[k]), 1);
+    }
+    if (!(conv[0] > 0 && conv[1] > conv[0])) fail_msg("convolution calls: forward %lld, context step %lld", conv[0], conv[1]);
     free(r);
     expect_failure("bench grad --what sideways", "--what: unknown step 'sideways'");
 }

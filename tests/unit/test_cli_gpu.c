@@ -72,9 +72,10 @@ static void test_bench_grad(void **state) {
     const char *args_rc = "bench grad --device cuda --size 64 --iters 1 --what context --recompute --precision fast";
     run_ok(r, args_rc);
     expect_text(r, args_rc, "context");
-    const char *args_eager = "bench grad --device cuda --size 64 --iters 1 --what context --eager";
+    const char *args_eager = "bench grad --device cuda --size 64 --iters 1 --what context --eager --profile";
     run_ok(r, args_eager);
     expect_text(r, args_eager, "op by op (--eager)");
+    expect_text(r, args_eager, "where the time goes (context step"); /* the backward ops on the GPU, timed */
     print_message("    ok: %s\n    ok: %s\n    ok: %s\n", args, args_rc, args_eager);
     free(r);
 }
