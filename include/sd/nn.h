@@ -79,7 +79,9 @@ typedef sd_tensor *(*sd_block_fn)(sd_ctx *c, const void *block, sd_tensor *x, sd
 sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor *x, sd_tensor *aux,
                          sd_tensor *aux2);
 
-/* Moves every F32 tensor of a weight store to the context's device (no-op on the CPU). */
+/* Moves every F32 tensor of a weight store to the context's device (no-op on the CPU). Also drops
+ * the context's fp16 weight copies (remade on first use), so adopt weights before capturing CUDA
+ * graphs: a graph captured earlier may read the dropped copies. */
 struct sd_weights;
 sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);
 /* 1 when a forward on this context may store its activations as fp16 now: asked for
