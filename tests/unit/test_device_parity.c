@@ -555,30 +555,37 @@ static void test_host_pointer_refused(void **state) {
     sd_clear_error();
 }
 
-/* Fast mode as a user runs it on a GPU: fp16 UNet activations in the forwards without a gradient
- * (the conditional eps, the advance along the trajectory, the reconstruction), tensor cores, CUDA
- * graphs. A Null-text inversion and its reconstruction against the CPU's exact F32 run, within
- * fast mode's bar; the replayed reconstruction bit-identical to op by op. */
+/* fp16 UNet activations in an inversion's gradient-free forwards (the conditional eps, the advance
+ * along the trajectory, the reconstruction):
+ *  - on the guarded device: the same CPU twins as the CPU's fp16 run (z_T and the reconstruction
+ *    within TOL, as every guarded case), and no fp16 op (nor a weight's fp16 copy) may touch host
+ *    memory;
+ *  - on a GPU in fast mode (tensor cores, CUDA graphs): within fast mode's bar of the CPU's exact
+ *    F32 run, the replayed reconstruction bit-identical to op by op. */
 #define FAST_MODE_TOL 5e-2
-static void test_nulltext_fast_mode_cuda(void **state) {
-    (void)state;
-    side *dev = device_or_skip(ON_CUDA);
-    assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+static void run_fp16_activations(int kind) {
+    side *dev = device_or_skip(kind);
+    const int on_cuda = kind == ON_CUDA;
+    if (on_cuda) assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+    else cpu_side.ctx.activations = SD_F16;
     dev->ctx.activations = SD_F16;
     sd_inversion inv[2];
     invert(&cpu_side, SD_INVERT_NULLTEXT, &inv[0]);
     const int64_t replays_before = dev->ctx.graph_replays;
     invert(dev, SD_INVERT_NULLTEXT, &inv[1]);
-    print_message("    fast mode, fp16 activations: %lld steps replayed from CUDA graphs, fp16 weight copies %.1f MiB\n",
-                  (long long)(dev->ctx.graph_replays - replays_before),
+    print_message("    %-8s fp16 activations: %lld steps replayed from CUDA graphs, fp16 weight copies %.1f MiB\n",
+                  dev->name, (long long)(dev->ctx.graph_replays - replays_before),
                   (double)sd_ctx_lowp_weight_bytes(&dev->ctx) / (1 << 20));
     assert_true(sd_ctx_lowp_weight_bytes(&dev->ctx) > 0); /* the fp16 path ran */
-    expect_close(dev, "null-text z_T, fast mode + fp16 activations", inv[0].z_T, inv[1].z_T, FAST_MODE_TOL);
-    check_reconstruction(ON_CUDA, dev, inv, FAST_MODE_TOL);
-    dev->ctx.activations = SD_F32;
-    assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_EXACT));
+    const double tol = on_cuda ? FAST_MODE_TOL : TOL;
+    expect_close(dev, "null-text z_T, fp16 activations", inv[0].z_T, inv[1].z_T, tol);
+    check_reconstruction(kind, dev, inv, tol);
+    dev->ctx.activations = cpu_side.ctx.activations = SD_F32;
+    if (on_cuda) assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_EXACT));
     for (int k = 0; k < 2; k++) sd_inversion_free(&inv[k]);
 }
+static void test_fp16_activations_guarded(void **state) { (void)state; run_fp16_activations(ON_GUARDED); }
+static void test_fp16_activations_cuda(void **state) { (void)state; run_fp16_activations(ON_CUDA); }
 
 #define DEVICE_TESTS(suffix, kind)                                                                     \
     static void test_models_##suffix(void **state) { (void)state; run_models(kind); }                     \
@@ -605,7 +612,8 @@ int main(void) {
         cmocka_unit_test(test_host_pointer_refused),
         DEVICE_TEST_LIST(guarded),
         DEVICE_TEST_LIST(cuda),
-        cmocka_unit_test(test_nulltext_fast_mode_cuda),
+        cmocka_unit_test(test_fp16_activations_guarded),
+        cmocka_unit_test(test_fp16_activations_cuda),
     };
     return cmocka_run_group_tests_name("device_parity", tests, setup, teardown);
 }

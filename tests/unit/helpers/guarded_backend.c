@@ -171,9 +171,48 @@ GUARD(max_pool2d, (const float *x, float *y, int64_t N, int64_t H, int64_t W, in
                    int stride),
       (x, y, N, H, W, Ho, Wo, kernel, stride), x, y)
 
+/* The fp16-storage ops, guarded the same way (cpu->f16: the CPU twins). */
+#define GUARD16(name, params, args, ...)                                               \
+    static sd_status g16_##name params {                                               \
+        const void *const device_args[] = {__VA_ARGS__};                               \
+        if (!on_device("f16 " #name, device_args, sizeof device_args / sizeof *device_args)) \
+            return SD_ERR_INTERNAL;                                                    \
+        open_memory();                                                                 \
+        const sd_status s = cpu->f16->name args;                                       \
+        close_memory();                                                                \
+        return s;                                                                      \
+    }
+
+GUARD16(to_f16, (const float *x, sd_f16 *y, int64_t n), (x, y, n), x, y)
+GUARD16(to_f32, (const sd_f16 *x, float *y, int64_t n), (x, y, n), x, y)
+GUARD16(copy, (sd_f16 *dst, const sd_f16 *src, int64_t n), (dst, src, n), dst, src)
+GUARD16(linear, (const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M, int64_t K, int64_t N),
+        (x, w, b, y, M, K, N), x, w, b, y)
+GUARD16(conv2d, (const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g),
+        (x, w, b, y, g), x, w, b, y)
+GUARD16(group_norm, (const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B, int64_t C,
+                     int64_t S, int groups, float eps, int silu),
+        (x, gamma, beta, y, B, C, S, groups, eps, silu), x, gamma, beta, y)
+GUARD16(layer_norm, (const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t M, int64_t C,
+                     float eps),
+        (x, gamma, beta, y, M, C, eps), x, gamma, beta, y)
+GUARD16(binary, (sd_binary_op op, const sd_f16 *a, const sd_f16 *b, sd_f16 *y, int64_t n), (op, a, b, y, n), a, b, y)
+GUARD16(add_channel_bias, (const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S),
+        (x, v, y, B, C, S), x, v, y)
+GUARD16(geglu, (const sd_f16 *x, sd_f16 *y, int64_t M, int64_t N), (x, y, M, N), x, y)
+GUARD16(concat_channels, (const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca, int64_t Cb, int64_t S),
+        (a, c, y, B, Ca, Cb, S), a, c, y)
+GUARD16(upsample_nearest, (const sd_f16 *x, sd_f16 *y, int64_t N, int64_t H, int64_t W, int64_t Ho, int64_t Wo),
+        (x, y, N, H, W, Ho, Wo), x, y)
+GUARD16(transpose, (const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C), (x, y, B, R, C), x, y)
+GUARD16(attention, (const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
+                    int64_t Sk, int H, int D, int Dv, float scale, int causal),
+        (q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal), q, k, v, out)
+
 static sd_status g_synchronize(void) { return SD_OK; }
 
 static sd_backend table;
+static sd_f16_ops table16;
 
 const sd_backend *guarded_backend(void) {
     if (pool) return &table;
@@ -206,6 +245,15 @@ const sd_backend *guarded_backend(void) {
     SET(attention_backward), SET(attention_probs_backward), SET(attention_apply_backward), SET(mse_backward);
     SET(adam_step), SET(max_pool2d);
 #undef SET
+    table.f16 = NULL;
+    if (cpu->f16) {
+#define SET16(name) table16.name = g16_##name
+        SET16(to_f16), SET16(to_f32), SET16(copy), SET16(linear), SET16(conv2d), SET16(group_norm), SET16(layer_norm);
+        SET16(binary), SET16(add_channel_bias), SET16(geglu), SET16(concat_channels), SET16(upsample_nearest);
+        SET16(transpose), SET16(attention);
+#undef SET16
+        table.f16 = &table16;
+    }
     const sd_device_free_fn previous = sd_set_device_free(guarded_device_free);
     if (previous != guarded_device_free) other_device_free = previous;
     return &table;
