@@ -28,7 +28,9 @@ typedef struct sd_attn_hook sd_attn_hook;
 struct sd_attn_hook {
     /* Called before the key/value projections of every attention call. Returns the tensor whose
      * projection becomes V (same shape as `context`), or NULL to keep the context. Keys always
-     * use the original context. May be NULL. */
+     * use the original context. Under fp16 activations (sd_ctx.activations) `context` is the
+     * stored fp16 tensor; the substitute may be F32 or fp16 (it is converted to the storage).
+     * May be NULL. */
     sd_tensor *(*value_input)(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *context);
     /* Nonzero when this site's probability map must be materialised and passed to edit_probs.
      * May be NULL (never). */

@@ -86,8 +86,8 @@ struct sd_weights;
 sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);
 /* 1 when a forward on this context may store its activations as fp16 now: asked for
  * (c->activations), the backend has fp16 ops, and no tape records (gradients are F32). Under an
- * attention controller the sites whose maps it reads run in F32, and its value substitutes see
- * and return F32 (sd_attention, sd_attention_block). */
+ * attention controller the sites whose maps it reads run in F32 (sd_attention), and its value
+ * substitutes are converted to the storage (sd_attention_block, attn.h). */
 int sd_ctx_stores_f16(const sd_ctx *c);
 /* Device memory held by the fp16 copies of weights made for fp16 activations (0 when none). */
 size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c);

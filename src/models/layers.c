@@ -205,9 +205,9 @@ sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, 
     sd_tensor *ctx = context ? context : x;
     sd_tensor *value_in = value ? value : ctx;
     if (!value && site && c->hook && c->hook->value_input && c->status == SD_OK) {
-        /* controllers work in F32: under fp16 activations they see an F32 copy of the context,
-         * and their substitute is stored like the rest of the forward */
-        sd_tensor *sub = c->hook->value_input(c->hook, c, site, sd_to_dtype(c, ctx, SD_F32));
+        /* the context as stored (no copy per site: no controller reads it); the substitute, in
+         * either dtype, is stored like the rest of the forward */
+        sd_tensor *sub = c->hook->value_input(c->hook, c, site, ctx);
         if (sub) value_in = sd_to_dtype(c, sub, ctx->dtype);
         if (c->status != SD_OK) return NULL;
     }

@@ -44,18 +44,13 @@ static float *dput(const float *h, int64_t n) { return tb_upload(gpu, h, (size_t
 
 /* Random normals (std `std`) rounded to fp16 on the host: the inputs both tables read. */
 static sd_f16 *hrand16(int64_t n, uint64_t seed, float std) {
-    float *f = hnew(n);
-    testutil_fill_normal(f, n, seed, std);
+    const float *f = tb_host_randn(n, seed, std);
     sd_f16 *h = hnew16(n);
     for (int64_t i = 0; i < n; i++) h[i] = sd_f32_to_f16(f[i]);
     return h;
 }
 
-static float *hrand(int64_t n, uint64_t seed, float std) {
-    float *f = hnew(n);
-    testutil_fill_normal(f, n, seed, std);
-    return f;
-}
+static float *hrand(int64_t n, uint64_t seed, float std) { return tb_host_randn(n, seed, std); }
 
 static float *widen(const sd_f16 *h, int64_t n) {
     float *f = hnew(n);

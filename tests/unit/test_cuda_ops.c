@@ -48,11 +48,7 @@ static char gpu_error[1024];
 
 static float *hnew(int64_t n) { return tb_host((size_t)(n > 0 ? n : 1) * sizeof(float)); }
 
-static float *hrand(int64_t n, uint64_t seed, float std) {
-    float *p = hnew(n);
-    testutil_fill_normal(p, n, seed, std);
-    return p;
-}
+static float *hrand(int64_t n, uint64_t seed, float std) { return tb_host_randn(n, seed, std); }
 
 static float *hcopy(const float *src, int64_t n) {
     float *p = hnew(n);

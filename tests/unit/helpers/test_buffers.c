@@ -24,6 +24,12 @@ static void *track(void *p, const sd_backend *be, size_t bytes) {
 
 void *tb_host(size_t bytes) { return track(calloc(1, bytes ? bytes : 1), NULL, bytes); }
 
+float *tb_host_randn(int64_t n, uint64_t seed, float std) {
+    float *p = tb_host((size_t)(n > 0 ? n : 1) * sizeof(float));
+    testutil_fill_normal(p, n, seed, std);
+    return p;
+}
+
 void *tb_device(const sd_backend *be, size_t bytes) { return track(be->mem_alloc(bytes ? bytes : 1), be, bytes); }
 
 void *tb_upload(const sd_backend *be, const void *host, size_t bytes) {

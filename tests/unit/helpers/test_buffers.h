@@ -5,11 +5,14 @@
 #define SD_TEST_BUFFERS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "sd/backend.h"
 
 /* Zero-filled host memory. */
 void *tb_host(size_t bytes);
+/* n host floats, normal with standard deviation `std` from `seed` (testutil_fill_normal). */
+float *tb_host_randn(int64_t n, uint64_t seed, float std);
 /* Uninitialised memory of backend `be` (at least one byte). */
 void *tb_device(const sd_backend *be, size_t bytes);
 /* A copy of `bytes` of host memory on backend `be`. */
