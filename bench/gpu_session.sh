@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# bench/gpu_session.sh: one device call of a GPU lease, on binaries built here (bench/gpu_bundle.sh).
+#
+#   run(command="bash bench/gpu_session.sh env:20 test:120 bench:200 grad:120 sanitize:60",
+#       carry=["build/gpu_bundle.tar.xz", "build/wheels"], timeout_s=580)
+#
+# Each argument is STAGE:SECONDS, run in order, each stopped (with everything it started) after its
+# seconds, so one slow stage cannot eat the lease and the results of the others always come back.
+#   env       the card, the driver, the libraries the binaries resolve, torch, compute-sanitizer
+#   test bench grad invert   bench/gpu_check.sh's stages (read its header), results in build/gpu_check
+#   sanitize  compute-sanitizer memcheck on an exact and a fast `generate` and a fast `bench grad`
+#             (tiny model), racecheck on a fast `generate` (the attention kernels' shared memory)
+# Results: $OUT/session.log (everything printed, written as it goes) and $OUT/results.tgz (the
+# stages' files); without OUT, build/gpu_session/.
+set -u
+cd "$(dirname "$0")/.." || exit 1
+ROOT=$(pwd)
+RES=${OUT:-$ROOT/build/gpu_session}
+mkdir -p "$RES"
+exec > >(tee -a "$RES/session.log") 2>&1
+T0=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - T0 )) s"; }
+
+[ -f build/gpu_bundle.tar.xz ] || { echo "gpu_session: build/gpu_bundle.tar.xz missing: run bench/gpu_bundle.sh and carry it"; exit 1; }
+tar -xJf build/gpu_bundle.tar.xz -C build || exit 1
+# the binaries find the built-in tiny model through the source path compiled into them (the checkout
+# they were built in): make that path lead here
+SRC_DIR=$(cat build/gpu_source_dir 2>/dev/null)
+if [ -n "$SRC_DIR" ] && [ "$SRC_DIR" != "$ROOT" ] && [ ! -e "$SRC_DIR" ]; then
+    mkdir -p "$(dirname "$SRC_DIR")" && ln -s "$ROOT" "$SRC_DIR" && echo "gpu_session: $SRC_DIR -> $ROOT"
+fi
+# cuDNN comes from PyTorch's wheels when the toolkit has none (cuBLAS and the runtime too: wherever
+# they are, the libraries of one folder belong together)
+LIBS=$ROOT/build/gpu_lib
+NV=$(python3 -c "import nvidia; print(list(nvidia.__path__)[0])" 2>/dev/null)
+if [ -n "$NV" ]; then
+    for d in $(find "$NV" -name 'libcudnn.so.9' -o -name 'libcublas.so.13' -o -name 'libcudart.so.13' | xargs -r -n1 dirname | sort -u); do
+        LIBS="$LIBS:$d"
+    done
+fi
+export LD_LIBRARY_PATH=$LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+
+stage_env() {
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+    echo "repo: $ROOT; LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    ldd build/stylediff | grep -E 'not found|cudnn|cublas|cudart|openblas'
+    python3 -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'cuDNN', torch.backends.cudnn.version())"
+    (compute-sanitizer --version 2>/dev/null || /usr/local/cuda/bin/compute-sanitizer --version) | tail -n 1
+    build/stylediff generate -p "a photo of a cat" --steps 3 --device cuda -o /tmp/gpu_session_gen.png
+}
+stage_sanitize() {
+    local cs
+    cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    local common=(--error-exitcode 9 --print-limit 20)
+    local rc=0
+    for prec in exact fast; do
+        echo "memcheck: generate --precision $prec"
+        "$cs" --tool memcheck "${common[@]}" build/stylediff generate -p "a photo of a cat" --steps 2 \
+            --device cuda --precision $prec -q -o /tmp/gpu_session_san.png || rc=1
+    done
+    echo "memcheck: bench grad --precision fast (context and value steps, backward included)"
+    "$cs" --tool memcheck "${common[@]}" build/stylediff bench grad --device cuda --precision fast --iters 1 -q || rc=1
+    echo "racecheck: generate --precision fast"
+    "$cs" --tool racecheck "${common[@]}" build/stylediff generate -p "a photo of a cat" --steps 1 \
+        --device cuda --precision fast -q -o /tmp/gpu_session_san.png || rc=1
+    return $rc
+}
+
+STATUS=""
+for spec in "$@"; do
+    name=${spec%%:*}
+    cap=${spec#*:}
+    [ "$cap" = "$spec" ] && cap=300
+    echo "==================== $name (at most $cap s; started at $(elapsed)) ===================="
+    case $name in
+        env) timeout -k 5 "$cap" bash -c "ROOT=$ROOT; $(declare -f stage_env); stage_env" ;;
+        sanitize) timeout -k 5 "$cap" bash -c "$(declare -f stage_sanitize); stage_sanitize" ;;
+        test|bench|grad|invert) OUT= timeout -k 5 "$cap" bash bench/gpu_check.sh "$name" ;;
+        *) echo "gpu_session: unknown stage '$name' (env test bench grad invert sanitize)"; false ;;
+    esac
+    rc=$?
+    [ "$rc" = 124 ] && rc="stopped after $cap s"
+    echo "==================== $name: $rc ($(elapsed)) ===================="
+    STATUS="$STATUS $name=$rc;"
+done
+[ -d build/gpu_check ] && tar -czf "$RES/results.tgz.tmp" -C build gpu_check && mv "$RES/results.tgz.tmp" "$RES/results.tgz"
+echo "gpu_session done in $(elapsed):$STATUS"
