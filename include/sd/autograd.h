@@ -79,8 +79,9 @@ void sd_adam_free(sd_adam *opt);
  * given, back-propagates out (a one-element loss) to the leaves with the tape recording; it
  * returns out, and each leaf's grad is then set as after sd_backward, until sd_tape_reset. With a
  * NULL tape it is a forward-only step (a DDIM step: out is the next latent). How it runs:
- *   - op by op, on the CPU, with c->eager, and the first time it sees a key (that run creates
- *     the library plans, workspaces and arena chunks a capture needs);
+ *   - op by op, on the CPU, whenever c->eager is set (also when it is set only for one call, as
+ *     a profiling run does: a replayed graph would bypass c->be), and the first time it sees a
+ *     key (that run creates the library plans, workspaces and arena chunks a capture needs);
  *   - the second time with the same key, captured into a CUDA graph and run;
  *   - from then on, the graph is replayed: forward is not called at all.
  * The key covers the activation arena's position and `inputs`, the addresses of everything the
@@ -96,7 +97,7 @@ void sd_adam_free(sd_adam *opt);
 struct sd_cuda_graph;
 typedef sd_tensor *(*sd_step_forward_fn)(sd_ctx *c, void *arg);
 typedef struct sd_step_graph {
-    int enabled;                  /* a CUDA context without c->eager */
+    int enabled;                  /* a CUDA context without c->eager at init */
     uint64_t key;                 /* what the current graph (or eager run) was made for */
     int eager_runs;               /* runs with this key so far, op by op */
     struct sd_cuda_graph *graph;  /* NULL until captured */

@@ -112,7 +112,9 @@ sd_tensor *sd_graph_step(sd_ctx *c, sd_step_graph *g, sd_tape *tape, sd_step_for
         return sd_ctx_fail(c, SD_ERR_INTERNAL, "sd_graph_step: %d leaves, at most %d", n_leaves,
                            SD_STEP_GRAPH_MAX_LEAVES);
     g->steps++;
-    if (!g->enabled) return run_eagerly(c, tape, forward, arg);
+    /* c->eager is read on every call: a caller may set it for one step (a profiling run, whose
+     * timing backend a replayed graph would bypass); the captured graph stays for later steps */
+    if (!g->enabled || c->eager) return run_eagerly(c, tape, forward, arg);
     const uint64_t key = step_key(c, tape != NULL, inputs, n_inputs, leaves, n_leaves);
     if (g->graph && g->key == key) return replay(c, g, tape, leaves, n_leaves);
     if (g->key != key) {

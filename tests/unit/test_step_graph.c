@@ -9,6 +9,8 @@
  *    c->eager (same kernels, same arguments), which also shows that per-step values written to
  *    device memory reach the replayed kernels;
  *  - moving an input (a new key) drops the graph and captures again;
+ *  - c->eager set for one step (as a profiling run does) runs that step op by op through c->be
+ *    even after a capture, and the graph is replayed again afterwards;
  *  - a forward that synchronises with the host cannot be captured: the step warns, runs op by
  *    op, and its results are still right. */
 #include <math.h>
@@ -226,6 +228,49 @@ static void test_moved_input_recaptures(void **state) {
     env_free(&e);
 }
 
+/* bench grad --profile swaps in the profiling backend and sets c->eager for one step after the
+ * step's graph exists: that step must run its ops through c->be (a replay would time nothing). */
+static void test_eager_for_one_step_after_capture(void **state) {
+    (void)state;
+    require_gpu_ctx();
+    step_env e;
+    env_init(&gpu, &e);
+    sd_step_graph g;
+    sd_step_graph_init(&g, &gpu);
+    sd_tape *tape = sd_tape_new();
+    float loss[4];
+    for (int s = 0; s < 4; s++) { /* 0 op by op, 1 captured, 2 profiled op by op, 3 replayed */
+        set_step_values(&gpu, &e, 0);
+        const sd_arena_mark mark = sd_arena_get_mark(gpu.arena);
+        const void *inputs[] = {e.z->data, e.coef->data, e.target[0]->data};
+        const sd_backend *be = gpu.be;
+        sd_profile prof;
+        if (s == 2) {
+            gpu.be = sd_backend_profiled(be, &prof);
+            gpu.eager = 1;
+        }
+        sd_tensor *out = sd_graph_step(&gpu, &g, tape, step_forward, &e, inputs, 3, &e.x, 1);
+        assert_non_null(out);
+        loss[s] = sd_item(&gpu, out);
+        if (s == 2) {
+            gpu.eager = 0;
+            gpu.be = be;
+            print_message("    profiled step after the capture: %lld linear, %lld elementwise calls timed\n",
+                          (long long)prof.calls[SD_PROF_GEMM], (long long)prof.calls[SD_PROF_MEMORY]);
+            assert_true(prof.calls[SD_PROF_GEMM] >= 2); /* the forward's and the backward's products */
+        }
+        sd_tape_reset(tape);
+        sd_arena_reset(gpu.arena, mark);
+    }
+    assert_int_equal(g.captures, 1);
+    assert_int_equal(g.replays, 2); /* step 1 (a capture runs its graph) and step 3: the graph
+                                     * survived the eager step */
+    for (int s = 1; s < 4; s++) assert_memory_equal(&loss[s], &loss[0], sizeof(float));
+    sd_tape_free(tape);
+    sd_step_graph_free(&g);
+    env_free(&e);
+}
+
 static void test_uncapturable_step_runs_op_by_op(void **state) {
     (void)state;
     require_gpu_ctx();
@@ -258,6 +303,7 @@ int main(void) {
         cmocka_unit_test(test_cpu_runs_op_by_op),
         cmocka_unit_test(test_replay_matches_op_by_op),
         cmocka_unit_test(test_moved_input_recaptures),
+        cmocka_unit_test(test_eager_for_one_step_after_capture),
         cmocka_unit_test(test_uncapturable_step_runs_op_by_op),
     };
     return cmocka_run_group_tests_name("step_graph", tests, NULL, teardown);
