@@ -107,12 +107,23 @@ typedef enum sd_prof_class {
     SD_PROF_MEMORY,    /* elementwise, layout, conversions, copies */
     SD_PROF_N
 } sd_prof_class;
+/* One kind of op at one shape ("f16 conv 3x3 320->320 64x64 b2"): the finer table, to name the
+ * individual kernels that take the time. */
+#define SD_PROF_MAX_SHAPES 256
+typedef struct sd_prof_shape {
+    char what[72];
+    sd_prof_class cls;
+    int64_t calls;
+    double seconds, flops, bytes;
+} sd_prof_shape;
 typedef struct sd_profile {
     int64_t calls[SD_PROF_N];
     double seconds[SD_PROF_N];
     double flops[SD_PROF_N]; /* 2 per multiply-add */
     double bytes[SD_PROF_N]; /* activations read and written (weights not counted) */
     double sync_overhead_s;  /* subtracted from every timed op */
+    sd_prof_shape shapes[SD_PROF_MAX_SHAPES]; /* by op and shape; the rest pooled in the last one */
+    int n_shapes;
 } sd_profile;
 const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out);
 const char *sd_prof_class_name(sd_prof_class k);

@@ -6,7 +6,11 @@
  * op: what remains of a small op is mostly its launch. The forward ops (F32 and fp16) and the
  * backward ops are wrapped; Adam, the reductions and memory transfers run as they are and count in
  * the untimed rest. One profiled table
- * exists at a time (a bench runs one), so the wrappers reach the inner table through statics. */
+ * exists at a time (a bench runs one), so the wrappers reach the inner table through statics.
+ * Each op is also added to a finer table by op and shape (its label: the wrapper's name, or what
+ * LABEL() says for the ops with a shape worth naming). */
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "sd/device.h"
@@ -22,7 +26,37 @@ static double prof_begin(void) {
     return sd_now();
 }
 
-static sd_status prof_end(double t0, sd_status st, sd_prof_class k, double flops, double bytes) {
+static char label[sizeof(((sd_prof_shape *)0)->what)]; /* the next timed op's name and shape */
+
+/* Names the next timed op: "conv 3x3 320->320 64x64 b2". */
+static void LABEL(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(label, sizeof label, fmt, ap);
+    va_end(ap);
+}
+
+static void add_to_shape(const char *what, sd_prof_class k, double dt, double flops, double bytes) {
+    int i = 0;
+    while (i < prof->n_shapes && strcmp(prof->shapes[i].what, what) != 0) i++;
+    if (i == prof->n_shapes) {
+        if (prof->n_shapes == SD_PROF_MAX_SHAPES) { /* full: pool the rest in the last entry */
+            i = SD_PROF_MAX_SHAPES - 1;
+            snprintf(prof->shapes[i].what, sizeof prof->shapes[i].what, "(other shapes)");
+        } else {
+            prof->n_shapes++;
+            snprintf(prof->shapes[i].what, sizeof prof->shapes[i].what, "%s", what);
+            prof->shapes[i].cls = k;
+        }
+    }
+    sd_prof_shape *e = &prof->shapes[i];
+    e->calls++;
+    e->seconds += dt;
+    e->flops += flops;
+    e->bytes += bytes;
+}
+
+static sd_status prof_end(double t0, sd_status st, sd_prof_class k, double flops, double bytes, const char *func) {
     const sd_status synced = inner->synchronize();
     double dt = sd_now() - t0 - prof->sync_overhead_s;
     if (dt < 0.0) dt = 0.0;
@@ -30,6 +64,14 @@ static sd_status prof_end(double t0, sd_status st, sd_prof_class k, double flops
     prof->seconds[k] += dt;
     prof->flops[k] += flops;
     prof->bytes[k] += bytes;
+    /* unlabelled ops go by their wrapper's name without its p_ / q_ prefix (q_: fp16) */
+    char what[sizeof label];
+    if (label[0])
+        snprintf(what, sizeof what, "%s%s", func[0] == 'q' ? "f16 " : "", label);
+    else
+        snprintf(what, sizeof what, "%s%s", func[0] == 'q' ? "f16 " : "", func + 2);
+    label[0] = 0;
+    add_to_shape(what, k, dt, flops, bytes);
     return st != SD_OK ? st : synced;
 }
 
@@ -38,8 +80,21 @@ static sd_status prof_end(double t0, sd_status st, sd_prof_class k, double flops
     do {                                                                                           \
         const double t0_ = prof_begin();                                                           \
         const sd_status st_ = (call);                                                              \
-        return prof_end(t0_, st_, (k), (double)(flops), (double)(bytes));                          \
+        return prof_end(t0_, st_, (k), (double)(flops), (double)(bytes), __func__);                \
     } while (0)
+
+/* the labels of the ops whose cost depends on more than their element count */
+static void label_conv(const char *op, const sd_conv_geom *g) {
+    LABEL("%s %lldx%lld/%lld %lld->%lld %lldx%lld b%lld", op, (long long)g->kh, (long long)g->kw,
+          (long long)g->stride, (long long)g->c_in, (long long)g->c_out, (long long)g->h_in, (long long)g->w_in,
+          (long long)g->batch);
+}
+static void label_gemm(const char *op, int64_t M, int64_t K, int64_t N) {
+    LABEL("%s M%lld K%lld N%lld", op, (long long)M, (long long)K, (long long)N);
+}
+static void label_attention(const char *op, int64_t B, int64_t Sq, int64_t Sk, int H, int D) {
+    LABEL("%s B%lld Sq%lld Sk%lld H%d D%d", op, (long long)B, (long long)Sq, (long long)Sk, H, D);
+}
 
 #define F4 4.0 /* bytes of an F32 activation */
 #define F2 2.0 /* bytes of an fp16 activation */
@@ -60,13 +115,16 @@ static double attention_values(int64_t B, int64_t Sq, int64_t Sk, int H, int D, 
 /* ---- F32 ops ---- */
 
 static sd_status p_linear(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N) {
+    label_gemm("linear", M, K, N);
     TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * K + M * N), inner->linear(x, w, b, y, M, K, N));
 }
 static sd_status p_conv2d(const float *x, const float *w, const float *b, float *y, const sd_conv_geom *g) {
+    label_conv("conv", g);
     TIMED(SD_PROF_CONV, conv_flops(g), F4 * conv_values(g), inner->conv2d(x, w, b, y, g));
 }
 static sd_status p_group_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t B, int64_t C,
                               int64_t S, int groups, float eps, int silu) {
+    LABEL("group_norm%s C%lld S%lld b%lld", silu ? "+silu" : "", (long long)C, (long long)S, (long long)B);
     TIMED(SD_PROF_NORM, 0, F4 * 2 * B * C * S, inner->group_norm(x, gamma, beta, y, B, C, S, groups, eps, silu));
 }
 static sd_status p_layer_norm(const float *x, const float *gamma, const float *beta, float *y, int64_t M, int64_t C,
@@ -101,12 +159,14 @@ static sd_status p_copy(float *dst, const float *src, int64_t n) {
 }
 static sd_status p_attention(const float *q, const float *k, const float *v, float *out, float *probs, int64_t B,
                              int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    label_attention(probs ? "attention+maps" : "attention", B, Sq, Sk, H, D);
     TIMED(SD_PROF_ATTENTION, attention_flops(B, Sq, Sk, H, D, Dv),
           F4 * (attention_values(B, Sq, Sk, H, D, Dv) + (probs ? (double)B * H * Sq * Sk : 0.0)),
           inner->attention(q, k, v, out, probs, B, Sq, Sk, H, D, Dv, scale, causal));
 }
 static sd_status p_attention_apply(const float *probs, const float *v, float *out, int64_t B, int64_t Sq, int64_t Sk,
                                    int H, int Dv) {
+    label_attention("attention_apply", B, Sq, Sk, H, Dv);
     TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * Dv, F4 * ((double)B * H * Sq * Sk + (double)B * H * (Sk + Sq) * Dv),
           inner->attention_apply(probs, v, out, B, Sq, Sk, H, Dv));
 }
@@ -114,21 +174,26 @@ static sd_status p_attention_apply(const float *probs, const float *v, float *ou
 /* ---- backward ops (F32; a NULL output is not computed, so its arithmetic is not counted) ---- */
 
 static sd_status p_linear_backward_data(const float *dy, const float *w, float *dx, int64_t M, int64_t K, int64_t N) {
+    label_gemm("linear_backward_data", M, K, N);
     TIMED(SD_PROF_GEMM, dx ? 2.0 * M * K * N : 0, F4 * (M * N + 2 * M * K), inner->linear_backward_data(dy, w, dx, M, K, N));
 }
 static sd_status p_linear_backward_params(const float *dy, const float *x, float *dw, float *db, int64_t M, int64_t K,
                                           int64_t N) {
+    label_gemm(dw ? "linear_backward_params" : "linear_backward_bias", M, K, N);
     TIMED(SD_PROF_GEMM, dw ? 2.0 * M * K * N : 0, F4 * (M * N + M * K), inner->linear_backward_params(dy, x, dw, db, M, K, N));
 }
 static sd_status p_conv2d_backward_data(const float *dy, const float *w, float *dx, const sd_conv_geom *g) {
+    label_conv("conv_backward_data", g);
     TIMED(SD_PROF_CONV, dx ? conv_flops(g) : 0, F4 * conv_values(g), inner->conv2d_backward_data(dy, w, dx, g));
 }
 static sd_status p_conv2d_backward_params(const float *dy, const float *x, float *dw, float *db, const sd_conv_geom *g) {
+    label_conv(dw ? "conv_backward_params" : "conv_backward_bias", g);
     TIMED(SD_PROF_CONV, dw ? conv_flops(g) : 0, F4 * conv_values(g), inner->conv2d_backward_params(dy, x, dw, db, g));
 }
 static sd_status p_group_norm_backward(const float *x, const float *gamma, const float *beta, const float *dy, float *dx,
                                        float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S, int groups,
                                        float eps, int silu) {
+    LABEL("group_norm_backward%s C%lld S%lld b%lld", silu ? "+silu" : "", (long long)C, (long long)S, (long long)B);
     TIMED(SD_PROF_NORM, 0, F4 * 3 * B * C * S,
           inner->group_norm_backward(x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu));
 }
@@ -163,17 +228,20 @@ static sd_status p_upsample_nearest_backward(const float *dy, float *dx, int64_t
 static sd_status p_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                       const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
                                       int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    label_attention("attention_backward", B, Sq, Sk, H, D);
     TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * (3.0 * D + 2.0 * Dv), F4 * 2 * attention_values(B, Sq, Sk, H, D, Dv),
           inner->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal));
 }
 static sd_status p_attention_probs_backward(const float *q, const float *k, const float *probs, const float *dprobs,
                                             float *dq, float *dk, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
                                             float scale) {
+    label_attention("attention_probs_backward", B, Sq, Sk, H, D);
     TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * 2.0 * D, F4 * (2.0 * B * H * Sq * Sk + 4.0 * B * H * (Sq + Sk) * D),
           inner->attention_probs_backward(q, k, probs, dprobs, dq, dk, B, Sq, Sk, H, D, scale));
 }
 static sd_status p_attention_apply_backward(const float *probs, const float *v, const float *dout, float *dprobs,
                                             float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int Dv) {
+    label_attention("attention_apply_backward", B, Sq, Sk, H, Dv);
     TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * 2.0 * Dv, F4 * (2.0 * B * H * Sq * Sk + 3.0 * B * H * (Sq + Sk) * Dv),
           inner->attention_apply_backward(probs, v, dout, dprobs, dv, B, Sq, Sk, H, Dv));
 }
@@ -194,13 +262,16 @@ static sd_status q_copy(sd_f16 *dst, const sd_f16 *src, int64_t n) {
 }
 static sd_status q_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M, int64_t K,
                           int64_t N) {
+    label_gemm("linear", M, K, N);
     TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F2 * (M * K + M * N), inner16->linear(x, w, b, y, M, K, N));
 }
 static sd_status q_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g) {
+    label_conv("conv", g);
     TIMED(SD_PROF_CONV, conv_flops(g), F2 * conv_values(g), inner16->conv2d(x, w, b, y, g));
 }
 static sd_status q_group_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B, int64_t C,
                               int64_t S, int groups, float eps, int silu) {
+    LABEL("group_norm%s C%lld S%lld b%lld", silu ? "+silu" : "", (long long)C, (long long)S, (long long)B);
     TIMED(SD_PROF_NORM, 0, F2 * 2 * B * C * S, inner16->group_norm(x, gamma, beta, y, B, C, S, groups, eps, silu));
 }
 static sd_status q_layer_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t M, int64_t C,
@@ -229,6 +300,7 @@ static sd_status q_transpose(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, i
 }
 static sd_status q_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
                              int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+    label_attention("attention", B, Sq, Sk, H, D);
     TIMED(SD_PROF_ATTENTION, attention_flops(B, Sq, Sk, H, D, Dv), F2 * attention_values(B, Sq, Sk, H, D, Dv),
           inner16->attention(q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal));
 }

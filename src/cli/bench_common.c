@@ -112,4 +112,24 @@ void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *
     }
     printf("%-20s %7s %10.3f   (timed ops; the rest of the wall time is launches, syncs and untimed ops)\n", "total",
            "", 1e3 * timed);
+    /* the heaviest ops by kind and shape: which kernels to work on */
+    enum { TOP = 15 };
+    int order[SD_PROF_MAX_SHAPES];
+    const int n = prof->n_shapes;
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = 1; i < n; i++) { /* insertion sort by time, descending (n <= 256) */
+        const int o = order[i];
+        int j = i;
+        for (; j > 0 && prof->shapes[order[j - 1]].seconds < prof->shapes[o].seconds; j--) order[j] = order[j - 1];
+        order[j] = o;
+    }
+    printf("heaviest ops by kind and shape (%d of %d kinds):\n", n < TOP ? n : TOP, n);
+    printf("  %-52s %6s %9s %7s %9s %8s\n", "op", "calls", "ms", "share", "TFLOP/s", "GB/s");
+    for (int r = 0; r < n && r < TOP; r++) {
+        const sd_prof_shape *e = &prof->shapes[order[r]];
+        char rate[32] = "-";
+        if (e->flops > 0 && e->seconds > 0) snprintf(rate, sizeof rate, "%.1f", e->flops / e->seconds / 1e12);
+        printf("  %-52s %6lld %9.3f %6.1f%% %9s %8.0f\n", e->what, (long long)e->calls, 1e3 * e->seconds,
+               timed > 0 ? 100.0 * e->seconds / timed : 0.0, rate, e->seconds > 0 ? e->bytes / e->seconds / 1e9 : 0.0);
+    }
 }

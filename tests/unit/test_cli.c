@@ -238,6 +238,32 @@ static void test_bench_unet_profile(void **state) {
     double timed = 0;
     assert_int_equal(sscanf(strstr(where, "\ntotal") + 6, "%lf", &timed), 1);
     assert_true(timed > 0 && timed <= wall * 1.01);
+    /* the finer table names the kernels by shape, heaviest first, within the timed total */
+    const char *heavy = strstr(where, "heaviest ops by kind and shape");
+    if (!heavy) fail_msg("no per-shape table in:\n%s", where);
+    const char *labels[] = {"conv 3x3/1 ", "linear M", "attention B2 Sq64 Sk64 H8 D"};
+    for (size_t i = 0; i < sizeof labels / sizeof labels[0]; i++)
+        if (!strstr(heavy, labels[i])) fail_msg("no '%s' row in:\n%s", labels[i], heavy);
+    double listed = 0, prev = 1e30;
+    for (const char *line = strchr(strstr(heavy, "\n  op ") + 1, '\n'); line && line[1] == ' '; line = strchr(line + 1, '\n')) {
+        long long calls;
+        double ms;
+        /* "  <name words...> calls ms share% ...": the name has spaces, so step back from the % */
+        const char *pct = strchr(line, '%');
+        if (!pct) break;
+        const char *p = pct;
+        int fields = 0;
+        while (p > line && fields < 3) { /* back over "share", "ms" and "calls" */
+            while (p > line && p[-1] != ' ') p--;
+            while (p > line && p[-1] == ' ') p--;
+            fields++;
+        }
+        if (sscanf(p, " %lld %lf", &calls, &ms) != 2) fail_msg("unreadable row in:\n%s", heavy);
+        assert_true(calls > 0 && ms <= prev + 1e-9);
+        prev = ms;
+        listed += ms;
+    }
+    assert_true(listed > 0 && listed <= timed * 1.001 + 1e-3);
     free(r);
 }
 
