@@ -9,7 +9,7 @@
 #   build  make -j all + every test binary (the CUDA build when nvcc exists; says so)
 #   test   $BUILD/tests/test_cuda_ops (every CUDA op vs the CPU, the tiny model vs the oracle, CUDA
 #          graphs), then every other test binary through tests/run_tests.sh (capped by TEST_TIMEOUT)
-#   bench  `stylediff bench unet` on the GPU, exact, fast and fast+f32act, batch 1 and 2, eager and
+#   bench  `stylediff bench unet` on the GPU, exact, fast, fast+f32act and fast+find, batch 1 and 2, eager and
 #          CUDA graph, for the built-in tiny model and the SD v1.5 architecture with random weights
 #          (512x512, 64x64 latent), plus one call per mode with every op timed alone (--profile: time,
 #          TFLOP/s and GB/s per class of op); then bench/reference/unet_torch.py times PyTorch on the same card with the
@@ -159,17 +159,20 @@ if want bench; then
         ios=""
         for batch in 1 2; do
             # fast = fp16 UNet activations (the default); fast+f32act = SD_FAST_ACTIVATIONS=f32, the
-            # same tensor-core arithmetic on F32 storage: what the fp16 storage buys, side by side
-            for prec in exact fast fast+f32act; do
+            # same tensor-core arithmetic on F32 storage: what the fp16 storage buys, side by side;
+            # fast+find = SD_CONV_ALGO=find, the convolution algorithms cuDNN measures fastest
+            for prec in exact fast fast+f32act fast+find; do
                 extra=""
                 act=f16
+                convalgo=heuristic
                 [ "$prec" = "fast+f32act" ] && act=f32
+                [ "$prec" = "fast+find" ] && convalgo=find
                 [ -f "$W" ] || extra="--save-weights $W"
                 io="$WORK_DIR/io_${model}_${prec}_b$batch.safetensors"
                 extra="$extra --save-io $io"
                 echo "stylediff: $model batch $batch $prec ($(elapsed))"
                 # shellcheck disable=SC2086
-                if SD_FAST_ACTIVATIONS=$act "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
+                if SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
                     --batch "$batch" --size "$SIZE" \
                     --iters "$ITERS" --tsv -q $extra > "$WORK_DIR/row.tsv" 2> "$WORK_DIR/row.err"; then
                     awk -v m="$model" 'BEGIN { FS = OFS = "\t" } { $2 = m; print }' "$WORK_DIR/row.tsv" | tee -a "$TSV"
@@ -182,11 +185,13 @@ if want bench; then
             done
         done
         # where the time goes: one call per mode with every op timed alone (issue 3's per-kernel breakdown)
-        for prec in exact fast; do
+        for prec in exact fast fast+find; do
             echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
+            convalgo=heuristic
+            [ "$prec" = "fast+find" ] && convalgo=find
             # shellcheck disable=SC2086
-            "$SD" bench unet $args --device cuda --precision "$prec" --batch 2 --size "$SIZE" --iters 3 --no-graph \
-                --profile -q 2>&1 | sed -n '/where the time goes/,/^total/p' \
+            SD_CONV_ALGO=$convalgo "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
+                --iters 3 --no-graph --profile -q 2>&1 | sed -n '/where the time goes/,$p' | head -n 28 \
                 || note "the breakdown failed for $model $prec"
         done
         if [ "$HAVE_TORCH" = 1 ] && [ -f "$W" ]; then
@@ -232,10 +237,12 @@ if want grad; then
     done
     # where a fast-mode gradient step's time goes, backward included (SD v1.5, random weights)
     for what in context value; do
-        echo "stylediff: sd15 $what step, fast, per-op breakdown ($(elapsed))"
-        "./$BUILD/stylediff" bench grad --config configs/sd-v1.5 --device cuda --precision fast --what "$what" \
-            --iters 1 --profile -q 2>&1 | sed -n '/where the time goes/,/^total/p' \
-            || note "the gradient-step breakdown failed ($what)"
+        for convalgo in heuristic find; do
+            echo "stylediff: sd15 $what step, fast, SD_CONV_ALGO=$convalgo, per-op breakdown ($(elapsed))"
+            SD_CONV_ALGO=$convalgo "./$BUILD/stylediff" bench grad --config configs/sd-v1.5 --device cuda --precision fast \
+                --what "$what" --iters 3 --profile -q 2>&1 | sed -n '/^step /,$p' | head -n 40 \
+                || note "the gradient-step breakdown failed ($what)"
+        done
     done
 fi
 

@@ -12,7 +12,7 @@
  * Precision: exact mode sets CUDNN_FMA_MATH on the convolution descriptor (no TF32, no tensor
  * cores) and excludes the FFT and Winograd algorithms, whose rounding differs from direct
  * summation; fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor cores on fp32 data) and any
- * algorithm the heuristic ranks first.
+ * algorithm the heuristic ranks first, or with SD_CONV_ALGO=find the one cuDNN measures fastest.
  *
  * fp16 activations (cu_f16_conv2d, fast mode's forward): x, w and y are CUDNN_DATA_HALF with an
  * fp32 convolution compute type (cuDNN's PSEUDO_HALF_CONFIG: halves read as they are, products
@@ -173,6 +173,14 @@ static int bwd_filter_algo_exact_ok(cudnnConvolutionBwdFilterAlgo_t a) {
  * type the heuristic chose. */
 static int exact_math_ok(cudnnMathType_t m) { return m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH; }
 
+/* Fast mode with SD_CONV_ALGO=find (cuda_backend.cu): rank the algorithms by cuDNN's measurement
+ * (cudnnFind*: it runs each once on scratch buffers of its own and synchronises) instead of its
+ * heuristic. Plans are made on a step's first, op-by-op run, never while a graph is captured; the
+ * measured list is filtered exactly as the heuristic's. */
+static int use_find(const cu_state *s, const cu_conv_plan *p) {
+    return s->conv_find && p->precision == SD_PRECISION_FAST && !s->capturing;
+}
+
 static sd_status choose_fwd(cu_state *s, cu_conv_plan *p, int force_fallback) {
     const int exact = p->precision == SD_PRECISION_EXACT;
     int found = 0;
@@ -180,8 +188,12 @@ static sd_status choose_fwd(cu_state *s, cu_conv_plan *p, int force_fallback) {
         cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
         int returned = 0;
         CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-        CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
-                                                           CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
+        if (use_find(s, p))
+            CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
+                                                             CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
+        else
+            CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
+                                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
         for (int i = 0; i < returned && !found; i++) {
             if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
             if (exact && perf[i].determinism != CUDNN_DETERMINISTIC) continue; /* exact mode is reproducible */
@@ -209,8 +221,14 @@ static sd_status choose_bwd_data(cu_state *s, cu_conv_plan *p, int force_fallbac
         cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
         int returned = 0;
         CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-        CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(s->dnn, p->w_desc, p->y_desc, p->conv_desc, p->x_desc,
-                                                                CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned, perf));
+        if (use_find(s, p))
+            CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(s->dnn, p->w_desc, p->y_desc, p->conv_desc, p->x_desc,
+                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned,
+                                                                  perf));
+        else
+            CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(s->dnn, p->w_desc, p->y_desc, p->conv_desc,
+                                                                    p->x_desc, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
+                                                                    &returned, perf));
         for (int i = 0; i < returned && !found; i++) {
             if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
             if (exact && perf[i].determinism != CUDNN_DETERMINISTIC) continue; /* exact mode is reproducible */
@@ -238,9 +256,14 @@ static sd_status choose_bwd_filter(cu_state *s, cu_conv_plan *p, int force_fallb
         cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
         int returned = 0;
         CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-        CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(s->dnn, p->x_desc, p->y_desc, p->conv_desc, p->w_desc,
-                                                                  CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &returned,
-                                                                  perf));
+        if (use_find(s, p))
+            CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(s->dnn, p->x_desc, p->y_desc, p->conv_desc,
+                                                                    p->w_desc, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                                    &returned, perf));
+        else
+            CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(s->dnn, p->x_desc, p->y_desc, p->conv_desc,
+                                                                      p->w_desc, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
+                                                                      &returned, perf));
         for (int i = 0; i < returned && !found; i++) {
             if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
             if (exact && perf[i].determinism != CUDNN_DETERMINISTIC) continue; /* exact mode is reproducible */

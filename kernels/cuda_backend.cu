@@ -165,6 +165,18 @@ static cublasComputeType_t fast_gemm_from_env(void) {
     return CUBLAS_COMPUTE_32F_FAST_16BF;
 }
 
+/* SD_CONV_ALGO=find: fast mode's convolutions use the algorithm cuDNN measures fastest for each
+ * shape (cudnnFind*, once per plan, as torch.backends.cudnn.benchmark) instead of the first its
+ * heuristic ranks; "heuristic" (the default) keeps the heuristic. Exact mode always uses the
+ * heuristic's direct-sum algorithms: a timed choice could differ between runs, and so would the
+ * result. */
+static int conv_find_from_env(void) {
+    const char *e = getenv("SD_CONV_ALGO");
+    if (e && !strcmp(e, "find")) return 1;
+    if (e && *e && strcmp(e, "heuristic")) sd_warn("SD_CONV_ALGO=%s is not one of heuristic, find: using heuristic", e);
+    return 0;
+}
+
 static sd_status state_init(cu_state *s, int ordinal) {
     memset(s, 0, sizeof *s);
     s->ordinal = ordinal;
@@ -210,6 +222,7 @@ static sd_status state_init(cu_state *s, int ordinal) {
     CUDNN_CHECK(cudnnSetStream(s->dnn, s->stream));
     s->precision = SD_PRECISION_EXACT;
     s->fast_gemm = fast_gemm_from_env();
+    s->conv_find = conv_find_from_env();
     const char *dbg = getenv("SD_CUDA_DEBUG_SYNC");
     cu_debug_sync = dbg && *dbg && strcmp(dbg, "0") != 0;
     s->ready = 1;
@@ -465,6 +478,21 @@ extern "C" sd_status sd_cuda_set_precision(sd_precision p) {
         return sd_fail(SD_ERR_ARG, "unknown precision mode %d", (int)p);
     s->precision = p;
     return SD_OK;
+}
+
+extern "C" sd_status sd_cuda_set_conv_find(int find) {
+    cu_state *s = NULL;
+    CU_TRY(need_state(&s));
+    if (s->capturing) return sd_fail(SD_ERR_UNSUPPORTED, "sd_cuda_set_conv_find: a CUDA graph is being captured");
+    CUDA_CHECK(cudaStreamSynchronize(s->stream)); /* queued convolutions still use the old plans */
+    cu_conv_release(s);
+    s->conv_find = find != 0;
+    return SD_OK;
+}
+
+extern "C" int sd_cuda_get_conv_find(void) {
+    cu_state *s = cu_cur();
+    return s ? s->conv_find : 0;
 }
 
 extern "C" sd_precision sd_cuda_get_precision(void) {

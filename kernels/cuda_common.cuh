@@ -66,6 +66,7 @@ struct cu_state {
     void *scratch;               /* 4 KiB of small device results (all_finite flag, partial sums) */
     sd_precision precision;
     cublasComputeType_t fast_gemm; /* compute type of fast mode (SD_FAST_GEMM: bf16 | tf32 | fp16) */
+    int conv_find;                 /* fast mode: cuDNN algorithms timed once per plan (SD_CONV_ALGO=find) */
     int capturing;               /* inside sd_cuda_graph_begin/end: no allocation allowed */
     cudaEvent_t ev_start, ev_stop;
     struct cu_conv_plan *conv_plans; /* CU_CONV_CACHE entries, conv.cu */

@@ -83,6 +83,12 @@ sd_status sd_cuda_device_name(int ordinal, char *buf, size_t n);
 /* Precision of the calling thread's CUDA backend (see above). Takes effect for the next op. */
 sd_status sd_cuda_set_precision(sd_precision p);
 sd_precision sd_cuda_get_precision(void);
+/* How fast mode picks cuDNN's convolution algorithms on the calling thread's device: 0 the
+ * heuristic's first (the default), 1 the one cuDNN measures fastest per shape (cudnnFind*, the
+ * environment's SD_CONV_ALGO=find). Drops the convolution plans made so far; never call it while
+ * a CUDA graph is captured, and recapture graphs made before. Exact mode is not affected. */
+sd_status sd_cuda_set_conv_find(int find);
+int sd_cuda_get_conv_find(void);
 
 /* Free and total memory of the calling thread's device (cudaMemGetInfo). */
 sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);

@@ -41,6 +41,13 @@ sd_status sd_cuda_set_precision(sd_precision p) {
 
 sd_precision sd_cuda_get_precision(void) { return SD_PRECISION_EXACT; }
 
+int sd_cuda_get_conv_find(void) { return 0; }
+
+sd_status sd_cuda_set_conv_find(int find) {
+    (void)find;
+    return no_cuda();
+}
+
 sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
     if (free_bytes) *free_bytes = 0;
     if (total_bytes) *total_bytes = 0;

@@ -333,13 +333,15 @@ static void test_f16_conv2d(void **state) {
         assert_sd_ok(cpu16->conv2d(x, w, c->bias ? b : NULL, want, &g));
         sd_f16 *xd = dput16(x, nx), *wd = dput16(w, nw), *yd = dnew16(ny);
         float *bd = dput(b, g.c_out);
-        for (int m = 0; m < 2; m++) {
-            assert_sd_ok(sd_cuda_set_precision(modes[m]));
+        for (int m = 0; m < 3; m++) { /* exact, fast, fast with the algorithms cuDNN times */
+            assert_sd_ok(sd_cuda_set_precision(modes[m < 2 ? m : 1]));
+            assert_sd_ok(sd_cuda_set_conv_find(m == 2));
             assert_sd_ok(gpu16->conv2d(xd, wd, c->bias ? bd : NULL, yd, &g));
             char what[96];
-            snprintf(what, sizeof what, "%s (%s)", c->what, mode_names[m]);
+            snprintf(what, sizeof what, "%s (%s)", c->what, m == 2 ? "fast, find" : mode_names[m]);
             check16(what, yd, want, ny, TOL_F16_GEMM);
         }
+        assert_sd_ok(sd_cuda_set_conv_find(0));
     }
     /* the F32 convolution of an asymmetric geometry just run in fp16 keeps its own plan and its
      * own padded buffer (the cache keys on the data type; the workspace carving on its size) */

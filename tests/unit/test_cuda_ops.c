@@ -241,11 +241,15 @@ static void test_conv2d(void **state) {
         float *want = hnew(ny);
         assert_sd_ok(cpu->conv2d(x, w, c->bias ? b : NULL, want, &g));
         float *xd = dput(x, nx), *wd = dput(w, nw), *bd = dput(b, g.c_out), *yd = dnew(ny);
-        for (int m = 0; m < 2; m++) {
-            set_mode(modes[m]);
+        for (int m = 0; m < 3; m++) { /* exact, fast, fast with the algorithms cuDNN times (SD_CONV_ALGO=find) */
+            set_mode(modes[m < 2 ? m : 1]);
+            assert_sd_ok(sd_cuda_set_conv_find(m == 2));
+            char what[128];
+            snprintf(what, sizeof what, "%s%s", c->what, m == 2 ? " [find]" : "");
             assert_sd_ok(gpu->conv2d(xd, wd, c->bias ? bd : NULL, yd, &g));
-            check_dev(c->what, yd, want, ny, tol_for(modes[m], TOL_GEMM));
+            check_dev(what, yd, want, ny, tol_for(modes[m < 2 ? m : 1], TOL_GEMM));
         }
+        assert_sd_ok(sd_cuda_set_conv_find(0));
     }
 }
 
@@ -662,19 +666,23 @@ static void test_conv2d_backward(void **state) {
         assert_sd_ok(cpu->conv2d_backward_data(dy, w, dx, &g));
         assert_sd_ok(cpu->conv2d_backward_params(dy, x, dw, db, &g));
         float *xd = dput(x, nx), *wd = dput(w, nw), *dyd = dput(dy, ny);
-        for (int m = 0; m < 2; m++) {
-            set_mode(modes[m]);
+        for (int m = 0; m < 3; m++) { /* exact, fast, fast with the algorithms cuDNN times */
+            const sd_precision mode = modes[m < 2 ? m : 1];
+            const char *find = m == 2 ? " [find]" : "";
+            set_mode(mode);
+            assert_sd_ok(sd_cuda_set_conv_find(m == 2));
             float *dxd = dput(dx0, nx), *dwd = dput(dw0, nw), *dbd = dput(db0, g.c_out);
             assert_sd_ok(gpu->conv2d_backward_data(dyd, wd, dxd, &g));
             assert_sd_ok(gpu->conv2d_backward_params(dyd, xd, dwd, dbd, &g));
             char what[128];
-            snprintf(what, sizeof what, "conv2d_backward dx: %s", c->what);
-            check_dev(what, dxd, dx, nx, tol_for(modes[m], TOL_BWD));
-            snprintf(what, sizeof what, "conv2d_backward dw: %s", c->what);
-            check_dev(what, dwd, dw, nw, tol_for(modes[m], TOL_BWD));
-            snprintf(what, sizeof what, "conv2d_backward db: %s", c->what);
-            check_dev(what, dbd, db, g.c_out, tol_for(modes[m], TOL_BWD));
+            snprintf(what, sizeof what, "conv2d_backward dx: %s%s", c->what, find);
+            check_dev(what, dxd, dx, nx, tol_for(mode, TOL_BWD));
+            snprintf(what, sizeof what, "conv2d_backward dw: %s%s", c->what, find);
+            check_dev(what, dwd, dw, nw, tol_for(mode, TOL_BWD));
+            snprintf(what, sizeof what, "conv2d_backward db: %s%s", c->what, find);
+            check_dev(what, dbd, db, g.c_out, tol_for(mode, TOL_BWD));
         }
+        assert_sd_ok(sd_cuda_set_conv_find(0));
     }
 }
 

@@ -47,6 +47,7 @@
  * (CUDASIM_LIB_NOTES=0 silences them). */
 #include <cudnn.h>
 #include <cuda_fp16.h> /* the half <-> float conversions of CUDNN_DATA_HALF tensors */
+#include <cuda_runtime.h> /* cudaStreamSynchronize: the Find functions wait, as cuDNN's do */
 
 #include <algorithm>
 #include <cmath>
@@ -382,6 +383,18 @@ int heuristic(Dir dir, const Geom &g, cudnnMathType_t desc_math, Perf *out) {
             p.math = tensor ? (has_tensor_kernel(dir, a) ? desc_math : CUDNN_DEFAULT_MATH) : desc_math;
             n++;
         }
+    return n;
+}
+
+/* What cudnnFind* "measures" here: the applicable algorithms in the reverse of the heuristic's
+ * ranking, timed 0.05, 0.10, ... ms, then the refused ones. So code that trusts the measurement
+ * runs a different algorithm than code that trusts the heuristic (both are tested). */
+int measured(Dir dir, const Geom &g, cudnnMathType_t desc_math, Perf *out) {
+    const int n = heuristic(dir, g, desc_math, out);
+    int ok = 0;
+    while (ok < n && out[ok].status == CUDNN_STATUS_SUCCESS) ok++;
+    std::reverse(out, out + ok);
+    for (int i = 0; i < ok; i++) out[i].time = 0.05f * (float)(i + 1);
     return n;
 }
 
@@ -841,6 +854,73 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t handle
     if (st != CUDNN_STATUS_SUCCESS) return st;
     Perf all[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
     const int n = std::min(requestedAlgoCount, heuristic(Dir::bwd_filter, g, convDesc->math, all));
+    copy_perf(all, n, perfResults);
+    *returnedAlgoCount = n;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* The Find functions time every algorithm on the device (cudnnFind*: allocating their own
+ * buffers, synchronising) and return them fastest first: here, the measured() order. */
+cudnnStatus_t cudnnFindConvolutionForwardAlgorithm(cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc,
+                                                   const cudnnFilterDescriptor_t wDesc,
+                                                   const cudnnConvolutionDescriptor_t convDesc,
+                                                   const cudnnTensorDescriptor_t yDesc, const int requestedAlgoCount,
+                                                   int *returnedAlgoCount, cudnnConvolutionFwdAlgoPerf_t *perfResults) {
+    const char *api = "cudnnFindConvolutionForwardAlgorithm";
+    if (!handle || !returnedAlgoCount || !perfResults || requestedAlgoCount < 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api,
+                      requestedAlgoCount);
+    if (cudaStreamSynchronize(handle->stream) != cudaSuccess) /* Find times on the device: it synchronises */
+        return refuse(CUDNN_STATUS_EXECUTION_FAILED, "%s: cannot synchronise (a CUDA graph being captured?)", api);
+    Geom g;
+    const cudnnStatus_t st = resolve(api, Dir::fwd, xDesc, wDesc, convDesc, yDesc, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    Perf all[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    const int n = std::min(requestedAlgoCount, measured(Dir::fwd, g, convDesc->math, all));
+    copy_perf(all, n, perfResults);
+    *returnedAlgoCount = n;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithm(cudnnHandle_t handle, const cudnnFilterDescriptor_t wDesc,
+                                                        const cudnnTensorDescriptor_t dyDesc,
+                                                        const cudnnConvolutionDescriptor_t convDesc,
+                                                        const cudnnTensorDescriptor_t dxDesc,
+                                                        const int requestedAlgoCount, int *returnedAlgoCount,
+                                                        cudnnConvolutionBwdDataAlgoPerf_t *perfResults) {
+    const char *api = "cudnnFindConvolutionBackwardDataAlgorithm";
+    if (!handle || !returnedAlgoCount || !perfResults || requestedAlgoCount < 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api,
+                      requestedAlgoCount);
+    if (cudaStreamSynchronize(handle->stream) != cudaSuccess) /* Find times on the device: it synchronises */
+        return refuse(CUDNN_STATUS_EXECUTION_FAILED, "%s: cannot synchronise (a CUDA graph being captured?)", api);
+    Geom g;
+    const cudnnStatus_t st = resolve(api, Dir::bwd_data, dxDesc, wDesc, convDesc, dyDesc, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    Perf all[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+    const int n = std::min(requestedAlgoCount, measured(Dir::bwd_data, g, convDesc->math, all));
+    copy_perf(all, n, perfResults);
+    *returnedAlgoCount = n;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc,
+                                                          const cudnnTensorDescriptor_t dyDesc,
+                                                          const cudnnConvolutionDescriptor_t convDesc,
+                                                          const cudnnFilterDescriptor_t dwDesc,
+                                                          const int requestedAlgoCount, int *returnedAlgoCount,
+                                                          cudnnConvolutionBwdFilterAlgoPerf_t *perfResults) {
+    const char *api = "cudnnFindConvolutionBackwardFilterAlgorithm";
+    if (!handle || !returnedAlgoCount || !perfResults || requestedAlgoCount < 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api,
+                      requestedAlgoCount);
+    if (cudaStreamSynchronize(handle->stream) != cudaSuccess) /* Find times on the device: it synchronises */
+        return refuse(CUDNN_STATUS_EXECUTION_FAILED, "%s: cannot synchronise (a CUDA graph being captured?)", api);
+    Geom g;
+    const cudnnStatus_t st = resolve(api, Dir::bwd_filter, xDesc, dwDesc, convDesc, dyDesc, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    Perf all[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
+    const int n = std::min(requestedAlgoCount, measured(Dir::bwd_filter, g, convDesc->math, all));
     copy_perf(all, n, perfResults);
     *returnedAlgoCount = n;
     return CUDNN_STATUS_SUCCESS;

@@ -1049,6 +1049,21 @@ static void test_conv_case(cudnnHandle_t dnn, const ConvCase &c, const char *nam
             order_ok = false;
     }
     CHECK(order_ok, "%s: the applicable algorithms are listed first", name);
+    /* Find: the same algorithms, the applicable ones in the reverse order, times ascending */
+    {
+        cudnnConvolutionFwdAlgoPerf_t found[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        int nf = -1, ok = 0;
+        CHECK(cudnnFindConvolutionForwardAlgorithm(dnn, d.x, d.w, d.conv, d.y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &nf,
+                                                   found) == CUDNN_STATUS_SUCCESS && nf == returned,
+              "%s: forward Find returned %d", name, nf);
+        while (ok < returned && perf[ok].status == CUDNN_STATUS_SUCCESS) ok++;
+        bool same = true;
+        for (int i = 0; i < ok; i++)
+            same = same && found[i].algo == perf[ok - 1 - i].algo && found[i].status == CUDNN_STATUS_SUCCESS &&
+                   found[i].memory == perf[ok - 1 - i].memory && (i == 0 || found[i].time > found[i - 1].time);
+        for (int i = ok; i < returned; i++) same = same && found[i].algo == perf[i].algo;
+        CHECK(same, "%s: Find lists the applicable algorithms reversed, fastest first", name);
+    }
     int ran = 0;
     for (int i = 0; i < returned; i++) {
         size_t need = 12345;
