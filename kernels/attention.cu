@@ -483,8 +483,228 @@ template <typename T, int DK> static sd_status launch_fast(const attn_params<T> 
     return SD_OK;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * fp16 activations with 16-byte rows: the same kernel with its memory path rebuilt (FlashAttention-2
+ * style), for what fast mode's UNet forward runs (SD's heads are 40, 80 and 160 wide):
+ *  - Q, K and V tiles move global -> shared memory by cp.async (16 bytes per copy, no registers on
+ *    the way), K/V double-buffered: tile j+1 is in flight while the warps multiply tile j;
+ *  - V stays row-major [key][dim] in shared memory, and the B fragments of both products come from
+ *    ldmatrix (x4: two n-tiles per instruction; .trans for V), not from 32-bit loads; the generic
+ *    kernel's transposed 16-bit stores of V conflicted 8 ways in the banks;
+ *  - heads up to 48 wide keep two blocks per SM (16 warps instead of 8);
+ *  - the key mask is applied only to the tiles that need it (a partial last tile, causal).
+ * The arithmetic is the generic kernel's: the same products in the same order, so the same bits.
+ * Needs D and Dv multiples of 8 and 16-byte aligned q, k, v (flash_fast checks; else the generic
+ * kernel runs).
+ * --------------------------------------------------------------------------------------------- */
+
+template <int DK> struct fa_async_smem {
+    /* halves; rows padded by 8 (16 bytes): ldmatrix's 8 row addresses then hit distinct banks */
+    static constexpr int DP = DK * 16;
+    static constexpr int RS = DP + 8; /* row stride of Q, K and V */
+    static constexpr int q_off = 0;
+    static constexpr int k_off = q_off + FA_BQ * RS;         /* [2][BK][RS] */
+    static constexpr int v_off = k_off + 2 * FA_BK * RS;     /* [2][BK][RS], row-major */
+    static constexpr int elems = v_off + 2 * FA_BK * RS;
+    static constexpr size_t bytes = (size_t)elems * sizeof(__half);
+    static constexpr int min_blocks = DK <= 3 ? 2 : 1;       /* registers: see the ptxas note below */
+};
+
+/* Queues the copies of rows [r0, r0 + rows) of one [*, ld] fp16 matrix (width w, a multiple of 8)
+ * into shared rows of stride RS; rows at or past `limit` are zero-filled. */
+template <int RS>
+__device__ __forceinline__ void fa_async_rows(__half *dst, const __half *src, int64_t r0, int rows, int64_t limit,
+                                              int64_t ld, int w, int tid) {
+    const int chunks = w >> 3; /* 16-byte pieces per row */
+    for (int i = tid; i < rows * chunks; i += FA_THREADS) {
+        const int r = i / chunks, c = (i - r * chunks) << 3;
+        const bool in = r0 + r < limit;
+        cu_cp_async16(&dst[r * RS + c], in ? (const void *)&src[(r0 + r) * ld + c] : (const void *)src, in);
+    }
+}
+
+template <int DK>
+__global__ void __launch_bounds__(FA_THREADS, fa_async_smem<DK>::min_blocks) k_flash_fast_async(const attn_params<__half> p) {
+    typedef fa_async_smem<DK> L;
+    CU_DYNAMIC_SHARED(float4, smem_f4);
+    __half *smem = reinterpret_cast<__half *>(smem_f4);
+    __half *Qs = smem + L::q_off;
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
+    const int64_t q0 = (int64_t)blockIdx.x * FA_BQ;
+    const __half *qb, *kb, *vb;
+    __half *ob;
+    attn_bases(p, b, h, &qb, &kb, &vb, &ob);
+    const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+
+    /* the head-dim padding of Q and K (columns D .. DP) must be zeros, not stale bits: a NaN there
+     * times Q's zero would reach every score. Nothing is copied there, so once is enough; V's
+     * padding only feeds output columns that are never stored. */
+    for (int i = tid; i < (FA_BQ + 2 * FA_BK) * (L::DP - p.D); i += FA_THREADS) {
+        const int r = i / (L::DP - p.D), c = p.D + i % (L::DP - p.D);
+        (r < FA_BQ ? Qs[r * L::RS + c] : smem[L::k_off + (r - FA_BQ) * L::RS + c]) = __float2half_rn(0.0f);
+    }
+
+    int64_t k_end = p.Sk;
+    if (p.causal && q0 + FA_BQ < k_end) k_end = q0 + FA_BQ;
+    const int n_tiles = (int)((k_end + FA_BK - 1) / FA_BK);
+
+    /* group 0: Q and the first K/V tile */
+    fa_async_rows<L::RS>(Qs, qb, q0, FA_BQ, p.Sq, ldq, p.D, tid);
+    fa_async_rows<L::RS>(smem + L::k_off, kb, 0, FA_BK, p.Sk, ldq, p.D, tid);
+    fa_async_rows<L::RS>(smem + L::v_off, vb, 0, FA_BK, p.Sk, ldv, p.Dv, tid);
+    cu_cp_async_commit();
+
+    const int r0 = warp * 16;
+    uint32_t qa[DK][4];
+    float o[2 * DK][4];
+#pragma unroll
+    for (int nd = 0; nd < 2 * DK; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const int64_t row0 = q0 + r0 + g, row1 = row0 + 8;
+    /* ldmatrix row addresses: lane l gives row l mod 8 of matrix l / 8 */
+    const int mi = lane >> 3, mr = lane & 7;
+
+    for (int j = 0; j < n_tiles; j++) {
+        const int64_t k0 = (int64_t)j * FA_BK;
+        if (j + 1 < n_tiles) { /* tile j+1 into the other buffer (free: the loop's end synchronised) */
+            const int nb = (j + 1) & 1;
+            fa_async_rows<L::RS>(smem + L::k_off + nb * FA_BK * L::RS, kb, k0 + FA_BK, FA_BK, p.Sk, ldq, p.D, tid);
+            fa_async_rows<L::RS>(smem + L::v_off + nb * FA_BK * L::RS, vb, k0 + FA_BK, FA_BK, p.Sk, ldv, p.Dv, tid);
+            cu_cp_async_commit();
+            cu_cp_async_wait<1>(); /* all but the newest group: tile j (and Q) arrived */
+        } else {
+            cu_cp_async_wait<0>();
+        }
+        __syncthreads(); /* every thread's copies of tile j are visible */
+        if (j == 0) {
+            /* this warp's 16 query rows as A fragments: matrices (rows +0/+8) x (columns +0/+8) */
+#pragma unroll
+            for (int kk = 0; kk < DK; kk++)
+                cu_ldmatrix_x4<false>(qa[kk], &Qs[(r0 + (mi & 1) * 8 + mr) * L::RS + kk * 16 + (mi >> 1) * 8]);
+        }
+        const __half *Ks = smem + L::k_off + (j & 1) * FA_BK * L::RS;
+        const __half *Vs = smem + L::v_off + (j & 1) * FA_BK * L::RS;
+
+        /* S = Q Kᵀ, 16 rows x 64 keys; one ldmatrix.x4 gives the B fragments of key tiles nt, nt+1 */
+        float sacc[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt += 2)
+#pragma unroll
+            for (int kk = 0; kk < DK; kk++) {
+                uint32_t bf[4]; /* matrices: (keys nt, dims +0), (nt, +8), (nt+1, +0), (nt+1, +8) */
+                cu_ldmatrix_x4<false>(bf, &Ks[(nt * 8 + (mi >> 1) * 8 + mr) * L::RS + kk * 16 + (mi & 1) * 8]);
+                cu_tensor_core<__half>::mma(sacc[nt], qa[kk], bf[0], bf[1]);
+                cu_tensor_core<__half>::mma(sacc[nt + 1], qa[kk], bf[2], bf[3]);
+            }
+
+        const bool masked = p.causal || k0 + FA_BK > p.Sk;
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float v = sacc[nt][e] * p.scale_log2;
+                if (masked) {
+                    const int64_t kj = k0 + nt * 8 + 2 * t + (e & 1);
+                    const int64_t qi = e < 2 ? row0 : row1;
+                    if (!(kj < p.Sk && (!p.causal || kj <= qi))) v = -INFINITY;
+                }
+                sacc[nt][e] = v;
+                if (e < 2) mx0 = fmaxf(mx0, v);
+                else mx1 = fmaxf(mx1, v);
+            }
+        const float mn0 = fmaxf(m0, cu_quad_max(mx0)), mn1 = fmaxf(m1, cu_quad_max(mx1));
+        const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
+        const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
+        m0 = mn0;
+        m1 = mn1;
+        l0 *= a0;
+        l1 *= a1;
+#pragma unroll
+        for (int nd = 0; nd < 2 * DK; nd++) {
+            o[nd][0] *= a0;
+            o[nd][1] *= a0;
+            o[nd][2] *= a1;
+            o[nd][3] *= a1;
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            sacc[nt][0] = exp2f(sacc[nt][0] - mu0);
+            sacc[nt][1] = exp2f(sacc[nt][1] - mu0);
+            sacc[nt][2] = exp2f(sacc[nt][2] - mu1);
+            sacc[nt][3] = exp2f(sacc[nt][3] - mu1);
+            l0 += sacc[nt][0] + sacc[nt][1];
+            l1 += sacc[nt][2] + sacc[nt][3];
+        }
+
+        /* O += P · V; one ldmatrix.x4.trans gives the B fragments of dim tiles nd, nd+1 */
+#pragma unroll
+        for (int kk2 = 0; kk2 < FA_BK / 16; kk2++) {
+            uint32_t pa[4];
+            cu_a_frag_from_c<__half>(pa, sacc[2 * kk2], sacc[2 * kk2 + 1]);
+#pragma unroll
+            for (int nd = 0; nd < 2 * DK; nd += 2) {
+                uint32_t bf[4]; /* matrices: (keys +0, dims nd), (keys +8, nd), (+0, nd+1), (+8, nd+1) */
+                cu_ldmatrix_x4<true>(bf, &Vs[(kk2 * 16 + (mi & 1) * 8 + mr) * L::RS + nd * 8 + (mi >> 1) * 8]);
+                cu_tensor_core<__half>::mma(o[nd], pa, bf[0], bf[1]);
+                cu_tensor_core<__half>::mma(o[nd + 1], pa, bf[2], bf[3]);
+            }
+        }
+        __syncthreads(); /* tile j consumed: its buffer takes tile j+2 next iteration */
+    }
+
+    l0 = cu_quad_sum(l0);
+    l1 = cu_quad_sum(l1);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+#pragma unroll
+    for (int nd = 0; nd < 2 * DK; nd++) { /* two neighbouring dims per store (D is a multiple of 8) */
+        const int d = nd * 8 + 2 * t;
+        if (d >= p.Dv) continue;
+        if (row0 < p.Sq)
+            *reinterpret_cast<__half2 *>(&ob[row0 * ldv + d]) = __floats2half2_rn(o[nd][0] * inv0, o[nd][1] * inv0);
+        if (row1 < p.Sq)
+            *reinterpret_cast<__half2 *>(&ob[row1 * ldv + d]) = __floats2half2_rn(o[nd][2] * inv1, o[nd][3] * inv1);
+    }
+}
+
+template <int DK> static sd_status launch_fast_async(const attn_params<__half> &p, int64_t B) {
+    const size_t smem = fa_async_smem<DK>::bytes;
+    static unsigned configured = 0;
+    const unsigned bit = 1u << (cu_cur()->ordinal & 31);
+    if (!(configured & bit)) {
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast_async<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        configured |= bit;
+    }
+    dim3 grid((unsigned)((p.Sq + FA_BQ - 1) / FA_BQ), (unsigned)(B * p.H));
+    CU_LAUNCH(k_flash_fast_async<DK>, grid, FA_THREADS, smem, cu_cur()->stream)(p);
+    LAUNCH_CHECK("flash attention (fast, fp16, cp.async)");
+    return SD_OK;
+}
+
+/* Whether the cp.async kernel can read these operands: rows of whole 16-byte pieces at 16-byte
+ * aligned addresses (every head offset h·D and row stride H·D a multiple of 8 halves). */
+static bool fa_async_ok(const attn_params<__half> &p) {
+    const uintptr_t align = (uintptr_t)p.q | (uintptr_t)p.k | (uintptr_t)p.v | (uintptr_t)p.out;
+    return p.D % 8 == 0 && p.Dv % 8 == 0 && (align & 15) == 0;
+}
+
 template <typename T> static sd_status flash_fast(const attn_params<T> &p, int64_t B) {
     const int dmax = p.D > p.Dv ? p.D : p.Dv;
+    if constexpr (sizeof(T) == 2) {
+        if (fa_async_ok(p)) {
+            if (dmax <= 16) return launch_fast_async<1>(p, B);
+            if (dmax <= 32) return launch_fast_async<2>(p, B);
+            if (dmax <= 48) return launch_fast_async<3>(p, B);
+            if (dmax <= 64) return launch_fast_async<4>(p, B);
+            if (dmax <= 80) return launch_fast_async<5>(p, B);
+            return launch_fast_async<10>(p, B);
+        }
+    }
     if (dmax <= 16) return launch_fast<T, 1>(p, B);
     if (dmax <= 32) return launch_fast<T, 2>(p, B);
     if (dmax <= 48) return launch_fast<T, 3>(p, B);

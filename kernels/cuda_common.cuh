@@ -31,6 +31,7 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h> /* the simulator's cp.async: memcpy */
 
 extern "C" {
 #include "sd/backend.h"
@@ -286,6 +287,67 @@ __device__ __forceinline__ void cu_mma_bt(float *c, const uint32_t *a, const E *
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
     const E *row = &bt[(n0 + g) * stride + k0 + 2 * t];
     cu_tensor_core<E>::mma(c, a, cu_ld_u32(row), cu_ld_u32(row + 8));
+}
+
+/* ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 matrices of 16-bit elements from
+ * shared memory, lanes 8i .. 8i+7 giving the addresses of matrix i's 8 rows (16 bytes each, 16-byte
+ * aligned). Lane (g = lane / 4, t = lane mod 4) receives r[i] = matrix i's elements (row g, columns
+ * 2t, 2t+1); with TRANS, (rows 2t, 2t+1, column g): the B fragment of a row-major [k][n] tile. */
+template <bool TRANS> __device__ __forceinline__ void cu_ldmatrix_x4(uint32_t r[4], const void *row) {
+#ifdef SD_CUDA_SIM
+    uint64_t *slots = cudasim::warp_slots();
+    const unsigned lane = cudasim::lane_id();
+    slots[lane] = (uint64_t)(uintptr_t)row;
+    cudasim::warp_sync();
+    const int g = (int)lane >> 2, t = (int)lane & 3;
+    for (int i = 0; i < 4; i++) {
+        uint16_t lo, hi;
+        if (TRANS) {
+            lo = ((const uint16_t *)(uintptr_t)slots[8 * i + 2 * t])[g];
+            hi = ((const uint16_t *)(uintptr_t)slots[8 * i + 2 * t + 1])[g];
+        } else {
+            lo = ((const uint16_t *)(uintptr_t)slots[8 * i + g])[2 * t];
+            hi = ((const uint16_t *)(uintptr_t)slots[8 * i + g])[2 * t + 1];
+        }
+        r[i] = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+#else
+    const unsigned a = (unsigned)__cvta_generic_to_shared(row);
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+#endif
+}
+
+/* cp.async.cg of 16 bytes from global to shared memory, or 16 zero bytes when !valid (the source
+ * is then not read); completes at cu_cp_async_wait. The simulator copies at once. */
+__device__ __forceinline__ void cu_cp_async16(void *smem, const void *gmem, bool valid) {
+#ifdef SD_CUDA_SIM
+    if (valid)
+        memcpy(smem, gmem, 16);
+    else
+        memset(smem, 0, 16);
+#else
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+#endif
+}
+/* Closes the group of copies issued since the last commit. */
+__device__ __forceinline__ void cu_cp_async_commit() {
+#ifndef SD_CUDA_SIM
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+/* Waits until at most N of this thread's committed groups are still in flight. */
+template <int N> __device__ __forceinline__ void cu_cp_async_wait() {
+#ifndef SD_CUDA_SIM
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 /* The activations exactly as the CPU backend writes them (float arithmetic, same formulas). */

@@ -381,6 +381,8 @@ static const f16_attn_case f16_attn_cases[] = {
     {2, 200, 77, 2, 40, 40, 0, "cross, 77 keys"},
     {1, 77, 77, 2, 32, 32, 1, "causal (CLIP-like)"},
     {1, 100, 50, 3, 16, 24, 0, "Dv != D"},
+    {2, 90, 70, 2, 20, 12, 0, "D 20, Dv 12 (rows of 16-byte pieces: no; the generic tile loads)"},
+    {1, 200, 130, 2, 24, 24, 1, "causal, D 24 (head dim padded to 32 in shared memory)"},
     {2, 70, 60, 1, 512, 512, 0, "large head D 512 (unfused, widened)"},
     {1, 4096, 4096, 8, 40, 40, 0, "SD 64x64 self-attention"},
     {1, 1024, 1024, 1, 512, 512, 0, "SD VAE's 512-wide head, 32x32"},
@@ -413,6 +415,21 @@ static void test_f16_attention(void **state) {
             char line[160];
             snprintf(line, sizeof line, "%s, %s", what, sd_precision_name(modes[m]));
             check16(line, od, want, no, TOL_F16_GEMM);
+        }
+        /* Heads of whole 16-byte pieces run the cp.async / ldmatrix kernel; q one half off a
+         * 16-byte boundary sends the same values through the generic kernel. Both do the same
+         * products in the same order: the same bits. */
+        if (c->D % 8 == 0 && c->Dv % 8 == 0 && c->D <= 160 && c->Dv <= 160) {
+            sd_f16 *od2 = dnew16(no), *got = hnew16(no), *got2 = hnew16(no);
+            assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+            assert_sd_ok(gpu16->attention(qd, kd, vd, od, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+            assert_sd_ok(gpu16->attention(dput16_at(q, nq, 1), kd, vd, od2, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv,
+                                          scale, c->causal));
+            assert_sd_ok(gpu->download(got, od, (size_t)no * sizeof(sd_f16)));
+            assert_sd_ok(gpu->download(got2, od2, (size_t)no * sizeof(sd_f16)));
+            print_message("    %-56s %s\n", "  cp.async kernel vs generic kernel",
+                          memcmp(got, got2, (size_t)no * sizeof(sd_f16)) ? "DIFFER" : "bit-identical");
+            assert_memory_equal(got, got2, (size_t)no * sizeof(sd_f16));
         }
     }
 }
