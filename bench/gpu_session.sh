@@ -8,8 +8,9 @@
 # seconds, so one slow stage cannot eat the lease and the results of the others always come back.
 #   env       the card, the driver, the libraries the binaries resolve, torch, compute-sanitizer
 #   test bench grad invert   bench/gpu_check.sh's stages (read its header), results in build/gpu_check
-#   sanitize  compute-sanitizer memcheck on an exact and a fast `generate` and a fast `bench grad`
-#             (tiny model), racecheck on a fast `generate` (the attention kernels' shared memory)
+#   sanitize  compute-sanitizer memcheck and racecheck on test_cuda_f16's attention cases (the fp16
+#             kernels at SD's head widths), memcheck on an exact and a fast `generate` and a fast
+#             `bench grad` (tiny model), racecheck on a fast `generate`
 # Results: $OUT/session.log (everything printed, written as it goes) and $OUT/results.tgz (the
 # stages' files); without OUT, build/gpu_session/.
 set -u
@@ -53,6 +54,14 @@ stage_sanitize() {
     cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     local common=(--error-exitcode 9 --print-limit 20)
     local rc=0
+    # the fp16 attention kernels first (cp.async / ldmatrix / shared-memory double buffering: the
+    # tiny model's heads are too narrow to reach them), then whole commands
+    for tool in memcheck racecheck; do
+        echo "$tool: test_cuda_f16's attention cases"
+        SD_TEST_FILTER=test_f16_attention "$cs" --tool $tool "${common[@]}" build/tests/test_cuda_f16 2>&1 |
+            grep -E "ERROR SUMMARY|========= [A-Z]|PASSED|FAILED" | head -n 30
+        [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+    done
     for prec in exact fast; do
         echo "memcheck: generate --precision $prec"
         "$cs" --tool memcheck "${common[@]}" build/stylediff generate -p "a photo of a cat" --steps 2 \

@@ -498,6 +498,7 @@ static void test_f16_unet(void **state) {
 #define GPU_TEST(f) cmocka_unit_test_teardown(f, per_test_teardown)
 
 int main(void) {
+    testutil_apply_filter();
     const struct CMUnitTest tests[] = {
         GPU_TEST(test_f16_conversions),
         GPU_TEST(test_f16_layout_ops),

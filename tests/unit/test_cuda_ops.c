@@ -1569,6 +1569,7 @@ static void test_max_pool2d(void **state) {
 #define GPU_TEST(f) cmocka_unit_test_teardown(f, per_test_teardown)
 
 int main(void) {
+    testutil_apply_filter();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_selection),
         GPU_TEST(test_memory),

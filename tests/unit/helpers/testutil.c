@@ -203,3 +203,11 @@ void testutil_run_cli(testutil_run *r, const char *stylediff, const char *args) 
     int st = pclose(p);
     r->status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
+
+void testutil_apply_filter(void) {
+    const char *f = getenv("SD_TEST_FILTER");
+    if (f && *f) {
+        fprintf(stderr, "SD_TEST_FILTER=%s: running only the tests that match\n", f);
+        cmocka_set_test_filter(f);
+    }
+}

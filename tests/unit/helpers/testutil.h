@@ -81,6 +81,10 @@ int testutil_have_gpu(void);
         }                                                                                          \
     } while (0)
 
+/* SD_TEST_FILTER=PATTERN runs only the tests whose names match it (cmocka's filter: * and ?),
+ * e.g. one test under compute-sanitizer; a test main calls this before running its group. */
+void testutil_apply_filter(void);
+
 /* Whether "the GPU" is the host simulator (a build with SIM=1, tools/cudasim): every kernel runs,
  * on the CPU, at a few hundred MFLOP/s, so tests leave out the cases of SD v1.5 size (and say so
  * in the log: they run on a real GPU). */
