@@ -8,6 +8,8 @@
 # seconds, so one slow stage cannot eat the lease and the results of the others always come back.
 #   env       the card, the driver, the libraries the binaries resolve, torch, compute-sanitizer
 #   test bench grad invert   bench/gpu_check.sh's stages (read its header), results in build/gpu_check
+#   cudnn     SD_CUDNN_LOG=1: the convolution algorithms cuDNN runs for SD v1.5 (fast forward at batch 2,
+#             a fast context step), with the heuristic's and the measured choice
 #   sanitize  compute-sanitizer memcheck and racecheck on test_cuda_f16's attention cases (the fp16
 #             kernels at SD's head widths), memcheck on an exact and a fast `generate` and a fast
 #             `bench grad` (tiny model), racecheck on a fast `generate`
@@ -49,6 +51,18 @@ stage_env() {
     (compute-sanitizer --version 2>/dev/null || /usr/local/cuda/bin/compute-sanitizer --version) | tail -n 1
     build/stylediff generate -p "a photo of a cat" --steps 3 --device cuda -o /tmp/gpu_session_gen.png
 }
+stage_cudnn() {
+    # which convolution kernels cuDNN runs for SD v1.5 (random weights): forward at batch 2 in fast
+    # mode (fp16), a fast context step (fp32 forward + backward data), heuristic and measured choice
+    for convalgo in heuristic find; do
+        echo "SD_CONV_ALGO=$convalgo: bench unet fast, batch 2"
+        SD_CUDNN_LOG=1 SD_CONV_ALGO=$convalgo build/stylediff bench unet --config configs/sd-v1.5 --device cuda \
+            --precision fast --batch 2 --iters 3 --no-graph -q 2>&1 | grep -E '^cudnn:|eager' | sort | uniq -c
+        echo "SD_CONV_ALGO=$convalgo: bench grad fast, context step"
+        SD_CUDNN_LOG=1 SD_CONV_ALGO=$convalgo build/stylediff bench grad --config configs/sd-v1.5 --device cuda \
+            --precision fast --what context --iters 3 -q 2>&1 | grep -E '^cudnn:|^context' | sort | uniq -c
+    done
+}
 stage_sanitize() {
     local cs
     cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -84,8 +98,9 @@ for spec in "$@"; do
     case $name in
         env) timeout -k 5 "$cap" bash -c "ROOT=$ROOT; $(declare -f stage_env); stage_env" ;;
         sanitize) timeout -k 5 "$cap" bash -c "$(declare -f stage_sanitize); stage_sanitize" ;;
+        cudnn) timeout -k 5 "$cap" bash -c "$(declare -f stage_cudnn); stage_cudnn" ;;
         test|bench|grad|invert) OUT= timeout -k 5 "$cap" bash bench/gpu_check.sh "$name" ;;
-        *) echo "gpu_session: unknown stage '$name' (env test bench grad invert sanitize)"; false ;;
+        *) echo "gpu_session: unknown stage '$name' (env test bench grad invert sanitize cudnn)"; false ;;
     esac
     rc=$?
     [ "$rc" = 124 ] && rc="stopped after $cap s"

@@ -11,8 +11,9 @@
  *
  * Precision: exact mode sets CUDNN_FMA_MATH on the convolution descriptor (no TF32, no tensor
  * cores) and excludes the FFT and Winograd algorithms, whose rounding differs from direct
- * summation; fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor cores on fp32 data) and any
- * algorithm the heuristic ranks first, or with SD_CONV_ALGO=find the one cuDNN measures fastest.
+ * summation; fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor cores on fp32 data) and the
+ * heuristic's first tensor-core algorithm (pick_algo), or with SD_CONV_ALGO=find the one cuDNN
+ * measures fastest. SD_CUDNN_LOG=1 prints each plan's choice.
  *
  * fp16 activations (cu_f16_conv2d, fast mode's forward): x, w and y are CUDNN_DATA_HALF with an
  * fp32 convolution compute type (cuDNN's PSEUDO_HALF_CONFIG: halves read as they are, products
@@ -25,6 +26,7 @@
 #include "cuda_common.cuh"
 
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -170,58 +172,104 @@ static int bwd_filter_algo_exact_ok(cudnnConvolutionBwdFilterAlgo_t a) {
 /* Exact mode runs every algorithm with CUDNN_FMA_MATH on the descriptor, whatever math type the
  * heuristic listed it with (it may list fp32 kernels as CUDNN_DEFAULT_MATH, which on Ampere and
  * later would allow TF32); entries that need tensor cores are skipped. Fast mode runs the math
- * type the heuristic chose. */
+ * type the list gives. */
 static int exact_math_ok(cudnnMathType_t m) { return m == CUDNN_FMA_MATH || m == CUDNN_DEFAULT_MATH; }
+static int tensor_math(cudnnMathType_t m) {
+    return m == CUDNN_TENSOR_OP_MATH || m == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION;
+}
 
 /* Fast mode with SD_CONV_ALGO=find (cuda_backend.cu): rank the algorithms by cuDNN's measurement
  * (cudnnFind*: it runs each once on scratch buffers of its own and synchronises) instead of its
  * heuristic. Plans are made on a step's first, op-by-op run, never while a graph is captured; the
- * measured list is filtered exactly as the heuristic's. */
+ * measured list is filtered as the heuristic's. */
 static int use_find(const cu_state *s, const cu_conv_plan *p) {
     return s->conv_find && p->precision == SD_PRECISION_FAST && !s->capturing;
 }
 
+/* The entry of a ranked list (the heuristic's, or Find's when `measured`) a plan takes, or -1:
+ *  - exact mode: the first that succeeds within the workspace limit, is deterministic, sums the
+ *    products directly (exact_algo) and runs in FMA math;
+ *  - fast mode, heuristic: the first tensor-core entry, else the first. On an H200 (cuDNN 9.19)
+ *    the heuristic ranked FMA kernels first for fp32 backward-data convolutions of every tested
+ *    shape (their errors matched exact mode's), which is not what fast mode is for;
+ *  - fast mode, measured: the fastest. */
+template <typename Perf, typename AlgoOk>
+static int pick_algo(const Perf *perf, int n, int exact, int measured, AlgoOk exact_algo) {
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n; i++) {
+            if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
+            if (exact) {
+                if (perf[i].determinism != CUDNN_DETERMINISTIC) continue; /* exact mode is reproducible */
+                if (!exact_algo(perf[i].algo) || !exact_math_ok(perf[i].mathType)) continue;
+                return i;
+            }
+            if (pass == 0 && !measured && !tensor_math(perf[i].mathType)) continue;
+            return i;
+        }
+    return -1;
+}
+
+/* SD_CUDNN_LOG=1: one line per plan on stderr (geometry, data type, the algorithm and math chosen,
+ * its rank and workspace): what a GPU session reads to see which kernels cuDNN runs. */
+static int cudnn_log_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("SD_CUDNN_LOG");
+        on = e && *e && strcmp(e, "0") != 0;
+    }
+    return on;
+}
+static void log_choice(const cu_conv_plan *p, const char *dir, int algo, cudnnMathType_t math, int rank, int n,
+                       int measured, size_t ws) {
+    if (!cudnn_log_on()) return;
+    const sd_conv_geom *g = &p->g;
+    fprintf(stderr,
+            "cudnn: %-10s %s %s b%lld %lld->%lld %lldx%lld k%dx%d/%d: algo %d, %s math, rank %d of %d (%s), "
+            "workspace %.1f MiB\n",
+            dir, p->type == CUDNN_DATA_HALF ? "fp16" : "fp32", p->precision == SD_PRECISION_FAST ? "fast" : "exact",
+            (long long)g->batch, (long long)g->c_in, (long long)g->c_out, (long long)g->h_in, (long long)g->w_in, g->kh,
+            g->kw, g->stride, algo,
+            math == CUDNN_FMA_MATH ? "FMA" : math == CUDNN_DEFAULT_MATH ? "default" : "tensor-op", rank + 1, n,
+            rank < 0 ? "fallback" : measured ? "measured" : "heuristic", (double)ws / (1 << 20));
+}
+
 static sd_status choose_fwd(cu_state *s, cu_conv_plan *p, int force_fallback) {
-    const int exact = p->precision == SD_PRECISION_EXACT;
-    int found = 0;
+    const int exact = p->precision == SD_PRECISION_EXACT, measured = use_find(s, p);
+    int chosen = -1, returned = 0;
     if (!force_fallback) {
         cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-        int returned = 0;
         CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-        if (use_find(s, p))
+        if (measured)
             CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
                                                              CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
         else
             CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
                                                                CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
-        for (int i = 0; i < returned && !found; i++) {
-            if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
-            if (exact && perf[i].determinism != CUDNN_DETERMINISTIC) continue; /* exact mode is reproducible */
-            if (exact && (!fwd_algo_exact_ok(perf[i].algo) || !exact_math_ok(perf[i].mathType))) continue;
-            p->fwd_algo = perf[i].algo;
-            p->fwd_math = exact ? CUDNN_FMA_MATH : perf[i].mathType;
-            found = 1;
+        chosen = pick_algo(perf, returned, exact, measured, fwd_algo_exact_ok);
+        if (chosen >= 0) {
+            p->fwd_algo = perf[chosen].algo;
+            p->fwd_math = exact ? CUDNN_FMA_MATH : perf[chosen].mathType;
         }
     }
-    if (!found) { /* always available, no workspace */
+    if (chosen < 0) { /* always available, no workspace */
         p->fwd_algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
         p->fwd_math = exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
     }
     CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->fwd_math));
     CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
                                                         p->fwd_algo, &p->fwd_ws));
+    log_choice(p, "forward", (int)p->fwd_algo, p->fwd_math, chosen, returned, measured, p->fwd_ws);
     p->fwd_ready = 1;
     return SD_OK;
 }
 
 static sd_status choose_bwd_data(cu_state *s, cu_conv_plan *p, int force_fallback) {
-    const int exact = p->precision == SD_PRECISION_EXACT;
-    int found = 0;
+    const int exact = p->precision == SD_PRECISION_EXACT, measured = use_find(s, p);
+    int chosen = -1, returned = 0;
     if (!force_fallback) {
         cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-        int returned = 0;
         CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-        if (use_find(s, p))
+        if (measured)
             CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(s->dnn, p->w_desc, p->y_desc, p->conv_desc, p->x_desc,
                                                                   CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned,
                                                                   perf));
@@ -229,34 +277,31 @@ static sd_status choose_bwd_data(cu_state *s, cu_conv_plan *p, int force_fallbac
             CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(s->dnn, p->w_desc, p->y_desc, p->conv_desc,
                                                                     p->x_desc, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
                                                                     &returned, perf));
-        for (int i = 0; i < returned && !found; i++) {
-            if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
-            if (exact && perf[i].determinism != CUDNN_DETERMINISTIC) continue; /* exact mode is reproducible */
-            if (exact && (!bwd_data_algo_exact_ok(perf[i].algo) || !exact_math_ok(perf[i].mathType))) continue;
-            p->bwd_data_algo = perf[i].algo;
-            p->bwd_data_math = exact ? CUDNN_FMA_MATH : perf[i].mathType;
-            found = 1;
+        chosen = pick_algo(perf, returned, exact, measured, bwd_data_algo_exact_ok);
+        if (chosen >= 0) {
+            p->bwd_data_algo = perf[chosen].algo;
+            p->bwd_data_math = exact ? CUDNN_FMA_MATH : perf[chosen].mathType;
         }
     }
-    if (!found) {
+    if (chosen < 0) {
         p->bwd_data_algo = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
         p->bwd_data_math = exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
     }
     CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->bwd_data_math));
     CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(s->dnn, p->w_desc, p->y_desc, p->conv_desc, p->x_desc,
                                                              p->bwd_data_algo, &p->bwd_data_ws));
+    log_choice(p, "bwd-data", (int)p->bwd_data_algo, p->bwd_data_math, chosen, returned, measured, p->bwd_data_ws);
     p->bwd_data_ready = 1;
     return SD_OK;
 }
 
 static sd_status choose_bwd_filter(cu_state *s, cu_conv_plan *p, int force_fallback) {
-    const int exact = p->precision == SD_PRECISION_EXACT;
-    int found = 0;
+    const int exact = p->precision == SD_PRECISION_EXACT, measured = use_find(s, p);
+    int chosen = -1, returned = 0;
     if (!force_fallback) {
         cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-        int returned = 0;
         CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-        if (use_find(s, p))
+        if (measured)
             CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(s->dnn, p->x_desc, p->y_desc, p->conv_desc,
                                                                     p->w_desc, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
                                                                     &returned, perf));
@@ -264,22 +309,21 @@ static sd_status choose_bwd_filter(cu_state *s, cu_conv_plan *p, int force_fallb
             CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(s->dnn, p->x_desc, p->y_desc, p->conv_desc,
                                                                       p->w_desc, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
                                                                       &returned, perf));
-        for (int i = 0; i < returned && !found; i++) {
-            if (perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > CONV_WS_LIMIT) continue;
-            if (exact && perf[i].determinism != CUDNN_DETERMINISTIC) continue; /* exact mode is reproducible */
-            if (exact && (!bwd_filter_algo_exact_ok(perf[i].algo) || !exact_math_ok(perf[i].mathType))) continue;
-            p->bwd_filter_algo = perf[i].algo;
-            p->bwd_filter_math = exact ? CUDNN_FMA_MATH : perf[i].mathType;
-            found = 1;
+        chosen = pick_algo(perf, returned, exact, measured, bwd_filter_algo_exact_ok);
+        if (chosen >= 0) {
+            p->bwd_filter_algo = perf[chosen].algo;
+            p->bwd_filter_math = exact ? CUDNN_FMA_MATH : perf[chosen].mathType;
         }
     }
-    if (!found) {
+    if (chosen < 0) {
         p->bwd_filter_algo = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
         p->bwd_filter_math = exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
     }
     CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->bwd_filter_math));
     CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(s->dnn, p->x_desc, p->y_desc, p->conv_desc, p->w_desc,
                                                                p->bwd_filter_algo, &p->bwd_filter_ws));
+    log_choice(p, "bwd-filter", (int)p->bwd_filter_algo, p->bwd_filter_math, chosen, returned, measured,
+               p->bwd_filter_ws);
     p->bwd_filter_ready = 1;
     return SD_OK;
 }

@@ -29,7 +29,9 @@
  *  - Math type of the convolution descriptor at call time: CUDNN_FMA_MATH computes in fp32;
  *    CUDNN_TENSOR_OP_MATH(_ALLOW_CONVERSION) and CUDNN_DEFAULT_MATH (which on Ampere and later
  *    permits TF32 for float data) round both operands to TF32 (cudasim::round_tf32), as tensor
- *    cores read them (half data is never rounded: tensor cores read halves as they are). Products
+ *    cores read them, when the algorithm has a tensor-core kernel (has_tensor_kernel; the others
+ *    compute in fp32 whatever the math type; half data is never rounded: tensor cores read halves
+ *    as they are). Products
  *    are exact in double and accumulated in double; the result is rounded to fp32 once. Every algorithm computes this same sum: the simulator checks the API
  *    contract, not the rounding of FFT or Winograd kernels.
  *  - The _v7 heuristics list every algorithm of the direction (at most requestedAlgoCount), those
@@ -312,8 +314,10 @@ const int kFwdOrder[] = {CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, CUDNN_CON
                          CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,      CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
                          CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,         CUDNN_CONVOLUTION_FWD_ALGO_FFT,
                          CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,           CUDNN_CONVOLUTION_FWD_ALGO_DIRECT};
-const int kBwdDataOrder[] = {CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
-                             CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,                 CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+/* backward data ranks ALGO_0 (no tensor-core kernel) first, as cuDNN 9.19 did on an H200 for
+ * every tested shape even with tensor ops allowed: callers that want tensor cores must look past it */
+const int kBwdDataOrder[] = {CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,                 CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+                             CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,                 CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
                              CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,               CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD};
 const int kBwdFilterOrder[] = {CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
                                CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,   CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
@@ -985,6 +989,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha, c
         return refuse(CUDNN_STATUS_BAD_PARAM, "%s: algorithm %d", api, (int)algo);
     Geom g;
     cudnnStatus_t st = resolve(api, Dir::fwd, xDesc, wDesc, convDesc, yDesc, &g);
+    if (!has_tensor_kernel(Dir::fwd, (int)algo)) g.rnd = nullptr; /* no tensor-core kernel: fp32 FMA */
     if (st != CUDNN_STATUS_SUCCESS) return st;
     const size_t need = fwd_workspace(g, algo);
     st = check_workspace(api, "forward", (int)algo, need, workSpace, workSpaceSizeInBytes);
@@ -1021,6 +1026,7 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void *alp
         return refuse(CUDNN_STATUS_BAD_PARAM, "%s: algorithm %d", api, (int)algo);
     Geom g;
     cudnnStatus_t st = resolve(api, Dir::bwd_data, dxDesc, wDesc, convDesc, dyDesc, &g);
+    if (!has_tensor_kernel(Dir::bwd_data, (int)algo)) g.rnd = nullptr; /* no tensor-core kernel: fp32 FMA */
     if (st != CUDNN_STATUS_SUCCESS) return st;
     const size_t need = bwd_data_workspace(g, algo);
     st = check_workspace(api, "backward-data", (int)algo, need, workSpace, workSpaceSizeInBytes);
@@ -1059,6 +1065,7 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void *a
         return refuse(CUDNN_STATUS_BAD_PARAM, "%s: algorithm %d", api, (int)algo);
     Geom g;
     cudnnStatus_t st = resolve(api, Dir::bwd_filter, xDesc, dwDesc, convDesc, dyDesc, &g);
+    if (!has_tensor_kernel(Dir::bwd_filter, (int)algo)) g.rnd = nullptr; /* no tensor-core kernel: fp32 FMA */
     if (st != CUDNN_STATUS_SUCCESS) return st;
     const size_t need = bwd_filter_workspace(g, algo);
     st = check_workspace(api, "backward-filter", (int)algo, need, workSpace, workSpaceSizeInBytes);
