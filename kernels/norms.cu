@@ -5,7 +5,8 @@
  * B·32 groups), so one block per group would leave most of an H100 idle: each group is split into
  * chunks reduced by separate blocks (partial sums in the workspace, summed in a fixed order, so
  * results are deterministic), then a finalize kernel turns them into (mean, rstd) and the
- * normalize kernel streams the data once more. LayerNorm rows are short (<= 1280): one warp per
+ * normalize kernel streams the data once more. Groups of up to 64K values (all of SD's UNet at
+ * 512 px) take one fused kernel instead (k_gn_fused). LayerNorm rows are short (<= 1280): one warp per
  * row.
  *
  * The forward kernels are templated over the activation storage (float, or __half for fast mode's
@@ -115,12 +116,60 @@ __global__ void k_gn_normalize(const T *x, const float *gamma, const float *beta
     }
 }
 
+/* Groups of at most GN_FUSED_MAX values (every GroupNorm of SD's UNet at 512 px: 40,960 at most)
+ * run in one kernel, one block per group: the sums, (mean, rstd) as k_gn_finalize computes them,
+ * and the normalisation, which re-reads the group from L2. One launch instead of three: at the
+ * UNet's 8x8 to 32x32 levels the launches cost more than the arithmetic. The sums are taken in
+ * another order than the chunked path's, so results can differ from it in the last bit. */
+#define GN_FUSED_MAX 65536
+#define GN_FUSED_THREADS 512
+
+template <typename T>
+__global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_fused(const T *x, const float *gamma, const float *beta, T *y,
+                                                               int64_t C, int64_t S, int64_t cpg, int64_t count,
+                                                               float eps, int silu) {
+    __shared__ double smem[32];
+    __shared__ float stats[2];
+    const int64_t bg = blockIdx.x, g = bg % (C / cpg);
+    const T *xg = x + bg * count;
+    T *yg = y + bg * count;
+    double s = 0.0, sq = 0.0;
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+        const double v = cu_f32(xg[i]);
+        s += v;
+        sq += v * v;
+    }
+    s = cu_block_sum_d(s, smem);
+    sq = cu_block_sum_d(sq, smem);
+    if (threadIdx.x == 0) {
+        const double mean = s / (double)count;
+        double var = sq / (double)count - mean * mean;
+        if (var < 0.0) var = 0.0;
+        stats[0] = (float)mean;
+        stats[1] = (float)(1.0 / sqrt(var + (double)eps));
+    }
+    __syncthreads();
+    const float mean = stats[0], rstd = stats[1];
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+        const int64_t ch = g * cpg + i / S;
+        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+        const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(cu_f32(xg[i]), mean), rstd), ga), be);
+        cu_store(&yg[i], silu ? cu_silu(v) : v);
+    }
+}
+
 template <typename T>
 static sd_status group_norm(const T *x, const float *gamma, const float *beta, T *y, int64_t B, int64_t C,
                             int64_t S, int groups, float eps, int silu) {
     if (groups <= 0 || C % groups) return sd_fail(SD_ERR_SHAPE, "cuda group norm: %lld channels, %d groups", (long long)C, groups);
     const int64_t n_groups = B * groups, cpg = C / groups, count = cpg * S;
     if (n_groups <= 0 || count <= 0) return SD_OK;
+    if (count <= GN_FUSED_MAX && n_groups <= INT32_MAX) {
+        CU_LAUNCH(k_gn_fused<T>, (unsigned)n_groups, GN_FUSED_THREADS, 0, cu_cur()->stream)(x, gamma, beta, y, C, S,
+                                                                                            cpg, count, eps, silu);
+        LAUNCH_CHECK("group_norm (one kernel)");
+        return SD_OK;
+    }
     const int chunks = (int)((count + GN_CHUNK - 1) / GN_CHUNK);
     const size_t part_bytes = gn_partial_bytes(n_groups, chunks);
     char *ws = (char *)cu_workspace(part_bytes + cu_align((size_t)n_groups * 2 * sizeof(float)));

@@ -212,15 +212,21 @@ static void test_f16_norms(void **state) {
     (void)state;
     testutil_skip_without_gpu();
     require_gpu();
-    const int64_t B = 2, C = 64, S = 24 * 24;
-    for (int silu = 0; silu <= 1; silu++) {
-        sd_f16 *x = hrand16(B * C * S, 11, 3.0f), *want = hnew16(B * C * S);
-        float *g = hrand(C, 12, 1.0f), *be = hrand(C, 13, 1.0f);
-        assert_sd_ok(cpu16->group_norm(x, g, be, want, B, C, S, 32, 1e-5f, silu));
-        sd_f16 *y = dnew16(B * C * S);
-        assert_sd_ok(gpu16->group_norm(dput16(x, B * C * S), dput(g, C), dput(be, C), y, B, C, S, 32, 1e-5f, silu));
-        check16(silu ? "group_norm + SiLU, 32 groups" : "group_norm, 32 groups", y, want, B * C * S, TOL_F16_ELEM);
-    }
+    /* 1152 values per group (the one-kernel path), then 73,728 (the chunked path) */
+    const struct { int64_t B, C, S; int G; } gn[] = {{2, 64, 24 * 24, 32}, {1, 16, 96 * 96, 2}};
+    for (int k = 0; k < 2; k++)
+        for (int silu = 0; silu <= 1; silu++) {
+            const int64_t B = gn[k].B, C = gn[k].C, S = gn[k].S;
+            sd_f16 *x = hrand16(B * C * S, 11, 3.0f), *want = hnew16(B * C * S);
+            float *g = hrand(C, 12, 1.0f), *be = hrand(C, 13, 1.0f);
+            assert_sd_ok(cpu16->group_norm(x, g, be, want, B, C, S, gn[k].G, 1e-5f, silu));
+            sd_f16 *y = dnew16(B * C * S);
+            assert_sd_ok(gpu16->group_norm(dput16(x, B * C * S), dput(g, C), dput(be, C), y, B, C, S, gn[k].G, 1e-5f, silu));
+            char what[64];
+            snprintf(what, sizeof what, "group_norm%s, %d groups of %lld", silu ? " + SiLU" : "", gn[k].G,
+                     (long long)(C / gn[k].G * S));
+            check16(what, y, want, B * C * S, TOL_F16_ELEM);
+        }
     {
         const int64_t M = 2 * 77, Cn = 320;
         sd_f16 *x = hrand16(M * Cn, 14, 2.0f), *want = hnew16(M * Cn);

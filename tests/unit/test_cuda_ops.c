@@ -265,6 +265,7 @@ static void test_group_norm(void **state) {
     struct { int64_t B, C, S; int G, affine; float eps; } cases[] = {
         {2, 12, 35, 4, 1, 1e-6f}, {2, 320, 64 * 64, 32, 1, 1e-5f}, {1, 64, 7, 32, 1, 1e-6f},
         {2, 1280, 64, 32, 1, 1e-5f}, {1, 32, 100, 8, 0, 1e-6f},
+        {1, 8, 20000, 1, 1, 1e-6f}, /* 160,000 values in a group: the chunked three-kernel path */
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const int64_t B = cases[t].B, C = cases[t].C, S = cases[t].S, n = B * C * S;
