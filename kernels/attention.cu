@@ -322,12 +322,62 @@ __device__ __forceinline__ void fa_stash_kv(const E (&kr)[NL], const E (&vr)[NL]
  * one is in shared memory, so they are in flight while the warps multiply (one block of 8 warps per
  * SM leaves little else to hide their latency). Heads up to 48 wide: SD's 64x64 level (D 40, 4096
  * tokens), where most of the attention time is (8x the 32x32 level's arithmetic). ptxas, sm_90:
- * 247-250 registers at DK 3, no spills; at DK 4-5 (D 80) the prefetch spilled 8-48 bytes, so wider
+ * 255 registers at DK 3, no spills; at DK 4-5 (D 80) the prefetch spilled 8-48 bytes, so wider
  * heads load each tile just before using it. */
 template <int DK> struct fa_pipeline {
     static constexpr bool on = DK <= 3;
     static constexpr int per_thread = on ? (FA_BK * fa_smem<DK>::DP + FA_THREADS - 1) / FA_THREADS : 1;
 };
+
+/* One key tile's online-softmax step for a warp's 16 query rows (rows row0 = r0 + g and row1 =
+ * row0 + 8 of the C fragments; t = lane mod 4; the kernel's scalars by value, as a reference to
+ * the parameter block would copy it to local memory): the scores sacc (16 rows x FA_BK keys) are scaled
+ * to the exp2 domain and, when `masked` (a tile past Sk's end, or causal), masked; the running
+ * maxima m, this lane's share of the running sums l and the output accumulator o are rescaled by
+ * exp2(m_old − m_new), and sacc becomes P = exp2(S − m_new). */
+template <int DK>
+__device__ __forceinline__ void fa_softmax_tile(float (&sacc)[8][4], float (&o)[2 * DK][4], float &m0, float &m1,
+                                                float &l0, float &l1, float scale_log2, int64_t Sk, int causal,
+                                                int64_t k0, int64_t row0, int64_t row1, int t, bool masked) {
+    float mx0 = -INFINITY, mx1 = -INFINITY; /* row maxima, then over the quad (lanes 4g .. 4g + 3) */
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float v = sacc[nt][e] * scale_log2;
+            if (masked) {
+                const int64_t kj = k0 + nt * 8 + 2 * t + (e & 1);
+                const int64_t qi = e < 2 ? row0 : row1;
+                if (!(kj < Sk && (!causal || kj <= qi))) v = -INFINITY;
+            }
+            sacc[nt][e] = v;
+            if (e < 2) mx0 = fmaxf(mx0, v);
+            else mx1 = fmaxf(mx1, v);
+        }
+    const float mn0 = fmaxf(m0, cu_quad_max(mx0)), mn1 = fmaxf(m1, cu_quad_max(mx1));
+    const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
+    const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
+    m0 = mn0;
+    m1 = mn1;
+    l0 *= a0;
+    l1 *= a1;
+#pragma unroll
+    for (int nd = 0; nd < 2 * DK; nd++) {
+        o[nd][0] *= a0;
+        o[nd][1] *= a0;
+        o[nd][2] *= a1;
+        o[nd][3] *= a1;
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) {
+        sacc[nt][0] = exp2f(sacc[nt][0] - mu0);
+        sacc[nt][1] = exp2f(sacc[nt][1] - mu0);
+        sacc[nt][2] = exp2f(sacc[nt][2] - mu1);
+        sacc[nt][3] = exp2f(sacc[nt][3] - mu1);
+        l0 += sacc[nt][0] + sacc[nt][1];
+        l1 += sacc[nt][2] + sacc[nt][3];
+    }
+}
 
 template <typename T, int DK>
 __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<T> p) {
@@ -403,43 +453,8 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<
             for (int kk = 0; kk < DK; kk++) cu_mma_bt(sacc[nt], qa[kk], Ks, L::KS, nt * 8, kk * 16);
         }
 
-        /* mask, scale to the exp2 domain, row maxima over the quad (lanes 4g .. 4g + 3) */
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int64_t kj = k0 + nt * 8 + 2 * t + (e & 1);
-                const int64_t qi = e < 2 ? row0 : row1;
-                const bool valid = kj < p.Sk && (!p.causal || kj <= qi);
-                const float v = valid ? sacc[nt][e] * p.scale_log2 : -INFINITY;
-                sacc[nt][e] = v;
-                if (e < 2) mx0 = fmaxf(mx0, v);
-                else mx1 = fmaxf(mx1, v);
-            }
-        const float mn0 = fmaxf(m0, cu_quad_max(mx0)), mn1 = fmaxf(m1, cu_quad_max(mx1));
-        const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
-        const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
-        m0 = mn0;
-        m1 = mn1;
-        l0 *= a0;
-        l1 *= a1;
-#pragma unroll
-        for (int nd = 0; nd < 2 * DK; nd++) {
-            o[nd][0] *= a0;
-            o[nd][1] *= a0;
-            o[nd][2] *= a1;
-            o[nd][3] *= a1;
-        }
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            sacc[nt][0] = exp2f(sacc[nt][0] - mu0);
-            sacc[nt][1] = exp2f(sacc[nt][1] - mu0);
-            sacc[nt][2] = exp2f(sacc[nt][2] - mu1);
-            sacc[nt][3] = exp2f(sacc[nt][3] - mu1);
-            l0 += sacc[nt][0] + sacc[nt][1];
-            l1 += sacc[nt][2] + sacc[nt][3];
-        }
+        fa_softmax_tile<DK>(sacc, o, m0, m1, l0, l1, p.scale_log2, p.Sk, p.causal, k0, row0, row1, t,
+                            p.causal || k0 + FA_BK > p.Sk);
 
         /* O += P · V: the score fragments of key tiles 2·kk2 and 2·kk2 + 1 are exactly the A
          * fragment of keys [16·kk2, 16·kk2 + 16) */
@@ -602,45 +617,8 @@ __global__ void __launch_bounds__(FA_THREADS, fa_async_smem<DK>::min_blocks) k_f
                 cu_tensor_core<__half>::mma(sacc[nt + 1], qa[kk], bf[2], bf[3]);
             }
 
-        const bool masked = p.causal || k0 + FA_BK > p.Sk;
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float v = sacc[nt][e] * p.scale_log2;
-                if (masked) {
-                    const int64_t kj = k0 + nt * 8 + 2 * t + (e & 1);
-                    const int64_t qi = e < 2 ? row0 : row1;
-                    if (!(kj < p.Sk && (!p.causal || kj <= qi))) v = -INFINITY;
-                }
-                sacc[nt][e] = v;
-                if (e < 2) mx0 = fmaxf(mx0, v);
-                else mx1 = fmaxf(mx1, v);
-            }
-        const float mn0 = fmaxf(m0, cu_quad_max(mx0)), mn1 = fmaxf(m1, cu_quad_max(mx1));
-        const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
-        const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
-        m0 = mn0;
-        m1 = mn1;
-        l0 *= a0;
-        l1 *= a1;
-#pragma unroll
-        for (int nd = 0; nd < 2 * DK; nd++) {
-            o[nd][0] *= a0;
-            o[nd][1] *= a0;
-            o[nd][2] *= a1;
-            o[nd][3] *= a1;
-        }
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            sacc[nt][0] = exp2f(sacc[nt][0] - mu0);
-            sacc[nt][1] = exp2f(sacc[nt][1] - mu0);
-            sacc[nt][2] = exp2f(sacc[nt][2] - mu1);
-            sacc[nt][3] = exp2f(sacc[nt][3] - mu1);
-            l0 += sacc[nt][0] + sacc[nt][1];
-            l1 += sacc[nt][2] + sacc[nt][3];
-        }
+        fa_softmax_tile<DK>(sacc, o, m0, m1, l0, l1, p.scale_log2, p.Sk, p.causal, k0, row0, row1, t,
+                            p.causal || k0 + FA_BK > p.Sk);
 
         /* O += P · V; one ldmatrix.x4.trans gives the B fragments of dim tiles nd, nd+1 */
 #pragma unroll

@@ -24,6 +24,41 @@
  * GroupNorm statistics
  * --------------------------------------------------------------------------------------------- */
 
+/* This thread's share of (Σ x, Σ x²) over xg[lo, hi), in double, added to *s and *sq. */
+template <typename T>
+__device__ __forceinline__ void gn_thread_sums(const T *xg, int64_t lo, int64_t hi, double *s, double *sq) {
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const double v = cu_f32(xg[i]);
+        *s += v;
+        *sq += v * v;
+    }
+}
+
+/* (mean, rstd) of a group from its sums, as floats, exactly as the CPU rounds them:
+ * rstd = (float)(1 / sqrt(var + eps)) with the biased variance in double. */
+__device__ __forceinline__ void gn_stats_from_sums(double s, double sq, int64_t count, float eps, float *mean_out,
+                                                   float *rstd_out) {
+    const double mean = s / (double)count;
+    double var = sq / (double)count - mean * mean;
+    if (var < 0.0) var = 0.0; /* rounding can leave -1e-20 for a constant group */
+    *mean_out = (float)mean;
+    *rstd_out = (float)(1.0 / sqrt(var + (double)eps));
+}
+
+/* y = ((x − mean) · rstd) · γ + β (+ SiLU) over [lo, hi) of one group, this thread's share: the
+ * CPU's float expression rounded step by step. */
+template <typename T>
+__device__ __forceinline__ void gn_thread_apply(const T *xg, T *yg, int64_t lo, int64_t hi, int64_t ch0, int64_t S,
+                                                const float *gamma, const float *beta, float mean, float rstd,
+                                                int silu) {
+    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        const int64_t ch = ch0 + i / S;
+        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+        const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(cu_f32(xg[i]), mean), rstd), ga), be);
+        cu_store(&yg[i], silu ? cu_silu(v) : v);
+    }
+}
+
 /* x: [B·G groups, count] contiguous (a group is cpg consecutive channels of S values).
  * partial[(bg · chunks + chunk) · 2 + {0, 1}] = (Σ x, Σ x²) over the chunk, in double. */
 template <typename T>
@@ -35,11 +70,7 @@ __global__ void k_gn_partial(const T *x, int64_t count, int chunks, double *part
     int64_t hi = lo + GN_CHUNK;
     if (hi > count) hi = count;
     double s = 0.0, sq = 0.0;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        const double v = cu_f32(xg[i]);
-        s += v;
-        sq += v * v;
-    }
+    gn_thread_sums(xg, lo, hi, &s, &sq);
     s = cu_block_sum_d(s, smem);
     sq = cu_block_sum_d(sq, smem);
     if (threadIdx.x == 0) {
@@ -48,8 +79,7 @@ __global__ void k_gn_partial(const T *x, int64_t count, int chunks, double *part
     }
 }
 
-/* stats[bg · 2 + {0, 1}] = (mean, rstd) as floats, exactly as the CPU rounds them:
- * rstd = (float)(1 / sqrt(var + eps)) with the biased variance in double. */
+/* stats[bg · 2 + {0, 1}] = (mean, rstd) (gn_stats_from_sums) from the chunks' partial sums. */
 __global__ void k_gn_finalize(const double *partial, int chunks, int64_t n_groups, int64_t count, float eps,
                               float *stats) {
     for (int64_t bg = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; bg < n_groups;
@@ -59,11 +89,7 @@ __global__ void k_gn_finalize(const double *partial, int chunks, int64_t n_group
             s += partial[(bg * chunks + c) * 2 + 0];
             sq += partial[(bg * chunks + c) * 2 + 1];
         }
-        const double mean = s / (double)count;
-        double var = sq / (double)count - mean * mean;
-        if (var < 0.0) var = 0.0; /* rounding can leave -1e-20 for a constant group */
-        stats[bg * 2 + 0] = (float)mean;
-        stats[bg * 2 + 1] = (float)(1.0 / sqrt(var + (double)eps));
+        gn_stats_from_sums(s, sq, count, eps, &stats[bg * 2 + 0], &stats[bg * 2 + 1]);
     }
 }
 
@@ -105,15 +131,7 @@ __global__ void k_gn_normalize(const T *x, const float *gamma, const float *beta
     const int64_t lo = (int64_t)blockIdx.x * GN_CHUNK;
     int64_t hi = lo + GN_CHUNK;
     if (hi > count) hi = count;
-    const T *xg = x + bg * count;
-    T *yg = y + bg * count;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        const int64_t ch = g * cpg + i / S;
-        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-        /* the CPU's float expression, rounded step by step: ((x - mean) · rstd) · γ + β */
-        const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(cu_f32(xg[i]), mean), rstd), ga), be);
-        cu_store(&yg[i], silu ? cu_silu(v) : v);
-    }
+    gn_thread_apply(x + bg * count, y + bg * count, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu);
 }
 
 /* Groups of at most GN_FUSED_MAX values (every GroupNorm of SD's UNet at 512 px: 40,960 at most)
@@ -134,28 +152,12 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_fused(const T *x, const
     const T *xg = x + bg * count;
     T *yg = y + bg * count;
     double s = 0.0, sq = 0.0;
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-        const double v = cu_f32(xg[i]);
-        s += v;
-        sq += v * v;
-    }
+    gn_thread_sums(xg, 0, count, &s, &sq);
     s = cu_block_sum_d(s, smem);
     sq = cu_block_sum_d(sq, smem);
-    if (threadIdx.x == 0) {
-        const double mean = s / (double)count;
-        double var = sq / (double)count - mean * mean;
-        if (var < 0.0) var = 0.0;
-        stats[0] = (float)mean;
-        stats[1] = (float)(1.0 / sqrt(var + (double)eps));
-    }
+    if (threadIdx.x == 0) gn_stats_from_sums(s, sq, count, eps, &stats[0], &stats[1]);
     __syncthreads();
-    const float mean = stats[0], rstd = stats[1];
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-        const int64_t ch = g * cpg + i / S;
-        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-        const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(cu_f32(xg[i]), mean), rstd), ga), be);
-        cu_store(&yg[i], silu ? cu_silu(v) : v);
-    }
+    gn_thread_apply(xg, yg, 0, count, g * cpg, S, gamma, beta, stats[0], stats[1], silu);
 }
 
 template <typename T>

@@ -864,26 +864,35 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterAlgorithm_v7(cudnnHandle_t handle
 }
 
 /* The Find functions time every algorithm on the device (cudnnFind*: allocating their own
- * buffers, synchronising) and return them fastest first: here, the measured() order. */
+ * buffers, synchronising) and return them fastest first: here, the measured() order. x and y are
+ * the direction's input and output tensors as resolve() takes them. */
+extern "C++" { /* a template, inside the API's extern "C" block */
+template <class PerfT>
+static cudnnStatus_t find_algorithms(const char *api, Dir dir, cudnnHandle_t handle, const cudnnTensorDescriptor_t x,
+                              const cudnnFilterDescriptor_t w, const cudnnConvolutionDescriptor_t conv,
+                              const cudnnTensorDescriptor_t y, int requested, int *returned, PerfT *perf) {
+    if (!handle || !returned || !perf || requested < 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api, requested);
+    if (cudaStreamSynchronize(handle->stream) != cudaSuccess) /* Find times on the device: it synchronises */
+        return refuse(CUDNN_STATUS_EXECUTION_FAILED, "%s: cannot synchronise (a CUDA graph being captured?)", api);
+    Geom g;
+    const cudnnStatus_t st = resolve(api, dir, x, w, conv, y, &g);
+    if (st != CUDNN_STATUS_SUCCESS) return st;
+    Perf all[CUDNN_CONVOLUTION_FWD_ALGO_COUNT]; /* the longest list of the three directions */
+    const int n = std::min(requested, measured(dir, g, conv->math, all));
+    copy_perf(all, n, perf);
+    *returned = n;
+    return CUDNN_STATUS_SUCCESS;
+}
+} // extern "C++"
+
 cudnnStatus_t cudnnFindConvolutionForwardAlgorithm(cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc,
                                                    const cudnnFilterDescriptor_t wDesc,
                                                    const cudnnConvolutionDescriptor_t convDesc,
                                                    const cudnnTensorDescriptor_t yDesc, const int requestedAlgoCount,
                                                    int *returnedAlgoCount, cudnnConvolutionFwdAlgoPerf_t *perfResults) {
-    const char *api = "cudnnFindConvolutionForwardAlgorithm";
-    if (!handle || !returnedAlgoCount || !perfResults || requestedAlgoCount < 1)
-        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api,
-                      requestedAlgoCount);
-    if (cudaStreamSynchronize(handle->stream) != cudaSuccess) /* Find times on the device: it synchronises */
-        return refuse(CUDNN_STATUS_EXECUTION_FAILED, "%s: cannot synchronise (a CUDA graph being captured?)", api);
-    Geom g;
-    const cudnnStatus_t st = resolve(api, Dir::fwd, xDesc, wDesc, convDesc, yDesc, &g);
-    if (st != CUDNN_STATUS_SUCCESS) return st;
-    Perf all[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-    const int n = std::min(requestedAlgoCount, measured(Dir::fwd, g, convDesc->math, all));
-    copy_perf(all, n, perfResults);
-    *returnedAlgoCount = n;
-    return CUDNN_STATUS_SUCCESS;
+    return find_algorithms("cudnnFindConvolutionForwardAlgorithm", Dir::fwd, handle, xDesc, wDesc, convDesc, yDesc,
+                           requestedAlgoCount, returnedAlgoCount, perfResults);
 }
 
 cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithm(cudnnHandle_t handle, const cudnnFilterDescriptor_t wDesc,
@@ -892,20 +901,8 @@ cudnnStatus_t cudnnFindConvolutionBackwardDataAlgorithm(cudnnHandle_t handle, co
                                                         const cudnnTensorDescriptor_t dxDesc,
                                                         const int requestedAlgoCount, int *returnedAlgoCount,
                                                         cudnnConvolutionBwdDataAlgoPerf_t *perfResults) {
-    const char *api = "cudnnFindConvolutionBackwardDataAlgorithm";
-    if (!handle || !returnedAlgoCount || !perfResults || requestedAlgoCount < 1)
-        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api,
-                      requestedAlgoCount);
-    if (cudaStreamSynchronize(handle->stream) != cudaSuccess) /* Find times on the device: it synchronises */
-        return refuse(CUDNN_STATUS_EXECUTION_FAILED, "%s: cannot synchronise (a CUDA graph being captured?)", api);
-    Geom g;
-    const cudnnStatus_t st = resolve(api, Dir::bwd_data, dxDesc, wDesc, convDesc, dyDesc, &g);
-    if (st != CUDNN_STATUS_SUCCESS) return st;
-    Perf all[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-    const int n = std::min(requestedAlgoCount, measured(Dir::bwd_data, g, convDesc->math, all));
-    copy_perf(all, n, perfResults);
-    *returnedAlgoCount = n;
-    return CUDNN_STATUS_SUCCESS;
+    return find_algorithms("cudnnFindConvolutionBackwardDataAlgorithm", Dir::bwd_data, handle, dxDesc, wDesc, convDesc,
+                           dyDesc, requestedAlgoCount, returnedAlgoCount, perfResults);
 }
 
 cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(cudnnHandle_t handle, const cudnnTensorDescriptor_t xDesc,
@@ -914,20 +911,8 @@ cudnnStatus_t cudnnFindConvolutionBackwardFilterAlgorithm(cudnnHandle_t handle, 
                                                           const cudnnFilterDescriptor_t dwDesc,
                                                           const int requestedAlgoCount, int *returnedAlgoCount,
                                                           cudnnConvolutionBwdFilterAlgoPerf_t *perfResults) {
-    const char *api = "cudnnFindConvolutionBackwardFilterAlgorithm";
-    if (!handle || !returnedAlgoCount || !perfResults || requestedAlgoCount < 1)
-        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api,
-                      requestedAlgoCount);
-    if (cudaStreamSynchronize(handle->stream) != cudaSuccess) /* Find times on the device: it synchronises */
-        return refuse(CUDNN_STATUS_EXECUTION_FAILED, "%s: cannot synchronise (a CUDA graph being captured?)", api);
-    Geom g;
-    const cudnnStatus_t st = resolve(api, Dir::bwd_filter, xDesc, dwDesc, convDesc, dyDesc, &g);
-    if (st != CUDNN_STATUS_SUCCESS) return st;
-    Perf all[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-    const int n = std::min(requestedAlgoCount, measured(Dir::bwd_filter, g, convDesc->math, all));
-    copy_perf(all, n, perfResults);
-    *returnedAlgoCount = n;
-    return CUDNN_STATUS_SUCCESS;
+    return find_algorithms("cudnnFindConvolutionBackwardFilterAlgorithm", Dir::bwd_filter, handle, xDesc, dwDesc,
+                           convDesc, dyDesc, requestedAlgoCount, returnedAlgoCount, perfResults);
 }
 
 /* ---- workspace sizes ---- */
