@@ -213,17 +213,25 @@ if want bench; then
         echo "and attention (fp32 accumulation); fast+f32act = fp32 storage (bf16 GEMMs/attention, TF32 convolutions)."
         echo "'x fp32' / 'x fp16' = PyTorch's fp32-sdpa / fp16-sdpa median divided by this row's (higher is faster)."
         echo "peak MiB: stylediff = activation arena only; PyTorch = allocator peak including weights."
+        echo "TFLOP/s: the call's arithmetic (counted op by op by stylediff; the same model for PyTorch) / median;"
+        echo "of bf16: that rate as a share of the card's dense bf16 tensor-core peak at its max SM clock."
         awk 'BEGIN { FS = "\t" }
              NR == FNR { if ($1 ~ /^pytorch/ && $4 == "fp32-sdpa") b32[$2 SUBSEP $6] = $8;
-                         if ($1 ~ /^pytorch/ && $4 == "fp16-sdpa") b16[$2 SUBSEP $6] = $8; next }
+                         if ($1 ~ /^pytorch/ && $4 == "fp16-sdpa") b16[$2 SUBSEP $6] = $8;
+                         if ($1 == "stylediff" && $11 + 0 > 0) { tf[$2 SUBSEP $6] = $11 * $8 / 1e3
+                             if ($12 ~ /%$/) pk[$2 SUBSEP $6] = $11 / (substr($12, 1, length($12) - 1) / 100) }
+                         next }
              $1 == "parity" { par = par sprintf("  %-6s batch %s %-24s vs PyTorch %-14s max rel err %s\n", $2, $6, $5, $4, $8); next }
              { k = $2 SUBSEP $6
                r32 = (k in b32 && $8 > 0) ? sprintf("%.2f", b32[k] / $8) : "-"
                r16 = (k in b16 && $8 > 0) ? sprintf("%.2f", b16[k] / $8) : "-"
-               printf "%-6s %-5s %-28s %-14s %-6s %10.2f %10.2f %9s %8s %8s\n", $2, $6, $1, $4, $5, $8, $9, $10, r32, r16 }
+               rate = (k in tf && $8 > 0) ? tf[k] / ($8 / 1e3) : -1
+               rs = rate >= 0 ? sprintf("%.1f", rate) : "-"
+               sh = (rate >= 0 && (k in pk) && pk[k] > 0) ? sprintf("%.1f%%", 100 * rate / pk[k]) : "-"
+               printf "%-6s %-5s %-28s %-14s %-6s %10.2f %10.2f %9s %8s %8s %8s %8s\n", $2, $6, $1, $4, $5, $8, $9, $10, r32, r16, rs, sh }
              END { if (par != "") { print ""; print "parity (PyTorch fp32 on stylediff'"'"'s weights, inputs and eps):"; printf "%s", par } }' \
-            "$TSV" "$TSV" | { printf "%-6s %-5s %-28s %-14s %-6s %10s %10s %9s %8s %8s\n" model batch impl precision mode \
-                                "median ms" "min ms" "peak MiB" "x fp32" "x fp16"; cat; }
+            "$TSV" "$TSV" | { printf "%-6s %-5s %-28s %-14s %-6s %10s %10s %9s %8s %8s %8s %8s\n" model batch impl precision mode \
+                                "median ms" "min ms" "peak MiB" "x fp32" "x fp16" "TFLOP/s" "of bf16"; cat; }
     } | tee "$RES/table.txt"
 fi
 

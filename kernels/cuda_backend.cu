@@ -480,6 +480,20 @@ extern "C" sd_status sd_cuda_set_precision(sd_precision p) {
     return SD_OK;
 }
 
+extern "C" double sd_cuda_bf16_peak_tflops(void) {
+    cu_state *s = cu_cur();
+    if (!s) return 0.0;
+    int khz = 0;
+    if (cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, s->ordinal) != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: forget it */
+        return 0.0;
+    }
+    const int sm = s->prop.major * 10 + s->prop.minor;
+    const double per_clock = sm == 80 ? 2048 : (sm == 86 || sm == 87 || sm == 89) ? 1024 : sm == 90 ? 4096
+                           : (sm == 100 || sm == 103) ? 8192 : 0;
+    return per_clock * s->prop.multiProcessorCount * (double)khz * 1e3 / 1e12;
+}
+
 extern "C" sd_status sd_cuda_set_conv_find(int find) {
     cu_state *s = NULL;
     CU_TRY(need_state(&s));

@@ -80,6 +80,11 @@ sd_status sd_cuda_check_device(int ordinal);
 /* "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" */
 sd_status sd_cuda_device_name(int ordinal, char *buf, size_t n);
 
+/* The dense bf16 tensor-core peak of the calling thread's device, TFLOP/s at its maximum SM clock
+ * (SMs x clock x the architecture's bf16 FLOP per SM per clock: 2048 on sm_80, 1024 on sm_86/89,
+ * 4096 on sm_90, 8192 on sm_100); 0 when unknown (other architectures, no clock, no CUDA). */
+double sd_cuda_bf16_peak_tflops(void);
+
 /* Precision of the calling thread's CUDA backend (see above). Takes effect for the next op. */
 sd_status sd_cuda_set_precision(sd_precision p);
 sd_precision sd_cuda_get_precision(void);

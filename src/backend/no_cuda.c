@@ -43,6 +43,8 @@ sd_precision sd_cuda_get_precision(void) { return SD_PRECISION_EXACT; }
 
 int sd_cuda_get_conv_find(void) { return 0; }
 
+double sd_cuda_bf16_peak_tflops(void) { return 0.0; }
+
 sd_status sd_cuda_set_conv_find(int find) {
     (void)find;
     return no_cuda();

@@ -130,10 +130,17 @@ int cmd_bench(int argc, char **argv) {
         st = sd_ctx_status(c);
     }
     /* warm-up (allocates the arena chunks, the workspace and every library plan); its output
-     * is what --save-io records */
+     * is what --save-io records. It runs through the profiling table, untimed, to count the
+     * call's arithmetic (for TFLOP/s and the share of the card's peak). */
+    double call_flops = 0.0;
     if (st == SD_OK) {
         const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+        const sd_backend *be = c->be;
+        sd_profile count;
+        c->be = sd_backend_profiled(be, &count);
         sd_tensor *eps = sd_unet_forward(c, &unet, x, 981.0f, ctx);
+        c->be = be;
+        for (int k = 0; k < SD_PROF_N; k++) call_flops += count.flops[k];
         st = sd_ctx_status(c);
         if (st == SD_OK && io_out) {
             sd_tensor *heps = sd_download_new(c, eps);
@@ -173,25 +180,37 @@ int cmd_bench(int argc, char **argv) {
                  fast && c->activations == SD_F32 ? "+f32act" : "", fast && sd_cuda_get_conv_find() ? "+find" : "");
         char latent[32];
         snprintf(latent, sizeof latent, "%lldx%lld", (long long)side, (long long)side);
+        /* the call's rate at its median time, and its share of the card's dense bf16 peak (the
+         * performance spec's yardstick, whatever the mode's own arithmetic) */
+        const double peak_tflops = cuda ? sd_cuda_bf16_peak_tflops() : 0.0;
+        const cli_bench_times g = graph_ok ? cli_bench_summarize(ms_graph, iters) : e;
+        char rate[2][32], share[2][32];
+        const double med[2] = {e.median_ms, g.median_ms};
+        for (int k = 0; k < 2; k++) {
+            const double tflops = med[k] > 0 ? call_flops / (med[k] * 1e-3) / 1e12 : 0.0;
+            snprintf(rate[k], sizeof rate[k], "%.2f", tflops);
+            if (peak_tflops > 0) snprintf(share[k], sizeof share[k], "%.1f%%", 100.0 * tflops / peak_tflops);
+            else snprintf(share[k], sizeof share[k], "-");
+        }
         if (tsv) {
-            /* impl, model, device, precision, mode, batch, latent, median ms, min ms, peak MiB */
-            printf("stylediff\t%s\t%s\t%s\teager\t%d\t%s\t%.3f\t%.3f\t%.0f\n", label, dev, prec, batch, latent,
-                   e.median_ms, e.min_ms, peak);
-            if (graph_ok) {
-                const cli_bench_times g = cli_bench_summarize(ms_graph, iters);
-                printf("stylediff\t%s\t%s\t%s\tgraph\t%d\t%s\t%.3f\t%.3f\t%.0f\n", label, dev, prec, batch, latent,
-                       g.median_ms, g.min_ms, peak);
-            }
+            /* impl, model, device, precision, mode, batch, latent, median ms, min ms, peak MiB,
+             * TFLOP/s, share of the bf16 peak */
+            printf("stylediff\t%s\t%s\t%s\teager\t%d\t%s\t%.3f\t%.3f\t%.0f\t%s\t%s\n", label, dev, prec, batch,
+                   latent, e.median_ms, e.min_ms, peak, rate[0], share[0]);
+            if (graph_ok)
+                printf("stylediff\t%s\t%s\t%s\tgraph\t%d\t%s\t%.3f\t%.3f\t%.0f\t%s\t%s\n", label, dev, prec, batch,
+                       latent, g.median_ms, g.min_ms, peak, rate[1], share[1]);
         } else {
-            printf("%-28s %-6s %-11s %-6s %-6s %-8s %12s %12s %10s\n", "unet", "device", "prec", "mode", "batch",
-                   "latent", "median ms", "min ms", "peak MiB");
-            printf("%-28s %-6s %-11s %-6s %-6d %-8s %12.2f %12.2f %10.0f\n", label, dev, prec, "eager", batch, latent,
-                   e.median_ms, e.min_ms, peak);
-            if (graph_ok) {
-                const cli_bench_times g = cli_bench_summarize(ms_graph, iters);
-                printf("%-28s %-6s %-11s %-6s %-6d %-8s %12.2f %12.2f %10.0f\n", label, dev, prec, "graph", batch,
-                       latent, g.median_ms, g.min_ms, peak);
-            }
+            printf("%-28s %-6s %-11s %-6s %-6s %-8s %12s %12s %10s %9s %9s\n", "unet", "device", "prec", "mode", "batch",
+                   "latent", "median ms", "min ms", "peak MiB", "TFLOP/s", "of bf16");
+            printf("%-28s %-6s %-11s %-6s %-6d %-8s %12.2f %12.2f %10.0f %9s %9s\n", label, dev, prec, "eager", batch,
+                   latent, e.median_ms, e.min_ms, peak, rate[0], share[0]);
+            if (graph_ok)
+                printf("%-28s %-6s %-11s %-6s %-6d %-8s %12.2f %12.2f %10.0f %9s %9s\n", label, dev, prec, "graph", batch,
+                       latent, g.median_ms, g.min_ms, peak, rate[1], share[1]);
+            printf("one call: %.4g GFLOP (2 per multiply-add, counted op by op)%s", call_flops / 1e9,
+                   peak_tflops > 0 ? "" : "\n");
+            if (peak_tflops > 0) printf("; this card's dense bf16 peak: %.0f TFLOP/s at its max SM clock\n", peak_tflops);
             const size_t copies = sd_ctx_lowp_weight_bytes(c);
             if (copies)
                 printf("fp16 activations: the fp16 copies of the weights take %.0f MiB besides the F32 weights\n",

@@ -216,6 +216,30 @@ static void test_bench_grad(void **state) {
     expect_failure("bench grad --what sideways", "--what: unknown step 'sideways'");
 }
 
+/* `bench unet` counts a call's arithmetic op by op: every op's work is linear in the batch, so
+ * batch 2 counts exactly twice batch 1; the TFLOP/s column is that count over the median. */
+static void test_bench_unet_flops(void **state) {
+    (void)state;
+    run_result *r = malloc(sizeof *r);
+    double gflop[2] = {0, 0};
+    for (int b = 0; b < 2; b++) {
+        char args[128];
+        snprintf(args, sizeof args, "bench unet --device cpu --size 64 --iters 1 --batch %d", b + 1);
+        run(r, args);
+        if (r->status) fail_msg("%s", r->out);
+        const char *at = strstr(r->out, "one call: ");
+        if (!at || sscanf(at, "one call: %lf GFLOP", &gflop[b]) != 1) fail_msg("no FLOP count in:\n%s", r->out);
+        double ms = 0, tflops = 0;
+        const char *row = strstr(r->out, "eager");
+        if (!row || sscanf(row, "eager %*d %*s %lf %*f %*f %lf", &ms, &tflops) != 2)
+            fail_msg("unreadable timing row in:\n%s", r->out);
+        assert_true(fabs(tflops - gflop[b] / ms / 1e3) <= 0.01 + 0.01 * tflops);
+    }
+    print_message("    tiny UNet at 8x8: %.4g GFLOP at batch 1, %.4g at batch 2\n", gflop[0], gflop[1]);
+    assert_true(gflop[0] > 0 && fabs(gflop[1] - 2 * gflop[0]) <= 1e-3 * gflop[1]);
+    free(r);
+}
+
 /* `bench unet --profile`: the per-class breakdown follows the timing table, every class of op the
  * UNet uses has calls, and the timed ops add up to no more than the call's wall time. */
 static void test_bench_unet_profile(void **state) {
@@ -378,6 +402,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_batch_csv),
         cmocka_unit_test(test_bench_grad),
+        cmocka_unit_test(test_bench_unet_flops),
         cmocka_unit_test(test_bench_unet_profile),
         cmocka_unit_test(test_eval),
     };

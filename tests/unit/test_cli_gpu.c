@@ -45,6 +45,7 @@ static void test_bench_unet(void **state) {
         expect_text(r, args, row);
         snprintf(row, sizeof row, "cuda   %-11s graph", labels[m]);
         expect_text(r, args, row);
+        expect_text(r, args, "one call: "); /* the FLOP count behind the TFLOP/s column */
         const int copies = strstr(r->out, "the fp16 copies of the weights take") != NULL;
         if (copies != (m == 1)) fail_msg("stylediff %s (%s): fp16 weight-copy line %s:\n%s", args, labels[m],
                                          copies ? "present" : "missing", r->out);

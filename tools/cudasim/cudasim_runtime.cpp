@@ -142,6 +142,13 @@ cudaError_t cudaGetDeviceCount(int *n) {
     *n = 1;
     return cudaSuccess;
 }
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device) {
+    if (device != 0) return set_error(cudaErrorInvalidDevice);
+    if (!value || attr != cudaDevAttrClockRate) return set_error(cudaErrorInvalidValue);
+    *value = 0; /* no clock: rates relative to a peak are not computed for the simulator */
+    return cudaSuccess;
+}
+
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int device) {
     if (device != 0) return set_error(cudaErrorInvalidDevice);
     memset(p, 0, sizeof *p);

@@ -187,6 +187,11 @@ struct cudaDeviceProp {
     int multiProcessorCount;
 };
 
+/* Device attributes: the one the backend reads (the SM clock, kHz; the simulator has none and
+ * says 0). */
+enum cudaDeviceAttr { cudaDevAttrClockRate = 13 };
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device);
+
 struct CUevent_st;
 typedef struct CUevent_st *cudaEvent_t;
 struct CUgraph_st;
