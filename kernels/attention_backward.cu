@@ -107,16 +107,6 @@ __device__ __forceinline__ void fb_load_rows(__nv_bfloat16 *dst, int ds, const f
     }
 }
 
-/* The same tile stored transposed: dst[c][r] (row stride ds). */
-__device__ __forceinline__ void fb_load_cols(__nv_bfloat16 *dst, int ds, const float *src, int64_t ld, int64_t row0,
-                                             int rows, int cols, int64_t n_rows, int width) {
-    for (int idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
-        const int r = idx / cols, c = idx % cols;
-        const int64_t gr = row0 + r;
-        dst[c * ds + r] = __float2bfloat16_rn(gr < n_rows && c < width ? src[gr * ld + c] : 0.0f);
-    }
-}
-
 /* Head h of batch row b in the four inputs the kernels read. */
 struct fb_bases {
     const float *q, *k, *v, *dout;
@@ -153,42 +143,60 @@ template <int DK, int NT>
 __device__ __forceinline__ void fb_tile_products(float (*s)[4], float (*dp)[4], const uint32_t (*a1)[4],
                                                  const uint32_t (*a2)[4], const __nv_bfloat16 *b1,
                                                  const __nv_bfloat16 *b2, int rs) {
+    static_assert(NT % 2 == 0, "n-tiles go in pairs (one ldmatrix.x4 each)");
+    const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7; /* ldmatrix: row mr of matrix mi */
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
         dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2)
 #pragma unroll
         for (int kk = 0; kk < DK; kk++) {
-            cu_mma_bt(s[nt], a1[kk], b1, rs, nt * 8, kk * 16);
-            cu_mma_bt(dp[nt], a2[kk], b2, rs, nt * 8, kk * 16);
+            /* matrices: (rows nt, k +0), (nt, +8), (nt+1, +0), (nt+1, +8): the B fragments of n-tiles
+             * nt and nt+1, as cu_mma_bt reads them with two 32-bit loads each */
+            const int off = (nt * 8 + (mi >> 1) * 8 + mr) * rs + kk * 16 + (mi & 1) * 8;
+            uint32_t f1[4], f2[4];
+            cu_ldmatrix_x4<false>(f1, b1 + off);
+            cu_ldmatrix_x4<false>(f2, b2 + off);
+            cu_tensor_core<__nv_bfloat16>::mma(s[nt], a1[kk], f1[0], f1[1]);
+            cu_tensor_core<__nv_bfloat16>::mma(dp[nt], a2[kk], f2[0], f2[1]);
+            cu_tensor_core<__nv_bfloat16>::mma(s[nt + 1], a1[kk], f1[2], f1[3]);
+            cu_tensor_core<__nv_bfloat16>::mma(dp[nt + 1], a2[kk], f2[2], f2[3]);
         }
-    }
 }
 
-/* c[nd] += A · B over the k range of NT2 C tiles packed as A fragments (a_src), for the 2·DK
- * n-tiles of an n-major B (row stride ts): the gradients' accumulation dQ += dS K (kernel 1),
- * dV += Pᵀ dO and dK += dSᵀ Q (kernel 2). */
+/* c[nd] += A · B over the k range of NT C tiles packed as A fragments (a_src), for the 2·DK
+ * n-tiles of B, a row-major [k][n] tile (row stride rs) read by ldmatrix.trans, so no transposed
+ * copy is made: the gradients' accumulation dQ += dS K (kernel 1), dV += Pᵀ dO and dK += dSᵀ Q
+ * (kernel 2), k running over the tile's keys or queries and n over the head dims. */
 template <int DK, int NT>
-__device__ __forceinline__ void fb_accumulate(float (*c)[4], const float (*a_src)[4], const __nv_bfloat16 *bt, int ts) {
+__device__ __forceinline__ void fb_accumulate(float (*c)[4], const float (*a_src)[4], const __nv_bfloat16 *b, int rs) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7;
 #pragma unroll
     for (int kk2 = 0; kk2 < NT / 2; kk2++) {
         uint32_t a[4];
         cu_a_frag_from_c<__nv_bfloat16>(a, a_src[2 * kk2], a_src[2 * kk2 + 1]);
 #pragma unroll
-        for (int nd = 0; nd < 2 * DK; nd++) cu_mma_bt(c[nd], a, bt, ts, nd * 8, kk2 * 16);
+        for (int nd = 0; nd < 2 * DK; nd += 2) {
+            /* matrices: (k +0, dims nd), (k +8, nd), (k +0, nd+1), (k +8, nd+1) */
+            uint32_t f[4];
+            cu_ldmatrix_x4<true>(f, b + (kk2 * 16 + (mi & 1) * 8 + mr) * rs + nd * 8 + (mi >> 1) * 8);
+            cu_tensor_core<__nv_bfloat16>::mma(c[nd], a, f[0], f[1]);
+            cu_tensor_core<__nv_bfloat16>::mma(c[nd + 1], a, f[2], f[3]);
+        }
     }
 }
 
 template <int DK> struct fb_dq_smem {
     static constexpr int DP = DK * 16;     /* padded head dim */
-    static constexpr int RS = DP + 8;      /* row stride (bf16): fragment loads hit 32 distinct banks */
-    static constexpr int TS = FB_BK + 8;   /* stride of the transposed key tile */
+    static constexpr int RS = DP + 8;      /* row stride (bf16): ldmatrix's 8 rows hit distinct banks */
     static constexpr int q_off = 0;                      /* Qs[FB_BQ][RS] */
     static constexpr int do_off = q_off + FB_BQ * RS;    /* dOs[FB_BQ][RS] */
     static constexpr int k_off = do_off + FB_BQ * RS;    /* Ks[FB_BK][RS] */
     static constexpr int v_off = k_off + FB_BK * RS;     /* Vs[FB_BK][RS] */
-    static constexpr int kt_off = v_off + FB_BK * RS;    /* Kt[DP][TS] */
-    static constexpr int elems = kt_off + DP * TS;
+    static constexpr int elems = v_off + FB_BK * RS;
     static constexpr size_t bytes = (size_t)elems * sizeof(__nv_bfloat16);
 };
 
@@ -198,7 +206,6 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
     __nv_bfloat16 *Qs = smem + L::q_off, *dOs = smem + L::do_off, *Ks = smem + L::k_off, *Vs = smem + L::v_off;
-    __nv_bfloat16 *Kt = smem + L::kt_off;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
     const int64_t q0 = (int64_t)blockIdx.x * FB_BQ, ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
@@ -276,7 +283,6 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
         __syncthreads();
         fb_load_rows(Ks, L::RS, kb, ldq, k0, FB_BK, L::DP, p.Sk, p.D);
         fb_load_rows(Vs, L::RS, vb, ldv, k0, FB_BK, L::DP, p.Sk, p.Dv);
-        fb_load_cols(Kt, L::TS, kb, ldq, k0, FB_BK, L::DP, p.Sk, p.D);
         __syncthreads();
         float s[FB_BK / 8][4], dp[FB_BK / 8][4];
         fb_tile_products<DK, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
@@ -288,7 +294,7 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
                 const float P = valid ? exp2f(s[nt][e] * p.scale_log2 - (e < 2 ? lse0 : lse1)) : 0.0f;
                 s[nt][e] = P * (dp[nt][e] - (e < 2 ? delta0 : delta1)); /* dS */
             }
-        fb_accumulate<DK, FB_BK / 8>(dq, s, Kt, L::TS);
+        fb_accumulate<DK, FB_BK / 8>(dq, s, Ks, L::RS);
     }
     float *dqb = p.dq + (int64_t)b * p.Sq * ldq + (int64_t)h * p.D;
 #pragma unroll
@@ -308,14 +314,11 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
 template <int DK> struct fb_dkv_smem {
     static constexpr int DP = DK * 16;
     static constexpr int RS = DP + 8;
-    static constexpr int TS = FB_BQT + 8;
     static constexpr int k_off = 0;                      /* Ks[FB_BKV][RS]: the block's keys, loaded once */
     static constexpr int v_off = k_off + FB_BKV * RS;    /* Vs[FB_BKV][RS] */
     static constexpr int q_off = v_off + FB_BKV * RS;    /* Qs[FB_BQT][RS]: the query tile */
     static constexpr int do_off = q_off + FB_BQT * RS;   /* dOs[FB_BQT][RS] */
-    static constexpr int qt_off = do_off + FB_BQT * RS;  /* Qt[DP][TS] */
-    static constexpr int dot_off = qt_off + DP * TS;     /* dOt[DP][TS] */
-    static constexpr int elems = dot_off + DP * TS;
+    static constexpr int elems = do_off + FB_BQT * RS;
     static constexpr size_t stat_off = ((size_t)elems * sizeof(__nv_bfloat16) + 15) / 16 * 16; /* 2 x FB_BQT floats */
     static constexpr size_t bytes = stat_off + 2 * FB_BQT * sizeof(float);
 };
@@ -326,7 +329,6 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
     __nv_bfloat16 *Ks = smem + L::k_off, *Vs = smem + L::v_off, *Qs = smem + L::q_off, *dOs = smem + L::do_off;
-    __nv_bfloat16 *Qt = smem + L::qt_off, *dOt = smem + L::dot_off;
     float *lse_s = reinterpret_cast<float *>(reinterpret_cast<char *>(smem_f4) + L::stat_off);
     float *delta_s = lse_s + FB_BQT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -356,8 +358,6 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
         __syncthreads(); /* the previous tile is consumed */
         fb_load_rows(Qs, L::RS, qb, ldq, q0, FB_BQT, L::DP, p.Sq, p.D);
         fb_load_rows(dOs, L::RS, dob, ldv, q0, FB_BQT, L::DP, p.Sq, p.Dv);
-        fb_load_cols(Qt, L::TS, qb, ldq, q0, FB_BQT, L::DP, p.Sq, p.D);
-        fb_load_cols(dOt, L::TS, dob, ldv, q0, FB_BQT, L::DP, p.Sq, p.Dv);
         for (int i = threadIdx.x; i < FB_BQT; i += blockDim.x) {
             const bool in = q0 + i < p.Sq;
             lse_s[i] = in ? lse[q0 + i] : 0.0f;
@@ -378,8 +378,8 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
                 dp[nt][e] = P * (dp[nt][e] - delta_s[qj]); /* dSᵀ */
             }
         /* dV += Pᵀ dO and dK += dSᵀ Q, the k dimension being the tile's queries */
-        fb_accumulate<DK, FB_BQT / 8>(dv, s, dOt, L::TS);
-        fb_accumulate<DK, FB_BQT / 8>(dk, dp, Qt, L::TS);
+        fb_accumulate<DK, FB_BQT / 8>(dv, s, dOs, L::RS);
+        fb_accumulate<DK, FB_BQT / 8>(dk, dp, Qs, L::RS);
     }
     float *dkb = p.dk ? p.dk + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D : NULL;
     float *dvb = p.dv ? p.dv + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv : NULL;
