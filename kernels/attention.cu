@@ -275,16 +275,15 @@ template <> struct fa_operand<__half> {
 };
 
 template <int DK> struct fa_smem {
-    /* 16-bit elements (bf16 or fp16); row strides padded by 8 elements (16 bytes) so that the
-     * fragment loads of a warp (8 rows x 4 words) fall in 32 distinct banks */
+    /* 16-bit elements (bf16 or fp16); row strides padded by 8 elements (16 bytes) so that the 8
+     * row addresses of an ldmatrix (and a warp's fragment loads) fall in distinct banks */
     static constexpr int DP = DK * 16;
     static constexpr int QS = DP + 8;
-    static constexpr int KS = DP + 8;
-    static constexpr int VS = FA_BK + 8; /* V is stored transposed: Vt[dim][key] */
+    static constexpr int KS = DP + 8; /* K and V rows (V row-major, read by ldmatrix.trans) */
     static constexpr int q_off = 0;
     static constexpr int k_off = q_off + FA_BQ * QS;
     static constexpr int v_off = k_off + FA_BK * KS;
-    static constexpr int elems = v_off + DP * VS;
+    static constexpr int elems = v_off + FA_BK * KS;
     static constexpr size_t bytes = (size_t)elems * sizeof(uint16_t);
 };
 
@@ -306,14 +305,14 @@ __device__ __forceinline__ void fa_fetch_kv(typename fa_operand<T>::type (&kr)[N
 }
 
 template <int DK, int NL, typename E>
-__device__ __forceinline__ void fa_stash_kv(const E (&kr)[NL], const E (&vr)[NL], E *Ks, E *Vt, int tid) {
+__device__ __forceinline__ void fa_stash_kv(const E (&kr)[NL], const E (&vr)[NL], E *Ks, E *Vs, int tid) {
     typedef fa_smem<DK> L;
 #pragma unroll
     for (int i = 0; i < NL; i++) {
         const int idx = tid + i * FA_THREADS, r = idx / L::DP, d = idx % L::DP;
         if (idx < FA_BK * L::DP) {
             Ks[r * L::KS + d] = kr[i];
-            Vt[d * L::VS + r] = vr[i];
+            Vs[r * L::KS + d] = vr[i];
         }
     }
 }
@@ -328,6 +327,48 @@ template <int DK> struct fa_pipeline {
     static constexpr bool on = DK <= 3;
     static constexpr int per_thread = on ? (FA_BK * fa_smem<DK>::DP + FA_THREADS - 1) / FA_THREADS : 1;
 };
+
+/* S = Q Kᵀ for a warp's 16 query rows and a tile of 64 keys (8 n-tiles of 8): qa holds the rows'
+ * DK A fragments, Ks the tile row-major [key][dim] (row stride ks, 16-byte rows); one
+ * ldmatrix.x4 gives the B fragments of key tiles nt and nt+1 for one 16-wide slice of the head
+ * dim: matrices (keys nt, dims +0), (nt, +8), (nt+1, +0), (nt+1, +8). */
+template <int DK, typename E>
+__device__ __forceinline__ void fa_scores(float (&sacc)[8][4], const uint32_t (&qa)[DK][4], const E *Ks, int ks) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7; /* row mr of matrix mi */
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 8; nt += 2)
+#pragma unroll
+        for (int kk = 0; kk < DK; kk++) {
+            uint32_t bf[4];
+            cu_ldmatrix_x4<false>(bf, &Ks[(nt * 8 + (mi >> 1) * 8 + mr) * ks + kk * 16 + (mi & 1) * 8]);
+            cu_tensor_core<E>::mma(sacc[nt], qa[kk], bf[0], bf[1]);
+            cu_tensor_core<E>::mma(sacc[nt + 1], qa[kk], bf[2], bf[3]);
+        }
+}
+
+/* O += P · V for the tile: the score fragments of key tiles 2·kk2 and 2·kk2 + 1 are exactly the A
+ * fragment of keys [16·kk2, 16·kk2 + 16); Vs is the tile row-major [key][dim] (row stride vs),
+ * whose B fragments of dim tiles nd and nd+1 one ldmatrix.x4.trans gives: matrices (keys +0,
+ * dims nd), (keys +8, nd), (+0, nd+1), (+8, nd+1). */
+template <int DK, typename E>
+__device__ __forceinline__ void fa_accumulate_pv(float (&o)[2 * DK][4], const float (&sacc)[8][4], const E *Vs,
+                                                 int vs) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7;
+#pragma unroll
+    for (int kk2 = 0; kk2 < FA_BK / 16; kk2++) {
+        uint32_t pa[4];
+        cu_a_frag_from_c<E>(pa, sacc[2 * kk2], sacc[2 * kk2 + 1]);
+#pragma unroll
+        for (int nd = 0; nd < 2 * DK; nd += 2) {
+            uint32_t bf[4];
+            cu_ldmatrix_x4<true>(bf, &Vs[(kk2 * 16 + (mi & 1) * 8 + mr) * vs + nd * 8 + (mi >> 1) * 8]);
+            cu_tensor_core<E>::mma(o[nd], pa, bf[0], bf[1]);
+            cu_tensor_core<E>::mma(o[nd + 1], pa, bf[2], bf[3]);
+        }
+    }
+}
 
 /* One key tile's online-softmax step for a warp's 16 query rows (rows row0 = r0 + g and row1 =
  * row0 + 8 of the C fragments; t = lane mod 4; the kernel's scalars by value, as a reference to
@@ -388,7 +429,7 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<
     E *smem = reinterpret_cast<E *>(smem_f4);
     E *Qs = smem + L::q_off; /* [BQ][QS] */
     E *Ks = smem + L::k_off; /* [BK][KS] */
-    E *Vt = smem + L::v_off; /* [DP][VS], transposed */
+    E *Vs = smem + L::v_off; /* [BK][KS] */
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3; /* fragment row group and column pair */
@@ -430,41 +471,25 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<
     for (int64_t k0 = 0; k0 < k_end; k0 += FA_BK) {
         __syncthreads(); /* previous tile consumed */
         if constexpr (Pipe::on) {
-            fa_stash_kv<DK>(kr, vr, Ks, Vt, tid);
+            fa_stash_kv<DK>(kr, vr, Ks, Vs, tid);
         } else {
             for (int idx = tid; idx < FA_BK * L::DP; idx += FA_THREADS) {
                 const int r = idx / L::DP, d = idx % L::DP;
                 const int64_t kj = k0 + r;
                 const bool in = kj < p.Sk;
                 Ks[r * L::KS + d] = In::load(kb, kj * ldq + d, in && d < p.D);
-                Vt[d * L::VS + r] = In::load(vb, kj * ldv + d, in && d < p.Dv);
+                Vs[r * L::KS + d] = In::load(vb, kj * ldv + d, in && d < p.Dv);
             }
         }
         __syncthreads();
         if constexpr (Pipe::on)
             if (k0 + FA_BK < k_end) fa_fetch_kv<T, DK>(kr, vr, kb, vb, k0 + FA_BK, ldq, ldv, p, tid);
 
-        /* S = Q Kᵀ for 16 rows x 64 keys: 8 n-tiles of 8 keys */
         float sacc[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.0f;
-#pragma unroll
-            for (int kk = 0; kk < DK; kk++) cu_mma_bt(sacc[nt], qa[kk], Ks, L::KS, nt * 8, kk * 16);
-        }
-
+        fa_scores<DK>(sacc, qa, Ks, L::KS);
         fa_softmax_tile<DK>(sacc, o, m0, m1, l0, l1, p.scale_log2, p.Sk, p.causal, k0, row0, row1, t,
                             p.causal || k0 + FA_BK > p.Sk);
-
-        /* O += P · V: the score fragments of key tiles 2·kk2 and 2·kk2 + 1 are exactly the A
-         * fragment of keys [16·kk2, 16·kk2 + 16) */
-#pragma unroll
-        for (int kk2 = 0; kk2 < FA_BK / 16; kk2++) {
-            uint32_t pa[4];
-            cu_a_frag_from_c<E>(pa, sacc[2 * kk2], sacc[2 * kk2 + 1]);
-#pragma unroll
-            for (int nd = 0; nd < 2 * DK; nd++) cu_mma_bt(o[nd], pa, Vt, L::VS, nd * 8, kk2 * 16);
-        }
+        fa_accumulate_pv<DK>(o, sacc, Vs, L::KS);
     }
 
     l0 = cu_quad_sum(l0);
@@ -603,36 +628,12 @@ __global__ void __launch_bounds__(FA_THREADS, fa_async_smem<DK>::min_blocks) k_f
         const __half *Ks = smem + L::k_off + (j & 1) * FA_BK * L::RS;
         const __half *Vs = smem + L::v_off + (j & 1) * FA_BK * L::RS;
 
-        /* S = Q Kᵀ, 16 rows x 64 keys; one ldmatrix.x4 gives the B fragments of key tiles nt, nt+1 */
         float sacc[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt += 2)
-#pragma unroll
-            for (int kk = 0; kk < DK; kk++) {
-                uint32_t bf[4]; /* matrices: (keys nt, dims +0), (nt, +8), (nt+1, +0), (nt+1, +8) */
-                cu_ldmatrix_x4<false>(bf, &Ks[(nt * 8 + (mi >> 1) * 8 + mr) * L::RS + kk * 16 + (mi & 1) * 8]);
-                cu_tensor_core<__half>::mma(sacc[nt], qa[kk], bf[0], bf[1]);
-                cu_tensor_core<__half>::mma(sacc[nt + 1], qa[kk], bf[2], bf[3]);
-            }
-
+        fa_scores<DK>(sacc, qa, Ks, L::RS);
         fa_softmax_tile<DK>(sacc, o, m0, m1, l0, l1, p.scale_log2, p.Sk, p.causal, k0, row0, row1, t,
                             p.causal || k0 + FA_BK > p.Sk);
 
-        /* O += P · V; one ldmatrix.x4.trans gives the B fragments of dim tiles nd, nd+1 */
-#pragma unroll
-        for (int kk2 = 0; kk2 < FA_BK / 16; kk2++) {
-            uint32_t pa[4];
-            cu_a_frag_from_c<__half>(pa, sacc[2 * kk2], sacc[2 * kk2 + 1]);
-#pragma unroll
-            for (int nd = 0; nd < 2 * DK; nd += 2) {
-                uint32_t bf[4]; /* matrices: (keys +0, dims nd), (keys +8, nd), (+0, nd+1), (+8, nd+1) */
-                cu_ldmatrix_x4<true>(bf, &Vs[(kk2 * 16 + (mi & 1) * 8 + mr) * L::RS + nd * 8 + (mi >> 1) * 8]);
-                cu_tensor_core<__half>::mma(o[nd], pa, bf[0], bf[1]);
-                cu_tensor_core<__half>::mma(o[nd + 1], pa, bf[2], bf[3]);
-            }
-        }
+        fa_accumulate_pv<DK>(o, sacc, Vs, L::RS);
         __syncthreads(); /* tile j consumed: its buffer takes tile j+2 next iteration */
     }
 
