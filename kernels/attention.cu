@@ -321,7 +321,7 @@ __device__ __forceinline__ void fa_stash_kv(const E (&kr)[NL], const E (&vr)[NL]
  * one is in shared memory, so they are in flight while the warps multiply (one block of 8 warps per
  * SM leaves little else to hide their latency). Heads up to 48 wide: SD's 64x64 level (D 40, 4096
  * tokens), where most of the attention time is (8x the 32x32 level's arithmetic). ptxas, sm_90:
- * 255 registers at DK 3, no spills; at DK 4-5 (D 80) the prefetch spilled 8-48 bytes, so wider
+ * 250 registers at DK 3, no spills; at DK 4-5 (D 80) the prefetch spilled 8-48 bytes, so wider
  * heads load each tile just before using it. */
 template <int DK> struct fa_pipeline {
     static constexpr bool on = DK <= 3;
