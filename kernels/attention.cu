@@ -348,28 +348,6 @@ __device__ __forceinline__ void fa_scores(float (&sacc)[8][4], const uint32_t (&
         }
 }
 
-/* O += P · V for the tile: the score fragments of key tiles 2·kk2 and 2·kk2 + 1 are exactly the A
- * fragment of keys [16·kk2, 16·kk2 + 16); Vs is the tile row-major [key][dim] (row stride vs),
- * whose B fragments of dim tiles nd and nd+1 one ldmatrix.x4.trans gives: matrices (keys +0,
- * dims nd), (keys +8, nd), (+0, nd+1), (+8, nd+1). */
-template <int DK, typename E>
-__device__ __forceinline__ void fa_accumulate_pv(float (&o)[2 * DK][4], const float (&sacc)[8][4], const E *Vs,
-                                                 int vs) {
-    const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7;
-#pragma unroll
-    for (int kk2 = 0; kk2 < FA_BK / 16; kk2++) {
-        uint32_t pa[4];
-        cu_a_frag_from_c<E>(pa, sacc[2 * kk2], sacc[2 * kk2 + 1]);
-#pragma unroll
-        for (int nd = 0; nd < 2 * DK; nd += 2) {
-            uint32_t bf[4];
-            cu_ldmatrix_x4<true>(bf, &Vs[(kk2 * 16 + (mi & 1) * 8 + mr) * vs + nd * 8 + (mi >> 1) * 8]);
-            cu_tensor_core<E>::mma(o[nd], pa, bf[0], bf[1]);
-            cu_tensor_core<E>::mma(o[nd + 1], pa, bf[2], bf[3]);
-        }
-    }
-}
-
 /* One key tile's online-softmax step for a warp's 16 query rows (rows row0 = r0 + g and row1 =
  * row0 + 8 of the C fragments; t = lane mod 4; the kernel's scalars by value, as a reference to
  * the parameter block would copy it to local memory): the scores sacc (16 rows x FA_BK keys) are scaled
@@ -489,7 +467,7 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<
         fa_scores<DK>(sacc, qa, Ks, L::KS);
         fa_softmax_tile<DK>(sacc, o, m0, m1, l0, l1, p.scale_log2, p.Sk, p.causal, k0, row0, row1, t,
                             p.causal || k0 + FA_BK > p.Sk);
-        fa_accumulate_pv<DK>(o, sacc, Vs, L::KS);
+        cu_mma_c_by_rows<DK, 8>(o, sacc, Vs, L::KS); /* O += P · V */
     }
 
     l0 = cu_quad_sum(l0);
@@ -633,7 +611,7 @@ __global__ void __launch_bounds__(FA_THREADS, fa_async_smem<DK>::min_blocks) k_f
         fa_softmax_tile<DK>(sacc, o, m0, m1, l0, l1, p.scale_log2, p.Sk, p.causal, k0, row0, row1, t,
                             p.causal || k0 + FA_BK > p.Sk);
 
-        fa_accumulate_pv<DK>(o, sacc, Vs, L::RS);
+        cu_mma_c_by_rows<DK, 8>(o, sacc, Vs, L::RS); /* O += P · V */
         __syncthreads(); /* tile j consumed: its buffer takes tile j+2 next iteration */
     }
 

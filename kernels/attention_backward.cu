@@ -167,28 +167,6 @@ __device__ __forceinline__ void fb_tile_products(float (*s)[4], float (*dp)[4], 
         }
 }
 
-/* c[nd] += A · B over the k range of NT C tiles packed as A fragments (a_src), for the 2·DK
- * n-tiles of B, a row-major [k][n] tile (row stride rs) read by ldmatrix.trans, so no transposed
- * copy is made: the gradients' accumulation dQ += dS K (kernel 1), dV += Pᵀ dO and dK += dSᵀ Q
- * (kernel 2), k running over the tile's keys or queries and n over the head dims. */
-template <int DK, int NT>
-__device__ __forceinline__ void fb_accumulate(float (*c)[4], const float (*a_src)[4], const __nv_bfloat16 *b, int rs) {
-    const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7;
-#pragma unroll
-    for (int kk2 = 0; kk2 < NT / 2; kk2++) {
-        uint32_t a[4];
-        cu_a_frag_from_c<__nv_bfloat16>(a, a_src[2 * kk2], a_src[2 * kk2 + 1]);
-#pragma unroll
-        for (int nd = 0; nd < 2 * DK; nd += 2) {
-            /* matrices: (k +0, dims nd), (k +8, nd), (k +0, nd+1), (k +8, nd+1) */
-            uint32_t f[4];
-            cu_ldmatrix_x4<true>(f, b + (kk2 * 16 + (mi & 1) * 8 + mr) * rs + nd * 8 + (mi >> 1) * 8);
-            cu_tensor_core<__nv_bfloat16>::mma(c[nd], a, f[0], f[1]);
-            cu_tensor_core<__nv_bfloat16>::mma(c[nd + 1], a, f[2], f[3]);
-        }
-    }
-}
-
 template <int DK> struct fb_dq_smem {
     static constexpr int DP = DK * 16;     /* padded head dim */
     static constexpr int RS = DP + 8;      /* row stride (bf16): ldmatrix's 8 rows hit distinct banks */
@@ -294,7 +272,7 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
                 const float P = valid ? exp2f(s[nt][e] * p.scale_log2 - (e < 2 ? lse0 : lse1)) : 0.0f;
                 s[nt][e] = P * (dp[nt][e] - (e < 2 ? delta0 : delta1)); /* dS */
             }
-        fb_accumulate<DK, FB_BK / 8>(dq, s, Ks, L::RS);
+        cu_mma_c_by_rows<DK, FB_BK / 8>(dq, s, Ks, L::RS); /* dQ += dS K */
     }
     float *dqb = p.dq + (int64_t)b * p.Sq * ldq + (int64_t)h * p.D;
 #pragma unroll
@@ -378,8 +356,8 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
                 dp[nt][e] = P * (dp[nt][e] - delta_s[qj]); /* dSᵀ */
             }
         /* dV += Pᵀ dO and dK += dSᵀ Q, the k dimension being the tile's queries */
-        fb_accumulate<DK, FB_BQT / 8>(dv, s, dOs, L::RS);
-        fb_accumulate<DK, FB_BQT / 8>(dk, dp, Qs, L::RS);
+        cu_mma_c_by_rows<DK, FB_BQT / 8>(dv, s, dOs, L::RS);
+        cu_mma_c_by_rows<DK, FB_BQT / 8>(dk, dp, Qs, L::RS);
     }
     float *dkb = p.dk ? p.dk + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D : NULL;
     float *dvb = p.dv ? p.dv + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv : NULL;

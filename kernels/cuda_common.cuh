@@ -324,6 +324,30 @@ template <bool TRANS> __device__ __forceinline__ void cu_ldmatrix_x4(uint32_t r[
 #endif
 }
 
+/* c[nd] += A · B for a warp's 16 rows, where A is the product of an earlier step still in C
+ * fragments (a_src: NT n-tiles of 8 columns; tiles 2j and 2j+1 packed to E are the A fragment of
+ * k-columns [16j, 16j+16)) and B a row-major [k][n] tile in shared memory (row stride bs,
+ * 16-byte rows) whose B fragments of n-tiles nd and nd+1 one ldmatrix.x4.trans gives: matrices
+ * (k +0, n-tile nd), (k +8, nd), (+0, nd+1), (+8, nd+1). For the 2·DK n-tiles of a head dim
+ * padded to 16·DK: attention's O += P V, its backward's dQ += dS K, dV += Pᵀ dO, dK += dSᵀ Q. */
+template <int DK, int NT, typename E>
+__device__ __forceinline__ void cu_mma_c_by_rows(float (*c)[4], const float (*a_src)[4], const E *b, int bs) {
+    static_assert(NT % 2 == 0, "A fragments come from pairs of C tiles");
+    const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7; /* ldmatrix: row mr of matrix mi */
+#pragma unroll
+    for (int kk2 = 0; kk2 < NT / 2; kk2++) {
+        uint32_t a[4];
+        cu_a_frag_from_c<E>(a, a_src[2 * kk2], a_src[2 * kk2 + 1]);
+#pragma unroll
+        for (int nd = 0; nd < 2 * DK; nd += 2) {
+            uint32_t f[4];
+            cu_ldmatrix_x4<true>(f, b + (kk2 * 16 + (mi & 1) * 8 + mr) * bs + nd * 8 + (mi >> 1) * 8);
+            cu_tensor_core<E>::mma(c[nd], a, f[0], f[1]);
+            cu_tensor_core<E>::mma(c[nd + 1], a, f[2], f[3]);
+        }
+    }
+}
+
 /* cp.async.cg of 16 bytes from global to shared memory, or 16 zero bytes when !valid (the source
  * is then not read); completes at cu_cp_async_wait. The simulator copies at once. */
 __device__ __forceinline__ void cu_cp_async16(void *smem, const void *gmem, bool valid) {
