@@ -29,7 +29,7 @@
 
 static const sd_backend *cpu, *gpu;
 static const sd_f16_ops *cpu16, *gpu16;
-static char gpu_error[1024];
+static tb_backends backends;
 
 /* ------------------------------------------------------------------------------------------------
  * Buffers (released by the per-test teardown, also when a test fails half-way)
@@ -61,15 +61,9 @@ static float *widen(const sd_f16 *h, int64_t n) {
 /* A device fp16 result, widened to F32 on the host. */
 static float *dget16(const sd_f16 *d, int64_t n) { return widen(tb_download(gpu, d, (size_t)n * sizeof(sd_f16)), n); }
 
-static int per_test_teardown(void **state) {
-    (void)state;
-    tb_release_all();
-    if (gpu) sd_cuda_set_precision(SD_PRECISION_EXACT);
-    return 0;
-}
 
 static void require_gpu(void) {
-    if (!gpu) fail_msg("a GPU is present but the CUDA backend did not open: %s", gpu_error);
+    tb_require_gpu(&backends);
     if (!gpu16) fail_msg("the CUDA backend has no fp16 table");
 }
 
@@ -91,15 +85,11 @@ static void check16_equal(const char *what, const sd_f16 *got_dev, const sd_f16 
 
 static int group_setup(void **state) {
     (void)state;
-    cpu = sd_backend_cpu();
+    tb_open_backends(&backends);
+    cpu = backends.cpu;
+    gpu = backends.gpu;
     cpu16 = cpu->f16;
-    if (testutil_have_gpu()) {
-        gpu = sd_backend_cuda(0);
-        if (!gpu)
-            snprintf(gpu_error, sizeof gpu_error, "%s", sd_last_error());
-        else
-            gpu16 = gpu->f16;
-    }
+    gpu16 = gpu ? gpu->f16 : NULL;
     return 0;
 }
 
@@ -501,7 +491,7 @@ static void test_f16_unet(void **state) {
     sd_model_files_close(&files);
 }
 
-#define GPU_TEST(f) cmocka_unit_test_teardown(f, per_test_teardown)
+#define GPU_TEST(f) cmocka_unit_test_teardown(f, tb_per_test_teardown)
 
 int main(void) {
     testutil_apply_filter();

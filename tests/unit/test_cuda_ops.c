@@ -39,7 +39,7 @@
 #define TOL_MODEL_FAST 5e-2 /* a whole network in bf16: errors of every layer add up */
 
 static const sd_backend *cpu, *gpu;
-static char gpu_error[1024];
+static tb_backends backends;
 
 /* ------------------------------------------------------------------------------------------------
  * Buffers: every device and host buffer of a test is released by the per-test teardown, also when
@@ -60,16 +60,8 @@ static float *dnew(int64_t n) { return tb_device(gpu, (size_t)(n > 0 ? n : 1) * 
 static float *dput(const float *h, int64_t n) { return tb_upload(gpu, h, (size_t)n * sizeof(float)); }
 static float *hget(const float *d, int64_t n) { return tb_download(gpu, d, (size_t)n * sizeof(float)); }
 
-static int per_test_teardown(void **state) {
-    (void)state;
-    tb_release_all();
-    if (gpu) sd_cuda_set_precision(SD_PRECISION_EXACT);
-    return 0;
-}
 
-static void require_gpu(void) {
-    if (!gpu) fail_msg("a GPU is present but the CUDA backend did not open: %s", gpu_error);
-}
+static void require_gpu(void) { tb_require_gpu(&backends); }
 
 /* ------------------------------------------------------------------------------------------------
  * Modes and comparisons
@@ -114,16 +106,9 @@ static void check_equal(const char *what, const float *dev, const float *want, i
 
 static int group_setup(void **state) {
     (void)state;
-    cpu = sd_backend_cpu();
-    if (testutil_have_gpu()) {
-        gpu = sd_backend_cuda(0);
-        if (!gpu) {
-            snprintf(gpu_error, sizeof gpu_error, "%s", sd_last_error());
-        } else {
-            char name[256];
-            if (sd_cuda_device_name(0, name, sizeof name) == SD_OK) print_message("    cuda:0 is %s\n", name);
-        }
-    }
+    tb_open_backends(&backends);
+    cpu = backends.cpu;
+    gpu = backends.gpu;
     return 0;
 }
 
@@ -1574,7 +1559,7 @@ static void test_max_pool2d(void **state) {
     }
 }
 
-#define GPU_TEST(f) cmocka_unit_test_teardown(f, per_test_teardown)
+#define GPU_TEST(f) cmocka_unit_test_teardown(f, tb_per_test_teardown)
 
 int main(void) {
     testutil_apply_filter();

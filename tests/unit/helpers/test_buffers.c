@@ -1,8 +1,11 @@
 /* test_buffers.c: see test_buffers.h. */
 #include "test_buffers.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "sd/device.h"
 #include "testutil.h"
 
 #define MAX_BUFFERS 1024
@@ -52,4 +55,30 @@ void tb_release_all(void) {
             free(buffers[i].p);
     }
     n_buffers = 0;
+}
+
+static const sd_backend *opened_gpu; /* the CUDA table tb_open_backends opened, if any */
+
+void tb_open_backends(tb_backends *b) {
+    memset(b, 0, sizeof *b);
+    b->cpu = sd_backend_cpu();
+    if (!testutil_have_gpu()) return;
+    opened_gpu = b->gpu = sd_backend_cuda(0);
+    if (!b->gpu) {
+        snprintf(b->gpu_error, sizeof b->gpu_error, "%s", sd_last_error());
+        return;
+    }
+    char name[256];
+    if (sd_cuda_device_name(0, name, sizeof name) == SD_OK) print_message("    cuda:0 is %s\n", name);
+}
+
+void tb_require_gpu(const tb_backends *b) {
+    if (!b->gpu) fail_msg("a GPU is present but the CUDA backend did not open: %s", b->gpu_error);
+}
+
+int tb_per_test_teardown(void **state) {
+    (void)state;
+    tb_release_all();
+    if (opened_gpu) sd_cuda_set_precision(SD_PRECISION_EXACT);
+    return 0;
 }

@@ -22,4 +22,16 @@ void *tb_download(const sd_backend *be, const void *dev, size_t bytes);
 /* Frees every buffer handed out so far (device ones through the backend that made them). */
 void tb_release_all(void);
 
+/* The tables a CPU-vs-CUDA test compares. tb_open_backends (group setup) opens the CPU table and,
+ * when testutil_have_gpu(), cuda:0's, printing its name or keeping the reason it did not open;
+ * tb_require_gpu fails a GPU test whose table did not open; tb_per_test_teardown releases the
+ * test's buffers and sets exact mode back (a failed test can leave fast mode on). */
+typedef struct tb_backends {
+    const sd_backend *cpu, *gpu;
+    char gpu_error[1024];
+} tb_backends;
+void tb_open_backends(tb_backends *b);
+void tb_require_gpu(const tb_backends *b);
+int tb_per_test_teardown(void **state);
+
 #endif
