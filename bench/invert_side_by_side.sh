@@ -287,8 +287,8 @@ for prec, path in ours_files:
             notes.append(f"stylediff {prec}: StyleDiffusion stopped early: {iters} of {expect_sd} iterations")
     for name in ("nulltext", "stylediffusion"):
         r = last.get(name)
-        if r and len(r) >= 11:
-            notes.append(f"stylediff {prec}: {name}: {r[10]} of {r[4]} gradient iterations replayed from a CUDA graph")
+        if r and len(r) >= 12:  # column 12: iterations replayed (11 is the peak MiB)
+            notes.append(f"stylediff {prec}: {name}: {r[11]} of {r[4]} gradient iterations replayed from a CUDA graph")
     ours[prec] = col
 
 torch_rows = [r for r in rows(torch_tsv) if r[0] == "invert_ref"]

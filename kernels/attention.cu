@@ -528,19 +528,6 @@ template <int DK> struct fa_async_smem {
     static constexpr int min_blocks = DK <= 3 ? 2 : 1;       /* registers: see the ptxas note below */
 };
 
-/* Queues the copies of rows [r0, r0 + rows) of one [*, ld] fp16 matrix (width w, a multiple of 8)
- * into shared rows of stride RS; rows at or past `limit` are zero-filled. */
-template <int RS>
-__device__ __forceinline__ void fa_async_rows(__half *dst, const __half *src, int64_t r0, int rows, int64_t limit,
-                                              int64_t ld, int w, int tid) {
-    const int chunks = w >> 3; /* 16-byte pieces per row */
-    for (int i = tid; i < rows * chunks; i += FA_THREADS) {
-        const int r = i / chunks, c = (i - r * chunks) << 3;
-        const bool in = r0 + r < limit;
-        cu_cp_async16(&dst[r * RS + c], in ? (const void *)&src[(r0 + r) * ld + c] : (const void *)src, in);
-    }
-}
-
 template <int DK>
 __global__ void __launch_bounds__(FA_THREADS, fa_async_smem<DK>::min_blocks) k_flash_fast_async(const attn_params<__half> p) {
     typedef fa_async_smem<DK> L;
@@ -570,9 +557,9 @@ __global__ void __launch_bounds__(FA_THREADS, fa_async_smem<DK>::min_blocks) k_f
     const int n_tiles = (int)((k_end + FA_BK - 1) / FA_BK);
 
     /* group 0: Q and the first K/V tile */
-    fa_async_rows<L::RS>(Qs, qb, q0, FA_BQ, p.Sq, ldq, p.D, tid);
-    fa_async_rows<L::RS>(smem + L::k_off, kb, 0, FA_BK, p.Sk, ldq, p.D, tid);
-    fa_async_rows<L::RS>(smem + L::v_off, vb, 0, FA_BK, p.Sk, ldv, p.Dv, tid);
+    cu_async_rows<L::RS, FA_THREADS>(Qs, qb, q0, FA_BQ, p.Sq, ldq, p.D, tid);
+    cu_async_rows<L::RS, FA_THREADS>(smem + L::k_off, kb, 0, FA_BK, p.Sk, ldq, p.D, tid);
+    cu_async_rows<L::RS, FA_THREADS>(smem + L::v_off, vb, 0, FA_BK, p.Sk, ldv, p.Dv, tid);
     cu_cp_async_commit();
 
     const int r0 = warp * 16;
@@ -589,8 +576,10 @@ __global__ void __launch_bounds__(FA_THREADS, fa_async_smem<DK>::min_blocks) k_f
         const int64_t k0 = (int64_t)j * FA_BK;
         if (j + 1 < n_tiles) { /* tile j+1 into the other buffer (free: the loop's end synchronised) */
             const int nb = (j + 1) & 1;
-            fa_async_rows<L::RS>(smem + L::k_off + nb * FA_BK * L::RS, kb, k0 + FA_BK, FA_BK, p.Sk, ldq, p.D, tid);
-            fa_async_rows<L::RS>(smem + L::v_off + nb * FA_BK * L::RS, vb, k0 + FA_BK, FA_BK, p.Sk, ldv, p.Dv, tid);
+            cu_async_rows<L::RS, FA_THREADS>(smem + L::k_off + nb * FA_BK * L::RS, kb, k0 + FA_BK, FA_BK, p.Sk, ldq,
+                                             p.D, tid);
+            cu_async_rows<L::RS, FA_THREADS>(smem + L::v_off + nb * FA_BK * L::RS, vb, k0 + FA_BK, FA_BK, p.Sk, ldv,
+                                             p.Dv, tid);
             cu_cp_async_commit();
             cu_cp_async_wait<1>(); /* all but the newest group: tile j (and Q) arrived */
         } else {

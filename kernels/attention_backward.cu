@@ -9,6 +9,9 @@
  * Fast mode, head dims <= 80 (every attention layer of SD v1.x at 512 px except the 8x8 level):
  * a flash backward on bf16 tensor cores (mma.sync.m16n8k16, fp32 accumulation), which never
  * materialises a map, so its memory traffic is O(S·D) instead of O(S²):
+ *   0. k_fb_stage rounds q, k, v and dO once to bf16 head-major rows padded to 16-byte pieces, so
+ *      that both kernels move their tiles with cp.async, double-buffered (the next tile in flight
+ *      while the warps multiply this one).
  *   1. k_flash_bwd_dq, one block per 128 queries of one (batch row, head), as the forward:
  *      a first pass over the keys computes each row's log-sum-exp L (the softmax's normaliser,
  *      in the exp2 domain) and Δ = rowsum(P ⊙ dP) online, as the forward accumulates O; both
@@ -17,11 +20,13 @@
  *      repacks P).
  *   2. k_flash_bwd_dkv, one block per 128 keys: each warp holds 16 keys' K and V fragments and
  *      walks the queries in tiles of 64, recomputing Pᵀ and dPᵀ = V dOᵀ from L and Δ, and
- *      accumulates dV += Pᵀ dO and dK += dSᵀ Q in registers.
+ *      accumulates dV += Pᵀ dO and dK += dSᵀ Q in registers. When the key blocks are fewer than
+ *      the SMs (cross-attention's 77 keys: one block per head), the queries are split over
+ *      blockIdx.z and k_fb_sum_splits adds the partial sums in a fixed order.
  *   Two kernels instead of FlashAttention-2's one (which adds dQ with atomics from the key-owned
  *   blocks and reads L from the forward): S and dP are computed three times (10 products of the
  *   size of S instead of 5), but nothing is saved by the forward, and every gradient is written
- *   once, by one block, so the result does not depend on scheduling.
+ *   once, by one block (or summed in a fixed order), so the result does not depend on scheduling.
  *
  * Exact mode and larger heads: the maps are recomputed one batch row and one chunk of query rows
  * at a time in the workspace (<= 128 MiB per buffer), with cuBLAS for the five products (strided
@@ -82,42 +87,67 @@ static int64_t rows_per_chunk(int64_t Sq, int64_t Sk, int H) {
 #define FB_BQ 128      /* dQ kernel: queries per block */
 #define FB_BK 64       /* dQ kernel: keys per tile */
 #define FB_BKV 128     /* dK/dV kernel: keys per block */
-#define FB_BQT 64      /* dK/dV kernel: queries per tile */
+#define FB_BQT 64      /* dK/dV kernel: queries per tile (and the padding of the statistics' rows) */
 #define FB_MAX_D 80    /* head dims up to 5 x 16: the registers of one warp's fragments and gradients */
 #define FB_LOG2E 1.4426950408889634f
 
 struct attn_bwd_params {
-    const float *q, *k, *v, *dout;       /* as attention_backward: q[B, Sq, H·D], k[B, Sk, H·D], ... */
-    float *dq, *dk, *dv;                 /* accumulated; NULL: not wanted */
-    float *lse, *delta;                  /* [B·H, Sq] workspace: log2-domain log-sum-exp of scale·log2e·S, Δ */
-    int64_t Sq, Sk;
+    /* the operands staged by k_fb_stage: bf16, head-major [B·H][S][DP], head dims zero-padded to DP */
+    const __nv_bfloat16 *q, *k, *v, *dout;
+    float *dq, *dk, *dv;           /* the op's gradients, [B, S, H·D] (·Dv), accumulated; NULL: not wanted */
+    float *dk_part, *dv_part;      /* kernel 2 split over the queries: [splits][B·H][Sk][DP] partial sums */
+    float *lse, *delta;            /* [B·H][Sq_pad]: log2-domain log-sum-exp of scale·log2e·S, and Δ */
+    int64_t Sq, Sk, Sq_pad;        /* Sq_pad: Sq rounded up to FB_BQT (rows past Sq hold zeros) */
+    int64_t q_per_split;           /* kernel 2: queries per blockIdx.z (a multiple of FB_BQT) */
     int H, D, Dv;
     float scale, scale_log2;
     int causal;
 };
 
-/* dst[r][c] (row stride ds) = src[(row0 + r)·ld + c] for r < rows, c < cols, rounded to bf16;
- * zero where row0 + r >= n_rows or c >= width (the padding of ragged tiles and head dims). */
-__device__ __forceinline__ void fb_load_rows(__nv_bfloat16 *dst, int ds, const float *src, int64_t ld, int64_t row0,
-                                             int rows, int cols, int64_t n_rows, int width) {
-    for (int idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
-        const int r = idx / cols, c = idx % cols;
-        const int64_t gr = row0 + r;
-        dst[r * ds + c] = __float2bfloat16_rn(gr < n_rows && c < width ? src[gr * ld + c] : 0.0f);
-    }
+/* ------------------------------------------------------------------------------------------------
+ * Staging: each fp32 operand once into bf16 head-major rows of whole 16-byte pieces, so that the
+ * kernels move tiles by cp.async (asynchronous 16-byte copies, the next tile in flight while the warps
+ * multiply this one) instead of converting element by element on the way in: the element loads of
+ * the old kernels were latency-bound, their tiles arriving between two barriers with nothing to
+ * overlap them. The rounding is the same (__float2bfloat16_rn, zero padding), so are the results.
+ * --------------------------------------------------------------------------------------------- */
+
+struct fb_stage_job {
+    const float *src;   /* [B, S, H·width] */
+    __nv_bfloat16 *dst; /* [B·H][S][DP] */
+    int64_t S;
+    int width;
+};
+struct fb_stage_params {
+    fb_stage_job job[4]; /* q, k, v, dout: blockIdx.y */
+    int64_t B;
+    int H, DP;
+};
+
+__global__ void k_fb_stage(const fb_stage_params p) {
+    const fb_stage_job j = p.job[blockIdx.y];
+    const int pieces = p.DP >> 3;
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= p.B * p.H * j.S * pieces) return;
+    const int64_t row = i / pieces, bh = row / j.S, s = row % j.S;
+    const int c = (int)(i - row * pieces) << 3;
+    const float *src = j.src + ((bh / p.H) * j.S + s) * (int64_t)p.H * j.width + (bh % p.H) * (int64_t)j.width;
+    __nv_bfloat16 *dst = j.dst + row * p.DP;
+#pragma unroll
+    for (int e = 0; e < 8; e++) dst[c + e] = __float2bfloat16_rn(c + e < j.width ? src[c + e] : 0.0f);
 }
 
-/* Head h of batch row b in the four inputs the kernels read. */
-struct fb_bases {
-    const float *q, *k, *v, *dout;
-    __device__ fb_bases(const attn_bwd_params &p, int b, int h) {
-        const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
-        q = p.q + (int64_t)b * p.Sq * ldq + (int64_t)h * p.D;
-        k = p.k + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D;
-        v = p.v + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv;
-        dout = p.dout + (int64_t)b * p.Sq * ldv + (int64_t)h * p.Dv;
-    }
-};
+/* Whether key kj enters query row qi's softmax. */
+__device__ __forceinline__ bool fb_valid(const attn_bwd_params &p, int64_t qi, int64_t kj) {
+    return qi < p.Sq && kj < p.Sk && (!p.causal || kj <= qi);
+}
+
+/* Queues rows [r0, r0 + rows) of a staged operand ([S][DP], S = limit) into shared rows of stride RS. */
+template <int DK, int RS>
+__device__ __forceinline__ void fb_async_rows(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int64_t r0, int rows,
+                                              int64_t limit) {
+    cu_async_rows<RS, FB_THREADS>(dst, src, r0, rows, limit, DK * 16, DK * 16, (int)threadIdx.x);
+}
 
 /* The warp's 16 rows from r0 of two row-major smem tiles (stride rs) as DK A fragments each:
  * Q and dO in kernel 1, K and V in kernel 2. Callers synchronise before. */
@@ -129,11 +159,6 @@ __device__ __forceinline__ void fb_warp_frags(uint32_t (*a1)[4], uint32_t (*a2)[
         cu_load_a_frag(a1[kk], s1, rs, r0, kk);
         cu_load_a_frag(a2[kk], s2, rs, r0, kk);
     }
-}
-
-/* Whether key kj enters query row qi's softmax. */
-__device__ __forceinline__ bool fb_valid(const attn_bwd_params &p, int64_t qi, int64_t kj) {
-    return qi < p.Sq && kj < p.Sk && (!p.causal || kj <= qi);
 }
 
 /* One warp's products with a tile of 8·NT columns: s = A1 · B1ᵀ and dp = A2 · B2ᵀ, with A1, A2
@@ -172,34 +197,57 @@ template <int DK> struct fb_dq_smem {
     static constexpr int RS = DP + 8;      /* row stride (bf16): ldmatrix's 8 rows hit distinct banks */
     static constexpr int q_off = 0;                      /* Qs[FB_BQ][RS] */
     static constexpr int do_off = q_off + FB_BQ * RS;    /* dOs[FB_BQ][RS] */
-    static constexpr int k_off = do_off + FB_BQ * RS;    /* Ks[FB_BK][RS] */
-    static constexpr int v_off = k_off + FB_BK * RS;     /* Vs[FB_BK][RS] */
-    static constexpr int elems = v_off + FB_BK * RS;
+    static constexpr int k_off = do_off + FB_BQ * RS;    /* Ks[2][FB_BK][RS]: double-buffered */
+    static constexpr int v_off = k_off + 2 * FB_BK * RS; /* Vs[2][FB_BK][RS] */
+    static constexpr int elems = v_off + 2 * FB_BK * RS;
     static constexpr size_t bytes = (size_t)elems * sizeof(__nv_bfloat16);
 };
 
-/* Kernel 1: L and Δ of 128 query rows, then dQ. Grid (ceil(Sq / 128), B·H). */
+/* Kernel 1: L and Δ of 128 query rows, then dQ. Grid (ceil(Sq / 128), B·H). The block walks the
+ * key tiles once for L and Δ and, when dQ is wanted, a second time for dQ: one sequence of `steps`
+ * tiles whose next tile is always in flight. */
 template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_dq(const attn_bwd_params p) {
     typedef fb_dq_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
-    __nv_bfloat16 *Qs = smem + L::q_off, *dOs = smem + L::do_off, *Ks = smem + L::k_off, *Vs = smem + L::v_off;
+    __nv_bfloat16 *Qs = smem + L::q_off, *dOs = smem + L::do_off;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
-    const int64_t q0 = (int64_t)blockIdx.x * FB_BQ, ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
-    const fb_bases in(p, b, h);
-    const float *kb = in.k, *vb = in.v;
-
-    fb_load_rows(Qs, L::RS, in.q, ldq, q0, FB_BQ, L::DP, p.Sq, p.D);
-    fb_load_rows(dOs, L::RS, in.dout, ldv, q0, FB_BQ, L::DP, p.Sq, p.Dv);
-    __syncthreads();
-    const int r0 = warp * 16;
-    uint32_t qa[DK][4], da[DK][4]; /* this warp's 16 rows of Q and dO as A fragments */
-    fb_warp_frags<DK>(qa, da, Qs, dOs, L::RS, r0);
-    const int64_t row0 = q0 + r0 + g, row1 = row0 + 8; /* the two rows of this lane's fragments */
+    const int64_t q0 = (int64_t)blockIdx.x * FB_BQ, ldq = (int64_t)p.H * p.D;
+    const __nv_bfloat16 *kb = p.k + (int64_t)bh * p.Sk * L::DP, *vb = p.v + (int64_t)bh * p.Sk * L::DP;
 
     int64_t k_end = p.Sk;
     if (p.causal && q0 + FB_BQ < k_end) k_end = q0 + FB_BQ;
+    const int n_tiles = (int)((k_end + FB_BK - 1) / FB_BK);
+    const int steps = p.dq ? 2 * n_tiles : n_tiles;
+
+    /* group 0: the block's Q and dO rows and key tile 0 */
+    fb_async_rows<DK, L::RS>(Qs, p.q + (int64_t)bh * p.Sq * L::DP, q0, FB_BQ, p.Sq);
+    fb_async_rows<DK, L::RS>(dOs, p.dout + (int64_t)bh * p.Sq * L::DP, q0, FB_BQ, p.Sq);
+    fb_async_rows<DK, L::RS>(smem + L::k_off, kb, 0, FB_BK, p.Sk);
+    fb_async_rows<DK, L::RS>(smem + L::v_off, vb, 0, FB_BK, p.Sk);
+    cu_cp_async_commit();
+    /* Waits for tile `step` (after queueing step + 1 into the other buffer, free since the end of
+     * step - 1) and returns its K and V */
+    auto await_tile = [&](int step, const __nv_bfloat16 **Ks, const __nv_bfloat16 **Vs) {
+        if (step + 1 < steps) {
+            const int nb = (step + 1) & 1;
+            const int64_t nk0 = (int64_t)((step + 1) % n_tiles) * FB_BK;
+            fb_async_rows<DK, L::RS>(smem + L::k_off + nb * FB_BK * L::RS, kb, nk0, FB_BK, p.Sk);
+            fb_async_rows<DK, L::RS>(smem + L::v_off + nb * FB_BK * L::RS, vb, nk0, FB_BK, p.Sk);
+            cu_cp_async_commit();
+            cu_cp_async_wait<1>();
+        } else {
+            cu_cp_async_wait<0>();
+        }
+        __syncthreads(); /* every thread's copies are visible */
+        *Ks = smem + L::k_off + (step & 1) * FB_BK * L::RS;
+        *Vs = smem + L::v_off + (step & 1) * FB_BK * L::RS;
+    };
+
+    const int r0 = warp * 16;
+    uint32_t qa[DK][4], da[DK][4]; /* this warp's 16 rows of Q and dO as A fragments */
+    const int64_t row0 = q0 + r0 + g, row1 = row0 + 8; /* the two rows of this lane's fragments */
 
     /* pass 1: per row, the running max m and sum l of exp2(scale·log2e·S) (the forward's online
      * softmax) and the running Σ exp2(·)·dP, rescaled alike, which ends as Δ = rowsum(P ⊙ dP):
@@ -207,11 +255,11 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
      * rounding (Δ from rowsum(dO ⊙ O) leaves a bias of bf16 size that a row of thousands of keys
      * adds up) */
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f, pd0 = 0.0f, pd1 = 0.0f;
-    for (int64_t k0 = 0; k0 < k_end; k0 += FB_BK) {
-        __syncthreads();
-        fb_load_rows(Ks, L::RS, kb, ldq, k0, FB_BK, L::DP, p.Sk, p.D);
-        fb_load_rows(Vs, L::RS, vb, ldv, k0, FB_BK, L::DP, p.Sk, p.Dv);
-        __syncthreads();
+    for (int step = 0; step < n_tiles; step++) {
+        const __nv_bfloat16 *Ks, *Vs;
+        await_tile(step, &Ks, &Vs);
+        if (step == 0) fb_warp_frags<DK>(qa, da, Qs, dOs, L::RS, r0);
+        const int64_t k0 = (int64_t)step * FB_BK;
         float s[FB_BK / 8][4], dp[FB_BK / 8][4];
         fb_tile_products<DK, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
         float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -240,16 +288,18 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
             pd0 += e0 * dp[nt][0] + e1 * dp[nt][1];
             pd1 += e2 * dp[nt][2] + e3 * dp[nt][3];
         }
+        __syncthreads(); /* tile consumed: its buffer takes the tile after next */
     }
     l0 = cu_quad_sum(l0), l1 = cu_quad_sum(l1);
     pd0 = cu_quad_sum(pd0), pd1 = cu_quad_sum(pd1);
-    /* a row without a single valid key (only padding rows) gets L = 0, Δ = 0: its P is masked */
+    /* a row without a single valid key (padding rows, up to Sq_pad too) gets L = 0, Δ = 0: its P
+     * is masked, and kernel 2 reads these rows whole */
     const float lse0 = l0 > 0.0f ? m0 + log2f(l0) : 0.0f, lse1 = l1 > 0.0f ? m1 + log2f(l1) : 0.0f;
     const float delta0 = l0 > 0.0f ? pd0 / l0 : 0.0f, delta1 = l1 > 0.0f ? pd1 / l1 : 0.0f;
     if (t == 0) {
-        float *lse = p.lse + (int64_t)bh * p.Sq, *dl = p.delta + (int64_t)bh * p.Sq;
-        if (row0 < p.Sq) lse[row0] = lse0, dl[row0] = delta0;
-        if (row1 < p.Sq) lse[row1] = lse1, dl[row1] = delta1;
+        float *lse = p.lse + (int64_t)bh * p.Sq_pad, *dl = p.delta + (int64_t)bh * p.Sq_pad;
+        if (row0 < p.Sq_pad) lse[row0] = lse0, dl[row0] = delta0;
+        if (row1 < p.Sq_pad) lse[row1] = lse1, dl[row1] = delta1;
     }
     if (!p.dq) return;
 
@@ -257,11 +307,10 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
     float dq[2 * DK][4];
 #pragma unroll
     for (int nd = 0; nd < 2 * DK; nd++) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
-    for (int64_t k0 = 0; k0 < k_end; k0 += FB_BK) {
-        __syncthreads();
-        fb_load_rows(Ks, L::RS, kb, ldq, k0, FB_BK, L::DP, p.Sk, p.D);
-        fb_load_rows(Vs, L::RS, vb, ldv, k0, FB_BK, L::DP, p.Sk, p.Dv);
-        __syncthreads();
+    for (int step = n_tiles; step < steps; step++) {
+        const __nv_bfloat16 *Ks, *Vs;
+        await_tile(step, &Ks, &Vs);
+        const int64_t k0 = (int64_t)(step - n_tiles) * FB_BK;
         float s[FB_BK / 8][4], dp[FB_BK / 8][4];
         fb_tile_products<DK, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
 #pragma unroll
@@ -273,6 +322,7 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
                 s[nt][e] = P * (dp[nt][e] - (e < 2 ? delta0 : delta1)); /* dS */
             }
         cu_mma_c_by_rows<DK, FB_BK / 8>(dq, s, Ks, L::RS); /* dQ += dS K */
+        __syncthreads();
     }
     float *dqb = p.dq + (int64_t)b * p.Sq * ldq + (int64_t)h * p.D;
 #pragma unroll
@@ -292,36 +342,58 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
 template <int DK> struct fb_dkv_smem {
     static constexpr int DP = DK * 16;
     static constexpr int RS = DP + 8;
-    static constexpr int k_off = 0;                      /* Ks[FB_BKV][RS]: the block's keys, loaded once */
-    static constexpr int v_off = k_off + FB_BKV * RS;    /* Vs[FB_BKV][RS] */
-    static constexpr int q_off = v_off + FB_BKV * RS;    /* Qs[FB_BQT][RS]: the query tile */
-    static constexpr int do_off = q_off + FB_BQT * RS;   /* dOs[FB_BQT][RS] */
-    static constexpr int elems = do_off + FB_BQT * RS;
-    static constexpr size_t stat_off = ((size_t)elems * sizeof(__nv_bfloat16) + 15) / 16 * 16; /* 2 x FB_BQT floats */
-    static constexpr size_t bytes = stat_off + 2 * FB_BQT * sizeof(float);
+    static constexpr int k_off = 0;                       /* Ks[FB_BKV][RS]: the block's keys, loaded once */
+    static constexpr int v_off = k_off + FB_BKV * RS;     /* Vs[FB_BKV][RS] */
+    static constexpr int q_off = v_off + FB_BKV * RS;     /* Qs[2][FB_BQT][RS]: query tiles, double-buffered */
+    static constexpr int do_off = q_off + 2 * FB_BQT * RS; /* dOs[2][FB_BQT][RS] */
+    static constexpr int elems = do_off + 2 * FB_BQT * RS;
+    static constexpr size_t stat_off = ((size_t)elems * sizeof(__nv_bfloat16) + 15) / 16 * 16;
+    static constexpr size_t bytes = stat_off + 2 * 2 * FB_BQT * sizeof(float); /* [2 buffers][L, Δ][FB_BQT] */
 };
 
-/* Kernel 2: dK and dV of 128 keys. Grid (ceil(Sk / 128), B·H); reads L and Δ from kernel 1. */
+/* Kernel 2: dK and dV of 128 keys over the queries [z·q_per_split, (z+1)·q_per_split) of blockIdx.z.
+ * Grid (ceil(Sk / 128), B·H, splits); reads L and Δ from kernel 1. With one split the block adds
+ * its gradients to dk and dv; with more it stores them in dk_part / dv_part, which
+ * k_fb_sum_splits adds up in a fixed order (attention over few keys, cross-attention's 77, gives
+ * too few key blocks to fill the GPU otherwise: one per head, each walking every query). */
 template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_dkv(const attn_bwd_params p) {
     typedef fb_dkv_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
-    __nv_bfloat16 *Ks = smem + L::k_off, *Vs = smem + L::v_off, *Qs = smem + L::q_off, *dOs = smem + L::do_off;
-    float *lse_s = reinterpret_cast<float *>(reinterpret_cast<char *>(smem_f4) + L::stat_off);
-    float *delta_s = lse_s + FB_BQT;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    __nv_bfloat16 *Ks = smem + L::k_off, *Vs = smem + L::v_off;
+    float *stats = reinterpret_cast<float *>(reinterpret_cast<char *>(smem_f4) + L::stat_off);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
-    const int64_t k0 = (int64_t)blockIdx.x * FB_BKV, ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
-    const fb_bases in(p, b, h);
-    const float *qb = in.q, *dob = in.dout;
-    const float *lse = p.lse + (int64_t)bh * p.Sq, *delta = p.delta + (int64_t)bh * p.Sq;
+    const int64_t k0 = (int64_t)blockIdx.x * FB_BKV;
+    const __nv_bfloat16 *qb = p.q + (int64_t)bh * p.Sq * L::DP, *dob = p.dout + (int64_t)bh * p.Sq * L::DP;
+    const float *lse = p.lse + (int64_t)bh * p.Sq_pad, *delta = p.delta + (int64_t)bh * p.Sq_pad;
 
-    fb_load_rows(Ks, L::RS, in.k, ldq, k0, FB_BKV, L::DP, p.Sk, p.D);
-    fb_load_rows(Vs, L::RS, in.v, ldv, k0, FB_BKV, L::DP, p.Sk, p.Dv);
-    __syncthreads();
+    /* this block's queries; causal: queries before the block's first key see none of its keys */
+    int64_t q_lo = (int64_t)blockIdx.z * p.q_per_split, q_hi = q_lo + p.q_per_split;
+    if (q_hi > p.Sq) q_hi = p.Sq;
+    if (p.causal && q_lo < k0 / FB_BQT * FB_BQT) q_lo = k0 / FB_BQT * FB_BQT;
+    const int n_tiles = q_hi > q_lo ? (int)((q_hi - q_lo + FB_BQT - 1) / FB_BQT) : 0;
+
+    /* Queues query tile j into buffer j & 1: Q, dO rows and their L and Δ (whole FB_BQT rows:
+     * kernel 1 wrote Sq_pad of them) */
+    auto queue_tile = [&](int j) {
+        const int64_t q0 = q_lo + (int64_t)j * FB_BQT;
+        const int buf = j & 1;
+        fb_async_rows<DK, L::RS>(smem + L::q_off + buf * FB_BQT * L::RS, qb, q0, FB_BQT, p.Sq);
+        fb_async_rows<DK, L::RS>(smem + L::do_off + buf * FB_BQT * L::RS, dob, q0, FB_BQT, p.Sq);
+        if (tid < FB_BQT / 2) { /* 16 pieces of 4 floats each for L, then for Δ */
+            const int which = tid / (FB_BQT / 4), c = (tid % (FB_BQT / 4)) * 4;
+            cu_cp_async16(&stats[(buf * 2 + which) * FB_BQT + c], (which ? delta : lse) + q0 + c, true);
+        }
+    };
+    /* group 0: the block's K and V rows and query tile 0 */
+    fb_async_rows<DK, L::RS>(Ks, p.k + (int64_t)bh * p.Sk * L::DP, k0, FB_BKV, p.Sk);
+    fb_async_rows<DK, L::RS>(Vs, p.v + (int64_t)bh * p.Sk * L::DP, k0, FB_BKV, p.Sk);
+    if (n_tiles > 0) queue_tile(0);
+    cu_cp_async_commit();
+
     const int r0 = warp * 16;
     uint32_t ka[DK][4], va[DK][4]; /* this warp's 16 keys of K and V as A fragments */
-    fb_warp_frags<DK>(ka, va, Ks, Vs, L::RS, r0);
     const int64_t key0 = k0 + r0 + g, key1 = key0 + 8;
     float dk[2 * DK][4], dv[2 * DK][4];
 #pragma unroll
@@ -330,18 +402,20 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
         dv[nd][0] = dv[nd][1] = dv[nd][2] = dv[nd][3] = 0.0f;
     }
 
-    /* causal: queries before the block's first key see none of its keys */
-    const int64_t q_start = p.causal ? k0 / FB_BQT * FB_BQT : 0;
-    for (int64_t q0 = q_start; q0 < p.Sq; q0 += FB_BQT) {
-        __syncthreads(); /* the previous tile is consumed */
-        fb_load_rows(Qs, L::RS, qb, ldq, q0, FB_BQT, L::DP, p.Sq, p.D);
-        fb_load_rows(dOs, L::RS, dob, ldv, q0, FB_BQT, L::DP, p.Sq, p.Dv);
-        for (int i = threadIdx.x; i < FB_BQT; i += blockDim.x) {
-            const bool in = q0 + i < p.Sq;
-            lse_s[i] = in ? lse[q0 + i] : 0.0f;
-            delta_s[i] = in ? delta[q0 + i] : 0.0f;
+    for (int j = 0; j < n_tiles; j++) {
+        if (j + 1 < n_tiles) { /* tile j+1 into the other buffer (free: the loop's end synchronised) */
+            queue_tile(j + 1);
+            cu_cp_async_commit();
+            cu_cp_async_wait<1>();
+        } else {
+            cu_cp_async_wait<0>();
         }
         __syncthreads();
+        if (j == 0) fb_warp_frags<DK>(ka, va, Ks, Vs, L::RS, r0);
+        const int64_t q0 = q_lo + (int64_t)j * FB_BQT;
+        const __nv_bfloat16 *Qs = smem + L::q_off + (j & 1) * FB_BQT * L::RS;
+        const __nv_bfloat16 *dOs = smem + L::do_off + (j & 1) * FB_BQT * L::RS;
+        const float *lse_s = stats + (j & 1) * 2 * FB_BQT, *delta_s = lse_s + FB_BQT;
         /* Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 16 keys x 64 queries, n-tile nt = queries nt·8 .. nt·8 + 7 */
         float s[FB_BQT / 8][4], dp[FB_BQT / 8][4];
         fb_tile_products<DK, FB_BQT / 8>(s, dp, ka, va, Qs, dOs, L::RS);
@@ -358,9 +432,22 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
         /* dV += Pᵀ dO and dK += dSᵀ Q, the k dimension being the tile's queries */
         cu_mma_c_by_rows<DK, FB_BQT / 8>(dv, s, dOs, L::RS);
         cu_mma_c_by_rows<DK, FB_BQT / 8>(dk, dp, Qs, L::RS);
+        __syncthreads(); /* tile j consumed: its buffer takes tile j+2 */
     }
-    float *dkb = p.dk ? p.dk + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D : NULL;
-    float *dvb = p.dv ? p.dv + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv : NULL;
+    if (n_tiles == 0) cu_cp_async_wait<0>(); /* nothing read K and V: let their copies land anyway */
+
+    const bool split = p.dk_part != NULL;
+    const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+    const int64_t part = ((int64_t)blockIdx.z * gridDim.y + bh) * p.Sk; /* first row of this block's partials */
+    float *dkb = NULL, *dvb = NULL;
+    if (split) {
+        dkb = p.dk ? p.dk_part + part * L::DP : NULL;
+        dvb = p.dv ? p.dv_part + part * L::DP : NULL;
+    } else {
+        dkb = p.dk ? p.dk + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D : NULL;
+        dvb = p.dv ? p.dv + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv : NULL;
+    }
+    const int64_t kstride = split ? L::DP : ldq, vstride = split ? L::DP : ldv;
 #pragma unroll
     for (int nd = 0; nd < 2 * DK; nd++) {
         const int d = nd * 8 + 2 * t;
@@ -369,13 +456,43 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
             const int64_t kj = e < 2 ? key0 : key1;
             const int dd = d + (e & 1);
             if (kj >= p.Sk) continue;
-            if (dkb && dd < p.D) dkb[kj * ldq + dd] += p.scale * dk[nd][e];
-            if (dvb && dd < p.Dv) dvb[kj * ldv + dd] += dv[nd][e];
+            if (split) {
+                if (dkb && dd < p.D) dkb[kj * kstride + dd] = p.scale * dk[nd][e];
+                if (dvb && dd < p.Dv) dvb[kj * vstride + dd] = dv[nd][e];
+            } else {
+                if (dkb && dd < p.D) dkb[kj * kstride + dd] += p.scale * dk[nd][e];
+                if (dvb && dd < p.Dv) dvb[kj * vstride + dd] += dv[nd][e];
+            }
         }
     }
 }
 
-template <int DK> static sd_status launch_flash_bwd(const attn_bwd_params &p, int64_t B) {
+/* grad[b, j, h·width + d] += Σ_z part[z][b·H + h][j][d] (z in order): kernel 2's split partials. */
+__global__ void k_fb_sum_splits(float *grad, const float *part, int64_t B, int H, int64_t Sk, int width, int DP,
+                                int splits) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, n = B * Sk * H * width;
+    if (i >= n) return;
+    const int d = (int)(i % width);
+    const int64_t rest = i / width, h = rest % H, j = (rest / H) % Sk, b = rest / ((int64_t)H * Sk);
+    const int64_t stride = B * H * Sk * DP; /* one split's partials */
+    const float *src = part + ((b * H + h) * Sk + j) * DP + d;
+    float sum = 0.0f;
+    for (int z = 0; z < splits; z++) sum += src[z * stride];
+    grad[i] += sum;
+}
+
+/* How many query ranges kernel 2 splits into: enough blocks for one per SM when the key blocks
+ * alone are fewer, each range at least two query tiles (the pipeline's depth). */
+static int fb_splits(int64_t key_blocks, int64_t Sq, int sms) {
+    const int64_t q_tiles = (Sq + FB_BQT - 1) / FB_BQT;
+    if (key_blocks >= sms || q_tiles < 4) return 1;
+    int64_t want = (sms + key_blocks - 1) / key_blocks;
+    if (want > q_tiles / 2) want = q_tiles / 2;
+    const int64_t per = (q_tiles + want - 1) / want; /* query tiles per split */
+    return (int)((q_tiles + per - 1) / per);
+}
+
+template <int DK> static sd_status launch_flash_bwd(const attn_bwd_params &p, int64_t B, int splits) {
     static unsigned configured = 0; /* per device: the opt-in to more than 48 KiB of shared memory */
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
@@ -389,33 +506,78 @@ template <int DK> static sd_status launch_flash_bwd(const attn_bwd_params &p, in
     CU_LAUNCH(k_flash_bwd_dq<DK>, grid_q, FB_THREADS, fb_dq_smem<DK>::bytes, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention backward dq (fast)");
     if (!p.dk && !p.dv) return SD_OK;
-    dim3 grid_k((unsigned)((p.Sk + FB_BKV - 1) / FB_BKV), (unsigned)(B * p.H));
+    dim3 grid_k((unsigned)((p.Sk + FB_BKV - 1) / FB_BKV), (unsigned)(B * p.H), (unsigned)splits);
     CU_LAUNCH(k_flash_bwd_dkv<DK>, grid_k, FB_THREADS, fb_dkv_smem<DK>::bytes, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention backward dk dv (fast)");
+    if (splits == 1) return SD_OK;
+    const int threads = 256;
+    if (p.dk) {
+        const int64_t n = B * p.Sk * p.H * p.D;
+        CU_LAUNCH(k_fb_sum_splits, (unsigned)((n + threads - 1) / threads), threads, 0, cu_cur()->stream)(
+            p.dk, p.dk_part, B, p.H, p.Sk, p.D, DK * 16, splits);
+        LAUNCH_CHECK("flash attention backward dk splits");
+    }
+    if (p.dv) {
+        const int64_t n = B * p.Sk * p.H * p.Dv;
+        CU_LAUNCH(k_fb_sum_splits, (unsigned)((n + threads - 1) / threads), threads, 0, cu_cur()->stream)(
+            p.dv, p.dv_part, B, p.H, p.Sk, p.Dv, DK * 16, splits);
+        LAUNCH_CHECK("flash attention backward dv splits");
+    }
     return SD_OK;
 }
 
-static sd_status flash_backward_fast(const float *q, const float *k, const float *v, const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
-                                     int64_t Sk, int H, int D, int Dv, float scale, int causal) {
-    const size_t stats = cu_align((size_t)(B * H * Sq) * sizeof(float));
-    char *ws = (char *)cu_workspace(2 * stats);
+static sd_status flash_backward_fast(const float *q, const float *k, const float *v, const float *dout, float *dq,
+                                     float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv,
+                                     float scale, int causal) {
+    const int dmax = D > Dv ? D : Dv;
+    const int DK = dmax <= 16 ? 1 : dmax <= 32 ? 2 : dmax <= 48 ? 3 : dmax <= 64 ? 4 : 5, DP = DK * 16;
+    const int64_t Sq_pad = (Sq + FB_BQT - 1) / FB_BQT * FB_BQT, BH = B * H;
+    const int splits =
+        (dk || dv) ? fb_splits((Sk + FB_BKV - 1) / FB_BKV * BH, Sq, cu_cur()->prop.multiProcessorCount) : 1;
+    /* workspace: L and Δ, the four staged operands, kernel 2's partials when split */
+    const size_t stats = cu_align((size_t)(BH * Sq_pad) * sizeof(float));
+    const size_t staged_q = cu_align((size_t)(BH * Sq * DP) * sizeof(__nv_bfloat16));
+    const size_t staged_k = cu_align((size_t)(BH * Sk * DP) * sizeof(__nv_bfloat16));
+    const size_t parts = splits > 1 ? cu_align((size_t)(splits * BH * Sk * DP) * sizeof(float)) : 0;
+    char *ws = (char *)cu_workspace(2 * stats + 2 * staged_q + 2 * staged_k + 2 * parts);
     if (!ws) return SD_ERR_OOM;
     attn_bwd_params p;
     memset(&p, 0, sizeof p);
-    p.q = q, p.k = k, p.v = v, p.dout = dout;
-    p.dq = dq, p.dk = dk, p.dv = dv;
     p.lse = (float *)ws;
     p.delta = (float *)(ws + stats);
-    p.Sq = Sq, p.Sk = Sk, p.H = H, p.D = D, p.Dv = Dv;
+    char *at = ws + 2 * stats;
+    __nv_bfloat16 *sq = (__nv_bfloat16 *)at, *sdo = (__nv_bfloat16 *)(at + staged_q);
+    __nv_bfloat16 *sk = (__nv_bfloat16 *)(at + 2 * staged_q), *sv = (__nv_bfloat16 *)(at + 2 * staged_q + staged_k);
+    at += 2 * staged_q + 2 * staged_k;
+    if (splits > 1) {
+        p.dk_part = (float *)at;
+        p.dv_part = (float *)(at + parts);
+    }
+    fb_stage_params st;
+    memset(&st, 0, sizeof st);
+    st.job[0] = fb_stage_job{q, sq, Sq, D};
+    st.job[1] = fb_stage_job{dout, sdo, Sq, Dv};
+    st.job[2] = fb_stage_job{k, sk, Sk, D};
+    st.job[3] = fb_stage_job{v, sv, Sk, Dv};
+    st.B = B, st.H = H, st.DP = DP;
+    const int64_t most = BH * (Sq > Sk ? Sq : Sk) * (DP / 8);
+    CU_LAUNCH(k_fb_stage, dim3((unsigned)((most + 255) / 256), 4), 256, 0, cu_cur()->stream)(st);
+    LAUNCH_CHECK("flash attention backward: staging the operands (fast)");
+    p.q = sq, p.k = sk, p.v = sv, p.dout = sdo;
+    p.dq = dq, p.dk = dk, p.dv = dv;
+    p.Sq = Sq, p.Sk = Sk, p.Sq_pad = Sq_pad, p.H = H, p.D = D, p.Dv = Dv;
+    const int64_t q_tiles = Sq_pad / FB_BQT;
+    p.q_per_split = (q_tiles + splits - 1) / splits * FB_BQT;
     p.scale = scale;
     p.scale_log2 = scale * FB_LOG2E;
     p.causal = causal;
-    const int dmax = D > Dv ? D : Dv;
-    if (dmax <= 16) return launch_flash_bwd<1>(p, B);
-    if (dmax <= 32) return launch_flash_bwd<2>(p, B);
-    if (dmax <= 48) return launch_flash_bwd<3>(p, B);
-    if (dmax <= 64) return launch_flash_bwd<4>(p, B);
-    return launch_flash_bwd<5>(p, B);
+    switch (DK) {
+        case 1: return launch_flash_bwd<1>(p, B, splits);
+        case 2: return launch_flash_bwd<2>(p, B, splits);
+        case 3: return launch_flash_bwd<3>(p, B, splits);
+        case 4: return launch_flash_bwd<4>(p, B, splits);
+        default: return launch_flash_bwd<5>(p, B, splits);
+    }
 }
 
 sd_status cu_attention_backward(const float *q, const float *k, const float *v, const float *out, const float *dout,

@@ -374,6 +374,21 @@ template <int N> __device__ __forceinline__ void cu_cp_async_wait() {
 #endif
 }
 
+/* Queues the cp.async copies of rows [r0, r0 + rows) of one row-major [*, ld] matrix of 16-bit
+ * elements (width w, a multiple of 8: whole 16-byte pieces) into shared rows of stride RS; rows at or
+ * past `limit` are zero-filled. The THREADS threads of the block share the pieces. */
+template <int RS, int THREADS, typename E>
+__device__ __forceinline__ void cu_async_rows(E *dst, const E *src, int64_t r0, int rows, int64_t limit, int64_t ld,
+                                              int w, int tid) {
+    static_assert(sizeof(E) == 2, "16-bit elements: 8 per 16-byte copy");
+    const int chunks = w >> 3;
+    for (int i = tid; i < rows * chunks; i += THREADS) {
+        const int r = i / chunks, c = (i - r * chunks) << 3;
+        const bool in = r0 + r < limit;
+        cu_cp_async16(&dst[r * RS + c], in ? (const void *)&src[(r0 + r) * ld + c] : (const void *)src, in);
+    }
+}
+
 /* The activations exactly as the CPU backend writes them (float arithmetic, same formulas). */
 __device__ __forceinline__ float cu_silu(float v) { return v / (1.0f + expf(-v)); }
 __device__ __forceinline__ float cu_gelu(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }

@@ -890,6 +890,9 @@ static void test_attention_backward(void **state) {
         {2, 256, 256, 8, 40, 40, 0}, {2, 256, 77, 8, 80, 80, 0}, {1, 77, 77, 12, 64, 64, 1},
         {1, 256, 256, 1, 512, 512, 0}, {2, 130, 200, 2, 33, 33, 1}, {1, 1024, 1024, 8, 40, 40, 0},
         {1, 4096, 4096, 8, 40, 40, 0}, /* SD v1.5's 64x64 self-attention */
+        /* the fast path's dK/dV kernel split over the queries (few key blocks), summed in order:
+         * cross-attention at 32x32; causal with fewer keys than queries, Dv != D */
+        {1, 2048, 77, 8, 40, 40, 0}, {1, 700, 90, 2, 24, 16, 1},
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const attn_case *c = &cases[t];
