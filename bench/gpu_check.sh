@@ -9,7 +9,7 @@
 #   build  make -j all + every test binary (the CUDA build when nvcc exists; says so)
 #   test   $BUILD/tests/test_cuda_ops (every CUDA op vs the CPU, the tiny model vs the oracle, CUDA
 #          graphs), then every other test binary through tests/run_tests.sh (capped by TEST_TIMEOUT)
-#   bench  `stylediff bench unet` on the GPU, exact, fast, fast+f32act and fast+find, batch 1 and 2, eager and
+#   bench  `stylediff bench unet` on the GPU, exact, fast, fast+f32act and fast+cudnn, batch 1 and 2, eager and
 #          CUDA graph, for the built-in tiny model and the SD v1.5 architecture with random weights
 #          (512x512, 64x64 latent), plus one call per mode with every op timed alone (--profile: time,
 #          TFLOP/s and GB/s per class of op); then bench/reference/unet_torch.py times PyTorch on the same card with the
@@ -160,19 +160,23 @@ if want bench; then
         for batch in 1 2; do
             # fast = fp16 UNet activations (the default); fast+f32act = SD_FAST_ACTIVATIONS=f32, the
             # same tensor-core arithmetic on F32 storage: what the fp16 storage buys, side by side;
-            # fast+find = SD_CONV_ALGO=find, the convolution algorithms cuDNN measures fastest
-            for prec in exact fast fast+f32act fast+find; do
+            # fast+cudnn = SD_CONV_GEMM=off, cuDNN for every convolution (fast mode's default runs
+            # the 16x16 and 8x8 levels as im2col + GEMM): what that choice buys, side by side;
+            # exact+gemm, fast+gemm = SD_CONV_GEMM=all, every convolution as im2col + GEMM.
+            # (SD_CONV_ALGO=find, cuDNN's timed choice, was slower than its heuristic on an H200.)
+            for prec in exact fast fast+f32act fast+cudnn exact+gemm fast+gemm; do
                 extra=""
                 act=f16
-                convalgo=heuristic
+                convgemm=auto
                 [ "$prec" = "fast+f32act" ] && act=f32
-                [ "$prec" = "fast+find" ] && convalgo=find
+                [ "$prec" = "fast+cudnn" ] && convgemm=off
+                case $prec in *+gemm) convgemm=all ;; esac
                 [ -f "$W" ] || extra="--save-weights $W"
                 io="$WORK_DIR/io_${model}_${prec}_b$batch.safetensors"
                 extra="$extra --save-io $io"
                 echo "stylediff: $model batch $batch $prec ($(elapsed))"
                 # shellcheck disable=SC2086
-                if SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
+                if SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
                     --batch "$batch" --size "$SIZE" \
                     --iters "$ITERS" --tsv -q $extra > "$WORK_DIR/row.tsv" 2> "$WORK_DIR/row.err"; then
                     awk -v m="$model" 'BEGIN { FS = OFS = "\t" } { $2 = m; print }' "$WORK_DIR/row.tsv" | tee -a "$TSV"
@@ -185,12 +189,12 @@ if want bench; then
             done
         done
         # where the time goes: one call per mode with every op timed alone (issue 3's per-kernel breakdown)
-        for prec in exact fast fast+find; do
+        for prec in exact fast fast+cudnn; do
             echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
-            convalgo=heuristic
-            [ "$prec" = "fast+find" ] && convalgo=find
+            convgemm=auto
+            [ "$prec" = "fast+cudnn" ] && convgemm=off
             # shellcheck disable=SC2086
-            SD_CONV_ALGO=$convalgo "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
+            SD_CONV_GEMM=$convgemm "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
                 --iters 3 --no-graph --profile -q 2>&1 | sed -n '/where the time goes/,$p' | head -n 28 \
                 || note "the breakdown failed for $model $prec"
         done
@@ -210,7 +214,9 @@ if want bench; then
         echo "UNet forward, ${SIZE}x${SIZE} image ($((SIZE / 8))x$((SIZE / 8)) latent), t = 981, ${GPU_NAME:-unknown GPU}," \
              "median of $ITERS calls (CUDA events) after warm-up."
         echo "stylediff exact = fp32, no TF32; fast = fp16 UNet activations with fp16 tensor-core GEMMs, convolutions"
-        echo "and attention (fp32 accumulation); fast+f32act = fp32 storage (bf16 GEMMs/attention, TF32 convolutions)."
+        echo "and attention (fp32 accumulation), 16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+f32act = fp32"
+        echo "storage (bf16 GEMMs/attention, TF32 convolutions); fast+cudnn = fast with cuDNN for every convolution;"
+        echo "+gemm = every convolution as im2col + cuBLAS GEMM (exact: fp32 GEMMs without TF32)."
         echo "'x fp32' / 'x fp16' = PyTorch's fp32-sdpa / fp16-sdpa median divided by this row's (higher is faster)."
         echo "peak MiB: stylediff = activation arena only; PyTorch = allocator peak including weights."
         echo "TFLOP/s: the call's arithmetic (counted op by op by stylediff; the same model for PyTorch) / median;"
@@ -245,9 +251,9 @@ if want grad; then
     done
     # where a fast-mode gradient step's time goes, backward included (SD v1.5, random weights)
     for what in context value; do
-        for convalgo in heuristic find; do
-            echo "stylediff: sd15 $what step, fast, SD_CONV_ALGO=$convalgo, per-op breakdown ($(elapsed))"
-            SD_CONV_ALGO=$convalgo "./$BUILD/stylediff" bench grad --config configs/sd-v1.5 --device cuda --precision fast \
+        for convgemm in auto off; do
+            echo "stylediff: sd15 $what step, fast, SD_CONV_GEMM=$convgemm, per-op breakdown ($(elapsed))"
+            SD_CONV_GEMM=$convgemm "./$BUILD/stylediff" bench grad --config configs/sd-v1.5 --device cuda --precision fast \
                 --what "$what" --iters 3 --profile -q 2>&1 | sed -n '/^step /,$p' | head -n 40 \
                 || note "the gradient-step breakdown failed ($what)"
         done

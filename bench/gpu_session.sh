@@ -9,7 +9,8 @@
 #   env       the card, the driver, the libraries the binaries resolve, torch, compute-sanitizer
 #   test bench grad invert   bench/gpu_check.sh's stages (read its header), results in build/gpu_check
 #   cudnn     SD_CUDNN_LOG=1: the convolution algorithms cuDNN runs for SD v1.5 (fast forward at batch 2,
-#             a fast context step), with the heuristic's and the measured choice
+#             a fast context step) and the convolutions that run as im2col + GEMM, with fast mode's
+#             default (SD_CONV_GEMM=auto) and with cuDNN everywhere (off)
 #   sanitize  compute-sanitizer memcheck and racecheck on test_cuda_f16's attention cases (the fp16
 #             kernels at SD's head widths), memcheck on an exact and a fast `generate` and a fast
 #             `bench grad` (tiny model), racecheck on a fast `generate`
@@ -54,12 +55,12 @@ stage_env() {
 stage_cudnn() {
     # which convolution kernels cuDNN runs for SD v1.5 (random weights): forward at batch 2 in fast
     # mode (fp16), a fast context step (fp32 forward + backward data), heuristic and measured choice
-    for convalgo in heuristic find; do
-        echo "SD_CONV_ALGO=$convalgo: bench unet fast, batch 2"
-        SD_CUDNN_LOG=1 SD_CONV_ALGO=$convalgo build/stylediff bench unet --config configs/sd-v1.5 --device cuda \
+    for convgemm in auto off; do
+        echo "SD_CONV_GEMM=$convgemm: bench unet fast, batch 2"
+        SD_CUDNN_LOG=1 SD_CONV_GEMM=$convgemm build/stylediff bench unet --config configs/sd-v1.5 --device cuda \
             --precision fast --batch 2 --iters 3 --no-graph -q 2>&1 | grep -E '^cudnn:|eager' | sort | uniq -c
-        echo "SD_CONV_ALGO=$convalgo: bench grad fast, context step"
-        SD_CUDNN_LOG=1 SD_CONV_ALGO=$convalgo build/stylediff bench grad --config configs/sd-v1.5 --device cuda \
+        echo "SD_CONV_GEMM=$convgemm: bench grad fast, context step"
+        SD_CUDNN_LOG=1 SD_CONV_GEMM=$convgemm build/stylediff bench grad --config configs/sd-v1.5 --device cuda \
             --precision fast --what context --iters 3 -q 2>&1 | grep -E '^cudnn:|^context' | sort | uniq -c
     done
 }

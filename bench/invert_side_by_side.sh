@@ -43,9 +43,10 @@
 #   --reps R / --reps-ddim R     PyTorch timed units (3 / 1 | 10 / 10)
 #   --warmup W                   PyTorch untimed units (1 | 2); DDIM: (0 | 1)
 #   --modes LIST                 PyTorch modes (fp32-explicit | fp32-explicit,fp32-sdpa)
-#   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager,fast+f32act,fast+find);
+#   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager,fast+f32act,fast+cudnn);
 #                                cpu: exact. "+find": SD_CONV_ALGO=find (convolution algorithms chosen
-#                                by cuDNN's timing). "+eager": --eager (no CUDA graphs); "+f32act": fast mode with
+#                                by cuDNN's timing); "+cudnn": SD_CONV_GEMM=off (cuDNN for every
+#                                convolution). "+eager": --eager (no CUDA graphs); "+f32act": fast mode with
 #                                F32 activations (SD_FAST_ACTIVATIONS=f32) instead of fp16.
 #                                "+eager" runs the gradient steps op by op (--eager) instead of
 #                                replaying them as CUDA graphs: the table then shows what graphs save
@@ -99,7 +100,7 @@ if [ "$DEVICE" = cpu ]; then
     PRECISION=exact WARMUP_DDIM=0
 else
     : "${INNER_SD:=30}" "${TIMESTEPS:=2}" "${REPS:=10}" "${REPS_DDIM:=10}" "${WARMUP:=2}"
-    : "${MODES:=fp32-explicit,fp32-sdpa}" "${PRECISION:=exact,fast,fast+eager,fast+f32act,fast+find}" "${OURS_WARMUP:=1}"
+    : "${MODES:=fp32-explicit,fp32-sdpa}" "${PRECISION:=exact,fast,fast+eager,fast+f32act,fast+cudnn}" "${OURS_WARMUP:=1}"
     WARMUP_DDIM=1
 fi
 if [ -z "$PY" ]; then
@@ -183,9 +184,10 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     eager=""
     act=f16
     convalgo=heuristic
-    case $prec in *+eager) eager=--eager ;; *+f32act) act=f32 ;; *+find) convalgo=find ;; esac
+    convgemm=auto
+    case $prec in *+eager) eager=--eager ;; *+f32act) act=f32 ;; *+find) convalgo=find ;; *+cudnn) convgemm=off ;; esac
     # shellcheck disable=SC2086
-    if SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "${prec%+*}" $eager --methods "$METHODS" \
+    if SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_CONV_GEMM=$convgemm "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "${prec%+*}" $eager --methods "$METHODS" \
             --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
             > "$f" 2> "$LOGS/ours_$prec.err"; then
         sed "s/^/  /" "$f" >&2

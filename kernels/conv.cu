@@ -21,6 +21,17 @@
  * added afterwards and y rounded again (backend.h). The same plans, padding and bias kernels
  * serve both data types.
  *
+ * Small images as GEMMs (fast mode, SD_CONV_GEMM / sd_cuda_set_conv_gemm): where a batch has few
+ * output pixels, cuDNN's implicit GEMM, which tiles over the pixels, leaves most SMs idle: on an
+ * H200 a batch-2 fp16 3x3 1280->1280 convolution at 8x8 (128 pixels, 11520-term sums) ran at 22
+ * TFLOP/s, 11 such calls 1.9 ms of a 12.6 ms UNet call. There x is unfolded (im2col) into
+ * col[n][c_in·kh·kw][pixel] in the workspace and y[n] = w[c_out][c_in·kh·kw] · col[n] runs as one
+ * strided-batched cuBLAS GEMM, which splits the long sums over CTAs; backward data is
+ * dcol[n] = wᵀ · dy[n] and a gather of each dx element's kh·kw terms (col2im, no atomics). A 1x1
+ * stride-1 unpadded convolution needs no unfolding (col = x). Compute types: fp32 accumulation for
+ * fp16 data, TF32 for fp32 data (as cuDNN's tensor-op math). By default exact mode keeps cuDNN's
+ * direct sums; SD_CONV_GEMM=all puts it on plain fp32 GEMMs too (conv_gemm_wanted).
+ *
  * Plans (descriptors and chosen algorithms) are cached per geometry, data type and precision, so
  * a UNet call does no cuDNN setup after its first run (a requirement for CUDA graph capture). */
 #include "cuda_common.cuh"
@@ -37,6 +48,7 @@ struct cu_conv_plan {
     cudnnDataType_t type;   /* of x, w and y: CUDNN_DATA_FLOAT or CUDNN_DATA_HALF */
     sd_precision precision; /* exact: FMA math and direct-sum algorithms (fp32 data only) */
     int padded;             /* explicit padding into the workspace (asymmetric geometry) */
+    int gemm;               /* forward and backward data as im2col + cuBLAS GEMM (conv_gemm_wanted) */
     int64_t hp, wp;         /* the input size cuDNN sees (padded or original) */
     cudnnTensorDescriptor_t x_desc, y_desc;
     cudnnFilterDescriptor_t w_desc;
@@ -117,6 +129,33 @@ static sd_status plan_build(cu_state *s, cu_conv_plan *p) {
     return SD_OK;
 }
 
+/* SD_CUDNN_LOG=1: one line per plan on stderr (geometry, data type, the algorithm and math chosen,
+ * its rank and workspace): what a GPU session reads to see which kernels cuDNN runs. */
+static int cudnn_log_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("SD_CUDNN_LOG");
+        on = e && *e && strcmp(e, "0") != 0;
+    }
+    return on;
+}
+/* Whether a plan runs as im2col + GEMM (see the top comment). AUTO: fast mode where the batch has
+ * at most 512 output pixels and each sums at least 1024 products (SD v1.x's 16x16 and 8x8 levels
+ * at batch 1 and 2: 3x3 convolutions of 640 to 2560 channels and their 1x1 shortcuts). ALL: every
+ * convolution in both modes (exact mode's GEMMs in fp32 without TF32: a trial setting until a GPU
+ * measures it against cuDNN's direct sums) whose unfolded input fits CONV_GEMM_MAX_COL_BYTES (the
+ * VAE's 512x512 layers would need gigabytes). */
+#define CONV_GEMM_MAX_PIXELS 512
+#define CONV_GEMM_MIN_TERMS 1024
+#define CONV_GEMM_MAX_COL_BYTES ((int64_t)512 << 20)
+static int conv_gemm_wanted(const cu_state *s, const sd_conv_geom *g, sd_precision precision, size_t elem_bytes) {
+    if (s->conv_gemm == SD_CONV_GEMM_OFF) return 0;
+    if (s->conv_gemm == SD_CONV_GEMM_ALL)
+        return g->batch * g->c_in * g->kh * g->kw * g->h_out * g->w_out * (int64_t)elem_bytes <= CONV_GEMM_MAX_COL_BYTES;
+    return precision == SD_PRECISION_FAST && g->batch * g->h_out * g->w_out <= CONV_GEMM_MAX_PIXELS &&
+           g->c_in * g->kh * g->kw >= CONV_GEMM_MIN_TERMS;
+}
+
 static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, cu_conv_plan **out) {
     cu_state *s = cu_cur();
     /* fp16 data runs as fast mode does in either mode: tensor-op math, any algorithm */
@@ -150,6 +189,12 @@ static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, cu_conv_p
         p->g.batch = -1; /* never matches */
         return st;
     }
+    p->gemm = conv_gemm_wanted(s, g, precision, type == CUDNN_DATA_HALF ? 2 : 4);
+    if (p->gemm && cudnn_log_on())
+        fprintf(stderr, "cudnn: (none)     %s %s b%lld %lld->%lld %lldx%lld k%dx%d/%d: im2col + cuBLAS GEMM "
+                        "(SD_CONV_GEMM)\n",
+                type == CUDNN_DATA_HALF ? "fp16" : "fp32", sd_precision_name(precision), (long long)g->batch, (long long)g->c_in,
+                (long long)g->c_out, (long long)g->h_in, (long long)g->w_in, g->kh, g->kw, g->stride);
     *out = p;
     return SD_OK;
 }
@@ -209,16 +254,6 @@ static int pick_algo(const Perf *perf, int n, int exact, int measured, AlgoOk ex
     return -1;
 }
 
-/* SD_CUDNN_LOG=1: one line per plan on stderr (geometry, data type, the algorithm and math chosen,
- * its rank and workspace): what a GPU session reads to see which kernels cuDNN runs. */
-static int cudnn_log_on(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("SD_CUDNN_LOG");
-        on = e && *e && strcmp(e, "0") != 0;
-    }
-    return on;
-}
 static void log_choice(const cu_conv_plan *p, const char *dir, int algo, cudnnMathType_t math, int rank, int n,
                        int measured, size_t ws) {
     if (!cudnn_log_on()) return;
@@ -393,8 +428,136 @@ template <> struct cu_dnn_type<float> { static const cudnnDataType_t value = CUD
 template <> struct cu_dnn_type<__half> { static const cudnnDataType_t value = CUDNN_DATA_HALF; };
 
 /* ------------------------------------------------------------------------------------------------
+ * im2col + GEMM (fast mode's small images)
+ * --------------------------------------------------------------------------------------------- */
+
+/* A 1x1 stride-1 convolution without padding is a GEMM on x as it is. */
+static int conv_is_pointwise(const sd_conv_geom *g) {
+    return g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad_top == 0 && g->pad_left == 0 && g->h_out == g->h_in &&
+           g->w_out == g->w_in;
+}
+
+/* col[n][(c·kh + i)·kw + j][oy·w_out + ox] = x[n][c][oy·stride − pad_top + i][ox·stride − pad_left + j],
+ * 0 outside x (the padding, both sides). T: float or __half (a copy: bit-exact). */
+template <typename T>
+__global__ void k_im2col(const T *x, T *col, sd_conv_geom g) {
+    const int64_t P = g.h_out * g.w_out, K = g.c_in * g.kh * g.kw, n_all = g.batch * K * P;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_all; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t p = i % P, k = (i / P) % K, n = i / (P * K);
+        const int64_t c = k / (g.kh * g.kw), r = k % (g.kh * g.kw);
+        const int64_t iy = p / g.w_out * g.stride - g.pad_top + r / g.kw;
+        const int64_t ix = p % g.w_out * g.stride - g.pad_left + r % g.kw;
+        const bool in = iy >= 0 && iy < g.h_in && ix >= 0 && ix < g.w_in;
+        if (in)
+            col[i] = x[((n * g.c_in + c) * g.h_in + iy) * g.w_in + ix];
+        else
+            cu_store(&col[i], 0.0f);
+    }
+}
+
+/* dx[n][c][iy][ix] += Σ_{i, j} dcol[n][(c·kh + i)·kw + j][oy·w_out + ox] over the output pixels
+ * (oy, ox) that read x[iy][ix] through kernel tap (i, j); taps in a fixed order. */
+__global__ void k_col2im_add(const float *dcol, float *dx, sd_conv_geom g) {
+    const int64_t P = g.h_out * g.w_out, K = g.c_in * g.kh * g.kw, n_all = g.batch * g.c_in * g.h_in * g.w_in;
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n_all; e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t ix = e % g.w_in, iy = (e / g.w_in) % g.h_in, c = (e / (g.w_in * g.h_in)) % g.c_in;
+        const int64_t n = e / (g.w_in * g.h_in * g.c_in);
+        const float *base = dcol + (n * K + c * g.kh * g.kw) * P;
+        float sum = 0.0f;
+        for (int i = 0; i < g.kh; i++) {
+            const int64_t ty = iy + g.pad_top - i; /* = oy · stride */
+            if (ty < 0 || ty % g.stride) continue;
+            const int64_t oy = ty / g.stride;
+            if (oy >= g.h_out) continue;
+            for (int j = 0; j < g.kw; j++) {
+                const int64_t tx = ix + g.pad_left - j;
+                if (tx < 0 || tx % g.stride) continue;
+                const int64_t ox = tx / g.stride;
+                if (ox >= g.w_out) continue;
+                sum += base[(i * g.kw + j) * P + oy * g.w_out + ox];
+            }
+        }
+        dx[e] += sum;
+    }
+}
+
+/* The cuBLAS matrix type of a storage type, and the compute type of a convolution's GEMM: fp32
+ * accumulation of fp16 data; for fp32 data TF32 in fast mode (as cuDNN's tensor-op math), plain
+ * fp32 in exact mode (cuBLAS's default math mode never takes TF32 for CUBLAS_COMPUTE_32F). */
+template <typename T> struct cu_conv_gemm_types;
+template <> struct cu_conv_gemm_types<float> {
+    static const cudaDataType_t data = CUDA_R_32F;
+    static cublasComputeType_t compute(sd_precision p) {
+        return p == SD_PRECISION_FAST ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    }
+};
+template <> struct cu_conv_gemm_types<__half> {
+    static const cudaDataType_t data = CUDA_R_16F;
+    static cublasComputeType_t compute(sd_precision) { return CUBLAS_COMPUTE_32F; }
+};
+
+/* y = conv(x, w) as GEMMs: y[n] (c_out x P, row-major) = w (c_out x K) · col[n] (K x P); in cuBLAS's
+ * column-major terms yᵀ[n] (P x c_out) = col[n]ᵀ (P x K) · wᵀ (K x c_out), batched over n. */
+template <typename T>
+static sd_status conv_gemm_forward(const cu_conv_plan *p, const T *x, const T *w, T *y, const sd_conv_geom *g) {
+    cu_state *s = cu_cur();
+    const int64_t P = g->h_out * g->w_out, K = g->c_in * g->kh * g->kw;
+    const T *col = x;
+    if (!conv_is_pointwise(g)) {
+        T *buf = (T *)cu_workspace((size_t)(g->batch * K * P) * sizeof(T));
+        if (!buf) return SD_ERR_OOM;
+        CU_LAUNCH(k_im2col<T>, cu_blocks(g->batch * K * P, 256), 256, 0, s->stream)(x, buf, *g);
+        LAUNCH_CHECK("conv im2col");
+        col = buf;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    typedef cu_conv_gemm_types<T> C;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)P, (int)g->c_out, (int)K, &one, col,
+                                            C::data, (int)P, (long long)(K * P), w, C::data, (int)K, 0LL, &zero, y,
+                                            C::data, (int)P, (long long)(g->c_out * P), (int)g->batch,
+                                            C::compute(p->precision), CUBLAS_GEMM_DEFAULT));
+    return SD_OK;
+}
+
+/* dx += conv's data gradient as GEMMs: dcol[n] (K x P) = wᵀ (K x c_out) · dy[n] (c_out x P), column-major
+ * dcolᵀ[n] (P x K) = dyᵀ[n] (P x c_out) · w (c_out x K), then col2im adds it into dx (pointwise:
+ * dcol is dx's own layout, so the GEMM accumulates into dx with beta = 1). */
+static sd_status conv_gemm_backward_data(const cu_conv_plan *p, const float *dy, const float *w, float *dx,
+                                         const sd_conv_geom *g) {
+    cu_state *s = cu_cur();
+    const int64_t P = g->h_out * g->w_out, K = g->c_in * g->kh * g->kw;
+    const int pointwise = conv_is_pointwise(g);
+    float *dcol = dx;
+    if (!pointwise) {
+        dcol = (float *)cu_workspace((size_t)(g->batch * K * P) * sizeof(float));
+        if (!dcol) return SD_ERR_OOM;
+    }
+    const float one = 1.0f, beta = pointwise ? 1.0f : 0.0f;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)P, (int)K, (int)g->c_out, &one, dy,
+                                            CUDA_R_32F, (int)P, (long long)(g->c_out * P), w, CUDA_R_32F, (int)K, 0LL,
+                                            &beta, dcol, CUDA_R_32F, (int)P, (long long)(K * P), (int)g->batch,
+                                            cu_conv_gemm_types<float>::compute(p->precision), CUBLAS_GEMM_DEFAULT));
+    if (!pointwise) {
+        const int64_t n = g->batch * g->c_in * g->h_in * g->w_in;
+        CU_LAUNCH(k_col2im_add, cu_blocks(n, 256), 256, 0, s->stream)(dcol, dx, *g);
+        LAUNCH_CHECK("conv col2im");
+    }
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
  * The three convolution ops
  * --------------------------------------------------------------------------------------------- */
+
+/* y += b[c] (F32 bias, NULL: none) after either way of convolving. */
+template <typename T>
+static sd_status conv_add_bias(T *y, const float *b, const sd_conv_geom *g) {
+    if (!b) return SD_OK;
+    const int64_t S = g->h_out * g->w_out, n = g->batch * g->c_out * S;
+    CU_LAUNCH(k_add_bias_nchw<T>, cu_blocks(n, 256), 256, 0, cu_cur()->stream)(y, b, g->c_out, S, n);
+    LAUNCH_CHECK("conv bias");
+    return SD_OK;
+}
 
 /* y = conv(x, w) (+ b, a separate pass): x, w, y of storage type T, the bias F32 (or NULL). */
 template <typename T>
@@ -402,6 +565,10 @@ static sd_status conv2d_forward(const T *x, const T *w, const float *b, T *y, co
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
     CU_TRY(plan_get(g, cu_dnn_type<T>::value, &p));
+    if (p->gemm) {
+        CU_TRY(conv_gemm_forward(p, x, w, y, g));
+        return conv_add_bias(y, b, g);
+    }
     if (!p->fwd_ready) CU_TRY(choose_fwd(s, p, 0));
     const size_t xp_bytes = padded_bytes<T>(p);
     const float one = 1.0f, zero = 0.0f; /* cuDNN's scaling factors are float for float and half data */
@@ -421,12 +588,7 @@ static sd_status conv2d_forward(const T *x, const T *w, const float *b, T *y, co
             return cu_fail_cudnn(st, __FILE__, __LINE__, "cudnnConvolutionForward");
         CU_TRY(choose_fwd(s, p, 1));
     }
-    if (b) {
-        const int64_t S = g->h_out * g->w_out, n = g->batch * g->c_out * S;
-        CU_LAUNCH(k_add_bias_nchw<T>, cu_blocks(n, 256), 256, 0, s->stream)(y, b, g->c_out, S, n);
-        LAUNCH_CHECK("conv bias");
-    }
-    return SD_OK;
+    return conv_add_bias(y, b, g);
 }
 
 sd_status cu_conv2d(const float *x, const float *w, const float *b, float *y, const sd_conv_geom *g) {
@@ -438,6 +600,7 @@ sd_status cu_conv2d_backward_data(const float *dy, const float *w, float *dx, co
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
     CU_TRY(plan_get(g, CUDNN_DATA_FLOAT, &p));
+    if (p->gemm) return conv_gemm_backward_data(p, dy, w, dx, g);
     if (!p->bwd_data_ready) CU_TRY(choose_bwd_data(s, p, 0));
     const size_t xp_bytes = padded_bytes<float>(p);
     const float one = 1.0f, zero = 0.0f;

@@ -177,6 +177,16 @@ static int conv_find_from_env(void) {
     return 0;
 }
 
+/* SD_CONV_GEMM=off|auto|all: fast mode's small-image convolutions as im2col + GEMM (conv.cu). */
+static int conv_gemm_from_env(void) {
+    const char *e = getenv("SD_CONV_GEMM");
+    if (!e || !*e || !strcmp(e, "auto")) return SD_CONV_GEMM_AUTO;
+    if (!strcmp(e, "off")) return SD_CONV_GEMM_OFF;
+    if (!strcmp(e, "all")) return SD_CONV_GEMM_ALL;
+    sd_warn("SD_CONV_GEMM=%s is not one of off, auto, all: using auto", e);
+    return SD_CONV_GEMM_AUTO;
+}
+
 static sd_status state_init(cu_state *s, int ordinal) {
     memset(s, 0, sizeof *s);
     s->ordinal = ordinal;
@@ -223,6 +233,7 @@ static sd_status state_init(cu_state *s, int ordinal) {
     s->precision = SD_PRECISION_EXACT;
     s->fast_gemm = fast_gemm_from_env();
     s->conv_find = conv_find_from_env();
+    s->conv_gemm = conv_gemm_from_env();
     const char *dbg = getenv("SD_CUDA_DEBUG_SYNC");
     cu_debug_sync = dbg && *dbg && strcmp(dbg, "0") != 0;
     s->ready = 1;
@@ -502,6 +513,23 @@ extern "C" sd_status sd_cuda_set_conv_find(int find) {
     cu_conv_release(s);
     s->conv_find = find != 0;
     return SD_OK;
+}
+
+extern "C" sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {
+    cu_state *s = NULL;
+    CU_TRY(need_state(&s));
+    if (mode != SD_CONV_GEMM_OFF && mode != SD_CONV_GEMM_AUTO && mode != SD_CONV_GEMM_ALL)
+        return sd_fail(SD_ERR_ARG, "sd_cuda_set_conv_gemm: mode %d is not off (0), auto (1) or all (2)", (int)mode);
+    if (s->capturing) return sd_fail(SD_ERR_UNSUPPORTED, "sd_cuda_set_conv_gemm: a CUDA graph is being captured");
+    CUDA_CHECK(cudaStreamSynchronize(s->stream)); /* queued convolutions still use the old plans */
+    cu_conv_release(s);
+    s->conv_gemm = mode;
+    return SD_OK;
+}
+
+extern "C" sd_conv_gemm sd_cuda_get_conv_gemm(void) {
+    cu_state *s = cu_cur();
+    return s ? (sd_conv_gemm)s->conv_gemm : SD_CONV_GEMM_AUTO;
 }
 
 extern "C" int sd_cuda_get_conv_find(void) {

@@ -68,6 +68,7 @@ struct cu_state {
     sd_precision precision;
     cublasComputeType_t fast_gemm; /* compute type of fast mode (SD_FAST_GEMM: bf16 | tf32 | fp16) */
     int conv_find;                 /* fast mode: cuDNN algorithms timed once per plan (SD_CONV_ALGO=find) */
+    int conv_gemm;                 /* fast mode: sd_conv_gemm, small images as im2col + GEMM (SD_CONV_GEMM) */
     int capturing;               /* inside sd_cuda_graph_begin/end: no allocation allowed */
     cudaEvent_t ev_start, ev_stop;
     struct cu_conv_plan *conv_plans; /* CU_CONV_CACHE entries, conv.cu */
@@ -388,6 +389,21 @@ __device__ __forceinline__ void cu_async_rows(E *dst, const E *src, int64_t r0, 
         cu_cp_async16(&dst[r * RS + c], in ? (const void *)&src[(r0 + r) * ld + c] : (const void *)src, in);
     }
 }
+
+/* 16 bytes of T (4 floats or 8 halves) moved at once: the vectorised path of memory-bound kernels,
+ * whose scalar 2- or 4-byte loads leave too few bytes in flight per thread. Callers check that the
+ * address is 16-byte aligned. */
+template <typename T> struct cu_vec16 {
+    static constexpr int n = 16 / (int)sizeof(T);
+    alignas(16) T v[16 / sizeof(T)];
+    __device__ __forceinline__ void load(const T *p) {
+        *reinterpret_cast<float4 *>(v) = *reinterpret_cast<const float4 *>(p);
+    }
+    __device__ __forceinline__ void store(T *p) const {
+        *reinterpret_cast<float4 *>(p) = *reinterpret_cast<const float4 *>(v);
+    }
+};
+__device__ __forceinline__ bool cu_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 /* The activations exactly as the CPU backend writes them (float arithmetic, same formulas). */
 __device__ __forceinline__ float cu_silu(float v) { return v / (1.0f + expf(-v)); }

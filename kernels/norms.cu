@@ -24,9 +24,25 @@
  * GroupNorm statistics
  * --------------------------------------------------------------------------------------------- */
 
-/* This thread's share of (Σ x, Σ x²) over xg[lo, hi), in double, added to *s and *sq. */
+/* This thread's share of (Σ x, Σ x²) over xg[lo, hi), in double, added to *s and *sq: 16 bytes per
+ * load where the range is aligned (every group of SD's UNet), else element by element. */
 template <typename T>
 __device__ __forceinline__ void gn_thread_sums(const T *xg, int64_t lo, int64_t hi, double *s, double *sq) {
+    typedef cu_vec16<T> V;
+    if (cu_aligned16(xg + lo) && (hi - lo) % V::n == 0) {
+#pragma unroll 4
+        for (int64_t i = lo + (int64_t)threadIdx.x * V::n; i < hi; i += (int64_t)blockDim.x * V::n) {
+            V x;
+            x.load(xg + i);
+#pragma unroll
+            for (int k = 0; k < V::n; k++) {
+                const double v = cu_f32(x.v[k]);
+                *s += v;
+                *sq += v * v;
+            }
+        }
+        return;
+    }
     for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         const double v = cu_f32(xg[i]);
         *s += v;
@@ -47,15 +63,35 @@ __device__ __forceinline__ void gn_stats_from_sums(double s, double sq, int64_t 
 
 /* y = ((x − mean) · rstd) · γ + β (+ SiLU) over [lo, hi) of one group, this thread's share: the
  * CPU's float expression rounded step by step. */
+__device__ __forceinline__ float gn_value(float x, float mean, float rstd, float ga, float be, int silu) {
+    const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(x, mean), rstd), ga), be);
+    return silu ? cu_silu(v) : v;
+}
+
+/* 16 bytes at a time where x and y are aligned and a channel's S values are whole 16-byte pieces
+ * (so a piece never straddles two channels). */
 template <typename T>
 __device__ __forceinline__ void gn_thread_apply(const T *xg, T *yg, int64_t lo, int64_t hi, int64_t ch0, int64_t S,
                                                 const float *gamma, const float *beta, float mean, float rstd,
                                                 int silu) {
+    typedef cu_vec16<T> V;
+    if (cu_aligned16(xg + lo) && cu_aligned16(yg + lo) && (hi - lo) % V::n == 0 && S % V::n == 0) {
+#pragma unroll 2
+        for (int64_t i = lo + (int64_t)threadIdx.x * V::n; i < hi; i += (int64_t)blockDim.x * V::n) {
+            const int64_t ch = ch0 + i / S;
+            const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+            V x, y;
+            x.load(xg + i);
+#pragma unroll
+            for (int k = 0; k < V::n; k++) cu_store(&y.v[k], gn_value(cu_f32(x.v[k]), mean, rstd, ga, be, silu));
+            y.store(yg + i);
+        }
+        return;
+    }
     for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
         const int64_t ch = ch0 + i / S;
         const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-        const float v = __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(cu_f32(xg[i]), mean), rstd), ga), be);
-        cu_store(&yg[i], silu ? cu_silu(v) : v);
+        cu_store(&yg[i], gn_value(cu_f32(xg[i]), mean, rstd, ga, be, silu));
     }
 }
 
@@ -330,18 +366,46 @@ sd_status cu_group_norm_backward(const float *x, const float *gamma, const float
  * LayerNorm
  * --------------------------------------------------------------------------------------------- */
 
+/* Whether a row of C values at xr moves 16 bytes at a time (the same answer for the whole warp). */
+template <typename T> __device__ __forceinline__ bool ln_row_vec(const T *xr, int64_t C) {
+    return cu_aligned16(xr) && C % cu_vec16<T>::n == 0;
+}
+
 /* (mean, rstd) of one row, computed by one warp in double (two passes, as the CPU does). */
 template <typename T>
 __device__ __forceinline__ void ln_row_stats(const T *xr, int64_t C, float eps, float *mean_out,
                                              float *rstd_out) {
+    typedef cu_vec16<T> V;
     const int lane = threadIdx.x & 31;
+    const bool vec = ln_row_vec(xr, C);
     double s = 0.0;
-    for (int64_t i = lane; i < C; i += 32) s += cu_f32(xr[i]);
+    if (vec) {
+        for (int64_t i = (int64_t)lane * V::n; i < C; i += 32 * V::n) {
+            V x;
+            x.load(xr + i);
+#pragma unroll
+            for (int k = 0; k < V::n; k++) s += cu_f32(x.v[k]);
+        }
+    } else {
+        for (int64_t i = lane; i < C; i += 32) s += cu_f32(xr[i]);
+    }
     const double mean = cu_warp_sum_d(s) / (double)C;
     double sq = 0.0;
-    for (int64_t i = lane; i < C; i += 32) {
-        const double d = (double)cu_f32(xr[i]) - mean;
-        sq += d * d;
+    if (vec) {
+        for (int64_t i = (int64_t)lane * V::n; i < C; i += 32 * V::n) {
+            V x;
+            x.load(xr + i);
+#pragma unroll
+            for (int k = 0; k < V::n; k++) {
+                const double d = (double)cu_f32(x.v[k]) - mean;
+                sq += d * d;
+            }
+        }
+    } else {
+        for (int64_t i = lane; i < C; i += 32) {
+            const double d = (double)cu_f32(xr[i]) - mean;
+            sq += d * d;
+        }
     }
     sq = cu_warp_sum_d(sq);
     *mean_out = (float)mean;
@@ -359,6 +423,20 @@ __global__ void k_layer_norm(const T *x, const float *gamma, const float *beta, 
     T *yr = y + row * C;
     float mean, rstd;
     ln_row_stats(xr, C, eps, &mean, &rstd);
+    typedef cu_vec16<T> V;
+    if (ln_row_vec(xr, C) && cu_aligned16(yr)) {
+        for (int64_t i = (int64_t)lane * V::n; i < C; i += 32 * V::n) {
+            V in, out;
+            in.load(xr + i);
+#pragma unroll
+            for (int k = 0; k < V::n; k++) {
+                const float ga = gamma ? gamma[i + k] : 1.0f, be = beta ? beta[i + k] : 0.0f;
+                cu_store(&out.v[k], __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(cu_f32(in.v[k]), mean), rstd), ga), be));
+            }
+            out.store(yr + i);
+        }
+        return;
+    }
     for (int64_t i = lane; i < C; i += 32) {
         const float ga = gamma ? gamma[i] : 1.0f, be = beta ? beta[i] : 0.0f;
         cu_store(&yr[i], __fadd_rn(__fmul_rn(__fmul_rn(__fsub_rn(cu_f32(xr[i]), mean), rstd), ga), be));

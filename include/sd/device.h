@@ -95,6 +95,16 @@ sd_precision sd_cuda_get_precision(void);
 sd_status sd_cuda_set_conv_find(int find);
 int sd_cuda_get_conv_find(void);
 
+/* Whether convolutions run as an unfold (im2col) and one cuBLAS GEMM instead of cuDNN (conv.cu): OFF
+ * never; AUTO (the default) in fast mode where the batch has at most 512 output pixels and a pixel's
+ * sum at least 1024 terms (SD's 16x16 and 8x8 levels at batch 1 and 2); ALL every convolution whose
+ * unfolded input fits 512 MiB, exact mode included (plain fp32 GEMMs: a setting to measure). The
+ * environment's SD_CONV_GEMM=off|auto|all sets the start value. Drops the convolution plans made so
+ * far, as sd_cuda_set_conv_find. */
+typedef enum { SD_CONV_GEMM_OFF = 0, SD_CONV_GEMM_AUTO = 1, SD_CONV_GEMM_ALL = 2 } sd_conv_gemm;
+sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode);
+sd_conv_gemm sd_cuda_get_conv_gemm(void);
+
 /* Free and total memory of the calling thread's device (cudaMemGetInfo). */
 sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
 

@@ -133,3 +133,11 @@ void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *
                timed > 0 ? 100.0 * e->seconds / timed : 0.0, rate, e->seconds > 0 ? e->bytes / e->seconds / 1e9 : 0.0);
     }
 }
+
+const char *cli_bench_conv_suffix(sd_precision precision) {
+    const sd_conv_gemm gemm = sd_cuda_get_conv_gemm();
+    if (gemm == SD_CONV_GEMM_ALL) return "+gemm";
+    if (precision != SD_PRECISION_FAST) return ""; /* exact mode: cuDNN unless ALL */
+    if (sd_cuda_get_conv_find()) return "+find";
+    return gemm == SD_CONV_GEMM_OFF ? "+cudnn" : "";
+}

@@ -172,12 +172,12 @@ int cmd_bench(int argc, char **argv) {
         /* the activation arena (skip connections, outputs) and the scratch arena (one block) */
         const double peak = (double)(sd_arena_peak(c->arena) + (c->scratch ? sd_arena_peak(c->scratch) : 0)) / (1 << 20);
         const char *dev = cuda ? "cuda" : "cpu";
-        /* fast mode with SD_FAST_ACTIVATIONS=f32 or SD_CONV_ALGO=find is a row of its own in
-         * side-by-side tables */
+        /* fast mode with SD_FAST_ACTIVATIONS=f32 or non-default convolution settings is a row of
+         * its own in side-by-side tables */
         const int fast = cuda && b.precision == SD_PRECISION_FAST;
         char prec[48];
         snprintf(prec, sizeof prec, "%s%s%s", cuda ? sd_precision_name(b.precision) : "exact",
-                 fast && c->activations == SD_F32 ? "+f32act" : "", fast && sd_cuda_get_conv_find() ? "+find" : "");
+                 fast && c->activations == SD_F32 ? "+f32act" : "", cuda ? cli_bench_conv_suffix(b.precision) : "");
         char latent[32];
         snprintf(latent, sizeof latent, "%lldx%lld", (long long)side, (long long)side);
         /* the call's rate at its median time, and its share of the card's dense bf16 peak (the

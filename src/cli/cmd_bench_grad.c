@@ -259,8 +259,9 @@ int cmd_bench_grad(int argc, char **argv) {
     }
     const double weights_mib = (double)cli_bench_weights_bytes(b.store) / (1 << 20);
     const char *dev = cuda ? "cuda" : "cpu";
-    char prec[32];
-    snprintf(prec, sizeof prec, "%s%s%s", cuda ? sd_precision_name(b.precision) : "exact", recompute ? "+recompute" : "",
+    char prec[48];
+    snprintf(prec, sizeof prec, "%s%s%s%s", cuda ? sd_precision_name(b.precision) : "exact",
+             cuda ? cli_bench_conv_suffix(b.precision) : "", recompute ? "+recompute" : "",
              cuda && eager ? "+eager" : "");
     if (st == SD_OK && !tsv) {
         printf("one UNet step, batch 1, %lldx%lld latent, %s (%s), weights %.0f MiB F32%s%s\n", (long long)side,

@@ -200,6 +200,41 @@ static const float *f32c(const sd_tensor *t) { return t ? (const float *)t->data
         sd_ctx_check((c), (c)->be->fn(__VA_ARGS__));                                               \
     } while (0)
 
+/* The producer of input i when that activation needs a gradient and has none yet: the caller then
+ * gives it one that it fills completely (no zero-fill and accumulate). NULL otherwise (a leaf, an
+ * input without gradient, or one another consumer already started). */
+static sd_tape_node *first_grad_of_input(sd_ctx *c, sd_tape_node *n, int i) {
+    if (c->status != SD_OK || !sd_tape_needs_grad(c, n->in[i])) return NULL;
+    sd_tape_node *p = producer(c, n->in[i]);
+    return p && !p->grad ? p : NULL;
+}
+
+/* Input i's gradient += alpha · dL/dy for an op whose output has input i's size (add, sub, axpby).
+ * When it is input i's first contribution, the node's own dL/dy buffer becomes that gradient as it is
+ * (alpha 1, once: *dy_free says whether it is still the node's; nothing reads dL/dy after its node),
+ * or a fresh buffer is set to alpha · dL/dy: no zero-filled buffer, no accumulation. */
+static void grad_add_scaled(sd_ctx *c, sd_tape_node *n, int i, float alpha, const float *dy, int *dy_free) {
+    const int64_t len = sd_numel(n->out);
+    sd_tape_node *p = first_grad_of_input(c, n, i);
+    if (p && sd_numel(n->in[i]) == len) {
+        if (alpha == 1.0f && *dy_free) {
+            p->grad = n->grad;
+            *dy_free = 0;
+            return;
+        }
+        sd_tensor *g = scratch_like(c, n->in[i]);
+        if (!g) return;
+        p->grad = g;
+        if (alpha == 1.0f)
+            sd_ctx_check(c, c->be->copy(sd_f32(g), dy, len));
+        else
+            BWD(c, n, axpby, alpha, dy, 0.0f, dy, sd_f32(g), len);
+        return;
+    }
+    float *d = in_grad(c, n, i);
+    if (d) BWD(c, n, axpy, alpha, dy, d, len);
+}
+
 static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *seed);
 
 /* A leaf standing for an input of a recomputed block: the same memory under a fresh header (in the
@@ -296,10 +331,11 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
             alpha = n->attr.axpby.alpha;
             beta = n->attr.axpby.beta;
         }
-        float *da = in_grad(c, n, 0);
-        if (da) BWD(c, n, axpy, alpha, dy, da, sd_numel(y));
-        float *db = in_grad(c, n, 1); /* the same buffer as da when a == b: both terms add up */
-        if (db) BWD(c, n, axpy, beta, dy, db, sd_numel(y));
+        /* a + a: the second call finds the first's buffer (possibly dL/dy's own) and adds to it */
+        int dy_free = 1;
+        grad_add_scaled(c, n, 0, alpha, dy, &dy_free);
+        grad_add_scaled(c, n, 1, beta, dy, &dy_free);
+        if (!dy_free) n->grad = NULL; /* handed on: reverse_pass must not recycle it */
         return;
     }
     case SD_OP_AXPBY_DEV: {
@@ -319,9 +355,11 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
     }
     case SD_OP_ADD_CHANNEL_BIAS: {
         const int64_t B = x->shape[0], C = x->shape[1], S = sd_numel(x) / (B * C);
-        float *dx = in_grad(c, n, 0), *dv = in_grad(c, n, 1);
-        if (dx) BWD(c, n, axpy, 1.0f, dy, dx, sd_numel(x));
+        float *dv = in_grad(c, n, 1);
         if (dv) BWD(c, n, add_channel_bias_backward, dy, dv, B, C, S);
+        int dy_free = 1; /* after the bias's sums: they read dL/dy, which dx may take over */
+        grad_add_scaled(c, n, 0, 1.0f, dy, &dy_free);
+        if (!dy_free) n->grad = NULL;
         return;
     }
     case SD_OP_GEGLU: {
@@ -354,6 +392,15 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
     }
     case SD_OP_TRANSPOSE: {
         /* forward: y[b, c, r] = x[b, r, c] with dims (B, R, C); so dx = transpose of dy (B, C, R) */
+        sd_tape_node *p = first_grad_of_input(c, n, 0);
+        if (p) { /* the first contribution: transposed straight into x's new gradient */
+            sd_tensor *g = scratch_like(c, x);
+            if (!g) return;
+            p->grad = g;
+            sd_ctx_check(c, c->be->transpose(dy, sd_f32(g), n->attr.transpose.B, n->attr.transpose.C,
+                                             n->attr.transpose.R));
+            return;
+        }
         float *dx = in_grad(c, n, 0);
         if (!dx) return;
         sd_tensor *tmp = scratch_like(c, x);
@@ -437,8 +484,8 @@ static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *s
         if (!n->grad) continue;
         backward_node(c, n);
         /* every consumer of n's output ran before n (reverse recording order): nothing reads
-         * dL/d(out) again */
-        give_back(c, n->grad);
+         * dL/d(out) again (NULL: backward_node handed the buffer on to an input) */
+        if (n->grad) give_back(c, n->grad);
         n->grad = NULL;
     }
     return c->status;

@@ -31,7 +31,7 @@ typedef struct {
 } small_graph;
 
 /* loss(x) through conv -> group norm + SiLU -> tokens -> linear -> layer norm -> GEGLU ->
- * attention (self) -> concat/slice/mul/axpby/axpby_dev -> upsample -> mse. */
+ * attention (self) -> concat/slice/mul/axpby/axpby_dev/add/sub -> upsample -> mse. */
 static sd_tensor *small_forward(sd_ctx *c, const small_graph *g) {
     const sd_conv_w conv = {g->w_conv, g->b_conv};
     const sd_norm_w gn = {g->gamma, g->beta};
@@ -49,6 +49,9 @@ static sd_tensor *small_forward(sd_ctx *c, const small_graph *g) {
     sd_tensor *m = sd_mul(c, a, second);
     m = sd_axpby(c, 0.5f, m, -2.0f, a);
     m = sd_axpby_dev(c, g->coef, m, second);
+    /* a + a (both gradient terms land in one buffer: the first takes dL/dy's own), then a - b */
+    m = sd_add(c, m, m);
+    m = sd_sub(c, m, second);
     m = sd_unary(c, SD_UNARY_QUICK_GELU, m);
     sd_tensor *img = sd_tokens_to_nchw(c, m, 4, 4);            /* (1, 4, 4, 4) */
     img = sd_concat_channels(c, img, h);                       /* (1, 8, 4, 4) */

@@ -202,9 +202,10 @@ static void test_f16_norms(void **state) {
     (void)state;
     testutil_skip_without_gpu();
     require_gpu();
-    /* 1152 values per group (the one-kernel path), then 73,728 (the chunked path) */
-    const struct { int64_t B, C, S; int G; } gn[] = {{2, 64, 24 * 24, 32}, {1, 16, 96 * 96, 2}};
-    for (int k = 0; k < 2; k++)
+    /* 1152 values per group (the one-kernel path), then 73,728 (the chunked path), both 16 bytes
+     * at a time; then channels of 45 values (element by element) */
+    const struct { int64_t B, C, S; int G; } gn[] = {{2, 64, 24 * 24, 32}, {1, 16, 96 * 96, 2}, {2, 12, 45, 4}};
+    for (int k = 0; k < 3; k++)
         for (int silu = 0; silu <= 1; silu++) {
             const int64_t B = gn[k].B, C = gn[k].C, S = gn[k].S;
             sd_f16 *x = hrand16(B * C * S, 11, 3.0f), *want = hnew16(B * C * S);
@@ -217,14 +218,18 @@ static void test_f16_norms(void **state) {
                      (long long)(C / gn[k].G * S));
             check16(what, y, want, B * C * S, TOL_F16_ELEM);
         }
-    {
-        const int64_t M = 2 * 77, Cn = 320;
+    /* rows of 320 (16 bytes at a time) and of 36 values (4.5 pieces: element by element) */
+    const int64_t ln_widths[2] = {320, 36};
+    for (int k = 0; k < 2; k++) {
+        const int64_t M = 2 * 77, Cn = ln_widths[k];
         sd_f16 *x = hrand16(M * Cn, 14, 2.0f), *want = hnew16(M * Cn);
         float *g = hrand(Cn, 15, 1.0f), *be = hrand(Cn, 16, 1.0f);
         assert_sd_ok(cpu16->layer_norm(x, g, be, want, M, Cn, 1e-5f));
         sd_f16 *y = dnew16(M * Cn);
         assert_sd_ok(gpu16->layer_norm(dput16(x, M * Cn), dput(g, Cn), dput(be, Cn), y, M, Cn, 1e-5f));
-        check16("layer_norm 320", y, want, M * Cn, TOL_F16_ELEM);
+        char what[32];
+        snprintf(what, sizeof what, "layer_norm %lld", (long long)Cn);
+        check16(what, y, want, M * Cn, TOL_F16_ELEM);
     }
 }
 
@@ -317,6 +322,7 @@ static void test_f16_conv2d(void **state) {
         {2, 8, 7, 5, 3, 1, 1, 0, 0, 0, 0, 0, "conv1x1"},
         {1, 3, 8, 8, 5, 3, 2, 0, 0, 1, 1, 1, "conv3x3 stride2 pad(0,0,1,1) +bias (VAE down)"},
         {1, 8, 13, 11, 6, 3, 2, 0, 0, 1, 1, 0, "conv3x3 stride2 pad(0,0,1,1) odd sizes"},
+        {2, 128, 8, 8, 40, 3, 1, 1, 1, 1, 1, 1, "conv3x3 128ch 8x8 +bias (GEMM by default)"},
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const f16_conv_case *c = &cases[t];
@@ -329,15 +335,22 @@ static void test_f16_conv2d(void **state) {
         assert_sd_ok(cpu16->conv2d(x, w, c->bias ? b : NULL, want, &g));
         sd_f16 *xd = dput16(x, nx), *wd = dput16(w, nw), *yd = dnew16(ny);
         float *bd = dput(b, g.c_out);
-        for (int m = 0; m < 3; m++) { /* exact, fast, fast with the algorithms cuDNN times */
-            assert_sd_ok(sd_cuda_set_precision(modes[m < 2 ? m : 1]));
-            assert_sd_ok(sd_cuda_set_conv_find(m == 2));
+        /* exact, fast (default: GEMM where conv.cu's rule says), fast with cuDNN's heuristic, with
+         * the algorithms cuDNN times, with im2col + GEMM everywhere */
+        static const char *const way[5] = {"exact", "fast", "fast, cudnn", "fast, find", "fast, gemm"};
+        for (int m = 0; m < 5; m++) {
+            assert_sd_ok(sd_cuda_set_precision(m == 0 ? SD_PRECISION_EXACT : SD_PRECISION_FAST));
+            assert_sd_ok(sd_cuda_set_conv_find(m == 3));
+            assert_sd_ok(sd_cuda_set_conv_gemm(m == 2 || m == 3 ? SD_CONV_GEMM_OFF
+                                               : m == 4     ? SD_CONV_GEMM_ALL
+                                                            : SD_CONV_GEMM_AUTO));
             assert_sd_ok(gpu16->conv2d(xd, wd, c->bias ? bd : NULL, yd, &g));
             char what[96];
-            snprintf(what, sizeof what, "%s (%s)", c->what, m == 2 ? "fast, find" : mode_names[m]);
+            snprintf(what, sizeof what, "%s (%s)", c->what, way[m]);
             check16(what, yd, want, ny, TOL_F16_GEMM);
         }
         assert_sd_ok(sd_cuda_set_conv_find(0));
+        assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
     }
     /* the F32 convolution of an asymmetric geometry just run in fp16 keeps its own plan and its
      * own padded buffer (the cache keys on the data type; the workspace carving on its size) */

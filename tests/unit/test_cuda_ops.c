@@ -204,7 +204,29 @@ static const conv_case conv_cases[] = {
     {2, 64, 32, 32, 64, 3, 1, 1, 1, 1, 1, 1, "conv3x3 64ch 32x32"},
     {1, 4, 64, 64, 320, 3, 1, 1, 1, 1, 1, 1, "conv_in 4->320 64x64"},
     {2, 320, 16, 16, 320, 3, 2, 1, 1, 1, 1, 1, "downsample 320ch stride2"},
+    {2, 128, 8, 8, 96, 3, 1, 1, 1, 1, 1, 1, "conv3x3 128ch 8x8 (fast: GEMM by default)"},
+    {1, 1024, 6, 5, 40, 1, 1, 0, 0, 0, 0, 1, "conv1x1 1024ch 6x5 (fast: GEMM by default)"},
 };
+
+/* The ways a convolution runs, each test case going through all: exact mode (cuDNN); fast mode with
+ * cuDNN's heuristic, with cuDNN's timed choice (SD_CONV_ALGO=find), with im2col + GEMM everywhere
+ * (SD_CONV_GEMM=all); fast mode as configured by default (GEMM where conv_gemm_wanted says); exact
+ * mode with im2col + fp32 GEMM (SD_CONV_GEMM=all). */
+#define CONV_WAYS 6
+static const char *const conv_way_tag[CONV_WAYS] = {"", " [cudnn]", " [find]", " [gemm]", "", " [gemm]"};
+static sd_precision conv_way(int m) {
+    assert_sd_ok(sd_cuda_set_conv_find(m == 2));
+    assert_sd_ok(sd_cuda_set_conv_gemm(m == 1 || m == 2 ? SD_CONV_GEMM_OFF
+                                       : m == 3 || m == 5 ? SD_CONV_GEMM_ALL
+                                                          : SD_CONV_GEMM_AUTO));
+    const sd_precision mode = m == 0 || m == 5 ? SD_PRECISION_EXACT : SD_PRECISION_FAST;
+    set_mode(mode);
+    return mode;
+}
+static void conv_ways_reset(void) {
+    assert_sd_ok(sd_cuda_set_conv_find(0));
+    assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
+}
 
 static sd_conv_geom conv_geom(const conv_case *c) {
     sd_conv_geom g = {.batch = c->B, .c_in = c->Ci, .h_in = c->H, .w_in = c->W, .c_out = c->Co, .kh = c->k,
@@ -227,15 +249,14 @@ static void test_conv2d(void **state) {
         float *want = hnew(ny);
         assert_sd_ok(cpu->conv2d(x, w, c->bias ? b : NULL, want, &g));
         float *xd = dput(x, nx), *wd = dput(w, nw), *bd = dput(b, g.c_out), *yd = dnew(ny);
-        for (int m = 0; m < 3; m++) { /* exact, fast, fast with the algorithms cuDNN times (SD_CONV_ALGO=find) */
-            set_mode(modes[m < 2 ? m : 1]);
-            assert_sd_ok(sd_cuda_set_conv_find(m == 2));
+        for (int m = 0; m < CONV_WAYS; m++) {
+            const sd_precision mode = conv_way(m);
             char what[128];
-            snprintf(what, sizeof what, "%s%s", c->what, m == 2 ? " [find]" : "");
+            snprintf(what, sizeof what, "%s%s", c->what, conv_way_tag[m]);
             assert_sd_ok(gpu->conv2d(xd, wd, c->bias ? bd : NULL, yd, &g));
-            check_dev(what, yd, want, ny, tol_for(modes[m < 2 ? m : 1], TOL_GEMM));
+            check_dev(what, yd, want, ny, tol_for(mode, TOL_GEMM));
         }
-        assert_sd_ok(sd_cuda_set_conv_find(0));
+        conv_ways_reset();
     }
 }
 
@@ -276,7 +297,9 @@ static void test_layer_norm(void **state) {
     (void)state;
     testutil_skip_without_gpu();
     require_gpu();
-    struct { int64_t M, C; int affine; } cases[] = {{13, 48, 1}, {154, 768, 1}, {2 * 4096, 320, 1}, {77, 32, 0}, {5, 1280, 1}};
+    /* rows of whole 16-byte pieces (the vectorised path) and rows of 30 values (element by element) */
+    struct { int64_t M, C; int affine; } cases[] = {{13, 48, 1}, {154, 768, 1}, {2 * 4096, 320, 1}, {77, 32, 0},
+                                                    {5, 1280, 1}, {7, 30, 1}};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const int64_t M = cases[t].M, C = cases[t].C;
         float *x = hrand(M * C, 100 + t, 2.0f);
@@ -653,11 +676,9 @@ static void test_conv2d_backward(void **state) {
         assert_sd_ok(cpu->conv2d_backward_data(dy, w, dx, &g));
         assert_sd_ok(cpu->conv2d_backward_params(dy, x, dw, db, &g));
         float *xd = dput(x, nx), *wd = dput(w, nw), *dyd = dput(dy, ny);
-        for (int m = 0; m < 3; m++) { /* exact, fast, fast with the algorithms cuDNN times */
-            const sd_precision mode = modes[m < 2 ? m : 1];
-            const char *find = m == 2 ? " [find]" : "";
-            set_mode(mode);
-            assert_sd_ok(sd_cuda_set_conv_find(m == 2));
+        for (int m = 0; m < CONV_WAYS; m++) {
+            const sd_precision mode = conv_way(m);
+            const char *find = conv_way_tag[m];
             float *dxd = dput(dx0, nx), *dwd = dput(dw0, nw), *dbd = dput(db0, g.c_out);
             assert_sd_ok(gpu->conv2d_backward_data(dyd, wd, dxd, &g));
             assert_sd_ok(gpu->conv2d_backward_params(dyd, xd, dwd, dbd, &g));
@@ -666,16 +687,17 @@ static void test_conv2d_backward(void **state) {
             const double err_dx = check_dev(what, dxd, dx, nx, tol_for(mode, TOL_BWD));
             /* Fast mode takes a tensor-core algorithm even where the heuristic ranks an FMA one
              * first (cuDNN on an H200 did so for every backward-data shape here; the simulator's
-             * heuristic does too). The simulator rounds TF32 inputs as the tensor cores do, so
-             * an error at fp32's level means the FMA kernel ran. */
-            if (m == 1 && testutil_gpu_is_simulated() && !(err_dx > 1e-6))
+             * heuristic does too), and its GEMMs run in TF32. The simulator rounds TF32 inputs as
+             * the tensor cores do, so an error at fp32's level means an FMA kernel ran. (The timed
+             * choice, [find], may be an FMA algorithm.) */
+            if (mode == SD_PRECISION_FAST && m != 2 && testutil_gpu_is_simulated() && !(err_dx > 1e-6))
                 fail_msg("%s: fast mode's backward data ran without tensor cores (error %.3g)", what, err_dx);
             snprintf(what, sizeof what, "conv2d_backward dw: %s%s", c->what, find);
             check_dev(what, dwd, dw, nw, tol_for(mode, TOL_BWD));
             snprintf(what, sizeof what, "conv2d_backward db: %s%s", c->what, find);
             check_dev(what, dbd, db, g.c_out, tol_for(mode, TOL_BWD));
         }
-        assert_sd_ok(sd_cuda_set_conv_find(0));
+        conv_ways_reset();
     }
 }
 
