@@ -250,13 +250,16 @@ if want grad; then
             || { note "grad_side_by_side failed for $model (see above)"; FAILED=1; }
     done
     # where a fast-mode gradient step's time goes, backward included (SD v1.5, random weights)
-    for what in context value; do
-        for convgemm in auto off; do
-            echo "stylediff: sd15 $what step, fast, SD_CONV_GEMM=$convgemm, per-op breakdown ($(elapsed))"
-            SD_CONV_GEMM=$convgemm "./$BUILD/stylediff" bench grad --config configs/sd-v1.5 --device cuda --precision fast \
-                --what "$what" --iters 3 --profile -q 2>&1 | sed -n '/^step /,$p' | head -n 40 \
-                || note "the gradient-step breakdown failed ($what)"
-        done
+    # (the value step with the defaults; the context step also with cuDNN for every convolution and
+    # with TF32 instead of bf16 for the step's F32 GEMMs)
+    for run in "value SD_CONV_GEMM=auto" "context SD_CONV_GEMM=auto" "context SD_CONV_GEMM=off" \
+               "context SD_FAST_GEMM=tf32"; do
+        what=${run%% *}
+        setting=${run#* }
+        echo "stylediff: sd15 $what step, fast, $setting, per-op breakdown ($(elapsed))"
+        env "$setting" "./$BUILD/stylediff" bench grad --config configs/sd-v1.5 --device cuda --precision fast \
+            --what "$what" --iters 3 --profile -q 2>&1 | sed -n '/^step /,$p' | head -n 40 \
+            || note "the gradient-step breakdown failed ($what, $setting)"
     done
 fi
 

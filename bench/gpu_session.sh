@@ -12,7 +12,8 @@
 #             a fast context step) and the convolutions that run as im2col + GEMM, with fast mode's
 #             default (SD_CONV_GEMM=auto) and with cuDNN everywhere (off)
 #   sanitize  compute-sanitizer memcheck and racecheck on test_cuda_f16's attention cases (the fp16
-#             kernels at SD's head widths), memcheck on an exact and a fast `generate` and a fast
+#             kernels at SD's head widths) and test_cuda_ops's attention backward cases (the flash
+#             backward, SD_TEST_SMALL=1), memcheck on an exact and a fast `generate` and a fast
 #             `bench grad` (tiny model), racecheck on a fast `generate`
 # Results: $OUT/session.log (everything printed, written as it goes) and $OUT/results.tgz (the
 # stages' files); without OUT, build/gpu_session/.
@@ -74,7 +75,12 @@ stage_sanitize() {
     for tool in memcheck racecheck; do
         echo "$tool: test_cuda_f16's attention cases"
         SD_TEST_FILTER=test_f16_attention "$cs" --tool $tool "${common[@]}" build/tests/test_cuda_f16 2>&1 |
-            grep -E "ERROR SUMMARY|========= [A-Z]|PASSED|FAILED" | head -n 30
+            grep -E "ERROR SUMMARY|RACECHECK SUMMARY|========= [A-Z]|PASSED|FAILED" | head -n 30
+        [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+        # the flash backward (cp.async pipelines, split dK/dV) at the sizes the simulator runs
+        echo "$tool: test_cuda_ops's attention backward cases (SD_TEST_SMALL=1)"
+        SD_TEST_SMALL=1 SD_TEST_FILTER=test_attention_backward "$cs" --tool $tool "${common[@]}" build/tests/test_cuda_ops 2>&1 |
+            grep -E "ERROR SUMMARY|RACECHECK SUMMARY|========= [A-Z]|PASSED|FAILED" | head -n 30
         [ "${PIPESTATUS[0]}" = 0 ] || rc=1
     done
     for prec in exact fast; do

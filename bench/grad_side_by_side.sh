@@ -20,9 +20,10 @@
 #
 # Options: --device cpu|cuda (cpu)  --model tiny|sd15 (tiny)  --iters N (cpu 3, cuda 10)
 #          --modes LIST (fp32-explicit,fp32-sdpa-frozen)  --precision LIST (cpu exact,exact+recompute;
-#          cuda exact,fast,fast+cudnn,fast+eager,fast+recompute; "+recompute": `bench grad --recompute`,
+#          cuda exact,fast,fast+cudnn,fast+tf32,fast+recompute; "+recompute": `bench grad --recompute`,
 #          blocks recomputed; "+eager": `bench grad --eager`, the steps launched op by op instead of
-#          replayed as CUDA graphs; "+cudnn": SD_CONV_GEMM=off, cuDNN for every convolution)
+#          replayed as CUDA graphs; "+cudnn": SD_CONV_GEMM=off, cuDNN for every convolution; "+tf32":
+#          SD_FAST_GEMM=tf32, the F32 GEMMs of a step in TF32 instead of bf16)
 #          --stylediff PATH (build/stylediff)  --python PY (.venv/bin/python, else python3)
 #          --work DIR (weights and io files; /tmp/stylediff_grad_bench)  --out DIR (table.txt and the
 #          raw rows; $OUT/grad_bench or build/grad_bench)
@@ -50,7 +51,7 @@ while [ $# -gt 0 ]; do
 done
 case $DEVICE in
     cpu) : "${ITERS:=3}" "${PRECISION:=exact,exact+recompute}" ;;
-    cuda) : "${ITERS:=10}" "${PRECISION:=exact,fast,fast+cudnn,fast+eager,fast+recompute}" ;;
+    cuda) : "${ITERS:=10}" "${PRECISION:=exact,fast,fast+cudnn,fast+tf32,fast+recompute}" ;;
     *) echo "grad_side_by_side: --device cpu|cuda" >&2; exit 2 ;;
 esac
 case $MODEL in
@@ -83,14 +84,18 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     extra=""
     [ "$prec" = exact ] && extra="--save-weights $W --save-io $IO"
     convgemm=auto
-    case $prec in *+recompute) extra="$extra --recompute" ;; *+eager) extra="$extra --eager" ;; *+cudnn) convgemm=off ;; esac
-    base=${prec%+recompute}
-    base=${base%+eager}
-    base=${base%+cudnn}
+    fastgemm=bf16
+    case $prec in
+        *+recompute) extra="$extra --recompute" ;;
+        *+eager) extra="$extra --eager" ;;
+        *+cudnn) convgemm=off ;;
+        *+tf32) fastgemm=tf32 ;;
+    esac
+    base=${prec%%+*}
     echo "stylediff: bench grad $OURS_MODEL --device $DEVICE --precision $base --iters $ITERS$extra" \
-         "(SD_CONV_GEMM=$convgemm)" >&2
+         "(SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm)" >&2
     # shellcheck disable=SC2086
-    if ! SD_CONV_GEMM=$convgemm "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
+    if ! SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
             $extra >> "$OURS" 2> "$WORK/ours_$prec.err"; then
         cat "$WORK/ours_$prec.err" >&2
         note "stylediff bench grad failed ($prec)"
@@ -125,7 +130,7 @@ def rows(path):
 ours = {(r[3], r[4]): r for r in rows(ours_path) if r[0] == "grad"}
 ref = {(r[4], r[1]): r for r in rows(torch_path) if r[0] == "grad_ref"}
 parity = [r for r in rows(torch_path) if r[0] == "grad_parity"]
-ORDER = ("exact", "exact+recompute", "fast", "fast+cudnn", "fast+eager", "fast+recompute")
+ORDER = ("exact", "exact+recompute", "fast", "fast+cudnn", "fast+tf32", "fast+eager", "fast+recompute")
 precs = sorted({k[0] for k in ours}, key=lambda p: ORDER.index(p) if p in ORDER else 9)
 modes = []
 for r in rows(torch_path):

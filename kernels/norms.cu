@@ -5,9 +5,9 @@
  * B·32 groups), so one block per group would leave most of an H100 idle: each group is split into
  * chunks reduced by separate blocks (partial sums in the workspace, summed in a fixed order, so
  * results are deterministic), then a finalize kernel turns them into (mean, rstd) and the
- * normalize kernel streams the data once more. Groups of up to 64K values (all of SD's UNet at
- * 512 px) take one fused kernel instead (k_gn_fused). LayerNorm rows are short (<= 1280): one warp per
- * row.
+ * normalize kernel streams the data once more. Short groups (SD's UNet at 8x8 and 16x16), and long
+ * ones when they alone fill the GPU, take one fused kernel instead (k_gn_fused). LayerNorm rows
+ * are short (<= 1280): one warp per row. Where rows allow, threads move 16 bytes per load.
  *
  * The forward kernels are templated over the activation storage (float, or __half for fast mode's
  * fp16 activations, sd_f16_ops): statistics and arithmetic stay fp32/double, a half output is
@@ -170,13 +170,21 @@ __global__ void k_gn_normalize(const T *x, const float *gamma, const float *beta
     gn_thread_apply(x + bg * count, y + bg * count, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu);
 }
 
-/* Groups of at most GN_FUSED_MAX values (every GroupNorm of SD's UNet at 512 px: 40,960 at most)
- * run in one kernel, one block per group: the sums, (mean, rstd) as k_gn_finalize computes them,
- * and the normalisation, which re-reads the group from L2. One launch instead of three: at the
- * UNet's 8x8 to 32x32 levels the launches cost more than the arithmetic. The sums are taken in
- * another order than the chunked path's, so results can differ from it in the last bit. */
+/* Short groups run in one kernel, one block per group: the sums, (mean, rstd) as k_gn_finalize
+ * computes them, and the normalisation, which re-reads the group from L2. One launch instead of
+ * three: at the UNet's 8x8 and 16x16 levels (2,560 and 10,240 values per group) the launches cost
+ * more than the arithmetic. Long groups take it only when there are enough of them to give every
+ * SM a block: at 64x64 (40,960 values) a batch of 1 or 2 has 32 or 64 groups, which one block
+ * each would stream through a quarter to a half of an H100's SMs (gn_fused_ok). The sums are taken
+ * in another order than the chunked path's, so results can differ from it in the last bit. */
 #define GN_FUSED_MAX 65536
+#define GN_FUSED_SHORT 16384
 #define GN_FUSED_THREADS 512
+
+static bool gn_fused_ok(int64_t n_groups, int64_t count) {
+    if (count > GN_FUSED_MAX || n_groups > INT32_MAX) return false;
+    return count <= GN_FUSED_SHORT || n_groups >= cu_cur()->prop.multiProcessorCount;
+}
 
 template <typename T>
 __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_fused(const T *x, const float *gamma, const float *beta, T *y,
@@ -202,7 +210,7 @@ static sd_status group_norm(const T *x, const float *gamma, const float *beta, T
     if (groups <= 0 || C % groups) return sd_fail(SD_ERR_SHAPE, "cuda group norm: %lld channels, %d groups", (long long)C, groups);
     const int64_t n_groups = B * groups, cpg = C / groups, count = cpg * S;
     if (n_groups <= 0 || count <= 0) return SD_OK;
-    if (count <= GN_FUSED_MAX && n_groups <= INT32_MAX) {
+    if (gn_fused_ok(n_groups, count)) {
         CU_LAUNCH(k_gn_fused<T>, (unsigned)n_groups, GN_FUSED_THREADS, 0, cu_cur()->stream)(x, gamma, beta, y, C, S,
                                                                                             cpg, count, eps, silu);
         LAUNCH_CHECK("group_norm (one kernel)");

@@ -134,10 +134,20 @@ void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *
     }
 }
 
-const char *cli_bench_conv_suffix(sd_precision precision) {
+static const char *conv_suffix(sd_precision precision) {
     const sd_conv_gemm gemm = sd_cuda_get_conv_gemm();
     if (gemm == SD_CONV_GEMM_ALL) return "+gemm";
     if (precision != SD_PRECISION_FAST) return ""; /* exact mode: cuDNN unless ALL */
     if (sd_cuda_get_conv_find()) return "+find";
     return gemm == SD_CONV_GEMM_OFF ? "+cudnn" : "";
+}
+
+const char *cli_bench_settings_suffix(sd_precision precision) {
+    static char buf[48];
+    const char *gemm = getenv("SD_FAST_GEMM"); /* what the CUDA backend read when it opened */
+    const char *gemm_tag = "";
+    if (precision == SD_PRECISION_FAST && gemm)
+        gemm_tag = !strcmp(gemm, "tf32") ? "+tf32" : !strcmp(gemm, "fp16") ? "+fp16gemm" : "";
+    snprintf(buf, sizeof buf, "%s%s", conv_suffix(precision), gemm_tag);
+    return buf;
 }

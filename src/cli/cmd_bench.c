@@ -177,7 +177,7 @@ int cmd_bench(int argc, char **argv) {
         const int fast = cuda && b.precision == SD_PRECISION_FAST;
         char prec[48];
         snprintf(prec, sizeof prec, "%s%s%s", cuda ? sd_precision_name(b.precision) : "exact",
-                 fast && c->activations == SD_F32 ? "+f32act" : "", cuda ? cli_bench_conv_suffix(b.precision) : "");
+                 fast && c->activations == SD_F32 ? "+f32act" : "", cuda ? cli_bench_settings_suffix(b.precision) : "");
         char latent[32];
         snprintf(latent, sizeof latent, "%lldx%lld", (long long)side, (long long)side);
         /* the call's rate at its median time, and its share of the card's dense bf16 peak (the

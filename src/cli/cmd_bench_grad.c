@@ -261,7 +261,7 @@ int cmd_bench_grad(int argc, char **argv) {
     const char *dev = cuda ? "cuda" : "cpu";
     char prec[48];
     snprintf(prec, sizeof prec, "%s%s%s%s", cuda ? sd_precision_name(b.precision) : "exact",
-             cuda ? cli_bench_conv_suffix(b.precision) : "", recompute ? "+recompute" : "",
+             cuda ? cli_bench_settings_suffix(b.precision) : "", recompute ? "+recompute" : "",
              cuda && eager ? "+eager" : "");
     if (st == SD_OK && !tsv) {
         printf("one UNet step, batch 1, %lldx%lld latent, %s (%s), weights %.0f MiB F32%s%s\n", (long long)side,

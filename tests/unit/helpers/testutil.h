@@ -92,7 +92,9 @@ int testutil_gpu_is_simulated(void);
 
 /* Under the host simulator a case of SD v1.5 size costs minutes: a case of more than
  * TESTUTIL_SIM_MAX_FLOP arithmetic (`flop`; < 0: whatever its size) runs on a real GPU only.
- * Returns 1, after logging "`what` left out under cudasim", when the caller should skip it. */
+ * Returns 1, after logging "`what` left out under cudasim", when the caller should skip it.
+ * SD_TEST_SMALL=1 leaves the same cases out on a real GPU (compute-sanitizer runs kernels a hundred
+ * times slower). */
 #define TESTUTIL_SIM_MAX_FLOP 4e9
 int testutil_sim_leaves_out(const char *what, double flop);
 
