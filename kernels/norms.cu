@@ -255,6 +255,77 @@ __device__ __forceinline__ void gn_point(float xv, float mean, float rstd, float
     *dz = d;
 }
 
+/* How many values the backward kernels move per load over a range of n values of a group: 4 where
+ * the range's x, dy (and dx) are 16-byte aligned and a channel's S values are whole pieces (every
+ * group of SD's UNet), else 1. */
+__device__ __forceinline__ int gn_bwd_step(const float *x, const float *dy, const float *dx, int64_t n, int64_t S) {
+    const bool vec = cu_aligned16(x) && cu_aligned16(dy) && (!dx || cu_aligned16(dx)) && n % 4 == 0 && S % 4 == 0;
+    return vec ? 4 : 1;
+}
+/* STEP (1 or 4) consecutive values from p + i, in registers. */
+template <int STEP> struct gn_vals {
+    float v[STEP];
+    __device__ __forceinline__ void load(const float *p) {
+        if constexpr (STEP == 4) {
+            const float4 f = *reinterpret_cast<const float4 *>(p);
+            v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+        } else {
+            v[0] = p[0];
+        }
+    }
+    __device__ __forceinline__ void store(float *p) const {
+        if constexpr (STEP == 4)
+            *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+        else
+            p[0] = v[0];
+    }
+};
+
+/* This thread's share of (Σ dx̂, Σ dx̂ · x̂) over [lo, hi) of a group, STEP values per load (a step
+ * never straddles two channels: S is a multiple of STEP). */
+template <int STEP>
+__device__ __forceinline__ void gn_bwd_sums(const float *xg, const float *dyg, int64_t lo, int64_t hi, int64_t ch0,
+                                            int64_t S, const float *gamma, const float *beta, float mean, float rstd,
+                                            int silu, double *a, double *b) {
+    for (int64_t i = lo + (int64_t)threadIdx.x * STEP; i < hi; i += (int64_t)blockDim.x * STEP) {
+        const int64_t ch = ch0 + i / S;
+        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+        gn_vals<STEP> xv, dv;
+        xv.load(xg + i);
+        dv.load(dyg + i);
+#pragma unroll
+        for (int k = 0; k < STEP; k++) {
+            float xh, dz;
+            gn_point(xv.v[k], mean, rstd, ga, be, dv.v[k], silu, &xh, &dz);
+            const double dxh = (double)ga * (double)dz;
+            *a += dxh;
+            *b += dxh * (double)xh;
+        }
+    }
+}
+
+/* dx += rstd · (γ dz − mean(dx̂) − x̂ · mean(dx̂ · x̂)) over [lo, hi) of a group, STEP values per load. */
+template <int STEP>
+__device__ __forceinline__ void gn_bwd_apply(const float *xg, const float *dyg, float *dxg, int64_t lo, int64_t hi,
+                                             int64_t ch0, int64_t S, const float *gamma, const float *beta, float mean,
+                                             float rstd, int silu, float ma, float mb) {
+    for (int64_t i = lo + (int64_t)threadIdx.x * STEP; i < hi; i += (int64_t)blockDim.x * STEP) {
+        const int64_t ch = ch0 + i / S;
+        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
+        gn_vals<STEP> xv, dv, ov;
+        xv.load(xg + i);
+        dv.load(dyg + i);
+        ov.load(dxg + i);
+#pragma unroll
+        for (int k = 0; k < STEP; k++) {
+            float xh, dz;
+            gn_point(xv.v[k], mean, rstd, ga, be, dv.v[k], silu, &xh, &dz);
+            ov.v[k] += rstd * (ga * dz - ma - xh * mb);
+        }
+        ov.store(dxg + i);
+    }
+}
+
 /* partial[(bg · chunks + chunk) · 2 + {0, 1}] = (Σ dx̂, Σ dx̂ · x̂) over the chunk */
 __global__ void k_gn_bwd_partial(const float *x, const float *gamma, const float *beta, const float *dy,
                                  const float *stats, int64_t C, int64_t S, int64_t cpg, int64_t count,
@@ -268,15 +339,10 @@ __global__ void k_gn_bwd_partial(const float *x, const float *gamma, const float
     int64_t hi = lo + GN_CHUNK;
     if (hi > count) hi = count;
     double a = 0.0, b = 0.0;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        const int64_t ch = g * cpg + i / S;
-        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-        float xh, dz;
-        gn_point(xg[i], mean, rstd, ga, be, dyg[i], silu, &xh, &dz);
-        const double dxh = (double)ga * (double)dz;
-        a += dxh;
-        b += dxh * (double)xh;
-    }
+    if (gn_bwd_step(xg + lo, dyg + lo, NULL, hi - lo, S) == 4)
+        gn_bwd_sums<4>(xg, dyg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, &a, &b);
+    else
+        gn_bwd_sums<1>(xg, dyg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, &a, &b);
     a = cu_block_sum_d(a, smem);
     b = cu_block_sum_d(b, smem);
     if (threadIdx.x == 0) {
@@ -307,13 +373,10 @@ __global__ void k_gn_bwd_dx(const float *x, const float *gamma, const float *bet
     const int64_t lo = (int64_t)blockIdx.x * GN_CHUNK;
     int64_t hi = lo + GN_CHUNK;
     if (hi > count) hi = count;
-    for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        const int64_t ch = g * cpg + i / S;
-        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-        float xh, dz;
-        gn_point(xg[i], mean, rstd, ga, be, dyg[i], silu, &xh, &dz);
-        dxg[i] += rstd * (ga * dz - coef[0] - xh * coef[1]);
-    }
+    if (gn_bwd_step(xg + lo, dyg + lo, dxg + lo, hi - lo, S) == 4)
+        gn_bwd_apply<4>(xg, dyg, dxg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, coef[0], coef[1]);
+    else
+        gn_bwd_apply<1>(xg, dyg, dxg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, coef[0], coef[1]);
 }
 
 __global__ void k_gn_bwd_params(const float *x, const float *gamma, const float *beta, const float *dy,
@@ -474,6 +537,41 @@ sd_status cu_f16_layer_norm(const sd_f16 *x, const float *gamma, const float *be
 
 /* dx += r (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)) with dx̂ = γ dy; also stores the row's (mean, rstd)
  * for the parameter kernel. One warp per row. */
+/* One warp's row of the LayerNorm data gradient, STEP values per load:
+ * dx += rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)), dx̂ = dy · γ, the means in double. */
+template <int STEP>
+__device__ __forceinline__ void ln_bwd_row(const float *xr, const float *dyr, float *dxr, const float *gamma, int64_t C,
+                                           float mean, float rstd) {
+    const int lane = threadIdx.x & 31;
+    double a = 0.0, b = 0.0;
+    for (int64_t i = (int64_t)lane * STEP; i < C; i += 32 * STEP) {
+        gn_vals<STEP> xv, dv;
+        xv.load(xr + i);
+        dv.load(dyr + i);
+#pragma unroll
+        for (int k = 0; k < STEP; k++) {
+            const float xh = (xv.v[k] - mean) * rstd;
+            const double dxh = (double)dv.v[k] * (double)(gamma ? gamma[i + k] : 1.0f);
+            a += dxh;
+            b += dxh * (double)xh;
+        }
+    }
+    const float ma = (float)(cu_warp_sum_d(a) / (double)C), mb = (float)(cu_warp_sum_d(b) / (double)C);
+    for (int64_t i = (int64_t)lane * STEP; i < C; i += 32 * STEP) {
+        gn_vals<STEP> xv, dv, ov;
+        xv.load(xr + i);
+        dv.load(dyr + i);
+        ov.load(dxr + i);
+#pragma unroll
+        for (int k = 0; k < STEP; k++) {
+            const float xh = (xv.v[k] - mean) * rstd;
+            const float dxh = dv.v[k] * (gamma ? gamma[i + k] : 1.0f);
+            ov.v[k] += rstd * (dxh - ma - xh * mb);
+        }
+        ov.store(dxr + i);
+    }
+}
+
 __global__ void k_ln_bwd_rows(const float *x, const float *gamma, const float *dy, float *dx, int64_t M,
                               int64_t C, float eps, float *stats) {
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -487,20 +585,12 @@ __global__ void k_ln_bwd_rows(const float *x, const float *gamma, const float *d
         stats[row * 2 + 1] = rstd;
     }
     if (!dx) return;
-    double a = 0.0, b = 0.0;
-    for (int64_t i = lane; i < C; i += 32) {
-        const float xh = (xr[i] - mean) * rstd;
-        const double dxh = (double)dyr[i] * (double)(gamma ? gamma[i] : 1.0f);
-        a += dxh;
-        b += dxh * (double)xh;
-    }
-    const float ma = (float)(cu_warp_sum_d(a) / (double)C), mb = (float)(cu_warp_sum_d(b) / (double)C);
     float *dxr = dx + row * C;
-    for (int64_t i = lane; i < C; i += 32) {
-        const float xh = (xr[i] - mean) * rstd;
-        const float dxh = dyr[i] * (gamma ? gamma[i] : 1.0f);
-        dxr[i] += rstd * (dxh - ma - xh * mb);
-    }
+    /* four values per load where x, dy and dx rows are 16-byte aligned (every row of SD's UNet) */
+    if (ln_row_vec(xr, C) && cu_aligned16(dyr) && cu_aligned16(dxr))
+        ln_bwd_row<4>(xr, dyr, dxr, gamma, C, mean, rstd);
+    else
+        ln_bwd_row<1>(xr, dyr, dxr, gamma, C, mean, rstd);
 }
 
 #define LNP_TILE 32

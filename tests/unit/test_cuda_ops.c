@@ -744,7 +744,8 @@ static void test_norm_backward(void **state) {
             check_dev("group_norm_backward dgamma only", dgd, dg, C, TOL_BWD);
         }
     }
-    const int64_t ln[][2] = {{13, 48}, {154, 768}, {2 * 1024, 320}};
+    /* rows of whole 16-byte pieces (four values per load) and rows of 30 (one at a time) */
+    const int64_t ln[][2] = {{13, 48}, {154, 768}, {2 * 1024, 320}, {9, 30}};
     for (size_t t = 0; t < sizeof ln / sizeof ln[0]; t++) {
         const int64_t M = ln[t][0], C = ln[t][1];
         float *x = hrand(M * C, 800 + t, 2.0f), *dy = hrand(M * C, 810 + t, 1.0f), *ga = hrand(C, 820 + t, 0.3f);
