@@ -39,6 +39,8 @@ typedef struct sd_ctx {
                                  * GPU: half the memory traffic, fp16 tensor-core convolutions).
                                  * Inputs, outputs, time embedding and every gradient stay F32. */
     struct sd_lowp_weights *lowp_weights; /* the fp16 copies of weights that fp16 ops read */
+    sd_arena *block_result;     /* while sd_checkpoint runs a block in the scratch arena: its
+                                 * caller's arena, where sd_block_result sends the block's output */
 } sd_ctx;
 
 /* A context on backend `be` (device SD_DEVICE_CPU or a CUDA ordinal) with fresh arenas. */
@@ -78,6 +80,10 @@ sd_tensor *sd_download_new(sd_ctx *c, const sd_tensor *dev);
 typedef sd_tensor *(*sd_block_fn)(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *aux, sd_tensor *aux2);
 sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor *x, sd_tensor *aux,
                          sd_tensor *aux2);
+/* Called by a block function right before the op that makes its result: when sd_checkpoint runs
+ * the block in the scratch arena, that op's output goes straight to the caller's arena, so
+ * sd_checkpoint need not copy it out. A no-op anywhere else. */
+void sd_block_result(sd_ctx *c);
 
 /* Moves every F32 tensor of a weight store to the context's device (no-op on the CPU). Also drops
  * the context's fp16 weight copies (remade on first use), so adopt weights before capturing CUDA

@@ -188,6 +188,7 @@ sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_ten
     h = sd_group_norm(c, h, &r->norm2, r->groups, r->eps, 1);
     h = sd_conv2d(c, h, &r->conv2, 1, 1); /* dropout is identity at inference */
     sd_tensor *skip = r->has_shortcut ? sd_conv2d(c, x, &r->conv_shortcut, 1, 0) : x;
+    sd_block_result(c);
     return sd_add(c, skip, h); /* output_scale_factor is 1 in SD */
 }
 
@@ -255,5 +256,6 @@ sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor 
 
     h = sd_linear(c, h, &t->proj_out);
     h = sd_tokens_to_nchw(c, h, H, W);
+    sd_block_result(c);
     return sd_add(c, h, x);
 }

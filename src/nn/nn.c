@@ -895,13 +895,23 @@ const char *sd_place_name(sd_unet_place p) {
     return "?";
 }
 
+void sd_block_result(sd_ctx *c) {
+    if (c->block_result) c->arena = c->block_result;
+}
+
 sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor *x, sd_tensor *aux,
                          sd_tensor *aux2) {
     if (c->status != SD_OK) return NULL;
     const int nested = c->scratch && c->arena == c->scratch;
     const int grad = c->tape && (sd_tape_needs_grad(c, x) || sd_tape_needs_grad(c, aux) || sd_tape_needs_grad(c, aux2));
     /* a block a gradient flows through keeps its activations unless asked to recompute them */
-    if (nested || (grad && !c->recompute)) return fn(c, block, x, aux, aux2);
+    if (nested || (grad && !c->recompute)) {
+        sd_arena *outer = c->block_result; /* an enclosing block's: not this one's to use */
+        c->block_result = NULL;
+        sd_tensor *y = fn(c, block, x, aux, aux2);
+        c->block_result = outer;
+        return y;
+    }
     /* no gradient (a plain forward): nothing will read the block's activations again, so they
      * live in the scratch arena only while it runs: a forward then holds the skip connections and
      * one block, not every activation of the UNet */
@@ -914,14 +924,21 @@ sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor
     const sd_arena_mark mark = sd_arena_get_mark(c->scratch);
     c->tape = NULL;
     c->arena = c->scratch;
+    c->block_result = main;
     sd_tensor *inside = fn(c, block, x, aux, aux2);
+    /* fn called sd_block_result: its output is already in the caller's arena */
+    const int in_main = c->arena == main;
+    c->block_result = NULL;
     c->arena = main;
     c->tape = tape;
-    sd_tensor *y = inside ? new_dtype(c, inside->dtype, inside->ndim, inside->shape) : NULL;
-    if (y && y->dtype == SD_F16)
-        sd_ctx_check(c, c->be->f16->copy(f16_of(y), f16_of(inside), sd_numel(y)));
-    else if (y && f32_only(c, y, "checkpoint"))
-        sd_ctx_check(c, c->be->copy(sd_f32(y), sd_f32(inside), sd_numel(y)));
+    sd_tensor *y = inside;
+    if (inside && !in_main) {
+        y = new_dtype(c, inside->dtype, inside->ndim, inside->shape);
+        if (y && y->dtype == SD_F16)
+            sd_ctx_check(c, c->be->f16->copy(f16_of(y), f16_of(inside), sd_numel(y)));
+        else if (y && f32_only(c, y, "checkpoint"))
+            sd_ctx_check(c, c->be->copy(sd_f32(y), sd_f32(inside), sd_numel(y)));
+    }
     sd_arena_reset(c->scratch, mark);
     if (c->status != SD_OK) return NULL;
     if (!grad) return y;

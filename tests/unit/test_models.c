@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "sd/device.h"
 #include "sd/io.h"
 #include "sd/methods.h"
 #include "sd/models.h"
@@ -80,6 +81,30 @@ static void check_unet(const char *sample_name, const char *context_name, float 
 }
 
 static void test_unet_t981(void **state) { (void)state; check_unet("sample", "context", 981.0f, "eps_t981"); }
+
+/* A plain forward runs each resnet and transformer block in the scratch arena; the block's result
+ * goes straight to the activation arena (sd_block_result), so the UNet makes no copies, and eps is
+ * unchanged. Counted through the profiling backend. */
+static void test_unet_blocks_write_results_in_place(void **state) {
+    (void)state;
+    sd_profile prof;
+    sd_ctx pc;
+    assert_sd_ok(sd_ctx_init(&pc, sd_backend_profiled(sd_backend_cpu(), &prof), SD_DEVICE_CPU));
+    sd_tensor *sample = testutil_fixture("tiny_unet", "sample");
+    sd_tensor *context = testutil_fixture("tiny_unet", "context");
+    sd_tensor *want = testutil_fixture("tiny_unet", "eps_t981");
+    sd_tensor *got = sd_unet_forward(&pc, &unet, sd_upload(&pc, sample), 981.0f, sd_upload(&pc, context));
+    assert_sd_ok(sd_ctx_status(&pc));
+    testutil_assert_close(got, want, TOL, "eps_t981 (profiled)");
+    int64_t copies = 0;
+    for (int i = 0; i < prof.n_shapes; i++)
+        if (!strcmp(prof.shapes[i].what, "copy")) copies += prof.shapes[i].calls;
+    assert_int_equal(copies, 0);
+    sd_ctx_free(&pc);
+    sd_tensor_free(sample);
+    sd_tensor_free(context);
+    sd_tensor_free(want);
+}
 static void test_unet_t1(void **state) { (void)state; check_unet("sample", "context", 1.0f, "eps_t1"); }
 static void test_unet_32x32_t500(void **state) {
     (void)state;
@@ -350,7 +375,7 @@ int main(void) {
         cmocka_unit_test(test_text_encoder),
         cmocka_unit_test(test_time_embedding),
         cmocka_unit_test(test_unet_t981),
-        cmocka_unit_test(test_unet_t1),
+        cmocka_unit_test(test_unet_t1), cmocka_unit_test(test_unet_blocks_write_results_in_place),
         cmocka_unit_test(test_unet_32x32_t500),
         cmocka_unit_test(test_attention_hook_and_maps),
         cmocka_unit_test(test_unet_f16_storage),
