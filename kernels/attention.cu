@@ -67,28 +67,31 @@ __device__ __forceinline__ void attn_bases(const attn_params<T> &p, int b, int h
 #define EX_BK 32       /* keys per tile */
 #define EX_THREADS 128 /* 16 row groups (ty) x 8 column lanes (tx) */
 
-template <int DCH> struct ex_smem {
+/* ASYNC: the K and V tiles move by cp.async into two buffers each, tile j+1 in flight while the
+ * block works on tile j (rows of whole 16-byte pieces: D and Dv multiples of 4, 16-byte aligned
+ * operands; ex_async_ok). Otherwise each tile is loaded element by element between two barriers.
+ * The arithmetic is the same, so are the results, bit for bit. */
+template <int DCH, bool ASYNC> struct ex_smem {
     /* strides in floats: DS ≡ 4 (mod 8) makes the 8 float4 row reads of a quarter-warp hit
      * distinct bank groups; rows stay 16-byte aligned for float4 */
     static constexpr int DP = DCH * 8;
     static constexpr int DS = DP + 4;
     static constexpr int PS = EX_BK + 4;
+    static constexpr int NBUF = ASYNC ? 2 : 1;
     static constexpr int q_off = 0;
-    static constexpr int k_off = q_off + EX_BQ * DS;
-    static constexpr int v_off = k_off + EX_BK * DS;
-    static constexpr int p_off = v_off + EX_BK * DP;
+    static constexpr int k_off = q_off + EX_BQ * DS;      /* [NBUF][BK][DS] */
+    static constexpr int v_off = k_off + NBUF * EX_BK * DS; /* [NBUF][BK][DP] */
+    static constexpr int p_off = v_off + NBUF * EX_BK * DP;
     static constexpr int floats = p_off + EX_BQ * PS;
     static constexpr size_t bytes = (size_t)floats * sizeof(float);
 };
 
-template <int DCH>
+template <int DCH, bool ASYNC>
 __global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params<float> p) {
-    typedef ex_smem<DCH> L;
+    typedef ex_smem<DCH, ASYNC> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     float *smem = reinterpret_cast<float *>(smem_f4);
     float *Qs = smem + L::q_off; /* [BQ][DS] queries of this block */
-    float *Ks = smem + L::k_off; /* [BK][DS] key tile */
-    float *Vs = smem + L::v_off; /* [BK][DP] value tile */
     float *Ps = smem + L::p_off; /* [BQ][PS] probabilities of the tile */
 
     const int tid = threadIdx.x, ty = tid >> 3, tx = tid & 7;
@@ -117,17 +120,49 @@ __global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params<fl
 
     int64_t k_end = p.Sk;
     if (p.causal && q0 + EX_BQ < k_end) k_end = q0 + EX_BQ; /* later keys are masked for every row here */
+    const int n_tiles = (int)((k_end + EX_BK - 1) / EX_BK);
 
-    for (int64_t k0 = 0; k0 < k_end; k0 += EX_BK) {
-        __syncthreads(); /* the previous tile's Ks / Vs / Ps are no longer read */
-        for (int idx = tid; idx < EX_BK * L::DP; idx += EX_THREADS) {
-            const int r = idx / L::DP, d = idx % L::DP;
-            const int64_t kj = k0 + r;
-            const bool in = kj < p.Sk;
-            Ks[r * L::DS + d] = (in && d < p.D) ? kb[kj * ldq + d] : 0.0f;
-            Vs[r * L::DP + d] = (in && d < p.Dv) ? vb[kj * ldv + d] : 0.0f;
+    if constexpr (ASYNC) {
+        /* the head-dim padding of both buffers stays zero (the copies fill columns < D, < Dv only) */
+        for (int i = tid; i < 2 * EX_BK * L::DP; i += EX_THREADS) {
+            const int r = i / L::DP, d = i % L::DP;
+            if (d >= p.D) smem[L::k_off + r * L::DS + d] = 0.0f;
+            if (d >= p.Dv) smem[L::v_off + r * L::DP + d] = 0.0f;
         }
-        __syncthreads();
+        cu_async_rows<L::DS, EX_THREADS>(smem + L::k_off, kb, 0, EX_BK, p.Sk, ldq, p.D, tid);
+        cu_async_rows<L::DP, EX_THREADS>(smem + L::v_off, vb, 0, EX_BK, p.Sk, ldv, p.Dv, tid);
+        cu_cp_async_commit();
+    }
+
+    for (int j = 0; j < n_tiles; j++) {
+        const int64_t k0 = (int64_t)j * EX_BK;
+        const int buf = ASYNC ? (j & 1) : 0;
+        float *Ks = smem + L::k_off + buf * EX_BK * L::DS; /* [BK][DS] key tile */
+        float *Vs = smem + L::v_off + buf * EX_BK * L::DP; /* [BK][DP] value tile */
+        if constexpr (ASYNC) {
+            if (j + 1 < n_tiles) { /* tile j+1 into the other buffers (free: the loop's end synchronised) */
+                const int nb = (j + 1) & 1;
+                cu_async_rows<L::DS, EX_THREADS>(smem + L::k_off + nb * EX_BK * L::DS, kb, k0 + EX_BK, EX_BK, p.Sk,
+                                                 ldq, p.D, tid);
+                cu_async_rows<L::DP, EX_THREADS>(smem + L::v_off + nb * EX_BK * L::DP, vb, k0 + EX_BK, EX_BK, p.Sk,
+                                                 ldv, p.Dv, tid);
+                cu_cp_async_commit();
+                cu_cp_async_wait<1>();
+            } else {
+                cu_cp_async_wait<0>();
+            }
+            __syncthreads(); /* tile j visible to every thread (and, first time round, Qs) */
+        } else {
+            __syncthreads(); /* the previous tile's Ks / Vs / Ps are no longer read */
+            for (int idx = tid; idx < EX_BK * L::DP; idx += EX_THREADS) {
+                const int r = idx / L::DP, d = idx % L::DP;
+                const int64_t kj = k0 + r;
+                const bool in = kj < p.Sk;
+                Ks[r * L::DS + d] = (in && d < p.D) ? kb[kj * ldq + d] : 0.0f;
+                Vs[r * L::DP + d] = (in && d < p.Dv) ? vb[kj * ldv + d] : 0.0f;
+            }
+            __syncthreads();
+        }
 
         /* scores: rows ty·4 + i, keys tx + 8j */
         float s[4][4];
@@ -207,6 +242,7 @@ __global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params<fl
                 }
             }
         }
+        if constexpr (ASYNC) __syncthreads(); /* tile j and Ps consumed: the buffers take tile j+2 */
     }
 
 #pragma unroll
@@ -222,18 +258,30 @@ __global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params<fl
     }
 }
 
-template <int DCH> static sd_status launch_exact(const attn_params<float> &p, int64_t B) {
-    const size_t smem = ex_smem<DCH>::bytes;
+template <int DCH, bool ASYNC> static sd_status launch_exact_kernel(const attn_params<float> &p, int64_t B) {
+    const size_t smem = ex_smem<DCH, ASYNC>::bytes;
     static unsigned configured = 0; /* the opt-in is per kernel and per device: one bit per ordinal */
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_exact<DCH>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_exact<DCH, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
         configured |= bit;
     }
     dim3 grid((unsigned)((p.Sq + EX_BQ - 1) / EX_BQ), (unsigned)(B * p.H));
-    CU_LAUNCH(k_flash_exact<DCH>, grid, EX_THREADS, smem, cu_cur()->stream)(p);
+    CU_LAUNCH((k_flash_exact<DCH, ASYNC>), grid, EX_THREADS, smem, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention (exact)");
     return SD_OK;
+}
+
+/* Whether the exact kernel can move K and V tiles by cp.async: rows of whole 16-byte pieces at
+ * 16-byte aligned addresses (SD's heads: 40, 64, 80, 160 floats). */
+static bool ex_async_ok(const attn_params<float> &p) {
+    const uintptr_t align = (uintptr_t)p.k | (uintptr_t)p.v;
+    return p.D % 4 == 0 && p.Dv % 4 == 0 && (align & 15) == 0;
+}
+
+template <int DCH> static sd_status launch_exact(const attn_params<float> &p, int64_t B) {
+    return ex_async_ok(p) ? launch_exact_kernel<DCH, true>(p, B) : launch_exact_kernel<DCH, false>(p, B);
 }
 
 static sd_status flash_exact(const attn_params<float> &p, int64_t B) {

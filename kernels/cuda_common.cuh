@@ -375,16 +375,16 @@ template <int N> __device__ __forceinline__ void cu_cp_async_wait() {
 #endif
 }
 
-/* Queues the cp.async copies of rows [r0, r0 + rows) of one row-major [*, ld] matrix of 16-bit
- * elements (width w, a multiple of 8: whole 16-byte pieces) into shared rows of stride RS; rows at or
- * past `limit` are zero-filled. The THREADS threads of the block share the pieces. */
+/* Queues the cp.async copies of rows [r0, r0 + rows) of one row-major [*, ld] matrix (width w made
+ * of whole 16-byte pieces: a multiple of 8 halves or 4 floats) into shared rows of stride RS; rows
+ * at or past `limit` are zero-filled. The THREADS threads of the block share the pieces. */
 template <int RS, int THREADS, typename E>
 __device__ __forceinline__ void cu_async_rows(E *dst, const E *src, int64_t r0, int rows, int64_t limit, int64_t ld,
                                               int w, int tid) {
-    static_assert(sizeof(E) == 2, "16-bit elements: 8 per 16-byte copy");
-    const int chunks = w >> 3;
+    constexpr int per = 16 / (int)sizeof(E); /* elements per 16-byte piece */
+    const int chunks = w / per;
     for (int i = tid; i < rows * chunks; i += THREADS) {
-        const int r = i / chunks, c = (i - r * chunks) << 3;
+        const int r = i / chunks, c = (i - r * chunks) * per;
         const bool in = r0 + r < limit;
         cu_cp_async16(&dst[r * RS + c], in ? (const void *)&src[(r0 + r) * ld + c] : (const void *)src, in);
     }
