@@ -542,6 +542,17 @@ static void test_attention_fused(void **state) {
             assert_sd_ok(gpu->fill(od, NAN, no)); /* every output must be written */
             assert_sd_ok(gpu->attention(qd, kd, vd, od, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
             check_dev(what, od, want, no, tol_for(modes[m], TOL_GEMM));
+            /* exact mode moves K/V tiles by cp.async where rows are whole 16-byte pieces; a key
+             * tensor one float off 16-byte alignment takes the element-by-element loads: the
+             * same arithmetic, so the same bits */
+            if (modes[m] == SD_PRECISION_EXACT && c->D % 4 == 0 && c->Dv % 4 == 0 && c->D <= 160 && c->Dv <= 160) {
+                const int64_t nk = c->B * c->Sk * c->H * c->D;
+                float *k_off = dnew(nk + 1) + 1, *od2 = dnew(no);
+                assert_sd_ok(gpu->upload(k_off, k, (size_t)nk * sizeof(float)));
+                assert_sd_ok(gpu->attention(qd, k_off, vd, od2, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale,
+                                            c->causal));
+                check_equal("  exact: cp.async tiles vs element loads", od2, hget(od, no), no);
+            }
         }
     }
 }
