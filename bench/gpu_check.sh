@@ -250,10 +250,10 @@ if want grad; then
             || { note "grad_side_by_side failed for $model (see above)"; FAILED=1; }
     done
     # where a fast-mode gradient step's time goes, backward included (SD v1.5, random weights)
-    # (the value step with the defaults; the context step also with cuDNN for every convolution and
-    # with TF32 instead of bf16 for the step's F32 GEMMs)
+    # (the value step with the defaults; the context step also with cuDNN for every convolution, with
+    # im2col + GEMM for every convolution, and with TF32 instead of bf16 for the step's F32 GEMMs)
     for run in "value SD_CONV_GEMM=auto" "context SD_CONV_GEMM=auto" "context SD_CONV_GEMM=off" \
-               "context SD_FAST_GEMM=tf32"; do
+               "context SD_CONV_GEMM=all" "context SD_FAST_GEMM=tf32"; do
         what=${run%% *}
         setting=${run#* }
         echo "stylediff: sd15 $what step, fast, $setting, per-op breakdown ($(elapsed))"
