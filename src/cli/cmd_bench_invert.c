@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bench_common.h"
 #include "cli.h"
 #include "sd/autograd.h"
 #include "sd/clip_vision.h"
@@ -58,6 +59,7 @@ int cmd_bench_invert(int argc, char **argv) {
     const char *methods = "ddim,npi,nulltext,stylediffusion", *clip_dir = NULL, *device = NULL, *precision = NULL;
     const char *save_dir = NULL;
     int steps = 0, steps_sd = 0, inner = -1, inner_sd = -1, timesteps = 0, quiet = 0, tsv = 0, recompute = 0, eager = 0;
+    int profile = 0;
     const cli_opt opts[] = {
         {"image", 'i', CLI_STR, &image_path, "FILE", "photo (default data/images/chelsea.png)", 1, 0},
         {"prompt", 'p', CLI_STR, &prompt, "TEXT", "its description (default \"a cat sitting on a wooden floor\")", 1, 0},
@@ -71,6 +73,8 @@ int cmd_bench_invert(int argc, char **argv) {
         {"clip", 0, CLI_STR, &clip_dir, "DIR", "CLIP ViT-B/16 folder for stylediffusion (default with the built-in model: its tiny tower)", 1, 0},
         {"save", 0, CLI_STR, &save_dir, "DIR", "also write each method's inversion and reconstruction PNG into DIR", 1, 0},
         {"tsv", 0, CLI_FLAG, &tsv, NULL, "tab-separated rows instead of the table", 1, 0},
+        {"profile", 0, CLI_FLAG, &profile, NULL,
+         "also print where each method's time goes, op by op (runs eagerly, every op timed alone: slower)", 1, 0},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, "no progress bars or notices", 1, 0},
         CLI_RECOMPUTE_OPTION(recompute),
         CLI_EAGER_OPTION(eager),
@@ -154,7 +158,24 @@ int cmd_bench_invert(int argc, char **argv) {
         sd_arena_reset_peak(c.keep);
         if (c.scratch) sd_arena_reset_peak(c.scratch);
         sd_inversion inv;
+        const sd_backend *be = c.be;
+        const int was_eager = c.eager;
+        sd_profile prof;
+        if (profile) {
+            c.be = sd_backend_profiled(be, &prof);
+            c.eager = 1; /* a replayed graph would bypass the timing */
+        }
         row->status = sd_invert(&c, &m, &o, x, prompt, is_sd ? features : NULL, &inv);
+        if (profile) {
+            c.be = be;
+            c.eager = was_eager;
+            if (!row->status) {
+                char what[160];
+                snprintf(what, sizeof what, "bench invert %s, %d timestep(s)", sd_invert_method_name(list[i]),
+                         optimising && o.stop_after ? o.stop_after : o.n_steps);
+                cli_bench_print_profile(&prof, inv.seconds_total, what);
+            }
+        }
         row->peak_mib = (double)(sd_arena_peak(c.arena) - act.used + sd_arena_peak(c.keep) - keep.used +
                                  (c.scratch ? sd_arena_peak(c.scratch) : 0)) / (1 << 20);
         row->steps = o.n_steps;

@@ -216,6 +216,20 @@ static void test_bench_grad(void **state) {
     expect_failure("bench grad --what sideways", "--what: unknown step 'sideways'");
 }
 
+/* `bench invert --profile`: each method's run broken down op by op, the optimisation's backward
+ * included (attention_backward calls), after which the timing table still prints. */
+static void test_bench_invert_profile(void **state) {
+    (void)state;
+    run_result *r = malloc(sizeof *r);
+    run(r, "bench invert --device cpu --methods nulltext --steps 3 --inner 1 --timesteps 1 --profile -q");
+    if (r->status) fail_msg("%s", r->out);
+    const char *at = strstr(r->out, "where the time goes (bench invert nulltext, 1 timestep(s)");
+    if (!at) fail_msg("no breakdown in:\n%s", r->out);
+    if (!strstr(at, "attention_backward")) fail_msg("the breakdown lists no backward op:\n%s", r->out);
+    if (!strstr(at, "inversion cost and reconstruction quality")) fail_msg("no table after the breakdown:\n%s", r->out);
+    free(r);
+}
+
 /* `bench unet` counts a call's arithmetic op by op: every op's work is linear in the batch, so
  * batch 2 counts exactly twice batch 1; the TFLOP/s column is that count over the median. */
 static void test_bench_unet_flops(void **state) {
@@ -401,7 +415,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_generate_and_reconstruct),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_batch_csv),
-        cmocka_unit_test(test_bench_grad),
+        cmocka_unit_test(test_bench_grad), cmocka_unit_test(test_bench_invert_profile),
         cmocka_unit_test(test_bench_unet_flops),
         cmocka_unit_test(test_bench_unet_profile),
         cmocka_unit_test(test_eval),
