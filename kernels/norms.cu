@@ -281,48 +281,34 @@ template <int STEP> struct gn_vals {
     }
 };
 
-/* This thread's share of (Σ dx̂, Σ dx̂ · x̂) over [lo, hi) of a group, STEP values per load (a step
- * never straddles two channels: S is a multiple of STEP). */
-template <int STEP>
-__device__ __forceinline__ void gn_bwd_sums(const float *xg, const float *dyg, int64_t lo, int64_t hi, int64_t ch0,
-                                            int64_t S, const float *gamma, const float *beta, float mean, float rstd,
-                                            int silu, double *a, double *b) {
-    for (int64_t i = lo + (int64_t)threadIdx.x * STEP; i < hi; i += (int64_t)blockDim.x * STEP) {
-        const int64_t ch = ch0 + i / S;
-        const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-        gn_vals<STEP> xv, dv;
-        xv.load(xg + i);
-        dv.load(dyg + i);
-#pragma unroll
-        for (int k = 0; k < STEP; k++) {
-            float xh, dz;
-            gn_point(xv.v[k], mean, rstd, ga, be, dv.v[k], silu, &xh, &dz);
-            const double dxh = (double)ga * (double)dz;
-            *a += dxh;
-            *b += dxh * (double)xh;
-        }
-    }
-}
-
-/* dx += rstd · (γ dz − mean(dx̂) − x̂ · mean(dx̂ · x̂)) over [lo, hi) of a group, STEP values per load. */
-template <int STEP>
-__device__ __forceinline__ void gn_bwd_apply(const float *xg, const float *dyg, float *dxg, int64_t lo, int64_t hi,
-                                             int64_t ch0, int64_t S, const float *gamma, const float *beta, float mean,
-                                             float rstd, int silu, float ma, float mb) {
+/* One pass of the GroupNorm data gradient over [lo, hi) of a group, STEP values per load (a step
+ * never straddles two channels: S is a multiple of STEP). !APPLY: this thread's share of
+ * (Σ dx̂, Σ dx̂ · x̂) added to *a, *b. APPLY: dx += rstd · (γ dz − ma − x̂ · mb), with ma, mb the
+ * group's means of those sums. */
+template <int STEP, bool APPLY>
+__device__ __forceinline__ void gn_bwd_pass(const float *xg, const float *dyg, float *dxg, int64_t lo, int64_t hi,
+                                            int64_t ch0, int64_t S, const float *gamma, const float *beta, float mean,
+                                            float rstd, int silu, double *a, double *b, float ma, float mb) {
     for (int64_t i = lo + (int64_t)threadIdx.x * STEP; i < hi; i += (int64_t)blockDim.x * STEP) {
         const int64_t ch = ch0 + i / S;
         const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
         gn_vals<STEP> xv, dv, ov;
         xv.load(xg + i);
         dv.load(dyg + i);
-        ov.load(dxg + i);
+        if constexpr (APPLY) ov.load(dxg + i);
 #pragma unroll
         for (int k = 0; k < STEP; k++) {
             float xh, dz;
             gn_point(xv.v[k], mean, rstd, ga, be, dv.v[k], silu, &xh, &dz);
-            ov.v[k] += rstd * (ga * dz - ma - xh * mb);
+            if constexpr (APPLY) {
+                ov.v[k] += rstd * (ga * dz - ma - xh * mb);
+            } else {
+                const double dxh = (double)ga * (double)dz;
+                *a += dxh;
+                *b += dxh * (double)xh;
+            }
         }
-        ov.store(dxg + i);
+        if constexpr (APPLY) ov.store(dxg + i);
     }
 }
 
@@ -340,9 +326,9 @@ __global__ void k_gn_bwd_partial(const float *x, const float *gamma, const float
     if (hi > count) hi = count;
     double a = 0.0, b = 0.0;
     if (gn_bwd_step(xg + lo, dyg + lo, NULL, hi - lo, S) == 4)
-        gn_bwd_sums<4>(xg, dyg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, &a, &b);
+        gn_bwd_pass<4, false>(xg, dyg, NULL, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, &a, &b, 0.0f, 0.0f);
     else
-        gn_bwd_sums<1>(xg, dyg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, &a, &b);
+        gn_bwd_pass<1, false>(xg, dyg, NULL, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, &a, &b, 0.0f, 0.0f);
     a = cu_block_sum_d(a, smem);
     b = cu_block_sum_d(b, smem);
     if (threadIdx.x == 0) {
@@ -374,9 +360,11 @@ __global__ void k_gn_bwd_dx(const float *x, const float *gamma, const float *bet
     int64_t hi = lo + GN_CHUNK;
     if (hi > count) hi = count;
     if (gn_bwd_step(xg + lo, dyg + lo, dxg + lo, hi - lo, S) == 4)
-        gn_bwd_apply<4>(xg, dyg, dxg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, coef[0], coef[1]);
+        gn_bwd_pass<4, true>(xg, dyg, dxg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, NULL, NULL, coef[0],
+                             coef[1]);
     else
-        gn_bwd_apply<1>(xg, dyg, dxg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, coef[0], coef[1]);
+        gn_bwd_pass<1, true>(xg, dyg, dxg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, NULL, NULL, coef[0],
+                             coef[1]);
 }
 
 __global__ void k_gn_bwd_params(const float *x, const float *gamma, const float *beta, const float *dy,
