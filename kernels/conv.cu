@@ -193,8 +193,9 @@ static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, cu_conv_p
     if (p->gemm && cudnn_log_on())
         fprintf(stderr, "cudnn: (none)     %s %s b%lld %lld->%lld %lldx%lld k%dx%d/%d: im2col + cuBLAS GEMM "
                         "(SD_CONV_GEMM)\n",
-                type == CUDNN_DATA_HALF ? "fp16" : "fp32", sd_precision_name(precision), (long long)g->batch, (long long)g->c_in,
-                (long long)g->c_out, (long long)g->h_in, (long long)g->w_in, g->kh, g->kw, g->stride);
+                type == CUDNN_DATA_HALF ? "fp16" : "fp32", sd_precision_name(precision), (long long)g->batch,
+                (long long)g->c_in, (long long)g->c_out, (long long)g->h_in, (long long)g->w_in, g->kh, g->kw,
+                g->stride);
     *out = p;
     return SD_OK;
 }
@@ -428,7 +429,7 @@ template <> struct cu_dnn_type<float> { static const cudnnDataType_t value = CUD
 template <> struct cu_dnn_type<__half> { static const cudnnDataType_t value = CUDNN_DATA_HALF; };
 
 /* ------------------------------------------------------------------------------------------------
- * im2col + GEMM (fast mode's small images)
+ * im2col + GEMM (fast mode's small images; every convolution under SD_CONV_GEMM=all)
  * --------------------------------------------------------------------------------------------- */
 
 /* A 1x1 stride-1 convolution without padding is a GEMM on x as it is. */
