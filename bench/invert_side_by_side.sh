@@ -53,9 +53,10 @@
 #                                replaying them as CUDA graphs: the table then shows what graphs save
 #   --ours-warmup 0|1            run stylediff's methods once untimed first (0 | 1): the reported
 #                                rows are then the second nulltext and stylediffusion runs
-#   --quality none|ddim|all      also run full inversions on both sides and report the latent MSE of
-#                                each reconstruction (none). ddim: DDIM only (cheap); all: also
-#                                Null-text and StyleDiffusion, all N timesteps (long)
+#   --quality none|all|LIST      also run full inversions on both sides and report the latent MSE of
+#                                each reconstruction (none). LIST: methods among ddim (cheap),
+#                                nulltext, stylediffusion (all N timesteps: long; PyTorch's Null-text
+#                                about 2 minutes on an H200, its StyleDiffusion about 4); all: the three
 #   --stylediff PATH             (build/stylediff)   --python PY (.venv/bin/python, else python3)
 #   --work DIR                   big files (/tmp/stylediff_invert_bench)
 #   --out DIR                    results: ours_*.tsv, torch.tsv, quality_*.tsv, table.txt
@@ -94,7 +95,17 @@ while [ $# -gt 0 ]; do
     shift
 done
 case $DEVICE in cpu|cuda) ;; *) echo "invert_side_by_side: --device cpu|cuda" >&2; exit 2 ;; esac
-case $QUALITY in none|ddim|all) ;; *) echo "invert_side_by_side: --quality none|ddim|all" >&2; exit 2 ;; esac
+case $QUALITY in
+    none|all) ;;
+    *)
+        for qmethod in $(echo "$QUALITY" | tr ',' ' '); do
+            case $qmethod in
+                ddim|nulltext|stylediffusion) ;;
+                *) echo "invert_side_by_side: --quality none|all|a list of ddim,nulltext,stylediffusion" >&2; exit 2 ;;
+            esac
+        done
+        ;;
+esac
 if [ "$DEVICE" = cpu ]; then
     : "${INNER_SD:=10}" "${TIMESTEPS:=1}" "${REPS:=3}" "${REPS_DDIM:=1}" "${WARMUP:=1}" "${MODES:=fp32-explicit}"
     : "${OURS_WARMUP:=0}"
@@ -228,7 +239,7 @@ QUAL_OURS=$RES/quality_ours.tsv QUAL_TORCH=$RES/quality_torch.tsv
 : > "$QUAL_OURS"
 : > "$QUAL_TORCH"
 if [ "$QUALITY" != none ]; then
-    qm=ddim
+    qm=$QUALITY
     [ "$QUALITY" = all ] && qm=ddim,nulltext,stylediffusion
     qprec=$(echo "$PRECISION" | cut -d, -f1)
     qprec=${qprec%+*}
