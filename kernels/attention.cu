@@ -48,16 +48,25 @@ template <typename T> struct attn_params {
     int q_rows[SD_ATTN_MAX_ROWS], k_rows[SD_ATTN_MAX_ROWS], v_rows[SD_ATTN_MAX_ROWS];
 };
 
-template <typename T>
-__device__ __forceinline__ void attn_bases(const attn_params<T> &p, int b, int h, const T **qb, const T **kb,
-                                           const T **vb, T **ob) {
-    const int qr = p.use_rows ? p.q_rows[b] : b, kr = p.use_rows ? p.k_rows[b] : b, vr = p.use_rows ? p.v_rows[b] : b;
-    const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
-    *qb = p.q + (int64_t)qr * p.Sq * ldq + (int64_t)h * p.D;
-    *kb = p.k + (int64_t)kr * p.Sk * ldq + (int64_t)h * p.D;
-    *vb = p.v + (int64_t)vr * p.Sk * ldv + (int64_t)h * p.Dv;
-    *ob = p.out + (int64_t)b * p.Sq * ldv + (int64_t)h * p.Dv;
-}
+/* The head a flash block works on (blockIdx.y = b·H + h): q, k and v of head h in the batch rows
+ * the maps give (P2Plus injection reads another row's queries, keys or values), its output in row
+ * b, and the row strides. */
+template <typename T> struct attn_head {
+    const T *q, *k, *v;
+    T *out;
+    int64_t ldq, ldv;
+    __device__ __forceinline__ explicit attn_head(const attn_params<T> &p) {
+        const int b = blockIdx.y / p.H, h = blockIdx.y % p.H;
+        const int qr = p.use_rows ? p.q_rows[b] : b, kr = p.use_rows ? p.k_rows[b] : b;
+        const int vr = p.use_rows ? p.v_rows[b] : b;
+        ldq = (int64_t)p.H * p.D;
+        ldv = (int64_t)p.H * p.Dv;
+        q = p.q + (int64_t)qr * p.Sq * ldq + (int64_t)h * p.D;
+        k = p.k + (int64_t)kr * p.Sk * ldq + (int64_t)h * p.D;
+        v = p.v + (int64_t)vr * p.Sk * ldv + (int64_t)h * p.Dv;
+        out = p.out + (int64_t)b * p.Sq * ldv + (int64_t)h * p.Dv;
+    }
+};
 
 /* ================================================================================================
  * Exact mode: fp32 SIMT flash kernel
@@ -95,12 +104,11 @@ __global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params<fl
     float *Ps = smem + L::p_off; /* [BQ][PS] probabilities of the tile */
 
     const int tid = threadIdx.x, ty = tid >> 3, tx = tid & 7;
-    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
     const int64_t q0 = (int64_t)blockIdx.x * EX_BQ;
-    const float *qb, *kb, *vb;
-    float *ob;
-    attn_bases(p, b, h, &qb, &kb, &vb, &ob);
-    const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+    const attn_head<float> head(p);
+    const float *qb = head.q, *kb = head.k, *vb = head.v;
+    float *ob = head.out;
+    const int64_t ldq = head.ldq, ldv = head.ldv;
 
     for (int idx = tid; idx < EX_BQ * L::DP; idx += EX_THREADS) {
         const int r = idx / L::DP, d = idx % L::DP;
@@ -459,12 +467,11 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3; /* fragment row group and column pair */
-    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
     const int64_t q0 = (int64_t)blockIdx.x * FA_BQ;
-    const T *qb, *kb, *vb;
-    T *ob;
-    attn_bases(p, b, h, &qb, &kb, &vb, &ob);
-    const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+    const attn_head<T> head(p);
+    const T *qb = head.q, *kb = head.k, *vb = head.v;
+    T *ob = head.out;
+    const int64_t ldq = head.ldq, ldv = head.ldv;
 
     for (int idx = tid; idx < FA_BQ * L::DP; idx += FA_THREADS) {
         const int r = idx / L::DP, d = idx % L::DP;
@@ -573,7 +580,10 @@ template <int DK> struct fa_async_smem {
     static constexpr int v_off = k_off + 2 * FA_BK * RS;     /* [2][BK][RS], row-major */
     static constexpr int elems = v_off + 2 * FA_BK * RS;
     static constexpr size_t bytes = (size_t)elems * sizeof(__half);
-    static constexpr int min_blocks = DK <= 3 ? 2 : 1;       /* registers: see the ptxas note below */
+    /* two blocks per SM up to DK 3 caps registers at 128: ptxas (CUDA 13.0, sm_90) then spills 48
+     * bytes at DK 3 (SD's D 40), none below. The H200's 108 TFLOP/s for 4096x4096 D40 were measured
+     * with that spill; one block per SM without it is untried. */
+    static constexpr int min_blocks = DK <= 3 ? 2 : 1;
 };
 
 template <int DK>
@@ -585,12 +595,11 @@ __global__ void __launch_bounds__(FA_THREADS, fa_async_smem<DK>::min_blocks) k_f
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
-    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
     const int64_t q0 = (int64_t)blockIdx.x * FA_BQ;
-    const __half *qb, *kb, *vb;
-    __half *ob;
-    attn_bases(p, b, h, &qb, &kb, &vb, &ob);
-    const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
+    const attn_head<__half> head(p);
+    const __half *qb = head.q, *kb = head.k, *vb = head.v;
+    __half *ob = head.out;
+    const int64_t ldq = head.ldq, ldv = head.ldv;
 
     /* the head-dim padding of Q and K (columns D .. DP) must be zeros, not stale bits: a NaN there
      * times Q's zero would reach every score. Nothing is copied there, so once is enough; V's

@@ -200,21 +200,6 @@ static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, cu_conv_p
     return SD_OK;
 }
 
-/* Exact mode keeps to algorithms that sum products directly (GEMM-like), in fp32 FMA math, and
- * that cuDNN lists as deterministic (the atomics-based backward algorithms are not: their sums
- * would differ from run to run by rounding, which parity checks and bisections cannot live with). */
-static int fwd_algo_exact_ok(cudnnConvolutionFwdAlgo_t a) {
-    return a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
-           a == CUDNN_CONVOLUTION_FWD_ALGO_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT;
-}
-static int bwd_data_algo_exact_ok(cudnnConvolutionBwdDataAlgo_t a) {
-    return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
-}
-static int bwd_filter_algo_exact_ok(cudnnConvolutionBwdFilterAlgo_t a) {
-    return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ||
-           a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3;
-}
-
 /* Exact mode runs every algorithm with CUDNN_FMA_MATH on the descriptor, whatever math type the
  * heuristic listed it with (it may list fp32 kernels as CUDNN_DEFAULT_MATH, which on Ampere and
  * later would allow TF32); entries that need tensor cores are skipped. Fast mode runs the math
@@ -269,98 +254,108 @@ static void log_choice(const cu_conv_plan *p, const char *dir, int algo, cudnnMa
             rank < 0 ? "fallback" : measured ? "measured" : "heuristic", (double)ws / (1 << 20));
 }
 
-static sd_status choose_fwd(cu_state *s, cu_conv_plan *p, int force_fallback) {
-    const int exact = p->precision == SD_PRECISION_EXACT, measured = use_find(s, p);
-    int chosen = -1, returned = 0;
-    if (!force_fallback) {
-        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-        CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-        if (measured)
-            CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
-                                                             CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
-        else
-            CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
-                                                               CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &returned, perf));
-        chosen = pick_algo(perf, returned, exact, measured, fwd_algo_exact_ok);
-        if (chosen >= 0) {
-            p->fwd_algo = perf[chosen].algo;
-            p->fwd_math = exact ? CUDNN_FMA_MATH : perf[chosen].mathType;
-        }
+/* What differs between the three directions when a plan picks its algorithm: cuDNN's perf type and
+ * calls (heuristic, Find, workspace size), the algorithms exact mode accepts, the fallback, and the
+ * plan's fields for the choice. Exact mode keeps to algorithms that sum products directly
+ * (GEMM-like), in fp32 FMA math, and that cuDNN lists as deterministic (the atomics-based backward
+ * algorithms are not: their sums would differ from run to run by rounding, which parity checks and
+ * bisections cannot live with). */
+struct conv_fwd {
+    typedef cudnnConvolutionFwdAlgoPerf_t perf_t;
+    typedef cudnnConvolutionFwdAlgo_t algo_t;
+    static constexpr int count = CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+    static constexpr const char *name = "forward";
+    static constexpr algo_t fallback = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM; /* no workspace */
+    static int exact_ok(algo_t a) {
+        return a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+               a == CUDNN_CONVOLUTION_FWD_ALGO_GEMM || a == CUDNN_CONVOLUTION_FWD_ALGO_DIRECT;
     }
-    if (chosen < 0) { /* always available, no workspace */
-        p->fwd_algo = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM;
-        p->fwd_math = exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+    static cudnnStatus_t list(cudnnHandle_t h, const cu_conv_plan *p, int measured, int *n, perf_t *perf) {
+        return measured ? cudnnFindConvolutionForwardAlgorithm(h, p->x_desc, p->w_desc, p->conv_desc, p->y_desc, count,
+                                                               n, perf)
+                        : cudnnGetConvolutionForwardAlgorithm_v7(h, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
+                                                                 count, n, perf);
     }
-    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->fwd_math));
-    CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(s->dnn, p->x_desc, p->w_desc, p->conv_desc, p->y_desc,
-                                                        p->fwd_algo, &p->fwd_ws));
-    log_choice(p, "forward", (int)p->fwd_algo, p->fwd_math, chosen, returned, measured, p->fwd_ws);
-    p->fwd_ready = 1;
-    return SD_OK;
-}
+    static cudnnStatus_t workspace(cudnnHandle_t h, const cu_conv_plan *p, algo_t a, size_t *bytes) {
+        return cudnnGetConvolutionForwardWorkspaceSize(h, p->x_desc, p->w_desc, p->conv_desc, p->y_desc, a, bytes);
+    }
+    static algo_t &algo(cu_conv_plan *p) { return p->fwd_algo; }
+    static cudnnMathType_t &math(cu_conv_plan *p) { return p->fwd_math; }
+    static size_t &ws(cu_conv_plan *p) { return p->fwd_ws; }
+    static int &ready(cu_conv_plan *p) { return p->fwd_ready; }
+};
+struct conv_bwd_data {
+    typedef cudnnConvolutionBwdDataAlgoPerf_t perf_t;
+    typedef cudnnConvolutionBwdDataAlgo_t algo_t;
+    static constexpr int count = CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT;
+    static constexpr const char *name = "bwd-data";
+    static constexpr algo_t fallback = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+    static int exact_ok(algo_t a) {
+        return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
+    }
+    static cudnnStatus_t list(cudnnHandle_t h, const cu_conv_plan *p, int measured, int *n, perf_t *perf) {
+        return measured ? cudnnFindConvolutionBackwardDataAlgorithm(h, p->w_desc, p->y_desc, p->conv_desc, p->x_desc,
+                                                                    count, n, perf)
+                        : cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->w_desc, p->y_desc, p->conv_desc,
+                                                                      p->x_desc, count, n, perf);
+    }
+    static cudnnStatus_t workspace(cudnnHandle_t h, const cu_conv_plan *p, algo_t a, size_t *bytes) {
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, p->w_desc, p->y_desc, p->conv_desc, p->x_desc, a, bytes);
+    }
+    static algo_t &algo(cu_conv_plan *p) { return p->bwd_data_algo; }
+    static cudnnMathType_t &math(cu_conv_plan *p) { return p->bwd_data_math; }
+    static size_t &ws(cu_conv_plan *p) { return p->bwd_data_ws; }
+    static int &ready(cu_conv_plan *p) { return p->bwd_data_ready; }
+};
+struct conv_bwd_filter {
+    typedef cudnnConvolutionBwdFilterAlgoPerf_t perf_t;
+    typedef cudnnConvolutionBwdFilterAlgo_t algo_t;
+    static constexpr int count = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT;
+    static constexpr const char *name = "bwd-filter";
+    static constexpr algo_t fallback = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
+    static int exact_ok(algo_t a) {
+        return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0 || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1 ||
+               a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3;
+    }
+    static cudnnStatus_t list(cudnnHandle_t h, const cu_conv_plan *p, int measured, int *n, perf_t *perf) {
+        return measured ? cudnnFindConvolutionBackwardFilterAlgorithm(h, p->x_desc, p->y_desc, p->conv_desc,
+                                                                      p->w_desc, count, n, perf)
+                        : cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x_desc, p->y_desc, p->conv_desc,
+                                                                        p->w_desc, count, n, perf);
+    }
+    static cudnnStatus_t workspace(cudnnHandle_t h, const cu_conv_plan *p, algo_t a, size_t *bytes) {
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p->x_desc, p->y_desc, p->conv_desc, p->w_desc, a,
+                                                              bytes);
+    }
+    static algo_t &algo(cu_conv_plan *p) { return p->bwd_filter_algo; }
+    static cudnnMathType_t &math(cu_conv_plan *p) { return p->bwd_filter_math; }
+    static size_t &ws(cu_conv_plan *p) { return p->bwd_filter_ws; }
+    static int &ready(cu_conv_plan *p) { return p->bwd_filter_ready; }
+};
 
-static sd_status choose_bwd_data(cu_state *s, cu_conv_plan *p, int force_fallback) {
+/* A plan's algorithm for direction D: pick_algo over cuDNN's list, or the fallback (always
+ * available) when nothing qualifies or force_fallback (cuDNN refused the first choice). */
+template <typename D> static sd_status choose_algo(cu_state *s, cu_conv_plan *p, int force_fallback) {
     const int exact = p->precision == SD_PRECISION_EXACT, measured = use_find(s, p);
     int chosen = -1, returned = 0;
     if (!force_fallback) {
-        cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
+        typename D::perf_t perf[D::count];
         CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-        if (measured)
-            CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(s->dnn, p->w_desc, p->y_desc, p->conv_desc, p->x_desc,
-                                                                  CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &returned,
-                                                                  perf));
-        else
-            CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(s->dnn, p->w_desc, p->y_desc, p->conv_desc,
-                                                                    p->x_desc, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT,
-                                                                    &returned, perf));
-        chosen = pick_algo(perf, returned, exact, measured, bwd_data_algo_exact_ok);
+        CUDNN_CHECK(D::list(s->dnn, p, measured, &returned, perf));
+        chosen = pick_algo(perf, returned, exact, measured, D::exact_ok);
         if (chosen >= 0) {
-            p->bwd_data_algo = perf[chosen].algo;
-            p->bwd_data_math = exact ? CUDNN_FMA_MATH : perf[chosen].mathType;
+            D::algo(p) = perf[chosen].algo;
+            D::math(p) = exact ? CUDNN_FMA_MATH : perf[chosen].mathType;
         }
     }
     if (chosen < 0) {
-        p->bwd_data_algo = CUDNN_CONVOLUTION_BWD_DATA_ALGO_1;
-        p->bwd_data_math = exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
+        D::algo(p) = D::fallback;
+        D::math(p) = exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
     }
-    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->bwd_data_math));
-    CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(s->dnn, p->w_desc, p->y_desc, p->conv_desc, p->x_desc,
-                                                             p->bwd_data_algo, &p->bwd_data_ws));
-    log_choice(p, "bwd-data", (int)p->bwd_data_algo, p->bwd_data_math, chosen, returned, measured, p->bwd_data_ws);
-    p->bwd_data_ready = 1;
-    return SD_OK;
-}
-
-static sd_status choose_bwd_filter(cu_state *s, cu_conv_plan *p, int force_fallback) {
-    const int exact = p->precision == SD_PRECISION_EXACT, measured = use_find(s, p);
-    int chosen = -1, returned = 0;
-    if (!force_fallback) {
-        cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-        CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
-        if (measured)
-            CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(s->dnn, p->x_desc, p->y_desc, p->conv_desc,
-                                                                    p->w_desc, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                                                                    &returned, perf));
-        else
-            CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(s->dnn, p->x_desc, p->y_desc, p->conv_desc,
-                                                                      p->w_desc, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT,
-                                                                      &returned, perf));
-        chosen = pick_algo(perf, returned, exact, measured, bwd_filter_algo_exact_ok);
-        if (chosen >= 0) {
-            p->bwd_filter_algo = perf[chosen].algo;
-            p->bwd_filter_math = exact ? CUDNN_FMA_MATH : perf[chosen].mathType;
-        }
-    }
-    if (chosen < 0) {
-        p->bwd_filter_algo = CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1;
-        p->bwd_filter_math = exact ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH;
-    }
-    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, p->bwd_filter_math));
-    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(s->dnn, p->x_desc, p->y_desc, p->conv_desc, p->w_desc,
-                                                               p->bwd_filter_algo, &p->bwd_filter_ws));
-    log_choice(p, "bwd-filter", (int)p->bwd_filter_algo, p->bwd_filter_math, chosen, returned, measured,
-               p->bwd_filter_ws);
-    p->bwd_filter_ready = 1;
+    CUDNN_CHECK(cudnnSetConvolutionMathType(p->conv_desc, D::math(p)));
+    CUDNN_CHECK(D::workspace(s->dnn, p, D::algo(p), &D::ws(p)));
+    log_choice(p, D::name, (int)D::algo(p), D::math(p), chosen, returned, measured, D::ws(p));
+    D::ready(p) = 1;
     return SD_OK;
 }
 
@@ -570,7 +565,7 @@ static sd_status conv2d_forward(const T *x, const T *w, const float *b, T *y, co
         CU_TRY(conv_gemm_forward(p, x, w, y, g));
         return conv_add_bias(y, b, g);
     }
-    if (!p->fwd_ready) CU_TRY(choose_fwd(s, p, 0));
+    if (!p->fwd_ready) CU_TRY(choose_algo<conv_fwd>(s, p, 0));
     const size_t xp_bytes = padded_bytes<T>(p);
     const float one = 1.0f, zero = 0.0f; /* cuDNN's scaling factors are float for float and half data */
     for (int attempt = 0;; attempt++) {
@@ -587,7 +582,7 @@ static sd_status conv2d_forward(const T *x, const T *w, const float *b, T *y, co
         if (st == CUDNN_STATUS_SUCCESS) break;
         if (attempt > 0 || !conv_retryable(st))
             return cu_fail_cudnn(st, __FILE__, __LINE__, "cudnnConvolutionForward");
-        CU_TRY(choose_fwd(s, p, 1));
+        CU_TRY(choose_algo<conv_fwd>(s, p, 1));
     }
     return conv_add_bias(y, b, g);
 }
@@ -602,7 +597,7 @@ sd_status cu_conv2d_backward_data(const float *dy, const float *w, float *dx, co
     cu_conv_plan *p = NULL;
     CU_TRY(plan_get(g, CUDNN_DATA_FLOAT, &p));
     if (p->gemm) return conv_gemm_backward_data(p, dy, w, dx, g);
-    if (!p->bwd_data_ready) CU_TRY(choose_bwd_data(s, p, 0));
+    if (!p->bwd_data_ready) CU_TRY(choose_algo<conv_bwd_data>(s, p, 0));
     const size_t xp_bytes = padded_bytes<float>(p);
     const float one = 1.0f, zero = 0.0f;
     for (int attempt = 0;; attempt++) {
@@ -629,7 +624,7 @@ sd_status cu_conv2d_backward_data(const float *dy, const float *w, float *dx, co
         }
         if (attempt > 0 || !conv_retryable(st))
             return cu_fail_cudnn(st, __FILE__, __LINE__, "cudnnConvolutionBackwardData");
-        CU_TRY(choose_bwd_data(s, p, 1));
+        CU_TRY(choose_algo<conv_bwd_data>(s, p, 1));
     }
 }
 
@@ -639,7 +634,7 @@ sd_status cu_conv2d_backward_params(const float *dy, const float *x, float *dw, 
     if (dw) {
         cu_conv_plan *p = NULL;
         CU_TRY(plan_get(g, CUDNN_DATA_FLOAT, &p));
-        if (!p->bwd_filter_ready) CU_TRY(choose_bwd_filter(s, p, 0));
+        if (!p->bwd_filter_ready) CU_TRY(choose_algo<conv_bwd_filter>(s, p, 0));
         const size_t xp_bytes = padded_bytes<float>(p);
         const float one = 1.0f;
         for (int attempt = 0;; attempt++) {
@@ -658,7 +653,7 @@ sd_status cu_conv2d_backward_params(const float *dy, const float *x, float *dw, 
             if (st == CUDNN_STATUS_SUCCESS) break;
             if (attempt > 0 || !conv_retryable(st))
                 return cu_fail_cudnn(st, __FILE__, __LINE__, "cudnnConvolutionBackwardFilter");
-            CU_TRY(choose_bwd_filter(s, p, 1));
+            CU_TRY(choose_algo<conv_bwd_filter>(s, p, 1));
         }
     }
     if (db) CU_TRY(cu_channel_sum_acc(dy, db, g->batch, g->c_out, g->h_out * g->w_out));

@@ -527,6 +527,13 @@ extern "C" sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {
     return SD_OK;
 }
 
+extern "C" const char *sd_cuda_fast_gemm_name(void) {
+    cu_state *s = cu_cur();
+    if (!s) return "bf16";
+    if (s->fast_gemm == CUBLAS_COMPUTE_32F_FAST_TF32) return "tf32";
+    return s->fast_gemm == CUBLAS_COMPUTE_32F_FAST_16F ? "fp16" : "bf16";
+}
+
 extern "C" sd_conv_gemm sd_cuda_get_conv_gemm(void) {
     cu_state *s = cu_cur();
     return s ? (sd_conv_gemm)s->conv_gemm : SD_CONV_GEMM_AUTO;

@@ -95,6 +95,10 @@ sd_precision sd_cuda_get_precision(void);
 sd_status sd_cuda_set_conv_find(int find);
 int sd_cuda_get_conv_find(void);
 
+/* The tensor-core input type of fast mode's F32 GEMMs on the calling thread's device: "bf16" (the
+ * default), "tf32" or "fp16" (the environment's SD_FAST_GEMM, read when the backend opens). */
+const char *sd_cuda_fast_gemm_name(void);
+
 /* Whether convolutions run as an unfold (im2col) and one cuBLAS GEMM instead of cuDNN (conv.cu): OFF
  * never; AUTO (the default) in fast mode where the batch has at most 512 output pixels and a pixel's
  * sum at least 1024 terms (SD's 16x16 and 8x8 levels at batch 1 and 2); ALL every convolution whose

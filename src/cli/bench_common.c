@@ -144,9 +144,9 @@ static const char *conv_suffix(sd_precision precision) {
 
 const char *cli_bench_settings_suffix(sd_precision precision) {
     static char buf[48];
-    const char *gemm = getenv("SD_FAST_GEMM"); /* what the CUDA backend read when it opened */
+    const char *gemm = sd_cuda_fast_gemm_name();
     const char *gemm_tag = "";
-    if (precision == SD_PRECISION_FAST && gemm)
+    if (precision == SD_PRECISION_FAST)
         gemm_tag = !strcmp(gemm, "tf32") ? "+tf32" : !strcmp(gemm, "fp16") ? "+fp16gemm" : "";
     snprintf(buf, sizeof buf, "%s%s", conv_suffix(precision), gemm_tag);
     return buf;
