@@ -9,7 +9,7 @@
 #   build  make -j all + every test binary (the CUDA build when nvcc exists; says so)
 #   test   $BUILD/tests/test_cuda_ops (every CUDA op vs the CPU, the tiny model vs the oracle, CUDA
 #          graphs), then every other test binary through tests/run_tests.sh (capped by TEST_TIMEOUT)
-#   bench  `stylediff bench unet` on the GPU, exact, fast, fast+f32act and fast+cudnn, batch 1 and 2, eager and
+#   bench  `stylediff bench unet` on the GPU, exact, fast, fast+f32act, fast+cudnn, exact+cudnn and fast+gemm, batch 1 and 2, eager and
 #          CUDA graph, for the built-in tiny model and the SD v1.5 architecture with random weights
 #          (512x512, 64x64 latent), plus one call per mode with every op timed alone (--profile: time,
 #          TFLOP/s and GB/s per class of op); then bench/reference/unet_torch.py times PyTorch on the same card with the
@@ -160,17 +160,16 @@ if want bench; then
         for batch in 1 2; do
             # fast = fp16 UNet activations (the default); fast+f32act = SD_FAST_ACTIVATIONS=f32, the
             # same tensor-core arithmetic on F32 storage: what the fp16 storage buys, side by side;
-            # fast+cudnn = SD_CONV_GEMM=off, cuDNN for every convolution (fast mode's default runs
-            # the 16x16 and 8x8 levels as im2col + GEMM): what that choice buys, side by side;
-            # exact+gemm, fast+gemm = SD_CONV_GEMM=all, every convolution as im2col + GEMM.
-            # (SD_CONV_ALGO=find, cuDNN's timed choice, was slower than its heuristic on an H200.)
-            for prec in exact fast fast+f32act fast+cudnn exact+gemm fast+gemm; do
+            # fast+cudnn, exact+cudnn = SD_CONV_GEMM=off, cuDNN for every convolution (fast mode's
+            # default runs the 16x16 and 8x8 levels as im2col + GEMM, exact mode's every convolution):
+            # what that choice buys, side by side; fast+gemm = SD_CONV_GEMM=all, every convolution as
+            # im2col + GEMM. (SD_CONV_ALGO=find, cuDNN's timed choice, was slower than its heuristic on an H200.)
+            for prec in exact fast fast+f32act fast+cudnn exact+cudnn fast+gemm; do
                 extra=""
                 act=f16
                 convgemm=auto
                 [ "$prec" = "fast+f32act" ] && act=f32
-                [ "$prec" = "fast+cudnn" ] && convgemm=off
-                case $prec in *+gemm) convgemm=all ;; esac
+                case $prec in *+cudnn) convgemm=off ;; *+gemm) convgemm=all ;; esac
                 [ -f "$W" ] || extra="--save-weights $W"
                 io="$WORK_DIR/io_${model}_${prec}_b$batch.safetensors"
                 extra="$extra --save-io $io"
@@ -213,10 +212,10 @@ if want bench; then
     {
         echo "UNet forward, ${SIZE}x${SIZE} image ($((SIZE / 8))x$((SIZE / 8)) latent), t = 981, ${GPU_NAME:-unknown GPU}," \
              "median of $ITERS calls (CUDA events) after warm-up."
-        echo "stylediff exact = fp32, no TF32; fast = fp16 UNet activations with fp16 tensor-core GEMMs, convolutions"
-        echo "and attention (fp32 accumulation), 16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+f32act = fp32"
-        echo "storage (bf16 GEMMs/attention, TF32 convolutions); fast+cudnn = fast with cuDNN for every convolution;"
-        echo "+gemm = every convolution as im2col + cuBLAS GEMM (exact: fp32 GEMMs without TF32)."
+        echo "stylediff exact = fp32, no TF32, convolutions as im2col + fp32 cuBLAS GEMMs; fast = fp16 UNet activations"
+        echo "with fp16 tensor-core GEMMs, convolutions and attention (fp32 accumulation), 16x16 and 8x8 convolutions as"
+        echo "im2col + cuBLAS GEMM; fast+f32act = fp32 storage (bf16 GEMMs/attention, TF32 convolutions); +cudnn = cuDNN"
+        echo "for every convolution; fast+gemm = every convolution as im2col + cuBLAS GEMM."
         echo "'x fp32' / 'x fp16' = PyTorch's fp32-sdpa / fp16-sdpa median divided by this row's (higher is faster)."
         echo "peak MiB: stylediff = activation arena only; PyTorch = allocator peak including weights."
         echo "TFLOP/s: the call's arithmetic (counted op by op by stylediff; the same model for PyTorch) / median;"
@@ -250,10 +249,8 @@ if want grad; then
             || { note "grad_side_by_side failed for $model (see above)"; FAILED=1; }
     done
     # where a fast-mode gradient step's time goes, backward included (SD v1.5, random weights)
-    # (the value step with the defaults; the context step also with cuDNN for every convolution, with
-    # im2col + GEMM for every convolution, and with TF32 instead of bf16 for the step's F32 GEMMs)
-    for run in "value SD_CONV_GEMM=auto" "context SD_CONV_GEMM=auto" "context SD_CONV_GEMM=off" \
-               "context SD_CONV_GEMM=all" "context SD_FAST_GEMM=tf32"; do
+    # (the value step with the defaults; the context step also with cuDNN for every convolution)
+    for run in "value SD_CONV_GEMM=auto" "context SD_CONV_GEMM=auto" "context SD_CONV_GEMM=off"; do
         what=${run%% *}
         setting=${run#* }
         echo "stylediff: sd15 $what step, fast, $setting, per-op breakdown ($(elapsed))"

@@ -29,8 +29,12 @@
  * strided-batched cuBLAS GEMM, which splits the long sums over CTAs; backward data is
  * dcol[n] = wᵀ · dy[n] and a gather of each dx element's kh·kw terms (col2im, no atomics). A 1x1
  * stride-1 unpadded convolution needs no unfolding (col = x). Compute types: fp32 accumulation for
- * fp16 data, TF32 for fp32 data (as cuDNN's tensor-op math). By default exact mode keeps cuDNN's
- * direct sums; SD_CONV_GEMM=all puts it on plain fp32 GEMMs too (conv_gemm_wanted).
+ * fp16 data, TF32 for fp32 data (as cuDNN's tensor-op math), plain fp32 in exact mode.
+ *
+ * Exact mode runs every convolution whose unfolded input fits the workspace bound as a GEMM: cuDNN's
+ * fp32 direct sums without TF32 were the slower way on an H200 (SD v1.5 UNet call, 512 px: batch 1
+ * 42.2 ms with cuDNN, 28.7 ms with GEMMs; batch 2 64.6 and 62.9 ms; same parity with PyTorch fp32,
+ * 3.4e-6). SD_CONV_GEMM=off puts it back on cuDNN (conv_gemm_wanted).
  *
  * Plans (descriptors and chosen algorithms) are cached per geometry, data type and precision, so
  * a UNet call does no cuDNN setup after its first run (a requirement for CUDA graph capture). */
@@ -139,21 +143,19 @@ static int cudnn_log_on(void) {
     }
     return on;
 }
-/* Whether a plan runs as im2col + GEMM (see the top comment). AUTO: fast mode where the batch has
- * at most 512 output pixels and each sums at least 1024 products (SD v1.x's 16x16 and 8x8 levels
- * at batch 1 and 2: 3x3 convolutions of 640 to 2560 channels and their 1x1 shortcuts). ALL: every
- * convolution in both modes (exact mode's GEMMs in fp32 without TF32: a trial setting until a GPU
- * measures it against cuDNN's direct sums) whose unfolded input fits CONV_GEMM_MAX_COL_BYTES (the
- * VAE's 512x512 layers would need gigabytes). */
+/* Whether a plan runs as im2col + GEMM (see the top comment). AUTO: in fast mode where the batch
+ * has at most 512 output pixels and each sums at least 1024 products (SD v1.x's 16x16 and 8x8
+ * levels at batch 1 and 2: 3x3 convolutions of 640 to 2560 channels and their 1x1 shortcuts); in
+ * exact mode every convolution whose unfolded input fits CONV_GEMM_MAX_COL_BYTES (the VAE's 512x512
+ * layers would need gigabytes: those stay on cuDNN). ALL: that bound in both modes. */
 #define CONV_GEMM_MAX_PIXELS 512
 #define CONV_GEMM_MIN_TERMS 1024
 #define CONV_GEMM_MAX_COL_BYTES ((int64_t)512 << 20)
 static int conv_gemm_wanted(const cu_state *s, const sd_conv_geom *g, sd_precision precision, size_t elem_bytes) {
     if (s->conv_gemm == SD_CONV_GEMM_OFF) return 0;
-    if (s->conv_gemm == SD_CONV_GEMM_ALL)
+    if (s->conv_gemm == SD_CONV_GEMM_ALL || precision == SD_PRECISION_EXACT)
         return g->batch * g->c_in * g->kh * g->kw * g->h_out * g->w_out * (int64_t)elem_bytes <= CONV_GEMM_MAX_COL_BYTES;
-    return precision == SD_PRECISION_FAST && g->batch * g->h_out * g->w_out <= CONV_GEMM_MAX_PIXELS &&
-           g->c_in * g->kh * g->kw >= CONV_GEMM_MIN_TERMS;
+    return g->batch * g->h_out * g->w_out <= CONV_GEMM_MAX_PIXELS && g->c_in * g->kh * g->kw >= CONV_GEMM_MIN_TERMS;
 }
 
 static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, cu_conv_plan **out) {

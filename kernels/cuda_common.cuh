@@ -493,7 +493,7 @@ sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float
                                  float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
 
 /* gemm.cu */
-sd_status cu_linear(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K,
+sd_status cu_linear(const float *x, const float *w, const float *b, const float *r, float *y, int64_t M, int64_t K,
                     int64_t N);
 sd_status cu_linear_backward_data(const float *dy, const float *w, float *dx, int64_t M, int64_t K,
                                   int64_t N);
@@ -556,8 +556,8 @@ sd_status cu_f16_group_norm(const sd_f16 *x, const float *gamma, const float *be
 sd_status cu_f16_layer_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t M,
                             int64_t C, float eps);
 /* gemm.cu */
-sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M, int64_t K,
-                        int64_t N);
+sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y, int64_t M,
+                        int64_t K, int64_t N);
 /* conv.cu */
 sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g);
 /* attention.cu */

@@ -10,7 +10,8 @@
  * accumulation and output).
  *
  * Linear forward goes through cuBLASLt with the bias fused as an epilogue (one pass over y
- * instead of two). A plan (descriptors + the heuristic's algorithm) is cached per shape, pointer
+ * instead of two) and a residual, when the caller has one, as C with beta = 1 (D = A·B + C + bias:
+ * a transformer's skip connection without an add's pass over three tensors). A plan (descriptors + the heuristic's algorithm) is cached per shape, pointer
  * alignment, data type and precision; when cuBLASLt offers no algorithm the call falls back to
  * cublasGemmEx plus a bias kernel.
  *
@@ -69,7 +70,7 @@ struct cu_lt_plan {
     int64_t M, K, N;
     cudaDataType_t type; /* of x, w, b and y: CUDA_R_32F (cu_linear) or CUDA_R_16F (cu_f16_linear) */
     int has_bias;
-    int align;      /* the smallest alignment (bytes, <= 256) among x, w, y */
+    int align;      /* the smallest alignment (bytes, <= 256) among x, w, y and the residual */
     int bias_align; /* the bias pointer's (the heuristic reads it from the pointer set at build) */
     cublasComputeType_t compute;
     int usable; /* 0: cuBLASLt had no algorithm, use the cublasGemmEx fallback */
@@ -158,11 +159,12 @@ static sd_status plan_build(cu_state *s, cu_lt_plan *p, const void *b) {
 }
 
 static sd_status plan_get(cu_state *s, cudaDataType_t type, int64_t M, int64_t K, int64_t N, const void *x,
-                          const void *w, const void *b, const void *y, cu_lt_plan **out) {
+                          const void *w, const void *b, const void *r, const void *y, cu_lt_plan **out) {
     int align = ptr_align(x);
-    const int aw = ptr_align(w), ay = ptr_align(y), bias_align = b ? ptr_align(b) : 0;
+    const int aw = ptr_align(w), ay = ptr_align(y), ar = r ? ptr_align(r) : 256, bias_align = b ? ptr_align(b) : 0;
     if (aw < align) align = aw;
     if (ay < align) align = ay;
+    if (ar < align) align = ar;
     const cublasComputeType_t compute = type == CUDA_R_16F ? CUBLAS_COMPUTE_32F : compute_type(s);
     const int has_bias = b != NULL;
     for (int i = 0; i < s->n_lt_plans; i++) {
@@ -204,17 +206,19 @@ static sd_status plan_get(cu_state *s, cudaDataType_t type, int64_t M, int64_t K
     return SD_OK;
 }
 
-/* y[M, N] = x[M, K] · w[N, K]ᵀ + b[N] (b may be NULL) through the cached cuBLASLt plan, all four
- * of `type`. *ran = 0 when this shape has no usable algorithm: the caller runs its fallback. */
-static sd_status lt_linear(cu_state *s, cudaDataType_t type, const void *x, const void *w, const void *b, void *y,
-                           int64_t M, int64_t K, int64_t N, int *ran) {
+/* y[M, N] = x[M, K] · w[N, K]ᵀ + r[M, N] + b[N] (b, r may be NULL; r may be y) through the cached
+ * cuBLASLt plan, all of `type`. *ran = 0 when this shape has no usable algorithm: the caller runs
+ * its fallback. */
+static sd_status lt_linear(cu_state *s, cudaDataType_t type, const void *x, const void *w, const void *b, const void *r,
+                           void *y, int64_t M, int64_t K, int64_t N, int *ran) {
     *ran = 0;
     cu_lt_plan *p = NULL;
-    CU_TRY(plan_get(s, type, M, K, N, x, w, b, y, &p));
+    CU_TRY(plan_get(s, type, M, K, N, x, w, b, r, y, &p));
     if (!p->usable) return SD_OK;
     if (b) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
-    const float one = 1.0f, zero = 0.0f; /* the scale type is CUDA_R_32F for both data types */
-    const cublasStatus_t st = cublasLtMatmul(s->lt, p->desc, &one, w, p->a, x, p->b, &zero, y, p->c, y, p->c,
+    /* the scale type is CUDA_R_32F for both data types; C (the residual) has D's layout */
+    const float one = 1.0f, beta = r ? 1.0f : 0.0f;
+    const cublasStatus_t st = cublasLtMatmul(s->lt, p->desc, &one, w, p->a, x, p->b, &beta, r ? r : y, p->c, y, p->c,
                                              &p->algo, s->lt_ws, s->lt_ws_bytes, s->stream);
     if (st == CUBLAS_STATUS_SUCCESS) {
         *ran = 1;
@@ -230,19 +234,20 @@ static sd_status lt_linear(cu_state *s, cudaDataType_t type, const void *x, cons
     return SD_OK;
 }
 
-sd_status cu_linear(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K,
+sd_status cu_linear(const float *x, const float *w, const float *b, const float *r, float *y, int64_t M, int64_t K,
                     int64_t N) {
     if (M <= 0 || N <= 0) return SD_OK;
     cu_state *s = cu_cur();
-    if (K <= 0) { /* an empty sum: y = b (or 0) */
-        CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(float), s->stream));
-        return b ? cu_bias_rows(y, b, M, N) : SD_OK;
+    if (K > 0) {
+        int ran = 0;
+        CU_TRY(lt_linear(s, CUDA_R_32F, x, w, b, r, y, M, K, N, &ran));
+        if (ran) return SD_OK;
     }
-    int ran = 0;
-    CU_TRY(lt_linear(s, CUDA_R_32F, x, w, b, y, M, K, N, &ran));
-    if (ran) return SD_OK;
-    /* y[M, N] = x[M, K] · w[N, K]ᵀ, then the bias */
-    CU_TRY(cu_gemm_rm(0, 1, M, N, K, 1.0f, x, K, 0, w, K, 0, 0.0f, y, N, 0, 1));
+    /* y = r (or 0), y += x[M, K] · w[N, K]ᵀ, then the bias: the epilogue's order. K = 0 is the empty sum. */
+    const size_t bytes = (size_t)(M * N) * sizeof(float);
+    if (r && r != y) CUDA_CHECK(cudaMemcpyAsync(y, r, bytes, cudaMemcpyDeviceToDevice, s->stream));
+    if (K > 0) CU_TRY(cu_gemm_rm(0, 1, M, N, K, 1.0f, x, K, 0, w, K, 0, r ? 1.0f : 0.0f, y, N, 0, 1));
+    else if (!r) CUDA_CHECK(cudaMemsetAsync(y, 0, bytes, s->stream));
     return b ? cu_bias_rows(y, b, M, N) : SD_OK;
 }
 
@@ -265,14 +270,15 @@ sd_status cu_linear_backward_params(const float *dy, const float *x, float *dw, 
  * fp16 linear
  * --------------------------------------------------------------------------------------------- */
 
-__global__ void k_broadcast_rows(__half *y, const __half *b, int64_t M, int64_t N) {
-    /* y: [M, N] = b[N] on every row (bits copied: no rounding) */
+__global__ void k_bias_rows_plus(__half *y, const __half *b, const __half *r, int64_t M, int64_t N) {
+    /* y: [M, N] = b[N] on every row (bits copied: no rounding), plus r[M, N] when there is one (one
+     * rounding; r may be y) */
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < M * N; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = b[i % N];
+        y[i] = r ? __float2half_rn(__half2float(r[i]) + __half2float(b[i % N])) : b[i % N];
 }
 
-sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M, int64_t K,
-                        int64_t N) {
+sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y, int64_t M,
+                        int64_t K, int64_t N) {
     if (M <= 0 || N <= 0) return SD_OK;
     cu_state *s = cu_cur();
     CU_TRY(check_int("M", M));
@@ -280,22 +286,26 @@ sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f1
     if (K > 0) {
         CU_TRY(check_int("K", K));
         int ran = 0;
-        CU_TRY(lt_linear(s, CUDA_R_16F, x, w, b, y, M, K, N, &ran));
+        CU_TRY(lt_linear(s, CUDA_R_16F, x, w, b, r, y, M, K, N, &ran));
         if (ran) return SD_OK;
     }
-    /* The fallback keeps the epilogue's rounding: y is first set to the bias rows, then the GEMM
-     * adds the product with beta = 1, so the bias joins the fp32 sum before y's only rounding
-     * (an fp16 GEMM followed by a bias kernel would round twice). K = 0 is the empty sum: y = b or 0. */
+    /* The fallback keeps the epilogue's rounding where it can: y is first set to the bias rows (or
+     * the residual), then the GEMM adds the product with beta = 1, so the bias joins the fp32 sum
+     * before y's only rounding (an fp16 GEMM followed by a bias kernel would round twice). With both a
+     * bias and a residual, their sum is rounded once before the GEMM's. K = 0 is the empty sum. */
+    const size_t bytes = (size_t)(M * N) * sizeof(sd_f16);
     if (b) {
-        CU_LAUNCH(k_broadcast_rows, cu_blocks(M * N, 256), 256, 0, s->stream)(cu_half(y), cu_half(b), M, N);
+        CU_LAUNCH(k_bias_rows_plus, cu_blocks(M * N, 256), 256, 0, s->stream)(cu_half(y), cu_half(b), cu_half(r), M, N);
         LAUNCH_CHECK("fp16 linear bias rows");
+    } else if (r && r != y) {
+        CUDA_CHECK(cudaMemcpyAsync(y, r, bytes, cudaMemcpyDeviceToDevice, s->stream));
     }
     if (K <= 0) {
-        if (!b) CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(sd_f16), s->stream));
+        if (!b && !r) CUDA_CHECK(cudaMemsetAsync(y, 0, bytes, s->stream));
         return SD_OK;
     }
     /* column-major yᵀ[N, M] = op(w)[N, K] · xᵀ[K, M] (+ yᵀ), as cu_gemm_rm(0, 1, ...) does for fp32 */
-    const float one = 1.0f, beta = b ? 1.0f : 0.0f;
+    const float one = 1.0f, beta = b || r ? 1.0f : 0.0f;
     CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w, CUDA_R_16F, (int)K, x,
                               CUDA_R_16F, (int)K, &beta, y, CUDA_R_16F, (int)N, CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT));

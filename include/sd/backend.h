@@ -34,7 +34,8 @@ typedef struct sd_conv_geom {
  * convolution layers come as fp16 copies (the nn layer makes them once per weight); linear biases
  * are fp16 too (what an fp16 GEMM epilogue reads), while convolution biases, norm affine parameters
  * and the channel bias `v` stay F32. A convolution rounds its product, then adds the bias and
- * rounds again (its bias is a separate pass); a linear adds its bias before its only rounding.
+ * rounds again (its bias is a separate pass); a linear adds its bias and residual before its only
+ * rounding.
  * Shapes and layouts are those of the F32 ops of the same name.
  *
  * Why fp16 and not bf16: on the tiny model, storing the UNet's activations in bf16 moves eps by
@@ -45,8 +46,8 @@ typedef struct sd_f16_ops {
     sd_status (*to_f16)(const float *x, sd_f16 *y, int64_t n);
     sd_status (*to_f32)(const sd_f16 *x, float *y, int64_t n);
     sd_status (*copy)(sd_f16 *dst, const sd_f16 *src, int64_t n);
-    sd_status (*linear)(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M,
-                        int64_t K, int64_t N);
+    sd_status (*linear)(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y,
+                        int64_t M, int64_t K, int64_t N);
     sd_status (*conv2d)(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y,
                         const sd_conv_geom *g);
     sd_status (*group_norm)(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y,
@@ -79,9 +80,11 @@ typedef struct sd_backend {
     sd_status (*zero)(void *dst, size_t bytes);
     sd_status (*synchronize)(void); /* waits for queued work (no-op on the CPU) */
 
-    /* y[M, N] = x[M, K] · w[N, K]ᵀ (+ b[N] when b != NULL): PyTorch's Linear weight layout. */
-    sd_status (*linear)(const float *x, const float *w, const float *b, float *y, int64_t M,
-                        int64_t K, int64_t N);
+    /* y[M, N] = x[M, K] · w[N, K]ᵀ (+ r[M, N] when r != NULL) (+ b[N] when b != NULL): PyTorch's
+     * Linear weight layout. The residual r (a transformer's skip connection) is summed in the GEMM's
+     * epilogue, saving an add's pass over three tensors; r may be y itself. */
+    sd_status (*linear)(const float *x, const float *w, const float *b, const float *r, float *y,
+                        int64_t M, int64_t K, int64_t N);
 
     /* y[B, Co, Ho, Wo] = conv(x[B, Ci, H, W], w[Co, Ci, kh, kw]) + b[Co] (b may be NULL). */
     sd_status (*conv2d)(const float *x, const float *w, const float *b, float *y,

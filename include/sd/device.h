@@ -101,8 +101,8 @@ const char *sd_cuda_fast_gemm_name(void);
 
 /* Whether convolutions run as an unfold (im2col) and one cuBLAS GEMM instead of cuDNN (conv.cu): OFF
  * never; AUTO (the default) in fast mode where the batch has at most 512 output pixels and a pixel's
- * sum at least 1024 terms (SD's 16x16 and 8x8 levels at batch 1 and 2); ALL every convolution whose
- * unfolded input fits 512 MiB, exact mode included (plain fp32 GEMMs: a setting to measure). The
+ * sum at least 1024 terms (SD's 16x16 and 8x8 levels at batch 1 and 2), in exact mode (plain fp32
+ * GEMMs) every convolution whose unfolded input fits 512 MiB; ALL that bound in fast mode too. The
  * environment's SD_CONV_GEMM=off|auto|all sets the start value. Drops the convolution plans made so
  * far, as sd_cuda_set_conv_find. */
 typedef enum { SD_CONV_GEMM_OFF = 0, SD_CONV_GEMM_AUTO = 1, SD_CONV_GEMM_ALL = 2 } sd_conv_gemm;

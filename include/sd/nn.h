@@ -119,6 +119,10 @@ typedef struct sd_norm_w { sd_tensor *weight, *bias; } sd_norm_w;       /* (C), 
 
 /* x[..., K] -> [..., N]. A weight of shape (N, K, 1, 1) (1x1 conv) is accepted as (N, K). */
 sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l);
+/* sd_add(residual, sd_linear(x, l)) in one GEMM (the residual summed in its epilogue: no add's pass
+ * over three tensors); residual has the output's element count and x's dtype. Gradients as the
+ * unfused pair's. */
+sd_tensor *sd_linear_add(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *residual);
 /* x[B, Ci, H, W] -> [B, Co, Ho, Wo], symmetric padding. */
 sd_tensor *sd_conv2d(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad);
 /* Asymmetric padding (top, left, bottom, right). */

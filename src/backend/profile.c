@@ -114,9 +114,10 @@ static double attention_values(int64_t B, int64_t Sq, int64_t Sk, int H, int D, 
 
 /* ---- F32 ops ---- */
 
-static sd_status p_linear(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N) {
-    label_gemm("linear", M, K, N);
-    TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * K + M * N), inner->linear(x, w, b, y, M, K, N));
+static sd_status p_linear(const float *x, const float *w, const float *b, const float *r, float *y, int64_t M,
+                         int64_t K, int64_t N) {
+    label_gemm(r ? "linear+residual" : "linear", M, K, N);
+    TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * K + (r ? 2 : 1) * M * N), inner->linear(x, w, b, r, y, M, K, N));
 }
 static sd_status p_conv2d(const float *x, const float *w, const float *b, float *y, const sd_conv_geom *g) {
     label_conv("conv", g);
@@ -260,10 +261,10 @@ static sd_status q_to_f32(const sd_f16 *x, float *y, int64_t n) {
 static sd_status q_copy(sd_f16 *dst, const sd_f16 *src, int64_t n) {
     TIMED(SD_PROF_MEMORY, 0, F2 * 2 * n, inner16->copy(dst, src, n));
 }
-static sd_status q_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M, int64_t K,
-                          int64_t N) {
-    label_gemm("linear", M, K, N);
-    TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F2 * (M * K + M * N), inner16->linear(x, w, b, y, M, K, N));
+static sd_status q_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y, int64_t M,
+                          int64_t K, int64_t N) {
+    label_gemm(r ? "linear+residual" : "linear", M, K, N);
+    TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F2 * (M * K + (r ? 2 : 1) * M * N), inner16->linear(x, w, b, r, y, M, K, N));
 }
 static sd_status q_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g) {
     label_conv("conv", g);

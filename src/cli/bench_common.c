@@ -136,10 +136,10 @@ void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *
 
 static const char *conv_suffix(sd_precision precision) {
     const sd_conv_gemm gemm = sd_cuda_get_conv_gemm();
+    if (gemm == SD_CONV_GEMM_OFF) return "+cudnn";
+    if (precision != SD_PRECISION_FAST) return ""; /* exact mode: GEMMs under AUTO and ALL alike */
     if (gemm == SD_CONV_GEMM_ALL) return "+gemm";
-    if (precision != SD_PRECISION_FAST) return ""; /* exact mode: cuDNN unless ALL */
-    if (sd_cuda_get_conv_find()) return "+find";
-    return gemm == SD_CONV_GEMM_OFF ? "+cudnn" : "";
+    return sd_cuda_get_conv_find() ? "+find" : "";
 }
 
 const char *cli_bench_settings_suffix(sd_precision precision) {

@@ -172,10 +172,10 @@ sd_tensor *sd_clip_layer_forward(sd_ctx *c, const sd_clip_layer *L, sd_tensor *h
     sd_tensor *v = sd_linear(c, n, &L->v_proj);
     /* no hook site: the attention controllers act on the UNet only */
     sd_tensor *a = sd_attention(c, q, k, v, heads, causal, NULL);
-    h = sd_add(c, h, sd_linear(c, a, &L->out_proj));
+    h = sd_linear_add(c, a, &L->out_proj, h);
     n = sd_layer_norm(c, h, &L->layer_norm2, eps);
     sd_tensor *f = sd_unary(c, act, sd_linear(c, n, &L->fc1));
-    return sd_add(c, h, sd_linear(c, f, &L->fc2));
+    return sd_linear_add(c, f, &L->fc2, h);
 }
 
 sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu) {
@@ -202,7 +202,7 @@ sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, s
 }
 
 sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
-                              sd_tensor *value, const sd_attn_site *site) {
+                              sd_tensor *value, const sd_attn_site *site, sd_tensor *residual) {
     sd_tensor *ctx = context ? context : x;
     sd_tensor *value_in = value ? value : ctx;
     if (!value && site && c->hook && c->hook->value_input && c->status == SD_OK) {
@@ -216,7 +216,7 @@ sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, 
     sd_tensor *k = sd_linear(c, ctx, &a->to_k);
     sd_tensor *v = sd_linear(c, value_in, &a->to_v);
     sd_tensor *o = sd_attention(c, q, k, v, a->heads, 0, site);
-    return sd_linear(c, o, &a->to_out);
+    return residual ? sd_linear_add(c, o, &a->to_out, residual) : sd_linear(c, o, &a->to_out);
 }
 
 void sd_transformer_sites(const sd_transformer *t, const sd_tensor *x, const sd_tensor *context, int layer,
@@ -245,14 +245,14 @@ sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor 
     h = sd_linear(c, h, &t->proj_in); /* the 1x1 conv, applied per token */
 
     sd_tensor *n = sd_layer_norm(c, h, &t->norm1, 1e-5f);
-    h = sd_add(c, h, sd_attention_block(c, &t->attn1, n, NULL, NULL, &sites[0]));
+    h = sd_attention_block(c, &t->attn1, n, NULL, NULL, &sites[0], h);
 
     n = sd_layer_norm(c, h, &t->norm2, 1e-5f);
-    h = sd_add(c, h, sd_attention_block(c, &t->attn2, n, context, cross_value, &sites[1]));
+    h = sd_attention_block(c, &t->attn2, n, context, cross_value, &sites[1], h);
 
     n = sd_layer_norm(c, h, &t->norm3, 1e-5f);
     sd_tensor *f = sd_geglu(c, sd_linear(c, n, &t->ff_in));
-    h = sd_add(c, h, sd_linear(c, f, &t->ff_out));
+    h = sd_linear_add(c, f, &t->ff_out, h);
 
     h = sd_linear(c, h, &t->proj_out);
     h = sd_tokens_to_nchw(c, h, H, W);

@@ -54,9 +54,10 @@ sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_ten
 sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu);
 /* Attention over tokens x[B, S, C]; context[B, Sk, Dc] or NULL for self-attention. `site` NULL
  * bypasses the hook (VAE). `value`, when set, is the value projection's input (else the hook's
- * substitute, else the context). */
+ * substitute, else the context). `residual`, when set, is added to the output in to_out's GEMM
+ * (sd_linear_add): the transformer's skip connection. */
 sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
-                              sd_tensor *value, const sd_attn_site *site);
+                              sd_tensor *value, const sd_attn_site *site, sd_tensor *residual);
 /* Transformer2DModel on x[B, C, H, W]. *layer is the running attention-call counter of the UNet
  * forward (incremented twice). `cross_value`: the cross-attention's value input when already
  * resolved (recomputation), else NULL. */

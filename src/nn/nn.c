@@ -380,7 +380,8 @@ sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count) {
  * Layers
  * --------------------------------------------------------------------------------------------- */
 
-sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l) {
+/* y = x·Wᵀ + b (+ r): the linear layer, with the residual r (NULL: none) summed in the GEMM. */
+static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *r) {
     NN_GUARD(c, x, l, l->weight);
     char a[96], b[96];
     const sd_tensor *w = l->weight;
@@ -399,21 +400,48 @@ sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l) {
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = N;
     const int64_t M = sd_numel(x) / (K ? K : 1);
+    if (r && (sd_numel(r) != M * N || r->dtype != x->dtype || r->device != c->device))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "linear '%s' + residual: residual %s (%s) for an output of %lld x %lld (%s)",
+                           w->name, shape_of(r, a, sizeof a), sd_dtype_name(r->dtype), (long long)M, (long long)N,
+                           sd_dtype_name(x->dtype));
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "linear");
         const sd_f16 *wb = ops ? lowp_weight(c, w) : NULL;
         const sd_f16 *bb = wb && l->bias ? lowp_weight(c, l->bias) : NULL;
         sd_tensor *y = wb ? new_dtype(c, SD_F16, x->ndim, shape) : NULL;
-        if (y && (bb || !l->bias)) sd_ctx_check(c, ops->linear(f16_of(x), wb, bb, f16_of(y), M, K, N));
+        if (y && (bb || !l->bias))
+            sd_ctx_check(c, ops->linear(f16_of(x), wb, bb, r ? f16_of(r) : NULL, f16_of(y), M, K, N));
         return c->status == SD_OK ? y : NULL;
     }
     if (!f32_only(c, x, "linear")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, shape);
     if (!y) return NULL;
-    sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), l->bias ? sd_f32(l->bias) : NULL, sd_f32(y),
-                                  M, K, N));
-    sd_tape_record(c, SD_OP_LINEAR, y, x, l->weight, l->bias);
+    sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), l->bias ? sd_f32(l->bias) : NULL, r ? sd_f32(r) : NULL,
+                                  sd_f32(y), M, K, N));
+    if (!r) {
+        sd_tape_record(c, SD_OP_LINEAR, y, x, l->weight, l->bias);
+        return c->status == SD_OK ? y : NULL;
+    }
+    /* The tape sees what an unfused linear and add would have recorded: a linear whose output (a
+     * header over y's memory, never read: the linear's backward needs only x and W) feeds an add. */
+    if (c->tape) {
+        sd_tensor *product = sd_arena_alloc_host(c->arena, sizeof *product); /* a header: host memory */
+        if (!product) {
+            c->status = SD_ERR_OOM;
+            return NULL;
+        }
+        *product = sd_view(y, y->ndim, y->shape);
+        sd_tape_record(c, SD_OP_LINEAR, product, x, l->weight, l->bias);
+        sd_tape_record(c, SD_OP_ADD, y, product, r, NULL);
+    }
     return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l) { return linear_plus(c, x, l, NULL); }
+
+sd_tensor *sd_linear_add(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *residual) {
+    if (c->status == SD_OK && !residual) return sd_ctx_fail(c, SD_ERR_INTERNAL, "linear + residual: no residual");
+    return linear_plus(c, x, l, residual);
 }
 
 sd_tensor *sd_conv2d_pad4(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, int stride, int pad_top,

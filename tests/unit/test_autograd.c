@@ -26,12 +26,12 @@
  * --------------------------------------------------------------------------------------------- */
 
 typedef struct {
-    sd_tensor *x, *w_conv, *b_conv, *gamma, *beta, *w_lin, *target;
+    sd_tensor *x, *w_conv, *b_conv, *gamma, *beta, *w_lin, *target, *w_res;
     sd_tensor *coef; /* [2] for axpby_dev: a constant read from memory */
 } small_graph;
 
 /* loss(x) through conv -> group norm + SiLU -> tokens -> linear -> layer norm -> GEGLU ->
- * attention (self) -> concat/slice/mul/axpby/axpby_dev/add/sub -> upsample -> mse. */
+ * attention (self) -> linear + residual -> concat/slice/mul/axpby/axpby_dev/add/sub -> upsample -> mse. */
 static sd_tensor *small_forward(sd_ctx *c, const small_graph *g) {
     const sd_conv_w conv = {g->w_conv, g->b_conv};
     const sd_norm_w gn = {g->gamma, g->beta};
@@ -44,6 +44,9 @@ static sd_tensor *small_forward(sd_ctx *c, const small_graph *g) {
     y = sd_layer_norm(c, y, &ln, 1e-5f);
     y = sd_geglu(c, y);                                        /* (1, 16, 4) */
     sd_tensor *a = sd_attention(c, y, tok, y, 2, 0, NULL);     /* (1, 16, 4) */
+    /* a·Wᵀ + b + tok in one GEMM: gradients to a, W, b (the conv's bias too: two terms) and tok */
+    const sd_linear_w res = {g->w_res, g->b_conv};
+    a = sd_linear_add(c, a, &res, tok);
     sd_tensor *both = sd_concat0(c, a, tok);                   /* (2, 16, 4) */
     sd_tensor *second = sd_slice0(c, both, 1, 1);
     sd_tensor *m = sd_mul(c, a, second);
@@ -64,11 +67,12 @@ static void test_small_graph_matches_finite_differences(void **state) {
     sd_ctx c;
     assert_sd_ok(sd_ctx_init_cpu(&c));
     small_graph g;
-    const int64_t xs[4] = {1, 3, 4, 4}, ws[4] = {4, 3, 3, 3}, bs[1] = {4}, ls[2] = {8, 4}, ts[4] = {1, 8, 8, 8};
-    sd_tensor *host[7];
-    const int64_t *shapes[7] = {xs, ws, bs, bs, bs, ls, ts};
-    const int ndims[7] = {4, 4, 1, 1, 1, 2, 4};
-    for (int i = 0; i < 7; i++) {
+    const int64_t xs[4] = {1, 3, 4, 4}, ws[4] = {4, 3, 3, 3}, bs[1] = {4}, ls[2] = {8, 4}, ts[4] = {1, 8, 8, 8},
+                  rs[2] = {4, 4};
+    sd_tensor *host[8];
+    const int64_t *shapes[8] = {xs, ws, bs, bs, bs, ls, ts, rs};
+    const int ndims[8] = {4, 4, 1, 1, 1, 2, 4, 2};
+    for (int i = 0; i < 8; i++) {
         host[i] = sd_tensor_new(SD_F32, ndims[i], shapes[i]);
         testutil_fill_normal(sd_f32(host[i]), sd_numel(host[i]), 700 + (uint64_t)i, 0.7f);
     }
@@ -80,6 +84,7 @@ static void test_small_graph_matches_finite_differences(void **state) {
     g.w_lin = sd_param_new(&c, host[5], "w_lin");
     g.target = sd_param_new(&c, host[6], "target");
     g.target->requires_grad = 0; /* a constant */
+    g.w_res = sd_param_new(&c, host[7], "w_res");
     const int64_t two = 2;
     sd_tensor *coef_host = sd_tensor_new(SD_F32, 1, &two);
     sd_f32(coef_host)[0] = 0.75f;
@@ -93,9 +98,9 @@ static void test_small_graph_matches_finite_differences(void **state) {
     sd_arena_mark mark = sd_arena_get_mark(c.arena);
     sd_tensor *loss = small_forward(&c, &g);
     assert_sd_ok(sd_backward(&c, loss));
-    sd_tensor *params[6] = {g.x, g.w_conv, g.b_conv, g.gamma, g.beta, g.w_lin};
-    sd_tensor *analytic[6];
-    for (int i = 0; i < 6; i++) {
+    sd_tensor *params[7] = {g.x, g.w_conv, g.b_conv, g.gamma, g.beta, g.w_lin, g.w_res};
+    sd_tensor *analytic[7];
+    for (int i = 0; i < 7; i++) {
         assert_non_null(params[i]->grad);
         analytic[i] = sd_tensor_clone(params[i]->grad);
     }
@@ -105,7 +110,7 @@ static void test_small_graph_matches_finite_differences(void **state) {
 
     /* central differences in float32: step 1e-2 keeps rounding noise well under the tolerance */
     const float h = 1e-2f;
-    for (int p = 0; p < 6; p++) {
+    for (int p = 0; p < 7; p++) {
         float *v = sd_f32(params[p]);
         const int64_t n = sd_numel(params[p]);
         double max_err = 0.0, max_ref = 0.0;
@@ -127,7 +132,7 @@ static void test_small_graph_matches_finite_differences(void **state) {
         if (!(max_err / max_ref <= 2e-2)) fail_msg("%s: gradient differs from finite differences (%g)", params[p]->name, max_err / max_ref);
         sd_tensor_free(analytic[p]);
     }
-    for (int i = 0; i < 7; i++) sd_tensor_free(host[i]);
+    for (int i = 0; i < 8; i++) sd_tensor_free(host[i]);
     for (int i = 0; i < 6; i++) sd_tensor_free(params[i]);
     sd_tensor_free(g.target);
     sd_tensor_free(g.coef);

@@ -63,6 +63,12 @@ static void test_linear(void **state) {
     check(y, want, "linear");
     assert_int_equal(y->ndim, 3);
     assert_int_equal(y->shape[2], N);
+    /* with a residual summed in: a separate tensor, then y itself (in place is allowed) */
+    sd_tensor *r = rand4(3, 1, M, N, 0, 4);
+    for (int64_t i = 0; i < M * N; i++) want[i] += sd_f32(r)[i];
+    check(sd_linear_add(&ctx, x, &l, r), want, "linear + residual");
+    assert_sd_ok(ctx.be->linear(sd_f32(x), sd_f32(l.weight), sd_f32(l.bias), sd_f32(r), sd_f32(r), M, K, N));
+    check(r, want, "linear + residual, in place");
     free(want);
 }
 

@@ -255,24 +255,33 @@ static void test_f16_linear(void **state) {
     testutil_skip_without_gpu();
     require_gpu();
     /* misalign_x: x one half past a 256-byte boundary (cuBLASLt with MIN_ALIGNMENT 2);
-     * misalign_b: the bias 2-byte aligned, which takes the cublasGemmEx fallback (gemm.cu) */
-    struct { int64_t M, K, N; int bias, misalign_x, misalign_b; } cases[] = {
-        {77, 40, 24, 1, 0, 0}, {77, 40, 24, 0, 0, 0}, {5, 3, 7, 1, 0, 0},  {33, 64, 17, 0, 0, 0},
-        {2, 128, 40, 1, 1, 0}, {77, 40, 24, 1, 0, 1}, {9, 19, 13, 1, 1, 1}, {6, 0, 5, 1, 0, 0},
+     * misalign_b: the bias 2-byte aligned, which takes the cublasGemmEx fallback (gemm.cu);
+     * residual: 0 none, 1 a tensor of its own, 2 y itself (in place) */
+    struct { int64_t M, K, N; int bias, misalign_x, misalign_b, residual; } cases[] = {
+        {77, 40, 24, 1, 0, 0, 0}, {77, 40, 24, 0, 0, 0, 0}, {5, 3, 7, 1, 0, 0, 0},  {33, 64, 17, 0, 0, 0, 0},
+        {2, 128, 40, 1, 1, 0, 0}, {77, 40, 24, 1, 0, 1, 0}, {9, 19, 13, 1, 1, 1, 0}, {6, 0, 5, 1, 0, 0, 0},
+        {77, 40, 24, 1, 0, 0, 1}, {77, 40, 24, 0, 0, 0, 2}, {77, 40, 24, 1, 0, 1, 1}, {9, 19, 13, 0, 1, 0, 1},
+        {9, 19, 13, 1, 1, 1, 2}, {6, 0, 5, 1, 0, 0, 1},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const int64_t M = cases[c].M, K = cases[c].K, N = cases[c].N;
+        const int residual = cases[c].residual;
         sd_f16 *x = hrand16(M * K, 100 + c, 1.0f), *w = hrand16(N * K, 110 + c, 1.0f / sqrtf((float)(K > 0 ? K : 1)));
         sd_f16 *b = hrand16(N, 120 + c, 1.0f), *want = hnew16(M * N);
-        assert_sd_ok(cpu16->linear(x, w, cases[c].bias ? b : NULL, want, M, K, N));
+        sd_f16 *r = residual ? hrand16(M * N, 140 + c, 1.0f) : NULL;
+        assert_sd_ok(cpu16->linear(x, w, cases[c].bias ? b : NULL, r, want, M, K, N));
         sd_f16 *xd = dput16_at(x, M * K, cases[c].misalign_x), *wd = dput16(w, N * K);
         sd_f16 *bd = dput16_at(b, N, cases[c].misalign_b), *yd = dnew16(M * N);
+        sd_f16 *rd = residual == 1 ? dput16(r, M * N) : residual == 2 ? yd : NULL;
         for (int m = 0; m < 2; m++) {
             assert_sd_ok(sd_cuda_set_precision(modes[m]));
-            assert_sd_ok(gpu16->linear(xd, wd, cases[c].bias ? bd : NULL, yd, M, K, N));
-            char what[96];
-            snprintf(what, sizeof what, "linear %lldx%lld -> %lld%s%s%s (%s)", (long long)M, (long long)K,
-                     (long long)N, cases[c].bias ? " +bias" : "", cases[c].misalign_x ? ", x 2-byte aligned" : "",
+            if (residual == 2) assert_sd_ok(gpu->upload(yd, r, (size_t)(M * N) * sizeof(sd_f16)));
+            assert_sd_ok(gpu16->linear(xd, wd, cases[c].bias ? bd : NULL, rd, yd, M, K, N));
+            char what[112];
+            snprintf(what, sizeof what, "linear %lldx%lld -> %lld%s%s%s%s (%s)", (long long)M, (long long)K,
+                     (long long)N, cases[c].bias ? " +bias" : "",
+                     residual == 1 ? " +residual" : residual == 2 ? " +residual in place" : "",
+                     cases[c].misalign_x ? ", x 2-byte aligned" : "",
                      cases[c].misalign_b ? ", bias 2-byte aligned: fallback" : "", mode_names[m]);
             check16(what, yd, want, M * N, TOL_F16_GEMM);
         }
@@ -282,10 +291,10 @@ static void test_f16_linear(void **state) {
         const int64_t M = 77, K = 40, N = 24;
         float *x = hrand(M * K, 130, 1.0f), *w = hrand(N * K, 131, 0.15f), *b = hrand(N, 132, 1.0f);
         float *want = hnew(M * N), *got = hnew(M * N);
-        assert_sd_ok(cpu->linear(x, w, b, want, M, K, N));
+        assert_sd_ok(cpu->linear(x, w, b, NULL, want, M, K, N));
         float *yd = dnew_bytes((size_t)(M * N) * sizeof(float));
         assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_EXACT)); /* fp32 FMA: the tight tolerance below */
-        assert_sd_ok(gpu->linear(dput(x, M * K), dput(w, N * K), dput(b, N), yd, M, K, N));
+        assert_sd_ok(gpu->linear(dput(x, M * K), dput(w, N * K), dput(b, N), NULL, yd, M, K, N));
         assert_sd_ok(gpu->download(got, yd, (size_t)(M * N) * sizeof(float)));
         const double err = testutil_max_rel_err(got, want, M * N);
         print_message("    %-56s max rel err %.3g (tol %.0e)\n", "F32 linear 77x40 -> 24 +bias after the fp16 one", err,

@@ -162,27 +162,35 @@ static void test_linear(void **state) {
     (void)state;
     testutil_skip_without_gpu();
     require_gpu();
-    struct { int64_t M, K, N; int bias, misalign; } cases[] = {
-        {37, 53, 29, 1, 0}, {37, 53, 29, 0, 0}, {2 * 1024, 320, 1280, 1, 0}, {154, 768, 320, 1, 1},
-        {2 * 4096, 320, 2560, 1, 0}, {1, 1, 1, 1, 0}, {2, 128, 320, 0, 1},
+    /* residual: 0 none, 1 a tensor of its own (cuBLASLt's C != D), 2 y itself (in place) */
+    struct { int64_t M, K, N; int bias, misalign, residual; } cases[] = {
+        {37, 53, 29, 1, 0, 0}, {37, 53, 29, 0, 0, 0}, {2 * 1024, 320, 1280, 1, 0, 0}, {154, 768, 320, 1, 1, 0},
+        {2 * 4096, 320, 2560, 1, 0, 0}, {1, 1, 1, 1, 0, 0}, {2, 128, 320, 0, 1, 0},
+        {37, 53, 29, 1, 0, 1}, {37, 53, 29, 0, 0, 2}, {2 * 1024, 1280, 320, 1, 0, 1}, {154, 768, 320, 1, 1, 2},
+        {2, 128, 320, 0, 1, 1},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const int64_t M = cases[c].M, K = cases[c].K, N = cases[c].N;
+        const int residual = cases[c].residual;
         char what[96];
-        snprintf(what, sizeof what, "linear %lldx%lld -> %lld%s%s", (long long)M, (long long)K, (long long)N,
-                 cases[c].bias ? " +bias" : "", cases[c].misalign ? " (misaligned)" : "");
+        snprintf(what, sizeof what, "linear %lldx%lld -> %lld%s%s%s", (long long)M, (long long)K, (long long)N,
+                 cases[c].bias ? " +bias" : "", residual == 1 ? " +residual" : residual == 2 ? " +residual in place" : "",
+                 cases[c].misalign ? " (misaligned)" : "");
         if (testutil_sim_leaves_out(what, 2.0 * (double)M * K * N)) continue;
         float *x = hrand(M * K, 10 + c, 1.0f), *w = hrand(N * K, 20 + c, 0.05f), *b = hrand(N, 30 + c, 1.0f);
+        float *r = residual ? hrand(M * N, 40 + c, 1.0f) : NULL;
         float *want = hnew(M * N);
-        assert_sd_ok(cpu->linear(x, w, cases[c].bias ? b : NULL, want, M, K, N));
+        assert_sd_ok(cpu->linear(x, w, cases[c].bias ? b : NULL, r, want, M, K, N));
         /* misaligned: x one float past a 256-byte boundary (cuBLASLt must pick an algorithm that
          * accepts 4-byte alignment) */
         float *xd_base = dnew(M * K + 1), *xd = xd_base + cases[c].misalign;
         assert_sd_ok(gpu->upload(xd, x, (size_t)(M * K) * sizeof(float)));
         float *wd = dput(w, N * K), *bd = dput(b, N), *yd = dnew(M * N);
+        float *rd = residual == 1 ? dput(r, M * N) : residual == 2 ? yd : NULL;
         for (int m = 0; m < 2; m++) {
             set_mode(modes[m]);
-            assert_sd_ok(gpu->linear(xd, wd, cases[c].bias ? bd : NULL, yd, M, K, N));
+            if (residual == 2) assert_sd_ok(gpu->upload(yd, r, (size_t)(M * N) * sizeof(float)));
+            assert_sd_ok(gpu->linear(xd, wd, cases[c].bias ? bd : NULL, rd, yd, M, K, N));
             check_dev(what, yd, want, M * N, tol_for(modes[m], TOL_GEMM));
         }
     }
@@ -208,17 +216,16 @@ static const conv_case conv_cases[] = {
     {1, 1024, 6, 5, 40, 1, 1, 0, 0, 0, 0, 1, "conv1x1 1024ch 6x5 (fast: GEMM by default)"},
 };
 
-/* The ways a convolution runs, each test case going through all: exact mode (cuDNN); fast mode with
- * cuDNN's heuristic, with cuDNN's timed choice (SD_CONV_ALGO=find), with im2col + GEMM everywhere
- * (SD_CONV_GEMM=all); fast mode as configured by default (GEMM where conv_gemm_wanted says); exact
- * mode with im2col + fp32 GEMM (SD_CONV_GEMM=all). */
+/* The ways a convolution runs, each test case going through all: exact mode with cuDNN
+ * (SD_CONV_GEMM=off); fast mode with cuDNN's heuristic, with cuDNN's timed choice (SD_CONV_ALGO=find),
+ * with im2col + GEMM everywhere (SD_CONV_GEMM=all); fast mode as configured by default (GEMM where
+ * conv_gemm_wanted says); exact mode as configured by default (im2col + fp32 GEMM where the unfolded
+ * input fits, as in every case here). */
 #define CONV_WAYS 6
-static const char *const conv_way_tag[CONV_WAYS] = {"", " [cudnn]", " [find]", " [gemm]", "", " [gemm]"};
+static const char *const conv_way_tag[CONV_WAYS] = {" [cudnn]", " [cudnn]", " [find]", " [gemm]", "", ""};
 static sd_precision conv_way(int m) {
     assert_sd_ok(sd_cuda_set_conv_find(m == 2));
-    assert_sd_ok(sd_cuda_set_conv_gemm(m == 1 || m == 2 ? SD_CONV_GEMM_OFF
-                                       : m == 3 || m == 5 ? SD_CONV_GEMM_ALL
-                                                          : SD_CONV_GEMM_AUTO));
+    assert_sd_ok(sd_cuda_set_conv_gemm(m <= 2 ? SD_CONV_GEMM_OFF : m == 3 ? SD_CONV_GEMM_ALL : SD_CONV_GEMM_AUTO));
     const sd_precision mode = m == 0 || m == 5 ? SD_PRECISION_EXACT : SD_PRECISION_FAST;
     set_mode(mode);
     return mode;

@@ -32,12 +32,12 @@ static float *scratch(int64_t n, const char *op) {
 
 /* Up to three widened inputs and one F32 output, freed together. */
 typedef struct {
-    float *in[3];
+    float *in[4];
     float *out;
 } f32_bufs;
 
 static void bufs_free(f32_bufs *b) {
-    for (int i = 0; i < 3; i++) free(b->in[i]);
+    for (int i = 0; i < 4; i++) free(b->in[i]);
     free(b->out);
 }
 
@@ -75,13 +75,18 @@ static sd_status f16_copy(sd_f16 *dst, const sd_f16 *src, int64_t n) {
     return SD_OK;
 }
 
-static sd_status f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M,
-                             int64_t K, int64_t N) {
+static sd_status f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y,
+                             int64_t M, int64_t K, int64_t N) {
+    /* bias and residual widened with the operands: both join the fp32 sum before y's only rounding */
     f32_bufs t;
-    const sd_f16 *in[3] = {x, w, b};
-    const int64_t n[3] = {M * K, N * K, N};
-    SD_TRY(bufs_make(&t, "linear", b ? 3 : 2, in, n, M * N));
-    return finish(&t, f32_ops()->linear(t.in[0], t.in[1], b ? t.in[2] : NULL, t.out, M, K, N), y, M * N);
+    const sd_f16 *in[4] = {x, w};
+    int64_t n[4] = {M * K, N * K};
+    int count = 2, at_b = -1, at_r = -1;
+    if (b) in[at_b = count] = b, n[count++] = N;
+    if (r) in[at_r = count] = r, n[count++] = M * N;
+    SD_TRY(bufs_make(&t, "linear", count, in, n, M * N));
+    const float *b32 = at_b >= 0 ? t.in[at_b] : NULL, *r32 = at_r >= 0 ? t.in[at_r] : NULL;
+    return finish(&t, f32_ops()->linear(t.in[0], t.in[1], b32, r32, t.out, M, K, N), y, M * N);
 }
 
 static sd_status f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y,

@@ -60,14 +60,17 @@ static void add_row_bias(float *y, const float *b, int64_t M, int64_t N) {
     }
 }
 
-static sd_status cpu_linear(const float *x, const float *w, const float *b, float *y, int64_t M,
-                            int64_t K, int64_t N) {
+static sd_status cpu_linear(const float *x, const float *w, const float *b, const float *r, float *y,
+                            int64_t M, int64_t K, int64_t N) {
     if (M == 0 || N == 0) return SD_OK;
+    /* the residual first (the GEMM then adds to it), the bias last: cuBLASLt's order, beta·C then
+     * the bias epilogue */
+    if (r && r != y) memcpy(y, r, (size_t)(M * N) * sizeof(float));
     if (K == 0) {
-        memset(y, 0, (size_t)(M * N) * sizeof(float));
+        if (!r) memset(y, 0, (size_t)(M * N) * sizeof(float));
     } else {
-        /* y = x · wᵀ: w is stored (N, K) row-major, i.e. K-contiguous per output. */
-        par_sgemm(0, 1, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N);
+        /* y = x · wᵀ (+ y): w is stored (N, K) row-major, i.e. K-contiguous per output. */
+        par_sgemm(0, 1, M, N, K, 1.0f, x, K, w, K, r ? 1.0f : 0.0f, y, N);
     }
     if (b) add_row_bias(y, b, M, N);
     return SD_OK;

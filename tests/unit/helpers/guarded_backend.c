@@ -83,8 +83,9 @@ static int on_device(const char *op, const void *const *ptrs, size_t n) {
 GUARD(upload, (void *dst, const void *host_src, size_t bytes), (dst, host_src, bytes), dst)
 GUARD(download, (void *host_dst, const void *src, size_t bytes), (host_dst, src, bytes), src)
 GUARD(zero, (void *dst, size_t bytes), (dst, bytes), dst)
-GUARD(linear, (const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N),
-      (x, w, b, y, M, K, N), x, w, b, y)
+GUARD(linear, (const float *x, const float *w, const float *b, const float *r, float *y, int64_t M, int64_t K,
+               int64_t N),
+      (x, w, b, r, y, M, K, N), x, w, b, r, y)
 GUARD(conv2d, (const float *x, const float *w, const float *b, float *y, const sd_conv_geom *g),
       (x, w, b, y, g), x, w, b, y)
 GUARD(group_norm, (const float *x, const float *gamma, const float *beta, float *y, int64_t B, int64_t C,
@@ -186,8 +187,9 @@ GUARD(max_pool2d, (const float *x, float *y, int64_t N, int64_t H, int64_t W, in
 GUARD16(to_f16, (const float *x, sd_f16 *y, int64_t n), (x, y, n), x, y)
 GUARD16(to_f32, (const sd_f16 *x, float *y, int64_t n), (x, y, n), x, y)
 GUARD16(copy, (sd_f16 *dst, const sd_f16 *src, int64_t n), (dst, src, n), dst, src)
-GUARD16(linear, (const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, sd_f16 *y, int64_t M, int64_t K, int64_t N),
-        (x, w, b, y, M, K, N), x, w, b, y)
+GUARD16(linear, (const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y, int64_t M, int64_t K,
+                 int64_t N),
+        (x, w, b, r, y, M, K, N), x, w, b, r, y)
 GUARD16(conv2d, (const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g),
         (x, w, b, y, g), x, w, b, y)
 GUARD16(group_norm, (const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B, int64_t C,
