@@ -143,18 +143,29 @@ static int cudnn_log_on(void) {
     }
     return on;
 }
-/* Whether a plan runs as im2col + GEMM (see the top comment). AUTO: in fast mode where the batch
- * has at most 512 output pixels and each sums at least 1024 products (SD v1.x's 16x16 and 8x8
- * levels at batch 1 and 2: 3x3 convolutions of 640 to 2560 channels and their 1x1 shortcuts); in
- * exact mode every convolution whose unfolded input fits CONV_GEMM_MAX_COL_BYTES (the VAE's 512x512
- * layers would need gigabytes: those stay on cuDNN). ALL: that bound in both modes. */
+/* A 1x1 stride-1 convolution without padding is a GEMM on x as it is. */
+static int conv_is_pointwise(const sd_conv_geom *g) {
+    return g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad_top == 0 && g->pad_left == 0 && g->h_out == g->h_in &&
+           g->w_out == g->w_in;
+}
+
+/* Whether a plan runs as im2col + GEMM (see the top comment). AUTO: in fast mode every pointwise
+ * convolution (no unfolding: a plain GEMM on x; cuDNN ran the UNet's 1x1 shortcuts at 64x64 at 22
+ * TFLOP/s, 6 at 8x8, on an H200) and, where the batch has at most 512 output pixels and each sums
+ * at least 1024 products, the rest (SD v1.x's 16x16 and 8x8 levels at batch 1 and 2: 3x3
+ * convolutions of 640 to 2560 channels); in exact mode every convolution whose unfolded input fits
+ * CONV_GEMM_MAX_COL_BYTES (the VAE's 512x512 layers would need gigabytes: those stay on cuDNN).
+ * ALL: that bound in both modes. */
 #define CONV_GEMM_MAX_PIXELS 512
 #define CONV_GEMM_MIN_TERMS 1024
 #define CONV_GEMM_MAX_COL_BYTES ((int64_t)512 << 20)
 static int conv_gemm_wanted(const cu_state *s, const sd_conv_geom *g, sd_precision precision, size_t elem_bytes) {
     if (s->conv_gemm == SD_CONV_GEMM_OFF) return 0;
+    /* the unfold's index arithmetic is 32-bit (k_im2col), per image */
+    if (g->c_in * g->kh * g->kw * g->h_out * g->w_out > INT_MAX || g->c_in * g->h_in * g->w_in > INT_MAX) return 0;
     if (s->conv_gemm == SD_CONV_GEMM_ALL || precision == SD_PRECISION_EXACT)
         return g->batch * g->c_in * g->kh * g->kw * g->h_out * g->w_out * (int64_t)elem_bytes <= CONV_GEMM_MAX_COL_BYTES;
+    if (conv_is_pointwise(g)) return 1;
     return g->batch * g->h_out * g->w_out <= CONV_GEMM_MAX_PIXELS && g->c_in * g->kh * g->kw >= CONV_GEMM_MIN_TERMS;
 }
 
@@ -398,10 +409,12 @@ __global__ void k_unpad_add(const float *dxp, float *dx, int64_t BC, int64_t H, 
 
 /* T: float or __half; the bias is F32 for both, the sum computed in fp32 and rounded once to T. */
 template <typename T>
-__global__ void k_add_bias_nchw(T *y, const float *b, int64_t C, int64_t S, int64_t n) {
-    /* y: [B, C, S] += b[C] */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        cu_store(&y[i], cu_f32(y[i]) + b[(i / S) % C]);
+__global__ void k_add_bias_nchw(T *y, const float *b, int64_t C, int64_t S, int64_t BC) {
+    /* y: [B·C rows, S] += b[row % C] (one row per (image, channel): no division per element) */
+    CU_ROWS_COLS(r, s, BC, S) {
+        T *row = y + r * S;
+        cu_store(&row[s], cu_f32(row[s]) + b[r % C]);
+    }
 }
 
 template <typename T>
@@ -429,53 +442,61 @@ template <> struct cu_dnn_type<__half> { static const cudnnDataType_t value = CU
  * im2col + GEMM (fast mode's small images; every convolution under SD_CONV_GEMM=all)
  * --------------------------------------------------------------------------------------------- */
 
-/* A 1x1 stride-1 convolution without padding is a GEMM on x as it is. */
-static int conv_is_pointwise(const sd_conv_geom *g) {
-    return g->kh == 1 && g->kw == 1 && g->stride == 1 && g->pad_top == 0 && g->pad_left == 0 && g->h_out == g->h_in &&
-           g->w_out == g->w_in;
-}
 
 /* col[n][(c·kh + i)·kw + j][oy·w_out + ox] = x[n][c][oy·stride − pad_top + i][ox·stride − pad_left + j],
- * 0 outside x (the padding, both sides). T: float or __half (a copy: bit-exact). */
+ * 0 outside x (the padding, both sides). T: float or __half (a copy: bit-exact). One thread per
+ * (channel, output pixel) of image n = the row: it writes that pixel's kh·kw taps, each write
+ * coalesced along the pixels, with two 32-bit divisions for all of them (conv_gemm_wanted keeps the
+ * sizes within int). */
 template <typename T>
 __global__ void k_im2col(const T *x, T *col, sd_conv_geom g) {
-    const int64_t P = g.h_out * g.w_out, K = g.c_in * g.kh * g.kw, n_all = g.batch * K * P;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_all; i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t p = i % P, k = (i / P) % K, n = i / (P * K);
-        const int64_t c = k / (g.kh * g.kw), r = k % (g.kh * g.kw);
-        const int64_t iy = p / g.w_out * g.stride - g.pad_top + r / g.kw;
-        const int64_t ix = p % g.w_out * g.stride - g.pad_left + r % g.kw;
-        const bool in = iy >= 0 && iy < g.h_in && ix >= 0 && ix < g.w_in;
-        if (in)
-            col[i] = x[((n * g.c_in + c) * g.h_in + iy) * g.w_in + ix];
-        else
-            cu_store(&col[i], 0.0f);
+    const int P = (int)(g.h_out * g.w_out), HW = (int)(g.h_in * g.w_in), w_in = (int)g.w_in, h_in = (int)g.h_in;
+    const int taps = g.kh * g.kw, w_out = (int)g.w_out;
+    CU_ROWS_COLS(n, idx, g.batch, g.c_in * P) {
+        const int c = (int)idx / P, p = (int)idx - c * P;
+        const int oy = p / w_out, ox = p - oy * w_out;
+        const int y0 = oy * g.stride - g.pad_top, x0 = ox * g.stride - g.pad_left;
+        const T *xc = x + (n * g.c_in + c) * HW;
+        T *out = col + ((n * g.c_in + c) * taps) * P + p;
+        for (int i = 0; i < g.kh; i++) {
+            const int iy = y0 + i;
+            const bool row_in = iy >= 0 && iy < h_in;
+            for (int j = 0; j < g.kw; j++, out += P) {
+                const int ix = x0 + j;
+                if (row_in && ix >= 0 && ix < w_in)
+                    *out = xc[iy * w_in + ix];
+                else
+                    cu_store(out, 0.0f);
+            }
+        }
     }
 }
 
 /* dx[n][c][iy][ix] += Σ_{i, j} dcol[n][(c·kh + i)·kw + j][oy·w_out + ox] over the output pixels
- * (oy, ox) that read x[iy][ix] through kernel tap (i, j); taps in a fixed order. */
+ * (oy, ox) that read x[iy][ix] through kernel tap (i, j); taps in a fixed order. One thread per dx
+ * element of image n = the row, 32-bit index arithmetic (as k_im2col). */
 __global__ void k_col2im_add(const float *dcol, float *dx, sd_conv_geom g) {
-    const int64_t P = g.h_out * g.w_out, K = g.c_in * g.kh * g.kw, n_all = g.batch * g.c_in * g.h_in * g.w_in;
-    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n_all; e += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t ix = e % g.w_in, iy = (e / g.w_in) % g.h_in, c = (e / (g.w_in * g.h_in)) % g.c_in;
-        const int64_t n = e / (g.w_in * g.h_in * g.c_in);
-        const float *base = dcol + (n * K + c * g.kh * g.kw) * P;
+    const int P = (int)(g.h_out * g.w_out), HW = (int)(g.h_in * g.w_in), w_in = (int)g.w_in;
+    const int h_out = (int)g.h_out, w_out = (int)g.w_out, stride = g.stride, taps = g.kh * g.kw;
+    CU_ROWS_COLS(n, e, g.batch, g.c_in * HW) {
+        const int c = (int)e / HW, rem = (int)e - c * HW;
+        const int iy = rem / w_in, ix = rem - iy * w_in;
+        const float *base = dcol + ((n * g.c_in + c) * taps) * P;
         float sum = 0.0f;
         for (int i = 0; i < g.kh; i++) {
-            const int64_t ty = iy + g.pad_top - i; /* = oy · stride */
-            if (ty < 0 || ty % g.stride) continue;
-            const int64_t oy = ty / g.stride;
-            if (oy >= g.h_out) continue;
+            const int ty = iy + g.pad_top - i; /* = oy · stride */
+            if (ty < 0 || (stride > 1 && ty % stride)) continue;
+            const int oy = stride > 1 ? ty / stride : ty;
+            if (oy >= h_out) continue;
             for (int j = 0; j < g.kw; j++) {
-                const int64_t tx = ix + g.pad_left - j;
-                if (tx < 0 || tx % g.stride) continue;
-                const int64_t ox = tx / g.stride;
-                if (ox >= g.w_out) continue;
-                sum += base[(i * g.kw + j) * P + oy * g.w_out + ox];
+                const int tx = ix + g.pad_left - j;
+                if (tx < 0 || (stride > 1 && tx % stride)) continue;
+                const int ox = stride > 1 ? tx / stride : tx;
+                if (ox >= w_out) continue;
+                sum += base[(i * g.kw + j) * P + oy * w_out + ox];
             }
         }
-        dx[e] += sum;
+        dx[n * g.c_in * HW + e] += sum;
     }
 }
 
@@ -504,7 +525,7 @@ static sd_status conv_gemm_forward(const cu_conv_plan *p, const T *x, const T *w
     if (!conv_is_pointwise(g)) {
         T *buf = (T *)cu_workspace((size_t)(g->batch * K * P) * sizeof(T));
         if (!buf) return SD_ERR_OOM;
-        CU_LAUNCH(k_im2col<T>, cu_blocks(g->batch * K * P, 256), 256, 0, s->stream)(x, buf, *g);
+        CU_LAUNCH(k_im2col<T>, cu_rows_grid(g->batch, g->c_in * P, 256), 256, 0, s->stream)(x, buf, *g);
         LAUNCH_CHECK("conv im2col");
         col = buf;
     }
@@ -536,8 +557,7 @@ static sd_status conv_gemm_backward_data(const cu_conv_plan *p, const float *dy,
                                             &beta, dcol, CUDA_R_32F, (int)P, (long long)(K * P), (int)g->batch,
                                             cu_conv_gemm_types<float>::compute(p->precision), CUBLAS_GEMM_DEFAULT));
     if (!pointwise) {
-        const int64_t n = g->batch * g->c_in * g->h_in * g->w_in;
-        CU_LAUNCH(k_col2im_add, cu_blocks(n, 256), 256, 0, s->stream)(dcol, dx, *g);
+        CU_LAUNCH(k_col2im_add, cu_rows_grid(g->batch, g->c_in * g->h_in * g->w_in, 256), 256, 0, s->stream)(dcol, dx, *g);
         LAUNCH_CHECK("conv col2im");
     }
     return SD_OK;
@@ -551,8 +571,9 @@ static sd_status conv_gemm_backward_data(const cu_conv_plan *p, const float *dy,
 template <typename T>
 static sd_status conv_add_bias(T *y, const float *b, const sd_conv_geom *g) {
     if (!b) return SD_OK;
-    const int64_t S = g->h_out * g->w_out, n = g->batch * g->c_out * S;
-    CU_LAUNCH(k_add_bias_nchw<T>, cu_blocks(n, 256), 256, 0, cu_cur()->stream)(y, b, g->c_out, S, n);
+    const int64_t S = g->h_out * g->w_out, BC = g->batch * g->c_out;
+    const int threads = cu_row_threads(S);
+    CU_LAUNCH(k_add_bias_nchw<T>, cu_rows_grid(BC, S, threads), threads, 0, cu_cur()->stream)(y, b, g->c_out, S, BC);
     LAUNCH_CHECK("conv bias");
     return SD_OK;
 }

@@ -162,6 +162,23 @@ static inline unsigned cu_blocks(int64_t n, int threads) {
     return (unsigned)b;
 }
 
+/* Rows x columns work (a bias per row of an NCHW tensor, one image per row of an unfold, ...):
+ * blockIdx.y walks the rows, blocks along x the columns, both grid-stride (CU_ROWS_COLS), so a row's
+ * constants are computed once per thread and no element's index needs a division: a 64-bit
+ * division or modulo per element (tens of instructions) made such kernels compute-bound at a
+ * fraction of the memory bandwidth. */
+static inline dim3 cu_rows_grid(int64_t rows, int64_t cols, int threads) {
+    const int64_t by = rows < 1 ? 1 : rows > 65535 ? 65535 : rows;
+    return dim3(cu_blocks(cols, threads), (unsigned)by);
+}
+/* Threads per block for rows of `cols` elements: 256, or fewer whole warps for short rows (an 8x8
+ * image's 64 pixels would leave six of eight warps idle). */
+static inline int cu_row_threads(int64_t cols) { return cols >= 256 ? 256 : cols <= 32 ? 32 : (int)((cols + 31) / 32) * 32; }
+#define CU_ROWS_COLS(r, c, rows, cols)                                                             \
+    for (int64_t r = blockIdx.y; r < (rows); r += gridDim.y)                                       \
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < (cols);               \
+             c += (int64_t)gridDim.x * blockDim.x)
+
 /* ------------------------------------------------------------------------------------------------
  * Device helpers
  * --------------------------------------------------------------------------------------------- */

@@ -123,15 +123,15 @@ sd_status cu_clamp(const float *x, float *y, float lo, float hi, int64_t n) {
 }
 
 template <typename T> __global__ void k_add_channel_bias(const T *x, const float *v, T *y, int64_t BC, int64_t S) {
-    /* x, y: [B·C, S]; v: [B·C] (F32 in both storages) */
-    GRID_STRIDE(i, BC * S) cu_store(&y[i], cu_f32(x[i]) + v[i / S]);
+    /* x, y: [B·C rows, S]; v: [B·C] (F32 in both storages) */
+    CU_ROWS_COLS(r, s, BC, S) cu_store(&y[r * S + s], cu_f32(x[r * S + s]) + v[r]);
 }
 
 template <typename T>
 static sd_status add_channel_bias(const T *x, const float *v, T *y, int64_t B, int64_t C, int64_t S) {
-    const int64_t n = B * C * S;
-    if (n <= 0) return SD_OK;
-    CU_LAUNCH(k_add_channel_bias<T>, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, v, y, B * C, S);
+    if (B * C * S <= 0) return SD_OK;
+    const int threads = cu_row_threads(S);
+    CU_LAUNCH(k_add_channel_bias<T>, cu_rows_grid(B * C, S, threads), threads, 0, cu_cur()->stream)(x, v, y, B * C, S);
     LAUNCH_CHECK("add_channel_bias");
     return SD_OK;
 }
@@ -146,16 +146,16 @@ sd_status cu_f16_add_channel_bias(const sd_f16 *x, const float *v, sd_f16 *y, in
 
 template <typename T> __global__ void k_geglu(const T *x, T *y, int64_t M, int64_t N) {
     /* x: [M, 2N] (hidden | gate), y: [M, N] */
-    GRID_STRIDE(i, M * N) {
-        const int64_t m = i / N, n = i - m * N;
+    CU_ROWS_COLS(m, n, M, N) {
         const float hidden = cu_f32(x[m * 2 * N + n]), gate = cu_f32(x[m * 2 * N + N + n]);
-        cu_store(&y[i], hidden * cu_gelu(gate));
+        cu_store(&y[m * N + n], hidden * cu_gelu(gate));
     }
 }
 
 template <typename T> static sd_status geglu(const T *x, T *y, int64_t M, int64_t N) {
     if (M * N <= 0) return SD_OK;
-    CU_LAUNCH(k_geglu<T>, cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, M, N);
+    const int threads = cu_row_threads(N);
+    CU_LAUNCH(k_geglu<T>, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, y, M, N);
     LAUNCH_CHECK("geglu");
     return SD_OK;
 }
@@ -192,14 +192,15 @@ sd_status cu_f16_concat_channels(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, in
 template <typename T>
 __global__ void k_upsample_nearest(const T *x, T *y, int64_t N, int64_t H, int64_t W,
                                    int64_t Ho, int64_t Wo, float sh, float sw) {
-    /* x: [N, H, W] -> y: [N, Ho, Wo]; src = min(floor(dst · (in/out)), in - 1), ratio in float */
-    GRID_STRIDE(i, N * Ho * Wo) {
-        const int64_t ox = i % Wo, t = i / Wo, oy = t % Ho, n = t / Ho;
+    /* x: [N, H, W] -> y: [N, Ho, Wo]; src = min(floor(dst · (in/out)), in - 1), ratio in float.
+     * One output row (n, oy) per grid row. */
+    CU_ROWS_COLS(row, ox, N * Ho, Wo) {
+        const int64_t n = row / Ho, oy = row - n * Ho;
         int64_t iy = (int64_t)floorf(__fmul_rn((float)oy, sh));
         int64_t ix = (int64_t)floorf(__fmul_rn((float)ox, sw));
         if (iy > H - 1) iy = H - 1;
         if (ix > W - 1) ix = W - 1;
-        y[i] = x[(n * H + iy) * W + ix];
+        y[row * Wo + ox] = x[(n * H + iy) * W + ix];
     }
 }
 
@@ -208,7 +209,9 @@ static sd_status upsample_nearest(const T *x, T *y, int64_t N, int64_t H, int64_
     const int64_t n = N * Ho * Wo;
     if (n <= 0) return SD_OK;
     const float sh = (float)H / (float)Ho, sw = (float)W / (float)Wo; /* as the CPU computes them */
-    CU_LAUNCH(k_upsample_nearest<T>, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, N, H, W, Ho, Wo, sh, sw);
+    const int threads = cu_row_threads(Wo);
+    CU_LAUNCH(k_upsample_nearest<T>, cu_rows_grid(N * Ho, Wo, threads), threads, 0, cu_cur()->stream)(x, y, N, H, W, Ho,
+                                                                                                       Wo, sh, sw);
     LAUNCH_CHECK("upsample_nearest");
     return SD_OK;
 }
@@ -452,10 +455,9 @@ sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, flo
 
 __global__ void k_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
     /* x, dx: [M, 2N]; dy: [M, N]; y = h · gelu(g) */
-    GRID_STRIDE(i, M * N) {
-        const int64_t m = i / N, n = i - m * N;
+    CU_ROWS_COLS(m, n, M, N) {
         const int64_t ih = m * 2 * N + n, ig = ih + N;
-        const float h = x[ih], g = x[ig], d = dy[i];
+        const float h = x[ih], g = x[ig], d = dy[m * N + n];
         dx[ih] += d * cu_gelu(g);
         dx[ig] += d * h * cu_gelu_grad(g);
     }
@@ -463,7 +465,8 @@ __global__ void k_geglu_backward(const float *x, const float *dy, float *dx, int
 
 sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
     if (M * N <= 0 || !dx) return SD_OK;
-    CU_LAUNCH(k_geglu_backward, cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, dy, dx, M, N);
+    const int threads = cu_row_threads(N);
+    CU_LAUNCH(k_geglu_backward, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, dy, dx, M, N);
     LAUNCH_CHECK("geglu_backward");
     return SD_OK;
 }
@@ -524,21 +527,18 @@ __global__ void k_concat_backward_part(const float *dy, float *d, int64_t B, int
                                        int64_t Ctotal, int64_t offset_c, int64_t S) {
     /* d: [B, Cpart, S] += dy[:, offset_c : offset_c + Cpart, :] of dy: [B, Ctotal, S] */
     const int64_t per_b = Cpart * S;
-    GRID_STRIDE(i, B * per_b) {
-        const int64_t b = i / per_b, r = i - b * per_b;
-        d[i] += dy[b * Ctotal * S + offset_c * S + r];
-    }
+    CU_ROWS_COLS(b, r, B, per_b) d[b * per_b + r] += dy[b * Ctotal * S + offset_c * S + r];
 }
 
 sd_status cu_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca,
                                       int64_t Cb, int64_t S) {
     cudaStream_t st = cu_cur()->stream;
     if (da && B * Ca * S > 0) {
-        CU_LAUNCH(k_concat_backward_part, cu_blocks(B * Ca * S, EW_THREADS), EW_THREADS, 0, st)(dy, da, B, Ca, Ca + Cb, 0, S);
+        CU_LAUNCH(k_concat_backward_part, cu_rows_grid(B, Ca * S, EW_THREADS), EW_THREADS, 0, st)(dy, da, B, Ca, Ca + Cb, 0, S);
         LAUNCH_CHECK("concat_channels_backward a");
     }
     if (dc && B * Cb * S > 0) {
-        CU_LAUNCH(k_concat_backward_part, cu_blocks(B * Cb * S, EW_THREADS), EW_THREADS, 0, st)(dy, dc, B, Cb, Ca + Cb, Ca, S);
+        CU_LAUNCH(k_concat_backward_part, cu_rows_grid(B, Cb * S, EW_THREADS), EW_THREADS, 0, st)(dy, dc, B, Cb, Ca + Cb, Ca, S);
         LAUNCH_CHECK("concat_channels_backward c");
     }
     return SD_OK;
@@ -723,12 +723,13 @@ sd_status cu_column_sum_acc(const float *x, float *out, int64_t M, int64_t N) {
 
 __global__ void k_bias_rows(float *y, const float *b, int64_t M, int64_t N) {
     /* y: [M, N] += b[N] broadcast over rows */
-    GRID_STRIDE(i, M * N) y[i] += b[i % N];
+    CU_ROWS_COLS(m, n, M, N) y[m * N + n] += b[n];
 }
 
 sd_status cu_bias_rows(float *y, const float *b, int64_t M, int64_t N) {
     if (M * N <= 0) return SD_OK;
-    CU_LAUNCH(k_bias_rows, cu_blocks(M * N, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(y, b, M, N);
+    const int threads = cu_row_threads(N);
+    CU_LAUNCH(k_bias_rows, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(y, b, M, N);
     LAUNCH_CHECK("bias_rows");
     return SD_OK;
 }

@@ -100,8 +100,9 @@ int sd_cuda_get_conv_find(void);
 const char *sd_cuda_fast_gemm_name(void);
 
 /* Whether convolutions run as an unfold (im2col) and one cuBLAS GEMM instead of cuDNN (conv.cu): OFF
- * never; AUTO (the default) in fast mode where the batch has at most 512 output pixels and a pixel's
- * sum at least 1024 terms (SD's 16x16 and 8x8 levels at batch 1 and 2), in exact mode (plain fp32
+ * never; AUTO (the default) in fast mode for 1x1 convolutions (no unfold) and where the batch has at
+ * most 512 output pixels and a pixel's sum at least 1024 terms (SD's 16x16 and 8x8 levels at batch 1
+ * and 2), in exact mode (plain fp32
  * GEMMs) every convolution whose unfolded input fits 512 MiB; ALL that bound in fast mode too. The
  * environment's SD_CONV_GEMM=off|auto|all sets the start value. Drops the convolution plans made so
  * far, as sd_cuda_set_conv_find. */

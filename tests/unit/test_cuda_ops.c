@@ -386,6 +386,21 @@ static void test_elementwise(void **state) {
     assert_sd_ok(cpu->geglu(gx, gw, M, N));
     assert_sd_ok(gpu->geglu(gxd, gyd, M, N));
     check_dev("geglu", gyd, gw, M * N, TOL_ELEM);
+
+    /* rows x columns kernels (one grid row per tensor row) past 65535 rows (the grid's y walks on)
+     * and with rows shorter than a block: add_channel_bias with B·C = 70001 rows of 3, geglu with
+     * 70001 rows of 5 */
+    {
+        const int64_t rows = 70001, S3 = 3, N5 = 5;
+        float *x = hrand(rows * 2 * N5, 135, 1.0f), *vb = hrand(rows, 136, 1.0f), *want = hnew(rows * 2 * N5);
+        float *xd = dput(x, rows * 2 * N5), *vbd = dput(vb, rows), *out = dnew(rows * 2 * N5);
+        assert_sd_ok(cpu->add_channel_bias(x, vb, want, 1, rows, S3));
+        assert_sd_ok(gpu->add_channel_bias(xd, vbd, out, 1, rows, S3));
+        check_dev("add_channel_bias, 70001 rows of 3", out, want, rows * S3, TOL_ELEM);
+        assert_sd_ok(cpu->geglu(x, want, rows, N5));
+        assert_sd_ok(gpu->geglu(xd, out, rows, N5));
+        check_dev("geglu, 70001 rows of 5", out, want, rows * N5, TOL_ELEM);
+    }
 }
 
 static void test_layout_ops(void **state) {
