@@ -11,6 +11,10 @@
 #   cudnn     SD_CUDNN_LOG=1: the convolution algorithms cuDNN runs for SD v1.5 (fast forward at batch 2,
 #             a fast context step) and the convolutions that run as im2col + GEMM, with fast mode's
 #             default (SD_CONV_GEMM=auto) and with cuDNN everywhere (off)
+#   images    after the invert stage (its SD v1.5 random-weight folder): whole-image `stylediff invert`
+#             with StyleDiffusion and Null-text on data/images/chelsea.png (fast mode, default settings:
+#             time per image, per timestep, reconstruction), then `bench invert --profile` on one
+#             StyleDiffusion timestep (where an inner iteration's time goes beyond the value step)
 #   sanitize  compute-sanitizer memcheck and racecheck on test_cuda_f16's attention cases (the fp16
 #             kernels at SD's head widths) and test_cuda_ops's attention backward cases (the flash
 #             backward, SD_TEST_SMALL=1), memcheck on an exact and a fast `generate` and a fast
@@ -65,6 +69,23 @@ stage_cudnn() {
             --precision fast --what context --iters 3 -q 2>&1 | grep -E '^cudnn:|^context' | sort | uniq -c
     done
 }
+stage_images() {
+    local dir=/tmp/stylediff_gpu_check/invert
+    [ -f "$dir/sd15/.complete" ] || { echo "images: no $dir/sd15 (run the invert stage first, in the same lease)"; return 1; }
+    local rc=0 m
+    for m in stylediffusion nulltext; do
+        echo "images: stylediff invert --method $m, chelsea.png, fast"
+        /usr/bin/time -f "images: $m wall %e s" build/stylediff invert --method $m -m "$dir/sd15" --clip "$dir/sd15-clip-vision" \
+            -i data/images/chelsea.png -p "a cat sitting next to a mirror" -o "/tmp/gpu_session_inv_$m.safetensors" \
+            --device cuda --precision fast 2>&1 | tail -n 6
+        [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+    done
+    echo "images: bench invert --profile, one StyleDiffusion timestep, 5 inner iterations"
+    build/stylediff bench invert --profile --methods stylediffusion --timesteps 1 --inner-sd 5 -m "$dir/sd15" \
+        --clip "$dir/sd15-clip-vision" --device cuda --precision fast 2>&1 | tail -n 40
+    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+    return $rc
+}
 stage_sanitize() {
     local cs
     cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
@@ -106,8 +127,9 @@ for spec in "$@"; do
         env) timeout -k 5 "$cap" bash -c "ROOT=$ROOT; $(declare -f stage_env); stage_env" ;;
         sanitize) timeout -k 5 "$cap" bash -c "$(declare -f stage_sanitize); stage_sanitize" ;;
         cudnn) timeout -k 5 "$cap" bash -c "$(declare -f stage_cudnn); stage_cudnn" ;;
+        images) timeout -k 5 "$cap" bash -c "$(declare -f stage_images); stage_images" ;;
         test|bench|grad|invert) OUT= timeout -k 5 "$cap" bash bench/gpu_check.sh "$name" ;;
-        *) echo "gpu_session: unknown stage '$name' (env test bench grad invert sanitize cudnn)"; false ;;
+        *) echo "gpu_session: unknown stage '$name' (env test bench grad invert images sanitize cudnn)"; false ;;
     esac
     rc=$?
     [ "$rc" = 124 ] && rc="stopped after $cap s"
