@@ -13,7 +13,8 @@
 #             default (SD_CONV_GEMM=auto) and with cuDNN everywhere (off)
 #   images    after the invert stage (its SD v1.5 random-weight folder): whole-image `stylediff invert`
 #             with StyleDiffusion and Null-text on data/images/chelsea.png (fast mode, default settings:
-#             time per image, per timestep, reconstruction), then `bench invert --profile` on one
+#             time per image, per timestep, reconstruction), a P2Plus edit from each (cat -> tiger,
+#             LocalBlend), then `bench invert --profile` on one
 #             StyleDiffusion timestep (where an inner iteration's time goes beyond the value step)
 #   sanitize  compute-sanitizer memcheck and racecheck on test_cuda_f16's attention cases (the fp16
 #             kernels at SD's head widths) and test_cuda_ops's attention backward cases (the flash
@@ -78,6 +79,11 @@ stage_images() {
         /usr/bin/time -f "images: $m wall %e s" build/stylediff invert --method $m -m "$dir/sd15" --clip "$dir/sd15-clip-vision" \
             -i data/images/chelsea.png -p "a cat sitting next to a mirror" -o "/tmp/gpu_session_inv_$m.safetensors" \
             --device cuda --precision fast 2>&1 | tail -n 6
+        [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+        echo "images: stylediff edit (P2Plus, LocalBlend cat/tiger) from the $m inversion, fast"
+        /usr/bin/time -f "images: edit from $m wall %e s" build/stylediff edit "/tmp/gpu_session_inv_$m.safetensors" \
+            -m "$dir/sd15" --target "a tiger sitting next to a mirror" --blend cat,tiger \
+            -o "/tmp/gpu_session_edit_$m.png" --device cuda --precision fast 2>&1 | tail -n 4
         [ "${PIPESTATUS[0]}" = 0 ] || rc=1
     done
     echo "images: bench invert --profile, one StyleDiffusion timestep, 5 inner iterations"
