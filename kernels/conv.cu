@@ -439,9 +439,8 @@ template <> struct cu_dnn_type<float> { static const cudnnDataType_t value = CUD
 template <> struct cu_dnn_type<__half> { static const cudnnDataType_t value = CUDNN_DATA_HALF; };
 
 /* ------------------------------------------------------------------------------------------------
- * im2col + GEMM (fast mode's small images; every convolution under SD_CONV_GEMM=all)
+ * im2col + GEMM (exact mode; fast mode's small images and 1x1 convolutions; conv_gemm_wanted)
  * --------------------------------------------------------------------------------------------- */
-
 
 /* col[n][(c·kh + i)·kw + j][oy·w_out + ox] = x[n][c][oy·stride − pad_top + i][ox·stride − pad_left + j],
  * 0 outside x (the padding, both sides). T: float or __half (a copy: bit-exact). One thread per
