@@ -575,6 +575,8 @@ sd_status cu_f16_layer_norm(const sd_f16 *x, const float *gamma, const float *be
 /* gemm.cu */
 sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y, int64_t M,
                         int64_t K, int64_t N);
+sd_status cu_f16w_linear(const float *x, const sd_f16 *w, const float *b, const float *r, float *y, int64_t M, int64_t K,
+                         int64_t N);
 /* conv.cu */
 sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g);
 /* attention.cu */

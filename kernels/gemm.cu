@@ -68,7 +68,8 @@ sd_status cu_gemm_rm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alph
 
 struct cu_lt_plan {
     int64_t M, K, N;
-    cudaDataType_t type; /* of x, w, b and y: CUDA_R_32F (cu_linear) or CUDA_R_16F (cu_f16_linear) */
+    cudaDataType_t type;     /* of x and w: CUDA_R_32F (cu_linear) or CUDA_R_16F (cu_f16_linear, cu_f16w_linear) */
+    cudaDataType_t out_type; /* of y, the residual and the bias: the same, or CUDA_R_32F (cu_f16w_linear) */
     int has_bias;
     int align;      /* the smallest alignment (bytes, <= 256) among x, w, y and the residual */
     int bias_align; /* the bias pointer's (the heuristic reads it from the pointer set at build) */
@@ -85,6 +86,12 @@ static int ptr_align(const void *p) {
     int a = 256;
     while (a > 2 && (v % (uintptr_t)a) != 0) a >>= 1;
     return a;
+}
+
+/* "fp32", "fp16", or "fp16 -> fp32" (fp16 operands, F32 output) for messages. */
+static const char *lt_types_name(cudaDataType_t type, cudaDataType_t out_type) {
+    if (type != CUDA_R_16F) return "fp32";
+    return out_type == CUDA_R_16F ? "fp16" : "fp16 -> fp32";
 }
 
 static void plan_destroy(cu_lt_plan *p) {
@@ -126,7 +133,7 @@ static sd_status plan_build(cu_state *s, cu_lt_plan *p, const void *b) {
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->a, p->type, (uint64_t)p->K, (uint64_t)p->N, p->K));
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, p->type, (uint64_t)p->K, (uint64_t)p->M, p->K));
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, p->type, (uint64_t)p->N, (uint64_t)p->M, p->N));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->c, p->out_type, (uint64_t)p->N, (uint64_t)p->M, p->N));
     cublasLtMatmulPreference_t pref = NULL;
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const uint64_t ws = s->lt_ws_bytes;
@@ -153,12 +160,13 @@ static sd_status plan_build(cu_state *s, cu_lt_plan *p, const void *b) {
     if (p->usable) p->algo = result.algo;
     else /* said once per shape, as a refused matmul is: a descriptor bug would only cost speed */
         sd_info("cuBLASLt has no algorithm for the %s linear layer %lldx%lld -> %lld (%s); it runs as cublasGemmEx + "
-                "a bias kernel", p->type == CUDA_R_16F ? "fp16" : "fp32", (long long)p->M, (long long)p->K,
+                "a bias kernel", lt_types_name(p->type, p->out_type), (long long)p->M, (long long)p->K,
                 (long long)p->N, st != CUBLAS_STATUS_SUCCESS ? cublasGetStatusString(st) : "heuristic returned none");
     return SD_OK;
 }
 
-static sd_status plan_get(cu_state *s, cudaDataType_t type, int64_t M, int64_t K, int64_t N, const void *x,
+static sd_status plan_get(cu_state *s, cudaDataType_t type, cudaDataType_t out_type, int64_t M, int64_t K, int64_t N,
+                          const void *x,
                           const void *w, const void *b, const void *r, const void *y, cu_lt_plan **out) {
     int align = ptr_align(x);
     const int aw = ptr_align(w), ay = ptr_align(y), ar = r ? ptr_align(r) : 256, bias_align = b ? ptr_align(b) : 0;
@@ -169,7 +177,8 @@ static sd_status plan_get(cu_state *s, cudaDataType_t type, int64_t M, int64_t K
     const int has_bias = b != NULL;
     for (int i = 0; i < s->n_lt_plans; i++) {
         cu_lt_plan *p = &s->lt_plans[i];
-        if (p->M == M && p->K == K && p->N == N && p->type == type && p->has_bias == has_bias && p->align == align &&
+        if (p->M == M && p->K == K && p->N == N && p->type == type && p->out_type == out_type &&
+            p->has_bias == has_bias && p->align == align &&
             p->bias_align == bias_align && p->compute == compute) {
             *out = p;
             return SD_OK;
@@ -192,6 +201,7 @@ static sd_status plan_get(cu_state *s, cudaDataType_t type, int64_t M, int64_t K
     p->K = K;
     p->N = N;
     p->type = type;
+    p->out_type = out_type;
     p->has_bias = has_bias;
     p->align = align;
     p->bias_align = bias_align;
@@ -207,13 +217,13 @@ static sd_status plan_get(cu_state *s, cudaDataType_t type, int64_t M, int64_t K
 }
 
 /* y[M, N] = x[M, K] · w[N, K]ᵀ + r[M, N] + b[N] (b, r may be NULL; r may be y) through the cached
- * cuBLASLt plan, all of `type`. *ran = 0 when this shape has no usable algorithm: the caller runs
- * its fallback. */
-static sd_status lt_linear(cu_state *s, cudaDataType_t type, const void *x, const void *w, const void *b, const void *r,
-                           void *y, int64_t M, int64_t K, int64_t N, int *ran) {
+ * cuBLASLt plan: x and w of `type`, y, r and b of `out_type`. *ran = 0 when this shape has no
+ * usable algorithm: the caller runs its fallback. */
+static sd_status lt_linear(cu_state *s, cudaDataType_t type, cudaDataType_t out_type, const void *x, const void *w,
+                           const void *b, const void *r, void *y, int64_t M, int64_t K, int64_t N, int *ran) {
     *ran = 0;
     cu_lt_plan *p = NULL;
-    CU_TRY(plan_get(s, type, M, K, N, x, w, b, r, y, &p));
+    CU_TRY(plan_get(s, type, out_type, M, K, N, x, w, b, r, y, &p));
     if (!p->usable) return SD_OK;
     if (b) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
     /* the scale type is CUDA_R_32F for both data types; C (the residual) has D's layout */
@@ -229,7 +239,7 @@ static sd_status lt_linear(cu_state *s, cudaDataType_t type, const void *x, cons
     p->usable = 0; /* remember: this shape goes the plain way */
     /* said once per shape: a wrong descriptor would otherwise only show as lost speed */
     sd_info("cuBLASLt refused the %s linear layer %lldx%lld -> %lld (%s); it runs as cublasGemmEx + a bias "
-            "kernel from now on", type == CUDA_R_16F ? "fp16" : "fp32", (long long)M, (long long)K, (long long)N,
+            "kernel from now on", lt_types_name(type, out_type), (long long)M, (long long)K, (long long)N,
             st == CUBLAS_STATUS_NOT_SUPPORTED ? "not supported" : "invalid value");
     return SD_OK;
 }
@@ -240,7 +250,7 @@ sd_status cu_linear(const float *x, const float *w, const float *b, const float 
     cu_state *s = cu_cur();
     if (K > 0) {
         int ran = 0;
-        CU_TRY(lt_linear(s, CUDA_R_32F, x, w, b, r, y, M, K, N, &ran));
+        CU_TRY(lt_linear(s, CUDA_R_32F, CUDA_R_32F, x, w, b, r, y, M, K, N, &ran));
         if (ran) return SD_OK;
     }
     /* y = r (or 0), y += x[M, K] · w[N, K]ᵀ, then the bias: the epilogue's order. K = 0 is the empty sum. */
@@ -286,7 +296,7 @@ sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const
     if (K > 0) {
         CU_TRY(check_int("K", K));
         int ran = 0;
-        CU_TRY(lt_linear(s, CUDA_R_16F, x, w, b, r, y, M, K, N, &ran));
+        CU_TRY(lt_linear(s, CUDA_R_16F, CUDA_R_16F, x, w, b, r, y, M, K, N, &ran));
         if (ran) return SD_OK;
     }
     /* The fallback keeps the epilogue's rounding where it can: y is first set to the bias rows (or
@@ -310,4 +320,33 @@ sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const
                               CUDA_R_16F, (int)K, &beta, y, CUDA_R_16F, (int)N, CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT));
     return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * F32 activations on an fp16 weight copy (sd_f16_ops.linear_f32io: fast mode's gradient steps)
+ * --------------------------------------------------------------------------------------------- */
+
+sd_status cu_f16w_linear(const float *x, const sd_f16 *w, const float *b, const float *r, float *y, int64_t M, int64_t K,
+                         int64_t N) {
+    if (M <= 0 || N <= 0) return SD_OK;
+    if (K <= 0) return cu_linear(x, NULL, b, r, y, M, 0, N); /* the empty sum: y = r + b, or 0 */
+    cu_state *s = cu_cur();
+    CU_TRY(check_int("M", M));
+    CU_TRY(check_int("N", N));
+    CU_TRY(check_int("K", K));
+    /* x rounded once to fp16 in the workspace: the operand the tensor cores read as it is (a
+     * FAST_16BF GEMM on F32 x converts its tiles inside the kernel, at a third of the rate) */
+    sd_f16 *x16 = (sd_f16 *)cu_workspace((size_t)(M * K) * sizeof(sd_f16));
+    if (!x16) return SD_ERR_OOM;
+    CU_TRY(cu_f16_from_f32(x, x16, M * K));
+    int ran = 0;
+    CU_TRY(lt_linear(s, CUDA_R_16F, CUDA_R_32F, x16, w, b, r, y, M, K, N, &ran));
+    if (ran) return SD_OK;
+    /* y = r (or 0), y += x16 · wᵀ (fp16 operands, F32 C and fp32 sums), then the bias: the epilogue's order */
+    if (r && r != y)
+        CUDA_CHECK(cudaMemcpyAsync(y, r, (size_t)(M * N) * sizeof(float), cudaMemcpyDeviceToDevice, s->stream));
+    const float one = 1.0f, beta = r ? 1.0f : 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w, CUDA_R_16F, (int)K, x16,
+                              CUDA_R_16F, (int)K, &beta, y, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return b ? cu_bias_rows(y, b, M, N) : SD_OK;
 }

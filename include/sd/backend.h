@@ -48,6 +48,12 @@ typedef struct sd_f16_ops {
     sd_status (*copy)(sd_f16 *dst, const sd_f16 *src, int64_t n);
     sd_status (*linear)(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y,
                         int64_t M, int64_t K, int64_t N);
+    /* The F32 linear of fast mode's gradient steps (whose activations stay F32 for the tape) on a
+     * frozen weight's fp16 copy: y[M, N] = fp16(x) · w[N, K]ᵀ (+ r) (+ b) with x rounded to fp16
+     * once, the products summed in fp32, and x, b, r, y F32 (y not rounded to fp16). The fp16
+     * tensor cores then run on native operands instead of converting F32 ones tile by tile. */
+    sd_status (*linear_f32io)(const float *x, const sd_f16 *w, const float *b, const float *r, float *y,
+                              int64_t M, int64_t K, int64_t N);
     sd_status (*conv2d)(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y,
                         const sd_conv_geom *g);
     sd_status (*group_norm)(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y,

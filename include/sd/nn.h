@@ -109,7 +109,10 @@ sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count);
 /* ------------------------------------------------------------------------------------------------
  * Parameter bundles: the weight tensors of one layer, bound from a checkpoint by name.
  * --------------------------------------------------------------------------------------------- */
-typedef struct sd_linear_w { sd_tensor *weight, *bias; } sd_linear_w;   /* weight (out, in) */
+/* weight (out, in). frozen: bound from a checkpoint (sd_bind_linear*), so its values never change
+ * while bound and fast mode may run an F32 linear on the weight's fp16 copy (sd_linear); a matrix
+ * built from activations ({t, NULL}) leaves it 0. */
+typedef struct sd_linear_w { sd_tensor *weight, *bias; int frozen; } sd_linear_w;
 typedef struct sd_conv_w { sd_tensor *weight, *bias; } sd_conv_w;       /* weight (out, in, kh, kw) */
 typedef struct sd_norm_w { sd_tensor *weight, *bias; } sd_norm_w;       /* (C), (C) */
 

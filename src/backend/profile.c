@@ -266,6 +266,12 @@ static sd_status q_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, con
     label_gemm(r ? "linear+residual" : "linear", M, K, N);
     TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F2 * (M * K + (r ? 2 : 1) * M * N), inner16->linear(x, w, b, r, y, M, K, N));
 }
+static sd_status q_linear_f32io(const float *x, const sd_f16 *w, const float *b, const float *r, float *y, int64_t M,
+                                int64_t K, int64_t N) {
+    label_gemm(r ? "linear (fp16 w)+residual" : "linear (fp16 w)", M, K, N);
+    TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * K + (r ? 2 : 1) * M * N) + F2 * N * K,
+          inner16->linear_f32io(x, w, b, r, y, M, K, N));
+}
 static sd_status q_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g) {
     label_conv("conv", g);
     TIMED(SD_PROF_CONV, conv_flops(g), F2 * conv_values(g), inner16->conv2d(x, w, b, y, g));
@@ -365,6 +371,7 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         table16.to_f32 = q_to_f32;
         table16.copy = q_copy;
         table16.linear = q_linear;
+        if (inner16->linear_f32io) table16.linear_f32io = q_linear_f32io;
         table16.conv2d = q_conv2d;
         table16.group_norm = q_group_norm;
         table16.layer_norm = q_layer_norm;

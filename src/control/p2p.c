@@ -481,7 +481,7 @@ static void cross_edit(sd_p2p *p, sd_ctx *c, const sd_attn_site *s, sd_tensor *p
         edit_pattern *pat = &p->patterns[k];
         if (!upload_pattern(p, c, pat)) return;
         sd_tensor *target = sd_reshape4(c, sd_slice0(c, probs, (t + 1) * H, H), 2, rows, kv, 0, 0);
-        const sd_linear_w from_base = {pat->dev_base, NULL}, from_target = {pat->dev_tgt, NULL};
+        const sd_linear_w from_base = {pat->dev_base, NULL, 0}, from_target = {pat->dev_tgt, NULL, 0};
         /* both products are computed before the target block is overwritten */
         sd_tensor *edited = sd_add(c, sd_linear(c, base, &from_base), sd_linear(c, target, &from_target));
         if (edited) sd_assign(c, target, edited);
@@ -676,7 +676,7 @@ sd_tensor *sd_p2p_end_step(sd_p2p *p, sd_ctx *c, sd_tensor *latents) {
     const sd_arena_mark mark = sd_arena_get_mark(c->arena);
     sd_tensor *packed = sd_new4(c, 2, (int64_t)B * n_maps, P, 0, 0);
     for (int b = 0; b < B && c->status == SD_OK; b++) {
-        const sd_linear_w blend_tokens = {sd_slice0(c, p->dev_alpha_layers, b, 1), NULL}; /* (1, 77) */
+        const sd_linear_w blend_tokens = {sd_slice0(c, p->dev_alpha_layers, b, 1), NULL, 0}; /* (1, 77) */
         int row = b * n_maps;
         for (int l = 0; l < p->n_slots && c->status == SD_OK; l++) {
             const int H = p->slots[l].heads;

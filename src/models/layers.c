@@ -18,6 +18,7 @@ sd_status sd_bind_linear(sd_weights *w, const char *prefix, int64_t out, int64_t
     memset(l, 0, sizeof *l);
     SD_TRY(sd_weights_get(w, join(name, prefix, "weight"), 2, ws, &l->weight));
     if (bias) SD_TRY(sd_weights_get(w, join(name, prefix, "bias"), 1, bs, &l->bias));
+    l->frozen = 1;
     return SD_OK;
 }
 
@@ -34,6 +35,7 @@ sd_status sd_bind_linear_or_1x1(sd_weights *w, const char *prefix, int64_t out, 
         const int64_t ws[2] = {out, in};
         SD_TRY(sd_weights_get(w, name, 2, ws, &l->weight));
     }
+    l->frozen = 1;
     return sd_weights_get(w, join(name, prefix, "bias"), 1, bs, &l->bias);
 }
 

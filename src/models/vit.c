@@ -321,7 +321,7 @@ sd_tensor *sd_key_self_similarity(sd_ctx *c, sd_tensor *keys) {
     const int64_t T = keys->shape[keys->ndim - 2], D = keys->shape[keys->ndim - 1];
     sd_tensor *k = sd_reshape4(c, keys, 2, T, D, 0, 0);
     /* Gram matrix k kᵀ through the op table: a linear layer whose weight is k itself. */
-    const sd_linear_w as_weight = {k, NULL};
+    const sd_linear_w as_weight = {k, NULL, 0};
     sd_tensor *gram = sd_linear(c, k, &as_weight); /* [T, T] */
 
     /* 1 / max(|k_i| |k_j|, 1e-8) = min(r_i r_j, 1e8) with r = 1 / |k|: the T norms are computed on
@@ -345,7 +345,7 @@ sd_tensor *sd_key_self_similarity(sd_ctx *c, sd_tensor *keys) {
     sd_tensor *r = sd_upload(c, &wrapped); /* [T, 1] */
     sd_tensor_free(host);
     free(recip);
-    const sd_linear_w r_weight = {r, NULL};
+    const sd_linear_w r_weight = {r, NULL, 0};
     sd_tensor *inv_factor = sd_clamp(c, sd_linear(c, r, &r_weight), 0.0f, 1e8f); /* [T, T] */
     return sd_mul(c, gram, inv_factor);                                          /* [T, T] */
 }

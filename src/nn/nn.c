@@ -380,6 +380,15 @@ sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count) {
  * Layers
  * --------------------------------------------------------------------------------------------- */
 
+/* Fast mode's F32 linears (a gradient step's forward, whose activations stay F32 for the tape) on
+ * the fp16 copy of a frozen checkpoint weight (sd_f16_ops.linear_f32io): where the context's
+ * forwards store fp16, i.e. fast mode on a device with the fp16 table. The F32 weight stays what
+ * the backward reads. */
+static int f32_linear_on_f16_weight(const sd_ctx *c, const sd_linear_w *l) {
+    return c->activations == SD_F16 && c->be->f16 && c->be->f16->linear_f32io && l->frozen &&
+           !l->weight->requires_grad;
+}
+
 /* y = x·Wᵀ + b (+ r): the linear layer, with the residual r (NULL: none) summed in the GEMM. */
 static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *r) {
     NN_GUARD(c, x, l, l->weight);
@@ -416,8 +425,13 @@ static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_
     if (!f32_only(c, x, "linear")) return NULL;
     sd_tensor *y = sd_new(c, x->ndim, shape);
     if (!y) return NULL;
-    sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), l->bias ? sd_f32(l->bias) : NULL, r ? sd_f32(r) : NULL,
-                                  sd_f32(y), M, K, N));
+    const float *b32 = l->bias ? sd_f32(l->bias) : NULL, *r32 = r ? sd_f32(r) : NULL;
+    if (f32_linear_on_f16_weight(c, l)) {
+        const sd_f16 *wb = lowp_weight(c, w);
+        if (wb) sd_ctx_check(c, c->be->f16->linear_f32io(sd_f32(x), wb, b32, r32, sd_f32(y), M, K, N));
+    } else {
+        sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), b32, r32, sd_f32(y), M, K, N));
+    }
     if (!r) {
         sd_tape_record(c, SD_OP_LINEAR, y, x, l->weight, l->bias);
         return c->status == SD_OK ? y : NULL;

@@ -35,7 +35,7 @@ typedef struct {
 static sd_tensor *small_forward(sd_ctx *c, const small_graph *g) {
     const sd_conv_w conv = {g->w_conv, g->b_conv};
     const sd_norm_w gn = {g->gamma, g->beta};
-    const sd_linear_w lin = {g->w_lin, NULL};
+    const sd_linear_w lin = {g->w_lin, NULL, 0};
     sd_tensor *h = sd_conv2d(c, g->x, &conv, 1, 1);           /* (1, 4, 4, 4) */
     h = sd_group_norm(c, h, &gn, 2, 1e-5f, 1);
     sd_tensor *tok = sd_nchw_to_tokens(c, h);                  /* (1, 16, 4) */
@@ -45,7 +45,7 @@ static sd_tensor *small_forward(sd_ctx *c, const small_graph *g) {
     y = sd_geglu(c, y);                                        /* (1, 16, 4) */
     sd_tensor *a = sd_attention(c, y, tok, y, 2, 0, NULL);     /* (1, 16, 4) */
     /* a·Wᵀ + b + tok in one GEMM: gradients to a, W, b (the conv's bias too: two terms) and tok */
-    const sd_linear_w res = {g->w_res, g->b_conv};
+    const sd_linear_w res = {g->w_res, g->b_conv, 0};
     a = sd_linear_add(c, a, &res, tok);
     sd_tensor *both = sd_concat0(c, a, tok);                   /* (2, 16, 4) */
     sd_tensor *second = sd_slice0(c, both, 1, 1);
@@ -150,7 +150,7 @@ static void test_frozen_paths_record_nothing(void **state) {
     sd_tensor *w = sd_new4(&c, 2, 5, 6, 0, 0);
     testutil_fill_normal(sd_f32(x), 24, 1, 1.0f);
     testutil_fill_normal(sd_f32(w), 30, 2, 1.0f);
-    sd_linear_w lin = {w, NULL};
+    sd_linear_w lin = {w, NULL, 0};
     sd_tensor *y = sd_silu(&c, sd_linear(&c, x, &lin));
     assert_non_null(y);
     assert_int_equal(sd_tape_size(tape), 0); /* nothing leads to a trainable leaf */

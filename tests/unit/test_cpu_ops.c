@@ -51,7 +51,7 @@ static void test_linear(void **state) {
     (void)state;
     const int64_t M = 37, K = 53, N = 29;
     sd_tensor *x = rand4(3, 1, M, K, 0, 1);
-    sd_linear_w l = {rand4(2, N, K, 0, 0, 2), rand4(1, N, 0, 0, 0, 3)};
+    sd_linear_w l = {rand4(2, N, K, 0, 0, 2), rand4(1, N, 0, 0, 0, 3), 0};
     sd_tensor *y = sd_linear(&ctx, x, &l);
     double *want = calloc((size_t)(M * N), sizeof(double));
     for (int64_t m = 0; m < M; m++)

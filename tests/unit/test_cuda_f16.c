@@ -286,6 +286,41 @@ static void test_f16_linear(void **state) {
             check16(what, yd, want, M * N, TOL_F16_GEMM);
         }
     }
+    /* linear_f32io: F32 x, y, bias and residual against an fp16 weight (fast mode's gradient steps):
+     * x rounded to fp16 once, fp32 sums, y not rounded; residual 0 none, 1 its own, 2 in place;
+     * misalign_b: a 4-byte aligned bias, which takes the cublasGemmEx fallback */
+    {
+        struct { int64_t M, K, N; int bias, residual, misalign_b; } io_cases[] = {
+            {77, 40, 24, 1, 0, 0}, {2048, 320, 1280, 1, 0, 0}, {77, 40, 24, 0, 1, 0}, {154, 768, 320, 1, 2, 0},
+            {77, 40, 24, 1, 1, 1}, {9, 19, 13, 0, 2, 1}, {6, 0, 5, 1, 1, 0},
+        };
+        for (size_t c = 0; c < sizeof io_cases / sizeof io_cases[0]; c++) {
+            const int64_t M = io_cases[c].M, K = io_cases[c].K, N = io_cases[c].N;
+            const int residual = io_cases[c].residual;
+            char what[112];
+            snprintf(what, sizeof what, "linear_f32io %lldx%lld -> %lld%s%s%s", (long long)M, (long long)K, (long long)N,
+                     io_cases[c].bias ? " +bias" : "",
+                     residual == 1 ? " +residual" : residual == 2 ? " +residual in place" : "",
+                     io_cases[c].misalign_b && io_cases[c].bias ? ", bias 4-byte aligned: fallback" : "");
+            if (testutil_sim_leaves_out(what, 2.0 * (double)M * K * N)) continue;
+            float *x = hrand(M * K, 150 + c, 1.0f), *b = hrand(N, 160 + c, 1.0f), *r = hrand(M * N, 170 + c, 1.0f);
+            sd_f16 *w = hrand16(N * K, 180 + c, 1.0f / sqrtf((float)(K > 0 ? K : 1)));
+            float *want = hnew(M * N), *got = hnew(M * N);
+            assert_sd_ok(cpu16->linear_f32io(x, w, io_cases[c].bias ? b : NULL, residual ? r : NULL, want, M, K, N));
+            float *xd = dput(x, M * K), *yd = dnew_bytes((size_t)(M * N) * sizeof(float));
+            float *bd_base = dnew_bytes((size_t)(N + 1) * sizeof(float)), *bd = bd_base + io_cases[c].misalign_b;
+            assert_sd_ok(gpu->upload(bd, b, (size_t)N * sizeof(float)));
+            float *rd = residual == 1 ? dput(r, M * N) : residual == 2 ? yd : NULL;
+            if (residual == 2) assert_sd_ok(gpu->upload(yd, r, (size_t)(M * N) * sizeof(float)));
+            assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+            assert_sd_ok(gpu16->linear_f32io(xd, dput16(w, N * K), io_cases[c].bias ? bd : NULL, rd, yd, M, K, N));
+            assert_sd_ok(gpu->download(got, yd, (size_t)(M * N) * sizeof(float)));
+            /* the same fp16 operands, fp32 sums in another order: close to fp32 rounding */
+            const double err = testutil_max_rel_err(got, want, M * N);
+            print_message("    %-56s max rel err %.3g (tol %.0e)\n", what, err, 1e-4);
+            if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+        }
+    }
     /* the F32 linear of the same shape keeps its own plan (the cache keys on the data type) */
     {
         const int64_t M = 77, K = 40, N = 24;

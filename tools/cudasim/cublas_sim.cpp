@@ -15,10 +15,10 @@
  *    does not implement; CUBLAS_STATUS_NOT_INITIALIZED for a NULL handle. Validation happens at
  *    call time; the arithmetic is queued on the handle's stream.
  *  - Matrix types (a subset of cuBLAS's table for cublasGemmEx and cublasLtMatmul): CUDA_R_32F
- *    A/B/C(/D) with the fp32 compute types below; CUDA_R_16F A/B/C(/D) with CUBLAS_COMPUTE_32F or
- *    _PEDANTIC and a CUDA_R_32F scale type (halves are read exactly, D is rounded once to half, to
- *    nearest even, from the fp32 value below). Mixed A/B types, 16F A/B with a 32F C (legal on a
- *    GPU) and the other types are NOT_SUPPORTED here.
+ *    A/B/C(/D) with the fp32 compute types below; CUDA_R_16F A/B with a CUDA_R_16F or CUDA_R_32F
+ *    C(/D), CUBLAS_COMPUTE_32F or _PEDANTIC and a CUDA_R_32F scale type (halves are read exactly,
+ *    D is rounded once to its type, to nearest even, from the fp32 value below). Mixed A/B types
+ *    and the other types are NOT_SUPPORTED here.
  *  - Pointer mode host: alpha and beta are read when the call is made (a graph captured with them
  *    replays those values). beta == 0 means C is not read, so NaN or garbage in C does not
  *    propagate; alpha == 0 (or k == 0) means A and B are not read (reference-BLAS behaviour).
@@ -212,7 +212,7 @@ bool gemm_types_ok(cudaDataType_t a, cudaDataType_t b, cudaDataType_t cd, cublas
         return ok;
     }
     /* halves multiply exactly in fp32; the FAST_* types and TF32 concern fp32 inputs only */
-    if (a == CUDA_R_16F && b == CUDA_R_16F && cd == CUDA_R_16F)
+    if (a == CUDA_R_16F && b == CUDA_R_16F && (cd == CUDA_R_16F || cd == CUDA_R_32F))
         return ct == CUBLAS_COMPUTE_32F || ct == CUBLAS_COMPUTE_32F_PEDANTIC;
     return false;
 }

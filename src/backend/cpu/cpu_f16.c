@@ -30,7 +30,7 @@ static float *scratch(int64_t n, const char *op) {
     return p;
 }
 
-/* Up to three widened inputs and one F32 output, freed together. */
+/* Up to four widened inputs and one F32 output, freed together. */
 typedef struct {
     float *in[4];
     float *out;
@@ -87,6 +87,20 @@ static sd_status f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, c
     SD_TRY(bufs_make(&t, "linear", count, in, n, M * N));
     const float *b32 = at_b >= 0 ? t.in[at_b] : NULL, *r32 = at_r >= 0 ? t.in[at_r] : NULL;
     return finish(&t, f32_ops()->linear(t.in[0], t.in[1], b32, r32, t.out, M, K, N), y, M * N);
+}
+
+static sd_status f16_linear_f32io(const float *x, const sd_f16 *w, const float *b, const float *r, float *y,
+                                 int64_t M, int64_t K, int64_t N) {
+    /* x rounded to fp16 (the GPU's operand) and back, w widened, then the F32 linear */
+    f32_bufs t;
+    const sd_f16 *in[1] = {w};
+    const int64_t n[1] = {N * K};
+    SD_TRY(bufs_make(&t, "linear_f32io", 1, in, n, M * K));
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M * K; i++) t.out[i] = sd_f16_to_f32(sd_f32_to_f16(x[i]));
+    const sd_status st = f32_ops()->linear(t.out, t.in[0], b, r, y, M, K, N);
+    bufs_free(&t);
+    return st;
 }
 
 static sd_status f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y,
@@ -191,6 +205,7 @@ const sd_f16_ops cpu_f16_ops = {
     .to_f32 = f16_to_f32,
     .copy = f16_copy,
     .linear = f16_linear,
+    .linear_f32io = f16_linear_f32io,
     .conv2d = f16_conv2d,
     .group_norm = f16_group_norm,
     .layer_norm = f16_layer_norm,

@@ -190,6 +190,9 @@ GUARD16(copy, (sd_f16 *dst, const sd_f16 *src, int64_t n), (dst, src, n), dst, s
 GUARD16(linear, (const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y, int64_t M, int64_t K,
                  int64_t N),
         (x, w, b, r, y, M, K, N), x, w, b, r, y)
+GUARD16(linear_f32io, (const float *x, const sd_f16 *w, const float *b, const float *r, float *y, int64_t M,
+                       int64_t K, int64_t N),
+        (x, w, b, r, y, M, K, N), x, w, b, r, y)
 GUARD16(conv2d, (const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g),
         (x, w, b, y, g), x, w, b, y)
 GUARD16(group_norm, (const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B, int64_t C,
@@ -250,7 +253,8 @@ const sd_backend *guarded_backend(void) {
     table.f16 = NULL;
     if (cpu->f16) {
 #define SET16(name) table16.name = g16_##name
-        SET16(to_f16), SET16(to_f32), SET16(copy), SET16(linear), SET16(conv2d), SET16(group_norm), SET16(layer_norm);
+        SET16(to_f16), SET16(to_f32), SET16(copy), SET16(linear), SET16(linear_f32io), SET16(conv2d), SET16(group_norm);
+        SET16(layer_norm);
         SET16(binary), SET16(add_channel_bias), SET16(geglu), SET16(concat_channels), SET16(upsample_nearest);
         SET16(transpose), SET16(attention);
 #undef SET16
