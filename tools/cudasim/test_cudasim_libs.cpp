@@ -262,10 +262,28 @@ static void test_gemm_ex_f16(cublasHandle_t h) {
     CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, A.p, CUDA_R_16F, 4, B.p, CUDA_R_32F, 4, &one, C.p,
                        CUDA_R_16F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED,
           "GemmEx 16F A with 32F B is NOT_SUPPORTED");
-    CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, A.p, CUDA_R_16F, 4, B.p, CUDA_R_16F, 4, &one, Cf.p,
-                       CUDA_R_32F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED,
-          "GemmEx 16F A/B with 32F C (not simulated) is NOT_SUPPORTED");
     CHECK(cudasim_test_range_checks() == checks_before, "a refused 16F call touched memory");
+    {
+        /* 16F A/B with a 32F C (linear_f32io's fallback): halves read exactly, fp32 sums, C F32 */
+        fill_half(A);
+        fill_half(B);
+        const float zero = 0.0f;
+        CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, A.p, CUDA_R_16F, 4, B.p, CUDA_R_16F, 4, &zero,
+                           Cf.p, CUDA_R_32F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS,
+              "GemmEx 16F A/B with a 32F C");
+        int bad = 0;
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+                double sum = 0.0, mag = 0.0;
+                for (int q = 0; q < 4; q++) {
+                    const double t = (double)__half2float(hp(A)[i + q * 4]) * __half2float(hp(B)[q + j * 4]);
+                    sum += t;
+                    mag += std::fabs(t);
+                }
+                bad += std::fabs(Cf.p[i + j * 4] - sum) > 1e-6 * (mag + 1e-30);
+            }
+        CHECK(bad == 0, "GemmEx 16F A/B with a 32F C: fp32 sums of exact products (%d bad)", bad);
+    }
     CHECK(aborts([&] {
               Buf small = halves(15); /* C needs (4 - 1)·4 + 4 = 16 halves */
               cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, A.p, CUDA_R_16F, 4, B.p, CUDA_R_16F, 4, &one,
@@ -914,12 +932,32 @@ static void test_lt(cublasLtHandle_t lt) {
               "Lt 16F with COMPUTE_32F_FAST_16BF is NOT_SUPPORTED");
         CHECK(lt_status(CUBLAS_COMPUTE_32F, CUDA_R_16F, CUDA_R_16F, CUDA_R_32F, -1) == CUBLAS_STATUS_NOT_SUPPORTED,
               "Lt 16F C with 32F D is NOT_SUPPORTED");
-        CHECK(lt_status(CUBLAS_COMPUTE_32F, CUDA_R_16F, CUDA_R_32F, CUDA_R_32F, -1) == CUBLAS_STATUS_NOT_SUPPORTED,
-              "Lt 16F A/B with 32F C/D (not simulated) is NOT_SUPPORTED");
         CHECK(lt_status(CUBLAS_COMPUTE_32F, CUDA_R_16F, CUDA_R_16F, CUDA_R_16F, CUDA_R_32F) ==
                   CUBLAS_STATUS_NOT_SUPPORTED,
               "Lt 16F D with a 32F bias is NOT_SUPPORTED");
         CHECK(cudasim_test_range_checks() == checks_before, "a refused 16F Lt call touched memory");
+        /* 16F A/B with 32F C/D, with and without a 32F bias (linear_f32io): D = A·B (+ bias), F32 */
+        fill_half(A);
+        fill_half(B);
+        fill(bias);
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            CHECK(lt_status(CUBLAS_COMPUTE_32F, CUDA_R_16F, CUDA_R_32F, CUDA_R_32F, with_bias ? CUDA_R_32F : -1) ==
+                      CUBLAS_STATUS_SUCCESS,
+                  "Lt 16F A/B with 32F C/D (bias %d)", with_bias);
+            int bad = 0;
+            for (int i = 0; i < m; i++)
+                for (int j = 0; j < n; j++) {
+                    double sum = with_bias ? (double)bias.p[i] : 0.0, mag = std::fabs(sum);
+                    for (int q = 0; q < k; q++) {
+                        const double t = (double)__half2float(hp(A)[i + q * m]) * __half2float(hp(B)[q + j * k]);
+                        sum += t;
+                        mag += std::fabs(t);
+                    }
+                    bad += std::fabs(Df.p[i + j * m] - sum) > 1e-6 * (mag + 1e-30);
+                }
+            CHECK(bad == 0, "Lt 16F A/B with 32F C/D (bias %d): fp32 sums, D not rounded to half (%d bad)", with_bias,
+                  bad);
+        }
         LtPlan p32, p16;
         cublasLtMatmulDescCreate(&p32.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
         cublasLtMatrixLayoutCreate(&p32.a, CUDA_R_32F, m, k, m);
