@@ -11,9 +11,9 @@
  *
  * Linear forward goes through cuBLASLt with the bias fused as an epilogue (one pass over y
  * instead of two) and a residual, when the caller has one, as C with beta = 1 (D = A·B + C + bias:
- * a transformer's skip connection without an add's pass over three tensors). A plan (descriptors + the heuristic's algorithm) is cached per shape, pointer
- * alignment, data type and precision; when cuBLASLt offers no algorithm the call falls back to
- * cublasGemmEx plus a bias kernel.
+ * a transformer's skip connection without an add's pass over three tensors). A plan (descriptors
+ * + the heuristic's algorithm) is cached per shape, pointer alignment, data types and precision;
+ * when cuBLASLt offers no algorithm the call falls back to cublasGemmEx plus a bias kernel.
  *
  * fp16 activations (cu_f16_linear, fast mode's forward): x, w, b and y are CUDA_R_16F in the same
  * plans, with CUBLAS_COMPUTE_32F whatever the precision mode (halves go to the tensor cores as
@@ -166,8 +166,7 @@ static sd_status plan_build(cu_state *s, cu_lt_plan *p, const void *b) {
 }
 
 static sd_status plan_get(cu_state *s, cudaDataType_t type, cudaDataType_t out_type, int64_t M, int64_t K, int64_t N,
-                          const void *x,
-                          const void *w, const void *b, const void *r, const void *y, cu_lt_plan **out) {
+                          const void *x, const void *w, const void *b, const void *r, const void *y, cu_lt_plan **out) {
     int align = ptr_align(x);
     const int aw = ptr_align(w), ay = ptr_align(y), ar = r ? ptr_align(r) : 256, bias_align = b ? ptr_align(b) : 0;
     if (aw < align) align = aw;
@@ -280,11 +279,9 @@ sd_status cu_linear_backward_params(const float *dy, const float *x, float *dw, 
  * fp16 linear
  * --------------------------------------------------------------------------------------------- */
 
-__global__ void k_bias_rows_plus(__half *y, const __half *b, const __half *r, int64_t M, int64_t N) {
-    /* y: [M, N] = b[N] on every row (bits copied: no rounding), plus r[M, N] when there is one (one
-     * rounding; r may be y) */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < M * N; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = r ? __float2half_rn(__half2float(r[i]) + __half2float(b[i % N])) : b[i % N];
+__global__ void k_f32_bias_residual_rows(float *t, const __half *b, const __half *r, int64_t M, int64_t N) {
+    /* t: [M, N] (F32) = r[M, N] + b[N], either may be NULL (halves widen exactly) */
+    CU_ROWS_COLS(m, n, M, N) t[m * N + n] = (r ? __half2float(r[m * N + n]) : 0.0f) + (b ? __half2float(b[n]) : 0.0f);
 }
 
 sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y, int64_t M,
@@ -299,27 +296,23 @@ sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const
         CU_TRY(lt_linear(s, CUDA_R_16F, CUDA_R_16F, x, w, b, r, y, M, K, N, &ran));
         if (ran) return SD_OK;
     }
-    /* The fallback keeps the epilogue's rounding where it can: y is first set to the bias rows (or
-     * the residual), then the GEMM adds the product with beta = 1, so the bias joins the fp32 sum
-     * before y's only rounding (an fp16 GEMM followed by a bias kernel would round twice). With both a
-     * bias and a residual, their sum is rounded once before the GEMM's. K = 0 is the empty sum. */
-    const size_t bytes = (size_t)(M * N) * sizeof(sd_f16);
-    if (b) {
-        CU_LAUNCH(k_bias_rows_plus, cu_blocks(M * N, 256), 256, 0, s->stream)(cu_half(y), cu_half(b), cu_half(r), M, N);
-        LAUNCH_CHECK("fp16 linear bias rows");
-    } else if (r && r != y) {
-        CUDA_CHECK(cudaMemcpyAsync(y, r, bytes, cudaMemcpyDeviceToDevice, s->stream));
+    /* The fallback keeps the epilogue's single rounding (the CPU twin's contract): the residual and
+     * bias go into an F32 buffer, the GEMM adds the product to it in fp32 (fp16 operands, F32 C),
+     * and y is that buffer rounded once. K = 0 is the empty sum: y = r + b, or 0. */
+    float *t = (float *)cu_workspace((size_t)(M * N) * sizeof(float)); /* [M, N] */
+    if (!t) return SD_ERR_OOM;
+    const int threads = cu_row_threads(N);
+    CU_LAUNCH(k_f32_bias_residual_rows, cu_rows_grid(M, N, threads), threads, 0, s->stream)(t, cu_half(b), cu_half(r), M,
+                                                                                             N);
+    LAUNCH_CHECK("fp16 linear: bias and residual rows");
+    if (K > 0) {
+        /* column-major tᵀ[N, M] = op(w)[N, K] · xᵀ[K, M] + tᵀ, as cu_gemm_rm(0, 1, ...) does for fp32 */
+        const float one = 1.0f;
+        CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w, CUDA_R_16F, (int)K,
+                                  x, CUDA_R_16F, (int)K, &one, t, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
     }
-    if (K <= 0) {
-        if (!b && !r) CUDA_CHECK(cudaMemsetAsync(y, 0, bytes, s->stream));
-        return SD_OK;
-    }
-    /* column-major yᵀ[N, M] = op(w)[N, K] · xᵀ[K, M] (+ yᵀ), as cu_gemm_rm(0, 1, ...) does for fp32 */
-    const float one = 1.0f, beta = b || r ? 1.0f : 0.0f;
-    CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w, CUDA_R_16F, (int)K, x,
-                              CUDA_R_16F, (int)K, &beta, y, CUDA_R_16F, (int)N, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
-    return SD_OK;
+    return cu_f16_from_f32(t, y, M * N);
 }
 
 /* ------------------------------------------------------------------------------------------------
