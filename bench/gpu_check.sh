@@ -9,7 +9,7 @@
 #   build  make -j all + every test binary (the CUDA build when nvcc exists; says so)
 #   test   $BUILD/tests/test_cuda_ops (every CUDA op vs the CPU, the tiny model vs the oracle, CUDA
 #          graphs), then every other test binary through tests/run_tests.sh (capped by TEST_TIMEOUT)
-#   bench  `stylediff bench unet` on the GPU, exact, fast, fast+f32act, fast+cudnn, exact+cudnn and fast+gemm, batch 1 and 2, eager and
+#   bench  `stylediff bench unet` on the GPU, exact, fast, fast+f32act, fast+nchw, fast+cudnn and exact+cudnn, batch 1 and 2, eager and
 #          CUDA graph, for the built-in tiny model and the SD v1.5 architecture with random weights
 #          (512x512, 64x64 latent), plus one call per mode with every op timed alone (--profile: time,
 #          TFLOP/s and GB/s per class of op); then bench/reference/unet_torch.py times PyTorch on the same card with the
@@ -162,20 +162,23 @@ if want bench; then
             # same tensor-core arithmetic on F32 storage: what the fp16 storage buys, side by side;
             # fast+cudnn, exact+cudnn = SD_CONV_GEMM=off, cuDNN for every convolution (fast mode's
             # default runs the 16x16 and 8x8 levels as im2col + GEMM, exact mode's every convolution):
-            # what that choice buys, side by side; fast+gemm = SD_CONV_GEMM=all, every convolution as
-            # im2col + GEMM. (SD_CONV_ALGO=find, cuDNN's timed choice, was slower than its heuristic on an H200.)
-            for prec in exact fast fast+f32act fast+cudnn exact+cudnn fast+gemm; do
+            # what that choice buys, side by side; fast+nchw = SD_CHANNELS_LAST=0, fp16 feature maps
+            # NCHW instead of channels-last. (SD_CONV_ALGO=find, cuDNN's timed choice, was slower than
+            # its heuristic on an H200; every convolution as a GEMM, SD_CONV_GEMM=all, lost: 14.2 ms.)
+            for prec in exact fast fast+f32act fast+nchw fast+cudnn exact+cudnn; do
                 extra=""
                 act=f16
                 convgemm=auto
+                chlast=1
                 [ "$prec" = "fast+f32act" ] && act=f32
+                [ "$prec" = "fast+nchw" ] && chlast=0
                 case $prec in *+cudnn) convgemm=off ;; *+gemm) convgemm=all ;; esac
                 [ -f "$W" ] || extra="--save-weights $W"
                 io="$WORK_DIR/io_${model}_${prec}_b$batch.safetensors"
                 extra="$extra --save-io $io"
                 echo "stylediff: $model batch $batch $prec ($(elapsed))"
                 # shellcheck disable=SC2086
-                if SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
+                if SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm SD_CHANNELS_LAST=$chlast "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
                     --batch "$batch" --size "$SIZE" \
                     --iters "$ITERS" --tsv -q $extra > "$WORK_DIR/row.tsv" 2> "$WORK_DIR/row.err"; then
                     awk -v m="$model" 'BEGIN { FS = OFS = "\t" } { $2 = m; print }' "$WORK_DIR/row.tsv" | tee -a "$TSV"
@@ -188,12 +191,12 @@ if want bench; then
             done
         done
         # where the time goes: one call per mode with every op timed alone (issue 3's per-kernel breakdown)
-        for prec in exact fast fast+cudnn; do
+        for prec in exact fast fast+nchw; do
             echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
-            convgemm=auto
-            [ "$prec" = "fast+cudnn" ] && convgemm=off
+            chlast=1
+            [ "$prec" = "fast+nchw" ] && chlast=0
             # shellcheck disable=SC2086
-            SD_CONV_GEMM=$convgemm "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
+            SD_CHANNELS_LAST=$chlast "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
                 --iters 3 --no-graph --profile -q 2>&1 | sed -n '/where the time goes/,$p' | head -n 28 \
                 || note "the breakdown failed for $model $prec"
         done
@@ -213,9 +216,9 @@ if want bench; then
         echo "UNet forward, ${SIZE}x${SIZE} image ($((SIZE / 8))x$((SIZE / 8)) latent), t = 981, ${GPU_NAME:-unknown GPU}," \
              "median of $ITERS calls (CUDA events) after warm-up."
         echo "stylediff exact = fp32, no TF32, convolutions as im2col + fp32 cuBLAS GEMMs; fast = fp16 UNet activations"
-        echo "with fp16 tensor-core GEMMs, convolutions and attention (fp32 accumulation), 16x16 and 8x8 convolutions as"
-        echo "im2col + cuBLAS GEMM; fast+f32act = fp32 storage (bf16 GEMMs/attention, TF32 convolutions); +cudnn = cuDNN"
-        echo "for every convolution; fast+gemm = every convolution as im2col + cuBLAS GEMM."
+        echo "with fp16 tensor-core GEMMs, convolutions and attention (fp32 accumulation), feature maps channels-last,"
+        echo "16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+nchw = fp16 feature maps NCHW; fast+f32act = fp32"
+        echo "storage (bf16 GEMMs/attention, TF32 convolutions); +cudnn = cuDNN for every convolution."
         echo "'x fp32' / 'x fp16' = PyTorch's fp32-sdpa / fp16-sdpa median divided by this row's (higher is faster)."
         echo "peak MiB: stylediff = activation arena only; PyTorch = allocator peak including weights."
         echo "TFLOP/s: the call's arithmetic (counted op by op by stylediff; the same model for PyTorch) / median;"

@@ -36,7 +36,15 @@
  * 42.2 ms with cuDNN, 28.7 ms with GEMMs; batch 2 64.6 and 62.9 ms; same parity with PyTorch fp32,
  * 3.4e-6). SD_CONV_GEMM=off puts it back on cuDNN (conv_gemm_wanted).
  *
- * Plans (descriptors and chosen algorithms) are cached per geometry, data type and precision, so
+ * Channels-last fp16 maps (cu_f16_conv2d_nhwc, sd_ctx.channels_last): x and y NHWC, w KRSC, the
+ * layout cuDNN's tensor-core kernels read natively (NCHW half data costs them transforms of their
+ * own: the NCHW fp16 3x3 convolutions at 64x64 ran at 118 TFLOP/s on an H200). Same plans with
+ * NHWC descriptors; the GEMM path is one plain GEMM over every output pixel of the batch
+ * (y[B·P, Co] = col[B·P, K] · wᵀ, col unfolded in KRSC order, or x itself for a 1x1 kernel); the
+ * bias is the channel-bias kernel's pass. Symmetric padding only (the nn layer keeps the VAE's
+ * asymmetric downsampler NCHW).
+ *
+ * Plans (descriptors and chosen algorithms) are cached per geometry, data type, layout and precision, so
  * a UNet call does no cuDNN setup after its first run (a requirement for CUDA graph capture). */
 #include "cuda_common.cuh"
 
@@ -53,6 +61,7 @@ struct cu_conv_plan {
     sd_precision precision; /* exact: FMA math and direct-sum algorithms (fp32 data only) */
     int padded;             /* explicit padding into the workspace (asymmetric geometry) */
     int gemm;               /* forward and backward data as im2col + cuBLAS GEMM (conv_gemm_wanted) */
+    int nhwc;               /* channels-last x and y, KRSC w (fp16 forward only; symmetric padding) */
     int64_t hp, wp;         /* the input size cuDNN sees (padded or original) */
     cudnnTensorDescriptor_t x_desc, y_desc;
     cudnnFilterDescriptor_t w_desc;
@@ -105,6 +114,9 @@ static sd_status plan_build(cu_state *s, cu_conv_plan *p) {
     const int64_t sym_w = (g->w_in + 2 * (int64_t)g->pad_left - g->kw) / g->stride + 1;
     const int direct = g->h_in + 2 * (int64_t)g->pad_top >= g->kh && g->w_in + 2 * (int64_t)g->pad_left >= g->kw &&
                        sym_h == g->h_out && sym_w == g->w_out;
+    if (p->nhwc && !direct)
+        return sd_fail(SD_ERR_UNSUPPORTED, "cuda conv2d (channels-last): padding (%d, %d) does not give a %lldx%lld "
+                       "output symmetrically", g->pad_top, g->pad_left, (long long)g->h_out, (long long)g->w_out);
     p->padded = !direct;
     p->hp = direct ? g->h_in : (g->h_out - 1) * g->stride + g->kh;
     p->wp = direct ? g->w_in : (g->w_out - 1) * g->stride + g->kw;
@@ -112,11 +124,13 @@ static sd_status plan_build(cu_state *s, cu_conv_plan *p) {
     CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->y_desc));
     CUDNN_CHECK(cudnnCreateFilterDescriptor(&p->w_desc));
     CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&p->conv_desc));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x_desc, CUDNN_TENSOR_NCHW, p->type, (int)g->batch, (int)g->c_in, (int)p->hp,
+    /* the dimensions are given as (n, c, h, w) in either format; NHWC filters are KRSC */
+    const cudnnTensorFormat_t format = p->nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->x_desc, format, p->type, (int)g->batch, (int)g->c_in, (int)p->hp,
                                            (int)p->wp));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y_desc, CUDNN_TENSOR_NCHW, p->type, (int)g->batch, (int)g->c_out,
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(p->y_desc, format, p->type, (int)g->batch, (int)g->c_out,
                                            (int)g->h_out, (int)g->w_out));
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w_desc, p->type, CUDNN_TENSOR_NCHW, (int)g->c_out, (int)g->c_in, g->kh,
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(p->w_desc, p->type, format, (int)g->c_out, (int)g->c_in, g->kh,
                                            g->kw));
     /* the compute type is fp32 for both data types (for half data: PSEUDO_HALF_CONFIG) */
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(p->conv_desc, direct ? g->pad_top : 0, direct ? g->pad_left : 0,
@@ -169,13 +183,13 @@ static int conv_gemm_wanted(const cu_state *s, const sd_conv_geom *g, sd_precisi
     return g->batch * g->h_out * g->w_out <= CONV_GEMM_MAX_PIXELS && g->c_in * g->kh * g->kw >= CONV_GEMM_MIN_TERMS;
 }
 
-static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, cu_conv_plan **out) {
+static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, int nhwc, cu_conv_plan **out) {
     cu_state *s = cu_cur();
     /* fp16 data runs as fast mode does in either mode: tensor-op math, any algorithm */
     const sd_precision precision = type == CUDNN_DATA_HALF ? SD_PRECISION_FAST : s->precision;
     for (int i = 0; i < s->n_conv_plans; i++) {
         cu_conv_plan *p = &s->conv_plans[i];
-        if (p->precision == precision && p->type == type && same_geom(&p->g, g)) {
+        if (p->precision == precision && p->type == type && p->nhwc == nhwc && same_geom(&p->g, g)) {
             *out = p;
             return SD_OK;
         }
@@ -196,6 +210,7 @@ static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, cu_conv_p
     p->g = *g;
     p->type = type;
     p->precision = precision;
+    p->nhwc = nhwc;
     sd_status st = plan_build(s, p);
     if (st != SD_OK) {
         plan_destroy(p);
@@ -204,9 +219,9 @@ static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, cu_conv_p
     }
     p->gemm = conv_gemm_wanted(s, g, precision, type == CUDNN_DATA_HALF ? 2 : 4);
     if (p->gemm && cudnn_log_on())
-        fprintf(stderr, "cudnn: (none)     %s %s b%lld %lld->%lld %lldx%lld k%dx%d/%d: im2col + cuBLAS GEMM "
+        fprintf(stderr, "cudnn: (none)     %s%s %s b%lld %lld->%lld %lldx%lld k%dx%d/%d: im2col + cuBLAS GEMM "
                         "(SD_CONV_GEMM)\n",
-                type == CUDNN_DATA_HALF ? "fp16" : "fp32", sd_precision_name(precision), (long long)g->batch,
+                type == CUDNN_DATA_HALF ? "fp16" : "fp32", nhwc ? " nhwc" : "", sd_precision_name(precision), (long long)g->batch,
                 (long long)g->c_in, (long long)g->c_out, (long long)g->h_in, (long long)g->w_in, g->kh, g->kw,
                 g->stride);
     *out = p;
@@ -258,9 +273,9 @@ static void log_choice(const cu_conv_plan *p, const char *dir, int algo, cudnnMa
     if (!cudnn_log_on()) return;
     const sd_conv_geom *g = &p->g;
     fprintf(stderr,
-            "cudnn: %-10s %s %s b%lld %lld->%lld %lldx%lld k%dx%d/%d: algo %d, %s math, rank %d of %d (%s), "
+            "cudnn: %-10s %s%s %s b%lld %lld->%lld %lldx%lld k%dx%d/%d: algo %d, %s math, rank %d of %d (%s), "
             "workspace %.1f MiB\n",
-            dir, p->type == CUDNN_DATA_HALF ? "fp16" : "fp32", p->precision == SD_PRECISION_FAST ? "fast" : "exact",
+            dir, p->type == CUDNN_DATA_HALF ? "fp16" : "fp32", p->nhwc ? " nhwc" : "", p->precision == SD_PRECISION_FAST ? "fast" : "exact",
             (long long)g->batch, (long long)g->c_in, (long long)g->c_out, (long long)g->h_in, (long long)g->w_in, g->kh,
             g->kw, g->stride, algo,
             math == CUDNN_FMA_MATH ? "FMA" : math == CUDNN_DEFAULT_MATH ? "default" : "tensor-op", rank + 1, n,
@@ -407,13 +422,38 @@ __global__ void k_unpad_add(const float *dxp, float *dx, int64_t BC, int64_t H, 
     }
 }
 
-/* T: float or __half; the bias is F32 for both, the sum computed in fp32 and rounded once to T. */
+/* The convolution's epilogue (a pass after cuDNN or the GEMM): y += b[c] (+ v[n, c]) (+ r), each
+ * term optional, summed in fp32 in that order and rounded once to T (float or __half; the biases
+ * are F32 for both). */
 template <typename T>
-__global__ void k_add_bias_nchw(T *y, const float *b, int64_t C, int64_t S, int64_t BC) {
-    /* y: [B·C rows, S] += b[row % C] (one row per (image, channel): no division per element) */
+__global__ void k_conv_epilogue_nchw(T *y, const float *b, const float *v, const T *res, int64_t C, int64_t S,
+                                     int64_t BC) {
+    /* y, res: [B·C rows, S]; v: [B·C] (one row per (image, channel): no division per element) */
     CU_ROWS_COLS(r, s, BC, S) {
         T *row = y + r * S;
-        cu_store(&row[s], cu_f32(row[s]) + b[r % C]);
+        float sum = cu_f32(row[s]);
+        if (b) sum += b[r % C];
+        if (v) sum += v[r];
+        if (res) sum += cu_f32(res[r * S + s]);
+        cu_store(&row[s], sum);
+    }
+}
+
+template <typename T>
+__global__ void k_conv_epilogue_nhwc(T *y, const float *b, const float *v, const T *res, int64_t rows, int64_t P,
+                                     int64_t C) {
+    /* y, res: [B·P rows, C] (one row per output pixel); v: [B, C] */
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float *vb = v ? v + (r / P) * C : NULL;
+        T *yr = y + r * C;
+        const T *rr = res ? res + r * C : NULL;
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+            float sum = cu_f32(yr[c]);
+            if (b) sum += b[c];
+            if (vb) sum += vb[c];
+            if (rr) sum += cu_f32(rr[c]);
+            cu_store(&yr[c], sum);
+        }
     }
 }
 
@@ -562,30 +602,96 @@ static sd_status conv_gemm_backward_data(const cu_conv_plan *p, const float *dy,
     return SD_OK;
 }
 
+/* Channels-last: col[b·P + p][(i·kw + j)·c_in + c] = x[b][oy·stride − pad_top + i][ox·stride −
+ * pad_left + j][c], 0 outside x: the unfolded rows are the GEMM's x as a linear layer reads it, K
+ * ordered as the KRSC weight. One grid row per output pixel (its position computed once), threads
+ * along the channels (coalesced both ways), the kh·kw taps looped. */
+template <typename T>
+__global__ void k_im2col_nhwc(const T *x, T *col, sd_conv_geom g) {
+    const int64_t P = g.h_out * g.w_out, rows = g.batch * P, K = (int64_t)g.kh * g.kw * g.c_in;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const int64_t b = r / P;
+        const int p = (int)(r - b * P), oy = p / (int)g.w_out, ox = p - oy * (int)g.w_out;
+        const int y0 = oy * g.stride - g.pad_top, x0 = ox * g.stride - g.pad_left;
+        const T *xb = x + b * g.h_in * g.w_in * g.c_in;
+        T *out = col + r * K;
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < g.c_in; c += (int64_t)gridDim.x * blockDim.x)
+            for (int i = 0; i < g.kh; i++) {
+                const int iy = y0 + i;
+                for (int j = 0; j < g.kw; j++) {
+                    const int ix = x0 + j;
+                    T *dst = out + (i * g.kw + j) * g.c_in + c;
+                    if (iy >= 0 && iy < g.h_in && ix >= 0 && ix < g.w_in)
+                        *dst = xb[((int64_t)iy * g.w_in + ix) * g.c_in + c];
+                    else
+                        cu_store(dst, 0.0f);
+                }
+            }
+    }
+}
+
+/* Channels-last y = conv(x, w) as one GEMM over every output pixel of the batch: y[B·P, c_out] =
+ * col[B·P, K] · w[c_out, K]ᵀ (a linear layer; col = x for a pointwise convolution). In cuBLAS's
+ * column-major terms yᵀ (c_out x B·P) = wᵀᵀ · colᵀ. */
+template <typename T>
+static sd_status conv_gemm_forward_nhwc(const cu_conv_plan *p, const T *x, const T *w, T *y, const sd_conv_geom *g) {
+    cu_state *s = cu_cur();
+    const int64_t M = g->batch * g->h_out * g->w_out, K = g->c_in * g->kh * g->kw;
+    if (M > INT_MAX || K > INT_MAX)
+        return sd_fail(SD_ERR_UNSUPPORTED, "cuda conv2d (channels-last GEMM): %lld x %lld outside cuBLAS's range",
+                       (long long)M, (long long)K);
+    const T *col = x;
+    if (!conv_is_pointwise(g)) {
+        T *buf = (T *)cu_workspace((size_t)(M * K) * sizeof(T));
+        if (!buf) return SD_ERR_OOM;
+        const int threads = cu_row_threads(g->c_in);
+        CU_LAUNCH(k_im2col_nhwc<T>, cu_rows_grid(M, g->c_in, threads), threads, 0, s->stream)(x, buf, *g);
+        LAUNCH_CHECK("conv im2col (channels-last)");
+        col = buf;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    typedef cu_conv_gemm_types<T> C;
+    CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)g->c_out, (int)M, (int)K, &one, w, C::data, (int)K,
+                              col, C::data, (int)K, &zero, y, C::data, (int)g->c_out, C::compute(p->precision),
+                              CUBLAS_GEMM_DEFAULT));
+    return SD_OK;
+}
+
 /* ------------------------------------------------------------------------------------------------
  * The three convolution ops
  * --------------------------------------------------------------------------------------------- */
 
-/* y += b[c] (F32 bias, NULL: none) after either way of convolving. */
+/* The epilogue (k_conv_epilogue_*: bias, channel bias, residual; all NULL: nothing to do) after
+ * either way of convolving, in either layout. */
 template <typename T>
-static sd_status conv_add_bias(T *y, const float *b, const sd_conv_geom *g) {
-    if (!b) return SD_OK;
-    const int64_t S = g->h_out * g->w_out, BC = g->batch * g->c_out;
-    const int threads = cu_row_threads(S);
-    CU_LAUNCH(k_add_bias_nchw<T>, cu_rows_grid(BC, S, threads), threads, 0, cu_cur()->stream)(y, b, g->c_out, S, BC);
-    LAUNCH_CHECK("conv bias");
+static sd_status conv_epilogue(T *y, const float *b, const float *v, const T *r, const sd_conv_geom *g, int nhwc) {
+    if (!b && !v && !r) return SD_OK;
+    const int64_t P = g->h_out * g->w_out;
+    if (nhwc) {
+        const int threads = cu_row_threads(g->c_out);
+        CU_LAUNCH(k_conv_epilogue_nhwc<T>, cu_rows_grid(g->batch * P, g->c_out, threads), threads, 0,
+                  cu_cur()->stream)(y, b, v, r, g->batch * P, P, g->c_out);
+    } else {
+        const int threads = cu_row_threads(P);
+        CU_LAUNCH(k_conv_epilogue_nchw<T>, cu_rows_grid(g->batch * g->c_out, P, threads), threads, 0,
+                  cu_cur()->stream)(y, b, v, r, g->c_out, P, g->batch * g->c_out);
+    }
+    LAUNCH_CHECK("conv epilogue");
     return SD_OK;
 }
 
-/* y = conv(x, w) (+ b, a separate pass): x, w, y of storage type T, the bias F32 (or NULL). */
+/* y = conv(x, w), then the epilogue (b, v, r: conv_epilogue) as a separate pass: x, w, y, r of
+ * storage type T, the biases F32 (each may be NULL); NCHW, or channels-last (nhwc: x [B, H, W, Ci],
+ * w [Co, kh, kw, Ci], y and r [B, Ho, Wo, Co]). */
 template <typename T>
-static sd_status conv2d_forward(const T *x, const T *w, const float *b, T *y, const sd_conv_geom *g) {
+static sd_status conv2d_forward(const T *x, const T *w, const float *b, const float *v, const T *r, T *y,
+                                const sd_conv_geom *g, int nhwc) {
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
-    CU_TRY(plan_get(g, cu_dnn_type<T>::value, &p));
+    CU_TRY(plan_get(g, cu_dnn_type<T>::value, nhwc, &p));
     if (p->gemm) {
-        CU_TRY(conv_gemm_forward(p, x, w, y, g));
-        return conv_add_bias(y, b, g);
+        CU_TRY(nhwc ? conv_gemm_forward_nhwc(p, x, w, y, g) : conv_gemm_forward(p, x, w, y, g));
+        return conv_epilogue(y, b, v, r, g, nhwc);
     }
     if (!p->fwd_ready) CU_TRY(choose_algo<conv_fwd>(s, p, 0));
     const size_t xp_bytes = padded_bytes<T>(p);
@@ -606,18 +712,18 @@ static sd_status conv2d_forward(const T *x, const T *w, const float *b, T *y, co
             return cu_fail_cudnn(st, __FILE__, __LINE__, "cudnnConvolutionForward");
         CU_TRY(choose_algo<conv_fwd>(s, p, 1));
     }
-    return conv_add_bias(y, b, g);
+    return conv_epilogue(y, b, v, r, g, nhwc);
 }
 
 sd_status cu_conv2d(const float *x, const float *w, const float *b, float *y, const sd_conv_geom *g) {
-    return conv2d_forward(x, w, b, y, g);
+    return conv2d_forward(x, w, b, NULL, (const float *)NULL, y, g, 0);
 }
 
 sd_status cu_conv2d_backward_data(const float *dy, const float *w, float *dx, const sd_conv_geom *g) {
     if (!dx) return SD_OK; /* a NULL gradient output is not computed (backend.h), as the CPU twin */
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
-    CU_TRY(plan_get(g, CUDNN_DATA_FLOAT, &p));
+    CU_TRY(plan_get(g, CUDNN_DATA_FLOAT, 0, &p));
     if (p->gemm) return conv_gemm_backward_data(p, dy, w, dx, g);
     if (!p->bwd_data_ready) CU_TRY(choose_algo<conv_bwd_data>(s, p, 0));
     const size_t xp_bytes = padded_bytes<float>(p);
@@ -655,7 +761,7 @@ sd_status cu_conv2d_backward_params(const float *dy, const float *x, float *dw, 
     cu_state *s = cu_cur();
     if (dw) {
         cu_conv_plan *p = NULL;
-        CU_TRY(plan_get(g, CUDNN_DATA_FLOAT, &p));
+        CU_TRY(plan_get(g, CUDNN_DATA_FLOAT, 0, &p));
         if (!p->bwd_filter_ready) CU_TRY(choose_algo<conv_bwd_filter>(s, p, 0));
         const size_t xp_bytes = padded_bytes<float>(p);
         const float one = 1.0f;
@@ -682,6 +788,12 @@ sd_status cu_conv2d_backward_params(const float *dy, const float *x, float *dw, 
     return SD_OK;
 }
 
-sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g) {
-    return conv2d_forward(cu_half(x), cu_half(w), b, cu_half(y), g);
+sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,
+                        const sd_conv_geom *g) {
+    return conv2d_forward(cu_half(x), cu_half(w), b, v, r ? cu_half(r) : (const __half *)NULL, cu_half(y), g, 0);
+}
+
+sd_status cu_f16_conv2d_nhwc(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r,
+                             sd_f16 *y, const sd_conv_geom *g) {
+    return conv2d_forward(cu_half(x), cu_half(w), b, v, r ? cu_half(r) : (const __half *)NULL, cu_half(y), g, 1);
 }

@@ -387,6 +387,13 @@ static void f16_table_fill(sd_f16_ops *t) {
     t->upsample_nearest = cu_f16_upsample_nearest;
     t->transpose = cu_f16_transpose;
     t->attention = cu_f16_attention;
+    t->to_f16_nhwc = cu_f16_to_f16_nhwc;
+    t->to_f32_nchw = cu_f16_to_f32_nchw;
+    t->conv2d_nhwc = cu_f16_conv2d_nhwc;
+    t->group_norm_nhwc = cu_f16_group_norm_nhwc;
+    t->add_channel_bias_nhwc = cu_f16_add_channel_bias_nhwc;
+    t->concat_channels_nhwc = cu_f16_concat_channels_nhwc;
+    t->upsample_nearest_nhwc = cu_f16_upsample_nearest_nhwc;
 }
 
 static void table_fill(sd_backend *t) {

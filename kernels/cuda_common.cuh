@@ -567,6 +567,18 @@ sd_status cu_f16_concat_channels(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, in
 sd_status cu_f16_upsample_nearest(const sd_f16 *x, sd_f16 *y, int64_t N, int64_t H, int64_t W, int64_t Ho,
                                   int64_t Wo);
 sd_status cu_f16_transpose(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C);
+/* channels-last forms (backend.h, sd_f16_ops.*_nhwc) */
+sd_status cu_f16_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S);
+sd_status cu_f16_to_f32_nchw(const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S);
+sd_status cu_f16_add_channel_bias_nhwc(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S);
+sd_status cu_f16_concat_channels_nhwc(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca, int64_t Cb,
+                                      int64_t S);
+sd_status cu_f16_upsample_nearest_nhwc(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t H, int64_t W, int64_t C,
+                                       int64_t Ho, int64_t Wo);
+sd_status cu_f16_group_norm_nhwc(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
+                                 int64_t C, int64_t S, int groups, float eps, int silu);
+sd_status cu_f16_conv2d_nhwc(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r,
+                             sd_f16 *y, const sd_conv_geom *g);
 /* norms.cu */
 sd_status cu_f16_group_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
                             int64_t C, int64_t S, int groups, float eps, int silu);
@@ -578,7 +590,8 @@ sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const
 sd_status cu_f16w_linear(const float *x, const sd_f16 *w, const float *b, const float *r, float *y, int64_t M, int64_t K,
                          int64_t N);
 /* conv.cu */
-sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g);
+sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,
+                        const sd_conv_geom *g);
 /* attention.cu */
 sd_status cu_f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
                            int64_t Sk, int H, int D, int Dv, float scale, int causal);

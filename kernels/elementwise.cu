@@ -228,14 +228,21 @@ sd_status cu_f16_upsample_nearest(const sd_f16 *x, sd_f16 *y, int64_t N, int64_t
 
 #define TR_TILE 32
 
-template <typename T> __global__ void k_transpose(const T *x, T *y, int64_t R, int64_t C, int64_t tiles_c) {
+/* A value moved from Tin to Tout storage: as it is for one type (bit-exact), else through fp32
+ * (float -> half rounds once to nearest even; half -> float is exact). */
+template <typename Tin, typename Tout> __device__ __forceinline__ void tr_store(Tout *p, Tin v) { cu_store(p, cu_f32(v)); }
+template <> __device__ __forceinline__ void tr_store<float, float>(float *p, float v) { *p = v; }
+template <> __device__ __forceinline__ void tr_store<__half, __half>(__half *p, __half v) { *p = v; }
+
+template <typename T, typename Tout = T>
+__global__ void k_transpose(const T *x, Tout *y, int64_t R, int64_t C, int64_t tiles_c) {
     /* x: [B, R, C] -> y: [B, C, R]; blockIdx.y = b; blockIdx.x = tile (row-tile · tiles_c + col-tile);
      * 32x8 threads move a 32x32 tile through shared memory (+1 column: no bank conflicts) */
     __shared__ T tile[TR_TILE][TR_TILE + 1];
     const int64_t b = blockIdx.y;
     const int64_t r0 = ((int64_t)blockIdx.x / tiles_c) * TR_TILE, c0 = ((int64_t)blockIdx.x % tiles_c) * TR_TILE;
     const T *xb = x + b * R * C;
-    T *yb = y + b * R * C;
+    Tout *yb = y + b * R * C;
     for (int j = threadIdx.y; j < TR_TILE; j += blockDim.y) {
         const int64_t r = r0 + j, c = c0 + threadIdx.x;
         if (r < R && c < C) tile[j][threadIdx.x] = xb[r * C + c];
@@ -243,16 +250,17 @@ template <typename T> __global__ void k_transpose(const T *x, T *y, int64_t R, i
     __syncthreads();
     for (int j = threadIdx.y; j < TR_TILE; j += blockDim.y) {
         const int64_t c = c0 + j, r = r0 + threadIdx.x;
-        if (r < R && c < C) yb[c * R + r] = tile[threadIdx.x][j];
+        if (r < R && c < C) tr_store(&yb[c * R + r], tile[threadIdx.x][j]);
     }
 }
 
-template <typename T> static sd_status transpose(const T *x, T *y, int64_t B, int64_t R, int64_t C) {
+template <typename T, typename Tout = T>
+static sd_status transpose(const T *x, Tout *y, int64_t B, int64_t R, int64_t C) {
     if (B <= 0 || R <= 0 || C <= 0) return SD_OK;
     if (B > 65535) return sd_fail(SD_ERR_UNSUPPORTED, "cuda transpose: batch %lld over 65535", (long long)B);
     const int64_t tiles_r = (R + TR_TILE - 1) / TR_TILE, tiles_c = (C + TR_TILE - 1) / TR_TILE;
     dim3 grid((unsigned)(tiles_r * tiles_c), (unsigned)B), block(TR_TILE, 8);
-    CU_LAUNCH(k_transpose<T>, grid, block, 0, cu_cur()->stream)(x, y, R, C, tiles_c);
+    CU_LAUNCH((k_transpose<T, Tout>), grid, block, 0, cu_cur()->stream)(x, y, R, C, tiles_c);
     LAUNCH_CHECK("transpose");
     return SD_OK;
 }
@@ -261,6 +269,117 @@ sd_status cu_transpose(const float *x, float *y, int64_t B, int64_t R, int64_t C
 
 sd_status cu_f16_transpose(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C) {
     return transpose(cu_half(x), cu_half(y), B, R, C);
+}
+
+/* Feature maps between F32 NCHW and fp16 channels-last in one pass: the transpose rounding on the
+ * way out, widening on the way back. */
+sd_status cu_f16_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
+    return transpose(x, cu_half(y), B, C, S);
+}
+
+sd_status cu_f16_to_f32_nchw(const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S) {
+    return transpose(cu_half(x), y, B, S, C);
+}
+
+/* ---- channels-last (NHWC) forms of the feature-map ops (sd_f16_ops.*_nhwc): a row is one pixel's
+ * C channels; one grid row per pixel row (its constants computed once), threads along the
+ * channels, coalesced ---- */
+
+/* y[r, c] = x[r, c] + v[r / S, c] over rows r < rows of C values (x, y: [B·S, C]; v: [B, C] F32;
+ * y may be x: the conv bias passes v = b with S = rows). */
+template <typename T>
+__global__ void k_add_channel_bias_nhwc(const T *x, const float *v, T *y, int64_t rows, int64_t S, int64_t C) {
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float *vb = v + (r / S) * C;
+        const T *xr = x + r * C;
+        T *yr = y + r * C;
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x)
+            cu_store(&yr[c], cu_f32(xr[c]) + vb[c]);
+    }
+}
+
+sd_status cu_f16_add_channel_bias_nhwc(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
+    if (B * C * S <= 0) return SD_OK;
+    const int threads = cu_row_threads(C);
+    CU_LAUNCH(k_add_channel_bias_nhwc<__half>, cu_rows_grid(B * S, C, threads), threads, 0,
+              cu_cur()->stream)(cu_half(x), v, cu_half(y), B * S, S, C);
+    LAUNCH_CHECK("add_channel_bias_nhwc");
+    return SD_OK;
+}
+
+/* The pure moves run on units U of 16 bytes (float4: bits moved, no arithmetic) where every channel count and pointer allows (the
+ * UNet's 320 to 2560 channels), else on the halves themselves. */
+template <typename U>
+__global__ void k_concat_nhwc(const U *a, const U *c, U *y, int64_t rows, int64_t Ca, int64_t Cb) {
+    /* y[r] = (a[r, :Ca], c[r, :Cb]), counts in units */
+    const int64_t Cy = Ca + Cb;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const U *ar = a + r * Ca, *cr = c + r * Cb;
+        U *yr = y + r * Cy;
+        for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < Cy; k += (int64_t)gridDim.x * blockDim.x)
+            yr[k] = k < Ca ? ar[k] : cr[k - Ca];
+    }
+}
+
+template <typename U>
+__global__ void k_upsample_nhwc(const U *x, U *y, int64_t B, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t C,
+                                float sh, float sw) {
+    /* y[b, oy, ox, :] = x[b, iy, ix, :] with upsample_nearest's source pixel; C in units */
+    const int64_t rows = B * Ho * Wo;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const int64_t ox = r % Wo, t = r / Wo, oy = t % Ho, b = t / Ho;
+        int64_t iy = (int64_t)floorf(__fmul_rn((float)oy, sh));
+        int64_t ix = (int64_t)floorf(__fmul_rn((float)ox, sw));
+        if (iy > H - 1) iy = H - 1;
+        if (ix > W - 1) ix = W - 1;
+        const U *xr = x + ((b * H + iy) * W + ix) * C;
+        U *yr = y + r * C;
+        for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < C; k += (int64_t)gridDim.x * blockDim.x)
+            yr[k] = xr[k];
+    }
+}
+
+/* 8 halves per 16-byte unit when the counts and pointers allow */
+static bool units16(int64_t c0, int64_t c1, const void *p0, const void *p1, const void *p2) {
+    return c0 % 8 == 0 && c1 % 8 == 0 && ((uintptr_t)p0 & 15) == 0 && ((uintptr_t)p1 & 15) == 0 &&
+           ((uintptr_t)p2 & 15) == 0;
+}
+
+sd_status cu_f16_concat_channels_nhwc(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca, int64_t Cb,
+                                      int64_t S) {
+    const int64_t rows = B * S;
+    if (rows <= 0 || Ca + Cb <= 0) return SD_OK;
+    cudaStream_t st = cu_cur()->stream;
+    if (units16(Ca, Cb, a, c, y)) {
+        const int threads = cu_row_threads((Ca + Cb) / 8);
+        CU_LAUNCH(k_concat_nhwc<float4>, cu_rows_grid(rows, (Ca + Cb) / 8, threads), threads, 0, st)(
+            (const float4 *)a, (const float4 *)c, (float4 *)y, rows, Ca / 8, Cb / 8);
+    } else {
+        const int threads = cu_row_threads(Ca + Cb);
+        CU_LAUNCH(k_concat_nhwc<uint16_t>, cu_rows_grid(rows, Ca + Cb, threads), threads, 0, st)(
+            (const uint16_t *)a, (const uint16_t *)c, (uint16_t *)y, rows, Ca, Cb);
+    }
+    LAUNCH_CHECK("concat_channels_nhwc");
+    return SD_OK;
+}
+
+sd_status cu_f16_upsample_nearest_nhwc(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t H, int64_t W, int64_t C,
+                                       int64_t Ho, int64_t Wo) {
+    const int64_t rows = B * Ho * Wo;
+    if (rows <= 0 || C <= 0) return SD_OK;
+    const float sh = (float)H / (float)Ho, sw = (float)W / (float)Wo; /* as the CPU computes them */
+    cudaStream_t st = cu_cur()->stream;
+    if (units16(C, 0, x, y, y)) {
+        const int threads = cu_row_threads(C / 8);
+        CU_LAUNCH(k_upsample_nhwc<float4>, cu_rows_grid(rows, C / 8, threads), threads, 0, st)(
+            (const float4 *)x, (float4 *)y, B, H, W, Ho, Wo, C / 8, sh, sw);
+    } else {
+        const int threads = cu_row_threads(C);
+        CU_LAUNCH(k_upsample_nhwc<uint16_t>, cu_rows_grid(rows, C, threads), threads, 0, st)(
+            (const uint16_t *)x, (uint16_t *)y, B, H, W, Ho, Wo, C, sh, sw);
+    }
+    LAUNCH_CHECK("upsample_nearest_nhwc");
+    return SD_OK;
 }
 
 /* ---- fp16 storage: conversions and copy ---- */

@@ -653,3 +653,136 @@ sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float
     }
     return SD_OK;
 }
+
+/* ------------------------------------------------------------------------------------------------
+ * GroupNorm on channels-last maps (fp16 storage: sd_f16_ops.group_norm_nhwc)
+ * --------------------------------------------------------------------------------------------- */
+
+/* x: [B, S, C]; a group is cpg consecutive channels of every pixel, so its values are strided. The
+ * statistics pass gives each block GN_NHWC_PIXELS pixels of one image: thread (lane, pixel lane)
+ * reads channels 2·lane and 2·lane + 1 (one group: cpg is even) of every R-th pixel and sums them
+ * in double; the block then adds up each group's threads in a fixed order and writes the partial
+ * sums of (image, group, chunk) where k_gn_partial would, for k_gn_finalize. The normalisation is
+ * elementwise, one grid row per pixel. Short groups take one kernel (k_gn_nhwc_fused, the rule of
+ * gn_fused_ok). Same formulas as the NCHW kernels (gn_stats_from_sums, gn_value); the sums are
+ * taken in another order, so a statistic can differ in its last bit. */
+#define GN_NHWC_PIXELS 32
+
+template <typename T>
+__global__ void k_gn_nhwc_partial(const T *x, int64_t S, int64_t C, int cpg, int chunks, double *partial) {
+    CU_DYNAMIC_SHARED(double, gn_sums); /* [2][blockDim.x]: Σ x and Σ x² per thread */
+    const int pairs = (int)(C / 2), R = (int)blockDim.x / pairs;
+    const int lane = (int)threadIdx.x % pairs, plane = (int)threadIdx.x / pairs;
+    const int64_t b = blockIdx.y, chunk = blockIdx.x;
+    const int64_t p0 = chunk * GN_NHWC_PIXELS;
+    const int64_t p1 = p0 + GN_NHWC_PIXELS < S ? p0 + GN_NHWC_PIXELS : S;
+    double s = 0.0, sq = 0.0;
+    for (int64_t p = p0 + plane; p < p1; p += R) {
+        const T *px = x + (b * S + p) * C + 2 * lane;
+        const double v0 = cu_f32(px[0]), v1 = cu_f32(px[1]);
+        s += v0 + v1;
+        sq += v0 * v0 + v1 * v1;
+    }
+    gn_sums[threadIdx.x] = s;
+    gn_sums[blockDim.x + threadIdx.x] = sq;
+    __syncthreads();
+    const int G = (int)(C / cpg), per_group = cpg / 2;
+    for (int g = threadIdx.x; g < G; g += blockDim.x) {
+        double gs = 0.0, gq = 0.0;
+        for (int r = 0; r < R; r++)
+            for (int j = 0; j < per_group; j++) {
+                const int t = r * pairs + g * per_group + j;
+                gs += gn_sums[t];
+                gq += gn_sums[blockDim.x + t];
+            }
+        double *out = partial + ((b * G + g) * chunks + chunk) * 2;
+        out[0] = gs;
+        out[1] = gq;
+    }
+}
+
+template <typename T>
+__global__ void k_gn_nhwc_normalize(const T *x, const float *gamma, const float *beta, T *y, const float *stats,
+                                    int64_t rows, int64_t S, int64_t C, int cpg, int silu) {
+    /* x, y: [B·S rows, C]; stats[(b·G + g)·2 + {0, 1}] = (mean, rstd) */
+    const int64_t G = C / cpg;
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float *st = stats + (r / S) * G * 2;
+        const T *xr = x + r * C;
+        T *yr = y + r * C;
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+            const int g = (int)c / cpg;
+            const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
+            cu_store(&yr[c], gn_value(cu_f32(xr[c]), st[2 * g], st[2 * g + 1], ga, be, silu));
+        }
+    }
+}
+
+/* Short groups (gn_fused_ok: SD's 16x16 and 8x8 levels) in one kernel, one block per (image, group),
+ * as k_gn_fused does for NCHW maps: the group's S·cpg values walked pixel by pixel (cpg consecutive
+ * halves each), summed, normalised from L2. One launch instead of three. */
+template <typename T>
+__global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_nhwc_fused(const T *x, const float *gamma, const float *beta,
+                                                                    T *y, int64_t S, int64_t C, int cpg, float eps,
+                                                                    int silu) {
+    __shared__ double smem[32];
+    __shared__ float stats[2];
+    const int G = (int)(C / cpg);
+    const int64_t b = blockIdx.x / G;
+    const int g = (int)(blockIdx.x - b * G);
+    const T *xg = x + b * S * C + (int64_t)g * cpg;
+    T *yg = y + b * S * C + (int64_t)g * cpg;
+    const int64_t count = S * cpg;
+    double s = 0.0, sq = 0.0;
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+        const int64_t p = i / cpg;
+        const double v = cu_f32(xg[p * C + (i - p * cpg)]);
+        s += v;
+        sq += v * v;
+    }
+    s = cu_block_sum_d(s, smem);
+    sq = cu_block_sum_d(sq, smem);
+    if (threadIdx.x == 0) gn_stats_from_sums(s, sq, count, eps, &stats[0], &stats[1]);
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
+        const int64_t p = i / cpg;
+        const int ch = (int)(i - p * cpg), c = g * cpg + ch;
+        const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
+        cu_store(&yg[p * C + ch], gn_value(cu_f32(xg[p * C + ch]), stats[0], stats[1], ga, be, silu));
+    }
+}
+
+sd_status cu_f16_group_norm_nhwc(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
+                                 int64_t C, int64_t S, int groups, float eps, int silu) {
+    if (groups <= 0 || C % groups || (C / groups) % 2 || C > 2048)
+        return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): %lld channels in %d groups (needs an even "
+                       "number of channels per group, at most 2048 channels)", (long long)C, groups);
+    const int64_t n_groups = B * groups, cpg = C / groups;
+    if (n_groups <= 0 || S <= 0) return SD_OK;
+    if (gn_fused_ok(n_groups, cpg * S)) {
+        CU_LAUNCH(k_gn_nhwc_fused<__half>, (unsigned)n_groups, GN_FUSED_THREADS, 0, cu_cur()->stream)(
+            cu_half(x), gamma, beta, cu_half(y), S, C, (int)cpg, eps, silu);
+        LAUNCH_CHECK("group_norm_nhwc (one kernel)");
+        return SD_OK;
+    }
+    if (B > 65535) return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): batch %lld over 65535", (long long)B);
+    const int chunks = (int)((S + GN_NHWC_PIXELS - 1) / GN_NHWC_PIXELS);
+    const size_t part_bytes = gn_partial_bytes(n_groups, chunks);
+    char *ws = (char *)cu_workspace(part_bytes + cu_align((size_t)n_groups * 2 * sizeof(float)));
+    if (!ws) return SD_ERR_OOM;
+    double *partial = (double *)ws;
+    float *stats = (float *)(ws + part_bytes);
+    cudaStream_t st = cu_cur()->stream;
+    /* pairs of channels across, pixel lanes down: about 512 threads */
+    const int pairs = (int)(C / 2), lanes = pairs >= 512 ? 1 : 512 / pairs, threads = pairs * lanes;
+    CU_LAUNCH(k_gn_nhwc_partial<__half>, dim3((unsigned)chunks, (unsigned)B), threads, 2 * threads * sizeof(double),
+              st)(cu_half(x), S, C, (int)cpg, chunks, partial);
+    LAUNCH_CHECK("group_norm_nhwc partial");
+    CU_LAUNCH(k_gn_finalize, cu_blocks(n_groups, 128), 128, 0, st)(partial, chunks, n_groups, cpg * S, eps, stats);
+    LAUNCH_CHECK("group_norm_nhwc finalize");
+    const int nthreads = cu_row_threads(C);
+    CU_LAUNCH(k_gn_nhwc_normalize<__half>, cu_rows_grid(B * S, C, nthreads), nthreads, 0, st)(
+        cu_half(x), gamma, beta, cu_half(y), stats, B * S, S, C, (int)cpg, silu);
+    LAUNCH_CHECK("group_norm_nhwc normalize");
+    return SD_OK;
+}

@@ -33,9 +33,9 @@ typedef struct sd_conv_geom {
  * arithmetic is fp32; each op rounds its output once, to nearest even. Weights of linear and
  * convolution layers come as fp16 copies (the nn layer makes them once per weight); linear biases
  * are fp16 too (what an fp16 GEMM epilogue reads), while convolution biases, norm affine parameters
- * and the channel bias `v` stay F32. A convolution rounds its product, then adds the bias and
- * rounds again (its bias is a separate pass); a linear adds its bias and residual before its only
- * rounding.
+ * and the channel bias `v` stay F32. A convolution rounds its product, then adds the bias (and a
+ * channel bias and residual, when given) and rounds again (a separate pass); a linear adds its bias
+ * and residual before its only rounding.
  * Shapes and layouts are those of the F32 ops of the same name.
  *
  * Why fp16 and not bf16: on the tiny model, storing the UNet's activations in bf16 moves eps by
@@ -54,8 +54,12 @@ typedef struct sd_f16_ops {
      * tensor cores then run on native operands instead of converting F32 ones tile by tile. */
     sd_status (*linear_f32io)(const float *x, const sd_f16 *w, const float *b, const float *r, float *y,
                               int64_t M, int64_t K, int64_t N);
-    sd_status (*conv2d)(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y,
-                        const sd_conv_geom *g);
+    /* The convolution's epilogue takes what follows it in a resnet: y = round(round(conv(x, w)) +
+     * b[c] + v[n, c] + r), the three added in fp32 in that order (each may be NULL): b the conv
+     * bias, v [B, Co] a per-image channel bias (the time embedding, F32), r a residual in y's
+     * layout (the skip connection). */
+    sd_status (*conv2d)(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r,
+                        sd_f16 *y, const sd_conv_geom *g);
     sd_status (*group_norm)(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y,
                             int64_t B, int64_t C, int64_t S, int groups, float eps, int silu);
     sd_status (*layer_norm)(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y,
@@ -73,6 +77,33 @@ typedef struct sd_f16_ops {
     sd_status (*attention)(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out,
                            int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
                            int causal);
+
+    /* ---- channels-last storage (sd_ctx.channels_last): a feature map (B, C, H, W) held as
+     * [B, H·W, C], which is what tensor-core convolutions read natively (an NCHW map costs cuDNN
+     * transposes of its own) and what a transformer's token layout already is (no transposes around
+     * the attention blocks). Same arithmetic and rounding as the NCHW ops of the same name; only
+     * the order of the values in memory differs. NULL where a backend has none (the nn layer then
+     * keeps maps NCHW). ---- */
+    /* F32 NCHW x [B, C, S] -> fp16 y [B, S, C] (rounded once), and fp16 [B, S, C] -> F32 NCHW
+     * (exact): a map entering and leaving channels-last storage in one pass */
+    sd_status (*to_f16_nhwc)(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S);
+    sd_status (*to_f32_nchw)(const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S);
+    /* x [B, H, W, Ci], w [Co, kh, kw, Ci] (KRSC), y [B, Ho, Wo, Co]; symmetric padding only
+     * (pad_top on both sides of the rows, pad_left of the columns). */
+    sd_status (*conv2d_nhwc)(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v,
+                             const sd_f16 *r, sd_f16 *y, const sd_conv_geom *g);
+    /* x, y [B, S, C]; groups of C/groups consecutive channels, C/groups even, C <= 2048 */
+    sd_status (*group_norm_nhwc)(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y,
+                                 int64_t B, int64_t C, int64_t S, int groups, float eps, int silu);
+    /* y[b, s, c] = x[b, s, c] + v[b, c] */
+    sd_status (*add_channel_bias_nhwc)(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B,
+                                       int64_t C, int64_t S);
+    /* y[b, s] = (a[b, s, :Ca], c[b, s, :Cb]) */
+    sd_status (*concat_channels_nhwc)(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B,
+                                      int64_t Ca, int64_t Cb, int64_t S);
+    /* x [B, H, W, C] -> y [B, Ho, Wo, C], the source pixel as upsample_nearest picks it */
+    sd_status (*upsample_nearest_nhwc)(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t H, int64_t W,
+                                       int64_t C, int64_t Ho, int64_t Wo);
 } sd_f16_ops;
 
 typedef struct sd_backend {

@@ -112,6 +112,8 @@ typedef struct sd_tensor {
     int requires_grad;/* a leaf the tape differentiates with respect to */
     int tape_index;   /* position of the op that produced it on the active tape, -1 if none */
     struct sd_tensor *grad; /* accumulated gradient of a requires_grad leaf (same shape), or NULL */
+    int channels_last; /* a 4-d fp16 activation (B, C, H, W) whose memory is [B, H, W, C]
+                        * (sd_ctx.channels_last); 0 for every other tensor */
     char name[96];    /* checkpoint name for weights, or a short label for debugging */
 } sd_tensor;
 

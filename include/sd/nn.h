@@ -38,6 +38,11 @@ typedef struct sd_ctx {
                                  * SD_F32 (default) or SD_F16 (fast mode on a
                                  * GPU: half the memory traffic, fp16 tensor-core convolutions).
                                  * Inputs, outputs, time embedding and every gradient stay F32. */
+    int channels_last;          /* fp16 forwards hold the UNet's feature maps channels-last
+                                 * ([B, H, W, C], sd_tensor.channels_last) where the backend has the
+                                 * ops (sd_f16_ops.*_nhwc): tensor-core convolutions without layout
+                                 * transforms, transformer tokens as views. Fast mode on a GPU by
+                                 * default (SD_CHANNELS_LAST=0 keeps NCHW). */
     struct sd_lowp_weights *lowp_weights; /* the fp16 copies of weights that fp16 ops read */
     sd_arena *block_result;     /* while sd_checkpoint runs a block in the scratch arena: its
                                  * caller's arena, where sd_block_result sends the block's output */
@@ -97,8 +102,16 @@ sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);
 int sd_ctx_stores_f16(const sd_ctx *c);
 /* Device memory held by the fp16 copies of weights made for fp16 activations (0 when none). */
 size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c);
-/* x converted to `dtype` (SD_F32 or SD_F16; x itself when it already is). Forward only. */
+/* x converted to `dtype` (SD_F32 or SD_F16; x itself when it already is). Forward only. An F32
+ * result is always NCHW. */
 sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype);
+/* 1 when fp16 feature maps on this context go channels-last: asked for (c->channels_last) and the
+ * backend has every *_nhwc op. */
+int sd_ctx_channels_last(const sd_ctx *c);
+/* A 4-d fp16 map x channels-last (x itself when it already is, or when sd_ctx_channels_last is 0).
+ * The nn ops keep a channels-last map channels-last; an op without a channels-last form (or a
+ * geometry its form does not take) converts its input back to NCHW first. */
+sd_tensor *sd_to_channels_last(sd_ctx *c, sd_tensor *x);
 
 /* A header sharing x's data with a new shape (same numel); arena-allocated header. */
 sd_tensor *sd_reshape(sd_ctx *c, sd_tensor *x, int ndim, const int64_t *shape);
@@ -113,7 +126,9 @@ sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count);
  * while bound and fast mode may run an F32 linear on the weight's fp16 copy (sd_linear); a matrix
  * built from activations ({t, NULL}) leaves it 0. */
 typedef struct sd_linear_w { sd_tensor *weight, *bias; int frozen; } sd_linear_w;
-typedef struct sd_conv_w { sd_tensor *weight, *bias; } sd_conv_w;       /* weight (out, in, kh, kw) */
+/* weight (out, in, kh, kw). f16_in_f32: a UNet checkpoint weight (sd_unet_bind sets it) whose F32
+ * convolutions in fast mode (a gradient step's forward) run on its fp16 copy, channels-last. */
+typedef struct sd_conv_w { sd_tensor *weight, *bias; int f16_in_f32; } sd_conv_w;
 typedef struct sd_norm_w { sd_tensor *weight, *bias; } sd_norm_w;       /* (C), (C) */
 
 /* ------------------------------------------------------------------------------------------------
@@ -131,6 +146,12 @@ sd_tensor *sd_conv2d(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, in
 /* Asymmetric padding (top, left, bottom, right). */
 sd_tensor *sd_conv2d_pad4(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad_top,
                           int pad_left, int pad_bottom, int pad_right);
+/* A resnet's convolution with what follows it: conv(x) + chan_bias[b, c] (F32 [B, Co]: the time
+ * embedding) + residual (the output's shape: the skip connection); either may be NULL. With fp16
+ * storage the convolution's epilogue adds both (one pass instead of three); otherwise they are the
+ * separate ops sd_add_channel_bias and sd_add(residual, ·), recorded as such. */
+sd_tensor *sd_conv2d_fused(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad, sd_tensor *chan_bias,
+                           sd_tensor *residual);
 /* x[B, C, ...] -> same shape. */
 sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups, float eps, int silu);
 /* x[..., C] -> same shape. */

@@ -62,6 +62,16 @@ static sd_dtype fast_activations(void) {
     return SD_F16;
 }
 
+/* Fast mode's fp16 feature maps are channels-last (sd_ctx.channels_last); SD_CHANNELS_LAST=0 keeps
+ * them NCHW (to measure what the layout buys). */
+static int fast_channels_last(void) {
+    const char *e = getenv("SD_CHANNELS_LAST");
+    if (!e || !*e || !strcmp(e, "1")) return 1;
+    if (!strcmp(e, "0")) return 0;
+    sd_warn("SD_CHANNELS_LAST=%s is neither 0 nor 1: channels-last feature maps", e);
+    return 1;
+}
+
 sd_status sd_device_open(const char *spec, sd_precision precision, sd_ctx *ctx_out) {
     int device = SD_DEVICE_AUTO;
     SD_TRY(sd_device_parse(spec, &device));
@@ -82,6 +92,7 @@ sd_status sd_device_open(const char *spec, sd_precision precision, sd_ctx *ctx_o
     SD_TRY(sd_cuda_set_precision(precision));
     SD_TRY(sd_ctx_init(ctx_out, be, ordinal));
     ctx_out->activations = precision == SD_PRECISION_FAST ? fast_activations() : SD_F32;
+    ctx_out->channels_last = precision == SD_PRECISION_FAST && fast_channels_last();
     return SD_OK;
 }
 
@@ -97,6 +108,8 @@ const char *sd_device_describe(const sd_ctx *c, char *buf, size_t n) {
     char name[256];
     if (sd_cuda_device_name(c->device, name, sizeof name) != SD_OK) snprintf(name, sizeof name, "?");
     snprintf(buf, n, "cuda:%d %s, %s%s", c->device, name, sd_precision_describe(sd_cuda_get_precision()),
-             c->activations == SD_F16 ? ", fp16 UNet activations" : "");
+             c->activations != SD_F16 ? ""
+             : sd_ctx_channels_last(c) ? ", fp16 UNet activations (channels-last)"
+                                       : ", fp16 UNet activations (NCHW)");
     return buf;
 }

@@ -272,9 +272,10 @@ static sd_status q_linear_f32io(const float *x, const sd_f16 *w, const float *b,
     TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * K + (r ? 2 : 1) * M * N) + F2 * N * K,
           inner16->linear_f32io(x, w, b, r, y, M, K, N));
 }
-static sd_status q_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g) {
-    label_conv("conv", g);
-    TIMED(SD_PROF_CONV, conv_flops(g), F2 * conv_values(g), inner16->conv2d(x, w, b, y, g));
+static sd_status q_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,
+                          const sd_conv_geom *g) {
+    label_conv(r ? "conv+residual" : "conv", g);
+    TIMED(SD_PROF_CONV, conv_flops(g), F2 * conv_values(g), inner16->conv2d(x, w, b, v, r, y, g));
 }
 static sd_status q_group_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B, int64_t C,
                               int64_t S, int groups, float eps, int silu) {
@@ -310,6 +311,34 @@ static sd_status q_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, 
     label_attention("attention", B, Sq, Sk, H, D);
     TIMED(SD_PROF_ATTENTION, attention_flops(B, Sq, Sk, H, D, Dv), F2 * attention_values(B, Sq, Sk, H, D, Dv),
           inner16->attention(q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal));
+}
+
+static sd_status q_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
+    TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * B * C * S, inner16->to_f16_nhwc(x, y, B, C, S));
+}
+static sd_status q_to_f32_nchw(const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S) {
+    TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * B * C * S, inner16->to_f32_nchw(x, y, B, C, S));
+}
+static sd_status q_conv2d_nhwc(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r,
+                               sd_f16 *y, const sd_conv_geom *g) {
+    label_conv(r ? "conv nhwc+residual" : "conv nhwc", g);
+    TIMED(SD_PROF_CONV, conv_flops(g), F2 * conv_values(g), inner16->conv2d_nhwc(x, w, b, v, r, y, g));
+}
+static sd_status q_group_norm_nhwc(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
+                                   int64_t C, int64_t S, int groups, float eps, int silu) {
+    LABEL("group_norm nhwc%s C%lld S%lld b%lld", silu ? "+silu" : "", (long long)C, (long long)S, (long long)B);
+    TIMED(SD_PROF_NORM, 0, F2 * 2 * B * C * S, inner16->group_norm_nhwc(x, gamma, beta, y, B, C, S, groups, eps, silu));
+}
+static sd_status q_add_channel_bias_nhwc(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * 2 * B * C * S, inner16->add_channel_bias_nhwc(x, v, y, B, C, S));
+}
+static sd_status q_concat_channels_nhwc(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca, int64_t Cb,
+                                        int64_t S) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * 2 * B * (Ca + Cb) * S, inner16->concat_channels_nhwc(a, c, y, B, Ca, Cb, S));
+}
+static sd_status q_upsample_nearest_nhwc(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t H, int64_t W, int64_t C,
+                                         int64_t Ho, int64_t Wo) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * B * C * (H * W + Ho * Wo), inner16->upsample_nearest_nhwc(x, y, B, H, W, C, Ho, Wo));
 }
 
 const char *sd_prof_class_name(sd_prof_class k) {
@@ -382,6 +411,14 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         table16.upsample_nearest = q_upsample_nearest;
         table16.transpose = q_transpose;
         table16.attention = q_attention;
+        /* channels-last ops only where the backend has them (sd_ctx_channels_last checks) */
+        if (inner16->to_f16_nhwc) table16.to_f16_nhwc = q_to_f16_nhwc;
+        if (inner16->to_f32_nchw) table16.to_f32_nchw = q_to_f32_nchw;
+        if (inner16->conv2d_nhwc) table16.conv2d_nhwc = q_conv2d_nhwc;
+        if (inner16->group_norm_nhwc) table16.group_norm_nhwc = q_group_norm_nhwc;
+        if (inner16->add_channel_bias_nhwc) table16.add_channel_bias_nhwc = q_add_channel_bias_nhwc;
+        if (inner16->concat_channels_nhwc) table16.concat_channels_nhwc = q_concat_channels_nhwc;
+        if (inner16->upsample_nearest_nhwc) table16.upsample_nearest_nhwc = q_upsample_nearest_nhwc;
         table.f16 = &table16;
     }
     return &table;

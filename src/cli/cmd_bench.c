@@ -176,8 +176,10 @@ int cmd_bench(int argc, char **argv) {
          * its own in side-by-side tables */
         const int fast = cuda && b.precision == SD_PRECISION_FAST;
         char prec[48];
-        snprintf(prec, sizeof prec, "%s%s%s", cuda ? sd_precision_name(b.precision) : "exact",
-                 fast && c->activations == SD_F32 ? "+f32act" : "", cuda ? cli_bench_settings_suffix(b.precision) : "");
+        snprintf(prec, sizeof prec, "%s%s%s%s", cuda ? sd_precision_name(b.precision) : "exact",
+                 fast && c->activations == SD_F32 ? "+f32act" : "",
+                 fast && c->activations == SD_F16 && !sd_ctx_channels_last(c) ? "+nchw" : "",
+                 cuda ? cli_bench_settings_suffix(b.precision) : "");
         char latent[32];
         snprintf(latent, sizeof latent, "%lldx%lld", (long long)side, (long long)side);
         /* the call's rate at its median time, and its share of the card's dense bf16 peak (the
@@ -220,7 +222,8 @@ int cmd_bench(int argc, char **argv) {
     if (st == SD_OK && profile) {
         char what[128];
         snprintf(what, sizeof what, "%s, batch %d, %s", label, batch,
-                 c->activations == SD_F16 ? "fp16 activations" : "F32 activations");
+                 c->activations != SD_F16 ? "F32 activations"
+                 : sd_ctx_channels_last(c) ? "fp16 channels-last activations" : "fp16 NCHW activations");
         st = profile_unet(c, &unet, x, ctx, what);
     }
     sd_cuda_graph_free(graph);

@@ -141,6 +141,10 @@ sd_tensor sd_view(const sd_tensor *t, int ndim, const int64_t *shape) {
     v.grad = NULL;
     v.requires_grad = 0; /* a view is never a leaf: the nn layer records it as a node instead */
     v.tape_index = -1;
+    int same = ndim == t->ndim;
+    for (int i = 0; same && i < ndim; i++) same = shape[i] == t->shape[i];
+    v.channels_last = same ? t->channels_last : 0; /* a reshape reads memory in NCHW order (the nn
+                                                    * layer converts a channels-last map first) */
     v.ndim = ndim;
     for (int i = 0; i < ndim; i++) v.shape[i] = shape[i];
     return v;

@@ -181,17 +181,16 @@ sd_tensor *sd_clip_layer_forward(sd_ctx *c, const sd_clip_layer *L, sd_tensor *h
 }
 
 sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu) {
+    /* the time embedding and the skip connection ride in the convolutions' epilogues where the
+     * storage is fp16 (sd_conv2d_fused) */
     sd_tensor *h = sd_group_norm(c, x, &r->norm1, r->groups, r->eps, 1);
-    h = sd_conv2d(c, h, &r->conv1, 1, 1);
-    if (r->has_temb) {
-        sd_tensor *proj = sd_linear(c, temb_silu, &r->time_emb_proj); /* [B, C_out] */
-        h = sd_add_channel_bias(c, h, proj);
-    }
+    sd_tensor *proj = r->has_temb ? sd_linear(c, temb_silu, &r->time_emb_proj) : NULL; /* [B, C_out] */
+    h = sd_conv2d_fused(c, h, &r->conv1, 1, 1, proj, NULL);
     h = sd_group_norm(c, h, &r->norm2, r->groups, r->eps, 1);
-    h = sd_conv2d(c, h, &r->conv2, 1, 1); /* dropout is identity at inference */
     sd_tensor *skip = r->has_shortcut ? sd_conv2d(c, x, &r->conv_shortcut, 1, 0) : x;
     sd_block_result(c);
-    return sd_add(c, skip, h); /* output_scale_factor is 1 in SD */
+    /* dropout is identity at inference; output_scale_factor is 1 in SD */
+    return sd_conv2d_fused(c, h, &r->conv2, 1, 1, NULL, skip);
 }
 
 static sd_tensor *resnet_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *temb_silu, sd_tensor *unused) {
@@ -256,6 +255,16 @@ sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor 
     sd_tensor *f = sd_geglu(c, sd_linear(c, n, &t->ff_in));
     h = sd_linear_add(c, f, &t->ff_out, h);
 
+    if (x->dtype == SD_F16) {
+        /* fp16 storage: the skip connection rides in proj_out's GEMM epilogue, in token order (a
+         * view of a channels-last map; of an NCHW one, a transpose in place of the add). The F32
+         * path keeps the separate add: exact mode's sums stay the oracle's. */
+        sd_tensor *skip = sd_nchw_to_tokens(c, x);
+        if (x->channels_last) sd_block_result(c);
+        h = sd_linear_add(c, h, &t->proj_out, skip);
+        if (!x->channels_last) sd_block_result(c);
+        return sd_tokens_to_nchw(c, h, H, W);
+    }
     h = sd_linear(c, h, &t->proj_out);
     h = sd_tokens_to_nchw(c, h, H, W);
     sd_block_result(c);

@@ -105,9 +105,9 @@ sd_tensor *sd_mapping_forward(sd_ctx *c, const sd_mapping_net *m, sd_tensor *fea
     const int64_t L = features->shape[2];
     /* (1, tokens, L) as an NCHW map (1, tokens, L, 1): each Conv1d(k=1) is a 1x1 convolution */
     sd_tensor *x = sd_reshape4(c, features, 4, 1, tokens, L, 1);
-    const sd_conv_w start = {m->params[SD_MAP_START_W], m->params[SD_MAP_START_B]};
-    const sd_conv_w block = {m->params[SD_MAP_BLOCK_W], m->params[SD_MAP_BLOCK_B]};
-    const sd_conv_w end = {m->params[SD_MAP_END_W], m->params[SD_MAP_END_B]};
+    const sd_conv_w start = {m->params[SD_MAP_START_W], m->params[SD_MAP_START_B], 0};
+    const sd_conv_w block = {m->params[SD_MAP_BLOCK_W], m->params[SD_MAP_BLOCK_B], 0};
+    const sd_conv_w end = {m->params[SD_MAP_END_W], m->params[SD_MAP_END_B], 0};
     const sd_norm_w bn = {m->params[SD_MAP_BN_W], m->params[SD_MAP_BN_B]};
     sd_tensor *h = sd_conv2d(c, x, &start, 1, 0);
     h = sd_conv2d(c, h, &block, 1, 0);

@@ -80,6 +80,32 @@ sd_status sd_unet_bind(sd_unet *u, const sd_unet_config *cfg, sd_weights *w) {
     SD_TRY(sd_bind_norm(w, "conv_norm_out", C0, &u->conv_norm_out));
     SD_TRY(sd_bind_conv(w, "conv_out", cfg->out_channels, C0, 3, &u->conv_out));
 
+    /* every UNet convolution may run on its fp16 copy in fast mode's F32 forwards (the VAE's stay
+     * F32: its decoder's maps are not known to fit fp16) */
+    sd_conv_w *convs[2 + 2 * SD_MAX_BLOCKS + 3 * (2 * SD_MAX_LAYERS + 2) * SD_MAX_BLOCKS];
+    int n_convs = 0;
+    convs[n_convs++] = &u->conv_in;
+    convs[n_convs++] = &u->conv_out;
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < L + 1; j++) {
+            sd_resnet *rs[2] = {j < L ? &u->down[i].resnets[j] : NULL, &u->up[i].resnets[j]};
+            for (int k = 0; k < 2; k++)
+                if (rs[k]) {
+                    convs[n_convs++] = &rs[k]->conv1;
+                    convs[n_convs++] = &rs[k]->conv2;
+                    convs[n_convs++] = &rs[k]->conv_shortcut;
+                }
+        }
+        convs[n_convs++] = &u->down[i].downsampler;
+        convs[n_convs++] = &u->up[i].upsampler;
+    }
+    for (int k = 0; k < 2; k++) {
+        convs[n_convs++] = &u->mid.resnets[k].conv1;
+        convs[n_convs++] = &u->mid.resnets[k].conv2;
+        convs[n_convs++] = &u->mid.resnets[k].conv_shortcut;
+    }
+    for (int k = 0; k < n_convs; k++) convs[k]->f16_in_f32 = 1;
+
     const char *unused_name = NULL;
     int unused = sd_weights_unused(w, &unused_name);
     if (unused > 0)
@@ -177,7 +203,7 @@ sd_tensor *sd_unet_forward_tvec(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_te
      * returns to F32 below */
     const int lowp = sd_ctx_stores_f16(c);
     if (lowp) {
-        x = sd_to_dtype(c, x, SD_F16);
+        x = sd_to_channels_last(c, sd_to_dtype(c, x, SD_F16)); /* NCHW where the context keeps it */
         context = sd_to_dtype(c, context, SD_F16);
     }
 

@@ -131,6 +131,7 @@ static sd_f16 *f16_of(const sd_tensor *t) { return (sd_f16 *)t->data; }
  * graph capture. */
 typedef struct {
     const sd_tensor *weight;
+    int krsc; /* a convolution weight [Co, Ci, kh, kw] copied as [Co, kh, kw, Ci] (channels-last) */
     const void *data;
     sd_f16 *copy;
 } lowp_entry;
@@ -141,8 +142,8 @@ struct sd_lowp_weights {
     size_t bytes; /* device memory held by the copies */
 };
 
-static size_t lowp_slot(const struct sd_lowp_weights *t, const sd_tensor *w) {
-    uint64_t h = (uint64_t)(uintptr_t)w * 0x9E3779B97F4A7C15ull;
+static size_t lowp_slot(const struct sd_lowp_weights *t, const sd_tensor *w, int krsc) {
+    uint64_t h = ((uint64_t)(uintptr_t)w + (uint64_t)krsc) * 0x9E3779B97F4A7C15ull;
     return (size_t)(h >> 17) & (t->cap - 1);
 }
 
@@ -166,7 +167,7 @@ static int lowp_grow(struct sd_lowp_weights *t) {
     t->cap = cap;
     for (size_t i = 0; i < old_cap; i++) {
         if (!old[i].weight) continue;
-        size_t j = lowp_slot(t, old[i].weight);
+        size_t j = lowp_slot(t, old[i].weight, old[i].krsc);
         while (t->slots[j].weight) j = (j + 1) & (cap - 1);
         t->slots[j] = old[i];
     }
@@ -174,16 +175,36 @@ static int lowp_grow(struct sd_lowp_weights *t) {
     return 1;
 }
 
-/* The slot holding weight w, or the empty slot where it would go (the table is never full). */
-static lowp_entry *lowp_find(struct sd_lowp_weights *t, const sd_tensor *w) {
-    size_t i = lowp_slot(t, w);
-    while (t->slots[i].weight && t->slots[i].weight != w) i = (i + 1) & (t->cap - 1);
+/* The slot holding weight w in layout krsc, or the empty slot where it would go (the table is
+ * never full). */
+static lowp_entry *lowp_find(struct sd_lowp_weights *t, const sd_tensor *w, int krsc) {
+    size_t i = lowp_slot(t, w, krsc);
+    while (t->slots[i].weight && (t->slots[i].weight != w || t->slots[i].krsc != krsc)) i = (i + 1) & (t->cap - 1);
     return &t->slots[i];
 }
 
-/* The fp16 copy of weight w (F32, on the context's device), made on first use and remade when the
- * weight's data moved (sd_ctx_adopt_weights). */
-static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) {
+/* Writes the fp16 copy of w into `copy`: as it is, or (krsc) a 4-d convolution weight reordered
+ * [Co, Ci, kh·kw] -> [Co, kh·kw, Ci] through a temporary fp16 copy. */
+static int lowp_fill(sd_ctx *c, const sd_tensor *w, int krsc, sd_f16 *copy) {
+    const sd_f16_ops *ops = c->be->f16;
+    const int64_t n = sd_numel(w);
+    if (!krsc) return sd_ctx_check(c, ops->to_f16(sd_f32(w), copy, n));
+    sd_f16 *tmp = c->be->mem_alloc((size_t)n * sizeof(sd_f16));
+    if (!tmp) {
+        sd_ctx_fail(c, SD_ERR_OOM, "out of memory reordering the fp16 copy of weight '%s' (%lld values)", w->name,
+                    (long long)n);
+        return 0;
+    }
+    const int ok = sd_ctx_check(c, ops->to_f16(sd_f32(w), tmp, n)) &&
+                   sd_ctx_check(c, ops->transpose(tmp, copy, w->shape[0], w->shape[1], w->shape[2] * w->shape[3]));
+    c->be->mem_free(tmp); /* waits for the transpose on a GPU */
+    return ok;
+}
+
+/* The fp16 copy of weight w (F32, on the context's device) in layout krsc, made on first use and
+ * remade when the weight's data moved (sd_ctx_adopt_weights). A 1x1 kernel's KRSC order is its
+ * KCRS order: one copy serves both. */
+static const sd_f16 *lowp_weight_layout(sd_ctx *c, const sd_tensor *w, int krsc) {
     if (c->status != SD_OK) return NULL;
     if (w->dtype != SD_F32 || w->device != c->device) {
         sd_ctx_fail(c, SD_ERR_INTERNAL, "weight '%s': an fp16 copy needs an F32 tensor on the context's device", w->name);
@@ -193,19 +214,20 @@ static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) {
         sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the fp16 weight table");
         return NULL;
     }
+    if (krsc && (w->ndim != 4 || w->shape[2] * w->shape[3] == 1)) krsc = 0;
     struct sd_lowp_weights *t = c->lowp_weights;
     if ((t->used + 1) * 2 > t->cap && !lowp_grow(t)) {
         sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the fp16 weight table");
         return NULL;
     }
-    lowp_entry *e = lowp_find(t, w);
+    lowp_entry *e = lowp_find(t, w, krsc);
     if (e->weight && e->data == w->data) return e->copy;
     const int64_t n = sd_numel(w);
     if (e->weight) { /* same header, moved data: the old copy is stale */
         c->be->mem_free(e->copy);
         t->bytes -= (size_t)n * sizeof(sd_f16);
         t->used--;
-        *e = (lowp_entry){NULL, NULL, NULL};
+        *e = (lowp_entry){NULL, 0, NULL, NULL};
     }
     sd_f16 *copy = c->be->mem_alloc((size_t)n * sizeof(sd_f16));
     if (!copy) {
@@ -213,17 +235,66 @@ static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) {
                     (long long)n);
         return NULL;
     }
-    if (!sd_ctx_check(c, c->be->f16->to_f16(sd_f32(w), copy, n))) {
+    if (!lowp_fill(c, w, krsc, copy)) {
         c->be->mem_free(copy);
         return NULL;
     }
-    *e = (lowp_entry){w, w->data, copy};
+    *e = (lowp_entry){w, krsc, w->data, copy};
     t->used++;
     t->bytes += (size_t)n * sizeof(sd_f16);
     return copy;
 }
 
+static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) { return lowp_weight_layout(c, w, 0); }
+
 size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c) { return c->lowp_weights ? c->lowp_weights->bytes : 0; }
+
+/* ------------------------------------------------------------------------------------------------
+ * Channels-last feature maps (sd_ctx.channels_last, sd_tensor.channels_last)
+ * --------------------------------------------------------------------------------------------- */
+
+int sd_ctx_channels_last(const sd_ctx *c) {
+    const sd_f16_ops *o = c->be->f16;
+    return c->channels_last && o && o->to_f16_nhwc && o->to_f32_nchw && o->conv2d_nhwc && o->group_norm_nhwc &&
+           o->add_channel_bias_nhwc && o->concat_channels_nhwc && o->upsample_nearest_nhwc;
+}
+
+/* A fp16 map (B, C, H, W) in the other layout: [B, C, S] <-> [B, S, C], one transpose
+ * (f16 transpose: y[b, c, r] = x[b, r, c]). */
+static sd_tensor *relayout(sd_ctx *c, sd_tensor *x, int to_channels_last) {
+    const sd_f16_ops *ops = f16_ops(c, "channels-last layout");
+    sd_tensor *y = ops ? new_dtype(c, SD_F16, 4, x->shape) : NULL;
+    if (!y) return NULL;
+    const int64_t B = x->shape[0], C = x->shape[1], S = x->shape[2] * x->shape[3];
+    sd_ctx_check(c, to_channels_last ? ops->transpose(f16_of(x), f16_of(y), B, C, S)
+                                     : ops->transpose(f16_of(x), f16_of(y), B, S, C));
+    y->channels_last = to_channels_last;
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_to_channels_last(sd_ctx *c, sd_tensor *x) {
+    NN_GUARD(c, x);
+    if (x->channels_last || x->dtype != SD_F16 || x->ndim != 4 || !sd_ctx_channels_last(c)) return x;
+    return relayout(c, x, 1);
+}
+
+/* x in NCHW order: x itself unless it is a channels-last map (for ops without a channels-last
+ * form, and geometries their form does not take). */
+static sd_tensor *nchw(sd_ctx *c, sd_tensor *x) {
+    if (!x || c->status != SD_OK || !x->channels_last) return x;
+    return relayout(c, x, 0);
+}
+
+/* A header over x's memory with a new shape, in the arena (the tensor views of this file). */
+static sd_tensor *view_header(sd_ctx *c, sd_tensor *x, int ndim, const int64_t *shape) {
+    sd_tensor *v = sd_arena_alloc_host(c->arena, sizeof *v); /* a header: host memory */
+    if (!v) {
+        c->status = SD_ERR_OOM;
+        return NULL;
+    }
+    *v = sd_view(x, ndim, shape);
+    return v;
+}
 
 sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype) {
     NN_GUARD(c, x);
@@ -233,6 +304,10 @@ sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype) {
     const sd_f16_ops *ops = f16_ops(c, "to_dtype");
     if (!ops) return NULL;
     sd_tensor *y = new_dtype(c, dtype, x->ndim, x->shape);
+    if (y && x->channels_last) { /* an F32 map is NCHW: widened and reordered in one pass */
+        sd_ctx_check(c, ops->to_f32_nchw(f16_of(x), sd_f32(y), x->shape[0], x->shape[1], x->shape[2] * x->shape[3]));
+        return c->status == SD_OK ? y : NULL;
+    }
     if (!y) return NULL;
     if (dtype == SD_F16)
         sd_ctx_check(c, ops->to_f16(sd_f32(x), f16_of(y), sd_numel(x)));
@@ -338,6 +413,7 @@ sd_status sd_ctx_adopt_weights(sd_ctx *c, sd_weights *w) {
 sd_tensor *sd_reshape(sd_ctx *c, sd_tensor *x, int ndim, const int64_t *shape) {
     NN_GUARD(c, x);
     char a[96], b[96];
+    if (!(x = nchw(c, x))) return NULL;
     if (sd_shape_numel(ndim, shape) != sd_numel(x))
         return sd_ctx_fail(c, SD_ERR_INTERNAL, "reshape %s to %s: element counts differ",
                            shape_of(x, a, sizeof a), sd_shape_str(ndim, shape, b, sizeof b));
@@ -393,6 +469,7 @@ static int f32_linear_on_f16_weight(const sd_ctx *c, const sd_linear_w *l) {
 static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *r) {
     NN_GUARD(c, x, l, l->weight);
     char a[96], b[96];
+    if (!(x = nchw(c, x)) || (r && !(r = nchw(c, r)))) return NULL;
     const sd_tensor *w = l->weight;
     const int conv1x1 = w->ndim == 4 && w->shape[2] == 1 && w->shape[3] == 1;
     if (!(w->ndim == 2 || conv1x1))
@@ -458,8 +535,37 @@ sd_tensor *sd_linear_add(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tenso
     return linear_plus(c, x, l, residual);
 }
 
-sd_tensor *sd_conv2d_pad4(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, int stride, int pad_top,
-                          int pad_left, int pad_bottom, int pad_right) {
+/* Fast mode's F32 convolutions of the UNet (a gradient step's forward, whose activations stay F32
+ * for the tape) on the weight's fp16 KRSC copy, channels-last: x rounded to fp16 in one pass,
+ * the fp16 forward's convolution (product rounded, bias added, rounded), widened back to F32 NCHW
+ * in one pass. cuDNN ran the step's F32 convolutions in TF32 on NCHW maps (the step's
+ * convolutions: 56.8 TFLOP/s on an H200), the fp16 channels-last ones are tensor-core native. The
+ * two fp16 maps live above a mark of the arena, released after (the arena keeps its chunks: no
+ * device allocation inside a captured step). The tape records the F32 convolution: its backward
+ * reads the F32 weight. */
+static int f32_conv_on_f16_weight(const sd_ctx *c, const sd_conv_w *cw, const sd_conv_geom *g, int symmetric) {
+    return c->activations == SD_F16 && cw->f16_in_f32 && !cw->weight->requires_grad && symmetric &&
+           sd_ctx_channels_last(c) && g->batch > 0;
+}
+
+static void conv_f32_via_f16(sd_ctx *c, const sd_tensor *x, const sd_conv_w *cw, sd_tensor *y, const sd_conv_geom *g) {
+    const sd_f16_ops *ops = c->be->f16;
+    const sd_f16 *wb = lowp_weight_layout(c, cw->weight, 1);
+    if (!wb) return;
+    const sd_arena_mark mark = sd_arena_get_mark(c->arena);
+    sd_tensor *x16 = new4_dtype(c, SD_F16, 4, g->batch, g->c_in, g->h_in, g->w_in);
+    sd_tensor *y16 = x16 ? new4_dtype(c, SD_F16, 4, g->batch, g->c_out, g->h_out, g->w_out) : NULL;
+    if (y16 && sd_ctx_check(c, ops->to_f16_nhwc(sd_f32(x), f16_of(x16), g->batch, g->c_in, g->h_in * g->w_in)) &&
+        sd_ctx_check(c, ops->conv2d_nhwc(f16_of(x16), wb, cw->bias ? sd_f32(cw->bias) : NULL, NULL, NULL, f16_of(y16),
+                                         g)))
+        sd_ctx_check(c, ops->to_f32_nchw(f16_of(y16), sd_f32(y), g->batch, g->c_out, g->h_out * g->w_out));
+    sd_arena_reset(c->arena, mark);
+}
+
+/* The convolution; with fp16 storage its epilogue also adds v (F32 [B, Co]) and r (fp16, the
+ * output's shape), which callers on F32 tensors pass as NULL (sd_conv2d_fused). */
+static sd_tensor *conv2d_epilogue(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, int stride, int pad_top, int pad_left,
+                                  int pad_bottom, int pad_right, sd_tensor *v, sd_tensor *r) {
     NN_GUARD(c, x, cw, cw->weight);
     char a[96], b[96];
     const sd_tensor *w = cw->weight;
@@ -482,25 +588,62 @@ sd_tensor *sd_conv2d_pad4(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, int stri
     if (g.h_out <= 0 || g.w_out <= 0)
         return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': input %s too small", w->name,
                            shape_of(x, a, sizeof a));
+    /* a channels-last map keeps its layout through the convolution (symmetric padding: the VAE's
+     * asymmetric downsampler has no channels-last form) */
+    if (x->dtype == SD_F16 && x->channels_last && (pad_bottom != pad_top || pad_right != pad_left) && !(x = nchw(c, x)))
+        return NULL;
     if (x->dtype == SD_F16) {
+        if (v && (v->dtype != SD_F32 || v->ndim != 2 || v->shape[0] != g.batch || v->shape[1] != g.c_out))
+            return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': channel bias %s (expected F32 (%lld, %lld))", w->name,
+                               shape_of(v, a, sizeof a), (long long)g.batch, (long long)g.c_out);
+        const int64_t out_shape[4] = {g.batch, g.c_out, g.h_out, g.w_out};
+        if (r && (r->dtype != SD_F16 || r->ndim != 4 || memcmp(r->shape, out_shape, sizeof out_shape)))
+            return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': residual %s (%s) does not match the output", w->name,
+                               shape_of(r, a, sizeof a), sd_dtype_name(r->dtype));
+        /* the residual in the output's layout */
+        if (r && r->channels_last != x->channels_last && !(r = x->channels_last ? sd_to_channels_last(c, r) : nchw(c, r)))
+            return NULL;
         const sd_f16_ops *ops = f16_ops(c, "conv2d");
-        const sd_f16 *wb = ops ? lowp_weight(c, w) : NULL;
+        const sd_f16 *wb = ops ? lowp_weight_layout(c, w, x->channels_last) : NULL;
         sd_tensor *y = wb ? new4_dtype(c, SD_F16, 4, g.batch, g.c_out, g.h_out, g.w_out) : NULL;
-        if (y) sd_ctx_check(c, ops->conv2d(f16_of(x), wb, cw->bias ? sd_f32(cw->bias) : NULL, f16_of(y), &g));
+        if (!y) return NULL;
+        y->channels_last = x->channels_last;
+        const float *b32 = cw->bias ? sd_f32(cw->bias) : NULL, *v32 = v ? sd_f32(v) : NULL;
+        const sd_f16 *r16 = r ? f16_of(r) : NULL;
+        sd_ctx_check(c, x->channels_last ? ops->conv2d_nhwc(f16_of(x), wb, b32, v32, r16, f16_of(y), &g)
+                                         : ops->conv2d(f16_of(x), wb, b32, v32, r16, f16_of(y), &g));
         return c->status == SD_OK ? y : NULL;
     }
+    if (v || r) return sd_ctx_fail(c, SD_ERR_INTERNAL, "conv '%s': an epilogue on F32 maps", w->name);
     if (!f32_only(c, x, "conv2d")) return NULL;
     sd_tensor *y = sd_new4(c, 4, g.batch, g.c_out, g.h_out, g.w_out);
     if (!y) return NULL;
-    sd_ctx_check(c, c->be->conv2d(sd_f32(x), sd_f32(w), cw->bias ? sd_f32(cw->bias) : NULL,
-                                  sd_f32(y), &g));
+    if (f32_conv_on_f16_weight(c, cw, &g, pad_bottom == pad_top && pad_right == pad_left))
+        conv_f32_via_f16(c, x, cw, y, &g);
+    else
+        sd_ctx_check(c, c->be->conv2d(sd_f32(x), sd_f32(w), cw->bias ? sd_f32(cw->bias) : NULL, sd_f32(y), &g));
     sd_tape_node *node = sd_tape_record(c, SD_OP_CONV2D, y, x, cw->weight, cw->bias);
     if (node) node->attr.conv = g;
     return c->status == SD_OK ? y : NULL;
 }
 
+sd_tensor *sd_conv2d_pad4(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, int stride, int pad_top, int pad_left,
+                          int pad_bottom, int pad_right) {
+    return conv2d_epilogue(c, x, cw, stride, pad_top, pad_left, pad_bottom, pad_right, NULL, NULL);
+}
+
 sd_tensor *sd_conv2d(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad) {
     return sd_conv2d_pad4(c, x, w, stride, pad, pad, pad, pad);
+}
+
+sd_tensor *sd_conv2d_fused(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad, sd_tensor *chan_bias,
+                           sd_tensor *residual) {
+    if (c->status != SD_OK || !x) return NULL;
+    if (x->dtype == SD_F16 && (!residual || residual->dtype == SD_F16))
+        return conv2d_epilogue(c, x, w, stride, pad, pad, pad, pad, chan_bias, residual);
+    sd_tensor *y = sd_conv2d(c, x, w, stride, pad);
+    if (chan_bias) y = sd_add_channel_bias(c, y, chan_bias);
+    return residual ? sd_add(c, residual, y) : y;
 }
 
 sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups, float eps, int silu) {
@@ -514,6 +657,21 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
         return sd_ctx_fail(c, SD_ERR_SHAPE, "group norm '%s': affine size differs from %lld channels",
                            n->weight ? n->weight->name : "?", (long long)C);
     const int64_t S = sd_numel(x) / (x->shape[0] * C);
+    if (x->dtype == SD_F16 && x->channels_last) {
+        /* the channels-last kernel reads channel pairs, never across a group */
+        if (C % 2 == 0 && (C / groups) % 2 == 0 && C <= 2048) {
+            const sd_f16_ops *ops = f16_ops(c, "group_norm");
+            sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
+            if (y) {
+                y->channels_last = 1;
+                sd_ctx_check(c, ops->group_norm_nhwc(f16_of(x), n->weight ? sd_f32(n->weight) : NULL,
+                                                     n->bias ? sd_f32(n->bias) : NULL, f16_of(y), x->shape[0], C, S,
+                                                     groups, eps, silu));
+            }
+            return c->status == SD_OK ? y : NULL;
+        }
+        if (!(x = nchw(c, x))) return NULL;
+    }
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "group_norm");
         sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
@@ -544,6 +702,7 @@ sd_tensor *sd_layer_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, float eps)
     if ((n->weight && sd_numel(n->weight) != C) || (n->bias && sd_numel(n->bias) != C))
         return sd_ctx_fail(c, SD_ERR_SHAPE, "layer norm '%s': affine size differs from %lld",
                            n->weight ? n->weight->name : "?", (long long)C);
+    if (x->dtype == SD_F16 && !(x = nchw(c, x))) return NULL;
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "layer_norm");
         sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
@@ -588,9 +747,12 @@ static sd_tensor *binary(sd_ctx *c, sd_binary_op op, sd_tensor *a, sd_tensor *b,
         return sd_ctx_fail(c, SD_ERR_SHAPE, "%s: shapes %s and %s differ", what,
                            shape_of(a, sa, sizeof sa), shape_of(b, sb, sizeof sb));
     if (!same_dtype(c, a, b, what)) return NULL;
+    if (a->dtype == SD_F16 && a->channels_last != b->channels_last && (!(a = nchw(c, a)) || !(b = nchw(c, b))))
+        return NULL; /* one layout for both (the UNet's sums never mix them) */
     if (a->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, what);
         sd_tensor *y = ops ? new_dtype(c, SD_F16, a->ndim, a->shape) : NULL;
+        if (y) y->channels_last = a->channels_last;
         if (y) sd_ctx_check(c, ops->binary(op, f16_of(a), f16_of(b), f16_of(y), sd_numel(a)));
         return c->status == SD_OK ? y : NULL;
     }
@@ -664,6 +826,15 @@ sd_tensor *sd_add_channel_bias(sd_ctx *c, sd_tensor *x, sd_tensor *v) {
                            shape_of(v, sb, sizeof sb), shape_of(x, sa, sizeof sa));
     const int64_t S = sd_numel(x) / (x->shape[0] * x->shape[1]);
     if (!f32_only(c, v, "channel bias")) return NULL; /* the bias itself stays F32 */
+    if (x->dtype == SD_F16 && x->channels_last) {
+        const sd_f16_ops *ops = f16_ops(c, "channel bias");
+        sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
+        if (y) {
+            y->channels_last = 1;
+            sd_ctx_check(c, ops->add_channel_bias_nhwc(f16_of(x), sd_f32(v), f16_of(y), x->shape[0], x->shape[1], S));
+        }
+        return c->status == SD_OK ? y : NULL;
+    }
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "channel bias");
         sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
@@ -686,6 +857,8 @@ sd_tensor *sd_geglu(sd_ctx *c, sd_tensor *x) {
     int64_t shape[SD_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = twoN / 2;
+    if (x->dtype == SD_F16 && x->channels_last)
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "geglu: a channels-last feature map (GEGLU takes tokens)");
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "geglu");
         sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, shape) : NULL;
@@ -708,6 +881,19 @@ sd_tensor *sd_concat_channels(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
         return sd_ctx_fail(c, SD_ERR_SHAPE, "concat: %s and %s", shape_of(a, sa, sizeof sa),
                            shape_of(b, sb, sizeof sb));
     if (!same_dtype(c, a, b, "concat")) return NULL;
+    if (a->dtype == SD_F16 && a->channels_last != b->channels_last && (!(a = nchw(c, a)) || !(b = nchw(c, b))))
+        return NULL;
+    if (a->dtype == SD_F16 && a->channels_last) {
+        const sd_f16_ops *ops = f16_ops(c, "concat");
+        sd_tensor *y = ops ? new4_dtype(c, SD_F16, 4, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3])
+                           : NULL;
+        if (y) {
+            y->channels_last = 1;
+            sd_ctx_check(c, ops->concat_channels_nhwc(f16_of(a), f16_of(b), f16_of(y), a->shape[0], a->shape[1],
+                                                      b->shape[1], a->shape[2] * a->shape[3]));
+        }
+        return c->status == SD_OK ? y : NULL;
+    }
     if (a->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "concat");
         sd_tensor *y = ops ? new4_dtype(c, SD_F16, 4, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3])
@@ -749,6 +935,16 @@ sd_tensor *sd_concat0(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
 sd_tensor *sd_upsample_nearest(sd_ctx *c, sd_tensor *x, int64_t Ho, int64_t Wo) {
     NN_GUARD(c, x);
     if (x->ndim != 4) return sd_ctx_fail(c, SD_ERR_SHAPE, "upsample: input is not 4-d");
+    if (x->dtype == SD_F16 && x->channels_last) {
+        const sd_f16_ops *ops = f16_ops(c, "upsample");
+        sd_tensor *y = ops ? new4_dtype(c, SD_F16, 4, x->shape[0], x->shape[1], Ho, Wo) : NULL;
+        if (y) {
+            y->channels_last = 1;
+            sd_ctx_check(c, ops->upsample_nearest_nhwc(f16_of(x), f16_of(y), x->shape[0], x->shape[2], x->shape[3],
+                                                       x->shape[1], Ho, Wo));
+        }
+        return c->status == SD_OK ? y : NULL;
+    }
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "upsample");
         sd_tensor *y = ops ? new4_dtype(c, SD_F16, 4, x->shape[0], x->shape[1], Ho, Wo) : NULL;
@@ -810,6 +1006,7 @@ sd_tensor *sd_nchw_to_tokens(sd_ctx *c, sd_tensor *x) {
     if (x->ndim != 4) return sd_ctx_fail(c, SD_ERR_SHAPE, "nchw_to_tokens: input is not 4-d");
     const int64_t B = x->shape[0], C = x->shape[1], S = x->shape[2] * x->shape[3];
     const int64_t shape[3] = {B, S, C};
+    if (x->channels_last) return view_header(c, x, 3, shape); /* already token order */
     return transpose(c, x, B, C, S, 3, shape);
 }
 
@@ -820,6 +1017,11 @@ sd_tensor *sd_tokens_to_nchw(sd_ctx *c, sd_tensor *x, int64_t H, int64_t W) {
                            (long long)(x->ndim == 3 ? x->shape[1] : -1), (long long)H, (long long)W);
     const int64_t B = x->shape[0], S = x->shape[1], C = x->shape[2];
     const int64_t shape[4] = {B, C, H, W};
+    if (x->dtype == SD_F16 && sd_ctx_channels_last(c)) { /* the tokens are the channels-last map */
+        sd_tensor *v = view_header(c, x, 4, shape);
+        if (v) v->channels_last = 1;
+        return v;
+    }
     return transpose(c, x, B, S, C, 4, shape);
 }
 
@@ -976,6 +1178,7 @@ sd_tensor *sd_checkpoint(sd_ctx *c, sd_block_fn fn, const void *block, sd_tensor
     sd_tensor *y = inside;
     if (inside && !in_main) {
         y = new_dtype(c, inside->dtype, inside->ndim, inside->shape);
+        if (y) y->channels_last = inside->channels_last;
         if (y && y->dtype == SD_F16)
             sd_ctx_check(c, c->be->f16->copy(f16_of(y), f16_of(inside), sd_numel(y)));
         else if (y && f32_only(c, y, "checkpoint"))

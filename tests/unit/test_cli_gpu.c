@@ -51,7 +51,7 @@ static void test_bench_unet(void **state) {
                                          copies ? "present" : "missing", r->out);
         if (m == 1) {
             expect_text(r, args, "fp16 UNet activations"); /* the device line says so */
-            expect_text(r, args, "where the time goes (built-in tiny, batch 2, fp16 activations");
+            expect_text(r, args, "where the time goes (built-in tiny, batch 2, fp16 channels-last activations");
             expect_text(r, args, "convolution");
         }
         print_message("    ok: %s (%s)\n", args, labels[m]);

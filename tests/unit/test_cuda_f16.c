@@ -354,6 +354,31 @@ static sd_conv_geom f16_conv_geom(const f16_conv_case *c) {
     return g;
 }
 
+/* One case's inputs: random x and w (fp16), bias (F32), on the host and on the device, and a
+ * device output buffer; the layouts read the same values in their own order. */
+typedef struct {
+    sd_conv_geom g;
+    int64_t nx, nw, ny;
+    sd_f16 *x, *w, *xd, *wd, *yd;
+    float *b, *bd;
+} f16_conv_data;
+
+static f16_conv_data f16_conv_data_make(const f16_conv_case *c, uint64_t seed) {
+    f16_conv_data d;
+    d.g = f16_conv_geom(c);
+    d.nx = d.g.batch * d.g.c_in * d.g.h_in * d.g.w_in;
+    d.nw = d.g.c_out * d.g.c_in * d.g.kh * d.g.kw;
+    d.ny = d.g.batch * d.g.c_out * d.g.h_out * d.g.w_out;
+    d.x = hrand16(d.nx, seed, 1.0f);
+    d.w = hrand16(d.nw, seed + 1, 1.0f / sqrtf((float)(d.g.c_in * d.g.kh * d.g.kw)));
+    d.b = hrand(d.g.c_out, seed + 2, 1.0f);
+    d.xd = dput16(d.x, d.nx);
+    d.wd = dput16(d.w, d.nw);
+    d.yd = dnew16(d.ny);
+    d.bd = dput(d.b, d.g.c_out);
+    return d;
+}
+
 static void test_f16_conv2d(void **state) {
     (void)state;
     testutil_skip_without_gpu();
@@ -370,15 +395,12 @@ static void test_f16_conv2d(void **state) {
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const f16_conv_case *c = &cases[t];
-        const sd_conv_geom g = f16_conv_geom(c);
-        const int64_t nx = g.batch * g.c_in * g.h_in * g.w_in, nw = g.c_out * g.c_in * g.kh * g.kw;
-        const int64_t ny = g.batch * g.c_out * g.h_out * g.w_out;
-        sd_f16 *x = hrand16(nx, 200 + t, 1.0f), *w = hrand16(nw, 210 + t, 1.0f / sqrtf((float)(g.c_in * g.kh * g.kw)));
-        float *b = hrand(g.c_out, 220 + t, 1.0f);
-        sd_f16 *want = hnew16(ny);
-        assert_sd_ok(cpu16->conv2d(x, w, c->bias ? b : NULL, want, &g));
-        sd_f16 *xd = dput16(x, nx), *wd = dput16(w, nw), *yd = dnew16(ny);
-        float *bd = dput(b, g.c_out);
+        const f16_conv_data d = f16_conv_data_make(c, 200 + 3 * t);
+        const sd_conv_geom g = d.g;
+        const int64_t ny = d.ny;
+        sd_f16 *want = hnew16(ny), *xd = d.xd, *wd = d.wd, *yd = d.yd;
+        float *bd = d.bd;
+        assert_sd_ok(cpu16->conv2d(d.x, d.w, c->bias ? d.b : NULL, NULL, NULL, want, &g));
         /* exact, fast (default: GEMM where conv.cu's rule says), fast with cuDNN's heuristic, with
          * the algorithms cuDNN times, with im2col + GEMM everywhere */
         static const char *const way[5] = {"exact", "fast", "fast, cudnn", "fast, find", "fast, gemm"};
@@ -388,7 +410,7 @@ static void test_f16_conv2d(void **state) {
             assert_sd_ok(sd_cuda_set_conv_gemm(m == 2 || m == 3 ? SD_CONV_GEMM_OFF
                                                : m == 4     ? SD_CONV_GEMM_ALL
                                                             : SD_CONV_GEMM_AUTO));
-            assert_sd_ok(gpu16->conv2d(xd, wd, c->bias ? bd : NULL, yd, &g));
+            assert_sd_ok(gpu16->conv2d(xd, wd, c->bias ? bd : NULL, NULL, NULL, yd, &g));
             char what[96];
             snprintf(what, sizeof what, "%s (%s)", c->what, way[m]);
             check16(what, yd, want, ny, TOL_F16_GEMM);
@@ -412,6 +434,148 @@ static void test_f16_conv2d(void **state) {
         const double err = testutil_max_rel_err(got, want, ny);
         print_message("    %-56s max rel err %.3g (tol %.0e)\n", "F32 conv pad(0,0,1,1) after the fp16 one", err, 1e-5);
         if (!(err <= 1e-5)) fail_msg("F32 conv after the fp16 one: max relative error %.6g", err);
+    }
+}
+
+/* ================================================================================================
+ * Channels-last feature maps (sd_f16_ops.*_nhwc): the same values as the NCHW twins, stored
+ * [B, H, W, C]
+ * ============================================================================================= */
+
+static void test_f16_channels_last_ops(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+    /* moves: channel counts of whole 16-byte units (the vector path) and not */
+    const int64_t chans[2][2] = {{5, 3}, {16, 24}};
+    for (int k = 0; k < 2; k++) {
+        const int64_t B = 2, Ca = chans[k][0], Cb = chans[k][1], S = 37;
+        sd_f16 *a = hrand16(B * S * Ca, 300 + k, 1.0f), *b = hrand16(B * S * Cb, 302 + k, 1.0f);
+        sd_f16 *want = hnew16(B * S * (Ca + Cb)), *y = dnew16(B * S * (Ca + Cb));
+        assert_sd_ok(cpu16->concat_channels_nhwc(a, b, want, B, Ca, Cb, S));
+        assert_sd_ok(gpu16->concat_channels_nhwc(dput16(a, B * S * Ca), dput16(b, B * S * Cb), y, B, Ca, Cb, S));
+        char what[64];
+        snprintf(what, sizeof what, "concat_channels_nhwc %lld + %lld", (long long)Ca, (long long)Cb);
+        check16_equal(what, y, want, B * S * (Ca + Cb));
+
+        const int64_t C = Cb, H = 5, W = 7, Ho = 10, Wo = 14;
+        sd_f16 *x = hrand16(B * H * W * C, 304 + k, 1.0f), *up_want = hnew16(B * Ho * Wo * C), *up = dnew16(B * Ho * Wo * C);
+        assert_sd_ok(cpu16->upsample_nearest_nhwc(x, up_want, B, H, W, C, Ho, Wo));
+        assert_sd_ok(gpu16->upsample_nearest_nhwc(dput16(x, B * H * W * C), up, B, H, W, C, Ho, Wo));
+        snprintf(what, sizeof what, "upsample_nearest_nhwc x2, %lld channels", (long long)C);
+        check16_equal(what, up, up_want, B * Ho * Wo * C);
+    }
+    {
+        const int64_t B = 2, C = 9, S = 333;
+        sd_f16 *x = hrand16(B * S * C, 306, 1.0f), *want = hnew16(B * S * C), *y = dnew16(B * S * C);
+        float *v = hrand(B * C, 307, 1.0f);
+        assert_sd_ok(cpu16->add_channel_bias_nhwc(x, v, want, B, C, S));
+        assert_sd_ok(gpu16->add_channel_bias_nhwc(dput16(x, B * S * C), dput(v, B * C), y, B, C, S));
+        check16_equal("add_channel_bias_nhwc (F32 bias)", y, want, B * S * C);
+    }
+    /* group norm: short groups in one kernel (2, 40 and 6 channels per group), and a long one
+     * through the statistics pass (SD at 320 channels: 10 per group, 160 channel pairs, 3 pixel
+     * lanes; 2209 pixels: a ragged last chunk) */
+    const struct { int64_t B, C, S; int G; } gn[] = {{2, 64, 24 * 24, 32}, {1, 320, 47 * 47, 32}, {2, 1280, 64, 32},
+                                                     {1, 12, 45, 2}};
+    for (int k = 0; k < 4; k++)
+        for (int silu = 0; silu <= 1; silu++) {
+            const int64_t B = gn[k].B, C = gn[k].C, S = gn[k].S;
+            char what[80];
+            snprintf(what, sizeof what, "group_norm_nhwc%s, %lld channels in %d groups, %lld pixels", silu ? " + SiLU" : "",
+                     (long long)C, gn[k].G, (long long)S);
+            if (testutil_sim_leaves_out(what, 10.0 * (double)(B * C * S))) continue;
+            sd_f16 *x = hrand16(B * S * C, 310 + k, 3.0f), *want = hnew16(B * S * C), *y = dnew16(B * S * C);
+            float *g = hrand(C, 320 + k, 1.0f), *be = hrand(C, 330 + k, 1.0f);
+            assert_sd_ok(cpu16->group_norm_nhwc(x, g, be, want, B, C, S, gn[k].G, 1e-5f, silu));
+            assert_sd_ok(gpu16->group_norm_nhwc(dput16(x, B * S * C), dput(g, C), dput(be, C), y, B, C, S, gn[k].G,
+                                                1e-5f, silu));
+            check16(what, y, want, B * S * C, TOL_F16_ELEM);
+        }
+    /* convolutions: cuDNN with NHWC descriptors, one GEMM over the batch's pixels (im2col in KRSC
+     * order, or x itself for 1x1), and the default rule between them */
+    static const f16_conv_case cases[] = {
+        {2, 5, 9, 11, 7, 3, 1, 1, 1, 1, 1, 1, "conv3x3 pad1 +bias"},
+        {1, 16, 8, 6, 24, 3, 1, 1, 1, 1, 1, 0, "conv3x3 pad1 16->24"},
+        {1, 6, 10, 10, 4, 3, 2, 1, 1, 1, 1, 1, "conv3x3 stride2 pad1 +bias"},
+        {2, 8, 7, 5, 3, 1, 1, 0, 0, 0, 0, 1, "conv1x1 +bias"},
+        {1, 4, 12, 12, 32, 3, 1, 1, 1, 1, 1, 1, "conv_in-like 4->32 +bias"},
+        {2, 128, 8, 8, 40, 3, 1, 1, 1, 1, 1, 1, "conv3x3 128ch 8x8 +bias (GEMM by default)"},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const f16_conv_case *c = &cases[t];
+        const f16_conv_data d = f16_conv_data_make(c, 340 + 3 * t);
+        const sd_conv_geom g = d.g;
+        const int64_t nx = d.nx, nw = d.nw, ny = d.ny;
+        sd_f16 *x = d.x, *w = d.w, *want = hnew16(ny), *xd = d.xd, *wd = d.wd, *yd = d.yd;
+        float *b = d.b, *bd = d.bd;
+        assert_sd_ok(cpu16->conv2d_nhwc(x, w, c->bias ? b : NULL, NULL, NULL, want, &g));
+        static const char *const way[3] = {"default", "cudnn", "gemm"};
+        static const sd_conv_gemm mode[3] = {SD_CONV_GEMM_AUTO, SD_CONV_GEMM_OFF, SD_CONV_GEMM_ALL};
+        for (int m = 0; m < 3; m++) {
+            assert_sd_ok(sd_cuda_set_conv_gemm(mode[m]));
+            assert_sd_ok(gpu16->conv2d_nhwc(xd, wd, c->bias ? bd : NULL, NULL, NULL, yd, &g));
+            char what[112];
+            snprintf(what, sizeof what, "conv2d_nhwc %s (%s)", c->what, way[m]);
+            check16(what, yd, want, ny, TOL_F16_GEMM);
+        }
+        assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
+        /* the NCHW convolution of the same geometry keeps its own plan (the cache keys on the layout) */
+        {
+            sd_f16 *x_nchw = hnew16(nx), *w_kcrs = hnew16(nw), *y_nchw = hnew16(ny);
+            assert_sd_ok(cpu16->transpose(x, x_nchw, g.batch, g.h_in * g.w_in, g.c_in));
+            assert_sd_ok(cpu16->transpose(w, w_kcrs, g.c_out, (int64_t)g.kh * g.kw, g.c_in));
+            assert_sd_ok(cpu16->conv2d(x_nchw, w_kcrs, c->bias ? b : NULL, NULL, NULL, y_nchw, &g));
+            sd_f16 *yd2 = dnew16(ny);
+            assert_sd_ok(gpu16->conv2d(dput16(x_nchw, nx), dput16(w_kcrs, nw), c->bias ? bd : NULL, NULL, NULL, yd2, &g));
+            char what[112];
+            snprintf(what, sizeof what, "  NCHW conv after it: %s", c->what);
+            check16(what, yd2, y_nchw, ny, TOL_F16_GEMM);
+        }
+    }
+}
+
+/* The convolution's epilogue (a resnet's time embedding and skip connection): y = conv + b + v[n, c]
+ * + r with one rounding after the product's, in both layouts and both ways of convolving. */
+static void test_f16_conv2d_epilogue(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+    static const f16_conv_case cases[] = {
+        {2, 16, 9, 7, 24, 3, 1, 1, 1, 1, 1, 1, "conv3x3 16->24 +bias"},
+        {2, 128, 8, 8, 40, 3, 1, 1, 1, 1, 1, 1, "conv3x3 128ch 8x8 +bias (GEMM by default)"},
+        {2, 24, 6, 5, 16, 1, 1, 0, 0, 0, 0, 0, "conv1x1 (no bias)"},
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const f16_conv_case *c = &cases[t];
+        const f16_conv_data d = f16_conv_data_make(c, 370 + 3 * t);
+        const sd_conv_geom g = d.g;
+        const int64_t ny = d.ny;
+        sd_f16 *x = d.x, *w = d.w, *xd = d.xd, *wd = d.wd, *yd = d.yd;
+        float *b = d.b, *bd = d.bd;
+        sd_f16 *r = hrand16(ny, 390 + t, 1.0f), *rd = dput16(r, ny);
+        float *v = hrand(g.batch * g.c_out, 410 + t, 1.0f), *vd = dput(v, g.batch * g.c_out);
+        for (int with_v = 0; with_v <= 1; with_v++)
+            for (int with_r = 0; with_r <= 1; with_r++)
+                for (int nhwc = 0; nhwc <= 1; nhwc++)
+                    for (int m = 0; m < 2; m++) {
+                        /* the layouts read the same random values as their own order */
+                        sd_f16 *want = hnew16(ny);
+                        assert_sd_ok((nhwc ? cpu16->conv2d_nhwc : cpu16->conv2d)(x, w, c->bias ? b : NULL,
+                                                                                  with_v ? v : NULL, with_r ? r : NULL,
+                                                                                  want, &g));
+                        assert_sd_ok(sd_cuda_set_conv_gemm(m ? SD_CONV_GEMM_ALL : SD_CONV_GEMM_OFF));
+                        assert_sd_ok((nhwc ? gpu16->conv2d_nhwc : gpu16->conv2d)(xd, wd, c->bias ? bd : NULL,
+                                                                                  with_v ? vd : NULL, with_r ? rd : NULL,
+                                                                                  yd, &g));
+                        char what[128];
+                        snprintf(what, sizeof what, "%s%s%s, %s, %s", c->what, with_v ? " +channel bias" : "",
+                                 with_r ? " +residual" : "", nhwc ? "NHWC" : "NCHW", m ? "gemm" : "cudnn");
+                        check16(what, yd, want, ny, TOL_F16_GEMM);
+                    }
+        assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
     }
 }
 
@@ -541,7 +705,17 @@ static void test_f16_unet(void **state) {
     print_message("    %-56s bit-identical\n", "CUDA-graph replay vs eager");
     sd_cuda_graph_free(graph);
 
-    sd_tensor *all[] = {sample, context, want, cpu_host, eager, replayed};
+    /* the default is channels-last feature maps; NCHW ones give the same values within the
+     * tolerance (other kernels, other summation orders) */
+    assert_true(sd_ctx_channels_last(&g));
+    g.channels_last = 0;
+    sd_arena_reset(g.arena, mark);
+    sd_tensor *nchw = sd_download_new(&g, sd_unet_forward(&g, &unet, xd, 500.0f, cd));
+    assert_sd_ok(sd_ctx_status(&g));
+    testutil_assert_close(nchw, cpu_host, TOL_F16_GEMM, "tiny UNet 32x32, fp16 NCHW maps, GPU vs CPU twins");
+    testutil_assert_close(nchw, eager, TOL_F16_GEMM, "tiny UNet 32x32, NCHW vs channels-last maps");
+
+    sd_tensor *all[] = {sample, context, want, cpu_host, eager, replayed, nchw};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
     sd_ctx_free(&g);
     sd_ctx_free(&h);
@@ -560,6 +734,8 @@ int main(void) {
         /* GEMM and convolution */
         GPU_TEST(test_f16_linear),
         GPU_TEST(test_f16_conv2d),
+        GPU_TEST(test_f16_channels_last_ops),
+        GPU_TEST(test_f16_conv2d_epilogue),
         /* attention */
         GPU_TEST(test_f16_attention),
         GPU_TEST(test_f16_unet),

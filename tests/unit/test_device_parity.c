@@ -561,7 +561,9 @@ static void test_host_pointer_refused(void **state) {
  *    within TOL, as every guarded case), and no fp16 op (nor a weight's fp16 copy) may touch host
  *    memory;
  *  - on a GPU in fast mode (tensor cores, CUDA graphs): within fast mode's bar of the CPU's exact
- *    F32 run, the replayed reconstruction bit-identical to op by op. */
+ *    F32 run, the replayed reconstruction bit-identical to op by op.
+ * Feature maps channels-last, as fast mode keeps them: the gradient steps' F32 convolutions then
+ * also run on the weights' fp16 copies (nn.c, conv_f32_via_f16). */
 #define FAST_MODE_TOL 5e-2
 static void run_fp16_activations(int kind) {
     side *dev = device_or_skip(kind);
@@ -569,6 +571,7 @@ static void run_fp16_activations(int kind) {
     if (on_cuda) assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
     else cpu_side.ctx.activations = SD_F16;
     dev->ctx.activations = SD_F16;
+    cpu_side.ctx.channels_last = dev->ctx.channels_last = 1;
     sd_inversion inv[2];
     invert(&cpu_side, SD_INVERT_NULLTEXT, &inv[0]);
     const int64_t replays_before = dev->ctx.graph_replays;
@@ -581,6 +584,7 @@ static void run_fp16_activations(int kind) {
     expect_close(dev, "null-text z_T, fp16 activations", inv[0].z_T, inv[1].z_T, tol);
     check_reconstruction(kind, dev, inv, tol);
     dev->ctx.activations = cpu_side.ctx.activations = SD_F32;
+    dev->ctx.channels_last = cpu_side.ctx.channels_last = 0;
     if (on_cuda) assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_EXACT));
     for (int k = 0; k < 2; k++) sd_inversion_free(&inv[k]);
 }

@@ -12,6 +12,7 @@
 #include "sd/device.h"
 #include "sd/io.h"
 #include "sd/methods.h"
+#include "sd/autograd.h"
 #include "sd/models.h"
 #include "sd/sched.h"
 #include "testutil.h"
@@ -195,6 +196,20 @@ static void test_attention_hook_and_maps(void **state) {
  * why the format is fp16), must really have run in fp16 (the result differs from the F32 forward,
  * and fp16 weight copies were made), also under an attention controller (whose sites run in F32). */
 #define F16_TOL 5e-3
+
+/* The UNet forward under a hook that records every attention site's maps; checks that all 32
+ * sites were seen. */
+static sd_tensor *forward_recording_maps(sd_tensor *x, sd_tensor *cond) {
+    testutil_recording_hook hook;
+    testutil_recording_hook_init(&hook);
+    ctx.hook = &hook.base;
+    sd_tensor *eps = sd_unet_forward(&ctx, &unet, x, 981.0f, cond);
+    ctx.hook = NULL;
+    assert_sd_ok(sd_ctx_status(&ctx));
+    assert_int_equal(hook.n_calls, 32);
+    return eps;
+}
+
 static void test_unet_f16_storage(void **state) {
     (void)state;
     sd_tensor *sample = testutil_fixture("tiny_unet", "sample");
@@ -216,13 +231,7 @@ static void test_unet_f16_storage(void **state) {
     printf("fp16 storage vs F32 forward: max relative error %.3g\n", rel);
     assert_true(rel > 1e-5); /* rounding to fp16 happened */
 
-    testutil_recording_hook hook;
-    testutil_recording_hook_init(&hook);
-    ctx.hook = &hook.base;
-    sd_tensor *hooked = sd_unet_forward(&ctx, &unet, x, 981.0f, cond);
-    ctx.hook = NULL;
-    assert_sd_ok(sd_ctx_status(&ctx));
-    assert_int_equal(hook.n_calls, 32); /* every site seen, its maps computed in F32 */
+    sd_tensor *hooked = forward_recording_maps(x, cond); /* every site's maps computed in F32 */
     testutil_assert_close(hooked, want, F16_TOL, "eps t=981, fp16 activations, maps captured at every site");
     assert_true(testutil_max_rel_err(sd_f32(hooked), sd_f32(f32), sd_numel(f32)) > 1e-5);
     /* adopting weights drops the fp16 copies (new weights may reuse the old ones' addresses); the
@@ -238,6 +247,89 @@ static void test_unet_f16_storage(void **state) {
     sd_tensor_free(sample);
     sd_tensor_free(context);
     sd_tensor_free(want);
+}
+
+/* Channels-last feature maps (sd_ctx.channels_last) change where values sit in memory, not what is
+ * computed: the CPU's channels-last twins are its NCHW twins between exact transposes, so the fp16
+ * forward must come out bit for bit the same, plain and under an attention controller; the
+ * convolutions must really have run channels-last (KRSC copies of the 3x3 weights were made). */
+static void test_unet_channels_last(void **state) {
+    (void)state;
+    sd_tensor *sample = testutil_fixture("tiny_unet", "sample");
+    sd_tensor *context = testutil_fixture("tiny_unet", "context");
+    sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    sd_tensor *x = sd_upload(&ctx, sample), *cond = sd_upload(&ctx, context);
+    ctx.activations = SD_F16;
+    ctx.channels_last = 0;
+    assert_false(sd_ctx_channels_last(&ctx));
+    sd_tensor *nchw = sd_unet_forward(&ctx, &unet, x, 981.0f, cond);
+    assert_sd_ok(sd_ctx_status(&ctx));
+    const size_t nchw_copies = sd_ctx_lowp_weight_bytes(&ctx);
+
+    ctx.channels_last = 1;
+    assert_true(sd_ctx_channels_last(&ctx));
+    sd_tensor *last = sd_unet_forward(&ctx, &unet, x, 981.0f, cond);
+    assert_sd_ok(sd_ctx_status(&ctx));
+    assert_int_equal(last->dtype, SD_F32);
+    assert_int_equal(last->channels_last, 0); /* the output returns to F32 NCHW */
+    assert_true(sd_ctx_lowp_weight_bytes(&ctx) > nchw_copies);
+    assert_memory_equal(sd_f32(last), sd_f32(nchw), sd_nbytes(nchw));
+
+    sd_tensor *hooked = forward_recording_maps(x, cond);
+    ctx.channels_last = 0;
+    sd_tensor *hooked_nchw = forward_recording_maps(x, cond);
+    assert_memory_equal(sd_f32(hooked), sd_f32(hooked_nchw), sd_nbytes(hooked));
+
+    /* a gradient step's forward (a tape records: F32 activations) with fast mode's storage: the
+     * UNet's convolutions run on fp16 copies of their weights, channels-last (nn.c,
+     * conv_f32_via_f16), and its linears on fp16 weights (linear_f32io): close to the F32 forward,
+     * not equal to it; the null embedding still gets its gradient */
+    {
+        ctx.channels_last = 1;
+        sd_tensor *f16 = sd_unet_forward(&ctx, &unet, x, 981.0f, cond); /* no tape: the fp16 forward */
+        ctx.activations = SD_F32;
+        sd_tensor *exact = sd_unet_forward(&ctx, &unet, x, 981.0f, cond);
+        ctx.activations = SD_F16;
+        sd_tensor *leaf = sd_param_new(&ctx, context, "null embedding");
+        assert_non_null(leaf);
+        sd_tape *tape = sd_tape_new();
+        sd_ctx_set_tape(&ctx, tape);
+        const size_t copies_before = sd_ctx_lowp_weight_bytes(&ctx);
+        sd_tensor *eps = sd_unet_forward(&ctx, &unet, x, 981.0f, leaf);
+        assert_sd_ok(sd_ctx_status(&ctx));
+        assert_int_equal(eps->dtype, SD_F32);
+        const double rel = testutil_max_rel_err(sd_f32(eps), sd_f32(exact), sd_numel(exact));
+        printf("gradient-step forward on fp16 weight copies vs F32: max relative error %.3g\n", rel);
+        assert_true(rel > 1e-6 && rel < 5e-3);
+        assert_true(testutil_max_rel_err(sd_f32(eps), sd_f32(f16), sd_numel(f16)) > 0); /* not the fp16 forward */
+        assert_true(sd_ctx_lowp_weight_bytes(&ctx) >= copies_before);
+        assert_sd_ok(sd_backward(&ctx, sd_mse(&ctx, eps, exact)));
+        assert_non_null(leaf->grad);
+        assert_true(sd_all_finite(&ctx, leaf->grad));
+        sd_ctx_set_tape(&ctx, NULL);
+        sd_tape_reset(tape);
+        sd_tape_free(tape);
+        sd_tensor_free(leaf);
+    }
+
+    /* an op without a channels-last form gets its input back in NCHW order */
+    ctx.channels_last = 1;
+    sd_tensor *h = sd_to_channels_last(&ctx, sd_to_dtype(&ctx, x, SD_F16));
+    assert_non_null(h);
+    assert_int_equal(h->channels_last, 1);
+    sd_tensor *flat = sd_to_dtype(&ctx, sd_reshape4(&ctx, h, 2, x->shape[0] * x->shape[1], x->shape[2] * x->shape[3], 0, 0),
+                                  SD_F32);
+    assert_sd_ok(sd_ctx_status(&ctx));
+    sd_tensor *back = sd_to_dtype(&ctx, h, SD_F32);
+    assert_sd_ok(sd_ctx_status(&ctx));
+    assert_memory_equal(sd_f32(flat), sd_f32(back), sd_nbytes(back));
+    sd_tensor *rounded = sd_to_dtype(&ctx, sd_to_dtype(&ctx, x, SD_F16), SD_F32);
+    assert_memory_equal(sd_f32(back), sd_f32(rounded), sd_nbytes(back));
+    ctx.channels_last = 0;
+    ctx.activations = SD_F32;
+    sd_arena_reset(ctx.arena, mark);
+    sd_tensor_free(sample);
+    sd_tensor_free(context);
 }
 
 /* An op outside the fp16 set refuses a fp16 tensor with a message naming it. */
@@ -379,6 +471,7 @@ int main(void) {
         cmocka_unit_test(test_unet_32x32_t500),
         cmocka_unit_test(test_attention_hook_and_maps),
         cmocka_unit_test(test_unet_f16_storage),
+        cmocka_unit_test(test_unet_channels_last),
         cmocka_unit_test(test_f16_outside_the_unet_fails),
         cmocka_unit_test(test_vae),
         cmocka_unit_test(test_bad_inputs_fail_cleanly),

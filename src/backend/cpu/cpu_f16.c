@@ -103,22 +103,29 @@ static sd_status f16_linear_f32io(const float *x, const sd_f16 *w, const float *
     return st;
 }
 
-static sd_status f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y,
-                             const sd_conv_geom *g) {
+static sd_status f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r,
+                             sd_f16 *y, const sd_conv_geom *g) {
     f32_bufs t;
-    const sd_f16 *in[2] = {x, w};
-    const int64_t n[2] = {g->batch * g->c_in * g->h_in * g->w_in, g->c_out * g->c_in * g->kh * g->kw};
     const int64_t S = g->h_out * g->w_out, n_out = g->batch * g->c_out * S;
-    SD_TRY(bufs_make(&t, "conv2d", 2, in, n, n_out));
+    const sd_f16 *in[3] = {x, w, r};
+    const int64_t n[3] = {g->batch * g->c_in * g->h_in * g->w_in, g->c_out * g->c_in * g->kh * g->kw, n_out};
+    SD_TRY(bufs_make(&t, "conv2d", r ? 3 : 2, in, n, n_out));
     sd_status st = f32_ops()->conv2d(t.in[0], t.in[1], NULL, t.out, g);
-    if (st == SD_OK && b) {
-        /* the product is rounded before the bias is added (the bias is its own pass on a device) */
-        for (int64_t i = 0; i < n_out; i++) t.out[i] = sd_f16_to_f32(sd_f32_to_f16(t.out[i]));
+    if (st == SD_OK && (b || v || r)) {
+        /* the product is rounded before the epilogue's sum (a separate pass on a device) */
+        const float *res = t.in[2];
 #pragma omp parallel for collapse(2) schedule(static)
         for (int64_t bc = 0; bc < g->batch; bc++)
             for (int64_t c = 0; c < g->c_out; c++) {
                 float *row = t.out + (bc * g->c_out + c) * S;
-                for (int64_t s = 0; s < S; s++) row[s] += b[c];
+                const float *rrow = res ? res + (bc * g->c_out + c) * S : NULL;
+                for (int64_t s = 0; s < S; s++) {
+                    float sum = sd_f16_to_f32(sd_f32_to_f16(row[s]));
+                    if (b) sum += b[c];
+                    if (v) sum += v[bc * g->c_out + c];
+                    if (rrow) sum += rrow[s];
+                    row[s] = sum;
+                }
             }
     }
     return finish(&t, st, y, n_out);
@@ -200,6 +207,106 @@ static sd_status f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v
                   out, n_out);
 }
 
+/* ---- channels-last twins: the NCHW twin of the same name between transposes (moves of 16-bit
+ * values: the arithmetic, its order and its roundings are the NCHW op's) ---- */
+
+/* y [B, C, S] <- x [B, S, C] (to_nchw) or y [B, S, C] <- x [B, C, S], into a new heap buffer */
+static sd_f16 *relayout16(const sd_f16 *x, int64_t B, int64_t S, int64_t C, int to_nchw, const char *op) {
+    sd_f16 *y = malloc((size_t)(B * S * C > 0 ? B * S * C : 1) * sizeof(sd_f16));
+    if (!y) {
+        sd_fail(SD_ERR_OOM, "cpu fp16 %s: out of host memory for %lld halves", op, (long long)(B * S * C));
+        return NULL;
+    }
+    if ((to_nchw ? f16_transpose(x, y, B, S, C) : f16_transpose(x, y, B, C, S)) != SD_OK) {
+        free(y);
+        return NULL;
+    }
+    return y;
+}
+
+/* out_nhwc [B, S, C] <- the NCHW result y [B, C, S]; frees y */
+static sd_status back_to_nhwc(sd_status st, sd_f16 *y, sd_f16 *out_nhwc, int64_t B, int64_t C, int64_t S) {
+    if (st == SD_OK) st = f16_transpose(y, out_nhwc, B, C, S);
+    free(y);
+    return st;
+}
+
+static sd_status f16_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t s = 0; s < S; s++)
+            for (int64_t c = 0; c < C; c++) y[(b * S + s) * C + c] = sd_f32_to_f16(x[(b * C + c) * S + s]);
+    return SD_OK;
+}
+
+static sd_status f16_to_f32_nchw(const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t s = 0; s < S; s++) y[(b * C + c) * S + s] = sd_f16_to_f32(x[(b * S + s) * C + c]);
+    return SD_OK;
+}
+
+static sd_status f16_conv2d_nhwc(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r,
+                                  sd_f16 *y, const sd_conv_geom *g) {
+    const int64_t taps = (int64_t)g->kh * g->kw, So = g->h_out * g->w_out;
+    sd_f16 *xc = relayout16(x, g->batch, g->h_in * g->w_in, g->c_in, 1, "conv2d_nhwc");
+    sd_f16 *wc = xc ? relayout16(w, g->c_out, taps, g->c_in, 1, "conv2d_nhwc") : NULL; /* KRSC -> KCRS */
+    sd_f16 *rc = wc && r ? relayout16(r, g->batch, So, g->c_out, 1, "conv2d_nhwc") : NULL;
+    sd_f16 *yc = wc && (rc || !r)
+                     ? malloc((size_t)(g->batch * g->c_out * So > 0 ? g->batch * g->c_out * So : 1) * sizeof(sd_f16))
+                     : NULL;
+    if (!yc) {
+        free(xc);
+        free(wc);
+        free(rc);
+        return sd_fail(SD_ERR_OOM, "cpu fp16 conv2d_nhwc: out of host memory");
+    }
+    const sd_status st = f16_conv2d(xc, wc, b, v, rc, yc, g);
+    free(xc);
+    free(wc);
+    free(rc);
+    return back_to_nhwc(st, yc, y, g->batch, g->c_out, So);
+}
+
+static sd_status f16_group_norm_nhwc(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
+                                      int64_t C, int64_t S, int groups, float eps, int silu) {
+    sd_f16 *xc = relayout16(x, B, S, C, 1, "group_norm_nhwc");
+    if (!xc) return SD_ERR_OOM;
+    const sd_status st = f16_group_norm(xc, gamma, beta, xc, B, C, S, groups, eps, silu); /* in place: it widens first */
+    return back_to_nhwc(st, xc, y, B, C, S);
+}
+
+static sd_status f16_add_channel_bias_nhwc(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C,
+                                            int64_t S) {
+    sd_f16 *xc = relayout16(x, B, S, C, 1, "add_channel_bias_nhwc");
+    if (!xc) return SD_ERR_OOM;
+    return back_to_nhwc(f16_add_channel_bias(xc, v, xc, B, C, S), xc, y, B, C, S);
+}
+
+static sd_status f16_concat_channels_nhwc(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca,
+                                           int64_t Cb, int64_t S) {
+#pragma omp parallel for schedule(static)
+    for (int64_t p = 0; p < B * S; p++) {
+        memcpy(y + p * (Ca + Cb), a + p * Ca, (size_t)Ca * sizeof(sd_f16));
+        memcpy(y + p * (Ca + Cb) + Ca, c + p * Cb, (size_t)Cb * sizeof(sd_f16));
+    }
+    return SD_OK;
+}
+
+static sd_status f16_upsample_nearest_nhwc(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t H, int64_t W, int64_t C,
+                                            int64_t Ho, int64_t Wo) {
+    sd_f16 *xc = relayout16(x, B, H * W, C, 1, "upsample_nearest_nhwc");
+    sd_f16 *yc = xc ? malloc((size_t)(B * C * Ho * Wo > 0 ? B * C * Ho * Wo : 1) * sizeof(sd_f16)) : NULL;
+    if (!yc) {
+        free(xc);
+        return sd_fail(SD_ERR_OOM, "cpu fp16 upsample_nearest_nhwc: out of host memory");
+    }
+    const sd_status st = f16_upsample_nearest(xc, yc, B * C, H, W, Ho, Wo);
+    free(xc);
+    return back_to_nhwc(st, yc, y, B, C, Ho * Wo);
+}
+
 const sd_f16_ops cpu_f16_ops = {
     .to_f16 = f16_from_f32,
     .to_f32 = f16_to_f32,
@@ -216,4 +323,11 @@ const sd_f16_ops cpu_f16_ops = {
     .upsample_nearest = f16_upsample_nearest,
     .transpose = f16_transpose,
     .attention = f16_attention,
+    .to_f16_nhwc = f16_to_f16_nhwc,
+    .to_f32_nchw = f16_to_f32_nchw,
+    .conv2d_nhwc = f16_conv2d_nhwc,
+    .group_norm_nhwc = f16_group_norm_nhwc,
+    .add_channel_bias_nhwc = f16_add_channel_bias_nhwc,
+    .concat_channels_nhwc = f16_concat_channels_nhwc,
+    .upsample_nearest_nhwc = f16_upsample_nearest_nhwc,
 };

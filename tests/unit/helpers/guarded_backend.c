@@ -193,8 +193,9 @@ GUARD16(linear, (const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16
 GUARD16(linear_f32io, (const float *x, const sd_f16 *w, const float *b, const float *r, float *y, int64_t M,
                        int64_t K, int64_t N),
         (x, w, b, r, y, M, K, N), x, w, b, r, y)
-GUARD16(conv2d, (const sd_f16 *x, const sd_f16 *w, const float *b, sd_f16 *y, const sd_conv_geom *g),
-        (x, w, b, y, g), x, w, b, y)
+GUARD16(conv2d, (const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,
+                 const sd_conv_geom *g),
+        (x, w, b, v, r, y, g), x, w, b, v, r, y)
 GUARD16(group_norm, (const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B, int64_t C,
                      int64_t S, int groups, float eps, int silu),
         (x, gamma, beta, y, B, C, S, groups, eps, silu), x, gamma, beta, y)
@@ -213,6 +214,23 @@ GUARD16(transpose, (const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C)
 GUARD16(attention, (const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
                     int64_t Sk, int H, int D, int Dv, float scale, int causal),
         (q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal), q, k, v, out)
+
+GUARD16(to_f16_nhwc, (const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S), (x, y, B, C, S), x, y)
+GUARD16(to_f32_nchw, (const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S), (x, y, B, C, S), x, y)
+GUARD16(conv2d_nhwc, (const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,
+                      const sd_conv_geom *g),
+        (x, w, b, v, r, y, g), x, w, b, v, r, y)
+GUARD16(group_norm_nhwc, (const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B, int64_t C,
+                          int64_t S, int groups, float eps, int silu),
+        (x, gamma, beta, y, B, C, S, groups, eps, silu), x, gamma, beta, y)
+GUARD16(add_channel_bias_nhwc, (const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S),
+        (x, v, y, B, C, S), x, v, y)
+GUARD16(concat_channels_nhwc, (const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca, int64_t Cb,
+                               int64_t S),
+        (a, c, y, B, Ca, Cb, S), a, c, y)
+GUARD16(upsample_nearest_nhwc, (const sd_f16 *x, sd_f16 *y, int64_t B, int64_t H, int64_t W, int64_t C, int64_t Ho,
+                                int64_t Wo),
+        (x, y, B, H, W, C, Ho, Wo), x, y)
 
 static sd_status g_synchronize(void) { return SD_OK; }
 
@@ -256,7 +274,8 @@ const sd_backend *guarded_backend(void) {
         SET16(to_f16), SET16(to_f32), SET16(copy), SET16(linear), SET16(linear_f32io), SET16(conv2d), SET16(group_norm);
         SET16(layer_norm);
         SET16(binary), SET16(add_channel_bias), SET16(geglu), SET16(concat_channels), SET16(upsample_nearest);
-        SET16(transpose), SET16(attention);
+        SET16(transpose), SET16(attention), SET16(to_f16_nhwc), SET16(to_f32_nchw), SET16(conv2d_nhwc), SET16(group_norm_nhwc), SET16(add_channel_bias_nhwc);
+        SET16(concat_channels_nhwc), SET16(upsample_nearest_nhwc);
 #undef SET16
         table.f16 = &table16;
     }
