@@ -315,6 +315,29 @@ sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const
     return cu_f16_from_f32(t, y, M * N);
 }
 
+/* y[i] = x · w[i]ᵀ for i < count (w [count, N, K], y [count, M, N]): one strided-batched GEMM, x
+ * shared (stride 0). In column-major terms yᵀ[i] (N x M) = op(w[i]) · xᵀ, as the fallback above.
+ * Three 8192x320x320 projections (SD at 64x64, batch 2) ran at 81 TFLOP/s one by one on an H200:
+ * small GEMMs whose tiles leave SMs idle; batched, their tiles fill one launch. */
+sd_status cu_f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
+                                int count) {
+    if (M <= 0 || N <= 0 || count <= 0) return SD_OK;
+    cu_state *s = cu_cur();
+    if (K <= 0) { /* the empty sums */
+        CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)((int64_t)count * M * N) * sizeof(sd_f16), s->stream));
+        return SD_OK;
+    }
+    CU_TRY(check_int("M", M));
+    CU_TRY(check_int("N", N));
+    CU_TRY(check_int("K", K));
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w,
+                                            CUDA_R_16F, (int)K, (long long)(N * K), x, CUDA_R_16F, (int)K, 0LL, &zero, y,
+                                            CUDA_R_16F, (int)N, (long long)(M * N), count, CUBLAS_COMPUTE_32F,
+                                            CUBLAS_GEMM_DEFAULT));
+    return SD_OK;
+}
+
 /* ------------------------------------------------------------------------------------------------
  * F32 activations on an fp16 weight copy (sd_f16_ops.linear_f32io: fast mode's gradient steps)
  * --------------------------------------------------------------------------------------------- */

@@ -54,6 +54,11 @@ typedef struct sd_f16_ops {
      * tensor cores then run on native operands instead of converting F32 ones tile by tile. */
     sd_status (*linear_f32io)(const float *x, const sd_f16 *w, const float *b, const float *r, float *y,
                               int64_t M, int64_t K, int64_t N);
+    /* `count` linears of one input without bias, in one batched GEMM (an attention's q, k and v
+     * projections): y[i] = x[M, K] · w[i]ᵀ for i < count, w [count, N, K] packed, y [count, M, N];
+     * each as `linear` computes it. */
+    sd_status (*linear_batched)(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
+                                int count);
     /* The convolution's epilogue takes what follows it in a resnet: y = round(round(conv(x, w)) +
      * b[c] + v[n, c] + r), the three added in fp32 in that order (each may be NULL): b the conv
      * bias, v [B, Co] a per-image channel bias (the time embedding, F32), r a residual in y's

@@ -141,6 +141,12 @@ sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l);
  * over three tensors); residual has the output's element count and x's dtype. Gradients as the
  * unfused pair's. */
 sd_tensor *sd_linear_add(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *residual);
+/* outs[i] = sd_linear(x, ls[i]) for i < count (<= SD_LINEAR_MANY_MAX): an attention's projections of
+ * one input. With fp16 storage and frozen bias-free weights of one shape, one batched GEMM on a
+ * packed fp16 copy of the weights (the outputs are views of one block); otherwise one linear each
+ * (recorded as such). Returns the context's status. */
+#define SD_LINEAR_MANY_MAX 4
+sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, int count, sd_tensor **outs);
 /* x[B, Ci, H, W] -> [B, Co, Ho, Wo], symmetric padding. */
 sd_tensor *sd_conv2d(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad);
 /* Asymmetric padding (top, left, bottom, right). */

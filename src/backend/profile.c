@@ -272,6 +272,12 @@ static sd_status q_linear_f32io(const float *x, const sd_f16 *w, const float *b,
     TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * K + (r ? 2 : 1) * M * N) + F2 * N * K,
           inner16->linear_f32io(x, w, b, r, y, M, K, N));
 }
+static sd_status q_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
+                                  int count) {
+    LABEL("linear x%d M%lld K%lld N%lld", count, (long long)M, (long long)K, (long long)N);
+    TIMED(SD_PROF_GEMM, 2.0 * count * M * K * N, F2 * (M * K + (double)count * M * N),
+          inner16->linear_batched(x, w, y, M, K, N, count));
+}
 static sd_status q_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,
                           const sd_conv_geom *g) {
     label_conv(r ? "conv+residual" : "conv", g);
@@ -401,6 +407,7 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         table16.copy = q_copy;
         table16.linear = q_linear;
         if (inner16->linear_f32io) table16.linear_f32io = q_linear_f32io;
+        if (inner16->linear_batched) table16.linear_batched = q_linear_batched;
         table16.conv2d = q_conv2d;
         table16.group_norm = q_group_norm;
         table16.layer_norm = q_layer_norm;

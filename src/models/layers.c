@@ -213,9 +213,25 @@ sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, 
         if (sub) value_in = sd_to_dtype(c, sub, ctx->dtype);
         if (c->status != SD_OK) return NULL;
     }
-    sd_tensor *q = sd_linear(c, x, &a->to_q);
-    sd_tensor *k = sd_linear(c, ctx, &a->to_k);
-    sd_tensor *v = sd_linear(c, value_in, &a->to_v);
+    /* projections of one input in one batched GEMM where the storage allows (sd_linear_many) */
+    sd_tensor *q = NULL, *k = NULL, *v = NULL;
+    if (ctx == x && value_in == x) {
+        const sd_linear_w *qkv[3] = {&a->to_q, &a->to_k, &a->to_v};
+        sd_tensor *outs[3];
+        sd_linear_many(c, x, qkv, 3, outs);
+        q = outs[0], k = outs[1], v = outs[2];
+    } else {
+        q = sd_linear(c, x, &a->to_q);
+        if (value_in == ctx) {
+            const sd_linear_w *kv[2] = {&a->to_k, &a->to_v};
+            sd_tensor *outs[2];
+            sd_linear_many(c, ctx, kv, 2, outs);
+            k = outs[0], v = outs[1];
+        } else {
+            k = sd_linear(c, ctx, &a->to_k);
+            v = sd_linear(c, value_in, &a->to_v);
+        }
+    }
     sd_tensor *o = sd_attention(c, q, k, v, a->heads, 0, site);
     return residual ? sd_linear_add(c, o, &a->to_out, residual) : sd_linear(c, o, &a->to_out);
 }

@@ -129,11 +129,17 @@ static sd_f16 *f16_of(const sd_tensor *t) { return (sd_f16 *)t->data; }
  * (a weight moved to the device gets a new copy), emptied whenever the context adopts weights. A
  * copy is made on the weight's first use: a step's first run is eager, so never inside a CUDA
  * graph capture. */
+/* The layout of a copy: as the weight is, a convolution weight [Co, Ci, kh, kw] reordered to
+ * [Co, kh, kw, Ci] (channels-last), or the weight packed with the ones that follow it in a
+ * batched projection (LOWP_PACK + count - 1: [count, N, K]). */
+enum { LOWP_AS_IS = 0, LOWP_KRSC = 1, LOWP_PACK = 2 };
+
 typedef struct {
-    const sd_tensor *weight;
-    int krsc; /* a convolution weight [Co, Ci, kh, kw] copied as [Co, kh, kw, Ci] (channels-last) */
+    const sd_tensor *weight; /* the first of a pack */
+    int krsc;                /* the layout (LOWP_*) */
     const void *data;
     sd_f16 *copy;
+    size_t bytes;
 } lowp_entry;
 
 struct sd_lowp_weights {
@@ -183,12 +189,18 @@ static lowp_entry *lowp_find(struct sd_lowp_weights *t, const sd_tensor *w, int 
     return &t->slots[i];
 }
 
-/* Writes the fp16 copy of w into `copy`: as it is, or (krsc) a 4-d convolution weight reordered
- * [Co, Ci, kh·kw] -> [Co, kh·kw, Ci] through a temporary fp16 copy. */
-static int lowp_fill(sd_ctx *c, const sd_tensor *w, int krsc, sd_f16 *copy) {
+/* Writes the fp16 copy of ws[0..count) into `copy`: as it is, packed one after the other, or
+ * (LOWP_KRSC, one 4-d convolution weight) reordered [Co, Ci, kh·kw] -> [Co, kh·kw, Ci] through a
+ * temporary fp16 copy. */
+static int lowp_fill(sd_ctx *c, const sd_tensor *const *ws, int count, int krsc, sd_f16 *copy) {
     const sd_f16_ops *ops = c->be->f16;
+    const sd_tensor *w = ws[0];
     const int64_t n = sd_numel(w);
-    if (!krsc) return sd_ctx_check(c, ops->to_f16(sd_f32(w), copy, n));
+    if (krsc != LOWP_KRSC) {
+        for (int i = 0; i < count; i++)
+            if (!sd_ctx_check(c, ops->to_f16(sd_f32(ws[i]), copy + i * n, n))) return 0;
+        return 1;
+    }
     sd_f16 *tmp = c->be->mem_alloc((size_t)n * sizeof(sd_f16));
     if (!tmp) {
         sd_ctx_fail(c, SD_ERR_OOM, "out of memory reordering the fp16 copy of weight '%s' (%lld values)", w->name,
@@ -201,20 +213,25 @@ static int lowp_fill(sd_ctx *c, const sd_tensor *w, int krsc, sd_f16 *copy) {
     return ok;
 }
 
-/* The fp16 copy of weight w (F32, on the context's device) in layout krsc, made on first use and
- * remade when the weight's data moved (sd_ctx_adopt_weights). A 1x1 kernel's KRSC order is its
+/* The fp16 copy of weights ws[0..count) (F32, on the context's device, equal shapes when packed)
+ * in layout krsc (LOWP_AS_IS, LOWP_KRSC; LOWP_PACK for count > 1), made on first use and remade
+ * when the first weight's data moved (sd_ctx_adopt_weights). A 1x1 kernel's KRSC order is its
  * KCRS order: one copy serves both. */
-static const sd_f16 *lowp_weight_layout(sd_ctx *c, const sd_tensor *w, int krsc) {
+static const sd_f16 *lowp_weights_copy(sd_ctx *c, const sd_tensor *const *ws, int count, int krsc) {
     if (c->status != SD_OK) return NULL;
-    if (w->dtype != SD_F32 || w->device != c->device) {
-        sd_ctx_fail(c, SD_ERR_INTERNAL, "weight '%s': an fp16 copy needs an F32 tensor on the context's device", w->name);
-        return NULL;
-    }
+    const sd_tensor *w = ws[0];
+    for (int i = 0; i < count; i++)
+        if (ws[i]->dtype != SD_F32 || ws[i]->device != c->device || !sd_same_shape(ws[i], w)) {
+            sd_ctx_fail(c, SD_ERR_INTERNAL, "weight '%s': an fp16 copy needs F32 tensors of one shape on the "
+                        "context's device", ws[i]->name);
+            return NULL;
+        }
+    if (count > 1) krsc = LOWP_PACK + count - 1;
     if (!c->lowp_weights && !(c->lowp_weights = calloc(1, sizeof *c->lowp_weights))) {
         sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the fp16 weight table");
         return NULL;
     }
-    if (krsc && (w->ndim != 4 || w->shape[2] * w->shape[3] == 1)) krsc = 0;
+    if (krsc == LOWP_KRSC && (w->ndim != 4 || w->shape[2] * w->shape[3] == 1)) krsc = LOWP_AS_IS;
     struct sd_lowp_weights *t = c->lowp_weights;
     if ((t->used + 1) * 2 > t->cap && !lowp_grow(t)) {
         sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the fp16 weight table");
@@ -222,30 +239,34 @@ static const sd_f16 *lowp_weight_layout(sd_ctx *c, const sd_tensor *w, int krsc)
     }
     lowp_entry *e = lowp_find(t, w, krsc);
     if (e->weight && e->data == w->data) return e->copy;
-    const int64_t n = sd_numel(w);
     if (e->weight) { /* same header, moved data: the old copy is stale */
         c->be->mem_free(e->copy);
-        t->bytes -= (size_t)n * sizeof(sd_f16);
+        t->bytes -= e->bytes;
         t->used--;
-        *e = (lowp_entry){NULL, 0, NULL, NULL};
+        *e = (lowp_entry){NULL, 0, NULL, NULL, 0};
     }
+    const int64_t n = sd_numel(w) * count;
     sd_f16 *copy = c->be->mem_alloc((size_t)n * sizeof(sd_f16));
     if (!copy) {
-        sd_ctx_fail(c, SD_ERR_OOM, "out of memory for the fp16 copy of weight '%s' (%lld values)", w->name,
-                    (long long)n);
+        sd_ctx_fail(c, SD_ERR_OOM, "out of memory for the fp16 copy of weight '%s'%s (%lld values)", w->name,
+                    count > 1 ? " and the ones packed with it" : "", (long long)n);
         return NULL;
     }
-    if (!lowp_fill(c, w, krsc, copy)) {
+    if (!lowp_fill(c, ws, count, krsc, copy)) {
         c->be->mem_free(copy);
         return NULL;
     }
-    *e = (lowp_entry){w, krsc, w->data, copy};
+    *e = (lowp_entry){w, krsc, w->data, copy, (size_t)n * sizeof(sd_f16)};
     t->used++;
-    t->bytes += (size_t)n * sizeof(sd_f16);
+    t->bytes += e->bytes;
     return copy;
 }
 
-static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) { return lowp_weight_layout(c, w, 0); }
+static const sd_f16 *lowp_weight_layout(sd_ctx *c, const sd_tensor *w, int krsc) {
+    return lowp_weights_copy(c, &w, 1, krsc);
+}
+
+static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) { return lowp_weight_layout(c, w, LOWP_AS_IS); }
 
 size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c) { return c->lowp_weights ? c->lowp_weights->bytes : 0; }
 
@@ -530,6 +551,40 @@ static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_
 
 sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l) { return linear_plus(c, x, l, NULL); }
 
+sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, int count, sd_tensor **outs) {
+    for (int i = 0; i < count; i++) outs[i] = NULL;
+    if (c->status != SD_OK || !x) return c->status != SD_OK ? c->status : SD_ERR_INTERNAL;
+    if (count < 1 || count > SD_LINEAR_MANY_MAX) {
+        sd_ctx_fail(c, SD_ERR_INTERNAL, "linear_many: %d projections", count);
+        return c->status;
+    }
+    int batched = x->dtype == SD_F16 && !x->channels_last && c->be->f16 && c->be->f16->linear_batched && count > 1;
+    const sd_tensor *ws[SD_LINEAR_MANY_MAX];
+    for (int i = 0; i < count && batched; i++) {
+        ws[i] = ls[i]->weight;
+        batched = ws[i] && ws[i]->ndim == 2 && !ls[i]->bias && ls[i]->frozen && sd_same_shape(ws[i], ws[0]) &&
+                  x->shape[x->ndim - 1] == ws[i]->shape[1];
+    }
+    if (!batched) { /* one by one: F32 maps (recorded), biases, other shapes */
+        for (int i = 0; i < count; i++) outs[i] = sd_linear(c, x, ls[i]);
+        return c->status;
+    }
+    const int64_t N = ws[0]->shape[0], K = ws[0]->shape[1], M = sd_numel(x) / K;
+    const sd_f16 *wb = lowp_weights_copy(c, ws, count, LOWP_PACK);
+    const int64_t block_shape[2] = {count * M, N};
+    sd_tensor *block = wb ? new_dtype(c, SD_F16, 2, block_shape) : NULL; /* [count, M, N] */
+    if (!block || !sd_ctx_check(c, c->be->f16->linear_batched(f16_of(x), wb, f16_of(block), M, K, N, count)))
+        return c->status != SD_OK ? c->status : SD_ERR_OOM;
+    int64_t shape[SD_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = N;
+    for (int i = 0; i < count; i++) {
+        if (!(outs[i] = view_header(c, block, x->ndim, shape))) return SD_ERR_OOM;
+        outs[i]->data = (sd_f16 *)block->data + i * M * N;
+    }
+    return SD_OK;
+}
+
 sd_tensor *sd_linear_add(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *residual) {
     if (c->status == SD_OK && !residual) return sd_ctx_fail(c, SD_ERR_INTERNAL, "linear + residual: no residual");
     return linear_plus(c, x, l, residual);
@@ -550,7 +605,7 @@ static int f32_conv_on_f16_weight(const sd_ctx *c, const sd_conv_w *cw, const sd
 
 static void conv_f32_via_f16(sd_ctx *c, const sd_tensor *x, const sd_conv_w *cw, sd_tensor *y, const sd_conv_geom *g) {
     const sd_f16_ops *ops = c->be->f16;
-    const sd_f16 *wb = lowp_weight_layout(c, cw->weight, 1);
+    const sd_f16 *wb = lowp_weight_layout(c, cw->weight, LOWP_KRSC);
     if (!wb) return;
     const sd_arena_mark mark = sd_arena_get_mark(c->arena);
     sd_tensor *x16 = new4_dtype(c, SD_F16, 4, g->batch, g->c_in, g->h_in, g->w_in);
@@ -604,7 +659,7 @@ static sd_tensor *conv2d_epilogue(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, 
         if (r && r->channels_last != x->channels_last && !(r = x->channels_last ? sd_to_channels_last(c, r) : nchw(c, r)))
             return NULL;
         const sd_f16_ops *ops = f16_ops(c, "conv2d");
-        const sd_f16 *wb = ops ? lowp_weight_layout(c, w, x->channels_last) : NULL;
+        const sd_f16 *wb = ops ? lowp_weight_layout(c, w, x->channels_last ? LOWP_KRSC : LOWP_AS_IS) : NULL;
         sd_tensor *y = wb ? new4_dtype(c, SD_F16, 4, g.batch, g.c_out, g.h_out, g.w_out) : NULL;
         if (!y) return NULL;
         y->channels_last = x->channels_last;

@@ -321,6 +321,24 @@ static void test_f16_linear(void **state) {
             if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
         }
     }
+    /* linear_batched: count projections of one input on packed weights (an attention's q, k, v) */
+    {
+        struct { int64_t M, K, N; int count; } b_cases[] = {{77, 40, 24, 3}, {5, 3, 7, 2}, {2048, 64, 64, 3}, {6, 0, 5, 2}};
+        for (size_t c = 0; c < sizeof b_cases / sizeof b_cases[0]; c++) {
+            const int64_t M = b_cases[c].M, K = b_cases[c].K, N = b_cases[c].N;
+            const int count = b_cases[c].count;
+            sd_f16 *x = hrand16(M * K, 190 + c, 1.0f);
+            sd_f16 *w = hrand16(count * N * K, 195 + c, 1.0f / sqrtf((float)(K > 0 ? K : 1)));
+            sd_f16 *want = hnew16(count * M * N), *yd = dnew16(count * M * N);
+            assert_sd_ok(cpu16->linear_batched(x, w, want, M, K, N, count));
+            assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+            assert_sd_ok(gpu16->linear_batched(dput16(x, M * K), dput16(w, count * N * K), yd, M, K, N, count));
+            char what[96];
+            snprintf(what, sizeof what, "linear_batched %d x (%lldx%lld -> %lld)", count, (long long)M, (long long)K,
+                     (long long)N);
+            check16(what, yd, want, count * M * N, TOL_F16_GEMM);
+        }
+    }
     /* the F32 linear of the same shape keeps its own plan (the cache keys on the data type) */
     {
         const int64_t M = 77, K = 40, N = 24;
