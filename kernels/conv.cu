@@ -680,6 +680,20 @@ static sd_status conv_epilogue(T *y, const float *b, const float *v, const T *r,
     return SD_OK;
 }
 
+/* A channels-last plan cuDNN will not run (no algorithm, or the chosen one and the fallback both
+ * refused, for its NHWC descriptors) becomes a GEMM plan: the channels-last GEMM path takes every
+ * geometry. Returns 0 (nothing changed) for an NCHW plan. */
+static int nhwc_plan_to_gemm(cu_conv_plan *p) {
+    if (!p->nhwc) return 0;
+    if (cudnn_log_on())
+        fprintf(stderr, "cudnn: (refused)  fp16 nhwc b%lld %lld->%lld %lldx%lld k%dx%d/%d: %s; im2col + cuBLAS GEMM\n",
+                (long long)p->g.batch, (long long)p->g.c_in, (long long)p->g.c_out, (long long)p->g.h_in,
+                (long long)p->g.w_in, p->g.kh, p->g.kw, p->g.stride, sd_last_error());
+    sd_clear_error();
+    p->gemm = 1;
+    return 1;
+}
+
 /* y = conv(x, w), then the epilogue (b, v, r: conv_epilogue) as a separate pass: x, w, y, r of
  * storage type T, the biases F32 (each may be NULL); NCHW, or channels-last (nhwc: x [B, H, W, Ci],
  * w [Co, kh, kw, Ci], y and r [B, Ho, Wo, Co]). */
@@ -689,11 +703,14 @@ static sd_status conv2d_forward(const T *x, const T *w, const float *b, const fl
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
     CU_TRY(plan_get(g, cu_dnn_type<T>::value, nhwc, &p));
+    if (!p->gemm && !p->fwd_ready) {
+        const sd_status st = choose_algo<conv_fwd>(s, p, 0);
+        if (st != SD_OK && !nhwc_plan_to_gemm(p)) return st;
+    }
     if (p->gemm) {
         CU_TRY(nhwc ? conv_gemm_forward_nhwc(p, x, w, y, g) : conv_gemm_forward(p, x, w, y, g));
         return conv_epilogue(y, b, v, r, g, nhwc);
     }
-    if (!p->fwd_ready) CU_TRY(choose_algo<conv_fwd>(s, p, 0));
     const size_t xp_bytes = padded_bytes<T>(p);
     const float one = 1.0f, zero = 0.0f; /* cuDNN's scaling factors are float for float and half data */
     for (int attempt = 0;; attempt++) {
@@ -708,9 +725,13 @@ static sd_status conv2d_forward(const T *x, const T *w, const float *b, const fl
         const cudnnStatus_t st = cudnnConvolutionForward(s->dnn, &one, p->x_desc, xin, p->w_desc, w, p->conv_desc,
                                                          p->fwd_algo, ws + xp_bytes, p->fwd_ws, &zero, p->y_desc, y);
         if (st == CUDNN_STATUS_SUCCESS) break;
-        if (attempt > 0 || !conv_retryable(st))
-            return cu_fail_cudnn(st, __FILE__, __LINE__, "cudnnConvolutionForward");
-        CU_TRY(choose_algo<conv_fwd>(s, p, 1));
+        if (attempt > 0 || !conv_retryable(st)) {
+            const sd_status failed = cu_fail_cudnn(st, __FILE__, __LINE__, "cudnnConvolutionForward");
+            if (conv_retryable(st) && nhwc_plan_to_gemm(p)) return conv2d_forward(x, w, b, v, r, y, g, nhwc);
+            return failed;
+        }
+        const sd_status again = choose_algo<conv_fwd>(s, p, 1);
+        if (again != SD_OK) return nhwc_plan_to_gemm(p) ? conv2d_forward(x, w, b, v, r, y, g, nhwc) : again;
     }
     return conv_epilogue(y, b, v, r, g, nhwc);
 }

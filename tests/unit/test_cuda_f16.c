@@ -597,6 +597,41 @@ static void test_f16_conv2d_epilogue(void **state) {
     }
 }
 
+/* cuDNN refusing a channels-last convolution, at its heuristic or at the call (the simulator's
+ * CUDASIM_CUDNN_REFUSE_NHWC; a real GPU has no such switch): the plan turns into the GEMM path
+ * and the result is still right. Distinct geometries: plans are cached per geometry. */
+static void test_f16_conv2d_nhwc_refused(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    if (!testutil_gpu_is_simulated()) {
+        print_message("[   SKIP   ] %s: cuDNN's refusals are simulated by cudasim only\n", __func__);
+        skip();
+    }
+    assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+    assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_OFF)); /* cuDNN first, as at 64x64 */
+    static const char *const points[2] = {"plan", "run"};
+    for (int k = 0; k < 2; k++) {
+        const f16_conv_case c = {1, 8, 7 + k, 9, 12, 3, 1, 1, 1, 1, 1, 1, "conv3x3 8->12 +bias"};
+        const f16_conv_data d = f16_conv_data_make(&c, 420 + 3 * k);
+        sd_f16 *want = hnew16(d.ny);
+        assert_sd_ok(cpu16->conv2d_nhwc(d.x, d.w, d.b, NULL, NULL, want, &d.g));
+        setenv("CUDASIM_CUDNN_REFUSE_NHWC", points[k], 1);
+        const sd_status st = gpu16->conv2d_nhwc(d.xd, d.wd, d.bd, NULL, NULL, d.yd, &d.g);
+        unsetenv("CUDASIM_CUDNN_REFUSE_NHWC");
+        assert_sd_ok(st);
+        char what[96];
+        snprintf(what, sizeof what, "conv2d_nhwc, cuDNN refuses at its %s: GEMM path", points[k]);
+        check16(what, d.yd, want, d.ny, TOL_F16_GEMM);
+        /* the plan stays a GEMM plan: the next call needs no cuDNN */
+        setenv("CUDASIM_CUDNN_REFUSE_NHWC", "run", 1);
+        const sd_status again = gpu16->conv2d_nhwc(d.xd, d.wd, d.bd, NULL, NULL, d.yd, &d.g);
+        unsetenv("CUDASIM_CUDNN_REFUSE_NHWC");
+        assert_sd_ok(again);
+    }
+    assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
+}
+
 /* ================================================================================================
  * Attention (attention.cu)
  * ============================================================================================= */
@@ -754,6 +789,7 @@ int main(void) {
         GPU_TEST(test_f16_conv2d),
         GPU_TEST(test_f16_channels_last_ops),
         GPU_TEST(test_f16_conv2d_epilogue),
+        GPU_TEST(test_f16_conv2d_nhwc_refused),
         /* attention */
         GPU_TEST(test_f16_attention),
         GPU_TEST(test_f16_unet),

@@ -799,6 +799,15 @@ cudnnStatus_t cudnnGetConvolution2dForwardOutputDim(const cudnnConvolutionDescri
     return CUDNN_STATUS_SUCCESS;
 }
 
+/* CUDASIM_CUDNN_REFUSE_NHWC=plan (the heuristic) or =run (the forward call): refuse channels-last
+ * forward convolutions with NOT_SUPPORTED at that point, as a cuDNN without NHWC kernels for a
+ * geometry would; what a caller's fallback is tested with. */
+static cudnnStatus_t refuse_nhwc_at(const char *api, const char *point, const cudnnTensorDescriptor_t x) {
+    const char *e = getenv("CUDASIM_CUDNN_REFUSE_NHWC");
+    if (!e || strcmp(e, point) || !x || x->format != CUDNN_TENSOR_NHWC) return CUDNN_STATUS_SUCCESS;
+    return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: channels-last refused (CUDASIM_CUDNN_REFUSE_NHWC=%s)", api, point);
+}
+
 /* ---- heuristics ---- */
 
 cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t handle, const cudnnTensorDescriptor_t srcDesc,
@@ -812,7 +821,8 @@ cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(cudnnHandle_t handle, const
         return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL handle / output, or requestedAlgoCount %d < 1", api,
                       requestedAlgoCount);
     Geom g;
-    const cudnnStatus_t st = resolve(api, Dir::fwd, srcDesc, filterDesc, convDesc, destDesc, &g);
+    cudnnStatus_t st = resolve(api, Dir::fwd, srcDesc, filterDesc, convDesc, destDesc, &g);
+    if (st == CUDNN_STATUS_SUCCESS) st = refuse_nhwc_at(api, "plan", srcDesc);
     if (st != CUDNN_STATUS_SUCCESS) return st;
     Perf all[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
     const int n = std::min(requestedAlgoCount, heuristic(Dir::fwd, g, convDesc->math, all));
@@ -975,6 +985,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void *alpha, c
     Geom g;
     cudnnStatus_t st = resolve(api, Dir::fwd, xDesc, wDesc, convDesc, yDesc, &g);
     if (!has_tensor_kernel(Dir::fwd, (int)algo)) g.rnd = nullptr; /* no tensor-core kernel: fp32 FMA */
+    if (st == CUDNN_STATUS_SUCCESS) st = refuse_nhwc_at(api, "run", xDesc);
     if (st != CUDNN_STATUS_SUCCESS) return st;
     const size_t need = fwd_workspace(g, algo);
     st = check_workspace(api, "forward", (int)algo, need, workSpace, workSpaceSizeInBytes);
