@@ -136,7 +136,7 @@ enum { LOWP_AS_IS = 0, LOWP_KRSC = 1, LOWP_PACK = 2 };
 
 typedef struct {
     const sd_tensor *weight; /* the first of a pack */
-    int krsc;                /* the layout (LOWP_*) */
+    int layout;              /* LOWP_* */
     const void *data;
     sd_f16 *copy;
     size_t bytes;
@@ -148,8 +148,8 @@ struct sd_lowp_weights {
     size_t bytes; /* device memory held by the copies */
 };
 
-static size_t lowp_slot(const struct sd_lowp_weights *t, const sd_tensor *w, int krsc) {
-    uint64_t h = ((uint64_t)(uintptr_t)w + (uint64_t)krsc) * 0x9E3779B97F4A7C15ull;
+static size_t lowp_slot(const struct sd_lowp_weights *t, const sd_tensor *w, int layout) {
+    uint64_t h = ((uint64_t)(uintptr_t)w + (uint64_t)layout) * 0x9E3779B97F4A7C15ull;
     return (size_t)(h >> 17) & (t->cap - 1);
 }
 
@@ -173,7 +173,7 @@ static int lowp_grow(struct sd_lowp_weights *t) {
     t->cap = cap;
     for (size_t i = 0; i < old_cap; i++) {
         if (!old[i].weight) continue;
-        size_t j = lowp_slot(t, old[i].weight, old[i].krsc);
+        size_t j = lowp_slot(t, old[i].weight, old[i].layout);
         while (t->slots[j].weight) j = (j + 1) & (cap - 1);
         t->slots[j] = old[i];
     }
@@ -181,22 +181,22 @@ static int lowp_grow(struct sd_lowp_weights *t) {
     return 1;
 }
 
-/* The slot holding weight w in layout krsc, or the empty slot where it would go (the table is
+/* The slot holding weight w in that layout, or the empty slot where it would go (the table is
  * never full). */
-static lowp_entry *lowp_find(struct sd_lowp_weights *t, const sd_tensor *w, int krsc) {
-    size_t i = lowp_slot(t, w, krsc);
-    while (t->slots[i].weight && (t->slots[i].weight != w || t->slots[i].krsc != krsc)) i = (i + 1) & (t->cap - 1);
+static lowp_entry *lowp_find(struct sd_lowp_weights *t, const sd_tensor *w, int layout) {
+    size_t i = lowp_slot(t, w, layout);
+    while (t->slots[i].weight && (t->slots[i].weight != w || t->slots[i].layout != layout)) i = (i + 1) & (t->cap - 1);
     return &t->slots[i];
 }
 
 /* Writes the fp16 copy of ws[0..count) into `copy`: as it is, packed one after the other, or
  * (LOWP_KRSC, one 4-d convolution weight) reordered [Co, Ci, kh·kw] -> [Co, kh·kw, Ci] through a
  * temporary fp16 copy. */
-static int lowp_fill(sd_ctx *c, const sd_tensor *const *ws, int count, int krsc, sd_f16 *copy) {
+static int lowp_fill(sd_ctx *c, const sd_tensor *const *ws, int count, int layout, sd_f16 *copy) {
     const sd_f16_ops *ops = c->be->f16;
     const sd_tensor *w = ws[0];
     const int64_t n = sd_numel(w);
-    if (krsc != LOWP_KRSC) {
+    if (layout != LOWP_KRSC) {
         for (int i = 0; i < count; i++)
             if (!sd_ctx_check(c, ops->to_f16(sd_f32(ws[i]), copy + i * n, n))) return 0;
         return 1;
@@ -214,10 +214,10 @@ static int lowp_fill(sd_ctx *c, const sd_tensor *const *ws, int count, int krsc,
 }
 
 /* The fp16 copy of weights ws[0..count) (F32, on the context's device, equal shapes when packed)
- * in layout krsc (LOWP_AS_IS, LOWP_KRSC; LOWP_PACK for count > 1), made on first use and remade
+ * in a layout (LOWP_AS_IS, LOWP_KRSC; LOWP_PACK for count > 1), made on first use and remade
  * when the first weight's data moved (sd_ctx_adopt_weights). A 1x1 kernel's KRSC order is its
  * KCRS order: one copy serves both. */
-static const sd_f16 *lowp_weights_copy(sd_ctx *c, const sd_tensor *const *ws, int count, int krsc) {
+static const sd_f16 *lowp_weights_copy(sd_ctx *c, const sd_tensor *const *ws, int count, int layout) {
     if (c->status != SD_OK) return NULL;
     const sd_tensor *w = ws[0];
     for (int i = 0; i < count; i++)
@@ -226,18 +226,18 @@ static const sd_f16 *lowp_weights_copy(sd_ctx *c, const sd_tensor *const *ws, in
                         "context's device", ws[i]->name);
             return NULL;
         }
-    if (count > 1) krsc = LOWP_PACK + count - 1;
+    if (count > 1) layout = LOWP_PACK + count - 1;
     if (!c->lowp_weights && !(c->lowp_weights = calloc(1, sizeof *c->lowp_weights))) {
         sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the fp16 weight table");
         return NULL;
     }
-    if (krsc == LOWP_KRSC && (w->ndim != 4 || w->shape[2] * w->shape[3] == 1)) krsc = LOWP_AS_IS;
+    if (layout == LOWP_KRSC && (w->ndim != 4 || w->shape[2] * w->shape[3] == 1)) layout = LOWP_AS_IS;
     struct sd_lowp_weights *t = c->lowp_weights;
     if ((t->used + 1) * 2 > t->cap && !lowp_grow(t)) {
         sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the fp16 weight table");
         return NULL;
     }
-    lowp_entry *e = lowp_find(t, w, krsc);
+    lowp_entry *e = lowp_find(t, w, layout);
     if (e->weight && e->data == w->data) return e->copy;
     if (e->weight) { /* same header, moved data: the old copy is stale */
         c->be->mem_free(e->copy);
@@ -252,18 +252,18 @@ static const sd_f16 *lowp_weights_copy(sd_ctx *c, const sd_tensor *const *ws, in
                     count > 1 ? " and the ones packed with it" : "", (long long)n);
         return NULL;
     }
-    if (!lowp_fill(c, ws, count, krsc, copy)) {
+    if (!lowp_fill(c, ws, count, layout, copy)) {
         c->be->mem_free(copy);
         return NULL;
     }
-    *e = (lowp_entry){w, krsc, w->data, copy, (size_t)n * sizeof(sd_f16)};
+    *e = (lowp_entry){w, layout, w->data, copy, (size_t)n * sizeof(sd_f16)};
     t->used++;
     t->bytes += e->bytes;
     return copy;
 }
 
-static const sd_f16 *lowp_weight_layout(sd_ctx *c, const sd_tensor *w, int krsc) {
-    return lowp_weights_copy(c, &w, 1, krsc);
+static const sd_f16 *lowp_weight_layout(sd_ctx *c, const sd_tensor *w, int layout) {
+    return lowp_weights_copy(c, &w, 1, layout);
 }
 
 static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) { return lowp_weight_layout(c, w, LOWP_AS_IS); }
