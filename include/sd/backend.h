@@ -54,6 +54,14 @@ typedef struct sd_f16_ops {
      * tensor cores then run on native operands instead of converting F32 ones tile by tile. */
     sd_status (*linear_f32io)(const float *x, const sd_f16 *w, const float *b, const float *r, float *y,
                               int64_t M, int64_t K, int64_t N);
+    /* bfloat16 copies for fast mode's gradient steps (the bits in sd_f16 storage): y = bf16(x),
+     * rounded to nearest even; and a linear's data gradient on a frozen weight's bf16 copy,
+     * dx[M, K] += bf16(dy)[M, N] · w[N, K] with fp32 sums: the arithmetic of the FAST_16BF GEMM it
+     * replaces (bf16 keeps fp32's range: small gradients do not underflow as in fp16), with native
+     * operands for the tensor cores instead of F32 ones converted tile by tile. */
+    sd_status (*to_bf16)(const float *x, sd_f16 *y, int64_t n);
+    sd_status (*linear_backward_data_bf16w)(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
+                                            int64_t N);
     /* `count` linears of one input without bias, in one batched GEMM (an attention's q, k and v
      * projections): y[i] = x[M, K] · w[i]ᵀ for i < count, w [count, N, K] packed, y [count, M, N];
      * each as `linear` computes it. */

@@ -272,6 +272,15 @@ static sd_status q_linear_f32io(const float *x, const sd_f16 *w, const float *b,
     TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * K + (r ? 2 : 1) * M * N) + F2 * N * K,
           inner16->linear_f32io(x, w, b, r, y, M, K, N));
 }
+static sd_status q_to_bf16(const float *x, sd_f16 *y, int64_t n) {
+    TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * n, inner16->to_bf16(x, y, n));
+}
+static sd_status q_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
+                                              int64_t N) {
+    label_gemm("linear_backward_data (bf16)", M, K, N);
+    TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * N + 2.0 * M * K) + F2 * N * K,
+          inner16->linear_backward_data_bf16w(dy, w, dx, M, K, N));
+}
 static sd_status q_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                   int count) {
     LABEL("linear x%d M%lld K%lld N%lld", count, (long long)M, (long long)K, (long long)N);
@@ -408,6 +417,8 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         table16.linear = q_linear;
         if (inner16->linear_f32io) table16.linear_f32io = q_linear_f32io;
         if (inner16->linear_batched) table16.linear_batched = q_linear_batched;
+        if (inner16->to_bf16) table16.to_bf16 = q_to_bf16;
+        if (inner16->linear_backward_data_bf16w) table16.linear_backward_data_bf16w = q_linear_backward_data_bf16w;
         table16.conv2d = q_conv2d;
         table16.group_norm = q_group_norm;
         table16.layer_norm = q_layer_norm;

@@ -189,6 +189,15 @@ static float *in_grad(sd_ctx *c, sd_tape_node *n, int i) {
 
 static const float *f32c(const sd_tensor *t) { return t ? (const float *)t->data : NULL; }
 
+/* Fast mode (the context's forwards store fp16) multiplies a linear's data gradient on the frozen
+ * weight's bf16 copy (sd_f16_ops.linear_backward_data_bf16w): the FAST_16BF GEMM's arithmetic on
+ * native operands. A weight that trains, or one not bound from a checkpoint, keeps the F32 op. */
+static int bf16_data_gradient(const sd_ctx *c, const sd_tape_node *n) {
+    const sd_tensor *w = n->in[1];
+    return c->activations == SD_F16 && c->be->f16 && c->be->f16->linear_backward_data_bf16w && c->be->f16->to_bf16 &&
+           n->attr.linear.frozen && !w->requires_grad && w->ndim == 2;
+}
+
 /* Calls a backend backward op, failing clearly when this backend lacks it. */
 #define BWD(c, node, fn, ...)                                                                      \
     do {                                                                                           \
@@ -295,7 +304,12 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         const sd_tensor *w = n->in[1];
         const int64_t N = w->shape[0], K = w->shape[1], M = sd_numel(x) / K;
         float *dx = in_grad(c, n, 0), *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
-        if (dx) BWD(c, n, linear_backward_data, dy, f32c(w), dx, M, K, N);
+        if (dx && bf16_data_gradient(c, n)) {
+            const sd_f16 *wb = sd_lowp_weight_bf16(c, w);
+            if (wb) sd_ctx_check(c, c->be->f16->linear_backward_data_bf16w(dy, wb, dx, M, K, N));
+        } else if (dx) {
+            BWD(c, n, linear_backward_data, dy, f32c(w), dx, M, K, N);
+        }
         if (dw || db) BWD(c, n, linear_backward_params, dy, f32c(x), dw, db, M, K, N);
         return;
     }

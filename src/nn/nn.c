@@ -130,9 +130,10 @@ static sd_f16 *f16_of(const sd_tensor *t) { return (sd_f16 *)t->data; }
  * copy is made on the weight's first use: a step's first run is eager, so never inside a CUDA
  * graph capture. */
 /* The layout of a copy: as the weight is, a convolution weight [Co, Ci, kh, kw] reordered to
- * [Co, kh, kw, Ci] (channels-last), or the weight packed with the ones that follow it in a
- * batched projection (LOWP_PACK + count - 1: [count, N, K]). */
-enum { LOWP_AS_IS = 0, LOWP_KRSC = 1, LOWP_PACK = 2 };
+ * [Co, kh, kw, Ci] (channels-last), the weight in bfloat16 (a gradient step's backward), or the
+ * weight packed with the ones that follow it in a batched projection (LOWP_PACK + count - 1:
+ * [count, N, K]). Every other copy is fp16. */
+enum { LOWP_AS_IS = 0, LOWP_KRSC = 1, LOWP_BF16 = 2, LOWP_PACK = 3 };
 
 typedef struct {
     const sd_tensor *weight; /* the first of a pack */
@@ -196,6 +197,7 @@ static int lowp_fill(sd_ctx *c, const sd_tensor *const *ws, int count, int layou
     const sd_f16_ops *ops = c->be->f16;
     const sd_tensor *w = ws[0];
     const int64_t n = sd_numel(w);
+    if (layout == LOWP_BF16) return sd_ctx_check(c, ops->to_bf16(sd_f32(w), copy, n));
     if (layout != LOWP_KRSC) {
         for (int i = 0; i < count; i++)
             if (!sd_ctx_check(c, ops->to_f16(sd_f32(ws[i]), copy + i * n, n))) return 0;
@@ -267,6 +269,14 @@ static const sd_f16 *lowp_weight_layout(sd_ctx *c, const sd_tensor *w, int layou
 }
 
 static const sd_f16 *lowp_weight(sd_ctx *c, const sd_tensor *w) { return lowp_weight_layout(c, w, LOWP_AS_IS); }
+
+const sd_f16 *sd_lowp_weight_bf16(sd_ctx *c, const sd_tensor *w) {
+    if (c->status == SD_OK && (!c->be->f16 || !c->be->f16->to_bf16)) {
+        sd_ctx_fail(c, SD_ERR_INTERNAL, "weight '%s': the %s backend makes no bfloat16 copies", w->name, c->be->name);
+        return NULL;
+    }
+    return lowp_weight_layout(c, w, LOWP_BF16);
+}
 
 size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c) { return c->lowp_weights ? c->lowp_weights->bytes : 0; }
 
@@ -531,7 +541,8 @@ static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_
         sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), b32, r32, sd_f32(y), M, K, N));
     }
     if (!r) {
-        sd_tape_record(c, SD_OP_LINEAR, y, x, l->weight, l->bias);
+        sd_tape_node *node = sd_tape_record(c, SD_OP_LINEAR, y, x, l->weight, l->bias);
+        if (node) node->attr.linear.frozen = l->frozen;
         return c->status == SD_OK ? y : NULL;
     }
     /* The tape sees what an unfused linear and add would have recorded: a linear whose output (a
@@ -543,7 +554,8 @@ static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_
             return NULL;
         }
         *product = sd_view(y, y->ndim, y->shape);
-        sd_tape_record(c, SD_OP_LINEAR, product, x, l->weight, l->bias);
+        sd_tape_node *node = sd_tape_record(c, SD_OP_LINEAR, product, x, l->weight, l->bias);
+        if (node) node->attr.linear.frozen = l->frozen;
         sd_tape_record(c, SD_OP_ADD, y, product, r, NULL);
     }
     return c->status == SD_OK ? y : NULL;

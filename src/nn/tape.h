@@ -45,6 +45,7 @@ typedef struct sd_tape_node {
         struct { int64_t offset; } view;
         struct { int heads, causal; float scale; } attn;
         struct { sd_block_fn fn; const void *block; } block;
+        struct { int frozen; } linear; /* the weight is a checkpoint's (sd_linear_w.frozen) */
     } attr;
 } sd_tape_node;
 
@@ -71,5 +72,9 @@ sd_tape_node *sd_tape_record(sd_ctx *c, sd_op_kind op, sd_tensor *out, sd_tensor
 
 /* Adds a leaf whose grad was just set to the tape's list, so sd_tape_reset clears it. */
 sd_status sd_tape_note_leaf(sd_ctx *c, sd_tape *tape, sd_tensor *leaf);
+
+/* The bfloat16 copy of a frozen F32 weight on the context's device (nn.c's table of low-precision
+ * copies; made on first use): what fast mode's gradient steps multiply their data gradients with. */
+const sd_f16 *sd_lowp_weight_bf16(sd_ctx *c, const sd_tensor *w);
 
 #endif

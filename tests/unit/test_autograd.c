@@ -33,7 +33,7 @@ typedef struct {
 /* loss(x) through conv -> group norm + SiLU -> tokens -> linear -> layer norm -> GEGLU ->
  * attention (self) -> linear + residual -> concat/slice/mul/axpby/axpby_dev/add/sub -> upsample -> mse. */
 static sd_tensor *small_forward(sd_ctx *c, const small_graph *g) {
-    const sd_conv_w conv = {g->w_conv, g->b_conv};
+    const sd_conv_w conv = {g->w_conv, g->b_conv, 0};
     const sd_norm_w gn = {g->gamma, g->beta};
     const sd_linear_w lin = {g->w_lin, NULL, 0};
     sd_tensor *h = sd_conv2d(c, g->x, &conv, 1, 1);           /* (1, 4, 4, 4) */

@@ -111,7 +111,7 @@ static void test_conv2d(void **state) {
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         sd_tensor *x = rand4(4, cases[t].B, cases[t].Ci, cases[t].H, cases[t].W, 10 + t);
         sd_conv_w w = {rand4(4, cases[t].Co, cases[t].Ci, cases[t].k, cases[t].k, 20 + t),
-                       t == 4 ? NULL : rand4(1, cases[t].Co, 0, 0, 0, 30 + t)};
+                       t == 4 ? NULL : rand4(1, cases[t].Co, 0, 0, 0, 30 + t), 0};
         sd_tensor *y = sd_conv2d_pad4(&ctx, x, &w, cases[t].stride, cases[t].pt, cases[t].pl,
                                       cases[t].pb, cases[t].pr);
         double *want;
@@ -129,7 +129,7 @@ static void test_conv2d_large_uses_blocks(void **state) {
     (void)state;
     /* K·S big enough that im2col is split into several blocks. */
     sd_tensor *x = rand4(4, 1, 64, 40, 40, 41);
-    sd_conv_w w = {rand4(4, 3, 64, 3, 3, 42), rand4(1, 3, 0, 0, 0, 43)};
+    sd_conv_w w = {rand4(4, 3, 64, 3, 3, 42), rand4(1, 3, 0, 0, 0, 43), 0};
     sd_tensor *y = sd_conv2d(&ctx, x, &w, 1, 1);
     double *want;
     int64_t ho, wo;

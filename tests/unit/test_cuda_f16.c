@@ -339,6 +339,37 @@ static void test_f16_linear(void **state) {
             check16(what, yd, want, count * M * N, TOL_F16_GEMM);
         }
     }
+    /* bf16 copies and a gradient step's data gradient on a bf16 weight: dx += bf16(dy) · w, into a
+     * dx that already holds values (the backward accumulates) */
+    {
+        const int64_t n = 5003;
+        float *v = hrand(n, 186, 100.0f);
+        sd_f16 *want16 = hnew16(n), *d16 = dnew16(n);
+        assert_sd_ok(cpu16->to_bf16(v, want16, n));
+        assert_sd_ok(gpu16->to_bf16(dput(v, n), d16, n));
+        check16_equal("to_bf16", d16, want16, n);
+        struct { int64_t M, K, N; } g_cases[] = {{77, 40, 24}, {4096, 320, 320}, {5, 3, 7}};
+        for (size_t c = 0; c < sizeof g_cases / sizeof g_cases[0]; c++) {
+            const int64_t M = g_cases[c].M, K = g_cases[c].K, N = g_cases[c].N;
+            char what[96];
+            snprintf(what, sizeof what, "linear_backward_data_bf16w %lldx%lld <- %lld", (long long)M, (long long)K,
+                     (long long)N);
+            if (testutil_sim_leaves_out(what, 2.0 * (double)M * K * N)) continue;
+            float *dy = hrand(M * N, 187 + c, 1e-6f), *w32 = hrand(N * K, 188 + c, 0.1f), *dx0 = hrand(M * K, 189 + c, 1e-6f);
+            sd_f16 *wb = hnew16(N * K);
+            assert_sd_ok(cpu16->to_bf16(w32, wb, N * K));
+            float *want = hnew(M * K), *got = hnew(M * K);
+            memcpy(want, dx0, (size_t)(M * K) * sizeof(float));
+            assert_sd_ok(cpu16->linear_backward_data_bf16w(dy, wb, want, M, K, N));
+            float *dxd = dput(dx0, M * K);
+            assert_sd_ok(gpu16->linear_backward_data_bf16w(dput(dy, M * N), dput16(wb, N * K), dxd, M, K, N));
+            assert_sd_ok(gpu->download(got, dxd, (size_t)(M * K) * sizeof(float)));
+            /* the same bf16 operands, fp32 sums in another order (small gradients: bf16 keeps the range) */
+            const double err = testutil_max_rel_err(got, want, M * K);
+            print_message("    %-56s max rel err %.3g (tol %.0e)\n", what, err, 1e-4);
+            if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+        }
+    }
     /* the F32 linear of the same shape keeps its own plan (the cache keys on the data type) */
     {
         const int64_t M = 77, K = 40, N = 24;

@@ -15,7 +15,9 @@
  *    does not implement; CUBLAS_STATUS_NOT_INITIALIZED for a NULL handle. Validation happens at
  *    call time; the arithmetic is queued on the handle's stream.
  *  - Matrix types (a subset of cuBLAS's table for cublasGemmEx and cublasLtMatmul): CUDA_R_32F
- *    A/B/C(/D) with the fp32 compute types below; CUDA_R_16F A/B with a CUDA_R_16F or CUDA_R_32F
+ *    A/B/C(/D) with the fp32 compute types below; CUDA_R_16F or CUDA_R_16BF A/B (both the same) with
+ *    a C(/D) of that type or CUDA_R_32F (cublasGemmEx / StridedBatchedEx; cuBLASLt: CUDA_R_16F);
+ *    CUDA_R_16F A/B with a CUDA_R_16F or CUDA_R_32F
  *    C(/D), CUBLAS_COMPUTE_32F or _PEDANTIC and a CUDA_R_32F scale type (halves are read exactly,
  *    D is rounded once to its type, to nearest even, from the fp32 value below). Mixed A/B types
  *    and the other types are NOT_SUPPORTED here.
@@ -61,6 +63,7 @@
  * silences those lines). */
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_bf16.h> /* the bfloat16 <-> float conversions of CUDA_R_16BF matrices */
 #include <cuda_fp16.h> /* the half <-> float conversions the fp16 matrices are read and written with */
 
 #include <algorithm>
@@ -164,17 +167,22 @@ bool is_trans(int op) { return op != CUBLAS_OP_N; }
  * Element types (CUDA_R_32F, CUDA_R_16F; callers validate the type first)
  * --------------------------------------------------------------------------------------------- */
 
-size_t elem_bytes(cudaDataType_t t) { return t == CUDA_R_16F ? sizeof(__half) : sizeof(float); }
+size_t elem_bytes(cudaDataType_t t) { return t == CUDA_R_16F || t == CUDA_R_16BF ? 2 : sizeof(float); }
 
 /* Element i of an array of type t, widened exactly to float. */
 float load(const void *p, int64_t i, cudaDataType_t t) {
-    return t == CUDA_R_16F ? __half2float(((const __half *)p)[i]) : ((const float *)p)[i];
+    if (t == CUDA_R_16F) return __half2float(((const __half *)p)[i]);
+    if (t == CUDA_R_16BF) return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    return ((const float *)p)[i];
 }
 
-/* Writes v to element i: rounded to fp32 once, and that to half (nearest even) for CUDA_R_16F. */
+/* Writes v to element i: rounded to fp32 once, and that to half / bfloat16 (nearest even) for the
+ * 16-bit types. */
 void store(void *p, int64_t i, cudaDataType_t t, double v) {
     if (t == CUDA_R_16F)
         ((__half *)p)[i] = __float2half_rn((float)v);
+    else if (t == CUDA_R_16BF)
+        ((__nv_bfloat16 *)p)[i] = __float2bfloat16_rn((float)v);
     else
         ((float *)p)[i] = (float)v;
 }
@@ -213,6 +221,8 @@ bool gemm_types_ok(cudaDataType_t a, cudaDataType_t b, cudaDataType_t cd, cublas
     }
     /* halves multiply exactly in fp32; the FAST_* types and TF32 concern fp32 inputs only */
     if (a == CUDA_R_16F && b == CUDA_R_16F && (cd == CUDA_R_16F || cd == CUDA_R_32F))
+        return ct == CUBLAS_COMPUTE_32F || ct == CUBLAS_COMPUTE_32F_PEDANTIC;
+    if (a == CUDA_R_16BF && b == CUDA_R_16BF && (cd == CUDA_R_16BF || cd == CUDA_R_32F))
         return ct == CUBLAS_COMPUTE_32F || ct == CUBLAS_COMPUTE_32F_PEDANTIC;
     return false;
 }

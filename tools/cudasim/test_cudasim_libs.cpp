@@ -16,6 +16,7 @@
  *       -o /tmp/test_cudasim_libs && /tmp/test_cudasim_libs */
 #include <cublasLt.h>
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cudnn.h>
 
@@ -283,6 +284,36 @@ static void test_gemm_ex_f16(cublasHandle_t h) {
                 bad += std::fabs(Cf.p[i + j * 4] - sum) > 1e-6 * (mag + 1e-30);
             }
         CHECK(bad == 0, "GemmEx 16F A/B with a 32F C: fp32 sums of exact products (%d bad)", bad);
+    }
+    {
+        /* 16BF A/B with a 32F C accumulated into (a gradient step's data gradient): bfloat16 read
+         * exactly, fp32 sums added to C; mixed 16BF / 16F operands are refused */
+        __nv_bfloat16 *a16 = reinterpret_cast<__nv_bfloat16 *>(A.p), *b16 = reinterpret_cast<__nv_bfloat16 *>(B.p);
+        for (int i = 0; i < 16; i++) {
+            a16[i] = __float2bfloat16_rn(0.37f * (float)(i % 7) - 1.1f);
+            b16[i] = __float2bfloat16_rn(1e-6f * (float)(i % 5 + 1));
+            Cf.p[i] = 2e-6f * (float)i;
+        }
+        float c0[16];
+        memcpy(c0, Cf.p, sizeof c0);
+        CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, A.p, CUDA_R_16BF, 4, B.p, CUDA_R_16BF, 4, &one,
+                           Cf.p, CUDA_R_32F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_SUCCESS,
+              "GemmEx 16BF A/B with a 32F C");
+        int bad = 0;
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+                double sum = c0[i + j * 4], mag = std::fabs(sum);
+                for (int q = 0; q < 4; q++) {
+                    const double t = (double)__bfloat162float(a16[i + q * 4]) * __bfloat162float(b16[q + j * 4]);
+                    sum += t;
+                    mag += std::fabs(t);
+                }
+                bad += std::fabs(Cf.p[i + j * 4] - sum) > 1e-6 * (mag + 1e-30);
+            }
+        CHECK(bad == 0, "GemmEx 16BF A/B with a 32F C: fp32 sums of exact products added to C (%d bad)", bad);
+        CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, A.p, CUDA_R_16BF, 4, B.p, CUDA_R_16F, 4, &one,
+                           Cf.p, CUDA_R_32F, 4, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT) == CUBLAS_STATUS_NOT_SUPPORTED,
+              "GemmEx 16BF A with 16F B is NOT_SUPPORTED");
     }
     CHECK(aborts([&] {
               Buf small = halves(15); /* C needs (4 - 1)·4 + 4 = 16 halves */

@@ -103,6 +103,30 @@ static sd_status f16_linear_f32io(const float *x, const sd_f16 *w, const float *
     return st;
 }
 
+static sd_status f16_to_bf16(const float *x, sd_f16 *y, int64_t n) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) y[i] = sd_f32_to_bf16(x[i]);
+    return SD_OK;
+}
+
+/* dx += bf16(dy) · w (w bf16): both widened exactly, then the F32 op (sums in fp32) */
+static sd_status f16_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
+                                                 int64_t N) {
+    float *d = scratch(M * N, "linear_backward_data_bf16w"), *wf = d ? scratch(N * K, "linear_backward_data_bf16w") : NULL;
+    if (!wf) {
+        free(d);
+        return SD_ERR_OOM;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M * N; i++) d[i] = sd_bf16_to_f32(sd_f32_to_bf16(dy[i]));
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N * K; i++) wf[i] = sd_bf16_to_f32(w[i]);
+    const sd_status st = f32_ops()->linear_backward_data(d, wf, dx, M, K, N);
+    free(d);
+    free(wf);
+    return st;
+}
+
 static sd_status f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                      int count) {
     for (int i = 0; i < count; i++) SD_TRY(f16_linear(x, w + (int64_t)i * N * K, NULL, NULL, y + (int64_t)i * M * N, M, K, N));
@@ -320,6 +344,8 @@ const sd_f16_ops cpu_f16_ops = {
     .linear = f16_linear,
     .linear_f32io = f16_linear_f32io,
     .linear_batched = f16_linear_batched,
+    .to_bf16 = f16_to_bf16,
+    .linear_backward_data_bf16w = f16_linear_backward_data_bf16w,
     .conv2d = f16_conv2d,
     .group_norm = f16_group_norm,
     .layer_norm = f16_layer_norm,
