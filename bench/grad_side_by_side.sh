@@ -20,7 +20,8 @@
 #
 # Options: --device cpu|cuda (cpu)  --model tiny|sd15 (tiny)  --iters N (cpu 3, cuda 10)
 #          --modes LIST (fp32-explicit,fp32-sdpa-frozen)  --precision LIST (cpu exact,exact+recompute;
-#          cuda exact,exact+cudnn,fast,fast+cudnn,fast+recompute; "+recompute": `bench grad --recompute`,
+#          cuda exact,exact+cudnn,fast,fast+nchw,fast+recompute; "+nchw": SD_CHANNELS_LAST=0, the step's
+#          forward convolutions in F32 instead of on fp16 copies; "+recompute": `bench grad --recompute`,
 #          blocks recomputed; "+eager": `bench grad --eager`, the steps launched op by op instead of
 #          replayed as CUDA graphs; "+cudnn": SD_CONV_GEMM=off, cuDNN for every convolution; "+gemm":
 #          SD_CONV_GEMM=all, im2col + GEMM for every convolution; "+tf32":
@@ -52,7 +53,7 @@ while [ $# -gt 0 ]; do
 done
 case $DEVICE in
     cpu) : "${ITERS:=3}" "${PRECISION:=exact,exact+recompute}" ;;
-    cuda) : "${ITERS:=10}" "${PRECISION:=exact,exact+cudnn,fast,fast+cudnn,fast+recompute}" ;;
+    cuda) : "${ITERS:=10}" "${PRECISION:=exact,exact+cudnn,fast,fast+nchw,fast+recompute}" ;;
     *) echo "grad_side_by_side: --device cpu|cuda" >&2; exit 2 ;;
 esac
 case $MODEL in
@@ -86,7 +87,9 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     [ "$prec" = exact ] && extra="--save-weights $W --save-io $IO"
     convgemm=auto
     fastgemm=bf16
+    chlast=1
     case $prec in
+        *+nchw) chlast=0 ;;
         *+recompute) extra="$extra --recompute" ;;
         *+eager) extra="$extra --eager" ;;
         *+cudnn) convgemm=off ;;
@@ -97,7 +100,7 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     echo "stylediff: bench grad $OURS_MODEL --device $DEVICE --precision $base --iters $ITERS$extra" \
          "(SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm)" >&2
     # shellcheck disable=SC2086
-    if ! SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
+    if ! SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
             $extra >> "$OURS" 2> "$WORK/ours_$prec.err"; then
         cat "$WORK/ours_$prec.err" >&2
         note "stylediff bench grad failed ($prec)"
@@ -132,8 +135,8 @@ def rows(path):
 ours = {(r[3], r[4]): r for r in rows(ours_path) if r[0] == "grad"}
 ref = {(r[4], r[1]): r for r in rows(torch_path) if r[0] == "grad_ref"}
 parity = [r for r in rows(torch_path) if r[0] == "grad_parity"]
-ORDER = ("exact", "exact+cudnn", "exact+recompute", "fast", "fast+cudnn", "fast+gemm", "fast+tf32", "fast+eager",
-         "fast+recompute")
+ORDER = ("exact", "exact+cudnn", "exact+recompute", "fast", "fast+nchw", "fast+cudnn", "fast+gemm", "fast+tf32",
+         "fast+eager", "fast+recompute")
 precs = sorted({k[0] for k in ours}, key=lambda p: ORDER.index(p) if p in ORDER else 9)
 modes = []
 for r in rows(torch_path):
