@@ -439,23 +439,7 @@ __global__ void k_conv_epilogue_nchw(T *y, const float *b, const float *v, const
     }
 }
 
-template <typename T>
-__global__ void k_conv_epilogue_nhwc(T *y, const float *b, const float *v, const T *res, int64_t rows, int64_t P,
-                                     int64_t C) {
-    /* y, res: [B·P rows, C] (one row per output pixel); v: [B, C] */
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-        const float *vb = v ? v + (r / P) * C : NULL;
-        T *yr = y + r * C;
-        const T *rr = res ? res + r * C : NULL;
-        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
-            float sum = cu_f32(yr[c]);
-            if (b) sum += b[c];
-            if (vb) sum += vb[c];
-            if (rr) sum += cu_f32(rr[c]);
-            cu_store(&yr[c], sum);
-        }
-    }
-}
+/* (channels-last: k_channels_last_sum in cuda_common.cuh, with x = y) */
 
 template <typename T>
 static sd_status pad_input(const cu_conv_plan *p, const T *x, T *xp) {
@@ -661,7 +645,7 @@ static sd_status conv_gemm_forward_nhwc(const cu_conv_plan *p, const T *x, const
  * The three convolution ops
  * --------------------------------------------------------------------------------------------- */
 
-/* The epilogue (k_conv_epilogue_*: bias, channel bias, residual; all NULL: nothing to do) after
+/* The epilogue (bias, channel bias, residual; all NULL: nothing to do) after
  * either way of convolving, in either layout. */
 template <typename T>
 static sd_status conv_epilogue(T *y, const float *b, const float *v, const T *r, const sd_conv_geom *g, int nhwc) {
@@ -669,8 +653,8 @@ static sd_status conv_epilogue(T *y, const float *b, const float *v, const T *r,
     const int64_t P = g->h_out * g->w_out;
     if (nhwc) {
         const int threads = cu_row_threads(g->c_out);
-        CU_LAUNCH(k_conv_epilogue_nhwc<T>, cu_rows_grid(g->batch * P, g->c_out, threads), threads, 0,
-                  cu_cur()->stream)(y, b, v, r, g->batch * P, P, g->c_out);
+        CU_LAUNCH(k_channels_last_sum<T>, cu_rows_grid(g->batch * P, g->c_out, threads), threads, 0,
+                  cu_cur()->stream)(y, b, v, r, y, g->batch * P, P, g->c_out);
     } else {
         const int threads = cu_row_threads(P);
         CU_LAUNCH(k_conv_epilogue_nchw<T>, cu_rows_grid(g->batch * g->c_out, P, threads), threads, 0,

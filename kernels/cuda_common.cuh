@@ -452,6 +452,27 @@ __device__ __forceinline__ void cu_store(__half *p, float v) { *p = __float2half
 static inline const __half *cu_half(const sd_f16 *p) { return reinterpret_cast<const __half *>(p); }
 static inline __half *cu_half(sd_f16 *p) { return reinterpret_cast<__half *>(p); }
 
+/* Channels-last rows (one per pixel, C channels): y[r, c] = x[r, c] + b[c] + v[r / P, c] + res[r, c],
+ * each term optional (NULL), summed in fp32 in that order and rounded once to T. y may be x. The
+ * channel bias of a channels-last map (b NULL, P = pixels per image) and a convolution's epilogue
+ * (x = y). One grid row per pixel row: its constants computed once, threads along the channels. */
+template <typename T>
+__global__ void k_channels_last_sum(const T *x, const float *b, const float *v, const T *res, T *y, int64_t rows,
+                                    int64_t P, int64_t C) {
+    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+        const float *vb = v ? v + (r / P) * C : NULL;
+        const T *xr = x + r * C, *rr = res ? res + r * C : NULL;
+        T *yr = y + r * C;
+        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+            float sum = cu_f32(xr[c]);
+            if (b) sum += b[c];
+            if (vb) sum += vb[c];
+            if (rr) sum += cu_f32(rr[c]);
+            cu_store(&yr[c], sum);
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------------------------
  * Internal entry points (one .cu file each group); the op table points at these.
  * --------------------------------------------------------------------------------------------- */

@@ -285,24 +285,12 @@ sd_status cu_f16_to_f32_nchw(const sd_f16 *x, float *y, int64_t B, int64_t C, in
  * C channels; one grid row per pixel row (its constants computed once), threads along the
  * channels, coalesced ---- */
 
-/* y[r, c] = x[r, c] + v[r / S, c] over rows r < rows of C values (x, y: [B·S, C]; v: [B, C] F32;
- * y may be x: the conv bias passes v = b with S = rows). */
-template <typename T>
-__global__ void k_add_channel_bias_nhwc(const T *x, const float *v, T *y, int64_t rows, int64_t S, int64_t C) {
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-        const float *vb = v + (r / S) * C;
-        const T *xr = x + r * C;
-        T *yr = y + r * C;
-        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x)
-            cu_store(&yr[c], cu_f32(xr[c]) + vb[c]);
-    }
-}
-
+/* y[b, s, c] = x[b, s, c] + v[b, c] (k_channels_last_sum, cuda_common.cuh) */
 sd_status cu_f16_add_channel_bias_nhwc(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
     if (B * C * S <= 0) return SD_OK;
     const int threads = cu_row_threads(C);
-    CU_LAUNCH(k_add_channel_bias_nhwc<__half>, cu_rows_grid(B * S, C, threads), threads, 0,
-              cu_cur()->stream)(cu_half(x), v, cu_half(y), B * S, S, C);
+    CU_LAUNCH(k_channels_last_sum<__half>, cu_rows_grid(B * S, C, threads), threads, 0, cu_cur()->stream)(
+        cu_half(x), (const float *)NULL, v, (const __half *)NULL, cu_half(y), B * S, S, C);
     LAUNCH_CHECK("add_channel_bias_nhwc");
     return SD_OK;
 }

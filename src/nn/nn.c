@@ -448,12 +448,8 @@ sd_tensor *sd_reshape(sd_ctx *c, sd_tensor *x, int ndim, const int64_t *shape) {
     if (sd_shape_numel(ndim, shape) != sd_numel(x))
         return sd_ctx_fail(c, SD_ERR_INTERNAL, "reshape %s to %s: element counts differ",
                            shape_of(x, a, sizeof a), sd_shape_str(ndim, shape, b, sizeof b));
-    sd_tensor *v = sd_arena_alloc_host(c->arena, sizeof *v); /* a header: host memory */
-    if (!v) {
-        c->status = SD_ERR_OOM;
-        return NULL;
-    }
-    *v = sd_view(x, ndim, shape);
+    sd_tensor *v = view_header(c, x, ndim, shape);
+    if (!v) return NULL;
     sd_tape_node *node = sd_tape_record(c, SD_OP_VIEW, v, x, NULL, NULL);
     if (node) node->attr.view.offset = 0;
     return c->status == SD_OK ? v : NULL;
@@ -469,12 +465,8 @@ sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count) {
     if (start < 0 || count < 0 || start + count > x->shape[0])
         return sd_ctx_fail(c, SD_ERR_INTERNAL, "slice [%lld, %lld) of a first axis of %lld",
                            (long long)start, (long long)(start + count), (long long)x->shape[0]);
-    sd_tensor *v = sd_arena_alloc_host(c->arena, sizeof *v); /* a header: host memory */
-    if (!v) {
-        c->status = SD_ERR_OOM;
-        return NULL;
-    }
-    *v = sd_view(x, x->ndim, x->shape);
+    sd_tensor *v = view_header(c, x, x->ndim, x->shape);
+    if (!v) return NULL;
     v->shape[0] = count;
     const int64_t row = sd_numel(x) / (x->shape[0] ? x->shape[0] : 1);
     v->data = (char *)x->data + (size_t)(start * row) * sd_dtype_size(x->dtype);
@@ -548,12 +540,8 @@ static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_
     /* The tape sees what an unfused linear and add would have recorded: a linear whose output (a
      * header over y's memory, never read: the linear's backward needs only x and W) feeds an add. */
     if (c->tape) {
-        sd_tensor *product = sd_arena_alloc_host(c->arena, sizeof *product); /* a header: host memory */
-        if (!product) {
-            c->status = SD_ERR_OOM;
-            return NULL;
-        }
-        *product = sd_view(y, y->ndim, y->shape);
+        sd_tensor *product = view_header(c, y, y->ndim, y->shape);
+        if (!product) return NULL;
         sd_tape_node *node = sd_tape_record(c, SD_OP_LINEAR, product, x, l->weight, l->bias);
         if (node) node->attr.linear.frozen = l->frozen;
         sd_tape_record(c, SD_OP_ADD, y, product, r, NULL);
