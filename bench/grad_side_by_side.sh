@@ -20,8 +20,9 @@
 #
 # Options: --device cpu|cuda (cpu)  --model tiny|sd15 (tiny)  --iters N (cpu 3, cuda 10)
 #          --modes LIST (fp32-explicit,fp32-sdpa-frozen)  --precision LIST (cpu exact,exact+recompute;
-#          cuda exact,exact+cudnn,fast,fast+nchw,fast+recompute; "+nchw": SD_CHANNELS_LAST=0, the step's
-#          forward convolutions in F32 instead of on fp16 copies; "+recompute": `bench grad --recompute`,
+#          cuda exact,exact+cudnn,fast,fast+nchw,fast+f32grad; "+nchw": SD_CHANNELS_LAST=0, the step's
+#          forward convolutions in F32 instead of on fp16 copies; "+f32grad": SD_BF16_GRADS=0, the data
+#          gradients on the F32 weights instead of bf16 copies; "+recompute": `bench grad --recompute`,
 #          blocks recomputed; "+eager": `bench grad --eager`, the steps launched op by op instead of
 #          replayed as CUDA graphs; "+cudnn": SD_CONV_GEMM=off, cuDNN for every convolution; "+gemm":
 #          SD_CONV_GEMM=all, im2col + GEMM for every convolution; "+tf32":
@@ -53,7 +54,7 @@ while [ $# -gt 0 ]; do
 done
 case $DEVICE in
     cpu) : "${ITERS:=3}" "${PRECISION:=exact,exact+recompute}" ;;
-    cuda) : "${ITERS:=10}" "${PRECISION:=exact,exact+cudnn,fast,fast+nchw,fast+recompute}" ;;
+    cuda) : "${ITERS:=10}" "${PRECISION:=exact,exact+cudnn,fast,fast+nchw,fast+f32grad}" ;;
     *) echo "grad_side_by_side: --device cpu|cuda" >&2; exit 2 ;;
 esac
 case $MODEL in
@@ -88,8 +89,10 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     convgemm=auto
     fastgemm=bf16
     chlast=1
+    bf16grads=1
     case $prec in
         *+nchw) chlast=0 ;;
+        *+f32grad) bf16grads=0 ;;
         *+recompute) extra="$extra --recompute" ;;
         *+eager) extra="$extra --eager" ;;
         *+cudnn) convgemm=off ;;
@@ -98,9 +101,9 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     esac
     base=${prec%%+*}
     echo "stylediff: bench grad $OURS_MODEL --device $DEVICE --precision $base --iters $ITERS$extra" \
-         "(SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm)" >&2
+         "(SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm SD_CHANNELS_LAST=$chlast SD_BF16_GRADS=$bf16grads)" >&2
     # shellcheck disable=SC2086
-    if ! SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
+    if ! SD_BF16_GRADS=$bf16grads SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
             $extra >> "$OURS" 2> "$WORK/ours_$prec.err"; then
         cat "$WORK/ours_$prec.err" >&2
         note "stylediff bench grad failed ($prec)"
@@ -135,7 +138,7 @@ def rows(path):
 ours = {(r[3], r[4]): r for r in rows(ours_path) if r[0] == "grad"}
 ref = {(r[4], r[1]): r for r in rows(torch_path) if r[0] == "grad_ref"}
 parity = [r for r in rows(torch_path) if r[0] == "grad_parity"]
-ORDER = ("exact", "exact+cudnn", "exact+recompute", "fast", "fast+nchw", "fast+cudnn", "fast+gemm", "fast+tf32",
+ORDER = ("exact", "exact+cudnn", "exact+recompute", "fast", "fast+nchw", "fast+f32grad", "fast+cudnn", "fast+gemm", "fast+tf32",
          "fast+eager", "fast+recompute")
 precs = sorted({k[0] for k in ours}, key=lambda p: ORDER.index(p) if p in ORDER else 9)
 modes = []

@@ -380,6 +380,8 @@ static void f16_table_fill(sd_f16_ops *t) {
     t->linear_batched = cu_f16_linear_batched;
     t->to_bf16 = cu_to_bf16;
     t->linear_backward_data_bf16w = cu_bf16w_linear_backward_data;
+    t->to_bf16_conv_transposed = cu_bf16_conv_transposed_weight;
+    t->conv2d_backward_data_bf16w = cu_bf16w_conv2d_backward_data;
     t->conv2d = cu_f16_conv2d;
     t->group_norm = cu_f16_group_norm;
     t->layer_norm = cu_f16_layer_norm;

@@ -448,6 +448,10 @@ __device__ __forceinline__ float cu_f32(float v) { return v; }
 __device__ __forceinline__ float cu_f32(__half v) { return __half2float(v); }
 __device__ __forceinline__ void cu_store(float *p, float v) { *p = v; }
 __device__ __forceinline__ void cu_store(__half *p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void cu_store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+/* a value copied between storage types: as it is within one type; F32 -> bf16 rounds to nearest even */
+template <typename T> __device__ __forceinline__ void cu_put(T *p, T v) { *p = v; }
+__device__ __forceinline__ void cu_put(__nv_bfloat16 *p, float v) { cu_store(p, v); }
 /* sd_f16 (raw bits in the op table) <-> __half (the kernels' type): same 16 bits */
 static inline const __half *cu_half(const sd_f16 *p) { return reinterpret_cast<const __half *>(p); }
 static inline __half *cu_half(sd_f16 *p) { return reinterpret_cast<__half *>(p); }
@@ -613,6 +617,8 @@ sd_status cu_f16w_linear(const float *x, const sd_f16 *w, const float *b, const 
 /* conv.cu */
 sd_status cu_to_bf16(const float *x, sd_f16 *y, int64_t n);
 sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N);
+sd_status cu_bf16_conv_transposed_weight(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw);
+sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g);
 sd_status cu_f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                 int count);
 sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,

@@ -28,6 +28,25 @@ typedef struct sd_conv_geom {
     int pad_top, pad_left; /* bottom/right padding is implied by h_out/w_out */
 } sd_conv_geom;
 
+/* A stride-1 convolution's data gradient is itself a stride-1 convolution: dx = conv(dy, w') with
+ * w'[ci, co, i, j] = w[co, ci, kh-1-i, kw-1-j] (channels swapped, kernel flipped) and, on each
+ * side, the kernel's size less one less the forward's padding on that side. Sets *t to
+ * that convolution's geometry (dy [B, Co, Ho, Wo] in, dx [B, Ci, H, W] out) and returns 1, or
+ * returns 0 where it does not apply (a stride above 1, or a padding beyond the kernel). */
+static inline int sd_conv_data_gradient_geom(const sd_conv_geom *g, sd_conv_geom *t) {
+    const int64_t pad_bottom = g->h_out - 1 + g->kh - g->h_in - g->pad_top;
+    const int64_t pad_right = g->w_out - 1 + g->kw - g->w_in - g->pad_left;
+    if (g->stride != 1 || g->pad_top < 0 || g->pad_left < 0 || g->pad_top > g->kh - 1 || g->pad_left > g->kw - 1 ||
+        pad_bottom < 0 || pad_right < 0 || pad_bottom > g->kh - 1 || pad_right > g->kw - 1)
+        return 0;
+    /* field by field: this header is also C++ (the CUDA sources) */
+    *t = *g;
+    t->c_in = g->c_out, t->h_in = g->h_out, t->w_in = g->w_out;
+    t->c_out = g->c_in, t->h_out = g->h_in, t->w_out = g->w_in;
+    t->pad_top = g->kh - 1 - g->pad_top, t->pad_left = g->kw - 1 - g->pad_left;
+    return 1;
+}
+
 /* fp16 activation storage, for the forward passes of fast mode (see sd_ctx.activations): every
  * activation pointer below holds raw IEEE half bits (sd_f16), dense, on the backend's device. The
  * arithmetic is fp32; each op rounds its output once, to nearest even. Weights of linear and
@@ -62,6 +81,14 @@ typedef struct sd_f16_ops {
     sd_status (*to_bf16)(const float *x, sd_f16 *y, int64_t n);
     sd_status (*linear_backward_data_bf16w)(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
                                             int64_t N);
+    /* A gradient step's convolution data gradient (F32 NCHW maps, stride 1: see
+     * sd_conv_data_gradient_geom) on a frozen weight's bf16 copy in the data gradient's order:
+     * to_bf16_conv_transposed makes wt [Ci, Co, kh, kw] = bf16(w[co, ci, kh-1-i, kw-1-j]) from the
+     * F32 weight [Co, Ci, kh, kw]; conv2d_backward_data_bf16w adds dx += conv(bf16(dy), wt) with
+     * dy [B, Co, Ho, Wo] rounded once and fp32 sums, g the forward's geometry (SD_ERR_UNSUPPORTED
+     * where the data gradient is no convolution). The F32 op it replaces ran in TF32 on cuDNN. */
+    sd_status (*to_bf16_conv_transposed)(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw);
+    sd_status (*conv2d_backward_data_bf16w)(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g);
     /* `count` linears of one input without bias, in one batched GEMM (an attention's q, k and v
      * projections): y[i] = x[M, K] · w[i]ᵀ for i < count, w [count, N, K] packed, y [count, M, N];
      * each as `linear` computes it. */

@@ -43,6 +43,10 @@ typedef struct sd_ctx {
                                  * ops (sd_f16_ops.*_nhwc): tensor-core convolutions without layout
                                  * transforms, transformer tokens as views. Fast mode on a GPU by
                                  * default (SD_CHANNELS_LAST=0 keeps NCHW). */
+    int f32_data_grads;         /* 1: fast mode's gradient steps multiply their data gradients on
+                                 * the F32 weights, as exact mode (SD_BF16_GRADS=0, to measure what
+                                 * the bf16 copies buy); 0 (default): on bf16 copies of the frozen
+                                 * linear and stride-1 convolution weights (autograd.c) */
     struct sd_lowp_weights *lowp_weights; /* the fp16 copies of weights that fp16 ops read */
     sd_arena *block_result;     /* while sd_checkpoint runs a block in the scratch arena: its
                                  * caller's arena, where sd_block_result sends the block's output */
@@ -127,7 +131,8 @@ sd_tensor *sd_slice0(sd_ctx *c, sd_tensor *x, int64_t start, int64_t count);
  * built from activations ({t, NULL}) leaves it 0. */
 typedef struct sd_linear_w { sd_tensor *weight, *bias; int frozen; } sd_linear_w;
 /* weight (out, in, kh, kw). f16_in_f32: a UNet checkpoint weight (sd_unet_bind sets it) whose F32
- * convolutions in fast mode (a gradient step's forward) run on its fp16 copy, channels-last. */
+ * convolutions in fast mode (a gradient step's forward) run on its fp16 copy, channels-last, and
+ * whose stride-1 data gradients on a transposed bf16 copy (autograd.c, bf16_conv_data_gradient). */
 typedef struct sd_conv_w { sd_tensor *weight, *bias; int f16_in_f32; } sd_conv_w;
 typedef struct sd_norm_w { sd_tensor *weight, *bias; } sd_norm_w;       /* (C), (C) */
 

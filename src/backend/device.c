@@ -62,13 +62,13 @@ static sd_dtype fast_activations(void) {
     return SD_F16;
 }
 
-/* Fast mode's fp16 feature maps are channels-last (sd_ctx.channels_last); SD_CHANNELS_LAST=0 keeps
- * them NCHW (to measure what the layout buys). */
-static int fast_channels_last(void) {
-    const char *e = getenv("SD_CHANNELS_LAST");
+/* An on/off environment switch of fast mode, on unless set to 0 (to measure what its feature
+ * buys); `on_means` names the feature in the warning about any other value. */
+static int env_switch_on(const char *name, const char *on_means) {
+    const char *e = getenv(name);
     if (!e || !*e || !strcmp(e, "1")) return 1;
     if (!strcmp(e, "0")) return 0;
-    sd_warn("SD_CHANNELS_LAST=%s is neither 0 nor 1: channels-last feature maps", e);
+    sd_warn("%s=%s is neither 0 nor 1: %s", name, e, on_means);
     return 1;
 }
 
@@ -92,7 +92,11 @@ sd_status sd_device_open(const char *spec, sd_precision precision, sd_ctx *ctx_o
     SD_TRY(sd_cuda_set_precision(precision));
     SD_TRY(sd_ctx_init(ctx_out, be, ordinal));
     ctx_out->activations = precision == SD_PRECISION_FAST ? fast_activations() : SD_F32;
-    ctx_out->channels_last = precision == SD_PRECISION_FAST && fast_channels_last();
+    /* fp16 feature maps channels-last (sd_ctx.channels_last); a gradient step's data gradients on
+     * bf16 weight copies (sd_ctx.f32_data_grads) */
+    ctx_out->channels_last =
+        precision == SD_PRECISION_FAST && env_switch_on("SD_CHANNELS_LAST", "channels-last feature maps");
+    ctx_out->f32_data_grads = !env_switch_on("SD_BF16_GRADS", "data gradients on bf16 weight copies");
     return SD_OK;
 }
 

@@ -281,6 +281,13 @@ static sd_status q_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, 
     TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * N + 2.0 * M * K) + F2 * N * K,
           inner16->linear_backward_data_bf16w(dy, w, dx, M, K, N));
 }
+static sd_status q_to_bf16_conv_transposed(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw) {
+    TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * Co * Ci * kh * kw, inner16->to_bf16_conv_transposed(w, wt, Co, Ci, kh, kw));
+}
+static sd_status q_conv2d_backward_data_bf16w(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g) {
+    label_conv("conv_backward_data (bf16)", g);
+    TIMED(SD_PROF_CONV, dx ? conv_flops(g) : 0, F4 * conv_values(g), inner16->conv2d_backward_data_bf16w(dy, wt, dx, g));
+}
 static sd_status q_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                   int count) {
     LABEL("linear x%d M%lld K%lld N%lld", count, (long long)M, (long long)K, (long long)N);
@@ -419,6 +426,8 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         if (inner16->linear_batched) table16.linear_batched = q_linear_batched;
         if (inner16->to_bf16) table16.to_bf16 = q_to_bf16;
         if (inner16->linear_backward_data_bf16w) table16.linear_backward_data_bf16w = q_linear_backward_data_bf16w;
+        if (inner16->to_bf16_conv_transposed) table16.to_bf16_conv_transposed = q_to_bf16_conv_transposed;
+        if (inner16->conv2d_backward_data_bf16w) table16.conv2d_backward_data_bf16w = q_conv2d_backward_data_bf16w;
         table16.conv2d = q_conv2d;
         table16.group_norm = q_group_norm;
         table16.layer_norm = q_layer_norm;

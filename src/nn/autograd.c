@@ -194,8 +194,21 @@ static const float *f32c(const sd_tensor *t) { return t ? (const float *)t->data
  * native operands. A weight that trains, or one not bound from a checkpoint, keeps the F32 op. */
 static int bf16_data_gradient(const sd_ctx *c, const sd_tape_node *n) {
     const sd_tensor *w = n->in[1];
-    return c->activations == SD_F16 && c->be->f16 && c->be->f16->linear_backward_data_bf16w && c->be->f16->to_bf16 &&
+    const sd_f16_ops *o = c->be->f16;
+    return c->activations == SD_F16 && !c->f32_data_grads && o && o->linear_backward_data_bf16w && o->to_bf16 &&
            n->attr.linear.frozen && !w->requires_grad && w->ndim == 2;
+}
+
+/* The same for a frozen UNet convolution at stride 1: its data gradient is the convolution of dy
+ * with the transposed, flipped kernel (sd_conv_data_gradient_geom), multiplied on a cached bf16
+ * copy of that kernel with dy rounded to bf16 once (sd_f16_ops.conv2d_backward_data_bf16w). The
+ * F32 data gradient it replaces ran in TF32 through cuDNN. Stride-2 downsamplers keep the F32 op. */
+static int bf16_conv_data_gradient(const sd_ctx *c, const sd_tape_node *n) {
+    sd_conv_geom t;
+    const sd_f16_ops *o = c->be->f16;
+    return c->activations == SD_F16 && !c->f32_data_grads && o && o->conv2d_backward_data_bf16w &&
+           o->to_bf16_conv_transposed && n->attr.conv.frozen && !n->in[1]->requires_grad &&
+           sd_conv_data_gradient_geom(&n->attr.conv.g, &t);
 }
 
 /* Calls a backend backward op, failing clearly when this backend lacks it. */
@@ -314,9 +327,15 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         return;
     }
     case SD_OP_CONV2D: {
+        const sd_conv_geom *g = &n->attr.conv.g;
         float *dx = in_grad(c, n, 0), *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
-        if (dx) BWD(c, n, conv2d_backward_data, dy, f32c(n->in[1]), dx, &n->attr.conv);
-        if (dw || db) BWD(c, n, conv2d_backward_params, dy, f32c(x), dw, db, &n->attr.conv);
+        if (dx && bf16_conv_data_gradient(c, n)) {
+            const sd_f16 *wt = sd_lowp_conv_weight_bf16t(c, n->in[1]);
+            if (wt) sd_ctx_check(c, c->be->f16->conv2d_backward_data_bf16w(dy, wt, dx, g));
+        } else if (dx) {
+            BWD(c, n, conv2d_backward_data, dy, f32c(n->in[1]), dx, g);
+        }
+        if (dw || db) BWD(c, n, conv2d_backward_params, dy, f32c(x), dw, db, g);
         return;
     }
     case SD_OP_GROUP_NORM: {

@@ -130,10 +130,12 @@ static sd_f16 *f16_of(const sd_tensor *t) { return (sd_f16 *)t->data; }
  * copy is made on the weight's first use: a step's first run is eager, so never inside a CUDA
  * graph capture. */
 /* The layout of a copy: as the weight is, a convolution weight [Co, Ci, kh, kw] reordered to
- * [Co, kh, kw, Ci] (channels-last), the weight in bfloat16 (a gradient step's backward), or the
- * weight packed with the ones that follow it in a batched projection (LOWP_PACK + count - 1:
- * [count, N, K]). Every other copy is fp16. */
-enum { LOWP_AS_IS = 0, LOWP_KRSC = 1, LOWP_BF16 = 2, LOWP_PACK = 3 };
+ * [Co, kh, kw, Ci] (channels-last), the weight in bfloat16 (a gradient step's backward), a
+ * convolution weight in bfloat16 transposed and flipped to [Ci, Co, kh, kw] (a gradient step's
+ * data gradient as a convolution: sd_f16_ops.to_bf16_conv_transposed), or the weight packed with
+ * the ones that follow it in a batched projection (LOWP_PACK + count - 1: [count, N, K]). Every
+ * other copy is fp16. */
+enum { LOWP_AS_IS = 0, LOWP_KRSC = 1, LOWP_BF16 = 2, LOWP_BF16_CONVT = 3, LOWP_PACK = 4 };
 
 typedef struct {
     const sd_tensor *weight; /* the first of a pack */
@@ -198,6 +200,9 @@ static int lowp_fill(sd_ctx *c, const sd_tensor *const *ws, int count, int layou
     const sd_tensor *w = ws[0];
     const int64_t n = sd_numel(w);
     if (layout == LOWP_BF16) return sd_ctx_check(c, ops->to_bf16(sd_f32(w), copy, n));
+    if (layout == LOWP_BF16_CONVT)
+        return sd_ctx_check(c, ops->to_bf16_conv_transposed(sd_f32(w), copy, w->shape[0], w->shape[1], (int)w->shape[2],
+                                                            (int)w->shape[3]));
     if (layout != LOWP_KRSC) {
         for (int i = 0; i < count; i++)
             if (!sd_ctx_check(c, ops->to_f16(sd_f32(ws[i]), copy + i * n, n))) return 0;
@@ -276,6 +281,15 @@ const sd_f16 *sd_lowp_weight_bf16(sd_ctx *c, const sd_tensor *w) {
         return NULL;
     }
     return lowp_weight_layout(c, w, LOWP_BF16);
+}
+
+const sd_f16 *sd_lowp_conv_weight_bf16t(sd_ctx *c, const sd_tensor *w) {
+    if (c->status == SD_OK && (!c->be->f16 || !c->be->f16->to_bf16_conv_transposed || w->ndim != 4)) {
+        sd_ctx_fail(c, SD_ERR_INTERNAL, "weight '%s': the %s backend makes no transposed bfloat16 convolution copies%s",
+                    w->name, c->be->name, w->ndim != 4 ? " (not a 4-d weight)" : "");
+        return NULL;
+    }
+    return lowp_weight_layout(c, w, LOWP_BF16_CONVT);
 }
 
 size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c) { return c->lowp_weights ? c->lowp_weights->bytes : 0; }
@@ -678,7 +692,10 @@ static sd_tensor *conv2d_epilogue(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, 
     else
         sd_ctx_check(c, c->be->conv2d(sd_f32(x), sd_f32(w), cw->bias ? sd_f32(cw->bias) : NULL, sd_f32(y), &g));
     sd_tape_node *node = sd_tape_record(c, SD_OP_CONV2D, y, x, cw->weight, cw->bias);
-    if (node) node->attr.conv = g;
+    if (node) {
+        node->attr.conv.g = g;
+        node->attr.conv.frozen = cw->f16_in_f32;
+    }
     return c->status == SD_OK ? y : NULL;
 }
 

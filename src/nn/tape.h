@@ -37,7 +37,7 @@ typedef struct sd_tape_node {
     sd_tensor *in[3];
     sd_tensor *grad; /* dL/d(out), created on the first accumulation */
     union {
-        sd_conv_geom conv;
+        struct { sd_conv_geom g; int frozen; } conv; /* frozen: a checkpoint's weight (sd_conv_w.f16_in_f32) */
         struct { int groups; float eps; int silu; } norm;
         struct { sd_unary_op op; float alpha; } unary;
         struct { float alpha, beta; } axpby;
@@ -76,5 +76,8 @@ sd_status sd_tape_note_leaf(sd_ctx *c, sd_tape *tape, sd_tensor *leaf);
 /* The bfloat16 copy of a frozen F32 weight on the context's device (nn.c's table of low-precision
  * copies; made on first use): what fast mode's gradient steps multiply their data gradients with. */
 const sd_f16 *sd_lowp_weight_bf16(sd_ctx *c, const sd_tensor *w);
+/* The same for a convolution weight [Co, Ci, kh, kw], transposed and flipped to [Ci, Co, kh, kw]
+ * (sd_f16_ops.to_bf16_conv_transposed): what their stride-1 data gradients convolve with. */
+const sd_f16 *sd_lowp_conv_weight_bf16t(sd_ctx *c, const sd_tensor *w);
 
 #endif

@@ -281,7 +281,10 @@ static void test_conv2d_backward(void **state) {
         {conv_geom(1, 3, 5, 5, 2, 1, 1, 2, 0, 0, 0, 0), "conv 1x1 stride 2"},
         {conv_geom(1, 2, 8, 8, 3, 4, 4, 4, 0, 0, 0, 0), "conv 4x4 stride 4 (patchify)"},
         {conv_geom(2, 2, 5, 6, 3, 3, 2, 1, 1, 0, 1, 1), "conv 3x2 pad (1,0,1,1)"},
+        {conv_geom(1, 3, 6, 5, 2, 3, 3, 1, 0, 2, 2, 0), "conv 3x3 pad (0,2,2,0)"},
+        {conv_geom(1, 2, 4, 4, 3, 1, 1, 1, 1, 1, 1, 1), "conv 1x1 pad 1"},
     };
+    int n_bf16 = 0; /* cases whose data gradient ran on the bf16 transposed kernel */
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const sd_conv_geom *g = &cases[t].g;
         const int64_t nx = g->batch * g->c_in * g->h_in * g->w_in;
@@ -331,11 +334,45 @@ static void test_conv2d_backward(void **state) {
         expect_same("conv db without dw", db_only, db, g->c_out);
         assert_sd_ok(be->conv2d_backward_data(dy, w, NULL, g));
 
+        /* fast mode's data gradient on a bf16 copy of the transposed, flipped kernel (stride 1):
+         * the F32 op fed the same bf16-rounded dy and w, up to the order of the fp32 sums; the
+         * other geometries are refused and leave dx as it was */
+        {
+            const sd_f16_ops *f16 = be->f16;
+            sd_f16 *wt = calloc((size_t)nw, sizeof *wt);
+            assert_non_null(wt);
+            assert_sd_ok(f16->to_bf16_conv_transposed(w, wt, g->c_out, g->c_in, g->kh, g->kw));
+            prefilled p16 = prefill(nx, 90 + t);
+            const sd_status st = f16->conv2d_backward_data_bf16w(dy, wt, p16.buf, g);
+            sd_conv_geom tg;
+            if (sd_conv_data_gradient_geom(g, &tg)) {
+                assert_sd_ok(st);
+                float *dyr = zeros(ny), *wr = zeros(nw), *want = copy_of(p16.before, nx);
+                for (int64_t i = 0; i < ny; i++) dyr[i] = sd_bf16_to_f32(sd_f32_to_bf16(dy[i]));
+                for (int64_t i = 0; i < nw; i++) wr[i] = sd_bf16_to_f32(sd_f32_to_bf16(w[i]));
+                assert_sd_ok(be->conv2d_backward_data(dyr, wr, want, g));
+                snprintf(what, sizeof what, "%s dx, bf16 transposed kernel", cases[t].what);
+                const double err = testutil_max_rel_err(p16.buf, want, nx);
+                print_message("    %-52s max rel err %.2e\n", what, err);
+                expect_same(what, p16.buf, want, nx);
+                n_bf16++;
+                free(dyr), free(wr), free(want);
+            } else {
+                assert_int_equal(st, SD_ERR_UNSUPPORTED);
+                sd_clear_error();
+                assert_memory_equal(p16.buf, p16.before, (size_t)nx * sizeof(float));
+            }
+            prefilled_free(&p16);
+            free(wt);
+        }
+
         prefilled_free(&px), prefilled_free(&pw), prefilled_free(&pb);
         free(dw_only), free(db_only), free(dx), free(dw), free(db);
         free(gx), free(gw), free(gb), free(c.x), free(c.w), free(c.b), free(c.r);
         free(x), free(w), free(b), free(dy);
     }
+    /* 3x3 pad 1, 1x1, 3x2 pad (1,0,1,1), 3x3 pad (0,2,2,0); not the strided ones nor 1x1 pad 1 */
+    assert_int_equal(n_bf16, 4);
 }
 
 /* A size at which the GEMMs run on several threads and col2im splits channels between them,

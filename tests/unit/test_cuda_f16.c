@@ -658,6 +658,59 @@ static void test_f16_conv2d_nhwc_refused(void **state) {
     assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
 }
 
+/* A gradient step's convolution data gradient on a bf16 copy of the transposed, flipped kernel
+ * (conv2d_backward_data_bf16w), into a dx that already holds values: the weight copy bit-identical,
+ * dx within fp32 summation order of the CPU twin (the same bf16 operands), the GEMM's way at a
+ * UNet shape; a strided geometry refused on both. */
+static void test_f16_conv2d_backward_data_bf16w(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    static const f16_conv_case cases[] = {
+        {2, 6, 9, 7, 8, 3, 1, 1, 1, 1, 1, 0, "3x3 pad 1"},
+        {1, 5, 6, 5, 4, 3, 1, 0, 2, 2, 0, 0, "3x3 pad (0,2,2,0)"},
+        {2, 8, 7, 5, 3, 1, 1, 0, 0, 0, 0, 0, "1x1 (dy itself as the columns)"},
+        {1, 320, 16, 16, 320, 3, 1, 1, 1, 1, 1, 0, "3x3 320->320 at 16x16"},
+        {1, 640, 32, 32, 320, 3, 1, 1, 1, 1, 1, 0, "3x3 640->320 at 32x32"},
+        {1, 6, 10, 10, 4, 3, 2, 1, 1, 1, 1, 0, "3x3 stride 2 (refused)"},
+    };
+    assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+    int ran = 0;
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const sd_conv_geom g = f16_conv_geom(&cases[t]);
+        const int64_t nx = g.batch * g.c_in * g.h_in * g.w_in, nw = g.c_out * g.c_in * g.kh * g.kw;
+        const int64_t ny = g.batch * g.c_out * g.h_out * g.w_out;
+        char what[96];
+        snprintf(what, sizeof what, "conv2d_backward_data_bf16w %s", cases[t].what);
+        if (testutil_sim_leaves_out(what, 2.0 * (double)nx * g.c_out * g.kh * g.kw)) continue;
+        float *w = hrand(nw, 440 + t, 1.0f / sqrtf((float)(g.c_in * g.kh * g.kw))), *dy = hrand(ny, 450 + t, 1e-6f);
+        float *dx0 = hrand(nx, 460 + t, 1e-6f);
+        sd_f16 *wt = hnew16(nw), *wtd = dnew16(nw);
+        assert_sd_ok(cpu16->to_bf16_conv_transposed(w, wt, g.c_out, g.c_in, g.kh, g.kw));
+        assert_sd_ok(gpu16->to_bf16_conv_transposed(dput(w, nw), wtd, g.c_out, g.c_in, g.kh, g.kw));
+        check16_equal("to_bf16_conv_transposed", wtd, wt, nw);
+        float *want = hnew(nx), *got = hnew(nx), *dxd = dput(dx0, nx);
+        memcpy(want, dx0, (size_t)nx * sizeof(float));
+        const sd_status cpu_st = cpu16->conv2d_backward_data_bf16w(dy, wt, want, &g);
+        const sd_status gpu_st = gpu16->conv2d_backward_data_bf16w(dput(dy, ny), wtd, dxd, &g);
+        assert_sd_ok(gpu->download(got, dxd, (size_t)nx * sizeof(float)));
+        if (g.stride != 1) {
+            assert_int_equal(cpu_st, SD_ERR_UNSUPPORTED);
+            assert_int_equal(gpu_st, SD_ERR_UNSUPPORTED);
+            sd_clear_error();
+            assert_memory_equal(got, dx0, (size_t)nx * sizeof(float));
+            continue;
+        }
+        assert_sd_ok(cpu_st);
+        assert_sd_ok(gpu_st);
+        const double err = testutil_max_rel_err(got, want, nx);
+        print_message("    %-56s max rel err %.3g (tol %.0e)\n", what, err, 1e-4);
+        if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+        ran++;
+    }
+    assert_true(ran >= 3);
+}
+
 /* ================================================================================================
  * Attention (attention.cu)
  * ============================================================================================= */
@@ -816,6 +869,7 @@ int main(void) {
         GPU_TEST(test_f16_channels_last_ops),
         GPU_TEST(test_f16_conv2d_epilogue),
         GPU_TEST(test_f16_conv2d_nhwc_refused),
+        GPU_TEST(test_f16_conv2d_backward_data_bf16w),
         /* attention */
         GPU_TEST(test_f16_attention),
         GPU_TEST(test_f16_unet),

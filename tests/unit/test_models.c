@@ -15,6 +15,7 @@
 #include "sd/autograd.h"
 #include "sd/models.h"
 #include "sd/sched.h"
+#include "../../src/nn/tape.h" /* sd_lowp_conv_weight_bf16t: which weight copies a gradient step made */
 #include "testutil.h"
 
 #define TOL 1e-4
@@ -314,10 +315,31 @@ static void test_unet_channels_last(void **state) {
         const size_t before_backward = sd_ctx_lowp_weight_bytes(&ctx);
         assert_sd_ok(sd_backward(&ctx, sd_mse(&ctx, eps, x)));
         assert_true(sd_ctx_lowp_weight_bytes(&ctx) > before_backward); /* the bf16 copies were made */
+        /* and the stride-1 convolutions' data gradients ran on transposed bf16 kernels
+         * (bf16_conv_data_gradient): asking for one such copy now finds it made */
+        const size_t after_backward = sd_ctx_lowp_weight_bytes(&ctx);
+        assert_non_null(sd_lowp_conv_weight_bf16t(&ctx, unet.mid.resnets[0].conv1.weight));
+        assert_int_equal(sd_ctx_lowp_weight_bytes(&ctx), after_backward);
         assert_non_null(leaf->grad);
         assert_true(sd_all_finite(&ctx, leaf->grad));
         sd_tensor *fast_grad = sd_download_new(&ctx, leaf->grad);
         sd_tape_reset(tape);
+        /* SD_BF16_GRADS=0 (sd_ctx.f32_data_grads): the same step on the F32 weights makes no bf16
+         * copies, and its gradient moves */
+        {
+            ctx.f32_data_grads = 1;
+            sd_tensor *eps_f32w = sd_unet_forward(&ctx, &unet, x, 981.0f, leaf);
+            const size_t before_f32 = sd_ctx_lowp_weight_bytes(&ctx);
+            assert_null(leaf->grad); /* sd_tape_reset dropped the last one */
+            assert_sd_ok(sd_backward(&ctx, sd_mse(&ctx, eps_f32w, x)));
+            assert_int_equal(sd_ctx_lowp_weight_bytes(&ctx), before_f32);
+            const double moved = testutil_max_rel_err(sd_f32(fast_grad), sd_f32(leaf->grad), sd_numel(fast_grad));
+            printf("gradient to the context, bf16 vs F32 weight copies in the backward: max relative difference %.3g\n",
+                   moved);
+            assert_true(moved > 1e-6 && moved < 1e-2);
+            ctx.f32_data_grads = 0;
+            sd_tape_reset(tape);
+        }
         const size_t before_exact = sd_ctx_lowp_weight_bytes(&ctx);
         ctx.activations = SD_F32;
         sd_tensor *eps32 = sd_unet_forward(&ctx, &unet, x, 981.0f, leaf);

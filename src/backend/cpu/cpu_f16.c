@@ -127,6 +127,47 @@ static sd_status f16_linear_backward_data_bf16w(const float *dy, const sd_f16 *w
     return st;
 }
 
+/* wt[ci, co, s] = bf16(w[co, ci, S-1-s]): channels swapped, the kh·kw taps reversed (the flip of
+ * both kernel axes) */
+static sd_status f16_to_bf16_conv_transposed(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw) {
+    const int64_t S = (int64_t)kh * kw;
+#pragma omp parallel for schedule(static)
+    for (int64_t ci = 0; ci < Ci; ci++)
+        for (int64_t co = 0; co < Co; co++)
+            for (int64_t s = 0; s < S; s++) wt[(ci * Co + co) * S + s] = sd_f32_to_bf16(w[(co * Ci + ci) * S + (S - 1 - s)]);
+    return SD_OK;
+}
+
+/* dx += conv(bf16(dy), wt): dy rounded and both widened exactly, the F32 convolution of the data
+ * gradient's geometry into a temporary, added into dx */
+static sd_status f16_conv2d_backward_data_bf16w(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g) {
+    sd_conv_geom t;
+    if (!sd_conv_data_gradient_geom(g, &t))
+        return sd_fail(SD_ERR_UNSUPPORTED, "cpu conv2d_backward_data_bf16w: a %dx%d kernel at stride %d, padding (%d, %d): "
+                       "its data gradient is no stride-1 convolution", g->kh, g->kw, g->stride, g->pad_top, g->pad_left);
+    if (!dx) return SD_OK;
+    const int64_t ny = t.batch * t.c_in * t.h_in * t.w_in, nw = t.c_out * t.c_in * t.kh * t.kw;
+    const int64_t nx = t.batch * t.c_out * t.h_out * t.w_out;
+    float *d = scratch(ny, "conv2d_backward_data_bf16w"), *wf = d ? scratch(nw, "conv2d_backward_data_bf16w") : NULL;
+    float *part = wf ? scratch(nx, "conv2d_backward_data_bf16w") : NULL;
+    sd_status st = part ? SD_OK : SD_ERR_OOM;
+    if (st == SD_OK) {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < ny; i++) d[i] = sd_bf16_to_f32(sd_f32_to_bf16(dy[i]));
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < nw; i++) wf[i] = sd_bf16_to_f32(wt[i]);
+        st = f32_ops()->conv2d(d, wf, NULL, part, &t);
+    }
+    if (st == SD_OK) {
+#pragma omp parallel for schedule(static)
+        for (int64_t i = 0; i < nx; i++) dx[i] += part[i];
+    }
+    free(d);
+    free(wf);
+    free(part);
+    return st;
+}
+
 static sd_status f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                      int count) {
     for (int i = 0; i < count; i++) SD_TRY(f16_linear(x, w + (int64_t)i * N * K, NULL, NULL, y + (int64_t)i * M * N, M, K, N));
@@ -346,6 +387,8 @@ const sd_f16_ops cpu_f16_ops = {
     .linear_batched = f16_linear_batched,
     .to_bf16 = f16_to_bf16,
     .linear_backward_data_bf16w = f16_linear_backward_data_bf16w,
+    .to_bf16_conv_transposed = f16_to_bf16_conv_transposed,
+    .conv2d_backward_data_bf16w = f16_conv2d_backward_data_bf16w,
     .conv2d = f16_conv2d,
     .group_norm = f16_group_norm,
     .layer_norm = f16_layer_norm,
