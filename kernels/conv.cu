@@ -822,7 +822,8 @@ sd_status cu_bf16_conv_transposed_weight(const float *w, sd_f16 *wt, int64_t Co,
     return SD_OK;
 }
 
-sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g) {
+sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
+                                        int accumulate) {
     sd_conv_geom t; /* dx = conv(dy, wt) in these terms: t.c_in = Co, t.c_out = Ci */
     if (!sd_conv_data_gradient_geom(g, &t))
         return sd_fail(SD_ERR_UNSUPPORTED, "cuda conv2d_backward_data_bf16w: a %dx%d kernel at stride %d, padding (%d, %d): "
@@ -842,10 +843,10 @@ sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float
         CU_LAUNCH((k_im2col<float, __nv_bfloat16>), cu_rows_grid(t.batch, t.c_in * P, 256), 256, 0, s->stream)(dy, col, t);
         LAUNCH_CHECK("conv data gradient im2col (bf16)");
     }
-    /* dx[n] (Ci x P) += wt (Ci x K) · col[n] (K x P); column-major dxᵀ[n] = col[n]ᵀ · wtᵀ */
-    const float one = 1.0f;
+    /* dx[n] (Ci x P) (+)= wt (Ci x K) · col[n] (K x P); column-major dxᵀ[n] = col[n]ᵀ · wtᵀ */
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)P, (int)t.c_out, (int)K, &one, col,
-                                            CUDA_R_16BF, (int)P, (long long)(K * P), wt, CUDA_R_16BF, (int)K, 0LL, &one,
+                                            CUDA_R_16BF, (int)P, (long long)(K * P), wt, CUDA_R_16BF, (int)K, 0LL, &beta,
                                             dx, CUDA_R_32F, (int)P, (long long)(t.c_out * P), (int)g->batch,
                                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return SD_OK;

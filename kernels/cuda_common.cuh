@@ -616,9 +616,11 @@ sd_status cu_f16w_linear(const float *x, const sd_f16 *w, const float *b, const 
                          int64_t N);
 /* conv.cu */
 sd_status cu_to_bf16(const float *x, sd_f16 *y, int64_t n);
-sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N);
+sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
+                                        int accumulate);
 sd_status cu_bf16_conv_transposed_weight(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw);
-sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g);
+sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
+                                        int accumulate);
 sd_status cu_f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                 int count);
 sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,

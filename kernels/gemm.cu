@@ -354,12 +354,18 @@ sd_status cu_to_bf16(const float *x, sd_f16 *y, int64_t n) {
     return SD_OK;
 }
 
-/* dx[M, K] += bf16(dy)[M, N] · w[N, K]: dy rounded once into the workspace, then a bf16 GEMM
- * accumulating into dx (column-major dxᵀ[K, M] += wᵀ[K, N] · dyᵀ[N, M]). The FAST_16BF GEMM on
+/* dx[M, K] (+)= bf16(dy)[M, N] · w[N, K]: dy rounded once into the workspace, then a bf16 GEMM
+ * into dx, accumulating (beta 1) or not (beta 0: dx not read) (column-major dxᵀ[K, M] (+)= wᵀ[K, N] ·
+ * dyᵀ[N, M]). The FAST_16BF GEMM on
  * F32 operands it replaces does the same arithmetic, converting its tiles inside the kernel: the
  * forward's equivalent ran at 30 TFLOP/s against 81 for native fp16 operands on an H200. */
-sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N) {
-    if (M <= 0 || K <= 0 || N <= 0) return SD_OK;
+sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
+                                        int accumulate) {
+    if (M <= 0 || K <= 0) return SD_OK;
+    if (N <= 0) { /* the empty sum */
+        if (!accumulate) CUDA_CHECK(cudaMemsetAsync(dx, 0, (size_t)(M * K) * sizeof(float), cu_cur()->stream));
+        return SD_OK;
+    }
     cu_state *s = cu_cur();
     CU_TRY(check_int("M", M));
     CU_TRY(check_int("N", N));
@@ -367,9 +373,9 @@ sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float 
     sd_f16 *dy16 = (sd_f16 *)cu_workspace((size_t)(M * N) * sizeof(sd_f16));
     if (!dy16) return SD_ERR_OOM;
     CU_TRY(cu_to_bf16(dy, dy16, M * N));
-    const float one = 1.0f;
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w, CUDA_R_16BF, (int)K,
-                              dy16, CUDA_R_16BF, (int)N, &one, dx, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F,
+                              dy16, CUDA_R_16BF, (int)N, &beta, dx, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT));
     return SD_OK;
 }

@@ -75,20 +75,24 @@ typedef struct sd_f16_ops {
                               int64_t M, int64_t K, int64_t N);
     /* bfloat16 copies for fast mode's gradient steps (the bits in sd_f16 storage): y = bf16(x),
      * rounded to nearest even; and a linear's data gradient on a frozen weight's bf16 copy,
-     * dx[M, K] += bf16(dy)[M, N] · w[N, K] with fp32 sums: the arithmetic of the FAST_16BF GEMM it
+     * dx[M, K] (+)= bf16(dy)[M, N] · w[N, K] with fp32 sums: the arithmetic of the FAST_16BF GEMM it
      * replaces (bf16 keeps fp32's range: small gradients do not underflow as in fp16), with native
-     * operands for the tensor cores instead of F32 ones converted tile by tile. */
+     * operands for the tensor cores instead of F32 ones converted tile by tile.
+     * accumulate: 1 adds into dx, as the F32 backward ops do; 0 writes dx, whose contents are then
+     * not read (a gradient's first contribution: no zero-filled buffer to fill and read back). */
     sd_status (*to_bf16)(const float *x, sd_f16 *y, int64_t n);
     sd_status (*linear_backward_data_bf16w)(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
-                                            int64_t N);
+                                            int64_t N, int accumulate);
     /* A gradient step's convolution data gradient (F32 NCHW maps, stride 1: see
      * sd_conv_data_gradient_geom) on a frozen weight's bf16 copy in the data gradient's order:
      * to_bf16_conv_transposed makes wt [Ci, Co, kh, kw] = bf16(w[co, ci, kh-1-i, kw-1-j]) from the
-     * F32 weight [Co, Ci, kh, kw]; conv2d_backward_data_bf16w adds dx += conv(bf16(dy), wt) with
-     * dy [B, Co, Ho, Wo] rounded once and fp32 sums, g the forward's geometry (SD_ERR_UNSUPPORTED
-     * where the data gradient is no convolution). The F32 op it replaces ran in TF32 on cuDNN. */
+     * F32 weight [Co, Ci, kh, kw]; conv2d_backward_data_bf16w computes dx (+)= conv(bf16(dy), wt)
+     * (accumulate as above) with dy [B, Co, Ho, Wo] rounded once and fp32 sums, g the forward's
+     * geometry (SD_ERR_UNSUPPORTED where the data gradient is no convolution). The F32 op it
+     * replaces ran in TF32 on cuDNN. */
     sd_status (*to_bf16_conv_transposed)(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw);
-    sd_status (*conv2d_backward_data_bf16w)(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g);
+    sd_status (*conv2d_backward_data_bf16w)(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
+                                            int accumulate);
     /* `count` linears of one input without bias, in one batched GEMM (an attention's q, k and v
      * projections): y[i] = x[M, K] · w[i]ᵀ for i < count, w [count, N, K] packed, y [count, M, N];
      * each as `linear` computes it. */

@@ -276,17 +276,18 @@ static sd_status q_to_bf16(const float *x, sd_f16 *y, int64_t n) {
     TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * n, inner16->to_bf16(x, y, n));
 }
 static sd_status q_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
-                                              int64_t N) {
+                                              int64_t N, int accumulate) {
     label_gemm("linear_backward_data (bf16)", M, K, N);
     TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * N + 2.0 * M * K) + F2 * N * K,
-          inner16->linear_backward_data_bf16w(dy, w, dx, M, K, N));
+          inner16->linear_backward_data_bf16w(dy, w, dx, M, K, N, accumulate));
 }
 static sd_status q_to_bf16_conv_transposed(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw) {
     TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * Co * Ci * kh * kw, inner16->to_bf16_conv_transposed(w, wt, Co, Ci, kh, kw));
 }
-static sd_status q_conv2d_backward_data_bf16w(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g) {
+static sd_status q_conv2d_backward_data_bf16w(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
+                                              int accumulate) {
     label_conv("conv_backward_data (bf16)", g);
-    TIMED(SD_PROF_CONV, dx ? conv_flops(g) : 0, F4 * conv_values(g), inner16->conv2d_backward_data_bf16w(dy, wt, dx, g));
+    TIMED(SD_PROF_CONV, dx ? conv_flops(g) : 0, F4 * conv_values(g), inner16->conv2d_backward_data_bf16w(dy, wt, dx, g, accumulate));
 }
 static sd_status q_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                   int count) {

@@ -257,6 +257,21 @@ static void grad_add_scaled(sd_ctx *c, sd_tape_node *n, int i, float alpha, cons
     if (d) BWD(c, n, axpy, alpha, dy, d, len);
 }
 
+/* Where an op that can overwrite (the bf16 data gradients: their `accumulate` flag) puts input 0's
+ * gradient: a fresh, unfilled buffer that becomes that input's gradient when this is its first
+ * contribution (*accumulate = 0: no zero fill for the op to read back), else the gradient to add
+ * into (*accumulate = 1). NULL when the input needs none. */
+static float *data_grad_out(sd_ctx *c, sd_tape_node *n, int *accumulate) {
+    sd_tape_node *p = first_grad_of_input(c, n, 0);
+    *accumulate = 1;
+    if (!p) return in_grad(c, n, 0);
+    sd_tensor *g = scratch_like(c, n->in[0]);
+    if (!g) return NULL;
+    p->grad = g;
+    *accumulate = 0;
+    return sd_f32(g);
+}
+
 static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *seed);
 
 /* A leaf standing for an input of a recomputed block: the same memory under a fresh header (in the
@@ -316,24 +331,30 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
     case SD_OP_LINEAR: {
         const sd_tensor *w = n->in[1];
         const int64_t N = w->shape[0], K = w->shape[1], M = sd_numel(x) / K;
-        float *dx = in_grad(c, n, 0), *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
-        if (dx && bf16_data_gradient(c, n)) {
-            const sd_f16 *wb = sd_lowp_weight_bf16(c, w);
-            if (wb) sd_ctx_check(c, c->be->f16->linear_backward_data_bf16w(dy, wb, dx, M, K, N));
-        } else if (dx) {
-            BWD(c, n, linear_backward_data, dy, f32c(w), dx, M, K, N);
+        float *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
+        if (bf16_data_gradient(c, n)) {
+            int accumulate = 1;
+            float *dx = data_grad_out(c, n, &accumulate);
+            const sd_f16 *wb = dx ? sd_lowp_weight_bf16(c, w) : NULL;
+            if (wb) sd_ctx_check(c, c->be->f16->linear_backward_data_bf16w(dy, wb, dx, M, K, N, accumulate));
+        } else {
+            float *dx = in_grad(c, n, 0);
+            if (dx) BWD(c, n, linear_backward_data, dy, f32c(w), dx, M, K, N);
         }
         if (dw || db) BWD(c, n, linear_backward_params, dy, f32c(x), dw, db, M, K, N);
         return;
     }
     case SD_OP_CONV2D: {
         const sd_conv_geom *g = &n->attr.conv.g;
-        float *dx = in_grad(c, n, 0), *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
-        if (dx && bf16_conv_data_gradient(c, n)) {
-            const sd_f16 *wt = sd_lowp_conv_weight_bf16t(c, n->in[1]);
-            if (wt) sd_ctx_check(c, c->be->f16->conv2d_backward_data_bf16w(dy, wt, dx, g));
-        } else if (dx) {
-            BWD(c, n, conv2d_backward_data, dy, f32c(n->in[1]), dx, g);
+        float *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
+        if (bf16_conv_data_gradient(c, n)) {
+            int accumulate = 1;
+            float *dx = data_grad_out(c, n, &accumulate);
+            const sd_f16 *wt = dx ? sd_lowp_conv_weight_bf16t(c, n->in[1]) : NULL;
+            if (wt) sd_ctx_check(c, c->be->f16->conv2d_backward_data_bf16w(dy, wt, dx, g, accumulate));
+        } else {
+            float *dx = in_grad(c, n, 0);
+            if (dx) BWD(c, n, conv2d_backward_data, dy, f32c(n->in[1]), dx, g);
         }
         if (dw || db) BWD(c, n, conv2d_backward_params, dy, f32c(x), dw, db, g);
         return;

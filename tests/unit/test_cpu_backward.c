@@ -343,7 +343,7 @@ static void test_conv2d_backward(void **state) {
             assert_non_null(wt);
             assert_sd_ok(f16->to_bf16_conv_transposed(w, wt, g->c_out, g->c_in, g->kh, g->kw));
             prefilled p16 = prefill(nx, 90 + t);
-            const sd_status st = f16->conv2d_backward_data_bf16w(dy, wt, p16.buf, g);
+            const sd_status st = f16->conv2d_backward_data_bf16w(dy, wt, p16.buf, g, 1);
             sd_conv_geom tg;
             if (sd_conv_data_gradient_geom(g, &tg)) {
                 assert_sd_ok(st);
@@ -355,6 +355,13 @@ static void test_conv2d_backward(void **state) {
                 const double err = testutil_max_rel_err(p16.buf, want, nx);
                 print_message("    %-52s max rel err %.2e\n", what, err);
                 expect_same(what, p16.buf, want, nx);
+                /* accumulate 0: dx's old values (random here) are not read; the same as adding
+                 * into zeros */
+                float *fresh = zeros(nx), *over = normal(nx, 95 + t, 1.0f);
+                assert_sd_ok(f16->conv2d_backward_data_bf16w(dy, wt, fresh, g, 1));
+                assert_sd_ok(f16->conv2d_backward_data_bf16w(dy, wt, over, g, 0));
+                assert_memory_equal(over, fresh, (size_t)nx * sizeof(float));
+                free(fresh), free(over);
                 n_bf16++;
                 free(dyr), free(wr), free(want);
             } else {

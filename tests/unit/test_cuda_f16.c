@@ -360,14 +360,20 @@ static void test_f16_linear(void **state) {
             assert_sd_ok(cpu16->to_bf16(w32, wb, N * K));
             float *want = hnew(M * K), *got = hnew(M * K);
             memcpy(want, dx0, (size_t)(M * K) * sizeof(float));
-            assert_sd_ok(cpu16->linear_backward_data_bf16w(dy, wb, want, M, K, N));
-            float *dxd = dput(dx0, M * K);
-            assert_sd_ok(gpu16->linear_backward_data_bf16w(dput(dy, M * N), dput16(wb, N * K), dxd, M, K, N));
-            assert_sd_ok(gpu->download(got, dxd, (size_t)(M * K) * sizeof(float)));
-            /* the same bf16 operands, fp32 sums in another order (small gradients: bf16 keeps the range) */
-            const double err = testutil_max_rel_err(got, want, M * K);
-            print_message("    %-56s max rel err %.3g (tol %.0e)\n", what, err, 1e-4);
-            if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+            /* accumulate 1 into dx0, then 0 (overwrite) over dx0: the old values not read */
+            for (int accumulate = 1; accumulate >= 0; accumulate--) {
+                if (accumulate) memcpy(want, dx0, (size_t)(M * K) * sizeof(float));
+                assert_sd_ok(cpu16->linear_backward_data_bf16w(dy, wb, want, M, K, N, accumulate));
+                float *dxd = dput(dx0, M * K);
+                assert_sd_ok(
+                    gpu16->linear_backward_data_bf16w(dput(dy, M * N), dput16(wb, N * K), dxd, M, K, N, accumulate));
+                assert_sd_ok(gpu->download(got, dxd, (size_t)(M * K) * sizeof(float)));
+                /* the same bf16 operands, fp32 sums in another order (small gradients: bf16 keeps the range) */
+                const double err = testutil_max_rel_err(got, want, M * K);
+                print_message("    %-56s max rel err %.3g (tol %.0e)%s\n", what, err, 1e-4,
+                              accumulate ? "" : ", overwriting");
+                if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+            }
         }
     }
     /* the F32 linear of the same shape keeps its own plan (the cache keys on the data type) */
@@ -691,8 +697,8 @@ static void test_f16_conv2d_backward_data_bf16w(void **state) {
         check16_equal("to_bf16_conv_transposed", wtd, wt, nw);
         float *want = hnew(nx), *got = hnew(nx), *dxd = dput(dx0, nx);
         memcpy(want, dx0, (size_t)nx * sizeof(float));
-        const sd_status cpu_st = cpu16->conv2d_backward_data_bf16w(dy, wt, want, &g);
-        const sd_status gpu_st = gpu16->conv2d_backward_data_bf16w(dput(dy, ny), wtd, dxd, &g);
+        const sd_status cpu_st = cpu16->conv2d_backward_data_bf16w(dy, wt, want, &g, 1);
+        const sd_status gpu_st = gpu16->conv2d_backward_data_bf16w(dput(dy, ny), wtd, dxd, &g, 1);
         assert_sd_ok(gpu->download(got, dxd, (size_t)nx * sizeof(float)));
         if (g.stride != 1) {
             assert_int_equal(cpu_st, SD_ERR_UNSUPPORTED);
@@ -706,6 +712,14 @@ static void test_f16_conv2d_backward_data_bf16w(void **state) {
         const double err = testutil_max_rel_err(got, want, nx);
         print_message("    %-56s max rel err %.3g (tol %.0e)\n", what, err, 1e-4);
         if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+        /* accumulate 0 over dx0: its values not read */
+        dxd = dput(dx0, nx);
+        assert_sd_ok(cpu16->conv2d_backward_data_bf16w(dy, wt, want, &g, 0));
+        assert_sd_ok(gpu16->conv2d_backward_data_bf16w(dput(dy, ny), wtd, dxd, &g, 0));
+        assert_sd_ok(gpu->download(got, dxd, (size_t)nx * sizeof(float)));
+        const double err0 = testutil_max_rel_err(got, want, nx);
+        print_message("    %-56s max rel err %.3g (tol %.0e)\n", "  overwriting", err0, 1e-4);
+        if (!(err0 <= 1e-4)) fail_msg("%s, overwriting: max relative error %.6g", what, err0);
         ran++;
     }
     assert_true(ran >= 3);

@@ -109,9 +109,9 @@ static sd_status f16_to_bf16(const float *x, sd_f16 *y, int64_t n) {
     return SD_OK;
 }
 
-/* dx += bf16(dy) · w (w bf16): both widened exactly, then the F32 op (sums in fp32) */
+/* dx (+)= bf16(dy) · w (w bf16): both widened exactly, then the F32 op (sums in fp32) */
 static sd_status f16_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
-                                                 int64_t N) {
+                                                 int64_t N, int accumulate) {
     float *d = scratch(M * N, "linear_backward_data_bf16w"), *wf = d ? scratch(N * K, "linear_backward_data_bf16w") : NULL;
     if (!wf) {
         free(d);
@@ -121,6 +121,7 @@ static sd_status f16_linear_backward_data_bf16w(const float *dy, const sd_f16 *w
     for (int64_t i = 0; i < M * N; i++) d[i] = sd_bf16_to_f32(sd_f32_to_bf16(dy[i]));
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N * K; i++) wf[i] = sd_bf16_to_f32(w[i]);
+    if (!accumulate) memset(dx, 0, (size_t)(M * K) * sizeof(float)); /* the F32 op adds: into zeros */
     const sd_status st = f32_ops()->linear_backward_data(d, wf, dx, M, K, N);
     free(d);
     free(wf);
@@ -138,9 +139,10 @@ static sd_status f16_to_bf16_conv_transposed(const float *w, sd_f16 *wt, int64_t
     return SD_OK;
 }
 
-/* dx += conv(bf16(dy), wt): dy rounded and both widened exactly, the F32 convolution of the data
- * gradient's geometry into a temporary, added into dx */
-static sd_status f16_conv2d_backward_data_bf16w(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g) {
+/* dx (+)= conv(bf16(dy), wt): dy rounded and both widened exactly, the F32 convolution of the data
+ * gradient's geometry into a temporary, added into dx or copied there */
+static sd_status f16_conv2d_backward_data_bf16w(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
+                                                 int accumulate) {
     sd_conv_geom t;
     if (!sd_conv_data_gradient_geom(g, &t))
         return sd_fail(SD_ERR_UNSUPPORTED, "cpu conv2d_backward_data_bf16w: a %dx%d kernel at stride %d, padding (%d, %d): "
@@ -160,7 +162,7 @@ static sd_status f16_conv2d_backward_data_bf16w(const float *dy, const sd_f16 *w
     }
     if (st == SD_OK) {
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < nx; i++) dx[i] += part[i];
+        for (int64_t i = 0; i < nx; i++) dx[i] = accumulate ? dx[i] + part[i] : part[i];
     }
     free(d);
     free(wf);

@@ -216,12 +216,14 @@ GUARD16(attention, (const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *o
         (q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal), q, k, v, out)
 
 GUARD16(to_bf16, (const float *x, sd_f16 *y, int64_t n), (x, y, n), x, y)
-GUARD16(linear_backward_data_bf16w, (const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N),
-        (dy, w, dx, M, K, N), dy, w, dx)
+GUARD16(linear_backward_data_bf16w, (const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
+                                     int accumulate),
+        (dy, w, dx, M, K, N, accumulate), dy, w, dx)
 GUARD16(to_bf16_conv_transposed, (const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw),
         (w, wt, Co, Ci, kh, kw), w, wt)
-GUARD16(conv2d_backward_data_bf16w, (const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g),
-        (dy, wt, dx, g), dy, wt, dx)
+GUARD16(conv2d_backward_data_bf16w, (const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
+                                     int accumulate),
+        (dy, wt, dx, g, accumulate), dy, wt, dx)
 GUARD16(linear_batched, (const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N, int count),
         (x, w, y, M, K, N, count), x, w, y)
 GUARD16(to_f16_nhwc, (const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S), (x, y, B, C, S), x, y)
