@@ -1,7 +1,9 @@
 /* autograd.c: the tape's recording primitives, the reverse pass, losses, parameters and Adam
  * (see autograd.h). Each node's backward is a handful of backend calls; gradients accumulate in
- * arena buffers that are zero-filled on first use, and a node's buffer is recycled (tape.h,
- * `spare`) once its backward has consumed it. */
+ * arena buffers that are zero-filled on first use (unless the first contribution fills the buffer
+ * itself: a handed-on dL/dy, a transpose, the bf16 data gradients' overwrite), an add's two inputs
+ * share dL/dy until one is written while the other still reads it (tape.h, `shared`), and a node's
+ * buffer is recycled (tape.h, `spare`) once its backward has consumed it. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +26,7 @@ void sd_tape_free(sd_tape *t) {
     free(t->nodes);
     free(t->leaves);
     free(t->spare);
+    free(t->shared);
     sd_tape_free(t->sub);
     free(t);
 }
@@ -39,6 +42,7 @@ void sd_tape_reset(sd_tape *t) {
     t->n = 0;
     t->n_leaves = 0;
     t->n_spare = 0; /* arena memory: gone with the step */
+    t->n_shared = 0;
 }
 
 int sd_tape_size(const sd_tape *t) { return t ? t->n : 0; }
@@ -156,6 +160,29 @@ static sd_tensor *scratch_like(sd_ctx *c, const sd_tensor *t) {
     return g;
 }
 
+/* Sharing of gradient buffers (sd_tape.shared): one more holder of g (0 when the list cannot grow:
+ * the caller then copies as before), and one holder fewer (1 when another still holds g). */
+static int share_grad(sd_tape *tp, sd_tensor *g) {
+    if (tp->n_shared == tp->cap_shared) {
+        const int cap = tp->cap_shared ? 2 * tp->cap_shared : 16;
+        sd_tensor **s = realloc(tp->shared, (size_t)cap * sizeof *s);
+        if (!s) return 0;
+        tp->shared = s;
+        tp->cap_shared = cap;
+    }
+    tp->shared[tp->n_shared++] = g;
+    return 1;
+}
+
+static int unshare_grad(sd_tape *tp, const sd_tensor *g) {
+    for (int i = tp->n_shared - 1; i >= 0; i--)
+        if (tp->shared[i] == g) {
+            tp->shared[i] = tp->shared[--tp->n_shared];
+            return 1;
+        }
+    return 0;
+}
+
 /* A zero-filled gradient buffer shaped like t. */
 static float *new_grad_buffer(sd_ctx *c, const sd_tensor *t, sd_tensor **out) {
     sd_tensor *g = scratch_like(c, t);
@@ -172,6 +199,11 @@ static float *grad_of(sd_ctx *c, sd_tensor *t) {
     sd_tape_node *n = producer(c, t);
     if (n) {
         if (!n->grad && !new_grad_buffer(c, t, &n->grad)) return NULL;
+        if (unshare_grad(c->tape, n->grad)) { /* another node still reads it: add into a copy */
+            sd_tensor *g = scratch_like(c, t);
+            if (!g || !sd_ctx_check(c, c->be->copy(sd_f32(g), sd_f32(n->grad), sd_numel(t)))) return NULL;
+            n->grad = g;
+        }
         return sd_f32(n->grad);
     }
     if (!t->requires_grad) return NULL;
@@ -233,8 +265,10 @@ static sd_tape_node *first_grad_of_input(sd_ctx *c, sd_tape_node *n, int i) {
 
 /* Input i's gradient += alpha · dL/dy for an op whose output has input i's size (add, sub, axpby).
  * When it is input i's first contribution, the node's own dL/dy buffer becomes that gradient as it is
- * (alpha 1, once: *dy_free says whether it is still the node's; nothing reads dL/dy after its node),
- * or a fresh buffer is set to alpha · dL/dy: no zero-filled buffer, no accumulation. */
+ * (alpha 1: *dy_free says whether it is still the node's alone; nothing reads dL/dy after its node;
+ * a second input of alpha 1 shares it with the first, sd_tape.shared, copied only if one of them is
+ * later added into while the other still needs it), or a fresh buffer is set to alpha · dL/dy: no
+ * zero-filled buffer, no accumulation. */
 static void grad_add_scaled(sd_ctx *c, sd_tape_node *n, int i, float alpha, const float *dy, int *dy_free) {
     const int64_t len = sd_numel(n->out);
     sd_tape_node *p = first_grad_of_input(c, n, i);
@@ -242,6 +276,10 @@ static void grad_add_scaled(sd_ctx *c, sd_tape_node *n, int i, float alpha, cons
         if (alpha == 1.0f && *dy_free) {
             p->grad = n->grad;
             *dy_free = 0;
+            return;
+        }
+        if (alpha == 1.0f && n->grad && share_grad(c->tape, n->grad)) { /* the first input holds it too */
+            p->grad = n->grad;
             return;
         }
         sd_tensor *g = scratch_like(c, n->in[i]);
@@ -528,6 +566,7 @@ static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *s
     sd_tape_node *root = producer(c, root_out);
     if (!root) return c->status;
     c->tape->n_spare = 0;
+    c->tape->n_shared = 0;
     if (!new_grad_buffer(c, root_out, &root->grad)) return c->status;
     if (seed)
         sd_ctx_check(c, c->be->copy(sd_f32(root->grad), sd_f32(seed), sd_numel(root_out)));
@@ -538,8 +577,9 @@ static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *s
         if (!n->grad) continue;
         backward_node(c, n);
         /* every consumer of n's output ran before n (reverse recording order): nothing reads
-         * dL/d(out) again (NULL: backward_node handed the buffer on to an input) */
-        if (n->grad) give_back(c, n->grad);
+         * dL/d(out) again (NULL: backward_node handed the buffer on to an input), unless another
+         * node shares the buffer as its gradient (then it is that node's alone now) */
+        if (n->grad && !unshare_grad(c->tape, n->grad)) give_back(c, n->grad);
         n->grad = NULL;
     }
     return c->status;

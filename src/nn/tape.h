@@ -59,6 +59,12 @@ struct sd_tape {
      * (on the SD v1.5 UNet that halves the activation memory of a gradient step). */
     sd_tensor **spare;
     int n_spare, cap_spare;
+    /* Gradient buffers held by more than one node: one entry per holder beyond the first. An add's
+     * second input shares dL/dy with the first instead of taking a copy of it; the copy is made
+     * only when one holder is about to add into the buffer while another still has to read it
+     * (grad_of), and the buffer is recycled when its last holder is done. */
+    sd_tensor **shared;
+    int n_shared, cap_shared;
     struct sd_tape *sub; /* records a recomputed block during the backward (SD_OP_CHECKPOINT) */
 };
 

@@ -55,6 +55,10 @@ static sd_tensor *small_forward(sd_ctx *c, const small_graph *g) {
     /* a + a (both gradient terms land in one buffer: the first takes dL/dy's own), then a - b */
     m = sd_add(c, m, m);
     m = sd_sub(c, m, second);
+    /* m + f(m): the add's two inputs share dL/dy until f's backward adds into m's gradient while
+     * f's node still reads it (the shared buffer copied on that write) */
+    const sd_linear_w mix = {g->w_res, NULL, 0};
+    m = sd_add(c, sd_linear(c, m, &mix), m);
     m = sd_unary(c, SD_UNARY_QUICK_GELU, m);
     sd_tensor *img = sd_tokens_to_nchw(c, m, 4, 4);            /* (1, 4, 4, 4) */
     img = sd_concat_channels(c, img, h);                       /* (1, 8, 4, 4) */
@@ -156,6 +160,67 @@ static void test_frozen_paths_record_nothing(void **state) {
     assert_int_equal(sd_tape_size(tape), 0); /* nothing leads to a trainable leaf */
     assert_sd_fails(sd_backward(&c, sd_mse(&c, y, y)), SD_ERR_INTERNAL, "not recorded");
     sd_tape_free(tape);
+    sd_ctx_free(&c);
+}
+
+/* An add's second input shares dL/dy with the first (autograd.c, sd_tape.shared) instead of taking
+ * a copy. On a resnet-shaped graph, y = h + conv(silu(gn(h))), the conv's backward reads dL/dy
+ * before anything adds into h's gradient, so the backward copies nothing, with the add's inputs in
+ * either order (the same gradients). On y = h + conv(h), the conv's backward adds into h's
+ * gradient while it still reads dL/dy: that one buffer is copied on the write. */
+static const sd_backend *counted;
+static long copies;
+static sd_status counting_copy(float *dst, const float *src, int64_t n) {
+    copies++;
+    return counted->copy(dst, src, n);
+}
+
+static void test_add_shares_its_gradient(void **state) {
+    (void)state;
+    sd_ctx c;
+    assert_sd_ok(sd_ctx_init_cpu(&c));
+    counted = c.be;
+    sd_backend table = *c.be;
+    table.copy = counting_copy;
+    c.be = &table;
+    const int64_t hs[4] = {1, 4, 5, 5}, ws[4] = {4, 4, 3, 3};
+    sd_tensor *hh = sd_tensor_new(SD_F32, 4, hs), *wh = sd_tensor_new(SD_F32, 4, ws);
+    testutil_fill_normal(sd_f32(hh), sd_numel(hh), 810, 1.0f);
+    testutil_fill_normal(sd_f32(wh), sd_numel(wh), 811, 0.3f);
+    sd_tensor *x = sd_param_new(&c, hh, "x"), *w = sd_param_new(&c, wh, "w");
+    const sd_conv_w conv = {w, NULL, 0};
+    const sd_norm_w gn = {NULL, NULL};
+    sd_tape *tape = sd_tape_new();
+    sd_ctx_set_tape(&c, tape);
+    sd_tensor *grads[3][2];
+    long copied[3];
+    for (int k = 0; k < 3; k++) {
+        sd_tensor *h = sd_silu(&c, x); /* a recorded node: its gradient can be shared */
+        sd_tensor *branch = sd_conv2d(&c, k < 2 ? sd_group_norm(&c, h, &gn, 2, 1e-5f, 1) : h, &conv, 1, 1);
+        sd_tensor *y = k == 1 ? sd_add(&c, h, branch) : sd_add(&c, branch, h);
+        copies = 0;
+        assert_sd_ok(sd_backward(&c, sd_mse(&c, y, x)));
+        copied[k] = copies;
+        grads[k][0] = sd_tensor_clone(x->grad);
+        grads[k][1] = sd_tensor_clone(w->grad);
+        sd_tape_reset(tape);
+    }
+    print_message("    copies in the backward: %ld and %ld (resnet-shaped, both orders), %ld (h + conv(h))\n",
+                  copied[0], copied[1], copied[2]);
+    assert_int_equal(copied[0], 0);
+    assert_int_equal(copied[1], 0);
+    assert_int_equal(copied[2], 1);
+    for (int g = 0; g < 2; g++) {
+        assert_true(testutil_max_rel_err(sd_f32(grads[0][g]), sd_f32(grads[1][g]), sd_numel(grads[0][g])) < 1e-6);
+        for (int k = 0; k < 3; k++) sd_tensor_free(grads[k][g]);
+    }
+    sd_ctx_set_tape(&c, NULL);
+    sd_tape_free(tape);
+    sd_tensor_free(x);
+    sd_tensor_free(w);
+    sd_tensor_free(hh);
+    sd_tensor_free(wh);
+    c.be = counted;
     sd_ctx_free(&c);
 }
 
@@ -506,6 +571,7 @@ int main(void) {
     const struct CMUnitTest graph_tests[] = {
         cmocka_unit_test(test_small_graph_matches_finite_differences),
         cmocka_unit_test(test_frozen_paths_record_nothing),
+        cmocka_unit_test(test_add_shares_its_gradient),
     };
     const struct CMUnitTest unet_tests[] = {
         cmocka_unit_test_setup(test_grad_uncond_context, reset_status),
