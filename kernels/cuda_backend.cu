@@ -272,6 +272,7 @@ void *cu_workspace(size_t bytes) {
         return NULL;
     }
     s->ws_bytes = want;
+    s->ws_generation++; /* graphs captured before hold the freed buffer's address */
     return s->ws;
 }
 
@@ -538,6 +539,11 @@ extern "C" sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {
     cu_conv_release(s);
     s->conv_gemm = mode;
     return SD_OK;
+}
+
+extern "C" uint64_t sd_cuda_workspace_generation(void) {
+    const cu_state *s = cu_cur();
+    return s ? s->ws_generation : 0;
 }
 
 extern "C" const char *sd_cuda_fast_gemm_name(void) {

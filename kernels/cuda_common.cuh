@@ -64,6 +64,7 @@ struct cu_state {
     size_t lt_ws_bytes;
     void *ws;                    /* general workspace: padded conv inputs, cuDNN, attention chunks */
     size_t ws_bytes;
+    uint64_t ws_generation; /* reallocations of ws (sd_cuda_workspace_generation) */
     void *scratch;               /* 4 KiB of small device results (all_finite flag, partial sums) */
     sd_precision precision;
     cublasComputeType_t fast_gemm; /* compute type of fast mode (SD_FAST_GEMM: bf16 | tf32 | fp16) */

@@ -101,6 +101,7 @@ typedef struct sd_step_graph {
     uint64_t key;                 /* what the current graph (or eager run) was made for */
     int eager_runs;               /* runs with this key so far, op by op */
     struct sd_cuda_graph *graph;  /* NULL until captured */
+    uint64_t workspace;           /* sd_cuda_workspace_generation() when the graph was captured */
     sd_arena_mark end_mark;       /* the arena's position after the captured step */
     sd_tensor out;                /* header of the captured output (its data stays where it was) */
     sd_tensor grads[SD_STEP_GRAPH_MAX_LEAVES]; /* headers of the leaves' captured gradients */

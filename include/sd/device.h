@@ -95,6 +95,12 @@ sd_precision sd_cuda_get_precision(void);
 sd_status sd_cuda_set_conv_find(int find);
 int sd_cuda_get_conv_find(void);
 
+/* How many times the calling thread's device has reallocated its shared op workspace (grown for
+ * a larger op; 0 without a device). A CUDA graph holds the workspace's address as it was at
+ * capture: a graph captured before a reallocation must be captured again, not replayed
+ * (step_graph.c checks this before every replay). */
+uint64_t sd_cuda_workspace_generation(void);
+
 /* The tensor-core input type of fast mode's F32 GEMMs on the calling thread's device: "bf16" (the
  * default), "tf32" or "fp16" (the environment's SD_FAST_GEMM, read when the backend opens). */
 const char *sd_cuda_fast_gemm_name(void);

@@ -47,6 +47,8 @@ double sd_cuda_bf16_peak_tflops(void) { return 0.0; }
 
 const char *sd_cuda_fast_gemm_name(void) { return "bf16"; }
 
+uint64_t sd_cuda_workspace_generation(void) { return 0; }
+
 sd_conv_gemm sd_cuda_get_conv_gemm(void) { return SD_CONV_GEMM_AUTO; }
 
 sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {

@@ -78,6 +78,7 @@ static sd_tensor *capture(sd_ctx *c, sd_step_graph *g, sd_tape *tape, sd_step_fo
         return NULL;
     }
     g->captures++;
+    g->workspace = sd_cuda_workspace_generation(); /* a capture cannot grow it (cu_workspace) */
     g->out = *out;
     g->end_mark = sd_arena_get_mark(c->arena);
     for (int i = 0; i < n_leaves; i++) {
@@ -116,7 +117,13 @@ sd_tensor *sd_graph_step(sd_ctx *c, sd_step_graph *g, sd_tape *tape, sd_step_for
      * timing backend a replayed graph would bypass); the captured graph stays for later steps */
     if (!g->enabled || c->eager) return run_eagerly(c, tape, forward, arg);
     const uint64_t key = step_key(c, tape != NULL, inputs, n_inputs, leaves, n_leaves);
-    if (g->graph && g->key == key) return replay(c, g, tape, leaves, n_leaves);
+    if (g->graph && g->key == key) {
+        if (g->workspace == sd_cuda_workspace_generation()) return replay(c, g, tape, leaves, n_leaves);
+        /* an op outside the step grew the device's workspace since the capture: the graph's
+         * kernels would use the freed buffer. The step already ran with this key, so it is
+         * captured again at once (the workspace is large enough for it: it only grows). */
+        drop_graph(g);
+    }
     if (g->key != key) {
         drop_graph(g);
         g->key = key;

@@ -9,6 +9,8 @@
  *    c->eager (same kernels, same arguments), which also shows that per-step values written to
  *    device memory reach the replayed kernels;
  *  - moving an input (a new key) drops the graph and captures again;
+ *  - an op outside the step that grows the device's workspace after the capture (the graph holds
+ *    the old buffer's address) makes the next step capture again instead of replaying;
  *  - c->eager set for one step (as a profiling run does) runs that step op by op through c->be
  *    even after a capture, and the graph is replayed again afterwards;
  *  - a forward that synchronises with the host cannot be captured: the step warns, runs op by
@@ -86,12 +88,33 @@ typedef struct step_result {
     float grad[M * K];
 } step_result;
 
-/* Runs STEPS steps through g and returns each step's loss and gradient. */
-static void run_steps(sd_ctx *c, step_env *e, sd_step_graph *g, step_result *out, int move_target_at) {
+/* An op outside the step that needs more workspace than anything so far (a 4096 x 8192 bf16 data
+ * gradient: 64 MiB for dy's bf16 copy): the device reallocates its workspace. */
+static void grow_workspace(sd_ctx *c) {
+    const int64_t rows = 4096, cols = 8192;
+    const uint64_t before = sd_cuda_workspace_generation();
+    float *dy = c->be->mem_alloc((size_t)(rows * cols) * sizeof(float)), *dx = c->be->mem_alloc((size_t)rows * sizeof(float));
+    sd_f16 *w = c->be->mem_alloc((size_t)cols * sizeof(sd_f16));
+    assert_true(dy && dx && w);
+    assert_sd_ok(c->be->zero(dy, (size_t)(rows * cols) * sizeof(float)));
+    assert_sd_ok(c->be->zero(w, (size_t)cols * sizeof(sd_f16)));
+    assert_sd_ok(c->be->f16->linear_backward_data_bf16w(dy, w, dx, rows, 1, cols, 0));
+    assert_sd_ok(c->be->synchronize());
+    assert_true(sd_cuda_workspace_generation() > before);
+    c->be->mem_free(dy);
+    c->be->mem_free(dx);
+    c->be->mem_free(w);
+}
+
+/* Runs STEPS steps through g and returns each step's loss and gradient (the workspace grown before
+ * step grow_at, when >= 0). */
+static void run_steps_growing(sd_ctx *c, step_env *e, sd_step_graph *g, step_result *out, int move_target_at,
+                              int grow_at) {
     sd_tape *tape = sd_tape_new();
     for (int s = 0; s < STEPS; s++) {
         set_step_values(c, e, s);
         if (s == move_target_at) e->which_target = 1;
+        if (s == grow_at) grow_workspace(c);
         const sd_arena_mark mark = sd_arena_get_mark(c->arena);
         const void *inputs[] = {e->z->data, e->coef->data, e->target[e->which_target]->data};
         sd_tensor *loss = sd_graph_step(c, g, tape, step_forward, e, inputs, 3, &e->x, 1);
@@ -104,6 +127,10 @@ static void run_steps(sd_ctx *c, step_env *e, sd_step_graph *g, step_result *out
         sd_arena_reset(c->arena, mark);
     }
     sd_tape_free(tape);
+}
+
+static void run_steps(sd_ctx *c, step_env *e, sd_step_graph *g, step_result *out, int move_target_at) {
+    run_steps_growing(c, e, g, out, move_target_at, -1);
 }
 
 /* The same steps on the host in double: loss = mean((a (x Wᵀ + b) + β z − t)²), dL/dx. */
@@ -228,6 +255,25 @@ static void test_moved_input_recaptures(void **state) {
     env_free(&e);
 }
 
+static void test_workspace_growth_recaptures(void **state) {
+    (void)state;
+    require_gpu_ctx();
+    step_env e;
+    env_init(&gpu, &e);
+    step_result got[STEPS];
+    sd_step_graph g;
+    sd_step_graph_init(&g, &gpu);
+    run_steps_growing(&gpu, &e, &g, got, -1, 3);
+    print_message("    workspace reallocated before step 3: %d graphs captured, %d steps run from one\n", g.captures,
+                  g.replays);
+    /* 0 op by op, 1 captured, 2 replayed; 3 captured again (same key, new workspace), 4 replayed */
+    assert_int_equal(g.captures, 2);
+    assert_int_equal(g.replays, 4);
+    sd_step_graph_free(&g);
+    expect_close_to_closed_form(&gpu, &e, got);
+    env_free(&e);
+}
+
 /* bench grad --profile swaps in the profiling backend and sets c->eager for one step after the
  * step's graph exists: that step must run its ops through c->be (a replay would time nothing). */
 static void test_eager_for_one_step_after_capture(void **state) {
@@ -303,6 +349,7 @@ int main(void) {
         cmocka_unit_test(test_cpu_runs_op_by_op),
         cmocka_unit_test(test_replay_matches_op_by_op),
         cmocka_unit_test(test_moved_input_recaptures),
+        cmocka_unit_test(test_workspace_growth_recaptures),
         cmocka_unit_test(test_eager_for_one_step_after_capture),
         cmocka_unit_test(test_uncapturable_step_runs_op_by_op),
     };
