@@ -232,20 +232,27 @@ static void test_replay_matches_op_by_op(void **state) {
     env_free(&e);
 }
 
+/* Runs the steps through a fresh graph and checks how many graphs they captured and replayed. */
+static void run_and_count(step_env *e, step_result *got, int move_target_at, int grow_at, const char *what,
+                          int captures, int replays) {
+    sd_step_graph g;
+    sd_step_graph_init(&g, &gpu);
+    run_steps_growing(&gpu, e, &g, got, move_target_at, grow_at);
+    print_message("    %s: %d graphs captured, %d steps run from one\n", what, g.captures, g.replays);
+    assert_int_equal(g.captures, captures);
+    assert_int_equal(g.replays, replays);
+    sd_step_graph_free(&g);
+}
+
 static void test_moved_input_recaptures(void **state) {
     (void)state;
     require_gpu_ctx();
     step_env e;
     env_init(&gpu, &e);
     step_result got[STEPS];
-    sd_step_graph g;
-    sd_step_graph_init(&g, &gpu);
-    run_steps(&gpu, &e, &g, got, 3); /* steps 0-2 on target[0], 3-4 on target[1] */
-    print_message("    target moved at step 3: %d graphs captured, %d steps run from one\n", g.captures, g.replays);
-    /* 0 op by op, 1 captured, 2 replayed; 3 op by op (new key), 4 captured */
-    assert_int_equal(g.captures, 2);
-    assert_int_equal(g.replays, 3);
-    sd_step_graph_free(&g);
+    /* steps 0-2 on target[0], 3-4 on target[1]: 0 op by op, 1 captured, 2 replayed; 3 op by op
+     * (new key), 4 captured */
+    run_and_count(&e, got, 3, -1, "target moved at step 3", 2, 3);
     /* the closed form of steps 3 and 4 reads target[1]: compare them with it */
     for (int s = 3; s < STEPS; s++) {
         step_result want;
@@ -261,15 +268,8 @@ static void test_workspace_growth_recaptures(void **state) {
     step_env e;
     env_init(&gpu, &e);
     step_result got[STEPS];
-    sd_step_graph g;
-    sd_step_graph_init(&g, &gpu);
-    run_steps_growing(&gpu, &e, &g, got, -1, 3);
-    print_message("    workspace reallocated before step 3: %d graphs captured, %d steps run from one\n", g.captures,
-                  g.replays);
     /* 0 op by op, 1 captured, 2 replayed; 3 captured again (same key, new workspace), 4 replayed */
-    assert_int_equal(g.captures, 2);
-    assert_int_equal(g.replays, 4);
-    sd_step_graph_free(&g);
+    run_and_count(&e, got, -1, 3, "workspace reallocated before step 3", 2, 4);
     expect_close_to_closed_form(&gpu, &e, got);
     env_free(&e);
 }
