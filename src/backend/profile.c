@@ -158,6 +158,12 @@ static sd_status p_transpose(const float *x, float *y, int64_t B, int64_t R, int
 static sd_status p_copy(float *dst, const float *src, int64_t n) {
     TIMED(SD_PROF_MEMORY, 0, F4 * 2 * n, inner->copy(dst, src, n));
 }
+/* the backward's zero-filled gradient buffers are what these mostly are: a profile shows how many
+ * are left (autograd.c avoids them where a first contribution fills its buffer itself) */
+static sd_status p_zero(void *dst, size_t bytes) {
+    LABEL("zero fill");
+    TIMED(SD_PROF_MEMORY, 0, (double)bytes, inner->zero(dst, bytes));
+}
 static sd_status p_attention(const float *q, const float *k, const float *v, float *out, float *probs, int64_t B,
                              int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal) {
     label_attention(probs ? "attention+maps" : "attention", B, Sq, Sk, H, D);
@@ -398,6 +404,7 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
     table.upsample_nearest = p_upsample_nearest;
     table.transpose = p_transpose;
     table.copy = p_copy;
+    table.zero = p_zero;
     table.attention = p_attention;
     table.attention_apply = p_attention_apply;
     table.linear_backward_data = p_linear_backward_data;

@@ -304,6 +304,11 @@ static void test_eager_for_one_step_after_capture(void **state) {
             print_message("    profiled step after the capture: %lld linear, %lld elementwise calls timed\n",
                           (long long)prof.calls[SD_PROF_GEMM], (long long)prof.calls[SD_PROF_MEMORY]);
             assert_true(prof.calls[SD_PROF_GEMM] >= 2); /* the forward's and the backward's products */
+            /* the leaf's gradient is zero-filled on first use, and the profile shows the fill */
+            int zero_fills = 0;
+            for (int k = 0; k < prof.n_shapes; k++)
+                if (!strcmp(prof.shapes[k].what, "zero fill")) zero_fills += (int)prof.shapes[k].calls;
+            assert_true(zero_fills >= 1);
         }
         sd_tape_reset(tape);
         sd_arena_reset(gpu.arena, mark);
