@@ -35,7 +35,8 @@
  * the same quantity, but consistent with the P actually used, so the fp32 result does not depend
  * on how `out` was rounded.
  *
- * Every gradient accumulates (+=) into its output; a NULL output is skipped. */
+ * Every gradient accumulates (+=) into its output, or overwrites it when the caller asks
+ * (accumulate 0: a first contribution, the output not read); a NULL output is skipped. */
 #include "cuda_common.cuh"
 
 #include <math.h>
@@ -91,10 +92,14 @@ static int64_t rows_per_chunk(int64_t Sq, int64_t Sk, int H) {
 #define FB_MAX_D 80    /* head dims up to 5 x 16: the registers of one warp's fragments and gradients */
 #define FB_LOG2E 1.4426950408889634f
 
+/* *dst += v, or *dst = v (not read) when the op overwrites its gradients */
+__device__ __forceinline__ void fb_put(float *dst, float v, int accumulate) { *dst = accumulate ? *dst + v : v; }
+
 struct attn_bwd_params {
     /* the operands staged by k_fb_stage: bf16, head-major [B·H][S][DP], head dims zero-padded to DP */
     const __nv_bfloat16 *q, *k, *v, *dout;
-    float *dq, *dk, *dv;           /* the op's gradients, [B, S, H·D] (·Dv), accumulated; NULL: not wanted */
+    float *dq, *dk, *dv;           /* the op's gradients, [B, S, H·D] (·Dv); NULL: not wanted */
+    int accumulate;                /* 1: add into dq, dk, dv; 0: write them (each element once) */
     float *dk_part, *dv_part;      /* kernel 2 split over the queries: [splits][B·H][Sk][DP] partial sums */
     float *lse, *delta;            /* [B·H][Sq_pad]: log2-domain log-sum-exp of scale·log2e·S, and Δ */
     int64_t Sq, Sk, Sq_pad;        /* Sq_pad: Sq rounded up to FB_BQT (rows past Sq hold zeros) */
@@ -329,12 +334,12 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
     for (int nd = 0; nd < 2 * DK; nd++) {
         const int d = nd * 8 + 2 * t;
         if (row0 < p.Sq) {
-            if (d < p.D) dqb[row0 * ldq + d] += p.scale * dq[nd][0];
-            if (d + 1 < p.D) dqb[row0 * ldq + d + 1] += p.scale * dq[nd][1];
+            if (d < p.D) fb_put(dqb + row0 * ldq + d, p.scale * dq[nd][0], p.accumulate);
+            if (d + 1 < p.D) fb_put(dqb + row0 * ldq + d + 1, p.scale * dq[nd][1], p.accumulate);
         }
         if (row1 < p.Sq) {
-            if (d < p.D) dqb[row1 * ldq + d] += p.scale * dq[nd][2];
-            if (d + 1 < p.D) dqb[row1 * ldq + d + 1] += p.scale * dq[nd][3];
+            if (d < p.D) fb_put(dqb + row1 * ldq + d, p.scale * dq[nd][2], p.accumulate);
+            if (d + 1 < p.D) fb_put(dqb + row1 * ldq + d + 1, p.scale * dq[nd][3], p.accumulate);
         }
     }
 }
@@ -460,16 +465,16 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
                 if (dkb && dd < p.D) dkb[kj * kstride + dd] = p.scale * dk[nd][e];
                 if (dvb && dd < p.Dv) dvb[kj * vstride + dd] = dv[nd][e];
             } else {
-                if (dkb && dd < p.D) dkb[kj * kstride + dd] += p.scale * dk[nd][e];
-                if (dvb && dd < p.Dv) dvb[kj * vstride + dd] += dv[nd][e];
+                if (dkb && dd < p.D) fb_put(dkb + kj * kstride + dd, p.scale * dk[nd][e], p.accumulate);
+                if (dvb && dd < p.Dv) fb_put(dvb + kj * vstride + dd, dv[nd][e], p.accumulate);
             }
         }
     }
 }
 
-/* grad[b, j, h·width + d] += Σ_z part[z][b·H + h][j][d] (z in order): kernel 2's split partials. */
+/* grad[b, j, h·width + d] += (or =) Σ_z part[z][b·H + h][j][d] (z in order): kernel 2's split partials. */
 __global__ void k_fb_sum_splits(float *grad, const float *part, int64_t B, int H, int64_t Sk, int width, int DP,
-                                int splits) {
+                                int splits, int accumulate) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, n = B * Sk * H * width;
     if (i >= n) return;
     const int d = (int)(i % width);
@@ -478,7 +483,7 @@ __global__ void k_fb_sum_splits(float *grad, const float *part, int64_t B, int H
     const float *src = part + ((b * H + h) * Sk + j) * DP + d;
     float sum = 0.0f;
     for (int z = 0; z < splits; z++) sum += src[z * stride];
-    grad[i] += sum;
+    fb_put(grad + i, sum, accumulate);
 }
 
 /* How many query ranges kernel 2 splits into: enough blocks for one per SM when the key blocks
@@ -514,13 +519,13 @@ template <int DK> static sd_status launch_flash_bwd(const attn_bwd_params &p, in
     if (p.dk) {
         const int64_t n = B * p.Sk * p.H * p.D;
         CU_LAUNCH(k_fb_sum_splits, (unsigned)((n + threads - 1) / threads), threads, 0, cu_cur()->stream)(
-            p.dk, p.dk_part, B, p.H, p.Sk, p.D, DK * 16, splits);
+            p.dk, p.dk_part, B, p.H, p.Sk, p.D, DK * 16, splits, p.accumulate);
         LAUNCH_CHECK("flash attention backward dk splits");
     }
     if (p.dv) {
         const int64_t n = B * p.Sk * p.H * p.Dv;
         CU_LAUNCH(k_fb_sum_splits, (unsigned)((n + threads - 1) / threads), threads, 0, cu_cur()->stream)(
-            p.dv, p.dv_part, B, p.H, p.Sk, p.Dv, DK * 16, splits);
+            p.dv, p.dv_part, B, p.H, p.Sk, p.Dv, DK * 16, splits, p.accumulate);
         LAUNCH_CHECK("flash attention backward dv splits");
     }
     return SD_OK;
@@ -528,7 +533,7 @@ template <int DK> static sd_status launch_flash_bwd(const attn_bwd_params &p, in
 
 static sd_status flash_backward_fast(const float *q, const float *k, const float *v, const float *dout, float *dq,
                                      float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv,
-                                     float scale, int causal) {
+                                     float scale, int causal, int accumulate) {
     const int dmax = D > Dv ? D : Dv;
     const int DK = dmax <= 16 ? 1 : dmax <= 32 ? 2 : dmax <= 48 ? 3 : dmax <= 64 ? 4 : 5, DP = DK * 16;
     const int64_t Sq_pad = (Sq + FB_BQT - 1) / FB_BQT * FB_BQT, BH = B * H;
@@ -565,6 +570,7 @@ static sd_status flash_backward_fast(const float *q, const float *k, const float
     LAUNCH_CHECK("flash attention backward: staging the operands (fast)");
     p.q = sq, p.k = sk, p.v = sv, p.dout = sdo;
     p.dq = dq, p.dk = dk, p.dv = dv;
+    p.accumulate = accumulate;
     p.Sq = Sq, p.Sk = Sk, p.Sq_pad = Sq_pad, p.H = H, p.D = D, p.Dv = Dv;
     const int64_t q_tiles = Sq_pad / FB_BQT;
     p.q_per_split = (q_tiles + splits - 1) / splits * FB_BQT;
@@ -582,11 +588,21 @@ static sd_status flash_backward_fast(const float *q, const float *k, const float
 
 sd_status cu_attention_backward(const float *q, const float *k, const float *v, const float *out, const float *dout,
                                 float *dq, float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
-                                int Dv, float scale, int causal) {
+                                int Dv, float scale, int causal, int accumulate) {
     (void)out; /* both paths take rowsum(dP ⊙ P) from the recomputed maps (see the top comment) */
-    if (B <= 0 || Sq <= 0 || Sk <= 0 || (!dq && !dk && !dv)) return SD_OK;
+    if (B <= 0 || (!dq && !dk && !dv)) return SD_OK;
+    if (Sq <= 0 || Sk <= 0) { /* no products: the gradients stay, or become the empty sums */
+        if (!accumulate) {
+            const int64_t nk = Sk > 0 ? B * Sk * H : 0, nq = Sq > 0 ? B * Sq * H : 0;
+            cudaStream_t st = cu_cur()->stream;
+            if (dq && nq) CUDA_CHECK(cudaMemsetAsync(dq, 0, (size_t)(nq * D) * sizeof(float), st));
+            if (dk && nk) CUDA_CHECK(cudaMemsetAsync(dk, 0, (size_t)(nk * D) * sizeof(float), st));
+            if (dv && nk) CUDA_CHECK(cudaMemsetAsync(dv, 0, (size_t)(nk * Dv) * sizeof(float), st));
+        }
+        return SD_OK;
+    }
     if (cu_cur()->precision == SD_PRECISION_FAST && D <= FB_MAX_D && Dv <= FB_MAX_D && B * H <= 65535)
-        return flash_backward_fast(q, k, v, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal);
+        return flash_backward_fast(q, k, v, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate);
     /* exact mode (and heads over FB_MAX_D) */
     const int64_t ldq = (int64_t)H * D, ldv = (int64_t)H * Dv;
     const int64_t chunk = rows_per_chunk(Sq, Sk, H);
@@ -602,21 +618,24 @@ sd_status cu_attention_backward(const float *q, const float *k, const float *v, 
         float *dvb = dv ? dv + b * Sk * ldv : NULL;
         for (int64_t q0 = 0; q0 < Sq; q0 += chunk) {
             const int64_t nq = Sq - q0 < chunk ? Sq - q0 : chunk, hs = nq * Sk;
+            /* beta of the products into the outputs: dQ's chunks are disjoint rows, dK and dV sum
+             * over the chunks (overwritten by the first when not accumulating) */
+            const float beta_q = accumulate ? 1.0f : 0.0f, beta_kv = accumulate || q0 > 0 ? 1.0f : 0.0f;
             /* P = softmax(scale · Q_c Kᵀ) per head */
             CU_TRY(cu_gemm_rm(0, 1, nq, Sk, D, scale, qb + q0 * ldq, ldq, D, kb, ldq, D, 0.0f, P, Sk, hs, H));
             CU_TRY(cu_softmax_rows_offset(P, (int64_t)H * nq, nq, q0, Sk, causal));
             /* dV += Pᵀ dO_c */
             if (dvb)
-                CU_TRY(cu_gemm_rm(1, 0, Sk, Dv, nq, 1.0f, P, Sk, hs, dob + q0 * ldv, ldv, Dv, 1.0f, dvb, ldv, Dv, H));
+                CU_TRY(cu_gemm_rm(1, 0, Sk, Dv, nq, 1.0f, P, Sk, hs, dob + q0 * ldv, ldv, Dv, beta_kv, dvb, ldv, Dv, H));
             if (!dqb && !dkb) continue;
             /* dP = dO_c Vᵀ, then dS = P ⊙ (dP − rowsum(dP ⊙ P)) in place */
             CU_TRY(cu_gemm_rm(0, 1, nq, Sk, Dv, 1.0f, dob + q0 * ldv, ldv, Dv, vb, ldv, Dv, 0.0f, dP, Sk, hs, H));
             CU_TRY(softmax_grad_rows(P, dP, dP, (int64_t)H * nq, nq, nq, 0, Sk));
             /* dQ_c += scale · dS K;  dK += scale · dSᵀ Q_c */
             if (dqb)
-                CU_TRY(cu_gemm_rm(0, 0, nq, D, Sk, scale, dP, Sk, hs, kb, ldq, D, 1.0f, dqb + q0 * ldq, ldq, D, H));
+                CU_TRY(cu_gemm_rm(0, 0, nq, D, Sk, scale, dP, Sk, hs, kb, ldq, D, beta_q, dqb + q0 * ldq, ldq, D, H));
             if (dkb)
-                CU_TRY(cu_gemm_rm(1, 0, Sk, D, nq, scale, dP, Sk, hs, qb + q0 * ldq, ldq, D, 1.0f, dkb, ldq, D, H));
+                CU_TRY(cu_gemm_rm(1, 0, Sk, D, nq, scale, dP, Sk, hs, qb + q0 * ldq, ldq, D, beta_kv, dkb, ldq, D, H));
         }
     }
     return SD_OK;

@@ -504,15 +504,15 @@ sd_status cu_mse(const float *a, const float *b, float *out, int64_t n);
 sd_status cu_all_finite(const float *x, int64_t n, int *host_result);
 sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, float *dx, int64_t n,
                             float alpha);
-sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N);
+sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate);
 sd_status cu_axpy(float alpha, const float *x, float *y, int64_t n);
 sd_status cu_axpy_dev(const float *coef, const float *x, float *y, int64_t n);
 sd_status cu_mul_acc(const float *a, const float *b, float *y, int64_t n);
 sd_status cu_add_channel_bias_backward(const float *dy, float *dv, int64_t B, int64_t C, int64_t S);
 sd_status cu_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca,
-                                      int64_t Cb, int64_t S);
+                                      int64_t Cb, int64_t S, int accumulate);
 sd_status cu_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
-                                       int64_t Ho, int64_t Wo);
+                                       int64_t Ho, int64_t Wo, int accumulate);
 sd_status cu_mse_backward(const float *a, const float *b, const float *g, float *da, float *db,
                           int64_t n);
 sd_status cu_adam_step(float *p, const float *g, float *m, float *v, int64_t n, double lr,
@@ -531,7 +531,7 @@ sd_status cu_layer_norm(const float *x, const float *gamma, const float *beta, f
                         int64_t C, float eps);
 sd_status cu_group_norm_backward(const float *x, const float *gamma, const float *beta,
                                  const float *dy, float *dx, float *dgamma, float *dbeta, int64_t B,
-                                 int64_t C, int64_t S, int groups, float eps, int silu);
+                                 int64_t C, int64_t S, int groups, float eps, int silu, int accumulate);
 sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx,
                                  float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
 
@@ -572,7 +572,8 @@ sd_status cu_softmax_rows_offset(float *x, int64_t rows, int64_t rows_per_head, 
 /* attention_backward.cu */
 sd_status cu_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                 const float *dout, float *dq, float *dk, float *dv, int64_t B,
-                                int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal);
+                                int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal,
+                                int accumulate);
 sd_status cu_attention_probs_backward(const float *q, const float *k, const float *probs,
                                       const float *dprobs, float *dq, float *dk, int64_t B,
                                       int64_t Sq, int64_t Sk, int H, int D, float scale);
@@ -595,7 +596,8 @@ sd_status cu_f16_upsample_nearest(const sd_f16 *x, sd_f16 *y, int64_t N, int64_t
 sd_status cu_f16_transpose(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C);
 /* channels-last forms (backend.h, sd_f16_ops.*_nhwc) */
 sd_status cu_f16_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S);
-sd_status cu_f16_to_f32_nchw(const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S);
+sd_status cu_f16_to_f32_nchw(const sd_f16 *x, const float *v, const float *r, float *y, int64_t B, int64_t C,
+                             int64_t S);
 sd_status cu_f16_add_channel_bias_nhwc(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S);
 sd_status cu_f16_concat_channels_nhwc(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca, int64_t Cb,
                                       int64_t S);

@@ -234,8 +234,25 @@ template <typename Tin, typename Tout> __device__ __forceinline__ void tr_store(
 template <> __device__ __forceinline__ void tr_store<float, float>(float *p, float v) { *p = v; }
 template <> __device__ __forceinline__ void tr_store<__half, __half>(__half *p, __half v) { *p = v; }
 
+/* What a widening to F32 adds on the way (to_f32_nchw): v[b, c] for output row c of batch row b,
+ * and a residual of the output's shape; either NULL. Stores to other types take none. */
+struct tr_epilogue {
+    const float *v, *r;
+};
+template <typename Tin, typename Tout>
+__device__ __forceinline__ void tr_store_ep(Tout *p, Tin v, const tr_epilogue &, int64_t, int64_t) {
+    tr_store(p, v);
+}
+template <typename Tin>
+__device__ __forceinline__ void tr_store_ep(float *p, Tin v, const tr_epilogue &ep, int64_t vi, int64_t ri) {
+    float s = cu_f32(v);
+    if (ep.v) s += ep.v[vi];
+    if (ep.r) s += ep.r[ri];
+    *p = s;
+}
+
 template <typename T, typename Tout = T>
-__global__ void k_transpose(const T *x, Tout *y, int64_t R, int64_t C, int64_t tiles_c) {
+__global__ void k_transpose(const T *x, Tout *y, int64_t R, int64_t C, int64_t tiles_c, tr_epilogue ep) {
     /* x: [B, R, C] -> y: [B, C, R]; blockIdx.y = b; blockIdx.x = tile (row-tile · tiles_c + col-tile);
      * 32x8 threads move a 32x32 tile through shared memory (+1 column: no bank conflicts) */
     __shared__ T tile[TR_TILE][TR_TILE + 1];
@@ -250,17 +267,17 @@ __global__ void k_transpose(const T *x, Tout *y, int64_t R, int64_t C, int64_t t
     __syncthreads();
     for (int j = threadIdx.y; j < TR_TILE; j += blockDim.y) {
         const int64_t c = c0 + j, r = r0 + threadIdx.x;
-        if (r < R && c < C) tr_store(&yb[c * R + r], tile[threadIdx.x][j]);
+        if (r < R && c < C) tr_store_ep(&yb[c * R + r], tile[threadIdx.x][j], ep, b * C + c, b * R * C + c * R + r);
     }
 }
 
 template <typename T, typename Tout = T>
-static sd_status transpose(const T *x, Tout *y, int64_t B, int64_t R, int64_t C) {
+static sd_status transpose(const T *x, Tout *y, int64_t B, int64_t R, int64_t C, tr_epilogue ep = {nullptr, nullptr}) {
     if (B <= 0 || R <= 0 || C <= 0) return SD_OK;
     if (B > 65535) return sd_fail(SD_ERR_UNSUPPORTED, "cuda transpose: batch %lld over 65535", (long long)B);
     const int64_t tiles_r = (R + TR_TILE - 1) / TR_TILE, tiles_c = (C + TR_TILE - 1) / TR_TILE;
     dim3 grid((unsigned)(tiles_r * tiles_c), (unsigned)B), block(TR_TILE, 8);
-    CU_LAUNCH((k_transpose<T, Tout>), grid, block, 0, cu_cur()->stream)(x, y, R, C, tiles_c);
+    CU_LAUNCH((k_transpose<T, Tout>), grid, block, 0, cu_cur()->stream)(x, y, R, C, tiles_c, ep);
     LAUNCH_CHECK("transpose");
     return SD_OK;
 }
@@ -277,8 +294,9 @@ sd_status cu_f16_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C, in
     return transpose(x, cu_half(y), B, C, S);
 }
 
-sd_status cu_f16_to_f32_nchw(const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S) {
-    return transpose(cu_half(x), y, B, S, C);
+sd_status cu_f16_to_f32_nchw(const sd_f16 *x, const float *v, const float *r, float *y, int64_t B, int64_t C,
+                             int64_t S) {
+    return transpose(cu_half(x), y, B, S, C, tr_epilogue{v, r});
 }
 
 /* ---- channels-last (NHWC) forms of the feature-map ops (sd_f16_ops.*_nhwc): a row is one pixel's
@@ -560,20 +578,21 @@ sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, flo
     return SD_OK;
 }
 
-__global__ void k_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
+__global__ void k_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
     /* x, dx: [M, 2N]; dy: [M, N]; y = h · gelu(g) */
     CU_ROWS_COLS(m, n, M, N) {
         const int64_t ih = m * 2 * N + n, ig = ih + N;
         const float h = x[ih], g = x[ig], d = dy[m * N + n];
-        dx[ih] += d * cu_gelu(g);
-        dx[ig] += d * h * cu_gelu_grad(g);
+        const float dh = d * cu_gelu(g), dg = d * h * cu_gelu_grad(g);
+        dx[ih] = accumulate ? dx[ih] + dh : dh;
+        dx[ig] = accumulate ? dx[ig] + dg : dg;
     }
 }
 
-sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
+sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
     if (M * N <= 0 || !dx) return SD_OK;
     const int threads = cu_row_threads(N);
-    CU_LAUNCH(k_geglu_backward, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, dy, dx, M, N);
+    CU_LAUNCH(k_geglu_backward, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, dy, dx, M, N, accumulate);
     LAUNCH_CHECK("geglu_backward");
     return SD_OK;
 }
@@ -631,21 +650,26 @@ sd_status cu_add_channel_bias_backward(const float *dy, float *dv, int64_t B, in
 }
 
 __global__ void k_concat_backward_part(const float *dy, float *d, int64_t B, int64_t Cpart,
-                                       int64_t Ctotal, int64_t offset_c, int64_t S) {
-    /* d: [B, Cpart, S] += dy[:, offset_c : offset_c + Cpart, :] of dy: [B, Ctotal, S] */
+                                       int64_t Ctotal, int64_t offset_c, int64_t S, int accumulate) {
+    /* d: [B, Cpart, S] += (or =) dy[:, offset_c : offset_c + Cpart, :] of dy: [B, Ctotal, S] */
     const int64_t per_b = Cpart * S;
-    CU_ROWS_COLS(b, r, B, per_b) d[b * per_b + r] += dy[b * Ctotal * S + offset_c * S + r];
+    CU_ROWS_COLS(b, r, B, per_b) {
+        const float g = dy[b * Ctotal * S + offset_c * S + r];
+        d[b * per_b + r] = accumulate ? d[b * per_b + r] + g : g;
+    }
 }
 
 sd_status cu_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca,
-                                      int64_t Cb, int64_t S) {
+                                      int64_t Cb, int64_t S, int accumulate) {
     cudaStream_t st = cu_cur()->stream;
     if (da && B * Ca * S > 0) {
-        CU_LAUNCH(k_concat_backward_part, cu_rows_grid(B, Ca * S, EW_THREADS), EW_THREADS, 0, st)(dy, da, B, Ca, Ca + Cb, 0, S);
+        CU_LAUNCH(k_concat_backward_part, cu_rows_grid(B, Ca * S, EW_THREADS), EW_THREADS, 0, st)(dy, da, B, Ca, Ca + Cb, 0, S,
+                                                                                                  accumulate);
         LAUNCH_CHECK("concat_channels_backward a");
     }
     if (dc && B * Cb * S > 0) {
-        CU_LAUNCH(k_concat_backward_part, cu_rows_grid(B, Cb * S, EW_THREADS), EW_THREADS, 0, st)(dy, dc, B, Cb, Ca + Cb, Ca, S);
+        CU_LAUNCH(k_concat_backward_part, cu_rows_grid(B, Cb * S, EW_THREADS), EW_THREADS, 0, st)(dy, dc, B, Cb, Ca + Cb, Ca, S,
+                                                                                                  accumulate);
         LAUNCH_CHECK("concat_channels_backward c");
     }
     return SD_OK;
@@ -671,8 +695,8 @@ __device__ __forceinline__ int64_t nearest_src(int64_t dst, int64_t in, float ra
 }
 
 __global__ void k_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
-                                            int64_t Ho, int64_t Wo, float sh, float sw) {
-    /* dy: [N, Ho, Wo] -> dx: [N, H, W] += Σ over the dst pixels mapped to each src pixel */
+                                            int64_t Ho, int64_t Wo, float sh, float sw, int accumulate) {
+    /* dy: [N, Ho, Wo] -> dx: [N, H, W] += (or =) Σ over the dst pixels mapped to each src pixel */
     GRID_STRIDE(i, N * H * W) {
         const int64_t ix = i % W, t = i / W, iy = t % H, n = t / H;
         int64_t y0, y1, x0, x1;
@@ -685,17 +709,21 @@ __global__ void k_upsample_nearest_backward(const float *dy, float *dx, int64_t 
             for (int64_t ox = x0; ox <= x1; ox++)
                 if (nearest_src(ox, W, sw) == ix) acc += row[ox];
         }
-        dx[i] += acc;
+        dx[i] = accumulate ? dx[i] + acc : acc;
     }
 }
 
 sd_status cu_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
-                                       int64_t Ho, int64_t Wo) {
+                                       int64_t Ho, int64_t Wo, int accumulate) {
     const int64_t n = N * H * W;
-    if (n <= 0 || Ho <= 0 || Wo <= 0 || !dx) return SD_OK;
+    if (n <= 0 || !dx) return SD_OK;
+    if (Ho <= 0 || Wo <= 0) { /* nothing maps to dx: it stays, or becomes the empty sum */
+        if (!accumulate) CUDA_CHECK(cudaMemsetAsync(dx, 0, (size_t)n * sizeof(float), cu_cur()->stream));
+        return SD_OK;
+    }
     const float sh = (float)H / (float)Ho, sw = (float)W / (float)Wo;
     CU_LAUNCH(k_upsample_nearest_backward, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
-        dy, dx, N, H, W, Ho, Wo, sh, sw);
+        dy, dx, N, H, W, Ho, Wo, sh, sw, accumulate);
     LAUNCH_CHECK("upsample_nearest_backward");
     return SD_OK;
 }

@@ -284,18 +284,26 @@ template <int STEP> struct gn_vals {
 /* One pass of the GroupNorm data gradient over [lo, hi) of a group, STEP values per load (a step
  * never straddles two channels: S is a multiple of STEP). !APPLY: this thread's share of
  * (Σ dx̂, Σ dx̂ · x̂) added to *a, *b. APPLY: dx += rstd · (γ dz − ma − x̂ · mb), with ma, mb the
- * group's means of those sums. */
+ * group's means of those sums (dx = that when !accumulate: dx is not read). */
 template <int STEP, bool APPLY>
 __device__ __forceinline__ void gn_bwd_pass(const float *xg, const float *dyg, float *dxg, int64_t lo, int64_t hi,
                                             int64_t ch0, int64_t S, const float *gamma, const float *beta, float mean,
-                                            float rstd, int silu, double *a, double *b, float ma, float mb) {
+                                            float rstd, int silu, double *a, double *b, float ma, float mb,
+                                            int accumulate) {
     for (int64_t i = lo + (int64_t)threadIdx.x * STEP; i < hi; i += (int64_t)blockDim.x * STEP) {
         const int64_t ch = ch0 + i / S;
         const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
         gn_vals<STEP> xv, dv, ov;
         xv.load(xg + i);
         dv.load(dyg + i);
-        if constexpr (APPLY) ov.load(dxg + i);
+        if constexpr (APPLY) {
+            if (accumulate) {
+                ov.load(dxg + i);
+            } else {
+#pragma unroll
+                for (int k = 0; k < STEP; k++) ov.v[k] = 0.0f; /* 0 + d = d: the overwrite is exact */
+            }
+        }
 #pragma unroll
         for (int k = 0; k < STEP; k++) {
             float xh, dz;
@@ -326,9 +334,9 @@ __global__ void k_gn_bwd_partial(const float *x, const float *gamma, const float
     if (hi > count) hi = count;
     double a = 0.0, b = 0.0;
     if (gn_bwd_step(xg + lo, dyg + lo, NULL, hi - lo, S) == 4)
-        gn_bwd_pass<4, false>(xg, dyg, NULL, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, &a, &b, 0.0f, 0.0f);
+        gn_bwd_pass<4, false>(xg, dyg, NULL, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, &a, &b, 0.0f, 0.0f, 0);
     else
-        gn_bwd_pass<1, false>(xg, dyg, NULL, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, &a, &b, 0.0f, 0.0f);
+        gn_bwd_pass<1, false>(xg, dyg, NULL, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, &a, &b, 0.0f, 0.0f, 0);
     a = cu_block_sum_d(a, smem);
     b = cu_block_sum_d(b, smem);
     if (threadIdx.x == 0) {
@@ -339,7 +347,7 @@ __global__ void k_gn_bwd_partial(const float *x, const float *gamma, const float
 
 __global__ void k_gn_bwd_dx(const float *x, const float *gamma, const float *beta, const float *dy,
                             const float *stats, const double *partial, int chunks, int64_t C, int64_t S,
-                            int64_t cpg, int64_t count, int silu, float *dx) {
+                            int64_t cpg, int64_t count, int silu, int accumulate, float *dx) {
     __shared__ float coef[2]; /* mean_g(dx̂), mean_g(dx̂·x̂) */
     const int64_t bg = blockIdx.y;
     const int64_t g = bg % (C / cpg);
@@ -361,10 +369,10 @@ __global__ void k_gn_bwd_dx(const float *x, const float *gamma, const float *bet
     if (hi > count) hi = count;
     if (gn_bwd_step(xg + lo, dyg + lo, dxg + lo, hi - lo, S) == 4)
         gn_bwd_pass<4, true>(xg, dyg, dxg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, NULL, NULL, coef[0],
-                             coef[1]);
+                             coef[1], accumulate);
     else
         gn_bwd_pass<1, true>(xg, dyg, dxg, lo, hi, g * cpg, S, gamma, beta, mean, rstd, silu, NULL, NULL, coef[0],
-                             coef[1]);
+                             coef[1], accumulate);
 }
 
 __global__ void k_gn_bwd_params(const float *x, const float *gamma, const float *beta, const float *dy,
@@ -395,7 +403,7 @@ __global__ void k_gn_bwd_params(const float *x, const float *gamma, const float 
 
 sd_status cu_group_norm_backward(const float *x, const float *gamma, const float *beta, const float *dy,
                                  float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
-                                 int groups, float eps, int silu) {
+                                 int groups, float eps, int silu, int accumulate) {
     if (groups <= 0 || C % groups) return sd_fail(SD_ERR_SHAPE, "cuda group norm backward: %lld channels, %d groups", (long long)C, groups);
     const int64_t n_groups = B * groups, cpg = C / groups, count = cpg * S;
     if (n_groups <= 0 || count <= 0 || (!dx && !dgamma && !dbeta)) return SD_OK;
@@ -411,7 +419,8 @@ sd_status cu_group_norm_backward(const float *x, const float *gamma, const float
     if (dx) {
         CU_LAUNCH(k_gn_bwd_partial, grid, GN_THREADS, 0, st)(x, gamma, beta, dy, stats, C, S, cpg, count, silu, chunks, partial2);
         LAUNCH_CHECK("group_norm_backward partial");
-        CU_LAUNCH(k_gn_bwd_dx, grid, GN_THREADS, 0, st)(x, gamma, beta, dy, stats, partial2, chunks, C, S, cpg, count, silu, dx);
+        CU_LAUNCH(k_gn_bwd_dx, grid, GN_THREADS, 0, st)(x, gamma, beta, dy, stats, partial2, chunks, C, S, cpg, count, silu,
+                                                       accumulate, dx);
         LAUNCH_CHECK("group_norm_backward dx");
     }
     if (dgamma || dbeta) {

@@ -129,9 +129,13 @@ typedef struct sd_f16_ops {
      * the order of the values in memory differs. NULL where a backend has none (the nn layer then
      * keeps maps NCHW). ---- */
     /* F32 NCHW x [B, C, S] -> fp16 y [B, S, C] (rounded once), and fp16 [B, S, C] -> F32 NCHW
-     * (exact): a map entering and leaving channels-last storage in one pass */
+     * (exact): a map entering and leaving channels-last storage in one pass. The widening may add
+     * on the way, in F32 and in this order, v[b, c] and r[b, c, s] (F32 NCHW, the output's shape;
+     * either NULL): y = (x + v) + r, the sums add_channel_bias and add would make after it (a
+     * gradient step's convolution epilogue, nn.c). */
     sd_status (*to_f16_nhwc)(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S);
-    sd_status (*to_f32_nchw)(const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S);
+    sd_status (*to_f32_nchw)(const sd_f16 *x, const float *v, const float *r, float *y, int64_t B, int64_t C,
+                             int64_t S);
     /* x [B, H, W, Ci], w [Co, kh, kw, Ci] (KRSC), y [B, Ho, Wo, Co]; symmetric padding only
      * (pad_top on both sides of the rows, pad_left of the columns). */
     sd_status (*conv2d_nhwc)(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v,
@@ -266,18 +270,23 @@ typedef struct sd_backend {
     sd_status (*conv2d_backward_params)(const float *dy, const float *x, float *dw, float *db,
                                         const sd_conv_geom *g);
     /* group norm (+ fused SiLU when `silu`): x is the forward input; gamma/beta as in forward
-     * (beta is needed to rebuild the pre-SiLU value); dx, dgamma, dbeta may each be NULL. */
+     * (beta is needed to rebuild the pre-SiLU value); dx, dgamma, dbeta may each be NULL.
+     * accumulate (here and in the four ops below that take it): 1 adds into the data gradients,
+     * as every backward op does; 0 writes them without reading them (a first contribution: the
+     * backward then needs no zero-filled buffer). dgamma and dbeta always add. */
     sd_status (*group_norm_backward)(const float *x, const float *gamma, const float *beta,
                                      const float *dy, float *dx, float *dgamma, float *dbeta,
-                                     int64_t B, int64_t C, int64_t S, int groups, float eps, int silu);
+                                     int64_t B, int64_t C, int64_t S, int groups, float eps, int silu,
+                                     int accumulate);
     /* layer norm over rows of x[M, C]; dx, dgamma, dbeta may each be NULL. */
     sd_status (*layer_norm_backward)(const float *x, const float *gamma, const float *dy, float *dx,
                                      float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
     /* dx[i] += dy[i] · f'(x[i]) */
     sd_status (*unary_backward)(sd_unary_op op, const float *x, const float *dy, float *dx,
                                 int64_t n, float alpha);
-    /* GEGLU: x[M, 2N] forward input, dy[M, N] -> dx[M, 2N] */
-    sd_status (*geglu_backward)(const float *x, const float *dy, float *dx, int64_t M, int64_t N);
+    /* GEGLU: x[M, 2N] forward input, dy[M, N] -> dx[M, 2N] (+= when accumulate) */
+    sd_status (*geglu_backward)(const float *x, const float *dy, float *dx, int64_t M, int64_t N,
+                                int accumulate);
     /* y[i] += alpha · x[i] (the backward of add, sub, axpby, copies and views) */
     sd_status (*axpy)(float alpha, const float *x, float *y, int64_t n);
     /* y[i] += coef[0] · x[i], coef in the backend's memory (the backward of axpby_dev) */
@@ -287,18 +296,21 @@ typedef struct sd_backend {
     /* add_channel_bias: dv[b, c] += Σ_s dy[b, c, s] (dx += dy is an axpy) */
     sd_status (*add_channel_bias_backward)(const float *dy, float *dv, int64_t B, int64_t C,
                                            int64_t S);
-    /* concat_channels: da += dy[:, :Ca], dc += dy[:, Ca:] (either may be NULL) */
+    /* concat_channels: da += dy[:, :Ca], dc += dy[:, Ca:] (either may be NULL; = when not
+     * accumulate) */
     sd_status (*concat_channels_backward)(const float *dy, float *da, float *dc, int64_t B,
-                                          int64_t Ca, int64_t Cb, int64_t S);
-    /* nearest resize: dx[src] += dy[dst] for every dst mapped to src */
+                                          int64_t Ca, int64_t Cb, int64_t S, int accumulate);
+    /* nearest resize: dx[src] += dy[dst] for every dst mapped to src (dx[src] = that sum when not
+     * accumulate) */
     sd_status (*upsample_nearest_backward)(const float *dy, float *dx, int64_t N, int64_t H,
-                                           int64_t W, int64_t Ho, int64_t Wo);
-    /* fused attention (no maps kept): recomputes the maps; dq, dk, dv may each be NULL.
-     * `out` is the forward output (for rowsum(dO ⊙ O), as flash-attention backward uses). */
+                                           int64_t W, int64_t Ho, int64_t Wo, int accumulate);
+    /* fused attention (no maps kept): recomputes the maps; dq, dk, dv may each be NULL (the
+     * others written, not added to, when not accumulate). `out` is the forward output (for
+     * rowsum(dO ⊙ O), as flash-attention backward uses). */
     sd_status (*attention_backward)(const float *q, const float *k, const float *v,
                                     const float *out, const float *dout, float *dq, float *dk,
                                     float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
-                                    int Dv, float scale, int causal);
+                                    int Dv, float scale, int causal, int accumulate);
     /* maps from scores: probs[B·H, Sq, Sk] = softmax(scale q kᵀ); given dprobs, accumulate
      * dq, dk (either may be NULL): dS = P ⊙ (dP − rowsum(dP ⊙ P)). */
     sd_status (*attention_probs_backward)(const float *q, const float *k, const float *probs,

@@ -159,8 +159,10 @@ sd_tensor *sd_conv2d_pad4(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int strid
                           int pad_left, int pad_bottom, int pad_right);
 /* A resnet's convolution with what follows it: conv(x) + chan_bias[b, c] (F32 [B, Co]: the time
  * embedding) + residual (the output's shape: the skip connection); either may be NULL. With fp16
- * storage the convolution's epilogue adds both (one pass instead of three); otherwise they are the
- * separate ops sd_add_channel_bias and sd_add(residual, ·), recorded as such. */
+ * storage the convolution's epilogue adds both (one pass instead of three); a fast gradient step's
+ * convolution on fp16 copies adds them in F32 in its widening pass (the same sums, one pass),
+ * recorded on the tape as the separate ops; otherwise they are the separate ops
+ * sd_add_channel_bias and sd_add(residual, ·). */
 sd_tensor *sd_conv2d_fused(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad, sd_tensor *chan_bias,
                            sd_tensor *residual);
 /* x[B, C, ...] -> same shape. */

@@ -199,10 +199,11 @@ static sd_status p_conv2d_backward_params(const float *dy, const float *x, float
 }
 static sd_status p_group_norm_backward(const float *x, const float *gamma, const float *beta, const float *dy, float *dx,
                                        float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S, int groups,
-                                       float eps, int silu) {
+                                       float eps, int silu, int accumulate) {
     LABEL("group_norm_backward%s C%lld S%lld b%lld", silu ? "+silu" : "", (long long)C, (long long)S, (long long)B);
-    TIMED(SD_PROF_NORM, 0, F4 * 3 * B * C * S,
-          inner->group_norm_backward(x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu));
+    /* x read twice (statistics, data gradient), dy, dx written (and read when accumulating) */
+    TIMED(SD_PROF_NORM, 0, F4 * (accumulate ? 5 : 4) * B * C * S,
+          inner->group_norm_backward(x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu, accumulate));
 }
 static sd_status p_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx, float *dgamma,
                                        float *dbeta, int64_t M, int64_t C, float eps) {
@@ -211,8 +212,9 @@ static sd_status p_layer_norm_backward(const float *x, const float *gamma, const
 static sd_status p_unary_backward(sd_unary_op op, const float *x, const float *dy, float *dx, int64_t n, float alpha) {
     TIMED(SD_PROF_MEMORY, 0, F4 * 3 * n, inner->unary_backward(op, x, dy, dx, n, alpha));
 }
-static sd_status p_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
-    TIMED(SD_PROF_MEMORY, 0, F4 * 5 * M * N, inner->geglu_backward(x, dy, dx, M, N));
+static sd_status p_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
+    /* x [M, 2N] and dy [M, N] read, dx [M, 2N] written (and read when accumulating) */
+    TIMED(SD_PROF_MEMORY, 0, F4 * (accumulate ? 7 : 5) * M * N, inner->geglu_backward(x, dy, dx, M, N, accumulate));
 }
 static sd_status p_axpy(float alpha, const float *x, float *y, int64_t n) {
     TIMED(SD_PROF_MEMORY, 0, F4 * 3 * n, inner->axpy(alpha, x, y, n));
@@ -224,20 +226,22 @@ static sd_status p_add_channel_bias_backward(const float *dy, float *dv, int64_t
     TIMED(SD_PROF_MEMORY, 0, F4 * B * C * S, inner->add_channel_bias_backward(dy, dv, B, C, S));
 }
 static sd_status p_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca, int64_t Cb,
-                                            int64_t S) {
-    TIMED(SD_PROF_MEMORY, 0, F4 * 3 * B * (Ca + Cb) * S, inner->concat_channels_backward(dy, da, dc, B, Ca, Cb, S));
+                                            int64_t S, int accumulate) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * (accumulate ? 3 : 2) * B * (Ca + Cb) * S,
+          inner->concat_channels_backward(dy, da, dc, B, Ca, Cb, S, accumulate));
 }
 static sd_status p_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W, int64_t Ho,
-                                             int64_t Wo) {
-    TIMED(SD_PROF_MEMORY, 0, F4 * N * (Ho * Wo + 2 * H * W), inner->upsample_nearest_backward(dy, dx, N, H, W, Ho, Wo));
+                                             int64_t Wo, int accumulate) {
+    TIMED(SD_PROF_MEMORY, 0, F4 * N * (Ho * Wo + (accumulate ? 2 : 1) * H * W),
+          inner->upsample_nearest_backward(dy, dx, N, H, W, Ho, Wo, accumulate));
 }
 /* flash-style backward: S recomputed, dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q */
 static sd_status p_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                       const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
-                                      int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+                                      int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate) {
     label_attention("attention_backward", B, Sq, Sk, H, D);
     TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * (3.0 * D + 2.0 * Dv), F4 * 2 * attention_values(B, Sq, Sk, H, D, Dv),
-          inner->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal));
+          inner->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate));
 }
 static sd_status p_attention_probs_backward(const float *q, const float *k, const float *probs, const float *dprobs,
                                             float *dq, float *dk, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
@@ -345,8 +349,10 @@ static sd_status q_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, 
 static sd_status q_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
     TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * B * C * S, inner16->to_f16_nhwc(x, y, B, C, S));
 }
-static sd_status q_to_f32_nchw(const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S) {
-    TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * B * C * S, inner16->to_f32_nchw(x, y, B, C, S));
+static sd_status q_to_f32_nchw(const sd_f16 *x, const float *v, const float *r, float *y, int64_t B, int64_t C,
+                               int64_t S) {
+    LABEL("to_f32_nchw%s%s", v ? "+bias" : "", r ? "+residual" : "");
+    TIMED(SD_PROF_MEMORY, 0, (F4 + F2 + (r ? F4 : 0)) * B * C * S, inner16->to_f32_nchw(x, v, r, y, B, C, S));
 }
 static sd_status q_conv2d_nhwc(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r,
                                sd_f16 *y, const sd_conv_geom *g) {

@@ -1,9 +1,10 @@
 /* autograd.c: the tape's recording primitives, the reverse pass, losses, parameters and Adam
  * (see autograd.h). Each node's backward is a handful of backend calls; gradients accumulate in
  * arena buffers that are zero-filled on first use (unless the first contribution fills the buffer
- * itself: a handed-on dL/dy, a transpose, the bf16 data gradients' overwrite), an add's two inputs
- * share dL/dy until one is written while the other still reads it (tape.h, `shared`), and a node's
- * buffer is recycled (tape.h, `spare`) once its backward has consumed it. */
+ * itself: a handed-on dL/dy, a transpose, an op that overwrites its data gradients, see
+ * data_grads_out), an add's two inputs share dL/dy until one is written while the other still
+ * reads it (tape.h, `shared`), and a node's buffer is recycled (tape.h, `spare`) once its
+ * backward has consumed it. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -223,12 +224,15 @@ static const float *f32c(const sd_tensor *t) { return t ? (const float *)t->data
 
 /* Fast mode (the context's forwards store fp16) multiplies a linear's data gradient on the frozen
  * weight's bf16 copy (sd_f16_ops.linear_backward_data_bf16w): the FAST_16BF GEMM's arithmetic on
- * native operands. A weight that trains, or one not bound from a checkpoint, keeps the F32 op. */
+ * native operands. A weight that trains, or one not bound from a checkpoint, keeps the F32 op. The
+ * weight is a matrix [N, K] or a 1x1 kernel [N, K, 1, 1] (SD v1.x's proj_in and proj_out, which
+ * sd_linear runs as linears): the same memory. */
 static int bf16_data_gradient(const sd_ctx *c, const sd_tape_node *n) {
     const sd_tensor *w = n->in[1];
     const sd_f16_ops *o = c->be->f16;
+    const int matrix = w->ndim == 2 || (w->ndim == 4 && w->shape[2] == 1 && w->shape[3] == 1);
     return c->activations == SD_F16 && !c->f32_data_grads && o && o->linear_backward_data_bf16w && o->to_bf16 &&
-           n->attr.linear.frozen && !w->requires_grad && w->ndim == 2;
+           n->attr.linear.frozen && !w->requires_grad && matrix;
 }
 
 /* The same for a frozen UNet convolution at stride 1: its data gradient is the convolution of dy
@@ -295,19 +299,36 @@ static void grad_add_scaled(sd_ctx *c, sd_tape_node *n, int i, float alpha, cons
     if (d) BWD(c, n, axpy, alpha, dy, d, len);
 }
 
-/* Where an op that can overwrite (the bf16 data gradients: their `accumulate` flag) puts input 0's
- * gradient: a fresh, unfilled buffer that becomes that input's gradient when this is its first
- * contribution (*accumulate = 0: no zero fill for the op to read back), else the gradient to add
- * into (*accumulate = 1). NULL when the input needs none. */
-static float *data_grad_out(sd_ctx *c, sd_tape_node *n, int *accumulate) {
-    sd_tape_node *p = first_grad_of_input(c, n, 0);
-    *accumulate = 1;
-    if (!p) return in_grad(c, n, 0);
-    sd_tensor *g = scratch_like(c, n->in[0]);
-    if (!g) return NULL;
-    p->grad = g;
-    *accumulate = 0;
-    return sd_f32(g);
+/* Where an op that can overwrite its data gradients (its `accumulate` flag: the bf16 data
+ * gradients, group norm, GEGLU, concat, upsample, attention) puts the gradients of the inputs in
+ * `which` (bit i: input i) into out[0..3). When every one of them that needs a gradient gets its
+ * first contribution here (from distinct producers), each gets a fresh, unfilled buffer that
+ * becomes its gradient, and the op overwrites them (returns 0: no zero fill for the op to read
+ * back). Otherwise each gets the gradient to add into, zero-filled on first use (returns 1: the op
+ * accumulates). out[i] is NULL where input i needs no gradient or is not in `which`. */
+static int data_grads_out(sd_ctx *c, sd_tape_node *n, unsigned which, float *out[3]) {
+    sd_tape_node *first[3] = {NULL, NULL, NULL};
+    int fresh = 1;
+    for (int i = 0; i < 3; i++) {
+        out[i] = NULL;
+        if (!(which & (1u << i)) || !sd_tape_needs_grad(c, n->in[i])) continue;
+        first[i] = first_grad_of_input(c, n, i);
+        for (int j = 0; j < i; j++)
+            if (first[i] && first[j] == first[i]) first[i] = NULL; /* one tensor twice: they add up */
+        if (!first[i]) fresh = 0;
+    }
+    for (int i = 0; i < 3 && c->status == SD_OK; i++) {
+        if (!(which & (1u << i))) continue;
+        if (!fresh || !first[i]) {
+            out[i] = in_grad(c, n, i);
+            continue;
+        }
+        sd_tensor *g = scratch_like(c, n->in[i]);
+        if (!g) return 1;
+        first[i]->grad = g;
+        out[i] = sd_f32(g);
+    }
+    return !fresh;
 }
 
 static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *seed);
@@ -371,8 +392,9 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         const int64_t N = w->shape[0], K = w->shape[1], M = sd_numel(x) / K;
         float *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
         if (bf16_data_gradient(c, n)) {
-            int accumulate = 1;
-            float *dx = data_grad_out(c, n, &accumulate);
+            float *out[3];
+            const int accumulate = data_grads_out(c, n, 1u, out);
+            float *dx = out[0];
             const sd_f16 *wb = dx ? sd_lowp_weight_bf16(c, w) : NULL;
             if (wb) sd_ctx_check(c, c->be->f16->linear_backward_data_bf16w(dy, wb, dx, M, K, N, accumulate));
         } else {
@@ -386,8 +408,9 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         const sd_conv_geom *g = &n->attr.conv.g;
         float *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
         if (bf16_conv_data_gradient(c, n)) {
-            int accumulate = 1;
-            float *dx = data_grad_out(c, n, &accumulate);
+            float *out[3];
+            const int accumulate = data_grads_out(c, n, 1u, out);
+            float *dx = out[0];
             const sd_f16 *wt = dx ? sd_lowp_conv_weight_bf16t(c, n->in[1]) : NULL;
             if (wt) sd_ctx_check(c, c->be->f16->conv2d_backward_data_bf16w(dy, wt, dx, g, accumulate));
         } else {
@@ -399,9 +422,11 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
     }
     case SD_OP_GROUP_NORM: {
         const int64_t B = x->shape[0], C = x->shape[1], S = sd_numel(x) / (B * C);
-        float *dx = in_grad(c, n, 0), *dg = in_grad(c, n, 1), *db = in_grad(c, n, 2);
-        BWD(c, n, group_norm_backward, f32c(x), f32c(n->in[1]), f32c(n->in[2]), dy, dx, dg, db, B,
-            C, S, n->attr.norm.groups, n->attr.norm.eps, n->attr.norm.silu);
+        float *out[3];
+        const int accumulate = data_grads_out(c, n, 1u, out);
+        float *dg = in_grad(c, n, 1), *db = in_grad(c, n, 2);
+        BWD(c, n, group_norm_backward, f32c(x), f32c(n->in[1]), f32c(n->in[2]), dy, out[0], dg, db, B,
+            C, S, n->attr.norm.groups, n->attr.norm.eps, n->attr.norm.silu, accumulate);
         return;
     }
     case SD_OP_LAYER_NORM: {
@@ -456,15 +481,18 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
     }
     case SD_OP_GEGLU: {
         const int64_t N = y->shape[y->ndim - 1], M = sd_numel(y) / N;
-        float *dx = in_grad(c, n, 0);
-        if (dx) BWD(c, n, geglu_backward, f32c(x), dy, dx, M, N);
+        float *out[3];
+        const int accumulate = data_grads_out(c, n, 1u, out);
+        if (out[0]) BWD(c, n, geglu_backward, f32c(x), dy, out[0], M, N, accumulate);
         return;
     }
     case SD_OP_CONCAT_CHANNELS: {
         const sd_tensor *a = n->in[0], *b = n->in[1];
         const int64_t B = a->shape[0], S = a->shape[2] * a->shape[3];
-        float *da = in_grad(c, n, 0), *db = in_grad(c, n, 1);
-        if (da || db) BWD(c, n, concat_channels_backward, dy, da, db, B, a->shape[1], b->shape[1], S);
+        float *out[3];
+        const int accumulate = data_grads_out(c, n, 3u, out);
+        if (out[0] || out[1])
+            BWD(c, n, concat_channels_backward, dy, out[0], out[1], B, a->shape[1], b->shape[1], S, accumulate);
         return;
     }
     case SD_OP_CONCAT0: {
@@ -476,10 +504,11 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         return;
     }
     case SD_OP_UPSAMPLE: {
-        float *dx = in_grad(c, n, 0);
-        if (dx)
-            BWD(c, n, upsample_nearest_backward, dy, dx, x->shape[0] * x->shape[1], x->shape[2],
-                x->shape[3], y->shape[2], y->shape[3]);
+        float *out[3];
+        const int accumulate = data_grads_out(c, n, 1u, out);
+        if (out[0])
+            BWD(c, n, upsample_nearest_backward, dy, out[0], x->shape[0] * x->shape[1], x->shape[2],
+                x->shape[3], y->shape[2], y->shape[3], accumulate);
         return;
     }
     case SD_OP_TRANSPOSE: {
@@ -511,10 +540,11 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
     case SD_OP_ATTENTION: {
         const sd_tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
         const int H = n->attr.attn.heads;
-        float *dq = in_grad(c, n, 0), *dk = in_grad(c, n, 1), *dv = in_grad(c, n, 2);
-        BWD(c, n, attention_backward, f32c(q), f32c(k), f32c(v), f32c(y), dy, dq, dk, dv,
+        float *out[3];
+        const int accumulate = data_grads_out(c, n, 7u, out);
+        BWD(c, n, attention_backward, f32c(q), f32c(k), f32c(v), f32c(y), dy, out[0], out[1], out[2],
             q->shape[0], q->shape[1], k->shape[1], H, (int)(q->shape[2] / H), (int)(v->shape[2] / H),
-            n->attr.attn.scale, n->attr.attn.causal);
+            n->attr.attn.scale, n->attr.attn.causal, accumulate);
         return;
     }
     case SD_OP_ATTN_PROBS: {
@@ -567,7 +597,7 @@ static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *s
     if (!root) return c->status;
     c->tape->n_spare = 0;
     c->tape->n_shared = 0;
-    if (!new_grad_buffer(c, root_out, &root->grad)) return c->status;
+    if (!(root->grad = scratch_like(c, root_out))) return c->status; /* filled next: no zero fill */
     if (seed)
         sd_ctx_check(c, c->be->copy(sd_f32(root->grad), sd_f32(seed), sd_numel(root_out)));
     else

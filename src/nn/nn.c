@@ -350,7 +350,8 @@ sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype) {
     if (!ops) return NULL;
     sd_tensor *y = new_dtype(c, dtype, x->ndim, x->shape);
     if (y && x->channels_last) { /* an F32 map is NCHW: widened and reordered in one pass */
-        sd_ctx_check(c, ops->to_f32_nchw(f16_of(x), sd_f32(y), x->shape[0], x->shape[1], x->shape[2] * x->shape[3]));
+        sd_ctx_check(c, ops->to_f32_nchw(f16_of(x), NULL, NULL, sd_f32(y), x->shape[0], x->shape[1],
+                                         x->shape[2] * x->shape[3]));
         return c->status == SD_OK ? y : NULL;
     }
     if (!y) return NULL;
@@ -617,7 +618,10 @@ static int f32_conv_on_f16_weight(const sd_ctx *c, const sd_conv_w *cw, const sd
            sd_ctx_channels_last(c) && g->batch > 0;
 }
 
-static void conv_f32_via_f16(sd_ctx *c, const sd_tensor *x, const sd_conv_w *cw, sd_tensor *y, const sd_conv_geom *g) {
+/* y = conv(x) (+ v[b, c]) (+ r): the channel bias and residual (F32, either NULL) added in F32 by the
+ * widening pass, as add_channel_bias and add would after it (sd_conv2d_fused) */
+static void conv_f32_via_f16(sd_ctx *c, const sd_tensor *x, const sd_conv_w *cw, sd_tensor *y, const sd_conv_geom *g,
+                             const sd_tensor *v, const sd_tensor *r) {
     const sd_f16_ops *ops = c->be->f16;
     const sd_f16 *wb = lowp_weight_layout(c, cw->weight, LOWP_KRSC);
     if (!wb) return;
@@ -627,12 +631,14 @@ static void conv_f32_via_f16(sd_ctx *c, const sd_tensor *x, const sd_conv_w *cw,
     if (y16 && sd_ctx_check(c, ops->to_f16_nhwc(sd_f32(x), f16_of(x16), g->batch, g->c_in, g->h_in * g->w_in)) &&
         sd_ctx_check(c, ops->conv2d_nhwc(f16_of(x16), wb, cw->bias ? sd_f32(cw->bias) : NULL, NULL, NULL, f16_of(y16),
                                          g)))
-        sd_ctx_check(c, ops->to_f32_nchw(f16_of(y16), sd_f32(y), g->batch, g->c_out, g->h_out * g->w_out));
+        sd_ctx_check(c, ops->to_f32_nchw(f16_of(y16), v ? sd_f32(v) : NULL, r ? sd_f32(r) : NULL, sd_f32(y), g->batch,
+                                         g->c_out, g->h_out * g->w_out));
     sd_arena_reset(c->arena, mark);
 }
 
-/* The convolution; with fp16 storage its epilogue also adds v (F32 [B, Co]) and r (fp16, the
- * output's shape), which callers on F32 tensors pass as NULL (sd_conv2d_fused). */
+/* The convolution, whose epilogue also adds v (F32 [B, Co]) and r (the output's shape and dtype):
+ * in the fp16 convolution's epilogue with fp16 storage, in the F32 widening pass of a gradient
+ * step's convolution on fp16 copies (conv_f32_via_f16), else as separate ops (sd_conv2d_fused). */
 static sd_tensor *conv2d_epilogue(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, int stride, int pad_top, int pad_left,
                                   int pad_bottom, int pad_right, sd_tensor *v, sd_tensor *r) {
     NN_GUARD(c, x, cw, cw->weight);
@@ -661,14 +667,14 @@ static sd_tensor *conv2d_epilogue(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, 
      * asymmetric downsampler has no channels-last form) */
     if (x->dtype == SD_F16 && x->channels_last && (pad_bottom != pad_top || pad_right != pad_left) && !(x = nchw(c, x)))
         return NULL;
+    if (v && (v->dtype != SD_F32 || v->ndim != 2 || v->shape[0] != g.batch || v->shape[1] != g.c_out))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': channel bias %s (expected F32 (%lld, %lld))", w->name,
+                           shape_of(v, a, sizeof a), (long long)g.batch, (long long)g.c_out);
+    const int64_t out_shape[4] = {g.batch, g.c_out, g.h_out, g.w_out};
+    if (r && (r->dtype != x->dtype || r->ndim != 4 || memcmp(r->shape, out_shape, sizeof out_shape)))
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': residual %s (%s) does not match the output (%s)", w->name,
+                           shape_of(r, a, sizeof a), sd_dtype_name(r->dtype), sd_dtype_name(x->dtype));
     if (x->dtype == SD_F16) {
-        if (v && (v->dtype != SD_F32 || v->ndim != 2 || v->shape[0] != g.batch || v->shape[1] != g.c_out))
-            return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': channel bias %s (expected F32 (%lld, %lld))", w->name,
-                               shape_of(v, a, sizeof a), (long long)g.batch, (long long)g.c_out);
-        const int64_t out_shape[4] = {g.batch, g.c_out, g.h_out, g.w_out};
-        if (r && (r->dtype != SD_F16 || r->ndim != 4 || memcmp(r->shape, out_shape, sizeof out_shape)))
-            return sd_ctx_fail(c, SD_ERR_SHAPE, "conv '%s': residual %s (%s) does not match the output", w->name,
-                               shape_of(r, a, sizeof a), sd_dtype_name(r->dtype));
         /* the residual in the output's layout */
         if (r && r->channels_last != x->channels_last && !(r = x->channels_last ? sd_to_channels_last(c, r) : nchw(c, r)))
             return NULL;
@@ -683,18 +689,40 @@ static sd_tensor *conv2d_epilogue(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, 
                                          : ops->conv2d(f16_of(x), wb, b32, v32, r16, f16_of(y), &g));
         return c->status == SD_OK ? y : NULL;
     }
-    if (v || r) return sd_ctx_fail(c, SD_ERR_INTERNAL, "conv '%s': an epilogue on F32 maps", w->name);
-    if (!f32_only(c, x, "conv2d")) return NULL;
+    if (!f32_only(c, x, "conv2d") || (r && !f32_only(c, r, "conv2d residual"))) return NULL;
+    const int via_f16 = f32_conv_on_f16_weight(c, cw, &g, pad_bottom == pad_top && pad_right == pad_left);
     sd_tensor *y = sd_new4(c, 4, g.batch, g.c_out, g.h_out, g.w_out);
     if (!y) return NULL;
-    if (f32_conv_on_f16_weight(c, cw, &g, pad_bottom == pad_top && pad_right == pad_left))
-        conv_f32_via_f16(c, x, cw, y, &g);
+    /* the F32 epilogue rides in the widening pass of a convolution on fp16 copies; elsewhere (exact
+     * mode: the oracle's sums) the convolution's output gets separate ops */
+    const int fused = via_f16 && (v || r);
+    /* what the tape sees is the unfused sequence: the convolution's output (a header over y's memory
+     * when fused: the backward never reads it, a convolution's needs x and W, the adds' only dL/dy),
+     * then y' = conv + v, then y = r + y' */
+    sd_tensor *conv_out = fused ? view_header(c, y, 4, y->shape) : y;
+    if (!conv_out) return NULL;
+    if (via_f16)
+        conv_f32_via_f16(c, x, cw, y, &g, v, r);
     else
         sd_ctx_check(c, c->be->conv2d(sd_f32(x), sd_f32(w), cw->bias ? sd_f32(cw->bias) : NULL, sd_f32(y), &g));
-    sd_tape_node *node = sd_tape_record(c, SD_OP_CONV2D, y, x, cw->weight, cw->bias);
+    sd_tape_node *node = sd_tape_record(c, SD_OP_CONV2D, conv_out, x, cw->weight, cw->bias);
     if (node) {
         node->attr.conv.g = g;
         node->attr.conv.frozen = cw->f16_in_f32;
+    }
+    if (c->status != SD_OK) return NULL;
+    if (!fused) {
+        if (v) y = sd_add_channel_bias(c, y, v);
+        return r ? sd_add(c, r, y) : y;
+    }
+    if (c->tape) {
+        sd_tensor *biased = conv_out;
+        if (v) {
+            biased = r ? view_header(c, y, 4, y->shape) : y;
+            if (!biased) return NULL;
+            sd_tape_record(c, SD_OP_ADD_CHANNEL_BIAS, biased, conv_out, v, NULL);
+        }
+        if (r) sd_tape_record(c, SD_OP_ADD, y, r, biased, NULL);
     }
     return c->status == SD_OK ? y : NULL;
 }
@@ -711,9 +739,9 @@ sd_tensor *sd_conv2d(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, in
 sd_tensor *sd_conv2d_fused(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad, sd_tensor *chan_bias,
                            sd_tensor *residual) {
     if (c->status != SD_OK || !x) return NULL;
-    if (x->dtype == SD_F16 && (!residual || residual->dtype == SD_F16))
+    if (!residual || residual->dtype == x->dtype)
         return conv2d_epilogue(c, x, w, stride, pad, pad, pad, pad, chan_bias, residual);
-    sd_tensor *y = sd_conv2d(c, x, w, stride, pad);
+    sd_tensor *y = sd_conv2d(c, x, w, stride, pad); /* mixed storage: the sums as separate ops */
     if (chan_bias) y = sd_add_channel_bias(c, y, chan_bias);
     return residual ? sd_add(c, residual, y) : y;
 }

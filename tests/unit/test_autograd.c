@@ -224,6 +224,112 @@ static void test_add_shares_its_gradient(void **state) {
     sd_ctx_free(&c);
 }
 
+/* An op's data gradient that is its input's first contribution is written by the op itself
+ * (its `accumulate` flag 0) into an unfilled buffer, instead of being added into a zero-filled one
+ * (autograd.c, data_grads_out): group norm, upsample, concat, GEGLU and attention here. The graph
+ * below leaves three zero fills, all for ops that only accumulate: the leaf's gradient, and the
+ * loss's two inputs (one of which also feeds the attention's q, k and v through three unary ops);
+ * the loss's own gradient is set without one. The gradients equal those of the same backward with
+ * every overwrite replaced by a zero fill and an accumulation. */
+static long zero_fills, overwrites;
+static int emulate_zero_fill; /* 1: the op table turns every overwrite into zero fill + accumulate */
+
+static sd_status counting_zero(void *dst, size_t bytes) {
+    zero_fills++;
+    return counted->zero(dst, bytes);
+}
+/* Before an overwrite: count it, or (emulate_zero_fill) zero the outputs and let the op add. */
+static int overwrite_or_fill(int accumulate, float *a, int64_t na, float *b, int64_t nb, float *c, int64_t nc) {
+    if (accumulate) return 1;
+    overwrites++;
+    if (!emulate_zero_fill) return 0;
+    if (a) memset(a, 0, (size_t)na * sizeof(float));
+    if (b) memset(b, 0, (size_t)nb * sizeof(float));
+    if (c) memset(c, 0, (size_t)nc * sizeof(float));
+    return 1;
+}
+static sd_status counting_group_norm_backward(const float *x, const float *gamma, const float *beta, const float *dy,
+                                              float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
+                                              int groups, float eps, int silu, int accumulate) {
+    accumulate = overwrite_or_fill(accumulate, dx, B * C * S, NULL, 0, NULL, 0);
+    return counted->group_norm_backward(x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu, accumulate);
+}
+static sd_status counting_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N,
+                                         int accumulate) {
+    accumulate = overwrite_or_fill(accumulate, dx, M * 2 * N, NULL, 0, NULL, 0);
+    return counted->geglu_backward(x, dy, dx, M, N, accumulate);
+}
+static sd_status counting_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca,
+                                                   int64_t Cb, int64_t S, int accumulate) {
+    accumulate = overwrite_or_fill(accumulate, da, B * Ca * S, dc, B * Cb * S, NULL, 0);
+    return counted->concat_channels_backward(dy, da, dc, B, Ca, Cb, S, accumulate);
+}
+static sd_status counting_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
+                                                    int64_t Ho, int64_t Wo, int accumulate) {
+    accumulate = overwrite_or_fill(accumulate, dx, N * H * W, NULL, 0, NULL, 0);
+    return counted->upsample_nearest_backward(dy, dx, N, H, W, Ho, Wo, accumulate);
+}
+static sd_status counting_attention_backward(const float *q, const float *k, const float *v, const float *out,
+                                             const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
+                                             int64_t Sk, int H, int D, int Dv, float scale, int causal,
+                                             int accumulate) {
+    accumulate = overwrite_or_fill(accumulate, dq, B * Sq * H * D, dk, B * Sk * H * D, dv, B * Sk * H * Dv);
+    return counted->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal,
+                                       accumulate);
+}
+
+static void test_first_contributions_overwrite(void **state) {
+    (void)state;
+    sd_ctx c;
+    assert_sd_ok(sd_ctx_init_cpu(&c));
+    counted = c.be;
+    sd_backend table = *c.be;
+    table.zero = counting_zero;
+    table.group_norm_backward = counting_group_norm_backward;
+    table.geglu_backward = counting_geglu_backward;
+    table.concat_channels_backward = counting_concat_channels_backward;
+    table.upsample_nearest_backward = counting_upsample_nearest_backward;
+    table.attention_backward = counting_attention_backward;
+    c.be = &table;
+    const int64_t xs[4] = {1, 4, 4, 4};
+    sd_tensor *xh = sd_tensor_new(SD_F32, 4, xs);
+    testutil_fill_normal(sd_f32(xh), sd_numel(xh), 820, 1.0f);
+    sd_tensor *x = sd_param_new(&c, xh, "x");
+    const sd_norm_w gn = {NULL, NULL};
+    sd_tape *tape = sd_tape_new();
+    sd_ctx_set_tape(&c, tape);
+    sd_tensor *grads[2];
+    long fills[2], overwritten[2];
+    for (int k = 0; k < 2; k++) {
+        emulate_zero_fill = k;
+        sd_tensor *u = sd_upsample_nearest(&c, sd_group_norm(&c, sd_silu(&c, x), &gn, 2, 1e-5f, 1), 8, 8);
+        sd_tensor *v = sd_upsample_nearest(&c, sd_unary(&c, SD_UNARY_GELU, x), 8, 8);
+        sd_tensor *tok = sd_nchw_to_tokens(&c, sd_concat_channels(&c, u, v)); /* (1, 64, 8) */
+        sd_tensor *g = sd_geglu(&c, tok);                                      /* (1, 64, 4) */
+        sd_tensor *a = sd_attention(&c, sd_silu(&c, g), sd_unary(&c, SD_UNARY_GELU, g),
+                                    sd_unary(&c, SD_UNARY_QUICK_GELU, g), 2, 0, NULL);
+        zero_fills = overwrites = 0;
+        assert_sd_ok(sd_backward(&c, sd_mse(&c, a, g)));
+        fills[k] = zero_fills;
+        overwritten[k] = overwrites;
+        grads[k] = sd_tensor_clone(x->grad);
+        sd_tape_reset(tape);
+    }
+    print_message("    zero fills %ld, overwriting ops %ld (emulated as fill + add: %ld fills)\n", fills[0],
+                  overwritten[0], fills[1] + overwritten[1]);
+    assert_int_equal(fills[0], 3);       /* x (a leaf), a and g (the mse's inputs) */
+    assert_int_equal(overwritten[0], 6); /* group norm, two upsamples, concat, GEGLU, attention */
+    assert_int_equal(overwritten[1], 6);
+    for (int64_t i = 0; i < sd_numel(grads[0]); i++) assert_true(sd_f32(grads[0])[i] == sd_f32(grads[1])[i]);
+    for (int k = 0; k < 2; k++) sd_tensor_free(grads[k]);
+    sd_ctx_set_tape(&c, NULL);
+    sd_tape_free(tape);
+    sd_tensor_free(x);
+    sd_tensor_free(xh);
+    c.be = counted;
+    sd_ctx_free(&c);
+}
+
 /* ------------------------------------------------------------------------------------------------
  * The tiny UNet against torch autograd
  * --------------------------------------------------------------------------------------------- */
@@ -572,6 +678,7 @@ int main(void) {
         cmocka_unit_test(test_small_graph_matches_finite_differences),
         cmocka_unit_test(test_frozen_paths_record_nothing),
         cmocka_unit_test(test_add_shares_its_gradient),
+        cmocka_unit_test(test_first_contributions_overwrite),
     };
     const struct CMUnitTest unet_tests[] = {
         cmocka_unit_test_setup(test_grad_uncond_context, reset_status),

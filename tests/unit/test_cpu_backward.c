@@ -118,6 +118,23 @@ static void expect_accumulated(const char *what, const float *before, const floa
     if (!(err <= ACC_TOL)) fail_msg("%s: does not accumulate (max relative error %.3g)", what, err);
 }
 
+/* n NaNs: an output that an op overwrites (accumulate 0) must not be read, and a NaN read would
+ * survive into the result. */
+static float *nan_filled(int64_t n) {
+    float *p = zeros(n);
+    for (int64_t i = 0; i < n; i++) p[i] = NAN;
+    return p;
+}
+
+/* got (an overwrite of NaNs) must equal want (the same op adding into zeros) value for value:
+ * 0 + s is s. */
+static void expect_overwritten(const char *what, const float *got, const float *want, int64_t n) {
+    for (int64_t i = 0; i < n; i++)
+        if (!(got[i] == want[i]))
+            fail_msg("%s, overwriting: element %lld is %g, adding into zeros gave %g", what, (long long)i,
+                     (double)got[i], (double)want[i]);
+}
+
 /* A gradient buffer pre-filled with random values, and a copy of that prefill. */
 typedef struct prefilled {
     float *buf, *before;
@@ -483,7 +500,7 @@ static void test_group_norm_backward(void **state) {
         char what[96];
         float *dx = zeros(n), *dg = zeros(C), *db = zeros(C);
         assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, dx, affine ? dg : NULL,
-                                             affine ? db : NULL, B, C, S, G, 1e-5f, silu));
+                                             affine ? db : NULL, B, C, S, G, 1e-5f, silu, 1));
         snprintf(what, sizeof what, "%s dx", name);
         expect_close(what, dx, gx, n, FD_TOL);
         if (affine) {
@@ -497,18 +514,27 @@ static void test_group_norm_backward(void **state) {
 
             prefilled px = prefill(n, 110), pg = prefill(C, 111), pb = prefill(C, 112);
             assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, px.buf, pg.buf, pb.buf, B, C, S,
-                                                 G, 1e-5f, silu));
+                                                 G, 1e-5f, silu, 1));
             expect_accumulated("group_norm dx", px.before, dx, px.buf, n);
             expect_accumulated("group_norm dgamma", pg.before, dg, pg.buf, C);
             expect_accumulated("group_norm dbeta", pb.before, db, pb.buf, C);
             prefilled_free(&px), prefilled_free(&pg), prefilled_free(&pb);
 
+            /* accumulate 0 overwrites dx (not read); dgamma and dbeta still add */
+            float *over = nan_filled(n);
+            prefilled qg = prefill(C, 113);
+            assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, over, qg.buf, NULL, B, C, S, G, 1e-5f, silu, 0));
+            expect_overwritten(name, over, dx, n);
+            expect_accumulated("group_norm dgamma (dx overwritten)", qg.before, dg, qg.buf, C);
+            prefilled_free(&qg);
+            free(over);
+
             /* each output alone */
             float *dx_only = zeros(n), *dg_only = zeros(C), *db_only = zeros(C);
-            assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, dx_only, NULL, NULL, B, C, S, G, 1e-5f, silu));
-            assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, NULL, dg_only, NULL, B, C, S, G, 1e-5f, silu));
-            assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, NULL, NULL, db_only, B, C, S, G, 1e-5f, silu));
-            assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, NULL, NULL, NULL, B, C, S, G, 1e-5f, silu));
+            assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, dx_only, NULL, NULL, B, C, S, G, 1e-5f, silu, 1));
+            assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, NULL, dg_only, NULL, B, C, S, G, 1e-5f, silu, 1));
+            assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, NULL, NULL, db_only, B, C, S, G, 1e-5f, silu, 1));
+            assert_sd_ok(be->group_norm_backward(x, gamma, beta, dy, NULL, NULL, NULL, B, C, S, G, 1e-5f, silu, 1));
             expect_same("group_norm dx alone", dx_only, dx, n);
             expect_same("group_norm dgamma alone", dg_only, dg, C);
             expect_same("group_norm dbeta alone", db_only, db, C);
@@ -671,12 +697,16 @@ static void test_geglu_backward(void **state) {
     geglu_case c = {M, N, widen(x, M * 2 * N), widen(dy, M * N)};
     double *gx = fd_gradient(geglu_objective, &c, 0, c.x, M * 2 * N);
     float *dx = zeros(M * 2 * N);
-    assert_sd_ok(be->geglu_backward(x, dy, dx, M, N));
+    assert_sd_ok(be->geglu_backward(x, dy, dx, M, N, 1));
     expect_close("geglu dx (hidden and gate halves)", dx, gx, M * 2 * N, FD_TOL);
     prefilled p = prefill(M * 2 * N, 142);
-    assert_sd_ok(be->geglu_backward(x, dy, p.buf, M, N));
+    assert_sd_ok(be->geglu_backward(x, dy, p.buf, M, N, 1));
     expect_accumulated("geglu dx", p.before, dx, p.buf, M * 2 * N);
-    assert_sd_ok(be->geglu_backward(x, dy, NULL, M, N));
+    float *over = nan_filled(M * 2 * N);
+    assert_sd_ok(be->geglu_backward(x, dy, over, M, N, 0));
+    expect_overwritten("geglu dx", over, dx, M * 2 * N);
+    free(over);
+    assert_sd_ok(be->geglu_backward(x, dy, NULL, M, N, 1));
     prefilled_free(&p);
     free(dx), free(gx), free(c.x), free(c.r), free(x), free(dy);
 }
@@ -762,16 +792,21 @@ static void test_concat_channels_backward(void **state) {
     double *ga = fd_gradient(concat_objective, &k, 0, k.a, na);
     double *gc = fd_gradient(concat_objective, &k, 1, k.c, nc);
     float *da = zeros(na), *dc = zeros(nc);
-    assert_sd_ok(be->concat_channels_backward(dy, da, dc, B, Ca, Cb, S));
+    assert_sd_ok(be->concat_channels_backward(dy, da, dc, B, Ca, Cb, S, 1));
     expect_close("concat_channels da", da, ga, na, FD_TOL);
     expect_close("concat_channels dc", dc, gc, nc, FD_TOL);
     /* one side NULL: the other as before, accumulated onto its prefill */
     prefilled pa = prefill(na, 173), pc = prefill(nc, 174);
-    assert_sd_ok(be->concat_channels_backward(dy, pa.buf, NULL, B, Ca, Cb, S));
+    assert_sd_ok(be->concat_channels_backward(dy, pa.buf, NULL, B, Ca, Cb, S, 1));
     expect_accumulated("concat_channels da (dc NULL)", pa.before, da, pa.buf, na);
-    assert_sd_ok(be->concat_channels_backward(dy, NULL, pc.buf, B, Ca, Cb, S));
+    assert_sd_ok(be->concat_channels_backward(dy, NULL, pc.buf, B, Ca, Cb, S, 1));
     expect_accumulated("concat_channels dc (da NULL)", pc.before, dc, pc.buf, nc);
     prefilled_free(&pa), prefilled_free(&pc);
+    float *oa = nan_filled(na), *oc = nan_filled(nc);
+    assert_sd_ok(be->concat_channels_backward(dy, oa, oc, B, Ca, Cb, S, 0));
+    expect_overwritten("concat_channels da", oa, da, na);
+    expect_overwritten("concat_channels dc", oc, dc, nc);
+    free(oa), free(oc);
     free(ga), free(gc), free(da), free(dc), free(k.a), free(k.c), free(k.r), free(a), free(cc), free(dy);
 }
 
@@ -816,12 +851,16 @@ static void test_upsample_nearest_backward(void **state) {
         upsample_case c = {N, H, W, Ho, Wo, widen(x, N * H * W), widen(dy, N * Ho * Wo)};
         double *gx = fd_gradient(upsample_objective, &c, 0, c.x, N * H * W);
         float *dx = zeros(N * H * W);
-        assert_sd_ok(be->upsample_nearest_backward(dy, dx, N, H, W, Ho, Wo));
+        assert_sd_ok(be->upsample_nearest_backward(dy, dx, N, H, W, Ho, Wo, 1));
         expect_close(cases[t].what, dx, gx, N * H * W, FD_TOL);
         prefilled p = prefill(N * H * W, 200 + t);
-        assert_sd_ok(be->upsample_nearest_backward(dy, p.buf, N, H, W, Ho, Wo));
+        assert_sd_ok(be->upsample_nearest_backward(dy, p.buf, N, H, W, Ho, Wo, 1));
         expect_accumulated(cases[t].what, p.before, dx, p.buf, N * H * W);
-        assert_sd_ok(be->upsample_nearest_backward(dy, NULL, N, H, W, Ho, Wo));
+        float *over = nan_filled(N * H * W); /* the downsample's unread pixels become 0 too */
+        assert_sd_ok(be->upsample_nearest_backward(dy, over, N, H, W, Ho, Wo, 0));
+        expect_overwritten(cases[t].what, over, dx, N * H * W);
+        free(over);
+        assert_sd_ok(be->upsample_nearest_backward(dy, NULL, N, H, W, Ho, Wo, 1));
         prefilled_free(&p);
         free(gx), free(dx), free(c.x), free(c.r), free(x), free(dy);
     }
@@ -982,7 +1021,7 @@ static void test_attention_backward(void **state) {
         for (int m = 0; m < 3; m++) {
             float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nv);
             assert_sd_ok(cpu_attention_backward_mode(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D,
-                                                     Dv, scale, causal, modes[m]));
+                                                     Dv, scale, causal, 1, modes[m]));
             snprintf(what, sizeof what, "attention %s dq (%s)", cases[t].what, mode_name(modes[m]));
             expect_close(what, dq, gq, nq, FD_TOL);
             snprintf(what, sizeof what, "attention %s dk (%s)", cases[t].what, mode_name(modes[m]));
@@ -998,20 +1037,33 @@ static void test_attention_backward(void **state) {
         /* the op table's entry, accumulating; and each output alone in each mode */
         prefilled pq = prefill(nq, 340), pk = prefill(nk, 341), pv = prefill(nv, 342);
         assert_sd_ok(be->attention_backward(q, k, v, out, dout, pq.buf, pk.buf, pv.buf, B, Sq, Sk, H,
-                                            D, Dv, scale, causal));
+                                            D, Dv, scale, causal, 1));
         expect_accumulated("attention dq", pq.before, ref_dq, pq.buf, nq);
         expect_accumulated("attention dk", pk.before, ref_dk, pk.buf, nk);
         expect_accumulated("attention dv", pv.before, ref_dv, pv.buf, nv);
+        for (int m = 0; m < 3; m++) { /* accumulate 0 overwrites all three, in every mode */
+            float *zq = zeros(nq), *zk = zeros(nk), *zv = zeros(nv);
+            float *oq = nan_filled(nq), *ok = nan_filled(nk), *ov = nan_filled(nv);
+            assert_sd_ok(cpu_attention_backward_mode(q, k, v, out, dout, zq, zk, zv, B, Sq, Sk, H, D, Dv, scale,
+                                                     causal, 1, modes[m]));
+            assert_sd_ok(cpu_attention_backward_mode(q, k, v, out, dout, oq, ok, ov, B, Sq, Sk, H, D, Dv, scale,
+                                                     causal, 0, modes[m]));
+            snprintf(what, sizeof what, "attention %s (%s)", cases[t].what, mode_name(modes[m]));
+            expect_overwritten(what, oq, zq, nq);
+            expect_overwritten(what, ok, zk, nk);
+            expect_overwritten(what, ov, zv, nv);
+            free(zq), free(zk), free(zv), free(oq), free(ok), free(ov);
+        }
         for (int m = 1; m < 3; m++) {
             float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nv);
             assert_sd_ok(cpu_attention_backward_mode(q, k, v, out, dout, dq, NULL, NULL, B, Sq, Sk, H,
-                                                     D, Dv, scale, causal, modes[m]));
+                                                     D, Dv, scale, causal, 1, modes[m]));
             assert_sd_ok(cpu_attention_backward_mode(q, k, v, out, dout, NULL, dk, NULL, B, Sq, Sk, H,
-                                                     D, Dv, scale, causal, modes[m]));
+                                                     D, Dv, scale, causal, 1, modes[m]));
             assert_sd_ok(cpu_attention_backward_mode(q, k, v, out, dout, NULL, NULL, dv, B, Sq, Sk, H,
-                                                     D, Dv, scale, causal, modes[m]));
+                                                     D, Dv, scale, causal, 1, modes[m]));
             assert_sd_ok(cpu_attention_backward_mode(q, k, v, out, dout, NULL, NULL, NULL, B, Sq, Sk,
-                                                     H, D, Dv, scale, causal, modes[m]));
+                                                     H, D, Dv, scale, causal, 1, modes[m]));
             expect_same("attention dq alone", dq, ref_dq, nq);
             expect_same("attention dk alone", dk, ref_dk, nk);
             expect_same("attention dv alone", dv, ref_dv, nv);
@@ -1090,7 +1142,7 @@ static void test_attention_probs_and_apply_backward(void **state) {
         float *dq_chain = zeros(nq), *dk_chain = zeros(nk);
         assert_sd_ok(be->attention_probs_backward(q, k, probs, dprobs, dq_chain, dk_chain, B, Sq, Sk, H, D, scale));
         float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nv);
-        assert_sd_ok(be->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal));
+        assert_sd_ok(be->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, 1));
         double *wide = widen(dq, nq);
         snprintf(what, sizeof what, "probs+apply chain vs fused%s dq", causal ? " causal" : "");
         expect_close(what, dq_chain, wide, nq, SAME_TOL);

@@ -521,6 +521,40 @@ static void test_f16_channels_last_ops(void **state) {
         snprintf(what, sizeof what, "upsample_nearest_nhwc x2, %lld channels", (long long)C);
         check16_equal(what, up, up_want, B * Ho * Wo * C);
     }
+    /* into and out of channels-last storage: F32 NCHW -> fp16 [B, S, C] (one rounding), and back,
+     * widening exactly, alone or adding a channel bias and a residual in F32 on the way (a gradient
+     * step's convolution epilogue); tile-unaligned sizes */
+    {
+        const int64_t B = 2, C = 45, S = 70;
+        float *x = hrand(B * C * S, 320, 3.0f);
+        sd_f16 *want16 = hnew16(B * S * C), *x16 = dnew16(B * S * C);
+        assert_sd_ok(cpu16->to_f16_nhwc(x, want16, B, C, S));
+        assert_sd_ok(gpu16->to_f16_nhwc(dput(x, B * C * S), x16, B, C, S));
+        check16_equal("to_f16_nhwc 45 channels x 70 pixels", x16, want16, B * S * C);
+        float *v = hrand(B * C, 321, 1.0f), *r = hrand(B * C * S, 322, 1.0f);
+        float *vd = dput(v, B * C), *rd = dput(r, B * C * S);
+        for (int k = 0; k < 4; k++) {
+            const int with_v = k & 1, with_r = k >> 1;
+            float *want = hnew(B * C * S), *y = tb_device(gpu, (size_t)(B * C * S) * sizeof(float));
+            assert_sd_ok(cpu16->to_f32_nchw(want16, with_v ? v : NULL, with_r ? r : NULL, want, B, C, S));
+            assert_sd_ok(gpu16->to_f32_nchw(x16, with_v ? vd : NULL, with_r ? rd : NULL, y, B, C, S));
+            const float *got = tb_download(gpu, y, (size_t)(B * C * S) * sizeof(float));
+            for (int64_t b = 0; b < B; b++) /* the CPU twin against its definition, (x + v) + r */
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t p = 0; p < S; p++) {
+                        const int64_t i = (b * C + c) * S + p;
+                        float t = sd_f16_to_f32(want16[(b * S + p) * C + c]);
+                        if (with_v) t += v[b * C + c];
+                        if (with_r) t += r[i];
+                        assert_true(want[i] == t);
+                    }
+            assert_memory_equal(got, want, (size_t)(B * C * S) * sizeof(float));
+            print_message("    %-56s bit-identical\n", with_v && with_r ? "to_f32_nchw + channel bias + residual"
+                                                      : with_v        ? "to_f32_nchw + channel bias"
+                                                      : with_r        ? "to_f32_nchw + residual"
+                                                                      : "to_f32_nchw");
+        }
+    }
     {
         const int64_t B = 2, C = 9, S = 333;
         sd_f16 *x = hrand16(B * S * C, 306, 1.0f), *want = hnew16(B * S * C), *y = dnew16(B * S * C);

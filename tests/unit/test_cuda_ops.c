@@ -57,6 +57,12 @@ static float *hcopy(const float *src, int64_t n) {
 }
 
 static float *dnew(int64_t n) { return tb_device(gpu, (size_t)(n > 0 ? n : 1) * sizeof(float)); }
+/* A device buffer of n NaNs: an op told to overwrite it (accumulate 0) must not read it. */
+static float *dnan(int64_t n) {
+    float *h = hnew(n);
+    for (int64_t i = 0; i < n; i++) h[i] = NAN;
+    return tb_upload(gpu, h, (size_t)(n > 0 ? n : 1) * sizeof(float));
+}
 static float *dput(const float *h, int64_t n) { return tb_upload(gpu, h, (size_t)n * sizeof(float)); }
 static float *hget(const float *d, int64_t n) { return tb_download(gpu, d, (size_t)n * sizeof(float)); }
 
@@ -753,10 +759,10 @@ static void test_norm_backward(void **state) {
         for (int silu = 0; silu <= 1; silu++) {
             float *dx = hcopy(dx0, n), *dg = hcopy(dg0, C), *db = hcopy(db0, C);
             assert_sd_ok(cpu->group_norm_backward(x, aff ? ga : NULL, aff ? be : NULL, dy, dx, aff ? dg : NULL,
-                                                  aff ? db : NULL, B, C, S, gn[t].G, 1e-5f, silu));
+                                                  aff ? db : NULL, B, C, S, gn[t].G, 1e-5f, silu, 1));
             float *dxd = dput(dx0, n), *dgd = dput(dg0, C), *dbd = dput(db0, C);
             assert_sd_ok(gpu->group_norm_backward(xd, aff ? gad : NULL, aff ? bed : NULL, dyd, dxd, aff ? dgd : NULL,
-                                                  aff ? dbd : NULL, B, C, S, gn[t].G, 1e-5f, silu));
+                                                  aff ? dbd : NULL, B, C, S, gn[t].G, 1e-5f, silu, 1));
             char what[128];
             snprintf(what, sizeof what, "group_norm_backward dx (%lld,%lld,%lld)%s", (long long)B, (long long)C,
                      (long long)S, silu ? " +silu" : "");
@@ -767,13 +773,21 @@ static void test_norm_backward(void **state) {
                 snprintf(what, sizeof what, "group_norm_backward dbeta%s", silu ? " +silu" : "");
                 check_dev(what, dbd, db, C, TOL_BWD);
             }
+            /* accumulate 0: dx overwritten (its NaNs not read), against the CPU adding into zeros */
+            float *dx_fresh = hnew(n), *dx_over = dnan(n);
+            assert_sd_ok(cpu->group_norm_backward(x, aff ? ga : NULL, aff ? be : NULL, dy, dx_fresh, NULL, NULL, B, C,
+                                                  S, gn[t].G, 1e-5f, silu, 1));
+            assert_sd_ok(gpu->group_norm_backward(xd, aff ? gad : NULL, aff ? bed : NULL, dyd, dx_over, NULL, NULL, B,
+                                                  C, S, gn[t].G, 1e-5f, silu, 0));
+            snprintf(what, sizeof what, "group_norm_backward dx overwritten%s", silu ? " +silu" : "");
+            check_dev(what, dx_over, dx_fresh, n, TOL_BWD);
         }
         /* parameters only (dx NULL) */
         if (aff) {
             float *dg = hcopy(dg0, C);
-            assert_sd_ok(cpu->group_norm_backward(x, ga, be, dy, NULL, dg, NULL, B, C, S, gn[t].G, 1e-5f, 1));
+            assert_sd_ok(cpu->group_norm_backward(x, ga, be, dy, NULL, dg, NULL, B, C, S, gn[t].G, 1e-5f, 1, 1));
             float *dgd = dput(dg0, C);
-            assert_sd_ok(gpu->group_norm_backward(xd, gad, bed, dyd, NULL, dgd, NULL, B, C, S, gn[t].G, 1e-5f, 1));
+            assert_sd_ok(gpu->group_norm_backward(xd, gad, bed, dyd, NULL, dgd, NULL, B, C, S, gn[t].G, 1e-5f, 1, 1));
             check_dev("group_norm_backward dgamma only", dgd, dg, C, TOL_BWD);
         }
     }
@@ -840,10 +854,14 @@ static void test_elementwise_backward(void **state) {
         const int64_t M = 300, N = 640;
         float *gx = hrand(M * 2 * N, 910, 2.0f), *gdy = hrand(M * N, 911, 1.0f), *gdx0 = hrand(M * 2 * N, 912, 0.5f);
         float *want = hcopy(gdx0, M * 2 * N);
-        assert_sd_ok(cpu->geglu_backward(gx, gdy, want, M, N));
+        assert_sd_ok(cpu->geglu_backward(gx, gdy, want, M, N, 1));
         float *gxd = dput(gx, M * 2 * N), *gdyd = dput(gdy, M * N), *gdxd = dput(gdx0, M * 2 * N);
-        assert_sd_ok(gpu->geglu_backward(gxd, gdyd, gdxd, M, N));
+        assert_sd_ok(gpu->geglu_backward(gxd, gdyd, gdxd, M, N, 1));
         check_dev("geglu backward", gdxd, want, M * 2 * N, TOL_BWD);
+        float *fresh = hnew(M * 2 * N), *over = dnan(M * 2 * N);
+        assert_sd_ok(cpu->geglu_backward(gx, gdy, fresh, M, N, 1));
+        assert_sd_ok(gpu->geglu_backward(gxd, gdyd, over, M, N, 0));
+        check_dev("geglu backward, overwriting", over, fresh, M * 2 * N, TOL_BWD);
     }
     CPU_HAS(add_channel_bias_backward);
     {
@@ -859,15 +877,20 @@ static void test_elementwise_backward(void **state) {
         const int64_t B = 2, Ca = 64, Cb = 32, S = 100;
         float *d = hrand(B * (Ca + Cb) * S, 930, 1.0f), *da0 = hrand(B * Ca * S, 931, 0.5f), *dc0 = hrand(B * Cb * S, 932, 0.5f);
         float *wa = hcopy(da0, B * Ca * S), *wc = hcopy(dc0, B * Cb * S);
-        assert_sd_ok(cpu->concat_channels_backward(d, wa, wc, B, Ca, Cb, S));
+        assert_sd_ok(cpu->concat_channels_backward(d, wa, wc, B, Ca, Cb, S, 1));
         float *dd = dput(d, B * (Ca + Cb) * S), *dad = dput(da0, B * Ca * S), *dcd = dput(dc0, B * Cb * S);
-        assert_sd_ok(gpu->concat_channels_backward(dd, dad, dcd, B, Ca, Cb, S));
+        assert_sd_ok(gpu->concat_channels_backward(dd, dad, dcd, B, Ca, Cb, S, 1));
         check_dev("concat backward da", dad, wa, B * Ca * S, TOL_BWD);
         check_dev("concat backward dc", dcd, wc, B * Cb * S, TOL_BWD);
         float *dcd2 = dput(dc0, B * Cb * S), *wc2 = hcopy(dc0, B * Cb * S);
-        assert_sd_ok(cpu->concat_channels_backward(d, NULL, wc2, B, Ca, Cb, S));
-        assert_sd_ok(gpu->concat_channels_backward(dd, NULL, dcd2, B, Ca, Cb, S));
+        assert_sd_ok(cpu->concat_channels_backward(d, NULL, wc2, B, Ca, Cb, S, 1));
+        assert_sd_ok(gpu->concat_channels_backward(dd, NULL, dcd2, B, Ca, Cb, S, 1));
         check_dev("concat backward dc only", dcd2, wc2, B * Cb * S, TOL_BWD);
+        float *fa = hnew(B * Ca * S), *fc = hnew(B * Cb * S), *oa = dnan(B * Ca * S), *oc = dnan(B * Cb * S);
+        assert_sd_ok(cpu->concat_channels_backward(d, fa, fc, B, Ca, Cb, S, 1));
+        assert_sd_ok(gpu->concat_channels_backward(dd, oa, oc, B, Ca, Cb, S, 0));
+        check_dev("concat backward da, overwriting", oa, fa, B * Ca * S, TOL_BWD);
+        check_dev("concat backward dc, overwriting", oc, fc, B * Cb * S, TOL_BWD);
     }
     CPU_HAS(upsample_nearest_backward);
     {
@@ -875,13 +898,19 @@ static void test_elementwise_backward(void **state) {
         for (size_t t = 0; t < sizeof up / sizeof up[0]; t++) {
             const int64_t N = up[t][0], H = up[t][1], W = up[t][2], Ho = up[t][3], Wo = up[t][4];
             float *d = hrand(N * Ho * Wo, 940 + t, 1.0f), *dx0 = hrand(N * H * W, 950 + t, 0.5f), *want = hcopy(dx0, N * H * W);
-            assert_sd_ok(cpu->upsample_nearest_backward(d, want, N, H, W, Ho, Wo));
+            assert_sd_ok(cpu->upsample_nearest_backward(d, want, N, H, W, Ho, Wo, 1));
             float *dd = dput(d, N * Ho * Wo), *dxd = dput(dx0, N * H * W);
-            assert_sd_ok(gpu->upsample_nearest_backward(dd, dxd, N, H, W, Ho, Wo));
+            assert_sd_ok(gpu->upsample_nearest_backward(dd, dxd, N, H, W, Ho, Wo, 1));
             char what[96];
             snprintf(what, sizeof what, "upsample backward %lldx%lld <- %lldx%lld", (long long)H, (long long)W,
                      (long long)Ho, (long long)Wo);
             check_dev(what, dxd, want, N * H * W, TOL_BWD);
+            float *fresh = hnew(N * H * W), *over = dnan(N * H * W); /* pixels nobody reads become 0 too */
+            assert_sd_ok(cpu->upsample_nearest_backward(d, fresh, N, H, W, Ho, Wo, 1));
+            assert_sd_ok(gpu->upsample_nearest_backward(dd, over, N, H, W, Ho, Wo, 0));
+            snprintf(what, sizeof what, "upsample backward %lldx%lld <- %lldx%lld, overwriting", (long long)H,
+                     (long long)W, (long long)Ho, (long long)Wo);
+            check_dev(what, over, fresh, N * H * W, TOL_BWD);
         }
     }
     CPU_HAS(mse_backward);
@@ -917,13 +946,13 @@ static void check_attention_backward(const attn_case *c, uint64_t seed, float ac
     float *dq0 = hrand(nq, seed + 6, acc_scale), *dk0 = hrand(nk, seed + 7, acc_scale), *dv0 = hrand(nv, seed + 8, acc_scale);
     float *dq = hcopy(dq0, nq), *dk = hcopy(dk0, nk), *dv = hcopy(dv0, nv);
     assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, dq, dk, dv, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale,
-                                         c->causal));
+                                         c->causal, 1));
     float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *outd = dput(out, no), *doutd = dput(dout, no);
     for (int m = 0; m < 2; m++) {
         set_mode(modes[m]);
         float *dqd = dput(dq0, nq), *dkd = dput(dk0, nk), *dvd = dput(dv0, nv);
         assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, dqd, dkd, dvd, c->B, c->Sq, c->Sk, c->H, c->D,
-                                             c->Dv, scale, c->causal));
+                                             c->Dv, scale, c->causal, 1));
         const char *grads[3] = {"dq", "dk", "dv"};
         float *got[3] = {dqd, dkd, dvd}, *want[3] = {dq, dk, dv};
         const int64_t n[3] = {nq, nk, nv};
@@ -932,6 +961,19 @@ static void check_attention_backward(const attn_case *c, uint64_t seed, float ac
             snprintf(prefix, sizeof prefix, "%s %s", label, grads[g]);
             attn_name(what, sizeof what, prefix, c);
             check_dev(what, got[g], want[g], n[g], tol_for(modes[m], TOL_BWD));
+        }
+        /* accumulate 0: the three overwritten (their NaNs not read; the fast path's split dK/dV sums
+         * included), against the CPU adding into zeros */
+        float *fresh[3] = {hnew(nq), hnew(nk), hnew(nv)}, *over[3] = {dnan(nq), dnan(nk), dnan(nv)};
+        assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, fresh[0], fresh[1], fresh[2], c->B, c->Sq, c->Sk,
+                                             c->H, c->D, c->Dv, scale, c->causal, 1));
+        assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, over[0], over[1], over[2], c->B, c->Sq, c->Sk,
+                                             c->H, c->D, c->Dv, scale, c->causal, 0));
+        for (int g = 0; g < 3; g++) {
+            char what[128], prefix[96];
+            snprintf(prefix, sizeof prefix, "%s %s, overwriting", label, grads[g]);
+            attn_name(what, sizeof what, prefix, c);
+            check_dev(what, over[g], fresh[g], n[g], tol_for(modes[m], TOL_BWD));
         }
     }
     *io = (attn_backward_io){q, k, v, out, dout, dq0, qd, kd, vd, outd, doutd, nq, scale};
@@ -960,20 +1002,20 @@ static void test_attention_backward(void **state) {
         /* only dq (dk, dv NULL), and only dk and dv (dq NULL: the fast path skips its dQ pass) */
         float *dq_only = hcopy(io.dq0, io.nq);
         assert_sd_ok(cpu->attention_backward(io.q, io.k, io.v, io.out, io.dout, dq_only, NULL, NULL, c->B, c->Sq, c->Sk,
-                                             c->H, c->D, c->Dv, io.scale, c->causal));
+                                             c->H, c->D, c->Dv, io.scale, c->causal, 1));
         const int64_t nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
         float *dk0 = hrand(nk, 1000 + 10 * t + 9, 0.5f), *dv0 = hrand(nv, 1000 + 10 * t + 9, 0.5f);
         float *dk_only = hcopy(dk0, nk), *dv_only = hcopy(dv0, nv);
         assert_sd_ok(cpu->attention_backward(io.q, io.k, io.v, io.out, io.dout, NULL, dk_only, dv_only, c->B, c->Sq,
-                                             c->Sk, c->H, c->D, c->Dv, io.scale, c->causal));
+                                             c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1));
         for (int m = 0; m < 2; m++) {
             set_mode(modes[m]);
             float *dqd = dput(io.dq0, io.nq), *dkd = dput(dk0, nk), *dvd = dput(dv0, nv);
             assert_sd_ok(gpu->attention_backward(io.qd, io.kd, io.vd, io.outd, io.doutd, dqd, NULL, NULL, c->B, c->Sq,
-                                                 c->Sk, c->H, c->D, c->Dv, io.scale, c->causal));
+                                                 c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1));
             check_dev("attention_backward dq only", dqd, dq_only, io.nq, tol_for(modes[m], TOL_BWD));
             assert_sd_ok(gpu->attention_backward(io.qd, io.kd, io.vd, io.outd, io.doutd, NULL, dkd, dvd, c->B, c->Sq,
-                                                 c->Sk, c->H, c->D, c->Dv, io.scale, c->causal));
+                                                 c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1));
             check_dev("attention_backward dk without dq", dkd, dk_only, nk, tol_for(modes[m], TOL_BWD));
             check_dev("attention_backward dv without dq", dvd, dv_only, nv, tol_for(modes[m], TOL_BWD));
         }
@@ -1373,9 +1415,9 @@ static void test_review_norm_conv_extra(void **state) {
         check_dev(what, yd, want, n, TOL_ELEM);
         float *dx0 = hrand(n, 2040 + t, 0.5f), *dg0 = hrand(C, 2050 + t, 0.5f), *db0 = hrand(C, 2060 + t, 0.5f);
         float *dx = hcopy(dx0, n), *dg = hcopy(dg0, C), *db = hcopy(db0, C);
-        assert_sd_ok(cpu->group_norm_backward(x, ga, be, dy, dx, dg, db, B, C, S, gn[t].G, 1e-6f, 1));
+        assert_sd_ok(cpu->group_norm_backward(x, ga, be, dy, dx, dg, db, B, C, S, gn[t].G, 1e-6f, 1, 1));
         float *dxd = dput(dx0, n), *dgd = dput(dg0, C), *dbd = dput(db0, C);
-        assert_sd_ok(gpu->group_norm_backward(xd, gad, bed, dyd, dxd, dgd, dbd, B, C, S, gn[t].G, 1e-6f, 1));
+        assert_sd_ok(gpu->group_norm_backward(xd, gad, bed, dyd, dxd, dgd, dbd, B, C, S, gn[t].G, 1e-6f, 1, 1));
         snprintf(what, sizeof what, "review: group_norm_backward dx (%lld,%lld,%lld)", (long long)B, (long long)C,
                  (long long)S);
         check_dev(what, dxd, dx, n, TOL_BWD);

@@ -320,6 +320,12 @@ static void test_unet_channels_last(void **state) {
         const size_t after_backward = sd_ctx_lowp_weight_bytes(&ctx);
         assert_non_null(sd_lowp_conv_weight_bf16t(&ctx, unet.mid.resnets[0].conv1.weight));
         assert_int_equal(sd_ctx_lowp_weight_bytes(&ctx), after_backward);
+        /* so did the transformers' 1x1 projections, linears on a 4-d weight (SD v1.x's proj_in and
+         * proj_out): their bf16 copies are made too */
+        assert_int_equal(unet.mid.attention.proj_out.weight->ndim, 4);
+        assert_non_null(sd_lowp_weight_bf16(&ctx, unet.mid.attention.proj_out.weight));
+        assert_non_null(sd_lowp_weight_bf16(&ctx, unet.up[1].attentions[0].proj_in.weight));
+        assert_int_equal(sd_ctx_lowp_weight_bytes(&ctx), after_backward);
         assert_non_null(leaf->grad);
         assert_true(sd_all_finite(&ctx, leaf->grad));
         sd_tensor *fast_grad = sd_download_new(&ctx, leaf->grad);
@@ -377,6 +383,86 @@ static void test_unet_channels_last(void **state) {
 }
 
 /* An op outside the fp16 set refuses a fp16 tensor with a message naming it. */
+/* A fast gradient step's resnet convolution (F32 activations, fp16 weight copies) adds the time
+ * embedding and the skip connection in its F32 widening pass (nn.c, conv2d_epilogue) instead of
+ * running add_channel_bias and add after it: the same values bit for bit, the same tape (the
+ * unfused ops' nodes) and the same gradients to x, the channel bias and the residual. */
+static const sd_backend *epilogue_inner;
+static long epilogue_adds;
+static sd_status counting_add_channel_bias(const float *x, const float *v, float *y, int64_t B, int64_t C, int64_t S) {
+    epilogue_adds++;
+    return epilogue_inner->add_channel_bias(x, v, y, B, C, S);
+}
+static sd_status counting_binary(sd_binary_op op, const float *a, const float *b, float *y, int64_t n) {
+    epilogue_adds++;
+    return epilogue_inner->binary(op, a, b, y, n);
+}
+
+static void test_conv_epilogue_in_a_gradient_step(void **state) {
+    (void)state;
+    const sd_conv_w *cw = &unet.mid.resnets[0].conv2;
+    assert_true(cw->f16_in_f32);
+    const int64_t B = 2, Ci = cw->weight->shape[1], Co = cw->weight->shape[0], H = 6, W = 5;
+    const int64_t xs[4] = {B, Ci, H, W}, vs[2] = {B, Co}, ys[4] = {B, Co, H, W};
+    sd_tensor *xh = sd_tensor_new(SD_F32, 4, xs), *vh = sd_tensor_new(SD_F32, 2, vs);
+    sd_tensor *rh = sd_tensor_new(SD_F32, 4, ys), *th = sd_tensor_new(SD_F32, 4, ys);
+    testutil_fill_normal(sd_f32(xh), sd_numel(xh), 901, 1.0f);
+    testutil_fill_normal(sd_f32(vh), sd_numel(vh), 902, 1.0f);
+    testutil_fill_normal(sd_f32(rh), sd_numel(rh), 903, 1.0f);
+    testutil_fill_normal(sd_f32(th), sd_numel(th), 904, 1.0f);
+    const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    epilogue_inner = ctx.be;
+    sd_backend table = *ctx.be;
+    table.add_channel_bias = counting_add_channel_bias;
+    table.binary = counting_binary;
+    ctx.be = &table;
+    ctx.activations = SD_F16;
+    ctx.channels_last = 1;
+    sd_tensor *leaves[3] = {sd_param_new(&ctx, xh, "x"), sd_param_new(&ctx, vh, "v"), sd_param_new(&ctx, rh, "r")};
+    sd_tensor *target = sd_upload(&ctx, th);
+    sd_tape *tape = sd_tape_new();
+    sd_ctx_set_tape(&ctx, tape);
+    sd_tensor *y[2], *grads[2][3];
+    long adds[2];
+    int nodes[2];
+    for (int k = 0; k < 2; k++) { /* 0: fused; 1: the separate ops */
+        epilogue_adds = 0;
+        y[k] = k == 0 ? sd_conv2d_fused(&ctx, leaves[0], cw, 1, 1, leaves[1], leaves[2])
+                      : sd_add(&ctx, leaves[2], sd_add_channel_bias(&ctx, sd_conv2d(&ctx, leaves[0], cw, 1, 1), leaves[1]));
+        adds[k] = epilogue_adds;
+        nodes[k] = sd_tape_size(tape);
+        assert_sd_ok(sd_backward(&ctx, sd_mse(&ctx, y[k], target)));
+        y[k] = sd_download_new(&ctx, y[k]);
+        for (int i = 0; i < 3; i++) grads[k][i] = sd_download_new(&ctx, leaves[i]->grad);
+        sd_tape_reset(tape);
+    }
+    print_message("    fused epilogue: %ld separate adds (unfused %ld), %d tape nodes (unfused %d)\n", adds[0], adds[1],
+                  nodes[0], nodes[1]);
+    assert_int_equal(adds[0], 0);
+    assert_int_equal(adds[1], 2);
+    assert_int_equal(nodes[0], nodes[1]);
+    assert_memory_equal(sd_f32(y[0]), sd_f32(y[1]), sd_nbytes(y[0]));
+    for (int i = 0; i < 3; i++) assert_memory_equal(sd_f32(grads[0][i]), sd_f32(grads[1][i]), sd_nbytes(grads[0][i]));
+    /* exact mode (F32 storage) keeps the separate ops: the oracle's sums */
+    ctx.activations = SD_F32;
+    epilogue_adds = 0;
+    sd_tensor *exact = sd_conv2d_fused(&ctx, leaves[0], cw, 1, 1, leaves[1], leaves[2]);
+    assert_non_null(exact);
+    assert_int_equal(epilogue_adds, 2);
+    sd_tape_reset(tape);
+    sd_ctx_set_tape(&ctx, NULL);
+    sd_tape_free(tape);
+    ctx.be = epilogue_inner;
+    ctx.channels_last = 0;
+    for (int k = 0; k < 2; k++) {
+        sd_tensor_free(y[k]);
+        for (int i = 0; i < 3; i++) sd_tensor_free(grads[k][i]);
+    }
+    for (int i = 0; i < 3; i++) sd_tensor_free(leaves[i]);
+    sd_tensor_free(xh), sd_tensor_free(vh), sd_tensor_free(rh), sd_tensor_free(th);
+    sd_arena_reset(ctx.arena, mark);
+}
+
 static void test_f16_outside_the_unet_fails(void **state) {
     (void)state;
     sd_ctx c;
@@ -516,6 +602,7 @@ int main(void) {
         cmocka_unit_test(test_attention_hook_and_maps),
         cmocka_unit_test(test_unet_f16_storage),
         cmocka_unit_test(test_unet_channels_last),
+        cmocka_unit_test(test_conv_epilogue_in_a_gradient_step),
         cmocka_unit_test(test_f16_outside_the_unet_fails),
         cmocka_unit_test(test_vae),
         cmocka_unit_test(test_bad_inputs_fail_cleanly),

@@ -225,7 +225,8 @@ static inline float silu_grad(float v) {
 
 sd_status cpu_group_norm_backward(const float *x, const float *gamma, const float *beta,
                                   const float *dy, float *dx, float *dgamma, float *dbeta, int64_t B,
-                                  int64_t C, int64_t S, int groups, float eps, int silu) {
+                                  int64_t C, int64_t S, int groups, float eps, int silu,
+                                  int accumulate) {
     // x, dy, dx are (B, C, S); gamma, beta, dgamma, dbeta are (C)
     if ((!dx && !dgamma && !dbeta) || B == 0 || C == 0 || S == 0 || groups <= 0) return SD_OK;
     const int64_t cpg = C / groups, count = cpg * S;
@@ -292,7 +293,8 @@ sd_status cpu_group_norm_backward(const float *x, const float *gamma, const floa
                     float *dxr = dxg + cc * S;
                     for (int64_t s = 0; s < S; s++) {
                         const float xhat = (xr[s] - meanf) * rstd;
-                        dxr[s] += rstd * (dv_row[s] * ga - mean_dxhat - xhat * mean_dxhat_xhat);
+                        const float d = rstd * (dv_row[s] * ga - mean_dxhat - xhat * mean_dxhat_xhat);
+                        dxr[s] = accumulate ? dxr[s] + d : d;
                     }
                 }
             }
@@ -420,7 +422,8 @@ sd_status cpu_unary_backward(sd_unary_op op, const float *x, const float *dy, fl
     return sd_fail(SD_ERR_INTERNAL, "cpu unary backward: unknown op %d", (int)op);
 }
 
-sd_status cpu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N) {
+sd_status cpu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N,
+                             int accumulate) {
     // x, dx are (M, 2N): [hidden | gate]; dy is (M, N)
     if (!dx) return SD_OK;
 #pragma omp parallel for schedule(static)
@@ -428,8 +431,9 @@ sd_status cpu_geglu_backward(const float *x, const float *dy, float *dx, int64_t
         const float *hidden = x + m * 2 * N, *gate = hidden + N, *dyr = dy + m * N;
         float *dhidden = dx + m * 2 * N, *dgate = dhidden + N;
         for (int64_t i = 0; i < N; i++) {
-            dhidden[i] += dyr[i] * gelu_value(gate[i]);
-            dgate[i] += dyr[i] * hidden[i] * gelu_grad(gate[i]);
+            const float dh = dyr[i] * gelu_value(gate[i]), dg = dyr[i] * hidden[i] * gelu_grad(gate[i]);
+            dhidden[i] = accumulate ? dhidden[i] + dh : dh;
+            dgate[i] = accumulate ? dgate[i] + dg : dg;
         }
     }
     return SD_OK;
@@ -465,7 +469,7 @@ sd_status cpu_add_channel_bias_backward(const float *dy, float *dv, int64_t B, i
 }
 
 sd_status cpu_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca,
-                                       int64_t Cb, int64_t S) {
+                                       int64_t Cb, int64_t S, int accumulate) {
     // dy is (B, Ca + Cb, S), da is (B, Ca, S), dc is (B, Cb, S)
     const int64_t na = Ca * S, nb = Cb * S;
 #pragma omp parallel for schedule(static)
@@ -473,11 +477,11 @@ sd_status cpu_concat_channels_backward(const float *dy, float *da, float *dc, in
         const float *src = dy + b * (na + nb);
         if (da) {
             float *dst = da + b * na;
-            for (int64_t i = 0; i < na; i++) dst[i] += src[i];
+            for (int64_t i = 0; i < na; i++) dst[i] = accumulate ? dst[i] + src[i] : src[i];
         }
         if (dc) {
             float *dst = dc + b * nb;
-            for (int64_t i = 0; i < nb; i++) dst[i] += src[na + i];
+            for (int64_t i = 0; i < nb; i++) dst[i] = accumulate ? dst[i] + src[na + i] : src[na + i];
         }
     }
     return SD_OK;
@@ -491,9 +495,12 @@ static inline int64_t nearest_source(int64_t dst, float ratio, int64_t in) {
 }
 
 sd_status cpu_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
-                                        int64_t Ho, int64_t Wo) {
+                                        int64_t Ho, int64_t Wo, int accumulate) {
     // dy is (N, Ho, Wo), dx is (N, H, W)
-    if (!dx || N == 0 || H == 0 || W == 0 || Ho == 0 || Wo == 0) return SD_OK;
+    if (!dx || N == 0 || H == 0 || W == 0) return SD_OK;
+    /* overwriting is adding into zeros: several output pixels gather into one source pixel */
+    if (!accumulate) memset(dx, 0, (size_t)(N * H * W) * sizeof(float));
+    if (Ho == 0 || Wo == 0) return SD_OK;
     const float sh = (float)H / (float)Ho, sw = (float)W / (float)Wo;
     /* The source row is non-decreasing in the output row, so the output rows that read source row
      * iy form the range [first_row[iy], first_row[iy + 1]). A task then owns one (n, iy) row of dx
@@ -758,12 +765,19 @@ static sd_status run_attention_backward(attn_block_fn fn, const attn_bwd_args *a
 sd_status cpu_attention_backward_mode(const float *q, const float *k, const float *v,
                                       const float *out, const float *dout, float *dq, float *dk,
                                       float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
-                                      int Dv, float scale, int causal, cpu_attn_bwd_mode mode) {
+                                      int Dv, float scale, int causal, int accumulate,
+                                      cpu_attn_bwd_mode mode) {
     // q, dq are (B, Sq, H·D); k, dk are (B, Sk, H·D); v, dv are (B, Sk, H·Dv);
     // out, dout are (B, Sq, H·Dv)
     /* empty heads (D or Dv 0) are as unsupported here as in the forward's GEMMs */
-    if ((!dq && !dk && !dv) || B == 0 || Sq == 0 || Sk == 0 || H == 0 || D == 0 || Dv == 0)
-        return SD_OK;
+    if ((!dq && !dk && !dv) || B == 0 || H == 0 || D == 0 || Dv == 0) return SD_OK;
+    /* overwriting is adding into zeros (dk and dv sum over every query block) */
+    if (!accumulate) {
+        if (dq) memset(dq, 0, (size_t)(B * Sq * H * D) * sizeof(float));
+        if (dk) memset(dk, 0, (size_t)(B * Sk * H * D) * sizeof(float));
+        if (dv) memset(dv, 0, (size_t)(B * Sk * H * Dv) * sizeof(float));
+    }
+    if (Sq == 0 || Sk == 0) return SD_OK;
     const attn_bwd_args a = {.q = q, .k = k, .v = v, .out = out, .dout = dout, .dq = dq,
                              .B = B, .Sq = Sq, .Sk = Sk, .H = H, .D = D, .Dv = Dv,
                              .scale = scale, .causal = causal};
@@ -773,9 +787,9 @@ sd_status cpu_attention_backward_mode(const float *q, const float *k, const floa
 sd_status cpu_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                  const float *dout, float *dq, float *dk, float *dv, int64_t B,
                                  int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
-                                 int causal) {
+                                 int causal, int accumulate) {
     return cpu_attention_backward_mode(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale,
-                                       causal, CPU_ATTN_BWD_AUTO);
+                                       causal, accumulate, CPU_ATTN_BWD_AUTO);
 }
 
 sd_status cpu_attention_probs_backward_mode(const float *q, const float *k, const float *probs,

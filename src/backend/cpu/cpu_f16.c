@@ -312,11 +312,18 @@ static sd_status f16_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C
     return SD_OK;
 }
 
-static sd_status f16_to_f32_nchw(const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S) {
+static sd_status f16_to_f32_nchw(const sd_f16 *x, const float *v, const float *r, float *y, int64_t B, int64_t C,
+                                 int64_t S) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < B; b++)
         for (int64_t c = 0; c < C; c++)
-            for (int64_t s = 0; s < S; s++) y[(b * C + c) * S + s] = sd_f16_to_f32(x[(b * S + s) * C + c]);
+            for (int64_t s = 0; s < S; s++) {
+                const int64_t i = (b * C + c) * S + s;
+                float t = sd_f16_to_f32(x[(b * S + s) * C + c]);
+                if (v) t += v[b * C + c];
+                if (r) t += r[i];
+                y[i] = t;
+            }
     return SD_OK;
 }
 

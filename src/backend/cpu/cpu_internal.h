@@ -44,23 +44,25 @@ sd_status cpu_conv2d_backward_params(const float *dy, const float *x, float *dw,
                                      const sd_conv_geom *g);
 sd_status cpu_group_norm_backward(const float *x, const float *gamma, const float *beta,
                                   const float *dy, float *dx, float *dgamma, float *dbeta, int64_t B,
-                                  int64_t C, int64_t S, int groups, float eps, int silu);
+                                  int64_t C, int64_t S, int groups, float eps, int silu,
+                                  int accumulate);
 sd_status cpu_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx,
                                   float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
 sd_status cpu_unary_backward(sd_unary_op op, const float *x, const float *dy, float *dx, int64_t n,
                              float alpha);
-sd_status cpu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N);
+sd_status cpu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N,
+                             int accumulate);
 sd_status cpu_axpy(float alpha, const float *x, float *y, int64_t n);
 sd_status cpu_mul_acc(const float *a, const float *b, float *y, int64_t n);
 sd_status cpu_add_channel_bias_backward(const float *dy, float *dv, int64_t B, int64_t C, int64_t S);
 sd_status cpu_concat_channels_backward(const float *dy, float *da, float *dc, int64_t B, int64_t Ca,
-                                       int64_t Cb, int64_t S);
+                                       int64_t Cb, int64_t S, int accumulate);
 sd_status cpu_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
-                                        int64_t Ho, int64_t Wo);
+                                        int64_t Ho, int64_t Wo, int accumulate);
 sd_status cpu_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                  const float *dout, float *dq, float *dk, float *dv, int64_t B,
                                  int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
-                                 int causal);
+                                 int causal, int accumulate);
 sd_status cpu_attention_probs_backward(const float *q, const float *k, const float *probs,
                                        const float *dprobs, float *dq, float *dk, int64_t B,
                                        int64_t Sq, int64_t Sk, int H, int D, float scale);
@@ -90,7 +92,8 @@ typedef enum cpu_attn_bwd_mode {
 sd_status cpu_attention_backward_mode(const float *q, const float *k, const float *v,
                                       const float *out, const float *dout, float *dq, float *dk,
                                       float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
-                                      int Dv, float scale, int causal, cpu_attn_bwd_mode mode);
+                                      int Dv, float scale, int causal, int accumulate,
+                                      cpu_attn_bwd_mode mode);
 sd_status cpu_attention_probs_backward_mode(const float *q, const float *k, const float *probs,
                                             const float *dprobs, float *dq, float *dk, int64_t B,
                                             int64_t Sq, int64_t Sk, int H, int D, float scale,

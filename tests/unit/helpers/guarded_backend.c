@@ -133,30 +133,31 @@ GUARD(conv2d_backward_params, (const float *dy, const float *x, float *dw, float
       (dy, x, dw, db, g), dy, x, dw, db)
 GUARD(group_norm_backward, (const float *x, const float *gamma, const float *beta, const float *dy, float *dx,
                             float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S, int groups, float eps,
-                            int silu),
-      (x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu), x, gamma, beta, dy, dx, dgamma, dbeta)
+                            int silu, int accumulate),
+      (x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu, accumulate), x, gamma, beta, dy, dx, dgamma,
+      dbeta)
 GUARD(layer_norm_backward, (const float *x, const float *gamma, const float *dy, float *dx, float *dgamma,
                             float *dbeta, int64_t M, int64_t C, float eps),
       (x, gamma, dy, dx, dgamma, dbeta, M, C, eps), x, gamma, dy, dx, dgamma, dbeta)
 GUARD(unary_backward, (sd_unary_op op, const float *x, const float *dy, float *dx, int64_t n, float alpha),
       (op, x, dy, dx, n, alpha), x, dy, dx)
-GUARD(geglu_backward, (const float *x, const float *dy, float *dx, int64_t M, int64_t N), (x, dy, dx, M, N), x, dy,
-      dx)
+GUARD(geglu_backward, (const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate),
+      (x, dy, dx, M, N, accumulate), x, dy, dx)
 GUARD(axpy, (float alpha, const float *x, float *y, int64_t n), (alpha, x, y, n), x, y)
 GUARD(axpy_dev, (const float *coef, const float *x, float *y, int64_t n), (coef, x, y, n), coef, x, y)
 GUARD(mul_acc, (const float *a, const float *b, float *y, int64_t n), (a, b, y, n), a, b, y)
 GUARD(add_channel_bias_backward, (const float *dy, float *dv, int64_t B, int64_t C, int64_t S), (dy, dv, B, C, S),
       dy, dv)
 GUARD(concat_channels_backward, (const float *dy, float *da, float *dc, int64_t B, int64_t Ca, int64_t Cb,
-                                 int64_t S),
-      (dy, da, dc, B, Ca, Cb, S), dy, da, dc)
+                                 int64_t S, int accumulate),
+      (dy, da, dc, B, Ca, Cb, S, accumulate), dy, da, dc)
 GUARD(upsample_nearest_backward, (const float *dy, float *dx, int64_t N, int64_t H, int64_t W, int64_t Ho,
-                                  int64_t Wo),
-      (dy, dx, N, H, W, Ho, Wo), dy, dx)
+                                  int64_t Wo, int accumulate),
+      (dy, dx, N, H, W, Ho, Wo, accumulate), dy, dx)
 GUARD(attention_backward, (const float *q, const float *k, const float *v, const float *out, const float *dout,
                            float *dq, float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv,
-                           float scale, int causal),
-      (q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal), q, k, v, out, dout, dq, dk, dv)
+                           float scale, int causal, int accumulate),
+      (q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate), q, k, v, out, dout, dq, dk, dv)
 GUARD(attention_probs_backward, (const float *q, const float *k, const float *probs, const float *dprobs, float *dq,
                                  float *dk, int64_t B, int64_t Sq, int64_t Sk, int H, int D, float scale),
       (q, k, probs, dprobs, dq, dk, B, Sq, Sk, H, D, scale), q, k, probs, dprobs, dq, dk)
@@ -227,7 +228,8 @@ GUARD16(conv2d_backward_data_bf16w, (const float *dy, const sd_f16 *wt, float *d
 GUARD16(linear_batched, (const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N, int count),
         (x, w, y, M, K, N, count), x, w, y)
 GUARD16(to_f16_nhwc, (const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S), (x, y, B, C, S), x, y)
-GUARD16(to_f32_nchw, (const sd_f16 *x, float *y, int64_t B, int64_t C, int64_t S), (x, y, B, C, S), x, y)
+GUARD16(to_f32_nchw, (const sd_f16 *x, const float *v, const float *r, float *y, int64_t B, int64_t C, int64_t S),
+        (x, v, r, y, B, C, S), x, v, r, y)
 GUARD16(conv2d_nhwc, (const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,
                       const sd_conv_geom *g),
         (x, w, b, v, r, y, g), x, w, b, v, r, y)
