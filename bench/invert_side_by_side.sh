@@ -7,9 +7,10 @@
 #
 # Rows (what each side times):
 #   DDIM inversion, whole     N UNet calls (conditional, guidance 1) from z0 to z_T.
-#                             stylediff: `bench invert`'s ddim seconds of its (last) nulltext row;
-#                             they also include encoding the prompt and "" and the VAE encode of
-#                             the photo. PyTorch: the DDIM loop on a latent only.
+#                             stylediff: `bench invert`'s ddim seconds of its (last) nulltext row:
+#                             the DDIM loop alone, its first (eager) step and the CUDA graph capture
+#                             included (encoding the prompt, "" and the photo is timed apart, in
+#                             the encode column). PyTorch: the DDIM loop on a latent.
 #   Null-text, per timestep   1 conditional forward + K x (unconditional forward, CFG 7.5, backward
 #                             to the null embedding, Adam step) + 1 batched CFG forward (batch 2).
 #                             stylediff: optimisation seconds / timed timesteps (mean over --timesteps,
@@ -369,7 +370,8 @@ for key, label, qkey in work:
 side = {"tiny": 256, "sd15": 512}.get(model, 0)
 print(f"Inversion cost, stylediff vs PyTorch eager: model {model} ({side} px, {side // 8}x{side // 8} latent), "
       f"{device} ({where}), {time.strftime('%Y-%m-%d', time.gmtime())}")
-print(f"  DDIM: {steps} steps, conditional, guidance 1 (stylediff's figure also encodes the prompts and the photo).")
+print(f"  DDIM: {steps} steps, conditional, guidance 1, the loop alone on both sides (stylediff's includes its "
+      f"first step's graph capture).")
 print(f"  Null-text: 1 cond fwd + {inner} x (uncond fwd + backward + Adam) + 1 CFG fwd (batch 2), guidance 7.5;"
       f" stylediff: mean over {timesteps} timestep(s), PyTorch: median of {reps}, no early stop.")
 print(f"  StyleDiffusion ({steps_sd} steps, {inner_sd} iterations at timestep 0, decaying): one mapping net -> 16 value "

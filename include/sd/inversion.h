@@ -70,8 +70,9 @@ typedef struct sd_inversion {
     sd_step_stats *stats;         /* n_steps entries (inversion order of the reverse steps) */
     int gradient_steps;           /* optimiser iterations run (nulltext, stylediffusion) */
     int graph_steps;              /* of which replayed from a CUDA graph (autograd.h, sd_graph_step) */
-    double seconds_ddim;          /* encode + DDIM inversion */
-    double seconds_total;
+    double seconds_encode;        /* the photo's VAE encode and the prompts' text encoding */
+    double seconds_ddim;          /* the DDIM inversion z0 -> z_T (StyleDiffusion: with its maps) */
+    double seconds_total;         /* all of it: encode, DDIM inversion, optimisation */
     uint64_t image_hash;          /* sd_hash64 of the 8-bit crop fed to the VAE */
     int image_size;               /* side of that crop in pixels */
     char model_id[256];           /* what the model was loaded from */

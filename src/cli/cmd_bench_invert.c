@@ -18,7 +18,7 @@ typedef struct {
     sd_invert_method method;
     int steps, timesteps_run, iterations;
     int graph_iterations; /* of the iterations, those replayed from a CUDA graph */
-    double seconds_total, seconds_ddim, seconds_opt;
+    double seconds_total, seconds_encode, seconds_ddim, seconds_opt; /* opt: total - encode - ddim */
     double latent_mse, psnr;
     double peak_mib; /* activations (arena + recomputation scratch) and kept results, over the method */
     sd_status status;
@@ -27,15 +27,16 @@ typedef struct {
 static void print_rows(const bench_row *rows, int n, const char *where, int tsv) {
     if (tsv) {
         for (int i = 0; i < n; i++)
-            printf("invert\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%.4f\t%.6g\t%.3f\t%.0f\t%d\n", sd_invert_method_name(rows[i].method),
-                   rows[i].steps, rows[i].timesteps_run, rows[i].iterations, rows[i].seconds_total,
-                   rows[i].seconds_ddim, rows[i].seconds_opt, rows[i].latent_mse, rows[i].psnr, rows[i].peak_mib,
-                   rows[i].graph_iterations);
+            printf("invert\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%.4f\t%.6g\t%.3f\t%.0f\t%d\t%.4f\n",
+                   sd_invert_method_name(rows[i].method), rows[i].steps, rows[i].timesteps_run, rows[i].iterations,
+                   rows[i].seconds_total, rows[i].seconds_ddim, rows[i].seconds_opt, rows[i].latent_mse, rows[i].psnr,
+                   rows[i].peak_mib, rows[i].graph_iterations, rows[i].seconds_encode);
         return;
     }
     printf("inversion cost and reconstruction quality on %s\n", where);
-    printf("%-15s %6s %6s %10s %7s %11s %14s %14s %10s %12s %9s %9s\n", "method", "steps", "timed", "iterations",
-           "graphed", "ddim inv s", "per timestep s", "per iter ms", "total s", "latent MSE", "PSNR dB", "peak MiB");
+    printf("%-15s %6s %6s %10s %7s %9s %11s %14s %14s %10s %12s %9s %9s\n", "method", "steps", "timed", "iterations",
+           "graphed", "encode s", "ddim inv s", "per timestep s", "per iter ms", "total s", "latent MSE", "PSNR dB",
+           "peak MiB");
     for (int i = 0; i < n; i++) {
         const bench_row *r = &rows[i];
         if (r->status) {
@@ -48,9 +49,9 @@ static void print_rows(const bench_row *rows, int n, const char *where, int tsv)
         if (isfinite(r->psnr)) snprintf(psnr, sizeof psnr, "%.2f", r->psnr);
         char per_step[32] = "-";
         if (r->timesteps_run) snprintf(per_step, sizeof per_step, "%.3f", r->seconds_opt / r->timesteps_run);
-        printf("%-15s %6d %6d %10d %7d %11.2f %14s %14s %10.2f %12s %9s %9.0f\n", sd_invert_method_name(r->method),
-               r->steps, r->timesteps_run, r->iterations, r->graph_iterations, r->seconds_ddim, per_step, per_iter,
-               r->seconds_total, mse, psnr, r->peak_mib);
+        printf("%-15s %6d %6d %10d %7d %9.3f %11.3f %14s %14s %10.2f %12s %9s %9.0f\n", sd_invert_method_name(r->method),
+               r->steps, r->timesteps_run, r->iterations, r->graph_iterations, r->seconds_encode, r->seconds_ddim,
+               per_step, per_iter, r->seconds_total, mse, psnr, r->peak_mib);
     }
 }
 
@@ -184,8 +185,9 @@ int cmd_bench_invert(int argc, char **argv) {
             for (int k = 0; k < row->timesteps_run; k++) row->iterations += inv.stats[k].iterations;
             row->graph_iterations = inv.graph_steps;
             row->seconds_total = inv.seconds_total;
+            row->seconds_encode = inv.seconds_encode;
             row->seconds_ddim = inv.seconds_ddim;
-            row->seconds_opt = inv.seconds_total - inv.seconds_ddim;
+            row->seconds_opt = inv.seconds_total - inv.seconds_encode - inv.seconds_ddim;
             if (!optimising || !o.stop_after) {
                 sd_tensor *z = sd_inversion_reconstruct(&c, &m, &inv);
                 sd_tensor *z0 = sd_upload(&c, inv.z0);

@@ -169,9 +169,12 @@ int cmd_invert(int argc, char **argv) {
         cJSON_AddNumberToObject(doc, "steps", o.n_steps);
         cJSON_AddNumberToObject(doc, "guidance", o.guidance);
         cJSON_AddNumberToObject(doc, "size", size);
+        /* the optimisation's share: what is left after the encoders and the DDIM inversion */
+        const double seconds_opt = inv.seconds_total - inv.seconds_encode - inv.seconds_ddim;
         cJSON_AddItemToObject(doc, "seconds_total", num(inv.seconds_total));
+        cJSON_AddItemToObject(doc, "seconds_encode", num(inv.seconds_encode));
         cJSON_AddItemToObject(doc, "seconds_ddim_inversion", num(inv.seconds_ddim));
-        cJSON_AddItemToObject(doc, "seconds_per_timestep", num((inv.seconds_total - inv.seconds_ddim) / o.n_steps));
+        cJSON_AddItemToObject(doc, "seconds_per_timestep", num(seconds_opt / o.n_steps));
         cJSON_AddItemToObject(doc, "seconds_reconstruction", num(t_recon));
         cJSON_AddItemToObject(doc, "latent_mse", num(mse));
         cJSON_AddItemToObject(doc, "psnr_db", num(psnr));
@@ -197,8 +200,9 @@ int cmd_invert(int argc, char **argv) {
             if (!no_recon) printf("  %-26s %s\n", "reconstruction", recon_path);
             printf("  %-26s %s\n", "report", report_path);
             printf("  %-26s %s\n", "device", where);
-            printf("  %-26s %.2f s (DDIM inversion %.2f s, %.3f s per timestep, %d optimiser iterations)\n",
-                   "time", inv.seconds_total, inv.seconds_ddim, (inv.seconds_total - inv.seconds_ddim) / o.n_steps,
+            printf("  %-26s %.2f s (encode %.2f s, DDIM inversion %.2f s, %.3f s per timestep, %d optimiser "
+                   "iterations)\n",
+                   "time", inv.seconds_total, inv.seconds_encode, inv.seconds_ddim, seconds_opt / o.n_steps,
                    total_iterations);
             if (inv.gradient_steps > 0)
                 printf("  %-26s %d of %d replayed from a CUDA graph%s\n", "optimiser iterations", inv.graph_steps,

@@ -4,7 +4,7 @@
  * (one); mapping.NNN.<param> for stylediffusion (the reference's per-timestep networks);
  * image_features (1, tokens, D); stats (N, 5): t, iterations, first loss, last loss, seconds.
  * Metadata: format, method, prompt, n_steps, guidance, image_hash, image_size, model,
- * model_fingerprint, seconds_ddim, seconds_total. */
+ * model_fingerprint, seconds_encode, seconds_ddim, seconds_total. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,18 +62,20 @@ sd_status sd_inversion_save(const sd_inversion *inv, const char *path) {
         for (int i = 0; i < N && !st; i++)
             for (int p = 0; p < SD_MAP_N_PARAMS && !st; p++)
                 st = list_add(&l, inv->mapping[i][p], "mapping.%03d.%s", i, sd_mapping_param_names[p]);
-    char n_steps[32], guidance[32], hash[32], size[32], fp[32], t_ddim[32], t_total[32];
+    char n_steps[32], guidance[32], hash[32], size[32], fp[32], t_encode[32], t_ddim[32], t_total[32];
     snprintf(n_steps, sizeof n_steps, "%d", N);
     snprintf(guidance, sizeof guidance, "%.9g", inv->guidance);
     snprintf(hash, sizeof hash, "%016" PRIx64, inv->image_hash);
     snprintf(size, sizeof size, "%d", inv->image_size);
     snprintf(fp, sizeof fp, "%016" PRIx64, inv->model_fingerprint);
+    snprintf(t_encode, sizeof t_encode, "%.3f", inv->seconds_encode);
     snprintf(t_ddim, sizeof t_ddim, "%.3f", inv->seconds_ddim);
     snprintf(t_total, sizeof t_total, "%.3f", inv->seconds_total);
     const char *meta[] = {"format", FORMAT_TAG, "method", sd_invert_method_name(inv->method),
                           "prompt", inv->prompt, "n_steps", n_steps, "guidance", guidance,
                           "image_hash", hash, "image_size", size, "model", inv->model_id,
-                          "model_fingerprint", fp, "seconds_ddim", t_ddim, "seconds_total", t_total};
+                          "model_fingerprint", fp, "seconds_encode", t_encode, "seconds_ddim", t_ddim,
+                          "seconds_total", t_total};
     if (!st)
         st = sd_safetensors_write(path, l.tensors, (const char *const *)l.names, l.n, meta,
                                   (int)(sizeof meta / sizeof meta[0] / 2));

@@ -93,6 +93,11 @@ static sd_status check_step(sd_ctx *c, float loss, const sd_adam *opt, int i, in
     return sd_ctx_status(c);
 }
 
+double sd_invert_clock(sd_ctx *c) {
+    if (c->status == SD_OK && c->be->synchronize) sd_ctx_check(c, c->be->synchronize());
+    return sd_now();
+}
+
 sd_status sd_check_fp16_result(sd_ctx *c, const sd_tensor *z, const char *what, int steps) {
     if (c->status != SD_OK || c->activations != SD_F16 || !z) return c->status;
     if (!sd_all_finite(c, z) && c->status == SD_OK)
@@ -150,15 +155,18 @@ sd_status sd_invert(sd_ctx *c, const sd_model *m, const sd_invert_options *o, sd
     snprintf(out->model_id, sizeof out->model_id, "%s", m->builtin ? "built-in tiny" : m->files.source);
     out->model_fingerprint = m->fingerprint;
 
-    const double t0 = sd_now();
+    const double t0 = sd_invert_clock(c); /* not the tail of the caller's work */
     sd_invert_state s;
     sd_status st = sd_invert_prepare(c, m, o, image, prompt, &s);
+    if (st == SD_OK) st = sd_ctx_status(c);
+    const double t_ddim = sd_invert_clock(c);
+    out->seconds_encode = t_ddim - t0;
     if (st == SD_OK) {
         switch (o->method) {
         case SD_INVERT_DDIM:
         case SD_INVERT_NPI:
             st = sd_ddim_invert(c, m, &s.sched, s.z0, s.cond, s.latents);
-            out->seconds_ddim = sd_now() - t0;
+            out->seconds_ddim = sd_invert_clock(c) - t_ddim;
             if (st == SD_OK && o->method == SD_INVERT_NPI) {
                 out->null_embeddings = calloc(1, sizeof *out->null_embeddings);
                 if (!out->null_embeddings) st = sd_fail(SD_ERR_OOM, "out of memory");
@@ -167,14 +175,14 @@ sd_status sd_invert(sd_ctx *c, const sd_model *m, const sd_invert_options *o, sd
             for (int i = 0; i < o->n_steps; i++) out->stats[i].t = s.sched.timesteps[i];
             break;
         case SD_INVERT_NULLTEXT:
-            st = sd_nulltext_optimize(c, m, o, &s, out, t0);
+            st = sd_nulltext_optimize(c, m, o, &s, out);
             break;
         case SD_INVERT_STYLEDIFFUSION:
             if (!features) {
                 st = sd_fail(SD_ERR_ARG, "stylediffusion inversion needs the CLIP image features");
                 break;
             }
-            st = sd_stylediffusion_optimize(c, m, o, &s, features, out, t0);
+            st = sd_stylediffusion_optimize(c, m, o, &s, features, out);
             break;
         }
     }

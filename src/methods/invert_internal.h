@@ -18,13 +18,13 @@ sd_status sd_invert_prepare(sd_ctx *c, const sd_model *m, const sd_invert_option
                             sd_tensor *image, const char *prompt, sd_invert_state *s);
 void sd_invert_state_free(sd_invert_state *s);
 
-/* Null-text inversion (§5) on a prepared state: fills out->null_embeddings, stats, seconds. */
+/* Null-text inversion (§5) on a prepared state: fills out->null_embeddings, stats, seconds
+ * (seconds_ddim: its DDIM inversion, which it starts at once). */
 sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
-                               sd_invert_state *s, sd_inversion *out, double t0);
-/* StyleDiffusion (§3.5, §3.6) on a prepared state: fills out->mapping, stats, seconds. */
+                               sd_invert_state *s, sd_inversion *out);
+/* StyleDiffusion (§3.5, §3.6) on a prepared state: fills out->mapping, stats, seconds (likewise). */
 sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
-                                     sd_invert_state *s, sd_tensor *features, sd_inversion *out,
-                                     double t0);
+                                     sd_invert_state *s, sd_tensor *features, sd_inversion *out);
 
 /* The conditional eps of StyleDiffusion at the timestep tvec[1] (device memory): every
  * cross-attention layer's value input is
@@ -49,6 +49,9 @@ typedef struct sd_step_inputs {
  * where F32 would not), fails naming `what` when z holds NaN or Inf. One host sync, so once per
  * loop, not per step; a no-op with F32 activations. */
 sd_status sd_check_fp16_result(sd_ctx *c, const sd_tensor *z, const char *what, int steps);
+/* sd_now() once the device has finished the work queued so far: the phases' seconds (encode, DDIM
+ * inversion, optimisation) then hold their own device time, not their predecessor's tail. */
+double sd_invert_clock(sd_ctx *c);
 sd_status sd_step_inputs_init(sd_ctx *c, sd_step_inputs *in, int64_t rows, const sd_tensor *latent);
 /* Writes one timestep's values (uploads and one copy, outside any graph); target may be NULL. */
 sd_status sd_step_inputs_set(sd_ctx *c, sd_step_inputs *in, int t, const float factors[4], const sd_tensor *target);

@@ -131,6 +131,13 @@ static void test_nulltext_first_timesteps(void **state) {
         sd_tensor_free(want);
     }
     sd_tensor_free(losses);
+    /* the phases are timed apart and add up: the encoders, the DDIM inversion, then each optimised
+     * timestep (what `invert` reports per timestep and `bench invert` sets beside PyTorch's loops) */
+    assert_true(inv.seconds_encode > 0.0 && inv.seconds_ddim > 0.0);
+    const double phases = inv.seconds_encode + inv.seconds_ddim + inv.stats[0].seconds + inv.stats[1].seconds;
+    print_message("    encode %.3f s + DDIM inversion %.3f s + 2 timesteps %.3f s <= total %.3f s\n", inv.seconds_encode,
+                  inv.seconds_ddim, inv.stats[0].seconds + inv.stats[1].seconds, inv.seconds_total);
+    assert_true(phases <= inv.seconds_total + 1e-6);
     sd_inversion_free(&inv);
 }
 
