@@ -137,7 +137,7 @@ static void test_small_graph_matches_finite_differences(void **state) {
         sd_tensor_free(analytic[p]);
     }
     for (int i = 0; i < 8; i++) sd_tensor_free(host[i]);
-    for (int i = 0; i < 6; i++) sd_tensor_free(params[i]);
+    for (int i = 0; i < 7; i++) sd_tensor_free(params[i]);
     sd_tensor_free(g.target);
     sd_tensor_free(g.coef);
     sd_tape_free(tape);
