@@ -404,7 +404,7 @@ __global__ void k_pad_input(const T *x, T *xp, int64_t BC, int64_t H, int64_t W,
                             int pad_left) {
     /* x: [B·C, H, W] -> xp: [B·C, Hp, Wp], xp[., y, x] = x[., y − pad_top, x − pad_left] or 0 */
     const int64_t n = BC * Hp * Wp;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, n) {
         const int64_t px = i % Wp, t = i / Wp, py = t % Hp, bc = t / Hp;
         const int64_t iy = py - pad_top, ix = px - pad_left;
         cu_store(&xp[i], (iy >= 0 && iy < H && ix >= 0 && ix < W) ? cu_f32(x[(bc * H + iy) * W + ix]) : 0.0f);
@@ -415,7 +415,7 @@ __global__ void k_unpad_add(const float *dxp, float *dx, int64_t BC, int64_t H, 
                             int pad_top, int pad_left) {
     /* dx: [B·C, H, W] += dxp[., y + pad_top, x + pad_left] where inside the padded buffer */
     const int64_t n = BC * H * W;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, n) {
         const int64_t ix = i % W, t = i / W, iy = t % H, bc = t / H;
         const int64_t py = iy + pad_top, px = ix + pad_left;
         if (py < Hp && px < Wp) dx[i] += dxp[(bc * Hp + py) * Wp + px];
@@ -599,7 +599,7 @@ __global__ void k_im2col_nhwc(const T *x, T *col, sd_conv_geom g) {
         const int y0 = oy * g.stride - g.pad_top, x0 = ox * g.stride - g.pad_left;
         const T *xb = x + b * g.h_in * g.w_in * g.c_in;
         T *out = col + r * K;
-        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < g.c_in; c += (int64_t)gridDim.x * blockDim.x)
+        GRID_STRIDE(c, g.c_in)
             for (int i = 0; i < g.kh; i++) {
                 const int iy = y0 + i;
                 for (int j = 0; j < g.kw; j++) {
@@ -807,7 +807,7 @@ sd_status cu_conv2d_backward_params(const float *dy, const float *x, float *dw, 
 /* wt[ci, co, s] = bf16(w[co, ci, S-1-s]), S = kh·kw: one thread per wt element */
 __global__ void k_bf16_conv_transposed_weight(const float *w, __nv_bfloat16 *wt, int64_t Co, int64_t Ci, int64_t S) {
     const int64_t n = Co * Ci * S;
-    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (int64_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE(e, n) {
         const int64_t s = e % S, co = (e / S) % Co, ci = e / (S * Co);
         wt[e] = __float2bfloat16_rn(w[(co * Ci + ci) * S + (S - 1 - s)]);
     }

@@ -175,10 +175,14 @@ static inline dim3 cu_rows_grid(int64_t rows, int64_t cols, int threads) {
 /* Threads per block for rows of `cols` elements: 256, or fewer whole warps for short rows (an 8x8
  * image's 64 pixels would leave six of eight warps idle). */
 static inline int cu_row_threads(int64_t cols) { return cols >= 256 ? 256 : cols <= 32 ? 32 : (int)((cols + 31) / 32) * 32; }
+/* Grid-stride loop over [0, n) along x: the kernels' element loops, whatever the grid's size. */
+#define GRID_STRIDE(i, n)                                                                          \
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
+         i += (int64_t)gridDim.x * blockDim.x)
+
 #define CU_ROWS_COLS(r, c, rows, cols)                                                             \
     for (int64_t r = blockIdx.y; r < (rows); r += gridDim.y)                                       \
-        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < (cols);               \
-             c += (int64_t)gridDim.x * blockDim.x)
+        GRID_STRIDE(c, cols)
 
 /* ------------------------------------------------------------------------------------------------
  * Device helpers
@@ -468,7 +472,7 @@ __global__ void k_channels_last_sum(const T *x, const float *b, const float *v, 
         const float *vb = v ? v + (r / P) * C : NULL;
         const T *xr = x + r * C, *rr = res ? res + r * C : NULL;
         T *yr = y + r * C;
-        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+        GRID_STRIDE(c, C) {
             float sum = cu_f32(xr[c]);
             if (b) sum += b[c];
             if (vb) sum += vb[c];

@@ -19,11 +19,6 @@
 
 #define EW_THREADS 256
 
-/* Grid-stride loop over [0, n). */
-#define GRID_STRIDE(i, n)                                                                          \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
-         i += (int64_t)gridDim.x * blockDim.x)
-
 /* ------------------------------------------------------------------------------------------------
  * Forward elementwise
  * --------------------------------------------------------------------------------------------- */
@@ -322,7 +317,7 @@ __global__ void k_concat_nhwc(const U *a, const U *c, U *y, int64_t rows, int64_
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
         const U *ar = a + r * Ca, *cr = c + r * Cb;
         U *yr = y + r * Cy;
-        for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < Cy; k += (int64_t)gridDim.x * blockDim.x)
+        GRID_STRIDE(k, Cy)
             yr[k] = k < Ca ? ar[k] : cr[k - Ca];
     }
 }
@@ -340,7 +335,7 @@ __global__ void k_upsample_nhwc(const U *x, U *y, int64_t B, int64_t H, int64_t 
         if (ix > W - 1) ix = W - 1;
         const U *xr = x + ((b * H + iy) * W + ix) * C;
         U *yr = y + r * C;
-        for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < C; k += (int64_t)gridDim.x * blockDim.x)
+        GRID_STRIDE(k, C)
             yr[k] = xr[k];
     }
 }

@@ -343,7 +343,7 @@ sd_status cu_f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int
  * --------------------------------------------------------------------------------------------- */
 
 __global__ void k_bf16_from_f32(const float *x, __nv_bfloat16 *y, int64_t n) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    GRID_STRIDE(i, n)
         y[i] = __float2bfloat16_rn(x[i]);
 }
 

@@ -118,8 +118,7 @@ __global__ void k_gn_partial(const T *x, int64_t count, int chunks, double *part
 /* stats[bg · 2 + {0, 1}] = (mean, rstd) (gn_stats_from_sums) from the chunks' partial sums. */
 __global__ void k_gn_finalize(const double *partial, int chunks, int64_t n_groups, int64_t count, float eps,
                               float *stats) {
-    for (int64_t bg = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; bg < n_groups;
-         bg += (int64_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE(bg, n_groups) {
         double s = 0.0, sq = 0.0;
         for (int c = 0; c < chunks; c++) {
             s += partial[(bg * chunks + c) * 2 + 0];
@@ -624,7 +623,7 @@ __global__ void k_ln_bwd_params_partial(const float *x, const float *dy, const f
 }
 
 __global__ void k_ln_bwd_params_final(const double *partial, int chunks, int64_t C, float *dgamma, float *dbeta) {
-    for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE(c, C) {
         double tg = 0.0, tb = 0.0;
         for (int j = 0; j < chunks; j++) {
             tg += partial[((int64_t)j * C + c) * 2 + 0];
@@ -719,7 +718,7 @@ __global__ void k_gn_nhwc_normalize(const T *x, const float *gamma, const float 
         const float *st = stats + (r / S) * G * 2;
         const T *xr = x + r * C;
         T *yr = y + r * C;
-        for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < C; c += (int64_t)gridDim.x * blockDim.x) {
+        GRID_STRIDE(c, C) {
             const int g = (int)c / cpg;
             const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
             cu_store(&yr[c], gn_value(cu_f32(xr[c]), st[2 * g], st[2 * g + 1], ga, be, silu));

@@ -15,8 +15,7 @@
 __global__ void k_max_pool2d(const float *__restrict__ x, float *__restrict__ y, int64_t N, int64_t H,
                              int64_t W, int64_t Ho, int64_t Wo, int kernel, int stride) {
     /* x: [N, H, W] planes -> y: [N, Ho, Wo] */
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < N * Ho * Wo;
-         i += (int64_t)gridDim.x * blockDim.x) {
+    GRID_STRIDE(i, N * Ho * Wo) {
         const int64_t ox = i % Wo, t = i / Wo, oy = t % Ho, n = t / Ho;
         const float *window = x + (n * H + oy * stride) * W + ox * stride;
         float best = -INFINITY;

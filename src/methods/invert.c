@@ -175,14 +175,14 @@ sd_status sd_invert(sd_ctx *c, const sd_model *m, const sd_invert_options *o, sd
             for (int i = 0; i < o->n_steps; i++) out->stats[i].t = s.sched.timesteps[i];
             break;
         case SD_INVERT_NULLTEXT:
-            st = sd_nulltext_optimize(c, m, o, &s, out);
+            st = sd_nulltext_optimize(c, m, o, &s, out, t_ddim);
             break;
         case SD_INVERT_STYLEDIFFUSION:
             if (!features) {
                 st = sd_fail(SD_ERR_ARG, "stylediffusion inversion needs the CLIP image features");
                 break;
             }
-            st = sd_stylediffusion_optimize(c, m, o, &s, features, out);
+            st = sd_stylediffusion_optimize(c, m, o, &s, features, out, t_ddim);
             break;
         }
     }

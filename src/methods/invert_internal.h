@@ -19,12 +19,12 @@ sd_status sd_invert_prepare(sd_ctx *c, const sd_model *m, const sd_invert_option
 void sd_invert_state_free(sd_invert_state *s);
 
 /* Null-text inversion (§5) on a prepared state: fills out->null_embeddings, stats, seconds
- * (seconds_ddim: its DDIM inversion, which it starts at once). */
+ * (seconds_ddim: its DDIM inversion, which it starts at once, at the clock t_ddim). */
 sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
-                               sd_invert_state *s, sd_inversion *out);
+                               sd_invert_state *s, sd_inversion *out, double t_ddim);
 /* StyleDiffusion (§3.5, §3.6) on a prepared state: fills out->mapping, stats, seconds (likewise). */
 sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
-                                     sd_invert_state *s, sd_tensor *features, sd_inversion *out);
+                                     sd_invert_state *s, sd_tensor *features, sd_inversion *out, double t_ddim);
 
 /* The conditional eps of StyleDiffusion at the timestep tvec[1] (device memory): every
  * cross-attention layer's value input is

@@ -32,9 +32,8 @@ static sd_tensor *cond_eps(sd_ctx *c, void *arg) {
 }
 
 sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
-                               sd_invert_state *s, sd_inversion *out) {
+                               sd_invert_state *s, sd_inversion *out, double t_ddim) {
     const int N = o->n_steps;
-    const double t_ddim = sd_invert_clock(c);
     SD_TRY(sd_ddim_invert(c, m, &s->sched, s->z0, s->cond, s->latents));
     out->seconds_ddim = sd_invert_clock(c) - t_ddim;
     out->null_embeddings = calloc((size_t)N, sizeof *out->null_embeddings);

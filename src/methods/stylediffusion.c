@@ -137,7 +137,8 @@ static sd_tensor *stylediffusion_advance(sd_ctx *c, void *arg) {
 }
 
 sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_invert_options *o,
-                                     sd_invert_state *s, sd_tensor *features, sd_inversion *out) {
+                                     sd_invert_state *s, sd_tensor *features, sd_inversion *out,
+                                     double t_ddim) {
     const int N = o->n_steps;
     const int64_t q_len = sd_loss_map_q_len(s->z0->shape[2], s->z0->shape[3]);
     sd_tensor *(*gt)[SD_MAX_CAPTURED] = calloc((size_t)N + 1, sizeof *gt);
@@ -147,7 +148,6 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
         return c->status = sd_fail(SD_ERR_OOM, "out of memory");
     }
     int n_maps = 0;
-    const double t_ddim = sd_invert_clock(c);
     sd_status st = invert_with_maps(c, m, s, q_len, gt, &n_maps);
     out->seconds_ddim = sd_invert_clock(c) - t_ddim;
     if (st) {

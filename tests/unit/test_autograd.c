@@ -170,6 +170,25 @@ static void test_frozen_paths_record_nothing(void **state) {
  * gradient while it still reads dL/dy: that one buffer is copied on the write. */
 static const sd_backend *counted;
 static long copies;
+
+/* A CPU context whose op table is `table`: a copy of the CPU backend's (`counted`, which the
+ * counting wrappers call) for the test to replace entries of. A tape records on it. */
+static sd_tape *open_counting(sd_ctx *c, sd_backend *table) {
+    assert_sd_ok(sd_ctx_init_cpu(c));
+    counted = c->be;
+    *table = *c->be;
+    c->be = table;
+    sd_tape *tape = sd_tape_new();
+    sd_ctx_set_tape(c, tape);
+    return tape;
+}
+
+static void close_counting(sd_ctx *c, sd_tape *tape) {
+    sd_ctx_set_tape(c, NULL);
+    sd_tape_free(tape);
+    c->be = counted;
+    sd_ctx_free(c);
+}
 static sd_status counting_copy(float *dst, const float *src, int64_t n) {
     copies++;
     return counted->copy(dst, src, n);
@@ -178,11 +197,9 @@ static sd_status counting_copy(float *dst, const float *src, int64_t n) {
 static void test_add_shares_its_gradient(void **state) {
     (void)state;
     sd_ctx c;
-    assert_sd_ok(sd_ctx_init_cpu(&c));
-    counted = c.be;
-    sd_backend table = *c.be;
+    sd_backend table;
+    sd_tape *tape = open_counting(&c, &table);
     table.copy = counting_copy;
-    c.be = &table;
     const int64_t hs[4] = {1, 4, 5, 5}, ws[4] = {4, 4, 3, 3};
     sd_tensor *hh = sd_tensor_new(SD_F32, 4, hs), *wh = sd_tensor_new(SD_F32, 4, ws);
     testutil_fill_normal(sd_f32(hh), sd_numel(hh), 810, 1.0f);
@@ -190,8 +207,6 @@ static void test_add_shares_its_gradient(void **state) {
     sd_tensor *x = sd_param_new(&c, hh, "x"), *w = sd_param_new(&c, wh, "w");
     const sd_conv_w conv = {w, NULL, 0};
     const sd_norm_w gn = {NULL, NULL};
-    sd_tape *tape = sd_tape_new();
-    sd_ctx_set_tape(&c, tape);
     sd_tensor *grads[3][2];
     long copied[3];
     for (int k = 0; k < 3; k++) {
@@ -214,14 +229,11 @@ static void test_add_shares_its_gradient(void **state) {
         assert_true(testutil_max_rel_err(sd_f32(grads[0][g]), sd_f32(grads[1][g]), sd_numel(grads[0][g])) < 1e-6);
         for (int k = 0; k < 3; k++) sd_tensor_free(grads[k][g]);
     }
-    sd_ctx_set_tape(&c, NULL);
-    sd_tape_free(tape);
     sd_tensor_free(x);
     sd_tensor_free(w);
     sd_tensor_free(hh);
     sd_tensor_free(wh);
-    c.be = counted;
-    sd_ctx_free(&c);
+    close_counting(&c, tape);
 }
 
 /* An op's data gradient that is its input's first contribution is written by the op itself
@@ -285,23 +297,19 @@ static sd_status counting_attention_backward(const float *q, const float *k, con
 static void test_first_contributions_overwrite(void **state) {
     (void)state;
     sd_ctx c;
-    assert_sd_ok(sd_ctx_init_cpu(&c));
-    counted = c.be;
-    sd_backend table = *c.be;
+    sd_backend table;
+    sd_tape *tape = open_counting(&c, &table);
     table.zero = counting_zero;
     table.group_norm_backward = counting_group_norm_backward;
     table.geglu_backward = counting_geglu_backward;
     table.concat_channels_backward = counting_concat_channels_backward;
     table.upsample_nearest_backward = counting_upsample_nearest_backward;
     table.attention_backward = counting_attention_backward;
-    c.be = &table;
     const int64_t xs[4] = {1, 4, 4, 4};
     sd_tensor *xh = sd_tensor_new(SD_F32, 4, xs);
     testutil_fill_normal(sd_f32(xh), sd_numel(xh), 820, 1.0f);
     sd_tensor *x = sd_param_new(&c, xh, "x");
     const sd_norm_w gn = {NULL, NULL};
-    sd_tape *tape = sd_tape_new();
-    sd_ctx_set_tape(&c, tape);
     sd_tensor *grads[2];
     long fills[2], overwritten[2], emulated = 0;
     for (int k = 0; k < 2; k++) {
@@ -328,12 +336,9 @@ static void test_first_contributions_overwrite(void **state) {
     assert_int_equal(emulated, 9); /* the buffers the six ops wrote: 1 + 2 + 2 + 1 + 3 */
     for (int64_t i = 0; i < sd_numel(grads[0]); i++) assert_true(sd_f32(grads[0])[i] == sd_f32(grads[1])[i]);
     for (int k = 0; k < 2; k++) sd_tensor_free(grads[k]);
-    sd_ctx_set_tape(&c, NULL);
-    sd_tape_free(tape);
     sd_tensor_free(x);
     sd_tensor_free(xh);
-    c.be = counted;
-    sd_ctx_free(&c);
+    close_counting(&c, tape);
 }
 
 /* ------------------------------------------------------------------------------------------------

@@ -139,8 +139,8 @@ static sd_status f16_to_bf16_conv_transposed(const float *w, sd_f16 *wt, int64_t
     return SD_OK;
 }
 
-/* dx (+)= conv(bf16(dy), wt): dy rounded and both widened exactly, the F32 convolution of the data
- * gradient's geometry into a temporary, added into dx or copied there */
+/* dx (+)= conv(bf16(dy), wt): dy rounded and both widened exactly, then the F32 convolution of the
+ * data gradient's geometry, written into dx or (accumulating) into a temporary added to it */
 static sd_status f16_conv2d_backward_data_bf16w(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
                                                  int accumulate) {
     sd_conv_geom t;
@@ -151,18 +151,18 @@ static sd_status f16_conv2d_backward_data_bf16w(const float *dy, const sd_f16 *w
     const int64_t ny = t.batch * t.c_in * t.h_in * t.w_in, nw = t.c_out * t.c_in * t.kh * t.kw;
     const int64_t nx = t.batch * t.c_out * t.h_out * t.w_out;
     float *d = scratch(ny, "conv2d_backward_data_bf16w"), *wf = d ? scratch(nw, "conv2d_backward_data_bf16w") : NULL;
-    float *part = wf ? scratch(nx, "conv2d_backward_data_bf16w") : NULL;
-    sd_status st = part ? SD_OK : SD_ERR_OOM;
+    float *part = wf && accumulate ? scratch(nx, "conv2d_backward_data_bf16w") : NULL;
+    sd_status st = wf && (part || !accumulate) ? SD_OK : SD_ERR_OOM;
     if (st == SD_OK) {
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < ny; i++) d[i] = sd_bf16_to_f32(sd_f32_to_bf16(dy[i]));
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < nw; i++) wf[i] = sd_bf16_to_f32(wt[i]);
-        st = f32_ops()->conv2d(d, wf, NULL, part, &t);
+        st = f32_ops()->conv2d(d, wf, NULL, accumulate ? part : dx, &t);
     }
-    if (st == SD_OK) {
+    if (st == SD_OK && accumulate) {
 #pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < nx; i++) dx[i] = accumulate ? dx[i] + part[i] : part[i];
+        for (int64_t i = 0; i < nx; i++) dx[i] += part[i];
     }
     free(d);
     free(wf);
