@@ -652,9 +652,7 @@ static sd_status conv_epilogue(T *y, const float *b, const float *v, const T *r,
     if (!b && !v && !r) return SD_OK;
     const int64_t P = g->h_out * g->w_out;
     if (nhwc) {
-        const int threads = cu_row_threads(g->c_out);
-        CU_LAUNCH(k_channels_last_sum<T>, cu_rows_grid(g->batch * P, g->c_out, threads), threads, 0,
-                  cu_cur()->stream)(y, b, v, r, y, g->batch * P, P, g->c_out);
+        CUDA_CHECK(cu_channels_last_sum<T>(y, b, v, r, y, g->batch * P, P, g->c_out, cu_cur()->stream));
     } else {
         const int threads = cu_row_threads(P);
         CU_LAUNCH(k_conv_epilogue_nchw<T>, cu_rows_grid(g->batch * g->c_out, P, threads), threads, 0,

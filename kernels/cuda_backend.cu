@@ -379,6 +379,7 @@ static void f16_table_fill(sd_f16_ops *t) {
     t->linear = cu_f16_linear;
     t->linear_f32io = cu_f16w_linear;
     t->linear_batched = cu_f16_linear_batched;
+    t->linear_batched_f32io = cu_f16w_linear_batched;
     t->to_bf16 = cu_to_bf16;
     t->linear_backward_data_bf16w = cu_bf16w_linear_backward_data;
     t->to_bf16_conv_transposed = cu_bf16_conv_transposed_weight;
@@ -579,6 +580,31 @@ extern "C" sd_status sd_cuda_timer_start(void) {
     cu_state *s = NULL;
     CU_TRY(need_state(&s));
     CUDA_CHECK(cudaEventRecord(s->ev_start, s->stream));
+    return SD_OK;
+}
+
+/* One thread spinning on the global nanosecond timer: the stream stays busy while the host queues
+ * what follows, which then runs back to back (the simulator runs kernels as they are launched: no
+ * spin there). */
+__global__ void k_hold(unsigned long long ns) {
+#ifndef SD_CUDA_SIM
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+#else
+    (void)ns;
+#endif
+}
+
+extern "C" sd_status sd_cuda_hold(double microseconds) {
+    cu_state *s = NULL;
+    CU_TRY(need_state(&s));
+    if (s->capturing) return sd_fail(SD_ERR_INTERNAL, "sd_cuda_hold inside a CUDA graph capture");
+    const unsigned long long ns = microseconds > 0 ? (unsigned long long)(microseconds * 1e3) : 0;
+    CU_LAUNCH(k_hold, 1, 1, 0, s->stream)(ns);
+    LAUNCH_CHECK("hold");
     return SD_OK;
 }
 

@@ -425,7 +425,26 @@ template <typename T> struct cu_vec16 {
         *reinterpret_cast<float4 *>(p) = *reinterpret_cast<const float4 *>(v);
     }
 };
-__device__ __forceinline__ bool cu_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+__host__ __device__ __forceinline__ bool cu_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* STEP (1 or 4) consecutive floats from p, in registers: one 16-byte load for 4 (p 16-byte aligned). */
+template <int STEP> struct cu_floats {
+    float v[STEP];
+    __device__ __forceinline__ void load(const float *p) {
+        if constexpr (STEP == 4) {
+            const float4 f = *reinterpret_cast<const float4 *>(p);
+            v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+        } else {
+            v[0] = p[0];
+        }
+    }
+    __device__ __forceinline__ void store(float *p) const {
+        if constexpr (STEP == 4)
+            *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+        else
+            p[0] = v[0];
+    }
+};
 
 /* The activations exactly as the CPU backend writes them (float arithmetic, same formulas). */
 __device__ __forceinline__ float cu_silu(float v) { return v / (1.0f + expf(-v)); }
@@ -461,6 +480,31 @@ __device__ __forceinline__ void cu_put(__nv_bfloat16 *p, float v) { cu_store(p, 
 static inline const __half *cu_half(const sd_f16 *p) { return reinterpret_cast<const __half *>(p); }
 static inline __half *cu_half(sd_f16 *p) { return reinterpret_cast<__half *>(p); }
 
+/* Two adjacent values rounded to a 16-bit type, stored as one 4-byte word (p 4-byte aligned). */
+__device__ __forceinline__ void cu_store2(__half *p, float a, float b) {
+    *reinterpret_cast<__half2 *>(p) = __floats2half2_rn(a, b);
+}
+__device__ __forceinline__ void cu_store2(__nv_bfloat16 *p, float a, float b) {
+    *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(a, b);
+}
+
+/* y = x rounded to T (fp16 or bf16), 4 values per thread where x is 16-byte and y 4-byte aligned
+ * (cu_narrowing_vec), the last n mod 4 one by one: one 4-byte load per thread kept half the bytes
+ * in flight the memory's rate needs, and a gradient step converts about 700 maps. */
+template <typename T> __global__ void k_narrow_from_f32(const float *x, T *y, int64_t n, int vec) {
+    const int64_t n4 = vec ? n / 4 : 0;
+    GRID_STRIDE(i, n4) {
+        const float4 f = reinterpret_cast<const float4 *>(x)[i];
+        cu_store2(y + 4 * i, f.x, f.y);
+        cu_store2(y + 4 * i + 2, f.z, f.w);
+    }
+    GRID_STRIDE(j, n - 4 * n4) cu_store(&y[4 * n4 + j], x[4 * n4 + j]);
+}
+/* Whether a conversion between F32 data at f32 and 16-bit data at narrow moves 4 values per thread. */
+static inline int cu_narrowing_vec(const void *f32, const void *narrow) {
+    return cu_aligned16(f32) && ((uintptr_t)narrow & 3) == 0;
+}
+
 /* Channels-last rows (one per pixel, C channels): y[r, c] = x[r, c] + b[c] + v[r / P, c] + res[r, c],
  * each term optional (NULL), summed in fp32 in that order and rounded once to T. y may be x. The
  * channel bias of a channels-last map (b NULL, P = pixels per image) and a convolution's epilogue
@@ -480,6 +524,49 @@ __global__ void k_channels_last_sum(const T *x, const float *b, const float *v, 
             cu_store(&yr[c], sum);
         }
     }
+}
+
+/* The same sum over the whole map as one flat run of 16-byte pieces (8 halves or 4 floats: C a
+ * multiple of the piece, x, res and y 16-byte aligned, fewer than 2^32 pieces). A thread per
+ * element of a 2-byte type keeps too few bytes in flight to reach the memory's rate (the
+ * channels-last GroupNorm's element-wise pass ran at under 200 GB/s on an H100 that way). */
+template <typename T>
+__global__ void k_channels_last_sum_vec(const T *x, const float *b, const float *v, const T *res, T *y,
+                                        uint32_t n_vec, uint32_t P, uint32_t C) {
+    typedef cu_vec16<T> V;
+    const uint32_t lanes = C / V::n;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
+        const uint32_t row = i / lanes, c0 = (i - row * lanes) * V::n;
+        const float *vb = v ? v + (size_t)(row / P) * C : NULL;
+        V in, add, out;
+        in.load(x + (size_t)i * V::n);
+        if (res) add.load(res + (size_t)i * V::n);
+#pragma unroll
+        for (int k = 0; k < V::n; k++) {
+            float sum = cu_f32(in.v[k]);
+            if (b) sum += b[c0 + k];
+            if (vb) sum += vb[c0 + k];
+            if (res) sum += cu_f32(add.v[k]);
+            cu_store(&out.v[k], sum);
+        }
+        out.store(y + (size_t)i * V::n);
+    }
+}
+
+/* Launches the channels-last sum above, 16 bytes per thread where the shape and pointers allow. */
+template <typename T>
+static inline cudaError_t cu_channels_last_sum(const T *x, const float *b, const float *v, const T *res, T *y,
+                                               int64_t rows, int64_t P, int64_t C, cudaStream_t stream) {
+    const int n = cu_vec16<T>::n;
+    const int64_t n_vec = rows * C / n;
+    if (C % n == 0 && cu_aligned16(x) && cu_aligned16(y) && (!res || cu_aligned16(res)) && n_vec <= (int64_t)UINT32_MAX) {
+        CU_LAUNCH(k_channels_last_sum_vec<T>, cu_blocks(n_vec, 256), 256, 0, stream)(x, b, v, res, y, (uint32_t)n_vec,
+                                                                                     (uint32_t)P, (uint32_t)C);
+    } else {
+        const int threads = cu_row_threads(C);
+        CU_LAUNCH(k_channels_last_sum<T>, cu_rows_grid(rows, C, threads), threads, 0, stream)(x, b, v, res, y, rows, P, C);
+    }
+    return cudaGetLastError();
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -630,6 +717,8 @@ sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float
                                         int accumulate);
 sd_status cu_f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                 int count);
+sd_status cu_f16w_linear_batched(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N,
+                                 int count);
 sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,
                         const sd_conv_geom *g);
 /* attention.cu */

@@ -48,11 +48,26 @@ sd_status cu_unary(sd_unary_op op, const float *x, float *y, int64_t n, float al
     return SD_OK;
 }
 
-template <typename T> __global__ void k_binary(int op, const T *a, const T *b, T *y, int64_t n) {
-    /* a, b, y: [n]; y may alias a or b */
-    GRID_STRIDE(i, n) {
-        const float u = cu_f32(a[i]), w = cu_f32(b[i]);
-        cu_store(&y[i], op == SD_BINARY_ADD ? u + w : (op == SD_BINARY_SUB ? u - w : u * w));
+__device__ __forceinline__ float binary_value(int op, float u, float w) {
+    return op == SD_BINARY_ADD ? u + w : (op == SD_BINARY_SUB ? u - w : u * w);
+}
+
+template <typename T> __global__ void k_binary(int op, const T *a, const T *b, T *y, int64_t n, int vec) {
+    /* a, b, y: [n]; y may alias a or b (each piece is read before it is written, by one thread).
+     * vec: all three 16-byte aligned, so the first n - n mod V values go 16 bytes at a time */
+    typedef cu_vec16<T> V;
+    const int64_t n_vec = vec ? n / V::n : 0;
+    GRID_STRIDE(i, n_vec) {
+        V u, w, out;
+        u.load(a + i * V::n);
+        w.load(b + i * V::n);
+#pragma unroll
+        for (int k = 0; k < V::n; k++) cu_store(&out.v[k], binary_value(op, cu_f32(u.v[k]), cu_f32(w.v[k])));
+        out.store(y + i * V::n);
+    }
+    GRID_STRIDE(j, n - n_vec * V::n) {
+        const int64_t i = n_vec * V::n + j;
+        cu_store(&y[i], binary_value(op, cu_f32(a[i]), cu_f32(b[i])));
     }
 }
 
@@ -60,7 +75,9 @@ template <typename T> static sd_status binary(sd_binary_op op, const T *a, const
     if (op != SD_BINARY_ADD && op != SD_BINARY_SUB && op != SD_BINARY_MUL)
         return sd_fail(SD_ERR_INTERNAL, "cuda binary: unknown op %d", (int)op);
     if (n <= 0) return SD_OK;
-    CU_LAUNCH(k_binary<T>, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)((int)op, a, b, y, n);
+    const int vec = cu_aligned16(a) && cu_aligned16(b) && cu_aligned16(y);
+    CU_LAUNCH(k_binary<T>, cu_blocks(vec ? n / cu_vec16<T>::n + 1 : n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
+        (int)op, a, b, y, n, vec);
     LAUNCH_CHECK("binary");
     return SD_OK;
 }
@@ -147,10 +164,32 @@ template <typename T> __global__ void k_geglu(const T *x, T *y, int64_t M, int64
     }
 }
 
+/* The same, 16 bytes per load: N a multiple of the piece, x and y 16-byte aligned, fewer than 2^32
+ * pieces of y (one thread per element of a 2-byte type keeps too few bytes in flight) */
+template <typename T> __global__ void k_geglu_vec(const T *x, T *y, uint32_t n_vec, uint32_t N) {
+    typedef cu_vec16<T> V;
+    const uint32_t lanes = N / V::n;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
+        const uint32_t m = i / lanes, n0 = (i - m * lanes) * V::n;
+        V hidden, gate, out;
+        hidden.load(x + (size_t)m * 2 * N + n0);
+        gate.load(x + (size_t)m * 2 * N + N + n0);
+#pragma unroll
+        for (int k = 0; k < V::n; k++) cu_store(&out.v[k], cu_f32(hidden.v[k]) * cu_gelu(cu_f32(gate.v[k])));
+        out.store(y + (size_t)i * V::n);
+    }
+}
+
 template <typename T> static sd_status geglu(const T *x, T *y, int64_t M, int64_t N) {
     if (M * N <= 0) return SD_OK;
-    const int threads = cu_row_threads(N);
-    CU_LAUNCH(k_geglu<T>, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, y, M, N);
+    const int64_t n_vec = M * N / cu_vec16<T>::n;
+    if (N % cu_vec16<T>::n == 0 && cu_aligned16(x) && cu_aligned16(y) && n_vec <= (int64_t)UINT32_MAX) {
+        CU_LAUNCH(k_geglu_vec<T>, cu_blocks(n_vec, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, (uint32_t)n_vec,
+                                                                                               (uint32_t)N);
+    } else {
+        const int threads = cu_row_threads(N);
+        CU_LAUNCH(k_geglu<T>, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, y, M, N);
+    }
     LAUNCH_CHECK("geglu");
     return SD_OK;
 }
@@ -301,9 +340,8 @@ sd_status cu_f16_to_f32_nchw(const sd_f16 *x, const float *v, const float *r, fl
 /* y[b, s, c] = x[b, s, c] + v[b, c] (k_channels_last_sum, cuda_common.cuh) */
 sd_status cu_f16_add_channel_bias_nhwc(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
     if (B * C * S <= 0) return SD_OK;
-    const int threads = cu_row_threads(C);
-    CU_LAUNCH(k_channels_last_sum<__half>, cu_rows_grid(B * S, C, threads), threads, 0, cu_cur()->stream)(
-        cu_half(x), (const float *)NULL, v, (const __half *)NULL, cu_half(y), B * S, S, C);
+    CUDA_CHECK(cu_channels_last_sum<__half>(cu_half(x), (const float *)NULL, v, (const __half *)NULL, cu_half(y), B * S, S,
+                                            C, cu_cur()->stream));
     LAUNCH_CHECK("add_channel_bias_nhwc");
     return SD_OK;
 }
@@ -385,24 +423,30 @@ sd_status cu_f16_upsample_nearest_nhwc(const sd_f16 *x, sd_f16 *y, int64_t B, in
 
 /* ---- fp16 storage: conversions and copy ---- */
 
-__global__ void k_f16_from_f32(const float *x, __half *y, int64_t n) {
-    GRID_STRIDE(i, n) y[i] = __float2half_rn(x[i]);
-}
-
-__global__ void k_f16_to_f32(const __half *x, float *y, int64_t n) {
-    GRID_STRIDE(i, n) y[i] = __half2float(x[i]);
+/* fp16 -> F32: 4 values per thread where aligned (cu_narrowing_vec), as k_narrow_from_f32 */
+__global__ void k_f16_to_f32(const __half *x, float *y, int64_t n, int vec) {
+    const int64_t n4 = vec ? n / 4 : 0;
+    GRID_STRIDE(i, n4) {
+        const __half2 *x2 = reinterpret_cast<const __half2 *>(x + 4 * i);
+        const __half2 lo = x2[0], hi = x2[1];
+        reinterpret_cast<float4 *>(y)[i] =
+            make_float4(__half2float(lo.x), __half2float(lo.y), __half2float(hi.x), __half2float(hi.y));
+    }
+    GRID_STRIDE(j, n - 4 * n4) y[4 * n4 + j] = __half2float(x[4 * n4 + j]);
 }
 
 sd_status cu_f16_from_f32(const float *x, sd_f16 *y, int64_t n) {
     if (n <= 0) return SD_OK;
-    CU_LAUNCH(k_f16_from_f32, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, cu_half(y), n);
+    CU_LAUNCH(k_narrow_from_f32<__half>, cu_blocks(n / 4 + 1, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
+        x, cu_half(y), n, cu_narrowing_vec(x, y));
     LAUNCH_CHECK("to_f16");
     return SD_OK;
 }
 
 sd_status cu_f16_to_f32(const sd_f16 *x, float *y, int64_t n) {
     if (n <= 0) return SD_OK;
-    CU_LAUNCH(k_f16_to_f32, cu_blocks(n, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(cu_half(x), y, n);
+    CU_LAUNCH(k_f16_to_f32, cu_blocks(n / 4 + 1, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(cu_half(x), y, n,
+                                                                                            cu_narrowing_vec(y, x));
     LAUNCH_CHECK("to_f32");
     return SD_OK;
 }
@@ -584,10 +628,44 @@ __global__ void k_geglu_backward(const float *x, const float *dy, float *dx, int
     }
 }
 
+/* The same, 4 values (16 bytes) per load: N a multiple of 4, x, dy and dx 16-byte aligned, fewer
+ * than 2^32 pieces of dy */
+__global__ void k_geglu_backward_vec(const float *x, const float *dy, float *dx, uint32_t n_vec, uint32_t N,
+                                     int accumulate) {
+    const uint32_t lanes = N / 4;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
+        const uint32_t m = i / lanes, n0 = (i - m * lanes) * 4;
+        const size_t ih = (size_t)m * 2 * N + n0, ig = ih + N;
+        cu_floats<4> h, g, d, dh, dg;
+        h.load(x + ih);
+        g.load(x + ig);
+        d.load(dy + (size_t)i * 4);
+        if (accumulate) {
+            dh.load(dx + ih);
+            dg.load(dx + ig);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float a = d.v[k] * cu_gelu(g.v[k]), b = d.v[k] * h.v[k] * cu_gelu_grad(g.v[k]);
+            dh.v[k] = accumulate ? dh.v[k] + a : a;
+            dg.v[k] = accumulate ? dg.v[k] + b : b;
+        }
+        dh.store(dx + ih);
+        dg.store(dx + ig);
+    }
+}
+
 sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
     if (M * N <= 0 || !dx) return SD_OK;
-    const int threads = cu_row_threads(N);
-    CU_LAUNCH(k_geglu_backward, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, dy, dx, M, N, accumulate);
+    const int64_t n_vec = M * N / 4;
+    if (N % 4 == 0 && cu_aligned16(x) && cu_aligned16(dy) && cu_aligned16(dx) && n_vec <= (int64_t)UINT32_MAX) {
+        CU_LAUNCH(k_geglu_backward_vec, cu_blocks(n_vec, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
+            x, dy, dx, (uint32_t)n_vec, (uint32_t)N, accumulate);
+    } else {
+        const int threads = cu_row_threads(N);
+        CU_LAUNCH(k_geglu_backward, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, dy, dx, M, N,
+                                                                                               accumulate);
+    }
     LAUNCH_CHECK("geglu_backward");
     return SD_OK;
 }

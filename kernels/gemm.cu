@@ -243,9 +243,114 @@ static sd_status lt_linear(cu_state *s, cudaDataType_t type, cudaDataType_t out_
     return SD_OK;
 }
 
+/* ------------------------------------------------------------------------------------------------
+ * Linears of a few rows: the time embedding's MLP and the resnets' time_emb_proj (M = the batch)
+ *
+ * cuBLASLt gives y[2, 1280] = x[2, 1280] · w[1280, 1280]ᵀ a tile grid of ten blocks, each walking
+ * all of K: 24 us per call on an H100 (the fourth GPU session's profile, 13 such calls per UNet
+ * call), for 3.3 MB of weights that the card reads in about 1.5 us. Here one warp per output
+ * column streams its weight row 16 bytes per lane and keeps up to LINEAR_FEW_ROWS sums, so the
+ * whole grid reads the weights once, at the memory's rate. Arithmetic as the GEMM's: fp32
+ * products and sums (x rounded to fp16 first where the weight is fp16 and x F32, as
+ * cu_f16w_linear's operand), then y = (Σ + r) + b and one rounding, the epilogue's order.
+ * --------------------------------------------------------------------------------------------- */
+#define LINEAR_FEW_ROWS 8
+#define LINEAR_FEW_ROWS_THREADS 256
+
+/* x (widened) as the product reads it: rounded to fp16 when the weight is fp16 and x F32 */
+template <typename TX, typename TW> __device__ __forceinline__ float few_rows_operand(float v) {
+    if constexpr (sizeof(TW) == 2 && sizeof(TX) == 4) return __half2float(__float2half_rn(v));
+    else return v;
+}
+
+/* V consecutive values from p (16-byte aligned) widened to float: float4 loads */
+template <typename T, int V> __device__ __forceinline__ void few_rows_load(const T *p, float *out) {
+    if constexpr (sizeof(T) == 4) {
+#pragma unroll
+        for (int j = 0; j < V; j += 4) {
+            const float4 f = *reinterpret_cast<const float4 *>(p + j);
+            out[j] = f.x, out[j + 1] = f.y, out[j + 2] = f.z, out[j + 3] = f.w;
+        }
+    } else {
+        static_assert(V % 8 == 0, "halves load 8 at a time");
+#pragma unroll
+        for (int j = 0; j < V; j += 8) {
+            cu_vec16<__half> h;
+            h.load(reinterpret_cast<const __half *>(p) + j);
+#pragma unroll
+            for (int k = 0; k < 8; k++) out[j + k] = __half2float(h.v[k]);
+        }
+    }
+}
+
+/* y[m, n] = (Σ_k x[m, k] · w[n, k] + r[m, n]) + b[n] for m < M <= LINEAR_FEW_ROWS; b, r may be NULL.
+ * vec: K is a multiple of the 16-byte piece of w and x, w are 16-byte aligned. */
+template <typename TX, typename TW, typename TY>
+__global__ void __launch_bounds__(LINEAR_FEW_ROWS_THREADS) k_linear_few_rows(const TX *x, const TW *w, const TY *b,
+                                                                             const TY *r, TY *y, int M, int K, int N,
+                                                                             int vec) {
+    constexpr int VW = 16 / (int)sizeof(TW);
+    const int lane = threadIdx.x & 31, per_block = blockDim.x >> 5;
+    for (int n = blockIdx.x * per_block + (threadIdx.x >> 5); n < N; n += gridDim.x * per_block) {
+        float acc[LINEAR_FEW_ROWS];
+#pragma unroll
+        for (int m = 0; m < LINEAR_FEW_ROWS; m++) acc[m] = 0.0f;
+        const TW *wn = w + (int64_t)n * K;
+        if (vec) {
+            for (int k = lane * VW; k < K; k += 32 * VW) {
+                float wv[VW], xv[VW];
+                few_rows_load<TW, VW>(wn + k, wv);
+#pragma unroll
+                for (int m = 0; m < LINEAR_FEW_ROWS; m++) {
+                    if (m >= M) break;
+                    few_rows_load<TX, VW>(x + (int64_t)m * K + k, xv);
+#pragma unroll
+                    for (int j = 0; j < VW; j++) acc[m] = fmaf(few_rows_operand<TX, TW>(xv[j]), wv[j], acc[m]);
+                }
+            }
+        } else {
+            for (int k = lane; k < K; k += 32) {
+                const float wv = cu_f32(wn[k]);
+#pragma unroll
+                for (int m = 0; m < LINEAR_FEW_ROWS; m++) {
+                    if (m >= M) break;
+                    acc[m] = fmaf(few_rows_operand<TX, TW>(cu_f32(x[(int64_t)m * K + k])), wv, acc[m]);
+                }
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < LINEAR_FEW_ROWS; m++) {
+            if (m >= M) break;
+            float t = cu_warp_sum(acc[m]);
+            if (lane == 0) {
+                if (r) t += cu_f32(r[(int64_t)m * N + n]);
+                if (b) t += cu_f32(b[n]);
+                cu_store(&y[(int64_t)m * N + n], t);
+            }
+        }
+    }
+}
+
+/* Whether a linear of M rows takes k_linear_few_rows (K > 0: the empty sum keeps its own path). */
+static bool linear_few_rows(int64_t M, int64_t K, int64_t N) {
+    return M > 0 && M <= LINEAR_FEW_ROWS && K > 0 && K <= INT_MAX && N > 0 && N <= INT_MAX;
+}
+
+template <typename TX, typename TW, typename TY>
+static sd_status launch_linear_few_rows(const TX *x, const TW *w, const TY *b, const TY *r, TY *y, int64_t M, int64_t K,
+                                        int64_t N) {
+    const int per_block = LINEAR_FEW_ROWS_THREADS / 32;
+    const int vec = K % (16 / (int64_t)sizeof(TW)) == 0 && cu_aligned16(x) && cu_aligned16(w);
+    CU_LAUNCH((k_linear_few_rows<TX, TW, TY>), cu_blocks((N + per_block - 1) / per_block, 1), LINEAR_FEW_ROWS_THREADS,
+              0, cu_cur()->stream)(x, w, b, r, y, (int)M, (int)K, (int)N, vec);
+    LAUNCH_CHECK("linear (a few rows)");
+    return SD_OK;
+}
+
 sd_status cu_linear(const float *x, const float *w, const float *b, const float *r, float *y, int64_t M, int64_t K,
                     int64_t N) {
     if (M <= 0 || N <= 0) return SD_OK;
+    if (linear_few_rows(M, K, N)) return launch_linear_few_rows(x, w, b, r, y, M, K, N);
     cu_state *s = cu_cur();
     if (K > 0) {
         int ran = 0;
@@ -287,6 +392,8 @@ __global__ void k_f32_bias_residual_rows(float *t, const __half *b, const __half
 sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y, int64_t M,
                         int64_t K, int64_t N) {
     if (M <= 0 || N <= 0) return SD_OK;
+    if (linear_few_rows(M, K, N))
+        return launch_linear_few_rows(cu_half(x), cu_half(w), cu_half(b), cu_half(r), cu_half(y), M, K, N);
     cu_state *s = cu_cur();
     CU_TRY(check_int("M", M));
     CU_TRY(check_int("N", N));
@@ -315,16 +422,17 @@ sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const
     return cu_f16_from_f32(t, y, M * N);
 }
 
-/* y[i] = x · w[i]ᵀ for i < count (w [count, N, K], y [count, M, N]): one strided-batched GEMM, x
- * shared (stride 0). In column-major terms yᵀ[i] (N x M) = op(w[i]) · xᵀ, as the fallback above.
- * Three 8192x320x320 projections (SD at 64x64, batch 2) ran at 81 TFLOP/s one by one on an H200:
- * small GEMMs whose tiles leave SMs idle; batched, their tiles fill one launch. */
-sd_status cu_f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
-                                int count) {
+/* y[i] = x · w[i]ᵀ for i < count (w [count, N, K] fp16, x fp16, y [count, M, N] of y_type): one
+ * strided-batched GEMM, x shared (stride 0), fp32 sums. In column-major terms yᵀ[i] (N x M) =
+ * op(w[i]) · xᵀ, as the fallback above. Three 8192x320x320 projections (SD at 64x64, batch 2) ran
+ * at 81 TFLOP/s one by one on an H200: small GEMMs whose tiles leave SMs idle; batched, their tiles
+ * fill one launch. */
+static sd_status linear_batched_gemm(const sd_f16 *x, const sd_f16 *w, void *y, cudaDataType_t y_type, size_t y_size,
+                                     int64_t M, int64_t K, int64_t N, int count) {
     if (M <= 0 || N <= 0 || count <= 0) return SD_OK;
     cu_state *s = cu_cur();
     if (K <= 0) { /* the empty sums */
-        CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)((int64_t)count * M * N) * sizeof(sd_f16), s->stream));
+        CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)((int64_t)count * M * N) * y_size, s->stream));
         return SD_OK;
     }
     CU_TRY(check_int("M", M));
@@ -333,23 +441,36 @@ sd_status cu_f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int
     const float one = 1.0f, zero = 0.0f;
     CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w,
                                             CUDA_R_16F, (int)K, (long long)(N * K), x, CUDA_R_16F, (int)K, 0LL, &zero, y,
-                                            CUDA_R_16F, (int)N, (long long)(M * N), count, CUBLAS_COMPUTE_32F,
+                                            y_type, (int)N, (long long)(M * N), count, CUBLAS_COMPUTE_32F,
                                             CUBLAS_GEMM_DEFAULT));
     return SD_OK;
+}
+
+sd_status cu_f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
+                                int count) {
+    return linear_batched_gemm(x, w, y, CUDA_R_16F, sizeof(sd_f16), M, K, N, count);
+}
+
+/* F32 x and y (sd_f16_ops.linear_batched_f32io): x rounded to fp16 once in the workspace for every
+ * product (one by one, linear_f32io rounds it once per projection), F32 C. */
+sd_status cu_f16w_linear_batched(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N,
+                                 int count) {
+    if (M <= 0 || N <= 0 || count <= 0 || K <= 0) /* nothing to convert: no products, or the empty sums */
+        return linear_batched_gemm(NULL, w, y, CUDA_R_32F, sizeof(float), M, K, N, count);
+    sd_f16 *x16 = (sd_f16 *)cu_workspace((size_t)(M * K) * sizeof(sd_f16));
+    if (!x16) return SD_ERR_OOM;
+    CU_TRY(cu_f16_from_f32(x, x16, M * K));
+    return linear_batched_gemm(x16, w, y, CUDA_R_32F, sizeof(float), M, K, N, count);
 }
 
 /* ------------------------------------------------------------------------------------------------
  * A gradient step's backward on a bf16 weight copy (sd_f16_ops.linear_backward_data_bf16w)
  * --------------------------------------------------------------------------------------------- */
 
-__global__ void k_bf16_from_f32(const float *x, __nv_bfloat16 *y, int64_t n) {
-    GRID_STRIDE(i, n)
-        y[i] = __float2bfloat16_rn(x[i]);
-}
-
 sd_status cu_to_bf16(const float *x, sd_f16 *y, int64_t n) {
     if (n <= 0) return SD_OK;
-    CU_LAUNCH(k_bf16_from_f32, cu_blocks(n, 256), 256, 0, cu_cur()->stream)(x, reinterpret_cast<__nv_bfloat16 *>(y), n);
+    CU_LAUNCH(k_narrow_from_f32<__nv_bfloat16>, cu_blocks(n / 4 + 1, 256), 256, 0, cu_cur()->stream)(
+        x, reinterpret_cast<__nv_bfloat16 *>(y), n, cu_narrowing_vec(x, y));
     LAUNCH_CHECK("to_bf16");
     return SD_OK;
 }
@@ -388,6 +509,7 @@ sd_status cu_f16w_linear(const float *x, const sd_f16 *w, const float *b, const 
                          int64_t N) {
     if (M <= 0 || N <= 0) return SD_OK;
     if (K <= 0) return cu_linear(x, NULL, b, r, y, M, 0, N); /* the empty sum: y = r + b, or 0 */
+    if (linear_few_rows(M, K, N)) return launch_linear_few_rows(x, cu_half(w), b, r, y, M, K, N);
     cu_state *s = cu_cur();
     CU_TRY(check_int("M", M));
     CU_TRY(check_int("N", N));

@@ -261,24 +261,6 @@ __device__ __forceinline__ int gn_bwd_step(const float *x, const float *dy, cons
     const bool vec = cu_aligned16(x) && cu_aligned16(dy) && (!dx || cu_aligned16(dx)) && n % 4 == 0 && S % 4 == 0;
     return vec ? 4 : 1;
 }
-/* STEP (1 or 4) consecutive values from p + i, in registers. */
-template <int STEP> struct gn_vals {
-    float v[STEP];
-    __device__ __forceinline__ void load(const float *p) {
-        if constexpr (STEP == 4) {
-            const float4 f = *reinterpret_cast<const float4 *>(p);
-            v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-        } else {
-            v[0] = p[0];
-        }
-    }
-    __device__ __forceinline__ void store(float *p) const {
-        if constexpr (STEP == 4)
-            *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
-        else
-            p[0] = v[0];
-    }
-};
 
 /* One pass of the GroupNorm data gradient over [lo, hi) of a group, STEP values per load (a step
  * never straddles two channels: S is a multiple of STEP). !APPLY: this thread's share of
@@ -292,7 +274,7 @@ __device__ __forceinline__ void gn_bwd_pass(const float *xg, const float *dyg, f
     for (int64_t i = lo + (int64_t)threadIdx.x * STEP; i < hi; i += (int64_t)blockDim.x * STEP) {
         const int64_t ch = ch0 + i / S;
         const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-        gn_vals<STEP> xv, dv, ov;
+        cu_floats<STEP> xv, dv, ov;
         xv.load(xg + i);
         dv.load(dyg + i);
         if constexpr (APPLY) {
@@ -541,7 +523,7 @@ __device__ __forceinline__ void ln_bwd_row(const float *xr, const float *dyr, fl
     const int lane = threadIdx.x & 31;
     double a = 0.0, b = 0.0;
     for (int64_t i = (int64_t)lane * STEP; i < C; i += 32 * STEP) {
-        gn_vals<STEP> xv, dv;
+        cu_floats<STEP> xv, dv;
         xv.load(xr + i);
         dv.load(dyr + i);
 #pragma unroll
@@ -554,7 +536,7 @@ __device__ __forceinline__ void ln_bwd_row(const float *xr, const float *dyr, fl
     }
     const float ma = (float)(cu_warp_sum_d(a) / (double)C), mb = (float)(cu_warp_sum_d(b) / (double)C);
     for (int64_t i = (int64_t)lane * STEP; i < C; i += 32 * STEP) {
-        gn_vals<STEP> xv, dv, ov;
+        cu_floats<STEP> xv, dv, ov;
         xv.load(xr + i);
         dv.load(dyr + i);
         ov.load(dxr + i);
@@ -666,131 +648,269 @@ sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float
  * GroupNorm on channels-last maps (fp16 storage: sd_f16_ops.group_norm_nhwc)
  * --------------------------------------------------------------------------------------------- */
 
-/* x: [B, S, C]; a group is cpg consecutive channels of every pixel, so its values are strided. The
- * statistics pass gives each block GN_NHWC_PIXELS pixels of one image: thread (lane, pixel lane)
- * reads channels 2·lane and 2·lane + 1 (one group: cpg is even) of every R-th pixel and sums them
- * in double; the block then adds up each group's threads in a fixed order and writes the partial
- * sums of (image, group, chunk) where k_gn_partial would, for k_gn_finalize. The normalisation is
- * elementwise, one grid row per pixel. Short groups take one kernel (k_gn_nhwc_fused, the rule of
- * gn_fused_ok). Same formulas as the NCHW kernels (gn_stats_from_sums, gn_value); the sums are
- * taken in another order, so a statistic can differ in its last bit. */
-#define GN_NHWC_PIXELS 32
+/* x: [B, S, C]; a group is cpg consecutive channels of every pixel, so its values are strided.
+ * Long groups (SD's 64x64 and 32x32 levels) take three kernels:
+ *   k_gn_nhwc_stats    block (chunk, b): P pixels of image b, all C channels. Thread (plane, lane)
+ *                      loads channels [lane·V, +V) (16 bytes where they allow) of pixels plane,
+ *                      plane + R, ... and sums each channel in double; the block adds its R planes
+ *                      per channel, then each group's channels, in a fixed order, and writes the
+ *                      (Σ x, Σ x²) of (image, group, chunk) where k_gn_partial would;
+ *   k_gn_nhwc_finalize one warp per (image, group): its chunks' sums -> (mean, rstd);
+ *   k_gn_nhwc_apply    elementwise over the whole map, V values per thread.
+ * The H100 profile of the kernels these replace (2-byte loads, one value per thread in the
+ * normalisation's 16k blocks, one thread per group walking every chunk in the finalize) put a
+ * 320x4096 batch-2 map at 54 us, under 200 GB/s. Short groups take one kernel (k_gn_nhwc_fused,
+ * the rule of gn_fused_ok). The chunking depends on the shape only (never on the GPU), so results
+ * are the same on every card; they use the formulas of the NCHW kernels (gn_stats_from_sums,
+ * gn_value), with the sums taken in another order, so a statistic can differ in its last bit. */
+#define GN_NHWC_THREADS 256
+#define GN_NHWC_BLOCKS 256                  /* the statistics pass aims at about this many blocks */
+#define GN_NHWC_SMEM (3072 * 2 * sizeof(double)) /* the per-channel sums of one block: R·C <= 3072 */
 
-template <typename T>
-__global__ void k_gn_nhwc_partial(const T *x, int64_t S, int64_t C, int cpg, int chunks, double *partial) {
-    CU_DYNAMIC_SHARED(double, gn_sums); /* [2][blockDim.x]: Σ x and Σ x² per thread */
-    const int pairs = (int)(C / 2), R = (int)blockDim.x / pairs;
-    const int lane = (int)threadIdx.x % pairs, plane = (int)threadIdx.x / pairs;
-    const int64_t b = blockIdx.y, chunk = blockIdx.x;
-    const int64_t p0 = chunk * GN_NHWC_PIXELS;
-    const int64_t p1 = p0 + GN_NHWC_PIXELS < S ? p0 + GN_NHWC_PIXELS : S;
-    double s = 0.0, sq = 0.0;
-    for (int64_t p = p0 + plane; p < p1; p += R) {
-        const T *px = x + (b * S + p) * C + 2 * lane;
-        const double v0 = cu_f32(px[0]), v1 = cu_f32(px[1]);
-        s += v0 + v1;
-        sq += v0 * v0 + v1 * v1;
+/* V consecutive halves moved by one load (V = 8: 16 bytes). */
+template <int V> struct gn_halves {
+    alignas(2 * V) __half v[V];
+    __device__ __forceinline__ void load(const __half *p) {
+        if constexpr (V == 8) *reinterpret_cast<float4 *>(v) = *reinterpret_cast<const float4 *>(p);
+        else if constexpr (V == 4) *reinterpret_cast<float2 *>(v) = *reinterpret_cast<const float2 *>(p);
+        else if constexpr (V == 2) *reinterpret_cast<__half2 *>(v) = *reinterpret_cast<const __half2 *>(p);
+        else v[0] = p[0];
     }
-    gn_sums[threadIdx.x] = s;
-    gn_sums[blockDim.x + threadIdx.x] = sq;
+    __device__ __forceinline__ void store(__half *p) const {
+        if constexpr (V == 8) *reinterpret_cast<float4 *>(p) = *reinterpret_cast<const float4 *>(v);
+        else if constexpr (V == 4) *reinterpret_cast<float2 *>(p) = *reinterpret_cast<const float2 *>(v);
+        else if constexpr (V == 2) *reinterpret_cast<__half2 *>(p) = *reinterpret_cast<const __half2 *>(v);
+        else p[0] = v[0];
+    }
+};
+
+/* The widest load (8, 4, 2 or 1 halves) that divides `span` and that x and y are aligned for. */
+static int gn_nhwc_width(const void *x, const void *y, int64_t span) {
+    const uintptr_t a = (uintptr_t)x | (uintptr_t)y;
+    for (int v = 8; v > 1; v /= 2)
+        if (span % v == 0 && a % (2 * (uintptr_t)v) == 0) return v;
+    return 1;
+}
+
+template <int V>
+__global__ void __launch_bounds__(V >= 8 ? 512 : 1024) k_gn_nhwc_stats(const __half *x, int64_t S, int C, int cpg, int P, int chunks,
+                                                        double *partial) {
+    CU_DYNAMIC_SHARED(double, sums); /* [2][R][C]: Σ x and Σ x² per (plane, channel) */
+    const int lanes = C / V, R = (int)blockDim.x / lanes;
+    const int lane = (int)threadIdx.x % lanes, plane = (int)threadIdx.x / lanes;
+    const int64_t b = blockIdx.y, p0 = (int64_t)blockIdx.x * P;
+    const int64_t p1 = p0 + P < S ? p0 + P : S;
+    double s[V], sq[V];
+#pragma unroll
+    for (int k = 0; k < V; k++) s[k] = sq[k] = 0.0;
+    const __half *xb = x + b * S * C + lane * V;
+#pragma unroll 2
+    for (int64_t p = p0 + plane; p < p1; p += R) {
+        gn_halves<V> h;
+        h.load(xb + p * C);
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            const double v = __half2float(h.v[k]);
+            s[k] += v;
+            sq[k] += v * v;
+        }
+    }
+    double *ss = sums, *sqs = sums + (size_t)R * C;
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        ss[plane * C + lane * V + k] = s[k];
+        sqs[plane * C + lane * V + k] = sq[k];
+    }
     __syncthreads();
-    const int G = (int)(C / cpg), per_group = cpg / 2;
+    /* per channel over the planes, into plane 0 (each thread reads and writes its own columns) */
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        double a = 0.0, q = 0.0;
+        for (int r = 0; r < R; r++) {
+            a += ss[r * C + c];
+            q += sqs[r * C + c];
+        }
+        ss[c] = a;
+        sqs[c] = q;
+    }
+    __syncthreads();
+    const int G = C / cpg;
     for (int g = threadIdx.x; g < G; g += blockDim.x) {
-        double gs = 0.0, gq = 0.0;
-        for (int r = 0; r < R; r++)
-            for (int j = 0; j < per_group; j++) {
-                const int t = r * pairs + g * per_group + j;
-                gs += gn_sums[t];
-                gq += gn_sums[blockDim.x + t];
-            }
-        double *out = partial + ((b * G + g) * chunks + chunk) * 2;
-        out[0] = gs;
-        out[1] = gq;
+        double a = 0.0, q = 0.0;
+        for (int j = 0; j < cpg; j++) {
+            a += ss[g * cpg + j];
+            q += sqs[g * cpg + j];
+        }
+        double *out = partial + ((b * G + g) * chunks + blockIdx.x) * 2;
+        out[0] = a;
+        out[1] = q;
     }
 }
 
-template <typename T>
-__global__ void k_gn_nhwc_normalize(const T *x, const float *gamma, const float *beta, T *y, const float *stats,
-                                    int64_t rows, int64_t S, int64_t C, int cpg, int silu) {
-    /* x, y: [B·S rows, C]; stats[(b·G + g)·2 + {0, 1}] = (mean, rstd) */
-    const int64_t G = C / cpg;
-    for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-        const float *st = stats + (r / S) * G * 2;
-        const T *xr = x + r * C;
-        T *yr = y + r * C;
-        GRID_STRIDE(c, C) {
-            const int g = (int)c / cpg;
-            const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
-            cu_store(&yr[c], gn_value(cu_f32(xr[c]), st[2 * g], st[2 * g + 1], ga, be, silu));
+/* stats[bg · 2 + {0, 1}] = (mean, rstd) from the chunks' sums: one warp per (image, group), its
+ * lanes striding over the chunks, then a shuffle tree (a fixed order). */
+__global__ void k_gn_nhwc_finalize(const double *partial, int chunks, int64_t n_groups, int64_t count, float eps,
+                                   float *stats) {
+    const int lane = threadIdx.x & 31;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
+    for (int64_t bg = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); bg < n_groups; bg += warps) {
+        double s = 0.0, sq = 0.0;
+        for (int c = lane; c < chunks; c += 32) {
+            s += partial[(bg * chunks + c) * 2 + 0];
+            sq += partial[(bg * chunks + c) * 2 + 1];
         }
+        s = cu_warp_sum_d(s);
+        sq = cu_warp_sum_d(sq);
+        if (lane == 0) gn_stats_from_sums(s, sq, count, eps, &stats[bg * 2 + 0], &stats[bg * 2 + 1]);
+    }
+}
+
+/* y = gn_value(x) over the whole [B, S, C] map, V channels per thread (C % V == 0); the vector
+ * index fits 32 bits (cu_f16_group_norm_nhwc checks), so its divisions are 32-bit ones. */
+template <int V>
+__global__ void k_gn_nhwc_apply(const __half *x, const float *gamma, const float *beta, __half *y, const float *stats,
+                                uint32_t n_vec, uint32_t S, uint32_t C, uint32_t cpg, int silu) {
+    const uint32_t lanes = C / V, G = C / cpg;
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
+        const uint32_t row = i / lanes, c0 = (i - row * lanes) * V;
+        const float *st = stats + (size_t)(row / S) * G * 2;
+        uint32_t g = c0 / cpg, off = c0 - g * cpg;
+        gn_halves<V> in, out;
+        in.load(x + (size_t)i * V);
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            if (off == cpg) { /* the next group starts inside this vector */
+                g++;
+                off = 0;
+            }
+            const uint32_t c = c0 + k;
+            const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
+            out.v[k] = __float2half_rn(gn_value(__half2float(in.v[k]), st[2 * g], st[2 * g + 1], ga, be, silu));
+            off++;
+        }
+        out.store(y + (size_t)i * V);
     }
 }
 
 /* Short groups (gn_fused_ok: SD's 16x16 and 8x8 levels) in one kernel, one block per (image, group),
- * as k_gn_fused does for NCHW maps: the group's S·cpg values walked pixel by pixel (cpg consecutive
- * halves each), summed, normalised from L2. One launch instead of three. */
-template <typename T>
-__global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_nhwc_fused(const T *x, const float *gamma, const float *beta,
-                                                                    T *y, int64_t S, int64_t C, int cpg, float eps,
-                                                                    int silu) {
+ * as k_gn_fused does for NCHW maps: the group's S·cpg values walked pixel by pixel, V channels per
+ * load (V divides cpg), summed, normalised from L2. One launch instead of three. */
+template <int V>
+__global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_nhwc_fused(const __half *x, const float *gamma,
+                                                                    const float *beta, __half *y, int64_t S, int64_t C,
+                                                                    int cpg, float eps, int silu) {
     __shared__ double smem[32];
     __shared__ float stats[2];
-    const int G = (int)(C / cpg);
+    const int G = (int)(C / cpg), per_pixel = cpg / V;
     const int64_t b = blockIdx.x / G;
     const int g = (int)(blockIdx.x - b * G);
-    const T *xg = x + b * S * C + (int64_t)g * cpg;
-    T *yg = y + b * S * C + (int64_t)g * cpg;
-    const int64_t count = S * cpg;
+    const __half *xg = x + b * S * C + (int64_t)g * cpg;
+    __half *yg = y + b * S * C + (int64_t)g * cpg;
+    const int64_t n = S * per_pixel; /* vectors in the group */
     double s = 0.0, sq = 0.0;
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-        const int64_t p = i / cpg;
-        const double v = cu_f32(xg[p * C + (i - p * cpg)]);
-        s += v;
-        sq += v * v;
+#pragma unroll 2
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const int64_t p = i / per_pixel;
+        gn_halves<V> h;
+        h.load(xg + p * C + (i - p * per_pixel) * V);
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            const double v = __half2float(h.v[k]);
+            s += v;
+            sq += v * v;
+        }
     }
     s = cu_block_sum_d(s, smem);
     sq = cu_block_sum_d(sq, smem);
-    if (threadIdx.x == 0) gn_stats_from_sums(s, sq, count, eps, &stats[0], &stats[1]);
+    if (threadIdx.x == 0) gn_stats_from_sums(s, sq, S * cpg, eps, &stats[0], &stats[1]);
     __syncthreads();
-    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) {
-        const int64_t p = i / cpg;
-        const int ch = (int)(i - p * cpg), c = g * cpg + ch;
-        const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
-        cu_store(&yg[p * C + ch], gn_value(cu_f32(xg[p * C + ch]), stats[0], stats[1], ga, be, silu));
+    const float mean = stats[0], rstd = stats[1];
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const int64_t p = i / per_pixel;
+        const int ch = (int)(i - p * per_pixel) * V;
+        gn_halves<V> in, out;
+        in.load(xg + p * C + ch);
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            const int c = g * cpg + ch + k;
+            const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
+            out.v[k] = __float2half_rn(gn_value(__half2float(in.v[k]), mean, rstd, ga, be, silu));
+        }
+        out.store(yg + p * C + ch);
     }
 }
 
-sd_status cu_f16_group_norm_nhwc(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
-                                 int64_t C, int64_t S, int groups, float eps, int silu) {
-    if (groups <= 0 || C % groups || (C / groups) % 2 || C > 2048)
-        return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): %lld channels in %d groups (needs an even "
-                       "number of channels per group, at most 2048 channels)", (long long)C, groups);
-    const int64_t n_groups = B * groups, cpg = C / groups;
-    if (n_groups <= 0 || S <= 0) return SD_OK;
-    if (gn_fused_ok(n_groups, cpg * S)) {
-        CU_LAUNCH(k_gn_nhwc_fused<__half>, (unsigned)n_groups, GN_FUSED_THREADS, 0, cu_cur()->stream)(
-            cu_half(x), gamma, beta, cu_half(y), S, C, (int)cpg, eps, silu);
-        LAUNCH_CHECK("group_norm_nhwc (one kernel)");
-        return SD_OK;
-    }
-    if (B > 65535) return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): batch %lld over 65535", (long long)B);
-    const int chunks = (int)((S + GN_NHWC_PIXELS - 1) / GN_NHWC_PIXELS);
+/* The long-group path's launches, V channels per load. */
+template <int V>
+static sd_status gn_nhwc_chunked(const __half *x, const float *gamma, const float *beta, __half *y, int64_t B, int64_t C,
+                                 int64_t S, int cpg, float eps, int silu) {
+    cudaStream_t st = cu_cur()->stream;
+    const int lanes = (int)(C / V);
+    int R = GN_NHWC_THREADS / lanes;
+    if (R > (int)(GN_NHWC_SMEM / (2 * sizeof(double) * C))) R = (int)(GN_NHWC_SMEM / (2 * sizeof(double) * C));
+    if (R < 1) R = 1;
+    /* pixels per block: about GN_NHWC_BLOCKS blocks in all, at least 4 pixels per thread, a multiple of R */
+    int64_t P = (S * B + GN_NHWC_BLOCKS - 1) / GN_NHWC_BLOCKS;
+    if (P < 4 * R) P = 4 * R;
+    P = (P + R - 1) / R * R;
+    const int chunks = (int)((S + P - 1) / P);
+    const int64_t n_groups = B * (C / cpg);
     const size_t part_bytes = gn_partial_bytes(n_groups, chunks);
     char *ws = (char *)cu_workspace(part_bytes + cu_align((size_t)n_groups * 2 * sizeof(float)));
     if (!ws) return SD_ERR_OOM;
     double *partial = (double *)ws;
     float *stats = (float *)(ws + part_bytes);
-    cudaStream_t st = cu_cur()->stream;
-    /* pairs of channels across, pixel lanes down: about 512 threads */
-    const int pairs = (int)(C / 2), lanes = pairs >= 512 ? 1 : 512 / pairs, threads = pairs * lanes;
-    CU_LAUNCH(k_gn_nhwc_partial<__half>, dim3((unsigned)chunks, (unsigned)B), threads, 2 * threads * sizeof(double),
-              st)(cu_half(x), S, C, (int)cpg, chunks, partial);
-    LAUNCH_CHECK("group_norm_nhwc partial");
-    CU_LAUNCH(k_gn_finalize, cu_blocks(n_groups, 128), 128, 0, st)(partial, chunks, n_groups, cpg * S, eps, stats);
+    CU_LAUNCH(k_gn_nhwc_stats<V>, dim3((unsigned)chunks, (unsigned)B), R * lanes, 2 * sizeof(double) * R * C, st)(
+        x, S, (int)C, cpg, (int)P, chunks, partial);
+    LAUNCH_CHECK("group_norm_nhwc statistics");
+    CU_LAUNCH(k_gn_nhwc_finalize, cu_blocks(n_groups * 32, 256), 256, 0, st)(partial, chunks, n_groups, cpg * S, eps,
+                                                                            stats);
     LAUNCH_CHECK("group_norm_nhwc finalize");
-    const int nthreads = cu_row_threads(C);
-    CU_LAUNCH(k_gn_nhwc_normalize<__half>, cu_rows_grid(B * S, C, nthreads), nthreads, 0, st)(
-        cu_half(x), gamma, beta, cu_half(y), stats, B * S, S, C, (int)cpg, silu);
+    const int64_t n_vec = B * S * C / V;
+    CU_LAUNCH(k_gn_nhwc_apply<V>, cu_blocks(n_vec, 256), 256, 0, st)(x, gamma, beta, y, stats, (uint32_t)n_vec,
+                                                                    (uint32_t)S, (uint32_t)C, (uint32_t)cpg, silu);
     LAUNCH_CHECK("group_norm_nhwc normalize");
     return SD_OK;
+}
+
+template <int V>
+static sd_status gn_nhwc_fused(const __half *x, const float *gamma, const float *beta, __half *y, int64_t B, int64_t C,
+                               int64_t S, int cpg, float eps, int silu) {
+    CU_LAUNCH(k_gn_nhwc_fused<V>, (unsigned)(B * (C / cpg)), GN_FUSED_THREADS, 0, cu_cur()->stream)(
+        x, gamma, beta, y, S, C, cpg, eps, silu);
+    LAUNCH_CHECK("group_norm_nhwc (one kernel)");
+    return SD_OK;
+}
+
+sd_status cu_f16_group_norm_nhwc(const sd_f16 *x16, const float *gamma, const float *beta, sd_f16 *y16, int64_t B,
+                                 int64_t C, int64_t S, int groups, float eps, int silu) {
+    if (!sd_group_norm_nhwc_supports(C, groups))
+        return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): %lld channels in %d groups (at most %d "
+                       "channels, or %d in multiples of 8)", (long long)C, groups, SD_GN_NHWC_MAX_CHANNELS_ANY,
+                       SD_GN_NHWC_MAX_CHANNELS);
+    const int64_t n_groups = B * groups;
+    const int cpg = (int)(C / groups);
+    if (n_groups <= 0 || S <= 0) return SD_OK;
+    if (B > 65535 || n_groups > INT32_MAX || B * S * C > (int64_t)UINT32_MAX)
+        return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): a [%lld, %lld, %lld] map is too large",
+                       (long long)B, (long long)S, (long long)C);
+    const __half *x = cu_half(x16);
+    __half *y = cu_half(y16);
+    if (gn_fused_ok(n_groups, cpg * S)) {
+        switch (gn_nhwc_width(x, y, cpg)) {
+        case 8: return gn_nhwc_fused<8>(x, gamma, beta, y, B, C, S, cpg, eps, silu);
+        case 4: return gn_nhwc_fused<4>(x, gamma, beta, y, B, C, S, cpg, eps, silu);
+        case 2: return gn_nhwc_fused<2>(x, gamma, beta, y, B, C, S, cpg, eps, silu);
+        default: return gn_nhwc_fused<1>(x, gamma, beta, y, B, C, S, cpg, eps, silu);
+        }
+    }
+    /* a width whose C / V lanes fit one block: any width up to SD_GN_NHWC_MAX_CHANNELS_ANY channels,
+     * 8 beyond (the maps of the arenas are 256-byte aligned) */
+    switch (gn_nhwc_width(x, y, C)) {
+    case 8: return gn_nhwc_chunked<8>(x, gamma, beta, y, B, C, S, cpg, eps, silu);
+    case 4: if (C / 4 <= 1024) return gn_nhwc_chunked<4>(x, gamma, beta, y, B, C, S, cpg, eps, silu); break;
+    case 2: if (C / 2 <= 1024) return gn_nhwc_chunked<2>(x, gamma, beta, y, B, C, S, cpg, eps, silu); break;
+    default: if (C <= 1024) return gn_nhwc_chunked<1>(x, gamma, beta, y, B, C, S, cpg, eps, silu); break;
+    }
+    return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): %lld channels in maps not 16-byte aligned",
+                   (long long)C);
 }

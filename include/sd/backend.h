@@ -98,6 +98,11 @@ typedef struct sd_f16_ops {
      * each as `linear` computes it. */
     sd_status (*linear_batched)(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                 int count);
+    /* The same for F32 x and y (a gradient step's forward, whose activations stay F32): x rounded
+     * to fp16 once for all `count` products, y[i] = fp16(x) · w[i]ᵀ in fp32, each as linear_f32io
+     * computes it. */
+    sd_status (*linear_batched_f32io)(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N,
+                                      int count);
     /* The convolution's epilogue takes what follows it in a resnet: y = round(round(conv(x, w)) +
      * b[c] + v[n, c] + r), the three added in fp32 in that order (each may be NULL): b the conv
      * bias, v [B, Co] a per-image channel bias (the time embedding, F32), r a residual in y's
@@ -140,7 +145,8 @@ typedef struct sd_f16_ops {
      * (pad_top on both sides of the rows, pad_left of the columns). */
     sd_status (*conv2d_nhwc)(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v,
                              const sd_f16 *r, sd_f16 *y, const sd_conv_geom *g);
-    /* x, y [B, S, C]; groups of C/groups consecutive channels, C/groups even, C <= 2048 */
+    /* x, y [B, S, C]; groups of C/groups consecutive channels; the shapes of
+     * sd_group_norm_nhwc_supports */
     sd_status (*group_norm_nhwc)(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y,
                                  int64_t B, int64_t C, int64_t S, int groups, float eps, int silu);
     /* y[b, s, c] = x[b, s, c] + v[b, c] */
@@ -153,6 +159,15 @@ typedef struct sd_f16_ops {
     sd_status (*upsample_nearest_nhwc)(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t H, int64_t W,
                                        int64_t C, int64_t Ho, int64_t Wo);
 } sd_f16_ops;
+
+/* The channel counts group_norm_nhwc takes: any up to SD_GN_NHWC_MAX_CHANNELS_ANY, multiples of 8
+ * up to SD_GN_NHWC_MAX_CHANNELS (SD's widest map, 2560 channels at the up blocks' concatenations).
+ * Wider maps go NCHW. */
+enum { SD_GN_NHWC_MAX_CHANNELS_ANY = 1024, SD_GN_NHWC_MAX_CHANNELS = 3072 };
+static inline int sd_group_norm_nhwc_supports(int64_t C, int groups) {
+    return groups > 0 && C > 0 && C % groups == 0 &&
+           (C <= SD_GN_NHWC_MAX_CHANNELS_ANY || (C % 8 == 0 && C <= SD_GN_NHWC_MAX_CHANNELS));
+}
 
 typedef struct sd_backend {
     const char *name;

@@ -123,11 +123,19 @@ sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
  * event) and read the milliseconds in between. */
 sd_status sd_cuda_timer_start(void);
 sd_status sd_cuda_timer_stop(float *ms);
+/* Queues a kernel that keeps the backend stream busy for `microseconds`: work queued behind it
+ * while it spins starts back to back, so events around that work time the GPU's part alone, not
+ * the host's launches (the profiler's op timings). Not inside a graph capture. */
+sd_status sd_cuda_hold(double microseconds);
 
 /* Where the time of a forward or a gradient step goes: sd_backend_profiled(be, &prof) returns a
- * table that runs `be`'s ops, timing each forward and backward op alone (synchronised before and
- * after, the cost of an empty synchronise pair subtracted) and adding its time, arithmetic and
- * activation traffic to its class.
+ * table that runs `be`'s ops, timing each forward and backward op alone and adding its time,
+ * arithmetic and activation traffic to its class. On the CUDA backend an op's time is the GPU's:
+ * CUDA events around it, queued behind sd_cuda_hold so that its kernels run back to back as in a
+ * replayed graph (the host's launch latency, which made small ops look several times slower than
+ * in a graph, is left out; an op whose launches outlast the hold is counted in
+ * `launch_bound_ops`, its time then an upper bound). Elsewhere it is the wall time between two
+ * synchronisations, less the cost of an empty synchronise pair.
  * Put it in a context (c->be) for one eager call, then restore the original; never inside a CUDA
  * graph capture. One profiled table at a time. Works on every backend (the CPU's synchronise is a
  * no-op). */
@@ -153,7 +161,9 @@ typedef struct sd_profile {
     double seconds[SD_PROF_N];
     double flops[SD_PROF_N]; /* 2 per multiply-add */
     double bytes[SD_PROF_N]; /* activations read and written (weights not counted) */
-    double sync_overhead_s;  /* subtracted from every timed op */
+    double sync_overhead_s;  /* subtracted from every op timed by the wall clock */
+    int device_timed;        /* 1: ops timed by CUDA events behind a hold (see above) */
+    int64_t launch_bound_ops; /* device-timed ops whose launches took longer than the hold */
     sd_prof_shape shapes[SD_PROF_MAX_SHAPES]; /* by op and shape; the rest pooled in the last one */
     int n_shapes;
 } sd_profile;

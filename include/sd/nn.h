@@ -147,9 +147,10 @@ sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l);
  * unfused pair's. */
 sd_tensor *sd_linear_add(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *residual);
 /* outs[i] = sd_linear(x, ls[i]) for i < count (<= SD_LINEAR_MANY_MAX): an attention's projections of
- * one input. With fp16 storage and frozen bias-free weights of one shape, one batched GEMM on a
- * packed fp16 copy of the weights (the outputs are views of one block); otherwise one linear each
- * (recorded as such). Returns the context's status. */
+ * one input. With frozen bias-free weights of one shape, fp16 storage, or F32 maps where sd_linear
+ * would use the weights' fp16 copies (fast mode's gradient steps), one batched GEMM on a packed
+ * fp16 copy of the weights (the outputs are views of one block; the tape records one linear per
+ * output); otherwise one linear each. Returns the context's status. */
 #define SD_LINEAR_MANY_MAX 4
 sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, int count, sd_tensor **outs);
 /* x[B, Ci, H, W] -> [B, Co, Ho, Wo], symmetric padding. */

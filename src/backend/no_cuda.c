@@ -69,6 +69,11 @@ sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
 
 sd_status sd_cuda_timer_start(void) { return no_cuda(); }
 
+sd_status sd_cuda_hold(double microseconds) {
+    (void)microseconds;
+    return no_cuda();
+}
+
 sd_status sd_cuda_timer_stop(float *ms) {
     if (ms) *ms = 0.0f;
     return no_cuda();

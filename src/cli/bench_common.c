@@ -98,9 +98,15 @@ cli_bench_times cli_bench_summarize(double *ms, int n) {
 void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *what) {
     double timed = 0.0;
     for (int k = 0; k < SD_PROF_N; k++) timed += prof->seconds[k];
-    printf("\nwhere the time goes (%s; one eager call, %.2f ms with every op synchronised and timed alone,\n"
-           "%.1f us of synchronisation subtracted per op; weights not counted in the traffic):\n",
-           what, 1e3 * wall_s, 1e6 * prof->sync_overhead_s);
+    if (prof->device_timed)
+        printf("\nwhere the time goes (%s; one eager call, %.2f ms with every op synchronised and timed alone\n"
+               "on the GPU, CUDA events behind a held stream: kernels back to back, launches left out;\n"
+               "%lld ops launched slower than the hold, their times upper bounds; weights not counted in the traffic):\n",
+               what, 1e3 * wall_s, (long long)prof->launch_bound_ops);
+    else
+        printf("\nwhere the time goes (%s; one eager call, %.2f ms with every op synchronised and timed alone,\n"
+               "%.1f us of synchronisation subtracted per op; weights not counted in the traffic):\n",
+               what, 1e3 * wall_s, 1e6 * prof->sync_overhead_s);
     printf("%-20s %7s %10s %7s %10s %10s\n", "class", "calls", "ms", "share", "TFLOP/s", "GB/s");
     for (int k = 0; k < SD_PROF_N; k++) {
         const double sec = prof->seconds[k];

@@ -573,31 +573,42 @@ sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, 
         sd_ctx_fail(c, SD_ERR_INTERNAL, "linear_many: %d projections", count);
         return c->status;
     }
-    int batched = x->dtype == SD_F16 && !x->channels_last && c->be->f16 && c->be->f16->linear_batched && count > 1;
+    /* fp16 maps; or F32 maps on the fp16 weight copies (a gradient step's forward: x rounded to
+     * fp16 once for all the products, not once per projection) */
+    const sd_f16_ops *ops = c->be->f16;
+    int batched = count > 1 && ops &&
+                  !x->channels_last &&
+                  (x->dtype == SD_F16 ? ops->linear_batched != NULL
+                                      : x->dtype == SD_F32 && x->device == c->device && ops->linear_batched_f32io);
     const sd_tensor *ws[SD_LINEAR_MANY_MAX];
     for (int i = 0; i < count && batched; i++) {
         ws[i] = ls[i]->weight;
         batched = ws[i] && ws[i]->ndim == 2 && !ls[i]->bias && ls[i]->frozen && sd_same_shape(ws[i], ws[0]) &&
-                  x->shape[x->ndim - 1] == ws[i]->shape[1];
+                  x->shape[x->ndim - 1] == ws[i]->shape[1] && (x->dtype == SD_F16 || f32_linear_on_f16_weight(c, ls[i]));
     }
-    if (!batched) { /* one by one: F32 maps (recorded), biases, other shapes */
+    if (!batched) { /* one by one: biases, other shapes, F32 maps on F32 weights */
         for (int i = 0; i < count; i++) outs[i] = sd_linear(c, x, ls[i]);
         return c->status;
     }
     const int64_t N = ws[0]->shape[0], K = ws[0]->shape[1], M = sd_numel(x) / K;
     const sd_f16 *wb = lowp_weights_copy(c, ws, count, LOWP_PACK);
     const int64_t block_shape[2] = {count * M, N};
-    sd_tensor *block = wb ? new_dtype(c, SD_F16, 2, block_shape) : NULL; /* [count, M, N] */
-    if (!block || !sd_ctx_check(c, c->be->f16->linear_batched(f16_of(x), wb, f16_of(block), M, K, N, count)))
+    sd_tensor *block = wb ? new_dtype(c, x->dtype, 2, block_shape) : NULL; /* [count, M, N] */
+    if (!block || !sd_ctx_check(c, x->dtype == SD_F16
+                                       ? ops->linear_batched(f16_of(x), wb, f16_of(block), M, K, N, count)
+                                       : ops->linear_batched_f32io(sd_f32(x), wb, sd_f32(block), M, K, N, count)))
         return c->status != SD_OK ? c->status : SD_ERR_OOM;
     int64_t shape[SD_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = N;
     for (int i = 0; i < count; i++) {
         if (!(outs[i] = view_header(c, block, x->ndim, shape))) return SD_ERR_OOM;
-        outs[i]->data = (sd_f16 *)block->data + i * M * N;
+        outs[i]->data = (char *)block->data + (size_t)(i * M * N) * sd_dtype_size(x->dtype);
+        /* the tape sees the linears one by one (their backward reads x and the F32 weight only) */
+        sd_tape_node *node = x->dtype == SD_F32 ? sd_tape_record(c, SD_OP_LINEAR, outs[i], x, ls[i]->weight, NULL) : NULL;
+        if (node) node->attr.linear.frozen = ls[i]->frozen;
     }
-    return SD_OK;
+    return c->status;
 }
 
 sd_tensor *sd_linear_add(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *residual) {
@@ -758,8 +769,7 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
                            n->weight ? n->weight->name : "?", (long long)C);
     const int64_t S = sd_numel(x) / (x->shape[0] * C);
     if (x->dtype == SD_F16 && x->channels_last) {
-        /* the channels-last kernel reads channel pairs, never across a group */
-        if (C % 2 == 0 && (C / groups) % 2 == 0 && C <= 2048) {
+        if (sd_group_norm_nhwc_supports(C, groups)) {
             const sd_f16_ops *ops = f16_ops(c, "group_norm");
             sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
             if (y) {

@@ -180,6 +180,13 @@ static void test_f16_elementwise(void **state) {
         check16_equal(names[op], y, want, n); /* one exact fp32 operation, one rounding */
     }
     {
+        /* one half past 16-byte alignment: element by element instead of 8 halves per load */
+        sd_f16 *want = hnew16(n - 1), *y = dnew16(n);
+        assert_sd_ok(cpu16->binary(SD_BINARY_ADD, a + 1, b + 1, want, n - 1));
+        assert_sd_ok(gpu16->binary(SD_BINARY_ADD, ad + 1, bd + 1, y + 1, n - 1));
+        check16_equal("add, 2-byte aligned", y + 1, want, n - 1);
+    }
+    {
         const int64_t B = 2, C = 9, S = 333;
         sd_f16 *x = hrand16(B * C * S, 8, 1.0f), *want = hnew16(B * C * S);
         float *v = hrand(B * C, 9, 1.0f);
@@ -188,13 +195,14 @@ static void test_f16_elementwise(void **state) {
         assert_sd_ok(gpu16->add_channel_bias(dput16(x, B * C * S), dput(v, B * C), y, B, C, S));
         check16_equal("add_channel_bias (F32 bias)", y, want, B * C * S);
     }
-    {
-        const int64_t M = 77, N = 130;
-        sd_f16 *x = hrand16(M * 2 * N, 10, 1.5f), *want = hnew16(M * N);
+    for (int k = 0; k < 2; k++) {
+        /* 130 outputs per row: element by element; 160: 8 halves per load */
+        const int64_t M = 77, N = k ? 160 : 130;
+        sd_f16 *x = hrand16(M * 2 * N, 10 + k, 1.5f), *want = hnew16(M * N);
         assert_sd_ok(cpu16->geglu(x, want, M, N));
         sd_f16 *y = dnew16(M * N);
         assert_sd_ok(gpu16->geglu(dput16(x, M * 2 * N), y, M, N));
-        check16("geglu", y, want, M * N, TOL_F16_ELEM);
+        check16(k ? "geglu, 160 per row" : "geglu, 130 per row", y, want, M * N, TOL_F16_ELEM);
     }
 }
 
@@ -262,6 +270,8 @@ static void test_f16_linear(void **state) {
         {2, 128, 40, 1, 1, 0, 0}, {77, 40, 24, 1, 0, 1, 0}, {9, 19, 13, 1, 1, 1, 0}, {6, 0, 5, 1, 0, 0, 0},
         {77, 40, 24, 1, 0, 0, 1}, {77, 40, 24, 0, 0, 0, 2}, {77, 40, 24, 1, 0, 1, 1}, {9, 19, 13, 0, 1, 0, 1},
         {9, 19, 13, 1, 1, 1, 2}, {6, 0, 5, 1, 0, 0, 1},
+        /* up to 8 rows: k_linear_few_rows (SD's time_emb_proj at batch 2; 16-byte loads or not) */
+        {2, 1280, 1280, 1, 0, 0, 2}, {8, 64, 33, 1, 0, 0, 1}, {1, 40, 24, 1, 0, 0, 0}, {4, 44, 9, 0, 0, 0, 1},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const int64_t M = cases[c].M, K = cases[c].K, N = cases[c].N;
@@ -293,6 +303,8 @@ static void test_f16_linear(void **state) {
         struct { int64_t M, K, N; int bias, residual, misalign_b; } io_cases[] = {
             {77, 40, 24, 1, 0, 0}, {2048, 320, 1280, 1, 0, 0}, {77, 40, 24, 0, 1, 0}, {154, 768, 320, 1, 2, 0},
             {77, 40, 24, 1, 1, 1}, {9, 19, 13, 0, 2, 1}, {6, 0, 5, 1, 1, 0},
+            /* up to 8 rows: k_linear_few_rows (a gradient step's time_emb_proj at batch 1) */
+            {1, 1280, 1280, 1, 0, 0}, {2, 1280, 320, 1, 1, 0}, {8, 40, 24, 1, 2, 0}, {3, 19, 13, 1, 1, 0},
         };
         for (size_t c = 0; c < sizeof io_cases / sizeof io_cases[0]; c++) {
             const int64_t M = io_cases[c].M, K = io_cases[c].K, N = io_cases[c].N;
@@ -337,6 +349,30 @@ static void test_f16_linear(void **state) {
             snprintf(what, sizeof what, "linear_batched %d x (%lldx%lld -> %lld)", count, (long long)M, (long long)K,
                      (long long)N);
             check16(what, yd, want, count * M * N, TOL_F16_GEMM);
+        }
+    }
+    /* linear_batched_f32io: the same on F32 x and y (a gradient step's q, k, v): x rounded to fp16
+     * once, fp32 sums, y not rounded */
+    {
+        struct { int64_t M, K, N; int count; } b_cases[] = {{77, 40, 24, 3}, {5, 3, 7, 2}, {1024, 64, 64, 3}, {6, 0, 5, 2},
+                                                            {2, 1280, 320, 2}};
+        for (size_t c = 0; c < sizeof b_cases / sizeof b_cases[0]; c++) {
+            const int64_t M = b_cases[c].M, K = b_cases[c].K, N = b_cases[c].N;
+            const int count = b_cases[c].count;
+            float *x = hrand(M * K, 200 + c, 1.0f), *want = hnew(count * M * N), *got = hnew(count * M * N);
+            sd_f16 *w = hrand16(count * N * K, 205 + c, 1.0f / sqrtf((float)(K > 0 ? K : 1)));
+            float *yd = dnew_bytes((size_t)(count * M * N) * sizeof(float));
+            assert_sd_ok(cpu16->linear_batched_f32io(x, w, want, M, K, N, count));
+            assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+            assert_sd_ok(gpu16->linear_batched_f32io(dput(x, M * K), dput16(w, count * N * K), yd, M, K, N, count));
+            assert_sd_ok(gpu->download(got, yd, (size_t)(count * M * N) * sizeof(float)));
+            char what[96];
+            snprintf(what, sizeof what, "linear_batched_f32io %d x (%lldx%lld -> %lld)", count, (long long)M,
+                     (long long)K, (long long)N);
+            /* the same fp16 operands, fp32 sums in another order: close to fp32 rounding */
+            const double err = testutil_max_rel_err(got, want, count * M * N);
+            print_message("    %-56s max rel err %.3g (tol %.0e)\n", what, err, 1e-4);
+            if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
         }
     }
     /* bf16 copies and a gradient step's data gradient on a bf16 weight: dx += bf16(dy) · w, into a
@@ -555,20 +591,26 @@ static void test_f16_channels_last_ops(void **state) {
                                                                       : "to_f32_nchw");
         }
     }
-    {
-        const int64_t B = 2, C = 9, S = 333;
+    for (int k = 0; k < 2; k++) {
+        /* 9 channels: element by element; 320: 8 halves per load */
+        const int64_t B = 2, C = k ? 320 : 9, S = k ? 100 : 333;
         sd_f16 *x = hrand16(B * S * C, 306, 1.0f), *want = hnew16(B * S * C), *y = dnew16(B * S * C);
         float *v = hrand(B * C, 307, 1.0f);
         assert_sd_ok(cpu16->add_channel_bias_nhwc(x, v, want, B, C, S));
         assert_sd_ok(gpu16->add_channel_bias_nhwc(dput16(x, B * S * C), dput(v, B * C), y, B, C, S));
-        check16_equal("add_channel_bias_nhwc (F32 bias)", y, want, B * S * C);
+        check16_equal(k ? "add_channel_bias_nhwc (F32 bias), 320 channels" : "add_channel_bias_nhwc (F32 bias), 9 channels",
+                      y, want, B * S * C);
     }
-    /* group norm: short groups in one kernel (2, 40 and 6 channels per group), and a long one
-     * through the statistics pass (SD at 320 channels: 10 per group, 160 channel pairs, 3 pixel
-     * lanes; 2209 pixels: a ragged last chunk) */
-    const struct { int64_t B, C, S; int G; } gn[] = {{2, 64, 24 * 24, 32}, {1, 320, 47 * 47, 32}, {2, 1280, 64, 32},
-                                                     {1, 12, 45, 2}};
-    for (int k = 0; k < 4; k++)
+    /* group norm: short groups in one kernel, 8, 4, 2 and 1 channels per load (40, 20, 2, 6 and 3
+     * channels per group; SD's 2560-channel concatenation at 8x8), and long ones through the
+     * statistics pass: SD at 320 channels (10 per group across 16-byte loads, 6 pixel planes;
+     * 2209 pixels: a ragged last chunk), 2560 channels (one plane of 320 lanes), and loads of 2
+     * and of 1 channel (330 and 45 channels) */
+    const struct { int64_t B, C, S; int G; } gn[] = {
+        {2, 64, 24 * 24, 32}, {1, 320, 47 * 47, 32}, {2, 1280, 64, 32}, {1, 12, 45, 2},   {2, 640, 64, 32},
+        {1, 15, 100, 5},      {1, 2560, 64, 32},     {2, 320, 47 * 47, 32}, {1, 2560, 16 * 16, 32},
+        {1, 330, 2000, 33},   {2, 45, 4000, 9}};
+    for (int k = 0; k < (int)(sizeof gn / sizeof gn[0]); k++)
         for (int silu = 0; silu <= 1; silu++) {
             const int64_t B = gn[k].B, C = gn[k].C, S = gn[k].S;
             char what[80];
@@ -636,6 +678,8 @@ static void test_f16_conv2d_epilogue(void **state) {
         {2, 16, 9, 7, 24, 3, 1, 1, 1, 1, 1, 1, "conv3x3 16->24 +bias"},
         {2, 128, 8, 8, 40, 3, 1, 1, 1, 1, 1, 1, "conv3x3 128ch 8x8 +bias (GEMM by default)"},
         {2, 24, 6, 5, 16, 1, 1, 0, 0, 0, 0, 0, "conv1x1 (no bias)"},
+        /* 20 output channels: the channels-last epilogue element by element, not in 8-half pieces */
+        {1, 8, 6, 6, 20, 3, 1, 1, 1, 1, 1, 1, "conv3x3 8->20 +bias"},
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const f16_conv_case *c = &cases[t];

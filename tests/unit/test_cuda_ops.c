@@ -174,6 +174,9 @@ static void test_linear(void **state) {
         {2 * 4096, 320, 2560, 1, 0, 0}, {1, 1, 1, 1, 0, 0}, {2, 128, 320, 0, 1, 0},
         {37, 53, 29, 1, 0, 1}, {37, 53, 29, 0, 0, 2}, {2 * 1024, 1280, 320, 1, 0, 1}, {154, 768, 320, 1, 1, 2},
         {2, 128, 320, 0, 1, 1},
+        /* up to 8 rows: one warp per output column (gemm.cu's k_linear_few_rows), 16-byte loads
+         * where x is aligned (SD's time_emb_proj at batch 2), element by element where not */
+        {2, 1280, 1280, 1, 0, 2}, {8, 256, 320, 1, 0, 1}, {3, 1280, 640, 1, 0, 0}, {5, 37, 29, 1, 0, 1},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const int64_t M = cases[c].M, K = cases[c].K, N = cases[c].N;
@@ -850,8 +853,9 @@ static void test_elementwise_backward(void **state) {
         check_dev("mul_acc", gd, want, n, TOL_BWD);
     }
     CPU_HAS(geglu_backward);
-    {
-        const int64_t M = 300, N = 640;
+    for (int k = 0; k < 2; k++) {
+        /* 640 outputs per row: 4 floats per load; 6: element by element */
+        const int64_t M = 300, N = k ? 6 : 640;
         float *gx = hrand(M * 2 * N, 910, 2.0f), *gdy = hrand(M * N, 911, 1.0f), *gdx0 = hrand(M * 2 * N, 912, 0.5f);
         float *want = hcopy(gdx0, M * 2 * N);
         assert_sd_ok(cpu->geglu_backward(gx, gdy, want, M, N, 1));

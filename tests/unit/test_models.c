@@ -463,6 +463,86 @@ static void test_conv_epilogue_in_a_gradient_step(void **state) {
     sd_arena_reset(ctx.arena, mark);
 }
 
+/* A fast gradient step's q, k and v projections of one F32 input (sd_linear_many on the weights'
+ * fp16 copies) run as one batched product that rounds x to fp16 once: the same values bit for bit
+ * as three linears, the same tape (one linear node per projection) and the same gradient to x. */
+static const sd_f16_ops *projections_inner16;
+static long projections_single, projections_batched;
+static sd_status counting_linear_f32io(const float *x, const sd_f16 *w, const float *b, const float *r, float *y,
+                                       int64_t M, int64_t K, int64_t N) {
+    projections_single++;
+    return projections_inner16->linear_f32io(x, w, b, r, y, M, K, N);
+}
+static sd_status counting_linear_batched_f32io(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K,
+                                               int64_t N, int count) {
+    projections_batched++;
+    return projections_inner16->linear_batched_f32io(x, w, y, M, K, N, count);
+}
+
+static void test_batched_projections_in_a_gradient_step(void **state) {
+    (void)state;
+    const sd_attention_w *a = &unet.mid.attention.attn1;
+    const int64_t C = a->to_q.weight->shape[1], xs[3] = {1, 10, C};
+    sd_tensor *xh = sd_tensor_new(SD_F32, 3, xs);
+    testutil_fill_normal(sd_f32(xh), sd_numel(xh), 931, 1.0f);
+    const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    const sd_backend *inner = ctx.be;
+    projections_inner16 = inner->f16;
+    sd_f16_ops table16 = *inner->f16;
+    table16.linear_f32io = counting_linear_f32io;
+    table16.linear_batched_f32io = counting_linear_batched_f32io;
+    sd_backend table = *inner;
+    table.f16 = &table16;
+    ctx.be = &table;
+    ctx.activations = SD_F16;
+    sd_tensor *x = sd_param_new(&ctx, xh, "x");
+    const int64_t ts[3] = {1, 10, a->to_q.weight->shape[0]};
+    sd_tensor *th = sd_tensor_new(SD_F32, 3, ts);
+    testutil_fill_normal(sd_f32(th), sd_numel(th), 932, 1.0f);
+    sd_tensor *target = sd_upload(&ctx, th);
+    sd_tape *tape = sd_tape_new();
+    sd_ctx_set_tape(&ctx, tape);
+    const sd_linear_w *qkv[3] = {&a->to_q, &a->to_k, &a->to_v};
+    sd_tensor *outs[2][3], *grad[2];
+    long single[2], batched[2];
+    int nodes[2];
+    for (int k = 0; k < 2; k++) { /* 0: sd_linear_many; 1: one linear each */
+        projections_single = projections_batched = 0;
+        sd_tensor *o[3];
+        if (k == 0) assert_sd_ok(sd_linear_many(&ctx, x, qkv, 3, o));
+        else
+            for (int i = 0; i < 3; i++) o[i] = sd_linear(&ctx, x, qkv[i]);
+        single[k] = projections_single, batched[k] = projections_batched;
+        nodes[k] = sd_tape_size(tape);
+        /* a loss that weighs the three outputs differently: each projection's gradient matters */
+        sd_tensor *sum = sd_add(&ctx, sd_add(&ctx, o[0], sd_mul(&ctx, o[1], o[1])), sd_mul(&ctx, o[2], o[0]));
+        assert_sd_ok(sd_backward(&ctx, sd_mse(&ctx, sum, target)));
+        for (int i = 0; i < 3; i++) outs[k][i] = sd_download_new(&ctx, o[i]);
+        grad[k] = sd_download_new(&ctx, x->grad);
+        sd_tape_reset(tape);
+    }
+    print_message("    q, k, v: %ld batched product(s) and %ld single (one by one: %ld single), %d tape nodes (%d)\n",
+                  batched[0], single[0], single[1], nodes[0], nodes[1]);
+    assert_int_equal(batched[0], 1);
+    assert_int_equal(single[0], 0);
+    assert_int_equal(single[1], 3);
+    assert_int_equal(nodes[0], nodes[1]);
+    for (int i = 0; i < 3; i++) assert_memory_equal(sd_f32(outs[0][i]), sd_f32(outs[1][i]), sd_nbytes(outs[0][i]));
+    assert_memory_equal(sd_f32(grad[0]), sd_f32(grad[1]), sd_nbytes(grad[0]));
+    sd_ctx_set_tape(&ctx, NULL);
+    sd_tape_free(tape);
+    ctx.be = inner;
+    ctx.activations = SD_F32;
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 3; i++) sd_tensor_free(outs[k][i]);
+        sd_tensor_free(grad[k]);
+    }
+    sd_tensor_free(x);
+    sd_tensor_free(xh);
+    sd_tensor_free(th);
+    sd_arena_reset(ctx.arena, mark);
+}
+
 static void test_f16_outside_the_unet_fails(void **state) {
     (void)state;
     sd_ctx c;
@@ -603,6 +683,7 @@ int main(void) {
         cmocka_unit_test(test_unet_f16_storage),
         cmocka_unit_test(test_unet_channels_last),
         cmocka_unit_test(test_conv_epilogue_in_a_gradient_step),
+        cmocka_unit_test(test_batched_projections_in_a_gradient_step),
         cmocka_unit_test(test_f16_outside_the_unet_fails),
         cmocka_unit_test(test_vae),
         cmocka_unit_test(test_bad_inputs_fail_cleanly),

@@ -304,6 +304,11 @@ static void test_eager_for_one_step_after_capture(void **state) {
             print_message("    profiled step after the capture: %lld linear, %lld elementwise calls timed\n",
                           (long long)prof.calls[SD_PROF_GEMM], (long long)prof.calls[SD_PROF_MEMORY]);
             assert_true(prof.calls[SD_PROF_GEMM] >= 2); /* the forward's and the backward's products */
+            /* the CUDA backend's ops are timed by events behind a held stream (profile.c) */
+            assert_int_equal(prof.device_timed, 1);
+            assert_true(prof.launch_bound_ops <= prof.calls[SD_PROF_GEMM] + prof.calls[SD_PROF_MEMORY] +
+                                                     prof.calls[SD_PROF_NORM] + prof.calls[SD_PROF_ATTENTION] +
+                                                     prof.calls[SD_PROF_CONV]);
             /* the leaf's gradient is zero-filled on first use, and the profile shows the fill */
             int zero_fills = 0;
             for (int k = 0; k < prof.n_shapes; k++)

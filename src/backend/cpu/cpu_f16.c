@@ -176,6 +176,13 @@ static sd_status f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y,
     return SD_OK;
 }
 
+static sd_status f16_linear_batched_f32io(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N,
+                                          int count) {
+    for (int i = 0; i < count; i++)
+        SD_TRY(f16_linear_f32io(x, w + (int64_t)i * N * K, NULL, NULL, y + (int64_t)i * M * N, M, K, N));
+    return SD_OK;
+}
+
 static sd_status f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r,
                              sd_f16 *y, const sd_conv_geom *g) {
     f32_bufs t;
@@ -394,6 +401,7 @@ const sd_f16_ops cpu_f16_ops = {
     .linear = f16_linear,
     .linear_f32io = f16_linear_f32io,
     .linear_batched = f16_linear_batched,
+    .linear_batched_f32io = f16_linear_batched_f32io,
     .to_bf16 = f16_to_bf16,
     .linear_backward_data_bf16w = f16_linear_backward_data_bf16w,
     .to_bf16_conv_transposed = f16_to_bf16_conv_transposed,

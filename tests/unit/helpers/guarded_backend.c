@@ -227,6 +227,8 @@ GUARD16(conv2d_backward_data_bf16w, (const float *dy, const sd_f16 *wt, float *d
         (dy, wt, dx, g, accumulate), dy, wt, dx)
 GUARD16(linear_batched, (const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N, int count),
         (x, w, y, M, K, N, count), x, w, y)
+GUARD16(linear_batched_f32io, (const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N, int count),
+        (x, w, y, M, K, N, count), x, w, y)
 GUARD16(to_f16_nhwc, (const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S), (x, y, B, C, S), x, y)
 GUARD16(to_f32_nchw, (const sd_f16 *x, const float *v, const float *r, float *y, int64_t B, int64_t C, int64_t S),
         (x, v, r, y, B, C, S), x, v, r, y)
@@ -287,7 +289,7 @@ const sd_backend *guarded_backend(void) {
         SET16(to_f16), SET16(to_f32), SET16(copy), SET16(linear), SET16(linear_f32io), SET16(conv2d), SET16(group_norm);
         SET16(layer_norm);
         SET16(binary), SET16(add_channel_bias), SET16(geglu), SET16(concat_channels), SET16(upsample_nearest);
-        SET16(transpose), SET16(attention), SET16(to_f16_nhwc), SET16(to_f32_nchw), SET16(linear_batched), SET16(to_bf16), SET16(linear_backward_data_bf16w), SET16(conv2d_nhwc), SET16(group_norm_nhwc), SET16(add_channel_bias_nhwc);
+        SET16(transpose), SET16(attention), SET16(to_f16_nhwc), SET16(to_f32_nchw), SET16(linear_batched), SET16(linear_batched_f32io), SET16(to_bf16), SET16(linear_backward_data_bf16w), SET16(conv2d_nhwc), SET16(group_norm_nhwc), SET16(add_channel_bias_nhwc);
         SET16(concat_channels_nhwc), SET16(upsample_nearest_nhwc), SET16(to_bf16_conv_transposed);
         SET16(conv2d_backward_data_bf16w);
 #undef SET16
