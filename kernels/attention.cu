@@ -583,12 +583,13 @@ template <int DK> struct fa_async_smem {
     static constexpr size_t bytes = (size_t)elems * sizeof(__half);
     /* two blocks per SM up to DK 3 caps registers at 128: ptxas (CUDA 13.0, sm_90) then spills 48
      * bytes at DK 3 (SD's D 40), none below. The H200's 108 TFLOP/s for 4096x4096 D40 were measured
-     * with that spill; one block per SM without it is untried. */
+     * with that spill; one block per SM without it (MINB 1, SD_FLASH_BLOCKS_PER_SM=1) is the
+     * alternative the bench measures beside it. */
     static constexpr int min_blocks = DK <= 3 ? 2 : 1;
 };
 
-template <int DK>
-__global__ void __launch_bounds__(FA_THREADS, fa_async_smem<DK>::min_blocks) k_flash_fast_async(const attn_params<__half> p) {
+template <int DK, int MINB = fa_async_smem<DK>::min_blocks>
+__global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const attn_params<__half> p) {
     typedef fa_async_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __half *smem = reinterpret_cast<__half *>(smem_f4);
@@ -676,18 +677,25 @@ __global__ void __launch_bounds__(FA_THREADS, fa_async_smem<DK>::min_blocks) k_f
     }
 }
 
-template <int DK> static sd_status launch_fast_async(const attn_params<__half> &p, int64_t B) {
+template <int DK, int MINB> static sd_status launch_fast_async_blocks(const attn_params<__half> &p, int64_t B) {
     const size_t smem = fa_async_smem<DK>::bytes;
     static unsigned configured = 0;
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast_async<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast_async<DK, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
         configured |= bit;
     }
     dim3 grid((unsigned)((p.Sq + FA_BQ - 1) / FA_BQ), (unsigned)(B * p.H));
-    CU_LAUNCH(k_flash_fast_async<DK>, grid, FA_THREADS, smem, cu_cur()->stream)(p);
+    CU_LAUNCH((k_flash_fast_async<DK, MINB>), grid, FA_THREADS, smem, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention (fast, fp16, cp.async)");
     return SD_OK;
+}
+
+template <int DK> static sd_status launch_fast_async(const attn_params<__half> &p, int64_t B) {
+    if (fa_async_smem<DK>::min_blocks == 2 && cu_cur()->flash_blocks_per_sm == 1)
+        return launch_fast_async_blocks<DK, 1>(p, B);
+    return launch_fast_async_blocks<DK, fa_async_smem<DK>::min_blocks>(p, B);
 }
 
 /* Whether the cp.async kernel can read these operands: rows of whole 16-byte pieces at 16-byte

@@ -589,29 +589,46 @@ static sd_status conv_gemm_backward_data(const cu_conv_plan *p, const float *dy,
 /* Channels-last: col[b·P + p][(i·kw + j)·c_in + c] = x[b][oy·stride − pad_top + i][ox·stride −
  * pad_left + j][c], 0 outside x: the unfolded rows are the GEMM's x as a linear layer reads it, K
  * ordered as the KRSC weight. One grid row per output pixel (its position computed once), threads
- * along the channels (coalesced both ways), the kh·kw taps looped. */
-template <typename T>
-__global__ void k_im2col_nhwc(const T *x, T *col, sd_conv_geom g) {
-    const int64_t P = g.h_out * g.w_out, rows = g.batch * P, K = (int64_t)g.kh * g.kw * g.c_in;
+ * along the channels (coalesced both ways), the kh·kw taps looped. Values are moved as units U of
+ * `units` per pixel (float4: 16 bytes, where the channel count and the pointers allow; else the
+ * elements themselves): bits copied, no arithmetic. */
+template <typename U>
+__global__ void k_im2col_nhwc(const U *x, U *col, sd_conv_geom g, int64_t units) {
+    const int64_t P = g.h_out * g.w_out, rows = g.batch * P, K = (int64_t)g.kh * g.kw * units;
+    const U zero{};
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
         const int64_t b = r / P;
         const int p = (int)(r - b * P), oy = p / (int)g.w_out, ox = p - oy * (int)g.w_out;
         const int y0 = oy * g.stride - g.pad_top, x0 = ox * g.stride - g.pad_left;
-        const T *xb = x + b * g.h_in * g.w_in * g.c_in;
-        T *out = col + r * K;
-        GRID_STRIDE(c, g.c_in)
+        const U *xb = x + b * g.h_in * g.w_in * units;
+        U *out = col + r * K;
+        GRID_STRIDE(c, units)
             for (int i = 0; i < g.kh; i++) {
                 const int iy = y0 + i;
                 for (int j = 0; j < g.kw; j++) {
                     const int ix = x0 + j;
-                    T *dst = out + (i * g.kw + j) * g.c_in + c;
-                    if (iy >= 0 && iy < g.h_in && ix >= 0 && ix < g.w_in)
-                        *dst = xb[((int64_t)iy * g.w_in + ix) * g.c_in + c];
-                    else
-                        cu_store(dst, 0.0f);
+                    const bool inside = iy >= 0 && iy < g.h_in && ix >= 0 && ix < g.w_in;
+                    out[(i * g.kw + j) * units + c] = inside ? xb[((int64_t)iy * g.w_in + ix) * units + c] : zero;
                 }
             }
     }
+}
+
+/* Launches k_im2col_nhwc on T data: 16-byte units where c_in allows. */
+template <typename T>
+static sd_status im2col_nhwc(const T *x, T *col, const sd_conv_geom *g, int64_t rows, cudaStream_t st) {
+    const int64_t per_unit = 16 / (int64_t)sizeof(T);
+    if (g->c_in % per_unit == 0 && cu_aligned16(x) && cu_aligned16(col)) {
+        const int64_t units = g->c_in / per_unit;
+        const int threads = cu_row_threads(units);
+        CU_LAUNCH(k_im2col_nhwc<float4>, cu_rows_grid(rows, units, threads), threads, 0, st)(
+            reinterpret_cast<const float4 *>(x), reinterpret_cast<float4 *>(col), *g, units);
+    } else {
+        const int threads = cu_row_threads(g->c_in);
+        CU_LAUNCH(k_im2col_nhwc<T>, cu_rows_grid(rows, g->c_in, threads), threads, 0, st)(x, col, *g, g->c_in);
+    }
+    LAUNCH_CHECK("conv im2col (channels-last)");
+    return SD_OK;
 }
 
 /* Channels-last y = conv(x, w) as one GEMM over every output pixel of the batch: y[B·P, c_out] =
@@ -628,9 +645,7 @@ static sd_status conv_gemm_forward_nhwc(const cu_conv_plan *p, const T *x, const
     if (!conv_is_pointwise(g)) {
         T *buf = (T *)cu_workspace((size_t)(M * K) * sizeof(T));
         if (!buf) return SD_ERR_OOM;
-        const int threads = cu_row_threads(g->c_in);
-        CU_LAUNCH(k_im2col_nhwc<T>, cu_rows_grid(M, g->c_in, threads), threads, 0, s->stream)(x, buf, *g);
-        LAUNCH_CHECK("conv im2col (channels-last)");
+        CU_TRY(im2col_nhwc(x, buf, g, M, s->stream));
         col = buf;
     }
     const float one = 1.0f, zero = 0.0f;

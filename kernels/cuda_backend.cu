@@ -187,6 +187,18 @@ static int conv_gemm_from_env(void) {
     return SD_CONV_GEMM_AUTO;
 }
 
+/* SD_FLASH_BLOCKS_PER_SM=1|2: how many blocks of the fp16 flash attention kernel share an SM at
+ * head dims <= 48 (SD's D 40). Two cap its registers at 128, and ptxas then spills 48 bytes per
+ * thread; one leaves 255 and no spill, at half the warps per SM. 2 is what every GPU figure so far
+ * was measured with; the bench tables' fast+fa1 row measures 1. */
+static int flash_blocks_from_env(void) {
+    const char *e = getenv("SD_FLASH_BLOCKS_PER_SM");
+    if (!e || !*e || !strcmp(e, "2")) return 2;
+    if (!strcmp(e, "1")) return 1;
+    sd_warn("SD_FLASH_BLOCKS_PER_SM=%s is not 1 or 2: using 2", e);
+    return 2;
+}
+
 static sd_status state_init(cu_state *s, int ordinal) {
     memset(s, 0, sizeof *s);
     s->ordinal = ordinal;
@@ -233,6 +245,7 @@ static sd_status state_init(cu_state *s, int ordinal) {
     s->precision = SD_PRECISION_EXACT;
     s->fast_gemm = fast_gemm_from_env();
     s->conv_find = conv_find_from_env();
+    s->flash_blocks_per_sm = flash_blocks_from_env();
     s->conv_gemm = conv_gemm_from_env();
     const char *dbg = getenv("SD_CUDA_DEBUG_SYNC");
     cu_debug_sync = dbg && *dbg && strcmp(dbg, "0") != 0;
@@ -528,6 +541,22 @@ extern "C" sd_status sd_cuda_set_conv_find(int find) {
     cu_conv_release(s);
     s->conv_find = find != 0;
     return SD_OK;
+}
+
+extern "C" sd_status sd_cuda_set_flash_blocks_per_sm(int blocks) {
+    cu_state *s = NULL;
+    CU_TRY(need_state(&s));
+    if (blocks != 1 && blocks != 2)
+        return sd_fail(SD_ERR_ARG, "sd_cuda_set_flash_blocks_per_sm: %d blocks per SM (1 or 2)", blocks);
+    if (s->capturing)
+        return sd_fail(SD_ERR_UNSUPPORTED, "sd_cuda_set_flash_blocks_per_sm: a CUDA graph is being captured");
+    s->flash_blocks_per_sm = blocks;
+    return SD_OK;
+}
+
+extern "C" int sd_cuda_get_flash_blocks_per_sm(void) {
+    const cu_state *s = cu_cur();
+    return s ? s->flash_blocks_per_sm : 2;
 }
 
 extern "C" sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {

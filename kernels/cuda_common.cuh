@@ -70,6 +70,8 @@ struct cu_state {
     cublasComputeType_t fast_gemm; /* compute type of fast mode (SD_FAST_GEMM: bf16 | tf32 | fp16) */
     int conv_find;                 /* fast mode: cuDNN algorithms timed once per plan (SD_CONV_ALGO=find) */
     int conv_gemm;                 /* fast mode: sd_conv_gemm, small images as im2col + GEMM (SD_CONV_GEMM) */
+    int flash_blocks_per_sm;       /* fp16 flash attention at head dims <= 48: 2 (default) or 1
+                                    * (SD_FLASH_BLOCKS_PER_SM; attention.cu, fa_async_smem) */
     int capturing;               /* inside sd_cuda_graph_begin/end: no allocation allowed */
     cudaEvent_t ev_start, ev_stop;
     struct cu_conv_plan *conv_plans; /* CU_CONV_CACHE entries, conv.cu */

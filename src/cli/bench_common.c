@@ -154,6 +154,7 @@ const char *cli_bench_settings_suffix(sd_precision precision) {
     const char *gemm_tag = "";
     if (precision == SD_PRECISION_FAST)
         gemm_tag = !strcmp(gemm, "tf32") ? "+tf32" : !strcmp(gemm, "fp16") ? "+fp16gemm" : "";
-    snprintf(buf, sizeof buf, "%s%s", conv_suffix(precision), gemm_tag);
+    const char *flash_tag = precision == SD_PRECISION_FAST && sd_cuda_get_flash_blocks_per_sm() == 1 ? "+fa1" : "";
+    snprintf(buf, sizeof buf, "%s%s%s", conv_suffix(precision), gemm_tag, flash_tag);
     return buf;
 }

@@ -871,6 +871,15 @@ static void test_f16_attention(void **state) {
             print_message("    %-56s %s\n", "  cp.async kernel vs generic kernel",
                           memcmp(got, got2, (size_t)no * sizeof(sd_f16)) ? "DIFFER" : "bit-identical");
             assert_memory_equal(got, got2, (size_t)no * sizeof(sd_f16));
+            /* one block per SM instead of two (SD_FLASH_BLOCKS_PER_SM): another register budget,
+             * the same instructions' results */
+            assert_sd_ok(sd_cuda_set_flash_blocks_per_sm(1));
+            assert_sd_ok(gpu16->attention(qd, kd, vd, od2, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+            assert_sd_ok(sd_cuda_set_flash_blocks_per_sm(2));
+            assert_sd_ok(gpu->download(got2, od2, (size_t)no * sizeof(sd_f16)));
+            print_message("    %-56s %s\n", "  one block per SM vs two",
+                          memcmp(got, got2, (size_t)no * sizeof(sd_f16)) ? "DIFFER" : "bit-identical");
+            assert_memory_equal(got, got2, (size_t)no * sizeof(sd_f16));
         }
     }
 }
