@@ -422,24 +422,6 @@ __global__ void k_unpad_add(const float *dxp, float *dx, int64_t BC, int64_t H, 
     }
 }
 
-/* The convolution's epilogue (a pass after cuDNN or the GEMM): y += b[c] (+ v[n, c]) (+ r), each
- * term optional, summed in fp32 in that order and rounded once to T (float or __half; the biases
- * are F32 for both). */
-template <typename T>
-__global__ void k_conv_epilogue_nchw(T *y, const float *b, const float *v, const T *res, int64_t C, int64_t S,
-                                     int64_t BC) {
-    /* y, res: [B·C rows, S]; v: [B·C] (one row per (image, channel): no division per element) */
-    CU_ROWS_COLS(r, s, BC, S) {
-        T *row = y + r * S;
-        float sum = cu_f32(row[s]);
-        if (b) sum += b[r % C];
-        if (v) sum += v[r];
-        if (res) sum += cu_f32(res[r * S + s]);
-        cu_store(&row[s], sum);
-    }
-}
-
-/* (channels-last: k_channels_last_sum in cuda_common.cuh, with x = y) */
 
 template <typename T>
 static sd_status pad_input(const cu_conv_plan *p, const T *x, T *xp) {
@@ -669,9 +651,7 @@ static sd_status conv_epilogue(T *y, const float *b, const float *v, const T *r,
     if (nhwc) {
         CUDA_CHECK(cu_channels_last_sum<T>(y, b, v, r, y, g->batch * P, P, g->c_out, cu_cur()->stream));
     } else {
-        const int threads = cu_row_threads(P);
-        CU_LAUNCH(k_conv_epilogue_nchw<T>, cu_rows_grid(g->batch * g->c_out, P, threads), threads, 0,
-                  cu_cur()->stream)(y, b, v, r, g->c_out, P, g->batch * g->c_out);
+        CUDA_CHECK(cu_nchw_sum<T>(y, b, v, r, y, g->c_out, P, g->batch * g->c_out, cu_cur()->stream));
     }
     LAUNCH_CHECK("conv epilogue");
     return SD_OK;

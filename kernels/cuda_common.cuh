@@ -482,6 +482,60 @@ __device__ __forceinline__ void cu_put(__nv_bfloat16 *p, float v) { cu_store(p, 
 static inline const __half *cu_half(const sd_f16 *p) { return reinterpret_cast<const __half *>(p); }
 static inline __half *cu_half(sd_f16 *p) { return reinterpret_cast<__half *>(p); }
 
+/* NCHW rows (one per (image, channel), S values): y[r, s] = x[r, s] + b[r mod C] + v[r] + res[r, s],
+ * each term optional (NULL), summed in fp32 in that order and rounded once to T; y may be x. A
+ * convolution's epilogue (x = y) and the channel bias of an NCHW map (b and res NULL). One grid row
+ * per tensor row (its constants loaded once), threads along it: 16-byte pieces where S and the
+ * pointers allow (one 2- or 4-byte value per thread keeps too few bytes in flight for the memory's
+ * rate), else one value each. */
+template <typename T, int N>
+__global__ void k_nchw_sum(const T *x, const float *b, const float *v, const T *res, T *y, int64_t C, int64_t S,
+                           int64_t BC) {
+    typedef cu_vec16<T> V;
+    const int64_t pieces = S / N;
+    for (int64_t r = blockIdx.y; r < BC; r += gridDim.y) {
+        const float bias = b ? b[r % C] : 0.0f, chan = v ? v[r] : 0.0f;
+        GRID_STRIDE(i, pieces) {
+            const int64_t at = r * S + i * N;
+            if constexpr (N == V::n) {
+                V in, add = {}, out;
+                in.load(x + at);
+                if (res) add.load(res + at);
+#pragma unroll
+                for (int k = 0; k < N; k++) {
+                    float sum = cu_f32(in.v[k]);
+                    if (b) sum += bias;
+                    if (v) sum += chan;
+                    if (res) sum += cu_f32(add.v[k]);
+                    cu_store(&out.v[k], sum);
+                }
+                out.store(y + at);
+            } else {
+                static_assert(N == 1, "one value or one 16-byte piece");
+                float sum = cu_f32(x[at]);
+                if (b) sum += bias;
+                if (v) sum += chan;
+                if (res) sum += cu_f32(res[at]);
+                cu_store(&y[at], sum);
+            }
+        }
+    }
+}
+
+template <typename T>
+static inline cudaError_t cu_nchw_sum(const T *x, const float *b, const float *v, const T *res, T *y, int64_t C,
+                                      int64_t S, int64_t BC, cudaStream_t stream) {
+    constexpr int n = cu_vec16<T>::n;
+    if (S % n == 0 && cu_aligned16(x) && cu_aligned16(y) && (!res || cu_aligned16(res))) {
+        const int threads = cu_row_threads(S / n);
+        CU_LAUNCH((k_nchw_sum<T, n>), cu_rows_grid(BC, S / n, threads), threads, 0, stream)(x, b, v, res, y, C, S, BC);
+    } else {
+        const int threads = cu_row_threads(S);
+        CU_LAUNCH((k_nchw_sum<T, 1>), cu_rows_grid(BC, S, threads), threads, 0, stream)(x, b, v, res, y, C, S, BC);
+    }
+    return cudaGetLastError();
+}
+
 /* Two adjacent values rounded to a 16-bit type, stored as one 4-byte word (p 4-byte aligned). */
 __device__ __forceinline__ void cu_store2(__half *p, float a, float b) {
     *reinterpret_cast<__half2 *>(p) = __floats2half2_rn(a, b);

@@ -134,16 +134,11 @@ sd_status cu_clamp(const float *x, float *y, float lo, float hi, int64_t n) {
     return SD_OK;
 }
 
-template <typename T> __global__ void k_add_channel_bias(const T *x, const float *v, T *y, int64_t BC, int64_t S) {
-    /* x, y: [B·C rows, S]; v: [B·C] (F32 in both storages) */
-    CU_ROWS_COLS(r, s, BC, S) cu_store(&y[r * S + s], cu_f32(x[r * S + s]) + v[r]);
-}
-
+/* x, y: [B·C rows, S]; v: [B·C] (F32 in both storages) */
 template <typename T>
 static sd_status add_channel_bias(const T *x, const float *v, T *y, int64_t B, int64_t C, int64_t S) {
     if (B * C * S <= 0) return SD_OK;
-    const int threads = cu_row_threads(S);
-    CU_LAUNCH(k_add_channel_bias<T>, cu_rows_grid(B * C, S, threads), threads, 0, cu_cur()->stream)(x, v, y, B * C, S);
+    CUDA_CHECK(cu_nchw_sum<T>(x, (const float *)NULL, v, (const T *)NULL, y, C, S, B * C, cu_cur()->stream));
     LAUNCH_CHECK("add_channel_bias");
     return SD_OK;
 }
