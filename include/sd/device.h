@@ -141,8 +141,9 @@ sd_status sd_cuda_hold(double microseconds);
  * CUDA events around it, queued behind sd_cuda_hold so that its kernels run back to back as in a
  * replayed graph (the host's launch latency, which made small ops look several times slower than
  * in a graph, is left out; an op whose launches outlast the hold is counted in
- * `launch_bound_ops`, its time then an upper bound). Elsewhere it is the wall time between two
- * synchronisations, less the cost of an empty synchronise pair.
+ * `launch_bound_ops`, its time then an upper bound). Elsewhere, or with the environment's
+ * SD_PROFILE_CLOCK=wall, it is the wall time between two synchronisations, less the cost of an
+ * empty synchronise pair.
  * Put it in a context (c->be) for one eager call, then restore the original; never inside a CUDA
  * graph capture. One profiled table at a time. Works on every backend (the CPU's synchronise is a
  * no-op). */

@@ -15,6 +15,7 @@
  * LABEL() says for the ops with a shape worth naming). */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sd/device.h"
@@ -423,7 +424,13 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         if (dt < best) best = dt;
     }
     out->sync_overhead_s = best;
-    out->device_timed = be->name && strcmp(be->name, "cuda") == 0;
+    /* SD_PROFILE_CLOCK=wall keeps the wall-clock timing on a GPU too: the earlier sessions' method,
+     * for profiles comparable with theirs */
+    const char *clock = getenv("SD_PROFILE_CLOCK");
+    const int wall = clock && !strcmp(clock, "wall");
+    if (clock && *clock && !wall && strcmp(clock, "gpu"))
+        sd_warn("SD_PROFILE_CLOCK=%s is neither gpu nor wall: timing GPU ops on the GPU", clock);
+    out->device_timed = be->name && strcmp(be->name, "cuda") == 0 && !wall;
 
     table = *be;
     table.linear = p_linear;

@@ -304,7 +304,8 @@ static void test_eager_for_one_step_after_capture(void **state) {
             print_message("    profiled step after the capture: %lld linear, %lld elementwise calls timed\n",
                           (long long)prof.calls[SD_PROF_GEMM], (long long)prof.calls[SD_PROF_MEMORY]);
             assert_true(prof.calls[SD_PROF_GEMM] >= 2); /* the forward's and the backward's products */
-            /* the CUDA backend's ops are timed by events behind a held stream (profile.c) */
+            /* the CUDA backend's ops are timed by events behind a held stream (profile.c), unless
+             * SD_PROFILE_CLOCK=wall asks for the wall clock */
             assert_int_equal(prof.device_timed, 1);
             assert_true(prof.launch_bound_ops <= prof.calls[SD_PROF_GEMM] + prof.calls[SD_PROF_MEMORY] +
                                                      prof.calls[SD_PROF_NORM] + prof.calls[SD_PROF_ATTENTION] +
@@ -314,6 +315,11 @@ static void test_eager_for_one_step_after_capture(void **state) {
             for (int k = 0; k < prof.n_shapes; k++)
                 if (!strcmp(prof.shapes[k].what, "zero fill")) zero_fills += (int)prof.shapes[k].calls;
             assert_true(zero_fills >= 1);
+            sd_profile walled;
+            setenv("SD_PROFILE_CLOCK", "wall", 1);
+            sd_backend_profiled(be, &walled);
+            unsetenv("SD_PROFILE_CLOCK");
+            assert_int_equal(walled.device_timed, 0);
         }
         sd_tape_reset(tape);
         sd_arena_reset(gpu.arena, mark);
