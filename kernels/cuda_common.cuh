@@ -583,7 +583,7 @@ __global__ void k_channels_last_sum(const T *x, const float *b, const float *v, 
 }
 
 /* The same sum over the whole map as one flat run of 16-byte pieces (8 halves or 4 floats: C a
- * multiple of the piece, x, res and y 16-byte aligned, fewer than 2^32 pieces). A thread per
+ * multiple of the piece, x, res and y 16-byte aligned, at most 2^31 - 1 pieces). A thread per
  * element of a 2-byte type keeps too few bytes in flight to reach the memory's rate (the
  * channels-last GroupNorm's element-wise pass ran at under 200 GB/s on an H100 that way). */
 template <typename T>
@@ -615,7 +615,7 @@ static inline cudaError_t cu_channels_last_sum(const T *x, const float *b, const
                                                int64_t rows, int64_t P, int64_t C, cudaStream_t stream) {
     const int n = cu_vec16<T>::n;
     const int64_t n_vec = rows * C / n;
-    if (C % n == 0 && cu_aligned16(x) && cu_aligned16(y) && (!res || cu_aligned16(res)) && n_vec <= (int64_t)UINT32_MAX) {
+    if (C % n == 0 && cu_aligned16(x) && cu_aligned16(y) && (!res || cu_aligned16(res)) && n_vec <= (int64_t)INT32_MAX) {
         CU_LAUNCH(k_channels_last_sum_vec<T>, cu_blocks(n_vec, 256), 256, 0, stream)(x, b, v, res, y, (uint32_t)n_vec,
                                                                                      (uint32_t)P, (uint32_t)C);
     } else {

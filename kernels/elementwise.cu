@@ -159,7 +159,7 @@ template <typename T> __global__ void k_geglu(const T *x, T *y, int64_t M, int64
     }
 }
 
-/* The same, 16 bytes per load: N a multiple of the piece, x and y 16-byte aligned, fewer than 2^32
+/* The same, 16 bytes per load: N a multiple of the piece, x and y 16-byte aligned, at most 2^31 - 1
  * pieces of y (one thread per element of a 2-byte type keeps too few bytes in flight) */
 template <typename T> __global__ void k_geglu_vec(const T *x, T *y, uint32_t n_vec, uint32_t N) {
     typedef cu_vec16<T> V;
@@ -178,7 +178,7 @@ template <typename T> __global__ void k_geglu_vec(const T *x, T *y, uint32_t n_v
 template <typename T> static sd_status geglu(const T *x, T *y, int64_t M, int64_t N) {
     if (M * N <= 0) return SD_OK;
     const int64_t n_vec = M * N / cu_vec16<T>::n;
-    if (N % cu_vec16<T>::n == 0 && cu_aligned16(x) && cu_aligned16(y) && n_vec <= (int64_t)UINT32_MAX) {
+    if (N % cu_vec16<T>::n == 0 && cu_aligned16(x) && cu_aligned16(y) && n_vec <= (int64_t)INT32_MAX) {
         CU_LAUNCH(k_geglu_vec<T>, cu_blocks(n_vec, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(x, y, (uint32_t)n_vec,
                                                                                                (uint32_t)N);
     } else {
@@ -623,8 +623,8 @@ __global__ void k_geglu_backward(const float *x, const float *dy, float *dx, int
     }
 }
 
-/* The same, 4 values (16 bytes) per load: N a multiple of 4, x, dy and dx 16-byte aligned, fewer
- * than 2^32 pieces of dy */
+/* The same, 4 values (16 bytes) per load: N a multiple of 4, x, dy and dx 16-byte aligned, at most
+ * 2^31 - 1 pieces of dy (the 32-bit grid-stride index never wraps) */
 __global__ void k_geglu_backward_vec(const float *x, const float *dy, float *dx, uint32_t n_vec, uint32_t N,
                                      int accumulate) {
     const uint32_t lanes = N / 4;
@@ -653,7 +653,7 @@ __global__ void k_geglu_backward_vec(const float *x, const float *dy, float *dx,
 sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
     if (M * N <= 0 || !dx) return SD_OK;
     const int64_t n_vec = M * N / 4;
-    if (N % 4 == 0 && cu_aligned16(x) && cu_aligned16(dy) && cu_aligned16(dx) && n_vec <= (int64_t)UINT32_MAX) {
+    if (N % 4 == 0 && cu_aligned16(x) && cu_aligned16(dy) && cu_aligned16(dx) && n_vec <= (int64_t)INT32_MAX) {
         CU_LAUNCH(k_geglu_backward_vec, cu_blocks(n_vec, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
             x, dy, dx, (uint32_t)n_vec, (uint32_t)N, accumulate);
     } else {

@@ -333,7 +333,7 @@ __global__ void __launch_bounds__(LINEAR_FEW_ROWS_THREADS) k_linear_few_rows(con
 
 /* Whether a linear of M rows takes k_linear_few_rows (K > 0: the empty sum keeps its own path). */
 static bool linear_few_rows(int64_t M, int64_t K, int64_t N) {
-    return M > 0 && M <= LINEAR_FEW_ROWS && K > 0 && K <= INT_MAX && N > 0 && N <= INT_MAX;
+    return M > 0 && M <= LINEAR_FEW_ROWS && K > 0 && K <= INT_MAX && N > 0 && N <= INT_MAX / 2; /* int column walk */
 }
 
 template <typename TX, typename TW, typename TY>

@@ -765,7 +765,8 @@ __global__ void k_gn_nhwc_finalize(const double *partial, int chunks, int64_t n_
 }
 
 /* y = gn_value(x) over the whole [B, S, C] map, V channels per thread (C % V == 0); the vector
- * index fits 32 bits (cu_f16_group_norm_nhwc checks), so its divisions are 32-bit ones. */
+ * index stays below 2^31 (cu_f16_group_norm_nhwc checks: the grid-stride step never wraps it), so its
+ * divisions are 32-bit ones. */
 template <int V>
 __global__ void k_gn_nhwc_apply(const __half *x, const float *gamma, const float *beta, __half *y, const float *stats,
                                 uint32_t n_vec, uint32_t S, uint32_t C, uint32_t cpg, int silu) {
@@ -890,7 +891,7 @@ sd_status cu_f16_group_norm_nhwc(const sd_f16 *x16, const float *gamma, const fl
     const int64_t n_groups = B * groups;
     const int cpg = (int)(C / groups);
     if (n_groups <= 0 || S <= 0) return SD_OK;
-    if (B > 65535 || n_groups > INT32_MAX || B * S * C > (int64_t)UINT32_MAX)
+    if (B > 65535 || n_groups > INT32_MAX || B * S * C > (int64_t)INT32_MAX)
         return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): a [%lld, %lld, %lld] map is too large",
                        (long long)B, (long long)S, (long long)C);
     const __half *x = cu_half(x16);
