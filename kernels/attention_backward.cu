@@ -122,6 +122,7 @@ struct fb_stage_job {
     __nv_bfloat16 *dst; /* [B·H][S][DP] */
     int64_t S;
     int width;
+    int vec;            /* width a multiple of 4 and src 16-byte aligned: every head row of src reads as float4s */
 };
 struct fb_stage_params {
     fb_stage_job job[4]; /* q, k, v, dout: blockIdx.y */
@@ -138,6 +139,17 @@ __global__ void k_fb_stage(const fb_stage_params p) {
     const int c = (int)(i - row * pieces) << 3;
     const float *src = j.src + ((bh / p.H) * j.S + s) * (int64_t)p.H * j.width + (bh % p.H) * (int64_t)j.width;
     __nv_bfloat16 *dst = j.dst + row * p.DP;
+    if (j.vec) { /* two 16-byte loads (or zeros past the head's width), one 16-byte store */
+        float4 f[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            f[h] = c + 4 * h < j.width ? *reinterpret_cast<const float4 *>(src + c + 4 * h) : make_float4(0, 0, 0, 0);
+        alignas(16) __nv_bfloat162 out[4];
+        out[0] = __floats2bfloat162_rn(f[0].x, f[0].y), out[1] = __floats2bfloat162_rn(f[0].z, f[0].w);
+        out[2] = __floats2bfloat162_rn(f[1].x, f[1].y), out[3] = __floats2bfloat162_rn(f[1].z, f[1].w);
+        *reinterpret_cast<float4 *>(dst + c) = *reinterpret_cast<const float4 *>(out); /* bits moved */
+        return;
+    }
 #pragma unroll
     for (int e = 0; e < 8; e++) dst[c + e] = __float2bfloat16_rn(c + e < j.width ? src[c + e] : 0.0f);
 }
@@ -560,10 +572,10 @@ static sd_status flash_backward_fast(const float *q, const float *k, const float
     }
     fb_stage_params st;
     memset(&st, 0, sizeof st);
-    st.job[0] = fb_stage_job{q, sq, Sq, D};
-    st.job[1] = fb_stage_job{dout, sdo, Sq, Dv};
-    st.job[2] = fb_stage_job{k, sk, Sk, D};
-    st.job[3] = fb_stage_job{v, sv, Sk, Dv};
+    st.job[0] = fb_stage_job{q, sq, Sq, D, D % 4 == 0 && cu_aligned16(q)};
+    st.job[1] = fb_stage_job{dout, sdo, Sq, Dv, Dv % 4 == 0 && cu_aligned16(dout)};
+    st.job[2] = fb_stage_job{k, sk, Sk, D, D % 4 == 0 && cu_aligned16(k)};
+    st.job[3] = fb_stage_job{v, sv, Sk, Dv, Dv % 4 == 0 && cu_aligned16(v)};
     st.B = B, st.H = H, st.DP = DP;
     const int64_t most = BH * (Sq > Sk ? Sq : Sk) * (DP / 8);
     CU_LAUNCH(k_fb_stage, dim3((unsigned)((most + 255) / 256), 4), 256, 0, cu_cur()->stream)(st);
