@@ -429,24 +429,6 @@ template <typename T> struct cu_vec16 {
 };
 __host__ __device__ __forceinline__ bool cu_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
-/* STEP (1 or 4) consecutive floats from p, in registers: one 16-byte load for 4 (p 16-byte aligned). */
-template <int STEP> struct cu_floats {
-    float v[STEP];
-    __device__ __forceinline__ void load(const float *p) {
-        if constexpr (STEP == 4) {
-            const float4 f = *reinterpret_cast<const float4 *>(p);
-            v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-        } else {
-            v[0] = p[0];
-        }
-    }
-    __device__ __forceinline__ void store(float *p) const {
-        if constexpr (STEP == 4)
-            *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
-        else
-            p[0] = v[0];
-    }
-};
 
 /* The activations exactly as the CPU backend writes them (float arithmetic, same formulas). */
 __device__ __forceinline__ float cu_silu(float v) { return v / (1.0f + expf(-v)); }
@@ -594,7 +576,7 @@ __global__ void k_channels_last_sum_vec(const T *x, const float *b, const float 
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
         const uint32_t row = i / lanes, c0 = (i - row * lanes) * V::n;
         const float *vb = v ? v + (size_t)(row / P) * C : NULL;
-        V in, add, out;
+        V in, add = {}, out; /* add read only when res is given */
         in.load(x + (size_t)i * V::n);
         if (res) add.load(res + (size_t)i * V::n);
 #pragma unroll

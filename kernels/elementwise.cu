@@ -631,7 +631,7 @@ __global__ void k_geglu_backward_vec(const float *x, const float *dy, float *dx,
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
         const uint32_t m = i / lanes, n0 = (i - m * lanes) * 4;
         const size_t ih = (size_t)m * 2 * N + n0, ig = ih + N;
-        cu_floats<4> h, g, d, dh, dg;
+        cu_vec16<float> h, g, d, dh = {}, dg = {}; /* dh, dg read only when accumulating */
         h.load(x + ih);
         g.load(x + ig);
         d.load(dy + (size_t)i * 4);

@@ -262,6 +262,24 @@ __device__ __forceinline__ int gn_bwd_step(const float *x, const float *dy, cons
     return vec ? 4 : 1;
 }
 
+/* STEP (1 or 4) consecutive values from p + i, in registers. */
+template <int STEP> struct gn_vals {
+    float v[STEP];
+    __device__ __forceinline__ void load(const float *p) {
+        if constexpr (STEP == 4) {
+            const float4 f = *reinterpret_cast<const float4 *>(p);
+            v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+        } else {
+            v[0] = p[0];
+        }
+    }
+    __device__ __forceinline__ void store(float *p) const {
+        if constexpr (STEP == 4)
+            *reinterpret_cast<float4 *>(p) = make_float4(v[0], v[1], v[2], v[3]);
+        else
+            p[0] = v[0];
+    }
+};
 /* One pass of the GroupNorm data gradient over [lo, hi) of a group, STEP values per load (a step
  * never straddles two channels: S is a multiple of STEP). !APPLY: this thread's share of
  * (Σ dx̂, Σ dx̂ · x̂) added to *a, *b. APPLY: dx += rstd · (γ dz − ma − x̂ · mb), with ma, mb the
@@ -274,7 +292,7 @@ __device__ __forceinline__ void gn_bwd_pass(const float *xg, const float *dyg, f
     for (int64_t i = lo + (int64_t)threadIdx.x * STEP; i < hi; i += (int64_t)blockDim.x * STEP) {
         const int64_t ch = ch0 + i / S;
         const float ga = gamma ? gamma[ch] : 1.0f, be = beta ? beta[ch] : 0.0f;
-        cu_floats<STEP> xv, dv, ov;
+        gn_vals<STEP> xv, dv, ov;
         xv.load(xg + i);
         dv.load(dyg + i);
         if constexpr (APPLY) {
@@ -523,7 +541,7 @@ __device__ __forceinline__ void ln_bwd_row(const float *xr, const float *dyr, fl
     const int lane = threadIdx.x & 31;
     double a = 0.0, b = 0.0;
     for (int64_t i = (int64_t)lane * STEP; i < C; i += 32 * STEP) {
-        cu_floats<STEP> xv, dv;
+        gn_vals<STEP> xv, dv;
         xv.load(xr + i);
         dv.load(dyr + i);
 #pragma unroll
@@ -536,7 +554,7 @@ __device__ __forceinline__ void ln_bwd_row(const float *xr, const float *dyr, fl
     }
     const float ma = (float)(cu_warp_sum_d(a) / (double)C), mb = (float)(cu_warp_sum_d(b) / (double)C);
     for (int64_t i = (int64_t)lane * STEP; i < C; i += 32 * STEP) {
-        cu_floats<STEP> xv, dv, ov;
+        gn_vals<STEP> xv, dv, ov;
         xv.load(xr + i);
         dv.load(dyr + i);
         ov.load(dxr + i);

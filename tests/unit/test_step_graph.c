@@ -307,9 +307,8 @@ static void test_eager_for_one_step_after_capture(void **state) {
             /* the CUDA backend's ops are timed by events behind a held stream (profile.c), unless
              * SD_PROFILE_CLOCK=wall asks for the wall clock */
             assert_int_equal(prof.device_timed, 1);
-            assert_true(prof.launch_bound_ops <= prof.calls[SD_PROF_GEMM] + prof.calls[SD_PROF_MEMORY] +
-                                                     prof.calls[SD_PROF_NORM] + prof.calls[SD_PROF_ATTENTION] +
-                                                     prof.calls[SD_PROF_CONV]);
+            /* the events' elapsed time reached the classes (a broken timer pair would leave 0) */
+            assert_true(prof.seconds[SD_PROF_GEMM] > 0.0);
             /* the leaf's gradient is zero-filled on first use, and the profile shows the fill */
             int zero_fills = 0;
             for (int k = 0; k < prof.n_shapes; k++)
