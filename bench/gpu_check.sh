@@ -9,7 +9,7 @@
 #   build  make -j all + every test binary (the CUDA build when nvcc exists; says so)
 #   test   $BUILD/tests/test_cuda_ops (every CUDA op vs the CPU, the tiny model vs the oracle, CUDA
 #          graphs), then every other test binary through tests/run_tests.sh (capped by TEST_TIMEOUT)
-#   bench  `stylediff bench unet` on the GPU, exact, fast, fast+fa1, fast+nchw, fast+cudnn and exact+cudnn, batch 1 and 2, eager and
+#   bench  `stylediff bench unet` on the GPU, exact, fast, fast+fa1, fast+graph, fast+tune and fast+cudnn, batch 1 and 2, eager and
 #          CUDA graph, for the built-in tiny model and the SD v1.5 architecture with random weights
 #          (512x512, 64x64 latent), plus one call per mode with every op timed alone (--profile: time,
 #          TFLOP/s and GB/s per class of op); then bench/reference/unet_torch.py times PyTorch on the same card with the
@@ -160,28 +160,32 @@ if want bench; then
         for batch in 1 2; do
             # fast = fp16 UNet activations (the default); fast+fa1 = SD_FLASH_BLOCKS_PER_SM=1, the fp16
             # flash attention at D 40 one block per SM without its register spill instead of two
-            # with it; fast+cudnn, exact+cudnn = SD_CONV_GEMM=off, cuDNN for every convolution (fast
-            # mode's default runs the 16x16 and 8x8 levels as im2col + GEMM, exact mode's every
-            # convolution): what that choice buys, side by side; fast+nchw = SD_CHANNELS_LAST=0, fp16
-            # feature maps NCHW instead of channels-last. (SD_CONV_ALGO=find, cuDNN's timed choice, was
-            # slower than its heuristic on an H200; every convolution as a GEMM, SD_CONV_GEMM=all,
-            # lost: 14.2 ms; fp16 storage against F32 storage, SD_FAST_ACTIVATIONS=f32, was measured in
-            # four sessions: 9.88 / 16.09 ms against 6.03 / 9.12 on the H100.)
-            for prec in exact fast fast+fa1 fast+nchw fast+cudnn exact+cudnn; do
+            # with it; fast+graph = SD_CONV_ALGO=graph, the fp16 cuDNN convolutions through the graph
+            # API's first engine; fast+tune = SD_CONV_ALGO=tune, each shape timed once between the
+            # legacy algorithm and the graph API's engines; fast+cudnn = SD_CONV_GEMM=off, cuDNN for
+            # every convolution (fast mode's default runs the 16x16 and 8x8 levels as im2col + GEMM).
+            # (Measured and settled: SD_CONV_ALGO=find, cuDNN's timed legacy choice, slower than its
+            # heuristic on an H200; SD_CONV_GEMM=all lost, 14.2 ms; fp16 against F32 storage, 6.03 /
+            # 9.12 against 9.88 / 16.09 ms; NCHW fp16 maps (SD_CHANNELS_LAST=0) 6.10 / 9.16 ms; exact
+            # mode on cuDNN (exact+cudnn) 42.29 / 64.56 ms against 26.50 / 58.09 with GEMMs, H100.)
+            for prec in exact fast fast+fa1 fast+graph fast+tune fast+cudnn; do
                 extra=""
                 act=f16
                 convgemm=auto
+                convalgo=heuristic
                 chlast=1
                 fa=2
                 [ "$prec" = "fast+fa1" ] && fa=1
-                [ "$prec" = "fast+nchw" ] && chlast=0
+                [ "$prec" = "fast+graph" ] && convalgo=graph
+                [ "$prec" = "fast+tune" ] && convalgo=tune
                 case $prec in *+cudnn) convgemm=off ;; *+gemm) convgemm=all ;; esac
                 [ -f "$W" ] || extra="--save-weights $W"
                 io="$WORK_DIR/io_${model}_${prec}_b$batch.safetensors"
                 extra="$extra --save-io $io"
                 echo "stylediff: $model batch $batch $prec ($(elapsed))"
                 # shellcheck disable=SC2086
-                if SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm SD_CHANNELS_LAST=$chlast SD_FLASH_BLOCKS_PER_SM=$fa \
+                if SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm SD_CONV_ALGO=$convalgo SD_CHANNELS_LAST=$chlast \
+                    SD_FLASH_BLOCKS_PER_SM=$fa \
                     "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
                     --batch "$batch" --size "$SIZE" \
                     --iters "$ITERS" --tsv -q $extra > "$WORK_DIR/row.tsv" 2> "$WORK_DIR/row.err"; then
@@ -195,12 +199,12 @@ if want bench; then
             done
         done
         # where the time goes: one call per mode with every op timed alone (issue 3's per-kernel breakdown)
-        for prec in exact fast fast+nchw; do
+        for prec in exact fast fast+tune; do
             echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
-            chlast=1
-            [ "$prec" = "fast+nchw" ] && chlast=0
+            convalgo=heuristic
+            [ "$prec" = "fast+tune" ] && convalgo=tune
             # shellcheck disable=SC2086
-            SD_CHANNELS_LAST=$chlast "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
+            SD_CONV_ALGO=$convalgo "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
                 --iters 3 --no-graph --profile -q 2>&1 | sed -n '/where the time goes/,$p' | head -n 28 \
                 || note "the breakdown failed for $model $prec"
         done
@@ -221,8 +225,10 @@ if want bench; then
              "median of $ITERS calls (CUDA events) after warm-up."
         echo "stylediff exact = fp32, no TF32, convolutions as im2col + fp32 cuBLAS GEMMs; fast = fp16 UNet activations"
         echo "with fp16 tensor-core GEMMs, convolutions and attention (fp32 accumulation), feature maps channels-last,"
-        echo "16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+nchw = fp16 feature maps NCHW; fast+fa1 = the fp16"
-        echo "flash attention at D 40 one block per SM (no register spill); +cudnn = cuDNN for every convolution."
+        echo "16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+fa1 = the fp16 flash attention at D 40 one block"
+        echo "per SM (no register spill); fast+graph = fp16 cuDNN convolutions through its graph API's first engine;"
+        echo "fast+tune = each such shape timed once, legacy algorithm against graph-API engines; +cudnn = cuDNN for"
+        echo "every convolution."
         echo "'x fp32' / 'x fp16' = PyTorch's fp32-sdpa / fp16-sdpa median divided by this row's (higher is faster)."
         echo "peak MiB: stylediff = activation arena only; PyTorch = allocator peak including weights."
         echo "TFLOP/s: the call's arithmetic (counted op by op by stylediff; the same model for PyTorch) / median;"

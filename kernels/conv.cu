@@ -1,5 +1,6 @@
 /* conv.cu: 2-d convolutions through cuDNN's legacy API (cudnnConvolutionForward / BackwardData /
- * BackwardFilter, algorithms from the cudnnGet*Algorithm_v7 heuristics), NCHW fp32.
+ * BackwardFilter, algorithms from the cudnnGet*Algorithm_v7 heuristics), NCHW fp32, and for fp16
+ * forwards optionally its graph API (SD_CONV_ALGO=graph|tune).
  *
  * Asymmetric padding. cuDNN pads symmetrically. When the symmetric padding (pad_top, pad_left)
  * gives the output size the geometry asks for, cuDNN computes exactly our convolution (same
@@ -13,7 +14,8 @@
  * cores) and excludes the FFT and Winograd algorithms, whose rounding differs from direct
  * summation; fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor cores on fp32 data) and the
  * heuristic's first tensor-core algorithm (pick_algo), or with SD_CONV_ALGO=find the one cuDNN
- * measures fastest. SD_CUDNN_LOG=1 prints each plan's choice.
+ * measures fastest; SD_CONV_ALGO=graph|tune runs fp16 forward plans through cuDNN's graph API
+ * ("cuDNN's graph API" below). SD_CUDNN_LOG=1 prints each plan's choice.
  *
  * fp16 activations (cu_f16_conv2d, fast mode's forward): x, w and y are CUDNN_DATA_HALF with an
  * fp32 convolution compute type (cuDNN's PSEUDO_HALF_CONFIG: halves read as they are, products
@@ -55,6 +57,23 @@
 
 #define CONV_WS_LIMIT ((size_t)1 << 30) /* largest cuDNN workspace an algorithm may ask for */
 
+/* A forward convolution through cuDNN's graph API (see "cuDNN's graph API" below): the
+ * descriptors the execution plan was made from, kept alive as long as it is. */
+struct cu_conv_graph {
+    cudnnBackendDescriptor_t keep[7];   /* x, w, y, the convolution, the operation, its graph, the heuristics */
+    cudnnBackendDescriptor_t cfg, plan; /* the chosen engine config and its execution plan */
+    int64_t engine, ws;                 /* the engine's global index; the plan's workspace bytes */
+    float ms;                           /* tune: its measured time per call (0: not timed) */
+};
+
+static void graph_destroy(cu_conv_graph *gp) {
+    if (gp->plan) cudnnBackendDestroyDescriptor(gp->plan);
+    if (gp->cfg) cudnnBackendDestroyDescriptor(gp->cfg);
+    for (int i = 6; i >= 0; i--)
+        if (gp->keep[i]) cudnnBackendDestroyDescriptor(gp->keep[i]);
+    memset(gp, 0, sizeof *gp);
+}
+
 struct cu_conv_plan {
     sd_conv_geom g;
     cudnnDataType_t type;   /* of x, w and y: CUDNN_DATA_FLOAT or CUDNN_DATA_HALF */
@@ -72,14 +91,30 @@ struct cu_conv_plan {
     cudnnConvolutionBwdFilterAlgo_t bwd_filter_algo;
     cudnnMathType_t fwd_math, bwd_data_math, bwd_filter_math;
     size_t fwd_ws, bwd_data_ws, bwd_filter_ws;
+    int graph_state;        /* SD_CONV_ALGO=graph|tune (graph_api_wanted): 0 undecided, 1 `graph` runs, -1 legacy */
+    int tuned;              /* SD_CONV_ALGO=tune: the ways were timed (conv_tune) */
+    cu_conv_graph graph;    /* the graph API's plan (graph_state 1) */
 };
 
 static void plan_destroy(cu_conv_plan *p) {
+    graph_destroy(&p->graph);
     if (p->x_desc) cudnnDestroyTensorDescriptor(p->x_desc);
     if (p->y_desc) cudnnDestroyTensorDescriptor(p->y_desc);
     if (p->w_desc) cudnnDestroyFilterDescriptor(p->w_desc);
     if (p->conv_desc) cudnnDestroyConvolutionDescriptor(p->conv_desc);
     memset(p, 0, sizeof *p);
+}
+
+extern "C" void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api) {
+    const cu_state *s = cu_cur();
+    int n = 0, graph = 0;
+    for (int i = 0; s && s->conv_plans && i < s->n_conv_plans; i++) {
+        if (s->conv_plans[i].g.batch < 0) continue; /* a failed plan's slot */
+        n++;
+        graph += s->conv_plans[i].graph_state > 0;
+    }
+    if (plans) *plans = n;
+    if (on_graph_api) *on_graph_api = graph;
 }
 
 void cu_conv_release(cu_state *s) {
@@ -242,7 +277,7 @@ static int tensor_math(cudnnMathType_t m) {
  * heuristic. Plans are made on a step's first, op-by-op run, never while a graph is captured; the
  * measured list is filtered as the heuristic's. */
 static int use_find(const cu_state *s, const cu_conv_plan *p) {
-    return s->conv_find && p->precision == SD_PRECISION_FAST && !s->capturing;
+    return s->conv_algo == SD_CONV_ALGO_FIND && p->precision == SD_PRECISION_FAST && !s->capturing;
 }
 
 /* The entry of a ranked list (the heuristic's, or Find's when `measured`) a plan takes, or -1:
@@ -639,6 +674,379 @@ static sd_status conv_gemm_forward_nhwc(const cu_conv_plan *p, const T *x, const
 }
 
 /* ------------------------------------------------------------------------------------------------
+ * cuDNN's graph API for fast mode's fp16 forward (SD_CONV_ALGO=graph|tune)
+ *
+ * The legacy calls reach the kernels their algorithm enums name: on an H100 every fp16 forward
+ * plan ran algorithm 1 (implicit precomputed GEMM), the convolutions about 164 TFLOP/s as a class
+ * in the fourth GPU session's profile, a sixth of the card's dense fp16 rate. The graph API's
+ * heuristics (mode A, then the fallback list) rank every engine cuDNN has for an operation graph,
+ * Hopper's warp-group kernels among them. The graph here is the one operation y = conv(x, w), with
+ * the legacy plan's meaning (dimensions n, c, h, w with the layout's strides, a KRSC or KCRS
+ * filter, fp32 compute, symmetric padding); the epilogue stays conv_epilogue's pass.
+ *  - graph: the first engine config whose execution plan finalises, skipping engines that compile
+ *    kernels at run time (seconds per plan through NVRTC, which the GPU machines may lack) and
+ *    non-deterministic ones (every run must give the same bits);
+ *  - tune: the im2col + GEMM path, the legacy heuristic's algorithm and up to
+ *    GRAPH_TUNE_CANDIDATES such plans, each timed on the call's own operands (one warm-up, then
+ *    GRAPH_TUNE_RUNS runs between two CUDA events), the fastest kept (conv_tune): what
+ *    cudnn-frontend's autotuning and PyTorch's cudnn.benchmark do, with the GEMM path in the race.
+ * Decided on a plan's first call outside a capture (a call first seen while capturing runs the
+ * legacy algorithm). A plan without a usable engine, or a call whose operands are not 16-byte
+ * aligned (the tensors' declared alignment), runs the legacy algorithm. SD_CUDNN_LOG=1 prints the
+ * decisions.
+ * --------------------------------------------------------------------------------------------- */
+
+#define GRAPH_MAX_CONFIGS 16
+#define GRAPH_TUNE_CANDIDATES 4
+#define GRAPH_TUNE_RUNS 3
+enum { GRAPH_UID_X = 1, GRAPH_UID_W = 2, GRAPH_UID_Y = 3 };
+
+/* The handle attributes of the operation graph and the execution plan, by number: cuDNN 9.19 marks
+ * their names deprecated in favour of device-property descriptors, which earlier 9.x libraries
+ * (the GPU machines' PyTorch wheels) do not have; the handles work in every 9.x. */
+static const cudnnBackendAttributeName_t kGraphOpGraphHandle = (cudnnBackendAttributeName_t)800;
+static const cudnnBackendAttributeName_t kGraphPlanHandle = (cudnnBackendAttributeName_t)400;
+
+#define BE_TRY(call)                                                                               \
+    do {                                                                                           \
+        const cudnnStatus_t be_st_ = (call);                                                       \
+        if (be_st_ != CUDNN_STATUS_SUCCESS) return be_st_;                                         \
+    } while (0)
+
+/* A backend descriptor destroyed with its scope unless released. */
+struct be_desc {
+    cudnnBackendDescriptor_t d = nullptr;
+    be_desc() {}
+    be_desc(const be_desc &) = delete;
+    be_desc &operator=(const be_desc &) = delete;
+    ~be_desc() {
+        if (d) cudnnBackendDestroyDescriptor(d);
+    }
+    cudnnStatus_t create(cudnnBackendDescriptorType_t type) { return cudnnBackendCreateDescriptor(type, &d); }
+    cudnnBackendDescriptor_t release() {
+        cudnnBackendDescriptor_t r = d;
+        d = nullptr;
+        return r;
+    }
+};
+
+static int graph_api_wanted(const cu_state *s, const cu_conv_plan *p) {
+    return (s->conv_algo == SD_CONV_ALGO_GRAPH || s->conv_algo == SD_CONV_ALGO_TUNE) && p->type == CUDNN_DATA_HALF &&
+           !p->gemm && !p->padded;
+}
+
+/* A 4-d tensor (n, c, h, w), or a filter (k, c, r, s), in p's layout: NHWC / KRSC or NCHW / KCRS. */
+static cudnnStatus_t graph_tensor(be_desc *t, int64_t uid, const cu_conv_plan *p, int64_t n, int64_t c, int64_t h,
+                                  int64_t w) {
+    const int64_t dims[4] = {n, c, h, w}, align = 16;
+    const int64_t nhwc[4] = {h * w * c, 1, w * c, c}, nchw[4] = {c * h * w, h * w, w, 1};
+    const cudnnDataType_t type = p->type;
+    BE_TRY(t->create(CUDNN_BACKEND_TENSOR_DESCRIPTOR));
+    BE_TRY(cudnnBackendSetAttribute(t->d, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &type));
+    BE_TRY(cudnnBackendSetAttribute(t->d, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims));
+    BE_TRY(cudnnBackendSetAttribute(t->d, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, p->nhwc ? nhwc : nchw));
+    BE_TRY(cudnnBackendSetAttribute(t->d, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid));
+    BE_TRY(cudnnBackendSetAttribute(t->d, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align));
+    return cudnnBackendFinalize(t->d);
+}
+
+/* The operation graph of p's convolution, its descriptors left in keep[0..5] (owned by the caller). */
+static cudnnStatus_t graph_operation(cu_state *s, const cu_conv_plan *p, cudnnBackendDescriptor_t keep[6]) {
+    const sd_conv_geom *g = &p->g;
+    be_desc x, w, y, conv, op, graph;
+    BE_TRY(graph_tensor(&x, GRAPH_UID_X, p, g->batch, g->c_in, g->h_in, g->w_in));
+    BE_TRY(graph_tensor(&w, GRAPH_UID_W, p, g->c_out, g->c_in, g->kh, g->kw));
+    BE_TRY(graph_tensor(&y, GRAPH_UID_Y, p, g->batch, g->c_out, g->h_out, g->w_out));
+    const cudnnDataType_t compute = CUDNN_DATA_FLOAT; /* PSEUDO_HALF_CONFIG, as the legacy plan */
+    const cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    const int64_t spatial = 2, ones[2] = {1, 1}, strides[2] = {g->stride, g->stride};
+    const int64_t pads[2] = {g->pad_top, g->pad_left}; /* symmetric: graph_api_wanted excludes padded plans */
+    BE_TRY(conv.create(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR));
+    BE_TRY(cudnnBackendSetAttribute(conv.d, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &compute));
+    BE_TRY(cudnnBackendSetAttribute(conv.d, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode));
+    BE_TRY(cudnnBackendSetAttribute(conv.d, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &spatial));
+    BE_TRY(cudnnBackendSetAttribute(conv.d, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, 2, ones));
+    BE_TRY(cudnnBackendSetAttribute(conv.d, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, 2, strides));
+    BE_TRY(cudnnBackendSetAttribute(conv.d, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 2, pads));
+    BE_TRY(cudnnBackendSetAttribute(conv.d, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, pads));
+    BE_TRY(cudnnBackendFinalize(conv.d));
+    const float alpha = 1.0f, beta = 0.0f; /* y is written, not read */
+    BE_TRY(op.create(CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR));
+    BE_TRY(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x.d));
+    BE_TRY(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &w.d));
+    BE_TRY(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y.d));
+    BE_TRY(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+                                    CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &conv.d));
+    BE_TRY(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA, CUDNN_TYPE_FLOAT, 1, &alpha));
+    BE_TRY(cudnnBackendSetAttribute(op.d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA, CUDNN_TYPE_FLOAT, 1, &beta));
+    BE_TRY(cudnnBackendFinalize(op.d));
+    BE_TRY(graph.create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR));
+    BE_TRY(cudnnBackendSetAttribute(graph.d, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &op.d));
+    BE_TRY(cudnnBackendSetAttribute(graph.d, kGraphOpGraphHandle, CUDNN_TYPE_HANDLE, 1, &s->dnn));
+    BE_TRY(cudnnBackendFinalize(graph.d));
+    be_desc *all[6] = {&x, &w, &y, &conv, &op, &graph};
+    for (int i = 0; i < 6; i++) keep[i] = all[i]->release();
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* Whether an engine config may run here: not compiled at run time, deterministic. Its engine's
+ * global index goes to *engine (for the log). */
+static cudnnStatus_t graph_config_ok(cudnnBackendDescriptor_t cfg, int *ok, int64_t *engine) {
+    be_desc e;
+    int64_t n = 0;
+    BE_TRY(e.create(CUDNN_BACKEND_ENGINE_DESCRIPTOR));
+    BE_TRY(cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &n, &e.d));
+    BE_TRY(cudnnBackendGetAttribute(e.d, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &n, engine));
+    cudnnBackendBehaviorNote_t behaviour[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
+    cudnnBackendNumericalNote_t numerical[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+    int64_t nb = 0, nn = 0;
+    BE_TRY(cudnnBackendGetAttribute(e.d, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
+                                    CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &nb, behaviour));
+    BE_TRY(cudnnBackendGetAttribute(e.d, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                                    CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &nn, numerical));
+    *ok = 1;
+    for (int64_t i = 0; i < nb && i < CUDNN_BEHAVIOR_NOTE_TYPE_COUNT; i++)
+        if (behaviour[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION) *ok = 0;
+    for (int64_t i = 0; i < nn && i < CUDNN_NUMERICAL_NOTE_TYPE_COUNT; i++)
+        if (numerical[i] == CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC) *ok = 0;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* Up to `max` runnable plans for p's convolution, best first by cuDNN's ranking (heuristic mode A,
+ * then the fallback list when A gives none), into cand[] (each owning its config and plan; the
+ * caller fills keep). *n = how many. */
+static cudnnStatus_t graph_candidates(cu_state *s, cudnnBackendDescriptor_t op_graph, cu_conv_graph *cand, int max,
+                                      int *n, cudnnBackendDescriptor_t *heur_out) {
+    *n = 0;
+    static const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
+    for (int m = 0; m < 2 && *n == 0; m++) {
+        be_desc heur;
+        BE_TRY(heur.create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR));
+        BE_TRY(cudnnBackendSetAttribute(heur.d, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                        &op_graph));
+        BE_TRY(cudnnBackendSetAttribute(heur.d, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &modes[m]));
+        if (cudnnBackendFinalize(heur.d) != CUDNN_STATUS_SUCCESS) continue; /* no such mode for this graph */
+        be_desc cfgs[GRAPH_MAX_CONFIGS];
+        cudnnBackendDescriptor_t raw[GRAPH_MAX_CONFIGS];
+        for (int i = 0; i < GRAPH_MAX_CONFIGS; i++) {
+            BE_TRY(cfgs[i].create(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR));
+            raw[i] = cfgs[i].d;
+        }
+        int64_t got = 0;
+        BE_TRY(cudnnBackendGetAttribute(heur.d, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                        GRAPH_MAX_CONFIGS, &got, raw));
+        for (int64_t i = 0; i < got && i < GRAPH_MAX_CONFIGS && *n < max; i++) {
+            int ok = 0;
+            int64_t engine = -1;
+            if (graph_config_ok(cfgs[i].d, &ok, &engine) != CUDNN_STATUS_SUCCESS || !ok) continue;
+            be_desc plan;
+            BE_TRY(plan.create(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR));
+            BE_TRY(cudnnBackendSetAttribute(plan.d, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                                            1, &cfgs[i].d));
+            BE_TRY(cudnnBackendSetAttribute(plan.d, kGraphPlanHandle, CUDNN_TYPE_HANDLE, 1, &s->dnn));
+            if (cudnnBackendFinalize(plan.d) != CUDNN_STATUS_SUCCESS) continue; /* this engine cannot run it */
+            int64_t ws = 0, one = 0;
+            BE_TRY(cudnnBackendGetAttribute(plan.d, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &one, &ws));
+            if (ws < 0 || ws > (int64_t)CONV_WS_LIMIT) continue;
+            cu_conv_graph *c = &cand[(*n)++];
+            memset(c, 0, sizeof *c);
+            c->cfg = cfgs[i].release();
+            c->plan = plan.release();
+            c->engine = engine;
+            c->ws = ws;
+        }
+        if (*n) *heur_out = heur.release();
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* One execution of a graph plan on x, w, y with workspace ws. */
+static cudnnStatus_t graph_execute(cu_state *s, const cu_conv_graph *gp, const void *x, const void *w, void *y, void *ws) {
+    be_desc pack;
+    const int64_t uids[3] = {GRAPH_UID_X, GRAPH_UID_W, GRAPH_UID_Y};
+    void *ptrs[3] = {const_cast<void *>(x), const_cast<void *>(w), y};
+    BE_TRY(pack.create(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR));
+    BE_TRY(cudnnBackendSetAttribute(pack.d, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids));
+    BE_TRY(cudnnBackendSetAttribute(pack.d, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, ptrs));
+    BE_TRY(cudnnBackendSetAttribute(pack.d, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws));
+    BE_TRY(cudnnBackendFinalize(pack.d));
+    return cudnnBackendExecute(s->dnn, gp->plan, pack.d);
+}
+
+static int graph_operands_aligned(const void *x, const void *w, const void *y) {
+    return cu_aligned16(x) && cu_aligned16(w) && cu_aligned16(y);
+}
+
+/* Milliseconds per run of `run` (one warm-up, then GRAPH_TUNE_RUNS between two events), or -1 when
+ * a run fails (run returns nonzero). */
+template <typename Run>
+static float tune_time(cu_state *s, cudaEvent_t a, cudaEvent_t b, Run run) {
+    if (run()) return -1.0f;
+    if (cudaEventRecord(a, s->stream) != cudaSuccess) return -1.0f;
+    for (int i = 0; i < GRAPH_TUNE_RUNS; i++)
+        if (run()) return -1.0f;
+    float ms = -1.0f;
+    if (cudaEventRecord(b, s->stream) != cudaSuccess || cudaEventSynchronize(b) != cudaSuccess ||
+        cudaEventElapsedTime(&ms, a, b) != cudaSuccess)
+        return -1.0f;
+    return ms / GRAPH_TUNE_RUNS;
+}
+
+static void graph_log(const cu_conv_plan *p, const char *what) {
+    if (!cudnn_log_on()) return;
+    const sd_conv_geom *g = &p->g;
+    fprintf(stderr, "cudnn: graph      fp16%s fast b%lld %lld->%lld %lldx%lld k%dx%d/%d: %s\n", p->nhwc ? " nhwc" : "",
+            (long long)g->batch, (long long)g->c_in, (long long)g->c_out, (long long)g->h_in, (long long)g->w_in, g->kh,
+            g->kw, g->stride, what);
+}
+
+/* The graph API's candidates for p (at most max), their descriptors in keep[0..6]; n = 0 (keep
+ * released) when it has none, which the log line says. */
+static void graph_prepare(cu_state *s, cu_conv_plan *p, cudnnBackendDescriptor_t keep[7], cu_conv_graph *cand, int max,
+                          int *n) {
+    *n = 0;
+    memset(keep, 0, 7 * sizeof *keep);
+    cudnnStatus_t st = graph_operation(s, p, keep);
+    if (st == CUDNN_STATUS_SUCCESS) st = graph_candidates(s, keep[5], cand, max, n, &keep[6]);
+    if (st == CUDNN_STATUS_SUCCESS && *n > 0) return;
+    char line[192];
+    snprintf(line, sizeof line, "no usable engine (%s)",
+             st == CUDNN_STATUS_SUCCESS ? "none listed runs here" : cudnnGetErrorString(st));
+    graph_log(p, line);
+    for (int i = 0; i < *n; i++) graph_destroy(&cand[i]);
+    *n = 0;
+    for (int i = 6; i >= 0; i--)
+        if (keep[i]) cudnnBackendDestroyDescriptor(keep[i]);
+    memset(keep, 0, 7 * sizeof *keep);
+}
+
+/* SD_CONV_ALGO=graph: p->graph_state from the heuristic's first runnable engine (none: -1, the
+ * legacy algorithm). */
+static void graph_decide(cu_state *s, cu_conv_plan *p) {
+    cudnnBackendDescriptor_t keep[7];
+    cu_conv_graph cand[1];
+    int n = 0;
+    graph_prepare(s, p, keep, cand, 1, &n);
+    if (!n) {
+        p->graph_state = -1;
+        return;
+    }
+    char line[192];
+    snprintf(line, sizeof line, "heuristic's first runnable engine: %lld (workspace %.1f MiB)", (long long)cand[0].engine,
+             (double)cand[0].ws / (1 << 20));
+    graph_log(p, line);
+    p->graph = cand[0];
+    memcpy(p->graph.keep, keep, sizeof keep);
+    p->graph_state = 1;
+}
+
+/* Whether SD_CONV_ALGO=tune times p's ways once: fp16 data, symmetric padding (the graph API's and
+ * the channels-last paths' condition), outside a capture, on 16-byte-aligned operands, and not
+ * under SD_CONV_GEMM=all (which asks for the GEMM path everywhere). */
+static int tune_wanted(const cu_state *s, const cu_conv_plan *p, const void *x, const void *w, const void *y) {
+    return s->conv_algo == SD_CONV_ALGO_TUNE && s->conv_gemm != SD_CONV_GEMM_ALL && p->type == CUDNN_DATA_HALF &&
+           !p->padded && !p->tuned && !s->capturing && graph_operands_aligned(x, w, y);
+}
+
+/* Whether the im2col + GEMM path can take p (conv_gemm_wanted's limits, whatever its size rule). */
+static int gemm_path_possible(const cu_conv_plan *p) {
+    const sd_conv_geom *g = &p->g;
+    if (g->c_in * g->kh * g->kw * g->h_out * g->w_out > INT_MAX || g->c_in * g->h_in * g->w_in > INT_MAX) return 0;
+    return g->batch * g->c_in * g->kh * g->kw * g->h_out * g->w_out * 2 <= CONV_GEMM_MAX_COL_BYTES;
+}
+
+/* SD_CONV_ALGO=tune: times every way p's fp16 forward can run on this call's operands (im2col +
+ * GEMM unless SD_CONV_GEMM=off, the legacy heuristic's algorithm, up to GRAPH_TUNE_CANDIDATES
+ * graph-API engines) and keeps the fastest, whatever conv_gemm_wanted's size rule chose: sets
+ * p->gemm, p->graph_state (1: the kept graph plan) and p->tuned. y is written by the timing runs
+ * (the chosen way then writes it again). */
+template <typename T>
+static sd_status conv_tune(cu_state *s, cu_conv_plan *p, const T *x, const T *w, T *y) {
+    const sd_conv_geom *g = &p->g;
+    p->tuned = 1;
+    const int gemm_ok = s->conv_gemm != SD_CONV_GEMM_OFF && gemm_path_possible(p); /* off: cuDNN's ways only */
+    const int legacy_ok = choose_algo<conv_fwd>(s, p, 0) == SD_OK;
+    if (!legacy_ok) sd_clear_error();
+    cudnnBackendDescriptor_t keep[7];
+    cu_conv_graph cand[GRAPH_TUNE_CANDIDATES];
+    int n = 0;
+    graph_prepare(s, p, keep, cand, GRAPH_TUNE_CANDIDATES, &n);
+    /* one workspace for every way, so that none of them grows (moves) it under another */
+    size_t ws_bytes = legacy_ok ? p->fwd_ws : 0;
+    if (gemm_ok && !conv_is_pointwise(g)) {
+        const size_t col = (size_t)(g->batch * g->c_in * g->kh * g->kw * g->h_out * g->w_out) * sizeof(T);
+        ws_bytes = ws_bytes > col ? ws_bytes : col;
+    }
+    for (int i = 0; i < n; i++) ws_bytes = ws_bytes > (size_t)cand[i].ws ? ws_bytes : (size_t)cand[i].ws;
+    void *ws = cu_workspace(ws_bytes + 256);
+    cudaEvent_t a = NULL, b = NULL;
+    cudaError_t ev = ws ? cudaEventCreate(&a) : cudaSuccess;
+    if (ws && ev == cudaSuccess) ev = cudaEventCreate(&b);
+    if (!ws || ev != cudaSuccess) {
+        if (a) cudaEventDestroy(a);
+        for (int i = 0; i < n; i++) graph_destroy(&cand[i]);
+        for (int i = 6; i >= 0; i--)
+            if (keep[i]) cudnnBackendDestroyDescriptor(keep[i]);
+        return ws ? cu_fail_cuda(ev, __FILE__, __LINE__, "cudaEventCreate (convolution tuning)") : SD_ERR_OOM;
+    }
+    float gemm_ms = -1.0f, legacy_ms = -1.0f;
+    if (gemm_ok) {
+        gemm_ms = tune_time(s, a, b, [&] {
+            return (p->nhwc ? conv_gemm_forward_nhwc(p, x, w, y, g) : conv_gemm_forward(p, x, w, y, g)) != SD_OK;
+        });
+        if (gemm_ms < 0.0f) sd_clear_error();
+    }
+    if (legacy_ok) {
+        const float one = 1.0f, zero = 0.0f;
+        legacy_ms = tune_time(s, a, b, [&] {
+            return cudnnSetConvolutionMathType(p->conv_desc, p->fwd_math) != CUDNN_STATUS_SUCCESS ||
+                   cudnnConvolutionForward(s->dnn, &one, p->x_desc, x, p->w_desc, w, p->conv_desc, p->fwd_algo, ws,
+                                           p->fwd_ws, &zero, p->y_desc, y) != CUDNN_STATUS_SUCCESS;
+        });
+    }
+    for (int i = 0; i < n; i++)
+        cand[i].ms = tune_time(s, a, b, [&] { return graph_execute(s, &cand[i], x, w, y, ws) != CUDNN_STATUS_SUCCESS; });
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    /* the fastest: -2 GEMM, -1 legacy, i a graph candidate */
+    int best = -3;
+    float best_ms = -1.0f;
+    if (gemm_ms >= 0.0f) best = -2, best_ms = gemm_ms;
+    if (legacy_ms >= 0.0f && (best_ms < 0.0f || legacy_ms < best_ms)) best = -1, best_ms = legacy_ms;
+    for (int i = 0; i < n; i++)
+        if (cand[i].ms >= 0.0f && (best_ms < 0.0f || cand[i].ms < best_ms)) best = i, best_ms = cand[i].ms;
+    if (cudnn_log_on()) {
+        char line[512];
+        int len = snprintf(line, sizeof line, "tuned: gemm %.4f ms, legacy algo %d %.4f ms,", gemm_ms,
+                           legacy_ok ? (int)p->fwd_algo : -1, legacy_ms);
+        for (int i = 0; i < n && len > 0 && len < (int)sizeof line; i++)
+            len += snprintf(line + len, sizeof line - len, " engine %lld %.4f ms (%.1f MiB),", (long long)cand[i].engine,
+                            cand[i].ms, (double)cand[i].ws / (1 << 20));
+        if (len > 0 && len < (int)sizeof line) {
+            if (best >= 0)
+                snprintf(line + len, sizeof line - len, " -> engine %lld", (long long)cand[best].engine);
+            else
+                snprintf(line + len, sizeof line - len, " -> %s", best == -2 ? "gemm" : best == -1 ? "legacy" : "none ran");
+        }
+        graph_log(p, line);
+    }
+    for (int i = 0; i < n; i++)
+        if (i != best) graph_destroy(&cand[i]);
+    if (best >= 0) {
+        p->graph = cand[best];
+        memcpy(p->graph.keep, keep, sizeof keep);
+    } else {
+        for (int i = 6; i >= 0; i--)
+            if (keep[i]) cudnnBackendDestroyDescriptor(keep[i]);
+    }
+    if (best == -3) /* nothing ran: the call goes the way plan_get chose and says why there */
+        return SD_OK;
+    p->gemm = best == -2;
+    p->graph_state = best >= 0 ? 1 : -1;
+    return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
  * The three convolution ops
  * --------------------------------------------------------------------------------------------- */
 
@@ -680,13 +1088,30 @@ static sd_status conv2d_forward(const T *x, const T *w, const float *b, const fl
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
     CU_TRY(plan_get(g, cu_dnn_type<T>::value, nhwc, &p));
-    if (!p->gemm && !p->fwd_ready) {
-        const sd_status st = choose_algo<conv_fwd>(s, p, 0);
-        if (st != SD_OK && !nhwc_plan_to_gemm(p)) return st;
-    }
+    if (tune_wanted(s, p, x, w, y)) CU_TRY(conv_tune(s, p, x, w, y));
     if (p->gemm) {
         CU_TRY(nhwc ? conv_gemm_forward_nhwc(p, x, w, y, g) : conv_gemm_forward(p, x, w, y, g));
         return conv_epilogue(y, b, v, r, g, nhwc);
+    }
+    if (graph_api_wanted(s, p) && p->graph_state >= 0 && graph_operands_aligned(x, w, y)) {
+        if (!p->graph_state && !s->capturing && s->conv_algo == SD_CONV_ALGO_GRAPH) graph_decide(s, p);
+        if (p->graph_state > 0) {
+            void *ws = cu_workspace((size_t)p->graph.ws + 256);
+            if (!ws) return SD_ERR_OOM;
+            const cudnnStatus_t st = graph_execute(s, &p->graph, x, w, y, ws);
+            if (st == CUDNN_STATUS_SUCCESS) return conv_epilogue(y, b, v, r, g, nhwc);
+            /* a plan cuDNN finalised but will not run: the legacy algorithm from now on */
+            char line[160];
+            snprintf(line, sizeof line, "engine %lld refused to run (%s): the legacy algorithm from now on",
+                     (long long)p->graph.engine, cudnnGetErrorString(st));
+            graph_log(p, line);
+            graph_destroy(&p->graph);
+            p->graph_state = -1;
+        }
+    }
+    if (!p->fwd_ready) { /* the legacy algorithm, chosen on first use */
+        const sd_status st = choose_algo<conv_fwd>(s, p, 0);
+        if (st != SD_OK) return nhwc_plan_to_gemm(p) ? conv2d_forward(x, w, b, v, r, y, g, nhwc) : st;
     }
     const size_t xp_bytes = padded_bytes<T>(p);
     const float one = 1.0f, zero = 0.0f; /* cuDNN's scaling factors are float for float and half data */

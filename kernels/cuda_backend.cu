@@ -165,16 +165,21 @@ static cublasComputeType_t fast_gemm_from_env(void) {
     return CUBLAS_COMPUTE_32F_FAST_16BF;
 }
 
-/* SD_CONV_ALGO=find: fast mode's convolutions use the algorithm cuDNN measures fastest for each
- * shape (cudnnFind*, once per plan, as torch.backends.cudnn.benchmark) instead of the first its
- * heuristic ranks; "heuristic" (the default) keeps the heuristic. Exact mode always uses the
- * heuristic's direct-sum algorithms: a timed choice could differ between runs, and so would the
- * result. */
-static int conv_find_from_env(void) {
+/* SD_CONV_ALGO=heuristic|find|graph|tune (sd_conv_algo, device.h): how fast mode picks cuDNN's
+ * convolution algorithms. heuristic (the default): the legacy heuristic's first tensor-core
+ * algorithm; find: the one cuDNN measures fastest per shape (cudnnFind*); graph: fp16 forwards
+ * through the graph API's first runnable engine; tune: fp16 forwards timed once per shape between
+ * the legacy algorithm and the graph API's best engines (conv.cu). Exact mode always uses the
+ * legacy heuristic's direct-sum algorithms: a timed choice could differ between runs, and so
+ * would the result. */
+static int conv_algo_from_env(void) {
     const char *e = getenv("SD_CONV_ALGO");
-    if (e && !strcmp(e, "find")) return 1;
-    if (e && *e && strcmp(e, "heuristic")) sd_warn("SD_CONV_ALGO=%s is not one of heuristic, find: using heuristic", e);
-    return 0;
+    if (!e || !*e || !strcmp(e, "heuristic")) return SD_CONV_ALGO_HEURISTIC;
+    if (!strcmp(e, "find")) return SD_CONV_ALGO_FIND;
+    if (!strcmp(e, "graph")) return SD_CONV_ALGO_GRAPH;
+    if (!strcmp(e, "tune")) return SD_CONV_ALGO_TUNE;
+    sd_warn("SD_CONV_ALGO=%s is not one of heuristic, find, graph, tune: using heuristic", e);
+    return SD_CONV_ALGO_HEURISTIC;
 }
 
 /* SD_CONV_GEMM=off|auto|all: fast mode's small-image convolutions as im2col + GEMM (conv.cu). */
@@ -244,7 +249,7 @@ static sd_status state_init(cu_state *s, int ordinal) {
     CUDNN_CHECK(cudnnSetStream(s->dnn, s->stream));
     s->precision = SD_PRECISION_EXACT;
     s->fast_gemm = fast_gemm_from_env();
-    s->conv_find = conv_find_from_env();
+    s->conv_algo = conv_algo_from_env();
     s->flash_blocks_per_sm = flash_blocks_from_env();
     s->conv_gemm = conv_gemm_from_env();
     const char *dbg = getenv("SD_CUDA_DEBUG_SYNC");
@@ -533,13 +538,17 @@ extern "C" double sd_cuda_bf16_peak_tflops(void) {
     return per_clock * s->prop.multiProcessorCount * (double)khz * 1e3 / 1e12;
 }
 
-extern "C" sd_status sd_cuda_set_conv_find(int find) {
+extern "C" sd_status sd_cuda_set_conv_algo(sd_conv_algo algo) {
     cu_state *s = NULL;
     CU_TRY(need_state(&s));
-    if (s->capturing) return sd_fail(SD_ERR_UNSUPPORTED, "sd_cuda_set_conv_find: a CUDA graph is being captured");
+    if (algo != SD_CONV_ALGO_HEURISTIC && algo != SD_CONV_ALGO_FIND && algo != SD_CONV_ALGO_GRAPH &&
+        algo != SD_CONV_ALGO_TUNE)
+        return sd_fail(SD_ERR_ARG, "sd_cuda_set_conv_algo: %d is not heuristic (0), find (1), graph (2) or tune (3)",
+                       (int)algo);
+    if (s->capturing) return sd_fail(SD_ERR_UNSUPPORTED, "sd_cuda_set_conv_algo: a CUDA graph is being captured");
     CUDA_CHECK(cudaStreamSynchronize(s->stream)); /* queued convolutions still use the old plans */
     cu_conv_release(s);
-    s->conv_find = find != 0;
+    s->conv_algo = algo;
     return SD_OK;
 }
 
@@ -588,9 +597,9 @@ extern "C" sd_conv_gemm sd_cuda_get_conv_gemm(void) {
     return s ? (sd_conv_gemm)s->conv_gemm : SD_CONV_GEMM_AUTO;
 }
 
-extern "C" int sd_cuda_get_conv_find(void) {
+extern "C" sd_conv_algo sd_cuda_get_conv_algo(void) {
     cu_state *s = cu_cur();
-    return s ? s->conv_find : 0;
+    return s ? (sd_conv_algo)s->conv_algo : SD_CONV_ALGO_HEURISTIC;
 }
 
 extern "C" sd_precision sd_cuda_get_precision(void) {

@@ -68,7 +68,7 @@ struct cu_state {
     void *scratch;               /* 4 KiB of small device results (all_finite flag, partial sums) */
     sd_precision precision;
     cublasComputeType_t fast_gemm; /* compute type of fast mode (SD_FAST_GEMM: bf16 | tf32 | fp16) */
-    int conv_find;                 /* fast mode: cuDNN algorithms timed once per plan (SD_CONV_ALGO=find) */
+    int conv_algo;                 /* fast mode: sd_conv_algo, how cuDNN's algorithms are chosen (SD_CONV_ALGO) */
     int conv_gemm;                 /* fast mode: sd_conv_gemm, small images as im2col + GEMM (SD_CONV_GEMM) */
     int flash_blocks_per_sm;       /* fp16 flash attention at head dims <= 48: 2 (default) or 1
                                     * (SD_FLASH_BLOCKS_PER_SM; attention.cu, fa_async_smem) */

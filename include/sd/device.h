@@ -88,12 +88,30 @@ double sd_cuda_bf16_peak_tflops(void);
 /* Precision of the calling thread's CUDA backend (see above). Takes effect for the next op. */
 sd_status sd_cuda_set_precision(sd_precision p);
 sd_precision sd_cuda_get_precision(void);
-/* How fast mode picks cuDNN's convolution algorithms on the calling thread's device: 0 the
- * heuristic's first (the default), 1 the one cuDNN measures fastest per shape (cudnnFind*, the
- * environment's SD_CONV_ALGO=find). Drops the convolution plans made so far; never call it while
- * a CUDA graph is captured, and recapture graphs made before. Exact mode is not affected. */
-sd_status sd_cuda_set_conv_find(int find);
-int sd_cuda_get_conv_find(void);
+/* How fast mode picks cuDNN's convolution algorithms on the calling thread's device:
+ *  HEURISTIC (the default) the legacy heuristic's first tensor-core algorithm;
+ *  FIND the one cuDNN measures fastest per shape (cudnnFind*);
+ *  GRAPH fp16 forward convolutions through cuDNN's graph API, its heuristic's first engine that
+ *    runs here (deterministic, not compiled at run time); the others as HEURISTIC;
+ *  TUNE fp16 forwards timed once per shape on their first call (outside a capture) between the
+ *    im2col + GEMM path (unless SD_CONV_GEMM=off; SD_CONV_GEMM=all skips the tuning), the legacy
+ *    algorithm and the graph API's best engines, the fastest kept; the others as HEURISTIC.
+ * The environment's SD_CONV_ALGO=heuristic|find|graph|tune sets the start value; bench tables label
+ * the last three "+find", "+graph", "+tune". Drops the convolution plans made so far; never call it
+ * while a CUDA graph is captured, and recapture graphs made before. Exact mode's F32 convolutions
+ * are not affected. */
+typedef enum {
+    SD_CONV_ALGO_HEURISTIC = 0,
+    SD_CONV_ALGO_FIND = 1,
+    SD_CONV_ALGO_GRAPH = 2,
+    SD_CONV_ALGO_TUNE = 3
+} sd_conv_algo;
+sd_status sd_cuda_set_conv_algo(sd_conv_algo algo);
+sd_conv_algo sd_cuda_get_conv_algo(void);
+/* Of the calling thread's convolution plans (one per geometry, data type and layout seen since the
+ * last sd_cuda_set_conv_* call), how many exist and how many run through cuDNN's graph API: what
+ * a "+graph" or "+tune" run took from it. */
+void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api);
 /* How many blocks of fast mode's fp16 flash attention kernel share an SM at head dims <= 48 (SD's
  * D 40): 2 (the default; ptxas spills 48 bytes per thread under the 128-register cap that sets) or
  * 1 (no spill, half the warps). Same results bit for bit. The environment's
@@ -118,7 +136,7 @@ const char *sd_cuda_fast_gemm_name(void);
  * and 2), in exact mode (plain fp32
  * GEMMs) every convolution whose unfolded input fits 512 MiB; ALL that bound in fast mode too. The
  * environment's SD_CONV_GEMM=off|auto|all sets the start value. Drops the convolution plans made so
- * far, as sd_cuda_set_conv_find. */
+ * far, as sd_cuda_set_conv_algo. */
 typedef enum { SD_CONV_GEMM_OFF = 0, SD_CONV_GEMM_AUTO = 1, SD_CONV_GEMM_ALL = 2 } sd_conv_gemm;
 sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode);
 sd_conv_gemm sd_cuda_get_conv_gemm(void);

@@ -41,7 +41,12 @@ sd_status sd_cuda_set_precision(sd_precision p) {
 
 sd_precision sd_cuda_get_precision(void) { return SD_PRECISION_EXACT; }
 
-int sd_cuda_get_conv_find(void) { return 0; }
+sd_conv_algo sd_cuda_get_conv_algo(void) { return SD_CONV_ALGO_HEURISTIC; }
+
+void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api) {
+    if (plans) *plans = 0;
+    if (on_graph_api) *on_graph_api = 0;
+}
 
 double sd_cuda_bf16_peak_tflops(void) { return 0.0; }
 
@@ -56,8 +61,8 @@ sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {
     return no_cuda();
 }
 
-sd_status sd_cuda_set_conv_find(int find) {
-    (void)find;
+sd_status sd_cuda_set_conv_algo(sd_conv_algo algo) {
+    (void)algo;
     return no_cuda();
 }
 

@@ -145,7 +145,12 @@ static const char *conv_suffix(sd_precision precision) {
     if (gemm == SD_CONV_GEMM_OFF) return "+cudnn";
     if (precision != SD_PRECISION_FAST) return ""; /* exact mode: GEMMs under AUTO and ALL alike */
     if (gemm == SD_CONV_GEMM_ALL) return "+gemm";
-    return sd_cuda_get_conv_find() ? "+find" : "";
+    switch (sd_cuda_get_conv_algo()) {
+    case SD_CONV_ALGO_FIND: return "+find";
+    case SD_CONV_ALGO_GRAPH: return "+graph";
+    case SD_CONV_ALGO_TUNE: return "+tune";
+    default: return "";
+    }
 }
 
 const char *cli_bench_settings_suffix(sd_precision precision) {

@@ -218,6 +218,13 @@ int cmd_bench(int argc, char **argv) {
                 printf("fp16 activations: the fp16 copies of the weights take %.0f MiB besides the F32 weights\n",
                        (double)copies / (1 << 20));
         }
+        const sd_conv_algo algo = sd_cuda_get_conv_algo();
+        if (cuda && (algo == SD_CONV_ALGO_GRAPH || algo == SD_CONV_ALGO_TUNE)) {
+            int plans = 0, on_graph = 0;
+            sd_cuda_conv_plan_counts(&plans, &on_graph);
+            fprintf(stderr, "convolution plans on cuDNN's graph API (SD_CONV_ALGO=%s): %d of %d\n",
+                    algo == SD_CONV_ALGO_TUNE ? "tune" : "graph", on_graph, plans);
+        }
     }
     if (st == SD_OK && profile) {
         char what[128];

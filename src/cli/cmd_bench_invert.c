@@ -14,11 +14,19 @@
 #include "sd/clip_vision.h"
 #include "sd/presets.h"
 
+#define STEADY_FROM 2
+
 typedef struct {
     sd_invert_method method;
     int steps, timesteps_run, iterations;
     int graph_iterations; /* of the iterations, those replayed from a CUDA graph */
     double seconds_total, seconds_encode, seconds_ddim, seconds_opt; /* opt: total - encode - ddim */
+    /* The first STEADY_FROM timesteps carry one-time costs (plans, each repeated step's first,
+     * op-by-op run, the CUDA graphs' captures: the optimiser iteration's within timestep 0, the
+     * per-timestep forwards' in timestep 1); a whole inversion spreads them over every timestep.
+     * Steady state: the timesteps after those (NAN without any), per timestep and per iteration;
+     * seconds_first: the first STEADY_FROM timesteps together. */
+    double seconds_first, steady_timestep_s, steady_iteration_s;
     double latent_mse, psnr;
     double peak_mib; /* activations (arena + recomputation scratch) and kept results, over the method */
     sd_status status;
@@ -27,16 +35,18 @@ typedef struct {
 static void print_rows(const bench_row *rows, int n, const char *where, int tsv) {
     if (tsv) {
         for (int i = 0; i < n; i++)
-            printf("invert\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%.4f\t%.6g\t%.3f\t%.0f\t%d\t%.4f\n",
+            printf("invert\t%s\t%d\t%d\t%d\t%.4f\t%.4f\t%.4f\t%.6g\t%.3f\t%.0f\t%d\t%.4f\t%.4f\t%.5f\t%.6f\n",
                    sd_invert_method_name(rows[i].method), rows[i].steps, rows[i].timesteps_run, rows[i].iterations,
                    rows[i].seconds_total, rows[i].seconds_ddim, rows[i].seconds_opt, rows[i].latent_mse, rows[i].psnr,
-                   rows[i].peak_mib, rows[i].graph_iterations, rows[i].seconds_encode);
+                   rows[i].peak_mib, rows[i].graph_iterations, rows[i].seconds_encode, rows[i].seconds_first,
+                   rows[i].steady_timestep_s, rows[i].steady_iteration_s);
         return;
     }
     printf("inversion cost and reconstruction quality on %s\n", where);
     printf("%-15s %6s %6s %10s %7s %9s %11s %14s %14s %10s %12s %9s %9s\n", "method", "steps", "timed", "iterations",
            "graphed", "encode s", "ddim inv s", "per timestep s", "per iter ms", "total s", "latent MSE", "PSNR dB",
            "peak MiB");
+    int steady = 0;
     for (int i = 0; i < n; i++) {
         const bench_row *r = &rows[i];
         if (r->status) {
@@ -52,6 +62,18 @@ static void print_rows(const bench_row *rows, int n, const char *where, int tsv)
         printf("%-15s %6d %6d %10d %7d %9.3f %11.3f %14s %14s %10.2f %12s %9s %9.0f\n", sd_invert_method_name(r->method),
                r->steps, r->timesteps_run, r->iterations, r->graph_iterations, r->seconds_encode, r->seconds_ddim,
                per_step, per_iter, r->seconds_total, mse, psnr, r->peak_mib);
+        steady |= isfinite(r->steady_timestep_s);
+    }
+    if (!steady) return;
+    printf("steady state: the timed timesteps after the first %d (those carry the one-time plans and CUDA graph "
+           "captures):\n", STEADY_FROM);
+    for (int i = 0; i < n; i++) {
+        const bench_row *r = &rows[i];
+        if (r->status || !isfinite(r->steady_timestep_s)) continue;
+        char per_iter[32] = "-";
+        if (isfinite(r->steady_iteration_s)) snprintf(per_iter, sizeof per_iter, "%.1f", 1e3 * r->steady_iteration_s);
+        printf("%-15s first %d timesteps %.3f s, then %.3f s per timestep, %s ms per iteration\n",
+               sd_invert_method_name(r->method), STEADY_FROM, r->seconds_first, r->steady_timestep_s, per_iter);
     }
 }
 
@@ -84,7 +106,9 @@ int cmd_bench_invert(int argc, char **argv) {
     const cli_command cmd = {"bench invert", NULL, "[options]",
                              "Inverts one photo with each method and prints, per method: the DDIM inversion time,\n"
                              "the optimisation time per timestep and per optimiser iteration, the total, and the\n"
-                             "reconstruction's latent MSE and PSNR (sampled back with the method's own variables).",
+                             "reconstruction's latent MSE and PSNR (sampled back with the method's own variables).\n"
+                             "With more than 2 timesteps timed, also the steady state: the time per timestep and per\n"
+                             "iteration after the first 2, which carry the one-time plans and CUDA graph captures.",
                              opts, (int)(sizeof opts / sizeof opts[0]), 0, 0};
     int n_pos;
     int r = cli_parse(&cmd, argc, argv, NULL, &n_pos);
@@ -144,6 +168,7 @@ int cmd_bench_invert(int argc, char **argv) {
         bench_row *row = &rows[i];
         row->method = list[i];
         row->latent_mse = row->psnr = NAN;
+        row->seconds_first = row->steady_timestep_s = row->steady_iteration_s = NAN;
         sd_method_preset preset;
         sd_method_preset_default(list[i], &preset);
         sd_invert_options o = preset.invert;
@@ -182,7 +207,22 @@ int cmd_bench_invert(int argc, char **argv) {
         row->steps = o.n_steps;
         if (!row->status) {
             row->timesteps_run = optimising ? (o.stop_after ? o.stop_after : o.n_steps) : 0;
-            for (int k = 0; k < row->timesteps_run; k++) row->iterations += inv.stats[k].iterations;
+            double first_s = 0.0, later_s = 0.0;
+            int later_iters = 0;
+            for (int k = 0; k < row->timesteps_run; k++) {
+                row->iterations += inv.stats[k].iterations;
+                if (k < STEADY_FROM) {
+                    first_s += inv.stats[k].seconds;
+                } else {
+                    later_s += inv.stats[k].seconds;
+                    later_iters += inv.stats[k].iterations;
+                }
+            }
+            if (row->timesteps_run > STEADY_FROM) {
+                row->seconds_first = first_s;
+                row->steady_timestep_s = later_s / (row->timesteps_run - STEADY_FROM);
+                if (later_iters) row->steady_iteration_s = later_s / later_iters;
+            }
             row->graph_iterations = inv.graph_steps;
             row->seconds_total = inv.seconds_total;
             row->seconds_encode = inv.seconds_encode;

@@ -230,6 +230,25 @@ static void test_bench_invert_profile(void **state) {
     free(r);
 }
 
+/* `bench invert` with more than two timesteps timed also gives the steady state: the time per
+ * timestep and per iteration after the first two (which carry the one-time plans and CUDA graph
+ * captures), both positive, the per-iteration time at most the per-timestep one. */
+static void test_bench_invert_steady_state(void **state) {
+    (void)state;
+    run_result *r = malloc(sizeof *r);
+    run(r, "bench invert --device cpu --methods nulltext --steps 4 --inner 1 --timesteps 3 -q");
+    if (r->status) fail_msg("%s", r->out);
+    const char *at = strstr(r->out, "steady state: the timed timesteps after the first 2");
+    if (!at || !(at = strstr(at, "\nnulltext"))) fail_msg("no steady-state line in:\n%s", r->out);
+    double first = 0, per_step = 0, per_iter = 0;
+    if (sscanf(at, "\nnulltext first 2 timesteps %lf s, then %lf s per timestep, %lf ms per iteration", &first,
+               &per_step, &per_iter) != 3)
+        fail_msg("unreadable steady-state line in:\n%s", r->out);
+    if (!(first > 0 && per_step > 0 && per_iter > 0 && per_iter / 1e3 <= per_step * 1.001)) /* printed rounded */
+        fail_msg("steady state: first %g s, %g s per timestep, %g ms per iteration", first, per_step, per_iter);
+    free(r);
+}
+
 /* `bench unet` counts a call's arithmetic op by op: every op's work is linear in the batch, so
  * batch 2 counts exactly twice batch 1; the TFLOP/s column is that count over the median. */
 static void test_bench_unet_flops(void **state) {
@@ -416,6 +435,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_batch_csv),
         cmocka_unit_test(test_bench_grad), cmocka_unit_test(test_bench_invert_profile),
+        cmocka_unit_test(test_bench_invert_steady_state),
         cmocka_unit_test(test_bench_unet_flops),
         cmocka_unit_test(test_bench_unet_profile),
         cmocka_unit_test(test_eval),

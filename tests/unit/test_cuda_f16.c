@@ -493,20 +493,23 @@ static void test_f16_conv2d(void **state) {
         float *bd = d.bd;
         assert_sd_ok(cpu16->conv2d(d.x, d.w, c->bias ? d.b : NULL, NULL, NULL, want, &g));
         /* exact, fast (default: GEMM where conv.cu's rule says), fast with cuDNN's heuristic, with
-         * the algorithms cuDNN times, with im2col + GEMM everywhere */
-        static const char *const way[5] = {"exact", "fast", "fast, cudnn", "fast, find", "fast, gemm"};
-        for (int m = 0; m < 5; m++) {
+         * the algorithms cuDNN times, with im2col + GEMM everywhere, through cuDNN's graph API
+         * (its first engine; tuned against the legacy algorithm) */
+        static const char *const way[7] = {"exact", "fast", "fast, cudnn", "fast, find", "fast, gemm", "fast, graph",
+                                           "fast, tune"};
+        static const sd_conv_algo algo[7] = {SD_CONV_ALGO_HEURISTIC, SD_CONV_ALGO_HEURISTIC, SD_CONV_ALGO_HEURISTIC,
+                                             SD_CONV_ALGO_FIND, SD_CONV_ALGO_HEURISTIC, SD_CONV_ALGO_GRAPH,
+                                             SD_CONV_ALGO_TUNE};
+        for (int m = 0; m < 7; m++) {
             assert_sd_ok(sd_cuda_set_precision(m == 0 ? SD_PRECISION_EXACT : SD_PRECISION_FAST));
-            assert_sd_ok(sd_cuda_set_conv_find(m == 3));
-            assert_sd_ok(sd_cuda_set_conv_gemm(m == 2 || m == 3 ? SD_CONV_GEMM_OFF
-                                               : m == 4     ? SD_CONV_GEMM_ALL
-                                                            : SD_CONV_GEMM_AUTO));
+            assert_sd_ok(sd_cuda_set_conv_algo(algo[m]));
+            assert_sd_ok(sd_cuda_set_conv_gemm(m == 1 ? SD_CONV_GEMM_AUTO : m == 4 ? SD_CONV_GEMM_ALL : SD_CONV_GEMM_OFF));
             assert_sd_ok(gpu16->conv2d(xd, wd, c->bias ? bd : NULL, NULL, NULL, yd, &g));
             char what[96];
             snprintf(what, sizeof what, "%s (%s)", c->what, way[m]);
             check16(what, yd, want, ny, TOL_F16_GEMM);
         }
-        assert_sd_ok(sd_cuda_set_conv_find(0));
+        assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
         assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
     }
     /* the F32 convolution of an asymmetric geometry just run in fp16 keeps its own plan and its
@@ -642,15 +645,19 @@ static void test_f16_channels_last_ops(void **state) {
         sd_f16 *x = d.x, *w = d.w, *want = hnew16(ny), *xd = d.xd, *wd = d.wd, *yd = d.yd;
         float *b = d.b, *bd = d.bd;
         assert_sd_ok(cpu16->conv2d_nhwc(x, w, c->bias ? b : NULL, NULL, NULL, want, &g));
-        static const char *const way[3] = {"default", "cudnn", "gemm"};
-        static const sd_conv_gemm mode[3] = {SD_CONV_GEMM_AUTO, SD_CONV_GEMM_OFF, SD_CONV_GEMM_ALL};
-        for (int m = 0; m < 3; m++) {
+        static const char *const way[5] = {"default", "cudnn", "gemm", "graph", "tune"};
+        static const sd_conv_gemm mode[5] = {SD_CONV_GEMM_AUTO, SD_CONV_GEMM_OFF, SD_CONV_GEMM_ALL, SD_CONV_GEMM_OFF,
+                                             SD_CONV_GEMM_OFF};
+        for (int m = 0; m < 5; m++) {
+            assert_sd_ok(sd_cuda_set_conv_algo(m == 3 ? SD_CONV_ALGO_GRAPH : m == 4 ? SD_CONV_ALGO_TUNE
+                                                                              : SD_CONV_ALGO_HEURISTIC));
             assert_sd_ok(sd_cuda_set_conv_gemm(mode[m]));
             assert_sd_ok(gpu16->conv2d_nhwc(xd, wd, c->bias ? bd : NULL, NULL, NULL, yd, &g));
             char what[112];
             snprintf(what, sizeof what, "conv2d_nhwc %s (%s)", c->what, way[m]);
             check16(what, yd, want, ny, TOL_F16_GEMM);
         }
+        assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
         assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
         /* the NCHW convolution of the same geometry keeps its own plan (the cache keys on the layout) */
         {
@@ -693,21 +700,24 @@ static void test_f16_conv2d_epilogue(void **state) {
         for (int with_v = 0; with_v <= 1; with_v++)
             for (int with_r = 0; with_r <= 1; with_r++)
                 for (int nhwc = 0; nhwc <= 1; nhwc++)
-                    for (int m = 0; m < 2; m++) {
+                    for (int m = 0; m < 3; m++) { /* cuDNN's legacy API, GEMM, cuDNN's graph API */
                         /* the layouts read the same random values as their own order */
                         sd_f16 *want = hnew16(ny);
                         assert_sd_ok((nhwc ? cpu16->conv2d_nhwc : cpu16->conv2d)(x, w, c->bias ? b : NULL,
                                                                                   with_v ? v : NULL, with_r ? r : NULL,
                                                                                   want, &g));
-                        assert_sd_ok(sd_cuda_set_conv_gemm(m ? SD_CONV_GEMM_ALL : SD_CONV_GEMM_OFF));
+                        assert_sd_ok(sd_cuda_set_conv_algo(m == 2 ? SD_CONV_ALGO_GRAPH : SD_CONV_ALGO_HEURISTIC));
+                        assert_sd_ok(sd_cuda_set_conv_gemm(m == 1 ? SD_CONV_GEMM_ALL : SD_CONV_GEMM_OFF));
                         assert_sd_ok((nhwc ? gpu16->conv2d_nhwc : gpu16->conv2d)(xd, wd, c->bias ? bd : NULL,
                                                                                   with_v ? vd : NULL, with_r ? rd : NULL,
                                                                                   yd, &g));
                         char what[128];
                         snprintf(what, sizeof what, "%s%s%s, %s, %s", c->what, with_v ? " +channel bias" : "",
-                                 with_r ? " +residual" : "", nhwc ? "NHWC" : "NCHW", m ? "gemm" : "cudnn");
+                                 with_r ? " +residual" : "", nhwc ? "NHWC" : "NCHW",
+                                 m == 2 ? "graph" : m ? "gemm" : "cudnn");
                         check16(what, yd, want, ny, TOL_F16_GEMM);
                     }
+        assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
         assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
     }
 }
@@ -739,6 +749,48 @@ static void test_f16_conv2d_nhwc_refused(void **state) {
         snprintf(what, sizeof what, "conv2d_nhwc, cuDNN refuses at its %s: GEMM path", points[k]);
         check16(what, d.yd, want, d.ny, TOL_F16_GEMM);
     }
+    assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
+}
+
+/* cuDNN's graph API for fp16 forwards (SD_CONV_ALGO=graph|tune): the plans do run through it (the
+ * plan count says so), and where it offers no engine (the simulator's CUDASIM_CUDNN_GRAPH_REFUSE:
+ * an empty heuristic, or every execution plan refused) the legacy algorithm runs and the result is
+ * still right. Distinct geometries: plans are cached per geometry. */
+static void test_f16_conv2d_graph_api(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+    static const char *const refuse[3] = {"", "heuristic", "plan"};
+    for (int nhwc = 0; nhwc <= 1; nhwc++)
+        for (int tune = 0; tune <= 1; tune++)
+            for (int k = 0; k < 3; k++) {
+                if (k && !testutil_gpu_is_simulated()) continue; /* refusals exist in cudasim only */
+                assert_sd_ok(sd_cuda_set_conv_algo(tune ? SD_CONV_ALGO_TUNE : SD_CONV_ALGO_GRAPH));
+                assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_OFF)); /* cuDNN, as at 64x64 */
+                const f16_conv_case c = {2, 16, 7 + k, 9, 24, 3, 1, 1, 1, 1, 1, 1, "conv3x3 16->24 +bias"};
+                const f16_conv_data d = f16_conv_data_make(&c, 480 + 3 * k + 10 * tune + 20 * nhwc);
+                sd_f16 *want = hnew16(d.ny);
+                assert_sd_ok((nhwc ? cpu16->conv2d_nhwc : cpu16->conv2d)(d.x, d.w, d.b, NULL, NULL, want, &d.g));
+                if (k) setenv("CUDASIM_CUDNN_GRAPH_REFUSE", refuse[k], 1);
+                const sd_status st = (nhwc ? gpu16->conv2d_nhwc : gpu16->conv2d)(d.xd, d.wd, d.bd, NULL, NULL, d.yd, &d.g);
+                if (k) unsetenv("CUDASIM_CUDNN_GRAPH_REFUSE");
+                assert_sd_ok(st);
+                int plans = 0, on_graph = 0;
+                sd_cuda_conv_plan_counts(&plans, &on_graph);
+                char what[128];
+                snprintf(what, sizeof what, "%s %s, %s%s%s: %d of %d plans on the graph API", nhwc ? "NHWC" : "NCHW",
+                         c.what, tune ? "tune" : "graph", k ? ", refused at the " : "", refuse[k], on_graph, plans);
+                check16(what, d.yd, want, d.ny, TOL_F16_GEMM);
+                assert_int_equal(plans, 1);
+                /* tune may keep the legacy algorithm when it measures faster; graph takes the engine */
+                if (k) assert_int_equal(on_graph, 0);
+                else if (!tune) assert_int_equal(on_graph, 1);
+                /* the plan is decided once: a second call runs the same way, same result */
+                assert_sd_ok((nhwc ? gpu16->conv2d_nhwc : gpu16->conv2d)(d.xd, d.wd, d.bd, NULL, NULL, d.yd, &d.g));
+                check16("  the same call again", d.yd, want, d.ny, TOL_F16_GEMM);
+            }
+    assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
     assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
 }
 
@@ -970,6 +1022,7 @@ int main(void) {
         GPU_TEST(test_f16_channels_last_ops),
         GPU_TEST(test_f16_conv2d_epilogue),
         GPU_TEST(test_f16_conv2d_nhwc_refused),
+        GPU_TEST(test_f16_conv2d_graph_api),
         GPU_TEST(test_f16_conv2d_backward_data_bf16w),
         /* attention */
         GPU_TEST(test_f16_attention),

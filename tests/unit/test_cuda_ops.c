@@ -233,14 +233,14 @@ static const conv_case conv_cases[] = {
 #define CONV_WAYS 6
 static const char *const conv_way_tag[CONV_WAYS] = {" [cudnn]", " [cudnn]", " [find]", " [gemm]", "", ""};
 static sd_precision conv_way(int m) {
-    assert_sd_ok(sd_cuda_set_conv_find(m == 2));
+    assert_sd_ok(sd_cuda_set_conv_algo(m == 2 ? SD_CONV_ALGO_FIND : SD_CONV_ALGO_HEURISTIC));
     assert_sd_ok(sd_cuda_set_conv_gemm(m <= 2 ? SD_CONV_GEMM_OFF : m == 3 ? SD_CONV_GEMM_ALL : SD_CONV_GEMM_AUTO));
     const sd_precision mode = m == 0 || m == 5 ? SD_PRECISION_EXACT : SD_PRECISION_FAST;
     set_mode(mode);
     return mode;
 }
 static void conv_ways_reset(void) {
-    assert_sd_ok(sd_cuda_set_conv_find(0));
+    assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
     assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
 }
 

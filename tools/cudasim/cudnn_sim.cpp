@@ -1087,3 +1087,546 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void *a
 }
 
 } // extern "C"
+
+/* ------------------------------------------------------------------------------------------------
+ * Graph API (cudnnBackend*): one convolution forward per operation graph.
+ *
+ * What it follows (cuDNN's backend descriptor reference):
+ *  - Every descriptor is created, given its attributes with cudnnBackendSetAttribute (the
+ *    attribute's documented type and element count, else BAD_PARAM), finalised once (a missing
+ *    required attribute or inconsistent ones: BAD_PARAM; a geometry no engine runs:
+ *    NOT_SUPPORTED), and only then read by cudnnBackendGetAttribute or referenced by another
+ *    descriptor (a reference to an unfinalised descriptor: BAD_PARAM). Setting an attribute after
+ *    finalisation is BAD_PARAM.
+ *  - Tensor: data type, dimensions and strides (4 here: n, c, h, w of x and y, k, c, r, s of w),
+ *    unique id and byte alignment are required. Convolution: compute type, mode, spatial
+ *    dimensions (2), dilations, filter strides, pre- and post-paddings. The forward operation
+ *    takes X, W, Y and the convolution (alpha 1 and beta 0 unless set, FLOAT or DOUBLE) and checks
+ *    them as the legacy call does, with y's size from both paddings. The operation graph takes
+ *    the operations and a handle.
+ *  - Heuristics (mode and operation graph required): RESULTS fills engine-config descriptors the
+ *    caller created, best first. Whatever the mode, this simulator lists three engines: global
+ *    index 90 needs run-time compilation (behaviour note RUNTIME_COMPILATION; its plan cannot be
+ *    finalised here: NOT_SUPPORTED, as on a machine without NVRTC), then 91 (no workspace) and 92
+ *    (a workspace of y's size / 2 + 100 bytes, so the caller's workspace handling is exercised).
+ *    All three carry the TENSOR_CORE numerical note. ENGINECFG_ENGINE fills an engine descriptor
+ *    the caller created; an engine answers GLOBAL_INDEX and its notes.
+ *  - An execution plan takes an engine config and a handle; WORKSPACE_SIZE is then readable. A
+ *    variant pack takes the unique ids, the data pointers in the same order, and the workspace
+ *    (required when the plan needs one). cudnnBackendExecute checks that every tensor of the graph
+ *    has a pointer aligned to its byte alignment, and that the workspace is large enough by the
+ *    plan's own size, then queues y = alpha · conv(x, w) + beta · y as the legacy forward computes
+ *    it (half data: PSEUDO_HALF_CONFIG; float data on a tensor-core engine: TF32 operands).
+ *  - CUDASIM_CUDNN_GRAPH_REFUSE=heuristic: the heuristics list no engine; =plan: every execution
+ *    plan refuses to finalise (NOT_SUPPORTED): what a caller's fallback to the legacy API is tested
+ *    with.
+ * --------------------------------------------------------------------------------------------- */
+
+namespace {
+
+struct BeDesc {
+    cudnnBackendDescriptorType_t kind;
+    bool finalized = false;
+    std::vector<std::pair<int, std::vector<unsigned char>>> attrs; /* name -> raw elements, as set */
+    std::vector<int> attr_types, attr_counts;
+    /* filled by finalisation */
+    cudnnDataType_t dtype = CUDNN_DATA_FLOAT;     /* tensor; convolution: compute type */
+    int64_t dims[4] = {0}, strides[4] = {0}, uid = 0, align = 0;
+    cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+    int64_t pre[2] = {0}, post[2] = {0}, fstride[2] = {1, 1}, dil[2] = {1, 1};
+    Geom geom{};                                   /* forward op, graph, config, plan */
+    double alpha = 1.0, beta = 0.0;
+    int64_t tuid[3] = {0}, talign[3] = {0};        /* x, w, y of the operation */
+    cudnnHandle_t handle = nullptr;
+    int64_t engine = -1, workspace = 0;            /* engine, config, plan */
+    std::vector<int64_t> uids;                     /* variant pack */
+    std::vector<void *> ptrs;
+    void *ws = nullptr;
+};
+
+const char *graph_refuse_at() {
+    const char *e = getenv("CUDASIM_CUDNN_GRAPH_REFUSE");
+    return e ? e : "";
+}
+
+size_t be_type_size(cudnnBackendAttributeType_t t) {
+    switch (t) {
+    case CUDNN_TYPE_HANDLE: return sizeof(cudnnHandle_t);
+    case CUDNN_TYPE_BOOLEAN: return sizeof(bool);
+    case CUDNN_TYPE_INT64: return sizeof(int64_t);
+    case CUDNN_TYPE_FLOAT: return sizeof(float);
+    case CUDNN_TYPE_DOUBLE: return sizeof(double);
+    case CUDNN_TYPE_VOID_PTR: return sizeof(void *);
+    case CUDNN_TYPE_BACKEND_DESCRIPTOR: return sizeof(cudnnBackendDescriptor_t);
+    case CUDNN_TYPE_DATA_TYPE: case CUDNN_TYPE_CONVOLUTION_MODE: case CUDNN_TYPE_HEUR_MODE:
+    case CUDNN_TYPE_NUMERICAL_NOTE: case CUDNN_TYPE_BEHAVIOR_NOTE: return sizeof(int); /* C enums */
+    }
+    return 0;
+}
+
+/* The type an attribute is set with, and whether its count is fixed (1) or free (0). -1: the
+ * attribute does not belong to the descriptor kind, or cannot be set. */
+int be_settable(cudnnBackendDescriptorType_t k, int name, cudnnBackendAttributeType_t *type, int *fixed_one) {
+    struct Rule { cudnnBackendDescriptorType_t k; int name; cudnnBackendAttributeType_t type; int one; };
+    static const Rule rules[] = {
+        {CUDNN_BACKEND_TENSOR_DESCRIPTOR, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1},
+        {CUDNN_BACKEND_TENSOR_DESCRIPTOR, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1},
+        {CUDNN_BACKEND_TENSOR_DESCRIPTOR, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 0},
+        {CUDNN_BACKEND_TENSOR_DESCRIPTOR, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 0},
+        {CUDNN_BACKEND_TENSOR_DESCRIPTOR, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1},
+        {CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1},
+        {CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1},
+        {CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, 0},
+        {CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, 0},
+        {CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 0},
+        {CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 0},
+        {CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1},
+        {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC,
+         CUDNN_TYPE_BACKEND_DESCRIPTOR, 1},
+        {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W,
+         CUDNN_TYPE_BACKEND_DESCRIPTOR, 1},
+        {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X,
+         CUDNN_TYPE_BACKEND_DESCRIPTOR, 1},
+        {CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y,
+         CUDNN_TYPE_BACKEND_DESCRIPTOR, 1},
+        {CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1},
+        {CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0},
+        {CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1},
+        {CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1},
+        {CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1},
+        {CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+         1},
+        {CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 0},
+        {CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 0},
+        {CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1},
+    };
+    for (const Rule &r : rules)
+        if (r.k == k && r.name == name) {
+            *type = r.type;
+            *fixed_one = r.one;
+            return 0;
+        }
+    if (k == CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR &&
+        (name == CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA || name == CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA)) {
+        *type = CUDNN_TYPE_FLOAT; /* or DOUBLE: the caller's choice, checked there */
+        *fixed_one = 1;
+        return 0;
+    }
+    return -1;
+}
+
+BeDesc *be(cudnnBackendDescriptor_t d) { return (BeDesc *)d; }
+
+const std::vector<unsigned char> *be_attr(const BeDesc *d, int name, int *type, int64_t *count) {
+    for (size_t i = 0; i < d->attrs.size(); i++)
+        if (d->attrs[i].first == name) {
+            *type = d->attr_types[i];
+            *count = d->attr_counts[i];
+            return &d->attrs[i].second;
+        }
+    return nullptr;
+}
+
+/* Reads a required attribute of `n` elements (n < 0: at least one) into out; returns the count, or
+ * -1 when it is missing or has another count. */
+int64_t be_read(const BeDesc *d, int name, int64_t n, void *out, size_t out_cap) {
+    int type = 0;
+    int64_t count = 0;
+    const std::vector<unsigned char> *raw = be_attr(d, name, &type, &count);
+    if (!raw || (n >= 0 && count != n) || count < 1 || raw->size() > out_cap) return -1;
+    memcpy(out, raw->data(), raw->size());
+    return count;
+}
+
+const BeDesc *be_ref(const BeDesc *d, int name, cudnnBackendDescriptorType_t kind) {
+    cudnnBackendDescriptor_t ref = nullptr;
+    if (be_read(d, name, 1, &ref, sizeof ref) != 1 || !ref) return nullptr;
+    const BeDesc *r = be(ref);
+    return r->kind == kind && r->finalized ? r : nullptr;
+}
+
+cudnnStatus_t be_finalize_tensor(BeDesc *d) {
+    const char *api = "cudnnBackendFinalize(tensor)";
+    int dt = 0;
+    if (be_read(d, CUDNN_ATTR_TENSOR_DATA_TYPE, 1, &dt, sizeof dt) != 1 ||
+        be_read(d, CUDNN_ATTR_TENSOR_DIMENSIONS, 4, d->dims, sizeof d->dims) != 4 ||
+        be_read(d, CUDNN_ATTR_TENSOR_STRIDES, 4, d->strides, sizeof d->strides) != 4 ||
+        be_read(d, CUDNN_ATTR_TENSOR_UNIQUE_ID, 1, &d->uid, sizeof d->uid) != 1 ||
+        be_read(d, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, 1, &d->align, sizeof d->align) != 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: data type, 4 dimensions, 4 strides, unique id and byte alignment "
+                      "are required (cudasim implements 4-d tensors)", api);
+    d->dtype = (cudnnDataType_t)dt;
+    if (d->dtype != CUDNN_DATA_FLOAT && d->dtype != CUDNN_DATA_HALF)
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: data type %d (cudasim: float and half)", api, dt);
+    for (int i = 0; i < 4; i++)
+        if (d->dims[i] < 1 || d->strides[i] < 1)
+            return refuse(CUDNN_STATUS_BAD_PARAM, "%s: dimension %d is %lld with stride %lld", api, i,
+                          (long long)d->dims[i], (long long)d->strides[i]);
+    if (d->align < 1 || (d->align & (d->align - 1)))
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: byte alignment %lld is no power of two", api, (long long)d->align);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t be_finalize_conv(BeDesc *d) {
+    const char *api = "cudnnBackendFinalize(convolution)";
+    int comp = 0, mode = 0;
+    int64_t spatial = 0;
+    if (be_read(d, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, 1, &comp, sizeof comp) != 1 ||
+        be_read(d, CUDNN_ATTR_CONVOLUTION_CONV_MODE, 1, &mode, sizeof mode) != 1 ||
+        be_read(d, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, 1, &spatial, sizeof spatial) != 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: compute type, mode and spatial dimensions are required", api);
+    if (spatial != 2) return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: %lld spatial dimensions (cudasim: 2)", api, (long long)spatial);
+    if (be_read(d, CUDNN_ATTR_CONVOLUTION_DILATIONS, 2, d->dil, sizeof d->dil) != 2 ||
+        be_read(d, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, 2, d->fstride, sizeof d->fstride) != 2 ||
+        be_read(d, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, 2, d->pre, sizeof d->pre) != 2 ||
+        be_read(d, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, 2, d->post, sizeof d->post) != 2)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: dilations, filter strides, pre- and post-paddings, 2 each, are required",
+                      api);
+    for (int i = 0; i < 2; i++)
+        if (d->dil[i] < 1 || d->fstride[i] < 1 || d->pre[i] < 0 || d->post[i] < 0)
+            return refuse(CUDNN_STATUS_BAD_PARAM, "%s: dilation %lld, stride %lld, padding %lld/%lld", api,
+                          (long long)d->dil[i], (long long)d->fstride[i], (long long)d->pre[i], (long long)d->post[i]);
+    if (mode != CUDNN_CONVOLUTION && mode != CUDNN_CROSS_CORRELATION)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: mode %d", api, mode);
+    d->dtype = (cudnnDataType_t)comp;
+    d->mode = (cudnnConvolutionMode_t)mode;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t be_finalize_conv_fwd(BeDesc *d) {
+    const char *api = "cudnnBackendFinalize(convolution forward)";
+    const BeDesc *x = be_ref(d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X, CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+    const BeDesc *w = be_ref(d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W, CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+    const BeDesc *y = be_ref(d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y, CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+    const BeDesc *c = be_ref(d, CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC, CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
+    if (!x || !w || !y || !c)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: X, W, Y and the convolution must be set, finalised descriptors", api);
+    for (int which = 0; which < 2; which++) {
+        const int name = which ? CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA : CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA;
+        int type = 0;
+        int64_t count = 0;
+        const std::vector<unsigned char> *raw = be_attr(d, name, &type, &count);
+        if (!raw) continue;
+        double v = 0;
+        if (type == CUDNN_TYPE_FLOAT) {
+            float f;
+            memcpy(&f, raw->data(), sizeof f);
+            v = f;
+        } else {
+            memcpy(&v, raw->data(), sizeof v);
+        }
+        (which ? d->beta : d->alpha) = v;
+    }
+    if (x->dtype != w->dtype || x->dtype != y->dtype)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: data types differ (x %d, w %d, y %d)", api, (int)x->dtype,
+                      (int)w->dtype, (int)y->dtype);
+    if (c->dtype != CUDNN_DATA_FLOAT)
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: compute type %d (cudasim: float)", api, (int)c->dtype);
+    if (x->dims[1] != w->dims[1] || y->dims[0] != x->dims[0] || y->dims[1] != w->dims[0])
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: x %lldx%lld, w %lldx%lld, y %lldx%lld (n, c / k, c)", api,
+                      (long long)x->dims[0], (long long)x->dims[1], (long long)w->dims[0], (long long)w->dims[1],
+                      (long long)y->dims[0], (long long)y->dims[1]);
+    int64_t out[2];
+    for (int i = 0; i < 2; i++) {
+        const int64_t span = x->dims[2 + i] + c->pre[i] + c->post[i] - ((w->dims[2 + i] - 1) * c->dil[i] + 1);
+        if (span < 0)
+            return refuse(CUDNN_STATUS_BAD_PARAM, "%s: the filter is larger than the padded input", api);
+        out[i] = span / c->fstride[i] + 1;
+    }
+    if (y->dims[2] != out[0] || y->dims[3] != out[1])
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: y is %lldx%lld spatially, the convolution gives %lldx%lld", api,
+                      (long long)y->dims[2], (long long)y->dims[3], (long long)out[0], (long long)out[1]);
+    if (x->uid == w->uid || x->uid == y->uid || w->uid == y->uid)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: the tensors' unique ids are not distinct", api);
+    Geom &g = d->geom;
+    g.N = x->dims[0], g.C = x->dims[1], g.H = x->dims[2], g.W = x->dims[3];
+    g.K = w->dims[0], g.R = w->dims[2], g.S = w->dims[3];
+    g.P = out[0], g.Q = out[1];
+    g.pad_h = c->pre[0], g.pad_w = c->pre[1], g.u = c->fstride[0], g.v = c->fstride[1];
+    g.dil_h = c->dil[0], g.dil_w = c->dil[1];
+    g.flip = c->mode == CUDNN_CONVOLUTION;
+    g.type = x->dtype;
+    memcpy(g.xs, x->strides, sizeof g.xs);
+    memcpy(g.fs, w->strides, sizeof g.fs);
+    memcpy(g.ys, y->strides, sizeof g.ys);
+    g.rnd = x->dtype == CUDNN_DATA_FLOAT ? cudasim::round_tf32 : nullptr; /* every engine here is a tensor-core one */
+    d->tuid[0] = x->uid, d->tuid[1] = w->uid, d->tuid[2] = y->uid;
+    d->talign[0] = x->align, d->talign[1] = w->align, d->talign[2] = y->align;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* The tensors' extents in elements (the farthest element + 1), for the range checks. */
+int64_t be_extent(const int64_t dims[4], const int64_t strides[4]) {
+    int64_t e = 1;
+    for (int i = 0; i < 4; i++) e += (dims[i] - 1) * strides[i];
+    return e;
+}
+
+/* Copies what a config / plan carries from its operation into d. */
+void be_copy_op(BeDesc *d, const BeDesc *op) {
+    d->geom = op->geom;
+    d->alpha = op->alpha, d->beta = op->beta;
+    memcpy(d->tuid, op->tuid, sizeof d->tuid);
+    memcpy(d->talign, op->talign, sizeof d->talign);
+}
+
+const int64_t kSimEngines[3] = {90, 91, 92}; /* run-time compiled, plain, with workspace */
+
+int64_t be_engine_workspace(const BeDesc *d) {
+    return d->engine == 92 ? (int64_t)(bytes_of(d->geom, y_elems(d->geom)) / 2 + 100) : 0;
+}
+
+} // namespace
+
+extern "C" {
+
+cudnnStatus_t cudnnBackendCreateDescriptor(cudnnBackendDescriptorType_t descriptorType,
+                                           cudnnBackendDescriptor_t *descriptor) {
+    if (!descriptor) return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnBackendCreateDescriptor: NULL output");
+    switch (descriptorType) {
+    case CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR: case CUDNN_BACKEND_ENGINE_DESCRIPTOR:
+    case CUDNN_BACKEND_ENGINECFG_DESCRIPTOR: case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR:
+    case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR: case CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR:
+    case CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR: case CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR:
+    case CUDNN_BACKEND_TENSOR_DESCRIPTOR: break;
+    default:
+        return refuse(CUDNN_STATUS_NOT_SUPPORTED, "cudnnBackendCreateDescriptor: descriptor type %d (not in cudasim)",
+                      (int)descriptorType);
+    }
+    BeDesc *d = new BeDesc();
+    d->kind = descriptorType;
+    *descriptor = d;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnBackendDestroyDescriptor(cudnnBackendDescriptor_t descriptor) {
+    delete be(descriptor);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnBackendSetAttribute(cudnnBackendDescriptor_t descriptor, cudnnBackendAttributeName_t attributeName,
+                                       cudnnBackendAttributeType_t attributeType, int64_t elementCount,
+                                       const void *arrayOfElements) {
+    const char *api = "cudnnBackendSetAttribute";
+    if (!descriptor || !arrayOfElements || elementCount < 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL descriptor or elements, or count %lld", api, (long long)elementCount);
+    BeDesc *d = be(descriptor);
+    if (d->finalized)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: attribute %d on a finalised descriptor", api, (int)attributeName);
+    cudnnBackendAttributeType_t want;
+    int one = 0;
+    if (be_settable(d->kind, attributeName, &want, &one))
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: attribute %d cannot be set on descriptor type %d", api,
+                      (int)attributeName, (int)d->kind);
+    const bool scalar_ok = (attributeName == CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA ||
+                            attributeName == CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA) &&
+                           attributeType == CUDNN_TYPE_DOUBLE;
+    if (attributeType != want && !scalar_ok)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: attribute %d set as type %d, it takes type %d", api,
+                      (int)attributeName, (int)attributeType, (int)want);
+    if (one && elementCount != 1)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: attribute %d takes one element, not %lld", api, (int)attributeName,
+                      (long long)elementCount);
+    const size_t bytes = be_type_size(attributeType) * (size_t)elementCount;
+    std::vector<unsigned char> raw((const unsigned char *)arrayOfElements, (const unsigned char *)arrayOfElements + bytes);
+    for (size_t i = 0; i < d->attrs.size(); i++)
+        if (d->attrs[i].first == (int)attributeName) {
+            d->attrs[i].second = raw;
+            d->attr_types[i] = attributeType;
+            d->attr_counts[i] = (int)elementCount;
+            return CUDNN_STATUS_SUCCESS;
+        }
+    d->attrs.emplace_back((int)attributeName, raw);
+    d->attr_types.push_back(attributeType);
+    d->attr_counts.push_back((int)elementCount);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnBackendFinalize(cudnnBackendDescriptor_t descriptor) {
+    if (!descriptor) return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnBackendFinalize: NULL descriptor");
+    BeDesc *d = be(descriptor);
+    if (d->finalized) return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnBackendFinalize: finalised twice");
+    cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
+    switch (d->kind) {
+    case CUDNN_BACKEND_TENSOR_DESCRIPTOR: st = be_finalize_tensor(d); break;
+    case CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR: st = be_finalize_conv(d); break;
+    case CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR: st = be_finalize_conv_fwd(d); break;
+    case CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR: {
+        cudnnBackendDescriptor_t ops[4] = {nullptr};
+        const int64_t n = be_read(d, CUDNN_ATTR_OPERATIONGRAPH_OPS, -1, ops, sizeof ops);
+        if (be_read(d, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, 1, &d->handle, sizeof d->handle) != 1 || !d->handle || n < 1)
+            return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnBackendFinalize(operation graph): operations and a handle are required");
+        if (n != 1 || !ops[0] || be(ops[0])->kind != CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR ||
+            !be(ops[0])->finalized)
+            return refuse(CUDNN_STATUS_NOT_SUPPORTED, "cudnnBackendFinalize(operation graph): cudasim runs one finalised "
+                          "convolution forward per graph (%lld operations given)", (long long)n);
+        be_copy_op(d, be(ops[0]));
+        break;
+    }
+    case CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR: {
+        int mode = -1;
+        const BeDesc *graph = be_ref(d, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+        if (!graph || be_read(d, CUDNN_ATTR_ENGINEHEUR_MODE, 1, &mode, sizeof mode) != 1 || mode < 0 || mode > 3)
+            return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnBackendFinalize(heuristics): a finalised operation graph and a mode "
+                          "are required");
+        be_copy_op(d, graph);
+        d->handle = graph->handle;
+        break;
+    }
+    case CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR: {
+        const BeDesc *cfg = be_ref(d, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+        if (!cfg || be_read(d, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, 1, &d->handle, sizeof d->handle) != 1 || !d->handle)
+            return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnBackendFinalize(execution plan): a finalised engine config and a "
+                          "handle are required");
+        if (!strcmp(graph_refuse_at(), "plan"))
+            return refuse(CUDNN_STATUS_NOT_SUPPORTED, "cudnnBackendFinalize(execution plan): refused "
+                          "(CUDASIM_CUDNN_GRAPH_REFUSE=plan)");
+        if (cfg->engine == 90)
+            return refuse(CUDNN_STATUS_NOT_SUPPORTED, "cudnnBackendFinalize(execution plan): engine 90 compiles its kernel "
+                          "at run time, which cudasim cannot");
+        be_copy_op(d, cfg);
+        d->engine = cfg->engine;
+        d->workspace = be_engine_workspace(d);
+        break;
+    }
+    case CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR: {
+        int type = 0;
+        int64_t nu = 0, np = 0;
+        const std::vector<unsigned char> *u = be_attr(d, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, &type, &nu);
+        const std::vector<unsigned char> *p = be_attr(d, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, &type, &np);
+        if (!u || !p || nu != np)
+            return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnBackendFinalize(variant pack): as many unique ids as data "
+                          "pointers are required");
+        d->uids.resize((size_t)nu);
+        d->ptrs.resize((size_t)np);
+        memcpy(d->uids.data(), u->data(), u->size());
+        memcpy(d->ptrs.data(), p->data(), p->size());
+        be_read(d, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, 1, &d->ws, sizeof d->ws); /* optional */
+        break;
+    }
+    default:
+        return refuse(CUDNN_STATUS_BAD_PARAM, "cudnnBackendFinalize: descriptor type %d is not finalised by the caller",
+                      (int)d->kind);
+    }
+    if (st == CUDNN_STATUS_SUCCESS) d->finalized = true;
+    return st;
+}
+
+cudnnStatus_t cudnnBackendGetAttribute(cudnnBackendDescriptor_t const descriptor,
+                                       cudnnBackendAttributeName_t attributeName,
+                                       cudnnBackendAttributeType_t attributeType, int64_t requestedElementCount,
+                                       int64_t *elementCount, void *arrayOfElements) {
+    const char *api = "cudnnBackendGetAttribute";
+    if (!descriptor) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL descriptor", api);
+    const BeDesc *d = be(descriptor);
+    if (!d->finalized)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: attribute %d of a descriptor not finalised", api, (int)attributeName);
+    auto type_is = [&](cudnnBackendAttributeType_t t) {
+        if (attributeType == t) return true;
+        refuse(CUDNN_STATUS_BAD_PARAM, "%s: attribute %d read as type %d, it is type %d", api, (int)attributeName,
+               (int)attributeType, (int)t);
+        return false;
+    };
+    if (d->kind == CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR && attributeName == CUDNN_ATTR_ENGINEHEUR_RESULTS) {
+        if (!type_is(CUDNN_TYPE_BACKEND_DESCRIPTOR) || !elementCount) return CUDNN_STATUS_BAD_PARAM;
+        const int64_t n = !strcmp(graph_refuse_at(), "heuristic") ? 0 : 3;
+        const int64_t give = std::min<int64_t>(n, std::max<int64_t>(requestedElementCount, 0));
+        if (give > 0 && !arrayOfElements) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL results array", api);
+        for (int64_t i = 0; i < give; i++) {
+            BeDesc *cfg = be(((cudnnBackendDescriptor_t *)arrayOfElements)[i]);
+            if (!cfg || cfg->kind != CUDNN_BACKEND_ENGINECFG_DESCRIPTOR || cfg->finalized)
+                return refuse(CUDNN_STATUS_BAD_PARAM, "%s: result %lld is not a new engine-config descriptor", api,
+                              (long long)i);
+            be_copy_op(cfg, d);
+            cfg->engine = kSimEngines[i];
+            cfg->handle = d->handle;
+            cfg->finalized = true;
+        }
+        *elementCount = requestedElementCount > 0 ? give : n; /* a count-only query gives the number available */
+        return CUDNN_STATUS_SUCCESS;
+    }
+    if (d->kind == CUDNN_BACKEND_ENGINECFG_DESCRIPTOR && attributeName == CUDNN_ATTR_ENGINECFG_ENGINE) {
+        if (!type_is(CUDNN_TYPE_BACKEND_DESCRIPTOR) || requestedElementCount != 1 || !arrayOfElements)
+            return refuse(CUDNN_STATUS_BAD_PARAM, "%s: ENGINECFG_ENGINE fills one engine descriptor", api);
+        BeDesc *e = be(*(cudnnBackendDescriptor_t *)arrayOfElements);
+        if (!e || e->kind != CUDNN_BACKEND_ENGINE_DESCRIPTOR || e->finalized)
+            return refuse(CUDNN_STATUS_BAD_PARAM, "%s: ENGINECFG_ENGINE needs a new engine descriptor", api);
+        be_copy_op(e, d);
+        e->engine = d->engine;
+        e->finalized = true;
+        if (elementCount) *elementCount = 1;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    if (d->kind == CUDNN_BACKEND_ENGINE_DESCRIPTOR && attributeName == CUDNN_ATTR_ENGINE_GLOBAL_INDEX) {
+        if (!type_is(CUDNN_TYPE_INT64) || requestedElementCount < 1 || !arrayOfElements) return CUDNN_STATUS_BAD_PARAM;
+        *(int64_t *)arrayOfElements = d->engine;
+        if (elementCount) *elementCount = 1;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    if (d->kind == CUDNN_BACKEND_ENGINE_DESCRIPTOR &&
+        (attributeName == CUDNN_ATTR_ENGINE_NUMERICAL_NOTE || attributeName == CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE)) {
+        const bool numerical = attributeName == CUDNN_ATTR_ENGINE_NUMERICAL_NOTE;
+        if (!type_is(numerical ? CUDNN_TYPE_NUMERICAL_NOTE : CUDNN_TYPE_BEHAVIOR_NOTE) || !elementCount)
+            return CUDNN_STATUS_BAD_PARAM;
+        int notes[2];
+        int64_t n = 0;
+        if (numerical) notes[n++] = CUDNN_NUMERICAL_NOTE_TENSOR_CORE;
+        else if (d->engine == 90) notes[n++] = CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION;
+        const int64_t give = std::min<int64_t>(n, std::max<int64_t>(requestedElementCount, 0));
+        if (give > 0 && !arrayOfElements) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL notes array", api);
+        for (int64_t i = 0; i < give; i++) ((int *)arrayOfElements)[i] = notes[i];
+        *elementCount = requestedElementCount > 0 ? give : n;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    if (d->kind == CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR && attributeName == CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE) {
+        if (!type_is(CUDNN_TYPE_INT64) || requestedElementCount < 1 || !arrayOfElements) return CUDNN_STATUS_BAD_PARAM;
+        *(int64_t *)arrayOfElements = d->workspace;
+        if (elementCount) *elementCount = 1;
+        return CUDNN_STATUS_SUCCESS;
+    }
+    return refuse(CUDNN_STATUS_NOT_SUPPORTED, "%s: attribute %d of descriptor type %d (not in cudasim)", api,
+                  (int)attributeName, (int)d->kind);
+}
+
+cudnnStatus_t cudnnBackendExecute(cudnnHandle_t handle, cudnnBackendDescriptor_t executionPlan,
+                                  cudnnBackendDescriptor_t variantPack) {
+    const char *api = "cudnnBackendExecute";
+    if (!handle || !executionPlan || !variantPack) return refuse(CUDNN_STATUS_BAD_PARAM, "%s: NULL argument", api);
+    const BeDesc *plan = be(executionPlan), *vp = be(variantPack);
+    if (plan->kind != CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR || !plan->finalized ||
+        vp->kind != CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR || !vp->finalized)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: a finalised execution plan and variant pack are required", api);
+    const void *ptr[3] = {nullptr, nullptr, nullptr}; /* x, w, y */
+    for (int t = 0; t < 3; t++) {
+        for (size_t i = 0; i < vp->uids.size(); i++)
+            if (vp->uids[i] == plan->tuid[t]) ptr[t] = vp->ptrs[i];
+        if (!ptr[t])
+            return refuse(CUDNN_STATUS_BAD_PARAM, "%s: no data pointer for tensor uid %lld", api, (long long)plan->tuid[t]);
+        if ((uintptr_t)ptr[t] % (uintptr_t)plan->talign[t])
+            return refuse(CUDNN_STATUS_BAD_PARAM, "%s: tensor uid %lld at %p is not aligned to its %lld bytes", api,
+                          (long long)plan->tuid[t], ptr[t], (long long)plan->talign[t]);
+    }
+    if (plan->workspace > 0 && !vp->ws)
+        return refuse(CUDNN_STATUS_BAD_PARAM, "%s: the plan needs %lld bytes of workspace, the variant pack has none", api,
+                      (long long)plan->workspace);
+    const Geom g = plan->geom;
+    const size_t eb = elem_bytes(g.type);
+    const int64_t xd[4] = {g.N, g.C, g.H, g.W}, wd[4] = {g.K, g.C, g.R, g.S}, yd[4] = {g.N, g.K, g.P, g.Q};
+    const size_t xb = (size_t)be_extent(xd, g.xs) * eb, wb = (size_t)be_extent(wd, g.fs) * eb,
+                 yb = (size_t)be_extent(yd, g.ys) * eb;
+    const void *xp = ptr[0], *wp = ptr[1];
+    void *yp = (void *)ptr[2], *ws = vp->ws;
+    const size_t ws_bytes = (size_t)plan->workspace;
+    const Operand ops[] = {{yp, yb, "y"}, {xp, xb, "x"}, {wp, wb, "w"}};
+    check_operands(api, ops, 3, ws, ws_bytes);
+    const double a = plan->alpha, b = plan->beta;
+    cudasim::enqueue(handle->stream, [g, a, b, xp, wp, yp, xb, wb, yb, ws, ws_bytes, api]() {
+        const Operand o[] = {{yp, yb, "y"}, {xp, xb, "x"}, {wp, wb, "w"}};
+        check_operands(api, o, 3, ws, ws_bytes);
+        if (ws_bytes) scribble(ws, ws_bytes);
+        run_forward(g, xp, wp, yp, a, b);
+    });
+    return CUDNN_STATUS_SUCCESS;
+}
+
+} // extern "C"
