@@ -161,8 +161,10 @@ if want bench; then
             # fast = fp16 UNet activations (the default); fast+fa1 = SD_FLASH_BLOCKS_PER_SM=1, the fp16
             # flash attention at D 40 one block per SM without its register spill instead of two
             # with it; fast+graph = SD_CONV_ALGO=graph, the fp16 cuDNN convolutions through the graph
-            # API's first engine; fast+tune = SD_CONV_ALGO=tune, each shape timed once between the
-            # legacy algorithm and the graph API's engines; fast+cudnn = SD_CONV_GEMM=off, cuDNN for
+            # API's first engine; fast+tune = SD_CONV_ALGO=tune SD_GEMM_ALGO=tune, each convolution
+            # shape timed once between im2col + GEMM, the legacy algorithm and the graph API's
+            # engines, each cuBLASLt linear between the heuristic's first 8 algorithms (its rows are
+            # labelled fast+tune+gtune); fast+cudnn = SD_CONV_GEMM=off, cuDNN for
             # every convolution (fast mode's default runs the 16x16 and 8x8 levels as im2col + GEMM).
             # (Measured and settled: SD_CONV_ALGO=find, cuDNN's timed legacy choice, slower than its
             # heuristic on an H200; SD_CONV_GEMM=all lost, 14.2 ms; fp16 against F32 storage, 6.03 /
@@ -173,19 +175,20 @@ if want bench; then
                 act=f16
                 convgemm=auto
                 convalgo=heuristic
+                gemmalgo=heuristic
                 chlast=1
                 fa=2
                 [ "$prec" = "fast+fa1" ] && fa=1
                 [ "$prec" = "fast+graph" ] && convalgo=graph
-                [ "$prec" = "fast+tune" ] && convalgo=tune
+                [ "$prec" = "fast+tune" ] && convalgo=tune gemmalgo=tune
                 case $prec in *+cudnn) convgemm=off ;; *+gemm) convgemm=all ;; esac
                 [ -f "$W" ] || extra="--save-weights $W"
                 io="$WORK_DIR/io_${model}_${prec}_b$batch.safetensors"
                 extra="$extra --save-io $io"
                 echo "stylediff: $model batch $batch $prec ($(elapsed))"
                 # shellcheck disable=SC2086
-                if SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm SD_CONV_ALGO=$convalgo SD_CHANNELS_LAST=$chlast \
-                    SD_FLASH_BLOCKS_PER_SM=$fa \
+                if SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo \
+                    SD_CHANNELS_LAST=$chlast SD_FLASH_BLOCKS_PER_SM=$fa \
                     "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
                     --batch "$batch" --size "$SIZE" \
                     --iters "$ITERS" --tsv -q $extra > "$WORK_DIR/row.tsv" 2> "$WORK_DIR/row.err"; then
@@ -201,10 +204,10 @@ if want bench; then
         # where the time goes: one call per mode with every op timed alone (issue 3's per-kernel breakdown)
         for prec in exact fast fast+tune; do
             echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
-            convalgo=heuristic
-            [ "$prec" = "fast+tune" ] && convalgo=tune
+            tune=heuristic
+            [ "$prec" = "fast+tune" ] && tune=tune
             # shellcheck disable=SC2086
-            SD_CONV_ALGO=$convalgo "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
+            SD_CONV_ALGO=$tune SD_GEMM_ALGO=$tune "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
                 --iters 3 --no-graph --profile -q 2>&1 | sed -n '/where the time goes/,$p' | head -n 28 \
                 || note "the breakdown failed for $model $prec"
         done
@@ -227,8 +230,9 @@ if want bench; then
         echo "with fp16 tensor-core GEMMs, convolutions and attention (fp32 accumulation), feature maps channels-last,"
         echo "16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+fa1 = the fp16 flash attention at D 40 one block"
         echo "per SM (no register spill); fast+graph = fp16 cuDNN convolutions through its graph API's first engine;"
-        echo "fast+tune = each such shape timed once, legacy algorithm against graph-API engines; +cudnn = cuDNN for"
-        echo "every convolution."
+        echo "fast+tune+gtune = each fp16 convolution shape timed once (im2col + GEMM, legacy algorithm, graph-API"
+        echo "engines) and each cuBLASLt linear (the heuristic's first 8), the fastest kept; +cudnn = cuDNN for every"
+        echo "convolution."
         echo "'x fp32' / 'x fp16' = PyTorch's fp32-sdpa / fp16-sdpa median divided by this row's (higher is faster)."
         echo "peak MiB: stylediff = activation arena only; PyTorch = allocator peak including weights."
         echo "TFLOP/s: the call's arithmetic (counted op by op by stylediff; the same model for PyTorch) / median;"

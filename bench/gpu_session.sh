@@ -10,8 +10,8 @@
 #   test bench grad invert   bench/gpu_check.sh's stages (read its header), results in build/gpu_check
 #   cudnn     SD_CUDNN_LOG=1: the convolution algorithms cuDNN runs for SD v1.5 (fast forward at batch 2,
 #             a fast context step) and the convolutions that run as im2col + GEMM, with fast mode's
-#             default (SD_CONV_GEMM=auto) and with cuDNN everywhere (off); then SD_CONV_ALGO=tune's
-#             timings per shape (legacy algorithm against the graph API's engines, and the choice)
+#             default (SD_CONV_GEMM=auto) and with cuDNN everywhere (off); then SD_CONV_ALGO=tune's and
+#             SD_GEMM_ALGO=tune's timings per shape (every candidate, and the choice)
 #   images    after the invert stage (its SD v1.5 random-weight folder): whole-image `stylediff invert`
 #             with StyleDiffusion and Null-text on data/images/chelsea.png (fast mode, default settings:
 #             time per image, per timestep, reconstruction), a P2Plus edit from each (cat -> tiger,
@@ -70,9 +70,9 @@ stage_cudnn() {
         SD_CUDNN_LOG=1 SD_CONV_GEMM=$convgemm build/stylediff bench grad --config configs/sd-v1.5 --device cuda \
             --precision fast --what context --iters 3 -q 2>&1 | grep -E '^cudnn:|^context' | sort | uniq -c
     done
-    echo "SD_CONV_ALGO=tune: bench unet fast, batch 2 (each fp16 cuDNN shape timed once)"
-    SD_CUDNN_LOG=1 SD_CONV_ALGO=tune build/stylediff bench unet --config configs/sd-v1.5 --device cuda \
-        --precision fast --batch 2 --iters 3 -q 2>&1 | grep -E '^cudnn: graph|^cudnn: \(|median|graph' | sort | uniq -c
+    echo "SD_CONV_ALGO=tune SD_GEMM_ALGO=tune: bench unet fast, batch 2 (each fp16 convolution and linear shape timed once)"
+    SD_CUDNN_LOG=1 SD_GEMM_LOG=1 SD_CONV_ALGO=tune SD_GEMM_ALGO=tune build/stylediff bench unet --config configs/sd-v1.5 \
+        --device cuda --precision fast --batch 2 --iters 3 -q 2>&1 | grep -E '^cudnn: graph|^cublasLt|plans|graph' | sort | uniq -c
 }
 stage_images() {
     local dir=/tmp/stylediff_gpu_check/invert

@@ -20,9 +20,10 @@
 #
 # Options: --device cpu|cuda (cpu)  --model tiny|sd15 (tiny)  --iters N (cpu 3, cuda 10)
 #          --modes LIST (fp32-explicit,fp32-sdpa-frozen)  --precision LIST (cpu exact,exact+recompute;
-#          cuda exact,exact+cudnn,fast,fast+tune,fast+f32grad; "+tune": SD_CONV_ALGO=tune, the fp16
-#          forward convolutions timed once per shape between cuDNN's legacy algorithm and its graph
-#          API's engines; "+graph": SD_CONV_ALGO=graph; "+nchw": SD_CHANNELS_LAST=0, the step's
+#          cuda exact,exact+cudnn,fast,fast+tune,fast+f32grad; "+tune": SD_CONV_ALGO=tune and
+#          SD_GEMM_ALGO=tune, the fp16 forward convolutions timed once per shape between im2col +
+#          GEMM, cuDNN's legacy algorithm and its graph API's engines, the cuBLASLt linears between
+#          the heuristic's first algorithms; "+graph": SD_CONV_ALGO=graph; "+nchw": SD_CHANNELS_LAST=0, the step's
 #          forward convolutions in F32 instead of on fp16 copies; "+f32grad": SD_BF16_GRADS=0, the data
 #          gradients on the F32 weights instead of bf16 copies; "+recompute": `bench grad --recompute`,
 #          blocks recomputed; "+eager": `bench grad --eager`, the steps launched op by op instead of
@@ -93,8 +94,9 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     chlast=1
     bf16grads=1
     convalgo=heuristic
+    gemmalgo=heuristic
     case $prec in
-        *+tune) convalgo=tune ;;
+        *+tune) convalgo=tune gemmalgo=tune ;;
         *+graph) convalgo=graph ;;
         *+nchw) chlast=0 ;;
         *+f32grad) bf16grads=0 ;;
@@ -107,9 +109,9 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     base=${prec%%+*}
     echo "stylediff: bench grad $OURS_MODEL --device $DEVICE --precision $base --iters $ITERS$extra" \
          "(SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm SD_CHANNELS_LAST=$chlast SD_BF16_GRADS=$bf16grads" \
-         "SD_CONV_ALGO=$convalgo)" >&2
+         "SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo)" >&2
     # shellcheck disable=SC2086
-    if ! SD_CONV_ALGO=$convalgo SD_BF16_GRADS=$bf16grads SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
+    if ! SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_BF16_GRADS=$bf16grads SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
             $extra >> "$OURS" 2> "$WORK/ours_$prec.err"; then
         cat "$WORK/ours_$prec.err" >&2
         note "stylediff bench grad failed ($prec)"
@@ -144,7 +146,7 @@ def rows(path):
 ours = {(r[3], r[4]): r for r in rows(ours_path) if r[0] == "grad"}
 ref = {(r[4], r[1]): r for r in rows(torch_path) if r[0] == "grad_ref"}
 parity = [r for r in rows(torch_path) if r[0] == "grad_parity"]
-ORDER = ("exact", "exact+cudnn", "exact+recompute", "fast", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+cudnn", "fast+gemm", "fast+tf32",
+ORDER = ("exact", "exact+cudnn", "exact+recompute", "fast", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+cudnn", "fast+gemm", "fast+tf32",
          "fast+eager", "fast+recompute")
 precs = sorted({k[0] for k in ours}, key=lambda p: ORDER.index(p) if p in ORDER else 9)
 modes = []

@@ -49,7 +49,8 @@
 #   --modes LIST                 PyTorch modes (fp32-explicit | fp32-explicit,fp32-sdpa)
 #   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager,fast+f32act,fast+cudnn);
 #                                cpu: exact. "+find": SD_CONV_ALGO=find (convolution algorithms chosen
-#                                by cuDNN's timing); "+cudnn": SD_CONV_GEMM=off (cuDNN for every
+#                                by cuDNN's timing); "+tune": SD_CONV_ALGO=tune SD_GEMM_ALGO=tune (each
+#                                convolution and linear shape timed once between its ways); "+cudnn": SD_CONV_GEMM=off (cuDNN for every
 #                                convolution); "+tf32": SD_FAST_GEMM=tf32 (the gradient steps' F32
 #                                GEMMs in TF32, not bf16). "+eager": --eager (no CUDA graphs); "+f32act": fast mode with
 #                                F32 activations (SD_FAST_ACTIVATIONS=f32) instead of fp16.
@@ -200,17 +201,19 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     eager=""
     act=f16
     convalgo=heuristic
+    gemmalgo=heuristic
     convgemm=auto
     fastgemm=bf16
     case $prec in
         *+eager) eager=--eager ;;
         *+f32act) act=f32 ;;
         *+find) convalgo=find ;;
+        *+tune) convalgo=tune gemmalgo=tune ;;
         *+cudnn) convgemm=off ;;
         *+tf32) fastgemm=tf32 ;;
     esac
     # shellcheck disable=SC2086
-    if SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "${prec%+*}" $eager --methods "$METHODS" \
+    if SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "${prec%+*}" $eager --methods "$METHODS" \
             --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
             > "$f" 2> "$LOGS/ours_$prec.err"; then
         sed "s/^/  /" "$f" >&2

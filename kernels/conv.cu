@@ -64,9 +64,12 @@ struct cu_conv_graph {
     cudnnBackendDescriptor_t cfg, plan; /* the chosen engine config and its execution plan */
     int64_t engine, ws;                 /* the engine's global index; the plan's workspace bytes */
     float ms;                           /* tune: its measured time per call (0: not timed) */
+    cudnnBackendDescriptor_t pack;      /* the last call's variant pack, reused while its pointers are */
+    const void *pack_ptrs[4];           /* x, w, y, workspace of `pack` */
 };
 
 static void graph_destroy(cu_conv_graph *gp) {
+    if (gp->pack) cudnnBackendDestroyDescriptor(gp->pack);
     if (gp->plan) cudnnBackendDestroyDescriptor(gp->plan);
     if (gp->cfg) cudnnBackendDestroyDescriptor(gp->cfg);
     for (int i = 6; i >= 0; i--)
@@ -186,11 +189,7 @@ static sd_status plan_build(cu_state *s, cu_conv_plan *p) {
  * its rank and workspace): what a GPU session reads to see which kernels cuDNN runs. */
 static int cudnn_log_on(void) {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("SD_CUDNN_LOG");
-        on = e && *e && strcmp(e, "0") != 0;
-    }
-    return on;
+    return cu_env_flag("SD_CUDNN_LOG", &on);
 }
 /* A 1x1 stride-1 convolution without padding is a GEMM on x as it is. */
 static int conv_is_pointwise(const sd_conv_geom *g) {
@@ -665,12 +664,17 @@ static sd_status conv_gemm_forward_nhwc(const cu_conv_plan *p, const T *x, const
         CU_TRY(im2col_nhwc(x, buf, g, M, s->stream));
         col = buf;
     }
-    const float one = 1.0f, zero = 0.0f;
-    typedef cu_conv_gemm_types<T> C;
-    CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)g->c_out, (int)M, (int)K, &one, w, C::data, (int)K,
-                              col, C::data, (int)K, &zero, y, C::data, (int)g->c_out, C::compute(p->precision),
-                              CUBLAS_GEMM_DEFAULT));
-    return SD_OK;
+    if constexpr (sizeof(T) == 2) { /* fp16: a linear layer's GEMM, tunable (SD_GEMM_ALGO=tune) */
+        return cu_f16_matmul_nt(reinterpret_cast<const sd_f16 *>(col), reinterpret_cast<const sd_f16 *>(w),
+                                reinterpret_cast<sd_f16 *>(y), M, K, g->c_out);
+    } else {
+        const float one = 1.0f, zero = 0.0f;
+        typedef cu_conv_gemm_types<T> C;
+        CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)g->c_out, (int)M, (int)K, &one, w, C::data,
+                                  (int)K, col, C::data, (int)K, &zero, y, C::data, (int)g->c_out,
+                                  C::compute(p->precision), CUBLAS_GEMM_DEFAULT));
+        return SD_OK;
+    }
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -860,17 +864,26 @@ static cudnnStatus_t graph_candidates(cu_state *s, cudnnBackendDescriptor_t op_g
     return CUDNN_STATUS_SUCCESS;
 }
 
-/* One execution of a graph plan on x, w, y with workspace ws. */
-static cudnnStatus_t graph_execute(cu_state *s, const cu_conv_graph *gp, const void *x, const void *w, void *y, void *ws) {
-    be_desc pack;
-    const int64_t uids[3] = {GRAPH_UID_X, GRAPH_UID_W, GRAPH_UID_Y};
-    void *ptrs[3] = {const_cast<void *>(x), const_cast<void *>(w), y};
-    BE_TRY(pack.create(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR));
-    BE_TRY(cudnnBackendSetAttribute(pack.d, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids));
-    BE_TRY(cudnnBackendSetAttribute(pack.d, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, ptrs));
-    BE_TRY(cudnnBackendSetAttribute(pack.d, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws));
-    BE_TRY(cudnnBackendFinalize(pack.d));
-    return cudnnBackendExecute(s->dnn, gp->plan, pack.d);
+/* One execution of a graph plan on x, w, y with workspace ws. The variant pack (the pointers) is
+ * kept and reused while the call's pointers are the same (a step replayed op by op, a loop over
+ * one buffer), else made anew: a descriptor's creation and finalisation per call is host time. */
+static cudnnStatus_t graph_execute(cu_state *s, cu_conv_graph *gp, const void *x, const void *w, void *y, void *ws) {
+    const void *now[4] = {x, w, y, ws};
+    if (!gp->pack || memcmp(now, gp->pack_ptrs, sizeof now) != 0) {
+        if (gp->pack) cudnnBackendDestroyDescriptor(gp->pack);
+        gp->pack = NULL;
+        be_desc pack;
+        const int64_t uids[3] = {GRAPH_UID_X, GRAPH_UID_W, GRAPH_UID_Y};
+        void *ptrs[3] = {const_cast<void *>(x), const_cast<void *>(w), y};
+        BE_TRY(pack.create(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR));
+        BE_TRY(cudnnBackendSetAttribute(pack.d, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids));
+        BE_TRY(cudnnBackendSetAttribute(pack.d, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, ptrs));
+        BE_TRY(cudnnBackendSetAttribute(pack.d, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws));
+        BE_TRY(cudnnBackendFinalize(pack.d));
+        gp->pack = pack.release();
+        memcpy(gp->pack_ptrs, now, sizeof now);
+    }
+    return cudnnBackendExecute(s->dnn, gp->plan, gp->pack);
 }
 
 static int graph_operands_aligned(const void *x, const void *w, const void *y) {

@@ -182,6 +182,16 @@ static int conv_algo_from_env(void) {
     return SD_CONV_ALGO_HEURISTIC;
 }
 
+/* SD_GEMM_ALGO=heuristic|tune (sd_gemm_algo, device.h): fast mode's cuBLASLt linears take the
+ * heuristic's first algorithm, or time its first few once per shape and keep the fastest (gemm.cu). */
+static int gemm_algo_from_env(void) {
+    const char *e = getenv("SD_GEMM_ALGO");
+    if (!e || !*e || !strcmp(e, "heuristic")) return SD_GEMM_ALGO_HEURISTIC;
+    if (!strcmp(e, "tune")) return SD_GEMM_ALGO_TUNE;
+    sd_warn("SD_GEMM_ALGO=%s is not one of heuristic, tune: using heuristic", e);
+    return SD_GEMM_ALGO_HEURISTIC;
+}
+
 /* SD_CONV_GEMM=off|auto|all: fast mode's small-image convolutions as im2col + GEMM (conv.cu). */
 static int conv_gemm_from_env(void) {
     const char *e = getenv("SD_CONV_GEMM");
@@ -250,6 +260,7 @@ static sd_status state_init(cu_state *s, int ordinal) {
     s->precision = SD_PRECISION_EXACT;
     s->fast_gemm = fast_gemm_from_env();
     s->conv_algo = conv_algo_from_env();
+    s->gemm_algo = gemm_algo_from_env();
     s->flash_blocks_per_sm = flash_blocks_from_env();
     s->conv_gemm = conv_gemm_from_env();
     const char *dbg = getenv("SD_CUDA_DEBUG_SYNC");
@@ -538,18 +549,36 @@ extern "C" double sd_cuda_bf16_peak_tflops(void) {
     return per_clock * s->prop.multiProcessorCount * (double)khz * 1e3 / 1e12;
 }
 
-extern "C" sd_status sd_cuda_set_conv_algo(sd_conv_algo algo) {
+/* A setting that decides how plans are made (convolution or GEMM algorithms): never while a graph
+ * is captured; the queued work (which still uses the old plans) finishes first, then the plans
+ * go, to be made again under the new value. */
+static sd_status set_plan_setting(const char *who, int cu_state::*field, int value, void (*release)(cu_state *)) {
     cu_state *s = NULL;
     CU_TRY(need_state(&s));
+    if (s->capturing) return sd_fail(SD_ERR_UNSUPPORTED, "%s: a CUDA graph is being captured", who);
+    CUDA_CHECK(cudaStreamSynchronize(s->stream));
+    release(s);
+    s->*field = value;
+    return SD_OK;
+}
+
+extern "C" sd_status sd_cuda_set_conv_algo(sd_conv_algo algo) {
     if (algo != SD_CONV_ALGO_HEURISTIC && algo != SD_CONV_ALGO_FIND && algo != SD_CONV_ALGO_GRAPH &&
         algo != SD_CONV_ALGO_TUNE)
         return sd_fail(SD_ERR_ARG, "sd_cuda_set_conv_algo: %d is not heuristic (0), find (1), graph (2) or tune (3)",
                        (int)algo);
-    if (s->capturing) return sd_fail(SD_ERR_UNSUPPORTED, "sd_cuda_set_conv_algo: a CUDA graph is being captured");
-    CUDA_CHECK(cudaStreamSynchronize(s->stream)); /* queued convolutions still use the old plans */
-    cu_conv_release(s);
-    s->conv_algo = algo;
-    return SD_OK;
+    return set_plan_setting("sd_cuda_set_conv_algo", &cu_state::conv_algo, algo, cu_conv_release);
+}
+
+extern "C" sd_status sd_cuda_set_gemm_algo(sd_gemm_algo algo) {
+    if (algo != SD_GEMM_ALGO_HEURISTIC && algo != SD_GEMM_ALGO_TUNE)
+        return sd_fail(SD_ERR_ARG, "sd_cuda_set_gemm_algo: %d is not heuristic (0) or tune (1)", (int)algo);
+    return set_plan_setting("sd_cuda_set_gemm_algo", &cu_state::gemm_algo, algo, cu_lt_release);
+}
+
+extern "C" sd_gemm_algo sd_cuda_get_gemm_algo(void) {
+    const cu_state *s = cu_cur();
+    return s ? (sd_gemm_algo)s->gemm_algo : SD_GEMM_ALGO_HEURISTIC;
 }
 
 extern "C" sd_status sd_cuda_set_flash_blocks_per_sm(int blocks) {
@@ -569,15 +598,9 @@ extern "C" int sd_cuda_get_flash_blocks_per_sm(void) {
 }
 
 extern "C" sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {
-    cu_state *s = NULL;
-    CU_TRY(need_state(&s));
     if (mode != SD_CONV_GEMM_OFF && mode != SD_CONV_GEMM_AUTO && mode != SD_CONV_GEMM_ALL)
         return sd_fail(SD_ERR_ARG, "sd_cuda_set_conv_gemm: mode %d is not off (0), auto (1) or all (2)", (int)mode);
-    if (s->capturing) return sd_fail(SD_ERR_UNSUPPORTED, "sd_cuda_set_conv_gemm: a CUDA graph is being captured");
-    CUDA_CHECK(cudaStreamSynchronize(s->stream)); /* queued convolutions still use the old plans */
-    cu_conv_release(s);
-    s->conv_gemm = mode;
-    return SD_OK;
+    return set_plan_setting("sd_cuda_set_conv_gemm", &cu_state::conv_gemm, mode, cu_conv_release);
 }
 
 extern "C" uint64_t sd_cuda_workspace_generation(void) {

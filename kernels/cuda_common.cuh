@@ -30,6 +30,7 @@
 #include <cudnn.h>
 
 #include <stdint.h>
+#include <stdlib.h> /* getenv (cu_env_flag) */
 #include <stddef.h>
 #include <string.h> /* the simulator's cp.async: memcpy */
 
@@ -69,6 +70,7 @@ struct cu_state {
     sd_precision precision;
     cublasComputeType_t fast_gemm; /* compute type of fast mode (SD_FAST_GEMM: bf16 | tf32 | fp16) */
     int conv_algo;                 /* fast mode: sd_conv_algo, how cuDNN's algorithms are chosen (SD_CONV_ALGO) */
+    int gemm_algo;                 /* fast mode: sd_gemm_algo, how cuBLASLt's linear algorithms are chosen (SD_GEMM_ALGO) */
     int conv_gemm;                 /* fast mode: sd_conv_gemm, small images as im2col + GEMM (SD_CONV_GEMM) */
     int flash_blocks_per_sm;       /* fp16 flash attention at head dims <= 48: 2 (default) or 1
                                     * (SD_FLASH_BLOCKS_PER_SM; attention.cu, fa_async_smem) */
@@ -88,6 +90,16 @@ cu_state *cu_cur();
  * the stream (the old buffer may still be read by queued kernels) and is refused while a CUDA
  * graph is being captured. NULL with the error set on failure. */
 void *cu_workspace(size_t bytes);
+
+/* Whether the environment variable `name` is set to something other than "" or "0" (a log switch
+ * such as SD_CUDNN_LOG), read once into *cache (-1 before). */
+static inline int cu_env_flag(const char *name, int *cache) {
+    if (*cache < 0) {
+        const char *e = getenv(name);
+        *cache = e && *e && strcmp(e, "0") != 0;
+    }
+    return *cache;
+}
 
 /* Rounds up to the 256-byte alignment workspace carving uses. */
 static inline size_t cu_align(size_t n) { return (n + 255) & ~(size_t)255; }
@@ -744,6 +756,9 @@ sd_status cu_f16_layer_norm(const sd_f16 *x, const float *gamma, const float *be
 /* gemm.cu */
 sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const sd_f16 *r, sd_f16 *y, int64_t M,
                         int64_t K, int64_t N);
+/* y[M, N] = x[M, K] · w[N, K]ᵀ in fp16 (fp32 sums, one rounding) without the op workspace; tuned
+ * as a cuBLASLt linear under SD_GEMM_ALGO=tune (gemm.cu) */
+sd_status cu_f16_matmul_nt(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N);
 sd_status cu_f16w_linear(const float *x, const sd_f16 *w, const float *b, const float *r, float *y, int64_t M, int64_t K,
                          int64_t N);
 /* conv.cu */

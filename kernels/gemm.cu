@@ -13,7 +13,9 @@
  * instead of two) and a residual, when the caller has one, as C with beta = 1 (D = A·B + C + bias:
  * a transformer's skip connection without an add's pass over three tensors). A plan (descriptors
  * + the heuristic's algorithm) is cached per shape, pointer alignment, data types and precision;
- * when cuBLASLt offers no algorithm the call falls back to cublasGemmEx plus a bias kernel.
+ * when cuBLASLt offers no algorithm the call falls back to cublasGemmEx plus a bias kernel. With
+ * SD_GEMM_ALGO=tune, fast mode's plans time the heuristic's first LT_TUNE_CANDIDATES algorithms on
+ * their first call and keep the fastest (lt_tune).
  *
  * fp16 activations (cu_f16_linear, fast mode's forward): x, w, b and y are CUDA_R_16F in the same
  * plans, with CUBLAS_COMPUTE_32F whatever the precision mode (halves go to the tensor cores as
@@ -66,6 +68,13 @@ sd_status cu_gemm_rm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alph
  * cuBLASLt plans for y[M, N] = x[M, K] · w[N, K]ᵀ + b[N]
  * --------------------------------------------------------------------------------------------- */
 
+/* SD_GEMM_ALGO=tune: how many of the heuristic's algorithms a fast-mode linear's plan times on its
+ * first call (one warm-up, then LT_TUNE_RUNS runs between two CUDA events), keeping the fastest.
+ * cuBLASLt's first choice is a model's guess; on small-N shapes such as SD's 8192x320 projections
+ * its tiles can leave part of the SMs idle where another tiling or a split K would not. */
+#define LT_TUNE_CANDIDATES 8
+#define LT_TUNE_RUNS 3
+
 struct cu_lt_plan {
     int64_t M, K, N;
     cudaDataType_t type;     /* of x and w: CUDA_R_32F (cu_linear) or CUDA_R_16F (cu_f16_linear, cu_f16w_linear) */
@@ -78,6 +87,10 @@ struct cu_lt_plan {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
+    /* SD_GEMM_ALGO=tune (lt_tune): the heuristic's other candidates, timed on the plan's first call */
+    cublasLtMatmulAlgo_t candidates[LT_TUNE_CANDIDATES];
+    int n_candidates; /* 0 when not tuning (algo is the heuristic's first) */
+    int tuned;
 };
 
 /* Down to 2 bytes: an fp16 pointer may sit at any even address (fp32 ones are 4-byte aligned). */
@@ -100,6 +113,18 @@ static void plan_destroy(cu_lt_plan *p) {
     if (p->b) cublasLtMatrixLayoutDestroy(p->b);
     if (p->c) cublasLtMatrixLayoutDestroy(p->c);
     memset(p, 0, sizeof *p);
+}
+
+extern "C" void sd_cuda_gemm_plan_counts(int *plans, int *tuned) {
+    const cu_state *s = cu_cur();
+    int n = 0, t = 0;
+    for (int i = 0; s && s->lt_plans && i < s->n_lt_plans; i++) {
+        if (s->lt_plans[i].M < 0) continue; /* a failed plan's slot */
+        n++;
+        t += s->lt_plans[i].tuned && s->lt_plans[i].n_candidates > 1;
+    }
+    if (plans) *plans = n;
+    if (tuned) *tuned = t;
 }
 
 void cu_lt_release(cu_state *s) {
@@ -151,14 +176,20 @@ static sd_status plan_build(cu_state *s, cu_lt_plan *p, const void *b) {
         cublasLtMatmulPreferenceDestroy(pref);
         return cu_fail_cublas(st, __FILE__, __LINE__, "cublasLtMatmulPreferenceSetAttribute");
     }
-    cublasLtMatmulHeuristicResult_t result;
-    memset(&result, 0, sizeof result);
+    /* tuning (fast mode only: exact mode keeps one reproducible choice) asks for several */
+    const int tune = s->gemm_algo == SD_GEMM_ALGO_TUNE && s->precision == SD_PRECISION_FAST;
+    cublasLtMatmulHeuristicResult_t results[LT_TUNE_CANDIDATES];
+    memset(results, 0, sizeof results);
     int returned = 0;
-    st = cublasLtMatmulAlgoGetHeuristic(s->lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &result, &returned);
+    st = cublasLtMatmulAlgoGetHeuristic(s->lt, p->desc, p->a, p->b, p->c, p->c, pref, tune ? LT_TUNE_CANDIDATES : 1,
+                                        results, &returned);
     cublasLtMatmulPreferenceDestroy(pref);
-    p->usable = st == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS;
-    if (p->usable) p->algo = result.algo;
-    else /* said once per shape, as a refused matmul is: a descriptor bug would only cost speed */
+    p->usable = st == CUBLAS_STATUS_SUCCESS && returned > 0 && results[0].state == CUBLAS_STATUS_SUCCESS;
+    if (p->usable) {
+        p->algo = results[0].algo;
+        for (int i = 0; tune && i < returned && i < LT_TUNE_CANDIDATES; i++)
+            if (results[i].state == CUBLAS_STATUS_SUCCESS) p->candidates[p->n_candidates++] = results[i].algo;
+    } else /* said once per shape, as a refused matmul is: a descriptor bug would only cost speed */
         sd_info("cuBLASLt has no algorithm for the %s linear layer %lldx%lld -> %lld (%s); it runs as cublasGemmEx + "
                 "a bias kernel", lt_types_name(p->type, p->out_type), (long long)p->M, (long long)p->K,
                 (long long)p->N, st != CUBLAS_STATUS_SUCCESS ? cublasGetStatusString(st) : "heuristic returned none");
@@ -215,6 +246,62 @@ static sd_status plan_get(cu_state *s, cudaDataType_t type, cudaDataType_t out_t
     return SD_OK;
 }
 
+/* SD_GEMM_LOG=1: one line per tuned plan on stderr (every candidate's time and the choice). */
+static int lt_log_on(void) {
+    static int on = -1;
+    return cu_env_flag("SD_GEMM_LOG", &on);
+}
+
+/* SD_GEMM_ALGO=tune: times the plan's candidates on this call's operands and keeps the fastest in
+ * p->algo. The timing runs write a scratch D (allocated for the purpose: the op workspace may hold
+ * the caller's operands, and y may be the residual C, which must stay unread-after-write), so y is
+ * untouched; C is read as the call reads it. */
+static sd_status lt_tune(cu_state *s, cu_lt_plan *p, const void *x, const void *w, const void *c_in, float beta) {
+    p->tuned = 1;
+    if (p->n_candidates < 2) return SD_OK;
+    const size_t d_bytes = (size_t)(p->M * p->N) * (p->out_type == CUDA_R_16F ? 2 : 4);
+    void *d = NULL;
+    cudaEvent_t a = NULL, b = NULL;
+    if (cudaMalloc(&d, d_bytes) != cudaSuccess) { /* no room for the scratch: the heuristic's choice stays */
+        (void)cudaGetLastError();
+        return SD_OK;
+    }
+    cudaError_t e = cudaEventCreate(&a);
+    if (e == cudaSuccess) e = cudaEventCreate(&b);
+    float ms[LT_TUNE_CANDIDATES];
+    int best = 0;
+    const float one = 1.0f;
+    for (int i = 0; e == cudaSuccess && i < p->n_candidates; i++) {
+        auto run = [&] {
+            return cublasLtMatmul(s->lt, p->desc, &one, w, p->a, x, p->b, &beta, c_in ? c_in : d, p->c, d, p->c,
+                                  &p->candidates[i], s->lt_ws, s->lt_ws_bytes, s->stream);
+        };
+        ms[i] = -1.0f;
+        if (run() != CUBLAS_STATUS_SUCCESS) continue; /* the warm-up; a refused candidate is left out */
+        if ((e = cudaEventRecord(a, s->stream)) != cudaSuccess) break;
+        int ok = 1;
+        for (int r = 0; r < LT_TUNE_RUNS && ok; r++) ok = run() == CUBLAS_STATUS_SUCCESS;
+        if ((e = cudaEventRecord(b, s->stream)) != cudaSuccess || (e = cudaEventSynchronize(b)) != cudaSuccess) break;
+        float t = 0.0f;
+        if (ok && (e = cudaEventElapsedTime(&t, a, b)) == cudaSuccess) ms[i] = t / LT_TUNE_RUNS;
+        if (ms[i] >= 0.0f && (ms[best] < 0.0f || ms[i] < ms[best])) best = i;
+    }
+    if (a) cudaEventDestroy(a);
+    if (b) cudaEventDestroy(b);
+    if (d) cudaFree(d);
+    if (e != cudaSuccess) return cu_fail_cuda(e, __FILE__, __LINE__, "tuning a linear layer's GEMM");
+    if (ms[best] >= 0.0f) p->algo = p->candidates[best];
+    if (lt_log_on()) {
+        char line[512];
+        int len = snprintf(line, sizeof line, "cublasLt: tuned %s linear %lldx%lld -> %lld:", lt_types_name(p->type, p->out_type),
+                           (long long)p->M, (long long)p->K, (long long)p->N);
+        for (int i = 0; i < p->n_candidates && len > 0 && len < (int)sizeof line; i++)
+            len += snprintf(line + len, sizeof line - len, " %.4f", ms[i]);
+        fprintf(stderr, "%s ms -> candidate %d (0: the heuristic's first)\n", line, best);
+    }
+    return SD_OK;
+}
+
 /* y[M, N] = x[M, K] · w[N, K]ᵀ + r[M, N] + b[N] (b, r may be NULL; r may be y) through the cached
  * cuBLASLt plan: x and w of `type`, y, r and b of `out_type`. *ran = 0 when this shape has no
  * usable algorithm: the caller runs its fallback. */
@@ -227,6 +314,7 @@ static sd_status lt_linear(cu_state *s, cudaDataType_t type, cudaDataType_t out_
     if (b) CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &b, sizeof b));
     /* the scale type is CUDA_R_32F for both data types; C (the residual) has D's layout */
     const float one = 1.0f, beta = r ? 1.0f : 0.0f;
+    if (p->n_candidates && !p->tuned && !s->capturing) CU_TRY(lt_tune(s, p, x, w, r, beta));
     const cublasStatus_t st = cublasLtMatmul(s->lt, p->desc, &one, w, p->a, x, p->b, &beta, r ? r : y, p->c, y, p->c,
                                              &p->algo, s->lt_ws, s->lt_ws_bytes, s->stream);
     if (st == CUBLAS_STATUS_SUCCESS) {
@@ -420,6 +508,31 @@ sd_status cu_f16_linear(const sd_f16 *x, const sd_f16 *w, const sd_f16 *b, const
                                   CUBLAS_GEMM_DEFAULT));
     }
     return cu_f16_from_f32(t, y, M * N);
+}
+
+/* y[M, N] = x[M, K] · w[N, K]ᵀ, fp16 operands and result, fp32 sums, one rounding, using no op
+ * workspace (the channels-last convolutions' GEMM path, whose unfolded input sits there). Under
+ * SD_GEMM_ALGO=tune (fast mode) through a cuBLASLt plan, so the shape is tuned as a linear's is;
+ * otherwise, and where cuBLASLt has no algorithm, cublasGemmEx as before. */
+sd_status cu_f16_matmul_nt(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N) {
+    if (M <= 0 || N <= 0) return SD_OK;
+    cu_state *s = cu_cur();
+    CU_TRY(check_int("M", M));
+    CU_TRY(check_int("N", N));
+    CU_TRY(check_int("K", K));
+    if (K > 0 && s->gemm_algo == SD_GEMM_ALGO_TUNE && s->precision == SD_PRECISION_FAST) {
+        int ran = 0;
+        CU_TRY(lt_linear(s, CUDA_R_16F, CUDA_R_16F, x, w, NULL, NULL, y, M, K, N, &ran));
+        if (ran) return SD_OK;
+    }
+    if (K <= 0) {
+        CUDA_CHECK(cudaMemsetAsync(y, 0, (size_t)(M * N) * sizeof(sd_f16), s->stream)); /* the empty sums */
+        return SD_OK;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &one, w, CUDA_R_16F, (int)K, x,
+                              CUDA_R_16F, (int)K, &zero, y, CUDA_R_16F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return SD_OK;
 }
 
 /* y[i] = x · w[i]ᵀ for i < count (w [count, N, K] fp16, x fp16, y [count, M, N] of y_type): one

@@ -112,6 +112,19 @@ sd_conv_algo sd_cuda_get_conv_algo(void);
  * last sd_cuda_set_conv_* call), how many exist and how many run through cuDNN's graph API: what
  * a "+graph" or "+tune" run took from it. */
 void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api);
+/* How fast mode's cuBLASLt linear layers pick their algorithm on the calling thread's device:
+ * HEURISTIC (the default) cuBLASLt's first; TUNE its first few timed once per shape on the first
+ * call outside a capture (a scratch output, so the call's own output and residual are untouched),
+ * the fastest kept; the channels-last convolutions' GEMM path then runs through such plans too. The environment's SD_GEMM_ALGO=heuristic|tune sets the start value
+ * (SD_GEMM_LOG=1 prints each tuned shape); bench tables label TUNE "+gtune". Drops the GEMM plans
+ * made so far; not while a CUDA graph is captured. Exact mode keeps the heuristic's choice. */
+typedef enum { SD_GEMM_ALGO_HEURISTIC = 0, SD_GEMM_ALGO_TUNE = 1 } sd_gemm_algo;
+sd_status sd_cuda_set_gemm_algo(sd_gemm_algo algo);
+sd_gemm_algo sd_cuda_get_gemm_algo(void);
+/* Of the calling thread's cuBLASLt linear plans, how many exist and how many were tuned between
+ * two or more candidates. */
+void sd_cuda_gemm_plan_counts(int *plans, int *tuned);
+
 /* How many blocks of fast mode's fp16 flash attention kernel share an SM at head dims <= 48 (SD's
  * D 40): 2 (the default; ptxas spills 48 bytes per thread under the 128-register cap that sets) or
  * 1 (no spill, half the warps). Same results bit for bit. The environment's

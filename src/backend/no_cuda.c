@@ -43,6 +43,18 @@ sd_precision sd_cuda_get_precision(void) { return SD_PRECISION_EXACT; }
 
 sd_conv_algo sd_cuda_get_conv_algo(void) { return SD_CONV_ALGO_HEURISTIC; }
 
+sd_gemm_algo sd_cuda_get_gemm_algo(void) { return SD_GEMM_ALGO_HEURISTIC; }
+
+sd_status sd_cuda_set_gemm_algo(sd_gemm_algo algo) {
+    (void)algo;
+    return no_cuda();
+}
+
+void sd_cuda_gemm_plan_counts(int *plans, int *tuned) {
+    if (plans) *plans = 0;
+    if (tuned) *tuned = 0;
+}
+
 void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api) {
     if (plans) *plans = 0;
     if (on_graph_api) *on_graph_api = 0;

@@ -160,6 +160,7 @@ const char *cli_bench_settings_suffix(sd_precision precision) {
     if (precision == SD_PRECISION_FAST)
         gemm_tag = !strcmp(gemm, "tf32") ? "+tf32" : !strcmp(gemm, "fp16") ? "+fp16gemm" : "";
     const char *flash_tag = precision == SD_PRECISION_FAST && sd_cuda_get_flash_blocks_per_sm() == 1 ? "+fa1" : "";
-    snprintf(buf, sizeof buf, "%s%s%s", conv_suffix(precision), gemm_tag, flash_tag);
+    const char *tune_tag = precision == SD_PRECISION_FAST && sd_cuda_get_gemm_algo() == SD_GEMM_ALGO_TUNE ? "+gtune" : "";
+    snprintf(buf, sizeof buf, "%s%s%s%s", conv_suffix(precision), gemm_tag, tune_tag, flash_tag);
     return buf;
 }

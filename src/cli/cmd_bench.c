@@ -225,6 +225,12 @@ int cmd_bench(int argc, char **argv) {
             fprintf(stderr, "convolution plans on cuDNN's graph API (SD_CONV_ALGO=%s): %d of %d\n",
                     algo == SD_CONV_ALGO_TUNE ? "tune" : "graph", on_graph, plans);
         }
+        if (cuda && sd_cuda_get_gemm_algo() == SD_GEMM_ALGO_TUNE) {
+            int plans = 0, tuned = 0;
+            sd_cuda_gemm_plan_counts(&plans, &tuned);
+            fprintf(stderr, "cuBLASLt linear plans tuned between several algorithms (SD_GEMM_ALGO=tune): %d of %d\n",
+                    tuned, plans);
+        }
     }
     if (st == SD_OK && profile) {
         char what[128];

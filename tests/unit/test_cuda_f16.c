@@ -283,8 +283,11 @@ static void test_f16_linear(void **state) {
         sd_f16 *xd = dput16_at(x, M * K, cases[c].misalign_x), *wd = dput16(w, N * K);
         sd_f16 *bd = dput16_at(b, N, cases[c].misalign_b), *yd = dnew16(M * N);
         sd_f16 *rd = residual == 1 ? dput16(r, M * N) : residual == 2 ? yd : NULL;
-        for (int m = 0; m < 2; m++) {
-            assert_sd_ok(sd_cuda_set_precision(modes[m]));
+        /* exact, fast, and fast with cuBLASLt's candidates timed first (SD_GEMM_ALGO=tune: the timing
+         * runs write a scratch, so an in-place residual is still read once) */
+        for (int m = 0; m < 3; m++) {
+            assert_sd_ok(sd_cuda_set_precision(modes[m < 2 ? m : 1]));
+            assert_sd_ok(sd_cuda_set_gemm_algo(m == 2 ? SD_GEMM_ALGO_TUNE : SD_GEMM_ALGO_HEURISTIC));
             if (residual == 2) assert_sd_ok(gpu->upload(yd, r, (size_t)(M * N) * sizeof(sd_f16)));
             assert_sd_ok(gpu16->linear(xd, wd, cases[c].bias ? bd : NULL, rd, yd, M, K, N));
             char what[112];
@@ -292,9 +295,15 @@ static void test_f16_linear(void **state) {
                      (long long)N, cases[c].bias ? " +bias" : "",
                      residual == 1 ? " +residual" : residual == 2 ? " +residual in place" : "",
                      cases[c].misalign_x ? ", x 2-byte aligned" : "",
-                     cases[c].misalign_b ? ", bias 2-byte aligned: fallback" : "", mode_names[m]);
+                     cases[c].misalign_b ? ", bias 2-byte aligned: fallback" : "", m == 2 ? "fast, tuned" : mode_names[m]);
             check16(what, yd, want, M * N, TOL_F16_GEMM);
+            if (m == 2 && testutil_gpu_is_simulated() && K > 0 && M > 8 && !cases[c].misalign_b) {
+                int plans = 0, tuned = 0; /* cudasim lists three candidates for every shape */
+                sd_cuda_gemm_plan_counts(&plans, &tuned);
+                if (tuned != 1 || plans != 1) fail_msg("%s: %d of %d plans tuned", what, tuned, plans);
+            }
         }
+        assert_sd_ok(sd_cuda_set_gemm_algo(SD_GEMM_ALGO_HEURISTIC));
     }
     /* linear_f32io: F32 x, y, bias and residual against an fp16 weight (fast mode's gradient steps):
      * x rounded to fp16 once, fp32 sums, y not rounded; residual 0 none, 1 its own, 2 in place;
@@ -325,12 +334,18 @@ static void test_f16_linear(void **state) {
             float *rd = residual == 1 ? dput(r, M * N) : residual == 2 ? yd : NULL;
             if (residual == 2) assert_sd_ok(gpu->upload(yd, r, (size_t)(M * N) * sizeof(float)));
             assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
-            assert_sd_ok(gpu16->linear_f32io(xd, dput16(w, N * K), io_cases[c].bias ? bd : NULL, rd, yd, M, K, N));
-            assert_sd_ok(gpu->download(got, yd, (size_t)(M * N) * sizeof(float)));
-            /* the same fp16 operands, fp32 sums in another order: close to fp32 rounding */
-            const double err = testutil_max_rel_err(got, want, M * N);
-            print_message("    %-56s max rel err %.3g (tol %.0e)\n", what, err, 1e-4);
-            if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+            sd_f16 *wd = dput16(w, N * K);
+            for (int tune = 0; tune <= 1; tune++) { /* the heuristic's algorithm, then the tuned one */
+                assert_sd_ok(sd_cuda_set_gemm_algo(tune ? SD_GEMM_ALGO_TUNE : SD_GEMM_ALGO_HEURISTIC));
+                if (residual == 2) assert_sd_ok(gpu->upload(yd, r, (size_t)(M * N) * sizeof(float)));
+                assert_sd_ok(gpu16->linear_f32io(xd, wd, io_cases[c].bias ? bd : NULL, rd, yd, M, K, N));
+                assert_sd_ok(gpu->download(got, yd, (size_t)(M * N) * sizeof(float)));
+                /* the same fp16 operands, fp32 sums in another order: close to fp32 rounding */
+                const double err = testutil_max_rel_err(got, want, M * N);
+                print_message("    %-56s max rel err %.3g (tol %.0e)%s\n", what, err, 1e-4, tune ? ", tuned" : "");
+                if (!(err <= 1e-4)) fail_msg("%s%s: max relative error %.6g", what, tune ? " (tuned)" : "", err);
+            }
+            assert_sd_ok(sd_cuda_set_gemm_algo(SD_GEMM_ALGO_HEURISTIC));
         }
     }
     /* linear_batched: count projections of one input on packed weights (an attention's q, k, v) */
@@ -645,12 +660,14 @@ static void test_f16_channels_last_ops(void **state) {
         sd_f16 *x = d.x, *w = d.w, *want = hnew16(ny), *xd = d.xd, *wd = d.wd, *yd = d.yd;
         float *b = d.b, *bd = d.bd;
         assert_sd_ok(cpu16->conv2d_nhwc(x, w, c->bias ? b : NULL, NULL, NULL, want, &g));
-        static const char *const way[5] = {"default", "cudnn", "gemm", "graph", "tune"};
-        static const sd_conv_gemm mode[5] = {SD_CONV_GEMM_AUTO, SD_CONV_GEMM_OFF, SD_CONV_GEMM_ALL, SD_CONV_GEMM_OFF,
-                                             SD_CONV_GEMM_OFF};
-        for (int m = 0; m < 5; m++) {
+        /* ... and "gemm, tuned": the GEMM path's product through a tuned cuBLASLt plan (SD_GEMM_ALGO=tune) */
+        static const char *const way[6] = {"default", "cudnn", "gemm", "graph", "tune", "gemm, tuned"};
+        static const sd_conv_gemm mode[6] = {SD_CONV_GEMM_AUTO, SD_CONV_GEMM_OFF, SD_CONV_GEMM_ALL, SD_CONV_GEMM_OFF,
+                                             SD_CONV_GEMM_OFF, SD_CONV_GEMM_ALL};
+        for (int m = 0; m < 6; m++) {
             assert_sd_ok(sd_cuda_set_conv_algo(m == 3 ? SD_CONV_ALGO_GRAPH : m == 4 ? SD_CONV_ALGO_TUNE
                                                                               : SD_CONV_ALGO_HEURISTIC));
+            assert_sd_ok(sd_cuda_set_gemm_algo(m == 5 ? SD_GEMM_ALGO_TUNE : SD_GEMM_ALGO_HEURISTIC));
             assert_sd_ok(sd_cuda_set_conv_gemm(mode[m]));
             assert_sd_ok(gpu16->conv2d_nhwc(xd, wd, c->bias ? bd : NULL, NULL, NULL, yd, &g));
             char what[112];
@@ -658,6 +675,7 @@ static void test_f16_channels_last_ops(void **state) {
             check16(what, yd, want, ny, TOL_F16_GEMM);
         }
         assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
+        assert_sd_ok(sd_cuda_set_gemm_algo(SD_GEMM_ALGO_HEURISTIC));
         assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
         /* the NCHW convolution of the same geometry keeps its own plan (the cache keys on the layout) */
         {

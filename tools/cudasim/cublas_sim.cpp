@@ -46,7 +46,9 @@
  *    bias[i] to row i of D (the vector has D's row count, broadcast over columns), after
  *    alpha/beta scaling and before D's rounding; the bias has D's type (BIAS_DATA_TYPE unset, or
  *    set to that type; any other is NOT_SUPPORTED).
- *  - cublasLtMatmulAlgoGetHeuristic returns one algorithm (workspaceSize 0, state SUCCESS). The
+ *  - cublasLtMatmulAlgoGetHeuristic returns up to three algorithms (state SUCCESS), as many as
+ *    requested: the first needs no workspace, the second 4 KiB, the third 8 KiB (each listed only
+ *    when MAX_WORKSPACE_BYTES allows it); all compute the same sum. The
  *    algorithm remembers the configuration and the pointer alignments it was chosen for: the
  *    MIN_ALIGNMENT_{A,B,C,D}_BYTES preferences (default 256) and the alignment of the bias
  *    pointer set on the descriptor at heuristic time (which the documentation says the heuristic
@@ -974,11 +976,22 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t lightHandle, cubl
     const cublasLtMatrixLayoutOpaque_st *const layouts[4] = {Adesc, Bdesc, Cdesc, Ddesc};
     heuristic_alignments(operationDesc, preference, layouts, req);
     memset(&heuristicResultsArray[0], 0, sizeof heuristicResultsArray[0]);
-    algo_make(&heuristicResultsArray[0].algo, operationDesc, req, packed_types(layouts));
-    heuristicResultsArray[0].workspaceSize = 0; /* fits any MAX_WORKSPACE_BYTES */
-    heuristicResultsArray[0].state = CUBLAS_STATUS_SUCCESS;
-    heuristicResultsArray[0].wavesCount = 1.0f;
-    *returnAlgoCount = 1;
+    /* up to three: the first needs no workspace; the others ask for some (within the preference's
+     * maximum), so that a caller timing them exercises its workspace handling */
+    int found = 0;
+    for (int v = 0; v < 3 && found < requestedAlgoCount; v++) {
+        const uint64_t ws = v == 0 ? 0 : 4096 * (uint64_t)v;
+        if (ws > preference->max_workspace) continue;
+        memset(&heuristicResultsArray[found], 0, sizeof heuristicResultsArray[found]);
+        algo_make(&heuristicResultsArray[found].algo, operationDesc, req, packed_types(layouts));
+        heuristicResultsArray[found].algo.data[4] = ws;
+        heuristicResultsArray[found].algo.data[6] = (uint64_t)v; /* the variant: the same arithmetic */
+        heuristicResultsArray[found].workspaceSize = ws;
+        heuristicResultsArray[found].state = CUBLAS_STATUS_SUCCESS;
+        heuristicResultsArray[found].wavesCount = 1.0f;
+        found++;
+    }
+    *returnAlgoCount = found;
     return CUBLAS_STATUS_SUCCESS;
 }
 
