@@ -724,7 +724,10 @@ static sd_status run_attention_backward(attn_block_fn fn, const attn_bwd_args *a
             for (int64_t bh = 0; bh < BH && !give_up; bh++) {
                 const int64_t b = bh / a->H, h = bh % a->H;
                 memset(my_dk, 0, acc_floats * sizeof(float));
-#pragma omp for schedule(dynamic)
+                /* static: which thread sums which query blocks, and so every partial sum's order,
+                 * depends on the team size alone. Dynamic scheduling made the result differ from
+                 * run to run in the last bit (the overwrite test saw it on 2 cores). */
+#pragma omp for schedule(static)
                 for (int64_t blk = 0; blk < n_blocks; blk++) {
                     const int64_t q0 = blk * BWD_QUERY_BLOCK;
                     fn(a, bh, q0, min_i64(BWD_QUERY_BLOCK, a->Sq - q0), scratch,
