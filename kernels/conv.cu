@@ -49,6 +49,7 @@
  * Plans (descriptors and chosen algorithms) are cached per geometry, data type, layout and precision, so
  * a UNet call does no cuDNN setup after its first run (a requirement for CUDA graph capture). */
 #include "cuda_common.cuh"
+#include "sd/device.h" /* sd_cuda_hold */
 
 #include <limits.h>
 #include <stdio.h>
@@ -891,10 +892,18 @@ static int graph_operands_aligned(const void *x, const void *w, const void *y) {
 }
 
 /* Milliseconds per run of `run` (one warm-up, then GRAPH_TUNE_RUNS between two events), or -1 when
- * a run fails (run returns nonzero). */
+ * a run fails (run returns nonzero). The timed runs queue behind sd_cuda_hold (TUNE_HOLD_US), so
+ * they run back to back as in a replayed CUDA graph: the events time the GPU's work, not the host's
+ * launches, which would otherwise count against the ways with more host work per call (cuDNN's
+ * calls, two kernels for im2col + GEMM) at the small shapes. */
+#define TUNE_HOLD_US 200.0
 template <typename Run>
 static float tune_time(cu_state *s, cudaEvent_t a, cudaEvent_t b, Run run) {
     if (run()) return -1.0f;
+    if (sd_cuda_hold(TUNE_HOLD_US) != SD_OK) {
+        sd_clear_error();
+        return -1.0f;
+    }
     if (cudaEventRecord(a, s->stream) != cudaSuccess) return -1.0f;
     for (int i = 0; i < GRAPH_TUNE_RUNS; i++)
         if (run()) return -1.0f;

@@ -22,6 +22,7 @@
  * they are, products are summed in fp32; the FAST_* compute types are for fp32 data), and the
  * bias epilogue reads a half bias (D's type, cuBLASLt's default) before y's only rounding. */
 #include "cuda_common.cuh"
+#include "sd/device.h" /* sd_cuda_hold */
 
 #include <limits.h>
 #include <stdlib.h>
@@ -74,6 +75,7 @@ sd_status cu_gemm_rm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alph
  * its tiles can leave part of the SMs idle where another tiling or a split K would not. */
 #define LT_TUNE_CANDIDATES 8
 #define LT_TUNE_RUNS 3
+#define LT_TUNE_HOLD_US 100.0
 
 struct cu_lt_plan {
     int64_t M, K, N;
@@ -278,6 +280,12 @@ static sd_status lt_tune(cu_state *s, cu_lt_plan *p, const void *x, const void *
         };
         ms[i] = -1.0f;
         if (run() != CUBLAS_STATUS_SUCCESS) continue; /* the warm-up; a refused candidate is left out */
+        /* the timed runs queue behind a spinning kernel, so that they run back to back as in a
+         * replayed graph and the events time the GPU's work, not the host's launches */
+        if (sd_cuda_hold(LT_TUNE_HOLD_US) != SD_OK) { /* (only inside a capture, which lt_linear excludes) */
+            sd_clear_error();
+            continue;
+        }
         if ((e = cudaEventRecord(a, s->stream)) != cudaSuccess) break;
         int ok = 1;
         for (int r = 0; r < LT_TUNE_RUNS && ok; r++) ok = run() == CUBLAS_STATUS_SUCCESS;
