@@ -156,50 +156,58 @@ static void state_release(cu_state *s) {
     memset(s, 0, sizeof *s);
 }
 
-static cublasComputeType_t fast_gemm_from_env(void) {
-    const char *e = getenv("SD_FAST_GEMM");
-    if (e && !strcmp(e, "tf32")) return CUBLAS_COMPUTE_32F_FAST_TF32;
-    if (e && !strcmp(e, "fp16")) return CUBLAS_COMPUTE_32F_FAST_16F;
-    if (e && *e && strcmp(e, "bf16"))
-        sd_warn("SD_FAST_GEMM=%s is not one of bf16, tf32, fp16: using bf16", e);
-    return CUBLAS_COMPUTE_32F_FAST_16BF;
+/* The backend's settings read from the environment when a device opens: the index in `names`
+ * (n of them) of variable `var`'s value; `fallback` when it is unset or empty, and with a warning
+ * naming the choices when it is none of them. */
+static int env_choice(const char *var, const char *const *names, int n, int fallback) {
+    const char *e = getenv(var);
+    if (!e || !*e) return fallback;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(e, names[i])) return i;
+    char list[96] = "";
+    for (int i = 0, len = 0; i < n && len >= 0 && len < (int)sizeof list; i++)
+        len += snprintf(list + len, sizeof list - len, "%s%s", i ? ", " : "", names[i]);
+    sd_warn("%s=%s is not one of %s: using %s", var, e, list, names[fallback]);
+    return fallback;
 }
 
-/* SD_CONV_ALGO=heuristic|find|graph|tune (sd_conv_algo, device.h): how fast mode picks cuDNN's
- * convolution algorithms. heuristic (the default): the legacy heuristic's first tensor-core
+static_assert(SD_CONV_ALGO_HEURISTIC == 0 && SD_CONV_ALGO_FIND == 1 && SD_CONV_ALGO_GRAPH == 2 &&
+                  SD_CONV_ALGO_TUNE == 3 && SD_GEMM_ALGO_HEURISTIC == 0 && SD_GEMM_ALGO_TUNE == 1 &&
+                  SD_CONV_GEMM_OFF == 0 && SD_CONV_GEMM_AUTO == 1 && SD_CONV_GEMM_ALL == 2,
+              "the name tables below list the settings in their enums' order");
+
+/* SD_FAST_GEMM=bf16|tf32|fp16: the tensor-core input type of fast mode's F32 GEMMs. */
+static cublasComputeType_t fast_gemm_from_env(void) {
+    static const char *const names[] = {"bf16", "tf32", "fp16"};
+    static const cublasComputeType_t types[] = {CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_COMPUTE_32F_FAST_TF32,
+                                                CUBLAS_COMPUTE_32F_FAST_16F};
+    return types[env_choice("SD_FAST_GEMM", names, 3, 0)];
+}
+
+/* SD_CONV_ALGO=heuristic|find|graph|tune (sd_conv_algo, device.h, in that order): how fast mode picks
+ * cuDNN's convolution algorithms. heuristic (the default): the legacy heuristic's first tensor-core
  * algorithm; find: the one cuDNN measures fastest per shape (cudnnFind*); graph: fp16 forwards
  * through the graph API's first runnable engine; tune: fp16 forwards timed once per shape between
- * the legacy algorithm and the graph API's best engines (conv.cu). Exact mode always uses the
- * legacy heuristic's direct-sum algorithms: a timed choice could differ between runs, and so
- * would the result. */
+ * im2col + GEMM, the legacy algorithm and the graph API's best engines (conv.cu). Exact mode always
+ * uses the legacy heuristic's direct-sum algorithms: a timed choice could differ between runs, and
+ * so would the result. */
 static int conv_algo_from_env(void) {
-    const char *e = getenv("SD_CONV_ALGO");
-    if (!e || !*e || !strcmp(e, "heuristic")) return SD_CONV_ALGO_HEURISTIC;
-    if (!strcmp(e, "find")) return SD_CONV_ALGO_FIND;
-    if (!strcmp(e, "graph")) return SD_CONV_ALGO_GRAPH;
-    if (!strcmp(e, "tune")) return SD_CONV_ALGO_TUNE;
-    sd_warn("SD_CONV_ALGO=%s is not one of heuristic, find, graph, tune: using heuristic", e);
-    return SD_CONV_ALGO_HEURISTIC;
+    static const char *const names[] = {"heuristic", "find", "graph", "tune"};
+    return env_choice("SD_CONV_ALGO", names, 4, SD_CONV_ALGO_HEURISTIC);
 }
 
 /* SD_GEMM_ALGO=heuristic|tune (sd_gemm_algo, device.h): fast mode's cuBLASLt linears take the
  * heuristic's first algorithm, or time its first few once per shape and keep the fastest (gemm.cu). */
 static int gemm_algo_from_env(void) {
-    const char *e = getenv("SD_GEMM_ALGO");
-    if (!e || !*e || !strcmp(e, "heuristic")) return SD_GEMM_ALGO_HEURISTIC;
-    if (!strcmp(e, "tune")) return SD_GEMM_ALGO_TUNE;
-    sd_warn("SD_GEMM_ALGO=%s is not one of heuristic, tune: using heuristic", e);
-    return SD_GEMM_ALGO_HEURISTIC;
+    static const char *const names[] = {"heuristic", "tune"};
+    return env_choice("SD_GEMM_ALGO", names, 2, SD_GEMM_ALGO_HEURISTIC);
 }
 
-/* SD_CONV_GEMM=off|auto|all: fast mode's small-image convolutions as im2col + GEMM (conv.cu). */
+/* SD_CONV_GEMM=off|auto|all (sd_conv_gemm, in that order): fast mode's small-image convolutions as
+ * im2col + GEMM (conv.cu). */
 static int conv_gemm_from_env(void) {
-    const char *e = getenv("SD_CONV_GEMM");
-    if (!e || !*e || !strcmp(e, "auto")) return SD_CONV_GEMM_AUTO;
-    if (!strcmp(e, "off")) return SD_CONV_GEMM_OFF;
-    if (!strcmp(e, "all")) return SD_CONV_GEMM_ALL;
-    sd_warn("SD_CONV_GEMM=%s is not one of off, auto, all: using auto", e);
-    return SD_CONV_GEMM_AUTO;
+    static const char *const names[] = {"off", "auto", "all"};
+    return env_choice("SD_CONV_GEMM", names, 3, SD_CONV_GEMM_AUTO);
 }
 
 /* SD_FLASH_BLOCKS_PER_SM=1|2: how many blocks of the fp16 flash attention kernel share an SM at
@@ -207,11 +215,8 @@ static int conv_gemm_from_env(void) {
  * thread; one leaves 255 and no spill, at half the warps per SM. 2 is what every GPU figure so far
  * was measured with; the bench tables' fast+fa1 row measures 1. */
 static int flash_blocks_from_env(void) {
-    const char *e = getenv("SD_FLASH_BLOCKS_PER_SM");
-    if (!e || !*e || !strcmp(e, "2")) return 2;
-    if (!strcmp(e, "1")) return 1;
-    sd_warn("SD_FLASH_BLOCKS_PER_SM=%s is not 1 or 2: using 2", e);
-    return 2;
+    static const char *const names[] = {"1", "2"};
+    return 1 + env_choice("SD_FLASH_BLOCKS_PER_SM", names, 2, 1);
 }
 
 static sd_status state_init(cu_state *s, int ordinal) {
