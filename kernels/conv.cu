@@ -49,7 +49,6 @@
  * Plans (descriptors and chosen algorithms) are cached per geometry, data type, layout and precision, so
  * a UNet call does no cuDNN setup after its first run (a requirement for CUDA graph capture). */
 #include "cuda_common.cuh"
-#include "sd/device.h" /* sd_cuda_hold */
 
 #include <limits.h>
 #include <stdio.h>
@@ -692,8 +691,8 @@ static sd_status conv_gemm_forward_nhwc(const cu_conv_plan *p, const T *x, const
  *    kernels at run time (seconds per plan through NVRTC, which the GPU machines may lack) and
  *    non-deterministic ones (every run must give the same bits);
  *  - tune: the im2col + GEMM path, the legacy heuristic's algorithm and up to
- *    GRAPH_TUNE_CANDIDATES such plans, each timed on the call's own operands (one warm-up, then
- *    GRAPH_TUNE_RUNS runs between two CUDA events), the fastest kept (conv_tune): what
+ *    GRAPH_TUNE_CANDIDATES such plans, each timed on the call's own operands (cu_tune_timer), the
+ *    fastest kept (conv_tune): what
  *    cudnn-frontend's autotuning and PyTorch's cudnn.benchmark do, with the GEMM path in the race.
  * Decided on a plan's first call outside a capture (a call first seen while capturing runs the
  * legacy algorithm). A plan without a usable engine, or a call whose operands are not 16-byte
@@ -703,7 +702,6 @@ static sd_status conv_gemm_forward_nhwc(const cu_conv_plan *p, const T *x, const
 
 #define GRAPH_MAX_CONFIGS 16
 #define GRAPH_TUNE_CANDIDATES 4
-#define GRAPH_TUNE_RUNS 3
 enum { GRAPH_UID_X = 1, GRAPH_UID_W = 2, GRAPH_UID_Y = 3 };
 
 /* The handle attributes of the operation graph and the execution plan, by number: cuDNN 9.19 marks
@@ -891,29 +889,6 @@ static int graph_operands_aligned(const void *x, const void *w, const void *y) {
     return cu_aligned16(x) && cu_aligned16(w) && cu_aligned16(y);
 }
 
-/* Milliseconds per run of `run` (one warm-up, then GRAPH_TUNE_RUNS between two events), or -1 when
- * a run fails (run returns nonzero). The timed runs queue behind sd_cuda_hold (TUNE_HOLD_US), so
- * they run back to back as in a replayed CUDA graph: the events time the GPU's work, not the host's
- * launches, which would otherwise count against the ways with more host work per call (cuDNN's
- * calls, two kernels for im2col + GEMM) at the small shapes. */
-#define TUNE_HOLD_US 200.0
-template <typename Run>
-static float tune_time(cu_state *s, cudaEvent_t a, cudaEvent_t b, Run run) {
-    if (run()) return -1.0f;
-    if (sd_cuda_hold(TUNE_HOLD_US) != SD_OK) {
-        sd_clear_error();
-        return -1.0f;
-    }
-    if (cudaEventRecord(a, s->stream) != cudaSuccess) return -1.0f;
-    for (int i = 0; i < GRAPH_TUNE_RUNS; i++)
-        if (run()) return -1.0f;
-    float ms = -1.0f;
-    if (cudaEventRecord(b, s->stream) != cudaSuccess || cudaEventSynchronize(b) != cudaSuccess ||
-        cudaEventElapsedTime(&ms, a, b) != cudaSuccess)
-        return -1.0f;
-    return ms / GRAPH_TUNE_RUNS;
-}
-
 static void graph_log(const cu_conv_plan *p, const char *what) {
     if (!cudnn_log_on()) return;
     const sd_conv_geom *g = &p->g;
@@ -1001,11 +976,9 @@ static sd_status conv_tune(cu_state *s, cu_conv_plan *p, const T *x, const T *w,
     }
     for (int i = 0; i < n; i++) ws_bytes = ws_bytes > (size_t)cand[i].ws ? ws_bytes : (size_t)cand[i].ws;
     void *ws = cu_workspace(ws_bytes + 256);
-    cudaEvent_t a = NULL, b = NULL;
-    cudaError_t ev = ws ? cudaEventCreate(&a) : cudaSuccess;
-    if (ws && ev == cudaSuccess) ev = cudaEventCreate(&b);
+    cu_tune_timer timer;
+    const cudaError_t ev = ws ? timer.init() : cudaSuccess;
     if (!ws || ev != cudaSuccess) {
-        if (a) cudaEventDestroy(a);
         for (int i = 0; i < n; i++) graph_destroy(&cand[i]);
         for (int i = 6; i >= 0; i--)
             if (keep[i]) cudnnBackendDestroyDescriptor(keep[i]);
@@ -1013,23 +986,21 @@ static sd_status conv_tune(cu_state *s, cu_conv_plan *p, const T *x, const T *w,
     }
     float gemm_ms = -1.0f, legacy_ms = -1.0f;
     if (gemm_ok) {
-        gemm_ms = tune_time(s, a, b, [&] {
-            return (p->nhwc ? conv_gemm_forward_nhwc(p, x, w, y, g) : conv_gemm_forward(p, x, w, y, g)) != SD_OK;
+        gemm_ms = timer.time(s, [&] {
+            return (p->nhwc ? conv_gemm_forward_nhwc(p, x, w, y, g) : conv_gemm_forward(p, x, w, y, g)) == SD_OK;
         });
         if (gemm_ms < 0.0f) sd_clear_error();
     }
     if (legacy_ok) {
         const float one = 1.0f, zero = 0.0f;
-        legacy_ms = tune_time(s, a, b, [&] {
-            return cudnnSetConvolutionMathType(p->conv_desc, p->fwd_math) != CUDNN_STATUS_SUCCESS ||
+        legacy_ms = timer.time(s, [&] {
+            return cudnnSetConvolutionMathType(p->conv_desc, p->fwd_math) == CUDNN_STATUS_SUCCESS &&
                    cudnnConvolutionForward(s->dnn, &one, p->x_desc, x, p->w_desc, w, p->conv_desc, p->fwd_algo, ws,
-                                           p->fwd_ws, &zero, p->y_desc, y) != CUDNN_STATUS_SUCCESS;
+                                           p->fwd_ws, &zero, p->y_desc, y) == CUDNN_STATUS_SUCCESS;
         });
     }
     for (int i = 0; i < n; i++)
-        cand[i].ms = tune_time(s, a, b, [&] { return graph_execute(s, &cand[i], x, w, y, ws) != CUDNN_STATUS_SUCCESS; });
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
+        cand[i].ms = timer.time(s, [&] { return graph_execute(s, &cand[i], x, w, y, ws) == CUDNN_STATUS_SUCCESS; });
     /* the fastest: -2 GEMM, -1 legacy, i a graph candidate */
     int best = -3;
     float best_ms = -1.0f;

@@ -101,6 +101,42 @@ static inline int cu_env_flag(const char *name, int *cache) {
     return *cache;
 }
 
+/* The clock of the per-shape tuning (conv.cu's SD_CONV_ALGO=tune, gemm.cu's SD_GEMM_ALGO=tune):
+ * time(s, run) runs `run` (true when it ran) once to warm up, then CU_TUNE_RUNS times queued behind
+ * sd_cuda_hold's spinning kernel, between two CUDA events, and gives the milliseconds per run (-1
+ * when a run or the timing failed: that candidate is left out). Behind the hold the runs go back to
+ * back as in a replayed CUDA graph, so the events time the GPU's work, not the host's launches,
+ * which would count against the ways with more host work per call at the small shapes. Not inside
+ * a capture. */
+#define CU_TUNE_RUNS 3
+#define CU_TUNE_HOLD_US 200.0
+struct cu_tune_timer {
+    cudaEvent_t a = nullptr, b = nullptr;
+    cudaError_t init() {
+        cudaError_t e = cudaEventCreate(&a);
+        return e == cudaSuccess ? cudaEventCreate(&b) : e;
+    }
+    ~cu_tune_timer() {
+        if (a) cudaEventDestroy(a);
+        if (b) cudaEventDestroy(b);
+    }
+    template <typename Run> float time(cu_state *s, Run run) {
+        if (!run()) return -1.0f;
+        if (sd_cuda_hold(CU_TUNE_HOLD_US) != SD_OK) {
+            sd_clear_error();
+            return -1.0f;
+        }
+        if (cudaEventRecord(a, s->stream) != cudaSuccess) return -1.0f;
+        for (int i = 0; i < CU_TUNE_RUNS; i++)
+            if (!run()) return -1.0f;
+        float ms = -1.0f;
+        if (cudaEventRecord(b, s->stream) != cudaSuccess || cudaEventSynchronize(b) != cudaSuccess ||
+            cudaEventElapsedTime(&ms, a, b) != cudaSuccess)
+            return -1.0f;
+        return ms / CU_TUNE_RUNS;
+    }
+};
+
 /* Rounds up to the 256-byte alignment workspace carving uses. */
 static inline size_t cu_align(size_t n) { return (n + 255) & ~(size_t)255; }
 

@@ -22,7 +22,6 @@
  * they are, products are summed in fp32; the FAST_* compute types are for fp32 data), and the
  * bias epilogue reads a half bias (D's type, cuBLASLt's default) before y's only rounding. */
 #include "cuda_common.cuh"
-#include "sd/device.h" /* sd_cuda_hold */
 
 #include <limits.h>
 #include <stdlib.h>
@@ -70,12 +69,10 @@ sd_status cu_gemm_rm(int ta, int tb, int64_t M, int64_t N, int64_t K, float alph
  * --------------------------------------------------------------------------------------------- */
 
 /* SD_GEMM_ALGO=tune: how many of the heuristic's algorithms a fast-mode linear's plan times on its
- * first call (one warm-up, then LT_TUNE_RUNS runs between two CUDA events), keeping the fastest.
+ * first call (cu_tune_timer), keeping the fastest.
  * cuBLASLt's first choice is a model's guess; on small-N shapes such as SD's 8192x320 projections
  * its tiles can leave part of the SMs idle where another tiling or a split K would not. */
 #define LT_TUNE_CANDIDATES 8
-#define LT_TUNE_RUNS 3
-#define LT_TUNE_HOLD_US 100.0
 
 struct cu_lt_plan {
     int64_t M, K, N;
@@ -263,41 +260,23 @@ static sd_status lt_tune(cu_state *s, cu_lt_plan *p, const void *x, const void *
     if (p->n_candidates < 2) return SD_OK;
     const size_t d_bytes = (size_t)(p->M * p->N) * (p->out_type == CUDA_R_16F ? 2 : 4);
     void *d = NULL;
-    cudaEvent_t a = NULL, b = NULL;
-    if (cudaMalloc(&d, d_bytes) != cudaSuccess) { /* no room for the scratch: the heuristic's choice stays */
+    cu_tune_timer timer;
+    if (timer.init() != cudaSuccess || cudaMalloc(&d, d_bytes) != cudaSuccess) {
+        /* no events or no room for the scratch: the heuristic's choice stays */
         (void)cudaGetLastError();
         return SD_OK;
     }
-    cudaError_t e = cudaEventCreate(&a);
-    if (e == cudaSuccess) e = cudaEventCreate(&b);
     float ms[LT_TUNE_CANDIDATES];
     int best = 0;
     const float one = 1.0f;
-    for (int i = 0; e == cudaSuccess && i < p->n_candidates; i++) {
-        auto run = [&] {
+    for (int i = 0; i < p->n_candidates; i++) {
+        ms[i] = timer.time(s, [&] {
             return cublasLtMatmul(s->lt, p->desc, &one, w, p->a, x, p->b, &beta, c_in ? c_in : d, p->c, d, p->c,
-                                  &p->candidates[i], s->lt_ws, s->lt_ws_bytes, s->stream);
-        };
-        ms[i] = -1.0f;
-        if (run() != CUBLAS_STATUS_SUCCESS) continue; /* the warm-up; a refused candidate is left out */
-        /* the timed runs queue behind a spinning kernel, so that they run back to back as in a
-         * replayed graph and the events time the GPU's work, not the host's launches */
-        if (sd_cuda_hold(LT_TUNE_HOLD_US) != SD_OK) { /* (only inside a capture, which lt_linear excludes) */
-            sd_clear_error();
-            continue;
-        }
-        if ((e = cudaEventRecord(a, s->stream)) != cudaSuccess) break;
-        int ok = 1;
-        for (int r = 0; r < LT_TUNE_RUNS && ok; r++) ok = run() == CUBLAS_STATUS_SUCCESS;
-        if ((e = cudaEventRecord(b, s->stream)) != cudaSuccess || (e = cudaEventSynchronize(b)) != cudaSuccess) break;
-        float t = 0.0f;
-        if (ok && (e = cudaEventElapsedTime(&t, a, b)) == cudaSuccess) ms[i] = t / LT_TUNE_RUNS;
+                                  &p->candidates[i], s->lt_ws, s->lt_ws_bytes, s->stream) == CUBLAS_STATUS_SUCCESS;
+        });
         if (ms[i] >= 0.0f && (ms[best] < 0.0f || ms[i] < ms[best])) best = i;
     }
-    if (a) cudaEventDestroy(a);
-    if (b) cudaEventDestroy(b);
-    if (d) cudaFree(d);
-    if (e != cudaSuccess) return cu_fail_cuda(e, __FILE__, __LINE__, "tuning a linear layer's GEMM");
+    CUDA_CHECK(cudaFree(d)); /* (synchronises: the timing runs are done with it) */
     if (ms[best] >= 0.0f) p->algo = p->candidates[best];
     if (lt_log_on()) {
         char line[512];
