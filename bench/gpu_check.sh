@@ -9,7 +9,7 @@
 #   build  make -j all + every test binary (the CUDA build when nvcc exists; says so)
 #   test   $BUILD/tests/test_cuda_ops (every CUDA op vs the CPU, the tiny model vs the oracle, CUDA
 #          graphs), then every other test binary through tests/run_tests.sh (capped by TEST_TIMEOUT)
-#   bench  `stylediff bench unet` on the GPU, exact, fast, fast+fa1, fast+graph, fast+tune and fast+cudnn, batch 1 and 2, eager and
+#   bench  `stylediff bench unet` on the GPU, exact, exact+wino(4), fast, fast+fa1, fast+graph, fast+tune and fast+cudnn, batch 1 and 2, eager and
 #          CUDA graph, for the built-in tiny model and the SD v1.5 architecture with random weights
 #          (512x512, 64x64 latent), plus one call per mode with every op timed alone (--profile: time,
 #          TFLOP/s and GB/s per class of op); then bench/reference/unet_torch.py times PyTorch on the same card with the
@@ -158,6 +158,9 @@ if want bench; then
         rm -f "$W"
         ios=""
         for batch in 1 2; do
+            # exact+wino = SD_CONV_WINOGRAD=on, exact mode's 3x3 convolutions at 64x64 and 32x32 as
+            # fp32 Winograd F(2x2, 3x3) (2.25x fewer products) instead of im2col + SGEMM; exact+wino4 =
+            # SD_CONV_WINOGRAD=f4, F(4x4, 3x3) (4x fewer, about 5e-6 more rounding);
             # fast = fp16 UNet activations (the default); fast+fa1 = SD_FLASH_BLOCKS_PER_SM=1, the fp16
             # flash attention at D 40 one block per SM without its register spill instead of two
             # with it; fast+graph = SD_CONV_ALGO=graph, the fp16 cuDNN convolutions through the graph
@@ -170,15 +173,18 @@ if want bench; then
             # heuristic on an H200; SD_CONV_GEMM=all lost, 14.2 ms; fp16 against F32 storage, 6.03 /
             # 9.12 against 9.88 / 16.09 ms; NCHW fp16 maps (SD_CHANNELS_LAST=0) 6.10 / 9.16 ms; exact
             # mode on cuDNN (exact+cudnn) 42.29 / 64.56 ms against 26.50 / 58.09 with GEMMs, H100.)
-            for prec in exact fast fast+fa1 fast+graph fast+tune fast+cudnn; do
+            for prec in exact exact+wino exact+wino4 fast fast+fa1 fast+graph fast+tune fast+cudnn; do
                 extra=""
                 act=f16
+                wino=off
                 convgemm=auto
                 convalgo=heuristic
                 gemmalgo=heuristic
                 chlast=1
                 fa=2
                 [ "$prec" = "fast+fa1" ] && fa=1
+                [ "$prec" = "exact+wino" ] && wino=on
+                [ "$prec" = "exact+wino4" ] && wino=f4
                 [ "$prec" = "fast+graph" ] && convalgo=graph
                 [ "$prec" = "fast+tune" ] && convalgo=tune gemmalgo=tune
                 case $prec in *+cudnn) convgemm=off ;; *+gemm) convgemm=all ;; esac
@@ -188,7 +194,7 @@ if want bench; then
                 echo "stylediff: $model batch $batch $prec ($(elapsed))"
                 # shellcheck disable=SC2086
                 if SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo \
-                    SD_CHANNELS_LAST=$chlast SD_FLASH_BLOCKS_PER_SM=$fa \
+                    SD_CHANNELS_LAST=$chlast SD_FLASH_BLOCKS_PER_SM=$fa SD_CONV_WINOGRAD=$wino \
                     "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
                     --batch "$batch" --size "$SIZE" \
                     --iters "$ITERS" --tsv -q $extra > "$WORK_DIR/row.tsv" 2> "$WORK_DIR/row.err"; then
@@ -202,12 +208,15 @@ if want bench; then
             done
         done
         # where the time goes: one call per mode with every op timed alone (issue 3's per-kernel breakdown)
-        for prec in exact fast fast+tune; do
+        for prec in exact exact+wino exact+wino4 fast fast+tune; do
             echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
             tune=heuristic
+            wino=off
             [ "$prec" = "fast+tune" ] && tune=tune
+            [ "$prec" = "exact+wino" ] && wino=on
+            [ "$prec" = "exact+wino4" ] && wino=f4
             # shellcheck disable=SC2086
-            SD_CONV_ALGO=$tune SD_GEMM_ALGO=$tune "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
+            SD_CONV_ALGO=$tune SD_GEMM_ALGO=$tune SD_CONV_WINOGRAD=$wino "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
                 --iters 3 --no-graph --profile -q 2>&1 | sed -n '/where the time goes/,$p' | head -n 28 \
                 || note "the breakdown failed for $model $prec"
         done
@@ -226,7 +235,8 @@ if want bench; then
     {
         echo "UNet forward, ${SIZE}x${SIZE} image ($((SIZE / 8))x$((SIZE / 8)) latent), t = 981, ${GPU_NAME:-unknown GPU}," \
              "median of $ITERS calls (CUDA events) after warm-up."
-        echo "stylediff exact = fp32, no TF32, convolutions as im2col + fp32 cuBLAS GEMMs; fast = fp16 UNet activations"
+        echo "stylediff exact = fp32, no TF32, convolutions as im2col + fp32 cuBLAS GEMMs; exact+wino / exact+wino4 = the"
+        echo "64x64 and 32x32 3x3 convolutions as fp32 Winograd F(2x2, 3x3) / F(4x4, 3x3) instead; fast = fp16 UNet activations"
         echo "with fp16 tensor-core GEMMs, convolutions and attention (fp32 accumulation), feature maps channels-last,"
         echo "16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+fa1 = the fp16 flash attention at D 40 one block"
         echo "per SM (no register spill); fast+graph = fp16 cuDNN convolutions through its graph API's first engine;"

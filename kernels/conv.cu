@@ -11,8 +11,9 @@
  * re-pads x. One extra copy on three layers of the VAE encoder: cheaper than a border kernel.
  *
  * Precision: exact mode sets CUDNN_FMA_MATH on the convolution descriptor (no TF32, no tensor
- * cores) and excludes the FFT and Winograd algorithms, whose rounding differs from direct
- * summation; fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor cores on fp32 data) and the
+ * cores) and excludes cuDNN's FFT and Winograd algorithms, whose rounding differs from direct
+ * summation (SD_CONV_WINOGRAD opts its 3x3 convolutions into this file's own fp32 Winograd
+ * F(2x2, 3x3) or F(4x4, 3x3), "Winograd F(m x m, 3x3)" below); fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor cores on fp32 data) and the
  * heuristic's first tensor-core algorithm (pick_algo), or with SD_CONV_ALGO=find the one cuDNN
  * measures fastest; SD_CONV_ALGO=graph|tune runs fp16 forward plans through cuDNN's graph API
  * ("cuDNN's graph API" below). SD_CUDNN_LOG=1 prints each plan's choice.
@@ -83,6 +84,7 @@ struct cu_conv_plan {
     sd_precision precision; /* exact: FMA math and direct-sum algorithms (fp32 data only) */
     int padded;             /* explicit padding into the workspace (asymmetric geometry) */
     int gemm;               /* forward and backward data as im2col + cuBLAS GEMM (conv_gemm_wanted) */
+    int winograd;           /* forward and backward data as Winograd F(m x m, 3x3): m (2 or 4), or 0 (winograd_tile) */
     int nhwc;               /* channels-last x and y, KRSC w (fp16 forward only; symmetric padding) */
     int64_t hp, wp;         /* the input size cuDNN sees (padded or original) */
     cudnnTensorDescriptor_t x_desc, y_desc;
@@ -108,16 +110,18 @@ static void plan_destroy(cu_conv_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-extern "C" void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api) {
+extern "C" void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api, int *winograd) {
     const cu_state *s = cu_cur();
-    int n = 0, graph = 0;
+    int n = 0, graph = 0, wino = 0;
     for (int i = 0; s && s->conv_plans && i < s->n_conv_plans; i++) {
         if (s->conv_plans[i].g.batch < 0) continue; /* a failed plan's slot */
         n++;
         graph += s->conv_plans[i].graph_state > 0;
+        wino += s->conv_plans[i].winograd != 0;
     }
     if (plans) *plans = n;
     if (on_graph_api) *on_graph_api = graph;
+    if (winograd) *winograd = wino;
 }
 
 void cu_conv_release(cu_state *s) {
@@ -217,6 +221,54 @@ static int conv_gemm_wanted(const cu_state *s, const sd_conv_geom *g, sd_precisi
     return g->batch * g->h_out * g->w_out <= CONV_GEMM_MAX_PIXELS && g->c_in * g->kh * g->kw >= CONV_GEMM_MIN_TERMS;
 }
 
+/* SD_CONV_WINOGRAD=on|f4: the fewest output pixels a batch must have (SD v1.x's 64x64 and 32x32
+ * levels; the GEMMs of smaller maps are too thin to gain: "Winograd F(m x m, 3x3)" below) */
+#define WG_MIN_PIXELS 1024
+
+/* The Winograd problem of a plan: O outputs from I inputs per pixel (swapped for the data
+ * gradient), T = B·th·tw tiles of m x m output pixels, and the workspace of U, V and M. */
+struct wino_dims {
+    int64_t O, I, B, T;
+    int H, W, th, tw;
+    size_t u_bytes, v_bytes, m_bytes;
+};
+
+static wino_dims wino_dims_of(const sd_conv_geom *g, int data_gradient, int m) {
+    wino_dims d;
+    const int64_t a2 = (int64_t)(m + 2) * (m + 2);
+    d.O = data_gradient ? g->c_in : g->c_out;
+    d.I = data_gradient ? g->c_out : g->c_in;
+    d.B = g->batch;
+    d.H = (int)g->h_in;
+    d.W = (int)g->w_in;
+    d.th = (d.H + m - 1) / m;
+    d.tw = (d.W + m - 1) / m;
+    d.T = d.B * d.th * d.tw;
+    d.u_bytes = cu_align((size_t)(a2 * d.O * d.I) * sizeof(float));
+    d.v_bytes = cu_align((size_t)(a2 * d.I * d.T) * sizeof(float));
+    d.m_bytes = cu_align((size_t)(a2 * d.O * d.T) * sizeof(float));
+    return d;
+}
+
+/* The output tile side m (2 or 4) with which a plan runs as Winograd F(m x m, 3x3), or 0: exact
+ * mode's F32 NCHW 3x3 convolutions at stride 1 whose output has the input's size (padding 1 on
+ * every side), under SD_CONV_WINOGRAD=on|f4 (at least WG_MIN_PIXELS output pixels) or all|f4-all;
+ * the three buffers within the GEMM path's workspace bound and cuBLAS's int sizes. */
+static int winograd_tile(const cu_state *s, const sd_conv_geom *g, sd_precision precision, cudnnDataType_t type,
+                         int nhwc) {
+    const int mode = s->conv_winograd;
+    if (mode == SD_CONV_WINOGRAD_OFF || type != CUDNN_DATA_FLOAT || precision != SD_PRECISION_EXACT || nhwc) return 0;
+    if (g->kh != 3 || g->kw != 3 || g->stride != 1 || g->pad_top != 1 || g->pad_left != 1 || g->h_out != g->h_in ||
+        g->w_out != g->w_in || g->batch <= 0 || g->h_in <= 0 || g->w_in <= 0 || g->h_in > INT_MAX || g->w_in > INT_MAX)
+        return 0;
+    if ((mode == SD_CONV_WINOGRAD_ON || mode == SD_CONV_WINOGRAD_F4) && g->batch * g->h_in * g->w_in < WG_MIN_PIXELS)
+        return 0;
+    const int m = mode == SD_CONV_WINOGRAD_F4 || mode == SD_CONV_WINOGRAD_F4_ALL ? 4 : 2;
+    const wino_dims d = wino_dims_of(g, 0, m);
+    if (d.T > INT_MAX || d.O > INT_MAX || d.I > INT_MAX || d.I * d.T > INT_MAX || d.O * d.T > INT_MAX) return 0;
+    return (int64_t)(d.u_bytes + d.v_bytes + d.m_bytes) <= CONV_GEMM_MAX_COL_BYTES ? m : 0;
+}
+
 static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, int nhwc, cu_conv_plan **out) {
     cu_state *s = cu_cur();
     /* fp16 data runs as fast mode does in either mode: tensor-op math, any algorithm */
@@ -251,7 +303,13 @@ static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, int nhwc,
         p->g.batch = -1; /* never matches */
         return st;
     }
-    p->gemm = conv_gemm_wanted(s, g, precision, type == CUDNN_DATA_HALF ? 2 : 4);
+    p->winograd = winograd_tile(s, g, precision, type, nhwc);
+    p->gemm = !p->winograd && conv_gemm_wanted(s, g, precision, type == CUDNN_DATA_HALF ? 2 : 4);
+    if (p->winograd && cudnn_log_on())
+        fprintf(stderr, "cudnn: (none)     fp32 exact b%lld %lld->%lld %lldx%lld k3x3/1: Winograd F(%dx%d, 3x3) "
+                        "(SD_CONV_WINOGRAD)\n",
+                (long long)g->batch, (long long)g->c_in, (long long)g->c_out, (long long)g->h_in, (long long)g->w_in,
+                p->winograd, p->winograd);
     if (p->gemm && cudnn_log_on())
         fprintf(stderr, "cudnn: (none)     %s%s %s b%lld %lld->%lld %lldx%lld k%dx%d/%d: im2col + cuBLAS GEMM "
                         "(SD_CONV_GEMM)\n",
@@ -600,6 +658,218 @@ static sd_status conv_gemm_backward_data(const cu_conv_plan *p, const float *dy,
         LAUNCH_CHECK("conv col2im");
     }
     return SD_OK;
+}
+
+/* ------------------------------------------------------------------------------------------------
+ * Winograd F(m x m, 3x3): exact mode's 3x3 stride-1 "same" convolutions (SD_CONV_WINOGRAD)
+ *
+ * Exact mode is bound by fp32 FMA throughput (no TF32, no tensor cores): its im2col + SGEMM
+ * convolutions spend 9 multiply-adds per output pixel and input channel on a 3x3 kernel.
+ * Winograd's minimal filtering computes an m x m block of outputs from an a x a input patch
+ * (a = m + 2) with a² products: 16 for 4 outputs with m = 2 (2.25x fewer than direct), 36 for 16
+ * with m = 4 (4x fewer). In four steps:
+ *   U[ξ][o][i] = (G g Gᵀ)[ξ]    the 3x3 kernel g of (o, i) as an a x a (ξ = a·r + s)
+ *   V[ξ][i][t] = (Bᵀ d Bᵀᵀ)[ξ]  the a x a input patch d of channel i under tile t
+ *   M[ξ] = U[ξ] · V[ξ]          a² SGEMMs (O x I times I x T), one strided-batched cuBLAS call
+ *   y = Aᵀ m A (+ bias)         the m x m outputs of tile t from its a² sums m[ξ] = M[ξ][o][t]
+ * with the matrices of Lavin & Gray (2015), wino_f below. Each 2-d transform X = P x Pᵀ runs as the
+ * 1-d one on the columns, then on the rows. Tiles cover the image in m x m steps, patch rows
+ * m·ty − 1 .. m·ty + m (the padding of 1 read as zeros); where the size is no multiple of m the last
+ * tiles' extra outputs are not written.
+ *
+ * Arithmetic: fp32 throughout, every sum in a fixed order (reproducible). It is not the direct sum:
+ * the transforms combine inputs before the products, so the rounding differs. Against float64
+ * direct sums over 320 to 1280 channels (numpy, random data): F(2x2) 0.8-1.1e-6 relative, F(4x4)
+ * 4.7-8.9e-6 (its transforms use 4, 5, 8 and 1/6, 1/12, 1/24), direct fp32 0.2-0.6e-6; exact
+ * mode's bound is 1e-4 per op and on the UNet output.
+ *
+ * The data gradient of such a convolution is the same kind of convolution of dy with the kernel
+ * transposed and rotated by 180° (sd_conv_data_gradient_geom), so it runs the same way with the
+ * weight transform reading w that way, its output added into dx.
+ *
+ * The weight transform runs on every call (the weights are the caller's and may change under the
+ * same pointer): a² values per (o, i) against the a²·T products each of them enters, a few per cent
+ * of the call at SD's 32x32 level, less at 64x64.
+ * --------------------------------------------------------------------------------------------- */
+
+/* The 1-d transforms of F(m x m, 3x3): weight u = G g (3 -> a), input v = Bᵀ d (a -> a), output
+ * y = Aᵀ m (a -> m); a = m + 2. */
+template <int MT> struct wino_f;
+template <> struct wino_f<2> {
+    static constexpr int A = 4;
+    __device__ static void weight(const float g[3], float u[4]) {
+        u[0] = g[0];
+        u[1] = 0.5f * (g[0] + g[1] + g[2]);
+        u[2] = 0.5f * (g[0] - g[1] + g[2]);
+        u[3] = g[2];
+    }
+    __device__ static void input(const float d[4], float v[4]) {
+        v[0] = d[0] - d[2];
+        v[1] = d[1] + d[2];
+        v[2] = d[2] - d[1];
+        v[3] = d[1] - d[3];
+    }
+    __device__ static void output(const float m[4], float y[2]) {
+        y[0] = m[0] + m[1] + m[2];
+        y[1] = m[1] - m[2] - m[3];
+    }
+};
+template <> struct wino_f<4> {
+    static constexpr int A = 6;
+    __device__ static void weight(const float g[3], float u[6]) {
+        u[0] = 0.25f * g[0];
+        u[1] = -(g[0] + g[1] + g[2]) / 6.0f;
+        u[2] = -(g[0] - g[1] + g[2]) / 6.0f;
+        u[3] = g[0] / 24.0f + g[1] / 12.0f + g[2] / 6.0f;
+        u[4] = g[0] / 24.0f - g[1] / 12.0f + g[2] / 6.0f;
+        u[5] = g[2];
+    }
+    __device__ static void input(const float d[6], float v[6]) {
+        v[0] = 4.0f * d[0] - 5.0f * d[2] + d[4];
+        v[1] = -4.0f * (d[1] + d[2]) + d[3] + d[4];
+        v[2] = 4.0f * (d[1] - d[2]) - d[3] + d[4];
+        v[3] = 2.0f * (d[3] - d[1]) - d[2] + d[4];
+        v[4] = 2.0f * (d[1] - d[3]) - d[2] + d[4];
+        v[5] = 4.0f * d[1] - 5.0f * d[3] + d[5];
+    }
+    __device__ static void output(const float m[6], float y[4]) {
+        y[0] = m[0] + m[1] + m[2] + m[3] + m[4];
+        y[1] = m[1] - m[2] + 2.0f * (m[3] - m[4]);
+        y[2] = m[1] + m[2] + 4.0f * (m[3] + m[4]);
+        y[3] = m[1] - m[2] + 8.0f * (m[3] - m[4]) + m[5];
+    }
+};
+
+/* U[ξ][o][i] = (G g Gᵀ)[ξ]: g = w[o][i] (w [O][I][3][3]), or for the data gradient (rotate)
+ * g = w[i][o] rotated by 180° (w the forward's [I][O][3][3]). One thread per (o, i), i fastest:
+ * the a² stores of a warp are coalesced. */
+template <int MT>
+__global__ void k_wino_weight(const float *w, float *U, int64_t O, int64_t I, int rotate) {
+    constexpr int A = wino_f<MT>::A;
+    GRID_STRIDE(e, O * I) {
+        const int64_t o = e / I, i = e - o * I;
+        const float *src = w + (rotate ? i * O + o : e) * 9;
+        float t[A][3]; /* G g, column by column */
+        for (int c = 0; c < 3; c++) {
+            float col[3], out[A];
+            for (int r = 0; r < 3; r++) col[r] = rotate ? src[(2 - r) * 3 + (2 - c)] : src[r * 3 + c];
+            wino_f<MT>::weight(col, out);
+            for (int r = 0; r < A; r++) t[r][c] = out[r];
+        }
+        const int64_t step = O * I;
+        for (int r = 0; r < A; r++) { /* (G g) Gᵀ, row by row */
+            float u[A];
+            wino_f<MT>::weight(t[r], u);
+            for (int s = 0; s < A; s++) U[(A * r + s) * step + e] = u[s];
+        }
+    }
+}
+
+/* V[ξ][i][t] = (Bᵀ d B)[ξ], d the a x a patch of x[b][i] at rows m·ty − 1 .., columns m·tx − 1 ..
+ * (zeros outside), t = (b·th + ty)·tw + tx. One thread per (b, i, tile), tiles fastest: the a²
+ * stores of a warp are coalesced along t. */
+template <int MT>
+__global__ void k_wino_input(const float *x, float *V, int64_t B, int64_t I, int H, int W, int th, int tw) {
+    constexpr int A = wino_f<MT>::A;
+    const int tiles = th * tw;
+    const int64_t T = B * tiles;
+    GRID_STRIDE(e, B * I * tiles) {
+        const int64_t bi = e / tiles; /* b·I + i */
+        const int tl = (int)(e - bi * tiles), ty = tl / tw, tx = tl - ty * tw;
+        const int64_t b = bi / I, i = bi - b * I;
+        const float *xc = x + bi * H * W;
+        float t[A][A]; /* Bᵀ d, column by column */
+        for (int c = 0; c < A; c++) {
+            const int ix = MT * tx - 1 + c;
+            float col[A], out[A];
+            for (int r = 0; r < A; r++) {
+                const int iy = MT * ty - 1 + r;
+                col[r] = iy >= 0 && iy < H && ix >= 0 && ix < W ? xc[(int64_t)iy * W + ix] : 0.0f;
+            }
+            wino_f<MT>::input(col, out);
+            for (int r = 0; r < A; r++) t[r][c] = out[r];
+        }
+        float *dst = V + i * T + b * tiles + tl;
+        const int64_t step = I * T;
+        for (int r = 0; r < A; r++) { /* (Bᵀ d) B, row by row */
+            float v[A];
+            wino_f<MT>::input(t[r], v);
+            for (int s = 0; s < A; s++) dst[(A * r + s) * step] = v[s];
+        }
+    }
+}
+
+/* y[b][o][m·ty + r][m·tx + c] = (Aᵀ m A)[r][c] (+ bias[o]), m[ξ] = M[ξ][o][t]; added into y when
+ * accumulating (the data gradient). One thread per (b, o, tile), tiles fastest. */
+template <int MT>
+__global__ void k_wino_output(const float *M, const float *bias, float *y, int64_t B, int64_t O, int H, int W, int th,
+                              int tw, int accumulate) {
+    constexpr int A = wino_f<MT>::A;
+    const int tiles = th * tw;
+    const int64_t T = B * tiles;
+    GRID_STRIDE(e, B * O * tiles) {
+        const int64_t bo = e / tiles; /* b·O + o */
+        const int tl = (int)(e - bo * tiles), ty = tl / tw, tx = tl - ty * tw;
+        const int64_t b = bo / O, o = bo - b * O;
+        const float *src = M + o * T + b * tiles + tl;
+        const int64_t step = O * T;
+        float t[MT][A]; /* Aᵀ m, column by column */
+        for (int c = 0; c < A; c++) {
+            float col[A], out[MT];
+            for (int r = 0; r < A; r++) col[r] = src[(A * r + c) * step];
+            wino_f<MT>::output(col, out);
+            for (int r = 0; r < MT; r++) t[r][c] = out[r];
+        }
+        const float bv = bias ? bias[o] : 0.0f;
+        float *yc = y + bo * H * W;
+        for (int r = 0; r < MT; r++) { /* (Aᵀ m) A, row by row */
+            const int oy = MT * ty + r;
+            if (oy >= H) break;
+            float out[MT];
+            wino_f<MT>::output(t[r], out);
+            for (int c = 0; c < MT; c++) {
+                const int ox = MT * tx + c;
+                if (ox >= W) break;
+                float *dst = yc + (int64_t)oy * W + ox;
+                *dst = accumulate ? *dst + (out[c] + bv) : out[c] + bv;
+            }
+        }
+    }
+}
+
+/* y = conv(x, w) + bias, or for the data gradient (data_gradient 1: x = dy, y = dx, bias NULL)
+ * dx += conv(dy, w transposed and rotated), by Winograd F(MT x MT, 3x3) (winograd_tile's geometry). */
+template <int MT>
+static sd_status conv_winograd_tiles(const float *x, const float *w, const float *bias, float *y,
+                                     const sd_conv_geom *g, int data_gradient) {
+    constexpr int A = wino_f<MT>::A;
+    cu_state *s = cu_cur();
+    const wino_dims d = wino_dims_of(g, data_gradient, MT);
+    char *ws = (char *)cu_workspace(d.u_bytes + d.v_bytes + d.m_bytes);
+    if (!ws) return SD_ERR_OOM;
+    float *U = (float *)ws, *V = (float *)(ws + d.u_bytes), *M = (float *)(ws + d.u_bytes + d.v_bytes);
+    const int threads = 256;
+    CU_LAUNCH(k_wino_weight<MT>, cu_blocks(d.O * d.I, threads), threads, 0, s->stream)(w, U, d.O, d.I, data_gradient);
+    LAUNCH_CHECK("conv winograd: weight transform");
+    CU_LAUNCH(k_wino_input<MT>, cu_blocks(d.I * d.T, threads), threads, 0, s->stream)(x, V, d.B, d.I, d.H, d.W, d.th,
+                                                                                     d.tw);
+    LAUNCH_CHECK("conv winograd: input transform");
+    /* M[ξ] (O x T, row-major) = U[ξ] (O x I) · V[ξ] (I x T); column-major Mᵀ[ξ] = V[ξ]ᵀ · U[ξ]ᵀ, batched over ξ */
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d.T, (int)d.O, (int)d.I, &one, V,
+                                            CUDA_R_32F, (int)d.T, (long long)(d.I * d.T), U, CUDA_R_32F, (int)d.I,
+                                            (long long)(d.O * d.I), &zero, M, CUDA_R_32F, (int)d.T,
+                                            (long long)(d.O * d.T), A * A, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CU_LAUNCH(k_wino_output<MT>, cu_blocks(d.O * d.T, threads), threads, 0, s->stream)(M, bias, y, d.B, d.O, d.H, d.W,
+                                                                                      d.th, d.tw, data_gradient);
+    LAUNCH_CHECK("conv winograd: output transform");
+    return SD_OK;
+}
+
+static sd_status conv_winograd(const cu_conv_plan *p, const float *x, const float *w, const float *bias, float *y,
+                               int data_gradient) {
+    return p->winograd == 4 ? conv_winograd_tiles<4>(x, w, bias, y, &p->g, data_gradient)
+                            : conv_winograd_tiles<2>(x, w, bias, y, &p->g, data_gradient);
 }
 
 /* Channels-last: col[b·P + p][(i·kw + j)·c_in + c] = x[b][oy·stride − pad_top + i][ox·stride −
@@ -1081,6 +1351,12 @@ static sd_status conv2d_forward(const T *x, const T *w, const float *b, const fl
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
     CU_TRY(plan_get(g, cu_dnn_type<T>::value, nhwc, &p));
+    if constexpr (sizeof(T) == sizeof(float)) {
+        if (p->winograd) { /* the bias in the output transform */
+            CU_TRY(conv_winograd(p, x, w, b, y, 0));
+            return conv_epilogue(y, (const float *)NULL, v, r, g, nhwc);
+        }
+    }
     if (tune_wanted(s, p, x, w, y)) CU_TRY(conv_tune(s, p, x, w, y));
     if (p->gemm) {
         CU_TRY(nhwc ? conv_gemm_forward_nhwc(p, x, w, y, g) : conv_gemm_forward(p, x, w, y, g));
@@ -1140,6 +1416,7 @@ sd_status cu_conv2d_backward_data(const float *dy, const float *w, float *dx, co
     cu_state *s = cu_cur();
     cu_conv_plan *p = NULL;
     CU_TRY(plan_get(g, CUDNN_DATA_FLOAT, 0, &p));
+    if (p->winograd) return conv_winograd(p, dy, w, NULL, dx, 1);
     if (p->gemm) return conv_gemm_backward_data(p, dy, w, dx, g);
     if (!p->bwd_data_ready) CU_TRY(choose_algo<conv_bwd_data>(s, p, 0));
     const size_t xp_bytes = padded_bytes<float>(p);

@@ -173,7 +173,9 @@ static int env_choice(const char *var, const char *const *names, int n, int fall
 
 static_assert(SD_CONV_ALGO_HEURISTIC == 0 && SD_CONV_ALGO_FIND == 1 && SD_CONV_ALGO_GRAPH == 2 &&
                   SD_CONV_ALGO_TUNE == 3 && SD_GEMM_ALGO_HEURISTIC == 0 && SD_GEMM_ALGO_TUNE == 1 &&
-                  SD_CONV_GEMM_OFF == 0 && SD_CONV_GEMM_AUTO == 1 && SD_CONV_GEMM_ALL == 2,
+                  SD_CONV_GEMM_OFF == 0 && SD_CONV_GEMM_AUTO == 1 && SD_CONV_GEMM_ALL == 2 &&
+                  SD_CONV_WINOGRAD_OFF == 0 && SD_CONV_WINOGRAD_ON == 1 && SD_CONV_WINOGRAD_ALL == 2 &&
+                  SD_CONV_WINOGRAD_F4 == 3 && SD_CONV_WINOGRAD_F4_ALL == 4,
               "the name tables below list the settings in their enums' order");
 
 /* SD_FAST_GEMM=bf16|tf32|fp16: the tensor-core input type of fast mode's F32 GEMMs. */
@@ -208,6 +210,13 @@ static int gemm_algo_from_env(void) {
 static int conv_gemm_from_env(void) {
     static const char *const names[] = {"off", "auto", "all"};
     return env_choice("SD_CONV_GEMM", names, 3, SD_CONV_GEMM_AUTO);
+}
+
+/* SD_CONV_WINOGRAD=off|on|all|f4|f4-all (sd_conv_winograd, in that order): exact mode's 3x3 "same"
+ * convolutions by Winograd F(2x2, 3x3) or F(4x4, 3x3) (conv.cu). */
+static int conv_winograd_from_env(void) {
+    static const char *const names[] = {"off", "on", "all", "f4", "f4-all"};
+    return env_choice("SD_CONV_WINOGRAD", names, 5, SD_CONV_WINOGRAD_OFF);
 }
 
 /* SD_FLASH_BLOCKS_PER_SM=1|2: how many blocks of the fp16 flash attention kernel share an SM at
@@ -268,6 +277,7 @@ static sd_status state_init(cu_state *s, int ordinal) {
     s->gemm_algo = gemm_algo_from_env();
     s->flash_blocks_per_sm = flash_blocks_from_env();
     s->conv_gemm = conv_gemm_from_env();
+    s->conv_winograd = conv_winograd_from_env();
     const char *dbg = getenv("SD_CUDA_DEBUG_SYNC");
     cu_debug_sync = dbg && *dbg && strcmp(dbg, "0") != 0;
     s->ready = 1;
@@ -606,6 +616,18 @@ extern "C" sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {
     if (mode != SD_CONV_GEMM_OFF && mode != SD_CONV_GEMM_AUTO && mode != SD_CONV_GEMM_ALL)
         return sd_fail(SD_ERR_ARG, "sd_cuda_set_conv_gemm: mode %d is not off (0), auto (1) or all (2)", (int)mode);
     return set_plan_setting("sd_cuda_set_conv_gemm", &cu_state::conv_gemm, mode, cu_conv_release);
+}
+
+extern "C" sd_status sd_cuda_set_conv_winograd(sd_conv_winograd mode) {
+    if (mode < SD_CONV_WINOGRAD_OFF || mode > SD_CONV_WINOGRAD_F4_ALL)
+        return sd_fail(SD_ERR_ARG, "sd_cuda_set_conv_winograd: mode %d is not off (0), on (1), all (2), f4 (3) or f4-all (4)",
+                       (int)mode);
+    return set_plan_setting("sd_cuda_set_conv_winograd", &cu_state::conv_winograd, mode, cu_conv_release);
+}
+
+extern "C" sd_conv_winograd sd_cuda_get_conv_winograd(void) {
+    const cu_state *s = cu_cur();
+    return s ? (sd_conv_winograd)s->conv_winograd : SD_CONV_WINOGRAD_OFF;
 }
 
 extern "C" uint64_t sd_cuda_workspace_generation(void) {

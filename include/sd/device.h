@@ -109,9 +109,10 @@ typedef enum {
 sd_status sd_cuda_set_conv_algo(sd_conv_algo algo);
 sd_conv_algo sd_cuda_get_conv_algo(void);
 /* Of the calling thread's convolution plans (one per geometry, data type and layout seen since the
- * last sd_cuda_set_conv_* call), how many exist and how many run through cuDNN's graph API: what
- * a "+graph" or "+tune" run took from it. */
-void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api);
+ * last sd_cuda_set_conv_* call), how many exist, how many run through cuDNN's graph API (what a
+ * "+graph" or "+tune" run took from it) and how many as Winograd F(2x2, 3x3) (sd_conv_winograd).
+ * Any pointer may be NULL. */
+void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api, int *winograd);
 /* How fast mode's cuBLASLt linear layers pick their algorithm on the calling thread's device:
  * HEURISTIC (the default) cuBLASLt's first; TUNE its first few timed once per shape on the first
  * call outside a capture (a scratch output, so the call's own output and residual are untouched),
@@ -153,6 +154,24 @@ const char *sd_cuda_fast_gemm_name(void);
 typedef enum { SD_CONV_GEMM_OFF = 0, SD_CONV_GEMM_AUTO = 1, SD_CONV_GEMM_ALL = 2 } sd_conv_gemm;
 sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode);
 sd_conv_gemm sd_cuda_get_conv_gemm(void);
+/* Whether exact mode's 3x3 stride-1 convolutions whose output keeps the input's size (SD's UNet
+ * and VAE convolutions but the downsamplers), forward and data gradient, run as fp32 Winograd
+ * (conv.cu): F(2x2, 3x3) takes 16 products per 2x2 outputs and input channel instead of 36, its
+ * rounding about 1e-6 relative from the direct sums; F(4x4, 3x3) 36 per 4x4 outputs instead of
+ * 144, about 5e-6 to 1e-5. OFF (the default) never; ON F(2x2) where the batch has at least 1024
+ * output pixels (SD v1.x's 64x64 and 32x32 levels); ALL F(2x2) for every such convolution; F4 and
+ * F4_ALL the same with F(4x4). The environment's SD_CONV_WINOGRAD=off|on|all|f4|f4-all sets the
+ * start value; bench tables label F(2x2) "+wino" and F(4x4) "+wino4". Drops the convolution plans
+ * made so far, as sd_cuda_set_conv_algo. */
+typedef enum {
+    SD_CONV_WINOGRAD_OFF = 0,
+    SD_CONV_WINOGRAD_ON = 1,
+    SD_CONV_WINOGRAD_ALL = 2,
+    SD_CONV_WINOGRAD_F4 = 3,
+    SD_CONV_WINOGRAD_F4_ALL = 4
+} sd_conv_winograd;
+sd_status sd_cuda_set_conv_winograd(sd_conv_winograd mode);
+sd_conv_winograd sd_cuda_get_conv_winograd(void);
 
 /* Free and total memory of the calling thread's device (cudaMemGetInfo). */
 sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);

@@ -55,9 +55,10 @@ void sd_cuda_gemm_plan_counts(int *plans, int *tuned) {
     if (tuned) *tuned = 0;
 }
 
-void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api) {
+void sd_cuda_conv_plan_counts(int *plans, int *on_graph_api, int *winograd) {
     if (plans) *plans = 0;
     if (on_graph_api) *on_graph_api = 0;
+    if (winograd) *winograd = 0;
 }
 
 double sd_cuda_bf16_peak_tflops(void) { return 0.0; }
@@ -67,6 +68,13 @@ const char *sd_cuda_fast_gemm_name(void) { return "bf16"; }
 uint64_t sd_cuda_workspace_generation(void) { return 0; }
 
 sd_conv_gemm sd_cuda_get_conv_gemm(void) { return SD_CONV_GEMM_AUTO; }
+
+sd_conv_winograd sd_cuda_get_conv_winograd(void) { return SD_CONV_WINOGRAD_OFF; }
+
+sd_status sd_cuda_set_conv_winograd(sd_conv_winograd mode) {
+    (void)mode;
+    return no_cuda();
+}
 
 sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {
     (void)mode;

@@ -142,6 +142,12 @@ void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *
 
 static const char *conv_suffix(sd_precision precision) {
     const sd_conv_gemm gemm = sd_cuda_get_conv_gemm();
+    const sd_conv_winograd wino = sd_cuda_get_conv_winograd();
+    if (precision != SD_PRECISION_FAST && wino != SD_CONV_WINOGRAD_OFF) {
+        const int f4 = wino == SD_CONV_WINOGRAD_F4 || wino == SD_CONV_WINOGRAD_F4_ALL;
+        if (gemm == SD_CONV_GEMM_OFF) return f4 ? "+wino4+cudnn" : "+wino+cudnn";
+        return f4 ? "+wino4" : "+wino";
+    }
     if (gemm == SD_CONV_GEMM_OFF) return "+cudnn";
     if (precision != SD_PRECISION_FAST) return ""; /* exact mode: GEMMs under AUTO and ALL alike */
     if (gemm == SD_CONV_GEMM_ALL) return "+gemm";

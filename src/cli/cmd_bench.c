@@ -221,9 +221,14 @@ int cmd_bench(int argc, char **argv) {
         const sd_conv_algo algo = sd_cuda_get_conv_algo();
         if (cuda && (algo == SD_CONV_ALGO_GRAPH || algo == SD_CONV_ALGO_TUNE)) {
             int plans = 0, on_graph = 0;
-            sd_cuda_conv_plan_counts(&plans, &on_graph);
+            sd_cuda_conv_plan_counts(&plans, &on_graph, NULL);
             fprintf(stderr, "convolution plans on cuDNN's graph API (SD_CONV_ALGO=%s): %d of %d\n",
                     algo == SD_CONV_ALGO_TUNE ? "tune" : "graph", on_graph, plans);
+        }
+        if (cuda && sd_cuda_get_conv_winograd() != SD_CONV_WINOGRAD_OFF) {
+            int plans = 0, wino = 0;
+            sd_cuda_conv_plan_counts(&plans, NULL, &wino);
+            fprintf(stderr, "convolution plans as Winograd (SD_CONV_WINOGRAD, exact mode): %d of %d\n", wino, plans);
         }
         if (cuda && sd_cuda_get_gemm_algo() == SD_GEMM_ALGO_TUNE) {
             int plans = 0, tuned = 0;

@@ -795,7 +795,7 @@ static void test_f16_conv2d_graph_api(void **state) {
                 if (k) unsetenv("CUDASIM_CUDNN_GRAPH_REFUSE");
                 assert_sd_ok(st);
                 int plans = 0, on_graph = 0;
-                sd_cuda_conv_plan_counts(&plans, &on_graph);
+                sd_cuda_conv_plan_counts(&plans, &on_graph, NULL);
                 char what[128];
                 snprintf(what, sizeof what, "%s %s, %s%s%s: %d of %d plans on the graph API", nhwc ? "NHWC" : "NCHW",
                          c.what, tune ? "tune" : "graph", k ? ", refused at the " : "", refuse[k], on_graph, plans);

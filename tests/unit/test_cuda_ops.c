@@ -219,6 +219,8 @@ static const conv_case conv_cases[] = {
     {2, 8, 7, 5, 3, 1, 1, 0, 0, 0, 0, 1, "conv1x1"},
     {1, 3, 16, 16, 8, 16, 16, 0, 0, 0, 0, 0, "patchify 16x16 no bias"},
     {2, 64, 32, 32, 64, 3, 1, 1, 1, 1, 1, 1, "conv3x3 64ch 32x32"},
+    {3, 24, 13, 1, 20, 3, 1, 1, 1, 1, 1, 0, "conv3x3 pad1 13x1 (a column: one tile wide, part used)"},
+    {1, 40, 18, 22, 48, 3, 1, 1, 1, 1, 1, 1, "conv3x3 pad1 18x22 (4x4 tiles: ragged last row and column)"},
     {1, 4, 64, 64, 320, 3, 1, 1, 1, 1, 1, 1, "conv_in 4->320 64x64"},
     {2, 320, 16, 16, 320, 3, 2, 1, 1, 1, 1, 1, "downsample 320ch stride2"},
     {2, 128, 8, 8, 96, 3, 1, 1, 1, 1, 1, 1, "conv3x3 128ch 8x8 (fast: GEMM by default)"},
@@ -229,19 +231,43 @@ static const conv_case conv_cases[] = {
  * (SD_CONV_GEMM=off); fast mode with cuDNN's heuristic, with cuDNN's timed choice (SD_CONV_ALGO=find),
  * with im2col + GEMM everywhere (SD_CONV_GEMM=all); fast mode as configured by default (GEMM where
  * conv_gemm_wanted says); exact mode as configured by default (im2col + fp32 GEMM where the unfolded
- * input fits, as in every case here). */
-#define CONV_WAYS 6
-static const char *const conv_way_tag[CONV_WAYS] = {" [cudnn]", " [cudnn]", " [find]", " [gemm]", "", ""};
+ * input fits, as in every case here); exact mode with Winograd F(2x2, 3x3) and F(4x4, 3x3) wherever
+ * their geometry allows (SD_CONV_WINOGRAD=all and f4-all: the 3x3 stride-1 "same" cases, the others
+ * as by default). */
+#define CONV_WAYS 8
+#define CONV_WAY_WINOGRAD 6 /* and 7: F(4x4) */
+static const char *const conv_way_tag[CONV_WAYS] = {" [cudnn]", " [cudnn]", " [find]", " [gemm]",
+                                                     "",        "",        " [winograd 2x2]", " [winograd 4x4]"};
 static sd_precision conv_way(int m) {
     assert_sd_ok(sd_cuda_set_conv_algo(m == 2 ? SD_CONV_ALGO_FIND : SD_CONV_ALGO_HEURISTIC));
     assert_sd_ok(sd_cuda_set_conv_gemm(m <= 2 ? SD_CONV_GEMM_OFF : m == 3 ? SD_CONV_GEMM_ALL : SD_CONV_GEMM_AUTO));
-    const sd_precision mode = m == 0 || m == 5 ? SD_PRECISION_EXACT : SD_PRECISION_FAST;
+    assert_sd_ok(sd_cuda_set_conv_winograd(m == CONV_WAY_WINOGRAD       ? SD_CONV_WINOGRAD_ALL
+                                           : m == CONV_WAY_WINOGRAD + 1 ? SD_CONV_WINOGRAD_F4_ALL
+                                                                        : SD_CONV_WINOGRAD_OFF));
+    const sd_precision mode = m == 0 || m == 5 || m >= CONV_WAY_WINOGRAD ? SD_PRECISION_EXACT : SD_PRECISION_FAST;
     set_mode(mode);
     return mode;
 }
 static void conv_ways_reset(void) {
     assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
     assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
+    assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_OFF));
+}
+
+/* Whether a case's geometry is one Winograd F(2x2, 3x3) takes (conv.cu's winograd_wanted). */
+static int winograd_geometry(const sd_conv_geom *g) {
+    return g->kh == 3 && g->kw == 3 && g->stride == 1 && g->pad_top == 1 && g->pad_left == 1 && g->h_out == g->h_in &&
+           g->w_out == g->w_in;
+}
+
+/* Under the Winograd way, that such a case did run as Winograd (one plan of this geometry made since
+ * conv_way dropped the others), so that a silent fall back to the GEMM path cannot pass. */
+static void expect_winograd_plan(int m, const sd_conv_geom *g, const char *what) {
+    if (m < CONV_WAY_WINOGRAD) return;
+    int plans = 0, wino = 0;
+    sd_cuda_conv_plan_counts(&plans, NULL, &wino);
+    if (wino != (winograd_geometry(g) ? plans : 0))
+        fail_msg("%s: %d of %d convolution plans ran as Winograd", what, wino, plans);
 }
 
 static sd_conv_geom conv_geom(const conv_case *c) {
@@ -271,6 +297,7 @@ static void test_conv2d(void **state) {
             snprintf(what, sizeof what, "%s%s", c->what, conv_way_tag[m]);
             assert_sd_ok(gpu->conv2d(xd, wd, c->bias ? bd : NULL, yd, &g));
             check_dev(what, yd, want, ny, tol_for(mode, TOL_GEMM));
+            expect_winograd_plan(m, &g, what);
         }
         conv_ways_reset();
     }
@@ -727,6 +754,7 @@ static void test_conv2d_backward(void **state) {
             char what[128];
             snprintf(what, sizeof what, "conv2d_backward dx: %s%s", c->what, find);
             const double err_dx = check_dev(what, dxd, dx, nx, tol_for(mode, TOL_BWD));
+            expect_winograd_plan(m, &g, what);
             /* Fast mode takes a tensor-core algorithm even where the heuristic ranks an FMA one
              * first (cuDNN on an H200 did so for every backward-data shape here; the simulator's
              * heuristic does too), and its GEMMs run in TF32. The simulator rounds TF32 inputs as

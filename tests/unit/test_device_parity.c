@@ -589,6 +589,26 @@ static void run_fp16_activations(int kind) {
     for (int k = 0; k < 2; k++) sd_inversion_free(&inv[k]);
 }
 static void test_fp16_activations_guarded(void **state) { (void)state; run_fp16_activations(ON_GUARDED); }
+
+/* Exact mode with every 3x3 "same" convolution as Winograd F(2x2, 3x3), then F(4x4, 3x3)
+ * (SD_CONV_WINOGRAD=all, f4-all; the default leaves them to im2col + GEMM): the models, and the
+ * gradients, whose data gradients go through the same transforms, within the bounds of the direct
+ * sums. */
+static void test_winograd_cuda(void **state) {
+    (void)state;
+    device_or_skip(ON_CUDA);
+    const sd_conv_winograd modes[2] = {SD_CONV_WINOGRAD_ALL, SD_CONV_WINOGRAD_F4_ALL};
+    for (int k = 0; k < 2; k++) {
+        assert_sd_ok(sd_cuda_set_conv_winograd(modes[k]));
+        run_models(ON_CUDA);
+        run_gradients(ON_CUDA);
+        int plans = 0, wino = 0;
+        sd_cuda_conv_plan_counts(&plans, NULL, &wino);
+        assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_OFF));
+        print_message("    Winograd F(%dx%d, 3x3): %d of %d convolution plans\n", 2 + 2 * k, 2 + 2 * k, wino, plans);
+        if (wino < 4) fail_msg("only %d of %d convolution plans ran as Winograd", wino, plans);
+    }
+}
 static void test_fp16_activations_cuda(void **state) { (void)state; run_fp16_activations(ON_CUDA); }
 
 #define DEVICE_TESTS(suffix, kind)                                                                     \
@@ -618,6 +638,7 @@ int main(void) {
         DEVICE_TEST_LIST(cuda),
         cmocka_unit_test(test_fp16_activations_guarded),
         cmocka_unit_test(test_fp16_activations_cuda),
+        cmocka_unit_test(test_winograd_cuda),
     };
     return cmocka_run_group_tests_name("device_parity", tests, setup, teardown);
 }
