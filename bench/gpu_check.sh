@@ -160,7 +160,9 @@ if want bench; then
         for batch in 1 2; do
             # exact+wino = SD_CONV_WINOGRAD=on, exact mode's 3x3 convolutions at 64x64 and 32x32 as
             # fp32 Winograd F(2x2, 3x3) (2.25x fewer products) instead of im2col + SGEMM; exact+wino4 =
-            # SD_CONV_WINOGRAD=f4, F(4x4, 3x3) (4x fewer, about 5e-6 more rounding);
+            # SD_CONV_WINOGRAD=f4, F(4x4, 3x3) (4x fewer, about 5e-6 more rounding); fast+wino = the
+            # same F(2x2, 3x3) on fast mode's fp16 channels-last maps (fp16 transformed operands,
+            # tensor-core GEMMs, the epilogue in the output transform) instead of cuDNN;
             # fast = fp16 UNet activations (the default); fast+fa1 = SD_FLASH_BLOCKS_PER_SM=1, the fp16
             # flash attention at D 40 one block per SM without its register spill instead of two
             # with it; fast+graph = SD_CONV_ALGO=graph, the fp16 cuDNN convolutions through the graph
@@ -173,7 +175,7 @@ if want bench; then
             # heuristic on an H200; SD_CONV_GEMM=all lost, 14.2 ms; fp16 against F32 storage, 6.03 /
             # 9.12 against 9.88 / 16.09 ms; NCHW fp16 maps (SD_CHANNELS_LAST=0) 6.10 / 9.16 ms; exact
             # mode on cuDNN (exact+cudnn) 42.29 / 64.56 ms against 26.50 / 58.09 with GEMMs, H100.)
-            for prec in exact exact+wino exact+wino4 fast fast+fa1 fast+graph fast+tune fast+cudnn; do
+            for prec in exact exact+wino exact+wino4 fast fast+wino fast+fa1 fast+graph fast+tune fast+cudnn; do
                 extra=""
                 act=f16
                 wino=off
@@ -183,8 +185,7 @@ if want bench; then
                 chlast=1
                 fa=2
                 [ "$prec" = "fast+fa1" ] && fa=1
-                [ "$prec" = "exact+wino" ] && wino=on
-                [ "$prec" = "exact+wino4" ] && wino=f4
+                case $prec in *+wino) wino=on ;; *+wino4) wino=f4 ;; esac
                 [ "$prec" = "fast+graph" ] && convalgo=graph
                 [ "$prec" = "fast+tune" ] && convalgo=tune gemmalgo=tune
                 case $prec in *+cudnn) convgemm=off ;; *+gemm) convgemm=all ;; esac
@@ -208,13 +209,12 @@ if want bench; then
             done
         done
         # where the time goes: one call per mode with every op timed alone (issue 3's per-kernel breakdown)
-        for prec in exact exact+wino exact+wino4 fast fast+tune; do
+        for prec in exact exact+wino exact+wino4 fast fast+wino fast+tune; do
             echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
             tune=heuristic
             wino=off
             [ "$prec" = "fast+tune" ] && tune=tune
-            [ "$prec" = "exact+wino" ] && wino=on
-            [ "$prec" = "exact+wino4" ] && wino=f4
+            case $prec in *+wino) wino=on ;; *+wino4) wino=f4 ;; esac
             # shellcheck disable=SC2086
             SD_CONV_ALGO=$tune SD_GEMM_ALGO=$tune SD_CONV_WINOGRAD=$wino "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
                 --iters 3 --no-graph --profile -q 2>&1 | sed -n '/where the time goes/,$p' | head -n 28 \
@@ -238,7 +238,8 @@ if want bench; then
         echo "stylediff exact = fp32, no TF32, convolutions as im2col + fp32 cuBLAS GEMMs; exact+wino / exact+wino4 = the"
         echo "64x64 and 32x32 3x3 convolutions as fp32 Winograd F(2x2, 3x3) / F(4x4, 3x3) instead; fast = fp16 UNet activations"
         echo "with fp16 tensor-core GEMMs, convolutions and attention (fp32 accumulation), feature maps channels-last,"
-        echo "16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+fa1 = the fp16 flash attention at D 40 one block"
+        echo "16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+wino = the 64x64 and 32x32 3x3 ones as fp16"
+        echo "Winograd F(2x2, 3x3) instead of cuDNN; fast+fa1 = the fp16 flash attention at D 40 one block"
         echo "per SM (no register spill); fast+graph = fp16 cuDNN convolutions through its graph API's first engine;"
         echo "fast+tune+gtune = each fp16 convolution shape timed once (im2col + GEMM, legacy algorithm, graph-API"
         echo "engines) and each cuBLASLt linear (the heuristic's first 8), the fastest kept; +cudnn = cuDNN for every"

@@ -50,7 +50,9 @@
 #   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager,fast+f32act,fast+cudnn);
 #                                cpu: exact. "+find": SD_CONV_ALGO=find (convolution algorithms chosen
 #                                by cuDNN's timing); "+tune": SD_CONV_ALGO=tune SD_GEMM_ALGO=tune (each
-#                                convolution and linear shape timed once between its ways); "+cudnn": SD_CONV_GEMM=off (cuDNN for every
+#                                convolution and linear shape timed once between its ways); "+wino" / "+wino4":
+#                                SD_CONV_WINOGRAD=on / f4 (3x3 convolutions at 64x64 and 32x32 as Winograd
+#                                F(2x2, 3x3) / exact mode's F(4x4, 3x3)); "+cudnn": SD_CONV_GEMM=off (cuDNN for every
 #                                convolution); "+tf32": SD_FAST_GEMM=tf32 (the gradient steps' F32
 #                                GEMMs in TF32, not bf16). "+eager": --eager (no CUDA graphs); "+f32act": fast mode with
 #                                F32 activations (SD_FAST_ACTIVATIONS=f32) instead of fp16.
@@ -204,7 +206,10 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     gemmalgo=heuristic
     convgemm=auto
     fastgemm=bf16
+    wino=off
     case $prec in
+        *+wino) wino=on ;;
+        *+wino4) wino=f4 ;;
         *+eager) eager=--eager ;;
         *+f32act) act=f32 ;;
         *+find) convalgo=find ;;
@@ -213,7 +218,7 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
         *+tf32) fastgemm=tf32 ;;
     esac
     # shellcheck disable=SC2086
-    if SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "${prec%+*}" $eager --methods "$METHODS" \
+    if SD_CONV_WINOGRAD=$wino SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "${prec%+*}" $eager --methods "$METHODS" \
             --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
             > "$f" 2> "$LOGS/ours_$prec.err"; then
         sed "s/^/  /" "$f" >&2

@@ -13,7 +13,9 @@
  * Precision: exact mode sets CUDNN_FMA_MATH on the convolution descriptor (no TF32, no tensor
  * cores) and excludes cuDNN's FFT and Winograd algorithms, whose rounding differs from direct
  * summation (SD_CONV_WINOGRAD opts its 3x3 convolutions into this file's own fp32 Winograd
- * F(2x2, 3x3) or F(4x4, 3x3), "Winograd F(m x m, 3x3)" below); fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor cores on fp32 data) and the
+ * F(2x2, 3x3) or F(4x4, 3x3), "Winograd F(m x m, 3x3)" below, as it does fast mode's fp16
+ * channels-last ones into an fp16 F(2x2, 3x3)); fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor
+ * cores on fp32 data) and the
  * heuristic's first tensor-core algorithm (pick_algo), or with SD_CONV_ALGO=find the one cuDNN
  * measures fastest; SD_CONV_ALGO=graph|tune runs fp16 forward plans through cuDNN's graph API
  * ("cuDNN's graph API" below). SD_CUDNN_LOG=1 prints each plan's choice.
@@ -251,21 +253,26 @@ static wino_dims wino_dims_of(const sd_conv_geom *g, int data_gradient, int m) {
 }
 
 /* The output tile side m (2 or 4) with which a plan runs as Winograd F(m x m, 3x3), or 0: exact
- * mode's F32 NCHW 3x3 convolutions at stride 1 whose output has the input's size (padding 1 on
- * every side), under SD_CONV_WINOGRAD=on|f4 (at least WG_MIN_PIXELS output pixels) or all|f4-all;
- * the three buffers within the GEMM path's workspace bound and cuBLAS's int sizes. */
+ * mode's F32 NCHW and fast mode's fp16 NHWC 3x3 convolutions at stride 1 whose output has the
+ * input's size (padding 1 on every side), under SD_CONV_WINOGRAD=on|f4 (at least WG_MIN_PIXELS
+ * output pixels) or all|f4-all (m = 4 for exact mode's F32 under f4 and f4-all, else 2); the three
+ * buffers within the GEMM path's workspace bound (counted in F32: the fp16 path's are half) and
+ * cuBLAS's int sizes. */
 static int winograd_tile(const cu_state *s, const sd_conv_geom *g, sd_precision precision, cudnnDataType_t type,
                          int nhwc) {
     const int mode = s->conv_winograd;
-    if (mode == SD_CONV_WINOGRAD_OFF || type != CUDNN_DATA_FLOAT || precision != SD_PRECISION_EXACT || nhwc) return 0;
+    const int f32_exact = type == CUDNN_DATA_FLOAT && precision == SD_PRECISION_EXACT && !nhwc;
+    const int f16_nhwc = type == CUDNN_DATA_HALF && nhwc;
+    if (mode == SD_CONV_WINOGRAD_OFF || !(f32_exact || f16_nhwc)) return 0;
     if (g->kh != 3 || g->kw != 3 || g->stride != 1 || g->pad_top != 1 || g->pad_left != 1 || g->h_out != g->h_in ||
         g->w_out != g->w_in || g->batch <= 0 || g->h_in <= 0 || g->w_in <= 0 || g->h_in > INT_MAX || g->w_in > INT_MAX)
         return 0;
     if ((mode == SD_CONV_WINOGRAD_ON || mode == SD_CONV_WINOGRAD_F4) && g->batch * g->h_in * g->w_in < WG_MIN_PIXELS)
         return 0;
-    const int m = mode == SD_CONV_WINOGRAD_F4 || mode == SD_CONV_WINOGRAD_F4_ALL ? 4 : 2;
+    const int m = f32_exact && (mode == SD_CONV_WINOGRAD_F4 || mode == SD_CONV_WINOGRAD_F4_ALL) ? 4 : 2;
     const wino_dims d = wino_dims_of(g, 0, m);
-    if (d.T > INT_MAX || d.O > INT_MAX || d.I > INT_MAX || d.I * d.T > INT_MAX || d.O * d.T > INT_MAX) return 0;
+    /* cuBLAS's int sizes, and the kernels' 32-bit index divisions */
+    if (d.T > INT_MAX || d.O * d.I > INT_MAX || d.I * d.T > INT_MAX || d.O * d.T > INT_MAX) return 0;
     return (int64_t)(d.u_bytes + d.v_bytes + d.m_bytes) <= CONV_GEMM_MAX_COL_BYTES ? m : 0;
 }
 
@@ -306,10 +313,10 @@ static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, int nhwc,
     p->winograd = winograd_tile(s, g, precision, type, nhwc);
     p->gemm = !p->winograd && conv_gemm_wanted(s, g, precision, type == CUDNN_DATA_HALF ? 2 : 4);
     if (p->winograd && cudnn_log_on())
-        fprintf(stderr, "cudnn: (none)     fp32 exact b%lld %lld->%lld %lldx%lld k3x3/1: Winograd F(%dx%d, 3x3) "
+        fprintf(stderr, "cudnn: (none)     %s b%lld %lld->%lld %lldx%lld k3x3/1: Winograd F(%dx%d, 3x3) "
                         "(SD_CONV_WINOGRAD)\n",
-                (long long)g->batch, (long long)g->c_in, (long long)g->c_out, (long long)g->h_in, (long long)g->w_in,
-                p->winograd, p->winograd);
+                type == CUDNN_DATA_HALF ? "fp16 nhwc fast" : "fp32 exact", (long long)g->batch, (long long)g->c_in,
+                (long long)g->c_out, (long long)g->h_in, (long long)g->w_in, p->winograd, p->winograd);
     if (p->gemm && cudnn_log_on())
         fprintf(stderr, "cudnn: (none)     %s%s %s b%lld %lld->%lld %lldx%lld k%dx%d/%d: im2col + cuBLAS GEMM "
                         "(SD_CONV_GEMM)\n",
@@ -740,6 +747,19 @@ template <> struct wino_f<4> {
     }
 };
 
+/* A flat index e = row · tiles + tl split into its row and the tile tl's position (ty, tx) in a
+ * grid of tw tiles per row; 32-bit divisions (winograd_tile keeps the sizes under 2^31). */
+struct wino_pos {
+    int64_t row;
+    int tl, ty, tx;
+    __device__ __forceinline__ wino_pos(int64_t e, int tiles, int tw) {
+        row = (uint32_t)e / (uint32_t)tiles;
+        tl = (int)(e - row * tiles);
+        ty = tl / tw;
+        tx = tl - ty * tw;
+    }
+};
+
 /* U[ξ][o][i] = (G g Gᵀ)[ξ]: g = w[o][i] (w [O][I][3][3]), or for the data gradient (rotate)
  * g = w[i][o] rotated by 180° (w the forward's [I][O][3][3]). One thread per (o, i), i fastest:
  * the a² stores of a warp are coalesced. */
@@ -747,7 +767,7 @@ template <int MT>
 __global__ void k_wino_weight(const float *w, float *U, int64_t O, int64_t I, int rotate) {
     constexpr int A = wino_f<MT>::A;
     GRID_STRIDE(e, O * I) {
-        const int64_t o = e / I, i = e - o * I;
+        const int64_t o = (uint32_t)e / (uint32_t)I, i = e - o * I; /* 32-bit division: O·I, I·T, O·T < 2^31 */
         const float *src = w + (rotate ? i * O + o : e) * 9;
         float t[A][3]; /* G g, column by column */
         for (int c = 0; c < 3; c++) {
@@ -774,9 +794,9 @@ __global__ void k_wino_input(const float *x, float *V, int64_t B, int64_t I, int
     const int tiles = th * tw;
     const int64_t T = B * tiles;
     GRID_STRIDE(e, B * I * tiles) {
-        const int64_t bi = e / tiles; /* b·I + i */
-        const int tl = (int)(e - bi * tiles), ty = tl / tw, tx = tl - ty * tw;
-        const int64_t b = bi / I, i = bi - b * I;
+        const wino_pos at(e, tiles, tw); /* row b·I + i */
+        const int64_t bi = at.row, b = (uint32_t)bi / (uint32_t)I, i = bi - b * I;
+        const int tl = at.tl, ty = at.ty, tx = at.tx;
         const float *xc = x + bi * H * W;
         float t[A][A]; /* Bᵀ d, column by column */
         for (int c = 0; c < A; c++) {
@@ -808,9 +828,9 @@ __global__ void k_wino_output(const float *M, const float *bias, float *y, int64
     const int tiles = th * tw;
     const int64_t T = B * tiles;
     GRID_STRIDE(e, B * O * tiles) {
-        const int64_t bo = e / tiles; /* b·O + o */
-        const int tl = (int)(e - bo * tiles), ty = tl / tw, tx = tl - ty * tw;
-        const int64_t b = bo / O, o = bo - b * O;
+        const wino_pos at(e, tiles, tw); /* row b·O + o */
+        const int64_t bo = at.row, b = (uint32_t)bo / (uint32_t)O, o = bo - b * O;
+        const int tl = at.tl, ty = at.ty, tx = at.tx;
         const float *src = M + o * T + b * tiles + tl;
         const int64_t step = O * T;
         float t[MT][A]; /* Aᵀ m, column by column */
@@ -870,6 +890,192 @@ static sd_status conv_winograd(const cu_conv_plan *p, const float *x, const floa
                                int data_gradient) {
     return p->winograd == 4 ? conv_winograd_tiles<4>(x, w, bias, y, &p->g, data_gradient)
                             : conv_winograd_tiles<2>(x, w, bias, y, &p->g, data_gradient);
+}
+
+/* Fast mode's channels-last fp16 convolutions by F(2x2, 3x3) (cu_f16_conv2d_nhwc under
+ * SD_CONV_WINOGRAD): the same transforms on NHWC maps, with the layouts a linear layer's GEMM
+ * reads (V[ξ][t][i] rows of a tile's input channels, U[ξ][o][i] rows of a kernel's), so that
+ * M[ξ][t][o] = V[ξ] · U[ξ]ᵀ is one strided-batched fp16 GEMM with fp32 sums, and the output
+ * transform reads M along the channels and writes y channels-last with the convolution's epilogue
+ * (bias, channel bias, residual) summed in before y's only rounding. The transforms compute in
+ * fp32; U, V and M are stored in fp16 (V's sums of up to four inputs keep fp16's range for SD's
+ * activations). F(2x2) only: F(4x4)'s transforms would multiply fp16's rounding by their 4s, 5s
+ * and 8s. Each thread moves WV channels (2: half2, where the channel count and pointers allow). */
+
+/* U[ξ][o][i] = (G g Gᵀ)[ξ] in fp16 from the KRSC kernel w[o][r][c][i]. One thread per (o, i). */
+__global__ void k_wino_weight_krsc(const __half *w, __half *U, int64_t O, int64_t I) {
+    GRID_STRIDE(e, O * I) {
+        const int64_t o = (uint32_t)e / (uint32_t)I, i = e - o * I; /* 32-bit division: O·I, I·T, O·T < 2^31 */
+        const __half *src = w + o * 9 * I + i;
+        float t[4][3];
+        for (int c = 0; c < 3; c++) {
+            float col[3], out[4];
+            for (int r = 0; r < 3; r++) col[r] = __half2float(src[(r * 3 + c) * I]);
+            wino_f<2>::weight(col, out);
+            for (int r = 0; r < 4; r++) t[r][c] = out[r];
+        }
+        for (int r = 0; r < 4; r++) {
+            float u[4];
+            wino_f<2>::weight(t[r], u);
+            for (int s = 0; s < 4; s++) U[(4 * r + s) * O * I + e] = __float2half_rn(u[s]);
+        }
+    }
+}
+
+/* WV consecutive halves at p, as floats (WV = 2: one 4-byte load) */
+template <int WV> __device__ __forceinline__ void wino_load(const __half *p, float v[WV]) {
+    if constexpr (WV == 2) {
+        const __half2 h = *reinterpret_cast<const __half2 *>(p);
+        v[0] = __half2float(h.x), v[1] = __half2float(h.y);
+    } else {
+        v[0] = __half2float(*p);
+    }
+}
+template <int WV> __device__ __forceinline__ void wino_store(__half *p, const float v[WV]) {
+    if constexpr (WV == 2) {
+        *reinterpret_cast<__half2 *>(p) = __floats2half2_rn(v[0], v[1]);
+    } else {
+        *p = __float2half_rn(v[0]);
+    }
+}
+
+/* V[ξ][t][i] = (Bᵀ d B)[ξ] of channel i's 4x4 patch under tile t of the NHWC map x[B][H][W][I]. One
+ * thread per (tile, WV channels), channels fastest: loads and stores coalesced along the channels. */
+template <int WV>
+__global__ void k_wino_input_nhwc(const __half *x, __half *V, int64_t B, int64_t I, int H, int W, int th, int tw) {
+    const int tiles = th * tw;
+    const int64_t T = B * tiles, groups = I / WV;
+    GRID_STRIDE(e, T * groups) {
+        const int64_t t = (uint32_t)e / (uint32_t)groups, i0 = (e - t * groups) * WV;
+        const wino_pos at(t, tiles, tw); /* row b */
+        const int64_t b = at.row;
+        const int ty = at.ty, tx = at.tx;
+        const __half *xb = x + b * H * W * I + i0;
+        float d[4][4][WV];
+        for (int r = 0; r < 4; r++) {
+            const int iy = 2 * ty - 1 + r;
+            for (int c = 0; c < 4; c++) {
+                const int ix = 2 * tx - 1 + c;
+                if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
+                    wino_load<WV>(xb + ((int64_t)iy * W + ix) * I, d[r][c]);
+                } else {
+                    for (int k = 0; k < WV; k++) d[r][c][k] = 0.0f;
+                }
+            }
+        }
+        float v[16][WV];
+        for (int k = 0; k < WV; k++) {
+            float t4[4][4];
+            for (int c = 0; c < 4; c++) {
+                const float col[4] = {d[0][c][k], d[1][c][k], d[2][c][k], d[3][c][k]};
+                float out[4];
+                wino_f<2>::input(col, out);
+                for (int r = 0; r < 4; r++) t4[r][c] = out[r];
+            }
+            for (int r = 0; r < 4; r++) {
+                float out[4];
+                wino_f<2>::input(t4[r], out);
+                for (int s = 0; s < 4; s++) v[4 * r + s][k] = out[s];
+            }
+        }
+        __half *dst = V + t * I + i0;
+        for (int xi = 0; xi < 16; xi++) wino_store<WV>(dst + xi * T * I, v[xi]);
+    }
+}
+
+/* y[b][2·ty + r][2·tx + c][o] = (Aᵀ m A)[r][c] + bias[o] + cbias[b][o] + res[...][o] (each optional),
+ * m[ξ] = M[ξ][t][o], summed in fp32 and rounded once. One thread per (tile, WV channels). */
+template <int WV>
+__global__ void k_wino_output_nhwc(const __half *M, const float *bias, const float *cbias, const __half *res,
+                                   __half *y, int64_t B, int64_t O, int H, int W, int th, int tw) {
+    const int tiles = th * tw;
+    const int64_t T = B * tiles, groups = O / WV;
+    GRID_STRIDE(e, T * groups) {
+        const int64_t t = (uint32_t)e / (uint32_t)groups, o0 = (e - t * groups) * WV;
+        const wino_pos at(t, tiles, tw); /* row b */
+        const int64_t b = at.row;
+        const int ty = at.ty, tx = at.tx;
+        float m[16][WV];
+        for (int xi = 0; xi < 16; xi++) wino_load<WV>(M + (xi * T + t) * O + o0, m[xi]);
+        float add[WV];
+        for (int k = 0; k < WV; k++)
+            add[k] = (bias ? bias[o0 + k] : 0.0f) + (cbias ? cbias[b * O + o0 + k] : 0.0f);
+        float out[2][2][WV];
+        for (int k = 0; k < WV; k++) {
+            float t2[2][4];
+            for (int c = 0; c < 4; c++) {
+                const float col[4] = {m[c][k], m[4 + c][k], m[8 + c][k], m[12 + c][k]};
+                float o2[2];
+                wino_f<2>::output(col, o2);
+                t2[0][c] = o2[0], t2[1][c] = o2[1];
+            }
+            for (int r = 0; r < 2; r++) {
+                float o2[2];
+                wino_f<2>::output(t2[r], o2);
+                out[r][0][k] = o2[0] + add[k];
+                out[r][1][k] = o2[1] + add[k];
+            }
+        }
+        for (int r = 0; r < 2; r++) {
+            const int oy = 2 * ty + r;
+            if (oy >= H) break;
+            for (int c = 0; c < 2; c++) {
+                const int ox = 2 * tx + c;
+                if (ox >= W) break;
+                const int64_t at = ((b * H + oy) * W + ox) * O + o0;
+                if (res) {
+                    float rv[WV];
+                    wino_load<WV>(res + at, rv);
+                    for (int k = 0; k < WV; k++) out[r][c][k] += rv[k];
+                }
+                wino_store<WV>(y + at, out[r][c]);
+            }
+        }
+    }
+}
+
+/* y = conv(x, w) + b + v + r (each optional) of fp16 NHWC maps (w KRSC) by F(2x2, 3x3): the
+ * epilogue in the output transform. */
+/* The workspace of U, V and M in fp16 (F(2x2): 16 matrices each). */
+static void wino_nhwc_bytes(const wino_dims &d, size_t *u_bytes, size_t *v_bytes, size_t *m_bytes) {
+    *u_bytes = cu_align((size_t)(16 * d.O * d.I) * sizeof(__half));
+    *v_bytes = cu_align((size_t)(16 * d.I * d.T) * sizeof(__half));
+    *m_bytes = cu_align((size_t)(16 * d.O * d.T) * sizeof(__half));
+}
+
+template <int WV>
+static sd_status conv_winograd_nhwc_launch(const cu_conv_plan *p, const __half *x, const __half *w, const float *b,
+                                           const float *v, const __half *r, __half *y) {
+    cu_state *s = cu_cur();
+    const wino_dims d = wino_dims_of(&p->g, 0, 2);
+    size_t u_bytes, v_bytes, m_bytes;
+    wino_nhwc_bytes(d, &u_bytes, &v_bytes, &m_bytes);
+    char *ws = (char *)cu_workspace(u_bytes + v_bytes + m_bytes);
+    if (!ws) return SD_ERR_OOM;
+    __half *U = (__half *)ws, *V = (__half *)(ws + u_bytes), *M = (__half *)(ws + u_bytes + v_bytes);
+    const int threads = 256;
+    CU_LAUNCH(k_wino_weight_krsc, cu_blocks(d.O * d.I, threads), threads, 0, s->stream)(w, U, d.O, d.I);
+    LAUNCH_CHECK("conv winograd (fp16): weight transform");
+    CU_LAUNCH(k_wino_input_nhwc<WV>, cu_blocks(d.T * d.I / WV, threads), threads, 0, s->stream)(x, V, d.B, d.I, d.H, d.W,
+                                                                                                d.th, d.tw);
+    LAUNCH_CHECK("conv winograd (fp16): input transform");
+    /* M[ξ] (T x O, row-major) = V[ξ] (T x I) · U[ξ]ᵀ; column-major Mᵀ[ξ] (O x T) = op(U[ξ]) · V[ξ]ᵀ */
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)d.O, (int)d.T, (int)d.I, &one, U,
+                                            CUDA_R_16F, (int)d.I, (long long)(d.O * d.I), V, CUDA_R_16F, (int)d.I,
+                                            (long long)(d.T * d.I), &zero, M, CUDA_R_16F, (int)d.O,
+                                            (long long)(d.T * d.O), 16, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CU_LAUNCH(k_wino_output_nhwc<WV>, cu_blocks(d.T * d.O / WV, threads), threads, 0, s->stream)(
+        M, b, v, r, y, d.B, d.O, d.H, d.W, d.th, d.tw);
+    LAUNCH_CHECK("conv winograd (fp16): output transform");
+    return SD_OK;
+}
+
+static sd_status conv_winograd_nhwc(const cu_conv_plan *p, const __half *x, const __half *w, const float *b,
+                                    const float *v, const __half *r, __half *y) {
+    const int pairs = p->g.c_in % 2 == 0 && p->g.c_out % 2 == 0 && ((uintptr_t)x & 3) == 0 && ((uintptr_t)y & 3) == 0 &&
+                      (!r || ((uintptr_t)r & 3) == 0);
+    return pairs ? conv_winograd_nhwc_launch<2>(p, x, w, b, v, r, y) : conv_winograd_nhwc_launch<1>(p, x, w, b, v, r, y);
 }
 
 /* Channels-last: col[b·P + p][(i·kw + j)·c_in + c] = x[b][oy·stride − pad_top + i][ox·stride −
@@ -1245,6 +1451,12 @@ static sd_status conv_tune(cu_state *s, cu_conv_plan *p, const T *x, const T *w,
         ws_bytes = ws_bytes > col ? ws_bytes : col;
     }
     for (int i = 0; i < n; i++) ws_bytes = ws_bytes > (size_t)cand[i].ws ? ws_bytes : (size_t)cand[i].ws;
+    const int wino_ok = p->winograd != 0 && sizeof(T) == sizeof(__half); /* SD_CONV_WINOGRAD took the geometry */
+    if (wino_ok) {
+        size_t u_bytes, v_bytes, m_bytes;
+        wino_nhwc_bytes(wino_dims_of(g, 0, 2), &u_bytes, &v_bytes, &m_bytes);
+        ws_bytes = ws_bytes > u_bytes + v_bytes + m_bytes ? ws_bytes : u_bytes + v_bytes + m_bytes;
+    }
     void *ws = cu_workspace(ws_bytes + 256);
     cu_tune_timer timer;
     const cudaError_t ev = ws ? timer.init() : cudaSuccess;
@@ -1271,17 +1483,25 @@ static sd_status conv_tune(cu_state *s, cu_conv_plan *p, const T *x, const T *w,
     }
     for (int i = 0; i < n; i++)
         cand[i].ms = timer.time(s, [&] { return graph_execute(s, &cand[i], x, w, y, ws) == CUDNN_STATUS_SUCCESS; });
-    /* the fastest: -2 GEMM, -1 legacy, i a graph candidate */
+    float wino_ms = -1.0f;
+    if constexpr (sizeof(T) == sizeof(__half)) {
+        if (wino_ok) {
+            wino_ms = timer.time(s, [&] { return conv_winograd_nhwc(p, x, w, NULL, NULL, NULL, y) == SD_OK; });
+            if (wino_ms < 0.0f) sd_clear_error();
+        }
+    }
+    /* the fastest: -4 Winograd, -2 GEMM, -1 legacy, i a graph candidate */
     int best = -3;
     float best_ms = -1.0f;
-    if (gemm_ms >= 0.0f) best = -2, best_ms = gemm_ms;
+    if (wino_ms >= 0.0f) best = -4, best_ms = wino_ms;
+    if (gemm_ms >= 0.0f && (best_ms < 0.0f || gemm_ms < best_ms)) best = -2, best_ms = gemm_ms;
     if (legacy_ms >= 0.0f && (best_ms < 0.0f || legacy_ms < best_ms)) best = -1, best_ms = legacy_ms;
     for (int i = 0; i < n; i++)
         if (cand[i].ms >= 0.0f && (best_ms < 0.0f || cand[i].ms < best_ms)) best = i, best_ms = cand[i].ms;
     if (cudnn_log_on()) {
         char line[512];
-        int len = snprintf(line, sizeof line, "tuned: gemm %.4f ms, legacy algo %d %.4f ms,", gemm_ms,
-                           legacy_ok ? (int)p->fwd_algo : -1, legacy_ms);
+        int len = snprintf(line, sizeof line, "tuned: winograd %.4f ms, gemm %.4f ms, legacy algo %d %.4f ms,", wino_ms,
+                           gemm_ms, legacy_ok ? (int)p->fwd_algo : -1, legacy_ms);
         for (int i = 0; i < n && len > 0 && len < (int)sizeof line; i++)
             len += snprintf(line + len, sizeof line - len, " engine %lld %.4f ms (%.1f MiB),", (long long)cand[i].engine,
                             cand[i].ms, (double)cand[i].ws / (1 << 20));
@@ -1289,7 +1509,8 @@ static sd_status conv_tune(cu_state *s, cu_conv_plan *p, const T *x, const T *w,
             if (best >= 0)
                 snprintf(line + len, sizeof line - len, " -> engine %lld", (long long)cand[best].engine);
             else
-                snprintf(line + len, sizeof line - len, " -> %s", best == -2 ? "gemm" : best == -1 ? "legacy" : "none ran");
+                snprintf(line + len, sizeof line - len, " -> %s",
+                         best == -4 ? "winograd" : best == -2 ? "gemm" : best == -1 ? "legacy" : "none ran");
         }
         graph_log(p, line);
     }
@@ -1304,6 +1525,7 @@ static sd_status conv_tune(cu_state *s, cu_conv_plan *p, const T *x, const T *w,
     }
     if (best == -3) /* nothing ran: the call goes the way plan_get chose and says why there */
         return SD_OK;
+    p->winograd = best == -4 ? p->winograd : 0;
     p->gemm = best == -2;
     p->graph_state = best >= 0 ? 1 : -1;
     return SD_OK;
@@ -1357,7 +1579,10 @@ static sd_status conv2d_forward(const T *x, const T *w, const float *b, const fl
             return conv_epilogue(y, (const float *)NULL, v, r, g, nhwc);
         }
     }
-    if (tune_wanted(s, p, x, w, y)) CU_TRY(conv_tune(s, p, x, w, y));
+    if (tune_wanted(s, p, x, w, y)) CU_TRY(conv_tune(s, p, x, w, y)); /* may keep or drop Winograd */
+    if constexpr (sizeof(T) == sizeof(__half)) {
+        if (p->winograd) return conv_winograd_nhwc(p, x, w, b, v, r, y); /* the whole epilogue in the output transform */
+    }
     if (p->gemm) {
         CU_TRY(nhwc ? conv_gemm_forward_nhwc(p, x, w, y, g) : conv_gemm_forward(p, x, w, y, g));
         return conv_epilogue(y, b, v, r, g, nhwc);

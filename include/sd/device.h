@@ -154,15 +154,18 @@ const char *sd_cuda_fast_gemm_name(void);
 typedef enum { SD_CONV_GEMM_OFF = 0, SD_CONV_GEMM_AUTO = 1, SD_CONV_GEMM_ALL = 2 } sd_conv_gemm;
 sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode);
 sd_conv_gemm sd_cuda_get_conv_gemm(void);
-/* Whether exact mode's 3x3 stride-1 convolutions whose output keeps the input's size (SD's UNet
- * and VAE convolutions but the downsamplers), forward and data gradient, run as fp32 Winograd
- * (conv.cu): F(2x2, 3x3) takes 16 products per 2x2 outputs and input channel instead of 36, its
- * rounding about 1e-6 relative from the direct sums; F(4x4, 3x3) 36 per 4x4 outputs instead of
- * 144, about 5e-6 to 1e-5. OFF (the default) never; ON F(2x2) where the batch has at least 1024
+/* Whether 3x3 stride-1 convolutions whose output keeps the input's size (SD's UNet and VAE
+ * convolutions but the downsamplers) run as Winograd's minimal filtering (conv.cu): F(2x2, 3x3)
+ * takes 16 products per 2x2 outputs and input channel instead of 36; F(4x4, 3x3) 36 per 4x4
+ * instead of 144. Exact mode (F32 NCHW, forward and data gradient, fp32 throughout): F(2x2)'s
+ * rounding about 1e-6 relative from the direct sums, F(4x4)'s 5e-6 to 1e-5. Fast mode's fp16
+ * channels-last convolutions (forward, a gradient step's forward convolutions included): always
+ * F(2x2), the transformed operands stored in fp16, about 5e-4 to 1e-3 relative (the direct fp16
+ * convolution: up to 4e-4). OFF (the default) never; ON F(2x2) where the batch has at least 1024
  * output pixels (SD v1.x's 64x64 and 32x32 levels); ALL F(2x2) for every such convolution; F4 and
- * F4_ALL the same with F(4x4). The environment's SD_CONV_WINOGRAD=off|on|all|f4|f4-all sets the
- * start value; bench tables label F(2x2) "+wino" and F(4x4) "+wino4". Drops the convolution plans
- * made so far, as sd_cuda_set_conv_algo. */
+ * F4_ALL the same with F(4x4) in exact mode. The environment's SD_CONV_WINOGRAD=off|on|all|f4|f4-all
+ * sets the start value; bench tables label F(2x2) "+wino" and F(4x4) "+wino4". Drops the
+ * convolution plans made so far, as sd_cuda_set_conv_algo. */
 typedef enum {
     SD_CONV_WINOGRAD_OFF = 0,
     SD_CONV_WINOGRAD_ON = 1,

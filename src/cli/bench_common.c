@@ -140,14 +140,17 @@ void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *
     }
 }
 
+/* "+wino" (F(2x2, 3x3): fast mode's fp16 convolutions under any Winograd setting, exact mode's under
+ * on and all) or "+wino4" (exact mode under f4 and f4-all), "" without */
+static const char *winograd_suffix(sd_precision precision) {
+    const sd_conv_winograd wino = sd_cuda_get_conv_winograd();
+    if (wino == SD_CONV_WINOGRAD_OFF) return "";
+    return precision != SD_PRECISION_FAST && (wino == SD_CONV_WINOGRAD_F4 || wino == SD_CONV_WINOGRAD_F4_ALL) ? "+wino4"
+                                                                                                            : "+wino";
+}
+
 static const char *conv_suffix(sd_precision precision) {
     const sd_conv_gemm gemm = sd_cuda_get_conv_gemm();
-    const sd_conv_winograd wino = sd_cuda_get_conv_winograd();
-    if (precision != SD_PRECISION_FAST && wino != SD_CONV_WINOGRAD_OFF) {
-        const int f4 = wino == SD_CONV_WINOGRAD_F4 || wino == SD_CONV_WINOGRAD_F4_ALL;
-        if (gemm == SD_CONV_GEMM_OFF) return f4 ? "+wino4+cudnn" : "+wino+cudnn";
-        return f4 ? "+wino4" : "+wino";
-    }
     if (gemm == SD_CONV_GEMM_OFF) return "+cudnn";
     if (precision != SD_PRECISION_FAST) return ""; /* exact mode: GEMMs under AUTO and ALL alike */
     if (gemm == SD_CONV_GEMM_ALL) return "+gemm";
@@ -167,6 +170,7 @@ const char *cli_bench_settings_suffix(sd_precision precision) {
         gemm_tag = !strcmp(gemm, "tf32") ? "+tf32" : !strcmp(gemm, "fp16") ? "+fp16gemm" : "";
     const char *flash_tag = precision == SD_PRECISION_FAST && sd_cuda_get_flash_blocks_per_sm() == 1 ? "+fa1" : "";
     const char *tune_tag = precision == SD_PRECISION_FAST && sd_cuda_get_gemm_algo() == SD_GEMM_ALGO_TUNE ? "+gtune" : "";
-    snprintf(buf, sizeof buf, "%s%s%s%s", conv_suffix(precision), gemm_tag, tune_tag, flash_tag);
+    snprintf(buf, sizeof buf, "%s%s%s%s%s", winograd_suffix(precision), conv_suffix(precision), gemm_tag, tune_tag,
+             flash_tag);
     return buf;
 }

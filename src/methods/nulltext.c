@@ -4,7 +4,9 @@
  * the previous step's result; up to 10 iterations of
  *     eps = eps_u(∅) + w (eps_c - eps_u(∅)),  L = mse(prev_step(eps, t, z), latents[N-1-i])
  * stopping once L < 1e-5 + i·2e-5 (L taken before the update); then the trajectory advances with
- * the optimised ∅ (one batched CFG call). Only ∅ is optimised; eps_c is computed once per step. */
+ * the optimised ∅. Only ∅ is optimised; eps_c is computed once per step, and the advance reuses it:
+ * the reference's batched CFG call [∅; c] recomputes the conditional row from the same z, t and
+ * prompt, so one unconditional row gives the same step (a third less work than two rows). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,12 +20,19 @@ typedef struct nulltext_step {
     sd_step_inputs *in;
 } nulltext_step;
 
+/* prev_step(eps_u(∅) + w (eps_c - eps_u(∅)), t, z) */
+static sd_tensor *nulltext_prev(sd_ctx *c, const nulltext_step *a) {
+    sd_tensor *eps_u = sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->null_text);
+    return sd_ddim_step_dev(c, a->in->factors, sd_cfg_combine(c, eps_u, a->eps_c, a->guidance), a->z);
+}
+
 static sd_tensor *nulltext_loss(sd_ctx *c, void *arg) {
     const nulltext_step *a = arg;
-    sd_tensor *eps_u = sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->null_text);
-    sd_tensor *eps = sd_cfg_combine(c, eps_u, a->eps_c, a->guidance);
-    return sd_mse(c, sd_ddim_step_dev(c, a->in->factors, eps, a->z), a->in->target);
+    return sd_mse(c, nulltext_prev(c, a), a->in->target);
 }
+
+/* The advance along the trajectory with the optimised ∅ (no gradient), replayable. */
+static sd_tensor *nulltext_advance(sd_ctx *c, void *arg) { return nulltext_prev(c, arg); }
 
 /* The conditional eps of a timestep: UNet(z, t, c), replayable. */
 static sd_tensor *cond_eps(sd_ctx *c, void *arg) {
@@ -44,7 +53,7 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
     sd_tensor_free(host0);
     sd_tensor *z = sd_keep(c, s->latents[N]);
     sd_step_inputs in;
-    sd_step_inputs_init(c, &in, 2, z); /* two rows: the advance's batched CFG call */
+    sd_step_inputs_init(c, &in, 1, z);
     sd_tape *tape = sd_tape_new();
     if (!null_text || !z || !tape || c->status != SD_OK) {
         sd_tensor_free(null_text);
@@ -57,9 +66,9 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
     sd_step_graph_init(&cond_graph, c);
     sd_step_graph_init(&graph, c);
     sd_step_graph_init(&advance_graph, c);
-    sd_ddim_step cond_step = {m, z, NULL, s->cond, 1.0f, &in}, advance = {m, z, null_text, s->cond, o->guidance, &in};
-    /* what the timestep's two forwards read (the key of their graphs) */
-    const void *forward_inputs[] = {z->data, null_text->data, s->cond->data, in.tvec->data, in.factors->data};
+    sd_ddim_step cond_step = {m, z, NULL, s->cond, 1.0f, &in};
+    /* what the timestep's conditional forward reads (the key of its graph) */
+    const void *forward_inputs[] = {z->data, s->cond->data, in.tvec->data, in.factors->data};
     sd_progress bar;
     sd_progress_begin(&bar, "null-text inversion", N);
     const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
@@ -75,18 +84,18 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
         sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
         const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
         nulltext_step step = {m, o->guidance, z, NULL, null_text, &in};
-        step.eps_c = sd_graph_step(c, &cond_graph, NULL, cond_eps, &cond_step, forward_inputs, 5, NULL, 0);
-        const void *inputs[] = {z->data, step.eps_c ? step.eps_c->data : NULL, in.tvec->data,
+        step.eps_c = sd_graph_step(c, &cond_graph, NULL, cond_eps, &cond_step, forward_inputs, 4, NULL, 0);
+        /* what the iterations and the advance read (the advance: all but the target) */
+        const void *inputs[] = {z->data, step.eps_c ? step.eps_c->data : NULL, null_text->data, in.tvec->data,
                                 in.factors->data, in.target->data};
         for (int j = 0; j < o->inner_steps && c->status == SD_OK; j++) {
             const sd_arena_mark mark = sd_arena_get_mark(c->arena);
-            sd_tensor *loss = sd_graph_step(c, &graph, tape, nulltext_loss, &step, inputs, 5, &null_text, 1);
+            sd_tensor *loss = sd_graph_step(c, &graph, tape, nulltext_loss, &step, inputs, 6, &null_text, 1);
             if (sd_invert_finish_iteration(c, tape, mark, loss, &opt, o, stat, i, t, j)) break;
         }
         sd_adam_free(&opt);
         out->null_embeddings[i] = sd_to_host(c, null_text);
-        /* advance the trajectory with the optimised ∅ (no gradient) */
-        sd_assign(c, z, sd_graph_step(c, &advance_graph, NULL, sd_ddim_step_forward, &advance, forward_inputs, 5, NULL, 0));
+        sd_assign(c, z, sd_graph_step(c, &advance_graph, NULL, nulltext_advance, &step, inputs, 5, NULL, 0));
         sd_arena_reset(c->arena, step_mark);
         stat->seconds = sd_now() - ts;
         sd_progress_step(&bar);

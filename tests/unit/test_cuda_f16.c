@@ -450,6 +450,17 @@ typedef struct f16_conv_case {
     const char *what;
 } f16_conv_case;
 
+/* Under SD_CONV_WINOGRAD=all, that a channels-last fp16 convolution of a 3x3 "same" geometry did
+ * run as Winograd F(2x2, 3x3) (its plan, made since the setting dropped the others), and one of any
+ * other geometry did not: a silent fall back to another way cannot pass. */
+static void expect_winograd(const sd_conv_geom *g, const char *what) {
+    const int same3x3 = g->kh == 3 && g->kw == 3 && g->stride == 1 && g->pad_top == 1 && g->pad_left == 1 &&
+                        g->h_out == g->h_in && g->w_out == g->w_in;
+    int plans = 0, wino = 0;
+    sd_cuda_conv_plan_counts(&plans, NULL, &wino);
+    if (wino != (same3x3 ? 1 : 0)) fail_msg("%s: %d of %d convolution plans ran as Winograd", what, wino, plans);
+}
+
 /* The geometry as sd_conv2d_pad4 (src/nn/nn.c) makes it: bottom/right padding implied by the
  * output size. */
 static sd_conv_geom f16_conv_geom(const f16_conv_case *c) {
@@ -651,6 +662,7 @@ static void test_f16_channels_last_ops(void **state) {
         {2, 8, 7, 5, 3, 1, 1, 0, 0, 0, 0, 1, "conv1x1 +bias"},
         {1, 4, 12, 12, 32, 3, 1, 1, 1, 1, 1, 1, "conv_in-like 4->32 +bias"},
         {2, 128, 8, 8, 40, 3, 1, 1, 1, 1, 1, 1, "conv3x3 128ch 8x8 +bias (GEMM by default)"},
+        {1, 64, 32, 31, 48, 3, 1, 1, 1, 1, 1, 1, "conv3x3 64->48 32x31 +bias"},
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const f16_conv_case *c = &cases[t];
@@ -660,23 +672,29 @@ static void test_f16_channels_last_ops(void **state) {
         sd_f16 *x = d.x, *w = d.w, *want = hnew16(ny), *xd = d.xd, *wd = d.wd, *yd = d.yd;
         float *b = d.b, *bd = d.bd;
         assert_sd_ok(cpu16->conv2d_nhwc(x, w, c->bias ? b : NULL, NULL, NULL, want, &g));
-        /* ... and "gemm, tuned": the GEMM path's product through a tuned cuBLASLt plan (SD_GEMM_ALGO=tune) */
-        static const char *const way[6] = {"default", "cudnn", "gemm", "graph", "tune", "gemm, tuned"};
-        static const sd_conv_gemm mode[6] = {SD_CONV_GEMM_AUTO, SD_CONV_GEMM_OFF, SD_CONV_GEMM_ALL, SD_CONV_GEMM_OFF,
-                                             SD_CONV_GEMM_OFF, SD_CONV_GEMM_ALL};
-        for (int m = 0; m < 6; m++) {
-            assert_sd_ok(sd_cuda_set_conv_algo(m == 3 ? SD_CONV_ALGO_GRAPH : m == 4 ? SD_CONV_ALGO_TUNE
-                                                                              : SD_CONV_ALGO_HEURISTIC));
+        /* ... and "gemm, tuned": the GEMM path's product through a tuned cuBLASLt plan (SD_GEMM_ALGO=tune);
+         * "winograd": F(2x2, 3x3) wherever the geometry allows (SD_CONV_WINOGRAD=all); "winograd, tune":
+         * Winograd one more candidate of SD_CONV_ALGO=tune's timing */
+        static const char *const way[8] = {"default", "cudnn", "gemm", "graph", "tune", "gemm, tuned", "winograd",
+                                           "winograd, tune"};
+        static const sd_conv_gemm mode[8] = {SD_CONV_GEMM_AUTO, SD_CONV_GEMM_OFF, SD_CONV_GEMM_ALL, SD_CONV_GEMM_OFF,
+                                             SD_CONV_GEMM_OFF, SD_CONV_GEMM_ALL, SD_CONV_GEMM_AUTO, SD_CONV_GEMM_AUTO};
+        for (int m = 0; m < 8; m++) {
+            assert_sd_ok(sd_cuda_set_conv_algo(m == 3 ? SD_CONV_ALGO_GRAPH : m == 4 || m == 7 ? SD_CONV_ALGO_TUNE
+                                                                                        : SD_CONV_ALGO_HEURISTIC));
             assert_sd_ok(sd_cuda_set_gemm_algo(m == 5 ? SD_GEMM_ALGO_TUNE : SD_GEMM_ALGO_HEURISTIC));
             assert_sd_ok(sd_cuda_set_conv_gemm(mode[m]));
+            assert_sd_ok(sd_cuda_set_conv_winograd(m >= 6 ? SD_CONV_WINOGRAD_ALL : SD_CONV_WINOGRAD_OFF));
             assert_sd_ok(gpu16->conv2d_nhwc(xd, wd, c->bias ? bd : NULL, NULL, NULL, yd, &g));
             char what[112];
             snprintf(what, sizeof what, "conv2d_nhwc %s (%s)", c->what, way[m]);
             check16(what, yd, want, ny, TOL_F16_GEMM);
+            if (m == 6) expect_winograd(&g, what);
         }
         assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
         assert_sd_ok(sd_cuda_set_gemm_algo(SD_GEMM_ALGO_HEURISTIC));
         assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
+        assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_OFF));
         /* the NCHW convolution of the same geometry keeps its own plan (the cache keys on the layout) */
         {
             sd_f16 *x_nchw = hnew16(nx), *w_kcrs = hnew16(nw), *y_nchw = hnew16(ny);
@@ -718,25 +736,29 @@ static void test_f16_conv2d_epilogue(void **state) {
         for (int with_v = 0; with_v <= 1; with_v++)
             for (int with_r = 0; with_r <= 1; with_r++)
                 for (int nhwc = 0; nhwc <= 1; nhwc++)
-                    for (int m = 0; m < 3; m++) { /* cuDNN's legacy API, GEMM, cuDNN's graph API */
+                    for (int m = 0; m < 4; m++) { /* cuDNN's legacy API, GEMM, cuDNN's graph API, Winograd */
                         /* the layouts read the same random values as their own order */
                         sd_f16 *want = hnew16(ny);
                         assert_sd_ok((nhwc ? cpu16->conv2d_nhwc : cpu16->conv2d)(x, w, c->bias ? b : NULL,
                                                                                   with_v ? v : NULL, with_r ? r : NULL,
                                                                                   want, &g));
+                        if (m == 3 && !nhwc) continue; /* Winograd takes channels-last fp16 maps only */
                         assert_sd_ok(sd_cuda_set_conv_algo(m == 2 ? SD_CONV_ALGO_GRAPH : SD_CONV_ALGO_HEURISTIC));
                         assert_sd_ok(sd_cuda_set_conv_gemm(m == 1 ? SD_CONV_GEMM_ALL : SD_CONV_GEMM_OFF));
+                        assert_sd_ok(sd_cuda_set_conv_winograd(m == 3 ? SD_CONV_WINOGRAD_ALL : SD_CONV_WINOGRAD_OFF));
                         assert_sd_ok((nhwc ? gpu16->conv2d_nhwc : gpu16->conv2d)(xd, wd, c->bias ? bd : NULL,
                                                                                   with_v ? vd : NULL, with_r ? rd : NULL,
                                                                                   yd, &g));
                         char what[128];
+                        static const char *const ways[4] = {"cudnn", "gemm", "graph", "winograd"};
                         snprintf(what, sizeof what, "%s%s%s, %s, %s", c->what, with_v ? " +channel bias" : "",
-                                 with_r ? " +residual" : "", nhwc ? "NHWC" : "NCHW",
-                                 m == 2 ? "graph" : m ? "gemm" : "cudnn");
+                                 with_r ? " +residual" : "", nhwc ? "NHWC" : "NCHW", ways[m]);
                         check16(what, yd, want, ny, TOL_F16_GEMM);
+                        if (m == 3) expect_winograd(&g, what);
                     }
         assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
         assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
+        assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_OFF));
     }
 }
 
