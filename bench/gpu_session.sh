@@ -11,7 +11,8 @@
 #   cudnn     SD_CUDNN_LOG=1: the convolution algorithms cuDNN runs for SD v1.5 (fast forward at batch 2,
 #             a fast context step) and the convolutions that run as im2col + GEMM, with fast mode's
 #             default (SD_CONV_GEMM=auto) and with cuDNN everywhere (off); then SD_CONV_ALGO=tune's and
-#             SD_GEMM_ALGO=tune's timings per shape (every candidate, and the choice)
+#             SD_GEMM_ALGO=tune's timings per shape (every candidate, Winograd F(2x2, 3x3) included
+#             through SD_CONV_WINOGRAD=on, and the choice)
 #   images    after the invert stage (its SD v1.5 random-weight folder): whole-image `stylediff invert`
 #             with StyleDiffusion and Null-text on data/images/chelsea.png (fast mode, default settings:
 #             time per image, per timestep, reconstruction), a P2Plus edit from each (cat -> tiger,
@@ -70,8 +71,9 @@ stage_cudnn() {
         SD_CUDNN_LOG=1 SD_CONV_GEMM=$convgemm build/stylediff bench grad --config configs/sd-v1.5 --device cuda \
             --precision fast --what context --iters 3 -q 2>&1 | grep -E '^cudnn:|^context' | sort | uniq -c
     done
-    echo "SD_CONV_ALGO=tune SD_GEMM_ALGO=tune: bench unet fast, batch 2 (each fp16 convolution and linear shape timed once)"
-    SD_CUDNN_LOG=1 SD_GEMM_LOG=1 SD_CONV_ALGO=tune SD_GEMM_ALGO=tune build/stylediff bench unet --config configs/sd-v1.5 \
+    echo "SD_CONV_ALGO=tune SD_GEMM_ALGO=tune SD_CONV_WINOGRAD=on: bench unet fast, batch 2 (each fp16 convolution"
+    echo "and linear shape timed once; Winograd F(2x2, 3x3) a candidate at 64x64 and 32x32)"
+    SD_CUDNN_LOG=1 SD_GEMM_LOG=1 SD_CONV_ALGO=tune SD_GEMM_ALGO=tune SD_CONV_WINOGRAD=on build/stylediff bench unet --config configs/sd-v1.5 \
         --device cuda --precision fast --batch 2 --iters 3 -q 2>&1 | grep -E '^cudnn: graph|^cublasLt|plans|graph' | sort | uniq -c
 }
 stage_images() {
@@ -118,7 +120,14 @@ stage_sanitize() {
         echo "memcheck: generate --precision $prec"
         "$cs" --tool memcheck "${common[@]}" build/stylediff generate -p "a photo of a cat" --steps 2 \
             --device cuda --precision $prec -q -o /tmp/gpu_session_san.png || rc=1
+        # the Winograd kernels on every 3x3 "same" convolution (F(4x4) in exact mode, F(2x2) in fast)
+        echo "memcheck: generate --precision $prec, SD_CONV_WINOGRAD=f4-all"
+        SD_CONV_WINOGRAD=f4-all "$cs" --tool memcheck "${common[@]}" build/stylediff generate -p "a photo of a cat" \
+            --steps 1 --device cuda --precision $prec -q -o /tmp/gpu_session_san.png || rc=1
     done
+    echo "memcheck: bench grad --precision exact, SD_CONV_WINOGRAD=all (the data gradient's transforms)"
+    SD_CONV_WINOGRAD=all "$cs" --tool memcheck "${common[@]}" build/stylediff bench grad --device cuda --precision exact \
+        --what context --iters 1 -q || rc=1
     echo "memcheck: bench grad --precision fast (context and value steps, backward included)"
     "$cs" --tool memcheck "${common[@]}" build/stylediff bench grad --device cuda --precision fast --iters 1 -q || rc=1
     echo "racecheck: generate --precision fast"

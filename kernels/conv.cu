@@ -15,10 +15,10 @@
  * summation (SD_CONV_WINOGRAD opts its 3x3 convolutions into this file's own fp32 Winograd
  * F(2x2, 3x3) or F(4x4, 3x3), "Winograd F(m x m, 3x3)" below, as it does fast mode's fp16
  * channels-last ones into an fp16 F(2x2, 3x3)); fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor
- * cores on fp32 data) and the
- * heuristic's first tensor-core algorithm (pick_algo), or with SD_CONV_ALGO=find the one cuDNN
- * measures fastest; SD_CONV_ALGO=graph|tune runs fp16 forward plans through cuDNN's graph API
- * ("cuDNN's graph API" below). SD_CUDNN_LOG=1 prints each plan's choice.
+ * cores on fp32 data) and the heuristic's first tensor-core algorithm (pick_algo), or with
+ * SD_CONV_ALGO=find the one cuDNN measures fastest; SD_CONV_ALGO=graph|tune runs fp16 forward
+ * plans through cuDNN's graph API ("cuDNN's graph API" below). SD_CUDNN_LOG=1 prints each plan's
+ * choice.
  *
  * fp16 activations (cu_f16_conv2d, fast mode's forward): x, w and y are CUDNN_DATA_HALF with an
  * fp32 convolution compute type (cuDNN's PSEUDO_HALF_CONFIG: halves read as they are, products
@@ -668,15 +668,16 @@ static sd_status conv_gemm_backward_data(const cu_conv_plan *p, const float *dy,
 }
 
 /* ------------------------------------------------------------------------------------------------
- * Winograd F(m x m, 3x3): exact mode's 3x3 stride-1 "same" convolutions (SD_CONV_WINOGRAD)
+ * Winograd F(m x m, 3x3): 3x3 stride-1 "same" convolutions (SD_CONV_WINOGRAD)
  *
  * Exact mode is bound by fp32 FMA throughput (no TF32, no tensor cores): its im2col + SGEMM
- * convolutions spend 9 multiply-adds per output pixel and input channel on a 3x3 kernel.
+ * convolutions spend 9 multiply-adds per output pixel and input channel on a 3x3 kernel (fast
+ * mode's fp16 variant, for the same reason on tensor cores, follows this one).
  * Winograd's minimal filtering computes an m x m block of outputs from an a x a input patch
  * (a = m + 2) with a² products: 16 for 4 outputs with m = 2 (2.25x fewer than direct), 36 for 16
  * with m = 4 (4x fewer). In four steps:
  *   U[ξ][o][i] = (G g Gᵀ)[ξ]    the 3x3 kernel g of (o, i) as an a x a (ξ = a·r + s)
- *   V[ξ][i][t] = (Bᵀ d Bᵀᵀ)[ξ]  the a x a input patch d of channel i under tile t
+ *   V[ξ][i][t] = (Bᵀ d B)[ξ]    the a x a input patch d of channel i under tile t
  *   M[ξ] = U[ξ] · V[ξ]          a² SGEMMs (O x I times I x T), one strided-batched cuBLAS call
  *   y = Aᵀ m A (+ bias)         the m x m outputs of tile t from its a² sums m[ξ] = M[ξ][o][t]
  * with the matrices of Lavin & Gray (2015), wino_f below. Each 2-d transform X = P x Pᵀ runs as the
