@@ -228,7 +228,7 @@ int cmd_bench(int argc, char **argv) {
         if (cuda && sd_cuda_get_conv_winograd() != SD_CONV_WINOGRAD_OFF) {
             int plans = 0, wino = 0;
             sd_cuda_conv_plan_counts(&plans, NULL, &wino);
-            fprintf(stderr, "convolution plans as Winograd (SD_CONV_WINOGRAD, exact mode): %d of %d\n", wino, plans);
+            fprintf(stderr, "convolution plans as Winograd (SD_CONV_WINOGRAD): %d of %d\n", wino, plans);
         }
         if (cuda && sd_cuda_get_gemm_algo() == SD_GEMM_ALGO_TUNE) {
             int plans = 0, tuned = 0;
