@@ -212,8 +212,8 @@ static int conv_gemm_from_env(void) {
     return env_choice("SD_CONV_GEMM", names, 3, SD_CONV_GEMM_AUTO);
 }
 
-/* SD_CONV_WINOGRAD=off|on|all|f4|f4-all (sd_conv_winograd, in that order): exact mode's 3x3 "same"
- * convolutions by Winograd F(2x2, 3x3) or F(4x4, 3x3) (conv.cu). */
+/* SD_CONV_WINOGRAD=off|on|all|f4|f4-all (sd_conv_winograd, in that order): 3x3 "same" convolutions
+ * by Winograd F(2x2, 3x3), or in exact mode F(4x4, 3x3) (conv.cu). */
 static int conv_winograd_from_env(void) {
     static const char *const names[] = {"off", "on", "all", "f4", "f4-all"};
     return env_choice("SD_CONV_WINOGRAD", names, 5, SD_CONV_WINOGRAD_OFF);
