@@ -14,7 +14,8 @@
  * cores) and excludes cuDNN's FFT and Winograd algorithms, whose rounding differs from direct
  * summation (SD_CONV_WINOGRAD opts its 3x3 convolutions into this file's own fp32 Winograd
  * F(2x2, 3x3) or F(4x4, 3x3), "Winograd F(m x m, 3x3)" below, as it does fast mode's fp16
- * channels-last ones into an fp16 F(2x2, 3x3)); fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor
+ * channels-last ones into an fp16 F(2x2, 3x3) and a gradient step's bf16 data gradients into a
+ * bf16 one); fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor
  * cores on fp32 data) and the heuristic's first tensor-core algorithm (pick_algo), or with
  * SD_CONV_ALGO=find the one cuDNN measures fastest; SD_CONV_ALGO=graph|tune runs fp16 forward
  * plans through cuDNN's graph API ("cuDNN's graph API" below). SD_CUDNN_LOG=1 prints each plan's
@@ -763,17 +764,18 @@ struct wino_pos {
 
 /* U[ξ][o][i] = (G g Gᵀ)[ξ]: g = w[o][i] (w [O][I][3][3]), or for the data gradient (rotate)
  * g = w[i][o] rotated by 180° (w the forward's [I][O][3][3]). One thread per (o, i), i fastest:
- * the a² stores of a warp are coalesced. */
-template <int MT>
-__global__ void k_wino_weight(const float *w, float *U, int64_t O, int64_t I, int rotate) {
+ * the a² stores of a warp are coalesced. Tw, Tu: float, or bf16 (the fast data gradient's kernel
+ * copy and operand; the transform itself in fp32). */
+template <int MT, typename Tw = float, typename Tu = float>
+__global__ void k_wino_weight(const Tw *w, Tu *U, int64_t O, int64_t I, int rotate) {
     constexpr int A = wino_f<MT>::A;
     GRID_STRIDE(e, O * I) {
         const int64_t o = (uint32_t)e / (uint32_t)I, i = e - o * I; /* 32-bit division: O·I, I·T, O·T < 2^31 */
-        const float *src = w + (rotate ? i * O + o : e) * 9;
+        const Tw *src = w + (rotate ? i * O + o : e) * 9;
         float t[A][3]; /* G g, column by column */
         for (int c = 0; c < 3; c++) {
             float col[3], out[A];
-            for (int r = 0; r < 3; r++) col[r] = rotate ? src[(2 - r) * 3 + (2 - c)] : src[r * 3 + c];
+            for (int r = 0; r < 3; r++) col[r] = cu_f32(rotate ? src[(2 - r) * 3 + (2 - c)] : src[r * 3 + c]);
             wino_f<MT>::weight(col, out);
             for (int r = 0; r < A; r++) t[r][c] = out[r];
         }
@@ -781,16 +783,16 @@ __global__ void k_wino_weight(const float *w, float *U, int64_t O, int64_t I, in
         for (int r = 0; r < A; r++) { /* (G g) Gᵀ, row by row */
             float u[A];
             wino_f<MT>::weight(t[r], u);
-            for (int s = 0; s < A; s++) U[(A * r + s) * step + e] = u[s];
+            for (int s = 0; s < A; s++) cu_store(&U[(A * r + s) * step + e], u[s]);
         }
     }
 }
 
 /* V[ξ][i][t] = (Bᵀ d B)[ξ], d the a x a patch of x[b][i] at rows m·ty − 1 .., columns m·tx − 1 ..
  * (zeros outside), t = (b·th + ty)·tw + tx. One thread per (b, i, tile), tiles fastest: the a²
- * stores of a warp are coalesced along t. */
-template <int MT>
-__global__ void k_wino_input(const float *x, float *V, int64_t B, int64_t I, int H, int W, int th, int tw) {
+ * stores of a warp are coalesced along t. Tv: float, or bf16 (the fast data gradient's operand). */
+template <int MT, typename Tv = float>
+__global__ void k_wino_input(const float *x, Tv *V, int64_t B, int64_t I, int H, int W, int th, int tw) {
     constexpr int A = wino_f<MT>::A;
     const int tiles = th * tw;
     const int64_t T = B * tiles;
@@ -810,12 +812,12 @@ __global__ void k_wino_input(const float *x, float *V, int64_t B, int64_t I, int
             wino_f<MT>::input(col, out);
             for (int r = 0; r < A; r++) t[r][c] = out[r];
         }
-        float *dst = V + i * T + b * tiles + tl;
+        Tv *dst = V + i * T + b * tiles + tl;
         const int64_t step = I * T;
         for (int r = 0; r < A; r++) { /* (Bᵀ d) B, row by row */
             float v[A];
             wino_f<MT>::input(t[r], v);
-            for (int s = 0; s < A; s++) dst[(A * r + s) * step] = v[s];
+            for (int s = 0; s < A; s++) cu_store(&dst[(A * r + s) * step], v[s]);
         }
     }
 }
@@ -1736,6 +1738,56 @@ sd_status cu_bf16_conv_transposed_weight(const float *w, sd_f16 *wt, int64_t Co,
     return SD_OK;
 }
 
+/* The bf16 data gradient's Winograd F(2x2, 3x3) (cu_bf16w_conv2d_backward_data under
+ * SD_CONV_WINOGRAD): dx (+)= conv(dy, wt) with t the data gradient's geometry, in the exact path's
+ * NCHW layouts: the weight transform from the bf16 kernel copy wt [Ci][Co][3][3] (already
+ * transposed and rotated), the input transform from F32 dy, both stored in bf16 (gradients need
+ * bf16's range), the products on bf16 tensor cores with fp32 sums into an F32 M, the output
+ * transform in fp32 into dx. Transformed operands rounded to bf16 carry about twice the rounding
+ * of the direct bf16 path, whose operands are dy and w themselves (numpy, 320-1280 channels:
+ * 2.6-4.8e-3 against 1.2-2.3e-3 relative). */
+static int bf16w_winograd_wanted(const cu_state *s, const sd_conv_geom *t) {
+    const int mode = s->conv_winograd;
+    if (mode == SD_CONV_WINOGRAD_OFF || t->kh != 3 || t->kw != 3 || t->stride != 1 || t->pad_top != 1 ||
+        t->pad_left != 1 || t->h_out != t->h_in || t->w_out != t->w_in || t->batch <= 0 || t->h_in > INT_MAX ||
+        t->w_in > INT_MAX)
+        return 0;
+    if ((mode == SD_CONV_WINOGRAD_ON || mode == SD_CONV_WINOGRAD_F4) && t->batch * t->h_in * t->w_in < WG_MIN_PIXELS)
+        return 0;
+    const wino_dims d = wino_dims_of(t, 0, 2);
+    if (d.T > INT_MAX || d.O * d.I > INT_MAX || d.I * d.T > INT_MAX || d.O * d.T > INT_MAX) return 0;
+    return (int64_t)(d.u_bytes + d.v_bytes + d.m_bytes) <= CONV_GEMM_MAX_COL_BYTES;
+}
+
+static sd_status bf16w_winograd(const float *dy, const __nv_bfloat16 *wt, float *dx, const sd_conv_geom *t,
+                                int accumulate) {
+    cu_state *s = cu_cur();
+    const wino_dims d = wino_dims_of(t, 0, 2); /* O = Ci (dx's channels), I = Co (dy's) */
+    const size_t u_bytes = cu_align((size_t)(16 * d.O * d.I) * sizeof(__nv_bfloat16));
+    const size_t v_bytes = cu_align((size_t)(16 * d.I * d.T) * sizeof(__nv_bfloat16));
+    const size_t m_bytes = cu_align((size_t)(16 * d.O * d.T) * sizeof(float));
+    char *ws = (char *)cu_workspace(u_bytes + v_bytes + m_bytes);
+    if (!ws) return SD_ERR_OOM;
+    __nv_bfloat16 *U = (__nv_bfloat16 *)ws, *V = (__nv_bfloat16 *)(ws + u_bytes);
+    float *M = (float *)(ws + u_bytes + v_bytes);
+    const int threads = 256;
+    CU_LAUNCH((k_wino_weight<2, __nv_bfloat16, __nv_bfloat16>), cu_blocks(d.O * d.I, threads), threads, 0, s->stream)(
+        wt, U, d.O, d.I, 0);
+    LAUNCH_CHECK("conv data gradient winograd (bf16): weight transform");
+    CU_LAUNCH((k_wino_input<2, __nv_bfloat16>), cu_blocks(d.I * d.T, threads), threads, 0, s->stream)(
+        dy, V, d.B, d.I, d.H, d.W, d.th, d.tw);
+    LAUNCH_CHECK("conv data gradient winograd (bf16): input transform");
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d.T, (int)d.O, (int)d.I, &one, V,
+                                            CUDA_R_16BF, (int)d.T, (long long)(d.I * d.T), U, CUDA_R_16BF, (int)d.I,
+                                            (long long)(d.O * d.I), &zero, M, CUDA_R_32F, (int)d.T,
+                                            (long long)(d.O * d.T), 16, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CU_LAUNCH(k_wino_output<2>, cu_blocks(d.O * d.T, threads), threads, 0, s->stream)(M, (const float *)NULL, dx, d.B, d.O,
+                                                                                    d.H, d.W, d.th, d.tw, accumulate);
+    LAUNCH_CHECK("conv data gradient winograd (bf16): output transform");
+    return SD_OK;
+}
+
 sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
                                         int accumulate) {
     sd_conv_geom t; /* dx = conv(dy, wt) in these terms: t.c_in = Co, t.c_out = Ci */
@@ -1743,12 +1795,14 @@ sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float
         return sd_fail(SD_ERR_UNSUPPORTED, "cuda conv2d_backward_data_bf16w: a %dx%d kernel at stride %d, padding (%d, %d): "
                        "its data gradient is no stride-1 convolution", g->kh, g->kw, g->stride, g->pad_top, g->pad_left);
     if (!dx || g->batch <= 0) return SD_OK;
+    cu_state *s = cu_cur();
+    if (bf16w_winograd_wanted(s, &t))
+        return bf16w_winograd(dy, reinterpret_cast<const __nv_bfloat16 *>(wt), dx, &t, accumulate);
     const int64_t P = t.h_out * t.w_out, K = t.c_in * t.kh * t.kw;
     /* the unfold's per-image index arithmetic is 32-bit (k_im2col), as are cuBLAS's sizes */
     if (K * P > INT_MAX || t.c_in * t.h_in * t.w_in > INT_MAX || t.c_out * P > INT_MAX || g->batch > INT_MAX)
         return sd_fail(SD_ERR_UNSUPPORTED, "cuda conv2d_backward_data_bf16w: %lld x %lld columns per image, beyond 32-bit "
                        "indexing", (long long)K, (long long)P);
-    cu_state *s = cu_cur();
     __nv_bfloat16 *col = (__nv_bfloat16 *)cu_workspace((size_t)(g->batch * K * P) * sizeof(__nv_bfloat16));
     if (!col) return SD_ERR_OOM;
     if (conv_is_pointwise(&t)) { /* a 1x1 kernel: the columns are dy itself, rounded */

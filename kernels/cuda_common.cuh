@@ -503,6 +503,7 @@ __device__ __forceinline__ float cu_gelu_grad(float v) {
 
 __device__ __forceinline__ float cu_f32(float v) { return v; }
 __device__ __forceinline__ float cu_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float cu_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ void cu_store(float *p, float v) { *p = v; }
 __device__ __forceinline__ void cu_store(__half *p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void cu_store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }

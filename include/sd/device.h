@@ -161,7 +161,9 @@ sd_conv_gemm sd_cuda_get_conv_gemm(void);
  * rounding about 1e-6 relative from the direct sums, F(4x4)'s 5e-6 to 1e-5. Fast mode's fp16
  * channels-last convolutions (forward, a gradient step's forward convolutions included): always
  * F(2x2), the transformed operands stored in fp16, about 5e-4 to 1e-3 relative (the direct fp16
- * convolution: up to 4e-4). OFF (the default) never; ON F(2x2) where the batch has at least 1024
+ * convolution: up to 4e-4); and a gradient step's bf16 data gradients (sd_f16_ops
+ * .conv2d_backward_data_bf16w): F(2x2) with bf16 operands, 2.5-4.5e-3 from the F32 data gradient,
+ * about twice the direct bf16 path's. OFF (the default) never; ON F(2x2) where the batch has at least 1024
  * output pixels (SD v1.x's 64x64 and 32x32 levels); ALL F(2x2) for every such convolution; F4 and
  * F4_ALL the same with F(4x4) in exact mode. The environment's SD_CONV_WINOGRAD=off|on|all|f4|f4-all
  * sets the start value; bench tables label F(2x2) "+wino" and F(4x4) "+wino4". Drops the

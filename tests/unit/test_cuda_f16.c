@@ -890,6 +890,34 @@ static void test_f16_conv2d_backward_data_bf16w(void **state) {
         const double err0 = testutil_max_rel_err(got, want, nx);
         print_message("    %-56s max rel err %.3g (tol %.0e)\n", "  overwriting", err0, 1e-4);
         if (!(err0 <= 1e-4)) fail_msg("%s, overwriting: max relative error %.6g", what, err0);
+        /* Winograd F(2x2, 3x3) (SD_CONV_WINOGRAD=all, the 3x3 "same" cases): its transformed operands
+         * are rounded to bf16, not dy and w, so it is compared with the F32 data gradient at fast
+         * mode's bound (and, as the direct path, accumulating and overwriting) */
+        const int same3x3 = g.kh == 3 && g.kw == 3 && g.pad_top == 1 && g.pad_left == 1 && g.h_out == g.h_in &&
+                            g.w_out == g.w_in;
+        if (same3x3) {
+            float *want32 = hnew(nx);
+            for (int acc = 1; acc >= 0; acc--) {
+                memcpy(want32, dx0, (size_t)nx * sizeof(float));
+                if (!acc) memset(want32, 0, (size_t)nx * sizeof(float));
+                assert_sd_ok(cpu->conv2d_backward_data(dy, w, want32, &g)); /* F32 reference, adds into dx */
+                assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_ALL));
+                dxd = dput(dx0, nx);
+                assert_sd_ok(gpu16->conv2d_backward_data_bf16w(dput(dy, ny), wtd, dxd, &g, acc));
+                assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_OFF));
+                assert_sd_ok(gpu->download(got, dxd, (size_t)nx * sizeof(float)));
+                const double err_w = testutil_max_rel_err(got, want32, nx);
+                char label[64];
+                snprintf(label, sizeof label, "  winograd (vs F32)%s", acc ? "" : ", overwriting");
+                print_message("    %-56s max rel err %.3g (tol %.0e)\n", label, err_w, 2e-2);
+                if (!(err_w <= 2e-2)) fail_msg("%s, %s: max relative error %.6g", what, label, err_w);
+                /* it ran as Winograd: the direct path matches the CPU's bf16 twin (want, the overwriting
+                 * result) to about 1e-6, Winograd's other rounding stays visibly away from it */
+                const double from_twin = testutil_max_rel_err(got, want, nx);
+                if (!acc && !(from_twin > 1e-5))
+                    fail_msg("%s, %s: %.3g from the direct bf16 twin: Winograd did not run", what, label, from_twin);
+            }
+        }
         ran++;
     }
     assert_true(ran >= 3);
