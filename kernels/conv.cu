@@ -253,28 +253,34 @@ static wino_dims wino_dims_of(const sd_conv_geom *g, int data_gradient, int m) {
     return d;
 }
 
-/* The output tile side m (2 or 4) with which a plan runs as Winograd F(m x m, 3x3), or 0: exact
- * mode's F32 NCHW and fast mode's fp16 NHWC 3x3 convolutions at stride 1 whose output has the
- * input's size (padding 1 on every side), under SD_CONV_WINOGRAD=on|f4 (at least WG_MIN_PIXELS
- * output pixels) or all|f4-all (m = 4 for exact mode's F32 under f4 and f4-all, else 2); the three
- * buffers within the GEMM path's workspace bound (counted in F32: the fp16 path's are half) and
- * cuBLAS's int sizes. */
-static int winograd_tile(const cu_state *s, const sd_conv_geom *g, sd_precision precision, cudnnDataType_t type,
-                         int nhwc) {
-    const int mode = s->conv_winograd;
-    const int f32_exact = type == CUDNN_DATA_FLOAT && precision == SD_PRECISION_EXACT && !nhwc;
-    const int f16_nhwc = type == CUDNN_DATA_HALF && nhwc;
-    if (mode == SD_CONV_WINOGRAD_OFF || !(f32_exact || f16_nhwc)) return 0;
+/* Whether the setting `mode` takes convolution g as Winograd F(m x m, 3x3): a 3x3 stride-1
+ * geometry whose output has the input's size (padding 1 on every side), at least WG_MIN_PIXELS
+ * output pixels under on|f4 (any under all|f4-all), cuBLAS's int sizes and the kernels' 32-bit
+ * index divisions, the three buffers within the GEMM path's workspace bound (counted in F32: the
+ * fp16 and bf16 paths' are smaller). */
+static int winograd_fits(int mode, const sd_conv_geom *g, int m) {
+    if (mode == SD_CONV_WINOGRAD_OFF) return 0;
     if (g->kh != 3 || g->kw != 3 || g->stride != 1 || g->pad_top != 1 || g->pad_left != 1 || g->h_out != g->h_in ||
         g->w_out != g->w_in || g->batch <= 0 || g->h_in <= 0 || g->w_in <= 0 || g->h_in > INT_MAX || g->w_in > INT_MAX)
         return 0;
     if ((mode == SD_CONV_WINOGRAD_ON || mode == SD_CONV_WINOGRAD_F4) && g->batch * g->h_in * g->w_in < WG_MIN_PIXELS)
         return 0;
-    const int m = f32_exact && (mode == SD_CONV_WINOGRAD_F4 || mode == SD_CONV_WINOGRAD_F4_ALL) ? 4 : 2;
     const wino_dims d = wino_dims_of(g, 0, m);
-    /* cuBLAS's int sizes, and the kernels' 32-bit index divisions */
     if (d.T > INT_MAX || d.O * d.I > INT_MAX || d.I * d.T > INT_MAX || d.O * d.T > INT_MAX) return 0;
-    return (int64_t)(d.u_bytes + d.v_bytes + d.m_bytes) <= CONV_GEMM_MAX_COL_BYTES ? m : 0;
+    return (int64_t)(d.u_bytes + d.v_bytes + d.m_bytes) <= CONV_GEMM_MAX_COL_BYTES;
+}
+
+/* The output tile side m (2 or 4) with which a plan runs as Winograd F(m x m, 3x3), or 0: exact
+ * mode's F32 NCHW and fast mode's fp16 NHWC convolutions that winograd_fits takes, m = 4 for exact
+ * mode under f4 and f4-all, else 2. */
+static int winograd_tile(const cu_state *s, const sd_conv_geom *g, sd_precision precision, cudnnDataType_t type,
+                         int nhwc) {
+    const int mode = s->conv_winograd;
+    const int f32_exact = type == CUDNN_DATA_FLOAT && precision == SD_PRECISION_EXACT && !nhwc;
+    const int f16_nhwc = type == CUDNN_DATA_HALF && nhwc;
+    if (!(f32_exact || f16_nhwc)) return 0;
+    const int m = f32_exact && (mode == SD_CONV_WINOGRAD_F4 || mode == SD_CONV_WINOGRAD_F4_ALL) ? 4 : 2;
+    return winograd_fits(mode, g, m) ? m : 0;
 }
 
 static sd_status plan_get(const sd_conv_geom *g, cudnnDataType_t type, int nhwc, cu_conv_plan **out) {
@@ -1746,19 +1752,6 @@ sd_status cu_bf16_conv_transposed_weight(const float *w, sd_f16 *wt, int64_t Co,
  * transform in fp32 into dx. Transformed operands rounded to bf16 carry about twice the rounding
  * of the direct bf16 path, whose operands are dy and w themselves (numpy, 320-1280 channels:
  * 2.6-4.8e-3 against 1.2-2.3e-3 relative). */
-static int bf16w_winograd_wanted(const cu_state *s, const sd_conv_geom *t) {
-    const int mode = s->conv_winograd;
-    if (mode == SD_CONV_WINOGRAD_OFF || t->kh != 3 || t->kw != 3 || t->stride != 1 || t->pad_top != 1 ||
-        t->pad_left != 1 || t->h_out != t->h_in || t->w_out != t->w_in || t->batch <= 0 || t->h_in > INT_MAX ||
-        t->w_in > INT_MAX)
-        return 0;
-    if ((mode == SD_CONV_WINOGRAD_ON || mode == SD_CONV_WINOGRAD_F4) && t->batch * t->h_in * t->w_in < WG_MIN_PIXELS)
-        return 0;
-    const wino_dims d = wino_dims_of(t, 0, 2);
-    if (d.T > INT_MAX || d.O * d.I > INT_MAX || d.I * d.T > INT_MAX || d.O * d.T > INT_MAX) return 0;
-    return (int64_t)(d.u_bytes + d.v_bytes + d.m_bytes) <= CONV_GEMM_MAX_COL_BYTES;
-}
-
 static sd_status bf16w_winograd(const float *dy, const __nv_bfloat16 *wt, float *dx, const sd_conv_geom *t,
                                 int accumulate) {
     cu_state *s = cu_cur();
@@ -1796,7 +1789,7 @@ sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float
                        "its data gradient is no stride-1 convolution", g->kh, g->kw, g->stride, g->pad_top, g->pad_left);
     if (!dx || g->batch <= 0) return SD_OK;
     cu_state *s = cu_cur();
-    if (bf16w_winograd_wanted(s, &t))
+    if (winograd_fits(s->conv_winograd, &t, 2))
         return bf16w_winograd(dy, reinterpret_cast<const __nv_bfloat16 *>(wt), dx, &t, accumulate);
     const int64_t P = t.h_out * t.w_out, K = t.c_in * t.kh * t.kw;
     /* the unfold's per-image index arithmetic is 32-bit (k_im2col), as are cuBLAS's sizes */
