@@ -866,39 +866,51 @@ __global__ void k_wino_output(const float *M, const float *bias, float *y, int64
     }
 }
 
-/* y = conv(x, w) + bias, or for the data gradient (data_gradient 1: x = dy, y = dx, bias NULL)
- * dx += conv(dy, w transposed and rotated), by Winograd F(MT x MT, 3x3) (winograd_tile's geometry). */
-template <int MT>
-static sd_status conv_winograd_tiles(const float *x, const float *w, const float *bias, float *y,
-                                     const sd_conv_geom *g, int data_gradient) {
+/* The cuBLAS type of the transformed operands U and V. */
+template <typename T> struct wino_operand;
+template <> struct wino_operand<float> { static const cudaDataType_t type = CUDA_R_32F; };
+template <> struct wino_operand<__nv_bfloat16> { static const cudaDataType_t type = CUDA_R_16BF; };
+
+/* y (+)= conv(x, w) (+ bias) by Winograd F(MT x MT, 3x3) in NCHW (winograd_fits' geometry), U and V
+ * stored as Top (F32 in exact mode, bf16 for fast mode's data gradients), M in F32. data_gradient 1:
+ * x = dy, y = dx, w the forward's kernel, read transposed and rotated (dims swapped). accumulate:
+ * the output transform adds into y. */
+template <int MT, typename Tw = float, typename Top = float>
+static sd_status conv_winograd_tiles(const float *x, const Tw *w, const float *bias, float *y,
+                                     const sd_conv_geom *g, int data_gradient, int accumulate) {
     constexpr int A = wino_f<MT>::A;
     cu_state *s = cu_cur();
     const wino_dims d = wino_dims_of(g, data_gradient, MT);
-    char *ws = (char *)cu_workspace(d.u_bytes + d.v_bytes + d.m_bytes);
+    const size_t u_bytes = cu_align((size_t)(A * A * d.O * d.I) * sizeof(Top));
+    const size_t v_bytes = cu_align((size_t)(A * A * d.I * d.T) * sizeof(Top));
+    char *ws = (char *)cu_workspace(u_bytes + v_bytes + d.m_bytes);
     if (!ws) return SD_ERR_OOM;
-    float *U = (float *)ws, *V = (float *)(ws + d.u_bytes), *M = (float *)(ws + d.u_bytes + d.v_bytes);
+    Top *U = (Top *)ws, *V = (Top *)(ws + u_bytes);
+    float *M = (float *)(ws + u_bytes + v_bytes);
     const int threads = 256;
-    CU_LAUNCH(k_wino_weight<MT>, cu_blocks(d.O * d.I, threads), threads, 0, s->stream)(w, U, d.O, d.I, data_gradient);
+    CU_LAUNCH((k_wino_weight<MT, Tw, Top>), cu_blocks(d.O * d.I, threads), threads, 0, s->stream)(w, U, d.O, d.I,
+                                                                                                 data_gradient);
     LAUNCH_CHECK("conv winograd: weight transform");
-    CU_LAUNCH(k_wino_input<MT>, cu_blocks(d.I * d.T, threads), threads, 0, s->stream)(x, V, d.B, d.I, d.H, d.W, d.th,
-                                                                                     d.tw);
+    CU_LAUNCH((k_wino_input<MT, Top>), cu_blocks(d.I * d.T, threads), threads, 0, s->stream)(x, V, d.B, d.I, d.H, d.W,
+                                                                                            d.th, d.tw);
     LAUNCH_CHECK("conv winograd: input transform");
     /* M[ξ] (O x T, row-major) = U[ξ] (O x I) · V[ξ] (I x T); column-major Mᵀ[ξ] = V[ξ]ᵀ · U[ξ]ᵀ, batched over ξ */
     const float one = 1.0f, zero = 0.0f;
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d.T, (int)d.O, (int)d.I, &one, V,
-                                            CUDA_R_32F, (int)d.T, (long long)(d.I * d.T), U, CUDA_R_32F, (int)d.I,
-                                            (long long)(d.O * d.I), &zero, M, CUDA_R_32F, (int)d.T,
-                                            (long long)(d.O * d.T), A * A, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    const cudaDataType_t op = wino_operand<Top>::type;
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d.T, (int)d.O, (int)d.I, &one, V, op,
+                                            (int)d.T, (long long)(d.I * d.T), U, op, (int)d.I, (long long)(d.O * d.I),
+                                            &zero, M, CUDA_R_32F, (int)d.T, (long long)(d.O * d.T), A * A,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     CU_LAUNCH(k_wino_output<MT>, cu_blocks(d.O * d.T, threads), threads, 0, s->stream)(M, bias, y, d.B, d.O, d.H, d.W,
-                                                                                      d.th, d.tw, data_gradient);
+                                                                                      d.th, d.tw, accumulate);
     LAUNCH_CHECK("conv winograd: output transform");
     return SD_OK;
 }
 
 static sd_status conv_winograd(const cu_conv_plan *p, const float *x, const float *w, const float *bias, float *y,
                                int data_gradient) {
-    return p->winograd == 4 ? conv_winograd_tiles<4>(x, w, bias, y, &p->g, data_gradient)
-                            : conv_winograd_tiles<2>(x, w, bias, y, &p->g, data_gradient);
+    return p->winograd == 4 ? conv_winograd_tiles<4>(x, w, bias, y, &p->g, data_gradient, data_gradient)
+                            : conv_winograd_tiles<2>(x, w, bias, y, &p->g, data_gradient, data_gradient);
 }
 
 /* Fast mode's channels-last fp16 convolutions by F(2x2, 3x3) (cu_f16_conv2d_nhwc under
@@ -1751,36 +1763,7 @@ sd_status cu_bf16_conv_transposed_weight(const float *w, sd_f16 *wt, int64_t Co,
  * bf16's range), the products on bf16 tensor cores with fp32 sums into an F32 M, the output
  * transform in fp32 into dx. Transformed operands rounded to bf16 carry about twice the rounding
  * of the direct bf16 path, whose operands are dy and w themselves (numpy, 320-1280 channels:
- * 2.6-4.8e-3 against 1.2-2.3e-3 relative). */
-static sd_status bf16w_winograd(const float *dy, const __nv_bfloat16 *wt, float *dx, const sd_conv_geom *t,
-                                int accumulate) {
-    cu_state *s = cu_cur();
-    const wino_dims d = wino_dims_of(t, 0, 2); /* O = Ci (dx's channels), I = Co (dy's) */
-    const size_t u_bytes = cu_align((size_t)(16 * d.O * d.I) * sizeof(__nv_bfloat16));
-    const size_t v_bytes = cu_align((size_t)(16 * d.I * d.T) * sizeof(__nv_bfloat16));
-    const size_t m_bytes = cu_align((size_t)(16 * d.O * d.T) * sizeof(float));
-    char *ws = (char *)cu_workspace(u_bytes + v_bytes + m_bytes);
-    if (!ws) return SD_ERR_OOM;
-    __nv_bfloat16 *U = (__nv_bfloat16 *)ws, *V = (__nv_bfloat16 *)(ws + u_bytes);
-    float *M = (float *)(ws + u_bytes + v_bytes);
-    const int threads = 256;
-    CU_LAUNCH((k_wino_weight<2, __nv_bfloat16, __nv_bfloat16>), cu_blocks(d.O * d.I, threads), threads, 0, s->stream)(
-        wt, U, d.O, d.I, 0);
-    LAUNCH_CHECK("conv data gradient winograd (bf16): weight transform");
-    CU_LAUNCH((k_wino_input<2, __nv_bfloat16>), cu_blocks(d.I * d.T, threads), threads, 0, s->stream)(
-        dy, V, d.B, d.I, d.H, d.W, d.th, d.tw);
-    LAUNCH_CHECK("conv data gradient winograd (bf16): input transform");
-    const float one = 1.0f, zero = 0.0f;
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)d.T, (int)d.O, (int)d.I, &one, V,
-                                            CUDA_R_16BF, (int)d.T, (long long)(d.I * d.T), U, CUDA_R_16BF, (int)d.I,
-                                            (long long)(d.O * d.I), &zero, M, CUDA_R_32F, (int)d.T,
-                                            (long long)(d.O * d.T), 16, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    CU_LAUNCH(k_wino_output<2>, cu_blocks(d.O * d.T, threads), threads, 0, s->stream)(M, (const float *)NULL, dx, d.B, d.O,
-                                                                                    d.H, d.W, d.th, d.tw, accumulate);
-    LAUNCH_CHECK("conv data gradient winograd (bf16): output transform");
-    return SD_OK;
-}
-
+ * 2.6-4.8e-3 against 1.2-2.3e-3 relative). conv_winograd_tiles with bf16 operands. */
 sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
                                         int accumulate) {
     sd_conv_geom t; /* dx = conv(dy, wt) in these terms: t.c_in = Co, t.c_out = Ci */
@@ -1790,7 +1773,8 @@ sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float
     if (!dx || g->batch <= 0) return SD_OK;
     cu_state *s = cu_cur();
     if (winograd_fits(s->conv_winograd, &t, 2))
-        return bf16w_winograd(dy, reinterpret_cast<const __nv_bfloat16 *>(wt), dx, &t, accumulate);
+        return conv_winograd_tiles<2, __nv_bfloat16, __nv_bfloat16>(dy, reinterpret_cast<const __nv_bfloat16 *>(wt),
+                                                                    (const float *)NULL, dx, &t, 0, accumulate);
     const int64_t P = t.h_out * t.w_out, K = t.c_in * t.kh * t.kw;
     /* the unfold's per-image index arithmetic is 32-bit (k_im2col), as are cuBLAS's sizes */
     if (K * P > INT_MAX || t.c_in * t.h_in * t.w_in > INT_MAX || t.c_out * P > INT_MAX || g->batch > INT_MAX)
