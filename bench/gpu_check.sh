@@ -9,12 +9,12 @@
 #   build  make -j all + every test binary (the CUDA build when nvcc exists; says so)
 #   test   $BUILD/tests/test_cuda_ops (every CUDA op vs the CPU, the tiny model vs the oracle, CUDA
 #          graphs), then every other test binary through tests/run_tests.sh (capped by TEST_TIMEOUT)
-#   bench  `stylediff bench unet` on the GPU, exact, exact+wino(4), fast, fast+fa1, fast+graph, fast+tune and fast+cudnn, batch 1 and 2, eager and
+#   bench  `stylediff bench unet` on the GPU, BENCH_PRECS (exact, fast and the settings still open), batch 1 and 2, eager and
 #          CUDA graph, for the built-in tiny model and the SD v1.5 architecture with random weights
-#          (512x512, 64x64 latent), plus one call per mode with every op timed alone (--profile: time,
-#          TFLOP/s and GB/s per class of op); then bench/reference/unet_torch.py times PyTorch on the same card with the
+#          (512x512, 64x64 latent); then bench/reference/unet_torch.py times PyTorch on the same card with the
 #          SAME weights (written by --save-weights) and checks parity on stylediff's own inputs and
-#          outputs (--save-io); one table with the ratios.
+#          outputs (--save-io); one table with the ratios; then one call per BREAKDOWN_PRECS mode with
+#          every op timed alone (--profile: time, TFLOP/s and GB/s per class of op).
 #   grad   bench/grad_side_by_side.sh --device cuda for each of GRAD_MODELS (default "tiny sd15"): one
 #          gradient step through the UNet (Null-text's context step, StyleDiffusion's value step) and one
 #          forward, stylediff exact and fast vs PyTorch fp32 on the same weights; parity of the losses and
@@ -32,7 +32,10 @@
 #
 # Knobs: BUILD (build folder, default build), ITERS (timed calls, default 20), SIZE (image side, default 512), MODELS (default
 #   "tiny sd15"), TEST_TIMEOUT (seconds for the non-CUDA tests, default 420), PYTHON (default
-#   python3), DIFFUSERS_WHEEL (a diffusers wheel to install offline; default build/wheels/diffusers-*.whl).
+#   python3), BENCH_PRECS / BREAKDOWN_PRECS (the bench stage's rows and per-op breakdowns, default the
+#   settings still open: exact, exact+direct, exact+wino4-all, fast, fast+graph, fast+tune, fast+cudnn /
+#   exact, exact+wino4-all, fast, fast+tune; set but empty: none; any row the bench stage's comment names works), TORCH_MODES (unet_torch.py's
+#   --modes, default its own list; fp32-sdpa,fp16-sdpa is what the ratios need), DIFFUSERS_WHEEL (a diffusers wheel to install offline; default build/wheels/diffusers-*.whl).
 # Missing pieces (no GPU, no nvcc, no torch, no diffusers) each print one line and the rest goes on.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -47,6 +50,8 @@ TEST_TIMEOUT=${TEST_TIMEOUT:-420}
 PYTHON=${PYTHON:-python3}
 JOBS=$(nproc 2>/dev/null || echo 4)
 BUILD=${BUILD:-build}
+BENCH_PRECS=${BENCH_PRECS:-exact exact+direct exact+wino4-all fast fast+graph fast+tune fast+cudnn}
+BREAKDOWN_PRECS=${BREAKDOWN_PRECS-exact exact+wino4-all fast fast+tune}
 mkdir -p "$RES" "$WORK_DIR"
 LOG="$RES/gpu_check.log"
 exec > >(tee -a "$LOG") 2>&1
@@ -55,6 +60,7 @@ STAGES="$*"
 [ -z "$STAGES" ] && STAGES="build test bench grad"
 want() { case " $STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
 note() { echo "gpu_check: $*"; }
+. bench/row_settings.sh
 T0=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - T0 )) s"; }
 FAILED=0
@@ -148,21 +154,27 @@ if want bench; then
         note "PyTorch with CUDA (and safetensors) not available to $PYTHON: the reference side is skipped"
     fi
 
-    for model in $MODELS; do
-        case $model in
+    # args / cfg: `bench unet`'s options and the UNet config for a model of MODELS
+    model_args() {
+        case $1 in
             tiny) args=""; cfg=configs/tiny/unet.json ;;
             sd15) args="--config configs/sd-v1.5"; cfg=configs/sd-v1.5/unet.json ;;
-            *) note "unknown model '$model' in MODELS (tiny, sd15)"; continue ;;
+            *) note "unknown model '$1' in MODELS (tiny, sd15)"; return 1 ;;
         esac
+    }
+    for model in $MODELS; do
+        model_args "$model" || continue
         W="$WORK_DIR/weights_$model.safetensors"
         rm -f "$W"
         ios=""
         for batch in 1 2; do
-            # exact+wino = SD_CONV_WINOGRAD=on, exact mode's 3x3 convolutions at 64x64 and 32x32 as
-            # fp32 Winograd F(2x2, 3x3) (2.25x fewer products) instead of im2col + SGEMM; exact+wino4 =
-            # SD_CONV_WINOGRAD=f4, F(4x4, 3x3) (4x fewer, about 5e-6 more rounding); fast+wino = the
-            # same F(2x2, 3x3) on fast mode's fp16 channels-last maps (fp16 transformed operands,
-            # tensor-core GEMMs, the epilogue in the output transform) instead of cuDNN;
+            # exact = exact mode's default: the 3x3 convolutions at 64x64 and 32x32 as fp32 Winograd
+            # F(4x4, 3x3) (SD_CONV_WINOGRAD=auto), the others im2col + SGEMM; exact+direct =
+            # SD_CONV_WINOGRAD=off, every convolution im2col + SGEMM; exact+wino = on, F(2x2, 3x3) at
+            # 64x64 and 32x32; exact+wino4-all = f4-all, F(4x4) on the 16x16 and 8x8 levels too;
+            # fast+wino = on, F(2x2, 3x3) on fast mode's fp16 channels-last maps at 64x64 and 32x32
+            # (fp16 transformed operands, tensor-core GEMMs, the epilogue in the output transform)
+            # instead of cuDNN; fast+wino-all / exact+wino-all = all, F(2x2) everywhere;
             # fast = fp16 UNet activations (the default); fast+fa1 = SD_FLASH_BLOCKS_PER_SM=1, the fp16
             # flash attention at D 40 one block per SM without its register spill instead of two
             # with it; fast+graph = SD_CONV_ALGO=graph, the fp16 cuDNN convolutions through the graph
@@ -174,18 +186,20 @@ if want bench; then
             # (Measured and settled: SD_CONV_ALGO=find, cuDNN's timed legacy choice, slower than its
             # heuristic on an H200; SD_CONV_GEMM=all lost, 14.2 ms; fp16 against F32 storage, 6.03 /
             # 9.12 against 9.88 / 16.09 ms; NCHW fp16 maps (SD_CHANNELS_LAST=0) 6.10 / 9.16 ms; exact
-            # mode on cuDNN (exact+cudnn) 42.29 / 64.56 ms against 26.50 / 58.09 with GEMMs, H100.)
-            for prec in exact exact+wino exact+wino4 fast fast+wino fast+fa1 fast+graph fast+tune fast+cudnn; do
+            # mode on cuDNN (exact+cudnn) 42.29 / 64.56 ms against 26.50 / 58.09 with GEMMs, H100.
+            # Tenth session, H100, batch 1 / 2 graph: exact+direct 26.18 / 57.82, exact+wino 23.28 /
+            # 49.31, F(4x4) (now exact) 22.35 / 47.27; fast 5.15 / 7.78, fast+wino 5.24 / 7.78,
+            # fast+fa1 5.47 / 8.38, fast+tune 5.11 / 7.62.)
+            for prec in $BENCH_PRECS; do
                 extra=""
                 act=f16
-                wino=off
+                wino=$(winograd_setting "$prec")
                 convgemm=auto
                 convalgo=heuristic
                 gemmalgo=heuristic
                 chlast=1
                 fa=2
                 [ "$prec" = "fast+fa1" ] && fa=1
-                case $prec in *+wino) wino=on ;; *+wino4) wino=f4 ;; esac
                 [ "$prec" = "fast+graph" ] && convalgo=graph
                 [ "$prec" = "fast+tune" ] && convalgo=tune gemmalgo=tune
                 case $prec in *+cudnn) convgemm=off ;; *+gemm) convgemm=all ;; esac
@@ -208,22 +222,11 @@ if want bench; then
                 fi
             done
         done
-        # where the time goes: one call per mode with every op timed alone (issue 3's per-kernel breakdown)
-        for prec in exact exact+wino exact+wino4 fast fast+wino fast+tune; do
-            echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
-            tune=heuristic
-            wino=off
-            [ "$prec" = "fast+tune" ] && tune=tune
-            case $prec in *+wino) wino=on ;; *+wino4) wino=f4 ;; esac
-            # shellcheck disable=SC2086
-            SD_CONV_ALGO=$tune SD_GEMM_ALGO=$tune SD_CONV_WINOGRAD=$wino "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
-                --iters 3 --no-graph --profile -q 2>&1 | sed -n '/where the time goes/,$p' | head -n 28 \
-                || note "the breakdown failed for $model $prec"
-        done
         if [ "$HAVE_TORCH" = 1 ] && [ -f "$W" ]; then
             echo "pytorch: $model ($(elapsed))"
             # shellcheck disable=SC2086
             "$PYTHON" bench/reference/unet_torch.py --config "$cfg" --weights "$W" $ios --batch 1,2 --size "$SIZE" \
+                ${TORCH_MODES:+--modes "$TORCH_MODES"} \
                 --iters "$ITERS" --label "$model" --tsv | tee -a "$TSV" \
                 || { note "the PyTorch reference failed for $model"; FAILED=1; }
         fi
@@ -235,11 +238,12 @@ if want bench; then
     {
         echo "UNet forward, ${SIZE}x${SIZE} image ($((SIZE / 8))x$((SIZE / 8)) latent), t = 981, ${GPU_NAME:-unknown GPU}," \
              "median of $ITERS calls (CUDA events) after warm-up."
-        echo "stylediff exact = fp32, no TF32, convolutions as im2col + fp32 cuBLAS GEMMs; exact+wino / exact+wino4 = the"
-        echo "64x64 and 32x32 3x3 convolutions as fp32 Winograd F(2x2, 3x3) / F(4x4, 3x3) instead; fast = fp16 UNet activations"
-        echo "with fp16 tensor-core GEMMs, convolutions and attention (fp32 accumulation), feature maps channels-last,"
-        echo "16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+wino = the 64x64 and 32x32 3x3 ones as fp16"
-        echo "Winograd F(2x2, 3x3) instead of cuDNN; fast+fa1 = the fp16 flash attention at D 40 one block"
+        echo "stylediff exact = fp32, no TF32, the 64x64 and 32x32 3x3 convolutions as fp32 Winograd F(4x4, 3x3), the"
+        echo "others as im2col + fp32 cuBLAS GEMMs; exact+direct = every one im2col + GEMM; exact+wino = F(2x2, 3x3) at"
+        echo "64x64 and 32x32; +wino4-all / +wino-all = F(4x4) / F(2x2) on every 3x3 'same' convolution; fast = fp16 UNet"
+        echo "activations with fp16 tensor-core GEMMs, convolutions and attention (fp32 accumulation), feature maps"
+        echo "channels-last, 16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+wino = the 64x64 and 32x32 3x3 ones"
+        echo "as fp16 Winograd F(2x2, 3x3) instead of cuDNN; fast+fa1 = the fp16 flash attention at D 40 one block"
         echo "per SM (no register spill); fast+graph = fp16 cuDNN convolutions through its graph API's first engine;"
         echo "fast+tune+gtune = each fp16 convolution shape timed once (im2col + GEMM, legacy algorithm, graph-API"
         echo "engines) and each cuBLASLt linear (the heuristic's first 8), the fastest kept; +cudnn = cuDNN for every"
@@ -266,6 +270,22 @@ if want bench; then
             "$TSV" "$TSV" | { printf "%-6s %-5s %-28s %-14s %-6s %10s %10s %9s %8s %8s %8s %8s\n" model batch impl precision mode \
                                 "median ms" "min ms" "peak MiB" "x fp32" "x fp16" "TFLOP/s" "of bf16"; cat; }
     } | tee "$RES/table.txt"
+
+    # where the time goes: one call per mode with every op timed alone (issue 3's per-kernel
+    # breakdown), after the table: a stage cut short by its cap then loses these, not the ratios
+    for model in $MODELS; do
+        model_args "$model" || continue
+        for prec in $BREAKDOWN_PRECS; do
+            echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
+            tune=heuristic
+            wino=$(winograd_setting "$prec")
+            [ "$prec" = "fast+tune" ] && tune=tune
+            # shellcheck disable=SC2086
+            SD_CONV_ALGO=$tune SD_GEMM_ALGO=$tune SD_CONV_WINOGRAD=$wino "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
+                --iters 3 --no-graph --profile -q 2>&1 | sed -n '/where the time goes/,$p' | head -n 28 \
+                || note "the breakdown failed for $model $prec"
+        done
+    done
 fi
 
 # ------------------------------------------------------------------------------------------------

@@ -20,9 +20,9 @@
 #
 # Options: --device cpu|cuda (cpu)  --model tiny|sd15 (tiny)  --iters N (cpu 3, cuda 10)
 #          --modes LIST (fp32-explicit,fp32-sdpa-frozen)  --precision LIST (cpu exact,exact+recompute;
-#          cuda exact,exact+cudnn,fast,fast+tune,fast+wino,fast+f32grad; "+wino" / "+wino4": SD_CONV_WINOGRAD=on
-#          / f4 (the 64x64 and 32x32 3x3 convolutions as Winograd F(2x2, 3x3), exact mode's also
-#          F(4x4, 3x3)); "+tune": SD_CONV_ALGO=tune and
+#          cuda exact,exact+direct,exact+wino4-all,fast,fast+tune,fast+f32grad; "+direct", "+wino", "+wino-all",
+#          "+wino4-all": the Winograd setting (bench/row_settings.sh; exact mode's default is F(4x4,
+#          3x3) at 64x64 and 32x32, "+direct" none); "+tune": SD_CONV_ALGO=tune and
 #          SD_GEMM_ALGO=tune, the fp16 forward convolutions timed once per shape between im2col +
 #          GEMM, cuDNN's legacy algorithm and its graph API's engines, the cuBLASLt linears between
 #          the heuristic's first algorithms; "+graph": SD_CONV_ALGO=graph; "+nchw": SD_CHANNELS_LAST=0, the step's
@@ -38,6 +38,7 @@
 # Exit status: 0 when both sides ran and every parity is within 1e-4 (exact); 1 otherwise.
 set -u
 cd "$(dirname "$0")/.." || exit 1
+. bench/row_settings.sh
 ROOT=$(pwd)
 DEVICE=cpu MODEL=tiny ITERS="" MODES=fp32-explicit,fp32-sdpa-frozen PRECISION="" SD=${STYLEDIFF:-build/stylediff}
 PY=${PYTHON:-} WORK=${WORK:-/tmp/stylediff_grad_bench} RES=""
@@ -59,7 +60,7 @@ while [ $# -gt 0 ]; do
 done
 case $DEVICE in
     cpu) : "${ITERS:=3}" "${PRECISION:=exact,exact+recompute}" ;;
-    cuda) : "${ITERS:=10}" "${PRECISION:=exact,exact+cudnn,fast,fast+tune,fast+wino,fast+f32grad}" ;;
+    cuda) : "${ITERS:=10}" "${PRECISION:=exact,exact+direct,exact+wino4-all,fast,fast+tune,fast+f32grad}" ;;
     *) echo "grad_side_by_side: --device cpu|cuda" >&2; exit 2 ;;
 esac
 case $MODEL in
@@ -97,10 +98,8 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     bf16grads=1
     convalgo=heuristic
     gemmalgo=heuristic
-    wino=off
+    wino=$(winograd_setting "$prec")
     case $prec in
-        *+wino) wino=on ;;
-        *+wino4) wino=f4 ;;
         *+tune) convalgo=tune gemmalgo=tune ;;
         *+graph) convalgo=graph ;;
         *+nchw) chlast=0 ;;
@@ -151,7 +150,7 @@ def rows(path):
 ours = {(r[3], r[4]): r for r in rows(ours_path) if r[0] == "grad"}
 ref = {(r[4], r[1]): r for r in rows(torch_path) if r[0] == "grad_ref"}
 parity = [r for r in rows(torch_path) if r[0] == "grad_parity"]
-ORDER = ("exact", "exact+wino", "exact+wino4", "exact+cudnn", "exact+recompute", "fast", "fast+wino", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+cudnn", "fast+gemm", "fast+tf32",
+ORDER = ("exact", "exact+direct", "exact+wino", "exact+wino4-all", "exact+wino-all", "exact+cudnn", "exact+recompute", "fast", "fast+wino", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+cudnn", "fast+gemm", "fast+tf32",
          "fast+eager", "fast+recompute")
 precs = sorted({k[0] for k in ours}, key=lambda p: ORDER.index(p) if p in ORDER else 9)
 modes = []

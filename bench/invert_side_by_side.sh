@@ -50,9 +50,10 @@
 #   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager,fast+f32act,fast+cudnn);
 #                                cpu: exact. "+find": SD_CONV_ALGO=find (convolution algorithms chosen
 #                                by cuDNN's timing); "+tune": SD_CONV_ALGO=tune SD_GEMM_ALGO=tune (each
-#                                convolution and linear shape timed once between its ways); "+wino" / "+wino4":
-#                                SD_CONV_WINOGRAD=on / f4 (3x3 convolutions at 64x64 and 32x32 as Winograd
-#                                F(2x2, 3x3) / exact mode's F(4x4, 3x3)); "+cudnn": SD_CONV_GEMM=off (cuDNN for every
+#                                convolution and linear shape timed once between its ways); "+direct", "+wino",
+#                                "+wino-all", "+wino4-all": the Winograd setting (bench/row_settings.sh;
+#                                exact mode's default is F(4x4, 3x3) at 64x64 and 32x32, "+direct" none,
+#                                fast mode's none, "+wino" F(2x2) there); "+cudnn": SD_CONV_GEMM=off (cuDNN for every
 #                                convolution); "+tf32": SD_FAST_GEMM=tf32 (the gradient steps' F32
 #                                GEMMs in TF32, not bf16). "+eager": --eager (no CUDA graphs); "+f32act": fast mode with
 #                                F32 activations (SD_FAST_ACTIVATIONS=f32) instead of fp16.
@@ -71,6 +72,7 @@
 # Exit status: 0 when both sides ran, 1 when either failed (the table still prints what ran).
 set -u
 cd "$(dirname "$0")/.." || exit 1
+. bench/row_settings.sh
 ROOT=$(pwd)
 
 DEVICE=cpu MODEL=tiny STEPS=50 STEPS_SD=30 INNER=10 INNER_SD="" TIMESTEPS="" REPS="" REPS_DDIM="" WARMUP=""
@@ -206,10 +208,8 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     gemmalgo=heuristic
     convgemm=auto
     fastgemm=bf16
-    wino=off
+    wino=$(winograd_setting "$prec")
     case $prec in
-        *+wino) wino=on ;;
-        *+wino4) wino=f4 ;;
         *+eager) eager=--eager ;;
         *+f32act) act=f32 ;;
         *+find) convalgo=find ;;
@@ -291,38 +291,54 @@ def rows(path):
     except OSError:
         return []
 
+# the columns of `stylediff bench invert --tsv` (print_rows in src/cli/cmd_bench_invert.c), by name:
+# a column added there must be added here, or every index after it reads its neighbour
+OURS_FIELDS = ("tag", "method", "steps", "timesteps", "iterations", "total_s", "ddim_s", "opt_s", "latent_mse",
+               "psnr", "peak_mib", "graph_iterations", "encode_s", "first_s", "steady_timestep_s",
+               "steady_iteration_s")
+C = {name: i for i, name in enumerate(OURS_FIELDS)}
+
+def our_rows(path):
+    out = [r for r in rows(path) if r[0] == "invert"]
+    for r in out:
+        if len(r) != len(OURS_FIELDS):
+            sys.exit(f"invert_side_by_side: {path}: a bench invert row has {len(r)} columns, this script reads "
+                     f"{len(OURS_FIELDS)} ({', '.join(OURS_FIELDS)}): update OURS_FIELDS")
+    return out
+
 # stylediff: the last row of each method (after the warm-up runs, when there were any)
 ours, notes = {}, []
 expect_nt = timesteps * inner
 expect_sd = sum(math.ceil(inner_sd * math.exp(-0.1 * i)) for i in range(min(timesteps, steps_sd)))
 for prec, path in ours_files:
-    last = {r[1]: r for r in rows(path) if r[0] == "invert" and len(r) >= 10}
+    last = {r[C["method"]]: r for r in our_rows(path)}
     col = {}
-    def steady(r, i):  # columns 14-15: steady-state seconds per timestep / per iteration (nan: not measured)
-        v = float(r[i]) if len(r) > i and r[i] not in ("", "nan", "-nan") else float("nan")
+    def steady(r, name):  # steady-state seconds per timestep / per iteration (nan: not measured)
+        v = float(r[C[name]]) if r[C[name]] not in ("", "nan", "-nan") else float("nan")
         return v if math.isfinite(v) else None
     if "nulltext" in last:
         r = last["nulltext"]
-        ts, iters, ddim_s, opt_s = int(r[3]), int(r[4]), float(r[6]), float(r[7])
+        ts, iters = int(r[C["timesteps"]]), int(r[C["iterations"]])
+        ddim_s, opt_s = float(r[C["ddim_s"]]), float(r[C["opt_s"]])
         col["ddim"] = 1e3 * ddim_s
         if ts:
             col["nulltext_mean"] = 1e3 * opt_s / ts
-            col["nulltext"] = 1e3 * (steady(r, 13) or opt_s / ts)
-            if steady(r, 13):
+            col["nulltext"] = 1e3 * (steady(r, "steady_timestep_s") or opt_s / ts)
+            if steady(r, "steady_timestep_s"):
                 notes.append(f"stylediff {prec}: Null-text per timestep = the steady state, timesteps 3 to {ts}: "
-                             f"{1e3 * steady(r, 13):.1f} ms; the mean over all {ts}, with the first two's one-time "
+                             f"{1e3 * steady(r, 'steady_timestep_s'):.1f} ms; the mean over all {ts}, with the first two's one-time "
                              f"plans and CUDA graph captures: {1e3 * opt_s / ts:.1f} ms")
         if iters != expect_nt:
             notes.append(f"stylediff {prec}: Null-text stopped early: {iters} of {expect_nt} iterations "
                          f"(per-timestep time is over fewer iterations than PyTorch's)")
     if "stylediffusion" in last:
         r = last["stylediffusion"]
-        ts, iters, opt_s = int(r[3]), int(r[4]), float(r[7])
+        ts, iters, opt_s = int(r[C["timesteps"]]), int(r[C["iterations"]]), float(r[C["opt_s"]])
         if iters:
-            col["sd"] = 1e3 * (steady(r, 14) or opt_s / iters)
-            if steady(r, 14):
+            col["sd"] = 1e3 * (steady(r, "steady_iteration_s") or opt_s / iters)
+            if steady(r, "steady_iteration_s"):
                 notes.append(f"stylediff {prec}: StyleDiffusion per iteration = the steady state, timesteps 3 to "
-                             f"{ts}: {1e3 * steady(r, 14):.1f} ms; the mean over all {ts}: {1e3 * opt_s / iters:.1f} ms")
+                             f"{ts}: {1e3 * steady(r, 'steady_iteration_s'):.1f} ms; the mean over all {ts}: {1e3 * opt_s / iters:.1f} ms")
             share = 2 * ts / (2 * ts + 3 * iters)
             notes.append(f"stylediff {prec}: StyleDiffusion per iteration = {opt_s:.2f} s / {iters} iterations over "
                          f"{ts} timestep(s); about {100 * share:.0f}% of it is each timestep's eps_u and advance "
@@ -331,8 +347,9 @@ for prec, path in ours_files:
             notes.append(f"stylediff {prec}: StyleDiffusion stopped early: {iters} of {expect_sd} iterations")
     for name in ("nulltext", "stylediffusion"):
         r = last.get(name)
-        if r and len(r) >= 12:  # column 12: iterations replayed (11 is the peak MiB)
-            notes.append(f"stylediff {prec}: {name}: {r[11]} of {r[4]} gradient iterations replayed from a CUDA graph")
+        if r:
+            notes.append(f"stylediff {prec}: {name}: {r[C['graph_iterations']]} of {r[C['iterations']]} gradient "
+                         f"iterations replayed from a CUDA graph")
     ours[prec] = col
 
 torch_rows = [r for r in rows(torch_tsv) if r[0] == "invert_ref"]
@@ -347,15 +364,16 @@ for r in torch_rows:
         peak[r[4]] = max(peak.get(r[4], 0), float(r[7]))
 
 # quality: latent MSE of the reconstruction (ours: bench invert rows; PyTorch: invert_ref_quality rows)
-q_ours = {r[1]: r for r in rows(qual_ours) if r[0] == "invert" and len(r) >= 10}
+q_ours = {r[C["method"]]: r for r in our_rows(qual_ours)}
 q_torch = {r[1]: r for r in rows(qual_torch) if r[0] == "invert_ref_quality"}
 parity = [r for r in rows(qual_torch) if r[0] == "parity"]
 
 def qo(m):
     r = q_ours.get(m)
-    if not r or r[8] == "nan":
+    if not r or r[C["latent_mse"]] == "nan":
         return "-"
-    return f"{float(r[8]):.3g}" + (f" ({float(r[9]):.1f} dB)" if r[9] != "nan" else "")
+    psnr = r[C["psnr"]]
+    return f"{float(r[C['latent_mse']]):.3g}" + (f" ({float(psnr):.1f} dB)" if psnr != "nan" else "")
 
 def qt(m):
     r = q_torch.get(m)

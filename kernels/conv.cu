@@ -12,10 +12,10 @@
  *
  * Precision: exact mode sets CUDNN_FMA_MATH on the convolution descriptor (no TF32, no tensor
  * cores) and excludes cuDNN's FFT and Winograd algorithms, whose rounding differs from direct
- * summation (SD_CONV_WINOGRAD opts its 3x3 convolutions into this file's own fp32 Winograd
- * F(2x2, 3x3) or F(4x4, 3x3), "Winograd F(m x m, 3x3)" below, as it does fast mode's fp16
- * channels-last ones into an fp16 F(2x2, 3x3) and a gradient step's bf16 data gradients into a
- * bf16 one); fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor
+ * summation (its 3x3 convolutions at 64x64 and 32x32 run as this file's own fp32 Winograd
+ * F(4x4, 3x3) by default, "Winograd F(m x m, 3x3)" below; SD_CONV_WINOGRAD chooses F(2x2), other
+ * sizes, or none, and opts fast mode's fp16 channels-last convolutions into an fp16 F(2x2, 3x3) and
+ * a gradient step's bf16 data gradients into a bf16 one); fast mode uses CUDNN_TENSOR_OP_MATH (TF32 tensor
  * cores on fp32 data) and the heuristic's first tensor-core algorithm (pick_algo), or with
  * SD_CONV_ALGO=find the one cuDNN measures fastest; SD_CONV_ALGO=graph|tune runs fp16 forward
  * plans through cuDNN's graph API ("cuDNN's graph API" below). SD_CUDNN_LOG=1 prints each plan's
@@ -270,13 +270,22 @@ static int winograd_fits(int mode, const sd_conv_geom *g, int m) {
     return (int64_t)(d.u_bytes + d.v_bytes + d.m_bytes) <= CONV_GEMM_MAX_COL_BYTES;
 }
 
+/* The setting that applies to one path: AUTO is what an H100 measured (bench/NOTES.md, tenth
+ * session): exact mode's F32 convolutions as F4 (SD v1.5 batch 2 47.3 against 57.8 ms); fp16 (fast
+ * mode's F(2x2) tied cuDNN at batch 2, lost at batch 1) and bf16 data gradients (unmeasured, twice
+ * the rounding) as OFF. */
+static int winograd_mode_for(int mode, int f32_exact) {
+    if (mode != SD_CONV_WINOGRAD_AUTO) return mode;
+    return f32_exact ? SD_CONV_WINOGRAD_F4 : SD_CONV_WINOGRAD_OFF;
+}
+
 /* The output tile side m (2 or 4) with which a plan runs as Winograd F(m x m, 3x3), or 0: exact
  * mode's F32 NCHW and fast mode's fp16 NHWC convolutions that winograd_fits takes, m = 4 for exact
  * mode under f4 and f4-all, else 2. */
 static int winograd_tile(const cu_state *s, const sd_conv_geom *g, sd_precision precision, cudnnDataType_t type,
                          int nhwc) {
-    const int mode = s->conv_winograd;
     const int f32_exact = type == CUDNN_DATA_FLOAT && precision == SD_PRECISION_EXACT && !nhwc;
+    const int mode = winograd_mode_for(s->conv_winograd, f32_exact);
     const int f16_nhwc = type == CUDNN_DATA_HALF && nhwc;
     if (!(f32_exact || f16_nhwc)) return 0;
     const int m = f32_exact && (mode == SD_CONV_WINOGRAD_F4 || mode == SD_CONV_WINOGRAD_F4_ALL) ? 4 : 2;
@@ -697,6 +706,11 @@ static sd_status conv_gemm_backward_data(const cu_conv_plan *p, const float *dy,
  * direct sums over 320 to 1280 channels (numpy, random data): F(2x2) 0.8-1.1e-6 relative, F(4x4)
  * 4.7-8.9e-6 (its transforms use 4, 5, 8 and 1/6, 1/12, 1/24), direct fp32 0.2-0.6e-6; exact
  * mode's bound is 1e-4 per op and on the UNet output.
+ *
+ * Measured (H100, SD v1.5 512 px, tenth session): exact mode's UNet at batch 2 57.8 ms direct, 49.3
+ * with F(2x2), 47.3 with F(4x4) at 64x64 and 32x32 (9e-6 from PyTorch fp32), so F(4x4) there is
+ * exact mode's default (SD_CONV_WINOGRAD=auto). Fast mode's fp16 F(2x2) tied cuDNN at batch 2 (7.78
+ * against 7.78 ms) and lost at batch 1 (5.24 against 5.15): off by default.
  *
  * The data gradient of such a convolution is the same kind of convolution of dy with the kernel
  * transposed and rotated by 180° (sd_conv_data_gradient_geom), so it runs the same way with the
@@ -1772,7 +1786,7 @@ sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float
                        "its data gradient is no stride-1 convolution", g->kh, g->kw, g->stride, g->pad_top, g->pad_left);
     if (!dx || g->batch <= 0) return SD_OK;
     cu_state *s = cu_cur();
-    if (winograd_fits(s->conv_winograd, &t, 2))
+    if (winograd_fits(winograd_mode_for(s->conv_winograd, 0), &t, 2))
         return conv_winograd_tiles<2, __nv_bfloat16, __nv_bfloat16>(dy, reinterpret_cast<const __nv_bfloat16 *>(wt),
                                                                     (const float *)NULL, dx, &t, 0, accumulate);
     const int64_t P = t.h_out * t.w_out, K = t.c_in * t.kh * t.kw;

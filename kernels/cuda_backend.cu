@@ -175,7 +175,7 @@ static_assert(SD_CONV_ALGO_HEURISTIC == 0 && SD_CONV_ALGO_FIND == 1 && SD_CONV_A
                   SD_CONV_ALGO_TUNE == 3 && SD_GEMM_ALGO_HEURISTIC == 0 && SD_GEMM_ALGO_TUNE == 1 &&
                   SD_CONV_GEMM_OFF == 0 && SD_CONV_GEMM_AUTO == 1 && SD_CONV_GEMM_ALL == 2 &&
                   SD_CONV_WINOGRAD_OFF == 0 && SD_CONV_WINOGRAD_ON == 1 && SD_CONV_WINOGRAD_ALL == 2 &&
-                  SD_CONV_WINOGRAD_F4 == 3 && SD_CONV_WINOGRAD_F4_ALL == 4,
+                  SD_CONV_WINOGRAD_F4 == 3 && SD_CONV_WINOGRAD_F4_ALL == 4 && SD_CONV_WINOGRAD_AUTO == 5,
               "the name tables below list the settings in their enums' order");
 
 /* SD_FAST_GEMM=bf16|tf32|fp16: the tensor-core input type of fast mode's F32 GEMMs. */
@@ -212,11 +212,12 @@ static int conv_gemm_from_env(void) {
     return env_choice("SD_CONV_GEMM", names, 3, SD_CONV_GEMM_AUTO);
 }
 
-/* SD_CONV_WINOGRAD=off|on|all|f4|f4-all (sd_conv_winograd, in that order): 3x3 "same" convolutions
- * by Winograd F(2x2, 3x3), or in exact mode F(4x4, 3x3) (conv.cu). */
+/* SD_CONV_WINOGRAD=off|on|all|f4|f4-all|auto (sd_conv_winograd, in that order): 3x3 "same"
+ * convolutions by Winograd F(2x2, 3x3), or in exact mode F(4x4, 3x3) (conv.cu); auto, the default,
+ * is exact mode's F(4x4) at 64x64 and 32x32 and no Winograd in fp16 and bf16. */
 static int conv_winograd_from_env(void) {
-    static const char *const names[] = {"off", "on", "all", "f4", "f4-all"};
-    return env_choice("SD_CONV_WINOGRAD", names, 5, SD_CONV_WINOGRAD_OFF);
+    static const char *const names[] = {"off", "on", "all", "f4", "f4-all", "auto"};
+    return env_choice("SD_CONV_WINOGRAD", names, 6, SD_CONV_WINOGRAD_AUTO);
 }
 
 /* SD_FLASH_BLOCKS_PER_SM=1|2: how many blocks of the fp16 flash attention kernel share an SM at
@@ -619,15 +620,16 @@ extern "C" sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {
 }
 
 extern "C" sd_status sd_cuda_set_conv_winograd(sd_conv_winograd mode) {
-    if (mode < SD_CONV_WINOGRAD_OFF || mode > SD_CONV_WINOGRAD_F4_ALL)
-        return sd_fail(SD_ERR_ARG, "sd_cuda_set_conv_winograd: mode %d is not off (0), on (1), all (2), f4 (3) or f4-all (4)",
+    if (mode < SD_CONV_WINOGRAD_OFF || mode > SD_CONV_WINOGRAD_AUTO)
+        return sd_fail(SD_ERR_ARG,
+                       "sd_cuda_set_conv_winograd: mode %d is not off (0), on (1), all (2), f4 (3), f4-all (4) or auto (5)",
                        (int)mode);
     return set_plan_setting("sd_cuda_set_conv_winograd", &cu_state::conv_winograd, mode, cu_conv_release);
 }
 
 extern "C" sd_conv_winograd sd_cuda_get_conv_winograd(void) {
     const cu_state *s = cu_cur();
-    return s ? (sd_conv_winograd)s->conv_winograd : SD_CONV_WINOGRAD_OFF;
+    return s ? (sd_conv_winograd)s->conv_winograd : SD_CONV_WINOGRAD_AUTO;
 }
 
 extern "C" uint64_t sd_cuda_workspace_generation(void) {

@@ -72,7 +72,7 @@ struct cu_state {
     int conv_algo;                 /* fast mode: sd_conv_algo, how cuDNN's algorithms are chosen (SD_CONV_ALGO) */
     int gemm_algo;                 /* fast mode: sd_gemm_algo, how cuBLASLt's linear algorithms are chosen (SD_GEMM_ALGO) */
     int conv_gemm;                 /* fast mode: sd_conv_gemm, small images as im2col + GEMM (SD_CONV_GEMM) */
-    int conv_winograd;             /* exact mode: sd_conv_winograd, 3x3 convolutions by Winograd F(2x2, 3x3) */
+    int conv_winograd;             /* sd_conv_winograd: 3x3 convolutions by Winograd F(2x2, 3x3) or F(4x4, 3x3) */
     int flash_blocks_per_sm;       /* fp16 flash attention at head dims <= 48: 2 (default) or 1
                                     * (SD_FLASH_BLOCKS_PER_SM; attention.cu, fa_async_smem) */
     int capturing;               /* inside sd_cuda_graph_begin/end: no allocation allowed */

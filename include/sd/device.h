@@ -163,17 +163,21 @@ sd_conv_gemm sd_cuda_get_conv_gemm(void);
  * F(2x2), the transformed operands stored in fp16, about 5e-4 to 1e-3 relative (the direct fp16
  * convolution: up to 4e-4); and a gradient step's bf16 data gradients (sd_f16_ops
  * .conv2d_backward_data_bf16w): F(2x2) with bf16 operands, 2.5-4.5e-3 from the F32 data gradient,
- * about twice the direct bf16 path's. OFF (the default) never; ON F(2x2) where the batch has at least 1024
- * output pixels (SD v1.x's 64x64 and 32x32 levels); ALL F(2x2) for every such convolution; F4 and
- * F4_ALL the same with F(4x4) in exact mode. The environment's SD_CONV_WINOGRAD=off|on|all|f4|f4-all
- * sets the start value; bench tables label F(2x2) "+wino" and F(4x4) "+wino4". Drops the
- * convolution plans made so far, as sd_cuda_set_conv_algo. */
+ * about twice the direct bf16 path's. OFF never; ON F(2x2) where the batch has at least 1024 output
+ * pixels (SD v1.x's 64x64 and 32x32 levels); ALL F(2x2) for every such convolution; F4 and F4_ALL
+ * the same with F(4x4) in exact mode. AUTO (the default) is what an H100 measured fastest: exact
+ * mode as F4 (SD v1.5 batch 2, 47.3 against 57.8 ms, 9e-6 from PyTorch fp32), fp16 and bf16 as OFF
+ * (fast mode's F(2x2) tied cuDNN at batch 2 and lost at batch 1). The environment's
+ * SD_CONV_WINOGRAD=off|on|all|f4|f4-all|auto sets the start value; bench tables label what differs
+ * from AUTO: "+direct" (exact mode under OFF), "+wino" (F(2x2)), "+wino4-all" (F(4x4) everywhere).
+ * Drops the convolution plans made so far, as sd_cuda_set_conv_algo. */
 typedef enum {
     SD_CONV_WINOGRAD_OFF = 0,
     SD_CONV_WINOGRAD_ON = 1,
     SD_CONV_WINOGRAD_ALL = 2,
     SD_CONV_WINOGRAD_F4 = 3,
-    SD_CONV_WINOGRAD_F4_ALL = 4
+    SD_CONV_WINOGRAD_F4_ALL = 4,
+    SD_CONV_WINOGRAD_AUTO = 5
 } sd_conv_winograd;
 sd_status sd_cuda_set_conv_winograd(sd_conv_winograd mode);
 sd_conv_winograd sd_cuda_get_conv_winograd(void);

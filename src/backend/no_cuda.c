@@ -69,7 +69,7 @@ uint64_t sd_cuda_workspace_generation(void) { return 0; }
 
 sd_conv_gemm sd_cuda_get_conv_gemm(void) { return SD_CONV_GEMM_AUTO; }
 
-sd_conv_winograd sd_cuda_get_conv_winograd(void) { return SD_CONV_WINOGRAD_OFF; }
+sd_conv_winograd sd_cuda_get_conv_winograd(void) { return SD_CONV_WINOGRAD_AUTO; }
 
 sd_status sd_cuda_set_conv_winograd(sd_conv_winograd mode) {
     (void)mode;

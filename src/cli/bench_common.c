@@ -140,13 +140,22 @@ void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *
     }
 }
 
-/* "+wino" (F(2x2, 3x3): fast mode's fp16 convolutions under any Winograd setting, exact mode's under
- * on and all) or "+wino4" (exact mode under f4 and f4-all), "" without */
+/* What the Winograd setting changes from the default (auto: exact mode F(4x4, 3x3) at 64x64 and
+ * 32x32, fast mode none): "" where nothing; "+direct" (exact mode without Winograd); "+wino" (F(2x2,
+ * 3x3) at 64x64 and 32x32: exact mode under on, fast mode under on and f4); "+wino-all" (F(2x2) on
+ * every 3x3 "same" convolution); "+wino4-all" (exact mode's F(4x4) on every one). */
 static const char *winograd_suffix(sd_precision precision) {
-    const sd_conv_winograd wino = sd_cuda_get_conv_winograd();
-    if (wino == SD_CONV_WINOGRAD_OFF) return "";
-    return precision != SD_PRECISION_FAST && (wino == SD_CONV_WINOGRAD_F4 || wino == SD_CONV_WINOGRAD_F4_ALL) ? "+wino4"
-                                                                                                            : "+wino";
+    const int exact = precision != SD_PRECISION_FAST;
+    switch (sd_cuda_get_conv_winograd()) {
+    case SD_CONV_WINOGRAD_OFF: /* "+cudnn" (conv_suffix) already says every convolution is direct */
+        return exact && sd_cuda_get_conv_gemm() != SD_CONV_GEMM_OFF ? "+direct" : "";
+    case SD_CONV_WINOGRAD_ON: return "+wino";
+    case SD_CONV_WINOGRAD_ALL: return "+wino-all";
+    case SD_CONV_WINOGRAD_F4: return exact ? "" : "+wino";
+    case SD_CONV_WINOGRAD_F4_ALL: return exact ? "+wino4-all" : "+wino-all";
+    case SD_CONV_WINOGRAD_AUTO: break;
+    }
+    return "";
 }
 
 static const char *conv_suffix(sd_precision precision) {

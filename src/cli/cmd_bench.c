@@ -225,7 +225,7 @@ int cmd_bench(int argc, char **argv) {
             fprintf(stderr, "convolution plans on cuDNN's graph API (SD_CONV_ALGO=%s): %d of %d\n",
                     algo == SD_CONV_ALGO_TUNE ? "tune" : "graph", on_graph, plans);
         }
-        if (cuda && sd_cuda_get_conv_winograd() != SD_CONV_WINOGRAD_OFF) {
+        if (cuda) {
             int plans = 0, wino = 0;
             sd_cuda_conv_plan_counts(&plans, NULL, &wino);
             fprintf(stderr, "convolution plans as Winograd (SD_CONV_WINOGRAD): %d of %d\n", wino, plans);

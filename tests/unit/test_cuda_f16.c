@@ -694,7 +694,7 @@ static void test_f16_channels_last_ops(void **state) {
         assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
         assert_sd_ok(sd_cuda_set_gemm_algo(SD_GEMM_ALGO_HEURISTIC));
         assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
-        assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_OFF));
+        assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_AUTO));
         /* the NCHW convolution of the same geometry keeps its own plan (the cache keys on the layout) */
         {
             sd_f16 *x_nchw = hnew16(nx), *w_kcrs = hnew16(nw), *y_nchw = hnew16(ny);
@@ -758,7 +758,7 @@ static void test_f16_conv2d_epilogue(void **state) {
                     }
         assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
         assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
-        assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_OFF));
+        assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_AUTO));
     }
 }
 
@@ -904,7 +904,7 @@ static void test_f16_conv2d_backward_data_bf16w(void **state) {
                 assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_ALL));
                 dxd = dput(dx0, nx);
                 assert_sd_ok(gpu16->conv2d_backward_data_bf16w(dput(dy, ny), wtd, dxd, &g, acc));
-                assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_OFF));
+                assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_AUTO));
                 assert_sd_ok(gpu->download(got, dxd, (size_t)nx * sizeof(float)));
                 const double err_w = testutil_max_rel_err(got, want32, nx);
                 char label[64];

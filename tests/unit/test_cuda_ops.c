@@ -230,28 +230,32 @@ static const conv_case conv_cases[] = {
 /* The ways a convolution runs, each test case going through all: exact mode with cuDNN
  * (SD_CONV_GEMM=off); fast mode with cuDNN's heuristic, with cuDNN's timed choice (SD_CONV_ALGO=find),
  * with im2col + GEMM everywhere (SD_CONV_GEMM=all); fast mode as configured by default (GEMM where
- * conv_gemm_wanted says); exact mode as configured by default (im2col + fp32 GEMM where the unfolded
- * input fits, as in every case here); exact mode with Winograd F(2x2, 3x3) and F(4x4, 3x3) wherever
- * their geometry allows (SD_CONV_WINOGRAD=all and f4-all: the 3x3 stride-1 "same" cases, the others
- * as by default). */
-#define CONV_WAYS 8
-#define CONV_WAY_WINOGRAD 6 /* and 7: F(4x4) */
-static const char *const conv_way_tag[CONV_WAYS] = {" [cudnn]", " [cudnn]", " [find]", " [gemm]",
-                                                     "",        "",        " [winograd 2x2]", " [winograd 4x4]"};
+ * conv_gemm_wanted says); exact mode's direct path (im2col + fp32 GEMM where the unfolded input fits,
+ * as in every case here; SD_CONV_WINOGRAD=off); exact mode with Winograd F(2x2, 3x3) and F(4x4, 3x3)
+ * wherever their geometry allows (SD_CONV_WINOGRAD=all and f4-all: the 3x3 stride-1 "same" cases,
+ * the others direct); exact mode as configured by default (SD_CONV_WINOGRAD=auto: F(4x4) where
+ * such a case has at least 1024 output pixels, the others direct). */
+#define CONV_WAYS 9
+#define CONV_WAY_WINOGRAD 6       /* and 7: F(4x4) */
+#define CONV_WAY_EXACT_DEFAULT 8
+static const char *const conv_way_tag[CONV_WAYS] = {" [cudnn]", " [cudnn]",         " [find]",
+                                                     " [gemm]",  "",                 " [direct]",
+                                                     " [winograd 2x2]", " [winograd 4x4]", ""};
 static sd_precision conv_way(int m) {
     assert_sd_ok(sd_cuda_set_conv_algo(m == 2 ? SD_CONV_ALGO_FIND : SD_CONV_ALGO_HEURISTIC));
     assert_sd_ok(sd_cuda_set_conv_gemm(m <= 2 ? SD_CONV_GEMM_OFF : m == 3 ? SD_CONV_GEMM_ALL : SD_CONV_GEMM_AUTO));
-    assert_sd_ok(sd_cuda_set_conv_winograd(m == CONV_WAY_WINOGRAD       ? SD_CONV_WINOGRAD_ALL
-                                           : m == CONV_WAY_WINOGRAD + 1 ? SD_CONV_WINOGRAD_F4_ALL
-                                                                        : SD_CONV_WINOGRAD_OFF));
-    const sd_precision mode = m == 0 || m == 5 || m >= CONV_WAY_WINOGRAD ? SD_PRECISION_EXACT : SD_PRECISION_FAST;
+    assert_sd_ok(sd_cuda_set_conv_winograd(m == CONV_WAY_WINOGRAD                               ? SD_CONV_WINOGRAD_ALL
+                                           : m == CONV_WAY_WINOGRAD + 1                         ? SD_CONV_WINOGRAD_F4_ALL
+                                           : m == 4 || m == CONV_WAY_EXACT_DEFAULT ? SD_CONV_WINOGRAD_AUTO
+                                                                                   : SD_CONV_WINOGRAD_OFF));
+    const sd_precision mode = m == 0 || m >= 5 ? SD_PRECISION_EXACT : SD_PRECISION_FAST;
     set_mode(mode);
     return mode;
 }
 static void conv_ways_reset(void) {
     assert_sd_ok(sd_cuda_set_conv_algo(SD_CONV_ALGO_HEURISTIC));
     assert_sd_ok(sd_cuda_set_conv_gemm(SD_CONV_GEMM_AUTO));
-    assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_OFF));
+    assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_AUTO));
 }
 
 /* Whether a case's geometry is one Winograd F(2x2, 3x3) takes (conv.cu's winograd_wanted). */
@@ -260,13 +264,15 @@ static int winograd_geometry(const sd_conv_geom *g) {
            g->w_out == g->w_in;
 }
 
-/* Under the Winograd way, that such a case did run as Winograd (one plan of this geometry made since
- * conv_way dropped the others), so that a silent fall back to the GEMM path cannot pass. */
+/* Under the Winograd ways and exact mode's default, that such a case did run as Winograd exactly
+ * where it should (one plan of this geometry made since conv_way dropped the others), so that a
+ * silent fall back to the GEMM path, or a default that changed unseen, cannot pass. */
 static void expect_winograd_plan(int m, const sd_conv_geom *g, const char *what) {
     if (m < CONV_WAY_WINOGRAD) return;
     int plans = 0, wino = 0;
     sd_cuda_conv_plan_counts(&plans, NULL, &wino);
-    if (wino != (winograd_geometry(g) ? plans : 0))
+    const int takes = winograd_geometry(g) && (m != CONV_WAY_EXACT_DEFAULT || g->batch * g->h_in * g->w_in >= 1024);
+    if (wino != (takes ? plans : 0))
         fail_msg("%s: %d of %d convolution plans ran as Winograd", what, wino, plans);
 }
 

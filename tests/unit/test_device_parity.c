@@ -590,31 +590,34 @@ static void run_fp16_activations(int kind) {
 }
 static void test_fp16_activations_guarded(void **state) { (void)state; run_fp16_activations(ON_GUARDED); }
 
-/* Every 3x3 "same" convolution as Winograd F(2x2, 3x3), then F(4x4, 3x3) (SD_CONV_WINOGRAD=all,
- * f4-all; the default leaves them to im2col + GEMM or cuDNN): in exact mode the models, and the
- * gradients, whose data gradients go through the same transforms, within the bounds of the direct
- * sums; in fast mode (F(2x2) on the fp16 channels-last maps, the gradient steps' forward
+/* The convolution paths the default (SD_CONV_WINOGRAD=auto: exact mode's F(4x4) at 64x64 and 32x32,
+ * which the other tests run) leaves out: none as Winograd (off: im2col + GEMM or cuDNN), every 3x3
+ * "same" convolution as F(2x2, 3x3), then as F(4x4, 3x3) (all, f4-all): in exact mode the models,
+ * and the gradients, whose data gradients go through the same transforms, within the bounds of the
+ * direct sums; in fast mode (F(2x2) on the fp16 channels-last maps, the gradient steps' forward
  * convolutions included) Null-text inversion within fast mode's bound. */
 static void test_winograd_cuda(void **state) {
     (void)state;
     device_or_skip(ON_CUDA);
-    const sd_conv_winograd modes[2] = {SD_CONV_WINOGRAD_ALL, SD_CONV_WINOGRAD_F4_ALL};
-    for (int k = 0; k < 2; k++) {
+    const sd_conv_winograd modes[3] = {SD_CONV_WINOGRAD_OFF, SD_CONV_WINOGRAD_ALL, SD_CONV_WINOGRAD_F4_ALL};
+    const char *const names[3] = {"none (off)", "F(2x2, 3x3)", "F(4x4, 3x3)"};
+    for (int k = 0; k < 3; k++) {
         assert_sd_ok(sd_cuda_set_conv_winograd(modes[k]));
         run_models(ON_CUDA);
         run_gradients(ON_CUDA);
         int plans = 0, wino = 0;
         sd_cuda_conv_plan_counts(&plans, NULL, &wino);
-        if (k == 0) { /* fast mode's plans (fp16 channels-last) come on top of exact mode's */
+        if (modes[k] == SD_CONV_WINOGRAD_ALL) { /* fast mode's plans (fp16 channels-last) come on top of exact mode's */
             const int exact_wino = wino;
             run_fp16_activations(ON_CUDA);
             sd_cuda_conv_plan_counts(&plans, NULL, &wino);
             print_message("    fast mode: %d fp16 convolution plans as Winograd F(2x2, 3x3)\n", wino - exact_wino);
             if (wino - exact_wino < 4) fail_msg("fast mode: only %d fp16 plans ran as Winograd", wino - exact_wino);
         }
-        assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_OFF));
-        print_message("    Winograd F(%dx%d, 3x3): %d of %d convolution plans\n", 2 + 2 * k, 2 + 2 * k, wino, plans);
-        if (wino < 4) fail_msg("only %d of %d convolution plans ran as Winograd", wino, plans);
+        assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_AUTO));
+        print_message("    Winograd %s: %d of %d convolution plans\n", names[k], wino, plans);
+        if (modes[k] == SD_CONV_WINOGRAD_OFF ? wino != 0 : wino < 4)
+            fail_msg("Winograd %s: %d of %d convolution plans ran as Winograd", names[k], wino, plans);
     }
 }
 static void test_fp16_activations_cuda(void **state) { (void)state; run_fp16_activations(ON_CUDA); }
