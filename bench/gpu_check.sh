@@ -33,8 +33,8 @@
 # Knobs: BUILD (build folder, default build), ITERS (timed calls, default 20), SIZE (image side, default 512), MODELS (default
 #   "tiny sd15"), TEST_TIMEOUT (seconds for the non-CUDA tests, default 420), PYTHON (default
 #   python3), BENCH_PRECS / BREAKDOWN_PRECS (the bench stage's rows and per-op breakdowns, default the
-#   settings still open: exact, exact+direct, exact+wino4-all, fast, fast+graph, fast+tune, fast+cudnn /
-#   exact, exact+wino4-all, fast, fast+tune; set but empty: none; any row the bench stage's comment names works), TORCH_MODES (unet_torch.py's
+#   settings still open: exact, exact+direct, exact+wino-all, exact+wino4-all, exact+wino-mixed, fast,
+#   fast+graph, fast+tune, fast+cudnn / exact, exact+wino-mixed, fast, fast+tune; set but empty: none; any row the bench stage's comment names works), TORCH_MODES (unet_torch.py's
 #   --modes, default its own list; fp32-sdpa,fp16-sdpa is what the ratios need), DIFFUSERS_WHEEL (a diffusers wheel to install offline; default build/wheels/diffusers-*.whl).
 # Missing pieces (no GPU, no nvcc, no torch, no diffusers) each print one line and the rest goes on.
 set -u
@@ -50,8 +50,8 @@ TEST_TIMEOUT=${TEST_TIMEOUT:-420}
 PYTHON=${PYTHON:-python3}
 JOBS=$(nproc 2>/dev/null || echo 4)
 BUILD=${BUILD:-build}
-BENCH_PRECS=${BENCH_PRECS:-exact exact+direct exact+wino4-all fast fast+graph fast+tune fast+cudnn}
-BREAKDOWN_PRECS=${BREAKDOWN_PRECS-exact exact+wino4-all fast fast+tune}
+BENCH_PRECS=${BENCH_PRECS:-exact exact+direct exact+wino-all exact+wino4-all exact+wino-mixed fast fast+graph fast+tune fast+cudnn}
+BREAKDOWN_PRECS=${BREAKDOWN_PRECS-exact exact+wino-mixed fast fast+tune}
 mkdir -p "$RES" "$WORK_DIR"
 LOG="$RES/gpu_check.log"
 exec > >(tee -a "$LOG") 2>&1
@@ -172,6 +172,7 @@ if want bench; then
             # F(4x4, 3x3) (SD_CONV_WINOGRAD=auto), the others im2col + SGEMM; exact+direct =
             # SD_CONV_WINOGRAD=off, every convolution im2col + SGEMM; exact+wino = on, F(2x2, 3x3) at
             # 64x64 and 32x32; exact+wino4-all = f4-all, F(4x4) on the 16x16 and 8x8 levels too;
+            # exact+wino-mixed = f4-mixed, F(4x4) at 64x64 and 32x32 and F(2x2) on the smaller maps;
             # fast+wino = on, F(2x2, 3x3) on fast mode's fp16 channels-last maps at 64x64 and 32x32
             # (fp16 transformed operands, tensor-core GEMMs, the epilogue in the output transform)
             # instead of cuDNN; fast+wino-all / exact+wino-all = all, F(2x2) everywhere;
@@ -240,7 +241,8 @@ if want bench; then
              "median of $ITERS calls (CUDA events) after warm-up."
         echo "stylediff exact = fp32, no TF32, the 64x64 and 32x32 3x3 convolutions as fp32 Winograd F(4x4, 3x3), the"
         echo "others as im2col + fp32 cuBLAS GEMMs; exact+direct = every one im2col + GEMM; exact+wino = F(2x2, 3x3) at"
-        echo "64x64 and 32x32; +wino4-all / +wino-all = F(4x4) / F(2x2) on every 3x3 'same' convolution; fast = fp16 UNet"
+        echo "64x64 and 32x32; +wino4-all / +wino-all = F(4x4) / F(2x2) on every 3x3 'same' convolution; +wino-mixed ="
+        echo "F(4x4) at 64x64 and 32x32, F(2x2) on the smaller maps; fast = fp16 UNet"
         echo "activations with fp16 tensor-core GEMMs, convolutions and attention (fp32 accumulation), feature maps"
         echo "channels-last, 16x16 and 8x8 convolutions as im2col + cuBLAS GEMM; fast+wino = the 64x64 and 32x32 3x3 ones"
         echo "as fp16 Winograd F(2x2, 3x3) instead of cuDNN; fast+fa1 = the fp16 flash attention at D 40 one block"

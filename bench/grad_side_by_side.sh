@@ -21,7 +21,7 @@
 # Options: --device cpu|cuda (cpu)  --model tiny|sd15 (tiny)  --iters N (cpu 3, cuda 10)
 #          --modes LIST (fp32-explicit,fp32-sdpa-frozen)  --precision LIST (cpu exact,exact+recompute;
 #          cuda exact,exact+direct,exact+wino4-all,fast,fast+tune,fast+f32grad; "+direct", "+wino", "+wino-all",
-#          "+wino4-all": the Winograd setting (bench/row_settings.sh; exact mode's default is F(4x4,
+#          "+wino4-all", "+wino-mixed": the Winograd setting (bench/row_settings.sh; exact mode's default is F(4x4,
 #          3x3) at 64x64 and 32x32, "+direct" none); "+tune": SD_CONV_ALGO=tune and
 #          SD_GEMM_ALGO=tune, the fp16 forward convolutions timed once per shape between im2col +
 #          GEMM, cuDNN's legacy algorithm and its graph API's engines, the cuBLASLt linears between
@@ -150,7 +150,7 @@ def rows(path):
 ours = {(r[3], r[4]): r for r in rows(ours_path) if r[0] == "grad"}
 ref = {(r[4], r[1]): r for r in rows(torch_path) if r[0] == "grad_ref"}
 parity = [r for r in rows(torch_path) if r[0] == "grad_parity"]
-ORDER = ("exact", "exact+direct", "exact+wino", "exact+wino4-all", "exact+wino-all", "exact+cudnn", "exact+recompute", "fast", "fast+wino", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+cudnn", "fast+gemm", "fast+tf32",
+ORDER = ("exact", "exact+direct", "exact+wino", "exact+wino4-all", "exact+wino-all", "exact+wino-mixed", "exact+cudnn", "exact+recompute", "fast", "fast+wino", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+cudnn", "fast+gemm", "fast+tf32",
          "fast+eager", "fast+recompute")
 precs = sorted({k[0] for k in ours}, key=lambda p: ORDER.index(p) if p in ORDER else 9)
 modes = []

@@ -51,7 +51,7 @@
 #                                cpu: exact. "+find": SD_CONV_ALGO=find (convolution algorithms chosen
 #                                by cuDNN's timing); "+tune": SD_CONV_ALGO=tune SD_GEMM_ALGO=tune (each
 #                                convolution and linear shape timed once between its ways); "+direct", "+wino",
-#                                "+wino-all", "+wino4-all": the Winograd setting (bench/row_settings.sh;
+#                                "+wino-all", "+wino4-all", "+wino-mixed": the Winograd setting (bench/row_settings.sh;
 #                                exact mode's default is F(4x4, 3x3) at 64x64 and 32x32, "+direct" none,
 #                                fast mode's none, "+wino" F(2x2) there); "+cudnn": SD_CONV_GEMM=off (cuDNN for every
 #                                convolution); "+tf32": SD_FAST_GEMM=tf32 (the gradient steps' F32

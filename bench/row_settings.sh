@@ -5,7 +5,8 @@
 # SD_CONV_WINOGRAD for a row name: +direct off (exact mode's convolutions without Winograd), +cudnn
 # off (cuDNN for every convolution: Winograd would take exact mode's 64x64 and 32x32 ones first),
 # +wino on (F(2x2, 3x3) at 64x64 and 32x32), +wino-all all (F(2x2) on every 3x3 "same" convolution),
-# +wino4-all f4-all (exact mode's F(4x4) on every one); else auto, the default (exact mode's F(4x4)
+# +wino4-all f4-all (exact mode's F(4x4) on every one), +wino-mixed f4-mixed (exact mode's F(4x4) at
+# 64x64 and 32x32, F(2x2) on the smaller maps); else auto, the default (exact mode's F(4x4)
 # at 64x64 and 32x32, none in fp16 and bf16).
 winograd_setting() {
     case $1 in
@@ -13,6 +14,7 @@ winograd_setting() {
         *+wino) echo on ;;
         *+wino-all) echo all ;;
         *+wino4-all) echo f4-all ;;
+        *+wino-mixed) echo f4-mixed ;;
         *) echo auto ;;
     esac
 }

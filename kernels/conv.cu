@@ -255,7 +255,7 @@ static wino_dims wino_dims_of(const sd_conv_geom *g, int data_gradient, int m) {
 
 /* Whether the setting `mode` takes convolution g as Winograd F(m x m, 3x3): a 3x3 stride-1
  * geometry whose output has the input's size (padding 1 on every side), at least WG_MIN_PIXELS
- * output pixels under on|f4 (any under all|f4-all), cuBLAS's int sizes and the kernels' 32-bit
+ * output pixels under on|f4 (any under all|f4-all|f4-mixed), cuBLAS's int sizes and the kernels' 32-bit
  * index divisions, the three buffers within the GEMM path's workspace bound (counted in F32: the
  * fp16 and bf16 paths' are smaller). */
 static int winograd_fits(int mode, const sd_conv_geom *g, int m) {
@@ -281,14 +281,19 @@ static int winograd_mode_for(int mode, int f32_exact) {
 
 /* The output tile side m (2 or 4) with which a plan runs as Winograd F(m x m, 3x3), or 0: exact
  * mode's F32 NCHW and fast mode's fp16 NHWC convolutions that winograd_fits takes, m = 4 for exact
- * mode under f4 and f4-all, else 2. */
+ * mode under f4 and f4-all and, under f4-mixed, for batches of at least WG_MIN_PIXELS output
+ * pixels; else 2. */
 static int winograd_tile(const cu_state *s, const sd_conv_geom *g, sd_precision precision, cudnnDataType_t type,
                          int nhwc) {
     const int f32_exact = type == CUDNN_DATA_FLOAT && precision == SD_PRECISION_EXACT && !nhwc;
     const int mode = winograd_mode_for(s->conv_winograd, f32_exact);
     const int f16_nhwc = type == CUDNN_DATA_HALF && nhwc;
     if (!(f32_exact || f16_nhwc)) return 0;
-    const int m = f32_exact && (mode == SD_CONV_WINOGRAD_F4 || mode == SD_CONV_WINOGRAD_F4_ALL) ? 4 : 2;
+    const int large = g->batch * g->h_in * g->w_in >= WG_MIN_PIXELS;
+    const int m = f32_exact && (mode == SD_CONV_WINOGRAD_F4 || mode == SD_CONV_WINOGRAD_F4_ALL ||
+                                (mode == SD_CONV_WINOGRAD_F4_MIXED && large))
+                      ? 4
+                      : 2;
     return winograd_fits(mode, g, m) ? m : 0;
 }
 

@@ -175,7 +175,8 @@ static_assert(SD_CONV_ALGO_HEURISTIC == 0 && SD_CONV_ALGO_FIND == 1 && SD_CONV_A
                   SD_CONV_ALGO_TUNE == 3 && SD_GEMM_ALGO_HEURISTIC == 0 && SD_GEMM_ALGO_TUNE == 1 &&
                   SD_CONV_GEMM_OFF == 0 && SD_CONV_GEMM_AUTO == 1 && SD_CONV_GEMM_ALL == 2 &&
                   SD_CONV_WINOGRAD_OFF == 0 && SD_CONV_WINOGRAD_ON == 1 && SD_CONV_WINOGRAD_ALL == 2 &&
-                  SD_CONV_WINOGRAD_F4 == 3 && SD_CONV_WINOGRAD_F4_ALL == 4 && SD_CONV_WINOGRAD_AUTO == 5,
+                  SD_CONV_WINOGRAD_F4 == 3 && SD_CONV_WINOGRAD_F4_ALL == 4 && SD_CONV_WINOGRAD_AUTO == 5 &&
+                  SD_CONV_WINOGRAD_F4_MIXED == 6,
               "the name tables below list the settings in their enums' order");
 
 /* SD_FAST_GEMM=bf16|tf32|fp16: the tensor-core input type of fast mode's F32 GEMMs. */
@@ -212,12 +213,12 @@ static int conv_gemm_from_env(void) {
     return env_choice("SD_CONV_GEMM", names, 3, SD_CONV_GEMM_AUTO);
 }
 
-/* SD_CONV_WINOGRAD=off|on|all|f4|f4-all|auto (sd_conv_winograd, in that order): 3x3 "same"
- * convolutions by Winograd F(2x2, 3x3), or in exact mode F(4x4, 3x3) (conv.cu); auto, the default,
- * is exact mode's F(4x4) at 64x64 and 32x32 and no Winograd in fp16 and bf16. */
+/* SD_CONV_WINOGRAD=off|on|all|f4|f4-all|auto|f4-mixed (sd_conv_winograd, in that order): 3x3
+ * "same" convolutions by Winograd F(2x2, 3x3), or in exact mode F(4x4, 3x3) (conv.cu); auto, the
+ * default, is exact mode's F(4x4) at 64x64 and 32x32 and no Winograd in fp16 and bf16. */
 static int conv_winograd_from_env(void) {
-    static const char *const names[] = {"off", "on", "all", "f4", "f4-all", "auto"};
-    return env_choice("SD_CONV_WINOGRAD", names, 6, SD_CONV_WINOGRAD_AUTO);
+    static const char *const names[] = {"off", "on", "all", "f4", "f4-all", "auto", "f4-mixed"};
+    return env_choice("SD_CONV_WINOGRAD", names, 7, SD_CONV_WINOGRAD_AUTO);
 }
 
 /* SD_FLASH_BLOCKS_PER_SM=1|2: how many blocks of the fp16 flash attention kernel share an SM at
@@ -620,9 +621,10 @@ extern "C" sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {
 }
 
 extern "C" sd_status sd_cuda_set_conv_winograd(sd_conv_winograd mode) {
-    if (mode < SD_CONV_WINOGRAD_OFF || mode > SD_CONV_WINOGRAD_AUTO)
+    if (mode < SD_CONV_WINOGRAD_OFF || mode > SD_CONV_WINOGRAD_F4_MIXED)
         return sd_fail(SD_ERR_ARG,
-                       "sd_cuda_set_conv_winograd: mode %d is not off (0), on (1), all (2), f4 (3), f4-all (4) or auto (5)",
+                       "sd_cuda_set_conv_winograd: mode %d is not off (0), on (1), all (2), f4 (3), f4-all (4), auto (5) "
+                       "or f4-mixed (6)",
                        (int)mode);
     return set_plan_setting("sd_cuda_set_conv_winograd", &cu_state::conv_winograd, mode, cu_conv_release);
 }

@@ -118,8 +118,16 @@ void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *
     }
     printf("%-20s %7s %10.3f   (timed ops; the rest of the wall time is launches, syncs and untimed ops)\n", "total",
            "", 1e3 * timed);
-    /* the heaviest ops by kind and shape: which kernels to work on */
-    enum { TOP = 15 };
+    /* the heaviest ops by kind and shape: which kernels to work on; SD_PROFILE_TOP=N lists N of
+     * them (default 15; a large N lists every kind, whatever their times' order) */
+    int top = 15;
+    const char *top_env = getenv("SD_PROFILE_TOP");
+    if (top_env && *top_env) {
+        char *end = NULL;
+        const long v = strtol(top_env, &end, 10);
+        if (*end || v < 1) sd_warn("SD_PROFILE_TOP=%s is not a positive count: listing 15 kinds", top_env);
+        else top = v > SD_PROF_MAX_SHAPES ? SD_PROF_MAX_SHAPES : (int)v;
+    }
     int order[SD_PROF_MAX_SHAPES];
     const int n = prof->n_shapes;
     for (int i = 0; i < n; i++) order[i] = i;
@@ -129,9 +137,9 @@ void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *
         for (; j > 0 && prof->shapes[order[j - 1]].seconds < prof->shapes[o].seconds; j--) order[j] = order[j - 1];
         order[j] = o;
     }
-    printf("heaviest ops by kind and shape (%d of %d kinds):\n", n < TOP ? n : TOP, n);
+    printf("heaviest ops by kind and shape (%d of %d kinds):\n", n < top ? n : top, n);
     printf("  %-52s %6s %9s %7s %9s %8s\n", "op", "calls", "ms", "share", "TFLOP/s", "GB/s");
-    for (int r = 0; r < n && r < TOP; r++) {
+    for (int r = 0; r < n && r < top; r++) {
         const sd_prof_shape *e = &prof->shapes[order[r]];
         char rate[32] = "-";
         if (e->flops > 0 && e->seconds > 0) snprintf(rate, sizeof rate, "%.1f", e->flops / e->seconds / 1e12);
@@ -143,7 +151,8 @@ void cli_bench_print_profile(const sd_profile *prof, double wall_s, const char *
 /* What the Winograd setting changes from the default (auto: exact mode F(4x4, 3x3) at 64x64 and
  * 32x32, fast mode none): "" where nothing; "+direct" (exact mode without Winograd); "+wino" (F(2x2,
  * 3x3) at 64x64 and 32x32: exact mode under on, fast mode under on and f4); "+wino-all" (F(2x2) on
- * every 3x3 "same" convolution); "+wino4-all" (exact mode's F(4x4) on every one). */
+ * every 3x3 "same" convolution); "+wino4-all" (exact mode's F(4x4) on every one); "+wino-mixed"
+ * (exact mode's F(4x4) at 64x64 and 32x32, F(2x2) on the others). */
 static const char *winograd_suffix(sd_precision precision) {
     const int exact = precision != SD_PRECISION_FAST;
     switch (sd_cuda_get_conv_winograd()) {
@@ -153,6 +162,7 @@ static const char *winograd_suffix(sd_precision precision) {
     case SD_CONV_WINOGRAD_ALL: return "+wino-all";
     case SD_CONV_WINOGRAD_F4: return exact ? "" : "+wino";
     case SD_CONV_WINOGRAD_F4_ALL: return exact ? "+wino4-all" : "+wino-all";
+    case SD_CONV_WINOGRAD_F4_MIXED: return exact ? "+wino-mixed" : "+wino-all";
     case SD_CONV_WINOGRAD_AUTO: break;
     }
     return "";

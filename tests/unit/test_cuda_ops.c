@@ -234,20 +234,25 @@ static const conv_case conv_cases[] = {
  * as in every case here; SD_CONV_WINOGRAD=off); exact mode with Winograd F(2x2, 3x3) and F(4x4, 3x3)
  * wherever their geometry allows (SD_CONV_WINOGRAD=all and f4-all: the 3x3 stride-1 "same" cases,
  * the others direct); exact mode as configured by default (SD_CONV_WINOGRAD=auto: F(4x4) where
- * such a case has at least 1024 output pixels, the others direct). */
-#define CONV_WAYS 9
+ * such a case has at least 1024 output pixels, the others direct); exact mode under f4-mixed (F(4x4)
+ * there, F(2x2) on the other 3x3 "same" cases). */
+#define CONV_WAYS 10
 #define CONV_WAY_WINOGRAD 6       /* and 7: F(4x4) */
 #define CONV_WAY_EXACT_DEFAULT 8
-static const char *const conv_way_tag[CONV_WAYS] = {" [cudnn]", " [cudnn]",         " [find]",
-                                                     " [gemm]",  "",                 " [direct]",
-                                                     " [winograd 2x2]", " [winograd 4x4]", ""};
+#define CONV_WAY_WINOGRAD_MIXED 9
+static const char *const conv_way_tag[CONV_WAYS] = {" [cudnn]",         " [cudnn]",         " [find]",
+                                                     " [gemm]",          "",                 " [direct]",
+                                                     " [winograd 2x2]", " [winograd 4x4]", "",
+                                                     " [winograd mixed]"};
 static sd_precision conv_way(int m) {
     assert_sd_ok(sd_cuda_set_conv_algo(m == 2 ? SD_CONV_ALGO_FIND : SD_CONV_ALGO_HEURISTIC));
     assert_sd_ok(sd_cuda_set_conv_gemm(m <= 2 ? SD_CONV_GEMM_OFF : m == 3 ? SD_CONV_GEMM_ALL : SD_CONV_GEMM_AUTO));
-    assert_sd_ok(sd_cuda_set_conv_winograd(m == CONV_WAY_WINOGRAD                               ? SD_CONV_WINOGRAD_ALL
-                                           : m == CONV_WAY_WINOGRAD + 1                         ? SD_CONV_WINOGRAD_F4_ALL
-                                           : m == 4 || m == CONV_WAY_EXACT_DEFAULT ? SD_CONV_WINOGRAD_AUTO
-                                                                                   : SD_CONV_WINOGRAD_OFF));
+    sd_conv_winograd wino = SD_CONV_WINOGRAD_OFF;
+    if (m == CONV_WAY_WINOGRAD) wino = SD_CONV_WINOGRAD_ALL;
+    if (m == CONV_WAY_WINOGRAD + 1) wino = SD_CONV_WINOGRAD_F4_ALL;
+    if (m == CONV_WAY_WINOGRAD_MIXED) wino = SD_CONV_WINOGRAD_F4_MIXED;
+    if (m == 4 || m == CONV_WAY_EXACT_DEFAULT) wino = SD_CONV_WINOGRAD_AUTO;
+    assert_sd_ok(sd_cuda_set_conv_winograd(wino));
     const sd_precision mode = m == 0 || m >= 5 ? SD_PRECISION_EXACT : SD_PRECISION_FAST;
     set_mode(mode);
     return mode;

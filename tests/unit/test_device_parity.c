@@ -592,16 +592,18 @@ static void test_fp16_activations_guarded(void **state) { (void)state; run_fp16_
 
 /* The convolution paths the default (SD_CONV_WINOGRAD=auto: exact mode's F(4x4) at 64x64 and 32x32,
  * which the other tests run) leaves out: none as Winograd (off: im2col + GEMM or cuDNN), every 3x3
- * "same" convolution as F(2x2, 3x3), then as F(4x4, 3x3) (all, f4-all): in exact mode the models,
+ * "same" convolution as F(2x2, 3x3), then as F(4x4, 3x3) (all, f4-all), then F(4x4) at 32x32 and
+ * F(2x2) below (f4-mixed): in exact mode the models,
  * and the gradients, whose data gradients go through the same transforms, within the bounds of the
  * direct sums; in fast mode (F(2x2) on the fp16 channels-last maps, the gradient steps' forward
  * convolutions included) Null-text inversion within fast mode's bound. */
 static void test_winograd_cuda(void **state) {
     (void)state;
     device_or_skip(ON_CUDA);
-    const sd_conv_winograd modes[3] = {SD_CONV_WINOGRAD_OFF, SD_CONV_WINOGRAD_ALL, SD_CONV_WINOGRAD_F4_ALL};
-    const char *const names[3] = {"none (off)", "F(2x2, 3x3)", "F(4x4, 3x3)"};
-    for (int k = 0; k < 3; k++) {
+    const sd_conv_winograd modes[4] = {SD_CONV_WINOGRAD_OFF, SD_CONV_WINOGRAD_ALL, SD_CONV_WINOGRAD_F4_ALL,
+                                       SD_CONV_WINOGRAD_F4_MIXED};
+    const char *const names[4] = {"none (off)", "F(2x2, 3x3)", "F(4x4, 3x3)", "F(4x4) and F(2x2) (f4-mixed)"};
+    for (int k = 0; k < 4; k++) {
         assert_sd_ok(sd_cuda_set_conv_winograd(modes[k]));
         run_models(ON_CUDA);
         run_gradients(ON_CUDA);
