@@ -165,15 +165,15 @@ sd_conv_gemm sd_cuda_get_conv_gemm(void);
  * .conv2d_backward_data_bf16w): F(2x2) with bf16 operands, 2.5-4.5e-3 from the F32 data gradient,
  * about twice the direct bf16 path's. OFF never; ON F(2x2) where the batch has at least 1024 output
  * pixels (SD v1.x's 64x64 and 32x32 levels); ALL F(2x2) for every such convolution; F4 and F4_ALL
- * the same with F(4x4) in exact mode; F4_MIXED F(4x4) where the batch has at least 1024 output pixels
- * and F(2x2) on every other such convolution in exact mode (F(2x2) everywhere in fast mode), since
- * F(4x4)'s larger weight transform costs more than it saves on thin 8x8 GEMMs. AUTO (the default) is what an H100 measured fastest: exact
- * mode as F4 (SD v1.5 batch 2, 47.3 against 57.8 ms, 9e-6 from PyTorch fp32), fp16 and bf16 as OFF
- * (fast mode's F(2x2) tied cuDNN at batch 2 and lost at batch 1). The environment's
- * SD_CONV_WINOGRAD=off|on|all|f4|f4-all|auto|f4-mixed sets the start value; bench tables label what
- * differs from AUTO: "+direct" (exact mode under OFF), "+wino" (F(2x2)), "+wino-all", "+wino4-all"
- * (F(4x4) everywhere), "+wino-mixed".
- * Drops the convolution plans made so far, as sd_cuda_set_conv_algo. */
+ * the same with F(4x4) in exact mode; F4_MIXED, in exact mode, F(4x4) where the batch has at least
+ * 1024 output pixels and F(2x2) on every other such convolution (F(4x4)'s larger weight transform
+ * may cost more than it saves on the thin GEMMs of 8x8 maps; fast mode: F(2x2) everywhere). AUTO
+ * (the default) is what an H100 measured fastest: exact mode as F4 (SD v1.5 batch 2, 47.3 against
+ * 57.8 ms, 9e-6 from PyTorch fp32), fp16 and bf16 as OFF (fast mode's F(2x2) tied cuDNN at batch 2
+ * and lost at batch 1). The environment's SD_CONV_WINOGRAD=off|on|all|f4|f4-all|auto|f4-mixed sets
+ * the start value; bench tables label what differs from AUTO: "+direct" (exact mode under OFF),
+ * "+wino" (F(2x2)), "+wino-all", "+wino4-all" (F(4x4) everywhere), "+wino-mixed". Drops the
+ * convolution plans made so far, as sd_cuda_set_conv_algo. */
 typedef enum {
     SD_CONV_WINOGRAD_OFF = 0,
     SD_CONV_WINOGRAD_ON = 1,
