@@ -35,7 +35,8 @@
 #   python3), BENCH_PRECS / BREAKDOWN_PRECS (the bench stage's rows and per-op breakdowns, default the
 #   settings still open: exact, exact+direct, exact+wino-all, exact+wino4-all, exact+wino-mixed, fast,
 #   fast+graph, fast+tune, fast+cudnn / exact, exact+wino-mixed, fast, fast+tune; set but empty: none; any row the bench stage's comment names works), TORCH_MODES (unet_torch.py's
-#   --modes, default its own list; fp32-sdpa,fp16-sdpa is what the ratios need), DIFFUSERS_WHEEL (a diffusers wheel to install offline; default build/wheels/diffusers-*.whl).
+#   --modes, default its own list; fp32-sdpa,fp16-sdpa is what the ratios need), GRAD_PRECISION (the grad
+#   stage's rows: grad_side_by_side.sh's --precision, default its own list), DIFFUSERS_WHEEL (a diffusers wheel to install offline; default build/wheels/diffusers-*.whl).
 # Missing pieces (no GPU, no nvcc, no torch, no diffusers) each print one line and the rest goes on.
 set -u
 cd "$(dirname "$0")/.." || exit 1
@@ -295,7 +296,7 @@ if want grad; then
     echo "---- grad ($(elapsed)) ----"
     for model in ${GRAD_MODELS:-tiny sd15}; do
         sh bench/grad_side_by_side.sh --device cuda --model "$model" --stylediff "./$BUILD/stylediff" --python "$PYTHON" \
-            --iters "$ITERS" --work "$WORK_DIR/grad" --out "$RES/grad_$model" \
+            --iters "$ITERS" --work "$WORK_DIR/grad" --out "$RES/grad_$model" ${GRAD_PRECISION:+--precision "$GRAD_PRECISION"} \
             || { note "grad_side_by_side failed for $model (see above)"; FAILED=1; }
     done
     # where a fast-mode gradient step's time goes, backward included (SD v1.5, random weights)
