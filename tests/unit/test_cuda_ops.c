@@ -281,6 +281,24 @@ static void expect_winograd_plan(int m, const sd_conv_geom *g, const char *what)
         fail_msg("%s: %d of %d convolution plans ran as Winograd", what, wino, plans);
 }
 
+/* Under f4-mixed, that a Winograd case ran with the tile its size calls for: bit for bit the result
+ * of F(4x4) everywhere (f4-all) at 1024 output pixels or more, of F(2x2) everywhere (all) below
+ * (the same kernels and sums, so the same bits; the two tiles' results differ in their rounding). */
+static void expect_mixed_tile(const sd_conv_geom *g, const float *xd, const float *wd, const float *bd,
+                              const float *yd, const char *what) {
+    const int64_t ny = g->batch * g->c_out * g->h_out * g->w_out;
+    const int large = g->batch * g->h_in * g->w_in >= 1024;
+    const float *got = hget(yd, ny);
+    float *yd2 = dnew(ny);
+    assert_sd_ok(sd_cuda_set_conv_winograd(large ? SD_CONV_WINOGRAD_F4_ALL : SD_CONV_WINOGRAD_ALL));
+    assert_sd_ok(gpu->conv2d(xd, wd, bd, yd2, g));
+    assert_sd_ok(sd_cuda_set_conv_winograd(SD_CONV_WINOGRAD_F4_MIXED));
+    const float *ref = hget(yd2, ny);
+    if (memcmp(got, ref, (size_t)ny * sizeof(float)))
+        fail_msg("%s: not the F(%dx%d, 3x3) result its %lld output pixels call for", what, large ? 4 : 2,
+                 large ? 4 : 2, (long long)(g->batch * g->h_in * g->w_in));
+}
+
 static sd_conv_geom conv_geom(const conv_case *c) {
     sd_conv_geom g = {.batch = c->B, .c_in = c->Ci, .h_in = c->H, .w_in = c->W, .c_out = c->Co, .kh = c->k,
                       .kw = c->k, .stride = c->stride, .pad_top = c->pt, .pad_left = c->pl};
@@ -309,6 +327,8 @@ static void test_conv2d(void **state) {
             assert_sd_ok(gpu->conv2d(xd, wd, c->bias ? bd : NULL, yd, &g));
             check_dev(what, yd, want, ny, tol_for(mode, TOL_GEMM));
             expect_winograd_plan(m, &g, what);
+            if (m == CONV_WAY_WINOGRAD_MIXED && winograd_geometry(&g))
+                expect_mixed_tile(&g, xd, wd, c->bias ? bd : NULL, yd, what);
         }
         conv_ways_reset();
     }
