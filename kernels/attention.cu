@@ -16,6 +16,11 @@
  *         (sd_f16_ops, cu_f16_attention, either mode) are loaded as they are and use the fp16
  *         MMA, the output rounded once to fp16. Long F32 attention (both sequences >= 512) is
  *         rounded to fp16 copies first and takes the fp16 kernel (flash_fast_f16_staged).
+ *         Head dims go in 8-wide slices (cu_head_slices): SD's 40 ends its Q Kᵀ with an m16n8k8
+ *         and has 5 output n-tiles, not 6 over the padding. These kernels are bound by the
+ *         instructions they issue more than by the tensor cores, so the loop keeps to the
+ *         arithmetic: the mask only in tiles that cross Sk or the causal diagonal, 2^(c·S − c·m)
+ *         as one FFMA and one ex2.approx, tile copies with their offsets worked out once.
  *     Both take batch-row maps (q_rows, k_rows, v_rows): the self-attention injection of
  *     P2P/P2Plus (out[b] = attention(q[q_rows[b]], k[k_rows[b]], v[v_rows[b]])), exposed as
  *     sd_cuda_attention_rows (device.h).
@@ -30,6 +35,7 @@
  */
 #include "cuda_common.cuh"
 
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -385,60 +391,43 @@ template <int DK> struct fa_pipeline {
     static constexpr int per_thread = on ? (FA_BK * fa_smem<DK>::DP + FA_THREADS - 1) / FA_THREADS : 1;
 };
 
-/* S = Q Kᵀ for a warp's 16 query rows and a tile of 64 keys (8 n-tiles of 8): qa holds the rows'
- * DK A fragments, Ks the tile row-major [key][dim] (row stride ks, 16-byte rows); one
- * ldmatrix.x4 gives the B fragments of key tiles nt and nt+1 for one 16-wide slice of the head
- * dim: matrices (keys nt, dims +0), (nt, +8), (nt+1, +0), (nt+1, +8). */
-template <int DK, typename E>
-__device__ __forceinline__ void fa_scores(float (&sacc)[8][4], const uint32_t (&qa)[DK][4], const E *Ks, int ks) {
-    const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7; /* row mr of matrix mi */
-#pragma unroll
-    for (int nt = 0; nt < 8; nt++) sacc[nt][0] = sacc[nt][1] = sacc[nt][2] = sacc[nt][3] = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < 8; nt += 2)
-#pragma unroll
-        for (int kk = 0; kk < DK; kk++) {
-            uint32_t bf[4];
-            cu_ldmatrix_x4<false>(bf, &Ks[(nt * 8 + (mi >> 1) * 8 + mr) * ks + kk * 16 + (mi & 1) * 8]);
-            cu_tensor_core<E>::mma(sacc[nt], qa[kk], bf[0], bf[1]);
-            cu_tensor_core<E>::mma(sacc[nt + 1], qa[kk], bf[2], bf[3]);
-        }
-}
-
 /* One key tile's online-softmax step for a warp's 16 query rows (rows row0 = r0 + g and row1 =
  * row0 + 8 of the C fragments; t = lane mod 4; the kernel's scalars by value, as a reference to
- * the parameter block would copy it to local memory): the scores sacc (16 rows x FA_BK keys) are scaled
- * to the exp2 domain and, when `masked` (a tile past Sk's end, or causal), masked; the running
- * maxima m, this lane's share of the running sums l and the output accumulator o are rescaled by
- * exp2(m_old − m_new), and sacc becomes P = exp2(S − m_new). */
-template <int DK>
-__device__ __forceinline__ void fa_softmax_tile(float (&sacc)[8][4], float (&o)[2 * DK][4], float &m0, float &m1,
+ * the parameter block would copy it to local memory): the raw scores sacc (16 rows x FA_BK keys)
+ * are, when MASKED (a tile past Sk's end, or causal), masked; the running maxima m (of the raw
+ * scores: scale > 0, so the scaled scores' maximum is the scaled maximum), this lane's share of
+ * the running sums l and the output accumulator o are rescaled by 2^(c·(m_old − m_new)), and sacc
+ * becomes P = 2^(c·S − c·m_new) with c = scale·log2 e, one FFMA and one ex2 per score. The
+ * unmasked variant computes no key or query index: tiles wholly inside the keys are most of them,
+ * and the mask's 64-bit comparisons, hoisted by the compiler ahead of the branch that skipped them,
+ * were a tenth of the loop's instructions. */
+template <int NS, bool MASKED>
+__device__ __forceinline__ void fa_softmax_tile(float (&sacc)[8][4], float (&o)[NS][4], float &m0, float &m1,
                                                 float &l0, float &l1, float scale_log2, int64_t Sk, int causal,
-                                                int64_t k0, int64_t row0, int64_t row1, int t, bool masked) {
+                                                int64_t k0, int64_t row0, int64_t row1, int t) {
     float mx0 = -INFINITY, mx1 = -INFINITY; /* row maxima, then over the quad (lanes 4g .. 4g + 3) */
 #pragma unroll
     for (int nt = 0; nt < 8; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            float v = sacc[nt][e] * scale_log2;
-            if (masked) {
+            if constexpr (MASKED) {
                 const int64_t kj = k0 + nt * 8 + 2 * t + (e & 1);
                 const int64_t qi = e < 2 ? row0 : row1;
-                if (!(kj < Sk && (!causal || kj <= qi))) v = -INFINITY;
+                if (!(kj < Sk && (!causal || kj <= qi))) sacc[nt][e] = -INFINITY;
             }
-            sacc[nt][e] = v;
-            if (e < 2) mx0 = fmaxf(mx0, v);
-            else mx1 = fmaxf(mx1, v);
+            if (e < 2) mx0 = fmaxf(mx0, sacc[nt][e]);
+            else mx1 = fmaxf(mx1, sacc[nt][e]);
         }
     const float mn0 = fmaxf(m0, cu_quad_max(mx0)), mn1 = fmaxf(m1, cu_quad_max(mx1));
-    const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
+    /* the exponent's offset c·m_new, 0 while a row has seen only masked keys (all -inf) */
+    const float mu0 = mn0 == -INFINITY ? 0.0f : mn0 * scale_log2, mu1 = mn1 == -INFINITY ? 0.0f : mn1 * scale_log2;
+    const float a0 = cu_exp2_ftz(fmaf(m0, scale_log2, -mu0)), a1 = cu_exp2_ftz(fmaf(m1, scale_log2, -mu1));
     m0 = mn0;
     m1 = mn1;
     l0 *= a0;
     l1 *= a1;
 #pragma unroll
-    for (int nd = 0; nd < 2 * DK; nd++) {
+    for (int nd = 0; nd < NS; nd++) {
         o[nd][0] *= a0;
         o[nd][1] *= a0;
         o[nd][2] *= a1;
@@ -446,17 +435,31 @@ __device__ __forceinline__ void fa_softmax_tile(float (&sacc)[8][4], float (&o)[
     }
 #pragma unroll
     for (int nt = 0; nt < 8; nt++) {
-        sacc[nt][0] = exp2f(sacc[nt][0] - mu0);
-        sacc[nt][1] = exp2f(sacc[nt][1] - mu0);
-        sacc[nt][2] = exp2f(sacc[nt][2] - mu1);
-        sacc[nt][3] = exp2f(sacc[nt][3] - mu1);
+        sacc[nt][0] = cu_exp2_ftz(fmaf(sacc[nt][0], scale_log2, -mu0));
+        sacc[nt][1] = cu_exp2_ftz(fmaf(sacc[nt][1], scale_log2, -mu0));
+        sacc[nt][2] = cu_exp2_ftz(fmaf(sacc[nt][2], scale_log2, -mu1));
+        sacc[nt][3] = cu_exp2_ftz(fmaf(sacc[nt][3], scale_log2, -mu1));
         l0 += sacc[nt][0] + sacc[nt][1];
         l1 += sacc[nt][2] + sacc[nt][3];
     }
 }
 
-template <typename T, int DK>
+/* fa_softmax_tile with the mask decided per tile: the masked variant only where a tile needs it. */
+template <int NS>
+__device__ __forceinline__ void fa_softmax_step(float (&sacc)[8][4], float (&o)[NS][4], float &m0, float &m1,
+                                                float &l0, float &l1, float scale_log2, int64_t Sk, int causal,
+                                                int64_t k0, int64_t row0, int64_t row1, int t) {
+    if (causal || k0 + FA_BK > Sk)
+        fa_softmax_tile<NS, true>(sacc, o, m0, m1, l0, l1, scale_log2, Sk, causal, k0, row0, row1, t);
+    else
+        fa_softmax_tile<NS, false>(sacc, o, m0, m1, l0, l1, scale_log2, Sk, causal, k0, row0, row1, t);
+}
+
+/* NS: the head dims' 8-wide slices (cu_head_slices): SD's 40-wide heads take 5, so that no product
+ * multiplies the 16-wide layout's 8 padding zeros. */
+template <typename T, int NS>
 __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<T> p) {
+    constexpr int DK = cu_head_slices<NS>::DK;
     typedef fa_smem<DK> L;
     typedef fa_operand<T> In;
     typedef typename In::type E;
@@ -488,9 +491,9 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<
     for (int kk = 0; kk < DK; kk++) cu_load_a_frag(qa[kk], Qs, L::QS, r0, kk);
 
     /* output accumulator: n-tile nd covers dims nd·8 .. nd·8 + 7; [0], [1] row g, [2], [3] row g + 8 */
-    float o[2 * DK][4];
+    float o[NS][4];
 #pragma unroll
-    for (int nd = 0; nd < 2 * DK; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+    for (int nd = 0; nd < NS; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY; /* running max of rows g and g + 8 (quad-uniform) */
     float l0 = 0.0f, l1 = 0.0f;           /* this lane's share of the running sums */
     const int64_t row0 = q0 + r0 + g, row1 = row0 + 8;
@@ -519,18 +522,17 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<
         if constexpr (Pipe::on)
             if (k0 + FA_BK < k_end) fa_fetch_kv<T, DK>(kr, vr, kb, vb, k0 + FA_BK, ldq, ldv, p, tid);
 
-        float sacc[8][4];
-        fa_scores<DK>(sacc, qa, Ks, L::KS);
-        fa_softmax_tile<DK>(sacc, o, m0, m1, l0, l1, p.scale_log2, p.Sk, p.causal, k0, row0, row1, t,
-                            p.causal || k0 + FA_BK > p.Sk);
-        cu_mma_c_by_rows<DK, 8>(o, sacc, Vs, L::KS); /* O += P · V */
+        float sacc[8][4] = {};
+        cu_mma_scores<NS, 8>(sacc, qa, Ks, L::KS); /* S = Q Kᵀ */
+        fa_softmax_step<NS>(sacc, o, m0, m1, l0, l1, p.scale_log2, p.Sk, p.causal, k0, row0, row1, t);
+        cu_mma_c_by_rows<NS, 8>(o, sacc, Vs, L::KS); /* O += P · V */
     }
 
     l0 = cu_quad_sum(l0);
     l1 = cu_quad_sum(l1);
     const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
 #pragma unroll
-    for (int nd = 0; nd < 2 * DK; nd++) { /* normalised in fp32, rounded once to T */
+    for (int nd = 0; nd < NS; nd++) { /* normalised in fp32, rounded once to T */
         const int d = nd * 8 + 2 * t;
         if (row0 < p.Sq) {
             if (d < p.Dv) cu_store(&ob[row0 * ldv + d], o[nd][0] * inv0);
@@ -543,16 +545,16 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<
     }
 }
 
-template <typename T, int DK> static sd_status launch_fast(const attn_params<T> &p, int64_t B) {
-    const size_t smem = fa_smem<DK>::bytes;
+template <typename T, int NS> static sd_status launch_fast(const attn_params<T> &p, int64_t B) {
+    const size_t smem = fa_smem<cu_head_slices<NS>::DK>::bytes;
     static unsigned configured = 0;
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast<T, DK>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast<T, NS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         configured |= bit;
     }
     dim3 grid((unsigned)((p.Sq + FA_BQ - 1) / FA_BQ), (unsigned)(B * p.H));
-    CU_LAUNCH((k_flash_fast<T, DK>), grid, FA_THREADS, smem, cu_cur()->stream)(p);
+    CU_LAUNCH((k_flash_fast<T, NS>), grid, FA_THREADS, smem, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention (fast)");
     return SD_OK;
 }
@@ -588,8 +590,9 @@ template <int DK> struct fa_async_smem {
     static constexpr int min_blocks = DK <= 3 ? 2 : 1;
 };
 
-template <int DK, int MINB = fa_async_smem<DK>::min_blocks>
+template <int NS, int MINB = fa_async_smem<cu_head_slices<NS>::DK>::min_blocks>
 __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const attn_params<__half> p) {
+    constexpr int DK = cu_head_slices<NS>::DK;
     typedef fa_async_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __half *smem = reinterpret_cast<__half *>(smem_f4);
@@ -615,17 +618,23 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
     if (p.causal && q0 + FA_BQ < k_end) k_end = q0 + FA_BQ;
     const int n_tiles = (int)((k_end + FA_BK - 1) / FA_BK);
 
-    /* group 0: Q and the first K/V tile */
-    cu_async_rows<L::RS, FA_THREADS>(Qs, qb, q0, FA_BQ, p.Sq, ldq, p.D, tid);
-    cu_async_rows<L::RS, FA_THREADS>(smem + L::k_off, kb, 0, FA_BK, p.Sk, ldq, p.D, tid);
-    cu_async_rows<L::RS, FA_THREADS>(smem + L::v_off, vb, 0, FA_BK, p.Sk, ldv, p.Dv, tid);
+    /* group 0: Q and the first K/V tile. Rows are D = Dv = 8·NS halves (fa_async_ok): NS pieces, and
+     * K and V share their row stride (H·D), so one copier's offsets serve both. */
+    auto rows_left = [](int64_t limit, int64_t r0, int rows) { return (int)(limit - r0 < rows ? limit - r0 : rows); };
+    {
+        const cu_tile_copier<L::RS, FA_THREADS, FA_BQ, NS, __half> q_copier(tid, (int)ldq);
+        q_copier.copy(Qs, qb + q0 * ldq, rows_left(p.Sq, q0, FA_BQ));
+    }
+    const cu_tile_copier<L::RS, FA_THREADS, FA_BK, NS, __half> kv_copier(tid, (int)ldq);
+    kv_copier.copy(smem + L::k_off, kb, rows_left(p.Sk, 0, FA_BK));
+    kv_copier.copy(smem + L::v_off, vb, rows_left(p.Sk, 0, FA_BK));
     cu_cp_async_commit();
 
     const int r0 = warp * 16;
     uint32_t qa[DK][4];
-    float o[2 * DK][4];
+    float o[NS][4];
 #pragma unroll
-    for (int nd = 0; nd < 2 * DK; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+    for (int nd = 0; nd < NS; nd++) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
     const int64_t row0 = q0 + r0 + g, row1 = row0 + 8;
     /* ldmatrix row addresses: lane l gives row l mod 8 of matrix l / 8 */
@@ -634,11 +643,9 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
     for (int j = 0; j < n_tiles; j++) {
         const int64_t k0 = (int64_t)j * FA_BK;
         if (j + 1 < n_tiles) { /* tile j+1 into the other buffer (free: the loop's end synchronised) */
-            const int nb = (j + 1) & 1;
-            cu_async_rows<L::RS, FA_THREADS>(smem + L::k_off + nb * FA_BK * L::RS, kb, k0 + FA_BK, FA_BK, p.Sk, ldq,
-                                             p.D, tid);
-            cu_async_rows<L::RS, FA_THREADS>(smem + L::v_off + nb * FA_BK * L::RS, vb, k0 + FA_BK, FA_BK, p.Sk, ldv,
-                                             p.Dv, tid);
+            const int nb = (j + 1) & 1, valid = rows_left(p.Sk, k0 + FA_BK, FA_BK);
+            kv_copier.copy(smem + L::k_off + nb * FA_BK * L::RS, kb + (k0 + FA_BK) * ldq, valid);
+            kv_copier.copy(smem + L::v_off + nb * FA_BK * L::RS, vb + (k0 + FA_BK) * ldv, valid);
             cu_cp_async_commit();
             cu_cp_async_wait<1>(); /* all but the newest group: tile j (and Q) arrived */
         } else {
@@ -654,12 +661,11 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
         const __half *Ks = smem + L::k_off + (j & 1) * FA_BK * L::RS;
         const __half *Vs = smem + L::v_off + (j & 1) * FA_BK * L::RS;
 
-        float sacc[8][4];
-        fa_scores<DK>(sacc, qa, Ks, L::RS);
-        fa_softmax_tile<DK>(sacc, o, m0, m1, l0, l1, p.scale_log2, p.Sk, p.causal, k0, row0, row1, t,
-                            p.causal || k0 + FA_BK > p.Sk);
+        float sacc[8][4] = {};
+        cu_mma_scores<NS, 8>(sacc, qa, Ks, L::RS); /* S = Q Kᵀ */
+        fa_softmax_step<NS>(sacc, o, m0, m1, l0, l1, p.scale_log2, p.Sk, p.causal, k0, row0, row1, t);
 
-        cu_mma_c_by_rows<DK, 8>(o, sacc, Vs, L::RS); /* O += P · V */
+        cu_mma_c_by_rows<NS, 8>(o, sacc, Vs, L::RS); /* O += P · V */
         __syncthreads(); /* tile j consumed: its buffer takes tile j+2 next iteration */
     }
 
@@ -667,7 +673,7 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
     l1 = cu_quad_sum(l1);
     const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
 #pragma unroll
-    for (int nd = 0; nd < 2 * DK; nd++) { /* two neighbouring dims per store (D is a multiple of 8) */
+    for (int nd = 0; nd < NS; nd++) { /* two neighbouring dims per store (D is a multiple of 8) */
         const int d = nd * 8 + 2 * t;
         if (d >= p.Dv) continue;
         if (row0 < p.Sq)
@@ -677,52 +683,67 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
     }
 }
 
-template <int DK, int MINB> static sd_status launch_fast_async_blocks(const attn_params<__half> &p, int64_t B) {
-    const size_t smem = fa_async_smem<DK>::bytes;
+template <int NS, int MINB> static sd_status launch_fast_async_blocks(const attn_params<__half> &p, int64_t B) {
+    const size_t smem = fa_async_smem<cu_head_slices<NS>::DK>::bytes;
     static unsigned configured = 0;
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast_async<DK, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast_async<NS, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)smem));
         configured |= bit;
     }
     dim3 grid((unsigned)((p.Sq + FA_BQ - 1) / FA_BQ), (unsigned)(B * p.H));
-    CU_LAUNCH((k_flash_fast_async<DK, MINB>), grid, FA_THREADS, smem, cu_cur()->stream)(p);
+    CU_LAUNCH((k_flash_fast_async<NS, MINB>), grid, FA_THREADS, smem, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention (fast, fp16, cp.async)");
     return SD_OK;
 }
 
-template <int DK> static sd_status launch_fast_async(const attn_params<__half> &p, int64_t B) {
-    if (fa_async_smem<DK>::min_blocks == 2 && cu_cur()->flash_blocks_per_sm == 1)
-        return launch_fast_async_blocks<DK, 1>(p, B);
-    return launch_fast_async_blocks<DK, fa_async_smem<DK>::min_blocks>(p, B);
+template <int NS> static sd_status launch_fast_async(const attn_params<__half> &p, int64_t B) {
+    constexpr int MINB = fa_async_smem<cu_head_slices<NS>::DK>::min_blocks;
+    if (MINB == 2 && cu_cur()->flash_blocks_per_sm == 1) return launch_fast_async_blocks<NS, 1>(p, B);
+    return launch_fast_async_blocks<NS, MINB>(p, B);
 }
 
-/* Whether the cp.async kernel can read these operands: rows of whole 16-byte pieces at 16-byte
- * aligned addresses (every head offset h·D and row stride H·D a multiple of 8 halves). */
+/* The 8-wide head-dim slices (cu_head_slices) a fast kernel is instantiated with for heads up to
+ * dmax wide: 16, 32, 40, 48, 64, 80 and 160. */
+static int fa_slices(int dmax) {
+    return dmax <= 16 ? 2 : dmax <= 32 ? 4 : dmax <= 40 ? 5 : dmax <= 48 ? 6 : dmax <= 64 ? 8 : dmax <= 80 ? 10 : 20;
+}
+
+/* Whether the cp.async kernel can read these operands: q, k and v rows of exactly its NS whole
+ * 16-byte pieces (D = Dv = 8·NS: SD's 40, 80 and 160; the tile copies' shape is then a compile-time
+ * constant) at 16-byte aligned addresses (every head offset h·D and row stride H·D a multiple of 8
+ * halves). Other widths take the generic kernel: the same products, so the same bits. */
 static bool fa_async_ok(const attn_params<__half> &p) {
     const uintptr_t align = (uintptr_t)p.q | (uintptr_t)p.k | (uintptr_t)p.v | (uintptr_t)p.out;
-    return p.D % 8 == 0 && p.Dv % 8 == 0 && (align & 15) == 0;
+    return p.D == p.Dv && p.D == 8 * fa_slices(p.D) && (align & 15) == 0 && (int64_t)p.H * p.D <= INT_MAX / FA_BQ;
 }
 
+/* The kernels' instantiations by head width: fa_slices. */
 template <typename T> static sd_status flash_fast(const attn_params<T> &p, int64_t B) {
-    const int dmax = p.D > p.Dv ? p.D : p.Dv;
+    const int ns = fa_slices(p.D > p.Dv ? p.D : p.Dv);
     if constexpr (sizeof(T) == 2) {
         if (fa_async_ok(p)) {
-            if (dmax <= 16) return launch_fast_async<1>(p, B);
-            if (dmax <= 32) return launch_fast_async<2>(p, B);
-            if (dmax <= 48) return launch_fast_async<3>(p, B);
-            if (dmax <= 64) return launch_fast_async<4>(p, B);
-            if (dmax <= 80) return launch_fast_async<5>(p, B);
-            return launch_fast_async<10>(p, B);
+            switch (ns) {
+                case 2: return launch_fast_async<2>(p, B);
+                case 4: return launch_fast_async<4>(p, B);
+                case 5: return launch_fast_async<5>(p, B);
+                case 6: return launch_fast_async<6>(p, B);
+                case 8: return launch_fast_async<8>(p, B);
+                case 10: return launch_fast_async<10>(p, B);
+                default: return launch_fast_async<20>(p, B);
+            }
         }
     }
-    if (dmax <= 16) return launch_fast<T, 1>(p, B);
-    if (dmax <= 32) return launch_fast<T, 2>(p, B);
-    if (dmax <= 48) return launch_fast<T, 3>(p, B);
-    if (dmax <= 64) return launch_fast<T, 4>(p, B);
-    if (dmax <= 80) return launch_fast<T, 5>(p, B);
-    return launch_fast<T, 10>(p, B);
+    switch (ns) {
+        case 2: return launch_fast<T, 2>(p, B);
+        case 4: return launch_fast<T, 4>(p, B);
+        case 5: return launch_fast<T, 5>(p, B);
+        case 6: return launch_fast<T, 6>(p, B);
+        case 8: return launch_fast<T, 8>(p, B);
+        case 10: return launch_fast<T, 10>(p, B);
+        default: return launch_fast<T, 20>(p, B);
+    }
 }
 
 #define FLASH_MAX_D 160
@@ -903,7 +924,8 @@ static sd_status run_attention(const float *q, const float *k, const float *v, f
                                int64_t Sk, int H, int D, int Dv, float scale, int causal) {
     if (B == 0 || Sq == 0) return SD_OK;
     const int use_rows = q_rows || k_rows || v_rows;
-    if (D <= FLASH_MAX_D && Dv <= FLASH_MAX_D) {
+    const int fast = cu_cur()->precision == SD_PRECISION_FAST;
+    if (D <= FLASH_MAX_D && Dv <= FLASH_MAX_D && (!fast || scale > 0.0f)) {
         attn_params<float> p = flash_params(q, k, v, out, Sq, Sk, H, D, Dv, scale, causal);
         p.use_rows = use_rows;
         if (use_rows)
@@ -912,10 +934,11 @@ static sd_status run_attention(const float *q, const float *k, const float *v, f
                 p.k_rows[b] = k_rows ? k_rows[b] : (int)b;
                 p.v_rows[b] = v_rows ? v_rows[b] : (int)b;
             }
-        if (cu_cur()->precision != SD_PRECISION_FAST) return flash_exact(p, B);
+        if (!fast) return flash_exact(p, B);
         return f16_staging_ok(p) ? flash_fast_f16_staged(p, B) : flash_fast(p, B);
     }
-    /* large heads: unfused, one output batch row at a time */
+    /* large heads (and a non-positive scale in fast mode, whose kernels take the row maxima of the
+     * raw scores): unfused, one output batch row at a time */
     const int64_t ldq = (int64_t)H * D, ldv = (int64_t)H * Dv;
     const int64_t chunk = chunk_rows(Sq, Sk, H);
     float *scores = (float *)cu_workspace(chunk_scores_bytes(chunk, Sk, H));
@@ -964,7 +987,7 @@ extern "C" sd_status sd_cuda_attention_rows(const float *q, const float *k, cons
  * heads through the F32 unfused path on widened copies
  * --------------------------------------------------------------------------------------------- */
 
-/* Large heads (D or Dv > FLASH_MAX_D: the VAE's 512-wide head) with fp16 activations: one batch
+/* Large heads (D or Dv > FLASH_MAX_D: the VAE's 512-wide head; or a non-positive scale) with fp16 activations: one batch
  * row at a time, q, k, v widened to F32, the unfused F32 path, out rounded back to fp16. The
  * staging buffers and the scores are carved out of one workspace request, since a second request
  * may grow, and so move, the workspace. */
@@ -995,7 +1018,7 @@ sd_status cu_f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd
                            int64_t Sk, int H, int D, int Dv, float scale, int causal) {
     CU_TRY(check_dims(B, Sq, Sk, H, D, Dv));
     if (B == 0 || Sq == 0) return SD_OK;
-    if (D <= FLASH_MAX_D && Dv <= FLASH_MAX_D) {
+    if (D <= FLASH_MAX_D && Dv <= FLASH_MAX_D && scale > 0.0f) {
         /* the fp16 tensor-core kernel in either precision mode: its products are exact in fp32 and
          * accumulate in fp32, so it loses little beyond the fp16 storage itself (the exact SIMT
          * kernel reads F32 only) */

@@ -23,12 +23,17 @@
  *      accumulates dV += Pᵀ dO and dK += dSᵀ Q in registers. When the key blocks are fewer than
  *      the SMs (cross-attention's 77 keys: one block per head), the queries are split over
  *      blockIdx.z and k_fb_sum_splits adds the partial sums in a fixed order.
+ *   Heads are handled in 8-wide slices (cu_head_slices): at SD's 40 the products end with an
+ *   m16n8k8 and the gradients have 5 n-tiles, not 6 over the 16-wide layout's padding. The per-score
+ *   work is kept to the arithmetic: masks only in the tiles that cross Sq, Sk or the causal
+ *   diagonal, 2^(c·S − L) as one FFMA and one ex2.approx, tile copies with offsets worked out once
+ *   (cu_tile_copier), L and Δ read two queries per load.
  *   Two kernels instead of FlashAttention-2's one (which adds dQ with atomics from the key-owned
  *   blocks and reads L from the forward): S and dP are computed three times (10 products of the
  *   size of S instead of 5), but nothing is saved by the forward, and every gradient is written
  *   once, by one block (or summed in a fixed order), so the result does not depend on scheduling.
  *
- * Exact mode and larger heads: the maps are recomputed one batch row and one chunk of query rows
+ * Exact mode, larger heads (and a scale <= 0): the maps are recomputed one batch row and one chunk of query rows
  * at a time in the workspace (<= 128 MiB per buffer), with cuBLAS for the five products (strided
  * batches over heads, as the forward's maps path) and one warp-per-row kernel for the softmax
  * gradient. rowsum(dP ⊙ P) is taken from the recomputed maps rather than from rowsum(dO ⊙ O):
@@ -159,11 +164,14 @@ __device__ __forceinline__ bool fb_valid(const attn_bwd_params &p, int64_t qi, i
     return qi < p.Sq && kj < p.Sk && (!p.causal || kj <= qi);
 }
 
-/* Queues rows [r0, r0 + rows) of a staged operand ([S][DP], S = limit) into shared rows of stride RS. */
-template <int DK, int RS>
-__device__ __forceinline__ void fb_async_rows(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int64_t r0, int rows,
-                                              int64_t limit) {
-    cu_async_rows<RS, FB_THREADS>(dst, src, r0, rows, limit, DK * 16, DK * 16, (int)threadIdx.x);
+/* The copier of tiles of ROWS staged rows (DK·16 bf16 values: 2·DK pieces of 16 bytes) into shared
+ * rows of stride RS. */
+template <int DK, int RS, int ROWS>
+using fb_copier = cu_tile_copier<RS, FB_THREADS, ROWS, 2 * DK, __nv_bfloat16>;
+
+/* The number of rows of a tile starting at r0 that lie before limit (rows past it are zero-filled). */
+__device__ __forceinline__ int fb_rows_left(int64_t limit, int64_t r0, int rows) {
+    return (int)(limit - r0 < rows ? (limit > r0 ? limit - r0 : 0) : rows);
 }
 
 /* The warp's 16 rows from r0 of two row-major smem tiles (stride rs) as DK A fragments each:
@@ -178,35 +186,21 @@ __device__ __forceinline__ void fb_warp_frags(uint32_t (*a1)[4], uint32_t (*a2)[
     }
 }
 
-/* One warp's products with a tile of 8·NT columns: s = A1 · B1ᵀ and dp = A2 · B2ᵀ, with A1, A2
- * the warp's DK A fragments and B1, B2 n-major tiles (row stride rs). Kernel 1: S = Q Kᵀ and
- * dP = dO Vᵀ over a key tile; kernel 2: Sᵀ = K Qᵀ and dPᵀ = V dOᵀ over a query tile. */
-template <int DK, int NT>
+/* One warp's products with a tile of 8·NT columns over the NS 8-wide slices of the head dims:
+ * s = A1 · B1ᵀ and dp = A2 · B2ᵀ, with A1, A2 the warp's A fragments and B1, B2 n-major tiles (row
+ * stride rs). Kernel 1: S = Q Kᵀ and dP = dO Vᵀ over a key tile; kernel 2: Sᵀ = K Qᵀ and
+ * dPᵀ = V dOᵀ over a query tile. */
+template <int NS, int NT>
 __device__ __forceinline__ void fb_tile_products(float (*s)[4], float (*dp)[4], const uint32_t (*a1)[4],
                                                  const uint32_t (*a2)[4], const __nv_bfloat16 *b1,
                                                  const __nv_bfloat16 *b2, int rs) {
-    static_assert(NT % 2 == 0, "n-tiles go in pairs (one ldmatrix.x4 each)");
-    const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7; /* ldmatrix: row mr of matrix mi */
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
         dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
     }
-#pragma unroll
-    for (int nt = 0; nt < NT; nt += 2)
-#pragma unroll
-        for (int kk = 0; kk < DK; kk++) {
-            /* matrices: (rows nt, k +0), (nt, +8), (nt+1, +0), (nt+1, +8): the B fragments of n-tiles
-             * nt and nt+1, as cu_mma_bt reads them with two 32-bit loads each */
-            const int off = (nt * 8 + (mi >> 1) * 8 + mr) * rs + kk * 16 + (mi & 1) * 8;
-            uint32_t f1[4], f2[4];
-            cu_ldmatrix_x4<false>(f1, b1 + off);
-            cu_ldmatrix_x4<false>(f2, b2 + off);
-            cu_tensor_core<__nv_bfloat16>::mma(s[nt], a1[kk], f1[0], f1[1]);
-            cu_tensor_core<__nv_bfloat16>::mma(dp[nt], a2[kk], f2[0], f2[1]);
-            cu_tensor_core<__nv_bfloat16>::mma(s[nt + 1], a1[kk], f1[2], f1[3]);
-            cu_tensor_core<__nv_bfloat16>::mma(dp[nt + 1], a2[kk], f2[2], f2[3]);
-        }
+    cu_mma_scores<NS, NT>(s, a1, b1, rs);
+    cu_mma_scores<NS, NT>(dp, a2, b2, rs);
 }
 
 template <int DK> struct fb_dq_smem {
@@ -220,15 +214,71 @@ template <int DK> struct fb_dq_smem {
     static constexpr size_t bytes = (size_t)elems * sizeof(__nv_bfloat16);
 };
 
+/* Kernel 1, pass 1, one key tile: the raw scores s (masked to -inf where MASKED and the key is not
+ * valid for the row) update the running maxima m of the raw scores (scale > 0), the sums l of
+ * P̃ = 2^(c·S − c·m), c = scale·log2 e, and the sums pd of P̃ ⊙ dP, rescaled alike (the forward's
+ * online softmax). Unmasked tiles, most of them, compute no key or query index. */
+template <bool MASKED>
+__device__ __forceinline__ void fb_pass1_tile(float (&s)[FB_BK / 8][4], const float (&dp)[FB_BK / 8][4],
+                                              const attn_bwd_params &p, int64_t row0, int64_t row1, int64_t k0,
+                                              int t, float &m0, float &m1, float &l0, float &l1, float &pd0,
+                                              float &pd1) {
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < FB_BK / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            if constexpr (MASKED)
+                if (!fb_valid(p, e < 2 ? row0 : row1, k0 + nt * 8 + 2 * t + (e & 1))) s[nt][e] = -INFINITY;
+            if (e < 2) mx0 = fmaxf(mx0, s[nt][e]);
+            else mx1 = fmaxf(mx1, s[nt][e]);
+        }
+    const float c = p.scale_log2;
+    const float mn0 = fmaxf(m0, cu_quad_max(mx0)), mn1 = fmaxf(m1, cu_quad_max(mx1));
+    const float mu0 = mn0 == -INFINITY ? 0.0f : mn0 * c, mu1 = mn1 == -INFINITY ? 0.0f : mn1 * c;
+    const float a0 = cu_exp2_ftz(fmaf(m0, c, -mu0)), a1 = cu_exp2_ftz(fmaf(m1, c, -mu1));
+    l0 *= a0, pd0 *= a0;
+    l1 *= a1, pd1 *= a1;
+    m0 = mn0;
+    m1 = mn1;
+#pragma unroll
+    for (int nt = 0; nt < FB_BK / 8; nt++) {
+        const float e0 = cu_exp2_ftz(fmaf(s[nt][0], c, -mu0)), e1 = cu_exp2_ftz(fmaf(s[nt][1], c, -mu0));
+        const float e2 = cu_exp2_ftz(fmaf(s[nt][2], c, -mu1)), e3 = cu_exp2_ftz(fmaf(s[nt][3], c, -mu1));
+        l0 += e0 + e1;
+        l1 += e2 + e3;
+        pd0 += e0 * dp[nt][0] + e1 * dp[nt][1];
+        pd1 += e2 * dp[nt][2] + e3 * dp[nt][3];
+    }
+}
+
+/* Kernel 1, pass 2, one key tile: s becomes dS = P ⊙ (dP − Δ), P = 2^(c·S − L) (0 where MASKED and
+ * the key is not valid for the row). */
+template <bool MASKED>
+__device__ __forceinline__ void fb_pass2_tile(float (&s)[FB_BK / 8][4], const float (&dp)[FB_BK / 8][4],
+                                              const attn_bwd_params &p, int64_t row0, int64_t row1, int64_t k0,
+                                              int t, float lse0, float lse1, float delta0, float delta1) {
+#pragma unroll
+    for (int nt = 0; nt < FB_BK / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float P = cu_exp2_ftz(fmaf(s[nt][e], p.scale_log2, -(e < 2 ? lse0 : lse1)));
+            if constexpr (MASKED)
+                if (!fb_valid(p, e < 2 ? row0 : row1, k0 + nt * 8 + 2 * t + (e & 1))) P = 0.0f;
+            s[nt][e] = P * (dp[nt][e] - (e < 2 ? delta0 : delta1)); /* dS */
+        }
+}
+
 /* Kernel 1: L and Δ of 128 query rows, then dQ. Grid (ceil(Sq / 128), B·H). The block walks the
  * key tiles once for L and Δ and, when dQ is wanted, a second time for dQ: one sequence of `steps`
- * tiles whose next tile is always in flight. */
-template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_dq(const attn_bwd_params p) {
+ * tiles whose next tile is always in flight. NS: the head dims' 8-wide slices (cu_head_slices). */
+template <int NS> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_dq(const attn_bwd_params p) {
+    constexpr int DK = cu_head_slices<NS>::DK;
     typedef fb_dq_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
     __nv_bfloat16 *Qs = smem + L::q_off, *dOs = smem + L::do_off;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
     const int64_t q0 = (int64_t)blockIdx.x * FB_BQ, ldq = (int64_t)p.H * p.D;
     const __nv_bfloat16 *kb = p.k + (int64_t)bh * p.Sk * L::DP, *vb = p.v + (int64_t)bh * p.Sk * L::DP;
@@ -237,12 +287,20 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
     if (p.causal && q0 + FB_BQ < k_end) k_end = q0 + FB_BQ;
     const int n_tiles = (int)((k_end + FB_BK - 1) / FB_BK);
     const int steps = p.dq ? 2 * n_tiles : n_tiles;
+    /* the block's tiles that need the mask: all of them when its last rows pass Sq (their L and Δ
+     * must come out 0) or causal, else the last key tile when Sk is not a multiple of FB_BK */
+    const bool rows_masked = p.causal || q0 + FB_BQ > p.Sq;
 
     /* group 0: the block's Q and dO rows and key tile 0 */
-    fb_async_rows<DK, L::RS>(Qs, p.q + (int64_t)bh * p.Sq * L::DP, q0, FB_BQ, p.Sq);
-    fb_async_rows<DK, L::RS>(dOs, p.dout + (int64_t)bh * p.Sq * L::DP, q0, FB_BQ, p.Sq);
-    fb_async_rows<DK, L::RS>(smem + L::k_off, kb, 0, FB_BK, p.Sk);
-    fb_async_rows<DK, L::RS>(smem + L::v_off, vb, 0, FB_BK, p.Sk);
+    {
+        const fb_copier<DK, L::RS, FB_BQ> q_copier(tid, L::DP);
+        const int q_rows = fb_rows_left(p.Sq, q0, FB_BQ);
+        q_copier.copy(Qs, p.q + ((int64_t)bh * p.Sq + q0) * L::DP, q_rows);
+        q_copier.copy(dOs, p.dout + ((int64_t)bh * p.Sq + q0) * L::DP, q_rows);
+    }
+    const fb_copier<DK, L::RS, FB_BK> kv_copier(tid, L::DP);
+    kv_copier.copy(smem + L::k_off, kb, fb_rows_left(p.Sk, 0, FB_BK));
+    kv_copier.copy(smem + L::v_off, vb, fb_rows_left(p.Sk, 0, FB_BK));
     cu_cp_async_commit();
     /* Waits for tile `step` (after queueing step + 1 into the other buffer, free since the end of
      * step - 1) and returns its K and V */
@@ -250,8 +308,9 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
         if (step + 1 < steps) {
             const int nb = (step + 1) & 1;
             const int64_t nk0 = (int64_t)((step + 1) % n_tiles) * FB_BK;
-            fb_async_rows<DK, L::RS>(smem + L::k_off + nb * FB_BK * L::RS, kb, nk0, FB_BK, p.Sk);
-            fb_async_rows<DK, L::RS>(smem + L::v_off + nb * FB_BK * L::RS, vb, nk0, FB_BK, p.Sk);
+            const int valid = fb_rows_left(p.Sk, nk0, FB_BK);
+            kv_copier.copy(smem + L::k_off + nb * FB_BK * L::RS, kb + nk0 * L::DP, valid);
+            kv_copier.copy(smem + L::v_off + nb * FB_BK * L::RS, vb + nk0 * L::DP, valid);
             cu_cp_async_commit();
             cu_cp_async_wait<1>();
         } else {
@@ -266,11 +325,10 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
     uint32_t qa[DK][4], da[DK][4]; /* this warp's 16 rows of Q and dO as A fragments */
     const int64_t row0 = q0 + r0 + g, row1 = row0 + 8; /* the two rows of this lane's fragments */
 
-    /* pass 1: per row, the running max m and sum l of exp2(scale·log2e·S) (the forward's online
-     * softmax) and the running Σ exp2(·)·dP, rescaled alike, which ends as Δ = rowsum(P ⊙ dP):
-     * taken from the same bf16 products as pass 2's dS, so that Σ_j dS_ij = 0 holds to fp32
-     * rounding (Δ from rowsum(dO ⊙ O) leaves a bias of bf16 size that a row of thousands of keys
-     * adds up) */
+    /* pass 1: per row, the running max m and sum l of 2^(c·S) (the forward's online softmax) and
+     * the running Σ 2^(c·S)·dP, rescaled alike, which ends as Δ = rowsum(P ⊙ dP): taken from the
+     * same bf16 products as pass 2's dS, so that Σ_j dS_ij = 0 holds to fp32 rounding (Δ from
+     * rowsum(dO ⊙ O) leaves a bias of bf16 size that a row of thousands of keys adds up) */
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f, pd0 = 0.0f, pd1 = 0.0f;
     for (int step = 0; step < n_tiles; step++) {
         const __nv_bfloat16 *Ks, *Vs;
@@ -278,40 +336,20 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
         if (step == 0) fb_warp_frags<DK>(qa, da, Qs, dOs, L::RS, r0);
         const int64_t k0 = (int64_t)step * FB_BK;
         float s[FB_BK / 8][4], dp[FB_BK / 8][4];
-        fb_tile_products<DK, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < FB_BK / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const bool valid = fb_valid(p, e < 2 ? row0 : row1, k0 + nt * 8 + 2 * t + (e & 1));
-                s[nt][e] = valid ? s[nt][e] * p.scale_log2 : -INFINITY;
-                if (e < 2) mx0 = fmaxf(mx0, s[nt][e]);
-                else mx1 = fmaxf(mx1, s[nt][e]);
-            }
-        const float mn0 = fmaxf(m0, cu_quad_max(mx0)), mn1 = fmaxf(m1, cu_quad_max(mx1));
-        const float mu0 = mn0 == -INFINITY ? 0.0f : mn0, mu1 = mn1 == -INFINITY ? 0.0f : mn1;
-        const float a0 = exp2f(m0 - mu0), a1 = exp2f(m1 - mu1);
-        l0 *= a0, pd0 *= a0;
-        l1 *= a1, pd1 *= a1;
-        m0 = mn0;
-        m1 = mn1;
-#pragma unroll
-        for (int nt = 0; nt < FB_BK / 8; nt++) {
-            const float e0 = exp2f(s[nt][0] - mu0), e1 = exp2f(s[nt][1] - mu0);
-            const float e2 = exp2f(s[nt][2] - mu1), e3 = exp2f(s[nt][3] - mu1);
-            l0 += e0 + e1;
-            l1 += e2 + e3;
-            pd0 += e0 * dp[nt][0] + e1 * dp[nt][1];
-            pd1 += e2 * dp[nt][2] + e3 * dp[nt][3];
-        }
+        fb_tile_products<NS, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
+        if (rows_masked || k0 + FB_BK > p.Sk)
+            fb_pass1_tile<true>(s, dp, p, row0, row1, k0, t, m0, m1, l0, l1, pd0, pd1);
+        else
+            fb_pass1_tile<false>(s, dp, p, row0, row1, k0, t, m0, m1, l0, l1, pd0, pd1);
         __syncthreads(); /* tile consumed: its buffer takes the tile after next */
     }
     l0 = cu_quad_sum(l0), l1 = cu_quad_sum(l1);
     pd0 = cu_quad_sum(pd0), pd1 = cu_quad_sum(pd1);
-    /* a row without a single valid key (padding rows, up to Sq_pad too) gets L = 0, Δ = 0: its P
-     * is masked, and kernel 2 reads these rows whole */
-    const float lse0 = l0 > 0.0f ? m0 + log2f(l0) : 0.0f, lse1 = l1 > 0.0f ? m1 + log2f(l1) : 0.0f;
+    /* L = c·m + log2 l in the exp2 domain (c·m as pass 1's last tile rounded it). A row without a
+     * single valid key (padding rows, up to Sq_pad too) gets L = 0, Δ = 0: its P is masked, and
+     * kernel 2 reads these rows whole */
+    const float c = p.scale_log2;
+    const float lse0 = l0 > 0.0f ? m0 * c + log2f(l0) : 0.0f, lse1 = l1 > 0.0f ? m1 * c + log2f(l1) : 0.0f;
     const float delta0 = l0 > 0.0f ? pd0 / l0 : 0.0f, delta1 = l1 > 0.0f ? pd1 / l1 : 0.0f;
     if (t == 0) {
         float *lse = p.lse + (int64_t)bh * p.Sq_pad, *dl = p.delta + (int64_t)bh * p.Sq_pad;
@@ -321,29 +359,25 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
     if (!p.dq) return;
 
     /* pass 2: dQ += dS K, dS = P ⊙ (dO Vᵀ − Δ) */
-    float dq[2 * DK][4];
+    float dq[NS][4];
 #pragma unroll
-    for (int nd = 0; nd < 2 * DK; nd++) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
+    for (int nd = 0; nd < NS; nd++) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
     for (int step = n_tiles; step < steps; step++) {
         const __nv_bfloat16 *Ks, *Vs;
         await_tile(step, &Ks, &Vs);
         const int64_t k0 = (int64_t)(step - n_tiles) * FB_BK;
         float s[FB_BK / 8][4], dp[FB_BK / 8][4];
-        fb_tile_products<DK, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
-#pragma unroll
-        for (int nt = 0; nt < FB_BK / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const bool valid = fb_valid(p, e < 2 ? row0 : row1, k0 + nt * 8 + 2 * t + (e & 1));
-                const float P = valid ? exp2f(s[nt][e] * p.scale_log2 - (e < 2 ? lse0 : lse1)) : 0.0f;
-                s[nt][e] = P * (dp[nt][e] - (e < 2 ? delta0 : delta1)); /* dS */
-            }
-        cu_mma_c_by_rows<DK, FB_BK / 8>(dq, s, Ks, L::RS); /* dQ += dS K */
+        fb_tile_products<NS, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
+        if (rows_masked || k0 + FB_BK > p.Sk)
+            fb_pass2_tile<true>(s, dp, p, row0, row1, k0, t, lse0, lse1, delta0, delta1);
+        else
+            fb_pass2_tile<false>(s, dp, p, row0, row1, k0, t, lse0, lse1, delta0, delta1);
+        cu_mma_c_by_rows<NS, FB_BK / 8>(dq, s, Ks, L::RS); /* dQ += dS K */
         __syncthreads();
     }
     float *dqb = p.dq + (int64_t)b * p.Sq * ldq + (int64_t)h * p.D;
 #pragma unroll
-    for (int nd = 0; nd < 2 * DK; nd++) {
+    for (int nd = 0; nd < NS; nd++) {
         const int d = nd * 8 + 2 * t;
         if (row0 < p.Sq) {
             if (d < p.D) fb_put(dqb + row0 * ldq + d, p.scale * dq[nd][0], p.accumulate);
@@ -368,12 +402,37 @@ template <int DK> struct fb_dkv_smem {
     static constexpr size_t bytes = stat_off + 2 * 2 * FB_BQT * sizeof(float); /* [2 buffers][L, Δ][FB_BQT] */
 };
 
+/* Kernel 2, one query tile: Sᵀ (in s) becomes Pᵀ = 2^(c·Sᵀ − L) and dPᵀ (in dp) dSᵀ = Pᵀ ⊙ (dPᵀ − Δ),
+ * with L and Δ of the tile's queries (the columns) from shared memory, two neighbouring queries per
+ * 8-byte load; P is 0 where MASKED and the key is not valid for the query. */
+template <bool MASKED>
+__device__ __forceinline__ void fb_dkv_tile(float (&s)[FB_BQT / 8][4], float (&dp)[FB_BQT / 8][4],
+                                            const attn_bwd_params &p, const float *lse_s, const float *delta_s,
+                                            int64_t q0, int64_t key0, int64_t key1, int t) {
+#pragma unroll
+    for (int nt = 0; nt < FB_BQT / 8; nt++) {
+        const int qj = nt * 8 + 2 * t; /* the queries of elements e = 0, 2 (qj) and 1, 3 (qj + 1) */
+        const float2 lse2 = *reinterpret_cast<const float2 *>(lse_s + qj);
+        const float2 delta2 = *reinterpret_cast<const float2 *>(delta_s + qj);
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float lse = e & 1 ? lse2.y : lse2.x, delta = e & 1 ? delta2.y : delta2.x;
+            float P = cu_exp2_ftz(fmaf(s[nt][e], p.scale_log2, -lse));
+            if constexpr (MASKED)
+                if (!fb_valid(p, q0 + qj + (e & 1), e < 2 ? key0 : key1)) P = 0.0f;
+            s[nt][e] = P;                          /* Pᵀ */
+            dp[nt][e] = P * (dp[nt][e] - delta);   /* dSᵀ */
+        }
+    }
+}
+
 /* Kernel 2: dK and dV of 128 keys over the queries [z·q_per_split, (z+1)·q_per_split) of blockIdx.z.
  * Grid (ceil(Sk / 128), B·H, splits); reads L and Δ from kernel 1. With one split the block adds
  * its gradients to dk and dv; with more it stores them in dk_part / dv_part, which
  * k_fb_sum_splits adds up in a fixed order (attention over few keys, cross-attention's 77, gives
  * too few key blocks to fill the GPU otherwise: one per head, each walking every query). */
-template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_dkv(const attn_bwd_params p) {
+template <int NS> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_dkv(const attn_bwd_params p) {
+    constexpr int DK = cu_head_slices<NS>::DK;
     typedef fb_dkv_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
@@ -390,31 +449,39 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
     if (q_hi > p.Sq) q_hi = p.Sq;
     if (p.causal && q_lo < k0 / FB_BQT * FB_BQT) q_lo = k0 / FB_BQT * FB_BQT;
     const int n_tiles = q_hi > q_lo ? (int)((q_hi - q_lo + FB_BQT - 1) / FB_BQT) : 0;
+    /* the mask: every tile when causal or when the block's last keys pass Sk, else a last query
+     * tile that passes Sq */
+    const bool keys_masked = p.causal || k0 + FB_BKV > p.Sk;
 
     /* Queues query tile j into buffer j & 1: Q, dO rows and their L and Δ (whole FB_BQT rows:
      * kernel 1 wrote Sq_pad of them) */
+    const fb_copier<DK, L::RS, FB_BQT> q_copier(tid, L::DP);
     auto queue_tile = [&](int j) {
         const int64_t q0 = q_lo + (int64_t)j * FB_BQT;
-        const int buf = j & 1;
-        fb_async_rows<DK, L::RS>(smem + L::q_off + buf * FB_BQT * L::RS, qb, q0, FB_BQT, p.Sq);
-        fb_async_rows<DK, L::RS>(smem + L::do_off + buf * FB_BQT * L::RS, dob, q0, FB_BQT, p.Sq);
+        const int buf = j & 1, valid = fb_rows_left(p.Sq, q0, FB_BQT);
+        q_copier.copy(smem + L::q_off + buf * FB_BQT * L::RS, qb + q0 * L::DP, valid);
+        q_copier.copy(smem + L::do_off + buf * FB_BQT * L::RS, dob + q0 * L::DP, valid);
         if (tid < FB_BQT / 2) { /* 16 pieces of 4 floats each for L, then for Δ */
             const int which = tid / (FB_BQT / 4), c = (tid % (FB_BQT / 4)) * 4;
             cu_cp_async16(&stats[(buf * 2 + which) * FB_BQT + c], (which ? delta : lse) + q0 + c, true);
         }
     };
     /* group 0: the block's K and V rows and query tile 0 */
-    fb_async_rows<DK, L::RS>(Ks, p.k + (int64_t)bh * p.Sk * L::DP, k0, FB_BKV, p.Sk);
-    fb_async_rows<DK, L::RS>(Vs, p.v + (int64_t)bh * p.Sk * L::DP, k0, FB_BKV, p.Sk);
+    {
+        const fb_copier<DK, L::RS, FB_BKV> k_copier(tid, L::DP);
+        const int valid = fb_rows_left(p.Sk, k0, FB_BKV);
+        k_copier.copy(Ks, p.k + ((int64_t)bh * p.Sk + k0) * L::DP, valid);
+        k_copier.copy(Vs, p.v + ((int64_t)bh * p.Sk + k0) * L::DP, valid);
+    }
     if (n_tiles > 0) queue_tile(0);
     cu_cp_async_commit();
 
     const int r0 = warp * 16;
     uint32_t ka[DK][4], va[DK][4]; /* this warp's 16 keys of K and V as A fragments */
     const int64_t key0 = k0 + r0 + g, key1 = key0 + 8;
-    float dk[2 * DK][4], dv[2 * DK][4];
+    float dk[NS][4], dv[NS][4];
 #pragma unroll
-    for (int nd = 0; nd < 2 * DK; nd++) {
+    for (int nd = 0; nd < NS; nd++) {
         dk[nd][0] = dk[nd][1] = dk[nd][2] = dk[nd][3] = 0.0f;
         dv[nd][0] = dv[nd][1] = dv[nd][2] = dv[nd][3] = 0.0f;
     }
@@ -435,20 +502,14 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
         const float *lse_s = stats + (j & 1) * 2 * FB_BQT, *delta_s = lse_s + FB_BQT;
         /* Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 16 keys x 64 queries, n-tile nt = queries nt·8 .. nt·8 + 7 */
         float s[FB_BQT / 8][4], dp[FB_BQT / 8][4];
-        fb_tile_products<DK, FB_BQT / 8>(s, dp, ka, va, Qs, dOs, L::RS);
-#pragma unroll
-        for (int nt = 0; nt < FB_BQT / 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int qj = nt * 8 + 2 * t + (e & 1);
-                const bool valid = fb_valid(p, q0 + qj, e < 2 ? key0 : key1);
-                const float P = valid ? exp2f(s[nt][e] * p.scale_log2 - lse_s[qj]) : 0.0f;
-                s[nt][e] = P;                              /* Pᵀ */
-                dp[nt][e] = P * (dp[nt][e] - delta_s[qj]); /* dSᵀ */
-            }
+        fb_tile_products<NS, FB_BQT / 8>(s, dp, ka, va, Qs, dOs, L::RS);
+        if (keys_masked || q0 + FB_BQT > p.Sq)
+            fb_dkv_tile<true>(s, dp, p, lse_s, delta_s, q0, key0, key1, t);
+        else
+            fb_dkv_tile<false>(s, dp, p, lse_s, delta_s, q0, key0, key1, t);
         /* dV += Pᵀ dO and dK += dSᵀ Q, the k dimension being the tile's queries */
-        cu_mma_c_by_rows<DK, FB_BQT / 8>(dv, s, dOs, L::RS);
-        cu_mma_c_by_rows<DK, FB_BQT / 8>(dk, dp, Qs, L::RS);
+        cu_mma_c_by_rows<NS, FB_BQT / 8>(dv, s, dOs, L::RS);
+        cu_mma_c_by_rows<NS, FB_BQT / 8>(dk, dp, Qs, L::RS);
         __syncthreads(); /* tile j consumed: its buffer takes tile j+2 */
     }
     if (n_tiles == 0) cu_cp_async_wait<0>(); /* nothing read K and V: let their copies land anyway */
@@ -466,7 +527,7 @@ template <int DK> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
     }
     const int64_t kstride = split ? L::DP : ldq, vstride = split ? L::DP : ldv;
 #pragma unroll
-    for (int nd = 0; nd < 2 * DK; nd++) {
+    for (int nd = 0; nd < NS; nd++) {
         const int d = nd * 8 + 2 * t;
 #pragma unroll
         for (int e = 0; e < 4; e++) {
@@ -509,22 +570,23 @@ static int fb_splits(int64_t key_blocks, int64_t Sq, int sms) {
     return (int)((q_tiles + per - 1) / per);
 }
 
-template <int DK> static sd_status launch_flash_bwd(const attn_bwd_params &p, int64_t B, int splits) {
+template <int NS> static sd_status launch_flash_bwd(const attn_bwd_params &p, int64_t B, int splits) {
+    constexpr int DK = cu_head_slices<NS>::DK;
     static unsigned configured = 0; /* per device: the opt-in to more than 48 KiB of shared memory */
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dq<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dq<NS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)fb_dq_smem<DK>::bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dkv<DK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dkv<NS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)fb_dkv_smem<DK>::bytes));
         configured |= bit;
     }
     dim3 grid_q((unsigned)((p.Sq + FB_BQ - 1) / FB_BQ), (unsigned)(B * p.H));
-    CU_LAUNCH(k_flash_bwd_dq<DK>, grid_q, FB_THREADS, fb_dq_smem<DK>::bytes, cu_cur()->stream)(p);
+    CU_LAUNCH(k_flash_bwd_dq<NS>, grid_q, FB_THREADS, fb_dq_smem<DK>::bytes, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention backward dq (fast)");
     if (!p.dk && !p.dv) return SD_OK;
     dim3 grid_k((unsigned)((p.Sk + FB_BKV - 1) / FB_BKV), (unsigned)(B * p.H), (unsigned)splits);
-    CU_LAUNCH(k_flash_bwd_dkv<DK>, grid_k, FB_THREADS, fb_dkv_smem<DK>::bytes, cu_cur()->stream)(p);
+    CU_LAUNCH(k_flash_bwd_dkv<NS>, grid_k, FB_THREADS, fb_dkv_smem<DK>::bytes, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention backward dk dv (fast)");
     if (splits == 1) return SD_OK;
     const int threads = 256;
@@ -546,8 +608,10 @@ template <int DK> static sd_status launch_flash_bwd(const attn_bwd_params &p, in
 static sd_status flash_backward_fast(const float *q, const float *k, const float *v, const float *dout, float *dq,
                                      float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv,
                                      float scale, int causal, int accumulate) {
+    /* the kernels' instantiations by head width (8-wide slices NS): 16, 32, 40, 48, 64 and 80 */
     const int dmax = D > Dv ? D : Dv;
-    const int DK = dmax <= 16 ? 1 : dmax <= 32 ? 2 : dmax <= 48 ? 3 : dmax <= 64 ? 4 : 5, DP = DK * 16;
+    const int NS = dmax <= 16 ? 2 : dmax <= 32 ? 4 : dmax <= 40 ? 5 : dmax <= 48 ? 6 : dmax <= 64 ? 8 : 10;
+    const int DP = (NS + 1) / 2 * 16; /* the staged rows: 16-wide slices, zero-padded */
     const int64_t Sq_pad = (Sq + FB_BQT - 1) / FB_BQT * FB_BQT, BH = B * H;
     const int splits =
         (dk || dv) ? fb_splits((Sk + FB_BKV - 1) / FB_BKV * BH, Sq, cu_cur()->prop.multiProcessorCount) : 1;
@@ -589,12 +653,13 @@ static sd_status flash_backward_fast(const float *q, const float *k, const float
     p.scale = scale;
     p.scale_log2 = scale * FB_LOG2E;
     p.causal = causal;
-    switch (DK) {
-        case 1: return launch_flash_bwd<1>(p, B, splits);
+    switch (NS) {
         case 2: return launch_flash_bwd<2>(p, B, splits);
-        case 3: return launch_flash_bwd<3>(p, B, splits);
         case 4: return launch_flash_bwd<4>(p, B, splits);
-        default: return launch_flash_bwd<5>(p, B, splits);
+        case 5: return launch_flash_bwd<5>(p, B, splits);
+        case 6: return launch_flash_bwd<6>(p, B, splits);
+        case 8: return launch_flash_bwd<8>(p, B, splits);
+        default: return launch_flash_bwd<10>(p, B, splits);
     }
 }
 
@@ -613,7 +678,8 @@ sd_status cu_attention_backward(const float *q, const float *k, const float *v, 
         }
         return SD_OK;
     }
-    if (cu_cur()->precision == SD_PRECISION_FAST && D <= FB_MAX_D && Dv <= FB_MAX_D && B * H <= 65535)
+    /* the flash kernels take the row maxima of the raw scores, which needs scale > 0 (1/√D always) */
+    if (cu_cur()->precision == SD_PRECISION_FAST && D <= FB_MAX_D && Dv <= FB_MAX_D && B * H <= 65535 && scale > 0.0f)
         return flash_backward_fast(q, k, v, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate);
     /* exact mode (and heads over FB_MAX_D) */
     const int64_t ldq = (int64_t)H * D, ldv = (int64_t)H * Dv;

@@ -302,6 +302,20 @@ template <> struct cu_tensor_core<__nv_bfloat16> {
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #endif
     }
+    /* c[0..3] += A(16x8: a0, a1, the k-columns 0..7 of a 16x16 fragment's a[0], a[1]) · B(8x8: b0),
+     * mma.sync.m16n8k8: the last 8 of a head dim that is an odd multiple of 8 (SD's 40) without
+     * multiplying 8 padding zeros. The simulator runs it as m16n8k16 with zero upper halves. */
+    static __device__ __forceinline__ void mma_k8(float *c, uint32_t a0, uint32_t a1, uint32_t b0) {
+#ifdef SD_CUDA_SIM
+        const uint32_t a[4] = {a0, a1, 0u, 0u};
+        cudasim::mma_m16n8k16_bf16(c, a, b0, 0u);
+#else
+        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 "
+                     "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(b0));
+#endif
+    }
 };
 
 template <> struct cu_tensor_core<__half> {
@@ -317,6 +331,17 @@ template <> struct cu_tensor_core<__half> {
                      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+    }
+    static __device__ __forceinline__ void mma_k8(float *c, uint32_t a0, uint32_t a1, uint32_t b0) {
+#ifdef SD_CUDA_SIM
+        const uint32_t a[4] = {a0, a1, 0u, 0u};
+        cudasim::mma_m16n8k16_f16(c, a, b0, 0u);
+#else
+        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 "
+                     "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a0), "r"(a1), "r"(b0));
 #endif
     }
 };
@@ -363,6 +388,21 @@ __device__ __forceinline__ void cu_mma_bt(float *c, const uint32_t *a, const E *
     cu_tensor_core<E>::mma(c, a, cu_ld_u32(row), cu_ld_u32(row + 8));
 }
 
+/* 2^x on the special-function unit, subnormal results flushed to zero (ex2.approx.ftz.f32, about
+ * 2 ulp): the flash kernels' softmax, one instruction per score. exp2f compiles to the same
+ * MUFU.EX2 plus the range fix-ups that keep subnormal results (2^x below 2^-126: probabilities
+ * that add nothing to a row's sum), which made up a third of the softmax's instructions. */
+__device__ __forceinline__ float cu_exp2_ftz(float x) {
+#ifdef SD_CUDA_SIM
+    const float y = exp2f(x);
+    return y < 1.17549435e-38f ? 0.0f : y;
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
 /* ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 matrices of 16-bit elements from
  * shared memory, lanes 8i .. 8i+7 giving the addresses of matrix i's 8 rows (16 bytes each, 16-byte
  * aligned). Lane (g = lane / 4, t = lane mod 4) receives r[i] = matrix i's elements (row g, columns
@@ -398,13 +438,15 @@ template <bool TRANS> __device__ __forceinline__ void cu_ldmatrix_x4(uint32_t r[
 #endif
 }
 
-/* c[nd] += A · B for a warp's 16 rows, where A is the product of an earlier step still in C
- * fragments (a_src: NT n-tiles of 8 columns; tiles 2j and 2j+1 packed to E are the A fragment of
- * k-columns [16j, 16j+16)) and B a row-major [k][n] tile in shared memory (row stride bs,
- * 16-byte rows) whose B fragments of n-tiles nd and nd+1 one ldmatrix.x4.trans gives: matrices
- * (k +0, n-tile nd), (k +8, nd), (+0, nd+1), (+8, nd+1). For the 2·DK n-tiles of a head dim
- * padded to 16·DK: attention's O += P V, its backward's dQ += dS K, dV += Pᵀ dO, dK += dSᵀ Q. */
-template <int DK, int NT, typename E>
+/* c[nd] += A · B for a warp's 16 rows and ND n-tiles of 8 columns, where A is the product of an
+ * earlier step still in C fragments (a_src: NT n-tiles of 8 columns; tiles 2j and 2j+1 packed to E
+ * are the A fragment of k-columns [16j, 16j+16)) and B a row-major [k][n] tile in shared memory
+ * (row stride bs, 16-byte rows) whose B fragments of n-tiles nd and nd+1 one ldmatrix.x4.trans
+ * gives: matrices (k +0, n-tile nd), (k +8, nd), (+0, nd+1), (+8, nd+1). ND is a head dim's
+ * 8-wide slices: attention's O += P V, its backward's dQ += dS K, dV += Pᵀ dO, dK += dSᵀ Q. An odd
+ * ND (SD's 40 = 5 slices) skips the last pair's second product: the rows of b must then be
+ * readable 8 columns further (the 16-wide padding of the tiles), though nothing uses those. */
+template <int ND, int NT, typename E>
 __device__ __forceinline__ void cu_mma_c_by_rows(float (*c)[4], const float (*a_src)[4], const E *b, int bs) {
     static_assert(NT % 2 == 0, "A fragments come from pairs of C tiles");
     const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7; /* ldmatrix: row mr of matrix mi */
@@ -413,11 +455,51 @@ __device__ __forceinline__ void cu_mma_c_by_rows(float (*c)[4], const float (*a_
         uint32_t a[4];
         cu_a_frag_from_c<E>(a, a_src[2 * kk2], a_src[2 * kk2 + 1]);
 #pragma unroll
-        for (int nd = 0; nd < 2 * DK; nd += 2) {
+        for (int nd = 0; nd < ND; nd += 2) {
             uint32_t f[4];
             cu_ldmatrix_x4<true>(f, b + (kk2 * 16 + (mi & 1) * 8 + mr) * bs + nd * 8 + (mi >> 1) * 8);
             cu_tensor_core<E>::mma(c[nd], a, f[0], f[1]);
-            cu_tensor_core<E>::mma(c[nd + 1], a, f[2], f[3]);
+            if (nd + 1 < ND) cu_tensor_core<E>::mma(c[nd + 1], a, f[2], f[3]);
+        }
+    }
+}
+
+/* A head dim's 8-wide slices NS (SD v1.x: 40 -> 5, 80 -> 10, 160 -> 20) as the tensor-core kernels
+ * lay them out: DK 16-wide slices (the shared tiles' padded width, 16·DK), of which the last is
+ * half used when NS is odd; the products then end with one m16n8k8 instead of an m16n8k16 over 8
+ * padding zeros, and the outputs have NS n-tiles instead of 2·DK (a sixth less work at 40). */
+template <int NS> struct cu_head_slices {
+    static constexpr int DK = (NS + 1) / 2;  /* 16-wide slices, the last one half used when NS is odd */
+    static constexpr int full = NS / 2;      /* 16-wide slices used whole */
+    static constexpr bool tail = NS % 2 != 0; /* one more 8-wide slice */
+};
+
+/* The scores' product for a warp's 16 rows and NT n-tiles of 8 columns (NT a multiple of 4):
+ * s[nt] += A · Bᵀ, with A the warp's DK A fragments (head-dim slices) and B an n-major tile
+ * (row stride rs, 16-byte rows): one ldmatrix.x4 gives the B fragments of n-tiles nt and nt+1 for
+ * a 16-wide slice, matrices (rows nt, k +0), (nt, +8), (nt+1, +0), (nt+1, +8); for the half slice
+ * of an odd NS, the k +0 matrices of four n-tiles, one m16n8k8 each. */
+template <int NS, int NT, typename E>
+__device__ __forceinline__ void cu_mma_scores(float (*s)[4], const uint32_t (*a)[4], const E *b, int rs) {
+    typedef cu_head_slices<NS> H;
+    static_assert(NT % 4 == 0, "n-tiles go in fours (the half slice's ldmatrix.x4)");
+    const int lane = threadIdx.x & 31, mi = lane >> 3, mr = lane & 7; /* ldmatrix: row mr of matrix mi */
+#pragma unroll
+    for (int nt = 0; nt < NT; nt += 2)
+#pragma unroll
+        for (int kk = 0; kk < H::full; kk++) {
+            uint32_t f[4];
+            cu_ldmatrix_x4<false>(f, b + (nt * 8 + (mi >> 1) * 8 + mr) * rs + kk * 16 + (mi & 1) * 8);
+            cu_tensor_core<E>::mma(s[nt], a[kk], f[0], f[1]);
+            cu_tensor_core<E>::mma(s[nt + 1], a[kk], f[2], f[3]);
+        }
+    if constexpr (H::tail) {
+#pragma unroll
+        for (int nt = 0; nt < NT; nt += 4) {
+            uint32_t f[4];
+            cu_ldmatrix_x4<false>(f, b + ((nt + mi) * 8 + mr) * rs + H::full * 16);
+#pragma unroll
+            for (int i = 0; i < 4; i++) cu_tensor_core<E>::mma_k8(s[nt + i], a[H::full][0], a[H::full][1], f[i]);
         }
     }
 }
@@ -462,6 +544,37 @@ __device__ __forceinline__ void cu_async_rows(E *dst, const E *src, int64_t r0, 
         cu_cp_async16(&dst[r * RS + c], in ? (const void *)&src[(r0 + r) * ld + c] : (const void *)src, in);
     }
 }
+
+/* cp.async copies of tiles of a fixed shape, ROWS rows of PIECES 16-byte pieces (row stride ld
+ * elements in global memory, RS in shared memory), made again and again from one matrix: the flash
+ * kernels' K/V tile per step. Each thread's pieces (i = tid + j·THREADS) and their offsets are
+ * worked out once; a copy then costs a 64-bit add, a comparison and the cp.async per piece. The
+ * general cu_async_rows, with its run-time division and 64-bit row arithmetic per piece, cost these
+ * kernels a quarter of their instructions. */
+template <int RS, int THREADS, int ROWS, int PIECES, typename E> struct cu_tile_copier {
+    static constexpr int per = 16 / (int)sizeof(E), total = ROWS * PIECES;
+    static constexpr int J = (total + THREADS - 1) / THREADS; /* pieces per thread, the last maybe absent */
+    int goff[J], soff[J]; /* element offsets of piece j in the global tile and in the shared one */
+    int row[J];           /* its row, -1 when the thread has no piece j */
+    __device__ __forceinline__ cu_tile_copier(int tid, int ld) {
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            const int i = tid + j * THREADS, r = i / PIECES, c = (i - r * PIECES) * per;
+            row[j] = i < total ? r : -1;
+            goff[j] = r * ld + c; /* ld < 2^31 / ROWS: the callers check */
+            soff[j] = r * RS + c;
+        }
+    }
+    /* Rows [0, valid) of the tile at src into dst; rows from `valid` on are zero-filled. */
+    __device__ __forceinline__ void copy(E *dst, const E *src, int valid) const {
+#pragma unroll
+        for (int j = 0; j < J; j++) {
+            if (total % THREADS != 0 && row[j] < 0) continue;
+            const bool in = row[j] < valid;
+            cu_cp_async16(dst + soff[j], in ? (const void *)(src + goff[j]) : (const void *)src, in);
+        }
+    }
+};
 
 /* 16 bytes of T (4 floats or 8 halves) moved at once: the vectorised path of memory-bound kernels,
  * whose scalar 2- or 4-byte loads leave too few bytes in flight per thread. Callers check that the
