@@ -449,7 +449,7 @@ template <int NS>
 __device__ __forceinline__ void fa_softmax_step(float (&sacc)[8][4], float (&o)[NS][4], float &m0, float &m1,
                                                 float &l0, float &l1, float scale_log2, int64_t Sk, int causal,
                                                 int64_t k0, int64_t row0, int64_t row1, int t) {
-    if (causal || k0 + FA_BK > Sk)
+    if (causal || k0 + FA_BK > Sk) /* tile mask */
         fa_softmax_tile<NS, true>(sacc, o, m0, m1, l0, l1, scale_log2, Sk, causal, k0, row0, row1, t);
     else
         fa_softmax_tile<NS, false>(sacc, o, m0, m1, l0, l1, scale_log2, Sk, causal, k0, row0, row1, t);

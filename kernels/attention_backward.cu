@@ -337,7 +337,7 @@ template <int NS> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
         const int64_t k0 = (int64_t)step * FB_BK;
         float s[FB_BK / 8][4], dp[FB_BK / 8][4];
         fb_tile_products<NS, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
-        if (rows_masked || k0 + FB_BK > p.Sk)
+        if (rows_masked || k0 + FB_BK > p.Sk) /* tile mask */
             fb_pass1_tile<true>(s, dp, p, row0, row1, k0, t, m0, m1, l0, l1, pd0, pd1);
         else
             fb_pass1_tile<false>(s, dp, p, row0, row1, k0, t, m0, m1, l0, l1, pd0, pd1);
@@ -368,7 +368,7 @@ template <int NS> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
         const int64_t k0 = (int64_t)(step - n_tiles) * FB_BK;
         float s[FB_BK / 8][4], dp[FB_BK / 8][4];
         fb_tile_products<NS, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
-        if (rows_masked || k0 + FB_BK > p.Sk)
+        if (rows_masked || k0 + FB_BK > p.Sk) /* tile mask */
             fb_pass2_tile<true>(s, dp, p, row0, row1, k0, t, lse0, lse1, delta0, delta1);
         else
             fb_pass2_tile<false>(s, dp, p, row0, row1, k0, t, lse0, lse1, delta0, delta1);
@@ -503,7 +503,7 @@ template <int NS> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_d
         /* Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 16 keys x 64 queries, n-tile nt = queries nt·8 .. nt·8 + 7 */
         float s[FB_BQT / 8][4], dp[FB_BQT / 8][4];
         fb_tile_products<NS, FB_BQT / 8>(s, dp, ka, va, Qs, dOs, L::RS);
-        if (keys_masked || q0 + FB_BQT > p.Sq)
+        if (keys_masked || q0 + FB_BQT > p.Sq) /* tile mask */
             fb_dkv_tile<true>(s, dp, p, lse_s, delta_s, q0, key0, key1, t);
         else
             fb_dkv_tile<false>(s, dp, p, lse_s, delta_s, q0, key0, key1, t);
