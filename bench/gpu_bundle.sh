@@ -2,6 +2,12 @@
 # bench/gpu_bundle.sh: packs what a GPU lease needs into build/gpu_bundle.tar.xz, built HERE.
 #
 #   bash bench/gpu_bundle.sh            # make (CUDA build) + pack; about 1 minute
+#   PREV=b7215b5 bash bench/gpu_bundle.sh
+#                                       # also build that commit (a git worktree in build/prev-src, a
+#                                       # few minutes the first time) and pack its CLI as stylediff-prev:
+#                                       # gpu_check's rows ending in @prev (fast@prev) run it, so a change
+#                                       # made without a GPU is timed against what it replaced in the
+#                                       # same run, on the same card
 #
 # Why: the lent GPU machines have nvcc, cuBLAS and PyTorch's cuDNN, but not the C libraries stylediff
 # links (OpenBLAS, cJSON, libpng, libjpeg, cmocka) and no way to install them; building there also
@@ -24,9 +30,23 @@ mkdir -p "$STAGE/tests" "$STAGE/gpu_lib"
 pwd > "$STAGE/gpu_source_dir"
 strip --strip-debug -o "$STAGE/stylediff" build/stylediff
 for t in $GPU_TESTS; do strip --strip-debug -o "$STAGE/tests/$t" "build/tests/$t"; done
+if [ -n "${PREV:-}" ]; then
+    prev=$(git rev-parse --short "$PREV^{commit}")
+    PREV_SRC=$(pwd)/build/prev-src
+    if [ "$(git -C "$PREV_SRC" rev-parse --short HEAD 2>/dev/null)" != "$prev" ]; then
+        rm -rf "$PREV_SRC"
+        git worktree prune
+        git worktree add --detach "$PREV_SRC" "$prev" >/dev/null
+    fi
+    echo "gpu_bundle: building $prev in $PREV_SRC"
+    make -C "$PREV_SRC" -j"$(nproc)" build/stylediff >/dev/null
+    strip --strip-debug -o "$STAGE/stylediff-prev" "$PREV_SRC/build/stylediff"
+    echo "$prev" > "$STAGE/prev_commit"
+    echo "$PREV_SRC" > "$STAGE/prev_source_dir"
+fi
 # every shared library the binaries load except glibc's, the C++ runtime (newer on the GPU machine)
 # and CUDA's own (the GPU machine's toolkit and PyTorch provide those)
-ldd "$STAGE/stylediff" "$STAGE"/tests/* | awk '/=> \// { print $3 }' | sort -u |
+ldd "$STAGE"/stylediff* "$STAGE"/tests/* | awk '/=> \// { print $3 }' | sort -u |
     grep -v -E '/(libc|libm|libpthread|libdl|librt|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|/libcu|/libnv' |
     while read -r lib; do cp -L "$lib" "$STAGE/gpu_lib/"; done
 tar -C "$STAGE" -cf - . | xz -T0 -6 > build/gpu_bundle.tar.xz.tmp

@@ -34,7 +34,9 @@
 #   "tiny sd15"), TEST_TIMEOUT (seconds for the non-CUDA tests, default 420), PYTHON (default
 #   python3), BENCH_PRECS / BREAKDOWN_PRECS (the bench stage's rows and per-op breakdowns, default the
 #   settings still open: exact, exact+direct, exact+wino-all, exact+wino4-all, exact+wino-mixed, fast,
-#   fast+graph, fast+tune, fast+cudnn / exact, exact+wino-mixed, fast, fast+tune; set but empty: none; any row the bench stage's comment names works), TORCH_MODES (unet_torch.py's
+#   fast+graph, fast+tune, fast+cudnn / exact, exact+wino-mixed, fast, fast+tune; set but empty: none; any row the bench stage's comment names works,
+#   and any row with @prev appended runs on the bundle's stylediff-prev, an earlier commit's binary: PREV=<commit>
+#   bash bench/gpu_bundle.sh), TORCH_MODES (unet_torch.py's
 #   --modes, default its own list; fp32-sdpa,fp16-sdpa is what the ratios need), GRAD_PRECISION (the grad
 #   stage's rows: grad_side_by_side.sh's --precision, default its own list), DIFFUSERS_WHEEL (a diffusers wheel to install offline; default build/wheels/diffusers-*.whl).
 # Missing pieces (no GPU, no nvcc, no torch, no diffusers) each print one line and the rest goes on.
@@ -192,7 +194,16 @@ if want bench; then
             # Tenth session, H100, batch 1 / 2 graph: exact+direct 26.18 / 57.82, exact+wino 23.28 /
             # 49.31, F(4x4) (now exact) 22.35 / 47.27; fast 5.15 / 7.78, fast+wino 5.24 / 7.78,
             # fast+fa1 5.47 / 8.38, fast+tune 5.11 / 7.62.)
-            for prec in $BENCH_PRECS; do
+            # A row ending in @prev (fast@prev) runs the same settings on the bundle's stylediff-prev,
+            # the binary of an earlier commit (PREV=<commit> bash bench/gpu_bundle.sh): a change made
+            # without a GPU measured against what it replaced, in the same run on the same card.
+            for row in $BENCH_PRECS; do
+                prec=${row%@prev}
+                bin=$SD impl=stylediff
+                if [ "$prec" != "$row" ]; then
+                    bin=$BUILD/stylediff-prev impl="stylediff@prev($(cat "$BUILD/prev_commit" 2>/dev/null || echo '?'))"
+                    [ -x "$bin" ] || { note "no $bin for the row $row: bundle with PREV=<commit>"; continue; }
+                fi
                 extra=""
                 act=f16
                 wino=$(winograd_setting "$prec")
@@ -206,20 +217,21 @@ if want bench; then
                 [ "$prec" = "fast+tune" ] && convalgo=tune gemmalgo=tune
                 case $prec in *+cudnn) convgemm=off ;; *+gemm) convgemm=all ;; esac
                 [ -f "$W" ] || extra="--save-weights $W"
-                io="$WORK_DIR/io_${model}_${prec}_b$batch.safetensors"
+                io="$WORK_DIR/io_${model}_${row/@/-}_b$batch.safetensors"
                 extra="$extra --save-io $io"
-                echo "stylediff: $model batch $batch $prec ($(elapsed))"
+                echo "$impl: $model batch $batch $prec ($(elapsed))"
                 # shellcheck disable=SC2086
                 if SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo \
                     SD_CHANNELS_LAST=$chlast SD_FLASH_BLOCKS_PER_SM=$fa SD_CONV_WINOGRAD=$wino \
-                    "$SD" bench unet $args --device cuda --precision "${prec%%+*}" \
+                    "$bin" bench unet $args --device cuda --precision "${prec%%+*}" \
                     --batch "$batch" --size "$SIZE" \
                     --iters "$ITERS" --tsv -q $extra > "$WORK_DIR/row.tsv" 2> "$WORK_DIR/row.err"; then
-                    awk -v m="$model" 'BEGIN { FS = OFS = "\t" } { $2 = m; print }' "$WORK_DIR/row.tsv" | tee -a "$TSV"
-                    ios="$ios --io ${prec}-b$batch=$io"
+                    awk -v m="$model" -v impl="$impl" 'BEGIN { FS = OFS = "\t" } { $2 = m; $1 = impl; print }' \
+                        "$WORK_DIR/row.tsv" | tee -a "$TSV"
+                    [ "$impl" = stylediff ] && ios="$ios --io ${prec}-b$batch=$io"
                 else
                     cat "$WORK_DIR/row.err"
-                    note "stylediff bench failed for $model batch $batch $prec"
+                    note "$impl bench failed for $model batch $batch $prec"
                     FAILED=1
                 fi
             done
@@ -278,13 +290,19 @@ if want bench; then
     # breakdown), after the table: a stage cut short by its cap then loses these, not the ratios
     for model in $MODELS; do
         model_args "$model" || continue
-        for prec in $BREAKDOWN_PRECS; do
-            echo "stylediff: $model batch 2 $prec, per-op breakdown ($(elapsed))"
+        for row in $BREAKDOWN_PRECS; do
+            prec=${row%@prev}
+            bin=$SD
+            if [ "$prec" != "$row" ]; then
+                bin=$BUILD/stylediff-prev
+                [ -x "$bin" ] || { note "no $bin for the breakdown $row: bundle with PREV=<commit>"; continue; }
+            fi
+            echo "stylediff: $model batch 2 $row, per-op breakdown ($(elapsed))"
             tune=heuristic
             wino=$(winograd_setting "$prec")
             [ "$prec" = "fast+tune" ] && tune=tune
             # shellcheck disable=SC2086
-            SD_CONV_ALGO=$tune SD_GEMM_ALGO=$tune SD_CONV_WINOGRAD=$wino "$SD" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
+            SD_CONV_ALGO=$tune SD_GEMM_ALGO=$tune SD_CONV_WINOGRAD=$wino "$bin" bench unet $args --device cuda --precision "${prec%%+*}" --batch 2 --size "$SIZE" \
                 --iters 3 --no-graph --profile -q 2>&1 | sed -n '/where the time goes/,$p' | head -n 28 \
                 || note "the breakdown failed for $model $prec"
         done
@@ -310,6 +328,13 @@ if want grad; then
             --what "$what" --iters 3 --profile -q 2>&1 | sed -n '/^step /,$p' | head -n 40 \
             || note "the gradient-step breakdown failed ($what, $setting)"
     done
+    # the same context step on the bundle's earlier binary, when there is one (PREV=<commit>)
+    if [ -x "$BUILD/stylediff-prev" ]; then
+        echo "stylediff@prev($(cat "$BUILD/prev_commit" 2>/dev/null)): sd15 context step, fast, per-op breakdown ($(elapsed))"
+        "./$BUILD/stylediff-prev" bench grad --config configs/sd-v1.5 --device cuda --precision fast \
+            --what context --iters 3 --profile -q 2>&1 | sed -n '/^step /,$p' | head -n 40 \
+            || note "the earlier binary's gradient-step breakdown failed"
+    fi
 fi
 
 # ------------------------------------------------------------------------------------------------

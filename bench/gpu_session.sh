@@ -37,10 +37,11 @@ elapsed() { echo "$(( $(date +%s) - T0 )) s"; }
 tar -xJf build/gpu_bundle.tar.xz -C build || exit 1
 # the binaries find the built-in tiny model through the source path compiled into them (the checkout
 # they were built in): make that path lead here
-SRC_DIR=$(cat build/gpu_source_dir 2>/dev/null)
-if [ -n "$SRC_DIR" ] && [ "$SRC_DIR" != "$ROOT" ] && [ ! -e "$SRC_DIR" ]; then
-    mkdir -p "$(dirname "$SRC_DIR")" && ln -s "$ROOT" "$SRC_DIR" && echo "gpu_session: $SRC_DIR -> $ROOT"
-fi
+for SRC_DIR in $(cat build/gpu_source_dir build/prev_source_dir 2>/dev/null); do
+    if [ "$SRC_DIR" != "$ROOT" ] && [ ! -e "$SRC_DIR" ]; then
+        mkdir -p "$(dirname "$SRC_DIR")" && ln -s "$ROOT" "$SRC_DIR" && echo "gpu_session: $SRC_DIR -> $ROOT"
+    fi
+done
 # cuDNN comes from PyTorch's wheels when the toolkit has none (cuBLAS and the runtime too: wherever
 # they are, the libraries of one folder belong together)
 LIBS=$ROOT/build/gpu_lib

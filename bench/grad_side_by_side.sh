@@ -31,7 +31,10 @@
 #          blocks recomputed; "+eager": `bench grad --eager`, the steps launched op by op instead of
 #          replayed as CUDA graphs; "+cudnn": SD_CONV_GEMM=off, cuDNN for every convolution; "+gemm":
 #          SD_CONV_GEMM=all, im2col + GEMM for every convolution; "+tf32":
-#          SD_FAST_GEMM=tf32, the F32 GEMMs of a step in TF32 instead of bf16)
+#          SD_FAST_GEMM=tf32, the F32 GEMMs of a step in TF32 instead of bf16; "+fb2":
+#          SD_FLASH_BWD_BLOCKS_PER_SM=2, the flash attention backward at D 40 two blocks per SM; a
+#          trailing "@prev" (fast@prev): the row on the bundle's stylediff-prev, an earlier commit's
+#          binary (PREV=<commit> bash bench/gpu_bundle.sh), labelled PRECISION@prev)
 #          --stylediff PATH (build/stylediff)  --python PY (.venv/bin/python, else python3)
 #          --work DIR (weights and io files; /tmp/stylediff_grad_bench)  --out DIR (table.txt and the
 #          raw rows; $OUT/grad_bench or build/grad_bench)
@@ -89,9 +92,17 @@ W=$WORK/unet_$MODEL.safetensors IO=$WORK/grad_io_$MODEL.safetensors
 OURS=$RES/ours.tsv TORCH=$RES/torch.tsv
 : > "$OURS"
 : > "$TORCH"
-for prec in $(echo "$PRECISION" | tr ',' ' '); do
+for row in $(echo "$PRECISION" | tr ',' ' '); do
+    # a row ending in @prev (fast@prev) runs the bundle's stylediff-prev, an earlier commit's binary
+    # beside this one (PREV=<commit> bash bench/gpu_bundle.sh); its rows are relabelled PRECISION@prev
+    prec=${row%@prev}
+    bin=$SD tag=""
+    if [ "$prec" != "$row" ]; then
+        bin=$(dirname "$SD")/stylediff-prev tag=@prev
+        [ -x "$bin" ] || { note "no $bin for the row $row: bundle with PREV=<commit>"; continue; }
+    fi
     extra=""
-    [ "$prec" = exact ] && extra="--save-weights $W --save-io $IO"
+    [ "$row" = exact ] && extra="--save-weights $W --save-io $IO"
     convgemm=auto
     fastgemm=bf16
     chlast=1
@@ -99,6 +110,7 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     convalgo=heuristic
     gemmalgo=heuristic
     wino=$(winograd_setting "$prec")
+    fbwd=$(flash_bwd_setting "$prec")
     case $prec in
         *+tune) convalgo=tune gemmalgo=tune ;;
         *+graph) convalgo=graph ;;
@@ -111,16 +123,17 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
         *+tf32) fastgemm=tf32 ;;
     esac
     base=${prec%%+*}
-    echo "stylediff: bench grad $OURS_MODEL --device $DEVICE --precision $base --iters $ITERS$extra" \
+    echo "stylediff$tag: bench grad $OURS_MODEL --device $DEVICE --precision $base --iters $ITERS$extra" \
          "(SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm SD_CHANNELS_LAST=$chlast SD_BF16_GRADS=$bf16grads" \
-         "SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_WINOGRAD=$wino)" >&2
+         "SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_WINOGRAD=$wino SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd)" >&2
     # shellcheck disable=SC2086
-    if ! SD_CONV_WINOGRAD=$wino SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_BF16_GRADS=$bf16grads SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
-            $extra >> "$OURS" 2> "$WORK/ours_$prec.err"; then
-        cat "$WORK/ours_$prec.err" >&2
-        note "stylediff bench grad failed ($prec)"
+    if ! SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_BF16_GRADS=$bf16grads SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
+            $extra > "$WORK/ours_row.tsv" 2> "$WORK/ours_$row.err"; then
+        cat "$WORK/ours_$row.err" >&2
+        note "stylediff bench grad failed ($row)"
         FAILED=1
     fi
+    awk -v tag="$tag" 'BEGIN { FS = OFS = "\t" } { $4 = $4 tag; print }' "$WORK/ours_row.tsv" >> "$OURS"
 done
 sed "s/^/  /" "$OURS" >&2
 if [ -f "$IO" ] && [ -f "$W" ] && "$PY" -c "import torch, safetensors" 2>/dev/null; then
@@ -150,7 +163,7 @@ def rows(path):
 ours = {(r[3], r[4]): r for r in rows(ours_path) if r[0] == "grad"}
 ref = {(r[4], r[1]): r for r in rows(torch_path) if r[0] == "grad_ref"}
 parity = [r for r in rows(torch_path) if r[0] == "grad_parity"]
-ORDER = ("exact", "exact+direct", "exact+wino", "exact+wino4-all", "exact+wino-all", "exact+wino-mixed", "exact+cudnn", "exact+recompute", "fast", "fast+wino", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+cudnn", "fast+gemm", "fast+tf32",
+ORDER = ("exact", "exact+direct", "exact+wino", "exact+wino4-all", "exact+wino-all", "exact+wino-mixed", "exact+cudnn", "exact+recompute", "fast", "fast+wino", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+fb2", "fast+cudnn", "fast+gemm", "fast+tf32",
          "fast+eager", "fast+recompute")
 precs = sorted({k[0] for k in ours}, key=lambda p: ORDER.index(p) if p in ORDER else 9)
 modes = []

@@ -48,7 +48,10 @@
 #   --warmup W                   PyTorch untimed units (1 | 2); DDIM: (0 | 1)
 #   --modes LIST                 PyTorch modes (fp32-explicit | fp32-explicit,fp32-sdpa)
 #   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager,fast+f32act,fast+cudnn);
-#                                cpu: exact. "+find": SD_CONV_ALGO=find (convolution algorithms chosen
+#                                cpu: exact. A trailing "@prev" (fast@prev): the same row on the bundle's
+#                                stylediff-prev, an earlier commit (PREV=<commit> bash bench/gpu_bundle.sh);
+#                                "+fb2": SD_FLASH_BWD_BLOCKS_PER_SM=2 (row_settings.sh).
+#                                "+find": SD_CONV_ALGO=find (convolution algorithms chosen
 #                                by cuDNN's timing); "+tune": SD_CONV_ALGO=tune SD_GEMM_ALGO=tune (each
 #                                convolution and linear shape timed once between its ways); "+direct", "+wino",
 #                                "+wino-all", "+wino4-all", "+wino-mixed": the Winograd setting (bench/row_settings.sh;
@@ -199,6 +202,14 @@ METHODS=nulltext,stylediffusion
 [ "$OURS_WARMUP" = 1 ] && METHODS=nulltext,stylediffusion,nulltext
 OURS_FILES=""
 for prec in $(echo "$PRECISION" | tr ',' ' '); do
+    # a row ending in @prev (fast@prev) runs the bundle's stylediff-prev, an earlier commit's binary
+    # beside this one (PREV=<commit> bash bench/gpu_bundle.sh), with the settings the rest names
+    bin=$SD
+    row=${prec%@prev}
+    if [ "$row" != "$prec" ]; then
+        bin=$(dirname "$SD")/stylediff-prev
+        [ -x "$bin" ] || { note "no $bin for the row $prec: bundle with PREV=<commit>"; continue; }
+    fi
     f=$RES/ours_$prec.tsv
     echo "stylediff: bench invert --device $DEVICE --precision $prec --methods $METHODS --steps $STEPS" \
          "--steps-sd $STEPS_SD --inner $INNER --inner-sd $INNER_SD --timesteps $TIMESTEPS" >&2
@@ -208,8 +219,9 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     gemmalgo=heuristic
     convgemm=auto
     fastgemm=bf16
-    wino=$(winograd_setting "$prec")
-    case $prec in
+    wino=$(winograd_setting "$row")
+    fbwd=$(flash_bwd_setting "$row")
+    case $row in
         *+eager) eager=--eager ;;
         *+f32act) act=f32 ;;
         *+find) convalgo=find ;;
@@ -218,7 +230,7 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
         *+tf32) fastgemm=tf32 ;;
     esac
     # shellcheck disable=SC2086
-    if SD_CONV_WINOGRAD=$wino SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$SD" bench invert $OURS_MODEL --device "$DEVICE" --precision "${prec%+*}" $eager --methods "$METHODS" \
+    if SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench invert $OURS_MODEL --device "$DEVICE" --precision "${row%%+*}" $eager --methods "$METHODS" \
             --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
             > "$f" 2> "$LOGS/ours_$prec.err"; then
         sed "s/^/  /" "$f" >&2

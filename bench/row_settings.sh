@@ -18,3 +18,12 @@ winograd_setting() {
         *) echo auto ;;
     esac
 }
+
+# SD_FLASH_BWD_BLOCKS_PER_SM for a row name: +fb2 two blocks of fast mode's flash attention backward
+# per SM at head dims <= 48 (a 128-register build); else 1, the default.
+flash_bwd_setting() {
+    case $1 in
+        *+fb2) echo 2 ;;
+        *) echo 1 ;;
+    esac
+}

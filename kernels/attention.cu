@@ -583,10 +583,10 @@ template <int DK> struct fa_async_smem {
     static constexpr int v_off = k_off + 2 * FA_BK * RS;     /* [2][BK][RS], row-major */
     static constexpr int elems = v_off + 2 * FA_BK * RS;
     static constexpr size_t bytes = (size_t)elems * sizeof(__half);
-    /* two blocks per SM up to DK 3 caps registers at 128: ptxas (CUDA 13.0, sm_90) then spills 48
-     * bytes at DK 3 (SD's D 40), none below. The H200's 108 TFLOP/s for 4096x4096 D40 were measured
-     * with that spill; one block per SM without it (MINB 1, SD_FLASH_BLOCKS_PER_SM=1) is the
-     * alternative the bench measures beside it. */
+    /* two blocks per SM up to DK 3 cap registers at 128: ptxas (CUDA 13.0, sm_90) used them all and
+     * spilled 48 bytes at SD's D 40 until the eleventh session's leaner loop (124 registers, no
+     * spill). One block per SM (MINB 1, SD_FLASH_BLOCKS_PER_SM=1) is the alternative the bench
+     * measures beside it (fast+fa1: 6-8% slower on the H100 with the spill still there). */
     static constexpr int min_blocks = DK <= 3 ? 2 : 1;
 };
 

@@ -272,7 +272,7 @@ __device__ __forceinline__ void fb_pass2_tile(float (&s)[FB_BK / 8][4], const fl
 /* Kernel 1: L and Δ of 128 query rows, then dQ. Grid (ceil(Sq / 128), B·H). The block walks the
  * key tiles once for L and Δ and, when dQ is wanted, a second time for dQ: one sequence of `steps`
  * tiles whose next tile is always in flight. NS: the head dims' 8-wide slices (cu_head_slices). */
-template <int NS> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_dq(const attn_bwd_params p) {
+template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dq(const attn_bwd_params p) {
     constexpr int DK = cu_head_slices<NS>::DK;
     typedef fb_dq_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
@@ -431,7 +431,7 @@ __device__ __forceinline__ void fb_dkv_tile(float (&s)[FB_BQT / 8][4], float (&d
  * its gradients to dk and dv; with more it stores them in dk_part / dv_part, which
  * k_fb_sum_splits adds up in a fixed order (attention over few keys, cross-attention's 77, gives
  * too few key blocks to fill the GPU otherwise: one per head, each walking every query). */
-template <int NS> __global__ void __launch_bounds__(FB_THREADS, 1) k_flash_bwd_dkv(const attn_bwd_params p) {
+template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dkv(const attn_bwd_params p) {
     constexpr int DK = cu_head_slices<NS>::DK;
     typedef fb_dkv_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
@@ -570,23 +570,30 @@ static int fb_splits(int64_t key_blocks, int64_t Sq, int sms) {
     return (int)((q_tiles + per - 1) / per);
 }
 
-template <int NS> static sd_status launch_flash_bwd(const attn_bwd_params &p, int64_t B, int splits) {
+/* Blocks per SM the kernels may be built for: two (a 128-register cap) only for heads up to 48 wide,
+ * SD's 40 (SD_FLASH_BWD_BLOCKS_PER_SM=2; wider heads would spill most of their fragments). Two
+ * blocks' shared memory, 57 KiB each at D 40, fits an SM. */
+template <int NS> struct fb_min_blocks {
+    static constexpr int most = NS <= 6 ? 2 : 1;
+};
+
+template <int NS, int MINB> static sd_status launch_flash_bwd_blocks(const attn_bwd_params &p, int64_t B, int splits) {
     constexpr int DK = cu_head_slices<NS>::DK;
     static unsigned configured = 0; /* per device: the opt-in to more than 48 KiB of shared memory */
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dq<NS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dq<NS, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)fb_dq_smem<DK>::bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dkv<NS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dkv<NS, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)fb_dkv_smem<DK>::bytes));
         configured |= bit;
     }
     dim3 grid_q((unsigned)((p.Sq + FB_BQ - 1) / FB_BQ), (unsigned)(B * p.H));
-    CU_LAUNCH(k_flash_bwd_dq<NS>, grid_q, FB_THREADS, fb_dq_smem<DK>::bytes, cu_cur()->stream)(p);
+    CU_LAUNCH((k_flash_bwd_dq<NS, MINB>), grid_q, FB_THREADS, fb_dq_smem<DK>::bytes, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention backward dq (fast)");
     if (!p.dk && !p.dv) return SD_OK;
     dim3 grid_k((unsigned)((p.Sk + FB_BKV - 1) / FB_BKV), (unsigned)(B * p.H), (unsigned)splits);
-    CU_LAUNCH(k_flash_bwd_dkv<NS>, grid_k, FB_THREADS, fb_dkv_smem<DK>::bytes, cu_cur()->stream)(p);
+    CU_LAUNCH((k_flash_bwd_dkv<NS, MINB>), grid_k, FB_THREADS, fb_dkv_smem<DK>::bytes, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention backward dk dv (fast)");
     if (splits == 1) return SD_OK;
     const int threads = 256;
@@ -603,6 +610,12 @@ template <int NS> static sd_status launch_flash_bwd(const attn_bwd_params &p, in
         LAUNCH_CHECK("flash attention backward dv splits");
     }
     return SD_OK;
+}
+
+template <int NS> static sd_status launch_flash_bwd(const attn_bwd_params &p, int64_t B, int splits) {
+    if constexpr (fb_min_blocks<NS>::most == 2)
+        if (cu_cur()->flash_bwd_blocks_per_sm == 2) return launch_flash_bwd_blocks<NS, 2>(p, B, splits);
+    return launch_flash_bwd_blocks<NS, 1>(p, B, splits);
 }
 
 static sd_status flash_backward_fast(const float *q, const float *k, const float *v, const float *dout, float *dq,

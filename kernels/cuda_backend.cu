@@ -222,12 +222,21 @@ static int conv_winograd_from_env(void) {
 }
 
 /* SD_FLASH_BLOCKS_PER_SM=1|2: how many blocks of the fp16 flash attention kernel share an SM at
- * head dims <= 48 (SD's D 40). Two cap its registers at 128, and ptxas then spills 48 bytes per
- * thread; one leaves 255 and no spill, at half the warps per SM. 2 is what every GPU figure so far
- * was measured with; the bench tables' fast+fa1 row measures 1. */
+ * head dims <= 48 (SD's D 40). Two cap its registers at 128 (124 used since the eleventh session,
+ * no spill; 48 bytes spilled before); one leaves 255, at half the warps per SM. 2 is the default
+ * and what every GPU figure was measured with; the bench tables' fast+fa1 row measures 1. */
 static int flash_blocks_from_env(void) {
     static const char *const names[] = {"1", "2"};
     return 1 + env_choice("SD_FLASH_BLOCKS_PER_SM", names, 2, 1);
+}
+
+/* SD_FLASH_BWD_BLOCKS_PER_SM=1|2: the same choice for fast mode's flash attention backward (both
+ * kernels) at head dims <= 48. One block per SM (the default: 176 and 200 registers at D 40, 8 warps
+ * per SM) or two (128 registers: ptxas spills 64 and 240 bytes per thread, 16 warps per SM to hide
+ * the latency of a tile's chain of products and exponentials). The grad tables' fast+fb2 row. */
+static int flash_bwd_blocks_from_env(void) {
+    static const char *const names[] = {"1", "2"};
+    return 1 + env_choice("SD_FLASH_BWD_BLOCKS_PER_SM", names, 2, 0);
 }
 
 static sd_status state_init(cu_state *s, int ordinal) {
@@ -278,6 +287,7 @@ static sd_status state_init(cu_state *s, int ordinal) {
     s->conv_algo = conv_algo_from_env();
     s->gemm_algo = gemm_algo_from_env();
     s->flash_blocks_per_sm = flash_blocks_from_env();
+    s->flash_bwd_blocks_per_sm = flash_bwd_blocks_from_env();
     s->conv_gemm = conv_gemm_from_env();
     s->conv_winograd = conv_winograd_from_env();
     const char *dbg = getenv("SD_CUDA_DEBUG_SYNC");
@@ -598,20 +608,32 @@ extern "C" sd_gemm_algo sd_cuda_get_gemm_algo(void) {
     return s ? (sd_gemm_algo)s->gemm_algo : SD_GEMM_ALGO_HEURISTIC;
 }
 
-extern "C" sd_status sd_cuda_set_flash_blocks_per_sm(int blocks) {
+/* Sets one of the flash kernels' blocks-per-SM choices (forward or backward), 1 or 2. */
+static sd_status set_flash_blocks(const char *fn, int cu_state::*field, int blocks) {
     cu_state *s = NULL;
     CU_TRY(need_state(&s));
-    if (blocks != 1 && blocks != 2)
-        return sd_fail(SD_ERR_ARG, "sd_cuda_set_flash_blocks_per_sm: %d blocks per SM (1 or 2)", blocks);
-    if (s->capturing)
-        return sd_fail(SD_ERR_UNSUPPORTED, "sd_cuda_set_flash_blocks_per_sm: a CUDA graph is being captured");
-    s->flash_blocks_per_sm = blocks;
+    if (blocks != 1 && blocks != 2) return sd_fail(SD_ERR_ARG, "%s: %d blocks per SM (1 or 2)", fn, blocks);
+    if (s->capturing) return sd_fail(SD_ERR_UNSUPPORTED, "%s: a CUDA graph is being captured", fn);
+    s->*field = blocks;
     return SD_OK;
+}
+
+extern "C" sd_status sd_cuda_set_flash_blocks_per_sm(int blocks) {
+    return set_flash_blocks("sd_cuda_set_flash_blocks_per_sm", &cu_state::flash_blocks_per_sm, blocks);
 }
 
 extern "C" int sd_cuda_get_flash_blocks_per_sm(void) {
     const cu_state *s = cu_cur();
     return s ? s->flash_blocks_per_sm : 2;
+}
+
+extern "C" sd_status sd_cuda_set_flash_bwd_blocks_per_sm(int blocks) {
+    return set_flash_blocks("sd_cuda_set_flash_bwd_blocks_per_sm", &cu_state::flash_bwd_blocks_per_sm, blocks);
+}
+
+extern "C" int sd_cuda_get_flash_bwd_blocks_per_sm(void) {
+    const cu_state *s = cu_cur();
+    return s ? s->flash_bwd_blocks_per_sm : 1;
 }
 
 extern "C" sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {

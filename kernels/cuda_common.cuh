@@ -75,6 +75,8 @@ struct cu_state {
     int conv_winograd;             /* sd_conv_winograd: 3x3 convolutions by Winograd F(2x2, 3x3) or F(4x4, 3x3) */
     int flash_blocks_per_sm;       /* fp16 flash attention at head dims <= 48: 2 (default) or 1
                                     * (SD_FLASH_BLOCKS_PER_SM; attention.cu, fa_async_smem) */
+    int flash_bwd_blocks_per_sm;   /* fast flash attention backward at head dims <= 48: 1 (default) or 2
+                                    * (SD_FLASH_BWD_BLOCKS_PER_SM; attention_backward.cu, fb_min_blocks) */
     int capturing;               /* inside sd_cuda_graph_begin/end: no allocation allowed */
     cudaEvent_t ev_start, ev_stop;
     struct cu_conv_plan *conv_plans; /* CU_CONV_CACHE entries, conv.cu */

@@ -127,12 +127,17 @@ sd_gemm_algo sd_cuda_get_gemm_algo(void);
 void sd_cuda_gemm_plan_counts(int *plans, int *tuned);
 
 /* How many blocks of fast mode's fp16 flash attention kernel share an SM at head dims <= 48 (SD's
- * D 40): 2 (the default; ptxas spills 48 bytes per thread under the 128-register cap that sets) or
- * 1 (no spill, half the warps). Same results bit for bit. The environment's
- * SD_FLASH_BLOCKS_PER_SM sets the start value; bench tables label 1 "+fa1". Not while a CUDA graph
- * is captured (a graph keeps the kernel it captured). */
+ * D 40): 2 (the default, under a 128-register cap) or 1 (half the warps, up to 255 registers).
+ * Same results bit for bit. The environment's SD_FLASH_BLOCKS_PER_SM sets the start value; bench
+ * tables label 1 "+fa1". Not while a CUDA graph is captured (a graph keeps the kernel it captured). */
 sd_status sd_cuda_set_flash_blocks_per_sm(int blocks);
 int sd_cuda_get_flash_blocks_per_sm(void);
+
+/* The same for fast mode's flash attention backward at head dims <= 48: 1 (the default) or 2 (a
+ * 128-register cap, with spills, for twice the warps). Same results bit for bit. The environment's
+ * SD_FLASH_BWD_BLOCKS_PER_SM sets the start value; bench tables label 2 "+fb2". */
+sd_status sd_cuda_set_flash_bwd_blocks_per_sm(int blocks);
+int sd_cuda_get_flash_bwd_blocks_per_sm(void);
 
 /* How many times the calling thread's device has reallocated its shared op workspace (grown for
  * a larger op; 0 without a device). A CUDA graph holds the workspace's address as it was at

@@ -182,14 +182,15 @@ static const char *conv_suffix(sd_precision precision) {
 }
 
 const char *cli_bench_settings_suffix(sd_precision precision) {
-    static char buf[48];
+    static char buf[64];
     const char *gemm = sd_cuda_fast_gemm_name();
     const char *gemm_tag = "";
     if (precision == SD_PRECISION_FAST)
         gemm_tag = !strcmp(gemm, "tf32") ? "+tf32" : !strcmp(gemm, "fp16") ? "+fp16gemm" : "";
     const char *flash_tag = precision == SD_PRECISION_FAST && sd_cuda_get_flash_blocks_per_sm() == 1 ? "+fa1" : "";
+    const char *flash_bwd_tag = precision == SD_PRECISION_FAST && sd_cuda_get_flash_bwd_blocks_per_sm() == 2 ? "+fb2" : "";
     const char *tune_tag = precision == SD_PRECISION_FAST && sd_cuda_get_gemm_algo() == SD_GEMM_ALGO_TUNE ? "+gtune" : "";
-    snprintf(buf, sizeof buf, "%s%s%s%s%s", winograd_suffix(precision), conv_suffix(precision), gemm_tag, tune_tag,
-             flash_tag);
+    snprintf(buf, sizeof buf, "%s%s%s%s%s%s", winograd_suffix(precision), conv_suffix(precision), gemm_tag, tune_tag,
+             flash_tag, flash_bwd_tag);
     return buf;
 }

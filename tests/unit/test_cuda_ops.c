@@ -1038,6 +1038,21 @@ static void check_attention_backward(const attn_case *c, uint64_t seed, float ac
             attn_name(what, sizeof what, prefix, c);
             check_dev(what, over[g], fresh[g], n[g], tol_for(modes[m], TOL_BWD));
         }
+        /* fast mode at heads up to 48 wide: two blocks per SM (SD_FLASH_BWD_BLOCKS_PER_SM=2, a
+         * 128-register build) give the same bits as one */
+        if (modes[m] == SD_PRECISION_FAST && c->D <= 48 && c->Dv <= 48) {
+            float *two[3] = {dnan(nq), dnan(nk), dnan(nv)};
+            assert_sd_ok(sd_cuda_set_flash_bwd_blocks_per_sm(2));
+            assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, two[0], two[1], two[2], c->B, c->Sq, c->Sk,
+                                                 c->H, c->D, c->Dv, scale, c->causal, 0));
+            assert_sd_ok(sd_cuda_set_flash_bwd_blocks_per_sm(1));
+            for (int g = 0; g < 3; g++) {
+                char what[160], prefix[96];
+                snprintf(prefix, sizeof prefix, "  %s %s: two blocks per SM vs one", label, grads[g]);
+                attn_name(what, sizeof what, prefix, c);
+                check_equal(what, two[g], hget(over[g], n[g]), n[g]);
+            }
+        }
     }
     *io = (attn_backward_io){q, k, v, out, dout, dq0, qd, kd, vd, outd, doutd, nq, scale};
 }
