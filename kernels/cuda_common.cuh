@@ -405,6 +405,17 @@ __device__ __forceinline__ float cu_exp2_ftz(float x) {
 #endif
 }
 
+/* 1/x on the special-function unit (rcp.approx.ftz.f32, about 1 ulp; 1/inf = 0). */
+__device__ __forceinline__ float cu_rcp_approx(float x) {
+#ifdef SD_CUDA_SIM
+    return 1.0f / x;
+#else
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
 /* ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16: four 8x8 matrices of 16-bit elements from
  * shared memory, lanes 8i .. 8i+7 giving the addresses of matrix i's 8 rows (16 bytes each, 16-byte
  * aligned). Lane (g = lane / 4, t = lane mod 4) receives r[i] = matrix i's elements (row g, columns

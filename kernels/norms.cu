@@ -702,6 +702,49 @@ template <int V> struct gn_halves {
     }
 };
 
+/* The channels-last kernels' value, y = ((x − mean)·rstd)·γ + β (+ SiLU), for fp16 outputs: one
+ * FFMA for the affine part and SiLU as v / (1 + 2^(−v·log2 e)) on the special-function unit (ex2 and
+ * rcp approximations, about 2 ulp). The F32 kernels' gn_value rounds the CPU's expression step by
+ * step and calls expf and an IEEE division: at 8 channels per thread that was about 100 instructions
+ * per value, three times what the map's bytes cost at the memory's rate. The difference is far under
+ * the fp16 output's own rounding (test_cuda_f16 holds these kernels to one fp16 step). */
+__device__ __forceinline__ float gn_value_f16(float x, float mean, float rstd, float ga, float be, int silu) {
+    const float v = fmaf((x - mean) * rstd, ga, be);
+    if (!silu) return v;
+    return v * cu_rcp_approx(1.0f + cu_exp2_ftz(v * -1.4426950408889634f));
+}
+
+/* γ and β of V consecutive channels from c0 (1 and 0 where absent): 16-byte loads where aligned. */
+template <int V>
+__device__ __forceinline__ void gn_affine(const float *gamma, const float *beta, uint32_t c0, float (&ga)[V],
+                                          float (&be)[V]) {
+#pragma unroll
+    for (int k = 0; k < V; k++) ga[k] = 1.0f, be[k] = 0.0f;
+    if constexpr (V % 4 == 0) {
+        if (gamma && cu_aligned16(gamma + c0)) {
+#pragma unroll
+            for (int k = 0; k < V; k += 4) {
+                const float4 f = *reinterpret_cast<const float4 *>(gamma + c0 + k);
+                ga[k] = f.x, ga[k + 1] = f.y, ga[k + 2] = f.z, ga[k + 3] = f.w;
+            }
+            gamma = NULL;
+        }
+        if (beta && cu_aligned16(beta + c0)) {
+#pragma unroll
+            for (int k = 0; k < V; k += 4) {
+                const float4 f = *reinterpret_cast<const float4 *>(beta + c0 + k);
+                be[k] = f.x, be[k + 1] = f.y, be[k + 2] = f.z, be[k + 3] = f.w;
+            }
+            beta = NULL;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+        if (gamma) ga[k] = gamma[c0 + k];
+        if (beta) be[k] = beta[c0 + k];
+    }
+}
+
 /* The widest load (8, 4, 2 or 1 halves) that divides `span` and that x and y are aligned for. */
 static int gn_nhwc_width(const void *x, const void *y, int64_t span) {
     const uintptr_t a = (uintptr_t)x | (uintptr_t)y;
@@ -793,18 +836,31 @@ __global__ void k_gn_nhwc_apply(const __half *x, const float *gamma, const float
         const uint32_t row = i / lanes, c0 = (i - row * lanes) * V;
         const float *st = stats + (size_t)(row / S) * G * 2;
         uint32_t g = c0 / cpg, off = c0 - g * cpg;
+        float2 ms = *reinterpret_cast<const float2 *>(st + 2 * g); /* (mean, rstd) of the group */
+        float ga[V], be[V];
+        gn_affine<V>(gamma, beta, c0, ga, be);
         gn_halves<V> in, out;
         in.load(x + (size_t)i * V);
+        if (cpg >= V) { /* the vector spans this group and at most the next: values from `split` on */
+            const uint32_t split = cpg - off;
+            const float2 ms1 = split < V ? *reinterpret_cast<const float2 *>(st + 2 * g + 2) : ms;
 #pragma unroll
-        for (int k = 0; k < V; k++) {
-            if (off == cpg) { /* the next group starts inside this vector */
-                g++;
-                off = 0;
+            for (int k = 0; k < V; k++) {
+                const bool next = (uint32_t)k >= split;
+                out.v[k] = __float2half_rn(gn_value_f16(__half2float(in.v[k]), next ? ms1.x : ms.x,
+                                                        next ? ms1.y : ms.y, ga[k], be[k], silu));
             }
-            const uint32_t c = c0 + k;
-            const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
-            out.v[k] = __float2half_rn(gn_value(__half2float(in.v[k]), st[2 * g], st[2 * g + 1], ga, be, silu));
-            off++;
+        } else { /* groups narrower than a vector (tiny models) */
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                if (off == cpg) { /* the next group starts inside this vector */
+                    g++;
+                    off = 0;
+                    ms = *reinterpret_cast<const float2 *>(st + 2 * g);
+                }
+                out.v[k] = __float2half_rn(gn_value_f16(__half2float(in.v[k]), ms.x, ms.y, ga[k], be[k], silu));
+                off++;
+            }
         }
         out.store(y + (size_t)i * V);
     }
@@ -827,10 +883,10 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_nhwc_fused(const __half
     const int64_t n = S * per_pixel; /* vectors in the group */
     double s = 0.0, sq = 0.0;
 #pragma unroll 2
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const int64_t p = i / per_pixel;
+    for (uint32_t i = threadIdx.x; i < (uint32_t)n; i += blockDim.x) { /* 32-bit: a short group (gn_fused_ok) */
+        const uint32_t p = i / (uint32_t)per_pixel;
         gn_halves<V> h;
-        h.load(xg + p * C + (i - p * per_pixel) * V);
+        h.load(xg + (int64_t)p * C + (i - p * (uint32_t)per_pixel) * V);
 #pragma unroll
         for (int k = 0; k < V; k++) {
             const double v = __half2float(h.v[k]);
@@ -843,18 +899,17 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_nhwc_fused(const __half
     if (threadIdx.x == 0) gn_stats_from_sums(s, sq, S * cpg, eps, &stats[0], &stats[1]);
     __syncthreads();
     const float mean = stats[0], rstd = stats[1];
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const int64_t p = i / per_pixel;
-        const int ch = (int)(i - p * per_pixel) * V;
+    /* 32-bit indices: a short group's S · cpg / V vectors (gn_fused_ok) */
+    for (uint32_t i = threadIdx.x; i < (uint32_t)n; i += blockDim.x) {
+        const uint32_t p = i / (uint32_t)per_pixel;
+        const uint32_t ch = (i - p * (uint32_t)per_pixel) * V;
+        float ga[V], be[V];
+        gn_affine<V>(gamma, beta, (uint32_t)(g * cpg) + ch, ga, be);
         gn_halves<V> in, out;
-        in.load(xg + p * C + ch);
+        in.load(xg + (int64_t)p * C + ch);
 #pragma unroll
-        for (int k = 0; k < V; k++) {
-            const int c = g * cpg + ch + k;
-            const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
-            out.v[k] = __float2half_rn(gn_value(__half2float(in.v[k]), mean, rstd, ga, be, silu));
-        }
-        out.store(yg + p * C + ch);
+        for (int k = 0; k < V; k++) out.v[k] = __float2half_rn(gn_value_f16(__half2float(in.v[k]), mean, rstd, ga[k], be[k], silu));
+        out.store(yg + (int64_t)p * C + ch);
     }
 }
 
