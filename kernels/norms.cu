@@ -714,35 +714,34 @@ __device__ __forceinline__ float gn_value_f16(float x, float mean, float rstd, f
     return v * cu_rcp_approx(1.0f + cu_exp2_ftz(v * -1.4426950408889634f));
 }
 
-/* γ and β of V consecutive channels from c0 (1 and 0 where absent): 16-byte loads where aligned. */
+/* V consecutive floats of p from c0, or `absent` each when p is NULL: 16-byte loads where aligned. */
+template <int V>
+__device__ __forceinline__ void gn_channel_values(const float *p, uint32_t c0, float absent, float (&out)[V]) {
+    if (!p) {
+#pragma unroll
+        for (int k = 0; k < V; k++) out[k] = absent;
+        return;
+    }
+    if constexpr (V % 4 == 0) {
+        if (cu_aligned16(p + c0)) {
+#pragma unroll
+            for (int k = 0; k < V; k += 4) {
+                const float4 f = *reinterpret_cast<const float4 *>(p + c0 + k);
+                out[k] = f.x, out[k + 1] = f.y, out[k + 2] = f.z, out[k + 3] = f.w;
+            }
+            return;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < V; k++) out[k] = p[c0 + k];
+}
+
+/* γ and β of V consecutive channels from c0 (1 and 0 where absent). */
 template <int V>
 __device__ __forceinline__ void gn_affine(const float *gamma, const float *beta, uint32_t c0, float (&ga)[V],
                                           float (&be)[V]) {
-#pragma unroll
-    for (int k = 0; k < V; k++) ga[k] = 1.0f, be[k] = 0.0f;
-    if constexpr (V % 4 == 0) {
-        if (gamma && cu_aligned16(gamma + c0)) {
-#pragma unroll
-            for (int k = 0; k < V; k += 4) {
-                const float4 f = *reinterpret_cast<const float4 *>(gamma + c0 + k);
-                ga[k] = f.x, ga[k + 1] = f.y, ga[k + 2] = f.z, ga[k + 3] = f.w;
-            }
-            gamma = NULL;
-        }
-        if (beta && cu_aligned16(beta + c0)) {
-#pragma unroll
-            for (int k = 0; k < V; k += 4) {
-                const float4 f = *reinterpret_cast<const float4 *>(beta + c0 + k);
-                be[k] = f.x, be[k + 1] = f.y, be[k + 2] = f.z, be[k + 3] = f.w;
-            }
-            beta = NULL;
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < V; k++) {
-        if (gamma) ga[k] = gamma[c0 + k];
-        if (beta) be[k] = beta[c0 + k];
-    }
+    gn_channel_values<V>(gamma, c0, 1.0f, ga);
+    gn_channel_values<V>(beta, c0, 0.0f, be);
 }
 
 /* The widest load (8, 4, 2 or 1 halves) that divides `span` and that x and y are aligned for. */
