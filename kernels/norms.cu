@@ -20,6 +20,28 @@
 #define GN_THREADS 256
 #define LN_THREADS 256  /* 8 rows per block, one warp each */
 
+/* V consecutive floats of p from c0, or `absent` each when p is NULL: 16-byte loads where aligned. */
+template <int V>
+__device__ __forceinline__ void gn_channel_values(const float *p, uint32_t c0, float absent, float (&out)[V]) {
+    if (!p) {
+#pragma unroll
+        for (int k = 0; k < V; k++) out[k] = absent;
+        return;
+    }
+    if constexpr (V % 4 == 0) {
+        if (cu_aligned16(p + c0)) {
+#pragma unroll
+            for (int k = 0; k < V; k += 4) {
+                const float4 f = *reinterpret_cast<const float4 *>(p + c0 + k);
+                out[k] = f.x, out[k + 1] = f.y, out[k + 2] = f.z, out[k + 3] = f.w;
+            }
+            return;
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < V; k++) out[k] = p[c0 + k];
+}
+
 /* ------------------------------------------------------------------------------------------------
  * GroupNorm statistics
  * --------------------------------------------------------------------------------------------- */
@@ -526,8 +548,73 @@ sd_status cu_layer_norm(const float *x, const float *gamma, const float *beta, f
     return layer_norm(x, gamma, beta, y, M, C, eps);
 }
 
+/* fp16 rows of C = 8·n values, n <= 32·LN_F16_PIECES (SD's 320, 640 and 1280): one warp per row,
+ * the row read once, 16 bytes per lane per piece, and held in registers; mean and variance in fp32
+ * from them (two passes over the registers, no second read), the affine part one FFMA, γ and β by
+ * 16-byte loads. The general kernel reads the row three times and computes its statistics in
+ * double, the CPU's way, which exact mode's F32 rows need and fp16 outputs do not (test_cuda_f16
+ * holds this one to one fp16 step). */
+#define LN_F16_PIECES 5
+template <int PIECES> /* pieces per lane: C <= 256·PIECES (the registers the row takes) */
+__global__ void __launch_bounds__(LN_THREADS) k_layer_norm_f16_rows(const __half *x, const float *gamma,
+                                                                    const float *beta, __half *y, int64_t M, int C,
+                                                                    float eps) {
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= M) return; /* whole warps leave together: the shuffles stay convergent */
+    const int lane = threadIdx.x & 31, pieces = C / 8;
+    const __half *xr = x + row * C;
+    __half *yr = y + row * C;
+    float v[PIECES][8];
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PIECES; j++) {
+        const int piece = lane + 32 * j;
+        cu_vec16<__half> h;
+        if (piece < pieces) h.load(xr + piece * 8);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            v[j][k] = piece < pieces ? __half2float(h.v[k]) : 0.0f;
+            s += v[j][k];
+        }
+    }
+    const float mean = cu_warp_sum(s) / (float)C;
+    float sq = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PIECES; j++)
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const float d = lane + 32 * j < pieces ? v[j][k] - mean : 0.0f;
+            sq = fmaf(d, d, sq);
+        }
+    const float rstd = 1.0f / sqrtf(cu_warp_sum(sq) / (float)C + eps); /* once per row */
+#pragma unroll
+    for (int j = 0; j < PIECES; j++) {
+        const int piece = lane + 32 * j;
+        if (piece >= pieces) continue;
+        float ga[8], be[8];
+        gn_channel_values<8>(gamma, (uint32_t)piece * 8, 1.0f, ga);
+        gn_channel_values<8>(beta, (uint32_t)piece * 8, 0.0f, be);
+        cu_vec16<__half> out;
+#pragma unroll
+        for (int k = 0; k < 8; k++) out.v[k] = __float2half_rn(fmaf((v[j][k] - mean) * rstd, ga[k], be[k]));
+        out.store(yr + piece * 8);
+    }
+}
+
 sd_status cu_f16_layer_norm(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t M,
                             int64_t C, float eps) {
+    if (M > 0 && C > 0 && C % 8 == 0 && C <= 8 * 32 * LN_F16_PIECES && cu_aligned16(x) && cu_aligned16(y)) {
+        const int rows_per_block = LN_THREADS / 32;
+        const unsigned blocks = (unsigned)((M + rows_per_block - 1) / rows_per_block);
+        cudaStream_t st = cu_cur()->stream;
+        const __half *xh = cu_half(x);
+        __half *yh = cu_half(y);
+        if (C <= 256 * 2) CU_LAUNCH(k_layer_norm_f16_rows<2>, blocks, LN_THREADS, 0, st)(xh, gamma, beta, yh, M, (int)C, eps);
+        else if (C <= 256 * 3) CU_LAUNCH(k_layer_norm_f16_rows<3>, blocks, LN_THREADS, 0, st)(xh, gamma, beta, yh, M, (int)C, eps);
+        else CU_LAUNCH(k_layer_norm_f16_rows<LN_F16_PIECES>, blocks, LN_THREADS, 0, st)(xh, gamma, beta, yh, M, (int)C, eps);
+        LAUNCH_CHECK("layer_norm (fp16 rows in registers)");
+        return SD_OK;
+    }
     return layer_norm(cu_half(x), gamma, beta, cu_half(y), M, C, eps);
 }
 
@@ -712,28 +799,6 @@ __device__ __forceinline__ float gn_value_f16(float x, float mean, float rstd, f
     const float v = fmaf((x - mean) * rstd, ga, be);
     if (!silu) return v;
     return v * cu_rcp_approx(1.0f + cu_exp2_ftz(v * -1.4426950408889634f));
-}
-
-/* V consecutive floats of p from c0, or `absent` each when p is NULL: 16-byte loads where aligned. */
-template <int V>
-__device__ __forceinline__ void gn_channel_values(const float *p, uint32_t c0, float absent, float (&out)[V]) {
-    if (!p) {
-#pragma unroll
-        for (int k = 0; k < V; k++) out[k] = absent;
-        return;
-    }
-    if constexpr (V % 4 == 0) {
-        if (cu_aligned16(p + c0)) {
-#pragma unroll
-            for (int k = 0; k < V; k += 4) {
-                const float4 f = *reinterpret_cast<const float4 *>(p + c0 + k);
-                out[k] = f.x, out[k + 1] = f.y, out[k + 2] = f.z, out[k + 3] = f.w;
-            }
-            return;
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < V; k++) out[k] = p[c0 + k];
 }
 
 /* γ and β of V consecutive channels from c0 (1 and 0 where absent). */

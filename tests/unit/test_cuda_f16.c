@@ -226,9 +226,11 @@ static void test_f16_norms(void **state) {
                      (long long)(C / gn[k].G * S));
             check16(what, y, want, B * C * S, TOL_F16_ELEM);
         }
-    /* rows of 320 (16 bytes at a time) and of 36 values (4.5 pieces: element by element) */
-    const int64_t ln_widths[2] = {320, 36};
-    for (int k = 0; k < 2; k++) {
+    /* rows of 320, 640 and 1280 (SD's widths: held in registers, 16 bytes at a time), of 1288 (past
+     * the registers' 1280: the general kernel, 16 bytes at a time) and of 36 values (4.5 pieces:
+     * element by element) */
+    const int64_t ln_widths[5] = {320, 640, 1280, 1288, 36};
+    for (int k = 0; k < 5; k++) {
         const int64_t M = 2 * 77, Cn = ln_widths[k];
         sd_f16 *x = hrand16(M * Cn, 14, 2.0f), *want = hnew16(M * Cn);
         float *g = hrand(Cn, 15, 1.0f), *be = hrand(Cn, 16, 1.0f);
