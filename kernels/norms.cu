@@ -721,6 +721,79 @@ __global__ void k_ln_bwd_params_final(const double *partial, int chunks, int64_t
     }
 }
 
+/* k_ln_bwd_rows for rows of C <= 128·P floats whose x, dy and dx rows are 16-byte aligned (SD's 320
+ * and 640): each lane holds its P float4 pieces of x and dy (pieces lane + 32j, as the general
+ * kernel walks them) in registers, so the row is read once instead of x four times and dy twice.
+ * The same expressions in the same order as ln_row_stats and ln_bwd_row<4>: the same bits. */
+template <int P>
+__global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const float *x, const float *gamma, const float *dy,
+                                                                 float *dx, int64_t M, int64_t C, float eps,
+                                                                 float *stats) {
+    const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= M) return;
+    const int lane = threadIdx.x & 31;
+    const float *xr = x + row * C, *dyr = dy + row * C;
+    float4 xv[P], dv[P];
+    double s = 0.0;
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        const int64_t i = (int64_t)lane * 4 + 128 * j;
+        xv[j] = i < C ? *reinterpret_cast<const float4 *>(xr + i) : make_float4(0, 0, 0, 0);
+        dv[j] = i < C && dx ? *reinterpret_cast<const float4 *>(dyr + i) : make_float4(0, 0, 0, 0);
+        if (i < C) s += (double)xv[j].x, s += (double)xv[j].y, s += (double)xv[j].z, s += (double)xv[j].w;
+    }
+    const double mean_d = cu_warp_sum_d(s) / (double)C;
+    double sq = 0.0;
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        if ((int64_t)lane * 4 + 128 * j >= C) continue;
+        const float v[4] = {xv[j].x, xv[j].y, xv[j].z, xv[j].w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const double d = (double)v[k] - mean_d;
+            sq += d * d;
+        }
+    }
+    sq = cu_warp_sum_d(sq);
+    const float mean = (float)mean_d, rstd = (float)(1.0 / sqrt(sq / (double)C + (double)eps));
+    if (lane == 0) {
+        stats[row * 2 + 0] = mean;
+        stats[row * 2 + 1] = rstd;
+    }
+    if (!dx) return;
+    float *dxr = dx + row * C;
+    double a = 0.0, b = 0.0;
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        const int64_t i = (int64_t)lane * 4 + 128 * j;
+        if (i >= C) continue;
+        const float xa[4] = {xv[j].x, xv[j].y, xv[j].z, xv[j].w}, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float xh = (xa[k] - mean) * rstd;
+            const double dxh = (double)da[k] * (double)(gamma ? gamma[i + k] : 1.0f);
+            a += dxh;
+            b += dxh * (double)xh;
+        }
+    }
+    const float ma = (float)(cu_warp_sum_d(a) / (double)C), mb = (float)(cu_warp_sum_d(b) / (double)C);
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+        const int64_t i = (int64_t)lane * 4 + 128 * j;
+        if (i >= C) continue;
+        const float xa[4] = {xv[j].x, xv[j].y, xv[j].z, xv[j].w}, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w};
+        float4 o = *reinterpret_cast<const float4 *>(dxr + i);
+        float ov[4] = {o.x, o.y, o.z, o.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float xh = (xa[k] - mean) * rstd;
+            const float dxh = da[k] * (gamma ? gamma[i + k] : 1.0f);
+            ov[k] += rstd * (dxh - ma - xh * mb);
+        }
+        *reinterpret_cast<float4 *>(dxr + i) = make_float4(ov[0], ov[1], ov[2], ov[3]);
+    }
+}
+
 sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx,
                                  float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
     if (M <= 0 || C <= 0 || (!dx && !dgamma && !dbeta)) return SD_OK;
@@ -736,8 +809,15 @@ sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float
     double *partial = (double *)(ws + stats_bytes);
     cudaStream_t st = cu_cur()->stream;
     const int rows_per_block = LN_THREADS / 32;
-    CU_LAUNCH(k_ln_bwd_rows, (unsigned)((M + rows_per_block - 1) / rows_per_block), LN_THREADS, 0, st)(x, gamma, dy, dx, M, C,
-                                                                                               eps, stats);
+    const unsigned row_blocks = (unsigned)((M + rows_per_block - 1) / rows_per_block);
+    /* rows held in registers: 16-byte aligned rows (every row then, C a multiple of 4) up to 640 */
+    const bool regs = C % 4 == 0 && cu_aligned16(x) && cu_aligned16(dy) && (!dx || cu_aligned16(dx));
+    if (regs && C <= 128 * 3)
+        CU_LAUNCH(k_ln_bwd_rows_regs<3>, row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
+    else if (regs && C <= 128 * 5)
+        CU_LAUNCH(k_ln_bwd_rows_regs<5>, row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
+    else
+        CU_LAUNCH(k_ln_bwd_rows, row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
     LAUNCH_CHECK("layer_norm_backward rows");
     if (dgamma || dbeta) {
         dim3 grid((unsigned)((C + LNP_TILE - 1) / LNP_TILE), (unsigned)chunks), block(LNP_TILE, LNP_ROWS);

@@ -853,8 +853,9 @@ static void test_norm_backward(void **state) {
             check_dev("group_norm_backward dgamma only", dgd, dg, C, TOL_BWD);
         }
     }
-    /* rows of whole 16-byte pieces (four values per load) and rows of 30 (one at a time) */
-    const int64_t ln[][2] = {{13, 48}, {154, 768}, {2 * 1024, 320}, {9, 30}};
+    /* rows of whole 16-byte pieces (four values per load): held in registers up to 640 (48, 320,
+     * 640), read from memory beyond (768, 1280); and rows of 30 (one at a time) */
+    const int64_t ln[][2] = {{13, 48}, {154, 768}, {2 * 1024, 320}, {77, 640}, {64, 1280}, {9, 30}};
     for (size_t t = 0; t < sizeof ln / sizeof ln[0]; t++) {
         const int64_t M = ln[t][0], C = ln[t][1];
         float *x = hrand(M * C, 800 + t, 2.0f), *dy = hrand(M * C, 810 + t, 1.0f), *ga = hrand(C, 820 + t, 0.3f);
@@ -870,6 +871,12 @@ static void test_norm_backward(void **state) {
         check_dev(what, dxd, dx, M * C, TOL_BWD);
         check_dev("layer_norm_backward dgamma", dgd, dg, C, TOL_BWD);
         check_dev("layer_norm_backward dbeta", dbd, db, C, TOL_BWD);
+        /* dγ and dβ alone (dx NULL): the row kernels still write each row's statistics */
+        float *dg1 = hcopy(dg0, C), *db1 = hcopy(db0, C), *dgd1 = dput(dg0, C), *dbd1 = dput(db0, C);
+        assert_sd_ok(cpu->layer_norm_backward(x, ga, dy, NULL, dg1, db1, M, C, 1e-5f));
+        assert_sd_ok(gpu->layer_norm_backward(xd, gad, dyd, NULL, dgd1, dbd1, M, C, 1e-5f));
+        check_dev("layer_norm_backward dgamma (no dx)", dgd1, dg1, C, TOL_BWD);
+        check_dev("layer_norm_backward dbeta (no dx)", dbd1, db1, C, TOL_BWD);
     }
 }
 
