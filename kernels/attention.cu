@@ -191,10 +191,9 @@ __global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params<fl
     typedef cu_tile_copier<L::DP, EX_THREADS, EX_BK, 2 * DCH, float> v_copier_t;
     const k_copier_t k_copier(tid, ASYNC ? (int)ldq : 0);
     const v_copier_t v_copier(tid, ASYNC ? (int)ldv : 0);
-    auto rows_left = [&](int64_t k0) { return (int)(p.Sk - k0 < EX_BK ? p.Sk - k0 : EX_BK); };
     if constexpr (ASYNC) {
-        k_copier.copy(smem + L::k_off, kb, rows_left(0));
-        v_copier.copy(smem + L::v_off, vb, rows_left(0));
+        k_copier.copy(smem + L::k_off, kb, cu_rows_left(p.Sk, 0, EX_BK));
+        v_copier.copy(smem + L::v_off, vb, cu_rows_left(p.Sk, 0, EX_BK));
         cu_cp_async_commit();
     }
 
@@ -206,8 +205,9 @@ __global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params<fl
         if constexpr (ASYNC) {
             if (j + 1 < n_tiles) { /* tile j+1 into the other buffers (free: the loop's end synchronised) */
                 const int nb = (j + 1) & 1;
-                k_copier.copy(smem + L::k_off + nb * EX_BK * L::DS, kb + (k0 + EX_BK) * ldq, rows_left(k0 + EX_BK));
-                v_copier.copy(smem + L::v_off + nb * EX_BK * L::DP, vb + (k0 + EX_BK) * ldv, rows_left(k0 + EX_BK));
+                const int valid = cu_rows_left(p.Sk, k0 + EX_BK, EX_BK);
+                k_copier.copy(smem + L::k_off + nb * EX_BK * L::DS, kb + (k0 + EX_BK) * ldq, valid);
+                v_copier.copy(smem + L::v_off + nb * EX_BK * L::DP, vb + (k0 + EX_BK) * ldv, valid);
                 cu_cp_async_commit();
                 cu_cp_async_wait<1>();
             } else {
@@ -648,14 +648,13 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
 
     /* group 0: Q and the first K/V tile. Rows are D = Dv = 8·NS halves (fa_async_ok): NS pieces, and
      * K and V share their row stride (H·D), so one copier's offsets serve both. */
-    auto rows_left = [](int64_t limit, int64_t r0, int rows) { return (int)(limit - r0 < rows ? limit - r0 : rows); };
     {
         const cu_tile_copier<L::RS, FA_THREADS, FA_BQ, NS, __half> q_copier(tid, (int)ldq);
-        q_copier.copy(Qs, qb + q0 * ldq, rows_left(p.Sq, q0, FA_BQ));
+        q_copier.copy(Qs, qb + q0 * ldq, cu_rows_left(p.Sq, q0, FA_BQ));
     }
     const cu_tile_copier<L::RS, FA_THREADS, FA_BK, NS, __half> kv_copier(tid, (int)ldq);
-    kv_copier.copy(smem + L::k_off, kb, rows_left(p.Sk, 0, FA_BK));
-    kv_copier.copy(smem + L::v_off, vb, rows_left(p.Sk, 0, FA_BK));
+    kv_copier.copy(smem + L::k_off, kb, cu_rows_left(p.Sk, 0, FA_BK));
+    kv_copier.copy(smem + L::v_off, vb, cu_rows_left(p.Sk, 0, FA_BK));
     cu_cp_async_commit();
 
     const int r0 = warp * 16;
@@ -671,7 +670,7 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
     for (int j = 0; j < n_tiles; j++) {
         const int64_t k0 = (int64_t)j * FA_BK;
         if (j + 1 < n_tiles) { /* tile j+1 into the other buffer (free: the loop's end synchronised) */
-            const int nb = (j + 1) & 1, valid = rows_left(p.Sk, k0 + FA_BK, FA_BK);
+            const int nb = (j + 1) & 1, valid = cu_rows_left(p.Sk, k0 + FA_BK, FA_BK);
             kv_copier.copy(smem + L::k_off + nb * FA_BK * L::RS, kb + (k0 + FA_BK) * ldq, valid);
             kv_copier.copy(smem + L::v_off + nb * FA_BK * L::RS, vb + (k0 + FA_BK) * ldv, valid);
             cu_cp_async_commit();

@@ -169,11 +169,6 @@ __device__ __forceinline__ bool fb_valid(const attn_bwd_params &p, int64_t qi, i
 template <int DK, int RS, int ROWS>
 using fb_copier = cu_tile_copier<RS, FB_THREADS, ROWS, 2 * DK, __nv_bfloat16>;
 
-/* The number of rows of a tile starting at r0 that lie before limit (rows past it are zero-filled). */
-__device__ __forceinline__ int fb_rows_left(int64_t limit, int64_t r0, int rows) {
-    return (int)(limit - r0 < rows ? (limit > r0 ? limit - r0 : 0) : rows);
-}
-
 /* The warp's 16 rows from r0 of two row-major smem tiles (stride rs) as DK A fragments each:
  * Q and dO in kernel 1, K and V in kernel 2. Callers synchronise before. */
 template <int DK>
@@ -294,13 +289,13 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     /* group 0: the block's Q and dO rows and key tile 0 */
     {
         const fb_copier<DK, L::RS, FB_BQ> q_copier(tid, L::DP);
-        const int q_rows = fb_rows_left(p.Sq, q0, FB_BQ);
+        const int q_rows = cu_rows_left(p.Sq, q0, FB_BQ);
         q_copier.copy(Qs, p.q + ((int64_t)bh * p.Sq + q0) * L::DP, q_rows);
         q_copier.copy(dOs, p.dout + ((int64_t)bh * p.Sq + q0) * L::DP, q_rows);
     }
     const fb_copier<DK, L::RS, FB_BK> kv_copier(tid, L::DP);
-    kv_copier.copy(smem + L::k_off, kb, fb_rows_left(p.Sk, 0, FB_BK));
-    kv_copier.copy(smem + L::v_off, vb, fb_rows_left(p.Sk, 0, FB_BK));
+    kv_copier.copy(smem + L::k_off, kb, cu_rows_left(p.Sk, 0, FB_BK));
+    kv_copier.copy(smem + L::v_off, vb, cu_rows_left(p.Sk, 0, FB_BK));
     cu_cp_async_commit();
     /* Waits for tile `step` (after queueing step + 1 into the other buffer, free since the end of
      * step - 1) and returns its K and V */
@@ -308,7 +303,7 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
         if (step + 1 < steps) {
             const int nb = (step + 1) & 1;
             const int64_t nk0 = (int64_t)((step + 1) % n_tiles) * FB_BK;
-            const int valid = fb_rows_left(p.Sk, nk0, FB_BK);
+            const int valid = cu_rows_left(p.Sk, nk0, FB_BK);
             kv_copier.copy(smem + L::k_off + nb * FB_BK * L::RS, kb + nk0 * L::DP, valid);
             kv_copier.copy(smem + L::v_off + nb * FB_BK * L::RS, vb + nk0 * L::DP, valid);
             cu_cp_async_commit();
@@ -458,7 +453,7 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     const fb_copier<DK, L::RS, FB_BQT> q_copier(tid, L::DP);
     auto queue_tile = [&](int j) {
         const int64_t q0 = q_lo + (int64_t)j * FB_BQT;
-        const int buf = j & 1, valid = fb_rows_left(p.Sq, q0, FB_BQT);
+        const int buf = j & 1, valid = cu_rows_left(p.Sq, q0, FB_BQT);
         q_copier.copy(smem + L::q_off + buf * FB_BQT * L::RS, qb + q0 * L::DP, valid);
         q_copier.copy(smem + L::do_off + buf * FB_BQT * L::RS, dob + q0 * L::DP, valid);
         if (tid < FB_BQT / 2) { /* 16 pieces of 4 floats each for L, then for Δ */
@@ -469,7 +464,7 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     /* group 0: the block's K and V rows and query tile 0 */
     {
         const fb_copier<DK, L::RS, FB_BKV> k_copier(tid, L::DP);
-        const int valid = fb_rows_left(p.Sk, k0, FB_BKV);
+        const int valid = cu_rows_left(p.Sk, k0, FB_BKV);
         k_copier.copy(Ks, p.k + ((int64_t)bh * p.Sk + k0) * L::DP, valid);
         k_copier.copy(Vs, p.v + ((int64_t)bh * p.Sk + k0) * L::DP, valid);
     }

@@ -543,27 +543,12 @@ template <int N> __device__ __forceinline__ void cu_cp_async_wait() {
 #endif
 }
 
-/* Queues the cp.async copies of rows [r0, r0 + rows) of one row-major [*, ld] matrix (width w made
- * of whole 16-byte pieces: a multiple of 8 halves or 4 floats) into shared rows of stride RS; rows
- * at or past `limit` are zero-filled. The THREADS threads of the block share the pieces. */
-template <int RS, int THREADS, typename E>
-__device__ __forceinline__ void cu_async_rows(E *dst, const E *src, int64_t r0, int rows, int64_t limit, int64_t ld,
-                                              int w, int tid) {
-    constexpr int per = 16 / (int)sizeof(E); /* elements per 16-byte piece */
-    const int chunks = w / per;
-    for (int i = tid; i < rows * chunks; i += THREADS) {
-        const int r = i / chunks, c = (i - r * chunks) * per;
-        const bool in = r0 + r < limit;
-        cu_cp_async16(&dst[r * RS + c], in ? (const void *)&src[(r0 + r) * ld + c] : (const void *)src, in);
-    }
-}
-
 /* cp.async copies of tiles of a fixed shape, ROWS rows of PIECES 16-byte pieces (row stride ld
  * elements in global memory, RS in shared memory), made again and again from one matrix: the flash
  * kernels' K/V tile per step. Each thread's pieces (i = tid + j·THREADS) and their offsets are
  * worked out once; a copy then costs a 64-bit add, a comparison and the cp.async per piece. The
- * general cu_async_rows, with its run-time division and 64-bit row arithmetic per piece, cost these
- * kernels a quarter of their instructions. */
+ * run-time-shaped row copy it replaced (a division and 64-bit row arithmetic per piece) cost these
+ * kernels a quarter of their instructions; other shapes load element by element. */
 template <int RS, int THREADS, int ROWS, int PIECES, typename E> struct cu_tile_copier {
     static constexpr int per = 16 / (int)sizeof(E), total = ROWS * PIECES;
     static constexpr int J = (total + THREADS - 1) / THREADS; /* pieces per thread, the last maybe absent */
@@ -588,6 +573,12 @@ template <int RS, int THREADS, int ROWS, int PIECES, typename E> struct cu_tile_
         }
     }
 };
+
+/* How many of a tile's `rows` rows from r0 lie before `limit` (the copier zero-fills the others).
+ * r0 < limit: the flash kernels queue only tiles that start inside their matrix. */
+__device__ __forceinline__ int cu_rows_left(int64_t limit, int64_t r0, int rows) {
+    return (int)(limit - r0 < rows ? limit - r0 : rows);
+}
 
 /* 16 bytes of T (4 floats or 8 halves) moved at once: the vectorised path of memory-bound kernels,
  * whose scalar 2- or 4-byte loads leave too few bytes in flight per thread. Callers check that the
