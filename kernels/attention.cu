@@ -55,6 +55,7 @@ template <typename T> struct attn_params {
     float scale_log2;       /* scale · log2(e): scores live in the exp2 domain */
     int causal;
     int use_rows;           /* 0: identity batch-row maps */
+    float *lse;             /* fast kernels: [B·H][Sq], each row's log2-domain normaliser (fa_store_lse), or NULL */
     int q_rows[SD_ATTN_MAX_ROWS], k_rows[SD_ATTN_MAX_ROWS], v_rows[SD_ATTN_MAX_ROWS];
 };
 
@@ -483,6 +484,18 @@ __device__ __forceinline__ void fa_softmax_step(float (&sacc)[8][4], float (&o)[
         fa_softmax_tile<NS, false>(sacc, o, m0, m1, l0, l1, scale_log2, Sk, causal, k0, row0, row1, t);
 }
 
+/* Kept for the backward (p.lse, the tape's buffer): row i's L = c·m + log2 l, the log2 of
+ * Σ_j 2^(c·S_ij) with m the row's raw maximum, c·m rounded as the softmax's exponent offset used
+ * it. The flash backward then recomputes P = 2^(c·S − L) from the same fp16 products instead of
+ * walking the keys once more for L (attention_backward.cu). l0, l1: the quad's whole sums. */
+__device__ __forceinline__ void fa_store_lse(float *lse, int64_t Sq, float c, int64_t row0, int64_t row1, float m0,
+                                             float m1, float l0, float l1, int t) {
+    if (!lse || t != 0) return;
+    lse += (int64_t)blockIdx.y * Sq;
+    if (row0 < Sq) lse[row0] = m0 * c + log2f(l0);
+    if (row1 < Sq) lse[row1] = m1 * c + log2f(l1);
+}
+
 /* NS: the head dims' 8-wide slices (cu_head_slices): SD's 40-wide heads take 5, so that no product
  * multiplies the 16-wide layout's 8 padding zeros. */
 template <typename T, int NS>
@@ -558,6 +571,7 @@ __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<
 
     l0 = cu_quad_sum(l0);
     l1 = cu_quad_sum(l1);
+    fa_store_lse(p.lse, p.Sq, p.scale_log2, row0, row1, m0, m1, l0, l1, t);
     const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
 #pragma unroll
     for (int nd = 0; nd < NS; nd++) { /* normalised in fp32, rounded once to T */
@@ -653,8 +667,13 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
         q_copier.copy(Qs, qb + q0 * ldq, cu_rows_left(p.Sq, q0, FA_BQ));
     }
     const cu_tile_copier<L::RS, FA_THREADS, FA_BK, NS, __half> kv_copier(tid, (int)ldq);
-    kv_copier.copy(smem + L::k_off, kb, cu_rows_left(p.Sk, 0, FA_BK));
-    kv_copier.copy(smem + L::v_off, vb, cu_rows_left(p.Sk, 0, FA_BK));
+    /* K and V rows share their stride (D = Dv) and shared layout: one copier call moves both */
+    auto queue_kv = [&](int64_t k0, int buf) {
+        __half *const dst[2] = {smem + L::k_off + buf * FA_BK * L::RS, smem + L::v_off + buf * FA_BK * L::RS};
+        const __half *const src[2] = {kb + k0 * ldq, vb + k0 * ldv};
+        kv_copier.template copy_n<2>(dst, src, cu_rows_left(p.Sk, k0, FA_BK));
+    };
+    queue_kv(0, 0);
     cu_cp_async_commit();
 
     const int r0 = warp * 16;
@@ -670,9 +689,7 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
     for (int j = 0; j < n_tiles; j++) {
         const int64_t k0 = (int64_t)j * FA_BK;
         if (j + 1 < n_tiles) { /* tile j+1 into the other buffer (free: the loop's end synchronised) */
-            const int nb = (j + 1) & 1, valid = cu_rows_left(p.Sk, k0 + FA_BK, FA_BK);
-            kv_copier.copy(smem + L::k_off + nb * FA_BK * L::RS, kb + (k0 + FA_BK) * ldq, valid);
-            kv_copier.copy(smem + L::v_off + nb * FA_BK * L::RS, vb + (k0 + FA_BK) * ldv, valid);
+            queue_kv(k0 + FA_BK, (j + 1) & 1);
             cu_cp_async_commit();
             cu_cp_async_wait<1>(); /* all but the newest group: tile j (and Q) arrived */
         } else {
@@ -698,6 +715,7 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
 
     l0 = cu_quad_sum(l0);
     l1 = cu_quad_sum(l1);
+    fa_store_lse(p.lse, p.Sq, p.scale_log2, row0, row1, m0, m1, l0, l1, t);
     const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
 #pragma unroll
     for (int nd = 0; nd < NS; nd++) { /* two neighbouring dims per store (D is a multiple of 8) */
@@ -913,8 +931,19 @@ static attn_params<T> flash_params(const T *q, const T *k, const T *v, T *out, i
  * there the four conversions would cost about what the attention does. Batch-row maps (P2Plus
  * injection) keep it too: their source rows are not counted here. */
 #define F16_STAGE_MIN_LEN 512
+static bool f16_staging_shapes(int64_t Sq, int64_t Sk, int D, int Dv) {
+    return Sq >= F16_STAGE_MIN_LEN && Sk >= F16_STAGE_MIN_LEN && D % 8 == 0 && Dv % 8 == 0;
+}
 static bool f16_staging_ok(const attn_params<float> &p) {
-    return !p.use_rows && p.Sq >= F16_STAGE_MIN_LEN && p.Sk >= F16_STAGE_MIN_LEN && p.D % 8 == 0 && p.Dv % 8 == 0;
+    return !p.use_rows && f16_staging_shapes(p.Sq, p.Sk, p.D, p.Dv);
+}
+
+/* Whether cu_attention, given an lse buffer, fills it: fast mode's fp16-staged flash path, whose
+ * scores the flash backward recomputes bit for bit from fp16 copies of q and k (the one rule both
+ * sides follow). */
+bool cu_attention_keeps_lse(int64_t Sq, int64_t Sk, int D, int Dv, float scale) {
+    return cu_cur()->precision == SD_PRECISION_FAST && D <= FLASH_MAX_D && Dv <= FLASH_MAX_D && scale > 0.0f &&
+           f16_staging_shapes(Sq, Sk, D, Dv);
 }
 
 static sd_status flash_fast_f16_staged(const attn_params<float> &p, int64_t B) {
@@ -942,13 +971,15 @@ static sd_status flash_fast_f16_staged(const attn_params<float> &p, int64_t B) {
     h.Dv = p.Dv;
     h.scale_log2 = p.scale_log2;
     h.causal = p.causal;
+    h.lse = p.lse;
     CU_TRY(flash_fast(h, B));
     return cu_f16_to_f32(o16, p.out, no);
 }
 
+/* lse: filled where cu_attention_keeps_lse says (else left alone); NULL with batch-row maps */
 static sd_status run_attention(const float *q, const float *k, const float *v, float *out, int64_t B,
                                const int32_t *q_rows, const int32_t *k_rows, const int32_t *v_rows, int64_t Sq,
-                               int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+                               int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse) {
     if (B == 0 || Sq == 0) return SD_OK;
     const int use_rows = q_rows || k_rows || v_rows;
     const int fast = cu_cur()->precision == SD_PRECISION_FAST;
@@ -962,7 +993,9 @@ static sd_status run_attention(const float *q, const float *k, const float *v, f
                 p.v_rows[b] = v_rows ? v_rows[b] : (int)b;
             }
         if (!fast) return flash_exact(p, B);
-        return f16_staging_ok(p) ? flash_fast_f16_staged(p, B) : flash_fast(p, B);
+        if (!f16_staging_ok(p)) return flash_fast(p, B);
+        p.lse = lse;
+        return flash_fast_f16_staged(p, B);
     }
     /* large heads (and a non-positive scale: the flash kernels take the row maxima of the raw
      * scores): unfused, one output batch row at a time */
@@ -979,7 +1012,7 @@ static sd_status run_attention(const float *q, const float *k, const float *v, f
 }
 
 sd_status cu_attention(const float *q, const float *k, const float *v, float *out, float *probs, int64_t B,
-                       int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+                       int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse) {
     CU_TRY(check_dims(B, Sq, Sk, H, D, Dv));
     if (probs) {
         /* the maps, [B·H, Sq, Sk]; out is left untouched (the hook may edit the maps first) */
@@ -989,7 +1022,7 @@ sd_status cu_attention(const float *q, const float *k, const float *v, float *ou
                                     Sq * Sk));
         return softmax_rows(probs, B * H * Sq, Sq, 0, Sk, causal);
     }
-    return run_attention(q, k, v, out, B, NULL, NULL, NULL, Sq, Sk, H, D, Dv, scale, causal);
+    return run_attention(q, k, v, out, B, NULL, NULL, NULL, Sq, Sk, H, D, Dv, scale, causal, lse);
 }
 
 extern "C" sd_status sd_cuda_attention_rows(const float *q, const float *k, const float *v, float *out, int64_t B_out,
@@ -1006,7 +1039,7 @@ extern "C" sd_status sd_cuda_attention_rows(const float *q, const float *k, cons
             if (maps[m][b] < 0)
                 return sd_fail(SD_ERR_ARG, "attention with row maps: %s_rows[%lld] = %d is negative",
                                m == 0 ? "q" : (m == 1 ? "k" : "v"), (long long)b, maps[m][b]);
-    return run_attention(q, k, v, out, B_out, q_rows, k_rows, v_rows, Sq, Sk, H, D, Dv, scale, causal);
+    return run_attention(q, k, v, out, B_out, q_rows, k_rows, v_rows, Sq, Sk, H, D, Dv, scale, causal, NULL);
 }
 
 /* ------------------------------------------------------------------------------------------------

@@ -7,17 +7,26 @@
  * attention_backward (the fused op's backward: nothing is saved by the forward) has two paths.
  *
  * Fast mode, head dims <= 80 (every attention layer of SD v1.x at 512 px except the 8x8 level):
- * a flash backward on bf16 tensor cores (mma.sync.m16n8k16, fp32 accumulation), which never
- * materialises a map, so its memory traffic is O(S·D) instead of O(S²):
- *   0. k_fb_stage rounds q, k, v and dO once to bf16 head-major rows padded to 16-byte pieces, so
- *      that both kernels move their tiles with cp.async, double-buffered (the next tile in flight
- *      while the warps multiply this one).
- *   1. k_flash_bwd_dq, one block per 128 queries of one (batch row, head), as the forward:
- *      a first pass over the keys computes each row's log-sum-exp L (the softmax's normaliser,
- *      in the exp2 domain) and Δ = rowsum(P ⊙ dP) online, as the forward accumulates O; both
- *      go to the workspace. A second pass recomputes P = exp2(S·log2e − L), dP = dO Vᵀ, dS = P ⊙ (dP − Δ)
- *      and accumulates dQ += dS K in registers (dS repacked as the A operand, as the forward
- *      repacks P).
+ * a flash backward on tensor cores (mma.sync.m16n8k16, fp32 accumulation), which never
+ * materialises a map, so its memory traffic is O(S·D) instead of O(S²). The scores S = Q Kᵀ are
+ * products of fp16 copies of q and k, as fast mode's forward computes them; the gradient products
+ * (dP = dO Vᵀ, dQ = dS K, dK = dSᵀ Q, dV = Pᵀ dO) take bf16 operands, whose range holds gradients
+ * of any size (fp16 would flush a small loss's gradients to zero):
+ *   0. k_fb_stage rounds q and k once to fp16 and to bf16, v and dO to bf16, head-major rows
+ *      padded to 16-byte pieces, so that both kernels move their tiles with cp.async,
+ *      double-buffered (the next tile in flight while the warps multiply this one).
+ *   1. k_flash_bwd_dq, one block per 128 queries of one (batch row, head), as the forward. Each
+ *      row needs its log-sum-exp L (the softmax's normaliser, in the exp2 domain) and
+ *      Δ = rowsum(P ⊙ dP), which go to the workspace for kernel 2:
+ *        - when the forward kept L (lse, the tape's buffer: cu_attention_keeps_lse), L is read and
+ *          Δ = rowsum(dO ⊙ O) taken from the forward's output with dO as staged (FlashAttention-2's
+ *          way): the scores here are the forward's, bit for bit, so P = 2^(c·S − L) is the
+ *          forward's softmax;
+ *        - otherwise a first pass over the keys computes L and Δ online, as the forward
+ *          accumulates O.
+ *      Then a pass recomputes P = exp2(S·log2e − L), dP = dO Vᵀ, dS = P ⊙ (dP − Δ) and
+ *      accumulates dQ += dS K in registers (dS repacked as the A operand, as the forward repacks
+ *      P).
  *   2. k_flash_bwd_dkv, one block per 128 keys: each warp holds 16 keys' K and V fragments and
  *      walks the queries in tiles of 64, recomputing Pᵀ and dPᵀ = V dOᵀ from L and Δ, and
  *      accumulates dV += Pᵀ dO and dK += dSᵀ Q in registers. When the key blocks are fewer than
@@ -29,9 +38,9 @@
  *   diagonal, 2^(c·S − L) as one FFMA and one ex2.approx, tile copies with offsets worked out once
  *   (cu_tile_copier), L and Δ read two queries per load.
  *   Two kernels instead of FlashAttention-2's one (which adds dQ with atomics from the key-owned
- *   blocks and reads L from the forward): S and dP are computed three times (10 products of the
- *   size of S instead of 5), but nothing is saved by the forward, and every gradient is written
- *   once, by one block (or summed in a fixed order), so the result does not depend on scheduling.
+ *   blocks): S and dP are computed twice (7 products of the size of S instead of 5; 10 when L is
+ *   not kept and kernel 1 makes its first pass), but every gradient is written once, by one block
+ *   (or summed in a fixed order), so the result does not depend on scheduling.
  *
  * Exact mode, larger heads (and a scale <= 0): the maps are recomputed one batch row and one chunk of query rows
  * at a time in the workspace (<= 128 MiB per buffer), with cuBLAS for the five products (strided
@@ -101,8 +110,12 @@ static int64_t rows_per_chunk(int64_t Sq, int64_t Sk, int H) {
 __device__ __forceinline__ void fb_put(float *dst, float v, int accumulate) { *dst = accumulate ? *dst + v : v; }
 
 struct attn_bwd_params {
-    /* the operands staged by k_fb_stage: bf16, head-major [B·H][S][DP], head dims zero-padded to DP */
+    /* the operands staged by k_fb_stage: head-major [B·H][S][DP], head dims zero-padded to DP;
+     * q16 and k16 (fp16) for the scores, the bf16 ones for the gradient products */
+    const __half *q16, *k16;
     const __nv_bfloat16 *q, *k, *v, *dout;
+    const float *lse_fwd;          /* [B·H][Sq]: the forward's L, or NULL (kernel 1 computes it) */
+    const float *out;              /* with lse_fwd: the forward's output [B, Sq, H·Dv], for Δ */
     float *dq, *dk, *dv;           /* the op's gradients, [B, S, H·D] (·Dv); NULL: not wanted */
     int accumulate;                /* 1: add into dq, dk, dv; 0: write them (each element once) */
     float *dk_part, *dv_part;      /* kernel 2 split over the queries: [splits][B·H][Sk][DP] partial sums */
@@ -115,25 +128,48 @@ struct attn_bwd_params {
 };
 
 /* ------------------------------------------------------------------------------------------------
- * Staging: each fp32 operand once into bf16 head-major rows of whole 16-byte pieces, so that the
- * kernels move tiles by cp.async (asynchronous 16-byte copies, the next tile in flight while the warps
- * multiply this one) instead of converting element by element on the way in: the element loads of
- * the old kernels were latency-bound, their tiles arriving between two barriers with nothing to
- * overlap them. The rounding is the same (__float2bfloat16_rn, zero padding), so are the results.
+ * Staging: each fp32 operand once into head-major rows of whole 16-byte pieces (bf16, and fp16 for
+ * the scores' q and k), so that the kernels move tiles by cp.async (asynchronous 16-byte copies,
+ * the next tile in flight while the warps multiply this one) instead of converting element by
+ * element on the way in: the element loads of the old kernels were latency-bound, their tiles
+ * arriving between two barriers with nothing to overlap them. The fp16 copies round as the
+ * forward's staging does (__float2half_rn, zero padding), so the scores are the forward's.
  * --------------------------------------------------------------------------------------------- */
 
 struct fb_stage_job {
     const float *src;   /* [B, S, H·width] */
-    __nv_bfloat16 *dst; /* [B·H][S][DP] */
+    void *dst;          /* [B·H][S][DP] of E */
     int64_t S;
     int width;
+    int half;           /* E: 1 fp16, 0 bf16 */
     int vec;            /* width a multiple of 4 and src 16-byte aligned: every head row of src reads as float4s */
 };
+#define FB_STAGE_JOBS 6
 struct fb_stage_params {
-    fb_stage_job job[4]; /* q, k, v, dout: blockIdx.y */
+    fb_stage_job job[FB_STAGE_JOBS]; /* q16, k16, q, k, v, dout: blockIdx.y */
     int64_t B;
     int H, DP;
 };
+
+template <typename E>
+__device__ __forceinline__ void fb_stage_piece(const fb_stage_job &j, const float *src, E *dst, int c) {
+    typedef cu_tensor_core<E> TC;
+    if (j.vec) { /* two 16-byte loads (or zeros past the head's width), one 16-byte store */
+        float4 f[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            f[h] = c + 4 * h < j.width ? *reinterpret_cast<const float4 *>(src + c + 4 * h) : make_float4(0, 0, 0, 0);
+        alignas(16) uint32_t out[4] = {TC::pack(f[0].x, f[0].y), TC::pack(f[0].z, f[0].w), TC::pack(f[1].x, f[1].y),
+                                       TC::pack(f[1].z, f[1].w)};
+        *reinterpret_cast<float4 *>(dst + c) = *reinterpret_cast<const float4 *>(out); /* bits moved */
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e += 2) {
+        const float lo = c + e < j.width ? src[c + e] : 0.0f, hi = c + e + 1 < j.width ? src[c + e + 1] : 0.0f;
+        *reinterpret_cast<uint32_t *>(dst + c + e) = TC::pack(lo, hi);
+    }
+}
 
 __global__ void k_fb_stage(const fb_stage_params p) {
     const fb_stage_job j = p.job[blockIdx.y];
@@ -143,20 +179,10 @@ __global__ void k_fb_stage(const fb_stage_params p) {
     const int64_t row = i / pieces, bh = row / j.S, s = row % j.S;
     const int c = (int)(i - row * pieces) << 3;
     const float *src = j.src + ((bh / p.H) * j.S + s) * (int64_t)p.H * j.width + (bh % p.H) * (int64_t)j.width;
-    __nv_bfloat16 *dst = j.dst + row * p.DP;
-    if (j.vec) { /* two 16-byte loads (or zeros past the head's width), one 16-byte store */
-        float4 f[2];
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-            f[h] = c + 4 * h < j.width ? *reinterpret_cast<const float4 *>(src + c + 4 * h) : make_float4(0, 0, 0, 0);
-        alignas(16) __nv_bfloat162 out[4];
-        out[0] = __floats2bfloat162_rn(f[0].x, f[0].y), out[1] = __floats2bfloat162_rn(f[0].z, f[0].w);
-        out[2] = __floats2bfloat162_rn(f[1].x, f[1].y), out[3] = __floats2bfloat162_rn(f[1].z, f[1].w);
-        *reinterpret_cast<float4 *>(dst + c) = *reinterpret_cast<const float4 *>(out); /* bits moved */
-        return;
-    }
-#pragma unroll
-    for (int e = 0; e < 8; e++) dst[c + e] = __float2bfloat16_rn(c + e < j.width ? src[c + e] : 0.0f);
+    if (j.half)
+        fb_stage_piece(j, src, static_cast<__half *>(j.dst) + row * p.DP, c);
+    else
+        fb_stage_piece(j, src, static_cast<__nv_bfloat16 *>(j.dst) + row * p.DP, c);
 }
 
 /* Whether key kj enters query row qi's softmax. */
@@ -164,16 +190,20 @@ __device__ __forceinline__ bool fb_valid(const attn_bwd_params &p, int64_t qi, i
     return qi < p.Sq && kj < p.Sk && (!p.causal || kj <= qi);
 }
 
-/* The copier of tiles of ROWS staged rows (DK·16 bf16 values: 2·DK pieces of 16 bytes) into shared
- * rows of stride RS. */
+/* The copier of tiles of ROWS staged rows (DK·16 16-bit values: 2·DK pieces of 16 bytes) into shared
+ * rows of stride RS. fp16 and bf16 tiles share it: the copies move bits. */
 template <int DK, int RS, int ROWS>
 using fb_copier = cu_tile_copier<RS, FB_THREADS, ROWS, 2 * DK, __nv_bfloat16>;
+__device__ __forceinline__ const __nv_bfloat16 *fb_bits(const __half *p) {
+    return reinterpret_cast<const __nv_bfloat16 *>(p);
+}
+__device__ __forceinline__ __nv_bfloat16 *fb_bits(__half *p) { return reinterpret_cast<__nv_bfloat16 *>(p); }
 
 /* The warp's 16 rows from r0 of two row-major smem tiles (stride rs) as DK A fragments each:
- * Q and dO in kernel 1, K and V in kernel 2. Callers synchronise before. */
-template <int DK>
-__device__ __forceinline__ void fb_warp_frags(uint32_t (*a1)[4], uint32_t (*a2)[4], const __nv_bfloat16 *s1,
-                                              const __nv_bfloat16 *s2, int rs, int r0) {
+ * Q (fp16) and dO in kernel 1, K (fp16) and V in kernel 2. Callers synchronise before. */
+template <int DK, typename E1, typename E2>
+__device__ __forceinline__ void fb_warp_frags(uint32_t (*a1)[4], uint32_t (*a2)[4], const E1 *s1, const E2 *s2,
+                                              int rs, int r0) {
 #pragma unroll
     for (int kk = 0; kk < DK; kk++) {
         cu_load_a_frag(a1[kk], s1, rs, r0, kk);
@@ -182,12 +212,12 @@ __device__ __forceinline__ void fb_warp_frags(uint32_t (*a1)[4], uint32_t (*a2)[
 }
 
 /* One warp's products with a tile of 8·NT columns over the NS 8-wide slices of the head dims:
- * s = A1 · B1ᵀ and dp = A2 · B2ᵀ, with A1, A2 the warp's A fragments and B1, B2 n-major tiles (row
- * stride rs). Kernel 1: S = Q Kᵀ and dP = dO Vᵀ over a key tile; kernel 2: Sᵀ = K Qᵀ and
+ * s = A1 · B1ᵀ (fp16) and dp = A2 · B2ᵀ (bf16), with A1, A2 the warp's A fragments and B1, B2 n-major
+ * tiles (row stride rs). Kernel 1: S = Q Kᵀ and dP = dO Vᵀ over a key tile; kernel 2: Sᵀ = K Qᵀ and
  * dPᵀ = V dOᵀ over a query tile. */
 template <int NS, int NT>
 __device__ __forceinline__ void fb_tile_products(float (*s)[4], float (*dp)[4], const uint32_t (*a1)[4],
-                                                 const uint32_t (*a2)[4], const __nv_bfloat16 *b1,
+                                                 const uint32_t (*a2)[4], const __half *b1,
                                                  const __nv_bfloat16 *b2, int rs) {
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
@@ -198,13 +228,15 @@ __device__ __forceinline__ void fb_tile_products(float (*s)[4], float (*dp)[4], 
     cu_mma_scores<NS, NT>(dp, a2, b2, rs);
 }
 
+/* Offsets in 16-bit elements (fp16 and bf16 alike). */
 template <int DK> struct fb_dq_smem {
     static constexpr int DP = DK * 16;     /* padded head dim */
-    static constexpr int RS = DP + 8;      /* row stride (bf16): ldmatrix's 8 rows hit distinct banks */
-    static constexpr int q_off = 0;                      /* Qs[FB_BQ][RS] */
-    static constexpr int do_off = q_off + FB_BQ * RS;    /* dOs[FB_BQ][RS] */
-    static constexpr int k_off = do_off + FB_BQ * RS;    /* Ks[2][FB_BK][RS]: double-buffered */
-    static constexpr int v_off = k_off + 2 * FB_BK * RS; /* Vs[2][FB_BK][RS] */
+    static constexpr int RS = DP + 8;      /* row stride: ldmatrix's 8 rows hit distinct banks */
+    static constexpr int q_off = 0;                        /* Qs[FB_BQ][RS], fp16: the scores */
+    static constexpr int do_off = q_off + FB_BQ * RS;      /* dOs[FB_BQ][RS] */
+    static constexpr int k16_off = do_off + FB_BQ * RS;    /* K16s[2][FB_BK][RS], fp16: double-buffered */
+    static constexpr int k_off = k16_off + 2 * FB_BK * RS; /* Ks[2][FB_BK][RS], bf16: dQ += dS K */
+    static constexpr int v_off = k_off + 2 * FB_BK * RS;   /* Vs[2][FB_BK][RS] */
     static constexpr int elems = v_off + 2 * FB_BK * RS;
     static constexpr size_t bytes = (size_t)elems * sizeof(__nv_bfloat16);
 };
@@ -264,88 +296,131 @@ __device__ __forceinline__ void fb_pass2_tile(float (&s)[FB_BK / 8][4], const fl
         }
 }
 
-/* Kernel 1: L and Δ of 128 query rows, then dQ. Grid (ceil(Sq / 128), B·H). The block walks the
- * key tiles once for L and Δ and, when dQ is wanted, a second time for dQ: one sequence of `steps`
- * tiles whose next tile is always in flight. NS: the head dims' 8-wide slices (cu_head_slices). */
+/* Δ = rowsum(dO ⊙ O) of this lane's two rows (quad-reduced), from dO as staged (bf16: the dP of
+ * the dQ pass multiplies the same values, so no rounding of dO biases a row's Σ_j dS) and the
+ * forward's F32 output. Lane t of the quad takes column pairs 2t + 8i. Rows past Sq give 0. */
+__device__ __forceinline__ float fb_delta_from_out(const attn_bwd_params &p, const __nv_bfloat16 *dout_row,
+                                                   int64_t b, int h, int64_t row, int DP, int t) {
+    float sum = 0.0f;
+    if (row < p.Sq) {
+        const float *o = p.out + (b * p.Sq + row) * (int64_t)p.H * p.Dv + (int64_t)h * p.Dv;
+        for (int d = 2 * t; d < p.Dv; d += 8) {
+            const __nv_bfloat162 d2 = *reinterpret_cast<const __nv_bfloat162 *>(dout_row + row * DP + d);
+            sum = fmaf(__bfloat162float(d2.x), o[d], sum);
+            if (d + 1 < p.Dv) sum = fmaf(__bfloat162float(d2.y), o[d + 1], sum);
+        }
+    }
+    return cu_quad_sum(sum);
+}
+
+/* Kernel 1: L and Δ of 128 query rows, then dQ. Grid (ceil(Sq / 128), B·H). With the forward's L
+ * (p.lse_fwd) the block reads L, takes Δ from O and walks the key tiles once, for dQ; without, it
+ * walks them once for L and Δ and, when dQ is wanted, a second time: one sequence of `steps` tiles
+ * whose next tile is always in flight. NS: the head dims' 8-wide slices (cu_head_slices). */
 template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dq(const attn_bwd_params p) {
     constexpr int DK = cu_head_slices<NS>::DK;
     typedef fb_dq_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
-    __nv_bfloat16 *Qs = smem + L::q_off, *dOs = smem + L::do_off;
+    const __half *Qs = reinterpret_cast<const __half *>(smem + L::q_off);
+    const __nv_bfloat16 *dOs = smem + L::do_off;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
     const int64_t q0 = (int64_t)blockIdx.x * FB_BQ, ldq = (int64_t)p.H * p.D;
+    const __nv_bfloat16 *k16b = fb_bits(p.k16) + (int64_t)bh * p.Sk * L::DP;
     const __nv_bfloat16 *kb = p.k + (int64_t)bh * p.Sk * L::DP, *vb = p.v + (int64_t)bh * p.Sk * L::DP;
 
     int64_t k_end = p.Sk;
     if (p.causal && q0 + FB_BQ < k_end) k_end = q0 + FB_BQ;
     const int n_tiles = (int)((k_end + FB_BK - 1) / FB_BK);
-    const int steps = p.dq ? 2 * n_tiles : n_tiles;
+    const int pass1 = p.lse_fwd ? 0 : n_tiles; /* the steps of the pass for L and Δ */
+    const int steps = pass1 + (p.dq ? n_tiles : 0);
     /* the block's tiles that need the mask: all of them when its last rows pass Sq (their L and Δ
      * must come out 0) or causal, else the last key tile when Sk is not a multiple of FB_BK */
     const bool rows_masked = p.causal || q0 + FB_BQ > p.Sq;
 
-    /* group 0: the block's Q and dO rows and key tile 0 */
-    {
+    /* K (fp16 and bf16) and V of key tile `tile` into buffer `buf` */
+    const fb_copier<DK, L::RS, FB_BK> kv_copier(tid, L::DP);
+    auto queue_kv = [&](int tile, int buf) {
+        const int64_t k0 = (int64_t)tile * FB_BK;
+        const int valid = cu_rows_left(p.Sk, k0, FB_BK), at = buf * FB_BK * L::RS;
+        __nv_bfloat16 *const dst[3] = {smem + L::k16_off + at, smem + L::k_off + at, smem + L::v_off + at};
+        const __nv_bfloat16 *const src[3] = {k16b + k0 * L::DP, kb + k0 * L::DP, vb + k0 * L::DP};
+        kv_copier.template copy_n<3>(dst, src, valid);
+    };
+    /* group 0: the block's Q and dO rows; group 1: key tile 0 */
+    if (steps > 0) {
         const fb_copier<DK, L::RS, FB_BQ> q_copier(tid, L::DP);
         const int q_rows = cu_rows_left(p.Sq, q0, FB_BQ);
-        q_copier.copy(Qs, p.q + ((int64_t)bh * p.Sq + q0) * L::DP, q_rows);
-        q_copier.copy(dOs, p.dout + ((int64_t)bh * p.Sq + q0) * L::DP, q_rows);
+        const int64_t at = ((int64_t)bh * p.Sq + q0) * L::DP;
+        __nv_bfloat16 *const dst[2] = {smem + L::q_off, smem + L::do_off};
+        const __nv_bfloat16 *const src[2] = {fb_bits(p.q16) + at, p.dout + at};
+        q_copier.template copy_n<2>(dst, src, q_rows);
+        cu_cp_async_commit();
+        queue_kv(0, 0);
+        cu_cp_async_commit();
     }
-    const fb_copier<DK, L::RS, FB_BK> kv_copier(tid, L::DP);
-    kv_copier.copy(smem + L::k_off, kb, cu_rows_left(p.Sk, 0, FB_BK));
-    kv_copier.copy(smem + L::v_off, vb, cu_rows_left(p.Sk, 0, FB_BK));
-    cu_cp_async_commit();
     /* Waits for tile `step` (after queueing step + 1 into the other buffer, free since the end of
-     * step - 1) and returns its K and V */
-    auto await_tile = [&](int step, const __nv_bfloat16 **Ks, const __nv_bfloat16 **Vs) {
+     * step - 1) and returns its K (fp16, bf16) and V */
+    auto await_tile = [&](int step, const __half **K16s, const __nv_bfloat16 **Ks, const __nv_bfloat16 **Vs) {
         if (step + 1 < steps) {
-            const int nb = (step + 1) & 1;
-            const int64_t nk0 = (int64_t)((step + 1) % n_tiles) * FB_BK;
-            const int valid = cu_rows_left(p.Sk, nk0, FB_BK);
-            kv_copier.copy(smem + L::k_off + nb * FB_BK * L::RS, kb + nk0 * L::DP, valid);
-            kv_copier.copy(smem + L::v_off + nb * FB_BK * L::RS, vb + nk0 * L::DP, valid);
+            queue_kv((step + 1) % n_tiles, (step + 1) & 1);
             cu_cp_async_commit();
             cu_cp_async_wait<1>();
         } else {
             cu_cp_async_wait<0>();
         }
         __syncthreads(); /* every thread's copies are visible */
-        *Ks = smem + L::k_off + (step & 1) * FB_BK * L::RS;
-        *Vs = smem + L::v_off + (step & 1) * FB_BK * L::RS;
+        const int at = (step & 1) * FB_BK * L::RS;
+        *K16s = reinterpret_cast<const __half *>(smem + L::k16_off + at);
+        *Ks = smem + L::k_off + at;
+        *Vs = smem + L::v_off + at;
     };
 
     const int r0 = warp * 16;
-    uint32_t qa[DK][4], da[DK][4]; /* this warp's 16 rows of Q and dO as A fragments */
+    uint32_t qa[DK][4], da[DK][4]; /* this warp's 16 rows of Q (fp16) and dO as A fragments */
     const int64_t row0 = q0 + r0 + g, row1 = row0 + 8; /* the two rows of this lane's fragments */
-
-    /* pass 1: per row, the running max m and sum l of 2^(c·S) (the forward's online softmax) and
-     * the running Σ 2^(c·S)·dP, rescaled alike, which ends as Δ = rowsum(P ⊙ dP): taken from the
-     * same bf16 products as pass 2's dS, so that Σ_j dS_ij = 0 holds to fp32 rounding (Δ from
-     * rowsum(dO ⊙ O) leaves a bias of bf16 size that a row of thousands of keys adds up) */
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f, pd0 = 0.0f, pd1 = 0.0f;
-    for (int step = 0; step < n_tiles; step++) {
-        const __nv_bfloat16 *Ks, *Vs;
-        await_tile(step, &Ks, &Vs);
-        if (step == 0) fb_warp_frags<DK>(qa, da, Qs, dOs, L::RS, r0);
-        const int64_t k0 = (int64_t)step * FB_BK;
-        float s[FB_BK / 8][4], dp[FB_BK / 8][4];
-        fb_tile_products<NS, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
-        if (rows_masked || k0 + FB_BK > p.Sk) /* tile mask */
-            fb_pass1_tile<true>(s, dp, p, row0, row1, k0, t, m0, m1, l0, l1, pd0, pd1);
-        else
-            fb_pass1_tile<false>(s, dp, p, row0, row1, k0, t, m0, m1, l0, l1, pd0, pd1);
-        __syncthreads(); /* tile consumed: its buffer takes the tile after next */
+    if (steps > 0) { /* Q and dO landed (tile 0 may still be in flight) */
+        cu_cp_async_wait<1>();
+        __syncthreads();
+        fb_warp_frags<DK>(qa, da, Qs, dOs, L::RS, r0);
     }
-    l0 = cu_quad_sum(l0), l1 = cu_quad_sum(l1);
-    pd0 = cu_quad_sum(pd0), pd1 = cu_quad_sum(pd1);
-    /* L = c·m + log2 l in the exp2 domain (c·m as pass 1's last tile rounded it). A row without a
-     * single valid key (padding rows, up to Sq_pad too) gets L = 0, Δ = 0: its P is masked, and
-     * kernel 2 reads these rows whole */
     const float c = p.scale_log2;
-    const float lse0 = l0 > 0.0f ? m0 * c + log2f(l0) : 0.0f, lse1 = l1 > 0.0f ? m1 * c + log2f(l1) : 0.0f;
-    const float delta0 = l0 > 0.0f ? pd0 / l0 : 0.0f, delta1 = l1 > 0.0f ? pd1 / l1 : 0.0f;
+    float lse0, lse1, delta0, delta1;
+    if (p.lse_fwd) {
+        /* the forward's L; Δ = rowsum(dO ⊙ O). Rows past Sq: 0, as pass 1 leaves them */
+        const float *lf = p.lse_fwd + (int64_t)bh * p.Sq;
+        lse0 = row0 < p.Sq ? lf[row0] : 0.0f;
+        lse1 = row1 < p.Sq ? lf[row1] : 0.0f;
+        const __nv_bfloat16 *dob = p.dout + (int64_t)bh * p.Sq * L::DP;
+        delta0 = fb_delta_from_out(p, dob, b, h, row0, L::DP, t);
+        delta1 = fb_delta_from_out(p, dob, b, h, row1, L::DP, t);
+    } else {
+        /* pass 1: per row, the running max m and sum l of 2^(c·S) (the forward's online softmax)
+         * and the running Σ 2^(c·S)·dP, rescaled alike, which ends as Δ = rowsum(P ⊙ dP): taken
+         * from the same products as pass 2's dS, so that Σ_j dS_ij = 0 holds to fp32 rounding */
+        float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f, pd0 = 0.0f, pd1 = 0.0f;
+        for (int step = 0; step < pass1; step++) {
+            const __half *K16s;
+            const __nv_bfloat16 *Ks, *Vs;
+            await_tile(step, &K16s, &Ks, &Vs);
+            const int64_t k0 = (int64_t)step * FB_BK;
+            float s[FB_BK / 8][4], dp[FB_BK / 8][4];
+            fb_tile_products<NS, FB_BK / 8>(s, dp, qa, da, K16s, Vs, L::RS);
+            if (rows_masked || k0 + FB_BK > p.Sk) /* tile mask */
+                fb_pass1_tile<true>(s, dp, p, row0, row1, k0, t, m0, m1, l0, l1, pd0, pd1);
+            else
+                fb_pass1_tile<false>(s, dp, p, row0, row1, k0, t, m0, m1, l0, l1, pd0, pd1);
+            __syncthreads(); /* tile consumed: its buffer takes the tile after next */
+        }
+        l0 = cu_quad_sum(l0), l1 = cu_quad_sum(l1);
+        pd0 = cu_quad_sum(pd0), pd1 = cu_quad_sum(pd1);
+        /* L = c·m + log2 l in the exp2 domain (c·m as pass 1's last tile rounded it; the forward's
+         * fa_store_lse alike). A row without a single valid key (padding rows, up to Sq_pad too)
+         * gets L = 0, Δ = 0: its P is masked, and kernel 2 reads these rows whole */
+        lse0 = l0 > 0.0f ? m0 * c + log2f(l0) : 0.0f, lse1 = l1 > 0.0f ? m1 * c + log2f(l1) : 0.0f;
+        delta0 = l0 > 0.0f ? pd0 / l0 : 0.0f, delta1 = l1 > 0.0f ? pd1 / l1 : 0.0f;
+    }
     if (t == 0) {
         float *lse = p.lse + (int64_t)bh * p.Sq_pad, *dl = p.delta + (int64_t)bh * p.Sq_pad;
         if (row0 < p.Sq_pad) lse[row0] = lse0, dl[row0] = delta0;
@@ -357,12 +432,13 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     float dq[NS][4];
 #pragma unroll
     for (int nd = 0; nd < NS; nd++) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
-    for (int step = n_tiles; step < steps; step++) {
+    for (int step = pass1; step < steps; step++) {
+        const __half *K16s;
         const __nv_bfloat16 *Ks, *Vs;
-        await_tile(step, &Ks, &Vs);
-        const int64_t k0 = (int64_t)(step - n_tiles) * FB_BK;
+        await_tile(step, &K16s, &Ks, &Vs);
+        const int64_t k0 = (int64_t)(step - pass1) * FB_BK;
         float s[FB_BK / 8][4], dp[FB_BK / 8][4];
-        fb_tile_products<NS, FB_BK / 8>(s, dp, qa, da, Ks, Vs, L::RS);
+        fb_tile_products<NS, FB_BK / 8>(s, dp, qa, da, K16s, Vs, L::RS);
         if (rows_masked || k0 + FB_BK > p.Sk) /* tile mask */
             fb_pass2_tile<true>(s, dp, p, row0, row1, k0, t, lse0, lse1, delta0, delta1);
         else
@@ -388,10 +464,11 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
 template <int DK> struct fb_dkv_smem {
     static constexpr int DP = DK * 16;
     static constexpr int RS = DP + 8;
-    static constexpr int k_off = 0;                       /* Ks[FB_BKV][RS]: the block's keys, loaded once */
-    static constexpr int v_off = k_off + FB_BKV * RS;     /* Vs[FB_BKV][RS] */
-    static constexpr int q_off = v_off + FB_BKV * RS;     /* Qs[2][FB_BQT][RS]: query tiles, double-buffered */
-    static constexpr int do_off = q_off + 2 * FB_BQT * RS; /* dOs[2][FB_BQT][RS] */
+    static constexpr int k_off = 0;                         /* Ks[FB_BKV][RS], fp16: the block's keys, loaded once */
+    static constexpr int v_off = k_off + FB_BKV * RS;       /* Vs[FB_BKV][RS] */
+    static constexpr int q16_off = v_off + FB_BKV * RS;     /* Q16s[2][FB_BQT][RS], fp16: query tiles, double-buffered */
+    static constexpr int q_off = q16_off + 2 * FB_BQT * RS; /* Qs[2][FB_BQT][RS], bf16: dK += dSᵀ Q */
+    static constexpr int do_off = q_off + 2 * FB_BQT * RS;  /* dOs[2][FB_BQT][RS] */
     static constexpr int elems = do_off + 2 * FB_BQT * RS;
     static constexpr size_t stat_off = ((size_t)elems * sizeof(__nv_bfloat16) + 15) / 16 * 16;
     static constexpr size_t bytes = stat_off + 2 * 2 * FB_BQT * sizeof(float); /* [2 buffers][L, Δ][FB_BQT] */
@@ -431,11 +508,13 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     typedef fb_dkv_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
-    __nv_bfloat16 *Ks = smem + L::k_off, *Vs = smem + L::v_off;
+    const __half *Ks = reinterpret_cast<const __half *>(smem + L::k_off);
+    const __nv_bfloat16 *Vs = smem + L::v_off;
     float *stats = reinterpret_cast<float *>(reinterpret_cast<char *>(smem_f4) + L::stat_off);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
     const int64_t k0 = (int64_t)blockIdx.x * FB_BKV;
+    const __nv_bfloat16 *q16b = fb_bits(p.q16) + (int64_t)bh * p.Sq * L::DP;
     const __nv_bfloat16 *qb = p.q + (int64_t)bh * p.Sq * L::DP, *dob = p.dout + (int64_t)bh * p.Sq * L::DP;
     const float *lse = p.lse + (int64_t)bh * p.Sq_pad, *delta = p.delta + (int64_t)bh * p.Sq_pad;
 
@@ -448,14 +527,16 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
      * tile that passes Sq */
     const bool keys_masked = p.causal || k0 + FB_BKV > p.Sk;
 
-    /* Queues query tile j into buffer j & 1: Q, dO rows and their L and Δ (whole FB_BQT rows:
-     * kernel 1 wrote Sq_pad of them) */
+    /* Queues query tile j into buffer j & 1: Q (fp16, bf16), dO rows and their L and Δ (whole
+     * FB_BQT rows: kernel 1 wrote Sq_pad of them) */
     const fb_copier<DK, L::RS, FB_BQT> q_copier(tid, L::DP);
     auto queue_tile = [&](int j) {
         const int64_t q0 = q_lo + (int64_t)j * FB_BQT;
         const int buf = j & 1, valid = cu_rows_left(p.Sq, q0, FB_BQT);
-        q_copier.copy(smem + L::q_off + buf * FB_BQT * L::RS, qb + q0 * L::DP, valid);
-        q_copier.copy(smem + L::do_off + buf * FB_BQT * L::RS, dob + q0 * L::DP, valid);
+        const int at = buf * FB_BQT * L::RS;
+        __nv_bfloat16 *const dst[3] = {smem + L::q16_off + at, smem + L::q_off + at, smem + L::do_off + at};
+        const __nv_bfloat16 *const src[3] = {q16b + q0 * L::DP, qb + q0 * L::DP, dob + q0 * L::DP};
+        q_copier.template copy_n<3>(dst, src, valid);
         if (tid < FB_BQT / 2) { /* 16 pieces of 4 floats each for L, then for Δ */
             const int which = tid / (FB_BQT / 4), c = (tid % (FB_BQT / 4)) * 4;
             cu_cp_async16(&stats[(buf * 2 + which) * FB_BQT + c], (which ? delta : lse) + q0 + c, true);
@@ -465,14 +546,16 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     {
         const fb_copier<DK, L::RS, FB_BKV> k_copier(tid, L::DP);
         const int valid = cu_rows_left(p.Sk, k0, FB_BKV);
-        k_copier.copy(Ks, p.k + ((int64_t)bh * p.Sk + k0) * L::DP, valid);
-        k_copier.copy(Vs, p.v + ((int64_t)bh * p.Sk + k0) * L::DP, valid);
+        const int64_t at = ((int64_t)bh * p.Sk + k0) * L::DP;
+        __nv_bfloat16 *const dst[2] = {smem + L::k_off, smem + L::v_off};
+        const __nv_bfloat16 *const src[2] = {fb_bits(p.k16) + at, p.v + at};
+        k_copier.template copy_n<2>(dst, src, valid);
     }
     if (n_tiles > 0) queue_tile(0);
     cu_cp_async_commit();
 
     const int r0 = warp * 16;
-    uint32_t ka[DK][4], va[DK][4]; /* this warp's 16 keys of K and V as A fragments */
+    uint32_t ka[DK][4], va[DK][4]; /* this warp's 16 keys of K (fp16) and V as A fragments */
     const int64_t key0 = k0 + r0 + g, key1 = key0 + 8;
     float dk[NS][4], dv[NS][4];
 #pragma unroll
@@ -492,12 +575,13 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
         __syncthreads();
         if (j == 0) fb_warp_frags<DK>(ka, va, Ks, Vs, L::RS, r0);
         const int64_t q0 = q_lo + (int64_t)j * FB_BQT;
+        const __half *Q16s = reinterpret_cast<const __half *>(smem + L::q16_off + (j & 1) * FB_BQT * L::RS);
         const __nv_bfloat16 *Qs = smem + L::q_off + (j & 1) * FB_BQT * L::RS;
         const __nv_bfloat16 *dOs = smem + L::do_off + (j & 1) * FB_BQT * L::RS;
         const float *lse_s = stats + (j & 1) * 2 * FB_BQT, *delta_s = lse_s + FB_BQT;
         /* Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 16 keys x 64 queries, n-tile nt = queries nt·8 .. nt·8 + 7 */
         float s[FB_BQT / 8][4], dp[FB_BQT / 8][4];
-        fb_tile_products<NS, FB_BQT / 8>(s, dp, ka, va, Qs, dOs, L::RS);
+        fb_tile_products<NS, FB_BQT / 8>(s, dp, ka, va, Q16s, dOs, L::RS);
         if (keys_masked || q0 + FB_BQT > p.Sq) /* tile mask */
             fb_dkv_tile<true>(s, dp, p, lse_s, delta_s, q0, key0, key1, t);
         else
@@ -567,7 +651,7 @@ static int fb_splits(int64_t key_blocks, int64_t Sq, int sms) {
 
 /* Blocks per SM the kernels may be built for: two (a 128-register cap) only for heads up to 48 wide,
  * SD's 40 (SD_FLASH_BWD_BLOCKS_PER_SM=2; wider heads would spill most of their fragments). Two
- * blocks' shared memory, 57 KiB each at D 40, fits an SM. */
+ * blocks' shared memory, 70 KiB each at D 40 (Q and K staged twice, in fp16 and bf16), fits an SM. */
 template <int NS> struct fb_min_blocks {
     static constexpr int most = NS <= 6 ? 2 : 1;
 };
@@ -613,9 +697,11 @@ template <int NS> static sd_status launch_flash_bwd(const attn_bwd_params &p, in
     return launch_flash_bwd_blocks<NS, 1>(p, B, splits);
 }
 
-static sd_status flash_backward_fast(const float *q, const float *k, const float *v, const float *dout, float *dq,
-                                     float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv,
-                                     float scale, int causal, int accumulate) {
+/* lse_fwd: the forward's L (cu_attention_keeps_lse held for it), or NULL; out: the forward's output */
+static sd_status flash_backward_fast(const float *q, const float *k, const float *v, const float *out,
+                                     const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
+                                     int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
+                                     const float *lse_fwd) {
     /* the kernels' instantiations by head width (8-wide slices NS): 16, 32, 40, 48, 64 and 80 */
     const int dmax = D > Dv ? D : Dv;
     const int NS = dmax <= 16 ? 2 : dmax <= 32 ? 4 : dmax <= 40 ? 5 : dmax <= 48 ? 6 : dmax <= 64 ? 8 : 10;
@@ -623,36 +709,46 @@ static sd_status flash_backward_fast(const float *q, const float *k, const float
     const int64_t Sq_pad = (Sq + FB_BQT - 1) / FB_BQT * FB_BQT, BH = B * H;
     const int splits =
         (dk || dv) ? fb_splits((Sk + FB_BKV - 1) / FB_BKV * BH, Sq, cu_cur()->prop.multiProcessorCount) : 1;
-    /* workspace: L and Δ, the four staged operands, kernel 2's partials when split */
+    /* workspace: L and Δ, the six staged operands (q, k in fp16 and bf16, v, dO), kernel 2's
+     * partials when split */
     const size_t stats = cu_align((size_t)(BH * Sq_pad) * sizeof(float));
     const size_t staged_q = cu_align((size_t)(BH * Sq * DP) * sizeof(__nv_bfloat16));
     const size_t staged_k = cu_align((size_t)(BH * Sk * DP) * sizeof(__nv_bfloat16));
     const size_t parts = splits > 1 ? cu_align((size_t)(splits * BH * Sk * DP) * sizeof(float)) : 0;
-    char *ws = (char *)cu_workspace(2 * stats + 2 * staged_q + 2 * staged_k + 2 * parts);
+    char *ws = (char *)cu_workspace(2 * stats + 3 * staged_q + 3 * staged_k + 2 * parts);
     if (!ws) return SD_ERR_OOM;
     attn_bwd_params p;
     memset(&p, 0, sizeof p);
     p.lse = (float *)ws;
     p.delta = (float *)(ws + stats);
     char *at = ws + 2 * stats;
-    __nv_bfloat16 *sq = (__nv_bfloat16 *)at, *sdo = (__nv_bfloat16 *)(at + staged_q);
-    __nv_bfloat16 *sk = (__nv_bfloat16 *)(at + 2 * staged_q), *sv = (__nv_bfloat16 *)(at + 2 * staged_q + staged_k);
-    at += 2 * staged_q + 2 * staged_k;
+    __half *sq16 = (__half *)at;
+    __nv_bfloat16 *sq = (__nv_bfloat16 *)(at + staged_q), *sdo = (__nv_bfloat16 *)(at + 2 * staged_q);
+    at += 3 * staged_q;
+    __half *sk16 = (__half *)at;
+    __nv_bfloat16 *sk = (__nv_bfloat16 *)(at + staged_k), *sv = (__nv_bfloat16 *)(at + 2 * staged_k);
+    at += 3 * staged_k;
     if (splits > 1) {
         p.dk_part = (float *)at;
         p.dv_part = (float *)(at + parts);
     }
     fb_stage_params st;
     memset(&st, 0, sizeof st);
-    st.job[0] = fb_stage_job{q, sq, Sq, D, D % 4 == 0 && cu_aligned16(q)};
-    st.job[1] = fb_stage_job{dout, sdo, Sq, Dv, Dv % 4 == 0 && cu_aligned16(dout)};
-    st.job[2] = fb_stage_job{k, sk, Sk, D, D % 4 == 0 && cu_aligned16(k)};
-    st.job[3] = fb_stage_job{v, sv, Sk, Dv, Dv % 4 == 0 && cu_aligned16(v)};
+    const int q_vec = D % 4 == 0 && cu_aligned16(q), k_vec = D % 4 == 0 && cu_aligned16(k);
+    st.job[0] = fb_stage_job{q, sq16, Sq, D, 1, q_vec};
+    st.job[1] = fb_stage_job{k, sk16, Sk, D, 1, k_vec};
+    st.job[2] = fb_stage_job{q, sq, Sq, D, 0, q_vec};
+    st.job[3] = fb_stage_job{k, sk, Sk, D, 0, k_vec};
+    st.job[4] = fb_stage_job{v, sv, Sk, Dv, 0, Dv % 4 == 0 && cu_aligned16(v)};
+    st.job[5] = fb_stage_job{dout, sdo, Sq, Dv, 0, Dv % 4 == 0 && cu_aligned16(dout)};
     st.B = B, st.H = H, st.DP = DP;
     const int64_t most = BH * (Sq > Sk ? Sq : Sk) * (DP / 8);
-    CU_LAUNCH(k_fb_stage, dim3((unsigned)((most + 255) / 256), 4), 256, 0, cu_cur()->stream)(st);
+    CU_LAUNCH(k_fb_stage, dim3((unsigned)((most + 255) / 256), FB_STAGE_JOBS), 256, 0, cu_cur()->stream)(st);
     LAUNCH_CHECK("flash attention backward: staging the operands (fast)");
+    p.q16 = sq16, p.k16 = sk16;
     p.q = sq, p.k = sk, p.v = sv, p.dout = sdo;
+    p.lse_fwd = lse_fwd;
+    p.out = lse_fwd ? out : NULL;
     p.dq = dq, p.dk = dk, p.dv = dv;
     p.accumulate = accumulate;
     p.Sq = Sq, p.Sk = Sk, p.Sq_pad = Sq_pad, p.H = H, p.D = D, p.Dv = Dv;
@@ -673,8 +769,7 @@ static sd_status flash_backward_fast(const float *q, const float *k, const float
 
 sd_status cu_attention_backward(const float *q, const float *k, const float *v, const float *out, const float *dout,
                                 float *dq, float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
-                                int Dv, float scale, int causal, int accumulate) {
-    (void)out; /* both paths take rowsum(dP ⊙ P) from the recomputed maps (see the top comment) */
+                                int Dv, float scale, int causal, int accumulate, const float *lse) {
     if (B <= 0 || (!dq && !dk && !dv)) return SD_OK;
     if (Sq <= 0 || Sk <= 0) { /* no products: the gradients stay, or become the empty sums */
         if (!accumulate) {
@@ -688,7 +783,10 @@ sd_status cu_attention_backward(const float *q, const float *k, const float *v, 
     }
     /* the flash kernels take the row maxima of the raw scores, which needs scale > 0 (1/√D always) */
     if (cu_cur()->precision == SD_PRECISION_FAST && D <= FB_MAX_D && Dv <= FB_MAX_D && B * H <= 65535 && scale > 0.0f)
-        return flash_backward_fast(q, k, v, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate);
+        return flash_backward_fast(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate,
+                                   lse && out && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale) ? lse : NULL);
+    /* exact mode (and heads over FB_MAX_D): rowsum(dP ⊙ P) from the recomputed maps (see the top
+     * comment); out and lse unused */
     /* exact mode (and heads over FB_MAX_D) */
     const int64_t ldq = (int64_t)H * D, ldv = (int64_t)H * Dv;
     const int64_t chunk = rows_per_chunk(Sq, Sk, H);

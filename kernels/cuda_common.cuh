@@ -563,14 +563,24 @@ template <int RS, int THREADS, int ROWS, int PIECES, typename E> struct cu_tile_
             soff[j] = r * RS + c;
         }
     }
-    /* Rows [0, valid) of the tile at src into dst; rows from `valid` on are zero-filled. */
-    __device__ __forceinline__ void copy(E *dst, const E *src, int valid) const {
+    /* Rows [0, valid) of the tile at src[i] into dst[i] for each of N matrices of the same layout
+     * (a flash kernel's K and V tiles); rows from `valid` on are zero-filled. Each piece's test and
+     * offset serve all N copies (an absent row reads nothing: its copy points at the tile's start). */
+    template <int N>
+    __device__ __forceinline__ void copy_n(E *const (&dst)[N], const E *const (&src)[N], int valid) const {
 #pragma unroll
         for (int j = 0; j < J; j++) {
             if (total % THREADS != 0 && row[j] < 0) continue;
             const bool in = row[j] < valid;
-            cu_cp_async16(dst + soff[j], in ? (const void *)(src + goff[j]) : (const void *)src, in);
+            const int go = in ? goff[j] : 0;
+#pragma unroll
+            for (int i = 0; i < N; i++) cu_cp_async16(dst[i] + soff[j], src[i] + go, in);
         }
+    }
+    __device__ __forceinline__ void copy(E *dst, const E *src, int valid) const {
+        E *const d[1] = {dst};
+        const E *const s[1] = {src};
+        copy_n<1>(d, s, valid);
     }
 };
 
@@ -856,9 +866,12 @@ void cu_lt_release(cu_state *s);
 /* attention.cu */
 sd_status cu_attention(const float *q, const float *k, const float *v, float *out, float *probs,
                        int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
-                       int causal);
+                       int causal, float *lse);
 sd_status cu_attention_apply(const float *probs, const float *v, float *out, int64_t B, int64_t Sq,
                              int64_t Sk, int H, int Dv);
+/* Whether cu_attention fills a given lse buffer for these shapes (in the current precision), which
+ * cu_attention_backward may then read: the one rule both sides follow. */
+bool cu_attention_keeps_lse(int64_t Sq, int64_t Sk, int D, int Dv, float scale);
 /* Softmax of rows in place: x[rows, Sk]; the query index of row r is q_offset + r mod
  * rows_per_head, and causal rows zero the columns j > query (a chunk of the maps of H heads:
  * rows_per_head = chunk rows, q_offset = the chunk's first query). */
@@ -869,7 +882,7 @@ sd_status cu_softmax_rows_offset(float *x, int64_t rows, int64_t rows_per_head, 
 sd_status cu_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                 const float *dout, float *dq, float *dk, float *dv, int64_t B,
                                 int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal,
-                                int accumulate);
+                                int accumulate, const float *lse);
 sd_status cu_attention_probs_backward(const float *q, const float *k, const float *probs,
                                       const float *dprobs, float *dq, float *dk, int64_t B,
                                       int64_t Sq, int64_t Sk, int H, int D, float scale);
@@ -920,6 +933,8 @@ sd_status cu_f16w_linear(const float *x, const sd_f16 *w, const float *b, const 
 sd_status cu_to_bf16(const float *x, sd_f16 *y, int64_t n);
 sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
                                         int accumulate);
+sd_status cu_bf16w_linear_backward_data_many(const float *const *dy, int count, const sd_f16 *w, float *dx, int64_t M,
+                                             int64_t K, int64_t N, int accumulate);
 sd_status cu_bf16_conv_transposed_weight(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw);
 sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
                                         int accumulate);

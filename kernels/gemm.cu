@@ -601,6 +601,71 @@ sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float 
     return SD_OK;
 }
 
+/* Several data gradients of one input in one product (sd_f16_ops.linear_backward_data_bf16w_many).
+ * k_bf16_side_by_side rounds dy[i] [M, N] into columns [i·N, (i+1)·N) of one [M, count·N] bf16
+ * operand (blockIdx.y = i), 4 values per thread where every row of every dy is 16-byte aligned. */
+struct bf16_side_by_side_params {
+    const float *dy[SD_LINEAR_MANY_MAX];
+    __nv_bfloat16 *out;
+    int64_t M, N;
+    int count, vec;
+};
+
+__global__ void k_bf16_side_by_side(const bf16_side_by_side_params p) {
+    const float *src = p.dy[blockIdx.y];
+    const int64_t ld = (int64_t)p.count * p.N, col0 = (int64_t)blockIdx.y * p.N;
+    if (p.vec) { /* N a multiple of 4: a row's quads never straddle two rows */
+        const int64_t quads = p.M * p.N / 4;
+        GRID_STRIDE(i, quads) {
+            const int64_t r = 4 * i / p.N, c = 4 * i - r * p.N;
+            const float4 f = reinterpret_cast<const float4 *>(src)[i];
+            cu_store2(p.out + r * ld + col0 + c, f.x, f.y);
+            cu_store2(p.out + r * ld + col0 + c + 2, f.z, f.w);
+        }
+        return;
+    }
+    GRID_STRIDE(i, p.M * p.N) {
+        const int64_t r = i / p.N, c = i - r * p.N;
+        cu_store(&p.out[r * ld + col0 + c], src[i]);
+    }
+}
+
+sd_status cu_bf16w_linear_backward_data_many(const float *const *dy, int count, const sd_f16 *w, float *dx, int64_t M,
+                                             int64_t K, int64_t N, int accumulate) {
+    if (count < 1 || count > SD_LINEAR_MANY_MAX)
+        return sd_fail(SD_ERR_INTERNAL, "linear_backward_data_bf16w_many: %d gradients (1 to %d)", count,
+                       SD_LINEAR_MANY_MAX);
+    if (count == 1) return cu_bf16w_linear_backward_data(dy[0], w, dx, M, K, N, accumulate);
+    if (M <= 0 || K <= 0) return SD_OK;
+    if (N <= 0) { /* the empty sum */
+        if (!accumulate) CUDA_CHECK(cudaMemsetAsync(dx, 0, (size_t)(M * K) * sizeof(float), cu_cur()->stream));
+        return SD_OK;
+    }
+    cu_state *s = cu_cur();
+    const int64_t NT = (int64_t)count * N; /* the product's inner dimension */
+    CU_TRY(check_int("M", M));
+    CU_TRY(check_int("N", NT));
+    CU_TRY(check_int("K", K));
+    bf16_side_by_side_params p;
+    memset(&p, 0, sizeof p);
+    p.out = (__nv_bfloat16 *)cu_workspace((size_t)(M * NT) * sizeof(__nv_bfloat16));
+    if (!p.out) return SD_ERR_OOM;
+    p.M = M, p.N = N, p.count = count;
+    p.vec = N % 4 == 0;
+    for (int i = 0; i < count; i++) {
+        p.dy[i] = dy[i];
+        p.vec = p.vec && cu_aligned16(dy[i]);
+    }
+    const int64_t per_source = p.vec ? M * N / 4 : M * N;
+    CU_LAUNCH(k_bf16_side_by_side, dim3(cu_blocks(per_source, 256), (unsigned)count), 256, 0, s->stream)(p);
+    LAUNCH_CHECK("data gradients side by side (bf16)");
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)NT, &one, w, CUDA_R_16BF, (int)K,
+                              p.out, CUDA_R_16BF, (int)NT, &beta, dx, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    return SD_OK;
+}
+
 /* ------------------------------------------------------------------------------------------------
  * F32 activations on an fp16 weight copy (sd_f16_ops.linear_f32io: fast mode's gradient steps)
  * --------------------------------------------------------------------------------------------- */

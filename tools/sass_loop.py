@@ -2,13 +2,16 @@
 """sass_loop.py: the instruction mix of a CUDA kernel's main loop, read from its sm_90 SASS.
 
 Usage:
-  tools/sass_loop.py KERNEL_FILE.cu MANGLED_OR_PATTERN [--unmasked] [--nvcc-flag F ...]
+  tools/sass_loop.py KERNEL_FILE.cu MANGLED_OR_PATTERN [--unmasked] [--all-loops] [--nvcc-flag F ...]
 
 Compiles KERNEL_FILE (from the repository root, with the Makefile's include path) for sm_90,
 disassembles it and, for every function whose mangled name contains PATTERN, prints its register
 count, spills and the instructions of its largest loop (the longest backward branch), grouped by
 opcode. The flash attention kernels issue more instructions than their tensor cores can retire, so
 this count is what their tiles cost when no GPU is at hand (bench/NOTES.md, eleventh session).
+
+--all-loops prints every outermost loop in program order instead of the largest (a kernel with
+several passes, such as the flash backward's dQ kernel).
 
 --unmasked compiles a copy in which the per-tile mask tests (`if (causal || ...)` lines ending in a
 marker comment `/* tile mask */`) read `if (false)`, so that the loop printed is the path every
@@ -96,39 +99,44 @@ def ptxas_usage(log):
     return usage
 
 
-def largest_loop(sass):
+def outer_loops(sass):
+    """The loops (spans from a backward branch's target to the branch) not inside a larger one, in
+    program order, each as (instruction count, opcode counter)."""
     ins = []
     for line in sass.splitlines():
         m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line)
         if m:
             ins.append((int(m.group(1), 16), m.group(2).strip()))
     where = {a: i for i, (a, _) in enumerate(ins)}
-    best = None
+    spans = []
     for i, (a, t) in enumerate(ins):
         m = re.search(r"BRA.*?0x([0-9a-f]+)", t)
         if m:
             target = int(m.group(1), 16)
-            if target < a and target in where and (best is None or i - where[target] > best[1] - best[0]):
-                best = (where[target], i)
-    if best is None:
-        return None
-    body = [t for _, t in ins[best[0]:best[1] + 1] if not t.startswith("@!PT")]  # never-executed padding
-    ops = collections.Counter()
-    for t in body:
-        words = t.split()
-        ops[(words[1] if words[0].startswith("@") else words[0]).split(".")[0]] += 1
-    return len(body), ops
+            if target < a and target in where:
+                spans.append((where[target], i))
+    outer = [s for s in spans if not any(o != s and o[0] <= s[0] and s[1] <= o[1] for o in spans)]
+    loops = []
+    for start, end in sorted(set(outer)):
+        body = [t for _, t in ins[start:end + 1] if not t.startswith("@!PT")]  # never-executed padding
+        ops = collections.Counter()
+        for t in body:
+            words = t.split()
+            ops[(words[1] if words[0].startswith("@") else words[0]).split(".")[0]] += 1
+        loops.append((len(body), ops))
+    return loops
 
 
 def main():
     args = sys.argv[1:]
     unmasked = "--unmasked" in args
+    all_loops = "--all-loops" in args
     extra = []
     while "--nvcc-flag" in args:
         i = args.index("--nvcc-flag")
         extra.append(args[i + 1])
         del args[i:i + 2]
-    args = [a for a in args if a != "--unmasked"]
+    args = [a for a in args if a not in ("--unmasked", "--all-loops")]
     if len(args) != 2:
         sys.exit(__doc__)
     src, pattern = args
@@ -141,11 +149,11 @@ def main():
     for name in [n for n in names if pattern in n]:
         sass = subprocess.run([cuobjdump, "-sass", "-fun", name, obj], capture_output=True, text=True, env=env,
                               check=True).stdout
-        loop = largest_loop(sass)
+        loops = outer_loops(sass)
         demangled = subprocess.run(["c++filt", name], capture_output=True, text=True).stdout.strip() or name
         print(f"{demangled}: {usage.get(name, '?')}")
-        if loop:
-            n, ops = loop
+        shown = loops if all_loops else sorted(loops, key=lambda l: -l[0])[:1]
+        for n, ops in shown:
             print(f"  loop: {n} instructions: " + " ".join(f"{k} {v}" for k, v in ops.most_common(16)))
 
 

@@ -61,6 +61,10 @@ static inline int sd_conv_data_gradient_geom(const sd_conv_geom *g, sd_conv_geom
  * 1.5e-2 (relative to its largest value), in fp16 by 1.6e-3; fast mode's bar is 2e-2, and its
  * GEMMs round too. SD v1.x activations fit fp16's range (its usual deployment format). */
 typedef uint16_t sd_f16;
+/* The most linears of one input that one batched op takes (sd_linear_many's projections; the f16
+ * ops' linear_batched and linear_backward_data_bf16w_many). */
+#define SD_LINEAR_MANY_MAX 4
+
 typedef struct sd_f16_ops {
     sd_status (*to_f16)(const float *x, sd_f16 *y, int64_t n);
     sd_status (*to_f32)(const sd_f16 *x, float *y, int64_t n);
@@ -83,6 +87,13 @@ typedef struct sd_f16_ops {
     sd_status (*to_bf16)(const float *x, sd_f16 *y, int64_t n);
     sd_status (*linear_backward_data_bf16w)(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
                                             int64_t N, int accumulate);
+    /* The data gradients of `count` (<= SD_LINEAR_MANY_MAX) such linears of one input (an attention's
+     * q, k and v projections) in one product: dx[M, K] (+)= Σ_i bf16(dy[i])[M, N] · w_i[N, K], with w
+     * the bf16 copies stacked [count·N, K] and the sums in fp32 over all count·N terms: the dy[i]
+     * rounded side by side into one [M, count·N] operand, then one GEMM with count times the inner
+     * dimension, instead of `count` conversions and GEMMs that read back and add into dx in turn. */
+    sd_status (*linear_backward_data_bf16w_many)(const float *const *dy, int count, const sd_f16 *w, float *dx,
+                                                 int64_t M, int64_t K, int64_t N, int accumulate);
     /* A gradient step's convolution data gradient (F32 NCHW maps, stride 1: see
      * sd_conv_data_gradient_geom) on a frozen weight's bf16 copy in the data gradient's order:
      * to_bf16_conv_transposed makes wt [Ci, Co, kh, kw] = bf16(w[co, ci, kh-1-i, kw-1-j]) from the
@@ -235,10 +246,14 @@ typedef struct sd_backend {
      *   q[B, Sq, H·D], k[B, Sk, H·D], v[B, Sk, H·Dv] -> out[B, Sq, H·Dv],
      *   A = softmax(scale · q kᵀ) per (b, h), causal masks keys j > i.
      * When probs != NULL the maps are written there as [B·H, Sq, Sk] (row b·H + h) and out is
-     * left untouched (the caller may edit the maps, then call attention_apply). */
+     * left untouched (the caller may edit the maps, then call attention_apply).
+     * lse (may be NULL): B·H·Sq floats the backend may fill with what its attention_backward can
+     * reuse (each row's softmax normaliser), for a caller that will differentiate this call: the
+     * caller hands the same buffer, unread, to attention_backward with the same inputs. What is in
+     * it, and whether anything is, is the backend's own business (the CPU leaves it alone). */
     sd_status (*attention)(const float *q, const float *k, const float *v, float *out,
                            float *probs, int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv,
-                           float scale, int causal);
+                           float scale, int causal, float *lse);
     /* out[B, Sq, H·Dv] = probs[B·H, Sq, Sk] · v[B, Sk, H·Dv] per head. */
     sd_status (*attention_apply)(const float *probs, const float *v, float *out, int64_t B,
                                  int64_t Sq, int64_t Sk, int H, int Dv);
@@ -320,12 +335,15 @@ typedef struct sd_backend {
     sd_status (*upsample_nearest_backward)(const float *dy, float *dx, int64_t N, int64_t H,
                                            int64_t W, int64_t Ho, int64_t Wo, int accumulate);
     /* fused attention (no maps kept): recomputes the maps; dq, dk, dv may each be NULL (the
-     * others written, not added to, when not accumulate). `out` is the forward output (for
-     * rowsum(dO ⊙ O), as flash-attention backward uses). */
+     * others written, not added to, when not accumulate). `out` is the forward output and lse
+     * the buffer the forward was given (or NULL): a backend may take the softmax's statistics from
+     * them (rowsum(dO ⊙ O) and the row normalisers, as flash-attention backward does) instead of
+     * recomputing them. */
     sd_status (*attention_backward)(const float *q, const float *k, const float *v,
                                     const float *out, const float *dout, float *dq, float *dk,
                                     float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
-                                    int Dv, float scale, int causal, int accumulate);
+                                    int Dv, float scale, int causal, int accumulate,
+                                    const float *lse);
     /* maps from scores: probs[B·H, Sq, Sk] = softmax(scale q kᵀ); given dprobs, accumulate
      * dq, dk (either may be NULL): dS = P ⊙ (dP − rowsum(dP ⊙ P)). */
     sd_status (*attention_probs_backward)(const float *q, const float *k, const float *probs,

@@ -151,7 +151,6 @@ sd_tensor *sd_linear_add(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tenso
  * would use the weights' fp16 copies (fast mode's gradient steps), one batched GEMM on a packed
  * fp16 copy of the weights (the outputs are views of one block; the tape records one linear per
  * output); otherwise one linear each. Returns the context's status. */
-#define SD_LINEAR_MANY_MAX 4
 sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, int count, sd_tensor **outs);
 /* x[B, Ci, H, W] -> [B, Co, Ho, Wo], symmetric padding. */
 sd_tensor *sd_conv2d(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad);

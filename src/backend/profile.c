@@ -187,11 +187,11 @@ static sd_status p_zero(void *dst, size_t bytes) {
     TIMED(SD_PROF_MEMORY, 0, (double)bytes, inner->zero(dst, bytes));
 }
 static sd_status p_attention(const float *q, const float *k, const float *v, float *out, float *probs, int64_t B,
-                             int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+                             int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse) {
     label_attention(probs ? "attention+maps" : "attention", B, Sq, Sk, H, D);
     TIMED(SD_PROF_ATTENTION, attention_flops(B, Sq, Sk, H, D, Dv),
           F4 * (attention_values(B, Sq, Sk, H, D, Dv) + (probs ? (double)B * H * Sq * Sk : 0.0)),
-          inner->attention(q, k, v, out, probs, B, Sq, Sk, H, D, Dv, scale, causal));
+          inner->attention(q, k, v, out, probs, B, Sq, Sk, H, D, Dv, scale, causal, lse));
 }
 static sd_status p_attention_apply(const float *probs, const float *v, float *out, int64_t B, int64_t Sq, int64_t Sk,
                                    int H, int Dv) {
@@ -260,10 +260,12 @@ static sd_status p_upsample_nearest_backward(const float *dy, float *dx, int64_t
 /* flash-style backward: S recomputed, dP = dO·Vᵀ, dV = Pᵀ·dO, dQ = dS·K, dK = dSᵀ·Q */
 static sd_status p_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                       const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
-                                      int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate) {
+                                      int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
+                                      const float *lse) {
     label_attention("attention_backward", B, Sq, Sk, H, D);
     TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * (3.0 * D + 2.0 * Dv), F4 * 2 * attention_values(B, Sq, Sk, H, D, Dv),
-          inner->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate));
+          inner->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate,
+                                    lse));
 }
 static sd_status p_attention_probs_backward(const float *q, const float *k, const float *probs, const float *dprobs,
                                             float *dq, float *dk, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
@@ -318,6 +320,13 @@ static sd_status q_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, 
     label_gemm("linear_backward_data (bf16)", M, K, N);
     TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * N + 2.0 * M * K) + F2 * N * K,
           inner16->linear_backward_data_bf16w(dy, w, dx, M, K, N, accumulate));
+}
+static sd_status q_linear_backward_data_bf16w_many(const float *const *dy, int count, const sd_f16 *w, float *dx,
+                                                   int64_t M, int64_t K, int64_t N, int accumulate) {
+    LABEL("linear_backward_data (bf16) %d side by side M%lld K%lld N%lld", count, (long long)M, (long long)K,
+          (long long)N);
+    TIMED(SD_PROF_GEMM, 2.0 * count * M * K * N, F4 * (count * M * N + 2.0 * M * K) + F2 * count * N * K,
+          inner16->linear_backward_data_bf16w_many(dy, count, w, dx, M, K, N, accumulate));
 }
 static sd_status q_to_bf16_conv_transposed(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw) {
     TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * Co * Ci * kh * kw, inner16->to_bf16_conv_transposed(w, wt, Co, Ci, kh, kw));
@@ -476,6 +485,8 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         if (inner16->linear_batched_f32io) table16.linear_batched_f32io = q_linear_batched_f32io;
         if (inner16->to_bf16) table16.to_bf16 = q_to_bf16;
         if (inner16->linear_backward_data_bf16w) table16.linear_backward_data_bf16w = q_linear_backward_data_bf16w;
+        if (inner16->linear_backward_data_bf16w_many)
+            table16.linear_backward_data_bf16w_many = q_linear_backward_data_bf16w_many;
         if (inner16->to_bf16_conv_transposed) table16.to_bf16_conv_transposed = q_to_bf16_conv_transposed;
         if (inner16->conv2d_backward_data_bf16w) table16.conv2d_backward_data_bf16w = q_conv2d_backward_data_bf16w;
         table16.conv2d = q_conv2d;

@@ -544,7 +544,8 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         const int accumulate = data_grads_out(c, n, 7u, out);
         BWD(c, n, attention_backward, f32c(q), f32c(k), f32c(v), f32c(y), dy, out[0], out[1], out[2],
             q->shape[0], q->shape[1], k->shape[1], H, (int)(q->shape[2] / H), (int)(v->shape[2] / H),
-            n->attr.attn.scale, n->attr.attn.causal, accumulate);
+            n->attr.attn.scale, n->attr.attn.causal, accumulate,
+            n->attr.attn.lse ? sd_f32(n->attr.attn.lse) : NULL);
         return;
     }
     case SD_OP_ATTN_PROBS: {
@@ -592,6 +593,51 @@ sd_status sd_backward(sd_ctx *c, sd_tensor *loss) {
 /* Walks the context's tape back from root_out, whose gradient starts as `seed` (same element
  * count; NULL: the loss's 1). A root no node produced (a block whose output does not depend on a
  * trainable input) leaves nothing to do. */
+/* Whether node m can join a group of linears of input x whose weights have w0's shape: a bias-free
+ * linear on a frozen weight with a bf16 data gradient, and nothing else to differentiate. */
+static int groups_with(const sd_ctx *c, const sd_tape_node *m, const sd_tensor *x, const sd_tensor *w0) {
+    return m->op == SD_OP_LINEAR && m->in[0] == x && !m->in[2] && sd_same_shape(m->in[1], w0) &&
+           bf16_data_gradient(c, m);
+}
+
+/* sd_linear_many's projections (an attention's q, k and v of one input, or k and v of the
+ * context) reach the tape as consecutive linear nodes on the same x. When node i ends such a run,
+ * every consumer of the run's outputs came after it, so their gradients are complete: the group's
+ * data gradients go in one product, dx (+)= Σ_j bf16(dy_j) · w_j on the weights' stacked bf16
+ * copy (sd_f16_ops.linear_backward_data_bf16w_many: one conversion and one GEMM instead of one of
+ * each per projection, the later ones reading back and adding into dx). The members' dL/dy buffers
+ * are then done with: released, and the members skipped. Returns how many nodes it took (0: none,
+ * node i runs on its own). */
+static int backward_linear_group(sd_ctx *c, int i) {
+    sd_tape_node *nodes = c->tape->nodes, *last = &nodes[i];
+    const sd_f16_ops *o = c->be->f16;
+    if (last->op != SD_OP_LINEAR || !o || !o->linear_backward_data_bf16w_many) return 0;
+    const sd_tensor *x = last->in[0], *w0 = last->in[1];
+    if (!groups_with(c, last, x, w0) || !sd_tape_needs_grad(c, x)) return 0;
+    int first = i;
+    while (first > 0 && i - first + 1 < SD_LINEAR_MANY_MAX && groups_with(c, &nodes[first - 1], x, w0)) first--;
+    const sd_tensor *ws[SD_LINEAR_MANY_MAX];
+    const float *dys[SD_LINEAR_MANY_MAX];
+    int count = 0;
+    for (int j = first; j <= i; j++) /* members whose output nothing used have no gradient: left out */
+        if (nodes[j].grad) {
+            ws[count] = nodes[j].in[1];
+            dys[count++] = sd_f32(nodes[j].grad);
+        }
+    if (count < 2) return 0;
+    const int64_t N = w0->shape[0], K = w0->shape[1], M = sd_numel(x) / K;
+    float *out[3];
+    const int accumulate = data_grads_out(c, last, 1u, out);
+    const sd_f16 *wb = out[0] ? sd_lowp_weights_bf16_stacked(c, ws, count) : NULL;
+    if (wb) sd_ctx_check(c, o->linear_backward_data_bf16w_many(dys, count, wb, out[0], M, K, N, accumulate));
+    for (int j = first; j <= i; j++) {
+        sd_tape_node *m = &nodes[j];
+        if (m->grad && !unshare_grad(c->tape, m->grad)) give_back(c, m->grad);
+        m->grad = NULL;
+    }
+    return i - first + 1;
+}
+
 static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *seed) {
     sd_tape_node *root = producer(c, root_out);
     if (!root) return c->status;
@@ -605,6 +651,11 @@ static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *s
     for (int i = root_out->tape_index; i >= 0 && c->status == SD_OK; i--) {
         sd_tape_node *n = &c->tape->nodes[i];
         if (!n->grad) continue;
+        const int grouped = backward_linear_group(c, i);
+        if (grouped) {
+            i -= grouped - 1;
+            continue;
+        }
         backward_node(c, n);
         /* every consumer of n's output ran before n (reverse recording order): nothing reads
          * dL/d(out) again (NULL: backward_node handed the buffer on to an input), unless another

@@ -133,9 +133,17 @@ static sd_f16 *f16_of(const sd_tensor *t) { return (sd_f16 *)t->data; }
  * [Co, kh, kw, Ci] (channels-last), the weight in bfloat16 (a gradient step's backward), a
  * convolution weight in bfloat16 transposed and flipped to [Ci, Co, kh, kw] (a gradient step's
  * data gradient as a convolution: sd_f16_ops.to_bf16_conv_transposed), or the weight packed with
- * the ones that follow it in a batched projection (LOWP_PACK + count - 1: [count, N, K]). Every
- * other copy is fp16. */
-enum { LOWP_AS_IS = 0, LOWP_KRSC = 1, LOWP_BF16 = 2, LOWP_BF16_CONVT = 3, LOWP_PACK = 4 };
+ * the ones that follow it in a batched projection (LOWP_PACK + count - 1: [count, N, K]), in fp16 for
+ * the forward or in bfloat16 for the data gradients (LOWP_BF16_PACK + count - 1). Every other copy
+ * is fp16. */
+enum {
+    LOWP_AS_IS = 0,
+    LOWP_KRSC = 1,
+    LOWP_BF16 = 2,
+    LOWP_BF16_CONVT = 3,
+    LOWP_PACK = 4,
+    LOWP_BF16_PACK = LOWP_PACK + SD_LINEAR_MANY_MAX
+};
 
 typedef struct {
     const sd_tensor *weight; /* the first of a pack */
@@ -199,7 +207,11 @@ static int lowp_fill(sd_ctx *c, const sd_tensor *const *ws, int count, int layou
     const sd_f16_ops *ops = c->be->f16;
     const sd_tensor *w = ws[0];
     const int64_t n = sd_numel(w);
-    if (layout == LOWP_BF16) return sd_ctx_check(c, ops->to_bf16(sd_f32(w), copy, n));
+    if (layout == LOWP_BF16 || layout >= LOWP_BF16_PACK) {
+        for (int i = 0; i < count; i++)
+            if (!sd_ctx_check(c, ops->to_bf16(sd_f32(ws[i]), copy + i * n, n))) return 0;
+        return 1;
+    }
     if (layout == LOWP_BF16_CONVT)
         return sd_ctx_check(c, ops->to_bf16_conv_transposed(sd_f32(w), copy, w->shape[0], w->shape[1], (int)w->shape[2],
                                                             (int)w->shape[3]));
@@ -221,7 +233,8 @@ static int lowp_fill(sd_ctx *c, const sd_tensor *const *ws, int count, int layou
 }
 
 /* The fp16 copy of weights ws[0..count) (F32, on the context's device, equal shapes when packed)
- * in a layout (LOWP_AS_IS, LOWP_KRSC; LOWP_PACK for count > 1), made on first use and remade
+ * in a layout (LOWP_AS_IS, LOWP_KRSC; LOWP_PACK for count > 1; LOWP_BF16, also for count > 1:
+ * LOWP_BF16_PACK), made on first use and remade
  * when the first weight's data moved (sd_ctx_adopt_weights). A 1x1 kernel's KRSC order is its
  * KCRS order: one copy serves both. */
 static const sd_f16 *lowp_weights_copy(sd_ctx *c, const sd_tensor *const *ws, int count, int layout) {
@@ -233,7 +246,7 @@ static const sd_f16 *lowp_weights_copy(sd_ctx *c, const sd_tensor *const *ws, in
                         "context's device", ws[i]->name);
             return NULL;
         }
-    if (count > 1) layout = LOWP_PACK + count - 1;
+    if (count > 1) layout = (layout == LOWP_BF16 ? LOWP_BF16_PACK : LOWP_PACK) + count - 1;
     if (!c->lowp_weights && !(c->lowp_weights = calloc(1, sizeof *c->lowp_weights))) {
         sd_ctx_fail(c, SD_ERR_OOM, "out of host memory for the fp16 weight table");
         return NULL;
@@ -281,6 +294,15 @@ const sd_f16 *sd_lowp_weight_bf16(sd_ctx *c, const sd_tensor *w) {
         return NULL;
     }
     return lowp_weight_layout(c, w, LOWP_BF16);
+}
+
+const sd_f16 *sd_lowp_weights_bf16_stacked(sd_ctx *c, const sd_tensor *const *ws, int count) {
+    if (c->status == SD_OK && (count < 2 || count > SD_LINEAR_MANY_MAX || !c->be->f16 || !c->be->f16->to_bf16)) {
+        sd_ctx_fail(c, SD_ERR_INTERNAL, "weight '%s': no stacked bfloat16 copy of %d weights on the %s backend",
+                    ws[0]->name, count, c->be->name);
+        return NULL;
+    }
+    return lowp_weights_copy(c, ws, count, LOWP_BF16);
 }
 
 const sd_f16 *sd_lowp_conv_weight_bf16t(sd_ctx *c, const sd_tensor *w) {
@@ -1207,7 +1229,7 @@ sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int
         sd_tensor *probs = sd_new4(c, 3, B * heads, Sq, Sk, 0);
         if (!probs) return NULL;
         if (!sd_ctx_check(c, c->be->attention(sd_f32(q), sd_f32(k), sd_f32(v), sd_f32(out),
-                                              sd_f32(probs), B, Sq, Sk, heads, D, Dv, scale, causal)))
+                                              sd_f32(probs), B, Sq, Sk, heads, D, Dv, scale, causal, NULL)))
             return NULL;
         if (causal && (sd_tape_needs_grad(c, q) || sd_tape_needs_grad(c, k)))
             return sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "attention: hooked causal maps have no backward");
@@ -1228,13 +1250,21 @@ sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int
         node = sd_tape_record(c, SD_OP_ATTN_APPLY, out, used, v, NULL);
         if (node) node->attr.attn.heads = heads;
     } else {
+        /* a call the tape will differentiate gets a buffer for the statistics the backend's backward
+         * may reuse (the row normalisers: the GPU's flash backward then skips a pass over the keys) */
+        sd_tensor *lse = NULL;
+        if (c->tape && (sd_tape_needs_grad(c, q) || sd_tape_needs_grad(c, k) || sd_tape_needs_grad(c, v))) {
+            lse = sd_new4(c, 1, B * heads * Sq, 0, 0, 0);
+            if (!lse) return NULL;
+        }
         sd_ctx_check(c, c->be->attention(sd_f32(q), sd_f32(k), sd_f32(v), sd_f32(out), NULL, B, Sq,
-                                         Sk, heads, D, Dv, scale, causal));
+                                         Sk, heads, D, Dv, scale, causal, lse ? sd_f32(lse) : NULL));
         sd_tape_node *node = sd_tape_record(c, SD_OP_ATTENTION, out, q, k, v);
         if (node) {
             node->attr.attn.heads = heads;
             node->attr.attn.causal = causal;
             node->attr.attn.scale = scale;
+            node->attr.attn.lse = lse;
         }
     }
     return c->status == SD_OK ? out : NULL;

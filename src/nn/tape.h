@@ -43,7 +43,9 @@ typedef struct sd_tape_node {
         struct { float alpha, beta; } axpby;
         struct { int64_t B, R, C; } transpose;
         struct { int64_t offset; } view;
-        struct { int heads, causal; float scale; } attn;
+        /* lse: the softmax statistics the backend's forward kept for its backward (fused attention
+         * on the tape; NULL otherwise), B·H·Sq floats of the forward's arena */
+        struct { int heads, causal; float scale; const sd_tensor *lse; } attn;
         struct { sd_block_fn fn; const void *block; } block;
         struct { int frozen; } linear; /* the weight is a checkpoint's (sd_linear_w.frozen) */
     } attr;
@@ -82,6 +84,10 @@ sd_status sd_tape_note_leaf(sd_ctx *c, sd_tape *tape, sd_tensor *leaf);
 /* The bfloat16 copy of a frozen F32 weight on the context's device (nn.c's table of low-precision
  * copies; made on first use): what fast mode's gradient steps multiply their data gradients with. */
 const sd_f16 *sd_lowp_weight_bf16(sd_ctx *c, const sd_tensor *w);
+/* The bfloat16 copies of `count` (2 .. SD_LINEAR_MANY_MAX) frozen weights of one shape [N, K],
+ * stacked [count·N, K] in one buffer: what a group of linears of one input multiplies its data
+ * gradients with in one product (sd_f16_ops.linear_backward_data_bf16w_many). */
+const sd_f16 *sd_lowp_weights_bf16_stacked(sd_ctx *c, const sd_tensor *const *ws, int count);
 /* The same for a convolution weight [Co, Ci, kh, kw], transposed and flipped to [Ci, Co, kh, kw]
  * (sd_f16_ops.to_bf16_conv_transposed): what their stride-1 data gradients convolve with. */
 const sd_f16 *sd_lowp_conv_weight_bf16t(sd_ctx *c, const sd_tensor *w);

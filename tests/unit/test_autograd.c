@@ -288,10 +288,10 @@ static sd_status counting_upsample_nearest_backward(const float *dy, float *dx, 
 static sd_status counting_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                              const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
                                              int64_t Sk, int H, int D, int Dv, float scale, int causal,
-                                             int accumulate) {
+                                             int accumulate, const float *lse) {
     accumulate = overwrite_or_fill(accumulate, dq, B * Sq * H * D, dk, B * Sk * H * D, dv, B * Sk * H * Dv);
     return counted->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal,
-                                       accumulate);
+                                       accumulate, lse);
 }
 
 static void test_first_contributions_overwrite(void **state) {
@@ -337,6 +337,61 @@ static void test_first_contributions_overwrite(void **state) {
     for (int64_t i = 0; i < sd_numel(grads[0]); i++) assert_true(sd_f32(grads[0])[i] == sd_f32(grads[1])[i]);
     for (int k = 0; k < 2; k++) sd_tensor_free(grads[k]);
     sd_tensor_free(x);
+    sd_tensor_free(xh);
+    close_counting(&c, tape);
+}
+
+/* A fused attention the tape will differentiate hands the backend a buffer for the statistics its
+ * backward may reuse (backend.h: attention's lse), and the backward gets that same buffer,
+ * untouched; an attention nothing differentiates gets none. The wrappers stamp each buffer in the
+ * forward and check the stamp in the backward. */
+#define LSE_STAMP 12345.0f
+static float *lse_given[2];         /* the buffers the forwards got, in call order */
+static int forwards, lse_checked;
+static sd_status stamping_attention(const float *q, const float *k, const float *v, float *out, float *probs, int64_t B,
+                                    int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse) {
+    if (forwards < 2) lse_given[forwards] = lse;
+    forwards++;
+    if (lse)
+        for (int64_t i = 0; i < B * H * Sq; i++) lse[i] = LSE_STAMP + (float)i;
+    return counted->attention(q, k, v, out, probs, B, Sq, Sk, H, D, Dv, scale, causal, lse);
+}
+static sd_status stamp_checking_attention_backward(const float *q, const float *k, const float *v, const float *out,
+                                                   const float *dout, float *dq, float *dk, float *dv, int64_t B,
+                                                   int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
+                                                   int causal, int accumulate, const float *lse) {
+    assert_non_null(lse);
+    assert_ptr_equal(lse, lse_given[0]);
+    for (int64_t i = 0; i < B * H * Sq; i++) assert_true(lse[i] == LSE_STAMP + (float)i);
+    lse_checked++;
+    return counted->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal,
+                                       accumulate, lse);
+}
+
+static void test_attention_lse_reaches_backward(void **state) {
+    (void)state;
+    sd_ctx c;
+    sd_backend table;
+    sd_tape *tape = open_counting(&c, &table);
+    table.attention = stamping_attention;
+    table.attention_backward = stamp_checking_attention_backward;
+    const int64_t shape[3] = {2, 6, 8}; /* B 2, S 6, 2 heads of 4 */
+    sd_tensor *xh = sd_tensor_new(SD_F32, 3, shape);
+    testutil_fill_normal(sd_f32(xh), sd_numel(xh), 830, 1.0f);
+    sd_tensor *x = sd_param_new(&c, xh, "x");
+    sd_tensor *fixed = sd_param_new(&c, xh, "fixed");
+    fixed->requires_grad = 0;
+    forwards = lse_checked = 0;
+    sd_tensor *a = sd_attention(&c, sd_silu(&c, x), x, sd_unary(&c, SD_UNARY_GELU, x), 2, 0, NULL);
+    sd_tensor *b = sd_attention(&c, fixed, fixed, fixed, 2, 0, NULL); /* nothing to differentiate */
+    assert_int_equal(forwards, 2);
+    assert_non_null(lse_given[0]);
+    assert_null(lse_given[1]);
+    assert_sd_ok(sd_backward(&c, sd_mse(&c, a, b)));
+    assert_int_equal(lse_checked, 1);
+    assert_non_null(x->grad);
+    sd_tensor_free(x);
+    sd_tensor_free(fixed);
     sd_tensor_free(xh);
     close_counting(&c, tape);
 }
@@ -690,6 +745,7 @@ int main(void) {
         cmocka_unit_test(test_frozen_paths_record_nothing),
         cmocka_unit_test(test_add_shares_its_gradient),
         cmocka_unit_test(test_first_contributions_overwrite),
+        cmocka_unit_test(test_attention_lse_reaches_backward),
     };
     const struct CMUnitTest unet_tests[] = {
         cmocka_unit_test_setup(test_grad_uncond_context, reset_status),

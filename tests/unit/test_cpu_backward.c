@@ -1009,7 +1009,7 @@ static void test_attention_backward(void **state) {
         const int64_t nq = B * Sq * H * D, nk = B * Sk * H * D, nv = B * Sk * H * Dv, no = B * Sq * H * Dv;
         float *q = normal(nq, 300 + t, 1.0f), *k = normal(nk, 310 + t, 1.0f), *v = normal(nv, 320 + t, 1.0f);
         float *dout = normal(no, 330 + t, 1.0f), *out = zeros(no);
-        assert_sd_ok(be->attention(q, k, v, out, NULL, B, Sq, Sk, H, D, Dv, scale, causal));
+        assert_sd_ok(be->attention(q, k, v, out, NULL, B, Sq, Sk, H, D, Dv, scale, causal, NULL));
         attn_case c = {B, Sq, Sk, H, D, Dv, causal, scale, widen(q, nq), widen(k, nk), widen(v, nv),
                        NULL, widen(dout, no), 0};
         double *gq = fd_gradient(attention_objective, &c, 0, c.q, nq);
@@ -1037,7 +1037,7 @@ static void test_attention_backward(void **state) {
         /* the op table's entry, accumulating; and each output alone in each mode */
         prefilled pq = prefill(nq, 340), pk = prefill(nk, 341), pv = prefill(nv, 342);
         assert_sd_ok(be->attention_backward(q, k, v, out, dout, pq.buf, pk.buf, pv.buf, B, Sq, Sk, H,
-                                            D, Dv, scale, causal, 1));
+                                            D, Dv, scale, causal, 1, NULL));
         expect_accumulated("attention dq", pq.before, ref_dq, pq.buf, nq);
         expect_accumulated("attention dk", pk.before, ref_dk, pk.buf, nk);
         expect_accumulated("attention dv", pv.before, ref_dv, pv.buf, nv);
@@ -1088,8 +1088,8 @@ static void test_attention_probs_and_apply_backward(void **state) {
         float *q = normal(nq, 400, 1.0f), *k = normal(nk, 401, 1.0f), *v = normal(nv, 402, 1.0f);
         float *dout = normal(no, 403, 1.0f), *dprobs_in = normal(np, 404, 1.0f);
         float *probs = zeros(np), *out = zeros(no), *unused = zeros(no);
-        assert_sd_ok(be->attention(q, k, v, unused, probs, B, Sq, Sk, H, D, Dv, scale, causal));
-        assert_sd_ok(be->attention(q, k, v, out, NULL, B, Sq, Sk, H, D, Dv, scale, causal));
+        assert_sd_ok(be->attention(q, k, v, unused, probs, B, Sq, Sk, H, D, Dv, scale, causal, NULL));
+        assert_sd_ok(be->attention(q, k, v, out, NULL, B, Sq, Sk, H, D, Dv, scale, causal, NULL));
         char what[96];
 
         /* maps: L = Σ r ⊙ softmax(scale q kᵀ), r = dprobs_in */
@@ -1142,7 +1142,7 @@ static void test_attention_probs_and_apply_backward(void **state) {
         float *dq_chain = zeros(nq), *dk_chain = zeros(nk);
         assert_sd_ok(be->attention_probs_backward(q, k, probs, dprobs, dq_chain, dk_chain, B, Sq, Sk, H, D, scale));
         float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nv);
-        assert_sd_ok(be->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, 1));
+        assert_sd_ok(be->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, 1, NULL));
         double *wide = widen(dq, nq);
         snprintf(what, sizeof what, "probs+apply chain vs fused%s dq", causal ? " causal" : "");
         expect_close(what, dq_chain, wide, nq, SAME_TOL);

@@ -260,6 +260,13 @@ static sd_f16 *dput16_at(const sd_f16 *h, int64_t n, int offset_halves) {
     return d;
 }
 
+/* F32 values on the device `offset` floats past a 16-byte boundary: the misaligned paths */
+static float *dput_at(const float *h, int64_t n, int offset) {
+    float *d = (float *)dnew_bytes((size_t)(n + offset) * sizeof(float)) + offset;
+    assert_sd_ok(gpu->upload(d, h, (size_t)n * sizeof(float)));
+    return d;
+}
+
 static void test_f16_linear(void **state) {
     (void)state;
     testutil_skip_without_gpu();
@@ -426,6 +433,48 @@ static void test_f16_linear(void **state) {
                 print_message("    %-56s max rel err %.3g (tol %.0e)%s\n", what, err, 1e-4,
                               accumulate ? "" : ", overwriting");
                 if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+            }
+        }
+        /* several data gradients of one input in one product (count 2 to 4; N a multiple of 4 takes
+         * the 16-byte conversion, the others value by value; one gradient misaligned by a float) */
+        struct { int64_t M, K, N; int count, offset; } m_cases[] = {
+            {4096, 320, 320, 3, 0}, {77, 768, 320, 2, 0}, {33, 40, 24, 4, 1}, {5, 3, 7, 3, 0}};
+        for (size_t c = 0; c < sizeof m_cases / sizeof m_cases[0]; c++) {
+            const int64_t M = m_cases[c].M, K = m_cases[c].K, N = m_cases[c].N;
+            const int count = m_cases[c].count;
+            char what[96];
+            snprintf(what, sizeof what, "linear_backward_data_bf16w_many %d x %lldx%lld <- %lld", count, (long long)M,
+                     (long long)K, (long long)N);
+            if (testutil_sim_leaves_out(what, 2.0 * (double)count * M * K * N)) continue;
+            float *w32 = hrand(count * N * K, 190 + c, 0.1f), *dx0 = hrand(M * K, 191 + c, 1e-6f);
+            sd_f16 *wb = hnew16(count * N * K);
+            assert_sd_ok(cpu16->to_bf16(w32, wb, count * N * K));
+            const float *dy[SD_LINEAR_MANY_MAX], *dyd[SD_LINEAR_MANY_MAX];
+            for (int i = 0; i < count; i++) {
+                float *h = hrand(M * N, 192 + 10 * c + i, 1e-6f);
+                dy[i] = h;
+                dyd[i] = i == 0 && m_cases[c].offset ? dput_at(h, M * N, 1) : dput(h, M * N);
+            }
+            float *want = hnew(M * K), *got = hnew(M * K);
+            for (int accumulate = 1; accumulate >= 0; accumulate--) {
+                memcpy(want, dx0, (size_t)(M * K) * sizeof(float));
+                assert_sd_ok(cpu16->linear_backward_data_bf16w_many(dy, count, wb, want, M, K, N, accumulate));
+                float *dxd = dput(dx0, M * K);
+                assert_sd_ok(gpu16->linear_backward_data_bf16w_many(dyd, count, dput16(wb, count * N * K), dxd, M, K, N,
+                                                                    accumulate));
+                assert_sd_ok(gpu->download(got, dxd, (size_t)(M * K) * sizeof(float)));
+                const double err = testutil_max_rel_err(got, want, M * K);
+                print_message("    %-56s max rel err %.3g (tol %.0e)%s\n", what, err, 1e-4,
+                              accumulate ? "" : ", overwriting");
+                if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+                /* and the CPU twin against `count` single products adding into dx in turn */
+                float *each = hnew(M * K);
+                memcpy(each, dx0, (size_t)(M * K) * sizeof(float));
+                for (int i = 0; i < count; i++)
+                    assert_sd_ok(cpu16->linear_backward_data_bf16w(dy[i], wb + i * N * K, each, M, K, N,
+                                                                   i > 0 || accumulate));
+                const double apart = testutil_max_rel_err(want, each, M * K);
+                if (!(apart <= 1e-5)) fail_msg("%s: the CPU twin is %.6g from single products", what, apart);
             }
         }
     }

@@ -623,13 +623,13 @@ static void test_attention_fused(void **state) {
         const int64_t no = c->B * c->Sq * c->H * c->Dv;
         const float scale = 1.0f / sqrtf((float)c->D);
         float *want = hnew(no);
-        assert_sd_ok(cpu->attention(q, k, v, want, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+        assert_sd_ok(cpu->attention(q, k, v, want, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, NULL));
         float *qd = dput(q, c->B * c->Sq * c->H * c->D), *kd = dput(k, c->B * c->Sk * c->H * c->D);
         float *vd = dput(v, c->B * c->Sk * c->H * c->Dv), *od = dnew(no);
         for (int m = 0; m < 2; m++) {
             set_mode(modes[m]);
             assert_sd_ok(gpu->fill(od, NAN, no)); /* every output must be written */
-            assert_sd_ok(gpu->attention(qd, kd, vd, od, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+            assert_sd_ok(gpu->attention(qd, kd, vd, od, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, NULL));
             check_dev(what, od, want, no, tol_for(modes[m], TOL_GEMM));
             /* exact mode moves K/V tiles by cp.async where rows are exactly one of its widths (D =
              * Dv in 16, 32, 40, 64, 80, 160: ex_async_ok); a key tensor one float off 16-byte
@@ -642,7 +642,7 @@ static void test_attention_fused(void **state) {
                 float *k_off = dnew(nk + 1) + 1, *od2 = dnew(no);
                 assert_sd_ok(gpu->upload(k_off, k, (size_t)nk * sizeof(float)));
                 assert_sd_ok(gpu->attention(qd, k_off, vd, od2, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale,
-                                            c->causal));
+                                            c->causal, NULL));
                 check_equal("  exact: cp.async tiles vs element loads", od2, hget(od, no), no);
             }
         }
@@ -663,7 +663,7 @@ static void test_attention_maps(void **state) {
         const int64_t np = c->B * c->H * c->Sq * c->Sk, no = c->B * c->Sq * c->H * c->Dv;
         const float scale = 1.0f / sqrtf((float)c->D);
         float *want_p = hnew(np), *want_o = hnew(no), *unused = hnew(no);
-        assert_sd_ok(cpu->attention(q, k, v, unused, want_p, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+        assert_sd_ok(cpu->attention(q, k, v, unused, want_p, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, NULL));
         assert_sd_ok(cpu->attention_apply(want_p, v, want_o, c->B, c->Sq, c->Sk, c->H, c->Dv));
         float *qd = dput(q, c->B * c->Sq * c->H * c->D), *kd = dput(k, c->B * c->Sk * c->H * c->D);
         float *vd = dput(v, c->B * c->Sk * c->H * c->Dv), *pd = dnew(np), *od = dnew(no);
@@ -671,7 +671,7 @@ static void test_attention_maps(void **state) {
         char what[128];
         for (int m = 0; m < 2; m++) {
             set_mode(modes[m]);
-            assert_sd_ok(gpu->attention(qd, kd, vd, od, pd, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+            assert_sd_ok(gpu->attention(qd, kd, vd, od, pd, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, NULL));
             attn_name(what, sizeof what, "attention maps", c);
             check_dev(what, pd, want_p, np, tol_for(modes[m], TOL_GEMM));
             assert_sd_ok(gpu->attention_apply(pref, vd, od, c->B, c->Sq, c->Sk, c->H, c->Dv));
@@ -703,7 +703,7 @@ static void test_attention_rows(void **state) {
                 memcpy(gk + b * rk, k + kr[b] * rk, (size_t)rk * sizeof(float));
                 memcpy(gv + b * rv, v + v_rows[b] * rv, (size_t)rv * sizeof(float));
             }
-            assert_sd_ok(cpu->attention(gq, gk, gv, want, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, 0));
+            assert_sd_ok(cpu->attention(gq, gk, gv, want, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, 0, NULL));
             float *qd = dput(q, c->B * rq), *kd = dput(k, c->B * rk), *vd = dput(v, c->B * rv), *od = dnew(c->B * ro);
             char what[128];
             attn_name(what, sizeof what, variant ? "attention rows (q,k,v all mapped)" : "attention rows (P2Plus)", c);
@@ -1015,17 +1015,17 @@ static void check_attention_backward(const attn_case *c, uint64_t seed, float ac
     const int64_t no = c->B * c->Sq * c->H * c->Dv;
     const float scale = 1.0f / sqrtf((float)c->D);
     float *out = hnew(no), *dout = hrand(no, seed + 5, 1.0f);
-    assert_sd_ok(cpu->attention(q, k, v, out, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+    assert_sd_ok(cpu->attention(q, k, v, out, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, NULL));
     float *dq0 = hrand(nq, seed + 6, acc_scale), *dk0 = hrand(nk, seed + 7, acc_scale), *dv0 = hrand(nv, seed + 8, acc_scale);
     float *dq = hcopy(dq0, nq), *dk = hcopy(dk0, nk), *dv = hcopy(dv0, nv);
     assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, dq, dk, dv, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale,
-                                         c->causal, 1));
+                                         c->causal, 1, NULL));
     float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *outd = dput(out, no), *doutd = dput(dout, no);
     for (int m = 0; m < 2; m++) {
         set_mode(modes[m]);
         float *dqd = dput(dq0, nq), *dkd = dput(dk0, nk), *dvd = dput(dv0, nv);
         assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, dqd, dkd, dvd, c->B, c->Sq, c->Sk, c->H, c->D,
-                                             c->Dv, scale, c->causal, 1));
+                                             c->Dv, scale, c->causal, 1, NULL));
         const char *grads[3] = {"dq", "dk", "dv"};
         float *got[3] = {dqd, dkd, dvd}, *want[3] = {dq, dk, dv};
         const int64_t n[3] = {nq, nk, nv};
@@ -1039,9 +1039,9 @@ static void check_attention_backward(const attn_case *c, uint64_t seed, float ac
          * included), against the CPU adding into zeros */
         float *fresh[3] = {hnew(nq), hnew(nk), hnew(nv)}, *over[3] = {dnan(nq), dnan(nk), dnan(nv)};
         assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, fresh[0], fresh[1], fresh[2], c->B, c->Sq, c->Sk,
-                                             c->H, c->D, c->Dv, scale, c->causal, 1));
+                                             c->H, c->D, c->Dv, scale, c->causal, 1, NULL));
         assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, over[0], over[1], over[2], c->B, c->Sq, c->Sk,
-                                             c->H, c->D, c->Dv, scale, c->causal, 0));
+                                             c->H, c->D, c->Dv, scale, c->causal, 0, NULL));
         for (int g = 0; g < 3; g++) {
             char what[128], prefix[96];
             snprintf(prefix, sizeof prefix, "%s %s, overwriting", label, grads[g]);
@@ -1054,7 +1054,7 @@ static void check_attention_backward(const attn_case *c, uint64_t seed, float ac
             float *two[3] = {dnan(nq), dnan(nk), dnan(nv)};
             assert_sd_ok(sd_cuda_set_flash_bwd_blocks_per_sm(2));
             assert_sd_ok(gpu->attention_backward(qd, kd, vd, outd, doutd, two[0], two[1], two[2], c->B, c->Sq, c->Sk,
-                                                 c->H, c->D, c->Dv, scale, c->causal, 0));
+                                                 c->H, c->D, c->Dv, scale, c->causal, 0, NULL));
             assert_sd_ok(sd_cuda_set_flash_bwd_blocks_per_sm(1));
             for (int g = 0; g < 3; g++) {
                 char what[160], prefix[96];
@@ -1090,22 +1090,85 @@ static void test_attention_backward(void **state) {
         /* only dq (dk, dv NULL), and only dk and dv (dq NULL: the fast path skips its dQ pass) */
         float *dq_only = hcopy(io.dq0, io.nq);
         assert_sd_ok(cpu->attention_backward(io.q, io.k, io.v, io.out, io.dout, dq_only, NULL, NULL, c->B, c->Sq, c->Sk,
-                                             c->H, c->D, c->Dv, io.scale, c->causal, 1));
+                                             c->H, c->D, c->Dv, io.scale, c->causal, 1, NULL));
         const int64_t nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
         float *dk0 = hrand(nk, 1000 + 10 * t + 9, 0.5f), *dv0 = hrand(nv, 1000 + 10 * t + 9, 0.5f);
         float *dk_only = hcopy(dk0, nk), *dv_only = hcopy(dv0, nv);
         assert_sd_ok(cpu->attention_backward(io.q, io.k, io.v, io.out, io.dout, NULL, dk_only, dv_only, c->B, c->Sq,
-                                             c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1));
+                                             c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1, NULL));
         for (int m = 0; m < 2; m++) {
             set_mode(modes[m]);
             float *dqd = dput(io.dq0, io.nq), *dkd = dput(dk0, nk), *dvd = dput(dv0, nv);
             assert_sd_ok(gpu->attention_backward(io.qd, io.kd, io.vd, io.outd, io.doutd, dqd, NULL, NULL, c->B, c->Sq,
-                                                 c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1));
+                                                 c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1, NULL));
             check_dev("attention_backward dq only", dqd, dq_only, io.nq, tol_for(modes[m], TOL_BWD));
             assert_sd_ok(gpu->attention_backward(io.qd, io.kd, io.vd, io.outd, io.doutd, NULL, dkd, dvd, c->B, c->Sq,
-                                                 c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1));
+                                                 c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1, NULL));
             check_dev("attention_backward dk without dq", dkd, dk_only, nk, tol_for(modes[m], TOL_BWD));
             check_dev("attention_backward dv without dq", dvd, dv_only, nv, tol_for(modes[m], TOL_BWD));
+        }
+    }
+}
+
+/* The statistics a differentiated forward keeps for its backward (backend.h: attention's lse
+ * buffer). The GPU's fast forward fills it on its fp16-staged path (both sequences >= 512, heads
+ * in multiples of 8) and the flash backward then reads L and takes Δ = rowsum(dO ⊙ O) from the
+ * forward's output instead of a first pass over the keys. Checked per case and mode: the forward's
+ * output is the same with and without the buffer (bit for bit); the backward given the buffer
+ * matches the CPU, and the GPU's backward without it; the buffer starts as NaNs, so a backward
+ * that read it where the forward left it alone (short sequences, exact mode) fails. */
+static void test_attention_backward_kept_lse(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    CPU_HAS(attention_backward);
+    const attn_case cases[] = {
+        {1, 1024, 1024, 8, 40, 40, 0}, /* SD's 32x32 level at D 40: the cp.async forward */
+        {2, 520, 600, 2, 80, 80, 0},   /* ragged query and key tiles, D 80 */
+        {1, 640, 640, 2, 24, 16, 1},   /* causal, Dv != D: the generic fp16 forward */
+        {2, 256, 77, 8, 80, 80, 0},    /* cross-attention: nothing kept, the backward's own pass */
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const attn_case *c = &cases[t];
+        char what[160], name[128];
+        attn_name(name, sizeof name, "backward with the forward's lse", c);
+        if (testutil_sim_leaves_out(name, 5.0 * c->B * c->H * c->Sq * c->Sk * (c->D + c->Dv))) continue;
+        float *q, *k, *v;
+        attn_inputs(c, 1200 + 10 * t, &q, &k, &v);
+        const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
+        const int64_t no = c->B * c->Sq * c->H * c->Dv, nl = c->B * c->H * c->Sq;
+        const float scale = 1.0f / sqrtf((float)c->D);
+        float *out = hnew(no), *dout = hrand(no, 1200 + 10 * t + 5, 1.0f);
+        assert_sd_ok(cpu->attention(q, k, v, out, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, NULL));
+        float *want[3] = {hnew(nq), hnew(nk), hnew(nv)};
+        assert_sd_ok(cpu->attention_backward(q, k, v, out, dout, want[0], want[1], want[2], c->B, c->Sq, c->Sk, c->H,
+                                             c->D, c->Dv, scale, c->causal, 1, NULL));
+        float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *doutd = dput(dout, no);
+        const int64_t n[3] = {nq, nk, nv};
+        const char *grads[3] = {"dq", "dk", "dv"};
+        for (int m = 0; m < 2; m++) {
+            set_mode(modes[m]);
+            float *plain = dnan(no), *od = dnan(no), *lse = dnan(nl);
+            assert_sd_ok(gpu->attention(qd, kd, vd, plain, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale,
+                                        c->causal, NULL));
+            assert_sd_ok(gpu->attention(qd, kd, vd, od, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal,
+                                        lse));
+            attn_name(what, sizeof what, "  forward output, lse kept vs not", c);
+            check_equal(what, od, hget(plain, no), no);
+            float *with[3] = {dnan(nq), dnan(nk), dnan(nv)}, *without[3] = {dnan(nq), dnan(nk), dnan(nv)};
+            assert_sd_ok(gpu->attention_backward(qd, kd, vd, od, doutd, with[0], with[1], with[2], c->B, c->Sq, c->Sk,
+                                                 c->H, c->D, c->Dv, scale, c->causal, 0, lse));
+            assert_sd_ok(gpu->attention_backward(qd, kd, vd, od, doutd, without[0], without[1], without[2], c->B,
+                                                 c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, 0, NULL));
+            for (int g = 0; g < 3; g++) {
+                char prefix[96];
+                snprintf(prefix, sizeof prefix, "backward given lse, %s", grads[g]);
+                attn_name(what, sizeof what, prefix, c);
+                check_dev(what, with[g], want[g], n[g], tol_for(modes[m], TOL_BWD));
+                snprintf(prefix, sizeof prefix, "  given lse vs not, %s", grads[g]);
+                attn_name(what, sizeof what, prefix, c);
+                check(what, hget(with[g], n[g]), hget(without[g], n[g]), n[g], tol_for(modes[m], TOL_BWD));
+            }
         }
     }
 }
@@ -1125,7 +1188,7 @@ static void test_attention_maps_backward(void **state) {
         const int64_t no = c->B * c->Sq * c->H * c->Dv, np = c->B * c->H * c->Sq * c->Sk;
         const float scale = 1.0f / sqrtf((float)c->D);
         float *probs = hnew(np), *unused = hnew(no);
-        assert_sd_ok(cpu->attention(q, k, v, unused, probs, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, 0));
+        assert_sd_ok(cpu->attention(q, k, v, unused, probs, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, 0, NULL));
         float *dprobs = hrand(np, 1105 + 10 * t, 1.0f), *dout = hrand(no, 1106 + 10 * t, 1.0f);
         float *dq0 = hrand(nq, 1107 + 10 * t, 0.5f), *dk0 = hrand(nk, 1108 + 10 * t, 0.5f);
         float *dp0 = hrand(np, 1109 + 10 * t, 0.5f), *dv0 = hrand(nv, 1110 + 10 * t, 0.5f);
@@ -1633,7 +1696,7 @@ static void test_attention_rows_causal(void **state) {
             memcpy(gk + b * rk, k + k_rows[b] * rk, (size_t)rk * sizeof(float));
             memcpy(gv + b * rv, v + v_rows[b] * rv, (size_t)rv * sizeof(float));
         }
-        assert_sd_ok(cpu->attention(gq, gk, gv, want, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, 1));
+        assert_sd_ok(cpu->attention(gq, gk, gv, want, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, 1, NULL));
         float *qd = dput(q, c->B * rq), *kd = dput(k, c->B * rk), *vd = dput(v, c->B * rv), *od = dnew(c->B * ro);
         char what[128];
         attn_name(what, sizeof what, "attention rows", c);
@@ -1660,14 +1723,14 @@ static void test_attention_large_head_chunked(void **state) {
     const int64_t no = c.B * c.Sq * c.H * c.Dv;
     const float scale = 1.0f / sqrtf((float)c.D);
     float *want = hnew(no);
-    assert_sd_ok(cpu->attention(q, k, v, want, NULL, c.B, c.Sq, c.Sk, c.H, c.D, c.Dv, scale, c.causal));
+    assert_sd_ok(cpu->attention(q, k, v, want, NULL, c.B, c.Sq, c.Sk, c.H, c.D, c.Dv, scale, c.causal, NULL));
     float *qd = dput(q, nq), *kd = dput(k, nk), *vd = dput(v, nv), *od = dnew(no);
     char what[128];
     attn_name(what, sizeof what, "attention large head, chunked", &c);
     for (int m = 0; m < 2; m++) {
         set_mode(modes[m]);
         assert_sd_ok(gpu->fill(od, NAN, no));
-        assert_sd_ok(gpu->attention(qd, kd, vd, od, NULL, c.B, c.Sq, c.Sk, c.H, c.D, c.Dv, scale, c.causal));
+        assert_sd_ok(gpu->attention(qd, kd, vd, od, NULL, c.B, c.Sq, c.Sk, c.H, c.D, c.Dv, scale, c.causal, NULL));
         check_dev(what, od, want, no, tol_for(modes[m], TOL_GEMM));
     }
 }
@@ -1698,7 +1761,7 @@ static void test_attention_backward_chunked(void **state) {
     const int64_t nq = c.Sq * c.H * c.D, nk = c.Sk * c.H * c.D, np = c.H * c.Sq * c.Sk, no = c.Sq * c.H * c.Dv;
     const float scale = 1.0f / sqrtf((float)c.D);
     float *probs = hnew(np), *unused = hnew(no);
-    assert_sd_ok(cpu->attention(q, k, v, unused, probs, c.B, c.Sq, c.Sk, c.H, c.D, c.Dv, scale, 0));
+    assert_sd_ok(cpu->attention(q, k, v, unused, probs, c.B, c.Sq, c.Sk, c.H, c.D, c.Dv, scale, 0, NULL));
     float *dprobs = hrand(np, 1805, 1.0f);
     float *dq0 = hrand(nq, 1806, 1e-3f), *dk0 = hrand(nk, 1807, 1e-3f);
     float *dq = hcopy(dq0, nq), *dk = hcopy(dk0, nk);
@@ -1771,6 +1834,7 @@ int main(void) {
         GPU_TEST(test_norm_backward),
         GPU_TEST(test_elementwise_backward),
         GPU_TEST(test_attention_backward),
+        GPU_TEST(test_attention_backward_kept_lse),
         GPU_TEST(test_attention_maps_backward),
         GPU_TEST(test_adam),
         GPU_TEST(test_model_text_encoder),

@@ -465,9 +465,22 @@ static void test_conv_epilogue_in_a_gradient_step(void **state) {
 
 /* A fast gradient step's q, k and v projections of one F32 input (sd_linear_many on the weights'
  * fp16 copies) run as one batched product that rounds x to fp16 once: the same values bit for bit
- * as three linears, the same tape (one linear node per projection) and the same gradient to x. */
+ * as three linears, the same tape (one linear node per projection) and the same gradient to x.
+ * In the backward, the three data gradients go in one product on the stacked bf16 weights
+ * (autograd.c, backward_linear_group), either way the forward ran: the gradient to x matches the
+ * backend without that op (three products, each adding into dx) to fp32 rounding. */
 static const sd_f16_ops *projections_inner16;
-static long projections_single, projections_batched;
+static long projections_single, projections_batched, grads_single, grads_grouped;
+static sd_status counting_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
+                                                     int64_t N, int accumulate) {
+    grads_single++;
+    return projections_inner16->linear_backward_data_bf16w(dy, w, dx, M, K, N, accumulate);
+}
+static sd_status counting_linear_backward_data_bf16w_many(const float *const *dy, int count, const sd_f16 *w,
+                                                          float *dx, int64_t M, int64_t K, int64_t N, int accumulate) {
+    grads_grouped++;
+    return projections_inner16->linear_backward_data_bf16w_many(dy, count, w, dx, M, K, N, accumulate);
+}
 static sd_status counting_linear_f32io(const float *x, const sd_f16 *w, const float *b, const float *r, float *y,
                                        int64_t M, int64_t K, int64_t N) {
     projections_single++;
@@ -491,6 +504,8 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
     sd_f16_ops table16 = *inner->f16;
     table16.linear_f32io = counting_linear_f32io;
     table16.linear_batched_f32io = counting_linear_batched_f32io;
+    table16.linear_backward_data_bf16w = counting_linear_backward_data_bf16w;
+    table16.linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
     sd_backend table = *inner;
     table.f16 = &table16;
     ctx.be = &table;
@@ -503,13 +518,14 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
     sd_tape *tape = sd_tape_new();
     sd_ctx_set_tape(&ctx, tape);
     const sd_linear_w *qkv[3] = {&a->to_q, &a->to_k, &a->to_v};
-    sd_tensor *outs[2][3], *grad[2];
-    long single[2], batched[2];
-    int nodes[2];
-    for (int k = 0; k < 2; k++) { /* 0: sd_linear_many; 1: one linear each */
-        projections_single = projections_batched = 0;
+    sd_tensor *outs[3][3], *grad[3];
+    long single[3], batched[3], gsingle[3], ggrouped[3];
+    int nodes[3];
+    for (int k = 0; k < 3; k++) { /* 0: sd_linear_many; 1: one linear each; 2: sd_linear_many, no grouped op */
+        projections_single = projections_batched = grads_single = grads_grouped = 0;
+        table16.linear_backward_data_bf16w_many = k == 2 ? NULL : counting_linear_backward_data_bf16w_many;
         sd_tensor *o[3];
-        if (k == 0) assert_sd_ok(sd_linear_many(&ctx, x, qkv, 3, o));
+        if (k != 1) assert_sd_ok(sd_linear_many(&ctx, x, qkv, 3, o));
         else
             for (int i = 0; i < 3; i++) o[i] = sd_linear(&ctx, x, qkv[i]);
         single[k] = projections_single, batched[k] = projections_batched;
@@ -519,21 +535,32 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
         assert_sd_ok(sd_backward(&ctx, sd_mse(&ctx, sum, target)));
         for (int i = 0; i < 3; i++) outs[k][i] = sd_download_new(&ctx, o[i]);
         grad[k] = sd_download_new(&ctx, x->grad);
+        gsingle[k] = grads_single, ggrouped[k] = grads_grouped;
         sd_tape_reset(tape);
     }
+    table16.linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
     print_message("    q, k, v: %ld batched product(s) and %ld single (one by one: %ld single), %d tape nodes (%d)\n",
                   batched[0], single[0], single[1], nodes[0], nodes[1]);
+    print_message("    their data gradients: %ld grouped product(s) and %ld single (without the grouped op: %ld single)\n",
+                  ggrouped[0], gsingle[0], gsingle[2]);
     assert_int_equal(batched[0], 1);
     assert_int_equal(single[0], 0);
     assert_int_equal(single[1], 3);
     assert_int_equal(nodes[0], nodes[1]);
+    assert_int_equal(ggrouped[0], 1);
+    assert_int_equal(gsingle[0], 0);
+    assert_int_equal(ggrouped[1], 1);
+    assert_int_equal(gsingle[2], 3);
     for (int i = 0; i < 3; i++) assert_memory_equal(sd_f32(outs[0][i]), sd_f32(outs[1][i]), sd_nbytes(outs[0][i]));
     assert_memory_equal(sd_f32(grad[0]), sd_f32(grad[1]), sd_nbytes(grad[0]));
+    const double apart = testutil_max_rel_err(sd_f32(grad[0]), sd_f32(grad[2]), sd_numel(grad[0]));
+    print_message("    gradient to x, grouped vs three products: max rel err %.3g\n", apart);
+    assert_true(apart < 1e-6); /* the same terms, summed in another order in fp32 */
     sd_ctx_set_tape(&ctx, NULL);
     sd_tape_free(tape);
     ctx.be = inner;
     ctx.activations = SD_F32;
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         for (int i = 0; i < 3; i++) sd_tensor_free(outs[k][i]);
         sd_tensor_free(grad[k]);
     }

@@ -790,7 +790,8 @@ sd_status cpu_attention_backward_mode(const float *q, const float *k, const floa
 sd_status cpu_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                  const float *dout, float *dq, float *dk, float *dv, int64_t B,
                                  int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
-                                 int causal, int accumulate) {
+                                 int causal, int accumulate, const float *lse) {
+    (void)lse; /* the CPU forward keeps nothing there: the maps are recomputed */
     return cpu_attention_backward_mode(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale,
                                        causal, accumulate, CPU_ATTN_BWD_AUTO);
 }

@@ -109,22 +109,49 @@ static sd_status f16_to_bf16(const float *x, sd_f16 *y, int64_t n) {
     return SD_OK;
 }
 
-/* dx (+)= bf16(dy) · w (w bf16): both widened exactly, then the F32 op (sums in fp32) */
-static sd_status f16_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
-                                                 int64_t N, int accumulate) {
-    float *d = scratch(M * N, "linear_backward_data_bf16w"), *wf = d ? scratch(N * K, "linear_backward_data_bf16w") : NULL;
-    if (!wf) {
-        free(d);
-        return SD_ERR_OOM;
-    }
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < M * N; i++) d[i] = sd_bf16_to_f32(sd_f32_to_bf16(dy[i]));
+/* dx (+)= d · w for d [M, N], already bf16 values in F32, and w bf16 [N, K]: w widened exactly,
+ * then the F32 op (sums in fp32) */
+static sd_status f16_linear_backward_data_bf16w_widened(const float *d, const sd_f16 *w, float *dx, int64_t M,
+                                                        int64_t K, int64_t N, int accumulate) {
+    float *wf = scratch(N * K, "linear_backward_data_bf16w");
+    if (!wf) return SD_ERR_OOM;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N * K; i++) wf[i] = sd_bf16_to_f32(w[i]);
     if (!accumulate) memset(dx, 0, (size_t)(M * K) * sizeof(float)); /* the F32 op adds: into zeros */
     const sd_status st = f32_ops()->linear_backward_data(d, wf, dx, M, K, N);
-    free(d);
     free(wf);
+    return st;
+}
+
+/* dx (+)= bf16(dy) · w (w bf16): both widened exactly, then the F32 op (sums in fp32) */
+static sd_status f16_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
+                                                 int64_t N, int accumulate) {
+    float *d = scratch(M * N, "linear_backward_data_bf16w");
+    if (!d) return SD_ERR_OOM;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M * N; i++) d[i] = sd_bf16_to_f32(sd_f32_to_bf16(dy[i]));
+    const sd_status st = f16_linear_backward_data_bf16w_widened(d, w, dx, M, K, N, accumulate);
+    free(d);
+    return st;
+}
+
+/* dx (+)= [bf16(dy_0) | … | bf16(dy_{count-1})] · w, w the bf16 copies stacked [count·N, K]: the
+ * dy rounded side by side into one [M, count·N] operand, widened exactly, then one F32 product
+ * (sums in fp32 over all count·N terms, as the GPU's one GEMM) */
+static sd_status f16_linear_backward_data_bf16w_many(const float *const *dy, int count, const sd_f16 *w, float *dx,
+                                                      int64_t M, int64_t K, int64_t N, int accumulate) {
+    if (count < 1 || count > SD_LINEAR_MANY_MAX)
+        return sd_fail(SD_ERR_INTERNAL, "cpu linear_backward_data_bf16w_many: %d gradients (1 to %d)", count,
+                       SD_LINEAR_MANY_MAX);
+    const int64_t NT = count * N;
+    float *d = scratch(M * NT, "linear_backward_data_bf16w_many");
+    if (!d) return SD_ERR_OOM;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < M; r++)
+        for (int i = 0; i < count; i++)
+            for (int64_t c = 0; c < N; c++) d[r * NT + i * N + c] = sd_bf16_to_f32(sd_f32_to_bf16(dy[i][r * N + c]));
+    const sd_status st = f16_linear_backward_data_bf16w_widened(d, w, dx, M, K, NT, accumulate);
+    free(d);
     return st;
 }
 
@@ -283,7 +310,7 @@ static sd_status f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v
     const int64_t n[3] = {B * Sq * H * D, B * Sk * H * D, B * Sk * H * Dv};
     const int64_t n_out = B * Sq * H * Dv;
     SD_TRY(bufs_make(&t, "attention", 3, in, n, n_out));
-    return finish(&t, f32_ops()->attention(t.in[0], t.in[1], t.in[2], t.out, NULL, B, Sq, Sk, H, D, Dv, scale, causal),
+    return finish(&t, f32_ops()->attention(t.in[0], t.in[1], t.in[2], t.out, NULL, B, Sq, Sk, H, D, Dv, scale, causal, NULL),
                   out, n_out);
 }
 
@@ -404,6 +431,7 @@ const sd_f16_ops cpu_f16_ops = {
     .linear_batched_f32io = f16_linear_batched_f32io,
     .to_bf16 = f16_to_bf16,
     .linear_backward_data_bf16w = f16_linear_backward_data_bf16w,
+    .linear_backward_data_bf16w_many = f16_linear_backward_data_bf16w_many,
     .to_bf16_conv_transposed = f16_to_bf16_conv_transposed,
     .conv2d_backward_data_bf16w = f16_conv2d_backward_data_bf16w,
     .conv2d = f16_conv2d,

@@ -62,7 +62,7 @@ sd_status cpu_upsample_nearest_backward(const float *dy, float *dx, int64_t N, i
 sd_status cpu_attention_backward(const float *q, const float *k, const float *v, const float *out,
                                  const float *dout, float *dq, float *dk, float *dv, int64_t B,
                                  int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
-                                 int causal, int accumulate);
+                                 int causal, int accumulate, const float *lse);
 sd_status cpu_attention_probs_backward(const float *q, const float *k, const float *probs,
                                        const float *dprobs, float *dq, float *dk, int64_t B,
                                        int64_t Sq, int64_t Sk, int H, int D, float scale);

@@ -421,7 +421,8 @@ static sd_status cpu_attention_apply(const float *probs, const float *v, float *
 
 static sd_status cpu_attention(const float *q, const float *k, const float *v, float *out,
                                float *probs, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
-                               int Dv, float scale, int causal) {
+                               int Dv, float scale, int causal, float *lse) {
+    (void)lse; /* the CPU's backward recomputes the maps' statistics */
     const int64_t ldq = (int64_t)H * D, ldv = (int64_t)H * Dv;
     const int64_t n_blocks = (Sq + QUERY_BLOCK - 1) / QUERY_BLOCK;
     const int64_t tasks = B * H * n_blocks;

@@ -108,8 +108,8 @@ GUARD(upsample_nearest, (const float *x, float *y, int64_t N, int64_t H, int64_t
       (x, y, N, H, W, Ho, Wo), x, y)
 GUARD(transpose, (const float *x, float *y, int64_t B, int64_t R, int64_t C), (x, y, B, R, C), x, y)
 GUARD(attention, (const float *q, const float *k, const float *v, float *out, float *probs, int64_t B, int64_t Sq,
-                  int64_t Sk, int H, int D, int Dv, float scale, int causal),
-      (q, k, v, out, probs, B, Sq, Sk, H, D, Dv, scale, causal), q, k, v, out, probs)
+                  int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse),
+      (q, k, v, out, probs, B, Sq, Sk, H, D, Dv, scale, causal, lse), q, k, v, out, probs, lse)
 GUARD(attention_apply, (const float *probs, const float *v, float *out, int64_t B, int64_t Sq, int64_t Sk, int H,
                         int Dv),
       (probs, v, out, B, Sq, Sk, H, Dv), probs, v, out)
@@ -156,8 +156,9 @@ GUARD(upsample_nearest_backward, (const float *dy, float *dx, int64_t N, int64_t
       (dy, dx, N, H, W, Ho, Wo, accumulate), dy, dx)
 GUARD(attention_backward, (const float *q, const float *k, const float *v, const float *out, const float *dout,
                            float *dq, float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv,
-                           float scale, int causal, int accumulate),
-      (q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate), q, k, v, out, dout, dq, dk, dv)
+                           float scale, int causal, int accumulate, const float *lse),
+      (q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate, lse), q, k, v, out, dout, dq,
+      dk, dv, lse)
 GUARD(attention_probs_backward, (const float *q, const float *k, const float *probs, const float *dprobs, float *dq,
                                  float *dk, int64_t B, int64_t Sq, int64_t Sk, int H, int D, float scale),
       (q, k, probs, dprobs, dq, dk, B, Sq, Sk, H, D, scale), q, k, probs, dprobs, dq, dk)
@@ -220,6 +221,17 @@ GUARD16(to_bf16, (const float *x, sd_f16 *y, int64_t n), (x, y, n), x, y)
 GUARD16(linear_backward_data_bf16w, (const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
                                      int accumulate),
         (dy, w, dx, M, K, N, accumulate), dy, w, dx)
+/* the gradients' pointer array is the caller's host memory; each pointer in it must be the device's */
+static sd_status g16_linear_backward_data_bf16w_many(const float *const *dy, int count, const sd_f16 *w, float *dx,
+                                                     int64_t M, int64_t K, int64_t N, int accumulate) {
+    const void *device_args[SD_LINEAR_MANY_MAX + 2] = {w, dx};
+    for (int i = 0; i < count && i < SD_LINEAR_MANY_MAX; i++) device_args[2 + i] = dy[i];
+    if (!on_device("f16 linear_backward_data_bf16w_many", device_args, 2 + (size_t)count)) return SD_ERR_INTERNAL;
+    open_memory();
+    const sd_status s = cpu->f16->linear_backward_data_bf16w_many(dy, count, w, dx, M, K, N, accumulate);
+    close_memory();
+    return s;
+}
 GUARD16(to_bf16_conv_transposed, (const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw),
         (w, wt, Co, Ci, kh, kw), w, wt)
 GUARD16(conv2d_backward_data_bf16w, (const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
@@ -289,7 +301,7 @@ const sd_backend *guarded_backend(void) {
         SET16(to_f16), SET16(to_f32), SET16(copy), SET16(linear), SET16(linear_f32io), SET16(conv2d), SET16(group_norm);
         SET16(layer_norm);
         SET16(binary), SET16(add_channel_bias), SET16(geglu), SET16(concat_channels), SET16(upsample_nearest);
-        SET16(transpose), SET16(attention), SET16(to_f16_nhwc), SET16(to_f32_nchw), SET16(linear_batched), SET16(linear_batched_f32io), SET16(to_bf16), SET16(linear_backward_data_bf16w), SET16(conv2d_nhwc), SET16(group_norm_nhwc), SET16(add_channel_bias_nhwc);
+        SET16(transpose), SET16(attention), SET16(to_f16_nhwc), SET16(to_f32_nchw), SET16(linear_batched), SET16(linear_batched_f32io), SET16(to_bf16), SET16(linear_backward_data_bf16w), SET16(linear_backward_data_bf16w_many), SET16(conv2d_nhwc), SET16(group_norm_nhwc), SET16(add_channel_bias_nhwc);
         SET16(concat_channels_nhwc), SET16(upsample_nearest_nhwc), SET16(to_bf16_conv_transposed);
         SET16(conv2d_backward_data_bf16w);
 #undef SET16
