@@ -147,6 +147,7 @@ enum {
 
 typedef struct {
     const sd_tensor *weight; /* the first of a pack */
+    const sd_tensor *packed[SD_LINEAR_MANY_MAX - 1]; /* the others of a pack, in order (NULL past its end) */
     int layout;              /* LOWP_* */
     const void *data;
     sd_f16 *copy;
@@ -258,12 +259,14 @@ static const sd_f16 *lowp_weights_copy(sd_ctx *c, const sd_tensor *const *ws, in
         return NULL;
     }
     lowp_entry *e = lowp_find(t, w, layout);
-    if (e->weight && e->data == w->data) return e->copy;
-    if (e->weight) { /* same header, moved data: the old copy is stale */
+    const sd_tensor *packed[SD_LINEAR_MANY_MAX - 1] = {NULL};
+    for (int i = 1; i < count; i++) packed[i - 1] = ws[i];
+    if (e->weight && e->data == w->data && !memcmp(e->packed, packed, sizeof packed)) return e->copy;
+    if (e->weight) { /* same header, moved data (or packed with other weights): the old copy is stale */
         c->be->mem_free(e->copy);
         t->bytes -= e->bytes;
         t->used--;
-        *e = (lowp_entry){NULL, 0, NULL, NULL, 0};
+        *e = (lowp_entry){0};
     }
     const int64_t n = sd_numel(w) * count;
     sd_f16 *copy = c->be->mem_alloc((size_t)n * sizeof(sd_f16));
@@ -276,7 +279,8 @@ static const sd_f16 *lowp_weights_copy(sd_ctx *c, const sd_tensor *const *ws, in
         c->be->mem_free(copy);
         return NULL;
     }
-    *e = (lowp_entry){w, layout, w->data, copy, (size_t)n * sizeof(sd_f16)};
+    *e = (lowp_entry){.weight = w, .layout = layout, .data = w->data, .copy = copy, .bytes = (size_t)n * sizeof(sd_f16)};
+    memcpy(e->packed, packed, sizeof packed);
     t->used++;
     t->bytes += e->bytes;
     return copy;

@@ -556,6 +556,31 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
     const double apart = testutil_max_rel_err(sd_f32(grad[0]), sd_f32(grad[2]), sd_numel(grad[0]));
     print_message("    gradient to x, grouped vs three products: max rel err %.3g\n", apart);
     assert_true(apart < 1e-6); /* the same terms, summed in another order in fp32 */
+    /* a projection whose output the loss leaves out has no gradient and leaves the group: q with k,
+     * then q with v (the stacked copy of one pair must not serve the other), each against the same
+     * loss's backward without the grouped op */
+    for (int unused = 2; unused >= 1; unused--) {
+        sd_tensor *pair[2];
+        for (int grouped = 1; grouped >= 0; grouped--) {
+            table16.linear_backward_data_bf16w_many = grouped ? counting_linear_backward_data_bf16w_many : NULL;
+            grads_grouped = 0;
+            sd_tensor *o[3];
+            assert_sd_ok(sd_linear_many(&ctx, x, qkv, 3, o));
+            const int other = unused == 2 ? 1 : 2;
+            sd_tensor *sum = sd_add(&ctx, o[0], sd_mul(&ctx, o[other], o[other]));
+            assert_sd_ok(sd_backward(&ctx, sd_mse(&ctx, sum, target)));
+            assert_int_equal(grads_grouped, grouped);
+            pair[grouped] = sd_download_new(&ctx, x->grad);
+            sd_tape_reset(tape);
+        }
+        const double err = testutil_max_rel_err(sd_f32(pair[1]), sd_f32(pair[0]), sd_numel(pair[0]));
+        print_message("    q and %s grouped (%s unused) vs two products: max rel err %.3g\n", unused == 2 ? "k" : "v",
+                      unused == 2 ? "v" : "k", err);
+        assert_true(err < 1e-6);
+        sd_tensor_free(pair[0]);
+        sd_tensor_free(pair[1]);
+    }
+    table16.linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
     sd_ctx_set_tape(&ctx, NULL);
     sd_tape_free(tape);
     ctx.be = inner;
