@@ -1123,8 +1123,9 @@ static void test_attention_backward_kept_lse(void **state) {
     require_gpu();
     CPU_HAS(attention_backward);
     const attn_case cases[] = {
-        {1, 1024, 1024, 8, 40, 40, 0}, /* SD's 32x32 level at D 40: the cp.async forward */
-        {2, 520, 600, 2, 80, 80, 0},   /* ragged query and key tiles, D 80 */
+        {1, 1024, 1024, 2, 40, 40, 0}, /* 1,024 tokens at SD's D 40: the cp.async forward */
+        {1, 4096, 4096, 8, 40, 40, 0}, /* SD v1.5's 64x64 self-attention (a GPU only) */
+        {2, 520, 600, 2, 80, 80, 0},   /* ragged query and key tiles at D 80 (SD's 32x32 level) */
         {1, 640, 640, 2, 24, 16, 1},   /* causal, Dv != D: the generic fp16 forward */
         {2, 256, 77, 8, 80, 80, 0},    /* cross-attention: nothing kept, the backward's own pass */
     };
