@@ -575,32 +575,6 @@ sd_status cu_to_bf16(const float *x, sd_f16 *y, int64_t n) {
     return SD_OK;
 }
 
-/* dx[M, K] (+)= bf16(dy)[M, N] · w[N, K]: dy rounded once into the workspace, then a bf16 GEMM
- * into dx, accumulating (beta 1) or not (beta 0: dx not read) (column-major dxᵀ[K, M] (+)= wᵀ[K, N] ·
- * dyᵀ[N, M]). The FAST_16BF GEMM on
- * F32 operands it replaces does the same arithmetic, converting its tiles inside the kernel: the
- * forward's equivalent ran at 30 TFLOP/s against 81 for native fp16 operands on an H200. */
-sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
-                                        int accumulate) {
-    if (M <= 0 || K <= 0) return SD_OK;
-    if (N <= 0) { /* the empty sum */
-        if (!accumulate) CUDA_CHECK(cudaMemsetAsync(dx, 0, (size_t)(M * K) * sizeof(float), cu_cur()->stream));
-        return SD_OK;
-    }
-    cu_state *s = cu_cur();
-    CU_TRY(check_int("M", M));
-    CU_TRY(check_int("N", N));
-    CU_TRY(check_int("K", K));
-    sd_f16 *dy16 = (sd_f16 *)cu_workspace((size_t)(M * N) * sizeof(sd_f16));
-    if (!dy16) return SD_ERR_OOM;
-    CU_TRY(cu_to_bf16(dy, dy16, M * N));
-    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)N, &one, w, CUDA_R_16BF, (int)K,
-                              dy16, CUDA_R_16BF, (int)N, &beta, dx, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
-    return SD_OK;
-}
-
 /* Several data gradients of one input in one product (sd_f16_ops.linear_backward_data_bf16w_many).
  * k_bf16_side_by_side rounds dy[i] [M, N] into columns [i·N, (i+1)·N) of one [M, count·N] bf16
  * operand (blockIdx.y = i), 4 values per thread where every row of every dy is 16-byte aligned. */
@@ -630,12 +604,17 @@ __global__ void k_bf16_side_by_side(const bf16_side_by_side_params p) {
     }
 }
 
+/* dx[M, K] (+)= Σ_i bf16(dy[i])[M, N] · w_i[N, K], w the count bf16 weights stacked [count·N, K]:
+ * the dy rounded once into one [M, count·N] operand in the workspace (one gradient: a plain
+ * conversion), then one bf16 GEMM over count·N into dx, accumulating (beta 1) or not (beta 0: dx not
+ * read) (column-major dxᵀ[K, M] (+)= wᵀ[K, count·N] · dyᵀ[count·N, M]). The FAST_16BF GEMM on F32
+ * operands this replaced does the same arithmetic, converting its tiles inside the kernel: the
+ * forward's equivalent ran at 30 TFLOP/s against 81 for native fp16 operands on an H200. */
 sd_status cu_bf16w_linear_backward_data_many(const float *const *dy, int count, const sd_f16 *w, float *dx, int64_t M,
                                              int64_t K, int64_t N, int accumulate) {
     if (count < 1 || count > SD_LINEAR_MANY_MAX)
         return sd_fail(SD_ERR_INTERNAL, "linear_backward_data_bf16w_many: %d gradients (1 to %d)", count,
                        SD_LINEAR_MANY_MAX);
-    if (count == 1) return cu_bf16w_linear_backward_data(dy[0], w, dx, M, K, N, accumulate);
     if (M <= 0 || K <= 0) return SD_OK;
     if (N <= 0) { /* the empty sum */
         if (!accumulate) CUDA_CHECK(cudaMemsetAsync(dx, 0, (size_t)(M * K) * sizeof(float), cu_cur()->stream));
@@ -646,24 +625,36 @@ sd_status cu_bf16w_linear_backward_data_many(const float *const *dy, int count, 
     CU_TRY(check_int("M", M));
     CU_TRY(check_int("N", NT));
     CU_TRY(check_int("K", K));
-    bf16_side_by_side_params p;
-    memset(&p, 0, sizeof p);
-    p.out = (__nv_bfloat16 *)cu_workspace((size_t)(M * NT) * sizeof(__nv_bfloat16));
-    if (!p.out) return SD_ERR_OOM;
-    p.M = M, p.N = N, p.count = count;
-    p.vec = N % 4 == 0;
-    for (int i = 0; i < count; i++) {
-        p.dy[i] = dy[i];
-        p.vec = p.vec && cu_aligned16(dy[i]);
+    __nv_bfloat16 *dy16 = (__nv_bfloat16 *)cu_workspace((size_t)(M * NT) * sizeof(__nv_bfloat16));
+    if (!dy16) return SD_ERR_OOM;
+    if (count == 1) {
+        CU_TRY(cu_to_bf16(dy[0], reinterpret_cast<sd_f16 *>(dy16), M * N));
+    } else {
+        bf16_side_by_side_params p;
+        memset(&p, 0, sizeof p);
+        p.out = dy16;
+        p.M = M, p.N = N, p.count = count;
+        p.vec = N % 4 == 0;
+        for (int i = 0; i < count; i++) {
+            p.dy[i] = dy[i];
+            p.vec = p.vec && cu_aligned16(dy[i]);
+        }
+        const int64_t per_source = p.vec ? M * N / 4 : M * N;
+        CU_LAUNCH(k_bf16_side_by_side, dim3(cu_blocks(per_source, 256), (unsigned)count), 256, 0, s->stream)(p);
+        LAUNCH_CHECK("data gradients side by side (bf16)");
     }
-    const int64_t per_source = p.vec ? M * N / 4 : M * N;
-    CU_LAUNCH(k_bf16_side_by_side, dim3(cu_blocks(per_source, 256), (unsigned)count), 256, 0, s->stream)(p);
-    LAUNCH_CHECK("data gradients side by side (bf16)");
     const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
     CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)NT, &one, w, CUDA_R_16BF, (int)K,
-                              p.out, CUDA_R_16BF, (int)NT, &beta, dx, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F,
+                              dy16, CUDA_R_16BF, (int)NT, &beta, dx, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT));
     return SD_OK;
+}
+
+/* dx[M, K] (+)= bf16(dy)[M, N] · w[N, K]: the one-gradient case of the above */
+sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
+                                        int accumulate) {
+    const float *const one[1] = {dy};
+    return cu_bf16w_linear_backward_data_many(one, 1, w, dx, M, K, N, accumulate);
 }
 
 /* ------------------------------------------------------------------------------------------------

@@ -123,18 +123,6 @@ static sd_status f16_linear_backward_data_bf16w_widened(const float *d, const sd
     return st;
 }
 
-/* dx (+)= bf16(dy) · w (w bf16): both widened exactly, then the F32 op (sums in fp32) */
-static sd_status f16_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
-                                                 int64_t N, int accumulate) {
-    float *d = scratch(M * N, "linear_backward_data_bf16w");
-    if (!d) return SD_ERR_OOM;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < M * N; i++) d[i] = sd_bf16_to_f32(sd_f32_to_bf16(dy[i]));
-    const sd_status st = f16_linear_backward_data_bf16w_widened(d, w, dx, M, K, N, accumulate);
-    free(d);
-    return st;
-}
-
 /* dx (+)= [bf16(dy_0) | … | bf16(dy_{count-1})] · w, w the bf16 copies stacked [count·N, K]: the
  * dy rounded side by side into one [M, count·N] operand, widened exactly, then one F32 product
  * (sums in fp32 over all count·N terms, as the GPU's one GEMM) */
@@ -153,6 +141,13 @@ static sd_status f16_linear_backward_data_bf16w_many(const float *const *dy, int
     const sd_status st = f16_linear_backward_data_bf16w_widened(d, w, dx, M, K, NT, accumulate);
     free(d);
     return st;
+}
+
+/* dx (+)= bf16(dy) · w (w bf16): the one-gradient case of the above */
+static sd_status f16_linear_backward_data_bf16w(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
+                                                 int64_t N, int accumulate) {
+    const float *const one[1] = {dy};
+    return f16_linear_backward_data_bf16w_many(one, 1, w, dx, M, K, N, accumulate);
 }
 
 /* wt[ci, co, s] = bf16(w[co, ci, S-1-s]): channels swapped, the kh·kw taps reversed (the flip of
