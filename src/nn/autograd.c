@@ -590,9 +590,6 @@ sd_status sd_backward(sd_ctx *c, sd_tensor *loss) {
     return reverse_pass(c, loss, NULL);
 }
 
-/* Walks the context's tape back from root_out, whose gradient starts as `seed` (same element
- * count; NULL: the loss's 1). A root no node produced (a block whose output does not depend on a
- * trainable input) leaves nothing to do. */
 /* Whether node m can join a group of linears of input x whose weights have w0's shape: a bias-free
  * linear on a frozen weight with a bf16 data gradient, and nothing else to differentiate. */
 static int groups_with(const sd_ctx *c, const sd_tape_node *m, const sd_tensor *x, const sd_tensor *w0) {
@@ -638,6 +635,9 @@ static int backward_linear_group(sd_ctx *c, int i) {
     return i - first + 1;
 }
 
+/* Walks the context's tape back from root_out, whose gradient starts as `seed` (same element
+ * count; NULL: the loss's 1). A root no node produced (a block whose output does not depend on a
+ * trainable input) leaves nothing to do. */
 static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *seed) {
     sd_tape_node *root = producer(c, root_out);
     if (!root) return c->status;
