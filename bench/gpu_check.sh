@@ -318,9 +318,9 @@ if want grad; then
             || { note "grad_side_by_side failed for $model (see above)"; FAILED=1; }
     done
     # where a fast-mode gradient step's time goes, backward included (SD v1.5, random weights)
-    # (the value step with the defaults; the context step also with its data gradients on the F32
-    # weights, SD_BF16_GRADS=0: the bf16 convolution data gradients' rows against the TF32 ones)
-    for run in "value SD_CONV_GEMM=auto" "context SD_CONV_GEMM=auto" "context SD_BF16_GRADS=0"; do
+    # (the value step with the defaults; the context step also with fp16 activations in the step,
+    # SD_STEP_ACTIVATIONS=f16: its forward the plain fp16 forward, the backward's widenings)
+    for run in "value SD_CONV_GEMM=auto" "context SD_CONV_GEMM=auto" "context SD_STEP_ACTIVATIONS=f16"; do
         what=${run%% *}
         setting=${run#* }
         echo "stylediff: sd15 $what step, fast, $setting, per-op breakdown ($(elapsed))"

@@ -32,7 +32,8 @@
 #          replayed as CUDA graphs; "+cudnn": SD_CONV_GEMM=off, cuDNN for every convolution; "+gemm":
 #          SD_CONV_GEMM=all, im2col + GEMM for every convolution; "+tf32":
 #          SD_FAST_GEMM=tf32, the F32 GEMMs of a step in TF32 instead of bf16; "+fb2":
-#          SD_FLASH_BWD_BLOCKS_PER_SM=2, the flash attention backward at D 40 two blocks per SM; a
+#          SD_FLASH_BWD_BLOCKS_PER_SM=2, the flash attention backward at D 40 two blocks per SM;
+#          "+f16step" (anywhere in the name): SD_STEP_ACTIVATIONS=f16, the step's forward storing fp16; a
 #          trailing "@prev" (fast@prev): the row on the bundle's stylediff-prev, an earlier commit's
 #          binary (PREV=<commit> bash bench/gpu_bundle.sh), labelled PRECISION@prev)
 #          --stylediff PATH (build/stylediff)  --python PY (.venv/bin/python, else python3)
@@ -111,6 +112,7 @@ for row in $(echo "$PRECISION" | tr ',' ' '); do
     gemmalgo=heuristic
     wino=$(winograd_setting "$prec")
     fbwd=$(flash_bwd_setting "$prec")
+    stepact=$(step_activations_setting "$prec")
     case $prec in
         *+tune) convalgo=tune gemmalgo=tune ;;
         *+graph) convalgo=graph ;;
@@ -125,9 +127,9 @@ for row in $(echo "$PRECISION" | tr ',' ' '); do
     base=${prec%%+*}
     echo "stylediff$tag: bench grad $OURS_MODEL --device $DEVICE --precision $base --iters $ITERS$extra" \
          "(SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm SD_CHANNELS_LAST=$chlast SD_BF16_GRADS=$bf16grads" \
-         "SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_WINOGRAD=$wino SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd)" >&2
+         "SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_WINOGRAD=$wino SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_STEP_ACTIVATIONS=$stepact)" >&2
     # shellcheck disable=SC2086
-    if ! SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_BF16_GRADS=$bf16grads SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
+    if ! SD_STEP_ACTIVATIONS=$stepact SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_BF16_GRADS=$bf16grads SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
             $extra > "$WORK/ours_row.tsv" 2> "$WORK/ours_$row.err"; then
         cat "$WORK/ours_$row.err" >&2
         note "stylediff bench grad failed ($row)"

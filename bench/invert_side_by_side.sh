@@ -50,7 +50,8 @@
 #   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager,fast+f32act,fast+cudnn);
 #                                cpu: exact. A trailing "@prev" (fast@prev): the same row on the bundle's
 #                                stylediff-prev, an earlier commit (PREV=<commit> bash bench/gpu_bundle.sh);
-#                                "+fb2": SD_FLASH_BWD_BLOCKS_PER_SM=2 (row_settings.sh).
+#                                "+fb2": SD_FLASH_BWD_BLOCKS_PER_SM=2; "+f16step": SD_STEP_ACTIVATIONS=f16,
+#                                the gradient steps storing fp16 too (row_settings.sh).
 #                                "+find": SD_CONV_ALGO=find (convolution algorithms chosen
 #                                by cuDNN's timing); "+tune": SD_CONV_ALGO=tune SD_GEMM_ALGO=tune (each
 #                                convolution and linear shape timed once between its ways); "+direct", "+wino",
@@ -221,6 +222,7 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     fastgemm=bf16
     wino=$(winograd_setting "$row")
     fbwd=$(flash_bwd_setting "$row")
+    stepact=$(step_activations_setting "$row")
     case $row in
         *+eager) eager=--eager ;;
         *+f32act) act=f32 ;;
@@ -230,7 +232,7 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
         *+tf32) fastgemm=tf32 ;;
     esac
     # shellcheck disable=SC2086
-    if SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench invert $OURS_MODEL --device "$DEVICE" --precision "${row%%+*}" $eager --methods "$METHODS" \
+    if SD_STEP_ACTIVATIONS=$stepact SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench invert $OURS_MODEL --device "$DEVICE" --precision "${row%%+*}" $eager --methods "$METHODS" \
             --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
             > "$f" 2> "$LOGS/ours_$prec.err"; then
         sed "s/^/  /" "$f" >&2

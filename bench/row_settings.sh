@@ -27,3 +27,13 @@ flash_bwd_setting() {
         *) echo 1 ;;
     esac
 }
+
+# SD_STEP_ACTIVATIONS for a row name: +f16step (anywhere in it, e.g. fast+f16step+fb2) fp16 activations
+# in fast mode's gradient steps too, their forward the plain fp16 forward (sd_ctx.f16_steps); else f32,
+# the default (the steps' F32 activations on fp16 weight copies).
+step_activations_setting() {
+    case $1 in
+        *+f16step*) echo f16 ;;
+        *) echo f32 ;;
+    esac
+}

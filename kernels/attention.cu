@@ -1074,17 +1074,21 @@ static sd_status f16_attention_unfused(const sd_f16 *q, const sd_f16 *k, const s
     return SD_OK;
 }
 
+/* lse: filled where cu_attention_keeps_lse says, as cu_attention's fp16-staged path fills it (the
+ * same kernels on the same fp16 values: a gradient step storing fp16 widens q, k, v and out to F32
+ * for cu_attention_backward, whose fp16 copies of q and k are then these, bit for bit) */
 sd_status cu_f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
-                           int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+                           int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse) {
     CU_TRY(check_dims(B, Sq, Sk, H, D, Dv));
     if (B == 0 || Sq == 0) return SD_OK;
     if (D <= FLASH_MAX_D && Dv <= FLASH_MAX_D && scale > 0.0f) {
         /* the fp16 tensor-core kernel in either precision mode: its products are exact in fp32 and
          * accumulate in fp32, so it loses little beyond the fp16 storage itself (the exact SIMT
          * kernel reads F32 only) */
-        return flash_fast(flash_params(cu_half(q), cu_half(k), cu_half(v), cu_half(out), Sq, Sk, H, D, Dv, scale,
-                                       causal),
-                          B);
+        attn_params<__half> p =
+            flash_params(cu_half(q), cu_half(k), cu_half(v), cu_half(out), Sq, Sk, H, D, Dv, scale, causal);
+        if (lse && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale)) p.lse = lse;
+        return flash_fast(p, B);
     }
     return f16_attention_unfused(q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal);
 }

@@ -116,6 +116,7 @@ struct attn_bwd_params {
     const __nv_bfloat16 *q, *k, *v, *dout;
     const float *lse_fwd;          /* [B·H][Sq]: the forward's L, or NULL (kernel 1 computes it) */
     const float *out;              /* with lse_fwd: the forward's output [B, Sq, H·Dv], for Δ */
+    const __half *out16;           /* the same stored in fp16 (a step storing fp16), in place of out */
     float *dq, *dk, *dv;           /* the op's gradients, [B, S, H·D] (·Dv); NULL: not wanted */
     int accumulate;                /* 1: add into dq, dk, dv; 0: write them (each element once) */
     float *dk_part, *dv_part;      /* kernel 2 split over the queries: [splits][B·H][Sk][DP] partial sums */
@@ -137,12 +138,14 @@ struct attn_bwd_params {
  * --------------------------------------------------------------------------------------------- */
 
 struct fb_stage_job {
-    const float *src;   /* [B, S, H·width] */
+    const void *src;    /* [B, S, H·width], F32 or (src16) fp16 */
     void *dst;          /* [B·H][S][DP] of E */
     int64_t S;
     int width;
     int half;           /* E: 1 fp16, 0 bf16 */
-    int vec;            /* width a multiple of 4 and src 16-byte aligned: every head row of src reads as float4s */
+    int vec;            /* every head row of src reads as 16-byte pieces: width a multiple of 4 (F32) or of 8
+                         * (fp16) and src 16-byte aligned */
+    int src16;          /* src holds fp16 values (a step storing fp16: the forward's own operands) */
 };
 #define FB_STAGE_JOBS 6
 struct fb_stage_params {
@@ -150,6 +153,33 @@ struct fb_stage_params {
     int64_t B;
     int H, DP;
 };
+
+/* Element e of a staged row's source as float (fp16 values are exact in it). */
+__device__ __forceinline__ float fb_src_at(const float *src, int e) { return src[e]; }
+__device__ __forceinline__ float fb_src_at(const __half *src, int e) { return __half2float(src[e]); }
+
+/* An fp16 source: one 16-byte load of 8 values (or zeros past the head's width), rounded to E (fp16
+ * to fp16 keeps the bits), one 16-byte store */
+template <typename E>
+__device__ __forceinline__ void fb_stage_piece(const fb_stage_job &j, const __half *src, E *dst, int c) {
+    typedef cu_tensor_core<E> TC;
+    if (j.vec) {
+        alignas(16) __half h[8];
+        *reinterpret_cast<float4 *>(h) =
+            c < j.width ? *reinterpret_cast<const float4 *>(src + c) : make_float4(0, 0, 0, 0);
+        alignas(16) uint32_t out[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) out[e] = TC::pack(__half2float(h[2 * e]), __half2float(h[2 * e + 1]));
+        *reinterpret_cast<float4 *>(dst + c) = *reinterpret_cast<const float4 *>(out);
+        return;
+    }
+#pragma unroll
+    for (int e = 0; e < 8; e += 2) {
+        const float lo = c + e < j.width ? fb_src_at(src, c + e) : 0.0f;
+        const float hi = c + e + 1 < j.width ? fb_src_at(src, c + e + 1) : 0.0f;
+        *reinterpret_cast<uint32_t *>(dst + c + e) = TC::pack(lo, hi);
+    }
+}
 
 template <typename E>
 __device__ __forceinline__ void fb_stage_piece(const fb_stage_job &j, const float *src, E *dst, int c) {
@@ -178,11 +208,18 @@ __global__ void k_fb_stage(const fb_stage_params p) {
     if (i >= p.B * p.H * j.S * pieces) return;
     const int64_t row = i / pieces, bh = row / j.S, s = row % j.S;
     const int c = (int)(i - row * pieces) << 3;
-    const float *src = j.src + ((bh / p.H) * j.S + s) * (int64_t)p.H * j.width + (bh % p.H) * (int64_t)j.width;
-    if (j.half)
-        fb_stage_piece(j, src, static_cast<__half *>(j.dst) + row * p.DP, c);
-    else
-        fb_stage_piece(j, src, static_cast<__nv_bfloat16 *>(j.dst) + row * p.DP, c);
+    const int64_t at = ((bh / p.H) * j.S + s) * (int64_t)p.H * j.width + (bh % p.H) * (int64_t)j.width;
+    __half *d16 = static_cast<__half *>(j.dst) + row * p.DP;
+    __nv_bfloat16 *dbf = static_cast<__nv_bfloat16 *>(j.dst) + row * p.DP;
+    if (j.src16) {
+        const __half *src = static_cast<const __half *>(j.src) + at;
+        if (j.half) fb_stage_piece(j, src, d16, c);
+        else fb_stage_piece(j, src, dbf, c);
+    } else {
+        const float *src = static_cast<const float *>(j.src) + at;
+        if (j.half) fb_stage_piece(j, src, d16, c);
+        else fb_stage_piece(j, src, dbf, c);
+    }
 }
 
 /* Whether key kj enters query row qi's softmax. */
@@ -303,11 +340,13 @@ __device__ __forceinline__ float fb_delta_from_out(const attn_bwd_params &p, con
                                                    int64_t b, int h, int64_t row, int DP, int t) {
     float sum = 0.0f;
     if (row < p.Sq) {
-        const float *o = p.out + (b * p.Sq + row) * (int64_t)p.H * p.Dv + (int64_t)h * p.Dv;
+        const int64_t at = (b * p.Sq + row) * (int64_t)p.H * p.Dv + (int64_t)h * p.Dv;
         for (int d = 2 * t; d < p.Dv; d += 8) {
             const __nv_bfloat162 d2 = *reinterpret_cast<const __nv_bfloat162 *>(dout_row + row * DP + d);
-            sum = fmaf(__bfloat162float(d2.x), o[d], sum);
-            if (d + 1 < p.Dv) sum = fmaf(__bfloat162float(d2.y), o[d + 1], sum);
+            const float o0 = p.out16 ? __half2float(p.out16[at + d]) : p.out[at + d];
+            sum = fmaf(__bfloat162float(d2.x), o0, sum);
+            if (d + 1 < p.Dv) sum = fmaf(__bfloat162float(d2.y), p.out16 ? __half2float(p.out16[at + d + 1])
+                                                                          : p.out[at + d + 1], sum);
         }
     }
     return cu_quad_sum(sum);
@@ -697,8 +736,9 @@ template <int NS> static sd_status launch_flash_bwd(const attn_bwd_params &p, in
     return launch_flash_bwd_blocks<NS, 1>(p, B, splits);
 }
 
-/* lse_fwd: the forward's L (cu_attention_keeps_lse held for it), or NULL; out: the forward's output */
-static sd_status flash_backward_fast(const float *q, const float *k, const float *v, const float *out,
+/* lse_fwd: the forward's L (cu_attention_keeps_lse held for it), or NULL; out: the forward's output.
+ * q, k, v and out are F32, or fp16 with f16_inputs (the values a step storing fp16 saved). */
+static sd_status flash_backward_fast(const void *q, const void *k, const void *v, const void *out, bool f16_inputs,
                                      const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
                                      int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
                                      const float *lse_fwd) {
@@ -734,13 +774,15 @@ static sd_status flash_backward_fast(const float *q, const float *k, const float
     }
     fb_stage_params st;
     memset(&st, 0, sizeof st);
-    const int q_vec = D % 4 == 0 && cu_aligned16(q), k_vec = D % 4 == 0 && cu_aligned16(k);
-    st.job[0] = fb_stage_job{q, sq16, Sq, D, 1, q_vec};
-    st.job[1] = fb_stage_job{k, sk16, Sk, D, 1, k_vec};
-    st.job[2] = fb_stage_job{q, sq, Sq, D, 0, q_vec};
-    st.job[3] = fb_stage_job{k, sk, Sk, D, 0, k_vec};
-    st.job[4] = fb_stage_job{v, sv, Sk, Dv, 0, Dv % 4 == 0 && cu_aligned16(v)};
-    st.job[5] = fb_stage_job{dout, sdo, Sq, Dv, 0, Dv % 4 == 0 && cu_aligned16(dout)};
+    const int per16 = f16_inputs ? 8 : 4; /* source values per 16-byte piece */
+    const int in16 = f16_inputs ? 1 : 0;
+    const int q_vec = D % per16 == 0 && cu_aligned16(q), k_vec = D % per16 == 0 && cu_aligned16(k);
+    st.job[0] = fb_stage_job{q, sq16, Sq, D, 1, q_vec, in16};
+    st.job[1] = fb_stage_job{k, sk16, Sk, D, 1, k_vec, in16};
+    st.job[2] = fb_stage_job{q, sq, Sq, D, 0, q_vec, in16};
+    st.job[3] = fb_stage_job{k, sk, Sk, D, 0, k_vec, in16};
+    st.job[4] = fb_stage_job{v, sv, Sk, Dv, 0, Dv % per16 == 0 && cu_aligned16(v), in16};
+    st.job[5] = fb_stage_job{dout, sdo, Sq, Dv, 0, Dv % 4 == 0 && cu_aligned16(dout), 0};
     st.B = B, st.H = H, st.DP = DP;
     const int64_t most = BH * (Sq > Sk ? Sq : Sk) * (DP / 8);
     CU_LAUNCH(k_fb_stage, dim3((unsigned)((most + 255) / 256), FB_STAGE_JOBS), 256, 0, cu_cur()->stream)(st);
@@ -748,7 +790,8 @@ static sd_status flash_backward_fast(const float *q, const float *k, const float
     p.q16 = sq16, p.k16 = sk16;
     p.q = sq, p.k = sk, p.v = sv, p.dout = sdo;
     p.lse_fwd = lse_fwd;
-    p.out = lse_fwd ? out : NULL;
+    p.out = lse_fwd && !f16_inputs ? static_cast<const float *>(out) : NULL;
+    p.out16 = lse_fwd && f16_inputs ? static_cast<const __half *>(out) : NULL;
     p.dq = dq, p.dk = dk, p.dv = dv;
     p.accumulate = accumulate;
     p.Sq = Sq, p.Sk = Sk, p.Sq_pad = Sq_pad, p.H = H, p.D = D, p.Dv = Dv;
@@ -767,27 +810,57 @@ static sd_status flash_backward_fast(const float *q, const float *k, const float
     }
 }
 
+/* The shapes fast mode's flash backward serves (the others: exact mode's chunked path). The flash
+ * kernels take the row maxima of the raw scores, which needs scale > 0 (1/√D always). */
+static bool flash_backward_shapes(int64_t B, int H, int D, int Dv, float scale) {
+    return cu_cur()->precision == SD_PRECISION_FAST && D <= FB_MAX_D && Dv <= FB_MAX_D && B * H <= 65535 &&
+           scale > 0.0f;
+}
+
+/* Gradients of an attention with no products (Sq or Sk 0): they stay, or become the empty sums. */
+static sd_status empty_attention_backward(float *dq, float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H,
+                                          int D, int Dv, int accumulate) {
+    if (accumulate) return SD_OK;
+    const int64_t nk = Sk > 0 ? B * Sk * H : 0, nq = Sq > 0 ? B * Sq * H : 0;
+    cudaStream_t st = cu_cur()->stream;
+    if (dq && nq) CUDA_CHECK(cudaMemsetAsync(dq, 0, (size_t)(nq * D) * sizeof(float), st));
+    if (dk && nk) CUDA_CHECK(cudaMemsetAsync(dk, 0, (size_t)(nk * D) * sizeof(float), st));
+    if (dv && nk) CUDA_CHECK(cudaMemsetAsync(dv, 0, (size_t)(nk * Dv) * sizeof(float), st));
+    return SD_OK;
+}
+
+int cu_f16_attention_backward_takes(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale) {
+    (void)Sq, (void)Sk;
+    return flash_backward_shapes(B, H, D, Dv, scale);
+}
+
+/* The fp16 values a step storing fp16 saved, staged by k_fb_stage as they are (fp16 q and k: the
+ * forward's operands, so its scores and kept L hold bit for bit); the shapes
+ * cu_f16_attention_backward_takes accepts. */
+sd_status cu_f16_attention_backward(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, const sd_f16 *out,
+                                    const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
+                                    int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
+                                    const float *lse) {
+    if (B <= 0 || (!dq && !dk && !dv)) return SD_OK;
+    if (Sq <= 0 || Sk <= 0) return empty_attention_backward(dq, dk, dv, B, Sq, Sk, H, D, Dv, accumulate);
+    if (!flash_backward_shapes(B, H, D, Dv, scale))
+        return sd_fail(SD_ERR_INTERNAL, "cuda attention backward on fp16 inputs: B %lld, H %d, D %d, Dv %d outside "
+                                        "the flash kernels' shapes (cu_f16_attention_backward_takes)",
+                       (long long)B, H, D, Dv);
+    return flash_backward_fast(q, k, v, out, true, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate,
+                               lse && out && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale) ? lse : NULL);
+}
+
 sd_status cu_attention_backward(const float *q, const float *k, const float *v, const float *out, const float *dout,
                                 float *dq, float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
                                 int Dv, float scale, int causal, int accumulate, const float *lse) {
     if (B <= 0 || (!dq && !dk && !dv)) return SD_OK;
-    if (Sq <= 0 || Sk <= 0) { /* no products: the gradients stay, or become the empty sums */
-        if (!accumulate) {
-            const int64_t nk = Sk > 0 ? B * Sk * H : 0, nq = Sq > 0 ? B * Sq * H : 0;
-            cudaStream_t st = cu_cur()->stream;
-            if (dq && nq) CUDA_CHECK(cudaMemsetAsync(dq, 0, (size_t)(nq * D) * sizeof(float), st));
-            if (dk && nk) CUDA_CHECK(cudaMemsetAsync(dk, 0, (size_t)(nk * D) * sizeof(float), st));
-            if (dv && nk) CUDA_CHECK(cudaMemsetAsync(dv, 0, (size_t)(nk * Dv) * sizeof(float), st));
-        }
-        return SD_OK;
-    }
-    /* the flash kernels take the row maxima of the raw scores, which needs scale > 0 (1/√D always) */
-    if (cu_cur()->precision == SD_PRECISION_FAST && D <= FB_MAX_D && Dv <= FB_MAX_D && B * H <= 65535 && scale > 0.0f)
-        return flash_backward_fast(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate,
-                                   lse && out && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale) ? lse : NULL);
+    if (Sq <= 0 || Sk <= 0) return empty_attention_backward(dq, dk, dv, B, Sq, Sk, H, D, Dv, accumulate);
+    if (flash_backward_shapes(B, H, D, Dv, scale))
+        return flash_backward_fast(q, k, v, out, false, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal,
+                                   accumulate, lse && out && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale) ? lse : NULL);
     /* exact mode (and heads over FB_MAX_D): rowsum(dP ⊙ P) from the recomputed maps (see the top
      * comment); out and lse unused */
-    /* exact mode (and heads over FB_MAX_D) */
     const int64_t ldq = (int64_t)H * D, ldv = (int64_t)H * Dv;
     const int64_t chunk = rows_per_chunk(Sq, Sk, H);
     const size_t buf = cu_align((size_t)(H * chunk * Sk) * sizeof(float));

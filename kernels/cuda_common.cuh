@@ -946,7 +946,12 @@ sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const 
                         const sd_conv_geom *g);
 /* attention.cu */
 sd_status cu_f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
-                           int64_t Sk, int H, int D, int Dv, float scale, int causal);
+                           int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse);
+int cu_f16_attention_backward_takes(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale);
+sd_status cu_f16_attention_backward(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, const sd_f16 *out,
+                                    const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
+                                    int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
+                                    const float *lse);
 
 /* pool.cu */
 sd_status cu_max_pool2d(const float *x, float *y, int64_t N, int64_t H, int64_t W, int64_t Ho, int64_t Wo,

@@ -133,10 +133,22 @@ typedef struct sd_f16_ops {
     sd_status (*upsample_nearest)(const sd_f16 *x, sd_f16 *y, int64_t N, int64_t H, int64_t W,
                                   int64_t Ho, int64_t Wo);
     sd_status (*transpose)(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C);
-    /* plain attention (no maps written: a controller's forward runs in F32) */
+    /* plain attention (no maps written: a controller's forward runs in F32). lse (may be NULL): as
+     * sd_backend.attention's, for a gradient step that stores fp16 (sd_ctx.f16_steps), whose
+     * backward hands the buffer to sd_backend.attention_backward with these inputs widened to F32 */
     sd_status (*attention)(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out,
                            int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
-                           int causal);
+                           int causal, float *lse);
+    /* sd_backend.attention_backward on the fp16 values such a step saved (q, k, v and the forward's
+     * out as the fp16 forward stored them; dout and the gradients F32): the same gradients as that
+     * op on the inputs widened to F32, without the widened copies. Only for the shapes
+     * attention_backward_takes accepts (the others: widen, then sd_backend.attention_backward);
+     * either may be NULL (none). */
+    int (*attention_backward_takes)(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale);
+    sd_status (*attention_backward)(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, const sd_f16 *out,
+                                    const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
+                                    int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
+                                    const float *lse);
 
     /* ---- channels-last storage (sd_ctx.channels_last): a feature map (B, C, H, W) held as
      * [B, H·W, C], which is what tensor-core convolutions read natively (an NCHW map costs cuDNN

@@ -34,10 +34,17 @@ typedef struct sd_ctx {
     int eager;                  /* run repeated steps op by op instead of replaying them as CUDA
                                  * graphs (sd_graph_step; the CPU always runs eagerly) */
     int64_t graph_replays;      /* steps run from a CUDA graph on this context so far (reports) */
-    sd_dtype activations;       /* storage of the UNet's activations in a forward without a tape:
-                                 * SD_F32 (default) or SD_F16 (fast mode on a
-                                 * GPU: half the memory traffic, fp16 tensor-core convolutions).
-                                 * Inputs, outputs, time embedding and every gradient stay F32. */
+    sd_dtype activations;       /* storage of the UNet's activations in a forward without a tape
+                                 * (and in gradient steps when f16_steps is set): SD_F32 (default)
+                                 * or SD_F16 (fast mode on a GPU: half the memory traffic, fp16
+                                 * tensor-core convolutions). Inputs, outputs, time embedding and
+                                 * every gradient stay F32. */
+    int f16_steps;              /* 1: a gradient step's forward stores fp16 too, as the plain
+                                 * forward does (the same ops, recorded on the tape), instead of F32
+                                 * activations on fp16 weight copies. Gradients stay F32, each in its
+                                 * tensor's logical (NCHW or token) order; a backward that reads a
+                                 * saved fp16 value widens it first (autograd.c, saved_f32). Fast
+                                 * mode with SD_STEP_ACTIVATIONS=f16. */
     int channels_last;          /* fp16 forwards hold the UNet's feature maps channels-last
                                  * ([B, H, W, C], sd_tensor.channels_last) where the backend has the
                                  * ops (sd_f16_ops.*_nhwc): tensor-core convolutions without layout
@@ -100,7 +107,8 @@ void sd_block_result(sd_ctx *c);
 struct sd_weights;
 sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);
 /* 1 when a forward on this context may store its activations as fp16 now: asked for
- * (c->activations), the backend has fp16 ops, and no tape records (gradients are F32). Under an
+ * (c->activations), the backend has fp16 ops, and no tape records or gradient steps store fp16
+ * too (c->f16_steps). Under an
  * attention controller the sites whose maps it reads run in F32 (sd_attention), and its value
  * substitutes are converted to the storage (sd_attention_block, attn.h). */
 int sd_ctx_stores_f16(const sd_ctx *c);

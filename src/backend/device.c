@@ -62,6 +62,17 @@ static sd_dtype fast_activations(void) {
     return SD_F16;
 }
 
+/* Whether fast mode's gradient steps store fp16 activations too (sd_ctx.f16_steps): the
+ * environment variable SD_STEP_ACTIVATIONS=f16; f32 (the default) keeps the steps' F32 activations
+ * on fp16 weight copies. */
+static int fast_f16_steps(void) {
+    const char *e = getenv("SD_STEP_ACTIVATIONS");
+    if (!e || !*e || !strcmp(e, "f32")) return 0;
+    if (!strcmp(e, "f16")) return 1;
+    sd_warn("SD_STEP_ACTIVATIONS=%s is neither f16 nor f32: gradient steps store F32 activations", e);
+    return 0;
+}
+
 /* An on/off environment switch of fast mode, on unless set to 0 (to measure what its feature
  * buys); `on_means` names the feature in the warning about any other value. */
 static int env_switch_on(const char *name, const char *on_means) {
@@ -97,6 +108,7 @@ sd_status sd_device_open(const char *spec, sd_precision precision, sd_ctx *ctx_o
     ctx_out->channels_last =
         precision == SD_PRECISION_FAST && env_switch_on("SD_CHANNELS_LAST", "channels-last feature maps");
     ctx_out->f32_data_grads = !env_switch_on("SD_BF16_GRADS", "data gradients on bf16 weight copies");
+    ctx_out->f16_steps = ctx_out->activations == SD_F16 && fast_f16_steps();
     return SD_OK;
 }
 
@@ -111,9 +123,10 @@ const char *sd_device_describe(const sd_ctx *c, char *buf, size_t n) {
     }
     char name[256];
     if (sd_cuda_device_name(c->device, name, sizeof name) != SD_OK) snprintf(name, sizeof name, "?");
-    snprintf(buf, n, "cuda:%d %s, %s%s", c->device, name, sd_precision_describe(sd_cuda_get_precision()),
+    snprintf(buf, n, "cuda:%d %s, %s%s%s", c->device, name, sd_precision_describe(sd_cuda_get_precision()),
              c->activations != SD_F16 ? ""
              : sd_ctx_channels_last(c) ? ", fp16 UNet activations (channels-last)"
-                                       : ", fp16 UNet activations (NCHW)");
+                                       : ", fp16 UNet activations (NCHW)",
+             c->activations == SD_F16 && c->f16_steps ? ", in gradient steps too" : "");
     return buf;
 }

@@ -377,10 +377,21 @@ static sd_status q_transpose(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, i
     TIMED(SD_PROF_MEMORY, 0, F2 * 2 * B * R * C, inner16->transpose(x, y, B, R, C));
 }
 static sd_status q_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
-                             int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+                             int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse) {
     label_attention("attention", B, Sq, Sk, H, D);
     TIMED(SD_PROF_ATTENTION, attention_flops(B, Sq, Sk, H, D, Dv), F2 * attention_values(B, Sq, Sk, H, D, Dv),
-          inner16->attention(q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal));
+          inner16->attention(q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal, lse));
+}
+
+static sd_status q_attention_backward(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, const sd_f16 *out,
+                                      const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
+                                      int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
+                                      const float *lse) {
+    label_attention("attention_backward (fp16 saved)", B, Sq, Sk, H, D);
+    TIMED(SD_PROF_ATTENTION, 2.0 * B * H * Sq * Sk * (3.0 * D + 2.0 * Dv),
+          (F2 + F4) * attention_values(B, Sq, Sk, H, D, Dv),
+          inner16->attention_backward(q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate,
+                                      lse));
 }
 
 static sd_status q_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
@@ -499,6 +510,7 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         table16.upsample_nearest = q_upsample_nearest;
         table16.transpose = q_transpose;
         table16.attention = q_attention;
+        if (inner16->attention_backward) table16.attention_backward = q_attention_backward;
         /* channels-last ops only where the backend has them (sd_ctx_channels_last checks) */
         if (inner16->to_f16_nhwc) table16.to_f16_nhwc = q_to_f16_nhwc;
         if (inner16->to_f32_nchw) table16.to_f32_nchw = q_to_f32_nchw;

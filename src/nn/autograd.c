@@ -43,6 +43,7 @@ void sd_tape_reset(sd_tape *t) {
     t->n = 0;
     t->n_leaves = 0;
     t->n_spare = 0; /* arena memory: gone with the step */
+    t->n_widened = 0;
     t->n_shared = 0;
 }
 
@@ -221,6 +222,32 @@ static float *in_grad(sd_ctx *c, sd_tape_node *n, int i) {
 }
 
 static const float *f32c(const sd_tensor *t) { return t ? (const float *)t->data : NULL; }
+
+/* A saved activation as the backward reads it: F32 in its tensor's logical order. t itself when it
+ * is F32 (NULL for a missing optional input); else (a step storing fp16, sd_ctx.f16_steps) widened
+ * into a buffer of the gradient pool, a channels-last map reordered to NCHW on the way, which
+ * reverse_pass hands back once the node's backward is done (sd_tape.widened). NULL with the context
+ * failed when that cannot be done. */
+static const float *saved_f32(sd_ctx *c, const sd_tensor *t) {
+    if (!t || t->dtype == SD_F32) return f32c(t);
+    sd_tape *tp = c->tape;
+    const sd_f16_ops *o = c->be->f16;
+    if (c->status != SD_OK) return NULL;
+    if (t->dtype != SD_F16 || !o || tp->n_widened == SD_TAPE_MAX_WIDENED) {
+        sd_ctx_fail(c, SD_ERR_INTERNAL, "backward: a saved %s value the %s backend cannot widen to F32",
+                    sd_dtype_name(t->dtype), c->be->name);
+        return NULL;
+    }
+    sd_tensor *w = scratch_like(c, t);
+    if (!w) return NULL;
+    tp->widened[tp->n_widened++] = w;
+    if (t->channels_last)
+        sd_ctx_check(c, o->to_f32_nchw(t->data, NULL, NULL, sd_f32(w), t->shape[0], t->shape[1],
+                                       t->shape[2] * t->shape[3]));
+    else
+        sd_ctx_check(c, o->to_f32(t->data, sd_f32(w), sd_numel(t)));
+    return c->status == SD_OK ? sd_f32(w) : NULL;
+}
 
 /* Fast mode (the context's forwards store fp16) multiplies a linear's data gradient on the frozen
  * weight's bf16 copy (sd_f16_ops.linear_backward_data_bf16w): the FAST_16BF GEMM's arithmetic on
@@ -401,7 +428,8 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
             float *dx = in_grad(c, n, 0);
             if (dx) BWD(c, n, linear_backward_data, dy, f32c(w), dx, M, K, N);
         }
-        if (dw || db) BWD(c, n, linear_backward_params, dy, f32c(x), dw, db, M, K, N);
+        const float *xv = dw || db ? saved_f32(c, x) : NULL;
+        if (xv) BWD(c, n, linear_backward_params, dy, xv, dw, db, M, K, N);
         return;
     }
     case SD_OP_CONV2D: {
@@ -417,7 +445,8 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
             float *dx = in_grad(c, n, 0);
             if (dx) BWD(c, n, conv2d_backward_data, dy, f32c(n->in[1]), dx, g);
         }
-        if (dw || db) BWD(c, n, conv2d_backward_params, dy, f32c(x), dw, db, g);
+        const float *xv = dw || db ? saved_f32(c, x) : NULL;
+        if (xv) BWD(c, n, conv2d_backward_params, dy, xv, dw, db, g);
         return;
     }
     case SD_OP_GROUP_NORM: {
@@ -425,19 +454,23 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         float *out[3];
         const int accumulate = data_grads_out(c, n, 1u, out);
         float *dg = in_grad(c, n, 1), *db = in_grad(c, n, 2);
-        BWD(c, n, group_norm_backward, f32c(x), f32c(n->in[1]), f32c(n->in[2]), dy, out[0], dg, db, B,
+        const float *xv = saved_f32(c, x);
+        if (!xv) return;
+        BWD(c, n, group_norm_backward, xv, f32c(n->in[1]), f32c(n->in[2]), dy, out[0], dg, db, B,
             C, S, n->attr.norm.groups, n->attr.norm.eps, n->attr.norm.silu, accumulate);
         return;
     }
     case SD_OP_LAYER_NORM: {
         const int64_t C = x->shape[x->ndim - 1], M = sd_numel(x) / C;
         float *dx = in_grad(c, n, 0), *dg = in_grad(c, n, 1), *db = in_grad(c, n, 2);
-        BWD(c, n, layer_norm_backward, f32c(x), f32c(n->in[1]), dy, dx, dg, db, M, C, n->attr.norm.eps);
+        const float *xv = saved_f32(c, x);
+        if (xv) BWD(c, n, layer_norm_backward, xv, f32c(n->in[1]), dy, dx, dg, db, M, C, n->attr.norm.eps);
         return;
     }
     case SD_OP_UNARY: {
         float *dx = in_grad(c, n, 0);
-        if (dx) BWD(c, n, unary_backward, n->attr.unary.op, f32c(x), dy, dx, sd_numel(x), n->attr.unary.alpha);
+        const float *xv = dx ? saved_f32(c, x) : NULL;
+        if (xv) BWD(c, n, unary_backward, n->attr.unary.op, xv, dy, dx, sd_numel(x), n->attr.unary.alpha);
         return;
     }
     case SD_OP_ADD:
@@ -465,9 +498,11 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
     }
     case SD_OP_MUL: {
         float *da = in_grad(c, n, 0);
-        if (da) BWD(c, n, mul_acc, dy, f32c(n->in[1]), da, sd_numel(y));
+        const float *bv = da ? saved_f32(c, n->in[1]) : NULL;
+        if (bv) BWD(c, n, mul_acc, dy, bv, da, sd_numel(y));
         float *db = in_grad(c, n, 1);
-        if (db) BWD(c, n, mul_acc, dy, f32c(n->in[0]), db, sd_numel(y));
+        const float *av = db ? saved_f32(c, n->in[0]) : NULL;
+        if (av) BWD(c, n, mul_acc, dy, av, db, sd_numel(y));
         return;
     }
     case SD_OP_ADD_CHANNEL_BIAS: {
@@ -483,7 +518,8 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         const int64_t N = y->shape[y->ndim - 1], M = sd_numel(y) / N;
         float *out[3];
         const int accumulate = data_grads_out(c, n, 1u, out);
-        if (out[0]) BWD(c, n, geglu_backward, f32c(x), dy, out[0], M, N, accumulate);
+        const float *xv = out[0] ? saved_f32(c, x) : NULL;
+        if (xv) BWD(c, n, geglu_backward, xv, dy, out[0], M, N, accumulate);
         return;
     }
     case SD_OP_CONCAT_CHANNELS: {
@@ -542,18 +578,30 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         const int H = n->attr.attn.heads;
         float *out[3];
         const int accumulate = data_grads_out(c, n, 7u, out);
-        BWD(c, n, attention_backward, f32c(q), f32c(k), f32c(v), f32c(y), dy, out[0], out[1], out[2],
-            q->shape[0], q->shape[1], k->shape[1], H, (int)(q->shape[2] / H), (int)(v->shape[2] / H),
-            n->attr.attn.scale, n->attr.attn.causal, accumulate,
-            n->attr.attn.lse ? sd_f32(n->attr.attn.lse) : NULL);
+        const float *lse = n->attr.attn.lse ? sd_f32(n->attr.attn.lse) : NULL;
+        const int Dq = (int)(q->shape[2] / H), Dv = (int)(v->shape[2] / H);
+        const sd_f16_ops *o = c->be->f16;
+        if (q->dtype == SD_F16 && o && o->attention_backward && o->attention_backward_takes &&
+            o->attention_backward_takes(q->shape[0], q->shape[1], k->shape[1], H, Dq, Dv, n->attr.attn.scale)) {
+            /* a step storing fp16: the backend reads the saved fp16 values as they are */
+            sd_ctx_check(c, o->attention_backward(q->data, k->data, v->data, y->data, dy, out[0], out[1], out[2],
+                                                  q->shape[0], q->shape[1], k->shape[1], H, Dq, Dv, n->attr.attn.scale,
+                                                  n->attr.attn.causal, accumulate, lse));
+            return;
+        }
+        const float *qv = saved_f32(c, q), *kv = saved_f32(c, k), *vv = saved_f32(c, v), *ov = saved_f32(c, y);
+        if (!qv || !kv || !vv || !ov) return;
+        BWD(c, n, attention_backward, qv, kv, vv, ov, dy, out[0], out[1], out[2], q->shape[0], q->shape[1],
+            k->shape[1], H, Dq, Dv, n->attr.attn.scale, n->attr.attn.causal, accumulate, lse);
         return;
     }
     case SD_OP_ATTN_PROBS: {
         const sd_tensor *q = n->in[0], *k = n->in[1];
         const int H = n->attr.attn.heads;
         float *dq = in_grad(c, n, 0), *dk = in_grad(c, n, 1);
-        if (dq || dk)
-            BWD(c, n, attention_probs_backward, f32c(q), f32c(k), f32c(y), dy, dq, dk, q->shape[0],
+        const float *qv = dq || dk ? saved_f32(c, q) : NULL, *kv = qv ? saved_f32(c, k) : NULL;
+        if (kv)
+            BWD(c, n, attention_probs_backward, qv, kv, f32c(y), dy, dq, dk, q->shape[0],
                 q->shape[1], k->shape[1], H, (int)(q->shape[2] / H), n->attr.attn.scale);
         return;
     }
@@ -562,8 +610,9 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         const int H = n->attr.attn.heads;
         const int64_t B = v->shape[0], Sk = v->shape[1], Sq = p->shape[1];
         float *dp = in_grad(c, n, 0), *dv = in_grad(c, n, 1);
-        if (dp || dv)
-            BWD(c, n, attention_apply_backward, f32c(p), f32c(v), dy, dp, dv, B, Sq, Sk, H,
+        const float *pv = dp || dv ? saved_f32(c, p) : NULL, *vv = pv ? saved_f32(c, v) : NULL;
+        if (vv)
+            BWD(c, n, attention_apply_backward, pv, vv, dy, dp, dv, B, Sq, Sk, H,
                 (int)(v->shape[2] / H));
         return;
     }
@@ -572,7 +621,8 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         return;
     case SD_OP_MSE: {
         float *da = in_grad(c, n, 0), *db = in_grad(c, n, 1);
-        if (da || db) BWD(c, n, mse_backward, f32c(n->in[0]), f32c(n->in[1]), dy, da, db, sd_numel(n->in[0]));
+        const float *av = da || db ? saved_f32(c, n->in[0]) : NULL, *bv = av ? saved_f32(c, n->in[1]) : NULL;
+        if (bv) BWD(c, n, mse_backward, av, bv, dy, da, db, sd_numel(n->in[0]));
         return;
     }
     }
@@ -657,6 +707,8 @@ static sd_status reverse_pass(sd_ctx *c, sd_tensor *root_out, const sd_tensor *s
             continue;
         }
         backward_node(c, n);
+        for (int w = 0; w < c->tape->n_widened; w++) give_back(c, c->tape->widened[w]);
+        c->tape->n_widened = 0;
         /* every consumer of n's output ran before n (reverse recording order): nothing reads
          * dL/d(out) again (NULL: backward_node handed the buffer on to an input), unless another
          * node shares the buffer as its gradient (then it is that node's alone now) */

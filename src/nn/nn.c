@@ -75,21 +75,42 @@ static const char *shape_of(const sd_tensor *t, char *buf, size_t n) {
  * fp16 storage (sd_ctx.activations): dispatch, allocation and the weights' fp16 copies
  * --------------------------------------------------------------------------------------------- */
 
-int sd_ctx_stores_f16(const sd_ctx *c) { return c->activations == SD_F16 && c->be->f16 && !c->tape; }
+int sd_ctx_stores_f16(const sd_ctx *c) {
+    return c->activations == SD_F16 && c->be->f16 && (!c->tape || c->f16_steps);
+}
 
-/* The fp16 table for an op on fp16 inputs, or NULL (context failed) where there is none or a
- * tape records: the backward ops read F32. */
+/* The fp16 table for an op on fp16 inputs, or NULL (context failed) where there is none, or where a
+ * tape records a step that keeps F32 activations (sd_ctx.f16_steps unset). */
 static const sd_f16_ops *f16_ops(sd_ctx *c, const char *op) {
     if (!c->be->f16) {
         sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "%s: fp16 input, but the %s backend stores F32 only", op, c->be->name);
         return NULL;
     }
-    if (c->tape) {
+    if (c->tape && !c->f16_steps) {
         sd_ctx_fail(c, SD_ERR_UNSUPPORTED, "%s: fp16 activations while a gradient tape records (gradient steps "
-                                           "store F32)", op);
+                                           "store F32 unless sd_ctx.f16_steps)", op);
         return NULL;
     }
     return c->be->f16;
+}
+
+/* The tape's records of ops whose output holds the same values as an input in another storage (a
+ * dtype conversion, a change of memory order): in gradient space (F32, logical order) the op is the
+ * identity, a view at offset 0. */
+static void record_same_values(sd_ctx *c, sd_tensor *y, sd_tensor *x) {
+    sd_tape_node *node = sd_tape_record(c, SD_OP_VIEW, y, x, NULL, NULL);
+    if (node) node->attr.view.offset = 0;
+}
+
+/* A tensor viewed in another logical order without moving it (a channels-last map's memory read as
+ * tokens, and back): in gradient space a transpose y[b, c, r] = x[b, r, c] with dims (B, R, C). */
+static void record_transpose(sd_ctx *c, sd_tensor *y, sd_tensor *x, int64_t B, int64_t R, int64_t C) {
+    sd_tape_node *node = sd_tape_record(c, SD_OP_TRANSPOSE, y, x, NULL, NULL);
+    if (node) {
+        node->attr.transpose.B = B;
+        node->attr.transpose.R = R;
+        node->attr.transpose.C = C;
+    }
 }
 
 /* Fails (returns 0) when x is not F32: the ops outside the UNet's layers take F32 only. */
@@ -340,6 +361,7 @@ static sd_tensor *relayout(sd_ctx *c, sd_tensor *x, int to_channels_last) {
     sd_ctx_check(c, to_channels_last ? ops->transpose(f16_of(x), f16_of(y), B, C, S)
                                      : ops->transpose(f16_of(x), f16_of(y), B, S, C));
     y->channels_last = to_channels_last;
+    record_same_values(c, y, x);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -375,16 +397,15 @@ sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype) {
     const sd_f16_ops *ops = f16_ops(c, "to_dtype");
     if (!ops) return NULL;
     sd_tensor *y = new_dtype(c, dtype, x->ndim, x->shape);
-    if (y && x->channels_last) { /* an F32 map is NCHW: widened and reordered in one pass */
+    if (!y) return NULL;
+    if (x->channels_last) /* an F32 map is NCHW: widened and reordered in one pass */
         sd_ctx_check(c, ops->to_f32_nchw(f16_of(x), NULL, NULL, sd_f32(y), x->shape[0], x->shape[1],
                                          x->shape[2] * x->shape[3]));
-        return c->status == SD_OK ? y : NULL;
-    }
-    if (!y) return NULL;
-    if (dtype == SD_F16)
+    else if (dtype == SD_F16)
         sd_ctx_check(c, ops->to_f16(sd_f32(x), f16_of(y), sd_numel(x)));
     else
         sd_ctx_check(c, ops->to_f32(f16_of(x), sd_f32(y), sd_numel(x)));
+    record_same_values(c, y, x);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -554,25 +575,25 @@ static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_
         return sd_ctx_fail(c, SD_ERR_SHAPE, "linear '%s' + residual: residual %s (%s) for an output of %lld x %lld (%s)",
                            w->name, shape_of(r, a, sizeof a), sd_dtype_name(r->dtype), (long long)M, (long long)N,
                            sd_dtype_name(x->dtype));
+    sd_tensor *y = NULL;
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "linear");
         const sd_f16 *wb = ops ? lowp_weight(c, w) : NULL;
         const sd_f16 *bb = wb && l->bias ? lowp_weight(c, l->bias) : NULL;
-        sd_tensor *y = wb ? new_dtype(c, SD_F16, x->ndim, shape) : NULL;
+        y = wb ? new_dtype(c, SD_F16, x->ndim, shape) : NULL;
         if (y && (bb || !l->bias))
             sd_ctx_check(c, ops->linear(f16_of(x), wb, bb, r ? f16_of(r) : NULL, f16_of(y), M, K, N));
-        return c->status == SD_OK ? y : NULL;
-    }
-    if (!f32_only(c, x, "linear")) return NULL;
-    sd_tensor *y = sd_new(c, x->ndim, shape);
-    if (!y) return NULL;
-    const float *b32 = l->bias ? sd_f32(l->bias) : NULL, *r32 = r ? sd_f32(r) : NULL;
-    if (f32_linear_on_f16_weight(c, l)) {
-        const sd_f16 *wb = lowp_weight(c, w);
-        if (wb) sd_ctx_check(c, c->be->f16->linear_f32io(sd_f32(x), wb, b32, r32, sd_f32(y), M, K, N));
     } else {
-        sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), b32, r32, sd_f32(y), M, K, N));
+        if (!f32_only(c, x, "linear") || !(y = sd_new(c, x->ndim, shape))) return NULL;
+        const float *b32 = l->bias ? sd_f32(l->bias) : NULL, *r32 = r ? sd_f32(r) : NULL;
+        if (f32_linear_on_f16_weight(c, l)) {
+            const sd_f16 *wb = lowp_weight(c, w);
+            if (wb) sd_ctx_check(c, c->be->f16->linear_f32io(sd_f32(x), wb, b32, r32, sd_f32(y), M, K, N));
+        } else {
+            sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), b32, r32, sd_f32(y), M, K, N));
+        }
     }
+    if (c->status != SD_OK) return NULL;
     if (!r) {
         sd_tape_node *node = sd_tape_record(c, SD_OP_LINEAR, y, x, l->weight, l->bias);
         if (node) node->attr.linear.frozen = l->frozen;
@@ -631,7 +652,7 @@ sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, 
         if (!(outs[i] = view_header(c, block, x->ndim, shape))) return SD_ERR_OOM;
         outs[i]->data = (char *)block->data + (size_t)(i * M * N) * sd_dtype_size(x->dtype);
         /* the tape sees the linears one by one (their backward reads x and the F32 weight only) */
-        sd_tape_node *node = x->dtype == SD_F32 ? sd_tape_record(c, SD_OP_LINEAR, outs[i], x, ls[i]->weight, NULL) : NULL;
+        sd_tape_node *node = sd_tape_record(c, SD_OP_LINEAR, outs[i], x, ls[i]->weight, NULL);
         if (node) node->attr.linear.frozen = ls[i]->frozen;
     }
     return c->status;
@@ -671,6 +692,28 @@ static void conv_f32_via_f16(sd_ctx *c, const sd_tensor *x, const sd_conv_w *cw,
         sd_ctx_check(c, ops->to_f32_nchw(f16_of(y16), v ? sd_f32(v) : NULL, r ? sd_f32(r) : NULL, sd_f32(y), g->batch,
                                          g->c_out, g->h_out * g->w_out));
     sd_arena_reset(c->arena, mark);
+}
+
+/* What the tape sees of a convolution whose output y may include v and r (summed in its epilogue
+ * or widening pass): the unfused sequence, the convolution's output, then y' = conv + v, then
+ * y = r + y'. The first two are headers over y's memory when the sums are in it: no backward reads
+ * them (a convolution's needs x and W, the adds' only dL/dy). */
+static void record_conv(sd_ctx *c, sd_tensor *y, sd_tensor *x, const sd_conv_w *cw, const sd_conv_geom *g,
+                        sd_tensor *v, sd_tensor *r) {
+    if (!c->tape || c->status != SD_OK) return;
+    sd_tensor *conv_out = v || r ? view_header(c, y, 4, y->shape) : y;
+    if (!conv_out) return;
+    sd_tape_node *node = sd_tape_record(c, SD_OP_CONV2D, conv_out, x, cw->weight, cw->bias);
+    if (node) {
+        node->attr.conv.g = *g;
+        node->attr.conv.frozen = cw->f16_in_f32;
+    }
+    sd_tensor *biased = conv_out;
+    if (v) {
+        if (!(biased = r ? view_header(c, y, 4, y->shape) : y)) return;
+        sd_tape_record(c, SD_OP_ADD_CHANNEL_BIAS, biased, conv_out, v, NULL);
+    }
+    if (r) sd_tape_record(c, SD_OP_ADD, y, r, biased, NULL);
 }
 
 /* The convolution, whose epilogue also adds v (F32 [B, Co]) and r (the output's shape and dtype):
@@ -724,6 +767,7 @@ static sd_tensor *conv2d_epilogue(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, 
         const sd_f16 *r16 = r ? f16_of(r) : NULL;
         sd_ctx_check(c, x->channels_last ? ops->conv2d_nhwc(f16_of(x), wb, b32, v32, r16, f16_of(y), &g)
                                          : ops->conv2d(f16_of(x), wb, b32, v32, r16, f16_of(y), &g));
+        record_conv(c, y, x, cw, &g, v, r);
         return c->status == SD_OK ? y : NULL;
     }
     if (!f32_only(c, x, "conv2d") || (r && !f32_only(c, r, "conv2d residual"))) return NULL;
@@ -733,33 +777,15 @@ static sd_tensor *conv2d_epilogue(sd_ctx *c, sd_tensor *x, const sd_conv_w *cw, 
     /* the F32 epilogue rides in the widening pass of a convolution on fp16 copies; elsewhere (exact
      * mode: the oracle's sums) the convolution's output gets separate ops */
     const int fused = via_f16 && (v || r);
-    /* what the tape sees is the unfused sequence: the convolution's output (a header over y's memory
-     * when fused: the backward never reads it, a convolution's needs x and W, the adds' only dL/dy),
-     * then y' = conv + v, then y = r + y' */
-    sd_tensor *conv_out = fused ? view_header(c, y, 4, y->shape) : y;
-    if (!conv_out) return NULL;
     if (via_f16)
         conv_f32_via_f16(c, x, cw, y, &g, v, r);
     else
         sd_ctx_check(c, c->be->conv2d(sd_f32(x), sd_f32(w), cw->bias ? sd_f32(cw->bias) : NULL, sd_f32(y), &g));
-    sd_tape_node *node = sd_tape_record(c, SD_OP_CONV2D, conv_out, x, cw->weight, cw->bias);
-    if (node) {
-        node->attr.conv.g = g;
-        node->attr.conv.frozen = cw->f16_in_f32;
-    }
+    record_conv(c, y, x, cw, &g, fused ? v : NULL, fused ? r : NULL);
     if (c->status != SD_OK) return NULL;
     if (!fused) {
         if (v) y = sd_add_channel_bias(c, y, v);
         return r ? sd_add(c, r, y) : y;
-    }
-    if (c->tape) {
-        sd_tensor *biased = conv_out;
-        if (v) {
-            biased = r ? view_header(c, y, 4, y->shape) : y;
-            if (!biased) return NULL;
-            sd_tape_record(c, SD_OP_ADD_CHANNEL_BIAS, biased, conv_out, v, NULL);
-        }
-        if (r) sd_tape_record(c, SD_OP_ADD, y, r, biased, NULL);
     }
     return c->status == SD_OK ? y : NULL;
 }
@@ -783,6 +809,16 @@ sd_tensor *sd_conv2d_fused(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stri
     return residual ? sd_add(c, residual, y) : y;
 }
 
+/* A group norm's (groups > 0) or a layer norm's (groups 0) node. */
+static void record_norm(sd_ctx *c, sd_tensor *y, sd_tensor *x, const sd_norm_w *n, int groups, float eps, int silu) {
+    sd_tape_node *node = sd_tape_record(c, groups ? SD_OP_GROUP_NORM : SD_OP_LAYER_NORM, y, x, n->weight, n->bias);
+    if (node) {
+        node->attr.norm.groups = groups;
+        node->attr.norm.eps = eps;
+        node->attr.norm.silu = silu;
+    }
+}
+
 sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups, float eps, int silu) {
     NN_GUARD(c, x, n);
     char a[96];
@@ -803,6 +839,7 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
                 sd_ctx_check(c, ops->group_norm_nhwc(f16_of(x), n->weight ? sd_f32(n->weight) : NULL,
                                                      n->bias ? sd_f32(n->bias) : NULL, f16_of(y), x->shape[0], C, S,
                                                      groups, eps, silu));
+                record_norm(c, y, x, n, groups, eps, silu);
             }
             return c->status == SD_OK ? y : NULL;
         }
@@ -811,10 +848,12 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "group_norm");
         sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
-        if (y)
+        if (y) {
             sd_ctx_check(c, ops->group_norm(f16_of(x), n->weight ? sd_f32(n->weight) : NULL,
                                             n->bias ? sd_f32(n->bias) : NULL, f16_of(y), x->shape[0], C, S, groups,
                                             eps, silu));
+            record_norm(c, y, x, n, groups, eps, silu);
+        }
         return c->status == SD_OK ? y : NULL;
     }
     if (!f32_only(c, x, "group_norm")) return NULL;
@@ -823,12 +862,7 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
     sd_ctx_check(c, c->be->group_norm(sd_f32(x), n->weight ? sd_f32(n->weight) : NULL,
                                       n->bias ? sd_f32(n->bias) : NULL, sd_f32(y), x->shape[0], C,
                                       S, groups, eps, silu));
-    sd_tape_node *node = sd_tape_record(c, SD_OP_GROUP_NORM, y, x, n->weight, n->bias);
-    if (node) {
-        node->attr.norm.groups = groups;
-        node->attr.norm.eps = eps;
-        node->attr.norm.silu = silu;
-    }
+    record_norm(c, y, x, n, groups, eps, silu);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -842,9 +876,11 @@ sd_tensor *sd_layer_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, float eps)
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "layer_norm");
         sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
-        if (y)
+        if (y) {
             sd_ctx_check(c, ops->layer_norm(f16_of(x), n->weight ? sd_f32(n->weight) : NULL,
                                             n->bias ? sd_f32(n->bias) : NULL, f16_of(y), sd_numel(x) / C, C, eps));
+            record_norm(c, y, x, n, 0, eps, 0);
+        }
         return c->status == SD_OK ? y : NULL;
     }
     if (!f32_only(c, x, "layer_norm")) return NULL;
@@ -853,8 +889,7 @@ sd_tensor *sd_layer_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, float eps)
     sd_ctx_check(c, c->be->layer_norm(sd_f32(x), n->weight ? sd_f32(n->weight) : NULL,
                                       n->bias ? sd_f32(n->bias) : NULL, sd_f32(y), sd_numel(x) / C,
                                       C, eps));
-    sd_tape_node *node = sd_tape_record(c, SD_OP_LAYER_NORM, y, x, n->weight, n->bias);
-    if (node) node->attr.norm.eps = eps;
+    record_norm(c, y, x, n, 0, eps, 0);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -885,17 +920,16 @@ static sd_tensor *binary(sd_ctx *c, sd_binary_op op, sd_tensor *a, sd_tensor *b,
     if (!same_dtype(c, a, b, what)) return NULL;
     if (a->dtype == SD_F16 && a->channels_last != b->channels_last && (!(a = nchw(c, a)) || !(b = nchw(c, b))))
         return NULL; /* one layout for both (the UNet's sums never mix them) */
+    sd_tensor *y = NULL;
     if (a->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, what);
-        sd_tensor *y = ops ? new_dtype(c, SD_F16, a->ndim, a->shape) : NULL;
-        if (y) y->channels_last = a->channels_last;
-        if (y) sd_ctx_check(c, ops->binary(op, f16_of(a), f16_of(b), f16_of(y), sd_numel(a)));
-        return c->status == SD_OK ? y : NULL;
+        if (!ops || !(y = new_dtype(c, SD_F16, a->ndim, a->shape))) return NULL;
+        y->channels_last = a->channels_last;
+        sd_ctx_check(c, ops->binary(op, f16_of(a), f16_of(b), f16_of(y), sd_numel(a)));
+    } else {
+        if (!f32_only(c, a, what) || !(y = sd_new(c, a->ndim, a->shape))) return NULL;
+        sd_ctx_check(c, c->be->binary(op, sd_f32(a), sd_f32(b), sd_f32(y), sd_numel(a)));
     }
-    if (!f32_only(c, a, what)) return NULL;
-    sd_tensor *y = sd_new(c, a->ndim, a->shape);
-    if (!y) return NULL;
-    sd_ctx_check(c, c->be->binary(op, sd_f32(a), sd_f32(b), sd_f32(y), sd_numel(a)));
     static const sd_op_kind kinds[] = {[SD_BINARY_ADD] = SD_OP_ADD, [SD_BINARY_SUB] = SD_OP_SUB,
                                        [SD_BINARY_MUL] = SD_OP_MUL};
     sd_tape_record(c, kinds[op], y, a, b, NULL);
@@ -962,26 +996,18 @@ sd_tensor *sd_add_channel_bias(sd_ctx *c, sd_tensor *x, sd_tensor *v) {
                            shape_of(v, sb, sizeof sb), shape_of(x, sa, sizeof sa));
     const int64_t S = sd_numel(x) / (x->shape[0] * x->shape[1]);
     if (!f32_only(c, v, "channel bias")) return NULL; /* the bias itself stays F32 */
-    if (x->dtype == SD_F16 && x->channels_last) {
-        const sd_f16_ops *ops = f16_ops(c, "channel bias");
-        sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
-        if (y) {
-            y->channels_last = 1;
-            sd_ctx_check(c, ops->add_channel_bias_nhwc(f16_of(x), sd_f32(v), f16_of(y), x->shape[0], x->shape[1], S));
-        }
-        return c->status == SD_OK ? y : NULL;
-    }
+    sd_tensor *y = NULL;
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "channel bias");
-        sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
-        if (y) sd_ctx_check(c, ops->add_channel_bias(f16_of(x), sd_f32(v), f16_of(y), x->shape[0], x->shape[1], S));
-        return c->status == SD_OK ? y : NULL;
+        if (!ops || !(y = new_dtype(c, SD_F16, x->ndim, x->shape))) return NULL;
+        y->channels_last = x->channels_last;
+        sd_ctx_check(c, x->channels_last
+                            ? ops->add_channel_bias_nhwc(f16_of(x), sd_f32(v), f16_of(y), x->shape[0], x->shape[1], S)
+                            : ops->add_channel_bias(f16_of(x), sd_f32(v), f16_of(y), x->shape[0], x->shape[1], S));
+    } else {
+        if (!f32_only(c, x, "channel bias") || !(y = sd_new(c, x->ndim, x->shape))) return NULL;
+        sd_ctx_check(c, c->be->add_channel_bias(sd_f32(x), sd_f32(v), sd_f32(y), x->shape[0], x->shape[1], S));
     }
-    if (!f32_only(c, x, "channel bias")) return NULL;
-    sd_tensor *y = sd_new(c, x->ndim, x->shape);
-    if (!y) return NULL;
-    sd_ctx_check(c, c->be->add_channel_bias(sd_f32(x), sd_f32(v), sd_f32(y), x->shape[0],
-                                            x->shape[1], S));
     sd_tape_record(c, SD_OP_ADD_CHANNEL_BIAS, y, x, v, NULL);
     return c->status == SD_OK ? y : NULL;
 }
@@ -995,16 +1021,15 @@ sd_tensor *sd_geglu(sd_ctx *c, sd_tensor *x) {
     shape[x->ndim - 1] = twoN / 2;
     if (x->dtype == SD_F16 && x->channels_last)
         return sd_ctx_fail(c, SD_ERR_INTERNAL, "geglu: a channels-last feature map (GEGLU takes tokens)");
+    sd_tensor *y = NULL;
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "geglu");
-        sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, shape) : NULL;
-        if (y) sd_ctx_check(c, ops->geglu(f16_of(x), f16_of(y), sd_numel(x) / twoN, twoN / 2));
-        return c->status == SD_OK ? y : NULL;
+        if (!ops || !(y = new_dtype(c, SD_F16, x->ndim, shape))) return NULL;
+        sd_ctx_check(c, ops->geglu(f16_of(x), f16_of(y), sd_numel(x) / twoN, twoN / 2));
+    } else {
+        if (!f32_only(c, x, "geglu") || !(y = sd_new(c, x->ndim, shape))) return NULL;
+        sd_ctx_check(c, c->be->geglu(sd_f32(x), sd_f32(y), sd_numel(x) / twoN, twoN / 2));
     }
-    if (!f32_only(c, x, "geglu")) return NULL;
-    sd_tensor *y = sd_new(c, x->ndim, shape);
-    if (!y) return NULL;
-    sd_ctx_check(c, c->be->geglu(sd_f32(x), sd_f32(y), sd_numel(x) / twoN, twoN / 2));
     sd_tape_record(c, SD_OP_GEGLU, y, x, NULL, NULL);
     return c->status == SD_OK ? y : NULL;
 }
@@ -1019,31 +1044,18 @@ sd_tensor *sd_concat_channels(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
     if (!same_dtype(c, a, b, "concat")) return NULL;
     if (a->dtype == SD_F16 && a->channels_last != b->channels_last && (!(a = nchw(c, a)) || !(b = nchw(c, b))))
         return NULL;
-    if (a->dtype == SD_F16 && a->channels_last) {
-        const sd_f16_ops *ops = f16_ops(c, "concat");
-        sd_tensor *y = ops ? new4_dtype(c, SD_F16, 4, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3])
-                           : NULL;
-        if (y) {
-            y->channels_last = 1;
-            sd_ctx_check(c, ops->concat_channels_nhwc(f16_of(a), f16_of(b), f16_of(y), a->shape[0], a->shape[1],
-                                                      b->shape[1], a->shape[2] * a->shape[3]));
-        }
-        return c->status == SD_OK ? y : NULL;
-    }
+    const int64_t B = a->shape[0], Ca = a->shape[1], Cb = b->shape[1], S = a->shape[2] * a->shape[3];
+    sd_tensor *y = NULL;
     if (a->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "concat");
-        sd_tensor *y = ops ? new4_dtype(c, SD_F16, 4, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3])
-                           : NULL;
-        if (y)
-            sd_ctx_check(c, ops->concat_channels(f16_of(a), f16_of(b), f16_of(y), a->shape[0], a->shape[1],
-                                                 b->shape[1], a->shape[2] * a->shape[3]));
-        return c->status == SD_OK ? y : NULL;
+        if (!ops || !(y = new4_dtype(c, SD_F16, 4, B, Ca + Cb, a->shape[2], a->shape[3]))) return NULL;
+        y->channels_last = a->channels_last;
+        sd_ctx_check(c, a->channels_last ? ops->concat_channels_nhwc(f16_of(a), f16_of(b), f16_of(y), B, Ca, Cb, S)
+                                         : ops->concat_channels(f16_of(a), f16_of(b), f16_of(y), B, Ca, Cb, S));
+    } else {
+        if (!f32_only(c, a, "concat") || !(y = sd_new4(c, 4, B, Ca + Cb, a->shape[2], a->shape[3]))) return NULL;
+        sd_ctx_check(c, c->be->concat_channels(sd_f32(a), sd_f32(b), sd_f32(y), B, Ca, Cb, S));
     }
-    if (!f32_only(c, a, "concat")) return NULL;
-    sd_tensor *y = sd_new4(c, 4, a->shape[0], a->shape[1] + b->shape[1], a->shape[2], a->shape[3]);
-    if (!y) return NULL;
-    sd_ctx_check(c, c->be->concat_channels(sd_f32(a), sd_f32(b), sd_f32(y), a->shape[0], a->shape[1],
-                                           b->shape[1], a->shape[2] * a->shape[3]));
     sd_tape_record(c, SD_OP_CONCAT_CHANNELS, y, a, b, NULL);
     return c->status == SD_OK ? y : NULL;
 }
@@ -1071,29 +1083,20 @@ sd_tensor *sd_concat0(sd_ctx *c, sd_tensor *a, sd_tensor *b) {
 sd_tensor *sd_upsample_nearest(sd_ctx *c, sd_tensor *x, int64_t Ho, int64_t Wo) {
     NN_GUARD(c, x);
     if (x->ndim != 4) return sd_ctx_fail(c, SD_ERR_SHAPE, "upsample: input is not 4-d");
-    if (x->dtype == SD_F16 && x->channels_last) {
-        const sd_f16_ops *ops = f16_ops(c, "upsample");
-        sd_tensor *y = ops ? new4_dtype(c, SD_F16, 4, x->shape[0], x->shape[1], Ho, Wo) : NULL;
-        if (y) {
-            y->channels_last = 1;
-            sd_ctx_check(c, ops->upsample_nearest_nhwc(f16_of(x), f16_of(y), x->shape[0], x->shape[2], x->shape[3],
-                                                       x->shape[1], Ho, Wo));
-        }
-        return c->status == SD_OK ? y : NULL;
-    }
+    sd_tensor *y = NULL;
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "upsample");
-        sd_tensor *y = ops ? new4_dtype(c, SD_F16, 4, x->shape[0], x->shape[1], Ho, Wo) : NULL;
-        if (y)
-            sd_ctx_check(c, ops->upsample_nearest(f16_of(x), f16_of(y), x->shape[0] * x->shape[1], x->shape[2],
-                                                  x->shape[3], Ho, Wo));
-        return c->status == SD_OK ? y : NULL;
+        if (!ops || !(y = new4_dtype(c, SD_F16, 4, x->shape[0], x->shape[1], Ho, Wo))) return NULL;
+        y->channels_last = x->channels_last;
+        sd_ctx_check(c, x->channels_last ? ops->upsample_nearest_nhwc(f16_of(x), f16_of(y), x->shape[0], x->shape[2],
+                                                                      x->shape[3], x->shape[1], Ho, Wo)
+                                         : ops->upsample_nearest(f16_of(x), f16_of(y), x->shape[0] * x->shape[1],
+                                                                 x->shape[2], x->shape[3], Ho, Wo));
+    } else {
+        if (!f32_only(c, x, "upsample") || !(y = sd_new4(c, 4, x->shape[0], x->shape[1], Ho, Wo))) return NULL;
+        sd_ctx_check(c, c->be->upsample_nearest(sd_f32(x), sd_f32(y), x->shape[0] * x->shape[1], x->shape[2],
+                                                x->shape[3], Ho, Wo));
     }
-    if (!f32_only(c, x, "upsample")) return NULL;
-    sd_tensor *y = sd_new4(c, 4, x->shape[0], x->shape[1], Ho, Wo);
-    if (!y) return NULL;
-    sd_ctx_check(c, c->be->upsample_nearest(sd_f32(x), sd_f32(y), x->shape[0] * x->shape[1],
-                                            x->shape[2], x->shape[3], Ho, Wo));
     sd_tape_record(c, SD_OP_UPSAMPLE, y, x, NULL, NULL);
     return c->status == SD_OK ? y : NULL;
 }
@@ -1118,22 +1121,16 @@ sd_tensor *sd_max_pool2d(sd_ctx *c, sd_tensor *x, int kernel, int stride) {
 
 /* y[b, c, r] = x[b, r, c] into a new [B, C, R]-element tensor of shape (ndim, shape), x's dtype. */
 static sd_tensor *transpose(sd_ctx *c, sd_tensor *x, int64_t B, int64_t R, int64_t C, int ndim, const int64_t *shape) {
+    sd_tensor *y = NULL;
     if (x->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "transpose");
-        sd_tensor *y = ops ? new_dtype(c, SD_F16, ndim, shape) : NULL;
-        if (y) sd_ctx_check(c, ops->transpose(f16_of(x), f16_of(y), B, R, C));
-        return c->status == SD_OK ? y : NULL;
+        if (!ops || !(y = new_dtype(c, SD_F16, ndim, shape))) return NULL;
+        sd_ctx_check(c, ops->transpose(f16_of(x), f16_of(y), B, R, C));
+    } else {
+        if (!f32_only(c, x, "transpose") || !(y = sd_new(c, ndim, shape))) return NULL;
+        sd_ctx_check(c, c->be->transpose(sd_f32(x), sd_f32(y), B, R, C));
     }
-    if (!f32_only(c, x, "transpose")) return NULL;
-    sd_tensor *y = sd_new(c, ndim, shape);
-    if (!y) return NULL;
-    sd_ctx_check(c, c->be->transpose(sd_f32(x), sd_f32(y), B, R, C));
-    sd_tape_node *node = sd_tape_record(c, SD_OP_TRANSPOSE, y, x, NULL, NULL);
-    if (node) {
-        node->attr.transpose.B = B;
-        node->attr.transpose.R = R;
-        node->attr.transpose.C = C;
-    }
+    record_transpose(c, y, x, B, R, C);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -1142,7 +1139,11 @@ sd_tensor *sd_nchw_to_tokens(sd_ctx *c, sd_tensor *x) {
     if (x->ndim != 4) return sd_ctx_fail(c, SD_ERR_SHAPE, "nchw_to_tokens: input is not 4-d");
     const int64_t B = x->shape[0], C = x->shape[1], S = x->shape[2] * x->shape[3];
     const int64_t shape[3] = {B, S, C};
-    if (x->channels_last) return view_header(c, x, 3, shape); /* already token order */
+    if (x->channels_last) { /* already token order: a transpose in gradient space only */
+        sd_tensor *v = view_header(c, x, 3, shape);
+        if (v) record_transpose(c, v, x, B, C, S);
+        return c->status == SD_OK ? v : NULL;
+    }
     return transpose(c, x, B, C, S, 3, shape);
 }
 
@@ -1155,8 +1156,10 @@ sd_tensor *sd_tokens_to_nchw(sd_ctx *c, sd_tensor *x, int64_t H, int64_t W) {
     const int64_t shape[4] = {B, C, H, W};
     if (x->dtype == SD_F16 && sd_ctx_channels_last(c)) { /* the tokens are the channels-last map */
         sd_tensor *v = view_header(c, x, 4, shape);
-        if (v) v->channels_last = 1;
-        return v;
+        if (!v) return NULL;
+        v->channels_last = 1;
+        record_transpose(c, v, x, B, S, C);
+        return c->status == SD_OK ? v : NULL;
     }
     return transpose(c, x, B, S, C, 4, shape);
 }
@@ -1196,6 +1199,18 @@ sd_tensor *sd_embedding(sd_ctx *c, const sd_tensor *ids, const sd_tensor *table)
     return c->status == SD_OK ? y : NULL;
 }
 
+/* A fused attention's node; lse: the buffer the forward was handed (sd_backend.attention) */
+static void record_attention(sd_ctx *c, sd_tensor *out, sd_tensor *q, sd_tensor *k, sd_tensor *v, int heads,
+                             int causal, float scale, const sd_tensor *lse) {
+    sd_tape_node *node = sd_tape_record(c, SD_OP_ATTENTION, out, q, k, v);
+    if (node) {
+        node->attr.attn.heads = heads;
+        node->attr.attn.causal = causal;
+        node->attr.attn.scale = scale;
+        node->attr.attn.lse = lse;
+    }
+}
+
 sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int heads, int causal,
                         const sd_attn_site *site) {
     NN_GUARD(c, q, k, v);
@@ -1211,25 +1226,33 @@ sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int
     const float scale = 1.0f / sqrtf((float)D);
     if (!same_dtype(c, q, k, "attention") || !same_dtype(c, q, v, "attention")) return NULL;
     sd_attn_hook *hook = site ? c->hook : NULL;
-    if (q->dtype == SD_F16 && hook && hook->wants_probs && hook->edit_probs && hook->wants_probs(hook, site)) {
+    const int hooked_maps = hook && hook->wants_probs && hook->edit_probs && hook->wants_probs(hook, site);
+    if (q->dtype == SD_F16 && hooked_maps) {
         /* a controller reads or edits this site's maps: the site runs in F32 (maps as without fp16
          * storage), its output stored in fp16 like the rest of the forward */
         sd_tensor *out32 = sd_attention(c, sd_to_dtype(c, q, SD_F32), sd_to_dtype(c, k, SD_F32),
                                         sd_to_dtype(c, v, SD_F32), heads, causal, site);
         return sd_to_dtype(c, out32, SD_F16);
     }
+    /* a call the tape will differentiate gets a buffer for the statistics the backend's backward
+     * may reuse (the row normalisers: the GPU's flash backward then skips a pass over the keys) */
+    sd_tensor *lse = NULL;
+    if (!hooked_maps && c->tape && (sd_tape_needs_grad(c, q) || sd_tape_needs_grad(c, k) || sd_tape_needs_grad(c, v)) &&
+        !(lse = sd_new4(c, 1, B * heads * Sq, 0, 0, 0)))
+        return NULL;
     if (q->dtype == SD_F16) {
         const sd_f16_ops *ops = f16_ops(c, "attention");
         sd_tensor *out = ops ? new4_dtype(c, SD_F16, 3, B, Sq, v->shape[2], 0) : NULL;
         if (out)
             sd_ctx_check(c, ops->attention(f16_of(q), f16_of(k), f16_of(v), f16_of(out), B, Sq, Sk, heads, D, Dv,
-                                           scale, causal));
+                                           scale, causal, lse ? sd_f32(lse) : NULL));
+        record_attention(c, out, q, k, v, heads, causal, scale, lse);
         return c->status == SD_OK ? out : NULL;
     }
     if (!f32_only(c, q, "attention")) return NULL;
     sd_tensor *out = sd_new4(c, 3, B, Sq, v->shape[2], 0);
     if (!out) return NULL;
-    if (hook && hook->wants_probs && hook->edit_probs && hook->wants_probs(hook, site)) {
+    if (hooked_maps) {
         sd_tensor *probs = sd_new4(c, 3, B * heads, Sq, Sk, 0);
         if (!probs) return NULL;
         if (!sd_ctx_check(c, c->be->attention(sd_f32(q), sd_f32(k), sd_f32(v), sd_f32(out),
@@ -1254,22 +1277,9 @@ sd_tensor *sd_attention(sd_ctx *c, sd_tensor *q, sd_tensor *k, sd_tensor *v, int
         node = sd_tape_record(c, SD_OP_ATTN_APPLY, out, used, v, NULL);
         if (node) node->attr.attn.heads = heads;
     } else {
-        /* a call the tape will differentiate gets a buffer for the statistics the backend's backward
-         * may reuse (the row normalisers: the GPU's flash backward then skips a pass over the keys) */
-        sd_tensor *lse = NULL;
-        if (c->tape && (sd_tape_needs_grad(c, q) || sd_tape_needs_grad(c, k) || sd_tape_needs_grad(c, v))) {
-            lse = sd_new4(c, 1, B * heads * Sq, 0, 0, 0);
-            if (!lse) return NULL;
-        }
         sd_ctx_check(c, c->be->attention(sd_f32(q), sd_f32(k), sd_f32(v), sd_f32(out), NULL, B, Sq,
                                          Sk, heads, D, Dv, scale, causal, lse ? sd_f32(lse) : NULL));
-        sd_tape_node *node = sd_tape_record(c, SD_OP_ATTENTION, out, q, k, v);
-        if (node) {
-            node->attr.attn.heads = heads;
-            node->attr.attn.causal = causal;
-            node->attr.attn.scale = scale;
-            node->attr.attn.lse = lse;
-        }
+        record_attention(c, out, q, k, v, heads, causal, scale, lse);
     }
     return c->status == SD_OK ? out : NULL;
 }

@@ -31,6 +31,9 @@ typedef enum sd_op_kind {
     SD_OP_CHECKPOINT,      /* in: x, aux, aux2; attr block: recomputed in the backward (sd_checkpoint) */
 } sd_op_kind;
 
+/* The most saved values one node's backward reads (an attention's q, k, v and output). */
+#define SD_TAPE_MAX_WIDENED 4
+
 typedef struct sd_tape_node {
     sd_op_kind op;
     sd_tensor *out;
@@ -68,6 +71,10 @@ struct sd_tape {
     sd_tensor **shared;
     int n_shared, cap_shared;
     struct sd_tape *sub; /* records a recomputed block during the backward (SD_OP_CHECKPOINT) */
+    /* F32 copies of the fp16 values the node whose backward runs reads (a step storing fp16,
+     * sd_ctx.f16_steps; autograd.c, saved_f32): gradient-pool buffers, handed back after it */
+    sd_tensor *widened[SD_TAPE_MAX_WIDENED];
+    int n_widened;
 };
 
 /* 1 when t leads to a trainable leaf: a requires_grad leaf, or the output of a node of the

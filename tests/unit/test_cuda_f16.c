@@ -1016,14 +1016,14 @@ static void test_f16_attention(void **state) {
         const float scale = 1.0f / sqrtf((float)c->D);
         sd_f16 *q = hrand16(nq, 40 + 3 * t, 1.0f), *k = hrand16(nk, 41 + 3 * t, 1.0f), *v = hrand16(nv, 42 + 3 * t, 1.0f);
         sd_f16 *want = hnew16(no);
-        assert_sd_ok(cpu16->attention(q, k, v, want, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+        assert_sd_ok(cpu16->attention(q, k, v, want, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, NULL));
         sd_f16 *qd = dput16(q, nq), *kd = dput16(k, nk), *vd = dput16(v, nv), *od = dnew16(no);
         sd_f16 *nans = hnew16(no);
         for (int64_t i = 0; i < no; i++) nans[i] = 0x7e00; /* fp16 NaN: every output must be written */
         for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
             assert_sd_ok(sd_cuda_set_precision(modes[m]));
             assert_sd_ok(gpu->upload(od, nans, (size_t)no * sizeof(sd_f16)));
-            assert_sd_ok(gpu16->attention(qd, kd, vd, od, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+            assert_sd_ok(gpu16->attention(qd, kd, vd, od, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, NULL));
             char line[160];
             snprintf(line, sizeof line, "%s, %s", what, sd_precision_name(modes[m]));
             check16(line, od, want, no, TOL_F16_GEMM);
@@ -1037,9 +1037,9 @@ static void test_f16_attention(void **state) {
         if (async_width) {
             sd_f16 *od2 = dnew16(no), *got = hnew16(no), *got2 = hnew16(no);
             assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
-            assert_sd_ok(gpu16->attention(qd, kd, vd, od, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+            assert_sd_ok(gpu16->attention(qd, kd, vd, od, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, NULL));
             assert_sd_ok(gpu16->attention(dput16_at(q, nq, 1), kd, vd, od2, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv,
-                                          scale, c->causal));
+                                          scale, c->causal, NULL));
             assert_sd_ok(gpu->download(got, od, (size_t)no * sizeof(sd_f16)));
             assert_sd_ok(gpu->download(got2, od2, (size_t)no * sizeof(sd_f16)));
             print_message("    %-56s %s\n", "  cp.async kernel vs generic kernel",
@@ -1048,7 +1048,7 @@ static void test_f16_attention(void **state) {
             /* one block per SM instead of two (SD_FLASH_BLOCKS_PER_SM): another register budget,
              * the same instructions' results */
             assert_sd_ok(sd_cuda_set_flash_blocks_per_sm(1));
-            assert_sd_ok(gpu16->attention(qd, kd, vd, od2, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal));
+            assert_sd_ok(gpu16->attention(qd, kd, vd, od2, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, NULL));
             assert_sd_ok(sd_cuda_set_flash_blocks_per_sm(2));
             assert_sd_ok(gpu->download(got2, od2, (size_t)no * sizeof(sd_f16)));
             print_message("    %-56s %s\n", "  one block per SM vs two",

@@ -1117,6 +1117,71 @@ static void test_attention_backward(void **state) {
  * output is the same with and without the buffer (bit for bit); the backward given the buffer
  * matches the CPU, and the GPU's backward without it; the buffer starts as NaNs, so a backward
  * that read it where the forward left it alone (short sequences, exact mode) fails. */
+/* A gradient step that stores fp16 (sd_ctx.f16_steps) runs the fp16 forward (sd_f16_ops.attention)
+ * on fp16 q, k, v and hands its lse, with those inputs and output widened to F32, to
+ * attention_backward. The fp16 forward keeps the same L as the F32 forward's fp16-staged path on the
+ * widened values, bit for bit, and the backward given it matches the
+ * backward's own first pass: dV bit for bit (P from either L), dQ and dK within fast mode's bound, as
+ * is the CPU's gradient on the unrounded inputs (want). */
+static void check_f16_forward_lse(const attn_case *c, const float *qd, const float *kd, const float *vd,
+                                  const float *doutd, float *const want[3]) {
+    const sd_f16_ops *g16 = gpu->f16;
+    if (!g16) return;
+    const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
+    const int64_t no = c->B * c->Sq * c->H * c->Dv, nl = c->B * c->H * c->Sq;
+    const float scale = 1.0f / sqrtf((float)c->D);
+    sd_f16 *q16 = tb_device(gpu, (size_t)nq * 2), *k16 = tb_device(gpu, (size_t)nk * 2);
+    sd_f16 *v16 = tb_device(gpu, (size_t)nv * 2), *o16 = tb_device(gpu, (size_t)no * 2);
+    assert_sd_ok(g16->to_f16(qd, q16, nq));
+    assert_sd_ok(g16->to_f16(kd, k16, nk));
+    assert_sd_ok(g16->to_f16(vd, v16, nv));
+    float *lse16 = dnan(nl), *lse_widened = dnan(nl);
+    assert_sd_ok(g16->attention(q16, k16, v16, o16, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, lse16));
+    float *qw = dnew(nq), *kw = dnew(nk), *vw = dnew(nv), *ow = dnew(no), *ow32 = dnew(no);
+    assert_sd_ok(g16->to_f32(q16, qw, nq));
+    assert_sd_ok(g16->to_f32(k16, kw, nk));
+    assert_sd_ok(g16->to_f32(v16, vw, nv));
+    assert_sd_ok(g16->to_f32(o16, ow, no));
+    assert_sd_ok(gpu->attention(qw, kw, vw, ow32, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal,
+                                lse_widened));
+    char what[160];
+    attn_name(what, sizeof what, "  fp16 forward's lse vs the F32 forward's on its inputs", c);
+    check_equal(what, lse16, hget(lse_widened, nl), nl);
+    float *with[3] = {dnan(nq), dnan(nk), dnan(nv)}, *without[3] = {dnan(nq), dnan(nk), dnan(nv)};
+    assert_sd_ok(gpu->attention_backward(qw, kw, vw, ow, doutd, with[0], with[1], with[2], c->B, c->Sq, c->Sk, c->H,
+                                         c->D, c->Dv, scale, c->causal, 0, lse16));
+    assert_sd_ok(gpu->attention_backward(qw, kw, vw, ow, doutd, without[0], without[1], without[2], c->B, c->Sq,
+                                         c->Sk, c->H, c->D, c->Dv, scale, c->causal, 0, NULL));
+    attn_name(what, sizeof what, "  fp16 forward's lse vs none, dv", c);
+    check_equal(what, with[2], hget(without[2], nv), nv);
+    const int64_t n[3] = {nq, nk, nv};
+    const char *grads[3] = {"dq", "dk", "dv"};
+    /* the backward reading the fp16 values themselves (sd_f16_ops.attention_backward, staged as
+     * they are) gives the widened copies' gradients bit for bit, with the kept L and without */
+    assert_true(g16->attention_backward_takes(c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale));
+    for (int kept = 0; kept < 2; kept++) {
+        float *direct[3] = {dnan(nq), dnan(nk), dnan(nv)};
+        assert_sd_ok(g16->attention_backward(q16, k16, v16, o16, doutd, direct[0], direct[1], direct[2], c->B, c->Sq,
+                                             c->Sk, c->H, c->D, c->Dv, scale, c->causal, 0, kept ? lse16 : NULL));
+        for (int g = 0; g < 3; g++) {
+            char prefix[96];
+            snprintf(prefix, sizeof prefix, "  backward on the fp16 values%s vs widened, %s", kept ? " (lse)" : "",
+                     grads[g]);
+            attn_name(what, sizeof what, prefix, c);
+            check_equal(what, direct[g], hget(kept ? with[g] : without[g], n[g]), n[g]);
+        }
+    }
+    for (int g = 0; g < 3; g++) {
+        char prefix[96];
+        snprintf(prefix, sizeof prefix, "  fp16 forward's lse: %s vs not", grads[g]);
+        attn_name(what, sizeof what, prefix, c);
+        check(what, hget(with[g], n[g]), hget(without[g], n[g]), n[g], TOL_FAST);
+        snprintf(prefix, sizeof prefix, "  fp16 forward's lse: %s vs the CPU", grads[g]);
+        attn_name(what, sizeof what, prefix, c);
+        check_dev(what, with[g], want[g], n[g], TOL_FAST);
+    }
+}
+
 static void test_attention_backward_kept_lse(void **state) {
     (void)state;
     testutil_skip_without_gpu();
@@ -1128,6 +1193,7 @@ static void test_attention_backward_kept_lse(void **state) {
         {2, 520, 600, 2, 80, 80, 0},   /* ragged query and key tiles at D 80 (SD's 32x32 level) */
         {1, 640, 640, 2, 24, 16, 1},   /* causal, Dv != D: the generic fp16 forward */
         {2, 256, 77, 8, 80, 80, 0},    /* cross-attention: nothing kept, the backward's own pass */
+        {1, 512, 512, 2, 20, 20, 0},   /* heads not in 8s: nothing kept; fp16 rows staged value by value */
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const attn_case *c = &cases[t];
@@ -1170,6 +1236,7 @@ static void test_attention_backward_kept_lse(void **state) {
                 attn_name(what, sizeof what, prefix, c);
                 check(what, hget(with[g], n[g]), hget(without[g], n[g]), n[g], tol_for(modes[m], TOL_BWD));
             }
+            if (modes[m] == SD_PRECISION_FAST) check_f16_forward_lse(c, qd, kd, vd, doutd, want);
         }
     }
 }

@@ -299,7 +299,8 @@ static sd_status f16_transpose(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R,
 }
 
 static sd_status f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B,
-                                int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal) {
+                                int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse) {
+    (void)lse; /* the CPU's backward recomputes its maps */
     f32_bufs t;
     const sd_f16 *in[3] = {q, k, v};
     const int64_t n[3] = {B * Sq * H * D, B * Sk * H * D, B * Sk * H * Dv};
@@ -307,6 +308,25 @@ static sd_status f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v
     SD_TRY(bufs_make(&t, "attention", 3, in, n, n_out));
     return finish(&t, f32_ops()->attention(t.in[0], t.in[1], t.in[2], t.out, NULL, B, Sq, Sk, H, D, Dv, scale, causal, NULL),
                   out, n_out);
+}
+
+static int f16_attention_backward_takes(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale) {
+    (void)B, (void)Sq, (void)Sk, (void)H, (void)D, (void)Dv, (void)scale;
+    return 1;
+}
+
+static sd_status f16_attention_backward(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, const sd_f16 *out,
+                                        const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
+                                        int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
+                                        const float *lse) {
+    f32_bufs t;
+    const sd_f16 *in[4] = {q, k, v, out};
+    const int64_t n[4] = {B * Sq * H * D, B * Sk * H * D, B * Sk * H * Dv, B * Sq * H * Dv};
+    SD_TRY(bufs_make(&t, "attention_backward", 4, in, n, 0));
+    const sd_status st = f32_ops()->attention_backward(t.in[0], t.in[1], t.in[2], t.in[3], dout, dq, dk, dv, B, Sq,
+                                                       Sk, H, D, Dv, scale, causal, accumulate, lse);
+    bufs_free(&t);
+    return st;
 }
 
 /* ---- channels-last twins: the NCHW twin of the same name between transposes (moves of 16-bit
@@ -439,6 +459,8 @@ const sd_f16_ops cpu_f16_ops = {
     .upsample_nearest = f16_upsample_nearest,
     .transpose = f16_transpose,
     .attention = f16_attention,
+    .attention_backward_takes = f16_attention_backward_takes,
+    .attention_backward = f16_attention_backward,
     .to_f16_nhwc = f16_to_f16_nhwc,
     .to_f32_nchw = f16_to_f32_nchw,
     .conv2d_nhwc = f16_conv2d_nhwc,

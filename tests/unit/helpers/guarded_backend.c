@@ -214,8 +214,14 @@ GUARD16(upsample_nearest, (const sd_f16 *x, sd_f16 *y, int64_t N, int64_t H, int
         (x, y, N, H, W, Ho, Wo), x, y)
 GUARD16(transpose, (const sd_f16 *x, sd_f16 *y, int64_t B, int64_t R, int64_t C), (x, y, B, R, C), x, y)
 GUARD16(attention, (const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
-                    int64_t Sk, int H, int D, int Dv, float scale, int causal),
-        (q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal), q, k, v, out)
+                    int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse),
+        (q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal, lse), q, k, v, out, lse)
+
+GUARD16(attention_backward, (const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, const sd_f16 *out,
+                             const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk,
+                             int H, int D, int Dv, float scale, int causal, int accumulate, const float *lse),
+        (q, k, v, out, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate, lse), q, k, v, out, dout,
+        dq, dk, dv, lse)
 
 GUARD16(to_bf16, (const float *x, sd_f16 *y, int64_t n), (x, y, n), x, y)
 GUARD16(linear_backward_data_bf16w, (const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
@@ -303,7 +309,8 @@ const sd_backend *guarded_backend(void) {
         SET16(binary), SET16(add_channel_bias), SET16(geglu), SET16(concat_channels), SET16(upsample_nearest);
         SET16(transpose), SET16(attention), SET16(to_f16_nhwc), SET16(to_f32_nchw), SET16(linear_batched), SET16(linear_batched_f32io), SET16(to_bf16), SET16(linear_backward_data_bf16w), SET16(linear_backward_data_bf16w_many), SET16(conv2d_nhwc), SET16(group_norm_nhwc), SET16(add_channel_bias_nhwc);
         SET16(concat_channels_nhwc), SET16(upsample_nearest_nhwc), SET16(to_bf16_conv_transposed);
-        SET16(conv2d_backward_data_bf16w);
+        SET16(conv2d_backward_data_bf16w), SET16(attention_backward);
+        table16.attention_backward_takes = cpu->f16->attention_backward_takes; /* a predicate: no memory */
 #undef SET16
         table.f16 = &table16;
     }
