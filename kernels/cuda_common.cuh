@@ -811,6 +811,7 @@ sd_status cu_all_finite(const float *x, int64_t n, int *host_result);
 sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, float *dx, int64_t n,
                             float alpha);
 sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate);
+sd_status cu_f16_geglu_backward(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate);
 sd_status cu_axpy(float alpha, const float *x, float *y, int64_t n);
 sd_status cu_axpy_dev(const float *coef, const float *x, float *y, int64_t n);
 sd_status cu_mul_acc(const float *a, const float *b, float *y, int64_t n);

@@ -612,28 +612,45 @@ sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, flo
     return SD_OK;
 }
 
-__global__ void k_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
-    /* x, dx: [M, 2N]; dy: [M, N]; y = h · gelu(g) */
+/* x, dx: [M, 2N]; dy: [M, N]; y = h · gelu(g). X: F32, or fp16 (the values a gradient step storing
+ * fp16 saved: exact in F32, so the same arithmetic gives the widened copy's gradient bit for bit). */
+template <typename X>
+__global__ void k_geglu_backward(const X *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
     CU_ROWS_COLS(m, n, M, N) {
         const int64_t ih = m * 2 * N + n, ig = ih + N;
-        const float h = x[ih], g = x[ig], d = dy[m * N + n];
+        const float h = cu_f32(x[ih]), g = cu_f32(x[ig]), d = dy[m * N + n];
         const float dh = d * cu_gelu(g), dg = d * h * cu_gelu_grad(g);
         dx[ih] = accumulate ? dx[ih] + dh : dh;
         dx[ig] = accumulate ? dx[ig] + dg : dg;
     }
 }
 
-/* The same, 4 values (16 bytes) per load: N a multiple of 4, x, dy and dx 16-byte aligned, at most
- * 2^31 - 1 pieces of dy (the 32-bit grid-stride index never wraps) */
-__global__ void k_geglu_backward_vec(const float *x, const float *dy, float *dx, uint32_t n_vec, uint32_t N,
+/* Four consecutive values of x as floats: 16 bytes of F32, 8 of fp16. */
+__device__ __forceinline__ cu_vec16<float> ew_load4(const float *p) {
+    cu_vec16<float> v;
+    v.load(p);
+    return v;
+}
+__device__ __forceinline__ cu_vec16<float> ew_load4(const __half *p) {
+    const float2 raw = *reinterpret_cast<const float2 *>(p); /* 8 bytes: four halves, moved as bits */
+    const __half2 *h = reinterpret_cast<const __half2 *>(&raw);
+    cu_vec16<float> v;
+    v.v[0] = __half2float(h[0].x), v.v[1] = __half2float(h[0].y);
+    v.v[2] = __half2float(h[1].x), v.v[3] = __half2float(h[1].y);
+    return v;
+}
+
+/* The same, 4 values per load: N a multiple of 4, dy and dx 16-byte aligned, x 4 values aligned, at
+ * most 2^31 - 1 pieces of dy (the 32-bit grid-stride index never wraps) */
+template <typename X>
+__global__ void k_geglu_backward_vec(const X *x, const float *dy, float *dx, uint32_t n_vec, uint32_t N,
                                      int accumulate) {
     const uint32_t lanes = N / 4;
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
         const uint32_t m = i / lanes, n0 = (i - m * lanes) * 4;
         const size_t ih = (size_t)m * 2 * N + n0, ig = ih + N;
-        cu_vec16<float> h, g, d, dh = {}, dg = {}; /* dh, dg read only when accumulating */
-        h.load(x + ih);
-        g.load(x + ig);
+        cu_vec16<float> d, dh = {}, dg = {}; /* dh, dg read only when accumulating */
+        const cu_vec16<float> h = ew_load4(x + ih), g = ew_load4(x + ig);
         d.load(dy + (size_t)i * 4);
         if (accumulate) {
             dh.load(dx + ih);
@@ -650,19 +667,29 @@ __global__ void k_geglu_backward_vec(const float *x, const float *dy, float *dx,
     }
 }
 
-sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
+template <typename X>
+static sd_status geglu_backward(const X *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
     if (M * N <= 0 || !dx) return SD_OK;
     const int64_t n_vec = M * N / 4;
-    if (N % 4 == 0 && cu_aligned16(x) && cu_aligned16(dy) && cu_aligned16(dx) && n_vec <= (int64_t)INT32_MAX) {
-        CU_LAUNCH(k_geglu_backward_vec, cu_blocks(n_vec, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
+    const bool x_vec = ((uintptr_t)x & (4 * sizeof(X) - 1)) == 0;
+    if (N % 4 == 0 && x_vec && cu_aligned16(dy) && cu_aligned16(dx) && n_vec <= (int64_t)INT32_MAX) {
+        CU_LAUNCH(k_geglu_backward_vec<X>, cu_blocks(n_vec, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
             x, dy, dx, (uint32_t)n_vec, (uint32_t)N, accumulate);
     } else {
         const int threads = cu_row_threads(N);
-        CU_LAUNCH(k_geglu_backward, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, dy, dx, M, N,
-                                                                                               accumulate);
+        CU_LAUNCH(k_geglu_backward<X>, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, dy, dx, M, N,
+                                                                                                  accumulate);
     }
     LAUNCH_CHECK("geglu_backward");
     return SD_OK;
+}
+
+sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
+    return geglu_backward(x, dy, dx, M, N, accumulate);
+}
+
+sd_status cu_f16_geglu_backward(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
+    return geglu_backward(cu_half(x), dy, dx, M, N, accumulate);
 }
 
 __global__ void k_axpy(float alpha, const float *x, float *y, int64_t n) {

@@ -149,6 +149,10 @@ typedef struct sd_f16_ops {
                                     const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
                                     int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
                                     const float *lse);
+    /* sd_backend.geglu_backward on the fp16 input such a step saved (dy and dx F32): the widened
+     * copy's gradient, without the copy. NULL where a backend has none. */
+    sd_status (*geglu_backward)(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N,
+                                int accumulate);
 
     /* ---- channels-last storage (sd_ctx.channels_last): a feature map (B, C, H, W) held as
      * [B, H·W, C], which is what tensor-core convolutions read natively (an NCHW map costs cuDNN

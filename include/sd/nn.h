@@ -114,8 +114,8 @@ sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);
 int sd_ctx_stores_f16(const sd_ctx *c);
 /* Device memory held by the fp16 copies of weights made for fp16 activations (0 when none). */
 size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c);
-/* x converted to `dtype` (SD_F32 or SD_F16; x itself when it already is). Forward only. An F32
- * result is always NCHW. */
+/* x converted to `dtype` (SD_F32 or SD_F16; x itself when it already is). An F32 result is always
+ * NCHW. On a tape (a step storing fp16, c->f16_steps) the identity: gradients are F32 either way. */
 sd_tensor *sd_to_dtype(sd_ctx *c, sd_tensor *x, sd_dtype dtype);
 /* 1 when fp16 feature maps on this context go channels-last: asked for (c->channels_last) and the
  * backend has every *_nhwc op. */

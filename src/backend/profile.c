@@ -394,6 +394,11 @@ static sd_status q_attention_backward(const sd_f16 *q, const sd_f16 *k, const sd
                                       lse));
 }
 
+static sd_status q_geglu_backward(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
+    TIMED(SD_PROF_MEMORY, 0, F2 * 2 * M * N + F4 * M * N + F4 * (accumulate ? 4 : 2) * M * N,
+          inner16->geglu_backward(x, dy, dx, M, N, accumulate));
+}
+
 static sd_status q_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
     TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * B * C * S, inner16->to_f16_nhwc(x, y, B, C, S));
 }
@@ -511,6 +516,7 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         table16.transpose = q_transpose;
         table16.attention = q_attention;
         if (inner16->attention_backward) table16.attention_backward = q_attention_backward;
+        if (inner16->geglu_backward) table16.geglu_backward = q_geglu_backward;
         /* channels-last ops only where the backend has them (sd_ctx_channels_last checks) */
         if (inner16->to_f16_nhwc) table16.to_f16_nhwc = q_to_f16_nhwc;
         if (inner16->to_f32_nchw) table16.to_f32_nchw = q_to_f32_nchw;

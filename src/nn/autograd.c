@@ -518,6 +518,11 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         const int64_t N = y->shape[y->ndim - 1], M = sd_numel(y) / N;
         float *out[3];
         const int accumulate = data_grads_out(c, n, 1u, out);
+        const sd_f16_ops *o = c->be->f16;
+        if (out[0] && x->dtype == SD_F16 && o && o->geglu_backward) { /* the saved fp16 input as it is */
+            sd_ctx_check(c, o->geglu_backward(x->data, dy, out[0], M, N, accumulate));
+            return;
+        }
         const float *xv = out[0] ? saved_f32(c, x) : NULL;
         if (xv) BWD(c, n, geglu_backward, xv, dy, out[0], M, N, accumulate);
         return;

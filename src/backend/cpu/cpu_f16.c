@@ -329,6 +329,16 @@ static sd_status f16_attention_backward(const sd_f16 *q, const sd_f16 *k, const 
     return st;
 }
 
+static sd_status f16_geglu_backward(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N,
+                                    int accumulate) {
+    f32_bufs t;
+    const int64_t n = M * 2 * N;
+    SD_TRY(bufs_make(&t, "geglu_backward", 1, &x, &n, 0));
+    const sd_status st = f32_ops()->geglu_backward(t.in[0], dy, dx, M, N, accumulate);
+    bufs_free(&t);
+    return st;
+}
+
 /* ---- channels-last twins: the NCHW twin of the same name between transposes (moves of 16-bit
  * values: the arithmetic, its order and its roundings are the NCHW op's) ---- */
 
@@ -461,6 +471,7 @@ const sd_f16_ops cpu_f16_ops = {
     .attention = f16_attention,
     .attention_backward_takes = f16_attention_backward_takes,
     .attention_backward = f16_attention_backward,
+    .geglu_backward = f16_geglu_backward,
     .to_f16_nhwc = f16_to_f16_nhwc,
     .to_f32_nchw = f16_to_f32_nchw,
     .conv2d_nhwc = f16_conv2d_nhwc,
