@@ -155,8 +155,20 @@ struct fb_stage_params {
 };
 
 /* Element e of a staged row's source as float (fp16 values are exact in it). */
-__device__ __forceinline__ float fb_src_at(const float *src, int e) { return src[e]; }
-__device__ __forceinline__ float fb_src_at(const __half *src, int e) { return __half2float(src[e]); }
+__device__ __forceinline__ float fb_src_at(const float *src, int64_t e) { return src[e]; }
+__device__ __forceinline__ float fb_src_at(const __half *src, int64_t e) { return __half2float(src[e]); }
+
+/* A piece of 8 values from either source, value by value (zeros past the head's width): rows that
+ * are not whole aligned 16-byte pieces */
+template <typename E, typename S>
+__device__ __forceinline__ void fb_stage_values(const fb_stage_job &j, const S *src, E *dst, int c) {
+#pragma unroll
+    for (int e = 0; e < 8; e += 2) {
+        const float lo = c + e < j.width ? fb_src_at(src, c + e) : 0.0f;
+        const float hi = c + e + 1 < j.width ? fb_src_at(src, c + e + 1) : 0.0f;
+        *reinterpret_cast<uint32_t *>(dst + c + e) = cu_tensor_core<E>::pack(lo, hi);
+    }
+}
 
 /* An fp16 source: one 16-byte load of 8 values (or zeros past the head's width), rounded to E (fp16
  * to fp16 keeps the bits), one 16-byte store */
@@ -173,12 +185,7 @@ __device__ __forceinline__ void fb_stage_piece(const fb_stage_job &j, const __ha
         *reinterpret_cast<float4 *>(dst + c) = *reinterpret_cast<const float4 *>(out);
         return;
     }
-#pragma unroll
-    for (int e = 0; e < 8; e += 2) {
-        const float lo = c + e < j.width ? fb_src_at(src, c + e) : 0.0f;
-        const float hi = c + e + 1 < j.width ? fb_src_at(src, c + e + 1) : 0.0f;
-        *reinterpret_cast<uint32_t *>(dst + c + e) = TC::pack(lo, hi);
-    }
+    fb_stage_values(j, src, dst, c);
 }
 
 template <typename E>
@@ -194,11 +201,7 @@ __device__ __forceinline__ void fb_stage_piece(const fb_stage_job &j, const floa
         *reinterpret_cast<float4 *>(dst + c) = *reinterpret_cast<const float4 *>(out); /* bits moved */
         return;
     }
-#pragma unroll
-    for (int e = 0; e < 8; e += 2) {
-        const float lo = c + e < j.width ? src[c + e] : 0.0f, hi = c + e + 1 < j.width ? src[c + e + 1] : 0.0f;
-        *reinterpret_cast<uint32_t *>(dst + c + e) = TC::pack(lo, hi);
-    }
+    fb_stage_values(j, src, dst, c);
 }
 
 __global__ void k_fb_stage(const fb_stage_params p) {
@@ -336,6 +339,11 @@ __device__ __forceinline__ void fb_pass2_tile(float (&s)[FB_BK / 8][4], const fl
 /* Δ = rowsum(dO ⊙ O) of this lane's two rows (quad-reduced), from dO as staged (bf16: the dP of
  * the dQ pass multiplies the same values, so no rounding of dO biases a row's Σ_j dS) and the
  * forward's F32 output. Lane t of the quad takes column pairs 2t + 8i. Rows past Sq give 0. */
+/* Element i of the forward's output, F32 or (a step storing fp16) fp16 */
+__device__ __forceinline__ float fb_out_at(const attn_bwd_params &p, int64_t i) {
+    return p.out16 ? fb_src_at(p.out16, i) : fb_src_at(p.out, i);
+}
+
 __device__ __forceinline__ float fb_delta_from_out(const attn_bwd_params &p, const __nv_bfloat16 *dout_row,
                                                    int64_t b, int h, int64_t row, int DP, int t) {
     float sum = 0.0f;
@@ -343,10 +351,8 @@ __device__ __forceinline__ float fb_delta_from_out(const attn_bwd_params &p, con
         const int64_t at = (b * p.Sq + row) * (int64_t)p.H * p.Dv + (int64_t)h * p.Dv;
         for (int d = 2 * t; d < p.Dv; d += 8) {
             const __nv_bfloat162 d2 = *reinterpret_cast<const __nv_bfloat162 *>(dout_row + row * DP + d);
-            const float o0 = p.out16 ? __half2float(p.out16[at + d]) : p.out[at + d];
-            sum = fmaf(__bfloat162float(d2.x), o0, sum);
-            if (d + 1 < p.Dv) sum = fmaf(__bfloat162float(d2.y), p.out16 ? __half2float(p.out16[at + d + 1])
-                                                                          : p.out[at + d + 1], sum);
+            sum = fmaf(__bfloat162float(d2.x), fb_out_at(p, at + d), sum);
+            if (d + 1 < p.Dv) sum = fmaf(__bfloat162float(d2.y), fb_out_at(p, at + d + 1), sum);
         }
     }
     return cu_quad_sum(sum);
