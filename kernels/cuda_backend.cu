@@ -454,6 +454,7 @@ static void f16_table_fill(sd_f16_ops *t) {
     t->attention_backward_takes = cu_f16_attention_backward_takes;
     t->attention_backward = cu_f16_attention_backward;
     t->geglu_backward = cu_f16_geglu_backward;
+    t->layer_norm_backward = cu_f16_layer_norm_backward;
     t->to_f16_nhwc = cu_f16_to_f16_nhwc;
     t->to_f32_nchw = cu_f16_to_f32_nchw;
     t->conv2d_nhwc = cu_f16_conv2d_nhwc;

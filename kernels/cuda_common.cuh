@@ -637,6 +637,25 @@ __device__ __forceinline__ void cu_store(__nv_bfloat16 *p, float v) { *p = __flo
 /* a value copied between storage types: as it is within one type; F32 -> bf16 rounds to nearest even */
 template <typename T> __device__ __forceinline__ void cu_put(T *p, T v) { *p = v; }
 __device__ __forceinline__ void cu_put(__nv_bfloat16 *p, float v) { cu_store(p, v); }
+/* Four consecutive values as floats: 16 bytes of F32, 8 of fp16 (moved as bits, then widened,
+ * which is exact). p must be 4 values aligned (cu_aligned4v). */
+__device__ __forceinline__ cu_vec16<float> cu_load4(const float *p) {
+    cu_vec16<float> v;
+    v.load(p);
+    return v;
+}
+__device__ __forceinline__ cu_vec16<float> cu_load4(const __half *p) {
+    const float2 raw = *reinterpret_cast<const float2 *>(p); /* 8 bytes: four halves */
+    const __half2 *h = reinterpret_cast<const __half2 *>(&raw);
+    cu_vec16<float> v;
+    v.v[0] = __half2float(h[0].x), v.v[1] = __half2float(h[0].y);
+    v.v[2] = __half2float(h[1].x), v.v[3] = __half2float(h[1].y);
+    return v;
+}
+/* whether p may be read 4 values at a time (cu_load4) */
+template <typename T> __host__ __device__ __forceinline__ bool cu_aligned4v(const T *p) {
+    return ((uintptr_t)p & (4 * sizeof(T) - 1)) == 0;
+}
 /* sd_f16 (raw bits in the op table) <-> __half (the kernels' type): same 16 bits */
 static inline const __half *cu_half(const sd_f16 *p) { return reinterpret_cast<const __half *>(p); }
 static inline __half *cu_half(sd_f16 *p) { return reinterpret_cast<__half *>(p); }
@@ -841,6 +860,8 @@ sd_status cu_group_norm_backward(const float *x, const float *gamma, const float
                                  int64_t C, int64_t S, int groups, float eps, int silu, int accumulate);
 sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx,
                                  float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
+sd_status cu_f16_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
+                                     float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
 
 /* gemm.cu */
 sd_status cu_linear(const float *x, const float *w, const float *b, const float *r, float *y, int64_t M, int64_t K,

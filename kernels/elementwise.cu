@@ -625,21 +625,6 @@ __global__ void k_geglu_backward(const X *x, const float *dy, float *dx, int64_t
     }
 }
 
-/* Four consecutive values of x as floats: 16 bytes of F32, 8 of fp16. */
-__device__ __forceinline__ cu_vec16<float> ew_load4(const float *p) {
-    cu_vec16<float> v;
-    v.load(p);
-    return v;
-}
-__device__ __forceinline__ cu_vec16<float> ew_load4(const __half *p) {
-    const float2 raw = *reinterpret_cast<const float2 *>(p); /* 8 bytes: four halves, moved as bits */
-    const __half2 *h = reinterpret_cast<const __half2 *>(&raw);
-    cu_vec16<float> v;
-    v.v[0] = __half2float(h[0].x), v.v[1] = __half2float(h[0].y);
-    v.v[2] = __half2float(h[1].x), v.v[3] = __half2float(h[1].y);
-    return v;
-}
-
 /* The same, 4 values per load: N a multiple of 4, dy and dx 16-byte aligned, x 4 values aligned, at
  * most 2^31 - 1 pieces of dy (the 32-bit grid-stride index never wraps) */
 template <typename X>
@@ -650,7 +635,7 @@ __global__ void k_geglu_backward_vec(const X *x, const float *dy, float *dx, uin
         const uint32_t m = i / lanes, n0 = (i - m * lanes) * 4;
         const size_t ih = (size_t)m * 2 * N + n0, ig = ih + N;
         cu_vec16<float> d, dh = {}, dg = {}; /* dh, dg read only when accumulating */
-        const cu_vec16<float> h = ew_load4(x + ih), g = ew_load4(x + ig);
+        const cu_vec16<float> h = cu_load4(x + ih), g = cu_load4(x + ig);
         d.load(dy + (size_t)i * 4);
         if (accumulate) {
             dh.load(dx + ih);
@@ -671,8 +656,7 @@ template <typename X>
 static sd_status geglu_backward(const X *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
     if (M * N <= 0 || !dx) return SD_OK;
     const int64_t n_vec = M * N / 4;
-    const bool x_vec = ((uintptr_t)x & (4 * sizeof(X) - 1)) == 0;
-    if (N % 4 == 0 && x_vec && cu_aligned16(dy) && cu_aligned16(dx) && n_vec <= (int64_t)INT32_MAX) {
+    if (N % 4 == 0 && cu_aligned4v(x) && cu_aligned16(dy) && cu_aligned16(dx) && n_vec <= (int64_t)INT32_MAX) {
         CU_LAUNCH(k_geglu_backward_vec<X>, cu_blocks(n_vec, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
             x, dy, dx, (uint32_t)n_vec, (uint32_t)N, accumulate);
     } else {

@@ -284,15 +284,16 @@ __device__ __forceinline__ int gn_bwd_step(const float *x, const float *dy, cons
     return vec ? 4 : 1;
 }
 
-/* STEP (1 or 4) consecutive values from p + i, in registers. */
+/* STEP (1 or 4) consecutive values from p, in registers as floats: p F32, or fp16 (the LayerNorm
+ * input a gradient step storing fp16 saved; 4 values aligned for STEP 4). */
 template <int STEP> struct gn_vals {
     float v[STEP];
-    __device__ __forceinline__ void load(const float *p) {
+    template <typename X> __device__ __forceinline__ void load(const X *p) {
         if constexpr (STEP == 4) {
-            const float4 f = *reinterpret_cast<const float4 *>(p);
-            v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+            const cu_vec16<float> f = cu_load4(p);
+            v[0] = f.v[0], v[1] = f.v[1], v[2] = f.v[2], v[3] = f.v[3];
         } else {
-            v[0] = p[0];
+            v[0] = cu_f32(p[0]);
         }
     }
     __device__ __forceinline__ void store(float *p) const {
@@ -460,45 +461,62 @@ template <typename T> __device__ __forceinline__ bool ln_row_vec(const T *xr, in
     return cu_aligned16(xr) && C % cu_vec16<T>::n == 0;
 }
 
-/* (mean, rstd) of one row, computed by one warp in double (two passes, as the CPU does). */
-template <typename T>
-__device__ __forceinline__ void ln_row_stats(const T *xr, int64_t C, float eps, float *mean_out,
-                                             float *rstd_out) {
-    typedef cu_vec16<T> V;
-    const int lane = threadIdx.x & 31;
-    const bool vec = ln_row_vec(xr, C);
-    double s = 0.0;
-    if (vec) {
-        for (int64_t i = (int64_t)lane * V::n; i < C; i += 32 * V::n) {
-            V x;
-            x.load(xr + i);
+/* N consecutive values of a row from p as floats: a 16-byte piece (N = cu_vec16<T>::n), four
+ * values (cu_load4) or one. */
+template <int N, typename T> __device__ __forceinline__ void ln_load(const T *p, float (&v)[N]) {
+    if constexpr (N == 1) {
+        v[0] = cu_f32(p[0]);
+    } else if constexpr (N == 4) {
+        const cu_vec16<float> f = cu_load4(p);
 #pragma unroll
-            for (int k = 0; k < V::n; k++) s += cu_f32(x.v[k]);
-        }
+        for (int k = 0; k < 4; k++) v[k] = f.v[k];
     } else {
-        for (int64_t i = lane; i < C; i += 32) s += cu_f32(xr[i]);
+        static_assert(N == cu_vec16<T>::n, "a row piece is 16 bytes, 4 values or 1");
+        cu_vec16<T> x;
+        x.load(p);
+#pragma unroll
+        for (int k = 0; k < N; k++) v[k] = cu_f32(x.v[k]);
+    }
+}
+
+/* (mean, rstd) of one row, computed by one warp in double (two passes, as the CPU does), each lane
+ * reading N values per load: lane l sums pieces l, l + 32, ... in order, so two storage types read
+ * at the same N give the same sums for the same values. */
+template <int N, typename T>
+__device__ __forceinline__ void ln_row_stats_by(const T *xr, int64_t C, float eps, float *mean_out,
+                                                float *rstd_out) {
+    const int lane = threadIdx.x & 31;
+    double s = 0.0;
+    for (int64_t i = (int64_t)lane * N; i < C; i += 32 * N) {
+        float v[N];
+        ln_load<N>(xr + i, v);
+#pragma unroll
+        for (int k = 0; k < N; k++) s += v[k];
     }
     const double mean = cu_warp_sum_d(s) / (double)C;
     double sq = 0.0;
-    if (vec) {
-        for (int64_t i = (int64_t)lane * V::n; i < C; i += 32 * V::n) {
-            V x;
-            x.load(xr + i);
+    for (int64_t i = (int64_t)lane * N; i < C; i += 32 * N) {
+        float v[N];
+        ln_load<N>(xr + i, v);
 #pragma unroll
-            for (int k = 0; k < V::n; k++) {
-                const double d = (double)cu_f32(x.v[k]) - mean;
-                sq += d * d;
-            }
-        }
-    } else {
-        for (int64_t i = lane; i < C; i += 32) {
-            const double d = (double)cu_f32(xr[i]) - mean;
+        for (int k = 0; k < N; k++) {
+            const double d = (double)v[k] - mean;
             sq += d * d;
         }
     }
     sq = cu_warp_sum_d(sq);
     *mean_out = (float)mean;
     *rstd_out = (float)(1.0 / sqrt(sq / (double)C + (double)eps));
+}
+
+/* The forward's statistics: 16 bytes per load where the row allows. */
+template <typename T>
+__device__ __forceinline__ void ln_row_stats(const T *xr, int64_t C, float eps, float *mean_out,
+                                             float *rstd_out) {
+    if (ln_row_vec(xr, C))
+        ln_row_stats_by<cu_vec16<T>::n>(xr, C, eps, mean_out, rstd_out);
+    else
+        ln_row_stats_by<1>(xr, C, eps, mean_out, rstd_out);
 }
 
 template <typename T>
@@ -618,12 +636,20 @@ sd_status cu_f16_layer_norm(const sd_f16 *x, const float *gamma, const float *be
     return layer_norm(cu_half(x), gamma, beta, cu_half(y), M, C, eps);
 }
 
-/* dx += r (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)) with dx̂ = γ dy; also stores the row's (mean, rstd)
- * for the parameter kernel. One warp per row. */
+/* LayerNorm backward. x is F32, or fp16 (the input a gradient step storing fp16 saved,
+ * sd_f16_ops.layer_norm_backward); dy, dx and the parameters' gradients are F32. fp16 x is read four
+ * values at a time where F32 x is read as float4 (cu_load4), so the arithmetic on its values, exact
+ * in F32, is the widened copy's: the same bits. */
+
+/* whether a row of x is read four values per load */
+template <typename X> __device__ __forceinline__ bool ln_bwd_vec(const X *xr, int64_t C) {
+    return cu_aligned4v(xr) && C % 4 == 0;
+}
+
 /* One warp's row of the LayerNorm data gradient, STEP values per load:
  * dx += rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂)), dx̂ = dy · γ, the means in double. */
-template <int STEP>
-__device__ __forceinline__ void ln_bwd_row(const float *xr, const float *dyr, float *dxr, const float *gamma, int64_t C,
+template <int STEP, typename X>
+__device__ __forceinline__ void ln_bwd_row(const X *xr, const float *dyr, float *dxr, const float *gamma, int64_t C,
                                            float mean, float rstd) {
     const int lane = threadIdx.x & 31;
     double a = 0.0, b = 0.0;
@@ -655,14 +681,21 @@ __device__ __forceinline__ void ln_bwd_row(const float *xr, const float *dyr, fl
     }
 }
 
-__global__ void k_ln_bwd_rows(const float *x, const float *gamma, const float *dy, float *dx, int64_t M,
+/* dx += r (dx̂ − mean(dx̂) − x̂ mean(dx̂ x̂)) with dx̂ = γ dy; also stores the row's (mean, rstd)
+ * for the parameter kernel. One warp per row. */
+template <typename X>
+__global__ void k_ln_bwd_rows(const X *x, const float *gamma, const float *dy, float *dx, int64_t M,
                               int64_t C, float eps, float *stats) {
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= M) return;
     const int lane = threadIdx.x & 31;
-    const float *xr = x + row * C, *dyr = dy + row * C;
+    const X *xr = x + row * C;
+    const float *dyr = dy + row * C;
     float mean, rstd;
-    ln_row_stats(xr, C, eps, &mean, &rstd);
+    if (ln_bwd_vec(xr, C))
+        ln_row_stats_by<4>(xr, C, eps, &mean, &rstd);
+    else
+        ln_row_stats_by<1>(xr, C, eps, &mean, &rstd);
     if (lane == 0) {
         stats[row * 2 + 0] = mean;
         stats[row * 2 + 1] = rstd;
@@ -670,7 +703,7 @@ __global__ void k_ln_bwd_rows(const float *x, const float *gamma, const float *d
     if (!dx) return;
     float *dxr = dx + row * C;
     /* four values per load where x, dy and dx rows are 16-byte aligned (every row of SD's UNet) */
-    if (ln_row_vec(xr, C) && cu_aligned16(dyr) && cu_aligned16(dxr))
+    if (ln_bwd_vec(xr, C) && cu_aligned16(dyr) && cu_aligned16(dxr))
         ln_bwd_row<4>(xr, dyr, dxr, gamma, C, mean, rstd);
     else
         ln_bwd_row<1>(xr, dyr, dxr, gamma, C, mean, rstd);
@@ -680,7 +713,8 @@ __global__ void k_ln_bwd_rows(const float *x, const float *gamma, const float *d
 #define LNP_ROWS 8
 
 /* partial[(chunk · C + c) · 2 + {0, 1}] = (Σ dy·x̂, Σ dy) over a chunk of rows; block (32, 8). */
-__global__ void k_ln_bwd_params_partial(const float *x, const float *dy, const float *stats, int64_t M,
+template <typename X>
+__global__ void k_ln_bwd_params_partial(const X *x, const float *dy, const float *stats, int64_t M,
                                         int64_t C, int64_t rows_per_chunk, double *partial) {
     __shared__ double sg[LNP_ROWS][LNP_TILE], sb[LNP_ROWS][LNP_TILE];
     const int64_t c = (int64_t)blockIdx.x * LNP_TILE + threadIdx.x;
@@ -690,7 +724,7 @@ __global__ void k_ln_bwd_params_partial(const float *x, const float *dy, const f
     double ag = 0.0, ab = 0.0;
     if (c < C)
         for (int64_t r = r0 + threadIdx.y; r < r1; r += LNP_ROWS) {
-            const float xh = (x[r * C + c] - stats[r * 2 + 0]) * stats[r * 2 + 1];
+            const float xh = (cu_f32(x[r * C + c]) - stats[r * 2 + 0]) * stats[r * 2 + 1];
             const double d = dy[r * C + c];
             ag += d * (double)xh;
             ab += d;
@@ -721,36 +755,38 @@ __global__ void k_ln_bwd_params_final(const double *partial, int chunks, int64_t
     }
 }
 
-/* k_ln_bwd_rows for rows of C <= 128·P floats whose x, dy and dx rows are 16-byte aligned (SD's 320
- * and 640): each lane holds its P float4 pieces of x and dy (pieces lane + 32j, as the general
- * kernel walks them) in registers, so the row is read once instead of x four times and dy twice.
- * The same expressions in the same order as ln_row_stats and ln_bwd_row<4>: the same bits. */
-template <int P>
-__global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const float *x, const float *gamma, const float *dy,
+/* k_ln_bwd_rows for rows of C <= 128·P values whose x rows are read 4 values per load and whose dy
+ * and dx rows are 16-byte aligned (SD's 320 and 640): each lane holds its P pieces of x and dy
+ * (pieces lane + 32j, as the general kernel walks them) in registers, so the row is read once
+ * instead of x four times and dy twice. The same expressions in the same order as ln_row_stats_by<4>
+ * and ln_bwd_row<4>: the same bits. */
+template <int P, typename X>
+__global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const X *x, const float *gamma, const float *dy,
                                                                  float *dx, int64_t M, int64_t C, float eps,
                                                                  float *stats) {
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= M) return;
     const int lane = threadIdx.x & 31;
-    const float *xr = x + row * C, *dyr = dy + row * C;
-    float4 xv[P], dv[P];
+    const X *xr = x + row * C;
+    const float *dyr = dy + row * C;
+    cu_vec16<float> xv[P];
+    float4 dv[P];
     double s = 0.0;
 #pragma unroll
     for (int j = 0; j < P; j++) {
         const int64_t i = (int64_t)lane * 4 + 128 * j;
-        xv[j] = i < C ? *reinterpret_cast<const float4 *>(xr + i) : make_float4(0, 0, 0, 0);
+        xv[j] = i < C ? cu_load4(xr + i) : cu_vec16<float>{};
         dv[j] = i < C && dx ? *reinterpret_cast<const float4 *>(dyr + i) : make_float4(0, 0, 0, 0);
-        if (i < C) s += (double)xv[j].x, s += (double)xv[j].y, s += (double)xv[j].z, s += (double)xv[j].w;
+        if (i < C) s += (double)xv[j].v[0], s += (double)xv[j].v[1], s += (double)xv[j].v[2], s += (double)xv[j].v[3];
     }
     const double mean_d = cu_warp_sum_d(s) / (double)C;
     double sq = 0.0;
 #pragma unroll
     for (int j = 0; j < P; j++) {
         if ((int64_t)lane * 4 + 128 * j >= C) continue;
-        const float v[4] = {xv[j].x, xv[j].y, xv[j].z, xv[j].w};
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            const double d = (double)v[k] - mean_d;
+            const double d = (double)xv[j].v[k] - mean_d;
             sq += d * d;
         }
     }
@@ -767,7 +803,7 @@ __global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const float *x,
     for (int j = 0; j < P; j++) {
         const int64_t i = (int64_t)lane * 4 + 128 * j;
         if (i >= C) continue;
-        const float xa[4] = {xv[j].x, xv[j].y, xv[j].z, xv[j].w}, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w};
+        const float *xa = xv[j].v, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w};
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const float xh = (xa[k] - mean) * rstd;
@@ -781,7 +817,7 @@ __global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const float *x,
     for (int j = 0; j < P; j++) {
         const int64_t i = (int64_t)lane * 4 + 128 * j;
         if (i >= C) continue;
-        const float xa[4] = {xv[j].x, xv[j].y, xv[j].z, xv[j].w}, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w};
+        const float *xa = xv[j].v, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w};
         float4 o = *reinterpret_cast<const float4 *>(dxr + i);
         float ov[4] = {o.x, o.y, o.z, o.w};
 #pragma unroll
@@ -794,8 +830,9 @@ __global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const float *x,
     }
 }
 
-sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx,
-                                 float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
+template <typename X>
+static sd_status layer_norm_backward(const X *x, const float *gamma, const float *dy, float *dx, float *dgamma,
+                                     float *dbeta, int64_t M, int64_t C, float eps) {
     if (M <= 0 || C <= 0 || (!dx && !dgamma && !dbeta)) return SD_OK;
     int64_t chunks = (M + 255) / 256;
     if (chunks > 64) chunks = 64;
@@ -810,23 +847,33 @@ sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float
     cudaStream_t st = cu_cur()->stream;
     const int rows_per_block = LN_THREADS / 32;
     const unsigned row_blocks = (unsigned)((M + rows_per_block - 1) / rows_per_block);
-    /* rows held in registers: 16-byte aligned rows (every row then, C a multiple of 4) up to 640 */
-    const bool regs = C % 4 == 0 && cu_aligned16(x) && cu_aligned16(dy) && (!dx || cu_aligned16(dx));
+    /* rows held in registers: rows read 4 values per load (every row then, C a multiple of 4) up to 640 */
+    const bool regs = C % 4 == 0 && cu_aligned4v(x) && cu_aligned16(dy) && (!dx || cu_aligned16(dx));
     if (regs && C <= 128 * 3)
-        CU_LAUNCH(k_ln_bwd_rows_regs<3>, row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
+        CU_LAUNCH((k_ln_bwd_rows_regs<3, X>), row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
     else if (regs && C <= 128 * 5)
-        CU_LAUNCH(k_ln_bwd_rows_regs<5>, row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
+        CU_LAUNCH((k_ln_bwd_rows_regs<5, X>), row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
     else
-        CU_LAUNCH(k_ln_bwd_rows, row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
+        CU_LAUNCH(k_ln_bwd_rows<X>, row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
     LAUNCH_CHECK("layer_norm_backward rows");
     if (dgamma || dbeta) {
         dim3 grid((unsigned)((C + LNP_TILE - 1) / LNP_TILE), (unsigned)chunks), block(LNP_TILE, LNP_ROWS);
-        CU_LAUNCH(k_ln_bwd_params_partial, grid, block, 0, st)(x, dy, stats, M, C, rows_per_chunk, partial);
+        CU_LAUNCH(k_ln_bwd_params_partial<X>, grid, block, 0, st)(x, dy, stats, M, C, rows_per_chunk, partial);
         LAUNCH_CHECK("layer_norm_backward params partial");
         CU_LAUNCH(k_ln_bwd_params_final, cu_blocks(C, 256), 256, 0, st)(partial, (int)chunks, C, dgamma, dbeta);
         LAUNCH_CHECK("layer_norm_backward params final");
     }
     return SD_OK;
+}
+
+sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx,
+                                 float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
+    return layer_norm_backward(x, gamma, dy, dx, dgamma, dbeta, M, C, eps);
+}
+
+sd_status cu_f16_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
+                                     float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
+    return layer_norm_backward(cu_half(x), gamma, dy, dx, dgamma, dbeta, M, C, eps);
 }
 
 /* ------------------------------------------------------------------------------------------------

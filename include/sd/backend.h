@@ -153,6 +153,10 @@ typedef struct sd_f16_ops {
      * copy's gradient, without the copy. NULL where a backend has none. */
     sd_status (*geglu_backward)(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N,
                                 int accumulate);
+    /* sd_backend.layer_norm_backward on the fp16 input [M, C] such a step saved (γ, dy and the
+     * gradients F32): the widened copy's gradients, without the copy. NULL where a backend has none. */
+    sd_status (*layer_norm_backward)(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
+                                     float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
 
     /* ---- channels-last storage (sd_ctx.channels_last): a feature map (B, C, H, W) held as
      * [B, H·W, C], which is what tensor-core convolutions read natively (an NCHW map costs cuDNN

@@ -399,6 +399,12 @@ static sd_status q_geglu_backward(const sd_f16 *x, const float *dy, float *dx, i
           inner16->geglu_backward(x, dy, dx, M, N, accumulate));
 }
 
+static sd_status q_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
+                                       float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
+    TIMED(SD_PROF_NORM, 0, (F2 + F4 * 2) * M * C,
+          inner16->layer_norm_backward(x, gamma, dy, dx, dgamma, dbeta, M, C, eps));
+}
+
 static sd_status q_to_f16_nhwc(const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
     TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * B * C * S, inner16->to_f16_nhwc(x, y, B, C, S));
 }
@@ -517,6 +523,7 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         table16.attention = q_attention;
         if (inner16->attention_backward) table16.attention_backward = q_attention_backward;
         if (inner16->geglu_backward) table16.geglu_backward = q_geglu_backward;
+        if (inner16->layer_norm_backward) table16.layer_norm_backward = q_layer_norm_backward;
         /* channels-last ops only where the backend has them (sd_ctx_channels_last checks) */
         if (inner16->to_f16_nhwc) table16.to_f16_nhwc = q_to_f16_nhwc;
         if (inner16->to_f32_nchw) table16.to_f32_nchw = q_to_f32_nchw;

@@ -463,6 +463,13 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
     case SD_OP_LAYER_NORM: {
         const int64_t C = x->shape[x->ndim - 1], M = sd_numel(x) / C;
         float *dx = in_grad(c, n, 0), *dg = in_grad(c, n, 1), *db = in_grad(c, n, 2);
+        const sd_f16_ops *o = c->be->f16;
+        if (x->dtype == SD_F16 && o && o->layer_norm_backward) { /* the saved fp16 input as it is */
+            if (dx || dg || db)
+                sd_ctx_check(c, o->layer_norm_backward(x->data, f32c(n->in[1]), dy, dx, dg, db, M, C,
+                                                       n->attr.norm.eps));
+            return;
+        }
         const float *xv = saved_f32(c, x);
         if (xv) BWD(c, n, layer_norm_backward, xv, f32c(n->in[1]), dy, dx, dg, db, M, C, n->attr.norm.eps);
         return;

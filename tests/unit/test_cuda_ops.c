@@ -805,6 +805,31 @@ static void test_conv2d_backward(void **state) {
     }
 }
 
+/* sd_f16_ops.layer_norm_backward on x (F32 on the device) rounded to fp16, against the F32 op on
+ * the fp16 values widened: equal bit for bit (dx accumulated into dx0, dγ and dβ into dg0, db0). */
+static void check_f16_layer_norm_backward(int64_t M, int64_t C, const float *xd, const float *gad, const float *dyd,
+                                          const float *dx0, const float *dg0, const float *db0, int shifted) {
+    const sd_f16_ops *g16 = gpu->f16;
+    if (!g16 || !g16->layer_norm_backward) return;
+    sd_f16 *x16 = (sd_f16 *)tb_device(gpu, (size_t)(M * C + 1) * sizeof(sd_f16)) + shifted;
+    float *widened = dnew(M * C + 1) + shifted;
+    assert_sd_ok(g16->to_f16(xd, x16, M * C));
+    assert_sd_ok(g16->to_f32(x16, widened, M * C));
+    float *dx_want = dput(dx0, M * C), *dg_want = dput(dg0, C), *db_want = dput(db0, C);
+    float *dx_got = dput(dx0, M * C), *dg_got = dput(dg0, C), *db_got = dput(db0, C);
+    assert_sd_ok(gpu->layer_norm_backward(widened, gad, dyd, dx_want, dg_want, db_want, M, C, 1e-5f));
+    assert_sd_ok(g16->layer_norm_backward(x16, gad, dyd, dx_got, dg_got, db_got, M, C, 1e-5f));
+    const float *got[3] = {dx_got, dg_got, db_got}, *want[3] = {dx_want, dg_want, db_want};
+    const char *name[3] = {"dx", "dgamma", "dbeta"};
+    for (int i = 0; i < 3; i++) {
+        const int64_t n = i ? C : M * C;
+        char what[96];
+        snprintf(what, sizeof what, "layer_norm_backward on fp16 x (%lld, %lld)%s %s", (long long)M, (long long)C,
+                 shifted ? ", unaligned," : "", name[i]);
+        check_equal(what, got[i], hget(want[i], n), n);
+    }
+}
+
 static void test_norm_backward(void **state) {
     (void)state;
     testutil_skip_without_gpu();
@@ -880,6 +905,11 @@ static void test_norm_backward(void **state) {
         assert_sd_ok(gpu->layer_norm_backward(xd, gad, dyd, NULL, dgd1, dbd1, M, C, 1e-5f));
         check_dev("layer_norm_backward dgamma (no dx)", dgd1, dg1, C, TOL_BWD);
         check_dev("layer_norm_backward dbeta (no dx)", dbd1, db1, C, TOL_BWD);
+        /* on the fp16 input a step storing fp16 saved: the widened copy's gradients bit for bit, and
+         * for the first rows also with both inputs one value off their alignment (one value per load
+         * on both sides) */
+        for (int shifted = 0; shifted < (t == 0 ? 2 : 1); shifted++)
+            check_f16_layer_norm_backward(M, C, xd, gad, dyd, dx0, dg0, db0, shifted);
     }
 }
 
@@ -1407,6 +1437,7 @@ static void check_unet(const char *sample_name, const char *context_name, float 
 static void test_model_unet(void **state) {
     (void)state;
     testutil_skip_without_gpu();
+    testutil_skip_in_reverse_run();
     require_gpu();
     require_model();
     /* the 64x64-latent sample costs minutes under the simulator: its 32x32 sample covers the
@@ -1504,6 +1535,7 @@ static void test_model_vae(void **state) {
 static void test_cuda_graph_unet(void **state) {
     (void)state;
     testutil_skip_without_gpu();
+    testutil_skip_in_reverse_run();
     require_gpu();
     require_model();
     set_mode(SD_PRECISION_EXACT);
@@ -1805,6 +1837,7 @@ static void test_attention_rows_causal(void **state) {
 static void test_attention_large_head_chunked(void **state) {
     (void)state;
     testutil_skip_without_gpu();
+    testutil_skip_in_reverse_run();
     require_gpu();
     const attn_case c = {1, 1000, 70000, 1, 161, 8, 1};
     float *q, *k, *v;
@@ -1835,6 +1868,7 @@ static void test_attention_large_head_chunked(void **state) {
 static void test_attention_backward_chunked(void **state) {
     (void)state;
     testutil_skip_without_gpu();
+    testutil_skip_in_reverse_run();
     require_gpu();
     CPU_HAS(attention_backward);
     CPU_HAS(attention_probs_backward);

@@ -409,6 +409,34 @@ static sd_tensor *f16_step_gradient(sd_tensor *x, sd_tensor *leaf, int hooked, s
     return grad;
 }
 
+/* the step's backward ops on saved values: fp16 as saved, or widened to F32 first */
+static const sd_backend *f16_step_inner;
+static long f16_step_ln_f16, f16_step_ln_f32, f16_step_geglu_f16, f16_step_widened;
+static sd_status counting_f16_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
+                                                  float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
+    f16_step_ln_f16++;
+    return f16_step_inner->f16->layer_norm_backward(x, gamma, dy, dx, dgamma, dbeta, M, C, eps);
+}
+static sd_status counting_layer_norm_backward(const float *x, const float *gamma, const float *dy, float *dx,
+                                              float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
+    f16_step_ln_f32++;
+    return f16_step_inner->layer_norm_backward(x, gamma, dy, dx, dgamma, dbeta, M, C, eps);
+}
+static sd_status counting_f16_geglu_backward(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N,
+                                             int accumulate) {
+    f16_step_geglu_f16++;
+    return f16_step_inner->f16->geglu_backward(x, dy, dx, M, N, accumulate);
+}
+static sd_status counting_to_f32(const sd_f16 *x, float *y, int64_t n) {
+    f16_step_widened++;
+    return f16_step_inner->f16->to_f32(x, y, n);
+}
+static sd_status counting_to_f32_nchw(const sd_f16 *x, const float *bias, const float *res, float *y, int64_t B,
+                                      int64_t C, int64_t S) {
+    f16_step_widened++;
+    return f16_step_inner->f16->to_f32_nchw(x, bias, res, y, B, C, S);
+}
+
 static void test_f16_gradient_step(void **state) {
     (void)state;
     sd_tensor *sample = testutil_fixture("tiny_unet", "small_sample");
@@ -423,8 +451,34 @@ static void test_f16_gradient_step(void **state) {
     assert_sd_ok(sd_ctx_status(&ctx));
 
     ctx.f16_steps = 1;
+    /* LayerNorm and GEGLU read their saved fp16 inputs as they are (sd_f16_ops), no widened copy:
+     * counted, and the same gradient bit for bit as the widening path's */
+    f16_step_inner = ctx.be;
+    sd_backend table = *ctx.be;
+    sd_f16_ops table16 = *ctx.be->f16;
+    table.f16 = &table16;
+    table.layer_norm_backward = counting_layer_norm_backward;
+    table16.layer_norm_backward = counting_f16_layer_norm_backward;
+    table16.geglu_backward = counting_f16_geglu_backward;
+    table16.to_f32 = counting_to_f32;
+    table16.to_f32_nchw = counting_to_f32_nchw;
+    ctx.be = &table;
     sd_tensor *eps16 = NULL;
     sd_tensor *g16 = f16_step_gradient(x, leaf, 0, &eps16);
+    const long ln_f16 = f16_step_ln_f16, ln_f32 = f16_step_ln_f32, geglu_f16 = f16_step_geglu_f16;
+    const long widened = f16_step_widened;
+    table16.layer_norm_backward = NULL;
+    table16.geglu_backward = NULL;
+    sd_tensor *g16_widening = f16_step_gradient(x, leaf, 0, NULL);
+    print_message("    fp16 step: %ld LayerNorm and %ld GEGLU backward(s) on fp16 inputs, %ld on F32, %ld widenings "
+                  "(%ld when both widen)\n", ln_f16, geglu_f16, ln_f32, widened,
+                  f16_step_widened - widened);
+    ctx.be = f16_step_inner;
+    assert_true(ln_f16 > 0 && geglu_f16 > 0);
+    assert_int_equal(ln_f32, 0);
+    assert_int_equal(f16_step_ln_f32 - ln_f32, ln_f16); /* the same LayerNorms, widened */
+    assert_int_equal(f16_step_widened - widened, widened + ln_f16 + geglu_f16);
+    assert_memory_equal(sd_f32(g16_widening), sd_f32(g16), sd_nbytes(g16));
     assert_memory_equal(sd_f32(eps16), sd_f32(plain), sd_nbytes(plain)); /* the plain fp16 forward */
     ctx.channels_last = 0;
     sd_tensor *g16_nchw = f16_step_gradient(x, leaf, 0, NULL);
@@ -451,7 +505,7 @@ static void test_f16_gradient_step(void **state) {
     assert_true(vs_f32 > 1e-6 && vs_f32 < 2e-2);
     assert_true(recomputed < 2e-3);
     assert_true(hooked > 0 && hooked < 2e-2);
-    sd_tensor *frees[] = {sample, context, leaf, plain, eps16, g16, g16_nchw, g16_recomputed, g16_hooked, g32};
+    sd_tensor *frees[] = {sample, context, leaf, plain, eps16, g16, g16_widening, g16_nchw, g16_recomputed, g16_hooked, g32};
     for (size_t i = 0; i < sizeof frees / sizeof frees[0]; i++) sd_tensor_free(frees[i]);
     sd_arena_reset(ctx.arena, mark);
 }

@@ -339,6 +339,16 @@ static sd_status f16_geglu_backward(const sd_f16 *x, const float *dy, float *dx,
     return st;
 }
 
+static sd_status f16_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
+                                         float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
+    f32_bufs t;
+    const int64_t n = M * C;
+    SD_TRY(bufs_make(&t, "layer_norm_backward", 1, &x, &n, 0));
+    const sd_status st = f32_ops()->layer_norm_backward(t.in[0], gamma, dy, dx, dgamma, dbeta, M, C, eps);
+    bufs_free(&t);
+    return st;
+}
+
 /* ---- channels-last twins: the NCHW twin of the same name between transposes (moves of 16-bit
  * values: the arithmetic, its order and its roundings are the NCHW op's) ---- */
 
@@ -472,6 +482,7 @@ const sd_f16_ops cpu_f16_ops = {
     .attention_backward_takes = f16_attention_backward_takes,
     .attention_backward = f16_attention_backward,
     .geglu_backward = f16_geglu_backward,
+    .layer_norm_backward = f16_layer_norm_backward,
     .to_f16_nhwc = f16_to_f16_nhwc,
     .to_f32_nchw = f16_to_f32_nchw,
     .conv2d_nhwc = f16_conv2d_nhwc,

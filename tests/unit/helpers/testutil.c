@@ -159,15 +159,30 @@ int testutil_gpu_is_simulated(void) {
 #endif
 }
 
+int testutil_reverse_schedule(void) {
+    const char *s = getenv("CUDASIM_SCHEDULE");
+    return testutil_gpu_is_simulated() && s && strcmp(s, "reverse") == 0;
+}
+
 int testutil_sim_leaves_out(const char *what, double flop) {
     const char *small = getenv("SD_TEST_SMALL");
     const int small_only = small && *small && strcmp(small, "0") != 0;
-    if ((!testutil_gpu_is_simulated() && !small_only) || (flop >= 0 && flop <= TESTUTIL_SIM_MAX_FLOP)) return 0;
+    const double limit = testutil_reverse_schedule() ? TESTUTIL_REVERSE_MAX_FLOP : TESTUTIL_SIM_MAX_FLOP;
+    if ((!testutil_gpu_is_simulated() && !small_only) || (flop >= 0 && flop <= limit)) return 0;
     if (small_only && !testutil_gpu_is_simulated())
         print_message("    %-52s left out (SD_TEST_SMALL=1)\n", what);
+    else if (testutil_reverse_schedule() && flop >= 0 && flop <= TESTUTIL_SIM_MAX_FLOP)
+        print_message("    %-52s left out of the reverse-schedule run (the forward-schedule run has it)\n", what);
     else
         print_message("    %-52s left out under cudasim (too slow on the host: real GPU only)\n", what);
     return 1;
+}
+
+void testutil_skip_in_reverse_run(void) {
+    if (!testutil_reverse_schedule()) return;
+    print_message("    skipped in the reverse-schedule run: its kernels' reverse-order checks are the op tests'; "
+                  "the forward-schedule run has it\n");
+    skip();
 }
 
 void testutil_write_random_lpips(const char *path) {

@@ -98,6 +98,16 @@ int testutil_gpu_is_simulated(void);
 #define TESTUTIL_SIM_MAX_FLOP 4e9
 int testutil_sim_leaves_out(const char *what, double flop);
 
+/* The simulator's second run of test_cuda_ops (CUDASIM_SCHEDULE=reverse: the threads of each block
+ * run last to first between barriers) looks for kernels that lean on an order of threads no GPU
+ * promises. Cases of the same kernels at other sizes add nothing there but time, so that run takes
+ * cases up to TESTUTIL_REVERSE_MAX_FLOP in testutil_sim_leaves_out, and the whole-model and
+ * chunking tests call testutil_skip_in_reverse_run (cmocka's skip, with the reason logged). CI's
+ * 20 minutes on 2 cores are the budget. */
+#define TESTUTIL_REVERSE_MAX_FLOP 1e9
+int testutil_reverse_schedule(void);
+void testutil_skip_in_reverse_run(void);
+
 /* Random LPIPS AlexNet weights in tools/convert_lpips.py's layout (features.N.*, linK.model.1.weight):
  * for tests of the plumbing, where the values do not matter. */
 void testutil_write_random_lpips(const char *path);
