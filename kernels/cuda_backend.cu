@@ -455,6 +455,7 @@ static void f16_table_fill(sd_f16_ops *t) {
     t->attention_backward = cu_f16_attention_backward;
     t->geglu_backward = cu_f16_geglu_backward;
     t->layer_norm_backward = cu_f16_layer_norm_backward;
+    t->group_norm_backward_nhwc = cu_f16_group_norm_backward_nhwc;
     t->to_f16_nhwc = cu_f16_to_f16_nhwc;
     t->to_f32_nchw = cu_f16_to_f32_nchw;
     t->conv2d_nhwc = cu_f16_conv2d_nhwc;

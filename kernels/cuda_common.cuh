@@ -862,6 +862,9 @@ sd_status cu_layer_norm_backward(const float *x, const float *gamma, const float
                                  float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
 sd_status cu_f16_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
                                      float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
+sd_status cu_f16_group_norm_backward_nhwc(const sd_f16 *x16, const float *gamma, const float *beta, const float *dy,
+                                          float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
+                                          int groups, float eps, int silu, int accumulate);
 
 /* gemm.cu */
 sd_status cu_linear(const float *x, const float *w, const float *b, const float *r, float *y, int64_t M, int64_t K,

@@ -1179,3 +1179,200 @@ sd_status cu_f16_group_norm_nhwc(const sd_f16 *x16, const float *gamma, const fl
     return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): %lld channels in maps not 16-byte aligned",
                    (long long)C);
 }
+
+/* ------------------------------------------------------------------------------------------------
+ * GroupNorm backward on a channels-last fp16 input (sd_f16_ops.group_norm_backward_nhwc): the input
+ * a gradient step storing fp16 saved, read as it is, where the NCHW kernels would read a widened
+ * F32 copy (written first) three times. dy, dx and the parameters' gradients are F32 NCHW: gradient
+ * space keeps each tensor's logical order. The NCHW kernels give a block one channel's pixels, which
+ * channels-last memory cannot feed coalesced; here a block walks tiles of 32 pixels x 32 channels of
+ * one image: x's tile read along channels (its memory order) into shared memory, dy and dx along
+ * pixels (theirs), warp w taking channels w, w + 8, w + 16, w + 24 with lane = pixel.
+ *   k_gn_cl_tiles<GN_CL_STATS>   per (chunk of pixels, image, channel): Σ x, Σ x²
+ *   k_gn_cl_channel_totals       per (image, channel): the chunks' sums in order
+ *   k_gn_cl_group_totals         per (image, group): (mean, rstd) (gn_stats_from_sums)
+ *   k_gn_cl_tiles<GN_CL_GRADS>   per (chunk, image, channel): Σ dz·x̂, Σ dz
+ *   k_gn_cl_channel_totals       ... and dγ_c += Σ_b Σ dz·x̂, dβ_c += Σ_b Σ dz
+ *   k_gn_cl_group_totals         per (image, group): mean(dx̂), mean(dx̂·x̂), dx̂ = γ dz
+ *   k_gn_cl_tiles<GN_CL_APPLY>   dx += rstd·(γ dz − mean(dx̂) − x̂·mean(dx̂·x̂))
+ * Each sum is taken per channel first, then over the group's channels (γ times each channel's for
+ * the gradients), in an order fixed by the shape: deterministic, and equal to the NCHW kernels'
+ * result on the widened copy within rounding (another order of the same double sums), not bit for
+ * bit. The chunking depends on the shape only.
+ * --------------------------------------------------------------------------------------------- */
+#define GN_CL_TILE 32     /* pixels and channels of a tile */
+#define GN_CL_THREADS 256 /* 8 warps: 4 channels of the tile each */
+#define GN_CL_BLOCKS 1024 /* the passes aim at about this many blocks (a few per SM: loads in flight) */
+
+enum gn_cl_pass { GN_CL_STATS, GN_CL_GRADS, GN_CL_APPLY };
+
+template <gn_cl_pass PASS>
+__global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const __half *x, const float *gamma, const float *beta,
+                                                                const float *dy, const float *stats, const float *coef,
+                                                                int64_t S, int64_t C, int cpg, int64_t chunk_pixels,
+                                                                int vec4, int silu, int accumulate, double *partial,
+                                                                float *dx) {
+    __shared__ float xs[GN_CL_TILE][GN_CL_TILE + 1]; /* [pixel][channel], padded: lanes read a column */
+    const int64_t chunk = blockIdx.x, c_tile = (int64_t)blockIdx.y * GN_CL_TILE, b = blockIdx.z, B = gridDim.z;
+    const int64_t G = C / cpg;
+    const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
+    const int64_t p_lo = chunk * chunk_pixels, p_hi = p_lo + chunk_pixels < S ? p_lo + chunk_pixels : S;
+    constexpr int PER_WARP = GN_CL_TILE / (GN_CL_THREADS / 32);
+    double u[PER_WARP], v[PER_WARP]; /* this lane's sums per channel (GN_CL_STATS: Σ x, Σ x²; GRADS: Σ dz·x̂, Σ dz) */
+#pragma unroll
+    for (int j = 0; j < PER_WARP; j++) u[j] = v[j] = 0.0;
+    for (int64_t p0 = p_lo; p0 < p_hi; p0 += GN_CL_TILE) {
+        const int rows = p_hi - p0 < GN_CL_TILE ? (int)(p_hi - p0) : GN_CL_TILE;
+        __syncthreads(); /* the previous tile is read */
+        if (vec4) { /* C % 4 == 0, x 8-byte aligned: 8 threads per pixel, 4 channels (8 bytes) each */
+            const int pp = (int)threadIdx.x / 8, cc = (int)threadIdx.x % 8 * 4;
+            const int64_t c = c_tile + cc;
+            if (pp < rows && c < C) {
+                const cu_vec16<float> f = cu_load4(x + (b * S + p0 + pp) * C + c);
+#pragma unroll
+                for (int k = 0; k < 4; k++) xs[pp][cc + k] = f.v[k];
+            }
+        } else {
+            for (int i = (int)threadIdx.x; i < rows * GN_CL_TILE; i += GN_CL_THREADS) {
+                const int pp = i / GN_CL_TILE, cc = i % GN_CL_TILE; /* consecutive threads: consecutive channels */
+                const int64_t c = c_tile + cc;
+                if (c < C) xs[pp][cc] = __half2float(x[(b * S + p0 + pp) * C + c]);
+            }
+        }
+        __syncthreads();
+        const int64_t p = p0 + lane;
+        if (p >= p_hi) continue;
+#pragma unroll
+        for (int j = 0; j < PER_WARP; j++) {
+            const int cc = warp + j * (GN_CL_THREADS / 32);
+            const int64_t c = c_tile + cc;
+            if (c >= C) break;
+            const float xv = xs[lane][cc];
+            if constexpr (PASS == GN_CL_STATS) {
+                u[j] += (double)xv;
+                v[j] += (double)xv * (double)xv;
+                continue;
+            }
+            const int64_t bg = b * G + c / cpg, at = (b * C + c) * S + p;
+            const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
+            float xh, dz;
+            gn_point(xv, stats[bg * 2 + 0], stats[bg * 2 + 1], ga, be, dy[at], silu, &xh, &dz);
+            if constexpr (PASS == GN_CL_GRADS) {
+                u[j] += (double)dz * (double)xh;
+                v[j] += (double)dz;
+            } else {
+                const float d = stats[bg * 2 + 1] * (ga * dz - coef[bg * 2 + 0] - xh * coef[bg * 2 + 1]);
+                dx[at] = accumulate ? dx[at] + d : d;
+            }
+        }
+    }
+    if constexpr (PASS != GN_CL_APPLY) {
+#pragma unroll
+        for (int j = 0; j < PER_WARP; j++) { /* every lane takes part in the shuffles */
+            const int64_t c = c_tile + warp + j * (GN_CL_THREADS / 32);
+            const double su = cu_warp_sum_d(u[j]), sv = cu_warp_sum_d(v[j]);
+            if (lane == 0 && c < C) {
+                double *out = partial + ((chunk * B + b) * C + c) * 2;
+                out[0] = su;
+                out[1] = sv;
+            }
+        }
+    }
+}
+
+/* totals[(b·C + c)·2 + {0, 1}] = Σ over the chunks of partial's pair; dγ_c, dβ_c (when not NULL)
+ * += Σ_b of the pair: one thread per channel. */
+__global__ void k_gn_cl_channel_totals(const double *partial, int chunks, int64_t B, int64_t C, double *totals,
+                                       float *dgamma, float *dbeta) {
+    GRID_STRIDE(c, C) {
+        double tu = 0.0, tv = 0.0;
+        for (int64_t b = 0; b < B; b++) {
+            double su = 0.0, sv = 0.0;
+            for (int k = 0; k < chunks; k++) {
+                su += partial[(((int64_t)k * B + b) * C + c) * 2 + 0];
+                sv += partial[(((int64_t)k * B + b) * C + c) * 2 + 1];
+            }
+            totals[(b * C + c) * 2 + 0] = su;
+            totals[(b * C + c) * 2 + 1] = sv;
+            tu += su;
+            tv += sv;
+        }
+        if (dgamma) dgamma[c] = (float)((double)dgamma[c] + tu);
+        if (dbeta) dbeta[c] = (float)((double)dbeta[c] + tv);
+    }
+}
+
+/* One thread per (image, group) over its channels' totals: with stats (the GN_CL_STATS totals),
+ * out = (mean, rstd); else (the GN_CL_GRADS totals) out = (Σ γ·Σ dz, Σ γ·Σ dz·x̂) / count, the means
+ * of dx̂ and dx̂·x̂. */
+__global__ void k_gn_cl_group_totals(const double *totals, const float *gamma, int64_t n_groups, int64_t C, int cpg,
+                                     int64_t count, float eps, int stats, float *out) {
+    const int64_t G = C / cpg;
+    GRID_STRIDE(bg, n_groups) {
+        const int64_t b = bg / G, c0 = (bg - b * G) * cpg;
+        double su = 0.0, sv = 0.0;
+        for (int j = 0; j < cpg; j++) {
+            const double w = !stats && gamma ? (double)gamma[c0 + j] : 1.0;
+            su += w * totals[(b * C + c0 + j) * 2 + 0];
+            sv += w * totals[(b * C + c0 + j) * 2 + 1];
+        }
+        if (stats) {
+            gn_stats_from_sums(su, sv, count, eps, &out[bg * 2 + 0], &out[bg * 2 + 1]);
+        } else {
+            out[bg * 2 + 0] = (float)(sv / (double)count);
+            out[bg * 2 + 1] = (float)(su / (double)count);
+        }
+    }
+}
+
+sd_status cu_f16_group_norm_backward_nhwc(const sd_f16 *x16, const float *gamma, const float *beta, const float *dy,
+                                          float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
+                                          int groups, float eps, int silu, int accumulate) {
+    if (groups <= 0 || C <= 0 || C % groups)
+        return sd_fail(SD_ERR_SHAPE, "cuda group norm backward (channels-last): %lld channels, %d groups", (long long)C,
+                       groups);
+    const int64_t n_groups = B * groups, cpg = C / groups;
+    if (n_groups <= 0 || S <= 0 || (!dx && !dgamma && !dbeta)) return SD_OK;
+    const int64_t tiles = (C + GN_CL_TILE - 1) / GN_CL_TILE;
+    if (B > 65535 || tiles > 65535)
+        return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm backward (channels-last): a [%lld, %lld, %lld] map is too "
+                       "large", (long long)B, (long long)S, (long long)C);
+    /* pixels per chunk: about GN_CL_BLOCKS blocks in all, whole tiles */
+    int64_t blocks_per_image_tile = (GN_CL_BLOCKS + B * tiles - 1) / (B * tiles);
+    int64_t chunk_pixels = (S + blocks_per_image_tile - 1) / blocks_per_image_tile;
+    chunk_pixels = (chunk_pixels + GN_CL_TILE - 1) / GN_CL_TILE * GN_CL_TILE;
+    const int chunks = (int)((S + chunk_pixels - 1) / chunk_pixels);
+    const size_t part_bytes = cu_align((size_t)chunks * B * C * 2 * sizeof(double));
+    const size_t total_bytes = cu_align((size_t)B * C * 2 * sizeof(double));
+    const size_t group_bytes = cu_align((size_t)n_groups * 2 * sizeof(float));
+    char *ws = (char *)cu_workspace(part_bytes + total_bytes + 2 * group_bytes);
+    if (!ws) return SD_ERR_OOM;
+    double *partial = (double *)ws, *totals = (double *)(ws + part_bytes);
+    float *stats = (float *)(ws + part_bytes + total_bytes), *coef = (float *)(ws + part_bytes + total_bytes + group_bytes);
+    const __half *x = cu_half(x16);
+    cudaStream_t st = cu_cur()->stream;
+    const dim3 grid((unsigned)chunks, (unsigned)tiles, (unsigned)B);
+    const int vec4 = C % 4 == 0 && cu_aligned4v(x);
+    const int icpg = (int)cpg;
+    CU_LAUNCH(k_gn_cl_tiles<GN_CL_STATS>, grid, GN_CL_THREADS, 0, st)(x, gamma, beta, dy, nullptr, nullptr, S, C, icpg,
+                                                                     chunk_pixels, vec4, silu, 0, partial, nullptr);
+    LAUNCH_CHECK("group_norm_backward_nhwc statistics");
+    CU_LAUNCH(k_gn_cl_channel_totals, cu_blocks(C, 256), 256, 0, st)(partial, chunks, B, C, totals, nullptr, nullptr);
+    LAUNCH_CHECK("group_norm_backward_nhwc statistics (channels)");
+    CU_LAUNCH(k_gn_cl_group_totals, cu_blocks(n_groups, 256), 256, 0, st)(totals, nullptr, n_groups, C, icpg, cpg * S,
+                                                                         eps, 1, stats);
+    LAUNCH_CHECK("group_norm_backward_nhwc statistics (groups)");
+    CU_LAUNCH(k_gn_cl_tiles<GN_CL_GRADS>, grid, GN_CL_THREADS, 0, st)(x, gamma, beta, dy, stats, nullptr, S, C, icpg,
+                                                                     chunk_pixels, vec4, silu, 0, partial, nullptr);
+    LAUNCH_CHECK("group_norm_backward_nhwc sums");
+    CU_LAUNCH(k_gn_cl_channel_totals, cu_blocks(C, 256), 256, 0, st)(partial, chunks, B, C, totals, dgamma, dbeta);
+    LAUNCH_CHECK("group_norm_backward_nhwc sums (channels)");
+    if (!dx) return SD_OK;
+    CU_LAUNCH(k_gn_cl_group_totals, cu_blocks(n_groups, 256), 256, 0, st)(totals, gamma, n_groups, C, icpg, cpg * S,
+                                                                         eps, 0, coef);
+    LAUNCH_CHECK("group_norm_backward_nhwc sums (groups)");
+    CU_LAUNCH(k_gn_cl_tiles<GN_CL_APPLY>, grid, GN_CL_THREADS, 0, st)(x, gamma, beta, dy, stats, coef, S, C, icpg,
+                                                                     chunk_pixels, vec4, silu, accumulate, nullptr, dx);
+    LAUNCH_CHECK("group_norm_backward_nhwc dx");
+    return SD_OK;
+}

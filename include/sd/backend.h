@@ -157,6 +157,13 @@ typedef struct sd_f16_ops {
      * gradients F32): the widened copy's gradients, without the copy. NULL where a backend has none. */
     sd_status (*layer_norm_backward)(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
                                      float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
+    /* sd_backend.group_norm_backward on the channels-last fp16 input [B, S, C] such a step saved
+     * (γ, β, dy, dx and the parameters' gradients F32, dy and dx NCHW [B, C, S]): the widened copy's
+     * gradients within rounding (the sums may come in another order), without the copy. NULL where
+     * a backend has none. */
+    sd_status (*group_norm_backward_nhwc)(const sd_f16 *x, const float *gamma, const float *beta, const float *dy,
+                                          float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
+                                          int groups, float eps, int silu, int accumulate);
 
     /* ---- channels-last storage (sd_ctx.channels_last): a feature map (B, C, H, W) held as
      * [B, H·W, C], which is what tensor-core convolutions read natively (an NCHW map costs cuDNN

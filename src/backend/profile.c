@@ -399,6 +399,16 @@ static sd_status q_geglu_backward(const sd_f16 *x, const float *dy, float *dx, i
           inner16->geglu_backward(x, dy, dx, M, N, accumulate));
 }
 
+static sd_status q_group_norm_backward_nhwc(const sd_f16 *x, const float *gamma, const float *beta, const float *dy,
+                                           float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
+                                           int groups, float eps, int silu, int accumulate) {
+    LABEL("group_norm_backward_nhwc%s C%lld S%lld b%lld", silu ? "+silu" : "", (long long)C, (long long)S, (long long)B);
+    /* x read three times (statistics, sums, data gradient), dy twice, dx written (and read when accumulating) */
+    TIMED(SD_PROF_NORM, 0, (F2 * 3 + F4 * (accumulate ? 4 : 3)) * B * C * S,
+          inner16->group_norm_backward_nhwc(x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu,
+                                            accumulate));
+}
+
 static sd_status q_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
                                        float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
     TIMED(SD_PROF_NORM, 0, (F2 + F4 * 2) * M * C,
@@ -524,6 +534,7 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         if (inner16->attention_backward) table16.attention_backward = q_attention_backward;
         if (inner16->geglu_backward) table16.geglu_backward = q_geglu_backward;
         if (inner16->layer_norm_backward) table16.layer_norm_backward = q_layer_norm_backward;
+        if (inner16->group_norm_backward_nhwc) table16.group_norm_backward_nhwc = q_group_norm_backward_nhwc;
         /* channels-last ops only where the backend has them (sd_ctx_channels_last checks) */
         if (inner16->to_f16_nhwc) table16.to_f16_nhwc = q_to_f16_nhwc;
         if (inner16->to_f32_nchw) table16.to_f32_nchw = q_to_f32_nchw;

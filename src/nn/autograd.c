@@ -454,6 +454,14 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         float *out[3];
         const int accumulate = data_grads_out(c, n, 1u, out);
         float *dg = in_grad(c, n, 1), *db = in_grad(c, n, 2);
+        const sd_f16_ops *o = c->be->f16;
+        if (x->dtype == SD_F16 && x->channels_last && o && o->group_norm_backward_nhwc) { /* as saved */
+            if (out[0] || dg || db)
+                sd_ctx_check(c, o->group_norm_backward_nhwc(x->data, f32c(n->in[1]), f32c(n->in[2]), dy, out[0], dg,
+                                                            db, B, C, S, n->attr.norm.groups, n->attr.norm.eps,
+                                                            n->attr.norm.silu, accumulate));
+            return;
+        }
         const float *xv = saved_f32(c, x);
         if (!xv) return;
         BWD(c, n, group_norm_backward, xv, f32c(n->in[1]), f32c(n->in[2]), dy, out[0], dg, db, B,

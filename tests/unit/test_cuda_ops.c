@@ -830,13 +830,56 @@ static void check_f16_layer_norm_backward(int64_t M, int64_t C, const float *xd,
     }
 }
 
+/* sd_f16_ops.group_norm_backward_nhwc on x (F32 NCHW on the device) rounded to a channels-last fp16
+ * map, against the F32 op on that map widened back to NCHW: the same sums in another order, so equal
+ * within TOL_ELEM (dx, dγ, dβ accumulated into dx0, dg0, db0; dx also overwritten). */
+static void check_f16_group_norm_backward_nhwc(int64_t B, int64_t C, int64_t S, int G, int affine, int silu,
+                                               const float *xd, const float *gad, const float *bed, const float *dyd,
+                                               const float *dx0, const float *dg0, const float *db0) {
+    const sd_f16_ops *g16 = gpu->f16;
+    if (!g16 || !g16->group_norm_backward_nhwc) return;
+    const int64_t n = B * C * S;
+    sd_f16 *x16 = tb_device(gpu, (size_t)n * sizeof(sd_f16));
+    float *widened = dnew(n);
+    assert_sd_ok(g16->to_f16_nhwc(xd, x16, B, C, S));
+    assert_sd_ok(g16->to_f32_nchw(x16, NULL, NULL, widened, B, C, S));
+    const float *ga = affine ? gad : NULL, *be = affine ? bed : NULL;
+    for (int acc = 1; acc >= 0; acc--) {
+        float *dx_want = acc ? dput(dx0, n) : dnan(n), *dx_got = acc ? dput(dx0, n) : dnan(n);
+        float *dg_want = dput(dg0, C), *db_want = dput(db0, C), *dg_got = dput(dg0, C), *db_got = dput(db0, C);
+        assert_sd_ok(gpu->group_norm_backward(widened, ga, be, dyd, dx_want, affine ? dg_want : NULL,
+                                              affine ? db_want : NULL, B, C, S, G, 1e-5f, silu, acc));
+        assert_sd_ok(g16->group_norm_backward_nhwc(x16, ga, be, dyd, dx_got, affine ? dg_got : NULL,
+                                                   affine ? db_got : NULL, B, C, S, G, 1e-5f, silu, acc));
+        char what[128];
+        snprintf(what, sizeof what, "group_norm_backward_nhwc on fp16 x (%lld,%lld,%lld)%s%s dx", (long long)B,
+                 (long long)C, (long long)S, silu ? " +silu" : "", acc ? "" : ", overwriting");
+        check_dev(what, dx_got, hget(dx_want, n), n, TOL_ELEM);
+        if (!affine || !acc) continue;
+        snprintf(what, sizeof what, "group_norm_backward_nhwc on fp16 x%s dgamma", silu ? " +silu" : "");
+        check_dev(what, dg_got, hget(dg_want, C), C, TOL_ELEM);
+        snprintf(what, sizeof what, "group_norm_backward_nhwc on fp16 x%s dbeta", silu ? " +silu" : "");
+        check_dev(what, db_got, hget(db_want, C), C, TOL_ELEM);
+    }
+    if (!affine) return;
+    /* the parameters alone (dx NULL) */
+    float *dg_want = dput(dg0, C), *dg_got = dput(dg0, C);
+    assert_sd_ok(gpu->group_norm_backward(widened, gad, bed, dyd, NULL, dg_want, NULL, B, C, S, G, 1e-5f, silu, 1));
+    assert_sd_ok(g16->group_norm_backward_nhwc(x16, gad, bed, dyd, NULL, dg_got, NULL, B, C, S, G, 1e-5f, silu, 1));
+    check_dev("group_norm_backward_nhwc on fp16 x, dgamma only", dg_got, hget(dg_want, C), C, TOL_ELEM);
+}
+
 static void test_norm_backward(void **state) {
     (void)state;
     testutil_skip_without_gpu();
     require_gpu();
     CPU_HAS(group_norm_backward);
     CPU_HAS(layer_norm_backward);
-    struct { int64_t B, C, S; int G, affine; } gn[] = {{2, 12, 35, 4, 1}, {2, 320, 1024, 32, 1}, {1, 32, 100, 8, 0}};
+    /* the fp16 channels-last checks: channel tiles of 32 with a ragged last one (12, 80, 18), pixels
+     * in several tiles and chunks with a ragged last one (1000), x read 4 channels per load or (18)
+     * one */
+    struct { int64_t B, C, S; int G, affine; } gn[] = {{2, 12, 35, 4, 1}, {2, 320, 1024, 32, 1}, {1, 32, 100, 8, 0},
+                                                       {3, 80, 1000, 8, 1}, {1, 18, 50, 3, 1}};
     for (size_t t = 0; t < sizeof gn / sizeof gn[0]; t++) {
         const int64_t B = gn[t].B, C = gn[t].C, S = gn[t].S, n = B * C * S;
         const int aff = gn[t].affine;
@@ -871,6 +914,7 @@ static void test_norm_backward(void **state) {
                                                   C, S, gn[t].G, 1e-5f, silu, 0));
             snprintf(what, sizeof what, "group_norm_backward dx overwritten%s", silu ? " +silu" : "");
             check_dev(what, dx_over, dx_fresh, n, TOL_BWD);
+            check_f16_group_norm_backward_nhwc(B, C, S, gn[t].G, aff, silu, xd, gad, bed, dyd, dx0, dg0, db0);
         }
         /* parameters only (dx NULL) */
         if (aff) {

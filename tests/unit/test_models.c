@@ -411,7 +411,7 @@ static sd_tensor *f16_step_gradient(sd_tensor *x, sd_tensor *leaf, int hooked, s
 
 /* the step's backward ops on saved values: fp16 as saved, or widened to F32 first */
 static const sd_backend *f16_step_inner;
-static long f16_step_ln_f16, f16_step_ln_f32, f16_step_geglu_f16, f16_step_widened;
+static long f16_step_ln_f16, f16_step_ln_f32, f16_step_geglu_f16, f16_step_gn_f16, f16_step_gn_f32, f16_step_widened;
 static sd_status counting_f16_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
                                                   float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
     f16_step_ln_f16++;
@@ -421,6 +421,21 @@ static sd_status counting_layer_norm_backward(const float *x, const float *gamma
                                               float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
     f16_step_ln_f32++;
     return f16_step_inner->layer_norm_backward(x, gamma, dy, dx, dgamma, dbeta, M, C, eps);
+}
+static sd_status counting_f16_group_norm_backward_nhwc(const sd_f16 *x, const float *gamma, const float *beta,
+                                                      const float *dy, float *dx, float *dgamma, float *dbeta,
+                                                      int64_t B, int64_t C, int64_t S, int groups, float eps, int silu,
+                                                      int accumulate) {
+    f16_step_gn_f16++;
+    return f16_step_inner->f16->group_norm_backward_nhwc(x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps,
+                                                         silu, accumulate);
+}
+static sd_status counting_group_norm_backward(const float *x, const float *gamma, const float *beta, const float *dy,
+                                              float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
+                                              int groups, float eps, int silu, int accumulate) {
+    f16_step_gn_f32++;
+    return f16_step_inner->group_norm_backward(x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu,
+                                               accumulate);
 }
 static sd_status counting_f16_geglu_backward(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N,
                                              int accumulate) {
@@ -451,14 +466,17 @@ static void test_f16_gradient_step(void **state) {
     assert_sd_ok(sd_ctx_status(&ctx));
 
     ctx.f16_steps = 1;
-    /* LayerNorm and GEGLU read their saved fp16 inputs as they are (sd_f16_ops), no widened copy:
-     * counted, and the same gradient bit for bit as the widening path's */
+    /* LayerNorm, GroupNorm and GEGLU read their saved fp16 inputs as they are (sd_f16_ops), no widened
+     * copy: counted, and the same gradient bit for bit as the widening path's (the CPU's fp16 twins
+     * widen inside) */
     f16_step_inner = ctx.be;
     sd_backend table = *ctx.be;
     sd_f16_ops table16 = *ctx.be->f16;
     table.f16 = &table16;
     table.layer_norm_backward = counting_layer_norm_backward;
+    table.group_norm_backward = counting_group_norm_backward;
     table16.layer_norm_backward = counting_f16_layer_norm_backward;
+    table16.group_norm_backward_nhwc = counting_f16_group_norm_backward_nhwc;
     table16.geglu_backward = counting_f16_geglu_backward;
     table16.to_f32 = counting_to_f32;
     table16.to_f32_nchw = counting_to_f32_nchw;
@@ -466,18 +484,21 @@ static void test_f16_gradient_step(void **state) {
     sd_tensor *eps16 = NULL;
     sd_tensor *g16 = f16_step_gradient(x, leaf, 0, &eps16);
     const long ln_f16 = f16_step_ln_f16, ln_f32 = f16_step_ln_f32, geglu_f16 = f16_step_geglu_f16;
-    const long widened = f16_step_widened;
+    const long gn_f16 = f16_step_gn_f16, gn_f32 = f16_step_gn_f32, widened = f16_step_widened;
     table16.layer_norm_backward = NULL;
+    table16.group_norm_backward_nhwc = NULL;
     table16.geglu_backward = NULL;
     sd_tensor *g16_widening = f16_step_gradient(x, leaf, 0, NULL);
-    print_message("    fp16 step: %ld LayerNorm and %ld GEGLU backward(s) on fp16 inputs, %ld on F32, %ld widenings "
-                  "(%ld when both widen)\n", ln_f16, geglu_f16, ln_f32, widened,
+    print_message("    fp16 step: %ld LayerNorm, %ld GroupNorm and %ld GEGLU backward(s) on fp16 inputs, %ld and %ld on "
+                  "F32, %ld widenings (%ld when all widen)\n", ln_f16, gn_f16, geglu_f16, ln_f32, gn_f32, widened,
                   f16_step_widened - widened);
     ctx.be = f16_step_inner;
-    assert_true(ln_f16 > 0 && geglu_f16 > 0);
+    assert_true(ln_f16 > 0 && gn_f16 > 0 && geglu_f16 > 0);
     assert_int_equal(ln_f32, 0);
-    assert_int_equal(f16_step_ln_f32 - ln_f32, ln_f16); /* the same LayerNorms, widened */
-    assert_int_equal(f16_step_widened - widened, widened + ln_f16 + geglu_f16);
+    assert_int_equal(gn_f32, 0);
+    assert_int_equal(f16_step_ln_f32 - ln_f32, ln_f16); /* the same norms, widened */
+    assert_int_equal(f16_step_gn_f32 - gn_f32, gn_f16);
+    assert_int_equal(f16_step_widened - widened, widened + ln_f16 + gn_f16 + geglu_f16);
     assert_memory_equal(sd_f32(g16_widening), sd_f32(g16), sd_nbytes(g16));
     assert_memory_equal(sd_f32(eps16), sd_f32(plain), sd_nbytes(plain)); /* the plain fp16 forward */
     ctx.channels_last = 0;

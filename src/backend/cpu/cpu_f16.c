@@ -426,6 +426,23 @@ static sd_status f16_group_norm_nhwc(const sd_f16 *x, const float *gamma, const 
     return back_to_nhwc(st, xc, y, B, C, S);
 }
 
+static sd_status f16_group_norm_backward_nhwc(const sd_f16 *x, const float *gamma, const float *beta,
+                                              const float *dy, float *dx, float *dgamma, float *dbeta, int64_t B,
+                                              int64_t C, int64_t S, int groups, float eps, int silu, int accumulate) {
+    sd_f16 *xc = relayout16(x, B, S, C, 1, "group_norm_backward_nhwc");
+    if (!xc) return SD_ERR_OOM;
+    f32_bufs t;
+    const int64_t n = B * C * S;
+    const sd_f16 *in = xc;
+    sd_status st = bufs_make(&t, "group_norm_backward_nhwc", 1, &in, &n, 0);
+    free(xc);
+    if (st != SD_OK) return st;
+    st = f32_ops()->group_norm_backward(t.in[0], gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu,
+                                        accumulate);
+    bufs_free(&t);
+    return st;
+}
+
 static sd_status f16_add_channel_bias_nhwc(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C,
                                             int64_t S) {
     sd_f16 *xc = relayout16(x, B, S, C, 1, "add_channel_bias_nhwc");
@@ -483,6 +500,7 @@ const sd_f16_ops cpu_f16_ops = {
     .attention_backward = f16_attention_backward,
     .geglu_backward = f16_geglu_backward,
     .layer_norm_backward = f16_layer_norm_backward,
+    .group_norm_backward_nhwc = f16_group_norm_backward_nhwc,
     .to_f16_nhwc = f16_to_f16_nhwc,
     .to_f32_nchw = f16_to_f32_nchw,
     .conv2d_nhwc = f16_conv2d_nhwc,

@@ -228,6 +228,11 @@ GUARD16(geglu_backward, (const sd_f16 *x, const float *dy, float *dx, int64_t M,
 GUARD16(layer_norm_backward, (const sd_f16 *x, const float *gamma, const float *dy, float *dx, float *dgamma,
                               float *dbeta, int64_t M, int64_t C, float eps),
         (x, gamma, dy, dx, dgamma, dbeta, M, C, eps), x, gamma, dy, dx, dgamma, dbeta)
+GUARD16(group_norm_backward_nhwc, (const sd_f16 *x, const float *gamma, const float *beta, const float *dy, float *dx,
+                                   float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S, int groups, float eps,
+                                   int silu, int accumulate),
+        (x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu, accumulate), x, gamma, beta, dy, dx, dgamma,
+        dbeta)
 
 GUARD16(to_bf16, (const float *x, sd_f16 *y, int64_t n), (x, y, n), x, y)
 GUARD16(linear_backward_data_bf16w, (const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
@@ -316,6 +321,7 @@ const sd_backend *guarded_backend(void) {
         SET16(transpose), SET16(attention), SET16(to_f16_nhwc), SET16(to_f32_nchw), SET16(linear_batched), SET16(linear_batched_f32io), SET16(to_bf16), SET16(linear_backward_data_bf16w), SET16(linear_backward_data_bf16w_many), SET16(conv2d_nhwc), SET16(group_norm_nhwc), SET16(add_channel_bias_nhwc);
         SET16(concat_channels_nhwc), SET16(upsample_nearest_nhwc), SET16(to_bf16_conv_transposed);
         SET16(conv2d_backward_data_bf16w), SET16(attention_backward), SET16(geglu_backward), SET16(layer_norm_backward);
+        SET16(group_norm_backward_nhwc);
         table16.attention_backward_takes = cpu->f16->attention_backward_takes; /* a predicate: no memory */
 #undef SET16
         table.f16 = &table16;
