@@ -95,7 +95,7 @@ int testutil_gpu_is_simulated(void);
  * Returns 1, after logging "`what` left out under cudasim", when the caller should skip it.
  * SD_TEST_SMALL=1 leaves the same cases out on a real GPU (compute-sanitizer runs kernels a hundred
  * times slower). */
-#define TESTUTIL_SIM_MAX_FLOP 4e9
+#define TESTUTIL_SIM_MAX_FLOP 3e9
 int testutil_sim_leaves_out(const char *what, double flop);
 
 /* The simulator's second run of test_cuda_ops (CUDASIM_SCHEDULE=reverse: the threads of each block
