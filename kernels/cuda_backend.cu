@@ -439,6 +439,7 @@ static void f16_table_fill(sd_f16_ops *t) {
     t->to_bf16 = cu_to_bf16;
     t->linear_backward_data_bf16w = cu_bf16w_linear_backward_data;
     t->linear_backward_data_bf16w_many = cu_bf16w_linear_backward_data_many;
+    t->linear_backward_data_bf16w_map = cu_bf16w_linear_backward_data_map;
     t->to_bf16_conv_transposed = cu_bf16_conv_transposed_weight;
     t->conv2d_backward_data_bf16w = cu_bf16w_conv2d_backward_data;
     t->conv2d = cu_f16_conv2d;

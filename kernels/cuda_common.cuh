@@ -958,6 +958,8 @@ sd_status cu_f16w_linear(const float *x, const sd_f16 *w, const float *b, const 
 sd_status cu_to_bf16(const float *x, sd_f16 *y, int64_t n);
 sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
                                         int accumulate);
+sd_status cu_bf16w_linear_backward_data_map(const float *dy, const sd_f16 *w, float *dx, int64_t B, int64_t S,
+                                            int64_t K, int64_t N, int dy_map, int dx_map, int accumulate);
 sd_status cu_bf16w_linear_backward_data_many(const float *const *dy, int count, const sd_f16 *w, float *dx, int64_t M,
                                              int64_t K, int64_t N, int accumulate);
 sd_status cu_bf16_conv_transposed_weight(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw);

@@ -650,6 +650,44 @@ sd_status cu_bf16w_linear_backward_data_many(const float *const *dy, int count, 
     return SD_OK;
 }
 
+/* The per-pixel linear's data gradient with either side a map's gradient in NCHW order
+ * (sd_f16_ops.linear_backward_data_bf16w_map): dy rounded to bf16 as it lies, then one strided
+ * batch of GEMMs over the B images whose operands are read transposed where a side is a map, so
+ * neither dy nor dx is transposed by a pass of its own. Per image, column-major:
+ *   dx tokens [S, K] = (K x S):  w (K x N, op N) · dy (N x S: tokens as they lie, a map op T)
+ *   dx map [K, S]    = (S x K):  dy (S x N: a map as it lies, tokens op T) · w (N x K, op T) */
+sd_status cu_bf16w_linear_backward_data_map(const float *dy, const sd_f16 *w, float *dx, int64_t B, int64_t S,
+                                            int64_t K, int64_t N, int dy_map, int dx_map, int accumulate) {
+    if (!dy_map && !dx_map) return cu_bf16w_linear_backward_data(dy, w, dx, B * S, K, N, accumulate);
+    if (B <= 0 || S <= 0 || K <= 0) return SD_OK;
+    cu_state *s = cu_cur();
+    if (N <= 0) { /* the empty sum */
+        if (!accumulate) CUDA_CHECK(cudaMemsetAsync(dx, 0, (size_t)(B * S * K) * sizeof(float), s->stream));
+        return SD_OK;
+    }
+    CU_TRY(check_int("S", S));
+    CU_TRY(check_int("N", N));
+    CU_TRY(check_int("K", K));
+    CU_TRY(check_int("batch", B));
+    __nv_bfloat16 *dy16 = (__nv_bfloat16 *)cu_workspace((size_t)(B * S * N) * sizeof(__nv_bfloat16));
+    if (!dy16) return SD_ERR_OOM;
+    CU_TRY(cu_to_bf16(dy, reinterpret_cast<sd_f16 *>(dy16), B * S * N));
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    const long long dy_stride = (long long)(S * N), dx_stride = (long long)(S * K);
+    if (!dx_map) {
+        CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)K, (int)S, (int)N, &one, w,
+                                                CUDA_R_16BF, (int)K, 0LL, dy16, CUDA_R_16BF, (int)S, dy_stride, &beta,
+                                                dx, CUDA_R_32F, (int)K, dx_stride, (int)B, CUBLAS_COMPUTE_32F,
+                                                CUBLAS_GEMM_DEFAULT));
+        return SD_OK;
+    }
+    CUBLAS_CHECK(cublasGemmStridedBatchedEx(s->blas, dy_map ? CUBLAS_OP_N : CUBLAS_OP_T, CUBLAS_OP_T, (int)S, (int)K,
+                                            (int)N, &one, dy16, CUDA_R_16BF, dy_map ? (int)S : (int)N, dy_stride, w,
+                                            CUDA_R_16BF, (int)K, 0LL, &beta, dx, CUDA_R_32F, (int)S, dx_stride, (int)B,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return SD_OK;
+}
+
 /* dx[M, K] (+)= bf16(dy)[M, N] · w[N, K]: the one-gradient case of the above */
 sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
                                         int accumulate) {

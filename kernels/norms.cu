@@ -1325,6 +1325,63 @@ __global__ void k_gn_cl_group_totals(const double *totals, const float *gamma, i
     }
 }
 
+/* Short groups (gn_fused_ok: SD's 8x8 and 16x16 levels) when only dx is asked for (a gradient step's
+ * γ and β are frozen), in one kernel instead of the seven above, as k_gn_nhwc_fused does the
+ * forward: one block per (image, group) makes the three passes (statistics; Σ γ·dz·x̂ and Σ γ·dz;
+ * dx) over the group, re-reading x and dy from L1 and L2. Thread i takes values i, i + blockDim, ...
+ * of the group in NCHW order (pixel fastest): dy and dx are read and written coalesced, x a pixel's
+ * row apart (one 32-byte sector per lane, which the group's next channels read again from L1). The
+ * sums are in double, per thread then over the block in a fixed order: deterministic, and equal to
+ * the tiled path within rounding (other orders of the same sums). */
+__global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_cl_fused_backward(const __half *x, const float *gamma,
+                                                                           const float *beta, const float *dy,
+                                                                           float *dx, int64_t S, int64_t C, int cpg,
+                                                                           float eps, int silu, int accumulate) {
+    __shared__ double smem[32];
+    __shared__ float coef[4]; /* mean, rstd, mean(dx̂), mean(dx̂·x̂) */
+    const int64_t G = C / cpg, b = blockIdx.x / G, c0 = (blockIdx.x - b * G) * cpg;
+    const __half *xg = x + b * S * C + c0; /* x[b, p, c0 + j] = xg[p·C + j] */
+    const int64_t at0 = (b * C + c0) * S;  /* dy[b, c0 + j, p] = dy[at0 + j·S + p] */
+    const uint32_t n = (uint32_t)(S * cpg), s32 = (uint32_t)S; /* 32-bit: a short group (gn_fused_ok) */
+    double s = 0.0, sq = 0.0;
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const uint32_t j = i / s32, p = i - j * s32;
+        const double v = __half2float(xg[(int64_t)p * C + j]);
+        s += v;
+        sq += v * v;
+    }
+    s = cu_block_sum_d(s, smem);
+    sq = cu_block_sum_d(sq, smem);
+    if (threadIdx.x == 0) gn_stats_from_sums(s, sq, n, eps, &coef[0], &coef[1]);
+    __syncthreads();
+    const float mean = coef[0], rstd = coef[1];
+    double su = 0.0, sv = 0.0; /* Σ γ·dz·x̂, Σ γ·dz */
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const uint32_t j = i / s32, p = i - j * s32;
+        const float ga = gamma ? gamma[c0 + j] : 1.0f, be = beta ? beta[c0 + j] : 0.0f;
+        float xh, dz;
+        gn_point(__half2float(xg[(int64_t)p * C + j]), mean, rstd, ga, be, dy[at0 + i], silu, &xh, &dz);
+        su += (double)ga * ((double)dz * (double)xh);
+        sv += (double)ga * (double)dz;
+    }
+    su = cu_block_sum_d(su, smem);
+    sv = cu_block_sum_d(sv, smem);
+    if (threadIdx.x == 0) {
+        coef[2] = (float)(sv / (double)n);
+        coef[3] = (float)(su / (double)n);
+    }
+    __syncthreads();
+    const float mean_dxh = coef[2], mean_dxh_xh = coef[3];
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const uint32_t j = i / s32, p = i - j * s32;
+        const float ga = gamma ? gamma[c0 + j] : 1.0f, be = beta ? beta[c0 + j] : 0.0f;
+        float xh, dz;
+        gn_point(__half2float(xg[(int64_t)p * C + j]), mean, rstd, ga, be, dy[at0 + i], silu, &xh, &dz);
+        const float d = rstd * (ga * dz - mean_dxh - xh * mean_dxh_xh);
+        dx[at0 + i] = accumulate ? dx[at0 + i] + d : d;
+    }
+}
+
 sd_status cu_f16_group_norm_backward_nhwc(const sd_f16 *x16, const float *gamma, const float *beta, const float *dy,
                                           float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
                                           int groups, float eps, int silu, int accumulate) {
@@ -1333,6 +1390,12 @@ sd_status cu_f16_group_norm_backward_nhwc(const sd_f16 *x16, const float *gamma,
                        groups);
     const int64_t n_groups = B * groups, cpg = C / groups;
     if (n_groups <= 0 || S <= 0 || (!dx && !dgamma && !dbeta)) return SD_OK;
+    if (!dgamma && !dbeta && gn_fused_ok(n_groups, cpg * S)) {
+        CU_LAUNCH(k_gn_cl_fused_backward, (unsigned)n_groups, GN_FUSED_THREADS, 0, cu_cur()->stream)(
+            cu_half(x16), gamma, beta, dy, dx, S, C, (int)cpg, eps, silu, accumulate);
+        LAUNCH_CHECK("group_norm_backward_nhwc (one kernel)");
+        return SD_OK;
+    }
     const int64_t tiles = (C + GN_CL_TILE - 1) / GN_CL_TILE;
     if (B > 65535 || tiles > 65535)
         return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm backward (channels-last): a [%lld, %lld, %lld] map is too "

@@ -94,6 +94,14 @@ typedef struct sd_f16_ops {
      * dimension, instead of `count` conversions and GEMMs that read back and add into dx in turn. */
     sd_status (*linear_backward_data_bf16w_many)(const float *const *dy, int count, const sd_f16 *w, float *dx,
                                                  int64_t M, int64_t K, int64_t N, int accumulate);
+    /* The same data gradient for a per-pixel linear (a 1x1 projection) of B images of S pixels where
+     * dy or dx is a map's gradient, which gradient space keeps in NCHW order: dy [B, N, S] when
+     * dy_map (else tokens [B, S, N]), dx [B, K, S] when dx_map (else [B, S, K]). A transformer's
+     * proj_in reads a channels-last map as tokens (dx a map), its proj_out writes one (dy a map):
+     * this takes their gradients in place, with no transpose of either before or after. The same
+     * sums as linear_backward_data_bf16w on transposed copies, in an order the backend chooses. */
+    sd_status (*linear_backward_data_bf16w_map)(const float *dy, const sd_f16 *w, float *dx, int64_t B, int64_t S,
+                                                int64_t K, int64_t N, int dy_map, int dx_map, int accumulate);
     /* A gradient step's convolution data gradient (F32 NCHW maps, stride 1: see
      * sd_conv_data_gradient_geom) on a frozen weight's bf16 copy in the data gradient's order:
      * to_bf16_conv_transposed makes wt [Ci, Co, kh, kw] = bf16(w[co, ci, kh-1-i, kw-1-j]) from the

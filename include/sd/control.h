@@ -34,6 +34,10 @@ static inline int64_t sd_store_max_q_len(int64_t latent_h, int64_t latent_w) {
 typedef struct sd_value_capture_hook {
     sd_attn_hook base;
     sd_tensor *value;      /* (B, 77, D) value input, or NULL for the plain context */
+    /* `value` in the dtype of the UNet's context (fp16 storage), converted at the first
+     * cross-attention of a call and handed to the other 15: one conversion per call, not one per
+     * layer (and one node on the tape, whose backward adds once into value's gradient) */
+    sd_tensor *value_as_context, *value_converted_from;
     int64_t capture_q_len; /* 0: capture nothing */
     int n_captured;
     sd_tensor *captured[SD_MAX_CAPTURED]; /* (B·heads, q_len, 77) each */
@@ -41,7 +45,8 @@ typedef struct sd_value_capture_hook {
 } sd_value_capture_hook;
 
 void sd_value_capture_hook_init(sd_value_capture_hook *h, sd_tensor *value, int64_t capture_q_len);
-/* Forget the previous call's captures (the tensors live in the activation arena). */
+/* Forget the previous call's captures and converted value (the tensors live in the activation
+ * arena): before every call. */
 void sd_value_capture_hook_clear(sd_value_capture_hook *h);
 
 #endif

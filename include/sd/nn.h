@@ -154,6 +154,14 @@ sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l);
  * over three tensors); residual has the output's element count and x's dtype. Gradients as the
  * unfused pair's. */
 sd_tensor *sd_linear_add(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *residual);
+/* A per-pixel linear (a 1x1 projection) from a map x[B, C, H, W] to tokens [B, H·W, N]; and from
+ * tokens x[B, H·W, K] to a map, plus a residual map [B, N, H, W]: a transformer's proj_in and
+ * proj_out. A channels-last fp16 map's memory is the tokens, read or written in place (the
+ * residual summed in the GEMM's epilogue), and in a gradient step the tape records the linear on
+ * the map itself, whose gradient then needs no transpose; otherwise sd_nchw_to_tokens + sd_linear,
+ * and sd_linear + sd_tokens_to_nchw + sd_add. */
+sd_tensor *sd_linear_of_map(sd_ctx *c, sd_tensor *x, const sd_linear_w *l);
+sd_tensor *sd_linear_add_map(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *residual);
 /* outs[i] = sd_linear(x, ls[i]) for i < count (<= SD_LINEAR_MANY_MAX): an attention's projections of
  * one input. With frozen bias-free weights of one shape, fp16 storage, or F32 maps where sd_linear
  * would use the weights' fp16 copies (fast mode's gradient steps), one batched GEMM on a packed

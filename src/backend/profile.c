@@ -328,6 +328,13 @@ static sd_status q_linear_backward_data_bf16w_many(const float *const *dy, int c
     TIMED(SD_PROF_GEMM, 2.0 * count * M * K * N, F4 * (count * M * N + 2.0 * M * K) + F2 * count * N * K,
           inner16->linear_backward_data_bf16w_many(dy, count, w, dx, M, K, N, accumulate));
 }
+static sd_status q_linear_backward_data_bf16w_map(const float *dy, const sd_f16 *w, float *dx, int64_t B, int64_t S,
+                                                  int64_t K, int64_t N, int dy_map, int dx_map, int accumulate) {
+    LABEL("linear_backward_data (bf16, %s) M%lld K%lld N%lld", dy_map && dx_map ? "maps" : dy_map ? "dy a map" : dx_map ? "dx a map" : "tokens",
+          (long long)(B * S), (long long)K, (long long)N);
+    TIMED(SD_PROF_GEMM, 2.0 * B * S * K * N, F4 * (B * S * N + 2.0 * B * S * K) + F2 * N * K,
+          inner16->linear_backward_data_bf16w_map(dy, w, dx, B, S, K, N, dy_map, dx_map, accumulate));
+}
 static sd_status q_to_bf16_conv_transposed(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw) {
     TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * Co * Ci * kh * kw, inner16->to_bf16_conv_transposed(w, wt, Co, Ci, kh, kw));
 }
@@ -517,6 +524,8 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         if (inner16->linear_batched_f32io) table16.linear_batched_f32io = q_linear_batched_f32io;
         if (inner16->to_bf16) table16.to_bf16 = q_to_bf16;
         if (inner16->linear_backward_data_bf16w) table16.linear_backward_data_bf16w = q_linear_backward_data_bf16w;
+        if (inner16->linear_backward_data_bf16w_map)
+            table16.linear_backward_data_bf16w_map = q_linear_backward_data_bf16w_map;
         if (inner16->linear_backward_data_bf16w_many)
             table16.linear_backward_data_bf16w_many = q_linear_backward_data_bf16w_many;
         if (inner16->to_bf16_conv_transposed) table16.to_bf16_conv_transposed = q_to_bf16_conv_transposed;

@@ -4,10 +4,15 @@
 #include <string.h>
 
 static sd_tensor *substitute(sd_attn_hook *base, sd_ctx *c, const sd_attn_site *s, sd_tensor *context) {
-    (void)c;
-    (void)context;
     sd_value_capture_hook *h = (sd_value_capture_hook *)base;
-    return s->is_cross ? h->value : NULL;
+    if (!s->is_cross) return NULL;
+    if (!h->value || !context || h->value->dtype == context->dtype) return h->value;
+    /* the same answer at every site, so idempotent as unet.c asks of a gradient step's hook */
+    if (h->value_converted_from != h->value || !h->value_as_context || h->value_as_context->dtype != context->dtype) {
+        h->value_as_context = sd_to_dtype(c, h->value, context->dtype);
+        h->value_converted_from = h->value_as_context ? h->value : NULL;
+    }
+    return h->value_as_context;
 }
 
 static int wants(sd_attn_hook *base, const sd_attn_site *s) {
@@ -33,4 +38,7 @@ void sd_value_capture_hook_init(sd_value_capture_hook *h, sd_tensor *value, int6
     h->capture_q_len = capture_q_len;
 }
 
-void sd_value_capture_hook_clear(sd_value_capture_hook *h) { h->n_captured = 0; }
+void sd_value_capture_hook_clear(sd_value_capture_hook *h) {
+    h->n_captured = 0;
+    h->value_as_context = h->value_converted_from = NULL;
+}

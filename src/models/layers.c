@@ -258,8 +258,7 @@ sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor 
     sd_transformer_sites(t, x, context, *layer, place, sites);
     *layer += 2;
     sd_tensor *h = sd_group_norm(c, x, &t->norm, t->groups, 1e-6f, 0);
-    h = sd_nchw_to_tokens(c, h);      /* [B, HW, C] */
-    h = sd_linear(c, h, &t->proj_in); /* the 1x1 conv, applied per token */
+    h = sd_linear_of_map(c, h, &t->proj_in); /* the 1x1 conv, applied per token: [B, HW, C] */
 
     sd_tensor *n = sd_layer_norm(c, h, &t->norm1, 1e-5f);
     h = sd_attention_block(c, &t->attn1, n, NULL, NULL, &sites[0], h);
@@ -271,14 +270,16 @@ sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor 
     sd_tensor *f = sd_geglu(c, sd_linear(c, n, &t->ff_in));
     h = sd_linear_add(c, f, &t->ff_out, h);
 
+    /* fp16 storage: the skip connection rides in proj_out's GEMM epilogue, in token order (a
+     * channels-last map's memory; of an NCHW one, a transpose in place of the add). The F32 path
+     * keeps the separate add: exact mode's sums stay the oracle's. */
+    if (x->dtype == SD_F16 && x->channels_last) {
+        sd_block_result(c);
+        return sd_linear_add_map(c, h, &t->proj_out, x);
+    }
     if (x->dtype == SD_F16) {
-        /* fp16 storage: the skip connection rides in proj_out's GEMM epilogue, in token order (a
-         * view of a channels-last map; of an NCHW one, a transpose in place of the add). The F32
-         * path keeps the separate add: exact mode's sums stay the oracle's. */
-        sd_tensor *skip = sd_nchw_to_tokens(c, x);
-        if (x->channels_last) sd_block_result(c);
-        h = sd_linear_add(c, h, &t->proj_out, skip);
-        if (!x->channels_last) sd_block_result(c);
+        h = sd_linear_add(c, h, &t->proj_out, sd_nchw_to_tokens(c, x));
+        sd_block_result(c);
         return sd_tokens_to_nchw(c, h, H, W);
     }
     h = sd_linear(c, h, &t->proj_out);

@@ -254,12 +254,15 @@ static const float *saved_f32(sd_ctx *c, const sd_tensor *t) {
  * native operands. A weight that trains, or one not bound from a checkpoint, keeps the F32 op. The
  * weight is a matrix [N, K] or a 1x1 kernel [N, K, 1, 1] (SD v1.x's proj_in and proj_out, which
  * sd_linear runs as linears): the same memory. */
-static int bf16_data_gradient(const sd_ctx *c, const sd_tape_node *n) {
-    const sd_tensor *w = n->in[1];
+int sd_linear_bf16_data_gradient(const sd_ctx *c, const sd_tensor *w, int frozen) {
     const sd_f16_ops *o = c->be->f16;
     const int matrix = w->ndim == 2 || (w->ndim == 4 && w->shape[2] == 1 && w->shape[3] == 1);
     return c->activations == SD_F16 && !c->f32_data_grads && o && o->linear_backward_data_bf16w && o->to_bf16 &&
-           n->attr.linear.frozen && !w->requires_grad && matrix;
+           frozen && !w->requires_grad && matrix;
+}
+
+static int bf16_data_gradient(const sd_ctx *c, const sd_tape_node *n) {
+    return sd_linear_bf16_data_gradient(c, n->in[1], n->attr.linear.frozen);
 }
 
 /* The same for a frozen UNet convolution at stride 1: its data gradient is the convolution of dy
@@ -410,11 +413,37 @@ static void backward_checkpoint(sd_ctx *c, sd_tape_node *n) {
     sd_arena_reset(c->scratch, mark);
 }
 
+/* A per-pixel linear recorded on a channels-last map (attr.linear.map_in / map_out; nn.c records
+ * that form only where the data gradient runs on the weight's bf16 copy and nothing else needs a
+ * gradient): the map's side of the gradient in NCHW order, as gradient space keeps maps, with no
+ * transpose (sd_f16_ops.linear_backward_data_bf16w_map). */
+static void backward_linear_map(sd_ctx *c, sd_tape_node *n) {
+    const sd_tensor *w = n->in[1], *map = n->attr.linear.map_in ? n->in[0] : n->out;
+    const sd_f16_ops *o = c->be->f16;
+    if (!bf16_data_gradient(c, n) || !o->linear_backward_data_bf16w_map || sd_tape_needs_grad(c, n->in[1]) ||
+        sd_tape_needs_grad(c, n->in[2])) {
+        sd_ctx_fail(c, SD_ERR_INTERNAL, "backward of the per-pixel linear '%s' recorded on a map: its data gradient "
+                    "does not run on the weight's bf16 copy here, or its weight trains", w->name);
+        return;
+    }
+    const int64_t N = w->shape[0], K = w->shape[1], B = map->shape[0], S = map->shape[2] * map->shape[3];
+    float *out[3];
+    const int accumulate = data_grads_out(c, n, 1u, out);
+    const sd_f16 *wb = out[0] ? sd_lowp_weight_bf16(c, w) : NULL;
+    if (wb)
+        sd_ctx_check(c, o->linear_backward_data_bf16w_map(sd_f32(n->grad), wb, out[0], B, S, K, N,
+                                                          n->attr.linear.map_out, n->attr.linear.map_in, accumulate));
+}
+
 static void backward_node(sd_ctx *c, sd_tape_node *n) {
     const float *dy = sd_f32(n->grad);
     sd_tensor *x = n->in[0], *y = n->out;
     switch (n->op) {
     case SD_OP_LINEAR: {
+        if (n->attr.linear.map_in || n->attr.linear.map_out) {
+            backward_linear_map(c, n);
+            return;
+        }
         const sd_tensor *w = n->in[1];
         const int64_t N = w->shape[0], K = w->shape[1], M = sd_numel(x) / K;
         float *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
@@ -664,7 +693,7 @@ sd_status sd_backward(sd_ctx *c, sd_tensor *loss) {
  * linear on a frozen weight with a bf16 data gradient, and nothing else to differentiate. */
 static int groups_with(const sd_ctx *c, const sd_tape_node *m, const sd_tensor *x, const sd_tensor *w0) {
     return m->op == SD_OP_LINEAR && m->in[0] == x && !m->in[2] && sd_same_shape(m->in[1], w0) &&
-           bf16_data_gradient(c, m);
+           !m->attr.linear.map_in && !m->attr.linear.map_out && bf16_data_gradient(c, m);
 }
 
 /* sd_linear_many's projections (an attention's q, k and v of one input, or k and v of the

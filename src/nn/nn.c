@@ -550,11 +550,11 @@ static int f32_linear_on_f16_weight(const sd_ctx *c, const sd_linear_w *l) {
            !l->weight->requires_grad;
 }
 
-/* y = x·Wᵀ + b (+ r): the linear layer, with the residual r (NULL: none) summed in the GEMM. */
-static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *r) {
+/* y = x·Wᵀ + b (+ r), the residual r (NULL: none) summed in the GEMM; computed, not recorded
+ * (linear_plus and the map forms below record it). x and r in token (or NCHW) order. */
+static sd_tensor *linear_compute(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *r) {
     NN_GUARD(c, x, l, l->weight);
     char a[96], b[96];
-    if (!(x = nchw(c, x)) || (r && !(r = nchw(c, r)))) return NULL;
     const sd_tensor *w = l->weight;
     const int conv1x1 = w->ndim == 4 && w->shape[2] == 1 && w->shape[3] == 1;
     if (!(w->ndim == 2 || conv1x1))
@@ -593,25 +593,83 @@ static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_
             sd_ctx_check(c, c->be->linear(sd_f32(x), sd_f32(w), b32, r32, sd_f32(y), M, K, N));
         }
     }
-    if (c->status != SD_OK) return NULL;
-    if (!r) {
-        sd_tape_node *node = sd_tape_record(c, SD_OP_LINEAR, y, x, l->weight, l->bias);
-        if (node) node->attr.linear.frozen = l->frozen;
-        return c->status == SD_OK ? y : NULL;
+    return c->status == SD_OK ? y : NULL;
+}
+
+/* The tape's record of y = x·Wᵀ + b (+ r), as an unfused linear and add would have recorded it: a
+ * linear whose output (with r, a header over y's memory, never read: the linear's backward needs
+ * only x and W) feeds an add of r. map_in / map_out: x / y is a channels-last map whose memory the
+ * linear read / wrote as tokens (sd_tape_node.attr.linear). */
+static void record_linear(sd_ctx *c, sd_tensor *y, sd_tensor *x, const sd_linear_w *l, sd_tensor *r, int map_in,
+                          int map_out) {
+    if (!c->tape || c->status != SD_OK) return;
+    sd_tensor *product = r ? view_header(c, y, y->ndim, y->shape) : y;
+    if (!product) return;
+    sd_tape_node *node = sd_tape_record(c, SD_OP_LINEAR, product, x, l->weight, l->bias);
+    if (node) {
+        node->attr.linear.frozen = l->frozen;
+        node->attr.linear.map_in = map_in;
+        node->attr.linear.map_out = map_out;
     }
-    /* The tape sees what an unfused linear and add would have recorded: a linear whose output (a
-     * header over y's memory, never read: the linear's backward needs only x and W) feeds an add. */
-    if (c->tape) {
-        sd_tensor *product = view_header(c, y, y->ndim, y->shape);
-        if (!product) return NULL;
-        sd_tape_node *node = sd_tape_record(c, SD_OP_LINEAR, product, x, l->weight, l->bias);
-        if (node) node->attr.linear.frozen = l->frozen;
-        sd_tape_record(c, SD_OP_ADD, y, product, r, NULL);
-    }
+    if (r) sd_tape_record(c, SD_OP_ADD, y, product, r, NULL);
+}
+
+/* The linear layer: y = x·Wᵀ + b (+ r), recorded. */
+static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *r) {
+    if (c->status != SD_OK || !(x = nchw(c, x)) || (r && !(r = nchw(c, r)))) return NULL;
+    sd_tensor *y = linear_compute(c, x, l, r);
+    if (y) record_linear(c, y, x, l, r, 0, 0);
     return c->status == SD_OK ? y : NULL;
 }
 
 sd_tensor *sd_linear(sd_ctx *c, sd_tensor *x, const sd_linear_w *l) { return linear_plus(c, x, l, NULL); }
+
+/* A channels-last fp16 map [B, C, H, W], whose memory is the tokens [B, H·W, C] a per-pixel
+ * linear reads or writes in place. */
+static int map_holds_tokens(const sd_tensor *x) {
+    return x && x->ndim == 4 && x->dtype == SD_F16 && x->channels_last;
+}
+
+/* Whether the tape records a per-pixel linear of l on a channels-last map as such (map_in /
+ * map_out) rather than on a token view behind a transpose: where its backward then runs, the data
+ * gradient on the weight's bf16 copy with the map's side in NCHW order (autograd.c,
+ * backward_linear_map), and nothing else of it needs a gradient. */
+static int records_on_map(const sd_ctx *c, const sd_linear_w *l) {
+    return c->tape && c->be->f16 && c->be->f16->linear_backward_data_bf16w_map &&
+           sd_linear_bf16_data_gradient(c, l->weight, l->frozen) && !(l->bias && l->bias->requires_grad);
+}
+
+sd_tensor *sd_linear_of_map(sd_ctx *c, sd_tensor *map, const sd_linear_w *l) {
+    NN_GUARD(c, map, l, l->weight);
+    if (!map_holds_tokens(map) || !records_on_map(c, l)) return sd_linear(c, sd_nchw_to_tokens(c, map), l);
+    const int64_t tokens_shape[3] = {map->shape[0], map->shape[2] * map->shape[3], map->shape[1]};
+    sd_tensor *tokens = view_header(c, map, 3, tokens_shape);
+    sd_tensor *y = tokens ? linear_compute(c, tokens, l, NULL) : NULL;
+    if (y) record_linear(c, y, map, l, NULL, 1, 0);
+    return c->status == SD_OK ? y : NULL;
+}
+
+sd_tensor *sd_linear_add_map(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *residual) {
+    NN_GUARD(c, x, l, l->weight, residual);
+    char a[96];
+    if (residual->ndim != 4)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "linear '%s' + map: residual %s is not a map (B, C, H, W)",
+                           l->weight->name, shape_of(residual, a, sizeof a));
+    const int64_t B = residual->shape[0], C = residual->shape[1], H = residual->shape[2], W = residual->shape[3];
+    if (!map_holds_tokens(residual) || !records_on_map(c, l)) { /* through token order */
+        if (residual->dtype == SD_F16) /* the residual in the GEMM's epilogue */
+            return sd_tokens_to_nchw(c, sd_linear_add(c, x, l, sd_nchw_to_tokens(c, residual)), H, W);
+        return sd_add(c, sd_tokens_to_nchw(c, sd_linear(c, x, l), H, W), residual);
+    }
+    const int64_t tokens_shape[3] = {B, H * W, C};
+    sd_tensor *r_tokens = view_header(c, residual, 3, tokens_shape);
+    sd_tensor *y_tokens = r_tokens ? linear_compute(c, x, l, r_tokens) : NULL;
+    sd_tensor *y = y_tokens ? view_header(c, y_tokens, 4, residual->shape) : NULL;
+    if (!y) return NULL;
+    y->channels_last = 1;
+    record_linear(c, y, x, l, residual, 0, 1);
+    return c->status == SD_OK ? y : NULL;
+}
 
 sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, int count, sd_tensor **outs) {
     for (int i = 0; i < count; i++) outs[i] = NULL;

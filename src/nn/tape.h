@@ -50,7 +50,11 @@ typedef struct sd_tape_node {
          * on the tape; NULL otherwise), B·H·Sq floats of the forward's arena */
         struct { int heads, causal; float scale; const sd_tensor *lse; } attn;
         struct { sd_block_fn fn; const void *block; } block;
-        struct { int frozen; } linear; /* the weight is a checkpoint's (sd_linear_w.frozen) */
+        /* frozen: the weight is a checkpoint's (sd_linear_w.frozen). A per-pixel linear recorded on a
+         * channels-last map (sd_linear_of_map, sd_linear_add_map): map_in, x is the map [B, K, H, W]
+         * read as tokens; map_out, y is the map [B, N, H, W] written as tokens. That side's gradient
+         * is the map's, in NCHW order, taken as it is by the backward (no transpose). */
+        struct { int frozen, map_in, map_out; } linear;
     } attr;
 } sd_tape_node;
 
@@ -87,6 +91,11 @@ sd_tape_node *sd_tape_record(sd_ctx *c, sd_op_kind op, sd_tensor *out, sd_tensor
 
 /* Adds a leaf whose grad was just set to the tape's list, so sd_tape_reset clears it. */
 sd_status sd_tape_note_leaf(sd_ctx *c, sd_tape *tape, sd_tensor *leaf);
+
+/* 1 when a linear's data gradient on this context multiplies the frozen weight's bf16 copy
+ * (fast mode's gradient steps; autograd.c): w a matrix [N, K] or a 1x1 kernel, bound from a
+ * checkpoint (frozen) and not trained. */
+int sd_linear_bf16_data_gradient(const sd_ctx *c, const sd_tensor *w, int frozen);
 
 /* The bfloat16 copy of a frozen F32 weight on the context's device (nn.c's table of low-precision
  * copies; made on first use): what fast mode's gradient steps multiply their data gradients with. */

@@ -477,6 +477,50 @@ static void test_f16_linear(void **state) {
                 if (!(apart <= 1e-5)) fail_msg("%s: the CPU twin is %.6g from single products", what, apart);
             }
         }
+        /* a per-pixel linear with a map's NCHW gradient on either side (proj_out: dy a map; proj_in:
+         * dx a map; both; neither), B images of S pixels, against the CPU twin, which is the token
+         * op between transposes (checked here against that too, bit for bit) */
+        struct { int64_t B, S, K, N; int dy_map, dx_map; } p_cases[] = {
+            {1, 4096, 320, 320, 1, 0}, {1, 4096, 320, 320, 0, 1}, {2, 64, 40, 24, 1, 1},
+            {3, 35, 24, 40, 0, 1},     {2, 35, 24, 40, 1, 0},     {2, 9, 5, 7, 0, 0}};
+        for (size_t c = 0; c < sizeof p_cases / sizeof p_cases[0]; c++) {
+            const int64_t B = p_cases[c].B, S = p_cases[c].S, K = p_cases[c].K, N = p_cases[c].N;
+            const int dy_map = p_cases[c].dy_map, dx_map = p_cases[c].dx_map;
+            const int64_t M = B * S;
+            char what[96];
+            snprintf(what, sizeof what, "linear_backward_data_bf16w_map %lldx%lldx%lld <- %lld%s%s", (long long)B,
+                     (long long)S, (long long)K, (long long)N, dy_map ? ", dy map" : "", dx_map ? ", dx map" : "");
+            if (testutil_sim_leaves_out(what, 2.0 * (double)M * K * N)) continue;
+            float *dy = hrand(M * N, 200 + c, 1e-6f), *w32 = hrand(N * K, 201 + c, 0.1f), *dx0 = hrand(M * K, 202 + c, 1e-6f);
+            sd_f16 *wb = hnew16(N * K);
+            assert_sd_ok(cpu16->to_bf16(w32, wb, N * K));
+            float *want = hnew(M * K), *got = hnew(M * K), *dy_tokens = hnew(M * N), *tokens = hnew(M * K);
+            float *by_hand = hnew(M * K);
+            if (dy_map)
+                assert_sd_ok(cpu->transpose(dy, dy_tokens, B, N, S));
+            else
+                memcpy(dy_tokens, dy, (size_t)(M * N) * sizeof(float));
+            for (int accumulate = 1; accumulate >= 0; accumulate--) {
+                memcpy(want, dx0, (size_t)(M * K) * sizeof(float));
+                assert_sd_ok(cpu16->linear_backward_data_bf16w_map(dy, wb, want, B, S, K, N, dy_map, dx_map, accumulate));
+                /* the twin: the token op, its result moved to [B, K, S] where dx is a map */
+                assert_sd_ok(cpu16->linear_backward_data_bf16w(dy_tokens, wb, tokens, M, K, N, 0));
+                if (dx_map)
+                    assert_sd_ok(cpu->transpose(tokens, by_hand, B, S, K));
+                else
+                    memcpy(by_hand, tokens, (size_t)(M * K) * sizeof(float));
+                for (int64_t i = 0; accumulate && i < M * K; i++) by_hand[i] += dx0[i];
+                assert_memory_equal(want, by_hand, (size_t)(M * K) * sizeof(float));
+                float *dxd = dput(dx0, M * K);
+                assert_sd_ok(gpu16->linear_backward_data_bf16w_map(dput(dy, M * N), dput16(wb, N * K), dxd, B, S, K, N,
+                                                                   dy_map, dx_map, accumulate));
+                assert_sd_ok(gpu->download(got, dxd, (size_t)(M * K) * sizeof(float)));
+                const double err = testutil_max_rel_err(got, want, M * K);
+                print_message("    %-56s max rel err %.3g (tol %.0e)%s\n", what, err, 1e-4,
+                              accumulate ? "" : ", overwriting");
+                if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+            }
+        }
     }
     /* the F32 linear of the same shape keeps its own plan (the cache keys on the data type) */
     {

@@ -862,6 +862,17 @@ static void check_f16_group_norm_backward_nhwc(int64_t B, int64_t C, int64_t S, 
         check_dev(what, db_got, hget(db_want, C), C, TOL_ELEM);
     }
     if (!affine) return;
+    /* γ and β frozen (a gradient step's): dx alone, which short groups take in one kernel per (image,
+     * group) instead of the tiled passes */
+    for (int acc = 1; acc >= 0; acc--) {
+        float *dx_want = acc ? dput(dx0, n) : dnan(n), *dx_got = acc ? dput(dx0, n) : dnan(n);
+        assert_sd_ok(gpu->group_norm_backward(widened, gad, bed, dyd, dx_want, NULL, NULL, B, C, S, G, 1e-5f, silu, acc));
+        assert_sd_ok(g16->group_norm_backward_nhwc(x16, gad, bed, dyd, dx_got, NULL, NULL, B, C, S, G, 1e-5f, silu, acc));
+        char what[128];
+        snprintf(what, sizeof what, "group_norm_backward_nhwc on fp16 x (%lld,%lld,%lld)%s dx only%s", (long long)B,
+                 (long long)C, (long long)S, silu ? " +silu" : "", acc ? "" : ", overwriting");
+        check_dev(what, dx_got, hget(dx_want, n), n, TOL_ELEM);
+    }
     /* the parameters alone (dx NULL) */
     float *dg_want = dput(dg0, C), *dg_got = dput(dg0, C);
     assert_sd_ok(gpu->group_norm_backward(widened, gad, bed, dyd, NULL, dg_want, NULL, B, C, S, G, 1e-5f, silu, 1));
@@ -877,9 +888,10 @@ static void test_norm_backward(void **state) {
     CPU_HAS(layer_norm_backward);
     /* the fp16 channels-last checks: channel tiles of 32 with a ragged last one (12, 80, 18), pixels
      * in several tiles and chunks with a ragged last one (1000), x read 4 channels per load or (18)
-     * one */
-    struct { int64_t B, C, S; int G, affine; } gn[] = {{2, 12, 35, 4, 1}, {2, 320, 1024, 32, 1}, {1, 32, 100, 8, 0},
-                                                       {3, 80, 1000, 8, 1}, {1, 18, 50, 3, 1}};
+     * one; groups short enough for one kernel each when only dx is asked for (all but the 40,000
+     * values of (1, 40, 2000) in 2 groups) */
+    struct { int64_t B, C, S; int G, affine; } gn[] = {{2, 12, 35, 4, 1},   {2, 320, 1024, 32, 1}, {1, 32, 100, 8, 0},
+                                                       {3, 80, 1000, 8, 1}, {1, 18, 50, 3, 1},     {1, 40, 2000, 2, 1}};
     for (size_t t = 0; t < sizeof gn / sizeof gn[0]; t++) {
         const int64_t B = gn[t].B, C = gn[t].C, S = gn[t].S, n = B * C * S;
         const int aff = gn[t].affine;

@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "sd/control.h"
 #include "sd/device.h"
 #include "sd/io.h"
 #include "sd/methods.h"
@@ -389,13 +390,16 @@ static void test_unet_channels_last(void **state) {
  * between exact transposes, so this checks what the tape records for a map's memory read as tokens:
  * a transpose in gradient space); blocks recomputed in the backward give it again; and under an
  * attention controller whose sites run in F32 the gradient still arrives. */
+static sd_tensor *f16_step_value_cond; /* hooked 2: StyleDiffusion's step, leaf the value input */
 static sd_tensor *f16_step_gradient(sd_tensor *x, sd_tensor *leaf, int hooked, sd_tensor **eps_out) {
     sd_tape *tape = sd_tape_new();
     sd_ctx_set_tape(&ctx, tape);
     testutil_recording_hook hook;
     testutil_recording_hook_init(&hook);
-    ctx.hook = hooked ? &hook.base : NULL;
-    sd_tensor *eps = sd_unet_forward(&ctx, &unet, x, 500.0f, leaf);
+    sd_value_capture_hook value_hook;
+    sd_value_capture_hook_init(&value_hook, leaf, 0);
+    ctx.hook = hooked == 1 ? &hook.base : hooked == 2 ? &value_hook.base : NULL;
+    sd_tensor *eps = sd_unet_forward(&ctx, &unet, x, 500.0f, hooked == 2 ? f16_step_value_cond : leaf);
     ctx.hook = NULL;
     assert_sd_ok(sd_ctx_status(&ctx));
     assert_int_equal(eps->dtype, SD_F32);
@@ -412,6 +416,21 @@ static sd_tensor *f16_step_gradient(sd_tensor *x, sd_tensor *leaf, int hooked, s
 /* the step's backward ops on saved values: fp16 as saved, or widened to F32 first */
 static const sd_backend *f16_step_inner;
 static long f16_step_ln_f16, f16_step_ln_f32, f16_step_geglu_f16, f16_step_gn_f16, f16_step_gn_f32, f16_step_widened;
+static long f16_step_transposes, f16_step_map_linears, f16_step_narrowed;
+static sd_status counting_to_f16(const float *x, sd_f16 *y, int64_t n) {
+    f16_step_narrowed++;
+    return f16_step_inner->f16->to_f16(x, y, n);
+}
+static sd_status counting_transpose(const float *x, float *y, int64_t B, int64_t R, int64_t C) {
+    f16_step_transposes++;
+    return f16_step_inner->transpose(x, y, B, R, C);
+}
+static sd_status counting_linear_backward_data_bf16w_map(const float *dy, const sd_f16 *w, float *dx, int64_t B,
+                                                         int64_t S, int64_t K, int64_t N, int dy_map, int dx_map,
+                                                         int accumulate) {
+    f16_step_map_linears++;
+    return f16_step_inner->f16->linear_backward_data_bf16w_map(dy, w, dx, B, S, K, N, dy_map, dx_map, accumulate);
+}
 static sd_status counting_f16_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
                                                   float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
     f16_step_ln_f16++;
@@ -468,7 +487,9 @@ static void test_f16_gradient_step(void **state) {
     ctx.f16_steps = 1;
     /* LayerNorm, GroupNorm and GEGLU read their saved fp16 inputs as they are (sd_f16_ops), no widened
      * copy: counted, and the same gradient bit for bit as the widening path's (the CPU's fp16 twins
-     * widen inside) */
+     * widen inside). The transformers' proj_in and proj_out take their maps' NCHW gradients as they
+     * are (sd_linear_of_map, sd_linear_add_map): no transpose in the backward, against three per
+     * transformer (the two token views of its maps and the skip's) through token order. */
     f16_step_inner = ctx.be;
     sd_backend table = *ctx.be;
     sd_f16_ops table16 = *ctx.be->f16;
@@ -480,20 +501,31 @@ static void test_f16_gradient_step(void **state) {
     table16.geglu_backward = counting_f16_geglu_backward;
     table16.to_f32 = counting_to_f32;
     table16.to_f32_nchw = counting_to_f32_nchw;
+    table.transpose = counting_transpose;
+    table16.linear_backward_data_bf16w_map = counting_linear_backward_data_bf16w_map;
     ctx.be = &table;
     sd_tensor *eps16 = NULL;
     sd_tensor *g16 = f16_step_gradient(x, leaf, 0, &eps16);
     const long ln_f16 = f16_step_ln_f16, ln_f32 = f16_step_ln_f32, geglu_f16 = f16_step_geglu_f16;
     const long gn_f16 = f16_step_gn_f16, gn_f32 = f16_step_gn_f32, widened = f16_step_widened;
+    const long transposes = f16_step_transposes, map_linears = f16_step_map_linears;
     table16.layer_norm_backward = NULL;
     table16.group_norm_backward_nhwc = NULL;
     table16.geglu_backward = NULL;
+    table16.linear_backward_data_bf16w_map = NULL;
     sd_tensor *g16_widening = f16_step_gradient(x, leaf, 0, NULL);
     print_message("    fp16 step: %ld LayerNorm, %ld GroupNorm and %ld GEGLU backward(s) on fp16 inputs, %ld and %ld on "
-                  "F32, %ld widenings (%ld when all widen)\n", ln_f16, gn_f16, geglu_f16, ln_f32, gn_f32, widened,
-                  f16_step_widened - widened);
+                  "F32, %ld widenings (%ld when all widen); %ld projections on maps, %ld transposes (%ld through "
+                  "token order)\n", ln_f16, gn_f16, geglu_f16, ln_f32, gn_f32, widened, f16_step_widened - widened,
+                  map_linears, transposes, f16_step_transposes - transposes);
     ctx.be = f16_step_inner;
     assert_true(ln_f16 > 0 && gn_f16 > 0 && geglu_f16 > 0);
+    /* proj_out of all 16 transformers and proj_in of the 15 whose input the context reaches: 31; the
+     * token-order path transposes 3 maps in each of those 15 and one in the first (46) */
+    assert_int_equal(map_linears, 31);
+    assert_int_equal(transposes, 0);
+    assert_int_equal(f16_step_map_linears - map_linears, 0);
+    assert_int_equal(f16_step_transposes - transposes, 46);
     assert_int_equal(ln_f32, 0);
     assert_int_equal(gn_f32, 0);
     assert_int_equal(f16_step_ln_f32 - ln_f32, ln_f16); /* the same norms, widened */
@@ -526,7 +558,31 @@ static void test_f16_gradient_step(void **state) {
     assert_true(vs_f32 > 1e-6 && vs_f32 < 2e-2);
     assert_true(recomputed < 2e-3);
     assert_true(hooked > 0 && hooked < 2e-2);
-    sd_tensor *frees[] = {sample, context, leaf, plain, eps16, g16, g16_widening, g16_nchw, g16_recomputed, g16_hooked, g32};
+    /* StyleDiffusion's step: its F32 value input goes to fp16 once for all 16 cross-attention layers
+     * (sd_value_capture_hook: one conversion more than the plain context's step) */
+    ctx.activations = SD_F16;
+    ctx.channels_last = 1;
+    ctx.f16_steps = 1;
+    f16_step_value_cond = cond;
+    table16 = *f16_step_inner->f16;
+    table16.to_f16 = counting_to_f16;
+    ctx.be = &table;
+    f16_step_narrowed = 0;
+    sd_tensor *g_plain = f16_step_gradient(x, leaf, 0, NULL);
+    const long narrowed_plain = f16_step_narrowed;
+    f16_step_narrowed = 0;
+    sd_tensor *g_value = f16_step_gradient(x, leaf, 2, NULL);
+    ctx.be = f16_step_inner;
+    print_message("    conversions to fp16: %ld in the context's step, %ld in the value input's\n", narrowed_plain,
+                  f16_step_narrowed);
+    assert_int_equal(f16_step_narrowed, narrowed_plain + 1);
+    /* the value's 16 layers and the context's 16 keys: a gradient other than the context's alone */
+    assert_true(testutil_max_rel_err(sd_f32(g_value), sd_f32(g_plain), sd_numel(g_plain)) > 1e-3);
+    ctx.activations = SD_F32;
+    ctx.channels_last = 0;
+    ctx.f16_steps = 0;
+    sd_tensor *frees[] = {sample, context, leaf, plain, eps16, g16, g16_widening, g16_nchw, g16_recomputed, g16_hooked, g32,
+                          g_plain, g_value};
     for (size_t i = 0; i < sizeof frees / sizeof frees[0]; i++) sd_tensor_free(frees[i]);
     sd_arena_reset(ctx.arena, mark);
 }

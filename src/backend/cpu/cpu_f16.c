@@ -150,6 +150,33 @@ static sd_status f16_linear_backward_data_bf16w(const float *dy, const sd_f16 *w
     return f16_linear_backward_data_bf16w_many(one, 1, w, dx, M, K, N, accumulate);
 }
 
+/* The per-pixel linear's data gradient with maps in NCHW order: the token-order op above between
+ * transposes (a move of values: the same sums, bit for bit, as on transposed copies). */
+static sd_status f16_linear_backward_data_bf16w_map(const float *dy, const sd_f16 *w, float *dx, int64_t B, int64_t S,
+                                                    int64_t K, int64_t N, int dy_map, int dx_map, int accumulate) {
+    if (!dy_map && !dx_map) return f16_linear_backward_data_bf16w(dy, w, dx, B * S, K, N, accumulate);
+    float *dy_tokens = dy_map ? scratch(B * S * N, "linear_backward_data_bf16w_map") : NULL;
+    float *dx_tokens = dx_map ? scratch(B * S * K, "linear_backward_data_bf16w_map") : NULL;
+    sd_status st = (dy_map && !dy_tokens) || (dx_map && !dx_tokens) ? SD_ERR_OOM : SD_OK;
+    if (st == SD_OK && dy_map) st = f32_ops()->transpose(dy, dy_tokens, B, N, S);
+    if (st == SD_OK)
+        st = f16_linear_backward_data_bf16w(dy_map ? dy_tokens : dy, w, dx_map ? dx_tokens : dx, B * S, K, N,
+                                            dx_map ? 0 : accumulate);
+    if (st == SD_OK && dx_map) {
+        /* dx (+)= the token-order result moved to [B, K, S] */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t k = 0; k < K; k++)
+                for (int64_t s = 0; s < S; s++) {
+                    const float v = dx_tokens[(b * S + s) * K + k];
+                    float *d = &dx[(b * K + k) * S + s];
+                    *d = accumulate ? *d + v : v;
+                }
+    }
+    free(dy_tokens);
+    free(dx_tokens);
+    return st;
+}
+
 /* wt[ci, co, s] = bf16(w[co, ci, S-1-s]): channels swapped, the kh·kw taps reversed (the flip of
  * both kernel axes) */
 static sd_status f16_to_bf16_conv_transposed(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw) {
@@ -484,6 +511,7 @@ const sd_f16_ops cpu_f16_ops = {
     .to_bf16 = f16_to_bf16,
     .linear_backward_data_bf16w = f16_linear_backward_data_bf16w,
     .linear_backward_data_bf16w_many = f16_linear_backward_data_bf16w_many,
+    .linear_backward_data_bf16w_map = f16_linear_backward_data_bf16w_map,
     .to_bf16_conv_transposed = f16_to_bf16_conv_transposed,
     .conv2d_backward_data_bf16w = f16_conv2d_backward_data_bf16w,
     .conv2d = f16_conv2d,

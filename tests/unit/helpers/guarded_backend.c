@@ -238,6 +238,9 @@ GUARD16(to_bf16, (const float *x, sd_f16 *y, int64_t n), (x, y, n), x, y)
 GUARD16(linear_backward_data_bf16w, (const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
                                      int accumulate),
         (dy, w, dx, M, K, N, accumulate), dy, w, dx)
+GUARD16(linear_backward_data_bf16w_map, (const float *dy, const sd_f16 *w, float *dx, int64_t B, int64_t S, int64_t K,
+                                         int64_t N, int dy_map, int dx_map, int accumulate),
+        (dy, w, dx, B, S, K, N, dy_map, dx_map, accumulate), dy, w, dx)
 /* the gradients' pointer array is the caller's host memory; each pointer in it must be the device's */
 static sd_status g16_linear_backward_data_bf16w_many(const float *const *dy, int count, const sd_f16 *w, float *dx,
                                                      int64_t M, int64_t K, int64_t N, int accumulate) {
@@ -318,7 +321,7 @@ const sd_backend *guarded_backend(void) {
         SET16(to_f16), SET16(to_f32), SET16(copy), SET16(linear), SET16(linear_f32io), SET16(conv2d), SET16(group_norm);
         SET16(layer_norm);
         SET16(binary), SET16(add_channel_bias), SET16(geglu), SET16(concat_channels), SET16(upsample_nearest);
-        SET16(transpose), SET16(attention), SET16(to_f16_nhwc), SET16(to_f32_nchw), SET16(linear_batched), SET16(linear_batched_f32io), SET16(to_bf16), SET16(linear_backward_data_bf16w), SET16(linear_backward_data_bf16w_many), SET16(conv2d_nhwc), SET16(group_norm_nhwc), SET16(add_channel_bias_nhwc);
+        SET16(transpose), SET16(attention), SET16(to_f16_nhwc), SET16(to_f32_nchw), SET16(linear_batched), SET16(linear_batched_f32io), SET16(to_bf16), SET16(linear_backward_data_bf16w), SET16(linear_backward_data_bf16w_many), SET16(linear_backward_data_bf16w_map), SET16(conv2d_nhwc), SET16(group_norm_nhwc), SET16(add_channel_bias_nhwc);
         SET16(concat_channels_nhwc), SET16(upsample_nearest_nhwc), SET16(to_bf16_conv_transposed);
         SET16(conv2d_backward_data_bf16w), SET16(attention_backward), SET16(geglu_backward), SET16(layer_norm_backward);
         SET16(group_norm_backward_nhwc);
