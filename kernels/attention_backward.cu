@@ -835,43 +835,19 @@ static sd_status empty_attention_backward(float *dq, float *dk, float *dv, int64
     return SD_OK;
 }
 
-int cu_f16_attention_backward_takes(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale) {
-    (void)Sq, (void)Sk;
-    return flash_backward_shapes(B, H, D, Dv, scale);
+/* The bytes of one of the maps path's two [H, chunk, Sk] buffers. */
+static size_t maps_buffer_bytes(int64_t Sq, int64_t Sk, int H) {
+    return cu_align((size_t)(H * rows_per_chunk(Sq, Sk, H) * Sk) * sizeof(float));
 }
 
-/* The fp16 values a step storing fp16 saved, staged by k_fb_stage as they are (fp16 q and k: the
- * forward's operands, so its scores and kept L hold bit for bit); the shapes
- * cu_f16_attention_backward_takes accepts. */
-sd_status cu_f16_attention_backward(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, const sd_f16 *out,
-                                    const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
-                                    int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
-                                    const float *lse) {
-    if (B <= 0 || (!dq && !dk && !dv)) return SD_OK;
-    if (Sq <= 0 || Sk <= 0) return empty_attention_backward(dq, dk, dv, B, Sq, Sk, H, D, Dv, accumulate);
-    if (!flash_backward_shapes(B, H, D, Dv, scale))
-        return sd_fail(SD_ERR_INTERNAL, "cuda attention backward on fp16 inputs: B %lld, H %d, D %d, Dv %d outside "
-                                        "the flash kernels' shapes (cu_f16_attention_backward_takes)",
-                       (long long)B, H, D, Dv);
-    return flash_backward_fast(q, k, v, out, true, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate,
-                               lse && out && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale) ? lse : NULL);
-}
-
-sd_status cu_attention_backward(const float *q, const float *k, const float *v, const float *out, const float *dout,
-                                float *dq, float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
-                                int Dv, float scale, int causal, int accumulate, const float *lse) {
-    if (B <= 0 || (!dq && !dk && !dv)) return SD_OK;
-    if (Sq <= 0 || Sk <= 0) return empty_attention_backward(dq, dk, dv, B, Sq, Sk, H, D, Dv, accumulate);
-    if (flash_backward_shapes(B, H, D, Dv, scale))
-        return flash_backward_fast(q, k, v, out, false, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal,
-                                   accumulate, lse && out && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale) ? lse : NULL);
-    /* exact mode (and heads over FB_MAX_D): rowsum(dP ⊙ P) from the recomputed maps (see the top
-     * comment); out and lse unused */
+/* Exact mode and heads over FB_MAX_D: the maps recomputed chunk by chunk in ws (2 ·
+ * maps_buffer_bytes), rowsum(dP ⊙ P) from them (see the top comment); out and lse are not read. */
+static sd_status maps_backward(const float *q, const float *k, const float *v, const float *dout, float *dq, float *dk,
+                               float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
+                               int causal, int accumulate, char *ws) {
     const int64_t ldq = (int64_t)H * D, ldv = (int64_t)H * Dv;
     const int64_t chunk = rows_per_chunk(Sq, Sk, H);
-    const size_t buf = cu_align((size_t)(H * chunk * Sk) * sizeof(float));
-    char *ws = (char *)cu_workspace(2 * buf);
-    if (!ws) return SD_ERR_OOM;
+    const size_t buf = maps_buffer_bytes(Sq, Sk, H);
     float *P = (float *)ws;          /* [H][nq][Sk] maps of the chunk */
     float *dP = (float *)(ws + buf); /* [H][nq][Sk] dP, then dS in place */
     for (int64_t b = 0; b < B; b++) {
@@ -902,6 +878,71 @@ sd_status cu_attention_backward(const float *q, const float *k, const float *v, 
         }
     }
     return SD_OK;
+}
+
+sd_status cu_attention_backward(const float *q, const float *k, const float *v, const float *out, const float *dout,
+                                float *dq, float *dk, float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D,
+                                int Dv, float scale, int causal, int accumulate, const float *lse) {
+    if (B <= 0 || (!dq && !dk && !dv)) return SD_OK;
+    if (Sq <= 0 || Sk <= 0) return empty_attention_backward(dq, dk, dv, B, Sq, Sk, H, D, Dv, accumulate);
+    if (flash_backward_shapes(B, H, D, Dv, scale))
+        return flash_backward_fast(q, k, v, out, false, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal,
+                                   accumulate, lse && out && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale) ? lse : NULL);
+    char *ws = (char *)cu_workspace(2 * maps_buffer_bytes(Sq, Sk, H));
+    if (!ws) return SD_ERR_OOM;
+    return maps_backward(q, k, v, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate, ws);
+}
+
+/* The saved fp16 q, k and v widened to F32 in one launch (blockIdx.y: which), for the maps path. */
+struct widen3_params {
+    const __half *x[3];
+    float *y[3];
+    int64_t n[3];
+};
+
+__global__ void k_widen3(const widen3_params p) {
+    const __half *x = p.x[blockIdx.y];
+    float *y = p.y[blockIdx.y];
+    GRID_STRIDE(i, p.n[blockIdx.y]) y[i] = __half2float(x[i]);
+}
+
+int cu_f16_attention_backward_takes(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale) {
+    (void)B, (void)Sq, (void)Sk, (void)H, (void)D, (void)Dv, (void)scale;
+    return 1;
+}
+
+/* The fp16 values a step storing fp16 saved. The flash kernels stage them as they are (fp16 q and k:
+ * the forward's operands, so its scores and kept L hold bit for bit); the maps path (heads over
+ * FB_MAX_D: SD's 1280-channel attentions) widens q, k and v in one launch into its workspace, beside
+ * the maps, and never reads out: the widened path's result, bit for bit, with one launch instead of
+ * four. */
+sd_status cu_f16_attention_backward(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, const sd_f16 *out,
+                                    const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
+                                    int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
+                                    const float *lse) {
+    if (B <= 0 || (!dq && !dk && !dv)) return SD_OK;
+    if (Sq <= 0 || Sk <= 0) return empty_attention_backward(dq, dk, dv, B, Sq, Sk, H, D, Dv, accumulate);
+    if (!flash_backward_shapes(B, H, D, Dv, scale)) {
+        widen3_params p;
+        p.x[0] = cu_half(q), p.x[1] = cu_half(k), p.x[2] = cu_half(v);
+        p.n[0] = B * Sq * H * D, p.n[1] = B * Sk * H * D, p.n[2] = B * Sk * H * Dv;
+        size_t bytes[3], widened = 0;
+        for (int i = 0; i < 3; i++) widened += bytes[i] = cu_align((size_t)p.n[i] * sizeof(float));
+        char *ws = (char *)cu_workspace(widened + 2 * maps_buffer_bytes(Sq, Sk, H));
+        if (!ws) return SD_ERR_OOM;
+        int64_t most = 0;
+        for (int i = 0; i < 3; i++) {
+            p.y[i] = (float *)ws;
+            ws += bytes[i];
+            if (p.n[i] > most) most = p.n[i];
+        }
+        CU_LAUNCH(k_widen3, dim3(cu_blocks(most, 256), 3), 256, 0, cu_cur()->stream)(p);
+        LAUNCH_CHECK("attention backward: q, k, v widened");
+        return maps_backward(p.y[0], p.y[1], p.y[2], dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate,
+                             ws);
+    }
+    return flash_backward_fast(q, k, v, out, true, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate,
+                               lse && out && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale) ? lse : NULL);
 }
 
 sd_status cu_attention_probs_backward(const float *q, const float *k, const float *probs, const float *dprobs,

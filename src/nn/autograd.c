@@ -435,6 +435,33 @@ static void backward_linear_map(sd_ctx *c, sd_tape_node *n) {
                                                           n->attr.linear.map_out, n->attr.linear.map_in, accumulate));
 }
 
+/* A batch of one image concatenated along channels (the UNet's up blocks: the skip connection
+ * beside the feature map) has each input's gradient as one contiguous piece of dL/dy: where both
+ * inputs get their first contribution here, they get those pieces as their gradients (headers over
+ * dL/dy's memory, which the node hands on: no copy, no kernel). The pieces are disjoint, and each
+ * returns to the spare buffers once its holder's backward is done. Returns 1 when it did that. */
+static int concat_grads_as_views(sd_ctx *c, sd_tape_node *n) {
+    sd_tensor *a = n->in[0], *b = n->in[1];
+    if (a->shape[0] != 1 || !n->grad || a == b) return 0;
+    for (int i = 0; i < c->tape->n_shared; i++)
+        if (c->tape->shared[i] == n->grad) return 0; /* another node holds dL/dy too */
+    sd_tape_node *pa = first_grad_of_input(c, n, 0), *pb = first_grad_of_input(c, n, 1);
+    if (!pa || !pb || pa == pb) return 0;
+    sd_tensor *ga = sd_arena_alloc_host(c->arena, sizeof *ga), *gb = sd_arena_alloc_host(c->arena, sizeof *gb);
+    if (!ga || !gb) {
+        c->status = SD_ERR_OOM;
+        return 1;
+    }
+    float *dy = sd_f32(n->grad);
+    *ga = sd_tensor_wrap(dy, SD_F32, a->ndim, a->shape);
+    *gb = sd_tensor_wrap(dy + sd_numel(a), SD_F32, b->ndim, b->shape);
+    ga->device = gb->device = c->device;
+    pa->grad = ga;
+    pb->grad = gb;
+    n->grad = NULL; /* handed on: reverse_pass must not recycle it */
+    return 1;
+}
+
 static void backward_node(sd_ctx *c, sd_tape_node *n) {
     const float *dy = sd_f32(n->grad);
     sd_tensor *x = n->in[0], *y = n->out;
@@ -574,6 +601,7 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
     case SD_OP_CONCAT_CHANNELS: {
         const sd_tensor *a = n->in[0], *b = n->in[1];
         const int64_t B = a->shape[0], S = a->shape[2] * a->shape[3];
+        if (concat_grads_as_views(c, n)) return;
         float *out[3];
         const int accumulate = data_grads_out(c, n, 3u, out);
         if (out[0] || out[1])
