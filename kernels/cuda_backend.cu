@@ -153,6 +153,7 @@ static void state_release(cu_state *s) {
     cudaFree(s->lt_ws);
     cudaFree(s->ws);
     cudaFree(s->scratch);
+    cudaFree(s->grid_done);
     memset(s, 0, sizeof *s);
 }
 
@@ -248,6 +249,8 @@ static sd_status state_init(cu_state *s, int ordinal) {
     CUDA_CHECK(cudaEventCreate(&s->ev_start));
     CUDA_CHECK(cudaEventCreate(&s->ev_stop));
     CUDA_CHECK(cudaMalloc(&s->scratch, 4096));
+    CUDA_CHECK(cudaMalloc((void **)&s->grid_done, sizeof *s->grid_done));
+    CUDA_CHECK(cudaMemsetAsync(s->grid_done, 0, sizeof *s->grid_done, s->stream));
 
     int *flag = (int *)s->scratch;
     int host_flag = 0;

@@ -67,6 +67,7 @@ struct cu_state {
     size_t ws_bytes;
     uint64_t ws_generation; /* reallocations of ws (sd_cuda_workspace_generation) */
     void *scratch;               /* 4 KiB of small device results (all_finite flag, partial sums) */
+    unsigned *grid_done;         /* cu_last_block's counter: 0 between kernels */
     sd_precision precision;
     cublasComputeType_t fast_gemm; /* compute type of fast mode (SD_FAST_GEMM: bf16 | tf32 | fp16) */
     int conv_algo;                 /* fast mode: sd_conv_algo, how cuDNN's algorithms are chosen (SD_CONV_ALGO) */
@@ -269,6 +270,27 @@ __device__ __forceinline__ double cu_block_sum_d(double v, double *smem) {
     __syncthreads();
     double t = lane < nwarps ? smem[lane] : 0.0;
     return cu_warp_sum_d(t);
+}
+
+/* Whether this block is the last of its grid to get here: a reduction's final step run by that
+ * block once every block has written its partial results to global memory, in place of a
+ * second kernel (a launch fewer). Every thread of every block calls it after writing its share.
+ * Each block fences its writes, then one thread counts the block in `done` (cu_state.grid_done);
+ * the block that brings the count to the grid's size sees the others' writes (read them with
+ * __ldcg: not from a stale L1 line) and sets the counter back to 0 for the next kernel, which on
+ * the device's one stream cannot start before this one ends. */
+__device__ __forceinline__ bool cu_last_block(unsigned *done) {
+    __shared__ unsigned last;
+    __threadfence(); /* this thread's writes, before the block is counted */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
+        last = atomicAdd(done, 1u) == blocks - 1;
+        if (last) *done = 0; /* every block has counted itself */
+    }
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
 }
 
 /* Tensor cores, mma.sync.m16n8k16 with fp32 accumulation, for two 16-bit element types E:

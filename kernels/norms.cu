@@ -15,6 +15,7 @@
 #include "cuda_common.cuh"
 
 #include <math.h>
+#include <string.h>
 
 #define GN_CHUNK 4096   /* values per block of a group's reduction */
 #define GN_THREADS 256
@@ -944,9 +945,30 @@ static int gn_nhwc_width(const void *x, const void *y, int64_t span) {
     return 1;
 }
 
+/* stats[bg · 2 + {0, 1}] = (mean, rstd) from the chunks' sums: one warp per (image, group) (warps
+ * first_warp, first_warp + warps, ...), its lanes striding over the chunks, then a shuffle tree (a
+ * fixed order). The stats kernel's last block runs it (cu_last_block): the partials are other
+ * blocks' writes. */
+__device__ __forceinline__ void gn_nhwc_finalize(const double *partial, int chunks, int64_t n_groups, int64_t count,
+                                                 float eps, float *stats, int64_t first_warp, int64_t warps) {
+    const int lane = threadIdx.x & 31;
+    for (int64_t bg = first_warp; bg < n_groups; bg += warps) {
+        double s = 0.0, sq = 0.0;
+        for (int c = lane; c < chunks; c += 32) {
+            s += __ldcg(&partial[(bg * chunks + c) * 2 + 0]);
+            sq += __ldcg(&partial[(bg * chunks + c) * 2 + 1]);
+        }
+        s = cu_warp_sum_d(s);
+        sq = cu_warp_sum_d(sq);
+        if (lane == 0) gn_stats_from_sums(s, sq, count, eps, &stats[bg * 2 + 0], &stats[bg * 2 + 1]);
+    }
+}
+
+/* Per (chunk of P pixels, image): each group's Σ x and Σ x² into partial; the grid's last block
+ * then turns them into stats (gn_nhwc_finalize: one launch fewer than a kernel of its own). */
 template <int V>
 __global__ void __launch_bounds__(V >= 8 ? 512 : 1024) k_gn_nhwc_stats(const __half *x, int64_t S, int C, int cpg, int P, int chunks,
-                                                        double *partial) {
+                                                        double *partial, float eps, float *stats, unsigned *done) {
     CU_DYNAMIC_SHARED(double, sums); /* [2][R][C]: Σ x and Σ x² per (plane, channel) */
     const int lanes = C / V, R = (int)blockDim.x / lanes;
     const int lane = (int)threadIdx.x % lanes, plane = (int)threadIdx.x / lanes;
@@ -996,24 +1018,10 @@ __global__ void __launch_bounds__(V >= 8 ? 512 : 1024) k_gn_nhwc_stats(const __h
         out[0] = a;
         out[1] = q;
     }
-}
-
-/* stats[bg · 2 + {0, 1}] = (mean, rstd) from the chunks' sums: one warp per (image, group), its
- * lanes striding over the chunks, then a shuffle tree (a fixed order). */
-__global__ void k_gn_nhwc_finalize(const double *partial, int chunks, int64_t n_groups, int64_t count, float eps,
-                                   float *stats) {
-    const int lane = threadIdx.x & 31;
-    const int64_t warps = (int64_t)gridDim.x * (blockDim.x >> 5);
-    for (int64_t bg = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); bg < n_groups; bg += warps) {
-        double s = 0.0, sq = 0.0;
-        for (int c = lane; c < chunks; c += 32) {
-            s += partial[(bg * chunks + c) * 2 + 0];
-            sq += partial[(bg * chunks + c) * 2 + 1];
-        }
-        s = cu_warp_sum_d(s);
-        sq = cu_warp_sum_d(sq);
-        if (lane == 0) gn_stats_from_sums(s, sq, count, eps, &stats[bg * 2 + 0], &stats[bg * 2 + 1]);
-    }
+    /* the last block, its whole warps (R · C / V threads need not be a multiple of 32) */
+    if (!cu_last_block(done) || threadIdx.x >= (blockDim.x & ~31u)) return;
+    gn_nhwc_finalize(partial, chunks, (int64_t)gridDim.y * G, (int64_t)cpg * S, eps, stats, threadIdx.x >> 5,
+                     blockDim.x >> 5);
 }
 
 /* y = gn_value(x) over the whole [B, S, C] map, V channels per thread (C % V == 0); the vector
@@ -1125,11 +1133,8 @@ static sd_status gn_nhwc_chunked(const __half *x, const float *gamma, const floa
     double *partial = (double *)ws;
     float *stats = (float *)(ws + part_bytes);
     CU_LAUNCH(k_gn_nhwc_stats<V>, dim3((unsigned)chunks, (unsigned)B), R * lanes, 2 * sizeof(double) * R * C, st)(
-        x, S, (int)C, cpg, (int)P, chunks, partial);
+        x, S, (int)C, cpg, (int)P, chunks, partial, eps, stats, cu_cur()->grid_done);
     LAUNCH_CHECK("group_norm_nhwc statistics");
-    CU_LAUNCH(k_gn_nhwc_finalize, cu_blocks(n_groups * 32, 256), 256, 0, st)(partial, chunks, n_groups, cpg * S, eps,
-                                                                            stats);
-    LAUNCH_CHECK("group_norm_nhwc finalize");
     const int64_t n_vec = B * S * C / V;
     CU_LAUNCH(k_gn_nhwc_apply<V>, cu_blocks(n_vec, 256), 256, 0, st)(x, gamma, beta, y, stats, (uint32_t)n_vec,
                                                                     (uint32_t)S, (uint32_t)C, (uint32_t)cpg, silu);
@@ -1188,13 +1193,15 @@ sd_status cu_f16_group_norm_nhwc(const sd_f16 *x16, const float *gamma, const fl
  * channels-last memory cannot feed coalesced; here a block walks tiles of 32 pixels x 32 channels of
  * one image: x's tile read along channels (its memory order) into shared memory, dy and dx along
  * pixels (theirs), warp w taking channels w, w + 8, w + 16, w + 24 with lane = pixel.
- *   k_gn_cl_tiles<GN_CL_STATS>   per (chunk of pixels, image, channel): Σ x, Σ x²
- *   k_gn_cl_channel_totals       per (image, channel): the chunks' sums in order
- *   k_gn_cl_group_totals         per (image, group): (mean, rstd) (gn_stats_from_sums)
- *   k_gn_cl_tiles<GN_CL_GRADS>   per (chunk, image, channel): Σ dz·x̂, Σ dz
- *   k_gn_cl_channel_totals       ... and dγ_c += Σ_b Σ dz·x̂, dβ_c += Σ_b Σ dz
- *   k_gn_cl_group_totals         per (image, group): mean(dx̂), mean(dx̂·x̂), dx̂ = γ dz
+ *   k_gn_cl_tiles<GN_CL_STATS>   per (chunk of pixels, image, channel): Σ x, Σ x²; its last block
+ *                                (cu_last_block): per (image, channel) the chunks' sums in order
+ *                                (gn_cl_channel_totals), per (image, group) (mean, rstd)
+ *                                (gn_cl_group_totals, gn_stats_from_sums)
+ *   k_gn_cl_tiles<GN_CL_GRADS>   per (chunk, image, channel): Σ dz·x̂, Σ dz; its last block: the
+ *                                channels' totals, dγ_c += Σ_b Σ dz·x̂, dβ_c += Σ_b Σ dz, and per
+ *                                (image, group) mean(dx̂), mean(dx̂·x̂), dx̂ = γ dz
  *   k_gn_cl_tiles<GN_CL_APPLY>   dx += rstd·(γ dz − mean(dx̂) − x̂·mean(dx̂·x̂))
+ * Three launches (seven when the totals had kernels of their own).
  * Each sum is taken per channel first, then over the group's channels (γ times each channel's for
  * the gradients), in an order fixed by the shape: deterministic, and equal to the NCHW kernels'
  * result on the widened copy within rounding (another order of the same double sums), not bit for
@@ -1206,12 +1213,75 @@ sd_status cu_f16_group_norm_nhwc(const sd_f16 *x16, const float *gamma, const fl
 
 enum gn_cl_pass { GN_CL_STATS, GN_CL_GRADS, GN_CL_APPLY };
 
+/* The tiled passes' arguments. */
+struct gn_cl_args {
+    const __half *x;                  /* [B, S, C] */
+    const float *gamma, *beta, *dy;   /* dy [B, C, S] */
+    const float *stats, *coef;        /* per (image, group): (mean, rstd); (mean(dx̂), mean(dx̂·x̂)) */
+    int64_t S, C, chunk_pixels;
+    int cpg, vec4, silu, accumulate;
+    float eps;
+    double *partial, *totals;         /* per (chunk, image, channel) and per (image, channel): two sums */
+    float *out;                       /* the last block's: STATS stats; GRADS coef (NULL: no dx to come) */
+    float *dgamma, *dbeta;            /* GRADS, += (NULL: not asked for) */
+    float *dx;                        /* APPLY */
+    unsigned *done;                   /* cu_last_block's counter */
+};
+
+/* totals[(b·C + c)·2 + {0, 1}] = Σ over the chunks of partial's pair (other blocks' writes); dγ_c,
+ * dβ_c (when not NULL) += Σ_b of the pair: this block's threads striding over the channels. */
+__device__ __forceinline__ void gn_cl_channel_totals(const double *partial, int chunks, int64_t B, int64_t C,
+                                                     double *totals, float *dgamma, float *dbeta) {
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+        double tu = 0.0, tv = 0.0;
+        for (int64_t b = 0; b < B; b++) {
+            double su = 0.0, sv = 0.0;
+            for (int k = 0; k < chunks; k++) {
+                su += __ldcg(&partial[(((int64_t)k * B + b) * C + c) * 2 + 0]);
+                sv += __ldcg(&partial[(((int64_t)k * B + b) * C + c) * 2 + 1]);
+            }
+            totals[(b * C + c) * 2 + 0] = su;
+            totals[(b * C + c) * 2 + 1] = sv;
+            tu += su;
+            tv += sv;
+        }
+        if (dgamma) dgamma[c] = (float)((double)dgamma[c] + tu);
+        if (dbeta) dbeta[c] = (float)((double)dbeta[c] + tv);
+    }
+}
+
+/* This block's threads over the (image, group)s and their channels' totals: with stats (the
+ * GN_CL_STATS totals), out = (mean, rstd); else (the GN_CL_GRADS totals) out = (Σ γ·Σ dz,
+ * Σ γ·Σ dz·x̂) / count, the means of dx̂ and dx̂·x̂. */
+__device__ __forceinline__ void gn_cl_group_totals(const double *totals, const float *gamma, int64_t n_groups,
+                                                   int64_t C, int cpg, int64_t count, float eps, int stats,
+                                                   float *out) {
+    const int64_t G = C / cpg;
+    for (int64_t bg = threadIdx.x; bg < n_groups; bg += blockDim.x) {
+        const int64_t b = bg / G, c0 = (bg - b * G) * cpg;
+        double su = 0.0, sv = 0.0;
+        for (int j = 0; j < cpg; j++) {
+            const double w = !stats && gamma ? (double)gamma[c0 + j] : 1.0;
+            su += w * totals[(b * C + c0 + j) * 2 + 0];
+            sv += w * totals[(b * C + c0 + j) * 2 + 1];
+        }
+        if (stats) {
+            gn_stats_from_sums(su, sv, count, eps, &out[bg * 2 + 0], &out[bg * 2 + 1]);
+        } else {
+            out[bg * 2 + 0] = (float)(sv / (double)count);
+            out[bg * 2 + 1] = (float)(su / (double)count);
+        }
+    }
+}
+
 template <gn_cl_pass PASS>
-__global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const __half *x, const float *gamma, const float *beta,
-                                                                const float *dy, const float *stats, const float *coef,
-                                                                int64_t S, int64_t C, int cpg, int64_t chunk_pixels,
-                                                                int vec4, int silu, int accumulate, double *partial,
-                                                                float *dx) {
+__global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const gn_cl_args a) {
+    const __half *x = a.x;
+    const float *gamma = a.gamma, *beta = a.beta, *dy = a.dy, *stats = a.stats, *coef = a.coef;
+    const int64_t S = a.S, C = a.C, chunk_pixels = a.chunk_pixels;
+    const int cpg = a.cpg, vec4 = a.vec4, silu = a.silu, accumulate = a.accumulate;
+    double *partial = a.partial;
+    float *dx = a.dx;
     __shared__ float xs[GN_CL_TILE][GN_CL_TILE + 1]; /* [pixel][channel], padded: lanes read a column */
     const int64_t chunk = blockIdx.x, c_tile = (int64_t)blockIdx.y * GN_CL_TILE, b = blockIdx.z, B = gridDim.z;
     const int64_t G = C / cpg;
@@ -1277,51 +1347,14 @@ __global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const __half *x, 
                 out[1] = sv;
             }
         }
-    }
-}
-
-/* totals[(b·C + c)·2 + {0, 1}] = Σ over the chunks of partial's pair; dγ_c, dβ_c (when not NULL)
- * += Σ_b of the pair: one thread per channel. */
-__global__ void k_gn_cl_channel_totals(const double *partial, int chunks, int64_t B, int64_t C, double *totals,
-                                       float *dgamma, float *dbeta) {
-    GRID_STRIDE(c, C) {
-        double tu = 0.0, tv = 0.0;
-        for (int64_t b = 0; b < B; b++) {
-            double su = 0.0, sv = 0.0;
-            for (int k = 0; k < chunks; k++) {
-                su += partial[(((int64_t)k * B + b) * C + c) * 2 + 0];
-                sv += partial[(((int64_t)k * B + b) * C + c) * 2 + 1];
-            }
-            totals[(b * C + c) * 2 + 0] = su;
-            totals[(b * C + c) * 2 + 1] = sv;
-            tu += su;
-            tv += sv;
-        }
-        if (dgamma) dgamma[c] = (float)((double)dgamma[c] + tu);
-        if (dbeta) dbeta[c] = (float)((double)dbeta[c] + tv);
-    }
-}
-
-/* One thread per (image, group) over its channels' totals: with stats (the GN_CL_STATS totals),
- * out = (mean, rstd); else (the GN_CL_GRADS totals) out = (Σ γ·Σ dz, Σ γ·Σ dz·x̂) / count, the means
- * of dx̂ and dx̂·x̂. */
-__global__ void k_gn_cl_group_totals(const double *totals, const float *gamma, int64_t n_groups, int64_t C, int cpg,
-                                     int64_t count, float eps, int stats, float *out) {
-    const int64_t G = C / cpg;
-    GRID_STRIDE(bg, n_groups) {
-        const int64_t b = bg / G, c0 = (bg - b * G) * cpg;
-        double su = 0.0, sv = 0.0;
-        for (int j = 0; j < cpg; j++) {
-            const double w = !stats && gamma ? (double)gamma[c0 + j] : 1.0;
-            su += w * totals[(b * C + c0 + j) * 2 + 0];
-            sv += w * totals[(b * C + c0 + j) * 2 + 1];
-        }
-        if (stats) {
-            gn_stats_from_sums(su, sv, count, eps, &out[bg * 2 + 0], &out[bg * 2 + 1]);
-        } else {
-            out[bg * 2 + 0] = (float)(sv / (double)count);
-            out[bg * 2 + 1] = (float)(su / (double)count);
-        }
+        /* the last block: the channels' totals, then the groups' (after the barrier: this block's
+         * writes of the totals) */
+        if (!cu_last_block(a.done)) return;
+        const int first = PASS == GN_CL_STATS;
+        gn_cl_channel_totals(partial, (int)gridDim.x, B, C, a.totals, first ? nullptr : a.dgamma,
+                             first ? nullptr : a.dbeta);
+        __syncthreads();
+        if (a.out) gn_cl_group_totals(a.totals, gamma, B * G, C, cpg, cpg * S, a.eps, first, a.out);
     }
 }
 
@@ -1412,30 +1445,23 @@ sd_status cu_f16_group_norm_backward_nhwc(const sd_f16 *x16, const float *gamma,
     if (!ws) return SD_ERR_OOM;
     double *partial = (double *)ws, *totals = (double *)(ws + part_bytes);
     float *stats = (float *)(ws + part_bytes + total_bytes), *coef = (float *)(ws + part_bytes + total_bytes + group_bytes);
-    const __half *x = cu_half(x16);
     cudaStream_t st = cu_cur()->stream;
     const dim3 grid((unsigned)chunks, (unsigned)tiles, (unsigned)B);
-    const int vec4 = C % 4 == 0 && cu_aligned4v(x);
-    const int icpg = (int)cpg;
-    CU_LAUNCH(k_gn_cl_tiles<GN_CL_STATS>, grid, GN_CL_THREADS, 0, st)(x, gamma, beta, dy, nullptr, nullptr, S, C, icpg,
-                                                                     chunk_pixels, vec4, silu, 0, partial, nullptr);
+    gn_cl_args a;
+    memset(&a, 0, sizeof a);
+    a.x = cu_half(x16), a.gamma = gamma, a.beta = beta, a.dy = dy;
+    a.S = S, a.C = C, a.chunk_pixels = chunk_pixels;
+    a.cpg = (int)cpg, a.vec4 = C % 4 == 0 && cu_aligned4v(a.x), a.silu = silu, a.accumulate = accumulate;
+    a.eps = eps, a.partial = partial, a.totals = totals, a.done = cu_cur()->grid_done;
+    a.out = stats;
+    CU_LAUNCH(k_gn_cl_tiles<GN_CL_STATS>, grid, GN_CL_THREADS, 0, st)(a);
     LAUNCH_CHECK("group_norm_backward_nhwc statistics");
-    CU_LAUNCH(k_gn_cl_channel_totals, cu_blocks(C, 256), 256, 0, st)(partial, chunks, B, C, totals, nullptr, nullptr);
-    LAUNCH_CHECK("group_norm_backward_nhwc statistics (channels)");
-    CU_LAUNCH(k_gn_cl_group_totals, cu_blocks(n_groups, 256), 256, 0, st)(totals, nullptr, n_groups, C, icpg, cpg * S,
-                                                                         eps, 1, stats);
-    LAUNCH_CHECK("group_norm_backward_nhwc statistics (groups)");
-    CU_LAUNCH(k_gn_cl_tiles<GN_CL_GRADS>, grid, GN_CL_THREADS, 0, st)(x, gamma, beta, dy, stats, nullptr, S, C, icpg,
-                                                                     chunk_pixels, vec4, silu, 0, partial, nullptr);
+    a.stats = stats, a.out = dx ? coef : nullptr, a.dgamma = dgamma, a.dbeta = dbeta;
+    CU_LAUNCH(k_gn_cl_tiles<GN_CL_GRADS>, grid, GN_CL_THREADS, 0, st)(a);
     LAUNCH_CHECK("group_norm_backward_nhwc sums");
-    CU_LAUNCH(k_gn_cl_channel_totals, cu_blocks(C, 256), 256, 0, st)(partial, chunks, B, C, totals, dgamma, dbeta);
-    LAUNCH_CHECK("group_norm_backward_nhwc sums (channels)");
     if (!dx) return SD_OK;
-    CU_LAUNCH(k_gn_cl_group_totals, cu_blocks(n_groups, 256), 256, 0, st)(totals, gamma, n_groups, C, icpg, cpg * S,
-                                                                         eps, 0, coef);
-    LAUNCH_CHECK("group_norm_backward_nhwc sums (groups)");
-    CU_LAUNCH(k_gn_cl_tiles<GN_CL_APPLY>, grid, GN_CL_THREADS, 0, st)(x, gamma, beta, dy, stats, coef, S, C, icpg,
-                                                                     chunk_pixels, vec4, silu, accumulate, nullptr, dx);
+    a.coef = coef, a.out = nullptr, a.dgamma = a.dbeta = nullptr, a.partial = nullptr, a.dx = dx;
+    CU_LAUNCH(k_gn_cl_tiles<GN_CL_APPLY>, grid, GN_CL_THREADS, 0, st)(a);
     LAUNCH_CHECK("group_norm_backward_nhwc dx");
     return SD_OK;
 }

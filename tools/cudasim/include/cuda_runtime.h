@@ -98,6 +98,10 @@ void *dynamic_shared(); /* the current launch's dynamic shared memory */
 } // namespace cudasim
 
 static inline void __syncthreads() { cudasim::block_sync(); }
+/* Blocks run on several host cores at once (OpenMP): device-wide atomics and fences are the host's. */
+static inline unsigned atomicAdd(unsigned *p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+template <typename T> static inline T __ldcg(const T *p) { return *p; }
 
 template <typename T> static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of a value wider than 64 bits");
