@@ -1359,7 +1359,7 @@ __global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const gn_cl_args 
 }
 
 /* Short groups (gn_fused_ok: SD's 8x8 and 16x16 levels) when only dx is asked for (a gradient step's
- * γ and β are frozen), in one kernel instead of the seven above, as k_gn_nhwc_fused does the
+ * γ and β are frozen), in one kernel instead of the three above, as k_gn_nhwc_fused does the
  * forward: one block per (image, group) makes the three passes (statistics; Σ γ·dz·x̂ and Σ γ·dz;
  * dx) over the group, re-reading x and dy from L1 and L2. Thread i takes values i, i + blockDim, ...
  * of the group in NCHW order (pixel fastest): dy and dx are read and written coalesced, x a pixel's

@@ -330,8 +330,8 @@ static sd_status q_linear_backward_data_bf16w_many(const float *const *dy, int c
 }
 static sd_status q_linear_backward_data_bf16w_map(const float *dy, const sd_f16 *w, float *dx, int64_t B, int64_t S,
                                                   int64_t K, int64_t N, int dy_map, int dx_map, int accumulate) {
-    LABEL("linear_backward_data (bf16, %s) M%lld K%lld N%lld", dy_map && dx_map ? "maps" : dy_map ? "dy a map" : dx_map ? "dx a map" : "tokens",
-          (long long)(B * S), (long long)K, (long long)N);
+    const char *layout = dy_map && dx_map ? "maps" : dy_map ? "dy a map" : dx_map ? "dx a map" : "tokens";
+    LABEL("linear_backward_data (bf16, %s) M%lld K%lld N%lld", layout, (long long)(B * S), (long long)K, (long long)N);
     TIMED(SD_PROF_GEMM, 2.0 * B * S * K * N, F4 * (B * S * N + 2.0 * B * S * K) + F2 * N * K,
           inner16->linear_backward_data_bf16w_map(dy, w, dx, B, S, K, N, dy_map, dx_map, accumulate));
 }
