@@ -443,6 +443,7 @@ static void f16_table_fill(sd_f16_ops *t) {
     t->linear_backward_data_bf16w = cu_bf16w_linear_backward_data;
     t->linear_backward_data_bf16w_many = cu_bf16w_linear_backward_data_many;
     t->linear_backward_data_bf16w_map = cu_bf16w_linear_backward_data_map;
+    t->linear_backward_data_bf16 = cu_bf16_linear_backward_data;
     t->to_bf16_conv_transposed = cu_bf16_conv_transposed_weight;
     t->conv2d_backward_data_bf16w = cu_bf16w_conv2d_backward_data;
     t->conv2d = cu_f16_conv2d;
@@ -458,6 +459,7 @@ static void f16_table_fill(sd_f16_ops *t) {
     t->attention_backward_takes = cu_f16_attention_backward_takes;
     t->attention_backward = cu_f16_attention_backward;
     t->geglu_backward = cu_f16_geglu_backward;
+    t->geglu_backward_bf16 = cu_f16_geglu_backward_bf16;
     t->layer_norm_backward = cu_f16_layer_norm_backward;
     t->group_norm_backward_nhwc = cu_f16_group_norm_backward_nhwc;
     t->to_f16_nhwc = cu_f16_to_f16_nhwc;

@@ -853,6 +853,7 @@ sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, flo
                             float alpha);
 sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate);
 sd_status cu_f16_geglu_backward(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate);
+sd_status cu_f16_geglu_backward_bf16(const sd_f16 *x, const float *dy, sd_f16 *dx, int64_t M, int64_t N);
 sd_status cu_axpy(float alpha, const float *x, float *y, int64_t n);
 sd_status cu_axpy_dev(const float *coef, const float *x, float *y, int64_t n);
 sd_status cu_mul_acc(const float *a, const float *b, float *y, int64_t n);
@@ -982,6 +983,8 @@ sd_status cu_bf16w_linear_backward_data(const float *dy, const sd_f16 *w, float 
                                         int accumulate);
 sd_status cu_bf16w_linear_backward_data_map(const float *dy, const sd_f16 *w, float *dx, int64_t B, int64_t S,
                                             int64_t K, int64_t N, int dy_map, int dx_map, int accumulate);
+sd_status cu_bf16_linear_backward_data(const sd_f16 *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
+                                       int accumulate);
 sd_status cu_bf16w_linear_backward_data_many(const float *const *dy, int count, const sd_f16 *w, float *dx, int64_t M,
                                              int64_t K, int64_t N, int accumulate);
 sd_status cu_bf16_conv_transposed_weight(const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw);

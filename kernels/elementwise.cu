@@ -613,22 +613,29 @@ sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, flo
 }
 
 /* x, dx: [M, 2N]; dy: [M, N]; y = h · gelu(g). X: F32, or fp16 (the values a gradient step storing
- * fp16 saved: exact in F32, so the same arithmetic gives the widened copy's gradient bit for bit). */
-template <typename X>
-__global__ void k_geglu_backward(const X *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
+ * fp16 saved: exact in F32, so the same arithmetic gives the widened copy's gradient bit for bit).
+ * D: dx F32, or bf16 (sd_f16_ops.geglu_backward_bf16: written once, rounded to nearest even as
+ * to_bf16 would round the F32 result; never accumulating). */
+template <typename D> __device__ __forceinline__ void geglu_put(D *p, float v, int accumulate) {
+    if constexpr (sizeof(D) == 4) *p = accumulate ? *p + v : v;
+    else cu_store(p, v);
+}
+
+template <typename X, typename D>
+__global__ void k_geglu_backward(const X *x, const float *dy, D *dx, int64_t M, int64_t N, int accumulate) {
     CU_ROWS_COLS(m, n, M, N) {
         const int64_t ih = m * 2 * N + n, ig = ih + N;
         const float h = cu_f32(x[ih]), g = cu_f32(x[ig]), d = dy[m * N + n];
         const float dh = d * cu_gelu(g), dg = d * h * cu_gelu_grad(g);
-        dx[ih] = accumulate ? dx[ih] + dh : dh;
-        dx[ig] = accumulate ? dx[ig] + dg : dg;
+        geglu_put(&dx[ih], dh, accumulate);
+        geglu_put(&dx[ig], dg, accumulate);
     }
 }
 
-/* The same, 4 values per load: N a multiple of 4, dy and dx 16-byte aligned, x 4 values aligned, at
- * most 2^31 - 1 pieces of dy (the 32-bit grid-stride index never wraps) */
-template <typename X>
-__global__ void k_geglu_backward_vec(const X *x, const float *dy, float *dx, uint32_t n_vec, uint32_t N,
+/* The same, 4 values per load: N a multiple of 4, dy and dx 16-byte aligned (8-byte for bf16), x 4
+ * values aligned, at most 2^31 - 1 pieces of dy (the 32-bit grid-stride index never wraps) */
+template <typename X, typename D>
+__global__ void k_geglu_backward_vec(const X *x, const float *dy, D *dx, uint32_t n_vec, uint32_t N,
                                      int accumulate) {
     const uint32_t lanes = N / 4;
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
@@ -637,32 +644,41 @@ __global__ void k_geglu_backward_vec(const X *x, const float *dy, float *dx, uin
         cu_vec16<float> d, dh = {}, dg = {}; /* dh, dg read only when accumulating */
         const cu_vec16<float> h = cu_load4(x + ih), g = cu_load4(x + ig);
         d.load(dy + (size_t)i * 4);
-        if (accumulate) {
-            dh.load(dx + ih);
-            dg.load(dx + ig);
-        }
+        if constexpr (sizeof(D) == 4)
+            if (accumulate) {
+                dh.load(dx + ih);
+                dg.load(dx + ig);
+            }
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const float a = d.v[k] * cu_gelu(g.v[k]), b = d.v[k] * h.v[k] * cu_gelu_grad(g.v[k]);
             dh.v[k] = accumulate ? dh.v[k] + a : a;
             dg.v[k] = accumulate ? dg.v[k] + b : b;
         }
-        dh.store(dx + ih);
-        dg.store(dx + ig);
+        if constexpr (sizeof(D) == 4) {
+            dh.store(dx + ih);
+            dg.store(dx + ig);
+        } else {
+            cu_store2(dx + ih, dh.v[0], dh.v[1]);
+            cu_store2(dx + ih + 2, dh.v[2], dh.v[3]);
+            cu_store2(dx + ig, dg.v[0], dg.v[1]);
+            cu_store2(dx + ig + 2, dg.v[2], dg.v[3]);
+        }
     }
 }
 
-template <typename X>
-static sd_status geglu_backward(const X *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
+template <typename X, typename D>
+static sd_status geglu_backward(const X *x, const float *dy, D *dx, int64_t M, int64_t N, int accumulate) {
     if (M * N <= 0 || !dx) return SD_OK;
     const int64_t n_vec = M * N / 4;
-    if (N % 4 == 0 && cu_aligned4v(x) && cu_aligned16(dy) && cu_aligned16(dx) && n_vec <= (int64_t)INT32_MAX) {
-        CU_LAUNCH(k_geglu_backward_vec<X>, cu_blocks(n_vec, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
+    const bool dx_aligned = sizeof(D) == 4 ? cu_aligned16(dx) : ((uintptr_t)dx & 7) == 0;
+    if (N % 4 == 0 && cu_aligned4v(x) && cu_aligned16(dy) && dx_aligned && n_vec <= (int64_t)INT32_MAX) {
+        CU_LAUNCH((k_geglu_backward_vec<X, D>), cu_blocks(n_vec, EW_THREADS), EW_THREADS, 0, cu_cur()->stream)(
             x, dy, dx, (uint32_t)n_vec, (uint32_t)N, accumulate);
     } else {
         const int threads = cu_row_threads(N);
-        CU_LAUNCH(k_geglu_backward<X>, cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, dy, dx, M, N,
-                                                                                                  accumulate);
+        CU_LAUNCH((k_geglu_backward<X, D>), cu_rows_grid(M, N, threads), threads, 0, cu_cur()->stream)(x, dy, dx, M, N,
+                                                                                                       accumulate);
     }
     LAUNCH_CHECK("geglu_backward");
     return SD_OK;
@@ -674,6 +690,10 @@ sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t 
 
 sd_status cu_f16_geglu_backward(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate) {
     return geglu_backward(cu_half(x), dy, dx, M, N, accumulate);
+}
+
+sd_status cu_f16_geglu_backward_bf16(const sd_f16 *x, const float *dy, sd_f16 *dx, int64_t M, int64_t N) {
+    return geglu_backward(cu_half(x), dy, reinterpret_cast<__nv_bfloat16 *>(dx), M, N, 0);
 }
 
 __global__ void k_axpy(float alpha, const float *x, float *y, int64_t n) {

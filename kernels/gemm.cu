@@ -604,6 +604,17 @@ __global__ void k_bf16_side_by_side(const bf16_side_by_side_params p) {
     }
 }
 
+/* dx[M, K] (+)= dy16[M, NT] · w[NT, K], bf16 operands, fp32 sums, accumulating (beta 1) or not (beta 0:
+ * dx not read); column-major dxᵀ[K, M] (+)= wᵀ[K, NT] · dy16ᵀ[NT, M]. */
+static sd_status bf16_data_gradient_gemm(const __nv_bfloat16 *dy16, const sd_f16 *w, float *dx, int64_t M, int64_t K,
+                                         int64_t NT, int accumulate) {
+    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    CUBLAS_CHECK(cublasGemmEx(cu_cur()->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)NT, &one, w, CUDA_R_16BF,
+                              (int)K, dy16, CUDA_R_16BF, (int)NT, &beta, dx, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F,
+                              CUBLAS_GEMM_DEFAULT));
+    return SD_OK;
+}
+
 /* dx[M, K] (+)= Σ_i bf16(dy[i])[M, N] · w_i[N, K], w the count bf16 weights stacked [count·N, K]:
  * the dy rounded once into one [M, count·N] operand in the workspace (one gradient: a plain
  * conversion), then one bf16 GEMM over count·N into dx, accumulating (beta 1) or not (beta 0: dx not
@@ -643,11 +654,22 @@ sd_status cu_bf16w_linear_backward_data_many(const float *const *dy, int count, 
         CU_LAUNCH(k_bf16_side_by_side, dim3(cu_blocks(per_source, 256), (unsigned)count), 256, 0, s->stream)(p);
         LAUNCH_CHECK("data gradients side by side (bf16)");
     }
-    const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    CUBLAS_CHECK(cublasGemmEx(s->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)K, (int)M, (int)NT, &one, w, CUDA_R_16BF, (int)K,
-                              dy16, CUDA_R_16BF, (int)NT, &beta, dx, CUDA_R_32F, (int)K, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
-    return SD_OK;
+    return bf16_data_gradient_gemm(dy16, w, dx, M, K, NT, accumulate);
+}
+
+/* dx[M, K] (+)= dy[M, N] · w[N, K] with dy already bf16 (sd_f16_ops.linear_backward_data_bf16: its
+ * producer rounded it, as to_bf16 would have): the GEMM above without its conversion. */
+sd_status cu_bf16_linear_backward_data(const sd_f16 *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
+                                       int accumulate) {
+    if (M <= 0 || K <= 0) return SD_OK;
+    if (N <= 0) { /* the empty sum */
+        if (!accumulate) CUDA_CHECK(cudaMemsetAsync(dx, 0, (size_t)(M * K) * sizeof(float), cu_cur()->stream));
+        return SD_OK;
+    }
+    CU_TRY(check_int("M", M));
+    CU_TRY(check_int("N", N));
+    CU_TRY(check_int("K", K));
+    return bf16_data_gradient_gemm(reinterpret_cast<const __nv_bfloat16 *>(dy), w, dx, M, K, N, accumulate);
 }
 
 /* The per-pixel linear's data gradient with either side a map's gradient in NCHW order

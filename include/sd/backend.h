@@ -161,6 +161,15 @@ typedef struct sd_f16_ops {
      * copy's gradient, without the copy. NULL where a backend has none. */
     sd_status (*geglu_backward)(const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N,
                                 int accumulate);
+    /* A data gradient rounded by its producer for its only consumer, a linear on a frozen weight's
+     * bf16 copy (autograd.c: GEGLU's input, which only the ff_in product reads): geglu_backward with
+     * dx [M, 2N] written once in bf16, each value what to_bf16 makes of the F32 op's, and that
+     * linear's data gradient from such a dy, dx (+)= dy[M, N] · w[N, K]: linear_backward_data_bf16w
+     * without its conversion. One launch and a pass over an F32 copy fewer (GEGLU's input is a
+     * step's largest gradient: 4096 x 2560 at 64x64). NULL where a backend has none. */
+    sd_status (*geglu_backward_bf16)(const sd_f16 *x, const float *dy, sd_f16 *dx, int64_t M, int64_t N);
+    sd_status (*linear_backward_data_bf16)(const sd_f16 *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
+                                           int64_t N, int accumulate);
     /* sd_backend.layer_norm_backward on the fp16 input [M, C] such a step saved (γ, dy and the
      * gradients F32): the widened copy's gradients, without the copy. NULL where a backend has none. */
     sd_status (*layer_norm_backward)(const sd_f16 *x, const float *gamma, const float *dy, float *dx,

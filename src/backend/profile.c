@@ -406,6 +406,16 @@ static sd_status q_geglu_backward(const sd_f16 *x, const float *dy, float *dx, i
           inner16->geglu_backward(x, dy, dx, M, N, accumulate));
 }
 
+static sd_status q_geglu_backward_bf16(const sd_f16 *x, const float *dy, sd_f16 *dx, int64_t M, int64_t N) {
+    LABEL("geglu_backward (bf16 dx)");
+    TIMED(SD_PROF_MEMORY, 0, F2 * 2 * M * N + F4 * M * N + F2 * 2 * M * N, inner16->geglu_backward_bf16(x, dy, dx, M, N));
+}
+static sd_status q_linear_backward_data_bf16(const sd_f16 *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
+                                             int64_t N, int accumulate) {
+    label_gemm("linear_backward_data (bf16 dy)", M, K, N);
+    TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F2 * M * N + F4 * 2.0 * M * K + F2 * N * K,
+          inner16->linear_backward_data_bf16(dy, w, dx, M, K, N, accumulate));
+}
 static sd_status q_group_norm_backward_nhwc(const sd_f16 *x, const float *gamma, const float *beta, const float *dy,
                                            float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
                                            int groups, float eps, int silu, int accumulate) {
@@ -542,6 +552,8 @@ const sd_backend *sd_backend_profiled(const sd_backend *be, sd_profile *out) {
         table16.attention = q_attention;
         if (inner16->attention_backward) table16.attention_backward = q_attention_backward;
         if (inner16->geglu_backward) table16.geglu_backward = q_geglu_backward;
+        if (inner16->geglu_backward_bf16) table16.geglu_backward_bf16 = q_geglu_backward_bf16;
+        if (inner16->linear_backward_data_bf16) table16.linear_backward_data_bf16 = q_linear_backward_data_bf16;
         if (inner16->layer_norm_backward) table16.layer_norm_backward = q_layer_norm_backward;
         if (inner16->group_norm_backward_nhwc) table16.group_norm_backward_nhwc = q_group_norm_backward_nhwc;
         /* channels-last ops only where the backend has them (sd_ctx_channels_last checks) */

@@ -99,6 +99,10 @@ sd_tape_node *sd_tape_record(sd_ctx *c, sd_op_kind op, sd_tensor *out, sd_tensor
     node->in[0] = in0;
     node->in[1] = in1;
     node->in[2] = in2;
+    for (int i = 0; i < 3; i++) {
+        sd_tape_node *p = producer(c, node->in[i]);
+        if (p) p->consumers++;
+    }
     out->tape_index = t->n++;
     return node;
 }
@@ -462,6 +466,27 @@ static int concat_grads_as_views(sd_ctx *c, sd_tape_node *n) {
     return 1;
 }
 
+/* GEGLU's input in a step storing fp16 is ff_in's output and nothing else's input: its gradient's
+ * only reader is that linear's bf16 data gradient, which would round it to bf16 first. The GEGLU
+ * backward then writes it in bf16 (sd_f16_ops.geglu_backward_bf16: the same values), and the linear
+ * multiplies it as it is (grad_bf16; linear_backward_data_bf16): a launch and a pass over the
+ * step's largest F32 gradient fewer, the gradient bit for bit the same. Returns 1 when it did. */
+static int geglu_grad_as_bf16(sd_ctx *c, sd_tape_node *n, int64_t M, int64_t N) {
+    const sd_tensor *x = n->in[0];
+    const sd_f16_ops *o = c->be->f16;
+    if (x->dtype != SD_F16 || !o || !o->geglu_backward_bf16 || !o->linear_backward_data_bf16) return 0;
+    sd_tape_node *p = first_grad_of_input(c, n, 0);
+    if (!p || p->consumers != 1 || p->op != SD_OP_LINEAR || p->attr.linear.map_in || p->attr.linear.map_out ||
+        !bf16_data_gradient(c, p) || sd_tape_needs_grad(c, p->in[1]) || sd_tape_needs_grad(c, p->in[2]))
+        return 0;
+    sd_tensor *g = scratch_like(c, x); /* F32-sized: the bf16 values take half of it */
+    if (!g) return 1;
+    p->grad = g;
+    p->grad_bf16 = 1;
+    sd_ctx_check(c, o->geglu_backward_bf16(x->data, sd_f32(n->grad), (sd_f16 *)g->data, M, N));
+    return 1;
+}
+
 static void backward_node(sd_ctx *c, sd_tape_node *n) {
     const float *dy = sd_f32(n->grad);
     sd_tensor *x = n->in[0], *y = n->out;
@@ -473,6 +498,15 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
         }
         const sd_tensor *w = n->in[1];
         const int64_t N = w->shape[0], K = w->shape[1], M = sd_numel(x) / K;
+        if (n->grad_bf16) { /* dy rounded by its only consumer (geglu_grad_as_bf16): the data gradient alone */
+            float *out[3];
+            const int accumulate = data_grads_out(c, n, 1u, out);
+            const sd_f16 *wb = out[0] ? sd_lowp_weight_bf16(c, w) : NULL;
+            if (wb)
+                sd_ctx_check(c, c->be->f16->linear_backward_data_bf16((const sd_f16 *)n->grad->data, wb, out[0], M, K,
+                                                                      N, accumulate));
+            return;
+        }
         float *dw = in_grad(c, n, 1), *db = in_grad(c, n, 2);
         if (bf16_data_gradient(c, n)) {
             float *out[3];
@@ -587,6 +621,7 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
     }
     case SD_OP_GEGLU: {
         const int64_t N = y->shape[y->ndim - 1], M = sd_numel(y) / N;
+        if (geglu_grad_as_bf16(c, n, M, N)) return;
         float *out[3];
         const int accumulate = data_grads_out(c, n, 1u, out);
         const sd_f16_ops *o = c->be->f16;
@@ -721,7 +756,7 @@ sd_status sd_backward(sd_ctx *c, sd_tensor *loss) {
  * linear on a frozen weight with a bf16 data gradient, and nothing else to differentiate. */
 static int groups_with(const sd_ctx *c, const sd_tape_node *m, const sd_tensor *x, const sd_tensor *w0) {
     return m->op == SD_OP_LINEAR && m->in[0] == x && !m->in[2] && sd_same_shape(m->in[1], w0) &&
-           !m->attr.linear.map_in && !m->attr.linear.map_out && bf16_data_gradient(c, m);
+           !m->attr.linear.map_in && !m->attr.linear.map_out && !m->grad_bf16 && bf16_data_gradient(c, m);
 }
 
 /* sd_linear_many's projections (an attention's q, k and v of one input, or k and v of the

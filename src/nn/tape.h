@@ -39,6 +39,9 @@ typedef struct sd_tape_node {
     sd_tensor *out;
     sd_tensor *in[3];
     sd_tensor *grad; /* dL/d(out), created on the first accumulation */
+    int grad_bf16;   /* grad's buffer holds the gradient rounded to bf16 (sd_f16 bits) by its only
+                      * consumer's backward, for this linear's data gradient (autograd.c) */
+    int consumers;   /* the nodes recorded with out as an input (one count per input slot) */
     union {
         struct { sd_conv_geom g; int frozen; } conv; /* frozen: a checkpoint's weight (sd_conv_w.f16_in_f32) */
         struct { int groups; float eps; int silu; } norm;

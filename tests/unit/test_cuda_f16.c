@@ -433,6 +433,19 @@ static void test_f16_linear(void **state) {
                 print_message("    %-56s max rel err %.3g (tol %.0e)%s\n", what, err, 1e-4,
                               accumulate ? "" : ", overwriting");
                 if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+                /* dy rounded beforehand (sd_f16_ops.linear_backward_data_bf16): the same GEMM, bit for
+                 * bit, and its CPU twin the CPU's */
+                if (!gpu16->linear_backward_data_bf16) continue;
+                sd_f16 *dyb = hnew16(M * N);
+                assert_sd_ok(cpu16->to_bf16(dy, dyb, M * N));
+                float *dxb = dput(dx0, M * K), *twin = hnew(M * K), *rounded = hnew(M * K);
+                memcpy(twin, dx0, (size_t)(M * K) * sizeof(float));
+                assert_sd_ok(gpu16->linear_backward_data_bf16(dput16(dyb, M * N), dput16(wb, N * K), dxb, M, K, N,
+                                                              accumulate));
+                assert_sd_ok(gpu->download(rounded, dxb, (size_t)(M * K) * sizeof(float)));
+                assert_memory_equal(rounded, got, (size_t)(M * K) * sizeof(float));
+                assert_sd_ok(cpu16->linear_backward_data_bf16(dyb, wb, twin, M, K, N, accumulate));
+                assert_memory_equal(twin, want, (size_t)(M * K) * sizeof(float));
             }
         }
         /* several data gradients of one input in one product (count 2 to 4; N a multiple of 4 takes

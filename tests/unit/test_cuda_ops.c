@@ -1042,6 +1042,26 @@ static void test_elementwise_backward(void **state) {
                          (long long)N, acc ? ", accumulating" : "");
                 check_equal(what, got16, hget(want16, M * 2 * N), M * 2 * N);
             }
+            /* written in bf16 for ff_in's data gradient (sd_f16_ops.geglu_backward_bf16): to_bf16 of
+             * the F32 gradient, bit for bit (an output one value off its alignment with the input) */
+            if (!g16->geglu_backward_bf16) continue;
+            const int64_t n2 = M * 2 * N;
+            float *f32 = dnan(n2);
+            assert_sd_ok(g16->geglu_backward(x16, gdyd, f32, M, N, 0));
+            sd_f16 *want_b = tb_device(gpu, (size_t)n2 * sizeof(sd_f16));
+            sd_f16 *got_b = (sd_f16 *)tb_device(gpu, (size_t)(n2 + 1) * sizeof(sd_f16)) + shifted;
+            assert_sd_ok(g16->to_bf16(f32, want_b, n2));
+            assert_sd_ok(g16->geglu_backward_bf16(x16, gdyd, got_b, M, N));
+            sd_f16 *hw = malloc((size_t)n2 * sizeof(sd_f16)), *hg = malloc((size_t)n2 * sizeof(sd_f16));
+            assert_non_null(hw);
+            assert_non_null(hg);
+            assert_sd_ok(gpu->download(hw, want_b, (size_t)n2 * sizeof(sd_f16)));
+            assert_sd_ok(gpu->download(hg, got_b, (size_t)n2 * sizeof(sd_f16)));
+            print_message("    %-56s %s\n", shifted ? "geglu backward in bf16, unaligned" : "geglu backward in bf16",
+                          memcmp(hw, hg, (size_t)n2 * sizeof(sd_f16)) ? "DIFFERS" : "bit-identical to to_bf16");
+            assert_memory_equal(hw, hg, (size_t)n2 * sizeof(sd_f16));
+            free(hw);
+            free(hg);
         }
     }
     CPU_HAS(add_channel_bias_backward);

@@ -366,6 +366,28 @@ static sd_status f16_geglu_backward(const sd_f16 *x, const float *dy, float *dx,
     return st;
 }
 
+/* the F32 op into a temporary, then each value rounded to bf16 (to_bf16's rounding) */
+static sd_status f16_geglu_backward_bf16(const sd_f16 *x, const float *dy, sd_f16 *dx, int64_t M, int64_t N) {
+    float *d = scratch(M * 2 * N, "geglu_backward_bf16");
+    if (!d) return SD_ERR_OOM;
+    sd_status st = f16_geglu_backward(x, dy, d, M, N, 0);
+    if (st == SD_OK) st = f16_to_bf16(d, dx, M * 2 * N);
+    free(d);
+    return st;
+}
+
+/* dx (+)= dy · w for dy already bf16: widened exactly, then the token op's product */
+static sd_status f16_linear_backward_data_bf16(const sd_f16 *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K,
+                                               int64_t N, int accumulate) {
+    float *d = scratch(M * N, "linear_backward_data_bf16");
+    if (!d) return SD_ERR_OOM;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < M * N; i++) d[i] = sd_bf16_to_f32(dy[i]);
+    const sd_status st = f16_linear_backward_data_bf16w_widened(d, w, dx, M, K, N, accumulate);
+    free(d);
+    return st;
+}
+
 static sd_status f16_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
                                          float *dgamma, float *dbeta, int64_t M, int64_t C, float eps) {
     f32_bufs t;
@@ -527,6 +549,8 @@ const sd_f16_ops cpu_f16_ops = {
     .attention_backward_takes = f16_attention_backward_takes,
     .attention_backward = f16_attention_backward,
     .geglu_backward = f16_geglu_backward,
+    .geglu_backward_bf16 = f16_geglu_backward_bf16,
+    .linear_backward_data_bf16 = f16_linear_backward_data_bf16,
     .layer_norm_backward = f16_layer_norm_backward,
     .group_norm_backward_nhwc = f16_group_norm_backward_nhwc,
     .to_f16_nhwc = f16_to_f16_nhwc,

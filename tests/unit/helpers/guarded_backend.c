@@ -225,6 +225,11 @@ GUARD16(attention_backward, (const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, 
 
 GUARD16(geglu_backward, (const sd_f16 *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate),
         (x, dy, dx, M, N, accumulate), x, dy, dx)
+GUARD16(geglu_backward_bf16, (const sd_f16 *x, const float *dy, sd_f16 *dx, int64_t M, int64_t N), (x, dy, dx, M, N),
+        x, dy, dx)
+GUARD16(linear_backward_data_bf16, (const sd_f16 *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
+                                    int accumulate),
+        (dy, w, dx, M, K, N, accumulate), dy, w, dx)
 GUARD16(layer_norm_backward, (const sd_f16 *x, const float *gamma, const float *dy, float *dx, float *dgamma,
                               float *dbeta, int64_t M, int64_t C, float eps),
         (x, gamma, dy, dx, dgamma, dbeta, M, C, eps), x, gamma, dy, dx, dgamma, dbeta)
@@ -324,7 +329,7 @@ const sd_backend *guarded_backend(void) {
         SET16(transpose), SET16(attention), SET16(to_f16_nhwc), SET16(to_f32_nchw), SET16(linear_batched), SET16(linear_batched_f32io), SET16(to_bf16), SET16(linear_backward_data_bf16w), SET16(linear_backward_data_bf16w_many), SET16(linear_backward_data_bf16w_map), SET16(conv2d_nhwc), SET16(group_norm_nhwc), SET16(add_channel_bias_nhwc);
         SET16(concat_channels_nhwc), SET16(upsample_nearest_nhwc), SET16(to_bf16_conv_transposed);
         SET16(conv2d_backward_data_bf16w), SET16(attention_backward), SET16(geglu_backward), SET16(layer_norm_backward);
-        SET16(group_norm_backward_nhwc);
+        SET16(group_norm_backward_nhwc), SET16(geglu_backward_bf16), SET16(linear_backward_data_bf16);
         table16.attention_backward_takes = cpu->f16->attention_backward_takes; /* a predicate: no memory */
 #undef SET16
         table.f16 = &table16;
