@@ -893,17 +893,17 @@ sd_status cu_attention_backward(const float *q, const float *k, const float *v, 
     return maps_backward(q, k, v, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate, ws);
 }
 
-/* The saved fp16 q, k and v widened to F32 in one launch (blockIdx.y: which), for the maps path. */
+/* The saved fp16 q, k and v widened to F32 in one launch (blockIdx.y: which), for the maps path:
+ * cu_widen_f16 per tensor. */
 struct widen3_params {
     const __half *x[3];
     float *y[3];
     int64_t n[3];
+    int vec[3];
 };
 
 __global__ void k_widen3(const widen3_params p) {
-    const __half *x = p.x[blockIdx.y];
-    float *y = p.y[blockIdx.y];
-    GRID_STRIDE(i, p.n[blockIdx.y]) y[i] = __half2float(x[i]);
+    cu_widen_f16(p.x[blockIdx.y], p.y[blockIdx.y], p.n[blockIdx.y], p.vec[blockIdx.y]);
 }
 
 int cu_f16_attention_backward_takes(int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale) {
@@ -934,9 +934,10 @@ sd_status cu_f16_attention_backward(const sd_f16 *q, const sd_f16 *k, const sd_f
         for (int i = 0; i < 3; i++) {
             p.y[i] = (float *)ws;
             ws += bytes[i];
+            p.vec[i] = cu_narrowing_vec(p.y[i], p.x[i]);
             if (p.n[i] > most) most = p.n[i];
         }
-        CU_LAUNCH(k_widen3, dim3(cu_blocks(most, 256), 3), 256, 0, cu_cur()->stream)(p);
+        CU_LAUNCH(k_widen3, dim3(cu_blocks(most / 4 + 1, 256), 3), 256, 0, cu_cur()->stream)(p);
         LAUNCH_CHECK("attention backward: q, k, v widened");
         return maps_backward(p.y[0], p.y[1], p.y[2], dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate,
                              ws);

@@ -756,6 +756,19 @@ template <typename T> __global__ void k_narrow_from_f32(const float *x, T *y, in
     }
     GRID_STRIDE(j, n - 4 * n4) cu_store(&y[4 * n4 + j], x[4 * n4 + j]);
 }
+/* y = x widened from fp16, over this grid's x dimension: 4 values per thread where vec (x 4-byte, y
+ * 16-byte aligned: cu_narrowing_vec(y, x)), the last n mod 4 one by one. k_f16_to_f32's body; the
+ * attention backward's k_widen3 runs it for three tensors in one launch. */
+__device__ __forceinline__ void cu_widen_f16(const __half *x, float *y, int64_t n, int vec) {
+    const int64_t n4 = vec ? n / 4 : 0;
+    GRID_STRIDE(i, n4) {
+        const __half2 *x2 = reinterpret_cast<const __half2 *>(x + 4 * i);
+        const __half2 lo = x2[0], hi = x2[1];
+        reinterpret_cast<float4 *>(y)[i] =
+            make_float4(__half2float(lo.x), __half2float(lo.y), __half2float(hi.x), __half2float(hi.y));
+    }
+    GRID_STRIDE(j, n - 4 * n4) y[4 * n4 + j] = __half2float(x[4 * n4 + j]);
+}
 /* Whether a conversion between F32 data at f32 and 16-bit data at narrow moves 4 values per thread. */
 static inline int cu_narrowing_vec(const void *f32, const void *narrow) {
     return cu_aligned16(f32) && ((uintptr_t)narrow & 3) == 0;

@@ -419,16 +419,7 @@ sd_status cu_f16_upsample_nearest_nhwc(const sd_f16 *x, sd_f16 *y, int64_t B, in
 /* ---- fp16 storage: conversions and copy ---- */
 
 /* fp16 -> F32: 4 values per thread where aligned (cu_narrowing_vec), as k_narrow_from_f32 */
-__global__ void k_f16_to_f32(const __half *x, float *y, int64_t n, int vec) {
-    const int64_t n4 = vec ? n / 4 : 0;
-    GRID_STRIDE(i, n4) {
-        const __half2 *x2 = reinterpret_cast<const __half2 *>(x + 4 * i);
-        const __half2 lo = x2[0], hi = x2[1];
-        reinterpret_cast<float4 *>(y)[i] =
-            make_float4(__half2float(lo.x), __half2float(lo.y), __half2float(hi.x), __half2float(hi.y));
-    }
-    GRID_STRIDE(j, n - 4 * n4) y[4 * n4 + j] = __half2float(x[4 * n4 + j]);
-}
+__global__ void k_f16_to_f32(const __half *x, float *y, int64_t n, int vec) { cu_widen_f16(x, y, n, vec); }
 
 sd_status cu_f16_from_f32(const float *x, sd_f16 *y, int64_t n) {
     if (n <= 0) return SD_OK;

@@ -616,7 +616,8 @@ static void record_linear(sd_ctx *c, sd_tensor *y, sd_tensor *x, const sd_linear
 
 /* The linear layer: y = x·Wᵀ + b (+ r), recorded. */
 static sd_tensor *linear_plus(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *r) {
-    if (c->status != SD_OK || !(x = nchw(c, x)) || (r && !(r = nchw(c, r)))) return NULL;
+    NN_GUARD(c, x, l, l->weight); /* a missing input fails the context, as before the split */
+    if (!(x = nchw(c, x)) || (r && !(r = nchw(c, r)))) return NULL;
     sd_tensor *y = linear_compute(c, x, l, r);
     if (y) record_linear(c, y, x, l, r, 0, 0);
     return c->status == SD_OK ? y : NULL;
