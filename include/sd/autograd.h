@@ -34,6 +34,9 @@ void sd_ctx_set_tape(sd_ctx *c, sd_tape *t);
  * arena that holds the step's activations. */
 void sd_tape_reset(sd_tape *t);
 int sd_tape_size(const sd_tape *t);
+/* 1 when t leads to a trainable leaf: a requires_grad leaf, or the output of a node of the
+ * context's current tape. */
+int sd_tape_needs_grad(const sd_ctx *c, const sd_tensor *t);
 
 /* Back-propagates from a one-element loss recorded on the context's tape. Fails (naming the op)
  * when an op on the path has no backward on this backend. */

@@ -75,6 +75,46 @@ sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, s
 sd_tensor *sd_unet_forward_tvec(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor *tvec,
                                 sd_tensor *context);
 
+/* What a UNet call computes before its text context first enters: the time embedding and every
+ * resnet's projection of it, the maps from conv_in up to the first transformer (with the skips
+ * kept on the way), and that transformer's self-attention half: its residual stream before the
+ * cross-attention. An inversion's inner iterations call the UNet many times with one latent and
+ * timestep, changing only the context (Null-text's ∅) or the cross-attention's value input
+ * (StyleDiffusion's): they make this once per timestep and start every iteration from it
+ * (sd_unet_forward_from). SD v1.5 at 64x64: conv_in, a resnet at 64x64 and the 4096-token
+ * self-attention, about a tenth of a call; the backward never reaches it (nothing in it depends on
+ * the context). Tensors are held by value: a CUDA graph's replay rewrites their data where the
+ * capture put it, as the graph of the iteration that reads it expects. */
+#define SD_UNET_MAX_RESNETS (2 * SD_MAX_BLOCKS * SD_MAX_LAYERS + 2)
+#define SD_UNET_MAX_SKIPS (SD_MAX_BLOCKS * (SD_MAX_LAYERS + 1) + 1)
+typedef struct sd_unet_prefix {
+    int ready;          /* set by sd_unet_prefix_compute */
+    int next_unit;      /* where the forward goes on (unet.c's walk: the first transformer's unit) */
+    int n_resnets;      /* resnets the prefix ran */
+    int n_projections;  /* time projections in call order, every resnet's */
+    int n_skips;
+    sd_dtype storage;   /* the maps' storage: a call from the prefix must store the same */
+    sd_tensor temb_proj[SD_UNET_MAX_RESNETS]; /* [B, C_out] per resnet */
+    sd_tensor skips[SD_UNET_MAX_SKIPS];
+    sd_tensor h;        /* the first transformer's input [B, C, H, W] */
+    sd_tensor stream;   /* its residual stream after the self-attention [B, HW, C] */
+} sd_unet_prefix;
+/* The prefix of UNet(x, tvec, ·) into *p. It records nothing on a tape (nothing in it may need a
+ * gradient: x and tvec are refused if they do), but computes as a call under the context's current
+ * state would: a gradient step's prefix is made with the step's tape set, so that it stores what
+ * the step stores. The attention hook sees the first self-attention here, not in the calls. */
+sd_status sd_unet_prefix_compute(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor *tvec, sd_unet_prefix *p);
+/* sd_unet_prefix_compute with `tape` attached for the time (and the context's own restored after):
+ * the prefix the gradient steps recorded on that tape read. Fails if it recorded anything. */
+struct sd_tape;
+sd_status sd_unet_prefix_for_tape(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor *tvec, struct sd_tape *tape,
+                                  sd_unet_prefix *p);
+/* UNet(x, tvec, context) from a prefix of (x, tvec): bit for bit sd_unet_forward_tvec's result.
+ * Fails if the hook wants the first self-attention (the prefix ran it already; the hook is asked
+ * through wants_probs and value_input, which must therefore have no side effects, as in gradient
+ * steps), or if the call would store its maps in another dtype than the prefix did. */
+sd_tensor *sd_unet_forward_from(sd_ctx *c, const sd_unet *u, sd_unet_prefix *p, sd_tensor *context);
+
 typedef struct sd_vae {
     sd_vae_config cfg;
     /* encoder */

@@ -12,6 +12,8 @@
  *   value    StyleDiffusion's step: eps_c = UNet(z, t, c) with a trainable value input v (starting
  *            at c) substituted in all 16 cross-attention layers (keys read c), eps = eps_u +
  *            w (eps_c - eps_u) with eps_u fixed, L = mse(eps, target), backward to v.
+ * Both gradient steps start from the UNet prefix of (z, t), made once beforehand, as a timestep's
+ * iterations do (sd_invert_prefix): what precedes the first cross-attention is not in their time.
  * On a GPU each kind of step is captured into a CUDA graph and replayed (sd_graph_step), as the
  * inversions run them; --eager times them op by op.
  * Memory: the activation arena's peak during each row's steps (with --recompute, plus the
@@ -41,6 +43,7 @@ typedef struct {
     sd_tensor *eps_c, *eps_u;     /* kept: eps with the plain cond / uncond context */
     sd_tensor *leaf_u, *leaf_v;   /* trainable (1, 77, D): the null embedding, the value input */
     sd_tape *tape;
+    sd_unet_prefix *prefix;       /* of UNet(z, t, ·), made once, as a timestep's iterations read it */
     sd_step_graph graphs[3];      /* one per step kind: replayed on a GPU unless --eager */
     grad_work work;               /* the step grad_forward computes */
 } grad_env;
@@ -51,14 +54,14 @@ static sd_tensor *grad_forward(sd_ctx *c, void *arg) {
     if (e->work == WORK_FORWARD) return sd_unet_forward(c, e->u, e->z, GRAD_T, e->cond);
     sd_tensor *eps;
     if (e->work == WORK_CONTEXT) {
-        sd_tensor *eps_u = sd_unet_forward(c, e->u, e->z, GRAD_T, e->leaf_u);
+        sd_tensor *eps_u = sd_unet_forward_from(c, e->u, e->prefix, e->leaf_u);
         eps = sd_cfg_combine(c, eps_u, e->eps_c, GRAD_GUIDANCE);
     } else {
         sd_value_capture_hook hook;
         sd_value_capture_hook_init(&hook, e->leaf_v, 0);
         struct sd_attn_hook *saved = c->hook;
         c->hook = &hook.base;
-        sd_tensor *eps_c = sd_unet_forward(c, e->u, e->z, GRAD_T, e->cond);
+        sd_tensor *eps_c = sd_unet_forward_from(c, e->u, e->prefix, e->cond);
         c->hook = saved;
         eps = sd_cfg_combine(c, e->eps_u, eps_c, GRAD_GUIDANCE);
     }
@@ -74,8 +77,9 @@ static sd_status grad_step(grad_env *e, grad_work work, float *loss) {
     sd_tape_reset(e->tape);
     e->work = work;
     sd_tensor *leaf = work == WORK_CONTEXT ? e->leaf_u : work == WORK_VALUE ? e->leaf_v : NULL;
-    const void *inputs[] = {e->z->data, e->cond->data, e->target->data, e->eps_c->data, e->eps_u->data};
-    sd_tensor *out = sd_graph_step(c, &e->graphs[work], leaf ? e->tape : NULL, grad_forward, e, inputs, 5,
+    const void *inputs[] = {e->z->data, e->cond->data, e->target->data, e->eps_c->data, e->eps_u->data,
+                            e->prefix->stream.data};
+    sd_tensor *out = sd_graph_step(c, &e->graphs[work], leaf ? e->tape : NULL, grad_forward, e, inputs, 6,
                                    leaf ? &leaf : NULL, leaf ? 1 : 0);
     if (loss && out) *loss = sd_item(c, out);
     return sd_ctx_status(c);
@@ -251,6 +255,11 @@ int cmd_bench_grad(int argc, char **argv) {
         e.eps_c = sd_keep(c, sd_unet_forward(c, &unet, e.z, GRAD_T, e.cond));
         e.eps_u = sd_keep(c, sd_unet_forward(c, &unet, e.z, GRAD_T, u));
         sd_arena_reset(c->arena, mark);
+        /* the prefix stays in the activation arena below the rows' marks */
+        sd_tensor *tvec = sd_new4(c, 1, 1, 0, 0, 0);
+        if (tvec) sd_ctx_check(c, c->be->fill(sd_f32(tvec), GRAD_T, 1));
+        if (!(e.prefix = calloc(1, sizeof *e.prefix))) sd_ctx_fail(c, SD_ERR_OOM, "out of memory");
+        else sd_unet_prefix_for_tape(c, &unet, e.z, tvec, tape, e.prefix);
         st = sd_ctx_status(c);
     }
     if (st == SD_OK && io_out) {
@@ -312,6 +321,7 @@ int cmd_bench_grad(int argc, char **argv) {
     }
     for (int k = 0; k < 3; k++) sd_step_graph_free(&e.graphs[k]);
     free(ms);
+    free(e.prefix);
     sd_tensor_free(hz);
     sd_tensor_free(hcond);
     sd_tensor_free(huncond);

@@ -126,6 +126,28 @@ sd_status sd_step_inputs_set(sd_ctx *c, sd_step_inputs *in, int t, const float f
 
 sd_tensor *sd_step_tvec(sd_ctx *c, const sd_step_inputs *in, int64_t B) { return sd_slice0(c, in->tvec, 0, B); }
 
+typedef struct prefix_step {
+    const sd_model *m;
+    sd_tensor *z;
+    sd_step_inputs *in;
+    sd_tape *tape;
+    sd_unet_prefix *p;
+} prefix_step;
+
+static sd_tensor *prefix_forward(sd_ctx *c, void *arg) {
+    const prefix_step *a = arg;
+    sd_unet_prefix_for_tape(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->tape, a->p);
+    return c->status == SD_OK ? &a->p->h : NULL;
+}
+
+sd_status sd_invert_prefix(sd_ctx *c, sd_step_graph *g, const sd_model *m, sd_tensor *z, sd_step_inputs *in,
+                           sd_tape *tape, sd_unet_prefix *p) {
+    prefix_step a = {m, z, in, tape, p};
+    const void *inputs[] = {z->data, in->tvec->data};
+    sd_graph_step(c, g, NULL, prefix_forward, &a, inputs, 2, NULL, 0);
+    return sd_ctx_status(c);
+}
+
 void sd_invert_count_graph_steps(sd_inversion *out, const sd_step_graph *g) {
     out->graph_steps += g->replays;
     out->gradient_steps += g->steps;
@@ -233,9 +255,12 @@ static sd_tensor *recon_forward(sd_ctx *c, void *arg) {
     const recon_step *r = arg;
     if (!r->net) return sd_ddim_step_forward(c, (void *)&r->ddim);
     const sd_ddim_step *a = &r->ddim;
-    sd_tensor *tvec = sd_step_tvec(c, a->in, 1);
-    sd_tensor *eps_u = sd_unet_forward_tvec(c, &a->m->unet, a->z, tvec, a->uncond);
-    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, r->net, r->features, a->z, tvec, a->cond, NULL);
+    /* both calls read one latent and timestep: one prefix (arena host memory, as the calls') */
+    sd_unet_prefix *prefix = sd_arena_alloc_host(c->arena, sizeof *prefix);
+    if (!prefix) return sd_ctx_fail(c, SD_ERR_OOM, "out of memory");
+    if (sd_unet_prefix_compute(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), prefix)) return NULL;
+    sd_tensor *eps_u = sd_unet_forward_from(c, &a->m->unet, prefix, a->uncond);
+    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, r->net, r->features, prefix, NULL, NULL, a->cond, NULL);
     return sd_ddim_step_dev(c, a->in->factors, sd_cfg_combine(c, eps_u, eps_c, a->guidance), a->z);
 }
 

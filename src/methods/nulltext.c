@@ -6,7 +6,9 @@
  * stopping once L < 1e-5 + i·2e-5 (L taken before the update); then the trajectory advances with
  * the optimised ∅. Only ∅ is optimised; eps_c is computed once per step, and the advance reuses it:
  * the reference's batched CFG call [∅; c] recomputes the conditional row from the same z, t and
- * prompt, so one unconditional row gives the same step (a third less work than two rows). */
+ * prompt, so one unconditional row gives the same step (a third less work than two rows). The
+ * iterations start from the timestep's UNet prefix (sd_invert_prefix): ∅ enters only at the first
+ * cross-attention. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,21 +20,26 @@ typedef struct nulltext_step {
     float guidance;
     sd_tensor *z, *eps_c, *null_text;
     sd_step_inputs *in;
+    sd_unet_prefix *prefix; /* the timestep's, for the iterations */
 } nulltext_step;
 
 /* prev_step(eps_u(∅) + w (eps_c - eps_u(∅)), t, z) */
-static sd_tensor *nulltext_prev(sd_ctx *c, const nulltext_step *a) {
-    sd_tensor *eps_u = sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->null_text);
+static sd_tensor *nulltext_prev(sd_ctx *c, const nulltext_step *a, sd_tensor *eps_u) {
     return sd_ddim_step_dev(c, a->in->factors, sd_cfg_combine(c, eps_u, a->eps_c, a->guidance), a->z);
 }
 
 static sd_tensor *nulltext_loss(sd_ctx *c, void *arg) {
     const nulltext_step *a = arg;
-    return sd_mse(c, nulltext_prev(c, a), a->in->target);
+    sd_tensor *eps_u = sd_unet_forward_from(c, &a->m->unet, a->prefix, a->null_text);
+    return sd_mse(c, nulltext_prev(c, a, eps_u), a->in->target);
 }
 
-/* The advance along the trajectory with the optimised ∅ (no gradient), replayable. */
-static sd_tensor *nulltext_advance(sd_ctx *c, void *arg) { return nulltext_prev(c, arg); }
+/* The advance along the trajectory with the optimised ∅ (no gradient, so a whole call: its maps
+ * are stored as a forward's, not as the iterations'), replayable. */
+static sd_tensor *nulltext_advance(sd_ctx *c, void *arg) {
+    const nulltext_step *a = arg;
+    return nulltext_prev(c, a, sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->null_text));
+}
 
 /* The conditional eps of a timestep: UNet(z, t, c), replayable. */
 static sd_tensor *cond_eps(sd_ctx *c, void *arg) {
@@ -55,15 +62,18 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
     sd_step_inputs in;
     sd_step_inputs_init(c, &in, 1, z);
     sd_tape *tape = sd_tape_new();
-    if (!null_text || !z || !tape || c->status != SD_OK) {
+    sd_unet_prefix *prefix = calloc(1, sizeof *prefix);
+    if (!null_text || !z || !tape || !prefix || c->status != SD_OK) {
         sd_tensor_free(null_text);
         sd_tape_free(tape);
+        free(prefix);
         return c->status ? c->status : SD_ERR_OOM;
     }
     /* three repeated steps per timestep, each replayed from its own CUDA graph on a GPU: the
      * conditional eps, the optimiser iterations and the advance along the trajectory */
-    sd_step_graph cond_graph, graph, advance_graph;
+    sd_step_graph cond_graph, prefix_graph, graph, advance_graph;
     sd_step_graph_init(&cond_graph, c);
+    sd_step_graph_init(&prefix_graph, c);
     sd_step_graph_init(&graph, c);
     sd_step_graph_init(&advance_graph, c);
     sd_ddim_step cond_step = {m, z, NULL, s->cond, 1.0f, &in};
@@ -83,14 +93,16 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
         sd_ddim_prev_factors(&s->sched, t, factors);
         sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
         const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
-        nulltext_step step = {m, o->guidance, z, NULL, null_text, &in};
+        nulltext_step step = {m, o->guidance, z, NULL, null_text, &in, prefix};
         step.eps_c = sd_graph_step(c, &cond_graph, NULL, cond_eps, &cond_step, forward_inputs, 4, NULL, 0);
-        /* what the iterations and the advance read (the advance: all but the target) */
+        if (o->inner_steps > 0) sd_invert_prefix(c, &prefix_graph, m, z, &in, tape, prefix);
+        /* what the iterations and the advance read (the advance: all but the target and the
+         * prefix) */
         const void *inputs[] = {z->data, step.eps_c ? step.eps_c->data : NULL, null_text->data, in.tvec->data,
-                                in.factors->data, in.target->data};
+                                in.factors->data, in.target->data, prefix->stream.data};
         for (int j = 0; j < o->inner_steps && c->status == SD_OK; j++) {
             const sd_arena_mark mark = sd_arena_get_mark(c->arena);
-            sd_tensor *loss = sd_graph_step(c, &graph, tape, nulltext_loss, &step, inputs, 6, &null_text, 1);
+            sd_tensor *loss = sd_graph_step(c, &graph, tape, nulltext_loss, &step, inputs, 7, &null_text, 1);
             if (sd_invert_finish_iteration(c, tape, mark, loss, &opt, o, stat, i, t, j)) break;
         }
         sd_adam_free(&opt);
@@ -103,10 +115,12 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
     sd_progress_end(&bar);
     sd_invert_count_graph_steps(out, &graph);
     sd_step_graph_free(&cond_graph);
+    sd_step_graph_free(&prefix_graph);
     sd_step_graph_free(&graph);
     sd_step_graph_free(&advance_graph);
     sd_ctx_set_tape(c, NULL);
     sd_tape_free(tape);
+    free(prefix);
     sd_tensor_free(null_text);
     return sd_ctx_status(c);
 }

@@ -8,7 +8,8 @@
  *     v = c ⊙ S_i + B_i (S, B = M_i(E(x)));  eps_c, maps = UNet(z, t, c; value input v)
  *     L = mse(prev_step(eps_u + w (eps_c - eps_u)), latents[N-1-i]) + Σ_l mse(GT_i[l], maps[l])
  * stopping once L < 1e-5 + i·2e-5; then z advances with eps_c from the trained M_i. The UNet,
- * VAE, text and image encoders are frozen: gradients flow only to M_i. */
+ * VAE, text and image encoders are frozen: gradients flow only to M_i. The iterations start from
+ * the timestep's UNet prefix (sd_invert_prefix): v enters only at the cross-attentions. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,8 +17,8 @@
 #include "sd/control.h"
 
 sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_mapping_net *net,
-                                      sd_tensor *features, sd_tensor *z, sd_tensor *tvec, sd_tensor *cond,
-                                      sd_value_capture_hook *capture) {
+                                      sd_tensor *features, sd_unet_prefix *prefix, sd_tensor *z, sd_tensor *tvec,
+                                      sd_tensor *cond, sd_value_capture_hook *capture) {
     sd_tensor *value = sd_mapping_value_input(c, sd_mapping_forward(c, net, features), cond);
     sd_value_capture_hook plain;
     sd_value_capture_hook *hook = capture ? capture : &plain;
@@ -26,7 +27,7 @@ sd_tensor *sd_stylediffusion_cond_eps(sd_ctx *c, const sd_model *m, const sd_map
     sd_value_capture_hook_clear(hook);
     struct sd_attn_hook *saved = c->hook;
     c->hook = &hook->base;
-    sd_tensor *eps = sd_unet_forward_tvec(c, &m->unet, z, tvec, cond);
+    sd_tensor *eps = prefix ? sd_unet_forward_from(c, &m->unet, prefix, cond) : sd_unet_forward_tvec(c, &m->unet, z, tvec, cond);
     c->hook = saved;
     hook->value = NULL;
     return eps;
@@ -43,12 +44,13 @@ typedef struct stylediffusion_step {
     sd_tensor *gt[SD_MAX_CAPTURED];
     sd_step_inputs *in;
     sd_value_capture_hook *capture;
+    sd_unet_prefix *prefix; /* the timestep's, for the iterations */
 } stylediffusion_step;
 
 static sd_tensor *stylediffusion_loss(sd_ctx *c, void *arg) {
     const stylediffusion_step *a = arg;
     sd_value_capture_hook *capture = a->capture;
-    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, a->net, a->features, a->z, sd_step_tvec(c, a->in, 1), a->cond, capture);
+    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, a->net, a->features, a->prefix, NULL, NULL, a->cond, capture);
     sd_tensor *eps = sd_cfg_combine(c, a->eps_u, eps_c, a->guidance);
     sd_tensor *loss = sd_mse(c, sd_ddim_step_dev(c, a->in->factors, eps, a->z), a->in->target);
     if (!a->attention_loss || c->status != SD_OK) return loss;
@@ -132,7 +134,7 @@ static sd_tensor *stylediffusion_uncond_eps(sd_ctx *c, void *arg) {
  * eps_u)), replayable. */
 static sd_tensor *stylediffusion_advance(sd_ctx *c, void *arg) {
     const stylediffusion_step *a = arg;
-    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, a->net, a->features, a->z, sd_step_tvec(c, a->in, 1), a->cond, NULL);
+    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, a->net, a->features, NULL, a->z, sd_step_tvec(c, a->in, 1), a->cond, NULL);
     return sd_ddim_step_dev(c, a->in->factors, sd_cfg_combine(c, a->eps_u, eps_c, a->guidance), a->z);
 }
 
@@ -172,20 +174,22 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
     sd_tape *tape = sd_tape_new();
     sd_value_capture_hook capture;
     sd_value_capture_hook_init(&capture, NULL, o->attention_loss ? q_len : 0);
+    sd_unet_prefix *prefix = calloc(1, sizeof *prefix);
     stylediffusion_step step = {m, &net, o->guidance, o->attention_loss, n_maps, features, z, s->cond, s->uncond,
-                                NULL, {0}, &in, &capture};
+                                NULL, {0}, &in, &capture, prefix};
     /* the timestep's ground-truth maps are copied here, to addresses a graph of the step can keep */
     for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) step.gt[l] = sd_keep(c, gt[N][l]);
     /* three repeated steps per timestep, each replayed from its own CUDA graph on a GPU: the
      * unconditional eps, the optimiser iterations and the advance along the trajectory */
-    sd_step_graph uncond_graph, graph, advance_graph;
+    sd_step_graph uncond_graph, prefix_graph, graph, advance_graph;
     sd_step_graph_init(&uncond_graph, c);
+    sd_step_graph_init(&prefix_graph, c);
     sd_step_graph_init(&graph, c);
     sd_step_graph_init(&advance_graph, c);
     sd_progress bar;
     sd_progress_begin(&bar, "stylediffusion", N);
     const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
-    for (int i = 0; i < last && c->status == SD_OK && tape; i++) {
+    for (int i = 0; i < last && c->status == SD_OK && tape && prefix; i++) {
         const double ts = sd_now();
         const int t = s->sched.timesteps[i];
         sd_step_stats *stat = &out->stats[i];
@@ -198,13 +202,15 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
         sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
         for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) sd_assign(c, step.gt[l], gt[N - i][l]);
         const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
-        const void *inputs[8 + SD_MAX_CAPTURED] = {z->data, features->data, s->cond->data, s->uncond->data,
+        const void *inputs[9 + SD_MAX_CAPTURED] = {z->data, features->data, s->cond->data, s->uncond->data,
                                                    in.tvec->data, in.factors->data, in.target->data};
         step.eps_u = sd_graph_step(c, &uncond_graph, NULL, stylediffusion_uncond_eps, &step, inputs, 7, NULL, 0);
         inputs[7] = step.eps_u ? step.eps_u->data : NULL;
-        int n_inputs = 8;
-        for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) inputs[n_inputs++] = step.gt[l]->data;
         const int iterations = sd_stylediffusion_inner_steps(o->inner_steps, i);
+        if (iterations > 0) sd_invert_prefix(c, &prefix_graph, m, z, &in, tape, prefix);
+        inputs[8] = prefix->stream.data;
+        int n_inputs = 9;
+        for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) inputs[n_inputs++] = step.gt[l]->data;
         for (int j = 0; j < iterations && c->status == SD_OK; j++) {
             const sd_arena_mark mark = sd_arena_get_mark(c->arena);
             sd_tensor *loss = sd_graph_step(c, &graph, tape, stylediffusion_loss, &step, inputs, n_inputs,
@@ -223,9 +229,11 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
     sd_progress_end(&bar);
     sd_invert_count_graph_steps(out, &graph);
     sd_step_graph_free(&uncond_graph);
+    sd_step_graph_free(&prefix_graph);
     sd_step_graph_free(&graph);
     sd_step_graph_free(&advance_graph);
-    if (!tape && c->status == SD_OK) c->status = SD_ERR_OOM;
+    if ((!tape || !prefix) && c->status == SD_OK) c->status = SD_ERR_OOM;
+    free(prefix);
     sd_ctx_set_tape(c, NULL);
     sd_tape_free(tape);
     sd_mapping_net_free(&net);

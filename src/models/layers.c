@@ -180,12 +180,13 @@ sd_tensor *sd_clip_layer_forward(sd_ctx *c, const sd_clip_layer *L, sd_tensor *h
     return sd_linear_add(c, f, &L->fc2, h);
 }
 
-sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu) {
+sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_proj) {
     /* the time embedding and the skip connection ride in the convolutions' epilogues where the
      * storage is fp16 (sd_conv2d_fused) */
+    if (c->status == SD_OK && r->has_temb != (temb_proj != NULL))
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "resnet: %s time projection", r->has_temb ? "missing" : "unexpected");
     sd_tensor *h = sd_group_norm(c, x, &r->norm1, r->groups, r->eps, 1);
-    sd_tensor *proj = r->has_temb ? sd_linear(c, temb_silu, &r->time_emb_proj) : NULL; /* [B, C_out] */
-    h = sd_conv2d_fused(c, h, &r->conv1, 1, 1, proj, NULL);
+    h = sd_conv2d_fused(c, h, &r->conv1, 1, 1, temb_proj, NULL);
     h = sd_group_norm(c, h, &r->norm2, r->groups, r->eps, 1);
     sd_tensor *skip = r->has_shortcut ? sd_conv2d(c, x, &r->conv_shortcut, 1, 0) : x;
     sd_block_result(c);
@@ -193,17 +194,22 @@ sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_ten
     return sd_conv2d_fused(c, h, &r->conv2, 1, 1, NULL, skip);
 }
 
-static sd_tensor *resnet_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *temb_silu, sd_tensor *unused) {
+sd_tensor *sd_resnet_time_projection(sd_ctx *c, const sd_resnet *r, sd_tensor *temb_silu) {
+    return r->has_temb ? sd_linear(c, temb_silu, &r->time_emb_proj) : NULL;
+}
+
+static sd_tensor *resnet_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *temb_proj, sd_tensor *unused) {
     (void)unused;
-    return sd_resnet_forward(c, block, x, temb_silu);
+    return sd_resnet_forward(c, block, x, temb_proj);
 }
 
-sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu) {
-    return sd_checkpoint(c, resnet_block, r, x, temb_silu, NULL);
+sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_proj) {
+    return sd_checkpoint(c, resnet_block, r, x, temb_proj, NULL);
 }
 
-sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
-                              sd_tensor *value, const sd_attn_site *site, sd_tensor *residual) {
+/* sd_attention_block up to to_out: the projections and the attention, [B, S, C_v] */
+static sd_tensor *attention_heads(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
+                                  sd_tensor *value, const sd_attn_site *site) {
     sd_tensor *ctx = context ? context : x;
     sd_tensor *value_in = value ? value : ctx;
     if (!value && site && c->hook && c->hook->value_input && c->status == SD_OK) {
@@ -232,7 +238,12 @@ sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, 
             v = sd_linear(c, value_in, &a->to_v);
         }
     }
-    sd_tensor *o = sd_attention(c, q, k, v, a->heads, 0, site);
+    return sd_attention(c, q, k, v, a->heads, 0, site);
+}
+
+sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
+                              sd_tensor *value, const sd_attn_site *site, sd_tensor *residual) {
+    sd_tensor *o = attention_heads(c, a, x, context, value, site);
     return residual ? sd_linear_add(c, o, &a->to_out, residual) : sd_linear(c, o, &a->to_out);
 }
 
@@ -250,20 +261,27 @@ void sd_transformer_sites(const sd_transformer *t, const sd_tensor *x, const sd_
     sites[1].kv_len = context ? context->shape[1] : 0;
 }
 
-sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *context,
-                                  sd_tensor *cross_value, int *layer, sd_unet_place place) {
+sd_tensor *sd_transformer_self_half(sd_ctx *c, const sd_transformer *t, sd_tensor *x, const sd_attn_site *self_site,
+                                    int whole_block) {
+    if (c->status != SD_OK || !x) return NULL;
+    sd_tensor *h = sd_group_norm(c, x, &t->norm, t->groups, 1e-6f, 0);
+    h = sd_linear_of_map(c, h, &t->proj_in); /* the 1x1 conv, applied per token: [B, HW, C] */
+    sd_tensor *n = sd_layer_norm(c, h, &t->norm1, 1e-5f);
+    sd_tensor *o = attention_heads(c, &t->attn1, n, NULL, NULL, self_site);
+    if (whole_block) sd_block_result(c); /* the stream is what sd_checkpoint keeps */
+    return sd_linear_add(c, o, &t->attn1.to_out, h);
+}
+
+sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *stream,
+                                  sd_tensor *context, sd_tensor *cross_value, int *layer, sd_unet_place place) {
     if (c->status != SD_OK || !x) return NULL;
     const int64_t H = x->shape[2], W = x->shape[3];
     sd_attn_site sites[2];
     sd_transformer_sites(t, x, context, *layer, place, sites);
     *layer += 2;
-    sd_tensor *h = sd_group_norm(c, x, &t->norm, t->groups, 1e-6f, 0);
-    h = sd_linear_of_map(c, h, &t->proj_in); /* the 1x1 conv, applied per token: [B, HW, C] */
+    sd_tensor *h = stream ? stream : sd_transformer_self_half(c, t, x, &sites[0], 0);
 
-    sd_tensor *n = sd_layer_norm(c, h, &t->norm1, 1e-5f);
-    h = sd_attention_block(c, &t->attn1, n, NULL, NULL, &sites[0], h);
-
-    n = sd_layer_norm(c, h, &t->norm2, 1e-5f);
+    sd_tensor *n = sd_layer_norm(c, h, &t->norm2, 1e-5f);
     h = sd_attention_block(c, &t->attn2, n, context, cross_value, &sites[1], h);
 
     n = sd_layer_norm(c, h, &t->norm3, 1e-5f);

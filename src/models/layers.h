@@ -46,23 +46,36 @@ sd_tensor *sd_clip_layer_forward(sd_ctx *c, const sd_clip_layer *L, sd_tensor *h
 sd_tensor *sd_vit_embed(sd_ctx *c, sd_tensor *pixels, const sd_conv_w *patch_conv, int patch,
                         sd_tensor *cls, sd_tensor *pos);
 
-/* h = conv2(silu(gn2(conv1(silu(gn1(x))) + proj(temb_silu)))) + shortcut(x).
- * temb_silu: SiLU(time embedding) [B, T], shared by every resnet of a UNet call; NULL in the VAE. */
-sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu);
+/* h = conv2(silu(gn2(conv1(silu(gn1(x))) + temb_proj))) + shortcut(x).
+ * temb_proj: the resnet's projection of SiLU(time embedding), [B, C_out] (sd_resnet_time_projection);
+ * NULL in the VAE. */
+sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_proj);
 /* The same through sd_checkpoint: its activations live in the scratch arena while it runs (no
  * gradient) or are recomputed in the backward (c->recompute). What the UNet and VAE call. */
-sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_silu);
+sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_proj);
+/* time_emb_proj(SiLU(emb)) [B, C_out] from temb_silu [B, T]; NULL for a resnet without one. It
+ * depends on the timestep only, so a UNet call makes all of them before its first block (and a
+ * prefix keeps them: sd_unet_prefix). */
+sd_tensor *sd_resnet_time_projection(sd_ctx *c, const sd_resnet *r, sd_tensor *temb_silu);
 /* Attention over tokens x[B, S, C]; context[B, Sk, Dc] or NULL for self-attention. `site` NULL
  * bypasses the hook (VAE). `value`, when set, is the value projection's input (else the hook's
  * substitute, else the context). `residual`, when set, is added to the output in to_out's GEMM
  * (sd_linear_add): the transformer's skip connection. */
 sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
                               sd_tensor *value, const sd_attn_site *site, sd_tensor *residual);
+/* The first half of a transformer block, which reads no context: GroupNorm, proj_in and the
+ * self-attention with its skip, x[B, C, H, W] -> the block's residual stream [B, HW, C] that the
+ * cross-attention adds to. `self_site`: the self-attention's hook site; `whole_block`: the half is
+ * a checkpointed block of its own (a UNet prefix's), whose result goes straight to the caller's arena. */
+sd_tensor *sd_transformer_self_half(sd_ctx *c, const sd_transformer *t, sd_tensor *x, const sd_attn_site *self_site,
+                                    int whole_block);
 /* Transformer2DModel on x[B, C, H, W]. *layer is the running attention-call counter of the UNet
- * forward (incremented twice). `cross_value`: the cross-attention's value input when already
- * resolved (recomputation), else NULL. */
-sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *context,
-                                  sd_tensor *cross_value, int *layer, sd_unet_place place);
+ * forward (incremented twice). `stream`: NULL, or the block's residual stream after its
+ * self-attention, sd_transformer_self_half(x) computed beforehand (a UNet prefix's): the block
+ * then runs from its cross-attention on. `cross_value`: the cross-attention's value input when
+ * already resolved (recomputation), else NULL. */
+sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *stream,
+                                  sd_tensor *context, sd_tensor *cross_value, int *layer, sd_unet_place place);
 /* The two attention sites (self, cross) of a transformer block whose first call is `layer`. */
 void sd_transformer_sites(const sd_transformer *t, const sd_tensor *x, const sd_tensor *context, int layer,
                           sd_unet_place place, sd_attn_site sites[2]);

@@ -3,9 +3,9 @@
 #include <string.h>
 
 #include "layers.h"
+#include "sd/autograd.h"
 
 #define NAME_CAP 256
-#define MAX_SKIPS (SD_MAX_BLOCKS * (SD_MAX_LAYERS + 1) + 1)
 
 static int time_embed_dim(const sd_unet_config *cfg) { return cfg->block_out_channels[0] * 4; }
 
@@ -120,6 +120,7 @@ typedef struct transformer_call {
     const sd_transformer *t;
     int layer; /* the attention-call counter at its first layer */
     sd_unet_place place;
+    sd_tensor *stream; /* NULL, or the block's residual stream after its self-attention (a prefix's) */
 } transformer_call;
 
 /* The block with its cross-attention's value input given (resolved from the hook beforehand), the
@@ -130,7 +131,7 @@ static sd_tensor *transformer_block(sd_ctx *c, const void *block, sd_tensor *x, 
     int layer = call->layer;
     struct sd_attn_hook *hook = c->hook;
     c->hook = NULL;
-    sd_tensor *y = sd_transformer_forward(c, call->t, x, context, value, &layer, call->place);
+    sd_tensor *y = sd_transformer_forward(c, call->t, x, call->stream, context, value, &layer, call->place);
     c->hook = hook;
     return y;
 }
@@ -142,28 +143,276 @@ static sd_tensor *transformer_block(sd_ctx *c, const void *block, sd_tensor *x, 
  *    value; a cross-attention value substitution (StyleDiffusion's) is resolved here, before the
  *    block, and passed to it as an input. Hooks used in gradient steps must therefore answer
  *    wants_probs and value_input without side effects (the value-capture hook does). A hooked
- *    forward without a gradient (P2P editing, whose controllers count their calls) is left as is. */
-static sd_tensor *transformer(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *context, int *layer,
-                              sd_unet_place place) {
+ *    forward without a gradient (P2P editing, whose controllers count their calls) is left as is.
+ * `stream`: see sd_transformer_forward. */
+static sd_tensor *transformer(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *stream,
+                              sd_tensor *context, int *layer, sd_unet_place place) {
     if (c->status != SD_OK) return NULL;
     sd_tensor *value = context;
     struct sd_attn_hook *hook = c->hook;
-    if (hook && !(c->recompute && c->tape)) return sd_transformer_forward(c, t, x, context, NULL, layer, place);
+    if (hook && !(c->recompute && c->tape))
+        return sd_transformer_forward(c, t, x, stream, context, NULL, layer, place);
     if (hook) {
         sd_attn_site sites[2];
         sd_transformer_sites(t, x, context, *layer, place, sites);
         const int maps = hook->wants_probs && (hook->wants_probs(hook, &sites[0]) || hook->wants_probs(hook, &sites[1]));
         const int self_value = hook->value_input && hook->value_input(hook, c, &sites[0], x) != NULL;
-        if (maps || self_value) return sd_transformer_forward(c, t, x, context, NULL, layer, place);
+        if (maps || self_value) return sd_transformer_forward(c, t, x, stream, context, NULL, layer, place);
         sd_tensor *sub = hook->value_input ? hook->value_input(hook, c, &sites[1], context) : NULL;
         if (c->status != SD_OK) return NULL;
         if (sub) value = sub;
     }
     transformer_call *call = sd_arena_alloc_host(c->arena, sizeof *call); /* lives until the step's backward */
     if (!call) return sd_ctx_fail(c, SD_ERR_OOM, "out of memory");
-    *call = (transformer_call){t, *layer, place};
+    *call = (transformer_call){t, *layer, place, stream};
     *layer += 2; /* its self- and cross-attention */
     return sd_checkpoint(c, transformer_block, call, x, context, value);
+}
+
+/* The self-attention half of the first transformer, for a prefix (no gradient: its activations
+ * live in the scratch arena while it runs, only the stream is kept). */
+typedef struct self_half_call {
+    const sd_transformer *t;
+    sd_attn_site site;
+} self_half_call;
+
+static sd_tensor *self_half_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *unused, sd_tensor *unused2) {
+    (void)unused, (void)unused2;
+    const self_half_call *call = block;
+    return sd_transformer_self_half(c, call->t, x, &call->site, 1);
+}
+
+/* ---- the forward as a walk: a prefix (no context), then the rest ---- */
+
+/* A UNet call in progress. The down path is walked in units: in down block i, unit i(L+1)+j is
+ * resnet j with its transformer and skip (j < L), unit i(L+1)+L the downsampler; then the mid
+ * block's first resnet with its transformer (unit n(L+1)) and its second resnet. */
+typedef struct unet_walk {
+    sd_tensor *h;
+    sd_tensor *skips[SD_UNET_MAX_SKIPS];
+    int n_skips;
+    sd_tensor *temb_proj[SD_UNET_MAX_RESNETS]; /* every resnet's, in call order */
+    int n_projections, next_resnet;
+    int layer;     /* attention-call counter handed to the hook */
+    int next_unit; /* the down path's next unit */
+} unet_walk;
+
+static int mid_unit(const sd_unet *u) { return u->cfg.n_blocks * (u->cfg.layers_per_block + 1); }
+
+/* The transformer of a down-path unit (and where it sits), or NULL. */
+static const sd_transformer *unit_transformer(const sd_unet *u, int unit, sd_unet_place *place) {
+    const int L = u->cfg.layers_per_block, i = unit / (L + 1), j = unit % (L + 1);
+    if (unit == mid_unit(u)) {
+        *place = SD_PLACE_MID;
+        return &u->mid.attention;
+    }
+    *place = SD_PLACE_DOWN;
+    return unit < mid_unit(u) && j < L && u->down[i].has_attn ? &u->down[i].attentions[j] : NULL;
+}
+
+static sd_tensor *walk_resnet(sd_ctx *c, unet_walk *w, const sd_resnet *r) {
+    if (w->next_resnet >= w->n_projections) return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: time projections exhausted");
+    return sd_resnet_checkpointed(c, r, w->h, w->temb_proj[w->next_resnet++]);
+}
+
+static void push_skip(sd_ctx *c, unet_walk *w) {
+    if (w->n_skips >= SD_UNET_MAX_SKIPS) sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: too many skip connections");
+    else w->skips[w->n_skips++] = w->h;
+}
+
+/* The down path from w->next_unit on. With `prefix` set it stops at the first transformer, after
+ * the resnet before it: w->h is that transformer's input and w->next_unit its unit. Without, it
+ * runs every transformer with the context. */
+static void walk_down(sd_ctx *c, const sd_unet *u, unet_walk *w, sd_tensor *context, int prefix) {
+    const int L = u->cfg.layers_per_block, mid = mid_unit(u);
+    for (; w->next_unit <= mid + 1 && c->status == SD_OK; w->next_unit++) {
+        const int unit = w->next_unit, i = unit / (L + 1), j = unit % (L + 1);
+        sd_unet_place place;
+        const sd_transformer *t = unit_transformer(u, unit, &place);
+        if (unit >= mid) {
+            w->h = walk_resnet(c, w, &u->mid.resnets[unit - mid]);
+        } else if (j < L) {
+            w->h = walk_resnet(c, w, &u->down[i].resnets[j]);
+        } else if (u->down[i].has_downsampler) {
+            w->h = sd_conv2d(c, w->h, &u->down[i].downsampler, 2, 1);
+            push_skip(c, w);
+            continue;
+        } else {
+            continue;
+        }
+        if (t && prefix) return;
+        if (t) w->h = transformer(c, t, w->h, NULL, context, &w->layer, place);
+        if (unit < mid) push_skip(c, w);
+    }
+}
+
+/* Validates a call's latent and timesteps (context: NULL, or the call's text context). */
+static sd_status check_inputs(sd_ctx *c, const sd_unet *u, const sd_tensor *x, const sd_tensor *tvec,
+                              const sd_tensor *context) {
+    const sd_unet_config *cfg = &u->cfg;
+    char a[96], b[96];
+    if (!x || x->ndim != 4 || x->shape[1] != cfg->in_channels ||
+        (context && (context->ndim != 3 || context->shape[0] != x->shape[0] ||
+                     context->shape[2] != cfg->cross_attention_dim))) {
+        sd_ctx_fail(c, SD_ERR_SHAPE, "unet: latent %s and context %s do not fit (expected (B, %d, H, W) and (B, S, %d))",
+                    x ? sd_shape_str(x->ndim, x->shape, a, sizeof a) : "missing",
+                    context ? sd_shape_str(context->ndim, context->shape, b, sizeof b) : "missing",
+                    cfg->in_channels, cfg->cross_attention_dim);
+        return c->status;
+    }
+    const int64_t B = x->shape[0];
+    if (!tvec || tvec->dtype != SD_F32 || sd_numel(tvec) != B || tvec->device != c->device)
+        sd_ctx_fail(c, SD_ERR_SHAPE, "unet: the timestep tensor must hold %lld F32 values (one per batch row) on "
+                                     "the context's device", (long long)B);
+    return c->status;
+}
+
+/* Every resnet of the UNet in call order. */
+static int unet_resnets(const sd_unet *u, const sd_resnet **out) {
+    const int n = u->cfg.n_blocks, L = u->cfg.layers_per_block;
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < L; j++) out[k++] = &u->down[i].resnets[j];
+    out[k++] = &u->mid.resnets[0];
+    out[k++] = &u->mid.resnets[1];
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < L + 1; j++) out[k++] = &u->up[i].resnets[j];
+    return k;
+}
+
+sd_status sd_unet_prefix_compute(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor *tvec, sd_unet_prefix *p) {
+    memset(p, 0, sizeof *p);
+    if (c->status != SD_OK || check_inputs(c, u, x, tvec, NULL)) return c->status;
+    if (sd_tape_needs_grad(c, x) || sd_tape_needs_grad(c, tvec))
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet prefix: the latent or the timestep needs a gradient"),
+               c->status;
+    const sd_unet_config *cfg = &u->cfg;
+    unet_walk w = {0};
+
+    /* Time embedding: sinusoid -> linear -> SiLU -> linear; every resnet projects SiLU(emb). */
+    sd_tensor *temb = sd_timestep_embedding(c, tvec, cfg->block_out_channels[0], cfg->flip_sin_to_cos,
+                                            (float)cfg->freq_shift);
+    temb = sd_linear(c, temb, &u->time_linear_1);
+    temb = sd_linear(c, sd_silu(c, temb), &u->time_linear_2);
+    sd_tensor *temb_silu = sd_silu(c, temb);
+    const sd_resnet *resnets[SD_UNET_MAX_RESNETS];
+    w.n_projections = unet_resnets(u, resnets);
+    for (int k = 0; k < w.n_projections; k++) w.temb_proj[k] = sd_resnet_time_projection(c, resnets[k], temb_silu);
+
+    /* fp16 storage (fast mode without a tape, or a gradient step that stores fp16): the latent is
+     * converted once here (the context in sd_unet_forward_from), the time embedding stays F32 (a
+     * bias each resnet adds), the output returns to F32 at the end */
+    const int lowp = sd_ctx_stores_f16(c);
+    if (lowp) x = sd_to_channels_last(c, sd_to_dtype(c, x, SD_F16)); /* NCHW where the context keeps it */
+    w.h = sd_conv2d(c, x, &u->conv_in, 1, 1);
+    push_skip(c, &w);
+    walk_down(c, u, &w, NULL, 1);
+
+    sd_unet_place place;
+    const sd_transformer *t = unit_transformer(u, w.next_unit, &place);
+    sd_attn_site sites[2];
+    if (c->status == SD_OK && !t) sd_ctx_fail(c, SD_ERR_INTERNAL, "unet prefix: no transformer");
+    if (c->status != SD_OK) return c->status;
+    sd_transformer_sites(t, w.h, NULL, 0, place, sites);
+    self_half_call call = {t, sites[0]};
+    /* under a hook as transformer() runs a hooked block outside a gradient step: in the caller's
+     * arena, where maps a controller keeps outlive the half */
+    sd_tensor *stream = c->hook ? self_half_block(c, &call, w.h, NULL, NULL)
+                                : sd_checkpoint(c, self_half_block, &call, w.h, NULL, NULL);
+    if (c->status != SD_OK) return c->status;
+
+    p->next_unit = w.next_unit;
+    p->n_resnets = w.next_resnet;
+    p->n_projections = w.n_projections;
+    for (int k = 0; k < w.n_projections; k++)
+        if (w.temb_proj[k]) p->temb_proj[k] = *w.temb_proj[k];
+    p->n_skips = w.n_skips;
+    for (int k = 0; k < w.n_skips; k++) p->skips[k] = *w.skips[k];
+    p->h = *w.h;
+    p->stream = *stream;
+    p->storage = lowp ? SD_F16 : SD_F32;
+    p->ready = 1;
+    return SD_OK;
+}
+
+sd_status sd_unet_prefix_for_tape(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor *tvec, sd_tape *tape,
+                                  sd_unet_prefix *p) {
+    sd_tape *outer = c->tape;
+    sd_ctx_set_tape(c, tape);
+    const int recorded = sd_tape_size(tape);
+    sd_unet_prefix_compute(c, u, x, tvec, p);
+    if (c->status == SD_OK && sd_tape_size(tape) != recorded)
+        sd_ctx_fail(c, SD_ERR_INTERNAL, "unet prefix: %d ops recorded on the steps' tape", sd_tape_size(tape) - recorded);
+    sd_ctx_set_tape(c, outer);
+    return c->status;
+}
+
+/* The rest of a call from its prefix: `hook_checked` is set where the hook already saw the first
+ * self-attention in this call (sd_unet_forward_tvec). */
+static sd_tensor *forward_from(sd_ctx *c, const sd_unet *u, sd_unet_prefix *p, sd_tensor *context, int hook_checked) {
+    if (c->status != SD_OK) return NULL;
+    if (!p || !p->ready) return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: a call from a prefix that was not computed");
+    char a[96], b[96];
+    const sd_unet_config *cfg = &u->cfg;
+    if (!context || context->ndim != 3 || context->shape[0] != p->h.shape[0] ||
+        context->shape[2] != cfg->cross_attention_dim)
+        return sd_ctx_fail(c, SD_ERR_SHAPE, "unet: context %s does not fit a call of batch %lld (expected (%lld, S, %d))",
+                           context ? sd_shape_str(context->ndim, context->shape, a, sizeof a) : "missing",
+                           (long long)p->h.shape[0], (long long)p->h.shape[0], cfg->cross_attention_dim);
+    const int lowp = sd_ctx_stores_f16(c);
+    if ((lowp ? SD_F16 : SD_F32) != p->storage)
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: the prefix stores %s maps, this call would store %s (make the "
+                           "prefix with the call's tape set)", sd_dtype_name(p->storage), sd_dtype_name(lowp ? SD_F16 : SD_F32));
+    sd_unet_place place;
+    const sd_transformer *t = unit_transformer(u, p->next_unit, &place);
+    if (!hook_checked && c->hook) {
+        sd_attn_site sites[2];
+        sd_transformer_sites(t, &p->h, context, 0, place, sites);
+        struct sd_attn_hook *hook = c->hook;
+        if ((hook->wants_probs && hook->wants_probs(hook, &sites[0])) ||
+            (hook->value_input && hook->value_input(hook, c, &sites[0], &p->h)))
+            return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: the attention hook acts on the first self-attention (%s, "
+                               "layer 0), which a prefix computed without it", sd_shape_str(p->h.ndim, p->h.shape, b, sizeof b));
+    }
+    if (lowp) context = sd_to_dtype(c, context, SD_F16);
+
+    unet_walk w = {0};
+    w.n_projections = p->n_projections;
+    for (int k = 0; k < p->n_projections; k++) w.temb_proj[k] = p->temb_proj[k].data ? &p->temb_proj[k] : NULL;
+    w.next_resnet = p->n_resnets;
+    w.n_skips = p->n_skips;
+    for (int k = 0; k < p->n_skips; k++) w.skips[k] = &p->skips[k];
+    w.next_unit = p->next_unit;
+    w.h = transformer(c, t, &p->h, &p->stream, context, &w.layer, place);
+    if (w.next_unit < mid_unit(u)) push_skip(c, &w);
+    w.next_unit++;
+    walk_down(c, u, &w, context, 0);
+
+    const int n = cfg->n_blocks, L = cfg->layers_per_block;
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < L + 1; j++) {
+            if (w.n_skips <= 0) return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: skip connections exhausted");
+            w.h = sd_concat_channels(c, w.h, w.skips[--w.n_skips]);
+            w.h = walk_resnet(c, &w, &u->up[i].resnets[j]);
+            if (u->up[i].has_attn)
+                w.h = transformer(c, &u->up[i].attentions[j], w.h, NULL, context, &w.layer, SD_PLACE_UP);
+        }
+        if (u->up[i].has_upsampler && c->status == SD_OK) {
+            /* Upsample to the next skip's size: x2 for latents divisible by 2^(blocks-1), and the
+             * same as diffusers' forward_upsample_size path otherwise. */
+            const sd_tensor *next = w.skips[w.n_skips - 1];
+            w.h = sd_upsample_nearest(c, w.h, next->shape[2], next->shape[3]);
+            w.h = sd_conv2d(c, w.h, &u->up[i].upsampler, 1, 1);
+        }
+    }
+
+    sd_tensor *h = sd_group_norm(c, w.h, &u->conv_norm_out, cfg->norm_num_groups, cfg->norm_eps, 1);
+    h = sd_conv2d(c, h, &u->conv_out, 1, 1);
+    return lowp ? sd_to_dtype(c, h, SD_F32) : h;
+}
+
+sd_tensor *sd_unet_forward_from(sd_ctx *c, const sd_unet *u, sd_unet_prefix *p, sd_tensor *context) {
+    return forward_from(c, u, p, context, 0);
 }
 
 sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, sd_tensor *context) {
@@ -175,78 +424,10 @@ sd_tensor *sd_unet_forward(sd_ctx *c, const sd_unet *u, sd_tensor *x, float t, s
 
 sd_tensor *sd_unet_forward_tvec(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_tensor *tvec,
                                 sd_tensor *context) {
-    if (c->status != SD_OK) return NULL;
-    const sd_unet_config *cfg = &u->cfg;
-    char a[96], b[96];
-    if (!x || !context || x->ndim != 4 || x->shape[1] != cfg->in_channels || context->ndim != 3 ||
-        context->shape[0] != x->shape[0] || context->shape[2] != cfg->cross_attention_dim)
-        return sd_ctx_fail(c, SD_ERR_SHAPE,
-                           "unet: latent %s and context %s do not fit (expected (B, %d, H, W) and (B, S, %d))",
-                           x ? sd_shape_str(x->ndim, x->shape, a, sizeof a) : "missing",
-                           context ? sd_shape_str(context->ndim, context->shape, b, sizeof b) : "missing",
-                           cfg->in_channels, cfg->cross_attention_dim);
-    const int n = cfg->n_blocks, L = cfg->layers_per_block;
-    const int64_t B = x->shape[0];
-    if (!tvec || tvec->dtype != SD_F32 || sd_numel(tvec) != B || tvec->device != c->device)
-        return sd_ctx_fail(c, SD_ERR_SHAPE, "unet: the timestep tensor must hold %lld F32 values (one per "
-                                            "batch row) on the context's device", (long long)B);
-
-    /* Time embedding: sinusoid -> linear -> SiLU -> linear; every resnet projects SiLU(emb). */
-    sd_tensor *temb = sd_timestep_embedding(c, tvec, cfg->block_out_channels[0], cfg->flip_sin_to_cos,
-                                            (float)cfg->freq_shift);
-    temb = sd_linear(c, temb, &u->time_linear_1);
-    temb = sd_linear(c, sd_silu(c, temb), &u->time_linear_2);
-    sd_tensor *temb_silu = sd_silu(c, temb);
-
-    /* fp16 storage (fast mode, no tape): the latent and the text context are
-     * converted once here, the time embedding stays F32 (a bias each resnet adds), the output
-     * returns to F32 below */
-    const int lowp = sd_ctx_stores_f16(c);
-    if (lowp) {
-        x = sd_to_channels_last(c, sd_to_dtype(c, x, SD_F16)); /* NCHW where the context keeps it */
-        context = sd_to_dtype(c, context, SD_F16);
-    }
-
-    int layer = 0; /* attention-call counter handed to the hook */
-    sd_tensor *skips[MAX_SKIPS];
-    int n_skips = 0;
-    sd_tensor *h = sd_conv2d(c, x, &u->conv_in, 1, 1);
-    skips[n_skips++] = h;
-    for (int i = 0; i < n; i++) {
-        for (int j = 0; j < L; j++) {
-            h = sd_resnet_checkpointed(c, &u->down[i].resnets[j], h, temb_silu);
-            if (u->down[i].has_attn)
-                h = transformer(c, &u->down[i].attentions[j], h, context, &layer, SD_PLACE_DOWN);
-            skips[n_skips++] = h;
-        }
-        if (u->down[i].has_downsampler) {
-            h = sd_conv2d(c, h, &u->down[i].downsampler, 2, 1);
-            skips[n_skips++] = h;
-        }
-    }
-
-    h = sd_resnet_checkpointed(c, &u->mid.resnets[0], h, temb_silu);
-    h = transformer(c, &u->mid.attention, h, context, &layer, SD_PLACE_MID);
-    h = sd_resnet_checkpointed(c, &u->mid.resnets[1], h, temb_silu);
-
-    for (int i = 0; i < n; i++) {
-        for (int j = 0; j < L + 1; j++) {
-            if (n_skips <= 0) return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: skip connections exhausted");
-            h = sd_concat_channels(c, h, skips[--n_skips]);
-            h = sd_resnet_checkpointed(c, &u->up[i].resnets[j], h, temb_silu);
-            if (u->up[i].has_attn)
-                h = transformer(c, &u->up[i].attentions[j], h, context, &layer, SD_PLACE_UP);
-        }
-        if (u->up[i].has_upsampler && c->status == SD_OK) {
-            /* Upsample to the next skip's size: x2 for latents divisible by 2^(blocks-1), and the
-             * same as diffusers' forward_upsample_size path otherwise. */
-            const sd_tensor *next = skips[n_skips - 1];
-            h = sd_upsample_nearest(c, h, next->shape[2], next->shape[3]);
-            h = sd_conv2d(c, h, &u->up[i].upsampler, 1, 1);
-        }
-    }
-
-    h = sd_group_norm(c, h, &u->conv_norm_out, cfg->norm_num_groups, cfg->norm_eps, 1);
-    h = sd_conv2d(c, h, &u->conv_out, 1, 1);
-    return lowp ? sd_to_dtype(c, h, SD_F32) : h;
+    if (c->status != SD_OK || check_inputs(c, u, x, tvec, context)) return NULL;
+    /* about 20 KB of tensor headers, in the arena's host memory: the tape's nodes may point at
+     * them until the step's backward (as at a transformer_call) */
+    sd_unet_prefix *p = sd_arena_alloc_host(c->arena, sizeof *p);
+    if (!p) return sd_ctx_fail(c, SD_ERR_OOM, "out of memory");
+    return sd_unet_prefix_compute(c, u, x, tvec, p) == SD_OK ? forward_from(c, u, p, context, 1) : NULL;
 }

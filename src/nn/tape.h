@@ -84,9 +84,6 @@ struct sd_tape {
     int n_widened;
 };
 
-/* 1 when t leads to a trainable leaf: a requires_grad leaf, or the output of a node of the
- * context's current tape. */
-int sd_tape_needs_grad(const sd_ctx *c, const sd_tensor *t);
 /* Records a node for `out` when a tape is attached and any input needs a gradient; returns it
  * (for attributes) or NULL when nothing was recorded. Fails the context on out-of-memory. */
 sd_tape_node *sd_tape_record(sd_ctx *c, sd_op_kind op, sd_tensor *out, sd_tensor *in0,

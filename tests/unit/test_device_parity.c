@@ -39,6 +39,11 @@
 #define TOL 1e-5
 /* recomputed blocks reorder gradient sums (~1e-7), which Adam's first steps amplify */
 #define RECOMPUTE_TOL 1e-4
+/* StyleDiffusion's mapping-network biases in front of BatchNorm have a true gradient of 0 (see
+ * CUDA_STYLEDIFFUSION_TOL below): reordered sums change their rounding noise, and with it Adam's
+ * steps on them. Measured: 1.24e-4 on an AMD EPYC with Debian's OpenBLAS 0.3.21 (the same on the
+ * commit before the UNet prefix, so not from it), within 1e-4 on the CI machines before. */
+#define RECOMPUTE_STYLEDIFFUSION_TOL 1e-3
 /* CUDA exact mode vs CPU: one model call or one gradient (the issues' bound) */
 #define CUDA_TOL 1e-4
 /* CUDA vs CPU after a few optimiser steps and an edit (see above) */
@@ -479,7 +484,8 @@ static void check_method(int kind, sd_invert_method method) {
         dev->ctx.recompute = 0;
         edit(dev, &again, &res_again);
         snprintf(what, sizeof what, "%s edit, inverted recomputing", sd_invert_method_name(method));
-        expect_close(dev, what, res[0].latents, res_again.latents, kind == ON_CUDA ? cuda_tol : RECOMPUTE_TOL);
+        const double recompute_tol = method == SD_INVERT_STYLEDIFFUSION ? RECOMPUTE_STYLEDIFFUSION_TOL : RECOMPUTE_TOL;
+        expect_close(dev, what, res[0].latents, res_again.latents, kind == ON_CUDA ? cuda_tol : recompute_tol);
         sd_edit_result_free(&res_again);
         sd_inversion_free(&again);
     }

@@ -829,6 +829,172 @@ static void test_f16_outside_the_unet_fails(void **state) {
     sd_ctx_free(&c);
 }
 
+/* The UNet prefix (sd_unet_prefix: what a call computes before its context enters, made once per
+ * timestep by the inversions' iterations): a call from it is the whole call bit for bit, with two
+ * contexts from one prefix, in a plain forward and in both methods' gradient steps (Null-text's:
+ * the context a leaf; StyleDiffusion's: a leaf value input under the value-capture hook), with F32
+ * and with fp16 step storage; the step from the prefix runs conv_in, the first resnet's two
+ * convolutions and the first self-attention no more; a prefix records nothing on the steps' tape;
+ * and misuse fails naming what is wrong. */
+typedef struct prefix_run {
+    float loss;
+    sd_tensor *eps, *grad; /* host copies */
+    int64_t convs, attentions;
+} prefix_run;
+
+/* One step at t = 500: eps of (x, cond) with `leaf` the context (value_step 0) or the value input
+ * (value_step 1), L = mse(eps, x), backward; from `prefix` when given, else the whole call. */
+static prefix_run prefix_step(sd_tensor *x, sd_tensor *cond, sd_tensor *leaf, int value_step, sd_unet_prefix *prefix,
+                              sd_tape *tape) {
+    prefix_run r = {0};
+    sd_profile prof;
+    const sd_backend *inner = ctx.be;
+    ctx.be = sd_backend_profiled(inner, &prof);
+    sd_value_capture_hook hook;
+    sd_value_capture_hook_init(&hook, leaf, 0);
+    sd_ctx_set_tape(&ctx, tape);
+    ctx.hook = value_step ? &hook.base : NULL;
+    sd_tensor *context = value_step ? cond : leaf;
+    sd_tensor *eps = prefix ? sd_unet_forward_from(&ctx, &unet, prefix, context)
+                            : sd_unet_forward(&ctx, &unet, x, 500.0f, context);
+    ctx.hook = NULL;
+    r.convs = prof.calls[SD_PROF_CONV];
+    r.attentions = prof.calls[SD_PROF_ATTENTION];
+    sd_tensor *loss = sd_mse(&ctx, eps, x);
+    assert_sd_ok(sd_backward(&ctx, loss));
+    r.loss = sd_item(&ctx, loss);
+    r.eps = sd_download_new(&ctx, eps);
+    r.grad = sd_download_new(&ctx, leaf->grad);
+    sd_tape_reset(tape);
+    sd_ctx_set_tape(&ctx, NULL);
+    ctx.be = inner;
+    assert_sd_ok(sd_ctx_status(&ctx));
+    return r;
+}
+
+static void assert_same_run(const prefix_run *a, const prefix_run *b) {
+    assert_memory_equal(&a->loss, &b->loss, sizeof a->loss);
+    assert_memory_equal(sd_f32(a->eps), sd_f32(b->eps), sd_nbytes(a->eps));
+    assert_memory_equal(sd_f32(a->grad), sd_f32(b->grad), sd_nbytes(a->grad));
+}
+
+static void free_run(prefix_run *r) {
+    sd_tensor_free(r->eps);
+    sd_tensor_free(r->grad);
+}
+
+static int wants_first_self_attention(sd_attn_hook *h, const sd_attn_site *s) {
+    (void)h;
+    return !s->is_cross && s->layer == 0;
+}
+
+static sd_tensor *keep_probs(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *p) {
+    (void)h, (void)c, (void)s;
+    return p;
+}
+
+static void test_unet_prefix(void **state) {
+    (void)state;
+    sd_tensor *sample = testutil_fixture("tiny_unet", "small_sample");
+    sd_tensor *context = testutil_fixture("tiny_unet", "small_context");
+    const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    sd_tensor *x = sd_upload(&ctx, sample), *cond = sd_upload(&ctx, context);
+    sd_tensor *other = sd_tensor_clone(context);
+    for (int64_t i = 0; i < sd_numel(other); i++) sd_f32(other)[i] = -0.5f * sd_f32(other)[i] + 0.25f;
+    sd_tensor *uncond = sd_upload(&ctx, other);
+    sd_tensor *tvec = sd_new4(&ctx, 1, 1, 0, 0, 0);
+    assert_sd_ok(ctx.be->fill(sd_f32(tvec), 500.0f, 1));
+    sd_unet_prefix *prefix = calloc(1, sizeof *prefix);
+    assert_non_null(prefix);
+
+    /* a plain forward: two contexts from one prefix */
+    assert_sd_ok(sd_unet_prefix_compute(&ctx, &unet, x, tvec, prefix));
+    for (int k = 0; k < 2; k++) {
+        sd_tensor *ctxk = k ? uncond : cond;
+        sd_tensor *whole = sd_download_new(&ctx, sd_unet_forward(&ctx, &unet, x, 500.0f, ctxk));
+        sd_tensor *from = sd_download_new(&ctx, sd_unet_forward_from(&ctx, &unet, prefix, ctxk));
+        assert_sd_ok(sd_ctx_status(&ctx));
+        assert_memory_equal(sd_f32(whole), sd_f32(from), sd_nbytes(whole));
+        sd_tensor_free(whole);
+        sd_tensor_free(from);
+    }
+
+    /* gradient steps: F32 storage, then fp16 step storage (fast mode's SD_STEP_ACTIVATIONS=f16) */
+    sd_tape *tape = sd_tape_new();
+    sd_tensor *leaf_u = sd_param_new(&ctx, context, "null embedding");
+    sd_tensor *leaf_v = sd_param_new(&ctx, other, "value input"); /* not the keys' context */
+    for (int f16 = 0; f16 < 2; f16++) {
+        ctx.activations = f16 ? SD_F16 : SD_F32;
+        ctx.channels_last = f16;
+        ctx.f16_steps = f16;
+        assert_sd_ok(sd_unet_prefix_for_tape(&ctx, &unet, x, tvec, tape, prefix));
+        assert_int_equal(sd_tape_size(tape), 0);
+        assert_int_equal(prefix->storage, f16 ? SD_F16 : SD_F32);
+        for (int value_step = 0; value_step < 2; value_step++) {
+            sd_tensor *leaf = value_step ? leaf_v : leaf_u;
+            prefix_run whole = prefix_step(x, cond, leaf, value_step, NULL, tape);
+            prefix_run from = prefix_step(x, cond, leaf, value_step, prefix, tape);
+            prefix_run again = prefix_step(x, cond, leaf, value_step, prefix, tape);
+            print_message("    %s step, %s storage: loss %.9g, from the prefix %lld convolutions and %lld attentions "
+                          "(whole call %lld and %lld)\n", value_step ? "value" : "context", f16 ? "fp16" : "F32",
+                          (double)whole.loss, (long long)from.convs, (long long)from.attentions,
+                          (long long)whole.convs, (long long)whole.attentions);
+            assert_same_run(&whole, &from);
+            assert_same_run(&whole, &again);
+            /* conv_in and the first resnet's two; the first self-attention */
+            assert_int_equal(whole.convs - from.convs, 3);
+            assert_int_equal(whole.attentions - from.attentions, 1);
+            free_run(&whole);
+            free_run(&from);
+            free_run(&again);
+        }
+    }
+
+    /* misuse */
+    ctx.f16_steps = 0; /* a step that keeps F32 activations, from a prefix of fp16 maps */
+    sd_ctx_set_tape(&ctx, tape);
+    assert_null(sd_unet_forward_from(&ctx, &unet, prefix, cond));
+    sd_ctx_set_tape(&ctx, NULL);
+    assert_int_equal(ctx.status, SD_ERR_INTERNAL);
+    assert_true(testutil_contains(sd_last_error(), "the prefix stores F16 maps, this call would store F32"));
+    ctx.status = SD_OK;
+    ctx.activations = SD_F32;
+    ctx.channels_last = 0;
+    ctx.f16_steps = 0;
+    assert_sd_ok(sd_unet_prefix_compute(&ctx, &unet, x, tvec, prefix));
+    sd_attn_hook hook = {.wants_probs = wants_first_self_attention, .edit_probs = keep_probs};
+    ctx.hook = &hook;
+    assert_null(sd_unet_forward_from(&ctx, &unet, prefix, cond));
+    ctx.hook = NULL;
+    assert_true(testutil_contains(sd_last_error(), "acts on the first self-attention"));
+    ctx.status = SD_OK;
+    sd_tensor *bad = sd_new4(&ctx, 3, 2, 77, 32, 0);
+    assert_null(sd_unet_forward_from(&ctx, &unet, prefix, bad)); /* batch 2 against the prefix's 1 */
+    assert_int_equal(ctx.status, SD_ERR_SHAPE);
+    assert_true(testutil_contains(sd_last_error(), "does not fit a call of batch 1"));
+    ctx.status = SD_OK;
+    sd_tensor *leaf_x = sd_param_new(&ctx, sample, "latent");
+    sd_ctx_set_tape(&ctx, tape);
+    assert_int_equal(sd_unet_prefix_compute(&ctx, &unet, leaf_x, tvec, prefix), SD_ERR_INTERNAL);
+    sd_ctx_set_tape(&ctx, NULL);
+    assert_true(testutil_contains(sd_last_error(), "needs a gradient"));
+    sd_tensor_free(leaf_x);
+    ctx.status = SD_OK;
+    memset(prefix, 0, sizeof *prefix);
+    assert_null(sd_unet_forward_from(&ctx, &unet, prefix, cond));
+    assert_true(testutil_contains(sd_last_error(), "was not computed"));
+    ctx.status = SD_OK;
+
+    sd_tape_free(tape);
+    sd_tensor_free(leaf_u);
+    sd_tensor_free(leaf_v);
+    sd_tensor_free(other);
+    free(prefix);
+    sd_arena_reset(ctx.arena, mark);
+    sd_tensor_free(sample);
+    sd_tensor_free(context);
+}
+
 static void test_vae(void **state) {
     (void)state;
     sd_tensor *x = testutil_fixture("tiny_vae", "encode_in");
@@ -954,6 +1120,7 @@ int main(void) {
         cmocka_unit_test(test_batched_projections_in_a_gradient_step),
         cmocka_unit_test(test_f16_gradient_step),
         cmocka_unit_test(test_f16_outside_the_unet_fails),
+        cmocka_unit_test(test_unet_prefix),
         cmocka_unit_test(test_vae),
         cmocka_unit_test(test_bad_inputs_fail_cleanly),
         cmocka_unit_test(test_full_sd15_binds_every_tensor),
