@@ -861,7 +861,7 @@ sd_status cu_embedding(const int32_t *ids, const float *table, float *y, int64_t
 sd_status cu_copy(float *dst, const float *src, int64_t n);
 sd_status cu_fill(float *dst, float value, int64_t n);
 sd_status cu_mse(const float *a, const float *b, float *out, int64_t n);
-sd_status cu_all_finite(const float *x, int64_t n, int *host_result);
+sd_status cu_all_finite(const float *const *xs, const int64_t *ns, int count, int *host_ok);
 sd_status cu_unary_backward(sd_unary_op op, const float *x, const float *dy, float *dx, int64_t n,
                             float alpha);
 sd_status cu_geglu_backward(const float *x, const float *dy, float *dx, int64_t M, int64_t N, int accumulate);

@@ -553,21 +553,23 @@ __global__ void k_all_finite(const float *x, int64_t n, int *flag) {
     if (!__all_sync(0xffffffffu, ok) && (threadIdx.x & 31) == 0) *flag = 0;
 }
 
-sd_status cu_all_finite(const float *x, int64_t n, int *host_result) {
+sd_status cu_all_finite(const float *const *xs, const int64_t *ns, int count, int *host_ok) {
     cu_state *s = cu_cur();
     if (s->capturing)
         return sd_fail(SD_ERR_UNSUPPORTED, "all_finite synchronises with the host: not allowed inside a CUDA graph capture");
-    int *flag = (int *)((char *)s->scratch + SCRATCH_FLAG_OFFSET);
-    const int one = 1;
-    CUDA_CHECK(cudaMemcpyAsync(flag, &one, sizeof one, cudaMemcpyHostToDevice, s->stream));
-    if (n > 0) {
-        CU_LAUNCH(k_all_finite, cu_blocks(n, EW_THREADS), EW_THREADS, 0, s->stream)(x, n, flag);
+    if (count < 1 || count > SD_ALL_FINITE_MAX) return sd_fail(SD_ERR_INTERNAL, "all_finite: %d tensors", count);
+    /* one flag per tensor after the partial sums (SD_ALL_FINITE_MAX ints fit the 1 KiB left) */
+    int *flags = (int *)((char *)s->scratch + SCRATCH_FLAG_OFFSET);
+    int ones[SD_ALL_FINITE_MAX];
+    for (int k = 0; k < count; k++) ones[k] = 1;
+    CUDA_CHECK(cudaMemcpyAsync(flags, ones, count * sizeof *ones, cudaMemcpyHostToDevice, s->stream));
+    for (int k = 0; k < count; k++) {
+        if (ns[k] <= 0) continue;
+        CU_LAUNCH(k_all_finite, cu_blocks(ns[k], EW_THREADS), EW_THREADS, 0, s->stream)(xs[k], ns[k], flags + k);
         LAUNCH_CHECK("all_finite");
     }
-    int result = 0;
-    CUDA_CHECK(cudaMemcpyAsync(&result, flag, sizeof result, cudaMemcpyDeviceToHost, s->stream));
+    CUDA_CHECK(cudaMemcpyAsync(host_ok, flags, count * sizeof *host_ok, cudaMemcpyDeviceToHost, s->stream));
     CUDA_CHECK(cudaStreamSynchronize(s->stream));
-    *host_result = result;
     return SD_OK;
 }
 

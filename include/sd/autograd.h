@@ -48,6 +48,9 @@ sd_tensor *sd_mse(sd_ctx *c, sd_tensor *a, sd_tensor *b);
 float sd_item(sd_ctx *c, const sd_tensor *x);
 /* 1 when every value is finite (a device sync). */
 int sd_all_finite(sd_ctx *c, const sd_tensor *x);
+/* ok[k] = 1 when every value of xs[k] is finite (F32 tensors, 1 to SD_ALL_FINITE_MAX): one device
+ * sync for all of them. */
+sd_status sd_all_finite_each(sd_ctx *c, const sd_tensor *const *xs, int count, int *ok);
 
 /* A trainable tensor on the context's device that outlives steps (heap / device memory, owned):
  * requires_grad = 1. Values copied from `init` (host F32, same shape) or zero when init is NULL. */

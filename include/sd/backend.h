@@ -8,6 +8,8 @@
 #ifndef SD_BACKEND_H
 #define SD_BACKEND_H
 
+#define SD_ALL_FINITE_MAX 64 /* tensors per all_finite call */
+
 #include "sd/core.h"
 
 typedef enum sd_unary_op {
@@ -322,8 +324,10 @@ typedef struct sd_backend {
     /* out[0] = mean((a - b)^2) over n values (accumulated in double on the CPU). out is a
      * one-element buffer on the backend's device, so a loss never forces a host sync. */
     sd_status (*mse)(const float *a, const float *b, float *out, int64_t n);
-    /* *host_result = 1 when every x[i] is finite (a host sync: used once per step). */
-    sd_status (*all_finite)(const float *x, int64_t n, int *host_result);
+    /* host_ok[k] = 1 when every value of xs[k] (ns[k] of them) is finite, for 1 to
+     * SD_ALL_FINITE_MAX tensors: one host sync for all (an optimiser checks all its gradients
+     * before a step with one wait, not one per parameter). */
+    sd_status (*all_finite)(const float *const *xs, const int64_t *ns, int count, int *host_ok);
 
     /* ---- backward: every op ACCUMULATES into its gradient outputs (dx += ...), which the
      * autograd layer zero-fills on first use; a NULL gradient output is not computed (frozen

@@ -83,12 +83,20 @@ static sd_status check_finite_loss(const sd_ctx *c, float loss, int i, int t, in
 static sd_status check_step(sd_ctx *c, float loss, const sd_adam *opt, int i, int t, int j) {
     sd_status st = check_finite_loss(c, loss, i, t, j);
     if (st) return c->status = st;
-    for (int g = 0; g < opt->n; g++) {
-        const sd_tensor *grad = opt->params[g]->grad;
-        if (grad && !sd_all_finite(c, grad))
-            return c->status = sd_fail(SD_ERR_NUMERIC,
-                                       "timestep %d (t = %d), iteration %d: the gradient of '%s' has NaN or Inf; stopping",
-                                       i, t, j, opt->params[g]->name[0] ? opt->params[g]->name : "a parameter");
+    /* every gradient in one check: one wait for the device per iteration, not one per parameter */
+    for (int g = 0; g < opt->n;) {
+        const sd_tensor *grads[SD_ALL_FINITE_MAX];
+        int which[SD_ALL_FINITE_MAX], ok[SD_ALL_FINITE_MAX], n = 0;
+        for (; g < opt->n && n < SD_ALL_FINITE_MAX; g++)
+            if (opt->params[g]->grad) which[n] = g, grads[n++] = opt->params[g]->grad;
+        if (n > 0 && sd_all_finite_each(c, grads, n, ok)) return c->status;
+        for (int k = 0; k < n; k++)
+            if (!ok[k]) {
+                const sd_tensor *p = opt->params[which[k]];
+                return c->status = sd_fail(SD_ERR_NUMERIC,
+                                           "timestep %d (t = %d), iteration %d: the gradient of '%s' has NaN or Inf; stopping",
+                                           i, t, j, p->name[0] ? p->name : "a parameter");
+            }
     }
     return sd_ctx_status(c);
 }

@@ -857,9 +857,25 @@ float sd_item(sd_ctx *c, const sd_tensor *x) {
 
 int sd_all_finite(sd_ctx *c, const sd_tensor *x) {
     int ok = 0;
-    if (c->status != SD_OK || !x) return 0;
-    sd_ctx_check(c, c->be->all_finite(sd_f32(x), sd_numel(x), &ok));
-    return ok;
+    return sd_all_finite_each(c, &x, 1, &ok) == SD_OK && ok;
+}
+
+sd_status sd_all_finite_each(sd_ctx *c, const sd_tensor *const *xs, int count, int *ok) {
+    const float *data[SD_ALL_FINITE_MAX];
+    int64_t n[SD_ALL_FINITE_MAX];
+    for (int k = 0; k < count; k++) ok[k] = 0;
+    if (c->status != SD_OK) return c->status;
+    if (count < 1 || count > SD_ALL_FINITE_MAX)
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "all_finite: %d tensors (1 to %d)", count, SD_ALL_FINITE_MAX), c->status;
+    for (int k = 0; k < count; k++) {
+        if (!xs[k] || xs[k]->dtype != SD_F32)
+            return sd_ctx_fail(c, SD_ERR_INTERNAL, "all_finite: tensor %d is %s", k, xs[k] ? "not F32" : "missing"),
+                   c->status;
+        data[k] = sd_f32(xs[k]);
+        n[k] = sd_numel(xs[k]);
+    }
+    sd_ctx_check(c, c->be->all_finite(data, n, count, ok));
+    return c->status;
 }
 
 /* ------------------------------------------------------------------------------------------------

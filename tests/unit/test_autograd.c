@@ -744,6 +744,31 @@ static void test_adam_mapping_network(void **state) {
     free_case(&k);
 }
 
+/* sd_all_finite_each: one verdict per tensor from one call (the inversions check every gradient of
+ * an optimiser with it before each Adam step, naming the first that is not finite). */
+static void test_all_finite_each(void **state) {
+    (void)state;
+    sd_ctx c;
+    assert_sd_ok(sd_ctx_init_cpu(&c));
+    sd_tensor *t[3];
+    for (int k = 0; k < 3; k++) {
+        t[k] = sd_new4(&c, 1, 100 + k, 0, 0, 0);
+        assert_sd_ok(c.be->fill(sd_f32(t[k]), 1.5f, sd_numel(t[k])));
+    }
+    const sd_tensor *xs[3] = {t[0], t[1], t[2]};
+    int ok[3] = {-1, -1, -1};
+    assert_sd_ok(sd_all_finite_each(&c, xs, 3, ok));
+    assert_true(ok[0] == 1 && ok[1] == 1 && ok[2] == 1);
+    sd_f32(t[1])[57] = NAN;
+    sd_f32(t[2])[101] = -INFINITY;
+    assert_sd_ok(sd_all_finite_each(&c, xs, 3, ok));
+    assert_true(ok[0] == 1 && ok[1] == 0 && ok[2] == 0);
+    assert_false(sd_all_finite(&c, t[1]));
+    assert_true(sd_all_finite(&c, t[0]));
+    assert_int_equal(sd_all_finite_each(&c, xs, 0, ok), SD_ERR_INTERNAL); /* no tensor */
+    sd_ctx_free(&c);
+}
+
 int main(void) {
     const struct CMUnitTest graph_tests[] = {
         cmocka_unit_test(test_small_graph_matches_finite_differences),
@@ -751,6 +776,7 @@ int main(void) {
         cmocka_unit_test(test_add_shares_its_gradient),
         cmocka_unit_test(test_first_contributions_overwrite),
         cmocka_unit_test(test_attention_lse_reaches_backward),
+        cmocka_unit_test(test_all_finite_each),
     };
     const struct CMUnitTest unet_tests[] = {
         cmocka_unit_test_setup(test_grad_uncond_context, reset_status),

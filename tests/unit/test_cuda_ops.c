@@ -559,19 +559,30 @@ static void test_reductions(void **state) {
     assert_sd_ok(cpu->mse(a, b, &want, 7));
     check_dev("mse (7 values)", outd, &want, 1, TOL_ELEM);
 
-    int finite = -1;
-    assert_sd_ok(gpu->all_finite(ad, n, &finite));
-    assert_int_equal(finite, 1);
+    /* three tensors in one call: the 3M values, 7 of them, and none; each judged alone */
+    const float *xs[3] = {ad, ad, bd};
+    const int64_t ns[3] = {n, 7, 0};
+    int finite[3] = {-1, -1, -1};
+    assert_sd_ok(gpu->all_finite(xs, ns, 3, finite));
+    for (int k = 0; k < 3; k++) assert_int_equal(finite[k], 1);
     const float bad[2] = {NAN, INFINITY};
     for (int i = 0; i < 2; i++) {
         assert_sd_ok(gpu->upload(ad + 1234567, &bad[i], sizeof(float)));
-        finite = -1;
-        assert_sd_ok(gpu->all_finite(ad, n, &finite));
-        assert_int_equal(finite, 0);
+        for (int k = 0; k < 3; k++) finite[k] = -1;
+        assert_sd_ok(gpu->all_finite(xs, ns, 3, finite));
+        assert_int_equal(finite[0], 0); /* the bad value lies past the second tensor's 7 */
+        assert_int_equal(finite[1], 1);
+        assert_int_equal(finite[2], 1);
         assert_sd_ok(gpu->upload(ad + 1234567, &a[1234567], sizeof(float)));
     }
-    assert_sd_ok(gpu->all_finite(ad, n, &finite));
-    assert_int_equal(finite, 1);
+    assert_sd_ok(gpu->upload(ad + 3, &bad[0], sizeof(float)));
+    assert_sd_ok(gpu->all_finite(xs, ns, 3, finite));
+    assert_int_equal(finite[0], 0);
+    assert_int_equal(finite[1], 0);
+    assert_sd_ok(gpu->upload(ad + 3, &a[3], sizeof(float)));
+    assert_sd_ok(gpu->all_finite(xs, ns, 3, finite));
+    assert_int_equal(finite[0], 1);
+    assert_int_equal(finite[1], 1);
     print_message("    all_finite: finite, NaN, Inf detected\n");
 }
 

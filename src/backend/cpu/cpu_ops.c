@@ -539,11 +539,16 @@ static sd_status cpu_mse(const float *a, const float *b, float *out, int64_t n) 
     return SD_OK;
 }
 
-static sd_status cpu_all_finite(const float *x, int64_t n, int *host_result) {
-    int ok = 1;
+static sd_status cpu_all_finite(const float *const *xs, const int64_t *ns, int count, int *host_ok) {
+    if (count < 1 || count > SD_ALL_FINITE_MAX) return sd_fail(SD_ERR_INTERNAL, "all_finite: %d tensors", count);
+    for (int k = 0; k < count; k++) {
+        const float *x = xs[k];
+        const int64_t n = ns[k];
+        int ok = 1;
 #pragma omp parallel for reduction(& : ok) schedule(static)
-    for (int64_t i = 0; i < n; i++) ok &= isfinite(x[i]) ? 1 : 0;
-    *host_result = ok;
+        for (int64_t i = 0; i < n; i++) ok &= isfinite(x[i]) ? 1 : 0;
+        host_ok[k] = ok;
+    }
     return SD_OK;
 }
 

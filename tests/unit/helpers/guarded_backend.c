@@ -121,7 +121,16 @@ GUARD(clamp, (const float *x, float *y, float lo, float hi, int64_t n), (x, y, l
 GUARD(copy, (float *dst, const float *src, int64_t n), (dst, src, n), dst, src)
 GUARD(fill, (float *dst, float value, int64_t n), (dst, value, n), dst)
 GUARD(mse, (const float *a, const float *b, float *out, int64_t n), (a, b, out, n), a, b, out)
-GUARD(all_finite, (const float *x, int64_t n, int *host_result), (x, n, host_result), x)
+/* all_finite takes a host array of device pointers: each is checked */
+static sd_status g_all_finite(const float *const *xs, const int64_t *ns, int count, int *host_ok) {
+    if (count < 0 || count > SD_ALL_FINITE_MAX || !on_device("all_finite", (const void *const *)xs, (size_t)count))
+        return count < 0 || count > SD_ALL_FINITE_MAX ? sd_fail(SD_ERR_INTERNAL, "all_finite: %d tensors", count)
+                                                      : SD_ERR_INTERNAL;
+    open_memory();
+    const sd_status s = cpu->all_finite(xs, ns, count, host_ok);
+    close_memory();
+    return s;
+}
 GUARD(linear_backward_data, (const float *dy, const float *w, float *dx, int64_t M, int64_t K, int64_t N),
       (dy, w, dx, M, K, N), dy, w, dx)
 GUARD(linear_backward_params, (const float *dy, const float *x, float *dw, float *db, int64_t M, int64_t K,
