@@ -69,8 +69,9 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
         free(prefix);
         return c->status ? c->status : SD_ERR_OOM;
     }
-    /* three repeated steps per timestep, each replayed from its own CUDA graph on a GPU: the
-     * conditional eps, the optimiser iterations and the advance along the trajectory */
+    /* four repeated steps per timestep, each replayed from its own CUDA graph on a GPU: the
+     * conditional eps, the iterations' UNet prefix, the optimiser iterations and the advance along
+     * the trajectory */
     sd_step_graph cond_graph, prefix_graph, graph, advance_graph;
     sd_step_graph_init(&cond_graph, c);
     sd_step_graph_init(&prefix_graph, c);

@@ -179,8 +179,9 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
                                 NULL, {0}, &in, &capture, prefix};
     /* the timestep's ground-truth maps are copied here, to addresses a graph of the step can keep */
     for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) step.gt[l] = sd_keep(c, gt[N][l]);
-    /* three repeated steps per timestep, each replayed from its own CUDA graph on a GPU: the
-     * unconditional eps, the optimiser iterations and the advance along the trajectory */
+    /* four repeated steps per timestep, each replayed from its own CUDA graph on a GPU: the
+     * unconditional eps, the iterations' UNet prefix, the optimiser iterations and the advance
+     * along the trajectory */
     sd_step_graph uncond_graph, prefix_graph, graph, advance_graph;
     sd_step_graph_init(&uncond_graph, c);
     sd_step_graph_init(&prefix_graph, c);
