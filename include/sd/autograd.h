@@ -71,6 +71,10 @@ typedef struct sd_adam {
 
 sd_status sd_adam_init(sd_ctx *c, sd_adam *opt, sd_tensor **params, int n, double lr);
 sd_status sd_adam_step(sd_ctx *c, sd_adam *opt);
+/* The optimiser as sd_adam_init leaves it (moments zero, step 0) with learning rate lr, on the
+ * buffers it has: the inversions' new Adam per timestep without allocating (and, on a GPU, freeing:
+ * a device sync) its moments every timestep. */
+sd_status sd_adam_restart(sd_ctx *c, sd_adam *opt, double lr);
 void sd_adam_free(sd_adam *opt);
 
 /* ------------------------------------------------------------------------------------------------

@@ -83,13 +83,16 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
     sd_progress bar;
     sd_progress_begin(&bar, "null-text inversion", N);
     const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
+    sd_adam opt = {0};
     for (int i = 0; i < last && c->status == SD_OK; i++) {
         const double ts = sd_now();
         const int t = s->sched.timesteps[i];
         sd_step_stats *stat = &out->stats[i];
         stat->t = t;
-        sd_adam opt;
-        if (sd_adam_init(c, &opt, &null_text, 1, sd_step_lr(o->lr, i))) break;
+        /* a new Adam per timestep, as the reference makes one: moments zeroed, step 0 */
+        if ((i == 0 ? sd_adam_init(c, &opt, &null_text, 1, sd_step_lr(o->lr, i))
+                    : sd_adam_restart(c, &opt, sd_step_lr(o->lr, i))))
+            break;
         float factors[4];
         sd_ddim_prev_factors(&s->sched, t, factors);
         sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
@@ -106,7 +109,6 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
             sd_tensor *loss = sd_graph_step(c, &graph, tape, nulltext_loss, &step, inputs, 7, &null_text, 1);
             if (sd_invert_finish_iteration(c, tape, mark, loss, &opt, o, stat, i, t, j)) break;
         }
-        sd_adam_free(&opt);
         out->null_embeddings[i] = sd_to_host(c, null_text);
         sd_assign(c, z, sd_graph_step(c, &advance_graph, NULL, nulltext_advance, &step, inputs, 5, NULL, 0));
         sd_arena_reset(c->arena, step_mark);
@@ -114,6 +116,7 @@ sd_status sd_nulltext_optimize(sd_ctx *c, const sd_model *m, const sd_invert_opt
         sd_progress_step(&bar);
     }
     sd_progress_end(&bar);
+    sd_adam_free(&opt);
     sd_invert_count_graph_steps(out, &graph);
     sd_step_graph_free(&cond_graph);
     sd_step_graph_free(&prefix_graph);

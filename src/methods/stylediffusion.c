@@ -190,14 +190,16 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
     sd_progress bar;
     sd_progress_begin(&bar, "stylediffusion", N);
     const int last = o->stop_after > 0 && o->stop_after < N ? o->stop_after : N;
+    sd_adam opt = {0}; /* a new Adam per timestep (sd_adam_restart after the first) */
     for (int i = 0; i < last && c->status == SD_OK && tape && prefix; i++) {
         const double ts = sd_now();
         const int t = s->sched.timesteps[i];
         sd_step_stats *stat = &out->stats[i];
         stat->t = t;
         /* M_i continues from M_{i-1}: the live network already holds its weights */
-        sd_adam opt;
-        if (sd_adam_init(c, &opt, net.params, SD_MAP_N_PARAMS, sd_step_lr(o->lr, i))) break;
+        if ((i == 0 ? sd_adam_init(c, &opt, net.params, SD_MAP_N_PARAMS, sd_step_lr(o->lr, i))
+                    : sd_adam_restart(c, &opt, sd_step_lr(o->lr, i))))
+            break;
         float factors[4];
         sd_ddim_prev_factors(&s->sched, t, factors);
         sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
@@ -218,7 +220,6 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
                                            net.params, SD_MAP_N_PARAMS);
             if (sd_invert_finish_iteration(c, tape, mark, loss, &opt, o, stat, i, t, j)) break;
         }
-        sd_adam_free(&opt);
         for (int p = 0; p < SD_MAP_N_PARAMS; p++) out->mapping[i][p] = sd_to_host(c, net.params[p]);
         /* advance with the trained M_i (eps_u is unchanged: same z, t and null text) */
         sd_assign(c, z, sd_graph_step(c, &advance_graph, NULL, stylediffusion_advance, &step, inputs, 8, net.params,
@@ -228,6 +229,7 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
         sd_progress_step(&bar);
     }
     sd_progress_end(&bar);
+    sd_adam_free(&opt);
     sd_invert_count_graph_steps(out, &graph);
     sd_step_graph_free(&uncond_graph);
     sd_step_graph_free(&prefix_graph);

@@ -963,6 +963,17 @@ sd_status sd_adam_step(sd_ctx *c, sd_adam *opt) {
     return c->status;
 }
 
+sd_status sd_adam_restart(sd_ctx *c, sd_adam *opt, double lr) {
+    if (c->status != SD_OK) return c->status;
+    for (int i = 0; i < opt->n && c->status == SD_OK; i++) {
+        sd_ctx_check(c, c->be->zero(opt->m[i]->data, sd_nbytes(opt->m[i])));
+        sd_ctx_check(c, c->be->zero(opt->v[i]->data, sd_nbytes(opt->v[i])));
+    }
+    opt->step = 0;
+    opt->lr = lr;
+    return c->status;
+}
+
 void sd_adam_free(sd_adam *opt) {
     for (int i = 0; i < opt->n; i++) {
         if (opt->m) sd_tensor_free(opt->m[i]);

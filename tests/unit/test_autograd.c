@@ -769,6 +769,43 @@ static void test_all_finite_each(void **state) {
     sd_ctx_free(&c);
 }
 
+/* sd_adam_restart (the inversions' new Adam per timestep on the same buffers) is a fresh
+ * sd_adam_init: after steps with one learning rate, a restart with another and two steps give the
+ * parameter and the moments a new optimiser gives from the same values, bit for bit. */
+static void test_adam_restart(void **state) {
+    (void)state;
+    sd_ctx c;
+    assert_sd_ok(sd_ctx_init_cpu(&c));
+    sd_tensor *h = sd_tensor_new4(SD_F32, 1, 50, 0, 0, 0);
+    testutil_fill_normal(sd_f32(h), 50, 71, 1.0f);
+    sd_tensor *p = sd_param_new(&c, h, "p"), *q = NULL;
+    sd_tensor *g = sd_new4(&c, 1, 50, 0, 0, 0);
+    testutil_fill_normal(sd_f32(g), 50, 72, 0.5f);
+    sd_adam a, b;
+    assert_sd_ok(sd_adam_init(&c, &a, &p, 1, 1e-2));
+    p->grad = g;
+    for (int k = 0; k < 3; k++) assert_sd_ok(sd_adam_step(&c, &a));
+    assert_sd_ok(sd_adam_restart(&c, &a, 3e-3));
+    q = sd_param_new(&c, p, "q"); /* the values the restart starts from */
+    assert_sd_ok(sd_adam_init(&c, &b, &q, 1, 3e-3));
+    q->grad = g;
+    for (int k = 0; k < 2; k++) {
+        assert_sd_ok(sd_adam_step(&c, &a));
+        assert_sd_ok(sd_adam_step(&c, &b));
+    }
+    assert_int_equal(a.step, b.step);
+    assert_memory_equal(sd_f32(p), sd_f32(q), sd_nbytes(p));
+    assert_memory_equal(sd_f32(a.m[0]), sd_f32(b.m[0]), sd_nbytes(p));
+    assert_memory_equal(sd_f32(a.v[0]), sd_f32(b.v[0]), sd_nbytes(p));
+    p->grad = q->grad = NULL;
+    sd_adam_free(&a);
+    sd_adam_free(&b);
+    sd_tensor_free(p);
+    sd_tensor_free(q);
+    sd_tensor_free(h);
+    sd_ctx_free(&c);
+}
+
 int main(void) {
     const struct CMUnitTest graph_tests[] = {
         cmocka_unit_test(test_small_graph_matches_finite_differences),
@@ -777,6 +814,7 @@ int main(void) {
         cmocka_unit_test(test_first_contributions_overwrite),
         cmocka_unit_test(test_attention_lse_reaches_backward),
         cmocka_unit_test(test_all_finite_each),
+        cmocka_unit_test(test_adam_restart),
     };
     const struct CMUnitTest unet_tests[] = {
         cmocka_unit_test_setup(test_grad_uncond_context, reset_status),
