@@ -26,9 +26,12 @@ typedef struct sd_attn_site {
 
 typedef struct sd_attn_hook sd_attn_hook;
 struct sd_attn_hook {
-    /* Called before the key/value projections of every attention call. Returns the tensor whose
-     * projection becomes V (same shape as `context`), or NULL to keep the context. Keys always
-     * use the original context. Under fp16 activations (sd_ctx.activations) `context` is the
+    /* Called once per attention site of a call, before its value projection: a self-attention's
+     * as it runs, every cross-attention's at the start of the UNet call, in layer order (their keys
+     * and values are projected together there, before the first block). So it must answer from
+     * the pass's state alone, without side effects (a gradient step may also ask again). Returns
+     * the tensor whose projection becomes V (same shape as `context`), or NULL to keep the
+     * context. Keys always use the original context. Under fp16 activations (sd_ctx.activations) `context` is the
      * stored fp16 tensor; the substitute may be F32 or fp16 (it is converted to the storage).
      * May be NULL. */
     sd_tensor *(*value_input)(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *context);

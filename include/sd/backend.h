@@ -64,8 +64,9 @@ static inline int sd_conv_data_gradient_geom(const sd_conv_geom *g, sd_conv_geom
  * GEMMs round too. SD v1.x activations fit fp16's range (its usual deployment format). */
 typedef uint16_t sd_f16;
 /* The most linears of one input that one batched op takes (sd_linear_many's projections; the f16
- * ops' linear_batched and linear_backward_data_bf16w_many). */
-#define SD_LINEAR_MANY_MAX 4
+ * ops' linear_batched and linear_backward_data_bf16w_many): SD v1.5's largest group is the twelve
+ * key and value projections of its six 1280-wide cross-attentions (sd_cross_attention_kv). */
+#define SD_LINEAR_MANY_MAX 16
 
 typedef struct sd_f16_ops {
     sd_status (*to_f16)(const float *x, sd_f16 *y, int64_t n);

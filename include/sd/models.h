@@ -87,6 +87,7 @@ sd_tensor *sd_unet_forward_tvec(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_te
  * capture put it, as the graph of the iteration that reads it expects. */
 #define SD_UNET_MAX_RESNETS (2 * SD_MAX_BLOCKS * SD_MAX_LAYERS + 2)
 #define SD_UNET_MAX_SKIPS (SD_MAX_BLOCKS * (SD_MAX_LAYERS + 1) + 1)
+#define SD_UNET_MAX_TRANSFORMERS (2 * SD_MAX_BLOCKS * SD_MAX_LAYERS + 1) /* down, mid and up */
 typedef struct sd_unet_prefix {
     int ready;          /* set by sd_unet_prefix_compute */
     int next_unit;      /* where the forward goes on (unet.c's walk: the first transformer's unit) */
@@ -114,6 +115,11 @@ sd_status sd_unet_prefix_for_tape(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_
  * through wants_probs and value_input, which must therefore have no side effects, as in gradient
  * steps), or if the call would store its maps in another dtype than the prefix did. */
 sd_tensor *sd_unet_forward_from(sd_ctx *c, const sd_unet *u, sd_unet_prefix *p, sd_tensor *context);
+/* 1 when the context's hook (none: 1) leaves alone the first self-attention of a call on latent x
+ * [B, C, H, W], so that the call may start from a prefix made without the hook: P2P editing's two
+ * passes of a timestep share one where the controller injects no self-attention at that size (SD
+ * v1.5 at 512 px: 4096 queries, over its 32x32 limit). Asks wants_probs and value_input. */
+int sd_unet_hook_spares_prefix(sd_ctx *c, const sd_unet *u, const sd_tensor *x);
 
 typedef struct sd_vae {
     sd_vae_config cfg;

@@ -87,8 +87,9 @@ sd_status sd_download(sd_ctx *c, const sd_tensor *dev, sd_tensor *host);
 /* A new heap (host) tensor holding a copy of `dev`; the caller frees it. */
 sd_tensor *sd_download_new(sd_ctx *c, const sd_tensor *dev);
 /* Block recomputation (activation checkpointing). y = fn(c, block, x, aux, aux2), where fn is a
- * pure function of its inputs (a UNet resnet: x and the time embedding; a transformer block: x,
- * the context and the value input its cross-attention reads, resolved from the hook beforehand). While a tape records and c->recompute is set, fn runs
+ * pure function of its inputs (a UNet resnet: x and the time embedding; a transformer block: x and
+ * its cross-attention's keys and values, projected at the call's start). While a tape records and
+ * c->recompute is set, fn runs
  * without recording, its activations in c->scratch, which is reset right after: only y is kept.
  * The backward pass runs fn again, recording, in the scratch arena, and back-propagates through
  * it. Otherwise it is just fn(c, block, x, aux, aux2). `block` must stay valid until the step's
@@ -110,8 +111,12 @@ sd_status sd_ctx_adopt_weights(sd_ctx *c, struct sd_weights *w);
  * (c->activations), the backend has fp16 ops, and no tape records or gradient steps store fp16
  * too (c->f16_steps). Under an
  * attention controller the sites whose maps it reads run in F32 (sd_attention), and its value
- * substitutes are converted to the storage (sd_attention_block, attn.h). */
+ * substitutes are converted to the storage (the UNet's cross-attention projections, attn.h). */
 int sd_ctx_stores_f16(const sd_ctx *c);
+/* 1 when a gradient step (a tape attached) stores its activations as a forward without one does:
+ * exact mode's F32, or fp16 in both (c->f16_steps). Then what a step's UNet prefix holds is also
+ * the prefix of the forwards at its latent and timestep (sd_unet_forward_from). */
+int sd_ctx_steps_store_as_forwards(const sd_ctx *c);
 /* Device memory held by the fp16 copies of weights made for fp16 activations (0 when none). */
 size_t sd_ctx_lowp_weight_bytes(const sd_ctx *c);
 /* x converted to `dtype` (SD_F32 or SD_F16; x itself when it already is). An F32 result is always

@@ -36,6 +36,24 @@ static sd_tensor *value_for_site(void *user, sd_ctx *c, const sd_attn_site *s, s
     return s->is_cross ? v->value : NULL;
 }
 
+/* UNet(z, t, context) for one pass of a timestep: from the timestep's prefix (made without the
+ * controller at the first pass that can use it, *have set) where the controller leaves the first
+ * self-attention alone, else the whole call. Both passes of a timestep read the same z and t, so
+ * at SD v1.5's 512 px they share conv_in, the first resnet and the 4096-query self-attention. */
+static sd_tensor *pass_forward(sd_ctx *c, const sd_model *m, sd_tensor *z, int t, sd_tensor *context,
+                               sd_unet_prefix *prefix, int *have) {
+    if (!sd_unet_hook_spares_prefix(c, &m->unet, z)) return sd_unet_forward(c, &m->unet, z, (float)t, context);
+    if (!*have) {
+        sd_tensor *tvec = sd_new4(c, 1, z->shape[0], 0, 0, 0);
+        if (tvec) sd_ctx_check(c, c->be->fill(sd_f32(tvec), (float)t, sd_numel(tvec)));
+        struct sd_attn_hook *hook = c->hook;
+        c->hook = NULL;
+        *have = sd_unet_prefix_compute(c, &m->unet, z, tvec, prefix) == SD_OK;
+        c->hook = hook;
+    }
+    return sd_unet_forward_from(c, &m->unet, prefix, context);
+}
+
 /* Row 0: c_src ⊙ S + B always; row 1: c_tgt ⊙ S + B while i < τ_v·N, c_tgt afterwards. */
 static sd_tensor *stylediffusion_rows(sd_ctx *c, const sd_mapping_net *net, sd_tensor *features,
                                       sd_tensor *c_src, sd_tensor *c_tgt, int target_mapped) {
@@ -95,6 +113,8 @@ sd_status sd_edit(sd_ctx *c, const sd_model *m, const sd_inversion *inv, const s
     sd_tensor *features = inv->image_features ? sd_keep(c, sd_upload(c, inv->image_features)) : NULL;
     sd_mapping_net net = {{0}};
     value_rows rows = {NULL};
+    sd_unet_prefix *prefix = calloc(1, sizeof *prefix); /* a timestep's, shared by its two passes */
+    if (!prefix && !st) st = sd_fail(SD_ERR_OOM, "out of memory");
     if (!st && inv->method == SD_INVERT_STYLEDIFFUSION) {
         st = sd_mapping_net_from_host(c, &net, inv->mapping[0]);
         sd_p2p_set_value_input(p2p, value_for_site, &rows);
@@ -112,14 +132,15 @@ sd_status sd_edit(sd_ctx *c, const sd_model *m, const sd_inversion *inv, const s
         sd_tensor *uncond = sd_concat0(c, uncond_row, uncond_row);
 
         c->hook = sd_p2p_hook(p2p);
+        int have_prefix = 0;
         st = sd_p2p_begin_pass(p2p, i, SD_BRANCH_UNCOND);
-        sd_tensor *eps_u = st ? NULL : sd_unet_forward(c, &m->unet, z, (float)t, uncond);
+        sd_tensor *eps_u = st ? NULL : pass_forward(c, m, z, t, uncond, prefix, &have_prefix);
         if (!st && inv->method == SD_INVERT_STYLEDIFFUSION) {
             st = upload_mapping(c, &net, inv->mapping[i]);
             rows.value = stylediffusion_rows(c, &net, features, c_src, c_tgt, (float)i < o->tau_v * (float)N);
         }
         if (!st) st = sd_p2p_begin_pass(p2p, i, SD_BRANCH_COND);
-        sd_tensor *eps_c = st ? NULL : sd_unet_forward(c, &m->unet, z, (float)t, cond);
+        sd_tensor *eps_c = st ? NULL : pass_forward(c, m, z, t, cond, prefix, &have_prefix);
         rows.value = NULL;
         c->hook = NULL;
         sd_tensor *next = sd_ddim_prev_step(c, &sched, sd_cfg_combine(c, eps_u, eps_c, inv->guidance), t, z);
@@ -138,6 +159,7 @@ sd_status sd_edit(sd_ctx *c, const sd_model *m, const sd_inversion *inv, const s
         st = sd_ctx_status(c);
     }
     out->seconds = sd_now() - t0;
+    free(prefix);
     sd_mapping_net_free(&net);
     sd_p2p_free(p2p);
     return st;

@@ -9,7 +9,9 @@
  *     L = mse(prev_step(eps_u + w (eps_c - eps_u)), latents[N-1-i]) + Σ_l mse(GT_i[l], maps[l])
  * stopping once L < 1e-5 + i·2e-5; then z advances with eps_c from the trained M_i. The UNet,
  * VAE, text and image encoders are frozen: gradients flow only to M_i. The iterations start from
- * the timestep's UNet prefix (sd_invert_prefix): v enters only at the cross-attentions. */
+ * the timestep's UNet prefix (sd_invert_prefix): v enters only at the cross-attentions. Where the
+ * steps store activations as plain forwards do (exact mode, fp16 steps:
+ * sd_ctx_steps_store_as_forwards), eps_u and the advance start from it too. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -44,7 +46,8 @@ typedef struct stylediffusion_step {
     sd_tensor *gt[SD_MAX_CAPTURED];
     sd_step_inputs *in;
     sd_value_capture_hook *capture;
-    sd_unet_prefix *prefix; /* the timestep's, for the iterations */
+    sd_unet_prefix *prefix;   /* the timestep's, for the iterations */
+    int forwards_from_prefix; /* eps_u and the advance too (sd_ctx_steps_store_as_forwards) */
 } stylediffusion_step;
 
 static sd_tensor *stylediffusion_loss(sd_ctx *c, void *arg) {
@@ -127,14 +130,16 @@ static sd_status invert_with_maps(sd_ctx *c, const sd_model *m, sd_invert_state 
 /* The unconditional eps of a timestep, UNet(z, t, ""), replayable. */
 static sd_tensor *stylediffusion_uncond_eps(sd_ctx *c, void *arg) {
     const stylediffusion_step *a = arg;
-    return sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->uncond);
+    return a->forwards_from_prefix ? sd_unet_forward_from(c, &a->m->unet, a->prefix, a->uncond)
+                                   : sd_unet_forward_tvec(c, &a->m->unet, a->z, sd_step_tvec(c, a->in, 1), a->uncond);
 }
 
 /* The advance along the trajectory with the trained network: z' = prev_step(eps_u + w (eps_c -
  * eps_u)), replayable. */
 static sd_tensor *stylediffusion_advance(sd_ctx *c, void *arg) {
     const stylediffusion_step *a = arg;
-    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, a->net, a->features, NULL, a->z, sd_step_tvec(c, a->in, 1), a->cond, NULL);
+    sd_tensor *eps_c = sd_stylediffusion_cond_eps(c, a->m, a->net, a->features, a->forwards_from_prefix ? a->prefix : NULL,
+                                                  a->z, sd_step_tvec(c, a->in, 1), a->cond, NULL);
     return sd_ddim_step_dev(c, a->in->factors, sd_cfg_combine(c, a->eps_u, eps_c, a->guidance), a->z);
 }
 
@@ -176,11 +181,11 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
     sd_value_capture_hook_init(&capture, NULL, o->attention_loss ? q_len : 0);
     sd_unet_prefix *prefix = calloc(1, sizeof *prefix);
     stylediffusion_step step = {m, &net, o->guidance, o->attention_loss, n_maps, features, z, s->cond, s->uncond,
-                                NULL, {0}, &in, &capture, prefix};
+                                NULL, {0}, &in, &capture, prefix, sd_ctx_steps_store_as_forwards(c)};
     /* the timestep's ground-truth maps are copied here, to addresses a graph of the step can keep */
     for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) step.gt[l] = sd_keep(c, gt[N][l]);
     /* four repeated steps per timestep, each replayed from its own CUDA graph on a GPU: the
-     * unconditional eps, the iterations' UNet prefix, the optimiser iterations and the advance
+     * iterations' UNet prefix, the unconditional eps, the optimiser iterations and the advance
      * along the trajectory */
     sd_step_graph uncond_graph, prefix_graph, graph, advance_graph;
     sd_step_graph_init(&uncond_graph, c);
@@ -205,13 +210,13 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
         sd_step_inputs_set(c, &in, t, factors, s->latents[N - 1 - i]);
         for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) sd_assign(c, step.gt[l], gt[N - i][l]);
         const sd_arena_mark step_mark = sd_arena_get_mark(c->arena);
-        const void *inputs[9 + SD_MAX_CAPTURED] = {z->data, features->data, s->cond->data, s->uncond->data,
-                                                   in.tvec->data, in.factors->data, in.target->data};
-        step.eps_u = sd_graph_step(c, &uncond_graph, NULL, stylediffusion_uncond_eps, &step, inputs, 7, NULL, 0);
-        inputs[7] = step.eps_u ? step.eps_u->data : NULL;
         const int iterations = sd_stylediffusion_inner_steps(o->inner_steps, i);
-        if (iterations > 0) sd_invert_prefix(c, &prefix_graph, m, z, &in, tape, prefix);
-        inputs[8] = prefix->stream.data;
+        if (iterations > 0 || step.forwards_from_prefix) sd_invert_prefix(c, &prefix_graph, m, z, &in, tape, prefix);
+        const void *inputs[9 + SD_MAX_CAPTURED] = {z->data, features->data, s->cond->data, s->uncond->data,
+                                                   in.tvec->data, in.factors->data, in.target->data,
+                                                   prefix->stream.data};
+        step.eps_u = sd_graph_step(c, &uncond_graph, NULL, stylediffusion_uncond_eps, &step, inputs, 8, NULL, 0);
+        inputs[8] = step.eps_u ? step.eps_u->data : NULL;
         int n_inputs = 9;
         for (int l = 0; l < (o->attention_loss ? n_maps : 0); l++) inputs[n_inputs++] = step.gt[l]->data;
         for (int j = 0; j < iterations && c->status == SD_OK; j++) {
@@ -222,7 +227,7 @@ sd_status sd_stylediffusion_optimize(sd_ctx *c, const sd_model *m, const sd_inve
         }
         for (int p = 0; p < SD_MAP_N_PARAMS; p++) out->mapping[i][p] = sd_to_host(c, net.params[p]);
         /* advance with the trained M_i (eps_u is unchanged: same z, t and null text) */
-        sd_assign(c, z, sd_graph_step(c, &advance_graph, NULL, stylediffusion_advance, &step, inputs, 8, net.params,
+        sd_assign(c, z, sd_graph_step(c, &advance_graph, NULL, stylediffusion_advance, &step, inputs, 9, net.params,
                                       SD_MAP_N_PARAMS));
         sd_arena_reset(c->arena, step_mark);
         stat->seconds = sd_now() - ts;

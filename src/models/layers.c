@@ -207,44 +207,89 @@ sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, s
     return sd_checkpoint(c, resnet_block, r, x, temb_proj, NULL);
 }
 
-/* sd_attention_block up to to_out: the projections and the attention, [B, S, C_v] */
-static sd_tensor *attention_heads(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
-                                  sd_tensor *value, const sd_attn_site *site) {
-    sd_tensor *ctx = context ? context : x;
-    sd_tensor *value_in = value ? value : ctx;
-    if (!value && site && c->hook && c->hook->value_input && c->status == SD_OK) {
-        /* the context as stored (no copy per site: no controller reads it); the substitute, in
+/* A self-attention up to to_out: the projections and the attention, [B, S, C_v]. The hook may
+ * substitute the value projection's input at a site. */
+static sd_tensor *self_attention_heads(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, const sd_attn_site *site) {
+    sd_tensor *value_in = x;
+    if (site && c->hook && c->hook->value_input && c->status == SD_OK) {
+        /* the input as stored (no copy per site: no controller reads it); the substitute, in
          * either dtype, is stored like the rest of the forward */
-        sd_tensor *sub = c->hook->value_input(c->hook, c, site, ctx);
-        if (sub) value_in = sd_to_dtype(c, sub, ctx->dtype);
+        sd_tensor *sub = c->hook->value_input(c->hook, c, site, x);
+        if (sub) value_in = sd_to_dtype(c, sub, x->dtype);
         if (c->status != SD_OK) return NULL;
     }
     /* projections of one input in one batched GEMM where the storage allows (sd_linear_many) */
     sd_tensor *q = NULL, *k = NULL, *v = NULL;
-    if (ctx == x && value_in == x) {
+    if (value_in == x) {
         const sd_linear_w *qkv[3] = {&a->to_q, &a->to_k, &a->to_v};
         sd_tensor *outs[3];
         sd_linear_many(c, x, qkv, 3, outs);
         q = outs[0], k = outs[1], v = outs[2];
     } else {
         q = sd_linear(c, x, &a->to_q);
-        if (value_in == ctx) {
-            const sd_linear_w *kv[2] = {&a->to_k, &a->to_v};
-            sd_tensor *outs[2];
-            sd_linear_many(c, ctx, kv, 2, outs);
-            k = outs[0], v = outs[1];
-        } else {
-            k = sd_linear(c, ctx, &a->to_k);
-            v = sd_linear(c, value_in, &a->to_v);
-        }
+        k = sd_linear(c, x, &a->to_k);
+        v = sd_linear(c, value_in, &a->to_v);
     }
     return sd_attention(c, q, k, v, a->heads, 0, site);
 }
 
-sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
-                              sd_tensor *value, const sd_attn_site *site, sd_tensor *residual) {
-    sd_tensor *o = attention_heads(c, a, x, context, value, site);
+static sd_tensor *attention_out(sd_ctx *c, const sd_attention_w *a, sd_tensor *o, sd_tensor *residual) {
     return residual ? sd_linear_add(c, o, &a->to_out, residual) : sd_linear(c, o, &a->to_out);
+}
+
+sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, const sd_attn_site *site,
+                              sd_tensor *residual) {
+    return attention_out(c, a, self_attention_heads(c, a, x, site), residual);
+}
+
+sd_tensor *sd_cross_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *k, sd_tensor *v,
+                                    const sd_attn_site *site, sd_tensor *residual) {
+    if (c->status == SD_OK && (!k || !v)) return sd_ctx_fail(c, SD_ERR_INTERNAL, "cross-attention: keys or values missing");
+    sd_tensor *q = sd_linear(c, x, &a->to_q);
+    return attention_out(c, a, sd_attention(c, q, k, v, a->heads, 0, site), residual);
+}
+
+/* One projection of a cross-attention: out = l(x). */
+typedef struct kv_job {
+    sd_tensor *x;
+    const sd_linear_w *l;
+    sd_tensor **out;
+} kv_job;
+
+sd_status sd_cross_attention_kv(sd_ctx *c, const sd_attention_w *const *attn, int n, sd_tensor *context,
+                                sd_tensor *const *values, sd_tensor **k, sd_tensor **v) {
+    enum { MAX_JOBS = 2 * SD_UNET_MAX_TRANSFORMERS };
+    for (int i = 0; i < n; i++) k[i] = v[i] = NULL;
+    if (c->status != SD_OK) return c->status;
+    if (n < 0 || n > SD_UNET_MAX_TRANSFORMERS || !context)
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "cross-attention projections: %d layers%s", n,
+                           context ? "" : ", no context"),
+               c->status;
+    kv_job jobs[MAX_JOBS];
+    int n_jobs = 0, done[MAX_JOBS] = {0};
+    for (int i = 0; i < n; i++) {
+        jobs[n_jobs++] = (kv_job){context, &attn[i]->to_k, &k[i]};
+        jobs[n_jobs++] = (kv_job){values && values[i] ? values[i] : context, &attn[i]->to_v, &v[i]};
+    }
+    /* groups of one input and one weight shape, in order of first appearance, as many per batched
+     * product as it takes: the tape then sees each group's linears as consecutive nodes, whose data
+     * gradients the backward also takes in one product (autograd.c, backward_linear_group) */
+    for (int first = 0; first < n_jobs && c->status == SD_OK; first++) {
+        if (done[first]) continue;
+        const sd_linear_w *ls[SD_LINEAR_MANY_MAX];
+        sd_tensor **outs[SD_LINEAR_MANY_MAX];
+        int count = 0;
+        for (int j = first; j < n_jobs && count < SD_LINEAR_MANY_MAX; j++)
+            if (!done[j] && jobs[j].x == jobs[first].x && sd_same_shape(jobs[j].l->weight, jobs[first].l->weight)) {
+                ls[count] = jobs[j].l;
+                outs[count++] = jobs[j].out;
+                done[j] = 1;
+            }
+        sd_tensor *y[SD_LINEAR_MANY_MAX];
+        if (sd_linear_many(c, jobs[first].x, ls, count, y) != SD_OK) break;
+        for (int j = 0; j < count; j++) *outs[j] = y[j];
+    }
+    return c->status;
 }
 
 void sd_transformer_sites(const sd_transformer *t, const sd_tensor *x, const sd_tensor *context, int layer,
@@ -267,22 +312,22 @@ sd_tensor *sd_transformer_self_half(sd_ctx *c, const sd_transformer *t, sd_tenso
     sd_tensor *h = sd_group_norm(c, x, &t->norm, t->groups, 1e-6f, 0);
     h = sd_linear_of_map(c, h, &t->proj_in); /* the 1x1 conv, applied per token: [B, HW, C] */
     sd_tensor *n = sd_layer_norm(c, h, &t->norm1, 1e-5f);
-    sd_tensor *o = attention_heads(c, &t->attn1, n, NULL, NULL, self_site);
+    sd_tensor *o = self_attention_heads(c, &t->attn1, n, self_site);
     if (whole_block) sd_block_result(c); /* the stream is what sd_checkpoint keeps */
-    return sd_linear_add(c, o, &t->attn1.to_out, h);
+    return attention_out(c, &t->attn1, o, h);
 }
 
 sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *stream,
-                                  sd_tensor *context, sd_tensor *cross_value, int *layer, sd_unet_place place) {
+                                  sd_tensor *cross_k, sd_tensor *cross_v, int *layer, sd_unet_place place) {
     if (c->status != SD_OK || !x) return NULL;
     const int64_t H = x->shape[2], W = x->shape[3];
     sd_attn_site sites[2];
-    sd_transformer_sites(t, x, context, *layer, place, sites);
+    sd_transformer_sites(t, x, cross_k, *layer, place, sites);
     *layer += 2;
     sd_tensor *h = stream ? stream : sd_transformer_self_half(c, t, x, &sites[0], 0);
 
     sd_tensor *n = sd_layer_norm(c, h, &t->norm2, 1e-5f);
-    h = sd_attention_block(c, &t->attn2, n, context, cross_value, &sites[1], h);
+    h = sd_cross_attention_block(c, &t->attn2, n, cross_k, cross_v, &sites[1], h);
 
     n = sd_layer_norm(c, h, &t->norm3, 1e-5f);
     sd_tensor *f = sd_geglu(c, sd_linear(c, n, &t->ff_in));

@@ -57,12 +57,22 @@ sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, s
  * depends on the timestep only, so a UNet call makes all of them before its first block (and a
  * prefix keeps them: sd_unet_prefix). */
 sd_tensor *sd_resnet_time_projection(sd_ctx *c, const sd_resnet *r, sd_tensor *temb_silu);
-/* Attention over tokens x[B, S, C]; context[B, Sk, Dc] or NULL for self-attention. `site` NULL
- * bypasses the hook (VAE). `value`, when set, is the value projection's input (else the hook's
- * substitute, else the context). `residual`, when set, is added to the output in to_out's GEMM
- * (sd_linear_add): the transformer's skip connection. */
-sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *context,
-                              sd_tensor *value, const sd_attn_site *site, sd_tensor *residual);
+/* Self-attention over tokens x[B, S, C]. `site` NULL bypasses the hook (VAE); else the hook may
+ * substitute the value projection's input. `residual`, when set, is added to the output in
+ * to_out's GEMM (sd_linear_add): the transformer's skip connection. */
+sd_tensor *sd_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, const sd_attn_site *site,
+                              sd_tensor *residual);
+/* Cross-attention of tokens x[B, S, C] over keys k and values v [B, Sk, C] already projected
+ * (sd_cross_attention_kv); `site`, `residual` as above. */
+sd_tensor *sd_cross_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tensor *x, sd_tensor *k, sd_tensor *v,
+                                    const sd_attn_site *site, sd_tensor *residual);
+/* The keys and values of n cross-attentions of one call: k[i] = attn[i].to_k(context) and
+ * v[i] = attn[i].to_v(values[i]) (values NULL, or values[i] NULL: the context), [B, Sk, C_i]. The
+ * projections of one input and one weight shape go in one batched product where the storage
+ * allows (sd_linear_many): SD v1.5's 32 become 3 with a single input (Null-text's context) and 6
+ * with StyleDiffusion's value input beside the prompt. */
+sd_status sd_cross_attention_kv(sd_ctx *c, const sd_attention_w *const *attn, int n, sd_tensor *context,
+                                sd_tensor *const *values, sd_tensor **k, sd_tensor **v);
 /* The first half of a transformer block, which reads no context: GroupNorm, proj_in and the
  * self-attention with its skip, x[B, C, H, W] -> the block's residual stream [B, HW, C] that the
  * cross-attention adds to. `self_site`: the self-attention's hook site; `whole_block`: the half is
@@ -72,11 +82,12 @@ sd_tensor *sd_transformer_self_half(sd_ctx *c, const sd_transformer *t, sd_tenso
 /* Transformer2DModel on x[B, C, H, W]. *layer is the running attention-call counter of the UNet
  * forward (incremented twice). `stream`: NULL, or the block's residual stream after its
  * self-attention, sd_transformer_self_half(x) computed beforehand (a UNet prefix's): the block
- * then runs from its cross-attention on. `cross_value`: the cross-attention's value input when
- * already resolved (recomputation), else NULL. */
+ * then runs from its cross-attention on. `cross_k`, `cross_v`: its cross-attention's keys and
+ * values, projected at the start of the call (sd_cross_attention_kv). */
 sd_tensor *sd_transformer_forward(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *stream,
-                                  sd_tensor *context, sd_tensor *cross_value, int *layer, sd_unet_place place);
-/* The two attention sites (self, cross) of a transformer block whose first call is `layer`. */
+                                  sd_tensor *cross_k, sd_tensor *cross_v, int *layer, sd_unet_place place);
+/* The two attention sites (self, cross) of a transformer block whose first call is `layer`;
+ * `context` (or the keys) gives the cross-attention's key count, NULL none. */
 void sd_transformer_sites(const sd_transformer *t, const sd_tensor *x, const sd_tensor *context, int layer,
                           sd_unet_place place, sd_attn_site sites[2]);
 

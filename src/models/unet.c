@@ -123,15 +123,14 @@ typedef struct transformer_call {
     sd_tensor *stream; /* NULL, or the block's residual stream after its self-attention (a prefix's) */
 } transformer_call;
 
-/* The block with its cross-attention's value input given (resolved from the hook beforehand), the
+/* The block on its cross-attention's keys and values (projected at the start of the call), the
  * hook set aside: a rerun must neither ask it again nor let it see the calls twice. */
-static sd_tensor *transformer_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *context,
-                                    sd_tensor *value) {
+static sd_tensor *transformer_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *k, sd_tensor *v) {
     const transformer_call *call = block;
     int layer = call->layer;
     struct sd_attn_hook *hook = c->hook;
     c->hook = NULL;
-    sd_tensor *y = sd_transformer_forward(c, call->t, x, call->stream, context, value, &layer, call->place);
+    sd_tensor *y = sd_transformer_forward(c, call->t, x, call->stream, k, v, &layer, call->place);
     c->hook = hook;
     return y;
 }
@@ -140,33 +139,29 @@ static sd_tensor *transformer_block(sd_ctx *c, const void *block, sd_tensor *x, 
  *  - always without an attention hook;
  *  - with one, only in a gradient step that recomputes, and unless the hook needs the block's maps
  *    (side outputs that must outlive it: the attention loss's) or substitutes a self-attention
- *    value; a cross-attention value substitution (StyleDiffusion's) is resolved here, before the
- *    block, and passed to it as an input. Hooks used in gradient steps must therefore answer
- *    wants_probs and value_input without side effects (the value-capture hook does). A hooked
- *    forward without a gradient (P2P editing, whose controllers count their calls) is left as is.
- * `stream`: see sd_transformer_forward. */
-static sd_tensor *transformer(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *stream,
-                              sd_tensor *context, int *layer, sd_unet_place place) {
+ *    value (a cross-attention value substitution, StyleDiffusion's, is already in v: the call's
+ *    start resolved it). Hooks used in gradient steps must therefore answer wants_probs and
+ *    value_input without side effects (the value-capture hook does). A hooked forward without a
+ *    gradient (P2P editing, whose controllers count their calls) is left as is.
+ * `stream`: see sd_transformer_forward; k, v: the cross-attention's keys and values. */
+static sd_tensor *transformer(sd_ctx *c, const sd_transformer *t, sd_tensor *x, sd_tensor *stream, sd_tensor *k,
+                              sd_tensor *v, int *layer, sd_unet_place place) {
     if (c->status != SD_OK) return NULL;
-    sd_tensor *value = context;
     struct sd_attn_hook *hook = c->hook;
-    if (hook && !(c->recompute && c->tape))
-        return sd_transformer_forward(c, t, x, stream, context, NULL, layer, place);
+    if (hook && !(c->recompute && c->tape)) return sd_transformer_forward(c, t, x, stream, k, v, layer, place);
     if (hook) {
         sd_attn_site sites[2];
-        sd_transformer_sites(t, x, context, *layer, place, sites);
+        sd_transformer_sites(t, x, k, *layer, place, sites);
         const int maps = hook->wants_probs && (hook->wants_probs(hook, &sites[0]) || hook->wants_probs(hook, &sites[1]));
         const int self_value = hook->value_input && hook->value_input(hook, c, &sites[0], x) != NULL;
-        if (maps || self_value) return sd_transformer_forward(c, t, x, stream, context, NULL, layer, place);
-        sd_tensor *sub = hook->value_input ? hook->value_input(hook, c, &sites[1], context) : NULL;
+        if (maps || self_value) return sd_transformer_forward(c, t, x, stream, k, v, layer, place);
         if (c->status != SD_OK) return NULL;
-        if (sub) value = sub;
     }
     transformer_call *call = sd_arena_alloc_host(c->arena, sizeof *call); /* lives until the step's backward */
     if (!call) return sd_ctx_fail(c, SD_ERR_OOM, "out of memory");
     *call = (transformer_call){t, *layer, place, stream};
     *layer += 2; /* its self- and cross-attention */
-    return sd_checkpoint(c, transformer_block, call, x, context, value);
+    return sd_checkpoint(c, transformer_block, call, x, k, v);
 }
 
 /* The self-attention half of the first transformer, for a prefix (no gradient: its activations
@@ -193,8 +188,13 @@ typedef struct unet_walk {
     int n_skips;
     sd_tensor *temb_proj[SD_UNET_MAX_RESNETS]; /* every resnet's, in call order */
     int n_projections, next_resnet;
-    int layer;     /* attention-call counter handed to the hook */
+    int layer;     /* attention-call counter handed to the hook; transformer layer/2 is next */
     int next_unit; /* the down path's next unit */
+    /* every transformer's cross-attention keys and values [B, Sk, C] in call order, made at the
+     * start of the call, and the map size [H, W] each was made for (where its hook site was asked) */
+    sd_tensor *cross_k[SD_UNET_MAX_TRANSFORMERS], *cross_v[SD_UNET_MAX_TRANSFORMERS];
+    int64_t cross_hw[SD_UNET_MAX_TRANSFORMERS][2];
+    int n_cross;
 } unet_walk;
 
 static int mid_unit(const sd_unet *u) { return u->cfg.n_blocks * (u->cfg.layers_per_block + 1); }
@@ -215,6 +215,19 @@ static sd_tensor *walk_resnet(sd_ctx *c, unet_walk *w, const sd_resnet *r) {
     return sd_resnet_checkpointed(c, r, w->h, w->temb_proj[w->next_resnet++]);
 }
 
+/* The next transformer of the walk on w->h (stream: see sd_transformer_forward). */
+static sd_tensor *walk_transformer(sd_ctx *c, unet_walk *w, const sd_transformer *t, sd_tensor *stream,
+                                   sd_unet_place place) {
+    const int i = w->layer / 2;
+    if (c->status != SD_OK) return NULL;
+    if (i >= w->n_cross) return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: cross-attention projections exhausted");
+    if (w->h->shape[2] != w->cross_hw[i][0] || w->h->shape[3] != w->cross_hw[i][1])
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: transformer %d runs on a %lldx%lld map, its cross-attention "
+                           "was prepared for %lldx%lld", i, (long long)w->h->shape[2], (long long)w->h->shape[3],
+                           (long long)w->cross_hw[i][0], (long long)w->cross_hw[i][1]);
+    return transformer(c, t, w->h, stream, w->cross_k[i], w->cross_v[i], &w->layer, place);
+}
+
 static void push_skip(sd_ctx *c, unet_walk *w) {
     if (w->n_skips >= SD_UNET_MAX_SKIPS) sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: too many skip connections");
     else w->skips[w->n_skips++] = w->h;
@@ -222,8 +235,8 @@ static void push_skip(sd_ctx *c, unet_walk *w) {
 
 /* The down path from w->next_unit on. With `prefix` set it stops at the first transformer, after
  * the resnet before it: w->h is that transformer's input and w->next_unit its unit. Without, it
- * runs every transformer with the context. */
-static void walk_down(sd_ctx *c, const sd_unet *u, unet_walk *w, sd_tensor *context, int prefix) {
+ * runs every transformer on the call's keys and values. */
+static void walk_down(sd_ctx *c, const sd_unet *u, unet_walk *w, int prefix) {
     const int L = u->cfg.layers_per_block, mid = mid_unit(u);
     for (; w->next_unit <= mid + 1 && c->status == SD_OK; w->next_unit++) {
         const int unit = w->next_unit, i = unit / (L + 1), j = unit % (L + 1);
@@ -241,7 +254,7 @@ static void walk_down(sd_ctx *c, const sd_unet *u, unet_walk *w, sd_tensor *cont
             continue;
         }
         if (t && prefix) return;
-        if (t) w->h = transformer(c, t, w->h, NULL, context, &w->layer, place);
+        if (t) w->h = walk_transformer(c, w, t, NULL, place);
         if (unit < mid) push_skip(c, w);
     }
 }
@@ -306,7 +319,7 @@ sd_status sd_unet_prefix_compute(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_t
     if (lowp) x = sd_to_channels_last(c, sd_to_dtype(c, x, SD_F16)); /* NCHW where the context keeps it */
     w.h = sd_conv2d(c, x, &u->conv_in, 1, 1);
     push_skip(c, &w);
-    walk_down(c, u, &w, NULL, 1);
+    walk_down(c, u, &w, 1);
 
     sd_unet_place place;
     const sd_transformer *t = unit_transformer(u, w.next_unit, &place);
@@ -347,6 +360,91 @@ sd_status sd_unet_prefix_for_tape(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_
     return c->status;
 }
 
+/* The map size [H, W] at each level of a call on an H x W latent (conv_in keeps the size; each
+ * downsampler is a 3x3 convolution of stride 2 and padding 1). */
+static void level_sizes(const sd_unet *u, int64_t h, int64_t w, int64_t hw[SD_MAX_BLOCKS][2]) {
+    hw[0][0] = h, hw[0][1] = w;
+    for (int l = 1; l < u->cfg.n_blocks; l++)
+        for (int d = 0; d < 2; d++) hw[l][d] = (hw[l - 1][d] - 1) / 2 + 1;
+}
+
+/* Every transformer of the UNet in call order, with its place and level (0: the latent's
+ * resolution, one more after each downsampler; the up path mirrors the down path). */
+static int unet_transformers(const sd_unet *u, const sd_transformer **ts, sd_unet_place *places, int *levels) {
+    const int n = u->cfg.n_blocks, L = u->cfg.layers_per_block;
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < L && u->down[i].has_attn; j++, k++)
+            ts[k] = &u->down[i].attentions[j], places[k] = SD_PLACE_DOWN, levels[k] = i;
+    ts[k] = &u->mid.attention, places[k] = SD_PLACE_MID, levels[k++] = n - 1;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < L + 1 && u->up[i].has_attn; j++, k++)
+            ts[k] = &u->up[i].attentions[j], places[k] = SD_PLACE_UP, levels[k] = n - 1 - i;
+    return k;
+}
+
+/* The cross-attentions' keys and values of the whole call into w, before any of them runs: the
+ * hook's value substitutes asked at each cross site (value_input has no side effects: attn.h), each
+ * distinct one stored like the context once, then the projections grouped by input and weight
+ * shape (sd_cross_attention_kv). The site sizes follow from the latent's (conv_in's output,
+ * p->skips[0]; level_sizes). */
+static sd_status cross_projections(sd_ctx *c, const sd_unet *u, const sd_unet_prefix *p, sd_tensor *context,
+                                   unet_walk *w) {
+    const sd_transformer *ts[SD_UNET_MAX_TRANSFORMERS];
+    sd_unet_place places[SD_UNET_MAX_TRANSFORMERS];
+    int levels[SD_UNET_MAX_TRANSFORMERS];
+    const int n = unet_transformers(u, ts, places, levels);
+    int64_t hw[SD_MAX_BLOCKS][2];
+    level_sizes(u, p->skips[0].shape[2], p->skips[0].shape[3], hw);
+    const sd_attention_w *attn[SD_UNET_MAX_TRANSFORMERS];
+    sd_tensor *values[SD_UNET_MAX_TRANSFORMERS];
+    sd_tensor *asked[SD_UNET_MAX_TRANSFORMERS], *stored[SD_UNET_MAX_TRANSFORMERS]; /* substitutes, as stored */
+    int n_subs = 0;
+    struct sd_attn_hook *hook = c->hook;
+    for (int i = 0; i < n && c->status == SD_OK; i++) {
+        attn[i] = &ts[i]->attn2;
+        values[i] = NULL;
+        w->cross_hw[i][0] = hw[levels[i]][0], w->cross_hw[i][1] = hw[levels[i]][1];
+        if (!hook || !hook->value_input) continue;
+        sd_tensor map = {.ndim = 4, .shape = {p->h.shape[0], ts[i]->attn2.to_q.weight->shape[1], w->cross_hw[i][0],
+                                              w->cross_hw[i][1]}};
+        sd_attn_site sites[2];
+        sd_transformer_sites(ts[i], &map, context, 2 * i, places[i], sites);
+        sd_tensor *sub = hook->value_input(hook, c, &sites[1], context);
+        if (!sub) continue;
+        int s = 0;
+        while (s < n_subs && asked[s] != sub) s++;
+        if (s == n_subs) {
+            asked[n_subs] = sub;
+            stored[n_subs++] = sd_to_dtype(c, sub, context->dtype);
+        }
+        values[i] = stored[s];
+    }
+    w->n_cross = n;
+    return sd_cross_attention_kv(c, attn, n, context, values, w->cross_k, w->cross_v);
+}
+
+/* Whether the hook acts on the self-attention of site (wants its map or substitutes its value). */
+static int hook_acts_on(sd_ctx *c, struct sd_attn_hook *hook, const sd_attn_site *site, sd_tensor *x) {
+    return hook && ((hook->wants_probs && hook->wants_probs(hook, site)) ||
+                    (hook->value_input && hook->value_input(hook, c, site, x)));
+}
+
+int sd_unet_hook_spares_prefix(sd_ctx *c, const sd_unet *u, const sd_tensor *x) {
+    if (!c->hook) return 1;
+    const sd_transformer *ts[SD_UNET_MAX_TRANSFORMERS];
+    sd_unet_place places[SD_UNET_MAX_TRANSFORMERS];
+    int levels[SD_UNET_MAX_TRANSFORMERS];
+    unet_transformers(u, ts, places, levels);
+    int64_t hw[SD_MAX_BLOCKS][2];
+    level_sizes(u, x->shape[2], x->shape[3], hw);
+    sd_tensor map = {.ndim = 4, .shape = {x->shape[0], ts[0]->attn1.to_q.weight->shape[1], hw[levels[0]][0],
+                                          hw[levels[0]][1]}};
+    sd_attn_site sites[2];
+    sd_transformer_sites(ts[0], &map, NULL, 0, places[0], sites);
+    return !hook_acts_on(c, c->hook, &sites[0], &map);
+}
+
 /* The rest of a call from its prefix: `hook_checked` is set where the hook already saw the first
  * self-attention in this call (sd_unet_forward_tvec). */
 static sd_tensor *forward_from(sd_ctx *c, const sd_unet *u, sd_unet_prefix *p, sd_tensor *context, int hook_checked) {
@@ -368,9 +466,7 @@ static sd_tensor *forward_from(sd_ctx *c, const sd_unet *u, sd_unet_prefix *p, s
     if (!hook_checked && c->hook) {
         sd_attn_site sites[2];
         sd_transformer_sites(t, &p->h, context, 0, place, sites);
-        struct sd_attn_hook *hook = c->hook;
-        if ((hook->wants_probs && hook->wants_probs(hook, &sites[0])) ||
-            (hook->value_input && hook->value_input(hook, c, &sites[0], &p->h)))
+        if (hook_acts_on(c, c->hook, &sites[0], &p->h))
             return sd_ctx_fail(c, SD_ERR_INTERNAL, "unet: the attention hook acts on the first self-attention (%s, "
                                "layer 0), which a prefix computed without it", sd_shape_str(p->h.ndim, p->h.shape, b, sizeof b));
     }
@@ -383,10 +479,12 @@ static sd_tensor *forward_from(sd_ctx *c, const sd_unet *u, sd_unet_prefix *p, s
     w.n_skips = p->n_skips;
     for (int k = 0; k < p->n_skips; k++) w.skips[k] = &p->skips[k];
     w.next_unit = p->next_unit;
-    w.h = transformer(c, t, &p->h, &p->stream, context, &w.layer, place);
+    w.h = &p->h;
+    if (cross_projections(c, u, p, context, &w)) return NULL;
+    w.h = walk_transformer(c, &w, t, &p->stream, place);
     if (w.next_unit < mid_unit(u)) push_skip(c, &w);
     w.next_unit++;
-    walk_down(c, u, &w, context, 0);
+    walk_down(c, u, &w, 0);
 
     const int n = cfg->n_blocks, L = cfg->layers_per_block;
     for (int i = 0; i < n; i++) {
@@ -395,7 +493,7 @@ static sd_tensor *forward_from(sd_ctx *c, const sd_unet *u, sd_unet_prefix *p, s
             w.h = sd_concat_channels(c, w.h, w.skips[--w.n_skips]);
             w.h = walk_resnet(c, &w, &u->up[i].resnets[j]);
             if (u->up[i].has_attn)
-                w.h = transformer(c, &u->up[i].attentions[j], w.h, NULL, context, &w.layer, SD_PLACE_UP);
+                w.h = walk_transformer(c, &w, &u->up[i].attentions[j], NULL, SD_PLACE_UP);
         }
         if (u->up[i].has_upsampler && c->status == SD_OK) {
             /* Upsample to the next skip's size: x2 for latents divisible by 2^(blocks-1), and the

@@ -91,7 +91,7 @@ static sd_tensor *mid_forward(sd_ctx *c, const sd_vae *v, const sd_resnet res[2]
     const int64_t H = h->shape[2], W = h->shape[3];
     sd_tensor *a = sd_group_norm(c, h, attn_norm, v->cfg.norm_num_groups, VAE_EPS, 0);
     a = sd_nchw_to_tokens(c, a);
-    a = sd_attention_block(c, attn, a, NULL, NULL, NULL, NULL); /* single head, not hooked */
+    a = sd_attention_block(c, attn, a, NULL, NULL); /* single head, not hooked */
     a = sd_tokens_to_nchw(c, a, H, W);
     h = sd_add(c, a, h);
     return sd_resnet_checkpointed(c, &res[1], h, NULL);

@@ -79,6 +79,10 @@ int sd_ctx_stores_f16(const sd_ctx *c) {
     return c->activations == SD_F16 && c->be->f16 && (!c->tape || c->f16_steps);
 }
 
+int sd_ctx_steps_store_as_forwards(const sd_ctx *c) {
+    return !(c->activations == SD_F16 && c->be->f16) || c->f16_steps;
+}
+
 /* The fp16 table for an op on fp16 inputs, or NULL (context failed) where there is none, or where a
  * tape records a step that keeps F32 activations (sd_ctx.f16_steps unset). */
 static const sd_f16_ops *f16_ops(sd_ctx *c, const char *op) {

@@ -27,6 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "sd/device.h"
 #include "sd/edit.h"
 #include "testutil.h"
 
@@ -285,6 +286,40 @@ static void test_edits_with_fp16_activations(void **state) {
     check_edit_fp16("stylediffusion refine", SD_INVERT_STYLEDIFFUSION, &o, "sd");
 }
 
+/* A timestep's two passes (unconditional, conditional) read the same latent and timestep, and the
+ * controller injects no self-attention at the first level (its limit is (side/2)² queries): they
+ * share one UNet prefix (conv_in, the first resnet, the first self-attention), so each step runs 3
+ * convolutions and 1 attention fewer than two whole calls, with the same result (the fixture tests
+ * above compare it with torch; test_models' test_unet_prefix the prefix with the whole call). */
+static void test_passes_share_the_prefix(void **state) {
+    (void)state;
+    sd_inversion inv;
+    fixture_inversion(SD_INVERT_NULLTEXT, &inv);
+    sd_edit_options o;
+    nulltext_options(&o);
+    const sd_backend *inner = ctx.be;
+    sd_profile prof;
+    /* one whole call of the edit's shape (batch 2) */
+    const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    sd_tensor *z = sd_upload(&ctx, inv.z_T), *cond = sd_encode_prompt(&ctx, &model, SOURCE);
+    sd_tensor *z2 = sd_concat0(&ctx, z, z), *cond2 = sd_concat0(&ctx, cond, cond);
+    ctx.be = sd_backend_profiled(inner, &prof);
+    assert_non_null(sd_unet_forward(&ctx, &model.unet, z2, 500.0f, cond2));
+    const int64_t call_convs = prof.calls[SD_PROF_CONV];
+    ctx.be = inner;
+    sd_arena_reset(ctx.arena, mark);
+    ctx.be = sd_backend_profiled(inner, &prof);
+    sd_edit_result res = {0};
+    const sd_status st = sd_edit(&ctx, &model, &inv, &o, &res);
+    ctx.be = inner;
+    assert_sd_ok(st);
+    print_message("    %d steps: %lld convolutions (a whole call: %lld)\n", N_STEPS,
+                  (long long)prof.calls[SD_PROF_CONV], (long long)call_convs);
+    assert_int_equal(prof.calls[SD_PROF_CONV], N_STEPS * (2 * call_convs - 3));
+    sd_edit_result_free(&res);
+    sd_inversion_free(&inv);
+}
+
 static void test_injection_effects_match_torch(void **state) {
     (void)state;
     if (!nt_full) {
@@ -419,6 +454,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup(test_nulltext_edit_matches_torch, reset_status),
         cmocka_unit_test_setup(test_stylediffusion_edit_matches_torch, reset_status),
         cmocka_unit_test_setup(test_injection_effects_match_torch, reset_status),
+        cmocka_unit_test_setup(test_passes_share_the_prefix, reset_status),
         cmocka_unit_test_setup(test_edits_with_fp16_activations, reset_status),
         cmocka_unit_test_setup(test_bad_options_are_named, reset_status),
         cmocka_unit_test_setup(test_cli_refuses_bad_input, reset_status),

@@ -16,6 +16,7 @@
 #include "sd/autograd.h"
 #include "sd/models.h"
 #include "sd/sched.h"
+#include "../../src/models/layers.h" /* sd_cross_attention_kv */
 #include "../../src/nn/tape.h" /* sd_lowp_conv_weight_bf16t: which weight copies a gradient step made */
 #include "testutil.h"
 
@@ -578,6 +579,10 @@ static void test_f16_gradient_step(void **state) {
     table16 = *f16_step_inner->f16;
     table16.to_f16 = counting_to_f16;
     ctx.be = &table;
+    /* a step of each kind first: the weights' fp16 copies (the value step's projections pack
+     * otherwise than the context step's) are made on first use, and are not what is counted */
+    sd_tensor_free(f16_step_gradient(x, leaf, 0, NULL));
+    sd_tensor_free(f16_step_gradient(x, leaf, 2, NULL));
     f16_step_narrowed = 0;
     sd_tensor *g_plain = f16_step_gradient(x, leaf, 0, NULL);
     const long narrowed_plain = f16_step_narrowed;
@@ -708,6 +713,21 @@ static sd_status counting_linear_batched_f32io(const float *x, const sd_f16 *w, 
     return projections_inner16->linear_batched_f32io(x, w, y, M, K, N, count);
 }
 
+/* Makes ctx's backend one whose fp16 projections and their data gradients count their calls
+ * (projections_single, projections_batched, grads_single, grads_grouped); table16 and table hold it
+ * and must outlive its use. */
+static void count_projections(sd_f16_ops *table16, sd_backend *table) {
+    projections_inner16 = ctx.be->f16;
+    *table16 = *ctx.be->f16;
+    table16->linear_f32io = counting_linear_f32io;
+    table16->linear_batched_f32io = counting_linear_batched_f32io;
+    table16->linear_backward_data_bf16w = counting_linear_backward_data_bf16w;
+    table16->linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
+    *table = *ctx.be;
+    table->f16 = table16;
+    ctx.be = table;
+}
+
 static void test_batched_projections_in_a_gradient_step(void **state) {
     (void)state;
     const sd_attention_w *a = &unet.mid.attention.attn1;
@@ -716,15 +736,9 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
     testutil_fill_normal(sd_f32(xh), sd_numel(xh), 931, 1.0f);
     const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
     const sd_backend *inner = ctx.be;
-    projections_inner16 = inner->f16;
-    sd_f16_ops table16 = *inner->f16;
-    table16.linear_f32io = counting_linear_f32io;
-    table16.linear_batched_f32io = counting_linear_batched_f32io;
-    table16.linear_backward_data_bf16w = counting_linear_backward_data_bf16w;
-    table16.linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
-    sd_backend table = *inner;
-    table.f16 = &table16;
-    ctx.be = &table;
+    sd_f16_ops table16;
+    sd_backend table;
+    count_projections(&table16, &table);
     ctx.activations = SD_F16;
     sd_tensor *x = sd_param_new(&ctx, xh, "x");
     const int64_t ts[3] = {1, 10, a->to_q.weight->shape[0]};
@@ -808,6 +822,135 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
     sd_tensor_free(x);
     sd_tensor_free(xh);
     sd_tensor_free(th);
+    sd_arena_reset(ctx.arena, mark);
+}
+
+/* A UNet call's cross-attention keys and values (sd_cross_attention_kv, made at the call's start):
+ * the projections of one input and one weight shape go in one batched product (chunked at
+ * SD_LINEAR_MANY_MAX), bit for bit the linears one by one, with the same tape nodes; in a fast
+ * gradient step their data gradients then go in as many grouped products, and the gradients to the
+ * context and to a substituted value input match the one-by-one backward to fp32 rounding. Both
+ * with a single input (Null-text's context: keys and values of a shape together) and with a value
+ * input beside the context (StyleDiffusion's). */
+static int unet_cross_attentions(const sd_attention_w **attn) {
+    const int n = unet.cfg.n_blocks, L = unet.cfg.layers_per_block;
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < L && unet.down[i].has_attn; j++) attn[k++] = &unet.down[i].attentions[j].attn2;
+    attn[k++] = &unet.mid.attention.attn2;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < L + 1 && unet.up[i].has_attn; j++) attn[k++] = &unet.up[i].attentions[j].attn2;
+    return k;
+}
+
+/* The batched products sd_cross_attention_kv should make: per input, its weights grouped by shape,
+ * each group in chunks of SD_LINEAR_MANY_MAX. `per_input`: how many projections of each weight
+ * list share an input (2: keys and values of one input; 1: keys on one, values on another). */
+static long expected_products(const sd_attention_w *const *attn, int n, int same_input) {
+    long products = 0;
+    for (int part = 0; part < (same_input ? 1 : 2); part++) {
+        int done[SD_UNET_MAX_TRANSFORMERS] = {0};
+        for (int i = 0; i < n; i++) {
+            if (done[i]) continue;
+            int size = 0;
+            for (int j = i; j < n; j++)
+                if (sd_same_shape(attn[j]->to_k.weight, attn[i]->to_k.weight)) size += same_input ? 2 : 1, done[j] = 1;
+            products += (size + SD_LINEAR_MANY_MAX - 1) / SD_LINEAR_MANY_MAX;
+        }
+    }
+    return products;
+}
+
+static void test_cross_attention_projections(void **state) {
+    (void)state;
+    const sd_attention_w *attn[SD_UNET_MAX_TRANSFORMERS];
+    const int n = unet_cross_attentions(attn);
+    const int64_t S = 7, D = unet.cfg.cross_attention_dim, cs[3] = {1, S, D};
+    sd_tensor *ch = sd_tensor_new(SD_F32, 3, cs), *vh = sd_tensor_new(SD_F32, 3, cs);
+    testutil_fill_normal(sd_f32(ch), sd_numel(ch), 941, 1.0f);
+    testutil_fill_normal(sd_f32(vh), sd_numel(vh), 942, 1.0f);
+    const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    const sd_backend *inner = ctx.be;
+    sd_f16_ops table16;
+    sd_backend table;
+    count_projections(&table16, &table);
+    ctx.activations = SD_F16; /* a fast gradient step's F32 linears on the weights' fp16 copies */
+    sd_tensor *context = sd_param_new(&ctx, ch, "context"), *value = sd_param_new(&ctx, vh, "value");
+    sd_tape *tape = sd_tape_new();
+    sd_ctx_set_tape(&ctx, tape);
+    for (int with_value = 0; with_value < 2; with_value++) {
+        sd_tensor *values[SD_UNET_MAX_TRANSFORMERS];
+        for (int i = 0; i < n; i++) values[i] = with_value ? value : NULL;
+        sd_tensor *host_kv[2][2 * SD_UNET_MAX_TRANSFORMERS], *grads[2][2];
+        long batched[2], single[2], grouped[2], gsingle[2];
+        int nodes[2];
+        for (int one_by_one = 0; one_by_one < 2; one_by_one++) {
+            projections_single = projections_batched = grads_single = grads_grouped = 0;
+            sd_tensor *k[SD_UNET_MAX_TRANSFORMERS], *v[SD_UNET_MAX_TRANSFORMERS];
+            if (!one_by_one) {
+                assert_sd_ok(sd_cross_attention_kv(&ctx, attn, n, context, values, k, v));
+            } else {
+                for (int i = 0; i < n; i++) {
+                    k[i] = sd_linear(&ctx, context, &attn[i]->to_k);
+                    v[i] = sd_linear(&ctx, with_value ? value : context, &attn[i]->to_v);
+                }
+            }
+            batched[one_by_one] = projections_batched, single[one_by_one] = projections_single;
+            nodes[one_by_one] = sd_tape_size(tape);
+            /* L = Σ_i mse(k_i ⊙ k_i, v_i): every projection's gradient matters */
+            sd_tensor *loss = NULL;
+            for (int i = 0; i < n; i++) {
+                sd_tensor *term = sd_mse(&ctx, sd_mul(&ctx, k[i], k[i]), v[i]);
+                loss = loss ? sd_add(&ctx, loss, term) : term;
+            }
+            assert_sd_ok(sd_backward(&ctx, loss));
+            for (int i = 0; i < n; i++) {
+                host_kv[one_by_one][2 * i] = sd_download_new(&ctx, k[i]);
+                host_kv[one_by_one][2 * i + 1] = sd_download_new(&ctx, v[i]);
+            }
+            grads[one_by_one][0] = sd_download_new(&ctx, context->grad);
+            grads[one_by_one][1] = with_value ? sd_download_new(&ctx, value->grad) : NULL;
+            grouped[one_by_one] = grads_grouped, gsingle[one_by_one] = grads_single;
+            sd_tape_reset(tape);
+        }
+        const long want = expected_products(attn, n, !with_value);
+        const double g_ctx = testutil_max_rel_err(sd_f32(grads[0][0]), sd_f32(grads[1][0]), sd_numel(grads[0][0]));
+        const double g_val = with_value ? testutil_max_rel_err(sd_f32(grads[0][1]), sd_f32(grads[1][1]),
+                                                               sd_numel(grads[0][1]))
+                                        : 0.0;
+        print_message("    %d cross-attentions, %s: %ld batched product(s) (%ld expected) and %ld single (one by one: "
+                      "%ld); data gradients in %ld grouped product(s), %ld single; gradients vs one by one: context "
+                      "%.3g, value %.3g\n",
+                      n, with_value ? "values from a second input" : "keys and values of the context", batched[0],
+                      want, single[0], single[1], grouped[0], gsingle[0], g_ctx, g_val);
+        assert_int_equal(batched[0], want);
+        assert_int_equal(single[0], 0);
+        assert_int_equal(single[1], 2 * n);
+        assert_int_equal(nodes[0], nodes[1]);
+        /* the backward groups runs of one input and shape up to SD_LINEAR_MANY_MAX: a shape whose
+         * projections were chunked may regroup differently, never into more products */
+        assert_true(grouped[0] >= 1 && grouped[0] <= want);
+        assert_int_equal(gsingle[0], 0);
+        for (int i = 0; i < 2 * n; i++)
+            assert_memory_equal(sd_f32(host_kv[0][i]), sd_f32(host_kv[1][i]), sd_nbytes(host_kv[0][i]));
+        assert_true(g_ctx < 1e-6 && g_val < 1e-6); /* the same terms, summed in another order in fp32 */
+        for (int r = 0; r < 2; r++) {
+            for (int i = 0; i < 2 * n; i++) sd_tensor_free(host_kv[r][i]);
+            sd_tensor_free(grads[r][0]);
+            sd_tensor_free(grads[r][1]);
+        }
+    }
+    /* misuse names itself */
+    sd_tensor *k[SD_UNET_MAX_TRANSFORMERS], *v[SD_UNET_MAX_TRANSFORMERS];
+    assert_int_equal(sd_cross_attention_kv(&ctx, attn, n, NULL, NULL, k, v), SD_ERR_INTERNAL);
+    assert_non_null(strstr(sd_last_error(), "no context"));
+    ctx.status = SD_OK;
+    sd_ctx_set_tape(&ctx, NULL);
+    sd_tape_free(tape);
+    ctx.be = inner;
+    ctx.activations = SD_F32;
+    sd_tensor_free(context), sd_tensor_free(value);
+    sd_tensor_free(ch), sd_tensor_free(vh);
     sd_arena_reset(ctx.arena, mark);
 }
 
@@ -930,6 +1073,15 @@ static void test_unet_prefix(void **state) {
         assert_sd_ok(sd_unet_prefix_for_tape(&ctx, &unet, x, tvec, tape, prefix));
         assert_int_equal(sd_tape_size(tape), 0);
         assert_int_equal(prefix->storage, f16 ? SD_F16 : SD_F32);
+        /* the steps store as forwards do: the steps' prefix is also the forwards' (the methods'
+         * eps_c, eps_u and advance), bit for bit the whole call */
+        assert_int_equal(sd_ctx_steps_store_as_forwards(&ctx), 1);
+        sd_tensor *whole_fwd = sd_download_new(&ctx, sd_unet_forward(&ctx, &unet, x, 500.0f, uncond));
+        sd_tensor *from_fwd = sd_download_new(&ctx, sd_unet_forward_from(&ctx, &unet, prefix, uncond));
+        assert_sd_ok(sd_ctx_status(&ctx));
+        assert_memory_equal(sd_f32(whole_fwd), sd_f32(from_fwd), sd_nbytes(whole_fwd));
+        sd_tensor_free(whole_fwd);
+        sd_tensor_free(from_fwd);
         for (int value_step = 0; value_step < 2; value_step++) {
             sd_tensor *leaf = value_step ? leaf_v : leaf_u;
             prefix_run whole = prefix_step(x, cond, leaf, value_step, NULL, tape);
@@ -952,6 +1104,7 @@ static void test_unet_prefix(void **state) {
 
     /* misuse */
     ctx.f16_steps = 0; /* a step that keeps F32 activations, from a prefix of fp16 maps */
+    assert_int_equal(sd_ctx_steps_store_as_forwards(&ctx), 0); /* fp16 forwards, F32 steps */
     sd_ctx_set_tape(&ctx, tape);
     assert_null(sd_unet_forward_from(&ctx, &unet, prefix, cond));
     sd_ctx_set_tape(&ctx, NULL);
@@ -1119,6 +1272,7 @@ int main(void) {
         cmocka_unit_test(test_conv_epilogue_in_a_gradient_step),
         cmocka_unit_test(test_batched_projections_in_a_gradient_step),
         cmocka_unit_test(test_f16_gradient_step),
+        cmocka_unit_test(test_cross_attention_projections),
         cmocka_unit_test(test_f16_outside_the_unet_fails),
         cmocka_unit_test(test_unet_prefix),
         cmocka_unit_test(test_vae),

@@ -113,12 +113,14 @@ static sd_tensor *record_probs(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s
     return p;
 }
 
-/* The value-input callback runs first in every attention call: the place to log the site. */
+/* The value-input callback is asked once for every attention site of a call (a cross-attention's
+ * at the start of the UNet call, a self-attention's as it runs: attn.h): the place to log the
+ * sites, by layer. */
 static sd_tensor *record_site(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, sd_tensor *context) {
     (void)c;
     (void)context;
     testutil_recording_hook *r = (testutil_recording_hook *)h;
-    if (r->n_calls < TESTUTIL_MAX_CALLS) r->sites[r->n_calls] = *s;
+    if (s->layer >= 0 && s->layer < TESTUTIL_MAX_CALLS) r->sites[s->layer] = *s;
     r->n_calls++;
     return NULL; /* keep the context */
 }
