@@ -1005,8 +1005,8 @@ sd_status cu_bf16w_conv2d_backward_data(const float *dy, const sd_f16 *wt, float
                                         int accumulate);
 sd_status cu_f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                 int count);
-sd_status cu_f16w_linear_batched(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N,
-                                 int count);
+sd_status cu_f16w_linear_batched(const float *x, const sd_f16 *w, const float *const *b, float *y, int64_t M, int64_t K,
+                                 int64_t N, int count);
 sd_status cu_f16_conv2d(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r, sd_f16 *y,
                         const sd_conv_geom *g);
 /* attention.cu */

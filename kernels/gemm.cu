@@ -359,11 +359,11 @@ template <typename T, int V> __device__ __forceinline__ void few_rows_load(const
 }
 
 /* y[m, n] = (Σ_k x[m, k] · w[n, k] + r[m, n]) + b[n] for m < M <= LINEAR_FEW_ROWS; b, r may be NULL.
- * vec: K is a multiple of the 16-byte piece of w and x, w are 16-byte aligned. */
+ * vec: K is a multiple of the 16-byte piece of w and x, w are 16-byte aligned. A warp per column,
+ * the block's warps on consecutive columns, the grid's x dimension striding over them. */
 template <typename TX, typename TW, typename TY>
-__global__ void __launch_bounds__(LINEAR_FEW_ROWS_THREADS) k_linear_few_rows(const TX *x, const TW *w, const TY *b,
-                                                                             const TY *r, TY *y, int M, int K, int N,
-                                                                             int vec) {
+__device__ __forceinline__ void few_rows_columns(const TX *x, const TW *w, const TY *b, const TY *r, TY *y, int M, int K,
+                                                 int N, int vec) {
     constexpr int VW = 16 / (int)sizeof(TW);
     const int lane = threadIdx.x & 31, per_block = blockDim.x >> 5;
     for (int n = blockIdx.x * per_block + (threadIdx.x >> 5); n < N; n += gridDim.x * per_block) {
@@ -404,6 +404,28 @@ __global__ void __launch_bounds__(LINEAR_FEW_ROWS_THREADS) k_linear_few_rows(con
             }
         }
     }
+}
+
+template <typename TX, typename TW, typename TY>
+__global__ void __launch_bounds__(LINEAR_FEW_ROWS_THREADS) k_linear_few_rows(const TX *x, const TW *w, const TY *b,
+                                                                             const TY *r, TY *y, int M, int K, int N,
+                                                                             int vec) {
+    few_rows_columns(x, w, b, r, y, M, K, N, vec);
+}
+
+/* The biases of a batch of few-row linears, one per product (by value: a kernel parameter). */
+struct few_rows_biases {
+    const float *b[SD_LINEAR_MANY_MAX];
+};
+
+/* `count` few-row linears of one x (blockIdx.y = i): y[i] = x · w[i]ᵀ + b[i], w [count, N, K] packed,
+ * y [count, M, N]; each product exactly as k_linear_few_rows computes it alone. */
+template <typename TX, typename TW>
+__global__ void __launch_bounds__(LINEAR_FEW_ROWS_THREADS) k_linear_few_rows_many(const TX *x, const TW *w,
+                                                                                  const few_rows_biases bs, float *y,
+                                                                                  int M, int K, int N, int vec) {
+    const int i = blockIdx.y;
+    few_rows_columns<TX, TW, float>(x, w + (int64_t)i * N * K, bs.b[i], nullptr, y + (int64_t)i * M * N, M, K, N, vec);
 }
 
 /* Whether a linear of M rows takes k_linear_few_rows (K > 0: the empty sum keeps its own path). */
@@ -551,16 +573,39 @@ sd_status cu_f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int
     return linear_batched_gemm(x, w, y, CUDA_R_16F, sizeof(sd_f16), M, K, N, count);
 }
 
-/* F32 x and y (sd_f16_ops.linear_batched_f32io): x rounded to fp16 once in the workspace for every
- * product (one by one, linear_f32io rounds it once per projection), F32 C. */
-sd_status cu_f16w_linear_batched(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N,
-                                 int count) {
-    if (M <= 0 || N <= 0 || count <= 0 || K <= 0) /* nothing to convert: no products, or the empty sums */
-        return linear_batched_gemm(NULL, w, y, CUDA_R_32F, sizeof(float), M, K, N, count);
-    sd_f16 *x16 = (sd_f16 *)cu_workspace((size_t)(M * K) * sizeof(sd_f16));
-    if (!x16) return SD_ERR_OOM;
-    CU_TRY(cu_f16_from_f32(x, x16, M * K));
-    return linear_batched_gemm(x16, w, y, CUDA_R_32F, sizeof(float), M, K, N, count);
+/* F32 x and y (sd_f16_ops.linear_batched_f32io), biases b[i] (NULL: none). A few rows (the UNet's
+ * time projections: one per image) go in one launch of the few-row kernel, each product bit for bit
+ * linear_f32io's; more rows: x rounded to fp16 once in the workspace for every product (one by one,
+ * linear_f32io rounds it once per projection), one strided-batched GEMM into F32 C, then the
+ * biases. */
+sd_status cu_f16w_linear_batched(const float *x, const sd_f16 *w, const float *const *b, float *y, int64_t M, int64_t K,
+                                 int64_t N, int count) {
+    if (M <= 0 || N <= 0 || count <= 0) return SD_OK;
+    if (count > SD_LINEAR_MANY_MAX)
+        return sd_fail(SD_ERR_INTERNAL, "linear_batched_f32io: %d products (1 to %d)", count, SD_LINEAR_MANY_MAX);
+    if (K > 0 && linear_few_rows(M, K, N)) {
+        few_rows_biases bs;
+        memset(&bs, 0, sizeof bs);
+        for (int i = 0; b && i < count; i++) bs.b[i] = b[i];
+        const int per_block = LINEAR_FEW_ROWS_THREADS / 32;
+        const int vec = K % 8 == 0 && cu_aligned16(x) && cu_aligned16(w);
+        CU_LAUNCH((k_linear_few_rows_many<float, __half>),
+                  dim3(cu_blocks((N + per_block - 1) / per_block, 1), (unsigned)count), LINEAR_FEW_ROWS_THREADS, 0,
+                  cu_cur()->stream)(x, cu_half(w), bs, y, (int)M, (int)K, (int)N, vec);
+        LAUNCH_CHECK("linear (a few rows, batched)");
+        return SD_OK;
+    }
+    if (K <= 0) { /* nothing to convert: the empty sums */
+        CU_TRY(linear_batched_gemm(NULL, w, y, CUDA_R_32F, sizeof(float), M, K, N, count));
+    } else {
+        sd_f16 *x16 = (sd_f16 *)cu_workspace((size_t)(M * K) * sizeof(sd_f16));
+        if (!x16) return SD_ERR_OOM;
+        CU_TRY(cu_f16_from_f32(x, x16, M * K));
+        CU_TRY(linear_batched_gemm(x16, w, y, CUDA_R_32F, sizeof(float), M, K, N, count));
+    }
+    for (int i = 0; b && i < count; i++)
+        if (b[i]) CU_TRY(cu_bias_rows(y + (int64_t)i * M * N, b[i], M, N));
+    return SD_OK;
 }
 
 /* ------------------------------------------------------------------------------------------------

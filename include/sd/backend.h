@@ -120,11 +120,12 @@ typedef struct sd_f16_ops {
      * each as `linear` computes it. */
     sd_status (*linear_batched)(const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N,
                                 int count);
-    /* The same for F32 x and y (a gradient step's forward, whose activations stay F32): x rounded
-     * to fp16 once for all `count` products, y[i] = fp16(x) · w[i]ᵀ in fp32, each as linear_f32io
-     * computes it. */
-    sd_status (*linear_batched_f32io)(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N,
-                                      int count);
+    /* The same for F32 x and y (a gradient step's forward, whose activations stay F32; the UNet's
+     * time projections of its F32 time embedding): x rounded to fp16 once for all `count` products,
+     * y[i] = fp16(x) · w[i]ᵀ (+ b[i]) in fp32, each as linear_f32io computes it. b: NULL, or
+     * `count` F32 biases [N] (each may be NULL). */
+    sd_status (*linear_batched_f32io)(const float *x, const sd_f16 *w, const float *const *b, float *y, int64_t M,
+                                      int64_t K, int64_t N, int count);
     /* The convolution's epilogue takes what follows it in a resnet: y = round(round(conv(x, w)) +
      * b[c] + v[n, c] + r), the three added in fp32 in that order (each may be NULL): b the conv
      * bias, v [B, Co] a per-image channel bias (the time embedding, F32), r a residual in y's

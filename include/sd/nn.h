@@ -168,11 +168,18 @@ sd_tensor *sd_linear_add(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tenso
 sd_tensor *sd_linear_of_map(sd_ctx *c, sd_tensor *x, const sd_linear_w *l);
 sd_tensor *sd_linear_add_map(sd_ctx *c, sd_tensor *x, const sd_linear_w *l, sd_tensor *residual);
 /* outs[i] = sd_linear(x, ls[i]) for i < count (<= SD_LINEAR_MANY_MAX): an attention's projections of
- * one input. With frozen bias-free weights of one shape, fp16 storage, or F32 maps where sd_linear
- * would use the weights' fp16 copies (fast mode's gradient steps), one batched GEMM on a packed
- * fp16 copy of the weights (the outputs are views of one block; the tape records one linear per
+ * one input. With frozen weights of one shape and fp16 storage (bias-free weights), or F32 maps
+ * where sd_linear would use the weights' fp16 copies (fast mode's gradient steps; the time
+ * projections of the F32 time embedding, with their biases), one batched product on a packed fp16
+ * copy of the weights (the outputs are views of one block; the tape records one linear per
  * output); otherwise one linear each. Returns the context's status. */
 sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, int count, sd_tensor **outs);
+/* outs[i] = sd_linear(xs[i], ls[i]) for i < count (<= 256): the linears of one input and one weight
+ * shape, in order of first appearance, in one sd_linear_many each (chunks of SD_LINEAR_MANY_MAX).
+ * The tape then sees each group's linears as consecutive nodes, whose data gradients the backward
+ * takes in one product where it can (autograd.c, backward_linear_group). A UNet call's
+ * cross-attention keys and values and its resnets' time projections. */
+sd_status sd_linear_grouped(sd_ctx *c, sd_tensor *const *xs, const sd_linear_w *const *ls, int count, sd_tensor **outs);
 /* x[B, Ci, H, W] -> [B, Co, Ho, Wo], symmetric padding. */
 sd_tensor *sd_conv2d(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stride, int pad);
 /* Asymmetric padding (top, left, bottom, right). */

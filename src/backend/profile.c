@@ -306,11 +306,12 @@ static sd_status q_linear_f32io(const float *x, const sd_f16 *w, const float *b,
     TIMED(SD_PROF_GEMM, 2.0 * M * K * N, F4 * (M * K + (r ? 2 : 1) * M * N) + F2 * N * K,
           inner16->linear_f32io(x, w, b, r, y, M, K, N));
 }
-static sd_status q_linear_batched_f32io(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N,
-                                        int count) {
-    LABEL("linear (fp16 w) batched %d x M%lld K%lld N%lld", count, (long long)M, (long long)K, (long long)N);
+static sd_status q_linear_batched_f32io(const float *x, const sd_f16 *w, const float *const *b, float *y, int64_t M,
+                                        int64_t K, int64_t N, int count) {
+    LABEL("linear (fp16 w) batched %d x M%lld K%lld N%lld%s", count, (long long)M, (long long)K, (long long)N,
+          b ? " +bias" : "");
     TIMED(SD_PROF_GEMM, 2.0 * count * M * K * N, F4 * (M * K + count * M * N) + F2 * count * N * K,
-          inner16->linear_batched_f32io(x, w, y, M, K, N, count));
+          inner16->linear_batched_f32io(x, w, b, y, M, K, N, count));
 }
 static sd_status q_to_bf16(const float *x, sd_f16 *y, int64_t n) {
     TIMED(SD_PROF_MEMORY, 0, (F4 + F2) * n, inner16->to_bf16(x, y, n));

@@ -194,10 +194,6 @@ sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_ten
     return sd_conv2d_fused(c, h, &r->conv2, 1, 1, NULL, skip);
 }
 
-sd_tensor *sd_resnet_time_projection(sd_ctx *c, const sd_resnet *r, sd_tensor *temb_silu) {
-    return r->has_temb ? sd_linear(c, temb_silu, &r->time_emb_proj) : NULL;
-}
-
 static sd_tensor *resnet_block(sd_ctx *c, const void *block, sd_tensor *x, sd_tensor *temb_proj, sd_tensor *unused) {
     (void)unused;
     return sd_resnet_forward(c, block, x, temb_proj);
@@ -249,46 +245,22 @@ sd_tensor *sd_cross_attention_block(sd_ctx *c, const sd_attention_w *a, sd_tenso
     return attention_out(c, a, sd_attention(c, q, k, v, a->heads, 0, site), residual);
 }
 
-/* One projection of a cross-attention: out = l(x). */
-typedef struct kv_job {
-    sd_tensor *x;
-    const sd_linear_w *l;
-    sd_tensor **out;
-} kv_job;
-
 sd_status sd_cross_attention_kv(sd_ctx *c, const sd_attention_w *const *attn, int n, sd_tensor *context,
                                 sd_tensor *const *values, sd_tensor **k, sd_tensor **v) {
-    enum { MAX_JOBS = 2 * SD_UNET_MAX_TRANSFORMERS };
     for (int i = 0; i < n; i++) k[i] = v[i] = NULL;
     if (c->status != SD_OK) return c->status;
     if (n < 0 || n > SD_UNET_MAX_TRANSFORMERS || !context)
         return sd_ctx_fail(c, SD_ERR_INTERNAL, "cross-attention projections: %d layers%s", n,
                            context ? "" : ", no context"),
                c->status;
-    kv_job jobs[MAX_JOBS];
-    int n_jobs = 0, done[MAX_JOBS] = {0};
+    sd_tensor *xs[2 * SD_UNET_MAX_TRANSFORMERS] = {0}, *outs[2 * SD_UNET_MAX_TRANSFORMERS];
+    const sd_linear_w *ls[2 * SD_UNET_MAX_TRANSFORMERS] = {0};
     for (int i = 0; i < n; i++) {
-        jobs[n_jobs++] = (kv_job){context, &attn[i]->to_k, &k[i]};
-        jobs[n_jobs++] = (kv_job){values && values[i] ? values[i] : context, &attn[i]->to_v, &v[i]};
+        xs[2 * i] = context, ls[2 * i] = &attn[i]->to_k;
+        xs[2 * i + 1] = values && values[i] ? values[i] : context, ls[2 * i + 1] = &attn[i]->to_v;
     }
-    /* groups of one input and one weight shape, in order of first appearance, as many per batched
-     * product as it takes: the tape then sees each group's linears as consecutive nodes, whose data
-     * gradients the backward also takes in one product (autograd.c, backward_linear_group) */
-    for (int first = 0; first < n_jobs && c->status == SD_OK; first++) {
-        if (done[first]) continue;
-        const sd_linear_w *ls[SD_LINEAR_MANY_MAX];
-        sd_tensor **outs[SD_LINEAR_MANY_MAX];
-        int count = 0;
-        for (int j = first; j < n_jobs && count < SD_LINEAR_MANY_MAX; j++)
-            if (!done[j] && jobs[j].x == jobs[first].x && sd_same_shape(jobs[j].l->weight, jobs[first].l->weight)) {
-                ls[count] = jobs[j].l;
-                outs[count++] = jobs[j].out;
-                done[j] = 1;
-            }
-        sd_tensor *y[SD_LINEAR_MANY_MAX];
-        if (sd_linear_many(c, jobs[first].x, ls, count, y) != SD_OK) break;
-        for (int j = 0; j < count; j++) *outs[j] = y[j];
-    }
+    if (sd_linear_grouped(c, xs, ls, 2 * n, outs) == SD_OK)
+        for (int i = 0; i < n; i++) k[i] = outs[2 * i], v[i] = outs[2 * i + 1];
     return c->status;
 }
 

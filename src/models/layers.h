@@ -47,16 +47,13 @@ sd_tensor *sd_vit_embed(sd_ctx *c, sd_tensor *pixels, const sd_conv_w *patch_con
                         sd_tensor *cls, sd_tensor *pos);
 
 /* h = conv2(silu(gn2(conv1(silu(gn1(x))) + temb_proj))) + shortcut(x).
- * temb_proj: the resnet's projection of SiLU(time embedding), [B, C_out] (sd_resnet_time_projection);
- * NULL in the VAE. */
+ * temb_proj: the resnet's time_emb_proj(SiLU(time embedding)) [B, C_out], NULL in the VAE. It depends
+ * on the timestep only, so a UNet call makes all of them before its first block, in one product per
+ * weight shape (and a prefix keeps them: sd_unet_prefix). */
 sd_tensor *sd_resnet_forward(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_proj);
 /* The same through sd_checkpoint: its activations live in the scratch arena while it runs (no
  * gradient) or are recomputed in the backward (c->recompute). What the UNet and VAE call. */
 sd_tensor *sd_resnet_checkpointed(sd_ctx *c, const sd_resnet *r, sd_tensor *x, sd_tensor *temb_proj);
-/* time_emb_proj(SiLU(emb)) [B, C_out] from temb_silu [B, T]; NULL for a resnet without one. It
- * depends on the timestep only, so a UNet call makes all of them before its first block (and a
- * prefix keeps them: sd_unet_prefix). */
-sd_tensor *sd_resnet_time_projection(sd_ctx *c, const sd_resnet *r, sd_tensor *temb_silu);
 /* Self-attention over tokens x[B, S, C]. `site` NULL bypasses the hook (VAE); else the hook may
  * substitute the value projection's input. `residual`, when set, is added to the output in
  * to_out's GEMM (sd_linear_add): the transformer's skip connection. */

@@ -310,7 +310,17 @@ sd_status sd_unet_prefix_compute(sd_ctx *c, const sd_unet *u, sd_tensor *x, sd_t
     sd_tensor *temb_silu = sd_silu(c, temb);
     const sd_resnet *resnets[SD_UNET_MAX_RESNETS];
     w.n_projections = unet_resnets(u, resnets);
-    for (int k = 0; k < w.n_projections; k++) w.temb_proj[k] = sd_resnet_time_projection(c, resnets[k], temb_silu);
+    /* in one product per weight shape where the storage allows (sd_linear_grouped; SD v1.5's 22
+     * resnets: 3) */
+    sd_tensor *xs[SD_UNET_MAX_RESNETS], *projections[SD_UNET_MAX_RESNETS];
+    const sd_linear_w *ls[SD_UNET_MAX_RESNETS];
+    int n_temb = 0, index[SD_UNET_MAX_RESNETS];
+    for (int k = 0; k < w.n_projections; k++) {
+        index[k] = resnets[k]->has_temb ? n_temb : -1;
+        if (resnets[k]->has_temb) xs[n_temb] = temb_silu, ls[n_temb++] = &resnets[k]->time_emb_proj;
+    }
+    sd_linear_grouped(c, xs, ls, n_temb, projections);
+    for (int k = 0; k < w.n_projections; k++) w.temb_proj[k] = index[k] >= 0 ? projections[index[k]] : NULL;
 
     /* fp16 storage (fast mode without a tape, or a gradient step that stores fp16): the latent is
      * converted once here (the context in sd_unet_forward_from), the time embedding stays F32 (a

@@ -691,12 +691,18 @@ sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, 
                   (x->dtype == SD_F16 ? ops->linear_batched != NULL
                                       : x->dtype == SD_F32 && x->device == c->device && ops->linear_batched_f32io);
     const sd_tensor *ws[SD_LINEAR_MANY_MAX];
+    const float *bs[SD_LINEAR_MANY_MAX];
+    int biased = 0;
     for (int i = 0; i < count && batched; i++) {
         ws[i] = ls[i]->weight;
-        batched = ws[i] && ws[i]->ndim == 2 && !ls[i]->bias && ls[i]->frozen && sd_same_shape(ws[i], ws[0]) &&
-                  x->shape[x->ndim - 1] == ws[i]->shape[1] && (x->dtype == SD_F16 || f32_linear_on_f16_weight(c, ls[i]));
+        bs[i] = ls[i]->bias ? sd_f32(ls[i]->bias) : NULL;
+        biased |= bs[i] != NULL;
+        /* biases on the F32 path only (the fp16 op has none) */
+        batched = ws[i] && ws[i]->ndim == 2 && (!ls[i]->bias || x->dtype == SD_F32) && ls[i]->frozen &&
+                  sd_same_shape(ws[i], ws[0]) && x->shape[x->ndim - 1] == ws[i]->shape[1] &&
+                  (x->dtype == SD_F16 || f32_linear_on_f16_weight(c, ls[i]));
     }
-    if (!batched) { /* one by one: biases, other shapes, F32 maps on F32 weights */
+    if (!batched) { /* one by one: fp16 maps with biases, other shapes, F32 maps on F32 weights */
         for (int i = 0; i < count; i++) outs[i] = sd_linear(c, x, ls[i]);
         return c->status;
     }
@@ -704,9 +710,10 @@ sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, 
     const sd_f16 *wb = lowp_weights_copy(c, ws, count, LOWP_PACK);
     const int64_t block_shape[2] = {count * M, N};
     sd_tensor *block = wb ? new_dtype(c, x->dtype, 2, block_shape) : NULL; /* [count, M, N] */
-    if (!block || !sd_ctx_check(c, x->dtype == SD_F16
-                                       ? ops->linear_batched(f16_of(x), wb, f16_of(block), M, K, N, count)
-                                       : ops->linear_batched_f32io(sd_f32(x), wb, sd_f32(block), M, K, N, count)))
+    if (!block ||
+        !sd_ctx_check(c, x->dtype == SD_F16 ? ops->linear_batched(f16_of(x), wb, f16_of(block), M, K, N, count)
+                                            : ops->linear_batched_f32io(sd_f32(x), wb, biased ? bs : NULL,
+                                                                        sd_f32(block), M, K, N, count)))
         return c->status != SD_OK ? c->status : SD_ERR_OOM;
     int64_t shape[SD_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
@@ -715,8 +722,32 @@ sd_status sd_linear_many(sd_ctx *c, sd_tensor *x, const sd_linear_w *const *ls, 
         if (!(outs[i] = view_header(c, block, x->ndim, shape))) return SD_ERR_OOM;
         outs[i]->data = (char *)block->data + (size_t)(i * M * N) * sd_dtype_size(x->dtype);
         /* the tape sees the linears one by one (their backward reads x and the F32 weight only) */
-        sd_tape_node *node = sd_tape_record(c, SD_OP_LINEAR, outs[i], x, ls[i]->weight, NULL);
+        sd_tape_node *node = sd_tape_record(c, SD_OP_LINEAR, outs[i], x, ls[i]->weight, ls[i]->bias);
         if (node) node->attr.linear.frozen = ls[i]->frozen;
+    }
+    return c->status;
+}
+
+sd_status sd_linear_grouped(sd_ctx *c, sd_tensor *const *xs, const sd_linear_w *const *ls, int count, sd_tensor **outs) {
+    enum { MAX_GROUPED = 256 };
+    for (int i = 0; i < count; i++) outs[i] = NULL;
+    if (c->status != SD_OK) return c->status;
+    if (count < 0 || count > MAX_GROUPED)
+        return sd_ctx_fail(c, SD_ERR_INTERNAL, "linear_grouped: %d linears (at most %d)", count, MAX_GROUPED), c->status;
+    char done[MAX_GROUPED] = {0};
+    for (int first = 0; first < count && c->status == SD_OK; first++) {
+        if (done[first]) continue;
+        const sd_linear_w *group[SD_LINEAR_MANY_MAX];
+        int members[SD_LINEAR_MANY_MAX], n = 0;
+        for (int j = first; j < count && n < SD_LINEAR_MANY_MAX; j++)
+            if (!done[j] && xs[j] == xs[first] && sd_same_shape(ls[j]->weight, ls[first]->weight)) {
+                group[n] = ls[j];
+                members[n++] = j;
+                done[j] = 1;
+            }
+        sd_tensor *y[SD_LINEAR_MANY_MAX];
+        if (sd_linear_many(c, xs[first], group, n, y) != SD_OK) break;
+        for (int j = 0; j < n; j++) outs[members[j]] = y[j];
     }
     return c->status;
 }

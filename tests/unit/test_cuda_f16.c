@@ -375,28 +375,49 @@ static void test_f16_linear(void **state) {
             check16(what, yd, want, count * M * N, TOL_F16_GEMM);
         }
     }
-    /* linear_batched_f32io: the same on F32 x and y (a gradient step's q, k, v): x rounded to fp16
-     * once, fp32 sums, y not rounded */
+    /* linear_batched_f32io: the same on F32 x and y (a gradient step's q, k, v; the UNet's time
+     * projections with their biases): x rounded to fp16 once, fp32 sums, y not rounded. A few rows
+     * (M <= 8) take the few-row kernel, each product bit for bit the single linear_f32io's. */
     {
-        struct { int64_t M, K, N; int count; } b_cases[] = {{77, 40, 24, 3}, {5, 3, 7, 2}, {1024, 64, 64, 3}, {6, 0, 5, 2},
-                                                            {2, 1280, 320, 2}};
+        struct { int64_t M, K, N; int count, biased; } b_cases[] = {{77, 40, 24, 3, 0}, {5, 3, 7, 2, 0},
+                                                                    {1024, 64, 64, 3, 0}, {6, 0, 5, 2, 1},
+                                                                    {2, 1280, 320, 2, 0}, {2, 1280, 320, 5, 1},
+                                                                    {1, 1280, 1280, 12, 1}, {3, 44, 24, 3, 1},
+                                                                    {9, 40, 24, 3, 1}};
         for (size_t c = 0; c < sizeof b_cases / sizeof b_cases[0]; c++) {
             const int64_t M = b_cases[c].M, K = b_cases[c].K, N = b_cases[c].N;
             const int count = b_cases[c].count;
             float *x = hrand(M * K, 200 + c, 1.0f), *want = hnew(count * M * N), *got = hnew(count * M * N);
             sd_f16 *w = hrand16(count * N * K, 205 + c, 1.0f / sqrtf((float)(K > 0 ? K : 1)));
+            const float *b[16] = {NULL}, *bd[16] = {NULL};
+            for (int i = 0; b_cases[c].biased && i < count; i++)
+                if (i != 1) { /* one product without its bias */
+                    b[i] = hrand(N, 210 + c * 16 + i, 1.0f);
+                    bd[i] = dput(b[i], N);
+                }
             float *yd = dnew_bytes((size_t)(count * M * N) * sizeof(float));
-            assert_sd_ok(cpu16->linear_batched_f32io(x, w, want, M, K, N, count));
+            assert_sd_ok(cpu16->linear_batched_f32io(x, w, b_cases[c].biased ? b : NULL, want, M, K, N, count));
             assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
-            assert_sd_ok(gpu16->linear_batched_f32io(dput(x, M * K), dput16(w, count * N * K), yd, M, K, N, count));
+            float *xd = dput(x, M * K);
+            sd_f16 *wd = dput16(w, count * N * K);
+            assert_sd_ok(gpu16->linear_batched_f32io(xd, wd, b_cases[c].biased ? bd : NULL, yd, M, K, N, count));
             assert_sd_ok(gpu->download(got, yd, (size_t)(count * M * N) * sizeof(float)));
             char what[96];
-            snprintf(what, sizeof what, "linear_batched_f32io %d x (%lldx%lld -> %lld)", count, (long long)M,
-                     (long long)K, (long long)N);
+            snprintf(what, sizeof what, "linear_batched_f32io %d x (%lldx%lld -> %lld)%s", count, (long long)M,
+                     (long long)K, (long long)N, b_cases[c].biased ? " + biases" : "");
             /* the same fp16 operands, fp32 sums in another order: close to fp32 rounding */
             const double err = testutil_max_rel_err(got, want, count * M * N);
             print_message("    %-56s max rel err %.3g (tol %.0e)\n", what, err, 1e-4);
             if (!(err <= 1e-4)) fail_msg("%s: max relative error %.6g", what, err);
+            if (M <= 8 && K > 0) { /* the few-row kernel: each product as linear_f32io alone, bit for bit */
+                float *single = hnew(M * N);
+                float *sd = dnew_bytes((size_t)(M * N) * sizeof(float));
+                for (int i = 0; i < count; i++) {
+                    assert_sd_ok(gpu16->linear_f32io(xd, wd + (int64_t)i * N * K, bd[i], NULL, sd, M, K, N));
+                    assert_sd_ok(gpu->download(single, sd, (size_t)(M * N) * sizeof(float)));
+                    assert_memory_equal(single, got + (int64_t)i * M * N, (size_t)(M * N) * sizeof(float));
+                }
+            }
         }
     }
     /* bf16 copies and a gradient step's data gradient on a bf16 weight: dx += bf16(dy) · w, into a

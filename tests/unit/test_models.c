@@ -707,10 +707,10 @@ static sd_status counting_linear_f32io(const float *x, const sd_f16 *w, const fl
     projections_single++;
     return projections_inner16->linear_f32io(x, w, b, r, y, M, K, N);
 }
-static sd_status counting_linear_batched_f32io(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K,
-                                               int64_t N, int count) {
+static sd_status counting_linear_batched_f32io(const float *x, const sd_f16 *w, const float *const *b, float *y,
+                                               int64_t M, int64_t K, int64_t N, int count) {
     projections_batched++;
-    return projections_inner16->linear_batched_f32io(x, w, y, M, K, N, count);
+    return projections_inner16->linear_batched_f32io(x, w, b, y, M, K, N, count);
 }
 
 /* Makes ctx's backend one whose fp16 projections and their data gradients count their calls
@@ -952,6 +952,56 @@ static void test_cross_attention_projections(void **state) {
     sd_tensor_free(context), sd_tensor_free(value);
     sd_tensor_free(ch), sd_tensor_free(vh);
     sd_arena_reset(ctx.arena, mark);
+}
+
+/* The resnets' time projections of a call (of the F32 time embedding, on the weights' fp16 copies
+ * in fast mode) go in one batched product per weight shape, biases included; the time embedding's
+ * own two linears stay single. */
+static void test_time_projections_grouped(void **state) {
+    (void)state;
+    sd_tensor *sample = testutil_fixture("tiny_unet", "small_sample");
+    sd_tensor *context = testutil_fixture("tiny_unet", "small_context");
+    const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
+    const sd_backend *inner = ctx.be;
+    sd_tensor *x = sd_upload(&ctx, sample), *cond = sd_upload(&ctx, context);
+    sd_tensor *f32 = sd_download_new(&ctx, sd_unet_forward(&ctx, &unet, x, 500.0f, cond));
+    sd_f16_ops table16;
+    sd_backend table;
+    count_projections(&table16, &table);
+    ctx.activations = SD_F16;
+    projections_single = projections_batched = 0;
+    sd_tensor *f16 = sd_download_new(&ctx, sd_unet_forward(&ctx, &unet, x, 500.0f, cond));
+    ctx.be = inner;
+    ctx.activations = SD_F32;
+    assert_sd_ok(sd_ctx_status(&ctx));
+    /* expected: the resnets' projection weights grouped by shape, chunks of SD_LINEAR_MANY_MAX */
+    const sd_resnet *rs[SD_UNET_MAX_RESNETS];
+    int n = 0;
+    for (int i = 0; i < unet.cfg.n_blocks; i++) {
+        for (int j = 0; j < unet.cfg.layers_per_block; j++) rs[n++] = &unet.down[i].resnets[j];
+        for (int j = 0; j < unet.cfg.layers_per_block + 1; j++) rs[n++] = &unet.up[i].resnets[j];
+    }
+    rs[n++] = &unet.mid.resnets[0], rs[n++] = &unet.mid.resnets[1];
+    long want = 0;
+    int done[SD_UNET_MAX_RESNETS] = {0};
+    for (int i = 0; i < n; i++) {
+        if (done[i]) continue;
+        int size = 0;
+        for (int j = i; j < n; j++)
+            if (sd_same_shape(rs[j]->time_emb_proj.weight, rs[i]->time_emb_proj.weight)) size++, done[j] = 1;
+        want += (size + SD_LINEAR_MANY_MAX - 1) / SD_LINEAR_MANY_MAX;
+    }
+    const double rel = testutil_max_rel_err(sd_f32(f16), sd_f32(f32), sd_numel(f32));
+    print_message("    %d time projections: %ld batched product(s) (%ld expected), %ld single linear(s) on fp16 "
+                  "weights; eps vs the F32 forward %.3g\n", n, projections_batched, want, projections_single, rel);
+    assert_int_equal(projections_batched, want);
+    assert_int_equal(projections_single, 2); /* time_embedding.linear_1 and linear_2 */
+    assert_true(rel < F16_TOL);
+    sd_tensor_free(f32);
+    sd_tensor_free(f16);
+    sd_arena_reset(ctx.arena, mark);
+    sd_tensor_free(sample);
+    sd_tensor_free(context);
 }
 
 static void test_f16_outside_the_unet_fails(void **state) {
@@ -1273,6 +1323,7 @@ int main(void) {
         cmocka_unit_test(test_batched_projections_in_a_gradient_step),
         cmocka_unit_test(test_f16_gradient_step),
         cmocka_unit_test(test_cross_attention_projections),
+        cmocka_unit_test(test_time_projections_grouped),
         cmocka_unit_test(test_f16_outside_the_unet_fails),
         cmocka_unit_test(test_unet_prefix),
         cmocka_unit_test(test_vae),

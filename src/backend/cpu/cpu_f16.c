@@ -225,10 +225,10 @@ static sd_status f16_linear_batched(const sd_f16 *x, const sd_f16 *w, sd_f16 *y,
     return SD_OK;
 }
 
-static sd_status f16_linear_batched_f32io(const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N,
-                                          int count) {
+static sd_status f16_linear_batched_f32io(const float *x, const sd_f16 *w, const float *const *b, float *y, int64_t M,
+                                          int64_t K, int64_t N, int count) {
     for (int i = 0; i < count; i++)
-        SD_TRY(f16_linear_f32io(x, w + (int64_t)i * N * K, NULL, NULL, y + (int64_t)i * M * N, M, K, N));
+        SD_TRY(f16_linear_f32io(x, w + (int64_t)i * N * K, b ? b[i] : NULL, NULL, y + (int64_t)i * M * N, M, K, N));
     return SD_OK;
 }
 

@@ -266,14 +266,24 @@ static sd_status g16_linear_backward_data_bf16w_many(const float *const *dy, int
     close_memory();
     return s;
 }
+/* the biases' pointer array is the caller's host memory; each pointer in it must be the device's */
+static sd_status g16_linear_batched_f32io(const float *x, const sd_f16 *w, const float *const *b, float *y, int64_t M,
+                                          int64_t K, int64_t N, int count) {
+    const void *device_args[SD_LINEAR_MANY_MAX + 3] = {x, w, y};
+    size_t n = 3;
+    for (int i = 0; b && i < count && i < SD_LINEAR_MANY_MAX; i++) device_args[n++] = b[i];
+    if (!on_device("f16 linear_batched_f32io", device_args, n)) return SD_ERR_INTERNAL;
+    open_memory();
+    const sd_status s = cpu->f16->linear_batched_f32io(x, w, b, y, M, K, N, count);
+    close_memory();
+    return s;
+}
 GUARD16(to_bf16_conv_transposed, (const float *w, sd_f16 *wt, int64_t Co, int64_t Ci, int kh, int kw),
         (w, wt, Co, Ci, kh, kw), w, wt)
 GUARD16(conv2d_backward_data_bf16w, (const float *dy, const sd_f16 *wt, float *dx, const sd_conv_geom *g,
                                      int accumulate),
         (dy, wt, dx, g, accumulate), dy, wt, dx)
 GUARD16(linear_batched, (const sd_f16 *x, const sd_f16 *w, sd_f16 *y, int64_t M, int64_t K, int64_t N, int count),
-        (x, w, y, M, K, N, count), x, w, y)
-GUARD16(linear_batched_f32io, (const float *x, const sd_f16 *w, float *y, int64_t M, int64_t K, int64_t N, int count),
         (x, w, y, M, K, N, count), x, w, y)
 GUARD16(to_f16_nhwc, (const float *x, sd_f16 *y, int64_t B, int64_t C, int64_t S), (x, y, B, C, S), x, y)
 GUARD16(to_f32_nchw, (const sd_f16 *x, const float *v, const float *r, float *y, int64_t B, int64_t C, int64_t S),
