@@ -118,7 +118,8 @@ sd_tensor *sd_unet_forward_from(sd_ctx *c, const sd_unet *u, sd_unet_prefix *p, 
 /* 1 when the context's hook (none: 1) leaves alone the first self-attention of a call on latent x
  * [B, C, H, W], so that the call may start from a prefix made without the hook: P2P editing's two
  * passes of a timestep share one where the controller injects no self-attention at that size (SD
- * v1.5 at 512 px: 4096 queries, over its 32x32 limit). Asks wants_probs and value_input. */
+ * v1.5 at 512 px: 4096 queries, over its 32x32 limit). Asks wants_probs and value_input, the
+ * latter with a header of the site's input (its shape, dtype and device; no data: nothing has run). */
 int sd_unet_hook_spares_prefix(sd_ctx *c, const sd_unet *u, const sd_tensor *x);
 
 typedef struct sd_vae {

@@ -417,7 +417,7 @@ static sd_status cross_projections(sd_ctx *c, const sd_unet *u, const sd_unet_pr
         w->cross_hw[i][0] = hw[levels[i]][0], w->cross_hw[i][1] = hw[levels[i]][1];
         if (!hook || !hook->value_input) continue;
         sd_tensor map = {.ndim = 4, .shape = {p->h.shape[0], ts[i]->attn2.to_q.weight->shape[1], w->cross_hw[i][0],
-                                              w->cross_hw[i][1]}};
+                                              w->cross_hw[i][1]}}; /* for the site's sizes only */
         sd_attn_site sites[2];
         sd_transformer_sites(ts[i], &map, context, 2 * i, places[i], sites);
         sd_tensor *sub = hook->value_input(hook, c, &sites[1], context);
@@ -448,8 +448,11 @@ int sd_unet_hook_spares_prefix(sd_ctx *c, const sd_unet *u, const sd_tensor *x) 
     unet_transformers(u, ts, places, levels);
     int64_t hw[SD_MAX_BLOCKS][2];
     level_sizes(u, x->shape[2], x->shape[3], hw);
+    /* the self-attention's input as a header (shape, dtype and device as the call would store it;
+     * no data: the call has not run) */
     sd_tensor map = {.ndim = 4, .shape = {x->shape[0], ts[0]->attn1.to_q.weight->shape[1], hw[levels[0]][0],
-                                          hw[levels[0]][1]}};
+                                          hw[levels[0]][1]},
+                     .dtype = sd_ctx_stores_f16(c) ? SD_F16 : SD_F32, .device = c->device, .tape_index = -1};
     sd_attn_site sites[2];
     sd_transformer_sites(ts[0], &map, NULL, 0, places[0], sites);
     return !hook_acts_on(c, c->hook, &sites[0], &map);
