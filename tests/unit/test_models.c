@@ -844,8 +844,8 @@ static int unet_cross_attentions(const sd_attention_w **attn) {
 }
 
 /* The batched products sd_cross_attention_kv should make: per input, its weights grouped by shape,
- * each group in chunks of SD_LINEAR_MANY_MAX. `per_input`: how many projections of each weight
- * list share an input (2: keys and values of one input; 1: keys on one, values on another). */
+ * each group in chunks of SD_LINEAR_MANY_MAX. `same_input`: keys and values read one input (so a
+ * layer's two projections join one group), else keys one input and values another. */
 static long expected_products(const sd_attention_w *const *attn, int n, int same_input) {
     long products = 0;
     for (int part = 0; part < (same_input ? 1 : 2); part++) {
