@@ -433,13 +433,22 @@ static bool linear_few_rows(int64_t M, int64_t K, int64_t N) {
     return M > 0 && M <= LINEAR_FEW_ROWS && K > 0 && K <= INT_MAX && N > 0 && N <= INT_MAX / 2; /* int column walk */
 }
 
+/* The few-row kernels' launch shape: their column blocks, and whether the 16-byte loads apply
+ * (for a packed batch, w's first product: K a multiple of the piece keeps every product aligned). */
+static unsigned few_rows_blocks(int64_t N) {
+    const int per_block = LINEAR_FEW_ROWS_THREADS / 32;
+    return cu_blocks((N + per_block - 1) / per_block, 1);
+}
+
+template <typename TX, typename TW> static int few_rows_vec(const TX *x, const TW *w, int64_t K) {
+    return K % (16 / (int64_t)sizeof(TW)) == 0 && cu_aligned16(x) && cu_aligned16(w);
+}
+
 template <typename TX, typename TW, typename TY>
 static sd_status launch_linear_few_rows(const TX *x, const TW *w, const TY *b, const TY *r, TY *y, int64_t M, int64_t K,
                                         int64_t N) {
-    const int per_block = LINEAR_FEW_ROWS_THREADS / 32;
-    const int vec = K % (16 / (int64_t)sizeof(TW)) == 0 && cu_aligned16(x) && cu_aligned16(w);
-    CU_LAUNCH((k_linear_few_rows<TX, TW, TY>), cu_blocks((N + per_block - 1) / per_block, 1), LINEAR_FEW_ROWS_THREADS,
-              0, cu_cur()->stream)(x, w, b, r, y, (int)M, (int)K, (int)N, vec);
+    CU_LAUNCH((k_linear_few_rows<TX, TW, TY>), few_rows_blocks(N), LINEAR_FEW_ROWS_THREADS, 0, cu_cur()->stream)(
+        x, w, b, r, y, (int)M, (int)K, (int)N, few_rows_vec(x, w, K));
     LAUNCH_CHECK("linear (a few rows)");
     return SD_OK;
 }
@@ -587,11 +596,9 @@ sd_status cu_f16w_linear_batched(const float *x, const sd_f16 *w, const float *c
         few_rows_biases bs;
         memset(&bs, 0, sizeof bs);
         for (int i = 0; b && i < count; i++) bs.b[i] = b[i];
-        const int per_block = LINEAR_FEW_ROWS_THREADS / 32;
-        const int vec = K % 8 == 0 && cu_aligned16(x) && cu_aligned16(w);
-        CU_LAUNCH((k_linear_few_rows_many<float, __half>),
-                  dim3(cu_blocks((N + per_block - 1) / per_block, 1), (unsigned)count), LINEAR_FEW_ROWS_THREADS, 0,
-                  cu_cur()->stream)(x, cu_half(w), bs, y, (int)M, (int)K, (int)N, vec);
+        CU_LAUNCH((k_linear_few_rows_many<float, __half>), dim3(few_rows_blocks(N), (unsigned)count),
+                  LINEAR_FEW_ROWS_THREADS, 0, cu_cur()->stream)(x, cu_half(w), bs, y, (int)M, (int)K, (int)N,
+                                                                few_rows_vec(x, cu_half(w), K));
         LAUNCH_CHECK("linear (a few rows, batched)");
         return SD_OK;
     }
