@@ -116,6 +116,8 @@ if want test; then
         timeout "$TEST_TIMEOUT" sh tests/run_tests.sh $OTHERS > "$RES/test_others.log" 2>&1
         rc=$?
         grep -E "\[  FAILED  \]|counted as one failure" "$RES/test_others.log" | head -n 40
+        # test_device_parity's programmatic dependent launch check (SD_CUDA_PDL) against plain launches
+        grep -E "programmatic launches|test_programmatic_launch_cuda" "$RES/test_others.log" | head -n 6
         if [ "$rc" -eq 124 ]; then
             note "other tests stopped after TEST_TIMEOUT=$TEST_TIMEOUT s (log: $RES/test_others.log)"
         else
@@ -212,6 +214,7 @@ if want bench; then
                 gemmalgo=heuristic
                 chlast=1
                 fa=2
+                pdl=$(pdl_setting "$prec")
                 [ "$prec" = "fast+fa1" ] && fa=1
                 [ "$prec" = "fast+graph" ] && convalgo=graph
                 [ "$prec" = "fast+tune" ] && convalgo=tune gemmalgo=tune
@@ -221,7 +224,7 @@ if want bench; then
                 extra="$extra --save-io $io"
                 echo "$impl: $model batch $batch $prec ($(elapsed))"
                 # shellcheck disable=SC2086
-                if SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo \
+                if SD_CUDA_PDL=$pdl SD_FAST_ACTIVATIONS=$act SD_CONV_GEMM=$convgemm SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo \
                     SD_CHANNELS_LAST=$chlast SD_FLASH_BLOCKS_PER_SM=$fa SD_CONV_WINOGRAD=$wino \
                     "$bin" bench unet $args --device cuda --precision "${prec%%+*}" \
                     --batch "$batch" --size "$SIZE" \

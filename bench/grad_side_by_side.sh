@@ -113,6 +113,7 @@ for row in $(echo "$PRECISION" | tr ',' ' '); do
     wino=$(winograd_setting "$prec")
     fbwd=$(flash_bwd_setting "$prec")
     stepact=$(step_activations_setting "$prec")
+    pdl=$(pdl_setting "$prec")
     case $prec in
         *+tune) convalgo=tune gemmalgo=tune ;;
         *+graph) convalgo=graph ;;
@@ -127,9 +128,9 @@ for row in $(echo "$PRECISION" | tr ',' ' '); do
     base=${prec%%+*}
     echo "stylediff$tag: bench grad $OURS_MODEL --device $DEVICE --precision $base --iters $ITERS$extra" \
          "(SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm SD_CHANNELS_LAST=$chlast SD_BF16_GRADS=$bf16grads" \
-         "SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_WINOGRAD=$wino SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_STEP_ACTIVATIONS=$stepact)" >&2
+         "SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_WINOGRAD=$wino SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_STEP_ACTIVATIONS=$stepact SD_CUDA_PDL=$pdl)" >&2
     # shellcheck disable=SC2086
-    if ! SD_STEP_ACTIVATIONS=$stepact SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_BF16_GRADS=$bf16grads SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
+    if ! SD_CUDA_PDL=$pdl SD_STEP_ACTIVATIONS=$stepact SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_BF16_GRADS=$bf16grads SD_CHANNELS_LAST=$chlast SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench grad $OURS_MODEL --device "$DEVICE" --precision "$base" --iters "$ITERS" --tsv -q \
             $extra > "$WORK/ours_row.tsv" 2> "$WORK/ours_$row.err"; then
         cat "$WORK/ours_$row.err" >&2
         note "stylediff bench grad failed ($row)"
@@ -165,7 +166,7 @@ def rows(path):
 ours = {(r[3], r[4]): r for r in rows(ours_path) if r[0] == "grad"}
 ref = {(r[4], r[1]): r for r in rows(torch_path) if r[0] == "grad_ref"}
 parity = [r for r in rows(torch_path) if r[0] == "grad_parity"]
-ORDER = ("exact", "exact+direct", "exact+wino", "exact+wino4-all", "exact+wino-all", "exact+wino-mixed", "exact+cudnn", "exact+recompute", "fast", "fast+wino", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+fb2", "fast+cudnn", "fast+gemm", "fast+tf32",
+ORDER = ("exact", "exact+direct", "exact+wino", "exact+wino4-all", "exact+wino-all", "exact+wino-mixed", "exact+cudnn", "exact+recompute", "fast", "fast+wino", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+fb2", "fast+pdl", "fast+f16step", "fast+f16step+pdl", "fast+cudnn", "fast+gemm", "fast+tf32",
          "fast+eager", "fast+recompute")
 precs = sorted({k[0] for k in ours}, key=lambda p: ORDER.index(p) if p in ORDER else 9)
 modes = []

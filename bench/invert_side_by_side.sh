@@ -223,6 +223,7 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
     wino=$(winograd_setting "$row")
     fbwd=$(flash_bwd_setting "$row")
     stepact=$(step_activations_setting "$row")
+    pdl=$(pdl_setting "$row")
     case $row in
         *+eager) eager=--eager ;;
         *+f32act) act=f32 ;;
@@ -232,7 +233,7 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
         *+tf32) fastgemm=tf32 ;;
     esac
     # shellcheck disable=SC2086
-    if SD_STEP_ACTIVATIONS=$stepact SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench invert $OURS_MODEL --device "$DEVICE" --precision "${row%%+*}" $eager --methods "$METHODS" \
+    if SD_CUDA_PDL=$pdl SD_STEP_ACTIVATIONS=$stepact SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench invert $OURS_MODEL --device "$DEVICE" --precision "${row%%+*}" $eager --methods "$METHODS" \
             --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
             > "$f" 2> "$LOGS/ours_$prec.err"; then
         sed "s/^/  /" "$f" >&2

@@ -28,6 +28,15 @@ flash_bwd_setting() {
     esac
 }
 
+# SD_CUDA_PDL for a row name: +pdl (anywhere in it, e.g. fast+f16step+pdl) this backend's kernels by
+# programmatic dependent launch (sm_90 and later; kernels/cuda_common.cuh); else 0, the default.
+pdl_setting() {
+    case $1 in
+        *+pdl*) echo 1 ;;
+        *) echo 0 ;;
+    esac
+}
+
 # SD_STEP_ACTIVATIONS for a row name: +f16step (anywhere in it, e.g. fast+f16step+fb2) fp16 activations
 # in fast mode's gradient steps too, their forward the plain fp16 forward (sd_ctx.f16_steps); else f32,
 # the default (the steps' F32 activations on fp16 weight copies).

@@ -154,6 +154,7 @@ __device__ __forceinline__ void ex_softmax_tile(float (&s)[4][4], float (&o)[4][
 
 template <int DCH, bool ASYNC>
 __global__ void __launch_bounds__(EX_THREADS) k_flash_exact(const attn_params<float> p) {
+    CU_PDL_ENTRY();
     typedef ex_smem<DCH, ASYNC> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     float *smem = reinterpret_cast<float *>(smem_f4);
@@ -500,6 +501,7 @@ __device__ __forceinline__ void fa_store_lse(float *lse, int64_t Sq, float c, in
  * multiplies the 16-wide layout's 8 padding zeros. */
 template <typename T, int NS>
 __global__ void __launch_bounds__(FA_THREADS, 1) k_flash_fast(const attn_params<T> p) {
+    CU_PDL_ENTRY();
     constexpr int DK = cu_head_slices<NS>::DK;
     typedef fa_smem<DK> L;
     typedef fa_operand<T> In;
@@ -634,6 +636,7 @@ template <int DK> struct fa_async_smem {
 
 template <int NS, int MINB = fa_async_smem<cu_head_slices<NS>::DK>::min_blocks>
 __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const attn_params<__half> p) {
+    CU_PDL_ENTRY();
     constexpr int DK = cu_head_slices<NS>::DK;
     typedef fa_async_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
@@ -799,6 +802,7 @@ template <typename T> static sd_status flash_fast(const attn_params<T> &p, int64
 
 __global__ void k_softmax_rows(float *x, int64_t rows, int64_t rows_per_head, int64_t q_offset, int64_t Sk,
                                int causal) {
+    CU_PDL_ENTRY();
     /* x: [rows, Sk], one warp per row; the row's query index is q_offset + row mod rows_per_head;
      * causal rows keep columns j <= query (the rest become 0), as the CPU's softmax_row does */
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);

@@ -64,6 +64,7 @@
  * writes it). One warp per row. */
 __global__ void k_softmax_grad_rows(const float *P, const float *dP, float *dS, int64_t rows, int64_t rows_per_head,
                                     int64_t head_rows, int64_t base_row, int64_t Sk) {
+    CU_PDL_ENTRY();
     const int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
     const int lane = threadIdx.x & 31;
@@ -205,6 +206,7 @@ __device__ __forceinline__ void fb_stage_piece(const fb_stage_job &j, const floa
 }
 
 __global__ void k_fb_stage(const fb_stage_params p) {
+    CU_PDL_ENTRY();
     const fb_stage_job j = p.job[blockIdx.y];
     const int pieces = p.DP >> 3;
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -363,6 +365,7 @@ __device__ __forceinline__ float fb_delta_from_out(const attn_bwd_params &p, con
  * walks them once for L and Δ and, when dQ is wanted, a second time: one sequence of `steps` tiles
  * whose next tile is always in flight. NS: the head dims' 8-wide slices (cu_head_slices). */
 template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dq(const attn_bwd_params p) {
+    CU_PDL_ENTRY();
     constexpr int DK = cu_head_slices<NS>::DK;
     typedef fb_dq_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
@@ -549,6 +552,7 @@ __device__ __forceinline__ void fb_dkv_tile(float (&s)[FB_BQT / 8][4], float (&d
  * k_fb_sum_splits adds up in a fixed order (attention over few keys, cross-attention's 77, gives
  * too few key blocks to fill the GPU otherwise: one per head, each walking every query). */
 template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dkv(const attn_bwd_params p) {
+    CU_PDL_ENTRY();
     constexpr int DK = cu_head_slices<NS>::DK;
     typedef fb_dkv_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
@@ -672,6 +676,7 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
 /* grad[b, j, h·width + d] += (or =) Σ_z part[z][b·H + h][j][d] (z in order): kernel 2's split partials. */
 __global__ void k_fb_sum_splits(float *grad, const float *part, int64_t B, int H, int64_t Sk, int width, int DP,
                                 int splits, int accumulate) {
+    CU_PDL_ENTRY();
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, n = B * Sk * H * width;
     if (i >= n) return;
     const int d = (int)(i % width);
@@ -903,6 +908,7 @@ struct widen3_params {
 };
 
 __global__ void k_widen3(const widen3_params p) {
+    CU_PDL_ENTRY();
     cu_widen_f16(p.x[blockIdx.y], p.y[blockIdx.y], p.n[blockIdx.y], p.vec[blockIdx.y]);
 }
 

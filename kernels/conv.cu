@@ -522,6 +522,7 @@ static int conv_retryable(cudnnStatus_t st) {
 template <typename T>
 __global__ void k_pad_input(const T *x, T *xp, int64_t BC, int64_t H, int64_t W, int64_t Hp, int64_t Wp, int pad_top,
                             int pad_left) {
+    CU_PDL_ENTRY();
     /* x: [B·C, H, W] -> xp: [B·C, Hp, Wp], xp[., y, x] = x[., y − pad_top, x − pad_left] or 0 */
     const int64_t n = BC * Hp * Wp;
     GRID_STRIDE(i, n) {
@@ -533,6 +534,7 @@ __global__ void k_pad_input(const T *x, T *xp, int64_t BC, int64_t H, int64_t W,
 
 __global__ void k_unpad_add(const float *dxp, float *dx, int64_t BC, int64_t H, int64_t W, int64_t Hp, int64_t Wp,
                             int pad_top, int pad_left) {
+    CU_PDL_ENTRY();
     /* dx: [B·C, H, W] += dxp[., y + pad_top, x + pad_left] where inside the padded buffer */
     const int64_t n = BC * H * W;
     GRID_STRIDE(i, n) {
@@ -575,6 +577,7 @@ template <> struct cu_dnn_type<__half> { static const cudnnDataType_t value = CU
  * sizes within int). */
 template <typename T, typename Tcol = T>
 __global__ void k_im2col(const T *x, Tcol *col, sd_conv_geom g) {
+    CU_PDL_ENTRY();
     const int P = (int)(g.h_out * g.w_out), HW = (int)(g.h_in * g.w_in), w_in = (int)g.w_in, h_in = (int)g.h_in;
     const int taps = g.kh * g.kw, w_out = (int)g.w_out;
     CU_ROWS_COLS(n, idx, g.batch, g.c_in * P) {
@@ -601,6 +604,7 @@ __global__ void k_im2col(const T *x, Tcol *col, sd_conv_geom g) {
  * (oy, ox) that read x[iy][ix] through kernel tap (i, j); taps in a fixed order. One thread per dx
  * element of image n = the row, 32-bit index arithmetic (as k_im2col). */
 __global__ void k_col2im_add(const float *dcol, float *dx, sd_conv_geom g) {
+    CU_PDL_ENTRY();
     const int P = (int)(g.h_out * g.w_out), HW = (int)(g.h_in * g.w_in), w_in = (int)g.w_in;
     const int h_out = (int)g.h_out, w_out = (int)g.w_out, stride = g.stride, taps = g.kh * g.kw;
     CU_ROWS_COLS(n, e, g.batch, g.c_in * HW) {
@@ -793,6 +797,7 @@ struct wino_pos {
  * copy and operand; the transform itself in fp32). */
 template <int MT, typename Tw = float, typename Tu = float>
 __global__ void k_wino_weight(const Tw *w, Tu *U, int64_t O, int64_t I, int rotate) {
+    CU_PDL_ENTRY();
     constexpr int A = wino_f<MT>::A;
     GRID_STRIDE(e, O * I) {
         const int64_t o = (uint32_t)e / (uint32_t)I, i = e - o * I; /* 32-bit division: O·I, I·T, O·T < 2^31 */
@@ -818,6 +823,7 @@ __global__ void k_wino_weight(const Tw *w, Tu *U, int64_t O, int64_t I, int rota
  * stores of a warp are coalesced along t. Tv: float, or bf16 (the fast data gradient's operand). */
 template <int MT, typename Tv = float>
 __global__ void k_wino_input(const float *x, Tv *V, int64_t B, int64_t I, int H, int W, int th, int tw) {
+    CU_PDL_ENTRY();
     constexpr int A = wino_f<MT>::A;
     const int tiles = th * tw;
     const int64_t T = B * tiles;
@@ -852,6 +858,7 @@ __global__ void k_wino_input(const float *x, Tv *V, int64_t B, int64_t I, int H,
 template <int MT>
 __global__ void k_wino_output(const float *M, const float *bias, float *y, int64_t B, int64_t O, int H, int W, int th,
                               int tw, int accumulate) {
+    CU_PDL_ENTRY();
     constexpr int A = wino_f<MT>::A;
     const int tiles = th * tw;
     const int64_t T = B * tiles;
@@ -944,6 +951,7 @@ static sd_status conv_winograd(const cu_conv_plan *p, const float *x, const floa
 
 /* U[ξ][o][i] = (G g Gᵀ)[ξ] in fp16 from the KRSC kernel w[o][r][c][i]. One thread per (o, i). */
 __global__ void k_wino_weight_krsc(const __half *w, __half *U, int64_t O, int64_t I) {
+    CU_PDL_ENTRY();
     GRID_STRIDE(e, O * I) {
         const int64_t o = (uint32_t)e / (uint32_t)I, i = e - o * I; /* 32-bit division: O·I, I·T, O·T < 2^31 */
         const __half *src = w + o * 9 * I + i;
@@ -983,6 +991,7 @@ template <int WV> __device__ __forceinline__ void wino_store(__half *p, const fl
  * thread per (tile, WV channels), channels fastest: loads and stores coalesced along the channels. */
 template <int WV>
 __global__ void k_wino_input_nhwc(const __half *x, __half *V, int64_t B, int64_t I, int H, int W, int th, int tw) {
+    CU_PDL_ENTRY();
     const int tiles = th * tw;
     const int64_t T = B * tiles, groups = I / WV;
     GRID_STRIDE(e, T * groups) {
@@ -1028,6 +1037,7 @@ __global__ void k_wino_input_nhwc(const __half *x, __half *V, int64_t B, int64_t
 template <int WV>
 __global__ void k_wino_output_nhwc(const __half *M, const float *bias, const float *cbias, const __half *res,
                                    __half *y, int64_t B, int64_t O, int H, int W, int th, int tw) {
+    CU_PDL_ENTRY();
     const int tiles = th * tw;
     const int64_t T = B * tiles, groups = O / WV;
     GRID_STRIDE(e, T * groups) {
@@ -1126,6 +1136,7 @@ static sd_status conv_winograd_nhwc(const cu_conv_plan *p, const __half *x, cons
  * elements themselves): bits copied, no arithmetic. */
 template <typename U>
 __global__ void k_im2col_nhwc(const U *x, U *col, sd_conv_geom g, int64_t units) {
+    CU_PDL_ENTRY();
     const int64_t P = g.h_out * g.w_out, rows = g.batch * P, K = (int64_t)g.kh * g.kw * units;
     const U zero{};
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -1759,6 +1770,7 @@ sd_status cu_conv2d_backward_params(const float *dy, const float *x, float *dw, 
 
 /* wt[ci, co, s] = bf16(w[co, ci, S-1-s]), S = kh·kw: one thread per wt element */
 __global__ void k_bf16_conv_transposed_weight(const float *w, __nv_bfloat16 *wt, int64_t Co, int64_t Ci, int64_t S) {
+    CU_PDL_ENTRY();
     const int64_t n = Co * Ci * S;
     GRID_STRIDE(e, n) {
         const int64_t s = e % S, co = (e / S) % Co, ci = e / (S * Co);

@@ -137,6 +137,7 @@ extern "C" sd_status sd_cuda_device_name(int ordinal, char *buf, size_t n) {
 /* A kernel that does nothing: launching it proves this binary has code the GPU can run (catches
  * "no kernel image" and "PTX too new for the driver" before the first real op). */
 __global__ void cu_probe_kernel(int *flag) {
+    CU_PDL_ENTRY();
     if (threadIdx.x == 0 && blockIdx.x == 0) *flag = 1;
 }
 
@@ -240,6 +241,25 @@ static int flash_bwd_blocks_from_env(void) {
     return 1 + env_choice("SD_FLASH_BWD_BLOCKS_PER_SM", names, 2, 0);
 }
 
+/* Programmatic dependent launch exists from compute capability 9.0 (Hopper) on; the simulator
+ * runs kernels one after the other and has nothing to overlap. */
+static int pdl_supported(const cudaDeviceProp *prop) {
+#ifdef SD_CUDA_SIM
+    (void)prop;
+    return 0;
+#else
+    return prop->major >= 9;
+#endif
+}
+
+/* SD_CUDA_PDL=0|1: this backend's kernels by programmatic dependent launch (cuda_common.cuh,
+ * CU_PDL_ENTRY), where the device has compute capability 9.0 or later. Off by default: the bench
+ * rows "+pdl" measure it against the plain launches first. */
+static int pdl_from_env(const cudaDeviceProp *prop) {
+    static const char *const names[] = {"0", "1"};
+    return env_choice("SD_CUDA_PDL", names, 2, 0) && pdl_supported(prop);
+}
+
 static sd_status state_init(cu_state *s, int ordinal) {
     memset(s, 0, sizeof *s);
     s->ordinal = ordinal;
@@ -293,6 +313,7 @@ static sd_status state_init(cu_state *s, int ordinal) {
     s->flash_bwd_blocks_per_sm = flash_bwd_blocks_from_env();
     s->conv_gemm = conv_gemm_from_env();
     s->conv_winograd = conv_winograd_from_env();
+    s->pdl = pdl_from_env(&s->prop);
     const char *dbg = getenv("SD_CUDA_DEBUG_SYNC");
     cu_debug_sync = dbg && *dbg && strcmp(dbg, "0") != 0;
     s->ready = 1;
@@ -648,6 +669,34 @@ extern "C" int sd_cuda_get_flash_bwd_blocks_per_sm(void) {
     return s ? s->flash_bwd_blocks_per_sm : 1;
 }
 
+#ifndef SD_CUDA_SIM
+int cu_pdl_on_stream(cudaStream_t stream) {
+    const cu_state *s = cu_cur();
+    return s && s->pdl && s->stream == stream;
+}
+#endif
+
+extern "C" sd_status sd_cuda_set_pdl(int on) {
+    cu_state *s = NULL;
+    CU_TRY(need_state(&s));
+    if (on != 0 && on != 1) return sd_fail(SD_ERR_ARG, "sd_cuda_set_pdl: %d (0 or 1)", on);
+    if (s->capturing) return sd_fail(SD_ERR_UNSUPPORTED, "sd_cuda_set_pdl: a CUDA graph is being captured");
+#ifdef SD_CUDA_SIM
+    if (on) return sd_fail(SD_ERR_UNSUPPORTED, "programmatic dependent launch: the simulator runs every kernel to its end "
+                                               "before the next starts, so there is no overlap to allow");
+#endif
+    if (on && !pdl_supported(&s->prop))
+        return sd_fail(SD_ERR_UNSUPPORTED, "programmatic dependent launch needs compute capability 9.0 or later; cuda:%d "
+                       "(%s) is sm_%d%d", s->ordinal, s->prop.name, s->prop.major, s->prop.minor);
+    s->pdl = on;
+    return SD_OK;
+}
+
+extern "C" int sd_cuda_get_pdl(void) {
+    const cu_state *s = cu_cur();
+    return s ? s->pdl : 0;
+}
+
 extern "C" sd_status sd_cuda_set_conv_gemm(sd_conv_gemm mode) {
     if (mode != SD_CONV_GEMM_OFF && mode != SD_CONV_GEMM_AUTO && mode != SD_CONV_GEMM_ALL)
         return sd_fail(SD_ERR_ARG, "sd_cuda_set_conv_gemm: mode %d is not off (0), auto (1) or all (2)", (int)mode);
@@ -713,6 +762,7 @@ extern "C" sd_status sd_cuda_timer_start(void) {
  * what follows, which then runs back to back (the simulator runs kernels as they are launched: no
  * spin there). */
 __global__ void k_hold(unsigned long long ns) {
+    CU_PDL_ENTRY();
 #ifndef SD_CUDA_SIM
     unsigned long long t0, t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));

@@ -78,6 +78,8 @@ struct cu_state {
                                     * (SD_FLASH_BLOCKS_PER_SM; attention.cu, fa_async_smem) */
     int flash_bwd_blocks_per_sm;   /* fast flash attention backward at head dims <= 48: 1 (default) or 2
                                     * (SD_FLASH_BWD_BLOCKS_PER_SM; attention_backward.cu, fb_min_blocks) */
+    int pdl;                       /* our kernels by programmatic dependent launch (SD_CUDA_PDL; sm_90 and
+                                    * later; CU_PDL_ENTRY above) */
     int capturing;               /* inside sd_cuda_graph_begin/end: no allocation allowed */
     cudaEvent_t ev_start, ev_stop;
     struct cu_conv_plan *conv_plans; /* CU_CONV_CACHE entries, conv.cu */
@@ -197,8 +199,69 @@ extern int cu_debug_sync;
     cudasim::make_launcher(kernel, dim3(grid), dim3(block), (size_t)(smem), stream, #kernel)
 #define CU_DYNAMIC_SHARED(type, name) CU_SIM_DYNAMIC_SHARED(type, name)
 #else
-#define CU_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define CU_LAUNCH(kernel, grid, block, smem, stream) cu_launcher(kernel, dim3(grid), dim3(block), (size_t)(smem), stream)
 #define CU_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+/* Programmatic dependent launch (SD_CUDA_PDL=1, sm_90 and later; off by default until a GPU session
+ * has timed it against the plain launches: bench rows "+pdl").
+ *
+ * Why: in a replayed graph of several hundred kernels, each kernel's blocks are only scheduled once
+ * the previous kernel has drained. Launched with cudaLaunchAttributeProgrammaticStreamSerialization,
+ * a kernel's blocks may be scheduled while its predecessor still runs its last wave, and wait on the
+ * GPU (griddepcontrol.wait) instead of behind the launch.
+ *
+ * The rule that keeps it correct: every kernel of this backend starts with CU_PDL_ENTRY(), before
+ * it reads or writes any global memory. Its wait returns once the previous grid in the stream has
+ * completed and its writes are visible (at once when the kernel was not launched that way), so each
+ * kernel still sees the whole stream's work before it as done: the previous kernel finished only
+ * after its own wait. Its launch_dependents then lets the next kernel's blocks be scheduled as soon
+ * as all of this grid's blocks are running; they wait in turn. Library kernels (cuBLAS, cuDNN) are
+ * launched without the attribute and keep the full ordering. tests/unit/test_kernel_sources.c fails
+ * on a __global__ function whose body does not start with it; test_device_parity compares PDL runs
+ * with plain ones bit for bit on a GPU. */
+#if !defined(SD_CUDA_SIM) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define CU_PDL_ENTRY() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define CU_PDL_ENTRY() ((void)0)
+#endif
+
+#ifndef SD_CUDA_SIM
+/* Whether launches on `stream` carry the programmatic attribute: the calling thread's device has
+ * PDL on (cu_state.pdl) and `stream` is its stream (cuda_backend.cu). */
+int cu_pdl_on_stream(cudaStream_t stream);
+
+/* CU_LAUNCH's launcher: kernel<<<grid, block, smem, stream>>>(args...), or the same through
+ * cudaLaunchKernelEx with the programmatic attribute where cu_pdl_on_stream says so. A launch error
+ * is left for cudaGetLastError (LAUNCH_CHECK), as the <<<>>> form leaves it. */
+template <typename... Params> struct cu_launch {
+    void (*kernel)(Params...);
+    dim3 grid, block;
+    size_t smem;
+    cudaStream_t stream;
+    template <typename... Args> void operator()(Args &&...args) const {
+        if (!cu_pdl_on_stream(stream)) {
+            kernel<<<grid, block, smem, stream>>>(static_cast<Args &&>(args)...);
+            return;
+        }
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = stream;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        (void)cudaLaunchKernelEx(&cfg, kernel, static_cast<Args &&>(args)...);
+    }
+};
+template <typename... Params>
+static inline cu_launch<Params...> cu_launcher(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                               cudaStream_t stream) {
+    return cu_launch<Params...>{kernel, grid, block, smem, stream};
+}
 #endif
 
 /* Propagates an sd_status (same as SD_TRY, kept local for readability in .cu files). */
@@ -691,6 +754,7 @@ static inline __half *cu_half(sd_f16 *p) { return reinterpret_cast<__half *>(p);
 template <typename T, int N>
 __global__ void k_nchw_sum(const T *x, const float *b, const float *v, const T *res, T *y, int64_t C, int64_t S,
                            int64_t BC) {
+    CU_PDL_ENTRY();
     typedef cu_vec16<T> V;
     const int64_t pieces = S / N;
     for (int64_t r = blockIdx.y; r < BC; r += gridDim.y) {
@@ -748,6 +812,7 @@ __device__ __forceinline__ void cu_store2(__nv_bfloat16 *p, float a, float b) {
  * (cu_narrowing_vec), the last n mod 4 one by one: one 4-byte load per thread kept half the bytes
  * in flight the memory's rate needs, and a gradient step converts about 700 maps. */
 template <typename T> __global__ void k_narrow_from_f32(const float *x, T *y, int64_t n, int vec) {
+    CU_PDL_ENTRY();
     const int64_t n4 = vec ? n / 4 : 0;
     GRID_STRIDE(i, n4) {
         const float4 f = reinterpret_cast<const float4 *>(x)[i];
@@ -781,6 +846,7 @@ static inline int cu_narrowing_vec(const void *f32, const void *narrow) {
 template <typename T>
 __global__ void k_channels_last_sum(const T *x, const float *b, const float *v, const T *res, T *y, int64_t rows,
                                     int64_t P, int64_t C) {
+    CU_PDL_ENTRY();
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
         const float *vb = v ? v + (r / P) * C : NULL;
         const T *xr = x + r * C, *rr = res ? res + r * C : NULL;
@@ -802,6 +868,7 @@ __global__ void k_channels_last_sum(const T *x, const float *b, const float *v, 
 template <typename T>
 __global__ void k_channels_last_sum_vec(const T *x, const float *b, const float *v, const T *res, T *y,
                                         uint32_t n_vec, uint32_t P, uint32_t C) {
+    CU_PDL_ENTRY();
     typedef cu_vec16<T> V;
     const uint32_t lanes = C / V::n;
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {

@@ -24,6 +24,7 @@
  * --------------------------------------------------------------------------------------------- */
 
 __global__ void k_unary(int op, const float *x, float *y, int64_t n, float alpha) {
+    CU_PDL_ENTRY();
     /* x, y: [n] (y may alias x: each element is read before it is written by the same thread; so
      * no __restrict__ on x, which would promise the compiler that stores to y never change x) */
     GRID_STRIDE(i, n) {
@@ -53,6 +54,7 @@ __device__ __forceinline__ float binary_value(int op, float u, float w) {
 }
 
 template <typename T> __global__ void k_binary(int op, const T *a, const T *b, T *y, int64_t n, int vec) {
+    CU_PDL_ENTRY();
     /* a, b, y: [n]; y may alias a or b (each piece is read before it is written, by one thread).
      * vec: all three 16-byte aligned, so the first n - n mod V values go 16 bytes at a time */
     typedef cu_vec16<T> V;
@@ -96,6 +98,7 @@ __device__ __forceinline__ float axpby_rn(float alpha, float x, float beta, floa
 }
 
 __global__ void k_axpby(float alpha, const float *x, float beta, const float *z, float *y, int64_t n) {
+    CU_PDL_ENTRY();
     /* x, z, y: [n] */
     GRID_STRIDE(i, n) y[i] = axpby_rn(alpha, x[i], beta, z[i]);
 }
@@ -108,6 +111,7 @@ sd_status cu_axpby(float alpha, const float *x, float beta, const float *z, floa
 }
 
 __global__ void k_axpby_dev(const float *coef, const float *x, const float *z, float *y, int64_t n) {
+    CU_PDL_ENTRY();
     /* coef: [2] = (alpha, beta), read when the kernel runs (a replayed graph sees new values) */
     const float alpha = coef[0], beta = coef[1];
     GRID_STRIDE(i, n) y[i] = axpby_rn(alpha, x[i], beta, z[i]);
@@ -121,6 +125,7 @@ sd_status cu_axpby_dev(const float *coef, const float *x, const float *z, float 
 }
 
 __global__ void k_clamp(const float *x, float *y, float lo, float hi, int64_t n) {
+    CU_PDL_ENTRY();
     GRID_STRIDE(i, n) {
         const float v = x[i];
         y[i] = v < lo ? lo : (v > hi ? hi : v);
@@ -152,6 +157,7 @@ sd_status cu_f16_add_channel_bias(const sd_f16 *x, const float *v, sd_f16 *y, in
 }
 
 template <typename T> __global__ void k_geglu(const T *x, T *y, int64_t M, int64_t N) {
+    CU_PDL_ENTRY();
     /* x: [M, 2N] (hidden | gate), y: [M, N] */
     CU_ROWS_COLS(m, n, M, N) {
         const float hidden = cu_f32(x[m * 2 * N + n]), gate = cu_f32(x[m * 2 * N + N + n]);
@@ -162,6 +168,7 @@ template <typename T> __global__ void k_geglu(const T *x, T *y, int64_t M, int64
 /* The same, 16 bytes per load: N a multiple of the piece, x and y 16-byte aligned, at most 2^31 - 1
  * pieces of y (one thread per element of a 2-byte type keeps too few bytes in flight) */
 template <typename T> __global__ void k_geglu_vec(const T *x, T *y, uint32_t n_vec, uint32_t N) {
+    CU_PDL_ENTRY();
     typedef cu_vec16<T> V;
     const uint32_t lanes = N / V::n;
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
@@ -221,6 +228,7 @@ sd_status cu_f16_concat_channels(const sd_f16 *a, const sd_f16 *c, sd_f16 *y, in
 template <typename T>
 __global__ void k_upsample_nearest(const T *x, T *y, int64_t N, int64_t H, int64_t W,
                                    int64_t Ho, int64_t Wo, float sh, float sw) {
+    CU_PDL_ENTRY();
     /* x: [N, H, W] -> y: [N, Ho, Wo]; src = min(floor(dst · (in/out)), in - 1), ratio in float.
      * One output row (n, oy) per grid row. */
     CU_ROWS_COLS(row, ox, N * Ho, Wo) {
@@ -282,6 +290,7 @@ __device__ __forceinline__ void tr_store_ep(float *p, Tin v, const tr_epilogue &
 
 template <typename T, typename Tout = T>
 __global__ void k_transpose(const T *x, Tout *y, int64_t R, int64_t C, int64_t tiles_c, tr_epilogue ep) {
+    CU_PDL_ENTRY();
     /* x: [B, R, C] -> y: [B, C, R]; blockIdx.y = b; blockIdx.x = tile (row-tile · tiles_c + col-tile);
      * 32x8 threads move a 32x32 tile through shared memory (+1 column: no bank conflicts) */
     __shared__ T tile[TR_TILE][TR_TILE + 1];
@@ -345,6 +354,7 @@ sd_status cu_f16_add_channel_bias_nhwc(const sd_f16 *x, const float *v, sd_f16 *
  * UNet's 320 to 2560 channels), else on the halves themselves. */
 template <typename U>
 __global__ void k_concat_nhwc(const U *a, const U *c, U *y, int64_t rows, int64_t Ca, int64_t Cb) {
+    CU_PDL_ENTRY();
     /* y[r] = (a[r, :Ca], c[r, :Cb]), counts in units */
     const int64_t Cy = Ca + Cb;
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -358,6 +368,7 @@ __global__ void k_concat_nhwc(const U *a, const U *c, U *y, int64_t rows, int64_
 template <typename U>
 __global__ void k_upsample_nhwc(const U *x, U *y, int64_t B, int64_t H, int64_t W, int64_t Ho, int64_t Wo, int64_t C,
                                 float sh, float sw) {
+    CU_PDL_ENTRY();
     /* y[b, oy, ox, :] = x[b, iy, ix, :] with upsample_nearest's source pixel; C in units */
     const int64_t rows = B * Ho * Wo;
     for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -419,7 +430,10 @@ sd_status cu_f16_upsample_nearest_nhwc(const sd_f16 *x, sd_f16 *y, int64_t B, in
 /* ---- fp16 storage: conversions and copy ---- */
 
 /* fp16 -> F32: 4 values per thread where aligned (cu_narrowing_vec), as k_narrow_from_f32 */
-__global__ void k_f16_to_f32(const __half *x, float *y, int64_t n, int vec) { cu_widen_f16(x, y, n, vec); }
+__global__ void k_f16_to_f32(const __half *x, float *y, int64_t n, int vec) {
+    CU_PDL_ENTRY();
+    cu_widen_f16(x, y, n, vec);
+}
 
 sd_status cu_f16_from_f32(const float *x, sd_f16 *y, int64_t n) {
     if (n <= 0) return SD_OK;
@@ -445,6 +459,7 @@ sd_status cu_f16_copy(sd_f16 *dst, const sd_f16 *src, int64_t n) {
 
 __global__ void k_timestep_embedding(const float *t, float *y, int64_t B, int dim, int half,
                                      int flip, float shift) {
+    CU_PDL_ENTRY();
     /* t: [B] -> y: [B, dim]. The CPU mirrors diffusers' float32 steps: exponent = (-ln(1e4)·k) /
      * (half - shift) in float, f = expf(exponent), arg = t·f in float, then sinf / cosf. Here expf,
      * sinf and cosf are evaluated in double and rounded once (the correctly rounded float glibc
@@ -477,6 +492,7 @@ sd_status cu_timestep_embedding(const float *t, float *y, int64_t B, int dim, in
 }
 
 __global__ void k_embedding(const int32_t *ids, const float *table, float *y, int64_t count, int64_t C) {
+    CU_PDL_ENTRY();
     /* ids: [count] (validated by the caller), table: [V, C] -> y: [count, C] */
     GRID_STRIDE(i, count * C) {
         const int64_t n = i / C, c = i - n * C;
@@ -498,6 +514,7 @@ sd_status cu_copy(float *dst, const float *src, int64_t n) {
 }
 
 __global__ void k_fill(float *dst, float value, int64_t n) {
+    CU_PDL_ENTRY();
     GRID_STRIDE(i, n) dst[i] = value;
 }
 
@@ -516,6 +533,7 @@ sd_status cu_fill(float *dst, float value, int64_t n) {
 #define SCRATCH_FLAG_OFFSET 3072
 
 __global__ void k_mse_partial(const float *a, const float *b, int64_t n, double *partial) {
+    CU_PDL_ENTRY();
     __shared__ double smem[32];
     double acc = 0.0;
     GRID_STRIDE(i, n) {
@@ -527,6 +545,7 @@ __global__ void k_mse_partial(const float *a, const float *b, int64_t n, double 
 }
 
 __global__ void k_mse_final(const double *partial, int nparts, int64_t n, float *out) {
+    CU_PDL_ENTRY();
     __shared__ double smem[32];
     double acc = 0.0;
     for (int i = threadIdx.x; i < nparts; i += blockDim.x) acc += partial[i];
@@ -547,6 +566,7 @@ sd_status cu_mse(const float *a, const float *b, float *out, int64_t n) {
 }
 
 __global__ void k_all_finite(const float *x, int64_t n, int *flag) {
+    CU_PDL_ENTRY();
     /* flag starts at 1; any thread that sees a NaN or an infinity writes 0 (same value: no race) */
     int ok = 1;
     GRID_STRIDE(i, n) ok &= isfinite(x[i]) ? 1 : 0;
@@ -578,6 +598,7 @@ sd_status cu_all_finite(const float *const *xs, const int64_t *ns, int count, in
  * --------------------------------------------------------------------------------------------- */
 
 __global__ void k_unary_backward(int op, const float *x, const float *dy, float *dx, int64_t n, float alpha) {
+    CU_PDL_ENTRY();
     GRID_STRIDE(i, n) {
         const float v = x[i];
         float d;
@@ -616,6 +637,7 @@ template <typename D> __device__ __forceinline__ void geglu_put(D *p, float v, i
 
 template <typename X, typename D>
 __global__ void k_geglu_backward(const X *x, const float *dy, D *dx, int64_t M, int64_t N, int accumulate) {
+    CU_PDL_ENTRY();
     CU_ROWS_COLS(m, n, M, N) {
         const int64_t ih = m * 2 * N + n, ig = ih + N;
         const float h = cu_f32(x[ih]), g = cu_f32(x[ig]), d = dy[m * N + n];
@@ -630,6 +652,7 @@ __global__ void k_geglu_backward(const X *x, const float *dy, D *dx, int64_t M, 
 template <typename X, typename D>
 __global__ void k_geglu_backward_vec(const X *x, const float *dy, D *dx, uint32_t n_vec, uint32_t N,
                                      int accumulate) {
+    CU_PDL_ENTRY();
     const uint32_t lanes = N / 4;
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
         const uint32_t m = i / lanes, n0 = (i - m * lanes) * 4;
@@ -690,6 +713,7 @@ sd_status cu_f16_geglu_backward_bf16(const sd_f16 *x, const float *dy, sd_f16 *d
 }
 
 __global__ void k_axpy(float alpha, const float *x, float *y, int64_t n) {
+    CU_PDL_ENTRY();
     GRID_STRIDE(i, n) y[i] += alpha * x[i];
 }
 
@@ -701,6 +725,7 @@ sd_status cu_axpy(float alpha, const float *x, float *y, int64_t n) {
 }
 
 __global__ void k_axpy_dev(const float *coef, const float *x, float *y, int64_t n) {
+    CU_PDL_ENTRY();
     /* coef: [1], read when the kernel runs; the same arithmetic as k_axpy */
     const float alpha = coef[0];
     GRID_STRIDE(i, n) y[i] += alpha * x[i];
@@ -714,6 +739,7 @@ sd_status cu_axpy_dev(const float *coef, const float *x, float *y, int64_t n) {
 }
 
 __global__ void k_mul_acc(const float *a, const float *b, float *y, int64_t n) {
+    CU_PDL_ENTRY();
     GRID_STRIDE(i, n) y[i] += a[i] * b[i];
 }
 
@@ -725,6 +751,7 @@ sd_status cu_mul_acc(const float *a, const float *b, float *y, int64_t n) {
 }
 
 __global__ void k_row_sum_acc(const float *x, float *out, int64_t S) {
+    CU_PDL_ENTRY();
     /* x: [rows, S]; out[row] += Σ_s x[row, s]; one block per row */
     __shared__ double smem[32];
     const float *xr = x + (int64_t)blockIdx.x * S;
@@ -743,6 +770,7 @@ sd_status cu_add_channel_bias_backward(const float *dy, float *dv, int64_t B, in
 
 __global__ void k_concat_backward_part(const float *dy, float *d, int64_t B, int64_t Cpart,
                                        int64_t Ctotal, int64_t offset_c, int64_t S, int accumulate) {
+    CU_PDL_ENTRY();
     /* d: [B, Cpart, S] += (or =) dy[:, offset_c : offset_c + Cpart, :] of dy: [B, Ctotal, S] */
     const int64_t per_b = Cpart * S;
     CU_ROWS_COLS(b, r, B, per_b) {
@@ -788,6 +816,7 @@ __device__ __forceinline__ int64_t nearest_src(int64_t dst, int64_t in, float ra
 
 __global__ void k_upsample_nearest_backward(const float *dy, float *dx, int64_t N, int64_t H, int64_t W,
                                             int64_t Ho, int64_t Wo, float sh, float sw, int accumulate) {
+    CU_PDL_ENTRY();
     /* dy: [N, Ho, Wo] -> dx: [N, H, W] += (or =) Σ over the dst pixels mapped to each src pixel */
     GRID_STRIDE(i, N * H * W) {
         const int64_t ix = i % W, t = i / W, iy = t % H, n = t / H;
@@ -821,6 +850,7 @@ sd_status cu_upsample_nearest_backward(const float *dy, float *dx, int64_t N, in
 }
 
 __global__ void k_mse_backward(const float *a, const float *b, const float *g, float *da, float *db, int64_t n) {
+    CU_PDL_ENTRY();
     /* g: one device float, dL/d(mse); d(mse)/da_i = 2 (a_i - b_i) / n, the coefficient rounded once
      * from double as the CPU does. da and db may be one buffer (mse(x, x)): same thread, in order. */
     const float coef = (float)(2.0 * (double)g[0] / (double)n);
@@ -840,6 +870,7 @@ sd_status cu_mse_backward(const float *a, const float *b, const float *g, float 
 
 __global__ void k_adam(float *p, const float *g, float *m, float *v, int64_t n, float lerp_coef, int small_weight,
                        float beta2, float sq_weight, float neg_step_size, float bc2_sqrt, float eps) {
+    CU_PDL_ENTRY();
     /* torch.optim.Adam's single-tensor step, operation by operation (see cpu_adam_step):
      *   m.lerp_(g, 1 − β1):      fma(w, g − m, m) for w < 0.5, else fma(w − 1, g − m, g)
      *   v.mul_(β2).addcmul_(g, g, value = 1 − β2): fma((1 − β2)·g, g, v·β2)
@@ -880,6 +911,7 @@ sd_status cu_adam_step(float *p, const float *g, float *m, float *v, int64_t n, 
  * --------------------------------------------------------------------------------------------- */
 
 __global__ void k_channel_sum_acc(const float *x, float *out, int64_t B, int64_t C, int64_t S) {
+    CU_PDL_ENTRY();
     /* x: [B, C, S]; out[c] += Σ_b Σ_s x[b, c, s]; one block per channel */
     __shared__ double smem[32];
     const int64_t c = blockIdx.x;
@@ -903,6 +935,7 @@ sd_status cu_channel_sum_acc(const float *x, float *out, int64_t B, int64_t C, i
 #define COL_ROWS 8
 
 __global__ void k_column_partial(const float *x, int64_t M, int64_t N, int64_t rows_per_chunk, double *partial) {
+    CU_PDL_ENTRY();
     /* x: [M, N]; block (32, 8) sums columns [32·bx, +32) over rows [rows_per_chunk·by, +rows_per_chunk)
      * into partial[by, n] */
     __shared__ double sm[COL_ROWS][COL_TILE];
@@ -923,6 +956,7 @@ __global__ void k_column_partial(const float *x, int64_t M, int64_t N, int64_t r
 }
 
 __global__ void k_column_final(const double *partial, int chunks, int64_t N, float *out) {
+    CU_PDL_ENTRY();
     GRID_STRIDE(n, N) {
         double t = 0.0;
         for (int j = 0; j < chunks; j++) t += partial[(int64_t)j * N + n];
@@ -949,6 +983,7 @@ sd_status cu_column_sum_acc(const float *x, float *out, int64_t M, int64_t N) {
 }
 
 __global__ void k_bias_rows(float *y, const float *b, int64_t M, int64_t N) {
+    CU_PDL_ENTRY();
     /* y: [M, N] += b[N] broadcast over rows */
     CU_ROWS_COLS(m, n, M, N) y[m * N + n] += b[n];
 }

@@ -410,6 +410,7 @@ template <typename TX, typename TW, typename TY>
 __global__ void __launch_bounds__(LINEAR_FEW_ROWS_THREADS) k_linear_few_rows(const TX *x, const TW *w, const TY *b,
                                                                              const TY *r, TY *y, int M, int K, int N,
                                                                              int vec) {
+    CU_PDL_ENTRY();
     few_rows_columns(x, w, b, r, y, M, K, N, vec);
 }
 
@@ -424,6 +425,7 @@ template <typename TX, typename TW>
 __global__ void __launch_bounds__(LINEAR_FEW_ROWS_THREADS) k_linear_few_rows_many(const TX *x, const TW *w,
                                                                                   const few_rows_biases bs, float *y,
                                                                                   int M, int K, int N, int vec) {
+    CU_PDL_ENTRY();
     const int i = blockIdx.y;
     few_rows_columns<TX, TW, float>(x, w + (int64_t)i * N * K, bs.b[i], nullptr, y + (int64_t)i * M * N, M, K, N, vec);
 }
@@ -491,6 +493,7 @@ sd_status cu_linear_backward_params(const float *dy, const float *x, float *dw, 
  * --------------------------------------------------------------------------------------------- */
 
 __global__ void k_f32_bias_residual_rows(float *t, const __half *b, const __half *r, int64_t M, int64_t N) {
+    CU_PDL_ENTRY();
     /* t: [M, N] (F32) = r[M, N] + b[N], either may be NULL (halves widen exactly) */
     CU_ROWS_COLS(m, n, M, N) t[m * N + n] = (r ? __half2float(r[m * N + n]) : 0.0f) + (b ? __half2float(b[n]) : 0.0f);
 }
@@ -638,6 +641,7 @@ struct bf16_side_by_side_params {
 };
 
 __global__ void k_bf16_side_by_side(const bf16_side_by_side_params p) {
+    CU_PDL_ENTRY();
     const float *src = p.dy[blockIdx.y];
     const int64_t ld = (int64_t)p.count * p.N, col0 = (int64_t)blockIdx.y * p.N;
     if (p.vec) { /* N a multiple of 4: a row's quads never straddle two rows */

@@ -122,6 +122,7 @@ __device__ __forceinline__ void gn_thread_apply(const T *xg, T *yg, int64_t lo, 
  * partial[(bg · chunks + chunk) · 2 + {0, 1}] = (Σ x, Σ x²) over the chunk, in double. */
 template <typename T>
 __global__ void k_gn_partial(const T *x, int64_t count, int chunks, double *partial) {
+    CU_PDL_ENTRY();
     __shared__ double smem[32];
     const int64_t bg = blockIdx.y, chunk = blockIdx.x;
     const T *xg = x + bg * count;
@@ -141,6 +142,7 @@ __global__ void k_gn_partial(const T *x, int64_t count, int chunks, double *part
 /* stats[bg · 2 + {0, 1}] = (mean, rstd) (gn_stats_from_sums) from the chunks' partial sums. */
 __global__ void k_gn_finalize(const double *partial, int chunks, int64_t n_groups, int64_t count, float eps,
                               float *stats) {
+    CU_PDL_ENTRY();
     GRID_STRIDE(bg, n_groups) {
         double s = 0.0, sq = 0.0;
         for (int c = 0; c < chunks; c++) {
@@ -180,6 +182,7 @@ template <typename T>
 __global__ void k_gn_normalize(const T *x, const float *gamma, const float *beta, T *y,
                                const float *stats, int64_t C, int64_t S, int64_t cpg, int64_t count,
                                int silu) {
+    CU_PDL_ENTRY();
     /* x, y: [B, C, S]; grid (chunk, bg); the group bg = b·G + g covers channels [g·cpg, +cpg) of
      * batch b, i.e. `count` contiguous values starting at bg·count. */
     const int64_t bg = blockIdx.y;
@@ -212,6 +215,7 @@ template <typename T>
 __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_fused(const T *x, const float *gamma, const float *beta, T *y,
                                                                int64_t C, int64_t S, int64_t cpg, int64_t count,
                                                                float eps, int silu) {
+    CU_PDL_ENTRY();
     __shared__ double smem[32];
     __shared__ float stats[2];
     const int64_t bg = blockIdx.x, g = bg % (C / cpg);
@@ -347,6 +351,7 @@ __device__ __forceinline__ void gn_bwd_pass(const float *xg, const float *dyg, f
 __global__ void k_gn_bwd_partial(const float *x, const float *gamma, const float *beta, const float *dy,
                                  const float *stats, int64_t C, int64_t S, int64_t cpg, int64_t count,
                                  int silu, int chunks, double *partial) {
+    CU_PDL_ENTRY();
     __shared__ double smem[32];
     const int64_t bg = blockIdx.y, chunk = blockIdx.x;
     const int64_t g = bg % (C / cpg);
@@ -371,6 +376,7 @@ __global__ void k_gn_bwd_partial(const float *x, const float *gamma, const float
 __global__ void k_gn_bwd_dx(const float *x, const float *gamma, const float *beta, const float *dy,
                             const float *stats, const double *partial, int chunks, int64_t C, int64_t S,
                             int64_t cpg, int64_t count, int silu, int accumulate, float *dx) {
+    CU_PDL_ENTRY();
     __shared__ float coef[2]; /* mean_g(dx̂), mean_g(dx̂·x̂) */
     const int64_t bg = blockIdx.y;
     const int64_t g = bg % (C / cpg);
@@ -401,6 +407,7 @@ __global__ void k_gn_bwd_dx(const float *x, const float *gamma, const float *bet
 __global__ void k_gn_bwd_params(const float *x, const float *gamma, const float *beta, const float *dy,
                                 const float *stats, int64_t B, int64_t C, int64_t S, int64_t cpg, int silu,
                                 float *dgamma, float *dbeta) {
+    CU_PDL_ENTRY();
     /* one block per channel c: Σ_b Σ_s dz·x̂ and Σ dz */
     __shared__ double smem[32];
     const int64_t c = blockIdx.x, G = C / cpg, g = c / cpg;
@@ -523,6 +530,7 @@ __device__ __forceinline__ void ln_row_stats(const T *xr, int64_t C, float eps, 
 template <typename T>
 __global__ void k_layer_norm(const T *x, const float *gamma, const float *beta, T *y, int64_t M, int64_t C,
                              float eps) {
+    CU_PDL_ENTRY();
     /* x, y: [M, C]; one warp per row */
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= M) return; /* whole warps leave together: the shuffles stay convergent */
@@ -578,6 +586,7 @@ template <int PIECES> /* pieces per lane: C <= 256·PIECES (the registers the ro
 __global__ void __launch_bounds__(LN_THREADS) k_layer_norm_f16_rows(const __half *x, const float *gamma,
                                                                     const float *beta, __half *y, int64_t M, int C,
                                                                     float eps) {
+    CU_PDL_ENTRY();
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= M) return; /* whole warps leave together: the shuffles stay convergent */
     const int lane = threadIdx.x & 31, pieces = C / 8;
@@ -687,6 +696,7 @@ __device__ __forceinline__ void ln_bwd_row(const X *xr, const float *dyr, float 
 template <typename X>
 __global__ void k_ln_bwd_rows(const X *x, const float *gamma, const float *dy, float *dx, int64_t M,
                               int64_t C, float eps, float *stats) {
+    CU_PDL_ENTRY();
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= M) return;
     const int lane = threadIdx.x & 31;
@@ -717,6 +727,7 @@ __global__ void k_ln_bwd_rows(const X *x, const float *gamma, const float *dy, f
 template <typename X>
 __global__ void k_ln_bwd_params_partial(const X *x, const float *dy, const float *stats, int64_t M,
                                         int64_t C, int64_t rows_per_chunk, double *partial) {
+    CU_PDL_ENTRY();
     __shared__ double sg[LNP_ROWS][LNP_TILE], sb[LNP_ROWS][LNP_TILE];
     const int64_t c = (int64_t)blockIdx.x * LNP_TILE + threadIdx.x;
     const int64_t r0 = (int64_t)blockIdx.y * rows_per_chunk;
@@ -745,6 +756,7 @@ __global__ void k_ln_bwd_params_partial(const X *x, const float *dy, const float
 }
 
 __global__ void k_ln_bwd_params_final(const double *partial, int chunks, int64_t C, float *dgamma, float *dbeta) {
+    CU_PDL_ENTRY();
     GRID_STRIDE(c, C) {
         double tg = 0.0, tb = 0.0;
         for (int j = 0; j < chunks; j++) {
@@ -765,6 +777,7 @@ template <int P, typename X>
 __global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const X *x, const float *gamma, const float *dy,
                                                                  float *dx, int64_t M, int64_t C, float eps,
                                                                  float *stats) {
+    CU_PDL_ENTRY();
     const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= M) return;
     const int lane = threadIdx.x & 31;
@@ -969,6 +982,7 @@ __device__ __forceinline__ void gn_nhwc_finalize(const double *partial, int chun
 template <int V>
 __global__ void __launch_bounds__(V >= 8 ? 512 : 1024) k_gn_nhwc_stats(const __half *x, int64_t S, int C, int cpg, int P, int chunks,
                                                         double *partial, float eps, float *stats, unsigned *done) {
+    CU_PDL_ENTRY();
     CU_DYNAMIC_SHARED(double, sums); /* [2][R][C]: Σ x and Σ x² per (plane, channel) */
     const int lanes = C / V, R = (int)blockDim.x / lanes;
     const int lane = (int)threadIdx.x % lanes, plane = (int)threadIdx.x / lanes;
@@ -1030,6 +1044,7 @@ __global__ void __launch_bounds__(V >= 8 ? 512 : 1024) k_gn_nhwc_stats(const __h
 template <int V>
 __global__ void k_gn_nhwc_apply(const __half *x, const float *gamma, const float *beta, __half *y, const float *stats,
                                 uint32_t n_vec, uint32_t S, uint32_t C, uint32_t cpg, int silu) {
+    CU_PDL_ENTRY();
     const uint32_t lanes = C / V, G = C / cpg;
     for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n_vec; i += gridDim.x * blockDim.x) {
         const uint32_t row = i / lanes, c0 = (i - row * lanes) * V;
@@ -1072,6 +1087,7 @@ template <int V>
 __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_nhwc_fused(const __half *x, const float *gamma,
                                                                     const float *beta, __half *y, int64_t S, int64_t C,
                                                                     int cpg, float eps, int silu) {
+    CU_PDL_ENTRY();
     __shared__ double smem[32];
     __shared__ float stats[2];
     const int G = (int)(C / cpg), per_pixel = cpg / V;
@@ -1276,6 +1292,7 @@ __device__ __forceinline__ void gn_cl_group_totals(const double *totals, const f
 
 template <gn_cl_pass PASS>
 __global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const gn_cl_args a) {
+    CU_PDL_ENTRY();
     const __half *x = a.x;
     const float *gamma = a.gamma, *beta = a.beta, *dy = a.dy, *stats = a.stats, *coef = a.coef;
     const int64_t S = a.S, C = a.C, chunk_pixels = a.chunk_pixels;
@@ -1370,6 +1387,7 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_cl_fused_backward(const
                                                                            const float *beta, const float *dy,
                                                                            float *dx, int64_t S, int64_t C, int cpg,
                                                                            float eps, int silu, int accumulate) {
+    CU_PDL_ENTRY();
     __shared__ double smem[32];
     __shared__ float coef[4]; /* mean, rstd, mean(dx̂), mean(dx̂·x̂) */
     const int64_t G = C / cpg, b = blockIdx.x / G, c0 = (blockIdx.x - b * G) * cpg;

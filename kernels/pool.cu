@@ -14,6 +14,7 @@
 
 __global__ void k_max_pool2d(const float *__restrict__ x, float *__restrict__ y, int64_t N, int64_t H,
                              int64_t W, int64_t Ho, int64_t Wo, int kernel, int stride) {
+    CU_PDL_ENTRY();
     /* x: [N, H, W] planes -> y: [N, Ho, Wo] */
     GRID_STRIDE(i, N * Ho * Wo) {
         const int64_t ox = i % Wo, t = i / Wo, oy = t % Ho, n = t / Ho;

@@ -139,6 +139,15 @@ int sd_cuda_get_flash_blocks_per_sm(void);
 sd_status sd_cuda_set_flash_bwd_blocks_per_sm(int blocks);
 int sd_cuda_get_flash_bwd_blocks_per_sm(void);
 
+/* Whether this backend's own kernels are launched by programmatic dependent launch on the calling
+ * thread's device: each kernel's blocks may be scheduled while the previous kernel finishes, and
+ * wait on the GPU for it (cuBLAS and cuDNN kernels keep the plain ordering). Same results bit for
+ * bit. Needs compute capability 9.0 or later (SD_ERR_UNSUPPORTED before, and in the simulator). The
+ * environment's SD_CUDA_PDL sets the start value (0, the default, or 1); bench tables label it
+ * "+pdl". Not while a CUDA graph is captured (a graph keeps the launches it captured). */
+sd_status sd_cuda_set_pdl(int on);
+int sd_cuda_get_pdl(void);
+
 /* How many times the calling thread's device has reallocated its shared op workspace (grown for
  * a larger op; 0 without a device). A CUDA graph holds the workspace's address as it was at
  * capture: a graph captured before a reallocation must be captured again, not replayed

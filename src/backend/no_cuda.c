@@ -100,6 +100,13 @@ sd_status sd_cuda_set_flash_bwd_blocks_per_sm(int blocks) {
 
 int sd_cuda_get_flash_bwd_blocks_per_sm(void) { return 1; }
 
+sd_status sd_cuda_set_pdl(int on) {
+    (void)on;
+    return no_cuda();
+}
+
+int sd_cuda_get_pdl(void) { return 0; }
+
 sd_status sd_cuda_mem_info(size_t *free_bytes, size_t *total_bytes) {
     if (free_bytes) *free_bytes = 0;
     if (total_bytes) *total_bytes = 0;

@@ -190,7 +190,8 @@ const char *cli_bench_settings_suffix(sd_precision precision) {
     const char *flash_tag = precision == SD_PRECISION_FAST && sd_cuda_get_flash_blocks_per_sm() == 1 ? "+fa1" : "";
     const char *flash_bwd_tag = precision == SD_PRECISION_FAST && sd_cuda_get_flash_bwd_blocks_per_sm() == 2 ? "+fb2" : "";
     const char *tune_tag = precision == SD_PRECISION_FAST && sd_cuda_get_gemm_algo() == SD_GEMM_ALGO_TUNE ? "+gtune" : "";
-    snprintf(buf, sizeof buf, "%s%s%s%s%s%s", winograd_suffix(precision), conv_suffix(precision), gemm_tag, tune_tag,
-             flash_tag, flash_bwd_tag);
+    const char *pdl_tag = sd_cuda_get_pdl() ? "+pdl" : "";
+    snprintf(buf, sizeof buf, "%s%s%s%s%s%s%s", winograd_suffix(precision), conv_suffix(precision), gemm_tag, tune_tag,
+             flash_tag, flash_bwd_tag, pdl_tag);
     return buf;
 }

@@ -52,8 +52,8 @@ void cli_bench_print_profile(const struct sd_profile *prof, double wall_s, const
  * tables keep them in rows of their own: convolutions "+cudnn" (SD_CONV_GEMM=off: cuDNN at every
  * size, either mode), in fast mode "+gemm" (SD_CONV_GEMM=all) or "+find", "+graph", "+tune"
  * (SD_CONV_ALGO); then fast mode's F32 GEMMs "+tf32" or "+fp16gemm" (SD_FAST_GEMM), "+gtune"
- * (SD_GEMM_ALGO=tune), "+fa1" (SD_FLASH_BLOCKS_PER_SM=1), "+fb2" (SD_FLASH_BWD_BLOCKS_PER_SM=2); "" for the
- * defaults. */
+ * (SD_GEMM_ALGO=tune), "+fa1" (SD_FLASH_BLOCKS_PER_SM=1), "+fb2" (SD_FLASH_BWD_BLOCKS_PER_SM=2); in either mode
+ * "+pdl" (SD_CUDA_PDL=1); "" for the defaults. */
 const char *cli_bench_settings_suffix(sd_precision precision);
 
 #endif
