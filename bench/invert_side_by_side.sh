@@ -25,6 +25,14 @@
 #                             over the steady-state timesteps (as Null-text's; so it also carries,
 #                             amortised, each timestep's eps_u and advance: the table gives the share).
 #                             PyTorch: median of --reps iterations at timestep 0, eps_u precomputed.
+#   StyleDiffusion, whole    (with --whole-sd LIST) one whole inversion per listed precision: CLIP
+#   image                     features aside, the prompt and photo encoded, the DDIM inversion and
+#                             all --steps-sd timesteps of --whole-inner-sd iterations (100: the
+#                             reference's ceil(100 e^-0.1i), 1,015 at 30 steps), one run, so its
+#                             one-time plans and graph captures included; the reconstruction's latent
+#                             MSE beside it. performance.md's "whole image <= 10 s on one H100" row.
+#                             PyTorch: not run (about 1,015 x its per-iteration time); a note gives
+#                             that estimate.
 #   ratio = PyTorch ms (first --modes entry: fp32-explicit, what the reference code runs) / stylediff ms.
 #
 # PyTorch runs bench/reference/invert_torch.py (fp32, TF32 off; the UNet parameters require grad as in
@@ -63,6 +71,9 @@
 #                                F32 activations (SD_FAST_ACTIVATIONS=f32) instead of fp16.
 #                                "+eager" runs the gradient steps op by op (--eager) instead of
 #                                replaying them as CUDA graphs: the table then shows what graphs save
+#   --whole-sd LIST              precisions (as --precision names them) that also run a whole
+#                                StyleDiffusion inversion (none)
+#   --whole-inner-sd N           its iterations at the first timestep, decaying (100)
 #   --ours-warmup 0|1            run stylediff's methods once untimed first (0 | 1): the reported
 #                                rows are then the second nulltext and stylediffusion runs
 #   --quality none|all|LIST      also run full inversions on both sides and report the latent MSE of
@@ -80,7 +91,7 @@ cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
 
 DEVICE=cpu MODEL=tiny STEPS=50 STEPS_SD=30 INNER=10 INNER_SD="" TIMESTEPS="" REPS="" REPS_DDIM="" WARMUP=""
-MODES="" PRECISION="" OURS_WARMUP="" QUALITY=none SD=${STYLEDIFF:-build/stylediff} PY=${PYTHON:-}
+MODES="" PRECISION="" OURS_WARMUP="" QUALITY=none WHOLE_SD="" WHOLE_INNER_SD=100 SD=${STYLEDIFF:-build/stylediff} PY=${PYTHON:-}
 WORK=${WORK:-/tmp/stylediff_invert_bench} RES=""
 while [ $# -gt 0 ]; do
     case $1 in
@@ -97,6 +108,8 @@ while [ $# -gt 0 ]; do
         --modes) MODES=$2; shift ;;
         --precision) PRECISION=$2; shift ;;
         --ours-warmup) OURS_WARMUP=$2; shift ;;
+        --whole-sd) WHOLE_SD=$2; shift ;;
+        --whole-inner-sd) WHOLE_INNER_SD=$2; shift ;;
         --quality) QUALITY=$2; shift ;;
         --stylediff) SD=$2; shift ;;
         --python) PY=$2; shift ;;
@@ -199,21 +212,19 @@ case $MODEL in
 esac
 
 # ---- stylediff ----
-METHODS=nulltext,stylediffusion
-[ "$OURS_WARMUP" = 1 ] && METHODS=nulltext,stylediffusion,nulltext
-OURS_FILES=""
-for prec in $(echo "$PRECISION" | tr ',' ' '); do
-    # a row ending in @prev (fast@prev) runs the bundle's stylediff-prev, an earlier commit's binary
-    # beside this one (PREV=<commit> bash bench/gpu_bundle.sh), with the settings the rest names
+# run_ours PREC OUT ERR ARGS...: `stylediff bench invert ARGS --tsv -q` with the settings the row name
+# PREC gives (bench/row_settings.sh and the suffixes below) into OUT, its messages into ERR. A name
+# ending in @prev (fast@prev) runs the bundle's stylediff-prev, an earlier commit's binary beside this
+# one (PREV=<commit> bash bench/gpu_bundle.sh). Status 3: no such binary.
+run_ours() {
+    prec=$1 out=$2 err=$3
+    shift 3
     bin=$SD
     row=${prec%@prev}
     if [ "$row" != "$prec" ]; then
         bin=$(dirname "$SD")/stylediff-prev
-        [ -x "$bin" ] || { note "no $bin for the row $prec: bundle with PREV=<commit>"; continue; }
+        [ -x "$bin" ] || { note "no $bin for the row $prec: bundle with PREV=<commit>"; return 3; }
     fi
-    f=$RES/ours_$prec.tsv
-    echo "stylediff: bench invert --device $DEVICE --precision $prec --methods $METHODS --steps $STEPS" \
-         "--steps-sd $STEPS_SD --inner $INNER --inner-sd $INNER_SD --timesteps $TIMESTEPS" >&2
     eager=""
     act=f16
     convalgo=heuristic
@@ -233,9 +244,24 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
         *+tf32) fastgemm=tf32 ;;
     esac
     # shellcheck disable=SC2086
-    if SD_CUDA_PDL=$pdl SD_STEP_ACTIVATIONS=$stepact SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm SD_FAST_GEMM=$fastgemm "$bin" bench invert $OURS_MODEL --device "$DEVICE" --precision "${row%%+*}" $eager --methods "$METHODS" \
-            --steps "$STEPS" --steps-sd "$STEPS_SD" --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS" --tsv -q \
-            > "$f" 2> "$LOGS/ours_$prec.err"; then
+    SD_CUDA_PDL=$pdl SD_STEP_ACTIVATIONS=$stepact SD_FLASH_BWD_BLOCKS_PER_SM=$fbwd SD_CONV_WINOGRAD=$wino \
+        SD_FAST_ACTIVATIONS=$act SD_CONV_ALGO=$convalgo SD_GEMM_ALGO=$gemmalgo SD_CONV_GEMM=$convgemm \
+        SD_FAST_GEMM=$fastgemm "$bin" bench invert $OURS_MODEL --device "$DEVICE" --precision "${row%%+*}" $eager \
+        "$@" --tsv -q > "$out" 2> "$err"
+}
+
+METHODS=nulltext,stylediffusion
+[ "$OURS_WARMUP" = 1 ] && METHODS=nulltext,stylediffusion,nulltext
+OURS_FILES=""
+for prec in $(echo "$PRECISION" | tr ',' ' '); do
+    f=$RES/ours_$prec.tsv
+    echo "stylediff: bench invert --device $DEVICE --precision $prec --methods $METHODS --steps $STEPS" \
+         "--steps-sd $STEPS_SD --inner $INNER --inner-sd $INNER_SD --timesteps $TIMESTEPS" >&2
+    run_ours "$prec" "$f" "$LOGS/ours_$prec.err" --methods "$METHODS" --steps "$STEPS" --steps-sd "$STEPS_SD" \
+        --inner "$INNER" --inner-sd "$INNER_SD" --timesteps "$TIMESTEPS"
+    rc=$?
+    [ "$rc" -eq 3 ] && continue
+    if [ "$rc" -eq 0 ]; then
         sed "s/^/  /" "$f" >&2
     else
         sed "s/^/  /" "$LOGS/ours_$prec.err" >&2
@@ -243,6 +269,26 @@ for prec in $(echo "$PRECISION" | tr ',' ' '); do
         FAILED=1
     fi
     OURS_FILES="$OURS_FILES $prec=$f"
+done
+
+# whole StyleDiffusion inversions (--whole-sd): one run each, reconstruction included (its quality)
+WHOLE_FILES=""
+for prec in $(echo "$WHOLE_SD" | tr ',' ' '); do
+    f=$RES/whole_sd_$prec.tsv
+    echo "stylediff: bench invert --device $DEVICE --precision $prec --methods stylediffusion --steps-sd $STEPS_SD" \
+         "--inner-sd $WHOLE_INNER_SD (whole)" >&2
+    run_ours "$prec" "$f" "$LOGS/whole_sd_$prec.err" --methods stylediffusion --steps-sd "$STEPS_SD" \
+        --inner-sd "$WHOLE_INNER_SD"
+    rc=$?
+    [ "$rc" -eq 3 ] && continue
+    if [ "$rc" -eq 0 ]; then
+        sed "s/^/  /" "$f" >&2
+        WHOLE_FILES="$WHOLE_FILES whole:$prec=$f"
+    else
+        sed "s/^/  /" "$LOGS/whole_sd_$prec.err" >&2
+        note "stylediff whole StyleDiffusion inversion failed ($prec)"
+        FAILED=1
+    fi
 done
 
 # ---- PyTorch ----
@@ -293,12 +339,14 @@ fi
 # ---- the table ----
 # shellcheck disable=SC2086
 python3 - "$DEVICE" "$WHERE" "$MODEL" "$STEPS" "$STEPS_SD" "$INNER" "$INNER_SD" "$TIMESTEPS" "$REPS" "$REPS_DDIM" \
-    "$TORCH_TSV" "$QUAL_OURS" "$QUAL_TORCH" $OURS_FILES <<'EOF' | tee "$RES/table.txt"
+    "$TORCH_TSV" "$QUAL_OURS" "$QUAL_TORCH" "$WHOLE_INNER_SD" $OURS_FILES $WHOLE_FILES <<'EOF' | tee "$RES/table.txt"
 import math, sys, time
 (device, where, model, steps, steps_sd, inner, inner_sd, timesteps, reps, reps_ddim,
- torch_tsv, qual_ours, qual_torch) = sys.argv[1:14]
-steps, steps_sd, inner, inner_sd, timesteps = map(int, (steps, steps_sd, inner, inner_sd, timesteps))
-ours_files = [a.split("=", 1) for a in sys.argv[14:]]
+ torch_tsv, qual_ours, qual_torch, whole_inner_sd) = sys.argv[1:15]
+steps, steps_sd, inner, inner_sd, timesteps, whole_inner_sd = map(int, (steps, steps_sd, inner, inner_sd, timesteps,
+                                                                         whole_inner_sd))
+ours_files = [a.split("=", 1) for a in sys.argv[15:] if not a.startswith("whole:")]
+whole_files = [a[len("whole:"):].split("=", 1) for a in sys.argv[15:] if a.startswith("whole:")]
 
 def rows(path):
     try:
@@ -367,6 +415,22 @@ for prec, path in ours_files:
                          f"iterations replayed from a CUDA graph")
     ours[prec] = col
 
+# whole StyleDiffusion inversions: seconds of sd_invert (encode, DDIM, every timestep), iterations, quality
+whole = {}
+whole_iters = sum(math.ceil(whole_inner_sd * math.exp(-0.1 * i)) for i in range(steps_sd))
+for prec, path in whole_files:
+    r = {x[C["method"]]: x for x in our_rows(path)}.get("stylediffusion")
+    if not r:
+        continue
+    whole[prec] = r
+    ours.setdefault(prec, {})["sd_whole"] = 1e3 * float(r[C["total_s"]])
+    notes.append(f"stylediff {prec}: StyleDiffusion whole image {float(r[C['total_s']]):.2f} s: encode "
+                 f"{float(r[C['encode_s']]):.2f} s, DDIM inversion {float(r[C['ddim_s']]):.2f} s, {r[C['timesteps']]} "
+                 f"timesteps {float(r[C['opt_s']]):.2f} s for {r[C['iterations']]} of {whole_iters} iterations "
+                 f"({1e3 * float(r[C['opt_s']]) / max(1, int(r[C['iterations']])):.1f} ms each, eps_u and advance "
+                 f"included); one run: its one-time plans and CUDA graph captures included; the CLIP image features "
+                 f"apart; performance.md: <= 10 s on one H100")
+
 torch_rows = [r for r in rows(torch_tsv) if r[0] == "invert_ref"]
 modes = []
 for r in torch_rows:
@@ -384,7 +448,7 @@ q_torch = {r[1]: r for r in rows(qual_torch) if r[0] == "invert_ref_quality"}
 parity = [r for r in rows(qual_torch) if r[0] == "parity"]
 
 def qo(m):
-    r = q_ours.get(m)
+    r = q_ours.get(m) if m != "sd_whole" else next(iter(whole.values()), None)
     if not r or r[C["latent_mse"]] == "nan":
         return "-"
     psnr = r[C["psnr"]]
@@ -397,7 +461,9 @@ def qt(m):
 work = [("ddim", f"DDIM inversion, whole ({steps} steps)", "ddim"),
         ("nulltext", f"Null-text, per timestep (K={inner})", "nulltext"),
         ("sd", "StyleDiffusion, per inner iteration", "stylediffusion")]
-precs = [p for p, _ in ours_files]
+if whole:
+    work.append(("sd_whole", f"StyleDiffusion, whole image ({steps_sd} steps, {whole_iters} iterations)", "sd_whole"))
+precs = [p for p, _ in ours_files] + [p for p, _ in whole_files if p not in dict(ours_files)]
 head = ["work"] + [f"stylediff {p} ms" for p in precs] + [f"PyTorch {m} ms" for m in modes]
 if modes:
     head += [f"ratio {p}" for p in precs]
@@ -413,12 +479,12 @@ for key, label, qkey in work:
         line.append(fmt(ours[p].get(key)))
     for m in modes:
         r = ref.get((key, m))
-        line.append(fmt(float(r[5])) if r else "-")
+        line.append(fmt(float(r[5])) if r and key != "sd_whole" else "-")
     if modes:
         r = ref.get((key, modes[0]))
         for p in precs:
             o = ours[p].get(key)
-            line.append(f"{float(r[5]) / o:.2f}x" if (r and o) else "-")
+            line.append(f"{float(r[5]) / o:.2f}x" if (r and o and key != "sd_whole") else "-")
     line += [qo(qkey), qt(qkey)]
     table.append(line)
 
@@ -452,6 +518,14 @@ if q_torch:
 if "stylediffusion" in q_torch:
     print("  StyleDiffusion's two errors agree only statistically: each side draws its mapping network's initial"
           " weights from its own generator (DDIM and Null-text start from identical values)")
+if whole:
+    for m in modes:
+        r = ref.get(("sd", m))
+        if r:
+            print(f"  StyleDiffusion whole image, PyTorch {m}: not run; its per-iteration median x {whole_iters} "
+                  f"iterations would be about {float(r[5]) * whole_iters / 1e3:,.0f} s (the iterations alone)")
+    first = next(iter(whole))
+    print(f"  the whole-image row's latent MSE is stylediff {first}'s reconstruction")
 for n in notes:
     print("  note: " + n)
 EOF
