@@ -241,23 +241,28 @@ static int flash_bwd_blocks_from_env(void) {
     return 1 + env_choice("SD_FLASH_BWD_BLOCKS_PER_SM", names, 2, 0);
 }
 
-/* Programmatic dependent launch exists from compute capability 9.0 (Hopper) on; the simulator
- * runs kernels one after the other and has nothing to overlap. */
-static int pdl_supported(const cudaDeviceProp *prop) {
+/* Why programmatic dependent launch cannot run on this device (NULL: it can). It exists from compute
+ * capability 9.0 (Hopper) on; the simulator runs kernels one after the other, nothing to overlap. */
+static const char *pdl_unsupported(const cudaDeviceProp *prop) {
 #ifdef SD_CUDA_SIM
     (void)prop;
-    return 0;
+    return "the simulator runs every kernel to its end before the next starts, so there is no overlap to allow";
 #else
-    return prop->major >= 9;
+    return prop->major >= 9 ? NULL : "it needs compute capability 9.0 or later";
 #endif
 }
 
 /* SD_CUDA_PDL=0|1: this backend's kernels by programmatic dependent launch (cuda_common.cuh,
- * CU_PDL_ENTRY), where the device has compute capability 9.0 or later. Off by default: the bench
- * rows "+pdl" measure it against the plain launches first. */
+ * CU_PDL_ENTRY), where the device has it. Off by default: the bench rows "+pdl" measure it against
+ * the plain launches first. */
 static int pdl_from_env(const cudaDeviceProp *prop) {
     static const char *const names[] = {"0", "1"};
-    return env_choice("SD_CUDA_PDL", names, 2, 0) && pdl_supported(prop);
+    if (!env_choice("SD_CUDA_PDL", names, 2, 0)) return 0;
+    const char *why = pdl_unsupported(prop);
+    if (!why) return 1;
+    sd_warn("SD_CUDA_PDL=1 on %s (sm_%d%d): no programmatic dependent launch (%s); kernels launch as usual", prop->name,
+            prop->major, prop->minor, why);
+    return 0;
 }
 
 static sd_status state_init(cu_state *s, int ordinal) {
@@ -681,13 +686,10 @@ extern "C" sd_status sd_cuda_set_pdl(int on) {
     CU_TRY(need_state(&s));
     if (on != 0 && on != 1) return sd_fail(SD_ERR_ARG, "sd_cuda_set_pdl: %d (0 or 1)", on);
     if (s->capturing) return sd_fail(SD_ERR_UNSUPPORTED, "sd_cuda_set_pdl: a CUDA graph is being captured");
-#ifdef SD_CUDA_SIM
-    if (on) return sd_fail(SD_ERR_UNSUPPORTED, "programmatic dependent launch: the simulator runs every kernel to its end "
-                                               "before the next starts, so there is no overlap to allow");
-#endif
-    if (on && !pdl_supported(&s->prop))
-        return sd_fail(SD_ERR_UNSUPPORTED, "programmatic dependent launch needs compute capability 9.0 or later; cuda:%d "
-                       "(%s) is sm_%d%d", s->ordinal, s->prop.name, s->prop.major, s->prop.minor);
+    const char *why = on ? pdl_unsupported(&s->prop) : NULL;
+    if (why)
+        return sd_fail(SD_ERR_UNSUPPORTED, "programmatic dependent launch on cuda:%d (%s, sm_%d%d): %s", s->ordinal,
+                       s->prop.name, s->prop.major, s->prop.minor, why);
     s->pdl = on;
     return SD_OK;
 }
