@@ -82,12 +82,13 @@ deps:
 
 # The CUDA backend under the host simulator (tools/cudasim, build-sim/): the simulator's own
 # checks, then every test with GPU cases, which the simulated device runs instead of skipping.
-# test_cuda_ops runs twice: the second time the threads of a block run last to first between
-# barriers (CUDASIM_SCHEDULE=reverse), so a kernel that reads shared memory without the barrier
-# it needs gives a different result in one of the two runs.
+# test_cuda_ops and test_cuda_f16 run twice: the second time the threads of a block run last to
+# first between barriers (CUDASIM_SCHEDULE=reverse), so a kernel that reads shared memory without
+# the barrier it needs gives a different result in one of the two runs.
 SIM_TEST_BIN := build-sim/tests/test_cudasim_runtime build-sim/tests/test_cudasim_libs build-sim/tests/test_cuda_ops \
                 build-sim/tests/test_cuda_ops_reverse build-sim/tests/test_device_parity build-sim/tests/test_lpips \
-                build-sim/tests/test_cli_gpu build-sim/tests/test_step_graph build-sim/tests/test_cuda_f16
+                build-sim/tests/test_cli_gpu build-sim/tests/test_step_graph build-sim/tests/test_cuda_f16 \
+                build-sim/tests/test_cuda_f16_reverse
 
 test: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) all $(TEST_BIN)
@@ -98,8 +99,8 @@ sim-test: deps
 	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-sim SIM=1 build-sim/stylediff $(SIM_TEST_BIN)
 	@sh tests/run_tests.sh $(SIM_TEST_BIN)
 
-$(BUILD)/tests/test_cuda_ops_reverse: $(BUILD)/tests/test_cuda_ops
-	@printf '#!/bin/sh\necho "test_cuda_ops with the threads of each block scheduled last to first (CUDASIM_SCHEDULE=reverse)"\nCUDASIM_SCHEDULE=reverse exec "$$(dirname "$$0")/test_cuda_ops" "$$@"\n' > $@ && chmod +x $@
+$(BUILD)/tests/%_reverse: $(BUILD)/tests/%
+	@printf '#!/bin/sh\necho "$* with the threads of each block scheduled last to first (CUDASIM_SCHEDULE=reverse)"\nCUDASIM_SCHEDULE=reverse exec "$$(dirname "$$0")/$*" "$$@"\n' > $@ && chmod +x $@
 
 $(BUILD)/tests/test_cudasim_runtime: tools/cudasim/test_cudasim_runtime.cpp $(BUILD)/obj/tools/cudasim/cudasim_runtime.o \
                                      $(BUILD)/obj/tools/cudasim/cudasim_rounding.o
