@@ -716,16 +716,32 @@ static sd_status counting_linear_batched_f32io(const float *x, const sd_f16 *w, 
 /* Makes ctx's backend one whose fp16 projections and their data gradients count their calls
  * (projections_single, projections_batched, grads_single, grads_grouped); table16 and table hold it
  * and must outlive its use. */
-static void count_projections(sd_f16_ops *table16, sd_backend *table) {
+/* The counting table above installed over ctx's backend, with fp16 activations (a fast gradient
+ * step's F32 linears on the weights' fp16 copies); projection_counter_end puts both back. The
+ * struct holds the tables ctx.be points to while counting: it must outlive that. */
+typedef struct {
+    sd_f16_ops table16;
+    sd_backend table;
+    const sd_backend *inner;
+} projection_counter;
+
+static void projection_counter_begin(projection_counter *p) {
+    p->inner = ctx.be;
     projections_inner16 = ctx.be->f16;
-    *table16 = *ctx.be->f16;
-    table16->linear_f32io = counting_linear_f32io;
-    table16->linear_batched_f32io = counting_linear_batched_f32io;
-    table16->linear_backward_data_bf16w = counting_linear_backward_data_bf16w;
-    table16->linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
-    *table = *ctx.be;
-    table->f16 = table16;
-    ctx.be = table;
+    p->table16 = *ctx.be->f16;
+    p->table16.linear_f32io = counting_linear_f32io;
+    p->table16.linear_batched_f32io = counting_linear_batched_f32io;
+    p->table16.linear_backward_data_bf16w = counting_linear_backward_data_bf16w;
+    p->table16.linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
+    p->table = *ctx.be;
+    p->table.f16 = &p->table16;
+    ctx.be = &p->table;
+    ctx.activations = SD_F16;
+}
+
+static void projection_counter_end(const projection_counter *p) {
+    ctx.be = p->inner;
+    ctx.activations = SD_F32;
 }
 
 static void test_batched_projections_in_a_gradient_step(void **state) {
@@ -735,11 +751,8 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
     sd_tensor *xh = sd_tensor_new(SD_F32, 3, xs);
     testutil_fill_normal(sd_f32(xh), sd_numel(xh), 931, 1.0f);
     const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
-    const sd_backend *inner = ctx.be;
-    sd_f16_ops table16;
-    sd_backend table;
-    count_projections(&table16, &table);
-    ctx.activations = SD_F16;
+    projection_counter counter;
+    projection_counter_begin(&counter);
     sd_tensor *x = sd_param_new(&ctx, xh, "x");
     const int64_t ts[3] = {1, 10, a->to_q.weight->shape[0]};
     sd_tensor *th = sd_tensor_new(SD_F32, 3, ts);
@@ -753,7 +766,7 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
     int nodes[3];
     for (int k = 0; k < 3; k++) { /* 0: sd_linear_many; 1: one linear each; 2: sd_linear_many, no grouped op */
         projections_single = projections_batched = grads_single = grads_grouped = 0;
-        table16.linear_backward_data_bf16w_many = k == 2 ? NULL : counting_linear_backward_data_bf16w_many;
+        counter.table16.linear_backward_data_bf16w_many = k == 2 ? NULL : counting_linear_backward_data_bf16w_many;
         sd_tensor *o[3];
         if (k != 1) assert_sd_ok(sd_linear_many(&ctx, x, qkv, 3, o));
         else
@@ -768,7 +781,7 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
         gsingle[k] = grads_single, ggrouped[k] = grads_grouped;
         sd_tape_reset(tape);
     }
-    table16.linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
+    counter.table16.linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
     print_message("    q, k, v: %ld batched product(s) and %ld single (one by one: %ld single), %d tape nodes (%d)\n",
                   batched[0], single[0], single[1], nodes[0], nodes[1]);
     print_message("    their data gradients: %ld grouped product(s) and %ld single (without the grouped op: %ld single)\n",
@@ -792,7 +805,7 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
     for (int unused = 2; unused >= 1; unused--) {
         sd_tensor *pair[2];
         for (int grouped = 1; grouped >= 0; grouped--) {
-            table16.linear_backward_data_bf16w_many = grouped ? counting_linear_backward_data_bf16w_many : NULL;
+            counter.table16.linear_backward_data_bf16w_many = grouped ? counting_linear_backward_data_bf16w_many : NULL;
             grads_grouped = 0;
             sd_tensor *o[3];
             assert_sd_ok(sd_linear_many(&ctx, x, qkv, 3, o));
@@ -810,11 +823,10 @@ static void test_batched_projections_in_a_gradient_step(void **state) {
         sd_tensor_free(pair[0]);
         sd_tensor_free(pair[1]);
     }
-    table16.linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
+    counter.table16.linear_backward_data_bf16w_many = counting_linear_backward_data_bf16w_many;
     sd_ctx_set_tape(&ctx, NULL);
     sd_tape_free(tape);
-    ctx.be = inner;
-    ctx.activations = SD_F32;
+    projection_counter_end(&counter);
     for (int k = 0; k < 3; k++) {
         for (int i = 0; i < 3; i++) sd_tensor_free(outs[k][i]);
         sd_tensor_free(grad[k]);
@@ -870,11 +882,8 @@ static void test_cross_attention_projections(void **state) {
     testutil_fill_normal(sd_f32(ch), sd_numel(ch), 941, 1.0f);
     testutil_fill_normal(sd_f32(vh), sd_numel(vh), 942, 1.0f);
     const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
-    const sd_backend *inner = ctx.be;
-    sd_f16_ops table16;
-    sd_backend table;
-    count_projections(&table16, &table);
-    ctx.activations = SD_F16; /* a fast gradient step's F32 linears on the weights' fp16 copies */
+    projection_counter counter;
+    projection_counter_begin(&counter);
     sd_tensor *context = sd_param_new(&ctx, ch, "context"), *value = sd_param_new(&ctx, vh, "value");
     sd_tape *tape = sd_tape_new();
     sd_ctx_set_tape(&ctx, tape);
@@ -947,8 +956,7 @@ static void test_cross_attention_projections(void **state) {
     ctx.status = SD_OK;
     sd_ctx_set_tape(&ctx, NULL);
     sd_tape_free(tape);
-    ctx.be = inner;
-    ctx.activations = SD_F32;
+    projection_counter_end(&counter);
     sd_tensor_free(context), sd_tensor_free(value);
     sd_tensor_free(ch), sd_tensor_free(vh);
     sd_arena_reset(ctx.arena, mark);
@@ -962,17 +970,13 @@ static void test_time_projections_grouped(void **state) {
     sd_tensor *sample = testutil_fixture("tiny_unet", "small_sample");
     sd_tensor *context = testutil_fixture("tiny_unet", "small_context");
     const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
-    const sd_backend *inner = ctx.be;
     sd_tensor *x = sd_upload(&ctx, sample), *cond = sd_upload(&ctx, context);
     sd_tensor *f32 = sd_download_new(&ctx, sd_unet_forward(&ctx, &unet, x, 500.0f, cond));
-    sd_f16_ops table16;
-    sd_backend table;
-    count_projections(&table16, &table);
-    ctx.activations = SD_F16;
+    projection_counter counter;
+    projection_counter_begin(&counter);
     projections_single = projections_batched = 0;
     sd_tensor *f16 = sd_download_new(&ctx, sd_unet_forward(&ctx, &unet, x, 500.0f, cond));
-    ctx.be = inner;
-    ctx.activations = SD_F32;
+    projection_counter_end(&counter);
     assert_sd_ok(sd_ctx_status(&ctx));
     /* expected: the resnets' projection weights grouped by shape, chunks of SD_LINEAR_MANY_MAX */
     const sd_resnet *rs[SD_UNET_MAX_RESNETS];
