@@ -8,17 +8,24 @@
 #include "sd/device.h"
 #include "testutil.h"
 
-#define MAX_BUFFERS 1024
-
-static struct {
+/* every buffer a test made, freed by tb_release_all: grown on demand, since the GPU-only cases of
+ * one test (SD-sized attention, every mode) can make thousands */
+typedef struct {
     void *p;
     const sd_backend *be; /* NULL: host memory */
-} buffers[MAX_BUFFERS];
-static int n_buffers;
+} tracked_buffer;
+static tracked_buffer *buffers;
+static int n_buffers, cap_buffers;
 
 static void *track(void *p, const sd_backend *be, size_t bytes) {
     if (!p) fail_msg("allocating %zu bytes on %s: %s", bytes, be ? be->name : "the host", be ? sd_last_error() : "");
-    if (n_buffers >= MAX_BUFFERS) fail_msg("more than %d buffers in one test", MAX_BUFFERS);
+    if (n_buffers == cap_buffers) {
+        const int cap = cap_buffers ? 2 * cap_buffers : 256;
+        tracked_buffer *grown = realloc(buffers, (size_t)cap * sizeof *grown);
+        if (!grown) fail_msg("tracking %d test buffers: out of host memory", cap);
+        buffers = grown;
+        cap_buffers = cap;
+    }
     buffers[n_buffers].p = p;
     buffers[n_buffers].be = be;
     n_buffers++;
