@@ -33,7 +33,8 @@
 #          SD_CONV_GEMM=all, im2col + GEMM for every convolution; "+tf32":
 #          SD_FAST_GEMM=tf32, the F32 GEMMs of a step in TF32 instead of bf16; "+fb2":
 #          SD_FLASH_BWD_BLOCKS_PER_SM=2, the flash attention backward at D 40 two blocks per SM;
-#          "+f16step" (anywhere in the name): SD_STEP_ACTIVATIONS=f16, the step's forward storing fp16; a
+#          "+f32step" (anywhere in the name): SD_STEP_ACTIVATIONS=f32, the step's forward storing F32
+#          (fp16, "+f16step", is the default since the nineteenth session); a
 #          trailing "@prev" (fast@prev): the row on the bundle's stylediff-prev, an earlier commit's
 #          binary (PREV=<commit> bash bench/gpu_bundle.sh), labelled PRECISION@prev)
 #          --stylediff PATH (build/stylediff)  --python PY (.venv/bin/python, else python3)
@@ -166,7 +167,7 @@ def rows(path):
 ours = {(r[3], r[4]): r for r in rows(ours_path) if r[0] == "grad"}
 ref = {(r[4], r[1]): r for r in rows(torch_path) if r[0] == "grad_ref"}
 parity = [r for r in rows(torch_path) if r[0] == "grad_parity"]
-ORDER = ("exact", "exact+direct", "exact+wino", "exact+wino4-all", "exact+wino-all", "exact+wino-mixed", "exact+cudnn", "exact+recompute", "fast", "fast+wino", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+fb2", "fast+pdl", "fast+f16step", "fast+f16step+pdl", "fast+cudnn", "fast+gemm", "fast+tf32",
+ORDER = ("exact", "exact+direct", "exact+wino", "exact+wino4-all", "exact+wino-all", "exact+wino-mixed", "exact+cudnn", "exact+recompute", "fast", "fast+wino", "fast+tune+gtune", "fast+tune", "fast+graph", "fast+nchw", "fast+f32grad", "fast+fb2", "fast+pdl", "fast+f16step", "fast+f16step+pdl", "fast+f32step", "fast+f32step+pdl", "fast+cudnn", "fast+gemm", "fast+tf32",
          "fast+eager", "fast+recompute")
 precs = sorted({k[0] for k in ours}, key=lambda p: ORDER.index(p) if p in ORDER else 9)
 modes = []

@@ -58,8 +58,8 @@
 #   --precision LIST             stylediff precisions on cuda (exact,fast,fast+eager,fast+f32act,fast+cudnn);
 #                                cpu: exact. A trailing "@prev" (fast@prev): the same row on the bundle's
 #                                stylediff-prev, an earlier commit (PREV=<commit> bash bench/gpu_bundle.sh);
-#                                "+fb2": SD_FLASH_BWD_BLOCKS_PER_SM=2; "+f16step": SD_STEP_ACTIVATIONS=f16,
-#                                the gradient steps storing fp16 too (row_settings.sh).
+#                                "+fb2": SD_FLASH_BWD_BLOCKS_PER_SM=2; "+f32step": SD_STEP_ACTIVATIONS=f32,
+#                                the gradient steps storing F32 (fp16 is the default; row_settings.sh).
 #                                "+find": SD_CONV_ALGO=find (convolution algorithms chosen
 #                                by cuDNN's timing); "+tune": SD_CONV_ALGO=tune SD_GEMM_ALGO=tune (each
 #                                convolution and linear shape timed once between its ways); "+direct", "+wino",

@@ -37,12 +37,14 @@ pdl_setting() {
     esac
 }
 
-# SD_STEP_ACTIVATIONS for a row name: +f16step (anywhere in it, e.g. fast+f16step+fb2) fp16 activations
-# in fast mode's gradient steps too, their forward the plain fp16 forward (sd_ctx.f16_steps); else f32,
-# the default (the steps' F32 activations on fp16 weight copies).
+# SD_STEP_ACTIVATIONS for a row name: +f32step (anywhere in it, e.g. fast+f32step+fb2) F32 activations
+# in fast mode's gradient steps on fp16 weight copies (the default until the nineteenth session);
+# else f16, the default: the steps' forward the plain fp16 forward (sd_ctx.f16_steps). +f16step,
+# the name of the earlier opt-in rows, says the default out loud. A binary from before the
+# thirteenth session (a row@prev) ignores the variable and stores F32.
 step_activations_setting() {
     case $1 in
-        *+f16step*) echo f16 ;;
-        *) echo f32 ;;
+        *+f32step*) echo f32 ;;
+        *) echo f16 ;;
     esac
 }

@@ -44,7 +44,7 @@ typedef struct sd_ctx {
                                  * activations on fp16 weight copies. Gradients stay F32, each in its
                                  * tensor's logical (NCHW or token) order; a backward that reads a
                                  * saved fp16 value widens it first (autograd.c, saved_f32). Fast
-                                 * mode with SD_STEP_ACTIVATIONS=f16. */
+                                 * mode's default; SD_STEP_ACTIVATIONS=f32 clears it. */
     int channels_last;          /* fp16 forwards hold the UNet's feature maps channels-last
                                  * ([B, H, W, C], sd_tensor.channels_last) where the backend has the
                                  * ops (sd_f16_ops.*_nhwc): tensor-core convolutions without layout

@@ -270,12 +270,12 @@ int cmd_bench_grad(int argc, char **argv) {
     const char *dev = cuda ? "cuda" : "cpu";
     char prec[48];
     /* +nchw: SD_CHANNELS_LAST=0, the forward's convolutions then stay F32 (nn.c, conv_f32_via_f16);
-     * +f32grad: SD_BF16_GRADS=0, the data gradients on the F32 weights (autograd.c); +f16step:
-     * SD_STEP_ACTIVATIONS=f16, the step's forward stores fp16 (sd_ctx.f16_steps) */
+     * +f32grad: SD_BF16_GRADS=0, the data gradients on the F32 weights (autograd.c); +f32step:
+     * SD_STEP_ACTIVATIONS=f32, the step's forward stores F32 (sd_ctx.f16_steps unset) */
     snprintf(prec, sizeof prec, "%s%s%s%s%s%s%s", cuda ? sd_precision_name(b.precision) : "exact",
              cuda && c->activations == SD_F16 && !sd_ctx_channels_last(c) ? "+nchw" : "",
              cuda && c->activations == SD_F16 && c->f32_data_grads ? "+f32grad" : "",
-             cuda && c->f16_steps ? "+f16step" : "",
+             cuda && c->activations == SD_F16 && !c->f16_steps ? "+f32step" : "",
              cuda ? cli_bench_settings_suffix(b.precision) : "", recompute ? "+recompute" : "",
              cuda && eager ? "+eager" : "");
     if (st == SD_OK && !tsv) {
