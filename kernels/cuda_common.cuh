@@ -967,7 +967,7 @@ sd_status cu_f16_layer_norm_backward(const sd_f16 *x, const float *gamma, const 
                                      float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
 sd_status cu_f16_group_norm_backward_nhwc(const sd_f16 *x16, const float *gamma, const float *beta, const float *dy,
                                           float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
-                                          int groups, float eps, int silu, int accumulate);
+                                          int groups, float eps, int silu, int accumulate, const float *stats);
 
 /* gemm.cu */
 sd_status cu_linear(const float *x, const float *w, const float *b, const float *r, float *y, int64_t M, int64_t K,
@@ -1041,7 +1041,7 @@ sd_status cu_f16_concat_channels_nhwc(const sd_f16 *a, const sd_f16 *c, sd_f16 *
 sd_status cu_f16_upsample_nearest_nhwc(const sd_f16 *x, sd_f16 *y, int64_t B, int64_t H, int64_t W, int64_t C,
                                        int64_t Ho, int64_t Wo);
 sd_status cu_f16_group_norm_nhwc(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
-                                 int64_t C, int64_t S, int groups, float eps, int silu);
+                                 int64_t C, int64_t S, int groups, float eps, int silu, float *keep_stats);
 sd_status cu_f16_conv2d_nhwc(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v, const sd_f16 *r,
                              sd_f16 *y, const sd_conv_geom *g);
 /* norms.cu */

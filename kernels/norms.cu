@@ -1086,7 +1086,7 @@ __global__ void k_gn_nhwc_apply(const __half *x, const float *gamma, const float
 template <int V>
 __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_nhwc_fused(const __half *x, const float *gamma,
                                                                     const float *beta, __half *y, int64_t S, int64_t C,
-                                                                    int cpg, float eps, int silu) {
+                                                                    int cpg, float eps, int silu, float *keep_stats) {
     CU_PDL_ENTRY();
     __shared__ double smem[32];
     __shared__ float stats[2];
@@ -1111,7 +1111,13 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_nhwc_fused(const __half
     }
     s = cu_block_sum_d(s, smem);
     sq = cu_block_sum_d(sq, smem);
-    if (threadIdx.x == 0) gn_stats_from_sums(s, sq, S * cpg, eps, &stats[0], &stats[1]);
+    if (threadIdx.x == 0) {
+        gn_stats_from_sums(s, sq, S * cpg, eps, &stats[0], &stats[1]);
+        if (keep_stats) { /* for the backward (blockIdx.x is the (image, group)) */
+            keep_stats[(int64_t)blockIdx.x * 2 + 0] = stats[0];
+            keep_stats[(int64_t)blockIdx.x * 2 + 1] = stats[1];
+        }
+    }
     __syncthreads();
     const float mean = stats[0], rstd = stats[1];
     /* 32-bit indices: a short group's S · cpg / V vectors (gn_fused_ok) */
@@ -1131,7 +1137,7 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_nhwc_fused(const __half
 /* The long-group path's launches, V channels per load. */
 template <int V>
 static sd_status gn_nhwc_chunked(const __half *x, const float *gamma, const float *beta, __half *y, int64_t B, int64_t C,
-                                 int64_t S, int cpg, float eps, int silu) {
+                                 int64_t S, int cpg, float eps, int silu, float *keep_stats) {
     cudaStream_t st = cu_cur()->stream;
     const int lanes = (int)(C / V);
     int R = GN_NHWC_THREADS / lanes;
@@ -1147,7 +1153,7 @@ static sd_status gn_nhwc_chunked(const __half *x, const float *gamma, const floa
     char *ws = (char *)cu_workspace(part_bytes + cu_align((size_t)n_groups * 2 * sizeof(float)));
     if (!ws) return SD_ERR_OOM;
     double *partial = (double *)ws;
-    float *stats = (float *)(ws + part_bytes);
+    float *stats = keep_stats ? keep_stats : (float *)(ws + part_bytes); /* kept: the statistics go there */
     CU_LAUNCH(k_gn_nhwc_stats<V>, dim3((unsigned)chunks, (unsigned)B), R * lanes, 2 * sizeof(double) * R * C, st)(
         x, S, (int)C, cpg, (int)P, chunks, partial, eps, stats, cu_cur()->grid_done);
     LAUNCH_CHECK("group_norm_nhwc statistics");
@@ -1160,15 +1166,15 @@ static sd_status gn_nhwc_chunked(const __half *x, const float *gamma, const floa
 
 template <int V>
 static sd_status gn_nhwc_fused(const __half *x, const float *gamma, const float *beta, __half *y, int64_t B, int64_t C,
-                               int64_t S, int cpg, float eps, int silu) {
+                               int64_t S, int cpg, float eps, int silu, float *keep_stats) {
     CU_LAUNCH(k_gn_nhwc_fused<V>, (unsigned)(B * (C / cpg)), GN_FUSED_THREADS, 0, cu_cur()->stream)(
-        x, gamma, beta, y, S, C, cpg, eps, silu);
+        x, gamma, beta, y, S, C, cpg, eps, silu, keep_stats);
     LAUNCH_CHECK("group_norm_nhwc (one kernel)");
     return SD_OK;
 }
 
 sd_status cu_f16_group_norm_nhwc(const sd_f16 *x16, const float *gamma, const float *beta, sd_f16 *y16, int64_t B,
-                                 int64_t C, int64_t S, int groups, float eps, int silu) {
+                                 int64_t C, int64_t S, int groups, float eps, int silu, float *keep_stats) {
     if (!sd_group_norm_nhwc_supports(C, groups))
         return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): %lld channels in %d groups (at most %d "
                        "channels, or %d in multiples of 8)", (long long)C, groups, SD_GN_NHWC_MAX_CHANNELS_ANY,
@@ -1183,19 +1189,19 @@ sd_status cu_f16_group_norm_nhwc(const sd_f16 *x16, const float *gamma, const fl
     __half *y = cu_half(y16);
     if (gn_fused_ok(n_groups, cpg * S)) {
         switch (gn_nhwc_width(x, y, cpg)) {
-        case 8: return gn_nhwc_fused<8>(x, gamma, beta, y, B, C, S, cpg, eps, silu);
-        case 4: return gn_nhwc_fused<4>(x, gamma, beta, y, B, C, S, cpg, eps, silu);
-        case 2: return gn_nhwc_fused<2>(x, gamma, beta, y, B, C, S, cpg, eps, silu);
-        default: return gn_nhwc_fused<1>(x, gamma, beta, y, B, C, S, cpg, eps, silu);
+        case 8: return gn_nhwc_fused<8>(x, gamma, beta, y, B, C, S, cpg, eps, silu, keep_stats);
+        case 4: return gn_nhwc_fused<4>(x, gamma, beta, y, B, C, S, cpg, eps, silu, keep_stats);
+        case 2: return gn_nhwc_fused<2>(x, gamma, beta, y, B, C, S, cpg, eps, silu, keep_stats);
+        default: return gn_nhwc_fused<1>(x, gamma, beta, y, B, C, S, cpg, eps, silu, keep_stats);
         }
     }
     /* a width whose C / V lanes fit one block: any width up to SD_GN_NHWC_MAX_CHANNELS_ANY channels,
      * 8 beyond (the maps of the arenas are 256-byte aligned) */
     switch (gn_nhwc_width(x, y, C)) {
-    case 8: return gn_nhwc_chunked<8>(x, gamma, beta, y, B, C, S, cpg, eps, silu);
-    case 4: if (C / 4 <= 1024) return gn_nhwc_chunked<4>(x, gamma, beta, y, B, C, S, cpg, eps, silu); break;
-    case 2: if (C / 2 <= 1024) return gn_nhwc_chunked<2>(x, gamma, beta, y, B, C, S, cpg, eps, silu); break;
-    default: if (C <= 1024) return gn_nhwc_chunked<1>(x, gamma, beta, y, B, C, S, cpg, eps, silu); break;
+    case 8: return gn_nhwc_chunked<8>(x, gamma, beta, y, B, C, S, cpg, eps, silu, keep_stats);
+    case 4: if (C / 4 <= 1024) return gn_nhwc_chunked<4>(x, gamma, beta, y, B, C, S, cpg, eps, silu, keep_stats); break;
+    case 2: if (C / 2 <= 1024) return gn_nhwc_chunked<2>(x, gamma, beta, y, B, C, S, cpg, eps, silu, keep_stats); break;
+    default: if (C <= 1024) return gn_nhwc_chunked<1>(x, gamma, beta, y, B, C, S, cpg, eps, silu, keep_stats); break;
     }
     return sd_fail(SD_ERR_UNSUPPORTED, "cuda group norm (channels-last): %lld channels in maps not 16-byte aligned",
                    (long long)C);
@@ -1217,7 +1223,9 @@ sd_status cu_f16_group_norm_nhwc(const sd_f16 *x16, const float *gamma, const fl
  *                                channels' totals, dγ_c += Σ_b Σ dz·x̂, dβ_c += Σ_b Σ dz, and per
  *                                (image, group) mean(dx̂), mean(dx̂·x̂), dx̂ = γ dz
  *   k_gn_cl_tiles<GN_CL_APPLY>   dx += rstd·(γ dz − mean(dx̂) − x̂·mean(dx̂·x̂))
- * Three launches (seven when the totals had kernels of their own).
+ * Three launches (seven when the totals had kernels of their own); two when the forward kept its
+ * statistics (the tape's buffer: a gradient step), which are then used as they are, so that the
+ * backward differentiates the normalisation the forward computed, with one pass over x fewer.
  * Each sum is taken per channel first, then over the group's channels (γ times each channel's for
  * the gradients), in an order fixed by the shape: deterministic, and equal to the NCHW kernels'
  * result on the widened copy within rounding (another order of the same double sums), not bit for
@@ -1382,11 +1390,13 @@ __global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const gn_cl_args 
  * of the group in NCHW order (pixel fastest): dy and dx are read and written coalesced, x a pixel's
  * row apart (one 32-byte sector per lane, which the group's next channels read again from L1). The
  * sums are in double, per thread then over the block in a fixed order: deterministic, and equal to
- * the tiled path within rounding (other orders of the same sums). */
+ * the tiled path within rounding (other orders of the same sums). With the forward's statistics
+ * (kept: [B·G, 2], (mean, rstd)) the first pass is skipped. */
 __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_cl_fused_backward(const __half *x, const float *gamma,
                                                                            const float *beta, const float *dy,
                                                                            float *dx, int64_t S, int64_t C, int cpg,
-                                                                           float eps, int silu, int accumulate) {
+                                                                           float eps, int silu, int accumulate,
+                                                                           const float *kept) {
     CU_PDL_ENTRY();
     __shared__ double smem[32];
     __shared__ float coef[4]; /* mean, rstd, mean(dx̂), mean(dx̂·x̂) */
@@ -1394,16 +1404,20 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_cl_fused_backward(const
     const __half *xg = x + b * S * C + c0; /* x[b, p, c0 + j] = xg[p·C + j] */
     const int64_t at0 = (b * C + c0) * S;  /* dy[b, c0 + j, p] = dy[at0 + j·S + p] */
     const uint32_t n = (uint32_t)(S * cpg), s32 = (uint32_t)S; /* 32-bit: a short group (gn_fused_ok) */
-    double s = 0.0, sq = 0.0;
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const uint32_t j = i / s32, p = i - j * s32;
-        const double v = __half2float(xg[(int64_t)p * C + j]);
-        s += v;
-        sq += v * v;
+    if (kept) {
+        if (threadIdx.x < 2) coef[threadIdx.x] = kept[(int64_t)blockIdx.x * 2 + threadIdx.x];
+    } else {
+        double s = 0.0, sq = 0.0;
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
+            const uint32_t j = i / s32, p = i - j * s32;
+            const double v = __half2float(xg[(int64_t)p * C + j]);
+            s += v;
+            sq += v * v;
+        }
+        s = cu_block_sum_d(s, smem);
+        sq = cu_block_sum_d(sq, smem);
+        if (threadIdx.x == 0) gn_stats_from_sums(s, sq, n, eps, &coef[0], &coef[1]);
     }
-    s = cu_block_sum_d(s, smem);
-    sq = cu_block_sum_d(sq, smem);
-    if (threadIdx.x == 0) gn_stats_from_sums(s, sq, n, eps, &coef[0], &coef[1]);
     __syncthreads();
     const float mean = coef[0], rstd = coef[1];
     double su = 0.0, sv = 0.0; /* Σ γ·dz·x̂, Σ γ·dz */
@@ -1435,7 +1449,7 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_cl_fused_backward(const
 
 sd_status cu_f16_group_norm_backward_nhwc(const sd_f16 *x16, const float *gamma, const float *beta, const float *dy,
                                           float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
-                                          int groups, float eps, int silu, int accumulate) {
+                                          int groups, float eps, int silu, int accumulate, const float *stats) {
     if (groups <= 0 || C <= 0 || C % groups)
         return sd_fail(SD_ERR_SHAPE, "cuda group norm backward (channels-last): %lld channels, %d groups", (long long)C,
                        groups);
@@ -1443,7 +1457,7 @@ sd_status cu_f16_group_norm_backward_nhwc(const sd_f16 *x16, const float *gamma,
     if (n_groups <= 0 || S <= 0 || (!dx && !dgamma && !dbeta)) return SD_OK;
     if (!dgamma && !dbeta && gn_fused_ok(n_groups, cpg * S)) {
         CU_LAUNCH(k_gn_cl_fused_backward, (unsigned)n_groups, GN_FUSED_THREADS, 0, cu_cur()->stream)(
-            cu_half(x16), gamma, beta, dy, dx, S, C, (int)cpg, eps, silu, accumulate);
+            cu_half(x16), gamma, beta, dy, dx, S, C, (int)cpg, eps, silu, accumulate, stats);
         LAUNCH_CHECK("group_norm_backward_nhwc (one kernel)");
         return SD_OK;
     }
@@ -1462,7 +1476,7 @@ sd_status cu_f16_group_norm_backward_nhwc(const sd_f16 *x16, const float *gamma,
     char *ws = (char *)cu_workspace(part_bytes + total_bytes + 2 * group_bytes);
     if (!ws) return SD_ERR_OOM;
     double *partial = (double *)ws, *totals = (double *)(ws + part_bytes);
-    float *stats = (float *)(ws + part_bytes + total_bytes), *coef = (float *)(ws + part_bytes + total_bytes + group_bytes);
+    float *coef = (float *)(ws + part_bytes + total_bytes + group_bytes);
     cudaStream_t st = cu_cur()->stream;
     const dim3 grid((unsigned)chunks, (unsigned)tiles, (unsigned)B);
     gn_cl_args a;
@@ -1471,9 +1485,13 @@ sd_status cu_f16_group_norm_backward_nhwc(const sd_f16 *x16, const float *gamma,
     a.S = S, a.C = C, a.chunk_pixels = chunk_pixels;
     a.cpg = (int)cpg, a.vec4 = C % 4 == 0 && cu_aligned4v(a.x), a.silu = silu, a.accumulate = accumulate;
     a.eps = eps, a.partial = partial, a.totals = totals, a.done = cu_cur()->grid_done;
-    a.out = stats;
-    CU_LAUNCH(k_gn_cl_tiles<GN_CL_STATS>, grid, GN_CL_THREADS, 0, st)(a);
-    LAUNCH_CHECK("group_norm_backward_nhwc statistics");
+    if (!stats) { /* the forward kept none: computed here, into the workspace */
+        float *computed = (float *)(ws + part_bytes + total_bytes);
+        a.out = computed;
+        CU_LAUNCH(k_gn_cl_tiles<GN_CL_STATS>, grid, GN_CL_THREADS, 0, st)(a);
+        LAUNCH_CHECK("group_norm_backward_nhwc statistics");
+        stats = computed;
+    }
     a.stats = stats, a.out = dx ? coef : nullptr, a.dgamma = dgamma, a.dbeta = dbeta;
     CU_LAUNCH(k_gn_cl_tiles<GN_CL_GRADS>, grid, GN_CL_THREADS, 0, st)(a);
     LAUNCH_CHECK("group_norm_backward_nhwc sums");

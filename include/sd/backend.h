@@ -180,11 +180,13 @@ typedef struct sd_f16_ops {
                                      float *dgamma, float *dbeta, int64_t M, int64_t C, float eps);
     /* sd_backend.group_norm_backward on the channels-last fp16 input [B, S, C] such a step saved
      * (γ, β, dy, dx and the parameters' gradients F32, dy and dx NCHW [B, C, S]): the widened copy's
-     * gradients within rounding (the sums may come in another order), without the copy. NULL where
-     * a backend has none. */
+     * gradients within rounding (the sums may come in another order), without the copy. stats: the
+     * (mean, rstd) per (image, group), [B·groups, 2], that this backend's group_norm_nhwc kept for
+     * the same x, eps and groups (the tape holds them), used instead of a pass over x to recompute
+     * them; NULL: computed here. NULL where a backend has none. */
     sd_status (*group_norm_backward_nhwc)(const sd_f16 *x, const float *gamma, const float *beta, const float *dy,
                                           float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
-                                          int groups, float eps, int silu, int accumulate);
+                                          int groups, float eps, int silu, int accumulate, const float *stats);
 
     /* ---- channels-last storage (sd_ctx.channels_last): a feature map (B, C, H, W) held as
      * [B, H·W, C], which is what tensor-core convolutions read natively (an NCHW map costs cuDNN
@@ -205,9 +207,11 @@ typedef struct sd_f16_ops {
     sd_status (*conv2d_nhwc)(const sd_f16 *x, const sd_f16 *w, const float *b, const float *v,
                              const sd_f16 *r, sd_f16 *y, const sd_conv_geom *g);
     /* x, y [B, S, C]; groups of C/groups consecutive channels; the shapes of
-     * sd_group_norm_nhwc_supports */
+     * sd_group_norm_nhwc_supports. keep_stats (NULL: none): receives each (image, group)'s (mean,
+     * rstd) as the normalisation used them, [B·groups, 2] floats, for group_norm_backward_nhwc. */
     sd_status (*group_norm_nhwc)(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y,
-                                 int64_t B, int64_t C, int64_t S, int groups, float eps, int silu);
+                                 int64_t B, int64_t C, int64_t S, int groups, float eps, int silu,
+                                 float *keep_stats);
     /* y[b, s, c] = x[b, s, c] + v[b, c] */
     sd_status (*add_channel_bias_nhwc)(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B,
                                        int64_t C, int64_t S);

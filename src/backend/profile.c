@@ -419,12 +419,14 @@ static sd_status q_linear_backward_data_bf16(const sd_f16 *dy, const sd_f16 *w, 
 }
 static sd_status q_group_norm_backward_nhwc(const sd_f16 *x, const float *gamma, const float *beta, const float *dy,
                                            float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
-                                           int groups, float eps, int silu, int accumulate) {
-    LABEL("group_norm_backward_nhwc%s C%lld S%lld b%lld", silu ? "+silu" : "", (long long)C, (long long)S, (long long)B);
-    /* x read three times (statistics, sums, data gradient), dy twice, dx written (and read when accumulating) */
-    TIMED(SD_PROF_NORM, 0, (F2 * 3 + F4 * (accumulate ? 4 : 3)) * B * C * S,
+                                           int groups, float eps, int silu, int accumulate, const float *stats) {
+    LABEL("group_norm_backward_nhwc%s%s C%lld S%lld b%lld", silu ? "+silu" : "", stats ? " (kept stats)" : "",
+          (long long)C, (long long)S, (long long)B);
+    /* x read three times (statistics unless kept, sums, data gradient), dy twice, dx written (and
+     * read when accumulating) */
+    TIMED(SD_PROF_NORM, 0, (F2 * (stats ? 2 : 3) + F4 * (accumulate ? 4 : 3)) * B * C * S,
           inner16->group_norm_backward_nhwc(x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu,
-                                            accumulate));
+                                            accumulate, stats));
 }
 
 static sd_status q_layer_norm_backward(const sd_f16 *x, const float *gamma, const float *dy, float *dx,
@@ -447,9 +449,10 @@ static sd_status q_conv2d_nhwc(const sd_f16 *x, const sd_f16 *w, const float *b,
     TIMED(SD_PROF_CONV, conv_flops(g), F2 * conv_values(g), inner16->conv2d_nhwc(x, w, b, v, r, y, g));
 }
 static sd_status q_group_norm_nhwc(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
-                                   int64_t C, int64_t S, int groups, float eps, int silu) {
+                                   int64_t C, int64_t S, int groups, float eps, int silu, float *keep_stats) {
     LABEL("group_norm nhwc%s C%lld S%lld b%lld", silu ? "+silu" : "", (long long)C, (long long)S, (long long)B);
-    TIMED(SD_PROF_NORM, 0, F2 * 2 * B * C * S, inner16->group_norm_nhwc(x, gamma, beta, y, B, C, S, groups, eps, silu));
+    TIMED(SD_PROF_NORM, 0, F2 * 2 * B * C * S,
+          inner16->group_norm_nhwc(x, gamma, beta, y, B, C, S, groups, eps, silu, keep_stats));
 }
 static sd_status q_add_channel_bias_nhwc(const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S) {
     TIMED(SD_PROF_MEMORY, 0, F2 * 2 * B * C * S, inner16->add_channel_bias_nhwc(x, v, y, B, C, S));

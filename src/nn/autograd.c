@@ -549,7 +549,8 @@ static void backward_node(sd_ctx *c, sd_tape_node *n) {
             if (out[0] || dg || db)
                 sd_ctx_check(c, o->group_norm_backward_nhwc(x->data, f32c(n->in[1]), f32c(n->in[2]), dy, out[0], dg,
                                                             db, B, C, S, n->attr.norm.groups, n->attr.norm.eps,
-                                                            n->attr.norm.silu, accumulate));
+                                                            n->attr.norm.silu, accumulate,
+                                                            n->attr.norm.stats ? sd_f32(n->attr.norm.stats) : NULL));
             return;
         }
         const float *xv = saved_f32(c, x);

@@ -903,13 +903,16 @@ sd_tensor *sd_conv2d_fused(sd_ctx *c, sd_tensor *x, const sd_conv_w *w, int stri
     return residual ? sd_add(c, residual, y) : y;
 }
 
-/* A group norm's (groups > 0) or a layer norm's (groups 0) node. */
-static void record_norm(sd_ctx *c, sd_tensor *y, sd_tensor *x, const sd_norm_w *n, int groups, float eps, int silu) {
+/* A group norm's (groups > 0) or a layer norm's (groups 0) node; stats: the (mean, rstd) per
+ * (image, group) the forward kept for the backward, or NULL. */
+static void record_norm(sd_ctx *c, sd_tensor *y, sd_tensor *x, const sd_norm_w *n, int groups, float eps, int silu,
+                        const sd_tensor *stats) {
     sd_tape_node *node = sd_tape_record(c, groups ? SD_OP_GROUP_NORM : SD_OP_LAYER_NORM, y, x, n->weight, n->bias);
     if (node) {
         node->attr.norm.groups = groups;
         node->attr.norm.eps = eps;
         node->attr.norm.silu = silu;
+        node->attr.norm.stats = stats;
     }
 }
 
@@ -927,13 +930,20 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
     if (x->dtype == SD_F16 && x->channels_last) {
         if (sd_group_norm_nhwc_supports(C, groups)) {
             const sd_f16_ops *ops = f16_ops(c, "group_norm");
+            /* a call the tape will differentiate keeps its statistics, [B·groups, 2]: the backward
+             * then reads them instead of making a pass over x to recompute them */
+            sd_tensor *stats = NULL;
+            if (ops && c->tape &&
+                (sd_tape_needs_grad(c, x) || sd_tape_needs_grad(c, n->weight) || sd_tape_needs_grad(c, n->bias)) &&
+                !(stats = sd_new4(c, 1, x->shape[0] * groups * 2, 0, 0, 0)))
+                return NULL;
             sd_tensor *y = ops ? new_dtype(c, SD_F16, x->ndim, x->shape) : NULL;
             if (y) {
                 y->channels_last = 1;
                 sd_ctx_check(c, ops->group_norm_nhwc(f16_of(x), n->weight ? sd_f32(n->weight) : NULL,
                                                      n->bias ? sd_f32(n->bias) : NULL, f16_of(y), x->shape[0], C, S,
-                                                     groups, eps, silu));
-                record_norm(c, y, x, n, groups, eps, silu);
+                                                     groups, eps, silu, stats ? sd_f32(stats) : NULL));
+                record_norm(c, y, x, n, groups, eps, silu, stats);
             }
             return c->status == SD_OK ? y : NULL;
         }
@@ -946,7 +956,7 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
             sd_ctx_check(c, ops->group_norm(f16_of(x), n->weight ? sd_f32(n->weight) : NULL,
                                             n->bias ? sd_f32(n->bias) : NULL, f16_of(y), x->shape[0], C, S, groups,
                                             eps, silu));
-            record_norm(c, y, x, n, groups, eps, silu);
+            record_norm(c, y, x, n, groups, eps, silu, NULL);
         }
         return c->status == SD_OK ? y : NULL;
     }
@@ -956,7 +966,7 @@ sd_tensor *sd_group_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, int groups
     sd_ctx_check(c, c->be->group_norm(sd_f32(x), n->weight ? sd_f32(n->weight) : NULL,
                                       n->bias ? sd_f32(n->bias) : NULL, sd_f32(y), x->shape[0], C,
                                       S, groups, eps, silu));
-    record_norm(c, y, x, n, groups, eps, silu);
+    record_norm(c, y, x, n, groups, eps, silu, NULL);
     return c->status == SD_OK ? y : NULL;
 }
 
@@ -973,7 +983,7 @@ sd_tensor *sd_layer_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, float eps)
         if (y) {
             sd_ctx_check(c, ops->layer_norm(f16_of(x), n->weight ? sd_f32(n->weight) : NULL,
                                             n->bias ? sd_f32(n->bias) : NULL, f16_of(y), sd_numel(x) / C, C, eps));
-            record_norm(c, y, x, n, 0, eps, 0);
+            record_norm(c, y, x, n, 0, eps, 0, NULL);
         }
         return c->status == SD_OK ? y : NULL;
     }
@@ -983,7 +993,7 @@ sd_tensor *sd_layer_norm(sd_ctx *c, sd_tensor *x, const sd_norm_w *n, float eps)
     sd_ctx_check(c, c->be->layer_norm(sd_f32(x), n->weight ? sd_f32(n->weight) : NULL,
                                       n->bias ? sd_f32(n->bias) : NULL, sd_f32(y), sd_numel(x) / C,
                                       C, eps));
-    record_norm(c, y, x, n, 0, eps, 0);
+    record_norm(c, y, x, n, 0, eps, 0, NULL);
     return c->status == SD_OK ? y : NULL;
 }
 

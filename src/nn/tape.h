@@ -44,7 +44,10 @@ typedef struct sd_tape_node {
     int consumers;   /* the nodes recorded with out as an input (one count per input slot) */
     union {
         struct { sd_conv_geom g; int frozen; } conv; /* frozen: a checkpoint's weight (sd_conv_w.f16_in_f32) */
-        struct { int groups; float eps; int silu; } norm;
+        /* stats: the (mean, rstd) per (image, group) a channels-last fp16 group norm's forward kept
+         * for its backward (sd_f16_ops.group_norm_nhwc), [B·groups, 2] floats of the forward's
+         * arena; NULL otherwise */
+        struct { int groups; float eps; int silu; const sd_tensor *stats; } norm;
         struct { sd_unary_op op; float alpha; } unary;
         struct { float alpha, beta; } axpby;
         struct { int64_t B, R, C; } transpose;

@@ -782,10 +782,26 @@ static void test_f16_channels_last_ops(void **state) {
             if (testutil_sim_leaves_out(what, 10.0 * (double)(B * C * S))) continue;
             sd_f16 *x = hrand16(B * S * C, 310 + k, 3.0f), *want = hnew16(B * S * C), *y = dnew16(B * S * C);
             float *g = hrand(C, 320 + k, 1.0f), *be = hrand(C, 330 + k, 1.0f);
-            assert_sd_ok(cpu16->group_norm_nhwc(x, g, be, want, B, C, S, gn[k].G, 1e-5f, silu));
-            assert_sd_ok(gpu16->group_norm_nhwc(dput16(x, B * S * C), dput(g, C), dput(be, C), y, B, C, S, gn[k].G,
-                                                1e-5f, silu));
+            assert_sd_ok(cpu16->group_norm_nhwc(x, g, be, want, B, C, S, gn[k].G, 1e-5f, silu, NULL));
+            sd_f16 *xd = dput16(x, B * S * C);
+            float *gd = dput(g, C), *bed = dput(be, C);
+            assert_sd_ok(gpu16->group_norm_nhwc(xd, gd, bed, y, B, C, S, gn[k].G, 1e-5f, silu, NULL));
             check16(what, y, want, B * S * C, TOL_F16_ELEM);
+            /* the statistics kept for a backward (a gradient step's tape): the same output bit for bit,
+             * and (mean, rstd) per (image, group) as the CPU twin keeps them, within the rounding of
+             * sums taken in another order */
+            const int64_t n_stats = B * gn[k].G * 2;
+            float *kept_want = hnew(n_stats), *kept = dnew_bytes((size_t)n_stats * sizeof(float));
+            sd_f16 *y_kept = dnew16(B * S * C);
+            assert_sd_ok(cpu16->group_norm_nhwc(x, g, be, want, B, C, S, gn[k].G, 1e-5f, silu, kept_want));
+            assert_sd_ok(gpu16->group_norm_nhwc(xd, gd, bed, y_kept, B, C, S, gn[k].G, 1e-5f, silu, kept));
+            const size_t y_bytes = (size_t)(B * S * C) * sizeof(sd_f16);
+            if (memcmp(tb_download(gpu, y_kept, y_bytes), tb_download(gpu, y, y_bytes), y_bytes))
+                fail_msg("%s: the output differs when the statistics are kept", what);
+            const float *kept_got = tb_download(gpu, kept, (size_t)n_stats * sizeof(float));
+            const double err = testutil_max_rel_err(kept_got, kept_want, n_stats);
+            print_message("    %-56s max rel err %.3g (tol 1e-05), output bit-identical\n", "  its kept (mean, rstd)", err);
+            if (!(err <= 1e-5)) fail_msg("%s: kept statistics %.6g from the CPU twin's", what, err);
         }
     /* convolutions: cuDNN with NHWC descriptors, one GEMM over the batch's pixels (im2col in KRSC
      * order, or x itself for 1x1), and the default rule between them */

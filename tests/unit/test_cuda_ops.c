@@ -841,6 +841,41 @@ static void check_f16_layer_norm_backward(int64_t M, int64_t C, const float *xd,
     }
 }
 
+/* sd_f16_ops.group_norm_backward_nhwc handed the statistics group_norm_nhwc kept (a gradient step's
+ * tape) against the same backward computing them: the same gradients within rounding (the forward
+ * sums in another order), in the one-kernel path (dx alone, short groups) and the tiled one (dγ
+ * too). Statistics off by a factor must change the result: the backward reads them. */
+static void check_f16_group_norm_backward_kept(int64_t B, int64_t C, int64_t S, int G, int silu, const sd_f16 *x16,
+                                               const float *gad, const float *bed, const float *dyd, const float *dx0,
+                                               const float *dg0) {
+    const sd_f16_ops *g16 = gpu->f16;
+    const int64_t n = B * C * S, n_stats = B * G * 2;
+    float *kept = dnan(n_stats);
+    sd_f16 *y16 = tb_device(gpu, (size_t)n * sizeof(sd_f16));
+    assert_sd_ok(g16->group_norm_nhwc(x16, gad, bed, y16, B, C, S, G, 1e-5f, silu, kept));
+    char what[128];
+    for (int params = 0; params <= 1; params++) {
+        float *dx_plain = dput(dx0, n), *dx_kept = dput(dx0, n), *dg_plain = dput(dg0, C), *dg_kept = dput(dg0, C);
+        assert_sd_ok(g16->group_norm_backward_nhwc(x16, gad, bed, dyd, dx_plain, params ? dg_plain : NULL, NULL, B, C,
+                                                   S, G, 1e-5f, silu, 1, NULL));
+        assert_sd_ok(g16->group_norm_backward_nhwc(x16, gad, bed, dyd, dx_kept, params ? dg_kept : NULL, NULL, B, C, S,
+                                                   G, 1e-5f, silu, 1, kept));
+        snprintf(what, sizeof what, "  with the forward's statistics%s dx", params ? ", dgamma too:" : ":");
+        check_dev(what, dx_kept, hget(dx_plain, n), n, TOL_ELEM);
+        if (params) check_dev("  with the forward's statistics: dgamma", dg_kept, hget(dg_plain, C), C, TOL_ELEM);
+    }
+    /* every rstd doubled: dx must move far beyond rounding */
+    float *wrong = hget(kept, n_stats);
+    for (int64_t i = 1; i < n_stats; i += 2) wrong[i] *= 2.0f;
+    float *dx_plain = dput(dx0, n), *dx_wrong = dput(dx0, n);
+    assert_sd_ok(g16->group_norm_backward_nhwc(x16, gad, bed, dyd, dx_plain, NULL, NULL, B, C, S, G, 1e-5f, silu, 1,
+                                               NULL));
+    assert_sd_ok(g16->group_norm_backward_nhwc(x16, gad, bed, dyd, dx_wrong, NULL, NULL, B, C, S, G, 1e-5f, silu, 1,
+                                               dput(wrong, n_stats)));
+    const double moved = testutil_max_rel_err(hget(dx_wrong, n), hget(dx_plain, n), n);
+    if (!(moved > 1e-2)) fail_msg("group_norm_backward_nhwc ignored the statistics handed to it (moved %.3g)", moved);
+}
+
 /* sd_f16_ops.group_norm_backward_nhwc on x (F32 NCHW on the device) rounded to a channels-last fp16
  * map, against the F32 op on that map widened back to NCHW: the same sums in another order, so equal
  * within TOL_ELEM (dx, dγ, dβ accumulated into dx0, dg0, db0; dx also overwritten). */
@@ -861,7 +896,7 @@ static void check_f16_group_norm_backward_nhwc(int64_t B, int64_t C, int64_t S, 
         assert_sd_ok(gpu->group_norm_backward(widened, ga, be, dyd, dx_want, affine ? dg_want : NULL,
                                               affine ? db_want : NULL, B, C, S, G, 1e-5f, silu, acc));
         assert_sd_ok(g16->group_norm_backward_nhwc(x16, ga, be, dyd, dx_got, affine ? dg_got : NULL,
-                                                   affine ? db_got : NULL, B, C, S, G, 1e-5f, silu, acc));
+                                                   affine ? db_got : NULL, B, C, S, G, 1e-5f, silu, acc, NULL));
         char what[128];
         snprintf(what, sizeof what, "group_norm_backward_nhwc on fp16 x (%lld,%lld,%lld)%s%s dx", (long long)B,
                  (long long)C, (long long)S, silu ? " +silu" : "", acc ? "" : ", overwriting");
@@ -878,7 +913,8 @@ static void check_f16_group_norm_backward_nhwc(int64_t B, int64_t C, int64_t S, 
     for (int acc = 1; acc >= 0; acc--) {
         float *dx_want = acc ? dput(dx0, n) : dnan(n), *dx_got = acc ? dput(dx0, n) : dnan(n);
         assert_sd_ok(gpu->group_norm_backward(widened, gad, bed, dyd, dx_want, NULL, NULL, B, C, S, G, 1e-5f, silu, acc));
-        assert_sd_ok(g16->group_norm_backward_nhwc(x16, gad, bed, dyd, dx_got, NULL, NULL, B, C, S, G, 1e-5f, silu, acc));
+        assert_sd_ok(g16->group_norm_backward_nhwc(x16, gad, bed, dyd, dx_got, NULL, NULL, B, C, S, G, 1e-5f, silu, acc,
+                                                   NULL));
         char what[128];
         snprintf(what, sizeof what, "group_norm_backward_nhwc on fp16 x (%lld,%lld,%lld)%s dx only%s", (long long)B,
                  (long long)C, (long long)S, silu ? " +silu" : "", acc ? "" : ", overwriting");
@@ -887,8 +923,9 @@ static void check_f16_group_norm_backward_nhwc(int64_t B, int64_t C, int64_t S, 
     /* the parameters alone (dx NULL) */
     float *dg_want = dput(dg0, C), *dg_got = dput(dg0, C);
     assert_sd_ok(gpu->group_norm_backward(widened, gad, bed, dyd, NULL, dg_want, NULL, B, C, S, G, 1e-5f, silu, 1));
-    assert_sd_ok(g16->group_norm_backward_nhwc(x16, gad, bed, dyd, NULL, dg_got, NULL, B, C, S, G, 1e-5f, silu, 1));
+    assert_sd_ok(g16->group_norm_backward_nhwc(x16, gad, bed, dyd, NULL, dg_got, NULL, B, C, S, G, 1e-5f, silu, 1, NULL));
     check_dev("group_norm_backward_nhwc on fp16 x, dgamma only", dg_got, hget(dg_want, C), C, TOL_ELEM);
+    check_f16_group_norm_backward_kept(B, C, S, G, silu, x16, gad, bed, dyd, dx0, dg0);
 }
 
 static void test_norm_backward(void **state) {

@@ -417,6 +417,7 @@ static sd_tensor *f16_step_gradient(sd_tensor *x, sd_tensor *leaf, int hooked, s
 /* the step's backward ops on saved values: fp16 as saved, or widened to F32 first */
 static const sd_backend *f16_step_inner;
 static long f16_step_ln_f16, f16_step_ln_f32, f16_step_geglu_f16, f16_step_gn_f16, f16_step_gn_f32, f16_step_widened;
+static long f16_step_gn_kept; /* GroupNorm backward calls handed the forward's statistics */
 static long f16_step_transposes, f16_step_map_linears, f16_step_narrowed, f16_step_geglu_bf16;
 static sd_status counting_f16_geglu_backward_bf16(const sd_f16 *x, const float *dy, sd_f16 *dx, int64_t M, int64_t N) {
     f16_step_geglu_bf16++;
@@ -449,10 +450,11 @@ static sd_status counting_layer_norm_backward(const float *x, const float *gamma
 static sd_status counting_f16_group_norm_backward_nhwc(const sd_f16 *x, const float *gamma, const float *beta,
                                                       const float *dy, float *dx, float *dgamma, float *dbeta,
                                                       int64_t B, int64_t C, int64_t S, int groups, float eps, int silu,
-                                                      int accumulate) {
+                                                      int accumulate, const float *stats) {
     f16_step_gn_f16++;
+    if (stats) f16_step_gn_kept++;
     return f16_step_inner->f16->group_norm_backward_nhwc(x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps,
-                                                         silu, accumulate);
+                                                         silu, accumulate, stats);
 }
 static sd_status counting_group_norm_backward(const float *x, const float *gamma, const float *beta, const float *dy,
                                               float *dx, float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S,
@@ -514,6 +516,7 @@ static void test_f16_gradient_step(void **state) {
     sd_tensor *g16 = f16_step_gradient(x, leaf, 0, &eps16);
     const long ln_f16 = f16_step_ln_f16, ln_f32 = f16_step_ln_f32, geglu_f16 = f16_step_geglu_f16;
     const long gn_f16 = f16_step_gn_f16, gn_f32 = f16_step_gn_f32, widened = f16_step_widened;
+    const long gn_kept = f16_step_gn_kept;
     const long transposes = f16_step_transposes, map_linears = f16_step_map_linears;
     const long geglu_bf16 = f16_step_geglu_bf16;
     table16.layer_norm_backward = NULL;
@@ -529,6 +532,8 @@ static void test_f16_gradient_step(void **state) {
                   f16_step_transposes - transposes);
     ctx.be = f16_step_inner;
     assert_true(ln_f16 > 0 && gn_f16 > 0);
+    /* each channels-last GroupNorm's backward reads the statistics its forward kept on the tape */
+    assert_int_equal(gn_kept, gn_f16);
     /* every GEGLU's input gradient goes to ff_in's data gradient in bf16, none through F32 */
     assert_int_equal(geglu_bf16, 16);
     assert_int_equal(geglu_f16, 0);

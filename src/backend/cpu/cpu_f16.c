@@ -468,16 +468,35 @@ static sd_status f16_conv2d_nhwc(const sd_f16 *x, const sd_f16 *w, const float *
 }
 
 static sd_status f16_group_norm_nhwc(const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B,
-                                      int64_t C, int64_t S, int groups, float eps, int silu) {
+                                      int64_t C, int64_t S, int groups, float eps, int silu, float *keep_stats) {
     sd_f16 *xc = relayout16(x, B, S, C, 1, "group_norm_nhwc");
     if (!xc) return SD_ERR_OOM;
+    if (keep_stats) {
+        /* each group's statistics as the F32 op computes them (cpu_norm_stats on the widened values),
+         * which is also what this backend's backward recomputes: kept and recomputed agree bit for bit */
+        f32_bufs t;
+        const int64_t n = B * C * S, cpg = C / groups;
+        const sd_f16 *in = xc;
+        const sd_status made = bufs_make(&t, "group_norm_nhwc", 1, &in, &n, 0);
+        if (made != SD_OK) return free(xc), made;
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t b = 0; b < B; b++)
+            for (int g = 0; g < groups; g++)
+                cpu_norm_stats(t.in[0] + (b * C + g * cpg) * S, cpg * S, eps, &keep_stats[(b * groups + g) * 2 + 0],
+                               &keep_stats[(b * groups + g) * 2 + 1]);
+        bufs_free(&t);
+    }
     const sd_status st = f16_group_norm(xc, gamma, beta, xc, B, C, S, groups, eps, silu); /* in place: it widens first */
     return back_to_nhwc(st, xc, y, B, C, S);
 }
 
+/* stats, the forward's (f16_group_norm_nhwc's keep_stats), go unread: the F32 op recomputes them with
+ * the same cpu_norm_stats on the same widened values, so they are the kept ones bit for bit. */
 static sd_status f16_group_norm_backward_nhwc(const sd_f16 *x, const float *gamma, const float *beta,
                                               const float *dy, float *dx, float *dgamma, float *dbeta, int64_t B,
-                                              int64_t C, int64_t S, int groups, float eps, int silu, int accumulate) {
+                                              int64_t C, int64_t S, int groups, float eps, int silu, int accumulate,
+                                              const float *stats) {
+    (void)stats;
     sd_f16 *xc = relayout16(x, B, S, C, 1, "group_norm_backward_nhwc");
     if (!xc) return SD_ERR_OOM;
     f32_bufs t;

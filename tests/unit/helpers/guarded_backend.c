@@ -244,9 +244,9 @@ GUARD16(layer_norm_backward, (const sd_f16 *x, const float *gamma, const float *
         (x, gamma, dy, dx, dgamma, dbeta, M, C, eps), x, gamma, dy, dx, dgamma, dbeta)
 GUARD16(group_norm_backward_nhwc, (const sd_f16 *x, const float *gamma, const float *beta, const float *dy, float *dx,
                                    float *dgamma, float *dbeta, int64_t B, int64_t C, int64_t S, int groups, float eps,
-                                   int silu, int accumulate),
-        (x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu, accumulate), x, gamma, beta, dy, dx, dgamma,
-        dbeta)
+                                   int silu, int accumulate, const float *stats),
+        (x, gamma, beta, dy, dx, dgamma, dbeta, B, C, S, groups, eps, silu, accumulate, stats), x, gamma, beta, dy, dx,
+        dgamma, dbeta, stats)
 
 GUARD16(to_bf16, (const float *x, sd_f16 *y, int64_t n), (x, y, n), x, y)
 GUARD16(linear_backward_data_bf16w, (const float *dy, const sd_f16 *w, float *dx, int64_t M, int64_t K, int64_t N,
@@ -292,8 +292,8 @@ GUARD16(conv2d_nhwc, (const sd_f16 *x, const sd_f16 *w, const float *b, const fl
                       const sd_conv_geom *g),
         (x, w, b, v, r, y, g), x, w, b, v, r, y)
 GUARD16(group_norm_nhwc, (const sd_f16 *x, const float *gamma, const float *beta, sd_f16 *y, int64_t B, int64_t C,
-                          int64_t S, int groups, float eps, int silu),
-        (x, gamma, beta, y, B, C, S, groups, eps, silu), x, gamma, beta, y)
+                          int64_t S, int groups, float eps, int silu, float *keep_stats),
+        (x, gamma, beta, y, B, C, S, groups, eps, silu, keep_stats), x, gamma, beta, y, keep_stats)
 GUARD16(add_channel_bias_nhwc, (const sd_f16 *x, const float *v, sd_f16 *y, int64_t B, int64_t C, int64_t S),
         (x, v, y, B, C, S), x, v, y)
 GUARD16(concat_channels_nhwc, (const sd_f16 *a, const sd_f16 *c, sd_f16 *y, int64_t B, int64_t Ca, int64_t Cb,
