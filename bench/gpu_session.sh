@@ -18,10 +18,11 @@
 #             time per image, per timestep, reconstruction), a P2Plus edit from each (cat -> tiger,
 #             LocalBlend), then `bench invert --profile` on one
 #             StyleDiffusion timestep (where an inner iteration's time goes beyond the value step)
-#   sanitize  compute-sanitizer memcheck and racecheck on test_cuda_f16's attention cases (the fp16
-#             kernels at SD's head widths) and test_cuda_ops's attention backward cases (the flash
-#             backward, SD_TEST_SMALL=1), memcheck on an exact and a fast `generate` and a fast
-#             `bench grad` (tiny model), racecheck on a fast `generate`
+#   sanitize  compute-sanitizer memcheck on a fast and an exact one-step `generate` (tiny model) first,
+#             then memcheck and racecheck on test_cuda_f16's attention cases (the fp16 kernels at
+#             SD's head widths) and test_cuda_ops's attention backward cases (the flash backward,
+#             SD_TEST_SMALL=1), memcheck with the Winograd kernels everywhere and on `bench grad`
+#             (exact and fast), racecheck on a fast `generate`
 # Results: $OUT/session.log (everything printed, written as it goes) and $OUT/results.tgz (the
 # stages' files); without OUT, build/gpu_session/.
 set -u
@@ -104,8 +105,15 @@ stage_sanitize() {
     cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     local common=(--error-exitcode 9 --print-limit 20)
     local rc=0
-    # the fp16 attention kernels first (cp.async / ldmatrix / shared-memory double buffering: the
-    # tiny model's heads are too narrow to reach them), then whole commands
+    # issue 3's acceptance check first, so that a stage cut by its cap still has it: memcheck on
+    # whole UNet calls (a fast and an exact one-step `generate`: text encoder, UNet, VAE)
+    for prec in fast exact; do
+        echo "memcheck: generate --precision $prec --steps 1"
+        "$cs" --tool memcheck "${common[@]}" build/stylediff generate -p "a photo of a cat" --steps 1 \
+            --device cuda --precision $prec -q -o /tmp/gpu_session_san.png || rc=1
+    done
+    # the fp16 attention kernels (cp.async / ldmatrix / shared-memory double buffering: the tiny
+    # model's heads are too narrow to reach them), then more whole commands
     for tool in memcheck racecheck; do
         echo "$tool: test_cuda_f16's attention cases"
         SD_TEST_FILTER=test_f16_attention "$cs" --tool $tool "${common[@]}" build/tests/test_cuda_f16 2>&1 |
@@ -118,9 +126,6 @@ stage_sanitize() {
         [ "${PIPESTATUS[0]}" = 0 ] || rc=1
     done
     for prec in exact fast; do
-        echo "memcheck: generate --precision $prec"
-        "$cs" --tool memcheck "${common[@]}" build/stylediff generate -p "a photo of a cat" --steps 2 \
-            --device cuda --precision $prec -q -o /tmp/gpu_session_san.png || rc=1
         # the Winograd kernels on every 3x3 "same" convolution (F(4x4) in exact mode, F(2x2) in fast)
         echo "memcheck: generate --precision $prec, SD_CONV_WINOGRAD=f4-all"
         SD_CONV_WINOGRAD=f4-all "$cs" --tool memcheck "${common[@]}" build/stylediff generate -p "a photo of a cat" \
