@@ -248,9 +248,10 @@ static void test_bench_invert_steady_state(void **state) {
     if (sscanf(at, "\nnulltext first 2 timesteps %lf s, then %lf s per timestep, %lf ms per iteration", &first,
                &per_step, &per_iter) != 3)
         fail_msg("unreadable steady-state line in:\n%s", r->out);
-    /* both printed rounded: the timestep to 1 ms (%.3f s), the iteration to 0.1 ms at this size; with
-     * one iteration per timestep the two differ by less than that (a CI run printed 0.360 s and
-     * 360.4 ms), so the comparison allows each figure half a unit of its last digit */
+    /* per iteration = the steady timesteps' seconds / their iterations, per timestep = the same
+     * seconds / their count: with --inner 1 the two are equal. Both are printed rounded, the
+     * timestep to 1 ms (%.3f s), the iteration to 0.1 ms (a CI run printed 0.360 s and 360.4 ms for
+     * one value), so the comparison allows each half a unit of its last digit, no more */
     if (!(first > 0 && per_step > 0 && per_iter > 0 && per_iter / 1e3 <= per_step + 0.0005 + 0.00005))
         fail_msg("steady state: first %g s, %g s per timestep, %g ms per iteration", first, per_step, per_iter);
     free(r);

@@ -384,6 +384,24 @@ static void test_unet_channels_last(void **state) {
     sd_tensor_free(context);
 }
 
+/* The tiny UNet's small fixtures on the host (the test frees them) and uploaded, after an arena
+ * mark the test resets to: where the fp16-step, time-projection and prefix tests start. */
+typedef struct {
+    sd_tensor *sample, *context; /* host */
+    sd_tensor *x, *cond;         /* on ctx's device */
+    sd_arena_mark mark;
+} small_unet_inputs;
+
+static small_unet_inputs small_unet_inputs_load(void) {
+    small_unet_inputs in;
+    in.sample = testutil_fixture("tiny_unet", "small_sample");
+    in.context = testutil_fixture("tiny_unet", "small_context");
+    in.mark = sd_arena_get_mark(ctx.arena);
+    in.x = sd_upload(&ctx, in.sample);
+    in.cond = sd_upload(&ctx, in.context);
+    return in;
+}
+
 /* A gradient step that stores fp16 (sd_ctx.f16_steps), on a 32x32 latent (the CPU's fp16 twins are
  * slow): its forward is the plain fp16 forward, bit for bit (the same ops, now recorded on the
  * tape); its gradient to the null embedding stays close to the F32-storage fast step's; channels-last
@@ -480,10 +498,9 @@ static sd_status counting_to_f32_nchw(const sd_f16 *x, const float *bias, const 
 
 static void test_f16_gradient_step(void **state) {
     (void)state;
-    sd_tensor *sample = testutil_fixture("tiny_unet", "small_sample");
-    sd_tensor *context = testutil_fixture("tiny_unet", "small_context");
-    sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
-    sd_tensor *x = sd_upload(&ctx, sample), *cond = sd_upload(&ctx, context);
+    const small_unet_inputs in = small_unet_inputs_load();
+    sd_tensor *sample = in.sample, *context = in.context, *x = in.x, *cond = in.cond;
+    const sd_arena_mark mark = in.mark;
     sd_tensor *leaf = sd_param_new(&ctx, context, "null embedding");
     assert_non_null(leaf);
     ctx.activations = SD_F16;
@@ -972,10 +989,9 @@ static void test_cross_attention_projections(void **state) {
  * own two linears stay single. */
 static void test_time_projections_grouped(void **state) {
     (void)state;
-    sd_tensor *sample = testutil_fixture("tiny_unet", "small_sample");
-    sd_tensor *context = testutil_fixture("tiny_unet", "small_context");
-    const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
-    sd_tensor *x = sd_upload(&ctx, sample), *cond = sd_upload(&ctx, context);
+    const small_unet_inputs in = small_unet_inputs_load();
+    sd_tensor *sample = in.sample, *context = in.context, *x = in.x, *cond = in.cond;
+    const sd_arena_mark mark = in.mark;
     sd_tensor *f32 = sd_download_new(&ctx, sd_unet_forward(&ctx, &unet, x, 500.0f, cond));
     projection_counter counter;
     projection_counter_begin(&counter);
@@ -1097,10 +1113,9 @@ static sd_tensor *keep_probs(sd_attn_hook *h, sd_ctx *c, const sd_attn_site *s, 
 
 static void test_unet_prefix(void **state) {
     (void)state;
-    sd_tensor *sample = testutil_fixture("tiny_unet", "small_sample");
-    sd_tensor *context = testutil_fixture("tiny_unet", "small_context");
-    const sd_arena_mark mark = sd_arena_get_mark(ctx.arena);
-    sd_tensor *x = sd_upload(&ctx, sample), *cond = sd_upload(&ctx, context);
+    const small_unet_inputs in = small_unet_inputs_load();
+    sd_tensor *sample = in.sample, *context = in.context, *x = in.x, *cond = in.cond;
+    const sd_arena_mark mark = in.mark;
     sd_tensor *other = sd_tensor_clone(context);
     for (int64_t i = 0; i < sd_numel(other); i++) sd_f32(other)[i] = -0.5f * sd_f32(other)[i] + 0.25f;
     sd_tensor *uncond = sd_upload(&ctx, other);

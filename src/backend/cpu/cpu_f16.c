@@ -471,22 +471,22 @@ static sd_status f16_group_norm_nhwc(const sd_f16 *x, const float *gamma, const 
                                       int64_t C, int64_t S, int groups, float eps, int silu, float *keep_stats) {
     sd_f16 *xc = relayout16(x, B, S, C, 1, "group_norm_nhwc");
     if (!xc) return SD_ERR_OOM;
+    /* f16_group_norm's widen, F32 op, round, with the kept statistics taken from the one widened copy */
+    f32_bufs t;
+    const int64_t n = B * C * S, cpg = C / groups;
+    const sd_f16 *in = xc;
+    sd_status st = bufs_make(&t, "group_norm_nhwc", 1, &in, &n, n);
+    if (st != SD_OK) return free(xc), st;
     if (keep_stats) {
         /* each group's statistics as the F32 op computes them (cpu_norm_stats on the widened values),
          * which is also what this backend's backward recomputes: kept and recomputed agree bit for bit */
-        f32_bufs t;
-        const int64_t n = B * C * S, cpg = C / groups;
-        const sd_f16 *in = xc;
-        const sd_status made = bufs_make(&t, "group_norm_nhwc", 1, &in, &n, 0);
-        if (made != SD_OK) return free(xc), made;
 #pragma omp parallel for collapse(2) schedule(static)
         for (int64_t b = 0; b < B; b++)
             for (int g = 0; g < groups; g++)
                 cpu_norm_stats(t.in[0] + (b * C + g * cpg) * S, cpg * S, eps, &keep_stats[(b * groups + g) * 2 + 0],
                                &keep_stats[(b * groups + g) * 2 + 1]);
-        bufs_free(&t);
     }
-    const sd_status st = f16_group_norm(xc, gamma, beta, xc, B, C, S, groups, eps, silu); /* in place: it widens first */
+    st = finish(&t, f32_ops()->group_norm(t.in[0], gamma, beta, t.out, B, C, S, groups, eps, silu), xc, n);
     return back_to_nhwc(st, xc, y, B, C, S);
 }
 
