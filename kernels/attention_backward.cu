@@ -673,19 +673,30 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     }
 }
 
-/* grad[b, j, h·width + d] += (or =) Σ_z part[z][b·H + h][j][d] (z in order): kernel 2's split partials. */
-__global__ void k_fb_sum_splits(float *grad, const float *part, int64_t B, int H, int64_t Sk, int width, int DP,
-                                int splits, int accumulate) {
+/* grad[b, j, h·width + d] += (or =) Σ_z part[z][b·H + h][j][d] (z in order): kernel 2's split
+ * partials, dK's (blockIdx.y 0, width D) and dV's (blockIdx.y 1, width Dv) in one launch; a NULL
+ * gradient is skipped. */
+struct fb_sum_params {
+    float *grad[2];
+    const float *part[2];
+    int width[2];
+    int64_t B, Sk;
+    int H, DP, splits, accumulate;
+};
+
+__global__ void k_fb_sum_splits(const fb_sum_params p) {
     CU_PDL_ENTRY();
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, n = B * Sk * H * width;
-    if (i >= n) return;
+    float *grad = p.grad[blockIdx.y];
+    const int width = p.width[blockIdx.y];
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, n = p.B * p.Sk * p.H * width;
+    if (!grad || i >= n) return;
     const int d = (int)(i % width);
-    const int64_t rest = i / width, h = rest % H, j = (rest / H) % Sk, b = rest / ((int64_t)H * Sk);
-    const int64_t stride = B * H * Sk * DP; /* one split's partials */
-    const float *src = part + ((b * H + h) * Sk + j) * DP + d;
+    const int64_t rest = i / width, h = rest % p.H, j = (rest / p.H) % p.Sk, b = rest / ((int64_t)p.H * p.Sk);
+    const int64_t stride = p.B * p.H * p.Sk * p.DP; /* one split's partials */
+    const float *src = p.part[blockIdx.y] + ((b * p.H + h) * p.Sk + j) * p.DP + d;
     float sum = 0.0f;
-    for (int z = 0; z < splits; z++) sum += src[z * stride];
-    fb_put(grad + i, sum, accumulate);
+    for (int z = 0; z < p.splits; z++) sum += src[z * stride];
+    fb_put(grad + i, sum, p.accumulate);
 }
 
 /* How many query ranges kernel 2 splits into: enough blocks for one per SM when the key blocks
@@ -725,19 +736,15 @@ template <int NS, int MINB> static sd_status launch_flash_bwd_blocks(const attn_
     CU_LAUNCH((k_flash_bwd_dkv<NS, MINB>), grid_k, FB_THREADS, fb_dkv_smem<DK>::bytes, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention backward dk dv (fast)");
     if (splits == 1) return SD_OK;
+    fb_sum_params sp;
+    sp.grad[0] = p.dk, sp.grad[1] = p.dv;
+    sp.part[0] = p.dk_part, sp.part[1] = p.dv_part;
+    sp.width[0] = p.D, sp.width[1] = p.Dv;
+    sp.B = B, sp.Sk = p.Sk, sp.H = p.H, sp.DP = DK * 16, sp.splits = splits, sp.accumulate = p.accumulate;
     const int threads = 256;
-    if (p.dk) {
-        const int64_t n = B * p.Sk * p.H * p.D;
-        CU_LAUNCH(k_fb_sum_splits, (unsigned)((n + threads - 1) / threads), threads, 0, cu_cur()->stream)(
-            p.dk, p.dk_part, B, p.H, p.Sk, p.D, DK * 16, splits, p.accumulate);
-        LAUNCH_CHECK("flash attention backward dk splits");
-    }
-    if (p.dv) {
-        const int64_t n = B * p.Sk * p.H * p.Dv;
-        CU_LAUNCH(k_fb_sum_splits, (unsigned)((n + threads - 1) / threads), threads, 0, cu_cur()->stream)(
-            p.dv, p.dv_part, B, p.H, p.Sk, p.Dv, DK * 16, splits, p.accumulate);
-        LAUNCH_CHECK("flash attention backward dv splits");
-    }
+    const int64_t n = B * p.Sk * p.H * (p.D > p.Dv ? p.D : p.Dv);
+    CU_LAUNCH(k_fb_sum_splits, dim3((unsigned)((n + threads - 1) / threads), 2), threads, 0, cu_cur()->stream)(sp);
+    LAUNCH_CHECK("flash attention backward dk dv splits");
     return SD_OK;
 }
 

@@ -274,8 +274,9 @@ static sd_status state_init(cu_state *s, int ordinal) {
     CUDA_CHECK(cudaEventCreate(&s->ev_start));
     CUDA_CHECK(cudaEventCreate(&s->ev_stop));
     CUDA_CHECK(cudaMalloc(&s->scratch, 4096));
-    CUDA_CHECK(cudaMalloc((void **)&s->grid_done, sizeof *s->grid_done));
-    CUDA_CHECK(cudaMemsetAsync(s->grid_done, 0, sizeof *s->grid_done, s->stream));
+    const size_t counter_bytes = (1 + (size_t)CU_GRID_PART_COUNTERS) * sizeof *s->grid_done;
+    CUDA_CHECK(cudaMalloc((void **)&s->grid_done, counter_bytes));
+    CUDA_CHECK(cudaMemsetAsync(s->grid_done, 0, counter_bytes, s->stream));
 
     int *flag = (int *)s->scratch;
     int host_flag = 0;

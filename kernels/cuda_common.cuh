@@ -67,7 +67,7 @@ struct cu_state {
     size_t ws_bytes;
     uint64_t ws_generation; /* reallocations of ws (sd_cuda_workspace_generation) */
     void *scratch;               /* 4 KiB of small device results (all_finite flag, partial sums) */
-    unsigned *grid_done;         /* cu_last_block's counter: 0 between kernels */
+    unsigned *grid_done;         /* cu_last_arrival's counters, 1 + CU_GRID_PART_COUNTERS: 0 between kernels */
     sd_precision precision;
     cublasComputeType_t fast_gemm; /* compute type of fast mode (SD_FAST_GEMM: bf16 | tf32 | fp16) */
     int conv_algo;                 /* fast mode: sd_conv_algo, how cuDNN's algorithms are chosen (SD_CONV_ALGO) */
@@ -335,25 +335,33 @@ __device__ __forceinline__ double cu_block_sum_d(double v, double *smem) {
     return cu_warp_sum_d(t);
 }
 
-/* Whether this block is the last of its grid to get here: a reduction's final step run by that
- * block once every block has written its partial results to global memory, in place of a
- * second kernel (a launch fewer). Every thread of every block calls it after writing its share.
- * Each block fences its writes, then one thread counts the block in `done` (cu_state.grid_done);
- * the block that brings the count to the grid's size sees the others' writes (read them with
- * __ldcg: not from a stale L1 line) and sets the counter back to 0 for the next kernel, which on
- * the device's one stream cannot start before this one ends. */
-__device__ __forceinline__ bool cu_last_block(unsigned *done) {
+/* Whether this block is the last of `arrivals` blocks to get to `counter`: a reduction's final
+ * step run by that block once the others have written their partial results to global memory, in
+ * place of a second kernel (a launch fewer). Every thread of every counted block calls it after
+ * writing its share. Each block fences its writes, then one thread counts the block; the block that
+ * brings the count to `arrivals` sees the others' writes (read them with __ldcg: not from a stale
+ * L1 line) and sets the counter back to 0 for the next kernel, which on the device's one stream
+ * cannot start before this one ends. The counters are cu_state.grid_done's: [0] for a whole grid
+ * (cu_last_block), [1 + i] for a part of one (CU_GRID_PART_COUNTERS: an image's blocks, a channel
+ * tile's), so that a part's last block can finish that part while the other parts still run, and
+ * a kernel may count its part-finishers again on [0]. */
+#define CU_GRID_PART_COUNTERS 65536 /* parts per grid: a grid dimension's most blocks */
+__device__ __forceinline__ bool cu_last_arrival(unsigned *counter, unsigned arrivals) {
     __shared__ unsigned last;
     __threadfence(); /* this thread's writes, before the block is counted */
     __syncthreads();
     if (threadIdx.x == 0) {
-        const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
-        last = atomicAdd(done, 1u) == blocks - 1;
-        if (last) *done = 0; /* every block has counted itself */
+        last = atomicAdd(counter, 1u) == arrivals - 1;
+        if (last) *counter = 0; /* every block has counted itself */
     }
     __syncthreads();
     if (last) __threadfence();
     return last;
+}
+
+/* Whether this block is the last of its grid to get here (cu_last_arrival on grid_done[0]). */
+__device__ __forceinline__ bool cu_last_block(unsigned *done) {
+    return cu_last_arrival(done, gridDim.x * gridDim.y * gridDim.z);
 }
 
 /* Tensor cores, mma.sync.m16n8k16 with fp32 accumulation, for two 16-bit element types E:

@@ -958,27 +958,42 @@ static int gn_nhwc_width(const void *x, const void *y, int64_t span) {
     return 1;
 }
 
-/* stats[bg · 2 + {0, 1}] = (mean, rstd) from the chunks' sums: one warp per (image, group) (warps
- * first_warp, first_warp + warps, ...), its lanes striding over the chunks, then a shuffle tree (a
- * fixed order). The stats kernel's last block runs it (cu_last_block): the partials are other
- * blocks' writes. */
-__device__ __forceinline__ void gn_nhwc_finalize(const double *partial, int chunks, int64_t n_groups, int64_t count,
-                                                 float eps, float *stats, int64_t first_warp, int64_t warps) {
+/* stats[bg · 2 + {0, 1}] = (mean, rstd) from the chunks' sums for bg in [bg_lo, bg_hi): one warp per
+ * (image, group), its lanes striding over the chunks, then a shuffle tree (a fixed order). A warp
+ * takes GN_FINALIZE_BATCH groups at once (warps first_warp + warps·j), so that their loads are in
+ * flight together: one group at a time, each waited on its L2 loads and its shuffle trees in turn,
+ * which made this tail several microseconds of the launch. The stats kernel's last block of an image
+ * runs it (cu_last_arrival): the partials are other blocks' writes. */
+#define GN_FINALIZE_BATCH 4
+__device__ __forceinline__ void gn_nhwc_finalize(const double *partial, int chunks, int64_t bg_lo, int64_t bg_hi,
+                                                 int64_t count, float eps, float *stats, int64_t first_warp,
+                                                 int64_t warps) {
     const int lane = threadIdx.x & 31;
-    for (int64_t bg = first_warp; bg < n_groups; bg += warps) {
-        double s = 0.0, sq = 0.0;
+    for (int64_t bg0 = bg_lo + first_warp; bg0 < bg_hi; bg0 += warps * GN_FINALIZE_BATCH) {
+        double s[GN_FINALIZE_BATCH], sq[GN_FINALIZE_BATCH];
+#pragma unroll
+        for (int j = 0; j < GN_FINALIZE_BATCH; j++) s[j] = sq[j] = 0.0;
         for (int c = lane; c < chunks; c += 32) {
-            s += __ldcg(&partial[(bg * chunks + c) * 2 + 0]);
-            sq += __ldcg(&partial[(bg * chunks + c) * 2 + 1]);
+#pragma unroll
+            for (int j = 0; j < GN_FINALIZE_BATCH; j++) {
+                const int64_t bg = bg0 + warps * j;
+                if (bg >= bg_hi) break;
+                s[j] += __ldcg(&partial[(bg * chunks + c) * 2 + 0]);
+                sq[j] += __ldcg(&partial[(bg * chunks + c) * 2 + 1]);
+            }
         }
-        s = cu_warp_sum_d(s);
-        sq = cu_warp_sum_d(sq);
-        if (lane == 0) gn_stats_from_sums(s, sq, count, eps, &stats[bg * 2 + 0], &stats[bg * 2 + 1]);
+#pragma unroll
+        for (int j = 0; j < GN_FINALIZE_BATCH; j++) { /* every lane takes part in the shuffles */
+            const int64_t bg = bg0 + warps * j;
+            const double ts = cu_warp_sum_d(s[j]), tsq = cu_warp_sum_d(sq[j]);
+            if (lane == 0 && bg < bg_hi) gn_stats_from_sums(ts, tsq, count, eps, &stats[bg * 2 + 0], &stats[bg * 2 + 1]);
+        }
     }
 }
 
-/* Per (chunk of P pixels, image): each group's Σ x and Σ x² into partial; the grid's last block
- * then turns them into stats (gn_nhwc_finalize: one launch fewer than a kernel of its own). */
+/* Per (chunk of P pixels, image): each group's Σ x and Σ x² into partial; the image's last block
+ * then turns its groups' into stats (gn_nhwc_finalize: one launch fewer than a kernel of its own),
+ * counted on done[1 + b] (a batch of 2 finishes its two images in two blocks at once). */
 template <int V>
 __global__ void __launch_bounds__(V >= 8 ? 512 : 1024) k_gn_nhwc_stats(const __half *x, int64_t S, int C, int cpg, int P, int chunks,
                                                         double *partial, float eps, float *stats, unsigned *done) {
@@ -1032,9 +1047,9 @@ __global__ void __launch_bounds__(V >= 8 ? 512 : 1024) k_gn_nhwc_stats(const __h
         out[0] = a;
         out[1] = q;
     }
-    /* the last block, its whole warps (R · C / V threads need not be a multiple of 32) */
-    if (!cu_last_block(done) || threadIdx.x >= (blockDim.x & ~31u)) return;
-    gn_nhwc_finalize(partial, chunks, (int64_t)gridDim.y * G, (int64_t)cpg * S, eps, stats, threadIdx.x >> 5,
+    /* the image's last block, its whole warps (R · C / V threads need not be a multiple of 32) */
+    if (!cu_last_arrival(done + 1 + b, gridDim.x) || threadIdx.x >= (blockDim.x & ~31u)) return;
+    gn_nhwc_finalize(partial, chunks, b * G, (b + 1) * G, (int64_t)cpg * S, eps, stats, threadIdx.x >> 5,
                      blockDim.x >> 5);
 }
 
@@ -1215,13 +1230,13 @@ sd_status cu_f16_group_norm_nhwc(const sd_f16 *x16, const float *gamma, const fl
  * channels-last memory cannot feed coalesced; here a block walks tiles of 32 pixels x 32 channels of
  * one image: x's tile read along channels (its memory order) into shared memory, dy and dx along
  * pixels (theirs), warp w taking channels w, w + 8, w + 16, w + 24 with lane = pixel.
- *   k_gn_cl_tiles<GN_CL_STATS>   per (chunk of pixels, image, channel): Σ x, Σ x²; its last block
- *                                (cu_last_block): per (image, channel) the chunks' sums in order
- *                                (gn_cl_channel_totals), per (image, group) (mean, rstd)
- *                                (gn_cl_group_totals, gn_stats_from_sums)
- *   k_gn_cl_tiles<GN_CL_GRADS>   per (chunk, image, channel): Σ dz·x̂, Σ dz; its last block: the
- *                                channels' totals, dγ_c += Σ_b Σ dz·x̂, dβ_c += Σ_b Σ dz, and per
- *                                (image, group) mean(dx̂), mean(dx̂·x̂), dx̂ = γ dz
+ *   k_gn_cl_tiles<GN_CL_STATS>   per (chunk of pixels, image, channel): Σ x, Σ x²; each channel
+ *                                tile's last block (cu_last_arrival): per (image, channel) of the
+ *                                tile the chunks' sums (gn_cl_tile_totals); the last of those: per
+ *                                (image, group) (mean, rstd) (gn_cl_group_totals, gn_stats_from_sums)
+ *   k_gn_cl_tiles<GN_CL_GRADS>   per (chunk, image, channel): Σ dz·x̂, Σ dz; each tile's last block:
+ *                                its channels' totals, dγ_c += Σ_b Σ dz·x̂, dβ_c += Σ_b Σ dz; the last
+ *                                of those: per (image, group) mean(dx̂), mean(dx̂·x̂), dx̂ = γ dz
  *   k_gn_cl_tiles<GN_CL_APPLY>   dx += rstd·(γ dz − mean(dx̂) − x̂·mean(dx̂·x̂))
  * Three launches (seven when the totals had kernels of their own); two when the forward kept its
  * statistics (the tape's buffer: a gradient step), which are then used as they are, so that the
@@ -1249,46 +1264,75 @@ struct gn_cl_args {
     float *out;                       /* the last block's: STATS stats; GRADS coef (NULL: no dx to come) */
     float *dgamma, *dbeta;            /* GRADS, += (NULL: not asked for) */
     float *dx;                        /* APPLY */
-    unsigned *done;                   /* cu_last_block's counter */
+    unsigned *done;                   /* cu_last_arrival's counters: [0] tiles, [1 + tile] its blocks */
 };
 
-/* totals[(b·C + c)·2 + {0, 1}] = Σ over the chunks of partial's pair (other blocks' writes); dγ_c,
- * dβ_c (when not NULL) += Σ_b of the pair: this block's threads striding over the channels. */
-__device__ __forceinline__ void gn_cl_channel_totals(const double *partial, int chunks, int64_t B, int64_t C,
-                                                     double *totals, float *dgamma, float *dbeta) {
-    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-        double tu = 0.0, tv = 0.0;
-        for (int64_t b = 0; b < B; b++) {
-            double su = 0.0, sv = 0.0;
-            for (int k = 0; k < chunks; k++) {
+/* The last block of channel tile c_tile (its chunks' and images' blocks all counted): totals[(b·C +
+ * c)·2 + {0, 1}] = Σ over the chunks of partial's pair (other blocks' writes) for the tile's
+ * channels and every image; dγ_c, dβ_c (when not NULL) += Σ_b of the pair. GN_CL_PARTS threads per
+ * channel, each summing chunks part, part + GN_CL_PARTS, ... (independent loads, in flight
+ * together), then a shuffle tree over them: a fixed order. One thread per channel walking every
+ * chunk in one block for the whole map, as before, waited on one L2 load after another: tens of
+ * microseconds at SD's 64x64 and 32x32 levels, most of the kernel's time. */
+#define GN_CL_PARTS (GN_CL_THREADS / GN_CL_TILE) /* 8 threads per channel of a tile */
+__device__ __forceinline__ void gn_cl_tile_totals(const double *partial, int chunks, int64_t B, int64_t C,
+                                                  int64_t c_tile, double *totals, float *dgamma, float *dbeta) {
+    const int part = (int)threadIdx.x % GN_CL_PARTS;
+    const int64_t c = c_tile + (int64_t)threadIdx.x / GN_CL_PARTS;
+    const bool valid = c < C;
+    double tu = 0.0, tv = 0.0;
+    for (int64_t b = 0; b < B; b++) {
+        double su = 0.0, sv = 0.0;
+        if (valid)
+            for (int k = part; k < chunks; k += GN_CL_PARTS) {
                 su += __ldcg(&partial[(((int64_t)k * B + b) * C + c) * 2 + 0]);
                 sv += __ldcg(&partial[(((int64_t)k * B + b) * C + c) * 2 + 1]);
             }
+#pragma unroll
+        for (int o = GN_CL_PARTS / 2; o > 0; o >>= 1) { /* within the channel's aligned lanes */
+            su += __shfl_xor_sync(0xffffffffu, su, o);
+            sv += __shfl_xor_sync(0xffffffffu, sv, o);
+        }
+        if (valid && part == 0) {
             totals[(b * C + c) * 2 + 0] = su;
             totals[(b * C + c) * 2 + 1] = sv;
-            tu += su;
-            tv += sv;
         }
-        if (dgamma) dgamma[c] = (float)((double)dgamma[c] + tu);
-        if (dbeta) dbeta[c] = (float)((double)dbeta[c] + tv);
+        tu += su;
+        tv += sv;
     }
+    if (!valid || part) return;
+    if (dgamma) dgamma[c] = (float)((double)dgamma[c] + tu);
+    if (dbeta) dbeta[c] = (float)((double)dbeta[c] + tv);
 }
 
-/* This block's threads over the (image, group)s and their channels' totals: with stats (the
- * GN_CL_STATS totals), out = (mean, rstd); else (the GN_CL_GRADS totals) out = (Σ γ·Σ dz,
- * Σ γ·Σ dz·x̂) / count, the means of dx̂ and dx̂·x̂. */
+/* The last tile's last block: per (image, group), from the channels' totals (other blocks' writes),
+ * with stats (the GN_CL_STATS totals) out = (mean, rstd); else (the GN_CL_GRADS totals) out =
+ * (Σ γ·Σ dz, Σ γ·Σ dz·x̂) / count, the means of dx̂ and dx̂·x̂. GN_CL_PARTS threads per group, each
+ * taking channels part, part + GN_CL_PARTS, ... of it, then a shuffle tree: a fixed order, and at
+ * SD's 80 channels per group ten loads per thread in flight rather than 160 in a row. */
 __device__ __forceinline__ void gn_cl_group_totals(const double *totals, const float *gamma, int64_t n_groups,
                                                    int64_t C, int cpg, int64_t count, float eps, int stats,
                                                    float *out) {
     const int64_t G = C / cpg;
-    for (int64_t bg = threadIdx.x; bg < n_groups; bg += blockDim.x) {
-        const int64_t b = bg / G, c0 = (bg - b * G) * cpg;
+    const int part = (int)threadIdx.x % GN_CL_PARTS;
+    const int64_t per_round = blockDim.x / GN_CL_PARTS;
+    for (int64_t bg0 = 0; bg0 < n_groups; bg0 += per_round) { /* the whole block in each round: shuffles */
+        const int64_t bg = bg0 + (int64_t)threadIdx.x / GN_CL_PARTS;
         double su = 0.0, sv = 0.0;
-        for (int j = 0; j < cpg; j++) {
-            const double w = !stats && gamma ? (double)gamma[c0 + j] : 1.0;
-            su += w * totals[(b * C + c0 + j) * 2 + 0];
-            sv += w * totals[(b * C + c0 + j) * 2 + 1];
+        if (bg < n_groups) {
+            const int64_t b = bg / G, c0 = (bg - b * G) * cpg;
+            for (int j = part; j < cpg; j += GN_CL_PARTS) {
+                const double w = !stats && gamma ? (double)gamma[c0 + j] : 1.0;
+                su += w * __ldcg(&totals[(b * C + c0 + j) * 2 + 0]);
+                sv += w * __ldcg(&totals[(b * C + c0 + j) * 2 + 1]);
+            }
         }
+#pragma unroll
+        for (int o = GN_CL_PARTS / 2; o > 0; o >>= 1) {
+            su += __shfl_xor_sync(0xffffffffu, su, o);
+            sv += __shfl_xor_sync(0xffffffffu, sv, o);
+        }
+        if (bg >= n_groups || part) continue;
         if (stats) {
             gn_stats_from_sums(su, sv, count, eps, &out[bg * 2 + 0], &out[bg * 2 + 1]);
         } else {
@@ -1313,9 +1357,25 @@ __global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const gn_cl_args 
     const int warp = (int)(threadIdx.x >> 5), lane = (int)(threadIdx.x & 31);
     const int64_t p_lo = chunk * chunk_pixels, p_hi = p_lo + chunk_pixels < S ? p_lo + chunk_pixels : S;
     constexpr int PER_WARP = GN_CL_TILE / (GN_CL_THREADS / 32);
+    constexpr int WARPS = GN_CL_THREADS / 32;
     double u[PER_WARP], v[PER_WARP]; /* this lane's sums per channel (GN_CL_STATS: Σ x, Σ x²; GRADS: Σ dz·x̂, Σ dz) */
 #pragma unroll
     for (int j = 0; j < PER_WARP; j++) u[j] = v[j] = 0.0;
+    /* this thread's channels c_tile + warp + WARPS·j: γ, β, (mean, rstd) and (APPLY) the means of dx̂
+     * and dx̂·x̂ read once, not per pixel tile, so that a tile's global loads are dy (and dx) alone,
+     * issued together before the tile's barrier: one load's latency per tile, not one per channel */
+    float ga[PER_WARP], be[PER_WARP], mean[PER_WARP], rstd[PER_WARP], m_dxh[PER_WARP], m_dxh_xh[PER_WARP];
+#pragma unroll
+    for (int j = 0; j < PER_WARP; j++) {
+        const int64_t c = c_tile + warp + j * WARPS;
+        ga[j] = 1.0f, be[j] = 0.0f, mean[j] = rstd[j] = m_dxh[j] = m_dxh_xh[j] = 0.0f;
+        if (PASS == GN_CL_STATS || c >= C) continue;
+        const int64_t bg = b * G + c / cpg;
+        if (gamma) ga[j] = gamma[c];
+        if (beta) be[j] = beta[c];
+        mean[j] = stats[bg * 2 + 0], rstd[j] = stats[bg * 2 + 1];
+        if (PASS == GN_CL_APPLY) m_dxh[j] = coef[bg * 2 + 0], m_dxh_xh[j] = coef[bg * 2 + 1];
+    }
     for (int64_t p0 = p_lo; p0 < p_hi; p0 += GN_CL_TILE) {
         const int rows = p_hi - p0 < GN_CL_TILE ? (int)(p_hi - p0) : GN_CL_TILE;
         __syncthreads(); /* the previous tile is read */
@@ -1334,12 +1394,21 @@ __global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const gn_cl_args 
                 if (c < C) xs[pp][cc] = __half2float(x[(b * S + p0 + pp) * C + c]);
             }
         }
-        __syncthreads();
         const int64_t p = p0 + lane;
+        float dyv[PER_WARP], old[PER_WARP]; /* dy and (APPLY, accumulating) dx of this lane's pixel */
+#pragma unroll
+        for (int j = 0; j < PER_WARP; j++) {
+            const int64_t c = c_tile + warp + j * WARPS, at = (b * C + c) * S + p;
+            dyv[j] = old[j] = 0.0f;
+            if (PASS == GN_CL_STATS || p >= p_hi || c >= C) continue;
+            dyv[j] = dy[at];
+            if (PASS == GN_CL_APPLY && accumulate) old[j] = dx[at];
+        }
+        __syncthreads();
         if (p >= p_hi) continue;
 #pragma unroll
         for (int j = 0; j < PER_WARP; j++) {
-            const int cc = warp + j * (GN_CL_THREADS / 32);
+            const int cc = warp + j * WARPS;
             const int64_t c = c_tile + cc;
             if (c >= C) break;
             const float xv = xs[lane][cc];
@@ -1348,16 +1417,14 @@ __global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const gn_cl_args 
                 v[j] += (double)xv * (double)xv;
                 continue;
             }
-            const int64_t bg = b * G + c / cpg, at = (b * C + c) * S + p;
-            const float ga = gamma ? gamma[c] : 1.0f, be = beta ? beta[c] : 0.0f;
             float xh, dz;
-            gn_point(xv, stats[bg * 2 + 0], stats[bg * 2 + 1], ga, be, dy[at], silu, &xh, &dz);
+            gn_point(xv, mean[j], rstd[j], ga[j], be[j], dyv[j], silu, &xh, &dz);
             if constexpr (PASS == GN_CL_GRADS) {
                 u[j] += (double)dz * (double)xh;
                 v[j] += (double)dz;
             } else {
-                const float d = stats[bg * 2 + 1] * (ga * dz - coef[bg * 2 + 0] - xh * coef[bg * 2 + 1]);
-                dx[at] = accumulate ? dx[at] + d : d;
+                const float d = rstd[j] * (ga[j] * dz - m_dxh[j] - xh * m_dxh_xh[j]);
+                dx[(b * C + c) * S + p] = accumulate ? old[j] + d : d;
             }
         }
     }
@@ -1372,13 +1439,13 @@ __global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const gn_cl_args 
                 out[1] = sv;
             }
         }
-        /* the last block: the channels' totals, then the groups' (after the barrier: this block's
-         * writes of the totals) */
-        if (!cu_last_block(a.done)) return;
+        /* the tile's last block (counted on done[1 + tile]): its channels' totals; the last of
+         * those (counted on done[0]): the groups' */
+        if (!cu_last_arrival(a.done + 1 + blockIdx.y, gridDim.x * gridDim.z)) return;
         const int first = PASS == GN_CL_STATS;
-        gn_cl_channel_totals(partial, (int)gridDim.x, B, C, a.totals, first ? nullptr : a.dgamma,
-                             first ? nullptr : a.dbeta);
-        __syncthreads();
+        gn_cl_tile_totals(partial, (int)gridDim.x, B, C, c_tile, a.totals, first ? nullptr : a.dgamma,
+                          first ? nullptr : a.dbeta);
+        if (!cu_last_arrival(a.done, gridDim.y)) return;
         if (a.out) gn_cl_group_totals(a.totals, gamma, B * G, C, cpg, cpg * S, a.eps, first, a.out);
     }
 }
@@ -1392,6 +1459,7 @@ __global__ void __launch_bounds__(GN_CL_THREADS) k_gn_cl_tiles(const gn_cl_args 
  * sums are in double, per thread then over the block in a fixed order: deterministic, and equal to
  * the tiled path within rounding (other orders of the same sums). With the forward's statistics
  * (kept: [B·G, 2], (mean, rstd)) the first pass is skipped. */
+#define GN_FUSED_BWD_BATCH 4 /* values per thread whose loads k_gn_cl_fused_backward issues together */
 __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_cl_fused_backward(const __half *x, const float *gamma,
                                                                            const float *beta, const float *dy,
                                                                            float *dx, int64_t S, int64_t C, int cpg,
@@ -1408,6 +1476,7 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_cl_fused_backward(const
         if (threadIdx.x < 2) coef[threadIdx.x] = kept[(int64_t)blockIdx.x * 2 + threadIdx.x];
     } else {
         double s = 0.0, sq = 0.0;
+#pragma unroll 4
         for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
             const uint32_t j = i / s32, p = i - j * s32;
             const double v = __half2float(xg[(int64_t)p * C + j]);
@@ -1420,14 +1489,37 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_cl_fused_backward(const
     }
     __syncthreads();
     const float mean = coef[0], rstd = coef[1];
+    /* GN_FUSED_BWD_BATCH of this thread's values per round, their loads (x, dy, γ, β and, when
+     * accumulating, dx) issued together before any is used: one value at a time, each round waited
+     * on its loads' latency, about twenty times per pass at SD's 16x16 level. The sums still take
+     * the values in the thread's order, so the result is the same bit for bit. */
+    constexpr int U = GN_FUSED_BWD_BATCH;
+    const uint32_t stride = blockDim.x;
+    auto load_round = [&](uint32_t i0, float (&xv)[U], float (&dyv)[U], float (&ga)[U], float (&be)[U]) {
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            const uint32_t i = i0 + k * stride;
+            xv[k] = dyv[k] = 0.0f, ga[k] = 1.0f, be[k] = 0.0f;
+            if (i >= n) continue;
+            const uint32_t j = i / s32, p = i - j * s32;
+            xv[k] = __half2float(xg[(int64_t)p * C + j]);
+            dyv[k] = dy[at0 + i];
+            if (gamma) ga[k] = gamma[c0 + j];
+            if (beta) be[k] = beta[c0 + j];
+        }
+    };
     double su = 0.0, sv = 0.0; /* Σ γ·dz·x̂, Σ γ·dz */
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const uint32_t j = i / s32, p = i - j * s32;
-        const float ga = gamma ? gamma[c0 + j] : 1.0f, be = beta ? beta[c0 + j] : 0.0f;
-        float xh, dz;
-        gn_point(__half2float(xg[(int64_t)p * C + j]), mean, rstd, ga, be, dy[at0 + i], silu, &xh, &dz);
-        su += (double)ga * ((double)dz * (double)xh);
-        sv += (double)ga * (double)dz;
+    for (uint32_t i0 = threadIdx.x; i0 < n; i0 += U * stride) {
+        float xv[U], dyv[U], ga[U], be[U];
+        load_round(i0, xv, dyv, ga, be);
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            if (i0 + k * stride >= n) break;
+            float xh, dz;
+            gn_point(xv[k], mean, rstd, ga[k], be[k], dyv[k], silu, &xh, &dz);
+            su += (double)ga[k] * ((double)dz * (double)xh);
+            sv += (double)ga[k] * (double)dz;
+        }
     }
     su = cu_block_sum_d(su, smem);
     sv = cu_block_sum_d(sv, smem);
@@ -1437,13 +1529,23 @@ __global__ void __launch_bounds__(GN_FUSED_THREADS) k_gn_cl_fused_backward(const
     }
     __syncthreads();
     const float mean_dxh = coef[2], mean_dxh_xh = coef[3];
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const uint32_t j = i / s32, p = i - j * s32;
-        const float ga = gamma ? gamma[c0 + j] : 1.0f, be = beta ? beta[c0 + j] : 0.0f;
-        float xh, dz;
-        gn_point(__half2float(xg[(int64_t)p * C + j]), mean, rstd, ga, be, dy[at0 + i], silu, &xh, &dz);
-        const float d = rstd * (ga * dz - mean_dxh - xh * mean_dxh_xh);
-        dx[at0 + i] = accumulate ? dx[at0 + i] + d : d;
+    for (uint32_t i0 = threadIdx.x; i0 < n; i0 += U * stride) {
+        float xv[U], dyv[U], ga[U], be[U], old[U];
+        load_round(i0, xv, dyv, ga, be);
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            const uint32_t i = i0 + k * stride;
+            old[k] = accumulate && i < n ? dx[at0 + i] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < U; k++) {
+            const uint32_t i = i0 + k * stride;
+            if (i >= n) break;
+            float xh, dz;
+            gn_point(xv[k], mean, rstd, ga[k], be[k], dyv[k], silu, &xh, &dz);
+            const float d = rstd * (ga[k] * dz - mean_dxh - xh * mean_dxh_xh);
+            dx[at0 + i] = accumulate ? old[k] + d : d;
+        }
     }
 }
 
