@@ -767,12 +767,13 @@ static void test_f16_channels_last_ops(void **state) {
     /* group norm: short groups in one kernel, 8, 4, 2 and 1 channels per load (40, 20, 2, 6 and 3
      * channels per group; SD's 2560-channel concatenation at 8x8), and long ones through the
      * statistics pass: SD at 320 channels (10 per group across 16-byte loads, 6 pixel planes;
-     * 2209 pixels: a ragged last chunk), 2560 channels (one plane of 320 lanes), and loads of 2
-     * and of 1 channel (330 and 45 channels) */
+     * 2209 pixels: a ragged last chunk), 2560 channels (one plane of 320 lanes), loads of 2
+     * and of 1 channel (330 and 45 channels), and three images, each finished by its own last
+     * block (640 channels, 96 groups: a warp's batches of groups take two rounds) */
     const struct { int64_t B, C, S; int G; } gn[] = {
         {2, 64, 24 * 24, 32}, {1, 320, 47 * 47, 32}, {2, 1280, 64, 32}, {1, 12, 45, 2},   {2, 640, 64, 32},
         {1, 15, 100, 5},      {1, 2560, 64, 32},     {2, 320, 47 * 47, 32}, {1, 2560, 16 * 16, 32},
-        {1, 330, 2000, 33},   {2, 45, 4000, 9}};
+        {1, 330, 2000, 33},   {2, 45, 4000, 9},      {3, 640, 33 * 33, 32}};
     for (int k = 0; k < (int)(sizeof gn / sizeof gn[0]); k++)
         for (int silu = 0; silu <= 1; silu++) {
             const int64_t B = gn[k].B, C = gn[k].C, S = gn[k].S;

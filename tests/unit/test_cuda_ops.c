@@ -937,9 +937,11 @@ static void test_norm_backward(void **state) {
     /* the fp16 channels-last checks: channel tiles of 32 with a ragged last one (12, 80, 18), pixels
      * in several tiles and chunks with a ragged last one (1000), x read 4 channels per load or (18)
      * one; groups short enough for one kernel each when only dx is asked for (all but the 40,000
-     * values of (1, 40, 2000) in 2 groups) */
+     * values of (1, 40, 2000) in 2 groups and SD's 2560-channel concatenation at 16x16: 80 channel
+     * tiles, each finished by its own last block, 80 channels per group) */
     struct { int64_t B, C, S; int G, affine; } gn[] = {{2, 12, 35, 4, 1},   {2, 320, 1024, 32, 1}, {1, 32, 100, 8, 0},
-                                                       {3, 80, 1000, 8, 1}, {1, 18, 50, 3, 1},     {1, 40, 2000, 2, 1}};
+                                                       {3, 80, 1000, 8, 1}, {1, 18, 50, 3, 1},     {1, 40, 2000, 2, 1},
+                                                       {1, 2560, 256, 32, 1}};
     for (size_t t = 0; t < sizeof gn / sizeof gn[0]; t++) {
         const int64_t B = gn[t].B, C = gn[t].C, S = gn[t].S, n = B * C * S;
         const int aff = gn[t].affine;
