@@ -769,10 +769,11 @@ __global__ void k_ln_bwd_params_final(const double *partial, int chunks, int64_t
 }
 
 /* k_ln_bwd_rows for rows of C <= 128·P values whose x rows are read 4 values per load and whose dy
- * and dx rows are 16-byte aligned (SD's 320 and 640): each lane holds its P pieces of x and dy
- * (pieces lane + 32j, as the general kernel walks them) in registers, so the row is read once
- * instead of x four times and dy twice. The same expressions in the same order as ln_row_stats_by<4>
- * and ln_bwd_row<4>: the same bits. */
+ * and dx rows are 16-byte aligned (SD's 320, 640 and 1280): each lane holds its P pieces of x, dy,
+ * γ and the dx it adds to (pieces lane + 32j, as the general kernel walks them) in registers, all
+ * loaded at the start, so the row is read once instead of x four times and dy twice, and the loads
+ * wait once instead of before each reduction and again before the update. The same expressions in
+ * the same order as ln_row_stats_by<4> and ln_bwd_row<4>: the same bits. */
 template <int P, typename X>
 __global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const X *x, const float *gamma, const float *dy,
                                                                  float *dx, int64_t M, int64_t C, float eps,
@@ -783,16 +784,23 @@ __global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const X *x, con
     const int lane = threadIdx.x & 31;
     const X *xr = x + row * C;
     const float *dyr = dy + row * C;
+    float *dxr = dx ? dx + row * C : NULL;
     cu_vec16<float> xv[P];
-    float4 dv[P];
-    double s = 0.0;
+    float4 dv[P], old[P], gv[P]; /* gv: γ of the piece (1 without γ) */
 #pragma unroll
     for (int j = 0; j < P; j++) {
         const int64_t i = (int64_t)lane * 4 + 128 * j;
+        const bool in = i < C && dx;
         xv[j] = i < C ? cu_load4(xr + i) : cu_vec16<float>{};
-        dv[j] = i < C && dx ? *reinterpret_cast<const float4 *>(dyr + i) : make_float4(0, 0, 0, 0);
-        if (i < C) s += (double)xv[j].v[0], s += (double)xv[j].v[1], s += (double)xv[j].v[2], s += (double)xv[j].v[3];
+        dv[j] = in ? *reinterpret_cast<const float4 *>(dyr + i) : make_float4(0, 0, 0, 0);
+        old[j] = in ? *reinterpret_cast<const float4 *>(dxr + i) : make_float4(0, 0, 0, 0);
+        gv[j] = in && gamma ? make_float4(gamma[i], gamma[i + 1], gamma[i + 2], gamma[i + 3]) : make_float4(1, 1, 1, 1);
     }
+    double s = 0.0;
+#pragma unroll
+    for (int j = 0; j < P; j++)
+        if ((int64_t)lane * 4 + 128 * j < C)
+            s += (double)xv[j].v[0], s += (double)xv[j].v[1], s += (double)xv[j].v[2], s += (double)xv[j].v[3];
     const double mean_d = cu_warp_sum_d(s) / (double)C;
     double sq = 0.0;
 #pragma unroll
@@ -811,17 +819,16 @@ __global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const X *x, con
         stats[row * 2 + 1] = rstd;
     }
     if (!dx) return;
-    float *dxr = dx + row * C;
     double a = 0.0, b = 0.0;
 #pragma unroll
     for (int j = 0; j < P; j++) {
         const int64_t i = (int64_t)lane * 4 + 128 * j;
         if (i >= C) continue;
-        const float *xa = xv[j].v, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w};
+        const float *xa = xv[j].v, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w}, ga[4] = {gv[j].x, gv[j].y, gv[j].z, gv[j].w};
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const float xh = (xa[k] - mean) * rstd;
-            const double dxh = (double)da[k] * (double)(gamma ? gamma[i + k] : 1.0f);
+            const double dxh = (double)da[k] * (double)ga[k];
             a += dxh;
             b += dxh * (double)xh;
         }
@@ -831,13 +838,12 @@ __global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const X *x, con
     for (int j = 0; j < P; j++) {
         const int64_t i = (int64_t)lane * 4 + 128 * j;
         if (i >= C) continue;
-        const float *xa = xv[j].v, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w};
-        float4 o = *reinterpret_cast<const float4 *>(dxr + i);
-        float ov[4] = {o.x, o.y, o.z, o.w};
+        const float *xa = xv[j].v, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w}, ga[4] = {gv[j].x, gv[j].y, gv[j].z, gv[j].w};
+        float ov[4] = {old[j].x, old[j].y, old[j].z, old[j].w};
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const float xh = (xa[k] - mean) * rstd;
-            const float dxh = da[k] * (gamma ? gamma[i + k] : 1.0f);
+            const float dxh = da[k] * ga[k];
             ov[k] += rstd * (dxh - ma - xh * mb);
         }
         *reinterpret_cast<float4 *>(dxr + i) = make_float4(ov[0], ov[1], ov[2], ov[3]);
@@ -861,12 +867,14 @@ static sd_status layer_norm_backward(const X *x, const float *gamma, const float
     cudaStream_t st = cu_cur()->stream;
     const int rows_per_block = LN_THREADS / 32;
     const unsigned row_blocks = (unsigned)((M + rows_per_block - 1) / rows_per_block);
-    /* rows held in registers: rows read 4 values per load (every row then, C a multiple of 4) up to 640 */
+    /* rows held in registers: rows read 4 values per load (every row then, C a multiple of 4) up to 1280 */
     const bool regs = C % 4 == 0 && cu_aligned4v(x) && cu_aligned16(dy) && (!dx || cu_aligned16(dx));
     if (regs && C <= 128 * 3)
         CU_LAUNCH((k_ln_bwd_rows_regs<3, X>), row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
     else if (regs && C <= 128 * 5)
         CU_LAUNCH((k_ln_bwd_rows_regs<5, X>), row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
+    else if (regs && C <= 128 * 10)
+        CU_LAUNCH((k_ln_bwd_rows_regs<10, X>), row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
     else
         CU_LAUNCH(k_ln_bwd_rows<X>, row_blocks, LN_THREADS, 0, st)(x, gamma, dy, dx, M, C, eps, stats);
     LAUNCH_CHECK("layer_norm_backward rows");

@@ -987,9 +987,9 @@ static void test_norm_backward(void **state) {
             check_dev("group_norm_backward dgamma only", dgd, dg, C, TOL_BWD);
         }
     }
-    /* rows of whole 16-byte pieces (four values per load): held in registers up to 640 (48, 320,
-     * 640), read from memory beyond (768, 1280); and rows of 30 (one at a time) */
-    const int64_t ln[][2] = {{13, 48}, {154, 768}, {2 * 1024, 320}, {77, 640}, {64, 1280}, {9, 30}};
+    /* rows of whole 16-byte pieces (four values per load): held in registers up to 1280 (48, 320,
+     * 640, 768, 1280), read from memory beyond (2048); and rows of 30 (one at a time) */
+    const int64_t ln[][2] = {{13, 48}, {154, 768}, {2 * 1024, 320}, {77, 640}, {64, 1280}, {9, 30}, {5, 2048}};
     for (size_t t = 0; t < sizeof ln / sizeof ln[0]; t++) {
         const int64_t M = ln[t][0], C = ln[t][1];
         float *x = hrand(M * C, 800 + t, 2.0f), *dy = hrand(M * C, 810 + t, 1.0f), *ga = hrand(C, 820 + t, 0.3f);
@@ -1011,6 +1011,12 @@ static void test_norm_backward(void **state) {
         assert_sd_ok(gpu->layer_norm_backward(xd, gad, dyd, NULL, dgd1, dbd1, M, C, 1e-5f));
         check_dev("layer_norm_backward dgamma (no dx)", dgd1, dg1, C, TOL_BWD);
         check_dev("layer_norm_backward dbeta (no dx)", dbd1, db1, C, TOL_BWD);
+        /* without γ (a LayerNorm with no affine parameters): dx alone */
+        float *dx2 = hcopy(dx0, M * C), *dxd2 = dput(dx0, M * C);
+        assert_sd_ok(cpu->layer_norm_backward(x, NULL, dy, dx2, NULL, NULL, M, C, 1e-5f));
+        assert_sd_ok(gpu->layer_norm_backward(xd, NULL, dyd, dxd2, NULL, NULL, M, C, 1e-5f));
+        snprintf(what, sizeof what, "layer_norm_backward dx (%lld, %lld) without gamma", (long long)M, (long long)C);
+        check_dev(what, dxd2, dx2, M * C, TOL_BWD);
         /* on the fp16 input a step storing fp16 saved: the widened copy's gradients bit for bit, and
          * for the first rows also with both inputs one value off their alignment (one value per load
          * on both sides) */
