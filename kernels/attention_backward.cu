@@ -6,8 +6,7 @@
  *
  * attention_backward (the fused op's backward: nothing is saved by the forward) has two paths.
  *
- * Fast mode, head dims <= 80 (every attention layer of SD v1.x at 512 px except the 8x8 level):
- * a flash backward on tensor cores (mma.sync.m16n8k16, fp32 accumulation), which never
+ * Fast mode, head dims <= 160 (every attention layer of SD v1.x): a flash backward on tensor cores (mma.sync.m16n8k16, fp32 accumulation), which never
  * materialises a map, so its memory traffic is O(S·D) instead of O(S²). The scores S = Q Kᵀ are
  * products of fp16 copies of q and k, as fast mode's forward computes them; the gradient products
  * (dP = dO Vᵀ, dQ = dS K, dK = dSᵀ Q, dV = Pᵀ dO) take bf16 operands, whose range holds gradients
@@ -33,7 +32,10 @@
  *      the SMs (cross-attention's 77 keys: one block per head), the queries are split over
  *      blockIdx.z and k_fb_sum_splits adds the partial sums in a fixed order.
  *   Heads are handled in 8-wide slices (cu_head_slices): at SD's 40 the products end with an
- *   m16n8k8 and the gradients have 5 n-tiles, not 6 over the 16-wide layout's padding. The per-score
+ *   m16n8k8 and the gradients have 5 n-tiles, not 6 over the 16-wide layout's padding. Heads over
+ *   80 (SD's 160 at the 16x16 and 8x8 levels) split each gradient's head dim in halves over more
+ *   blocks (fb_parts): kernel 1 two per 128 queries, kernel 2 four per 128 keys (dK's halves and
+ *   dV's), each holding the scores' operands whole. The per-score
  *   work is kept to the arithmetic: masks only in the tiles that cross Sq, Sk or the causal
  *   diagonal, 2^(c·S − L) as one FFMA and one ex2.approx, tile copies with offsets worked out once
  *   (cu_tile_copier), L and Δ read two queries per load.
@@ -42,7 +44,8 @@
  *   not kept and kernel 1 makes its first pass), but every gradient is written once, by one block
  *   (or summed in a fixed order), so the result does not depend on scheduling.
  *
- * Exact mode, larger heads (and a scale <= 0): the maps are recomputed one batch row and one chunk of query rows
+ * Exact mode, heads over 160, a card without the shared memory the 160-wide kernels need, a scale <= 0:
+ * the maps are recomputed one batch row and one chunk of query rows
  * at a time in the workspace (<= 128 MiB per buffer), with cuBLAS for the five products (strided
  * batches over heads, as the forward's maps path) and one warp-per-row kernel for the softmax
  * gradient. rowsum(dP ⊙ P) is taken from the recomputed maps rather than from rowsum(dO ⊙ O):
@@ -105,6 +108,7 @@ static int64_t rows_per_chunk(int64_t Sq, int64_t Sk, int H) {
 #define FB_BKV 128     /* dK/dV kernel: keys per block */
 #define FB_BQT 64      /* dK/dV kernel: queries per tile (and the padding of the statistics' rows) */
 #define FB_MAX_D 80    /* head dims up to 5 x 16: the registers of one warp's fragments and gradients */
+#define FB_MAX_D_SPLIT 160 /* wider heads up to this: the gradients over half the head dim per block (fb_parts) */
 #define FB_LOG2E 1.4426950408889634f
 
 /* *dst += v, or *dst = v (not read) when the op overwrites its gradients */
@@ -360,13 +364,18 @@ __device__ __forceinline__ float fb_delta_from_out(const attn_bwd_params &p, con
     return cu_quad_sum(sum);
 }
 
-/* Kernel 1: L and Δ of 128 query rows, then dQ. Grid (ceil(Sq / 128), B·H). With the forward's L
+/* Kernel 1: L and Δ of 128 query rows, then dQ. Grid (ceil(Sq / 128)·PARTS, B·H). With the forward's L
  * (p.lse_fwd) the block reads L, takes Δ from O and walks the key tiles once, for dQ; without, it
  * walks them once for L and Δ and, when dQ is wanted, a second time: one sequence of `steps` tiles
- * whose next tile is always in flight. NS: the head dims' 8-wide slices (cu_head_slices). */
-template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dq(const attn_bwd_params p) {
+ * whose next tile is always in flight. NS: the head dims' 8-wide slices (cu_head_slices); NSO: the
+ * slices of dQ one block accumulates, NS / NSO = PARTS blocks per 128 rows (fb_parts: heads over
+ * FB_MAX_D), each computing the same scores and the dQ columns [part·8·NSO, +8·NSO); part 0 writes
+ * L and Δ. */
+template <int NS, int NSO, int MINB>
+__global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dq(const attn_bwd_params p) {
     CU_PDL_ENTRY();
-    constexpr int DK = cu_head_slices<NS>::DK;
+    constexpr int DK = cu_head_slices<NS>::DK, PARTS = NS / NSO;
+    static_assert(NS % NSO == 0 && (PARTS == 1 || NSO % 2 == 0), "whole, even parts of the head dim");
     typedef fb_dq_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
@@ -374,7 +383,8 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     const __nv_bfloat16 *dOs = smem + L::do_off;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
-    const int64_t q0 = (int64_t)blockIdx.x * FB_BQ, ldq = (int64_t)p.H * p.D;
+    const int part = PARTS > 1 ? (int)(blockIdx.x % PARTS) : 0, d0 = part * 8 * NSO;
+    const int64_t q0 = (int64_t)(blockIdx.x / PARTS) * FB_BQ, ldq = (int64_t)p.H * p.D;
     const __nv_bfloat16 *k16b = fb_bits(p.k16) + (int64_t)bh * p.Sk * L::DP;
     const __nv_bfloat16 *kb = p.k + (int64_t)bh * p.Sk * L::DP, *vb = p.v + (int64_t)bh * p.Sk * L::DP;
 
@@ -469,7 +479,7 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
         lse0 = l0 > 0.0f ? m0 * c + log2f(l0) : 0.0f, lse1 = l1 > 0.0f ? m1 * c + log2f(l1) : 0.0f;
         delta0 = l0 > 0.0f ? pd0 / l0 : 0.0f, delta1 = l1 > 0.0f ? pd1 / l1 : 0.0f;
     }
-    if (t == 0) {
+    if (t == 0 && part == 0) {
         float *lse = p.lse + (int64_t)bh * p.Sq_pad, *dl = p.delta + (int64_t)bh * p.Sq_pad;
         if (row0 < p.Sq_pad) lse[row0] = lse0, dl[row0] = delta0;
         if (row1 < p.Sq_pad) lse[row1] = lse1, dl[row1] = delta1;
@@ -477,9 +487,9 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     if (!p.dq) return;
 
     /* pass 2: dQ += dS K, dS = P ⊙ (dO Vᵀ − Δ) */
-    float dq[NS][4];
+    float dq[NSO][4];
 #pragma unroll
-    for (int nd = 0; nd < NS; nd++) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
+    for (int nd = 0; nd < NSO; nd++) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
     for (int step = pass1; step < steps; step++) {
         const __half *K16s;
         const __nv_bfloat16 *Ks, *Vs;
@@ -491,13 +501,13 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
             fb_pass2_tile<true>(s, dp, p, row0, row1, k0, t, lse0, lse1, delta0, delta1);
         else
             fb_pass2_tile<false>(s, dp, p, row0, row1, k0, t, lse0, lse1, delta0, delta1);
-        cu_mma_c_by_rows<NS, FB_BK / 8>(dq, s, Ks, L::RS); /* dQ += dS K */
+        cu_mma_c_by_rows<NSO, FB_BK / 8>(dq, s, Ks + d0, L::RS); /* dQ += dS K, this part's columns */
         __syncthreads();
     }
     float *dqb = p.dq + (int64_t)b * p.Sq * ldq + (int64_t)h * p.D;
 #pragma unroll
-    for (int nd = 0; nd < NS; nd++) {
-        const int d = nd * 8 + 2 * t;
+    for (int nd = 0; nd < NSO; nd++) {
+        const int d = d0 + nd * 8 + 2 * t;
         if (row0 < p.Sq) {
             if (d < p.D) fb_put(dqb + row0 * ldq + d, p.scale * dq[nd][0], p.accumulate);
             if (d + 1 < p.D) fb_put(dqb + row0 * ldq + d + 1, p.scale * dq[nd][1], p.accumulate);
@@ -546,14 +556,45 @@ __device__ __forceinline__ void fb_dkv_tile(float (&s)[FB_BQT / 8][4], float (&d
     }
 }
 
+/* Kernel 2's output: a warp's NO 8-wide slices of a gradient (rows key0 and key1 of this lane, columns
+ * d0 + 8·nd + 2t + {0, 1} below `width`), times `scale`, into rows of dst (stride `stride`): stored
+ * as they are when they are a split's partial sums, else put (fb_put). */
+template <int NO>
+__device__ __forceinline__ void fb_store_keys(float *dst, int64_t stride, const float (*acc)[4], int d0, int width,
+                                              float scale, int64_t key0, int64_t key1, int64_t Sk, int t, bool split,
+                                              int accumulate) {
+#pragma unroll
+    for (int nd = 0; nd < NO; nd++) {
+        const int d = d0 + nd * 8 + 2 * t;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int64_t kj = e < 2 ? key0 : key1;
+            const int dd = d + (e & 1);
+            if (kj >= Sk || dd >= width) continue;
+            if (split) dst[kj * stride + dd] = scale * acc[nd][e];
+            else fb_put(dst + kj * stride + dd, scale * acc[nd][e], accumulate);
+        }
+    }
+}
+
 /* Kernel 2: dK and dV of 128 keys over the queries [z·q_per_split, (z+1)·q_per_split) of blockIdx.z.
- * Grid (ceil(Sk / 128), B·H, splits); reads L and Δ from kernel 1. With one split the block adds
+ * Grid (ceil(Sk / 128)·ROLES, B·H, splits); reads L and Δ from kernel 1. With one split the block adds
  * its gradients to dk and dv; with more it stores them in dk_part / dv_part, which
  * k_fb_sum_splits adds up in a fixed order (attention over few keys, cross-attention's 77, gives
- * too few key blocks to fill the GPU otherwise: one per head, each walking every query). */
-template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dkv(const attn_bwd_params p) {
+ * too few key blocks to fill the GPU otherwise: one per head, each walking every query). Heads over
+ * FB_MAX_D (fb_parts: NSO < NS) take ROLES = 2·PARTS blocks per 128 keys, role r < PARTS the dK
+ * columns [r·8·NSO, +8·NSO), role PARTS + r the same dV columns, so that a warp accumulates 16 rows
+ * of NSO slices, not 2·NS; a dV role computes the scores alone (Pᵀ, no dPᵀ), and a role whose
+ * gradient is not wanted returns at once. */
+template <int NS, int NSO, int MINB>
+__global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dkv(const attn_bwd_params p) {
     CU_PDL_ENTRY();
-    constexpr int DK = cu_head_slices<NS>::DK;
+    constexpr int DK = cu_head_slices<NS>::DK, PARTS = NS / NSO, ROLES = PARTS == 1 ? 1 : 2 * PARTS;
+    static_assert(NS % NSO == 0 && (PARTS == 1 || NSO % 2 == 0), "whole, even parts of the head dim");
+    const int role = ROLES > 1 ? (int)(blockIdx.x % ROLES) : 0;
+    const bool role_dk = ROLES == 1 || role < PARTS; /* ROLES 1: dK and dV */
+    const int d0 = ROLES > 1 ? role % PARTS * 8 * NSO : 0;
+    if (ROLES > 1 && !(role_dk ? p.dk : p.dv)) return;
     typedef fb_dkv_smem<DK> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
@@ -562,7 +603,7 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     float *stats = reinterpret_cast<float *>(reinterpret_cast<char *>(smem_f4) + L::stat_off);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
-    const int64_t k0 = (int64_t)blockIdx.x * FB_BKV;
+    const int64_t k0 = (int64_t)(blockIdx.x / ROLES) * FB_BKV;
     const __nv_bfloat16 *q16b = fb_bits(p.q16) + (int64_t)bh * p.Sq * L::DP;
     const __nv_bfloat16 *qb = p.q + (int64_t)bh * p.Sq * L::DP, *dob = p.dout + (int64_t)bh * p.Sq * L::DP;
     const float *lse = p.lse + (int64_t)bh * p.Sq_pad, *delta = p.delta + (int64_t)bh * p.Sq_pad;
@@ -606,12 +647,13 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     const int r0 = warp * 16;
     uint32_t ka[DK][4], va[DK][4]; /* this warp's 16 keys of K (fp16) and V as A fragments */
     const int64_t key0 = k0 + r0 + g, key1 = key0 + 8;
-    float dk[NS][4], dv[NS][4];
+    /* ROLES 1: dk and dv of the whole head; more: dk holds this role's part of dK or dV */
+    constexpr int NK = ROLES == 1 ? NS : NSO, NV = ROLES == 1 ? NS : 1;
+    float dk[NK][4], dv[NV][4];
 #pragma unroll
-    for (int nd = 0; nd < NS; nd++) {
-        dk[nd][0] = dk[nd][1] = dk[nd][2] = dk[nd][3] = 0.0f;
-        dv[nd][0] = dv[nd][1] = dv[nd][2] = dv[nd][3] = 0.0f;
-    }
+    for (int nd = 0; nd < NK; nd++) dk[nd][0] = dk[nd][1] = dk[nd][2] = dk[nd][3] = 0.0f;
+#pragma unroll
+    for (int nd = 0; nd < NV; nd++) dv[nd][0] = dv[nd][1] = dv[nd][2] = dv[nd][3] = 0.0f;
 
     for (int j = 0; j < n_tiles; j++) {
         if (j + 1 < n_tiles) { /* tile j+1 into the other buffer (free: the loop's end synchronised) */
@@ -630,14 +672,27 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
         const float *lse_s = stats + (j & 1) * 2 * FB_BQT, *delta_s = lse_s + FB_BQT;
         /* Sᵀ = K Qᵀ and dPᵀ = V dOᵀ: 16 keys x 64 queries, n-tile nt = queries nt·8 .. nt·8 + 7 */
         float s[FB_BQT / 8][4], dp[FB_BQT / 8][4];
-        fb_tile_products<NS, FB_BQT / 8>(s, dp, ka, va, Q16s, dOs, L::RS);
+        if (role_dk) {
+            fb_tile_products<NS, FB_BQT / 8>(s, dp, ka, va, Q16s, dOs, L::RS);
+        } else { /* a dV role: Sᵀ alone */
+#pragma unroll
+            for (int nt = 0; nt < FB_BQT / 8; nt++)
+                s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.0f;
+            cu_mma_scores<NS, FB_BQT / 8>(s, ka, Q16s, L::RS);
+        }
         if (keys_masked || q0 + FB_BQT > p.Sq) /* tile mask */
             fb_dkv_tile<true>(s, dp, p, lse_s, delta_s, q0, key0, key1, t);
         else
             fb_dkv_tile<false>(s, dp, p, lse_s, delta_s, q0, key0, key1, t);
         /* dV += Pᵀ dO and dK += dSᵀ Q, the k dimension being the tile's queries */
-        cu_mma_c_by_rows<NS, FB_BQT / 8>(dv, s, dOs, L::RS);
-        cu_mma_c_by_rows<NS, FB_BQT / 8>(dk, dp, Qs, L::RS);
+        if constexpr (ROLES == 1) {
+            cu_mma_c_by_rows<NS, FB_BQT / 8>(dv, s, dOs, L::RS);
+            cu_mma_c_by_rows<NS, FB_BQT / 8>(dk, dp, Qs, L::RS);
+        } else if (role_dk) {
+            cu_mma_c_by_rows<NSO, FB_BQT / 8>(dk, dp, Qs + d0, L::RS);
+        } else {
+            cu_mma_c_by_rows<NSO, FB_BQT / 8>(dk, s, dOs + d0, L::RS);
+        }
         __syncthreads(); /* tile j consumed: its buffer takes tile j+2 */
     }
     if (n_tiles == 0) cu_cp_async_wait<0>(); /* nothing read K and V: let their copies land anyway */
@@ -645,31 +700,17 @@ template <int NS, int MINB> __global__ void __launch_bounds__(FB_THREADS, MINB) 
     const bool split = p.dk_part != NULL;
     const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
     const int64_t part = ((int64_t)blockIdx.z * gridDim.y + bh) * p.Sk; /* first row of this block's partials */
-    float *dkb = NULL, *dvb = NULL;
-    if (split) {
-        dkb = p.dk ? p.dk_part + part * L::DP : NULL;
-        dvb = p.dv ? p.dv_part + part * L::DP : NULL;
-    } else {
-        dkb = p.dk ? p.dk + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D : NULL;
-        dvb = p.dv ? p.dv + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv : NULL;
-    }
+    /* where dK (dV) goes: the split's partials (row stride DP) or the gradient itself */
+    float *const kdst = !p.dk ? NULL : split ? p.dk_part + part * L::DP : p.dk + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D;
+    float *const vdst = !p.dv ? NULL : split ? p.dv_part + part * L::DP : p.dv + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv;
     const int64_t kstride = split ? L::DP : ldq, vstride = split ? L::DP : ldv;
-#pragma unroll
-    for (int nd = 0; nd < NS; nd++) {
-        const int d = nd * 8 + 2 * t;
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int64_t kj = e < 2 ? key0 : key1;
-            const int dd = d + (e & 1);
-            if (kj >= p.Sk) continue;
-            if (split) {
-                if (dkb && dd < p.D) dkb[kj * kstride + dd] = p.scale * dk[nd][e];
-                if (dvb && dd < p.Dv) dvb[kj * vstride + dd] = dv[nd][e];
-            } else {
-                if (dkb && dd < p.D) fb_put(dkb + kj * kstride + dd, p.scale * dk[nd][e], p.accumulate);
-                if (dvb && dd < p.Dv) fb_put(dvb + kj * vstride + dd, dv[nd][e], p.accumulate);
-            }
-        }
+    if constexpr (ROLES == 1) {
+        if (kdst) fb_store_keys<NS>(kdst, kstride, dk, 0, p.D, p.scale, key0, key1, p.Sk, t, split, p.accumulate);
+        if (vdst) fb_store_keys<NS>(vdst, vstride, dv, 0, p.Dv, 1.0f, key0, key1, p.Sk, t, split, p.accumulate);
+    } else if (role_dk) {
+        fb_store_keys<NSO>(kdst, kstride, dk, d0, p.D, p.scale, key0, key1, p.Sk, t, split, p.accumulate);
+    } else {
+        fb_store_keys<NSO>(vdst, vstride, dk, d0, p.Dv, 1.0f, key0, key1, p.Sk, t, split, p.accumulate);
     }
 }
 
@@ -717,23 +758,36 @@ template <int NS> struct fb_min_blocks {
     static constexpr int most = NS <= 6 ? 2 : 1;
 };
 
+/* How the kernels divide a head's gradients (NS 8-wide slices): up to FB_MAX_D (10 slices) one block
+ * holds them whole; wider heads (SD's 160 at the 16x16 and 8x8 levels, FB_MAX_D_SPLIT) over PARTS
+ * = 2 halves of NSO slices each, so that a warp's registers hold the scores' operands whole and one
+ * half of one gradient (about 184 instead of 300): kernel 1 runs PARTS blocks per 128 queries,
+ * kernel 2 ROLES = 2·PARTS per 128 keys (dK's halves and dV's). More blocks, each computing the
+ * scores again: at those levels' 64 to 256 tokens the blocks were too few anyway. */
+template <int NS> struct fb_parts {
+    static constexpr int NSO = NS > 10 ? NS / 2 : NS;
+    static constexpr int PARTS = NS / NSO;
+    static constexpr int ROLES = PARTS == 1 ? 1 : 2 * PARTS;
+};
+static int fb_dkv_roles(int NS) { return NS > 10 ? fb_parts<20>::ROLES : 1; }
+
 template <int NS, int MINB> static sd_status launch_flash_bwd_blocks(const attn_bwd_params &p, int64_t B, int splits) {
-    constexpr int DK = cu_head_slices<NS>::DK;
+    constexpr int DK = cu_head_slices<NS>::DK, NSO = fb_parts<NS>::NSO;
     static unsigned configured = 0; /* per device: the opt-in to more than 48 KiB of shared memory */
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dq<NS, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dq<NS, NSO, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)fb_dq_smem<DK>::bytes));
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dkv<NS, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dkv<NS, NSO, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)fb_dkv_smem<DK>::bytes));
         configured |= bit;
     }
-    dim3 grid_q((unsigned)((p.Sq + FB_BQ - 1) / FB_BQ), (unsigned)(B * p.H));
-    CU_LAUNCH((k_flash_bwd_dq<NS, MINB>), grid_q, FB_THREADS, fb_dq_smem<DK>::bytes, cu_cur()->stream)(p);
+    dim3 grid_q((unsigned)((p.Sq + FB_BQ - 1) / FB_BQ * fb_parts<NS>::PARTS), (unsigned)(B * p.H));
+    CU_LAUNCH((k_flash_bwd_dq<NS, NSO, MINB>), grid_q, FB_THREADS, fb_dq_smem<DK>::bytes, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention backward dq (fast)");
     if (!p.dk && !p.dv) return SD_OK;
-    dim3 grid_k((unsigned)((p.Sk + FB_BKV - 1) / FB_BKV), (unsigned)(B * p.H), (unsigned)splits);
-    CU_LAUNCH((k_flash_bwd_dkv<NS, MINB>), grid_k, FB_THREADS, fb_dkv_smem<DK>::bytes, cu_cur()->stream)(p);
+    dim3 grid_k((unsigned)((p.Sk + FB_BKV - 1) / FB_BKV * fb_parts<NS>::ROLES), (unsigned)(B * p.H), (unsigned)splits);
+    CU_LAUNCH((k_flash_bwd_dkv<NS, NSO, MINB>), grid_k, FB_THREADS, fb_dkv_smem<DK>::bytes, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention backward dk dv (fast)");
     if (splits == 1) return SD_OK;
     fb_sum_params sp;
@@ -754,19 +808,23 @@ template <int NS> static sd_status launch_flash_bwd(const attn_bwd_params &p, in
     return launch_flash_bwd_blocks<NS, 1>(p, B, splits);
 }
 
+/* The kernels' instantiations by head width (8-wide slices NS): 16, 32, 40, 48, 64, 80 and (heads
+ * from 81 to FB_MAX_D_SPLIT, zero-padded) 160. */
+static int fb_head_slices(int dmax) {
+    return dmax <= 16 ? 2 : dmax <= 32 ? 4 : dmax <= 40 ? 5 : dmax <= 48 ? 6 : dmax <= 64 ? 8 : dmax <= 80 ? 10 : 20;
+}
+
 /* lse_fwd: the forward's L (cu_attention_keeps_lse held for it), or NULL; out: the forward's output.
  * q, k, v and out are F32, or fp16 with f16_inputs (the values a step storing fp16 saved). */
 static sd_status flash_backward_fast(const void *q, const void *k, const void *v, const void *out, bool f16_inputs,
                                      const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
                                      int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,
                                      const float *lse_fwd) {
-    /* the kernels' instantiations by head width (8-wide slices NS): 16, 32, 40, 48, 64 and 80 */
-    const int dmax = D > Dv ? D : Dv;
-    const int NS = dmax <= 16 ? 2 : dmax <= 32 ? 4 : dmax <= 40 ? 5 : dmax <= 48 ? 6 : dmax <= 64 ? 8 : 10;
+    const int NS = fb_head_slices(D > Dv ? D : Dv);
     const int DP = (NS + 1) / 2 * 16; /* the staged rows: 16-wide slices, zero-padded */
     const int64_t Sq_pad = (Sq + FB_BQT - 1) / FB_BQT * FB_BQT, BH = B * H;
-    const int splits =
-        (dk || dv) ? fb_splits((Sk + FB_BKV - 1) / FB_BKV * BH, Sq, cu_cur()->prop.multiProcessorCount) : 1;
+    const int64_t dkv_blocks = (Sk + FB_BKV - 1) / FB_BKV * fb_dkv_roles(NS) * BH;
+    const int splits = (dk || dv) ? fb_splits(dkv_blocks, Sq, cu_cur()->prop.multiProcessorCount) : 1;
     /* workspace: L and Δ, the six staged operands (q, k in fp16 and bf16, v, dO), kernel 2's
      * partials when split */
     const size_t stats = cu_align((size_t)(BH * Sq_pad) * sizeof(float));
@@ -824,15 +882,22 @@ static sd_status flash_backward_fast(const void *q, const void *k, const void *v
         case 5: return launch_flash_bwd<5>(p, B, splits);
         case 6: return launch_flash_bwd<6>(p, B, splits);
         case 8: return launch_flash_bwd<8>(p, B, splits);
-        default: return launch_flash_bwd<10>(p, B, splits);
+        case 10: return launch_flash_bwd<10>(p, B, splits);
+        default: return launch_flash_bwd<20>(p, B, splits);
     }
 }
 
 /* The shapes fast mode's flash backward serves (the others: exact mode's chunked path). The flash
- * kernels take the row maxima of the raw scores, which needs scale > 0 (1/√D always). */
+ * kernels take the row maxima of the raw scores, which needs scale > 0 (1/√D always). Heads over
+ * FB_MAX_D need their tiles' 210 KiB of shared memory per block (an sm_90 card's opt-in; others
+ * take the chunked path). */
 static bool flash_backward_shapes(int64_t B, int H, int D, int Dv, float scale) {
-    return cu_cur()->precision == SD_PRECISION_FAST && D <= FB_MAX_D && Dv <= FB_MAX_D && B * H <= 65535 &&
-           scale > 0.0f;
+    const cu_state *s = cu_cur();
+    const int dmax = D > Dv ? D : Dv;
+    if (s->precision != SD_PRECISION_FAST || dmax > FB_MAX_D_SPLIT || B * H > 65535 || !(scale > 0.0f)) return false;
+    constexpr int DK_WIDE = cu_head_slices<20>::DK;
+    return dmax <= FB_MAX_D || (s->prop.sharedMemPerBlockOptin >= fb_dq_smem<DK_WIDE>::bytes &&
+                                s->prop.sharedMemPerBlockOptin >= fb_dkv_smem<DK_WIDE>::bytes);
 }
 
 /* Gradients of an attention with no products (Sq or Sk 0): they stay, or become the empty sums. */
@@ -852,7 +917,7 @@ static size_t maps_buffer_bytes(int64_t Sq, int64_t Sk, int H) {
     return cu_align((size_t)(H * rows_per_chunk(Sq, Sk, H) * Sk) * sizeof(float));
 }
 
-/* Exact mode and heads over FB_MAX_D: the maps recomputed chunk by chunk in ws (2 ·
+/* Exact mode and the heads flash_backward_shapes leaves out: the maps recomputed chunk by chunk in ws (2 ·
  * maps_buffer_bytes), rowsum(dP ⊙ P) from them (see the top comment); out and lse are not read. */
 static sd_status maps_backward(const float *q, const float *k, const float *v, const float *dout, float *dq, float *dk,
                                float *dv, int64_t B, int64_t Sq, int64_t Sk, int H, int D, int Dv, float scale,
@@ -925,10 +990,9 @@ int cu_f16_attention_backward_takes(int64_t B, int64_t Sq, int64_t Sk, int H, in
 }
 
 /* The fp16 values a step storing fp16 saved. The flash kernels stage them as they are (fp16 q and k:
- * the forward's operands, so its scores and kept L hold bit for bit); the maps path (heads over
- * FB_MAX_D: SD's 1280-channel attentions) widens q, k and v in one launch into its workspace, beside
- * the maps, and never reads out: the widened path's result, bit for bit, with one launch instead of
- * four. */
+ * the forward's operands, so its scores and kept L hold bit for bit); the maps path (exact mode,
+ * heads over FB_MAX_D_SPLIT) widens q, k and v in one launch into its workspace, beside the maps, and
+ * never reads out: the widened path's result, bit for bit, with one launch instead of four. */
 sd_status cu_f16_attention_backward(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, const sd_f16 *out,
                                     const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
                                     int64_t Sk, int H, int D, int Dv, float scale, int causal, int accumulate,

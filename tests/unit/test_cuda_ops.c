@@ -1263,6 +1263,10 @@ static void test_attention_backward(void **state) {
         /* the fast path's dK/dV kernel split over the queries (few key blocks), summed in order:
          * cross-attention at 32x32; causal with fewer keys than queries, Dv != D */
         {1, 2048, 77, 8, 40, 40, 0}, {1, 700, 90, 2, 24, 16, 1},
+        /* heads over 80 (the fast path's gradients in halves of the head dim per block): SD's 16x16
+         * cross-attention (split over the queries); causal, ragged, heads zero-padded to 160 and Dv
+         * != D */
+        {1, 256, 77, 8, 160, 160, 0}, {2, 130, 200, 2, 120, 96, 1},
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const attn_case *c = &cases[t];
@@ -1290,6 +1294,11 @@ static void test_attention_backward(void **state) {
                                                  c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1, NULL));
             check_dev("attention_backward dk without dq", dkd, dk_only, nk, tol_for(modes[m], TOL_BWD));
             check_dev("attention_backward dv without dq", dvd, dv_only, nv, tol_for(modes[m], TOL_BWD));
+            /* dv alone (StyleDiffusion's value step: the keys' input needs no gradient) */
+            float *dvd_alone = dput(dv0, nv);
+            assert_sd_ok(gpu->attention_backward(io.qd, io.kd, io.vd, io.outd, io.doutd, NULL, NULL, dvd_alone, c->B,
+                                                 c->Sq, c->Sk, c->H, c->D, c->Dv, io.scale, c->causal, 1, NULL));
+            check_dev("attention_backward dv alone", dvd_alone, dv_only, nv, tol_for(modes[m], TOL_BWD));
         }
     }
 }
