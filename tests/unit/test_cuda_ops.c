@@ -1352,8 +1352,8 @@ static void check_f16_forward_lse(const attn_case *c, const float *qd, const flo
     const char *grads[3] = {"dq", "dk", "dv"};
     /* the backward reading the fp16 values themselves (sd_f16_ops.attention_backward, staged as
      * they are) gives the widened copies' gradients bit for bit (given the kept L: the shapes that
-     * keep none, cross-attention's and D 20, run the backward's own first pass on them; heads over
-     * 80 take the maps path, which widens q, k, v itself and never reads out) */
+     * keep none, cross-attention's, D 20 and the short D 160 ones, run the backward's own first
+     * pass on them) */
     assert_true(g16->attention_backward_takes(c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale));
     float *direct[3] = {dnan(nq), dnan(nk), dnan(nv)};
     assert_sd_ok(g16->attention_backward(q16, k16, v16, o16, doutd, direct[0], direct[1], direct[2], c->B, c->Sq, c->Sk,
@@ -1388,7 +1388,8 @@ static void test_attention_backward_kept_lse(void **state) {
         {2, 256, 77, 8, 80, 80, 0},    /* cross-attention: nothing kept, the backward's own pass */
         {1, 512, 512, 2, 20, 20, 0},   /* heads not in 8s: nothing kept; fp16 rows staged value by value */
         {1, 512, 512, 1, 40, 40, 0},   /* D 40 again, small: the fp16 checks' share of the simulator */
-        {1, 100, 100, 1, 160, 160, 0}, /* D 160 (SD's 16x16 and 8x8 levels): the maps path, fp16 q, k, v widened in it */
+        {1, 100, 100, 1, 160, 160, 0}, /* D 160 (SD's 16x16 and 8x8 levels): nothing kept (short), the flash
+                                        * backward's halves of the head dim in fast mode, the maps path in exact */
         {1, 64, 77, 2, 160, 160, 0},   /* D 160 cross-attention */
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
