@@ -6,9 +6,10 @@
  *
  * attention_backward (the fused op's backward: nothing is saved by the forward) has two paths.
  *
- * Fast mode, head dims <= 160 (every attention layer of SD v1.x): a flash backward on tensor cores (mma.sync.m16n8k16, fp32 accumulation), which never
- * materialises a map, so its memory traffic is O(S·D) instead of O(S²). The scores S = Q Kᵀ are
- * products of fp16 copies of q and k, as fast mode's forward computes them; the gradient products
+ * Fast mode, head dims <= 160 (every attention layer of SD v1.x): a flash backward on tensor cores
+ * (mma.sync.m16n8k16, fp32 accumulation), which never materialises a map, so its memory traffic is
+ * O(S·D) instead of O(S²). The scores S = Q Kᵀ are products of fp16 copies of q and k, as fast
+ * mode's forward computes them; the gradient products
  * (dP = dO Vᵀ, dQ = dS K, dK = dSᵀ Q, dV = Pᵀ dO) take bf16 operands, whose range holds gradients
  * of any size (fp16 would flush a small loss's gradients to zero):
  *   0. k_fb_stage rounds q and k once to fp16 and to bf16, v and dO to bf16, head-major rows
@@ -701,8 +702,12 @@ __global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dkv(const attn_b
     const int64_t ldq = (int64_t)p.H * p.D, ldv = (int64_t)p.H * p.Dv;
     const int64_t part = ((int64_t)blockIdx.z * gridDim.y + bh) * p.Sk; /* first row of this block's partials */
     /* where dK (dV) goes: the split's partials (row stride DP) or the gradient itself */
-    float *const kdst = !p.dk ? NULL : split ? p.dk_part + part * L::DP : p.dk + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D;
-    float *const vdst = !p.dv ? NULL : split ? p.dv_part + part * L::DP : p.dv + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv;
+    float *const kdst = !p.dk ? NULL
+                        : split ? p.dk_part + part * L::DP
+                                : p.dk + (int64_t)b * p.Sk * ldq + (int64_t)h * p.D;
+    float *const vdst = !p.dv ? NULL
+                        : split ? p.dv_part + part * L::DP
+                                : p.dv + (int64_t)b * p.Sk * ldv + (int64_t)h * p.Dv;
     const int64_t kstride = split ? L::DP : ldq, vstride = split ? L::DP : ldv;
     if constexpr (ROLES == 1) {
         if (kdst) fb_store_keys<NS>(kdst, kstride, dk, 0, p.D, p.scale, key0, key1, p.Sk, t, split, p.accumulate);
@@ -769,6 +774,7 @@ template <int NS> struct fb_parts {
     static constexpr int PARTS = NS / NSO;
     static constexpr int ROLES = PARTS == 1 ? 1 : 2 * PARTS;
 };
+/* fb_parts<NS>::ROLES for a run-time NS (20 is the one instantiation over 10 slices) */
 static int fb_dkv_roles(int NS) { return NS > 10 ? fb_parts<20>::ROLES : 1; }
 
 template <int NS, int MINB> static sd_status launch_flash_bwd_blocks(const attn_bwd_params &p, int64_t B, int splits) {

@@ -824,7 +824,8 @@ __global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const X *x, con
     for (int j = 0; j < P; j++) {
         const int64_t i = (int64_t)lane * 4 + 128 * j;
         if (i >= C) continue;
-        const float *xa = xv[j].v, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w}, ga[4] = {gv[j].x, gv[j].y, gv[j].z, gv[j].w};
+        const float *xa = xv[j].v, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w};
+        const float ga[4] = {gv[j].x, gv[j].y, gv[j].z, gv[j].w};
 #pragma unroll
         for (int k = 0; k < 4; k++) {
             const float xh = (xa[k] - mean) * rstd;
@@ -838,7 +839,8 @@ __global__ void __launch_bounds__(LN_THREADS) k_ln_bwd_rows_regs(const X *x, con
     for (int j = 0; j < P; j++) {
         const int64_t i = (int64_t)lane * 4 + 128 * j;
         if (i >= C) continue;
-        const float *xa = xv[j].v, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w}, ga[4] = {gv[j].x, gv[j].y, gv[j].z, gv[j].w};
+        const float *xa = xv[j].v, da[4] = {dv[j].x, dv[j].y, dv[j].z, dv[j].w};
+        const float ga[4] = {gv[j].x, gv[j].y, gv[j].z, gv[j].w};
         float ov[4] = {old[j].x, old[j].y, old[j].z, old[j].w};
 #pragma unroll
         for (int k = 0; k < 4; k++) {
@@ -994,7 +996,8 @@ __device__ __forceinline__ void gn_nhwc_finalize(const double *partial, int chun
         for (int j = 0; j < GN_FINALIZE_BATCH; j++) { /* every lane takes part in the shuffles */
             const int64_t bg = bg0 + warps * j;
             const double ts = cu_warp_sum_d(s[j]), tsq = cu_warp_sum_d(sq[j]);
-            if (lane == 0 && bg < bg_hi) gn_stats_from_sums(ts, tsq, count, eps, &stats[bg * 2 + 0], &stats[bg * 2 + 1]);
+            if (lane == 0 && bg < bg_hi)
+                gn_stats_from_sums(ts, tsq, count, eps, &stats[bg * 2 + 0], &stats[bg * 2 + 1]);
         }
     }
 }
