@@ -946,8 +946,14 @@ static bool f16_staging_ok(const attn_params<float> &p) {
  * scores the flash backward recomputes bit for bit from fp16 copies of q and k (the one rule both
  * sides follow). */
 bool cu_attention_keeps_lse(int64_t Sq, int64_t Sk, int D, int Dv, float scale) {
-    return cu_cur()->precision == SD_PRECISION_FAST && D <= FLASH_MAX_D && Dv <= FLASH_MAX_D && scale > 0.0f &&
-           f16_staging_shapes(Sq, Sk, D, Dv);
+    return cu_f16_attention_keeps_lse(D, Dv, scale) && f16_staging_shapes(Sq, Sk, D, Dv);
+}
+
+/* fp16 activations run the fp16 flash kernels at every length (cu_f16_attention), so their L is the
+ * backward's at every length too: short sequences (cross-attention's 77 keys, the 16x16 and 8x8
+ * levels) keep it as well, and the flash backward skips its first pass over the keys there. */
+bool cu_f16_attention_keeps_lse(int D, int Dv, float scale) {
+    return cu_cur()->precision == SD_PRECISION_FAST && D <= FLASH_MAX_D && Dv <= FLASH_MAX_D && scale > 0.0f;
 }
 
 static sd_status flash_fast_f16_staged(const attn_params<float> &p, int64_t B) {
@@ -1078,9 +1084,8 @@ static sd_status f16_attention_unfused(const sd_f16 *q, const sd_f16 *k, const s
     return SD_OK;
 }
 
-/* lse: filled where cu_attention_keeps_lse says, as cu_attention's fp16-staged path fills it (the
- * same kernels on the same fp16 values: a gradient step storing fp16 widens q, k, v and out to F32
- * for cu_attention_backward, whose fp16 copies of q and k are then these, bit for bit) */
+/* lse: filled where cu_f16_attention_keeps_lse says (at lengths where cu_attention_keeps_lse holds
+ * too, as cu_attention's fp16-staged path fills it: the same kernels on the same fp16 values) */
 sd_status cu_f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd_f16 *out, int64_t B, int64_t Sq,
                            int64_t Sk, int H, int D, int Dv, float scale, int causal, float *lse) {
     CU_TRY(check_dims(B, Sq, Sk, H, D, Dv));
@@ -1091,7 +1096,7 @@ sd_status cu_f16_attention(const sd_f16 *q, const sd_f16 *k, const sd_f16 *v, sd
          * kernel reads F32 only) */
         attn_params<__half> p =
             flash_params(cu_half(q), cu_half(k), cu_half(v), cu_half(out), Sq, Sk, H, D, Dv, scale, causal);
-        if (lse && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale)) p.lse = lse;
+        if (lse && cu_f16_attention_keeps_lse(D, Dv, scale)) p.lse = lse;
         return flash_fast(p, B);
     }
     return f16_attention_unfused(q, k, v, out, B, Sq, Sk, H, D, Dv, scale, causal);

@@ -18,7 +18,8 @@
  *   1. k_flash_bwd_dq, one block per 128 queries of one (batch row, head), as the forward. Each
  *      row needs its log-sum-exp L (the softmax's normaliser, in the exp2 domain) and
  *      Δ = rowsum(P ⊙ dP), which go to the workspace for kernel 2:
- *        - when the forward kept L (lse, the tape's buffer: cu_attention_keeps_lse), L is read and
+ *        - when the forward kept L (lse, the tape's buffer: cu_attention_keeps_lse, and for fp16
+ *          activations cu_f16_attention_keeps_lse), L is read and
  *          Δ = rowsum(dO ⊙ O) taken from the forward's output with dO as staged (FlashAttention-2's
  *          way): the scores here are the forward's, bit for bit, so P = 2^(c·S − L) is the
  *          forward's softmax;
@@ -820,7 +821,8 @@ static int fb_head_slices(int dmax) {
     return dmax <= 16 ? 2 : dmax <= 32 ? 4 : dmax <= 40 ? 5 : dmax <= 48 ? 6 : dmax <= 64 ? 8 : dmax <= 80 ? 10 : 20;
 }
 
-/* lse_fwd: the forward's L (cu_attention_keeps_lse held for it), or NULL; out: the forward's output.
+/* lse_fwd: the forward's L (cu_attention_keeps_lse or, fp16 inputs, cu_f16_attention_keeps_lse held
+ * for it), or NULL; out: the forward's output.
  * q, k, v and out are F32, or fp16 with f16_inputs (the values a step storing fp16 saved). */
 static sd_status flash_backward_fast(const void *q, const void *k, const void *v, const void *out, bool f16_inputs,
                                      const float *dout, float *dq, float *dk, float *dv, int64_t B, int64_t Sq,
@@ -1026,7 +1028,7 @@ sd_status cu_f16_attention_backward(const sd_f16 *q, const sd_f16 *k, const sd_f
                              ws);
     }
     return flash_backward_fast(q, k, v, out, true, dout, dq, dk, dv, B, Sq, Sk, H, D, Dv, scale, causal, accumulate,
-                               lse && out && cu_attention_keeps_lse(Sq, Sk, D, Dv, scale) ? lse : NULL);
+                               lse && out && cu_f16_attention_keeps_lse(D, Dv, scale) ? lse : NULL);
 }
 
 sd_status cu_attention_probs_backward(const float *q, const float *k, const float *probs, const float *dprobs,

@@ -1008,6 +1008,8 @@ sd_status cu_attention_apply(const float *probs, const float *v, float *out, int
 /* Whether cu_attention fills a given lse buffer for these shapes (in the current precision), which
  * cu_attention_backward may then read: the one rule both sides follow. */
 bool cu_attention_keeps_lse(int64_t Sq, int64_t Sk, int D, int Dv, float scale);
+/* The same for fp16 activations: cu_f16_attention and cu_f16_attention_backward. */
+bool cu_f16_attention_keeps_lse(int D, int Dv, float scale);
 /* Softmax of rows in place: x[rows, Sk]; the query index of row r is q_offset + r mod
  * rows_per_head, and causal rows zero the columns j > query (a chunk of the maps of H heads:
  * rows_per_head = chunk rows, q_offset = the chunk's first query). */

@@ -1311,11 +1311,13 @@ static void test_attention_backward(void **state) {
  * matches the CPU, and the GPU's backward without it; the buffer starts as NaNs, so a backward
  * that read it where the forward left it alone (short sequences, exact mode) fails. */
 /* A gradient step that stores fp16 (sd_ctx.f16_steps) runs the fp16 forward (sd_f16_ops.attention)
- * on fp16 q, k, v and hands its lse, with those inputs and output widened to F32, to
- * attention_backward. The fp16 forward keeps the same L as the F32 forward's fp16-staged path on the
- * widened values, bit for bit, and the backward given it matches the
- * backward's own first pass: dV bit for bit (P from either L), dQ and dK within fast mode's bound, as
- * is the CPU's gradient on the unrounded inputs (want). */
+ * on fp16 q, k, v, which keeps L at every length in fast mode (heads up to 160), and hands it with
+ * those values to sd_f16_ops.attention_backward. Checked: every L written; where the F32 forward
+ * keeps L too (its fp16-staged path: both lengths >= 512, heads in 8s), the same L bit for bit; the
+ * backward given the kept L matches its own first pass (dV bit for bit: P from either L is the same;
+ * dQ and dK within fast mode's bound, as is the CPU's gradient on the unrounded inputs, want); and
+ * the backward on the fp16 values gives the widened copies' gradients bit for bit, with L where the
+ * F32 side keeps it, else both from their own first pass. */
 static void check_f16_forward_lse(const attn_case *c, const float *qd, const float *kd, const float *vd,
                                   const float *doutd, float *const want[3]) {
     const sd_f16_ops *g16 = gpu->f16;
@@ -1324,6 +1326,7 @@ static void check_f16_forward_lse(const attn_case *c, const float *qd, const flo
     const int64_t nq = c->B * c->Sq * c->H * c->D, nk = c->B * c->Sk * c->H * c->D, nv = c->B * c->Sk * c->H * c->Dv;
     const int64_t no = c->B * c->Sq * c->H * c->Dv, nl = c->B * c->H * c->Sq;
     const float scale = 1.0f / sqrtf((float)c->D);
+    const int f32_keeps = c->Sq >= 512 && c->Sk >= 512 && c->D % 8 == 0 && c->Dv % 8 == 0;
     sd_f16 *q16 = tb_device(gpu, (size_t)nq * 2), *k16 = tb_device(gpu, (size_t)nk * 2);
     sd_f16 *v16 = tb_device(gpu, (size_t)nv * 2), *o16 = tb_device(gpu, (size_t)no * 2);
     assert_sd_ok(g16->to_f16(qd, q16, nq));
@@ -1331,47 +1334,57 @@ static void check_f16_forward_lse(const attn_case *c, const float *qd, const flo
     assert_sd_ok(g16->to_f16(vd, v16, nv));
     float *lse16 = dnan(nl), *lse_widened = dnan(nl);
     assert_sd_ok(g16->attention(q16, k16, v16, o16, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, lse16));
+    char what[160];
+    const float *lse_host = hget(lse16, nl);
+    for (int64_t i = 0; i < nl; i++)
+        if (!isfinite(lse_host[i])) {
+            attn_name(what, sizeof what, "the fp16 forward", c);
+            fail_msg("%s left L[%lld] unwritten (%g)", what, (long long)i, (double)lse_host[i]);
+        }
     float *qw = dnew(nq), *kw = dnew(nk), *vw = dnew(nv), *ow = dnew(no), *ow32 = dnew(no);
     assert_sd_ok(g16->to_f32(q16, qw, nq));
     assert_sd_ok(g16->to_f32(k16, kw, nk));
     assert_sd_ok(g16->to_f32(v16, vw, nv));
     assert_sd_ok(g16->to_f32(o16, ow, no));
-    assert_sd_ok(gpu->attention(qw, kw, vw, ow32, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal,
-                                lse_widened));
-    char what[160];
-    attn_name(what, sizeof what, "  fp16 forward's lse vs the F32 forward's on its inputs", c);
-    check_equal(what, lse16, hget(lse_widened, nl), nl);
+    if (f32_keeps) {
+        assert_sd_ok(gpu->attention(qw, kw, vw, ow32, NULL, c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal,
+                                    lse_widened));
+        attn_name(what, sizeof what, "  fp16 forward's lse vs the F32 forward's on its inputs", c);
+        check_equal(what, lse16, hget(lse_widened, nl), nl);
+    }
+    /* the widened path: the F32 backward given the fp16 forward's L (read where f32_keeps) and not */
     float *with[3] = {dnan(nq), dnan(nk), dnan(nv)}, *without[3] = {dnan(nq), dnan(nk), dnan(nv)};
     assert_sd_ok(gpu->attention_backward(qw, kw, vw, ow, doutd, with[0], with[1], with[2], c->B, c->Sq, c->Sk, c->H,
                                          c->D, c->Dv, scale, c->causal, 0, lse16));
     assert_sd_ok(gpu->attention_backward(qw, kw, vw, ow, doutd, without[0], without[1], without[2], c->B, c->Sq,
                                          c->Sk, c->H, c->D, c->Dv, scale, c->causal, 0, NULL));
-    attn_name(what, sizeof what, "  fp16 forward's lse vs none, dv", c);
-    check_equal(what, with[2], hget(without[2], nv), nv);
-    const int64_t n[3] = {nq, nk, nv};
-    const char *grads[3] = {"dq", "dk", "dv"};
-    /* the backward reading the fp16 values themselves (sd_f16_ops.attention_backward, staged as
-     * they are) gives the widened copies' gradients bit for bit (given the kept L: the shapes that
-     * keep none, cross-attention's, D 20 and the short D 160 ones, run the backward's own first
-     * pass on them) */
+    /* the fp16 values themselves (sd_f16_ops.attention_backward, staged as they are), given L and not */
     assert_true(g16->attention_backward_takes(c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale));
-    float *direct[3] = {dnan(nq), dnan(nk), dnan(nv)};
+    float *direct[3] = {dnan(nq), dnan(nk), dnan(nv)}, *direct_none[3] = {dnan(nq), dnan(nk), dnan(nv)};
     assert_sd_ok(g16->attention_backward(q16, k16, v16, o16, doutd, direct[0], direct[1], direct[2], c->B, c->Sq, c->Sk,
                                          c->H, c->D, c->Dv, scale, c->causal, 0, lse16));
+    assert_sd_ok(g16->attention_backward(q16, k16, v16, o16, doutd, direct_none[0], direct_none[1], direct_none[2],
+                                         c->B, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, 0, NULL));
+    attn_name(what, sizeof what, "  fp16 forward's lse vs none, dv", c);
+    check_equal(what, direct[2], hget(direct_none[2], nv), nv);
+    const int64_t n[3] = {nq, nk, nv};
+    const char *grads[3] = {"dq", "dk", "dv"};
     for (int g = 0; g < 3; g++) {
         char prefix[96];
-        snprintf(prefix, sizeof prefix, "  backward on the fp16 values vs widened, %s", grads[g]);
+        snprintf(prefix, sizeof prefix, "  backward on the fp16 values vs widened%s, %s", f32_keeps ? "" : " (no L)",
+                 grads[g]);
         attn_name(what, sizeof what, prefix, c);
-        check_equal(what, direct[g], hget(with[g], n[g]), n[g]);
+        if (f32_keeps) check_equal(what, direct[g], hget(with[g], n[g]), n[g]);
+        else check_equal(what, direct_none[g], hget(without[g], n[g]), n[g]);
     }
     for (int g = 0; g < 3; g++) {
         char prefix[96];
         snprintf(prefix, sizeof prefix, "  fp16 forward's lse: %s vs not", grads[g]);
         attn_name(what, sizeof what, prefix, c);
-        check(what, hget(with[g], n[g]), hget(without[g], n[g]), n[g], TOL_FAST);
+        check(what, hget(direct[g], n[g]), hget(direct_none[g], n[g]), n[g], TOL_FAST);
         snprintf(prefix, sizeof prefix, "  fp16 forward's lse: %s vs the CPU", grads[g]);
         attn_name(what, sizeof what, prefix, c);
-        check_dev(what, with[g], want[g], n[g], TOL_FAST);
+        check_dev(what, direct[g], want[g], n[g], TOL_FAST);
     }
 }
 
@@ -1385,11 +1398,12 @@ static void test_attention_backward_kept_lse(void **state) {
         {1, 4096, 4096, 8, 40, 40, 0}, /* SD v1.5's 64x64 self-attention (a GPU only) */
         {2, 520, 600, 2, 80, 80, 0},   /* ragged query and key tiles at D 80 (SD's 32x32 level) */
         {1, 640, 640, 2, 24, 16, 1},   /* causal, Dv != D: the generic fp16 forward */
-        {2, 256, 77, 8, 80, 80, 0},    /* cross-attention: nothing kept, the backward's own pass */
-        {1, 512, 512, 2, 20, 20, 0},   /* heads not in 8s: nothing kept; fp16 rows staged value by value */
+        {2, 256, 77, 8, 80, 80, 0},    /* cross-attention: the F32 forward keeps nothing, the fp16 one L */
+        {1, 512, 512, 2, 20, 20, 0},   /* heads not in 8s: the same; fp16 rows staged value by value */
         {1, 512, 512, 1, 40, 40, 0},   /* D 40 again, small: the fp16 checks' share of the simulator */
-        {1, 100, 100, 1, 160, 160, 0}, /* D 160 (SD's 16x16 and 8x8 levels): nothing kept (short), the flash
-                                        * backward's halves of the head dim in fast mode, the maps path in exact */
+        {1, 100, 100, 1, 160, 160, 0}, /* D 160 (SD's 16x16 and 8x8 levels, short: only the fp16 forward keeps
+                                        * L): the flash backward's halves of the head dim in fast mode, the maps
+                                        * path in exact */
         {1, 64, 77, 2, 160, 160, 0},   /* D 160 cross-attention */
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
