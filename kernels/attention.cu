@@ -618,12 +618,12 @@ template <typename T, int NS> static sd_status launch_fast(const attn_params<T> 
  * kernel runs).
  * --------------------------------------------------------------------------------------------- */
 
-template <int DK> struct fa_async_smem {
+template <int DK, int BQ = FA_BQ> struct fa_async_smem {
     /* halves; rows padded by 8 (16 bytes): ldmatrix's 8 row addresses then hit distinct banks */
     static constexpr int DP = DK * 16;
     static constexpr int RS = DP + 8; /* row stride of Q, K and V */
-    static constexpr int q_off = 0;
-    static constexpr int k_off = q_off + FA_BQ * RS;         /* [2][BK][RS] */
+    static constexpr int q_off = 0;                          /* [BQ][RS] */
+    static constexpr int k_off = q_off + BQ * RS;            /* [2][BK][RS] */
     static constexpr int v_off = k_off + 2 * FA_BK * RS;     /* [2][BK][RS], row-major */
     static constexpr int elems = v_off + 2 * FA_BK * RS;
     static constexpr size_t bytes = (size_t)elems * sizeof(__half);
@@ -634,18 +634,20 @@ template <int DK> struct fa_async_smem {
     static constexpr int min_blocks = DK <= 3 ? 2 : 1;
 };
 
-template <int NS, int MINB = fa_async_smem<cu_head_slices<NS>::DK>::min_blocks>
-__global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const attn_params<__half> p) {
+/* WARPS: 8 (blocks of FA_BQ = 128 queries) or 4 (64 queries, where 128-query blocks would leave
+ * SMs idle: fa_async_warps); MINB counts 8-warp blocks, so the register cap is the same for both. */
+template <int NS, int MINB, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS, MINB * 8 / WARPS) k_flash_fast_async(const attn_params<__half> p) {
     CU_PDL_ENTRY();
-    constexpr int DK = cu_head_slices<NS>::DK;
-    typedef fa_async_smem<DK> L;
+    constexpr int DK = cu_head_slices<NS>::DK, BQ = 16 * WARPS, THREADS = 32 * WARPS;
+    typedef fa_async_smem<DK, BQ> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __half *smem = reinterpret_cast<__half *>(smem_f4);
     __half *Qs = smem + L::q_off;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3;
-    const int64_t q0 = (int64_t)blockIdx.x * FA_BQ;
+    const int64_t q0 = (int64_t)blockIdx.x * BQ;
     const attn_head<__half> head(p);
     const __half *qb = head.q, *kb = head.k, *vb = head.v;
     __half *ob = head.out;
@@ -654,22 +656,22 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
     /* the head-dim padding of Q and K (columns D .. DP) must be zeros, not stale bits: a NaN there
      * times Q's zero would reach every score. Nothing is copied there, so once is enough; V's
      * padding only feeds output columns that are never stored. */
-    for (int i = tid; i < (FA_BQ + 2 * FA_BK) * (L::DP - p.D); i += FA_THREADS) {
+    for (int i = tid; i < (BQ + 2 * FA_BK) * (L::DP - p.D); i += THREADS) {
         const int r = i / (L::DP - p.D), c = p.D + i % (L::DP - p.D);
-        (r < FA_BQ ? Qs[r * L::RS + c] : smem[L::k_off + (r - FA_BQ) * L::RS + c]) = __float2half_rn(0.0f);
+        (r < BQ ? Qs[r * L::RS + c] : smem[L::k_off + (r - BQ) * L::RS + c]) = __float2half_rn(0.0f);
     }
 
     int64_t k_end = p.Sk;
-    if (p.causal && q0 + FA_BQ < k_end) k_end = q0 + FA_BQ;
+    if (p.causal && q0 + BQ < k_end) k_end = q0 + BQ;
     const int n_tiles = (int)((k_end + FA_BK - 1) / FA_BK);
 
     /* group 0: Q and the first K/V tile. Rows are D = Dv = 8·NS halves (fa_async_ok): NS pieces, and
      * K and V share their row stride (H·D), so one copier's offsets serve both. */
     {
-        const cu_tile_copier<L::RS, FA_THREADS, FA_BQ, NS, __half> q_copier(tid, (int)ldq);
-        q_copier.copy(Qs, qb + q0 * ldq, cu_rows_left(p.Sq, q0, FA_BQ));
+        const cu_tile_copier<L::RS, THREADS, BQ, NS, __half> q_copier(tid, (int)ldq);
+        q_copier.copy(Qs, qb + q0 * ldq, cu_rows_left(p.Sq, q0, BQ));
     }
-    const cu_tile_copier<L::RS, FA_THREADS, FA_BK, NS, __half> kv_copier(tid, (int)ldq);
+    const cu_tile_copier<L::RS, THREADS, FA_BK, NS, __half> kv_copier(tid, (int)ldq);
     /* K and V rows share their stride (D = Dv) and shared layout: one copier call moves both */
     auto queue_kv = [&](int64_t k0, int buf) {
         __half *const dst[2] = {smem + L::k_off + buf * FA_BK * L::RS, smem + L::v_off + buf * FA_BK * L::RS};
@@ -731,25 +733,41 @@ __global__ void __launch_bounds__(FA_THREADS, MINB) k_flash_fast_async(const att
     }
 }
 
-template <int NS, int MINB> static sd_status launch_fast_async_blocks(const attn_params<__half> &p, int64_t B) {
-    const size_t smem = fa_async_smem<cu_head_slices<NS>::DK>::bytes;
+template <int NS, int MINB, int WARPS>
+static sd_status launch_fast_async_blocks(const attn_params<__half> &p, int64_t B) {
+    constexpr int BQ = 16 * WARPS;
+    const size_t smem = fa_async_smem<cu_head_slices<NS>::DK, BQ>::bytes;
     static unsigned configured = 0;
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast_async<NS, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)smem));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_fast_async<NS, MINB, WARPS>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         configured |= bit;
     }
-    dim3 grid((unsigned)((p.Sq + FA_BQ - 1) / FA_BQ), (unsigned)(B * p.H));
-    CU_LAUNCH((k_flash_fast_async<NS, MINB>), grid, FA_THREADS, smem, cu_cur()->stream)(p);
+    dim3 grid((unsigned)((p.Sq + BQ - 1) / BQ), (unsigned)(B * p.H));
+    CU_LAUNCH((k_flash_fast_async<NS, MINB, WARPS>), grid, 32 * WARPS, smem, cu_cur()->stream)(p);
     LAUNCH_CHECK("flash attention (fast, fp16, cp.async)");
     return SD_OK;
 }
 
+/* 64-query blocks of 4 warps where 128-query blocks would number fewer than the SMs (at batch 1
+ * SD's 32x32 level has 64 of them, the 16x16 level 16, and the 8x8 level's 64 queries left half of
+ * each block's warps without rows): twice the blocks, each warp's rows computed as before, so the
+ * same bits. */
+static int fa_async_warps(const attn_params<__half> &p, int64_t B) {
+    const int64_t blocks128 = (p.Sq + FA_BQ - 1) / FA_BQ * B * p.H;
+    return blocks128 < cu_cur()->prop.multiProcessorCount ? 4 : 8;
+}
+
+template <int NS, int MINB> static sd_status launch_fast_async_minb(const attn_params<__half> &p, int64_t B) {
+    if (fa_async_warps(p, B) == 4) return launch_fast_async_blocks<NS, MINB, 4>(p, B);
+    return launch_fast_async_blocks<NS, MINB, 8>(p, B);
+}
+
 template <int NS> static sd_status launch_fast_async(const attn_params<__half> &p, int64_t B) {
     constexpr int MINB = fa_async_smem<cu_head_slices<NS>::DK>::min_blocks;
-    if (MINB == 2 && cu_cur()->flash_blocks_per_sm == 1) return launch_fast_async_blocks<NS, 1>(p, B);
-    return launch_fast_async_blocks<NS, MINB>(p, B);
+    if (MINB == 2 && cu_cur()->flash_blocks_per_sm == 1) return launch_fast_async_minb<NS, 1>(p, B);
+    return launch_fast_async_minb<NS, MINB>(p, B);
 }
 
 /* The 8-wide head-dim slices (cu_head_slices) a fast kernel is instantiated with for heads up to

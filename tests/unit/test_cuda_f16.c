@@ -1158,6 +1158,57 @@ static void test_f16_attention(void **state) {
     }
 }
 
+/* The cp.async forward's blocks of 64 queries (4 warps: where 128-query blocks would number fewer
+ * than the SMs, attention.cu's fa_async_warps) against its blocks of 128 (8 warps): one batch row
+ * alone takes the first, the same row in a batch of copies large enough for 132 SMs the second.
+ * Every warp's 16 rows are computed the same way in either: the output and the kept L must match
+ * bit for bit, in every copy. Shapes: the 8x8 level's cross-attention at D 160 (64 queries: half
+ * of a 128-query block's warps had no rows), 150 queries at D 80 (ragged blocks of both sizes),
+ * 64 at D 40. */
+static void test_f16_attention_block_rows(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    const struct { int64_t Sq, Sk; int H, D; } cases[] = {{64, 77, 2, 160}, {150, 150, 1, 80}, {64, 64, 2, 40}};
+    assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int64_t Sq = cases[t].Sq, Sk = cases[t].Sk;
+        const int H = cases[t].H, D = cases[t].D;
+        const int64_t blocks_one = (Sq + 127) / 128 * H, copies = (2 * 132 + blocks_one - 1) / blocks_one;
+        const int64_t nq = Sq * H * D, nk = Sk * H * D, nl = H * Sq;
+        const float scale = 1.0f / sqrtf((float)D);
+        char what[128];
+        snprintf(what, sizeof what, "64- vs 128-query blocks, %lld queries, %lld keys, D %d", (long long)Sq,
+                 (long long)Sk, D);
+        if (testutil_sim_leaves_out(what, 4.0 * (double)(copies + 1) * H * Sq * Sk * D)) continue;
+        sd_f16 *q = hrand16(nq, 70 + 3 * t, 1.0f), *k = hrand16(nk, 71 + 3 * t, 1.0f), *v = hrand16(nk, 72 + 3 * t, 1.0f);
+        sd_f16 *qs = hnew16(copies * nq), *ks = hnew16(copies * nk), *vs = hnew16(copies * nk);
+        for (int64_t r = 0; r < copies; r++) {
+            memcpy(qs + r * nq, q, (size_t)nq * sizeof(sd_f16));
+            memcpy(ks + r * nk, k, (size_t)nk * sizeof(sd_f16));
+            memcpy(vs + r * nk, v, (size_t)nk * sizeof(sd_f16));
+        }
+        sd_f16 *one = dnew16(nq), *many = dnew16(copies * nq);
+        float *lse_one = dput(hnew(nl), nl), *lse_many = dput(hnew(copies * nl), copies * nl);
+        assert_sd_ok(gpu16->attention(dput16(q, nq), dput16(k, nk), dput16(v, nk), one, 1, Sq, Sk, H, D, D, scale, 0,
+                                      lse_one));
+        assert_sd_ok(gpu16->attention(dput16(qs, copies * nq), dput16(ks, copies * nk), dput16(vs, copies * nk), many,
+                                      copies, Sq, Sk, H, D, D, scale, 0, lse_many));
+        sd_f16 *got_one = hnew16(nq), *got_many = hnew16(copies * nq);
+        float *l_one = hnew(nl), *l_many = hnew(copies * nl);
+        assert_sd_ok(gpu->download(got_one, one, (size_t)nq * sizeof(sd_f16)));
+        assert_sd_ok(gpu->download(got_many, many, (size_t)(copies * nq) * sizeof(sd_f16)));
+        assert_sd_ok(gpu->download(l_one, lse_one, (size_t)nl * sizeof(float)));
+        assert_sd_ok(gpu->download(l_many, lse_many, (size_t)(copies * nl) * sizeof(float)));
+        int same = 1;
+        for (int64_t r = 0; r < copies && same; r++)
+            same = !memcmp(got_many + r * nq, got_one, (size_t)nq * sizeof(sd_f16)) &&
+                   !memcmp(l_many + r * nl, l_one, (size_t)nl * sizeof(float));
+        print_message("    %-56s %s (%lld copies)\n", what, same ? "bit-identical" : "DIFFER", (long long)copies);
+        assert_true(same);
+    }
+}
+
 /* ================================================================================================
  * The tiny UNet with fp16 activations on the GPU (what fast mode runs)
  * ============================================================================================= */
@@ -1248,6 +1299,7 @@ int main(void) {
         GPU_TEST(test_f16_conv2d_backward_data_bf16w),
         /* attention */
         GPU_TEST(test_f16_attention),
+        GPU_TEST(test_f16_attention_block_rows),
         GPU_TEST(test_f16_unet),
     };
     return cmocka_run_group_tests_name("cuda fp16 ops vs cpu twins", tests, group_setup, group_teardown);
