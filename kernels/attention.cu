@@ -750,13 +750,15 @@ static sd_status launch_fast_async_blocks(const attn_params<__half> &p, int64_t 
     return SD_OK;
 }
 
-/* 64-query blocks of 4 warps where 128-query blocks would number fewer than the SMs (at batch 1
- * SD's 32x32 level has 64 of them, the 16x16 level 16, and the 8x8 level's 64 queries left half of
- * each block's warps without rows): twice the blocks, each warp's rows computed as before, so the
- * same bits. */
+/* 64-query blocks of 4 warps where twice as many blocks as 128-query ones would still leave no SM
+ * with two (at batch 1 SD's 32x32 level has 64 blocks of 128 queries, the 16x16 level 16, and the
+ * 8x8 level's 64 queries left half of each block's warps without rows): the SMs that were idle
+ * take the other halves, each warp's rows computed as before, so the same bits. Where 128-query
+ * blocks nearly fill the GPU already (the 32x32 level at batch 2: 128 of them), halving them would
+ * only read every K and V tile twice as often. */
 static int fa_async_warps(const attn_params<__half> &p, int64_t B) {
     const int64_t blocks128 = (p.Sq + FA_BQ - 1) / FA_BQ * B * p.H;
-    return blocks128 < cu_cur()->prop.multiProcessorCount ? 4 : 8;
+    return 2 * blocks128 <= cu_cur()->prop.multiProcessorCount ? 4 : 8;
 }
 
 template <int NS, int MINB> static sd_status launch_fast_async_minb(const attn_params<__half> &p, int64_t B) {

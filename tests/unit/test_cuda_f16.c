@@ -1158,8 +1158,8 @@ static void test_f16_attention(void **state) {
     }
 }
 
-/* The cp.async forward's blocks of 64 queries (4 warps: where 128-query blocks would number fewer
- * than the SMs, attention.cu's fa_async_warps) against its blocks of 128 (8 warps): one batch row
+/* The cp.async forward's blocks of 64 queries (4 warps: where 128-query blocks would number at most
+ * half the SMs, attention.cu's fa_async_warps) against its blocks of 128 (8 warps): one batch row
  * alone takes the first, the same row in a batch of copies large enough for 132 SMs the second.
  * Every warp's 16 rows are computed the same way in either: the output and the kept L must match
  * bit for bit, in every copy. Shapes: the 8x8 level's cross-attention at D 160 (64 queries: half
