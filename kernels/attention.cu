@@ -661,8 +661,12 @@ __global__ void __launch_bounds__(32 * WARPS, MINB * 8 / WARPS) k_flash_fast_asy
         (r < BQ ? Qs[r * L::RS + c] : smem[L::k_off + (r - BQ) * L::RS + c]) = __float2half_rn(0.0f);
     }
 
+    /* causal: the keys up to the end of the 128-query block these rows belong to, whatever BQ, so
+     * that every row's online softmax walks the same tiles (a fully masked tile still rescales by
+     * 2^(c·m − round(c·m)), which can move the last bit of L) as the generic kernel's and the flash
+     * backward's */
     int64_t k_end = p.Sk;
-    if (p.causal && q0 + BQ < k_end) k_end = q0 + BQ;
+    if (p.causal && (q0 / FA_BQ + 1) * FA_BQ < k_end) k_end = (q0 / FA_BQ + 1) * FA_BQ;
     const int n_tiles = (int)((k_end + FA_BK - 1) / FA_BK);
 
     /* group 0: Q and the first K/V tile. Rows are D = Dv = 8·NS halves (fa_async_ok): NS pieces, and

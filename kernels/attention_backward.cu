@@ -240,8 +240,8 @@ __device__ __forceinline__ bool fb_valid(const attn_bwd_params &p, int64_t qi, i
 
 /* The copier of tiles of ROWS staged rows (DK·16 16-bit values: 2·DK pieces of 16 bytes) into shared
  * rows of stride RS. fp16 and bf16 tiles share it: the copies move bits. */
-template <int DK, int RS, int ROWS>
-using fb_copier = cu_tile_copier<RS, FB_THREADS, ROWS, 2 * DK, __nv_bfloat16>;
+template <int DK, int RS, int ROWS, int THREADS = FB_THREADS>
+using fb_copier = cu_tile_copier<RS, THREADS, ROWS, 2 * DK, __nv_bfloat16>;
 __device__ __forceinline__ const __nv_bfloat16 *fb_bits(const __half *p) {
     return reinterpret_cast<const __nv_bfloat16 *>(p);
 }
@@ -276,13 +276,13 @@ __device__ __forceinline__ void fb_tile_products(float (*s)[4], float (*dp)[4], 
     cu_mma_scores<NS, NT>(dp, a2, b2, rs);
 }
 
-/* Offsets in 16-bit elements (fp16 and bf16 alike). */
-template <int DK> struct fb_dq_smem {
+/* Offsets in 16-bit elements (fp16 and bf16 alike); BQ: the block's queries (fb_dq_warps). */
+template <int DK, int BQ = FB_BQ> struct fb_dq_smem {
     static constexpr int DP = DK * 16;     /* padded head dim */
     static constexpr int RS = DP + 8;      /* row stride: ldmatrix's 8 rows hit distinct banks */
-    static constexpr int q_off = 0;                        /* Qs[FB_BQ][RS], fp16: the scores */
-    static constexpr int do_off = q_off + FB_BQ * RS;      /* dOs[FB_BQ][RS] */
-    static constexpr int k16_off = do_off + FB_BQ * RS;    /* K16s[2][FB_BK][RS], fp16: double-buffered */
+    static constexpr int q_off = 0;                        /* Qs[BQ][RS], fp16: the scores */
+    static constexpr int do_off = q_off + BQ * RS;         /* dOs[BQ][RS] */
+    static constexpr int k16_off = do_off + BQ * RS;       /* K16s[2][FB_BK][RS], fp16: double-buffered */
     static constexpr int k_off = k16_off + 2 * FB_BK * RS; /* Ks[2][FB_BK][RS], bf16: dQ += dS K */
     static constexpr int v_off = k_off + 2 * FB_BK * RS;   /* Vs[2][FB_BK][RS] */
     static constexpr int elems = v_off + 2 * FB_BK * RS;
@@ -366,19 +366,20 @@ __device__ __forceinline__ float fb_delta_from_out(const attn_bwd_params &p, con
     return cu_quad_sum(sum);
 }
 
-/* Kernel 1: L and Δ of 128 query rows, then dQ. Grid (ceil(Sq / 128)·PARTS, B·H). With the forward's L
+/* Kernel 1: L and Δ of BQ = 16·WARPS query rows (128, or 64 where the blocks are few: fb_dq_warps),
+ * then dQ. Grid (ceil(Sq / BQ)·PARTS, B·H). With the forward's L
  * (p.lse_fwd) the block reads L, takes Δ from O and walks the key tiles once, for dQ; without, it
  * walks them once for L and Δ and, when dQ is wanted, a second time: one sequence of `steps` tiles
  * whose next tile is always in flight. NS: the head dims' 8-wide slices (cu_head_slices); NSO: the
  * slices of dQ one block accumulates, NS / NSO = PARTS blocks per 128 rows (fb_parts: heads over
  * FB_MAX_D), each computing the same scores and the dQ columns [part·8·NSO, +8·NSO); part 0 writes
  * L and Δ. */
-template <int NS, int NSO, int MINB>
-__global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dq(const attn_bwd_params p) {
+template <int NS, int NSO, int MINB, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS, MINB * 8 / WARPS) k_flash_bwd_dq(const attn_bwd_params p) {
     CU_PDL_ENTRY();
-    constexpr int DK = cu_head_slices<NS>::DK, PARTS = NS / NSO;
+    constexpr int DK = cu_head_slices<NS>::DK, PARTS = NS / NSO, BQ = 16 * WARPS, THREADS = 32 * WARPS;
     static_assert(NS % NSO == 0 && (PARTS == 1 || NSO % 2 == 0), "whole, even parts of the head dim");
-    typedef fb_dq_smem<DK> L;
+    typedef fb_dq_smem<DK, BQ> L;
     CU_DYNAMIC_SHARED(float4, smem_f4);
     __nv_bfloat16 *smem = reinterpret_cast<__nv_bfloat16 *>(smem_f4);
     const __half *Qs = reinterpret_cast<const __half *>(smem + L::q_off);
@@ -386,21 +387,23 @@ __global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dq(const attn_bw
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H;
     const int part = PARTS > 1 ? (int)(blockIdx.x % PARTS) : 0, d0 = part * 8 * NSO;
-    const int64_t q0 = (int64_t)(blockIdx.x / PARTS) * FB_BQ, ldq = (int64_t)p.H * p.D;
+    const int64_t q0 = (int64_t)(blockIdx.x / PARTS) * BQ, ldq = (int64_t)p.H * p.D;
     const __nv_bfloat16 *k16b = fb_bits(p.k16) + (int64_t)bh * p.Sk * L::DP;
     const __nv_bfloat16 *kb = p.k + (int64_t)bh * p.Sk * L::DP, *vb = p.v + (int64_t)bh * p.Sk * L::DP;
 
+    /* causal: the keys up to the end of the 128-query block (FB_BQ) these rows belong to, whatever
+     * BQ, as the forward's kernels walk them: the same tiles give the same L, bit for bit */
     int64_t k_end = p.Sk;
-    if (p.causal && q0 + FB_BQ < k_end) k_end = q0 + FB_BQ;
+    if (p.causal && (q0 / FB_BQ + 1) * FB_BQ < k_end) k_end = (q0 / FB_BQ + 1) * FB_BQ;
     const int n_tiles = (int)((k_end + FB_BK - 1) / FB_BK);
     const int pass1 = p.lse_fwd ? 0 : n_tiles; /* the steps of the pass for L and Δ */
     const int steps = pass1 + (p.dq ? n_tiles : 0);
     /* the block's tiles that need the mask: all of them when its last rows pass Sq (their L and Δ
      * must come out 0) or causal, else the last key tile when Sk is not a multiple of FB_BK */
-    const bool rows_masked = p.causal || q0 + FB_BQ > p.Sq;
+    const bool rows_masked = p.causal || q0 + BQ > p.Sq;
 
     /* K (fp16 and bf16) and V of key tile `tile` into buffer `buf` */
-    const fb_copier<DK, L::RS, FB_BK> kv_copier(tid, L::DP);
+    const fb_copier<DK, L::RS, FB_BK, THREADS> kv_copier(tid, L::DP);
     auto queue_kv = [&](int tile, int buf) {
         const int64_t k0 = (int64_t)tile * FB_BK;
         const int valid = cu_rows_left(p.Sk, k0, FB_BK), at = buf * FB_BK * L::RS;
@@ -410,8 +413,8 @@ __global__ void __launch_bounds__(FB_THREADS, MINB) k_flash_bwd_dq(const attn_bw
     };
     /* group 0: the block's Q and dO rows; group 1: key tile 0 */
     if (steps > 0) {
-        const fb_copier<DK, L::RS, FB_BQ> q_copier(tid, L::DP);
-        const int q_rows = cu_rows_left(p.Sq, q0, FB_BQ);
+        const fb_copier<DK, L::RS, BQ, THREADS> q_copier(tid, L::DP);
+        const int q_rows = cu_rows_left(p.Sq, q0, BQ);
         const int64_t at = ((int64_t)bh * p.Sq + q0) * L::DP;
         __nv_bfloat16 *const dst[2] = {smem + L::q_off, smem + L::do_off};
         const __nv_bfloat16 *const src[2] = {fb_bits(p.q16) + at, p.dout + at};
@@ -778,19 +781,35 @@ template <int NS> struct fb_parts {
 /* fb_parts<NS>::ROLES for a run-time NS (20 is the one instantiation over 10 slices) */
 static int fb_dkv_roles(int NS) { return NS > 10 ? fb_parts<20>::ROLES : 1; }
 
+/* Kernel 1's blocks: 64 queries (4 warps) where twice the blocks of 128 would still leave no SM with
+ * two (SD's 32x32 level at batch 1: 64 blocks of 128 queries per attention; the 16x16 and 8x8
+ * levels), else 128 (8 warps). Each warp's rows are computed as before: the same bits. */
+static int fb_dq_warps(int64_t Sq, int64_t blocks_per_query_block) {
+    const int64_t blocks128 = (Sq + FB_BQ - 1) / FB_BQ * blocks_per_query_block;
+    return 2 * blocks128 <= cu_cur()->prop.multiProcessorCount ? 4 : 8;
+}
+
 template <int NS, int MINB> static sd_status launch_flash_bwd_blocks(const attn_bwd_params &p, int64_t B, int splits) {
-    constexpr int DK = cu_head_slices<NS>::DK, NSO = fb_parts<NS>::NSO;
+    constexpr int DK = cu_head_slices<NS>::DK, NSO = fb_parts<NS>::NSO, PARTS = fb_parts<NS>::PARTS;
     static unsigned configured = 0; /* per device: the opt-in to more than 48 KiB of shared memory */
     const unsigned bit = 1u << (cu_cur()->ordinal & 31);
     if (!(configured & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dq<NS, NSO, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dq<NS, NSO, MINB, 8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)fb_dq_smem<DK>::bytes));
+        CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dq<NS, NSO, MINB, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)fb_dq_smem<DK, 64>::bytes));
         CUDA_CHECK(cudaFuncSetAttribute(k_flash_bwd_dkv<NS, NSO, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)fb_dkv_smem<DK>::bytes));
         configured |= bit;
     }
-    dim3 grid_q((unsigned)((p.Sq + FB_BQ - 1) / FB_BQ * fb_parts<NS>::PARTS), (unsigned)(B * p.H));
-    CU_LAUNCH((k_flash_bwd_dq<NS, NSO, MINB>), grid_q, FB_THREADS, fb_dq_smem<DK>::bytes, cu_cur()->stream)(p);
+    if (fb_dq_warps(p.Sq, B * p.H * PARTS) == 4) {
+        dim3 grid_q((unsigned)((p.Sq + 63) / 64 * PARTS), (unsigned)(B * p.H));
+        constexpr size_t smem64 = fb_dq_smem<DK, 64>::bytes;
+        CU_LAUNCH((k_flash_bwd_dq<NS, NSO, MINB, 4>), grid_q, 128, smem64, cu_cur()->stream)(p);
+    } else {
+        dim3 grid_q((unsigned)((p.Sq + FB_BQ - 1) / FB_BQ * PARTS), (unsigned)(B * p.H));
+        CU_LAUNCH((k_flash_bwd_dq<NS, NSO, MINB, 8>), grid_q, FB_THREADS, fb_dq_smem<DK>::bytes, cu_cur()->stream)(p);
+    }
     LAUNCH_CHECK("flash attention backward dq (fast)");
     if (!p.dk && !p.dv) return SD_OK;
     dim3 grid_k((unsigned)((p.Sk + FB_BKV - 1) / FB_BKV * fb_parts<NS>::ROLES), (unsigned)(B * p.H), (unsigned)splits);

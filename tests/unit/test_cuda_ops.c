@@ -1303,6 +1303,53 @@ static void test_attention_backward(void **state) {
     }
 }
 
+/* The flash backward's dQ kernel in blocks of 64 queries (4 warps: where twice the blocks of 128
+ * would still leave no SM with two, attention_backward.cu's fb_dq_warps) against blocks of 128 (8
+ * warps): batch row 0 alone takes the first, the same row among enough copies for 132 SMs the
+ * second; each warp's rows are computed the same way, so dQ (dK and dV not asked for: their split
+ * over the queries depends on the batch) must match bit for bit in every copy. At D 80 with 150
+ * ragged queries, D 160 (two blocks per 64 or 128 queries: dQ's halves) at the 8x8 level's 64
+ * queries and 77 keys, D 40 causal. */
+static void test_attention_backward_dq_blocks(void **state) {
+    (void)state;
+    testutil_skip_without_gpu();
+    require_gpu();
+    const attn_case cases[] = {{1, 150, 150, 1, 80, 80, 0}, {1, 64, 77, 2, 160, 160, 0}, {1, 100, 100, 2, 40, 40, 1}};
+    set_mode(SD_PRECISION_FAST);
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const attn_case *c = &cases[t];
+        const int64_t parts = c->D > 80 ? 2 : 1, blocks_one = (c->Sq + 127) / 128 * c->H * parts;
+        const int64_t copies = (2 * 132 + blocks_one - 1) / blocks_one;
+        char what[128];
+        attn_name(what, sizeof what, "attention_backward dq, 64- vs 128-query blocks", c);
+        if (testutil_sim_leaves_out(what, 6.0 * (double)(copies + 1) * c->H * c->Sq * c->Sk * (c->D + c->Dv))) continue;
+        float *q, *k, *v;
+        attn_inputs(c, 1500 + 10 * t, &q, &k, &v);
+        const int64_t nq = c->Sq * c->H * c->D, nk = c->Sk * c->H * c->D, nv = c->Sk * c->H * c->Dv;
+        const int64_t no = c->Sq * c->H * c->Dv;
+        float *dout = hrand(no, 1500 + 10 * t + 5, 1.0f);
+        float *qs = hnew(copies * nq), *ks = hnew(copies * nk), *vs = hnew(copies * nv), *douts = hnew(copies * no);
+        for (int64_t r = 0; r < copies; r++) {
+            memcpy(qs + r * nq, q, (size_t)nq * sizeof(float));
+            memcpy(ks + r * nk, k, (size_t)nk * sizeof(float));
+            memcpy(vs + r * nv, v, (size_t)nv * sizeof(float));
+            memcpy(douts + r * no, dout, (size_t)no * sizeof(float));
+        }
+        const float scale = 1.0f / sqrtf((float)c->D);
+        float *one = dnan(nq), *many = dnan(copies * nq);
+        assert_sd_ok(gpu->attention_backward(dput(q, nq), dput(k, nk), dput(v, nv), NULL, dput(dout, no), one, NULL,
+                                             NULL, 1, c->Sq, c->Sk, c->H, c->D, c->Dv, scale, c->causal, 0, NULL));
+        assert_sd_ok(gpu->attention_backward(dput(qs, copies * nq), dput(ks, copies * nk), dput(vs, copies * nv), NULL,
+                                             dput(douts, copies * no), many, NULL, NULL, copies, c->Sq, c->Sk, c->H,
+                                             c->D, c->Dv, scale, c->causal, 0, NULL));
+        const float *got_one = hget(one, nq), *got_many = hget(many, copies * nq);
+        int same = 1;
+        for (int64_t r = 0; r < copies && same; r++) same = !memcmp(got_many + r * nq, got_one, (size_t)nq * sizeof(float));
+        print_message("    %-56s %s (%lld copies)\n", what, same ? "bit-identical" : "DIFFER", (long long)copies);
+        assert_true(same);
+    }
+}
+
 /* The statistics a differentiated forward keeps for its backward (backend.h: attention's lse
  * buffer). The GPU's fast forward fills it on its fp16-staged path (both sequences >= 512, heads
  * in multiples of 8) and the flash backward then reads L and takes Δ = rowsum(dO ⊙ O) from the
@@ -2118,6 +2165,7 @@ int main(void) {
         GPU_TEST(test_norm_backward),
         GPU_TEST(test_elementwise_backward),
         GPU_TEST(test_attention_backward),
+        GPU_TEST(test_attention_backward_dq_blocks),
         GPU_TEST(test_attention_backward_kept_lse),
         GPU_TEST(test_attention_maps_backward),
         GPU_TEST(test_adam),
