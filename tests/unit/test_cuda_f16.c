@@ -1164,22 +1164,23 @@ static void test_f16_attention(void **state) {
  * Every warp's 16 rows are computed the same way in either: the output and the kept L must match
  * bit for bit, in every copy. Shapes: the 8x8 level's cross-attention at D 160 (64 queries: half
  * of a 128-query block's warps had no rows), 150 queries at D 80 (ragged blocks of both sizes),
- * 64 at D 40. */
+ * 64 at D 40, and causal at D 32 (the keys each row walks must not depend on the block size). */
 static void test_f16_attention_block_rows(void **state) {
     (void)state;
     testutil_skip_without_gpu();
     require_gpu();
-    const struct { int64_t Sq, Sk; int H, D; } cases[] = {{64, 77, 2, 160}, {150, 150, 1, 80}, {64, 64, 2, 40}};
+    const struct { int64_t Sq, Sk; int H, D, causal; } cases[] = {
+        {64, 77, 2, 160, 0}, {150, 150, 1, 80, 0}, {64, 64, 2, 40, 0}, {200, 200, 1, 32, 1}};
     assert_sd_ok(sd_cuda_set_precision(SD_PRECISION_FAST));
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const int64_t Sq = cases[t].Sq, Sk = cases[t].Sk;
-        const int H = cases[t].H, D = cases[t].D;
+        const int H = cases[t].H, D = cases[t].D, causal = cases[t].causal;
         const int64_t blocks_one = (Sq + 127) / 128 * H, copies = (2 * 132 + blocks_one - 1) / blocks_one;
         const int64_t nq = Sq * H * D, nk = Sk * H * D, nl = H * Sq;
         const float scale = 1.0f / sqrtf((float)D);
         char what[128];
-        snprintf(what, sizeof what, "64- vs 128-query blocks, %lld queries, %lld keys, D %d", (long long)Sq,
-                 (long long)Sk, D);
+        snprintf(what, sizeof what, "64- vs 128-query blocks, %lld queries, %lld keys, D %d%s", (long long)Sq,
+                 (long long)Sk, D, causal ? " causal" : "");
         if (testutil_sim_leaves_out(what, 4.0 * (double)(copies + 1) * H * Sq * Sk * D)) continue;
         sd_f16 *q = hrand16(nq, 70 + 3 * t, 1.0f), *k = hrand16(nk, 71 + 3 * t, 1.0f), *v = hrand16(nk, 72 + 3 * t, 1.0f);
         sd_f16 *qs = hnew16(copies * nq), *ks = hnew16(copies * nk), *vs = hnew16(copies * nk);
@@ -1190,10 +1191,10 @@ static void test_f16_attention_block_rows(void **state) {
         }
         sd_f16 *one = dnew16(nq), *many = dnew16(copies * nq);
         float *lse_one = dput(hnew(nl), nl), *lse_many = dput(hnew(copies * nl), copies * nl);
-        assert_sd_ok(gpu16->attention(dput16(q, nq), dput16(k, nk), dput16(v, nk), one, 1, Sq, Sk, H, D, D, scale, 0,
-                                      lse_one));
+        assert_sd_ok(gpu16->attention(dput16(q, nq), dput16(k, nk), dput16(v, nk), one, 1, Sq, Sk, H, D, D, scale,
+                                      causal, lse_one));
         assert_sd_ok(gpu16->attention(dput16(qs, copies * nq), dput16(ks, copies * nk), dput16(vs, copies * nk), many,
-                                      copies, Sq, Sk, H, D, D, scale, 0, lse_many));
+                                      copies, Sq, Sk, H, D, D, scale, causal, lse_many));
         sd_f16 *got_one = hnew16(nq), *got_many = hnew16(copies * nq);
         float *l_one = hnew(nl), *l_many = hnew(copies * nl);
         assert_sd_ok(gpu->download(got_one, one, (size_t)nq * sizeof(sd_f16)));
