@@ -760,9 +760,18 @@ static sd_status launch_fast_async_blocks(const attn_params<__half> &p, int64_t 
  * take the other halves, each warp's rows computed as before, so the same bits. Where 128-query
  * blocks nearly fill the GPU already (the 32x32 level at batch 2: 128 of them), halving them would
  * only read every K and V tile twice as often. */
+int cu_flash_warps(int64_t blocks_of_128) {
+    return 2 * blocks_of_128 <= cu_cur()->prop.multiProcessorCount ? 4 : 8;
+}
+
 static int fa_async_warps(const attn_params<__half> &p, int64_t B) {
-    const int64_t blocks128 = (p.Sq + FA_BQ - 1) / FA_BQ * B * p.H;
-    return 2 * blocks128 <= cu_cur()->prop.multiProcessorCount ? 4 : 8;
+    return cu_flash_warps((p.Sq + FA_BQ - 1) / FA_BQ * B * p.H);
+}
+
+/* sd_cuda_flash_query_block's forward half: the cp.async kernel's rule (heads of 16, 32, 40, 48, 64,
+ * 80 or 160 with aligned rows; the generic kernel always takes 128) */
+int cu_flash_forward_query_block(int64_t Sq, int64_t B, int H) {
+    return 16 * cu_flash_warps((Sq + FA_BQ - 1) / FA_BQ * B * H);
 }
 
 template <int NS, int MINB> static sd_status launch_fast_async_minb(const attn_params<__half> &p, int64_t B) {

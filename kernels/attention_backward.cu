@@ -783,11 +783,11 @@ static int fb_dkv_roles(int NS) { return NS > 10 ? fb_parts<20>::ROLES : 1; }
 
 /* Kernel 1's blocks: 64 queries (4 warps) where twice the blocks of 128 would still leave no SM with
  * two (SD's 32x32 level at batch 1: 64 blocks of 128 queries per attention; the 16x16 and 8x8
- * levels), else 128 (8 warps). Each warp's rows are computed as before: the same bits. */
+ * levels), else 128 (8 warps): cu_flash_warps, the forward's rule. */
 static int fb_dq_warps(int64_t Sq, int64_t blocks_per_query_block) {
-    const int64_t blocks128 = (Sq + FB_BQ - 1) / FB_BQ * blocks_per_query_block;
-    return 2 * blocks128 <= cu_cur()->prop.multiProcessorCount ? 4 : 8;
+    return cu_flash_warps((Sq + FB_BQ - 1) / FB_BQ * blocks_per_query_block);
 }
+
 
 template <int NS, int MINB> static sd_status launch_flash_bwd_blocks(const attn_bwd_params &p, int64_t B, int splits) {
     constexpr int DK = cu_head_slices<NS>::DK, NSO = fb_parts<NS>::NSO, PARTS = fb_parts<NS>::PARTS;
@@ -1086,4 +1086,10 @@ sd_status cu_attention_apply_backward(const float *probs, const float *v, const 
         if (dv) CU_TRY(cu_gemm_rm(1, 0, Sk, Dv, Sq, 1.0f, pb, Sk, plane, dob, ldv, Dv, 1.0f, dv + b * Sk * ldv, ldv, Dv, H));
     }
     return SD_OK;
+}
+
+/* The queries per block of the fast dQ kernel (backward) or the fp16 cp.async forward (device.h). */
+extern "C" int sd_cuda_flash_query_block(int64_t Sq, int64_t B, int H, int D, int backward) {
+    if (!backward) return cu_flash_forward_query_block(Sq, B, H);
+    return 16 * fb_dq_warps(Sq, B * H * (fb_head_slices(D) > 10 ? fb_parts<20>::PARTS : 1));
 }

@@ -460,6 +460,14 @@ __device__ __forceinline__ float cu_quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
 }
+/* The sum of v over each aligned group of N lanes (N a power of two up to 32), every lane of the
+ * group getting it, by an xor tree: a fixed order. */
+template <int N> __device__ __forceinline__ double cu_lanes_sum_d(double v) {
+#pragma unroll
+    for (int o = N / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 __device__ __forceinline__ float cu_quad_sum(float v) {
     v += __shfl_xor_sync(0xffffffffu, v, 1);
     return v + __shfl_xor_sync(0xffffffffu, v, 2);
@@ -1010,6 +1018,13 @@ sd_status cu_attention_apply(const float *probs, const float *v, float *out, int
 bool cu_attention_keeps_lse(int64_t Sq, int64_t Sk, int D, int Dv, float scale);
 /* The same for fp16 activations: cu_f16_attention and cu_f16_attention_backward. */
 bool cu_f16_attention_keeps_lse(int D, int Dv, float scale);
+/* The warps of a flash kernel's query blocks (16 queries each) given how many blocks of 128 queries
+ * its grid would have: 4 (64-query blocks) where twice those blocks still leave no SM with two,
+ * else 8. The forward's cp.async kernel and the backward's dQ kernel follow this one rule
+ * (sd_cuda_flash_query_block). Each warp's rows are computed the same way in either. */
+int cu_flash_warps(int64_t blocks_of_128);
+/* 16 · cu_flash_warps for the fp16 cp.async forward's grid (attention.cu) */
+int cu_flash_forward_query_block(int64_t Sq, int64_t B, int H);
 /* Softmax of rows in place: x[rows, Sk]; the query index of row r is q_offset + r mod
  * rows_per_head, and causal rows zero the columns j > query (a chunk of the maps of H heads:
  * rows_per_head = chunk rows, q_offset = the chunk's first query). */

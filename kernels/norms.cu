@@ -1299,11 +1299,8 @@ __device__ __forceinline__ void gn_cl_tile_totals(const double *partial, int chu
                 su += __ldcg(&partial[(((int64_t)k * B + b) * C + c) * 2 + 0]);
                 sv += __ldcg(&partial[(((int64_t)k * B + b) * C + c) * 2 + 1]);
             }
-#pragma unroll
-        for (int o = GN_CL_PARTS / 2; o > 0; o >>= 1) { /* within the channel's aligned lanes */
-            su += __shfl_xor_sync(0xffffffffu, su, o);
-            sv += __shfl_xor_sync(0xffffffffu, sv, o);
-        }
+        su = cu_lanes_sum_d<GN_CL_PARTS>(su); /* within the channel's aligned lanes */
+        sv = cu_lanes_sum_d<GN_CL_PARTS>(sv);
         if (valid && part == 0) {
             totals[(b * C + c) * 2 + 0] = su;
             totals[(b * C + c) * 2 + 1] = sv;
@@ -1338,11 +1335,8 @@ __device__ __forceinline__ void gn_cl_group_totals(const double *totals, const f
                 sv += w * __ldcg(&totals[(b * C + c0 + j) * 2 + 1]);
             }
         }
-#pragma unroll
-        for (int o = GN_CL_PARTS / 2; o > 0; o >>= 1) {
-            su += __shfl_xor_sync(0xffffffffu, su, o);
-            sv += __shfl_xor_sync(0xffffffffu, sv, o);
-        }
+        su = cu_lanes_sum_d<GN_CL_PARTS>(su);
+        sv = cu_lanes_sum_d<GN_CL_PARTS>(sv);
         if (bg >= n_groups || part) continue;
         if (stats) {
             gn_stats_from_sums(su, sv, count, eps, &out[bg * 2 + 0], &out[bg * 2 + 1]);

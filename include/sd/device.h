@@ -139,6 +139,14 @@ int sd_cuda_get_flash_blocks_per_sm(void);
 sd_status sd_cuda_set_flash_bwd_blocks_per_sm(int blocks);
 int sd_cuda_get_flash_bwd_blocks_per_sm(void);
 
+/* The queries per block fast mode's flash kernels use for an attention of B·H heads of Sq queries
+ * (head dim D) on the calling thread's GPU: 128, or 64 where twice the 128-query blocks would still
+ * leave no SM with two (more SMs busy, each warp's rows computed as before: the same bits). The
+ * forward's cp.async kernel (backward 0; the generic kernel for other head widths always takes 128)
+ * or the backward's dQ kernel (backward 1, whose heads over 80 run two blocks per query block).
+ * 0 without CUDA. Tests use it to see that both block sizes were exercised. */
+int sd_cuda_flash_query_block(int64_t Sq, int64_t B, int H, int D, int backward);
+
 /* Whether this backend's own kernels are launched by programmatic dependent launch on the calling
  * thread's device: each kernel's blocks may be scheduled while the previous kernel finishes, and
  * wait on the GPU for it (cuBLAS and cuDNN kernels keep the plain ordering). Same results bit for

@@ -93,6 +93,11 @@ sd_status sd_cuda_set_flash_blocks_per_sm(int blocks) {
 
 int sd_cuda_get_flash_blocks_per_sm(void) { return 2; }
 
+int sd_cuda_flash_query_block(int64_t Sq, int64_t B, int H, int D, int backward) {
+    (void)Sq, (void)B, (void)H, (void)D, (void)backward;
+    return 0;
+}
+
 sd_status sd_cuda_set_flash_bwd_blocks_per_sm(int blocks) {
     (void)blocks;
     return no_cuda();

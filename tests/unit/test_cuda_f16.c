@@ -1182,6 +1182,9 @@ static void test_f16_attention_block_rows(void **state) {
         snprintf(what, sizeof what, "64- vs 128-query blocks, %lld queries, %lld keys, D %d%s", (long long)Sq,
                  (long long)Sk, D, causal ? " causal" : "");
         if (testutil_sim_leaves_out(what, 4.0 * (double)(copies + 1) * H * Sq * Sk * D)) continue;
+        /* the two runs take the two block sizes (else this compares a path with itself) */
+        assert_int_equal(sd_cuda_flash_query_block(Sq, 1, H, D, 0), 64);
+        assert_int_equal(sd_cuda_flash_query_block(Sq, copies, H, D, 0), 128);
         sd_f16 *q = hrand16(nq, 70 + 3 * t, 1.0f), *k = hrand16(nk, 71 + 3 * t, 1.0f), *v = hrand16(nk, 72 + 3 * t, 1.0f);
         sd_f16 *qs = hnew16(copies * nq), *ks = hnew16(copies * nk), *vs = hnew16(copies * nk);
         for (int64_t r = 0; r < copies; r++) {

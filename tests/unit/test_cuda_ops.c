@@ -1323,6 +1323,9 @@ static void test_attention_backward_dq_blocks(void **state) {
         char what[128];
         attn_name(what, sizeof what, "attention_backward dq, 64- vs 128-query blocks", c);
         if (testutil_sim_leaves_out(what, 6.0 * (double)(copies + 1) * c->H * c->Sq * c->Sk * (c->D + c->Dv))) continue;
+        /* the two runs take the two block sizes (else this compares a path with itself) */
+        assert_int_equal(sd_cuda_flash_query_block(c->Sq, 1, c->H, c->D, 1), 64);
+        assert_int_equal(sd_cuda_flash_query_block(c->Sq, copies, c->H, c->D, 1), 128);
         float *q, *k, *v;
         attn_inputs(c, 1500 + 10 * t, &q, &k, &v);
         const int64_t nq = c->Sq * c->H * c->D, nk = c->Sk * c->H * c->D, nv = c->Sk * c->H * c->Dv;
